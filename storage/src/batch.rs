@@ -1,0 +1,797 @@
+//! Kafka RecordBatch v2: header parsing and validation, the builder used by internal writers,
+//! and the record reader.
+//!
+//! Layout of a batch (big-endian), with the byte position of each field:
+//!
+//! ```text
+//!  0 base_offset i64          27 base_timestamp i64      53 base_sequence i32
+//!  8 batch_length i32         35 max_timestamp i64       57 record_count i32
+//! 12 partition_leader_epoch   43 producer_id i64         61 records...
+//! 16 magic i8 (= 2)           51 producer_epoch i16
+//! 17 crc u32 (CRC32C of bytes 21..end)
+//! 21 attributes i16
+//! 23 last_offset_delta i32
+//! ```
+//!
+//! The CRC does not cover `base_offset` or `partition_leader_epoch`, so the log rewrites them
+//! without touching the rest: stored batches are the bytes the producer sent.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
+
+use crate::error::BatchError;
+
+/// Bytes of a v2 batch header, up to and including the record count.
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// Bytes before `batch_length` ends: `base_offset` and `batch_length` itself.
+pub const BATCH_LENGTH_PREFIX_BYTES: usize = 12;
+
+const POS_BATCH_LENGTH: usize = 8;
+const POS_LEADER_EPOCH: usize = 12;
+const POS_MAGIC: usize = 16;
+const POS_CRC: usize = 17;
+const POS_ATTRIBUTES: usize = 21;
+const POS_LAST_OFFSET_DELTA: usize = 23;
+const POS_BASE_TIMESTAMP: usize = 27;
+const POS_MAX_TIMESTAMP: usize = 35;
+const POS_PRODUCER_ID: usize = 43;
+const POS_PRODUCER_EPOCH: usize = 51;
+const POS_BASE_SEQUENCE: usize = 53;
+const POS_RECORD_COUNT: usize = 57;
+
+const ATTR_COMPRESSION_MASK: i16 = 0x07;
+const ATTR_LOG_APPEND_TIME: i16 = 0x08;
+const ATTR_TRANSACTIONAL: i16 = 0x10;
+const ATTR_CONTROL: i16 = 0x20;
+
+/// Compression codec of a batch, as in the low three attribute bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn from_attributes(attributes: i16) -> Result<Self, BatchError> {
+        Ok(match attributes & ATTR_COMPRESSION_MASK {
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            4 => Compression::Zstd,
+            other => {
+                return Err(BatchError::Decode {
+                    reason: format!("unknown compression codec {other}"),
+                });
+            }
+        })
+    }
+
+    fn attribute_bits(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+}
+
+fn read_i16(buf: &[u8], pos: usize) -> i16 {
+    i16::from_be_bytes([buf[pos], buf[pos + 1]])
+}
+
+fn read_i32(buf: &[u8], pos: usize) -> i32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[pos..pos + 4]);
+    i32::from_be_bytes(b)
+}
+
+fn read_i64(buf: &[u8], pos: usize) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[pos..pos + 8]);
+    i64::from_be_bytes(b)
+}
+
+/// The fixed-size header of a v2 record batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    /// Bytes after the `batch_length` field.
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Parses the header at the start of `buf` and checks what the header alone can tell:
+    /// size, magic, and that the offset delta fits the record count. The CRC is checked by
+    /// [`validate_batch`], which needs the whole batch.
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        if buf.len() < BATCH_HEADER_BYTES {
+            return Err(BatchError::TooShort {
+                bytes: buf.len(),
+                header_bytes: BATCH_HEADER_BYTES,
+            });
+        }
+        let header = BatchHeader {
+            base_offset: read_i64(buf, 0),
+            batch_length: read_i32(buf, POS_BATCH_LENGTH),
+            partition_leader_epoch: read_i32(buf, POS_LEADER_EPOCH),
+            magic: buf[POS_MAGIC] as i8,
+            crc: u32::from_be_bytes([
+                buf[POS_CRC],
+                buf[POS_CRC + 1],
+                buf[POS_CRC + 2],
+                buf[POS_CRC + 3],
+            ]),
+            attributes: read_i16(buf, POS_ATTRIBUTES),
+            last_offset_delta: read_i32(buf, POS_LAST_OFFSET_DELTA),
+            base_timestamp: read_i64(buf, POS_BASE_TIMESTAMP),
+            max_timestamp: read_i64(buf, POS_MAX_TIMESTAMP),
+            producer_id: read_i64(buf, POS_PRODUCER_ID),
+            producer_epoch: read_i16(buf, POS_PRODUCER_EPOCH),
+            base_sequence: read_i32(buf, POS_BASE_SEQUENCE),
+            record_count: read_i32(buf, POS_RECORD_COUNT),
+        };
+        if header.magic != 2 {
+            return Err(BatchError::BadMagic {
+                magic: header.magic,
+            });
+        }
+        let min_length = (BATCH_HEADER_BYTES - BATCH_LENGTH_PREFIX_BYTES) as i32;
+        if header.batch_length < min_length {
+            return Err(BatchError::LengthMismatch {
+                declared: i64::from(header.batch_length),
+                available: buf.len() - BATCH_LENGTH_PREFIX_BYTES,
+            });
+        }
+        // A compacted batch may hold fewer records than its offset span, never more.
+        if header.last_offset_delta < 0
+            || header.record_count < 0
+            || header.record_count > header.last_offset_delta.saturating_add(1)
+        {
+            return Err(BatchError::BadOffsetDelta {
+                last_offset_delta: header.last_offset_delta,
+                record_count: header.record_count,
+            });
+        }
+        Ok(header)
+    }
+
+    /// Bytes of the whole batch, header included.
+    pub fn total_bytes(&self) -> u64 {
+        BATCH_LENGTH_PREFIX_BYTES as u64 + self.batch_length as u64
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.last_offset_delta)
+    }
+
+    /// Offsets the batch spans: `last_offset_delta + 1`.
+    pub fn offset_count(&self) -> u64 {
+        self.last_offset_delta as u64 + 1
+    }
+
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        Compression::from_attributes(self.attributes)
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTR_TRANSACTIONAL != 0
+    }
+
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & ATTR_LOG_APPEND_TIME != 0
+    }
+}
+
+/// Validates the batch at the start of `buf`: header, length against the bytes present, size
+/// limit, and CRC32C. Returns the header; the batch is `buf[..header.total_bytes()]`.
+pub fn validate_batch(buf: &[u8], bytes_max: u64) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(buf)?;
+    let total = header.total_bytes();
+    if total > bytes_max {
+        return Err(BatchError::TooLarge {
+            bytes: total,
+            bytes_max,
+        });
+    }
+    if total > buf.len() as u64 {
+        return Err(BatchError::LengthMismatch {
+            declared: i64::from(header.batch_length),
+            available: buf.len() - BATCH_LENGTH_PREFIX_BYTES,
+        });
+    }
+    let actual = crc32c::crc32c(&buf[POS_ATTRIBUTES..total as usize]);
+    if actual != header.crc {
+        return Err(BatchError::CrcMismatch {
+            expected: header.crc,
+            actual,
+        });
+    }
+    Ok(header)
+}
+
+/// Validates a record set (one or more batches back to back, as in a Produce request) and
+/// returns each batch's header. The set must end exactly at a batch boundary.
+pub fn validate_record_set(
+    buf: &[u8],
+    batch_bytes_max: u64,
+) -> Result<Vec<BatchHeader>, BatchError> {
+    if buf.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    let mut headers = Vec::new();
+    let mut pos = 0usize;
+    while pos < buf.len() {
+        let header = validate_batch(&buf[pos..], batch_bytes_max)?;
+        pos += header.total_bytes() as usize;
+        headers.push(header);
+    }
+    Ok(headers)
+}
+
+/// Writes `base_offset` into the batch at the start of `batch`. Not covered by the CRC.
+pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
+    batch[..8].copy_from_slice(&base_offset.to_be_bytes());
+}
+
+/// Marks the batch as log-append-time stamped with `timestamp_ms` and recomputes its CRC,
+/// as Kafka does for topics with `message.timestamp.type=LogAppendTime`.
+pub fn set_log_append_time(batch: &mut [u8], header: &BatchHeader, timestamp_ms: i64) {
+    let total = header.total_bytes() as usize;
+    let attributes = header.attributes | ATTR_LOG_APPEND_TIME;
+    batch[POS_ATTRIBUTES..POS_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[POS_MAX_TIMESTAMP..POS_MAX_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[POS_ATTRIBUTES..total]);
+    batch[POS_CRC..POS_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// One record header. Keys may repeat within a record, as in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Option<Bytes>,
+}
+
+/// A record as read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+/// A record to be written by [`BatchBuilder`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewRecord {
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+/// Producer identity carried in a batch header; `NONE` for plain producers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerInfo {
+    pub const NONE: ProducerInfo = ProducerInfo {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+}
+
+/// Builds one v2 batch for internal writers (HTTP produce, pipelines, SQL sinks, compaction).
+///
+/// Records carry offset deltas; the log assigns the base offset on append.
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    compression: Compression,
+    producer: ProducerInfo,
+    /// (offset delta, record); deltas strictly increase.
+    records: Vec<(i32, NewRecord)>,
+    last_offset_delta: Option<i32>,
+}
+
+impl BatchBuilder {
+    pub fn new(compression: Compression) -> Self {
+        BatchBuilder {
+            compression,
+            producer: ProducerInfo::NONE,
+            records: Vec::new(),
+            last_offset_delta: None,
+        }
+    }
+
+    pub fn producer(mut self, producer: ProducerInfo) -> Self {
+        self.producer = producer;
+        self
+    }
+
+    /// Adds a record at the next offset delta.
+    pub fn push(&mut self, record: NewRecord) {
+        let delta = self.records.last().map_or(0, |(d, _)| d + 1);
+        self.records.push((delta, record));
+    }
+
+    /// Adds a record at an explicit offset delta, leaving a gap as compaction does.
+    /// Deltas must strictly increase.
+    pub fn push_at(&mut self, offset_delta: i32, record: NewRecord) {
+        assert!(
+            self.records.last().is_none_or(|(d, _)| *d < offset_delta),
+            "offset deltas must increase"
+        );
+        self.records.push((offset_delta, record));
+    }
+
+    /// Keeps the batch's offset span up to `last_offset_delta` even when the records pushed end
+    /// earlier, so a compacted batch still covers the offsets of the original.
+    pub fn last_offset_delta(&mut self, last_offset_delta: i32) {
+        self.last_offset_delta = Some(last_offset_delta);
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Encodes the batch with base offset 0.
+    pub fn build(&self) -> Result<Bytes, BatchError> {
+        if self.records.is_empty() {
+            return Err(BatchError::Empty);
+        }
+        let base_timestamp = self
+            .records
+            .iter()
+            .map(|(_, r)| r.timestamp)
+            .min()
+            .unwrap_or(-1);
+        let max_timestamp = self
+            .records
+            .iter()
+            .map(|(_, r)| r.timestamp)
+            .max()
+            .unwrap_or(-1);
+        let records_last_delta = self.records.last().map_or(0, |(d, _)| *d);
+        let last_offset_delta = self
+            .last_offset_delta
+            .unwrap_or(records_last_delta)
+            .max(records_last_delta);
+
+        let mut plain = BytesMut::new();
+        for (delta, record) in &self.records {
+            encode_record(
+                &mut plain,
+                *delta,
+                record.timestamp - base_timestamp,
+                record,
+            )?;
+        }
+        let mut body = BytesMut::new();
+        compress(self.compression, plain, &mut body)?;
+
+        let record_count = i32::try_from(self.records.len()).map_err(|_| BatchError::Encode {
+            reason: format!("{} records do not fit one batch", self.records.len()),
+        })?;
+        let batch_length = i32::try_from(
+            BATCH_HEADER_BYTES - BATCH_LENGTH_PREFIX_BYTES + body.len(),
+        )
+        .map_err(|_| BatchError::Encode {
+            reason: format!("{} bytes of records do not fit one batch", body.len()),
+        })?;
+        let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len());
+        out.put_i64(0);
+        out.put_i32(batch_length);
+        out.put_i32(-1);
+        out.put_i8(2);
+        out.put_u32(0);
+        out.put_i16(self.compression.attribute_bits());
+        out.put_i32(last_offset_delta);
+        out.put_i64(base_timestamp);
+        out.put_i64(max_timestamp);
+        out.put_i64(self.producer.producer_id);
+        out.put_i16(self.producer.producer_epoch);
+        out.put_i32(self.producer.base_sequence);
+        out.put_i32(record_count);
+        out.put_slice(&body);
+        let crc = crc32c::crc32c(&out[POS_ATTRIBUTES..]);
+        out[POS_CRC..POS_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        Ok(out.freeze())
+    }
+}
+
+fn compress(
+    compression: Compression,
+    plain: BytesMut,
+    out: &mut BytesMut,
+) -> Result<(), BatchError> {
+    let copy = |buf: &mut BytesMut| {
+        buf.put_slice(&plain);
+        Ok(())
+    };
+    let result = match compression {
+        Compression::None => {
+            out.put_slice(&plain);
+            Ok(())
+        }
+        Compression::Gzip => <Gzip as Compressor<BytesMut>>::compress(out, copy),
+        Compression::Snappy => <Snappy as Compressor<BytesMut>>::compress(out, copy),
+        Compression::Lz4 => <Lz4 as Compressor<BytesMut>>::compress(out, copy),
+        Compression::Zstd => <Zstd as Compressor<BytesMut>>::compress(out, copy),
+    };
+    result.map_err(|e| BatchError::Encode {
+        reason: format!("{compression:?} compression failed: {e:#}"),
+    })
+}
+
+fn decompress(compression: Compression, mut body: Bytes) -> Result<Bytes, BatchError> {
+    let take = |buf: &mut Bytes| Ok(std::mem::take(buf));
+    let result = match compression {
+        Compression::None => Ok(body),
+        Compression::Gzip => <Gzip as Decompressor<Bytes>>::decompress(&mut body, take),
+        Compression::Snappy => <Snappy as Decompressor<Bytes>>::decompress(&mut body, take),
+        Compression::Lz4 => <Lz4 as Decompressor<Bytes>>::decompress(&mut body, take),
+        Compression::Zstd => <Zstd as Decompressor<Bytes>>::decompress(&mut body, take),
+    };
+    result.map_err(|e| BatchError::Decode {
+        reason: format!("{compression:?} decompression failed: {e:#}"),
+    })
+}
+
+fn put_varint(buf: &mut BytesMut, value: i64) {
+    let mut v = ((value << 1) ^ (value >> 63)) as u64;
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
+fn varint_len(value: i64) -> usize {
+    let mut v = ((value << 1) ^ (value >> 63)) as u64;
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_varbytes(buf: &mut BytesMut, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varint(buf, -1),
+        Some(b) => {
+            put_varint(buf, b.len() as i64);
+            buf.put_slice(b);
+        }
+    }
+}
+
+fn varbytes_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => varint_len(-1),
+        Some(b) => varint_len(b.len() as i64) + b.len(),
+    }
+}
+
+fn encode_record(
+    buf: &mut BytesMut,
+    offset_delta: i32,
+    timestamp_delta: i64,
+    record: &NewRecord,
+) -> Result<(), BatchError> {
+    let key = record.key.as_deref();
+    let value = record.value.as_deref();
+    let mut body_len = 1 // attributes
+        + varint_len(timestamp_delta)
+        + varint_len(i64::from(offset_delta))
+        + varbytes_len(key)
+        + varbytes_len(value)
+        + varint_len(record.headers.len() as i64);
+    for h in &record.headers {
+        body_len += varbytes_len(Some(h.key.as_bytes())) + varbytes_len(h.value.as_deref());
+    }
+    if body_len > i32::MAX as usize {
+        return Err(BatchError::Encode {
+            reason: format!("record of {body_len} bytes is too large"),
+        });
+    }
+    put_varint(buf, body_len as i64);
+    buf.put_i8(0);
+    put_varint(buf, timestamp_delta);
+    put_varint(buf, i64::from(offset_delta));
+    put_varbytes(buf, key);
+    put_varbytes(buf, value);
+    put_varint(buf, record.headers.len() as i64);
+    for h in &record.headers {
+        put_varbytes(buf, Some(h.key.as_bytes()));
+        put_varbytes(buf, h.value.as_deref());
+    }
+    Ok(())
+}
+
+struct RecordCursor {
+    buf: Bytes,
+}
+
+impl RecordCursor {
+    fn malformed(what: &str) -> BatchError {
+        BatchError::Decode {
+            reason: format!("malformed record: {what}"),
+        }
+    }
+
+    fn varint(&mut self) -> Result<i64, BatchError> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            if !self.buf.has_remaining() {
+                return Err(Self::malformed("varint runs past the end"));
+            }
+            let byte = self.buf.get_u8();
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
+            }
+        }
+        Err(Self::malformed("varint longer than 10 bytes"))
+    }
+
+    fn bytes(&mut self) -> Result<Option<Bytes>, BatchError> {
+        let len = self.varint()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len).map_err(|_| Self::malformed("length overflows"))?;
+        if len > self.buf.remaining() {
+            return Err(Self::malformed("field runs past the end"));
+        }
+        Ok(Some(self.buf.split_to(len)))
+    }
+}
+
+/// Decodes every record of every batch in `batches` (whole batches back to back, as a log read
+/// returns them), checking each CRC first and decompressing where needed. Control batches
+/// (transaction markers) are skipped: they hold no user records.
+pub fn decode_records(batches: &Bytes) -> Result<Vec<Record>, BatchError> {
+    let mut out = Vec::new();
+    for_each_batch(batches, |header, body| {
+        if !header.is_control() {
+            decode_batch_records(header, body, &mut out)?;
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with each validated batch header and its full bytes.
+pub fn for_each_batch(
+    batches: &Bytes,
+    mut f: impl FnMut(&BatchHeader, Bytes) -> Result<(), BatchError>,
+) -> Result<(), BatchError> {
+    let mut pos = 0usize;
+    while pos < batches.len() {
+        let header = validate_batch(&batches[pos..], u64::MAX)?;
+        let end = pos + header.total_bytes() as usize;
+        f(&header, batches.slice(pos..end))?;
+        pos = end;
+    }
+    Ok(())
+}
+
+/// Decodes the records of one validated batch into `out`.
+pub fn decode_batch_records(
+    header: &BatchHeader,
+    batch: Bytes,
+    out: &mut Vec<Record>,
+) -> Result<(), BatchError> {
+    let body = batch.slice(BATCH_HEADER_BYTES..);
+    let plain = decompress(header.compression()?, body)?;
+    let mut cur = RecordCursor { buf: plain };
+    for _ in 0..header.record_count {
+        let len = cur.varint()?;
+        let len = usize::try_from(len).map_err(|_| RecordCursor::malformed("negative length"))?;
+        if len > cur.buf.remaining() {
+            return Err(RecordCursor::malformed("record runs past the end"));
+        }
+        let mut rec = RecordCursor {
+            buf: cur.buf.split_to(len),
+        };
+        if !rec.buf.has_remaining() {
+            return Err(RecordCursor::malformed("empty record"));
+        }
+        let _attributes = rec.buf.get_i8();
+        let timestamp_delta = rec.varint()?;
+        let offset_delta = rec.varint()?;
+        let key = rec.bytes()?;
+        let value = rec.bytes()?;
+        let header_count = rec.varint()?;
+        if header_count < 0 || header_count as usize > rec.buf.remaining() {
+            return Err(RecordCursor::malformed("bad header count"));
+        }
+        let mut headers = Vec::with_capacity(header_count as usize);
+        for _ in 0..header_count {
+            let key = rec
+                .bytes()?
+                .ok_or_else(|| RecordCursor::malformed("null header key"))?;
+            let key = String::from_utf8(key.to_vec())
+                .map_err(|_| RecordCursor::malformed("header key is not UTF-8"))?;
+            headers.push(Header {
+                key,
+                value: rec.bytes()?,
+            });
+        }
+        let timestamp = if header.is_log_append_time() {
+            header.max_timestamp
+        } else {
+            header.base_timestamp.wrapping_add(timestamp_delta)
+        };
+        out.push(Record {
+            offset: header.base_offset.wrapping_add(offset_delta),
+            timestamp,
+            key,
+            value,
+            headers,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: usize) -> NewRecord {
+        NewRecord {
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: if i % 7 == 3 {
+                None
+            } else {
+                Some(Bytes::from(format!("value-{i}-").repeat(i % 5 + 1)))
+            },
+            headers: vec![
+                Header {
+                    key: "h".into(),
+                    value: Some(Bytes::from_static(b"1")),
+                },
+                Header {
+                    key: "h".into(),
+                    value: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn every_codec_round_trips() {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut b = BatchBuilder::new(compression);
+            for i in 0..50 {
+                b.push(record(i));
+            }
+            let batch = b.build().unwrap();
+            let header = validate_batch(&batch, u64::MAX).unwrap();
+            assert_eq!(header.compression().unwrap(), compression);
+            assert_eq!(header.record_count, 50);
+            assert_eq!(header.last_offset_delta, 49);
+            let records = decode_records(&batch).unwrap();
+            assert_eq!(records.len(), 50);
+            for (i, r) in records.iter().enumerate() {
+                let expected = record(i);
+                assert_eq!(r.offset, i as i64);
+                assert_eq!(r.timestamp, expected.timestamp);
+                assert_eq!(r.key, expected.key);
+                assert_eq!(r.value, expected.value);
+                assert_eq!(r.headers, expected.headers);
+            }
+        }
+    }
+
+    #[test]
+    fn base_offset_rewrite_keeps_crc_valid() {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(record(1));
+        let mut batch = b.build().unwrap().to_vec();
+        set_base_offset(&mut batch, 1234);
+        let header = validate_batch(&batch, u64::MAX).unwrap();
+        assert_eq!(header.base_offset, 1234);
+        let records = decode_records(&Bytes::from(batch)).unwrap();
+        assert_eq!(records[0].offset, 1234);
+    }
+
+    #[test]
+    fn log_append_time_rewrites_timestamps_and_crc() {
+        let mut b = BatchBuilder::new(Compression::Lz4);
+        b.push(record(1));
+        b.push(record(2));
+        let mut batch = b.build().unwrap().to_vec();
+        let header = validate_batch(&batch, u64::MAX).unwrap();
+        set_log_append_time(&mut batch, &header, 42);
+        let header = validate_batch(&batch, u64::MAX).unwrap();
+        assert!(header.is_log_append_time());
+        let records = decode_records(&Bytes::from(batch)).unwrap();
+        assert!(records.iter().all(|r| r.timestamp == 42));
+    }
+
+    #[test]
+    fn corrupt_batches_are_refused_with_their_reason() {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(record(1));
+        let batch = b.build().unwrap().to_vec();
+
+        let check = |bytes: &[u8], expected: &dyn Fn(&BatchError) -> bool| {
+            let err = validate_record_set(bytes, 1 << 20).unwrap_err();
+            assert!(expected(&err), "unexpected error {err:?}");
+        };
+        check(&[], &|e| matches!(e, BatchError::Empty));
+        check(&batch[..30], &|e| matches!(e, BatchError::TooShort { .. }));
+        check(&batch[..batch.len() - 1], &|e| {
+            matches!(e, BatchError::LengthMismatch { .. })
+        });
+        let mut flipped = batch.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        check(&flipped, &|e| matches!(e, BatchError::CrcMismatch { .. }));
+        let mut magic = batch.clone();
+        magic[POS_MAGIC] = 1;
+        check(&magic, &|e| matches!(e, BatchError::BadMagic { magic: 1 }));
+        let mut trailing = batch.clone();
+        trailing.extend_from_slice(&[0; 5]);
+        check(&trailing, &|e| matches!(e, BatchError::TooShort { .. }));
+        let err = validate_record_set(&batch, 20).unwrap_err();
+        assert!(matches!(err, BatchError::TooLarge { bytes_max: 20, .. }));
+    }
+
+    #[test]
+    fn compacted_batch_keeps_its_offset_span() {
+        let mut b = BatchBuilder::new(Compression::Zstd);
+        b.push_at(2, record(2));
+        b.push_at(5, record(5));
+        b.last_offset_delta(9);
+        let batch = b.build().unwrap();
+        let header = validate_batch(&batch, u64::MAX).unwrap();
+        assert_eq!(header.last_offset_delta, 9);
+        assert_eq!(header.record_count, 2);
+        let offsets: Vec<i64> = decode_records(&batch)
+            .unwrap()
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(offsets, vec![2, 5]);
+    }
+}

@@ -1,0 +1,325 @@
+//! Sparse, memory-mapped segment indexes.
+//!
+//! An index file is a flat array of fixed-size big-endian entries. The active segment's index
+//! is preallocated to `segment.index.bytes` and mapped writable; unwritten entries are zero.
+//! When a segment closes, its index is flushed and truncated to the entries it holds, and is
+//! mapped read-only from then on. Lookups are binary searches over the mapping.
+//!
+//! Indexes are derived data: they are never fsynced on the append path, and recovery rebuilds
+//! any part of them that does not match the log.
+
+use std::fs::{File, OpenOptions};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut};
+
+use crate::error::{Result, StorageError};
+
+/// A fixed-size index entry.
+pub(crate) trait IndexEntry: Copy {
+    const BYTES: usize;
+    fn read(b: &[u8]) -> Self;
+    fn write(&self, b: &mut [u8]);
+}
+
+/// Offset index entry: offset relative to the segment base → byte position in the log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OffsetEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+impl IndexEntry for OffsetEntry {
+    const BYTES: usize = 8;
+    fn read(b: &[u8]) -> Self {
+        OffsetEntry {
+            relative_offset: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            position: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+    fn write(&self, b: &mut [u8]) {
+        b[..4].copy_from_slice(&self.relative_offset.to_be_bytes());
+        b[4..8].copy_from_slice(&self.position.to_be_bytes());
+    }
+}
+
+/// Time index entry: the largest timestamp seen so far in the segment, and the relative offset
+/// of the batch from which on it is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeEntry {
+    pub timestamp: i64,
+    pub relative_offset: u32,
+}
+
+impl IndexEntry for TimeEntry {
+    const BYTES: usize = 12;
+    fn read(b: &[u8]) -> Self {
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&b[..8]);
+        TimeEntry {
+            timestamp: i64::from_be_bytes(ts),
+            relative_offset: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
+        }
+    }
+    fn write(&self, b: &mut [u8]) {
+        b[..8].copy_from_slice(&self.timestamp.to_be_bytes());
+        b[8..12].copy_from_slice(&self.relative_offset.to_be_bytes());
+    }
+}
+
+enum Mapping {
+    /// Zero-length file: nothing to map.
+    Empty,
+    ReadOnly(Mmap),
+    Writable(MmapMut),
+}
+
+impl Mapping {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Mapping::Empty => &[],
+            Mapping::ReadOnly(m) => m,
+            Mapping::Writable(m) => m,
+        }
+    }
+}
+
+pub(crate) struct MmapIndex<E: IndexEntry> {
+    path: PathBuf,
+    file: File,
+    map: Mapping,
+    entries: usize,
+    _entry: PhantomData<E>,
+}
+
+impl<E: IndexEntry> MmapIndex<E> {
+    /// Opens (creating if needed) a writable index preallocated to `bytes_max`. All entries in
+    /// the file are taken as valid; callers validate with [`MmapIndex::valid_prefix`] and
+    /// [`MmapIndex::truncate`].
+    pub fn open_writable(path: &Path, bytes_max: u64) -> Result<Self> {
+        let io = || StorageError::io(path);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io())?;
+        let len = file.metadata().map_err(io())?.len();
+        let bytes_max = bytes_max - bytes_max % E::BYTES as u64;
+        let entries = (len / E::BYTES as u64) as usize;
+        file.set_len(bytes_max.max(len - len % E::BYTES as u64))
+            .map_err(io())?;
+        // SAFETY: the file is private to this process's log directory; no other process writes
+        // it, and the mapping never outlives `file`.
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io())?;
+        Ok(MmapIndex {
+            path: path.to_path_buf(),
+            file,
+            map: Mapping::Writable(map),
+            entries,
+            _entry: PhantomData,
+        })
+    }
+
+    /// Opens a closed segment's index read-only. A file whose size is not a whole number of
+    /// entries is refused.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        let io = || StorageError::io(path);
+        let file = File::open(path).map_err(io())?;
+        let len = file.metadata().map_err(io())?.len();
+        if len % E::BYTES as u64 != 0 {
+            return Err(StorageError::Corrupt {
+                path: path.to_path_buf(),
+                position: len,
+                reason: format!("index size {len} is not a multiple of {} bytes", E::BYTES),
+            });
+        }
+        let map = if len == 0 {
+            Mapping::Empty
+        } else {
+            // SAFETY: as in `open_writable`; closed indexes are never written again.
+            Mapping::ReadOnly(unsafe { Mmap::map(&file) }.map_err(io())?)
+        };
+        Ok(MmapIndex {
+            path: path.to_path_buf(),
+            file,
+            map,
+            entries: (len / E::BYTES as u64) as usize,
+            _entry: PhantomData,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// True when `more` entries fit in the preallocated space.
+    pub fn has_room(&self, more: usize) -> bool {
+        match &self.map {
+            Mapping::Writable(m) => (self.entries + more) * E::BYTES <= m.len(),
+            _ => false,
+        }
+    }
+
+    pub fn entry(&self, i: usize) -> E {
+        E::read(&self.map.bytes()[i * E::BYTES..(i + 1) * E::BYTES])
+    }
+
+    pub fn last(&self) -> Option<E> {
+        self.entries.checked_sub(1).map(|i| self.entry(i))
+    }
+
+    /// Number of leading entries for which `valid(previous, entry)` holds.
+    pub fn valid_prefix(&self, mut valid: impl FnMut(Option<E>, E) -> bool) -> usize {
+        let mut prev = None;
+        for i in 0..self.entries {
+            let e = self.entry(i);
+            if !valid(prev, e) {
+                return i;
+            }
+            prev = Some(e);
+        }
+        self.entries
+    }
+
+    /// Index of the last entry for which `le(entry)` holds, given that `le` is true for a
+    /// prefix of the entries (binary search).
+    pub fn last_where(&self, le: impl Fn(&E) -> bool) -> Option<E> {
+        let (mut lo, mut hi) = (0usize, self.entries);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if le(&self.entry(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1).map(|i| self.entry(i))
+    }
+
+    pub fn push(&mut self, e: E) {
+        let i = self.entries;
+        match &mut self.map {
+            Mapping::Writable(m) => {
+                assert!(
+                    (i + 1) * E::BYTES <= m.len(),
+                    "index {} is full",
+                    self.path.display()
+                );
+                e.write(&mut m[i * E::BYTES..(i + 1) * E::BYTES]);
+                self.entries += 1;
+            }
+            _ => panic!("index {} is read-only", self.path.display()),
+        }
+    }
+
+    /// Drops entries from `entries` on and zeroes them on disk, so a later recovery cannot
+    /// mistake them for valid ones.
+    pub fn truncate(&mut self, entries: usize) {
+        if entries >= self.entries {
+            return;
+        }
+        if let Mapping::Writable(m) = &mut self.map {
+            m[entries * E::BYTES..self.entries * E::BYTES].fill(0);
+        }
+        self.entries = entries;
+    }
+
+    /// Drops every entry beyond the in-memory count, zero-filling the preallocated space by
+    /// truncating and re-extending the file.
+    pub fn reset_tail(&mut self) -> Result<()> {
+        let io = || StorageError::io(&self.path);
+        let Mapping::Writable(m) = &self.map else {
+            return Ok(());
+        };
+        let capacity = m.len() as u64;
+        self.map = Mapping::Empty;
+        let used = (self.entries * E::BYTES) as u64;
+        self.file.set_len(used).map_err(io())?;
+        self.file.set_len(capacity).map_err(io())?;
+        // SAFETY: as in `open_writable`.
+        self.map = Mapping::Writable(unsafe { MmapMut::map_mut(&self.file) }.map_err(io())?);
+        Ok(())
+    }
+
+    /// Flushes and fsyncs the entries, truncates the file to them and remaps it read-only:
+    /// the index of a segment that no longer takes appends.
+    pub fn seal(&mut self) -> Result<()> {
+        let io = || StorageError::io(&self.path);
+        if let Mapping::Writable(m) = &self.map {
+            m.flush().map_err(io())?;
+        }
+        self.map = Mapping::Empty;
+        let used = (self.entries * E::BYTES) as u64;
+        self.file.set_len(used).map_err(io())?;
+        self.file.sync_all().map_err(io())?;
+        if used > 0 {
+            // SAFETY: as in `open_read_only`.
+            self.map = Mapping::ReadOnly(unsafe { Mmap::map(&self.file) }.map_err(io())?);
+        }
+        Ok(())
+    }
+
+    /// Writes dirty index pages back without waiting for the disk; used on clean shutdown so the
+    /// next recovery finds a current index.
+    pub fn flush(&self) -> Result<()> {
+        if let Mapping::Writable(m) = &self.map {
+            m.flush().map_err(StorageError::io(&self.path))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_finds_greatest_entry_at_or_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.index");
+        let mut idx = MmapIndex::<OffsetEntry>::open_writable(&path, 4096).unwrap();
+        for i in 1..=100u32 {
+            idx.push(OffsetEntry {
+                relative_offset: i * 10,
+                position: i * 1000,
+            });
+        }
+        assert_eq!(idx.last_where(|e| e.relative_offset <= 5), None);
+        for target in 10..=1010u32 {
+            let e = idx.last_where(|e| e.relative_offset <= target).unwrap();
+            assert_eq!(e.relative_offset, (target / 10).min(100) * 10);
+        }
+        idx.seal().unwrap();
+        drop(idx);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 800);
+        let idx = MmapIndex::<OffsetEntry>::open_read_only(&path).unwrap();
+        assert_eq!(idx.len(), 100);
+        assert_eq!(idx.last().unwrap().position, 100_000);
+    }
+
+    #[test]
+    fn reset_tail_zeroes_stale_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.timeindex");
+        let mut idx = MmapIndex::<TimeEntry>::open_writable(&path, 1200).unwrap();
+        for i in 0..10 {
+            idx.push(TimeEntry {
+                timestamp: i,
+                relative_offset: i as u32,
+            });
+        }
+        idx.truncate(4);
+        idx.reset_tail().unwrap();
+        drop(idx);
+        let idx = MmapIndex::<TimeEntry>::open_writable(&path, 1200).unwrap();
+        // 100 slots are preallocated; the first four hold data, the rest are zero.
+        assert_eq!(idx.len(), 100);
+        assert_eq!(
+            idx.valid_prefix(|p, e| p.is_none_or(|p| e.timestamp > p.timestamp)),
+            4
+        );
+    }
+}

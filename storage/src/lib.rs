@@ -1,0 +1,37 @@
+//! `weir-storage`: the partition logs and the metadata store of a Weir broker.
+//!
+//! - [`Storage`] owns a data directory: topics registered in the sled [`MetaStore`] under
+//!   `<data-dir>/meta`, and one [`Log`] per partition under `<data-dir>/topics/<topic>-<p>/`.
+//! - [`Log`] is an ordered list of segments. [`Log::append`] takes Kafka RecordBatch v2 bytes
+//!   as a producer sent them, validates them (header, length, CRC32C), assigns offsets by
+//!   rewriting each batch's base offset, and writes them to the active segment; with the
+//!   default `always` flush policy it returns once the bytes are fsynced, and concurrent
+//!   appends share one fsync. [`Log::read`] returns whole batches located in a segment file
+//!   ([`FileSlice`]) for zero-copy sends; [`Log::offset_for_timestamp`] serves ListOffsets.
+//! - Each segment is `<base offset, 20 digits>.log` with a sparse offset index (`.index`) and
+//!   time index (`.timeindex`), memory-mapped and binary-searched.
+//! - [`batch`] parses and validates batch headers, builds batches for internal writers
+//!   ([`BatchBuilder`]) and decodes records, compressed or not ([`decode_records`]).
+//! - Retention ([`Log::enforce_retention`]) deletes whole closed segments; compaction
+//!   ([`compact()`]) keeps the last record per key. [`Storage::start_background`] runs both.
+//!
+//! This crate knows nothing of sockets, Kafka requests, WASM or SQL. `storage/README.md` states
+//! the durability guarantees and the write path.
+
+pub mod batch;
+mod compact;
+pub mod config;
+mod error;
+mod index;
+mod log;
+pub mod meta;
+mod segment;
+mod storage;
+
+pub use batch::{BatchBuilder, Compression, Header, NewRecord, Record, decode_records};
+pub use compact::{CompactionResult, compact};
+pub use config::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
+pub use error::{BatchError, Result, StorageError};
+pub use log::{AppendInfo, FileSlice, Log, ReadResult, RetentionResult};
+pub use meta::{MetaStore, TopicMeta, Tree};
+pub use storage::{PARTITIONS_MAX, Storage, StorageConfig, validate_topic_name};

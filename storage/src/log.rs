@@ -1,0 +1,759 @@
+//! A partition log: an ordered list of segments, the last of which takes appends.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::batch::{
+    BatchHeader, Record, decode_batch_records, for_each_batch, set_base_offset,
+    set_log_append_time, validate_batch, validate_record_set,
+};
+use crate::config::{FlushPolicy, LogConfig, TimestampType};
+use crate::error::{BatchError, Result, StorageError};
+use crate::segment::{IndexCursor, RecoveryPoint, Segment, segment_paths, sync_dir};
+
+const RECOVERY_POINT_FILE: &str = "recovery-point";
+const RECOVERY_POINT_BYTES: usize = 20;
+/// How often, at most, the recovery point is rewritten after an fsync.
+const RECOVERY_POINT_INTERVAL_MS: i64 = 1000;
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its state consistent before it can fail, so a panic in
+    // another thread does not make the data behind the lock unusable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Offsets assigned to an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// Set when the log stamps batches with the append time (`LogAppendTime`).
+    pub log_append_time_ms: Option<i64>,
+}
+
+/// Whole batches of one segment, located in its file, for a reader to send or load.
+#[derive(Debug, Clone)]
+pub struct FileSlice {
+    segment: Arc<Segment>,
+    position: u64,
+    len: u64,
+}
+
+impl FileSlice {
+    /// The segment file, for zero-copy sends (`sendfile`) of `position()..position()+len()`.
+    pub fn file(&self) -> &File {
+        self.segment.file()
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Loads the bytes and verifies every batch's CRC.
+    pub fn read(&self) -> Result<Bytes> {
+        let bytes = self.segment.read_bytes(self.position, self.len)?;
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            match validate_batch(&bytes[pos..], u64::MAX) {
+                Ok(h) => pos += h.total_bytes() as usize,
+                Err(e) => {
+                    return Err(StorageError::Corrupt {
+                        path: self.segment.log_path(),
+                        position: self.position + pos as u64,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(bytes)
+    }
+}
+
+/// The answer to a read: batches (possibly none) and the log's bounds at the time of the read.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    pub slice: Option<FileSlice>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// What readers may see. Replaced as a whole, so a reader's snapshot is consistent.
+#[derive(Debug, Clone)]
+struct View {
+    segments: Arc<Vec<Arc<Segment>>>,
+    log_start_offset: u64,
+    /// Offsets below it are readable. It sits at a batch boundary: `hw_position` in the segment
+    /// with base offset `hw_segment`.
+    high_watermark: u64,
+    hw_segment: u64,
+    hw_position: u64,
+}
+
+struct Writer {
+    active: Arc<Segment>,
+    cursor: IndexCursor,
+    next_offset: u64,
+}
+
+struct SyncState {
+    synced_offset: u64,
+    last_flush_ms: i64,
+    recovery_point_written_ms: i64,
+}
+
+/// Counts of what one retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionResult {
+    pub segments_deleted: u64,
+    pub bytes_deleted: u64,
+}
+
+/// One partition's log. Appends are serialized; reads run concurrently with them and see
+/// everything below the high watermark at the time they start.
+pub struct Log {
+    dir: PathBuf,
+    config: RwLock<LogConfig>,
+    writer: Mutex<Writer>,
+    view: RwLock<View>,
+    sync: Mutex<SyncState>,
+    /// Serializes retention and compaction, which remove or replace closed segments.
+    maintenance: Mutex<()>,
+    recovery_point: File,
+    failed: AtomicBool,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.dir).finish()
+    }
+}
+
+fn parse_segment_base(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".log")?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
+}
+
+impl Log {
+    /// Opens the log in `dir`, which must exist, recovering its last segment.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Log> {
+        if !dir.is_dir() {
+            return Err(StorageError::MissingDirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        crate::compact::finish_interrupted_swaps(dir)?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(StorageError::io(dir))? {
+            let entry = entry.map_err(StorageError::io(dir))?;
+            if let Some(base) = entry.file_name().to_str().and_then(parse_segment_base) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let now = now_ms();
+        if bases.is_empty() {
+            Segment::create(dir, 0, config.index_bytes_max, now)?;
+            sync_dir(dir)?;
+            bases.push(0);
+        }
+
+        let rp_path = dir.join(RECOVERY_POINT_FILE);
+        let recovery_point = read_recovery_point(&rp_path)?;
+        let rp_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&rp_path)
+            .map_err(StorageError::io(&rp_path))?;
+
+        let mut segments = Vec::with_capacity(bases.len());
+        for pair in bases.windows(2) {
+            segments.push(Arc::new(Segment::open_closed(dir, pair[0], pair[1])?));
+        }
+        let last_base = *bases.last().unwrap_or(&0);
+        let (active, cursor) =
+            Segment::recover_active(dir, last_base, &config, recovery_point, now)?;
+        // What recovery kept may have been only in the page cache; make it durable before
+        // anyone reads it as acknowledged.
+        active.sync()?;
+        let active = Arc::new(active);
+        segments.push(active.clone());
+        let next_offset = active.next_offset();
+        let log_start_offset = segments.first().map_or(0, |s| s.base_offset());
+        let view = View {
+            segments: Arc::new(segments),
+            log_start_offset,
+            high_watermark: next_offset,
+            hw_segment: active.base_offset(),
+            hw_position: active.size(),
+        };
+        let log = Log {
+            dir: dir.to_path_buf(),
+            config: RwLock::new(config),
+            writer: Mutex::new(Writer {
+                active: active.clone(),
+                cursor,
+                next_offset,
+            }),
+            view: RwLock::new(view),
+            sync: Mutex::new(SyncState {
+                synced_offset: next_offset,
+                last_flush_ms: now,
+                recovery_point_written_ms: now,
+            }),
+            maintenance: Mutex::new(()),
+            recovery_point: rp_file,
+            failed: AtomicBool::new(false),
+        };
+        log.write_recovery_point(RecoveryPoint {
+            base_offset: active.base_offset(),
+            position: active.size(),
+        })?;
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the config; takes effect with the next append, roll or maintenance pass.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    fn view(&self) -> View {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update_view(&self, f: impl FnOnce(&mut View)) {
+        f(&mut self.view.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.view().log_start_offset
+    }
+
+    /// Offset after the last readable record.
+    pub fn high_watermark(&self) -> u64 {
+        self.view().high_watermark
+    }
+
+    /// Offset the next append gets.
+    pub fn log_end_offset(&self) -> u64 {
+        lock(&self.writer).next_offset
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.view().segments.iter().map(|s| s.size()).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.view().segments.len()
+    }
+
+    /// Appends a record set (whole v2 batches back to back, as a producer sends them). The
+    /// batches are validated first; on any error nothing is written. Base offsets (and, for
+    /// `LogAppendTime` logs, timestamps) are rewritten in `batches`. With the `always` flush
+    /// policy this returns once the bytes are fsynced.
+    pub fn append(&self, batches: &mut [u8]) -> Result<AppendInfo> {
+        self.append_at(batches, now_ms())
+    }
+
+    /// [`Log::append`] at a given wall-clock time, for deterministic tests.
+    pub fn append_at(&self, batches: &mut [u8], now: i64) -> Result<AppendInfo> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StorageError::Failed {
+                path: self.dir.clone(),
+            });
+        }
+        let config = self.config();
+        let headers = validate_record_set(batches, config.batch_bytes_max)?;
+        let total = batches.len() as u64;
+        if total > config.segment_bytes {
+            return Err(BatchError::TooLarge {
+                bytes: total,
+                bytes_max: config.segment_bytes,
+            }
+            .into());
+        }
+        let span: u64 = headers.iter().map(BatchHeader::offset_count).sum();
+        let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
+
+        let mut w = lock(&self.writer);
+        let active = &w.active;
+        let relative_end = w.next_offset + span - active.base_offset();
+        if active.size() > 0
+            && (active.size() + total > config.segment_bytes
+                || now - active.created_ms() >= config.segment_ms as i64
+                || active.indexes_full()
+                || relative_end > u64::from(u32::MAX))
+        {
+            self.roll(&mut w, &config, now)?;
+        }
+
+        let base_offset = w.next_offset;
+        let mut assigned = Vec::with_capacity(headers.len());
+        let mut pos = 0usize;
+        let mut offset = base_offset;
+        for h in &headers {
+            let batch = &mut batches[pos..pos + h.total_bytes() as usize];
+            set_base_offset(batch, offset as i64);
+            let mut h = *h;
+            h.base_offset = offset as i64;
+            if log_append_time {
+                set_log_append_time(batch, &h, now);
+                h.max_timestamp = now;
+            }
+            assigned.push(h);
+            pos += h.total_bytes() as usize;
+            offset += h.offset_count();
+        }
+        let position = w.active.write(batches)?;
+        let active = w.active.clone();
+        let mut batch_position = position;
+        for h in &assigned {
+            active.index_batch(
+                &mut w.cursor,
+                h,
+                batch_position,
+                config.index_interval_bytes,
+            );
+            batch_position += h.total_bytes();
+        }
+        active.commit_write(total, offset);
+        w.next_offset = offset;
+        let info = AppendInfo {
+            base_offset,
+            last_offset: offset - 1,
+            log_append_time_ms: log_append_time.then_some(now),
+        };
+        match config.flush_policy {
+            FlushPolicy::Interval { ms } => {
+                self.publish(offset, active.base_offset(), active.size());
+                drop(w);
+                let due = now - lock(&self.sync).last_flush_ms >= ms as i64;
+                if due {
+                    self.flush_at(now)?;
+                }
+            }
+            FlushPolicy::Always => {
+                drop(w);
+                self.sync_to(offset, now)?;
+            }
+        }
+        Ok(info)
+    }
+
+    /// Closes the active segment and starts a new one at the next offset. The new segment's
+    /// files are created (and the directory fsynced) before the old one is sealed, so a failure
+    /// leaves the old segment active and the log usable.
+    fn roll(&self, w: &mut Writer, config: &LogConfig, now: i64) -> Result<()> {
+        let base = w.next_offset;
+        let next = match Segment::create(&self.dir, base, config.index_bytes_max, now)
+            .and_then(|s| sync_dir(&self.dir).map(|()| s))
+        {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                for p in segment_paths(&self.dir, base) {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+        let old = std::mem::replace(&mut w.active, next.clone());
+        old.finish_time_index(&w.cursor);
+        if let Err(e) = old.seal() {
+            self.failed.store(true, Ordering::Release);
+            return Err(e);
+        }
+        w.cursor = IndexCursor::new();
+        self.update_view(|v| {
+            let mut segments = (*v.segments).clone();
+            segments.push(next.clone());
+            v.segments = Arc::new(segments);
+            // Everything in the old segment is on disk now.
+            if v.high_watermark <= base {
+                v.high_watermark = base;
+                v.hw_segment = base;
+                v.hw_position = 0;
+            }
+        });
+        self.write_recovery_point(RecoveryPoint {
+            base_offset: base,
+            position: 0,
+        })?;
+        tracing::debug!(log = %self.dir.display(), base_offset = base, "rolled segment");
+        Ok(())
+    }
+
+    /// Moves the high watermark forward (never back).
+    fn publish(&self, offset: u64, segment: u64, position: u64) {
+        self.update_view(|v| {
+            if offset > v.high_watermark {
+                v.high_watermark = offset;
+                v.hw_segment = segment;
+                v.hw_position = position;
+            }
+        });
+    }
+
+    /// Group commit: returns once every byte up to `target` is fsynced. The first caller in
+    /// fsyncs everything written so far; callers queued behind it usually find their bytes
+    /// covered and return without an fsync of their own.
+    fn sync_to(&self, target: u64, now: i64) -> Result<()> {
+        let mut s = lock(&self.sync);
+        if s.synced_offset >= target {
+            return Ok(());
+        }
+        self.sync_locked(&mut s, now)
+    }
+
+    fn sync_locked(&self, s: &mut SyncState, now: i64) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StorageError::Failed {
+                path: self.dir.clone(),
+            });
+        }
+        let (segment, offset, position) = {
+            let w = lock(&self.writer);
+            (w.active.clone(), w.next_offset, w.active.size())
+        };
+        if let Err(e) = segment.sync() {
+            // After a failed fsync the kernel may have dropped the dirty pages; what the file
+            // holds is unknown until recovery reads it again.
+            self.failed.store(true, Ordering::Release);
+            return Err(e);
+        }
+        s.synced_offset = s.synced_offset.max(offset);
+        s.last_flush_ms = now;
+        self.publish(offset, segment.base_offset(), position);
+        if now - s.recovery_point_written_ms >= RECOVERY_POINT_INTERVAL_MS {
+            s.recovery_point_written_ms = now;
+            self.write_recovery_point(RecoveryPoint {
+                base_offset: segment.base_offset(),
+                position,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs everything appended so far.
+    pub fn flush(&self) -> Result<()> {
+        self.flush_at(now_ms())
+    }
+
+    fn flush_at(&self, now: i64) -> Result<()> {
+        let mut s = lock(&self.sync);
+        if s.synced_offset >= self.log_end_offset() {
+            s.last_flush_ms = now;
+            return Ok(());
+        }
+        self.sync_locked(&mut s, now)
+    }
+
+    /// Flushes when the `interval` policy's time has come; called by a background timer.
+    pub fn flush_if_due(&self, now: i64) -> Result<()> {
+        if let FlushPolicy::Interval { ms } = self.config().flush_policy {
+            let last = lock(&self.sync).last_flush_ms;
+            if now - last >= ms as i64 {
+                return self.flush_at(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes data and index pages and records the recovery point: a clean shutdown.
+    pub fn close(&self) -> Result<()> {
+        self.flush()?;
+        let w = lock(&self.writer);
+        w.active.flush_indexes()?;
+        self.write_recovery_point(RecoveryPoint {
+            base_offset: w.active.base_offset(),
+            position: w.active.size(),
+        })?;
+        self.recovery_point
+            .sync_data()
+            .map_err(StorageError::io(self.dir.join(RECOVERY_POINT_FILE)))
+    }
+
+    fn write_recovery_point(&self, p: RecoveryPoint) -> Result<()> {
+        let mut buf = [0u8; RECOVERY_POINT_BYTES];
+        buf[..8].copy_from_slice(&p.base_offset.to_be_bytes());
+        buf[8..16].copy_from_slice(&p.position.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[..16]);
+        buf[16..].copy_from_slice(&crc.to_be_bytes());
+        self.recovery_point
+            .write_all_at(&buf, 0)
+            .map_err(StorageError::io(self.dir.join(RECOVERY_POINT_FILE)))
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to `bytes_max` bytes
+    /// (at least one batch, however large, so a consumer always makes progress). Batches come
+    /// from one segment; a reader continues at the offset after the last batch returned.
+    pub fn read(&self, offset: u64, bytes_max: u64) -> Result<ReadResult> {
+        let view = self.view();
+        let result = |slice| ReadResult {
+            slice,
+            high_watermark: view.high_watermark,
+            log_start_offset: view.log_start_offset,
+        };
+        if offset < view.log_start_offset || offset > view.high_watermark {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset: view.log_start_offset,
+                high_watermark: view.high_watermark,
+            });
+        }
+        if offset == view.high_watermark {
+            return Ok(result(None));
+        }
+        let first = view
+            .segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1);
+        for (i, segment) in view.segments.iter().enumerate().skip(first) {
+            let limit = match segment.base_offset().cmp(&view.hw_segment) {
+                std::cmp::Ordering::Less => segment.size(),
+                std::cmp::Ordering::Equal => view.hw_position,
+                std::cmp::Ordering::Greater => break,
+            };
+            let mut pos = if i == first {
+                segment.lookup(offset)
+            } else {
+                0
+            };
+            // An index entry that does not land on a batch at or before `offset` is damaged;
+            // fall back to scanning the segment from its start.
+            let lands = segment
+                .header_at(pos, limit)
+                .ok()
+                .flatten()
+                .is_some_and(|h| h.base_offset <= offset as i64);
+            if pos > 0 && !lands {
+                tracing::warn!(segment = %segment.log_path().display(), offset, "index entry does not match the log; scanning");
+                pos = 0;
+            }
+            let mut start = None;
+            while let Some(h) = segment.header_at(pos, limit)? {
+                if h.last_offset() >= offset as i64 {
+                    start = Some((pos, h.total_bytes()));
+                    break;
+                }
+                pos += h.total_bytes();
+            }
+            let Some((start, first_bytes)) = start else {
+                continue;
+            };
+            let mut end = start + first_bytes;
+            while let Some(h) = segment.header_at(end, limit)? {
+                if end + h.total_bytes() - start > bytes_max {
+                    break;
+                }
+                end += h.total_bytes();
+            }
+            return Ok(result(Some(FileSlice {
+                segment: segment.clone(),
+                position: start,
+                len: end - start,
+            })));
+        }
+        Ok(result(None))
+    }
+
+    /// Reads and decodes records from `offset` on, up to about `bytes_max` bytes of batches.
+    /// Records before `offset` in the first batch are left out.
+    pub fn read_records(&self, offset: u64, bytes_max: u64) -> Result<Vec<Record>> {
+        let read = self.read(offset, bytes_max)?;
+        let Some(slice) = read.slice else {
+            return Ok(Vec::new());
+        };
+        let bytes = slice.read()?;
+        let mut records = Vec::new();
+        for_each_batch(&bytes, |h, batch| {
+            if !h.is_control() {
+                decode_batch_records(h, batch, &mut records)?;
+            }
+            Ok(())
+        })?;
+        records.retain(|r| r.offset >= offset as i64);
+        Ok(records)
+    }
+
+    /// The first record whose timestamp is at or after `timestamp`, as `(offset, timestamp)`;
+    /// `None` when every readable record is older (Kafka's ListOffsets by time).
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>> {
+        let view = self.view();
+        for segment in view.segments.iter() {
+            if segment.max_timestamp() < timestamp || segment.base_offset() >= view.high_watermark {
+                continue;
+            }
+            let mut offset = segment.lookup_time(timestamp).max(view.log_start_offset);
+            while offset < view.high_watermark {
+                let records = self.read_records(offset, 1)?;
+                let Some(last) = records.last() else {
+                    break;
+                };
+                if let Some(r) = records.iter().find(|r| r.timestamp >= timestamp) {
+                    return Ok(Some((r.offset as u64, r.timestamp)));
+                }
+                offset = last.offset as u64 + 1;
+                if offset >= segment.next_offset() {
+                    break;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes closed segments from the start of the log while they are older than
+    /// `retention.ms` (by their newest record) or the log is larger than `retention.bytes`.
+    /// The active segment is never deleted; the log start offset moves to the first segment
+    /// kept.
+    pub fn enforce_retention(&self, now: i64) -> Result<RetentionResult> {
+        let config = self.config();
+        if !config.cleanup_policy.delete {
+            return Ok(RetentionResult::default());
+        }
+        let _maintenance = lock(&self.maintenance);
+        let w = lock(&self.writer);
+        let view = self.view();
+        let closed = &view.segments[..view.segments.len() - 1];
+        let mut total: u64 = view.segments.iter().map(|s| s.size()).sum();
+        let mut doomed = 0usize;
+        for segment in closed {
+            let too_old = config
+                .retention_ms
+                .is_some_and(|ms| segment.max_timestamp() < now - ms as i64);
+            let too_big = config
+                .retention_bytes
+                .is_some_and(|bytes| total - segment.size() >= bytes);
+            if !(too_old || too_big) {
+                break;
+            }
+            total -= segment.size();
+            doomed += 1;
+        }
+        if doomed == 0 {
+            return Ok(RetentionResult::default());
+        }
+        let removed: Vec<Arc<Segment>> = view.segments[..doomed].to_vec();
+        self.update_view(|v| {
+            let kept: Vec<Arc<Segment>> = v.segments[doomed..].to_vec();
+            v.log_start_offset = kept[0].base_offset();
+            v.segments = Arc::new(kept);
+        });
+        drop(w);
+        let mut result = RetentionResult::default();
+        for segment in &removed {
+            result.segments_deleted += 1;
+            result.bytes_deleted += segment.size();
+            for path in segment.paths() {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(StorageError::Io { path, source }),
+                }
+            }
+        }
+        sync_dir(&self.dir)?;
+        tracing::info!(
+            log = %self.dir.display(),
+            segments = result.segments_deleted,
+            bytes = result.bytes_deleted,
+            log_start_offset = self.log_start_offset(),
+            "retention deleted segments"
+        );
+        Ok(result)
+    }
+
+    /// All segments, oldest first; the last one is active and there is always one.
+    pub(crate) fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.view().segments
+    }
+
+    pub(crate) fn maintenance_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.maintenance)
+    }
+
+    /// Puts compacted segments in place of the originals with the same base offsets.
+    pub(crate) fn replace_segments(&self, replacements: Vec<Arc<Segment>>) {
+        let _w = lock(&self.writer);
+        self.update_view(|v| {
+            let mut segments = (*v.segments).clone();
+            for new in replacements {
+                if let Some(slot) = segments
+                    .iter_mut()
+                    .find(|s| s.base_offset() == new.base_offset())
+                {
+                    *slot = new;
+                }
+            }
+            v.segments = Arc::new(segments);
+        });
+    }
+}
+
+/// `None` when there is no recovery point yet; a torn or corrupt one trusts nothing.
+fn read_recovery_point(path: &Path) -> Result<Option<RecoveryPoint>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StorageError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let valid = bytes.len() == RECOVERY_POINT_BYTES
+        && crc32c::crc32c(&bytes[..16]).to_be_bytes() == bytes[16..20];
+    if !valid {
+        tracing::warn!(path = %path.display(), "recovery point is damaged; the last segment will be scanned in full");
+        return Ok(Some(RecoveryPoint {
+            base_offset: 0,
+            position: 0,
+        }));
+    }
+    let mut base = [0u8; 8];
+    base.copy_from_slice(&bytes[..8]);
+    let mut position = [0u8; 8];
+    position.copy_from_slice(&bytes[8..16]);
+    Ok(Some(RecoveryPoint {
+        base_offset: u64::from_be_bytes(base),
+        position: u64::from_be_bytes(position),
+    }))
+}

@@ -1,0 +1,190 @@
+//! The metadata store: sled under `<data-dir>/meta`, with typed trees.
+//!
+//! Each tree maps string keys to JSON-encoded values of one type. This crate owns the `topics`
+//! tree; later layers open their own (group offsets, producer ids, plugins, pipelines) with
+//! [`MetaStore::tree`]. Every write is flushed before it returns: metadata changes are rare and
+//! must survive a crash as soon as they are acknowledged.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Result, StorageError};
+
+/// A topic as registered in the metadata store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    /// Random 16-byte id, as Kafka's topic ids.
+    pub id: [u8; 16],
+    pub partitions: u32,
+    /// Topic configs set explicitly (Kafka keys); defaults are not stored.
+    pub configs: BTreeMap<String, String>,
+    pub created_ms: i64,
+}
+
+/// A tree of values of type `V` under string keys.
+pub struct Tree<V> {
+    name: String,
+    tree: sled::Tree,
+    db: sled::Db,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> Clone for Tree<V> {
+    fn clone(&self) -> Self {
+        Tree {
+            name: self.name.clone(),
+            tree: self.tree.clone(),
+            db: self.db.clone(),
+            _value: PhantomData,
+        }
+    }
+}
+
+impl<V: Serialize + DeserializeOwned> Tree<V> {
+    fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<V> {
+        serde_json::from_slice(bytes).map_err(|source| StorageError::MetaValue {
+            tree: self.name.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<V>> {
+        match self.tree.get(key.as_bytes())? {
+            Some(bytes) => self.decode(key.as_bytes(), &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `value` under `key` durably.
+    pub fn insert(&self, key: &str, value: &V) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|source| StorageError::MetaValue {
+            tree: self.name.clone(),
+            key: key.to_string(),
+            source,
+        })?;
+        self.tree.insert(key.as_bytes(), bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Removes `key` durably; returns whether it was there.
+    pub fn remove(&self, key: &str) -> Result<bool> {
+        let existed = self.tree.remove(key.as_bytes())?.is_some();
+        self.db.flush()?;
+        Ok(existed)
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, V)>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item?;
+            let value = self.decode(&k, &v)?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), value));
+        }
+        Ok(out)
+    }
+
+    pub fn all(&self) -> Result<Vec<(String, V)>> {
+        self.scan_prefix("")
+    }
+}
+
+/// The sled database holding all metadata.
+#[derive(Clone)]
+pub struct MetaStore {
+    db: sled::Db,
+}
+
+impl MetaStore {
+    pub fn open(path: &Path) -> Result<MetaStore> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(MetaStore { db })
+    }
+
+    /// Opens (creating) the tree `name` holding values of type `V`.
+    pub fn tree<V: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Tree<V>> {
+        Ok(Tree {
+            name: name.to_string(),
+            tree: self.db.open_tree(name)?,
+            db: self.db.clone(),
+            _value: PhantomData,
+        })
+    }
+
+    pub fn topics(&self) -> Result<Tree<TopicMeta>> {
+        self.tree("topics")
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        {
+            let store = MetaStore::open(&path).unwrap();
+            let topics = store.topics().unwrap();
+            topics
+                .insert(
+                    "logs",
+                    &TopicMeta {
+                        name: "logs".into(),
+                        id: [7; 16],
+                        partitions: 3,
+                        configs: [("retention.ms".to_string(), "1000".to_string())].into(),
+                        created_ms: 5,
+                    },
+                )
+                .unwrap();
+            let offsets = store.tree::<u64>("group-offsets").unwrap();
+            offsets.insert("g/logs/0", &42).unwrap();
+            offsets.insert("g/logs/1", &43).unwrap();
+            offsets.insert("h/logs/0", &1).unwrap();
+        }
+        let store = MetaStore::open(&path).unwrap();
+        let topic = store.topics().unwrap().get("logs").unwrap().unwrap();
+        assert_eq!(topic.partitions, 3);
+        assert_eq!(topic.configs["retention.ms"], "1000");
+        let offsets = store.tree::<u64>("group-offsets").unwrap();
+        let g: Vec<u64> = offsets
+            .scan_prefix("g/")
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(g, vec![42, 43]);
+        assert!(offsets.remove("h/logs/0").unwrap());
+        assert_eq!(offsets.get("h/logs/0").unwrap(), None);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("meta")).unwrap();
+        store
+            .tree::<String>("t")
+            .unwrap()
+            .insert("k", &"text".to_string())
+            .unwrap();
+        let err = store.tree::<u64>("t").unwrap().get("k").unwrap_err();
+        assert!(
+            matches!(err, StorageError::MetaValue { ref tree, .. } if tree == "t"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,700 @@
+//! One segment: a log file of whole record batches, its offset index and its time index.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+
+use crate::batch::{BATCH_HEADER_BYTES, BatchHeader, validate_batch};
+use crate::config::LogConfig;
+use crate::error::{BatchError, Result, StorageError};
+use crate::index::{MmapIndex, OffsetEntry, TimeEntry};
+
+pub(crate) const LOG_SUFFIX: &str = "log";
+pub(crate) const INDEX_SUFFIX: &str = "index";
+pub(crate) const TIME_INDEX_SUFFIX: &str = "timeindex";
+
+/// Bytes read at a time when scanning a segment during recovery or index rebuilds.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+pub(crate) fn segment_path(dir: &Path, base_offset: u64, suffix: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{suffix}"))
+}
+
+/// The log, index and time index files of the segment at `base_offset`.
+pub(crate) fn segment_paths(dir: &Path, base_offset: u64) -> [PathBuf; 3] {
+    [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX]
+        .map(|suffix| segment_path(dir, base_offset, suffix))
+}
+
+/// Fsyncs a directory so that file creations, renames and deletions in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StorageError::io(dir))
+}
+
+fn lock_read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // A panic while holding an index lock leaves entries that recovery would rebuild anyway;
+    // the data is still usable, so poisoning is ignored.
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writer-side bookkeeping for building a segment's indexes while batches are appended.
+///
+/// The offset and time indexes get an entry at the same batches: one every
+/// `index.interval.bytes` of log. The time entry at a batch holds the largest timestamp of all
+/// batches before it, so "every batch before relative offset R has timestamps <= T" holds for
+/// each entry (T, R), and timestamps never decrease along the index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexCursor {
+    bytes_since_index: u64,
+    max_timestamp: i64,
+}
+
+impl IndexCursor {
+    pub fn new() -> Self {
+        IndexCursor {
+            bytes_since_index: 0,
+            max_timestamp: -1,
+        }
+    }
+}
+
+/// Where the log was last known to be fsynced, written after syncs without an fsync of its
+/// own: a stale checkpoint only makes recovery scan more, never trust unsynced bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecoveryPoint {
+    pub base_offset: u64,
+    pub position: u64,
+}
+
+/// Where a scan of a segment's batches stopped.
+#[derive(Debug)]
+pub(crate) struct ScanEnd {
+    /// Position after the last valid batch.
+    pub position: u64,
+    /// Offset after the last valid batch.
+    pub next_offset: u64,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub stopped: Option<String>,
+}
+
+pub(crate) struct Segment {
+    base_offset: u64,
+    dir: PathBuf,
+    file: File,
+    /// Bytes of whole batches in the file.
+    size: AtomicU64,
+    /// Offset after the last batch of the segment.
+    next_offset: AtomicU64,
+    /// Largest batch timestamp in the segment, -1 when empty.
+    max_timestamp: AtomicI64,
+    created_ms: i64,
+    index: RwLock<MmapIndex<OffsetEntry>>,
+    time_index: RwLock<MmapIndex<TimeEntry>>,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("base_offset", &self.base_offset)
+            .field("size", &self.size())
+            .field("next_offset", &self.next_offset())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Creates the files of a new, empty active segment. The caller fsyncs the directory.
+    pub fn create(dir: &Path, base_offset: u64, index_bytes_max: u64, now_ms: i64) -> Result<Self> {
+        let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log_path)
+            .map_err(StorageError::io(&log_path))?;
+        let index = fresh_index(dir, base_offset, INDEX_SUFFIX, index_bytes_max)?;
+        let time_index = fresh_index(dir, base_offset, TIME_INDEX_SUFFIX, index_bytes_max)?;
+        Ok(Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file,
+            size: AtomicU64::new(0),
+            next_offset: AtomicU64::new(base_offset),
+            max_timestamp: AtomicI64::new(-1),
+            created_ms: now_ms,
+            index: RwLock::new(index),
+            time_index: RwLock::new(time_index),
+        })
+    }
+
+    /// Opens a closed segment whose successor starts at `next_offset`. Its indexes were sealed
+    /// when it closed; they get an O(1) sanity check and are rebuilt by a scan if it fails.
+    pub fn open_closed(dir: &Path, base_offset: u64, next_offset: u64) -> Result<Self> {
+        let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
+        let file = open_log(&log_path)?;
+        let size = file.metadata().map_err(StorageError::io(&log_path))?.len();
+        let span = next_offset.saturating_sub(base_offset);
+        let index =
+            MmapIndex::<OffsetEntry>::open_read_only(&segment_path(dir, base_offset, INDEX_SUFFIX))
+                .ok()
+                .filter(|idx| {
+                    // Memory-only pass over the mapping: cheap next to opening the files.
+                    idx.valid_prefix(|prev, e| {
+                        u64::from(e.position) < size
+                            && u64::from(e.relative_offset) < span
+                            && prev.is_none_or(|p| {
+                                e.relative_offset > p.relative_offset && e.position > p.position
+                            })
+                    }) == idx.len()
+                });
+        let time_index = MmapIndex::<TimeEntry>::open_read_only(&segment_path(
+            dir,
+            base_offset,
+            TIME_INDEX_SUFFIX,
+        ))
+        .ok()
+        .filter(|idx| {
+            idx.valid_prefix(|prev, e| {
+                u64::from(e.relative_offset) <= span
+                    && prev.is_none_or(|p| {
+                        e.timestamp >= p.timestamp && e.relative_offset >= p.relative_offset
+                    })
+            }) == idx.len()
+        });
+        match (index, time_index) {
+            (Some(index), Some(time_index)) if time_index.len() == index.len() + 1 => {
+                // The sealed time index ends with the segment's largest timestamp.
+                let max_timestamp = time_index.last().map_or(-1, |e| e.timestamp);
+                Ok(Segment {
+                    base_offset,
+                    dir: dir.to_path_buf(),
+                    file,
+                    size: AtomicU64::new(size),
+                    next_offset: AtomicU64::new(next_offset),
+                    max_timestamp: AtomicI64::new(max_timestamp),
+                    created_ms: 0,
+                    index: RwLock::new(index),
+                    time_index: RwLock::new(time_index),
+                })
+            }
+            _ => {
+                tracing::warn!(
+                    segment = %log_path.display(),
+                    "index missing or inconsistent with the log; rebuilding it"
+                );
+                let segment = Segment::rebuild(dir, base_offset, next_offset, file, size)?;
+                segment.seal()?;
+                Ok(segment)
+            }
+        }
+    }
+
+    /// Opens the last segment of a log after a crash or shutdown. Index entries are kept while
+    /// both indexes agree, point inside the file, and lie before the recovery point (when there
+    /// is one for this segment); every batch after the last kept entry is read and verified
+    /// (length, CRC, offsets), indexed again, and the file is cut after the last valid one.
+    /// The work is proportional to the unsynced tail, not to the size of the log.
+    pub fn recover_active(
+        dir: &Path,
+        base_offset: u64,
+        config: &LogConfig,
+        recovery_point: Option<RecoveryPoint>,
+        now_ms: i64,
+    ) -> Result<(Self, IndexCursor)> {
+        let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
+        let file = open_log(&log_path)?;
+        let file_len = file.metadata().map_err(StorageError::io(&log_path))?.len();
+        let mut index = MmapIndex::<OffsetEntry>::open_writable(
+            &segment_path(dir, base_offset, INDEX_SUFFIX),
+            config.index_bytes_max,
+        )?;
+        let mut time_index = MmapIndex::<TimeEntry>::open_writable(
+            &segment_path(dir, base_offset, TIME_INDEX_SUFFIX),
+            config.index_bytes_max,
+        )?;
+        let trusted_bytes = match recovery_point {
+            Some(p) if p.base_offset == base_offset => p.position,
+            // The segment was created after the last recovery point reached the disk.
+            Some(p) if p.base_offset < base_offset => 0,
+            _ => u64::MAX,
+        };
+
+        let mut valid = index
+            .valid_prefix(|prev, e| {
+                e.position > 0
+                    && u64::from(e.position) < file_len.min(trusted_bytes.saturating_add(1))
+                    && prev.is_none_or(|p| {
+                        e.relative_offset > p.relative_offset && e.position > p.position
+                    })
+            })
+            .min(time_index.len());
+        valid = valid.min(
+            time_index.valid_prefix(|prev, t| prev.is_none_or(|p| t.timestamp >= p.timestamp)),
+        );
+        // Both indexes must name the same batches, and the last entry must point at a batch
+        // that starts at its offset; anything else is a page that never reached the disk.
+        valid = (0..valid)
+            .find(|&i| index.entry(i).relative_offset != time_index.entry(i).relative_offset)
+            .unwrap_or(valid);
+        while valid > 0 {
+            let e = index.entry(valid - 1);
+            let expected = (base_offset + u64::from(e.relative_offset)) as i64;
+            let starts_batch = read_header(&file, u64::from(e.position), file_len)
+                .ok()
+                .flatten()
+                .is_some_and(|h| h.base_offset == expected);
+            if starts_batch {
+                break;
+            }
+            valid -= 1;
+        }
+        // The scan starts at the last kept entry, which it indexes again.
+        let mut cursor = IndexCursor::new();
+        let (start_position, start_offset) = match valid.checked_sub(1) {
+            Some(last) => {
+                let e = index.entry(last);
+                cursor.max_timestamp = time_index.entry(last).timestamp;
+                (
+                    u64::from(e.position),
+                    base_offset + u64::from(e.relative_offset),
+                )
+            }
+            None => (0, base_offset),
+        };
+        // Zero the stale entries so a later recovery cannot mistake them for valid ones.
+        let keep = valid.saturating_sub(1);
+        index.truncate(keep);
+        time_index.truncate(keep);
+        index.reset_tail()?;
+        time_index.reset_tail()?;
+        let segment = Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file,
+            size: AtomicU64::new(start_position),
+            next_offset: AtomicU64::new(start_offset),
+            max_timestamp: AtomicI64::new(cursor.max_timestamp),
+            created_ms: now_ms,
+            index: RwLock::new(index),
+            time_index: RwLock::new(time_index),
+        };
+        if keep > 0 {
+            // Re-create the entry the scan starts at: the interval had been reached there.
+            cursor.bytes_since_index = u64::MAX;
+        }
+        let end = segment.scan(&mut cursor, config.index_interval_bytes, file_len)?;
+        if let Some(reason) = &end.stopped {
+            segment.cut_tail(end.position, file_len, reason)?;
+        }
+        segment.size.store(end.position, Ordering::Release);
+        segment
+            .next_offset
+            .store(end.next_offset, Ordering::Release);
+        tracing::debug!(
+            segment = %log_path.display(),
+            scanned_from = start_position,
+            size = end.position,
+            "recovered active segment"
+        );
+        Ok((segment, cursor))
+    }
+
+    /// Rebuilds both indexes of a segment by scanning all of it.
+    fn rebuild(
+        dir: &Path,
+        base_offset: u64,
+        next_offset: u64,
+        file: File,
+        size: u64,
+    ) -> Result<Self> {
+        // One entry per 4 KiB of log at most, plus the closing time entry.
+        let index_bytes_max = (size / 4096 + 2) * 12;
+        let segment = Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file,
+            size: AtomicU64::new(0),
+            next_offset: AtomicU64::new(base_offset),
+            max_timestamp: AtomicI64::new(-1),
+            created_ms: 0,
+            index: RwLock::new(fresh_index(
+                dir,
+                base_offset,
+                INDEX_SUFFIX,
+                index_bytes_max,
+            )?),
+            time_index: RwLock::new(fresh_index(
+                dir,
+                base_offset,
+                TIME_INDEX_SUFFIX,
+                index_bytes_max,
+            )?),
+        };
+        let mut cursor = IndexCursor::new();
+        let end = segment.scan(&mut cursor, 4096, size)?;
+        if let Some(reason) = end.stopped {
+            return Err(StorageError::Corrupt {
+                path: segment.log_path(),
+                position: end.position,
+                reason,
+            });
+        }
+        if end.next_offset > next_offset {
+            return Err(StorageError::Corrupt {
+                path: segment.log_path(),
+                position: end.position,
+                reason: format!(
+                    "segment ends at offset {} but the next segment starts at {next_offset}",
+                    end.next_offset
+                ),
+            });
+        }
+        segment.size.store(end.position, Ordering::Release);
+        // Compaction may have removed the segment's last records; its span still ends where the
+        // next segment begins.
+        segment.next_offset.store(next_offset, Ordering::Release);
+        segment.finish_time_index(&cursor);
+        Ok(segment)
+    }
+
+    /// Scans and verifies batches from the segment's current size up to `limit`, indexing each.
+    fn scan(
+        &self,
+        cursor: &mut IndexCursor,
+        index_interval_bytes: u64,
+        limit: u64,
+    ) -> Result<ScanEnd> {
+        let mut position = self.size();
+        let mut next_offset = self.next_offset();
+        let mut chunk: Vec<u8> = Vec::new();
+        let mut chunk_start = position;
+        let stopped = loop {
+            if position >= limit {
+                break None;
+            }
+            let chunk_end = chunk_start + chunk.len() as u64;
+            if position + BATCH_HEADER_BYTES as u64 > chunk_end || chunk.is_empty() {
+                let want = (limit - position).min(SCAN_CHUNK_BYTES as u64) as usize;
+                chunk.resize(want, 0);
+                read_exact_at(&self.file, &mut chunk, position, &self.log_path())?;
+                chunk_start = position;
+            }
+            let rel = (position - chunk_start) as usize;
+            let header = match BatchHeader::parse(&chunk[rel..]) {
+                Ok(h) => h,
+                Err(e) => break Some(format!("{e}")),
+            };
+            let total = header.total_bytes();
+            if position + total > limit {
+                break Some(format!(
+                    "batch of {total} bytes at position {position} runs past the end of the file at {limit}"
+                ));
+            }
+            if rel + total as usize > chunk.len() {
+                chunk.resize(
+                    total.max(SCAN_CHUNK_BYTES as u64).min(limit - position) as usize,
+                    0,
+                );
+                read_exact_at(&self.file, &mut chunk, position, &self.log_path())?;
+                chunk_start = position;
+            }
+            let rel = (position - chunk_start) as usize;
+            if let Err(e) = validate_batch(&chunk[rel..rel + total as usize], u64::MAX) {
+                break Some(format!("{e}"));
+            }
+            if header.base_offset < next_offset as i64
+                || header.last_offset() - self.base_offset as i64 > i64::from(u32::MAX)
+            {
+                break Some(format!(
+                    "batch at position {position} has base offset {}, expected at least {next_offset}",
+                    header.base_offset
+                ));
+            }
+            self.index_batch(cursor, &header, position, index_interval_bytes);
+            position += total;
+            next_offset = header.last_offset() as u64 + 1;
+        };
+        Ok(ScanEnd {
+            position,
+            next_offset,
+            stopped,
+        })
+    }
+
+    /// Truncates the log file to `position`. The bytes cut are first copied beside the segment
+    /// (up to a limit), so an operator can inspect what recovery removed.
+    fn cut_tail(&self, position: u64, file_len: u64, reason: &str) -> Result<()> {
+        const SAVED_BYTES_MAX: u64 = 64 << 20;
+        let log_path = self.log_path();
+        let cut = file_len - position;
+        let saved = cut.min(SAVED_BYTES_MAX);
+        let saved_path = log_path.with_extension(format!("log.cut-at-{position}"));
+        let mut bytes = vec![0u8; saved as usize];
+        read_exact_at(&self.file, &mut bytes, position, &log_path)?;
+        std::fs::write(&saved_path, &bytes).map_err(StorageError::io(&saved_path))?;
+        self.file
+            .set_len(position)
+            .map_err(StorageError::io(&log_path))?;
+        self.file.sync_all().map_err(StorageError::io(&log_path))?;
+        sync_dir(&self.dir)?;
+        tracing::warn!(
+            segment = %log_path.display(),
+            position,
+            bytes_cut = cut,
+            saved_to = %saved_path.display(),
+            reason,
+            "recovery truncated the log tail"
+        );
+        Ok(())
+    }
+
+    /// Updates the indexes for a batch written at `position`. Entries are sparse: one pair
+    /// per `index_interval_bytes` of log.
+    pub fn index_batch(
+        &self,
+        cursor: &mut IndexCursor,
+        header: &BatchHeader,
+        position: u64,
+        index_interval_bytes: u64,
+    ) {
+        if cursor.bytes_since_index > index_interval_bytes && self.index_room(1) {
+            let relative_offset = (header.base_offset as u64 - self.base_offset) as u32;
+            lock_write(&self.index).push(OffsetEntry {
+                relative_offset,
+                position: position as u32,
+            });
+            lock_write(&self.time_index).push(TimeEntry {
+                timestamp: cursor.max_timestamp,
+                relative_offset,
+            });
+            cursor.bytes_since_index = 0;
+        }
+        cursor.bytes_since_index = cursor
+            .bytes_since_index
+            .saturating_add(header.total_bytes());
+        if header.max_timestamp > cursor.max_timestamp {
+            cursor.max_timestamp = header.max_timestamp;
+            self.max_timestamp
+                .store(header.max_timestamp, Ordering::Release);
+        }
+    }
+
+    /// Room for `entries` more index entries, keeping one time entry for the seal.
+    fn index_room(&self, entries: usize) -> bool {
+        lock_read(&self.index).has_room(entries)
+            && lock_read(&self.time_index).has_room(entries + 1)
+    }
+
+    /// Appends the closing time index entry: the segment's largest timestamp at its end, so a
+    /// sealed segment knows its maximum.
+    pub fn finish_time_index(&self, cursor: &IndexCursor) {
+        lock_write(&self.time_index).push(TimeEntry {
+            timestamp: cursor.max_timestamp,
+            relative_offset: (self.next_offset() - self.base_offset) as u32,
+        });
+    }
+
+    /// True when the indexes cannot take another entry: the segment must roll.
+    pub fn indexes_full(&self) -> bool {
+        !self.index_room(1)
+    }
+
+    /// Writes `bytes` (whole batches) at the end of the log file. On failure the file is cut
+    /// back to its previous size so no partial batch stays behind.
+    pub fn write(&self, bytes: &[u8]) -> Result<u64> {
+        let position = self.size();
+        if let Err(e) = self.file.write_all_at(bytes, position) {
+            let _ = self.file.set_len(position);
+            return Err(StorageError::Io {
+                path: self.log_path(),
+                source: e,
+            });
+        }
+        Ok(position)
+    }
+
+    /// Makes `bytes` written by [`Segment::write`] visible in the segment's bookkeeping.
+    pub fn commit_write(&self, bytes: u64, next_offset: u64) {
+        self.size.fetch_add(bytes, Ordering::AcqRel);
+        self.next_offset.store(next_offset, Ordering::Release);
+    }
+
+    /// fdatasync of the log file: data and size, which is what recovery needs.
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(StorageError::io(self.log_path()))
+    }
+
+    /// Closes the segment for appends: fsyncs the log and seals both indexes.
+    pub fn seal(&self) -> Result<()> {
+        self.sync()?;
+        lock_write(&self.index).seal()?;
+        lock_write(&self.time_index).seal()?;
+        Ok(())
+    }
+
+    /// Writes index pages back on clean shutdown.
+    pub fn flush_indexes(&self) -> Result<()> {
+        lock_read(&self.index).flush()?;
+        lock_read(&self.time_index).flush()
+    }
+
+    pub fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.load(Ordering::Acquire)
+    }
+
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        segment_path(&self.dir, self.base_offset, LOG_SUFFIX)
+    }
+
+    /// Every file of the segment.
+    pub fn paths(&self) -> [PathBuf; 3] {
+        segment_paths(&self.dir, self.base_offset)
+    }
+
+    /// Position of the last indexed batch starting at or before `offset`.
+    pub fn lookup(&self, offset: u64) -> u64 {
+        let rel = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
+        lock_read(&self.index)
+            .last_where(|e| e.relative_offset <= rel)
+            .map_or(0, |e| u64::from(e.position))
+    }
+
+    /// Offset from which a scan for the first record at or after `timestamp` may start: every
+    /// batch before it has only smaller timestamps.
+    pub fn lookup_time(&self, timestamp: i64) -> u64 {
+        let entry = lock_read(&self.time_index).last_where(|e| e.timestamp < timestamp);
+        entry.map_or(self.base_offset, |e| {
+            self.base_offset + u64::from(e.relative_offset)
+        })
+    }
+
+    /// Header of the batch at `position`, or `None` when fewer than a header's bytes remain
+    /// before `limit`.
+    pub fn header_at(&self, position: u64, limit: u64) -> Result<Option<BatchHeader>> {
+        read_header(&self.file, position, limit).map_err(|e| match e {
+            HeaderError::Io(source) => StorageError::Io {
+                path: self.log_path(),
+                source,
+            },
+            HeaderError::Batch(e) => StorageError::Corrupt {
+                path: self.log_path(),
+                position,
+                reason: e.to_string(),
+            },
+        })
+    }
+
+    /// Calls `f` with every batch of the segment, in order, each verified against its CRC.
+    pub fn visit_batches(
+        &self,
+        mut f: impl FnMut(&BatchHeader, Bytes) -> Result<()>,
+    ) -> Result<()> {
+        let size = self.size();
+        let mut position = 0;
+        while let Some(h) = self.header_at(position, size)? {
+            let bytes = self.read_bytes(position, h.total_bytes().min(size - position))?;
+            let header = validate_batch(&bytes, u64::MAX).map_err(|e| StorageError::Corrupt {
+                path: self.log_path(),
+                position,
+                reason: e.to_string(),
+            })?;
+            f(&header, bytes)?;
+            position += h.total_bytes();
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `position`.
+    pub fn read_bytes(&self, position: u64, len: u64) -> Result<Bytes> {
+        let mut buf = vec![0u8; len as usize];
+        read_exact_at(&self.file, &mut buf, position, &self.log_path())?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+fn fresh_index<E: crate::index::IndexEntry>(
+    dir: &Path,
+    base_offset: u64,
+    suffix: &str,
+    bytes_max: u64,
+) -> Result<MmapIndex<E>> {
+    let path = segment_path(dir, base_offset, suffix);
+    // A leftover file from an earlier segment with this base would carry stale entries.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StorageError::Io { path, source: e }),
+    }
+    let mut index = MmapIndex::open_writable(&path, bytes_max)?;
+    index.truncate(0);
+    Ok(index)
+}
+
+fn open_log(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(StorageError::io(path))
+}
+
+fn read_exact_at(file: &File, buf: &mut [u8], position: u64, path: &Path) -> Result<()> {
+    file.read_exact_at(buf, position)
+        .map_err(StorageError::io(path))
+}
+
+enum HeaderError {
+    Io(std::io::Error),
+    Batch(BatchError),
+}
+
+fn read_header(
+    file: &File,
+    position: u64,
+    limit: u64,
+) -> std::result::Result<Option<BatchHeader>, HeaderError> {
+    if position + BATCH_HEADER_BYTES as u64 > limit {
+        return Ok(None);
+    }
+    let mut buf = [0u8; BATCH_HEADER_BYTES];
+    file.read_exact_at(&mut buf, position)
+        .map_err(HeaderError::Io)?;
+    BatchHeader::parse(&buf)
+        .map(Some)
+        .map_err(HeaderError::Batch)
+}

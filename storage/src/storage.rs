@@ -1,0 +1,481 @@
+//! The data directory: topics registered in the metadata store, one [`Log`] per partition, and
+//! the background thread that flushes `interval` logs and applies retention and compaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::compact::compact;
+use crate::config::LogConfig;
+use crate::error::{Result, StorageError};
+use crate::log::{Log, now_ms};
+use crate::meta::{MetaStore, TopicMeta, Tree};
+use crate::segment::sync_dir;
+
+/// Most partitions one topic may have.
+pub const PARTITIONS_MAX: u32 = 10_000;
+/// Longest topic name, as in Kafka.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+const DELETING_SUFFIX: &str = ".deleting";
+
+/// Settings of the data directory as a whole.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    /// Config of a topic that sets nothing itself.
+    pub log_defaults: LogConfig,
+    /// How often retention and compaction run (`log.retention.check.interval.ms`).
+    pub maintenance_interval_ms: u64,
+    /// How often `interval` logs are checked for a due flush.
+    pub flush_check_interval_ms: u64,
+    /// Distinct keys a compaction pass may hold in memory per partition.
+    pub compaction_keys_max: u64,
+}
+
+impl StorageConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StorageConfig {
+            data_dir: data_dir.into(),
+            log_defaults: LogConfig::default(),
+            maintenance_interval_ms: 300_000,
+            flush_check_interval_ms: 100,
+            compaction_keys_max: 10_000_000,
+        }
+    }
+}
+
+type PartitionKey = (String, u32);
+
+/// Checks a topic name against Kafka's rules.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("the name is empty".to_string())
+    } else if name == "." || name == ".." {
+        Some("'.' and '..' are not allowed".to_string())
+    } else if name.len() > TOPIC_NAME_BYTES_MAX {
+        Some(format!("longer than {TOPIC_NAME_BYTES_MAX} characters"))
+    } else {
+        name.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+            .map(|c| format!("character {c:?} is not one of a-z A-Z 0-9 . _ -"))
+    };
+    match reason {
+        Some(reason) => Err(StorageError::InvalidTopicName {
+            name: name.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// All topics and partition logs under one data directory.
+pub struct Storage {
+    config: StorageConfig,
+    meta: MetaStore,
+    topics: Tree<TopicMeta>,
+    logs: RwLock<HashMap<PartitionKey, Arc<Log>>>,
+    offline: RwLock<HashMap<PartitionKey, String>>,
+    /// Serializes topic creation, deletion and changes.
+    admin: Mutex<()>,
+    background: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+}
+
+impl Storage {
+    /// Opens the data directory, creating it if needed, and recovers every partition log.
+    /// A partition that fails to open is reported by [`Storage::offline_partitions`] and the
+    /// rest are served.
+    pub fn open(config: StorageConfig) -> Result<Arc<Storage>> {
+        let topics_dir = config.data_dir.join("topics");
+        std::fs::create_dir_all(&topics_dir).map_err(StorageError::io(&topics_dir))?;
+        let meta = MetaStore::open(&config.data_dir.join("meta"))?;
+        let topics = meta.topics()?;
+        let storage = Storage {
+            config,
+            meta,
+            topics,
+            logs: RwLock::new(HashMap::new()),
+            offline: RwLock::new(HashMap::new()),
+            admin: Mutex::new(()),
+            background: Mutex::new(None),
+        };
+        storage.remove_leftover_deletions()?;
+        for (_, topic) in storage.topics.all()? {
+            let log_config = LogConfig::from_entries(&storage.config.log_defaults, &topic.configs);
+            for partition in 0..topic.partitions {
+                let key = (topic.name.clone(), partition);
+                let opened = match &log_config {
+                    Ok(c) => Log::open(&storage.partition_dir(&topic.name, partition), c.clone()),
+                    Err(e) => Err(StorageError::InvalidConfig {
+                        key: "topic config".into(),
+                        value: topic.name.clone(),
+                        reason: e.to_string(),
+                    }),
+                };
+                match opened {
+                    Ok(log) => {
+                        storage.write_logs().insert(key, Arc::new(log));
+                    }
+                    Err(e) => {
+                        tracing::error!(topic = %topic.name, partition, error = %e, "partition is offline");
+                        storage
+                            .offline
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(key, e.to_string());
+                    }
+                }
+            }
+        }
+        Ok(Arc::new(storage))
+    }
+
+    fn write_logs(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<PartitionKey, Arc<Log>>> {
+        self.logs.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_logs(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PartitionKey, Arc<Log>>> {
+        self.logs.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn topics_dir(&self) -> PathBuf {
+        self.config.data_dir.join("topics")
+    }
+
+    pub fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
+        self.topics_dir().join(format!("{topic}-{partition}"))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// The metadata store, for layers that keep their own trees in it.
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    fn remove_leftover_deletions(&self) -> Result<()> {
+        let dir = self.topics_dir();
+        for entry in std::fs::read_dir(&dir).map_err(StorageError::io(&dir))? {
+            let entry = entry.map_err(StorageError::io(&dir))?;
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .ends_with(DELETING_SUFFIX)
+            {
+                let path = entry.path();
+                std::fs::remove_dir_all(&path).map_err(StorageError::io(&path))?;
+            }
+        }
+        sync_dir(&dir)
+    }
+
+    pub fn topic(&self, name: &str) -> Result<Option<TopicMeta>> {
+        self.topics.get(name)
+    }
+
+    pub fn list_topics(&self) -> Result<Vec<TopicMeta>> {
+        Ok(self.topics.all()?.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// Partitions that failed to open, with the reason.
+    pub fn offline_partitions(&self) -> Vec<(String, u32, String)> {
+        let offline = self.offline.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = offline
+            .iter()
+            .map(|((t, p), reason)| (t.clone(), *p, reason.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The log of one partition.
+    pub fn log(&self, topic: &str, partition: u32) -> Result<Arc<Log>> {
+        if let Some(log) = self.read_logs().get(&(topic.to_string(), partition)) {
+            return Ok(log.clone());
+        }
+        let offline = self.offline.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = offline.get(&(topic.to_string(), partition)) {
+            return Err(StorageError::Offline {
+                topic: topic.to_string(),
+                partition,
+                reason: reason.clone(),
+            });
+        }
+        match self.topics.get(topic)? {
+            None => Err(StorageError::UnknownTopic {
+                name: topic.to_string(),
+            }),
+            Some(_) => Err(StorageError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            }),
+        }
+    }
+
+    /// Every open partition log.
+    pub fn logs(&self) -> Vec<(String, u32, Arc<Log>)> {
+        let mut out: Vec<_> = self
+            .read_logs()
+            .iter()
+            .map(|((t, p), log)| (t.clone(), *p, log.clone()))
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out
+    }
+
+    fn check_partitions(name: &str, partitions: u32) -> Result<()> {
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return Err(StorageError::InvalidConfig {
+                key: "partitions".into(),
+                value: partitions.to_string(),
+                reason: format!("topic {name} needs 1..={PARTITIONS_MAX} partitions"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens fresh logs for partitions `from..to` of `name`, removing any leftover directory.
+    fn create_logs(&self, name: &str, from: u32, to: u32, config: &LogConfig) -> Result<()> {
+        for partition in from..to {
+            let dir = self.partition_dir(name, partition);
+            if dir.exists() {
+                // Left by a creation that crashed before its metadata was written.
+                std::fs::remove_dir_all(&dir).map_err(StorageError::io(&dir))?;
+            }
+            std::fs::create_dir_all(&dir).map_err(StorageError::io(&dir))?;
+            let log = Log::open(&dir, config.clone())?;
+            self.write_logs()
+                .insert((name.to_string(), partition), Arc::new(log));
+        }
+        sync_dir(&self.topics_dir())
+    }
+
+    /// Creates a topic. Its directories are created first and the metadata written last, so a
+    /// crash in between leaves no topic (and the directories are replaced on the next try).
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicMeta> {
+        validate_topic_name(name)?;
+        Self::check_partitions(name, partitions)?;
+        let log_config = LogConfig::from_entries(&self.config.log_defaults, &configs)?;
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        if self.topics.get(name)?.is_some() {
+            return Err(StorageError::TopicExists {
+                name: name.to_string(),
+            });
+        }
+        self.create_logs(name, 0, partitions, &log_config)?;
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: random_id(),
+            partitions,
+            configs,
+            created_ms: now_ms(),
+        };
+        self.topics.insert(name, &meta)?;
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(meta)
+    }
+
+    /// Deletes a topic: the metadata first (so it is gone even if a crash interrupts the rest),
+    /// then its directories, renamed aside and removed.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(meta) = self.topics.get(name)? else {
+            return Err(StorageError::UnknownTopic {
+                name: name.to_string(),
+            });
+        };
+        self.topics.remove(name)?;
+        for partition in 0..meta.partitions {
+            let key = (name.to_string(), partition);
+            self.write_logs().remove(&key);
+            self.offline
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            let dir = self.partition_dir(name, partition);
+            let aside = dir.with_file_name(format!("{name}-{partition}{DELETING_SUFFIX}"));
+            match std::fs::rename(&dir, &aside) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(StorageError::Io { path: dir, source }),
+            }
+        }
+        sync_dir(&self.topics_dir())?;
+        self.remove_leftover_deletions()?;
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Grows a topic to `partitions` partitions.
+    pub fn create_partitions(&self, name: &str, partitions: u32) -> Result<TopicMeta> {
+        Self::check_partitions(name, partitions)?;
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut meta) = self.topics.get(name)? else {
+            return Err(StorageError::UnknownTopic {
+                name: name.to_string(),
+            });
+        };
+        if partitions <= meta.partitions {
+            return Err(StorageError::PartitionCount {
+                name: name.to_string(),
+                current: meta.partitions,
+                requested: partitions,
+            });
+        }
+        let log_config = LogConfig::from_entries(&self.config.log_defaults, &meta.configs)?;
+        self.create_logs(name, meta.partitions, partitions, &log_config)?;
+        meta.partitions = partitions;
+        self.topics.insert(name, &meta)?;
+        Ok(meta)
+    }
+
+    /// Replaces a topic's explicit configs (Kafka's AlterConfigs semantics); the logs use the
+    /// new values from their next append or maintenance pass.
+    pub fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicMeta> {
+        let log_config = LogConfig::from_entries(&self.config.log_defaults, &configs)?;
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mut meta) = self.topics.get(name)? else {
+            return Err(StorageError::UnknownTopic {
+                name: name.to_string(),
+            });
+        };
+        meta.configs = configs;
+        self.topics.insert(name, &meta)?;
+        for partition in 0..meta.partitions {
+            if let Some(log) = self.read_logs().get(&(name.to_string(), partition)) {
+                log.set_config(log_config.clone());
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Flushes logs whose `interval` has passed. Returns the number of errors.
+    pub fn flush_due(&self, now: i64) -> usize {
+        let mut errors = 0;
+        for (topic, partition, log) in self.logs() {
+            if let Err(e) = log.flush_if_due(now) {
+                errors += 1;
+                tracing::error!(topic, partition, error = %e, "flush failed");
+            }
+        }
+        errors
+    }
+
+    /// One retention and compaction pass over every log. Returns the number of errors.
+    pub fn run_maintenance(&self, now: i64) -> usize {
+        let mut errors = 0;
+        for (topic, partition, log) in self.logs() {
+            if let Err(e) = log.enforce_retention(now) {
+                errors += 1;
+                tracing::error!(topic, partition, error = %e, "retention failed");
+            }
+            if let Err(e) = compact(&log, now, self.config.compaction_keys_max) {
+                errors += 1;
+                tracing::error!(topic, partition, error = %e, "compaction failed");
+            }
+        }
+        errors
+    }
+
+    /// Starts the background thread for interval flushes, retention and compaction.
+    pub fn start_background(self: &Arc<Self>) {
+        let mut slot = self.background.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        let (stop, stopped) = mpsc::channel::<()>();
+        let storage = Arc::downgrade(self);
+        let tick = Duration::from_millis(self.config.flush_check_interval_ms.max(1));
+        let maintenance_ms = self.config.maintenance_interval_ms as i64;
+        let handle = std::thread::Builder::new()
+            .name("weir-storage".into())
+            .spawn(move || {
+                let mut last_maintenance = now_ms();
+                loop {
+                    match stopped.recv_timeout(tick) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let Some(storage) = storage.upgrade() else {
+                        return;
+                    };
+                    let now = now_ms();
+                    storage.flush_due(now);
+                    if now - last_maintenance >= maintenance_ms {
+                        last_maintenance = now;
+                        storage.run_maintenance(now);
+                    }
+                }
+            });
+        match handle {
+            Ok(handle) => *slot = Some((stop, handle)),
+            Err(e) => tracing::error!(error = %e, "could not start the storage thread"),
+        }
+    }
+
+    /// Stops the background thread and closes every log cleanly.
+    pub fn close(&self) -> Result<()> {
+        let background = self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((stop, handle)) = background {
+            let _ = stop.send(());
+            let _ = handle.join();
+        }
+        let mut first_error = None;
+        for (topic, partition, log) in self.logs() {
+            if let Err(e) = log.close() {
+                tracing::error!(topic, partition, error = %e, "close failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        self.meta.flush()?;
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// 16 random bytes from the OS, for topic ids.
+fn random_id() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = [0u8; 16];
+    for chunk in id.chunks_mut(8) {
+        // RandomState is seeded from the OS's random source per instance.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_i64(now_ms());
+        chunk.copy_from_slice(&h.finish().to_be_bytes());
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        for ok in ["logs", "a.b_c-d", &"x".repeat(249)] {
+            validate_topic_name(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "white space", &"x".repeat(250)] {
+            assert!(matches!(
+                validate_topic_name(bad),
+                Err(StorageError::InvalidTopicName { .. })
+            ));
+        }
+    }
+}
