@@ -68,6 +68,29 @@ impl IndexEntry for TimeEntry {
     }
 }
 
+/// Sizes `file` to `len` bytes with the disk blocks reserved. A store through the mapping into
+/// a hole of a sparse file needs a block at fault time, and a full disk then kills the process
+/// with SIGBUS; reserving up front turns that into an error here.
+fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
+    file.set_len(len)?;
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) => {
+            // No fallocate on this file system: write the zeros.
+            use std::os::unix::fs::FileExt;
+            let zeros = vec![0u8; 64 * 1024];
+            let mut pos = 0;
+            while pos < len {
+                let n = (len - pos).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], pos)?;
+                pos += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 enum Mapping {
     /// Zero-length file: nothing to map.
     Empty,
@@ -109,8 +132,7 @@ impl<E: IndexEntry> MmapIndex<E> {
         let len = file.metadata().map_err(io())?.len();
         let bytes_max = bytes_max - bytes_max % E::BYTES as u64;
         let entries = (len / E::BYTES as u64) as usize;
-        file.set_len(bytes_max.max(len - len % E::BYTES as u64))
-            .map_err(io())?;
+        preallocate(&file, bytes_max.max(len - len % E::BYTES as u64)).map_err(io())?;
         // SAFETY: the file is private to this process's log directory; no other process writes
         // it, and the mapping never outlives `file`.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(io())?;
@@ -238,7 +260,7 @@ impl<E: IndexEntry> MmapIndex<E> {
         self.map = Mapping::Empty;
         let used = (self.entries * E::BYTES) as u64;
         self.file.set_len(used).map_err(io())?;
-        self.file.set_len(capacity).map_err(io())?;
+        preallocate(&self.file, capacity).map_err(io())?;
         // SAFETY: as in `open_writable`.
         self.map = Mapping::Writable(unsafe { MmapMut::map_mut(&self.file) }.map_err(io())?);
         Ok(())

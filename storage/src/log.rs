@@ -188,6 +188,9 @@ impl Log {
             .truncate(false)
             .open(&rp_path)
             .map_err(StorageError::io(&rp_path))?;
+        if recovery_point.is_none() {
+            sync_dir(dir)?;
+        }
 
         let mut segments = Vec::with_capacity(bases.len());
         for pair in bases.windows(2) {
@@ -724,7 +727,7 @@ impl Log {
     }
 }
 
-/// `None` when there is no recovery point yet; a torn or corrupt one trusts nothing.
+/// `None` when there is no recovery point, or it is torn or corrupt: then nothing is trusted.
 fn read_recovery_point(path: &Path) -> Result<Option<RecoveryPoint>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -743,10 +746,7 @@ fn read_recovery_point(path: &Path) -> Result<Option<RecoveryPoint>> {
         && crc32c::crc32c(&bytes[..16]).to_be_bytes() == bytes[16..20];
     if !valid {
         tracing::warn!(path = %path.display(), "recovery point is damaged; the last segment will be scanned in full");
-        return Ok(Some(RecoveryPoint {
-            base_offset: 0,
-            position: 0,
-        }));
+        return Ok(None);
     }
     let mut base = [0u8; 8];
     base.copy_from_slice(&bytes[..8]);

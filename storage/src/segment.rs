@@ -223,11 +223,12 @@ impl Segment {
             &segment_path(dir, base_offset, TIME_INDEX_SUFFIX),
             config.index_bytes_max,
         )?;
+        // Index entries are trusted only below the recovery point. Without one for this
+        // segment (it was created after the last recovery point reached the disk, or the point
+        // is lost) the whole segment is scanned.
         let trusted_bytes = match recovery_point {
             Some(p) if p.base_offset == base_offset => p.position,
-            // The segment was created after the last recovery point reached the disk.
-            Some(p) if p.base_offset < base_offset => 0,
-            _ => u64::MAX,
+            _ => 0,
         };
 
         let mut valid = index
@@ -293,7 +294,7 @@ impl Segment {
             // Re-create the entry the scan starts at: the interval had been reached there.
             cursor.bytes_since_index = u64::MAX;
         }
-        let end = segment.scan(&mut cursor, config.index_interval_bytes, file_len)?;
+        let end = segment.scan(&mut cursor, config.index_interval_bytes, file_len, true)?;
         if let Some(reason) = &end.stopped {
             segment.cut_tail(end.position, file_len, reason)?;
         }
@@ -342,7 +343,7 @@ impl Segment {
             )?),
         };
         let mut cursor = IndexCursor::new();
-        let end = segment.scan(&mut cursor, 4096, size)?;
+        let end = segment.scan(&mut cursor, 4096, size, false)?;
         if let Some(reason) = end.stopped {
             return Err(StorageError::Corrupt {
                 path: segment.log_path(),
@@ -369,11 +370,14 @@ impl Segment {
     }
 
     /// Scans and verifies batches from the segment's current size up to `limit`, indexing each.
+    /// The base offset is not covered by the CRC, so it is checked against the offsets before
+    /// it: batches of an active segment are `contiguous`; a compacted one may have gaps.
     fn scan(
         &self,
         cursor: &mut IndexCursor,
         index_interval_bytes: u64,
         limit: u64,
+        contiguous: bool,
     ) -> Result<ScanEnd> {
         let mut position = self.size();
         let mut next_offset = self.next_offset();
@@ -413,11 +417,14 @@ impl Segment {
             if let Err(e) = validate_batch(&chunk[rel..rel + total as usize], u64::MAX) {
                 break Some(format!("{e}"));
             }
-            if header.base_offset < next_offset as i64
-                || header.last_offset() - self.base_offset as i64 > i64::from(u32::MAX)
-            {
+            let misplaced = if contiguous {
+                header.base_offset != next_offset as i64
+            } else {
+                header.base_offset < next_offset as i64
+            };
+            if misplaced || header.last_offset() - self.base_offset as i64 > i64::from(u32::MAX) {
                 break Some(format!(
-                    "batch at position {position} has base offset {}, expected at least {next_offset}",
+                    "batch at position {position} has base offset {}, expected {next_offset}",
                     header.base_offset
                 ));
             }

@@ -1,1 +1,13 @@
-//! x
+//! `weir-tests`: black-box tests that run real processes.
+//!
+//! `src/bin/crash-writer.rs` is a child process for the storage kill test: it appends to a
+//! log with fsync and reports every acknowledged offset on stdout, so the parent can `kill -9`
+//! it at any moment and check the log against what was acknowledged.
+//!
+//! The value written for offset `n` is [`value_for`]`(n)`, so a reader can check any record
+//! without knowing what the writer did.
+
+/// The value the crash writer stores at `offset`.
+pub fn value_for(offset: u64) -> String {
+    format!("record-{offset}-{}", "x".repeat((offset % 200) as usize))
+}
