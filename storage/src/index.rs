@@ -237,33 +237,22 @@ impl<E: IndexEntry> MmapIndex<E> {
         }
     }
 
-    /// Drops entries from `entries` on and zeroes them on disk, so a later recovery cannot
-    /// mistake them for valid ones.
+    /// Drops entries from `entries` on and zeroes them, so a later recovery cannot mistake them
+    /// for valid ones. Zeroing stops at the first entry that is already zero: the preallocated
+    /// space after the last entry ever written is zero, and touching it would fault in pages
+    /// for nothing.
     pub fn truncate(&mut self, entries: usize) {
-        if entries >= self.entries {
-            return;
-        }
         if let Mapping::Writable(m) = &mut self.map {
-            m[entries * E::BYTES..self.entries * E::BYTES].fill(0);
+            let capacity = m.len() / E::BYTES;
+            for i in entries..capacity {
+                let slot = &mut m[i * E::BYTES..(i + 1) * E::BYTES];
+                if slot.iter().all(|&b| b == 0) {
+                    break;
+                }
+                slot.fill(0);
+            }
         }
-        self.entries = entries;
-    }
-
-    /// Drops every entry beyond the in-memory count, zero-filling the preallocated space by
-    /// truncating and re-extending the file.
-    pub fn reset_tail(&mut self) -> Result<()> {
-        let io = || StorageError::io(&self.path);
-        let Mapping::Writable(m) = &self.map else {
-            return Ok(());
-        };
-        let capacity = m.len() as u64;
-        self.map = Mapping::Empty;
-        let used = (self.entries * E::BYTES) as u64;
-        self.file.set_len(used).map_err(io())?;
-        preallocate(&self.file, capacity).map_err(io())?;
-        // SAFETY: as in `open_writable`.
-        self.map = Mapping::Writable(unsafe { MmapMut::map_mut(&self.file) }.map_err(io())?);
-        Ok(())
+        self.entries = self.entries.min(entries);
     }
 
     /// Flushes and fsyncs the entries, truncates the file to them and remaps it read-only:
@@ -323,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn reset_tail_zeroes_stale_entries() {
+    fn truncate_zeroes_stale_entries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.timeindex");
         let mut idx = MmapIndex::<TimeEntry>::open_writable(&path, 1200).unwrap();
@@ -334,7 +323,6 @@ mod tests {
             });
         }
         idx.truncate(4);
-        idx.reset_tail().unwrap();
         drop(idx);
         let idx = MmapIndex::<TimeEntry>::open_writable(&path, 1200).unwrap();
         // 100 slots are preallocated; the first four hold data, the rest are zero.

@@ -49,6 +49,7 @@ pub struct FileSlice {
     segment: Arc<Segment>,
     position: u64,
     len: u64,
+    next_offset: u64,
 }
 
 impl FileSlice {
@@ -67,6 +68,11 @@ impl FileSlice {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Offset after the last batch of the slice: where the next read continues.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
     }
 
     /// Loads the bytes and verifies every batch's CRC.
@@ -570,25 +576,28 @@ impl Log {
             let mut start = None;
             while let Some(h) = segment.header_at(pos, limit)? {
                 if h.last_offset() >= offset as i64 {
-                    start = Some((pos, h.total_bytes()));
+                    start = Some((pos, h));
                     break;
                 }
                 pos += h.total_bytes();
             }
-            let Some((start, first_bytes)) = start else {
+            let Some((start, first)) = start else {
                 continue;
             };
-            let mut end = start + first_bytes;
+            let mut end = start + first.total_bytes();
+            let mut next_offset = first.last_offset() as u64 + 1;
             while let Some(h) = segment.header_at(end, limit)? {
                 if end + h.total_bytes() - start > bytes_max {
                     break;
                 }
                 end += h.total_bytes();
+                next_offset = h.last_offset() as u64 + 1;
             }
             return Ok(result(Some(FileSlice {
                 segment: segment.clone(),
                 position: start,
                 len: end - start,
+                next_offset,
             })));
         }
         Ok(result(None))

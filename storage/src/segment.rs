@@ -277,8 +277,6 @@ impl Segment {
         let keep = valid.saturating_sub(1);
         index.truncate(keep);
         time_index.truncate(keep);
-        index.reset_tail()?;
-        time_index.reset_tail()?;
         let segment = Segment {
             base_offset,
             dir: dir.to_path_buf(),

@@ -1,6 +1,8 @@
 //! Behaviour of a single partition log: round trips, index and time lookups, segment rolls,
 //! retention, compaction, codecs, and concurrent appends.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -522,4 +524,111 @@ fn oversized_and_corrupt_batches_write_nothing() {
     assert_eq!(log.log_end_offset(), 0);
     assert_eq!(log.size_bytes(), 0);
     assert_eq!(log.append(&mut good).unwrap().base_offset, 0);
+}
+
+#[test]
+fn segment_ms_rolls_an_old_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_ms: 60_000,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), config);
+    let now = weir_now();
+    log.append_at(&mut batch(Compression::None, [record("k", "a", T0)]), now)
+        .unwrap();
+    log.append_at(
+        &mut batch(Compression::None, [record("k", "b", T0)]),
+        now + 59_000,
+    )
+    .unwrap();
+    assert_eq!(log.segment_count(), 1);
+    log.append_at(
+        &mut batch(Compression::None, [record("k", "c", T0)]),
+        now + 61_000,
+    )
+    .unwrap();
+    assert_eq!(log.segment_count(), 2);
+    assert_eq!(read_all(&log).len(), 3);
+}
+
+fn weir_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_compaction_swap_is_finished_or_discarded_on_open() {
+    let config = LogConfig {
+        cleanup_policy: CleanupPolicy {
+            delete: false,
+            compact: true,
+        },
+        ..small_config()
+    };
+    let live = tempfile::tempdir().unwrap();
+    let log = open(live.path(), config.clone());
+    for i in 0..400 {
+        log.append(&mut batch(
+            Compression::None,
+            [record(&format!("k{}", i % 5), &i.to_string(), T0)],
+        ))
+        .unwrap();
+    }
+    log.close().unwrap();
+    // Two copies from before compaction.
+    let committed = tempfile::tempdir().unwrap();
+    let uncommitted = tempfile::tempdir().unwrap();
+    copy_dir(live.path(), committed.path());
+    copy_dir(live.path(), uncommitted.path());
+    let before = read_all(&log);
+    compact(&log, T0, 1000).unwrap();
+    let after = read_all(&log);
+    assert!(after.len() < before.len());
+    drop(log);
+
+    // A crash after the commit marker: the cleaned first segment waits in cleaned/.
+    let first = log_segment_bases(live.path())[0];
+    for dir in [committed.path(), uncommitted.path()] {
+        let cleaned = dir.join("cleaned");
+        std::fs::create_dir(&cleaned).unwrap();
+        for suffix in ["log", "index", "timeindex"] {
+            let name = format!("{first:020}.{suffix}");
+            std::fs::copy(live.path().join(&name), cleaned.join(&name)).unwrap();
+        }
+    }
+    std::fs::write(
+        committed.path().join(format!("cleaned/{first:020}.swap")),
+        b"",
+    )
+    .unwrap();
+
+    let log = open(committed.path(), config.clone());
+    let second = log_segment_bases(committed.path())[1];
+    let in_first = |records: &[Record]| -> Vec<i64> {
+        records
+            .iter()
+            .map(|r| r.offset)
+            .filter(|&o| (o as u64) < second)
+            .collect()
+    };
+    assert_eq!(in_first(&read_all(&log)), in_first(&after));
+    assert!(!committed.path().join("cleaned").exists());
+
+    // Without the marker the cleaned files are discarded and the original stays.
+    let log = open(uncommitted.path(), config);
+    assert_eq!(in_first(&read_all(&log)), in_first(&before));
+    assert!(!uncommitted.path().join("cleaned").exists());
 }

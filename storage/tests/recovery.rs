@@ -1,6 +1,8 @@
 //! Recovery and bad input: torn tails, damaged indexes, garbage in segments, empty segments,
 //! missing directories, a full disk, and a seeded crash simulation.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;

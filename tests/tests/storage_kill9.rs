@@ -1,6 +1,8 @@
 //! A real process appends with fsync and is killed with SIGKILL at random moments; every batch
 //! it reported as acknowledged must be readable after the log is reopened.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -11,6 +13,16 @@ use weir_storage::{Log, LogConfig};
 use weir_tests::value_for;
 
 const CYCLES: usize = 25;
+
+/// The writer process, killed if the test fails while it runs.
+struct Writer(std::process::Child);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 #[test]
 fn kill_9_never_loses_an_acknowledged_batch() {
@@ -29,12 +41,14 @@ fn kill_9_never_loses_an_acknowledged_batch() {
     let mut acked_end = 0u64;
     let mut total_acks = 0usize;
     for cycle in 0..CYCLES {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_crash-writer"))
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let mut child = Writer(
+            Command::new(env!("CARGO_BIN_EXE_crash-writer"))
+                .arg(dir.path())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let stdout = child.0.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -59,8 +73,8 @@ fn kill_9_never_loses_an_acknowledged_batch() {
                 total_acks += 1;
             }
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
         // Acks printed before the kill still count.
         reader.join().unwrap();
         for line in rx.try_iter() {
