@@ -78,6 +78,23 @@ fn fresh_dir(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Runs per case; the table shows medians.
+const RUNS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Writes back every dirty page so the next measurement starts from a quiet disk.
+fn settle() -> anyhow::Result<()> {
+    let status = Command::new("sync").status().context("running sync")?;
+    if !status.success() {
+        bail!("sync failed: {status}");
+    }
+    Ok(())
+}
+
 fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64()
 }
@@ -148,6 +165,33 @@ fn dd_case(root: &Path, block: u64, total_bytes: u64, per_write_sync: bool) -> a
     }
     std::fs::remove_file(&file)?;
     Ok(mb_per_s(block * count, elapsed))
+}
+
+/// The batches `append_case` writes, written by a plain `write` loop into one file with the
+/// same fsync pattern: what the OS gives for these exact bytes without a log around them.
+fn plain_case(
+    root: &Path,
+    records: usize,
+    total_bytes: u64,
+    per_write_sync: bool,
+) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = root.join("plain.out");
+    let template = batch(records)?;
+    let count = (total_bytes / template.len() as u64).max(1);
+    let start = Instant::now();
+    let mut file = std::fs::File::create(&path)?;
+    for _ in 0..count {
+        file.write_all(&template)?;
+        if per_write_sync {
+            file.sync_data()?;
+        }
+    }
+    file.sync_data()?;
+    let elapsed = start.elapsed();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(mb_per_s(count * template.len() as u64, elapsed))
 }
 
 /// Fills a log of about `bytes` bytes with 1 MiB batches under the interval policy.
@@ -228,8 +272,10 @@ fn main() -> anyhow::Result<()> {
 
     println!("storage benchmark, data in {}", root.display());
     println!();
-    println!("| case | Weir | raw disk (dd, same pattern) | Weir / raw |");
-    println!("|---|---|---|---|");
+    println!(
+        "| case | Weir | dd, same block size and fsync pattern | Weir / dd | same batches by a plain write loop | Weir / plain |"
+    );
+    println!("|---|---|---|---|---|---|");
     let cases: [(&str, usize, FlushPolicy, usize, u64, bool); 6] = [
         (
             "append 16 KiB batches, interval",
@@ -281,12 +327,25 @@ fn main() -> anyhow::Result<()> {
         ),
     ];
     for (name, records, policy, writers, bytes, per_write_sync) in cases {
-        let weir = append_case(&root, records, policy, writers, bytes)?;
+        // Alternate the two, each starting with no dirty pages, and keep the medians: the
+        // disk's write-back state otherwise decides more than the code does.
         let block = (records * RECORD_BYTES) as u64;
-        let raw = dd_case(&root, block, bytes, per_write_sync)?;
+        let mut weir = Vec::new();
+        let mut raw = Vec::new();
+        let mut plain = Vec::new();
+        for _ in 0..RUNS {
+            settle()?;
+            weir.push(append_case(&root, records, policy, writers, bytes)?);
+            settle()?;
+            raw.push(dd_case(&root, block, bytes, per_write_sync)?);
+            settle()?;
+            plain.push(plain_case(&root, records, bytes, per_write_sync)?);
+        }
+        let (weir, raw, plain) = (median(weir), median(raw), median(plain));
         println!(
-            "| {name} | {weir:.0} MB/s | {raw:.0} MB/s | {:.2} |",
-            weir / raw
+            "| {name} | {weir:.0} MB/s | {raw:.0} MB/s | {:.2} | {plain:.0} MB/s | {:.2} |",
+            weir / raw,
+            weir / plain
         );
     }
 
@@ -294,10 +353,18 @@ fn main() -> anyhow::Result<()> {
     fill_log(&small, args.small_mib * MIB)?;
     // Warm the page cache, then time both readers over the same files.
     cat_log(&small)?;
-    let cat = cat_log(&small)?;
-    let (weir_read, bytes) = read_log(&small)?;
+    let mut cats = Vec::new();
+    let mut reads = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..RUNS {
+        cats.push(cat_log(&small)?);
+        let (mb, b) = read_log(&small)?;
+        reads.push(mb);
+        bytes = b;
+    }
+    let (cat, weir_read) = (median(cats), median(reads));
     println!(
-        "| sequential read, {} MB, page cache | {weir_read:.0} MB/s | {cat:.0} MB/s (cat) | {:.2} |",
+        "| sequential read, {} MB, page cache | {weir_read:.0} MB/s | {cat:.0} MB/s (cat) | {:.2} | | |",
         bytes / 1_000_000,
         weir_read / cat
     );
@@ -307,7 +374,7 @@ fn main() -> anyhow::Result<()> {
     let small_open = open_time(&small, 5)?;
     let big_open = open_time(&big, 5)?;
     println!(
-        "| open, {} MiB log vs {} GiB log (median of 5) | {:.2} ms vs {:.2} ms | | {:.2} |",
+        "| open, {} MiB log vs {} GiB log (median of 5) | {:.2} ms vs {:.2} ms | | {:.2} | | |",
         args.small_mib,
         args.big_gib,
         small_open.as_secs_f64() * 1e3,
