@@ -112,7 +112,48 @@ impl std::fmt::Debug for Segment {
     }
 }
 
+/// How far a segment's batches reach.
+#[derive(Debug, Clone, Copy)]
+struct Extent {
+    size: u64,
+    next_offset: u64,
+    max_timestamp: i64,
+}
+
+impl Extent {
+    fn empty(base_offset: u64) -> Self {
+        Extent {
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+        }
+    }
+}
+
+type Indexes = (MmapIndex<OffsetEntry>, MmapIndex<TimeEntry>);
+
 impl Segment {
+    fn assemble(
+        dir: &Path,
+        base_offset: u64,
+        file: File,
+        (index, time_index): Indexes,
+        extent: Extent,
+        created_ms: i64,
+    ) -> Segment {
+        Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file,
+            size: AtomicU64::new(extent.size),
+            next_offset: AtomicU64::new(extent.next_offset),
+            max_timestamp: AtomicI64::new(extent.max_timestamp),
+            created_ms,
+            index: RwLock::new(index),
+            time_index: RwLock::new(time_index),
+        }
+    }
+
     /// Creates the files of a new, empty active segment. The caller fsyncs the directory.
     pub fn create(dir: &Path, base_offset: u64, index_bytes_max: u64, now_ms: i64) -> Result<Self> {
         let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
@@ -123,19 +164,14 @@ impl Segment {
             .truncate(true)
             .open(&log_path)
             .map_err(StorageError::io(&log_path))?;
-        let index = fresh_index(dir, base_offset, INDEX_SUFFIX, index_bytes_max)?;
-        let time_index = fresh_index(dir, base_offset, TIME_INDEX_SUFFIX, index_bytes_max)?;
-        Ok(Segment {
+        Ok(Segment::assemble(
+            dir,
             base_offset,
-            dir: dir.to_path_buf(),
             file,
-            size: AtomicU64::new(0),
-            next_offset: AtomicU64::new(base_offset),
-            max_timestamp: AtomicI64::new(-1),
-            created_ms: now_ms,
-            index: RwLock::new(index),
-            time_index: RwLock::new(time_index),
-        })
+            fresh_indexes(dir, base_offset, index_bytes_max)?,
+            Extent::empty(base_offset),
+            now_ms,
+        ))
     }
 
     /// Opens a closed segment whose successor starts at `next_offset`. Its indexes were sealed
@@ -176,17 +212,19 @@ impl Segment {
             (Some(index), Some(time_index)) if time_index.len() == index.len() + 1 => {
                 // The sealed time index ends with the segment's largest timestamp.
                 let max_timestamp = time_index.last().map_or(-1, |e| e.timestamp);
-                Ok(Segment {
+                let extent = Extent {
+                    size,
+                    next_offset,
+                    max_timestamp,
+                };
+                Ok(Segment::assemble(
+                    dir,
                     base_offset,
-                    dir: dir.to_path_buf(),
                     file,
-                    size: AtomicU64::new(size),
-                    next_offset: AtomicU64::new(next_offset),
-                    max_timestamp: AtomicI64::new(max_timestamp),
-                    created_ms: 0,
-                    index: RwLock::new(index),
-                    time_index: RwLock::new(time_index),
-                })
+                    (index, time_index),
+                    extent,
+                    0,
+                ))
             }
             _ => {
                 tracing::warn!(
@@ -277,17 +315,13 @@ impl Segment {
         let keep = valid.saturating_sub(1);
         index.truncate(keep);
         time_index.truncate(keep);
-        let segment = Segment {
-            base_offset,
-            dir: dir.to_path_buf(),
-            file,
-            size: AtomicU64::new(start_position),
-            next_offset: AtomicU64::new(start_offset),
-            max_timestamp: AtomicI64::new(cursor.max_timestamp),
-            created_ms: now_ms,
-            index: RwLock::new(index),
-            time_index: RwLock::new(time_index),
+        let extent = Extent {
+            size: start_position,
+            next_offset: start_offset,
+            max_timestamp: cursor.max_timestamp,
         };
+        let segment =
+            Segment::assemble(dir, base_offset, file, (index, time_index), extent, now_ms);
         if keep > 0 {
             // Re-create the entry the scan starts at: the interval had been reached there.
             cursor.bytes_since_index = u64::MAX;
@@ -319,27 +353,15 @@ impl Segment {
     ) -> Result<Self> {
         // One entry per 4 KiB of log at most, plus the closing time entry.
         let index_bytes_max = (size / 4096 + 2) * 12;
-        let segment = Segment {
+        let indexes = fresh_indexes(dir, base_offset, index_bytes_max)?;
+        let segment = Segment::assemble(
+            dir,
             base_offset,
-            dir: dir.to_path_buf(),
             file,
-            size: AtomicU64::new(0),
-            next_offset: AtomicU64::new(base_offset),
-            max_timestamp: AtomicI64::new(-1),
-            created_ms: 0,
-            index: RwLock::new(fresh_index(
-                dir,
-                base_offset,
-                INDEX_SUFFIX,
-                index_bytes_max,
-            )?),
-            time_index: RwLock::new(fresh_index(
-                dir,
-                base_offset,
-                TIME_INDEX_SUFFIX,
-                index_bytes_max,
-            )?),
-        };
+            indexes,
+            Extent::empty(base_offset),
+            0,
+        );
         let mut cursor = IndexCursor::new();
         let end = segment.scan(&mut cursor, 4096, size, false)?;
         if let Some(reason) = end.stopped {
@@ -650,6 +672,13 @@ impl Segment {
         read_exact_at(&self.file, &mut buf, position, &self.log_path())?;
         Ok(Bytes::from(buf))
     }
+}
+
+fn fresh_indexes(dir: &Path, base_offset: u64, bytes_max: u64) -> Result<Indexes> {
+    Ok((
+        fresh_index(dir, base_offset, INDEX_SUFFIX, bytes_max)?,
+        fresh_index(dir, base_offset, TIME_INDEX_SUFFIX, bytes_max)?,
+    ))
 }
 
 fn fresh_index<E: crate::index::IndexEntry>(
