@@ -1,6 +1,7 @@
 //! The `weir` binary: parses flags and wires the crates together.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -21,11 +22,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node on a data directory until SIGINT or SIGTERM.
-    Serve {
-        /// Where topics and metadata live.
-        #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
-        data_dir: PathBuf,
-    },
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Where topics and metadata live.
+    #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
+    data_dir: PathBuf,
+    /// Address of the Kafka protocol listener (port 0: any free port).
+    #[arg(long, env = "WEIR_KAFKA", default_value = "127.0.0.1:9092")]
+    kafka: SocketAddr,
+    /// Host name clients are told to connect to; defaults to the listener's address.
+    #[arg(long, env = "WEIR_ADVERTISED_HOST")]
+    advertised_host: Option<String>,
+    /// Create unknown topics when a client first uses them.
+    #[arg(long, env = "WEIR_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    auto_create_topics: bool,
+    /// Partitions of a topic created without a count.
+    #[arg(long, env = "WEIR_DEFAULT_PARTITIONS", default_value_t = 1)]
+    default_partitions: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,7 +54,13 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
-        Command::Serve { data_dir } => serve(ServeConfig { data_dir }),
+        Command::Serve(args) => serve(ServeConfig {
+            data_dir: args.data_dir,
+            kafka: args.kafka,
+            advertised_host: args.advertised_host,
+            auto_create_topics: args.auto_create_topics,
+            default_partitions: args.default_partitions,
+        }),
     }
 }
 
@@ -47,11 +69,12 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let server = Server::start(&config)
-        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
-    runtime.block_on(shutdown_signal())?;
-    tracing::info!("shutting down");
-    server.shutdown().context("closing the data directory")
+    runtime.block_on(async {
+        let server = Server::start(&config).await?;
+        shutdown_signal().await?;
+        tracing::info!("shutting down");
+        server.shutdown().await
+    })
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -1,26 +1,48 @@
 //! `weir serve`: a node's lifetime, from opening the data directory to a clean shutdown.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use weir_storage::{Storage, StorageConfig, StorageError};
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weir_storage::{Storage, StorageConfig};
+
+use crate::kafka::{self, KafkaConfig};
+
+/// Largest Kafka request frame accepted (`socket.request.max.bytes`).
+pub const REQUEST_BYTES_MAX: u32 = 100 * 1024 * 1024;
 
 /// What `weir serve` needs to start.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
+    /// Address of the Kafka listener; port 0 picks a free port.
+    pub kafka: SocketAddr,
+    /// Host clients are told to connect to; the listener's IP when `None`.
+    pub advertised_host: Option<String>,
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
 }
 
 /// A running node.
 pub struct Server {
     storage: Arc<Storage>,
+    kafka_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    kafka_task: JoinHandle<()>,
 }
 
 impl Server {
-    /// Opens the data directory, recovering every partition log, and starts the storage
-    /// maintenance thread.
-    pub fn start(config: &ServeConfig) -> Result<Server, StorageError> {
-        let storage = Storage::open(StorageConfig::new(&config.data_dir))?;
+    /// Opens the data directory, recovering every partition log, starts the storage
+    /// maintenance thread and the Kafka listener.
+    pub async fn start(config: &ServeConfig) -> anyhow::Result<Server> {
+        let storage_config = StorageConfig::new(&config.data_dir);
+        let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
+            .await?
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
         let topics = storage.list_topics()?;
         let partitions: u32 = topics.iter().map(|t| t.partitions).sum();
         for (topic, partition, reason) in storage.offline_partitions() {
@@ -34,17 +56,54 @@ impl Server {
             offline = storage.offline_partitions().len(),
             "storage ready"
         );
-        Ok(Server { storage })
+
+        let listener = TcpListener::bind(config.kafka)
+            .await
+            .with_context(|| format!("binding the Kafka listener to {}", config.kafka))?;
+        let kafka_addr = listener.local_addr()?;
+        let host = config
+            .advertised_host
+            .clone()
+            .unwrap_or_else(|| kafka_addr.ip().to_string());
+        let kafka_config = KafkaConfig {
+            advertised: (host, kafka_addr.port()),
+            auto_create_topics: config.auto_create_topics,
+            default_partitions: config.default_partitions.max(1),
+            request_bytes_max: REQUEST_BYTES_MAX,
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let kafka_task = tokio::spawn(kafka::serve(
+            listener,
+            storage.clone(),
+            kafka_config,
+            shutdown_rx,
+        ));
+        tracing::info!(addr = %kafka_addr, "Kafka listener ready");
+        Ok(Server {
+            storage,
+            kafka_addr,
+            shutdown,
+            kafka_task,
+        })
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
     }
 
-    /// Stops maintenance and closes every log: flushed data, flushed indexes and a current
+    pub fn kafka_addr(&self) -> SocketAddr {
+        self.kafka_addr
+    }
+
+    /// Stops the listeners, then closes every log: flushed data, flushed indexes and a current
     /// recovery point, so the next start scans nothing.
-    pub fn shutdown(self) -> Result<(), StorageError> {
-        self.storage.close()?;
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let _ = self.kafka_task.await;
+        let storage = self.storage;
+        tokio::task::spawn_blocking(move || storage.close())
+            .await?
+            .context("closing the data directory")?;
         tracing::info!("shut down cleanly");
         Ok(())
     }

@@ -3,62 +3,14 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use bytes::Bytes;
+use common::Node;
 use weir_storage::{BatchBuilder, Compression, NewRecord, Storage, StorageConfig};
-
-/// A `weir serve` process, killed if the test ends before it exits.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(data_dir: &std::path::Path) -> (Node, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--data-dir"])
-        .arg(data_dir)
-        .env("WEIR_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (Node(child), rx)
-}
-
-fn wait_for(rx: &mpsc::Receiver<String>, needle: &str) -> String {
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no log line containing {needle:?}"));
-        if line.contains(needle) {
-            return line;
-        }
-    }
-}
-
-fn signal(node: &Node, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &node.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 #[test]
 fn serve_recovers_existing_topics_and_stops_cleanly_on_signals() {
@@ -78,15 +30,19 @@ fn serve_recovers_existing_topics_and_stops_cleanly_on_signals() {
         storage.close().unwrap();
     }
     for sig in ["-TERM", "-INT"] {
-        let (mut node, rx) = start(dir.path());
-        let ready = wait_for(&rx, "storage ready");
+        let mut node = Node::start(dir.path());
+        let ready = node
+            .startup
+            .iter()
+            .find(|l| l.contains("storage ready"))
+            .unwrap();
         assert!(
             ready.contains("topics=1") && ready.contains("partitions=3"),
             "{ready}"
         );
-        signal(&node, sig);
-        wait_for(&rx, "shut down cleanly");
-        assert!(node.0.wait().unwrap().success());
+        node.signal(sig);
+        node.wait_for("shut down cleanly");
+        assert!(node.child.wait().unwrap().success());
     }
     let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
     let records = storage

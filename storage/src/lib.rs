@@ -32,6 +32,6 @@ pub use batch::{BatchBuilder, Compression, Header, NewRecord, Record, decode_rec
 pub use compact::{CompactionResult, compact};
 pub use config::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
 pub use error::{BatchError, Result, StorageError};
-pub use log::{AppendInfo, FileSlice, Log, ReadResult, RetentionResult};
+pub use log::{AppendInfo, FileSlice, Listener, Log, ReadResult, RetentionResult};
 pub use meta::{MetaStore, TopicMeta, Tree};
 pub use storage::{PARTITIONS_MAX, Storage, StorageConfig, validate_topic_name};

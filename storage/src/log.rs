@@ -146,7 +146,12 @@ pub struct Log {
     maintenance: Mutex<()>,
     recovery_point: File,
     failed: AtomicBool,
+    /// Called whenever the high watermark moves, so waiting readers can wake up.
+    listener: RwLock<Option<Listener>>,
 }
+
+/// A callback run when new records become readable.
+pub type Listener = Arc<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -236,6 +241,7 @@ impl Log {
             maintenance: Mutex::new(()),
             recovery_point: rp_file,
             failed: AtomicBool::new(false),
+            listener: RwLock::new(None),
         };
         log.write_recovery_point(RecoveryPoint {
             base_offset: active.base_offset(),
@@ -426,15 +432,32 @@ impl Log {
         Ok(())
     }
 
-    /// Moves the high watermark forward (never back).
+    /// Sets the callback run whenever new records become readable.
+    pub fn set_listener(&self, listener: Option<Listener>) {
+        *self.listener.write().unwrap_or_else(|e| e.into_inner()) = listener;
+    }
+
+    /// Moves the high watermark forward (never back) and tells the listener.
     fn publish(&self, offset: u64, segment: u64, position: u64) {
+        let mut moved = false;
         self.update_view(|v| {
             if offset > v.high_watermark {
                 v.high_watermark = offset;
                 v.hw_segment = segment;
                 v.hw_position = position;
+                moved = true;
             }
         });
+        if moved {
+            let listener = self
+                .listener
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(listener) = listener {
+                listener();
+            }
+        }
     }
 
     /// Group commit: returns once every byte up to `target` is fsynced. The first caller in

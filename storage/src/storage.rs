@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::compact::compact;
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
-use crate::log::{Log, now_ms};
+use crate::log::{Listener, Log, now_ms};
 use crate::meta::{MetaStore, TopicMeta, Tree};
 use crate::segment::sync_dir;
 
@@ -81,6 +81,7 @@ pub struct Storage {
     /// Serializes topic creation, deletion and changes.
     admin: Mutex<()>,
     background: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+    listener: RwLock<Option<Listener>>,
 }
 
 impl Storage {
@@ -100,6 +101,7 @@ impl Storage {
             offline: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
             background: Mutex::new(None),
+            listener: RwLock::new(None),
         };
         storage.remove_leftover_deletions()?;
         for (_, topic) in storage.topics.all()? {
@@ -216,6 +218,14 @@ impl Storage {
         }
     }
 
+    /// Sets the callback every log (present and future) runs when new records become readable.
+    pub fn set_listener(&self, listener: Listener) {
+        *self.listener.write().unwrap_or_else(|e| e.into_inner()) = Some(listener.clone());
+        for (_, _, log) in self.logs() {
+            log.set_listener(Some(listener.clone()));
+        }
+    }
+
     /// Every open partition log.
     pub fn logs(&self) -> Vec<(String, u32, Arc<Log>)> {
         let mut out: Vec<_> = self
@@ -248,6 +258,12 @@ impl Storage {
             }
             std::fs::create_dir_all(&dir).map_err(StorageError::io(&dir))?;
             let log = Log::open(&dir, config.clone())?;
+            log.set_listener(
+                self.listener
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            );
             self.write_logs()
                 .insert((name.to_string(), partition), Arc::new(log));
         }

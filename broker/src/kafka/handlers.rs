@@ -1,0 +1,497 @@
+//! One function per Kafka API: request in, response out. Storage errors become Kafka error
+//! codes here; nothing a client sends can make these panic.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
+    FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, RequestHeader, RequestKind, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use weir_storage::{BatchError, StorageError, TopicMeta};
+
+use super::Shared;
+
+/// The only broker of a single-node cluster.
+const NODE_ID: i32 = 0;
+const CLUSTER_ID: &str = "weir";
+/// Upper bound on a fetch's wait, whatever the client asks.
+const FETCH_WAIT_MS_MAX: u64 = 30_000;
+
+/// The versions of each API this broker implements; `None` for APIs it does not serve.
+pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
+    Some(match key {
+        ApiKey::Produce => (3, 9),
+        ApiKey::Fetch => (4, 12),
+        ApiKey::ListOffsets => (1, 7),
+        ApiKey::Metadata => (0, 12),
+        ApiKey::ApiVersions => (0, 3),
+        ApiKey::CreateTopics => (2, 7),
+        _ => return None,
+    })
+}
+
+const SERVED: [ApiKey; 6] = [
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
+    ApiKey::Metadata,
+    ApiKey::ApiVersions,
+    ApiKey::CreateTopics,
+];
+
+pub(crate) async fn handle(
+    shared: &Shared,
+    request: Option<RequestKind>,
+    header: &RequestHeader,
+) -> anyhow::Result<Option<ResponseKind>> {
+    let response = match request {
+        None => ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
+        Some(RequestKind::ApiVersions(_)) => ResponseKind::ApiVersions(api_versions(0)),
+        Some(RequestKind::Metadata(r)) => ResponseKind::Metadata(metadata(shared, r, header)),
+        Some(RequestKind::Produce(r)) => {
+            let acks = r.acks;
+            let response = produce(shared, r).await;
+            if acks == 0 {
+                return Ok(None);
+            }
+            ResponseKind::Produce(response)
+        }
+        Some(RequestKind::Fetch(r)) => ResponseKind::Fetch(fetch(shared, r).await),
+        Some(RequestKind::ListOffsets(r)) => ResponseKind::ListOffsets(list_offsets(shared, r)),
+        Some(RequestKind::CreateTopics(r)) => {
+            ResponseKind::CreateTopics(create_topics(shared, r, header.request_api_version))
+        }
+        Some(other) => anyhow::bail!("request {other:?} is not served"),
+    };
+    Ok(Some(response))
+}
+
+fn api_versions(error_code: i16) -> ApiVersionsResponse {
+    let mut response = ApiVersionsResponse::default();
+    response.error_code = error_code;
+    for key in SERVED {
+        if let Some((min, max)) = supported_versions(key) {
+            let mut v = ApiVersion::default();
+            v.api_key = key as i16;
+            v.min_version = min;
+            v.max_version = max;
+            response.api_keys.push(v);
+        }
+    }
+    response
+}
+
+fn topic_id(meta: &TopicMeta) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(meta.id)
+}
+
+/// The Kafka error code for a storage error.
+fn error_code(e: &StorageError) -> i16 {
+    match e {
+        StorageError::UnknownTopic { .. } | StorageError::UnknownPartition { .. } => {
+            ResponseError::UnknownTopicOrPartition.code()
+        }
+        StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
+        StorageError::Batch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge.code(),
+        StorageError::Batch(_) | StorageError::Corrupt { .. } => {
+            ResponseError::CorruptMessage.code()
+        }
+        StorageError::InvalidTopicName { .. } => ResponseError::InvalidTopicException.code(),
+        StorageError::TopicExists { .. } => ResponseError::TopicAlreadyExists.code(),
+        StorageError::InvalidConfig { .. } => ResponseError::InvalidConfig.code(),
+        StorageError::PartitionCount { .. } => ResponseError::InvalidPartitions.code(),
+        StorageError::Offline { .. } | StorageError::Io { .. } | StorageError::Failed { .. } => {
+            ResponseError::KafkaStorageError.code()
+        }
+        _ => ResponseError::UnknownServerError.code(),
+    }
+}
+
+/// The topic, created on first use when the listener allows it.
+fn topic_or_create(shared: &Shared, name: &str) -> Result<TopicMeta, StorageError> {
+    if let Some(meta) = shared.storage.topic(name)? {
+        return Ok(meta);
+    }
+    if !shared.config.auto_create_topics {
+        return Err(StorageError::UnknownTopic {
+            name: name.to_string(),
+        });
+    }
+    match shared
+        .storage
+        .create_topic(name, shared.config.default_partitions, BTreeMap::new())
+    {
+        Ok(meta) => Ok(meta),
+        // Another connection created it first.
+        Err(StorageError::TopicExists { .. }) => {
+            shared
+                .storage
+                .topic(name)?
+                .ok_or_else(|| StorageError::UnknownTopic {
+                    name: name.to_string(),
+                })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn metadata(shared: &Shared, request: MetadataRequest, header: &RequestHeader) -> MetadataResponse {
+    let mut response = MetadataResponse::default();
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = BrokerId(NODE_ID);
+    broker.host = StrBytes::from_string(shared.config.advertised.0.clone());
+    broker.port = i32::from(shared.config.advertised.1);
+    response.brokers.push(broker);
+    response.cluster_id = Some(StrBytes::from_static_str(CLUSTER_ID));
+    response.controller_id = BrokerId(NODE_ID);
+
+    let names: Vec<(String, bool)> = match request.topics {
+        // All topics; never auto-created.
+        None => match shared.storage.list_topics() {
+            Ok(topics) => topics.into_iter().map(|t| (t.name, false)).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "listing topics for Metadata failed");
+                Vec::new()
+            }
+        },
+        Some(topics) => topics
+            .into_iter()
+            .filter_map(|t| {
+                t.name
+                    .map(|n| (n.0.to_string(), request.allow_auto_topic_creation))
+            })
+            .collect(),
+    };
+    for (name, create) in names {
+        let mut topic = MetadataResponseTopic::default();
+        topic.name = Some(TopicName(StrBytes::from_string(name.clone())));
+        let found = if create {
+            topic_or_create(shared, &name)
+        } else {
+            shared
+                .storage
+                .topic(&name)
+                .and_then(|m| m.ok_or(StorageError::UnknownTopic { name: name.clone() }))
+        };
+        match found {
+            Ok(meta) => {
+                if header.request_api_version >= 10 {
+                    topic.topic_id = topic_id(&meta);
+                }
+                for p in 0..meta.partitions {
+                    let mut partition = MetadataResponsePartition::default();
+                    partition.partition_index = p as i32;
+                    partition.leader_id = BrokerId(NODE_ID);
+                    partition.replica_nodes = vec![BrokerId(NODE_ID)];
+                    partition.isr_nodes = vec![BrokerId(NODE_ID)];
+                    if shared.storage.log(&name, p).is_err() {
+                        partition.error_code = ResponseError::KafkaStorageError.code();
+                    }
+                    topic.partitions.push(partition);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(client = ?header.client_id, topic = name, error = %e, "metadata for a missing topic");
+                topic.error_code = error_code(&e);
+            }
+        }
+        response.topics.push(topic);
+    }
+    response
+}
+
+async fn produce(shared: &Shared, request: ProduceRequest) -> ProduceResponse {
+    let mut response = ProduceResponse::default();
+    let transactional = request.transactional_id.is_some();
+    for topic_data in request.topic_data {
+        let name = topic_data.name.0.to_string();
+        let mut topic_response = TopicProduceResponse::default();
+        topic_response.name = topic_data.name.clone();
+        let meta = topic_or_create(shared, &name);
+        for partition_data in topic_data.partition_data {
+            let mut p = PartitionProduceResponse::default();
+            p.index = partition_data.index;
+            p.base_offset = -1;
+            p.log_append_time_ms = -1;
+            p.log_start_offset = -1;
+            let result = match (&meta, partition_data.records) {
+                _ if transactional => Err(ResponseError::TransactionalIdAuthorizationFailed.code()),
+                (Err(e), _) => Err(error_code(e)),
+                (Ok(_), None) => Err(ResponseError::CorruptMessage.code()),
+                (Ok(_), Some(records)) => {
+                    append(shared, &name, partition_data.index, records).await
+                }
+            };
+            match result {
+                Ok((base_offset, log_append_time_ms, log_start_offset)) => {
+                    p.base_offset = base_offset;
+                    p.log_append_time_ms = log_append_time_ms;
+                    p.log_start_offset = log_start_offset;
+                }
+                Err(code) => p.error_code = code,
+            }
+            topic_response.partition_responses.push(p);
+        }
+        response.responses.push(topic_response);
+    }
+    response
+}
+
+/// Appends on a blocking thread (the append waits for an fsync); returns base offset, log
+/// append time and log start offset, or a Kafka error code.
+async fn append(
+    shared: &Shared,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+) -> Result<(i64, i64, i64), i16> {
+    let log = u32::try_from(partition)
+        .map_err(|_| ResponseError::UnknownTopicOrPartition.code())
+        .and_then(|p| shared.storage.log(topic, p).map_err(|e| error_code(&e)))?;
+    let topic = topic.to_string();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut batches = records.to_vec();
+        log.append(&mut batches)
+            .map(|info| (info, log.log_start_offset()))
+    })
+    .await;
+    match outcome {
+        Ok(Ok((info, start))) => Ok((
+            info.base_offset as i64,
+            info.log_append_time_ms.unwrap_or(-1),
+            start as i64,
+        )),
+        Ok(Err(e)) => {
+            tracing::warn!(topic, partition, error = %e, "produce refused");
+            Err(error_code(&e))
+        }
+        Err(e) => {
+            tracing::error!(topic, partition, error = %e, "append task failed");
+            Err(ResponseError::UnknownServerError.code())
+        }
+    }
+}
+
+async fn fetch(shared: &Shared, request: FetchRequest) -> FetchResponse {
+    let wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
+    let deadline = Instant::now() + wait;
+    let min_bytes = request.min_bytes.max(0) as u64;
+    loop {
+        // Register for wake-ups before reading, so an append between the read and the wait
+        // is not missed.
+        let notified = shared.appended.notified();
+        let (response, bytes) = fetch_once(shared, &request);
+        let now = Instant::now();
+        if bytes >= min_bytes.max(1) || now >= deadline || min_bytes == 0 {
+            return response;
+        }
+        let _ = tokio::time::timeout(deadline - now, notified).await;
+    }
+}
+
+/// One pass over the requested partitions; returns the response and the bytes it carries.
+fn fetch_once(shared: &Shared, request: &FetchRequest) -> (FetchResponse, u64) {
+    let mut response = FetchResponse::default();
+    let mut budget = request.max_bytes.max(0) as u64;
+    let mut total = 0u64;
+    for topic in &request.topics {
+        let name = topic.topic.0.to_string();
+        let mut topic_response = FetchableTopicResponse::default();
+        topic_response.topic = topic.topic.clone();
+        topic_response.topic_id = topic.topic_id;
+        for partition in &topic.partitions {
+            let mut p = PartitionData::default();
+            p.partition_index = partition.partition;
+            p.high_watermark = -1;
+            p.last_stable_offset = -1;
+            p.log_start_offset = -1;
+            let log = u32::try_from(partition.partition)
+                .map_err(|_| StorageError::UnknownPartition {
+                    topic: name.clone(),
+                    partition: u32::MAX,
+                })
+                .and_then(|i| shared.storage.log(&name, i));
+            let read = log.and_then(|log| {
+                let offset = u64::try_from(partition.fetch_offset).map_err(|_| {
+                    StorageError::OffsetOutOfRange {
+                        offset: 0,
+                        log_start_offset: log.log_start_offset(),
+                        high_watermark: log.high_watermark(),
+                    }
+                })?;
+                // A partition's first batch is sent even past the request's budget, so a
+                // consumer always makes progress (as Kafka does).
+                let limit = (partition.partition_max_bytes.max(0) as u64).min(if total == 0 {
+                    u64::MAX
+                } else {
+                    budget
+                });
+                let read = log.read(offset, limit.max(1))?;
+                let bytes = match &read.slice {
+                    Some(slice) => Some(slice.read()?),
+                    None => None,
+                };
+                Ok((read, bytes))
+            });
+            match read {
+                Ok((read, bytes)) => {
+                    p.high_watermark = read.high_watermark as i64;
+                    p.last_stable_offset = read.high_watermark as i64;
+                    p.log_start_offset = read.log_start_offset as i64;
+                    let len = bytes.as_ref().map_or(0, |b| b.len() as u64);
+                    total += len;
+                    budget = budget.saturating_sub(len);
+                    p.records = Some(bytes.unwrap_or_default());
+                }
+                Err(e) => {
+                    if let StorageError::OffsetOutOfRange {
+                        log_start_offset,
+                        high_watermark,
+                        ..
+                    } = &e
+                    {
+                        p.high_watermark = *high_watermark as i64;
+                        p.last_stable_offset = *high_watermark as i64;
+                        p.log_start_offset = *log_start_offset as i64;
+                    }
+                    p.error_code = error_code(&e);
+                    p.records = Some(Bytes::new());
+                }
+            }
+            topic_response.partitions.push(p);
+        }
+        response.responses.push(topic_response);
+    }
+    (response, total)
+}
+
+/// Kafka's special timestamps in ListOffsets.
+const LATEST_TIMESTAMP: i64 = -1;
+const EARLIEST_TIMESTAMP: i64 = -2;
+
+fn list_offsets(shared: &Shared, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let mut response = ListOffsetsResponse::default();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut topic_response = ListOffsetsTopicResponse::default();
+        topic_response.name = topic.name.clone();
+        for partition in topic.partitions {
+            let mut p = ListOffsetsPartitionResponse::default();
+            p.partition_index = partition.partition_index;
+            p.timestamp = -1;
+            p.offset = -1;
+            let log = u32::try_from(partition.partition_index)
+                .map_err(|_| StorageError::UnknownTopic { name: name.clone() })
+                .and_then(|i| shared.storage.log(&name, i));
+            let found = log.and_then(|log| match partition.timestamp {
+                LATEST_TIMESTAMP => Ok(Some((log.high_watermark(), -1))),
+                EARLIEST_TIMESTAMP => Ok(Some((log.log_start_offset(), -1))),
+                ts => log.offset_for_timestamp(ts),
+            });
+            match found {
+                Ok(Some((offset, timestamp))) => {
+                    p.offset = offset as i64;
+                    p.timestamp = timestamp;
+                }
+                Ok(None) => {}
+                Err(e) => p.error_code = error_code(&e),
+            }
+            topic_response.partitions.push(p);
+        }
+        response.topics.push(topic_response);
+    }
+    response
+}
+
+fn create_topics(
+    shared: &Shared,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let mut response = CreateTopicsResponse::default();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut result = CreatableTopicResult::default();
+        result.name = topic.name.clone();
+        let partitions = if topic.num_partitions == -1 {
+            shared.config.default_partitions as i32
+        } else {
+            topic.num_partitions
+        };
+        let configs: BTreeMap<String, String> = topic
+            .configs
+            .iter()
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
+            .collect();
+        let outcome = if partitions < 1 {
+            Err((
+                ResponseError::InvalidPartitions.code(),
+                format!("{partitions} partitions requested, at least 1 needed"),
+            ))
+        } else if topic.replication_factor > 1 {
+            Err((
+                ResponseError::InvalidReplicationFactor.code(),
+                format!(
+                    "replication factor {} requested, this node has no replicas",
+                    topic.replication_factor
+                ),
+            ))
+        } else if request.validate_only {
+            weir_storage::validate_topic_name(&name)
+                .and_then(|()| {
+                    weir_storage::LogConfig::from_entries(
+                        &weir_storage::LogConfig::default(),
+                        &configs,
+                    )
+                })
+                .map(|_| None)
+                .map_err(|e| (error_code(&e), e.to_string()))
+        } else {
+            shared
+                .storage
+                .create_topic(&name, partitions as u32, configs)
+                .map(Some)
+                .map_err(|e| (error_code(&e), e.to_string()))
+        };
+        match outcome {
+            Ok(meta) => {
+                if version >= 5 {
+                    result.num_partitions = partitions;
+                    result.replication_factor = 1;
+                }
+                if let Some(meta) = meta.filter(|_| version >= 7) {
+                    result.topic_id = topic_id(&meta);
+                }
+            }
+            Err((code, message)) => {
+                result.error_code = code;
+                if version >= 5 {
+                    result.num_partitions = -1;
+                    result.replication_factor = -1;
+                }
+                result.error_message = Some(StrBytes::from_string(message));
+            }
+        }
+        response.topics.push(result);
+    }
+    response
+}

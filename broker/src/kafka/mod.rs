@@ -1,0 +1,164 @@
+//! The Kafka protocol listener.
+//!
+//! Each connection reads size-prefixed frames, decodes the request header and body with the
+//! `kafka-protocol` crate, and answers in request order. A frame larger than
+//! `request_bytes_max` is refused before its body is read; a frame that does not decode closes
+//! that connection with a log line and leaves every other connection alone.
+
+mod handlers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use weir_storage::Storage;
+
+pub use handlers::supported_versions;
+
+/// Settings of the Kafka listener.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Host and port clients are told to connect to (Metadata).
+    pub advertised: (String, u16),
+    /// Create a topic on first use (Metadata or Produce), as Kafka's `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic.
+    pub default_partitions: u32,
+    /// `socket.request.max.bytes`: largest request frame accepted.
+    pub request_bytes_max: u32,
+}
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    storage: Arc<Storage>,
+    config: KafkaConfig,
+    /// Woken whenever any partition gets new readable records; long-polling fetches wait on it.
+    appended: Arc<Notify>,
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    storage: Arc<Storage>,
+    config: KafkaConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let appended = Arc::new(Notify::new());
+    let waker = appended.clone();
+    storage.set_listener(Arc::new(move || waker.notify_waiters()));
+    let shared = Arc::new(Shared {
+        storage,
+        config,
+        appended,
+    });
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, peer, shared, shutdown).await {
+                            tracing::info!(%peer, error = %format!("{e:#}"), "closing Kafka connection");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting a Kafka connection failed"),
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    stream.set_nodelay(true).ok();
+    tracing::debug!(%peer, "Kafka connection opened");
+    loop {
+        let mut size = [0u8; 4];
+        tokio::select! {
+            read = stream.read_exact(&mut size) => match read {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+            _ = shutdown.changed() => return Ok(()),
+        }
+        let size = i32::from_be_bytes(size);
+        if size < 0 || size as u32 > shared.config.request_bytes_max {
+            anyhow::bail!(
+                "request frame of {size} bytes refused: the limit (socket.request.max.bytes) is {} bytes",
+                shared.config.request_bytes_max
+            );
+        }
+        let mut frame = vec![0u8; size as usize];
+        stream
+            .read_exact(&mut frame)
+            .await
+            .context("connection closed inside a request frame")?;
+        let Some(response) = handle_frame(Bytes::from(frame), &shared).await? else {
+            continue;
+        };
+        stream.write_all(&response).await?;
+    }
+}
+
+/// Decodes one request frame and returns the whole response frame, or `None` for a produce
+/// with `acks=0`, which gets no answer.
+async fn handle_frame(mut frame: Bytes, shared: &Shared) -> anyhow::Result<Option<Bytes>> {
+    if frame.len() < 4 {
+        anyhow::bail!(
+            "request frame of {} bytes is too short for a header",
+            frame.len()
+        );
+    }
+    let api_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let api_version = i16::from_be_bytes([frame[2], frame[3]]);
+    let key =
+        ApiKey::try_from(api_key).map_err(|()| anyhow::anyhow!("unknown API key {api_key}"))?;
+    let supported = supported_versions(key);
+    let in_range = supported.is_some_and(|(min, max)| (min..=max).contains(&api_version));
+    if !in_range && key != ApiKey::ApiVersions {
+        anyhow::bail!("{key:?} version {api_version} is not supported");
+    }
+    // An ApiVersions request newer than ours is answered in v0 with UNSUPPORTED_VERSION, so the
+    // client can retry with a version we know; its header is read as v1, which every version
+    // starts with.
+    let header_version = if in_range {
+        key.request_header_version(api_version)
+    } else {
+        1
+    };
+    let header = RequestHeader::decode(&mut frame, header_version)
+        .with_context(|| format!("{key:?} v{api_version}: bad request header"))?;
+    let (request, version) = if in_range {
+        let request = RequestKind::decode(key, &mut frame, api_version)
+            .with_context(|| format!("{key:?} v{api_version}: bad request body"))?;
+        (Some(request), api_version)
+    } else {
+        (None, 0)
+    };
+    let Some(response) = handlers::handle(shared, request, &header).await? else {
+        return Ok(None);
+    };
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    let mut response_header = ResponseHeader::default();
+    response_header.correlation_id = header.correlation_id;
+    response_header.encode(&mut out, key.response_header_version(version))?;
+    response.encode(&mut out, version)?;
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    let _ = frame.remaining();
+    Ok(Some(out.freeze()))
+}

@@ -1,0 +1,115 @@
+//! Starting a real `weir serve` on a temp data directory and a free port.
+
+#![allow(dead_code)] // each test file uses its own part of these helpers
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A `weir serve` process, killed if the test ends before it exits.
+pub struct Node {
+    pub child: Child,
+    pub log: mpsc::Receiver<String>,
+    pub kafka: SocketAddr,
+    /// Log lines up to "Kafka listener ready".
+    pub startup: Vec<String>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    /// Starts a node on `data_dir` with the Kafka listener on a free port.
+    pub fn start(data_dir: &Path) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--kafka", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting weir serve");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut node = Node {
+            child,
+            log: rx,
+            kafka: "127.0.0.1:0".parse().expect("an address"),
+            startup: Vec::new(),
+        };
+        let ready = loop {
+            let line = node.wait_for("");
+            node.startup.push(line.clone());
+            if line.contains("Kafka listener ready") {
+                break line;
+            }
+        };
+        let addr = ready
+            .split("addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("the listener logs its address");
+        node.kafka = addr.parse().expect("a socket address");
+        node
+    }
+
+    /// The next log line containing `needle`, within a minute.
+    pub fn wait_for(&self, needle: &str) -> String {
+        loop {
+            let line = self
+                .log
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no log line containing {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends a signal (`-TERM`, `-INT`) to the node.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) {
+        self.signal("-TERM");
+        self.wait_for("shut down cleanly");
+        assert!(self.child.wait().expect("waiting for weir").success());
+    }
+}
+
+/// Fails loudly in CI when a client the tests need is missing; elsewhere says how to get it
+/// and returns false so the test can pass without it.
+pub fn have(tool: &str, install: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is missing in CI; ./scripts/test installs it ({install})"
+        );
+        eprintln!(
+            "{tool} not found: install it with `{install}` (./scripts/test does) to run this test"
+        );
+    }
+    found
+}
