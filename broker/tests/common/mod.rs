@@ -113,3 +113,24 @@ pub fn have(tool: &str, install: &str) -> bool {
     }
     found
 }
+
+/// The Python with the Kafka client packages: `WEIR_PYTHON`, else the virtualenv
+/// `./scripts/test` makes under `target/py`. `None` (outside CI) when neither is there.
+pub fn python() -> Option<std::path::PathBuf> {
+    let candidate = std::env::var_os("WEIR_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/python"));
+    if candidate.exists() {
+        return Some(candidate);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "no Python with Kafka clients at {}; ./scripts/test installs them",
+        candidate.display()
+    );
+    eprintln!(
+        "Python Kafka clients not found at {}: run ./scripts/test once to install them",
+        candidate.display()
+    );
+    None
+}
