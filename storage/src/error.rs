@@ -87,6 +87,20 @@ pub enum StorageError {
         partition: u32,
         reason: String,
     },
+    #[error("producer {producer_id}: sequence {received} out of order, expected {expected}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        received: i32,
+    },
+    #[error("producer {producer_id}: batch at sequence {sequence} repeats part of a record set")]
+    DuplicateSequence { producer_id: i64, sequence: i32 },
+    #[error("producer {producer_id}: epoch {received} is older than the current epoch {current}")]
+    ProducerFenced {
+        producer_id: i64,
+        current: i16,
+        received: i16,
+    },
     #[error("compaction of {path} needs more than {keys_max} distinct keys")]
     CompactionKeys { path: PathBuf, keys_max: u64 },
     #[error("metadata store: {0}")]

@@ -25,6 +25,7 @@ mod error;
 mod index;
 mod log;
 pub mod meta;
+mod producer;
 mod segment;
 mod storage;
 
@@ -34,4 +35,5 @@ pub use config::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
 pub use error::{BatchError, Result, StorageError};
 pub use log::{AppendInfo, FileSlice, Listener, Log, ReadResult, RetentionResult};
 pub use meta::{MetaStore, TopicMeta, Tree};
+pub use producer::PRODUCER_BATCHES_MAX;
 pub use storage::{PARTITIONS_MAX, Storage, StorageConfig, validate_topic_name};

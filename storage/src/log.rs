@@ -15,6 +15,7 @@ use crate::batch::{
 };
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{BatchError, Result, StorageError};
+use crate::producer::{ProducerStates, Verdict};
 use crate::segment::{IndexCursor, RecoveryPoint, Segment, segment_paths, sync_dir};
 
 const RECOVERY_POINT_FILE: &str = "recovery-point";
@@ -119,6 +120,7 @@ struct Writer {
     active: Arc<Segment>,
     cursor: IndexCursor,
     next_offset: u64,
+    producers: ProducerStates,
 }
 
 struct SyncState {
@@ -231,6 +233,7 @@ impl Log {
                 active: active.clone(),
                 cursor,
                 next_offset,
+                producers: producer_states(&active)?,
             }),
             view: RwLock::new(view),
             sync: Mutex::new(SyncState {
@@ -326,6 +329,42 @@ impl Log {
         let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
 
         let mut w = lock(&self.writer);
+        for h in &headers {
+            match w.producers.check(h) {
+                Verdict::Append => {}
+                // A retry of a batch already written: its original offsets, nothing written.
+                Verdict::Duplicate {
+                    base_offset,
+                    last_offset,
+                } if headers.len() == 1 => {
+                    return Ok(AppendInfo {
+                        base_offset,
+                        last_offset,
+                        log_append_time_ms: None,
+                    });
+                }
+                Verdict::Duplicate { .. } => {
+                    return Err(StorageError::DuplicateSequence {
+                        producer_id: h.producer_id,
+                        sequence: h.base_sequence,
+                    });
+                }
+                Verdict::OutOfOrder { expected, received } => {
+                    return Err(StorageError::OutOfOrderSequence {
+                        producer_id: h.producer_id,
+                        expected,
+                        received,
+                    });
+                }
+                Verdict::StaleEpoch { current, received } => {
+                    return Err(StorageError::ProducerFenced {
+                        producer_id: h.producer_id,
+                        current,
+                        received,
+                    });
+                }
+            }
+        }
         let active = &w.active;
         let relative_end = w.next_offset + span - active.base_offset();
         if active.size() > 0
@@ -368,6 +407,9 @@ impl Log {
         }
         active.commit_write(total, offset);
         w.next_offset = offset;
+        for h in &assigned {
+            w.producers.record(h);
+        }
         let info = AppendInfo {
             base_offset,
             last_offset: offset - 1,
@@ -757,6 +799,19 @@ impl Log {
             v.segments = Arc::new(segments);
         });
     }
+}
+
+/// Rebuilds idempotent producer state from the batch headers of the active segment. Producers
+/// whose last batches are in older segments are treated as new.
+fn producer_states(active: &Segment) -> Result<ProducerStates> {
+    let mut states = ProducerStates::default();
+    let size = active.size();
+    let mut position = 0;
+    while let Some(h) = active.header_at(position, size)? {
+        states.record(&h);
+        position += h.total_bytes();
+    }
+    Ok(states)
 }
 
 /// `None` when there is no recovery point, or it is torn or corrupt: then nothing is trusted.

@@ -632,3 +632,83 @@ fn an_interrupted_compaction_swap_is_finished_or_discarded_on_open() {
     assert_eq!(in_first(&read_all(&log)), in_first(&before));
     assert!(!uncommitted.path().join("cleaned").exists());
 }
+
+fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, values: &[&str]) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Compression::None).producer(weir_storage::batch::ProducerInfo {
+        producer_id,
+        producer_epoch: epoch,
+        base_sequence: sequence,
+    });
+    for v in values {
+        b.push(record("k", v, T0));
+    }
+    b.build().unwrap().to_vec()
+}
+
+#[test]
+fn duplicate_batch_returns_original_offset_and_gaps_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default());
+    let first = log
+        .append(&mut idempotent_batch(7, 0, 0, &["a", "b", "c"]))
+        .unwrap();
+    assert_eq!((first.base_offset, first.last_offset), (0, 2));
+    let second = log
+        .append(&mut idempotent_batch(7, 0, 3, &["d", "e"]))
+        .unwrap();
+    assert_eq!((second.base_offset, second.last_offset), (3, 4));
+    // Another producer interleaves.
+    log.append(&mut idempotent_batch(8, 0, 0, &["x"])).unwrap();
+
+    // A retry of either batch in the window: the original offsets, nothing written.
+    let retry = log
+        .append(&mut idempotent_batch(7, 0, 0, &["a", "b", "c"]))
+        .unwrap();
+    assert_eq!((retry.base_offset, retry.last_offset), (0, 2));
+    assert_eq!(log.log_end_offset(), 6);
+
+    // A gap in sequences is refused, naming what was expected.
+    let err = log
+        .append(&mut idempotent_batch(7, 0, 9, &["z"]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::OutOfOrderSequence {
+                producer_id: 7,
+                expected: 5,
+                received: 9
+            }
+        ),
+        "{err}"
+    );
+    // A new epoch starts again at 0; the old epoch is fenced from then on.
+    log.append(&mut idempotent_batch(7, 1, 0, &["f"])).unwrap();
+    let err = log
+        .append(&mut idempotent_batch(7, 0, 5, &["g"]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::ProducerFenced {
+                current: 1,
+                received: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // The window is rebuilt from the log after a restart.
+    drop(log);
+    let log = open(dir.path(), LogConfig::default());
+    let retry = log.append(&mut idempotent_batch(7, 1, 0, &["f"])).unwrap();
+    assert_eq!(retry.base_offset, 6);
+    assert_eq!(
+        log.append(&mut idempotent_batch(7, 1, 1, &["h"]))
+            .unwrap()
+            .base_offset,
+        7
+    );
+    assert_eq!(read_all(&log).len(), 8);
+}

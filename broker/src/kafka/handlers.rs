@@ -18,8 +18,9 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
-    FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, RequestKind, ResponseKind, TopicName,
+    FetchResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    ProducerId, RequestHeader, RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use weir_storage::{BatchError, StorageError, TopicMeta};
@@ -41,17 +42,19 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::Metadata => (0, 12),
         ApiKey::ApiVersions => (0, 3),
         ApiKey::CreateTopics => (2, 7),
+        ApiKey::InitProducerId => (0, 4),
         _ => return None,
     })
 }
 
-const SERVED: [ApiKey; 6] = [
+const SERVED: [ApiKey; 7] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
     ApiKey::Metadata,
     ApiKey::ApiVersions,
     ApiKey::CreateTopics,
+    ApiKey::InitProducerId,
 ];
 
 pub(crate) async fn handle(
@@ -75,6 +78,9 @@ pub(crate) async fn handle(
         Some(RequestKind::ListOffsets(r)) => ResponseKind::ListOffsets(list_offsets(shared, r)),
         Some(RequestKind::CreateTopics(r)) => {
             ResponseKind::CreateTopics(create_topics(shared, r, header.request_api_version))
+        }
+        Some(RequestKind::InitProducerId(r)) => {
+            ResponseKind::InitProducerId(init_producer_id(shared, r))
         }
         Some(other) => anyhow::bail!("request {other:?} is not served"),
     };
@@ -115,6 +121,9 @@ fn error_code(e: &StorageError) -> i16 {
         StorageError::TopicExists { .. } => ResponseError::TopicAlreadyExists.code(),
         StorageError::InvalidConfig { .. } => ResponseError::InvalidConfig.code(),
         StorageError::PartitionCount { .. } => ResponseError::InvalidPartitions.code(),
+        StorageError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
+        StorageError::DuplicateSequence { .. } => ResponseError::DuplicateSequenceNumber.code(),
+        StorageError::ProducerFenced { .. } => ResponseError::InvalidProducerEpoch.code(),
         StorageError::Offline { .. } | StorageError::Io { .. } | StorageError::Failed { .. } => {
             ResponseError::KafkaStorageError.code()
         }
@@ -492,6 +501,30 @@ fn create_topics(
             }
         }
         response.topics.push(result);
+    }
+    response
+}
+
+/// Hands out a new producer id (epoch 0) for an idempotent producer. Ids come from a counter in
+/// the metadata store, so they are never reused across restarts. Transactions are not served:
+/// a transactional id is refused.
+fn init_producer_id(shared: &Shared, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    let mut response = InitProducerIdResponse::default();
+    response.producer_id = ProducerId(-1);
+    response.producer_epoch = -1;
+    if request.transactional_id.is_some() {
+        response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
+        return response;
+    }
+    match shared.next_producer_id() {
+        Ok(id) => {
+            response.producer_id = ProducerId(id);
+            response.producer_epoch = 0;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "allocating a producer id failed");
+            response.error_code = error_code(&e);
+        }
     }
     response
 }

@@ -40,6 +40,22 @@ pub(crate) struct Shared {
     config: KafkaConfig,
     /// Woken whenever any partition gets new readable records; long-polling fetches wait on it.
     appended: Arc<Notify>,
+    /// Serializes producer id allocation.
+    producer_ids: std::sync::Mutex<()>,
+}
+
+const PRODUCER_IDS_TREE: &str = "producer-ids";
+const NEXT_PRODUCER_ID: &str = "next";
+
+impl Shared {
+    /// The next unused producer id, persisted before it is handed out.
+    fn next_producer_id(&self) -> Result<i64, weir_storage::StorageError> {
+        let _guard = self.producer_ids.lock().unwrap_or_else(|e| e.into_inner());
+        let tree = self.storage.meta().tree::<i64>(PRODUCER_IDS_TREE)?;
+        let id = tree.get(NEXT_PRODUCER_ID)?.unwrap_or(0);
+        tree.insert(NEXT_PRODUCER_ID, &(id + 1))?;
+        Ok(id)
+    }
 }
 
 /// Accepts connections until `shutdown` turns true.
@@ -56,6 +72,7 @@ pub async fn serve(
         storage,
         config,
         appended,
+        producer_ids: std::sync::Mutex::new(()),
     });
     loop {
         tokio::select! {

@@ -35,7 +35,7 @@ def confluent(bootstrap, topic):
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
     producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "lz4",
-                         "linger.ms": 5, "acks": "all"})
+                         "linger.ms": 5, "acks": "all", "enable.idempotence": True})
     errors = []
     for key, value, headers in expected():
         producer.produce(topic, value=value, key=key, headers=headers,
@@ -61,9 +61,8 @@ def confluent(bootstrap, topic):
 def kafka_python(bootstrap, topic):
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    # The idempotent producer (kafka-python's default) needs InitProducerId, not served yet.
-    producer = KafkaProducer(bootstrap_servers=bootstrap, compression_type="gzip", acks="all",
-                             enable_idempotence=False)
+    # kafka-python 3 is idempotent by default (InitProducerId and sequence numbers).
+    producer = KafkaProducer(bootstrap_servers=bootstrap, compression_type="gzip", acks="all")
     futures = [producer.send(topic, value=value, key=key, headers=headers)
                for key, value, headers in expected()]
     producer.flush(30)
