@@ -120,7 +120,9 @@ struct Writer {
     active: Arc<Segment>,
     cursor: IndexCursor,
     next_offset: u64,
-    producers: ProducerStates,
+    /// Built on the first append from an idempotent producer, so logs that never see one
+    /// open without reading their batch headers.
+    producers: Option<ProducerStates>,
 }
 
 struct SyncState {
@@ -233,7 +235,7 @@ impl Log {
                 active: active.clone(),
                 cursor,
                 next_offset,
-                producers: producer_states(&active)?,
+                producers: None,
             }),
             view: RwLock::new(view),
             sync: Mutex::new(SyncState {
@@ -329,8 +331,14 @@ impl Log {
         let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
 
         let mut w = lock(&self.writer);
+        if w.producers.is_none() && headers.iter().any(|h| h.producer_id >= 0) {
+            w.producers = Some(producer_states(&w.active)?);
+        }
         for h in &headers {
-            match w.producers.check(h) {
+            let Some(producers) = &w.producers else {
+                break;
+            };
+            match producers.check(h) {
                 Verdict::Append => {}
                 // A retry of a batch already written: its original offsets, nothing written.
                 Verdict::Duplicate {
@@ -407,8 +415,10 @@ impl Log {
         }
         active.commit_write(total, offset);
         w.next_offset = offset;
-        for h in &assigned {
-            w.producers.record(h);
+        if let Some(producers) = &mut w.producers {
+            for h in &assigned {
+                producers.record(h);
+            }
         }
         let info = AppendInfo {
             base_offset,
@@ -802,7 +812,7 @@ impl Log {
 }
 
 /// Rebuilds idempotent producer state from the batch headers of the active segment. Producers
-/// whose last batches are in older segments are treated as new.
+/// whose last batches are only in older segments are treated as new.
 fn producer_states(active: &Segment) -> Result<ProducerStates> {
     let mut states = ProducerStates::default();
     let size = active.size();
