@@ -1,6 +1,8 @@
-//! confluent-kafka and kafka-python against a real `weir serve`: each produces records with
-//! keys, headers (repeated keys included) and compression, then consumes them back from the
-//! beginning; `clients/roundtrip.py` checks every byte.
+//! confluent-kafka and kafka-python against a real `weir serve`. `clients/roundtrip.py`:
+//! each client produces records with keys, headers (repeated keys included) and compression,
+//! then consumes them back from the beginning, checking every byte. `clients/groups.py`: a
+//! confluent-kafka group of two splits a topic, one leaves, the other takes over; committed
+//! offsets are where a new member resumes — once per assignor.
 
 mod common;
 
@@ -8,28 +10,53 @@ use std::process::Command;
 
 use common::{Node, python};
 
-fn roundtrip(client: &str) {
-    let Some(python) = python() else {
-        return;
-    };
+/// Runs `clients/<script>` against a fresh node and returns its standard output.
+fn run(script: &str, args: &[&str]) -> Option<String> {
+    let python = python()?;
     let dir = tempfile::tempdir().expect("a temp dir");
     let node = Node::start(dir.path());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/roundtrip.py");
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(python)
-        .arg(script)
+        .arg(path)
         .arg(node.kafka.to_string())
-        .arg(client)
-        .arg(format!("roundtrip-{client}"))
+        .args(args)
         .output()
         .expect("running the Python client");
     assert!(
         out.status.success(),
-        "{client} round trip failed:\n{}\n{}",
+        "{script} {args:?} failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("200 records round-tripped"));
     node.stop();
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn roundtrip(client: &str) {
+    if let Some(out) = run("roundtrip.py", &[client, &format!("roundtrip-{client}")]) {
+        assert!(out.contains("200 records round-tripped"), "{out}");
+    }
+}
+
+fn group(assignor: &str) {
+    if let Some(out) = run("groups.py", &["grouped", assignor]) {
+        assert!(out.contains("groups ok, 400 + 40 records"), "{out}");
+    }
+}
+
+#[test]
+fn confluent_group_splits_takes_over_and_resumes_with_range() {
+    group("range");
+}
+
+#[test]
+fn confluent_group_splits_takes_over_and_resumes_with_roundrobin() {
+    group("roundrobin");
+}
+
+#[test]
+fn confluent_group_splits_takes_over_and_resumes_with_cooperative_sticky() {
+    group("cooperative-sticky");
 }
 
 #[test]

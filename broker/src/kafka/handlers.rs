@@ -25,10 +25,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use weir_storage::{BatchError, StorageError, TopicMeta};
 
-use super::Shared;
+use super::{Shared, group_api};
 
 /// The only broker of a single-node cluster.
-const NODE_ID: i32 = 0;
+pub(crate) const NODE_ID: i32 = 0;
 const CLUSTER_ID: &str = "weir";
 /// Upper bound on a fetch's wait, whatever the client asks.
 const FETCH_WAIT_MS_MAX: u64 = 30_000;
@@ -43,25 +43,49 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::ApiVersions => (0, 3),
         ApiKey::CreateTopics => (2, 7),
         ApiKey::InitProducerId => (0, 4),
+        ApiKey::FindCoordinator => (0, 4),
+        ApiKey::JoinGroup => (0, 9),
+        ApiKey::SyncGroup => (0, 5),
+        ApiKey::Heartbeat => (0, 4),
+        ApiKey::LeaveGroup => (0, 5),
+        ApiKey::OffsetCommit => (2, 9),
+        ApiKey::OffsetFetch => (1, 9),
+        ApiKey::ListGroups => (0, 5),
+        ApiKey::DescribeGroups => (0, 5),
+        ApiKey::DeleteGroups => (0, 2),
+        ApiKey::OffsetDelete => (0, 0),
         _ => return None,
     })
 }
 
-const SERVED: [ApiKey; 7] = [
+const SERVED: [ApiKey; 18] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
     ApiKey::Metadata,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::FindCoordinator,
+    ApiKey::JoinGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::SyncGroup,
+    ApiKey::DescribeGroups,
+    ApiKey::ListGroups,
     ApiKey::ApiVersions,
     ApiKey::CreateTopics,
     ApiKey::InitProducerId,
+    ApiKey::DeleteGroups,
+    ApiKey::OffsetDelete,
 ];
 
 pub(crate) async fn handle(
     shared: &Shared,
     request: Option<RequestKind>,
     header: &RequestHeader,
+    peer: std::net::SocketAddr,
 ) -> anyhow::Result<Option<ResponseKind>> {
+    let version = header.request_api_version;
     let response = match request {
         None => ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
         Some(RequestKind::ApiVersions(_)) => ResponseKind::ApiVersions(api_versions(0)),
@@ -81,6 +105,43 @@ pub(crate) async fn handle(
         }
         Some(RequestKind::InitProducerId(r)) => {
             ResponseKind::InitProducerId(init_producer_id(shared, r))
+        }
+        Some(RequestKind::FindCoordinator(r)) => {
+            ResponseKind::FindCoordinator(group_api::find_coordinator(shared, r, version))
+        }
+        Some(RequestKind::JoinGroup(r)) => {
+            let client_id = header
+                .client_id
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            let client = (client_id, format!("/{}", peer.ip()));
+            ResponseKind::JoinGroup(group_api::join_group(shared, r, client, version).await)
+        }
+        Some(RequestKind::SyncGroup(r)) => {
+            ResponseKind::SyncGroup(group_api::sync_group(shared, r, version).await)
+        }
+        Some(RequestKind::Heartbeat(r)) => ResponseKind::Heartbeat(group_api::heartbeat(shared, r)),
+        Some(RequestKind::LeaveGroup(r)) => {
+            ResponseKind::LeaveGroup(group_api::leave_group(shared, r, version))
+        }
+        Some(RequestKind::OffsetCommit(r)) => {
+            ResponseKind::OffsetCommit(group_api::offset_commit(shared, r))
+        }
+        Some(RequestKind::OffsetFetch(r)) => {
+            ResponseKind::OffsetFetch(group_api::offset_fetch(shared, r, version))
+        }
+        Some(RequestKind::ListGroups(r)) => {
+            ResponseKind::ListGroups(group_api::list_groups(shared, r, version))
+        }
+        Some(RequestKind::DescribeGroups(r)) => {
+            ResponseKind::DescribeGroups(group_api::describe_groups(shared, r, version))
+        }
+        Some(RequestKind::DeleteGroups(r)) => {
+            ResponseKind::DeleteGroups(group_api::delete_groups(shared, r))
+        }
+        Some(RequestKind::OffsetDelete(r)) => {
+            ResponseKind::OffsetDelete(group_api::offset_delete(shared, r))
         }
         Some(other) => anyhow::bail!("request {other:?} is not served"),
     };

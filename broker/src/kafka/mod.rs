@@ -5,6 +5,8 @@
 //! `request_bytes_max` is refused before its body is read; a frame that does not decode closes
 //! that connection with a log line and leaves every other connection alone.
 
+mod group_api;
+pub mod groups;
 mod handlers;
 
 use std::net::SocketAddr;
@@ -42,6 +44,7 @@ pub(crate) struct Shared {
     appended: Arc<Notify>,
     /// Serializes producer id allocation.
     producer_ids: std::sync::Mutex<()>,
+    groups: groups::Coordinator,
 }
 
 const PRODUCER_IDS_TREE: &str = "producer-ids";
@@ -68,11 +71,30 @@ pub async fn serve(
     let appended = Arc::new(Notify::new());
     let waker = appended.clone();
     storage.set_listener(Arc::new(move || waker.notify_waiters()));
+    let offsets = match storage.meta().tree(groups::OFFSETS_TREE) {
+        Ok(tree) => tree,
+        Err(e) => {
+            tracing::error!(error = %e, "opening the group offsets tree failed; Kafka listener not started");
+            return;
+        }
+    };
     let shared = Arc::new(Shared {
         storage,
         config,
         appended,
         producer_ids: std::sync::Mutex::new(()),
+        groups: groups::Coordinator::new(offsets),
+    });
+    let ticker = shared.clone();
+    let mut tick_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = interval.tick() => ticker.groups.tick(std::time::Instant::now()),
+                _ = tick_shutdown.changed() => return,
+            }
+        }
     });
     loop {
         tokio::select! {
@@ -123,7 +145,7 @@ async fn connection(
             .read_exact(&mut frame)
             .await
             .context("connection closed inside a request frame")?;
-        let Some(response) = handle_frame(Bytes::from(frame), &shared).await? else {
+        let Some(response) = handle_frame(Bytes::from(frame), &shared, peer).await? else {
             continue;
         };
         stream.write_all(&response).await?;
@@ -132,7 +154,11 @@ async fn connection(
 
 /// Decodes one request frame and returns the whole response frame, or `None` for a produce
 /// with `acks=0`, which gets no answer.
-async fn handle_frame(mut frame: Bytes, shared: &Shared) -> anyhow::Result<Option<Bytes>> {
+async fn handle_frame(
+    mut frame: Bytes,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> anyhow::Result<Option<Bytes>> {
     if frame.len() < 4 {
         anyhow::bail!(
             "request frame of {} bytes is too short for a header",
@@ -165,7 +191,7 @@ async fn handle_frame(mut frame: Bytes, shared: &Shared) -> anyhow::Result<Optio
     } else {
         (None, 0)
     };
-    let Some(response) = handlers::handle(shared, request, &header).await? else {
+    let Some(response) = handlers::handle(shared, request, &header, peer).await? else {
         return Ok(None);
     };
     let mut out = BytesMut::new();

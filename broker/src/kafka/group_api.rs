@@ -1,0 +1,484 @@
+//! Kafka group APIs: requests to the coordinator ([`super::groups`]) and back. Fields a
+//! response version does not carry are left at their defaults.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::Shared;
+use super::groups::{CommittedOffset, JoinOutcome, JoinRequest, Reply, SyncOutcome};
+
+/// Longest a JoinGroup or SyncGroup waits for the rest of the group.
+const GROUP_WAIT_MAX: Duration = Duration::from_secs(300);
+/// FindCoordinator key type of a consumer group.
+const KEY_TYPE_GROUP: i8 = 0;
+
+fn text(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+pub(crate) fn find_coordinator(
+    shared: &Shared,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let (host, port) = &shared.config.advertised;
+    let mut response = FindCoordinatorResponse::default();
+    let error = if request.key_type == KEY_TYPE_GROUP {
+        0
+    } else {
+        // Transaction coordinators come with transactions.
+        ResponseError::CoordinatorNotAvailable.code()
+    };
+    if version >= 4 {
+        for key in request.coordinator_keys {
+            let mut c = CoordinatorEntry::default();
+            c.key = key;
+            c.node_id = BrokerId(super::handlers::NODE_ID);
+            c.host = text(host.clone());
+            c.port = i32::from(*port);
+            c.error_code = error;
+            response.coordinators.push(c);
+        }
+    } else {
+        response.error_code = error;
+        response.node_id = BrokerId(super::handlers::NODE_ID);
+        response.host = text(host.clone());
+        response.port = i32::from(*port);
+    }
+    response
+}
+
+pub(crate) async fn join_group(
+    shared: &Shared,
+    request: JoinGroupRequest,
+    client: (String, String),
+    version: i16,
+) -> JoinGroupResponse {
+    let (client_id, client_host) = client;
+    let join = JoinRequest {
+        group: request.group_id.0.to_string(),
+        member_id: request.member_id.to_string(),
+        instance_id: request.group_instance_id.map(|s| s.to_string()),
+        client_id,
+        client_host,
+        session_timeout_ms: request.session_timeout_ms,
+        rebalance_timeout_ms: request.rebalance_timeout_ms,
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata))
+            .collect(),
+        require_known_member_id: version >= 4,
+    };
+    let member_id = join.member_id.clone();
+    let outcome = match shared.groups.join(join) {
+        Reply::Now(now) => now,
+        Reply::Later(waiter) => match tokio::time::timeout(GROUP_WAIT_MAX, waiter).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => JoinOutcome {
+                error: ResponseError::RebalanceInProgress.code(),
+                generation: -1,
+                protocol_type: None,
+                protocol: None,
+                leader: String::new(),
+                member_id,
+                members: Vec::new(),
+            },
+        },
+    };
+    let mut response = JoinGroupResponse::default();
+    response.error_code = outcome.error;
+    response.generation_id = outcome.generation;
+    if version >= 7 {
+        response.protocol_type = outcome.protocol_type.map(text);
+    }
+    response.protocol_name = Some(text(outcome.protocol.unwrap_or_default()));
+    response.leader = text(outcome.leader);
+    response.member_id = text(outcome.member_id);
+    for (id, instance, metadata) in outcome.members {
+        let mut m = JoinGroupResponseMember::default();
+        m.member_id = text(id);
+        if version >= 5 {
+            m.group_instance_id = instance.map(text);
+        }
+        m.metadata = metadata;
+        response.members.push(m);
+    }
+    response
+}
+
+pub(crate) async fn sync_group(
+    shared: &Shared,
+    request: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
+    let assignments = request
+        .assignments
+        .into_iter()
+        .map(|a| (a.member_id.to_string(), a.assignment))
+        .collect();
+    let outcome = match shared.groups.sync(
+        &request.group_id.0,
+        &request.member_id,
+        request.generation_id,
+        assignments,
+    ) {
+        Reply::Now(now) => now,
+        Reply::Later(waiter) => match tokio::time::timeout(GROUP_WAIT_MAX, waiter).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => SyncOutcome {
+                error: ResponseError::RebalanceInProgress.code(),
+                protocol_type: None,
+                protocol: None,
+                assignment: Bytes::new(),
+            },
+        },
+    };
+    let mut response = SyncGroupResponse::default();
+    response.error_code = outcome.error;
+    if version >= 5 {
+        response.protocol_type = outcome.protocol_type.map(text);
+        response.protocol_name = outcome.protocol.map(text);
+    }
+    response.assignment = outcome.assignment;
+    response
+}
+
+pub(crate) fn heartbeat(shared: &Shared, request: HeartbeatRequest) -> HeartbeatResponse {
+    let mut response = HeartbeatResponse::default();
+    response.error_code = shared.groups.heartbeat(
+        &request.group_id.0,
+        &request.member_id,
+        request.generation_id,
+    );
+    response
+}
+
+pub(crate) fn leave_group(
+    shared: &Shared,
+    request: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let members: Vec<(String, Option<String>)> = if version >= 3 {
+        request
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|s| s.to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(request.member_id.to_string(), None)]
+    };
+    let codes = shared.groups.leave(&request.group_id.0, &members);
+    let mut response = LeaveGroupResponse::default();
+    if version >= 3 {
+        for ((id, instance), code) in members.into_iter().zip(&codes) {
+            let mut m = MemberResponse::default();
+            m.member_id = text(id);
+            m.group_instance_id = instance.map(text);
+            m.error_code = *code;
+            response.members.push(m);
+        }
+    } else {
+        response.error_code = codes.first().copied().unwrap_or(0);
+    }
+    response
+}
+
+pub(crate) fn offset_commit(shared: &Shared, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    let group = request.group_id.0.to_string();
+    let check = shared.groups.commit_check(
+        &group,
+        &request.member_id,
+        request.generation_id_or_member_epoch,
+    );
+    let now = weir_now_ms();
+    let mut response = OffsetCommitResponse::default();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut t = OffsetCommitResponseTopic::default();
+        t.name = topic.name.clone();
+        for p in topic.partitions {
+            let mut r = OffsetCommitResponsePartition::default();
+            r.partition_index = p.partition_index;
+            r.error_code = if check != 0 {
+                check
+            } else if shared
+                .storage
+                .log(&name, p.partition_index.max(0) as u32)
+                .is_err()
+                || p.partition_index < 0
+            {
+                ResponseError::UnknownTopicOrPartition.code()
+            } else {
+                shared.groups.commit(
+                    &group,
+                    &name,
+                    p.partition_index,
+                    CommittedOffset {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p.committed_metadata.map(|m| m.to_string()),
+                        commit_ms: now,
+                    },
+                )
+            };
+            t.partitions.push(r);
+        }
+        response.topics.push(t);
+    }
+    response
+}
+
+fn weir_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Committed offsets of one group for the requested partitions (all when `None`), as
+/// (topic, [(partition, offset or None, error)]).
+type FetchedTopic = (String, Vec<(i32, Option<CommittedOffset>, i16)>);
+
+fn fetch_group_offsets(
+    shared: &Shared,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Vec<FetchedTopic>, i16> {
+    let storage_error = |e: weir_storage::StorageError| {
+        tracing::error!(group, error = %e, "reading committed offsets failed");
+        ResponseError::KafkaStorageError.code()
+    };
+    match topics {
+        Some(topics) => topics
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let entries = partitions
+                    .into_iter()
+                    .map(|p| {
+                        let committed = shared.groups.committed(group, &topic, p)?;
+                        Ok((p, committed, 0))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(storage_error)?;
+                Ok((topic, entries))
+            })
+            .collect(),
+        None => {
+            let mut by_topic: std::collections::BTreeMap<
+                String,
+                Vec<(i32, Option<CommittedOffset>, i16)>,
+            > = std::collections::BTreeMap::new();
+            for (topic, partition, offset) in
+                shared.groups.committed_all(group).map_err(storage_error)?
+            {
+                by_topic
+                    .entry(topic)
+                    .or_default()
+                    .push((partition, Some(offset), 0));
+            }
+            Ok(by_topic.into_iter().collect())
+        }
+    }
+}
+
+pub(crate) fn offset_fetch(
+    shared: &Shared,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    let mut response = OffsetFetchResponse::default();
+    if version >= 8 {
+        for g in request.groups {
+            let mut group = OffsetFetchResponseGroup::default();
+            group.group_id = g.group_id.clone();
+            let topics = g.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                    .collect()
+            });
+            match fetch_group_offsets(shared, &g.group_id.0, topics) {
+                Ok(topics) => {
+                    for (name, partitions) in topics {
+                        let mut t = OffsetFetchResponseTopics::default();
+                        t.name = TopicName(text(name));
+                        for (index, committed, error) in partitions {
+                            let mut p = OffsetFetchResponsePartitions::default();
+                            p.partition_index = index;
+                            p.committed_offset = committed.as_ref().map_or(-1, |c| c.offset);
+                            p.committed_leader_epoch =
+                                committed.as_ref().map_or(-1, |c| c.leader_epoch);
+                            p.metadata =
+                                Some(text(committed.and_then(|c| c.metadata).unwrap_or_default()));
+                            p.error_code = error;
+                            t.partitions.push(p);
+                        }
+                        group.topics.push(t);
+                    }
+                }
+                Err(code) => group.error_code = code,
+            }
+            response.groups.push(group);
+        }
+        return response;
+    }
+    let topics = request.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+            .collect()
+    });
+    match fetch_group_offsets(shared, &request.group_id.0, topics) {
+        Ok(topics) => {
+            for (name, partitions) in topics {
+                let mut t = OffsetFetchResponseTopic::default();
+                t.name = TopicName(text(name));
+                for (index, committed, error) in partitions {
+                    let mut p = OffsetFetchResponsePartition::default();
+                    p.partition_index = index;
+                    p.committed_offset = committed.as_ref().map_or(-1, |c| c.offset);
+                    if version >= 5 {
+                        p.committed_leader_epoch =
+                            committed.as_ref().map_or(-1, |c| c.leader_epoch);
+                    }
+                    p.metadata = Some(text(committed.and_then(|c| c.metadata).unwrap_or_default()));
+                    p.error_code = error;
+                    t.partitions.push(p);
+                }
+                response.topics.push(t);
+            }
+        }
+        Err(code) if version >= 2 => response.error_code = code,
+        Err(_) => {}
+    }
+    response
+}
+
+pub(crate) fn list_groups(
+    shared: &Shared,
+    request: ListGroupsRequest,
+    version: i16,
+) -> ListGroupsResponse {
+    let mut response = ListGroupsResponse::default();
+    let groups = match shared.groups.list() {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "listing groups failed");
+            response.error_code = ResponseError::KafkaStorageError.code();
+            return response;
+        }
+    };
+    for g in groups {
+        let state = g.state.name();
+        if !request.states_filter.is_empty()
+            && !request
+                .states_filter
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(state))
+        {
+            continue;
+        }
+        let mut listed = ListedGroup::default();
+        listed.group_id = GroupId(text(g.group));
+        listed.protocol_type = text(g.protocol_type);
+        if version >= 4 {
+            listed.group_state = text(state);
+        }
+        if version >= 5 {
+            listed.group_type = text("classic");
+        }
+        response.groups.push(listed);
+    }
+    response
+}
+
+pub(crate) fn describe_groups(
+    shared: &Shared,
+    request: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let mut response = DescribeGroupsResponse::default();
+    for id in request.groups {
+        let g = shared.groups.describe(&id.0);
+        let mut d = DescribedGroup::default();
+        d.group_id = id.clone();
+        d.group_state = text(g.state.name());
+        d.protocol_type = text(g.protocol_type);
+        d.protocol_data = text(g.protocol);
+        for m in g.members {
+            let mut member = DescribedGroupMember::default();
+            member.member_id = text(m.member_id);
+            if version >= 4 {
+                member.group_instance_id = m.instance_id.map(text);
+            }
+            member.client_id = text(m.client_id);
+            member.client_host = text(m.client_host);
+            member.member_metadata = m.metadata;
+            member.member_assignment = m.assignment;
+            d.members.push(member);
+        }
+        response.groups.push(d);
+    }
+    response
+}
+
+pub(crate) fn delete_groups(shared: &Shared, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let mut response = DeleteGroupsResponse::default();
+    for id in request.groups_names {
+        let mut r = DeletableGroupResult::default();
+        r.error_code = shared.groups.delete(&id.0);
+        r.group_id = id;
+        response.results.push(r);
+    }
+    response
+}
+
+pub(crate) fn offset_delete(shared: &Shared, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let mut response = OffsetDeleteResponse::default();
+    for topic in request.topics {
+        let mut t = OffsetDeleteResponseTopic::default();
+        t.name = topic.name.clone();
+        for p in topic.partitions {
+            let mut r = OffsetDeleteResponsePartition::default();
+            r.partition_index = p.partition_index;
+            r.error_code =
+                shared
+                    .groups
+                    .delete_offset(&request.group_id.0, &topic.name.0, p.partition_index);
+            t.partitions.push(r);
+        }
+        response.topics.push(t);
+    }
+    response
+}

@@ -1,0 +1,798 @@
+//! The consumer group coordinator (Kafka's classic group protocol).
+//!
+//! Membership lives in memory; committed offsets live in the metadata store (tree
+//! `group-offsets`), so they survive restarts while members simply rejoin. Assignment is done
+//! by the group leader on the client side: the coordinator passes the chosen protocol's
+//! metadata to the leader and its assignments back to every member, so range, round-robin and
+//! cooperative-sticky assignors all work.
+//!
+//! A rebalance starts when a member joins, leaves or misses its session timeout. Members learn
+//! of it from their next heartbeat (REBALANCE_IN_PROGRESS) and rejoin; the join completes when
+//! every member has rejoined or the rebalance timeout passes, dropping those that did not.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use weir_storage::{StorageError, Tree};
+
+/// Bounds on a member's session timeout, as Kafka's `group.min/max.session.timeout.ms`.
+pub const SESSION_TIMEOUT_MS_MIN: i32 = 1_000;
+pub const SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
+/// How long a new group waits for more members before its first assignment
+/// (`group.initial.rebalance.delay.ms`).
+pub const INITIAL_REBALANCE_DELAY: Duration = Duration::from_millis(300);
+/// Largest metadata string stored with a committed offset (`offset.metadata.max.bytes`).
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+/// Most members one group may have.
+pub const GROUP_MEMBERS_MAX: usize = 1000;
+
+pub const OFFSETS_TREE: &str = "group-offsets";
+
+/// A committed offset as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub commit_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+        }
+    }
+}
+
+struct Member {
+    instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    assignment: Bytes,
+    last_seen: Instant,
+    /// Rejoined during the current rebalance.
+    joined: bool,
+    join_waiter: Option<oneshot::Sender<JoinOutcome>>,
+    sync_waiter: Option<oneshot::Sender<SyncOutcome>>,
+}
+
+struct Group {
+    state: State,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    members: BTreeMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not joined yet.
+    pending: HashSet<String>,
+    rebalance_deadline: Option<Instant>,
+}
+
+impl Group {
+    fn new() -> Self {
+        Group {
+            state: State::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending: HashSet::new(),
+            rebalance_deadline: None,
+        }
+    }
+}
+
+/// An answer now, or one that arrives when the rest of the group has caught up.
+pub enum Reply<T> {
+    Now(T),
+    Later(oneshot::Receiver<T>),
+}
+
+/// What a JoinGroup gets back.
+#[derive(Debug, Clone)]
+pub struct JoinOutcome {
+    pub error: i16,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// For the leader: every member with its metadata for the chosen protocol.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl JoinOutcome {
+    fn error(code: i16, member_id: &str) -> Self {
+        JoinOutcome {
+            error: code,
+            generation: -1,
+            protocol_type: None,
+            protocol: None,
+            leader: String::new(),
+            member_id: member_id.to_string(),
+            members: Vec::new(),
+        }
+    }
+}
+
+/// What a SyncGroup gets back.
+#[derive(Debug, Clone)]
+pub struct SyncOutcome {
+    pub error: i16,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub assignment: Bytes,
+}
+
+impl SyncOutcome {
+    fn error(code: i16) -> Self {
+        SyncOutcome {
+            error: code,
+            protocol_type: None,
+            protocol: None,
+            assignment: Bytes::new(),
+        }
+    }
+}
+
+/// A JoinGroup request, reduced to what the coordinator needs.
+pub struct JoinRequest {
+    pub group: String,
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// JoinGroup v4+: a new member first gets its id with MEMBER_ID_REQUIRED.
+    pub require_known_member_id: bool,
+}
+
+/// A member as DescribeGroups shows it.
+pub struct MemberView {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+/// A group as ListGroups and DescribeGroups show it.
+pub struct GroupView {
+    pub group: String,
+    pub state: State,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<MemberView>,
+}
+
+pub(crate) struct Coordinator {
+    groups: Mutex<HashMap<String, Group>>,
+    offsets: Tree<CommittedOffset>,
+    next_member: AtomicU64,
+}
+
+fn code(e: ResponseError) -> i16 {
+    e.code()
+}
+
+fn offset_key(group: &str, topic: &str, partition: i32) -> String {
+    format!("{group}\u{0}{topic}\u{0}{partition:010}")
+}
+
+impl Coordinator {
+    pub fn new(offsets: Tree<CommittedOffset>) -> Self {
+        Coordinator {
+            groups: Mutex::new(HashMap::new()),
+            offsets,
+            next_member: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Handles a JoinGroup: either an answer now, or a receiver for the answer once the
+    /// rebalance completes.
+    pub fn join(&self, r: JoinRequest) -> Reply<JoinOutcome> {
+        if r.group.is_empty() {
+            return Reply::Now(JoinOutcome::error(
+                code(ResponseError::InvalidGroupId),
+                &r.member_id,
+            ));
+        }
+        if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&r.session_timeout_ms) {
+            return Reply::Now(JoinOutcome::error(
+                code(ResponseError::InvalidSessionTimeout),
+                &r.member_id,
+            ));
+        }
+        if r.protocols.is_empty() || r.protocol_type.is_empty() {
+            return Reply::Now(JoinOutcome::error(
+                code(ResponseError::InconsistentGroupProtocol),
+                &r.member_id,
+            ));
+        }
+        let now = Instant::now();
+        let mut groups = self.lock();
+        let group = groups.entry(r.group.clone()).or_insert_with(Group::new);
+        if group
+            .protocol_type
+            .as_deref()
+            .is_some_and(|t| t != r.protocol_type)
+            && !group.members.is_empty()
+        {
+            return Reply::Now(JoinOutcome::error(
+                code(ResponseError::InconsistentGroupProtocol),
+                &r.member_id,
+            ));
+        }
+        // A member must share at least one protocol with the group's current members.
+        if let Some(first) = group.members.values().next() {
+            let shared = r
+                .protocols
+                .iter()
+                .any(|(name, _)| first.protocols.iter().any(|(n, _)| n == name));
+            let rejoining_alone =
+                group.members.len() == 1 && group.members.contains_key(&r.member_id);
+            if !shared && !rejoining_alone {
+                return Reply::Now(JoinOutcome::error(
+                    code(ResponseError::InconsistentGroupProtocol),
+                    &r.member_id,
+                ));
+            }
+        }
+        let static_id = r.instance_id.as_ref().and_then(|instance| {
+            group
+                .members
+                .iter()
+                .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
+                .map(|(id, _)| id.clone())
+        });
+        let member_id = if r.member_id.is_empty() {
+            if let Some(id) = static_id {
+                id
+            } else {
+                let n = self.next_member.fetch_add(1, Ordering::Relaxed);
+                let id = format!(
+                    "{}-{n}",
+                    if r.client_id.is_empty() {
+                        "member"
+                    } else {
+                        &r.client_id
+                    }
+                );
+                if r.require_known_member_id && r.instance_id.is_none() {
+                    group.pending.insert(id.clone());
+                    return Reply::Now(JoinOutcome::error(
+                        code(ResponseError::MemberIdRequired),
+                        &id,
+                    ));
+                }
+                id
+            }
+        } else if group.members.contains_key(&r.member_id) || group.pending.remove(&r.member_id) {
+            r.member_id.clone()
+        } else {
+            return Reply::Now(JoinOutcome::error(
+                code(ResponseError::UnknownMemberId),
+                &r.member_id,
+            ));
+        };
+        if !group.members.contains_key(&member_id) && group.members.len() >= GROUP_MEMBERS_MAX {
+            return Reply::Now(JoinOutcome::error(
+                code(ResponseError::GroupMaxSizeReached),
+                &member_id,
+            ));
+        }
+
+        let (tx, rx) = oneshot::channel();
+        let member = group
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| Member {
+                instance_id: r.instance_id.clone(),
+                client_id: r.client_id.clone(),
+                client_host: r.client_host.clone(),
+                session_timeout: Duration::ZERO,
+                rebalance_timeout: Duration::ZERO,
+                protocols: Vec::new(),
+                assignment: Bytes::new(),
+                last_seen: now,
+                joined: false,
+                join_waiter: None,
+                sync_waiter: None,
+            });
+        member.session_timeout = Duration::from_millis(r.session_timeout_ms as u64);
+        member.rebalance_timeout =
+            Duration::from_millis(r.rebalance_timeout_ms.max(r.session_timeout_ms) as u64);
+        member.protocols = r.protocols;
+        member.last_seen = now;
+        member.joined = true;
+        member.join_waiter = Some(tx);
+        group.protocol_type = Some(r.protocol_type);
+
+        match group.state {
+            State::PreparingRebalance => {}
+            State::Empty => {
+                group.state = State::PreparingRebalance;
+                group.rebalance_deadline = Some(now + INITIAL_REBALANCE_DELAY);
+            }
+            State::CompletingRebalance | State::Stable => {
+                start_rebalance(group, now);
+                if let Some(m) = group.members.get_mut(&member_id) {
+                    m.joined = true;
+                }
+            }
+        }
+        try_complete_join(group, now);
+        Reply::Later(rx)
+    }
+
+    /// Handles a SyncGroup: the leader's assignments are handed to every member.
+    pub fn sync(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Reply<SyncOutcome> {
+        let mut groups = self.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return Reply::Now(SyncOutcome::error(code(ResponseError::UnknownMemberId)));
+        };
+        if !group.members.contains_key(member_id) {
+            return Reply::Now(SyncOutcome::error(code(ResponseError::UnknownMemberId)));
+        }
+        if generation != group.generation {
+            return Reply::Now(SyncOutcome::error(code(ResponseError::IllegalGeneration)));
+        }
+        let outcome = |g: &Group, assignment: Bytes| SyncOutcome {
+            error: 0,
+            protocol_type: g.protocol_type.clone(),
+            protocol: g.protocol.clone(),
+            assignment,
+        };
+        match group.state {
+            State::Empty | State::PreparingRebalance => {
+                Reply::Now(SyncOutcome::error(code(ResponseError::RebalanceInProgress)))
+            }
+            State::Stable => {
+                let assignment = group.members[member_id].assignment.clone();
+                Reply::Now(outcome(group, assignment))
+            }
+            State::CompletingRebalance => {
+                let (tx, rx) = oneshot::channel();
+                if let Some(m) = group.members.get_mut(member_id) {
+                    m.sync_waiter = Some(tx);
+                    m.last_seen = Instant::now();
+                }
+                if group.leader.as_deref() == Some(member_id) {
+                    let mut by_member: HashMap<String, Bytes> = assignments.into_iter().collect();
+                    for (id, m) in group.members.iter_mut() {
+                        m.assignment = by_member.remove(id).unwrap_or_default();
+                    }
+                    group.state = State::Stable;
+                    let ids: Vec<String> = group.members.keys().cloned().collect();
+                    for id in ids {
+                        let Some(m) = group.members.get_mut(&id) else {
+                            continue;
+                        };
+                        let assignment = m.assignment.clone();
+                        if let Some(waiter) = m.sync_waiter.take() {
+                            let answer = SyncOutcome {
+                                error: 0,
+                                protocol_type: group.protocol_type.clone(),
+                                protocol: group.protocol.clone(),
+                                assignment,
+                            };
+                            let _ = waiter.send(answer);
+                        }
+                    }
+                }
+                Reply::Later(rx)
+            }
+        }
+    }
+
+    /// Handles a Heartbeat; the error code tells the member whether to rejoin.
+    pub fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
+        let mut groups = self.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return code(ResponseError::UnknownMemberId);
+        };
+        let Some(member) = group.members.get_mut(member_id) else {
+            return code(ResponseError::UnknownMemberId);
+        };
+        member.last_seen = Instant::now();
+        if generation != group.generation {
+            return code(ResponseError::IllegalGeneration);
+        }
+        match group.state {
+            State::PreparingRebalance => code(ResponseError::RebalanceInProgress),
+            _ => 0,
+        }
+    }
+
+    /// Handles a LeaveGroup for each (member id, instance id); returns an error code per member.
+    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+        let now = Instant::now();
+        let mut groups = self.lock();
+        let Some(group) = groups.get_mut(group_id) else {
+            return vec![code(ResponseError::UnknownMemberId); members.len()];
+        };
+        let mut codes = Vec::with_capacity(members.len());
+        for (member_id, instance_id) in members {
+            let id = if member_id.is_empty() {
+                instance_id.as_ref().and_then(|instance| {
+                    group
+                        .members
+                        .iter()
+                        .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
+                        .map(|(id, _)| id.clone())
+                })
+            } else {
+                Some(member_id.clone())
+            };
+            match id.and_then(|id| group.members.remove(&id)) {
+                Some(_) => codes.push(0),
+                None => codes.push(code(ResponseError::UnknownMemberId)),
+            }
+        }
+        after_departure(group, now);
+        codes
+    }
+
+    /// Expires members that missed their session timeout and completes rebalances whose
+    /// deadline passed. Called periodically.
+    pub fn tick(&self, now: Instant) {
+        let mut groups = self.lock();
+        for (name, group) in groups.iter_mut() {
+            let expired: Vec<String> = group
+                .members
+                .iter()
+                .filter(|(_, m)| {
+                    m.join_waiter.is_none() && now.duration_since(m.last_seen) > m.session_timeout
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !expired.is_empty() {
+                for id in &expired {
+                    group.members.remove(id);
+                }
+                tracing::info!(group = name, members = ?expired, "session timeout; members removed");
+                after_departure(group, now);
+            }
+            if group.state == State::PreparingRebalance {
+                try_complete_join(group, now);
+            }
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<GroupView>, StorageError> {
+        let groups = self.lock();
+        let mut names: Vec<String> = groups.keys().cloned().collect();
+        for (key, _) in self.offsets.all()? {
+            if let Some(group) = key.split('\u{0}').next() {
+                names.push(group.to_string());
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names
+            .into_iter()
+            .map(|n| view(&n, groups.get(&n)))
+            .collect())
+    }
+
+    pub fn describe(&self, group_id: &str) -> GroupView {
+        let groups = self.lock();
+        view(group_id, groups.get(group_id))
+    }
+
+    /// Deletes an empty group and its committed offsets.
+    pub fn delete(&self, group_id: &str) -> i16 {
+        let mut groups = self.lock();
+        if groups.get(group_id).is_some_and(|g| !g.members.is_empty()) {
+            return code(ResponseError::NonEmptyGroup);
+        }
+        let prefix = format!("{group_id}\u{0}");
+        let entries = match self.offsets.scan_prefix(&prefix) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(group = group_id, error = %e, "reading offsets failed");
+                return code(ResponseError::KafkaStorageError);
+            }
+        };
+        let known = groups.remove(group_id).is_some();
+        if entries.is_empty() && !known {
+            return code(ResponseError::GroupIdNotFound);
+        }
+        for (key, _) in entries {
+            if let Err(e) = self.offsets.remove(&key) {
+                tracing::error!(group = group_id, error = %e, "deleting offsets failed");
+                return code(ResponseError::KafkaStorageError);
+            }
+        }
+        0
+    }
+
+    /// Checks that a member may commit for `generation` (`< 0`: a consumer outside any group,
+    /// allowed only while the group has no members).
+    pub fn commit_check(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
+        let groups = self.lock();
+        let Some(group) = groups.get(group_id).filter(|g| !g.members.is_empty()) else {
+            return if generation < 0 {
+                0
+            } else {
+                code(ResponseError::IllegalGeneration)
+            };
+        };
+        if generation < 0 {
+            return code(ResponseError::IllegalGeneration);
+        }
+        if !group.members.contains_key(member_id) {
+            return code(ResponseError::UnknownMemberId);
+        }
+        if generation != group.generation {
+            return code(ResponseError::IllegalGeneration);
+        }
+        if group.state == State::PreparingRebalance {
+            return code(ResponseError::RebalanceInProgress);
+        }
+        0
+    }
+
+    pub fn commit(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+        offset: CommittedOffset,
+    ) -> i16 {
+        if offset
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX)
+        {
+            return code(ResponseError::OffsetMetadataTooLarge);
+        }
+        match self
+            .offsets
+            .insert(&offset_key(group_id, topic, partition), &offset)
+        {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(group = group_id, topic, partition, error = %e, "offset commit failed");
+                code(ResponseError::KafkaStorageError)
+            }
+        }
+    }
+
+    pub fn committed(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<CommittedOffset>, StorageError> {
+        self.offsets.get(&offset_key(group_id, topic, partition))
+    }
+
+    /// Every committed offset of a group: (topic, partition, offset).
+    pub fn committed_all(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<(String, i32, CommittedOffset)>, StorageError> {
+        let prefix = format!("{group_id}\u{0}");
+        let mut out = Vec::new();
+        for (key, value) in self.offsets.scan_prefix(&prefix)? {
+            let mut parts = key.splitn(3, '\u{0}').skip(1);
+            let (Some(topic), Some(partition)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if let Ok(partition) = partition.parse() {
+                out.push((topic.to_string(), partition, value));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn delete_offset(&self, group_id: &str, topic: &str, partition: i32) -> i16 {
+        let groups = self.lock();
+        if groups.get(group_id).is_some_and(|g| !g.members.is_empty()) {
+            return code(ResponseError::GroupSubscribedToTopic);
+        }
+        match self.offsets.remove(&offset_key(group_id, topic, partition)) {
+            Ok(_) => 0,
+            Err(_) => code(ResponseError::KafkaStorageError),
+        }
+    }
+}
+
+fn view(name: &str, group: Option<&Group>) -> GroupView {
+    let Some(g) = group else {
+        return GroupView {
+            group: name.to_string(),
+            state: State::Empty,
+            protocol_type: "consumer".to_string(),
+            protocol: String::new(),
+            members: Vec::new(),
+        };
+    };
+    let protocol = g.protocol.clone().unwrap_or_default();
+    GroupView {
+        group: name.to_string(),
+        state: g.state,
+        protocol_type: g
+            .protocol_type
+            .clone()
+            .unwrap_or_else(|| "consumer".to_string()),
+        members: g
+            .members
+            .iter()
+            .map(|(id, m)| MemberView {
+                member_id: id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                metadata: m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default(),
+                assignment: m.assignment.clone(),
+            })
+            .collect(),
+        protocol,
+    }
+}
+
+/// Moves a group into PreparingRebalance: every member must rejoin before the deadline.
+fn start_rebalance(group: &mut Group, now: Instant) {
+    let timeout = group
+        .members
+        .values()
+        .map(|m| m.rebalance_timeout)
+        .max()
+        .unwrap_or(Duration::ZERO);
+    group.state = State::PreparingRebalance;
+    group.rebalance_deadline = Some(now + timeout);
+    for m in group.members.values_mut() {
+        m.joined = m.join_waiter.is_some();
+        // Members waiting for their assignment must rejoin instead.
+        if let Some(waiter) = m.sync_waiter.take() {
+            let _ = waiter.send(SyncOutcome::error(code(ResponseError::RebalanceInProgress)));
+        }
+    }
+}
+
+/// After members left or expired: rebalance the rest, or empty the group.
+fn after_departure(group: &mut Group, now: Instant) {
+    if group.members.is_empty() {
+        group.state = State::Empty;
+        group.generation += 1;
+        group.leader = None;
+        group.protocol = None;
+        group.rebalance_deadline = None;
+        return;
+    }
+    if group
+        .leader
+        .as_ref()
+        .is_some_and(|l| !group.members.contains_key(l))
+    {
+        group.leader = None;
+    }
+    if group.state != State::PreparingRebalance {
+        start_rebalance(group, now);
+    }
+    try_complete_join(group, now);
+}
+
+/// Completes the join phase once every member has rejoined, or at the deadline, dropping
+/// members that did not rejoin.
+fn try_complete_join(group: &mut Group, now: Instant) {
+    if group.state != State::PreparingRebalance {
+        return;
+    }
+    let all_joined = group.members.values().all(|m| m.joined);
+    let deadline_passed = group.rebalance_deadline.is_none_or(|d| now >= d);
+    let initial = group.generation == 0 || group.leader.is_none();
+    if !(deadline_passed || (all_joined && !initial)) {
+        return;
+    }
+    group.members.retain(|_, m| m.joined);
+    if group.members.is_empty() {
+        group.state = State::Empty;
+        group.rebalance_deadline = None;
+        return;
+    }
+    group.generation += 1;
+    group.rebalance_deadline = None;
+    // The protocol: the first of the leader's choices that every member supports.
+    let leader = group
+        .leader
+        .clone()
+        .filter(|l| group.members.contains_key(l))
+        .or_else(|| group.members.keys().next().cloned())
+        .unwrap_or_default();
+    let choices: Vec<String> = group
+        .members
+        .get(&leader)
+        .map(|m| m.protocols.iter().map(|(n, _)| n.clone()).collect())
+        .unwrap_or_default();
+    let protocol = choices.into_iter().find(|name| {
+        group
+            .members
+            .values()
+            .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+    });
+    group.leader = Some(leader.clone());
+    group.protocol = protocol.clone();
+    group.state = State::CompletingRebalance;
+    let roster: Vec<(String, Option<String>, Bytes)> = group
+        .members
+        .iter()
+        .map(|(id, m)| {
+            let metadata = m
+                .protocols
+                .iter()
+                .find(|(n, _)| Some(n) == protocol.as_ref())
+                .map(|(_, b)| b.clone())
+                .unwrap_or_default();
+            (id.clone(), m.instance_id.clone(), metadata)
+        })
+        .collect();
+    for (id, m) in group.members.iter_mut() {
+        m.joined = false;
+        m.last_seen = now;
+        m.assignment = Bytes::new();
+        if let Some(waiter) = m.join_waiter.take() {
+            let outcome = JoinOutcome {
+                error: if protocol.is_some() {
+                    0
+                } else {
+                    code(ResponseError::InconsistentGroupProtocol)
+                },
+                generation: group.generation,
+                protocol_type: group.protocol_type.clone(),
+                protocol: protocol.clone(),
+                leader: leader.clone(),
+                member_id: id.clone(),
+                members: if *id == leader {
+                    roster.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            let _ = waiter.send(outcome);
+        }
+    }
+}
