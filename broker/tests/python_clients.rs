@@ -2,7 +2,9 @@
 //! each client produces records with keys, headers (repeated keys included) and compression,
 //! then consumes them back from the beginning, checking every byte. `clients/groups.py`: a
 //! confluent-kafka group of two splits a topic, one leaves, the other takes over; committed
-//! offsets are where a new member resumes — once per assignor.
+//! offsets are where a new member resumes — once per assignor. `clients/admin.py`:
+//! kafka-python's admin client creates, describes, alters and deletes topics, adds
+//! partitions, looks up offsets by time and lists groups with their offsets.
 
 mod common;
 
@@ -41,6 +43,13 @@ fn roundtrip(client: &str) {
 fn group(assignor: &str) {
     if let Some(out) = run("groups.py", &["grouped", assignor]) {
         assert!(out.contains("groups ok, 400 + 40 records"), "{out}");
+    }
+}
+
+#[test]
+fn kafka_python_admin_creates_describes_alters_and_deletes() {
+    if let Some(out) = run("admin.py", &[]) {
+        assert!(out.contains("admin ok"), "{out}");
     }
 }
 

@@ -25,11 +25,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use weir_storage::{BatchError, StorageError, TopicMeta};
 
-use super::{Shared, group_api};
+use super::{Shared, admin_api, group_api};
 
 /// The only broker of a single-node cluster.
 pub(crate) const NODE_ID: i32 = 0;
-const CLUSTER_ID: &str = "weir";
+pub(crate) const CLUSTER_ID: &str = "weir";
 /// Upper bound on a fetch's wait, whatever the client asks.
 const FETCH_WAIT_MS_MAX: u64 = 30_000;
 
@@ -54,11 +54,17 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DescribeGroups => (0, 5),
         ApiKey::DeleteGroups => (0, 2),
         ApiKey::OffsetDelete => (0, 0),
+        ApiKey::DeleteTopics => (0, 6),
+        ApiKey::CreatePartitions => (0, 3),
+        ApiKey::DescribeConfigs => (1, 4),
+        ApiKey::AlterConfigs => (0, 2),
+        ApiKey::IncrementalAlterConfigs => (0, 1),
+        ApiKey::DescribeCluster => (0, 1),
         _ => return None,
     })
 }
 
-const SERVED: [ApiKey; 18] = [
+const SERVED: [ApiKey; 24] = [
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
@@ -77,6 +83,12 @@ const SERVED: [ApiKey; 18] = [
     ApiKey::InitProducerId,
     ApiKey::DeleteGroups,
     ApiKey::OffsetDelete,
+    ApiKey::DeleteTopics,
+    ApiKey::CreatePartitions,
+    ApiKey::DescribeConfigs,
+    ApiKey::AlterConfigs,
+    ApiKey::IncrementalAlterConfigs,
+    ApiKey::DescribeCluster,
 ];
 
 pub(crate) async fn handle(
@@ -143,6 +155,24 @@ pub(crate) async fn handle(
         Some(RequestKind::OffsetDelete(r)) => {
             ResponseKind::OffsetDelete(group_api::offset_delete(shared, r))
         }
+        Some(RequestKind::DeleteTopics(r)) => {
+            ResponseKind::DeleteTopics(admin_api::delete_topics(shared, r, version))
+        }
+        Some(RequestKind::CreatePartitions(r)) => {
+            ResponseKind::CreatePartitions(admin_api::create_partitions(shared, r))
+        }
+        Some(RequestKind::DescribeConfigs(r)) => {
+            ResponseKind::DescribeConfigs(admin_api::describe_configs(shared, r))
+        }
+        Some(RequestKind::AlterConfigs(r)) => {
+            ResponseKind::AlterConfigs(admin_api::alter_configs(shared, r))
+        }
+        Some(RequestKind::IncrementalAlterConfigs(r)) => {
+            ResponseKind::IncrementalAlterConfigs(admin_api::incremental_alter_configs(shared, r))
+        }
+        Some(RequestKind::DescribeCluster(r)) => {
+            ResponseKind::DescribeCluster(admin_api::describe_cluster(shared, r))
+        }
         Some(other) => anyhow::bail!("request {other:?} is not served"),
     };
     Ok(Some(response))
@@ -163,12 +193,12 @@ fn api_versions(error_code: i16) -> ApiVersionsResponse {
     response
 }
 
-fn topic_id(meta: &TopicMeta) -> uuid::Uuid {
+pub(crate) fn topic_id(meta: &TopicMeta) -> uuid::Uuid {
     uuid::Uuid::from_bytes(meta.id)
 }
 
 /// The Kafka error code for a storage error.
-fn error_code(e: &StorageError) -> i16 {
+pub(crate) fn error_code(e: &StorageError) -> i16 {
     match e {
         StorageError::UnknownTopic { .. } | StorageError::UnknownPartition { .. } => {
             ResponseError::UnknownTopicOrPartition.code()

@@ -5,6 +5,7 @@
 //! `request_bytes_max` is refused before its body is read; a frame that does not decode closes
 //! that connection with a log line and leaves every other connection alone.
 
+mod admin_api;
 mod group_api;
 pub mod groups;
 mod handlers;

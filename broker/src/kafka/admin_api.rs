@@ -1,0 +1,316 @@
+//! Kafka admin APIs: deleting topics, adding partitions, describing and changing topic
+//! configs, describing the cluster.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResult;
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, BrokerId, CreatePartitionsRequest,
+    CreatePartitionsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest,
+    DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use weir_storage::{LogConfig, StorageError, TopicMeta};
+
+use super::Shared;
+use super::handlers::{CLUSTER_ID, NODE_ID, error_code, topic_id};
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// DescribeConfigs sources.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_DEFAULT: i8 = 5;
+/// IncrementalAlterConfigs operations.
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+
+fn text(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// Error code and message of a failed operation.
+fn failure(e: &StorageError) -> (i16, Option<StrBytes>) {
+    (error_code(e), Some(text(e.to_string())))
+}
+
+pub(crate) fn delete_topics(
+    shared: &Shared,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    // v6 names topics by name or id; older versions by name only.
+    let mut targets: Vec<(Option<String>, uuid::Uuid)> = request
+        .topic_names
+        .into_iter()
+        .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+        .collect();
+    targets.extend(
+        request
+            .topics
+            .into_iter()
+            .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)),
+    );
+    let mut response = DeleteTopicsResponse::default();
+    for (name, id) in targets {
+        let name = name.or_else(|| {
+            shared.storage.list_topics().ok().and_then(|topics| {
+                topics
+                    .into_iter()
+                    .find(|t| topic_id(t) == id)
+                    .map(|t| t.name)
+            })
+        });
+        let mut result = DeletableTopicResult::default();
+        result.name = name.clone().map(|n| TopicName(text(n)));
+        if version >= 6 {
+            result.topic_id = id;
+        }
+        let outcome = match &name {
+            Some(n) => shared.storage.delete_topic(n),
+            None => Err(StorageError::UnknownTopic {
+                name: id.to_string(),
+            }),
+        };
+        if let Err(e) = outcome {
+            let (code, message) = failure(&e);
+            result.error_code = code;
+            if version >= 5 {
+                result.error_message = message;
+            }
+        }
+        response.responses.push(result);
+    }
+    response
+}
+
+pub(crate) fn create_partitions(
+    shared: &Shared,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut response = CreatePartitionsResponse::default();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut result = CreatePartitionsTopicResult::default();
+        result.name = topic.name.clone();
+        let outcome = u32::try_from(topic.count)
+            .map_err(|_| StorageError::PartitionCount {
+                name: name.clone(),
+                current: 0,
+                requested: 0,
+            })
+            .and_then(|count| {
+                if request.validate_only {
+                    let current = shared
+                        .storage
+                        .topic(&name)?
+                        .ok_or(StorageError::UnknownTopic { name: name.clone() })?;
+                    if count <= current.partitions {
+                        return Err(StorageError::PartitionCount {
+                            name: name.clone(),
+                            current: current.partitions,
+                            requested: count,
+                        });
+                    }
+                    Ok(())
+                } else {
+                    shared.storage.create_partitions(&name, count).map(|_| ())
+                }
+            });
+        if let Err(e) = outcome {
+            (result.error_code, result.error_message) = failure(&e);
+        }
+        response.results.push(result);
+    }
+    response
+}
+
+fn describe_topic(meta: &TopicMeta, keys: Option<&[String]>) -> Vec<DescribeConfigsResourceResult> {
+    weir_storage::config::known_keys()
+        .into_iter()
+        .filter(|(key, _)| keys.is_none_or(|k| k.iter().any(|want| want == key)))
+        .map(|(key, default)| {
+            let mut c = DescribeConfigsResourceResult::default();
+            let explicit = meta.configs.get(key);
+            c.name = text(key);
+            c.value = Some(text(explicit.cloned().unwrap_or(default)));
+            c.config_source = if explicit.is_some() {
+                SOURCE_TOPIC
+            } else {
+                SOURCE_DEFAULT
+            };
+            c
+        })
+        .collect()
+}
+
+pub(crate) fn describe_configs(
+    shared: &Shared,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let mut response = DescribeConfigsResponse::default();
+    for resource in request.resources {
+        let mut result = DescribeConfigsResult::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        let keys: Option<Vec<String>> = resource
+            .configuration_keys
+            .map(|k| k.iter().map(|s| s.to_string()).collect());
+        match resource.resource_type {
+            RESOURCE_TOPIC => match shared.storage.topic(&resource.resource_name) {
+                Ok(Some(meta)) => result.configs = describe_topic(&meta, keys.as_deref()),
+                Ok(None) => {
+                    result.error_code = ResponseError::UnknownTopicOrPartition.code();
+                    result.error_message = Some(text(format!(
+                        "topic {} does not exist",
+                        &*resource.resource_name
+                    )));
+                }
+                Err(e) => (result.error_code, result.error_message) = failure(&e),
+            },
+            // The broker's settings are flags of `weir serve`, not Kafka configs.
+            RESOURCE_BROKER => {}
+            other => {
+                result.error_code = ResponseError::InvalidRequest.code();
+                result.error_message =
+                    Some(text(format!("resource type {other} is not supported")));
+            }
+        }
+        response.results.push(result);
+    }
+    response
+}
+
+/// Validates and, unless `validate_only`, stores a topic's new explicit configs.
+fn apply_configs(
+    shared: &Shared,
+    topic: &str,
+    configs: BTreeMap<String, String>,
+    validate_only: bool,
+) -> Result<(), StorageError> {
+    if validate_only {
+        shared
+            .storage
+            .topic(topic)?
+            .ok_or(StorageError::UnknownTopic {
+                name: topic.to_string(),
+            })?;
+        LogConfig::from_entries(&LogConfig::default(), &configs).map(|_| ())
+    } else {
+        shared.storage.set_topic_configs(topic, configs).map(|_| ())
+    }
+}
+
+fn not_a_topic(resource_type: i8) -> StorageError {
+    StorageError::InvalidConfig {
+        key: "resource_type".into(),
+        value: resource_type.to_string(),
+        reason: "only topic configs can be changed".into(),
+    }
+}
+
+pub(crate) fn alter_configs(shared: &Shared, request: AlterConfigsRequest) -> AlterConfigsResponse {
+    let mut response = AlterConfigsResponse::default();
+    for resource in request.resources {
+        let mut result = AlterConfigsResourceResponse::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        // AlterConfigs replaces the whole set: keys left out return to their defaults.
+        let configs = resource
+            .configs
+            .iter()
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), v.to_string()))
+            })
+            .collect();
+        let outcome = if resource.resource_type == RESOURCE_TOPIC {
+            apply_configs(
+                shared,
+                &resource.resource_name,
+                configs,
+                request.validate_only,
+            )
+        } else {
+            Err(not_a_topic(resource.resource_type))
+        };
+        if let Err(e) = outcome {
+            (result.error_code, result.error_message) = failure(&e);
+        }
+        response.responses.push(result);
+    }
+    response
+}
+
+pub(crate) fn incremental_alter_configs(
+    shared: &Shared,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let mut response = IncrementalAlterConfigsResponse::default();
+    for resource in request.resources {
+        let mut result = IncrementalResult::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        let name = resource.resource_name.to_string();
+        let outcome = if resource.resource_type != RESOURCE_TOPIC {
+            Err(not_a_topic(resource.resource_type))
+        } else {
+            shared
+                .storage
+                .topic(&name)
+                .and_then(|meta| meta.ok_or(StorageError::UnknownTopic { name: name.clone() }))
+                .and_then(|meta| {
+                    let mut configs = meta.configs;
+                    for c in &resource.configs {
+                        match (c.config_operation, &c.value) {
+                            (OP_SET, Some(v)) => {
+                                configs.insert(c.name.to_string(), v.to_string());
+                            }
+                            (OP_DELETE, _) => {
+                                configs.remove(&*c.name);
+                            }
+                            (op, _) => {
+                                return Err(StorageError::InvalidConfig {
+                                    key: c.name.to_string(),
+                                    value: c.value.as_deref().unwrap_or("").to_string(),
+                                    reason: format!(
+                                        "operation {op} is not supported (SET and DELETE are)"
+                                    ),
+                                });
+                            }
+                        }
+                    }
+                    apply_configs(shared, &name, configs, request.validate_only)
+                })
+        };
+        if let Err(e) = outcome {
+            (result.error_code, result.error_message) = failure(&e);
+        }
+        response.responses.push(result);
+    }
+    response
+}
+
+pub(crate) fn describe_cluster(
+    shared: &Shared,
+    _request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
+    let mut response = DescribeClusterResponse::default();
+    response.cluster_id = text(CLUSTER_ID);
+    response.controller_id = BrokerId(NODE_ID);
+    let mut broker = DescribeClusterBroker::default();
+    broker.broker_id = BrokerId(NODE_ID);
+    broker.host = text(shared.config.advertised.0.clone());
+    broker.port = i32::from(shared.config.advertised.1);
+    response.brokers.push(broker);
+    response
+}
