@@ -87,6 +87,12 @@ impl Node {
         assert!(status.success());
     }
 
+    /// SIGKILL: the node dies mid-work, with no shutdown at all.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("killing weir");
+        self.child.wait().expect("waiting for weir");
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(mut self) {
         self.signal("-TERM");
@@ -133,4 +139,9 @@ pub fn python() -> Option<std::path::PathBuf> {
         candidate.display()
     );
     None
+}
+
+/// Path of a script under `tests/clients/`.
+pub fn client_script(name: &str) -> String {
+    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
 }
