@@ -145,3 +145,27 @@ pub fn python() -> Option<std::path::PathBuf> {
 pub fn client_script(name: &str) -> String {
     format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
 }
+
+/// The `node_modules` with kafkajs: `WEIR_NODE_MODULES`, else the one `./scripts/test` makes
+/// under `target/node`. `None` (outside CI) when it is missing.
+pub fn node_modules() -> Option<std::path::PathBuf> {
+    let candidate = std::env::var_os("WEIR_NODE_MODULES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/node/node_modules")
+        });
+    let found = candidate.join("kafkajs").exists() && have("node", "apt-get install nodejs");
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kafkajs is missing at {}; ./scripts/test installs it",
+            candidate.display()
+        );
+        eprintln!(
+            "kafkajs not found at {}: run ./scripts/test once to install it",
+            candidate.display()
+        );
+        return None;
+    }
+    Some(candidate)
+}
