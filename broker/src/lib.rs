@@ -1,9 +1,13 @@
 //! `weir-broker`: the listeners of a Weir node and the `weir` binary that wires them together.
 //!
 //! [`serve::Server`] opens (and recovers) a data directory, runs the storage maintenance thread
-//! (interval flushes, retention, compaction), serves the Kafka protocol ([`kafka`]) and closes
+//! (interval flushes, retention, compaction), serves the Kafka protocol ([`kafka`]) and the
+//! HTTP admin API with Prometheus metrics ([`http`]), and closes
 //! every log cleanly on shutdown. This is the only crate that opens sockets, and the only one
 //! that knows Kafka's wire types.
 
+pub mod cli;
+pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod serve;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use weir_broker::cli::{self, Client, ConsumeOptions};
 use weir_broker::serve::{ServeConfig, Server};
 
 #[derive(Parser)]
@@ -19,10 +20,96 @@ struct Cli {
     command: Command,
 }
 
+/// How CLI commands reach a running node.
+#[derive(clap::Args)]
+struct Remote {
+    /// HTTP address of the node.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// Admin token, when the node was started with one.
+    #[arg(long, global = true, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn client(&self) -> Client {
+        Client::new(&self.server, self.token.clone())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a node on a data directory until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Send lines of a file (or standard input) as records.
+    Produce {
+        topic: String,
+        /// Key of every record.
+        #[arg(short, long)]
+        key: Option<String>,
+        /// File to read; standard input when absent.
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+        /// Partition for every record; by key (or round-robin) when absent.
+        #[arg(short, long)]
+        partition: Option<u32>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print record values of a topic, one per line.
+    Consume {
+        topic: String,
+        /// Start at the oldest record instead of the end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Resume from and commit to this group's offsets.
+        #[arg(long)]
+        group: Option<String>,
+        /// Stop at the end of the topic instead of waiting for more.
+        #[arg(long)]
+        exit: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List consumer groups with their state and lag.
+    Groups {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    Create {
+        name: String,
+        #[arg(short, long, default_value_t = 1)]
+        partitions: u32,
+        /// Topic config as key=value (repeatable), e.g. retention.ms=3600000.
+        #[arg(short, long = "config")]
+        configs: Vec<String>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -33,6 +120,9 @@ struct ServeArgs {
     /// Address of the Kafka protocol listener (port 0: any free port).
     #[arg(long, env = "WEIR_KAFKA", default_value = "127.0.0.1:9092")]
     kafka: SocketAddr,
+    /// Address of the HTTP listener (port 0: any free port).
+    #[arg(long, env = "WEIR_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
     /// Host name clients are told to connect to; defaults to the listener's address.
     #[arg(long, env = "WEIR_ADVERTISED_HOST")]
     advertised_host: Option<String>,
@@ -42,9 +132,22 @@ struct ServeArgs {
     /// Partitions of a topic created without a count.
     #[arg(long, env = "WEIR_DEFAULT_PARTITIONS", default_value_t = 1)]
     default_partitions: u32,
+    /// Require `Authorization: Bearer <token>` on the HTTP `/v1` API.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
@@ -57,10 +160,73 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(ServeConfig {
             data_dir: args.data_dir,
             kafka: args.kafka,
+            http: args.http,
             advertised_host: args.advertised_host,
             auto_create_topics: args.auto_create_topics,
             default_partitions: args.default_partitions,
+            admin_token: args.admin_token,
         }),
+        Command::Topic { command, remote } => {
+            let c = remote.client();
+            match command {
+                TopicCommand::Create {
+                    name,
+                    partitions,
+                    configs,
+                } => cli::topic_create(&c, &name, partitions, &configs),
+                TopicCommand::List => cli::topic_list(&c),
+                TopicCommand::Describe { name } => cli::topic_describe(&c, &name),
+                TopicCommand::Delete { name } => cli::topic_delete(&c, &name),
+            }
+        }
+        Command::Produce {
+            topic,
+            key,
+            file,
+            partition,
+            remote,
+        } => {
+            let c = remote.client();
+            let sent = match file {
+                Some(path) => {
+                    let f = std::fs::File::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    let bar = indicatif::ProgressBar::new(len);
+                    let mut input = std::io::BufReader::new(f);
+                    cli::produce(&c, &topic, key.as_deref(), partition, &mut input, Some(bar))?
+                }
+                None => {
+                    let mut input = std::io::stdin().lock();
+                    cli::produce(&c, &topic, key.as_deref(), partition, &mut input, None)?
+                }
+            };
+            eprintln!("produced {sent} records to {topic}");
+            Ok(())
+        }
+        Command::Consume {
+            topic,
+            from_beginning,
+            group,
+            exit,
+            max,
+            remote,
+        } => {
+            let options = ConsumeOptions {
+                from_beginning,
+                group: group.as_deref(),
+                exit_at_end: exit,
+                max_records: max,
+            };
+            cli::consume(
+                &remote.client(),
+                &topic,
+                &options,
+                &mut std::io::stdout().lock(),
+            )
+            .map(|_| ())
+        }
+        Command::Groups { remote } => cli::groups(&remote.client()),
     }
 }
 

@@ -10,7 +10,44 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_storage::{Storage, StorageConfig};
 
+use crate::kafka::groups::{self, Coordinator, GroupLag};
 use crate::kafka::{self, KafkaConfig};
+use crate::metrics::Metrics;
+
+/// What every listener of a node shares.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub storage: Arc<Storage>,
+    pub groups: Arc<Coordinator>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl NodeContext {
+    /// Lag of every committed group partition: the partition's end minus the committed offset.
+    pub fn group_lags(&self) -> Vec<GroupLag> {
+        let mut lags = Vec::new();
+        let Ok(groups) = self.groups.list() else {
+            return lags;
+        };
+        for g in groups {
+            let Ok(committed) = self.groups.committed_all(&g.group) else {
+                continue;
+            };
+            for (topic, partition, offset) in committed {
+                let Ok(log) = self.storage.log(&topic, partition.max(0) as u32) else {
+                    continue;
+                };
+                lags.push(GroupLag {
+                    group: g.group.clone(),
+                    topic,
+                    partition,
+                    lag: (log.high_watermark() as i64 - offset.offset).max(0),
+                });
+            }
+        }
+        lags
+    }
+}
 
 /// Largest Kafka request frame accepted (`socket.request.max.bytes`).
 pub const REQUEST_BYTES_MAX: u32 = 100 * 1024 * 1024;
@@ -25,14 +62,19 @@ pub struct ServeConfig {
     pub advertised_host: Option<String>,
     pub auto_create_topics: bool,
     pub default_partitions: u32,
+    /// Address of the HTTP listener; port 0 picks a free port.
+    pub http: SocketAddr,
+    /// When set, `/v1` HTTP calls need `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
 }
 
 /// A running node.
 pub struct Server {
     storage: Arc<Storage>,
     kafka_addr: SocketAddr,
+    http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    kafka_task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -71,19 +113,39 @@ impl Server {
             default_partitions: config.default_partitions.max(1),
             request_bytes_max: REQUEST_BYTES_MAX,
         };
+        let offsets = storage.meta().tree(groups::OFFSETS_TREE)?;
+        let node = NodeContext {
+            storage: storage.clone(),
+            groups: Arc::new(Coordinator::new(offsets)),
+            metrics: Arc::new(Metrics::default()),
+        };
+        let http_listener = TcpListener::bind(config.http)
+            .await
+            .with_context(|| format!("binding the HTTP listener to {}", config.http))?;
+        let http_addr = http_listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let kafka_task = tokio::spawn(kafka::serve(
-            listener,
-            storage.clone(),
-            kafka_config,
-            shutdown_rx,
-        ));
+        let tasks = vec![
+            tokio::spawn(kafka::serve(
+                listener,
+                node.clone(),
+                kafka_config,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(crate::http::serve(
+                http_listener,
+                node,
+                config.admin_token.clone(),
+                shutdown_rx,
+            )),
+        ];
+        tracing::info!(addr = %http_addr, "HTTP listener ready");
         tracing::info!(addr = %kafka_addr, "Kafka listener ready");
         Ok(Server {
             storage,
             kafka_addr,
+            http_addr,
             shutdown,
-            kafka_task,
+            tasks,
         })
     }
 
@@ -95,11 +157,17 @@ impl Server {
         self.kafka_addr
     }
 
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
     /// Stops the listeners, then closes every log: flushed data, flushed indexes and a current
     /// recovery point, so the next start scans nothing.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        let _ = self.kafka_task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
         let storage = self.storage;
         tokio::task::spawn_blocking(move || storage.close())
             .await?

@@ -34,6 +34,8 @@ pub const GROUP_MEMBERS_MAX: usize = 1000;
 
 pub const OFFSETS_TREE: &str = "group-offsets";
 
+pub use crate::metrics::GroupLag;
+
 /// A committed offset as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedOffset {
@@ -191,7 +193,7 @@ pub struct GroupView {
     pub members: Vec<MemberView>,
 }
 
-pub(crate) struct Coordinator {
+pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
     offsets: Tree<CommittedOffset>,
     next_member: AtomicU64,

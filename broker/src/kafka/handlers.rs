@@ -338,7 +338,8 @@ async fn produce(shared: &Shared, request: ProduceRequest) -> ProduceResponse {
                 }
             };
             match result {
-                Ok((base_offset, log_append_time_ms, log_start_offset)) => {
+                Ok((base_offset, log_append_time_ms, log_start_offset, bytes, records)) => {
+                    shared.metrics.produced(&name, bytes, records);
                     p.base_offset = base_offset;
                     p.log_append_time_ms = log_append_time_ms;
                     p.log_start_offset = log_start_offset;
@@ -352,14 +353,17 @@ async fn produce(shared: &Shared, request: ProduceRequest) -> ProduceResponse {
     response
 }
 
-/// Appends on a blocking thread (the append waits for an fsync); returns base offset, log
-/// append time and log start offset, or a Kafka error code.
+/// What a successful append reports: base offset, log append time, log start offset, bytes
+/// and records appended.
+type Appended = (i64, i64, i64, u64, u64);
+
+/// Appends on a blocking thread (the append waits for an fsync), or returns a Kafka error code.
 async fn append(
     shared: &Shared,
     topic: &str,
     partition: i32,
     records: Bytes,
-) -> Result<(i64, i64, i64), i16> {
+) -> Result<Appended, i16> {
     let log = u32::try_from(partition)
         .map_err(|_| ResponseError::UnknownTopicOrPartition.code())
         .and_then(|p| shared.storage.log(topic, p).map_err(|e| error_code(&e)))?;
@@ -367,14 +371,16 @@ async fn append(
     let outcome = tokio::task::spawn_blocking(move || {
         let mut batches = records.to_vec();
         log.append(&mut batches)
-            .map(|info| (info, log.log_start_offset()))
+            .map(|info| (info, log.log_start_offset(), batches.len() as u64))
     })
     .await;
     match outcome {
-        Ok(Ok((info, start))) => Ok((
+        Ok(Ok((info, start, bytes))) => Ok((
             info.base_offset as i64,
             info.log_append_time_ms.unwrap_or(-1),
             start as i64,
+            bytes,
+            info.last_offset - info.base_offset + 1,
         )),
         Ok(Err(e)) => {
             tracing::warn!(topic, partition, error = %e, "produce refused");
@@ -454,6 +460,9 @@ fn fetch_once(shared: &Shared, request: &FetchRequest) -> (FetchResponse, u64) {
                     p.last_stable_offset = read.high_watermark as i64;
                     p.log_start_offset = read.log_start_offset as i64;
                     let len = bytes.as_ref().map_or(0, |b| b.len() as u64);
+                    if let Some(b) = &bytes {
+                        shared.metrics.consumed(&name, len, record_count(b));
+                    }
                     total += len;
                     budget = budget.saturating_sub(len);
                     p.records = Some(bytes.unwrap_or_default());
@@ -478,6 +487,20 @@ fn fetch_once(shared: &Shared, request: &FetchRequest) -> (FetchResponse, u64) {
         response.responses.push(topic_response);
     }
     (response, total)
+}
+
+/// Records in whole batches back to back, from their headers.
+fn record_count(batches: &[u8]) -> u64 {
+    let mut pos = 0;
+    let mut records = 0u64;
+    while let Ok(h) = weir_storage::batch::BatchHeader::parse(&batches[pos..]) {
+        records += h.record_count.max(0) as u64;
+        pos += h.total_bytes() as usize;
+        if pos >= batches.len() {
+            break;
+        }
+    }
+    records
 }
 
 /// Kafka's special timestamps in ListOffsets.

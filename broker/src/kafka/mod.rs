@@ -45,7 +45,8 @@ pub(crate) struct Shared {
     appended: Arc<Notify>,
     /// Serializes producer id allocation.
     producer_ids: std::sync::Mutex<()>,
-    groups: groups::Coordinator,
+    groups: Arc<groups::Coordinator>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 const PRODUCER_IDS_TREE: &str = "producer-ids";
@@ -65,26 +66,25 @@ impl Shared {
 /// Accepts connections until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
-    storage: Arc<Storage>,
+    node: crate::serve::NodeContext,
     config: KafkaConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let crate::serve::NodeContext {
+        storage,
+        groups,
+        metrics,
+    } = node;
     let appended = Arc::new(Notify::new());
     let waker = appended.clone();
     storage.set_listener(Arc::new(move || waker.notify_waiters()));
-    let offsets = match storage.meta().tree(groups::OFFSETS_TREE) {
-        Ok(tree) => tree,
-        Err(e) => {
-            tracing::error!(error = %e, "opening the group offsets tree failed; Kafka listener not started");
-            return;
-        }
-    };
     let shared = Arc::new(Shared {
         storage,
         config,
         appended,
         producer_ids: std::sync::Mutex::new(()),
-        groups: groups::Coordinator::new(offsets),
+        groups,
+        metrics,
     });
     let ticker = shared.clone();
     let mut tick_shutdown = shutdown.clone();
@@ -104,9 +104,11 @@ pub async fn serve(
                     let shared = shared.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, peer, shared, shutdown).await {
+                        shared.metrics.connection_opened();
+                        if let Err(e) = connection(stream, peer, shared.clone(), shutdown).await {
                             tracing::info!(%peer, error = %format!("{e:#}"), "closing Kafka connection");
                         }
+                        shared.metrics.connection_closed();
                     });
                 }
                 Err(e) => tracing::warn!(error = %e, "accepting a Kafka connection failed"),
@@ -192,7 +194,12 @@ async fn handle_frame(
     } else {
         (None, 0)
     };
-    let Some(response) = handlers::handle(shared, request, &header, peer).await? else {
+    let started = std::time::Instant::now();
+    let handled = handlers::handle(shared, request, &header, peer).await;
+    shared
+        .metrics
+        .request(&format!("{key:?}"), started.elapsed());
+    let Some(response) = handled? else {
         return Ok(None);
     };
     let mut out = BytesMut::new();

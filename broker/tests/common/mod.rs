@@ -14,6 +14,7 @@ pub struct Node {
     pub child: Child,
     pub log: mpsc::Receiver<String>,
     pub kafka: SocketAddr,
+    pub http: SocketAddr,
     /// Log lines up to "Kafka listener ready".
     pub startup: Vec<String>,
 }
@@ -26,11 +27,24 @@ impl Drop for Node {
 }
 
 impl Node {
-    /// Starts a node on `data_dir` with the Kafka listener on a free port.
+    /// Starts a node on `data_dir` with its listeners on free ports.
     pub fn start(data_dir: &Path) -> Node {
+        Node::start_with(data_dir, &[])
+    }
+
+    /// [`Node::start`] with extra `weir serve` flags.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["serve", "--kafka", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--kafka",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
+            .args(extra)
             .env("WEIR_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -47,6 +61,7 @@ impl Node {
             child,
             log: rx,
             kafka: "127.0.0.1:0".parse().expect("an address"),
+            http: "127.0.0.1:0".parse().expect("an address"),
             startup: Vec::new(),
         };
         let ready = loop {
@@ -56,13 +71,19 @@ impl Node {
                 break line;
             }
         };
-        let addr = ready
-            .split("addr=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .expect("the listener logs its address");
-        node.kafka = addr.parse().expect("a socket address");
+        node.kafka = logged_addr(&ready);
+        let http = node
+            .startup
+            .iter()
+            .find(|l| l.contains("HTTP listener ready"))
+            .expect("the HTTP listener starts before the Kafka one");
+        node.http = logged_addr(http);
         node
+    }
+
+    /// Base URL of the HTTP listener.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
     }
 
     /// The next log line containing `needle`, within a minute.
@@ -168,4 +189,12 @@ pub fn node_modules() -> Option<std::path::PathBuf> {
         return None;
     }
     Some(candidate)
+}
+
+fn logged_addr(line: &str) -> SocketAddr {
+    line.split("addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }

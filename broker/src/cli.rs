@@ -1,0 +1,328 @@
+//! The `weir` commands that talk to a running node over its HTTP API: topics, produce,
+//! consume and groups.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// Lines sent per produce request.
+const PRODUCE_CHUNK_RECORDS: usize = 1000;
+/// Records asked for per consume request.
+const CONSUME_CHUNK_RECORDS: usize = 1000;
+/// Pause between polls when a followed topic has nothing new.
+const IDLE_POLL: Duration = Duration::from_millis(300);
+
+/// An HTTP client for one node.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<String>) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Client {
+            base: server.trim_end_matches('/').to_string(),
+            token,
+            agent,
+        }
+    }
+
+    /// Sends a request and returns the JSON answer (`Null` for an empty one); an HTTP error
+    /// becomes an error carrying the server's message.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let sent = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            ("DELETE", _) => {
+                let mut r = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            (_, body) => {
+                let mut r = self.agent.post(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.send_json(body.unwrap_or(&Value::Null))
+            }
+        };
+        let mut response =
+            sent.with_context(|| format!("cannot reach {url}: is `weir serve` running?"))?;
+        let status = response.status();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !status.is_success() {
+            let message = value
+                .get("error")
+                .and_then(Value::as_str)
+                .map_or_else(|| value.to_string(), str::to_string);
+            bail!("{method} {path}: {status}: {message}");
+        }
+        Ok(value)
+    }
+}
+
+fn parse_configs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("config {p:?} is not key=value"))
+        })
+        .collect()
+}
+
+pub fn topic_create(
+    c: &Client,
+    name: &str,
+    partitions: u32,
+    configs: &[String],
+) -> anyhow::Result<()> {
+    let body =
+        json!({ "name": name, "partitions": partitions, "configs": parse_configs(configs)? });
+    c.call("POST", "/v1/topics", Some(&body))?;
+    println!("created topic {name} with {partitions} partitions");
+    Ok(())
+}
+
+pub fn topic_list(c: &Client) -> anyhow::Result<()> {
+    let topics = c.call("GET", "/v1/topics", None)?;
+    println!("{:<40} {:>10}", "TOPIC", "PARTITIONS");
+    for t in topics.as_array().into_iter().flatten() {
+        println!(
+            "{:<40} {:>10}",
+            t["name"].as_str().unwrap_or(""),
+            t["partitions"].to_string()
+        );
+    }
+    Ok(())
+}
+
+pub fn topic_describe(c: &Client, name: &str) -> anyhow::Result<()> {
+    let t = c.call("GET", &format!("/v1/topics/{name}"), None)?;
+    println!("topic {name} (id {})", t["id"].as_str().unwrap_or(""));
+    for (k, v) in t["configs"].as_object().into_iter().flatten() {
+        println!("  {k} = {}", v.as_str().unwrap_or(""));
+    }
+    println!(
+        "{:>9} {:>16} {:>16} {:>14} {:>8}",
+        "PARTITION", "START", "END", "BYTES", "SEGMENTS"
+    );
+    for p in t["partitions"].as_array().into_iter().flatten() {
+        let [partition, start, end, bytes, segments] = [
+            "partition",
+            "log_start_offset",
+            "high_watermark",
+            "size_bytes",
+            "segments",
+        ]
+        .map(|k| p[k].to_string());
+        println!("{partition:>9} {start:>16} {end:>16} {bytes:>14} {segments:>8}");
+    }
+    Ok(())
+}
+
+pub fn topic_delete(c: &Client, name: &str) -> anyhow::Result<()> {
+    c.call("DELETE", &format!("/v1/topics/{name}"), None)?;
+    println!("deleted topic {name}");
+    Ok(())
+}
+
+/// Sends lines of `input` as records (one per line), with an optional key and partition.
+pub fn produce(
+    c: &Client,
+    topic: &str,
+    key: Option<&str>,
+    partition: Option<u32>,
+    input: &mut dyn BufRead,
+    progress: Option<indicatif::ProgressBar>,
+) -> anyhow::Result<u64> {
+    let mut sent = 0u64;
+    let mut chunk = Vec::with_capacity(PRODUCE_CHUNK_RECORDS);
+    let flush = |chunk: &mut Vec<Value>, sent: &mut u64| -> anyhow::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let body = json!({ "records": chunk });
+        c.call("POST", &format!("/v1/topics/{topic}/records"), Some(&body))?;
+        *sent += chunk.len() as u64;
+        chunk.clear();
+        Ok(())
+    };
+    for line in input.lines() {
+        let line = line.context("reading input")?;
+        if let Some(p) = &progress {
+            p.inc(line.len() as u64 + 1);
+        }
+        let mut record = json!({ "value": line });
+        if let Some(k) = key {
+            record["key"] = json!(k);
+        }
+        if let Some(p) = partition {
+            record["partition"] = json!(p);
+        }
+        chunk.push(record);
+        if chunk.len() == PRODUCE_CHUNK_RECORDS {
+            flush(&mut chunk, &mut sent)?;
+        }
+    }
+    flush(&mut chunk, &mut sent)?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    Ok(sent)
+}
+
+/// Options of `weir consume`.
+pub struct ConsumeOptions<'a> {
+    pub from_beginning: bool,
+    pub group: Option<&'a str>,
+    /// Stop once every partition is read to its end.
+    pub exit_at_end: bool,
+    /// Stop after this many records.
+    pub max_records: Option<u64>,
+}
+
+/// Prints record values of every partition of `topic`, one per line.
+pub fn consume(
+    c: &Client,
+    topic: &str,
+    o: &ConsumeOptions,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    let detail = c.call("GET", &format!("/v1/topics/{topic}"), None)?;
+    let partitions = detail["partitions"].as_array().cloned().unwrap_or_default();
+    let mut committed: BTreeMap<u64, u64> = BTreeMap::new();
+    if let Some(g) = o.group {
+        match c.call("GET", &format!("/v1/groups/{g}"), None) {
+            Ok(group) => {
+                for off in group["offsets"].as_array().into_iter().flatten() {
+                    let position = (off["partition"].as_u64(), off["committed"].as_u64());
+                    if let (true, (Some(p), Some(o))) = (off["topic"] == topic, position) {
+                        committed.insert(p, o);
+                    }
+                }
+            }
+            // A new group starts like a plain consumer.
+            Err(e) if e.to_string().contains("404") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut positions: Vec<(u64, u64)> = partitions
+        .iter()
+        .map(|p| {
+            let index = p["partition"].as_u64().unwrap_or(0);
+            let start = committed
+                .get(&index)
+                .copied()
+                .unwrap_or(if o.from_beginning {
+                    p["log_start_offset"].as_u64().unwrap_or(0)
+                } else {
+                    p["high_watermark"].as_u64().unwrap_or(0)
+                });
+            (index, start)
+        })
+        .collect();
+    let mut printed = 0u64;
+    loop {
+        let mut progressed = false;
+        let mut at_end = true;
+        for (partition, offset) in positions.iter_mut() {
+            let answer = c.call(
+                "GET",
+                &format!(
+                    "/v1/topics/{topic}/records?partition={partition}&offset={offset}&limit={CONSUME_CHUNK_RECORDS}"
+                ),
+                None,
+            )?;
+            let mut stopped_early = false;
+            for r in answer["records"].as_array().into_iter().flatten() {
+                if o.max_records.is_some_and(|m| printed >= m) {
+                    stopped_early = true;
+                    break;
+                }
+                let value = r["value"]
+                    .as_str()
+                    .or_else(|| r["value_base64"].as_str())
+                    .unwrap_or("");
+                writeln!(out, "{value}")?;
+                printed += 1;
+                if let Some(next) = r["offset"].as_u64() {
+                    *offset = next + 1;
+                }
+                progressed = true;
+            }
+            // Past a compacted gap, unless the record limit stopped us inside the answer.
+            if !stopped_early && answer["next_offset"].as_u64().is_some_and(|n| n > *offset) {
+                *offset = answer["next_offset"].as_u64().unwrap_or(*offset);
+            }
+            if *offset < answer["high_watermark"].as_u64().unwrap_or(0) {
+                at_end = false;
+            }
+            if let Some(g) = o.group {
+                let body = json!({ "topic": topic, "partition": partition, "offset": offset });
+                c.call("POST", &format!("/v1/groups/{g}/offsets"), Some(&body))?;
+            }
+        }
+        out.flush()?;
+        if o.max_records.is_some_and(|m| printed >= m) || (o.exit_at_end && at_end) {
+            return Ok(printed);
+        }
+        if !progressed {
+            std::thread::sleep(IDLE_POLL);
+        }
+    }
+}
+
+pub fn groups(c: &Client) -> anyhow::Result<()> {
+    let groups = c.call("GET", "/v1/groups", None)?;
+    println!(
+        "{:<32} {:<20} {:>8} {:>12}",
+        "GROUP", "STATE", "MEMBERS", "LAG"
+    );
+    for g in groups.as_array().into_iter().flatten() {
+        let id = g["group"].as_str().unwrap_or("");
+        let lag: i64 = c
+            .call("GET", &format!("/v1/groups/{id}"), None)
+            .map(|d| {
+                d["offsets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o["lag"].as_i64())
+                    .sum()
+            })
+            .unwrap_or(0);
+        println!(
+            "{:<32} {:<20} {:>8} {:>12}",
+            id,
+            g["state"].as_str().unwrap_or(""),
+            g["members"].to_string(),
+            lag
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,619 @@
+//! The HTTP listener: health, Prometheus metrics, and the `/v1` admin API (topics, JSON
+//! produce and consume, groups with lag). With an admin token set, every `/v1` call needs
+//! `Authorization: Bearer <token>`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use weir_storage::{BatchBuilder, Compression, Header, NewRecord, StorageError, TopicMeta};
+
+use crate::serve::NodeContext;
+
+/// Most records one JSON consume returns.
+pub const CONSUME_RECORDS_MAX: usize = 10_000;
+/// Most records one JSON produce takes.
+pub const PRODUCE_RECORDS_MAX: usize = 100_000;
+
+#[derive(Clone)]
+struct AppState {
+    node: NodeContext,
+    token: Option<Arc<str>>,
+}
+
+/// An error answered as JSON `{"error": "..."}` with a status code.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        let status = match &e {
+            StorageError::UnknownTopic { .. } | StorageError::UnknownPartition { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            StorageError::TopicExists { .. } => StatusCode::CONFLICT,
+            StorageError::InvalidTopicName { .. }
+            | StorageError::InvalidConfig { .. }
+            | StorageError::Batch(_)
+            | StorageError::PartitionCount { .. }
+            | StorageError::OffsetOutOfRange { .. } => StatusCode::BAD_REQUEST,
+            StorageError::Offline { .. } | StorageError::Failed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Serves HTTP until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    node: NodeContext,
+    token: Option<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let state = AppState {
+        node,
+        token: token.map(Arc::from),
+    };
+    let v1 = Router::new()
+        .route("/topics", get(list_topics).post(create_topic))
+        .route("/topics/{name}", get(describe_topic).delete(delete_topic))
+        .route("/topics/{name}/records", get(consume).post(produce))
+        .route("/groups", get(list_groups))
+        .route("/groups/{id}", get(describe_group))
+        .route("/groups/{id}/offsets", axum::routing::post(commit_offset))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest("/v1", v1)
+        .with_state(state);
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "HTTP listener failed");
+    }
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token) {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "this node needs an admin token: send Authorization: Bearer <token>"
+                    .into(),
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let offline = state.node.storage.offline_partitions().len();
+    Json(serde_json::json!({ "status": "ok", "offline_partitions": offline }))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let node = state.node.clone();
+    let lags = tokio::task::spawn_blocking(move || node.group_lags())
+        .await
+        .unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.node.metrics.render(&lags),
+    )
+}
+
+/// Runs blocking storage work off the async reactor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("task failed: {e}"),
+    })?
+}
+
+#[derive(Serialize)]
+struct TopicSummary {
+    name: String,
+    partitions: u32,
+    configs: BTreeMap<String, String>,
+}
+
+impl From<TopicMeta> for TopicSummary {
+    fn from(t: TopicMeta) -> Self {
+        TopicSummary {
+            name: t.name,
+            partitions: t.partitions,
+            configs: t.configs,
+        }
+    }
+}
+
+async fn list_topics(State(state): State<AppState>) -> ApiResult<Json<Vec<TopicSummary>>> {
+    let topics = state.node.storage.list_topics()?;
+    Ok(Json(topics.into_iter().map(TopicSummary::from).collect()))
+}
+
+#[derive(Deserialize)]
+struct CreateTopic {
+    name: String,
+    #[serde(default = "one")]
+    partitions: u32,
+    #[serde(default)]
+    configs: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn create_topic(
+    State(state): State<AppState>,
+    Json(body): Json<CreateTopic>,
+) -> ApiResult<(StatusCode, Json<TopicSummary>)> {
+    let storage = state.node.storage.clone();
+    let meta =
+        blocking(move || Ok(storage.create_topic(&body.name, body.partitions, body.configs)?))
+            .await?;
+    Ok((StatusCode::CREATED, Json(meta.into())))
+}
+
+#[derive(Serialize)]
+struct PartitionDetail {
+    partition: u32,
+    log_start_offset: u64,
+    high_watermark: u64,
+    size_bytes: u64,
+    segments: usize,
+}
+
+#[derive(Serialize)]
+struct TopicDetail {
+    name: String,
+    id: String,
+    configs: BTreeMap<String, String>,
+    partitions: Vec<PartitionDetail>,
+}
+
+async fn describe_topic(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TopicDetail>> {
+    let storage = &state.node.storage;
+    let meta = storage
+        .topic(&name)?
+        .ok_or(StorageError::UnknownTopic { name: name.clone() })?;
+    let mut partitions = Vec::new();
+    for p in 0..meta.partitions {
+        let log = storage.log(&name, p)?;
+        partitions.push(PartitionDetail {
+            partition: p,
+            log_start_offset: log.log_start_offset(),
+            high_watermark: log.high_watermark(),
+            size_bytes: log.size_bytes(),
+            segments: log.segment_count(),
+        });
+    }
+    Ok(Json(TopicDetail {
+        id: uuid::Uuid::from_bytes(meta.id).to_string(),
+        name: meta.name,
+        configs: meta.configs,
+        partitions,
+    }))
+}
+
+async fn delete_topic(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let storage = state.node.storage.clone();
+    blocking(move || Ok(storage.delete_topic(&name)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ProduceRecord {
+    key: Option<String>,
+    value: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    partition: Option<u32>,
+    timestamp: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct ProduceBody {
+    records: Vec<ProduceRecord>,
+}
+
+#[derive(Serialize)]
+struct Placed {
+    partition: u32,
+    offset: u64,
+}
+
+/// Kafka's murmur2 hash, as its default partitioner uses for keyed records.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition of a keyed record, as Kafka's default partitioner places it.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    ((murmur2(key) & 0x7fff_ffff) as u32) % partitions.max(1)
+}
+
+async fn produce(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<ProduceBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if body.records.len() > PRODUCE_RECORDS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "{} records in one request; the limit is {PRODUCE_RECORDS_MAX}",
+            body.records.len()
+        )));
+    }
+    let node = state.node.clone();
+    let placed = blocking(move || {
+        let meta = node
+            .storage
+            .topic(&name)?
+            .ok_or(StorageError::UnknownTopic { name: name.clone() })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        // One batch per partition; records without key or partition go round-robin.
+        let mut by_partition: BTreeMap<u32, Vec<(usize, NewRecord)>> = BTreeMap::new();
+        for (i, r) in body.records.into_iter().enumerate() {
+            let partition = match (r.partition, &r.key) {
+                (Some(p), _) if p >= meta.partitions => {
+                    return Err(ApiError::bad_request(format!(
+                        "record {i}: partition {p} does not exist; topic {name} has {}",
+                        meta.partitions
+                    )));
+                }
+                (Some(p), _) => p,
+                (None, Some(k)) => partition_for_key(k.as_bytes(), meta.partitions),
+                (None, None) => i as u32 % meta.partitions,
+            };
+            let record = NewRecord {
+                timestamp: r.timestamp.unwrap_or(now),
+                key: r.key.map(Bytes::from),
+                value: r.value.map(Bytes::from),
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(key, v)| Header {
+                        key,
+                        value: Some(Bytes::from(v)),
+                    })
+                    .collect(),
+            };
+            by_partition.entry(partition).or_default().push((i, record));
+        }
+        let mut placed: Vec<(usize, Placed)> = Vec::new();
+        for (partition, records) in by_partition {
+            let log = node.storage.log(&name, partition)?;
+            let mut builder = BatchBuilder::new(Compression::None);
+            let order: Vec<usize> = records.iter().map(|(i, _)| *i).collect();
+            for (_, r) in records {
+                builder.push(r);
+            }
+            let mut batch = builder.build().map_err(StorageError::from)?.to_vec();
+            let info = log.append(&mut batch)?;
+            node.metrics
+                .produced(&name, batch.len() as u64, order.len() as u64);
+            for (n, i) in order.into_iter().enumerate() {
+                placed.push((
+                    i,
+                    Placed {
+                        partition,
+                        offset: info.base_offset + n as u64,
+                    },
+                ));
+            }
+        }
+        placed.sort_by_key(|(i, _)| *i);
+        Ok(placed.into_iter().map(|(_, p)| p).collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "offsets": placed })))
+}
+
+#[derive(Deserialize)]
+struct ConsumeQuery {
+    #[serde(default)]
+    partition: u32,
+    offset: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Bytes as text when they are UTF-8, else base64 under a `_base64` field.
+fn put_bytes(
+    out: &mut serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    bytes: Option<&[u8]>,
+) {
+    let value = match bytes {
+        None => serde_json::Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => serde_json::Value::String(s.to_string()),
+            Err(_) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(b);
+                out.insert(
+                    format!("{field}_base64"),
+                    serde_json::Value::String(encoded),
+                );
+                return;
+            }
+        },
+    };
+    out.insert(field.to_string(), value);
+}
+
+async fn consume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ConsumeQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let limit = q.limit.unwrap_or(100).min(CONSUME_RECORDS_MAX);
+    let node = state.node.clone();
+    blocking(move || {
+        let log = node.storage.log(&name, q.partition)?;
+        let mut offset = q.offset.unwrap_or_else(|| log.log_start_offset());
+        let high_watermark = log.high_watermark();
+        let mut records = Vec::new();
+        let mut bytes_read = 0u64;
+        while records.len() < limit && offset < high_watermark {
+            let batch = log.read_records(offset, 1 << 20)?;
+            let Some(last) = batch.last() else {
+                // A gap left by compaction.
+                offset += 1;
+                continue;
+            };
+            offset = last.offset as u64 + 1;
+            for r in batch.into_iter().take(limit - records.len()) {
+                bytes_read += r.value.as_ref().map_or(0, |v| v.len() as u64);
+                let mut out = serde_json::Map::new();
+                out.insert("partition".into(), q.partition.into());
+                out.insert("offset".into(), r.offset.into());
+                out.insert("timestamp".into(), r.timestamp.into());
+                put_bytes(&mut out, "key", r.key.as_deref());
+                put_bytes(&mut out, "value", r.value.as_deref());
+                let headers: Vec<serde_json::Value> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        serde_json::json!([
+                            h.key,
+                            h.value.as_ref().map(|v| String::from_utf8_lossy(v))
+                        ])
+                    })
+                    .collect();
+                out.insert("headers".into(), headers.into());
+                offset = r.offset as u64 + 1;
+                records.push(serde_json::Value::Object(out));
+            }
+        }
+        node.metrics
+            .consumed(&name, bytes_read, records.len() as u64);
+        Ok(Json(serde_json::json!({
+            "records": records,
+            "next_offset": offset,
+            "high_watermark": high_watermark,
+        })))
+    })
+    .await
+}
+
+async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    let groups = state.node.groups.list()?;
+    let out: Vec<serde_json::Value> = groups
+        .into_iter()
+        .map(|g| {
+            serde_json::json!({
+                "group": g.group,
+                "state": g.state.name(),
+                "protocol_type": g.protocol_type,
+                "members": g.members.len(),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::Value::Array(out)))
+}
+
+async fn describe_group(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let node = state.node.clone();
+    blocking(move || {
+        let g = node.groups.describe(&id);
+        let mut offsets = Vec::new();
+        for (topic, partition, committed) in node.groups.committed_all(&id)? {
+            let end = node
+                .storage
+                .log(&topic, partition.max(0) as u32)
+                .map(|l| l.high_watermark() as i64)
+                .ok();
+            offsets.push(serde_json::json!({
+                "topic": topic,
+                "partition": partition,
+                "committed": committed.offset,
+                "end": end,
+                "lag": end.map(|e| (e - committed.offset).max(0)),
+            }));
+        }
+        if g.members.is_empty() && offsets.is_empty() {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!("group {id} does not exist"),
+            });
+        }
+        let members: Vec<serde_json::Value> = g
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "member_id": m.member_id,
+                    "instance_id": m.instance_id,
+                    "client_id": m.client_id,
+                    "client_host": m.client_host,
+                })
+            })
+            .collect();
+        Ok(Json(serde_json::json!({
+            "group": g.group,
+            "state": g.state.name(),
+            "protocol": g.protocol,
+            "members": members,
+            "offsets": offsets,
+        })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct CommitBody {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// Commits an offset for a consumer outside any group protocol (as `weir consume --group`
+/// does); refused while the group has members.
+async fn commit_offset(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<CommitBody>,
+) -> ApiResult<StatusCode> {
+    let node = state.node.clone();
+    blocking(move || {
+        node.storage
+            .log(&body.topic, body.partition.max(0) as u32)?;
+        let check = node.groups.commit_check(&id, "", -1);
+        if check != 0 {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: format!(
+                    "group {id} has active members; commit through the Kafka protocol"
+                ),
+            });
+        }
+        let committed = crate::kafka::groups::CommittedOffset {
+            offset: body.offset,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        };
+        match node
+            .groups
+            .commit(&id, &body.topic, body.partition, committed)
+        {
+            0 => Ok(StatusCode::NO_CONTENT),
+            code => Err(ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("commit failed with Kafka error code {code}"),
+            }),
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Values from Kafka's own partitioner tests (Utils.murmur2).
+        assert_eq!(murmur2(b"21"), -973_932_308);
+        assert_eq!(murmur2(b"foobar"), -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"),
+            -58_897_971
+        );
+        assert_eq!(murmur2(b"abc"), 479_470_107);
+    }
+}

@@ -1,0 +1,207 @@
+//! Counters and latency histograms of a node, rendered in the Prometheus text format.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the request latency histogram buckets.
+const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Default, Clone, Copy)]
+struct TopicCounters {
+    bytes_in: u64,
+    records_in: u64,
+    bytes_out: u64,
+    records_out: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    /// Counts per bucket (not cumulative), plus the overflow bucket at the end.
+    buckets: [u64; LATENCY_BUCKETS_S.len() + 1],
+    sum_s: f64,
+    count: u64,
+}
+
+/// One consumer group partition's position, for the lag gauge.
+pub struct GroupLag {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub lag: i64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    topics: Mutex<HashMap<String, TopicCounters>>,
+    requests: Mutex<BTreeMap<String, Histogram>>,
+    connections: AtomicI64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Escapes a Prometheus label value.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn produced(&self, topic: &str, bytes: u64, records: u64) {
+        let mut topics = lock(&self.topics);
+        let c = topics.entry(topic.to_string()).or_default();
+        c.bytes_in += bytes;
+        c.records_in += records;
+    }
+
+    pub fn consumed(&self, topic: &str, bytes: u64, records: u64) {
+        let mut topics = lock(&self.topics);
+        let c = topics.entry(topic.to_string()).or_default();
+        c.bytes_out += bytes;
+        c.records_out += records;
+    }
+
+    pub fn request(&self, api: &str, elapsed: Duration) {
+        let s = elapsed.as_secs_f64();
+        let mut requests = lock(&self.requests);
+        let h = requests.entry(api.to_string()).or_default();
+        let i = LATENCY_BUCKETS_S
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        h.buckets[i] += 1;
+        h.sum_s += s;
+        h.count += 1;
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connections(&self) -> i64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, lags: &[GroupLag]) -> String {
+        let mut out = String::new();
+        let topics: BTreeMap<String, TopicCounters> = lock(&self.topics)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        type Counter = (&'static str, &'static str, fn(&TopicCounters) -> u64);
+        let counters: [Counter; 4] = [
+            ("weir_bytes_in_total", "Record batch bytes appended", |c| {
+                c.bytes_in
+            }),
+            ("weir_records_in_total", "Records appended", |c| {
+                c.records_in
+            }),
+            (
+                "weir_bytes_out_total",
+                "Record batch bytes sent to consumers",
+                |c| c.bytes_out,
+            ),
+            ("weir_records_out_total", "Records sent to consumers", |c| {
+                c.records_out
+            }),
+        ];
+        for (name, help, get) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}, per topic.\n# TYPE {name} counter"
+            );
+            for (topic, c) in &topics {
+                let _ = writeln!(out, "{name}{{topic=\"{}\"}} {}", label(topic), get(c));
+            }
+        }
+        let name = "weir_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time to answer a Kafka request, per API.\n# TYPE {name} histogram"
+        );
+        for (api, h) in lock(&self.requests).iter() {
+            let api = label(api);
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
+                cumulative += h.buckets[i];
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{api=\"{api}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{api=\"{api}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(out, "{name}_sum{{api=\"{api}\"}} {}", h.sum_s);
+            let _ = writeln!(out, "{name}_count{{api=\"{api}\"}} {}", h.count);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP weir_connections Open Kafka connections.\n# TYPE weir_connections gauge\nweir_connections {}",
+            self.connections()
+        );
+        let name = "weir_group_lag";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Records between a group's committed offset and the partition end.\n# TYPE {name} gauge"
+        );
+        for l in lags {
+            let _ = writeln!(
+                out,
+                "{name}{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                label(&l.group),
+                label(&l.topic),
+                l.partition,
+                l.lag
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_counters_histograms_and_gauges() {
+        let m = Metrics::default();
+        m.produced("logs", 100, 3);
+        m.consumed("logs", 50, 2);
+        m.request("Produce", Duration::from_millis(3));
+        m.request("Produce", Duration::from_secs(20));
+        m.connection_opened();
+        let text = m.render(&[GroupLag {
+            group: "g".into(),
+            topic: "logs".into(),
+            partition: 0,
+            lag: 7,
+        }]);
+        for line in [
+            "weir_bytes_in_total{topic=\"logs\"} 100",
+            "weir_records_out_total{topic=\"logs\"} 2",
+            "weir_request_duration_seconds_bucket{api=\"Produce\",le=\"0.005\"} 1",
+            "weir_request_duration_seconds_bucket{api=\"Produce\",le=\"+Inf\"} 2",
+            "weir_request_duration_seconds_count{api=\"Produce\"} 2",
+            "weir_connections 1",
+            "weir_group_lag{group=\"g\",topic=\"logs\",partition=\"0\"} 7",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The HTTP API and the `weir` CLI against a real node: topics, JSON produce and consume,
+//! groups with lag, metrics, the admin token, and clear errors for bad requests.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::Node;
+use serde_json::{Value, json};
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// (status, body) of a request; the body as JSON when it parses.
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let a = agent();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let response = match method {
+        "GET" => {
+            let mut r = a.get(url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        "DELETE" => {
+            let mut r = a.delete(url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = a.post(url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            match body {
+                Some(b) => r.send_json(b),
+                None => r.content_type("application/json").send("{not json"),
+            }
+        }
+    };
+    let mut response = response.unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn weir(node: &Node, args: &[&str], input: &str) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .env("WEIR_SERVER", node.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn http_topics_produce_consume_groups_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let url = node.url();
+
+    let (status, health) = call("GET", &format!("{url}/healthz"), None, None);
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+
+    let (status, created) = call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        None,
+        Some(json!({"name": "events", "partitions": 2, "configs": {"retention.ms": "60000"}})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        None,
+        Some(json!({"name": "events"})),
+    );
+    assert_eq!(status, 409);
+
+    let records: Vec<Value> = (0..10)
+        .map(|i| json!({"key": format!("k{}", i % 3), "value": format!("event {i}"), "headers": {"n": i.to_string()}}))
+        .collect();
+    let (status, placed) = call(
+        "POST",
+        &format!("{url}/v1/topics/events/records"),
+        None,
+        Some(json!({ "records": records })),
+    );
+    assert_eq!(status, 200, "{placed}");
+    let placed = placed["offsets"].as_array().unwrap().clone();
+    assert_eq!(placed.len(), 10);
+    // Same key, same partition.
+    assert_eq!(placed[0]["partition"], placed[3]["partition"]);
+
+    let mut values = Vec::new();
+    for p in 0..2 {
+        let (status, page) = call(
+            "GET",
+            &format!("{url}/v1/topics/events/records?partition={p}&offset=0&limit=100"),
+            None,
+            None,
+        );
+        assert_eq!(status, 200);
+        for r in page["records"].as_array().unwrap() {
+            values.push(r["value"].as_str().unwrap().to_string());
+            let n = r["headers"][0][1].as_str().unwrap();
+            assert_eq!(r["value"].as_str().unwrap(), format!("event {n}"));
+        }
+    }
+    values.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("event {i}")).collect();
+    expected.sort();
+    assert_eq!(values, expected);
+
+    let (status, detail) = call("GET", &format!("{url}/v1/topics/events"), None, None);
+    assert_eq!(status, 200);
+    assert_eq!(detail["configs"]["retention.ms"], "60000");
+    let ends: u64 = detail["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["high_watermark"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ends, 10);
+
+    // A group's committed offsets show up with their lag.
+    let (busiest, end) = detail["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().unwrap(),
+                p["high_watermark"].as_i64().unwrap(),
+            )
+        })
+        .max_by_key(|(_, end)| *end)
+        .unwrap();
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/groups/readers/offsets"),
+        None,
+        Some(json!({"topic": "events", "partition": busiest, "offset": 1})),
+    );
+    assert_eq!(status, 204);
+    let (_, group) = call("GET", &format!("{url}/v1/groups/readers"), None, None);
+    assert_eq!(
+        group["offsets"][0]["lag"].as_i64(),
+        Some(end - 1),
+        "{group}"
+    );
+    let (_, groups) = call("GET", &format!("{url}/v1/groups"), None, None);
+    assert_eq!(groups[0]["group"], "readers");
+
+    let (_, metrics) = call("GET", &format!("{url}/metrics"), None, None);
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("weir_records_in_total{topic=\"events\"} 10"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "weir_group_lag{{group=\"readers\",topic=\"events\",partition=\"{busiest}\"}} {}",
+            end - 1
+        )),
+        "{metrics}"
+    );
+
+    // Bad requests get a status and a message, never a dropped connection.
+    let (status, body) = call("GET", &format!("{url}/v1/topics/nope/records"), None, None);
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("nope"));
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/topics/events/records"),
+        None,
+        None,
+    );
+    assert!(
+        (400..500).contains(&status),
+        "malformed JSON answered {status}"
+    );
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/v1/topics/events/records"),
+        None,
+        Some(json!({"records": [{"value": "x", "partition": 9}]})),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("partition 9"),
+        "{body}"
+    );
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        None,
+        Some(json!({"name": "bad name"})),
+    );
+    assert_eq!(status, 400);
+
+    let (status, _) = call("DELETE", &format!("{url}/v1/topics/events"), None, None);
+    assert_eq!(status, 204);
+    let (status, _) = call("GET", &format!("{url}/v1/topics/events"), None, None);
+    assert_eq!(status, 404);
+    node.stop();
+}
+
+#[test]
+fn admin_token_guards_v1_but_not_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--admin-token", "s3cret"]);
+    let url = node.url();
+    assert_eq!(call("GET", &format!("{url}/v1/topics"), None, None).0, 401);
+    assert_eq!(
+        call("GET", &format!("{url}/v1/topics"), Some("wrong"), None).0,
+        401
+    );
+    assert_eq!(
+        call("GET", &format!("{url}/v1/topics"), Some("s3cret"), None).0,
+        200
+    );
+    assert_eq!(call("GET", &format!("{url}/healthz"), None, None).0, 200);
+    // The CLI passes the token along, and says what is wrong without it.
+    let (ok, _, err) = weir(&node, &["topic", "list"], "");
+    assert!(
+        !ok && err.contains("401") && err.contains("admin token"),
+        "{err}"
+    );
+    let (ok, out, err) = weir(&node, &["topic", "list", "--token", "s3cret"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("TOPIC"));
+    node.stop();
+}
+
+#[test]
+fn cli_manages_topics_and_moves_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let run = |args: &[&str], input: &str| {
+        let (ok, out, err) = weir(&node, args, input);
+        assert!(ok, "weir {args:?} failed: {err}");
+        out
+    };
+    run(
+        &[
+            "topic",
+            "create",
+            "lines",
+            "--partitions",
+            "2",
+            "--config",
+            "retention.ms=600000",
+        ],
+        "",
+    );
+    assert!(run(&["topic", "list"], "").contains("lines"));
+    let described = run(&["topic", "describe", "lines"], "");
+    assert!(described.contains("retention.ms = 600000"), "{described}");
+
+    let file = dir.path().join("input.txt");
+    std::fs::write(
+        &file,
+        (0..500).map(|i| format!("line {i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    run(&["produce", "lines", "--file", file.to_str().unwrap()], "");
+    run(&["produce", "lines", "--key", "k"], "keyed a\nkeyed b\n");
+
+    let all = run(&["consume", "lines", "--from-beginning", "--exit"], "");
+    let mut got: Vec<&str> = all.lines().collect();
+    got.sort();
+    let mut expected: Vec<String> = (0..500).map(|i| format!("line {i}")).collect();
+    expected.extend(["keyed a".to_string(), "keyed b".to_string()]);
+    expected.sort();
+    assert_eq!(got, expected.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // A group resumes where it stopped, and the next read sees only the rest.
+    let first = run(
+        &[
+            "consume",
+            "lines",
+            "--from-beginning",
+            "--group",
+            "g",
+            "--max",
+            "100",
+        ],
+        "",
+    );
+    let rest = run(&["consume", "lines", "--group", "g", "--exit"], "");
+    assert_eq!(first.lines().count() + rest.lines().count(), 502);
+    let groups = run(&["groups"], "");
+    assert!(groups.contains('g') && groups.contains("Empty"), "{groups}");
+
+    let (ok, _, err) = weir(&node, &["topic", "create", "lines"], "");
+    assert!(!ok && err.contains("already exists"), "{err}");
+    run(&["topic", "delete", "lines"], "");
+    let (ok, _, err) = weir(&node, &["topic", "describe", "lines"], "");
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    node.stop();
+}
