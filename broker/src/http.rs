@@ -336,9 +336,7 @@ async fn produce(
             .storage
             .topic(&name)?
             .ok_or(StorageError::UnknownTopic { name: name.clone() })?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = weir_storage::now_ms();
         // One batch per partition; records without key or partition go round-robin.
         let mut by_partition: BTreeMap<u32, Vec<(usize, NewRecord)>> = BTreeMap::new();
         for (i, r) in body.records.into_iter().enumerate() {
@@ -581,9 +579,7 @@ async fn commit_offset(
             offset: body.offset,
             leader_epoch: -1,
             metadata: None,
-            commit_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+            commit_ms: weir_storage::now_ms(),
         };
         match node
             .groups

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::Node;
+use common::{Node, run_with_input};
 use serde_json::{Value, json};
 
 fn agent() -> ureq::Agent {
@@ -58,21 +57,9 @@ fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u
 }
 
 fn weir(node: &Node, args: &[&str], input: &str) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .env("WEIR_SERVER", node.url())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command.args(args).env("WEIR_SERVER", node.url());
+    let out = run_with_input(command, input);
     (
         out.status.success(),
         String::from_utf8(out.stdout).unwrap(),

@@ -7,28 +7,15 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Node, have};
+use common::{Node, have, run_with_input};
 
 fn kcat(node: &Node, args: &[&str], input: &str) -> String {
-    let mut child = Command::new("kcat")
-        .arg("-b")
-        .arg(node.kafka.to_string())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut command = Command::new("kcat");
+    command.arg("-b").arg(node.kafka.to_string()).args(args);
+    let out = run_with_input(command, input);
     assert!(
         out.status.success(),
         "kcat {args:?} failed: {}",

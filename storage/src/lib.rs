@@ -33,7 +33,7 @@ pub use batch::{BatchBuilder, Compression, Header, NewRecord, Record, decode_rec
 pub use compact::{CompactionResult, compact};
 pub use config::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
 pub use error::{BatchError, Result, StorageError};
-pub use log::{AppendInfo, FileSlice, Listener, Log, ReadResult, RetentionResult};
+pub use log::{AppendInfo, FileSlice, Listener, Log, ReadResult, RetentionResult, now_ms};
 pub use meta::{MetaStore, TopicMeta, Tree};
 pub use producer::PRODUCER_BATCHES_MAX;
 pub use storage::{PARTITIONS_MAX, Storage, StorageConfig, validate_topic_name};

@@ -23,7 +23,8 @@ const RECOVERY_POINT_BYTES: usize = 20;
 /// How often, at most, the recovery point is rewritten after an fsync.
 const RECOVERY_POINT_INTERVAL_MS: i64 = 1000;
 
-pub(crate) fn now_ms() -> i64 {
+/// Wall-clock milliseconds since the Unix epoch, as Kafka timestamps count them.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

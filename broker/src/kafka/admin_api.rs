@@ -22,7 +22,7 @@ use kafka_protocol::protocol::StrBytes;
 use weir_storage::{LogConfig, StorageError, TopicMeta};
 
 use super::Shared;
-use super::handlers::{CLUSTER_ID, NODE_ID, error_code, topic_id};
+use super::handlers::{CLUSTER_ID, NODE_ID, config_map, error_code, topic_id};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -224,15 +224,7 @@ pub(crate) fn alter_configs(shared: &Shared, request: AlterConfigsRequest) -> Al
         result.resource_type = resource.resource_type;
         result.resource_name = resource.resource_name.clone();
         // AlterConfigs replaces the whole set: keys left out return to their defaults.
-        let configs = resource
-            .configs
-            .iter()
-            .filter_map(|c| {
-                c.value
-                    .as_ref()
-                    .map(|v| (c.name.to_string(), v.to_string()))
-            })
-            .collect();
+        let configs = config_map(resource.configs.iter().map(|c| (&c.name, c.value.as_ref())));
         let outcome = if resource.resource_type == RESOURCE_TOPIC {
             apply_configs(
                 shared,

@@ -224,7 +224,7 @@ pub(crate) fn offset_commit(shared: &Shared, request: OffsetCommitRequest) -> Of
         &request.member_id,
         request.generation_id_or_member_epoch,
     );
-    let now = weir_now_ms();
+    let now = weir_storage::now_ms();
     let mut response = OffsetCommitResponse::default();
     for topic in request.topics {
         let name = topic.name.0.to_string();
@@ -260,12 +260,6 @@ pub(crate) fn offset_commit(shared: &Shared, request: OffsetCommitRequest) -> Of
         response.topics.push(t);
     }
     response
-}
-
-fn weir_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Committed offsets of one group for the requested partitions (all when `None`), as

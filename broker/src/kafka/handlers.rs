@@ -222,6 +222,15 @@ pub(crate) fn error_code(e: &StorageError) -> i16 {
     }
 }
 
+/// Config entries of a request as a map; entries without a value are left out.
+pub(crate) fn config_map<'a>(
+    entries: impl Iterator<Item = (&'a StrBytes, Option<&'a StrBytes>)>,
+) -> BTreeMap<String, String> {
+    entries
+        .filter_map(|(name, value)| value.map(|v| (name.to_string(), v.to_string())))
+        .collect()
+}
+
 /// The topic, created on first use when the listener allows it.
 fn topic_or_create(shared: &Shared, name: &str) -> Result<TopicMeta, StorageError> {
     if let Some(meta) = shared.storage.topic(name)? {
@@ -556,15 +565,7 @@ fn create_topics(
         } else {
             topic.num_partitions
         };
-        let configs: BTreeMap<String, String> = topic
-            .configs
-            .iter()
-            .filter_map(|c| {
-                c.value
-                    .as_ref()
-                    .map(|v| (c.name.to_string(), v.to_string()))
-            })
-            .collect();
+        let configs = config_map(topic.configs.iter().map(|c| (&c.name, c.value.as_ref())));
         let outcome = if partitions < 1 {
             Err((
                 ResponseError::InvalidPartitions.code(),

@@ -198,3 +198,19 @@ fn logged_addr(line: &str) -> SocketAddr {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
+
+/// Runs `command` with `input` on its standard input and returns its output.
+pub fn run_with_input(mut command: Command, input: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the command");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin is piped"),
+        input.as_bytes(),
+    )
+    .expect("writing the input");
+    child.wait_with_output().expect("waiting for the command")
+}

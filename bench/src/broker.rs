@@ -1,0 +1,349 @@
+//! Broker benchmark: Weir beside tansu and the loopback limit, measured in one run.
+//!
+//! ```sh
+//! cargo build --release --bin weir && \
+//!   cargo run --release -p weir-bench --bin bench-broker [-- --seconds 5]
+//! ```
+//!
+//! For 1 and 8 partitions and acks=1 and acks=all, one connection per partition sends produce
+//! requests of 64 records of 1 KiB for a fixed time (request latency measured per request),
+//! then one connection per partition fetches everything back. Each broker runs as its own
+//! process on free loopback ports; the loopback limit is iperf3 on the same interface. RSS is
+//! read from /proc while idle and right after the produce load.
+
+mod kafka_load;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use kafka_load::Connection;
+use weir_storage::{BatchBuilder, Compression, NewRecord};
+
+const RECORD_BYTES: usize = 1024;
+const RECORDS_PER_BATCH: usize = 64;
+
+struct Args {
+    seconds: u64,
+    weir: PathBuf,
+    tansu: Option<PathBuf>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        seconds: 5,
+        weir: PathBuf::from("target/release/weir"),
+        tansu: which("tansu"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--seconds" => args.seconds = value.parse()?,
+            "--weir" => args.weir = PathBuf::from(value),
+            "--tansu" => args.tansu = Some(PathBuf::from(value)),
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    Ok(args)
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on port {port} after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Loopback throughput in MB/s, from iperf3.
+fn loopback_mb_s(seconds: u64) -> anyhow::Result<f64> {
+    let port = free_port()?;
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 (apt-get install iperf3)")?;
+    wait_for_port(port)?;
+    let out = Command::new("iperf3")
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ])
+        .output()?;
+    let _ = server.wait();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let bits = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 printed no result")?;
+    Ok(bits / 8.0 / 1e6)
+}
+
+struct Broker {
+    name: String,
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_weir(binary: &Path) -> anyhow::Result<Broker> {
+    let dir = tempfile::tempdir_in("target")?;
+    let port = free_port()?;
+    let child = Command::new(binary)
+        .args([
+            "serve",
+            "--kafka",
+            &format!("127.0.0.1:{port}"),
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("WEIR_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it with cargo build --release --bin weir)",
+                binary.display()
+            )
+        })?;
+    wait_for_port(port)?;
+    Ok(Broker {
+        name: "weir (fsync before ack)".into(),
+        child,
+        addr: format!("127.0.0.1:{port}"),
+        _dir: dir,
+    })
+}
+
+fn start_tansu(binary: &Path, name: &str, storage: &str) -> anyhow::Result<Broker> {
+    let dir = tempfile::tempdir_in("target")?;
+    let port = free_port()?;
+    let storage = storage.replace("{dir}", &dir.path().display().to_string());
+    let child = Command::new(binary)
+        .arg("broker")
+        .args(["--listener-url", &format!("tcp://127.0.0.1:{port}")])
+        .args([
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+        ])
+        .args(["--storage-engine", &storage])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    wait_for_port(port)?;
+    Ok(Broker {
+        name: name.to_string(),
+        child,
+        addr: format!("127.0.0.1:{port}"),
+        _dir: dir,
+    })
+}
+
+fn batch() -> anyhow::Result<Bytes> {
+    let mut b = BatchBuilder::new(Compression::None);
+    for i in 0..RECORDS_PER_BATCH {
+        let value: Vec<u8> = (0..RECORD_BYTES)
+            .map(|j| ((i * 7 + j) % 251) as u8)
+            .collect();
+        b.push(NewRecord {
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from(value)),
+            headers: Vec::new(),
+        });
+    }
+    Ok(b.build()?)
+}
+
+struct Run {
+    produce_mb_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    consume_mb_s: f64,
+    rss_loaded_mib: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn run_case(broker: &Broker, partitions: i32, acks: i16, seconds: u64) -> anyhow::Result<Run> {
+    let topic = format!(
+        "bench-{partitions}-{}",
+        if acks == 1 { "one" } else { "all" }
+    );
+    Connection::open(&broker.addr)?.create_topic(&topic, partitions)?;
+    let batch = Arc::new(batch()?);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let writers: Vec<_> = (0..partitions)
+        .map(|p| {
+            let addr = broker.addr.clone();
+            let topic = topic.clone();
+            let batch = batch.clone();
+            std::thread::spawn(move || -> anyhow::Result<(u64, Vec<Duration>)> {
+                let mut c = Connection::open(&addr)?;
+                let mut bytes = 0u64;
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    latencies.push(c.produce(&topic, p, acks, &batch)?);
+                    bytes += batch.len() as u64;
+                }
+                Ok((bytes, latencies))
+            })
+        })
+        .collect();
+    let mut produced = 0u64;
+    let mut latencies = Vec::new();
+    for w in writers {
+        let (bytes, l) = w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        produced += bytes;
+        latencies.extend(l);
+    }
+    let produce_elapsed = start.elapsed();
+    let rss_loaded_mib = rss_mib(broker.child.id());
+    latencies.sort();
+
+    let start = Instant::now();
+    let readers: Vec<_> = (0..partitions)
+        .map(|p| {
+            let addr = broker.addr.clone();
+            let topic = topic.clone();
+            let target = produced / partitions as u64;
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let mut c = Connection::open(&addr)?;
+                let (mut bytes, mut offset) = (0u64, 0i64);
+                let give_up = Instant::now() + Duration::from_secs(120);
+                while bytes < target * 9 / 10 && Instant::now() < give_up {
+                    let (b, next) = c.fetch(&topic, p, offset, 8 << 20)?;
+                    bytes += b;
+                    offset = next;
+                }
+                Ok(bytes)
+            })
+        })
+        .collect();
+    let mut consumed = 0u64;
+    for r in readers {
+        consumed += r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    }
+    let consume_elapsed = start.elapsed();
+    Ok(Run {
+        produce_mb_s: produced as f64 / 1e6 / produce_elapsed.as_secs_f64(),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        consume_mb_s: consumed as f64 / 1e6 / consume_elapsed.as_secs_f64(),
+        rss_loaded_mib,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let loopback = loopback_mb_s(3)?;
+    println!("loopback (iperf3, one TCP stream): {loopback:.0} MB/s");
+    println!();
+
+    let mut brokers: Vec<Box<dyn Fn() -> anyhow::Result<Broker>>> = Vec::new();
+    let weir = args.weir.clone();
+    brokers.push(Box::new(move || start_weir(&weir)));
+    match &args.tansu {
+        Some(tansu) => {
+            let t = tansu.clone();
+            brokers.push(Box::new(move || {
+                start_tansu(&t, "tansu (memory)", "memory://tansu/")
+            }));
+            let t = tansu.clone();
+            brokers.push(Box::new(move || {
+                start_tansu(&t, "tansu (sqlite)", "sqlite://{dir}/tansu.db")
+            }));
+        }
+        None => eprintln!("tansu not found: `cargo install tansu` to compare"),
+    }
+
+    println!(
+        "| broker | partitions | acks | produce MB/s | p50 ms | p99 ms | consume MB/s | consume / loopback | RSS idle MiB | RSS loaded MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for start in &brokers {
+        for (partitions, acks) in [(1, 1), (1, -1), (8, 1), (8, -1)] {
+            let broker = match start() {
+                Ok(b) => b,
+                Err(e) => {
+                    println!("| (failed to start: {e:#}) | | | | | | | | | |");
+                    break;
+                }
+            };
+            std::thread::sleep(Duration::from_millis(500));
+            let idle = rss_mib(broker.child.id());
+            match run_case(&broker, partitions, acks, args.seconds) {
+                Ok(r) => println!(
+                    "| {} | {partitions} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {idle:.0} | {:.0} |",
+                    broker.name,
+                    if acks == 1 { "1" } else { "all" },
+                    r.produce_mb_s,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.consume_mb_s,
+                    r.consume_mb_s / loopback,
+                    r.rss_loaded_mib
+                ),
+                Err(e) => println!(
+                    "| {} | {partitions} | {acks} | failed: {e:#} | | | | | {idle:.0} | |",
+                    broker.name
+                ),
+            }
+        }
+    }
+    Ok(())
+}
