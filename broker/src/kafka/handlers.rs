@@ -178,6 +178,24 @@ pub(crate) async fn handle(
     Ok(Some(response))
 }
 
+/// Bytes a response will take, near enough to size its buffer once: the record bytes of a
+/// fetch plus room for the fields around them.
+pub(crate) fn response_size_hint(response: &ResponseKind) -> usize {
+    const FIELDS_BYTES: usize = 4096;
+    match response {
+        ResponseKind::Fetch(f) => {
+            let records: usize = f
+                .responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.records.as_ref().map_or(0, |r| r.len()) + 128)
+                .sum();
+            FIELDS_BYTES + records
+        }
+        _ => FIELDS_BYTES,
+    }
+}
+
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
     let mut response = ApiVersionsResponse::default();
     response.error_code = error_code;

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -202,14 +202,16 @@ async fn handle_frame(
     let Some(response) = handled? else {
         return Ok(None);
     };
-    let mut out = BytesMut::new();
-    out.put_i32(0);
     let mut response_header = ResponseHeader::default();
     response_header.correlation_id = header.correlation_id;
-    response_header.encode(&mut out, key.response_header_version(version))?;
+    let header_version = key.response_header_version(version);
+    // Sized up front: a fetch response carries megabytes, and growing the buffer would copy
+    // them again at every doubling.
+    let mut out = BytesMut::with_capacity(handlers::response_size_hint(&response));
+    out.put_i32(0);
+    response_header.encode(&mut out, header_version)?;
     response.encode(&mut out, version)?;
     let len = (out.len() - 4) as i32;
     out[..4].copy_from_slice(&len.to_be_bytes());
-    let _ = frame.remaining();
     Ok(Some(out.freeze()))
 }

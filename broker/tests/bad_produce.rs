@@ -1,0 +1,119 @@
+//! Produce requests a client should never send, answered with the right Kafka error codes
+//! while the broker goes on serving: a batch with a bad CRC, a truncated batch, an invalid
+//! topic name, a partition that does not exist.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use bytes::{Bytes, BytesMut};
+use common::Node;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use weir_storage::{BatchBuilder, Compression, NewRecord};
+
+const VERSION: i16 = 7;
+
+/// Sends one produce request and returns the error code of its one partition.
+fn produce(stream: &mut TcpStream, topic: &str, partition: i32, records: Bytes) -> i16 {
+    let mut header = RequestHeader::default();
+    header.request_api_key = ApiKey::Produce as i16;
+    header.request_api_version = VERSION;
+    header.correlation_id = 1;
+    let mut data = PartitionProduceData::default();
+    data.index = partition;
+    data.records = Some(records);
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partition_data.push(data);
+    let mut request = ProduceRequest::default();
+    request.acks = -1;
+    request.timeout_ms = 5000;
+    request.topic_data.push(t);
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, ApiKey::Produce.request_header_version(VERSION))
+        .unwrap();
+    request.encode(&mut body, VERSION).unwrap();
+    stream
+        .write_all(&(body.len() as i32).to_be_bytes())
+        .unwrap();
+    stream.write_all(&body).unwrap();
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).unwrap();
+    let mut buf = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut buf).unwrap();
+    let mut buf = Bytes::from(buf);
+    ResponseHeader::decode(&mut buf, ApiKey::Produce.response_header_version(VERSION)).unwrap();
+    let response = ProduceResponse::decode(&mut buf, VERSION).unwrap();
+    response.responses[0].partition_responses[0].error_code
+}
+
+fn batch() -> Vec<u8> {
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(NewRecord {
+        timestamp: 1,
+        key: None,
+        value: Some(Bytes::from_static(b"fine")),
+        headers: Vec::new(),
+    });
+    b.build().unwrap().to_vec()
+}
+
+#[test]
+fn bad_produce_requests_get_kafka_error_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+
+    let good = batch();
+    assert_eq!(produce(&mut stream, "t", 0, Bytes::from(good.clone())), 0);
+
+    let mut bad_crc = good.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xff;
+    assert_eq!(
+        produce(&mut stream, "t", 0, Bytes::from(bad_crc)),
+        2,
+        "CORRUPT_MESSAGE"
+    );
+    assert_eq!(
+        produce(
+            &mut stream,
+            "t",
+            0,
+            Bytes::from(good[..good.len() - 3].to_vec())
+        ),
+        2,
+        "a truncated batch is CORRUPT_MESSAGE"
+    );
+    assert_eq!(
+        produce(&mut stream, "no good!", 0, Bytes::from(good.clone())),
+        17,
+        "INVALID_TOPIC_EXCEPTION"
+    );
+    assert_eq!(
+        produce(&mut stream, "t", 7, Bytes::from(good.clone())),
+        3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+
+    // Same connection, still served; nothing bad was written.
+    assert_eq!(produce(&mut stream, "t", 0, Bytes::from(good)), 0);
+    node.stop();
+    let storage =
+        weir_storage::Storage::open(weir_storage::StorageConfig::new(dir.path())).unwrap();
+    let records = storage
+        .log("t", 0)
+        .unwrap()
+        .read_records(0, 1 << 20)
+        .unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(storage.topic("no good!").unwrap().is_none());
+}
