@@ -301,6 +301,21 @@ const LIBRDKAFKA_RECORDS: u64 = 200_000;
 
 /// Produce and consume MB/s through librdkafka (confluent-kafka, batching on), or why not.
 fn librdkafka_case(broker: &Broker, acks: &str) -> Result<(f64, f64), String> {
+    // librdkafka may hang past its own timeouts on a broker it cannot talk to; ask kcat (the
+    // same library) for metadata first, which fails fast with the reason.
+    let probe = Command::new("kcat")
+        .args(["-b", &broker.addr, "-L", "-m", "5"])
+        .output()
+        .map_err(|e| format!("cannot run kcat: {e}"))?;
+    if !probe.status.success() {
+        let stderr = String::from_utf8_lossy(&probe.stderr);
+        let reason = stderr
+            .lines()
+            .find(|l| l.contains("FAIL") || l.contains("ERROR"))
+            .and_then(|l| l.rsplit("]: ").next())
+            .unwrap_or("no metadata");
+        return Err(format!("librdkafka cannot use this broker: {reason}"));
+    }
     let python = std::env::var("WEIR_PYTHON").unwrap_or_else(|_| "target/py/bin/python".into());
     let topic = format!("rdkafka-{acks}");
     let out = Command::new("timeout")

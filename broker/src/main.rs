@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use weir_broker::cli::{self, Client, ConsumeOptions};
 use weir_broker::serve::{ServeConfig, Server};
 
@@ -114,6 +115,10 @@ enum TopicCommand {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// TOML file with any of the settings below (same names, `_` for `-`); flags and
+    /// environment variables win over it.
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
     /// Where topics and metadata live.
     #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
     data_dir: PathBuf,
@@ -156,16 +161,15 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match Cli::parse().command {
-        Command::Serve(args) => serve(ServeConfig {
-            data_dir: args.data_dir,
-            kafka: args.kafka,
-            http: args.http,
-            advertised_host: args.advertised_host,
-            auto_create_topics: args.auto_create_topics,
-            default_partitions: args.default_partitions,
-            admin_token: args.admin_token,
-        }),
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    match cli.command {
+        Command::Serve(args) => {
+            let serve_matches = matches
+                .subcommand_matches("serve")
+                .context("serve arguments")?;
+            serve(serve_config(args, serve_matches)?)
+        }
         Command::Topic { command, remote } => {
             let c = remote.client();
             match command {
@@ -228,6 +232,65 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Groups { remote } => cli::groups(&remote.client()),
     }
+}
+
+/// Settings of `weir serve` as a TOML file may give them.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    kafka: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    advertised_host: Option<String>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<u32>,
+    admin_token: Option<String>,
+}
+
+/// Flags and environment first, then the config file, then the defaults.
+fn serve_config(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<ServeConfig> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let given = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    fn pick<T>(given: bool, flag: T, file: Option<T>) -> T {
+        if given { flag } else { file.unwrap_or(flag) }
+    }
+    Ok(ServeConfig {
+        data_dir: pick(given("data_dir"), args.data_dir, file.data_dir),
+        kafka: pick(given("kafka"), args.kafka, file.kafka),
+        http: pick(given("http"), args.http, file.http),
+        advertised_host: pick(
+            given("advertised_host"),
+            args.advertised_host,
+            file.advertised_host.map(Some),
+        ),
+        auto_create_topics: pick(
+            given("auto_create_topics"),
+            args.auto_create_topics,
+            file.auto_create_topics,
+        ),
+        default_partitions: pick(
+            given("default_partitions"),
+            args.default_partitions,
+            file.default_partitions,
+        ),
+        admin_token: pick(
+            given("admin_token"),
+            args.admin_token,
+            file.admin_token.map(Some),
+        ),
+    })
 }
 
 fn serve(config: ServeConfig) -> anyhow::Result<()> {

@@ -70,3 +70,43 @@ fn serve_refuses_an_unusable_data_dir_with_a_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn serve_reads_a_config_file_and_flags_win_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    // The ports here are overridden by the test's flags; the token is not.
+    std::fs::write(
+        &config,
+        "kafka = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:1\"\nadmin_token = \"from-file\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}/v1/topics", node.url());
+    assert_eq!(agent.get(&url).call().unwrap().status().as_u16(), 401);
+    let authorized = agent
+        .get(&url)
+        .header("Authorization", "Bearer from-file")
+        .call()
+        .unwrap();
+    assert_eq!(authorized.status().as_u16(), 200);
+    node.stop();
+
+    std::fs::write(&config, "kafka_port = 9\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("kafka_port") && stderr.contains("weir.toml"),
+        "{stderr}"
+    );
+}
