@@ -308,6 +308,18 @@ fn fetch_group_offsets(
     }
 }
 
+/// Offset, leader epoch and metadata as OffsetFetch reports them; -1 where nothing is committed.
+fn committed_fields(committed: Option<CommittedOffset>) -> (i64, i32, Option<StrBytes>) {
+    match committed {
+        Some(c) => (
+            c.offset,
+            c.leader_epoch,
+            Some(text(c.metadata.unwrap_or_default())),
+        ),
+        None => (-1, -1, Some(text(""))),
+    }
+}
+
 pub(crate) fn offset_fetch(
     shared: &Shared,
     request: OffsetFetchRequest,
@@ -330,13 +342,9 @@ pub(crate) fn offset_fetch(
                         t.name = TopicName(text(name));
                         for (index, committed, error) in partitions {
                             let mut p = OffsetFetchResponsePartitions::default();
-                            p.partition_index = index;
-                            p.committed_offset = committed.as_ref().map_or(-1, |c| c.offset);
-                            p.committed_leader_epoch =
-                                committed.as_ref().map_or(-1, |c| c.leader_epoch);
-                            p.metadata =
-                                Some(text(committed.and_then(|c| c.metadata).unwrap_or_default()));
-                            p.error_code = error;
+                            (p.committed_offset, p.committed_leader_epoch, p.metadata) =
+                                committed_fields(committed);
+                            (p.partition_index, p.error_code) = (index, error);
                             t.partitions.push(p);
                         }
                         group.topics.push(t);
@@ -360,14 +368,12 @@ pub(crate) fn offset_fetch(
                 t.name = TopicName(text(name));
                 for (index, committed, error) in partitions {
                     let mut p = OffsetFetchResponsePartition::default();
-                    p.partition_index = index;
-                    p.committed_offset = committed.as_ref().map_or(-1, |c| c.offset);
+                    let (offset, epoch, metadata) = committed_fields(committed);
+                    (p.committed_offset, p.metadata) = (offset, metadata);
                     if version >= 5 {
-                        p.committed_leader_epoch =
-                            committed.as_ref().map_or(-1, |c| c.leader_epoch);
+                        p.committed_leader_epoch = epoch;
                     }
-                    p.metadata = Some(text(committed.and_then(|c| c.metadata).unwrap_or_default()));
-                    p.error_code = error;
+                    (p.partition_index, p.error_code) = (index, error);
                     t.partitions.push(p);
                 }
                 response.topics.push(t);
