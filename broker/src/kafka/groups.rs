@@ -798,3 +798,154 @@ fn try_complete_join(group: &mut Group, now: Instant) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coordinator() -> (tempfile::TempDir, Coordinator) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = weir_storage::MetaStore::open(&dir.path().join("meta")).unwrap();
+        let tree = meta.tree(OFFSETS_TREE).unwrap();
+        (dir, Coordinator::new(tree))
+    }
+
+    fn join(c: &Coordinator, member_id: &str, session_ms: i32) -> Reply<JoinOutcome> {
+        c.join(JoinRequest {
+            group: "g".into(),
+            member_id: member_id.into(),
+            instance_id: None,
+            client_id: "test".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: session_ms,
+            rebalance_timeout_ms: session_ms,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+            require_known_member_id: false,
+        })
+    }
+
+    fn later<T>(reply: Reply<T>) -> oneshot::Receiver<T> {
+        match reply {
+            Reply::Later(rx) => rx,
+            Reply::Now(_) => panic!("expected to wait for the group"),
+        }
+    }
+
+    #[test]
+    fn members_join_sync_and_an_expired_member_triggers_a_rebalance() {
+        let (_dir, c) = coordinator();
+        let start = Instant::now();
+        let mut a = later(join(&c, "", 60_000));
+        // The first join waits for the initial delay, in case more members come.
+        assert!(a.try_recv().is_err());
+        c.tick(start + INITIAL_REBALANCE_DELAY + Duration::from_millis(50));
+        let first = a.try_recv().unwrap();
+        assert_eq!((first.error, first.generation), (0, 1));
+        assert_eq!(first.leader, first.member_id);
+        assert_eq!(first.members.len(), 1);
+        let a_id = first.member_id.clone();
+
+        let assignment = Bytes::from_static(b"all partitions");
+        let mut synced = later(c.sync("g", &a_id, 1, vec![(a_id.clone(), assignment.clone())]));
+        assert_eq!(synced.try_recv().unwrap().assignment, assignment);
+        assert_eq!(c.heartbeat("g", &a_id, 1), 0);
+
+        // A second member joins: the first learns of the rebalance from its heartbeat.
+        let mut b = later(join(&c, "", 1_000));
+        assert_eq!(
+            c.heartbeat("g", &a_id, 1),
+            ResponseError::RebalanceInProgress.code()
+        );
+        let mut a = later(join(&c, &a_id, 60_000));
+        let (ja, jb) = (a.try_recv().unwrap(), b.try_recv().unwrap());
+        assert_eq!((ja.generation, jb.generation), (2, 2));
+        assert_eq!(ja.members.len(), 2, "the leader sees every member");
+        assert!(jb.members.is_empty());
+        let b_id = jb.member_id.clone();
+        assert_eq!(
+            c.heartbeat("g", &b_id, 1),
+            ResponseError::IllegalGeneration.code()
+        );
+        let mut sb = later(c.sync("g", &b_id, 2, Vec::new()));
+        let _sa = later(c.sync(
+            "g",
+            &a_id,
+            2,
+            vec![
+                (a_id.clone(), Bytes::from_static(b"p0")),
+                (b_id.clone(), Bytes::from_static(b"p1")),
+            ],
+        ));
+        assert_eq!(sb.try_recv().unwrap().assignment, Bytes::from_static(b"p1"));
+
+        // The second member stops heartbeating: past its session it is removed and the group
+        // rebalances; a commit from the old generation is refused.
+        c.tick(Instant::now() + Duration::from_millis(1_500));
+        assert_eq!(
+            c.heartbeat("g", &b_id, 2),
+            ResponseError::UnknownMemberId.code()
+        );
+        assert_eq!(
+            c.heartbeat("g", &a_id, 2),
+            ResponseError::RebalanceInProgress.code()
+        );
+        assert_eq!(
+            c.commit_check("g", &a_id, 2),
+            ResponseError::RebalanceInProgress.code()
+        );
+        let mut a = later(join(&c, &a_id, 60_000));
+        let alone = a.try_recv().unwrap();
+        assert_eq!((alone.generation, alone.members.len()), (3, 1));
+
+        // Leaving empties the group; its offsets stay until the group is deleted.
+        let offset = CommittedOffset {
+            offset: 42,
+            leader_epoch: -1,
+            metadata: Some("m".into()),
+            commit_ms: 0,
+        };
+        assert_eq!(c.commit("g", "t", 0, offset.clone()), 0);
+        assert_eq!(c.delete("g"), ResponseError::NonEmptyGroup.code());
+        assert_eq!(c.leave("g", &[(a_id, None)]), vec![0]);
+        assert_eq!(c.describe("g").state, State::Empty);
+        assert_eq!(c.committed("g", "t", 0).unwrap(), Some(offset));
+        assert_eq!(c.delete("g"), 0);
+        assert_eq!(c.committed("g", "t", 0).unwrap(), None);
+        assert_eq!(c.delete("g"), ResponseError::GroupIdNotFound.code());
+    }
+
+    #[test]
+    fn a_new_member_gets_its_id_first_and_unknown_ids_are_refused() {
+        let (_dir, c) = coordinator();
+        let request = |member_id: &str| JoinRequest {
+            group: "g".into(),
+            member_id: member_id.into(),
+            instance_id: None,
+            client_id: "cli".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::new())],
+            require_known_member_id: true,
+        };
+        let Reply::Now(first) = c.join(request("")) else {
+            panic!("a new member is told its id at once");
+        };
+        assert_eq!(first.error, ResponseError::MemberIdRequired.code());
+        assert!(first.member_id.starts_with("cli-"));
+        assert!(matches!(c.join(request(&first.member_id)), Reply::Later(_)));
+        let Reply::Now(unknown) = c.join(request("made-up")) else {
+            panic!("an unknown member id is refused at once");
+        };
+        assert_eq!(unknown.error, ResponseError::UnknownMemberId.code());
+        let Reply::Now(bad) = c.join(JoinRequest {
+            session_timeout_ms: 10,
+            ..request("")
+        }) else {
+            panic!("a bad session timeout is refused at once");
+        };
+        assert_eq!(bad.error, ResponseError::InvalidSessionTimeout.code());
+    }
+}
