@@ -79,7 +79,17 @@ impl FileSlice {
 
     /// Loads the bytes and verifies every batch's CRC.
     pub fn read(&self) -> Result<Bytes> {
-        let bytes = self.segment.read_bytes(self.position, self.len)?;
+        self.verified(self.segment.read_bytes(self.position, self.len)?)
+    }
+
+    /// The bytes mapped from the segment file rather than copied, with every batch's CRC
+    /// verified: what a fetch sends. The mapping covers only bytes below the high watermark
+    /// when the read started, which the log never rewrites in place.
+    pub fn map(&self) -> Result<Bytes> {
+        self.verified(self.segment.map_bytes(self.position, self.len)?)
+    }
+
+    fn verified(&self, bytes: Bytes) -> Result<Bytes> {
         let mut pos = 0usize;
         while pos < bytes.len() {
             match validate_batch(&bytes[pos..], u64::MAX) {

@@ -666,6 +666,27 @@ impl Segment {
         Ok(())
     }
 
+    /// Maps `len` bytes at `position` of the log file read-only.
+    pub fn map_bytes(&self, position: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        const PAGE_BYTES: u64 = 4096;
+        let start = position - position % PAGE_BYTES;
+        let skip = (position - start) as usize;
+        // SAFETY: the range lies below the segment's size when the read began; the log only
+        // appends past it, and files are replaced by rename or unlinked, never truncated under
+        // a reader, so the mapped bytes stay valid for the mapping's life.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(skip + len as usize)
+                .map(&self.file)
+        }
+        .map_err(StorageError::io(self.log_path()))?;
+        Ok(Bytes::from_owner(map).slice(skip..))
+    }
+
     /// Reads `len` bytes at `position`.
     pub fn read_bytes(&self, position: u64, len: u64) -> Result<Bytes> {
         let mut buf = vec![0u8; len as usize];

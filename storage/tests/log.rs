@@ -129,6 +129,8 @@ fn read_bounds_follow_kafka_semantics() {
     let slice = read.slice.unwrap();
     let bytes = slice.read().unwrap();
     assert_eq!(bytes.len() as u64, slice.len());
+    // Mapped from the file rather than copied: the same bytes.
+    assert_eq!(slice.map().unwrap(), bytes);
     let records = weir_storage::decode_records(&bytes).unwrap();
     assert_eq!(records.first().unwrap().offset, 3);
     assert_eq!(records.len(), 3);

@@ -476,7 +476,7 @@ fn fetch_once(shared: &Shared, request: &FetchRequest) -> (FetchResponse, u64) {
                 });
                 let read = log.read(offset, limit.max(1))?;
                 let bytes = match &read.slice {
-                    Some(slice) => Some(slice.read()?),
+                    Some(slice) => Some(slice.map()?),
                     None => None,
                 };
                 Ok((read, bytes))
