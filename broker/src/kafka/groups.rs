@@ -277,6 +277,30 @@ impl Coordinator {
                 .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
                 .map(|(id, _)| id.clone())
         });
+        // A static member coming back (a restart with the same group.instance.id) keeps its
+        // member id and, while the group is stable and it is not the leader, its assignment:
+        // no rebalance, as KIP-345 intends.
+        if let Some(id) = &static_id {
+            let unchanged = group
+                .members
+                .get(id)
+                .is_some_and(|m| m.protocols == r.protocols);
+            if group.state == State::Stable && unchanged && group.leader.as_ref() != Some(id) {
+                if let Some(m) = group.members.get_mut(id) {
+                    m.last_seen = Instant::now();
+                    m.session_timeout = Duration::from_millis(r.session_timeout_ms as u64);
+                }
+                return Reply::Now(JoinOutcome {
+                    error: 0,
+                    generation: group.generation,
+                    protocol_type: group.protocol_type.clone(),
+                    protocol: group.protocol.clone(),
+                    leader: group.leader.clone().unwrap_or_default(),
+                    member_id: id.clone(),
+                    members: Vec::new(),
+                });
+            }
+        }
         let member_id = if r.member_id.is_empty() {
             if let Some(id) = static_id {
                 id
@@ -913,6 +937,61 @@ mod tests {
         assert_eq!(c.delete("g"), 0);
         assert_eq!(c.committed("g", "t", 0).unwrap(), None);
         assert_eq!(c.delete("g"), ResponseError::GroupIdNotFound.code());
+    }
+
+    #[test]
+    fn a_static_member_that_comes_back_keeps_its_assignment_without_a_rebalance() {
+        let (_dir, c) = coordinator();
+        let static_join = |instance: &str, member_id: &str| {
+            c.join(JoinRequest {
+                group: "g".into(),
+                member_id: member_id.into(),
+                instance_id: Some(instance.into()),
+                client_id: "svc".into(),
+                client_host: "/127.0.0.1".into(),
+                session_timeout_ms: 30_000,
+                rebalance_timeout_ms: 30_000,
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+                require_known_member_id: true,
+            })
+        };
+        let mut a = later(static_join("a", ""));
+        let mut b = later(static_join("b", ""));
+        c.tick(Instant::now() + INITIAL_REBALANCE_DELAY + Duration::from_millis(50));
+        let (ja, jb) = (a.try_recv().unwrap(), b.try_recv().unwrap());
+        let (leader, follower) = if ja.leader == ja.member_id {
+            (ja, jb)
+        } else {
+            (jb, ja)
+        };
+        let assignments = vec![
+            (leader.member_id.clone(), Bytes::from_static(b"p0")),
+            (follower.member_id.clone(), Bytes::from_static(b"p1")),
+        ];
+        let _follower_sync = later(c.sync("g", &follower.member_id, leader.generation, Vec::new()));
+        let _leader_sync = later(c.sync("g", &leader.member_id, leader.generation, assignments));
+        assert_eq!(c.describe("g").state, State::Stable);
+
+        // The follower restarts: same instance id, no member id.
+        let instance = c
+            .describe("g")
+            .members
+            .iter()
+            .find(|m| m.member_id == follower.member_id)
+            .and_then(|m| m.instance_id.clone())
+            .unwrap();
+        let Reply::Now(back) = static_join(&instance, "") else {
+            panic!("a returning static member is answered at once");
+        };
+        assert_eq!((back.error, back.generation), (0, leader.generation));
+        assert_eq!(back.member_id, follower.member_id);
+        assert_eq!(c.describe("g").state, State::Stable);
+        let Reply::Now(assignment) = c.sync("g", &back.member_id, back.generation, Vec::new())
+        else {
+            panic!("a stable group answers a sync at once");
+        };
+        assert_eq!(assignment.assignment, Bytes::from_static(b"p1"));
     }
 
     #[test]

@@ -34,14 +34,18 @@ def confluent(bootstrap, topic):
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(30)
-    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "lz4",
-                         "linger.ms": 5, "acks": "all", "enable.idempotence": True})
+    # Idempotent producers, the first half lz4-compressed, the second half zstd.
     errors = []
-    for key, value, headers in expected():
-        producer.produce(topic, value=value, key=key, headers=headers,
-                         on_delivery=lambda err, msg: err and errors.append(err))
-    if producer.flush(30) != 0 or errors:
-        sys.exit(f"produce failed: {errors}")
+    records = list(expected())
+    halves = [(records[:COUNT // 2], "lz4"), (records[COUNT // 2:], "zstd")]
+    for half, codec in halves:
+        producer = Producer({"bootstrap.servers": bootstrap, "compression.type": codec,
+                             "linger.ms": 5, "acks": "all", "enable.idempotence": True})
+        for key, value, headers in half:
+            producer.produce(topic, value=value, key=key, headers=headers,
+                             on_delivery=lambda err, msg: err and errors.append(err))
+        if producer.flush(30) != 0 or errors:
+            sys.exit(f"{codec} produce failed: {errors}")
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "roundtrip",
                          "enable.auto.commit": False, "enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
