@@ -55,18 +55,27 @@ fn label(value: &str) -> String {
 }
 
 impl Metrics {
-    pub fn produced(&self, topic: &str, bytes: u64, records: u64) {
+    /// Updates a topic's counters; the name is copied only the first time it is seen.
+    fn update(&self, topic: &str, f: impl FnOnce(&mut TopicCounters)) {
         let mut topics = lock(&self.topics);
-        let c = topics.entry(topic.to_string()).or_default();
-        c.bytes_in += bytes;
-        c.records_in += records;
+        match topics.get_mut(topic) {
+            Some(c) => f(c),
+            None => f(topics.entry(topic.to_string()).or_default()),
+        }
+    }
+
+    pub fn produced(&self, topic: &str, bytes: u64, records: u64) {
+        self.update(topic, |c| {
+            c.bytes_in += bytes;
+            c.records_in += records;
+        });
     }
 
     pub fn consumed(&self, topic: &str, bytes: u64, records: u64) {
-        let mut topics = lock(&self.topics);
-        let c = topics.entry(topic.to_string()).or_default();
-        c.bytes_out += bytes;
-        c.records_out += records;
+        self.update(topic, |c| {
+            c.bytes_out += bytes;
+            c.records_out += records;
+        });
     }
 
     pub fn request(&self, api: &str, elapsed: Duration) {

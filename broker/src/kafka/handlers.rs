@@ -33,63 +33,42 @@ pub(crate) const CLUSTER_ID: &str = "weir";
 /// Upper bound on a fetch's wait, whatever the client asks.
 const FETCH_WAIT_MS_MAX: u64 = 30_000;
 
-/// The versions of each API this broker implements; `None` for APIs it does not serve.
-pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
-    Some(match key {
-        ApiKey::Produce => (3, 9),
-        ApiKey::Fetch => (4, 12),
-        ApiKey::ListOffsets => (1, 7),
-        ApiKey::Metadata => (0, 12),
-        ApiKey::ApiVersions => (0, 3),
-        ApiKey::CreateTopics => (2, 7),
-        ApiKey::InitProducerId => (0, 4),
-        ApiKey::FindCoordinator => (0, 4),
-        ApiKey::JoinGroup => (0, 9),
-        ApiKey::SyncGroup => (0, 5),
-        ApiKey::Heartbeat => (0, 4),
-        ApiKey::LeaveGroup => (0, 5),
-        ApiKey::OffsetCommit => (2, 9),
-        ApiKey::OffsetFetch => (1, 9),
-        ApiKey::ListGroups => (0, 5),
-        ApiKey::DescribeGroups => (0, 5),
-        ApiKey::DeleteGroups => (0, 2),
-        ApiKey::OffsetDelete => (0, 0),
-        ApiKey::DeleteTopics => (0, 6),
-        ApiKey::CreatePartitions => (0, 3),
-        ApiKey::DescribeConfigs => (1, 4),
-        ApiKey::AlterConfigs => (0, 2),
-        ApiKey::IncrementalAlterConfigs => (0, 1),
-        ApiKey::DescribeCluster => (0, 1),
-        _ => return None,
-    })
-}
-
-const SERVED: [ApiKey; 24] = [
-    ApiKey::Produce,
-    ApiKey::Fetch,
-    ApiKey::ListOffsets,
-    ApiKey::Metadata,
-    ApiKey::OffsetCommit,
-    ApiKey::OffsetFetch,
-    ApiKey::FindCoordinator,
-    ApiKey::JoinGroup,
-    ApiKey::Heartbeat,
-    ApiKey::LeaveGroup,
-    ApiKey::SyncGroup,
-    ApiKey::DescribeGroups,
-    ApiKey::ListGroups,
-    ApiKey::ApiVersions,
-    ApiKey::CreateTopics,
-    ApiKey::InitProducerId,
-    ApiKey::DeleteGroups,
-    ApiKey::OffsetDelete,
-    ApiKey::DeleteTopics,
-    ApiKey::CreatePartitions,
-    ApiKey::DescribeConfigs,
-    ApiKey::AlterConfigs,
-    ApiKey::IncrementalAlterConfigs,
-    ApiKey::DescribeCluster,
+/// Every API this broker serves, with the versions it implements; ApiVersions advertises
+/// exactly these.
+const SUPPORTED: [(ApiKey, i16, i16); 24] = [
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::DeleteTopics, 0, 6),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
 ];
+
+/// The versions of `key` this broker implements; `None` for APIs it does not serve.
+pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|&(_, min, max)| (min, max))
+}
 
 pub(crate) async fn handle(
     shared: &Shared,
@@ -199,14 +178,12 @@ pub(crate) fn response_size_hint(response: &ResponseKind) -> usize {
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
     let mut response = ApiVersionsResponse::default();
     response.error_code = error_code;
-    for key in SERVED {
-        if let Some((min, max)) = supported_versions(key) {
-            let mut v = ApiVersion::default();
-            v.api_key = key as i16;
-            v.min_version = min;
-            v.max_version = max;
-            response.api_keys.push(v);
-        }
+    for (key, min, max) in SUPPORTED {
+        let mut v = ApiVersion::default();
+        v.api_key = key as i16;
+        v.min_version = min;
+        v.max_version = max;
+        response.api_keys.push(v);
     }
     response
 }
