@@ -230,9 +230,7 @@ async fn describe_topic(
     Path(name): Path<String>,
 ) -> ApiResult<Json<TopicDetail>> {
     let storage = &state.node.storage;
-    let meta = storage
-        .topic(&name)?
-        .ok_or(StorageError::UnknownTopic { name: name.clone() })?;
+    let meta = storage.existing_topic(&name)?;
     let mut partitions = Vec::new();
     for p in 0..meta.partitions {
         let log = storage.log(&name, p)?;
@@ -332,10 +330,7 @@ async fn produce(
     }
     let node = state.node.clone();
     let placed = blocking(move || {
-        let meta = node
-            .storage
-            .topic(&name)?
-            .ok_or(StorageError::UnknownTopic { name: name.clone() })?;
+        let meta = node.storage.existing_topic(&name)?;
         let now = weir_storage::now_ms();
         // One batch per partition; records without key or partition go round-robin.
         let mut by_partition: BTreeMap<u32, Vec<(usize, NewRecord)>> = BTreeMap::new();
@@ -504,21 +499,19 @@ async fn describe_group(
     let node = state.node.clone();
     blocking(move || {
         let g = node.groups.describe(&id);
-        let mut offsets = Vec::new();
-        for (topic, partition, committed) in node.groups.committed_all(&id)? {
-            let end = node
-                .storage
-                .log(&topic, partition.max(0) as u32)
-                .map(|l| l.high_watermark() as i64)
-                .ok();
-            offsets.push(serde_json::json!({
-                "topic": topic,
-                "partition": partition,
-                "committed": committed.offset,
-                "end": end,
-                "lag": end.map(|e| (e - committed.offset).max(0)),
-            }));
-        }
+        let offsets: Vec<serde_json::Value> = node
+            .group_positions(&id)?
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "topic": p.topic,
+                    "partition": p.partition,
+                    "committed": p.committed,
+                    "end": p.end,
+                    "lag": p.lag(),
+                })
+            })
+            .collect();
         if g.members.is_empty() && offsets.is_empty() {
             return Err(ApiError {
                 status: StatusCode::NOT_FOUND,

@@ -8,7 +8,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weir_storage::{Storage, StorageConfig};
+use weir_storage::{Storage, StorageConfig, StorageError};
 
 use crate::kafka::groups::{self, Coordinator, GroupLag};
 use crate::kafka::{self, KafkaConfig};
@@ -22,30 +22,59 @@ pub struct NodeContext {
     pub metrics: Arc<Metrics>,
 }
 
+/// A group's committed offset on one partition, beside the partition's end.
+pub struct GroupPosition {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    /// The partition's high watermark; `None` when the partition is gone or offline.
+    pub end: Option<i64>,
+}
+
+impl GroupPosition {
+    /// Records between the committed offset and the end.
+    pub fn lag(&self) -> Option<i64> {
+        self.end.map(|end| (end - self.committed).max(0))
+    }
+}
+
 impl NodeContext {
-    /// Lag of every committed group partition: the partition's end minus the committed offset.
+    /// Every committed offset of `group` with its partition's end.
+    pub fn group_positions(&self, group: &str) -> Result<Vec<GroupPosition>, StorageError> {
+        Ok(self
+            .groups
+            .committed_all(group)?
+            .into_iter()
+            .map(|(topic, partition, committed)| GroupPosition {
+                end: self
+                    .storage
+                    .log(&topic, partition.max(0) as u32)
+                    .ok()
+                    .map(|log| log.high_watermark() as i64),
+                topic,
+                partition,
+                committed: committed.offset,
+            })
+            .collect())
+    }
+
+    /// Lag of every committed partition of every group.
     pub fn group_lags(&self) -> Vec<GroupLag> {
-        let mut lags = Vec::new();
-        let Ok(groups) = self.groups.list() else {
-            return lags;
-        };
-        for g in groups {
-            let Ok(committed) = self.groups.committed_all(&g.group) else {
-                continue;
-            };
-            for (topic, partition, offset) in committed {
-                let Ok(log) = self.storage.log(&topic, partition.max(0) as u32) else {
-                    continue;
-                };
-                lags.push(GroupLag {
-                    group: g.group.clone(),
-                    topic,
-                    partition,
-                    lag: (log.high_watermark() as i64 - offset.offset).max(0),
-                });
-            }
-        }
-        lags
+        let groups = self.groups.list().unwrap_or_default();
+        groups
+            .into_iter()
+            .flat_map(|g| {
+                let positions = self.group_positions(&g.group).unwrap_or_default();
+                positions.into_iter().filter_map(move |p| {
+                    Some(GroupLag {
+                        lag: p.lag()?,
+                        group: g.group.clone(),
+                        topic: p.topic,
+                        partition: p.partition,
+                    })
+                })
+            })
+            .collect()
     }
 }
 

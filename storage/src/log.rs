@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::batch::{
-    BatchHeader, Record, decode_batch_records, for_each_batch, set_base_offset,
-    set_log_append_time, validate_batch, validate_record_set,
+    BatchHeader, Record, decode_records, set_base_offset, set_log_append_time, validate_batch,
+    validate_record_set,
 };
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{BatchError, Result, StorageError};
@@ -696,14 +696,7 @@ impl Log {
         let Some(slice) = read.slice else {
             return Ok(Vec::new());
         };
-        let bytes = slice.read()?;
-        let mut records = Vec::new();
-        for_each_batch(&bytes, |h, batch| {
-            if !h.is_control() {
-                decode_batch_records(h, batch, &mut records)?;
-            }
-            Ok(())
-        })?;
+        let mut records = decode_records(&slice.read()?)?;
         records.retain(|r| r.offset >= offset as i64);
         Ok(records)
     }

@@ -48,6 +48,9 @@ impl StorageConfig {
 }
 
 type PartitionKey = (String, u32);
+/// Open logs by topic, then partition: looked up by `&str` on every produce and fetch, so
+/// without building a key.
+type LogMap = HashMap<String, BTreeMap<u32, Arc<Log>>>;
 
 /// Checks a topic name against Kafka's rules.
 pub fn validate_topic_name(name: &str) -> Result<()> {
@@ -76,7 +79,7 @@ pub struct Storage {
     config: StorageConfig,
     meta: MetaStore,
     topics: Tree<TopicMeta>,
-    logs: RwLock<HashMap<PartitionKey, Arc<Log>>>,
+    logs: RwLock<LogMap>,
     offline: RwLock<HashMap<PartitionKey, String>>,
     /// Serializes topic creation, deletion and changes.
     admin: Mutex<()>,
@@ -118,7 +121,7 @@ impl Storage {
                 };
                 match opened {
                     Ok(log) => {
-                        storage.write_logs().insert(key, Arc::new(log));
+                        storage.add_log(&key.0, key.1, log);
                     }
                     Err(e) => {
                         tracing::error!(topic = %topic.name, partition, error = %e, "partition is offline");
@@ -134,12 +137,26 @@ impl Storage {
         Ok(Arc::new(storage))
     }
 
-    fn write_logs(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<PartitionKey, Arc<Log>>> {
+    fn write_logs(&self) -> std::sync::RwLockWriteGuard<'_, LogMap> {
         self.logs.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn read_logs(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PartitionKey, Arc<Log>>> {
+    fn read_logs(&self) -> std::sync::RwLockReadGuard<'_, LogMap> {
         self.logs.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add_log(&self, topic: &str, partition: u32, log: Log) {
+        self.write_logs()
+            .entry(topic.to_string())
+            .or_default()
+            .insert(partition, Arc::new(log));
+    }
+
+    fn open_log(&self, topic: &str, partition: u32) -> Option<Arc<Log>> {
+        self.read_logs()
+            .get(topic)
+            .and_then(|partitions| partitions.get(&partition))
+            .cloned()
     }
 
     fn topics_dir(&self) -> PathBuf {
@@ -179,6 +196,15 @@ impl Storage {
         self.topics.get(name)
     }
 
+    /// The topic, or [`StorageError::UnknownTopic`].
+    pub fn existing_topic(&self, name: &str) -> Result<TopicMeta> {
+        self.topics
+            .get(name)?
+            .ok_or_else(|| StorageError::UnknownTopic {
+                name: name.to_string(),
+            })
+    }
+
     pub fn list_topics(&self) -> Result<Vec<TopicMeta>> {
         Ok(self.topics.all()?.into_iter().map(|(_, t)| t).collect())
     }
@@ -196,8 +222,8 @@ impl Storage {
 
     /// The log of one partition.
     pub fn log(&self, topic: &str, partition: u32) -> Result<Arc<Log>> {
-        if let Some(log) = self.read_logs().get(&(topic.to_string(), partition)) {
-            return Ok(log.clone());
+        if let Some(log) = self.open_log(topic, partition) {
+            return Ok(log);
         }
         let offline = self.offline.read().unwrap_or_else(|e| e.into_inner());
         if let Some(reason) = offline.get(&(topic.to_string(), partition)) {
@@ -207,15 +233,11 @@ impl Storage {
                 reason: reason.clone(),
             });
         }
-        match self.topics.get(topic)? {
-            None => Err(StorageError::UnknownTopic {
-                name: topic.to_string(),
-            }),
-            Some(_) => Err(StorageError::UnknownPartition {
-                topic: topic.to_string(),
-                partition,
-            }),
-        }
+        self.existing_topic(topic)?;
+        Err(StorageError::UnknownPartition {
+            topic: topic.to_string(),
+            partition,
+        })
     }
 
     /// Sets the callback every log (present and future) runs when new records become readable.
@@ -231,7 +253,11 @@ impl Storage {
         let mut out: Vec<_> = self
             .read_logs()
             .iter()
-            .map(|((t, p), log)| (t.clone(), *p, log.clone()))
+            .flat_map(|(t, partitions)| {
+                partitions
+                    .iter()
+                    .map(|(p, log)| (t.clone(), *p, log.clone()))
+            })
             .collect();
         out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         out
@@ -264,8 +290,7 @@ impl Storage {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone(),
             );
-            self.write_logs()
-                .insert((name.to_string(), partition), Arc::new(log));
+            self.add_log(name, partition, log);
         }
         sync_dir(&self.topics_dir())
     }
@@ -304,15 +329,11 @@ impl Storage {
     /// then its directories, renamed aside and removed.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(meta) = self.topics.get(name)? else {
-            return Err(StorageError::UnknownTopic {
-                name: name.to_string(),
-            });
-        };
+        let meta = self.existing_topic(name)?;
         self.topics.remove(name)?;
+        self.write_logs().remove(name);
         for partition in 0..meta.partitions {
             let key = (name.to_string(), partition);
-            self.write_logs().remove(&key);
             self.offline
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
@@ -335,11 +356,7 @@ impl Storage {
     pub fn create_partitions(&self, name: &str, partitions: u32) -> Result<TopicMeta> {
         Self::check_partitions(name, partitions)?;
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut meta) = self.topics.get(name)? else {
-            return Err(StorageError::UnknownTopic {
-                name: name.to_string(),
-            });
-        };
+        let mut meta = self.existing_topic(name)?;
         if partitions <= meta.partitions {
             return Err(StorageError::PartitionCount {
                 name: name.to_string(),
@@ -363,15 +380,11 @@ impl Storage {
     ) -> Result<TopicMeta> {
         let log_config = LogConfig::from_entries(&self.config.log_defaults, &configs)?;
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(mut meta) = self.topics.get(name)? else {
-            return Err(StorageError::UnknownTopic {
-                name: name.to_string(),
-            });
-        };
+        let mut meta = self.existing_topic(name)?;
         meta.configs = configs;
         self.topics.insert(name, &meta)?;
         for partition in 0..meta.partitions {
-            if let Some(log) = self.read_logs().get(&(name.to_string(), partition)) {
+            if let Some(log) = self.open_log(name, partition) {
                 log.set_config(log_config.clone());
             }
         }

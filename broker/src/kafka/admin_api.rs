@@ -109,10 +109,7 @@ pub(crate) fn create_partitions(
             })
             .and_then(|count| {
                 if request.validate_only {
-                    let current = shared
-                        .storage
-                        .topic(&name)?
-                        .ok_or(StorageError::UnknownTopic { name: name.clone() })?;
+                    let current = shared.storage.existing_topic(&name)?;
                     if count <= current.partitions {
                         return Err(StorageError::PartitionCount {
                             name: name.clone(),
@@ -197,12 +194,7 @@ fn apply_configs(
     validate_only: bool,
 ) -> Result<(), StorageError> {
     if validate_only {
-        shared
-            .storage
-            .topic(topic)?
-            .ok_or(StorageError::UnknownTopic {
-                name: topic.to_string(),
-            })?;
+        shared.storage.existing_topic(topic)?;
         LogConfig::from_entries(&LogConfig::default(), &configs).map(|_| ())
     } else {
         shared.storage.set_topic_configs(topic, configs).map(|_| ())
@@ -256,33 +248,29 @@ pub(crate) fn incremental_alter_configs(
         let outcome = if resource.resource_type != RESOURCE_TOPIC {
             Err(not_a_topic(resource.resource_type))
         } else {
-            shared
-                .storage
-                .topic(&name)
-                .and_then(|meta| meta.ok_or(StorageError::UnknownTopic { name: name.clone() }))
-                .and_then(|meta| {
-                    let mut configs = meta.configs;
-                    for c in &resource.configs {
-                        match (c.config_operation, &c.value) {
-                            (OP_SET, Some(v)) => {
-                                configs.insert(c.name.to_string(), v.to_string());
-                            }
-                            (OP_DELETE, _) => {
-                                configs.remove(&*c.name);
-                            }
-                            (op, _) => {
-                                return Err(StorageError::InvalidConfig {
-                                    key: c.name.to_string(),
-                                    value: c.value.as_deref().unwrap_or("").to_string(),
-                                    reason: format!(
-                                        "operation {op} is not supported (SET and DELETE are)"
-                                    ),
-                                });
-                            }
+            shared.storage.existing_topic(&name).and_then(|meta| {
+                let mut configs = meta.configs;
+                for c in &resource.configs {
+                    match (c.config_operation, &c.value) {
+                        (OP_SET, Some(v)) => {
+                            configs.insert(c.name.to_string(), v.to_string());
+                        }
+                        (OP_DELETE, _) => {
+                            configs.remove(&*c.name);
+                        }
+                        (op, _) => {
+                            return Err(StorageError::InvalidConfig {
+                                key: c.name.to_string(),
+                                value: c.value.as_deref().unwrap_or("").to_string(),
+                                reason: format!(
+                                    "operation {op} is not supported (SET and DELETE are)"
+                                ),
+                            });
                         }
                     }
-                    apply_configs(shared, &name, configs, request.validate_only)
-                })
+                }
+                apply_configs(shared, &name, configs, request.validate_only)
+            })
         };
         if let Err(e) = outcome {
             (result.error_code, result.error_message) = failure(&e);

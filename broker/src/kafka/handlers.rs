@@ -242,14 +242,7 @@ fn topic_or_create(shared: &Shared, name: &str) -> Result<TopicMeta, StorageErro
     {
         Ok(meta) => Ok(meta),
         // Another connection created it first.
-        Err(StorageError::TopicExists { .. }) => {
-            shared
-                .storage
-                .topic(name)?
-                .ok_or_else(|| StorageError::UnknownTopic {
-                    name: name.to_string(),
-                })
-        }
+        Err(StorageError::TopicExists { .. }) => shared.storage.existing_topic(name),
         Err(e) => Err(e),
     }
 }
@@ -287,10 +280,7 @@ fn metadata(shared: &Shared, request: MetadataRequest, header: &RequestHeader) -
         let found = if create {
             topic_or_create(shared, &name)
         } else {
-            shared
-                .storage
-                .topic(&name)
-                .and_then(|m| m.ok_or(StorageError::UnknownTopic { name: name.clone() }))
+            shared.storage.existing_topic(&name)
         };
         match found {
             Ok(meta) => {
