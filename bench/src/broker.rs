@@ -12,6 +12,7 @@
 //! read from /proc while idle and right after the produce load.
 
 mod kafka_load;
+mod records;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -20,11 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use kafka_load::Connection;
-use weir_storage::{BatchBuilder, Compression, NewRecord};
-
-const RECORD_BYTES: usize = 1024;
+use records::batch_of_1kib;
 const RECORDS_PER_BATCH: usize = 64;
 
 struct Args {
@@ -188,22 +186,6 @@ fn start_tansu(binary: &Path, name: &str, storage: &str) -> anyhow::Result<Broke
     })
 }
 
-fn batch() -> anyhow::Result<Bytes> {
-    let mut b = BatchBuilder::new(Compression::None);
-    for i in 0..RECORDS_PER_BATCH {
-        let value: Vec<u8> = (0..RECORD_BYTES)
-            .map(|j| ((i * 7 + j) % 251) as u8)
-            .collect();
-        b.push(NewRecord {
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::from(value)),
-            headers: Vec::new(),
-        });
-    }
-    Ok(b.build()?)
-}
-
 struct Run {
     produce_mb_s: f64,
     p50_ms: f64,
@@ -231,7 +213,7 @@ fn run_case(broker: &Broker, partitions: i32, acks: i16, seconds: u64) -> anyhow
         if acks == 1 { "one" } else { "all" }
     );
     Connection::open(&broker.addr)?.create_topic(&topic, partitions)?;
-    let batch = Arc::new(batch()?);
+    let batch = Arc::new(batch_of_1kib(RECORDS_PER_BATCH)?);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let writers: Vec<_> = (0..partitions)

@@ -15,10 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
-use weir_storage::{BatchBuilder, Compression, FlushPolicy, Log, LogConfig, NewRecord};
+use records::{RECORD_BYTES, batch_of_1kib};
+use weir_storage::{FlushPolicy, Log, LogConfig};
 
-const RECORD_BYTES: usize = 1024;
+mod records;
+
+/// The batch `append_case` and friends write, as bytes the log may rewrite in place.
+fn batch(records: usize) -> anyhow::Result<Vec<u8>> {
+    Ok(batch_of_1kib(records)?.to_vec())
+}
 const MIB: u64 = 1 << 20;
 /// 1024 records of 1 KiB plus their framing are a little over Kafka's default
 /// `max.message.bytes`; the benchmark's topics allow them.
@@ -50,23 +55,6 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     Ok(args)
-}
-
-/// One batch of `records` 1 KiB records, uncompressed.
-fn batch(records: usize) -> anyhow::Result<Vec<u8>> {
-    let mut b = BatchBuilder::new(Compression::None);
-    for i in 0..records {
-        let value: Vec<u8> = (0..RECORD_BYTES)
-            .map(|j| ((i * 31 + j) % 251) as u8)
-            .collect();
-        b.push(NewRecord {
-            timestamp: 1_700_000_000_000 + i as i64,
-            key: None,
-            value: Some(Bytes::from(value)),
-            headers: Vec::new(),
-        });
-    }
-    Ok(b.build()?.to_vec())
 }
 
 fn fresh_dir(root: &Path, name: &str) -> anyhow::Result<PathBuf> {

@@ -141,54 +141,59 @@ pub fn have(tool: &str, install: &str) -> bool {
     found
 }
 
-/// The Python with the Kafka client packages: `WEIR_PYTHON`, else the virtualenv
-/// `./scripts/test` makes under `target/py`. `None` (outside CI) when neither is there.
-pub fn python() -> Option<std::path::PathBuf> {
-    let candidate = std::env::var_os("WEIR_PYTHON")
+/// A client environment `./scripts/test` installs: `$env_var` if set, else `default` under the
+/// workspace, when `ready` accepts it. Missing fails in CI and is reported (`None`) elsewhere.
+fn installed(
+    env_var: &str,
+    default: &str,
+    what: &str,
+    ready: impl Fn(&Path) -> bool,
+) -> Option<std::path::PathBuf> {
+    let candidate = std::env::var_os(env_var)
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/py/bin/python"));
-    if candidate.exists() {
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(default)
+        });
+    if ready(&candidate) {
         return Some(candidate);
     }
     assert!(
         std::env::var_os("CI").is_none(),
-        "no Python with Kafka clients at {}; ./scripts/test installs them",
+        "{what} missing at {}; ./scripts/test installs it",
         candidate.display()
     );
     eprintln!(
-        "Python Kafka clients not found at {}: run ./scripts/test once to install them",
+        "{what} not found at {}: run ./scripts/test once to install it",
         candidate.display()
     );
     None
 }
 
+/// The Python with the Kafka client packages (`WEIR_PYTHON`, else `target/py`).
+pub fn python() -> Option<std::path::PathBuf> {
+    installed(
+        "WEIR_PYTHON",
+        "target/py/bin/python",
+        "Python with Kafka clients",
+        |p| p.exists(),
+    )
+}
+
+/// The `node_modules` with kafkajs (`WEIR_NODE_MODULES`, else `target/node`).
+pub fn node_modules() -> Option<std::path::PathBuf> {
+    installed(
+        "WEIR_NODE_MODULES",
+        "target/node/node_modules",
+        "kafkajs",
+        |p| p.join("kafkajs").exists() && have("node", "apt-get install nodejs"),
+    )
+}
+
 /// Path of a script under `tests/clients/`.
 pub fn client_script(name: &str) -> String {
     format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The `node_modules` with kafkajs: `WEIR_NODE_MODULES`, else the one `./scripts/test` makes
-/// under `target/node`. `None` (outside CI) when it is missing.
-pub fn node_modules() -> Option<std::path::PathBuf> {
-    let candidate = std::env::var_os("WEIR_NODE_MODULES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/node/node_modules")
-        });
-    let found = candidate.join("kafkajs").exists() && have("node", "apt-get install nodejs");
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "kafkajs is missing at {}; ./scripts/test installs it",
-            candidate.display()
-        );
-        eprintln!(
-            "kafkajs not found at {}: run ./scripts/test once to install it",
-            candidate.display()
-        );
-        return None;
-    }
-    Some(candidate)
 }
 
 fn logged_addr(line: &str) -> SocketAddr {
