@@ -1,7 +1,136 @@
 //! `weir-runtime`: the WebAssembly host of Weir.
 //!
-//! It will hold the plugin registry (versions by sha256 in the metadata store), the wasmtime
-//! engine with its sandbox limits (a CPU deadline per call through epoch interruption, a memory
-//! cap per instance), hot reload of new plugin versions between batches, and the pipeline
-//! executor that reads an input topic, runs a chain of plugins and appends to output topics
-//! exactly once. It builds on `weir-storage` and never opens sockets.
+//! - [`Sandbox`] holds the wasmtime engine (cranelift, pooling allocator, compiled modules cached
+//!   on disk) and the limits: a CPU deadline per call through epoch interruption, a memory cap
+//!   per instance through `StoreLimits`, a bound on output size. [`Sandbox::load`] validates a
+//!   module (no imports, the ABI exports, a known ABI version and kind); an [`Instance`] runs one
+//!   batch per call through the flatbuffers ABI of `weir-guest`. A failed call is a
+//!   [`CallError`]; the instance is dropped and made again.
+//! - [`Registry`] keeps every deployed version (sha256, kind, params) in the metadata store and
+//!   the modules in `<data-dir>/plugin-store/`; [`watch_plugin_dir`] deploys files dropped into
+//!   `<data-dir>/plugins/`.
+//! - [`Pipelines`] runs each pipeline (input topic → plugins → output topics) as a tokio task
+//!   whose steps run on the blocking pool; [`pipeline`] explains how a step appends exactly once.
+//!
+//! Architecture invariant: this crate builds on `weir-storage` and `weir-guest` and never opens a
+//! socket; the broker exposes it over HTTP and the CLI.
+
+pub mod pipeline;
+mod pipelines;
+mod registry;
+mod sandbox;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use pipeline::{Checkpoint, PipelineSpec, StartAt};
+pub use pipelines::{PIPELINES_MAX, PipelineStatus, Pipelines};
+pub use registry::{PluginMeta, PluginVersion, Registry, VERSIONS_MAX, validate_plugin_name};
+pub use sandbox::{
+    ABI_VERSIONS, CallError, Init, Instance, OutRecord, Output, Plugin, Sandbox, SandboxConfig,
+    sha256_hex,
+};
+pub use watch::{parse_param, read_params, watch_plugin_dir};
+pub use weir::{Kind, partition_for_key};
+use weir_storage::{BatchError, Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Something a user sent that cannot be accepted, with the reason.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("wasm engine: {0}")]
+    Engine(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Locks a mutex, going on with the data if a holder panicked: every value behind these locks
+/// is valid between statements.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The registry, the pipelines and the plugin directory of one broker.
+pub struct Runtime {
+    registry: Arc<Registry>,
+    pipelines: Arc<Pipelines>,
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    plugin_dir: PathBuf,
+}
+
+impl Runtime {
+    /// Opens the registry and pipelines; compiled modules are cached in `<data-dir>/plugin-cache`.
+    pub fn open(storage: Arc<Storage>, mut config: SandboxConfig) -> Result<Runtime, Error> {
+        config
+            .cache_dir
+            .get_or_insert_with(|| storage.data_dir().join("plugin-cache"));
+        let sandbox = Arc::new(Sandbox::new(config)?);
+        let registry = Arc::new(Registry::open(&storage, sandbox)?);
+        let plugin_dir = storage.data_dir().join("plugins");
+        let pipelines = Pipelines::open(storage, registry.clone())?;
+        Ok(Runtime {
+            registry,
+            pipelines,
+            watcher: Mutex::new(None),
+            plugin_dir,
+        })
+    }
+
+    /// Starts the stored pipelines and the plugin directory watcher; call inside a tokio runtime.
+    pub fn start(&self) -> Result<(), Error> {
+        *lock(&self.watcher) = Some(watch_plugin_dir(&self.plugin_dir, self.registry.clone())?);
+        self.pipelines.start_all()
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn pipelines(&self) -> &Arc<Pipelines> {
+        &self.pipelines
+    }
+
+    pub fn plugin_dir(&self) -> &Path {
+        &self.plugin_dir
+    }
+
+    /// Deletes a plugin no pipeline uses.
+    pub fn delete_plugin(&self, name: &str) -> Result<(), Error> {
+        let users = self.pipelines.users_of(name)?;
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "plugin {name} is used by pipelines {users:?}; delete them first"
+            )));
+        }
+        self.registry.delete(name)
+    }
+
+    pub async fn shutdown(&self) {
+        lock(&self.watcher).take();
+        self.pipelines.shutdown().await;
+    }
+}

@@ -63,13 +63,20 @@ impl<V: Serialize + DeserializeOwned> Tree<V> {
 
     /// Stores `value` under `key` durably.
     pub fn insert(&self, key: &str, value: &V) -> Result<()> {
+        self.insert_unflushed(key, value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Stores `value` under `key`; it reaches the disk with the next flush (sled flushes on its
+    /// own every 500 ms), so a crash may lose it. For values that may safely go back in time.
+    pub fn insert_unflushed(&self, key: &str, value: &V) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(|source| StorageError::MetaValue {
             tree: self.name.clone(),
             key: key.to_string(),
             source,
         })?;
         self.tree.insert(key.as_bytes(), bytes)?;
-        self.db.flush()?;
         Ok(())
     }
 

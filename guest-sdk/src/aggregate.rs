@@ -1,0 +1,112 @@
+//! Keyed accumulators over tumbling windows of event time.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{Error, Params, Record, Result};
+
+/// One tumbling window: `[start_ms, end_ms)` of record timestamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Window {
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+/// A keyed, windowed accumulator. The SDK keeps one value per (window, key), feeds it the records
+/// of that key whose timestamp falls in the window, and calls [`Aggregate::finish`] once the
+/// window has closed: when a record at or past `end_ms + lateness_ms` arrives. A record for a
+/// window that has already closed fails with "late record" (and goes to the dead-letter topic).
+/// The host snapshots the open windows with the input offset, so a restart continues them.
+///
+/// Parameters read by the SDK: `window_ms` (default 60000) and `lateness_ms` (default 0).
+///
+/// ```
+/// use weir::{Aggregate, Params, Record, Result, Window};
+///
+/// #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// struct Count(u64);
+///
+/// #[weir::aggregate]
+/// impl Aggregate for Count {
+///     fn key(r: &Record, _params: &Params) -> Result<Option<String>> {
+///         Ok(r.key_str().map(str::to_owned))
+///     }
+///     fn add(&mut self, _r: &Record, _params: &Params) -> Result<()> {
+///         self.0 += 1;
+///         Ok(())
+///     }
+///     fn finish(&self, key: &str, window: Window, _params: &Params) -> Result<Record<'static>> {
+///         Ok(Record::new(format!("{key} {} {}", window.start_ms, self.0)).with_key(key))
+///     }
+/// }
+/// ```
+pub trait Aggregate: Default + Serialize + DeserializeOwned {
+    /// The group of a record; `None` skips the record.
+    fn key(r: &Record, params: &Params) -> Result<Option<String>>;
+    /// Folds one record into the accumulator of its window and key.
+    fn add(&mut self, r: &Record, params: &Params) -> Result<()>;
+    /// The record emitted for a closed window.
+    fn finish(&self, key: &str, window: Window, params: &Params) -> Result<Record<'static>>;
+}
+
+/// The open windows of one aggregate instance; serialized as its snapshot.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub(crate) struct Windows<A: Aggregate> {
+    window_ms: i64,
+    lateness_ms: i64,
+    /// Windows ending at or before this have been emitted.
+    closed_until_ms: i64,
+    open: BTreeMap<(Window, String), A>,
+}
+
+impl<A: Aggregate> Windows<A> {
+    pub(crate) fn new(params: &Params) -> Result<Windows<A>> {
+        let window_ms: i64 = params.parse_or("window_ms", 60_000)?;
+        let lateness_ms: i64 = params.parse_or("lateness_ms", 0)?;
+        if window_ms <= 0 || lateness_ms < 0 {
+            return Err(Error::msg(format!(
+                "window_ms={window_ms} must be positive and lateness_ms={lateness_ms} not negative"
+            )));
+        }
+        Ok(Windows {
+            window_ms,
+            lateness_ms,
+            closed_until_ms: i64::MIN,
+            open: BTreeMap::new(),
+        })
+    }
+
+    /// Adds `r`, then returns the windows its timestamp closes, as (key, window, accumulator).
+    pub(crate) fn add(&mut self, r: &Record, params: &Params) -> Result<Vec<(String, Window, A)>> {
+        let start_ms = r.timestamp - r.timestamp.rem_euclid(self.window_ms);
+        let window = Window {
+            start_ms,
+            end_ms: start_ms.saturating_add(self.window_ms),
+        };
+        if window.end_ms <= self.closed_until_ms {
+            return Err(Error::msg(format!(
+                "late record: timestamp {} is in window [{}, {}) which has closed",
+                r.timestamp, window.start_ms, window.end_ms
+            )));
+        }
+        if let Some(key) = A::key(r, params)? {
+            self.open.entry((window, key)).or_default().add(r, params)?;
+        }
+        let closed_until_ms = r.timestamp.saturating_sub(self.lateness_ms);
+        if closed_until_ms <= self.closed_until_ms {
+            return Ok(Vec::new());
+        }
+        self.closed_until_ms = closed_until_ms;
+        let mut closed = Vec::new();
+        while let Some(entry) = self.open.first_entry() {
+            if entry.key().0.end_ms > closed_until_ms {
+                break;
+            }
+            let ((window, key), accumulator) = entry.remove_entry();
+            closed.push((key, window, accumulator));
+        }
+        Ok(closed)
+    }
+}

@@ -1,0 +1,709 @@
+//! One pipeline's work: read a batch of an input partition, run it through the plugin chain,
+//! append the results (and dead letters) to the output topics, checkpoint.
+//!
+//! Exactly once inside the broker: the last record of every batch a pipeline appends carries the
+//! header `weir.pipeline = <name>/<input partition>/<last input offset of the step>`, and every
+//! output record knows the input offset it came from. The checkpoint (next input offset, output
+//! log ends, aggregate states) is written after the appends and may be lost in a crash; on start
+//! the runner reads each output log from the end the checkpoint recorded, finds the markers, and
+//! while replaying skips every output whose input offset a log already covers. Plugins must be
+//! deterministic for this to hold (the same input gives the same output), as the SDK's kinds are.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use weir::Kind;
+use weir_storage::{BatchBuilder, Compression, Header, Log, NewRecord, Record, Storage, Tree};
+
+use crate::registry::{PluginVersion, Registry};
+use crate::sandbox::{CallError, Init, Instance, Plugin};
+use crate::{Error, lock, partition_for_key};
+
+/// Header on the last record of each batch a pipeline appends.
+pub const MARKER_HEADER: &str = "weir.pipeline";
+/// Headers of a dead letter.
+pub const ERROR_HEADER: &str = "weir.error";
+pub const PLUGIN_HEADER: &str = "weir.plugin";
+pub const SOURCE_HEADER: &str = "weir.source";
+
+/// Input bytes read per step and partition.
+const STEP_BYTES_MAX: u64 = 1 << 20;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PipelineSpec {
+    pub name: String,
+    pub from: String,
+    #[serde(default)]
+    pub through: Vec<String>,
+    #[serde(default)]
+    pub partition_by: Option<String>,
+    pub to: Vec<String>,
+    /// `earliest`, `latest`, an offset, or `@<timestamp ms>`.
+    #[serde(default = "default_from_offset")]
+    pub from_offset: String,
+    /// Topic of records a plugin failed on; default `<name>.dlq`.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+    /// Records per plugin call.
+    #[serde(default = "default_batch_records_max")]
+    pub batch_records_max: u32,
+    /// Failed calls in a row after which the pipeline pauses.
+    #[serde(default = "default_failures_max")]
+    pub failures_max: u32,
+}
+
+fn default_from_offset() -> String {
+    "latest".into()
+}
+fn default_batch_records_max() -> u32 {
+    1000
+}
+fn default_failures_max() -> u32 {
+    5
+}
+
+impl PipelineSpec {
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.name))
+    }
+}
+
+/// Where a pipeline starts reading a partition the first time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+    Offset(u64),
+    Timestamp(i64),
+}
+
+impl StartAt {
+    pub fn parse(text: &str) -> Result<StartAt, Error> {
+        let bad = || {
+            Error::Invalid(format!(
+                "from offset {text:?}: expected earliest, latest, an offset or @<timestamp ms>"
+            ))
+        };
+        Ok(match text {
+            "earliest" => StartAt::Earliest,
+            "latest" => StartAt::Latest,
+            _ => match text.strip_prefix('@') {
+                Some(ms) => StartAt::Timestamp(ms.parse().map_err(|_| bad())?),
+                None => StartAt::Offset(text.parse().map_err(|_| bad())?),
+            },
+        })
+    }
+
+    fn resolve(self, log: &Arc<Log>) -> Result<u64, Error> {
+        Ok(match self {
+            StartAt::Earliest => log.log_start_offset(),
+            StartAt::Latest => log.high_watermark(),
+            StartAt::Offset(offset) => offset.clamp(log.log_start_offset(), log.high_watermark()),
+            StartAt::Timestamp(ms) => log
+                .offset_for_timestamp(ms)?
+                .map_or(log.high_watermark(), |(offset, _)| offset),
+        })
+    }
+}
+
+/// Progress of one input partition, saved after every step.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub next_offset: u64,
+    /// End offset of every output log (`topic/partition`) when the checkpoint was taken.
+    pub outputs: BTreeMap<String, u64>,
+    /// Aggregate state by stage index, base64.
+    #[serde(default)]
+    pub states: BTreeMap<usize, String>,
+}
+
+/// Counters of a running pipeline.
+#[derive(Default)]
+pub struct Stats {
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub dropped: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+    pub failed_calls: AtomicU64,
+    pub last_error: std::sync::Mutex<Option<String>>,
+    /// Plugin versions in use, as `name@version`.
+    pub versions: std::sync::Mutex<Vec<String>>,
+}
+
+impl Stats {
+    pub(crate) fn note_error(&self, error: String) {
+        *lock(&self.last_error) = Some(error);
+    }
+}
+
+struct Stage {
+    name: String,
+    version: PluginVersion,
+    plugin: Plugin,
+    instance: Option<Instance>,
+}
+
+/// A record on its way through the chain.
+#[derive(Clone)]
+struct Item {
+    /// Index in the step's input.
+    origin: usize,
+    record: Record,
+    topic: Option<String>,
+    partition: Option<u32>,
+}
+
+struct DeadLetter {
+    origin: usize,
+    plugin: String,
+    message: String,
+}
+
+/// The state of one pipeline between steps; owned by its task.
+pub struct Runner {
+    spec: PipelineSpec,
+    storage: Arc<Storage>,
+    registry: Arc<Registry>,
+    checkpoints: Tree<Checkpoint>,
+    stages: Vec<Stage>,
+    generation: u64,
+    /// Per input partition: its checkpoint and, while replaying after a restart, the highest
+    /// input offset each output log already covers.
+    cursors: BTreeMap<u32, (Checkpoint, HashMap<String, i64>)>,
+    stats: Arc<Stats>,
+    failures_in_row: u32,
+}
+
+/// What a step tells the task driving the runner.
+pub enum Step {
+    /// Records were read; step again.
+    Worked,
+    /// Nothing to read.
+    Idle,
+    /// Too many failed calls in a row (or a plugin vanished); pause with this reason.
+    Pause(String),
+}
+
+fn log_key(topic: &str, partition: u32) -> String {
+    format!("{topic}/{partition}")
+}
+
+pub fn checkpoint_key(pipeline: &str, partition: u32) -> String {
+    format!("{pipeline}/{partition}")
+}
+
+impl Runner {
+    pub fn new(
+        spec: PipelineSpec,
+        storage: Arc<Storage>,
+        registry: Arc<Registry>,
+        checkpoints: Tree<Checkpoint>,
+        stats: Arc<Stats>,
+    ) -> Result<Runner, Error> {
+        let mut runner = Runner {
+            spec,
+            storage,
+            registry,
+            checkpoints,
+            stages: Vec::new(),
+            generation: u64::MAX,
+            cursors: BTreeMap::new(),
+            stats,
+            failures_in_row: 0,
+        };
+        runner.refresh_plugins()?;
+        runner.open_cursors()?;
+        Ok(runner)
+    }
+
+    fn output_logs(&self) -> Result<Vec<(String, u32, Arc<Log>)>, Error> {
+        let mut logs = Vec::new();
+        for topic in self
+            .spec
+            .to
+            .iter()
+            .chain(std::iter::once(&self.spec.dead_letter_topic()))
+        {
+            let meta = self.storage.existing_topic(topic)?;
+            for partition in 0..meta.partitions {
+                logs.push((
+                    topic.clone(),
+                    partition,
+                    self.storage.log(topic, partition)?,
+                ));
+            }
+        }
+        Ok(logs)
+    }
+
+    /// Loads each input partition's checkpoint (creating one at `from_offset` for a partition seen
+    /// the first time) and scans the outputs written after it for this pipeline's markers.
+    fn open_cursors(&mut self) -> Result<(), Error> {
+        let partitions = self.storage.existing_topic(&self.spec.from)?.partitions;
+        let outputs = self.output_logs()?;
+        for partition in 0..partitions {
+            if self.cursors.contains_key(&partition) {
+                continue;
+            }
+            let key = checkpoint_key(&self.spec.name, partition);
+            let checkpoint = match self.checkpoints.get(&key)? {
+                Some(checkpoint) => checkpoint,
+                None => {
+                    let start = StartAt::parse(&self.spec.from_offset)?;
+                    let checkpoint = Checkpoint {
+                        next_offset: start
+                            .resolve(&self.storage.log(&self.spec.from, partition)?)?,
+                        outputs: outputs
+                            .iter()
+                            .map(|(t, p, log)| (log_key(t, *p), log.log_end_offset()))
+                            .collect(),
+                        states: BTreeMap::new(),
+                    };
+                    // Durably: replays after a crash start from here.
+                    self.checkpoints.insert(&key, &checkpoint)?;
+                    checkpoint
+                }
+            };
+            let mut covered = HashMap::new();
+            let marker_prefix = format!("{}/{partition}/", self.spec.name);
+            for (topic, output_partition, log) in &outputs {
+                let name = log_key(topic, *output_partition);
+                let mut offset = checkpoint
+                    .outputs
+                    .get(&name)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(log.log_start_offset());
+                while offset < log.high_watermark() {
+                    let records = log.read_records(offset, STEP_BYTES_MAX)?;
+                    let Some(last) = records.last() else { break };
+                    offset = last.offset as u64 + 1;
+                    for header in records
+                        .iter()
+                        .flat_map(|r| &r.headers)
+                        .filter(|h| h.key == MARKER_HEADER)
+                    {
+                        let value = header.value.as_deref().unwrap_or_default();
+                        let covered_offset = std::str::from_utf8(value)
+                            .ok()
+                            .and_then(|v| v.strip_prefix(&marker_prefix))
+                            .and_then(|v| v.parse::<i64>().ok());
+                        if let Some(covered_offset) = covered_offset {
+                            let entry = covered.entry(name.clone()).or_insert(covered_offset);
+                            *entry = (*entry).max(covered_offset);
+                        }
+                    }
+                }
+            }
+            if !covered.is_empty() {
+                tracing::info!(pipeline = %self.spec.name, partition, ?covered, "replaying after a restart; outputs already written are skipped");
+            }
+            self.cursors.insert(partition, (checkpoint, covered));
+        }
+        Ok(())
+    }
+
+    /// Picks up new plugin versions; called between batches.
+    fn refresh_plugins(&mut self) -> Result<(), Error> {
+        let generation = self.registry.generation();
+        if generation == self.generation {
+            return Ok(());
+        }
+        let names: Vec<&String> = self
+            .spec
+            .through
+            .iter()
+            .chain(&self.spec.partition_by)
+            .collect();
+        let mut stages = Vec::with_capacity(names.len());
+        let mut old: Vec<Option<Stage>> = std::mem::take(&mut self.stages)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (index, name) in names.into_iter().enumerate() {
+            let (version, plugin) = self.registry.active(name)?;
+            let kept = old
+                .get_mut(index)
+                .and_then(Option::take)
+                .filter(|stage| stage.version == version);
+            stages.push(match kept {
+                Some(stage) => stage,
+                None => {
+                    if self.generation != u64::MAX {
+                        tracing::info!(pipeline = %self.spec.name, plugin = %name, version = version.version, "switching plugin version between batches");
+                    }
+                    Stage { name: name.clone(), version, plugin, instance: None }
+                }
+            });
+        }
+        *lock(&self.stats.versions) = stages
+            .iter()
+            .map(|s| format!("{}@{}", s.name, s.version.version))
+            .collect();
+        self.stages = stages;
+        self.generation = generation;
+        Ok(())
+    }
+
+    /// Processes at most one batch of every input partition.
+    pub fn step(&mut self) -> Result<Step, Error> {
+        if let Err(e) = self.refresh_plugins() {
+            return Ok(Step::Pause(format!("cannot load plugins: {e}")));
+        }
+        self.open_cursors()?;
+        let mut worked = false;
+        let partitions: Vec<u32> = self.cursors.keys().copied().collect();
+        for partition in partitions {
+            let log = self.storage.log(&self.spec.from, partition)?;
+            let next_offset = self
+                .cursors
+                .get(&partition)
+                .map_or(0, |(c, _)| c.next_offset);
+            let next_offset = next_offset.max(log.log_start_offset());
+            if next_offset >= log.high_watermark() {
+                continue;
+            }
+            let mut records = log.read_records(next_offset, STEP_BYTES_MAX)?;
+            records.retain(|r| r.offset as u64 >= next_offset);
+            records.truncate(self.spec.batch_records_max.max(1) as usize);
+            if records.is_empty() {
+                continue;
+            }
+            worked = true;
+            if let Some(reason) = self.process(partition, records)? {
+                return Ok(Step::Pause(reason));
+            }
+        }
+        Ok(if worked { Step::Worked } else { Step::Idle })
+    }
+
+    fn process(&mut self, partition: u32, records: Vec<Record>) -> Result<Option<String>, Error> {
+        let first_partitions = self.storage.existing_topic(&self.spec.to[0])?.partitions;
+        let states = self
+            .cursors
+            .get(&partition)
+            .map(|(c, _)| c.states.clone())
+            .unwrap_or_default();
+        let mut items: Vec<Item> = records
+            .iter()
+            .enumerate()
+            .map(|(origin, r)| Item {
+                origin,
+                record: r.clone(),
+                topic: None,
+                partition: None,
+            })
+            .collect();
+        let mut dead = Vec::new();
+        let mut new_states = states.clone();
+        let mut failed_call = None;
+        for (index, stage) in self.stages.iter_mut().enumerate() {
+            if items.is_empty() {
+                break;
+            }
+            let result = run_stage(
+                &self.registry,
+                stage,
+                &items,
+                partition as i32,
+                first_partitions,
+                states.get(&index),
+            );
+            match result {
+                Ok(output) => {
+                    if let Some(state) = output.state.as_ref() {
+                        new_states.insert(
+                            index,
+                            base64::engine::general_purpose::STANDARD.encode(state),
+                        );
+                    }
+                    items = apply(stage, items, output, &mut dead);
+                }
+                Err(error) => {
+                    stage.instance = None;
+                    let message = error.to_string();
+                    dead.extend(items.drain(..).map(|item| DeadLetter {
+                        origin: item.origin,
+                        plugin: stage.name.clone(),
+                        message: message.clone(),
+                    }));
+                    failed_call = Some(format!(
+                        "{}@{}: {message}",
+                        stage.name, stage.version.version
+                    ));
+                    break;
+                }
+            }
+        }
+        let last_offset = records.last().map_or(-1, |r| r.offset);
+        self.append(partition, &records, items, dead, last_offset)?;
+        let (checkpoint, _) = self.cursors.entry(partition).or_default();
+        checkpoint.next_offset = last_offset as u64 + 1;
+        checkpoint.states = new_states;
+        let outputs = self.output_logs()?;
+        let (checkpoint, _) = self.cursors.entry(partition).or_default();
+        checkpoint.outputs = outputs
+            .iter()
+            .map(|(t, p, log)| (log_key(t, *p), log.log_end_offset()))
+            .collect();
+        self.checkpoints
+            .insert_unflushed(&checkpoint_key(&self.spec.name, partition), checkpoint)?;
+        self.stats
+            .records_in
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        match failed_call {
+            None => {
+                self.failures_in_row = 0;
+                Ok(None)
+            }
+            Some(error) => {
+                self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
+                self.stats.note_error(error.clone());
+                self.failures_in_row += 1;
+                tracing::warn!(pipeline = %self.spec.name, error = %error, "plugin call failed; its batch went to the dead-letter topic");
+                if self.failures_in_row >= self.spec.failures_max {
+                    self.failures_in_row = 0;
+                    return Ok(Some(format!(
+                        "{} failed calls in a row, last: {error}",
+                        self.spec.failures_max
+                    )));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Groups the step's results by output log and appends them, skipping what a log already
+    /// holds from before a restart.
+    fn append(
+        &mut self,
+        partition: u32,
+        inputs: &[Record],
+        items: Vec<Item>,
+        dead: Vec<DeadLetter>,
+        last_offset: i64,
+    ) -> Result<(), Error> {
+        let covered = self
+            .cursors
+            .get(&partition)
+            .map(|(_, covered)| covered.clone())
+            .unwrap_or_default();
+        let dead_letter_topic = self.spec.dead_letter_topic();
+        let mut groups: BTreeMap<(String, u32), Vec<NewRecord>> = BTreeMap::new();
+        let mut dead_letters = Vec::new();
+        let mut out_count = 0u64;
+        let mut handled = std::collections::HashSet::new();
+        for item in items {
+            let topic = item
+                .topic
+                .clone()
+                .unwrap_or_else(|| self.spec.to[0].clone());
+            let target = if self.spec.to.contains(&topic) {
+                let partitions = self.storage.existing_topic(&topic)?.partitions;
+                match item.partition {
+                    Some(p) if p >= partitions => Err(format!(
+                        "partition {p} of {topic} does not exist ({partitions} partitions)"
+                    )),
+                    Some(p) => Ok(p),
+                    None => Ok(match item.record.key.as_deref() {
+                        Some(key) => partition_for_key(key, partitions),
+                        // Keyless records keep their input partition's order, and a replay puts
+                        // them where the first run did.
+                        None => partition % partitions.max(1),
+                    }),
+                }
+            } else {
+                Err(format!(
+                    "topic {topic} is not an output of pipeline {}",
+                    self.spec.name
+                ))
+            };
+            match target {
+                Ok(p) => {
+                    out_count += 1;
+                    handled.insert(item.origin);
+                    let origin_offset = inputs[item.origin].offset;
+                    if origin_offset > covered.get(&log_key(&topic, p)).copied().unwrap_or(-1) {
+                        let r = item.record;
+                        let new = NewRecord {
+                            timestamp: r.timestamp,
+                            key: r.key,
+                            value: r.value,
+                            headers: r.headers,
+                        };
+                        groups.entry((topic, p)).or_default().push(new);
+                    }
+                }
+                Err(message) => dead_letters.push(DeadLetter {
+                    origin: item.origin,
+                    plugin: "pipeline".into(),
+                    message,
+                }),
+            }
+        }
+        dead_letters.extend(dead);
+        let dead_count = dead_letters.len() as u64;
+        let dead_partitions = self
+            .storage
+            .existing_topic(&dead_letter_topic)?
+            .partitions
+            .max(1);
+        let dead_partition = partition % dead_partitions;
+        for letter in dead_letters {
+            handled.insert(letter.origin);
+            let input = &inputs[letter.origin];
+            if input.offset
+                <= covered
+                    .get(&log_key(&dead_letter_topic, dead_partition))
+                    .copied()
+                    .unwrap_or(-1)
+            {
+                continue;
+            }
+            let mut headers = input.headers.clone();
+            let source = format!("{}/{partition}/{}", self.spec.from, input.offset);
+            for (key, value) in [
+                (ERROR_HEADER, letter.message),
+                (PLUGIN_HEADER, letter.plugin),
+                (SOURCE_HEADER, source),
+            ] {
+                headers.push(Header {
+                    key: key.into(),
+                    value: Some(Bytes::from(value)),
+                });
+            }
+            let new = NewRecord {
+                timestamp: input.timestamp,
+                key: input.key.clone(),
+                value: input.value.clone(),
+                headers,
+            };
+            groups
+                .entry((dead_letter_topic.clone(), dead_partition))
+                .or_default()
+                .push(new);
+        }
+        let marker = Bytes::from(format!("{}/{partition}/{last_offset}", self.spec.name));
+        for ((topic, p), records) in groups {
+            let mut builder = BatchBuilder::new(Compression::None);
+            let count = records.len();
+            for (index, mut record) in records.into_iter().enumerate() {
+                if index + 1 == count {
+                    record.headers.push(Header {
+                        key: MARKER_HEADER.into(),
+                        value: Some(marker.clone()),
+                    });
+                }
+                builder.push(record);
+            }
+            let mut batch = builder.build()?.to_vec();
+            self.storage.log(&topic, p)?.append(&mut batch)?;
+        }
+        self.stats
+            .records_out
+            .fetch_add(out_count, Ordering::Relaxed);
+        self.stats
+            .dead_lettered
+            .fetch_add(dead_count, Ordering::Relaxed);
+        let dropped = inputs.len().saturating_sub(handled.len()) as u64;
+        self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn run_stage(
+    registry: &Registry,
+    stage: &mut Stage,
+    items: &[Item],
+    partition: i32,
+    partitions: u32,
+    state: Option<&String>,
+) -> Result<crate::sandbox::Output, CallError> {
+    if stage.instance.is_none() {
+        let state = state.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
+        let params = stage
+            .version
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let init = Init {
+            params,
+            partitions,
+            state,
+        };
+        stage.instance = Some(registry.sandbox().instantiate(&stage.plugin, &init)?);
+    }
+    let Some(instance) = stage.instance.as_mut() else {
+        return Err(CallError::Init("no instance".into()));
+    };
+    let records: Vec<Record> = items.iter().map(|item| item.record.clone()).collect();
+    instance.process(&records, partition, stage.plugin.kind() == Kind::Aggregate)
+}
+
+/// The items after one stage: what a filter kept, what a map made, where a partitioner put them.
+fn apply(
+    stage: &Stage,
+    items: Vec<Item>,
+    output: crate::sandbox::Output,
+    dead: &mut Vec<DeadLetter>,
+) -> Vec<Item> {
+    for (source, message) in &output.failures {
+        if let Some(item) = items.get(*source as usize) {
+            dead.push(DeadLetter {
+                origin: item.origin,
+                plugin: stage.name.clone(),
+                message: message.clone(),
+            });
+        }
+    }
+    match stage.plugin.kind() {
+        Kind::Filter => output
+            .kept
+            .iter()
+            .filter_map(|i| items.get(*i as usize).cloned())
+            .collect(),
+        Kind::Partitioner => items
+            .into_iter()
+            .zip(output.partitions)
+            .filter(|(_, p)| *p != u32::MAX)
+            .map(|(item, p)| Item {
+                partition: Some(p),
+                ..item
+            })
+            .collect(),
+        Kind::Map | Kind::FilterMap | Kind::FlatMap | Kind::Aggregate => output
+            .records
+            .into_iter()
+            .filter_map(|out| {
+                let source = items.get(out.source as usize)?;
+                let r = out.record;
+                let timestamp = if r.timestamp < 0 {
+                    source.record.timestamp
+                } else {
+                    r.timestamp
+                };
+                Some(Item {
+                    origin: source.origin,
+                    record: Record {
+                        offset: source.record.offset,
+                        timestamp,
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers,
+                    },
+                    topic: out.topic.or_else(|| source.topic.clone()),
+                    partition: out.partition.or(source.partition),
+                })
+            })
+            .collect(),
+    }
+}

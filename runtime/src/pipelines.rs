@@ -1,0 +1,407 @@
+//! The set of pipelines: their specs in the metadata store, one tokio task each that runs its
+//! [`Runner`] step by step on the blocking pool (wasm calls and fsyncs never run on the reactor
+//! threads), pause/resume/delete, and status.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use weir::Kind;
+use weir_storage::{Storage, Tree, now_ms};
+
+use crate::pipeline::{Checkpoint, PipelineSpec, Runner, StartAt, Stats, Step, checkpoint_key};
+use crate::registry::{Registry, validate_plugin_name};
+use crate::{Error, lock};
+
+/// Pipelines one broker runs at most.
+pub const PIPELINES_MAX: usize = 256;
+/// How long an idle pipeline sleeps when no append wakes it.
+const IDLE_POLL_MS: u64 = 200;
+/// How long a pipeline waits after a storage error before it tries again.
+const RETRY_MS: u64 = 1000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Stored {
+    spec: PipelineSpec,
+    paused: bool,
+    reason: Option<String>,
+    created_ms: i64,
+}
+
+/// What `describe` and `list` report.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PipelineStatus {
+    pub spec: PipelineSpec,
+    /// `running`, `paused` or `starting`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub created_ms: i64,
+    pub lag: u64,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub dropped: u64,
+    pub dead_lettered: u64,
+    pub batches: u64,
+    pub failed_calls: u64,
+    pub last_error: Option<String>,
+    pub plugins: Vec<String>,
+}
+
+/// What a pipeline's task shares with the rest of the broker.
+#[derive(Default)]
+struct Control {
+    stop: AtomicBool,
+    paused: AtomicBool,
+    /// Made on the first step (it reads the outputs to resume) and dropped when paused.
+    runner: Mutex<Option<Runner>>,
+}
+
+struct Running {
+    stats: Arc<Stats>,
+    control: Arc<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct Pipelines {
+    storage: Arc<Storage>,
+    registry: Arc<Registry>,
+    tree: Tree<Stored>,
+    checkpoints: Tree<Checkpoint>,
+    running: Mutex<HashMap<String, Running>>,
+    appended: watch::Sender<u64>,
+}
+
+fn validate_pipeline_name(name: &str) -> Result<(), Error> {
+    validate_plugin_name(name).map_err(|_| {
+        Error::Invalid(format!("pipeline name {name:?}: use 1 to 128 of a-z, A-Z, 0-9, '.', '_', '-', not starting with '.'"))
+    })
+}
+
+impl Pipelines {
+    pub fn open(storage: Arc<Storage>, registry: Arc<Registry>) -> Result<Arc<Pipelines>, Error> {
+        Ok(Arc::new(Pipelines {
+            tree: storage.meta().tree("pipelines")?,
+            checkpoints: storage.meta().tree("pipeline-checkpoints")?,
+            storage,
+            registry,
+            running: Mutex::new(HashMap::new()),
+            appended: watch::Sender::new(0),
+        }))
+    }
+
+    /// Starts the task of every stored pipeline; call from inside a tokio runtime.
+    pub fn start_all(self: &Arc<Self>) -> Result<(), Error> {
+        for (_, stored) in self.tree.all()? {
+            self.spawn(&stored);
+        }
+        Ok(())
+    }
+
+    /// Wakes idle pipelines; the broker calls it on every append.
+    pub fn notify_append(&self) {
+        self.appended
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    pub fn create(self: &Arc<Self>, spec: PipelineSpec) -> Result<PipelineStatus, Error> {
+        validate_pipeline_name(&spec.name)?;
+        if self.tree.get(&spec.name)?.is_some() {
+            return Err(Error::Conflict(format!(
+                "pipeline {} already exists",
+                spec.name
+            )));
+        }
+        if lock(&self.running).len() >= PIPELINES_MAX {
+            return Err(Error::Invalid(format!(
+                "{PIPELINES_MAX} pipelines exist, the most one broker runs"
+            )));
+        }
+        self.check(&spec)?;
+        let input = self.storage.existing_topic(&spec.from)?;
+        for topic in &spec.to {
+            if self.storage.topic(topic)?.is_none() {
+                self.storage
+                    .create_topic(topic, input.partitions, Default::default())?;
+            }
+        }
+        let dead_letter = spec.dead_letter_topic();
+        if self.storage.topic(&dead_letter)?.is_none() {
+            self.storage
+                .create_topic(&dead_letter, 1, Default::default())?;
+        }
+        let stored = Stored {
+            spec,
+            paused: false,
+            reason: None,
+            created_ms: now_ms(),
+        };
+        self.tree.insert(&stored.spec.name, &stored)?;
+        tracing::info!(pipeline = %stored.spec.name, from = %stored.spec.from, to = ?stored.spec.to, "pipeline created");
+        self.spawn(&stored);
+        self.describe(&stored.spec.name)
+    }
+
+    /// Checks what can be checked before anything is created.
+    fn check(&self, spec: &PipelineSpec) -> Result<(), Error> {
+        if spec.to.is_empty() {
+            return Err(Error::Invalid(
+                "a pipeline needs at least one output topic (--to)".into(),
+            ));
+        }
+        if spec.to.contains(&spec.from) || spec.dead_letter_topic() == spec.from {
+            return Err(Error::Invalid(format!(
+                "pipeline {} would read its own output {}",
+                spec.name, spec.from
+            )));
+        }
+        for topic in spec
+            .to
+            .iter()
+            .chain(std::iter::once(&spec.dead_letter_topic()))
+        {
+            weir_storage::validate_topic_name(topic)?;
+        }
+        StartAt::parse(&spec.from_offset)?;
+        if spec.batch_records_max == 0 || spec.failures_max == 0 {
+            return Err(Error::Invalid(
+                "batch_records_max and failures_max must be at least 1".into(),
+            ));
+        }
+        for name in &spec.through {
+            let (_, plugin) = self.registry.active(name)?;
+            if plugin.kind() == Kind::Partitioner {
+                return Err(Error::Invalid(format!(
+                    "plugin {name} is a partitioner; give it as --partition-by"
+                )));
+            }
+        }
+        if let Some(name) = &spec.partition_by {
+            let (_, plugin) = self.registry.active(name)?;
+            if plugin.kind() != Kind::Partitioner {
+                return Err(Error::Invalid(format!(
+                    "plugin {name} is a {}, not a partitioner",
+                    plugin.kind().name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(self: &Arc<Self>, stored: &Stored) {
+        let stats = Arc::new(Stats::default());
+        if let Some(reason) = &stored.reason {
+            *lock(&stats.last_error) = Some(reason.clone());
+        }
+        let control = Arc::new(Control::default());
+        control.paused.store(stored.paused, Ordering::Release);
+        let task = tokio::spawn(self.clone().drive(
+            stored.spec.clone(),
+            stats.clone(),
+            control.clone(),
+        ));
+        lock(&self.running).insert(
+            stored.spec.name.clone(),
+            Running {
+                stats,
+                control,
+                task,
+            },
+        );
+    }
+
+    /// The task of one pipeline: step while there is work, sleep until an append when idle.
+    async fn drive(self: Arc<Self>, spec: PipelineSpec, stats: Arc<Stats>, control: Arc<Control>) {
+        let mut appended = self.appended.subscribe();
+        while !control.stop.load(Ordering::Acquire) {
+            if control.paused.load(Ordering::Acquire) {
+                // Drop the instances while paused; a resume starts from the checkpoint.
+                *lock(&control.runner) = None;
+                tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
+                continue;
+            }
+            let (step_control, step_spec, step_self, step_stats) =
+                (control.clone(), spec.clone(), self.clone(), stats.clone());
+            let step = tokio::task::spawn_blocking(move || {
+                let mut runner = lock(&step_control.runner);
+                if runner.is_none() {
+                    let checkpoints = step_self.checkpoints.clone();
+                    *runner = Some(Runner::new(
+                        step_spec,
+                        step_self.storage.clone(),
+                        step_self.registry.clone(),
+                        checkpoints,
+                        step_stats,
+                    )?);
+                }
+                match runner.as_mut() {
+                    Some(runner) => runner.step(),
+                    None => Ok(Step::Idle),
+                }
+            })
+            .await;
+            match step {
+                Ok(Ok(Step::Worked)) => {}
+                Ok(Ok(Step::Idle)) => {
+                    tokio::select! {
+                        _ = appended.changed() => {}
+                        () = tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)) => {}
+                    }
+                }
+                Ok(Ok(Step::Pause(reason))) => {
+                    tracing::warn!(pipeline = %spec.name, %reason, "pipeline paused");
+                    if let Err(e) = self.set_paused(&spec.name, true, Some(reason)) {
+                        tracing::error!(pipeline = %spec.name, error = %e, "cannot record the pause");
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(pipeline = %spec.name, %error, "pipeline step failed; retrying");
+                    stats.note_error(error.to_string());
+                    *lock(&control.runner) = None;
+                    tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+                }
+                Err(join) => {
+                    let reason = format!("pipeline step panicked: {join}");
+                    tracing::error!(pipeline = %spec.name, %reason);
+                    *lock(&control.runner) = None;
+                    if let Err(e) = self.set_paused(&spec.name, true, Some(reason)) {
+                        tracing::error!(pipeline = %spec.name, error = %e, "cannot record the pause");
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_paused(&self, name: &str, paused: bool, reason: Option<String>) -> Result<(), Error> {
+        let mut stored = self.stored(name)?;
+        stored.paused = paused;
+        stored.reason = reason.clone();
+        self.tree.insert(name, &stored)?;
+        if let Some(running) = lock(&self.running).get(name) {
+            running.control.paused.store(paused, Ordering::Release);
+            if let Some(reason) = reason {
+                *lock(&running.stats.last_error) = Some(reason);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pause(&self, name: &str) -> Result<PipelineStatus, Error> {
+        self.set_paused(name, true, Some("paused by request".into()))?;
+        self.describe(name)
+    }
+
+    pub fn resume(&self, name: &str) -> Result<PipelineStatus, Error> {
+        self.set_paused(name, false, None)?;
+        self.describe(name)
+    }
+
+    /// Stops and forgets the pipeline; its topics stay.
+    pub async fn delete(&self, name: &str) -> Result<(), Error> {
+        self.stored(name)?;
+        let running = lock(&self.running).remove(name);
+        if let Some(running) = running {
+            running.control.stop.store(true, Ordering::Release);
+            let _ = running.task.await;
+        }
+        for (key, _) in self.checkpoints.scan_prefix(&format!("{name}/"))? {
+            self.checkpoints.remove(&key)?;
+        }
+        self.tree.remove(name)?;
+        tracing::info!(pipeline = name, "pipeline deleted");
+        Ok(())
+    }
+
+    fn stored(&self, name: &str) -> Result<Stored, Error> {
+        self.tree
+            .get(name)?
+            .ok_or_else(|| Error::NotFound(format!("pipeline {name} does not exist")))
+    }
+
+    pub fn describe(&self, name: &str) -> Result<PipelineStatus, Error> {
+        let stored = self.stored(name)?;
+        let running = lock(&self.running);
+        let running = running.get(name);
+        let stats = running.map(|r| r.stats.clone()).unwrap_or_default();
+        let lag = self.lag(&stored.spec)?;
+        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        Ok(PipelineStatus {
+            status: match (stored.paused, running) {
+                (true, _) => "paused",
+                (false, Some(_)) => "running",
+                (false, None) => "starting",
+            }
+            .into(),
+            reason: stored.reason.clone(),
+            created_ms: stored.created_ms,
+            lag,
+            records_in: get(&stats.records_in),
+            records_out: get(&stats.records_out),
+            dropped: get(&stats.dropped),
+            dead_lettered: get(&stats.dead_lettered),
+            batches: get(&stats.batches),
+            failed_calls: get(&stats.failed_calls),
+            last_error: lock(&stats.last_error).clone(),
+            plugins: lock(&stats.versions).clone(),
+            spec: stored.spec,
+        })
+    }
+
+    /// Records of the input not yet processed, from the saved checkpoints.
+    fn lag(&self, spec: &PipelineSpec) -> Result<u64, Error> {
+        let Some(input) = self.storage.topic(&spec.from)? else {
+            return Ok(0);
+        };
+        let mut lag = 0;
+        for partition in 0..input.partitions {
+            let log = self.storage.log(&spec.from, partition)?;
+            let next = self
+                .checkpoints
+                .get(&checkpoint_key(&spec.name, partition))?
+                .map_or(0, |c| c.next_offset);
+            lag += log
+                .high_watermark()
+                .saturating_sub(next.max(log.log_start_offset()));
+        }
+        Ok(lag)
+    }
+
+    pub fn list(&self) -> Result<Vec<PipelineStatus>, Error> {
+        self.tree
+            .all()?
+            .into_iter()
+            .map(|(name, _)| self.describe(&name))
+            .collect()
+    }
+
+    /// Names of the pipelines that run `plugin`.
+    pub fn users_of(&self, plugin: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .tree
+            .all()?
+            .into_iter()
+            .filter(|(_, s)| {
+                s.spec
+                    .through
+                    .iter()
+                    .chain(&s.spec.partition_by)
+                    .any(|p| p == plugin)
+            })
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Stops every pipeline task, letting a step in progress finish.
+    pub async fn shutdown(&self) {
+        let running: Vec<Running> = lock(&self.running).drain().map(|(_, r)| r).collect();
+        for r in &running {
+            r.control.stop.store(true, Ordering::Release);
+        }
+        self.notify_append();
+        for r in running {
+            let _ = r.task.await;
+        }
+    }
+}

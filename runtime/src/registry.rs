@@ -1,0 +1,235 @@
+//! The plugin registry: every deploy is a version (sha256 of the module plus its params) kept
+//! in the metadata store; the modules themselves live in `<data-dir>/plugin-store/<sha256>.wasm`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use weir_storage::{Storage, Tree, now_ms};
+
+use crate::sandbox::{Plugin, Sandbox, sha256_hex};
+use crate::{Error, lock};
+
+/// Versions kept per plugin; the oldest are forgotten (their modules stay if still in use).
+pub const VERSIONS_MAX: usize = 64;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PluginVersion {
+    pub version: u32,
+    pub sha256: String,
+    pub kind: String,
+    pub abi_version: u32,
+    pub size_bytes: u64,
+    pub created_ms: i64,
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PluginMeta {
+    pub name: String,
+    /// The version pipelines run.
+    pub active: u32,
+    pub versions: Vec<PluginVersion>,
+}
+
+impl PluginMeta {
+    pub fn active_version(&self) -> Option<&PluginVersion> {
+        self.versions.iter().find(|v| v.version == self.active)
+    }
+}
+
+pub struct Registry {
+    sandbox: Arc<Sandbox>,
+    tree: Tree<PluginMeta>,
+    store_dir: PathBuf,
+    /// Bumped on every change, so pipelines notice a new version between batches cheaply.
+    generation: AtomicU64,
+    /// Compiled modules by sha256.
+    loaded: Mutex<HashMap<String, Plugin>>,
+    /// Serializes changes (read-modify-write of one entry).
+    changes: Mutex<()>,
+}
+
+pub fn validate_plugin_name(name: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !name.starts_with('.');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "plugin name {name:?}: use 1 to 128 of a-z, A-Z, 0-9, '.', '_', '-', not starting with '.'"
+        )))
+    }
+}
+
+impl Registry {
+    pub fn open(storage: &Storage, sandbox: Arc<Sandbox>) -> Result<Registry, Error> {
+        let store_dir = storage.data_dir().join("plugin-store");
+        std::fs::create_dir_all(&store_dir).map_err(|e| Error::io(&store_dir, e))?;
+        Ok(Registry {
+            sandbox,
+            tree: storage.meta().tree("plugins")?,
+            store_dir,
+            generation: AtomicU64::new(0),
+            loaded: Mutex::new(HashMap::new()),
+            changes: Mutex::new(()),
+        })
+    }
+
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Validates and stores `wasm` as the new active version of `name`. Deploying what is already
+    /// active (same module, same params) changes nothing and returns that version.
+    pub fn deploy(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        params: BTreeMap<String, String>,
+    ) -> Result<PluginVersion, Error> {
+        validate_plugin_name(name)?;
+        let plugin = self.sandbox.load(wasm)?;
+        let _changes = lock(&self.changes);
+        let mut meta = self.tree.get(name)?.unwrap_or_else(|| PluginMeta {
+            name: name.to_owned(),
+            active: 0,
+            versions: Vec::new(),
+        });
+        if let Some(active) = meta.active_version()
+            && active.sha256 == plugin.sha256()
+            && active.params == params
+        {
+            return Ok(active.clone());
+        }
+        write_durably(&self.module_path(plugin.sha256()), wasm)?;
+        let version = PluginVersion {
+            version: meta.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1,
+            sha256: plugin.sha256().to_owned(),
+            kind: plugin.kind().name().to_owned(),
+            abi_version: plugin.abi_version(),
+            size_bytes: wasm.len() as u64,
+            created_ms: now_ms(),
+            params,
+        };
+        lock(&self.loaded).insert(plugin.sha256().to_owned(), plugin);
+        meta.active = version.version;
+        meta.versions.push(version.clone());
+        if meta.versions.len() > VERSIONS_MAX {
+            meta.versions.remove(0);
+        }
+        self.commit(&meta)?;
+        tracing::info!(plugin = name, version = version.version, sha256 = %version.sha256, kind = %version.kind, "plugin deployed");
+        Ok(version)
+    }
+
+    /// Makes `to` (default: the version before the active one) active again.
+    pub fn rollback(&self, name: &str, to: Option<u32>) -> Result<PluginVersion, Error> {
+        let _changes = lock(&self.changes);
+        let mut meta = self.get(name)?;
+        let target = match to {
+            Some(version) => meta.versions.iter().find(|v| v.version == version),
+            None => meta
+                .versions
+                .iter()
+                .filter(|v| v.version < meta.active)
+                .max_by_key(|v| v.version),
+        };
+        let target = target.cloned().ok_or_else(|| {
+            let known: Vec<u32> = meta.versions.iter().map(|v| v.version).collect();
+            Error::NotFound(format!("plugin {name} has no version {to:?} to roll back to (versions {known:?}, active {})", meta.active))
+        })?;
+        meta.active = target.version;
+        self.commit(&meta)?;
+        tracing::info!(
+            plugin = name,
+            version = target.version,
+            "plugin rolled back"
+        );
+        Ok(target)
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), Error> {
+        let _changes = lock(&self.changes);
+        if !self.tree.remove(name)? {
+            return Err(Error::NotFound(format!("plugin {name} does not exist")));
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn commit(&self, meta: &PluginMeta) -> Result<(), Error> {
+        self.tree.insert(&meta.name, meta)?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    pub fn list(&self) -> Result<Vec<PluginMeta>, Error> {
+        Ok(self.tree.all()?.into_iter().map(|(_, meta)| meta).collect())
+    }
+
+    pub fn get(&self, name: &str) -> Result<PluginMeta, Error> {
+        self.tree
+            .get(name)?
+            .ok_or_else(|| Error::NotFound(format!("plugin {name} does not exist")))
+    }
+
+    /// The active version of `name` and its compiled module.
+    pub fn active(&self, name: &str) -> Result<(PluginVersion, Plugin), Error> {
+        let meta = self.get(name)?;
+        let version = meta
+            .active_version()
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("plugin {name} has no active version")))?;
+        let plugin = self.module(&version.sha256)?;
+        Ok((version, plugin))
+    }
+
+    fn module(&self, sha256: &str) -> Result<Plugin, Error> {
+        if let Some(plugin) = lock(&self.loaded).get(sha256) {
+            return Ok(plugin.clone());
+        }
+        let path = self.module_path(sha256);
+        let wasm = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        if sha256_hex(&wasm) != sha256 {
+            return Err(Error::Invalid(format!(
+                "{}: content does not match its sha256",
+                path.display()
+            )));
+        }
+        let plugin = self.sandbox.load(&wasm)?;
+        lock(&self.loaded).insert(sha256.to_owned(), plugin.clone());
+        Ok(plugin)
+    }
+
+    fn module_path(&self, sha256: &str) -> PathBuf {
+        self.store_dir.join(format!("{sha256}.wasm"))
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsyncing the file and its directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,568 @@
+//! The wasmtime host: compiling and validating plugin modules, and calling them under limits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flatbuffers::FlatBufferBuilder;
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Linker, Memory, Module, PoolingAllocationConfig,
+    Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
+};
+use weir::{Kind, abi};
+use weir_storage::{Header, NewRecord, Record};
+
+use crate::Error;
+
+/// The ABI versions this host speaks (see `weir::__rt::ABI_VERSION`).
+pub const ABI_VERSIONS: [u32; 1] = [1];
+
+/// How often the epoch advances; deadlines are whole ticks.
+const EPOCH_TICK_MS: u64 = 10;
+
+/// Limits of every plugin call and instance.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// CPU time one call (one batch) may take before it is interrupted.
+    pub call_timeout_ms: u64,
+    /// Linear memory one instance may grow to.
+    pub memory_bytes_max: u64,
+    /// Size of a module accepted for upload.
+    pub module_bytes_max: u64,
+    /// Size of the `Output` one call may return.
+    pub output_bytes_max: u64,
+    /// Instances alive at once (slots of the pooling allocator).
+    pub instances_max: u32,
+    /// Where compiled modules are kept between runs; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            call_timeout_ms: 100,
+            memory_bytes_max: 64 << 20,
+            module_bytes_max: 32 << 20,
+            output_bytes_max: 32 << 20,
+            instances_max: 256,
+            cache_dir: None,
+        }
+    }
+}
+
+/// A compiled, validated plugin module.
+#[derive(Clone)]
+pub struct Plugin {
+    module: Module,
+    kind: Kind,
+    sha256: String,
+    abi_version: u32,
+}
+
+impl Plugin {
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn abi_version(&self) -> u32 {
+        self.abi_version
+    }
+}
+
+/// The engine every plugin runs in, with a thread that advances the epoch for deadlines.
+pub struct Sandbox {
+    engine: Engine,
+    config: SandboxConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, Error> {
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_core_instances(config.instances_max)
+            .total_memories(config.instances_max)
+            .total_tables(config.instances_max)
+            .max_memory_size(config.memory_bytes_max as usize);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&wasm).map_err(|e| Error::Engine(e.to_string()))?;
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let stop = ticker_stop.clone();
+        let ticking = engine.clone();
+        std::thread::Builder::new()
+            .name("weir-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Sandbox {
+            engine,
+            config,
+            ticker_stop,
+        })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Compiles `wasm` (or loads it from the cache) and checks it is a plugin this host can run:
+    /// no imports, the ABI exports, a known ABI version and plugin kind.
+    pub fn load(&self, wasm: &[u8]) -> Result<Plugin, Error> {
+        if wasm.len() as u64 > self.config.module_bytes_max {
+            return Err(Error::Invalid(format!(
+                "module is {} bytes, more than the limit of {}",
+                wasm.len(),
+                self.config.module_bytes_max
+            )));
+        }
+        if !wasm.starts_with(b"\0asm") {
+            return Err(Error::Invalid(
+                "not a WebAssembly module (no \\0asm magic)".into(),
+            ));
+        }
+        let sha256 = sha256_hex(wasm);
+        let module = self.compile(wasm, &sha256)?;
+        if let Some(import) = module.imports().next() {
+            return Err(Error::Invalid(format!(
+                "module imports {}.{}; plugins may import nothing (no WASI, no host functions)",
+                import.module(),
+                import.name()
+            )));
+        }
+        for export in [
+            "memory",
+            "weir_abi_version",
+            "weir_kind",
+            "weir_alloc",
+            "weir_init",
+            "weir_process",
+        ] {
+            if module.get_export(export).is_none() {
+                return Err(Error::Invalid(format!(
+                    "module does not export `{export}`; build plugins with the weir SDK macros"
+                )));
+            }
+        }
+        let mut store = self.store();
+        let instance = Linker::new(&self.engine)
+            .instantiate(&mut store, &module)
+            .map_err(|e| Error::Invalid(format!("module does not instantiate: {e}")))?;
+        let mut call = |name: &str| -> Result<u32, Error> {
+            store.set_epoch_deadline(self.deadline_ticks());
+            instance
+                .get_typed_func::<(), u32>(&mut store, name)
+                .and_then(|f| f.call(&mut store, ()))
+                .map_err(|e| Error::Invalid(format!("`{name}` failed: {e}")))
+        };
+        let abi_version = call("weir_abi_version")?;
+        if !ABI_VERSIONS.contains(&abi_version) {
+            return Err(Error::Invalid(format!(
+                "module speaks plugin ABI version {abi_version}; this broker speaks {ABI_VERSIONS:?}, rebuild it with a matching weir SDK"
+            )));
+        }
+        let kind_value = call("weir_kind")?;
+        let kind = Kind::from_u32(kind_value).ok_or_else(|| {
+            Error::Invalid(format!("module exports unknown plugin kind {kind_value}"))
+        })?;
+        Ok(Plugin {
+            module,
+            kind,
+            sha256,
+            abi_version,
+        })
+    }
+
+    fn compile(&self, wasm: &[u8], sha256: &str) -> Result<Module, Error> {
+        let cached = self
+            .config
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{sha256}.cwasm")));
+        if let Some(path) = cached.as_ref().filter(|path| path.exists()) {
+            // SAFETY: the cache directory holds only files this host serialized from modules it
+            // compiled itself (named by the sha256 of their source); a file from another
+            // wasmtime version is refused by `deserialize_file` and compiled again below.
+            match unsafe { Module::deserialize_file(&self.engine, path) } {
+                Ok(module) => return Ok(module),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "compiled plugin cache entry refused")
+                }
+            }
+        }
+        let module = Module::new(&self.engine, wasm)
+            .map_err(|e| Error::Invalid(format!("module does not compile: {e}")))?;
+        if let Some(path) = cached {
+            // A cache that cannot be written only costs a compile next time.
+            if let Err(e) = module
+                .serialize()
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    let tmp = path.with_extension("tmp");
+                    std::fs::write(&tmp, bytes)
+                        .and_then(|()| std::fs::rename(&tmp, &path))
+                        .map_err(|e| e.to_string())
+                })
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot cache compiled plugin");
+            }
+        }
+        Ok(module)
+    }
+
+    fn store(&self) -> Store<StoreLimits> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.config.memory_bytes_max as usize)
+            .trap_on_grow_failure(true)
+            .instances(1)
+            .build();
+        let mut store = Store::new(&self.engine, limits);
+        store.limiter(|limits| limits);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        self.config.call_timeout_ms.div_ceil(EPOCH_TICK_MS).max(1)
+    }
+
+    /// A fresh instance of `plugin`, initialized with its params (and an aggregate's state).
+    pub fn instantiate(&self, plugin: &Plugin, init: &Init) -> Result<Instance, CallError> {
+        let mut store = self.store();
+        let instance = Linker::new(&self.engine)
+            .instantiate(&mut store, &plugin.module)
+            .map_err(|e| CallError::from_wasmtime("instantiate", e))?;
+        let export_error = |e: wasmtime::Error| CallError::Trap(format!("missing export: {e}"));
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| CallError::Trap("missing export: memory".into()))?;
+        let mut instance = Instance {
+            memory,
+            alloc: instance
+                .get_typed_func(&mut store, "weir_alloc")
+                .map_err(export_error)?,
+            init: instance
+                .get_typed_func(&mut store, "weir_init")
+                .map_err(export_error)?,
+            process: instance
+                .get_typed_func(&mut store, "weir_process")
+                .map_err(export_error)?,
+            panic_message: instance
+                .get_typed_func(&mut store, "weir_panic_message")
+                .ok(),
+            store,
+            deadline_ticks: self.deadline_ticks(),
+            output_bytes_max: self.config.output_bytes_max,
+            builder: FlatBufferBuilder::new(),
+        };
+        instance.init(init)?;
+        Ok(instance)
+    }
+}
+
+/// What an instance is started with.
+#[derive(Clone, Debug, Default)]
+pub struct Init {
+    pub params: Vec<(String, String)>,
+    pub partitions: u32,
+    pub state: Option<Vec<u8>>,
+}
+
+/// Why a call failed; the instance that failed must be dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("plugin ran past its deadline of {0} ms")]
+    Deadline(u64),
+    #[error("plugin hit its memory limit: {0}")]
+    Memory(String),
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("plugin output is invalid: {0}")]
+    BadOutput(String),
+    #[error("plugin failed to start: {0}")]
+    Init(String),
+}
+
+impl CallError {
+    fn from_wasmtime(step: &str, error: wasmtime::Error) -> CallError {
+        let text = format!("{step}: {error:#}");
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallError::Deadline(0),
+            _ if text.contains("forcing trap when growing memory") => CallError::Memory(text),
+            _ => CallError::Trap(text),
+        }
+    }
+}
+
+/// One record a plugin produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutRecord {
+    /// Index of the input record it came from.
+    pub source: u32,
+    pub record: NewRecord,
+    pub topic: Option<String>,
+    pub partition: Option<u32>,
+}
+
+/// The answer to one batch, checked against the batch it answers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Output {
+    pub kept: Vec<u32>,
+    pub records: Vec<OutRecord>,
+    /// One per input record for a partitioner (`u32::MAX` where it failed), else empty.
+    pub partitions: Vec<u32>,
+    pub failures: Vec<(u32, String)>,
+    pub state: Option<Vec<u8>>,
+}
+
+/// One live instance of a plugin with its own memory.
+pub struct Instance {
+    store: Store<StoreLimits>,
+    memory: Memory,
+    alloc: TypedFunc<u32, u32>,
+    init: TypedFunc<u32, u64>,
+    process: TypedFunc<u32, u64>,
+    panic_message: Option<TypedFunc<(), u64>>,
+    deadline_ticks: u64,
+    output_bytes_max: u64,
+    builder: FlatBufferBuilder<'static>,
+}
+
+impl Instance {
+    fn init(&mut self, init: &Init) -> Result<(), CallError> {
+        let builder = &mut self.builder;
+        builder.reset();
+        let params: Vec<_> = init
+            .params
+            .iter()
+            .map(|(k, v)| {
+                let args = abi::ParamArgs {
+                    key: Some(builder.create_string(k)),
+                    value: Some(builder.create_string(v)),
+                };
+                abi::Param::create(builder, &args)
+            })
+            .collect();
+        let params = Some(builder.create_vector(&params));
+        let state = init.state.as_ref().map(|s| builder.create_vector(s));
+        let root = abi::Init::create(
+            builder,
+            &abi::InitArgs {
+                params,
+                partitions: init.partitions,
+                state,
+            },
+        );
+        builder.finish(root, None);
+        let answer = self.call(self.init.clone(), "weir_init")?;
+        if answer.is_empty() {
+            Ok(())
+        } else {
+            Err(CallError::Init(
+                String::from_utf8_lossy(&answer).into_owned(),
+            ))
+        }
+    }
+
+    /// Runs the plugin over `records` of `partition`; `snapshot` asks an aggregate for its state.
+    pub fn process(
+        &mut self,
+        records: &[Record],
+        partition: i32,
+        snapshot: bool,
+    ) -> Result<Output, CallError> {
+        let builder = &mut self.builder;
+        builder.reset();
+        let records_fb: Vec<_> = records
+            .iter()
+            .map(|r| {
+                let key = r.key.as_ref().map(|k| builder.create_vector(k));
+                let value = r.value.as_ref().map(|v| builder.create_vector(v));
+                let headers: Vec<_> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let key = Some(builder.create_string(&h.key));
+                        let value = h.value.as_ref().map(|v| builder.create_vector(v));
+                        abi::Header::create(builder, &abi::HeaderArgs { key, value })
+                    })
+                    .collect();
+                let headers = (!headers.is_empty()).then(|| builder.create_vector(&headers));
+                let args = abi::RecordArgs {
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    partition,
+                    key,
+                    value,
+                    headers,
+                };
+                abi::Record::create(builder, &args)
+            })
+            .collect();
+        let records_fb = Some(builder.create_vector(&records_fb));
+        let root = abi::Batch::create(
+            builder,
+            &abi::BatchArgs {
+                records: records_fb,
+                snapshot,
+            },
+        );
+        builder.finish(root, None);
+        let answer = self.call(self.process.clone(), "weir_process")?;
+        read_output(&answer, records.len())
+    }
+
+    /// Copies the finished builder into guest memory, calls `function` and copies its answer out.
+    fn call(&mut self, function: TypedFunc<u32, u64>, name: &str) -> Result<Vec<u8>, CallError> {
+        let input = self.builder.finished_data();
+        let len = u32::try_from(input.len())
+            .map_err(|_| CallError::Trap(format!("batch of {} bytes is too large", input.len())))?;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = self.alloc.call(&mut self.store, len).and_then(|address| {
+            self.memory
+                .write(&mut self.store, address as usize, input)?;
+            function.call(&mut self.store, len)
+        });
+        let packed = match result {
+            Ok(packed) => packed,
+            Err(e) => return Err(self.explain(name, e)),
+        };
+        let (address, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
+        if len as u64 > self.output_bytes_max {
+            return Err(CallError::BadOutput(format!(
+                "{len} bytes of output, more than the limit of {}",
+                self.output_bytes_max
+            )));
+        }
+        self.memory
+            .data(&self.store)
+            .get(address..address.saturating_add(len))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| {
+                CallError::BadOutput(format!("answer at {address}+{len} is outside memory"))
+            })
+    }
+
+    /// Turns a failed call into its reason, with the guest's panic message when there is one.
+    fn explain(&mut self, name: &str, error: wasmtime::Error) -> CallError {
+        match CallError::from_wasmtime(name, error) {
+            CallError::Deadline(_) => CallError::Deadline(self.deadline_ticks * EPOCH_TICK_MS),
+            CallError::Trap(text) => {
+                let panic = self.panic_message.clone().and_then(|f| {
+                    self.store.set_epoch_deadline(self.deadline_ticks);
+                    let packed = f.call(&mut self.store, ()).ok()?;
+                    let (address, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
+                    let bytes = self
+                        .memory
+                        .data(&self.store)
+                        .get(address..address.checked_add(len)?)?;
+                    (!bytes.is_empty()).then(|| String::from_utf8_lossy(bytes).into_owned())
+                });
+                CallError::Trap(panic.map_or(text.clone(), |panic| format!("{text}: {panic}")))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Parses and checks an `Output` answering a batch of `count` records.
+fn read_output(bytes: &[u8], count: usize) -> Result<Output, CallError> {
+    let bad = |what: String| CallError::BadOutput(what);
+    let output =
+        flatbuffers::root::<abi::Output>(bytes).map_err(|e| bad(format!("does not parse: {e}")))?;
+    let in_range = |index: u32, what: &str| {
+        if (index as usize) < count {
+            Ok(index)
+        } else {
+            Err(bad(format!(
+                "{what} {index} is not an index of the {count} input records"
+            )))
+        }
+    };
+    let kept = output
+        .kept()
+        .into_iter()
+        .flatten()
+        .map(|i| in_range(i, "kept"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let partitions: Vec<u32> = output.partitions().into_iter().flatten().collect();
+    if !partitions.is_empty() && partitions.len() != count {
+        return Err(bad(format!(
+            "{} partitions for {count} records",
+            partitions.len()
+        )));
+    }
+    let failures = output
+        .failures()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            Ok((
+                in_range(f.source(), "failure source")?,
+                f.message().unwrap_or_default().to_owned(),
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let records = output
+        .records()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let bytes =
+                |v: Option<flatbuffers::Vector<u8>>| v.map(|v| Bytes::copy_from_slice(v.bytes()));
+            let headers = r.headers().into_iter().flatten();
+            Ok(OutRecord {
+                source: in_range(r.source(), "record source")?,
+                record: NewRecord {
+                    timestamp: r.timestamp(),
+                    key: bytes(r.key()),
+                    value: bytes(r.value()),
+                    headers: headers
+                        .map(|h| Header {
+                            key: h.key().unwrap_or_default().to_owned(),
+                            value: bytes(h.value()),
+                        })
+                        .collect(),
+                },
+                topic: r.topic().map(str::to_owned),
+                partition: u32::try_from(r.partition()).ok(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let state = output.state().map(|s| s.bytes().to_vec());
+    Ok(Output {
+        kept,
+        records,
+        partitions,
+        failures,
+        state,
+    })
+}

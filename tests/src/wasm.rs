@@ -1,0 +1,93 @@
+//! Building plugins to WebAssembly for tests: the ready-made ones of `plugins/`, and crates a
+//! test writes itself against the SDK. Everything is built with the `plugin` profile into
+//! `target/wasm`, shared by all tests (cargo's lock serializes concurrent builds).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// The root of the workspace.
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn wasm_target_dir() -> PathBuf {
+    workspace_dir().join("target").join("wasm")
+}
+
+fn cargo_build(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = wasm_target_dir();
+    let output = Command::new(cargo)
+        .current_dir(dir)
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            "plugin",
+            "--target",
+            "wasm32-unknown-unknown",
+            "-p",
+            package,
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Flags meant for the host build (coverage, sanitizers) do not apply to wasm.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .context("cannot run cargo")?;
+    if !output.status.success() {
+        bail!(
+            "building plugin {package} to wasm failed (is the wasm32-unknown-unknown target installed? \
+             `rustup target add wasm32-unknown-unknown`):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let file = target_dir
+        .join("wasm32-unknown-unknown/plugin")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    Ok(file)
+}
+
+/// Builds the ready-made plugin `plugins/<name>` and returns the path of its module.
+pub fn plugin_wasm(name: &str) -> anyhow::Result<PathBuf> {
+    cargo_build(&workspace_dir(), name)
+}
+
+/// Builds a plugin crate made of `lib_rs` (depending on `weir` and `serde`) and returns its module.
+/// The crate lives under `target/test-plugins/<name>`.
+pub fn build_plugin_source(name: &str, lib_rs: &str) -> anyhow::Result<PathBuf> {
+    let workspace = workspace_dir();
+    let dir = workspace.join("target").join("test-plugins").join(name);
+    std::fs::create_dir_all(dir.join("src"))?;
+    let sdk = workspace.join("guest-sdk");
+    let manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
+         [lib]\ncrate-type = [\"cdylib\"]\n\n\
+         [dependencies]\nweir = {{ package = \"weir-guest\", path = {sdk:?} }}\nserde = {{ version = \"1\", features = [\"derive\"] }}\n\n\
+         [profile.plugin]\ninherits = \"release\"\nstrip = true\npanic = \"abort\"\n\n\
+         # Not a member of the Weir workspace it sits in.\n[workspace]\n"
+    );
+    write_if_changed(&dir.join("Cargo.toml"), &manifest)?;
+    write_if_changed(&dir.join("src/lib.rs"), lib_rs)?;
+    // Share the workspace's lock file so the same dependency versions are used offline.
+    let lock = workspace.join("Cargo.lock");
+    if lock.exists() && !dir.join("Cargo.lock").exists() {
+        std::fs::copy(&lock, dir.join("Cargo.lock"))?;
+    }
+    cargo_build(&dir, name)
+}
+
+/// Keeps the modification time (and so cargo's fingerprint) when nothing changed.
+fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<()> {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
