@@ -38,34 +38,40 @@ impl Client {
 
     /// Sends a request and returns the JSON answer (`Null` for an empty one); an HTTP error
     /// becomes an error carrying the server's message.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let body = match body {
+            Some(value) => serde_json::to_vec(value)?,
+            None if method == "POST" => b"null".to_vec(),
+            None => Vec::new(),
+        };
+        self.send(method, path, "application/json", &body)
+    }
+
+    /// Sends `body` as is, with its content type.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let sent = match (method, body) {
-            ("GET", _) => {
-                let mut r = self.agent.get(&url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.call()
-            }
-            ("DELETE", _) => {
-                let mut r = self.agent.delete(&url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.call()
-            }
-            (_, body) => {
-                let mut r = self.agent.post(&url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.send_json(body.unwrap_or(&Value::Null))
-            }
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("Content-Type", content_type);
+        let request = match &auth {
+            Some(a) => request.header("Authorization", a),
+            None => request,
         };
-        let mut response =
-            sent.with_context(|| format!("cannot reach {url}: is `weir serve` running?"))?;
+        let request = request
+            .body(body.to_vec())
+            .with_context(|| format!("bad request to {url}"))?;
+        let mut response = self
+            .agent
+            .run(request)
+            .with_context(|| format!("cannot reach {url}: is `weir serve` running?"))?;
         let status = response.status();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let value: Value = if text.is_empty() {
@@ -84,13 +90,14 @@ impl Client {
     }
 }
 
-fn parse_configs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+/// `key=value` pairs of repeated flags.
+pub fn parse_pairs(what: &str, pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|p| {
             p.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .with_context(|| format!("config {p:?} is not key=value"))
+                .with_context(|| format!("{what} {p:?} is not key=value"))
         })
         .collect()
 }
@@ -101,8 +108,7 @@ pub fn topic_create(
     partitions: u32,
     configs: &[String],
 ) -> anyhow::Result<()> {
-    let body =
-        json!({ "name": name, "partitions": partitions, "configs": parse_configs(configs)? });
+    let body = json!({ "name": name, "partitions": partitions, "configs": parse_pairs("config", configs)? });
     c.call("POST", "/v1/topics", Some(&body))?;
     println!("created topic {name} with {partitions} partitions");
     Ok(())

@@ -1,5 +1,5 @@
 //! The HTTP listener: health, Prometheus metrics, and the `/v1` admin API (topics, JSON
-//! produce and consume, groups with lag). With an admin token set, every `/v1` call needs
+//! produce and consume, groups with lag, plugins and pipelines). With an admin token set, every `/v1` call needs
 //! `Authorization: Bearer <token>`.
 
 use std::collections::BTreeMap;
@@ -20,6 +20,8 @@ use weir_runtime::partition_for_key;
 use weir_storage::{BatchBuilder, Compression, Header, NewRecord, StorageError, TopicMeta};
 
 use crate::serve::NodeContext;
+
+mod runtime_api;
 
 /// Most records one JSON consume returns.
 pub const CONSUME_RECORDS_MAX: usize = 10_000;
@@ -101,6 +103,7 @@ pub async fn serve(
         .route("/groups", get(list_groups))
         .route("/groups/{id}", get(describe_group))
         .route("/groups/{id}/offsets", axum::routing::post(commit_offset))
+        .merge(runtime_api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(healthz))

@@ -10,4 +10,5 @@ pub mod cli;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod plugin_cli;
 pub mod serve;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use weir_broker::cli::{self, Client, ConsumeOptions};
+use weir_broker::plugin_cli;
 use weir_broker::serve::{ServeConfig, Server};
 
 #[derive(Parser)]
@@ -92,6 +93,102 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Write, build, deploy and manage WebAssembly plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Run a topic through plugins into other topics.
+    Pipeline {
+        #[command(subcommand)]
+        command: PipelineCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Write a new plugin crate.
+    New {
+        name: String,
+        /// filter, map, filter_map, flat_map, partitioner or aggregate.
+        #[arg(long, default_value = "filter")]
+        kind: String,
+        /// Directory to create the crate in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path of the weir-guest SDK crate; the one this binary was built with by default.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build the plugin crate in a directory to wasm and print the module's path.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Upload a module as a new version of a plugin.
+    Deploy {
+        name: String,
+        file: PathBuf,
+        /// Plugin parameter as key=value (repeatable).
+        #[arg(long = "param")]
+        params: Vec<String>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    /// Make an earlier version active again.
+    Rollback {
+        name: String,
+        /// Version to return to; the one before the active one by default.
+        #[arg(long)]
+        to: Option<u32>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PipelineCommand {
+    Create {
+        name: String,
+        /// Input topic.
+        #[arg(long)]
+        from: String,
+        /// Plugins to run, in order (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        through: Vec<String>,
+        /// Partitioner plugin choosing the output partition.
+        #[arg(long)]
+        partition_by: Option<String>,
+        /// Output topics (comma-separated); records go to the first unless a plugin routes them.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// earliest, latest, an offset, or @<timestamp ms>.
+        #[arg(long, default_value = "latest")]
+        from_offset: String,
+        /// Topic for records a plugin failed on; <name>.dlq by default.
+        #[arg(long)]
+        dead_letter: Option<String>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +237,12 @@ struct ServeArgs {
     /// Require `Authorization: Bearer <token>` on the HTTP `/v1` API.
     #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// CPU time one plugin call (one batch) may take, in milliseconds.
+    #[arg(long, env = "WEIR_PLUGIN_TIMEOUT_MS", default_value_t = 100)]
+    plugin_timeout_ms: u64,
+    /// Memory one plugin instance may use, in MiB.
+    #[arg(long, env = "WEIR_PLUGIN_MEMORY_MIB", default_value_t = 64)]
+    plugin_memory_mib: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -231,6 +334,74 @@ fn run() -> anyhow::Result<()> {
             .map(|_| ())
         }
         Command::Groups { remote } => cli::groups(&remote.client()),
+        Command::Plugin { command, remote } => plugin_command(command, &remote.client()),
+        Command::Pipeline { command, remote } => pipeline_command(command, &remote.client()),
+    }
+}
+
+fn plugin_command(command: PluginCommand, c: &Client) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::New {
+            name,
+            kind,
+            dir,
+            sdk,
+        } => {
+            let root = plugin_cli::new(&name, &kind, &dir, sdk.as_deref())?;
+            println!("created {kind} plugin {name} in {}", root.display());
+            println!(
+                "next: cd {} && cargo test && weir plugin build",
+                root.display()
+            );
+            Ok(())
+        }
+        PluginCommand::Build { dir } => {
+            println!("{}", plugin_cli::build(&dir)?.display());
+            Ok(())
+        }
+        PluginCommand::Deploy { name, file, params } => {
+            plugin_cli::deploy(c, &name, &file, &params)
+        }
+        PluginCommand::List => plugin_cli::list(c),
+        PluginCommand::Describe { name } => plugin_cli::show(c, &format!("/v1/plugins/{name}")),
+        PluginCommand::Rollback { name, to } => plugin_cli::rollback(c, &name, to),
+        PluginCommand::Delete { name } => {
+            plugin_cli::delete(c, &format!("/v1/plugins/{name}"), &format!("plugin {name}"))
+        }
+    }
+}
+
+fn pipeline_command(command: PipelineCommand, c: &Client) -> anyhow::Result<()> {
+    match command {
+        PipelineCommand::Create {
+            name,
+            from,
+            through,
+            partition_by,
+            to,
+            from_offset,
+            dead_letter,
+        } => plugin_cli::pipeline_create(
+            c,
+            &plugin_cli::PipelineArgs {
+                name: &name,
+                from: &from,
+                through: &through,
+                partition_by: partition_by.as_deref(),
+                to: &to,
+                from_offset: &from_offset,
+                dead_letter: dead_letter.as_deref(),
+            },
+        ),
+        PipelineCommand::List => plugin_cli::pipeline_list(c),
+        PipelineCommand::Describe { name } => plugin_cli::show(c, &format!("/v1/pipelines/{name}")),
+        PipelineCommand::Pause { name } => plugin_cli::pipeline_action(c, &name, "pause"),
+        PipelineCommand::Resume { name } => plugin_cli::pipeline_action(c, &name, "resume"),
+        PipelineCommand::Delete { name } => plugin_cli::delete(
+            c,
+            &format!("/v1/pipelines/{name}"),
+            &format!("pipeline {name}"),
+        ),
     }
 }
 
@@ -245,6 +416,8 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
     admin_token: Option<String>,
+    plugin_timeout_ms: Option<u64>,
+    plugin_memory_mib: Option<u64>,
 }
 
 /// Flags and environment first, then the config file, then the defaults.
@@ -290,6 +463,16 @@ fn serve_config(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<ServeCo
             args.admin_token,
             file.admin_token.map(Some),
         ),
+        plugin_timeout_ms: pick(
+            given("plugin_timeout_ms"),
+            args.plugin_timeout_ms,
+            file.plugin_timeout_ms,
+        ),
+        plugin_memory_bytes_max: pick(
+            given("plugin_memory_mib"),
+            args.plugin_memory_mib,
+            file.plugin_memory_mib,
+        ) << 20,
     })
 }
 

@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use weir_runtime::{Runtime, SandboxConfig};
 use weir_storage::{Storage, StorageConfig, StorageError};
 
 use crate::kafka::groups::{self, Coordinator, GroupLag};
@@ -20,6 +21,7 @@ pub struct NodeContext {
     pub storage: Arc<Storage>,
     pub groups: Arc<Coordinator>,
     pub metrics: Arc<Metrics>,
+    pub runtime: Arc<Runtime>,
 }
 
 /// A group's committed offset on one partition, beside the partition's end.
@@ -95,11 +97,16 @@ pub struct ServeConfig {
     pub http: SocketAddr,
     /// When set, `/v1` HTTP calls need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
+    /// CPU time one plugin call (one batch) may take.
+    pub plugin_timeout_ms: u64,
+    /// Memory one plugin instance may grow to.
+    pub plugin_memory_bytes_max: u64,
 }
 
 /// A running node.
 pub struct Server {
     storage: Arc<Storage>,
+    runtime: Arc<Runtime>,
     kafka_addr: SocketAddr,
     http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -142,11 +149,22 @@ impl Server {
             default_partitions: config.default_partitions.max(1),
             request_bytes_max: REQUEST_BYTES_MAX,
         };
+        let sandbox = SandboxConfig {
+            call_timeout_ms: config.plugin_timeout_ms,
+            memory_bytes_max: config.plugin_memory_bytes_max,
+            ..SandboxConfig::default()
+        };
+        let runtime_storage = storage.clone();
+        let runtime = tokio::task::spawn_blocking(move || Runtime::open(runtime_storage, sandbox))
+            .await?
+            .context("starting the plugin runtime")?;
+        let runtime = Arc::new(runtime);
         let offsets = storage.meta().tree(groups::OFFSETS_TREE)?;
         let node = NodeContext {
             storage: storage.clone(),
             groups: Arc::new(Coordinator::new(offsets)),
             metrics: Arc::new(Metrics::default()),
+            runtime: runtime.clone(),
         };
         let http_listener = TcpListener::bind(config.http)
             .await
@@ -167,10 +185,12 @@ impl Server {
                 shutdown_rx,
             )),
         ];
+        runtime.start().context("starting pipelines")?;
         tracing::info!(addr = %http_addr, "HTTP listener ready");
         tracing::info!(addr = %kafka_addr, "Kafka listener ready");
         Ok(Server {
             storage,
+            runtime,
             kafka_addr,
             http_addr,
             shutdown,
@@ -197,6 +217,7 @@ impl Server {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.runtime.shutdown().await;
         let storage = self.storage;
         tokio::task::spawn_blocking(move || storage.close())
             .await?

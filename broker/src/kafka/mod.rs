@@ -74,10 +74,15 @@ pub async fn serve(
         storage,
         groups,
         metrics,
+        runtime,
     } = node;
     let appended = Arc::new(Notify::new());
     let waker = appended.clone();
-    storage.set_listener(Arc::new(move || waker.notify_waiters()));
+    let pipelines = runtime.pipelines().clone();
+    storage.set_listener(Arc::new(move || {
+        waker.notify_waiters();
+        pipelines.notify_append();
+    }));
     let shared = Arc::new(Shared {
         storage,
         config,

@@ -1,0 +1,255 @@
+//! `weir plugin …` and `weir pipeline …`: scaffold, build and deploy plugins; run pipelines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::cli::{Client, parse_pairs};
+
+/// Kinds `weir plugin new` scaffolds, with the function it writes for each.
+const TEMPLATES: [(&str, &str); 6] = [
+    (
+        "filter",
+        "/// Keeps the records that do not contain `word` (default DEBUG).\n#[weir::filter]\npub fn run(r: &Record, params: &Params) -> bool {\n    let word = params.get(\"word\").unwrap_or(\"DEBUG\");\n    !String::from_utf8_lossy(&r.value).contains(word)\n}\n",
+    ),
+    (
+        "map",
+        "/// Upper-cases the value.\n#[weir::map]\npub fn run(r: Record, _params: &Params) -> Result<Record> {\n    let upper = r.value_str()?.to_uppercase();\n    Ok(r.with_value(upper))\n}\n",
+    ),
+    (
+        "filter_map",
+        "/// Keeps non-empty values, trimmed.\n#[weir::filter_map]\npub fn run(r: Record, _params: &Params) -> Result<Option<Record>> {\n    let trimmed = r.value_str()?.trim().to_owned();\n    Ok((!trimmed.is_empty()).then(|| r.with_value(trimmed)))\n}\n",
+    ),
+    (
+        "flat_map",
+        "/// One record per word of the value.\n#[weir::flat_map]\npub fn run(r: Record, _params: &Params) -> Result<Vec<Record>> {\n    Ok(r.value_str()?.split_whitespace().map(|w| Record::new(w)).collect())\n}\n",
+    ),
+    (
+        "partitioner",
+        "/// Spreads records by the length of their value.\n#[weir::partitioner]\npub fn run(r: &Record, partitions: u32, _params: &Params) -> u32 {\n    r.value.len() as u32 % partitions\n}\n",
+    ),
+    (
+        "aggregate",
+        "/// Counts records per key and window (`window_ms`, default one minute).\n#[derive(Default, serde::Serialize, serde::Deserialize)]\npub struct Count(u64);\n\n#[weir::aggregate]\nimpl weir::Aggregate for Count {\n    fn key(r: &Record, _params: &Params) -> Result<Option<String>> {\n        Ok(Some(r.key_str().unwrap_or(\"\").to_owned()))\n    }\n    fn add(&mut self, _r: &Record, _params: &Params) -> Result<()> {\n        self.0 += 1;\n        Ok(())\n    }\n    fn finish(&self, key: &str, window: weir::Window, _params: &Params) -> Result<Record<'static>> {\n        Record::json(&serde_json::json!({\"key\": key, \"window_start_ms\": window.start_ms, \"count\": self.0}))\n    }\n}\n",
+    ),
+];
+
+/// Where the SDK of this build lives; a scaffolded plugin depends on it by path.
+fn default_sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("guest-sdk")
+}
+
+/// Writes a plugin crate `dir/name` of the given kind, ready for `weir plugin build`.
+pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let Some((_, function)) = TEMPLATES.iter().find(|(k, _)| *k == kind) else {
+        let kinds: Vec<&str> = TEMPLATES.iter().map(|(k, _)| *k).collect();
+        bail!("unknown plugin kind {kind:?}; kinds: {}", kinds.join(", "));
+    };
+    weir_runtime::validate_plugin_name(name)?;
+    let root = dir.join(name);
+    if root.exists() {
+        bail!("{} already exists", root.display());
+    }
+    let sdk = match sdk {
+        Some(path) => path.to_path_buf(),
+        None => default_sdk_dir(),
+    };
+    let sdk = sdk
+        .canonicalize()
+        .with_context(|| format!("the weir SDK is not at {}; pass --sdk", sdk.display()))?;
+    std::fs::create_dir_all(root.join("src"))?;
+    let manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+         [lib]\n# cdylib for the wasm module, rlib for `cargo test`.\ncrate-type = [\"cdylib\", \"rlib\"]\n\n\
+         [dependencies]\nweir = {{ package = \"weir-guest\", path = {sdk:?} }}\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n\n\
+         [profile.release]\nstrip = true\npanic = \"abort\"\n"
+    );
+    std::fs::write(root.join("Cargo.toml"), manifest)?;
+    let lib = format!(
+        "//! Weir plugin `{name}` ({kind}). Build with `weir plugin build`, deploy with\n//! `weir plugin deploy {name} target/wasm32-unknown-unknown/release/{file}.wasm`.\n\n#[allow(unused_imports)]\nuse weir::{{Params, Record, Result}};\n\n{function}\n#[cfg(test)]\nmod tests {{\n    #[test]\n    fn runs_natively() {{\n        let _ = super::run;\n    }}\n}}\n",
+        file = name.replace('-', "_")
+    );
+    std::fs::write(root.join("src/lib.rs"), lib)?;
+    std::fs::write(root.join(".gitignore"), "/target\n")?;
+    Ok(root)
+}
+
+/// Builds the plugin crate in `dir` to wasm and returns the module's path.
+pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(dir)
+        .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!(
+            "cargo build failed (the target is added with `rustup target add wasm32-unknown-unknown`)"
+        );
+    }
+    let metadata = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(dir)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("cannot run cargo metadata")?;
+    let metadata: Value = serde_json::from_slice(&metadata.stdout).context("cargo metadata")?;
+    let target_dir = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target directory")?;
+    let name = metadata["packages"][0]["name"]
+        .as_str()
+        .context("cargo metadata has no package")?;
+    let wasm = Path::new(target_dir)
+        .join("wasm32-unknown-unknown/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    if !wasm.exists() {
+        bail!("{} was not built; is the crate a cdylib?", wasm.display());
+    }
+    Ok(wasm)
+}
+
+pub fn deploy(c: &Client, name: &str, file: &Path, params: &[String]) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let query: Vec<String> = parse_pairs("param", params)?
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    let path = if query.is_empty() {
+        format!("/v1/plugins/{name}")
+    } else {
+        format!("/v1/plugins/{name}?{}", query.join("&"))
+    };
+    let version = c.send("PUT", &path, "application/wasm", &wasm)?;
+    println!(
+        "deployed {name} version {} ({}, sha256 {})",
+        version["version"],
+        version["kind"].as_str().unwrap_or(""),
+        version["sha256"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+/// Percent-encodes a query component.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn list(c: &Client) -> anyhow::Result<()> {
+    let plugins = c.call("GET", "/v1/plugins", None)?;
+    println!(
+        "{:<32} {:<12} {:>8} {:>9}  SHA256",
+        "PLUGIN", "KIND", "VERSION", "VERSIONS"
+    );
+    for p in plugins.as_array().into_iter().flatten() {
+        let versions = p["versions"].as_array().map_or(0, Vec::len);
+        let active = p["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["version"] == p["active"]);
+        let field = |k: &str| active.and_then(|v| v[k].as_str()).unwrap_or("").to_string();
+        println!(
+            "{:<32} {:<12} {:>8} {:>9}  {}",
+            p["name"].as_str().unwrap_or(""),
+            field("kind"),
+            p["active"].to_string(),
+            versions,
+            field("sha256")
+        );
+    }
+    Ok(())
+}
+
+pub fn show(c: &Client, path: &str) -> anyhow::Result<()> {
+    let value = c.call("GET", path, None)?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+pub fn rollback(c: &Client, name: &str, to: Option<u32>) -> anyhow::Result<()> {
+    let version = c.call(
+        "POST",
+        &format!("/v1/plugins/{name}/rollback"),
+        Some(&json!({ "version": to })),
+    )?;
+    println!("{name} now runs version {}", version["version"]);
+    Ok(())
+}
+
+pub fn delete(c: &Client, path: &str, what: &str) -> anyhow::Result<()> {
+    c.call("DELETE", path, None)?;
+    println!("deleted {what}");
+    Ok(())
+}
+
+/// What `weir pipeline create` sends.
+pub struct PipelineArgs<'a> {
+    pub name: &'a str,
+    pub from: &'a str,
+    pub through: &'a [String],
+    pub partition_by: Option<&'a str>,
+    pub to: &'a [String],
+    pub from_offset: &'a str,
+    pub dead_letter: Option<&'a str>,
+}
+
+pub fn pipeline_create(c: &Client, args: &PipelineArgs) -> anyhow::Result<()> {
+    let body = json!({
+        "name": args.name,
+        "from": args.from,
+        "through": args.through,
+        "partition_by": args.partition_by,
+        "to": args.to,
+        "from_offset": args.from_offset,
+        "dead_letter": args.dead_letter,
+    });
+    c.call("POST", "/v1/pipelines", Some(&body))?;
+    println!(
+        "created pipeline {}: {} → {} → {}",
+        args.name,
+        args.from,
+        args.through.join(" → "),
+        args.to.join(", ")
+    );
+    Ok(())
+}
+
+pub fn pipeline_list(c: &Client) -> anyhow::Result<()> {
+    let pipelines = c.call("GET", "/v1/pipelines", None)?;
+    println!(
+        "{:<24} {:<8} {:>10} {:>12} {:>12} {:>10}  LAST ERROR",
+        "PIPELINE", "STATUS", "LAG", "IN", "OUT", "DEAD"
+    );
+    for p in pipelines.as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<8} {:>10} {:>12} {:>12} {:>10}  {}",
+            p["spec"]["name"].as_str().unwrap_or(""),
+            p["status"].as_str().unwrap_or(""),
+            p["lag"].to_string(),
+            p["records_in"].to_string(),
+            p["records_out"].to_string(),
+            p["dead_lettered"].to_string(),
+            p["last_error"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub fn pipeline_action(c: &Client, name: &str, action: &str) -> anyhow::Result<()> {
+    let status = c.call("POST", &format!("/v1/pipelines/{name}/{action}"), None)?;
+    println!(
+        "pipeline {name} is {}",
+        status["status"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
