@@ -377,7 +377,11 @@ pub fn aggregate<A: Aggregate + 'static>(len: u32) -> u64 {
         };
     let snapshot = |state: &Option<Box<dyn Any>>| {
         let windows = state.as_ref()?.downcast_ref::<Windows<A>>()?;
-        serde_json::to_vec(windows).ok()
+        // A state type that does not serialize is a bug of the plugin: trap, with the reason.
+        Some(
+            serde_json::to_vec(windows)
+                .unwrap_or_else(|e| panic!("aggregate state does not serialize: {e}")),
+        )
     };
     process(len, each, snapshot)
 }

@@ -58,7 +58,31 @@ pub(crate) struct Windows<A: Aggregate> {
     lateness_ms: i64,
     /// Windows ending at or before this have been emitted.
     closed_until_ms: i64,
+    #[serde(with = "entries")]
     open: BTreeMap<(Window, String), A>,
+}
+
+/// JSON object keys are strings, so the open windows are kept as a list of entries.
+mod entries {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, K: Serialize, V: Serialize>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        Vec::<(K, V)>::deserialize(d).map(|entries| entries.into_iter().collect())
+    }
 }
 
 impl<A: Aggregate> Windows<A> {

@@ -37,11 +37,14 @@ mod abi_generated;
 pub mod __rt;
 mod partition;
 mod record;
+pub mod time;
 
 pub use abi_generated::weir::abi;
 pub use aggregate::{Aggregate, Window};
 pub use partition::{murmur2, partition_for_key};
-pub use record::{Error, Params, Record, Result};
+pub use record::{Error, Params, Record, Result, json_path};
+/// The JSON library the SDK uses, for plugins that read or write JSON values.
+pub use serde_json;
 
 pub use weir_guest_macros::{aggregate, filter, filter_map, flat_map, map, partitioner};
 

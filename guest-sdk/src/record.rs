@@ -206,3 +206,21 @@ impl<E: std::error::Error> From<E> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The value at a dotted `path` (`"request.method"`, `"tags.0"`) inside a JSON value.
+///
+/// ```
+/// let v = serde_json::json!({"request": {"method": "GET"}, "tags": ["a", "b"]});
+/// assert_eq!(weir::json_path(&v, "request.method"), Some(&serde_json::json!("GET")));
+/// assert_eq!(weir::json_path(&v, "tags.1"), Some(&serde_json::json!("b")));
+/// assert_eq!(weir::json_path(&v, "missing.field"), None);
+/// ```
+pub fn json_path<'v>(value: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
+    path.split('.')
+        .filter(|part| !part.is_empty())
+        .try_fold(value, |value, part| match value {
+            serde_json::Value::Object(map) => map.get(part),
+            serde_json::Value::Array(items) => items.get(part.parse::<usize>().ok()?),
+            _ => None,
+        })
+}

@@ -1,0 +1,184 @@
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+//! Every ready-made plugin, built to wasm and run through the sandbox as a pipeline runs it.
+
+use bytes::Bytes;
+use weir_runtime::{Init, Instance, Kind, Output, Sandbox, SandboxConfig, partition_for_key};
+use weir_storage::Record;
+
+fn instance(plugin: &str, params: &[(&str, &str)], state: Option<Vec<u8>>) -> (Kind, Instance) {
+    let sandbox = Sandbox::new(SandboxConfig {
+        instances_max: 8,
+        ..Default::default()
+    })
+    .unwrap();
+    let wasm = std::fs::read(weir_tests::wasm::plugin_wasm(plugin).unwrap()).unwrap();
+    let plugin = sandbox.load(&wasm).unwrap();
+    let init = Init {
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        partitions: 4,
+        state,
+    };
+    // The instance keeps what it needs of the sandbox alive.
+    let instance = sandbox.instantiate(&plugin, &init).unwrap();
+    (plugin.kind(), instance)
+}
+
+fn records(values: &[&str]) -> Vec<Record> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            offset: 100 + i as i64,
+            timestamp: 1_000 + i as i64,
+            key: None,
+            value: Some(Bytes::copy_from_slice(v.as_bytes())),
+            headers: Vec::new(),
+        })
+        .collect()
+}
+
+fn values(output: &Output) -> Vec<String> {
+    output
+        .records
+        .iter()
+        .map(|r| String::from_utf8(r.record.value.as_ref().unwrap().to_vec()).unwrap())
+        .collect()
+}
+
+#[test]
+fn json_filter_keeps_server_errors() {
+    let (kind, mut instance) =
+        instance("json-filter", &[("field", "status"), ("gte", "500")], None);
+    assert_eq!(kind, Kind::Filter);
+    let batch = records(&[
+        r#"{"status":200}"#,
+        r#"{"status":503}"#,
+        "junk",
+        r#"{"status":500}"#,
+    ]);
+    assert_eq!(instance.process(&batch, 0, false).unwrap().kept, vec![1, 3]);
+}
+
+#[test]
+fn field_partitioner_places_like_kafka() {
+    let (kind, mut instance) = instance("field-partitioner", &[("field", "host")], None);
+    assert_eq!(kind, Kind::Partitioner);
+    let hosts = ["web-1", "web-2", "db-7", "cache-3"];
+    let lines: Vec<String> = hosts
+        .iter()
+        .map(|h| format!(r#"{{"host":"{h}"}}"#))
+        .collect();
+    let batch = records(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    let output = instance.process(&batch, 0, false).unwrap();
+    let expected: Vec<u32> = hosts
+        .iter()
+        .map(|h| partition_for_key(h.as_bytes(), 4))
+        .collect();
+    assert_eq!(output.partitions, expected);
+}
+
+#[test]
+fn nginx_to_json_parses_and_rejects() {
+    let (kind, mut instance) = instance("nginx-to-json", &[], None);
+    assert_eq!(kind, Kind::Map);
+    let batch = records(&[
+        r#"10.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET /a HTTP/1.1" 503 12 "-" "curl/8""#,
+        "garbage",
+    ]);
+    let output = instance.process(&batch, 0, false).unwrap();
+    assert_eq!(output.records.len(), 1);
+    assert_eq!(output.records[0].source, 0);
+    assert_eq!(output.records[0].record.timestamp, 971_211_336_000);
+    assert!(
+        values(&output)[0].contains(r#""status":503"#),
+        "{:?}",
+        values(&output)
+    );
+    assert_eq!(output.failures.len(), 1);
+    assert_eq!(output.failures[0].0, 1);
+    assert!(output.failures[0].1.contains("not an access-log line"));
+}
+
+#[test]
+fn syslog_to_json_parses_both_formats() {
+    let (_, mut instance) = instance("syslog-to-json", &[], None);
+    let batch = records(&[
+        "<34>1 2003-10-11T22:14:15.003Z host su - ID47 - failed",
+        "<13>Feb  5 17:32:18 10.0.0.99 sshd[4123]: Accepted",
+        "nope",
+    ]);
+    let output = instance.process(&batch, 0, false).unwrap();
+    let values = values(&output);
+    assert_eq!(values.len(), 2);
+    assert!(
+        values[0].contains(r#""severity":"crit""#) && values[1].contains(r#""app":"sshd""#),
+        "{values:?}"
+    );
+    assert_eq!(output.records[0].record.timestamp, 1_065_910_455_003);
+    assert_eq!(
+        output.failures.iter().map(|f| f.0).collect::<Vec<_>>(),
+        vec![2]
+    );
+}
+
+#[test]
+fn metrics_rollup_emits_closed_windows_and_resumes_from_its_state() {
+    let params = [("key", "status"), ("value", "bytes"), ("window_ms", "1000")];
+    let (kind, mut first) = instance("metrics-rollup", &params, None);
+    assert_eq!(kind, Kind::Aggregate);
+    let line = |ts: i64, status: u16, bytes: u32| Record {
+        offset: ts,
+        timestamp: ts,
+        key: None,
+        value: Some(Bytes::from(format!(
+            r#"{{"status":{status},"bytes":{bytes}}}"#
+        ))),
+        headers: Vec::new(),
+    };
+    // Window [0, 1000): two 500s and a 200; nothing closes yet.
+    let output = first
+        .process(
+            &[line(10, 500, 5), line(20, 200, 1), line(30, 500, 7)],
+            0,
+            true,
+        )
+        .unwrap();
+    assert!(output.records.is_empty());
+    let state = output.state.clone().unwrap();
+    // A new instance restored from the snapshot continues the window.
+    let (_, mut second) = instance("metrics-rollup", &params, Some(state));
+    let output = second
+        .process(&[line(900, 500, 3), line(1500, 404, 1)], 0, true)
+        .unwrap();
+    let mut values = values(&output);
+    values.sort();
+    assert_eq!(values.len(), 2, "{values:?}");
+    assert!(
+        values[0].contains(r#""key":"200""#) && values[0].contains(r#""count":1"#),
+        "{values:?}"
+    );
+    assert!(
+        values[1].contains(r#""key":"500""#)
+            && values[1].contains(r#""count":3"#)
+            && values[1].contains(r#""sum":15.0"#),
+        "{values:?}"
+    );
+    // Both came from the record that closed the window, stamped with the window start.
+    assert!(
+        output
+            .records
+            .iter()
+            .all(|r| r.source == 1 && r.record.timestamp == 0)
+    );
+    // A record for the closed window is late.
+    let output = second.process(&[line(999, 500, 1)], 0, true).unwrap();
+    assert!(
+        output.failures[0].1.contains("late record"),
+        "{:?}",
+        output.failures
+    );
+}
