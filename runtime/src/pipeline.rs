@@ -147,7 +147,19 @@ struct Stage {
     name: String,
     version: PluginVersion,
     plugin: Plugin,
-    instance: Option<Instance>,
+    /// Live instances: one per input partition for an aggregate (each partition has its own
+    /// windows and event time), one shared by all partitions otherwise (under key 0).
+    instances: BTreeMap<u32, Instance>,
+}
+
+impl Stage {
+    fn instance_key(&self, partition: u32) -> u32 {
+        if self.plugin.kind() == Kind::Aggregate {
+            partition
+        } else {
+            0
+        }
+    }
 }
 
 /// A record on its way through the chain.
@@ -339,7 +351,7 @@ impl Runner {
                     if self.generation != u64::MAX {
                         tracing::info!(pipeline = %self.spec.name, plugin = %name, version = version.version, "switching plugin version between batches");
                     }
-                    Stage { name: name.clone(), version, plugin, instance: None }
+                    Stage { name: name.clone(), version, plugin, instances: BTreeMap::new() }
                 }
             });
         }
@@ -412,7 +424,7 @@ impl Runner {
                 &self.registry,
                 stage,
                 &items,
-                partition as i32,
+                partition,
                 first_partitions,
                 states.get(&index),
             );
@@ -427,7 +439,8 @@ impl Runner {
                     items = apply(stage, items, output, &mut dead);
                 }
                 Err(error) => {
-                    stage.instance = None;
+                    let key = stage.instance_key(partition);
+                    stage.instances.remove(&key);
                     let message = error.to_string();
                     dead.extend(items.drain(..).map(|item| DeadLetter {
                         origin: item.origin,
@@ -623,11 +636,12 @@ fn run_stage(
     registry: &Registry,
     stage: &mut Stage,
     items: &[Item],
-    partition: i32,
+    partition: u32,
     partitions: u32,
     state: Option<&String>,
 ) -> Result<crate::sandbox::Output, CallError> {
-    if stage.instance.is_none() {
+    let key = stage.instance_key(partition);
+    if !stage.instances.contains_key(&key) {
         let state = state.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
         let params = stage
             .version
@@ -640,13 +654,15 @@ fn run_stage(
             partitions,
             state,
         };
-        stage.instance = Some(registry.sandbox().instantiate(&stage.plugin, &init)?);
+        let instance = registry.sandbox().instantiate(&stage.plugin, &init)?;
+        stage.instances.insert(key, instance);
     }
-    let Some(instance) = stage.instance.as_mut() else {
+    let aggregate = stage.plugin.kind() == Kind::Aggregate;
+    let Some(instance) = stage.instances.get_mut(&key) else {
         return Err(CallError::Init("no instance".into()));
     };
     let records: Vec<Record> = items.iter().map(|item| item.record.clone()).collect();
-    instance.process(&records, partition, stage.plugin.kind() == Kind::Aggregate)
+    instance.process(&records, partition as i32, aggregate)
 }
 
 /// The items after one stage: what a filter kept, what a map made, where a partitioner put them.

@@ -41,18 +41,8 @@ fn params(pairs: &[(&str, &str)]) -> Init {
     }
 }
 
-/// A module with every ABI export; `process` is the body of `weir_process` (param i32, result i64).
 fn module(abi_version: u32, process: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module
-            (memory (export "memory") 2)
-            (func (export "weir_abi_version") (result i32) i32.const {abi_version})
-            (func (export "weir_kind") (result i32) i32.const 1)
-            (func (export "weir_alloc") (param i32) (result i32) i32.const 1024)
-            (func (export "weir_init") (param i32) (result i64) i64.const 0)
-            (func (export "weir_process") (param i32) (result i64) {process}))"#
-    ))
-    .unwrap()
+    weir_tests::wasm::abi_module(abi_version, process).unwrap()
 }
 
 #[test]
@@ -103,31 +93,22 @@ type Expect = fn(&CallError) -> bool;
 #[test]
 fn hostile_calls_fail_alone() {
     let sandbox = sandbox();
-    let cases: [(&str, &str, Expect); 5] = [
-        ("loop", "(loop $forever br $forever) i64.const 0", |e| {
-            matches!(e, CallError::Deadline(50))
-        }),
-        (
-            "memory bomb",
-            "(loop $more (br_if $more (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) i64.const 0",
-            |e| matches!(e, CallError::Memory(_)),
-        ),
-        (
-            "trap",
-            "unreachable",
-            |e| matches!(e, CallError::Trap(m) if m.contains("unreachable")),
-        ),
-        (
-            "huge output",
-            "i64.const 0x7fffffff",
-            |e| matches!(e, CallError::BadOutput(m) if m.contains("more than the limit")),
-        ),
-        (
-            "garbage output",
-            "i64.const 3",
-            |e| matches!(e, CallError::BadOutput(m) if m.contains("does not parse")),
-        ),
+    let expectations: [Expect; 4] = [
+        |e| matches!(e, CallError::Deadline(50)),
+        |e| matches!(e, CallError::Memory(_)),
+        |e| matches!(e, CallError::Trap(m) if m.contains("unreachable")),
+        |e| matches!(e, CallError::BadOutput(m) if m.contains("more than the limit")),
     ];
+    let garbage: (&str, &str, Expect) = (
+        "garbage output",
+        "i64.const 3",
+        |e| matches!(e, CallError::BadOutput(m) if m.contains("does not parse")),
+    );
+    let hostile = weir_tests::wasm::HOSTILE_BODIES
+        .iter()
+        .zip(expectations)
+        .map(|((name, body), expect)| (*name, *body, expect));
+    let cases: Vec<(&str, &str, Expect)> = hostile.chain(std::iter::once(garbage)).collect();
     let good = std::fs::read(weir_tests::wasm::plugin_wasm("regex-filter").unwrap()).unwrap();
     let good = sandbox.load(&good).unwrap();
     let mut good = sandbox

@@ -91,3 +91,28 @@ fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A module with every export of plugin ABI `abi_version`, a filter, whose `weir_process`
+/// (param i32, result i64) has the body `process`: for hostile-plugin tests.
+pub fn abi_module(abi_version: u32, process: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 2)
+            (func (export "weir_abi_version") (result i32) i32.const {abi_version})
+            (func (export "weir_kind") (result i32) i32.const 1)
+            (func (export "weir_alloc") (param i32) (result i32) i32.const 1024)
+            (func (export "weir_init") (param i32) (result i64) i64.const 0)
+            (func (export "weir_process") (param i32) (result i64) {process}))"#
+    ))?)
+}
+
+/// Bodies of `weir_process` that misbehave, by name, for [`abi_module`].
+pub const HOSTILE_BODIES: [(&str, &str); 4] = [
+    ("loop", "(loop $forever br $forever) i64.const 0"),
+    (
+        "memory-bomb",
+        "(loop $more (br_if $more (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) i64.const 0",
+    ),
+    ("trap", "unreachable"),
+    ("huge-output", "i64.const 0x7fffffff"),
+];

@@ -1,0 +1,641 @@
+//! WASM plugins and pipelines against a real node: an nginx → filter → rollup pipeline fed and
+//! read by kcat; a plugin written here with the SDK, deployed by HTTP, CLI and plugin
+//! directory, hot-swapped mid-stream; hostile plugins; and `kill -9` during a pipeline run.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Node, have, run_with_input};
+use serde_json::{Value, json};
+use weir_broker::cli::Client;
+use weir_tests::wasm::{HOSTILE_BODIES, abi_module, build_plugin_source, plugin_wasm};
+
+fn client(node: &Node) -> Client {
+    Client::new(&node.url(), None)
+}
+
+fn deploy(c: &Client, name: &str, wasm: &[u8], params: &str) -> Value {
+    let path = if params.is_empty() {
+        format!("/v1/plugins/{name}")
+    } else {
+        format!("/v1/plugins/{name}?{params}")
+    };
+    c.send("PUT", &path, "application/wasm", wasm).unwrap()
+}
+
+fn create_pipeline(c: &Client, spec: Value) -> Value {
+    c.call("POST", "/v1/pipelines", Some(&spec)).unwrap()
+}
+
+fn status(c: &Client, pipeline: &str) -> Value {
+    c.call("GET", &format!("/v1/pipelines/{pipeline}"), None)
+        .unwrap()
+}
+
+/// Polls `done` every 20 ms for up to a minute.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the pipeline has read everything written to its input so far.
+fn wait_caught_up(c: &Client, pipeline: &str) {
+    wait_until(&format!("pipeline {pipeline} to catch up"), || {
+        status(c, pipeline)["lag"] == 0
+    });
+}
+
+fn produce(c: &Client, topic: &str, records: &[Value]) {
+    c.call(
+        "POST",
+        &format!("/v1/topics/{topic}/records"),
+        Some(&json!({ "records": records })),
+    )
+    .unwrap();
+}
+
+/// Every record of one partition, through the HTTP consume API.
+fn consume_all(c: &Client, topic: &str, partition: u32) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = c
+            .call(
+                "GET",
+                &format!(
+                    "/v1/topics/{topic}/records?partition={partition}&offset={offset}&limit=10000"
+                ),
+                None,
+            )
+            .unwrap();
+        let records = page["records"].as_array().unwrap().clone();
+        offset = page["next_offset"].as_u64().unwrap();
+        if records.is_empty() {
+            return out;
+        }
+        out.extend(records);
+    }
+}
+
+fn header<'v>(record: &'v Value, key: &str) -> Option<&'v str> {
+    record["headers"].as_array()?.iter().find(|h| h[0] == key)?[1].as_str()
+}
+
+fn kcat(node: &Node, args: &[&str], input: &str) -> String {
+    let mut command = Command::new("kcat");
+    command.arg("-b").arg(node.kafka.to_string()).args(args);
+    let out = run_with_input(command, input);
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An access-log line at `minute` (from 2024-01-01 00:00 UTC) plus `second`.
+fn access_line(minute: u32, second: u32, path: &str, status: u16, bytes: u64) -> String {
+    format!(
+        r#"10.0.0.{second} - - [01/Jan/2024:00:{minute:02}:{second:02} +0000] "GET {path} HTTP/1.1" {status} {bytes} "-" "curl/8.5""#
+    )
+}
+
+const JAN_2024_MS: i64 = 1_704_067_200_000;
+
+#[test]
+fn nginx_lines_become_per_minute_error_counts() {
+    if !have("kcat", "apt-get install kcat") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let c = client(&node);
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({ "name": "access", "partitions": 1 })),
+    )
+    .unwrap();
+    deploy(
+        &c,
+        "nginx-to-json",
+        &std::fs::read(plugin_wasm("nginx-to-json").unwrap()).unwrap(),
+        "",
+    );
+    deploy(
+        &c,
+        "server-errors",
+        &std::fs::read(plugin_wasm("json-filter").unwrap()).unwrap(),
+        "field=status&gte=500",
+    );
+    deploy(
+        &c,
+        "per-status",
+        &std::fs::read(plugin_wasm("metrics-rollup").unwrap()).unwrap(),
+        "key=status&value=bytes&window_ms=60000",
+    );
+    create_pipeline(
+        &c,
+        json!({ "name": "errors-per-minute", "from": "access", "through": ["nginx-to-json", "server-errors", "per-status"],
+                "to": ["errors-per-minute"], "from_offset": "earliest" }),
+    );
+
+    // Minutes 0..3, 20 requests each: 8×200, 4×404, 4×500, 4×503, with bytes = the second.
+    let statuses = [200, 200, 404, 500, 503];
+    let mut lines = Vec::new();
+    let mut expected: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
+    for minute in 0..3 {
+        for second in 0..20 {
+            let status = statuses[second as usize % 5];
+            lines.push(access_line(
+                minute,
+                second,
+                &format!("/m{minute}/{second}"),
+                status,
+                u64::from(second),
+            ));
+            if status >= 500 {
+                let entry = expected
+                    .entry((JAN_2024_MS + i64::from(minute) * 60_000, status.to_string()))
+                    .or_default();
+                entry.0 += 1;
+                entry.1 += u64::from(second);
+            }
+        }
+    }
+    lines.push("this is not an access log line".into());
+    lines.push("GET / HTTP/1.1".into());
+    // A 500 at minute 10 closes the windows of minutes 0..3 (and opens one that stays open).
+    lines.push(access_line(10, 0, "/late", 500, 1));
+    kcat(&node, &["-P", "-t", "access"], &(lines.join("\n") + "\n"));
+    wait_caught_up(&c, "errors-per-minute");
+
+    let out = kcat(
+        &node,
+        &[
+            "-C",
+            "-t",
+            "errors-per-minute",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%k\t%s\n",
+        ],
+        "",
+    );
+    let mut got: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
+    for line in out.lines() {
+        let (key, value) = line.split_once('\t').unwrap();
+        let v: Value = serde_json::from_str(value).unwrap();
+        assert_eq!(v["key"], key);
+        assert_eq!(
+            v["window_end_ms"].as_i64().unwrap() - v["window_start_ms"].as_i64().unwrap(),
+            60_000
+        );
+        let previous = got.insert(
+            (v["window_start_ms"].as_i64().unwrap(), key.to_string()),
+            (
+                v["count"].as_u64().unwrap(),
+                v["sum"].as_f64().unwrap() as u64,
+            ),
+        );
+        assert!(previous.is_none(), "window emitted twice: {line}");
+    }
+    assert_eq!(got, expected);
+    assert_eq!(expected.len(), 6);
+
+    // The two lines that are not access-log lines are dead letters, with the reason.
+    let dead = consume_all(&c, "errors-per-minute.dlq", 0);
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0]["value"], "this is not an access log line");
+    assert!(
+        header(&dead[0], "weir.error")
+            .unwrap()
+            .starts_with("not an access-log line")
+    );
+    assert_eq!(header(&dead[0], "weir.plugin"), Some("nginx-to-json"));
+    assert_eq!(header(&dead[1], "weir.source"), Some("access/0/61"));
+    let s = status(&c, "errors-per-minute");
+    assert_eq!(
+        (s["records_in"].as_u64(), s["dead_lettered"].as_u64()),
+        (Some(63), Some(2)),
+        "{s}"
+    );
+    assert_eq!(s["status"], "running");
+}
+
+const NO_DEBUG: &str = r#"
+use weir::{Params, Record};
+
+const DROPPED: &[&str] = &[WORDS];
+
+/// Drops lines that contain one of the words.
+#[weir::filter]
+fn no_debug(r: &Record, _params: &Params) -> bool {
+    let line = String::from_utf8_lossy(&r.value);
+    !DROPPED.iter().any(|word| line.contains(word))
+}
+"#;
+
+/// How a test deploys a plugin version.
+#[derive(Clone, Copy, Debug)]
+enum DeployPath {
+    Http,
+    Cli,
+    Directory,
+}
+
+fn deploy_by(path: DeployPath, node: &Node, data_dir: &Path, name: &str, wasm: &[u8]) {
+    match path {
+        DeployPath::Http => {
+            deploy(&client(node), name, wasm, "");
+        }
+        DeployPath::Cli => {
+            let file = data_dir
+                .parent()
+                .unwrap()
+                .join(format!("{name}-upload.wasm"));
+            std::fs::write(&file, wasm).unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+                .args(["plugin", "deploy", name])
+                .arg(&file)
+                .args(["--server", &node.url()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "weir plugin deploy: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains(&format!("deployed {name} version"))
+            );
+        }
+        DeployPath::Directory => {
+            let dir = data_dir.join("plugins");
+            let tmp = dir.join(format!("{name}.tmp"));
+            std::fs::write(&tmp, wasm).unwrap();
+            std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).unwrap();
+        }
+    }
+}
+
+fn active_version(c: &Client, name: &str) -> Option<u64> {
+    c.call("GET", &format!("/v1/plugins/{name}"), None).ok()?["active"].as_u64()
+}
+
+const LEVELS: [&str; 4] = ["DEBUG", "INFO", "WARN", "ERROR"];
+
+#[test]
+fn a_plugin_deployed_three_ways_is_hot_swapped_without_loss_or_repeat() {
+    let v1 = std::fs::read(
+        build_plugin_source("no-debug", &NO_DEBUG.replace("WORDS", r#""DEBUG""#)).unwrap(),
+    )
+    .unwrap();
+    let v2 = std::fs::read(
+        build_plugin_source("no-debug", &NO_DEBUG.replace("WORDS", r#""DEBUG", "INFO""#)).unwrap(),
+    )
+    .unwrap();
+    assert_ne!(v1, v2);
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let node = Node::start(&data_dir);
+    let c = client(&node);
+    for path in [DeployPath::Http, DeployPath::Cli, DeployPath::Directory] {
+        let tag = format!("{path:?}").to_lowercase();
+        let (plugin, input, output) = (
+            format!("no-debug-{tag}"),
+            format!("app-{tag}"),
+            format!("quiet-{tag}"),
+        );
+        c.call(
+            "POST",
+            "/v1/topics",
+            Some(&json!({ "name": input, "partitions": 1 })),
+        )
+        .unwrap();
+        deploy_by(path, &node, &data_dir, &plugin, &v1);
+        wait_until(&format!("{plugin} version 1"), || {
+            active_version(&c, &plugin) == Some(1)
+        });
+        create_pipeline(
+            &c,
+            json!({ "name": tag, "from": input, "through": [plugin], "to": [output], "from_offset": "earliest" }),
+        );
+
+        let record = |i: usize| json!({ "value": format!("{i} {} line", LEVELS[i % 4]) });
+        let first: Vec<Value> = (0..1000).map(record).collect();
+        produce(&c, &input, &first);
+        wait_caught_up(&c, &tag);
+        // More goes in, a chunk every 10 ms, while version 2 is deployed, and for 20 chunks
+        // after the swap is seen.
+        let swapped = Arc::new(AtomicBool::new(false));
+        let rest = std::thread::spawn({
+            let (url, input, swapped) = (node.url(), input.clone(), swapped.clone());
+            move || {
+                let c = Client::new(&url, None);
+                let (mut next, mut after_swap) = (1000, 0);
+                while after_swap < 20 {
+                    produce(
+                        &c,
+                        &input,
+                        &(next..next + 100).map(record).collect::<Vec<_>>(),
+                    );
+                    next += 100;
+                    after_swap += usize::from(swapped.load(Ordering::Acquire));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                next
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        deploy_by(path, &node, &data_dir, &plugin, &v2);
+        wait_until(&format!("{plugin} version 2"), || {
+            active_version(&c, &plugin) == Some(2)
+        });
+        swapped.store(true, Ordering::Release);
+        let total = rest.join().unwrap();
+        wait_caught_up(&c, &tag);
+
+        // Output = version 1 applied to offsets before some S and version 2 from S on, each
+        // input record at most once and in order.
+        let got: Vec<usize> = consume_all(&c, &output, 0)
+            .iter()
+            .map(|r| {
+                r["value"]
+                    .as_str()
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let last_info = got
+            .iter()
+            .copied()
+            .filter(|i| i % 4 == 1)
+            .max()
+            .unwrap_or(0);
+        let switch = (last_info + 1..=total)
+            .find(|i| i % 4 == 1)
+            .unwrap_or(total);
+        let expected: Vec<usize> = (0..total)
+            .filter(|i| i % 4 != 0 && (i % 4 != 1 || *i < switch))
+            .collect();
+        assert_eq!(got, expected, "{path:?}: not one version per record");
+        assert!(
+            switch > 1000 && switch < total,
+            "{path:?}: the swap was not mid-stream (switch at {switch})"
+        );
+        let s = status(&c, &tag);
+        assert_eq!(s["plugins"], json!([format!("{plugin}@2")]), "{s}");
+        assert_eq!(s["records_in"].as_u64(), Some(total as u64));
+        assert_eq!(s["dropped"].as_u64(), Some((total - expected.len()) as u64));
+    }
+    // Rollback through the CLI brings version 1 back.
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "plugin",
+            "rollback",
+            "no-debug-cli",
+            "--server",
+            &node.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(active_version(&c, "no-debug-cli"), Some(1));
+    // A file that is not a module is refused, with the reason next to it.
+    std::fs::write(data_dir.join("plugins/broken.wasm"), b"not wasm").unwrap();
+    wait_until("broken.error", || {
+        data_dir.join("plugins/broken.error").exists()
+    });
+    let reason = std::fs::read_to_string(data_dir.join("plugins/broken.error")).unwrap();
+    assert!(reason.contains("not a WebAssembly module"), "{reason}");
+}
+
+#[test]
+fn hostile_plugins_fail_alone_and_pause_their_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(
+        dir.path(),
+        &["--plugin-timeout-ms", "50", "--plugin-memory-mib", "16"],
+    );
+    let c = client(&node);
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({ "name": "in", "partitions": 1 })),
+    )
+    .unwrap();
+    deploy(
+        &c,
+        "everything",
+        &std::fs::read(plugin_wasm("regex-filter").unwrap()).unwrap(),
+        "pattern=.",
+    );
+    create_pipeline(
+        &c,
+        json!({ "name": "healthy", "from": "in", "through": ["everything"], "to": ["healthy-out"], "from_offset": "earliest" }),
+    );
+    for (name, body) in HOSTILE_BODIES {
+        deploy(&c, name, &abi_module(1, body).unwrap(), "");
+        create_pipeline(
+            &c,
+            json!({ "name": name, "from": "in", "through": [name], "to": [format!("{name}-out")], "from_offset": "earliest" }),
+        );
+    }
+    // One record per step, so every hostile pipeline makes one failing call per record.
+    for i in 0..6 {
+        produce(&c, "in", &[json!({ "value": format!("record {i}") })]);
+        wait_until("every pipeline to take the record", || {
+            std::iter::once("healthy")
+                .chain(HOSTILE_BODIES.iter().map(|(n, _)| *n))
+                .all(|p| {
+                    let s = status(&c, p);
+                    s["lag"] == 0 || s["status"] == "paused"
+                })
+        });
+    }
+    assert_eq!(consume_all(&c, "healthy-out", 0).len(), 6);
+    assert_eq!(status(&c, "healthy")["status"], "running");
+    let reasons = [
+        ("loop", "deadline of 50 ms"),
+        ("memory-bomb", "memory limit"),
+        ("trap", "unreachable"),
+        ("huge-output", "more than the limit"),
+    ];
+    for (name, reason) in reasons {
+        let s = status(&c, name);
+        assert_eq!(s["status"], "paused", "{name}: {s}");
+        let why = s["reason"].as_str().unwrap();
+        assert!(
+            why.contains("5 failed calls in a row") && why.contains(reason),
+            "{name}: {why}"
+        );
+        // The five failed batches are dead letters with the error; the sixth record waits.
+        let dead = consume_all(&c, &format!("{name}.dlq"), 0);
+        assert_eq!(dead.len(), 5, "{name}");
+        assert!(
+            header(&dead[0], "weir.error").unwrap().contains(reason),
+            "{name}: {:?}",
+            dead[0]
+        );
+        assert_eq!(s["lag"], 1, "{name}: {s}");
+        assert!(consume_all(&c, &format!("{name}-out"), 0).is_empty());
+    }
+    // Modules that are not plugins never get in.
+    for (wasm, reason) in [
+        (abi_module(99, "i64.const 0").unwrap(), "ABI version 99"),
+        (b"\x7fELF".to_vec(), "not a WebAssembly module"),
+    ] {
+        let error = c
+            .send("PUT", "/v1/plugins/bad", "application/wasm", &wasm)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("400") && error.contains(reason), "{error}");
+    }
+    // A paused pipeline resumes on request (and fails again, here).
+    assert_eq!(
+        c.call("POST", "/v1/pipelines/trap/resume", None).unwrap()["status"],
+        "running"
+    );
+    assert_eq!(c.call("GET", "/healthz", None).unwrap()["status"], "ok");
+}
+
+#[test]
+fn kill_9_during_a_pipeline_run_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path());
+    let c = client(&node);
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({ "name": "access", "partitions": 2 })),
+    )
+    .unwrap();
+    let total = 60_000usize;
+    let statuses = [200, 301, 404, 500];
+    // Partition p gets every other line; line i is at i/20 seconds, so windows of 60 s close
+    // as the input advances.
+    let seconds = |i: usize| (i / 20) as u32;
+    let line = |i: usize| {
+        let text = access_line(
+            seconds(i) / 60,
+            seconds(i) % 60,
+            &format!("/p/{i}"),
+            statuses[i % 4],
+            1,
+        );
+        json!({ "value": text, "partition": i % 2 })
+    };
+    for chunk in (0..total).collect::<Vec<_>>().chunks(5000) {
+        produce(
+            &c,
+            "access",
+            &chunk.iter().map(|i| line(*i)).collect::<Vec<_>>(),
+        );
+    }
+    deploy(
+        &c,
+        "nginx-to-json",
+        &std::fs::read(plugin_wasm("nginx-to-json").unwrap()).unwrap(),
+        "",
+    );
+    deploy(
+        &c,
+        "per-status",
+        &std::fs::read(plugin_wasm("metrics-rollup").unwrap()).unwrap(),
+        "key=status&window_ms=60000",
+    );
+    let spec = |name: &str, through: Value| json!({ "name": name, "from": "access", "through": through, "to": [name], "from_offset": "earliest" });
+    create_pipeline(&c, spec("parsed", json!(["nginx-to-json"])));
+    create_pipeline(&c, spec("rolled", json!(["nginx-to-json", "per-status"])));
+
+    for cycle in 0..3 {
+        let c = client(&node);
+        // Kill once this run has made progress but before it is done.
+        wait_until("progress", || {
+            status(&c, "parsed")["records_in"].as_u64().unwrap() >= 2000
+        });
+        let lag = status(&c, "parsed")["lag"].as_u64().unwrap();
+        assert!(
+            lag > 0,
+            "cycle {cycle}: finished before the kill; make the input larger"
+        );
+        node.kill9();
+        node = Node::start(dir.path());
+    }
+    let c = client(&node);
+    wait_caught_up(&c, "parsed");
+    wait_caught_up(&c, "rolled");
+
+    // parsed: every input line exactly once, in input order within each partition.
+    for partition in 0..2 {
+        let paths: Vec<usize> = consume_all(&c, "parsed", partition)
+            .iter()
+            .map(|r| {
+                let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+                v["path"].as_str().unwrap()[3..].parse().unwrap()
+            })
+            .collect();
+        let expected: Vec<usize> = (0..total).filter(|i| i % 2 == partition as usize).collect();
+        assert_eq!(
+            paths.len(),
+            expected.len(),
+            "partition {partition}: duplicates or gaps"
+        );
+        assert_eq!(paths, expected, "partition {partition}");
+    }
+    // rolled: each closed (window, status) counted once, with the exact count. Partition 0 has
+    // the statuses 200 and 404, partition 1 the others, so no pair comes from both.
+    let mut expected: BTreeMap<(i64, String), u64> = BTreeMap::new();
+    for partition in 0..2 {
+        let lines: Vec<usize> = (0..total).filter(|i| i % 2 == partition).collect();
+        let last_ms = JAN_2024_MS + i64::from(seconds(*lines.last().unwrap())) * 1000;
+        for i in lines {
+            let window = JAN_2024_MS + i64::from(seconds(i) / 60) * 60_000;
+            if window + 60_000 <= last_ms {
+                *expected
+                    .entry((window, statuses[i % 4].to_string()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    let mut got: BTreeMap<(i64, String), u64> = BTreeMap::new();
+    for output_partition in 0..2 {
+        for r in consume_all(&c, "rolled", output_partition) {
+            let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            let window = (
+                v["window_start_ms"].as_i64().unwrap(),
+                v["key"].as_str().unwrap().to_string(),
+            );
+            let previous = got.insert(window, v["count"].as_u64().unwrap());
+            assert!(previous.is_none(), "window emitted twice: {v}");
+        }
+    }
+    assert!(
+        consume_all(&c, "rolled.dlq", 0).is_empty(),
+        "no record is late or failed"
+    );
+    assert_eq!(got.len(), 196);
+    assert_eq!(got, expected);
+}
