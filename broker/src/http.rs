@@ -147,12 +147,15 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let node = state.node.clone();
-    let lags = tokio::task::spawn_blocking(move || node.group_lags())
-        .await
-        .unwrap_or_default();
+    let (lags, pipelines) = tokio::task::spawn_blocking(move || {
+        let pipelines = node.runtime.pipelines().list().unwrap_or_default();
+        (node.group_lags(), pipelines)
+    })
+    .await
+    .unwrap_or_default();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.node.metrics.render(&lags),
+        state.node.metrics.render(&lags, &pipelines),
     )
 }
 

@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use weir_runtime::PipelineStatus;
+
 /// Upper bounds (seconds) of the request latency histogram buckets.
 const LATENCY_BUCKETS_S: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -104,7 +106,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self, lags: &[GroupLag]) -> String {
+    pub fn render(&self, lags: &[GroupLag], pipelines: &[PipelineStatus]) -> String {
         let mut out = String::new();
         let topics: BTreeMap<String, TopicCounters> = lock(&self.topics)
             .iter()
@@ -179,7 +181,73 @@ impl Metrics {
                 l.lag
             );
         }
+        render_pipelines(&mut out, pipelines);
         out
+    }
+}
+
+/// Counters and gauges of every pipeline, from its status.
+fn render_pipelines(out: &mut String, pipelines: &[PipelineStatus]) {
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&PipelineStatus) -> u64,
+    );
+    let series: [Series; 7] = [
+        (
+            "weir_pipeline_records_in_total",
+            "counter",
+            "Input records a pipeline handled",
+            |p| p.records_in,
+        ),
+        (
+            "weir_pipeline_records_out_total",
+            "counter",
+            "Records a pipeline appended to its outputs",
+            |p| p.records_out,
+        ),
+        (
+            "weir_pipeline_dropped_total",
+            "counter",
+            "Input records a pipeline's plugins dropped",
+            |p| p.dropped,
+        ),
+        (
+            "weir_pipeline_dead_lettered_total",
+            "counter",
+            "Records sent to a pipeline's dead-letter topic",
+            |p| p.dead_lettered,
+        ),
+        (
+            "weir_pipeline_failed_calls_total",
+            "counter",
+            "Plugin calls that trapped or hit a limit",
+            |p| p.failed_calls,
+        ),
+        (
+            "weir_pipeline_lag",
+            "gauge",
+            "Input records a pipeline has not handled yet",
+            |p| p.lag,
+        ),
+        (
+            "weir_pipeline_paused",
+            "gauge",
+            "1 when a pipeline is paused",
+            |p| u64::from(p.status == "paused"),
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
+        for p in pipelines {
+            let _ = writeln!(
+                out,
+                "{name}{{pipeline=\"{}\"}} {}",
+                label(&p.spec.name),
+                get(p)
+            );
+        }
     }
 }
 
@@ -195,12 +263,15 @@ mod tests {
         m.request("Produce", Duration::from_millis(3));
         m.request("Produce", Duration::from_secs(20));
         m.connection_opened();
-        let text = m.render(&[GroupLag {
-            group: "g".into(),
-            topic: "logs".into(),
-            partition: 0,
-            lag: 7,
-        }]);
+        let text = m.render(
+            &[GroupLag {
+                group: "g".into(),
+                topic: "logs".into(),
+                partition: 0,
+                lag: 7,
+            }],
+            &[],
+        );
         for line in [
             "weir_bytes_in_total{topic=\"logs\"} 100",
             "weir_records_out_total{topic=\"logs\"} 2",

@@ -16,15 +16,15 @@ const TEMPLATES: [(&str, &str); 6] = [
     ),
     (
         "map",
-        "/// Upper-cases the value.\n#[weir::map]\npub fn run(r: Record, _params: &Params) -> Result<Record> {\n    let upper = r.value_str()?.to_uppercase();\n    Ok(r.with_value(upper))\n}\n",
+        "/// Upper-cases the value.\n#[weir::map]\npub fn run<'a>(r: Record<'a>, _params: &Params) -> Result<Record<'a>> {\n    let upper = r.value_str()?.to_uppercase();\n    Ok(r.with_value(upper))\n}\n",
     ),
     (
         "filter_map",
-        "/// Keeps non-empty values, trimmed.\n#[weir::filter_map]\npub fn run(r: Record, _params: &Params) -> Result<Option<Record>> {\n    let trimmed = r.value_str()?.trim().to_owned();\n    Ok((!trimmed.is_empty()).then(|| r.with_value(trimmed)))\n}\n",
+        "/// Keeps non-empty values, trimmed.\n#[weir::filter_map]\npub fn run<'a>(r: Record<'a>, _params: &Params) -> Result<Option<Record<'a>>> {\n    let trimmed = r.value_str()?.trim().to_owned();\n    Ok((!trimmed.is_empty()).then(|| r.with_value(trimmed)))\n}\n",
     ),
     (
         "flat_map",
-        "/// One record per word of the value.\n#[weir::flat_map]\npub fn run(r: Record, _params: &Params) -> Result<Vec<Record>> {\n    Ok(r.value_str()?.split_whitespace().map(|w| Record::new(w)).collect())\n}\n",
+        "/// One record per word of the value.\n#[weir::flat_map]\npub fn run<'a>(r: Record<'a>, _params: &Params) -> Result<Vec<Record<'a>>> {\n    Ok(r.value_str()?.split_whitespace().map(|w| Record::new(w)).collect())\n}\n",
     ),
     (
         "partitioner",

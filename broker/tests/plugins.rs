@@ -639,3 +639,185 @@ fn kill_9_during_a_pipeline_run_loses_and_repeats_nothing() {
     assert_eq!(got.len(), 196);
     assert_eq!(got, expected);
 }
+
+const ROUTER: &str = r#"
+use weir::{Record, Result};
+
+/// Even numbers to `evens`, odd ones to `odds`, and a note about multiples of three to
+/// `threes`; 7 asks for a topic the pipeline does not write.
+#[weir::flat_map]
+fn route(r: Record) -> Result<Vec<Record>> {
+    let n: u64 = r.value_str()?.trim().parse()?;
+    let topic = match n {
+        7 => "sevens",
+        n if n % 2 == 0 => "evens",
+        _ => "odds",
+    };
+    let mut out = vec![r.clone().to_topic(topic)];
+    if n % 3 == 0 {
+        out.push(Record::new(format!("{n} is a multiple of 3")).to_topic("threes"));
+    }
+    Ok(out)
+}
+"#;
+
+#[test]
+fn a_flat_map_routes_records_to_several_topics() {
+    let wasm = std::fs::read(build_plugin_source("router", ROUTER).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let c = client(&node);
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({ "name": "numbers", "partitions": 1 })),
+    )
+    .unwrap();
+    assert_eq!(deploy(&c, "router", &wasm, "")["kind"], "flat_map");
+    create_pipeline(
+        &c,
+        json!({ "name": "split", "from": "numbers", "through": ["router"], "to": ["evens", "odds", "threes"], "from_offset": "earliest" }),
+    );
+    let mut records: Vec<Value> = (1..=30)
+        .map(|n| json!({ "value": n.to_string() }))
+        .collect();
+    records.push(json!({ "value": "x" }));
+    produce(&c, "numbers", &records);
+    wait_caught_up(&c, "split");
+    let values = |topic: &str| -> Vec<String> {
+        consume_all(&c, topic, 0)
+            .iter()
+            .map(|r| r["value"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let numbers = |keep: fn(&u64) -> bool| -> Vec<String> {
+        (1..=30u64).filter(keep).map(|n| n.to_string()).collect()
+    };
+    assert_eq!(values("evens"), numbers(|n| n % 2 == 0));
+    assert_eq!(values("odds"), numbers(|n| n % 2 == 1 && *n != 7));
+    assert_eq!(
+        values("threes"),
+        (1..=10)
+            .map(|k| format!("{} is a multiple of 3", 3 * k))
+            .collect::<Vec<_>>()
+    );
+    let dead = consume_all(&c, "split.dlq", 0);
+    let reasons: Vec<(&str, &str)> = dead
+        .iter()
+        .map(|r| {
+            (
+                r["value"].as_str().unwrap(),
+                header(r, "weir.error").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("7", "topic sevens is not an output of pipeline split"),
+            ("x", "invalid digit found in string")
+        ]
+    );
+    let metrics = c.call("GET", "/metrics", None).unwrap();
+    let metrics = metrics.as_str().unwrap();
+    for line in [
+        "weir_pipeline_records_in_total{pipeline=\"split\"} 31",
+        "weir_pipeline_dead_lettered_total{pipeline=\"split\"} 2",
+        "weir_pipeline_lag{pipeline=\"split\"} 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+}
+
+#[test]
+fn a_scaffolded_plugin_builds_deploys_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let weir = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            // Share the compiled dependencies of the other plugin builds.
+            .env(
+                "CARGO_TARGET_DIR",
+                weir_tests::wasm::workspace_dir().join("target/wasm"),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "weir {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let crates = dir.path().to_str().unwrap();
+    assert!(
+        weir(&["plugin", "new", "shout", "--kind", "map", "--dir", crates])
+            .contains("created map plugin shout")
+    );
+    std::fs::copy(
+        weir_tests::wasm::workspace_dir().join("Cargo.lock"),
+        dir.path().join("shout/Cargo.lock"),
+    )
+    .unwrap();
+    let built = weir(&["plugin", "build", &format!("{crates}/shout")]);
+    let wasm_path = built.lines().last().unwrap().trim().to_string();
+    assert!(wasm_path.ends_with("release/shout.wasm"), "{built}");
+
+    let node = Node::start(&dir.path().join("data"));
+    let c = client(&node);
+    let deployed = weir(&[
+        "plugin",
+        "deploy",
+        "shout",
+        &wasm_path,
+        "--server",
+        &node.url(),
+    ]);
+    assert!(
+        deployed.contains("deployed shout version 1 (map"),
+        "{deployed}"
+    );
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({ "name": "quiet", "partitions": 1 })),
+    )
+    .unwrap();
+    weir(&[
+        "pipeline",
+        "create",
+        "loud",
+        "--from",
+        "quiet",
+        "--through",
+        "shout",
+        "--to",
+        "loud",
+        "--from-offset",
+        "earliest",
+        "--server",
+        &node.url(),
+    ]);
+    produce(
+        &c,
+        "quiet",
+        &[json!({ "value": "hello" }), json!({ "value": "wasm" })],
+    );
+    wait_caught_up(&c, "loud");
+    let got: Vec<Value> = consume_all(&c, "loud", 0)
+        .iter()
+        .map(|r| r["value"].clone())
+        .collect();
+    assert_eq!(got, [json!("HELLO"), json!("WASM")]);
+    let listed = weir(&["pipeline", "list", "--server", &node.url()]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("loud") && l.contains("running")),
+        "{listed}"
+    );
+    assert!(weir(&["pipeline", "pause", "loud", "--server", &node.url()]).contains("is paused"));
+    weir(&["pipeline", "delete", "loud", "--server", &node.url()]);
+    weir(&["plugin", "delete", "shout", "--server", &node.url()]);
+    assert!(!weir(&["plugin", "list", "--server", &node.url()]).contains("shout"));
+}

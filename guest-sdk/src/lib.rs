@@ -22,7 +22,20 @@
 //! (`Record -> Vec<Record>`), [`partitioner`] (`&Record, partitions -> u32`) and [`aggregate`]
 //! (an `impl` of [`Aggregate`]: keyed accumulators over tumbling windows). Each function may
 //! take the deploy-time [`Params`] as its last argument and may return a [`Result`]; an error
-//! sends the record to the pipeline's dead-letter topic with the message.
+//! sends the record to the pipeline's dead-letter topic with the message. A map that takes the
+//! params names the lifetime of its record, which Rust cannot guess with two arguments:
+//!
+//! ```
+//! use weir::{Params, Record, Result};
+//!
+//! #[weir::map]
+//! fn tag<'a>(r: Record<'a>, params: &Params) -> Result<Record<'a>> {
+//!     Ok(r.with_header("env", params.require("env")?))
+//! }
+//!
+//! let tagged = tag(Record::new("x"), &Params::from_pairs([("env", "prod")])).unwrap();
+//! assert_eq!(tagged.header("env"), Some(&b"prod"[..]));
+//! ```
 //!
 //! Under the macros is the ABI: one call per batch, a flatbuffers `Batch` in and an `Output`
 //! out ([`abi`], schema in `schema/weir.fbs`); `__rt` is the guest half of it. This crate never
