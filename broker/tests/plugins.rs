@@ -330,6 +330,25 @@ fn a_plugin_deployed_three_ways_is_hot_swapped_without_loss_or_repeat() {
         wait_until(&format!("{plugin} version 1"), || {
             active_version(&c, &plugin) == Some(1)
         });
+        let versions = c
+            .call("GET", &format!("/v1/plugins/{plugin}"), None)
+            .unwrap();
+        let sha256 = versions["versions"][0]["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            data_dir
+                .join(format!("plugin-cache/{sha256}.cwasm"))
+                .exists(),
+            "compiled module cached"
+        );
+        assert!(
+            data_dir
+                .join(format!("plugin-store/{sha256}.wasm"))
+                .exists(),
+            "module kept"
+        );
         create_pipeline(
             &c,
             json!({ "name": tag, "from": input, "through": [plugin], "to": [output], "from_offset": "earliest" }),

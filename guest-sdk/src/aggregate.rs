@@ -134,3 +134,110 @@ impl<A: Aggregate> Windows<A> {
         Ok(closed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default, Serialize, Deserialize)]
+    struct Count(u64);
+
+    impl Aggregate for Count {
+        fn key(r: &Record, _params: &Params) -> Result<Option<String>> {
+            Ok(r.key_str().map(str::to_owned))
+        }
+        fn add(&mut self, _r: &Record, _params: &Params) -> Result<()> {
+            self.0 += 1;
+            Ok(())
+        }
+        fn finish(&self, key: &str, window: Window, _params: &Params) -> Result<Record<'static>> {
+            Ok(Record::new(format!("{key}@{}={}", window.start_ms, self.0)))
+        }
+    }
+
+    fn at(ts: i64, key: &str) -> Record<'static> {
+        Record::new("").with_key(key).with_timestamp(ts)
+    }
+
+    /// Feeds records, returning what each one closed as `key@start=count`.
+    fn feed(
+        windows: &mut Windows<Count>,
+        records: &[Record],
+        params: &Params,
+    ) -> Vec<Result<Vec<String>>> {
+        records
+            .iter()
+            .map(|r| {
+                let closed = windows.add(r, params)?;
+                Ok(closed
+                    .iter()
+                    .map(|(key, window, count)| format!("{key}@{}={}", window.start_ms, count.0))
+                    .collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn windows_close_when_event_time_passes_their_end() {
+        let params = Params::from_pairs([("window_ms", "10")]);
+        let mut windows = Windows::<Count>::new(&params).unwrap();
+        let got = feed(
+            &mut windows,
+            &[at(1, "a"), at(5, "b"), at(9, "a"), at(10, "a"), at(25, "b")],
+            &params,
+        );
+        let got: Vec<Vec<String>> = got.into_iter().map(Result::unwrap).collect();
+        assert_eq!(got[..3], [Vec::<String>::new(), vec![], vec![]]);
+        assert_eq!(got[3], ["a@0=2", "b@0=1"]);
+        assert_eq!(got[4], ["a@10=1"]);
+    }
+
+    #[test]
+    fn late_records_are_errors_and_lateness_waits_for_them() {
+        let params = Params::from_pairs([("window_ms", "10")]);
+        let mut windows = Windows::<Count>::new(&params).unwrap();
+        let got = feed(&mut windows, &[at(12, "a"), at(3, "a")], &params);
+        assert!(
+            got[1]
+                .as_ref()
+                .unwrap_err()
+                .message()
+                .starts_with("late record: timestamp 3")
+        );
+
+        let params = Params::from_pairs([("window_ms", "10"), ("lateness_ms", "5")]);
+        let mut windows = Windows::<Count>::new(&params).unwrap();
+        let got = feed(
+            &mut windows,
+            &[at(12, "a"), at(3, "a"), at(15, "a")],
+            &params,
+        );
+        assert_eq!(got[1].as_ref().unwrap(), &Vec::<String>::new());
+        assert_eq!(got[2].as_ref().unwrap(), &["a@0=1"]);
+    }
+
+    #[test]
+    fn a_snapshot_continues_where_it_was_taken() {
+        let params = Params::from_pairs([("window_ms", "10")]);
+        let mut windows = Windows::<Count>::new(&params).unwrap();
+        feed(&mut windows, &[at(1, "a"), at(2, "a")], &params);
+        let snapshot = serde_json::to_vec(&windows).unwrap();
+        let mut restored: Windows<Count> = serde_json::from_slice(&snapshot).unwrap();
+        let got = feed(&mut restored, &[at(3, "a"), at(11, "a")], &params);
+        assert_eq!(got[1].as_ref().unwrap(), &["a@0=3"]);
+    }
+
+    #[test]
+    fn bad_window_parameters_are_refused() {
+        for (key, value) in [
+            ("window_ms", "0"),
+            ("window_ms", "soon"),
+            ("lateness_ms", "-1"),
+        ] {
+            assert!(
+                Windows::<Count>::new(&Params::from_pairs([(key, value)])).is_err(),
+                "{key}={value}"
+            );
+        }
+    }
+}
