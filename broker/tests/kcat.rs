@@ -7,22 +7,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Node, have, run_with_input};
-
-fn kcat(node: &Node, args: &[&str], input: &str) -> String {
-    let mut command = Command::new("kcat");
-    command.arg("-b").arg(node.kafka.to_string()).args(args);
-    let out = run_with_input(command, input);
-    assert!(
-        out.status.success(),
-        "kcat {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{Node, have, kcat};
 
 fn now_ms() -> i64 {
     SystemTime::now()

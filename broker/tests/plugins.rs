@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Node, have, run_with_input};
+use common::{Node, have, kcat};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
 use weir_tests::wasm::{HOSTILE_BODIES, abi_module, build_plugin_source, plugin_wasm};
@@ -29,6 +29,16 @@ fn deploy(c: &Client, name: &str, wasm: &[u8], params: &str) -> Value {
         format!("/v1/plugins/{name}?{params}")
     };
     c.send("PUT", &path, "application/wasm", wasm).unwrap()
+}
+
+/// Deploys the ready-made plugin `plugins/<krate>` as `name`.
+fn deploy_ready_made(c: &Client, name: &str, krate: &str, params: &str) -> Value {
+    deploy(
+        c,
+        name,
+        &std::fs::read(plugin_wasm(krate).unwrap()).unwrap(),
+        params,
+    )
 }
 
 fn create_pipeline(c: &Client, spec: Value) -> Value {
@@ -92,18 +102,6 @@ fn header<'v>(record: &'v Value, key: &str) -> Option<&'v str> {
     record["headers"].as_array()?.iter().find(|h| h[0] == key)?[1].as_str()
 }
 
-fn kcat(node: &Node, args: &[&str], input: &str) -> String {
-    let mut command = Command::new("kcat");
-    command.arg("-b").arg(node.kafka.to_string()).args(args);
-    let out = run_with_input(command, input);
-    assert!(
-        out.status.success(),
-        "kcat {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// An access-log line at `minute` (from 2024-01-01 00:00 UTC) plus `second`.
 fn access_line(minute: u32, second: u32, path: &str, status: u16, bytes: u64) -> String {
     format!(
@@ -127,22 +125,12 @@ fn nginx_lines_become_per_minute_error_counts() {
         Some(&json!({ "name": "access", "partitions": 1 })),
     )
     .unwrap();
-    deploy(
-        &c,
-        "nginx-to-json",
-        &std::fs::read(plugin_wasm("nginx-to-json").unwrap()).unwrap(),
-        "",
-    );
-    deploy(
-        &c,
-        "server-errors",
-        &std::fs::read(plugin_wasm("json-filter").unwrap()).unwrap(),
-        "field=status&gte=500",
-    );
-    deploy(
+    deploy_ready_made(&c, "nginx-to-json", "nginx-to-json", "");
+    deploy_ready_made(&c, "server-errors", "json-filter", "field=status&gte=500");
+    deploy_ready_made(
         &c,
         "per-status",
-        &std::fs::read(plugin_wasm("metrics-rollup").unwrap()).unwrap(),
+        "metrics-rollup",
         "key=status&value=bytes&window_ms=60000",
     );
     create_pipeline(
@@ -465,12 +453,7 @@ fn hostile_plugins_fail_alone_and_pause_their_pipeline() {
         Some(&json!({ "name": "in", "partitions": 1 })),
     )
     .unwrap();
-    deploy(
-        &c,
-        "everything",
-        &std::fs::read(plugin_wasm("regex-filter").unwrap()).unwrap(),
-        "pattern=.",
-    );
+    deploy_ready_made(&c, "everything", "regex-filter", "pattern=.");
     create_pipeline(
         &c,
         json!({ "name": "healthy", "from": "in", "through": ["everything"], "to": ["healthy-out"], "from_offset": "earliest" }),
@@ -573,16 +556,11 @@ fn kill_9_during_a_pipeline_run_loses_and_repeats_nothing() {
             &chunk.iter().map(|i| line(*i)).collect::<Vec<_>>(),
         );
     }
-    deploy(
-        &c,
-        "nginx-to-json",
-        &std::fs::read(plugin_wasm("nginx-to-json").unwrap()).unwrap(),
-        "",
-    );
-    deploy(
+    deploy_ready_made(&c, "nginx-to-json", "nginx-to-json", "");
+    deploy_ready_made(
         &c,
         "per-status",
-        &std::fs::read(plugin_wasm("metrics-rollup").unwrap()).unwrap(),
+        "metrics-rollup",
         "key=status&window_ms=60000",
     );
     let spec = |name: &str, through: Value| json!({ "name": name, "from": "access", "through": through, "to": [name], "from_offset": "earliest" });

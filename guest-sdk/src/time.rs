@@ -107,19 +107,33 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     }
     time.offset_minutes = match rest {
         "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let hours: i64 = rest.get(1..3)?.parse().ok()?;
-            let minutes: i64 = rest.get(4..6)?.parse().ok()?;
-            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
-                return None;
-            }
-            sign * (hours * 60 + minutes)
-        }
+        zone => parse_utc_offset(zone)?,
     };
     time.unix_ms()
+}
+
+/// A UTC offset, `+hh:mm` or `+hhmm` (or `-`), in minutes.
+///
+/// ```
+/// assert_eq!(weir::time::parse_utc_offset("-0700"), Some(-420));
+/// assert_eq!(weir::time::parse_utc_offset("+05:30"), Some(330));
+/// assert_eq!(weir::time::parse_utc_offset("0700"), None);
+/// ```
+pub fn parse_utc_offset(zone: &str) -> Option<i64> {
+    let sign = match zone.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits = match zone.len() {
+        6 if zone.as_bytes()[3] == b':' => [&zone[1..3], &zone[4..6]],
+        5 => [zone.get(1..3)?, zone.get(3..5)?],
+        _ => return None,
+    };
+    let [hours, minutes] = digits.map(|d| {
+        d.parse::<i64>()
+            .ok()
+            .filter(|_| d.bytes().all(|b| b.is_ascii_digit()))
+    });
+    Some(sign * (hours? * 60 + minutes?))
 }

@@ -219,3 +219,16 @@ pub fn run_with_input(mut command: Command, input: &str) -> std::process::Output
     .expect("writing the input");
     child.wait_with_output().expect("waiting for the command")
 }
+
+/// Runs kcat against `node` with `input` on its standard input; fails the test if kcat does.
+pub fn kcat(node: &Node, args: &[&str], input: &str) -> String {
+    let mut command = Command::new("kcat");
+    command.arg("-b").arg(node.kafka.to_string()).args(args);
+    let out = run_with_input(command, input);
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("kcat prints UTF-8 here")
+}

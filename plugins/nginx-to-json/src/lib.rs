@@ -9,7 +9,7 @@
 //! "referer":null,"user_agent":"curl/8"}`.
 
 use weir::serde_json::{Value, json};
-use weir::time::{CivilTime, month_number};
+use weir::time::{CivilTime, month_number, parse_utc_offset};
 use weir::{Error, Record, Result};
 
 #[weir::map]
@@ -123,13 +123,6 @@ fn parse_time(text: &str) -> Option<i64> {
         next()?.parse().ok()?,
         next()?.parse().ok()?,
     );
-    let sign = match zone.as_bytes().first()? {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return None,
-    };
-    let hours: i64 = zone.get(1..3)?.parse().ok()?;
-    let minutes: i64 = zone.get(3..5)?.parse().ok()?;
     let time = CivilTime {
         year,
         month,
@@ -138,7 +131,7 @@ fn parse_time(text: &str) -> Option<i64> {
         minute,
         second,
         millisecond: 0,
-        offset_minutes: sign * (hours * 60 + minutes),
+        offset_minutes: parse_utc_offset(zone)?,
     };
     time.unix_ms()
 }
