@@ -41,7 +41,7 @@ const REGEX: &str = r" 5\d\d ";
 fn access_line(i: usize) -> String {
     let status = [200, 200, 301, 404, 500, 503][i % 6];
     format!(
-        r#"10.1.{}.{} - - [01/Jan/2024:00:{:02}:{:02} +0000] "GET /api/v1/items/{i}?page=2 HTTP/1.1" {status} {} "https://example.com/" "Mozilla/5.0 (X11; Linux)""#,
+        r#"10.1.{}.{} - - [01/Jan/2024:00:{:02}:{:02} +0000] "GET /api/v1/items/{i}?page=2 HTTP/1.1" {status} {} "https://example.com/search?q=weir" "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101""#,
         i % 200,
         i % 250,
         (i / 60) % 60,

@@ -75,6 +75,12 @@ pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> anyhow::Re
     );
     std::fs::write(root.join("src/lib.rs"), lib)?;
     std::fs::write(root.join(".gitignore"), "/target\n")?;
+    std::fs::create_dir_all(root.join(".cargo"))?;
+    std::fs::write(
+        root.join(".cargo/config.toml"),
+        "# wasmtime runs WebAssembly SIMD: let memchr, regex and friends use it.\n\
+         [target.wasm32-unknown-unknown]\nrustflags = [\"-C\", \"target-feature=+simd128\"]\n",
+    )?;
     Ok(root)
 }
 

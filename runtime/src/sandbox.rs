@@ -441,7 +441,7 @@ impl Instance {
     }
 
     /// Copies the finished builder into guest memory, calls `function` and copies its answer out.
-    fn call(&mut self, function: TypedFunc<u32, u64>, name: &str) -> Result<Vec<u8>, CallError> {
+    fn call(&mut self, function: TypedFunc<u32, u64>, name: &str) -> Result<Bytes, CallError> {
         let input = self.builder.finished_data();
         let len = u32::try_from(input.len())
             .map_err(|_| CallError::Trap(format!("batch of {} bytes is too large", input.len())))?;
@@ -465,7 +465,7 @@ impl Instance {
         self.memory
             .data(&self.store)
             .get(address..address.saturating_add(len))
-            .map(<[u8]>::to_vec)
+            .map(Bytes::copy_from_slice)
             .ok_or_else(|| {
                 CallError::BadOutput(format!("answer at {address}+{len} is outside memory"))
             })
@@ -494,7 +494,8 @@ impl Instance {
 }
 
 /// Parses and checks an `Output` answering a batch of `count` records.
-fn read_output(bytes: &[u8], count: usize) -> Result<Output, CallError> {
+/// Record fields are slices of `bytes` (one copy of the answer, no copy per record).
+fn read_output(bytes: &Bytes, count: usize) -> Result<Output, CallError> {
     let bad = |what: String| CallError::BadOutput(what);
     let output =
         flatbuffers::root::<abi::Output>(bytes).map_err(|e| bad(format!("does not parse: {e}")))?;
@@ -536,8 +537,7 @@ fn read_output(bytes: &[u8], count: usize) -> Result<Output, CallError> {
         .into_iter()
         .flatten()
         .map(|r| {
-            let bytes =
-                |v: Option<flatbuffers::Vector<u8>>| v.map(|v| Bytes::copy_from_slice(v.bytes()));
+            let bytes = |v: Option<flatbuffers::Vector<u8>>| v.map(|v| bytes.slice_ref(v.bytes()));
             let headers = r.headers().into_iter().flatten();
             Ok(OutRecord {
                 source: in_range(r.source(), "record source")?,
