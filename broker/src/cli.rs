@@ -55,12 +55,25 @@ impl Client {
         content_type: &str,
         body: &[u8],
     ) -> anyhow::Result<Value> {
+        self.send_accepting(method, path, content_type, body, "application/json")
+    }
+
+    /// [`Client::send`] asking for the answer as `accept`; a non-JSON answer is a `Value::String`.
+    pub fn send_accepting(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+        accept: &str,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let request = ureq::http::Request::builder()
             .method(method)
             .uri(&url)
-            .header("Content-Type", content_type);
+            .header("Content-Type", content_type)
+            .header("Accept", accept);
         let request = match &auth {
             Some(a) => request.header("Authorization", a),
             None => request,
@@ -329,6 +342,53 @@ pub fn groups(c: &Client) -> anyhow::Result<()> {
             g["members"].to_string(),
             lag
         );
+    }
+    Ok(())
+}
+
+/// Runs one statement and prints the answer as a table.
+pub fn sql(c: &Client, statement: &str) -> anyhow::Result<()> {
+    let answer = c.send_accepting(
+        "POST",
+        "/v1/sql",
+        "text/plain",
+        statement.as_bytes(),
+        "text/plain",
+    )?;
+    print!("{}", answer.as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// Statements read from `input` (each ends with `;`), run one by one; an error is printed and
+/// the shell goes on. `prompt` is shown before each line when set.
+pub fn sql_shell(c: &Client, input: &mut dyn BufRead, prompt: Option<&str>) -> anyhow::Result<()> {
+    let mut statement = String::new();
+    loop {
+        if let Some(prompt) = prompt {
+            print!(
+                "{}",
+                if statement.is_empty() {
+                    prompt
+                } else {
+                    "   ...> "
+                }
+            );
+            std::io::stdout().flush()?;
+        }
+        let mut line = String::new();
+        if input.read_line(&mut line)? == 0 {
+            break;
+        }
+        statement.push_str(&line);
+        if line.trim_end().ends_with(';') {
+            let text = std::mem::take(&mut statement);
+            if let Err(e) = sql(c, text.trim()) {
+                println!("error: {e:#}");
+            }
+        }
+    }
+    if !statement.trim().is_empty() {
+        sql(c, statement.trim())?;
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use weir_storage::{BatchBuilder, Compression, Header, NewRecord, StorageError, T
 use crate::serve::NodeContext;
 
 mod runtime_api;
+mod sql_api;
 
 /// Most records one JSON consume returns.
 pub const CONSUME_RECORDS_MAX: usize = 10_000;
@@ -104,6 +105,7 @@ pub async fn serve(
         .route("/groups/{id}", get(describe_group))
         .route("/groups/{id}/offsets", axum::routing::post(commit_offset))
         .merge(runtime_api::routes())
+        .merge(sql_api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(healthz))
@@ -208,6 +210,9 @@ async fn create_topic(
     State(state): State<AppState>,
     Json(body): Json<CreateTopic>,
 ) -> ApiResult<(StatusCode, Json<TopicSummary>)> {
+    if let Some(schema) = body.configs.get("value.schema") {
+        weir_sql::parse_value_schema(schema)?;
+    }
     let storage = state.node.storage.clone();
     let meta =
         blocking(move || Ok(storage.create_topic(&body.name, body.partitions, body.configs)?))

@@ -93,6 +93,12 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Run SQL over topics; without a statement, a shell that reads statements ending in `;`.
+    Sql {
+        statement: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Write, build, deploy and manage WebAssembly plugins.
     Plugin {
         #[command(subcommand)]
@@ -200,6 +206,12 @@ enum TopicCommand {
         /// Topic config as key=value (repeatable), e.g. retention.ms=3600000.
         #[arg(short, long = "config")]
         configs: Vec<String>,
+        /// How SQL reads values: `json` adds the columns of --schema.
+        #[arg(long)]
+        value_format: Option<String>,
+        /// Typed columns parsed from JSON values, e.g. 'host TEXT, status INT, bytes BIGINT'.
+        #[arg(long)]
+        schema: Option<String>,
     },
     List,
     Describe {
@@ -279,8 +291,14 @@ fn run() -> anyhow::Result<()> {
                 TopicCommand::Create {
                     name,
                     partitions,
-                    configs,
-                } => cli::topic_create(&c, &name, partitions, &configs),
+                    mut configs,
+                    value_format,
+                    schema,
+                } => {
+                    configs.extend(value_format.map(|f| format!("value.format={f}")));
+                    configs.extend(schema.map(|s| format!("value.schema={s}")));
+                    cli::topic_create(&c, &name, partitions, &configs)
+                }
                 TopicCommand::List => cli::topic_list(&c),
                 TopicCommand::Describe { name } => cli::topic_describe(&c, &name),
                 TopicCommand::Delete { name } => cli::topic_delete(&c, &name),
@@ -334,6 +352,17 @@ fn run() -> anyhow::Result<()> {
             .map(|_| ())
         }
         Command::Groups { remote } => cli::groups(&remote.client()),
+        Command::Sql { statement, remote } => {
+            let c = remote.client();
+            match statement {
+                Some(statement) => cli::sql(&c, &statement),
+                None => {
+                    let terminal = std::io::stdin().is_terminal();
+                    let prompt = terminal.then_some("weir=> ");
+                    cli::sql_shell(&c, &mut std::io::stdin().lock(), prompt)
+                }
+            }
+        }
         Command::Plugin { command, remote } => plugin_command(command, &remote.client()),
         Command::Pipeline { command, remote } => pipeline_command(command, &remote.client()),
     }

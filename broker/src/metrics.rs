@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use weir_runtime::PipelineStatus;
@@ -41,7 +42,18 @@ pub struct GroupLag {
 pub struct Metrics {
     topics: Mutex<HashMap<String, TopicCounters>>,
     requests: Mutex<BTreeMap<String, Histogram>>,
-    connections: AtomicI64,
+    connections: Mutex<BTreeMap<u64, ConnectionInfo>>,
+    next_connection: AtomicU64,
+}
+
+/// One open Kafka connection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionInfo {
+    pub peer: String,
+    /// The `client.id` of its latest request.
+    pub client_id: Option<String>,
+    pub connected_ms: i64,
+    pub requests: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -93,16 +105,39 @@ impl Metrics {
         h.count += 1;
     }
 
-    pub fn connection_opened(&self) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
+    /// Registers a connection; the returned id names it to the other calls.
+    pub fn connection_opened(&self, peer: SocketAddr) -> u64 {
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let info = ConnectionInfo {
+            peer: peer.to_string(),
+            client_id: None,
+            connected_ms: weir_storage::now_ms(),
+            requests: 0,
+        };
+        lock(&self.connections).insert(id, info);
+        id
     }
 
-    pub fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+    pub fn connection_closed(&self, id: u64) {
+        lock(&self.connections).remove(&id);
+    }
+
+    /// Counts a request on connection `id`, remembering the client's id.
+    pub fn connection_request(&self, id: u64, client_id: Option<&str>) {
+        if let Some(info) = lock(&self.connections).get_mut(&id) {
+            info.requests += 1;
+            if info.client_id.as_deref() != client_id {
+                info.client_id = client_id.map(str::to_string);
+            }
+        }
     }
 
     pub fn connections(&self) -> i64 {
-        self.connections.load(Ordering::Relaxed)
+        lock(&self.connections).len() as i64
+    }
+
+    pub fn connection_list(&self) -> Vec<ConnectionInfo> {
+        lock(&self.connections).values().cloned().collect()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -262,7 +297,7 @@ mod tests {
         m.consumed("logs", 50, 2);
         m.request("Produce", Duration::from_millis(3));
         m.request("Produce", Duration::from_secs(20));
-        m.connection_opened();
+        m.connection_opened("127.0.0.1:1".parse().expect("an address"));
         let text = m.render(
             &[GroupLag {
                 group: "g".into(),

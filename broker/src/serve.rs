@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_runtime::{Runtime, SandboxConfig};
+use weir_sql::{ConnectionRow, GroupRow, NodeSource, QueryConfig, QueryEngine};
 use weir_storage::{Storage, StorageConfig, StorageError};
 
 use crate::kafka::groups::{self, Coordinator, GroupLag};
@@ -22,6 +23,7 @@ pub struct NodeContext {
     pub groups: Arc<Coordinator>,
     pub metrics: Arc<Metrics>,
     pub runtime: Arc<Runtime>,
+    pub sql: Arc<QueryEngine>,
 }
 
 /// A group's committed offset on one partition, beside the partition's end.
@@ -40,24 +42,31 @@ impl GroupPosition {
     }
 }
 
+/// Every committed offset of `group` with its partition's end.
+fn group_positions(
+    storage: &Storage,
+    groups: &Coordinator,
+    group: &str,
+) -> Result<Vec<GroupPosition>, StorageError> {
+    Ok(groups
+        .committed_all(group)?
+        .into_iter()
+        .map(|(topic, partition, committed)| GroupPosition {
+            end: storage
+                .log(&topic, partition.max(0) as u32)
+                .ok()
+                .map(|log| log.high_watermark() as i64),
+            topic,
+            partition,
+            committed: committed.offset,
+        })
+        .collect())
+}
+
 impl NodeContext {
     /// Every committed offset of `group` with its partition's end.
     pub fn group_positions(&self, group: &str) -> Result<Vec<GroupPosition>, StorageError> {
-        Ok(self
-            .groups
-            .committed_all(group)?
-            .into_iter()
-            .map(|(topic, partition, committed)| GroupPosition {
-                end: self
-                    .storage
-                    .log(&topic, partition.max(0) as u32)
-                    .ok()
-                    .map(|log| log.high_watermark() as i64),
-                topic,
-                partition,
-                committed: committed.offset,
-            })
-            .collect())
+        group_positions(&self.storage, &self.groups, group)
     }
 
     /// Lag of every committed partition of every group.
@@ -75,6 +84,48 @@ impl NodeContext {
                         partition: p.partition,
                     })
                 })
+            })
+            .collect()
+    }
+}
+
+/// What the SQL system tables `weir.groups` and `weir.connections` read from the broker.
+struct BrokerState {
+    storage: Arc<Storage>,
+    groups: Arc<Coordinator>,
+    metrics: Arc<Metrics>,
+}
+
+impl NodeSource for BrokerState {
+    fn group_rows(&self) -> Vec<GroupRow> {
+        let groups = self.groups.list().unwrap_or_default();
+        groups
+            .iter()
+            .flat_map(|g| {
+                let positions =
+                    group_positions(&self.storage, &self.groups, &g.group).unwrap_or_default();
+                positions.into_iter().map(|p| GroupRow {
+                    group: g.group.clone(),
+                    state: g.state.name().to_string(),
+                    members: g.members.len() as i32,
+                    topic: p.topic,
+                    partition: p.partition,
+                    committed_offset: p.committed,
+                    end_offset: p.end,
+                })
+            })
+            .collect()
+    }
+
+    fn connection_rows(&self) -> Vec<ConnectionRow> {
+        self.metrics
+            .connection_list()
+            .into_iter()
+            .map(|c| ConnectionRow {
+                peer: c.peer,
+                client_id: c.client_id,
+                connected_ms: c.connected_ms,
+                requests: c.requests as i64,
             })
             .collect()
     }
@@ -160,11 +211,26 @@ impl Server {
             .context("starting the plugin runtime")?;
         let runtime = Arc::new(runtime);
         let offsets = storage.meta().tree(groups::OFFSETS_TREE)?;
+        let groups = Arc::new(Coordinator::new(offsets));
+        let metrics = Arc::new(Metrics::default());
+        let state = BrokerState {
+            storage: storage.clone(),
+            groups: groups.clone(),
+            metrics: metrics.clone(),
+        };
+        let sql = QueryEngine::new(
+            storage.clone(),
+            Some(runtime.clone()),
+            Some(Arc::new(state)),
+            &QueryConfig::default(),
+        )
+        .context("starting the SQL engine")?;
         let node = NodeContext {
             storage: storage.clone(),
-            groups: Arc::new(Coordinator::new(offsets)),
-            metrics: Arc::new(Metrics::default()),
+            groups,
+            metrics,
             runtime: runtime.clone(),
+            sql: Arc::new(sql),
         };
         let http_listener = TcpListener::bind(config.http)
             .await

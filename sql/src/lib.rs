@@ -1,6 +1,218 @@
-//! `weir-sql`: topics as DataFusion tables.
+//! `weir-sql`: SQL over Weir topics with Apache DataFusion.
 //!
-//! It will hold the catalog (one table per topic, typed columns from a declared value schema),
-//! the scan that pushes partition, offset and timestamp filters down to the segment indexes,
-//! the system tables (`weir.topics`, `weir.partitions`, `weir.groups`, …) and continuous
-//! queries. The Postgres-wire and HTTP listeners in `weir-broker` call into it.
+//! - [`QueryEngine`] holds one DataFusion session whose default schema (`public`) is
+//!   [`TopicSchema`]: every topic is a table with `partition`, `offset`, `timestamp`, `key`,
+//!   `value`, `headers`, `key_text`, `value_text`, plus the typed columns a topic declares with
+//!   `value.format=json` and `value.schema` (parsed by [`value_schema`]; a value that does not
+//!   fit is NULL, never a failed query). `weir` is [`SystemSchema`]: `weir.topics`,
+//!   `weir.partitions`, `weir.groups`, `weir.plugins`, `weir.pipelines`, `weir.connections`.
+//! - [`topic`] is the table provider and its scan: filters on partition, offset and timestamp
+//!   are served by the log's indexes, `LIMIT` stops the read, unused columns are not built.
+//! - Every query runs under a memory cap; DDL and session statements are refused (a query cannot
+//!   register files or change settings).
+//!
+//! Architecture invariant: reads logs through `weir-storage` and plugin state through
+//! `weir-runtime`; it opens no socket — the broker serves it over HTTP and Postgres wire.
+
+pub mod catalog;
+pub mod topic;
+pub mod value_schema;
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use weir_runtime::Runtime;
+use weir_storage::{Storage, StorageError};
+
+pub use catalog::{ConnectionRow, GroupRow, NodeSource, SYSTEM_TABLES, SystemSchema, TopicSchema};
+pub use value_schema::parse_value_schema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("value schema: {0}")]
+    Schema(String),
+    #[error("{0}")]
+    Query(#[from] DataFusionError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Runtime(#[from] weir_runtime::Error),
+}
+
+/// Limits of the query engine.
+#[derive(Clone, Debug)]
+pub struct QueryConfig {
+    /// Memory all running queries may hold at once; a query that needs more fails.
+    pub memory_bytes_max: usize,
+    /// Partitions DataFusion spreads work over.
+    pub target_partitions: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            memory_bytes_max: 512 << 20,
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// A query's result, collected.
+pub struct Answer {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Answer {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+pub struct QueryEngine {
+    context: SessionContext,
+}
+
+impl QueryEngine {
+    pub fn new(
+        storage: Arc<Storage>,
+        runtime: Option<Arc<Runtime>>,
+        node: Option<Arc<dyn NodeSource>>,
+        config: &QueryConfig,
+    ) -> Result<QueryEngine, Error> {
+        let session = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(config.target_partitions.max(1))
+            .with_default_catalog_and_schema("weir", "public");
+        let limits = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.memory_bytes_max, 1.0)
+            .build_arc()?;
+        let context = SessionContext::new_with_config_rt(session, limits);
+        let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
+        use datafusion::catalog::CatalogProvider as _;
+        catalog.register_schema("public", Arc::new(TopicSchema::new(storage.clone())))?;
+        catalog.register_schema("weir", Arc::new(SystemSchema::new(storage, runtime, node)))?;
+        context.register_catalog("weir", catalog);
+        Ok(QueryEngine { context })
+    }
+
+    /// Plans and runs one statement, collecting its result.
+    pub async fn sql(&self, sql: &str) -> Result<Answer, Error> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_statements(false);
+        let frame = self.context.sql_with_options(sql, options).await?;
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await?;
+        Ok(Answer { schema, batches })
+    }
+}
+
+/// How an answer is sent back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// `{"columns": [{"name", "type"}], "rows": [{column: value}]}`
+    Json,
+    /// RFC 4180 with a header line.
+    Csv,
+    /// The Arrow IPC stream format.
+    ArrowStream,
+    /// An aligned text table, as a terminal shows it.
+    Table,
+}
+
+impl Encoding {
+    /// The encoding an `Accept` header asks for; JSON when it names none of them.
+    pub fn from_accept(accept: &str) -> Encoding {
+        let wants = |kind: &str| accept.split(',').any(|part| part.trim().starts_with(kind));
+        if wants("application/vnd.apache.arrow.stream") {
+            Encoding::ArrowStream
+        } else if wants("text/csv") {
+            Encoding::Csv
+        } else if wants("text/plain") {
+            Encoding::Table
+        } else {
+            Encoding::Json
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::Csv => "text/csv",
+            Encoding::ArrowStream => "application/vnd.apache.arrow.stream",
+            Encoding::Table => "text/plain; charset=utf-8",
+        }
+    }
+}
+
+impl Answer {
+    pub fn encode(&self, encoding: Encoding) -> Result<Vec<u8>, Error> {
+        use datafusion::arrow::error::ArrowError;
+        let arrow = |e: ArrowError| Error::Query(DataFusionError::ArrowError(Box::new(e), None));
+        let batches: Vec<&RecordBatch> = self.batches.iter().collect();
+        Ok(match encoding {
+            Encoding::Json => {
+                let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+                writer.write_batches(&batches).map_err(arrow)?;
+                writer.finish().map_err(arrow)?;
+                let rows = writer.into_inner();
+                let rows: serde_json::Value = if rows.is_empty() {
+                    serde_json::json!([])
+                } else {
+                    serde_json::from_slice(&rows).map_err(|e| Error::Schema(e.to_string()))?
+                };
+                let columns: Vec<serde_json::Value> = self
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| serde_json::json!({ "name": f.name(), "type": f.data_type().to_string() }))
+                    .collect();
+                serde_json::to_vec(&serde_json::json!({ "columns": columns, "rows": rows }))
+                    .map_err(|e| Error::Schema(e.to_string()))?
+            }
+            Encoding::Csv => {
+                let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(Vec::new());
+                for batch in &batches {
+                    writer.write(batch).map_err(arrow)?;
+                }
+                if batches.is_empty() {
+                    let names: Vec<&str> = self
+                        .schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect();
+                    return Ok(format!("{}\n", names.join(",")).into_bytes());
+                }
+                writer.into_inner()
+            }
+            Encoding::ArrowStream => {
+                let mut writer =
+                    datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &self.schema)
+                        .map_err(arrow)?;
+                for batch in &batches {
+                    writer.write(batch).map_err(arrow)?;
+                }
+                writer.finish().map_err(arrow)?;
+                writer.into_inner().map_err(arrow)?
+            }
+            Encoding::Table => {
+                let table = datafusion::arrow::util::pretty::pretty_format_batches(&self.batches)
+                    .map_err(arrow)?;
+                let rows = self.rows();
+                format!(
+                    "{table}\n({rows} row{})\n",
+                    if rows == 1 { "" } else { "s" }
+                )
+                .into_bytes()
+            }
+        })
+    }
+}

@@ -96,6 +96,8 @@ pub fn known_keys() -> Vec<(&'static str, String)> {
         ("message.timestamp.type", "CreateTime".to_string()),
         ("flush.policy", "always".to_string()),
         ("flush.ms", "1000".to_string()),
+        ("value.format", "none".to_string()),
+        ("value.schema", String::new()),
     ]
 }
 
@@ -194,6 +196,14 @@ impl LogConfig {
                     }
                 }
                 "flush.ms" => flush_ms = parse_u64(key, v)?.max(1),
+                // How SQL reads values; the log never looks inside a record. The schema's
+                // syntax is checked by the SQL layer before it is stored.
+                "value.format" => {
+                    if !matches!(v, "none" | "json") {
+                        return Err(invalid(key, v, "expected none or json"));
+                    }
+                }
+                "value.schema" => {}
                 _ => return Err(invalid(key, v, "unknown topic config")),
             }
         }

@@ -75,6 +75,7 @@ pub async fn serve(
         groups,
         metrics,
         runtime,
+        ..
     } = node;
     let appended = Arc::new(Notify::new());
     let waker = appended.clone();
@@ -109,11 +110,11 @@ pub async fn serve(
                     let shared = shared.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
-                        shared.metrics.connection_opened();
-                        if let Err(e) = connection(stream, peer, shared.clone(), shutdown).await {
+                        let id = shared.metrics.connection_opened(peer);
+                        if let Err(e) = connection(stream, peer, id, shared.clone(), shutdown).await {
                             tracing::info!(%peer, error = %format!("{e:#}"), "closing Kafka connection");
                         }
-                        shared.metrics.connection_closed();
+                        shared.metrics.connection_closed(id);
                     });
                 }
                 Err(e) => tracing::warn!(error = %e, "accepting a Kafka connection failed"),
@@ -126,6 +127,7 @@ pub async fn serve(
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    id: u64,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -153,7 +155,7 @@ async fn connection(
             .read_exact(&mut frame)
             .await
             .context("connection closed inside a request frame")?;
-        let Some(response) = handle_frame(Bytes::from(frame), &shared, peer).await? else {
+        let Some(response) = handle_frame(Bytes::from(frame), &shared, peer, id).await? else {
             continue;
         };
         stream.write_all(&response).await?;
@@ -166,6 +168,7 @@ async fn handle_frame(
     mut frame: Bytes,
     shared: &Shared,
     peer: SocketAddr,
+    connection_id: u64,
 ) -> anyhow::Result<Option<Bytes>> {
     if frame.len() < 4 {
         anyhow::bail!(
@@ -192,6 +195,9 @@ async fn handle_frame(
     };
     let header = RequestHeader::decode(&mut frame, header_version)
         .with_context(|| format!("{key:?} v{api_version}: bad request header"))?;
+    shared
+        .metrics
+        .connection_request(connection_id, header.client_id.as_deref());
     let (request, version) = if in_range {
         let request = RequestKind::decode(key, &mut frame, api_version)
             .with_context(|| format!("{key:?} v{api_version}: bad request body"))?;

@@ -1,0 +1,255 @@
+//! SQL against a real node: JSON logs produced with kcat counted and grouped exactly, over HTTP
+//! in every encoding and through `weir sql`; a consumer group's lag in `weir.groups` as it
+//! consumes; errors with their message while the node goes on.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::process::Command;
+
+use common::{Node, have, kcat};
+use serde_json::{Value, json};
+use weir_broker::cli::Client;
+
+fn sql_json(c: &Client, statement: &str) -> Value {
+    c.call("POST", "/v1/sql", Some(&json!({ "sql": statement })))
+        .unwrap()
+}
+
+fn weir(node: &Node, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .args(["--server", &node.url()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn json_logs_from_kcat_are_counted_exactly() {
+    if !have("kcat", "apt-get install kcat") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let c = Client::new(&node.url(), None);
+    let (ok, _, err) = weir(
+        &node,
+        &[
+            "topic",
+            "create",
+            "logs",
+            "--partitions",
+            "3",
+            "--value-format",
+            "json",
+            "--schema",
+            "host TEXT, status INT, bytes BIGINT",
+        ],
+    );
+    assert!(ok, "{err}");
+    // 600 lines: host i%3, status 200 except every 7th (500) and every 11th (404); one junk line.
+    let mut lines = Vec::new();
+    let mut expected_5xx = [0u64; 3];
+    let mut expected_bytes = [0u64; 3];
+    for i in 0..600u64 {
+        let status = if i % 7 == 0 {
+            500
+        } else if i % 11 == 0 {
+            404
+        } else {
+            200
+        };
+        let host = i % 3;
+        if status == 500 {
+            expected_5xx[host as usize] += 1;
+        }
+        expected_bytes[host as usize] += i;
+        lines.push(format!(
+            r#"web-{host}:{{"host":"web-{host}","status":{status},"bytes":{i}}}"#
+        ));
+    }
+    lines.push("junk:this is not json".into());
+    kcat(
+        &node,
+        &["-P", "-t", "logs", "-K:"],
+        &(lines.join("\n") + "\n"),
+    );
+
+    let answer = sql_json(
+        &c,
+        "SELECT host, count(*) AS errors FROM logs WHERE status >= 500 GROUP BY host ORDER BY host",
+    );
+    let rows: Vec<(String, u64)> = answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap().to_string(),
+                r["errors"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        (0..3)
+            .map(|h| (format!("web-{h}"), expected_5xx[h]))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        answer["columns"][0],
+        json!({ "name": "host", "type": "Utf8" })
+    );
+
+    let answer = sql_json(
+        &c,
+        "SELECT count(*) AS n, count(status) AS parsed, sum(bytes) AS bytes FROM logs",
+    );
+    assert_eq!(
+        answer["rows"][0],
+        json!({ "n": 601, "parsed": 600, "bytes": expected_bytes.iter().sum::<u64>() })
+    );
+
+    // CSV, Arrow and the CLI's table.
+    let csv = c
+        .send_accepting(
+            "POST",
+            "/v1/sql",
+            "text/plain",
+            b"SELECT status, count(*) AS n FROM logs WHERE status = 404 GROUP BY status",
+            "text/csv",
+        )
+        .unwrap();
+    let expected_404 = (0..600).filter(|i| i % 7 != 0 && i % 11 == 0).count();
+    assert_eq!(
+        csv,
+        Value::String(format!("status,n\n404,{expected_404}\n"))
+    );
+    let (ok, table, err) = weir(
+        &node,
+        &[
+            "sql",
+            "SELECT host, sum(bytes) AS bytes FROM logs WHERE host = 'web-1' GROUP BY host",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        table.contains(&format!("| web-1 | {}", expected_bytes[1])) && table.contains("(1 row)"),
+        "{table}"
+    );
+    let (ok, shell, err) = {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+        command.args(["sql", "--server", &node.url()]);
+        let out = common::run_with_input(
+            command,
+            "SELECT count(*) AS n\nFROM logs;\nSELEC oops;\nSELECT 1 + 1 AS two;\n",
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(ok, "{err}");
+    assert!(
+        shell.contains("| 601 |") && shell.contains("error:") && shell.contains("| 2   |"),
+        "{shell}"
+    );
+
+    // Mistakes are 400s with the message; the node answers the next query.
+    for (statement, message) in [
+        ("SELEC host FROM logs", "Expected: an SQL statement"),
+        ("SELECT * FROM nope", "nope"),
+        ("SELECT nope FROM logs", "nope"),
+        ("SELECT sum(host) FROM logs", "sum"),
+        (
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+            "DDL not supported",
+        ),
+    ] {
+        let error = c
+            .call("POST", "/v1/sql", Some(&json!({ "sql": statement })))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("400") && error.to_lowercase().contains(&message.to_lowercase()),
+            "{statement}: {error}"
+        );
+    }
+    assert_eq!(
+        sql_json(&c, "SELECT count(*) AS n FROM logs")["rows"][0]["n"],
+        601
+    );
+}
+
+#[test]
+fn system_tables_follow_a_consumer_group() {
+    if !have("kcat", "apt-get install kcat") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let c = Client::new(&node.url(), None);
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({ "name": "events", "partitions": 1 })),
+    )
+    .unwrap();
+    let values: Vec<String> = (0..50).map(|i| format!("event {i}")).collect();
+    kcat(&node, &["-P", "-t", "events"], &(values.join("\n") + "\n"));
+
+    let lag = |c: &Client| -> Option<i64> {
+        let rows = sql_json(
+            c,
+            "SELECT lag, committed_offset, end_offset FROM weir.groups WHERE group_id = 'readers' AND topic = 'events'",
+        );
+        rows["rows"]
+            .as_array()
+            .unwrap()
+            .first()
+            .map(|r| r["lag"].as_i64().unwrap())
+    };
+    assert_eq!(lag(&c), None);
+    // A group member reads 20 records and commits them on its way out.
+    let out = kcat(
+        &node,
+        &[
+            "-G",
+            "readers",
+            "-c",
+            "20",
+            "-X",
+            "auto.offset.reset=earliest",
+            "events",
+        ],
+        "",
+    );
+    assert_eq!(out.lines().count(), 20, "{out}");
+    assert_eq!(lag(&c), Some(30));
+    kcat(&node, &["-P", "-t", "events"], "late 1\nlate 2\n");
+    assert_eq!(lag(&c), Some(32));
+    let out = kcat(&node, &["-G", "readers", "-c", "32", "events"], "");
+    assert_eq!(out.lines().count(), 32, "{out}");
+    assert_eq!(lag(&c), Some(0));
+
+    let partitions = sql_json(
+        &c,
+        "SELECT end_offset, segments FROM weir.partitions WHERE topic = 'events'",
+    );
+    assert_eq!(
+        partitions["rows"][0],
+        json!({ "end_offset": 52, "segments": 1 })
+    );
+    let topics = sql_json(&c, "SELECT name, partitions FROM weir.topics");
+    assert_eq!(
+        topics["rows"],
+        json!([{ "name": "events", "partitions": 1 }])
+    );
+}

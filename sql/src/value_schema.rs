@@ -1,0 +1,277 @@
+//! Typed columns parsed out of JSON values: the `value.schema` topic config
+//! (`host TEXT, status INT, bytes BIGINT`) and how one JSON value fills them.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
+    Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+use serde_json::Value;
+
+use crate::Error;
+
+/// Zone of every timestamp column: UTC, in the form `now()` uses, so they compare directly.
+pub const UTC: &str = "+00:00";
+
+/// Columns a topic declares on top of the record columns.
+pub const TYPED_COLUMNS_MAX: usize = 256;
+
+/// One declared column.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypedColumn {
+    pub name: String,
+    pub kind: ColumnKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnKind {
+    Text,
+    SmallInt,
+    Int,
+    BigInt,
+    Real,
+    Double,
+    Boolean,
+    /// Milliseconds since the epoch, or an RFC 3339 string.
+    Timestamp,
+    /// The field's JSON text, whatever it holds.
+    Json,
+}
+
+impl ColumnKind {
+    fn parse(name: &str) -> Option<ColumnKind> {
+        Some(match name.to_ascii_uppercase().as_str() {
+            "TEXT" | "VARCHAR" | "STRING" => ColumnKind::Text,
+            "SMALLINT" | "INT2" => ColumnKind::SmallInt,
+            "INT" | "INTEGER" | "INT4" => ColumnKind::Int,
+            "BIGINT" | "INT8" => ColumnKind::BigInt,
+            "REAL" | "FLOAT4" => ColumnKind::Real,
+            "DOUBLE" | "FLOAT8" | "FLOAT" => ColumnKind::Double,
+            "BOOLEAN" | "BOOL" => ColumnKind::Boolean,
+            "TIMESTAMP" | "TIMESTAMPTZ" => ColumnKind::Timestamp,
+            "JSON" => ColumnKind::Json,
+            _ => return None,
+        })
+    }
+
+    pub fn data_type(self) -> DataType {
+        match self {
+            ColumnKind::Text | ColumnKind::Json => DataType::Utf8,
+            ColumnKind::SmallInt => DataType::Int16,
+            ColumnKind::Int => DataType::Int32,
+            ColumnKind::BigInt => DataType::Int64,
+            ColumnKind::Real => DataType::Float32,
+            ColumnKind::Double => DataType::Float64,
+            ColumnKind::Boolean => DataType::Boolean,
+            ColumnKind::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into())),
+        }
+    }
+}
+
+impl TypedColumn {
+    pub fn field(&self) -> Field {
+        Field::new(&self.name, self.kind.data_type(), true)
+    }
+}
+
+/// Parses `name TYPE, name TYPE, …`; names are the JSON fields read (a dotted name reads a
+/// nested field: `"request.method" TEXT`).
+pub fn parse_value_schema(text: &str) -> Result<Vec<TypedColumn>, Error> {
+    let mut columns: Vec<TypedColumn> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, kind) = part
+            .rsplit_once(char::is_whitespace)
+            .ok_or_else(|| Error::Schema(format!("{part:?}: expected `name TYPE`")))?;
+        let name = name.trim().trim_matches('"');
+        let kind = ColumnKind::parse(kind.trim()).ok_or_else(|| {
+            Error::Schema(format!(
+                "{part:?}: unknown type {kind:?}; use TEXT, SMALLINT, INT, BIGINT, REAL, DOUBLE, BOOLEAN, TIMESTAMP or JSON"
+            ))
+        })?;
+        if name.is_empty() {
+            return Err(Error::Schema(format!("{part:?}: the column has no name")));
+        }
+        if crate::topic::RECORD_COLUMNS.contains(&name) || columns.iter().any(|c| c.name == name) {
+            return Err(Error::Schema(format!(
+                "column {name:?} is declared twice or is a record column"
+            )));
+        }
+        columns.push(TypedColumn {
+            name: name.to_owned(),
+            kind,
+        });
+    }
+    if columns.len() > TYPED_COLUMNS_MAX {
+        return Err(Error::Schema(format!(
+            "{} columns, more than {TYPED_COLUMNS_MAX}",
+            columns.len()
+        )));
+    }
+    Ok(columns)
+}
+
+fn lookup<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
+    value.get(path).or_else(|| {
+        path.split('.').try_fold(value, |v, part| match v {
+            Value::Object(map) => map.get(part),
+            Value::Array(items) => items.get(part.parse::<usize>().ok()?),
+            _ => None,
+        })
+    })
+}
+
+/// Builds one typed column from JSON values; a value that is missing, not JSON or of another
+/// type gives NULL.
+pub struct ColumnBuilder {
+    column: TypedColumn,
+    builder: Builder,
+}
+
+enum Builder {
+    Text(StringBuilder),
+    SmallInt(Int16Builder),
+    Int(Int32Builder),
+    BigInt(Int64Builder),
+    Real(Float32Builder),
+    Double(Float64Builder),
+    Boolean(BooleanBuilder),
+    Timestamp(TimestampMillisecondBuilder),
+}
+
+impl ColumnBuilder {
+    pub fn new(column: &TypedColumn, capacity: usize) -> ColumnBuilder {
+        let builder = match column.kind {
+            ColumnKind::Text | ColumnKind::Json => {
+                Builder::Text(StringBuilder::with_capacity(capacity, capacity * 16))
+            }
+            ColumnKind::SmallInt => Builder::SmallInt(Int16Builder::with_capacity(capacity)),
+            ColumnKind::Int => Builder::Int(Int32Builder::with_capacity(capacity)),
+            ColumnKind::BigInt => Builder::BigInt(Int64Builder::with_capacity(capacity)),
+            ColumnKind::Real => Builder::Real(Float32Builder::with_capacity(capacity)),
+            ColumnKind::Double => Builder::Double(Float64Builder::with_capacity(capacity)),
+            ColumnKind::Boolean => Builder::Boolean(BooleanBuilder::with_capacity(capacity)),
+            ColumnKind::Timestamp => Builder::Timestamp(
+                TimestampMillisecondBuilder::with_capacity(capacity).with_timezone(UTC),
+            ),
+        };
+        ColumnBuilder {
+            column: column.clone(),
+            builder,
+        }
+    }
+
+    /// Appends the column's value from `record` (the parsed JSON value, if it parsed).
+    pub fn append(&mut self, record: Option<&Value>) {
+        let value = record
+            .and_then(|v| lookup(v, &self.column.name))
+            .filter(|v| !v.is_null());
+        let integer = |v: &Value| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        };
+        let float = |v: &Value| {
+            v.as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        };
+        match &mut self.builder {
+            Builder::Text(b) => match value {
+                Some(Value::String(s)) if self.column.kind == ColumnKind::Text => b.append_value(s),
+                Some(other) => b.append_value(other.to_string()),
+                None => b.append_null(),
+            },
+            Builder::SmallInt(b) => {
+                b.append_option(value.and_then(integer).and_then(|n| i16::try_from(n).ok()))
+            }
+            Builder::Int(b) => {
+                b.append_option(value.and_then(integer).and_then(|n| i32::try_from(n).ok()))
+            }
+            Builder::BigInt(b) => b.append_option(value.and_then(integer)),
+            Builder::Real(b) => b.append_option(value.and_then(float).map(|f| f as f32)),
+            Builder::Double(b) => b.append_option(value.and_then(float)),
+            Builder::Boolean(b) => b.append_option(value.and_then(Value::as_bool)),
+            Builder::Timestamp(b) => b.append_option(value.and_then(|v| match v {
+                Value::String(s) => weir::time::parse_rfc3339(s),
+                other => other.as_i64(),
+            })),
+        }
+    }
+
+    pub fn finish(&mut self) -> ArrayRef {
+        match &mut self.builder {
+            Builder::Text(b) => Arc::new(b.finish()),
+            Builder::SmallInt(b) => Arc::new(b.finish()),
+            Builder::Int(b) => Arc::new(b.finish()),
+            Builder::BigInt(b) => Arc::new(b.finish()),
+            Builder::Real(b) => Arc::new(b.finish()),
+            Builder::Double(b) => Arc::new(b.finish()),
+            Builder::Boolean(b) => Arc::new(b.finish()),
+            Builder::Timestamp(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_schema() {
+        let columns = parse_value_schema(
+            "host TEXT, status int, bytes BIGINT, \"req.method\" TEXT, at TIMESTAMP",
+        )
+        .unwrap();
+        let names: Vec<_> = columns.iter().map(|c| (c.name.as_str(), c.kind)).collect();
+        assert_eq!(
+            names,
+            [
+                ("host", ColumnKind::Text),
+                ("status", ColumnKind::Int),
+                ("bytes", ColumnKind::BigInt),
+                ("req.method", ColumnKind::Text),
+                ("at", ColumnKind::Timestamp)
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_schemas_with_the_reason() {
+        for (text, reason) in [
+            ("host", "expected `name TYPE`"),
+            ("host NUMBER", "unknown type \"NUMBER\""),
+            ("a INT, a TEXT", "declared twice"),
+            ("offset BIGINT", "record column"),
+        ] {
+            let error = parse_value_schema(text).unwrap_err().to_string();
+            assert!(error.contains(reason), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn values_that_do_not_fit_are_null() {
+        let column = TypedColumn {
+            name: "status".into(),
+            kind: ColumnKind::Int,
+        };
+        let mut builder = ColumnBuilder::new(&column, 4);
+        for text in [
+            r#"{"status": 503}"#,
+            r#"{"status": "404"}"#,
+            r#"{"status": "oops"}"#,
+            "not json",
+        ] {
+            let value: Option<Value> = serde_json::from_str(text).ok();
+            builder.append(value.as_ref());
+        }
+        let array = builder.finish();
+        let array = array
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int32Array>()
+            .unwrap();
+        assert_eq!(
+            array.iter().collect::<Vec<_>>(),
+            [Some(503), Some(404), None, None]
+        );
+    }
+}
