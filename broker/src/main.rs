@@ -255,6 +255,9 @@ struct ServeArgs {
     /// Memory one plugin instance may use, in MiB.
     #[arg(long, env = "WEIR_PLUGIN_MEMORY_MIB", default_value_t = 64)]
     plugin_memory_mib: u64,
+    /// Memory all running SQL queries may hold at once, in MiB; a query that needs more fails.
+    #[arg(long, env = "WEIR_SQL_MEMORY_MIB", default_value_t = 512)]
+    sql_memory_mib: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -447,6 +450,7 @@ struct FileConfig {
     admin_token: Option<String>,
     plugin_timeout_ms: Option<u64>,
     plugin_memory_mib: Option<u64>,
+    sql_memory_mib: Option<u64>,
 }
 
 /// Flags and environment first, then the config file, then the defaults.
@@ -501,6 +505,11 @@ fn serve_config(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<ServeCo
             given("plugin_memory_mib"),
             args.plugin_memory_mib,
             file.plugin_memory_mib,
+        ) << 20,
+        sql_memory_bytes_max: pick(
+            given("sql_memory_mib"),
+            args.sql_memory_mib,
+            file.sql_memory_mib,
         ) << 20,
     })
 }

@@ -152,6 +152,8 @@ pub struct ServeConfig {
     pub plugin_timeout_ms: u64,
     /// Memory one plugin instance may grow to.
     pub plugin_memory_bytes_max: u64,
+    /// Memory all running SQL queries may hold at once.
+    pub sql_memory_bytes_max: u64,
 }
 
 /// A running node.
@@ -222,7 +224,11 @@ impl Server {
             storage.clone(),
             Some(runtime.clone()),
             Some(Arc::new(state)),
-            &QueryConfig::default(),
+            &QueryConfig {
+                memory_bytes_max: usize::try_from(config.sql_memory_bytes_max)
+                    .unwrap_or(usize::MAX),
+                ..QueryConfig::default()
+            },
         )
         .context("starting the SQL engine")?;
         let node = NodeContext {

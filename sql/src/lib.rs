@@ -15,6 +15,7 @@
 //! `weir-runtime`; it opens no socket — the broker serves it over HTTP and Postgres wire.
 
 pub mod catalog;
+pub mod sink;
 pub mod topic;
 pub mod value_schema;
 

@@ -23,8 +23,10 @@ use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -69,16 +71,17 @@ fn headers_type() -> DataType {
 /// The schema of a topic: the record columns, then the declared ones.
 pub fn topic_schema(typed: &[TypedColumn]) -> Schema {
     let mut fields = vec![
-        Field::new("partition", DataType::Int32, false),
-        Field::new("offset", DataType::Int64, false),
+        // Nullable, so an INSERT may name only the columns it sets.
+        Field::new("partition", DataType::Int32, true),
+        Field::new("offset", DataType::Int64, true),
         Field::new(
             "timestamp",
             DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into())),
-            false,
+            true,
         ),
         Field::new("key", DataType::Binary, true),
         Field::new("value", DataType::Binary, true),
-        Field::new("headers", headers_type(), false),
+        Field::new("headers", headers_type(), true),
         Field::new("key_text", DataType::Utf8, true),
         Field::new("value_text", DataType::Utf8, true),
     ];
@@ -346,6 +349,27 @@ impl TableProvider for TopicTable {
             .collect())
     }
 
+    /// `INSERT INTO topic …`: see [`crate::sink::TopicSink`].
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::Plan(format!(
+                "a topic is append-only; {insert_op} is not possible"
+            )));
+        }
+        let sink = crate::sink::TopicSink::new(
+            self.storage.clone(),
+            self.topic.clone(),
+            self.schema.clone(),
+            self.typed.clone(),
+        );
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
     async fn scan(
         &self,
         _state: &dyn Session,
@@ -417,7 +441,7 @@ impl TableProvider for TopicTable {
     }
 }
 
-fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+pub(crate) fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 

@@ -21,6 +21,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(&QueryConfig::default())
+}
+
+fn fixture_with(config: &QueryConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
     storage.create_topic("big", 2, Default::default()).unwrap();
@@ -39,8 +43,7 @@ fn fixture() -> Fixture {
             append(&storage, "big", partition, Compression::None, records);
         }
     }
-    let engine =
-        QueryEngine::new(Arc::clone(&storage), None, None, &QueryConfig::default()).unwrap();
+    let engine = QueryEngine::new(Arc::clone(&storage), None, None, config).unwrap();
     Fixture { _dir: dir, engine }
 }
 
@@ -132,4 +135,24 @@ async fn unfiltered_scans_read_everything_once() {
     let (answer, read) = run(&f.engine, "SELECT count(*) FROM big").await;
     assert_eq!(answer, "count(*)\n20000\n");
     assert_eq!(read, 20_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_the_memory_cap_fails_alone() {
+    let f = fixture_with(&QueryConfig {
+        memory_bytes_max: 64 << 10,
+        ..QueryConfig::default()
+    });
+    // 10 000 distinct groups need more than 64 KiB of aggregation state.
+    let error = f
+        .engine
+        .sql("SELECT value_text, count(*) AS n FROM big GROUP BY value_text")
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(error.contains("Resources exhausted"), "{error}");
+    // The engine goes on with queries that fit.
+    let (answer, _) = run(&f.engine, r#"SELECT count(*) FROM big WHERE "offset" < 10"#).await;
+    assert_eq!(answer, "count(*)\n20\n");
 }

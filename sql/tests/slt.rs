@@ -84,6 +84,10 @@ fn fill(storage: &Storage) {
         .collect();
     append(storage, "hosts", 0, Compression::None, records);
 
+    storage
+        .create_topic("sink", 2, json("host TEXT, status INT"))
+        .unwrap();
+
     storage.create_topic("raw", 1, BTreeMap::new()).unwrap();
     let records = (0..5)
         .map(|i| record(T0 + i, None, &format!("line {i}"), &[]))

@@ -1,0 +1,194 @@
+//! `INSERT INTO topic …`: rows become records appended to the topic.
+//!
+//! A row's value is `value` (bytes) or else `value_text`, or else — for a topic with typed
+//! columns — a JSON object of the typed columns it sets; its key is `key` or `key_text`; its
+//! timestamp the `timestamp` column or the time of the insert. A row that names a `partition`
+//! goes there; a keyed row goes where Kafka's default partitioner would put its key; the others
+//! are spread round-robin. `offset` and `headers` are assigned by the log and ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Int32Type, SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::json::writer::JsonArray;
+use datafusion::common::DataFusionError;
+use datafusion::datasource::sink::DataSink;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
+use futures::StreamExt;
+use weir_storage::{BatchBuilder, Compression, NewRecord, Storage, now_ms};
+
+use crate::topic::{RECORD_COLUMNS, external};
+use crate::value_schema::TypedColumn;
+
+/// Records appended per batch written to a partition.
+const BATCH_RECORDS_MAX: usize = 1000;
+
+pub struct TopicSink {
+    storage: Arc<Storage>,
+    topic: String,
+    schema: SchemaRef,
+    typed: Vec<TypedColumn>,
+    next_partition: AtomicU32,
+}
+
+impl fmt::Debug for TopicSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TopicSink({})", self.topic)
+    }
+}
+
+impl DisplayAs for TopicSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "TopicSink: topic={}", self.topic)
+    }
+}
+
+impl TopicSink {
+    pub fn new(
+        storage: Arc<Storage>,
+        topic: String,
+        schema: SchemaRef,
+        typed: Vec<TypedColumn>,
+    ) -> TopicSink {
+        TopicSink {
+            storage,
+            topic,
+            schema,
+            typed,
+            next_partition: AtomicU32::new(0),
+        }
+    }
+
+    /// The records of one batch of rows, by partition.
+    fn records(
+        &self,
+        batch: &RecordBatch,
+        partitions: u32,
+    ) -> datafusion::common::Result<BTreeMap<u32, Vec<NewRecord>>> {
+        let column = |name: &str| batch.column_by_name(name);
+        let binary = |name: &str, row: usize| -> Option<Bytes> {
+            let array = column(name)?;
+            if array.is_null(row) {
+                return None;
+            }
+            match array.data_type() {
+                DataType::Binary => {
+                    Some(Bytes::copy_from_slice(array.as_binary::<i32>().value(row)))
+                }
+                DataType::Utf8 => Some(Bytes::copy_from_slice(
+                    array.as_string::<i32>().value(row).as_bytes(),
+                )),
+                _ => None,
+            }
+        };
+        let typed_json: Option<Vec<serde_json::Value>> = if self.typed.is_empty() {
+            None
+        } else {
+            let names: Vec<&str> = self.typed.iter().map(|c| c.name.as_str()).collect();
+            let projection: Vec<usize> = names
+                .iter()
+                .filter_map(|n| batch.schema().index_of(n).ok())
+                .collect();
+            let typed = batch.project(&projection)?;
+            let mut writer = datafusion::arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(false)
+                .build::<_, JsonArray>(Vec::new());
+            writer.write(&typed)?;
+            writer.finish()?;
+            let text = writer.into_inner();
+            Some(
+                serde_json::from_slice(&text)
+                    .map_err(|e| DataFusionError::Execution(format!("typed columns: {e}")))?,
+            )
+        };
+        let mut out: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
+        let now = now_ms();
+        for row in 0..batch.num_rows() {
+            let key = binary("key", row).or_else(|| binary("key_text", row));
+            let value = binary("value", row)
+                .or_else(|| binary("value_text", row))
+                .or_else(|| {
+                    let object = typed_json.as_ref()?.get(row)?;
+                    let empty = object.as_object().is_some_and(|o| o.is_empty());
+                    (!empty).then(|| Bytes::from(object.to_string()))
+                });
+            let timestamp = column("timestamp")
+                .filter(|a| !a.is_null(row) && matches!(a.data_type(), DataType::Timestamp(..)))
+                .and_then(|a| {
+                    a.as_primitive_opt::<TimestampMillisecondType>()
+                        .map(|t| t.value(row))
+                })
+                .unwrap_or(now);
+            let partition = match column("partition").filter(|a| !a.is_null(row)) {
+                Some(array) => {
+                    let p = array
+                        .as_primitive_opt::<Int32Type>()
+                        .map_or(-1, |p| p.value(row));
+                    u32::try_from(p).ok().filter(|p| *p < partitions).ok_or_else(|| {
+                        DataFusionError::Execution(format!("partition {p} of topic {} does not exist ({partitions} partitions)", self.topic))
+                    })?
+                }
+                None => match key.as_deref() {
+                    Some(key) => weir_runtime::partition_for_key(key, partitions),
+                    None => self.next_partition.fetch_add(1, Ordering::Relaxed) % partitions.max(1),
+                },
+            };
+            out.entry(partition).or_default().push(NewRecord {
+                timestamp,
+                key,
+                value,
+                headers: Vec::new(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl DataSink for TopicSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> datafusion::common::Result<u64> {
+        debug_assert!(
+            RECORD_COLUMNS
+                .iter()
+                .all(|c| self.schema.index_of(c).is_ok())
+        );
+        let partitions = self
+            .storage
+            .existing_topic(&self.topic)
+            .map_err(external)?
+            .partitions;
+        let mut written = 0u64;
+        while let Some(batch) = data.next().await {
+            for (partition, records) in self.records(&batch?, partitions)? {
+                for chunk in records.chunks(BATCH_RECORDS_MAX) {
+                    let mut builder = BatchBuilder::new(Compression::None);
+                    chunk.iter().cloned().for_each(|r| builder.push(r));
+                    let mut bytes = builder.build().map_err(external)?.to_vec();
+                    let (storage, topic) = (self.storage.clone(), self.topic.clone());
+                    tokio::task::spawn_blocking(move || {
+                        storage.log(&topic, partition)?.append(&mut bytes)
+                    })
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                    .map_err(external)?;
+                    written += chunk.len() as u64;
+                }
+            }
+        }
+        Ok(written)
+    }
+}
