@@ -253,3 +253,58 @@ fn system_tables_follow_a_consumer_group() {
         json!([{ "name": "events", "partitions": 1 }])
     );
 }
+
+#[test]
+fn open_connections_are_a_table() {
+    use std::io::{Read, Write};
+
+    use bytes::BytesMut;
+    use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let c = Client::new(&node.url(), None);
+    let mut stream = std::net::TcpStream::connect(node.kafka).unwrap();
+    for correlation_id in 0..3 {
+        let mut header = RequestHeader::default();
+        header.request_api_key = ApiKey::ApiVersions as i16;
+        header.request_api_version = 3;
+        header.correlation_id = correlation_id;
+        header.client_id = Some(StrBytes::from_static_str("sql-probe"));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, ApiKey::ApiVersions.request_header_version(3))
+            .unwrap();
+        ApiVersionsRequest::default().encode(&mut body, 3).unwrap();
+        stream
+            .write_all(&(body.len() as i32).to_be_bytes())
+            .unwrap();
+        stream.write_all(&body).unwrap();
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size).unwrap();
+        let mut answer = vec![0u8; i32::from_be_bytes(size) as usize];
+        stream.read_exact(&mut answer).unwrap();
+    }
+    let rows = sql_json(&c, "SELECT client_id, requests, peer FROM weir.connections");
+    assert_eq!(rows["rows"].as_array().unwrap().len(), 1, "{rows}");
+    let row = &rows["rows"][0];
+    assert_eq!(
+        (row["client_id"].as_str(), row["requests"].as_i64()),
+        (Some("sql-probe"), Some(3))
+    );
+    assert_eq!(
+        row["peer"].as_str().unwrap(),
+        stream.local_addr().unwrap().to_string()
+    );
+    drop(stream);
+    let gone = || sql_json(&c, "SELECT count(*) AS n FROM weir.connections")["rows"][0]["n"] == 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gone() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection is still listed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
