@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use bytes::{Bytes, BytesMut};
-use common::Node;
+use common::{Node, kafka_round_trip};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
@@ -41,15 +40,7 @@ fn produce(stream: &mut TcpStream, topic: &str, partition: i32, records: Bytes) 
         .encode(&mut body, ApiKey::Produce.request_header_version(VERSION))
         .unwrap();
     request.encode(&mut body, VERSION).unwrap();
-    stream
-        .write_all(&(body.len() as i32).to_be_bytes())
-        .unwrap();
-    stream.write_all(&body).unwrap();
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).unwrap();
-    let mut buf = vec![0u8; i32::from_be_bytes(size) as usize];
-    stream.read_exact(&mut buf).unwrap();
-    let mut buf = Bytes::from(buf);
+    let mut buf = kafka_round_trip(stream, &body);
     ResponseHeader::decode(&mut buf, ApiKey::Produce.response_header_version(VERSION)).unwrap();
     let response = ProduceResponse::decode(&mut buf, VERSION).unwrap();
     response.responses[0].partition_responses[0].error_code

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Node, have, kcat};
+use common::{Node, create_topic, have, kcat};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
 use weir_tests::wasm::{HOSTILE_BODIES, abi_module, build_plugin_source, plugin_wasm};
@@ -119,12 +119,7 @@ fn nginx_lines_become_per_minute_error_counts() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path());
     let c = client(&node);
-    c.call(
-        "POST",
-        "/v1/topics",
-        Some(&json!({ "name": "access", "partitions": 1 })),
-    )
-    .unwrap();
+    create_topic(&c, "access", 1);
     deploy_ready_made(&c, "nginx-to-json", "nginx-to-json", "");
     deploy_ready_made(&c, "server-errors", "json-filter", "field=status&gte=500");
     deploy_ready_made(
@@ -308,12 +303,7 @@ fn a_plugin_deployed_three_ways_is_hot_swapped_without_loss_or_repeat() {
             format!("app-{tag}"),
             format!("quiet-{tag}"),
         );
-        c.call(
-            "POST",
-            "/v1/topics",
-            Some(&json!({ "name": input, "partitions": 1 })),
-        )
-        .unwrap();
+        create_topic(&c, &input, 1);
         deploy_by(path, &node, &data_dir, &plugin, &v1);
         wait_until(&format!("{plugin} version 1"), || {
             active_version(&c, &plugin) == Some(1)
@@ -447,12 +437,7 @@ fn hostile_plugins_fail_alone_and_pause_their_pipeline() {
         &["--plugin-timeout-ms", "50", "--plugin-memory-mib", "16"],
     );
     let c = client(&node);
-    c.call(
-        "POST",
-        "/v1/topics",
-        Some(&json!({ "name": "in", "partitions": 1 })),
-    )
-    .unwrap();
+    create_topic(&c, "in", 1);
     deploy_ready_made(&c, "everything", "regex-filter", "pattern=.");
     create_pipeline(
         &c,
@@ -528,12 +513,7 @@ fn kill_9_during_a_pipeline_run_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start(dir.path());
     let c = client(&node);
-    c.call(
-        "POST",
-        "/v1/topics",
-        Some(&json!({ "name": "access", "partitions": 2 })),
-    )
-    .unwrap();
+    create_topic(&c, "access", 2);
     let total = 60_000usize;
     let statuses = [200, 301, 404, 500];
     // Partition p gets every other line; line i is at i/20 seconds, so windows of 60 s close
@@ -664,12 +644,7 @@ fn a_flat_map_routes_records_to_several_topics() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path());
     let c = client(&node);
-    c.call(
-        "POST",
-        "/v1/topics",
-        Some(&json!({ "name": "numbers", "partitions": 1 })),
-    )
-    .unwrap();
+    create_topic(&c, "numbers", 1);
     assert_eq!(deploy(&c, "router", &wasm, "")["kind"], "flat_map");
     create_pipeline(
         &c,
@@ -774,12 +749,7 @@ fn a_scaffolded_plugin_builds_deploys_and_runs() {
         deployed.contains("deployed shout version 1 (map"),
         "{deployed}"
     );
-    c.call(
-        "POST",
-        "/v1/topics",
-        Some(&json!({ "name": "quiet", "partitions": 1 })),
-    )
-    .unwrap();
+    create_topic(&c, "quiet", 1);
     weir(&[
         "pipeline",
         "create",

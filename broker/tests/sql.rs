@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Node, have, kcat};
+use common::{Node, create_topic, have, kafka_round_trip, kcat};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
 
@@ -196,12 +196,7 @@ fn system_tables_follow_a_consumer_group() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path());
     let c = Client::new(&node.url(), None);
-    c.call(
-        "POST",
-        "/v1/topics",
-        Some(&json!({ "name": "events", "partitions": 1 })),
-    )
-    .unwrap();
+    create_topic(&c, "events", 1);
     let values: Vec<String> = (0..50).map(|i| format!("event {i}")).collect();
     kcat(&node, &["-P", "-t", "events"], &(values.join("\n") + "\n"));
 
@@ -256,8 +251,6 @@ fn system_tables_follow_a_consumer_group() {
 
 #[test]
 fn open_connections_are_a_table() {
-    use std::io::{Read, Write};
-
     use bytes::BytesMut;
     use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader};
     use kafka_protocol::protocol::{Encodable, StrBytes};
@@ -277,14 +270,7 @@ fn open_connections_are_a_table() {
             .encode(&mut body, ApiKey::ApiVersions.request_header_version(3))
             .unwrap();
         ApiVersionsRequest::default().encode(&mut body, 3).unwrap();
-        stream
-            .write_all(&(body.len() as i32).to_be_bytes())
-            .unwrap();
-        stream.write_all(&body).unwrap();
-        let mut size = [0u8; 4];
-        stream.read_exact(&mut size).unwrap();
-        let mut answer = vec![0u8; i32::from_be_bytes(size) as usize];
-        stream.read_exact(&mut answer).unwrap();
+        kafka_round_trip(&mut stream, &body);
     }
     let rows = sql_json(&c, "SELECT client_id, requests, peer FROM weir.connections");
     assert_eq!(rows["rows"].as_array().unwrap().len(), 1, "{rows}");

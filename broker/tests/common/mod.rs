@@ -232,3 +232,25 @@ pub fn kcat(node: &Node, args: &[&str], input: &str) -> String {
     );
     String::from_utf8(out.stdout).expect("kcat prints UTF-8 here")
 }
+
+/// Creates a topic through the HTTP API.
+pub fn create_topic(c: &weir_broker::cli::Client, name: &str, partitions: u32) {
+    let body = serde_json::json!({ "name": name, "partitions": partitions });
+    c.call("POST", "/v1/topics", Some(&body))
+        .unwrap_or_else(|e| panic!("creating topic {name}: {e:#}"));
+}
+
+/// Sends one length-prefixed Kafka request and returns the response frame after its length.
+pub fn kafka_round_trip(stream: &mut std::net::TcpStream, request: &[u8]) -> bytes::Bytes {
+    use std::io::{Read, Write};
+    let length = i32::try_from(request.len()).expect("a request under 2 GiB");
+    stream
+        .write_all(&length.to_be_bytes())
+        .expect("sending a request");
+    stream.write_all(request).expect("sending a request");
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).expect("a response length");
+    let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut response).expect("a response");
+    bytes::Bytes::from(response)
+}
