@@ -514,13 +514,22 @@ impl Runner {
         let mut dead_letters = Vec::new();
         let mut out_count = 0u64;
         let mut handled = std::collections::HashSet::new();
+        let mut partition_counts: HashMap<String, u32> = HashMap::new();
         for item in items {
             let topic = item
                 .topic
                 .clone()
                 .unwrap_or_else(|| self.spec.to[0].clone());
             let target = if self.spec.to.contains(&topic) {
-                let partitions = self.storage.existing_topic(&topic)?.partitions;
+                // Looked up once per output topic and step, not once per record.
+                let partitions = match partition_counts.get(&topic) {
+                    Some(count) => *count,
+                    None => {
+                        let count = self.storage.existing_topic(&topic)?.partitions;
+                        partition_counts.insert(topic.clone(), count);
+                        count
+                    }
+                };
                 match item.partition {
                     Some(p) if p >= partitions => Err(format!(
                         "partition {p} of {topic} does not exist ({partitions} partitions)"
