@@ -139,6 +139,8 @@ fn start_weir(binary: &Path) -> anyhow::Result<Broker> {
             &format!("127.0.0.1:{port}"),
             "--http",
             "127.0.0.1:0",
+            "--pg",
+            "off",
         ])
         .arg("--data-dir")
         .arg(dir.path())

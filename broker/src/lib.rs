@@ -2,7 +2,8 @@
 //!
 //! [`serve::Server`] opens (and recovers) a data directory, runs the storage maintenance thread
 //! (interval flushes, retention, compaction), serves the Kafka protocol ([`kafka`]) and the
-//! HTTP admin API with Prometheus metrics ([`http`]), and closes
+//! HTTP admin API with Prometheus metrics ([`http`]), SQL over the Postgres wire protocol
+//! ([`pg`]), and closes
 //! every log cleanly on shutdown. This is the only crate that opens sockets, and the only one
 //! that knows Kafka's wire types.
 
@@ -10,5 +11,6 @@ pub mod cli;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod pg;
 pub mod plugin_cli;
 pub mod serve;

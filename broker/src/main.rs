@@ -237,6 +237,9 @@ struct ServeArgs {
     /// Address of the HTTP listener (port 0: any free port).
     #[arg(long, env = "WEIR_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Address of the Postgres wire listener for SQL (port 0: any free port; `off`: none).
+    #[arg(long, env = "WEIR_PG", default_value = "127.0.0.1:5433")]
+    pg: Listen,
     /// Host name clients are told to connect to; defaults to the listener's address.
     #[arg(long, env = "WEIR_ADVERTISED_HOST")]
     advertised_host: Option<String>,
@@ -246,7 +249,8 @@ struct ServeArgs {
     /// Partitions of a topic created without a count.
     #[arg(long, env = "WEIR_DEFAULT_PARTITIONS", default_value_t = 1)]
     default_partitions: u32,
-    /// Require `Authorization: Bearer <token>` on the HTTP `/v1` API.
+    /// Require `Authorization: Bearer <token>` on the HTTP `/v1` API, and the token as the
+    /// password of Postgres connections.
     #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// CPU time one plugin call (one batch) may take, in milliseconds.
@@ -437,6 +441,30 @@ fn pipeline_command(command: PipelineCommand, c: &Client) -> anyhow::Result<()> 
     }
 }
 
+/// A listener's address, or `off` for none.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(try_from = "String")]
+struct Listen(Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(text: &str) -> Result<Listen, Self::Err> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Listen(None));
+        }
+        text.parse().map(|addr| Listen(Some(addr)))
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = std::net::AddrParseError;
+
+    fn try_from(text: String) -> Result<Listen, Self::Error> {
+        text.parse()
+    }
+}
+
 /// Settings of `weir serve` as a TOML file may give them.
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -444,6 +472,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     kafka: Option<SocketAddr>,
     http: Option<SocketAddr>,
+    pg: Option<Listen>,
     advertised_host: Option<String>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
@@ -476,6 +505,7 @@ fn serve_config(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<ServeCo
         data_dir: pick(given("data_dir"), args.data_dir, file.data_dir),
         kafka: pick(given("kafka"), args.kafka, file.kafka),
         http: pick(given("http"), args.http, file.http),
+        pg: pick(given("pg"), args.pg, file.pg).0,
         advertised_host: pick(
             given("advertised_host"),
             args.advertised_host,

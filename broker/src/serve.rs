@@ -146,7 +146,10 @@ pub struct ServeConfig {
     pub default_partitions: u32,
     /// Address of the HTTP listener; port 0 picks a free port.
     pub http: SocketAddr,
-    /// When set, `/v1` HTTP calls need `Authorization: Bearer <token>`.
+    /// Address of the Postgres wire listener; port 0 picks a free port, `None` serves none.
+    pub pg: Option<SocketAddr>,
+    /// When set, `/v1` HTTP calls need `Authorization: Bearer <token>` and Postgres
+    /// connections the token as their password.
     pub admin_token: Option<String>,
     /// CPU time one plugin call (one batch) may take.
     pub plugin_timeout_ms: u64,
@@ -162,6 +165,7 @@ pub struct Server {
     runtime: Arc<Runtime>,
     kafka_addr: SocketAddr,
     http_addr: SocketAddr,
+    pg_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -227,6 +231,7 @@ impl Server {
             &QueryConfig {
                 memory_bytes_max: usize::try_from(config.sql_memory_bytes_max)
                     .unwrap_or(usize::MAX),
+                default_partitions: config.default_partitions.max(1),
                 ..QueryConfig::default()
             },
         )
@@ -242,8 +247,18 @@ impl Server {
             .await
             .with_context(|| format!("binding the HTTP listener to {}", config.http))?;
         let http_addr = http_listener.local_addr()?;
+        let pg_listener = match config.pg {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("binding the Postgres listener to {addr} (--pg off serves none)")
+            })?),
+            None => None,
+        };
+        let pg_addr = pg_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(kafka::serve(
                 listener,
                 node.clone(),
@@ -252,19 +267,31 @@ impl Server {
             )),
             tokio::spawn(crate::http::serve(
                 http_listener,
+                node.clone(),
+                config.admin_token.clone(),
+                shutdown_rx.clone(),
+            )),
+        ];
+        if let Some(listener) = pg_listener {
+            tasks.push(tokio::spawn(crate::pg::serve(
+                listener,
                 node,
                 config.admin_token.clone(),
                 shutdown_rx,
-            )),
-        ];
+            )));
+        }
         runtime.start().context("starting pipelines")?;
         tracing::info!(addr = %http_addr, "HTTP listener ready");
+        if let Some(addr) = pg_addr {
+            tracing::info!(%addr, "Postgres listener ready");
+        }
         tracing::info!(addr = %kafka_addr, "Kafka listener ready");
         Ok(Server {
             storage,
             runtime,
             kafka_addr,
             http_addr,
+            pg_addr,
             shutdown,
             tasks,
         })
@@ -280,6 +307,10 @@ impl Server {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    pub fn pg_addr(&self) -> Option<SocketAddr> {
+        self.pg_addr
     }
 
     /// Stops the listeners, then closes every log: flushed data, flushed indexes and a current

@@ -8,13 +8,16 @@
 //!   `weir.partitions`, `weir.groups`, `weir.plugins`, `weir.pipelines`, `weir.connections`.
 //! - [`topic`] is the table provider and its scan: filters on partition, offset and timestamp
 //!   are served by the log's indexes, `LIMIT` stops the read, unused columns are not built.
-//! - Every query runs under a memory cap; DDL and session statements are refused (a query cannot
-//!   register files or change settings).
+//! - Every query runs under a memory cap. `CREATE TABLE … AS SELECT` makes a topic; other DDL
+//!   and session statements are refused (a query cannot register files or change settings).
+//! - `pg_catalog` and the Postgres functions clients call are installed, so `psql` and
+//!   Grafana find their way around when the broker serves this session over Postgres wire.
 //!
 //! Architecture invariant: reads logs through `weir-storage` and plugin state through
 //! `weir-runtime`; it opens no socket — the broker serves it over HTTP and Postgres wire.
 
 pub mod catalog;
+mod create_as;
 pub mod sink;
 pub mod topic;
 pub mod value_schema;
@@ -51,6 +54,8 @@ pub struct QueryConfig {
     pub memory_bytes_max: usize,
     /// Partitions DataFusion spreads work over.
     pub target_partitions: usize,
+    /// Partitions of a topic `CREATE TABLE … AS SELECT` makes without `WITH (partitions = N)`.
+    pub default_partitions: u32,
 }
 
 impl Default for QueryConfig {
@@ -58,6 +63,7 @@ impl Default for QueryConfig {
         QueryConfig {
             memory_bytes_max: 512 << 20,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            default_partitions: 1,
         }
     }
 }
@@ -75,7 +81,9 @@ impl Answer {
 }
 
 pub struct QueryEngine {
-    context: SessionContext,
+    context: Arc<SessionContext>,
+    storage: Arc<Storage>,
+    default_partitions: u32,
 }
 
 impl QueryEngine {
@@ -96,13 +104,40 @@ impl QueryEngine {
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         use datafusion::catalog::CatalogProvider as _;
         catalog.register_schema("public", Arc::new(TopicSchema::new(storage.clone())))?;
-        catalog.register_schema("weir", Arc::new(SystemSchema::new(storage, runtime, node)))?;
+        catalog.register_schema(
+            "weir",
+            Arc::new(SystemSchema::new(storage.clone(), runtime, node)),
+        )?;
         context.register_catalog("weir", catalog);
-        Ok(QueryEngine { context })
+        // `pg_catalog` and the Postgres functions psql and Grafana call.
+        datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
+            &context,
+            "weir",
+            datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+        )
+        .map_err(|e| Error::Query(*e))?;
+        Ok(QueryEngine {
+            context: Arc::new(context),
+            storage,
+            default_partitions: config.default_partitions.max(1),
+        })
+    }
+
+    /// The DataFusion session every interface runs its statements on.
+    pub fn context(&self) -> &Arc<SessionContext> {
+        &self.context
     }
 
     /// Plans and runs one statement, collecting its result.
     pub async fn sql(&self, sql: &str) -> Result<Answer, Error> {
+        if let Some(create) = create_as::parse(sql)? {
+            return self.create_topic_as(create).await;
+        }
+        self.run(sql).await
+    }
+
+    /// Runs a query, `INSERT` or `EXPLAIN`; anything else is refused.
+    async fn run(&self, sql: &str) -> Result<Answer, Error> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_statements(false);

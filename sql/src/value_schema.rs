@@ -56,6 +56,21 @@ impl ColumnKind {
         })
     }
 
+    /// The type's name in a value schema.
+    pub fn name(self) -> &'static str {
+        match self {
+            ColumnKind::Text => "TEXT",
+            ColumnKind::SmallInt => "SMALLINT",
+            ColumnKind::Int => "INT",
+            ColumnKind::BigInt => "BIGINT",
+            ColumnKind::Real => "REAL",
+            ColumnKind::Double => "DOUBLE",
+            ColumnKind::Boolean => "BOOLEAN",
+            ColumnKind::Timestamp => "TIMESTAMP",
+            ColumnKind::Json => "JSON",
+        }
+    }
+
     pub fn data_type(self) -> DataType {
         match self {
             ColumnKind::Text | ColumnKind::Json => DataType::Utf8,

@@ -15,6 +15,7 @@ pub struct Node {
     pub log: mpsc::Receiver<String>,
     pub kafka: SocketAddr,
     pub http: SocketAddr,
+    pub pg: SocketAddr,
     /// Log lines up to "Kafka listener ready".
     pub startup: Vec<String>,
 }
@@ -41,6 +42,8 @@ impl Node {
                 "127.0.0.1:0",
                 "--http",
                 "127.0.0.1:0",
+                "--pg",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(data_dir)
@@ -62,6 +65,7 @@ impl Node {
             log: rx,
             kafka: "127.0.0.1:0".parse().expect("an address"),
             http: "127.0.0.1:0".parse().expect("an address"),
+            pg: "127.0.0.1:0".parse().expect("an address"),
             startup: Vec::new(),
         };
         let ready = loop {
@@ -78,6 +82,13 @@ impl Node {
             .find(|l| l.contains("HTTP listener ready"))
             .expect("the HTTP listener starts before the Kafka one");
         node.http = logged_addr(http);
+        if let Some(pg) = node
+            .startup
+            .iter()
+            .find(|l| l.contains("Postgres listener ready"))
+        {
+            node.pg = logged_addr(pg);
+        }
         node
     }
 

@@ -1,0 +1,330 @@
+//! SQL benchmark: the same queries over the same JSON log records through Weir (a topic with
+//! typed JSON columns, queried in this process) and through DuckDB (the records as an NDJSON
+//! file, queried by the `duckdb` Python package), measured in one run.
+//!
+//! ```sh
+//! cargo run --release -p weir-bench --bin bench-sql [-- --records 10000000 --runs 3]
+//! ```
+//!
+//! DuckDB comes from PyPI into `target/bench-py` on the first run. Every query runs `--runs`
+//! times on each side; the table shows the median wall time. The records are written to a
+//! 4-partition topic through the storage API (batches of 1000, no compression) and, the same
+//! lines, to `records.ndjson`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use weir_sql::{QueryConfig, QueryEngine};
+use weir_storage::{BatchBuilder, Compression, NewRecord, Storage, StorageConfig};
+
+const PARTITIONS: u32 = 4;
+/// The records span this much event time; the last 1 % is the last minute.
+const SPAN_MS: i64 = 100 * 60_000;
+const T0: i64 = 1_704_067_200_000;
+
+struct Query {
+    name: &'static str,
+    weir: String,
+    duckdb: String,
+}
+
+fn queries(last_minute_ms: i64) -> Vec<Query> {
+    let since = format!("to_timestamp_millis({last_minute_ms})");
+    vec![
+        Query {
+            name: "count(*)",
+            weir: "SELECT count(*) FROM logs".into(),
+            duckdb: "SELECT count(*) FROM logs".into(),
+        },
+        Query {
+            name: "GROUP BY status",
+            weir: "SELECT status, count(*) FROM logs GROUP BY status ORDER BY status".into(),
+            duckdb: "SELECT status, count(*) FROM logs GROUP BY status ORDER BY status".into(),
+        },
+        Query {
+            name: "last minute (1 %)",
+            weir: format!(r#"SELECT count(*), sum(bytes) FROM logs WHERE "timestamp" > {since}"#),
+            duckdb: format!("SELECT count(*), sum(bytes) FROM logs WHERE ts > {last_minute_ms}"),
+        },
+        Query {
+            name: "top 5 hosts by bytes",
+            weir: "SELECT host, sum(bytes) AS b FROM logs GROUP BY host ORDER BY b DESC LIMIT 5"
+                .into(),
+            duckdb: "SELECT host, sum(bytes) AS b FROM logs GROUP BY host ORDER BY b DESC LIMIT 5"
+                .into(),
+        },
+    ]
+}
+
+/// Line `i` of `records`; timestamps spread evenly over [`SPAN_MS`].
+fn line(i: u64, records: u64) -> (i64, String) {
+    let status = [200, 200, 200, 200, 301, 304, 404, 500, 502, 503][(i % 10) as usize];
+    let ts = T0 + (i as i64 * SPAN_MS) / records.max(1) as i64;
+    let value = format!(
+        r#"{{"host":"web-{:02}","status":{status},"bytes":{},"method":"GET","path":"/api/v1/items/{}?page={}","ua":"Mozilla/5.0 (X11; Linux x86_64)","ts":{ts}}}"#,
+        (i * 7919) % 50,
+        (i * 104_729) % 65_536,
+        i % 100_000,
+        i % 17
+    );
+    (ts, value)
+}
+
+fn fill(storage: &Storage, ndjson: &Path, records: u64) -> anyhow::Result<(u64, i64)> {
+    let configs = [
+        ("value.format".to_string(), "json".to_string()),
+        (
+            "value.schema".to_string(),
+            "host TEXT, status INT, bytes BIGINT, method TEXT, path TEXT".to_string(),
+        ),
+        ("flush.policy".to_string(), "interval".to_string()),
+    ];
+    storage.create_topic("logs", PARTITIONS, configs.into_iter().collect())?;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(ndjson)?);
+    let mut bytes = 0u64;
+    let mut last_ts = 0;
+    for chunk_start in (0..records).step_by(1000) {
+        let partition = ((chunk_start / 1000) % u64::from(PARTITIONS)) as u32;
+        let mut builder = BatchBuilder::new(Compression::None);
+        for i in chunk_start..(chunk_start + 1000).min(records) {
+            let (ts, value) = line(i, records);
+            writeln!(file, "{value}")?;
+            bytes += value.len() as u64;
+            last_ts = ts;
+            builder.push(NewRecord {
+                timestamp: ts,
+                key: None,
+                value: Some(Bytes::from(value)),
+                headers: Vec::new(),
+            });
+        }
+        storage
+            .log("logs", partition)?
+            .append(&mut builder.build()?.to_vec())?;
+    }
+    file.flush()?;
+    for (_, _, log) in storage.logs() {
+        log.flush()?;
+    }
+    Ok((bytes, last_ts))
+}
+
+/// Bytes under `dir` and the time one pass of reading them takes (the second of two passes, so
+/// from the page cache like the queries): the machine's limit for a scan of these files.
+fn read_all(dir: &Path) -> anyhow::Result<(u64, Duration)> {
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                files(&path, out)?;
+            } else {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut paths = Vec::new();
+    files(dir, &mut paths)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut pass = || -> anyhow::Result<(u64, Duration)> {
+        let started = Instant::now();
+        let mut total = 0u64;
+        for path in &paths {
+            let mut file = std::fs::File::open(path)?;
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buffer)?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+        }
+        Ok((total, started.elapsed()))
+    };
+    pass()?;
+    pass()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The Python with `duckdb`, installed into `target/bench-py` when missing.
+fn duckdb_python() -> anyhow::Result<PathBuf> {
+    let venv = PathBuf::from("target/bench-py");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let status = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()?;
+        if !status.success() {
+            bail!("python3 -m venv failed");
+        }
+    }
+    let has = Command::new(&python)
+        .args(["-c", "import duckdb"])
+        .status()?
+        .success();
+    if !has {
+        let status = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "duckdb==2.0.0"])
+            .status()?;
+        if !status.success() {
+            bail!("pip install duckdb failed");
+        }
+    }
+    Ok(python)
+}
+
+const DUCKDB_SCRIPT: &str = r#"
+import duckdb, json, resource, statistics, sys, time
+path, runs = sys.argv[1], int(sys.argv[2])
+queries = json.loads(sys.stdin.read())
+con = duckdb.connect()
+con.execute(f"CREATE VIEW logs AS SELECT * FROM read_ndjson('{path}', columns={{'host':'VARCHAR','status':'INTEGER','bytes':'BIGINT','method':'VARCHAR','path':'VARCHAR','ua':'VARCHAR','ts':'BIGINT'}})")
+out = []
+for q in queries:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        rows = con.execute(q).fetchall()
+        times.append(time.perf_counter() - started)
+    out.append({"seconds": statistics.median(times), "rows": [[str(c) for c in r] for r in rows]})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"queries": out, "peak_rss_mib": peak}))
+"#;
+
+fn main() -> anyhow::Result<()> {
+    let (mut records, mut runs) = (10_000_000u64, 3usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--records" => records = value.parse()?,
+            "--runs" => runs = value.parse()?,
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    let python = duckdb_python()?;
+    let dir = tempfile::tempdir_in("target")?;
+    let ndjson = dir.path().join("records.ndjson");
+    let storage = Storage::open(StorageConfig::new(dir.path().join("data")))?;
+    eprintln!("writing {records} records…");
+    let started = Instant::now();
+    let (bytes, last_ts) = fill(&storage, &ndjson, records)?;
+    eprintln!("written in {:.1} s", started.elapsed().as_secs_f64());
+    let (log_bytes, read_time) = read_all(&dir.path().join("data"))?;
+    let last_minute_ms = last_ts - 60_000;
+    let queries = queries(last_minute_ms);
+
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let engine = QueryEngine::new(Arc::clone(&storage), None, None, &QueryConfig::default())?;
+    let mut weir_results = Vec::new();
+    for q in &queries {
+        let mut times = Vec::new();
+        let mut rows = String::new();
+        for _ in 0..runs {
+            let started = Instant::now();
+            let answer = tokio.block_on(engine.sql(&q.weir))?;
+            times.push(started.elapsed());
+            rows = String::from_utf8(answer.encode(weir_sql::Encoding::Csv)?)?;
+        }
+        weir_results.push((median(times), rows));
+    }
+    let weir_peak = peak_rss_mib();
+
+    let sql: Vec<&str> = queries.iter().map(|q| q.duckdb.as_str()).collect();
+    let mut child = Command::new(&python)
+        .args(["-c", DUCKDB_SCRIPT])
+        .arg(&ndjson)
+        .arg(runs.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(serde_json::to_string(&sql)?.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("duckdb script failed");
+    }
+    let duck: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+
+    println!(
+        "# SQL over {records} JSON log records ({:.0} B each, {:.2} GB), median of {runs}\n",
+        bytes as f64 / records as f64,
+        bytes as f64 / 1e9
+    );
+    println!("| query | Weir | DuckDB (NDJSON) | Weir / DuckDB | Weir answer |");
+    println!("|---|---:|---:|---:|---|");
+    let full_scan = weir_results[1].0.as_secs_f64();
+    for (i, q) in queries.iter().enumerate() {
+        let (time, rows) = &weir_results[i];
+        let duck_s = duck["queries"][i]["seconds"].as_f64().unwrap_or(f64::NAN);
+        let first_row = rows.lines().nth(1).unwrap_or("").to_string();
+        println!(
+            "| {} | {:.3} s | {:.3} s | {:.2}× | {} |",
+            q.name,
+            time.as_secs_f64(),
+            duck_s,
+            time.as_secs_f64() / duck_s,
+            first_row
+        );
+    }
+    println!(
+        "\nlast-minute query / GROUP BY status full scan: {:.1} %",
+        weir_results[2].0.as_secs_f64() / full_scan * 100.0
+    );
+    let limit = log_bytes as f64 / read_time.as_secs_f64();
+    let scan = log_bytes as f64 / full_scan;
+    println!(
+        "machine limit, reading the topic's {:.2} GB of files from the page cache: {:.2} GB/s; \
+         the GROUP BY status scan goes through them at {:.2} GB/s ({:.1} % of it)",
+        log_bytes as f64 / 1e9,
+        limit / 1e9,
+        scan / 1e9,
+        scan / limit * 100.0
+    );
+    println!(
+        "peak RSS: Weir process {:.0} MiB (includes writing the data); DuckDB process {:.0} MiB",
+        weir_peak,
+        duck["peak_rss_mib"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "DuckDB answers: {}",
+        duck["queries"]
+            .as_array()
+            .map(|q| q
+                .iter()
+                .map(|q| q["rows"].to_string())
+                .collect::<Vec<_>>()
+                .join(" "))
+            .unwrap_or_default()
+    );
+    storage.close()?;
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! The Postgres wire listener: `psql`, Grafana's Postgres data source and any Postgres driver
+//! query topics over the simple and the extended query protocol.
+//!
+//! Statements run on the node's one SQL session ([`weir_sql::QueryEngine`]), with `pg_catalog`
+//! and `information_schema` for the clients' catalog queries. What reaches the session is
+//! checked first: queries, `INSERT`, `EXPLAIN`, cursors and transactions pass; `CREATE TABLE …
+//! AS SELECT` makes a topic through the engine; `SET` of a connection's own settings is kept
+//! for the connection and any other `SET` is answered and ignored, so one client cannot change
+//! the session of the others; every other statement is refused with the reason. With an admin
+//! token the listener asks for it as the password (cleartext: keep the listener on loopback or
+//! a trusted network).
+
+use std::borrow::Cow;
+use std::fmt::Debug;
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::common::{DFSchema, ParamValues};
+use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{Set, Statement};
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::hooks::{HookClient, QueryHook};
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, Parser};
+use futures::{Sink, SinkExt};
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use weir_sql::QueryEngine;
+
+use crate::serve::NodeContext;
+
+/// Accepts Postgres connections until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    node: NodeContext,
+    token: Option<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let handlers = Arc::new(Handlers::new(node.sql.clone(), token));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let handlers = handlers.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            pgwire::tokio::process_socket(socket, None, handlers).await
+                        {
+                            tracing::debug!(%peer, error = %e, "Postgres connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a Postgres connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+struct Handlers {
+    session: Arc<Session>,
+    startup: Arc<Startup>,
+}
+
+impl Handlers {
+    fn new(engine: Arc<QueryEngine>, token: Option<String>) -> Handlers {
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(Guard {
+                engine: engine.clone(),
+            }),
+            Arc::new(CursorStatementHook),
+            Arc::new(SetShowHook),
+            Arc::new(TransactionStatementHook),
+        ];
+        let inner = DfSessionService::new_with_hooks(engine.context().clone(), hooks);
+        Handlers {
+            session: Arc::new(Session {
+                parser: Arc::new(Rewriting(inner.query_parser())),
+                inner,
+            }),
+            startup: Arc::new(Startup {
+                token,
+                parameters: DefaultServerParameterProvider::default(),
+                keys: RandomPidSecretKeyGenerator::default(),
+            }),
+        }
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.session.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.session.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+}
+
+/// Grafana's `$__schemaConstraint`: the schemas on the search path, read with
+/// `current_setting('search_path')` and a function in `FROM`, which the engine lacks.
+static SEARCH_PATH_SCHEMAS: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(
+        r#"(?is)SELECT\s+CASE\s+WHEN\s+trim\s*\(\s*s\s*\[\s*i\s*\]\s*\)\s*=\s*'"\$user"'\s+THEN\s+user\s+ELSE\s+trim\s*\(\s*s\s*\[\s*i\s*\]\s*\)\s+END\s+FROM\s+generate_series\s*\(.*?\)\s+as\s+i\s*,\s*string_to_array\s*\(\s*current_setting\s*\(\s*'search_path'\s*\)\s*,\s*','\s*\)\s+s"#,
+    )
+    .expect("a valid pattern")
+});
+
+/// Client queries the engine cannot plan, written as ones it can: the search path is `public`.
+fn rewrite(sql: &str) -> Cow<'_, str> {
+    SEARCH_PATH_SCHEMAS.replace_all(sql, "SELECT 'public'")
+}
+
+/// The session service with [`rewrite`] applied to the text of every statement.
+struct Session {
+    inner: DfSessionService,
+    parser: Arc<Rewriting>,
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Session {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        SimpleQueryHandler::do_query(&self.inner, client, &rewrite(query)).await
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Session {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+    type QueryParser = Rewriting;
+
+    fn query_parser(&self) -> Arc<Rewriting> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows).await
+    }
+}
+
+/// The session's parser with [`rewrite`] applied first.
+struct Rewriting(Arc<Parser>);
+
+#[async_trait]
+impl QueryParser for Rewriting {
+    type Statement = <Parser as QueryParser>::Statement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        self.0.parse_sql(client, &rewrite(sql), types).await
+    }
+
+    fn get_parameter_types(&self, statement: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.0.get_parameter_types(statement)
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &Self::Statement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.0.get_result_schema(statement, format)
+    }
+}
+
+/// Trust without a token; with one, a cleartext password that must equal it.
+struct Startup {
+    token: Option<String>,
+    parameters: DefaultServerParameterProvider,
+    keys: RandomPidSecretKeyGenerator,
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let (pid, secret) = self.keys.generate(client);
+                client.set_pid_and_secret_key(pid, secret);
+                if self.token.is_some() {
+                    client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                    client
+                        .send(PgWireBackendMessage::Authentication(
+                            Authentication::CleartextPassword,
+                        ))
+                        .await?;
+                } else {
+                    finish_authentication(client, &self.parameters).await?;
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(password) => {
+                let password = password.into_password()?;
+                let expected = self.token.as_deref().unwrap_or_default();
+                if !crate::http::token_matches(expected, &password.password) {
+                    let user = client.metadata().get("user").cloned().unwrap_or_default();
+                    return Err(PgWireError::InvalidPassword(user));
+                }
+                finish_authentication(client, &self.parameters).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// What the listener does with one statement.
+enum Verdict {
+    /// Planned and run by the session (or a hook after this one).
+    Pass,
+    /// `CREATE TABLE … AS SELECT`, run by the engine.
+    CreateAs,
+    /// A `SET` of a session setting: answered, not applied.
+    Ignore,
+    Refuse(String),
+}
+
+/// Settings a connection keeps for itself (the `SET`/`SHOW` hook stores them per client).
+const CONNECTION_SETTINGS: [&str; 7] = [
+    "statement_timeout",
+    "datestyle",
+    "bytea_output",
+    "intervalstyle",
+    "application_name",
+    "extra_float_digits",
+    "search_path",
+];
+
+fn verdict(statement: &Statement) -> Verdict {
+    match statement {
+        Statement::Query(_)
+        | Statement::Insert(_)
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowStatus { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. } => Verdict::Pass,
+        Statement::Explain { statement, .. } => match verdict(statement) {
+            Verdict::Pass => Verdict::Pass,
+            _ => Verdict::Refuse(format!("EXPLAIN {statement} is not supported")),
+        },
+        Statement::Set(Set::SetTimeZone { local: false, .. }) => Verdict::Pass,
+        Statement::Set(Set::SingleAssignment {
+            scope: None,
+            hivevar: false,
+            variable,
+            ..
+        }) if CONNECTION_SETTINGS.contains(&variable.to_string().to_lowercase().as_str()) => {
+            Verdict::Pass
+        }
+        Statement::Set(_) => Verdict::Ignore,
+        Statement::CreateTable(create) if create.query.is_some() => Verdict::CreateAs,
+        other => {
+            let text = other.to_string();
+            let words: Vec<&str> = text.split_whitespace().take(2).collect();
+            Verdict::Refuse(format!(
+                "{} is not allowed: this server runs queries, INSERT INTO a topic and CREATE TABLE … AS SELECT (topics are managed with `weir topic` or the Kafka API)",
+                words.join(" ")
+            ))
+        }
+    }
+}
+
+fn refused(message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_owned(),
+        "42501".to_owned(),
+        message,
+    )))
+}
+
+fn empty_plan() -> LogicalPlan {
+    LogicalPlan::EmptyRelation(EmptyRelation {
+        produce_one_row: false,
+        schema: Arc::new(DFSchema::empty()),
+    })
+}
+
+/// Checks every statement before the session sees it (see the module documentation).
+struct Guard {
+    engine: Arc<QueryEngine>,
+}
+
+impl Guard {
+    async fn respond(&self, statement: &Statement) -> Option<PgWireResult<Response>> {
+        match verdict(statement) {
+            Verdict::Pass => None,
+            Verdict::Ignore => {
+                tracing::debug!(%statement, "SET of a session setting ignored");
+                Some(Ok(Response::Execution(Tag::new("SET"))))
+            }
+            Verdict::Refuse(message) => Some(Err(refused(message))),
+            Verdict::CreateAs => Some(match self.engine.sql(&statement.to_string()).await {
+                Ok(answer) => {
+                    let rows = answer
+                        .batches
+                        .first()
+                        .and_then(|b| b.column(0).as_primitive_opt::<UInt64Type>())
+                        .map_or(0, |counts| counts.value(0));
+                    Ok(Response::Execution(
+                        Tag::new("SELECT").with_rows(rows as usize),
+                    ))
+                }
+                Err(e) => Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".to_owned(),
+                    "42000".to_owned(),
+                    e.to_string(),
+                )))),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl QueryHook for Guard {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _session: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        self.respond(statement).await
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _session: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        match verdict(statement) {
+            Verdict::Pass => None,
+            Verdict::CreateAs | Verdict::Ignore => Some(Ok(empty_plan())),
+            Verdict::Refuse(message) => Some(Err(refused(message))),
+        }
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _session: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        self.respond(statement).await
+    }
+}

@@ -1,0 +1,200 @@
+//! SQL over the Postgres wire protocol with real clients. psql (the simple query protocol)
+//! makes a topic with `CREATE TABLE … AS SELECT`, lists it with `\dt`, describes it with `\d`,
+//! queries and inserts, and gets errors — syntax, unknown column, refused DDL — on a
+//! connection that goes on. psycopg (the extended protocol) binds parameters and runs the
+//! catalog and time-series queries Grafana's Postgres data source sends. With an admin token
+//! the token is the password.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::process::Command;
+
+use common::{Node, have, python, run_with_input};
+
+/// Minute-aligned start of the test's records: 2023-11-14T22:14:00Z.
+const START_MS: i64 = 1_700_000_040_000;
+const RECORDS: i64 = 120;
+
+fn host(i: i64) -> String {
+    format!("web-{}", i % 3)
+}
+
+fn status(i: i64) -> i64 {
+    if i % 4 == 0 { 500 } else { 200 }
+}
+
+/// `CREATE TABLE logs … AS SELECT` over VALUES: one record every 5 s for 10 minutes.
+fn create_logs() -> String {
+    let rows: Vec<String> = (0..RECORDS)
+        .map(|i| {
+            format!(
+                "('{}', {}, {}, to_timestamp_millis({}))",
+                host(i),
+                status(i),
+                i * 10,
+                START_MS + i * 5_000
+            )
+        })
+        .collect();
+    format!(
+        "CREATE TABLE logs WITH (partitions = 3) AS SELECT * FROM (VALUES {}) AS t(host, status, bytes, \"timestamp\");\n",
+        rows.join(", ")
+    )
+}
+
+/// Runs `script` through psql on one connection; returns (success, stdout, stderr).
+fn psql(node: &Node, password: &str, script: &str) -> (bool, String, String) {
+    let mut command = Command::new("psql");
+    command
+        .args(["-X", "-A", "-F", "|", "-v", "ON_ERROR_STOP=0", "-f", "-"])
+        .args(["-h", &node.pg.ip().to_string()])
+        .args(["-p", &node.pg.port().to_string()])
+        .args(["-U", "weir", "-d", "weir"])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10");
+    let out = run_with_input(command, script);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn psql_creates_lists_describes_queries_and_survives_errors() {
+    if !have("psql", "apt-get install postgresql-client") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let mut expected_errors = [0; 3];
+    for i in 0..RECORDS {
+        if status(i) == 500 {
+            expected_errors[(i % 3) as usize] += 1;
+        }
+    }
+
+    let script = create_logs()
+        + r"\dt
+\d logs
+SELECT host, count(*) AS errors FROM logs WHERE status >= 500 GROUP BY host ORDER BY host;
+SELEC 1;
+SELECT nope FROM logs;
+DROP TABLE logs;
+CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '/etc/passwd';
+COPY logs TO '/tmp/weir-copy';
+SELECT 'still serving', count(*) FROM logs;
+CREATE TABLE errors AS SELECT host, count(*) AS n FROM logs WHERE status >= 500 GROUP BY host;
+CREATE TABLE errors AS SELECT 1 AS n;
+INSERT INTO errors (host, n) VALUES ('web-9', 7);
+SELECT host, n FROM errors ORDER BY host;
+SELECT count(*) AS leaked FROM information_schema.tables WHERE table_name = 'leak';
+";
+    let (ok, out, err) = psql(&node, "", &script);
+    assert!(ok, "psql failed:\n{out}\n{err}");
+
+    // The topic made by CREATE TABLE … AS SELECT, listed and described.
+    assert!(out.contains("SELECT 120"), "{out}");
+    assert!(out.contains("public|logs|table|"), "\\dt:\n{out}");
+    for column in [
+        "host|text",
+        "status|bigint",
+        "bytes|bigint",
+        "timestamp|timestamp",
+    ] {
+        assert!(out.contains(column), "\\d logs lacks {column}:\n{out}");
+    }
+    let grouped: String = (0..3)
+        .map(|h| format!("web-{h}|{}\n", expected_errors[h]))
+        .collect();
+    assert!(
+        out.contains(&format!("host|errors\n{grouped}(3 rows)")),
+        "{out}"
+    );
+
+    // Each bad statement has its error; the connection goes on and nothing leaked.
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 6, "one error per bad statement:\n{err}");
+    assert!(errors[0].contains("SELEC"), "{err}");
+    assert!(errors[1].contains("nope"), "{err}");
+    assert!(errors[2].contains("DROP TABLE is not allowed"), "{err}");
+    assert!(errors[4].contains("COPY"), "{err}");
+    assert!(errors[5].contains("already exists"), "{err}");
+    assert!(out.contains(&format!("still serving|{RECORDS}")), "{out}");
+    assert!(out.contains("leaked\n0\n"), "{out}");
+
+    // A second CREATE TABLE … AS SELECT and an INSERT into its topic.
+    assert!(out.contains("SELECT 3\n"), "{out}");
+    assert!(out.contains("INSERT 0 1"), "{out}");
+    let errors_table: String = (0..3)
+        .map(|h| format!("web-{h}|{}\n", expected_errors[h]))
+        .collect();
+    assert!(
+        out.contains(&format!("host|n\n{errors_table}web-9|7\n(4 rows)")),
+        "{out}"
+    );
+    node.stop();
+}
+
+#[test]
+fn extended_protocol_and_grafana_queries_with_the_admin_token() {
+    let (Some(python), true) = (python(), have("psql", "apt-get install postgresql-client")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--admin-token", "s3cret"]);
+
+    let (ok, _, err) = psql(&node, "wrong", "SELECT 1;\n");
+    assert!(!ok, "a wrong password is refused");
+    assert!(
+        err.to_lowercase()
+            .contains("password authentication failed"),
+        "{err}"
+    );
+    let (ok, out, err) = psql(&node, "s3cret", &create_logs());
+    assert!(ok && out.contains("SELECT 120"), "{out}\n{err}");
+
+    let script = format!("{}/tests/clients/postgres.py", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python)
+        .arg(script)
+        .arg(node.pg.ip().to_string())
+        .arg(node.pg.port().to_string())
+        .arg("s3cret")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "postgres.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: std::collections::HashMap<&str, &str> =
+        stdout.lines().filter_map(|l| l.split_once('=')).collect();
+
+    let web_1_errors = (0..RECORDS)
+        .filter(|i| i % 3 == 1 && status(*i) == 500)
+        .count();
+    assert_eq!(answers["errors_web_1"], web_1_errors.to_string());
+    assert_eq!(answers["tables"], "logs");
+    // information_schema names Arrow's types.
+    assert_eq!(
+        answers["columns"],
+        "\"offset\":Int64,bytes:Int64,headers:List(Struct(\"key\": non-null Utf8, \"value\": Binary)),\
+         host:Utf8,key:Binary,key_text:Utf8,partition:Int32,status:Int64,\
+         timestamp:Timestamp(ms, \"+00:00\"),value:Binary,value_text:Utf8"
+    );
+    let series: String = (0..10)
+        .map(|m| format!("{}:12", START_MS / 1000 + m * 60))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(answers["series"], series);
+    assert!(
+        answers["error"].contains("missing_column"),
+        "{}",
+        answers["error"]
+    );
+    assert_eq!(answers["after_error"], RECORDS.to_string());
+    node.stop();
+}
