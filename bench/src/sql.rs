@@ -66,7 +66,7 @@ fn line(i: u64, records: u64) -> (i64, String) {
     let status = [200, 200, 200, 200, 301, 304, 404, 500, 502, 503][(i % 10) as usize];
     let ts = T0 + (i as i64 * SPAN_MS) / records.max(1) as i64;
     let value = format!(
-        r#"{{"host":"web-{:02}","status":{status},"bytes":{},"method":"GET","path":"/api/v1/items/{}?page={}","ua":"Mozilla/5.0 (X11; Linux x86_64)","ts":{ts}}}"#,
+        r#"{{"host":"web-{:02}","status":{status},"bytes":{},"method":"GET","path":"/api/v1/items/{}?page={}","ua":"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0","ts":{ts}}}"#,
         (i * 7919) % 50,
         (i * 104_729) % 65_536,
         i % 100_000,
@@ -114,7 +114,7 @@ fn fill(storage: &Storage, ndjson: &Path, records: u64) -> anyhow::Result<(u64, 
     Ok((bytes, last_ts))
 }
 
-/// Bytes under `dir` and the time one pass of reading them takes (the second of two passes, so
+/// Bytes of the log files under `dir` and the time one pass of reading them takes (the second of two passes, so
 /// from the page cache like the queries): the machine's limit for a scan of these files.
 fn read_all(dir: &Path) -> anyhow::Result<(u64, Duration)> {
     fn files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -122,7 +122,7 @@ fn read_all(dir: &Path) -> anyhow::Result<(u64, Duration)> {
             let path = entry?.path();
             if path.is_dir() {
                 files(&path, out)?;
-            } else {
+            } else if path.extension().is_some_and(|e| e == "log") {
                 out.push(path);
             }
         }
@@ -181,6 +181,7 @@ fn duckdb_python() -> anyhow::Result<PathBuf> {
     }
     let has = Command::new(&python)
         .args(["-c", "import duckdb"])
+        .stderr(std::process::Stdio::null())
         .status()?
         .success();
     if !has {

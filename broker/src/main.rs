@@ -550,20 +550,25 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // Installed before the listeners open, so a signal sent once they are ready is
+        // never lost to the default action.
+        let signal = shutdown_signal()?;
         let server = Server::start(&config).await?;
-        shutdown_signal().await?;
+        signal.await;
         tracing::info!("shutting down");
         server.shutdown().await
     })
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Catches SIGTERM and SIGINT from now on; the future ends at the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
