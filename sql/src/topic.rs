@@ -372,7 +372,7 @@ impl TableProvider for TopicTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
@@ -408,12 +408,16 @@ impl TableProvider for TopicTable {
                     None => end,
                 };
             }
-            ranges.push(PartitionRange {
-                partition,
-                start,
-                end,
-            });
+            ranges.push((
+                PartitionRange {
+                    partition,
+                    start,
+                    end,
+                },
+                log.segment_base_offsets(),
+            ));
         }
+        let ranges = split_at_segments(ranges, state.config().target_partitions());
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),
@@ -443,6 +447,43 @@ impl TableProvider for TopicTable {
 
 pub(crate) fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
     DataFusionError::External(Box::new(e))
+}
+
+/// Cuts the ranges of partitions with several segments at segment starts, so that the scan
+/// has about `target` ranges to read in parallel: each non-empty range gets up to
+/// `target / ranges` pieces, cut at evenly spaced segment starts.
+fn split_at_segments(
+    ranges: Vec<(PartitionRange, Vec<u64>)>,
+    target: usize,
+) -> Vec<PartitionRange> {
+    let live = ranges
+        .iter()
+        .filter(|(r, _)| r.start < r.end)
+        .count()
+        .max(1);
+    let pieces_max = (target / live).max(1);
+    let mut out = Vec::new();
+    for (range, bases) in ranges {
+        let cuts: Vec<u64> = bases
+            .into_iter()
+            .filter(|b| *b > range.start && *b < range.end)
+            .collect();
+        let pieces = pieces_max.min(cuts.len() + 1);
+        let mut start = range.start;
+        for piece in 1..pieces {
+            let cut = cuts[piece * cuts.len() / pieces];
+            if cut > start {
+                out.push(PartitionRange {
+                    end: cut,
+                    start,
+                    ..range
+                });
+                start = cut;
+            }
+        }
+        out.push(PartitionRange { start, ..range });
+    }
+    out
 }
 
 /// The offsets `[start, end)` of one partition a scan reads.

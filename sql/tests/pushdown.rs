@@ -156,3 +156,64 @@ async fn a_query_over_the_memory_cap_fails_alone() {
     let (answer, _) = run(&f.engine, r#"SELECT count(*) FROM big WHERE "offset" < 10"#).await;
     assert_eq!(answer, "count(*)\n20\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_of_many_segments_is_scanned_in_parallel_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+    let configs = [("segment.bytes".to_string(), "16384".to_string())];
+    storage
+        .create_topic("segmented", 1, configs.into_iter().collect())
+        .unwrap();
+    for batch in 0..RECORDS / 100 {
+        let records = (0..100)
+            .map(|i| {
+                record(
+                    T0 + batch * 100 + i,
+                    None,
+                    &format!("v{}", batch * 100 + i),
+                    &[],
+                )
+            })
+            .collect();
+        append(&storage, "segmented", 0, Compression::None, records);
+    }
+    let segments = storage.log("segmented", 0).unwrap().segment_count();
+    assert!(segments >= 8, "{segments} segments");
+    let config = QueryConfig {
+        target_partitions: 4,
+        ..QueryConfig::default()
+    };
+    let engine = QueryEngine::new(Arc::clone(&storage), None, None, &config).unwrap();
+
+    let plan = engine
+        .sql("EXPLAIN SELECT count(*) FROM segmented")
+        .await
+        .unwrap();
+    let plan = String::from_utf8(plan.encode(weir_sql::Encoding::Csv).unwrap()).unwrap();
+    let scan = plan.lines().find(|l| l.contains("TopicScan")).unwrap();
+    let ranges = scan.split("offsets=[").nth(1).unwrap();
+    let ranges: Vec<&str> = ranges.split(']').next().unwrap().split(", ").collect();
+    assert_eq!(ranges.len(), 4, "{scan}");
+    assert!(
+        ranges[0].starts_with("0:0..") && ranges[3].ends_with("..10000"),
+        "{scan}"
+    );
+
+    // Every record once, in any of the ranges.
+    let (answer, read) = run(&engine, "SELECT count(*), sum(\"offset\") FROM segmented").await;
+    assert_eq!(
+        answer,
+        format!(
+            "count(*),sum(segmented.offset)\n10000,{}\n",
+            9999 * 10000 / 2
+        )
+    );
+    assert_eq!(read, 10_000);
+    let (answer, _) = run(
+        &engine,
+        "SELECT count(*) FROM segmented WHERE \"offset\" >= 2500 AND \"offset\" < 7500",
+    )
+    .await;
+    assert_eq!(answer, "count(*)\n5000\n");
+}

@@ -313,6 +313,15 @@ impl Log {
         self.view().segments.len()
     }
 
+    /// The first offset of every segment, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<u64> {
+        self.view()
+            .segments
+            .iter()
+            .map(|s| s.base_offset())
+            .collect()
+    }
+
     /// Appends a record set (whole v2 batches back to back, as a producer sends them). The
     /// batches are validated first; on any error nothing is written. Base offsets (and, for
     /// `LogAppendTime` logs, timestamps) are rewritten in `batches`. With the `always` flush
