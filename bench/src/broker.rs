@@ -12,6 +12,7 @@
 //! read from /proc while idle and right after the produce load.
 
 mod kafka_load;
+mod proc_status;
 mod records;
 
 use std::net::TcpListener;
@@ -73,16 +74,6 @@ fn wait_for_port(port: u16) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Loopback throughput in MB/s, from iperf3.
@@ -243,7 +234,7 @@ fn run_case(broker: &Broker, partitions: i32, acks: i16, seconds: u64) -> anyhow
         latencies.extend(l);
     }
     let produce_elapsed = start.elapsed();
-    let rss_loaded_mib = rss_mib(broker.child.id());
+    let rss_loaded_mib = proc_status::memory_mib(&broker.child.id().to_string(), "VmRSS");
     latencies.sort();
 
     let start = Instant::now();
@@ -365,7 +356,7 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             std::thread::sleep(Duration::from_millis(500));
-            let idle = rss_mib(broker.child.id());
+            let idle = proc_status::memory_mib(&broker.child.id().to_string(), "VmRSS");
             match run_case(&broker, partitions, acks, args.seconds) {
                 Ok(r) => {
                     let incomplete = if r.consumed_share < 0.9 {

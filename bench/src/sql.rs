@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use weir_sql::{QueryConfig, QueryEngine};
+
+mod proc_status;
 use weir_storage::{BatchBuilder, Compression, NewRecord, Storage, StorageConfig};
 
 const PARTITIONS: u32 = 4;
@@ -155,16 +157,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// The Python with `duckdb`, installed into `target/bench-py` when missing.
 fn duckdb_python() -> anyhow::Result<PathBuf> {
     let venv = PathBuf::from("target/bench-py");
@@ -254,7 +246,7 @@ fn main() -> anyhow::Result<()> {
         }
         weir_results.push((median(times), rows));
     }
-    let weir_peak = peak_rss_mib();
+    let weir_peak = proc_status::memory_mib("self", "VmHWM");
 
     let sql: Vec<&str> = queries.iter().map(|q| q.duckdb.as_str()).collect();
     let mut child = Command::new(&python)

@@ -23,6 +23,8 @@ use weir::{Params, Record as GuestRecord};
 use weir_runtime::{Init, Instance, PipelineSpec, Runtime, Sandbox, SandboxConfig};
 use weir_storage::{BatchBuilder, Compression, NewRecord, Record, Storage, StorageConfig};
 
+mod proc_status;
+
 const IDENTITY: &str = r#"
 use weir::Record;
 
@@ -144,16 +146,6 @@ fn copy_rate(batch: &[Record], seconds: f64) -> anyhow::Result<f64> {
         std::hint::black_box(&buffer);
         Ok(batch.len())
     })
-}
-
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn instance(sandbox: &Sandbox, wasm: &[u8], params: &[(&str, &str)]) -> anyhow::Result<Instance> {
@@ -314,15 +306,15 @@ fn main() -> anyhow::Result<()> {
 
     let (first, swap) = deploy_latencies(&regex, 5)?;
     let instances_count = 50;
-    let before = rss_bytes();
+    let before = proc_status::memory_mib("self", "VmRSS");
     let mut live = Vec::new();
     for _ in 0..instances_count {
         let mut instance = instance(&sandbox, &nginx, &[])?;
         instance.process(&all[..100], 0, false)?;
         live.push(instance);
     }
-    let per_instance =
-        (rss_bytes().saturating_sub(before)) as f64 / instances_count as f64 / 1024.0;
+    let per_instance = (proc_status::memory_mib("self", "VmRSS") - before).max(0.0) * 1024.0
+        / instances_count as f64;
     drop(live);
     println!("\n| measure | value |");
     println!("|---|---:|");

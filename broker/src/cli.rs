@@ -359,29 +359,76 @@ pub fn sql(c: &Client, statement: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Statements read from `input` (each ends with `;`), run one by one; an error is printed and
-/// the shell goes on. `prompt` is shown before each line when set.
-pub fn sql_shell(c: &Client, input: &mut dyn BufRead, prompt: Option<&str>) -> anyhow::Result<()> {
-    let mut statement = String::new();
-    loop {
-        if let Some(prompt) = prompt {
-            print!(
-                "{}",
-                if statement.is_empty() {
-                    prompt
-                } else {
-                    "   ...> "
-                }
-            );
-            std::io::stdout().flush()?;
-        }
+/// Where the shell's lines come from.
+pub trait ShellInput {
+    /// The next line, `None` at the end of the input; `continued` when a statement is open.
+    fn line(&mut self, continued: bool) -> anyhow::Result<Option<String>>;
+
+    /// A statement the shell ran, for the history.
+    fn ran(&mut self, _statement: &str) {}
+}
+
+/// Lines read as they come, without prompts (a pipe or a file).
+pub struct Piped<R>(pub R);
+
+impl<R: BufRead> ShellInput for Piped<R> {
+    fn line(&mut self, _continued: bool) -> anyhow::Result<Option<String>> {
         let mut line = String::new();
-        if input.read_line(&mut line)? == 0 {
-            break;
+        Ok((self.0.read_line(&mut line)? > 0).then_some(line))
+    }
+}
+
+/// A terminal: line editing, and a history kept in `~/.weir_sql_history`.
+pub struct Terminal {
+    editor: rustyline::DefaultEditor,
+    history: Option<std::path::PathBuf>,
+}
+
+impl Terminal {
+    pub fn open() -> anyhow::Result<Terminal> {
+        let mut editor = rustyline::DefaultEditor::new()?;
+        let history = std::env::var_os("HOME")
+            .map(|home| std::path::Path::new(&home).join(".weir_sql_history"));
+        if let Some(path) = &history {
+            // A missing history file is a first run.
+            let _ = editor.load_history(path);
         }
+        Ok(Terminal { editor, history })
+    }
+}
+
+impl ShellInput for Terminal {
+    fn line(&mut self, continued: bool) -> anyhow::Result<Option<String>> {
+        use rustyline::error::ReadlineError;
+        let prompt = if continued { "   ...> " } else { "weir=> " };
+        match self.editor.readline(prompt) {
+            Ok(line) => Ok(Some(line + "\n")),
+            // Ctrl-C drops the line being typed, as in psql.
+            Err(ReadlineError::Interrupted) => Ok(Some(String::new())),
+            Err(ReadlineError::Eof) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn ran(&mut self, statement: &str) {
+        let _ = self.editor.add_history_entry(statement);
+        if let Some(path) = &self.history
+            && let Err(e) = self.editor.save_history(path)
+        {
+            eprintln!("history not saved to {}: {e}", path.display());
+        }
+    }
+}
+
+/// Statements read from `input` (each ends with `;`), run one by one; an error is printed and
+/// the shell goes on.
+pub fn sql_shell(c: &Client, input: &mut dyn ShellInput) -> anyhow::Result<()> {
+    let mut statement = String::new();
+    while let Some(line) = input.line(!statement.is_empty())? {
         statement.push_str(&line);
         if line.trim_end().ends_with(';') {
             let text = std::mem::take(&mut statement);
+            input.ran(text.trim());
             if let Err(e) = sql(c, text.trim()) {
                 println!("error: {e:#}");
             }

@@ -363,11 +363,10 @@ fn run() -> anyhow::Result<()> {
             let c = remote.client();
             match statement {
                 Some(statement) => cli::sql(&c, &statement),
-                None => {
-                    let terminal = std::io::stdin().is_terminal();
-                    let prompt = terminal.then_some("weir=> ");
-                    cli::sql_shell(&c, &mut std::io::stdin().lock(), prompt)
+                None if std::io::stdin().is_terminal() => {
+                    cli::sql_shell(&c, &mut cli::Terminal::open()?)
                 }
+                None => cli::sql_shell(&c, &mut cli::Piped(std::io::stdin().lock())),
             }
         }
         Command::Plugin { command, remote } => plugin_command(command, &remote.client()),
