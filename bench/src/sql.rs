@@ -188,7 +188,7 @@ fn duckdb_python() -> anyhow::Result<PathBuf> {
 }
 
 const DUCKDB_SCRIPT: &str = r#"
-import duckdb, json, resource, statistics, sys, time
+import duckdb, json, statistics, sys, time
 path, runs = sys.argv[1], int(sys.argv[2])
 queries = json.loads(sys.stdin.read())
 con = duckdb.connect()
@@ -201,7 +201,8 @@ for q in queries:
         rows = con.execute(q).fetchall()
         times.append(time.perf_counter() - started)
     out.append({"seconds": statistics.median(times), "rows": [[str(c) for c in r] for r in rows]})
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM of this process image (ru_maxrss would carry the parent's peak across exec).
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
 print(json.dumps({"queries": out, "peak_rss_mib": peak}))
 "#;
 

@@ -39,7 +39,9 @@ use datafusion::physical_plan::{
 };
 use weir_storage::{Record, Storage, TopicMeta};
 
-use crate::value_schema::{ColumnBuilder, TypedColumn, UTC, parse_value_schema};
+use crate::value_schema::{
+    ColumnBuilder, TypedColumn, UTC, field_keys, parse_fields, parse_value_schema,
+};
 
 /// The columns every topic has, in order; typed columns follow.
 pub const RECORD_COLUMNS: [&str; 8] = [
@@ -694,17 +696,19 @@ fn build_batch(
     partition: i64,
     rows: &[Record],
 ) -> datafusion::common::Result<RecordBatch> {
-    let needs_json = projection.iter().any(|i| *i >= RECORD_COLUMNS.len());
-    let parsed: Vec<Option<serde_json::Value>> = if needs_json {
-        rows.iter()
-            .map(|r| {
-                r.value
-                    .as_ref()
-                    .and_then(|v| serde_json::from_slice(v).ok())
-            })
-            .collect()
-    } else {
+    // Only the fields the projected typed columns read are built from each value.
+    let read: Vec<&TypedColumn> = projection
+        .iter()
+        .filter_map(|i| typed.get(i.checked_sub(RECORD_COLUMNS.len())?))
+        .collect();
+    let parsed: Vec<Option<serde_json::Value>> = if read.is_empty() {
         Vec::new()
+    } else {
+        let keys = field_keys(&read);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        rows.iter()
+            .map(|r| parse_fields(r.value.as_ref()?, &keys))
+            .collect()
     };
     let n = rows.len();
     let columns: Vec<ArrayRef> = projection

@@ -127,6 +127,87 @@ pub fn parse_value_schema(text: &str) -> Result<Vec<TypedColumn>, Error> {
     Ok(columns)
 }
 
+/// The top-level fields of a JSON object that `keys` names, the others skipped without being
+/// built; `None` when `bytes` is not a JSON object. Typed columns read their paths from it as
+/// from the whole value (`keys` holds each column's name and the first part of a dotted one).
+pub fn parse_fields(bytes: &[u8], keys: &[&str]) -> Option<Value> {
+    use serde::de::DeserializeSeed;
+    let mut input = serde_json::Deserializer::from_slice(bytes);
+    let value = Fields(keys).deserialize(&mut input).ok()?;
+    input.end().ok()?;
+    Some(value)
+}
+
+/// The top-level field names a scan of `columns` reads.
+pub fn field_keys(columns: &[&TypedColumn]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for column in columns {
+        let first = column.name.split('.').next().unwrap_or_default();
+        for key in [column.name.as_str(), first] {
+            if !keys.iter().any(|k| k == key) {
+                keys.push(key.to_owned());
+            }
+        }
+    }
+    keys
+}
+
+struct Fields<'k>(&'k [&'k str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Fields<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key_seed(Key(self.0))? {
+            match key {
+                Some(key) => {
+                    out.insert(key, map.next_value()?);
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// A field name, kept only when it is one of the keys.
+struct Key<'k>(&'k [&'k str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Key<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Option<String>, E> {
+        Ok(self.0.contains(&key).then(|| key.to_owned()))
+    }
+}
+
 fn lookup<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
     value.get(path).or_else(|| {
         path.split('.').try_fold(value, |v, part| match v {
@@ -288,5 +369,32 @@ mod tests {
             array.iter().collect::<Vec<_>>(),
             [Some(503), Some(404), None, None]
         );
+    }
+
+    #[test]
+    fn only_the_fields_read_are_built() {
+        let schema = parse_value_schema("\"req.method\" TEXT, status INT, \"a.b\" TEXT").unwrap();
+        let read: Vec<&TypedColumn> = schema.iter().collect();
+        let keys = field_keys(&read);
+        assert_eq!(keys, ["req.method", "req", "status", "a.b", "a"]);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let text = br#"{"req":{"method":"GET","path":"/x"},"ua":{"deep":[1,2,{"x":null}]},"status":200,"a.b":"flat","s\u0074atus2":1}"#;
+        let value = parse_fields(text, &keys).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"req":{"method":"GET","path":"/x"},"status":200,"a.b":"flat"})
+        );
+        let method = ColumnBuilder::new(&schema[0], 1);
+        let mut method = method;
+        method.append(Some(&value));
+        let array = method.finish();
+        let array = array
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(array.value(0), "GET");
+        assert_eq!(parse_fields(b"[1, 2]", &keys), None);
+        assert_eq!(parse_fields(b"{\"status\": 1} trailing", &keys), None);
+        assert_eq!(parse_fields(b"{\"status\": ", &keys), None);
     }
 }
