@@ -178,15 +178,10 @@ impl QueryEngine {
             configs.insert("value.schema".to_owned(), typed.join(", "));
         }
         let partitions = create.partitions.unwrap_or(self.default_partitions);
-        if self.storage.existing_topic(&create.topic).is_ok() {
-            if create.if_not_exists {
-                return self.run("SELECT CAST(0 AS BIGINT) AS count").await;
-            }
-            return Err(Error::Schema(format!(
-                "topic {:?} already exists",
-                create.topic
-            )));
+        if create.if_not_exists && self.storage.existing_topic(&create.topic).is_ok() {
+            return self.run("SELECT CAST(0 AS BIGINT) AS count").await;
         }
+        // An existing topic is refused here, with storage's own error.
         self.storage
             .create_topic(&create.topic, partitions, configs)?;
         let insert = format!(

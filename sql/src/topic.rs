@@ -472,16 +472,15 @@ fn split_at_segments(
             .collect();
         let pieces = pieces_max.min(cuts.len() + 1);
         let mut start = range.start;
+        // The cut indexes rise strictly, since `pieces <= cuts.len() + 1`.
         for piece in 1..pieces {
             let cut = cuts[piece * cuts.len() / pieces];
-            if cut > start {
-                out.push(PartitionRange {
-                    end: cut,
-                    start,
-                    ..range
-                });
-                start = cut;
-            }
+            out.push(PartitionRange {
+                end: cut,
+                start,
+                ..range
+            });
+            start = cut;
         }
         out.push(PartitionRange { start, ..range });
     }
@@ -575,6 +574,7 @@ impl ExecutionPlan for TopicScan {
             projection: self.projection.clone(),
             schema: self.projected.clone(),
             typed: self.typed.clone(),
+            json_keys: field_keys(&self.typed, &self.projection),
             rows_left: self.limit.unwrap_or(usize::MAX),
             pending: std::collections::VecDeque::new(),
             read_bytes: READ_BYTES_FIRST,
@@ -611,6 +611,8 @@ struct PartitionReader {
     projection: Vec<usize>,
     schema: SchemaRef,
     typed: Vec<TypedColumn>,
+    /// The top-level JSON fields the projected typed columns read; empty when they read none.
+    json_keys: Vec<String>,
     rows_left: usize,
     /// Records decoded by the last read and not yet used: a batch of rows can end inside one.
     pending: std::collections::VecDeque<Record>,
@@ -677,6 +679,7 @@ impl PartitionReader {
             &self.schema,
             &self.projection,
             &self.typed,
+            &self.json_keys,
             partition,
             &rows,
         )
@@ -693,21 +696,16 @@ fn build_batch(
     schema: &SchemaRef,
     projection: &[usize],
     typed: &[TypedColumn],
+    json_keys: &[String],
     partition: i64,
     rows: &[Record],
 ) -> datafusion::common::Result<RecordBatch> {
     // Only the fields the projected typed columns read are built from each value.
-    let read: Vec<&TypedColumn> = projection
-        .iter()
-        .filter_map(|i| typed.get(i.checked_sub(RECORD_COLUMNS.len())?))
-        .collect();
-    let parsed: Vec<Option<serde_json::Value>> = if read.is_empty() {
+    let parsed: Vec<Option<serde_json::Value>> = if json_keys.is_empty() {
         Vec::new()
     } else {
-        let keys = field_keys(&read);
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         rows.iter()
-            .map(|r| parse_fields(r.value.as_ref()?, &keys))
+            .map(|r| parse_fields(r.value.as_ref()?, json_keys))
             .collect()
     };
     let n = rows.len();

@@ -130,7 +130,7 @@ pub fn parse_value_schema(text: &str) -> Result<Vec<TypedColumn>, Error> {
 /// The top-level fields of a JSON object that `keys` names, the others skipped without being
 /// built; `None` when `bytes` is not a JSON object. Typed columns read their paths from it as
 /// from the whole value (`keys` holds each column's name and the first part of a dotted one).
-pub fn parse_fields(bytes: &[u8], keys: &[&str]) -> Option<Value> {
+pub fn parse_fields(bytes: &[u8], keys: &[String]) -> Option<Value> {
     use serde::de::DeserializeSeed;
     let mut input = serde_json::Deserializer::from_slice(bytes);
     let value = Fields(keys).deserialize(&mut input).ok()?;
@@ -138,8 +138,12 @@ pub fn parse_fields(bytes: &[u8], keys: &[&str]) -> Option<Value> {
     Some(value)
 }
 
-/// The top-level field names a scan of `columns` reads.
-pub fn field_keys(columns: &[&TypedColumn]) -> Vec<String> {
+/// The top-level field names read by the typed columns among `projection` (indexes into the
+/// table's columns, record columns first).
+pub fn field_keys(typed: &[TypedColumn], projection: &[usize]) -> Vec<String> {
+    let columns = projection
+        .iter()
+        .filter_map(|i| typed.get(i.checked_sub(crate::topic::RECORD_COLUMNS.len())?));
     let mut keys: Vec<String> = Vec::new();
     for column in columns {
         let first = column.name.split('.').next().unwrap_or_default();
@@ -152,7 +156,7 @@ pub fn field_keys(columns: &[&TypedColumn]) -> Vec<String> {
     keys
 }
 
-struct Fields<'k>(&'k [&'k str]);
+struct Fields<'k>(&'k [String]);
 
 impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_> {
     type Value = Value;
@@ -186,7 +190,7 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
 }
 
 /// A field name, kept only when it is one of the keys.
-struct Key<'k>(&'k [&'k str]);
+struct Key<'k>(&'k [String]);
 
 impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
     type Value = Option<String>;
@@ -204,7 +208,7 @@ impl<'de> serde::de::Visitor<'de> for Key<'_> {
     }
 
     fn visit_str<E>(self, key: &str) -> Result<Option<String>, E> {
-        Ok(self.0.contains(&key).then(|| key.to_owned()))
+        Ok(self.0.iter().any(|k| k == key).then(|| key.to_owned()))
     }
 }
 
@@ -374,10 +378,10 @@ mod tests {
     #[test]
     fn only_the_fields_read_are_built() {
         let schema = parse_value_schema("\"req.method\" TEXT, status INT, \"a.b\" TEXT").unwrap();
-        let read: Vec<&TypedColumn> = schema.iter().collect();
-        let keys = field_keys(&read);
+        let projection: Vec<usize> = (0..crate::topic::RECORD_COLUMNS.len() + 3).collect();
+        let keys = field_keys(&schema, &projection);
         assert_eq!(keys, ["req.method", "req", "status", "a.b", "a"]);
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        assert!(field_keys(&schema, &[0, 1, 7]).is_empty());
         let text = br#"{"req":{"method":"GET","path":"/x"},"ua":{"deep":[1,2,{"x":null}]},"status":200,"a.b":"flat","s\u0074atus2":1}"#;
         let value = parse_fields(text, &keys).unwrap();
         assert_eq!(
