@@ -16,9 +16,9 @@
 //! The CRC does not cover `base_offset` or `partition_leader_epoch`, so the log rewrites them
 //! without touching the rest: stored batches are the bytes the producer sent.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
+use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::codec::{self, BATCH_DECOMPRESSED_BYTES_MAX};
 use crate::error::BatchError;
 
 /// Bytes of a v2 batch header, up to and including the record count.
@@ -396,8 +396,8 @@ impl BatchBuilder {
                 record,
             )?;
         }
-        let mut body = BytesMut::new();
-        compress(self.compression, plain, &mut body)?;
+        let mut body = Vec::new();
+        codec::compress(self.compression, &plain, &mut body)?;
 
         let record_count = i32::try_from(self.records.len()).map_err(|_| BatchError::Encode {
             reason: format!("{} records do not fit one batch", self.records.len()),
@@ -427,44 +427,6 @@ impl BatchBuilder {
         out[POS_CRC..POS_CRC + 4].copy_from_slice(&crc.to_be_bytes());
         Ok(out.freeze())
     }
-}
-
-fn compress(
-    compression: Compression,
-    plain: BytesMut,
-    out: &mut BytesMut,
-) -> Result<(), BatchError> {
-    let copy = |buf: &mut BytesMut| {
-        buf.put_slice(&plain);
-        Ok(())
-    };
-    let result = match compression {
-        Compression::None => {
-            out.put_slice(&plain);
-            Ok(())
-        }
-        Compression::Gzip => <Gzip as Compressor<BytesMut>>::compress(out, copy),
-        Compression::Snappy => <Snappy as Compressor<BytesMut>>::compress(out, copy),
-        Compression::Lz4 => <Lz4 as Compressor<BytesMut>>::compress(out, copy),
-        Compression::Zstd => <Zstd as Compressor<BytesMut>>::compress(out, copy),
-    };
-    result.map_err(|e| BatchError::Encode {
-        reason: format!("{compression:?} compression failed: {e:#}"),
-    })
-}
-
-fn decompress(compression: Compression, mut body: Bytes) -> Result<Bytes, BatchError> {
-    let take = |buf: &mut Bytes| Ok(std::mem::take(buf));
-    let result = match compression {
-        Compression::None => Ok(body),
-        Compression::Gzip => <Gzip as Decompressor<Bytes>>::decompress(&mut body, take),
-        Compression::Snappy => <Snappy as Decompressor<Bytes>>::decompress(&mut body, take),
-        Compression::Lz4 => <Lz4 as Decompressor<Bytes>>::decompress(&mut body, take),
-        Compression::Zstd => <Zstd as Decompressor<Bytes>>::decompress(&mut body, take),
-    };
-    result.map_err(|e| BatchError::Decode {
-        reason: format!("{compression:?} decompression failed: {e:#}"),
-    })
 }
 
 fn put_varint(buf: &mut BytesMut, value: i64) {
@@ -539,42 +501,170 @@ fn encode_record(
     Ok(())
 }
 
-struct RecordCursor {
-    buf: Bytes,
+/// Reads the fields of records, checking every length against what remains.
+struct Cursor<'a> {
+    buf: &'a [u8],
 }
 
-impl RecordCursor {
-    fn malformed(what: &str) -> BatchError {
-        BatchError::Decode {
-            reason: format!("malformed record: {what}"),
-        }
+fn malformed(what: impl std::fmt::Display) -> BatchError {
+    BatchError::Decode {
+        reason: format!("malformed record: {what}"),
     }
+}
 
+impl<'a> Cursor<'a> {
     fn varint(&mut self) -> Result<i64, BatchError> {
         let mut value: u64 = 0;
         for shift in (0..64).step_by(7) {
-            if !self.buf.has_remaining() {
-                return Err(Self::malformed("varint runs past the end"));
-            }
-            let byte = self.buf.get_u8();
+            let Some((&byte, rest)) = self.buf.split_first() else {
+                return Err(malformed("varint runs past the end"));
+            };
+            self.buf = rest;
             value |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
                 return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
             }
         }
-        Err(Self::malformed("varint longer than 10 bytes"))
+        Err(malformed("varint longer than 10 bytes"))
     }
 
-    fn bytes(&mut self) -> Result<Option<Bytes>, BatchError> {
-        let len = self.varint()?;
-        if len < 0 {
-            return Ok(None);
+    /// A length that must fit in what remains; -1 is null where `nullable`.
+    fn length(&mut self, what: &str, nullable: bool) -> Result<Option<usize>, BatchError> {
+        match self.varint()? {
+            -1 if nullable => Ok(None),
+            len if len < 0 || len > self.buf.len() as i64 => Err(malformed(format_args!(
+                "{what} {len} with {} bytes left",
+                self.buf.len()
+            ))),
+            len => Ok(Some(len as usize)),
         }
-        let len = usize::try_from(len).map_err(|_| Self::malformed("length overflows"))?;
-        if len > self.buf.remaining() {
-            return Err(Self::malformed("field runs past the end"));
+    }
+
+    fn take(&mut self, len: usize) -> &'a [u8] {
+        let (head, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        head
+    }
+
+    fn bytes(&mut self, what: &str) -> Result<Option<&'a [u8]>, BatchError> {
+        Ok(self.length(what, true)?.map(|len| self.take(len)))
+    }
+}
+
+/// One record's fields, borrowed from its batch's (decompressed) body.
+struct RawRecord<'a> {
+    timestamp_delta: i64,
+    offset_delta: i64,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    header_count: usize,
+    /// The encoded headers, already checked.
+    headers: &'a [u8],
+}
+
+/// Parses the next record: its length, then fields that must fill exactly that length.
+fn next_record<'a>(body: &mut Cursor<'a>) -> Result<RawRecord<'a>, BatchError> {
+    let len = body.length("record length", false)?.unwrap_or_default();
+    let mut rec = Cursor {
+        buf: body.take(len),
+    };
+    if rec.buf.is_empty() {
+        return Err(malformed("empty record"));
+    }
+    rec.take(1); // attributes: unused in v2
+    let timestamp_delta = rec.varint()?;
+    let offset_delta = rec.varint()?;
+    let key = rec.bytes("key length")?;
+    let value = rec.bytes("value length")?;
+    // A header takes at least two bytes: an empty key and a null value.
+    let header_count = rec.varint()?;
+    if header_count < 0 || header_count > rec.buf.len() as i64 / 2 {
+        return Err(malformed(format_args!(
+            "{header_count} headers in {} bytes",
+            rec.buf.len()
+        )));
+    }
+    let headers = rec.buf;
+    for _ in 0..header_count {
+        if rec.bytes("header key length")?.is_none() {
+            return Err(malformed("null header key"));
         }
-        Ok(Some(self.buf.split_to(len)))
+        rec.bytes("header value length")?;
+    }
+    if !rec.buf.is_empty() {
+        return Err(malformed(format_args!(
+            "{} bytes after the headers of a record of {len} bytes",
+            rec.buf.len()
+        )));
+    }
+    Ok(RawRecord {
+        timestamp_delta,
+        offset_delta,
+        key,
+        value,
+        header_count: header_count as usize,
+        headers,
+    })
+}
+
+thread_local! {
+    /// Decompressed bodies of batches being checked, reused between calls on one thread.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+/// A scratch buffer larger than this is given back after use rather than kept for the next.
+const SCRATCH_KEPT_BYTES_MAX: usize = 4 << 20;
+
+/// Checks every record of a batch a producer sent, as Kafka does before it appends: the batch
+/// is not a control batch, it holds as many records as offsets, it decompresses within
+/// [`BATCH_DECOMPRESSED_BYTES_MAX`], and its records carry consecutive offset deltas and fill
+/// the body exactly, every length and count inside them within the bytes that hold it.
+pub fn validate_records(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchError> {
+    if header.is_control() {
+        return Err(BatchError::Invalid {
+            reason: "control batches are written by the broker, not by producers".into(),
+        });
+    }
+    if header.record_count < 1 || header.record_count - 1 != header.last_offset_delta {
+        return Err(BatchError::BadOffsetDelta {
+            last_offset_delta: header.last_offset_delta,
+            record_count: header.record_count,
+        });
+    }
+    let body = &batch[BATCH_HEADER_BYTES..header.total_bytes() as usize];
+    let check = |plain: &[u8]| {
+        let mut cur = Cursor { buf: plain };
+        for i in 0..header.record_count {
+            let record = next_record(&mut cur)?;
+            if record.offset_delta != i64::from(i) {
+                return Err(BatchError::Invalid {
+                    reason: format!(
+                        "record {i} has offset delta {}; deltas must count up from 0",
+                        record.offset_delta
+                    ),
+                });
+            }
+        }
+        if !cur.buf.is_empty() {
+            return Err(malformed(format_args!(
+                "{} bytes after the last of {} records",
+                cur.buf.len(),
+                header.record_count
+            )));
+        }
+        Ok(())
+    };
+    match header.compression()? {
+        Compression::None => check(body),
+        compression => SCRATCH.with(|scratch| {
+            let mut plain = scratch.borrow_mut();
+            let result =
+                codec::decompress(compression, body, BATCH_DECOMPRESSED_BYTES_MAX, &mut plain)
+                    .and_then(|()| check(&plain));
+            if plain.capacity() > SCRATCH_KEPT_BYTES_MAX {
+                *plain = Vec::new();
+            }
+            result
+        }),
     }
 }
 
@@ -607,58 +697,50 @@ pub fn for_each_batch(
     Ok(())
 }
 
-/// Decodes the records of one validated batch into `out`.
+/// Decodes the records of one validated batch into `out`. Keys, values and header values are
+/// slices of the batch (or of its decompressed body), not copies.
 pub fn decode_batch_records(
     header: &BatchHeader,
     batch: Bytes,
     out: &mut Vec<Record>,
 ) -> Result<(), BatchError> {
     let body = batch.slice(BATCH_HEADER_BYTES..);
-    let plain = decompress(header.compression()?, body)?;
-    let mut cur = RecordCursor { buf: plain };
+    let plain = match header.compression()? {
+        Compression::None => body,
+        compression => {
+            let mut plain = Vec::new();
+            codec::decompress(compression, &body, BATCH_DECOMPRESSED_BYTES_MAX, &mut plain)?;
+            Bytes::from(plain)
+        }
+    };
+    let slice = |b: Option<&[u8]>| b.map(|b| plain.slice_ref(b));
+    let mut cur = Cursor { buf: &plain };
+    // Each record takes at least seven bytes, so the count cannot ask for more room than the
+    // body could fill.
+    out.reserve((header.record_count.max(0) as usize).min(plain.len() / 7));
     for _ in 0..header.record_count {
-        let len = cur.varint()?;
-        let len = usize::try_from(len).map_err(|_| RecordCursor::malformed("negative length"))?;
-        if len > cur.buf.remaining() {
-            return Err(RecordCursor::malformed("record runs past the end"));
-        }
-        let mut rec = RecordCursor {
-            buf: cur.buf.split_to(len),
+        let record = next_record(&mut cur)?;
+        let mut headers = Vec::with_capacity(record.header_count);
+        let mut raw = Cursor {
+            buf: record.headers,
         };
-        if !rec.buf.has_remaining() {
-            return Err(RecordCursor::malformed("empty record"));
-        }
-        let _attributes = rec.buf.get_i8();
-        let timestamp_delta = rec.varint()?;
-        let offset_delta = rec.varint()?;
-        let key = rec.bytes()?;
-        let value = rec.bytes()?;
-        let header_count = rec.varint()?;
-        if header_count < 0 || header_count as usize > rec.buf.remaining() {
-            return Err(RecordCursor::malformed("bad header count"));
-        }
-        let mut headers = Vec::with_capacity(header_count as usize);
-        for _ in 0..header_count {
-            let key = rec
-                .bytes()?
-                .ok_or_else(|| RecordCursor::malformed("null header key"))?;
-            let key = String::from_utf8(key.to_vec())
-                .map_err(|_| RecordCursor::malformed("header key is not UTF-8"))?;
+        for _ in 0..record.header_count {
+            let key = raw.bytes("header key length")?.unwrap_or_default();
             headers.push(Header {
-                key,
-                value: rec.bytes()?,
+                key: String::from_utf8_lossy(key).into_owned(),
+                value: slice(raw.bytes("header value length")?),
             });
         }
         let timestamp = if header.is_log_append_time() {
             header.max_timestamp
         } else {
-            header.base_timestamp.wrapping_add(timestamp_delta)
+            header.base_timestamp.wrapping_add(record.timestamp_delta)
         };
         out.push(Record {
-            offset: header.base_offset.wrapping_add(offset_delta),
+            offset: header.base_offset.wrapping_add(record.offset_delta),
             timestamp,
-            key,
-            value,
+            key: slice(record.key),
+            value: slice(record.value),
             headers,
         });
     }

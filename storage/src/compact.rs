@@ -20,6 +20,7 @@ use crate::batch::{
     BatchBuilder, BatchHeader, NewRecord, ProducerInfo, Record, decode_batch_records,
     set_base_offset, set_log_append_time,
 };
+use crate::config::ms_i64;
 use crate::error::{Result, StorageError};
 use crate::log::Log;
 use crate::segment::{IndexCursor, Segment, segment_paths, sync_dir};
@@ -67,7 +68,7 @@ pub fn compact(log: &Log, now: i64, keys_max: u64) -> Result<CompactionResult> {
         })?;
     }
 
-    let tombstone_horizon = now - config.delete_retention_ms as i64;
+    let tombstone_horizon = now.saturating_sub(ms_i64(config.delete_retention_ms));
     let keep = |r: &Record, h: &BatchHeader| match &r.key {
         None => true,
         Some(k) => {

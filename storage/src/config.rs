@@ -32,7 +32,8 @@ pub enum TimestampType {
 pub struct LogConfig {
     /// `segment.bytes`: the active segment rolls before it would grow past this.
     pub segment_bytes: u64,
-    /// `segment.ms`: the active segment rolls once it is this old.
+    /// `segment.ms`: the active segment rolls once it is this old. At most `i64::MAX`, as every
+    /// millisecond setting here.
     pub segment_ms: u64,
     /// `index.interval.bytes`: log bytes between two offset index entries.
     pub index_interval_bytes: u64,
@@ -58,6 +59,10 @@ pub struct LogConfig {
 pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
 /// Smallest `segment.bytes` accepted, so a segment holds at least one header.
 pub const SEGMENT_BYTES_MIN: u64 = 1024;
+/// Bounds of `segment.index.bytes`. Index files grow on demand up to it, so the upper bound
+/// caps a segment's index, not what an empty partition costs.
+pub const SEGMENT_INDEX_BYTES_MIN: u64 = 4096;
+pub const SEGMENT_INDEX_BYTES_MAX: u64 = 1 << 30;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -109,18 +114,39 @@ fn invalid(key: &str, value: &str, reason: impl Into<String>) -> StorageError {
     }
 }
 
-fn parse_u64(key: &str, value: &str) -> Result<u64> {
+/// A millisecond setting as the signed clock arithmetic it meets; values past `i64::MAX`
+/// (which parsing refuses) saturate instead of turning negative.
+pub fn ms_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// Largest value of a millisecond or byte setting: Kafka reads them as a Java `long`.
+const LONG_MAX: u64 = i64::MAX as u64;
+/// Largest value of a setting Kafka reads as a Java `int`.
+const INT_MAX: u64 = i32::MAX as u64;
+
+/// An integer within `min..=max`; the message names the range, so a value past it (say
+/// `18446744073709551615`) is refused instead of wrapping.
+fn parse_in(key: &str, value: &str, min: u64, max: u64) -> Result<u64> {
     value
         .trim()
         .parse::<u64>()
-        .map_err(|_| invalid(key, value, "expected a non-negative integer"))
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            invalid(
+                key,
+                value,
+                format!("expected an integer within {min}..={max}"),
+            )
+        })
 }
 
 /// `-1` means unlimited, as in Kafka.
 fn parse_limit(key: &str, value: &str) -> Result<Option<u64>> {
     match value.trim() {
         "-1" => Ok(None),
-        v => parse_u64(key, v).map(Some),
+        v => parse_in(key, v, 0, LONG_MAX).map(Some),
     }
 }
 
@@ -138,24 +164,13 @@ impl LogConfig {
             let v = value.as_str();
             match key.as_str() {
                 "segment.bytes" => {
-                    let n = parse_u64(key, v)?;
-                    if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&n) {
-                        return Err(invalid(
-                            key,
-                            v,
-                            format!("must be within {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}"),
-                        ));
-                    }
-                    c.segment_bytes = n;
+                    c.segment_bytes = parse_in(key, v, SEGMENT_BYTES_MIN, SEGMENT_BYTES_MAX)?
                 }
-                "segment.ms" => c.segment_ms = parse_u64(key, v)?.max(1),
-                "index.interval.bytes" => c.index_interval_bytes = parse_u64(key, v)?,
+                "segment.ms" => c.segment_ms = parse_in(key, v, 1, LONG_MAX)?,
+                "index.interval.bytes" => c.index_interval_bytes = parse_in(key, v, 0, INT_MAX)?,
                 "segment.index.bytes" => {
-                    let n = parse_u64(key, v)?;
-                    if n < 4096 {
-                        return Err(invalid(key, v, "must be at least 4096"));
-                    }
-                    c.index_bytes_max = n;
+                    c.index_bytes_max =
+                        parse_in(key, v, SEGMENT_INDEX_BYTES_MIN, SEGMENT_INDEX_BYTES_MAX)?
                 }
                 "retention.ms" => c.retention_ms = parse_limit(key, v)?,
                 "retention.bytes" => c.retention_bytes = parse_limit(key, v)?,
@@ -173,14 +188,8 @@ impl LogConfig {
                     }
                     c.cleanup_policy = policy;
                 }
-                "delete.retention.ms" => c.delete_retention_ms = parse_u64(key, v)?,
-                "max.message.bytes" => {
-                    let n = parse_u64(key, v)?;
-                    if n < 64 {
-                        return Err(invalid(key, v, "must be at least 64"));
-                    }
-                    c.batch_bytes_max = n;
-                }
+                "delete.retention.ms" => c.delete_retention_ms = parse_in(key, v, 0, LONG_MAX)?,
+                "max.message.bytes" => c.batch_bytes_max = parse_in(key, v, 64, INT_MAX)?,
                 "message.timestamp.type" => {
                     c.timestamp_type = match v {
                         "CreateTime" => TimestampType::CreateTime,
@@ -195,7 +204,7 @@ impl LogConfig {
                         _ => return Err(invalid(key, v, "expected always or interval")),
                     }
                 }
-                "flush.ms" => flush_ms = parse_u64(key, v)?.max(1),
+                "flush.ms" => flush_ms = parse_in(key, v, 1, LONG_MAX)?,
                 // How SQL reads values; the log never looks inside a record. The schema's
                 // syntax is checked by the SQL layer before it is stored.
                 "value.format" => {
@@ -251,12 +260,37 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_values_kafka_takes_are_kept_exactly() {
+        let c = LogConfig::from_entries(
+            &LogConfig::default(),
+            &entries(&[
+                ("retention.ms", "9223372036854775807"),
+                ("segment.ms", "9223372036854775807"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.retention_ms, Some(i64::MAX as u64));
+        assert_eq!(c.segment_ms, i64::MAX as u64);
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         for (k, v) in [
             ("segment.bytes", "12"),
             ("segment.bytes", "lots"),
             ("cleanup.policy", "shred"),
             ("no.such.key", "1"),
+            // Past i64::MAX these used to wrap to -1 and delete or roll everything.
+            ("retention.ms", "18446744073709551615"),
+            ("retention.ms", "9223372036854775808"),
+            ("segment.ms", "18446744073709551615"),
+            ("segment.ms", "0"),
+            ("retention.bytes", "-2"),
+            ("delete.retention.ms", "18446744073709551615"),
+            ("flush.ms", "18446744073709551615"),
+            ("segment.index.bytes", "99999999999"),
+            ("max.message.bytes", "4294967296"),
+            ("index.interval.bytes", "4294967296"),
         ] {
             let err =
                 LogConfig::from_entries(&LogConfig::default(), &entries(&[(k, v)])).unwrap_err();

@@ -26,6 +26,10 @@ pub enum BatchError {
     Empty,
     #[error("record batch could not be decoded: {reason}")]
     Decode { reason: String },
+    #[error("record batch decompresses to more than {bytes_max} bytes")]
+    DecompressedTooLarge { bytes_max: u64 },
+    #[error("record batch refused: {reason}")]
+    Invalid { reason: String },
     #[error("record batch could not be encoded: {reason}")]
     Encode { reason: String },
 }
@@ -101,6 +105,22 @@ pub enum StorageError {
         current: i16,
         received: i16,
     },
+    #[error(
+        "free disk space is {free_bytes} bytes, below the low-water mark of {free_bytes_min}; writes are refused until space is freed"
+    )]
+    DiskLow {
+        free_bytes: u64,
+        free_bytes_min: u64,
+    },
+    #[error(
+        "{requested} more partitions would make {} on this node, past its limit of {partitions_max}",
+        current + requested
+    )]
+    TooManyPartitions {
+        requested: u32,
+        current: u32,
+        partitions_max: u32,
+    },
     #[error("compaction of {path} needs more than {keys_max} distinct keys")]
     CompactionKeys { path: PathBuf, keys_max: u64 },
     #[error("metadata store: {0}")]
@@ -120,9 +140,10 @@ impl StorageError {
         move |source| StorageError::Io { path, source }
     }
 
-    /// True when the error came from the disk being full.
+    /// True when the error came from the disk being full, or from the low-water mark.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StorageError::Io { source, .. } if source.raw_os_error() == Some(28))
+            || matches!(self, StorageError::DiskLow { .. })
     }
 }
 

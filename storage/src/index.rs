@@ -1,9 +1,11 @@
 //! Sparse, memory-mapped segment indexes.
 //!
 //! An index file is a flat array of fixed-size big-endian entries. The active segment's index
-//! is preallocated to `segment.index.bytes` and mapped writable; unwritten entries are zero.
-//! When a segment closes, its index is flushed and truncated to the entries it holds, and is
-//! mapped read-only from then on. Lookups are binary searches over the mapping.
+//! is mapped writable and grows on demand, doubling from [`INDEX_INITIAL_BYTES`] up to
+//! `segment.index.bytes`, so an empty partition costs a page per index, not the whole limit;
+//! unwritten entries are zero. When a segment closes, its index is flushed and truncated to the
+//! entries it holds, and is mapped read-only from then on. Lookups are binary searches over the
+//! mapping.
 //!
 //! Indexes are derived data: they are never fsynced on the append path, and recovery rebuilds
 //! any part of them that does not match the log.
@@ -15,6 +17,9 @@ use std::path::{Path, PathBuf};
 use memmap2::{Mmap, MmapMut};
 
 use crate::error::{Result, StorageError};
+
+/// Bytes an active index starts with: one page.
+pub(crate) const INDEX_INITIAL_BYTES: u64 = 4096;
 
 /// A fixed-size index entry.
 pub(crate) trait IndexEntry: Copy {
@@ -108,41 +113,79 @@ impl Mapping {
     }
 }
 
+/// An index file mapped into memory. It keeps no file descriptor: growing and sealing, both
+/// rare, open the file by its path again.
 pub(crate) struct MmapIndex<E: IndexEntry> {
     path: PathBuf,
-    file: File,
     map: Mapping,
     entries: usize,
+    /// Bytes a writable index may grow to.
+    bytes_max: u64,
     _entry: PhantomData<E>,
 }
 
+fn open_rw(path: &Path, create: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(StorageError::io(path))
+}
+
 impl<E: IndexEntry> MmapIndex<E> {
-    /// Opens (creating if needed) a writable index preallocated to `bytes_max`. All entries in
-    /// the file are taken as valid; callers validate with [`MmapIndex::valid_prefix`] and
+    /// Opens (creating if needed) a writable index that may grow to `bytes_max`. All entries
+    /// in the file are taken as valid; callers validate with [`MmapIndex::valid_prefix`] and
     /// [`MmapIndex::truncate`].
     pub fn open_writable(path: &Path, bytes_max: u64) -> Result<Self> {
-        let io = || StorageError::io(path);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io())?;
-        let len = file.metadata().map_err(io())?.len();
+        let file = open_rw(path, true)?;
+        let len = file.metadata().map_err(StorageError::io(path))?.len();
+        let len = len - len % E::BYTES as u64;
+        let bytes_max = bytes_max.max(len);
         let bytes_max = bytes_max - bytes_max % E::BYTES as u64;
-        let entries = (len / E::BYTES as u64) as usize;
-        preallocate(&file, bytes_max.max(len - len % E::BYTES as u64)).map_err(io())?;
-        // SAFETY: the file is private to this process's log directory; no other process writes
-        // it, and the mapping never outlives `file`.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io())?;
-        Ok(MmapIndex {
+        let initial = INDEX_INITIAL_BYTES.min(bytes_max);
+        let initial = initial - initial % E::BYTES as u64;
+        let mut index = MmapIndex {
             path: path.to_path_buf(),
-            file,
-            map: Mapping::Writable(map),
-            entries,
+            map: Mapping::Empty,
+            entries: (len / E::BYTES as u64) as usize,
+            bytes_max,
             _entry: PhantomData,
-        })
+        };
+        index.map_to(&file, len.max(initial))?;
+        Ok(index)
+    }
+
+    /// Sizes the file to `len` bytes, blocks reserved, and maps all of it writable.
+    fn map_to(&mut self, file: &File, len: u64) -> Result<()> {
+        let io = || StorageError::io(&self.path);
+        preallocate(file, len).map_err(io())?;
+        // SAFETY: the file is private to this process's log directory; no other process writes
+        // it. Stores through an earlier mapping of the file are in the page cache and visible
+        // through this one; a mapping stays valid after its descriptor is closed.
+        let map = unsafe { MmapMut::map_mut(file) }.map_err(io())?;
+        self.map = Mapping::Writable(map);
+        Ok(())
+    }
+
+    /// Makes room for `more` entries, growing the file and its mapping (doubling, up to the
+    /// limit). False when the limit does not allow it; an error when the disk does not.
+    pub fn reserve(&mut self, more: usize) -> Result<bool> {
+        let Mapping::Writable(m) = &self.map else {
+            return Ok(false);
+        };
+        let needed = ((self.entries + more) * E::BYTES) as u64;
+        if needed <= m.len() as u64 {
+            return Ok(true);
+        }
+        if needed > self.bytes_max {
+            return Ok(false);
+        }
+        let grown = (m.len() as u64 * 2).max(needed).min(self.bytes_max);
+        let file = open_rw(&self.path, false)?;
+        self.map_to(&file, grown - grown % E::BYTES as u64)?;
+        Ok(true)
     }
 
     /// Opens a closed segment's index read-only. A file whose size is not a whole number of
@@ -161,14 +204,14 @@ impl<E: IndexEntry> MmapIndex<E> {
         let map = if len == 0 {
             Mapping::Empty
         } else {
-            // SAFETY: as in `open_writable`; closed indexes are never written again.
+            // SAFETY: as in `map_to`; closed indexes are never written again.
             Mapping::ReadOnly(unsafe { Mmap::map(&file) }.map_err(io())?)
         };
         Ok(MmapIndex {
             path: path.to_path_buf(),
-            file,
             map,
             entries: (len / E::BYTES as u64) as usize,
+            bytes_max: len,
             _entry: PhantomData,
         })
     }
@@ -177,10 +220,10 @@ impl<E: IndexEntry> MmapIndex<E> {
         self.entries
     }
 
-    /// True when `more` entries fit in the preallocated space.
+    /// True when `more` entries fit within the index's limit.
     pub fn has_room(&self, more: usize) -> bool {
         match &self.map {
-            Mapping::Writable(m) => (self.entries + more) * E::BYTES <= m.len(),
+            Mapping::Writable(_) => ((self.entries + more) * E::BYTES) as u64 <= self.bytes_max,
             _ => false,
         }
     }
@@ -263,12 +306,14 @@ impl<E: IndexEntry> MmapIndex<E> {
             m.flush().map_err(io())?;
         }
         self.map = Mapping::Empty;
+        let file = open_rw(&self.path, false)?;
         let used = (self.entries * E::BYTES) as u64;
-        self.file.set_len(used).map_err(io())?;
-        self.file.sync_all().map_err(io())?;
+        file.set_len(used).map_err(io())?;
+        file.sync_all().map_err(io())?;
+        self.bytes_max = used;
         if used > 0 {
             // SAFETY: as in `open_read_only`.
-            self.map = Mapping::ReadOnly(unsafe { Mmap::map(&self.file) }.map_err(io())?);
+            self.map = Mapping::ReadOnly(unsafe { Mmap::map(&file) }.map_err(io())?);
         }
         Ok(())
     }

@@ -19,6 +19,7 @@
 //! the durability guarantees and the write path.
 
 pub mod batch;
+pub mod codec;
 mod compact;
 pub mod config;
 mod error;
@@ -27,6 +28,7 @@ mod log;
 pub mod meta;
 mod producer;
 mod segment;
+mod space;
 mod storage;
 
 pub use batch::{BatchBuilder, Compression, Header, NewRecord, Record, decode_records};
@@ -36,4 +38,8 @@ pub use error::{BatchError, Result, StorageError};
 pub use log::{AppendInfo, FileSlice, Listener, Log, ReadResult, RetentionResult, now_ms};
 pub use meta::{MetaStore, TopicMeta, Tree};
 pub use producer::PRODUCER_BATCHES_MAX;
-pub use storage::{PARTITIONS_MAX, Storage, StorageConfig, validate_topic_name};
+pub use segment::{OPEN_SEGMENTS_MAX_DEFAULT, open_segments, set_open_segments_max};
+pub use space::{DISK_FREE_BYTES_MIN_DEFAULT, DiskSpace};
+pub use storage::{
+    PARTITIONS_MAX, PARTITIONS_MAX_DEFAULT, Storage, StorageConfig, validate_topic_name,
+};

@@ -4,19 +4,20 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::batch::{
     BatchHeader, Record, decode_records, set_base_offset, set_log_append_time, validate_batch,
-    validate_record_set,
+    validate_record_set, validate_records,
 };
-use crate::config::{FlushPolicy, LogConfig, TimestampType};
+use crate::config::{FlushPolicy, LogConfig, TimestampType, ms_i64};
 use crate::error::{BatchError, Result, StorageError};
 use crate::producer::{ProducerStates, Verdict};
 use crate::segment::{IndexCursor, RecoveryPoint, Segment, segment_paths, sync_dir};
+use crate::space::DiskSpace;
 
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 const RECOVERY_POINT_BYTES: usize = 20;
@@ -55,11 +56,6 @@ pub struct FileSlice {
 }
 
 impl FileSlice {
-    /// The segment file, for zero-copy sends (`sendfile`) of `position()..position()+len()`.
-    pub fn file(&self) -> &File {
-        self.segment.file()
-    }
-
     pub fn position(&self) -> u64 {
         self.position
     }
@@ -163,6 +159,8 @@ pub struct Log {
     failed: AtomicBool,
     /// Called whenever the high watermark moves, so waiting readers can wake up.
     listener: RwLock<Option<Listener>>,
+    /// The data directory's free-space mark, when the log belongs to a [`crate::Storage`].
+    space: OnceLock<Arc<DiskSpace>>,
 }
 
 /// A callback run when new records become readable.
@@ -258,6 +256,7 @@ impl Log {
             recovery_point: rp_file,
             failed: AtomicBool::new(false),
             listener: RwLock::new(None),
+            space: OnceLock::new(),
         };
         log.write_recovery_point(RecoveryPoint {
             base_offset: active.base_offset(),
@@ -337,8 +336,37 @@ impl Log {
                 path: self.dir.clone(),
             });
         }
+        if let Some(space) = self.space.get() {
+            space.check()?;
+        }
+        let appended = self.append_checked(batches, now);
+        if let (Err(e), Some(space)) = (&appended, self.space.get())
+            && e.is_disk_full()
+        {
+            // Measure now rather than at the next tick, so the next append is refused cleanly.
+            let _ = space.measure();
+        }
+        appended
+    }
+
+    /// True once an fsync failed: the log refuses writes until it is opened again.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Sets the free-space mark appends check first; once per log.
+    pub fn set_space(&self, space: Arc<DiskSpace>) {
+        let _ = self.space.set(space);
+    }
+
+    fn append_checked(&self, batches: &mut [u8], now: i64) -> Result<AppendInfo> {
         let config = self.config();
         let headers = validate_record_set(batches, config.batch_bytes_max)?;
+        let mut pos = 0usize;
+        for h in &headers {
+            validate_records(h, &batches[pos..])?;
+            pos += h.total_bytes() as usize;
+        }
         let total = batches.len() as u64;
         if total > config.segment_bytes {
             return Err(BatchError::TooLarge {
@@ -347,7 +375,15 @@ impl Log {
             }
             .into());
         }
+        // Each offset takes a record of at least seven bytes and a record set fits in one
+        // segment, so the span fits a segment's u32 relative offsets.
         let span: u64 = headers.iter().map(BatchHeader::offset_count).sum();
+        if span > u64::from(u32::MAX) {
+            return Err(BatchError::Invalid {
+                reason: format!("record set spans {span} offsets, more than one segment holds"),
+            }
+            .into());
+        }
         let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
 
         let mut w = lock(&self.writer);
@@ -397,7 +433,7 @@ impl Log {
         let relative_end = w.next_offset + span - active.base_offset();
         if active.size() > 0
             && (active.size() + total > config.segment_bytes
-                || now - active.created_ms() >= config.segment_ms as i64
+                || now.saturating_sub(active.created_ms()) >= ms_i64(config.segment_ms)
                 || active.indexes_full()
                 || relative_end > u64::from(u32::MAX))
         {
@@ -449,7 +485,7 @@ impl Log {
             FlushPolicy::Interval { ms } => {
                 self.publish(offset, active.base_offset(), active.size());
                 drop(w);
-                let due = now - lock(&self.sync).last_flush_ms >= ms as i64;
+                let due = now.saturating_sub(lock(&self.sync).last_flush_ms) >= ms_i64(ms);
                 if due {
                     self.flush_at(now)?;
                 }
@@ -590,7 +626,7 @@ impl Log {
     pub fn flush_if_due(&self, now: i64) -> Result<()> {
         if let FlushPolicy::Interval { ms } = self.config().flush_policy {
             let last = lock(&self.sync).last_flush_ms;
-            if now - last >= ms as i64 {
+            if now.saturating_sub(last) >= ms_i64(ms) {
                 return self.flush_at(now);
             }
         }
@@ -626,6 +662,17 @@ impl Log {
     /// (at least one batch, however large, so a consumer always makes progress). Batches come
     /// from one segment; a reader continues at the offset after the last batch returned.
     pub fn read(&self, offset: u64, bytes_max: u64) -> Result<ReadResult> {
+        self.read_batches(offset, bytes_max, true)
+    }
+
+    /// [`Log::read`] that returns no batch rather than one larger than `bytes_max`: for the
+    /// partitions of a fetch after the first that returned data, which must fit what is left
+    /// of the fetch's budget.
+    pub fn read_fitting(&self, offset: u64, bytes_max: u64) -> Result<ReadResult> {
+        self.read_batches(offset, bytes_max, false)
+    }
+
+    fn read_batches(&self, offset: u64, bytes_max: u64, at_least_one: bool) -> Result<ReadResult> {
         let view = self.view();
         let result = |slice| ReadResult {
             slice,
@@ -653,7 +700,7 @@ impl Log {
                 std::cmp::Ordering::Greater => break,
             };
             let mut pos = if i == first {
-                segment.lookup(offset)
+                segment.lookup(offset)?
             } else {
                 0
             };
@@ -679,6 +726,9 @@ impl Log {
             let Some((start, first)) = start else {
                 continue;
             };
+            if !at_least_one && first.total_bytes() > bytes_max {
+                return Ok(result(None));
+            }
             let mut end = start + first.total_bytes();
             let mut next_offset = first.last_offset() as u64 + 1;
             while let Some(h) = segment.header_at(end, limit)? {
@@ -718,7 +768,7 @@ impl Log {
             if segment.max_timestamp() < timestamp || segment.base_offset() >= view.high_watermark {
                 continue;
             }
-            let mut offset = segment.lookup_time(timestamp).max(view.log_start_offset);
+            let mut offset = segment.lookup_time(timestamp)?.max(view.log_start_offset);
             while offset < view.high_watermark {
                 let records = self.read_records(offset, 1)?;
                 let Some(last) = records.last() else {
@@ -754,7 +804,7 @@ impl Log {
         for segment in closed {
             let too_old = config
                 .retention_ms
-                .is_some_and(|ms| segment.max_timestamp() < now - ms as i64);
+                .is_some_and(|ms| segment.max_timestamp() < now.saturating_sub(ms_i64(ms)));
             let too_big = config
                 .retention_bytes
                 .is_some_and(|bytes| total - segment.size() >= bytes);

@@ -3,8 +3,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use bytes::Bytes;
 
@@ -90,7 +90,6 @@ pub(crate) struct ScanEnd {
 pub(crate) struct Segment {
     base_offset: u64,
     dir: PathBuf,
-    file: File,
     /// Bytes of whole batches in the file.
     size: AtomicU64,
     /// Offset after the last batch of the segment.
@@ -98,8 +97,109 @@ pub(crate) struct Segment {
     /// Largest batch timestamp in the segment, -1 when empty.
     max_timestamp: AtomicI64,
     created_ms: i64,
+    files: RwLock<Slot>,
+}
+
+/// The open log file and index mappings of a segment.
+struct Files {
+    file: File,
     index: RwLock<MmapIndex<OffsetEntry>>,
     time_index: RwLock<MmapIndex<TimeEntry>>,
+    /// [`CLOCK`] at the last use, for the open-segment budget's eviction.
+    last_used: AtomicU64,
+}
+
+/// Where a segment's files are: held for as long as it takes appends, or in the process's
+/// budget of open closed segments, which may close them while nobody uses them.
+enum Slot {
+    Pinned(Arc<Files>),
+    Budgeted(Weak<Files>),
+}
+
+/// Default of [`set_open_segments_max`].
+pub const OPEN_SEGMENTS_MAX_DEFAULT: usize = 1024;
+static OPEN_SEGMENTS_MAX: AtomicUsize = AtomicUsize::new(OPEN_SEGMENTS_MAX_DEFAULT);
+/// Closed segments whose files are open, least recently used first to go.
+static OPEN_SEGMENTS: Mutex<Vec<Arc<Files>>> = Mutex::new(Vec::new());
+static CLOCK: AtomicU64 = AtomicU64::new(0);
+
+/// Sets how many closed segments of the process may have their files open at once (each
+/// holds a descriptor and up to two mappings). Active segments always have theirs.
+pub fn set_open_segments_max(max: usize) {
+    OPEN_SEGMENTS_MAX.store(max.max(1), Ordering::Relaxed);
+}
+
+/// Closed segments whose files are open now.
+pub fn open_segments() -> usize {
+    lock(&OPEN_SEGMENTS).len()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Files {
+    fn touch(&self) {
+        self.last_used
+            .store(CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Opens a closed segment's log read-only and its sealed indexes.
+    fn open_closed(dir: &Path, base_offset: u64) -> Result<Files> {
+        let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
+        let file = File::open(&log_path).map_err(StorageError::io(&log_path))?;
+        Ok(Files::new(
+            file,
+            (
+                MmapIndex::open_read_only(&segment_path(dir, base_offset, INDEX_SUFFIX))?,
+                MmapIndex::open_read_only(&segment_path(dir, base_offset, TIME_INDEX_SUFFIX))?,
+            ),
+        ))
+    }
+
+    fn new(file: File, (index, time_index): Indexes) -> Files {
+        Files {
+            file,
+            index: RwLock::new(index),
+            time_index: RwLock::new(time_index),
+            last_used: AtomicU64::new(CLOCK.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+
+    /// Puts the files in the budget, closing those of the least recently used segment when it
+    /// is full (they stay open until readers still holding them finish).
+    fn budget(files: Arc<Files>) {
+        let mut open = lock(&OPEN_SEGMENTS);
+        let max = OPEN_SEGMENTS_MAX.load(Ordering::Relaxed);
+        while open.len() >= max {
+            let oldest = open
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, f)| f.last_used.load(Ordering::Relaxed))
+                .map(|(i, _)| i);
+            match oldest {
+                Some(i) => drop(open.swap_remove(i)),
+                None => break,
+            }
+        }
+        open.push(files);
+    }
+
+    /// Takes the files out of the budget, closing them once no reader holds them.
+    fn unbudget(files: &Arc<Files>) {
+        lock(&OPEN_SEGMENTS).retain(|f| !Arc::ptr_eq(f, files));
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let slot = self.files.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Slot::Budgeted(weak) = slot
+            && let Some(files) = weak.upgrade()
+        {
+            Files::unbudget(&files);
+        }
+    }
 }
 
 impl std::fmt::Debug for Segment {
@@ -137,20 +237,58 @@ impl Segment {
         dir: &Path,
         base_offset: u64,
         file: File,
-        (index, time_index): Indexes,
+        indexes: Indexes,
         extent: Extent,
         created_ms: i64,
     ) -> Segment {
         Segment {
             base_offset,
             dir: dir.to_path_buf(),
-            file,
             size: AtomicU64::new(extent.size),
             next_offset: AtomicU64::new(extent.next_offset),
             max_timestamp: AtomicI64::new(extent.max_timestamp),
             created_ms,
-            index: RwLock::new(index),
-            time_index: RwLock::new(time_index),
+            files: RwLock::new(Slot::Pinned(Arc::new(Files::new(file, indexes)))),
+        }
+    }
+
+    /// The segment's open files, opened again if the budget closed them.
+    fn files(&self) -> Result<Arc<Files>> {
+        let found = match &*lock_read(&self.files) {
+            Slot::Pinned(f) => Some(f.clone()),
+            Slot::Budgeted(w) => w.upgrade(),
+        };
+        if let Some(files) = found {
+            files.touch();
+            return Ok(files);
+        }
+        let mut slot = lock_write(&self.files);
+        if let Slot::Budgeted(w) = &*slot
+            && let Some(files) = w.upgrade()
+        {
+            return Ok(files);
+        }
+        let files = Arc::new(Files::open_closed(&self.dir, self.base_offset)?);
+        *slot = Slot::Budgeted(Arc::downgrade(&files));
+        Files::budget(files.clone());
+        Ok(files)
+    }
+
+    /// The files of a segment that takes appends; `None` once it is closed.
+    fn pinned(&self) -> Option<Arc<Files>> {
+        match &*lock_read(&self.files) {
+            Slot::Pinned(f) => Some(f.clone()),
+            Slot::Budgeted(_) => None,
+        }
+    }
+
+    /// Hands a closed segment's files to the budget, which may close them while unused.
+    fn release(&self) {
+        let mut slot = lock_write(&self.files);
+        if let Slot::Pinned(files) = &*slot {
+            let files = files.clone();
+            *slot = Slot::Budgeted(Arc::downgrade(&files));
+            Files::budget(files);
         }
     }
 
@@ -217,14 +355,10 @@ impl Segment {
                     next_offset,
                     max_timestamp,
                 };
-                Ok(Segment::assemble(
-                    dir,
-                    base_offset,
-                    file,
-                    (index, time_index),
-                    extent,
-                    0,
-                ))
+                let segment =
+                    Segment::assemble(dir, base_offset, file, (index, time_index), extent, 0);
+                segment.release();
+                Ok(segment)
             }
             _ => {
                 tracing::warn!(
@@ -399,6 +533,7 @@ impl Segment {
         limit: u64,
         contiguous: bool,
     ) -> Result<ScanEnd> {
+        let files = self.files()?;
         let mut position = self.size();
         let mut next_offset = self.next_offset();
         let mut chunk: Vec<u8> = Vec::new();
@@ -411,7 +546,7 @@ impl Segment {
             if position + BATCH_HEADER_BYTES as u64 > chunk_end || chunk.is_empty() {
                 let want = (limit - position).min(SCAN_CHUNK_BYTES as u64) as usize;
                 chunk.resize(want, 0);
-                read_exact_at(&self.file, &mut chunk, position, &self.log_path())?;
+                read_exact_at(&files.file, &mut chunk, position, &self.log_path())?;
                 chunk_start = position;
             }
             let rel = (position - chunk_start) as usize;
@@ -430,7 +565,7 @@ impl Segment {
                     total.max(SCAN_CHUNK_BYTES as u64).min(limit - position) as usize,
                     0,
                 );
-                read_exact_at(&self.file, &mut chunk, position, &self.log_path())?;
+                read_exact_at(&files.file, &mut chunk, position, &self.log_path())?;
                 chunk_start = position;
             }
             let rel = (position - chunk_start) as usize;
@@ -467,13 +602,15 @@ impl Segment {
         let cut = file_len - position;
         let saved = cut.min(SAVED_BYTES_MAX);
         let saved_path = log_path.with_extension(format!("log.cut-at-{position}"));
+        let files = self.files()?;
         let mut bytes = vec![0u8; saved as usize];
-        read_exact_at(&self.file, &mut bytes, position, &log_path)?;
+        read_exact_at(&files.file, &mut bytes, position, &log_path)?;
         std::fs::write(&saved_path, &bytes).map_err(StorageError::io(&saved_path))?;
-        self.file
+        files
+            .file
             .set_len(position)
             .map_err(StorageError::io(&log_path))?;
-        self.file.sync_all().map_err(StorageError::io(&log_path))?;
+        files.file.sync_all().map_err(StorageError::io(&log_path))?;
         sync_dir(&self.dir)?;
         tracing::warn!(
             segment = %log_path.display(),
@@ -495,13 +632,15 @@ impl Segment {
         position: u64,
         index_interval_bytes: u64,
     ) {
-        if cursor.bytes_since_index > index_interval_bytes && self.index_room(1) {
+        if cursor.bytes_since_index > index_interval_bytes
+            && let Some(files) = self.reserve_index_entry()
+        {
             let relative_offset = (header.base_offset as u64 - self.base_offset) as u32;
-            lock_write(&self.index).push(OffsetEntry {
+            lock_write(&files.index).push(OffsetEntry {
                 relative_offset,
                 position: position as u32,
             });
-            lock_write(&self.time_index).push(TimeEntry {
+            lock_write(&files.time_index).push(TimeEntry {
                 timestamp: cursor.max_timestamp,
                 relative_offset,
             });
@@ -517,32 +656,64 @@ impl Segment {
         }
     }
 
-    /// Room for `entries` more index entries, keeping one time entry for the seal.
-    fn index_room(&self, entries: usize) -> bool {
-        lock_read(&self.index).has_room(entries)
-            && lock_read(&self.time_index).has_room(entries + 1)
+    /// Room for `entries` more index entries within the limit, keeping one time entry for the
+    /// seal.
+    fn index_room(files: &Files, entries: usize) -> bool {
+        lock_read(&files.index).has_room(entries)
+            && lock_read(&files.time_index).has_room(entries + 1)
+    }
+
+    /// Makes room for one more entry in both indexes (and the closing time entry), growing
+    /// their files. A disk that cannot take the growth leaves the index sparser, which costs
+    /// lookups a longer scan and loses nothing: indexes are derived data.
+    fn reserve_index_entry(&self) -> Option<Arc<Files>> {
+        let files = self.pinned()?;
+        if !Self::index_room(&files, 1) {
+            return None;
+        }
+        let grown = lock_write(&files.index)
+            .reserve(1)
+            .and_then(|offsets| Ok(offsets && lock_write(&files.time_index).reserve(2)?));
+        let grown = grown.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "index could not grow; it stays sparser");
+            false
+        });
+        grown.then_some(files)
     }
 
     /// Appends the closing time index entry: the segment's largest timestamp at its end, so a
-    /// sealed segment knows its maximum.
+    /// sealed segment knows its maximum. Without room for it the index is rebuilt when the
+    /// segment is next opened.
     pub fn finish_time_index(&self, cursor: &IndexCursor) {
-        lock_write(&self.time_index).push(TimeEntry {
-            timestamp: cursor.max_timestamp,
-            relative_offset: (self.next_offset() - self.base_offset) as u32,
-        });
+        let Some(files) = self.pinned() else {
+            return;
+        };
+        let mut time_index = lock_write(&files.time_index);
+        match time_index.reserve(1) {
+            Ok(true) => time_index.push(TimeEntry {
+                timestamp: cursor.max_timestamp,
+                relative_offset: (self.next_offset() - self.base_offset) as u32,
+            }),
+            Ok(false) => {
+                tracing::warn!(segment = %self.log_path().display(), "time index full; it will be rebuilt")
+            }
+            Err(e) => tracing::warn!(error = %e, "time index could not grow; it will be rebuilt"),
+        }
     }
 
     /// True when the indexes cannot take another entry: the segment must roll.
     pub fn indexes_full(&self) -> bool {
-        !self.index_room(1)
+        self.pinned()
+            .is_none_or(|files| !Self::index_room(&files, 1))
     }
 
     /// Writes `bytes` (whole batches) at the end of the log file. On failure the file is cut
     /// back to its previous size so no partial batch stays behind.
     pub fn write(&self, bytes: &[u8]) -> Result<u64> {
         let position = self.size();
-        if let Err(e) = self.file.write_all_at(bytes, position) {
-            let _ = self.file.set_len(position);
+        let files = self.files()?;
+        if let Err(e) = files.file.write_all_at(bytes, position) {
+            let _ = files.file.set_len(position);
             return Err(StorageError::Io {
                 path: self.log_path(),
                 source: e,
@@ -559,7 +730,8 @@ impl Segment {
 
     /// fdatasync of the log file: data and size, which is what recovery needs.
     pub fn sync(&self) -> Result<()> {
-        self.file
+        self.files()?
+            .file
             .sync_data()
             .map_err(StorageError::io(self.log_path()))
     }
@@ -567,15 +739,19 @@ impl Segment {
     /// Closes the segment for appends: fsyncs the log and seals both indexes.
     pub fn seal(&self) -> Result<()> {
         self.sync()?;
-        lock_write(&self.index).seal()?;
-        lock_write(&self.time_index).seal()?;
+        let files = self.files()?;
+        lock_write(&files.index).seal()?;
+        lock_write(&files.time_index).seal()?;
+        drop(files);
+        self.release();
         Ok(())
     }
 
     /// Writes index pages back on clean shutdown.
     pub fn flush_indexes(&self) -> Result<()> {
-        lock_read(&self.index).flush()?;
-        lock_read(&self.time_index).flush()
+        let files = self.files()?;
+        lock_read(&files.index).flush()?;
+        lock_read(&files.time_index).flush()
     }
 
     pub fn base_offset(&self) -> u64 {
@@ -598,10 +774,6 @@ impl Segment {
         self.created_ms
     }
 
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
     pub fn log_path(&self) -> PathBuf {
         segment_path(&self.dir, self.base_offset, LOG_SUFFIX)
     }
@@ -612,28 +784,28 @@ impl Segment {
     }
 
     /// Position of the last indexed batch starting at or before `offset`.
-    pub fn lookup(&self, offset: u64) -> u64 {
+    pub fn lookup(&self, offset: u64) -> Result<u64> {
         let rel = offset
             .saturating_sub(self.base_offset)
             .min(u64::from(u32::MAX)) as u32;
-        lock_read(&self.index)
+        Ok(lock_read(&self.files()?.index)
             .last_where(|e| e.relative_offset <= rel)
-            .map_or(0, |e| u64::from(e.position))
+            .map_or(0, |e| u64::from(e.position)))
     }
 
     /// Offset from which a scan for the first record at or after `timestamp` may start: every
     /// batch before it has only smaller timestamps.
-    pub fn lookup_time(&self, timestamp: i64) -> u64 {
-        let entry = lock_read(&self.time_index).last_where(|e| e.timestamp < timestamp);
-        entry.map_or(self.base_offset, |e| {
+    pub fn lookup_time(&self, timestamp: i64) -> Result<u64> {
+        let entry = lock_read(&self.files()?.time_index).last_where(|e| e.timestamp < timestamp);
+        Ok(entry.map_or(self.base_offset, |e| {
             self.base_offset + u64::from(e.relative_offset)
-        })
+        }))
     }
 
     /// Header of the batch at `position`, or `None` when fewer than a header's bytes remain
     /// before `limit`.
     pub fn header_at(&self, position: u64, limit: u64) -> Result<Option<BatchHeader>> {
-        read_header(&self.file, position, limit).map_err(|e| match e {
+        read_header(&self.files()?.file, position, limit).map_err(|e| match e {
             HeaderError::Io(source) => StorageError::Io {
                 path: self.log_path(),
                 source,
@@ -681,7 +853,7 @@ impl Segment {
             memmap2::MmapOptions::new()
                 .offset(start)
                 .len(skip + len as usize)
-                .map(&self.file)
+                .map(&self.files()?.file)
         }
         .map_err(StorageError::io(self.log_path()))?;
         Ok(Bytes::from_owner(map).slice(skip..))
@@ -690,7 +862,7 @@ impl Segment {
     /// Reads `len` bytes at `position`.
     pub fn read_bytes(&self, position: u64, len: u64) -> Result<Bytes> {
         let mut buf = vec![0u8; len as usize];
-        read_exact_at(&self.file, &mut buf, position, &self.log_path())?;
+        read_exact_at(&self.files()?.file, &mut buf, position, &self.log_path())?;
         Ok(Bytes::from(buf))
     }
 }

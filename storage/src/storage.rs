@@ -9,14 +9,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::compact::compact;
-use crate::config::LogConfig;
+use crate::config::{LogConfig, ms_i64};
 use crate::error::{Result, StorageError};
 use crate::log::{Listener, Log, now_ms};
 use crate::meta::{MetaStore, TopicMeta, Tree};
-use crate::segment::sync_dir;
+use crate::segment::{OPEN_SEGMENTS_MAX_DEFAULT, set_open_segments_max, sync_dir};
+use crate::space::{DISK_FREE_BYTES_MIN_DEFAULT, DiskSpace};
 
 /// Most partitions one topic may have.
 pub const PARTITIONS_MAX: u32 = 10_000;
+/// Default for the partitions of all topics together on one node.
+pub const PARTITIONS_MAX_DEFAULT: u32 = 10_000;
 /// Longest topic name, as in Kafka.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 const DELETING_SUFFIX: &str = ".deleting";
@@ -33,6 +36,13 @@ pub struct StorageConfig {
     pub flush_check_interval_ms: u64,
     /// Distinct keys a compaction pass may hold in memory per partition.
     pub compaction_keys_max: u64,
+    /// Partitions of all topics together: each holds open files, mappings and a directory.
+    pub partitions_max: u32,
+    /// Free bytes below which appends and topic creation are refused.
+    pub disk_free_bytes_min: u64,
+    /// Closed segments of the process whose files may be open at once; the rest are opened
+    /// again when read.
+    pub open_segments_max: usize,
 }
 
 impl StorageConfig {
@@ -43,6 +53,9 @@ impl StorageConfig {
             maintenance_interval_ms: 300_000,
             flush_check_interval_ms: 100,
             compaction_keys_max: 10_000_000,
+            partitions_max: PARTITIONS_MAX_DEFAULT,
+            disk_free_bytes_min: DISK_FREE_BYTES_MIN_DEFAULT,
+            open_segments_max: OPEN_SEGMENTS_MAX_DEFAULT,
         }
     }
 }
@@ -67,10 +80,19 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     };
     match reason {
         Some(reason) => Err(StorageError::InvalidTopicName {
-            name: name.to_string(),
+            name: shortened(name),
             reason,
         }),
         None => Ok(()),
+    }
+}
+
+/// A name as an error shows it: whole when it is short, else its start and its length.
+fn shortened(name: &str) -> String {
+    const SHOWN_CHARS: usize = 64;
+    match name.char_indices().nth(SHOWN_CHARS) {
+        None => name.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &name[..cut], name.len()),
     }
 }
 
@@ -85,6 +107,7 @@ pub struct Storage {
     admin: Mutex<()>,
     background: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     listener: RwLock<Option<Listener>>,
+    space: Arc<DiskSpace>,
 }
 
 impl Storage {
@@ -94,9 +117,15 @@ impl Storage {
     pub fn open(config: StorageConfig) -> Result<Arc<Storage>> {
         let topics_dir = config.data_dir.join("topics");
         std::fs::create_dir_all(&topics_dir).map_err(StorageError::io(&topics_dir))?;
+        set_open_segments_max(config.open_segments_max);
         let meta = MetaStore::open(&config.data_dir.join("meta"))?;
         let topics = meta.topics()?;
+        let space = Arc::new(DiskSpace::new(
+            &config.data_dir,
+            config.disk_free_bytes_min,
+        )?);
         let storage = Storage {
+            space,
             config,
             meta,
             topics,
@@ -146,6 +175,7 @@ impl Storage {
     }
 
     fn add_log(&self, topic: &str, partition: u32, log: Log) {
+        log.set_space(self.space.clone());
         self.write_logs()
             .entry(topic.to_string())
             .or_default()
@@ -274,6 +304,61 @@ impl Storage {
         Ok(())
     }
 
+    /// Partitions of all topics, open or offline.
+    pub fn partition_count(&self) -> u32 {
+        let open: usize = self.read_logs().values().map(BTreeMap::len).sum();
+        let offline = self.offline.read().unwrap_or_else(|e| e.into_inner()).len();
+        u32::try_from(open + offline).unwrap_or(u32::MAX)
+    }
+
+    pub fn partitions_max(&self) -> u32 {
+        self.config.partitions_max
+    }
+
+    pub fn open_segments_max(&self) -> usize {
+        self.config.open_segments_max
+    }
+
+    /// Checks that `requested` more partitions fit the node's limit and the disk.
+    fn check_room(&self, requested: u32) -> Result<()> {
+        self.space.check()?;
+        let current = self.partition_count();
+        if current.saturating_add(requested) > self.config.partitions_max {
+            return Err(StorageError::TooManyPartitions {
+                requested,
+                current,
+                partitions_max: self.config.partitions_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Why appends would be refused now, if they would: free space below the mark, or logs
+    /// whose fsync failed.
+    pub fn write_refusal(&self) -> Option<String> {
+        if let Err(e) = self.space.check() {
+            return Some(e.to_string());
+        }
+        let failed: Vec<String> = self
+            .logs()
+            .into_iter()
+            .filter(|(_, _, log)| log.is_failed())
+            .map(|(topic, partition, _)| format!("{topic}-{partition}"))
+            .collect();
+        (!failed.is_empty()).then(|| {
+            format!(
+                "an fsync failed on {} partitions ({}); they refuse writes until the node restarts",
+                failed.len(),
+                failed.join(", ")
+            )
+        })
+    }
+
+    /// The free-space low-water mark of the data directory.
+    pub fn space(&self) -> &DiskSpace {
+        &self.space
+    }
+
     /// Opens fresh logs for partitions `from..to` of `name`, removing any leftover directory.
     fn create_logs(&self, name: &str, from: u32, to: u32, config: &LogConfig) -> Result<()> {
         for partition in from..to {
@@ -312,6 +397,7 @@ impl Storage {
                 name: name.to_string(),
             });
         }
+        self.check_room(partitions)?;
         self.create_logs(name, 0, partitions, &log_config)?;
         let meta = TopicMeta {
             name: name.to_string(),
@@ -365,6 +451,7 @@ impl Storage {
             });
         }
         let log_config = LogConfig::from_entries(&self.config.log_defaults, &meta.configs)?;
+        self.check_room(partitions - meta.partitions)?;
         self.create_logs(name, meta.partitions, partitions, &log_config)?;
         meta.partitions = partitions;
         self.topics.insert(name, &meta)?;
@@ -428,7 +515,7 @@ impl Storage {
         let (stop, stopped) = mpsc::channel::<()>();
         let storage = Arc::downgrade(self);
         let tick = Duration::from_millis(self.config.flush_check_interval_ms.max(1));
-        let maintenance_ms = self.config.maintenance_interval_ms as i64;
+        let maintenance_ms = ms_i64(self.config.maintenance_interval_ms);
         let handle = std::thread::Builder::new()
             .name("weir-storage".into())
             .spawn(move || {
@@ -442,6 +529,9 @@ impl Storage {
                         return;
                     };
                     let now = now_ms();
+                    if let Err(e) = storage.space.measure() {
+                        tracing::warn!(error = %e, "measuring free disk space failed");
+                    }
                     storage.flush_due(now);
                     if now - last_maintenance >= maintenance_ms {
                         last_maintenance = now;
