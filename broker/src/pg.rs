@@ -12,6 +12,8 @@
 
 use std::borrow::Cow;
 use std::fmt::Debug;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
@@ -44,7 +46,8 @@ use pgwire::api::{
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use tokio::net::TcpListener;
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weir_sql::QueryEngine;
 
@@ -64,13 +67,7 @@ pub async fn serve(
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let handlers = handlers.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) =
-                            pgwire::tokio::process_socket(socket, None, handlers).await
-                        {
-                            tracing::debug!(%peer, error = %e, "Postgres connection ended");
-                        }
-                    });
+                    tokio::spawn(connection(socket, peer, handlers));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a Postgres connection");
@@ -80,6 +77,51 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         }
     }
+}
+
+/// Serves one client. A statement runs inside the connection's future, so when the client goes
+/// away (its socket hangs up) the future is dropped and the statement with it: a runaway query
+/// does not keep a core busy for a client that is gone.
+async fn connection(socket: TcpStream, peer: SocketAddr, handlers: Arc<Handlers>) {
+    let (socket, hangup) = match watch_hangup(socket) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "Postgres connection refused: its socket could not be watched");
+            return;
+        }
+    };
+    tokio::select! {
+        served = pgwire::tokio::process_socket(socket, None, handlers) => {
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "Postgres connection ended");
+            }
+        }
+        () = hangup => tracing::debug!(%peer, "Postgres client hung up; its statement is cancelled"),
+    }
+}
+
+/// The socket, and a future that ends when its peer hangs up. The future watches a second
+/// descriptor of the same socket and never reads from it; the protocol reads the first.
+fn watch_hangup(socket: TcpStream) -> std::io::Result<(TcpStream, impl Future<Output = ()>)> {
+    let socket = socket.into_std()?;
+    let watched = TcpStream::from_std(socket.try_clone()?)?;
+    let socket = TcpStream::from_std(socket)?;
+    let hangup = async move {
+        loop {
+            match watched.ready(Interest::READABLE).await {
+                Ok(ready) if ready.is_read_closed() => return,
+                Ok(_) => {
+                    // Bytes of the next request: not ours to read. Clear the readiness so the
+                    // next wake-up is a new event, not the same bytes again.
+                    let _ = watched.try_io(Interest::READABLE, || {
+                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    Ok((socket, hangup))
 }
 
 struct Handlers {
@@ -136,6 +178,7 @@ static SEARCH_PATH_SCHEMAS: LazyLock<regex::Regex> = LazyLock::new(|| {
 });
 
 /// Client queries the engine cannot plan, written as ones it can: the search path is `public`.
+/// Text that chains too many operators to parse safely is refused before this.
 fn rewrite(sql: &str) -> Cow<'_, str> {
     SEARCH_PATH_SCHEMAS.replace_all(sql, "SELECT 'public'")
 }
@@ -155,6 +198,7 @@ impl SimpleQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        weir_sql::guard::check_text(query).map_err(|e| refused(e.to_string()))?;
         SimpleQueryHandler::do_query(&self.inner, client, &rewrite(query)).await
     }
 }
@@ -200,6 +244,7 @@ impl QueryParser for Rewriting {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        weir_sql::guard::check_text(sql).map_err(|e| refused(e.to_string()))?;
         self.0.parse_sql(client, &rewrite(sql), types).await
     }
 
@@ -290,6 +335,9 @@ const CONNECTION_SETTINGS: [&str; 7] = [
 ];
 
 fn verdict(statement: &Statement) -> Verdict {
+    if let Err(e) = weir_sql::guard::check_depth(statement) {
+        return Verdict::Refuse(e.to_string());
+    }
     match statement {
         Statement::Query(_)
         | Statement::Insert(_)

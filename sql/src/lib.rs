@@ -18,6 +18,8 @@
 
 pub mod catalog;
 mod create_as;
+pub mod guard;
+pub mod memory;
 pub mod sink;
 pub mod topic;
 pub mod value_schema;
@@ -28,6 +30,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use weir_runtime::Runtime;
 use weir_storage::{Storage, StorageError};
@@ -39,6 +42,8 @@ pub use value_schema::parse_value_schema;
 pub enum Error {
     #[error("value schema: {0}")]
     Schema(String),
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Query(#[from] DataFusionError),
     #[error(transparent)]
@@ -100,7 +105,19 @@ impl QueryEngine {
         let limits = RuntimeEnvBuilder::new()
             .with_memory_limit(config.memory_bytes_max, 1.0)
             .build_arc()?;
-        let context = SessionContext::new_with_config_rt(session, limits);
+        let state = SessionStateBuilder::new()
+            .with_config(session)
+            .with_runtime_env(limits)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(memory::MeterOutputs))
+            .build();
+        let context = SessionContext::new_with_state(state);
+        for bounded in memory::bounded_functions(
+            &datafusion::functions::all_default_functions(),
+            config.memory_bytes_max,
+        ) {
+            context.register_udf(bounded);
+        }
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         use datafusion::catalog::CatalogProvider as _;
         catalog.register_schema("public", Arc::new(TopicSchema::new(storage.clone())))?;
@@ -130,18 +147,26 @@ impl QueryEngine {
 
     /// Plans and runs one statement, collecting its result.
     pub async fn sql(&self, sql: &str) -> Result<Answer, Error> {
+        guard::check_text(sql)?;
         if let Some(create) = create_as::parse(sql)? {
             return self.create_topic_as(create).await;
         }
         self.run(sql).await
     }
 
-    /// Runs a query, `INSERT` or `EXPLAIN`; anything else is refused.
+    /// Runs a query, `INSERT` or `EXPLAIN`; anything else is refused ([`guard`]) before it is
+    /// planned, and DataFusion's own options refuse DDL and session statements again.
     async fn run(&self, sql: &str) -> Result<Answer, Error> {
-        let options = SQLOptions::new()
+        let state = self.context.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        guard::check_statement(&statement)?;
+        let plan = state.statement_to_plan(statement).await?;
+        SQLOptions::new()
             .with_allow_ddl(false)
-            .with_allow_statements(false);
-        let frame = self.context.sql_with_options(sql, options).await?;
+            .with_allow_statements(false)
+            .verify_plan(&plan)?;
+        let frame = self.context.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;
         Ok(Answer { schema, batches })

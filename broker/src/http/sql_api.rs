@@ -22,7 +22,9 @@ impl From<weir_sql::Error> for ApiError {
             Error::Storage(e) => e.into(),
             Error::Runtime(e) => e.into(),
             // Syntax, planning, type and resource errors are the statement's fault.
-            Error::Query(_) | Error::Schema(_) => ApiError::bad_request(e.to_string()),
+            Error::Query(_) | Error::Schema(_) | Error::Refused(_) => {
+                ApiError::bad_request(e.to_string())
+            }
         }
     }
 }
