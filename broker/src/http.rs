@@ -62,9 +62,10 @@ impl From<StorageError> for ApiError {
             | StorageError::Batch(_)
             | StorageError::PartitionCount { .. }
             | StorageError::OffsetOutOfRange { .. } => StatusCode::BAD_REQUEST,
-            StorageError::Offline { .. } | StorageError::Failed { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            StorageError::Offline { .. }
+            | StorageError::Failed { .. }
+            | StorageError::DiskLow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StorageError::TooManyPartitions { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
@@ -152,9 +153,31 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     next.run(request).await
 }
 
-async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let offline = state.node.storage.offline_partitions().len();
-    Json(serde_json::json!({ "status": "ok", "offline_partitions": offline }))
+/// `200 {"status":"ok",…}` while the node can take writes; `503 {"status":"cannot_write",
+/// "reason":…}` while it cannot (disk below the low-water mark, a failed fsync), though it still
+/// serves reads.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let storage = &state.node.storage;
+    let offline = storage.offline_partitions().len();
+    let free = storage.space().free_bytes();
+    match storage.write_refusal() {
+        None => Json(serde_json::json!({
+            "status": "ok",
+            "offline_partitions": offline,
+            "disk_free_bytes": free,
+        }))
+        .into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "cannot_write",
+                "reason": reason,
+                "offline_partitions": offline,
+                "disk_free_bytes": free,
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -167,7 +190,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     .unwrap_or_default();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.node.metrics.render(&lags, &pipelines),
+        state
+            .node
+            .metrics
+            .render(&lags, &pipelines, &state.node.bounds()),
     )
 }
 

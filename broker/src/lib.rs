@@ -8,8 +8,10 @@
 //! that knows Kafka's wire types.
 
 pub mod cli;
+pub mod config;
 pub mod http;
 pub mod kafka;
+pub mod limits;
 pub mod metrics;
 pub mod pg;
 pub mod plugin_cli;

@@ -1,13 +1,12 @@
 //! The `weir` binary: parses flags and wires the crates together.
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use weir_broker::cli::{self, Client, ConsumeOptions};
+use weir_broker::config::ServeArgs;
 use weir_broker::plugin_cli;
 use weir_broker::serve::{ServeConfig, Server};
 
@@ -222,48 +221,6 @@ enum TopicCommand {
     },
 }
 
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// TOML file with any of the settings below (same names, `_` for `-`); flags and
-    /// environment variables win over it.
-    #[arg(long, env = "WEIR_CONFIG")]
-    config: Option<PathBuf>,
-    /// Where topics and metadata live.
-    #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
-    data_dir: PathBuf,
-    /// Address of the Kafka protocol listener (port 0: any free port).
-    #[arg(long, env = "WEIR_KAFKA", default_value = "127.0.0.1:9092")]
-    kafka: SocketAddr,
-    /// Address of the HTTP listener (port 0: any free port).
-    #[arg(long, env = "WEIR_HTTP", default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
-    /// Address of the Postgres wire listener for SQL (port 0: any free port; `off`: none).
-    #[arg(long, env = "WEIR_PG", default_value = "127.0.0.1:5433")]
-    pg: Listen,
-    /// Host name clients are told to connect to; defaults to the listener's address.
-    #[arg(long, env = "WEIR_ADVERTISED_HOST")]
-    advertised_host: Option<String>,
-    /// Create unknown topics when a client first uses them.
-    #[arg(long, env = "WEIR_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
-    auto_create_topics: bool,
-    /// Partitions of a topic created without a count.
-    #[arg(long, env = "WEIR_DEFAULT_PARTITIONS", default_value_t = 1)]
-    default_partitions: u32,
-    /// Require `Authorization: Bearer <token>` on the HTTP `/v1` API, and the token as the
-    /// password of Postgres connections.
-    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// CPU time one plugin call (one batch) may take, in milliseconds.
-    #[arg(long, env = "WEIR_PLUGIN_TIMEOUT_MS", default_value_t = 100)]
-    plugin_timeout_ms: u64,
-    /// Memory one plugin instance may use, in MiB.
-    #[arg(long, env = "WEIR_PLUGIN_MEMORY_MIB", default_value_t = 64)]
-    plugin_memory_mib: u64,
-    /// Memory all running SQL queries may hold at once, in MiB; a query that needs more fails.
-    #[arg(long, env = "WEIR_SQL_MEMORY_MIB", default_value_t = 512)]
-    sql_memory_mib: u64,
-}
-
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -290,7 +247,7 @@ fn run() -> anyhow::Result<()> {
             let serve_matches = matches
                 .subcommand_matches("serve")
                 .context("serve arguments")?;
-            serve(serve_config(args, serve_matches)?)
+            serve(args.resolve(serve_matches)?)
         }
         Command::Topic { command, remote } => {
             let c = remote.client();
@@ -438,109 +395,6 @@ fn pipeline_command(command: PipelineCommand, c: &Client) -> anyhow::Result<()> 
             &format!("pipeline {name}"),
         ),
     }
-}
-
-/// A listener's address, or `off` for none.
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(try_from = "String")]
-struct Listen(Option<SocketAddr>);
-
-impl std::str::FromStr for Listen {
-    type Err = std::net::AddrParseError;
-
-    fn from_str(text: &str) -> Result<Listen, Self::Err> {
-        if text.eq_ignore_ascii_case("off") {
-            return Ok(Listen(None));
-        }
-        text.parse().map(|addr| Listen(Some(addr)))
-    }
-}
-
-impl TryFrom<String> for Listen {
-    type Error = std::net::AddrParseError;
-
-    fn try_from(text: String) -> Result<Listen, Self::Error> {
-        text.parse()
-    }
-}
-
-/// Settings of `weir serve` as a TOML file may give them.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    kafka: Option<SocketAddr>,
-    http: Option<SocketAddr>,
-    pg: Option<Listen>,
-    advertised_host: Option<String>,
-    auto_create_topics: Option<bool>,
-    default_partitions: Option<u32>,
-    admin_token: Option<String>,
-    plugin_timeout_ms: Option<u64>,
-    plugin_memory_mib: Option<u64>,
-    sql_memory_mib: Option<u64>,
-}
-
-/// Flags and environment first, then the config file, then the defaults.
-fn serve_config(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<ServeConfig> {
-    let file: FileConfig = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading config file {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?
-        }
-        None => FileConfig::default(),
-    };
-    let given = |id: &str| {
-        matches!(
-            matches.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        )
-    };
-    fn pick<T>(given: bool, flag: T, file: Option<T>) -> T {
-        if given { flag } else { file.unwrap_or(flag) }
-    }
-    Ok(ServeConfig {
-        data_dir: pick(given("data_dir"), args.data_dir, file.data_dir),
-        kafka: pick(given("kafka"), args.kafka, file.kafka),
-        http: pick(given("http"), args.http, file.http),
-        pg: pick(given("pg"), args.pg, file.pg).0,
-        advertised_host: pick(
-            given("advertised_host"),
-            args.advertised_host,
-            file.advertised_host.map(Some),
-        ),
-        auto_create_topics: pick(
-            given("auto_create_topics"),
-            args.auto_create_topics,
-            file.auto_create_topics,
-        ),
-        default_partitions: pick(
-            given("default_partitions"),
-            args.default_partitions,
-            file.default_partitions,
-        ),
-        admin_token: pick(
-            given("admin_token"),
-            args.admin_token,
-            file.admin_token.map(Some),
-        ),
-        plugin_timeout_ms: pick(
-            given("plugin_timeout_ms"),
-            args.plugin_timeout_ms,
-            file.plugin_timeout_ms,
-        ),
-        plugin_memory_bytes_max: pick(
-            given("plugin_memory_mib"),
-            args.plugin_memory_mib,
-            file.plugin_memory_mib,
-        ) << 20,
-        sql_memory_bytes_max: pick(
-            given("sql_memory_mib"),
-            args.sql_memory_mib,
-            file.sql_memory_mib,
-        ) << 20,
-    })
 }
 
 fn serve(config: ServeConfig) -> anyhow::Result<()> {

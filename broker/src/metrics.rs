@@ -46,6 +46,17 @@ pub struct Metrics {
     next_connection: AtomicU64,
 }
 
+/// A resource clients can make the node hold: how much is held now, and its bound.
+pub struct Bound {
+    /// Metric name without the `weir_` prefix; the bound is `weir_<name>_<bound_suffix>`.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub used: u64,
+    pub bound: u64,
+    /// `max` for a ceiling, `min` for a floor (free disk space).
+    pub bound_suffix: &'static str,
+}
+
 /// One open Kafka connection.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnectionInfo {
@@ -141,7 +152,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self, lags: &[GroupLag], pipelines: &[PipelineStatus]) -> String {
+    pub fn render(
+        &self,
+        lags: &[GroupLag],
+        pipelines: &[PipelineStatus],
+        bounds: &[Bound],
+    ) -> String {
         let mut out = String::new();
         let topics: BTreeMap<String, TopicCounters> = lock(&self.topics)
             .iter()
@@ -196,11 +212,16 @@ impl Metrics {
             let _ = writeln!(out, "{name}_sum{{api=\"{api}\"}} {}", h.sum_s);
             let _ = writeln!(out, "{name}_count{{api=\"{api}\"}} {}", h.count);
         }
-        let _ = writeln!(
-            out,
-            "# HELP weir_connections Open Kafka connections.\n# TYPE weir_connections gauge\nweir_connections {}",
-            self.connections()
-        );
+        for b in bounds {
+            let (name, suffix) = (b.name, b.bound_suffix);
+            let _ = writeln!(
+                out,
+                "# HELP weir_{name} {}.\n# TYPE weir_{name} gauge\nweir_{name} {}\n\
+                 # HELP weir_{name}_{suffix} Bound of weir_{name}.\n\
+                 # TYPE weir_{name}_{suffix} gauge\nweir_{name}_{suffix} {}",
+                b.help, b.used, b.bound
+            );
+        }
         let name = "weir_group_lag";
         let _ = writeln!(
             out,
@@ -306,6 +327,13 @@ mod tests {
                 lag: 7,
             }],
             &[],
+            &[Bound {
+                name: "connections",
+                help: "Open Kafka connections",
+                used: m.connections() as u64,
+                bound: 10,
+                bound_suffix: "max",
+            }],
         );
         for line in [
             "weir_bytes_in_total{topic=\"logs\"} 100",
@@ -314,6 +342,7 @@ mod tests {
             "weir_request_duration_seconds_bucket{api=\"Produce\",le=\"+Inf\"} 2",
             "weir_request_duration_seconds_count{api=\"Produce\"} 2",
             "weir_connections 1",
+            "weir_connections_max 10",
             "weir_group_lag{group=\"g\",topic=\"logs\",partition=\"0\"} 7",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

@@ -14,7 +14,8 @@ use weir_storage::{Storage, StorageConfig, StorageError};
 
 use crate::kafka::groups::{self, Coordinator, GroupLag};
 use crate::kafka::{self, KafkaConfig};
-use crate::metrics::Metrics;
+use crate::limits::Limits;
+use crate::metrics::{Bound, Metrics};
 
 /// What every listener of a node shares.
 #[derive(Clone)]
@@ -24,6 +25,7 @@ pub struct NodeContext {
     pub metrics: Arc<Metrics>,
     pub runtime: Arc<Runtime>,
     pub sql: Arc<QueryEngine>,
+    pub limits: Arc<Limits>,
 }
 
 /// A group's committed offset on one partition, beside the partition's end.
@@ -67,6 +69,70 @@ impl NodeContext {
     /// Every committed offset of `group` with its partition's end.
     pub fn group_positions(&self, group: &str) -> Result<Vec<GroupPosition>, StorageError> {
         group_positions(&self.storage, &self.groups, group)
+    }
+
+    /// Every resource clients can make the node hold, with its bound, for `/metrics`.
+    pub fn bounds(&self) -> Vec<Bound> {
+        let bound = |name, help, used: u64, bound: u64| Bound {
+            name,
+            help,
+            used,
+            bound,
+            bound_suffix: "max",
+        };
+        let space = self.storage.space();
+        let (groups, groups_metadata_bytes) = self.groups.usage();
+        vec![
+            bound(
+                "groups",
+                "Consumer groups with members held by the coordinator",
+                groups as u64,
+                groups::GROUPS_MAX as u64,
+            ),
+            bound(
+                "groups_metadata_bytes",
+                "Bytes of member metadata and assignments the coordinator holds",
+                groups_metadata_bytes,
+                groups::GROUPS_METADATA_BYTES_MAX,
+            ),
+            bound(
+                "connections",
+                "Open Kafka connections",
+                self.metrics.connections().max(0) as u64,
+                u64::from(self.limits.connections_max()),
+            ),
+            bound(
+                "connections_refused",
+                "Kafka connections closed on accept because the node held its limit (a count since start)",
+                self.limits.connections_refused(),
+                u64::from(self.limits.connections_max()),
+            ),
+            bound(
+                "request_memory_bytes",
+                "Bytes of Kafka request frames being read or handled",
+                self.limits.request_memory_bytes(),
+                self.limits.request_memory_bytes_max(),
+            ),
+            bound(
+                "partitions",
+                "Partitions of all topics",
+                u64::from(self.storage.partition_count()),
+                u64::from(self.storage.partitions_max()),
+            ),
+            bound(
+                "open_segments",
+                "Closed segments whose files are open",
+                weir_storage::open_segments() as u64,
+                self.storage.open_segments_max() as u64,
+            ),
+            Bound {
+                name: "disk_free_bytes",
+                help: "Free bytes of the data directory's file system; below the min, writes are refused",
+                used: space.free_bytes(),
+                bound: space.free_bytes_min(),
+                bound_suffix: "min",
+            },
+        ]
     }
 
     /// Lag of every committed partition of every group.
@@ -157,6 +223,16 @@ pub struct ServeConfig {
     pub plugin_memory_bytes_max: u64,
     /// Memory all running SQL queries may hold at once.
     pub sql_memory_bytes_max: u64,
+    /// Partitions of all topics together.
+    pub partitions_max: u32,
+    /// Free disk bytes below which writes and topic creation are refused.
+    pub disk_free_bytes_min: u64,
+    /// Closed segments whose files may be open at once.
+    pub open_segments_max: usize,
+    /// Kafka connections held at once.
+    pub connections_max: u32,
+    /// Bytes of Kafka request frames read or handled at once.
+    pub request_memory_bytes_max: u64,
 }
 
 /// A running node.
@@ -174,7 +250,12 @@ impl Server {
     /// Opens the data directory, recovering every partition log, starts the storage
     /// maintenance thread and the Kafka listener.
     pub async fn start(config: &ServeConfig) -> anyhow::Result<Server> {
-        let storage_config = StorageConfig::new(&config.data_dir);
+        let storage_config = StorageConfig {
+            partitions_max: config.partitions_max,
+            disk_free_bytes_min: config.disk_free_bytes_min,
+            open_segments_max: config.open_segments_max,
+            ..StorageConfig::new(&config.data_dir)
+        };
         let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
             .await?
             .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
@@ -200,11 +281,17 @@ impl Server {
             .advertised_host
             .clone()
             .unwrap_or_else(|| kafka_addr.ip().to_string());
+        let limits = Arc::new(Limits::new(
+            config.request_memory_bytes_max,
+            config.connections_max,
+        ));
         let kafka_config = KafkaConfig {
             advertised: (host, kafka_addr.port()),
             auto_create_topics: config.auto_create_topics,
             default_partitions: config.default_partitions.max(1),
-            request_bytes_max: REQUEST_BYTES_MAX,
+            // A frame must fit in the request memory, or it would wait for room forever.
+            request_bytes_max: u64::from(REQUEST_BYTES_MAX).min(limits.request_memory_bytes_max())
+                as u32,
         };
         let sandbox = SandboxConfig {
             call_timeout_ms: config.plugin_timeout_ms,
@@ -242,6 +329,7 @@ impl Server {
             metrics,
             runtime: runtime.clone(),
             sql: Arc::new(sql),
+            limits,
         };
         let http_listener = TcpListener::bind(config.http)
             .await

@@ -22,7 +22,7 @@ use kafka_protocol::protocol::StrBytes;
 use weir_storage::{LogConfig, StorageError, TopicMeta};
 
 use super::Shared;
-use super::handlers::{CLUSTER_ID, NODE_ID, config_map, error_code, topic_id};
+use super::handlers::{CLUSTER_ID, NODE_ID, config_map, error_code, error_message, topic_id};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -39,7 +39,7 @@ fn text(s: impl Into<String>) -> StrBytes {
 
 /// Error code and message of a failed operation.
 fn failure(e: &StorageError) -> (i16, Option<StrBytes>) {
-    (error_code(e), Some(text(e.to_string())))
+    (error_code(e), Some(error_message(e.to_string())))
 }
 
 pub(crate) fn delete_topics(

@@ -10,7 +10,7 @@
 //! of it from their next heartbeat (REBALANCE_IN_PROGRESS) and rejoin; the join completes when
 //! every member has rejoined or the rebalance timeout passes, dropping those that did not.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +31,13 @@ pub const INITIAL_REBALANCE_DELAY: Duration = Duration::from_millis(300);
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 /// Most members one group may have.
 pub const GROUP_MEMBERS_MAX: usize = 1000;
+/// Most groups with members (or members being admitted) the coordinator holds at once.
+pub const GROUPS_MAX: usize = 10_000;
+/// Most bytes of protocol metadata one member may join with (all its protocols together); a
+/// cooperative-sticky subscription listing 100 000 owned partitions takes about 1 MiB.
+pub const MEMBER_METADATA_BYTES_MAX: usize = 1 << 20;
+/// Most bytes of member metadata and assignments all groups together may hold.
+pub const GROUPS_METADATA_BYTES_MAX: u64 = 256 << 20;
 
 pub const OFFSETS_TREE: &str = "group-offsets";
 
@@ -86,9 +93,13 @@ struct Group {
     protocol: Option<String>,
     leader: Option<String>,
     members: BTreeMap<String, Member>,
-    /// Member ids handed out with MEMBER_ID_REQUIRED, not joined yet.
-    pending: HashSet<String>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not joined yet, each until its deadline
+    /// (the session timeout it asked for).
+    pending: HashMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
+    /// The rebalance started from an empty group: it waits for the initial delay rather than
+    /// completing as soon as the members it knows have joined.
+    initial: bool,
 }
 
 impl Group {
@@ -100,9 +111,24 @@ impl Group {
             protocol: None,
             leader: None,
             members: BTreeMap::new(),
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             rebalance_deadline: None,
+            initial: false,
         }
+    }
+
+    /// Bytes of metadata and assignments its members hold.
+    fn metadata_bytes(&self) -> u64 {
+        self.members
+            .values()
+            .map(|m| (m.metadata_bytes() + m.assignment.len()) as u64)
+            .sum()
+    }
+}
+
+impl Member {
+    fn metadata_bytes(&self) -> usize {
+        self.protocols.iter().map(|(n, m)| n.len() + m.len()).sum()
     }
 }
 
@@ -241,8 +267,37 @@ impl Coordinator {
                 &r.member_id,
             ));
         }
+        let metadata_bytes: usize = r.protocols.iter().map(|(n, m)| n.len() + m.len()).sum();
         let now = Instant::now();
         let mut groups = self.lock();
+        let held: u64 = groups.values().map(Group::metadata_bytes).sum();
+        if metadata_bytes > MEMBER_METADATA_BYTES_MAX
+            || held + metadata_bytes as u64 > GROUPS_METADATA_BYTES_MAX
+        {
+            tracing::warn!(
+                group = r.group,
+                metadata_bytes,
+                member_metadata_bytes_max = MEMBER_METADATA_BYTES_MAX,
+                groups_metadata_bytes = held,
+                groups_metadata_bytes_max = GROUPS_METADATA_BYTES_MAX,
+                "join refused: member metadata past its bound"
+            );
+            return Reply::Now(JoinOutcome::error(
+                code(ResponseError::GroupMaxSizeReached),
+                &r.member_id,
+            ));
+        }
+        if !groups.contains_key(&r.group) && groups.len() >= GROUPS_MAX {
+            tracing::warn!(
+                group = r.group,
+                groups_max = GROUPS_MAX,
+                "join refused: the coordinator holds its limit of groups"
+            );
+            return Reply::Now(JoinOutcome::error(
+                code(ResponseError::GroupMaxSizeReached),
+                &r.member_id,
+            ));
+        }
         let group = groups.entry(r.group.clone()).or_insert_with(Group::new);
         if group
             .protocol_type
@@ -315,7 +370,14 @@ impl Coordinator {
                     }
                 );
                 if r.require_known_member_id && r.instance_id.is_none() {
-                    group.pending.insert(id.clone());
+                    if group.pending.len() >= GROUP_MEMBERS_MAX {
+                        return Reply::Now(JoinOutcome::error(
+                            code(ResponseError::GroupMaxSizeReached),
+                            &r.member_id,
+                        ));
+                    }
+                    let deadline = now + Duration::from_millis(r.session_timeout_ms as u64);
+                    group.pending.insert(id.clone(), deadline);
                     return Reply::Now(JoinOutcome::error(
                         code(ResponseError::MemberIdRequired),
                         &id,
@@ -323,7 +385,9 @@ impl Coordinator {
                 }
                 id
             }
-        } else if group.members.contains_key(&r.member_id) || group.pending.remove(&r.member_id) {
+        } else if group.members.contains_key(&r.member_id)
+            || group.pending.remove(&r.member_id).is_some()
+        {
             r.member_id.clone()
         } else {
             return Reply::Now(JoinOutcome::error(
@@ -369,6 +433,7 @@ impl Coordinator {
             State::Empty => {
                 group.state = State::PreparingRebalance;
                 group.rebalance_deadline = Some(now + INITIAL_REBALANCE_DELAY);
+                group.initial = true;
             }
             State::CompletingRebalance | State::Stable => {
                 start_rebalance(group, now);
@@ -515,10 +580,24 @@ impl Coordinator {
                 tracing::info!(group = name, members = ?expired, "session timeout; members removed");
                 after_departure(group, now);
             }
+            group.pending.retain(|_, deadline| *deadline > now);
             if group.state == State::PreparingRebalance {
                 try_complete_join(group, now);
             }
         }
+        // An empty group keeps nothing worth memory: its committed offsets are in the store.
+        groups.retain(|_, g| {
+            !(g.state == State::Empty && g.members.is_empty() && g.pending.is_empty())
+        });
+    }
+
+    /// Groups held in memory, and the bytes of metadata and assignments their members hold.
+    pub fn usage(&self) -> (usize, u64) {
+        let groups = self.lock();
+        (
+            groups.len(),
+            groups.values().map(Group::metadata_bytes).sum(),
+        )
     }
 
     pub fn list(&self) -> Result<Vec<GroupView>, StorageError> {
@@ -589,7 +668,11 @@ impl Coordinator {
         if generation != group.generation {
             return code(ResponseError::IllegalGeneration);
         }
-        if group.state == State::PreparingRebalance {
+        // Kafka's rule: a member of the current generation may commit while the group is
+        // stable and while it prepares a rebalance (cooperative consumers commit what they give
+        // up before rejoining); only between the join and the sync, when the member has not yet
+        // learned its new assignment, is the commit refused.
+        if group.state == State::CompletingRebalance {
             return code(ResponseError::RebalanceInProgress);
         }
         0
@@ -750,11 +833,13 @@ fn try_complete_join(group: &mut Group, now: Instant) {
     }
     let all_joined = group.members.values().all(|m| m.joined);
     let deadline_passed = group.rebalance_deadline.is_none_or(|d| now >= d);
-    let initial = group.generation == 0 || group.leader.is_none();
-    if !(deadline_passed || (all_joined && !initial)) {
+    // A group that lost its leader is not starting afresh: once the members it has rejoin, a
+    // new leader is chosen among them, as Kafka does.
+    if !(deadline_passed || (all_joined && !group.initial)) {
         return;
     }
     group.members.retain(|_, m| m.joined);
+    group.initial = false;
     if group.members.is_empty() {
         group.state = State::Empty;
         group.rebalance_deadline = None;
@@ -914,13 +999,24 @@ mod tests {
             c.heartbeat("g", &a_id, 2),
             ResponseError::RebalanceInProgress.code()
         );
-        assert_eq!(
-            c.commit_check("g", &a_id, 2),
-            ResponseError::RebalanceInProgress.code()
-        );
+        // Kafka's rule: the current generation may commit while a rebalance is prepared.
+        assert_eq!(c.commit_check("g", &a_id, 2), 0);
         let mut a = later(join(&c, &a_id, 60_000));
         let alone = a.try_recv().unwrap();
         assert_eq!((alone.generation, alone.members.len()), (3, 1));
+        // Between the join and the sync the member does not know its assignment yet.
+        assert_eq!(c.describe("g").state, State::CompletingRebalance);
+        assert_eq!(
+            c.commit_check("g", &a_id, 3),
+            ResponseError::RebalanceInProgress.code()
+        );
+        assert_eq!(
+            c.commit_check("g", &a_id, 2),
+            ResponseError::IllegalGeneration.code()
+        );
+        let _synced = later(c.sync("g", &a_id, 3, vec![(a_id.clone(), Bytes::new())]));
+        assert_eq!(c.describe("g").state, State::Stable);
+        assert_eq!(c.commit_check("g", &a_id, 3), 0);
 
         // Leaving empties the group; its offsets stay until the group is deleted.
         let offset = CommittedOffset {
@@ -937,6 +1033,87 @@ mod tests {
         assert_eq!(c.delete("g"), 0);
         assert_eq!(c.committed("g", "t", 0).unwrap(), None);
         assert_eq!(c.delete("g"), ResponseError::GroupIdNotFound.code());
+    }
+
+    /// Two members, stable at generation 2; returns (leader id, follower id).
+    fn stable_pair(c: &Coordinator, leader_session_ms: i32) -> (String, String) {
+        let mut a = later(join(c, "", leader_session_ms));
+        c.tick(Instant::now() + INITIAL_REBALANCE_DELAY + Duration::from_millis(50));
+        let a_id = a.try_recv().unwrap().member_id;
+        let _sa = later(c.sync("g", &a_id, 1, vec![(a_id.clone(), Bytes::new())]));
+        let mut b = later(join(c, "", 60_000));
+        let mut a = later(join(c, &a_id, leader_session_ms));
+        let (ja, jb) = (a.try_recv().unwrap(), b.try_recv().unwrap());
+        assert_eq!(ja.leader, a_id);
+        let b_id = jb.member_id;
+        let _sb = later(c.sync("g", &b_id, 2, Vec::new()));
+        let _sa = later(c.sync("g", &a_id, 2, vec![(a_id.clone(), Bytes::new())]));
+        assert_eq!(c.describe("g").state, State::Stable);
+        (a_id, b_id)
+    }
+
+    #[test]
+    fn when_the_leader_dies_the_survivor_leads_as_soon_as_it_rejoins() {
+        let (_dir, c) = coordinator();
+        let (leader, survivor) = stable_pair(&c, 1_000);
+        // The leader stops heartbeating; the survivor keeps going.
+        let past_leader_session = Instant::now() + Duration::from_millis(1_500);
+        assert_eq!(c.heartbeat("g", &survivor, 2), 0);
+        c.tick(past_leader_session);
+        assert!(
+            c.describe("g")
+                .members
+                .iter()
+                .all(|m| m.member_id != leader)
+        );
+        assert_eq!(
+            c.heartbeat("g", &survivor, 2),
+            ResponseError::RebalanceInProgress.code()
+        );
+        // The survivor's rejoin completes the rebalance at once: no wait for the rebalance
+        // timeout (60 s here) as if the group were new.
+        let mut rejoin = later(join(&c, &survivor, 60_000));
+        let outcome = rejoin.try_recv().unwrap();
+        assert_eq!((outcome.error, outcome.generation), (0, 3));
+        assert_eq!(outcome.leader, survivor);
+        assert_eq!(outcome.members.len(), 1);
+    }
+
+    #[test]
+    fn metadata_past_its_bounds_is_refused_and_empty_groups_leave_memory() {
+        let (_dir, c) = coordinator();
+        let Reply::Now(big) = c.join(JoinRequest {
+            group: "g".into(),
+            member_id: String::new(),
+            instance_id: None,
+            client_id: "big".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from(vec![0u8; 50 << 20]))],
+            require_known_member_id: false,
+        }) else {
+            panic!("metadata past the bound is refused at once");
+        };
+        assert_eq!(big.error, ResponseError::GroupMaxSizeReached.code());
+        let (a, _) = stable_pair(&c, 60_000);
+        assert_eq!(c.usage().0, 1);
+        assert!(c.usage().1 > 0);
+        let members: Vec<(String, Option<String>)> = c
+            .describe("g")
+            .members
+            .into_iter()
+            .map(|m| (m.member_id, None))
+            .collect();
+        assert_eq!(c.leave("g", &members), vec![0, 0]);
+        c.tick(Instant::now());
+        assert_eq!(c.usage(), (0, 0));
+        assert_eq!(c.describe("g").state, State::Empty);
+        assert_eq!(
+            c.commit_check("g", &a, 2),
+            ResponseError::IllegalGeneration.code()
+        );
     }
 
     #[test]

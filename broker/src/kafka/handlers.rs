@@ -32,6 +32,10 @@ pub(crate) const NODE_ID: i32 = 0;
 pub(crate) const CLUSTER_ID: &str = "weir";
 /// Upper bound on a fetch's wait, whatever the client asks.
 const FETCH_WAIT_MS_MAX: u64 = 30_000;
+/// Upper bound on a fetch response's record bytes, whatever the client asks: Kafka's
+/// `fetch.max.bytes` default, 55 MiB. Only a single batch larger than it is sent whole, as the
+/// first of a response.
+pub const FETCH_BYTES_MAX: u64 = 57_671_680;
 
 /// Every API this broker serves, with the versions it implements; ApiVersions advertises
 /// exactly these.
@@ -192,6 +196,20 @@ pub(crate) fn topic_id(meta: &TopicMeta) -> uuid::Uuid {
     uuid::Uuid::from_bytes(meta.id)
 }
 
+/// Longest error message put in a response: a message carries its own subject (a topic name,
+/// a config value), and a response string may not pass 32 767 bytes.
+const ERROR_MESSAGE_CHARS_MAX: usize = 1024;
+
+/// An error message for a response, cut to [`ERROR_MESSAGE_CHARS_MAX`] characters.
+pub(crate) fn error_message(message: impl Into<String>) -> StrBytes {
+    let mut message = message.into();
+    if let Some((cut, _)) = message.char_indices().nth(ERROR_MESSAGE_CHARS_MAX) {
+        message.truncate(cut);
+        message.push('…');
+    }
+    StrBytes::from_string(message)
+}
+
 /// The Kafka error code for a storage error.
 pub(crate) fn error_code(e: &StorageError) -> i16 {
     match e {
@@ -199,10 +217,14 @@ pub(crate) fn error_code(e: &StorageError) -> i16 {
             ResponseError::UnknownTopicOrPartition.code()
         }
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange.code(),
-        StorageError::Batch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge.code(),
+        StorageError::Batch(
+            BatchError::TooLarge { .. } | BatchError::DecompressedTooLarge { .. },
+        ) => ResponseError::MessageTooLarge.code(),
+        StorageError::Batch(BatchError::Invalid { .. }) => ResponseError::InvalidRecord.code(),
         StorageError::Batch(_) | StorageError::Corrupt { .. } => {
             ResponseError::CorruptMessage.code()
         }
+        StorageError::TooManyPartitions { .. } => ResponseError::PolicyViolation.code(),
         StorageError::InvalidTopicName { .. } => ResponseError::InvalidTopicException.code(),
         StorageError::TopicExists { .. } => ResponseError::TopicAlreadyExists.code(),
         StorageError::InvalidConfig { .. } => ResponseError::InvalidConfig.code(),
@@ -210,9 +232,10 @@ pub(crate) fn error_code(e: &StorageError) -> i16 {
         StorageError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber.code(),
         StorageError::DuplicateSequence { .. } => ResponseError::DuplicateSequenceNumber.code(),
         StorageError::ProducerFenced { .. } => ResponseError::InvalidProducerEpoch.code(),
-        StorageError::Offline { .. } | StorageError::Io { .. } | StorageError::Failed { .. } => {
-            ResponseError::KafkaStorageError.code()
-        }
+        StorageError::Offline { .. }
+        | StorageError::Io { .. }
+        | StorageError::Failed { .. }
+        | StorageError::DiskLow { .. } => ResponseError::KafkaStorageError.code(),
         _ => ResponseError::UnknownServerError.code(),
     }
 }
@@ -407,7 +430,7 @@ async fn fetch(shared: &Shared, request: FetchRequest) -> FetchResponse {
 /// One pass over the requested partitions; returns the response and the bytes it carries.
 fn fetch_once(shared: &Shared, request: &FetchRequest) -> (FetchResponse, u64) {
     let mut response = FetchResponse::default();
-    let mut budget = request.max_bytes.max(0) as u64;
+    let mut budget = (request.max_bytes.max(0) as u64).min(FETCH_BYTES_MAX);
     let mut total = 0u64;
     for topic in &request.topics {
         let name = topic.topic.0.to_string();
@@ -434,14 +457,15 @@ fn fetch_once(shared: &Shared, request: &FetchRequest) -> (FetchResponse, u64) {
                         high_watermark: log.high_watermark(),
                     }
                 })?;
-                // A partition's first batch is sent even past the request's budget, so a
-                // consumer always makes progress (as Kafka does).
-                let limit = (partition.partition_max_bytes.max(0) as u64).min(if total == 0 {
-                    u64::MAX
+                // The first batch of the response is sent even past the budget, so a consumer
+                // always makes progress; after it, a partition gets only what fits in what is
+                // left (as Kafka does, KIP-74), however often the request names it.
+                let limit = (partition.partition_max_bytes.max(0) as u64).min(budget);
+                let read = if total == 0 {
+                    log.read(offset, limit.max(1))?
                 } else {
-                    budget
-                });
-                let read = log.read(offset, limit.max(1))?;
+                    log.read_fitting(offset, limit)?
+                };
                 let bytes = match &read.slice {
                     Some(slice) => Some(slice.map()?),
                     None => None,
@@ -597,7 +621,7 @@ fn create_topics(
                     result.num_partitions = -1;
                     result.replication_factor = -1;
                 }
-                result.error_message = Some(StrBytes::from_string(message));
+                result.error_message = Some(error_message(message));
             }
         }
         response.topics.push(result);

@@ -2,16 +2,20 @@
 //!
 //! Each connection reads size-prefixed frames, decodes the request header and body with the
 //! `kafka-protocol` crate, and answers in request order. A frame larger than
-//! `request_bytes_max` is refused before its body is read; a frame that does not decode closes
+//! `request_bytes_max` is refused before its body is read; the body is read as it arrives,
+//! holding the node's request memory ([`Limits`]) for the bytes received, and is walked against
+//! the request's layout ([`shape`]) before it is decoded. A frame that does not decode closes
 //! that connection with a log line and leaves every other connection alone.
 
 mod admin_api;
 mod group_api;
 pub mod groups;
 mod handlers;
+pub mod shape;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -22,7 +26,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use weir_storage::Storage;
 
+use crate::limits::{Limits, RequestMemory};
+
 pub use handlers::supported_versions;
+
+/// Time any frame body may take to arrive, on top of its size at the slowest rate accepted.
+const FRAME_READ_TIMEOUT_BASE: Duration = Duration::from_secs(30);
+/// Slowest rate a frame body may arrive at: 1 MiB/s.
+const FRAME_READ_BYTES_PER_S_MIN: u64 = 1 << 20;
+/// Bytes the frame buffer grows by at a time.
+const FRAME_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Settings of the Kafka listener.
 #[derive(Debug, Clone)]
@@ -47,6 +60,7 @@ pub(crate) struct Shared {
     producer_ids: std::sync::Mutex<()>,
     groups: Arc<groups::Coordinator>,
     metrics: Arc<crate::metrics::Metrics>,
+    limits: Arc<Limits>,
 }
 
 const PRODUCER_IDS_TREE: &str = "producer-ids";
@@ -75,6 +89,7 @@ pub async fn serve(
         groups,
         metrics,
         runtime,
+        limits,
         ..
     } = node;
     let appended = Arc::new(Notify::new());
@@ -91,6 +106,7 @@ pub async fn serve(
         producer_ids: std::sync::Mutex::new(()),
         groups,
         metrics,
+        limits,
     });
     let ticker = shared.clone();
     let mut tick_shutdown = shutdown.clone();
@@ -107,6 +123,12 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if shared.metrics.connections() >= i64::from(shared.limits.connections_max()) {
+                        shared.limits.connection_refused();
+                        tracing::debug!(%peer, connections_max = shared.limits.connections_max(), "connection refused: the node holds its limit of connections");
+                        drop(stream);
+                        continue;
+                    }
                     let shared = shared.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
@@ -150,16 +172,54 @@ async fn connection(
                 shared.config.request_bytes_max
             );
         }
-        let mut frame = vec![0u8; size as usize];
-        stream
-            .read_exact(&mut frame)
-            .await
-            .context("connection closed inside a request frame")?;
-        let Some(response) = handle_frame(Bytes::from(frame), &shared, peer, id).await? else {
+        let (frame, memory) = read_frame(&mut stream, size as u32, &shared.limits).await?;
+        let Some(response) = handle_frame(frame, &shared, peer, id).await? else {
             continue;
         };
         stream.write_all(&response).await?;
+        drop(memory);
     }
+}
+
+/// Reads a frame body of `size` bytes. The frame's share of request memory is held first, all
+/// of it, so two half-read frames never wait on each other; the buffer then grows with the
+/// bytes that arrive. A client must send the body within [`frame_read_timeout`], or a
+/// client that stalls inside a frame would hold request memory for good.
+async fn read_frame(
+    stream: &mut TcpStream,
+    size: u32,
+    limits: &Limits,
+) -> anyhow::Result<(Bytes, RequestMemory)> {
+    let mut memory = RequestMemory::none();
+    limits.hold_request_memory(&mut memory, size).await;
+    let mut frame = BytesMut::new();
+    let timeout = frame_read_timeout(size);
+    let read = async {
+        while frame.len() < size as usize {
+            let want = (size as usize - frame.len()).min(FRAME_CHUNK_BYTES) as u64;
+            frame.reserve(want as usize);
+            if (&mut *stream).take(want).read_buf(&mut frame).await? == 0 {
+                anyhow::bail!(
+                    "connection closed inside a request frame, at byte {} of {size}",
+                    frame.len()
+                );
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        anyhow::anyhow!(
+            "request frame of {size} bytes not received within {} s",
+            timeout.as_secs()
+        )
+    })??;
+    Ok((frame.freeze(), memory))
+}
+
+/// Time a frame body of `size` bytes may take to arrive: [`FRAME_READ_TIMEOUT_BASE`] plus the
+/// time at [`FRAME_READ_BYTES_PER_S_MIN`].
+fn frame_read_timeout(size: u32) -> Duration {
+    FRAME_READ_TIMEOUT_BASE + Duration::from_secs(u64::from(size) / FRAME_READ_BYTES_PER_S_MIN)
 }
 
 /// Decodes one request frame and returns the whole response frame, or `None` for a produce
@@ -199,6 +259,8 @@ async fn handle_frame(
         .metrics
         .connection_request(connection_id, header.client_id.as_deref());
     let (request, version) = if in_range {
+        shape::check(key, api_version, &frame)
+            .with_context(|| format!("{key:?} v{api_version}: malformed request body"))?;
         let request = RequestKind::decode(key, &mut frame, api_version)
             .with_context(|| format!("{key:?} v{api_version}: bad request body"))?;
         (Some(request), api_version)

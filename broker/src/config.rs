@@ -1,0 +1,266 @@
+//! The settings of `weir serve`: flags, `WEIR_*` environment variables and a TOML file, merged
+//! into one [`ServeConfig`]. A flag or variable wins over the file, the file over the default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+
+use crate::serve::ServeConfig;
+
+/// Why the settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+}
+
+/// The flags of `weir serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (same names, `_` for `-`); flags and
+    /// environment variables win over it.
+    #[arg(long, env = "WEIR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where topics and metadata live.
+    #[arg(long, env = "WEIR_DATA_DIR", default_value = "./weir-data")]
+    data_dir: PathBuf,
+    /// Address of the Kafka protocol listener (port 0: any free port).
+    #[arg(long, env = "WEIR_KAFKA", default_value = "127.0.0.1:9092")]
+    kafka: SocketAddr,
+    /// Address of the HTTP listener (port 0: any free port).
+    #[arg(long, env = "WEIR_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Address of the Postgres wire listener for SQL (port 0: any free port; `off`: none).
+    #[arg(long, env = "WEIR_PG", default_value = "127.0.0.1:5433")]
+    pg: Listen,
+    /// Host name clients are told to connect to; defaults to the listener's address.
+    #[arg(long, env = "WEIR_ADVERTISED_HOST")]
+    advertised_host: Option<String>,
+    /// Create unknown topics when a client first uses them.
+    #[arg(long, env = "WEIR_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    auto_create_topics: bool,
+    /// Partitions of a topic created without a count.
+    #[arg(long, env = "WEIR_DEFAULT_PARTITIONS", default_value_t = 1)]
+    default_partitions: u32,
+    /// Require `Authorization: Bearer <token>` on the HTTP `/v1` API, and the token as the
+    /// password of Postgres connections.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// CPU time one plugin call (one batch) may take, in milliseconds.
+    #[arg(long, env = "WEIR_PLUGIN_TIMEOUT_MS", default_value_t = 100)]
+    plugin_timeout_ms: u64,
+    /// Memory one plugin instance may use, in MiB.
+    #[arg(long, env = "WEIR_PLUGIN_MEMORY_MIB", default_value_t = 64)]
+    plugin_memory_mib: u64,
+    /// Memory all running SQL queries may hold at once, in MiB; a query that needs more fails.
+    #[arg(long, env = "WEIR_SQL_MEMORY_MIB", default_value_t = 512)]
+    sql_memory_mib: u64,
+    /// Partitions of all topics together; creations past it are refused.
+    #[arg(long, env = "WEIR_PARTITIONS_MAX", default_value_t = weir_storage::PARTITIONS_MAX_DEFAULT)]
+    partitions_max: u32,
+    /// Free disk space, in MiB, below which produce and topic creation are refused (reads go
+    /// on, and /healthz reports the node cannot write).
+    #[arg(long, env = "WEIR_DISK_FREE_MIN_MIB", default_value_t = weir_storage::DISK_FREE_BYTES_MIN_DEFAULT >> 20)]
+    disk_free_min_mib: u64,
+    /// Closed segments whose files may be open at once; others are opened again when read.
+    #[arg(long, env = "WEIR_OPEN_SEGMENTS_MAX", default_value_t = weir_storage::OPEN_SEGMENTS_MAX_DEFAULT)]
+    open_segments_max: usize,
+    /// Client connections the Kafka listener holds at once; more are closed on accept.
+    #[arg(long, env = "WEIR_CONNECTIONS_MAX", default_value_t = CONNECTIONS_MAX_DEFAULT)]
+    connections_max: u32,
+    /// Memory, in MiB, that Kafka request frames being read or handled may hold at once;
+    /// connections wait for room before reading more.
+    #[arg(long, env = "WEIR_REQUEST_MEMORY_MIB", default_value_t = REQUEST_MEMORY_BYTES_MAX_DEFAULT >> 20)]
+    request_memory_mib: u64,
+}
+
+/// Default of `--connections-max`.
+pub const CONNECTIONS_MAX_DEFAULT: u32 = 5_000;
+/// Default of `--request-memory-mib`: two and a half of the largest frames.
+pub const REQUEST_MEMORY_BYTES_MAX_DEFAULT: u64 = 256 << 20;
+
+/// A listener's address, or `off` for none.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct Listen(Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(text: &str) -> Result<Listen, Self::Err> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Listen(None));
+        }
+        text.parse().map(|addr| Listen(Some(addr)))
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = std::net::AddrParseError;
+
+    fn try_from(text: String) -> Result<Listen, Self::Error> {
+        text.parse()
+    }
+}
+
+/// Settings of `weir serve` as a TOML file may give them.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    kafka: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    pg: Option<Listen>,
+    advertised_host: Option<String>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<u32>,
+    admin_token: Option<String>,
+    plugin_timeout_ms: Option<u64>,
+    plugin_memory_mib: Option<u64>,
+    sql_memory_mib: Option<u64>,
+    partitions_max: Option<u32>,
+    disk_free_min_mib: Option<u64>,
+    open_segments_max: Option<usize>,
+    connections_max: Option<u32>,
+    request_memory_mib: Option<u64>,
+}
+
+impl ServeArgs {
+    /// Merges the flags (as `matches` says they were given) with the config file they name.
+    pub fn resolve(self, matches: &ArgMatches) -> Result<ServeConfig, ConfigError> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let given = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        // A flag or variable given explicitly, else the file's value, else the flag's default.
+        macro_rules! pick {
+            ($field:ident) => {
+                if given(stringify!($field)) {
+                    self.$field
+                } else {
+                    file.$field.unwrap_or(self.$field)
+                }
+            };
+            ($field:ident, optional) => {
+                if given(stringify!($field)) {
+                    self.$field
+                } else {
+                    file.$field.or(self.$field)
+                }
+            };
+        }
+        Ok(ServeConfig {
+            data_dir: pick!(data_dir),
+            kafka: pick!(kafka),
+            http: pick!(http),
+            pg: pick!(pg).0,
+            advertised_host: pick!(advertised_host, optional),
+            auto_create_topics: pick!(auto_create_topics),
+            default_partitions: pick!(default_partitions),
+            admin_token: pick!(admin_token, optional),
+            plugin_timeout_ms: pick!(plugin_timeout_ms),
+            plugin_memory_bytes_max: pick!(plugin_memory_mib).saturating_mul(1 << 20),
+            sql_memory_bytes_max: pick!(sql_memory_mib).saturating_mul(1 << 20),
+            partitions_max: pick!(partitions_max),
+            disk_free_bytes_min: pick!(disk_free_min_mib).saturating_mul(1 << 20),
+            open_segments_max: pick!(open_segments_max),
+            connections_max: pick!(connections_max),
+            request_memory_bytes_max: pick!(request_memory_mib).saturating_mul(1 << 20),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn resolve(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("weir").chain(args.iter().copied()))
+            .unwrap();
+        Cli::from_arg_matches(&matches)
+            .unwrap()
+            .serve
+            .resolve(&matches)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_node() {
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./weir-data"));
+        assert_eq!(c.kafka.to_string(), "127.0.0.1:9092");
+        assert_eq!(c.pg.unwrap().to_string(), "127.0.0.1:5433");
+        assert_eq!(c.sql_memory_bytes_max, 512 << 20);
+        assert_eq!(c.partitions_max, weir_storage::PARTITIONS_MAX_DEFAULT);
+        assert_eq!(c.disk_free_bytes_min, 256 << 20);
+        assert_eq!(c.request_memory_bytes_max, 256 << 20);
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_leave_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(
+            &path,
+            "data_dir = '/srv/weir'\npg = 'off'\npartitions_max = 50\n\
+             admin_token = 'from-file'\nkafka = '0.0.0.0:19092'\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let c = resolve(&["--config", path, "--kafka", "127.0.0.1:29092"]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/weir"));
+        assert!(c.pg.is_none());
+        assert_eq!(c.partitions_max, 50);
+        assert_eq!(c.admin_token.as_deref(), Some("from-file"));
+        assert_eq!(c.kafka.to_string(), "127.0.0.1:29092");
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, "data_dri = '/typo'\n").unwrap();
+        let err = resolve(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("data_dri"), "{err}");
+        let missing = dir.path().join("none.toml");
+        let err = resolve(&["--config", missing.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("none.toml"), "{err}");
+    }
+}
