@@ -1,9 +1,8 @@
 //! Node-wide bounds on what clients can make the listeners hold: Kafka connections and the
 //! memory of request frames being read or handled. Each bound and its use is a gauge on
-//! `/metrics`, beside the storage, group and SQL bounds.
+//! `/metrics`, beside the storage and group bounds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -11,7 +10,6 @@ pub struct Limits {
     request_memory: Arc<Semaphore>,
     request_memory_bytes_max: u64,
     connections_max: u32,
-    connections_refused: AtomicU64,
 }
 
 /// Memory of request frames held on behalf of one request; given back when dropped.
@@ -39,7 +37,6 @@ impl Limits {
             request_memory: Arc::new(Semaphore::new(permits)),
             request_memory_bytes_max: permits as u64,
             connections_max,
-            connections_refused: AtomicU64::new(0),
         }
     }
 
@@ -63,13 +60,5 @@ impl Limits {
 
     pub fn connections_max(&self) -> u32 {
         self.connections_max
-    }
-
-    pub fn connection_refused(&self) {
-        self.connections_refused.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn connections_refused(&self) -> u64 {
-        self.connections_refused.load(Ordering::Relaxed)
     }
 }

@@ -44,6 +44,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<String, Histogram>>,
     connections: Mutex<BTreeMap<u64, ConnectionInfo>>,
     next_connection: AtomicU64,
+    connections_refused: AtomicU64,
 }
 
 /// A resource clients can make the node hold: how much is held now, and its bound.
@@ -143,6 +144,11 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection closed on accept because the node held its limit.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn connections(&self) -> i64 {
         lock(&self.connections).len() as i64
     }
@@ -222,6 +228,12 @@ impl Metrics {
                 b.help, b.used, b.bound
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP weir_connections_refused_total Kafka connections closed on accept because the node held its limit.\n\
+             # TYPE weir_connections_refused_total counter\nweir_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
         let name = "weir_group_lag";
         let _ = writeln!(
             out,

@@ -91,12 +91,14 @@ async fn connection(socket: TcpStream, peer: SocketAddr, handlers: Arc<Handlers>
         }
     };
     tokio::select! {
+        // A connection that ends by itself ends here, even when its hang-up is seen too.
+        biased;
         served = pgwire::tokio::process_socket(socket, None, handlers) => {
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "Postgres connection ended");
             }
         }
-        () = hangup => tracing::debug!(%peer, "Postgres client hung up; its statement is cancelled"),
+        () = hangup => tracing::info!(%peer, "Postgres client hung up; its statement, if any, is cancelled"),
     }
 }
 

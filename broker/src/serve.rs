@@ -102,12 +102,6 @@ impl NodeContext {
                 u64::from(self.limits.connections_max()),
             ),
             bound(
-                "connections_refused",
-                "Kafka connections closed on accept because the node held its limit (a count since start)",
-                self.limits.connections_refused(),
-                u64::from(self.limits.connections_max()),
-            ),
-            bound(
                 "request_memory_bytes",
                 "Bytes of Kafka request frames being read or handled",
                 self.limits.request_memory_bytes(),

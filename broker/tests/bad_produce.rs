@@ -8,23 +8,17 @@ mod common;
 
 use std::net::TcpStream;
 
-use bytes::{Bytes, BytesMut};
-use common::{Node, kafka_round_trip};
+use bytes::Bytes;
+use common::{Node, kafka_call};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use weir_storage::{BatchBuilder, Compression, NewRecord};
 
 const VERSION: i16 = 7;
 
 /// Sends one produce request and returns the error code of its one partition.
 fn produce(stream: &mut TcpStream, topic: &str, partition: i32, records: Bytes) -> i16 {
-    let mut header = RequestHeader::default();
-    header.request_api_key = ApiKey::Produce as i16;
-    header.request_api_version = VERSION;
-    header.correlation_id = 1;
     let mut data = PartitionProduceData::default();
     data.index = partition;
     data.records = Some(records);
@@ -35,14 +29,7 @@ fn produce(stream: &mut TcpStream, topic: &str, partition: i32, records: Bytes) 
     request.acks = -1;
     request.timeout_ms = 5000;
     request.topic_data.push(t);
-    let mut body = BytesMut::new();
-    header
-        .encode(&mut body, ApiKey::Produce.request_header_version(VERSION))
-        .unwrap();
-    request.encode(&mut body, VERSION).unwrap();
-    let mut buf = kafka_round_trip(stream, &body);
-    ResponseHeader::decode(&mut buf, ApiKey::Produce.response_header_version(VERSION)).unwrap();
-    let response = ProduceResponse::decode(&mut buf, VERSION).unwrap();
+    let response: ProduceResponse = kafka_call(stream, ApiKey::Produce, VERSION, &request);
     response.responses[0].partition_responses[0].error_code
 }
 

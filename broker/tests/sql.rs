@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Node, create_topic, have, kafka_round_trip, kcat};
+use common::{Node, create_topic, eventually, have, kafka_call, kcat};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
 
@@ -251,46 +251,35 @@ fn system_tables_follow_a_consumer_group() {
 
 #[test]
 fn open_connections_are_a_table() {
-    use bytes::BytesMut;
-    use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader};
-    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path());
     let c = Client::new(&node.url(), None);
     let mut stream = std::net::TcpStream::connect(node.kafka).unwrap();
-    for correlation_id in 0..3 {
-        let mut header = RequestHeader::default();
-        header.request_api_key = ApiKey::ApiVersions as i16;
-        header.request_api_version = 3;
-        header.correlation_id = correlation_id;
-        header.client_id = Some(StrBytes::from_static_str("sql-probe"));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, ApiKey::ApiVersions.request_header_version(3))
-            .unwrap();
-        ApiVersionsRequest::default().encode(&mut body, 3).unwrap();
-        kafka_round_trip(&mut stream, &body);
+    for _ in 0..3 {
+        let _: ApiVersionsResponse = kafka_call(
+            &mut stream,
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        );
     }
     let rows = sql_json(&c, "SELECT client_id, requests, peer FROM weir.connections");
     assert_eq!(rows["rows"].as_array().unwrap().len(), 1, "{rows}");
     let row = &rows["rows"][0];
     assert_eq!(
         (row["client_id"].as_str(), row["requests"].as_i64()),
-        (Some("sql-probe"), Some(3))
+        (Some("weir-tests"), Some(3))
     );
     assert_eq!(
         row["peer"].as_str().unwrap(),
         stream.local_addr().unwrap().to_string()
     );
     drop(stream);
-    let gone = || sql_json(&c, "SELECT count(*) AS n FROM weir.connections")["rows"][0]["n"] == 0;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !gone() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the closed connection is still listed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    eventually(
+        "the closed connection leaves weir.connections",
+        std::time::Duration::from_secs(10),
+        || sql_json(&c, "SELECT count(*) AS n FROM weir.connections")["rows"][0]["n"] == 0,
+    );
 }

@@ -1,6 +1,6 @@
 //! The wasmtime host: compiling and validating plugin modules, and calling them under limits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -150,7 +150,28 @@ impl Sandbox {
             ));
         }
         let sha256 = sha256_hex(wasm);
-        let module = self.compile(wasm, &sha256)?;
+        let cached = self.cache_path(&sha256);
+        let (module, from_cache) = self.compile(wasm, cached.as_deref())?;
+        match self.check(module, sha256) {
+            Ok(plugin) => {
+                if let (Some(path), false) = (&cached, from_cache) {
+                    write_cache(&plugin.module, path);
+                }
+                Ok(plugin)
+            }
+            Err(e) => {
+                // A refused module leaves nothing behind, not even an entry cached before.
+                if let Some(path) = cached.filter(|_| from_cache) {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks a compiled module is a plugin this host can run: no imports, the ABI exports, an
+    /// ABI version it speaks and a kind it knows.
+    fn check(&self, module: Module, sha256: String) -> Result<Plugin, Error> {
         if let Some(import) = module.imports().next() {
             return Err(Error::Invalid(format!(
                 "module imports {}.{}; plugins may import nothing (no WASI, no host functions)",
@@ -201,18 +222,22 @@ impl Sandbox {
         })
     }
 
-    fn compile(&self, wasm: &[u8], sha256: &str) -> Result<Module, Error> {
-        let cached = self
-            .config
+    /// Where the compiled form of the module with this digest is cached, if anywhere.
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        self.config
             .cache_dir
             .as_ref()
-            .map(|dir| dir.join(format!("{sha256}.cwasm")));
-        if let Some(path) = cached.as_ref().filter(|path| path.exists()) {
+            .map(|dir| dir.join(format!("{sha256}.cwasm")))
+    }
+
+    /// The module, from the cache when it holds it (then `true`), else compiled.
+    fn compile(&self, wasm: &[u8], cached: Option<&Path>) -> Result<(Module, bool), Error> {
+        if let Some(path) = cached.filter(|path| path.exists()) {
             // SAFETY: the cache directory holds only files this host serialized from modules it
-            // compiled itself (named by the sha256 of their source); a file from another
-            // wasmtime version is refused by `deserialize_file` and compiled again below.
+            // compiled and accepted itself (named by the sha256 of their source); a file from
+            // another wasmtime version is refused by `deserialize_file` and compiled again below.
             match unsafe { Module::deserialize_file(&self.engine, path) } {
-                Ok(module) => return Ok(module),
+                Ok(module) => return Ok((module, true)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "compiled plugin cache entry refused")
                 }
@@ -220,22 +245,7 @@ impl Sandbox {
         }
         let module = Module::new(&self.engine, wasm)
             .map_err(|e| Error::Invalid(format!("module does not compile: {e}")))?;
-        if let Some(path) = cached {
-            // A cache that cannot be written only costs a compile next time.
-            if let Err(e) = module
-                .serialize()
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    let tmp = path.with_extension("tmp");
-                    std::fs::write(&tmp, bytes)
-                        .and_then(|()| std::fs::rename(&tmp, &path))
-                        .map_err(|e| e.to_string())
-                })
-            {
-                tracing::warn!(path = %path.display(), error = %e, "cannot cache compiled plugin");
-            }
-        }
-        Ok(module)
+        Ok((module, false))
     }
 
     fn store(&self) -> Store<StoreLimits> {
@@ -565,4 +575,21 @@ fn read_output(bytes: &Bytes, count: usize) -> Result<Output, CallError> {
         failures,
         state,
     })
+}
+
+/// Caches a compiled module that passed [`Sandbox::load`]'s checks. A cache that cannot be
+/// written only costs a compile next time.
+fn write_cache(module: &Module, path: &Path) {
+    let written = module
+        .serialize()
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot cache compiled plugin");
+    }
 }

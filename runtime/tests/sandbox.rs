@@ -173,3 +173,28 @@ fn modules_that_are_not_plugins_are_refused_with_the_reason() {
         .to_string();
     assert!(error.contains("more than the limit of 100"), "{error}");
 }
+
+#[test]
+fn only_accepted_modules_are_cached_compiled() {
+    let cache = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..Default::default()
+    })
+    .unwrap();
+    let cached = || std::fs::read_dir(cache.path()).unwrap().count();
+    // Refused after compiling: another ABI, a missing export, an import.
+    for refused in [
+        module(99, "i64.const 0"),
+        wat::parse_str(r#"(module (memory (export "memory") 1))"#).unwrap(),
+    ] {
+        assert!(sandbox.load(&refused).is_err());
+        assert_eq!(cached(), 0, "a refused module left a compiled file");
+    }
+    let wasm = std::fs::read(weir_tests::wasm::plugin_wasm("regex-filter").unwrap()).unwrap();
+    sandbox.load(&wasm).unwrap();
+    assert_eq!(cached(), 1);
+    // Loaded again, from the cache.
+    sandbox.load(&wasm).unwrap();
+    assert_eq!(cached(), 1);
+}

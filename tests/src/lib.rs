@@ -7,11 +7,13 @@
 //! The value written for offset `n` is [`value_for`]`(n)`, so a reader can check any record
 //! without knowing what the writer did.
 //!
-//! [`wasm`] builds plugins to WebAssembly for the tests that deploy them.
+//! [`wasm`] builds plugins to WebAssembly for the tests that deploy them; [`hostile`] forges
+//! the record batches a hostile producer sends.
 
 /// The value the crash writer stores at `offset`.
 pub fn value_for(offset: u64) -> String {
     format!("record-{offset}-{}", "x".repeat((offset % 200) as usize))
 }
 
+pub mod hostile;
 pub mod wasm;

@@ -124,7 +124,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if shared.metrics.connections() >= i64::from(shared.limits.connections_max()) {
-                        shared.limits.connection_refused();
+                        shared.metrics.connection_refused();
                         tracing::debug!(%peer, connections_max = shared.limits.connections_max(), "connection refused: the node holds its limit of connections");
                         drop(stream);
                         continue;

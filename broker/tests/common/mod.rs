@@ -251,6 +251,50 @@ pub fn create_topic(c: &weir_broker::cli::Client, name: &str, partitions: u32) {
         .unwrap_or_else(|e| panic!("creating topic {name}: {e:#}"));
 }
 
+/// Sends `request` as API `key` at `version`, with a header naming the client `weir-tests`,
+/// and decodes the response.
+pub fn kafka_call<Req, Resp>(
+    stream: &mut std::net::TcpStream,
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    request: &Req,
+) -> Resp
+where
+    Req: kafka_protocol::protocol::Encodable,
+    Resp: kafka_protocol::protocol::Decodable,
+{
+    use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    let mut header = RequestHeader::default();
+    header.request_api_key = key as i16;
+    header.request_api_version = version;
+    header.correlation_id = 1;
+    header.client_id = Some(StrBytes::from_static_str("weir-tests"));
+    let mut body = bytes::BytesMut::new();
+    header
+        .encode(&mut body, key.request_header_version(version))
+        .expect("encoding a request header");
+    request
+        .encode(&mut body, version)
+        .expect("encoding a request");
+    let mut response = kafka_round_trip(stream, &body);
+    ResponseHeader::decode(&mut response, key.response_header_version(version))
+        .expect("a response header");
+    Resp::decode(&mut response, version).expect("a response")
+}
+
+/// Waits until `done` holds, checking every 20 ms; fails the test after `timeout`.
+pub fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends one length-prefixed Kafka request and returns the response frame after its length.
 pub fn kafka_round_trip(stream: &mut std::net::TcpStream, request: &[u8]) -> bytes::Bytes {
     use std::io::{Read, Write};

@@ -1,10 +1,10 @@
-//! What a hostile or broken producer can send a log, and what the data directory holds for a
-//! client: every case is refused before anything is written, and the node's limits hold.
+//! What a hostile or broken producer can send a log through storage's public API, and what the
+//! data directory holds for a client: every case is refused before anything is written, and
+//! the node's limits hold.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 use bytes::Bytes;
 use weir_storage::batch::{BATCH_HEADER_BYTES, BatchHeader};
@@ -13,44 +13,7 @@ use weir_storage::{
     BatchBuilder, BatchError, Compression, Log, LogConfig, NewRecord, Storage, StorageConfig,
     StorageError,
 };
-
-fn one_record_batch(compression: Compression, value: &[u8]) -> Vec<u8> {
-    let mut b = BatchBuilder::new(compression);
-    b.push(NewRecord {
-        timestamp: 1_700_000_000_000,
-        key: Some(Bytes::from_static(b"k")),
-        value: Some(Bytes::copy_from_slice(value)),
-        headers: Vec::new(),
-    });
-    b.build().unwrap().to_vec()
-}
-
-/// Rewrites a batch's header fields and body, then gives it a valid CRC, as a producer that
-/// means harm can.
-fn forge(
-    batch: &[u8],
-    attributes: Option<i16>,
-    last_offset_delta: Option<i32>,
-    record_count: Option<i32>,
-    body: Option<&[u8]>,
-) -> Vec<u8> {
-    let mut out = batch[..BATCH_HEADER_BYTES].to_vec();
-    out.extend_from_slice(body.unwrap_or(&batch[BATCH_HEADER_BYTES..]));
-    let length = (out.len() - 12) as i32;
-    out[8..12].copy_from_slice(&length.to_be_bytes());
-    if let Some(a) = attributes {
-        out[21..23].copy_from_slice(&a.to_be_bytes());
-    }
-    if let Some(d) = last_offset_delta {
-        out[23..27].copy_from_slice(&d.to_be_bytes());
-    }
-    if let Some(n) = record_count {
-        out[57..61].copy_from_slice(&n.to_be_bytes());
-    }
-    let crc = crc32c::crc32c(&out[21..]);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
-    out
-}
+use weir_tests::hostile::{Forge, one_record_batch, zstd_bomb};
 
 /// The append is refused with an error `matches` accepts, and the log is as it was.
 fn refused(log: &Log, mut batches: Vec<u8>, matches: impl Fn(&StorageError) -> bool) {
@@ -76,19 +39,19 @@ fn a_poison_batch_with_a_valid_crc_is_refused_and_the_log_stays_readable() {
     let good = one_record_batch(Compression::None, b"value");
     // The record's length varint claims ten 0xff bytes: "varint longer than 10 bytes".
     let garbage = [0xffu8; 24];
-    refused(&log, forge(&good, None, None, None, Some(&garbage)), |e| {
+    refused(&log, Forge::new(&good).body(&garbage).build(), |e| {
         matches!(batch_error(e), Some(BatchError::Decode { .. }))
     });
     // A record that ends before its declared length.
     let mut short = good[BATCH_HEADER_BYTES..].to_vec();
     short.truncate(short.len() - 3);
-    refused(&log, forge(&good, None, None, None, Some(&short)), |e| {
+    refused(&log, Forge::new(&good).body(&short).build(), |e| {
         matches!(batch_error(e), Some(BatchError::Decode { .. }))
     });
     // Bytes after the last record.
     let mut long = good[BATCH_HEADER_BYTES..].to_vec();
     long.extend_from_slice(&[0, 0, 0]);
-    refused(&log, forge(&good, None, None, None, Some(&long)), |e| {
+    refused(&log, Forge::new(&good).body(&long).build(), |e| {
         matches!(batch_error(e), Some(BatchError::Decode { .. }))
     });
     // A header count of a million in a record of a few bytes.
@@ -101,7 +64,7 @@ fn a_poison_batch_with_a_valid_crc_is_refused_and_the_log_stays_readable() {
     headers[last] = 0x80;
     headers.extend_from_slice(&[0x89, 0x7a]);
     headers[0] += 4; // the record's length varint (small, so one byte, zigzag: +2 per byte)
-    refused(&log, forge(&good, None, None, None, Some(&headers)), |e| {
+    refused(&log, Forge::new(&good).body(&headers).build(), |e| {
         matches!(batch_error(e), Some(BatchError::Decode { .. }))
     });
     // What was acknowledged before still reads.
@@ -117,14 +80,14 @@ fn offset_spans_that_do_not_match_the_records_are_refused() {
     let good = one_record_batch(Compression::None, b"value");
     // One record claiming 2^31 offsets, three times in one Produce: once accepted, recovery
     // cut the third and the high watermark fell.
-    let wide = forge(&good, None, Some(i32::MAX), None, None);
+    let wide = Forge::new(&good).last_offset_delta(i32::MAX).build();
     let mut three = wide.clone();
     three.extend_from_slice(&wide);
     three.extend_from_slice(&wide);
     refused(&log, three, |e| {
         matches!(batch_error(e), Some(BatchError::BadOffsetDelta { .. }))
     });
-    refused(&log, forge(&good, None, None, Some(0), None), |e| {
+    refused(&log, Forge::new(&good).record_count(0).build(), |e| {
         matches!(batch_error(e), Some(BatchError::BadOffsetDelta { .. }))
     });
     // Two records whose offset deltas are 0 and 5 in a batch that says it spans two.
@@ -140,9 +103,11 @@ fn offset_spans_that_do_not_match_the_records_are_refused() {
         );
     }
     let gapped = b.build().unwrap().to_vec();
-    refused(&log, forge(&gapped, None, Some(1), None, None), |e| {
-        matches!(batch_error(e), Some(BatchError::Invalid { .. }))
-    });
+    refused(
+        &log,
+        Forge::new(&gapped).last_offset_delta(1).build(),
+        |e| matches!(batch_error(e), Some(BatchError::Invalid { .. })),
+    );
     assert_eq!(log.high_watermark(), 0);
 }
 
@@ -151,7 +116,7 @@ fn control_batches_from_producers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     let good = one_record_batch(Compression::None, b"value");
-    refused(&log, forge(&good, Some(0x20), None, None, None), |e| {
+    refused(&log, Forge::new(&good).attributes(0x20).build(), |e| {
         matches!(batch_error(e), Some(BatchError::Invalid { .. }))
     });
 }
@@ -162,38 +127,8 @@ fn a_compression_bomb_is_refused_on_append() {
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     // One record whose value is 96 MiB of zeros, zstd-compressed to a few kilobytes: past the
     // decompressed bound, though the batch is far below max.message.bytes.
-    let value_len = BATCH_DECOMPRESSED_BYTES_MAX as usize + (32 << 20);
-    let mut plain = Vec::new();
-    let zigzag = |v: i64| ((v << 1) ^ (v >> 63)) as u64;
-    let varint = |out: &mut Vec<u8>, v: i64| {
-        let mut v = zigzag(v);
-        while v >= 0x80 {
-            out.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    };
-    let mut record = vec![0u8]; // attributes
-    varint(&mut record, 0); // timestamp delta
-    varint(&mut record, 0); // offset delta
-    varint(&mut record, -1); // null key
-    varint(&mut record, value_len as i64);
-    let mut tail = Vec::new();
-    varint(&mut tail, 0); // no headers
-    varint(&mut plain, (record.len() + value_len + tail.len()) as i64);
-    plain.extend_from_slice(&record);
-    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-    encoder.write_all(&plain).unwrap();
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..value_len >> 20 {
-        encoder.write_all(&zeros).unwrap();
-    }
-    encoder.write_all(&tail).unwrap();
-    let body = encoder.finish().unwrap();
-    assert!(body.len() < 64 << 10, "{} bytes", body.len());
-    let template = one_record_batch(Compression::Zstd, b"v");
-    let bomb = forge(&template, None, None, None, Some(&body));
-    assert!(BatchHeader::parse(&bomb).unwrap().total_bytes() < 1 << 20);
+    let bomb = zstd_bomb(BATCH_DECOMPRESSED_BYTES_MAX + (32 << 20));
+    assert!(BatchHeader::parse(&bomb).unwrap().total_bytes() < 64 << 10);
     refused(&log, bomb, |e| {
         matches!(
             batch_error(e),

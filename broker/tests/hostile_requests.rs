@@ -1,0 +1,536 @@
+//! Requests a hostile client sends the Kafka and HTTP listeners, each with the same input that
+//! once killed the node, lost acknowledged data or made it hold too much. After each, the node
+//! answers with an error (or closes that one connection) and goes on serving.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Node, create_topic, eventually, kafka_call};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use serde_json::json;
+use weir_broker::cli::Client;
+use weir_storage::Compression;
+use weir_tests::hostile::{Forge, one_record_batch, zstd_bomb};
+
+fn s(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}
+
+fn produce(stream: &mut TcpStream, topic: &str, records: Vec<u8>) -> i16 {
+    let mut data = PartitionProduceData::default();
+    data.records = Some(Bytes::from(records));
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(s(topic));
+    t.partition_data.push(data);
+    let mut request = ProduceRequest::default();
+    request.acks = -1;
+    request.timeout_ms = 5000;
+    request.topic_data.push(t);
+    let response: ProduceResponse = kafka_call(stream, ApiKey::Produce, 7, &request);
+    response.responses[0].partition_responses[0].error_code
+}
+
+/// The node still answers ApiVersions on a new connection.
+fn still_serving(node: &Node) {
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    let response: ApiVersionsResponse = kafka_call(
+        &mut stream,
+        ApiKey::ApiVersions,
+        3,
+        &ApiVersionsRequest::default(),
+    );
+    assert_eq!(response.error_code, 0);
+}
+
+/// A field of `/proc/<pid>/status`, in KiB.
+fn proc_status_kib(node: &Node, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc status"))
+}
+
+/// The value of a metric line `name value` on `/metrics`.
+fn metric(node: &Node, name: &str) -> u64 {
+    let text = ureq::get(format!("{}/metrics", node.url()))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Reads until the node closes the connection (or a minute passes).
+fn closed_by_node(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn an_array_claiming_two_billion_entries_closes_one_connection_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    // Metadata v1: api key 3, version 1, correlation id, null client id, then a topics array of
+    // 2 147 483 647 entries: 18 bytes in all.
+    let mut frame = vec![0, 0, 0, 14, 0, 3, 0, 1, 0, 0, 0, 7, 0xff, 0xff];
+    frame.extend_from_slice(&i32::MAX.to_be_bytes());
+    // The same in a flexible version (Metadata v12, header v2: an empty tag section).
+    let mut flexible = vec![0, 3, 0, 12, 0, 0, 0, 8, 0xff, 0xff, 0];
+    flexible.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let mut flexible_frame = (flexible.len() as u32).to_be_bytes().to_vec();
+    flexible_frame.extend_from_slice(&flexible);
+    for bytes in [frame, flexible_frame] {
+        let mut stream = TcpStream::connect(node.kafka).unwrap();
+        stream.write_all(&bytes).unwrap();
+        assert!(closed_by_node(&mut stream));
+        node.wait_for("malformed request body");
+        still_serving(&node);
+    }
+}
+
+#[test]
+fn a_compression_bomb_is_refused_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let c = Client::new(&node.url(), None);
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({"name": "bombed", "partitions": 1, "configs": {"cleanup.policy": "compact"}})),
+    )
+    .unwrap();
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    assert_eq!(
+        produce(
+            &mut stream,
+            "bombed",
+            one_record_batch(Compression::Zstd, b"before")
+        ),
+        0
+    );
+    // 1 GiB of zeros in a few kilobytes: MESSAGE_TOO_LARGE, nothing written.
+    let bomb = zstd_bomb(1 << 30);
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    assert_eq!(produce(&mut stream, "bombed", bomb), 10);
+    let records = c
+        .call(
+            "GET",
+            "/v1/topics/bombed/records?partition=0&offset=0",
+            None,
+        )
+        .unwrap();
+    assert_eq!(records["records"].as_array().unwrap().len(), 1, "{records}");
+    assert!(
+        proc_status_kib(&node, "VmHWM:") < 1 << 20,
+        "the node's peak memory passed 1 GiB"
+    );
+    node.stop();
+}
+
+#[test]
+fn offsets_past_a_segments_u32_range_are_refused_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    assert_eq!(
+        produce(
+            &mut stream,
+            "wide",
+            one_record_batch(Compression::None, b"acked")
+        ),
+        0
+    );
+    // Three one-record batches each claiming 2^31 offsets: once acknowledged, then cut by
+    // recovery, the high watermark falling back.
+    let wide = Forge::new(&one_record_batch(Compression::None, b"v"))
+        .last_offset_delta(i32::MAX)
+        .build();
+    let three = [wide.clone(), wide.clone(), wide].concat();
+    assert_eq!(produce(&mut stream, "wide", three), 2, "CORRUPT_MESSAGE");
+    node.kill9();
+    let node = Node::start(dir.path());
+    let c = Client::new(&node.url(), None);
+    let topic = c.call("GET", "/v1/topics/wide", None).unwrap();
+    assert_eq!(topic["partitions"][0]["high_watermark"], 1, "{topic}");
+    node.stop();
+}
+
+#[test]
+fn a_poison_batch_is_refused_and_every_reader_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    let good = one_record_batch(Compression::None, b"good");
+    assert_eq!(produce(&mut stream, "poison", good.clone()), 0);
+    // A valid CRC over records that are garbage.
+    let poison = Forge::new(&good).body(&[0xff; 24]).build();
+    assert_eq!(produce(&mut stream, "poison", poison), 2, "CORRUPT_MESSAGE");
+    assert_eq!(produce(&mut stream, "poison", good), 0);
+    let c = Client::new(&node.url(), None);
+    let answer = c
+        .call(
+            "POST",
+            "/v1/sql",
+            Some(&json!({"sql": "SELECT count(*) AS n FROM poison"})),
+        )
+        .unwrap();
+    assert_eq!(answer["rows"][0]["n"], 2, "{answer}");
+    if common::have("kcat", "apt-get install kcat") {
+        let out = common::kcat(&node, &["-C", "-t", "poison", "-o", "beginning", "-e"], "");
+        assert_eq!(out, "good\ngood\n");
+    }
+}
+
+#[test]
+fn creations_past_the_node_partition_limit_are_refused_and_empty_partitions_are_cheap() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--partitions-max", "100"]);
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    let create = |stream: &mut TcpStream, name: &str, partitions: i32, configs: &[(&str, &str)]| {
+        let mut topic = CreatableTopic::default();
+        topic.name = TopicName(s(name));
+        topic.num_partitions = partitions;
+        topic.replication_factor = 1;
+        for (k, v) in configs {
+            let mut c = CreatableTopicConfig::default();
+            c.name = s(k);
+            c.value = Some(s(v));
+            topic.configs.push(c);
+        }
+        let mut request = CreateTopicsRequest::default();
+        request.topics.push(topic);
+        request.timeout_ms = 60_000;
+        let response: CreateTopicsResponse = kafka_call(stream, ApiKey::CreateTopics, 5, &request);
+        let result = &response.topics[0];
+        (
+            result.error_code,
+            result
+                .error_message
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
+        )
+    };
+    let started = Instant::now();
+    let (code, message) = create(&mut stream, "huge", 10_000, &[]);
+    assert_eq!(code, 44, "POLICY_VIOLATION: {message}");
+    assert!(message.contains("limit of 100"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!dir.path().join("topics/huge-0").exists());
+    let (code, message) = create(
+        &mut stream,
+        "odd",
+        1,
+        &[("segment.index.bytes", "99999999999")],
+    );
+    assert_eq!(code, 40, "INVALID_CONFIG: {message}");
+    assert_eq!(create(&mut stream, "small", 4, &[]).0, 0);
+    // An empty partition: an empty log and a page per index.
+    let partition = dir.path().join("topics/small-0");
+    let bytes: u64 = std::fs::read_dir(&partition)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(bytes <= 3 * 4096, "an empty partition holds {bytes} bytes");
+    assert_eq!(metric(&node, "weir_partitions"), 4);
+    assert_eq!(metric(&node, "weir_partitions_max"), 100);
+}
+
+#[test]
+fn a_fetch_naming_one_partition_a_hundred_times_stays_within_its_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let c = Client::new(&node.url(), None);
+    create_topic(&c, "many", 1);
+    let value = "x".repeat(1000);
+    for _ in 0..40 {
+        let records: Vec<_> = (0..50).map(|_| json!({"value": value})).collect();
+        c.call(
+            "POST",
+            "/v1/topics/many/records",
+            Some(&json!({"records": records})),
+        )
+        .unwrap();
+    }
+    let mut partition = FetchPartition::default();
+    partition.partition_max_bytes = 1 << 20;
+    let mut topic = FetchTopic::default();
+    topic.topic = TopicName(s("many"));
+    topic.partitions = vec![partition; 100];
+    let mut request = FetchRequest::default();
+    request.max_bytes = 1 << 20;
+    request.max_wait_ms = 0;
+    request.topics.push(topic);
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    let response: FetchResponse = kafka_call(&mut stream, ApiKey::Fetch, 12, &request);
+    let total: usize = response.responses[0]
+        .partitions
+        .iter()
+        .map(|p| p.records.as_ref().map_or(0, Bytes::len))
+        .sum();
+    assert!(total > 0);
+    assert!(total <= 1 << 20, "{total} record bytes for max_bytes 1 MiB");
+}
+
+#[test]
+fn join_group_metadata_past_its_bound_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    let mut protocol = JoinGroupRequestProtocol::default();
+    protocol.name = s("range");
+    protocol.metadata = Bytes::from(vec![0u8; 50 << 20]);
+    let mut request = JoinGroupRequest::default();
+    request.group_id = GroupId(s("heavy"));
+    request.session_timeout_ms = 30_000;
+    request.rebalance_timeout_ms = 30_000;
+    request.protocol_type = s("consumer");
+    request.protocols.push(protocol);
+    let response: JoinGroupResponse = kafka_call(&mut stream, ApiKey::JoinGroup, 3, &request);
+    assert_eq!(response.error_code, 81, "GROUP_MAX_SIZE_REACHED");
+    assert_eq!(metric(&node, "weir_groups_metadata_bytes"), 0);
+    still_serving(&node);
+}
+
+#[test]
+fn unfinished_frames_hold_no_more_than_the_request_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--request-memory-mib", "64"]);
+    // Twenty connections each announce a 32 MiB frame and send 1 MiB of it.
+    let chunk = vec![0u8; 1 << 20];
+    let open: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut stream = TcpStream::connect(node.kafka).unwrap();
+            stream.write_all(&(32u32 << 20).to_be_bytes()).unwrap();
+            stream.write_all(&chunk).unwrap();
+            stream
+        })
+        .collect();
+    eventually(
+        "two frames hold the request memory",
+        Duration::from_secs(30),
+        || metric(&node, "weir_request_memory_bytes") == 64 << 20,
+    );
+    assert!(
+        proc_status_kib(&node, "VmRSS:") < 400 << 10,
+        "{} KiB resident",
+        proc_status_kib(&node, "VmRSS:")
+    );
+    drop(open);
+    eventually(
+        "the frames of closed connections give their memory back",
+        Duration::from_secs(30),
+        || metric(&node, "weir_request_memory_bytes") == 0,
+    );
+    still_serving(&node);
+}
+
+#[test]
+fn tiny_segments_keep_open_files_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--open-segments-max", "16"]);
+    let c = Client::new(&node.url(), None);
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({"name": "tiny", "partitions": 1, "configs": {"segment.bytes": "1024"}})),
+    )
+    .unwrap();
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    let value = vec![b'v'; 600];
+    for _ in 0..200 {
+        assert_eq!(
+            produce(
+                &mut stream,
+                "tiny",
+                one_record_batch(Compression::None, &value)
+            ),
+            0
+        );
+    }
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", node.child.id()))
+        .unwrap()
+        .count();
+    assert!(fds < 120, "{fds} open files for 200 segments");
+    assert!(metric(&node, "weir_open_segments") <= 16);
+    // Every segment still reads, its files opened again on demand.
+    let answer = c
+        .call(
+            "POST",
+            "/v1/sql",
+            Some(&json!({"sql": "SELECT count(*) AS n FROM tiny"})),
+        )
+        .unwrap();
+    assert_eq!(answer["rows"][0]["n"], 200, "{answer}");
+    assert!(metric(&node, "weir_open_segments") <= 16);
+    assert_eq!(
+        produce(
+            &mut stream,
+            "other",
+            one_record_batch(Compression::None, b"fine")
+        ),
+        0
+    );
+}
+
+#[test]
+fn a_topic_name_of_32767_characters_gets_an_error_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    let name = "n".repeat(32_767);
+    let mut topic = CreatableTopic::default();
+    topic.name = TopicName(s(&name));
+    topic.num_partitions = 1;
+    topic.replication_factor = 1;
+    let mut request = CreateTopicsRequest::default();
+    request.topics.push(topic);
+    let response: CreateTopicsResponse = kafka_call(&mut stream, ApiKey::CreateTopics, 5, &request);
+    assert_eq!(response.topics[0].error_code, 17, "INVALID_TOPIC_EXCEPTION");
+    let message = response.topics[0].error_message.as_ref().unwrap();
+    assert!(message.len() < 2048, "{} bytes of message", message.len());
+    // The same connection goes on.
+    let mut metadata = MetadataRequest::default();
+    let mut wanted = metadata_request::MetadataRequestTopic::default();
+    wanted.name = Some(TopicName(s(&name)));
+    metadata.topics = Some(vec![wanted]);
+    metadata.allow_auto_topic_creation = true;
+    let response: MetadataResponse = kafka_call(&mut stream, ApiKey::Metadata, 9, &metadata);
+    assert_eq!(response.topics[0].error_code, 17);
+}
+
+#[test]
+fn config_values_past_their_range_are_refused_on_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let c = Client::new(&node.url(), None);
+    let err = c
+        .call(
+            "POST",
+            "/v1/topics",
+            Some(&json!({"name": "r", "partitions": 1,
+                "configs": {"retention.ms": "18446744073709551615"}})),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("400") && err.contains("retention.ms"), "{err}");
+    create_topic(&c, "r", 1);
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    let mut config = incremental_alter_configs_request::AlterableConfig::default();
+    config.name = s("segment.ms");
+    config.value = Some(s("18446744073709551615"));
+    let mut resource = incremental_alter_configs_request::AlterConfigsResource::default();
+    resource.resource_type = 2;
+    resource.resource_name = s("r");
+    resource.configs.push(config);
+    let mut request = IncrementalAlterConfigsRequest::default();
+    request.resources.push(resource);
+    let response: IncrementalAlterConfigsResponse =
+        kafka_call(&mut stream, ApiKey::IncrementalAlterConfigs, 1, &request);
+    assert_eq!(response.responses[0].error_code, 40, "INVALID_CONFIG");
+}
+
+#[test]
+fn a_refused_plugin_leaves_no_compiled_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let module = weir_tests::wasm::abi_module(99, "i64.const 0").unwrap();
+    let response = ureq::put(format!("{}/v1/plugins/odd", node.url()))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(&module[..])
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let cache = dir.path().join("plugin-cache");
+    let left = std::fs::read_dir(&cache).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "files left in {}", cache.display());
+}
+
+#[test]
+fn connections_past_the_limit_are_closed_on_accept_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(dir.path(), &["--connections-max", "3"]);
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(node.kafka).unwrap())
+        .collect();
+    eventually("three connections held", Duration::from_secs(10), || {
+        metric(&node, "weir_connections") == 3
+    });
+    let mut extra = TcpStream::connect(node.kafka).unwrap();
+    assert!(closed_by_node(&mut extra));
+    assert_eq!(metric(&node, "weir_connections_refused_total"), 1);
+    assert_eq!(metric(&node, "weir_connections_max"), 3);
+    drop(held);
+    eventually(
+        "the held connections close",
+        Duration::from_secs(10),
+        || metric(&node, "weir_connections") == 0,
+    );
+    still_serving(&node);
+}
+
+#[test]
+fn below_the_free_space_mark_produce_is_refused_reads_go_on_and_health_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let node = Node::start(dir.path());
+        let mut stream = TcpStream::connect(node.kafka).unwrap();
+        let batch = one_record_batch(Compression::None, b"kept");
+        assert_eq!(produce(&mut stream, "full", batch), 0);
+        node.stop();
+    }
+    // A mark no disk can meet: the node serves, but cannot write.
+    let node = Node::start_with(dir.path(), &["--disk-free-min-mib", "1000000000"]);
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    let batch = one_record_batch(Compression::None, b"refused");
+    assert_eq!(
+        produce(&mut stream, "full", batch),
+        56,
+        "KAFKA_STORAGE_ERROR"
+    );
+    let health = ureq::get(format!("{}/healthz", node.url()))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    let body: serde_json::Value =
+        serde_json::from_str(&health.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["status"], "cannot_write", "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("low-water mark"));
+    let c = Client::new(&node.url(), None);
+    let records = c
+        .call("GET", "/v1/topics/full/records?partition=0&offset=0", None)
+        .unwrap();
+    assert_eq!(records["records"][0]["value"], "kept", "{records}");
+}
