@@ -15,6 +15,7 @@
 //! Architecture invariant: this crate builds on `weir-storage` and `weir-guest` and never opens a
 //! socket; the broker exposes it over HTTP and the CLI.
 
+pub mod output;
 pub mod pipeline;
 mod pipelines;
 mod registry;
@@ -24,12 +25,12 @@ mod watch;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use output::{OutRecord, Output};
 pub use pipeline::{Checkpoint, PipelineSpec, StartAt};
 pub use pipelines::{PIPELINES_MAX, PipelineStatus, Pipelines};
 pub use registry::{PluginMeta, PluginVersion, Registry, VERSIONS_MAX, validate_plugin_name};
 pub use sandbox::{
-    ABI_VERSIONS, CallError, Init, Instance, OutRecord, Output, Plugin, Sandbox, SandboxConfig,
-    sha256_hex,
+    ABI_VERSIONS, CallError, Init, Instance, Plugin, Sandbox, SandboxConfig, sha256_hex,
 };
 pub use watch::{parse_param, read_params, watch_plugin_dir};
 pub use weir::{Kind, partition_for_key};

@@ -648,7 +648,7 @@ fn run_stage(
     partition: u32,
     partitions: u32,
     state: Option<&String>,
-) -> Result<crate::sandbox::Output, CallError> {
+) -> Result<crate::Output, CallError> {
     let key = stage.instance_key(partition);
     if !stage.instances.contains_key(&key) {
         let state = state.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
@@ -678,7 +678,7 @@ fn run_stage(
 fn apply(
     stage: &Stage,
     items: Vec<Item>,
-    output: crate::sandbox::Output,
+    output: crate::Output,
     dead: &mut Vec<DeadLetter>,
 ) -> Vec<Item> {
     for (source, message) in &output.failures {

@@ -13,9 +13,10 @@ use wasmtime::{
     Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
 };
 use weir::{Kind, abi};
-use weir_storage::{Header, NewRecord, Record};
+use weir_storage::Record;
 
 use crate::Error;
+use crate::output::Output;
 
 /// The ABI versions this host speaks (see `weir::__rt::ABI_VERSION`).
 pub const ABI_VERSIONS: [u32; 1] = [1];
@@ -332,27 +333,6 @@ impl CallError {
     }
 }
 
-/// One record a plugin produced.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OutRecord {
-    /// Index of the input record it came from.
-    pub source: u32,
-    pub record: NewRecord,
-    pub topic: Option<String>,
-    pub partition: Option<u32>,
-}
-
-/// The answer to one batch, checked against the batch it answers.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Output {
-    pub kept: Vec<u32>,
-    pub records: Vec<OutRecord>,
-    /// One per input record for a partitioner (`u32::MAX` where it failed), else empty.
-    pub partitions: Vec<u32>,
-    pub failures: Vec<(u32, String)>,
-    pub state: Option<Vec<u8>>,
-}
-
 /// One live instance of a plugin with its own memory.
 pub struct Instance {
     store: Store<StoreLimits>,
@@ -447,7 +427,7 @@ impl Instance {
         );
         builder.finish(root, None);
         let answer = self.call(self.process.clone(), "weir_process")?;
-        read_output(&answer, records.len())
+        crate::output::read(&answer, records.len()).map_err(CallError::BadOutput)
     }
 
     /// Copies the finished builder into guest memory, calls `function` and copies its answer out.
@@ -501,80 +481,6 @@ impl Instance {
             other => other,
         }
     }
-}
-
-/// Parses and checks an `Output` answering a batch of `count` records.
-/// Record fields are slices of `bytes` (one copy of the answer, no copy per record).
-fn read_output(bytes: &Bytes, count: usize) -> Result<Output, CallError> {
-    let bad = |what: String| CallError::BadOutput(what);
-    let output =
-        flatbuffers::root::<abi::Output>(bytes).map_err(|e| bad(format!("does not parse: {e}")))?;
-    let in_range = |index: u32, what: &str| {
-        if (index as usize) < count {
-            Ok(index)
-        } else {
-            Err(bad(format!(
-                "{what} {index} is not an index of the {count} input records"
-            )))
-        }
-    };
-    let kept = output
-        .kept()
-        .into_iter()
-        .flatten()
-        .map(|i| in_range(i, "kept"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let partitions: Vec<u32> = output.partitions().into_iter().flatten().collect();
-    if !partitions.is_empty() && partitions.len() != count {
-        return Err(bad(format!(
-            "{} partitions for {count} records",
-            partitions.len()
-        )));
-    }
-    let failures = output
-        .failures()
-        .into_iter()
-        .flatten()
-        .map(|f| {
-            Ok((
-                in_range(f.source(), "failure source")?,
-                f.message().unwrap_or_default().to_owned(),
-            ))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let records = output
-        .records()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            let bytes = |v: Option<flatbuffers::Vector<u8>>| v.map(|v| bytes.slice_ref(v.bytes()));
-            let headers = r.headers().into_iter().flatten();
-            Ok(OutRecord {
-                source: in_range(r.source(), "record source")?,
-                record: NewRecord {
-                    timestamp: r.timestamp(),
-                    key: bytes(r.key()),
-                    value: bytes(r.value()),
-                    headers: headers
-                        .map(|h| Header {
-                            key: h.key().unwrap_or_default().to_owned(),
-                            value: bytes(h.value()),
-                        })
-                        .collect(),
-                },
-                topic: r.topic().map(str::to_owned),
-                partition: u32::try_from(r.partition()).ok(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let state = output.state().map(|s| s.bytes().to_vec());
-    Ok(Output {
-        kept,
-        records,
-        partitions,
-        failures,
-        state,
-    })
 }
 
 /// Caches a compiled module that passed [`Sandbox::load`]'s checks. A cache that cannot be

@@ -31,6 +31,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use weir_runtime::Runtime;
 use weir_storage::{Storage, StorageError};
@@ -154,9 +156,19 @@ impl QueryEngine {
         self.run(sql).await
     }
 
-    /// Runs a query, `INSERT` or `EXPLAIN`; anything else is refused ([`guard`]) before it is
-    /// planned, and DataFusion's own options refuse DDL and session statements again.
+    /// Runs a query, `INSERT` or `EXPLAIN`.
     async fn run(&self, sql: &str) -> Result<Answer, Error> {
+        let plan = self.logical_plan(sql).await?;
+        let frame = self.context.execute_logical_plan(plan).await?;
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await?;
+        Ok(Answer { schema, batches })
+    }
+
+    /// Checks a statement ([`guard`]) and plans it: anything but a query, `INSERT`, `EXPLAIN`
+    /// or `SHOW` is refused before planning, and DataFusion's own options refuse DDL and
+    /// session statements again.
+    async fn logical_plan(&self, sql: &str) -> Result<LogicalPlan, Error> {
         let state = self.context.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
@@ -166,10 +178,15 @@ impl QueryEngine {
             .with_allow_ddl(false)
             .with_allow_statements(false)
             .verify_plan(&plan)?;
-        let frame = self.context.execute_logical_plan(plan).await?;
-        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-        let batches = frame.collect().await?;
-        Ok(Answer { schema, batches })
+        Ok(plan)
+    }
+
+    /// Checks and plans a statement down to its physical plan without running it: every step
+    /// a statement goes through before it reads a topic.
+    pub async fn plan(&self, sql: &str) -> Result<Arc<dyn ExecutionPlan>, Error> {
+        guard::check_text(sql)?;
+        let plan = self.logical_plan(sql).await?;
+        Ok(self.context.state().create_physical_plan(&plan).await?)
     }
 }
 

@@ -9,6 +9,40 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Addresses for a node's listeners.
+pub struct Listeners {
+    pub kafka: String,
+    pub http: String,
+    pub pg: String,
+}
+
+impl Listeners {
+    /// Any free port for each.
+    pub fn any() -> Listeners {
+        let any = "127.0.0.1:0".to_string();
+        Listeners {
+            kafka: any.clone(),
+            http: any.clone(),
+            pg: any,
+        }
+    }
+
+    /// Free ports picked now, to keep across restarts.
+    pub fn fixed() -> Listeners {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .to_string()
+        };
+        Listeners {
+            kafka: free(),
+            http: free(),
+            pg: free(),
+        }
+    }
+}
+
 /// A `weir serve` process, killed if the test ends before it exits.
 pub struct Node {
     pub child: Child,
@@ -35,17 +69,16 @@ impl Node {
 
     /// [`Node::start`] with extra `weir serve` flags.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Node {
+        Node::start_on(data_dir, &Listeners::any(), extra)
+    }
+
+    /// Starts a node with its listeners on the given addresses, so a restart keeps them.
+    pub fn start_on(data_dir: &Path, listeners: &Listeners, extra: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args([
-                "serve",
-                "--kafka",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--pg",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .args(["serve", "--kafka", &listeners.kafka])
+            .args(["--http", &listeners.http])
+            .args(["--pg", &listeners.pg])
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env("WEIR_LOG", "info")

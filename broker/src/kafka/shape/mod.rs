@@ -73,6 +73,11 @@ pub enum ShapeError {
     TooManyElements { elements_max: u64 },
 }
 
+/// Every API the table walks, with the versions it walks.
+pub fn served() -> impl Iterator<Item = (ApiKey, (i16, i16))> {
+    table::MESSAGES.iter().map(|(api, m)| (*api, m.versions))
+}
+
 /// The layout of `api` requests, if the broker serves the API.
 pub(crate) fn message(api: ApiKey) -> Option<&'static Message> {
     table::MESSAGES
