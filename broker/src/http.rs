@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use weir_runtime::partition_for_key;
 use weir_storage::{BatchBuilder, Compression, Header, NewRecord, StorageError, TopicMeta};
 
-use crate::serve::NodeContext;
+use crate::node::NodeContext;
 
 mod runtime_api;
 mod sql_api;
@@ -124,16 +124,6 @@ pub async fn serve(
     }
 }
 
-/// Whether `presented` is the admin token, in time that does not depend on where they differ.
-pub fn token_matches(token: &str, presented: &str) -> bool {
-    token.len() == presented.len()
-        && token
-            .bytes()
-            .zip(presented.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         let presented = request
@@ -141,7 +131,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| token_matches(token, p)) {
+        if !presented.is_some_and(|p| crate::auth::token_matches(token, p)) {
             return ApiError {
                 status: StatusCode::UNAUTHORIZED,
                 message: "this node needs an admin token: send Authorization: Bearer <token>"

@@ -7,12 +7,14 @@
 //! every log cleanly on shutdown. This is the only crate that opens sockets, and the only one
 //! that knows Kafka's wire types.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod kafka;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod pg;
 pub mod plugin_cli;
 pub mod serve;

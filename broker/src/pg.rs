@@ -51,7 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weir_sql::QueryEngine;
 
-use crate::serve::NodeContext;
+use crate::node::NodeContext;
 
 /// Accepts Postgres connections until shutdown.
 pub async fn serve(
@@ -302,7 +302,7 @@ impl StartupHandler for Startup {
             PgWireFrontendMessage::PasswordMessageFamily(password) => {
                 let password = password.into_password()?;
                 let expected = self.token.as_deref().unwrap_or_default();
-                if !crate::http::token_matches(expected, &password.password) {
+                if !crate::auth::token_matches(expected, &password.password) {
                     let user = client.metadata().get("user").cloned().unwrap_or_default();
                     return Err(PgWireError::InvalidPassword(user));
                 }

@@ -6,190 +6,18 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_runtime::{Runtime, SandboxConfig};
-use weir_sql::{ConnectionRow, GroupRow, NodeSource, QueryConfig, QueryEngine};
-use weir_storage::{Storage, StorageConfig, StorageError};
+use weir_sql::{QueryConfig, QueryEngine};
+use weir_storage::{Storage, StorageConfig};
 
-use crate::kafka::groups::{self, Coordinator, GroupLag};
+use crate::kafka::groups::{self, Coordinator};
 use crate::kafka::{self, KafkaConfig};
 use crate::limits::Limits;
-use crate::metrics::{Bound, Metrics};
-
-/// What every listener of a node shares.
-#[derive(Clone)]
-pub struct NodeContext {
-    pub storage: Arc<Storage>,
-    pub groups: Arc<Coordinator>,
-    pub metrics: Arc<Metrics>,
-    pub runtime: Arc<Runtime>,
-    pub sql: Arc<QueryEngine>,
-    pub limits: Arc<Limits>,
-}
-
-/// A group's committed offset on one partition, beside the partition's end.
-pub struct GroupPosition {
-    pub topic: String,
-    pub partition: i32,
-    pub committed: i64,
-    /// The partition's high watermark; `None` when the partition is gone or offline.
-    pub end: Option<i64>,
-}
-
-impl GroupPosition {
-    /// Records between the committed offset and the end.
-    pub fn lag(&self) -> Option<i64> {
-        self.end.map(|end| (end - self.committed).max(0))
-    }
-}
-
-/// Every committed offset of `group` with its partition's end.
-fn group_positions(
-    storage: &Storage,
-    groups: &Coordinator,
-    group: &str,
-) -> Result<Vec<GroupPosition>, StorageError> {
-    Ok(groups
-        .committed_all(group)?
-        .into_iter()
-        .map(|(topic, partition, committed)| GroupPosition {
-            end: storage
-                .log(&topic, partition.max(0) as u32)
-                .ok()
-                .map(|log| log.high_watermark() as i64),
-            topic,
-            partition,
-            committed: committed.offset,
-        })
-        .collect())
-}
-
-impl NodeContext {
-    /// Every committed offset of `group` with its partition's end.
-    pub fn group_positions(&self, group: &str) -> Result<Vec<GroupPosition>, StorageError> {
-        group_positions(&self.storage, &self.groups, group)
-    }
-
-    /// Every resource clients can make the node hold, with its bound, for `/metrics`.
-    pub fn bounds(&self) -> Vec<Bound> {
-        let bound = |name, help, used: u64, bound: u64| Bound {
-            name,
-            help,
-            used,
-            bound,
-            bound_suffix: "max",
-        };
-        let space = self.storage.space();
-        let (groups, groups_metadata_bytes) = self.groups.usage();
-        vec![
-            bound(
-                "groups",
-                "Consumer groups with members held by the coordinator",
-                groups as u64,
-                groups::GROUPS_MAX as u64,
-            ),
-            bound(
-                "groups_metadata_bytes",
-                "Bytes of member metadata and assignments the coordinator holds",
-                groups_metadata_bytes,
-                groups::GROUPS_METADATA_BYTES_MAX,
-            ),
-            bound(
-                "connections",
-                "Open Kafka connections",
-                self.metrics.connections().max(0) as u64,
-                u64::from(self.limits.connections_max()),
-            ),
-            bound(
-                "request_memory_bytes",
-                "Bytes of Kafka request frames being read or handled",
-                self.limits.request_memory_bytes(),
-                self.limits.request_memory_bytes_max(),
-            ),
-            bound(
-                "partitions",
-                "Partitions of all topics",
-                u64::from(self.storage.partition_count()),
-                u64::from(self.storage.partitions_max()),
-            ),
-            bound(
-                "open_segments",
-                "Closed segments whose files are open",
-                weir_storage::open_segments() as u64,
-                self.storage.open_segments_max() as u64,
-            ),
-            Bound {
-                name: "disk_free_bytes",
-                help: "Free bytes of the data directory's file system; below the min, writes are refused",
-                used: space.free_bytes(),
-                bound: space.free_bytes_min(),
-                bound_suffix: "min",
-            },
-        ]
-    }
-
-    /// Lag of every committed partition of every group.
-    pub fn group_lags(&self) -> Vec<GroupLag> {
-        let groups = self.groups.list().unwrap_or_default();
-        groups
-            .into_iter()
-            .flat_map(|g| {
-                let positions = self.group_positions(&g.group).unwrap_or_default();
-                positions.into_iter().filter_map(move |p| {
-                    Some(GroupLag {
-                        lag: p.lag()?,
-                        group: g.group.clone(),
-                        topic: p.topic,
-                        partition: p.partition,
-                    })
-                })
-            })
-            .collect()
-    }
-}
-
-/// What the SQL system tables `weir.groups` and `weir.connections` read from the broker.
-struct BrokerState {
-    storage: Arc<Storage>,
-    groups: Arc<Coordinator>,
-    metrics: Arc<Metrics>,
-}
-
-impl NodeSource for BrokerState {
-    fn group_rows(&self) -> Vec<GroupRow> {
-        let groups = self.groups.list().unwrap_or_default();
-        groups
-            .iter()
-            .flat_map(|g| {
-                let positions =
-                    group_positions(&self.storage, &self.groups, &g.group).unwrap_or_default();
-                positions.into_iter().map(|p| GroupRow {
-                    group: g.group.clone(),
-                    state: g.state.name().to_string(),
-                    members: g.members.len() as i32,
-                    topic: p.topic,
-                    partition: p.partition,
-                    committed_offset: p.committed,
-                    end_offset: p.end,
-                })
-            })
-            .collect()
-    }
-
-    fn connection_rows(&self) -> Vec<ConnectionRow> {
-        self.metrics
-            .connection_list()
-            .into_iter()
-            .map(|c| ConnectionRow {
-                peer: c.peer,
-                client_id: c.client_id,
-                connected_ms: c.connected_ms,
-                requests: c.requests as i64,
-            })
-            .collect()
-    }
-}
+use crate::metrics::Metrics;
+use crate::node::{BrokerState, NodeContext};
 
 /// Largest Kafka request frame accepted (`socket.request.max.bytes`).
 pub const REQUEST_BYTES_MAX: u32 = 100 * 1024 * 1024;
@@ -317,6 +145,14 @@ impl Server {
             },
         )
         .context("starting the SQL engine")?;
+        // Every append that makes records readable wakes long-polling fetches and pipelines.
+        let appended = Arc::new(Notify::new());
+        let waker = appended.clone();
+        let pipelines = runtime.pipelines().clone();
+        storage.set_listener(Arc::new(move || {
+            waker.notify_waiters();
+            pipelines.notify_append();
+        }));
         let node = NodeContext {
             storage: storage.clone(),
             groups,
@@ -324,6 +160,7 @@ impl Server {
             runtime: runtime.clone(),
             sql: Arc::new(sql),
             limits,
+            appended,
         };
         let http_listener = TcpListener::bind(config.http)
             .await

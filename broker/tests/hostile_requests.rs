@@ -53,17 +53,6 @@ fn still_serving(node: &Node) {
     assert_eq!(response.error_code, 0);
 }
 
-/// A field of `/proc/<pid>/status`, in KiB.
-fn proc_status_kib(node: &Node, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc status"))
-}
-
 /// The value of a metric line `name value` on `/metrics`.
 fn metric(node: &Node, name: &str) -> u64 {
     let text = ureq::get(format!("{}/metrics", node.url()))
@@ -149,7 +138,7 @@ fn a_compression_bomb_is_refused_and_reads_go_on() {
         .unwrap();
     assert_eq!(records["records"].as_array().unwrap().len(), 1, "{records}");
     assert!(
-        proc_status_kib(&node, "VmHWM:") < 1 << 20,
+        node.status_kib("VmHWM:") < 1 << 20,
         "the node's peak memory passed 1 GiB"
     );
     node.stop();
@@ -340,9 +329,9 @@ fn unfinished_frames_hold_no_more_than_the_request_memory() {
         || metric(&node, "weir_request_memory_bytes") == 64 << 20,
     );
     assert!(
-        proc_status_kib(&node, "VmRSS:") < 400 << 10,
+        node.status_kib("VmRSS:") < 400 << 10,
         "{} KiB resident",
-        proc_status_kib(&node, "VmRSS:")
+        node.status_kib("VmRSS:")
     );
     drop(open);
     eventually(

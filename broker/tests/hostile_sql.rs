@@ -38,16 +38,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-fn peak_rss_kib(node: &Node) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap()
-}
-
 /// psql on `node`, reading its statements from standard input.
 fn psql(node: &Node) -> Command {
     let mut command = Command::new("psql");
@@ -105,9 +95,9 @@ fn a_query_building_more_than_the_memory_cap_is_refused_before_it_builds() {
     .unwrap_err();
     assert!(err.contains("400") && err.contains("would build"), "{err}");
     assert!(
-        peak_rss_kib(&node) < 512 << 10,
+        node.status_kib("VmHWM:") < 512 << 10,
         "peak RSS {} KiB against a 512 MiB cap",
-        peak_rss_kib(&node)
+        node.status_kib("VmHWM:")
     );
     // Inside the cap the same functions work.
     let answer = sql(

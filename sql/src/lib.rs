@@ -91,6 +91,7 @@ pub struct QueryEngine {
     context: Arc<SessionContext>,
     storage: Arc<Storage>,
     default_partitions: u32,
+    memory_bytes_max: usize,
 }
 
 impl QueryEngine {
@@ -139,7 +140,16 @@ impl QueryEngine {
             context: Arc::new(context),
             storage,
             default_partitions: config.default_partitions.max(1),
+            memory_bytes_max: config.memory_bytes_max,
         })
+    }
+
+    /// Bytes the running queries hold in the memory pool, and the pool's limit.
+    pub fn memory_usage(&self) -> (usize, usize) {
+        (
+            self.context.runtime_env().memory_pool.reserved(),
+            self.memory_bytes_max,
+        )
     }
 
     /// The DataFusion session every interface runs its statements on.

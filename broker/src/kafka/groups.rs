@@ -200,6 +200,14 @@ pub struct JoinRequest {
     pub require_known_member_id: bool,
 }
 
+/// What the coordinator holds, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupsUsage {
+    pub groups: usize,
+    pub largest_members: usize,
+    pub metadata_bytes: u64,
+}
+
 /// A member as DescribeGroups shows it.
 pub struct MemberView {
     pub member_id: String,
@@ -591,13 +599,15 @@ impl Coordinator {
         });
     }
 
-    /// Groups held in memory, and the bytes of metadata and assignments their members hold.
-    pub fn usage(&self) -> (usize, u64) {
+    /// What the coordinator holds: groups in memory, the members of the largest, and the
+    /// bytes of metadata and assignments all members hold.
+    pub fn usage(&self) -> GroupsUsage {
         let groups = self.lock();
-        (
-            groups.len(),
-            groups.values().map(Group::metadata_bytes).sum(),
-        )
+        GroupsUsage {
+            groups: groups.len(),
+            largest_members: groups.values().map(|g| g.members.len()).max().unwrap_or(0),
+            metadata_bytes: groups.values().map(Group::metadata_bytes).sum(),
+        }
     }
 
     pub fn list(&self) -> Result<Vec<GroupView>, StorageError> {
@@ -1098,8 +1108,9 @@ mod tests {
         };
         assert_eq!(big.error, ResponseError::GroupMaxSizeReached.code());
         let (a, _) = stable_pair(&c, 60_000);
-        assert_eq!(c.usage().0, 1);
-        assert!(c.usage().1 > 0);
+        assert_eq!(c.usage().groups, 1);
+        assert_eq!(c.usage().largest_members, 2);
+        assert!(c.usage().metadata_bytes > 0);
         let members: Vec<(String, Option<String>)> = c
             .describe("g")
             .members
@@ -1108,7 +1119,14 @@ mod tests {
             .collect();
         assert_eq!(c.leave("g", &members), vec![0, 0]);
         c.tick(Instant::now());
-        assert_eq!(c.usage(), (0, 0));
+        assert_eq!(
+            c.usage(),
+            GroupsUsage {
+                groups: 0,
+                largest_members: 0,
+                metadata_bytes: 0
+            }
+        );
         assert_eq!(c.describe("g").state, State::Empty);
         assert_eq!(
             c.commit_check("g", &a, 2),

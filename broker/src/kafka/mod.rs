@@ -80,25 +80,18 @@ impl Shared {
 /// Accepts connections until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
-    node: crate::serve::NodeContext,
+    node: crate::node::NodeContext,
     config: KafkaConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let crate::serve::NodeContext {
+    let crate::node::NodeContext {
         storage,
         groups,
         metrics,
-        runtime,
         limits,
+        appended,
         ..
     } = node;
-    let appended = Arc::new(Notify::new());
-    let waker = appended.clone();
-    let pipelines = runtime.pipelines().clone();
-    storage.set_listener(Arc::new(move || {
-        waker.notify_waiters();
-        pipelines.notify_append();
-    }));
     let shared = Arc::new(Shared {
         storage,
         config,

@@ -143,6 +143,18 @@ impl Node {
         }
     }
 
+    /// A field of the node's `/proc/<pid>/status` in KiB: `VmRSS:`, `VmHWM:` (peak RSS).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the node's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+
     /// Sends a signal (`-TERM`, `-INT`) to the node.
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")

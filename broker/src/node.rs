@@ -1,0 +1,215 @@
+//! What every listener of a node shares ([`NodeContext`]), and the views of it the listeners
+//! and the SQL system tables read: group positions and lag, the bounded resources for
+//! `/metrics`, groups and connections for `weir.groups` and `weir.connections`.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use weir_runtime::Runtime;
+use weir_sql::{ConnectionRow, GroupRow, NodeSource, QueryEngine};
+use weir_storage::{Storage, StorageError};
+
+use crate::kafka::groups::{self, Coordinator, GroupLag, GroupView};
+use crate::limits::Limits;
+use crate::metrics::{Bound, Metrics};
+
+/// What every listener of a node shares.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub storage: Arc<Storage>,
+    pub groups: Arc<Coordinator>,
+    pub metrics: Arc<Metrics>,
+    pub runtime: Arc<Runtime>,
+    pub sql: Arc<QueryEngine>,
+    pub limits: Arc<Limits>,
+    /// Woken whenever any partition gets new readable records; long-polling fetches wait on it.
+    pub appended: Arc<Notify>,
+}
+
+/// A group's committed offset on one partition, beside the partition's end.
+pub struct GroupPosition {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    /// The partition's high watermark; `None` when the partition is gone or offline.
+    pub end: Option<i64>,
+}
+
+impl GroupPosition {
+    /// Records between the committed offset and the end.
+    pub fn lag(&self) -> Option<i64> {
+        self.end.map(|end| (end - self.committed).max(0))
+    }
+}
+
+/// Every committed offset of `group` with its partition's end.
+fn group_positions(
+    storage: &Storage,
+    groups: &Coordinator,
+    group: &str,
+) -> Result<Vec<GroupPosition>, StorageError> {
+    Ok(groups
+        .committed_all(group)?
+        .into_iter()
+        .map(|(topic, partition, committed)| GroupPosition {
+            end: storage
+                .log(&topic, partition.max(0) as u32)
+                .ok()
+                .map(|log| log.high_watermark() as i64),
+            topic,
+            partition,
+            committed: committed.offset,
+        })
+        .collect())
+}
+
+/// Every group (as ListGroups shows it) with the positions of its committed partitions: what
+/// `/metrics` lag and `weir.groups` are both made from.
+fn all_group_positions(
+    storage: &Storage,
+    groups: &Coordinator,
+) -> Vec<(GroupView, Vec<GroupPosition>)> {
+    groups
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| {
+            let positions = group_positions(storage, groups, &g.group).unwrap_or_default();
+            (g, positions)
+        })
+        .collect()
+}
+
+impl NodeContext {
+    /// Every committed offset of `group` with its partition's end.
+    pub fn group_positions(&self, group: &str) -> Result<Vec<GroupPosition>, StorageError> {
+        group_positions(&self.storage, &self.groups, group)
+    }
+
+    /// Every resource clients can make the node hold, with its bound, for `/metrics`.
+    pub fn bounds(&self) -> Vec<Bound> {
+        let bound = |name, help, used: u64, bound: u64| Bound {
+            name,
+            help,
+            used,
+            bound,
+            bound_suffix: "max",
+        };
+        let space = self.storage.space();
+        let groups = self.groups.usage();
+        let (sql_bytes, sql_bytes_max) = self.sql.memory_usage();
+        vec![
+            bound(
+                "groups",
+                "Consumer groups with members held by the coordinator",
+                groups.groups as u64,
+                groups::GROUPS_MAX as u64,
+            ),
+            bound(
+                "group_members_largest",
+                "Members of the largest consumer group",
+                groups.largest_members as u64,
+                groups::GROUP_MEMBERS_MAX as u64,
+            ),
+            bound(
+                "groups_metadata_bytes",
+                "Bytes of member metadata and assignments the coordinator holds",
+                groups.metadata_bytes,
+                groups::GROUPS_METADATA_BYTES_MAX,
+            ),
+            bound(
+                "sql_memory_bytes",
+                "Bytes running SQL queries hold in the query memory pool",
+                sql_bytes as u64,
+                sql_bytes_max as u64,
+            ),
+            bound(
+                "connections",
+                "Open Kafka connections",
+                self.metrics.connections().max(0) as u64,
+                u64::from(self.limits.connections_max()),
+            ),
+            bound(
+                "request_memory_bytes",
+                "Bytes of Kafka request frames being read or handled",
+                self.limits.request_memory_bytes(),
+                self.limits.request_memory_bytes_max(),
+            ),
+            bound(
+                "partitions",
+                "Partitions of all topics",
+                u64::from(self.storage.partition_count()),
+                u64::from(self.storage.partitions_max()),
+            ),
+            bound(
+                "open_segments",
+                "Closed segments whose files are open",
+                weir_storage::open_segments() as u64,
+                self.storage.open_segments_max() as u64,
+            ),
+            Bound {
+                name: "disk_free_bytes",
+                help: "Free bytes of the data directory's file system; below the min, writes are refused",
+                used: space.free_bytes(),
+                bound: space.free_bytes_min(),
+                bound_suffix: "min",
+            },
+        ]
+    }
+
+    /// Lag of every committed partition of every group.
+    pub fn group_lags(&self) -> Vec<GroupLag> {
+        all_group_positions(&self.storage, &self.groups)
+            .into_iter()
+            .flat_map(|(g, positions)| {
+                positions.into_iter().filter_map(move |p| {
+                    Some(GroupLag {
+                        lag: p.lag()?,
+                        group: g.group.clone(),
+                        topic: p.topic,
+                        partition: p.partition,
+                    })
+                })
+            })
+            .collect()
+    }
+}
+
+/// What the SQL system tables `weir.groups` and `weir.connections` read from the broker.
+pub(crate) struct BrokerState {
+    pub storage: Arc<Storage>,
+    pub groups: Arc<Coordinator>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl NodeSource for BrokerState {
+    fn group_rows(&self) -> Vec<GroupRow> {
+        all_group_positions(&self.storage, &self.groups)
+            .into_iter()
+            .flat_map(|(g, positions)| {
+                positions.into_iter().map(move |p| GroupRow {
+                    group: g.group.clone(),
+                    state: g.state.name().to_string(),
+                    members: g.members.len() as i32,
+                    topic: p.topic,
+                    partition: p.partition,
+                    committed_offset: p.committed,
+                    end_offset: p.end,
+                })
+            })
+            .collect()
+    }
+
+    fn connection_rows(&self) -> Vec<ConnectionRow> {
+        self.metrics
+            .connection_list()
+            .into_iter()
+            .map(|c| ConnectionRow {
+                peer: c.peer,
+                client_id: c.client_id,
+                connected_ms: c.connected_ms,
+                requests: c.requests as i64,
+            })
+            .collect()
+    }
+}
