@@ -206,7 +206,10 @@ fn run_case(broker: &Broker, partitions: i32, acks: i16, seconds: u64) -> anyhow
         if acks == 1 { "one" } else { "all" }
     );
     Connection::open(&broker.addr)?.create_topic(&topic, partitions)?;
-    let batch = Arc::new(batch_of_1kib(RECORDS_PER_BATCH)?);
+    let batch = Arc::new(batch_of_1kib(
+        RECORDS_PER_BATCH,
+        weir_storage::Compression::None,
+    )?);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let writers: Vec<_> = (0..partitions)

@@ -1,13 +1,13 @@
-//! The record batches both benchmarks write: 1 KiB records, uncompressed.
+//! The record batches both benchmarks write: 1 KiB records, uncompressed unless a case says.
 
 use bytes::Bytes;
 use weir_storage::{BatchBuilder, Compression, NewRecord};
 
 pub const RECORD_BYTES: usize = 1024;
 
-/// One batch of `records` records of 1 KiB with varied bytes.
-pub fn batch_of_1kib(records: usize) -> anyhow::Result<Bytes> {
-    let mut b = BatchBuilder::new(Compression::None);
+/// One batch of `records` records of 1 KiB with varied bytes, compressed with `compression`.
+pub fn batch_of_1kib(records: usize, compression: Compression) -> anyhow::Result<Bytes> {
+    let mut b = BatchBuilder::new(compression);
     for i in 0..records {
         let value: Vec<u8> = (0..RECORD_BYTES)
             .map(|j| ((i * 31 + j) % 251) as u8)

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use records::{RECORD_BYTES, batch_of_1kib};
-use weir_storage::{FlushPolicy, Log, LogConfig};
+use weir_storage::{Compression, FlushPolicy, Log, LogConfig};
 
 mod records;
 
 /// The batch `append_case` and friends write, as bytes the log may rewrite in place.
-fn batch(records: usize) -> anyhow::Result<Vec<u8>> {
-    Ok(batch_of_1kib(records)?.to_vec())
+fn batch(records: usize, compression: Compression) -> anyhow::Result<Vec<u8>> {
+    Ok(batch_of_1kib(records, compression)?.to_vec())
 }
 const MIB: u64 = 1 << 20;
 /// 1024 records of 1 KiB plus their framing are a little over Kafka's default
@@ -87,14 +87,26 @@ fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64()
 }
 
-/// Appends `total_bytes` in batches of `records` records from `writers` threads.
-fn append_case(
-    root: &Path,
+/// What one append case writes.
+#[derive(Clone, Copy)]
+struct Case {
     records: usize,
+    compression: Compression,
     policy: FlushPolicy,
     writers: usize,
     total_bytes: u64,
-) -> anyhow::Result<f64> {
+}
+
+/// Appends `total_bytes` of batches (as written: compressed bytes for a compressed case) of
+/// `records` records from `writers` threads.
+fn append_case(root: &Path, case: Case) -> anyhow::Result<f64> {
+    let Case {
+        records,
+        compression,
+        policy,
+        writers,
+        total_bytes,
+    } = case;
     let dir = fresh_dir(root, "append")?;
     let config = LogConfig {
         flush_policy: policy,
@@ -103,7 +115,7 @@ fn append_case(
         ..LogConfig::default()
     };
     let log = Arc::new(Log::open(&dir, config)?);
-    let template = batch(records)?;
+    let template = batch(records, compression)?;
     let per_writer = (total_bytes / template.len() as u64 / writers as u64).max(1);
     let start = Instant::now();
     let handles: Vec<_> = (0..writers)
@@ -157,15 +169,11 @@ fn dd_case(root: &Path, block: u64, total_bytes: u64, per_write_sync: bool) -> a
 
 /// The batches `append_case` writes, written by a plain `write` loop into one file with the
 /// same fsync pattern: what the OS gives for these exact bytes without a log around them.
-fn plain_case(
-    root: &Path,
-    records: usize,
-    total_bytes: u64,
-    per_write_sync: bool,
-) -> anyhow::Result<f64> {
+fn plain_case(root: &Path, case: Case, per_write_sync: bool) -> anyhow::Result<f64> {
     use std::io::Write;
     let path = root.join("plain.out");
-    let template = batch(records)?;
+    let template = batch(case.records, case.compression)?;
+    let total_bytes = case.total_bytes;
     let count = (total_bytes / template.len() as u64).max(1);
     let start = Instant::now();
     let mut file = std::fs::File::create(&path)?;
@@ -191,7 +199,7 @@ fn fill_log(dir: &Path, bytes: u64) -> anyhow::Result<()> {
         ..LogConfig::default()
     };
     let log = Log::open(dir, config)?;
-    let mut buf = batch(1024)?;
+    let mut buf = batch(1024, Compression::None)?;
     let n = bytes / buf.len() as u64;
     for _ in 0..n {
         log.append(&mut buf)?;
@@ -264,75 +272,77 @@ fn main() -> anyhow::Result<()> {
         "| case | Weir | dd, same block size and fsync pattern | Weir / dd | same batches by a plain write loop | Weir / plain |"
     );
     println!("|---|---|---|---|---|---|");
-    let cases: [(&str, usize, FlushPolicy, usize, u64, bool); 6] = [
+    let interval = FlushPolicy::Interval { ms: 1000 };
+    let case = |records, compression, policy, writers, total_bytes| Case {
+        records,
+        compression,
+        policy,
+        writers,
+        total_bytes,
+    };
+    let none = Compression::None;
+    let cases = [
         (
             "append 16 KiB batches, interval",
-            16,
-            FlushPolicy::Interval { ms: 1000 },
-            1,
-            total,
-            false,
+            case(16, none, interval, 1, total),
         ),
         (
             "append 1 MiB batches, interval",
-            1024,
-            FlushPolicy::Interval { ms: 1000 },
-            1,
-            total,
-            false,
+            case(1024, none, interval, 1, total),
         ),
         (
             "append 16 KiB batches, always, 1 writer",
-            16,
-            FlushPolicy::Always,
-            1,
-            synced_small,
-            true,
+            case(16, none, FlushPolicy::Always, 1, synced_small),
         ),
         (
             "append 16 KiB batches, always, 4 writers",
-            16,
-            FlushPolicy::Always,
-            4,
-            synced_small,
-            true,
+            case(16, none, FlushPolicy::Always, 4, synced_small),
         ),
         (
             "append 1 MiB batches, always, 1 writer",
-            1024,
-            FlushPolicy::Always,
-            1,
-            total,
-            true,
+            case(1024, none, FlushPolicy::Always, 1, total),
         ),
         (
             "append 1 MiB batches, always, 4 writers",
-            1024,
-            FlushPolicy::Always,
-            4,
-            total,
-            true,
+            case(1024, none, FlushPolicy::Always, 4, total),
+        ),
+        // Compressed batches are decompressed to check their records before the append.
+        (
+            "append 1 MiB of records as an lz4 batch, interval",
+            case(1024, Compression::Lz4, interval, 1, total / 8),
+        ),
+        (
+            "append 1 MiB of records as a zstd batch, interval",
+            case(1024, Compression::Zstd, interval, 1, total / 8),
         ),
     ];
-    for (name, records, policy, writers, bytes, per_write_sync) in cases {
-        // Alternate the two, each starting with no dirty pages, and keep the medians: the
+    for (name, case) in cases {
+        // Alternate the three, each starting with no dirty pages, and keep the medians: the
         // disk's write-back state otherwise decides more than the code does.
-        let block = (records * RECORD_BYTES) as u64;
+        let per_write_sync = case.policy == FlushPolicy::Always;
+        let block = (case.records * RECORD_BYTES) as u64;
         let mut weir = Vec::new();
         let mut raw = Vec::new();
         let mut plain = Vec::new();
         for _ in 0..RUNS {
             settle()?;
-            weir.push(append_case(&root, records, policy, writers, bytes)?);
+            weir.push(append_case(&root, case)?);
+            if case.compression == Compression::None {
+                settle()?;
+                raw.push(dd_case(&root, block, case.total_bytes, per_write_sync)?);
+            }
             settle()?;
-            raw.push(dd_case(&root, block, bytes, per_write_sync)?);
-            settle()?;
-            plain.push(plain_case(&root, records, bytes, per_write_sync)?);
+            plain.push(plain_case(&root, case, per_write_sync)?);
         }
-        let (weir, raw, plain) = (median(weir), median(raw), median(plain));
+        let (weir, plain) = (median(weir), median(plain));
+        let dd = if raw.is_empty() {
+            "| |".to_string()
+        } else {
+            let raw = median(raw);
+            format!("{raw:.0} MB/s | {:.2} |", weir / raw)
+        };
         println!(
-            "| {name} | {weir:.0} MB/s | {raw:.0} MB/s | {:.2} | {plain:.0} MB/s | {:.2} |",
-            weir / raw,
+            "| {name} | {weir:.0} MB/s | {dd} {plain:.0} MB/s | {:.2} |",
             weir / plain
         );
     }

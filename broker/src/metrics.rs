@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use weir_storage::locks;
 
 use weir_runtime::PipelineStatus;
 
@@ -68,10 +69,6 @@ pub struct ConnectionInfo {
     pub requests: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Escapes a Prometheus label value.
 fn label(value: &str) -> String {
     value
@@ -83,7 +80,7 @@ fn label(value: &str) -> String {
 impl Metrics {
     /// Updates a topic's counters; the name is copied only the first time it is seen.
     fn update(&self, topic: &str, f: impl FnOnce(&mut TopicCounters)) {
-        let mut topics = lock(&self.topics);
+        let mut topics = locks::lock(&self.topics);
         match topics.get_mut(topic) {
             Some(c) => f(c),
             None => f(topics.entry(topic.to_string()).or_default()),
@@ -106,7 +103,7 @@ impl Metrics {
 
     pub fn request(&self, api: &str, elapsed: Duration) {
         let s = elapsed.as_secs_f64();
-        let mut requests = lock(&self.requests);
+        let mut requests = locks::lock(&self.requests);
         let h = requests.entry(api.to_string()).or_default();
         let i = LATENCY_BUCKETS_S
             .iter()
@@ -126,17 +123,17 @@ impl Metrics {
             connected_ms: weir_storage::now_ms(),
             requests: 0,
         };
-        lock(&self.connections).insert(id, info);
+        locks::lock(&self.connections).insert(id, info);
         id
     }
 
     pub fn connection_closed(&self, id: u64) {
-        lock(&self.connections).remove(&id);
+        locks::lock(&self.connections).remove(&id);
     }
 
     /// Counts a request on connection `id`, remembering the client's id.
     pub fn connection_request(&self, id: u64, client_id: Option<&str>) {
-        if let Some(info) = lock(&self.connections).get_mut(&id) {
+        if let Some(info) = locks::lock(&self.connections).get_mut(&id) {
             info.requests += 1;
             if info.client_id.as_deref() != client_id {
                 info.client_id = client_id.map(str::to_string);
@@ -150,11 +147,11 @@ impl Metrics {
     }
 
     pub fn connections(&self) -> i64 {
-        lock(&self.connections).len() as i64
+        locks::lock(&self.connections).len() as i64
     }
 
     pub fn connection_list(&self) -> Vec<ConnectionInfo> {
-        lock(&self.connections).values().cloned().collect()
+        locks::lock(&self.connections).values().cloned().collect()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -165,7 +162,7 @@ impl Metrics {
         bounds: &[Bound],
     ) -> String {
         let mut out = String::new();
-        let topics: BTreeMap<String, TopicCounters> = lock(&self.topics)
+        let topics: BTreeMap<String, TopicCounters> = locks::lock(&self.topics)
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
@@ -200,7 +197,7 @@ impl Metrics {
             out,
             "# HELP {name} Time to answer a Kafka request, per API.\n# TYPE {name} histogram"
         );
-        for (api, h) in lock(&self.requests).iter() {
+        for (api, h) in locks::lock(&self.requests).iter() {
             let api = label(api);
             let mut cumulative = 0;
             for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {

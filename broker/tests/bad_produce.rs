@@ -9,7 +9,7 @@ mod common;
 use std::net::TcpStream;
 
 use bytes::Bytes;
-use common::{Node, kafka_call};
+use common::{kafka_call, started};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -46,8 +46,7 @@ fn batch() -> Vec<u8> {
 
 #[test]
 fn bad_produce_requests_get_kafka_error_codes() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (dir, node, _) = started(&[]);
     let mut stream = TcpStream::connect(node.kafka).unwrap();
 
     let good = batch();

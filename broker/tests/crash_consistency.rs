@@ -41,6 +41,7 @@ const KEYS: usize = 4;
 struct Traffic {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Traffic {
@@ -55,12 +56,16 @@ impl Traffic {
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
         });
-        Traffic { child, lines }
+        Traffic {
+            child,
+            lines,
+            reader,
+        }
     }
 
     fn count(&self) -> usize {
@@ -70,8 +75,8 @@ impl Traffic {
     fn stop(mut self) -> Vec<String> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // The reader thread ends at EOF; give it the lines already written.
-        std::thread::sleep(Duration::from_millis(100));
+        // The reader ends at the end of the output: every line written is in by then.
+        self.reader.join().unwrap();
         self.lines.lock().unwrap().clone()
     }
 }

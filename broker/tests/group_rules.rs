@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Node, kafka_call};
+use common::{Node, eventually, kafka_call, started};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -124,9 +124,11 @@ fn stable_pair(node: &Node, a_session_ms: i32) -> (Member, Member) {
     let id = a.id.clone();
     assert_eq!(a.sync(&[id]), 0);
     let b = in_background(Member::connect(node), |m| m.join(30_000, 60_000));
-    while a.heartbeat() != REBALANCE_IN_PROGRESS {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        "the first member hears of the rebalance",
+        Duration::from_secs(30),
+        || a.heartbeat() == REBALANCE_IN_PROGRESS,
+    );
     let joined = a.join(a_session_ms, 60_000);
     assert_eq!(joined.leader.to_string(), a.id);
     let (b, _) = b.join().unwrap();
@@ -141,8 +143,7 @@ fn stable_pair(node: &Node, a_session_ms: i32) -> (Member, Member) {
 
 #[test]
 fn commits_follow_kafkas_rule_in_every_group_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     common::create_topic(&weir_broker::cli::Client::new(&node.url(), None), "t", 1);
     let (mut a, b) = stable_pair(&node, 30_000);
     // Stable: accepted.
@@ -172,8 +173,7 @@ fn commits_follow_kafkas_rule_in_every_group_state() {
 
 #[test]
 fn when_the_leader_dies_the_survivor_leads_without_waiting_for_the_rebalance_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     // The leader's session is two seconds; the rebalance timeout sixty.
     let (leader, mut survivor) = stable_pair(&node, 2_000);
     drop(leader);

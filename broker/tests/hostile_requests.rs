@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Node, create_topic, eventually, kafka_call};
+use common::{Node, create_topic, eventually, kafka_call, started};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -85,8 +85,7 @@ fn closed_by_node(stream: &mut TcpStream) -> bool {
 
 #[test]
 fn an_array_claiming_two_billion_entries_closes_one_connection_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     // Metadata v1: api key 3, version 1, correlation id, null client id, then a topics array of
     // 2 147 483 647 entries: 18 bytes in all.
     let mut frame = vec![0, 0, 0, 14, 0, 3, 0, 1, 0, 0, 0, 7, 0xff, 0xff];
@@ -107,9 +106,7 @@ fn an_array_claiming_two_billion_entries_closes_one_connection_only() {
 
 #[test]
 fn a_compression_bomb_is_refused_and_reads_go_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let c = Client::new(&node.url(), None);
+    let (_dir, node, c) = started(&[]);
     c.call(
         "POST",
         "/v1/topics",
@@ -146,8 +143,7 @@ fn a_compression_bomb_is_refused_and_reads_go_on() {
 
 #[test]
 fn offsets_past_a_segments_u32_range_are_refused_and_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (dir, node, _) = started(&[]);
     let mut stream = TcpStream::connect(node.kafka).unwrap();
     assert_eq!(
         produce(
@@ -174,8 +170,7 @@ fn offsets_past_a_segments_u32_range_are_refused_and_survive_a_restart() {
 
 #[test]
 fn a_poison_batch_is_refused_and_every_reader_still_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     let mut stream = TcpStream::connect(node.kafka).unwrap();
     let good = one_record_batch(Compression::None, b"good");
     assert_eq!(produce(&mut stream, "poison", good.clone()), 0);
@@ -200,8 +195,7 @@ fn a_poison_batch_is_refused_and_every_reader_still_reads() {
 
 #[test]
 fn creations_past_the_node_partition_limit_are_refused_and_empty_partitions_are_cheap() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_with(dir.path(), &["--partitions-max", "100"]);
+    let (dir, node, _) = started(&["--partitions-max", "100"]);
     let mut stream = TcpStream::connect(node.kafka).unwrap();
     let create = |stream: &mut TcpStream, name: &str, partitions: i32, configs: &[(&str, &str)]| {
         let mut topic = CreatableTopic::default();
@@ -255,9 +249,7 @@ fn creations_past_the_node_partition_limit_are_refused_and_empty_partitions_are_
 
 #[test]
 fn a_fetch_naming_one_partition_a_hundred_times_stays_within_its_max_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let c = Client::new(&node.url(), None);
+    let (_dir, node, c) = started(&[]);
     create_topic(&c, "many", 1);
     let value = "x".repeat(1000);
     for _ in 0..40 {
@@ -291,8 +283,7 @@ fn a_fetch_naming_one_partition_a_hundred_times_stays_within_its_max_bytes() {
 
 #[test]
 fn join_group_metadata_past_its_bound_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     let mut stream = TcpStream::connect(node.kafka).unwrap();
     let mut protocol = JoinGroupRequestProtocol::default();
     protocol.name = s("range");
@@ -311,8 +302,7 @@ fn join_group_metadata_past_its_bound_is_refused() {
 
 #[test]
 fn unfinished_frames_hold_no_more_than_the_request_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_with(dir.path(), &["--request-memory-mib", "64"]);
+    let (_dir, node, _) = started(&["--request-memory-mib", "64"]);
     // Twenty connections each announce a 32 MiB frame and send 1 MiB of it.
     let chunk = vec![0u8; 1 << 20];
     let open: Vec<TcpStream> = (0..20)
@@ -344,9 +334,7 @@ fn unfinished_frames_hold_no_more_than_the_request_memory() {
 
 #[test]
 fn tiny_segments_keep_open_files_within_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_with(dir.path(), &["--open-segments-max", "16"]);
-    let c = Client::new(&node.url(), None);
+    let (_dir, node, c) = started(&["--open-segments-max", "16"]);
     c.call(
         "POST",
         "/v1/topics",
@@ -392,8 +380,7 @@ fn tiny_segments_keep_open_files_within_the_budget() {
 
 #[test]
 fn a_topic_name_of_32767_characters_gets_an_error_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     let mut stream = TcpStream::connect(node.kafka).unwrap();
     let name = "n".repeat(32_767);
     let mut topic = CreatableTopic::default();
@@ -418,9 +405,7 @@ fn a_topic_name_of_32767_characters_gets_an_error_answer() {
 
 #[test]
 fn config_values_past_their_range_are_refused_on_every_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let c = Client::new(&node.url(), None);
+    let (_dir, node, c) = started(&[]);
     let err = c
         .call(
             "POST",
@@ -449,8 +434,7 @@ fn config_values_past_their_range_are_refused_on_every_path() {
 
 #[test]
 fn a_refused_plugin_leaves_no_compiled_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (dir, node, _) = started(&[]);
     let module = weir_tests::wasm::abi_module(99, "i64.const 0").unwrap();
     let response = ureq::put(format!("{}/v1/plugins/odd", node.url()))
         .config()
@@ -466,8 +450,7 @@ fn a_refused_plugin_leaves_no_compiled_file() {
 
 #[test]
 fn connections_past_the_limit_are_closed_on_accept_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_with(dir.path(), &["--connections-max", "3"]);
+    let (_dir, node, _) = started(&["--connections-max", "3"]);
     let held: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(node.kafka).unwrap())
         .collect();

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Node, eventually, have, run_with_input};
+use common::{Node, eventually, have, run_with_input, started};
 use serde_json::json;
 use weir_broker::cli::Client;
 
@@ -52,9 +52,7 @@ fn psql(node: &Node) -> Command {
 
 #[test]
 fn long_expressions_are_refused_over_http_and_postgres_wire() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let c = Client::new(&node.url(), None);
+    let (_dir, node, c) = started(&[]);
     let deep = format!("SELECT {}", vec!["1"; 3000].join("+"));
     let err = sql(&c, &deep).unwrap_err();
     assert!(
@@ -85,9 +83,7 @@ fn long_expressions_are_refused_over_http_and_postgres_wire() {
 
 #[test]
 fn a_query_building_more_than_the_memory_cap_is_refused_before_it_builds() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let c = Client::new(&node.url(), None);
+    let (_dir, node, c) = started(&[]);
     let err = sql(
         &c,
         "SELECT max(length(s)) FROM (SELECT repeat('x', 50000000) AS s FROM generate_series(1, 40))",
@@ -111,9 +107,7 @@ fn a_query_building_more_than_the_memory_cap_is_refused_before_it_builds() {
 
 #[test]
 fn copy_to_a_file_is_refused_over_http() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let c = Client::new(&node.url(), None);
+    let (dir, _node, c) = started(&[]);
     let target = dir.path().join("copied.csv");
     let err = sql(
         &c,
@@ -130,8 +124,7 @@ fn a_runaway_query_stops_when_its_postgres_client_hangs_up() {
     if !have("psql", "apt-get install postgresql-client") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     let pid = node.child.id();
     let before = cpu_seconds(pid);
     let mut client = psql(&node)

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Node, run_with_input};
+use common::{Node, run_with_input, started};
 use serde_json::{Value, json};
 
 fn agent() -> ureq::Agent {
@@ -69,8 +69,7 @@ fn weir(node: &Node, args: &[&str], input: &str) -> (bool, String, String) {
 
 #[test]
 fn http_topics_produce_consume_groups_and_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     let url = node.url();
 
     let (status, health) = call("GET", &format!("{url}/healthz"), None, None);
@@ -222,8 +221,7 @@ fn http_topics_produce_consume_groups_and_metrics() {
 
 #[test]
 fn admin_token_guards_v1_but_not_health() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_with(dir.path(), &["--admin-token", "s3cret"]);
+    let (_dir, node, _) = started(&["--admin-token", "s3cret"]);
     let url = node.url();
     assert_eq!(call("GET", &format!("{url}/v1/topics"), None, None).0, 401);
     assert_eq!(
@@ -249,8 +247,7 @@ fn admin_token_guards_v1_but_not_health() {
 
 #[test]
 fn cli_manages_topics_and_moves_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (dir, node, _) = started(&[]);
     let run = |args: &[&str], input: &str| {
         let (ok, out, err) = weir(&node, args, input);
         assert!(ok, "weir {args:?} failed: {err}");

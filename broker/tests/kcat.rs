@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Node, have, kcat};
+use common::{Node, have, kcat, started};
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -25,8 +25,7 @@ fn kcat_produces_and_consumes_byte_exact_across_a_restart() {
     if !have("kcat", "apt-get install kcat") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (dir, node, _) = started(&[]);
 
     let before = now_ms();
     kcat(
@@ -129,8 +128,7 @@ fn bad_frames_close_only_their_connection() {
     if !have("kcat", "apt-get install kcat") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     kcat(&node, &["-P", "-t", "t"], "kept\n");
 
     let cases: Vec<(&str, Vec<u8>)> = vec![

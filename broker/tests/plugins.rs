@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Node, create_topic, have, kcat};
+use common::{Node, create_topic, eventually, have, kcat, started};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
 use weir_tests::wasm::{HOSTILE_BODIES, abi_module, build_plugin_source, plugin_wasm};
@@ -21,6 +21,9 @@ use weir_tests::wasm::{HOSTILE_BODIES, abi_module, build_plugin_source, plugin_w
 fn client(node: &Node) -> Client {
     Client::new(&node.url(), None)
 }
+
+/// How long a pipeline or the plugin watcher gets to catch up.
+const MINUTE: Duration = Duration::from_secs(60);
 
 fn deploy(c: &Client, name: &str, wasm: &[u8], params: &str) -> Value {
     let path = if params.is_empty() {
@@ -50,20 +53,22 @@ fn status(c: &Client, pipeline: &str) -> Value {
         .unwrap()
 }
 
-/// Polls `done` every 20 ms for up to a minute.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits until the pipeline has read everything written to its input so far.
 fn wait_caught_up(c: &Client, pipeline: &str) {
-    wait_until(&format!("pipeline {pipeline} to catch up"), || {
+    eventually(&format!("pipeline {pipeline} to catch up"), MINUTE, || {
         status(c, pipeline)["lag"] == 0
     });
+}
+
+/// Records in every partition of `topic` together.
+fn topic_end(c: &Client, topic: &str) -> u64 {
+    let described = c.call("GET", &format!("/v1/topics/{topic}"), None).unwrap();
+    described["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["high_watermark"].as_u64().unwrap())
+        .sum()
 }
 
 fn produce(c: &Client, topic: &str, records: &[Value]) {
@@ -116,8 +121,7 @@ fn nginx_lines_become_per_minute_error_counts() {
     if !have("kcat", "apt-get install kcat") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     let c = client(&node);
     create_topic(&c, "access", 1);
     deploy_ready_made(&c, "nginx-to-json", "nginx-to-json", "");
@@ -305,7 +309,7 @@ fn a_plugin_deployed_three_ways_is_hot_swapped_without_loss_or_repeat() {
         );
         create_topic(&c, &input, 1);
         deploy_by(path, &node, &data_dir, &plugin, &v1);
-        wait_until(&format!("{plugin} version 1"), || {
+        eventually(&format!("{plugin} version 1"), MINUTE, || {
             active_version(&c, &plugin) == Some(1)
         });
         let versions = c
@@ -357,9 +361,12 @@ fn a_plugin_deployed_three_ways_is_hot_swapped_without_loss_or_repeat() {
                 next
             }
         });
-        std::thread::sleep(Duration::from_millis(100));
+        // Swap while records flow: once the input holds more than before the producer began.
+        eventually("records produced before the swap", MINUTE, || {
+            topic_end(&c, &input) > 1000
+        });
         deploy_by(path, &node, &data_dir, &plugin, &v2);
-        wait_until(&format!("{plugin} version 2"), || {
+        eventually(&format!("{plugin} version 2"), MINUTE, || {
             active_version(&c, &plugin) == Some(2)
         });
         swapped.store(true, Ordering::Release);
@@ -422,7 +429,7 @@ fn a_plugin_deployed_three_ways_is_hot_swapped_without_loss_or_repeat() {
     assert_eq!(active_version(&c, "no-debug-cli"), Some(1));
     // A file that is not a module is refused, with the reason next to it.
     std::fs::write(data_dir.join("plugins/broken.wasm"), b"not wasm").unwrap();
-    wait_until("broken.error", || {
+    eventually("broken.error", MINUTE, || {
         data_dir.join("plugins/broken.error").exists()
     });
     let reason = std::fs::read_to_string(data_dir.join("plugins/broken.error")).unwrap();
@@ -453,7 +460,7 @@ fn hostile_plugins_fail_alone_and_pause_their_pipeline() {
     // One record per step, so every hostile pipeline makes one failing call per record.
     for i in 0..6 {
         produce(&c, "in", &[json!({ "value": format!("record {i}") })]);
-        wait_until("every pipeline to take the record", || {
+        eventually("every pipeline to take the record", MINUTE, || {
             std::iter::once("healthy")
                 .chain(HOSTILE_BODIES.iter().map(|(n, _)| *n))
                 .all(|p| {
@@ -550,7 +557,7 @@ fn kill_9_during_a_pipeline_run_loses_and_repeats_nothing() {
     for cycle in 0..3 {
         let c = client(&node);
         // Kill once this run has made progress but before it is done.
-        wait_until("progress", || {
+        eventually("progress", MINUTE, || {
             status(&c, "parsed")["records_in"].as_u64().unwrap() >= 2000
         });
         let lag = status(&c, "parsed")["lag"].as_u64().unwrap();
@@ -641,8 +648,7 @@ fn route(r: Record) -> Result<Vec<Record>> {
 #[test]
 fn a_flat_map_routes_records_to_several_topics() {
     let wasm = std::fs::read(build_plugin_source("router", ROUTER).unwrap()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     let c = client(&node);
     create_topic(&c, "numbers", 1);
     assert_eq!(deploy(&c, "router", &wasm, "")["kind"], "flat_map");

@@ -11,7 +11,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Node, have, python, run_with_input};
+use common::{Node, have, python, run_with_input, started};
 
 /// Minute-aligned start of the test's records: 2023-11-14T22:14:00Z.
 const START_MS: i64 = 1_700_000_040_000;
@@ -67,8 +67,7 @@ fn psql_creates_lists_describes_queries_and_survives_errors() {
     if !have("psql", "apt-get install postgresql-client") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let (_dir, node, _) = started(&[]);
     let mut expected_errors = [0; 3];
     for i in 0..RECORDS {
         if status(i) == 500 {
@@ -140,8 +139,7 @@ fn extended_protocol_and_grafana_queries_with_the_admin_token() {
     let (Some(python), true) = (python(), have("psql", "apt-get install postgresql-client")) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_with(dir.path(), &["--admin-token", "s3cret"]);
+    let (_dir, node, _) = started(&["--admin-token", "s3cret"]);
 
     let (ok, _, err) = psql(&node, "wrong", "SELECT 1;\n");
     assert!(!ok, "a wrong password is refused");

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Node, create_topic, eventually, have, kafka_call, kcat};
+use common::{Node, create_topic, eventually, have, kafka_call, kcat, started};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
 
@@ -35,9 +35,7 @@ fn json_logs_from_kcat_are_counted_exactly() {
     if !have("kcat", "apt-get install kcat") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let c = Client::new(&node.url(), None);
+    let (_dir, node, c) = started(&[]);
     let (ok, _, err) = weir(
         &node,
         &[
@@ -193,9 +191,7 @@ fn system_tables_follow_a_consumer_group() {
     if !have("kcat", "apt-get install kcat") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let c = Client::new(&node.url(), None);
+    let (_dir, node, c) = started(&[]);
     create_topic(&c, "events", 1);
     let values: Vec<String> = (0..50).map(|i| format!("event {i}")).collect();
     kcat(&node, &["-P", "-t", "events"], &(values.join("\n") + "\n"));
@@ -253,9 +249,7 @@ fn system_tables_follow_a_consumer_group() {
 fn open_connections_are_a_table() {
     use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
-    let c = Client::new(&node.url(), None);
+    let (_dir, node, c) = started(&[]);
     let mut stream = std::net::TcpStream::connect(node.kafka).unwrap();
     for _ in 0..3 {
         let _: ApiVersionsResponse = kafka_call(

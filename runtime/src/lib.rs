@@ -23,7 +23,8 @@ mod sandbox;
 mod watch;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+use weir_storage::locks;
 
 pub use output::{OutRecord, Output};
 pub use pipeline::{Checkpoint, PipelineSpec, StartAt};
@@ -67,14 +68,6 @@ impl Error {
     }
 }
 
-/// Locks a mutex, going on with the data if a holder panicked: every value behind these locks
-/// is valid between statements.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// The registry, the pipelines and the plugin directory of one broker.
 pub struct Runtime {
     registry: Arc<Registry>,
@@ -103,7 +96,8 @@ impl Runtime {
 
     /// Starts the stored pipelines and the plugin directory watcher; call inside a tokio runtime.
     pub fn start(&self) -> Result<(), Error> {
-        *lock(&self.watcher) = Some(watch_plugin_dir(&self.plugin_dir, self.registry.clone())?);
+        *locks::lock(&self.watcher) =
+            Some(watch_plugin_dir(&self.plugin_dir, self.registry.clone())?);
         self.pipelines.start_all()
     }
 
@@ -131,7 +125,7 @@ impl Runtime {
     }
 
     pub async fn shutdown(&self) {
-        lock(&self.watcher).take();
+        locks::lock(&self.watcher).take();
         self.pipelines.shutdown().await;
     }
 }

@@ -21,7 +21,8 @@ use weir_storage::{BatchBuilder, Compression, Header, Log, NewRecord, Record, St
 
 use crate::registry::{PluginVersion, Registry};
 use crate::sandbox::{CallError, Init, Instance, Plugin};
-use crate::{Error, lock, partition_for_key};
+use crate::{Error, partition_for_key};
+use weir_storage::locks;
 
 /// Header on the last record of each batch a pipeline appends.
 pub const MARKER_HEADER: &str = "weir.pipeline";
@@ -139,7 +140,7 @@ pub struct Stats {
 
 impl Stats {
     pub(crate) fn note_error(&self, error: String) {
-        *lock(&self.last_error) = Some(error);
+        *locks::lock(&self.last_error) = Some(error);
     }
 }
 
@@ -355,7 +356,7 @@ impl Runner {
                 }
             });
         }
-        *lock(&self.stats.versions) = stages
+        *locks::lock(&self.stats.versions) = stages
             .iter()
             .map(|s| format!("{}@{}", s.name, s.version.version))
             .collect();

@@ -12,9 +12,10 @@ use tokio::sync::watch;
 use weir::Kind;
 use weir_storage::{Storage, Tree, now_ms};
 
+use crate::Error;
 use crate::pipeline::{Checkpoint, PipelineSpec, Runner, StartAt, Stats, Step, checkpoint_key};
 use crate::registry::{Registry, validate_plugin_name};
-use crate::{Error, lock};
+use weir_storage::locks;
 
 /// Pipelines one broker runs at most.
 pub const PIPELINES_MAX: usize = 256;
@@ -114,7 +115,7 @@ impl Pipelines {
                 spec.name
             )));
         }
-        if lock(&self.running).len() >= PIPELINES_MAX {
+        if locks::lock(&self.running).len() >= PIPELINES_MAX {
             return Err(Error::Invalid(format!(
                 "{PIPELINES_MAX} pipelines exist, the most one broker runs"
             )));
@@ -193,7 +194,7 @@ impl Pipelines {
     fn spawn(self: &Arc<Self>, stored: &Stored) {
         let stats = Arc::new(Stats::default());
         if let Some(reason) = &stored.reason {
-            *lock(&stats.last_error) = Some(reason.clone());
+            *locks::lock(&stats.last_error) = Some(reason.clone());
         }
         let control = Arc::new(Control::default());
         control.paused.store(stored.paused, Ordering::Release);
@@ -202,7 +203,7 @@ impl Pipelines {
             stats.clone(),
             control.clone(),
         ));
-        lock(&self.running).insert(
+        locks::lock(&self.running).insert(
             stored.spec.name.clone(),
             Running {
                 stats,
@@ -218,14 +219,14 @@ impl Pipelines {
         while !control.stop.load(Ordering::Acquire) {
             if control.paused.load(Ordering::Acquire) {
                 // Drop the instances while paused; a resume starts from the checkpoint.
-                *lock(&control.runner) = None;
+                *locks::lock(&control.runner) = None;
                 tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
                 continue;
             }
             let (step_control, step_spec, step_self, step_stats) =
                 (control.clone(), spec.clone(), self.clone(), stats.clone());
             let step = tokio::task::spawn_blocking(move || {
-                let mut runner = lock(&step_control.runner);
+                let mut runner = locks::lock(&step_control.runner);
                 if runner.is_none() {
                     let checkpoints = step_self.checkpoints.clone();
                     *runner = Some(Runner::new(
@@ -259,13 +260,13 @@ impl Pipelines {
                 Ok(Err(error)) => {
                     tracing::warn!(pipeline = %spec.name, %error, "pipeline step failed; retrying");
                     stats.note_error(error.to_string());
-                    *lock(&control.runner) = None;
+                    *locks::lock(&control.runner) = None;
                     tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
                 }
                 Err(join) => {
                     let reason = format!("pipeline step panicked: {join}");
                     tracing::error!(pipeline = %spec.name, %reason);
-                    *lock(&control.runner) = None;
+                    *locks::lock(&control.runner) = None;
                     if let Err(e) = self.set_paused(&spec.name, true, Some(reason)) {
                         tracing::error!(pipeline = %spec.name, error = %e, "cannot record the pause");
                     }
@@ -279,10 +280,10 @@ impl Pipelines {
         stored.paused = paused;
         stored.reason = reason.clone();
         self.tree.insert(name, &stored)?;
-        if let Some(running) = lock(&self.running).get(name) {
+        if let Some(running) = locks::lock(&self.running).get(name) {
             running.control.paused.store(paused, Ordering::Release);
             if let Some(reason) = reason {
-                *lock(&running.stats.last_error) = Some(reason);
+                *locks::lock(&running.stats.last_error) = Some(reason);
             }
         }
         Ok(())
@@ -301,7 +302,7 @@ impl Pipelines {
     /// Stops and forgets the pipeline; its topics stay.
     pub async fn delete(&self, name: &str) -> Result<(), Error> {
         self.stored(name)?;
-        let running = lock(&self.running).remove(name);
+        let running = locks::lock(&self.running).remove(name);
         if let Some(running) = running {
             running.control.stop.store(true, Ordering::Release);
             let _ = running.task.await;
@@ -322,7 +323,7 @@ impl Pipelines {
 
     pub fn describe(&self, name: &str) -> Result<PipelineStatus, Error> {
         let stored = self.stored(name)?;
-        let running = lock(&self.running);
+        let running = locks::lock(&self.running);
         let running = running.get(name);
         let stats = running.map(|r| r.stats.clone()).unwrap_or_default();
         let lag = self.lag(&stored.spec)?;
@@ -343,8 +344,8 @@ impl Pipelines {
             dead_lettered: get(&stats.dead_lettered),
             batches: get(&stats.batches),
             failed_calls: get(&stats.failed_calls),
-            last_error: lock(&stats.last_error).clone(),
-            plugins: lock(&stats.versions).clone(),
+            last_error: locks::lock(&stats.last_error).clone(),
+            plugins: locks::lock(&stats.versions).clone(),
             spec: stored.spec,
         })
     }
@@ -395,7 +396,7 @@ impl Pipelines {
 
     /// Stops every pipeline task, letting a step in progress finish.
     pub async fn shutdown(&self) {
-        let running: Vec<Running> = lock(&self.running).drain().map(|(_, r)| r).collect();
+        let running: Vec<Running> = locks::lock(&self.running).drain().map(|(_, r)| r).collect();
         for r in &running {
             r.control.stop.store(true, Ordering::Release);
         }

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use weir_storage::{Storage, Tree, now_ms};
 
+use crate::Error;
 use crate::sandbox::{Plugin, Sandbox, sha256_hex};
-use crate::{Error, lock};
+use weir_storage::locks;
 
 /// Versions kept per plugin; the oldest are forgotten (their modules stay if still in use).
 pub const VERSIONS_MAX: usize = 64;
@@ -100,7 +101,7 @@ impl Registry {
     ) -> Result<PluginVersion, Error> {
         validate_plugin_name(name)?;
         let plugin = self.sandbox.load(wasm)?;
-        let _changes = lock(&self.changes);
+        let _changes = locks::lock(&self.changes);
         let mut meta = self.tree.get(name)?.unwrap_or_else(|| PluginMeta {
             name: name.to_owned(),
             active: 0,
@@ -122,7 +123,7 @@ impl Registry {
             created_ms: now_ms(),
             params,
         };
-        lock(&self.loaded).insert(plugin.sha256().to_owned(), plugin);
+        locks::lock(&self.loaded).insert(plugin.sha256().to_owned(), plugin);
         meta.active = version.version;
         meta.versions.push(version.clone());
         if meta.versions.len() > VERSIONS_MAX {
@@ -135,7 +136,7 @@ impl Registry {
 
     /// Makes `to` (default: the version before the active one) active again.
     pub fn rollback(&self, name: &str, to: Option<u32>) -> Result<PluginVersion, Error> {
-        let _changes = lock(&self.changes);
+        let _changes = locks::lock(&self.changes);
         let mut meta = self.get(name)?;
         let target = match to {
             Some(version) => meta.versions.iter().find(|v| v.version == version),
@@ -160,7 +161,7 @@ impl Registry {
     }
 
     pub fn delete(&self, name: &str) -> Result<(), Error> {
-        let _changes = lock(&self.changes);
+        let _changes = locks::lock(&self.changes);
         if !self.tree.remove(name)? {
             return Err(Error::NotFound(format!("plugin {name} does not exist")));
         }
@@ -196,7 +197,7 @@ impl Registry {
     }
 
     fn module(&self, sha256: &str) -> Result<Plugin, Error> {
-        if let Some(plugin) = lock(&self.loaded).get(sha256) {
+        if let Some(plugin) = locks::lock(&self.loaded).get(sha256) {
             return Ok(plugin.clone());
         }
         let path = self.module_path(sha256);
@@ -208,7 +209,7 @@ impl Registry {
             )));
         }
         let plugin = self.sandbox.load(&wasm)?;
-        lock(&self.loaded).insert(sha256.to_owned(), plugin.clone());
+        locks::lock(&self.loaded).insert(sha256.to_owned(), plugin.clone());
         Ok(plugin)
     }
 

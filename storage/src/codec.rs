@@ -6,6 +6,7 @@
 //! [`DECOMPRESSIONS_MAX`] run at once in the process, so decompressed bytes in flight stay
 //! under their product whatever producers send.
 
+use crate::locks;
 use std::io::{Read, Write};
 use std::sync::{Condvar, Mutex};
 
@@ -91,9 +92,9 @@ static TURN_FREED: Condvar = Condvar::new();
 
 impl Turn {
     fn take() -> Turn {
-        let mut taken = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken = locks::lock(&TURNS);
         while *taken >= DECOMPRESSIONS_MAX {
-            taken = TURN_FREED.wait(taken).unwrap_or_else(|e| e.into_inner());
+            taken = locks::wait(&TURN_FREED, taken);
         }
         *taken += 1;
         Turn
@@ -102,7 +103,7 @@ impl Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        *TURNS.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        *locks::lock(&TURNS) -= 1;
         TURN_FREED.notify_one();
     }
 }

@@ -24,6 +24,7 @@ mod compact;
 pub mod config;
 mod error;
 mod index;
+pub mod locks;
 mod log;
 pub mod meta;
 mod producer;

@@ -1,5 +1,6 @@
 //! A partition log: an ordered list of segments, the last of which takes appends.
 
+use crate::locks;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -29,12 +30,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves its state consistent before it can fail, so a panic in
-    // another thread does not make the data behind the lock unusable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Offsets assigned to an append.
@@ -270,23 +265,20 @@ impl Log {
     }
 
     pub fn config(&self) -> LogConfig {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        locks::read(&self.config).clone()
     }
 
     /// Replaces the config; takes effect with the next append, roll or maintenance pass.
     pub fn set_config(&self, config: LogConfig) {
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        *locks::write(&self.config) = config;
     }
 
     fn view(&self) -> View {
-        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+        locks::read(&self.view).clone()
     }
 
     fn update_view(&self, f: impl FnOnce(&mut View)) {
-        f(&mut self.view.write().unwrap_or_else(|e| e.into_inner()));
+        f(&mut locks::write(&self.view));
     }
 
     pub fn log_start_offset(&self) -> u64 {
@@ -300,7 +292,7 @@ impl Log {
 
     /// Offset the next append gets.
     pub fn log_end_offset(&self) -> u64 {
-        lock(&self.writer).next_offset
+        locks::lock(&self.writer).next_offset
     }
 
     /// Bytes of all segments.
@@ -386,7 +378,7 @@ impl Log {
         }
         let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
 
-        let mut w = lock(&self.writer);
+        let mut w = locks::lock(&self.writer);
         if w.producers.is_none() && headers.iter().any(|h| h.producer_id >= 0) {
             w.producers = Some(producer_states(&w.active)?);
         }
@@ -485,7 +477,7 @@ impl Log {
             FlushPolicy::Interval { ms } => {
                 self.publish(offset, active.base_offset(), active.size());
                 drop(w);
-                let due = now.saturating_sub(lock(&self.sync).last_flush_ms) >= ms_i64(ms);
+                let due = now.saturating_sub(locks::lock(&self.sync).last_flush_ms) >= ms_i64(ms);
                 if due {
                     self.flush_at(now)?;
                 }
@@ -542,7 +534,7 @@ impl Log {
 
     /// Sets the callback run whenever new records become readable.
     pub fn set_listener(&self, listener: Option<Listener>) {
-        *self.listener.write().unwrap_or_else(|e| e.into_inner()) = listener;
+        *locks::write(&self.listener) = listener;
     }
 
     /// Moves the high watermark forward (never back) and tells the listener.
@@ -557,11 +549,7 @@ impl Log {
             }
         });
         if moved {
-            let listener = self
-                .listener
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let listener = locks::read(&self.listener).clone();
             if let Some(listener) = listener {
                 listener();
             }
@@ -572,7 +560,7 @@ impl Log {
     /// fsyncs everything written so far; callers queued behind it usually find their bytes
     /// covered and return without an fsync of their own.
     fn sync_to(&self, target: u64, now: i64) -> Result<()> {
-        let mut s = lock(&self.sync);
+        let mut s = locks::lock(&self.sync);
         if s.synced_offset >= target {
             return Ok(());
         }
@@ -586,7 +574,7 @@ impl Log {
             });
         }
         let (segment, offset, position) = {
-            let w = lock(&self.writer);
+            let w = locks::lock(&self.writer);
             (w.active.clone(), w.next_offset, w.active.size())
         };
         if let Err(e) = segment.sync() {
@@ -614,7 +602,7 @@ impl Log {
     }
 
     fn flush_at(&self, now: i64) -> Result<()> {
-        let mut s = lock(&self.sync);
+        let mut s = locks::lock(&self.sync);
         if s.synced_offset >= self.log_end_offset() {
             s.last_flush_ms = now;
             return Ok(());
@@ -625,7 +613,7 @@ impl Log {
     /// Flushes when the `interval` policy's time has come; called by a background timer.
     pub fn flush_if_due(&self, now: i64) -> Result<()> {
         if let FlushPolicy::Interval { ms } = self.config().flush_policy {
-            let last = lock(&self.sync).last_flush_ms;
+            let last = locks::lock(&self.sync).last_flush_ms;
             if now.saturating_sub(last) >= ms_i64(ms) {
                 return self.flush_at(now);
             }
@@ -636,7 +624,7 @@ impl Log {
     /// Flushes data and index pages and records the recovery point: a clean shutdown.
     pub fn close(&self) -> Result<()> {
         self.flush()?;
-        let w = lock(&self.writer);
+        let w = locks::lock(&self.writer);
         w.active.flush_indexes()?;
         self.write_recovery_point(RecoveryPoint {
             base_offset: w.active.base_offset(),
@@ -795,8 +783,8 @@ impl Log {
         if !config.cleanup_policy.delete {
             return Ok(RetentionResult::default());
         }
-        let _maintenance = lock(&self.maintenance);
-        let w = lock(&self.writer);
+        let _maintenance = locks::lock(&self.maintenance);
+        let w = locks::lock(&self.writer);
         let view = self.view();
         let closed = &view.segments[..view.segments.len() - 1];
         let mut total: u64 = view.segments.iter().map(|s| s.size()).sum();
@@ -853,12 +841,12 @@ impl Log {
     }
 
     pub(crate) fn maintenance_lock(&self) -> MutexGuard<'_, ()> {
-        lock(&self.maintenance)
+        locks::lock(&self.maintenance)
     }
 
     /// Puts compacted segments in place of the originals with the same base offsets.
     pub(crate) fn replace_segments(&self, replacements: Vec<Arc<Segment>>) {
-        let _w = lock(&self.writer);
+        let _w = locks::lock(&self.writer);
         self.update_view(|v| {
             let mut segments = (*v.segments).clone();
             for new in replacements {

@@ -1,10 +1,11 @@
 //! One segment: a log file of whole record batches, its offset index and its time index.
 
+use crate::locks;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;
 
@@ -35,16 +36,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(StorageError::io(dir))
-}
-
-fn lock_read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    // A panic while holding an index lock leaves entries that recovery would rebuild anyway;
-    // the data is still usable, so poisoning is ignored.
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn lock_write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Writer-side bookkeeping for building a segment's indexes while batches are appended.
@@ -131,11 +122,7 @@ pub fn set_open_segments_max(max: usize) {
 
 /// Closed segments whose files are open now.
 pub fn open_segments() -> usize {
-    lock(&OPEN_SEGMENTS).len()
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    locks::lock(&OPEN_SEGMENTS).len()
 }
 
 impl Files {
@@ -169,7 +156,7 @@ impl Files {
     /// Puts the files in the budget, closing those of the least recently used segment when it
     /// is full (they stay open until readers still holding them finish).
     fn budget(files: Arc<Files>) {
-        let mut open = lock(&OPEN_SEGMENTS);
+        let mut open = locks::lock(&OPEN_SEGMENTS);
         let max = OPEN_SEGMENTS_MAX.load(Ordering::Relaxed);
         while open.len() >= max {
             let oldest = open
@@ -187,12 +174,13 @@ impl Files {
 
     /// Takes the files out of the budget, closing them once no reader holds them.
     fn unbudget(files: &Arc<Files>) {
-        lock(&OPEN_SEGMENTS).retain(|f| !Arc::ptr_eq(f, files));
+        locks::lock(&OPEN_SEGMENTS).retain(|f| !Arc::ptr_eq(f, files));
     }
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        // Poisoned or not, the slot says where the files are (see `crate::locks`).
         let slot = self.files.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Slot::Budgeted(weak) = slot
             && let Some(files) = weak.upgrade()
@@ -254,7 +242,7 @@ impl Segment {
 
     /// The segment's open files, opened again if the budget closed them.
     fn files(&self) -> Result<Arc<Files>> {
-        let found = match &*lock_read(&self.files) {
+        let found = match &*locks::read(&self.files) {
             Slot::Pinned(f) => Some(f.clone()),
             Slot::Budgeted(w) => w.upgrade(),
         };
@@ -262,7 +250,7 @@ impl Segment {
             files.touch();
             return Ok(files);
         }
-        let mut slot = lock_write(&self.files);
+        let mut slot = locks::write(&self.files);
         if let Slot::Budgeted(w) = &*slot
             && let Some(files) = w.upgrade()
         {
@@ -276,7 +264,7 @@ impl Segment {
 
     /// The files of a segment that takes appends; `None` once it is closed.
     fn pinned(&self) -> Option<Arc<Files>> {
-        match &*lock_read(&self.files) {
+        match &*locks::read(&self.files) {
             Slot::Pinned(f) => Some(f.clone()),
             Slot::Budgeted(_) => None,
         }
@@ -284,7 +272,7 @@ impl Segment {
 
     /// Hands a closed segment's files to the budget, which may close them while unused.
     fn release(&self) {
-        let mut slot = lock_write(&self.files);
+        let mut slot = locks::write(&self.files);
         if let Slot::Pinned(files) = &*slot {
             let files = files.clone();
             *slot = Slot::Budgeted(Arc::downgrade(&files));
@@ -636,11 +624,11 @@ impl Segment {
             && let Some(files) = self.reserve_index_entry()
         {
             let relative_offset = (header.base_offset as u64 - self.base_offset) as u32;
-            lock_write(&files.index).push(OffsetEntry {
+            locks::write(&files.index).push(OffsetEntry {
                 relative_offset,
                 position: position as u32,
             });
-            lock_write(&files.time_index).push(TimeEntry {
+            locks::write(&files.time_index).push(TimeEntry {
                 timestamp: cursor.max_timestamp,
                 relative_offset,
             });
@@ -659,8 +647,8 @@ impl Segment {
     /// Room for `entries` more index entries within the limit, keeping one time entry for the
     /// seal.
     fn index_room(files: &Files, entries: usize) -> bool {
-        lock_read(&files.index).has_room(entries)
-            && lock_read(&files.time_index).has_room(entries + 1)
+        locks::read(&files.index).has_room(entries)
+            && locks::read(&files.time_index).has_room(entries + 1)
     }
 
     /// Makes room for one more entry in both indexes (and the closing time entry), growing
@@ -671,9 +659,9 @@ impl Segment {
         if !Self::index_room(&files, 1) {
             return None;
         }
-        let grown = lock_write(&files.index)
+        let grown = locks::write(&files.index)
             .reserve(1)
-            .and_then(|offsets| Ok(offsets && lock_write(&files.time_index).reserve(2)?));
+            .and_then(|offsets| Ok(offsets && locks::write(&files.time_index).reserve(2)?));
         let grown = grown.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "index could not grow; it stays sparser");
             false
@@ -688,7 +676,7 @@ impl Segment {
         let Some(files) = self.pinned() else {
             return;
         };
-        let mut time_index = lock_write(&files.time_index);
+        let mut time_index = locks::write(&files.time_index);
         match time_index.reserve(1) {
             Ok(true) => time_index.push(TimeEntry {
                 timestamp: cursor.max_timestamp,
@@ -740,8 +728,8 @@ impl Segment {
     pub fn seal(&self) -> Result<()> {
         self.sync()?;
         let files = self.files()?;
-        lock_write(&files.index).seal()?;
-        lock_write(&files.time_index).seal()?;
+        locks::write(&files.index).seal()?;
+        locks::write(&files.time_index).seal()?;
         drop(files);
         self.release();
         Ok(())
@@ -750,8 +738,8 @@ impl Segment {
     /// Writes index pages back on clean shutdown.
     pub fn flush_indexes(&self) -> Result<()> {
         let files = self.files()?;
-        lock_read(&files.index).flush()?;
-        lock_read(&files.time_index).flush()
+        locks::read(&files.index).flush()?;
+        locks::read(&files.time_index).flush()
     }
 
     pub fn base_offset(&self) -> u64 {
@@ -788,7 +776,7 @@ impl Segment {
         let rel = offset
             .saturating_sub(self.base_offset)
             .min(u64::from(u32::MAX)) as u32;
-        Ok(lock_read(&self.files()?.index)
+        Ok(locks::read(&self.files()?.index)
             .last_where(|e| e.relative_offset <= rel)
             .map_or(0, |e| u64::from(e.position)))
     }
@@ -796,7 +784,7 @@ impl Segment {
     /// Offset from which a scan for the first record at or after `timestamp` may start: every
     /// batch before it has only smaller timestamps.
     pub fn lookup_time(&self, timestamp: i64) -> Result<u64> {
-        let entry = lock_read(&self.files()?.time_index).last_where(|e| e.timestamp < timestamp);
+        let entry = locks::read(&self.files()?.time_index).last_where(|e| e.timestamp < timestamp);
         Ok(entry.map_or(self.base_offset, |e| {
             self.base_offset + u64::from(e.relative_offset)
         }))

@@ -1,6 +1,7 @@
 //! The data directory: topics registered in the metadata store, one [`Log`] per partition, and
 //! the background thread that flushes `interval` logs and applies retention and compaction.
 
+use crate::locks;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -154,11 +155,7 @@ impl Storage {
                     }
                     Err(e) => {
                         tracing::error!(topic = %topic.name, partition, error = %e, "partition is offline");
-                        storage
-                            .offline
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(key, e.to_string());
+                        locks::write(&storage.offline).insert(key, e.to_string());
                     }
                 }
             }
@@ -167,11 +164,11 @@ impl Storage {
     }
 
     fn write_logs(&self) -> std::sync::RwLockWriteGuard<'_, LogMap> {
-        self.logs.write().unwrap_or_else(|e| e.into_inner())
+        locks::write(&self.logs)
     }
 
     fn read_logs(&self) -> std::sync::RwLockReadGuard<'_, LogMap> {
-        self.logs.read().unwrap_or_else(|e| e.into_inner())
+        locks::read(&self.logs)
     }
 
     fn add_log(&self, topic: &str, partition: u32, log: Log) {
@@ -241,7 +238,7 @@ impl Storage {
 
     /// Partitions that failed to open, with the reason.
     pub fn offline_partitions(&self) -> Vec<(String, u32, String)> {
-        let offline = self.offline.read().unwrap_or_else(|e| e.into_inner());
+        let offline = locks::read(&self.offline);
         let mut out: Vec<_> = offline
             .iter()
             .map(|((t, p), reason)| (t.clone(), *p, reason.clone()))
@@ -255,7 +252,7 @@ impl Storage {
         if let Some(log) = self.open_log(topic, partition) {
             return Ok(log);
         }
-        let offline = self.offline.read().unwrap_or_else(|e| e.into_inner());
+        let offline = locks::read(&self.offline);
         if let Some(reason) = offline.get(&(topic.to_string(), partition)) {
             return Err(StorageError::Offline {
                 topic: topic.to_string(),
@@ -272,7 +269,7 @@ impl Storage {
 
     /// Sets the callback every log (present and future) runs when new records become readable.
     pub fn set_listener(&self, listener: Listener) {
-        *self.listener.write().unwrap_or_else(|e| e.into_inner()) = Some(listener.clone());
+        *locks::write(&self.listener) = Some(listener.clone());
         for (_, _, log) in self.logs() {
             log.set_listener(Some(listener.clone()));
         }
@@ -307,7 +304,7 @@ impl Storage {
     /// Partitions of all topics, open or offline.
     pub fn partition_count(&self) -> u32 {
         let open: usize = self.read_logs().values().map(BTreeMap::len).sum();
-        let offline = self.offline.read().unwrap_or_else(|e| e.into_inner()).len();
+        let offline = locks::read(&self.offline).len();
         u32::try_from(open + offline).unwrap_or(u32::MAX)
     }
 
@@ -369,12 +366,7 @@ impl Storage {
             }
             std::fs::create_dir_all(&dir).map_err(StorageError::io(&dir))?;
             let log = Log::open(&dir, config.clone())?;
-            log.set_listener(
-                self.listener
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone(),
-            );
+            log.set_listener(locks::read(&self.listener).clone());
             self.add_log(name, partition, log);
         }
         sync_dir(&self.topics_dir())
@@ -391,7 +383,7 @@ impl Storage {
         validate_topic_name(name)?;
         Self::check_partitions(name, partitions)?;
         let log_config = LogConfig::from_entries(&self.config.log_defaults, &configs)?;
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = locks::lock(&self.admin);
         if self.topics.get(name)?.is_some() {
             return Err(StorageError::TopicExists {
                 name: name.to_string(),
@@ -414,16 +406,13 @@ impl Storage {
     /// Deletes a topic: the metadata first (so it is gone even if a crash interrupts the rest),
     /// then its directories, renamed aside and removed.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = locks::lock(&self.admin);
         let meta = self.existing_topic(name)?;
         self.topics.remove(name)?;
         self.write_logs().remove(name);
         for partition in 0..meta.partitions {
             let key = (name.to_string(), partition);
-            self.offline
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            locks::write(&self.offline).remove(&key);
             let dir = self.partition_dir(name, partition);
             let aside = dir.with_file_name(format!("{name}-{partition}{DELETING_SUFFIX}"));
             match std::fs::rename(&dir, &aside) {
@@ -441,7 +430,7 @@ impl Storage {
     /// Grows a topic to `partitions` partitions.
     pub fn create_partitions(&self, name: &str, partitions: u32) -> Result<TopicMeta> {
         Self::check_partitions(name, partitions)?;
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = locks::lock(&self.admin);
         let mut meta = self.existing_topic(name)?;
         if partitions <= meta.partitions {
             return Err(StorageError::PartitionCount {
@@ -466,7 +455,7 @@ impl Storage {
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta> {
         let log_config = LogConfig::from_entries(&self.config.log_defaults, &configs)?;
-        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = locks::lock(&self.admin);
         let mut meta = self.existing_topic(name)?;
         meta.configs = configs;
         self.topics.insert(name, &meta)?;
@@ -508,7 +497,7 @@ impl Storage {
 
     /// Starts the background thread for interval flushes, retention and compaction.
     pub fn start_background(self: &Arc<Self>) {
-        let mut slot = self.background.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = locks::lock(&self.background);
         if slot.is_some() {
             return;
         }
@@ -547,11 +536,7 @@ impl Storage {
 
     /// Stops the background thread and closes every log cleanly.
     pub fn close(&self) -> Result<()> {
-        let background = self
-            .background
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let background = locks::lock(&self.background).take();
         if let Some((stop, handle)) = background {
             let _ = stop.send(());
             let _ = handle.join();

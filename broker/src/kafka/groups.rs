@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use weir_storage::locks;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
@@ -251,7 +252,7 @@ impl Coordinator {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
-        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+        locks::lock(&self.groups)
     }
 
     /// Handles a JoinGroup: either an answer now, or a receiver for the answer once the

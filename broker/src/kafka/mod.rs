@@ -16,6 +16,7 @@ pub mod shape;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_storage::locks;
 
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -69,7 +70,7 @@ const NEXT_PRODUCER_ID: &str = "next";
 impl Shared {
     /// The next unused producer id, persisted before it is handed out.
     fn next_producer_id(&self) -> Result<i64, weir_storage::StorageError> {
-        let _guard = self.producer_ids.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = locks::lock(&self.producer_ids);
         let tree = self.storage.meta().tree::<i64>(PRODUCER_IDS_TREE)?;
         let id = tree.get(NEXT_PRODUCER_ID)?.unwrap_or(0);
         tree.insert(NEXT_PRODUCER_ID, &(id + 1))?;

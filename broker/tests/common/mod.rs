@@ -9,6 +9,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The opening of most broker tests: a fresh temp data directory, a node on it started with
+/// `extra` flags, and an HTTP client for the node. Check the clients a test needs with
+/// [`have`] (or [`python`], [`node_modules`]) first.
+pub fn started(extra: &[&str]) -> (tempfile::TempDir, Node, weir_broker::cli::Client) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let node = Node::start_with(dir.path(), extra);
+    let client = weir_broker::cli::Client::new(&node.url(), None);
+    (dir, node, client)
+}
+
 /// Addresses for a node's listeners.
 pub struct Listeners {
     pub kafka: String,
