@@ -8,31 +8,38 @@ use serde_json::{Value, json};
 
 use crate::cli::{Client, parse_pairs};
 
-/// Kinds `weir plugin new` scaffolds, with the function it writes for each.
-const TEMPLATES: [(&str, &str); 6] = [
+/// Kinds `weir plugin new` scaffolds, with the function it writes for each and the body of a
+/// native test of that function.
+const TEMPLATES: [(&str, &str, &str); 6] = [
     (
         "filter",
         "/// Keeps the records that do not contain `word` (default DEBUG).\n#[weir::filter]\npub fn run(r: &Record, params: &Params) -> bool {\n    let word = params.get(\"word\").unwrap_or(\"DEBUG\");\n    !String::from_utf8_lossy(&r.value).contains(word)\n}\n",
+        "let params = Params::from_pairs([(\"word\", \"DEBUG\")]);\n        assert!(super::run(&Record::new(\"INFO started\"), &params));\n        assert!(!super::run(&Record::new(\"DEBUG noisy\"), &params));",
     ),
     (
         "map",
         "/// Upper-cases the value.\n#[weir::map]\npub fn run<'a>(r: Record<'a>, _params: &Params) -> Result<Record<'a>> {\n    let upper = r.value_str()?.to_uppercase();\n    Ok(r.with_value(upper))\n}\n",
+        "let out = super::run(Record::new(\"shout\"), &Params::default()).unwrap();\n        assert_eq!(out.value_str().unwrap(), \"SHOUT\");",
     ),
     (
         "filter_map",
         "/// Keeps non-empty values, trimmed.\n#[weir::filter_map]\npub fn run<'a>(r: Record<'a>, _params: &Params) -> Result<Option<Record<'a>>> {\n    let trimmed = r.value_str()?.trim().to_owned();\n    Ok((!trimmed.is_empty()).then(|| r.with_value(trimmed)))\n}\n",
+        "let params = Params::default();\n        assert!(super::run(Record::new(\"   \"), &params).unwrap().is_none());\n        let kept = super::run(Record::new(\" x \"), &params).unwrap().unwrap();\n        assert_eq!(kept.value_str().unwrap(), \"x\");",
     ),
     (
         "flat_map",
         "/// One record per word of the value.\n#[weir::flat_map]\npub fn run<'a>(r: Record<'a>, _params: &Params) -> Result<Vec<Record<'a>>> {\n    Ok(r.value_str()?.split_whitespace().map(|w| Record::new(w)).collect())\n}\n",
+        "let words = super::run(Record::new(\"to be or\"), &Params::default()).unwrap();\n        let words: Vec<&str> = words.iter().map(|w| w.value_str().unwrap()).collect();\n        assert_eq!(words, [\"to\", \"be\", \"or\"]);",
     ),
     (
         "partitioner",
         "/// Spreads records by the length of their value.\n#[weir::partitioner]\npub fn run(r: &Record, partitions: u32, _params: &Params) -> u32 {\n    r.value.len() as u32 % partitions\n}\n",
+        "assert_eq!(super::run(&Record::new(\"abcd\"), 3, &Params::default()), 1);",
     ),
     (
         "aggregate",
         "/// Counts records per key and window (`window_ms`, default one minute).\n#[derive(Default, serde::Serialize, serde::Deserialize)]\npub struct Count(u64);\n\n#[weir::aggregate]\nimpl weir::Aggregate for Count {\n    fn key(r: &Record, _params: &Params) -> Result<Option<String>> {\n        Ok(Some(r.key_str().unwrap_or(\"\").to_owned()))\n    }\n    fn add(&mut self, _r: &Record, _params: &Params) -> Result<()> {\n        self.0 += 1;\n        Ok(())\n    }\n    fn finish(&self, key: &str, window: weir::Window, _params: &Params) -> Result<Record<'static>> {\n        Record::json(&serde_json::json!({\"key\": key, \"window_start_ms\": window.start_ms, \"count\": self.0}))\n    }\n}\n",
+        "use weir::Aggregate;\n        let params = Params::default();\n        let mut count = super::Count::default();\n        count.add(&Record::new(\"a\"), &params).unwrap();\n        count.add(&Record::new(\"b\"), &params).unwrap();\n        let window = weir::Window { start_ms: 0, end_ms: 60_000 };\n        let out = count.finish(\"k\", window, &params).unwrap();\n        assert_eq!(out.value_str().unwrap(), r#\"{\"count\":2,\"key\":\"k\",\"window_start_ms\":0}\"#);",
     ),
 ];
 
@@ -45,8 +52,8 @@ fn default_sdk_dir() -> PathBuf {
 
 /// Writes a plugin crate `dir/name` of the given kind, ready for `weir plugin build`.
 pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let Some((_, function)) = TEMPLATES.iter().find(|(k, _)| *k == kind) else {
-        let kinds: Vec<&str> = TEMPLATES.iter().map(|(k, _)| *k).collect();
+    let Some((_, function, test)) = TEMPLATES.iter().find(|(k, _, _)| *k == kind) else {
+        let kinds: Vec<&str> = TEMPLATES.iter().map(|(k, _, _)| *k).collect();
         bail!("unknown plugin kind {kind:?}; kinds: {}", kinds.join(", "));
     };
     weir_runtime::validate_plugin_name(name)?;
@@ -70,7 +77,7 @@ pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> anyhow::Re
     );
     std::fs::write(root.join("Cargo.toml"), manifest)?;
     let lib = format!(
-        "//! Weir plugin `{name}` ({kind}). Build with `weir plugin build`, deploy with\n//! `weir plugin deploy {name} target/wasm32-unknown-unknown/release/{file}.wasm`.\n\n#[allow(unused_imports)]\nuse weir::{{Params, Record, Result}};\n\n{function}\n#[cfg(test)]\nmod tests {{\n    #[test]\n    fn runs_natively() {{\n        let _ = super::run;\n    }}\n}}\n",
+        "//! Weir plugin `{name}` ({kind}). Build with `weir plugin build`, deploy with\n//! `weir plugin deploy {name} target/wasm32-unknown-unknown/release/{file}.wasm`.\n\n#[allow(unused_imports)]\nuse weir::{{Params, Record, Result}};\n\n{function}\n#[cfg(test)]\nmod tests {{\n    use weir::{{Params, Record}};\n\n    #[test]\n    fn runs_natively() {{\n        {test}\n    }}\n}}\n",
         file = name.replace('-', "_")
     );
     std::fs::write(root.join("src/lib.rs"), lib)?;

@@ -794,3 +794,46 @@ fn a_scaffolded_plugin_builds_deploys_and_runs() {
     weir(&["plugin", "delete", "shout", "--server", &node.url()]);
     assert!(!weir(&["plugin", "list", "--server", &node.url()]).contains("shout"));
 }
+
+#[test]
+fn every_scaffolded_kind_tests_its_function_natively() {
+    let dir = tempfile::tempdir().unwrap();
+    let crates = dir.path().to_str().unwrap();
+    for kind in [
+        "filter",
+        "map",
+        "filter_map",
+        "flat_map",
+        "partitioner",
+        "aggregate",
+    ] {
+        let name = format!("scaffold-{}", kind.replace('_', "-"));
+        let made = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["plugin", "new", &name, "--kind", kind, "--dir", crates])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "weir plugin new --kind {kind}");
+        let root = dir.path().join(&name);
+        std::fs::copy(
+            weir_tests::wasm::workspace_dir().join("Cargo.lock"),
+            root.join("Cargo.lock"),
+        )
+        .unwrap();
+        let tested = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args(["test", "--quiet"])
+            // Share the compiled dependencies of the other plugin builds.
+            .env(
+                "CARGO_TARGET_DIR",
+                weir_tests::wasm::workspace_dir().join("target/scaffolds"),
+            )
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&tested.stdout);
+        assert!(
+            tested.status.success() && stdout.contains("1 passed"),
+            "the {kind} scaffold's test: {stdout}\n{}",
+            String::from_utf8_lossy(&tested.stderr)
+        );
+    }
+}
