@@ -368,7 +368,6 @@ fn crash_scenario(seed: u64) -> Work {
         flush_policy: FlushPolicy::Interval { ms: u64::MAX / 4 },
         ..config()
     };
-    let mut written = 0u64;
     let mut acked = 0u64;
     let mut work = Work::default();
     for _life in 0..rng.random_range(1..4) {
@@ -377,7 +376,7 @@ fn crash_scenario(seed: u64) -> Work {
             log.log_end_offset() >= acked,
             "seed {seed}: acked data lost on reopen"
         );
-        written = log.log_end_offset();
+        let mut written = log.log_end_offset();
         // Opening fsyncs what recovery kept.
         let at_open = segment_files(dir.path(), ".log").pop().unwrap();
         let len = std::fs::metadata(&at_open).unwrap().len();
