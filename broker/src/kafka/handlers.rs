@@ -2,6 +2,7 @@
 //! codes here; nothing a client sends can make these panic.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -74,36 +75,18 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         .map(|&(_, min, max)| (min, max))
 }
 
+/// Answers a request. Fetches (which long-poll) and group joins and syncs (which wait for the
+/// rest of the group) wait on the reactor; every other API reads or writes the disk or the
+/// metadata store, so it runs on the blocking pool, never on a reactor thread.
 pub(crate) async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     request: Option<RequestKind>,
     header: &RequestHeader,
     peer: std::net::SocketAddr,
 ) -> anyhow::Result<Option<ResponseKind>> {
     let version = header.request_api_version;
     let response = match request {
-        None => ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
-        Some(RequestKind::ApiVersions(_)) => ResponseKind::ApiVersions(api_versions(0)),
-        Some(RequestKind::Metadata(r)) => ResponseKind::Metadata(metadata(shared, r, header)),
-        Some(RequestKind::Produce(r)) => {
-            let acks = r.acks;
-            let response = produce(shared, r).await;
-            if acks == 0 {
-                return Ok(None);
-            }
-            ResponseKind::Produce(response)
-        }
         Some(RequestKind::Fetch(r)) => ResponseKind::Fetch(fetch(shared, r).await),
-        Some(RequestKind::ListOffsets(r)) => ResponseKind::ListOffsets(list_offsets(shared, r)),
-        Some(RequestKind::CreateTopics(r)) => {
-            ResponseKind::CreateTopics(create_topics(shared, r, header.request_api_version))
-        }
-        Some(RequestKind::InitProducerId(r)) => {
-            ResponseKind::InitProducerId(init_producer_id(shared, r))
-        }
-        Some(RequestKind::FindCoordinator(r)) => {
-            ResponseKind::FindCoordinator(group_api::find_coordinator(shared, r, version))
-        }
         Some(RequestKind::JoinGroup(r)) => {
             let client_id = header
                 .client_id
@@ -115,6 +98,45 @@ pub(crate) async fn handle(
         }
         Some(RequestKind::SyncGroup(r)) => {
             ResponseKind::SyncGroup(group_api::sync_group(shared, r, version).await)
+        }
+        request => {
+            let shared = shared.clone();
+            let version = header.request_api_version;
+            return tokio::task::spawn_blocking(move || handle_blocking(&shared, request, version))
+                .await
+                .map_err(|e| anyhow::anyhow!("request task failed: {e}"))?;
+        }
+    };
+    Ok(Some(response))
+}
+
+/// The APIs that touch the disk or the metadata store; runs on the blocking pool.
+fn handle_blocking(
+    shared: &Shared,
+    request: Option<RequestKind>,
+    version: i16,
+) -> anyhow::Result<Option<ResponseKind>> {
+    let response = match request {
+        None => ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
+        Some(RequestKind::ApiVersions(_)) => ResponseKind::ApiVersions(api_versions(0)),
+        Some(RequestKind::Metadata(r)) => ResponseKind::Metadata(metadata(shared, r, version)),
+        Some(RequestKind::Produce(r)) => {
+            let acks = r.acks;
+            let response = produce(shared, r);
+            if acks == 0 {
+                return Ok(None);
+            }
+            ResponseKind::Produce(response)
+        }
+        Some(RequestKind::ListOffsets(r)) => ResponseKind::ListOffsets(list_offsets(shared, r)),
+        Some(RequestKind::CreateTopics(r)) => {
+            ResponseKind::CreateTopics(create_topics(shared, r, version))
+        }
+        Some(RequestKind::InitProducerId(r)) => {
+            ResponseKind::InitProducerId(init_producer_id(shared, r))
+        }
+        Some(RequestKind::FindCoordinator(r)) => {
+            ResponseKind::FindCoordinator(group_api::find_coordinator(shared, r, version))
         }
         Some(RequestKind::Heartbeat(r)) => ResponseKind::Heartbeat(group_api::heartbeat(shared, r)),
         Some(RequestKind::LeaveGroup(r)) => {
@@ -270,7 +292,7 @@ fn topic_or_create(shared: &Shared, name: &str) -> Result<TopicMeta, StorageErro
     }
 }
 
-fn metadata(shared: &Shared, request: MetadataRequest, header: &RequestHeader) -> MetadataResponse {
+fn metadata(shared: &Shared, request: MetadataRequest, version: i16) -> MetadataResponse {
     let mut response = MetadataResponse::default();
     let mut broker = MetadataResponseBroker::default();
     broker.node_id = BrokerId(NODE_ID);
@@ -307,7 +329,7 @@ fn metadata(shared: &Shared, request: MetadataRequest, header: &RequestHeader) -
         };
         match found {
             Ok(meta) => {
-                if header.request_api_version >= 10 {
+                if version >= 10 {
                     topic.topic_id = topic_id(&meta);
                 }
                 for p in 0..meta.partitions {
@@ -323,7 +345,7 @@ fn metadata(shared: &Shared, request: MetadataRequest, header: &RequestHeader) -
                 }
             }
             Err(e) => {
-                tracing::debug!(client = ?header.client_id, topic = name, error = %e, "metadata for a missing topic");
+                tracing::debug!(topic = name, error = %e, "metadata for a missing topic");
                 topic.error_code = error_code(&e);
             }
         }
@@ -332,7 +354,7 @@ fn metadata(shared: &Shared, request: MetadataRequest, header: &RequestHeader) -
     response
 }
 
-async fn produce(shared: &Shared, request: ProduceRequest) -> ProduceResponse {
+fn produce(shared: &Shared, request: ProduceRequest) -> ProduceResponse {
     let mut response = ProduceResponse::default();
     let transactional = request.transactional_id.is_some();
     for topic_data in request.topic_data {
@@ -350,9 +372,7 @@ async fn produce(shared: &Shared, request: ProduceRequest) -> ProduceResponse {
                 _ if transactional => Err(ResponseError::TransactionalIdAuthorizationFailed.code()),
                 (Err(e), _) => Err(error_code(e)),
                 (Ok(_), None) => Err(ResponseError::CorruptMessage.code()),
-                (Ok(_), Some(records)) => {
-                    append(shared, &name, partition_data.index, records).await
-                }
+                (Ok(_), Some(records)) => append(shared, &name, partition_data.index, records),
             };
             match result {
                 Ok((base_offset, log_append_time_ms, log_start_offset, bytes, records)) => {
@@ -374,51 +394,48 @@ async fn produce(shared: &Shared, request: ProduceRequest) -> ProduceResponse {
 /// and records appended.
 type Appended = (i64, i64, i64, u64, u64);
 
-/// Appends on a blocking thread (the append waits for an fsync), or returns a Kafka error code.
-async fn append(
-    shared: &Shared,
-    topic: &str,
-    partition: i32,
-    records: Bytes,
-) -> Result<Appended, i16> {
+/// Appends (waiting for the fsync), or returns a Kafka error code.
+fn append(shared: &Shared, topic: &str, partition: i32, records: Bytes) -> Result<Appended, i16> {
     let log = u32::try_from(partition)
         .map_err(|_| ResponseError::UnknownTopicOrPartition.code())
         .and_then(|p| shared.storage.log(topic, p).map_err(|e| error_code(&e)))?;
-    let topic = topic.to_string();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut batches = records.to_vec();
-        log.append(&mut batches)
-            .map(|info| (info, log.log_start_offset(), batches.len() as u64))
-    })
-    .await;
-    match outcome {
-        Ok(Ok((info, start, bytes))) => Ok((
+    let mut batches = records.to_vec();
+    match log.append(&mut batches) {
+        Ok(info) => Ok((
             info.base_offset as i64,
             info.log_append_time_ms.unwrap_or(-1),
-            start as i64,
-            bytes,
+            log.log_start_offset() as i64,
+            batches.len() as u64,
             info.last_offset - info.base_offset + 1,
         )),
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::warn!(topic, partition, error = %e, "produce refused");
             Err(error_code(&e))
-        }
-        Err(e) => {
-            tracing::error!(topic, partition, error = %e, "append task failed");
-            Err(ResponseError::UnknownServerError.code())
         }
     }
 }
 
-async fn fetch(shared: &Shared, request: FetchRequest) -> FetchResponse {
+async fn fetch(shared: &Arc<Shared>, request: FetchRequest) -> FetchResponse {
     let wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as u64;
+    let request = Arc::new(request);
     loop {
         // Register for wake-ups before reading, so an append between the read and the wait
         // is not missed.
         let notified = shared.appended.notified();
-        let (response, bytes) = fetch_once(shared, &request);
+        // Reads map segment files and check every batch's CRC: on the blocking pool.
+        let read = {
+            let (shared, request) = (shared.clone(), request.clone());
+            tokio::task::spawn_blocking(move || fetch_once(&shared, &request)).await
+        };
+        let (response, bytes) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!(error = %e, "fetch task failed");
+                return FetchResponse::default();
+            }
+        };
         let now = Instant::now();
         if bytes >= min_bytes.max(1) || now >= deadline || min_bytes == 0 {
             return response;

@@ -220,7 +220,7 @@ fn frame_read_timeout(size: u32) -> Duration {
 /// with `acks=0`, which gets no answer.
 async fn handle_frame(
     mut frame: Bytes,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
     connection_id: u64,
 ) -> anyhow::Result<Option<Bytes>> {
