@@ -222,7 +222,10 @@ fn main() -> anyhow::Result<()> {
     let python = duckdb_python()?;
     let dir = tempfile::tempdir_in("target")?;
     let ndjson = dir.path().join("records.ndjson");
-    let storage = Storage::open(StorageConfig::new(dir.path().join("data")))?;
+    let storage = Storage::open(StorageConfig {
+        layer_keys: weir_sql::topic_config_keys(),
+        ..StorageConfig::new(dir.path().join("data"))
+    })?;
     eprintln!("writing {records} records…");
     let started = Instant::now();
     let (bytes, last_ts) = fill(&storage, &ndjson, records)?;

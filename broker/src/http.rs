@@ -236,9 +236,6 @@ async fn create_topic(
     State(state): State<AppState>,
     Json(body): Json<CreateTopic>,
 ) -> ApiResult<(StatusCode, Json<TopicSummary>)> {
-    if let Some(schema) = body.configs.get("value.schema") {
-        weir_sql::parse_value_schema(schema)?;
-    }
     let storage = state.node.storage.clone();
     let meta =
         blocking(move || Ok(storage.create_topic(&body.name, body.partitions, body.configs)?))

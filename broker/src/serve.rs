@@ -76,6 +76,7 @@ impl Server {
             partitions_max: config.partitions_max,
             disk_free_bytes_min: config.disk_free_bytes_min,
             open_segments_max: config.open_segments_max,
+            layer_keys: weir_sql::topic_config_keys(),
             ..StorageConfig::new(&config.data_dir)
         };
         let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))

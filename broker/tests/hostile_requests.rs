@@ -403,33 +403,100 @@ fn a_topic_name_of_32767_characters_gets_an_error_answer() {
     assert_eq!(response.topics[0].error_code, 17);
 }
 
-#[test]
-fn config_values_past_their_range_are_refused_on_every_path() {
-    let (_dir, node, c) = started(&[]);
-    let err = c
-        .call(
-            "POST",
-            "/v1/topics",
-            Some(&json!({"name": "r", "partitions": 1,
-                "configs": {"retention.ms": "18446744073709551615"}})),
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("400") && err.contains("retention.ms"), "{err}");
-    create_topic(&c, "r", 1);
-    let mut stream = TcpStream::connect(node.kafka).unwrap();
+/// The error code of setting `key=value` on the existing topic `r` through each Kafka path:
+/// CreateTopics (a new topic), AlterConfigs, IncrementalAlterConfigs.
+fn kafka_config_codes(stream: &mut TcpStream, key: &str, value: &str) -> [i16; 3] {
+    let mut topic = CreatableTopic::default();
+    topic.name = TopicName(s("fresh"));
+    topic.num_partitions = 1;
+    topic.replication_factor = 1;
+    let mut c = CreatableTopicConfig::default();
+    c.name = s(key);
+    c.value = Some(s(value));
+    topic.configs.push(c);
+    let mut create = CreateTopicsRequest::default();
+    create.topics.push(topic);
+    let created: CreateTopicsResponse = kafka_call(stream, ApiKey::CreateTopics, 5, &create);
+
+    let mut config = alter_configs_request::AlterableConfig::default();
+    config.name = s(key);
+    config.value = Some(s(value));
+    let mut resource = alter_configs_request::AlterConfigsResource::default();
+    resource.resource_type = 2;
+    resource.resource_name = s("r");
+    resource.configs.push(config);
+    let mut alter = AlterConfigsRequest::default();
+    alter.resources.push(resource);
+    let altered: AlterConfigsResponse = kafka_call(stream, ApiKey::AlterConfigs, 1, &alter);
+
     let mut config = incremental_alter_configs_request::AlterableConfig::default();
-    config.name = s("segment.ms");
-    config.value = Some(s("18446744073709551615"));
+    config.name = s(key);
+    config.value = Some(s(value));
     let mut resource = incremental_alter_configs_request::AlterConfigsResource::default();
     resource.resource_type = 2;
     resource.resource_name = s("r");
     resource.configs.push(config);
-    let mut request = IncrementalAlterConfigsRequest::default();
-    request.resources.push(resource);
-    let response: IncrementalAlterConfigsResponse =
-        kafka_call(&mut stream, ApiKey::IncrementalAlterConfigs, 1, &request);
-    assert_eq!(response.responses[0].error_code, 40, "INVALID_CONFIG");
+    let mut incremental = IncrementalAlterConfigsRequest::default();
+    incremental.resources.push(resource);
+    let incremented: IncrementalAlterConfigsResponse =
+        kafka_call(stream, ApiKey::IncrementalAlterConfigs, 1, &incremental);
+    [
+        created.topics[0].error_code,
+        altered.responses[0].error_code,
+        incremented.responses[0].error_code,
+    ]
+}
+
+#[test]
+fn bad_config_values_are_refused_on_every_path() {
+    let (_dir, node, c) = started(&[]);
+    create_topic(&c, "r", 1);
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    for (key, value) in [
+        // Past i64::MAX these used to wrap to -1 and delete or roll everything.
+        ("retention.ms", "18446744073709551615"),
+        ("segment.ms", "18446744073709551615"),
+        ("segment.index.bytes", "99999999999"),
+        // SQL's keys, checked by SQL wherever they are set.
+        ("value.schema", "host NOTATYPE"),
+        ("value.format", "xml"),
+    ] {
+        let err = c
+            .call(
+                "POST",
+                "/v1/topics",
+                Some(&json!({"name": "h", "partitions": 1, "configs": {key: value}})),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("400") && err.contains(key),
+            "HTTP {key}={value}: {err}"
+        );
+        let cli = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "topic",
+                "create",
+                "cli",
+                "--config",
+                &format!("{key}={value}"),
+            ])
+            .args(["--server", &node.url()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&cli.stderr);
+        assert!(
+            !cli.status.success() && stderr.contains(key),
+            "CLI {key}: {stderr}"
+        );
+        assert_eq!(
+            kafka_config_codes(&mut stream, key, value),
+            [40; 3],
+            "INVALID_CONFIG from CreateTopics, AlterConfigs, IncrementalAlterConfigs: {key}"
+        );
+    }
+    let topics = c.call("GET", "/v1/topics", None).unwrap();
+    assert_eq!(topics.as_array().unwrap().len(), 1, "{topics}");
 }
 
 #[test]

@@ -20,7 +20,11 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let storage = Storage::open(StorageConfig::new(dir.path())).expect("a data directory");
+        let storage = Storage::open(StorageConfig {
+            layer_keys: weir_sql::topic_config_keys(),
+            ..StorageConfig::new(dir.path())
+        })
+        .expect("a data directory");
         let configs = [
             ("value.format", "json"),
             ("value.schema", "host TEXT, status INT, bytes BIGINT"),

@@ -35,7 +35,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use weir_runtime::Runtime;
-use weir_storage::{Storage, StorageError};
+use weir_storage::{LayerKey, Storage, StorageError};
 
 pub use catalog::{ConnectionRow, GroupRow, NodeSource, SYSTEM_TABLES, SystemSchema, TopicSchema};
 pub use value_schema::parse_value_schema;
@@ -52,6 +52,31 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Runtime(#[from] weir_runtime::Error),
+}
+
+/// The topic config keys SQL owns, for [`weir_storage::StorageConfig::layer_keys`]:
+/// `value.format` (`none` or `json`) and `value.schema` (typed columns, checked by
+/// [`parse_value_schema`]). Storage keeps them with the topic; the SQL tables read them.
+pub fn topic_config_keys() -> Vec<LayerKey> {
+    vec![
+        LayerKey {
+            name: "value.format",
+            default: "none",
+            check: |value, _| match value {
+                "none" | "json" => Ok(()),
+                _ => Err("expected none or json".into()),
+            },
+        },
+        LayerKey {
+            name: "value.schema",
+            default: "",
+            check: |value, _| {
+                parse_value_schema(value)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        },
+    ]
 }
 
 /// Limits of the query engine.

@@ -26,7 +26,11 @@ fn fixture() -> Fixture {
 
 fn fixture_with(config: &QueryConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+    let storage = Storage::open(StorageConfig {
+        layer_keys: weir_sql::topic_config_keys(),
+        ..StorageConfig::new(dir.path())
+    })
+    .unwrap();
     storage.create_topic("big", 2, Default::default()).unwrap();
     for partition in 0..2 {
         for batch in 0..RECORDS / 100 {
@@ -160,7 +164,11 @@ async fn a_query_over_the_memory_cap_fails_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_of_many_segments_is_scanned_in_parallel_ranges() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+    let storage = Storage::open(StorageConfig {
+        layer_keys: weir_sql::topic_config_keys(),
+        ..StorageConfig::new(dir.path())
+    })
+    .unwrap();
     let configs = [("segment.bytes".to_string(), "16384".to_string())];
     storage
         .create_topic("segmented", 1, configs.into_iter().collect())

@@ -136,7 +136,11 @@ impl AsyncDB for Db {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slt_files_pass() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+    let storage = Storage::open(StorageConfig {
+        layer_keys: weir_sql::topic_config_keys(),
+        ..StorageConfig::new(dir.path())
+    })
+    .unwrap();
     fill(&storage);
     let engine =
         Arc::new(QueryEngine::new(storage.clone(), None, None, &QueryConfig::default()).unwrap());

@@ -85,6 +85,17 @@ impl Default for LogConfig {
     }
 }
 
+/// A topic config key another layer owns: storage keeps its value with the topic and never
+/// reads it; the owner checks it, on every path that sets a topic's configs.
+#[derive(Clone, Debug)]
+pub struct LayerKey {
+    pub name: &'static str,
+    /// The default as DescribeConfigs shows it.
+    pub default: &'static str,
+    /// Checks the key's value; it sees all of the topic's entries, for keys that go together.
+    pub check: fn(value: &str, entries: &BTreeMap<String, String>) -> Result<(), String>,
+}
+
 /// Every topic config key this crate understands, with its default rendered as Kafka shows it.
 pub fn known_keys() -> Vec<(&'static str, String)> {
     let d = LogConfig::default();
@@ -101,8 +112,6 @@ pub fn known_keys() -> Vec<(&'static str, String)> {
         ("message.timestamp.type", "CreateTime".to_string()),
         ("flush.policy", "always".to_string()),
         ("flush.ms", "1000".to_string()),
-        ("value.format", "none".to_string()),
-        ("value.schema", String::new()),
     ]
 }
 
@@ -152,7 +161,8 @@ fn parse_limit(key: &str, value: &str) -> Result<Option<u64>> {
 
 impl LogConfig {
     /// Builds a config from topic config entries over `base`. Unknown keys are refused so a typo
-    /// does not silently keep the default.
+    /// does not silently keep the default; keys of other layers are left to
+    /// [`crate::Storage::check_topic_configs`], which drops them before calling this.
     pub fn from_entries(base: &LogConfig, entries: &BTreeMap<String, String>) -> Result<LogConfig> {
         let mut c = base.clone();
         let mut flush_ms = match base.flush_policy {
@@ -205,14 +215,6 @@ impl LogConfig {
                     }
                 }
                 "flush.ms" => flush_ms = parse_in(key, v, 1, LONG_MAX)?,
-                // How SQL reads values; the log never looks inside a record. The schema's
-                // syntax is checked by the SQL layer before it is stored.
-                "value.format" => {
-                    if !matches!(v, "none" | "json") {
-                        return Err(invalid(key, v, "expected none or json"));
-                    }
-                }
-                "value.schema" => {}
                 _ => return Err(invalid(key, v, "unknown topic config")),
             }
         }

@@ -34,7 +34,7 @@ mod storage;
 
 pub use batch::{BatchBuilder, Compression, Header, NewRecord, Record, decode_records};
 pub use compact::{CompactionResult, compact};
-pub use config::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
+pub use config::{CleanupPolicy, FlushPolicy, LayerKey, LogConfig, TimestampType};
 pub use error::{BatchError, Result, StorageError};
 pub use log::{AppendInfo, FileSlice, Listener, Log, ReadResult, RetentionResult, now_ms};
 pub use meta::{MetaStore, TopicMeta, Tree};

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::compact::compact;
-use crate::config::{LogConfig, ms_i64};
+use crate::config::{LayerKey, LogConfig, known_keys, ms_i64};
 use crate::error::{Result, StorageError};
 use crate::log::{Listener, Log, now_ms};
 use crate::meta::{MetaStore, TopicMeta, Tree};
@@ -44,6 +44,9 @@ pub struct StorageConfig {
     /// Closed segments of the process whose files may be open at once; the rest are opened
     /// again when read.
     pub open_segments_max: usize,
+    /// Topic config keys other layers own (SQL's `value.format` and `value.schema`), checked
+    /// with storage's own on every path that sets a topic's configs.
+    pub layer_keys: Vec<LayerKey>,
 }
 
 impl StorageConfig {
@@ -57,6 +60,7 @@ impl StorageConfig {
             partitions_max: PARTITIONS_MAX_DEFAULT,
             disk_free_bytes_min: DISK_FREE_BYTES_MIN_DEFAULT,
             open_segments_max: OPEN_SEGMENTS_MAX_DEFAULT,
+            layer_keys: Vec::new(),
         }
     }
 }
@@ -138,7 +142,7 @@ impl Storage {
         };
         storage.remove_leftover_deletions()?;
         for (_, topic) in storage.topics.all()? {
-            let log_config = LogConfig::from_entries(&storage.config.log_defaults, &topic.configs);
+            let log_config = storage.log_config(&topic.configs);
             for partition in 0..topic.partitions {
                 let key = (topic.name.clone(), partition);
                 let opened = match &log_config {
@@ -301,6 +305,43 @@ impl Storage {
         Ok(())
     }
 
+    /// Checks a topic's config entries: storage's own keys by their ranges, other layers' keys
+    /// by their owners' checks; any other key is refused. Returns the log settings they make.
+    pub fn check_topic_configs(&self, entries: &BTreeMap<String, String>) -> Result<LogConfig> {
+        for (key, value) in entries {
+            if let Some(layer) = self.config.layer_keys.iter().find(|l| l.name == key) {
+                (layer.check)(value, entries).map_err(|reason| StorageError::InvalidConfig {
+                    key: key.clone(),
+                    value: value.clone(),
+                    reason,
+                })?;
+            }
+        }
+        self.log_config(entries)
+    }
+
+    /// The log settings of config entries, other layers' keys left out.
+    fn log_config(&self, entries: &BTreeMap<String, String>) -> Result<LogConfig> {
+        let own: BTreeMap<String, String> = entries
+            .iter()
+            .filter(|(k, _)| !self.config.layer_keys.iter().any(|l| l.name == k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        LogConfig::from_entries(&self.config.log_defaults, &own)
+    }
+
+    /// Every topic config key, storage's and other layers', with its default.
+    pub fn topic_config_keys(&self) -> Vec<(&'static str, String)> {
+        let mut keys = known_keys();
+        keys.extend(
+            self.config
+                .layer_keys
+                .iter()
+                .map(|l| (l.name, l.default.to_string())),
+        );
+        keys
+    }
+
     /// Partitions of all topics, open or offline.
     pub fn partition_count(&self) -> u32 {
         let open: usize = self.read_logs().values().map(BTreeMap::len).sum();
@@ -382,7 +423,7 @@ impl Storage {
     ) -> Result<TopicMeta> {
         validate_topic_name(name)?;
         Self::check_partitions(name, partitions)?;
-        let log_config = LogConfig::from_entries(&self.config.log_defaults, &configs)?;
+        let log_config = self.check_topic_configs(&configs)?;
         let _admin = locks::lock(&self.admin);
         if self.topics.get(name)?.is_some() {
             return Err(StorageError::TopicExists {
@@ -439,7 +480,7 @@ impl Storage {
                 requested: partitions,
             });
         }
-        let log_config = LogConfig::from_entries(&self.config.log_defaults, &meta.configs)?;
+        let log_config = self.log_config(&meta.configs)?;
         self.check_room(partitions - meta.partitions)?;
         self.create_logs(name, meta.partitions, partitions, &log_config)?;
         meta.partitions = partitions;
@@ -454,7 +495,7 @@ impl Storage {
         name: &str,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta> {
-        let log_config = LogConfig::from_entries(&self.config.log_defaults, &configs)?;
+        let log_config = self.check_topic_configs(&configs)?;
         let _admin = locks::lock(&self.admin);
         let mut meta = self.existing_topic(name)?;
         meta.configs = configs;

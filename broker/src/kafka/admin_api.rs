@@ -19,7 +19,7 @@ use kafka_protocol::messages::{
     IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use weir_storage::{LogConfig, StorageError, TopicMeta};
+use weir_storage::{StorageError, TopicMeta};
 
 use super::Shared;
 use super::handlers::{CLUSTER_ID, NODE_ID, config_map, error_code, error_message, topic_id};
@@ -130,8 +130,14 @@ pub(crate) fn create_partitions(
     response
 }
 
-fn describe_topic(meta: &TopicMeta, keys: Option<&[String]>) -> Vec<DescribeConfigsResourceResult> {
-    weir_storage::config::known_keys()
+fn describe_topic(
+    shared: &Shared,
+    meta: &TopicMeta,
+    keys: Option<&[String]>,
+) -> Vec<DescribeConfigsResourceResult> {
+    shared
+        .storage
+        .topic_config_keys()
         .into_iter()
         .filter(|(key, _)| keys.is_none_or(|k| k.iter().any(|want| want == key)))
         .map(|(key, default)| {
@@ -163,7 +169,7 @@ pub(crate) fn describe_configs(
             .map(|k| k.iter().map(|s| s.to_string()).collect());
         match resource.resource_type {
             RESOURCE_TOPIC => match shared.storage.topic(&resource.resource_name) {
-                Ok(Some(meta)) => result.configs = describe_topic(&meta, keys.as_deref()),
+                Ok(Some(meta)) => result.configs = describe_topic(shared, &meta, keys.as_deref()),
                 Ok(None) => {
                     result.error_code = ResponseError::UnknownTopicOrPartition.code();
                     result.error_message = Some(text(format!(
@@ -195,7 +201,7 @@ fn apply_configs(
 ) -> Result<(), StorageError> {
     if validate_only {
         shared.storage.existing_topic(topic)?;
-        LogConfig::from_entries(&LogConfig::default(), &configs).map(|_| ())
+        shared.storage.check_topic_configs(&configs).map(|_| ())
     } else {
         shared.storage.set_topic_configs(topic, configs).map(|_| ())
     }

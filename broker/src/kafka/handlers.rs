@@ -607,12 +607,7 @@ fn create_topics(
             ))
         } else if request.validate_only {
             weir_storage::validate_topic_name(&name)
-                .and_then(|()| {
-                    weir_storage::LogConfig::from_entries(
-                        &weir_storage::LogConfig::default(),
-                        &configs,
-                    )
-                })
+                .and_then(|()| shared.storage.check_topic_configs(&configs))
                 .map(|_| None)
                 .map_err(|e| (error_code(&e), e.to_string()))
         } else {
