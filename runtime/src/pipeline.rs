@@ -61,13 +61,18 @@ fn default_from_offset() -> String {
     "latest".into()
 }
 fn default_batch_records_max() -> u32 {
-    1000
+    PipelineSpec::BATCH_RECORDS_DEFAULT
 }
 fn default_failures_max() -> u32 {
-    5
+    PipelineSpec::FAILURES_DEFAULT
 }
 
 impl PipelineSpec {
+    /// Records per plugin call when a spec does not say.
+    pub const BATCH_RECORDS_DEFAULT: u32 = 1000;
+    /// Failed calls in a row before a pipeline pauses, when a spec does not say.
+    pub const FAILURES_DEFAULT: u32 = 5;
+
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter
             .clone()

@@ -33,7 +33,7 @@ struct Stored {
 }
 
 /// What `describe` and `list` report.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PipelineStatus {
     pub spec: PipelineSpec,
     /// `running`, `paused` or `starting`.
