@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use weir_runtime::partition_for_key;
 use weir_storage::{BatchBuilder, Compression, Header, NewRecord, StorageError, TopicMeta};
 
+use crate::kafka::groups::GroupError;
 use crate::node::NodeContext;
 
 mod runtime_api;
@@ -557,8 +558,7 @@ async fn commit_offset(
     blocking(move || {
         node.storage
             .log(&body.topic, body.partition.max(0) as u32)?;
-        let check = node.groups.commit_check(&id, "", -1);
-        if check != 0 {
+        if node.groups.commit_check(&id, "", -1).is_err() {
             return Err(ApiError {
                 status: StatusCode::CONFLICT,
                 message: format!(
@@ -572,16 +572,16 @@ async fn commit_offset(
             metadata: None,
             commit_ms: weir_storage::now_ms(),
         };
-        match node
-            .groups
+        node.groups
             .commit(&id, &body.topic, body.partition, committed)
-        {
-            0 => Ok(StatusCode::NO_CONTENT),
-            code => Err(ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: format!("commit failed with Kafka error code {code}"),
-            }),
-        }
+            .map(|()| StatusCode::NO_CONTENT)
+            .map_err(|e| ApiError {
+                status: match e {
+                    GroupError::OffsetMetadataTooLarge => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                },
+                message: format!("commit to group {id} failed: {e}"),
+            })
     })
     .await
 }

@@ -32,7 +32,32 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::Shared;
-use super::groups::{CommittedOffset, JoinOutcome, JoinRequest, Reply, SyncOutcome};
+use super::groups::{CommittedOffset, GroupError, JoinOutcome, JoinRequest, Reply, SyncOutcome};
+
+/// The Kafka error code for a coordinator's refusal.
+pub(crate) fn group_error_code(e: GroupError) -> i16 {
+    match e {
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
+        GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
+        GroupError::Storage => ResponseError::KafkaStorageError,
+    }
+    .code()
+}
+
+/// 0, or the Kafka error code of the refusal.
+fn code(outcome: Result<(), GroupError>) -> i16 {
+    outcome.err().map_or(0, group_error_code)
+}
 
 /// Longest a JoinGroup or SyncGroup waits for the rest of the group.
 const GROUP_WAIT_MAX: Duration = Duration::from_secs(300);
@@ -104,7 +129,7 @@ pub(crate) async fn join_group(
         Reply::Later(waiter) => match tokio::time::timeout(GROUP_WAIT_MAX, waiter).await {
             Ok(Ok(outcome)) => outcome,
             _ => JoinOutcome {
-                error: ResponseError::RebalanceInProgress.code(),
+                error: Some(GroupError::RebalanceInProgress),
                 generation: -1,
                 protocol_type: None,
                 protocol: None,
@@ -115,7 +140,7 @@ pub(crate) async fn join_group(
         },
     };
     let mut response = JoinGroupResponse::default();
-    response.error_code = outcome.error;
+    response.error_code = outcome.error.map_or(0, group_error_code);
     response.generation_id = outcome.generation;
     if version >= 7 {
         response.protocol_type = outcome.protocol_type.map(text);
@@ -155,7 +180,7 @@ pub(crate) async fn sync_group(
         Reply::Later(waiter) => match tokio::time::timeout(GROUP_WAIT_MAX, waiter).await {
             Ok(Ok(outcome)) => outcome,
             _ => SyncOutcome {
-                error: ResponseError::RebalanceInProgress.code(),
+                error: Some(GroupError::RebalanceInProgress),
                 protocol_type: None,
                 protocol: None,
                 assignment: Bytes::new(),
@@ -163,7 +188,7 @@ pub(crate) async fn sync_group(
         },
     };
     let mut response = SyncGroupResponse::default();
-    response.error_code = outcome.error;
+    response.error_code = outcome.error.map_or(0, group_error_code);
     if version >= 5 {
         response.protocol_type = outcome.protocol_type.map(text);
         response.protocol_name = outcome.protocol.map(text);
@@ -174,11 +199,11 @@ pub(crate) async fn sync_group(
 
 pub(crate) fn heartbeat(shared: &Shared, request: HeartbeatRequest) -> HeartbeatResponse {
     let mut response = HeartbeatResponse::default();
-    response.error_code = shared.groups.heartbeat(
+    response.error_code = code(shared.groups.heartbeat(
         &request.group_id.0,
         &request.member_id,
         request.generation_id,
-    );
+    ));
     response
 }
 
@@ -201,18 +226,18 @@ pub(crate) fn leave_group(
     } else {
         vec![(request.member_id.to_string(), None)]
     };
-    let codes = shared.groups.leave(&request.group_id.0, &members);
+    let outcomes = shared.groups.leave(&request.group_id.0, &members);
     let mut response = LeaveGroupResponse::default();
     if version >= 3 {
-        for ((id, instance), code) in members.into_iter().zip(&codes) {
+        for ((id, instance), outcome) in members.into_iter().zip(&outcomes) {
             let mut m = MemberResponse::default();
             m.member_id = text(id);
             m.group_instance_id = instance.map(text);
-            m.error_code = *code;
+            m.error_code = code(*outcome);
             response.members.push(m);
         }
     } else {
-        response.error_code = codes.first().copied().unwrap_or(0);
+        response.error_code = outcomes.first().map_or(0, |o| code(*o));
     }
     response
 }
@@ -233,8 +258,8 @@ pub(crate) fn offset_commit(shared: &Shared, request: OffsetCommitRequest) -> Of
         for p in topic.partitions {
             let mut r = OffsetCommitResponsePartition::default();
             r.partition_index = p.partition_index;
-            r.error_code = if check != 0 {
-                check
+            r.error_code = if let Err(e) = check {
+                group_error_code(e)
             } else if shared
                 .storage
                 .log(&name, p.partition_index.max(0) as u32)
@@ -243,7 +268,7 @@ pub(crate) fn offset_commit(shared: &Shared, request: OffsetCommitRequest) -> Of
             {
                 ResponseError::UnknownTopicOrPartition.code()
             } else {
-                shared.groups.commit(
+                code(shared.groups.commit(
                     &group,
                     &name,
                     p.partition_index,
@@ -253,7 +278,7 @@ pub(crate) fn offset_commit(shared: &Shared, request: OffsetCommitRequest) -> Of
                         metadata: p.committed_metadata.map(|m| m.to_string()),
                         commit_ms: now,
                     },
-                )
+                ))
             };
             t.partitions.push(r);
         }
@@ -457,7 +482,7 @@ pub(crate) fn delete_groups(shared: &Shared, request: DeleteGroupsRequest) -> De
     let mut response = DeleteGroupsResponse::default();
     for id in request.groups_names {
         let mut r = DeletableGroupResult::default();
-        r.error_code = shared.groups.delete(&id.0);
+        r.error_code = code(shared.groups.delete(&id.0));
         r.group_id = id;
         response.results.push(r);
     }
@@ -472,10 +497,11 @@ pub(crate) fn offset_delete(shared: &Shared, request: OffsetDeleteRequest) -> Of
         for p in topic.partitions {
             let mut r = OffsetDeleteResponsePartition::default();
             r.partition_index = p.partition_index;
-            r.error_code =
-                shared
-                    .groups
-                    .delete_offset(&request.group_id.0, &topic.name.0, p.partition_index);
+            r.error_code = code(shared.groups.delete_offset(
+                &request.group_id.0,
+                &topic.name.0,
+                p.partition_index,
+            ));
             t.partitions.push(r);
         }
         response.topics.push(t);

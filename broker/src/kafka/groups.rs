@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use weir_storage::locks;
 
 use bytes::Bytes;
-use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use weir_storage::{StorageError, Tree};
@@ -142,7 +141,7 @@ pub enum Reply<T> {
 /// What a JoinGroup gets back.
 #[derive(Debug, Clone)]
 pub struct JoinOutcome {
-    pub error: i16,
+    pub error: Option<GroupError>,
     pub generation: i32,
     pub protocol_type: Option<String>,
     pub protocol: Option<String>,
@@ -153,9 +152,9 @@ pub struct JoinOutcome {
 }
 
 impl JoinOutcome {
-    fn error(code: i16, member_id: &str) -> Self {
+    fn error(error: GroupError, member_id: &str) -> Self {
         JoinOutcome {
-            error: code,
+            error: Some(error),
             generation: -1,
             protocol_type: None,
             protocol: None,
@@ -169,16 +168,16 @@ impl JoinOutcome {
 /// What a SyncGroup gets back.
 #[derive(Debug, Clone)]
 pub struct SyncOutcome {
-    pub error: i16,
+    pub error: Option<GroupError>,
     pub protocol_type: Option<String>,
     pub protocol: Option<String>,
     pub assignment: Bytes,
 }
 
 impl SyncOutcome {
-    fn error(code: i16) -> Self {
+    fn error(error: GroupError) -> Self {
         SyncOutcome {
-            error: code,
+            error: Some(error),
             protocol_type: None,
             protocol: None,
             assignment: Bytes::new(),
@@ -234,8 +233,38 @@ pub struct Coordinator {
     next_member: AtomicU64,
 }
 
-fn code(e: ResponseError) -> i16 {
-    e.code()
+/// Why the coordinator refused a group operation. The Kafka listener answers each with its error
+/// code, the HTTP API with a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    #[error("the group id is empty")]
+    InvalidGroupId,
+    #[error(
+        "the session timeout is outside {SESSION_TIMEOUT_MS_MIN}..={SESSION_TIMEOUT_MS_MAX} ms"
+    )]
+    InvalidSessionTimeout,
+    #[error("the member's protocols do not match the group's")]
+    InconsistentGroupProtocol,
+    #[error("the member id is not one of the group's")]
+    UnknownMemberId,
+    #[error("a new member joins again with the member id it was given")]
+    MemberIdRequired,
+    #[error("the group, or the coordinator, holds its limit of members or metadata")]
+    GroupMaxSizeReached,
+    #[error("the generation is not the group's current one")]
+    IllegalGeneration,
+    #[error("the group is rebalancing")]
+    RebalanceInProgress,
+    #[error("the group still has members")]
+    NonEmptyGroup,
+    #[error("the group does not exist")]
+    GroupIdNotFound,
+    #[error("offset metadata longer than {OFFSET_METADATA_BYTES_MAX} bytes")]
+    OffsetMetadataTooLarge,
+    #[error("the group has members, which may read the topic")]
+    GroupSubscribedToTopic,
+    #[error("the metadata store failed")]
+    Storage,
 }
 
 fn offset_key(group: &str, topic: &str, partition: i32) -> String {
@@ -259,20 +288,17 @@ impl Coordinator {
     /// rebalance completes.
     pub fn join(&self, r: JoinRequest) -> Reply<JoinOutcome> {
         if r.group.is_empty() {
-            return Reply::Now(JoinOutcome::error(
-                code(ResponseError::InvalidGroupId),
-                &r.member_id,
-            ));
+            return Reply::Now(JoinOutcome::error(GroupError::InvalidGroupId, &r.member_id));
         }
         if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&r.session_timeout_ms) {
             return Reply::Now(JoinOutcome::error(
-                code(ResponseError::InvalidSessionTimeout),
+                GroupError::InvalidSessionTimeout,
                 &r.member_id,
             ));
         }
         if r.protocols.is_empty() || r.protocol_type.is_empty() {
             return Reply::Now(JoinOutcome::error(
-                code(ResponseError::InconsistentGroupProtocol),
+                GroupError::InconsistentGroupProtocol,
                 &r.member_id,
             ));
         }
@@ -292,7 +318,7 @@ impl Coordinator {
                 "join refused: member metadata past its bound"
             );
             return Reply::Now(JoinOutcome::error(
-                code(ResponseError::GroupMaxSizeReached),
+                GroupError::GroupMaxSizeReached,
                 &r.member_id,
             ));
         }
@@ -303,7 +329,7 @@ impl Coordinator {
                 "join refused: the coordinator holds its limit of groups"
             );
             return Reply::Now(JoinOutcome::error(
-                code(ResponseError::GroupMaxSizeReached),
+                GroupError::GroupMaxSizeReached,
                 &r.member_id,
             ));
         }
@@ -315,7 +341,7 @@ impl Coordinator {
             && !group.members.is_empty()
         {
             return Reply::Now(JoinOutcome::error(
-                code(ResponseError::InconsistentGroupProtocol),
+                GroupError::InconsistentGroupProtocol,
                 &r.member_id,
             ));
         }
@@ -329,7 +355,7 @@ impl Coordinator {
                 group.members.len() == 1 && group.members.contains_key(&r.member_id);
             if !shared && !rejoining_alone {
                 return Reply::Now(JoinOutcome::error(
-                    code(ResponseError::InconsistentGroupProtocol),
+                    GroupError::InconsistentGroupProtocol,
                     &r.member_id,
                 ));
             }
@@ -355,7 +381,7 @@ impl Coordinator {
                     m.session_timeout = Duration::from_millis(r.session_timeout_ms as u64);
                 }
                 return Reply::Now(JoinOutcome {
-                    error: 0,
+                    error: None,
                     generation: group.generation,
                     protocol_type: group.protocol_type.clone(),
                     protocol: group.protocol.clone(),
@@ -381,16 +407,13 @@ impl Coordinator {
                 if r.require_known_member_id && r.instance_id.is_none() {
                     if group.pending.len() >= GROUP_MEMBERS_MAX {
                         return Reply::Now(JoinOutcome::error(
-                            code(ResponseError::GroupMaxSizeReached),
+                            GroupError::GroupMaxSizeReached,
                             &r.member_id,
                         ));
                     }
                     let deadline = now + Duration::from_millis(r.session_timeout_ms as u64);
                     group.pending.insert(id.clone(), deadline);
-                    return Reply::Now(JoinOutcome::error(
-                        code(ResponseError::MemberIdRequired),
-                        &id,
-                    ));
+                    return Reply::Now(JoinOutcome::error(GroupError::MemberIdRequired, &id));
                 }
                 id
             }
@@ -400,13 +423,13 @@ impl Coordinator {
             r.member_id.clone()
         } else {
             return Reply::Now(JoinOutcome::error(
-                code(ResponseError::UnknownMemberId),
+                GroupError::UnknownMemberId,
                 &r.member_id,
             ));
         };
         if !group.members.contains_key(&member_id) && group.members.len() >= GROUP_MEMBERS_MAX {
             return Reply::Now(JoinOutcome::error(
-                code(ResponseError::GroupMaxSizeReached),
+                GroupError::GroupMaxSizeReached,
                 &member_id,
             ));
         }
@@ -465,23 +488,23 @@ impl Coordinator {
     ) -> Reply<SyncOutcome> {
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return Reply::Now(SyncOutcome::error(code(ResponseError::UnknownMemberId)));
+            return Reply::Now(SyncOutcome::error(GroupError::UnknownMemberId));
         };
         if !group.members.contains_key(member_id) {
-            return Reply::Now(SyncOutcome::error(code(ResponseError::UnknownMemberId)));
+            return Reply::Now(SyncOutcome::error(GroupError::UnknownMemberId));
         }
         if generation != group.generation {
-            return Reply::Now(SyncOutcome::error(code(ResponseError::IllegalGeneration)));
+            return Reply::Now(SyncOutcome::error(GroupError::IllegalGeneration));
         }
         let outcome = |g: &Group, assignment: Bytes| SyncOutcome {
-            error: 0,
+            error: None,
             protocol_type: g.protocol_type.clone(),
             protocol: g.protocol.clone(),
             assignment,
         };
         match group.state {
             State::Empty | State::PreparingRebalance => {
-                Reply::Now(SyncOutcome::error(code(ResponseError::RebalanceInProgress)))
+                Reply::Now(SyncOutcome::error(GroupError::RebalanceInProgress))
             }
             State::Stable => {
                 let assignment = group.members[member_id].assignment.clone();
@@ -507,7 +530,7 @@ impl Coordinator {
                         let assignment = m.assignment.clone();
                         if let Some(waiter) = m.sync_waiter.take() {
                             let answer = SyncOutcome {
-                                error: 0,
+                                error: None,
                                 protocol_type: group.protocol_type.clone(),
                                 protocol: group.protocol.clone(),
                                 assignment,
@@ -522,30 +545,39 @@ impl Coordinator {
     }
 
     /// Handles a Heartbeat; the error code tells the member whether to rejoin.
-    pub fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), GroupError> {
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return code(ResponseError::UnknownMemberId);
+            return Err(GroupError::UnknownMemberId);
         };
         let Some(member) = group.members.get_mut(member_id) else {
-            return code(ResponseError::UnknownMemberId);
+            return Err(GroupError::UnknownMemberId);
         };
         member.last_seen = Instant::now();
         if generation != group.generation {
-            return code(ResponseError::IllegalGeneration);
+            return Err(GroupError::IllegalGeneration);
         }
         match group.state {
-            State::PreparingRebalance => code(ResponseError::RebalanceInProgress),
-            _ => 0,
+            State::PreparingRebalance => Err(GroupError::RebalanceInProgress),
+            _ => Ok(()),
         }
     }
 
     /// Handles a LeaveGroup for each (member id, instance id); returns an error code per member.
-    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
+    pub fn leave(
+        &self,
+        group_id: &str,
+        members: &[(String, Option<String>)],
+    ) -> Vec<Result<(), GroupError>> {
         let now = Instant::now();
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
-            return vec![code(ResponseError::UnknownMemberId); members.len()];
+            return vec![Err(GroupError::UnknownMemberId); members.len()];
         };
         let mut codes = Vec::with_capacity(members.len());
         for (member_id, instance_id) in members {
@@ -561,8 +593,8 @@ impl Coordinator {
                 Some(member_id.clone())
             };
             match id.and_then(|id| group.members.remove(&id)) {
-                Some(_) => codes.push(0),
-                None => codes.push(code(ResponseError::UnknownMemberId)),
+                Some(_) => codes.push(Ok(())),
+                None => codes.push(Err(GroupError::UnknownMemberId)),
             }
         }
         after_departure(group, now);
@@ -633,60 +665,65 @@ impl Coordinator {
     }
 
     /// Deletes an empty group and its committed offsets.
-    pub fn delete(&self, group_id: &str) -> i16 {
+    pub fn delete(&self, group_id: &str) -> Result<(), GroupError> {
         let mut groups = self.lock();
         if groups.get(group_id).is_some_and(|g| !g.members.is_empty()) {
-            return code(ResponseError::NonEmptyGroup);
+            return Err(GroupError::NonEmptyGroup);
         }
         let prefix = format!("{group_id}\u{0}");
         let entries = match self.offsets.scan_prefix(&prefix) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(group = group_id, error = %e, "reading offsets failed");
-                return code(ResponseError::KafkaStorageError);
+                return Err(GroupError::Storage);
             }
         };
         let known = groups.remove(group_id).is_some();
         if entries.is_empty() && !known {
-            return code(ResponseError::GroupIdNotFound);
+            return Err(GroupError::GroupIdNotFound);
         }
         for (key, _) in entries {
             if let Err(e) = self.offsets.remove(&key) {
                 tracing::error!(group = group_id, error = %e, "deleting offsets failed");
-                return code(ResponseError::KafkaStorageError);
+                return Err(GroupError::Storage);
             }
         }
-        0
+        Ok(())
     }
 
     /// Checks that a member may commit for `generation` (`< 0`: a consumer outside any group,
     /// allowed only while the group has no members).
-    pub fn commit_check(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
+    pub fn commit_check(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), GroupError> {
         let groups = self.lock();
         let Some(group) = groups.get(group_id).filter(|g| !g.members.is_empty()) else {
             return if generation < 0 {
-                0
+                Ok(())
             } else {
-                code(ResponseError::IllegalGeneration)
+                Err(GroupError::IllegalGeneration)
             };
         };
         if generation < 0 {
-            return code(ResponseError::IllegalGeneration);
+            return Err(GroupError::IllegalGeneration);
         }
         if !group.members.contains_key(member_id) {
-            return code(ResponseError::UnknownMemberId);
+            return Err(GroupError::UnknownMemberId);
         }
         if generation != group.generation {
-            return code(ResponseError::IllegalGeneration);
+            return Err(GroupError::IllegalGeneration);
         }
         // Kafka's rule: a member of the current generation may commit while the group is
         // stable and while it prepares a rebalance (cooperative consumers commit what they give
         // up before rejoining); only between the join and the sync, when the member has not yet
         // learned its new assignment, is the commit refused.
         if group.state == State::CompletingRebalance {
-            return code(ResponseError::RebalanceInProgress);
+            return Err(GroupError::RebalanceInProgress);
         }
-        0
+        Ok(())
     }
 
     pub fn commit(
@@ -695,22 +732,22 @@ impl Coordinator {
         topic: &str,
         partition: i32,
         offset: CommittedOffset,
-    ) -> i16 {
+    ) -> Result<(), GroupError> {
         if offset
             .metadata
             .as_ref()
             .is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX)
         {
-            return code(ResponseError::OffsetMetadataTooLarge);
+            return Err(GroupError::OffsetMetadataTooLarge);
         }
         match self
             .offsets
             .insert(&offset_key(group_id, topic, partition), &offset)
         {
-            Ok(()) => 0,
+            Ok(()) => Ok(()),
             Err(e) => {
                 tracing::error!(group = group_id, topic, partition, error = %e, "offset commit failed");
-                code(ResponseError::KafkaStorageError)
+                Err(GroupError::Storage)
             }
         }
     }
@@ -743,14 +780,19 @@ impl Coordinator {
         Ok(out)
     }
 
-    pub fn delete_offset(&self, group_id: &str, topic: &str, partition: i32) -> i16 {
+    pub fn delete_offset(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), GroupError> {
         let groups = self.lock();
         if groups.get(group_id).is_some_and(|g| !g.members.is_empty()) {
-            return code(ResponseError::GroupSubscribedToTopic);
+            return Err(GroupError::GroupSubscribedToTopic);
         }
         match self.offsets.remove(&offset_key(group_id, topic, partition)) {
-            Ok(_) => 0,
-            Err(_) => code(ResponseError::KafkaStorageError),
+            Ok(_) => Ok(()),
+            Err(_) => Err(GroupError::Storage),
         }
     }
 }
@@ -808,7 +850,7 @@ fn start_rebalance(group: &mut Group, now: Instant) {
         m.joined = m.join_waiter.is_some();
         // Members waiting for their assignment must rejoin instead.
         if let Some(waiter) = m.sync_waiter.take() {
-            let _ = waiter.send(SyncOutcome::error(code(ResponseError::RebalanceInProgress)));
+            let _ = waiter.send(SyncOutcome::error(GroupError::RebalanceInProgress));
         }
     }
 }
@@ -898,11 +940,9 @@ fn try_complete_join(group: &mut Group, now: Instant) {
         m.assignment = Bytes::new();
         if let Some(waiter) = m.join_waiter.take() {
             let outcome = JoinOutcome {
-                error: if protocol.is_some() {
-                    0
-                } else {
-                    code(ResponseError::InconsistentGroupProtocol)
-                },
+                error: protocol
+                    .is_none()
+                    .then_some(GroupError::InconsistentGroupProtocol),
                 generation: group.generation,
                 protocol_type: group.protocol_type.clone(),
                 protocol: protocol.clone(),
@@ -961,7 +1001,7 @@ mod tests {
         assert!(a.try_recv().is_err());
         c.tick(start + INITIAL_REBALANCE_DELAY + Duration::from_millis(50));
         let first = a.try_recv().unwrap();
-        assert_eq!((first.error, first.generation), (0, 1));
+        assert_eq!((first.error, first.generation), (None, 1));
         assert_eq!(first.leader, first.member_id);
         assert_eq!(first.members.len(), 1);
         let a_id = first.member_id.clone();
@@ -969,13 +1009,13 @@ mod tests {
         let assignment = Bytes::from_static(b"all partitions");
         let mut synced = later(c.sync("g", &a_id, 1, vec![(a_id.clone(), assignment.clone())]));
         assert_eq!(synced.try_recv().unwrap().assignment, assignment);
-        assert_eq!(c.heartbeat("g", &a_id, 1), 0);
+        assert_eq!(c.heartbeat("g", &a_id, 1), Ok(()));
 
         // A second member joins: the first learns of the rebalance from its heartbeat.
         let mut b = later(join(&c, "", 1_000));
         assert_eq!(
             c.heartbeat("g", &a_id, 1),
-            ResponseError::RebalanceInProgress.code()
+            Err(GroupError::RebalanceInProgress)
         );
         let mut a = later(join(&c, &a_id, 60_000));
         let (ja, jb) = (a.try_recv().unwrap(), b.try_recv().unwrap());
@@ -985,7 +1025,7 @@ mod tests {
         let b_id = jb.member_id.clone();
         assert_eq!(
             c.heartbeat("g", &b_id, 1),
-            ResponseError::IllegalGeneration.code()
+            Err(GroupError::IllegalGeneration)
         );
         let mut sb = later(c.sync("g", &b_id, 2, Vec::new()));
         let _sa = later(c.sync(
@@ -1002,16 +1042,13 @@ mod tests {
         // The second member stops heartbeating: past its session it is removed and the group
         // rebalances; a commit from the old generation is refused.
         c.tick(Instant::now() + Duration::from_millis(1_500));
-        assert_eq!(
-            c.heartbeat("g", &b_id, 2),
-            ResponseError::UnknownMemberId.code()
-        );
+        assert_eq!(c.heartbeat("g", &b_id, 2), Err(GroupError::UnknownMemberId));
         assert_eq!(
             c.heartbeat("g", &a_id, 2),
-            ResponseError::RebalanceInProgress.code()
+            Err(GroupError::RebalanceInProgress)
         );
         // Kafka's rule: the current generation may commit while a rebalance is prepared.
-        assert_eq!(c.commit_check("g", &a_id, 2), 0);
+        assert_eq!(c.commit_check("g", &a_id, 2), Ok(()));
         let mut a = later(join(&c, &a_id, 60_000));
         let alone = a.try_recv().unwrap();
         assert_eq!((alone.generation, alone.members.len()), (3, 1));
@@ -1019,15 +1056,15 @@ mod tests {
         assert_eq!(c.describe("g").state, State::CompletingRebalance);
         assert_eq!(
             c.commit_check("g", &a_id, 3),
-            ResponseError::RebalanceInProgress.code()
+            Err(GroupError::RebalanceInProgress)
         );
         assert_eq!(
             c.commit_check("g", &a_id, 2),
-            ResponseError::IllegalGeneration.code()
+            Err(GroupError::IllegalGeneration)
         );
         let _synced = later(c.sync("g", &a_id, 3, vec![(a_id.clone(), Bytes::new())]));
         assert_eq!(c.describe("g").state, State::Stable);
-        assert_eq!(c.commit_check("g", &a_id, 3), 0);
+        assert_eq!(c.commit_check("g", &a_id, 3), Ok(()));
 
         // Leaving empties the group; its offsets stay until the group is deleted.
         let offset = CommittedOffset {
@@ -1036,14 +1073,14 @@ mod tests {
             metadata: Some("m".into()),
             commit_ms: 0,
         };
-        assert_eq!(c.commit("g", "t", 0, offset.clone()), 0);
-        assert_eq!(c.delete("g"), ResponseError::NonEmptyGroup.code());
-        assert_eq!(c.leave("g", &[(a_id, None)]), vec![0]);
+        assert_eq!(c.commit("g", "t", 0, offset.clone()), Ok(()));
+        assert_eq!(c.delete("g"), Err(GroupError::NonEmptyGroup));
+        assert_eq!(c.leave("g", &[(a_id, None)]), vec![Ok(())]);
         assert_eq!(c.describe("g").state, State::Empty);
         assert_eq!(c.committed("g", "t", 0).unwrap(), Some(offset));
-        assert_eq!(c.delete("g"), 0);
+        assert_eq!(c.delete("g"), Ok(()));
         assert_eq!(c.committed("g", "t", 0).unwrap(), None);
-        assert_eq!(c.delete("g"), ResponseError::GroupIdNotFound.code());
+        assert_eq!(c.delete("g"), Err(GroupError::GroupIdNotFound));
     }
 
     /// Two members, stable at generation 2; returns (leader id, follower id).
@@ -1069,7 +1106,7 @@ mod tests {
         let (leader, survivor) = stable_pair(&c, 1_000);
         // The leader stops heartbeating; the survivor keeps going.
         let past_leader_session = Instant::now() + Duration::from_millis(1_500);
-        assert_eq!(c.heartbeat("g", &survivor, 2), 0);
+        assert_eq!(c.heartbeat("g", &survivor, 2), Ok(()));
         c.tick(past_leader_session);
         assert!(
             c.describe("g")
@@ -1079,13 +1116,13 @@ mod tests {
         );
         assert_eq!(
             c.heartbeat("g", &survivor, 2),
-            ResponseError::RebalanceInProgress.code()
+            Err(GroupError::RebalanceInProgress)
         );
         // The survivor's rejoin completes the rebalance at once: no wait for the rebalance
         // timeout (60 s here) as if the group were new.
         let mut rejoin = later(join(&c, &survivor, 60_000));
         let outcome = rejoin.try_recv().unwrap();
-        assert_eq!((outcome.error, outcome.generation), (0, 3));
+        assert_eq!((outcome.error, outcome.generation), (None, 3));
         assert_eq!(outcome.leader, survivor);
         assert_eq!(outcome.members.len(), 1);
     }
@@ -1107,7 +1144,7 @@ mod tests {
         }) else {
             panic!("metadata past the bound is refused at once");
         };
-        assert_eq!(big.error, ResponseError::GroupMaxSizeReached.code());
+        assert_eq!(big.error, Some(GroupError::GroupMaxSizeReached));
         let (a, _) = stable_pair(&c, 60_000);
         assert_eq!(c.usage().groups, 1);
         assert_eq!(c.usage().largest_members, 2);
@@ -1118,7 +1155,7 @@ mod tests {
             .into_iter()
             .map(|m| (m.member_id, None))
             .collect();
-        assert_eq!(c.leave("g", &members), vec![0, 0]);
+        assert_eq!(c.leave("g", &members), vec![Ok(()), Ok(())]);
         c.tick(Instant::now());
         assert_eq!(
             c.usage(),
@@ -1131,7 +1168,7 @@ mod tests {
         assert_eq!(c.describe("g").state, State::Empty);
         assert_eq!(
             c.commit_check("g", &a, 2),
-            ResponseError::IllegalGeneration.code()
+            Err(GroupError::IllegalGeneration)
         );
     }
 
@@ -1180,7 +1217,7 @@ mod tests {
         let Reply::Now(back) = static_join(&instance, "") else {
             panic!("a returning static member is answered at once");
         };
-        assert_eq!((back.error, back.generation), (0, leader.generation));
+        assert_eq!((back.error, back.generation), (None, leader.generation));
         assert_eq!(back.member_id, follower.member_id);
         assert_eq!(c.describe("g").state, State::Stable);
         let Reply::Now(assignment) = c.sync("g", &back.member_id, back.generation, Vec::new())
@@ -1208,19 +1245,19 @@ mod tests {
         let Reply::Now(first) = c.join(request("")) else {
             panic!("a new member is told its id at once");
         };
-        assert_eq!(first.error, ResponseError::MemberIdRequired.code());
+        assert_eq!(first.error, Some(GroupError::MemberIdRequired));
         assert!(first.member_id.starts_with("cli-"));
         assert!(matches!(c.join(request(&first.member_id)), Reply::Later(_)));
         let Reply::Now(unknown) = c.join(request("made-up")) else {
             panic!("an unknown member id is refused at once");
         };
-        assert_eq!(unknown.error, ResponseError::UnknownMemberId.code());
+        assert_eq!(unknown.error, Some(GroupError::UnknownMemberId));
         let Reply::Now(bad) = c.join(JoinRequest {
             session_timeout_ms: 10,
             ..request("")
         }) else {
             panic!("a bad session timeout is refused at once");
         };
-        assert_eq!(bad.error, ResponseError::InvalidSessionTimeout.code());
+        assert_eq!(bad.error, Some(GroupError::InvalidSessionTimeout));
     }
 }
