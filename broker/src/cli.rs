@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use serde_json::{Value, json};
+
+use crate::error::{Error, Result, io};
 
 /// Lines sent per produce request.
 const PRODUCE_CHUNK_RECORDS: usize = 1000;
@@ -38,9 +39,10 @@ impl Client {
 
     /// Sends a request and returns the JSON answer (`Null` for an empty one); an HTTP error
     /// becomes an error carrying the server's message.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let body = match body {
-            Some(value) => serde_json::to_vec(value)?,
+            Some(value) => serde_json::to_vec(value)
+                .map_err(|e| Error::Invalid(format!("request body: {e}")))?,
             None if method == "POST" => b"null".to_vec(),
             None => Vec::new(),
         };
@@ -48,13 +50,7 @@ impl Client {
     }
 
     /// Sends `body` as is, with its content type.
-    pub fn send(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        body: &[u8],
-    ) -> anyhow::Result<Value> {
+    pub fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Result<Value> {
         self.send_accepting(method, path, content_type, body, "application/json")
     }
 
@@ -66,7 +62,7 @@ impl Client {
         content_type: &str,
         body: &[u8],
         accept: &str,
-    ) -> anyhow::Result<Value> {
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let request = ureq::http::Request::builder()
@@ -80,11 +76,11 @@ impl Client {
         };
         let request = request
             .body(body.to_vec())
-            .with_context(|| format!("bad request to {url}"))?;
-        let mut response = self
-            .agent
-            .run(request)
-            .with_context(|| format!("cannot reach {url}: is `weir serve` running?"))?;
+            .map_err(|e| Error::Invalid(format!("bad request to {url}: {e}")))?;
+        let mut response = self.agent.run(request).map_err(|e| Error::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
         let status = response.status();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let value: Value = if text.is_empty() {
@@ -97,37 +93,37 @@ impl Client {
                 .get("error")
                 .and_then(Value::as_str)
                 .map_or_else(|| value.to_string(), str::to_string);
-            bail!("{method} {path}: {status}: {message}");
+            return Err(Error::Remote {
+                method: method.to_string(),
+                path: path.to_string(),
+                status: status.as_u16(),
+                message,
+            });
         }
         Ok(value)
     }
 }
 
 /// `key=value` pairs of repeated flags.
-pub fn parse_pairs(what: &str, pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub fn parse_pairs(what: &str, pairs: &[String]) -> Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|p| {
             p.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .with_context(|| format!("{what} {p:?} is not key=value"))
+                .ok_or_else(|| Error::Invalid(format!("{what} {p:?} is not key=value")))
         })
         .collect()
 }
 
-pub fn topic_create(
-    c: &Client,
-    name: &str,
-    partitions: u32,
-    configs: &[String],
-) -> anyhow::Result<()> {
+pub fn topic_create(c: &Client, name: &str, partitions: u32, configs: &[String]) -> Result<()> {
     let body = json!({ "name": name, "partitions": partitions, "configs": parse_pairs("config", configs)? });
     c.call("POST", "/v1/topics", Some(&body))?;
     println!("created topic {name} with {partitions} partitions");
     Ok(())
 }
 
-pub fn topic_list(c: &Client) -> anyhow::Result<()> {
+pub fn topic_list(c: &Client) -> Result<()> {
     let topics = c.call("GET", "/v1/topics", None)?;
     println!("{:<40} {:>10}", "TOPIC", "PARTITIONS");
     for t in topics.as_array().into_iter().flatten() {
@@ -140,7 +136,7 @@ pub fn topic_list(c: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn topic_describe(c: &Client, name: &str) -> anyhow::Result<()> {
+pub fn topic_describe(c: &Client, name: &str) -> Result<()> {
     let t = c.call("GET", &format!("/v1/topics/{name}"), None)?;
     println!("topic {name} (id {})", t["id"].as_str().unwrap_or(""));
     for (k, v) in t["configs"].as_object().into_iter().flatten() {
@@ -164,7 +160,7 @@ pub fn topic_describe(c: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn topic_delete(c: &Client, name: &str) -> anyhow::Result<()> {
+pub fn topic_delete(c: &Client, name: &str) -> Result<()> {
     c.call("DELETE", &format!("/v1/topics/{name}"), None)?;
     println!("deleted topic {name}");
     Ok(())
@@ -178,10 +174,10 @@ pub fn produce(
     partition: Option<u32>,
     input: &mut dyn BufRead,
     progress: Option<indicatif::ProgressBar>,
-) -> anyhow::Result<u64> {
+) -> Result<u64> {
     let mut sent = 0u64;
     let mut chunk = Vec::with_capacity(PRODUCE_CHUNK_RECORDS);
-    let flush = |chunk: &mut Vec<Value>, sent: &mut u64| -> anyhow::Result<()> {
+    let flush = |chunk: &mut Vec<Value>, sent: &mut u64| -> Result<()> {
         if chunk.is_empty() {
             return Ok(());
         }
@@ -192,7 +188,7 @@ pub fn produce(
         Ok(())
     };
     for line in input.lines() {
-        let line = line.context("reading input")?;
+        let line = line.map_err(io("reading input"))?;
         if let Some(p) = &progress {
             p.inc(line.len() as u64 + 1);
         }
@@ -226,12 +222,7 @@ pub struct ConsumeOptions<'a> {
 }
 
 /// Prints record values of every partition of `topic`, one per line.
-pub fn consume(
-    c: &Client,
-    topic: &str,
-    o: &ConsumeOptions,
-    out: &mut dyn Write,
-) -> anyhow::Result<u64> {
+pub fn consume(c: &Client, topic: &str, o: &ConsumeOptions, out: &mut dyn Write) -> Result<u64> {
     let detail = c.call("GET", &format!("/v1/topics/{topic}"), None)?;
     let partitions = detail["partitions"].as_array().cloned().unwrap_or_default();
     let mut committed: BTreeMap<u64, u64> = BTreeMap::new();
@@ -287,7 +278,7 @@ pub fn consume(
                     .as_str()
                     .or_else(|| r["value_base64"].as_str())
                     .unwrap_or("");
-                writeln!(out, "{value}")?;
+                writeln!(out, "{value}").map_err(io("writing records"))?;
                 printed += 1;
                 if let Some(next) = r["offset"].as_u64() {
                     *offset = next + 1;
@@ -306,7 +297,7 @@ pub fn consume(
                 c.call("POST", &format!("/v1/groups/{g}/offsets"), Some(&body))?;
             }
         }
-        out.flush()?;
+        out.flush().map_err(io("writing records"))?;
         if o.max_records.is_some_and(|m| printed >= m) || (o.exit_at_end && at_end) {
             return Ok(printed);
         }
@@ -316,7 +307,7 @@ pub fn consume(
     }
 }
 
-pub fn groups(c: &Client) -> anyhow::Result<()> {
+pub fn groups(c: &Client) -> Result<()> {
     let groups = c.call("GET", "/v1/groups", None)?;
     println!(
         "{:<32} {:<20} {:>8} {:>12}",
@@ -347,7 +338,7 @@ pub fn groups(c: &Client) -> anyhow::Result<()> {
 }
 
 /// Runs one statement and prints the answer as a table.
-pub fn sql(c: &Client, statement: &str) -> anyhow::Result<()> {
+pub fn sql(c: &Client, statement: &str) -> Result<()> {
     let answer = c.send_accepting(
         "POST",
         "/v1/sql",
@@ -362,7 +353,7 @@ pub fn sql(c: &Client, statement: &str) -> anyhow::Result<()> {
 /// Where the shell's lines come from.
 pub trait ShellInput {
     /// The next line, `None` at the end of the input; `continued` when a statement is open.
-    fn line(&mut self, continued: bool) -> anyhow::Result<Option<String>>;
+    fn line(&mut self, continued: bool) -> Result<Option<String>>;
 
     /// A statement the shell ran, for the history.
     fn ran(&mut self, _statement: &str) {}
@@ -372,9 +363,13 @@ pub trait ShellInput {
 pub struct Piped<R>(pub R);
 
 impl<R: BufRead> ShellInput for Piped<R> {
-    fn line(&mut self, _continued: bool) -> anyhow::Result<Option<String>> {
+    fn line(&mut self, _continued: bool) -> Result<Option<String>> {
         let mut line = String::new();
-        Ok((self.0.read_line(&mut line)? > 0).then_some(line))
+        let read = self
+            .0
+            .read_line(&mut line)
+            .map_err(io("reading statements"))?;
+        Ok((read > 0).then_some(line))
     }
 }
 
@@ -385,8 +380,9 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    pub fn open() -> anyhow::Result<Terminal> {
-        let mut editor = rustyline::DefaultEditor::new()?;
+    pub fn open() -> Result<Terminal> {
+        let mut editor = rustyline::DefaultEditor::new()
+            .map_err(|e| Error::Invalid(format!("cannot edit lines on this terminal: {e}")))?;
         let history = std::env::var_os("HOME")
             .map(|home| std::path::Path::new(&home).join(".weir_sql_history"));
         if let Some(path) = &history {
@@ -398,7 +394,7 @@ impl Terminal {
 }
 
 impl ShellInput for Terminal {
-    fn line(&mut self, continued: bool) -> anyhow::Result<Option<String>> {
+    fn line(&mut self, continued: bool) -> Result<Option<String>> {
         use rustyline::error::ReadlineError;
         let prompt = if continued { "   ...> " } else { "weir=> " };
         match self.editor.readline(prompt) {
@@ -406,7 +402,7 @@ impl ShellInput for Terminal {
             // Ctrl-C drops the line being typed, as in psql.
             Err(ReadlineError::Interrupted) => Ok(Some(String::new())),
             Err(ReadlineError::Eof) => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(Error::Invalid(format!("reading a line: {e}"))),
         }
     }
 
@@ -422,7 +418,7 @@ impl ShellInput for Terminal {
 
 /// Statements read from `input` (each ends with `;`), run one by one; an error is printed and
 /// the shell goes on.
-pub fn sql_shell(c: &Client, input: &mut dyn ShellInput) -> anyhow::Result<()> {
+pub fn sql_shell(c: &Client, input: &mut dyn ShellInput) -> Result<()> {
     let mut statement = String::new();
     while let Some(line) = input.line(!statement.is_empty())? {
         statement.push_str(&line);

@@ -261,11 +261,11 @@ fn run() -> anyhow::Result<()> {
                 } => {
                     configs.extend(value_format.map(|f| format!("value.format={f}")));
                     configs.extend(schema.map(|s| format!("value.schema={s}")));
-                    cli::topic_create(&c, &name, partitions, &configs)
+                    Ok(cli::topic_create(&c, &name, partitions, &configs)?)
                 }
-                TopicCommand::List => cli::topic_list(&c),
-                TopicCommand::Describe { name } => cli::topic_describe(&c, &name),
-                TopicCommand::Delete { name } => cli::topic_delete(&c, &name),
+                TopicCommand::List => Ok(cli::topic_list(&c)?),
+                TopicCommand::Describe { name } => Ok(cli::topic_describe(&c, &name)?),
+                TopicCommand::Delete { name } => Ok(cli::topic_delete(&c, &name)?),
             }
         }
         Command::Produce {
@@ -312,26 +312,29 @@ fn run() -> anyhow::Result<()> {
                 &topic,
                 &options,
                 &mut std::io::stdout().lock(),
-            )
-            .map(|_| ())
+            )?;
+            Ok(())
         }
-        Command::Groups { remote } => cli::groups(&remote.client()),
+        Command::Groups { remote } => Ok(cli::groups(&remote.client())?),
         Command::Sql { statement, remote } => {
             let c = remote.client();
             match statement {
-                Some(statement) => cli::sql(&c, &statement),
+                Some(statement) => Ok(cli::sql(&c, &statement)?),
                 None if std::io::stdin().is_terminal() => {
-                    cli::sql_shell(&c, &mut cli::Terminal::open()?)
+                    Ok(cli::sql_shell(&c, &mut cli::Terminal::open()?)?)
                 }
-                None => cli::sql_shell(&c, &mut cli::Piped(std::io::stdin().lock())),
+                None => Ok(cli::sql_shell(
+                    &c,
+                    &mut cli::Piped(std::io::stdin().lock()),
+                )?),
             }
         }
-        Command::Plugin { command, remote } => plugin_command(command, &remote.client()),
-        Command::Pipeline { command, remote } => pipeline_command(command, &remote.client()),
+        Command::Plugin { command, remote } => Ok(plugin_command(command, &remote.client())?),
+        Command::Pipeline { command, remote } => Ok(pipeline_command(command, &remote.client())?),
     }
 }
 
-fn plugin_command(command: PluginCommand, c: &Client) -> anyhow::Result<()> {
+fn plugin_command(command: PluginCommand, c: &Client) -> weir_broker::error::Result<()> {
     match command {
         PluginCommand::New {
             name,
@@ -363,7 +366,7 @@ fn plugin_command(command: PluginCommand, c: &Client) -> anyhow::Result<()> {
     }
 }
 
-fn pipeline_command(command: PipelineCommand, c: &Client) -> anyhow::Result<()> {
+fn pipeline_command(command: PipelineCommand, c: &Client) -> weir_broker::error::Result<()> {
     match command {
         PipelineCommand::Create {
             name,
@@ -409,7 +412,7 @@ fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let server = Server::start(&config).await?;
         signal.await;
         tracing::info!("shutting down");
-        server.shutdown().await
+        Ok(server.shutdown().await?)
     })
 }
 

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::cli::{Client, parse_pairs};
+use crate::error::{Error, Result, io};
 
 /// Kinds `weir plugin new` scaffolds, with the function it writes for each and the body of a
 /// native test of that function.
@@ -51,40 +51,47 @@ fn default_sdk_dir() -> PathBuf {
 }
 
 /// Writes a plugin crate `dir/name` of the given kind, ready for `weir plugin build`.
-pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> Result<PathBuf> {
     let Some((_, function, test)) = TEMPLATES.iter().find(|(k, _, _)| *k == kind) else {
         let kinds: Vec<&str> = TEMPLATES.iter().map(|(k, _, _)| *k).collect();
-        bail!("unknown plugin kind {kind:?}; kinds: {}", kinds.join(", "));
+        return Err(Error::Invalid(format!(
+            "unknown plugin kind {kind:?}; kinds: {}",
+            kinds.join(", ")
+        )));
     };
-    weir_runtime::validate_plugin_name(name)?;
+    weir_runtime::validate_plugin_name(name).map_err(|e| Error::Invalid(e.to_string()))?;
     let root = dir.join(name);
     if root.exists() {
-        bail!("{} already exists", root.display());
+        return Err(Error::Invalid(format!("{} already exists", root.display())));
     }
     let sdk = match sdk {
         Some(path) => path.to_path_buf(),
         None => default_sdk_dir(),
     };
-    let sdk = sdk
-        .canonicalize()
-        .with_context(|| format!("the weir SDK is not at {}; pass --sdk", sdk.display()))?;
-    std::fs::create_dir_all(root.join("src"))?;
+    let sdk = sdk.canonicalize().map_err(|e| Error::File {
+        path: sdk.clone(),
+        reason: format!("the weir SDK is not there ({e}); pass --sdk"),
+    })?;
+    let write = |path: &Path, text: &str| {
+        std::fs::create_dir_all(path.parent().unwrap_or(&root))
+            .and_then(|()| std::fs::write(path, text))
+            .map_err(io(format!("writing {}", path.display())))
+    };
     let manifest = format!(
         "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
          [lib]\n# cdylib for the wasm module, rlib for `cargo test`.\ncrate-type = [\"cdylib\", \"rlib\"]\n\n\
          [dependencies]\nweir = {{ package = \"weir-guest\", path = {sdk:?} }}\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n\n\
          [profile.release]\nstrip = true\npanic = \"abort\"\n"
     );
-    std::fs::write(root.join("Cargo.toml"), manifest)?;
+    write(&root.join("Cargo.toml"), &manifest)?;
     let lib = format!(
         "//! Weir plugin `{name}` ({kind}). Build with `weir plugin build`, deploy with\n//! `weir plugin deploy {name} target/wasm32-unknown-unknown/release/{file}.wasm`.\n\n#[allow(unused_imports)]\nuse weir::{{Params, Record, Result}};\n\n{function}\n#[cfg(test)]\nmod tests {{\n    use weir::{{Params, Record}};\n\n    #[test]\n    fn runs_natively() {{\n        {test}\n    }}\n}}\n",
         file = name.replace('-', "_")
     );
-    std::fs::write(root.join("src/lib.rs"), lib)?;
-    std::fs::write(root.join(".gitignore"), "/target\n")?;
-    std::fs::create_dir_all(root.join(".cargo"))?;
-    std::fs::write(
-        root.join(".cargo/config.toml"),
+    write(&root.join("src/lib.rs"), &lib)?;
+    write(&root.join(".gitignore"), "/target\n")?;
+    write(
+        &root.join(".cargo/config.toml"),
         "# wasmtime runs WebAssembly SIMD: let memchr, regex and friends use it.\n\
          [target.wasm32-unknown-unknown]\nrustflags = [\"-C\", \"target-feature=+simd128\"]\n",
     )?;
@@ -92,40 +99,45 @@ pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> anyhow::Re
 }
 
 /// Builds the plugin crate in `dir` to wasm and returns the module's path.
-pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn build(dir: &Path) -> Result<PathBuf> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(dir)
         .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
         .status()
-        .context("cannot run cargo")?;
+        .map_err(io("running cargo"))?;
     if !status.success() {
-        bail!(
+        return Err(Error::Invalid(
             "cargo build failed (the target is added with `rustup target add wasm32-unknown-unknown`)"
-        );
+                .into(),
+        ));
     }
     let metadata = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(dir)
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
-        .context("cannot run cargo metadata")?;
-    let metadata: Value = serde_json::from_slice(&metadata.stdout).context("cargo metadata")?;
+        .map_err(io("running cargo metadata"))?;
+    let metadata: Value = serde_json::from_slice(&metadata.stdout)
+        .map_err(|e| Error::Invalid(format!("cargo metadata: {e}")))?;
     let target_dir = metadata["target_directory"]
         .as_str()
-        .context("cargo metadata has no target directory")?;
+        .ok_or_else(|| Error::Invalid("cargo metadata has no target directory".into()))?;
     let name = metadata["packages"][0]["name"]
         .as_str()
-        .context("cargo metadata has no package")?;
+        .ok_or_else(|| Error::Invalid("cargo metadata has no package".into()))?;
     let wasm = Path::new(target_dir)
         .join("wasm32-unknown-unknown/release")
         .join(format!("{}.wasm", name.replace('-', "_")));
     if !wasm.exists() {
-        bail!("{} was not built; is the crate a cdylib?", wasm.display());
+        return Err(Error::File {
+            path: wasm,
+            reason: "not built; is the crate a cdylib?".into(),
+        });
     }
     Ok(wasm)
 }
 
-pub fn deploy(c: &Client, name: &str, file: &Path, params: &[String]) -> anyhow::Result<()> {
-    let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+pub fn deploy(c: &Client, name: &str, file: &Path, params: &[String]) -> Result<()> {
+    let wasm = std::fs::read(file).map_err(io(format!("reading {}", file.display())))?;
     let query: Vec<String> = parse_pairs("param", params)?
         .iter()
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
@@ -157,7 +169,7 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-pub fn list(c: &Client) -> anyhow::Result<()> {
+pub fn list(c: &Client) -> Result<()> {
     let plugins = c.call("GET", "/v1/plugins", None)?;
     println!(
         "{:<32} {:<12} {:>8} {:>9}  SHA256",
@@ -183,13 +195,13 @@ pub fn list(c: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn show(c: &Client, path: &str) -> anyhow::Result<()> {
+pub fn show(c: &Client, path: &str) -> Result<()> {
     let value = c.call("GET", path, None)?;
-    println!("{}", serde_json::to_string_pretty(&value)?);
+    println!("{value:#}");
     Ok(())
 }
 
-pub fn rollback(c: &Client, name: &str, to: Option<u32>) -> anyhow::Result<()> {
+pub fn rollback(c: &Client, name: &str, to: Option<u32>) -> Result<()> {
     let version = c.call(
         "POST",
         &format!("/v1/plugins/{name}/rollback"),
@@ -199,7 +211,7 @@ pub fn rollback(c: &Client, name: &str, to: Option<u32>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn delete(c: &Client, path: &str, what: &str) -> anyhow::Result<()> {
+pub fn delete(c: &Client, path: &str, what: &str) -> Result<()> {
     c.call("DELETE", path, None)?;
     println!("deleted {what}");
     Ok(())
@@ -216,7 +228,7 @@ pub struct PipelineArgs<'a> {
     pub dead_letter: Option<&'a str>,
 }
 
-pub fn pipeline_create(c: &Client, args: &PipelineArgs) -> anyhow::Result<()> {
+pub fn pipeline_create(c: &Client, args: &PipelineArgs) -> Result<()> {
     let body = json!({
         "name": args.name,
         "from": args.from,
@@ -237,7 +249,7 @@ pub fn pipeline_create(c: &Client, args: &PipelineArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn pipeline_list(c: &Client) -> anyhow::Result<()> {
+pub fn pipeline_list(c: &Client) -> Result<()> {
     let pipelines = c.call("GET", "/v1/pipelines", None)?;
     println!(
         "{:<24} {:<8} {:>10} {:>12} {:>12} {:>10}  LAST ERROR",
@@ -258,7 +270,7 @@ pub fn pipeline_list(c: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn pipeline_action(c: &Client, name: &str, action: &str) -> anyhow::Result<()> {
+pub fn pipeline_action(c: &Client, name: &str, action: &str) -> Result<()> {
     let status = c.call("POST", &format!("/v1/pipelines/{name}/{action}"), None)?;
     println!(
         "pipeline {name} is {}",

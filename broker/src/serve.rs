@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::sync::watch;
@@ -13,6 +12,7 @@ use weir_runtime::{Runtime, SandboxConfig};
 use weir_sql::{QueryConfig, QueryEngine};
 use weir_storage::{Storage, StorageConfig};
 
+use crate::error::{Error, Result, io, storage as storage_error, task};
 use crate::kafka::groups::{self, Coordinator};
 use crate::kafka::{self, KafkaConfig};
 use crate::limits::Limits;
@@ -71,7 +71,7 @@ pub struct Server {
 impl Server {
     /// Opens the data directory, recovering every partition log, starts the storage
     /// maintenance thread and the Kafka listener.
-    pub async fn start(config: &ServeConfig) -> anyhow::Result<Server> {
+    pub async fn start(config: &ServeConfig) -> Result<Server> {
         let storage_config = StorageConfig {
             partitions_max: config.partitions_max,
             disk_free_bytes_min: config.disk_free_bytes_min,
@@ -79,10 +79,14 @@ impl Server {
             layer_keys: weir_sql::topic_config_keys(),
             ..StorageConfig::new(&config.data_dir)
         };
+        let opening = format!("opening data directory {}", config.data_dir.display());
         let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
-            .await?
-            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
-        let topics = storage.list_topics()?;
+            .await
+            .map_err(task(&opening))?
+            .map_err(storage_error(&opening))?;
+        let topics = storage
+            .list_topics()
+            .map_err(storage_error("listing topics"))?;
         let partitions: u32 = topics.iter().map(|t| t.partitions).sum();
         for (topic, partition, reason) in storage.offline_partitions() {
             tracing::error!(topic, partition, reason, "partition offline");
@@ -96,10 +100,7 @@ impl Server {
             "storage ready"
         );
 
-        let listener = TcpListener::bind(config.kafka)
-            .await
-            .with_context(|| format!("binding the Kafka listener to {}", config.kafka))?;
-        let kafka_addr = listener.local_addr()?;
+        let (listener, kafka_addr) = bind("Kafka", config.kafka).await?;
         let host = config
             .advertised_host
             .clone()
@@ -122,11 +123,19 @@ impl Server {
             ..SandboxConfig::default()
         };
         let runtime_storage = storage.clone();
+        let starting = "starting the plugin runtime";
         let runtime = tokio::task::spawn_blocking(move || Runtime::open(runtime_storage, sandbox))
-            .await?
-            .context("starting the plugin runtime")?;
+            .await
+            .map_err(task(starting))?
+            .map_err(|source| Error::Runtime {
+                what: starting.into(),
+                source,
+            })?;
         let runtime = Arc::new(runtime);
-        let offsets = storage.meta().tree(groups::OFFSETS_TREE)?;
+        let offsets = storage
+            .meta()
+            .tree(groups::OFFSETS_TREE)
+            .map_err(storage_error("opening the committed offsets"))?;
         let groups = Arc::new(Coordinator::new(offsets));
         let metrics = Arc::new(Metrics::default());
         let state = BrokerState {
@@ -145,7 +154,10 @@ impl Server {
                 ..QueryConfig::default()
             },
         )
-        .context("starting the SQL engine")?;
+        .map_err(|source| Error::Sql {
+            what: "starting the SQL engine".into(),
+            source,
+        })?;
         // Every append that makes records readable wakes long-polling fetches and pipelines.
         let appended = Arc::new(Notify::new());
         let waker = appended.clone();
@@ -163,20 +175,14 @@ impl Server {
             limits,
             appended,
         };
-        let http_listener = TcpListener::bind(config.http)
-            .await
-            .with_context(|| format!("binding the HTTP listener to {}", config.http))?;
-        let http_addr = http_listener.local_addr()?;
-        let pg_listener = match config.pg {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
-                format!("binding the Postgres listener to {addr} (--pg off serves none)")
-            })?),
-            None => None,
+        let (http_listener, http_addr) = bind("HTTP", config.http).await?;
+        let (pg_listener, pg_addr) = match config.pg {
+            Some(addr) => {
+                let (listener, addr) = bind("Postgres (--pg off serves none)", addr).await?;
+                (Some(listener), Some(addr))
+            }
+            None => (None, None),
         };
-        let pg_addr = pg_listener
-            .as_ref()
-            .map(TcpListener::local_addr)
-            .transpose()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(kafka::serve(
@@ -200,7 +206,10 @@ impl Server {
                 shutdown_rx,
             )));
         }
-        runtime.start().context("starting pipelines")?;
+        runtime.start().map_err(|source| Error::Runtime {
+            what: "starting pipelines".into(),
+            source,
+        })?;
         tracing::info!(addr = %http_addr, "HTTP listener ready");
         if let Some(addr) = pg_addr {
             tracing::info!(%addr, "Postgres listener ready");
@@ -235,17 +244,27 @@ impl Server {
 
     /// Stops the listeners, then closes every log: flushed data, flushed indexes and a current
     /// recovery point, so the next start scans nothing.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
         self.runtime.shutdown().await;
         let storage = self.storage;
+        let closing = "closing the data directory";
         tokio::task::spawn_blocking(move || storage.close())
-            .await?
-            .context("closing the data directory")?;
+            .await
+            .map_err(task(closing))?
+            .map_err(storage_error(closing))?;
         tracing::info!("shut down cleanly");
         Ok(())
     }
+}
+
+/// Binds a listener, and says which one failed and where if it cannot.
+async fn bind(what: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let binding = format!("binding the {what} listener to {addr}");
+    let listener = TcpListener::bind(addr).await.map_err(io(&binding))?;
+    let local = listener.local_addr().map_err(io(&binding))?;
+    Ok((listener, local))
 }

@@ -27,6 +27,7 @@ use kafka_protocol::protocol::StrBytes;
 use weir_storage::{BatchError, StorageError, TopicMeta};
 
 use super::{Shared, admin_api, group_api};
+use crate::error::{Error, Result, task};
 
 /// The only broker of a single-node cluster.
 pub(crate) const NODE_ID: i32 = 0;
@@ -83,7 +84,7 @@ pub(crate) async fn handle(
     request: Option<RequestKind>,
     header: &RequestHeader,
     peer: std::net::SocketAddr,
-) -> anyhow::Result<Option<ResponseKind>> {
+) -> Result<Option<ResponseKind>> {
     let version = header.request_api_version;
     let response = match request {
         Some(RequestKind::Fetch(r)) => ResponseKind::Fetch(fetch(shared, r).await),
@@ -104,7 +105,7 @@ pub(crate) async fn handle(
             let version = header.request_api_version;
             return tokio::task::spawn_blocking(move || handle_blocking(&shared, request, version))
                 .await
-                .map_err(|e| anyhow::anyhow!("request task failed: {e}"))?;
+                .map_err(task("answering a request"))?;
         }
     };
     Ok(Some(response))
@@ -115,7 +116,7 @@ fn handle_blocking(
     shared: &Shared,
     request: Option<RequestKind>,
     version: i16,
-) -> anyhow::Result<Option<ResponseKind>> {
+) -> Result<Option<ResponseKind>> {
     let response = match request {
         None => ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
         Some(RequestKind::ApiVersions(_)) => ResponseKind::ApiVersions(api_versions(0)),
@@ -178,7 +179,12 @@ fn handle_blocking(
         Some(RequestKind::DescribeCluster(r)) => {
             ResponseKind::DescribeCluster(admin_api::describe_cluster(shared, r))
         }
-        Some(other) => anyhow::bail!("request {other:?} is not served"),
+        // The frame reader refuses the APIs missing from `SUPPORTED` before decoding.
+        Some(_) => {
+            return Err(Error::Protocol(
+                "a request of an API this broker does not serve".into(),
+            ));
+        }
     };
     Ok(Some(response))
 }

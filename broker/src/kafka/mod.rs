@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use weir_storage::locks;
 
-use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -27,7 +26,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use weir_storage::Storage;
 
+use crate::error::{Error, Result, io};
 use crate::limits::{Limits, RequestMemory};
+
+/// A connection's reason to close: what the client sent that cannot be read.
+fn protocol(reason: impl Into<String>) -> Error {
+    Error::Protocol(reason.into())
+}
 
 pub use handlers::supported_versions;
 
@@ -146,7 +151,7 @@ async fn connection(
     id: u64,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     stream.set_nodelay(true).ok();
     tracing::debug!(%peer, "Kafka connection opened");
     loop {
@@ -155,22 +160,25 @@ async fn connection(
             read = stream.read_exact(&mut size) => match read {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(io("reading a request size")(e)),
             },
             _ = shutdown.changed() => return Ok(()),
         }
         let size = i32::from_be_bytes(size);
         if size < 0 || size as u32 > shared.config.request_bytes_max {
-            anyhow::bail!(
+            return Err(protocol(format!(
                 "request frame of {size} bytes refused: the limit (socket.request.max.bytes) is {} bytes",
                 shared.config.request_bytes_max
-            );
+            )));
         }
         let (frame, memory) = read_frame(&mut stream, size as u32, &shared.limits).await?;
         let Some(response) = handle_frame(frame, &shared, peer, id).await? else {
             continue;
         };
-        stream.write_all(&response).await?;
+        stream
+            .write_all(&response)
+            .await
+            .map_err(io("writing a response"))?;
         drop(memory);
     }
 }
@@ -183,7 +191,7 @@ async fn read_frame(
     stream: &mut TcpStream,
     size: u32,
     limits: &Limits,
-) -> anyhow::Result<(Bytes, RequestMemory)> {
+) -> Result<(Bytes, RequestMemory)> {
     let mut memory = RequestMemory::none();
     limits.hold_request_memory(&mut memory, size).await;
     let mut frame = BytesMut::new();
@@ -192,20 +200,21 @@ async fn read_frame(
         while frame.len() < size as usize {
             let want = (size as usize - frame.len()).min(FRAME_CHUNK_BYTES) as u64;
             frame.reserve(want as usize);
-            if (&mut *stream).take(want).read_buf(&mut frame).await? == 0 {
-                anyhow::bail!(
+            let read = (&mut *stream).take(want).read_buf(&mut frame).await;
+            if read.map_err(io("reading a request frame"))? == 0 {
+                return Err(protocol(format!(
                     "connection closed inside a request frame, at byte {} of {size}",
                     frame.len()
-                );
+                )));
             }
         }
         Ok(())
     };
     tokio::time::timeout(timeout, read).await.map_err(|_| {
-        anyhow::anyhow!(
+        protocol(format!(
             "request frame of {size} bytes not received within {} s",
             timeout.as_secs()
-        )
+        ))
     })??;
     Ok((frame.freeze(), memory))
 }
@@ -223,21 +232,23 @@ async fn handle_frame(
     shared: &Arc<Shared>,
     peer: SocketAddr,
     connection_id: u64,
-) -> anyhow::Result<Option<Bytes>> {
+) -> Result<Option<Bytes>> {
     if frame.len() < 4 {
-        anyhow::bail!(
+        return Err(protocol(format!(
             "request frame of {} bytes is too short for a header",
             frame.len()
-        );
+        )));
     }
     let api_key = i16::from_be_bytes([frame[0], frame[1]]);
     let api_version = i16::from_be_bytes([frame[2], frame[3]]);
     let key =
-        ApiKey::try_from(api_key).map_err(|()| anyhow::anyhow!("unknown API key {api_key}"))?;
+        ApiKey::try_from(api_key).map_err(|()| protocol(format!("unknown API key {api_key}")))?;
     let supported = supported_versions(key);
     let in_range = supported.is_some_and(|(min, max)| (min..=max).contains(&api_version));
     if !in_range && key != ApiKey::ApiVersions {
-        anyhow::bail!("{key:?} version {api_version} is not supported");
+        return Err(protocol(format!(
+            "{key:?} version {api_version} is not supported"
+        )));
     }
     // An ApiVersions request newer than ours is answered in v0 with UNSUPPORTED_VERSION, so the
     // client can retry with a version we know; its header is read as v1, which every version
@@ -248,15 +259,18 @@ async fn handle_frame(
         1
     };
     let header = RequestHeader::decode(&mut frame, header_version)
-        .with_context(|| format!("{key:?} v{api_version}: bad request header"))?;
+        .map_err(|e| protocol(format!("{key:?} v{api_version}: bad request header: {e:#}")))?;
     shared
         .metrics
         .connection_request(connection_id, header.client_id.as_deref());
     let (request, version) = if in_range {
-        shape::check(key, api_version, &frame)
-            .with_context(|| format!("{key:?} v{api_version}: malformed request body"))?;
+        shape::check(key, api_version, &frame).map_err(|e| {
+            protocol(format!(
+                "{key:?} v{api_version}: malformed request body: {e}"
+            ))
+        })?;
         let request = RequestKind::decode(key, &mut frame, api_version)
-            .with_context(|| format!("{key:?} v{api_version}: bad request body"))?;
+            .map_err(|e| protocol(format!("{key:?} v{api_version}: bad request body: {e:#}")))?;
         (Some(request), api_version)
     } else {
         (None, 0)
@@ -276,8 +290,11 @@ async fn handle_frame(
     // them again at every doubling.
     let mut out = BytesMut::with_capacity(handlers::response_size_hint(&response));
     out.put_i32(0);
-    response_header.encode(&mut out, header_version)?;
-    response.encode(&mut out, version)?;
+    let encoding = |e| protocol(format!("{key:?} v{version}: response: {e:#}"));
+    response_header
+        .encode(&mut out, header_version)
+        .map_err(encoding)?;
+    response.encode(&mut out, version).map_err(encoding)?;
     let len = (out.len() - 4) as i32;
     out[..4].copy_from_slice(&len.to_be_bytes());
     Ok(Some(out.freeze()))
