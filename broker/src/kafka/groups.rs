@@ -132,6 +132,162 @@ impl Member {
     }
 }
 
+/// What a JoinGroup must carry, whatever the group.
+fn check_join(r: &JoinRequest) -> Result<(), GroupError> {
+    if r.group.is_empty() {
+        return Err(GroupError::InvalidGroupId);
+    }
+    if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&r.session_timeout_ms) {
+        return Err(GroupError::InvalidSessionTimeout);
+    }
+    if r.protocols.is_empty() || r.protocol_type.is_empty() {
+        return Err(GroupError::InconsistentGroupProtocol);
+    }
+    Ok(())
+}
+
+/// Whether the coordinator has room for the join: its metadata within the member's bound and
+/// what all groups hold, a new group within the number of groups.
+fn admit(groups: &HashMap<String, Group>, r: &JoinRequest) -> Result<(), GroupError> {
+    let metadata_bytes: usize = r.protocols.iter().map(|(n, m)| n.len() + m.len()).sum();
+    let held: u64 = groups.values().map(Group::metadata_bytes).sum();
+    if metadata_bytes > MEMBER_METADATA_BYTES_MAX
+        || held + metadata_bytes as u64 > GROUPS_METADATA_BYTES_MAX
+    {
+        tracing::warn!(
+            group = r.group,
+            metadata_bytes,
+            member_metadata_bytes_max = MEMBER_METADATA_BYTES_MAX,
+            groups_metadata_bytes = held,
+            groups_metadata_bytes_max = GROUPS_METADATA_BYTES_MAX,
+            "join refused: member metadata past its bound"
+        );
+        return Err(GroupError::GroupMaxSizeReached);
+    }
+    if !groups.contains_key(&r.group) && groups.len() >= GROUPS_MAX {
+        tracing::warn!(
+            group = r.group,
+            groups_max = GROUPS_MAX,
+            "join refused: the coordinator holds its limit of groups"
+        );
+        return Err(GroupError::GroupMaxSizeReached);
+    }
+    Ok(())
+}
+
+impl Group {
+    /// A member joins with the group's protocol type and at least one protocol the current
+    /// members speak (a lone member rejoining may change them).
+    fn check_protocols(&self, r: &JoinRequest) -> Result<(), GroupError> {
+        if self
+            .protocol_type
+            .as_deref()
+            .is_some_and(|t| t != r.protocol_type)
+            && !self.members.is_empty()
+        {
+            return Err(GroupError::InconsistentGroupProtocol);
+        }
+        if let Some(first) = self.members.values().next() {
+            let shared = r
+                .protocols
+                .iter()
+                .any(|(name, _)| first.protocols.iter().any(|(n, _)| n == name));
+            let rejoining_alone =
+                self.members.len() == 1 && self.members.contains_key(&r.member_id);
+            if !shared && !rejoining_alone {
+                return Err(GroupError::InconsistentGroupProtocol);
+            }
+        }
+        Ok(())
+    }
+
+    /// The member id of the static member with the request's `group.instance.id`, if any.
+    fn static_member(&self, r: &JoinRequest) -> Option<String> {
+        let instance = r.instance_id.as_ref()?;
+        self.members
+            .iter()
+            .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// A static member coming back (a restart with the same `group.instance.id`) keeps its
+    /// member id and, while the group is stable and it is not the leader, its assignment: no
+    /// rebalance, as KIP-345 intends. The answer, when that is the case.
+    fn rejoin_in_place(&mut self, id: &str, r: &JoinRequest, now: Instant) -> Option<JoinOutcome> {
+        let unchanged = self
+            .members
+            .get(id)
+            .is_some_and(|m| m.protocols == r.protocols);
+        if self.state != State::Stable || !unchanged || self.leader.as_deref() == Some(id) {
+            return None;
+        }
+        if let Some(m) = self.members.get_mut(id) {
+            m.last_seen = now;
+            m.session_timeout = Duration::from_millis(r.session_timeout_ms as u64);
+        }
+        Some(JoinOutcome {
+            error: None,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone().unwrap_or_default(),
+            member_id: id.to_string(),
+            members: Vec::new(),
+        })
+    }
+
+    /// Makes `member_id` a joined member with the request's settings and protocols, starts or
+    /// joins a rebalance, and returns where its answer will come.
+    fn enter(
+        &mut self,
+        member_id: String,
+        r: JoinRequest,
+        now: Instant,
+    ) -> oneshot::Receiver<JoinOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let member = self
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| Member {
+                instance_id: r.instance_id.clone(),
+                client_id: r.client_id.clone(),
+                client_host: r.client_host.clone(),
+                session_timeout: Duration::ZERO,
+                rebalance_timeout: Duration::ZERO,
+                protocols: Vec::new(),
+                assignment: Bytes::new(),
+                last_seen: now,
+                joined: false,
+                join_waiter: None,
+                sync_waiter: None,
+            });
+        member.session_timeout = Duration::from_millis(r.session_timeout_ms as u64);
+        member.rebalance_timeout =
+            Duration::from_millis(r.rebalance_timeout_ms.max(r.session_timeout_ms) as u64);
+        member.protocols = r.protocols;
+        member.last_seen = now;
+        member.joined = true;
+        member.join_waiter = Some(tx);
+        self.protocol_type = Some(r.protocol_type);
+        match self.state {
+            State::PreparingRebalance => {}
+            State::Empty => {
+                self.state = State::PreparingRebalance;
+                self.rebalance_deadline = Some(now + INITIAL_REBALANCE_DELAY);
+                self.initial = true;
+            }
+            State::CompletingRebalance | State::Stable => {
+                start_rebalance(self, now);
+                if let Some(m) = self.members.get_mut(&member_id) {
+                    m.joined = true;
+                }
+            }
+        }
+        try_complete_join(self, now);
+        rx
+    }
+}
+
 /// An answer now, or one that arrives when the rest of the group has caught up.
 pub enum Reply<T> {
     Now(T),
@@ -287,195 +443,81 @@ impl Coordinator {
     /// Handles a JoinGroup: either an answer now, or a receiver for the answer once the
     /// rebalance completes.
     pub fn join(&self, r: JoinRequest) -> Reply<JoinOutcome> {
-        if r.group.is_empty() {
-            return Reply::Now(JoinOutcome::error(GroupError::InvalidGroupId, &r.member_id));
+        match self.try_join(r) {
+            Ok(waiting) => Reply::Later(waiting),
+            Err(answer) => Reply::Now(answer),
         }
-        if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&r.session_timeout_ms) {
-            return Reply::Now(JoinOutcome::error(
-                GroupError::InvalidSessionTimeout,
-                &r.member_id,
-            ));
-        }
-        if r.protocols.is_empty() || r.protocol_type.is_empty() {
-            return Reply::Now(JoinOutcome::error(
-                GroupError::InconsistentGroupProtocol,
-                &r.member_id,
-            ));
-        }
-        let metadata_bytes: usize = r.protocols.iter().map(|(n, m)| n.len() + m.len()).sum();
+    }
+
+    /// The join's steps; `Err` is an answer given at once (a refusal, a member id to use, or a
+    /// returning static member's place).
+    fn try_join(&self, r: JoinRequest) -> Result<oneshot::Receiver<JoinOutcome>, JoinOutcome> {
+        let asked_id = r.member_id.clone();
+        let refuse = |e| JoinOutcome::error(e, &asked_id);
+        check_join(&r).map_err(refuse)?;
         let now = Instant::now();
         let mut groups = self.lock();
-        let held: u64 = groups.values().map(Group::metadata_bytes).sum();
-        if metadata_bytes > MEMBER_METADATA_BYTES_MAX
-            || held + metadata_bytes as u64 > GROUPS_METADATA_BYTES_MAX
-        {
-            tracing::warn!(
-                group = r.group,
-                metadata_bytes,
-                member_metadata_bytes_max = MEMBER_METADATA_BYTES_MAX,
-                groups_metadata_bytes = held,
-                groups_metadata_bytes_max = GROUPS_METADATA_BYTES_MAX,
-                "join refused: member metadata past its bound"
-            );
-            return Reply::Now(JoinOutcome::error(
-                GroupError::GroupMaxSizeReached,
-                &r.member_id,
-            ));
-        }
-        if !groups.contains_key(&r.group) && groups.len() >= GROUPS_MAX {
-            tracing::warn!(
-                group = r.group,
-                groups_max = GROUPS_MAX,
-                "join refused: the coordinator holds its limit of groups"
-            );
-            return Reply::Now(JoinOutcome::error(
-                GroupError::GroupMaxSizeReached,
-                &r.member_id,
-            ));
-        }
+        admit(&groups, &r).map_err(refuse)?;
         let group = groups.entry(r.group.clone()).or_insert_with(Group::new);
-        if group
-            .protocol_type
-            .as_deref()
-            .is_some_and(|t| t != r.protocol_type)
-            && !group.members.is_empty()
+        group.check_protocols(&r).map_err(refuse)?;
+        let static_id = group.static_member(&r);
+        if let Some(id) = &static_id
+            && let Some(answer) = group.rejoin_in_place(id, &r, now)
         {
-            return Reply::Now(JoinOutcome::error(
-                GroupError::InconsistentGroupProtocol,
-                &r.member_id,
-            ));
+            return Err(answer);
         }
-        // A member must share at least one protocol with the group's current members.
-        if let Some(first) = group.members.values().next() {
-            let shared = r
-                .protocols
-                .iter()
-                .any(|(name, _)| first.protocols.iter().any(|(n, _)| n == name));
-            let rejoining_alone =
-                group.members.len() == 1 && group.members.contains_key(&r.member_id);
-            if !shared && !rejoining_alone {
-                return Reply::Now(JoinOutcome::error(
-                    GroupError::InconsistentGroupProtocol,
-                    &r.member_id,
-                ));
-            }
-        }
-        let static_id = r.instance_id.as_ref().and_then(|instance| {
-            group
-                .members
-                .iter()
-                .find(|(_, m)| m.instance_id.as_ref() == Some(instance))
-                .map(|(id, _)| id.clone())
-        });
-        // A static member coming back (a restart with the same group.instance.id) keeps its
-        // member id and, while the group is stable and it is not the leader, its assignment:
-        // no rebalance, as KIP-345 intends.
-        if let Some(id) = &static_id {
-            let unchanged = group
-                .members
-                .get(id)
-                .is_some_and(|m| m.protocols == r.protocols);
-            if group.state == State::Stable && unchanged && group.leader.as_ref() != Some(id) {
-                if let Some(m) = group.members.get_mut(id) {
-                    m.last_seen = Instant::now();
-                    m.session_timeout = Duration::from_millis(r.session_timeout_ms as u64);
-                }
-                return Reply::Now(JoinOutcome {
-                    error: None,
-                    generation: group.generation,
-                    protocol_type: group.protocol_type.clone(),
-                    protocol: group.protocol.clone(),
-                    leader: group.leader.clone().unwrap_or_default(),
-                    member_id: id.clone(),
-                    members: Vec::new(),
-                });
-            }
-        }
-        let member_id = if r.member_id.is_empty() {
-            if let Some(id) = static_id {
-                id
-            } else {
-                let n = self.next_member.fetch_add(1, Ordering::Relaxed);
-                let id = format!(
-                    "{}-{n}",
-                    if r.client_id.is_empty() {
-                        "member"
-                    } else {
-                        &r.client_id
-                    }
-                );
-                if r.require_known_member_id && r.instance_id.is_none() {
-                    if group.pending.len() >= GROUP_MEMBERS_MAX {
-                        return Reply::Now(JoinOutcome::error(
-                            GroupError::GroupMaxSizeReached,
-                            &r.member_id,
-                        ));
-                    }
-                    let deadline = now + Duration::from_millis(r.session_timeout_ms as u64);
-                    group.pending.insert(id.clone(), deadline);
-                    return Reply::Now(JoinOutcome::error(GroupError::MemberIdRequired, &id));
-                }
-                id
-            }
-        } else if group.members.contains_key(&r.member_id)
-            || group.pending.remove(&r.member_id).is_some()
-        {
-            r.member_id.clone()
-        } else {
-            return Reply::Now(JoinOutcome::error(
-                GroupError::UnknownMemberId,
-                &r.member_id,
-            ));
-        };
+        let member_id = self.member_id(group, &r, static_id, now)?;
         if !group.members.contains_key(&member_id) && group.members.len() >= GROUP_MEMBERS_MAX {
-            return Reply::Now(JoinOutcome::error(
+            return Err(JoinOutcome::error(
                 GroupError::GroupMaxSizeReached,
                 &member_id,
             ));
         }
+        Ok(group.enter(member_id, r, now))
+    }
 
-        let (tx, rx) = oneshot::channel();
-        let member = group
-            .members
-            .entry(member_id.clone())
-            .or_insert_with(|| Member {
-                instance_id: r.instance_id.clone(),
-                client_id: r.client_id.clone(),
-                client_host: r.client_host.clone(),
-                session_timeout: Duration::ZERO,
-                rebalance_timeout: Duration::ZERO,
-                protocols: Vec::new(),
-                assignment: Bytes::new(),
-                last_seen: now,
-                joined: false,
-                join_waiter: None,
-                sync_waiter: None,
-            });
-        member.session_timeout = Duration::from_millis(r.session_timeout_ms as u64);
-        member.rebalance_timeout =
-            Duration::from_millis(r.rebalance_timeout_ms.max(r.session_timeout_ms) as u64);
-        member.protocols = r.protocols;
-        member.last_seen = now;
-        member.joined = true;
-        member.join_waiter = Some(tx);
-        group.protocol_type = Some(r.protocol_type);
-
-        match group.state {
-            State::PreparingRebalance => {}
-            State::Empty => {
-                group.state = State::PreparingRebalance;
-                group.rebalance_deadline = Some(now + INITIAL_REBALANCE_DELAY);
-                group.initial = true;
+    /// The id the joining member goes by: its own, a returning static member's, or a new one —
+    /// which a client of JoinGroup v4+ is first told (MEMBER_ID_REQUIRED) and joins again with.
+    fn member_id(
+        &self,
+        group: &mut Group,
+        r: &JoinRequest,
+        static_id: Option<String>,
+        now: Instant,
+    ) -> Result<String, JoinOutcome> {
+        if !r.member_id.is_empty() {
+            if group.members.contains_key(&r.member_id)
+                || group.pending.remove(&r.member_id).is_some()
+            {
+                return Ok(r.member_id.clone());
             }
-            State::CompletingRebalance | State::Stable => {
-                start_rebalance(group, now);
-                if let Some(m) = group.members.get_mut(&member_id) {
-                    m.joined = true;
-                }
-            }
+            return Err(JoinOutcome::error(
+                GroupError::UnknownMemberId,
+                &r.member_id,
+            ));
         }
-        try_complete_join(group, now);
-        Reply::Later(rx)
+        if let Some(id) = static_id {
+            return Ok(id);
+        }
+        let n = self.next_member.fetch_add(1, Ordering::Relaxed);
+        let prefix = if r.client_id.is_empty() {
+            "member"
+        } else {
+            &r.client_id
+        };
+        let id = format!("{prefix}-{n}");
+        if r.require_known_member_id && r.instance_id.is_none() {
+            if group.pending.len() >= GROUP_MEMBERS_MAX {
+                return Err(JoinOutcome::error(
+                    GroupError::GroupMaxSizeReached,
+                    &r.member_id,
+                ));
+            }
+            let deadline = now + Duration::from_millis(r.session_timeout_ms as u64);
+            group.pending.insert(id.clone(), deadline);
+            return Err(JoinOutcome::error(GroupError::MemberIdRequired, &id));
+        }
+        Ok(id)
     }
 
     /// Handles a SyncGroup: the leader's assignments are handed to every member.
