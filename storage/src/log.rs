@@ -353,74 +353,12 @@ impl Log {
 
     fn append_checked(&self, batches: &mut [u8], now: i64) -> Result<AppendInfo> {
         let config = self.config();
-        let headers = validate_record_set(batches, config.batch_bytes_max)?;
-        let mut pos = 0usize;
-        for h in &headers {
-            validate_records(h, &batches[pos..])?;
-            pos += h.total_bytes() as usize;
+        let (headers, span) = check_record_set(batches, &config)?;
+        let mut w = locks::lock(&self.writer);
+        if let Some(retry) = check_producers(&mut w, &headers)? {
+            return Ok(retry);
         }
         let total = batches.len() as u64;
-        if total > config.segment_bytes {
-            return Err(BatchError::TooLarge {
-                bytes: total,
-                bytes_max: config.segment_bytes,
-            }
-            .into());
-        }
-        // Each offset takes a record of at least seven bytes and a record set fits in one
-        // segment, so the span fits a segment's u32 relative offsets.
-        let span: u64 = headers.iter().map(BatchHeader::offset_count).sum();
-        if span > u64::from(u32::MAX) {
-            return Err(BatchError::Invalid {
-                reason: format!("record set spans {span} offsets, more than one segment holds"),
-            }
-            .into());
-        }
-        let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
-
-        let mut w = locks::lock(&self.writer);
-        if w.producers.is_none() && headers.iter().any(|h| h.producer_id >= 0) {
-            w.producers = Some(producer_states(&w.active)?);
-        }
-        for h in &headers {
-            let Some(producers) = &w.producers else {
-                break;
-            };
-            match producers.check(h) {
-                Verdict::Append => {}
-                // A retry of a batch already written: its original offsets, nothing written.
-                Verdict::Duplicate {
-                    base_offset,
-                    last_offset,
-                } if headers.len() == 1 => {
-                    return Ok(AppendInfo {
-                        base_offset,
-                        last_offset,
-                        log_append_time_ms: None,
-                    });
-                }
-                Verdict::Duplicate { .. } => {
-                    return Err(StorageError::DuplicateSequence {
-                        producer_id: h.producer_id,
-                        sequence: h.base_sequence,
-                    });
-                }
-                Verdict::OutOfOrder { expected, received } => {
-                    return Err(StorageError::OutOfOrderSequence {
-                        producer_id: h.producer_id,
-                        expected,
-                        received,
-                    });
-                }
-                Verdict::StaleEpoch { current, received } => {
-                    return Err(StorageError::ProducerFenced {
-                        producer_id: h.producer_id,
-                        current,
-                        received,
-                    });
-                }
-            }
-        }
         let active = &w.active;
         let relative_end = w.next_offset + span - active.base_offset();
         if active.size() > 0
@@ -431,24 +369,17 @@ impl Log {
         {
             self.roll(&mut w, &config, now)?;
         }
-
         let base_offset = w.next_offset;
-        let mut assigned = Vec::with_capacity(headers.len());
-        let mut pos = 0usize;
-        let mut offset = base_offset;
-        for h in &headers {
-            let batch = &mut batches[pos..pos + h.total_bytes() as usize];
-            set_base_offset(batch, offset as i64);
-            let mut h = *h;
-            h.base_offset = offset as i64;
-            if log_append_time {
-                set_log_append_time(batch, &h, now);
-                h.max_timestamp = now;
-            }
-            assigned.push(h);
-            pos += h.total_bytes() as usize;
-            offset += h.offset_count();
-        }
+        let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
+        let assigned = assign_offsets(
+            batches,
+            &headers,
+            base_offset,
+            log_append_time.then_some(now),
+        );
+        let next_offset = assigned
+            .last()
+            .map_or(base_offset, |h| h.last_offset() as u64 + 1);
         let position = w.active.write(batches)?;
         let active = w.active.clone();
         let mut batch_position = position;
@@ -461,21 +392,16 @@ impl Log {
             );
             batch_position += h.total_bytes();
         }
-        active.commit_write(total, offset);
-        w.next_offset = offset;
+        active.commit_write(total, next_offset);
+        w.next_offset = next_offset;
         if let Some(producers) = &mut w.producers {
             for h in &assigned {
                 producers.record(h);
             }
         }
-        let info = AppendInfo {
-            base_offset,
-            last_offset: offset - 1,
-            log_append_time_ms: log_append_time.then_some(now),
-        };
         match config.flush_policy {
             FlushPolicy::Interval { ms } => {
-                self.publish(offset, active.base_offset(), active.size());
+                self.publish(next_offset, active.base_offset(), active.size());
                 drop(w);
                 let due = now.saturating_sub(locks::lock(&self.sync).last_flush_ms) >= ms_i64(ms);
                 if due {
@@ -484,10 +410,14 @@ impl Log {
             }
             FlushPolicy::Always => {
                 drop(w);
-                self.sync_to(offset, now)?;
+                self.sync_to(next_offset, now)?;
             }
         }
-        Ok(info)
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next_offset - 1,
+            log_append_time_ms: log_append_time.then_some(now),
+        })
     }
 
     /// Closes the active segment and starts a new one at the next offset. The new segment's
@@ -860,6 +790,109 @@ impl Log {
             v.segments = Arc::new(segments);
         });
     }
+}
+
+/// Validates a record set before anything is written (every batch's header, CRC and records;
+/// the set's size against the segment), returning its batch headers and the offsets it spans.
+fn check_record_set(batches: &[u8], config: &LogConfig) -> Result<(Vec<BatchHeader>, u64)> {
+    let headers = validate_record_set(batches, config.batch_bytes_max)?;
+    let mut pos = 0usize;
+    for h in &headers {
+        validate_records(h, &batches[pos..])?;
+        pos += h.total_bytes() as usize;
+    }
+    let total = batches.len() as u64;
+    if total > config.segment_bytes {
+        return Err(BatchError::TooLarge {
+            bytes: total,
+            bytes_max: config.segment_bytes,
+        }
+        .into());
+    }
+    // Each offset takes a record of at least seven bytes and a record set fits in one
+    // segment, so the span fits a segment's u32 relative offsets.
+    let span: u64 = headers.iter().map(BatchHeader::offset_count).sum();
+    if span > u64::from(u32::MAX) {
+        return Err(BatchError::Invalid {
+            reason: format!("record set spans {span} offsets, more than one segment holds"),
+        }
+        .into());
+    }
+    Ok((headers, span))
+}
+
+/// Checks idempotent producers' sequences under the writer lock. `Some` is a retry of a batch
+/// already written, answered with its original offsets and nothing written.
+fn check_producers(w: &mut Writer, headers: &[BatchHeader]) -> Result<Option<AppendInfo>> {
+    if w.producers.is_none() && headers.iter().any(|h| h.producer_id >= 0) {
+        w.producers = Some(producer_states(&w.active)?);
+    }
+    let Some(producers) = &w.producers else {
+        return Ok(None);
+    };
+    for h in headers {
+        match producers.check(h) {
+            Verdict::Append => {}
+            Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } if headers.len() == 1 => {
+                return Ok(Some(AppendInfo {
+                    base_offset,
+                    last_offset,
+                    log_append_time_ms: None,
+                }));
+            }
+            Verdict::Duplicate { .. } => {
+                return Err(StorageError::DuplicateSequence {
+                    producer_id: h.producer_id,
+                    sequence: h.base_sequence,
+                });
+            }
+            Verdict::OutOfOrder { expected, received } => {
+                return Err(StorageError::OutOfOrderSequence {
+                    producer_id: h.producer_id,
+                    expected,
+                    received,
+                });
+            }
+            Verdict::StaleEpoch { current, received } => {
+                return Err(StorageError::ProducerFenced {
+                    producer_id: h.producer_id,
+                    current,
+                    received,
+                });
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Writes each batch's base offset (and, with `log_append_time`, its timestamp and CRC) into
+/// `batches`, from `base_offset` on; returns the headers as written.
+fn assign_offsets(
+    batches: &mut [u8],
+    headers: &[BatchHeader],
+    base_offset: u64,
+    log_append_time: Option<i64>,
+) -> Vec<BatchHeader> {
+    let mut assigned = Vec::with_capacity(headers.len());
+    let mut pos = 0usize;
+    let mut offset = base_offset;
+    for h in headers {
+        let batch = &mut batches[pos..pos + h.total_bytes() as usize];
+        set_base_offset(batch, offset as i64);
+        let mut h = *h;
+        h.base_offset = offset as i64;
+        if let Some(now) = log_append_time {
+            set_log_append_time(batch, &h, now);
+            h.max_timestamp = now;
+        }
+        assigned.push(h);
+        pos += h.total_bytes() as usize;
+        offset += h.offset_count();
+    }
+    assigned
 }
 
 /// Rebuilds idempotent producer state from the batch headers of the active segment. Producers

@@ -445,15 +445,15 @@ impl Coordinator {
     pub fn join(&self, r: JoinRequest) -> Reply<JoinOutcome> {
         match self.try_join(r) {
             Ok(waiting) => Reply::Later(waiting),
-            Err(answer) => Reply::Now(answer),
+            Err(answer) => Reply::Now(*answer),
         }
     }
 
     /// The join's steps; `Err` is an answer given at once (a refusal, a member id to use, or a
     /// returning static member's place).
-    fn try_join(&self, r: JoinRequest) -> Result<oneshot::Receiver<JoinOutcome>, JoinOutcome> {
+    fn try_join(&self, r: JoinRequest) -> Result<oneshot::Receiver<JoinOutcome>, Box<JoinOutcome>> {
         let asked_id = r.member_id.clone();
-        let refuse = |e| JoinOutcome::error(e, &asked_id);
+        let refuse = |e| Box::new(JoinOutcome::error(e, &asked_id));
         check_join(&r).map_err(refuse)?;
         let now = Instant::now();
         let mut groups = self.lock();
@@ -464,14 +464,11 @@ impl Coordinator {
         if let Some(id) = &static_id
             && let Some(answer) = group.rejoin_in_place(id, &r, now)
         {
-            return Err(answer);
+            return Err(Box::new(answer));
         }
         let member_id = self.member_id(group, &r, static_id, now)?;
         if !group.members.contains_key(&member_id) && group.members.len() >= GROUP_MEMBERS_MAX {
-            return Err(JoinOutcome::error(
-                GroupError::GroupMaxSizeReached,
-                &member_id,
-            ));
+            return Err(refuse(GroupError::GroupMaxSizeReached));
         }
         Ok(group.enter(member_id, r, now))
     }
@@ -484,17 +481,15 @@ impl Coordinator {
         r: &JoinRequest,
         static_id: Option<String>,
         now: Instant,
-    ) -> Result<String, JoinOutcome> {
+    ) -> Result<String, Box<JoinOutcome>> {
+        let refuse = |e, id: &str| Box::new(JoinOutcome::error(e, id));
         if !r.member_id.is_empty() {
             if group.members.contains_key(&r.member_id)
                 || group.pending.remove(&r.member_id).is_some()
             {
                 return Ok(r.member_id.clone());
             }
-            return Err(JoinOutcome::error(
-                GroupError::UnknownMemberId,
-                &r.member_id,
-            ));
+            return Err(refuse(GroupError::UnknownMemberId, &r.member_id));
         }
         if let Some(id) = static_id {
             return Ok(id);
@@ -508,14 +503,11 @@ impl Coordinator {
         let id = format!("{prefix}-{n}");
         if r.require_known_member_id && r.instance_id.is_none() {
             if group.pending.len() >= GROUP_MEMBERS_MAX {
-                return Err(JoinOutcome::error(
-                    GroupError::GroupMaxSizeReached,
-                    &r.member_id,
-                ));
+                return Err(refuse(GroupError::GroupMaxSizeReached, &r.member_id));
             }
             let deadline = now + Duration::from_millis(r.session_timeout_ms as u64);
             group.pending.insert(id.clone(), deadline);
-            return Err(JoinOutcome::error(GroupError::MemberIdRequired, &id));
+            return Err(refuse(GroupError::MemberIdRequired, &id));
         }
         Ok(id)
     }
