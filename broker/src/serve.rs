@@ -72,109 +72,15 @@ impl Server {
     /// Opens the data directory, recovering every partition log, starts the storage
     /// maintenance thread and the Kafka listener.
     pub async fn start(config: &ServeConfig) -> Result<Server> {
-        let storage_config = StorageConfig {
-            partitions_max: config.partitions_max,
-            disk_free_bytes_min: config.disk_free_bytes_min,
-            open_segments_max: config.open_segments_max,
-            layer_keys: weir_sql::topic_config_keys(),
-            ..StorageConfig::new(&config.data_dir)
-        };
-        let opening = format!("opening data directory {}", config.data_dir.display());
-        let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
-            .await
-            .map_err(task(&opening))?
-            .map_err(storage_error(&opening))?;
-        let topics = storage
-            .list_topics()
-            .map_err(storage_error("listing topics"))?;
-        let partitions: u32 = topics.iter().map(|t| t.partitions).sum();
-        for (topic, partition, reason) in storage.offline_partitions() {
-            tracing::error!(topic, partition, reason, "partition offline");
-        }
-        storage.start_background();
-        tracing::info!(
-            data_dir = %config.data_dir.display(),
-            topics = topics.len(),
-            partitions,
-            offline = storage.offline_partitions().len(),
-            "storage ready"
-        );
-
-        let (listener, kafka_addr) = bind("Kafka", config.kafka).await?;
-        let host = config
-            .advertised_host
-            .clone()
-            .unwrap_or_else(|| kafka_addr.ip().to_string());
+        let storage = open_storage(config).await?;
+        let (kafka_listener, kafka_addr) = bind("Kafka", config.kafka).await?;
         let limits = Arc::new(Limits::new(
             config.request_memory_bytes_max,
             config.connections_max,
         ));
-        let kafka_config = KafkaConfig {
-            advertised: (host, kafka_addr.port()),
-            auto_create_topics: config.auto_create_topics,
-            default_partitions: config.default_partitions.max(1),
-            // A frame must fit in the request memory, or it would wait for room forever.
-            request_bytes_max: u64::from(REQUEST_BYTES_MAX).min(limits.request_memory_bytes_max())
-                as u32,
-        };
-        let sandbox = SandboxConfig {
-            call_timeout_ms: config.plugin_timeout_ms,
-            memory_bytes_max: config.plugin_memory_bytes_max,
-            ..SandboxConfig::default()
-        };
-        let runtime_storage = storage.clone();
-        let starting = "starting the plugin runtime";
-        let runtime = tokio::task::spawn_blocking(move || Runtime::open(runtime_storage, sandbox))
-            .await
-            .map_err(task(starting))?
-            .map_err(|source| Error::Runtime {
-                what: starting.into(),
-                source,
-            })?;
-        let runtime = Arc::new(runtime);
-        let offsets = storage
-            .meta()
-            .tree(groups::OFFSETS_TREE)
-            .map_err(storage_error("opening the committed offsets"))?;
-        let groups = Arc::new(Coordinator::new(offsets));
-        let metrics = Arc::new(Metrics::default());
-        let state = BrokerState {
-            storage: storage.clone(),
-            groups: groups.clone(),
-            metrics: metrics.clone(),
-        };
-        let sql = QueryEngine::new(
-            storage.clone(),
-            Some(runtime.clone()),
-            Some(Arc::new(state)),
-            &QueryConfig {
-                memory_bytes_max: usize::try_from(config.sql_memory_bytes_max)
-                    .unwrap_or(usize::MAX),
-                default_partitions: config.default_partitions.max(1),
-                ..QueryConfig::default()
-            },
-        )
-        .map_err(|source| Error::Sql {
-            what: "starting the SQL engine".into(),
-            source,
-        })?;
-        // Every append that makes records readable wakes long-polling fetches and pipelines.
-        let appended = Arc::new(Notify::new());
-        let waker = appended.clone();
-        let pipelines = runtime.pipelines().clone();
-        storage.set_listener(Arc::new(move || {
-            waker.notify_waiters();
-            pipelines.notify_append();
-        }));
-        let node = NodeContext {
-            storage: storage.clone(),
-            groups,
-            metrics,
-            runtime: runtime.clone(),
-            sql: Arc::new(sql),
-            limits,
-            appended,
-        };
+        let kafka_config = kafka_config(config, kafka_addr, &limits);
+        let runtime = start_runtime(&storage, config).await?;
+        let node = node_context(storage.clone(), runtime.clone(), limits, config)?;
         let (http_listener, http_addr) = bind("HTTP", config.http).await?;
         let (pg_listener, pg_addr) = match config.pg {
             Some(addr) => {
@@ -186,7 +92,7 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(kafka::serve(
-                listener,
+                kafka_listener,
                 node.clone(),
                 kafka_config,
                 shutdown_rx.clone(),
@@ -267,4 +173,122 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr)>
     let listener = TcpListener::bind(addr).await.map_err(io(&binding))?;
     let local = listener.local_addr().map_err(io(&binding))?;
     Ok((listener, local))
+}
+
+/// Opens (and recovers) the data directory and starts its maintenance thread.
+async fn open_storage(config: &ServeConfig) -> Result<Arc<Storage>> {
+    let storage_config = StorageConfig {
+        partitions_max: config.partitions_max,
+        disk_free_bytes_min: config.disk_free_bytes_min,
+        open_segments_max: config.open_segments_max,
+        layer_keys: weir_sql::topic_config_keys(),
+        ..StorageConfig::new(&config.data_dir)
+    };
+    let opening = format!("opening data directory {}", config.data_dir.display());
+    let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
+        .await
+        .map_err(task(&opening))?
+        .map_err(storage_error(&opening))?;
+    let topics = storage
+        .list_topics()
+        .map_err(storage_error("listing topics"))?;
+    let partitions: u32 = topics.iter().map(|t| t.partitions).sum();
+    for (topic, partition, reason) in storage.offline_partitions() {
+        tracing::error!(topic, partition, reason, "partition offline");
+    }
+    storage.start_background();
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        topics = topics.len(),
+        partitions,
+        offline = storage.offline_partitions().len(),
+        "storage ready"
+    );
+    Ok(storage)
+}
+
+/// The Kafka listener's settings, for a listener bound to `addr`.
+fn kafka_config(config: &ServeConfig, addr: SocketAddr, limits: &Limits) -> KafkaConfig {
+    let host = config
+        .advertised_host
+        .clone()
+        .unwrap_or_else(|| addr.ip().to_string());
+    KafkaConfig {
+        advertised: (host, addr.port()),
+        auto_create_topics: config.auto_create_topics,
+        default_partitions: config.default_partitions.max(1),
+        // A frame must fit in the request memory, or it would wait for room forever.
+        request_bytes_max: u64::from(REQUEST_BYTES_MAX).min(limits.request_memory_bytes_max())
+            as u32,
+    }
+}
+
+/// Opens the plugin registry and pipelines (they start once the listeners do).
+async fn start_runtime(storage: &Arc<Storage>, config: &ServeConfig) -> Result<Arc<Runtime>> {
+    let sandbox = SandboxConfig {
+        call_timeout_ms: config.plugin_timeout_ms,
+        memory_bytes_max: config.plugin_memory_bytes_max,
+        ..SandboxConfig::default()
+    };
+    let storage = storage.clone();
+    let starting = "starting the plugin runtime";
+    let runtime = tokio::task::spawn_blocking(move || Runtime::open(storage, sandbox))
+        .await
+        .map_err(task(starting))?
+        .map_err(|source| Error::Runtime {
+            what: starting.into(),
+            source,
+        })?;
+    Ok(Arc::new(runtime))
+}
+
+/// The group coordinator, metrics and SQL engine, and what every listener shares; storage's
+/// append listener wakes long-polling fetches and pipelines.
+fn node_context(
+    storage: Arc<Storage>,
+    runtime: Arc<Runtime>,
+    limits: Arc<Limits>,
+    config: &ServeConfig,
+) -> Result<NodeContext> {
+    let offsets = storage
+        .meta()
+        .tree(groups::OFFSETS_TREE)
+        .map_err(storage_error("opening the committed offsets"))?;
+    let groups = Arc::new(Coordinator::new(offsets));
+    let metrics = Arc::new(Metrics::default());
+    let state = BrokerState {
+        storage: storage.clone(),
+        groups: groups.clone(),
+        metrics: metrics.clone(),
+    };
+    let sql = QueryEngine::new(
+        storage.clone(),
+        Some(runtime.clone()),
+        Some(Arc::new(state)),
+        &QueryConfig {
+            memory_bytes_max: usize::try_from(config.sql_memory_bytes_max).unwrap_or(usize::MAX),
+            default_partitions: config.default_partitions.max(1),
+            ..QueryConfig::default()
+        },
+    )
+    .map_err(|source| Error::Sql {
+        what: "starting the SQL engine".into(),
+        source,
+    })?;
+    let appended = Arc::new(Notify::new());
+    let waker = appended.clone();
+    let pipelines = runtime.pipelines().clone();
+    storage.set_listener(Arc::new(move || {
+        waker.notify_waiters();
+        pipelines.notify_append();
+    }));
+    Ok(NodeContext {
+        storage,
+        groups,
+        metrics,
+        runtime,
+        sql: Arc::new(sql),
+        limits,
+        appended,
+    })
 }
