@@ -124,81 +124,33 @@ impl SystemSchema {
 
     /// The current contents of system table `name`.
     fn build(&self, name: &str) -> Result<Option<RecordBatch>, crate::Error> {
-        let text =
-            |values: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
-        let int = |values: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(values)) };
-        let field =
-            |name: &str, data_type: DataType, nullable: bool| Field::new(name, data_type, nullable);
-        let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = match name {
+        let batch = match name {
             "topics" => {
                 let topics = self.storage.list_topics()?;
-                (
-                    vec![
-                        field("name", DataType::Utf8, false),
-                        field("partitions", DataType::Int32, false),
-                        field("value_format", DataType::Utf8, true),
-                        field("configs", DataType::Utf8, false),
-                    ],
-                    vec![
-                        text(topics.iter().map(|t| Some(t.name.clone())).collect()),
-                        Arc::new(Int32Array::from(
-                            topics
-                                .iter()
-                                .map(|t| t.partitions as i32)
-                                .collect::<Vec<_>>(),
-                        )),
-                        text(
-                            topics
-                                .iter()
-                                .map(|t| t.configs.get("value.format").cloned())
-                                .collect(),
-                        ),
-                        text(
-                            topics
-                                .iter()
-                                .map(|t| {
-                                    Some(serde_json::to_string(&t.configs).unwrap_or_default())
-                                })
-                                .collect(),
-                        ),
-                    ],
-                )
+                Table::new(&topics)
+                    .text("name", |t| t.name.clone())
+                    .int32("partitions", |t| t.partitions as i32)
+                    .text_or_null("value_format", |t| t.configs.get("value.format").cloned())
+                    .text("configs", |t| {
+                        serde_json::to_string(&t.configs).unwrap_or_default()
+                    })
+                    .build()
             }
             "partitions" => {
                 let mut rows = Vec::new();
                 for t in self.storage.list_topics()? {
                     for p in 0..t.partitions {
-                        let log = self.storage.log(&t.name, p)?;
-                        rows.push((
-                            t.name.clone(),
-                            p,
-                            log.log_start_offset(),
-                            log.high_watermark(),
-                            log.size_bytes(),
-                            log.segment_count(),
-                        ));
+                        rows.push((t.name.clone(), p, self.storage.log(&t.name, p)?));
                     }
                 }
-                (
-                    vec![
-                        field("topic", DataType::Utf8, false),
-                        field("partition", DataType::Int32, false),
-                        field("start_offset", DataType::Int64, false),
-                        field("end_offset", DataType::Int64, false),
-                        field("bytes", DataType::Int64, false),
-                        field("segments", DataType::Int64, false),
-                    ],
-                    vec![
-                        text(rows.iter().map(|r| Some(r.0.clone())).collect()),
-                        Arc::new(Int32Array::from(
-                            rows.iter().map(|r| r.1 as i32).collect::<Vec<_>>(),
-                        )),
-                        int(rows.iter().map(|r| r.2 as i64).collect()),
-                        int(rows.iter().map(|r| r.3 as i64).collect()),
-                        int(rows.iter().map(|r| r.4 as i64).collect()),
-                        int(rows.iter().map(|r| r.5 as i64).collect()),
-                    ],
-                )
+                Table::new(&rows)
+                    .text("topic", |(topic, _, _)| topic.clone())
+                    .int32("partition", |(_, p, _)| *p as i32)
+                    .int64("start_offset", |(_, _, log)| log.log_start_offset() as i64)
+                    .int64("end_offset", |(_, _, log)| log.high_watermark() as i64)
+                    .int64("bytes", |(_, _, log)| log.size_bytes() as i64)
+                    .int64("segments", |(_, _, log)| log.segment_count() as i64)
+                    .build()
             }
             "groups" => {
                 let rows = self
@@ -206,155 +158,57 @@ impl SystemSchema {
                     .as_ref()
                     .map(|n| n.group_rows())
                     .unwrap_or_default();
-                (
-                    vec![
-                        field("group_id", DataType::Utf8, false),
-                        field("state", DataType::Utf8, false),
-                        field("members", DataType::Int32, false),
-                        field("topic", DataType::Utf8, false),
-                        field("partition", DataType::Int32, false),
-                        field("committed_offset", DataType::Int64, false),
-                        field("end_offset", DataType::Int64, true),
-                        field("lag", DataType::Int64, true),
-                    ],
-                    vec![
-                        text(rows.iter().map(|r| Some(r.group.clone())).collect()),
-                        text(rows.iter().map(|r| Some(r.state.clone())).collect()),
-                        Arc::new(Int32Array::from(
-                            rows.iter().map(|r| r.members).collect::<Vec<_>>(),
-                        )),
-                        text(rows.iter().map(|r| Some(r.topic.clone())).collect()),
-                        Arc::new(Int32Array::from(
-                            rows.iter().map(|r| r.partition).collect::<Vec<_>>(),
-                        )),
-                        int(rows.iter().map(|r| r.committed_offset).collect()),
-                        Arc::new(Int64Array::from(
-                            rows.iter().map(|r| r.end_offset).collect::<Vec<_>>(),
-                        )),
-                        Arc::new(Int64Array::from(
-                            rows.iter()
-                                .map(|r| r.end_offset.map(|end| (end - r.committed_offset).max(0)))
-                                .collect::<Vec<_>>(),
-                        )),
-                    ],
-                )
+                Table::new(&rows)
+                    .text("group_id", |r| r.group.clone())
+                    .text("state", |r| r.state.clone())
+                    .int32("members", |r| r.members)
+                    .text("topic", |r| r.topic.clone())
+                    .int32("partition", |r| r.partition)
+                    .int64("committed_offset", |r| r.committed_offset)
+                    .int64_or_null("end_offset", |r| r.end_offset)
+                    .int64_or_null("lag", |r| {
+                        r.end_offset.map(|end| (end - r.committed_offset).max(0))
+                    })
+                    .build()
             }
             "plugins" => {
                 let plugins = match &self.runtime {
                     Some(runtime) => runtime.registry().list()?,
                     None => Vec::new(),
                 };
-                let active: Vec<_> = plugins
-                    .iter()
-                    .map(|p| p.active_version().cloned())
-                    .collect();
-                (
-                    vec![
-                        field("name", DataType::Utf8, false),
-                        field("kind", DataType::Utf8, true),
-                        field("version", DataType::Int64, false),
-                        field("versions", DataType::Int64, false),
-                        field("sha256", DataType::Utf8, true),
-                        field("size_bytes", DataType::Int64, true),
-                        field("params", DataType::Utf8, true),
-                    ],
-                    vec![
-                        text(plugins.iter().map(|p| Some(p.name.clone())).collect()),
-                        text(
-                            active
-                                .iter()
-                                .map(|v| v.as_ref().map(|v| v.kind.clone()))
-                                .collect(),
-                        ),
-                        int(plugins.iter().map(|p| i64::from(p.active)).collect()),
-                        int(plugins.iter().map(|p| p.versions.len() as i64).collect()),
-                        text(
-                            active
-                                .iter()
-                                .map(|v| v.as_ref().map(|v| v.sha256.clone()))
-                                .collect(),
-                        ),
-                        Arc::new(Int64Array::from(
-                            active
-                                .iter()
-                                .map(|v| v.as_ref().map(|v| v.size_bytes as i64))
-                                .collect::<Vec<_>>(),
-                        )),
-                        text(
-                            active
-                                .iter()
-                                .map(|v| {
-                                    v.as_ref().map(|v| {
-                                        serde_json::to_string(&v.params).unwrap_or_default()
-                                    })
-                                })
-                                .collect(),
-                        ),
-                    ],
-                )
+                let rows: Vec<_> = plugins.iter().map(|p| (p, p.active_version())).collect();
+                Table::new(&rows)
+                    .text("name", |(p, _)| p.name.clone())
+                    .text_or_null("kind", |(_, v)| v.map(|v| v.kind.clone()))
+                    .int64("version", |(p, _)| i64::from(p.active))
+                    .int64("versions", |(p, _)| p.versions.len() as i64)
+                    .text_or_null("sha256", |(_, v)| v.map(|v| v.sha256.clone()))
+                    .int64_or_null("size_bytes", |(_, v)| v.map(|v| v.size_bytes as i64))
+                    .text_or_null("params", |(_, v)| {
+                        v.map(|v| serde_json::to_string(&v.params).unwrap_or_default())
+                    })
+                    .build()
             }
             "pipelines" => {
                 let pipelines = match &self.runtime {
                     Some(runtime) => runtime.pipelines().list()?,
                     None => Vec::new(),
                 };
-                (
-                    vec![
-                        field("name", DataType::Utf8, false),
-                        field("status", DataType::Utf8, false),
-                        field("source", DataType::Utf8, false),
-                        field("plugins", DataType::Utf8, false),
-                        field("outputs", DataType::Utf8, false),
-                        field("lag", DataType::Int64, false),
-                        field("records_in", DataType::Int64, false),
-                        field("records_out", DataType::Int64, false),
-                        field("dropped", DataType::Int64, false),
-                        field("dead_lettered", DataType::Int64, false),
-                        field("failed_calls", DataType::Int64, false),
-                        field("paused", DataType::Boolean, false),
-                        field("last_error", DataType::Utf8, true),
-                    ],
-                    vec![
-                        text(
-                            pipelines
-                                .iter()
-                                .map(|p| Some(p.spec.name.clone()))
-                                .collect(),
-                        ),
-                        text(pipelines.iter().map(|p| Some(p.status.clone())).collect()),
-                        text(
-                            pipelines
-                                .iter()
-                                .map(|p| Some(p.spec.from.clone()))
-                                .collect(),
-                        ),
-                        text(
-                            pipelines
-                                .iter()
-                                .map(|p| Some(p.plugins.join(",")))
-                                .collect(),
-                        ),
-                        text(
-                            pipelines
-                                .iter()
-                                .map(|p| Some(p.spec.to.join(",")))
-                                .collect(),
-                        ),
-                        int(pipelines.iter().map(|p| p.lag as i64).collect()),
-                        int(pipelines.iter().map(|p| p.records_in as i64).collect()),
-                        int(pipelines.iter().map(|p| p.records_out as i64).collect()),
-                        int(pipelines.iter().map(|p| p.dropped as i64).collect()),
-                        int(pipelines.iter().map(|p| p.dead_lettered as i64).collect()),
-                        int(pipelines.iter().map(|p| p.failed_calls as i64).collect()),
-                        Arc::new(BooleanArray::from(
-                            pipelines
-                                .iter()
-                                .map(|p| p.status == "paused")
-                                .collect::<Vec<_>>(),
-                        )),
-                        text(pipelines.iter().map(|p| p.last_error.clone()).collect()),
-                    ],
-                )
+                Table::new(&pipelines)
+                    .text("name", |p| p.spec.name.clone())
+                    .text("status", |p| p.status.clone())
+                    .text("source", |p| p.spec.from.clone())
+                    .text("plugins", |p| p.plugins.join(","))
+                    .text("outputs", |p| p.spec.to.join(","))
+                    .int64("lag", |p| p.lag as i64)
+                    .int64("records_in", |p| p.records_in as i64)
+                    .int64("records_out", |p| p.records_out as i64)
+                    .int64("dropped", |p| p.dropped as i64)
+                    .int64("dead_lettered", |p| p.dead_lettered as i64)
+                    .int64("failed_calls", |p| p.failed_calls as i64)
+                    .boolean("paused", |p| p.status == "paused")
+                    .text_or_null("last_error", |p| p.last_error.clone())
+                    .build()
             }
             "connections" => {
                 let rows = self
@@ -362,26 +216,74 @@ impl SystemSchema {
                     .as_ref()
                     .map(|n| n.connection_rows())
                     .unwrap_or_default();
-                (
-                    vec![
-                        field("peer", DataType::Utf8, false),
-                        field("client_id", DataType::Utf8, true),
-                        field("connected_ms", DataType::Int64, false),
-                        field("requests", DataType::Int64, false),
-                    ],
-                    vec![
-                        text(rows.iter().map(|r| Some(r.peer.clone())).collect()),
-                        text(rows.iter().map(|r| r.client_id.clone()).collect()),
-                        int(rows.iter().map(|r| r.connected_ms).collect()),
-                        int(rows.iter().map(|r| r.requests).collect()),
-                    ],
-                )
+                Table::new(&rows)
+                    .text("peer", |r| r.peer.clone())
+                    .text_or_null("client_id", |r| r.client_id.clone())
+                    .int64("connected_ms", |r| r.connected_ms)
+                    .int64("requests", |r| r.requests)
+                    .build()
             }
             _ => return Ok(None),
         };
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-            .map_err(DataFusionError::from)?;
-        Ok(Some(batch))
+        Ok(Some(batch.map_err(DataFusionError::from)?))
+    }
+}
+
+/// A system table built column by column from its rows: each column a name, a type and how a
+/// row fills it.
+struct Table<'r, R> {
+    rows: &'r [R],
+    fields: Vec<Field>,
+    columns: Vec<ArrayRef>,
+}
+
+impl<'r, R> Table<'r, R> {
+    fn new(rows: &'r [R]) -> Self {
+        Table {
+            rows,
+            fields: Vec::new(),
+            columns: Vec::new(),
+        }
+    }
+
+    fn column(mut self, name: &str, data_type: DataType, nullable: bool, array: ArrayRef) -> Self {
+        self.fields.push(Field::new(name, data_type, nullable));
+        self.columns.push(array);
+        self
+    }
+
+    fn text(self, name: &str, f: impl Fn(&R) -> String) -> Self {
+        let array = StringArray::from_iter_values(self.rows.iter().map(f));
+        self.column(name, DataType::Utf8, false, Arc::new(array))
+    }
+
+    fn text_or_null(self, name: &str, f: impl Fn(&R) -> Option<String>) -> Self {
+        let array: StringArray = self.rows.iter().map(f).collect();
+        self.column(name, DataType::Utf8, true, Arc::new(array))
+    }
+
+    fn int32(self, name: &str, f: impl Fn(&R) -> i32) -> Self {
+        let array = Int32Array::from_iter_values(self.rows.iter().map(f));
+        self.column(name, DataType::Int32, false, Arc::new(array))
+    }
+
+    fn int64(self, name: &str, f: impl Fn(&R) -> i64) -> Self {
+        let array = Int64Array::from_iter_values(self.rows.iter().map(f));
+        self.column(name, DataType::Int64, false, Arc::new(array))
+    }
+
+    fn int64_or_null(self, name: &str, f: impl Fn(&R) -> Option<i64>) -> Self {
+        let array: Int64Array = self.rows.iter().map(f).collect();
+        self.column(name, DataType::Int64, true, Arc::new(array))
+    }
+
+    fn boolean(self, name: &str, f: impl Fn(&R) -> bool) -> Self {
+        let array: BooleanArray = self.rows.iter().map(|r| Some(f(r))).collect();
+        self.column(name, DataType::Boolean, false, Arc::new(array))
+    }
+
+    fn build(self) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+        RecordBatch::try_new(Arc::new(Schema::new(self.fields)), self.columns)
     }
 }
 
