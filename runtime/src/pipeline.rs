@@ -184,6 +184,15 @@ struct DeadLetter {
     message: String,
 }
 
+/// What a step's records became after the chain of stages.
+struct StagesOutcome {
+    items: Vec<Item>,
+    dead: Vec<DeadLetter>,
+    /// Aggregate states by stage index, base64.
+    states: BTreeMap<usize, String>,
+    failed_call: Option<String>,
+}
+
 /// The state of one pipeline between steps; owned by its task.
 pub struct Runner {
     spec: PipelineSpec,
@@ -403,57 +412,78 @@ impl Runner {
     }
 
     fn process(&mut self, partition: u32, records: Vec<Record>) -> Result<Option<String>, Error> {
+        let outcome = self.run_stages(partition, &records)?;
+        let last_offset = records.last().map_or(-1, |r| r.offset);
+        self.append(
+            partition,
+            &records,
+            outcome.items,
+            outcome.dead,
+            last_offset,
+        )?;
+        self.checkpoint(partition, last_offset, outcome.states)?;
+        self.stats
+            .records_in
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(self.count_failure(outcome.failed_call))
+    }
+
+    /// Runs a step's records through the chain of stages, stopping at the first failed call,
+    /// whose records become dead letters.
+    fn run_stages(&mut self, partition: u32, records: &[Record]) -> Result<StagesOutcome, Error> {
         let first_partitions = self.storage.existing_topic(&self.spec.to[0])?.partitions;
         let states = self
             .cursors
             .get(&partition)
             .map(|(c, _)| c.states.clone())
             .unwrap_or_default();
-        let mut items: Vec<Item> = records
-            .iter()
-            .enumerate()
-            .map(|(origin, r)| Item {
-                origin,
-                record: r.clone(),
-                topic: None,
-                partition: None,
-            })
-            .collect();
-        let mut dead = Vec::new();
-        let mut new_states = states.clone();
-        let mut failed_call = None;
+        let mut outcome = StagesOutcome {
+            items: records
+                .iter()
+                .enumerate()
+                .map(|(origin, r)| Item {
+                    origin,
+                    record: r.clone(),
+                    topic: None,
+                    partition: None,
+                })
+                .collect(),
+            dead: Vec::new(),
+            states: states.clone(),
+            failed_call: None,
+        };
         for (index, stage) in self.stages.iter_mut().enumerate() {
-            if items.is_empty() {
+            if outcome.items.is_empty() {
                 break;
             }
-            let result = run_stage(
+            let items = std::mem::take(&mut outcome.items);
+            match run_stage(
                 &self.registry,
                 stage,
                 &items,
                 partition,
                 first_partitions,
                 states.get(&index),
-            );
-            match result {
+            ) {
                 Ok(output) => {
                     if let Some(state) = output.state.as_ref() {
-                        new_states.insert(
-                            index,
-                            base64::engine::general_purpose::STANDARD.encode(state),
-                        );
+                        let state = base64::engine::general_purpose::STANDARD.encode(state);
+                        outcome.states.insert(index, state);
                     }
-                    items = apply(stage, items, output, &mut dead);
+                    outcome.items = apply(stage, items, output, &mut outcome.dead);
                 }
                 Err(error) => {
-                    let key = stage.instance_key(partition);
-                    stage.instances.remove(&key);
+                    stage.instances.remove(&stage.instance_key(partition));
                     let message = error.to_string();
-                    dead.extend(items.drain(..).map(|item| DeadLetter {
-                        origin: item.origin,
-                        plugin: stage.name.clone(),
-                        message: message.clone(),
-                    }));
-                    failed_call = Some(format!(
+                    outcome
+                        .dead
+                        .extend(items.into_iter().map(|item| DeadLetter {
+                            origin: item.origin,
+                            plugin: stage.name.clone(),
+                            message: message.clone(),
+                        }));
+                    outcome.failed_call = Some(format!(
                         "{}@{}: {message}",
                         stage.name, stage.version.version
                     ));
@@ -461,43 +491,48 @@ impl Runner {
                 }
             }
         }
-        let last_offset = records.last().map_or(-1, |r| r.offset);
-        self.append(partition, &records, items, dead, last_offset)?;
-        let (checkpoint, _) = self.cursors.entry(partition).or_default();
-        checkpoint.next_offset = last_offset as u64 + 1;
-        checkpoint.states = new_states;
+        Ok(outcome)
+    }
+
+    /// Records that the partition's step up to `last_offset` is done, with the output log ends a
+    /// replay after a crash starts from.
+    fn checkpoint(
+        &mut self,
+        partition: u32,
+        last_offset: i64,
+        states: BTreeMap<usize, String>,
+    ) -> Result<(), Error> {
         let outputs = self.output_logs()?;
         let (checkpoint, _) = self.cursors.entry(partition).or_default();
+        checkpoint.next_offset = last_offset as u64 + 1;
+        checkpoint.states = states;
         checkpoint.outputs = outputs
             .iter()
             .map(|(t, p, log)| (log_key(t, *p), log.log_end_offset()))
             .collect();
         self.checkpoints
             .insert_unflushed(&checkpoint_key(&self.spec.name, partition), checkpoint)?;
-        self.stats
-            .records_in
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        match failed_call {
-            None => {
-                self.failures_in_row = 0;
-                Ok(None)
-            }
-            Some(error) => {
-                self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
-                self.stats.note_error(error.clone());
-                self.failures_in_row += 1;
-                tracing::warn!(pipeline = %self.spec.name, error = %error, "plugin call failed; its batch went to the dead-letter topic");
-                if self.failures_in_row >= self.spec.failures_max {
-                    self.failures_in_row = 0;
-                    return Ok(Some(format!(
-                        "{} failed calls in a row, last: {error}",
-                        self.spec.failures_max
-                    )));
-                }
-                Ok(None)
-            }
+        Ok(())
+    }
+
+    /// Counts a failed call; answers why the pipeline pauses once too many came in a row.
+    fn count_failure(&mut self, failed_call: Option<String>) -> Option<String> {
+        let Some(error) = failed_call else {
+            self.failures_in_row = 0;
+            return None;
+        };
+        self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
+        self.stats.note_error(error.clone());
+        self.failures_in_row += 1;
+        tracing::warn!(pipeline = %self.spec.name, error = %error, "plugin call failed; its batch went to the dead-letter topic");
+        if self.failures_in_row < self.spec.failures_max {
+            return None;
         }
+        self.failures_in_row = 0;
+        Some(format!(
+            "{} failed calls in a row, last: {error}",
+            self.spec.failures_max
+        ))
     }
 
     /// Groups the step's results by output log and appends them, skipping what a log already
@@ -515,7 +550,9 @@ impl Runner {
             .get(&partition)
             .map(|(_, covered)| covered.clone())
             .unwrap_or_default();
-        let dead_letter_topic = self.spec.dead_letter_topic();
+        let already_in = |topic: &str, p: u32, origin: usize| {
+            inputs[origin].offset <= covered.get(&log_key(topic, p)).copied().unwrap_or(-1)
+        };
         let mut groups: BTreeMap<(String, u32), Vec<NewRecord>> = BTreeMap::new();
         let mut dead_letters = Vec::new();
         let mut out_count = 0u64;
@@ -526,40 +563,11 @@ impl Runner {
                 .topic
                 .clone()
                 .unwrap_or_else(|| self.spec.to[0].clone());
-            let target = if self.spec.to.contains(&topic) {
-                // Looked up once per output topic and step, not once per record.
-                let partitions = match partition_counts.get(&topic) {
-                    Some(count) => *count,
-                    None => {
-                        let count = self.storage.existing_topic(&topic)?.partitions;
-                        partition_counts.insert(topic.clone(), count);
-                        count
-                    }
-                };
-                match item.partition {
-                    Some(p) if p >= partitions => Err(format!(
-                        "partition {p} of {topic} does not exist ({partitions} partitions)"
-                    )),
-                    Some(p) => Ok(p),
-                    None => Ok(match item.record.key.as_deref() {
-                        Some(key) => partition_for_key(key, partitions),
-                        // Keyless records keep their input partition's order, and a replay puts
-                        // them where the first run did.
-                        None => partition % partitions.max(1),
-                    }),
-                }
-            } else {
-                Err(format!(
-                    "topic {topic} is not an output of pipeline {}",
-                    self.spec.name
-                ))
-            };
-            match target {
+            match self.route(&topic, &item, partition, &mut partition_counts)? {
                 Ok(p) => {
                     out_count += 1;
                     handled.insert(item.origin);
-                    let origin_offset = inputs[item.origin].offset;
-                    if origin_offset > covered.get(&log_key(&topic, p)).copied().unwrap_or(-1) {
+                    if !already_in(&topic, p, item.origin) {
                         let r = item.record;
                         let new = NewRecord {
                             timestamp: r.timestamp,
@@ -579,6 +587,7 @@ impl Runner {
         }
         dead_letters.extend(dead);
         let dead_count = dead_letters.len() as u64;
+        let dead_letter_topic = self.spec.dead_letter_topic();
         let dead_partitions = self
             .storage
             .existing_topic(&dead_letter_topic)?
@@ -587,39 +596,92 @@ impl Runner {
         let dead_partition = partition % dead_partitions;
         for letter in dead_letters {
             handled.insert(letter.origin);
-            let input = &inputs[letter.origin];
-            if input.offset
-                <= covered
-                    .get(&log_key(&dead_letter_topic, dead_partition))
-                    .copied()
-                    .unwrap_or(-1)
-            {
-                continue;
+            if !already_in(&dead_letter_topic, dead_partition, letter.origin) {
+                let record = self.dead_letter_record(partition, &inputs[letter.origin], letter);
+                groups
+                    .entry((dead_letter_topic.clone(), dead_partition))
+                    .or_default()
+                    .push(record);
             }
-            let mut headers = input.headers.clone();
-            let source = format!("{}/{partition}/{}", self.spec.from, input.offset);
-            for (key, value) in [
-                (ERROR_HEADER, letter.message),
-                (PLUGIN_HEADER, letter.plugin),
-                (SOURCE_HEADER, source),
-            ] {
-                headers.push(Header {
-                    key: key.into(),
-                    value: Some(Bytes::from(value)),
-                });
-            }
-            let new = NewRecord {
-                timestamp: input.timestamp,
-                key: input.key.clone(),
-                value: input.value.clone(),
-                headers,
-            };
-            groups
-                .entry((dead_letter_topic.clone(), dead_partition))
-                .or_default()
-                .push(new);
         }
         let marker = Bytes::from(format!("{}/{partition}/{last_offset}", self.spec.name));
+        self.write(groups, &marker)?;
+        self.stats
+            .records_out
+            .fetch_add(out_count, Ordering::Relaxed);
+        self.stats
+            .dead_lettered
+            .fetch_add(dead_count, Ordering::Relaxed);
+        let dropped = inputs.len().saturating_sub(handled.len()) as u64;
+        self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The partition of output `topic` an item goes to, or why it cannot go there.
+    fn route(
+        &self,
+        topic: &str,
+        item: &Item,
+        input_partition: u32,
+        partition_counts: &mut HashMap<String, u32>,
+    ) -> Result<Result<u32, String>, Error> {
+        if !self.spec.to.iter().any(|t| t == topic) {
+            return Ok(Err(format!(
+                "topic {topic} is not an output of pipeline {}",
+                self.spec.name
+            )));
+        }
+        // Looked up once per output topic and step, not once per record.
+        let partitions = match partition_counts.get(topic) {
+            Some(count) => *count,
+            None => {
+                let count = self.storage.existing_topic(topic)?.partitions;
+                partition_counts.insert(topic.to_string(), count);
+                count
+            }
+        };
+        Ok(match item.partition {
+            Some(p) if p >= partitions => Err(format!(
+                "partition {p} of {topic} does not exist ({partitions} partitions)"
+            )),
+            Some(p) => Ok(p),
+            None => Ok(match item.record.key.as_deref() {
+                Some(key) => partition_for_key(key, partitions),
+                // Keyless records keep their input partition's order, and a replay puts them
+                // where the first run did.
+                None => input_partition % partitions.max(1),
+            }),
+        })
+    }
+
+    /// An input record as a dead letter: its own headers plus why, which plugin, and where from.
+    fn dead_letter_record(&self, partition: u32, input: &Record, letter: DeadLetter) -> NewRecord {
+        let mut headers = input.headers.clone();
+        let source = format!("{}/{partition}/{}", self.spec.from, input.offset);
+        for (key, value) in [
+            (ERROR_HEADER, letter.message),
+            (PLUGIN_HEADER, letter.plugin),
+            (SOURCE_HEADER, source),
+        ] {
+            headers.push(Header {
+                key: key.into(),
+                value: Some(Bytes::from(value)),
+            });
+        }
+        NewRecord {
+            timestamp: input.timestamp,
+            key: input.key.clone(),
+            value: input.value.clone(),
+            headers,
+        }
+    }
+
+    /// Appends each output log's records as one batch, the last record carrying the marker.
+    fn write(
+        &self,
+        groups: BTreeMap<(String, u32), Vec<NewRecord>>,
+        marker: &Bytes,
+    ) -> Result<(), Error> {
         for ((topic, p), records) in groups {
             let mut builder = BatchBuilder::new(Compression::None);
             let count = records.len();
@@ -635,14 +697,6 @@ impl Runner {
             let mut batch = builder.build()?.to_vec();
             self.storage.log(&topic, p)?.append(&mut batch)?;
         }
-        self.stats
-            .records_out
-            .fetch_add(out_count, Ordering::Relaxed);
-        self.stats
-            .dead_lettered
-            .fetch_add(dead_count, Ordering::Relaxed);
-        let dropped = inputs.len().saturating_sub(handled.len()) as u64;
-        self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         Ok(())
     }
 }
