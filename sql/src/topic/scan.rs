@@ -1,0 +1,231 @@
+//! The plan that reads a topic: [`TopicScan`], one DataFusion partition per range of offsets,
+//! each read by a [`PartitionReader`] on the blocking pool.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::DataFusionError;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use weir_storage::{Record, Storage};
+
+use super::bounds::Bounds;
+use super::columns::build_batch;
+use super::external;
+use crate::value_schema::{TypedColumn, field_keys};
+
+/// Rows per record batch a scan produces.
+const BATCH_ROWS: usize = 8192;
+/// Bytes asked of the log by a partition's first read; each further read asks twice as much,
+/// up to [`READ_BYTES_MAX`], so a short range or a small LIMIT decodes little.
+const READ_BYTES_FIRST: u64 = 4 << 10;
+const READ_BYTES_MAX: u64 = 1 << 20;
+
+/// The offsets `[start, end)` of one partition a scan reads.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PartitionRange {
+    pub(super) partition: u32,
+    pub(super) start: u64,
+    pub(super) end: u64,
+}
+
+#[derive(Debug)]
+pub struct TopicScan {
+    pub(super) storage: Arc<Storage>,
+    pub(super) topic: String,
+    pub(super) ranges: Vec<PartitionRange>,
+    pub(super) bounds: Bounds,
+    /// Indexes into the table schema of the columns produced.
+    pub(super) projection: Vec<usize>,
+    pub(super) projected: SchemaRef,
+    pub(super) typed: Vec<TypedColumn>,
+    pub(super) limit: Option<usize>,
+    pub(super) properties: Arc<PlanProperties>,
+    pub(super) metrics: ExecutionPlanMetricsSet,
+}
+
+impl DisplayAs for TopicScan {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let ranges: Vec<String> = self
+            .ranges
+            .iter()
+            .map(|r| format!("{}:{}..{}", r.partition, r.start, r.end))
+            .collect();
+        write!(
+            f,
+            "TopicScan: topic={}, offsets=[{}]",
+            self.topic,
+            ranges.join(", ")
+        )?;
+        if let Some(limit) = self.limit {
+            write!(f, ", limit={limit}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for TopicScan {
+    fn name(&self) -> &str {
+        "TopicScan"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::common::Result<TreeNodeRecursion>,
+    ) -> datafusion::common::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> datafusion::common::Result<SendableRecordBatchStream> {
+        let reader = PartitionReader {
+            storage: self.storage.clone(),
+            topic: self.topic.clone(),
+            range: self.ranges.get(partition).copied(),
+            bounds: self.bounds.clone(),
+            projection: self.projection.clone(),
+            schema: self.projected.clone(),
+            typed: self.typed.clone(),
+            json_keys: field_keys(&self.typed, &self.projection),
+            rows_left: self.limit.unwrap_or(usize::MAX),
+            pending: VecDeque::new(),
+            read_bytes: READ_BYTES_FIRST,
+            records_read: MetricBuilder::new(&self.metrics).counter("records_read", partition),
+            batches_read: MetricBuilder::new(&self.metrics).counter("reads", partition),
+        };
+        let stream = futures::stream::unfold(Some(reader), |reader| async move {
+            let mut reader = reader?;
+            let read = tokio::task::spawn_blocking(move || {
+                let batch = reader.next_batch();
+                (reader, batch)
+            })
+            .await;
+            match read {
+                Ok((reader, Ok(Some(batch)))) => Some((Ok(batch), Some(reader))),
+                Ok((_, Ok(None))) => None,
+                Ok((_, Err(e))) => Some((Err(e), None)),
+                Err(e) => Some((Err(DataFusionError::External(Box::new(e))), None)),
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.projected.clone(),
+            stream,
+        )))
+    }
+}
+
+/// Reads one partition's range into record batches, on the blocking pool.
+struct PartitionReader {
+    storage: Arc<Storage>,
+    topic: String,
+    range: Option<PartitionRange>,
+    bounds: Bounds,
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    typed: Vec<TypedColumn>,
+    /// The top-level JSON fields the projected typed columns read; empty when they read none.
+    json_keys: Vec<String>,
+    rows_left: usize,
+    /// Records decoded by the last read and not yet used: a batch of rows can end inside one.
+    pending: VecDeque<Record>,
+    read_bytes: u64,
+    records_read: Count,
+    batches_read: Count,
+}
+
+impl PartitionReader {
+    fn next_batch(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let Some(range) = self.range.as_mut() else {
+            return Ok(None);
+        };
+        let log = self
+            .storage
+            .log(&self.topic, range.partition)
+            .map_err(external)?;
+        let partition = i64::from(range.partition);
+        let mut rows = Vec::new();
+        let want = BATCH_ROWS.min(self.rows_left);
+        while rows.len() < want && range.start < range.end {
+            if self.pending.is_empty() {
+                let records = log
+                    .read_records(range.start, self.read_bytes)
+                    .map_err(external)?;
+                self.read_bytes = (self.read_bytes * 2).min(READ_BYTES_MAX);
+                self.batches_read.add(1);
+                self.records_read.add(records.len());
+                let Some(last) = records.last() else { break };
+                let next = u64::try_from(last.offset).unwrap_or(0).saturating_add(1);
+                self.pending.extend(
+                    records
+                        .into_iter()
+                        .filter(|r| u64::try_from(r.offset).is_ok_and(|o| o >= range.start)),
+                );
+                if self.pending.is_empty() {
+                    // Past a gap that compaction left.
+                    range.start = next.min(range.end);
+                    continue;
+                }
+            }
+            let Some(r) = self.pending.pop_front() else {
+                break;
+            };
+            let offset = u64::try_from(r.offset).unwrap_or(0);
+            if offset >= range.end {
+                range.start = range.end;
+                break;
+            }
+            range.start = offset + 1;
+            if self.bounds.keeps(partition, &r) {
+                rows.push(r);
+            }
+        }
+        if rows.is_empty() {
+            self.range = None;
+            return Ok(None);
+        }
+        self.rows_left -= rows.len();
+        if self.rows_left == 0 {
+            self.range = None;
+        }
+        build_batch(
+            &self.schema,
+            &self.projection,
+            &self.typed,
+            &self.json_keys,
+            partition,
+            &rows,
+        )
+        .map(Some)
+    }
+}
