@@ -167,14 +167,24 @@ pub fn topic_delete(c: &Client, name: &str) -> Result<()> {
 }
 
 /// Sends lines of `input` as records (one per line), with an optional key and partition.
+/// Where `weir produce` sends its lines.
+pub struct Target<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a str>,
+    pub partition: Option<u32>,
+}
+
 pub fn produce(
     c: &Client,
-    topic: &str,
-    key: Option<&str>,
-    partition: Option<u32>,
+    target: &Target,
     input: &mut dyn BufRead,
     progress: Option<indicatif::ProgressBar>,
 ) -> Result<u64> {
+    let Target {
+        topic,
+        key,
+        partition,
+    } = *target;
     let mut sent = 0u64;
     let mut chunk = Vec::with_capacity(PRODUCE_CHUNK_RECORDS);
     let flush = |chunk: &mut Vec<Value>, sent: &mut u64| -> Result<()> {

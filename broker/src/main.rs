@@ -232,14 +232,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
     match cli.command {
@@ -249,25 +242,7 @@ fn run() -> anyhow::Result<()> {
                 .context("serve arguments")?;
             serve(args.resolve(serve_matches)?)
         }
-        Command::Topic { command, remote } => {
-            let c = remote.client();
-            match command {
-                TopicCommand::Create {
-                    name,
-                    partitions,
-                    mut configs,
-                    value_format,
-                    schema,
-                } => {
-                    configs.extend(value_format.map(|f| format!("value.format={f}")));
-                    configs.extend(schema.map(|s| format!("value.schema={s}")));
-                    Ok(cli::topic_create(&c, &name, partitions, &configs)?)
-                }
-                TopicCommand::List => Ok(cli::topic_list(&c)?),
-                TopicCommand::Describe { name } => Ok(cli::topic_describe(&c, &name)?),
-                TopicCommand::Delete { name } => Ok(cli::topic_delete(&c, &name)?),
-            }
-        }
+        Command::Topic { command, remote } => Ok(topic_command(command, &remote.client())?),
         Command::Produce {
             topic,
             key,
@@ -275,23 +250,12 @@ fn run() -> anyhow::Result<()> {
             partition,
             remote,
         } => {
-            let c = remote.client();
-            let sent = match file {
-                Some(path) => {
-                    let f = std::fs::File::open(&path)
-                        .with_context(|| format!("opening {}", path.display()))?;
-                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    let bar = indicatif::ProgressBar::new(len);
-                    let mut input = std::io::BufReader::new(f);
-                    cli::produce(&c, &topic, key.as_deref(), partition, &mut input, Some(bar))?
-                }
-                None => {
-                    let mut input = std::io::stdin().lock();
-                    cli::produce(&c, &topic, key.as_deref(), partition, &mut input, None)?
-                }
+            let target = cli::Target {
+                topic: &topic,
+                key: key.as_deref(),
+                partition,
             };
-            eprintln!("produced {sent} records to {topic}");
-            Ok(())
+            produce_command(&remote.client(), &target, file)
         }
         Command::Consume {
             topic,
@@ -307,30 +271,74 @@ fn run() -> anyhow::Result<()> {
                 exit_at_end: exit,
                 max_records: max,
             };
-            cli::consume(
-                &remote.client(),
-                &topic,
-                &options,
-                &mut std::io::stdout().lock(),
-            )?;
+            let mut out = std::io::stdout().lock();
+            cli::consume(&remote.client(), &topic, &options, &mut out)?;
             Ok(())
         }
         Command::Groups { remote } => Ok(cli::groups(&remote.client())?),
-        Command::Sql { statement, remote } => {
-            let c = remote.client();
-            match statement {
-                Some(statement) => Ok(cli::sql(&c, &statement)?),
-                None if std::io::stdin().is_terminal() => {
-                    Ok(cli::sql_shell(&c, &mut cli::Terminal::open()?)?)
-                }
-                None => Ok(cli::sql_shell(
-                    &c,
-                    &mut cli::Piped(std::io::stdin().lock()),
-                )?),
-            }
-        }
+        Command::Sql { statement, remote } => Ok(sql_command(statement, &remote.client())?),
         Command::Plugin { command, remote } => Ok(plugin_command(command, &remote.client())?),
         Command::Pipeline { command, remote } => Ok(pipeline_command(command, &remote.client())?),
+    }
+}
+
+/// Logs to stderr at the level `WEIR_LOG` asks (default `info`), in colour on a terminal.
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn topic_command(command: TopicCommand, c: &Client) -> weir_broker::error::Result<()> {
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            mut configs,
+            value_format,
+            schema,
+        } => {
+            configs.extend(value_format.map(|f| format!("value.format={f}")));
+            configs.extend(schema.map(|s| format!("value.schema={s}")));
+            cli::topic_create(c, &name, partitions, &configs)
+        }
+        TopicCommand::List => cli::topic_list(c),
+        TopicCommand::Describe { name } => cli::topic_describe(c, &name),
+        TopicCommand::Delete { name } => cli::topic_delete(c, &name),
+    }
+}
+
+/// Produces the lines of `file`, with a progress bar, or of stdin.
+fn produce_command(
+    c: &Client,
+    target: &cli::Target,
+    file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let sent = match file {
+        Some(path) => {
+            let f = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let bar = indicatif::ProgressBar::new(len);
+            cli::produce(c, target, &mut std::io::BufReader::new(f), Some(bar))?
+        }
+        None => cli::produce(c, target, &mut std::io::stdin().lock(), None)?,
+    };
+    eprintln!("produced {sent} records to {}", target.topic);
+    Ok(())
+}
+
+/// One statement, or a shell reading statements from the terminal or a pipe.
+fn sql_command(statement: Option<String>, c: &Client) -> weir_broker::error::Result<()> {
+    match statement {
+        Some(statement) => cli::sql(c, &statement),
+        None if std::io::stdin().is_terminal() => cli::sql_shell(c, &mut cli::Terminal::open()?),
+        None => cli::sql_shell(c, &mut cli::Piped(std::io::stdin().lock())),
     }
 }
 

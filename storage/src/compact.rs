@@ -49,25 +49,7 @@ pub fn compact(log: &Log, now: i64, keys_max: u64) -> Result<CompactionResult> {
     if closed.is_empty() {
         return Ok(CompactionResult::default());
     }
-
-    let mut latest: HashMap<Bytes, i64> = HashMap::new();
-    for segment in closed {
-        segment.visit_batches(|h, batch| {
-            for r in decode(h, batch, &segment.log_path())? {
-                if let Some(key) = r.key {
-                    latest.insert(key, r.offset);
-                }
-            }
-            if latest.len() as u64 > keys_max {
-                return Err(StorageError::CompactionKeys {
-                    path: log.dir().to_path_buf(),
-                    keys_max,
-                });
-            }
-            Ok(())
-        })?;
-    }
-
+    let latest = latest_offsets(log, closed, keys_max)?;
     let tombstone_horizon = now.saturating_sub(ms_i64(config.delete_retention_ms));
     let keep = |r: &Record, h: &BatchHeader| match &r.key {
         None => true,
@@ -78,54 +60,19 @@ pub fn compact(log: &Log, now: i64, keys_max: u64) -> Result<CompactionResult> {
     };
 
     let mut result = CompactionResult::default();
-    let cleaned_dir = log.dir().join(CLEANED_DIR);
     let mut replacements = Vec::new();
     for (i, segment) in closed.iter().enumerate() {
-        let next_base = segments[i + 1].base_offset();
-        let mut removable = 0u64;
-        segment.visit_batches(|h, batch| {
-            if !h.is_control() {
-                let records = decode(h, batch, &segment.log_path())?;
-                removable += records.iter().filter(|r| !keep(r, h)).count() as u64;
-            }
-            Ok(())
-        })?;
+        let removable = removable(segment, &keep)?;
         if removable == 0 {
             continue;
         }
-        std::fs::create_dir_all(&cleaned_dir).map_err(StorageError::io(&cleaned_dir))?;
-        let cleaned = Segment::create(
-            &cleaned_dir,
-            segment.base_offset(),
-            config.index_bytes_max,
-            now,
-        )?;
-        let mut cursor = IndexCursor::new();
-        segment.visit_batches(|h, batch| {
-            let Some(bytes) = rewrite_batch(h, batch, &segment.log_path(), &keep)? else {
-                return Ok(());
-            };
-            let position = cleaned.write(&bytes)?;
-            let mut header = *h;
-            header.batch_length = (bytes.len() - crate::batch::BATCH_LENGTH_PREFIX_BYTES) as i32;
-            cleaned.index_batch(&mut cursor, &header, position, config.index_interval_bytes);
-            cleaned.commit_write(bytes.len() as u64, h.last_offset() as u64 + 1);
-            Ok(())
-        })?;
-        cleaned.commit_write(0, next_base);
-        cleaned.finish_time_index(&cursor);
-        cleaned.seal()?;
+        let next_base = segments[i + 1].base_offset();
+        let cleaned_size = write_cleaned(log, segment, next_base, now, &keep)?;
         result.segments_rewritten += 1;
         result.records_removed += removable;
         result.bytes_before += segment.size();
-        result.bytes_after += cleaned.size();
-        drop(cleaned);
-
-        let marker = cleaned_dir.join(format!("{:020}.{SWAP_SUFFIX}", segment.base_offset()));
-        sync_dir(&cleaned_dir)?;
-        std::fs::write(&marker, b"").map_err(StorageError::io(&marker))?;
-        sync_dir(&cleaned_dir)?;
-        swap_in(log.dir(), segment.base_offset())?;
+        result.bytes_after += cleaned_size;
+        commit_cleaned(log.dir(), segment.base_offset())?;
         replacements.push(Arc::new(Segment::open_closed(
             log.dir(),
             segment.base_offset(),
@@ -144,6 +91,90 @@ pub fn compact(log: &Log, now: i64, keys_max: u64) -> Result<CompactionResult> {
         );
     }
     Ok(result)
+}
+
+/// Each key's latest offset in the closed segments; refused past `keys_max` keys.
+fn latest_offsets(
+    log: &Log,
+    closed: &[Arc<Segment>],
+    keys_max: u64,
+) -> Result<HashMap<Bytes, i64>> {
+    let mut latest: HashMap<Bytes, i64> = HashMap::new();
+    for segment in closed {
+        segment.visit_batches(|h, batch| {
+            for r in decode(h, batch, &segment.log_path())? {
+                if let Some(key) = r.key {
+                    latest.insert(key, r.offset);
+                }
+            }
+            if latest.len() as u64 > keys_max {
+                return Err(StorageError::CompactionKeys {
+                    path: log.dir().to_path_buf(),
+                    keys_max,
+                });
+            }
+            Ok(())
+        })?;
+    }
+    Ok(latest)
+}
+
+/// How many records of `segment` compaction would remove.
+fn removable(segment: &Segment, keep: &impl Fn(&Record, &BatchHeader) -> bool) -> Result<u64> {
+    let mut removable = 0u64;
+    segment.visit_batches(|h, batch| {
+        if !h.is_control() {
+            let records = decode(h, batch, &segment.log_path())?;
+            removable += records.iter().filter(|r| !keep(r, h)).count() as u64;
+        }
+        Ok(())
+    })?;
+    Ok(removable)
+}
+
+/// Writes the cleaned copy of `segment` into `cleaned/`, fsynced; answers its size.
+fn write_cleaned(
+    log: &Log,
+    segment: &Segment,
+    next_base: u64,
+    now: i64,
+    keep: &impl Fn(&Record, &BatchHeader) -> bool,
+) -> Result<u64> {
+    let config = log.config();
+    let cleaned_dir = log.dir().join(CLEANED_DIR);
+    std::fs::create_dir_all(&cleaned_dir).map_err(StorageError::io(&cleaned_dir))?;
+    let cleaned = Segment::create(
+        &cleaned_dir,
+        segment.base_offset(),
+        config.index_bytes_max,
+        now,
+    )?;
+    let mut cursor = IndexCursor::new();
+    segment.visit_batches(|h, batch| {
+        let Some(bytes) = rewrite_batch(h, batch, &segment.log_path(), keep)? else {
+            return Ok(());
+        };
+        let position = cleaned.write(&bytes)?;
+        let mut header = *h;
+        header.batch_length = (bytes.len() - crate::batch::BATCH_LENGTH_PREFIX_BYTES) as i32;
+        cleaned.index_batch(&mut cursor, &header, position, config.index_interval_bytes);
+        cleaned.commit_write(bytes.len() as u64, h.last_offset() as u64 + 1);
+        Ok(())
+    })?;
+    cleaned.commit_write(0, next_base);
+    cleaned.finish_time_index(&cursor);
+    cleaned.seal()?;
+    Ok(cleaned.size())
+}
+
+/// Commits the cleaned segment at `base` with its swap marker, then renames it over the original.
+fn commit_cleaned(dir: &Path, base: u64) -> Result<()> {
+    let cleaned_dir = dir.join(CLEANED_DIR);
+    let marker = cleaned_dir.join(format!("{base:020}.{SWAP_SUFFIX}"));
+    sync_dir(&cleaned_dir)?;
+    std::fs::write(&marker, b"").map_err(StorageError::io(&marker))?;
+    sync_dir(&cleaned_dir)?;
+    swap_in(dir, base)
 }
 
 fn decode(h: &BatchHeader, batch: Bytes, path: &Path) -> Result<Vec<Record>> {

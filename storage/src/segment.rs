@@ -391,35 +391,13 @@ impl Segment {
             _ => 0,
         };
 
-        let mut valid = index
-            .valid_prefix(|prev, e| {
-                e.position > 0
-                    && u64::from(e.position) < file_len.min(trusted_bytes.saturating_add(1))
-                    && prev.is_none_or(|p| {
-                        e.relative_offset > p.relative_offset && e.position > p.position
-                    })
-            })
-            .min(time_index.len());
-        valid = valid.min(
-            time_index.valid_prefix(|prev, t| prev.is_none_or(|p| t.timestamp >= p.timestamp)),
+        let valid = trusted_entries(
+            (&index, &time_index),
+            &file,
+            file_len,
+            trusted_bytes,
+            base_offset,
         );
-        // Both indexes must name the same batches, and the last entry must point at a batch
-        // that starts at its offset; anything else is a page that never reached the disk.
-        valid = (0..valid)
-            .find(|&i| index.entry(i).relative_offset != time_index.entry(i).relative_offset)
-            .unwrap_or(valid);
-        while valid > 0 {
-            let e = index.entry(valid - 1);
-            let expected = (base_offset + u64::from(e.relative_offset)) as i64;
-            let starts_batch = read_header(&file, u64::from(e.position), file_len)
-                .ok()
-                .flatten()
-                .is_some_and(|h| h.base_offset == expected);
-            if starts_batch {
-                break;
-            }
-            valid -= 1;
-        }
         // The scan starts at the last kept entry, which it indexes again.
         let mut cursor = IndexCursor::new();
         let (start_position, start_offset) = match valid.checked_sub(1) {
@@ -896,6 +874,45 @@ fn read_exact_at(file: &File, buf: &mut [u8], position: u64, path: &Path) -> Res
 enum HeaderError {
     Io(std::io::Error),
     Batch(BatchError),
+}
+
+/// How many leading entries of a recovering segment's indexes to keep: both valid and in order,
+/// below the recovery point's `trusted_bytes`, naming the same batches, the last pointing at a
+/// batch that starts at its offset; anything past them is a page that never reached the disk.
+fn trusted_entries(
+    (index, time_index): (&MmapIndex<OffsetEntry>, &MmapIndex<TimeEntry>),
+    file: &File,
+    file_len: u64,
+    trusted_bytes: u64,
+    base_offset: u64,
+) -> usize {
+    let mut valid = index
+        .valid_prefix(|prev, e| {
+            e.position > 0
+                && u64::from(e.position) < file_len.min(trusted_bytes.saturating_add(1))
+                && prev.is_none_or(|p| {
+                    e.relative_offset > p.relative_offset && e.position > p.position
+                })
+        })
+        .min(time_index.len());
+    valid = valid
+        .min(time_index.valid_prefix(|prev, t| prev.is_none_or(|p| t.timestamp >= p.timestamp)));
+    valid = (0..valid)
+        .find(|&i| index.entry(i).relative_offset != time_index.entry(i).relative_offset)
+        .unwrap_or(valid);
+    while valid > 0 {
+        let e = index.entry(valid - 1);
+        let expected = (base_offset + u64::from(e.relative_offset)) as i64;
+        let starts_batch = read_header(file, u64::from(e.position), file_len)
+            .ok()
+            .flatten()
+            .is_some_and(|h| h.base_offset == expected);
+        if starts_batch {
+            break;
+        }
+        valid -= 1;
+    }
+    valid
 }
 
 fn read_header(
