@@ -67,14 +67,9 @@ fn weir(node: &Node, args: &[&str], input: &str) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn http_topics_produce_consume_groups_and_metrics() {
-    let (_dir, node, _) = started(&[]);
-    let url = node.url();
-
-    let (status, health) = call("GET", &format!("{url}/healthz"), None, None);
-    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
-
+/// Creates `events` (2 partitions, `retention.ms=60000`) over HTTP and posts 10 records keyed
+/// `k0`–`k2` with a header `n`; answers where each record went.
+fn post_events(url: &str) -> Vec<Value> {
     let (status, created) = call(
         "POST",
         &format!("{url}/v1/topics"),
@@ -82,14 +77,6 @@ fn http_topics_produce_consume_groups_and_metrics() {
         Some(json!({"name": "events", "partitions": 2, "configs": {"retention.ms": "60000"}})),
     );
     assert_eq!(status, 201, "{created}");
-    let (status, _) = call(
-        "POST",
-        &format!("{url}/v1/topics"),
-        None,
-        Some(json!({"name": "events"})),
-    );
-    assert_eq!(status, 409);
-
     let records: Vec<Value> = (0..10)
         .map(|i| json!({"key": format!("k{}", i % 3), "value": format!("event {i}"), "headers": {"n": i.to_string()}}))
         .collect();
@@ -100,7 +87,54 @@ fn http_topics_produce_consume_groups_and_metrics() {
         Some(json!({ "records": records })),
     );
     assert_eq!(status, 200, "{placed}");
-    let placed = placed["offsets"].as_array().unwrap().clone();
+    placed["offsets"].as_array().unwrap().clone()
+}
+
+#[test]
+fn http_creates_describes_and_deletes_topics() {
+    let (_dir, node, _) = started(&[]);
+    let url = node.url();
+    let (status, health) = call("GET", &format!("{url}/healthz"), None, None);
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    post_events(&url);
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        None,
+        Some(json!({"name": "events"})),
+    );
+    assert_eq!(status, 409);
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        None,
+        Some(json!({"name": "bad name"})),
+    );
+    assert_eq!(status, 400);
+
+    let (status, detail) = call("GET", &format!("{url}/v1/topics/events"), None, None);
+    assert_eq!(status, 200);
+    assert_eq!(detail["configs"]["retention.ms"], "60000");
+    let ends: u64 = detail["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["high_watermark"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ends, 10);
+
+    let (status, _) = call("DELETE", &format!("{url}/v1/topics/events"), None, None);
+    assert_eq!(status, 204);
+    let (status, _) = call("GET", &format!("{url}/v1/topics/events"), None, None);
+    assert_eq!(status, 404);
+    node.stop();
+}
+
+#[test]
+fn http_records_keep_their_key_partition_and_headers() {
+    let (_dir, node, _) = started(&[]);
+    let url = node.url();
+    let placed = post_events(&url);
     assert_eq!(placed.len(), 10);
     // Same key, same partition.
     assert_eq!(placed[0]["partition"], placed[3]["partition"]);
@@ -124,19 +158,15 @@ fn http_topics_produce_consume_groups_and_metrics() {
     let mut expected: Vec<String> = (0..10).map(|i| format!("event {i}")).collect();
     expected.sort();
     assert_eq!(values, expected);
+    node.stop();
+}
 
-    let (status, detail) = call("GET", &format!("{url}/v1/topics/events"), None, None);
-    assert_eq!(status, 200);
-    assert_eq!(detail["configs"]["retention.ms"], "60000");
-    let ends: u64 = detail["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["high_watermark"].as_u64().unwrap())
-        .sum();
-    assert_eq!(ends, 10);
-
-    // A group's committed offsets show up with their lag.
+#[test]
+fn a_groups_committed_offsets_show_their_lag_in_the_api_and_metrics() {
+    let (_dir, node, _) = started(&[]);
+    let url = node.url();
+    post_events(&url);
+    let (_, detail) = call("GET", &format!("{url}/v1/topics/events"), None, None);
     let (busiest, end) = detail["partitions"]
         .as_array()
         .unwrap()
@@ -178,8 +208,14 @@ fn http_topics_produce_consume_groups_and_metrics() {
         )),
         "{metrics}"
     );
+    node.stop();
+}
 
-    // Bad requests get a status and a message, never a dropped connection.
+#[test]
+fn bad_http_requests_get_a_status_and_a_message() {
+    let (_dir, node, _) = started(&[]);
+    let url = node.url();
+    post_events(&url);
     let (status, body) = call("GET", &format!("{url}/v1/topics/nope/records"), None, None);
     assert_eq!(status, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("nope"));
@@ -204,18 +240,11 @@ fn http_topics_produce_consume_groups_and_metrics() {
         body["error"].as_str().unwrap().contains("partition 9"),
         "{body}"
     );
-    let (status, _) = call(
-        "POST",
-        &format!("{url}/v1/topics"),
-        None,
-        Some(json!({"name": "bad name"})),
+    // The node goes on.
+    assert_eq!(
+        call("GET", &format!("{url}/v1/topics/events"), None, None).0,
+        200
     );
-    assert_eq!(status, 400);
-
-    let (status, _) = call("DELETE", &format!("{url}/v1/topics/events"), None, None);
-    assert_eq!(status, 204);
-    let (status, _) = call("GET", &format!("{url}/v1/topics/events"), None, None);
-    assert_eq!(status, 404);
     node.stop();
 }
 
@@ -245,15 +274,18 @@ fn admin_token_guards_v1_but_not_health() {
     node.stop();
 }
 
+/// Runs `weir` against `node`, failing the test when it fails; answers its stdout.
+fn run_ok(node: &Node, args: &[&str], input: &str) -> String {
+    let (ok, out, err) = weir(node, args, input);
+    assert!(ok, "weir {args:?} failed: {err}");
+    out
+}
+
 #[test]
-fn cli_manages_topics_and_moves_records() {
-    let (dir, node, _) = started(&[]);
-    let run = |args: &[&str], input: &str| {
-        let (ok, out, err) = weir(&node, args, input);
-        assert!(ok, "weir {args:?} failed: {err}");
-        out
-    };
-    run(
+fn cli_creates_lists_describes_and_deletes_topics() {
+    let (_dir, node, _) = started(&[]);
+    run_ok(
+        &node,
         &[
             "topic",
             "create",
@@ -265,20 +297,47 @@ fn cli_manages_topics_and_moves_records() {
         ],
         "",
     );
-    assert!(run(&["topic", "list"], "").contains("lines"));
-    let described = run(&["topic", "describe", "lines"], "");
+    assert!(run_ok(&node, &["topic", "list"], "").contains("lines"));
+    let described = run_ok(&node, &["topic", "describe", "lines"], "");
     assert!(described.contains("retention.ms = 600000"), "{described}");
+    let (ok, _, err) = weir(&node, &["topic", "create", "lines"], "");
+    assert!(!ok && err.contains("already exists"), "{err}");
+    run_ok(&node, &["topic", "delete", "lines"], "");
+    let (ok, _, err) = weir(&node, &["topic", "describe", "lines"], "");
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    node.stop();
+}
 
+#[test]
+fn cli_moves_records_from_files_and_stdin_and_groups_resume() {
+    let (dir, node, _) = started(&[]);
+    run_ok(
+        &node,
+        &["topic", "create", "lines", "--partitions", "2"],
+        "",
+    );
     let file = dir.path().join("input.txt");
     std::fs::write(
         &file,
         (0..500).map(|i| format!("line {i}\n")).collect::<String>(),
     )
     .unwrap();
-    run(&["produce", "lines", "--file", file.to_str().unwrap()], "");
-    run(&["produce", "lines", "--key", "k"], "keyed a\nkeyed b\n");
+    run_ok(
+        &node,
+        &["produce", "lines", "--file", file.to_str().unwrap()],
+        "",
+    );
+    run_ok(
+        &node,
+        &["produce", "lines", "--key", "k"],
+        "keyed a\nkeyed b\n",
+    );
 
-    let all = run(&["consume", "lines", "--from-beginning", "--exit"], "");
+    let all = run_ok(
+        &node,
+        &["consume", "lines", "--from-beginning", "--exit"],
+        "",
+    );
     let mut got: Vec<&str> = all.lines().collect();
     got.sort();
     let mut expected: Vec<String> = (0..500).map(|i| format!("line {i}")).collect();
@@ -287,7 +346,8 @@ fn cli_manages_topics_and_moves_records() {
     assert_eq!(got, expected.iter().map(String::as_str).collect::<Vec<_>>());
 
     // A group resumes where it stopped, and the next read sees only the rest.
-    let first = run(
+    let first = run_ok(
+        &node,
         &[
             "consume",
             "lines",
@@ -299,15 +359,9 @@ fn cli_manages_topics_and_moves_records() {
         ],
         "",
     );
-    let rest = run(&["consume", "lines", "--group", "g", "--exit"], "");
+    let rest = run_ok(&node, &["consume", "lines", "--group", "g", "--exit"], "");
     assert_eq!(first.lines().count() + rest.lines().count(), 502);
-    let groups = run(&["groups"], "");
+    let groups = run_ok(&node, &["groups"], "");
     assert!(groups.contains('g') && groups.contains("Empty"), "{groups}");
-
-    let (ok, _, err) = weir(&node, &["topic", "create", "lines"], "");
-    assert!(!ok && err.contains("already exists"), "{err}");
-    run(&["topic", "delete", "lines"], "");
-    let (ok, _, err) = weir(&node, &["topic", "describe", "lines"], "");
-    assert!(!ok && err.contains("does not exist"), "{err}");
     node.stop();
 }

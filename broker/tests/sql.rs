@@ -30,12 +30,21 @@ fn weir(node: &Node, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn json_logs_from_kcat_are_counted_exactly() {
+/// What [`kcat_logs`] produced: 600 JSON lines and one junk line.
+struct Logs {
+    errors_by_host: [u64; 3],
+    bytes_by_host: [u64; 3],
+    not_found: u64,
+}
+
+/// A node with the typed topic `logs` (created with `weir topic create`) holding 600 JSON lines
+/// produced with kcat: host i%3, status 200 except every 7th (500) and every 11th (404), bytes
+/// i; then one line that is not JSON. `None` when kcat is missing outside CI.
+fn kcat_logs() -> Option<(tempfile::TempDir, Node, Client, Logs)> {
     if !have("kcat", "apt-get install kcat") {
-        return;
+        return None;
     }
-    let (_dir, node, c) = started(&[]);
+    let (dir, node, c) = started(&[]);
     let (ok, _, err) = weir(
         &node,
         &[
@@ -51,10 +60,12 @@ fn json_logs_from_kcat_are_counted_exactly() {
         ],
     );
     assert!(ok, "{err}");
-    // 600 lines: host i%3, status 200 except every 7th (500) and every 11th (404); one junk line.
     let mut lines = Vec::new();
-    let mut expected_5xx = [0u64; 3];
-    let mut expected_bytes = [0u64; 3];
+    let mut logs = Logs {
+        errors_by_host: [0; 3],
+        bytes_by_host: [0; 3],
+        not_found: 0,
+    };
     for i in 0..600u64 {
         let status = if i % 7 == 0 {
             500
@@ -64,10 +75,12 @@ fn json_logs_from_kcat_are_counted_exactly() {
             200
         };
         let host = i % 3;
-        if status == 500 {
-            expected_5xx[host as usize] += 1;
+        match status {
+            500 => logs.errors_by_host[host as usize] += 1,
+            404 => logs.not_found += 1,
+            _ => {}
         }
-        expected_bytes[host as usize] += i;
+        logs.bytes_by_host[host as usize] += i;
         lines.push(format!(
             r#"web-{host}:{{"host":"web-{host}","status":{status},"bytes":{i}}}"#
         ));
@@ -78,7 +91,14 @@ fn json_logs_from_kcat_are_counted_exactly() {
         &["-P", "-t", "logs", "-K:"],
         &(lines.join("\n") + "\n"),
     );
+    Some((dir, node, c, logs))
+}
 
+#[test]
+fn json_logs_from_kcat_are_counted_exactly() {
+    let Some((_dir, _node, c, logs)) = kcat_logs() else {
+        return;
+    };
     let answer = sql_json(
         &c,
         "SELECT host, count(*) AS errors FROM logs WHERE status >= 500 GROUP BY host ORDER BY host",
@@ -97,7 +117,7 @@ fn json_logs_from_kcat_are_counted_exactly() {
     assert_eq!(
         rows,
         (0..3)
-            .map(|h| (format!("web-{h}"), expected_5xx[h]))
+            .map(|h| (format!("web-{h}"), logs.errors_by_host[h]))
             .collect::<Vec<_>>()
     );
     assert_eq!(
@@ -111,10 +131,15 @@ fn json_logs_from_kcat_are_counted_exactly() {
     );
     assert_eq!(
         answer["rows"][0],
-        json!({ "n": 601, "parsed": 600, "bytes": expected_bytes.iter().sum::<u64>() })
+        json!({ "n": 601, "parsed": 600, "bytes": logs.bytes_by_host.iter().sum::<u64>() })
     );
+}
 
-    // CSV, Arrow and the CLI's table.
+#[test]
+fn sql_answers_in_csv_when_asked() {
+    let Some((_dir, _node, c, logs)) = kcat_logs() else {
+        return;
+    };
     let csv = c
         .send_accepting(
             "POST",
@@ -124,11 +149,17 @@ fn json_logs_from_kcat_are_counted_exactly() {
             "text/csv",
         )
         .unwrap();
-    let expected_404 = (0..600).filter(|i| i % 7 != 0 && i % 11 == 0).count();
     assert_eq!(
         csv,
-        Value::String(format!("status,n\n404,{expected_404}\n"))
+        Value::String(format!("status,n\n404,{}\n", logs.not_found))
     );
+}
+
+#[test]
+fn weir_sql_prints_a_table_and_its_shell_goes_on_after_an_error() {
+    let Some((_dir, node, _c, logs)) = kcat_logs() else {
+        return;
+    };
     let (ok, table, err) = weir(
         &node,
         &[
@@ -138,29 +169,33 @@ fn json_logs_from_kcat_are_counted_exactly() {
     );
     assert!(ok, "{err}");
     assert!(
-        table.contains(&format!("| web-1 | {}", expected_bytes[1])) && table.contains("(1 row)"),
+        table.contains(&format!("| web-1 | {}", logs.bytes_by_host[1]))
+            && table.contains("(1 row)"),
         "{table}"
     );
-    let (ok, shell, err) = {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
-        command.args(["sql", "--server", &node.url()]);
-        let out = common::run_with_input(
-            command,
-            "SELECT count(*) AS n\nFROM logs;\nSELEC oops;\nSELECT 1 + 1 AS two;\n",
-        );
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    assert!(ok, "{err}");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+    command.args(["sql", "--server", &node.url()]);
+    let out = common::run_with_input(
+        command,
+        "SELECT count(*) AS n\nFROM logs;\nSELEC oops;\nSELECT 1 + 1 AS two;\n",
+    );
+    let shell = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         shell.contains("| 601 |") && shell.contains("error:") && shell.contains("| 2   |"),
         "{shell}"
     );
+}
 
-    // Mistakes are 400s with the message; the node answers the next query.
+#[test]
+fn sql_mistakes_are_400s_with_the_message_and_the_node_goes_on() {
+    let Some((_dir, _node, c, _logs)) = kcat_logs() else {
+        return;
+    };
     for (statement, message) in [
         ("SELEC host FROM logs", "Expected: an SQL statement"),
         ("SELECT * FROM nope", "nope"),
