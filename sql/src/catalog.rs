@@ -124,108 +124,119 @@ impl SystemSchema {
 
     /// The current contents of system table `name`.
     fn build(&self, name: &str) -> Result<Option<RecordBatch>, crate::Error> {
-        let batch = match name {
-            "topics" => {
-                let topics = self.storage.list_topics()?;
-                Table::new(&topics)
-                    .text("name", |t| t.name.clone())
-                    .int32("partitions", |t| t.partitions as i32)
-                    .text_or_null("value_format", |t| t.configs.get("value.format").cloned())
-                    .text("configs", |t| {
-                        serde_json::to_string(&t.configs).unwrap_or_default()
-                    })
-                    .build()
-            }
-            "partitions" => {
-                let mut rows = Vec::new();
-                for t in self.storage.list_topics()? {
-                    for p in 0..t.partitions {
-                        rows.push((t.name.clone(), p, self.storage.log(&t.name, p)?));
-                    }
-                }
-                Table::new(&rows)
-                    .text("topic", |(topic, _, _)| topic.clone())
-                    .int32("partition", |(_, p, _)| *p as i32)
-                    .int64("start_offset", |(_, _, log)| log.log_start_offset() as i64)
-                    .int64("end_offset", |(_, _, log)| log.high_watermark() as i64)
-                    .int64("bytes", |(_, _, log)| log.size_bytes() as i64)
-                    .int64("segments", |(_, _, log)| log.segment_count() as i64)
-                    .build()
-            }
-            "groups" => {
-                let rows = self
-                    .node
-                    .as_ref()
-                    .map(|n| n.group_rows())
-                    .unwrap_or_default();
-                Table::new(&rows)
-                    .text("group_id", |r| r.group.clone())
-                    .text("state", |r| r.state.clone())
-                    .int32("members", |r| r.members)
-                    .text("topic", |r| r.topic.clone())
-                    .int32("partition", |r| r.partition)
-                    .int64("committed_offset", |r| r.committed_offset)
-                    .int64_or_null("end_offset", |r| r.end_offset)
-                    .int64_or_null("lag", |r| {
-                        r.end_offset.map(|end| (end - r.committed_offset).max(0))
-                    })
-                    .build()
-            }
-            "plugins" => {
-                let plugins = match &self.runtime {
-                    Some(runtime) => runtime.registry().list()?,
-                    None => Vec::new(),
-                };
-                let rows: Vec<_> = plugins.iter().map(|p| (p, p.active_version())).collect();
-                Table::new(&rows)
-                    .text("name", |(p, _)| p.name.clone())
-                    .text_or_null("kind", |(_, v)| v.map(|v| v.kind.clone()))
-                    .int64("version", |(p, _)| i64::from(p.active))
-                    .int64("versions", |(p, _)| p.versions.len() as i64)
-                    .text_or_null("sha256", |(_, v)| v.map(|v| v.sha256.clone()))
-                    .int64_or_null("size_bytes", |(_, v)| v.map(|v| v.size_bytes as i64))
-                    .text_or_null("params", |(_, v)| {
-                        v.map(|v| serde_json::to_string(&v.params).unwrap_or_default())
-                    })
-                    .build()
-            }
-            "pipelines" => {
-                let pipelines = match &self.runtime {
-                    Some(runtime) => runtime.pipelines().list()?,
-                    None => Vec::new(),
-                };
-                Table::new(&pipelines)
-                    .text("name", |p| p.spec.name.clone())
-                    .text("status", |p| p.status.clone())
-                    .text("source", |p| p.spec.from.clone())
-                    .text("plugins", |p| p.plugins.join(","))
-                    .text("outputs", |p| p.spec.to.join(","))
-                    .int64("lag", |p| p.lag as i64)
-                    .int64("records_in", |p| p.records_in as i64)
-                    .int64("records_out", |p| p.records_out as i64)
-                    .int64("dropped", |p| p.dropped as i64)
-                    .int64("dead_lettered", |p| p.dead_lettered as i64)
-                    .int64("failed_calls", |p| p.failed_calls as i64)
-                    .boolean("paused", |p| p.status == "paused")
-                    .text_or_null("last_error", |p| p.last_error.clone())
-                    .build()
-            }
-            "connections" => {
-                let rows = self
-                    .node
-                    .as_ref()
-                    .map(|n| n.connection_rows())
-                    .unwrap_or_default();
-                Table::new(&rows)
-                    .text("peer", |r| r.peer.clone())
-                    .text_or_null("client_id", |r| r.client_id.clone())
-                    .int64("connected_ms", |r| r.connected_ms)
-                    .int64("requests", |r| r.requests)
-                    .build()
-            }
+        Ok(Some(match name {
+            "topics" => self.topics()?,
+            "partitions" => self.partitions()?,
+            "groups" => self.groups()?,
+            "plugins" => self.plugins()?,
+            "pipelines" => self.pipelines()?,
+            "connections" => self.connections()?,
             _ => return Ok(None),
+        }))
+    }
+
+    fn topics(&self) -> Result<RecordBatch, crate::Error> {
+        let topics = self.storage.list_topics()?;
+        Table::new(&topics)
+            .text("name", |t| t.name.clone())
+            .int32("partitions", |t| t.partitions as i32)
+            .text_or_null("value_format", |t| t.configs.get("value.format").cloned())
+            .text("configs", |t| {
+                serde_json::to_string(&t.configs).unwrap_or_default()
+            })
+            .build()
+    }
+
+    fn partitions(&self) -> Result<RecordBatch, crate::Error> {
+        let mut rows = Vec::new();
+        for t in self.storage.list_topics()? {
+            for p in 0..t.partitions {
+                rows.push((t.name.clone(), p, self.storage.log(&t.name, p)?));
+            }
+        }
+        Table::new(&rows)
+            .text("topic", |(topic, _, _)| topic.clone())
+            .int32("partition", |(_, p, _)| *p as i32)
+            .int64("start_offset", |(_, _, log)| log.log_start_offset() as i64)
+            .int64("end_offset", |(_, _, log)| log.high_watermark() as i64)
+            .int64("bytes", |(_, _, log)| log.size_bytes() as i64)
+            .int64("segments", |(_, _, log)| log.segment_count() as i64)
+            .build()
+    }
+
+    fn groups(&self) -> Result<RecordBatch, crate::Error> {
+        let rows = self
+            .node
+            .as_ref()
+            .map(|n| n.group_rows())
+            .unwrap_or_default();
+        Table::new(&rows)
+            .text("group_id", |r| r.group.clone())
+            .text("state", |r| r.state.clone())
+            .int32("members", |r| r.members)
+            .text("topic", |r| r.topic.clone())
+            .int32("partition", |r| r.partition)
+            .int64("committed_offset", |r| r.committed_offset)
+            .int64_or_null("end_offset", |r| r.end_offset)
+            .int64_or_null("lag", |r| {
+                r.end_offset.map(|end| (end - r.committed_offset).max(0))
+            })
+            .build()
+    }
+
+    fn plugins(&self) -> Result<RecordBatch, crate::Error> {
+        let plugins = match &self.runtime {
+            Some(runtime) => runtime.registry().list()?,
+            None => Vec::new(),
         };
-        Ok(Some(batch.map_err(DataFusionError::from)?))
+        let rows: Vec<_> = plugins.iter().map(|p| (p, p.active_version())).collect();
+        Table::new(&rows)
+            .text("name", |(p, _)| p.name.clone())
+            .text_or_null("kind", |(_, v)| v.map(|v| v.kind.clone()))
+            .int64("version", |(p, _)| i64::from(p.active))
+            .int64("versions", |(p, _)| p.versions.len() as i64)
+            .text_or_null("sha256", |(_, v)| v.map(|v| v.sha256.clone()))
+            .int64_or_null("size_bytes", |(_, v)| v.map(|v| v.size_bytes as i64))
+            .text_or_null("params", |(_, v)| {
+                v.map(|v| serde_json::to_string(&v.params).unwrap_or_default())
+            })
+            .build()
+    }
+
+    fn pipelines(&self) -> Result<RecordBatch, crate::Error> {
+        let pipelines = match &self.runtime {
+            Some(runtime) => runtime.pipelines().list()?,
+            None => Vec::new(),
+        };
+        Table::new(&pipelines)
+            .text("name", |p| p.spec.name.clone())
+            .text("status", |p| p.status.clone())
+            .text("source", |p| p.spec.from.clone())
+            .text("plugins", |p| p.plugins.join(","))
+            .text("outputs", |p| p.spec.to.join(","))
+            .int64("lag", |p| p.lag as i64)
+            .int64("records_in", |p| p.records_in as i64)
+            .int64("records_out", |p| p.records_out as i64)
+            .int64("dropped", |p| p.dropped as i64)
+            .int64("dead_lettered", |p| p.dead_lettered as i64)
+            .int64("failed_calls", |p| p.failed_calls as i64)
+            .boolean("paused", |p| p.status == "paused")
+            .text_or_null("last_error", |p| p.last_error.clone())
+            .build()
+    }
+
+    fn connections(&self) -> Result<RecordBatch, crate::Error> {
+        let rows = self
+            .node
+            .as_ref()
+            .map(|n| n.connection_rows())
+            .unwrap_or_default();
+        Table::new(&rows)
+            .text("peer", |r| r.peer.clone())
+            .text_or_null("client_id", |r| r.client_id.clone())
+            .int64("connected_ms", |r| r.connected_ms)
+            .int64("requests", |r| r.requests)
+            .build()
     }
 }
 
@@ -282,8 +293,9 @@ impl<'r, R> Table<'r, R> {
         self.column(name, DataType::Boolean, false, Arc::new(array))
     }
 
-    fn build(self) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    fn build(self) -> Result<RecordBatch, crate::Error> {
         RecordBatch::try_new(Arc::new(Schema::new(self.fields)), self.columns)
+            .map_err(|e| DataFusionError::from(e).into())
     }
 }
 
