@@ -162,6 +162,22 @@ impl Metrics {
         bounds: &[Bound],
     ) -> String {
         let mut out = String::new();
+        self.render_topic_counters(&mut out);
+        self.render_request_durations(&mut out);
+        render_bounds(&mut out, bounds);
+        let _ = writeln!(
+            &mut out,
+            "# HELP weir_connections_refused_total Kafka connections closed on accept because the node held its limit.\n\
+             # TYPE weir_connections_refused_total counter\nweir_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
+        render_group_lags(&mut out, lags);
+        render_pipelines(&mut out, pipelines);
+        out
+    }
+
+    /// Bytes and records in and out, per topic.
+    fn render_topic_counters(&self, out: &mut String) {
         let topics: BTreeMap<String, TopicCounters> = locks::lock(&self.topics)
             .iter()
             .map(|(k, v)| (k.clone(), *v))
@@ -192,6 +208,10 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{topic=\"{}\"}} {}", label(topic), get(c));
             }
         }
+    }
+
+    /// The latency histogram of Kafka requests, per API.
+    fn render_request_durations(&self, out: &mut String) {
         let name = "weir_request_duration_seconds";
         let _ = writeln!(
             out,
@@ -215,39 +235,39 @@ impl Metrics {
             let _ = writeln!(out, "{name}_sum{{api=\"{api}\"}} {}", h.sum_s);
             let _ = writeln!(out, "{name}_count{{api=\"{api}\"}} {}", h.count);
         }
-        for b in bounds {
-            let (name, suffix) = (b.name, b.bound_suffix);
-            let _ = writeln!(
-                out,
-                "# HELP weir_{name} {}.\n# TYPE weir_{name} gauge\nweir_{name} {}\n\
+    }
+}
+
+/// Each bounded resource beside its bound.
+fn render_bounds(out: &mut String, bounds: &[Bound]) {
+    for b in bounds {
+        let (name, suffix) = (b.name, b.bound_suffix);
+        let _ = writeln!(
+            out,
+            "# HELP weir_{name} {}.\n# TYPE weir_{name} gauge\nweir_{name} {}\n\
                  # HELP weir_{name}_{suffix} Bound of weir_{name}.\n\
                  # TYPE weir_{name}_{suffix} gauge\nweir_{name}_{suffix} {}",
-                b.help, b.used, b.bound
-            );
-        }
+            b.help, b.used, b.bound
+        );
+    }
+}
+
+/// Records between each group's committed offsets and the partition ends.
+fn render_group_lags(out: &mut String, lags: &[GroupLag]) {
+    let name = "weir_group_lag";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Records between a group's committed offset and the partition end.\n# TYPE {name} gauge"
+    );
+    for l in lags {
         let _ = writeln!(
             out,
-            "# HELP weir_connections_refused_total Kafka connections closed on accept because the node held its limit.\n\
-             # TYPE weir_connections_refused_total counter\nweir_connections_refused_total {}",
-            self.connections_refused.load(Ordering::Relaxed)
+            "{name}{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+            label(&l.group),
+            label(&l.topic),
+            l.partition,
+            l.lag
         );
-        let name = "weir_group_lag";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Records between a group's committed offset and the partition end.\n# TYPE {name} gauge"
-        );
-        for l in lags {
-            let _ = writeln!(
-                out,
-                "{name}{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
-                label(&l.group),
-                label(&l.topic),
-                l.partition,
-                l.lag
-            );
-        }
-        render_pipelines(&mut out, pipelines);
-        out
     }
 }
 
