@@ -183,33 +183,9 @@ impl Log {
             });
         }
         crate::compact::finish_interrupted_swaps(dir)?;
-        let mut bases = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(StorageError::io(dir))? {
-            let entry = entry.map_err(StorageError::io(dir))?;
-            if let Some(base) = entry.file_name().to_str().and_then(parse_segment_base) {
-                bases.push(base);
-            }
-        }
-        bases.sort_unstable();
         let now = now_ms();
-        if bases.is_empty() {
-            Segment::create(dir, 0, config.index_bytes_max, now)?;
-            sync_dir(dir)?;
-            bases.push(0);
-        }
-
-        let rp_path = dir.join(RECOVERY_POINT_FILE);
-        let recovery_point = read_recovery_point(&rp_path)?;
-        let rp_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&rp_path)
-            .map_err(StorageError::io(&rp_path))?;
-        if recovery_point.is_none() {
-            sync_dir(dir)?;
-        }
+        let bases = segment_bases(dir, &config, now)?;
+        let (recovery_point, rp_file) = open_recovery_point(dir)?;
 
         let mut segments = Vec::with_capacity(bases.len());
         for pair in bases.windows(2) {
@@ -906,6 +882,41 @@ fn producer_states(active: &Segment) -> Result<ProducerStates> {
         position += h.total_bytes();
     }
     Ok(states)
+}
+
+/// The base offsets of a log's segments, in order; a log without any gets its first segment.
+fn segment_bases(dir: &Path, config: &LogConfig, now: i64) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(StorageError::io(dir))? {
+        let entry = entry.map_err(StorageError::io(dir))?;
+        if let Some(base) = entry.file_name().to_str().and_then(parse_segment_base) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    if bases.is_empty() {
+        Segment::create(dir, 0, config.index_bytes_max, now)?;
+        sync_dir(dir)?;
+        bases.push(0);
+    }
+    Ok(bases)
+}
+
+/// The recovery point a log last wrote, if it can be read, and its file, open for the next one.
+fn open_recovery_point(dir: &Path) -> Result<(Option<RecoveryPoint>, File)> {
+    let path = dir.join(RECOVERY_POINT_FILE);
+    let recovery_point = read_recovery_point(&path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(StorageError::io(&path))?;
+    if recovery_point.is_none() {
+        sync_dir(dir)?;
+    }
+    Ok((recovery_point, file))
 }
 
 /// `None` when there is no recovery point, or it is torn or corrupt: then nothing is trusted.
