@@ -232,7 +232,9 @@ pub struct ConsumeOptions<'a> {
 }
 
 /// Prints record values of every partition of `topic`, one per line.
-pub fn consume(c: &Client, topic: &str, o: &ConsumeOptions, out: &mut dyn Write) -> Result<u64> {
+/// Where `consume` starts in each partition: a group's committed offset, else the start or the
+/// end of the partition.
+fn start_positions(c: &Client, topic: &str, o: &ConsumeOptions) -> Result<Vec<(u64, u64)>> {
     let detail = c.call("GET", &format!("/v1/topics/{topic}"), None)?;
     let partitions = detail["partitions"].as_array().cloned().unwrap_or_default();
     let mut committed: BTreeMap<u64, u64> = BTreeMap::new();
@@ -251,7 +253,7 @@ pub fn consume(c: &Client, topic: &str, o: &ConsumeOptions, out: &mut dyn Write)
             Err(e) => return Err(e),
         }
     }
-    let mut positions: Vec<(u64, u64)> = partitions
+    Ok(partitions
         .iter()
         .map(|p| {
             let index = p["partition"].as_u64().unwrap_or(0);
@@ -265,7 +267,11 @@ pub fn consume(c: &Client, topic: &str, o: &ConsumeOptions, out: &mut dyn Write)
                 });
             (index, start)
         })
-        .collect();
+        .collect())
+}
+
+pub fn consume(c: &Client, topic: &str, o: &ConsumeOptions, out: &mut dyn Write) -> Result<u64> {
+    let mut positions = start_positions(c, topic, o)?;
     let mut printed = 0u64;
     loop {
         let mut progressed = false;
