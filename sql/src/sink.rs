@@ -65,6 +65,32 @@ impl TopicSink {
         }
     }
 
+    /// The typed columns of each row as one JSON object, the value the row's record carries when
+    /// it sets neither `value` nor `value_text`; `None` for a topic without typed columns.
+    fn typed_values(
+        &self,
+        batch: &RecordBatch,
+    ) -> datafusion::common::Result<Option<Vec<serde_json::Value>>> {
+        if self.typed.is_empty() {
+            return Ok(None);
+        }
+        let projection: Vec<usize> = self
+            .typed
+            .iter()
+            .filter_map(|c| batch.schema().index_of(&c.name).ok())
+            .collect();
+        let typed = batch.project(&projection)?;
+        let mut writer = datafusion::arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(false)
+            .build::<_, JsonArray>(Vec::new());
+        writer.write(&typed)?;
+        writer.finish()?;
+        let text = writer.into_inner();
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| DataFusionError::Execution(format!("typed columns: {e}")))
+    }
+
     /// The records of one batch of rows, by partition.
     fn records(
         &self,
@@ -87,26 +113,7 @@ impl TopicSink {
                 _ => None,
             }
         };
-        let typed_json: Option<Vec<serde_json::Value>> = if self.typed.is_empty() {
-            None
-        } else {
-            let names: Vec<&str> = self.typed.iter().map(|c| c.name.as_str()).collect();
-            let projection: Vec<usize> = names
-                .iter()
-                .filter_map(|n| batch.schema().index_of(n).ok())
-                .collect();
-            let typed = batch.project(&projection)?;
-            let mut writer = datafusion::arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(false)
-                .build::<_, JsonArray>(Vec::new());
-            writer.write(&typed)?;
-            writer.finish()?;
-            let text = writer.into_inner();
-            Some(
-                serde_json::from_slice(&text)
-                    .map_err(|e| DataFusionError::Execution(format!("typed columns: {e}")))?,
-            )
-        };
+        let typed_json = self.typed_values(batch)?;
         let mut out: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
         let now = now_ms();
         for row in 0..batch.num_rows() {
