@@ -66,6 +66,17 @@ pub struct Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // A node that died on its own (not by a test's SIGKILL) says why in the test's output.
+        if let Ok(Some(status)) = self.child.try_wait()
+            && !status.success()
+            && std::os::unix::process::ExitStatusExt::signal(&status) != Some(9)
+        {
+            eprintln!("the node exited with {status}; its last log lines:");
+            let lines: Vec<String> = self.log.try_iter().collect();
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("  {line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
