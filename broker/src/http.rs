@@ -174,8 +174,10 @@ async fn healthz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let node = state.node.clone();
     let (lags, pipelines) = tokio::task::spawn_blocking(move || {
-        let pipelines = node.runtime.pipelines().list().unwrap_or_default();
-        (node.group_lags(), pipelines)
+        weir_storage::reactor::blocking(|| {
+            let pipelines = node.runtime.pipelines().list().unwrap_or_default();
+            (node.group_lags(), pipelines)
+        })
     })
     .await
     .unwrap_or_default();
@@ -192,10 +194,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        message: format!("task failed: {e}"),
-    })?
+    tokio::task::spawn_blocking(move || weir_storage::reactor::blocking(f))
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("task failed: {e}"),
+        })?
 }
 
 #[derive(Serialize)]

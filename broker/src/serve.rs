@@ -72,6 +72,8 @@ impl Server {
     /// Opens the data directory, recovering every partition log, starts the storage
     /// maintenance thread and the Kafka listener.
     pub async fn start(config: &ServeConfig) -> Result<Server> {
+        // Debug builds stop at a storage call that would block a thread polling futures.
+        weir_storage::reactor::set_runtime_probe(|| tokio::runtime::Handle::try_current().is_ok());
         let storage = open_storage(config).await?;
         let (kafka_listener, kafka_addr) = bind("Kafka", config.kafka).await?;
         let limits = Arc::new(Limits::new(
@@ -158,7 +160,7 @@ impl Server {
         self.runtime.shutdown().await;
         let storage = self.storage;
         let closing = "closing the data directory";
-        tokio::task::spawn_blocking(move || storage.close())
+        tokio::task::spawn_blocking(move || weir_storage::reactor::blocking(|| storage.close()))
             .await
             .map_err(task(closing))?
             .map_err(storage_error(closing))?;
@@ -185,10 +187,12 @@ async fn open_storage(config: &ServeConfig) -> Result<Arc<Storage>> {
         ..StorageConfig::new(&config.data_dir)
     };
     let opening = format!("opening data directory {}", config.data_dir.display());
-    let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
-        .await
-        .map_err(task(&opening))?
-        .map_err(storage_error(&opening))?;
+    let storage = tokio::task::spawn_blocking(move || {
+        weir_storage::reactor::blocking(|| Storage::open(storage_config))
+    })
+    .await
+    .map_err(task(&opening))?
+    .map_err(storage_error(&opening))?;
     let topics = storage
         .list_topics()
         .map_err(storage_error("listing topics"))?;
@@ -232,13 +236,15 @@ async fn start_runtime(storage: &Arc<Storage>, config: &ServeConfig) -> Result<A
     };
     let storage = storage.clone();
     let starting = "starting the plugin runtime";
-    let runtime = tokio::task::spawn_blocking(move || Runtime::open(storage, sandbox))
-        .await
-        .map_err(task(starting))?
-        .map_err(|source| Error::Runtime {
-            what: starting.into(),
-            source,
-        })?;
+    let runtime = tokio::task::spawn_blocking(move || {
+        weir_storage::reactor::blocking(|| Runtime::open(storage, sandbox))
+    })
+    .await
+    .map_err(task(starting))?
+    .map_err(|source| Error::Runtime {
+        what: starting.into(),
+        source,
+    })?;
     Ok(Arc::new(runtime))
 }
 

@@ -226,21 +226,23 @@ impl Pipelines {
             let (step_control, step_spec, step_self, step_stats) =
                 (control.clone(), spec.clone(), self.clone(), stats.clone());
             let step = tokio::task::spawn_blocking(move || {
-                let mut runner = locks::lock(&step_control.runner);
-                if runner.is_none() {
-                    let checkpoints = step_self.checkpoints.clone();
-                    *runner = Some(Runner::new(
-                        step_spec,
-                        step_self.storage.clone(),
-                        step_self.registry.clone(),
-                        checkpoints,
-                        step_stats,
-                    )?);
-                }
-                match runner.as_mut() {
-                    Some(runner) => runner.step(),
-                    None => Ok(Step::Idle),
-                }
+                weir_storage::reactor::blocking(|| {
+                    let mut runner = locks::lock(&step_control.runner);
+                    if runner.is_none() {
+                        let checkpoints = step_self.checkpoints.clone();
+                        *runner = Some(Runner::new(
+                            step_spec,
+                            step_self.storage.clone(),
+                            step_self.registry.clone(),
+                            checkpoints,
+                            step_stats,
+                        )?);
+                    }
+                    match runner.as_mut() {
+                        Some(runner) => runner.step(),
+                        None => Ok(Step::Idle),
+                    }
+                })
             })
             .await;
             match step {

@@ -182,8 +182,8 @@ impl QueryEngine {
             return self.run("SELECT CAST(0 AS BIGINT) AS count").await;
         }
         // An existing topic is refused here, with storage's own error.
-        self.storage
-            .create_topic(&create.topic, partitions, configs)?;
+        let (storage, topic) = (self.storage.clone(), create.topic.clone());
+        on_blocking_pool(move || storage.create_topic(&topic, partitions, configs)).await?;
         let insert = format!(
             "INSERT INTO {} ({}) {}",
             quote(&create.topic),
@@ -191,11 +191,20 @@ impl QueryEngine {
             create.query
         );
         let inserted = self.run(&insert).await;
-        if inserted.is_err()
-            && let Err(e) = self.storage.delete_topic(&create.topic)
-        {
-            return Err(Error::Storage(e));
+        if inserted.is_err() {
+            let (storage, topic) = (self.storage.clone(), create.topic.clone());
+            on_blocking_pool(move || storage.delete_topic(&topic)).await?;
         }
         inserted
     }
+}
+
+/// Runs storage work that blocks (creating or deleting a topic) on the blocking pool.
+async fn on_blocking_pool<T: Send + 'static>(
+    f: impl FnOnce() -> weir_storage::Result<T> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(move || weir_storage::reactor::blocking(f))
+        .await
+        .map_err(|e| Error::Query(datafusion::error::DataFusionError::External(Box::new(e))))?
+        .map_err(Error::Storage)
 }

@@ -187,7 +187,9 @@ impl DataSink for TopicSink {
                     let mut bytes = builder.build().map_err(external)?.to_vec();
                     let (storage, topic) = (self.storage.clone(), self.topic.clone());
                     tokio::task::spawn_blocking(move || {
-                        storage.log(&topic, partition)?.append(&mut bytes)
+                        weir_storage::reactor::blocking(|| {
+                            storage.log(&topic, partition)?.append(&mut bytes)
+                        })
                     })
                     .await
                     .map_err(|e| DataFusionError::External(Box::new(e)))?

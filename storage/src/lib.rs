@@ -28,6 +28,7 @@ pub mod locks;
 mod log;
 pub mod meta;
 mod producer;
+pub mod reactor;
 mod segment;
 mod space;
 mod storage;

@@ -294,6 +294,7 @@ impl Log {
     /// `LogAppendTime` logs, timestamps) are rewritten in `batches`. With the `always` flush
     /// policy this returns once the bytes are fsynced.
     pub fn append(&self, batches: &mut [u8]) -> Result<AppendInfo> {
+        crate::reactor::check("appending to a log");
         self.append_at(batches, now_ms())
     }
 
@@ -504,6 +505,7 @@ impl Log {
 
     /// Fsyncs everything appended so far.
     pub fn flush(&self) -> Result<()> {
+        crate::reactor::check("flushing a log");
         self.flush_at(now_ms())
     }
 
@@ -556,6 +558,7 @@ impl Log {
     /// (at least one batch, however large, so a consumer always makes progress). Batches come
     /// from one segment; a reader continues at the offset after the last batch returned.
     pub fn read(&self, offset: u64, bytes_max: u64) -> Result<ReadResult> {
+        crate::reactor::check("reading a log");
         self.read_batches(offset, bytes_max, true)
     }
 
@@ -563,6 +566,7 @@ impl Log {
     /// partitions of a fetch after the first that returned data, which must fit what is left
     /// of the fetch's budget.
     pub fn read_fitting(&self, offset: u64, bytes_max: u64) -> Result<ReadResult> {
+        crate::reactor::check("reading a log");
         self.read_batches(offset, bytes_max, false)
     }
 
@@ -645,6 +649,7 @@ impl Log {
     /// Reads and decodes records from `offset` on, up to about `bytes_max` bytes of batches.
     /// Records before `offset` in the first batch are left out.
     pub fn read_records(&self, offset: u64, bytes_max: u64) -> Result<Vec<Record>> {
+        crate::reactor::check("reading a log");
         let read = self.read(offset, bytes_max)?;
         let Some(slice) = read.slice else {
             return Ok(Vec::new());

@@ -421,6 +421,7 @@ impl Storage {
         partitions: u32,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta> {
+        crate::reactor::check("creating a topic");
         validate_topic_name(name)?;
         Self::check_partitions(name, partitions)?;
         let log_config = self.check_topic_configs(&configs)?;
@@ -447,6 +448,7 @@ impl Storage {
     /// Deletes a topic: the metadata first (so it is gone even if a crash interrupts the rest),
     /// then its directories, renamed aside and removed.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
+        crate::reactor::check("deleting a topic");
         let _admin = locks::lock(&self.admin);
         let meta = self.existing_topic(name)?;
         self.topics.remove(name)?;
@@ -470,6 +472,7 @@ impl Storage {
 
     /// Grows a topic to `partitions` partitions.
     pub fn create_partitions(&self, name: &str, partitions: u32) -> Result<TopicMeta> {
+        crate::reactor::check("adding partitions");
         Self::check_partitions(name, partitions)?;
         let _admin = locks::lock(&self.admin);
         let mut meta = self.existing_topic(name)?;
@@ -495,6 +498,7 @@ impl Storage {
         name: &str,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta> {
+        crate::reactor::check("changing topic configs");
         let log_config = self.check_topic_configs(&configs)?;
         let _admin = locks::lock(&self.admin);
         let mut meta = self.existing_topic(name)?;

@@ -247,16 +247,17 @@ async fn rollback_plugin(
     body: Option<Json<Rollback>>,
 ) -> ApiResult<Json<VersionBody>> {
     let to = body.map(|Json(b)| b).unwrap_or_default().version;
-    Ok(Json(
-        state.node.runtime.registry().rollback(&name, to)?.into(),
-    ))
+    let runtime = state.node.runtime.clone();
+    let version = blocking(move || Ok(runtime.registry().rollback(&name, to)?)).await?;
+    Ok(Json(version.into()))
 }
 
 async fn delete_plugin(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.node.runtime.delete_plugin(&name)?;
+    let runtime = state.node.runtime.clone();
+    blocking(move || Ok(runtime.delete_plugin(&name)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -275,9 +276,10 @@ async fn create_pipeline(
     State(state): State<AppState>,
     Json(body): Json<PipelineBody>,
 ) -> ApiResult<(StatusCode, Json<PipelineStatusBody>)> {
-    // Creating spawns the pipeline's task, so it runs on the reactor (it only touches sled and
-    // creates topics, both quick).
-    let status = state.node.runtime.pipelines().create(body.into())?;
+    // Creating makes the output topics (fsynced); the pipeline's task is spawned from the
+    // blocking pool, which knows the runtime.
+    let runtime = state.node.runtime.clone();
+    let status = blocking(move || Ok(runtime.pipelines().create(body.into())?)).await?;
     Ok((StatusCode::CREATED, Json(status.into())))
 }
 
@@ -292,14 +294,18 @@ async fn pause_pipeline(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PipelineStatusBody>> {
-    Ok(Json(state.node.runtime.pipelines().pause(&name)?.into()))
+    let runtime = state.node.runtime.clone();
+    let status = blocking(move || Ok(runtime.pipelines().pause(&name)?)).await?;
+    Ok(Json(status.into()))
 }
 
 async fn resume_pipeline(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PipelineStatusBody>> {
-    Ok(Json(state.node.runtime.pipelines().resume(&name)?.into()))
+    let runtime = state.node.runtime.clone();
+    let status = blocking(move || Ok(runtime.pipelines().resume(&name)?)).await?;
+    Ok(Json(status.into()))
 }
 
 async fn delete_pipeline(

@@ -103,9 +103,11 @@ pub(crate) async fn handle(
         request => {
             let shared = shared.clone();
             let version = header.request_api_version;
-            return tokio::task::spawn_blocking(move || handle_blocking(&shared, request, version))
-                .await
-                .map_err(task("answering a request"))?;
+            return tokio::task::spawn_blocking(move || {
+                weir_storage::reactor::blocking(|| handle_blocking(&shared, request, version))
+            })
+            .await
+            .map_err(task("answering a request"))?;
         }
     };
     Ok(Some(response))
@@ -433,7 +435,10 @@ async fn fetch(shared: &Arc<Shared>, request: FetchRequest) -> FetchResponse {
         // Reads map segment files and check every batch's CRC: on the blocking pool.
         let read = {
             let (shared, request) = (shared.clone(), request.clone());
-            tokio::task::spawn_blocking(move || fetch_once(&shared, &request)).await
+            tokio::task::spawn_blocking(move || {
+                weir_storage::reactor::blocking(|| fetch_once(&shared, &request))
+            })
+            .await
         };
         let (response, bytes) = match read {
             Ok(read) => read,

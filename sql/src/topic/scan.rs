@@ -127,7 +127,7 @@ impl ExecutionPlan for TopicScan {
         let stream = futures::stream::unfold(Some(reader), |reader| async move {
             let mut reader = reader?;
             let read = tokio::task::spawn_blocking(move || {
-                let batch = reader.next_batch();
+                let batch = weir_storage::reactor::blocking(|| reader.next_batch());
                 (reader, batch)
             })
             .await;
