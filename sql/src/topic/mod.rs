@@ -116,42 +116,14 @@ impl TableProvider for TopicTable {
         for filter in filters {
             analyze(filter, &mut bounds);
         }
-        let meta = self.storage.existing_topic(&self.topic).map_err(external)?;
-        let mut ranges = Vec::new();
-        for partition in 0..meta.partitions {
-            if !bounds
-                .partitions
-                .as_ref()
-                .is_none_or(|set| set.contains(&i64::from(partition)))
-            {
-                continue;
-            }
-            let log = self.storage.log(&self.topic, partition).map_err(external)?;
-            // The snapshot: nothing appended after planning is read.
-            let end = log
-                .high_watermark()
-                .min(u64::try_from(bounds.offset.1).map_or(0, |o| o.saturating_add(1)));
-            let mut start = log
-                .log_start_offset()
-                .max(u64::try_from(bounds.offset.0).unwrap_or(0));
-            if bounds.timestamp_ms.0 > i64::MIN {
-                start = match log
-                    .offset_for_timestamp(bounds.timestamp_ms.0)
-                    .map_err(external)?
-                {
-                    Some((offset, _)) => start.max(offset),
-                    None => end,
-                };
-            }
-            ranges.push((
-                PartitionRange {
-                    partition,
-                    start,
-                    end,
-                },
-                log.segment_base_offsets(),
-            ));
-        }
+        // Finding where a time bound starts reads the log: on the blocking pool.
+        let (storage, topic, read_bounds) =
+            (self.storage.clone(), self.topic.clone(), bounds.clone());
+        let ranges = tokio::task::spawn_blocking(move || {
+            weir_storage::reactor::blocking(|| partition_ranges(&storage, &topic, &read_bounds))
+        })
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))??;
         let ranges = split_at_segments(ranges, state.config().target_partitions());
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
@@ -178,6 +150,52 @@ impl TableProvider for TopicTable {
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
+}
+
+/// The offsets of each partition `bounds` lets a scan read, with the partition's segment
+/// starts; the high watermarks taken now are the query's snapshot.
+fn partition_ranges(
+    storage: &Storage,
+    topic: &str,
+    bounds: &Bounds,
+) -> datafusion::common::Result<Vec<(PartitionRange, Vec<u64>)>> {
+    let meta = storage.existing_topic(topic).map_err(external)?;
+    let mut ranges = Vec::new();
+    for partition in 0..meta.partitions {
+        if !bounds
+            .partitions
+            .as_ref()
+            .is_none_or(|set| set.contains(&i64::from(partition)))
+        {
+            continue;
+        }
+        let log = storage.log(topic, partition).map_err(external)?;
+        // The snapshot: nothing appended after planning is read.
+        let end = log
+            .high_watermark()
+            .min(u64::try_from(bounds.offset.1).map_or(0, |o| o.saturating_add(1)));
+        let mut start = log
+            .log_start_offset()
+            .max(u64::try_from(bounds.offset.0).unwrap_or(0));
+        if bounds.timestamp_ms.0 > i64::MIN {
+            start = match log
+                .offset_for_timestamp(bounds.timestamp_ms.0)
+                .map_err(external)?
+            {
+                Some((offset, _)) => start.max(offset),
+                None => end,
+            };
+        }
+        ranges.push((
+            PartitionRange {
+                partition,
+                start,
+                end,
+            },
+            log.segment_base_offsets(),
+        ));
+    }
+    Ok(ranges)
 }
 
 pub(crate) fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
