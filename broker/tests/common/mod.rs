@@ -66,12 +66,16 @@ pub struct Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        // A node that died on its own (not by a test's SIGKILL) says why in the test's output.
-        if let Ok(Some(status)) = self.child.try_wait()
-            && !status.success()
-            && std::os::unix::process::ExitStatusExt::signal(&status) != Some(9)
-        {
-            eprintln!("the node exited with {status}; its last log lines:");
+        // A node that died on its own (not by a test's SIGKILL), or whose test failed, says
+        // what it last logged in the test's output.
+        let died = self.child.try_wait().ok().flatten().filter(|status| {
+            !status.success() && std::os::unix::process::ExitStatusExt::signal(status) != Some(9)
+        });
+        if died.is_some() || std::thread::panicking() {
+            match died {
+                Some(status) => eprintln!("the node exited with {status}; its last log lines:"),
+                None => eprintln!("the test failed; the node's last log lines:"),
+            }
             let lines: Vec<String> = self.log.try_iter().collect();
             for line in &lines[lines.len().saturating_sub(40)..] {
                 eprintln!("  {line}");
