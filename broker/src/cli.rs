@@ -166,7 +166,39 @@ pub fn topic_delete(c: &Client, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Sends lines of `input` as records (one per line), with an optional key and partition.
+/// Creates `name` or gives it a new password.
+pub fn user_set(c: &Client, name: &str, password: &str) -> Result<()> {
+    let body = json!({ "name": name, "password": password });
+    c.call("POST", "/v1/users", Some(&body))?;
+    println!("set the password of user {name}");
+    Ok(())
+}
+
+pub fn user_list(c: &Client) -> Result<()> {
+    let users = c.call("GET", "/v1/users", None)?;
+    println!("{:<32} MECHANISMS", "USER");
+    for u in users.as_array().into_iter().flatten() {
+        let mechanisms: Vec<&str> = u["mechanisms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{:<32} {}",
+            u["name"].as_str().unwrap_or(""),
+            mechanisms.join(",")
+        );
+    }
+    Ok(())
+}
+
+pub fn user_delete(c: &Client, name: &str) -> Result<()> {
+    c.call("DELETE", &format!("/v1/users/{name}"), None)?;
+    println!("deleted user {name}");
+    Ok(())
+}
+
 /// Where `weir produce` sends its lines.
 pub struct Target<'a> {
     pub topic: &'a str,
@@ -174,6 +206,7 @@ pub struct Target<'a> {
     pub partition: Option<u32>,
 }
 
+/// Sends lines of `input` as records (one per line), with the target's key and partition.
 pub fn produce(
     c: &Client,
     target: &Target,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 
+use crate::kafka::KafkaAuth;
 use crate::serve::ServeConfig;
 
 /// Why the settings could not be read.
@@ -52,6 +53,10 @@ pub struct ServeArgs {
     /// Partitions of a topic created without a count.
     #[arg(long, env = "WEIR_DEFAULT_PARTITIONS", default_value_t = 1)]
     default_partitions: u32,
+    /// Authentication on the Kafka listener: `none` (anyone who reaches the port may do
+    /// anything) or `sasl` (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 as a user of `weir user`).
+    #[arg(long, env = "WEIR_KAFKA_AUTH", value_enum, default_value_t = KafkaAuth::None)]
+    kafka_auth: KafkaAuth,
     /// Require `Authorization: Bearer <token>` on the HTTP `/v1` API, and the token as the
     /// password of Postgres connections.
     #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
@@ -124,6 +129,7 @@ struct FileConfig {
     advertised_host: Option<String>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
+    kafka_auth: Option<KafkaAuth>,
     admin_token: Option<String>,
     plugin_timeout_ms: Option<u64>,
     plugin_memory_mib: Option<u64>,
@@ -182,6 +188,7 @@ impl ServeArgs {
             advertised_host: pick!(advertised_host, optional),
             auto_create_topics: pick!(auto_create_topics),
             default_partitions: pick!(default_partitions),
+            kafka_auth: pick!(kafka_auth),
             admin_token: pick!(admin_token, optional),
             plugin_timeout_ms: pick!(plugin_timeout_ms),
             plugin_memory_bytes_max: pick!(plugin_memory_mib).saturating_mul(1 << 20),
@@ -230,6 +237,7 @@ mod tests {
         assert_eq!(c.disk_free_bytes_min, 256 << 20);
         assert_eq!(c.request_memory_bytes_max, 256 << 20);
         assert!(c.admin_token.is_none());
+        assert_eq!(c.kafka_auth, KafkaAuth::None);
     }
 
     #[test]
@@ -239,7 +247,7 @@ mod tests {
         std::fs::write(
             &path,
             "data_dir = '/srv/weir'\npg = 'off'\npartitions_max = 50\n\
-             admin_token = 'from-file'\nkafka = '0.0.0.0:19092'\n",
+             admin_token = 'from-file'\nkafka = '0.0.0.0:19092'\nkafka_auth = 'sasl'\n",
         )
         .unwrap();
         let path = path.to_str().unwrap();
@@ -249,6 +257,7 @@ mod tests {
         assert_eq!(c.partitions_max, 50);
         assert_eq!(c.admin_token.as_deref(), Some("from-file"));
         assert_eq!(c.kafka.to_string(), "127.0.0.1:29092");
+        assert_eq!(c.kafka_auth, KafkaAuth::Sasl);
     }
 
     #[test]

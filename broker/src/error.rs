@@ -27,6 +27,12 @@ pub enum Error {
         source: weir_runtime::Error,
     },
     #[error("{what}: {source}")]
+    Users {
+        what: String,
+        #[source]
+        source: crate::sasl::UserError,
+    },
+    #[error("{what}: {source}")]
     Sql {
         what: String,
         #[source]

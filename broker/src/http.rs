@@ -24,6 +24,7 @@ use crate::node::NodeContext;
 
 mod runtime_api;
 mod sql_api;
+mod users_api;
 
 /// Most records one JSON consume returns.
 pub const CONSUME_RECORDS_MAX: usize = 10_000;
@@ -108,6 +109,7 @@ pub async fn serve(
         .route("/groups/{id}/offsets", axum::routing::post(commit_offset))
         .merge(runtime_api::routes())
         .merge(sql_api::routes())
+        .merge(users_api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(healthz))

@@ -18,4 +18,5 @@ pub mod metrics;
 pub mod node;
 pub mod pg;
 pub mod plugin_cli;
+pub mod sasl;
 pub mod serve;

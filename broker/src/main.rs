@@ -87,6 +87,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Add, list and delete the users SASL authenticates on the Kafka listener.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List consumer groups with their state and lag.
     Groups {
         #[command(flatten)]
@@ -153,6 +160,21 @@ enum PluginCommand {
         #[arg(long)]
         to: Option<u32>,
     },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user, or give one a new password.
+    Add {
+        name: String,
+        /// The password; read from stdin when not given.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    List,
     Delete {
         name: String,
     },
@@ -275,10 +297,31 @@ fn run() -> anyhow::Result<()> {
             cli::consume(&remote.client(), &topic, &options, &mut out)?;
             Ok(())
         }
+        Command::User { command, remote } => Ok(user_command(command, &remote.client())?),
         Command::Groups { remote } => Ok(cli::groups(&remote.client())?),
         Command::Sql { statement, remote } => Ok(sql_command(statement, &remote.client())?),
         Command::Plugin { command, remote } => Ok(plugin_command(command, &remote.client())?),
         Command::Pipeline { command, remote } => Ok(pipeline_command(command, &remote.client())?),
+    }
+}
+
+fn user_command(command: UserCommand, c: &Client) -> weir_broker::error::Result<()> {
+    match command {
+        UserCommand::Add { name, password } => {
+            let password = match password {
+                Some(password) => password,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(weir_broker::error::io("reading the password from stdin"))?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            cli::user_set(c, &name, &password)
+        }
+        UserCommand::List => cli::user_list(c),
+        UserCommand::Delete { name } => cli::user_delete(c, &name),
     }
 }
 

@@ -46,6 +46,7 @@ pub struct Metrics {
     connections: Mutex<BTreeMap<u64, ConnectionInfo>>,
     next_connection: AtomicU64,
     connections_refused: AtomicU64,
+    authentication_failures: AtomicU64,
 }
 
 /// A resource clients can make the node hold: how much is held now, and its bound.
@@ -146,6 +147,11 @@ impl Metrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a Kafka client that failed SASL authentication.
+    pub fn authentication_failed(&self) {
+        self.authentication_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn connections(&self) -> i64 {
         locks::lock(&self.connections).len() as i64
     }
@@ -165,12 +171,24 @@ impl Metrics {
         self.render_topic_counters(&mut out);
         self.render_request_durations(&mut out);
         render_bounds(&mut out, bounds);
-        let _ = writeln!(
-            &mut out,
-            "# HELP weir_connections_refused_total Kafka connections closed on accept because the node held its limit.\n\
-             # TYPE weir_connections_refused_total counter\nweir_connections_refused_total {}",
-            self.connections_refused.load(Ordering::Relaxed)
-        );
+        for (name, help, count) in [
+            (
+                "weir_connections_refused_total",
+                "Kafka connections closed on accept because the node held its limit.",
+                &self.connections_refused,
+            ),
+            (
+                "weir_sasl_authentication_failures_total",
+                "Kafka clients refused by SASL authentication.",
+                &self.authentication_failures,
+            ),
+        ] {
+            let _ = writeln!(
+                &mut out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
         render_group_lags(&mut out, lags);
         render_pipelines(&mut out, pipelines);
         out

@@ -22,6 +22,8 @@ pub struct NodeContext {
     pub runtime: Arc<Runtime>,
     pub sql: Arc<QueryEngine>,
     pub limits: Arc<Limits>,
+    /// The users SASL authenticates.
+    pub users: Arc<crate::sasl::Users>,
     /// Woken whenever any partition gets new readable records; long-polling fetches wait on it.
     pub appended: Arc<Notify>,
 }

@@ -31,6 +31,7 @@ pub struct ServeConfig {
     /// Host clients are told to connect to; the listener's IP when `None`.
     pub advertised_host: Option<String>,
     pub auto_create_topics: bool,
+    pub kafka_auth: crate::kafka::KafkaAuth,
     pub default_partitions: u32,
     /// Address of the HTTP listener; port 0 picks a free port.
     pub http: SocketAddr,
@@ -220,6 +221,7 @@ fn kafka_config(config: &ServeConfig, addr: SocketAddr, limits: &Limits) -> Kafk
     KafkaConfig {
         advertised: (host, addr.port()),
         auto_create_topics: config.auto_create_topics,
+        auth: config.kafka_auth,
         default_partitions: config.default_partitions.max(1),
         // A frame must fit in the request memory, or it would wait for room forever.
         request_bytes_max: u64::from(REQUEST_BYTES_MAX).min(limits.request_memory_bytes_max())
@@ -288,6 +290,10 @@ fn node_context(
         waker.notify_waiters();
         pipelines.notify_append();
     }));
+    let users = crate::sasl::Users::open(storage.meta()).map_err(|e| Error::Users {
+        what: "opening the users".into(),
+        source: e,
+    })?;
     Ok(NodeContext {
         storage,
         groups,
@@ -295,6 +301,7 @@ fn node_context(
         runtime,
         sql: Arc::new(sql),
         limits,
+        users: Arc::new(users),
         appended,
     })
 }

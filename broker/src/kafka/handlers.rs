@@ -41,7 +41,7 @@ pub const FETCH_BYTES_MAX: u64 = 57_671_680;
 
 /// Every API this broker serves, with the versions it implements; ApiVersions advertises
 /// exactly these.
-const SUPPORTED: [(ApiKey, i16, i16); 24] = [
+const SUPPORTED: [(ApiKey, i16, i16); 26] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
@@ -66,6 +66,8 @@ const SUPPORTED: [(ApiKey, i16, i16); 24] = [
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The versions of `key` this broker implements; `None` for APIs it does not serve.

@@ -11,6 +11,7 @@ mod admin_api;
 mod group_api;
 pub mod groups;
 mod handlers;
+mod sasl_api;
 pub mod shape;
 
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use weir_storage::locks;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +29,7 @@ use weir_storage::Storage;
 
 use crate::error::{Error, Result, io};
 use crate::limits::{Limits, RequestMemory};
+use sasl_api::Session;
 
 /// A connection's reason to close: what the client sent that cannot be read.
 fn protocol(reason: impl Into<String>) -> Error {
@@ -43,6 +45,17 @@ const FRAME_READ_BYTES_PER_S_MIN: u64 = 1 << 20;
 /// Bytes the frame buffer grows by at a time.
 const FRAME_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Who may use the Kafka listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaAuth {
+    /// Anyone who reaches the port.
+    #[default]
+    None,
+    /// Users who authenticate with SASL first.
+    Sasl,
+}
+
 /// Settings of the Kafka listener.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -50,6 +63,8 @@ pub struct KafkaConfig {
     pub advertised: (String, u16),
     /// Create a topic on first use (Metadata or Produce), as Kafka's `auto.create.topics.enable`.
     pub auto_create_topics: bool,
+    /// Whether clients authenticate first.
+    pub auth: KafkaAuth,
     /// Partitions of an auto-created topic.
     pub default_partitions: u32,
     /// `socket.request.max.bytes`: largest request frame accepted.
@@ -67,6 +82,7 @@ pub(crate) struct Shared {
     groups: Arc<groups::Coordinator>,
     metrics: Arc<crate::metrics::Metrics>,
     limits: Arc<Limits>,
+    users: Arc<crate::sasl::Users>,
 }
 
 const PRODUCER_IDS_TREE: &str = "producer-ids";
@@ -96,6 +112,7 @@ pub async fn serve(
         metrics,
         limits,
         appended,
+        users,
         ..
     } = node;
     let shared = Arc::new(Shared {
@@ -106,6 +123,7 @@ pub async fn serve(
         groups,
         metrics,
         limits,
+        users,
     });
     let ticker = shared.clone();
     let mut tick_shutdown = shutdown.clone();
@@ -154,6 +172,7 @@ async fn connection(
 ) -> Result<()> {
     stream.set_nodelay(true).ok();
     tracing::debug!(%peer, "Kafka connection opened");
+    let mut session = Session::default();
     loop {
         let mut size = [0u8; 4];
         tokio::select! {
@@ -172,7 +191,7 @@ async fn connection(
             )));
         }
         let (frame, memory) = read_frame(&mut stream, size as u32, &shared.limits).await?;
-        let Some(response) = handle_frame(frame, &shared, peer, id).await? else {
+        let Some(response) = handle_frame(frame, &shared, &mut session, peer, id).await? else {
             continue;
         };
         stream
@@ -180,6 +199,9 @@ async fn connection(
             .await
             .map_err(io("writing a response"))?;
         drop(memory);
+        if let Some(reason) = session.failed.take() {
+            return Err(protocol(format!("SASL authentication failed: {reason}")));
+        }
     }
 }
 
@@ -230,6 +252,7 @@ fn frame_read_timeout(size: u32) -> Duration {
 async fn handle_frame(
     mut frame: Bytes,
     shared: &Arc<Shared>,
+    session: &mut Session,
     peer: SocketAddr,
     connection_id: u64,
 ) -> Result<Option<Bytes>> {
@@ -276,7 +299,19 @@ async fn handle_frame(
         (None, 0)
     };
     let started = std::time::Instant::now();
-    let handled = handlers::handle(shared, request, &header, peer).await;
+    let handled = match request {
+        Some(RequestKind::SaslHandshake(r)) => Ok(Some(ResponseKind::SaslHandshake(
+            session.handshake(shared.config.auth, &r, version),
+        ))),
+        Some(RequestKind::SaslAuthenticate(r)) => session
+            .authenticate(shared, r, peer)
+            .await
+            .map(|r| Some(ResponseKind::SaslAuthenticate(r))),
+        request => {
+            session.admit(shared.config.auth, key)?;
+            handlers::handle(shared, request, &header, peer).await
+        }
+    };
     shared
         .metrics
         .request(&format!("{key:?}"), started.elapsed());

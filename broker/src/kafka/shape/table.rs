@@ -5,7 +5,7 @@ use kafka_protocol::messages::ApiKey;
 
 use super::{Field, Kind, Message};
 
-pub(super) const MESSAGES: [(ApiKey, Message); 24] = [
+pub(super) const MESSAGES: [(ApiKey, Message); 26] = [
     (
         ApiKey::Produce,
         Message {
@@ -196,6 +196,22 @@ pub(super) const MESSAGES: [(ApiKey, Message); 24] = [
             versions: (0, 1),
             flexible_from: 0,
             fields: DESCRIBE_CLUSTER_REQUEST,
+        },
+    ),
+    (
+        ApiKey::SaslHandshake,
+        Message {
+            versions: (0, 1),
+            flexible_from: 32767,
+            fields: SASL_HANDSHAKE_REQUEST,
+        },
+    ),
+    (
+        ApiKey::SaslAuthenticate,
+        Message {
+            versions: (0, 2),
+            flexible_from: 2,
+            fields: SASL_AUTHENTICATE_REQUEST,
         },
     ),
 ];
@@ -1202,4 +1218,20 @@ const DESCRIBE_CLUSTER_REQUEST: &[Field] = &[
         until: 1,
         kind: Kind::Fixed(1),
     }, // EndpointType
+];
+
+const SASL_HANDSHAKE_REQUEST: &[Field] = &[
+    Field {
+        since: 0,
+        until: 1,
+        kind: Kind::String,
+    }, // Mechanism
+];
+
+const SASL_AUTHENTICATE_REQUEST: &[Field] = &[
+    Field {
+        since: 0,
+        until: 2,
+        kind: Kind::Bytes,
+    }, // AuthBytes
 ];
