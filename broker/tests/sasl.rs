@@ -44,6 +44,13 @@ fn kcat_as(
     run_with_input(command, input)
 }
 
+/// Runs `weir` against `node`, failing the test when it fails; answers what it printed.
+fn weir_ok(node: &Node, args: &[&str], input: &str) -> String {
+    let out = weir(node, args, input);
+    assert!(out.status.success(), "weir {args:?}: {}", text(&out));
+    text(&out)
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -59,8 +66,7 @@ fn kcat_produces_and_consumes_with_plain_and_scram_and_is_refused_without() {
     }
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path());
-    let added = weir(&node, &["user", "add", "alice"], &format!("{PASSWORD}\n"));
-    assert!(added.status.success(), "{}", text(&added));
+    weir_ok(&node, &["user", "add", "alice"], &format!("{PASSWORD}\n"));
 
     let lines: String = (0..20).map(|i| format!("line {i}\n")).collect();
     let produced = kcat_as(
@@ -135,13 +141,11 @@ fn users_survive_a_restart_and_their_passwords_never_show() {
     }
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path());
-    let added = weir(&node, &["user", "add", "bob", "--password", PASSWORD], "");
-    assert!(added.status.success(), "{}", text(&added));
+    weir_ok(&node, &["user", "add", "bob", "--password", PASSWORD], "");
     node.stop();
 
     let node = start(dir.path());
-    let listed = weir(&node, &["user", "list"], "");
-    let listing = text(&listed);
+    let listing = weir_ok(&node, &["user", "list"], "");
     assert!(
         listing.contains("bob") && listing.contains("SCRAM-SHA-256,SCRAM-SHA-512"),
         "{listing}"
@@ -157,8 +161,7 @@ fn users_survive_a_restart_and_their_passwords_never_show() {
     );
     assert!(listed.status.success(), "{}", text(&listed));
 
-    let deleted = weir(&node, &["user", "delete", "bob"], "");
-    assert!(deleted.status.success(), "{}", text(&deleted));
+    weir_ok(&node, &["user", "delete", "bob"], "");
     let refused = kcat_as(
         &node,
         "SCRAM-SHA-512",
@@ -184,8 +187,7 @@ fn confluent_kafka_uses_scram_sha_512_and_a_wrong_password_is_refused() {
     };
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path());
-    let added = weir(&node, &["user", "add", "carol", "--password", PASSWORD], "");
-    assert!(added.status.success(), "{}", text(&added));
+    weir_ok(&node, &["user", "add", "carol", "--password", PASSWORD], "");
     let out = Command::new(python)
         .arg(client_script("sasl.py"))
         .arg(node.kafka.to_string())
