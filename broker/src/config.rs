@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// anything) or `sasl` (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 as a user of `weir user`).
     #[arg(long, env = "WEIR_KAFKA_AUTH", value_enum, default_value_t = KafkaAuth::None)]
     kafka_auth: KafkaAuth,
+    /// SASL users (comma-separated) who may read and change other users' SCRAM credentials
+    /// through Kafka's DescribeUserScramCredentials and AlterUserScramCredentials.
+    #[arg(long, env = "WEIR_SUPER_USERS", value_delimiter = ',')]
+    super_users: Vec<String>,
     /// Require `Authorization: Bearer <token>` on the HTTP `/v1` API, and the token as the
     /// password of Postgres connections.
     #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
@@ -130,6 +134,7 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
     kafka_auth: Option<KafkaAuth>,
+    super_users: Option<Vec<String>>,
     admin_token: Option<String>,
     plugin_timeout_ms: Option<u64>,
     plugin_memory_mib: Option<u64>,
@@ -189,6 +194,7 @@ impl ServeArgs {
             auto_create_topics: pick!(auto_create_topics),
             default_partitions: pick!(default_partitions),
             kafka_auth: pick!(kafka_auth),
+            super_users: pick!(super_users),
             admin_token: pick!(admin_token, optional),
             plugin_timeout_ms: pick!(plugin_timeout_ms),
             plugin_memory_bytes_max: pick!(plugin_memory_mib).saturating_mul(1 << 20),

@@ -85,6 +85,23 @@ impl Scram {
         Scram::ALL.into_iter().find(|s| s.name() == name)
     }
 
+    /// Kafka's number for the mechanism (`ScramMechanism` in its APIs).
+    pub fn kafka_id(self) -> i8 {
+        match self {
+            Scram::Sha256 => 1,
+            Scram::Sha512 => 2,
+        }
+    }
+
+    pub fn with_kafka_id(id: i8) -> Option<Scram> {
+        Scram::ALL.into_iter().find(|s| s.kafka_id() == id)
+    }
+
+    /// Bytes of the hash, and so of a salted password.
+    pub fn output_bytes(self) -> usize {
+        with_hash!(self, H => <H as Digest>::output_size())
+    }
+
     fn hash(self, data: &[u8]) -> Vec<u8> {
         with_hash!(self, H => H::digest(data).to_vec())
     }

@@ -32,6 +32,7 @@ pub struct ServeConfig {
     pub advertised_host: Option<String>,
     pub auto_create_topics: bool,
     pub kafka_auth: crate::kafka::KafkaAuth,
+    pub super_users: Vec<String>,
     pub default_partitions: u32,
     /// Address of the HTTP listener; port 0 picks a free port.
     pub http: SocketAddr,
@@ -222,6 +223,7 @@ fn kafka_config(config: &ServeConfig, addr: SocketAddr, limits: &Limits) -> Kafk
         advertised: (host, addr.port()),
         auto_create_topics: config.auto_create_topics,
         auth: config.kafka_auth,
+        super_users: config.super_users.clone(),
         default_partitions: config.default_partitions.max(1),
         // A frame must fit in the request memory, or it would wait for room forever.
         request_bytes_max: u64::from(REQUEST_BYTES_MAX).min(limits.request_memory_bytes_max())

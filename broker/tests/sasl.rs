@@ -1,5 +1,6 @@
 //! SASL on the Kafka listener with real clients: users made with `weir user add`, kcat with
-//! PLAIN and SCRAM-SHA-256, confluent-kafka with SCRAM-SHA-512 (`clients/sasl.py`). The right
+//! PLAIN and SCRAM-SHA-256, confluent-kafka with SCRAM-SHA-512 (`clients/sasl.py`) and its
+//! admin client managing credentials as a super user (`clients/scram_admin.py`). The right
 //! password produces and consumes; a wrong one and a client without SASL are refused with a
 //! clear error; the users survive a restart; passwords never show in the API.
 
@@ -196,5 +197,28 @@ fn confluent_kafka_uses_scram_sha_512_and_a_wrong_password_is_refused() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("sasl ok"), "{}", text(&out));
+    node.stop();
+}
+
+#[test]
+fn confluent_kafka_admin_manages_credentials_as_a_super_user_only() {
+    let Some(python) = python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_with(
+        dir.path(),
+        &["--kafka-auth", "sasl", "--super-users", "root"],
+    );
+    weir_ok(&node, &["user", "add", "root", "--password", PASSWORD], "");
+    weir_ok(&node, &["user", "add", "erin", "--password", "erin's"], "");
+    let out = Command::new(python)
+        .arg(client_script("scram_admin.py"))
+        .arg(node.kafka.to_string())
+        .args(["root", PASSWORD, "erin", "erin's"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("scram admin ok"), "{}", text(&out));
     node.stop();
 }

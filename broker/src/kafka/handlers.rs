@@ -41,7 +41,7 @@ pub const FETCH_BYTES_MAX: u64 = 57_671_680;
 
 /// Every API this broker serves, with the versions it implements; ApiVersions advertises
 /// exactly these.
-const SUPPORTED: [(ApiKey, i16, i16); 26] = [
+const SUPPORTED: [(ApiKey, i16, i16); 28] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
@@ -68,6 +68,8 @@ const SUPPORTED: [(ApiKey, i16, i16); 26] = [
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 /// The versions of `key` this broker implements; `None` for APIs it does not serve.

@@ -65,6 +65,8 @@ pub struct KafkaConfig {
     pub auto_create_topics: bool,
     /// Whether clients authenticate first.
     pub auth: KafkaAuth,
+    /// Users who may manage credentials (and, once ACLs exist, bypass them).
+    pub super_users: Vec<String>,
     /// Partitions of an auto-created topic.
     pub default_partitions: u32,
     /// `socket.request.max.bytes`: largest request frame accepted.
@@ -309,7 +311,17 @@ async fn handle_frame(
             .map(|r| Some(ResponseKind::SaslAuthenticate(r))),
         request => {
             session.admit(shared.config.auth, key)?;
-            handlers::handle(shared, request, &header, peer).await
+            match request {
+                Some(RequestKind::DescribeUserScramCredentials(r)) => session
+                    .describe_credentials(shared, r)
+                    .await
+                    .map(|r| Some(ResponseKind::DescribeUserScramCredentials(r))),
+                Some(RequestKind::AlterUserScramCredentials(r)) => session
+                    .alter_credentials(shared, r)
+                    .await
+                    .map(|r| Some(ResponseKind::AlterUserScramCredentials(r))),
+                request => handlers::handle(shared, request, &header, peer).await,
+            }
         }
     };
     shared

@@ -7,20 +7,34 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
+
+use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
+use kafka_protocol::messages::describe_user_scram_credentials_response::{
+    CredentialInfo, DescribeUserScramCredentialsResult,
+};
 use kafka_protocol::messages::{
-    ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
-    SaslHandshakeResponse,
+    AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse, ApiKey,
+    DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::{KafkaAuth, Shared, protocol};
+use super::{KafkaAuth, KafkaConfig, Shared, protocol};
 use crate::error::{Result, task};
-use crate::sasl::{AUTHENTICATION_FAILED, Exchange, MECHANISMS, Step};
+use crate::sasl::{
+    AUTHENTICATION_FAILED, Exchange, MECHANISMS, Scram, ScramCredential, Step, UserError, Users,
+};
 
 const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
 const UNSUPPORTED_VERSION: i16 = 35;
 const ILLEGAL_SASL_STATE: i16 = 34;
 const SASL_AUTHENTICATION_FAILED: i16 = 58;
+const UNKNOWN_SERVER_ERROR: i16 = -1;
+const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+const RESOURCE_NOT_FOUND: i16 = 91;
+const DUPLICATE_RESOURCE: i16 = 92;
+const UNACCEPTABLE_CREDENTIAL: i16 = 93;
 
 /// Where a connection stands with authentication.
 #[derive(Default)]
@@ -122,4 +136,224 @@ impl Session {
         }
         Ok(response)
     }
+}
+
+impl Session {
+    /// Whether this connection may read and change SCRAM credentials: a super user's, or any
+    /// connection when the listener does not authenticate at all.
+    fn manages_users(&self, config: &KafkaConfig) -> bool {
+        config.auth == KafkaAuth::None
+            || self
+                .user
+                .as_ref()
+                .is_some_and(|u| config.super_users.contains(u))
+    }
+
+    pub(crate) async fn describe_credentials(
+        &self,
+        shared: &Arc<Shared>,
+        request: DescribeUserScramCredentialsRequest,
+    ) -> Result<DescribeUserScramCredentialsResponse> {
+        let (users, allowed) = (shared.users.clone(), self.manages_users(&shared.config));
+        tokio::task::spawn_blocking(move || {
+            weir_storage::reactor::blocking(|| describe(&users, allowed, &request))
+        })
+        .await
+        .map_err(task("describing SCRAM credentials"))
+    }
+
+    pub(crate) async fn alter_credentials(
+        &self,
+        shared: &Arc<Shared>,
+        request: AlterUserScramCredentialsRequest,
+    ) -> Result<AlterUserScramCredentialsResponse> {
+        let (users, allowed) = (shared.users.clone(), self.manages_users(&shared.config));
+        tokio::task::spawn_blocking(move || {
+            weir_storage::reactor::blocking(|| alter(&users, allowed, request))
+        })
+        .await
+        .map_err(task("altering SCRAM credentials"))
+    }
+}
+
+const NOT_A_SUPER_USER: &str = "only a super user (--super-users) may read or change credentials";
+
+/// DescribeUserScramCredentials: the mechanisms and iterations of the users asked for (all when
+/// none are named), never keys or salts.
+fn describe(
+    users: &Users,
+    allowed: bool,
+    request: &DescribeUserScramCredentialsRequest,
+) -> DescribeUserScramCredentialsResponse {
+    let mut response = DescribeUserScramCredentialsResponse::default();
+    let failed = |response: &mut DescribeUserScramCredentialsResponse, code, message: String| {
+        response.error_code = code;
+        response.error_message = Some(StrBytes::from_string(message));
+    };
+    if !allowed {
+        failed(
+            &mut response,
+            CLUSTER_AUTHORIZATION_FAILED,
+            NOT_A_SUPER_USER.into(),
+        );
+        return response;
+    }
+    let all: BTreeMap<String, _> = match users.list() {
+        Ok(all) => all.into_iter().collect(),
+        Err(e) => {
+            failed(&mut response, UNKNOWN_SERVER_ERROR, e.to_string());
+            return response;
+        }
+    };
+    let asked: Vec<String> = match &request.users {
+        Some(names) if !names.is_empty() => names.iter().map(|u| u.name.to_string()).collect(),
+        _ => all.keys().cloned().collect(),
+    };
+    let mut seen = BTreeSet::new();
+    let repeated: BTreeSet<&String> = asked.iter().filter(|n| !seen.insert(*n)).collect();
+    let mut reported = BTreeSet::new();
+    for name in &asked {
+        if !reported.insert(name) {
+            continue;
+        }
+        let mut result = DescribeUserScramCredentialsResult::default();
+        result.user = StrBytes::from_string(name.clone());
+        match all.get(name) {
+            _ if repeated.contains(name) => {
+                result.error_code = DUPLICATE_RESOURCE;
+                result.error_message = Some(StrBytes::from_string(format!(
+                    "user {name} is named more than once"
+                )));
+            }
+            Some(credentials) => {
+                result.credential_infos = credentials
+                    .scram
+                    .iter()
+                    .filter_map(|(mechanism, credential)| {
+                        let mut info = CredentialInfo::default();
+                        info.mechanism = Scram::named(mechanism)?.kafka_id();
+                        info.iterations = i32::try_from(credential.iterations).ok()?;
+                        Some(info)
+                    })
+                    .collect();
+            }
+            None => {
+                result.error_code = RESOURCE_NOT_FOUND;
+                result.error_message = Some(StrBytes::from_string(format!(
+                    "user {name} has no SCRAM credentials"
+                )));
+            }
+        }
+        response.results.push(result);
+    }
+    response
+}
+
+/// AlterUserScramCredentials: deletions, then upsertions (salted passwords, as Kafka's clients
+/// send them); one result per user, its first error.
+fn alter(
+    users: &Users,
+    allowed: bool,
+    request: AlterUserScramCredentialsRequest,
+) -> AlterUserScramCredentialsResponse {
+    let mut outcomes: BTreeMap<String, (i16, Option<String>)> = BTreeMap::new();
+    let mut note = |name: &str, code: i16, message: Option<String>| {
+        let outcome = outcomes.entry(name.to_string()).or_insert((0, None));
+        if outcome.0 == 0 {
+            *outcome = (code, message);
+        }
+    };
+    let mut pairs = BTreeMap::new();
+    for (name, mechanism) in request
+        .deletions
+        .iter()
+        .map(|d| (d.name.to_string(), d.mechanism))
+        .chain(
+            request
+                .upsertions
+                .iter()
+                .map(|u| (u.name.to_string(), u.mechanism)),
+        )
+    {
+        *pairs.entry((name, mechanism)).or_insert(0) += 1;
+    }
+    let check = |name: &str, mechanism: i8| -> std::result::Result<Scram, (i16, String)> {
+        if !allowed {
+            return Err((CLUSTER_AUTHORIZATION_FAILED, NOT_A_SUPER_USER.into()));
+        }
+        if pairs
+            .get(&(name.to_string(), mechanism))
+            .copied()
+            .unwrap_or(0)
+            > 1
+        {
+            return Err((
+                DUPLICATE_RESOURCE,
+                format!("user {name} and mechanism {mechanism} are altered more than once"),
+            ));
+        }
+        Scram::with_kafka_id(mechanism).ok_or((
+            UNSUPPORTED_SASL_MECHANISM,
+            format!("mechanism {mechanism} is not SCRAM-SHA-256 (1) or SCRAM-SHA-512 (2)"),
+        ))
+    };
+    let user_error = |e: UserError| match e {
+        UserError::Unknown(_) => (RESOURCE_NOT_FOUND, e.to_string()),
+        UserError::Invalid(_) | UserError::TooMany => (UNACCEPTABLE_CREDENTIAL, e.to_string()),
+        UserError::Storage(_) => (UNKNOWN_SERVER_ERROR, e.to_string()),
+    };
+    for deletion in &request.deletions {
+        let name = deletion.name.as_str();
+        let done = check(name, deletion.mechanism)
+            .and_then(|scram| users.remove_credential(name, scram).map_err(user_error));
+        match done {
+            Ok(()) => note(name, 0, None),
+            Err((code, message)) => note(name, code, Some(message)),
+        }
+    }
+    for upsertion in &request.upsertions {
+        let name = upsertion.name.as_str();
+        let done = check(name, upsertion.mechanism).and_then(|scram| {
+            if upsertion.salted_password.len() != scram.output_bytes() || upsertion.salt.is_empty()
+            {
+                return Err((
+                    UNACCEPTABLE_CREDENTIAL,
+                    format!(
+                        "a {} credential needs a salt and a salted password of {} bytes",
+                        scram.name(),
+                        scram.output_bytes()
+                    ),
+                ));
+            }
+            let iterations = u32::try_from(upsertion.iterations).unwrap_or(0);
+            let credential = ScramCredential::from_salted(
+                scram,
+                &upsertion.salted_password,
+                &upsertion.salt,
+                iterations,
+            );
+            users
+                .set_credential(name, scram, credential)
+                .map_err(user_error)
+        });
+        match done {
+            Ok(()) => {
+                tracing::info!(user = %name, "SCRAM credential set through the Kafka API");
+                note(name, 0, None);
+            }
+            Err((code, message)) => note(name, code, Some(message)),
+        }
+    }
+    let mut response = AlterUserScramCredentialsResponse::default();
+    response.results = outcomes
+        .into_iter()
+        .map(|(name, (code, message))| {
+            let mut result = AlterUserScramCredentialsResult::default();
+            result.user = StrBytes::from_string(name);
+            result.error_code = code;
+            result.error_message = message.map(StrBytes::from_string);
+            result
+        })
+        .collect();
+    response
 }

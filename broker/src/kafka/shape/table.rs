@@ -5,7 +5,7 @@ use kafka_protocol::messages::ApiKey;
 
 use super::{Field, Kind, Message};
 
-pub(super) const MESSAGES: [(ApiKey, Message); 26] = [
+pub(super) const MESSAGES: [(ApiKey, Message); 28] = [
     (
         ApiKey::Produce,
         Message {
@@ -212,6 +212,22 @@ pub(super) const MESSAGES: [(ApiKey, Message); 26] = [
             versions: (0, 2),
             flexible_from: 2,
             fields: SASL_AUTHENTICATE_REQUEST,
+        },
+    ),
+    (
+        ApiKey::DescribeUserScramCredentials,
+        Message {
+            versions: (0, 0),
+            flexible_from: 0,
+            fields: DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST,
+        },
+    ),
+    (
+        ApiKey::AlterUserScramCredentials,
+        Message {
+            versions: (0, 0),
+            flexible_from: 0,
+            fields: ALTER_USER_SCRAM_CREDENTIALS_REQUEST,
         },
     ),
 ];
@@ -1234,4 +1250,80 @@ const SASL_AUTHENTICATE_REQUEST: &[Field] = &[
         until: 2,
         kind: Kind::Bytes,
     }, // AuthBytes
+];
+
+const DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST_USER_NAME: &[Field] = &[
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::String,
+    }, // Name
+];
+
+const DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST: &[Field] = &[
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::Array(&Kind::Struct(
+            DESCRIBE_USER_SCRAM_CREDENTIALS_REQUEST_USER_NAME,
+        )),
+    }, // Users
+];
+
+const ALTER_USER_SCRAM_CREDENTIALS_REQUEST_SCRAM_CREDENTIAL_DELETION: &[Field] = &[
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::String,
+    }, // Name
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::Fixed(1),
+    }, // Mechanism
+];
+
+const ALTER_USER_SCRAM_CREDENTIALS_REQUEST_SCRAM_CREDENTIAL_UPSERTION: &[Field] = &[
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::String,
+    }, // Name
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::Fixed(1),
+    }, // Mechanism
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::Fixed(4),
+    }, // Iterations
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::Bytes,
+    }, // Salt
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::Bytes,
+    }, // SaltedPassword
+];
+
+const ALTER_USER_SCRAM_CREDENTIALS_REQUEST: &[Field] = &[
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::Array(&Kind::Struct(
+            ALTER_USER_SCRAM_CREDENTIALS_REQUEST_SCRAM_CREDENTIAL_DELETION,
+        )),
+    }, // Deletions
+    Field {
+        since: 0,
+        until: 0,
+        kind: Kind::Array(&Kind::Struct(
+            ALTER_USER_SCRAM_CREDENTIALS_REQUEST_SCRAM_CREDENTIAL_UPSERTION,
+        )),
+    }, // Upsertions
 ];
