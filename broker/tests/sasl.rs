@@ -52,6 +52,18 @@ fn weir_ok(node: &Node, args: &[&str], input: &str) -> String {
     text(&out)
 }
 
+/// Runs `clients/<script>` against `node`; it must succeed and print `done`.
+fn run_client(python: &std::path::Path, node: &Node, script: &str, args: &[&str], done: &str) {
+    let out = Command::new(python)
+        .arg(client_script(script))
+        .arg(node.kafka.to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {}", text(&out));
+    assert!(text(&out).contains(done), "{script}: {}", text(&out));
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -189,14 +201,7 @@ fn confluent_kafka_uses_scram_sha_512_and_a_wrong_password_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path());
     weir_ok(&node, &["user", "add", "carol", "--password", PASSWORD], "");
-    let out = Command::new(python)
-        .arg(client_script("sasl.py"))
-        .arg(node.kafka.to_string())
-        .args(["carol", PASSWORD])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("sasl ok"), "{}", text(&out));
+    run_client(&python, &node, "sasl.py", &["carol", PASSWORD], "sasl ok");
     node.stop();
 }
 
@@ -212,13 +217,7 @@ fn confluent_kafka_admin_manages_credentials_as_a_super_user_only() {
     );
     weir_ok(&node, &["user", "add", "root", "--password", PASSWORD], "");
     weir_ok(&node, &["user", "add", "erin", "--password", "erin's"], "");
-    let out = Command::new(python)
-        .arg(client_script("scram_admin.py"))
-        .arg(node.kafka.to_string())
-        .args(["root", PASSWORD, "erin", "erin's"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("scram admin ok"), "{}", text(&out));
+    let args = ["root", PASSWORD, "erin", "erin's"];
+    run_client(&python, &node, "scram_admin.py", &args, "scram admin ok");
     node.stop();
 }
