@@ -178,12 +178,16 @@ pub struct UserCredentials {
 /// The users of a node, in the metadata store.
 pub struct Users {
     tree: Tree<UserCredentials>,
+    /// Random per process: keys the made-up salts of unknown users, so they are stable for a
+    /// name (as a real user's are) but cannot be computed from it.
+    decoy_key: Vec<u8>,
 }
 
 impl Users {
     pub fn open(meta: &MetaStore) -> Result<Users, UserError> {
         Ok(Users {
             tree: meta.tree(USERS_TREE)?,
+            decoy_key: random_bytes(SALT_BYTES)?,
         })
     }
 
@@ -403,7 +407,7 @@ impl Exchange {
             // An unknown user gets a salt like any other and fails at the proof.
             None => (
                 SCRAM_ITERATIONS_MIN,
-                scram.hash(user.as_bytes())[..SALT_BYTES.min(32)].to_vec(),
+                Scram::Sha256.hmac(&users.decoy_key, user.as_bytes()),
                 None,
             ),
         };
@@ -627,6 +631,27 @@ mod tests {
                 Step::Failed(_)
             ));
         }
+    }
+
+    /// The salt the server's first message gives `user`.
+    fn salt_for(users: &Users, user: &str) -> String {
+        let mut exchange = Exchange::new("SCRAM-SHA-256").unwrap();
+        let Step::Continue(first) = exchange.step(users, format!("n,,n={user},r=abc").as_bytes())
+        else {
+            panic!("the first step continues");
+        };
+        let first = String::from_utf8(first).unwrap();
+        first.split(',').nth(1).unwrap().to_string()
+    }
+
+    #[test]
+    fn an_unknown_user_gets_a_steady_salt_that_its_name_does_not_give_away() {
+        let (_dir, users) = users();
+        assert_eq!(salt_for(&users, "mallory"), salt_for(&users, "mallory"));
+        assert_ne!(salt_for(&users, "mallory"), salt_for(&users, "trudy"));
+        let from_name = BASE64.encode(Scram::Sha256.hash(b"mallory"));
+        assert_ne!(salt_for(&users, "mallory"), format!("s={from_name}"));
+        assert_eq!(salt_for(&users, "alice"), salt_for(&users, "alice"));
     }
 
     #[test]
