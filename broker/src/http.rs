@@ -175,20 +175,18 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let node = state.node.clone();
-    let (lags, pipelines) = tokio::task::spawn_blocking(move || {
+    // Lags, pipelines and the user count read the metadata store: off the reactor.
+    let (lags, pipelines, bounds) = tokio::task::spawn_blocking(move || {
         weir_storage::reactor::blocking(|| {
             let pipelines = node.runtime.pipelines().list().unwrap_or_default();
-            (node.group_lags(), pipelines)
+            (node.group_lags(), pipelines, node.bounds())
         })
     })
     .await
     .unwrap_or_default();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state
-            .node
-            .metrics
-            .render(&lags, &pipelines, &state.node.bounds()),
+        state.node.metrics.render(&lags, &pipelines, &bounds),
     )
 }
 

@@ -144,6 +144,12 @@ impl NodeContext {
                 u64::from(self.storage.partitions_max()),
             ),
             bound(
+                "users",
+                "Users SASL authenticates",
+                self.users.count() as u64,
+                crate::sasl::USERS_MAX as u64,
+            ),
+            bound(
                 "open_segments",
                 "Closed segments whose files are open",
                 weir_storage::open_segments() as u64,

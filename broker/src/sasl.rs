@@ -245,11 +245,16 @@ impl Users {
     }
 
     fn put(&self, name: &str, credentials: UserCredentials) -> Result<(), UserError> {
-        if self.tree.get(name)?.is_none() && self.tree.all()?.len() >= USERS_MAX {
+        if self.tree.get(name)?.is_none() && self.count() >= USERS_MAX {
             return Err(UserError::TooMany);
         }
         self.tree.insert(name, &credentials)?;
         Ok(())
+    }
+
+    /// How many users exist.
+    pub fn count(&self) -> usize {
+        self.tree.len()
     }
 
     pub fn delete(&self, name: &str) -> Result<(), UserError> {
@@ -718,6 +723,27 @@ mod tests {
             }
         }
         files
+    }
+
+    #[test]
+    fn messages_names_and_iterations_past_their_bounds_are_refused() {
+        let (_dir, users) = users();
+        let long = vec![b'a'; SASL_MESSAGE_BYTES_MAX + 1];
+        let step = Exchange::new("PLAIN").unwrap().step(&users, &long);
+        assert!(matches!(step, Step::Failed(reason) if reason.contains("limit")));
+        let name = "n".repeat(USER_NAME_BYTES_MAX + 1);
+        assert!(matches!(
+            users.set_password(&name, "pw"),
+            Err(UserError::Invalid(_))
+        ));
+        let salted = Scram::Sha256.salted_password(b"pw", b"salt", SCRAM_ITERATIONS_MIN);
+        for iterations in [SCRAM_ITERATIONS_MIN - 1, SCRAM_ITERATIONS_MAX + 1] {
+            let credential =
+                ScramCredential::from_salted(Scram::Sha256, &salted, b"salt", iterations);
+            let set = users.set_credential("bob", Scram::Sha256, credential);
+            assert!(matches!(set, Err(UserError::Invalid(_))), "{iterations}");
+        }
+        assert_eq!(users.count(), 1);
     }
 
     #[test]

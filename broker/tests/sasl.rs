@@ -144,6 +144,10 @@ fn kcat_produces_and_consumes_with_plain_and_scram_and_is_refused_without() {
         .parse()
         .unwrap();
     assert!(failures >= 2, "{metrics}");
+    assert!(
+        metrics.contains("\nweir_users 1\n") && metrics.contains("\nweir_users_max 10000\n"),
+        "{metrics}"
+    );
     node.stop();
 }
 

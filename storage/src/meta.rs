@@ -101,6 +101,15 @@ impl<V: Serialize + DeserializeOwned> Tree<V> {
     pub fn all(&self) -> Result<Vec<(String, V)>> {
         self.scan_prefix("")
     }
+
+    /// How many entries the tree holds, without decoding them.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
 }
 
 /// The sled database holding all metadata.
