@@ -105,14 +105,11 @@ impl Session {
             self.failed = Some("SaslAuthenticate out of order".into());
             return Ok(response);
         };
-        let users = shared.users.clone();
-        let (exchange, step) = tokio::task::spawn_blocking(move || {
-            let step =
-                weir_storage::reactor::blocking(|| exchange.step(&users, &request.auth_bytes));
+        let (exchange, step) = with_users(shared, "authenticating", move |users| {
+            let step = exchange.step(users, &request.auth_bytes);
             (exchange, step)
         })
-        .await
-        .map_err(task("authenticating"))?;
+        .await?;
         match step {
             Step::Continue(bytes) => {
                 response.auth_bytes = Bytes::from(bytes);
@@ -154,12 +151,11 @@ impl Session {
         shared: &Arc<Shared>,
         request: DescribeUserScramCredentialsRequest,
     ) -> Result<DescribeUserScramCredentialsResponse> {
-        let (users, allowed) = (shared.users.clone(), self.manages_users(&shared.config));
-        tokio::task::spawn_blocking(move || {
-            weir_storage::reactor::blocking(|| describe(&users, allowed, &request))
+        let allowed = self.manages_users(&shared.config);
+        with_users(shared, "describing SCRAM credentials", move |users| {
+            describe(users, allowed, &request)
         })
         .await
-        .map_err(task("describing SCRAM credentials"))
     }
 
     pub(crate) async fn alter_credentials(
@@ -167,13 +163,25 @@ impl Session {
         shared: &Arc<Shared>,
         request: AlterUserScramCredentialsRequest,
     ) -> Result<AlterUserScramCredentialsResponse> {
-        let (users, allowed) = (shared.users.clone(), self.manages_users(&shared.config));
-        tokio::task::spawn_blocking(move || {
-            weir_storage::reactor::blocking(|| alter(&users, allowed, request))
+        let allowed = self.manages_users(&shared.config);
+        with_users(shared, "altering SCRAM credentials", move |users| {
+            alter(users, allowed, request)
         })
         .await
-        .map_err(task("altering SCRAM credentials"))
     }
+}
+
+/// Runs `f` over the node's users on the blocking pool: key derivations and the metadata store
+/// are not for a reactor thread.
+async fn with_users<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    what: &'static str,
+    f: impl FnOnce(&Users) -> T + Send + 'static,
+) -> Result<T> {
+    let users = shared.users.clone();
+    tokio::task::spawn_blocking(move || weir_storage::reactor::blocking(|| f(&users)))
+        .await
+        .map_err(task(what))
 }
 
 const NOT_A_SUPER_USER: &str = "only a super user (--super-users) may read or change credentials";
