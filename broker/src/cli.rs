@@ -9,6 +9,29 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result, io};
 
+/// The items of a PEM file that `pick` keeps; none is an error naming the file.
+fn pem_items<T>(
+    path: &std::path::Path,
+    pick: impl Fn(ureq::tls::PemItem<'static>) -> Option<T>,
+) -> Result<Vec<T>> {
+    let file_error = |reason: String| Error::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
+    let mut items = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        let item = item.map_err(|e| file_error(format!("reading PEM: {e}")))?;
+        items.extend(pick(item));
+    }
+    if items.is_empty() {
+        return Err(file_error(
+            "holds no PEM block of the kind needed here".into(),
+        ));
+    }
+    Ok(items)
+}
+
 /// Lines sent per produce request.
 const PRODUCE_CHUNK_RECORDS: usize = 1000;
 /// Records asked for per consume request.
@@ -24,10 +47,49 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client for `server`; an `https://` server must have a certificate from a public CA.
     pub fn new(server: &str, token: Option<String>) -> Self {
+        Self::with_tls(server, token, ureq::tls::TlsConfig::default())
+    }
+
+    /// A client for an `https://` server whose certificate the CAs in the PEM file `ca` signed,
+    /// presenting the certificate and key of `identity` when the node asks for one.
+    pub fn with_tls_files(
+        server: &str,
+        token: Option<String>,
+        ca: Option<&std::path::Path>,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = ca {
+            let roots = pem_items(ca, |item| match item {
+                ureq::tls::PemItem::Certificate(cert) => Some(cert),
+                _ => None,
+            })?;
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+        }
+        if let Some((cert, key)) = identity {
+            let chain = pem_items(cert, |item| match item {
+                ureq::tls::PemItem::Certificate(cert) => Some(cert),
+                _ => None,
+            })?;
+            let mut keys = pem_items(key, |item| match item {
+                ureq::tls::PemItem::PrivateKey(key) => Some(key),
+                _ => None,
+            })?;
+            tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(
+                &chain,
+                keys.swap_remove(0),
+            )));
+        }
+        Ok(Self::with_tls(server, token, tls.build()))
+    }
+
+    fn with_tls(server: &str, token: Option<String>, tls: ureq::tls::TlsConfig) -> Self {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
+            .tls_config(tls)
             .build()
             .into();
         Client {

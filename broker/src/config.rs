@@ -9,6 +9,7 @@ use clap::parser::ValueSource;
 
 use crate::kafka::KafkaAuth;
 use crate::serve::ServeConfig;
+use crate::tls::TlsFiles;
 
 /// Why the settings could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("{0}")]
+    Tls(&'static str),
 }
 
 /// The flags of `weir serve`.
@@ -61,10 +64,25 @@ pub struct ServeArgs {
     /// through Kafka's DescribeUserScramCredentials and AlterUserScramCredentials.
     #[arg(long, env = "WEIR_SUPER_USERS", value_delimiter = ',')]
     super_users: Vec<String>,
+    /// PEM certificate chain (the node's own first) that turns on TLS for the Kafka, HTTP and
+    /// Postgres listeners; needs --tls-key.
+    #[arg(long, env = "WEIR_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "WEIR_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: with it, every client must present a certificate one of them
+    /// signed (Kafka `ssl.client.auth=required`).
+    #[arg(long, env = "WEIR_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// Require `Authorization: Bearer <token>` on the HTTP `/v1` API, and the token as the
     /// password of Postgres connections.
     #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Require `Authorization: Bearer <token>` on `/metrics` with this token (for a Prometheus
+    /// that should not hold the admin token); without it the admin token guards `/metrics`.
+    #[arg(long, env = "WEIR_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// CPU time one plugin call (one batch) may take, in milliseconds.
     #[arg(long, env = "WEIR_PLUGIN_TIMEOUT_MS", default_value_t = 100)]
     plugin_timeout_ms: u64,
@@ -136,6 +154,10 @@ struct FileConfig {
     kafka_auth: Option<KafkaAuth>,
     super_users: Option<Vec<String>>,
     admin_token: Option<String>,
+    metrics_token: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
     plugin_timeout_ms: Option<u64>,
     plugin_memory_mib: Option<u64>,
     sql_memory_mib: Option<u64>,
@@ -185,6 +207,28 @@ impl ServeArgs {
                 }
             };
         }
+        let tls = match (
+            pick!(tls_cert, optional),
+            pick!(tls_key, optional),
+            pick!(tls_client_ca, optional),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => {
+                return Err(ConfigError::Tls(
+                    "--tls-client-ca needs --tls-cert and --tls-key: clients are checked only on a TLS listener",
+                ));
+            }
+            _ => {
+                return Err(ConfigError::Tls(
+                    "--tls-cert and --tls-key go together: give both, or neither",
+                ));
+            }
+        };
         Ok(ServeConfig {
             data_dir: pick!(data_dir),
             kafka: pick!(kafka),
@@ -196,6 +240,8 @@ impl ServeArgs {
             kafka_auth: pick!(kafka_auth),
             super_users: pick!(super_users),
             admin_token: pick!(admin_token, optional),
+            metrics_token: pick!(metrics_token, optional),
+            tls,
             plugin_timeout_ms: pick!(plugin_timeout_ms),
             plugin_memory_bytes_max: pick!(plugin_memory_mib).saturating_mul(1 << 20),
             sql_memory_bytes_max: pick!(sql_memory_mib).saturating_mul(1 << 20),
@@ -264,6 +310,24 @@ mod tests {
         assert_eq!(c.admin_token.as_deref(), Some("from-file"));
         assert_eq!(c.kafka.to_string(), "127.0.0.1:29092");
         assert_eq!(c.kafka_auth, KafkaAuth::Sasl);
+    }
+
+    #[test]
+    fn tls_needs_a_certificate_and_its_key() {
+        assert!(resolve(&[]).unwrap().tls.is_none());
+        let c = resolve(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("k.pem"));
+        assert!(tls.client_ca.is_none());
+        for args in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--tls-client-ca", "ca.pem"],
+        ] {
+            let err = resolve(args).unwrap_err();
+            assert!(err.to_string().contains("--tls-"), "{args:?}: {err}");
+        }
     }
 
     #[test]

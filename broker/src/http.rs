@@ -1,6 +1,7 @@
 //! The HTTP listener: health, Prometheus metrics, and the `/v1` admin API (topics, JSON
 //! produce and consume, groups with lag, plugins and pipelines). With an admin token set, every `/v1` call needs
-//! `Authorization: Bearer <token>`.
+//! `Authorization: Bearer <token>`, and `/metrics` needs it too unless a metrics token of its
+//! own is set.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use weir_storage::{BatchBuilder, Compression, Header, NewRecord, StorageError, T
 
 use crate::kafka::groups::GroupError;
 use crate::node::NodeContext;
+use crate::tls::{Handshakes, Listener};
 
 mod runtime_api;
 mod sql_api;
@@ -35,6 +37,16 @@ pub const PRODUCE_RECORDS_MAX: usize = 100_000;
 struct AppState {
     node: NodeContext,
     token: Option<Arc<str>>,
+    /// Guards `/metrics`: `--metrics-token`, else the admin token, else nothing.
+    metrics_token: Option<Arc<str>>,
+}
+
+/// The bearer tokens the HTTP listener asks for.
+pub struct Tokens {
+    /// For every `/v1` call.
+    pub admin: Option<String>,
+    /// For `/metrics`; the admin token guards it when this is `None`.
+    pub metrics: Option<String>,
 }
 
 /// An error answered as JSON `{"error": "..."}` with a status code.
@@ -93,12 +105,15 @@ type ApiResult<T> = Result<T, ApiError>;
 pub async fn serve(
     listener: TcpListener,
     node: NodeContext,
-    token: Option<String>,
+    tokens: Tokens,
+    tls: Option<crate::tls::Tls>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let handshakes = tls.map(|tls| Handshakes::new(&tls, Listener::Http, node.metrics.clone()));
     let state = AppState {
         node,
-        token: token.map(Arc::from),
+        metrics_token: tokens.metrics.or(tokens.admin.clone()).map(Arc::from),
+        token: tokens.admin.map(Arc::from),
     };
     let v1 = Router::new()
         .route("/topics", get(list_topics).post(create_topic))
@@ -113,37 +128,74 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(metrics).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_metrics_token,
+            )),
+        )
         .nest("/v1", v1)
         .with_state(state);
     let stop = async move {
         let _ = shutdown.changed().await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
+    let served = match handshakes {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(handshakes) => match handshakes.listen(listener) {
+            Ok(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "HTTP listener failed");
     }
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !presented.is_some_and(|p| crate::auth::token_matches(token, p)) {
-            return ApiError {
-                status: StatusCode::UNAUTHORIZED,
-                message: "this node needs an admin token: send Authorization: Bearer <token>"
-                    .into(),
-            }
-            .into_response();
-        }
+    match refusal(state.token.as_deref(), &request, "an admin token") {
+        Some(refused) => refused,
+        None => next.run(request).await,
     }
-    next.run(request).await
+}
+
+async fn require_metrics_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match refusal(state.metrics_token.as_deref(), &request, "a metrics token") {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
+/// A 401 for a request that does not carry `Authorization: Bearer <token>` when a token is set.
+fn refusal(token: Option<&str>, request: &Request, what: &str) -> Option<Response> {
+    let token = token?;
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented.is_some_and(|p| crate::auth::token_matches(token, p)) {
+        return None;
+    }
+    Some(
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: format!("this node needs {what}: send Authorization: Bearer <token>"),
+        }
+        .into_response(),
+    )
 }
 
 /// `200 {"status":"ok",…}` while the node can take writes; `503 {"status":"cannot_write",

@@ -3,8 +3,8 @@
 //! [`serve::Server`] opens (and recovers) a data directory, runs the storage maintenance thread
 //! (interval flushes, retention, compaction), serves the Kafka protocol ([`kafka`]) and the
 //! HTTP admin API with Prometheus metrics ([`http`]), SQL over the Postgres wire protocol
-//! ([`pg`]), and closes
-//! every log cleanly on shutdown. This is the only crate that opens sockets, and the only one
+//! ([`pg`]), each over TLS when
+//! configured ([`tls`]), and closes every log cleanly on shutdown. This is the only crate that opens sockets, and the only one
 //! that knows Kafka's wire types.
 
 pub mod auth;
@@ -20,3 +20,4 @@ pub mod pg;
 pub mod plugin_cli;
 pub mod sasl;
 pub mod serve;
+pub mod tls;

@@ -35,11 +35,30 @@ struct Remote {
     /// Admin token, when the node was started with one.
     #[arg(long, global = true, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM file of the CA that signed the node's certificate, for an `https://` server whose
+    /// certificate no public CA signed.
+    #[arg(long, global = true, env = "WEIR_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// PEM certificate to present to a node started with --tls-client-ca; needs --client-key.
+    #[arg(long, global = true, env = "WEIR_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, global = true, env = "WEIR_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
 }
 
 impl Remote {
-    fn client(&self) -> Client {
-        Client::new(&self.server, self.token.clone())
+    fn client(&self) -> weir_broker::error::Result<Client> {
+        if self.ca_cert.is_none() && self.client_cert.is_none() {
+            return Ok(Client::new(&self.server, self.token.clone()));
+        }
+        let identity = self.client_cert.as_deref().zip(self.client_key.as_deref());
+        Client::with_tls_files(
+            &self.server,
+            self.token.clone(),
+            self.ca_cert.as_deref(),
+            identity,
+        )
     }
 }
 
@@ -264,7 +283,7 @@ fn run() -> anyhow::Result<()> {
                 .context("serve arguments")?;
             serve(args.resolve(serve_matches)?)
         }
-        Command::Topic { command, remote } => Ok(topic_command(command, &remote.client())?),
+        Command::Topic { command, remote } => Ok(topic_command(command, &remote.client()?)?),
         Command::Produce {
             topic,
             key,
@@ -277,7 +296,7 @@ fn run() -> anyhow::Result<()> {
                 key: key.as_deref(),
                 partition,
             };
-            produce_command(&remote.client(), &target, file)
+            produce_command(&remote.client()?, &target, file)
         }
         Command::Consume {
             topic,
@@ -294,14 +313,14 @@ fn run() -> anyhow::Result<()> {
                 max_records: max,
             };
             let mut out = std::io::stdout().lock();
-            cli::consume(&remote.client(), &topic, &options, &mut out)?;
+            cli::consume(&remote.client()?, &topic, &options, &mut out)?;
             Ok(())
         }
-        Command::User { command, remote } => Ok(user_command(command, &remote.client())?),
-        Command::Groups { remote } => Ok(cli::groups(&remote.client())?),
-        Command::Sql { statement, remote } => Ok(sql_command(statement, &remote.client())?),
-        Command::Plugin { command, remote } => Ok(plugin_command(command, &remote.client())?),
-        Command::Pipeline { command, remote } => Ok(pipeline_command(command, &remote.client())?),
+        Command::User { command, remote } => Ok(user_command(command, &remote.client()?)?),
+        Command::Groups { remote } => Ok(cli::groups(&remote.client()?)?),
+        Command::Sql { statement, remote } => Ok(sql_command(statement, &remote.client()?)?),
+        Command::Plugin { command, remote } => Ok(plugin_command(command, &remote.client()?)?),
+        Command::Pipeline { command, remote } => Ok(pipeline_command(command, &remote.client()?)?),
     }
 }
 

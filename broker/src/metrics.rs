@@ -47,6 +47,8 @@ pub struct Metrics {
     next_connection: AtomicU64,
     connections_refused: AtomicU64,
     authentication_failures: AtomicU64,
+    /// Failed TLS handshakes on the Kafka and the HTTP listener.
+    tls_handshake_failures: [AtomicU64; 2],
 }
 
 /// A resource clients can make the node hold: how much is held now, and its bound.
@@ -152,6 +154,11 @@ impl Metrics {
         self.authentication_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a client whose TLS handshake failed on `listener`.
+    pub fn tls_handshake_failed(&self, listener: crate::tls::Listener) {
+        self.tls_handshake_failures[listener as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn connections(&self) -> i64 {
         locks::lock(&self.connections).len() as i64
     }
@@ -187,6 +194,19 @@ impl Metrics {
                 &mut out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 count.load(Ordering::Relaxed)
+            );
+        }
+        let name = "weir_tls_handshake_failures_total";
+        let _ = writeln!(
+            &mut out,
+            "# HELP {name} Clients whose TLS handshake failed, per listener.\n# TYPE {name} counter"
+        );
+        for listener in [crate::tls::Listener::Kafka, crate::tls::Listener::Http] {
+            let _ = writeln!(
+                &mut out,
+                "{name}{{listener=\"{}\"}} {}",
+                listener.name(),
+                self.tls_handshake_failures[listener as usize].load(Ordering::Relaxed)
             );
         }
         render_group_lags(&mut out, lags);

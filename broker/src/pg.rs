@@ -7,8 +7,9 @@
 //! AS SELECT` makes a topic through the engine; `SET` of a connection's own settings is kept
 //! for the connection and any other `SET` is answered and ignored, so one client cannot change
 //! the session of the others; every other statement is refused with the reason. With an admin
-//! token the listener asks for it as the password (cleartext: keep the listener on loopback or
-//! a trusted network).
+//! token the listener asks for it as the password (cleartext unless TLS is on: keep a plain
+//! listener on loopback or a trusted network). With TLS on, clients must ask for it
+//! (`sslmode=require` or stricter).
 
 use std::borrow::Cow;
 use std::fmt::Debug;
@@ -28,6 +29,7 @@ use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire;
+use datafusion_postgres::pgwire::tokio::TlsAcceptor;
 use datafusion_postgres::{DfSessionService, Parser};
 use futures::{Sink, SinkExt};
 use pgwire::api::auth::{
@@ -58,16 +60,18 @@ pub async fn serve(
     listener: TcpListener,
     node: NodeContext,
     token: Option<String>,
+    tls: Option<crate::tls::Tls>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let handlers = Arc::new(Handlers::new(node.sql.clone(), token));
+    let acceptor = tls.map(|tls| tls.acceptor(&[b"postgresql"]));
+    let handlers = Arc::new(Handlers::new(node.sql.clone(), token, acceptor.is_some()));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let handlers = handlers.clone();
-                    tokio::spawn(connection(socket, peer, handlers));
+                    tokio::spawn(connection(socket, peer, acceptor.clone(), handlers));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a Postgres connection");
@@ -82,7 +86,12 @@ pub async fn serve(
 /// Serves one client. A statement runs inside the connection's future, so when the client goes
 /// away (its socket hangs up) the future is dropped and the statement with it: a runaway query
 /// does not keep a core busy for a client that is gone.
-async fn connection(socket: TcpStream, peer: SocketAddr, handlers: Arc<Handlers>) {
+async fn connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    handlers: Arc<Handlers>,
+) {
     let (socket, hangup) = match watch_hangup(socket) {
         Ok(pair) => pair,
         Err(e) => {
@@ -93,7 +102,7 @@ async fn connection(socket: TcpStream, peer: SocketAddr, handlers: Arc<Handlers>
     tokio::select! {
         // A connection that ends by itself ends here, even when its hang-up is seen too.
         biased;
-        served = pgwire::tokio::process_socket(socket, None, handlers) => {
+        served = pgwire::tokio::process_socket(socket, tls, handlers) => {
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "Postgres connection ended");
             }
@@ -132,7 +141,7 @@ struct Handlers {
 }
 
 impl Handlers {
-    fn new(engine: Arc<QueryEngine>, token: Option<String>) -> Handlers {
+    fn new(engine: Arc<QueryEngine>, token: Option<String>, tls_required: bool) -> Handlers {
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(Guard {
                 engine: engine.clone(),
@@ -149,6 +158,7 @@ impl Handlers {
             }),
             startup: Arc::new(Startup {
                 token,
+                tls_required,
                 parameters: DefaultServerParameterProvider::default(),
                 keys: RandomPidSecretKeyGenerator::default(),
             }),
@@ -263,9 +273,11 @@ impl QueryParser for Rewriting {
     }
 }
 
-/// Trust without a token; with one, a cleartext password that must equal it.
+/// Trust without a token; with one, a cleartext password that must equal it. With TLS on, a
+/// client that did not ask for it is refused before anything else.
 struct Startup {
     token: Option<String>,
+    tls_required: bool,
     parameters: DefaultServerParameterProvider,
     keys: RandomPidSecretKeyGenerator,
 }
@@ -284,6 +296,15 @@ impl StartupHandler for Startup {
     {
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
+                if self.tls_required && !client.is_secure() {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".to_owned(),
+                        "28000".to_owned(),
+                        "this node accepts TLS connections only: connect with sslmode=require \
+                         or verify-full"
+                            .to_owned(),
+                    ))));
+                }
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
                 let (pid, secret) = self.keys.generate(client);

@@ -18,6 +18,7 @@ use crate::kafka::{self, KafkaConfig};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::node::{BrokerState, NodeContext};
+use crate::tls::Tls;
 
 /// Largest Kafka request frame accepted (`socket.request.max.bytes`).
 pub const REQUEST_BYTES_MAX: u32 = 100 * 1024 * 1024;
@@ -41,6 +42,11 @@ pub struct ServeConfig {
     /// When set, `/v1` HTTP calls need `Authorization: Bearer <token>` and Postgres
     /// connections the token as their password.
     pub admin_token: Option<String>,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>` with this token rather than
+    /// the admin token.
+    pub metrics_token: Option<String>,
+    /// TLS on every listener when set.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// CPU time one plugin call (one batch) may take.
     pub plugin_timeout_ms: u64,
     /// Memory one plugin instance may grow to.
@@ -76,6 +82,7 @@ impl Server {
     pub async fn start(config: &ServeConfig) -> Result<Server> {
         // Debug builds stop at a storage call that would block a thread polling futures.
         weir_storage::reactor::set_runtime_probe(|| tokio::runtime::Handle::try_current().is_ok());
+        let tls = config.tls.as_ref().map(Tls::load).transpose()?;
         let storage = open_storage(config).await?;
         let (kafka_listener, kafka_addr) = bind("Kafka", config.kafka).await?;
         let limits = Arc::new(Limits::new(
@@ -99,12 +106,17 @@ impl Server {
                 kafka_listener,
                 node.clone(),
                 kafka_config,
+                tls.clone(),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(crate::http::serve(
                 http_listener,
                 node.clone(),
-                config.admin_token.clone(),
+                crate::http::Tokens {
+                    admin: config.admin_token.clone(),
+                    metrics: config.metrics_token.clone(),
+                },
+                tls.clone(),
                 shutdown_rx.clone(),
             )),
         ];
@@ -113,6 +125,7 @@ impl Server {
                 listener,
                 node,
                 config.admin_token.clone(),
+                tls.clone(),
                 shutdown_rx,
             )));
         }
@@ -120,11 +133,12 @@ impl Server {
             what: "starting pipelines".into(),
             source,
         })?;
-        tracing::info!(addr = %http_addr, "HTTP listener ready");
+        let tls_on = tls.is_some();
+        tracing::info!(addr = %http_addr, tls = tls_on, "HTTP listener ready");
         if let Some(addr) = pg_addr {
-            tracing::info!(%addr, "Postgres listener ready");
+            tracing::info!(%addr, tls = tls_on, "Postgres listener ready");
         }
-        tracing::info!(addr = %kafka_addr, "Kafka listener ready");
+        tracing::info!(addr = %kafka_addr, tls = tls_on, "Kafka listener ready");
         Ok(Server {
             storage,
             runtime,

@@ -249,9 +249,14 @@ fn bad_http_requests_get_a_status_and_a_message() {
 }
 
 #[test]
-fn admin_token_guards_v1_but_not_health() {
+fn admin_token_guards_v1_and_metrics_but_not_health() {
     let (_dir, node, _) = started(&["--admin-token", "s3cret"]);
     let url = node.url();
+    assert_eq!(call("GET", &format!("{url}/metrics"), None, None).0, 401);
+    assert_eq!(
+        call("GET", &format!("{url}/metrics"), Some("s3cret"), None).0,
+        200
+    );
     assert_eq!(call("GET", &format!("{url}/v1/topics"), None, None).0, 401);
     assert_eq!(
         call("GET", &format!("{url}/v1/topics"), Some("wrong"), None).0,
@@ -272,6 +277,20 @@ fn admin_token_guards_v1_but_not_health() {
     assert!(ok, "{err}");
     assert!(out.contains("TOPIC"));
     node.stop();
+}
+
+#[test]
+fn a_metrics_token_guards_metrics_instead_of_the_admin_token() {
+    let (_dir, node, _) = started(&["--admin-token", "s3cret", "--metrics-token", "scrape"]);
+    let url = format!("{}/metrics", node.url());
+    assert_eq!(call("GET", &url, None, None).0, 401);
+    assert_eq!(call("GET", &url, Some("s3cret"), None).0, 401);
+    let (status, body) = call("GET", &url, Some("scrape"), None);
+    assert_eq!(status, 200);
+    assert!(body.to_string().contains("weir_connections_max"), "{body}");
+    // The metrics token opens nothing else.
+    let topics = format!("{}/v1/topics", node.url());
+    assert_eq!(call("GET", &topics, Some("scrape"), None).0, 401);
 }
 
 /// Runs `weir` against `node`, failing the test when it fails; answers its stdout.

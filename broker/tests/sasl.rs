@@ -10,7 +10,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{Node, client_script, have, python, run_with_input};
+use common::{Node, have, output_text as text, python, run_client, run_with_input};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -50,26 +50,6 @@ fn weir_ok(node: &Node, args: &[&str], input: &str) -> String {
     let out = weir(node, args, input);
     assert!(out.status.success(), "weir {args:?}: {}", text(&out));
     text(&out)
-}
-
-/// Runs `clients/<script>` against `node`; it must succeed and print `done`.
-fn run_client(python: &std::path::Path, node: &Node, script: &str, args: &[&str], done: &str) {
-    let out = Command::new(python)
-        .arg(client_script(script))
-        .arg(node.kafka.to_string())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{script}: {}", text(&out));
-    assert!(text(&out).contains(done), "{script}: {}", text(&out));
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

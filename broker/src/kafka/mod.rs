@@ -5,7 +5,8 @@
 //! `request_bytes_max` is refused before its body is read; the body is read as it arrives,
 //! holding the node's request memory ([`Limits`]) for the bytes received, and is walked against
 //! the request's layout ([`shape`]) before it is decoded. A frame that does not decode closes
-//! that connection with a log line and leaves every other connection alone.
+//! that connection with a log line and leaves every other connection alone. With TLS on, a
+//! connection's handshake runs first, inside its share of the connection limit.
 
 mod admin_api;
 mod group_api;
@@ -22,13 +23,14 @@ use weir_storage::locks;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use weir_storage::Storage;
 
 use crate::error::{Error, Result, io};
 use crate::limits::{Limits, RequestMemory};
+use crate::tls::{self, Handshakes};
 use sasl_api::Session;
 
 /// A connection's reason to close: what the client sent that cannot be read.
@@ -106,6 +108,7 @@ pub async fn serve(
     listener: TcpListener,
     node: crate::node::NodeContext,
     config: KafkaConfig,
+    tls: Option<crate::tls::Tls>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let crate::node::NodeContext {
@@ -117,6 +120,7 @@ pub async fn serve(
         users,
         ..
     } = node;
+    let handshakes = tls.map(|tls| Handshakes::new(&tls, tls::Listener::Kafka, metrics.clone()));
     let shared = Arc::new(Shared {
         storage,
         config,
@@ -150,9 +154,18 @@ pub async fn serve(
                     }
                     let shared = shared.clone();
                     let shutdown = shutdown.clone();
+                    let handshakes = handshakes.clone();
                     tokio::spawn(async move {
                         let id = shared.metrics.connection_opened(peer);
-                        if let Err(e) = connection(stream, peer, id, shared.clone(), shutdown).await {
+                        stream.set_nodelay(true).ok();
+                        let served = match handshakes {
+                            None => connection(stream, peer, id, shared.clone(), shutdown).await,
+                            Some(handshakes) => match handshakes.accept(stream, peer).await {
+                                Some(stream) => connection(stream, peer, id, shared.clone(), shutdown).await,
+                                None => Ok(()),
+                            },
+                        };
+                        if let Err(e) = served {
                             tracing::info!(%peer, error = %format!("{e:#}"), "closing Kafka connection");
                         }
                         shared.metrics.connection_closed(id);
@@ -166,13 +179,12 @@ pub async fn serve(
 }
 
 async fn connection(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     peer: SocketAddr,
     id: u64,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    stream.set_nodelay(true).ok();
     tracing::debug!(%peer, "Kafka connection opened");
     let mut session = Session::default();
     loop {
@@ -212,7 +224,7 @@ async fn connection(
 /// bytes that arrive. A client must send the body within [`frame_read_timeout`], or a
 /// client that stalls inside a frame would hold request memory for good.
 async fn read_frame(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     size: u32,
     limits: &Limits,
 ) -> Result<(Bytes, RequestMemory)> {

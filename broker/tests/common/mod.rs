@@ -277,6 +277,30 @@ pub fn client_script(name: &str) -> String {
     format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs `tests/clients/<script>` with `python` against the node's Kafka listener; it must
+/// succeed and print `done`. Answers what it printed.
+pub fn run_client(python: &Path, node: &Node, script: &str, args: &[&str], done: &str) -> String {
+    let out = Command::new(python)
+        .arg(client_script(script))
+        .arg(node.kafka.to_string())
+        .args(args)
+        .output()
+        .expect("starting a Python client");
+    let printed = output_text(&out);
+    assert!(out.status.success(), "{script}: {printed}");
+    assert!(printed.contains(done), "{script}: {printed}");
+    printed
+}
+
+/// What a finished command printed, standard output then standard error.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn logged_addr(line: &str) -> SocketAddr {
     line.split("addr=")
         .nth(1)

@@ -1,0 +1,455 @@
+//! TLS on every listener, with clients that verify a CA this test makes: confluent-kafka with
+//! `security.protocol=SSL` and `SASL_SSL` (`clients/tls.py`), kcat, curl `--cacert`, psql
+//! `sslmode=verify-full` and the `weir` CLI with `--ca-cert`. A client that speaks plain text to
+//! a TLS port, or does not trust the node's CA, fails at once with an error that says so; with
+//! `--tls-client-ca`, a client without a certificate from that CA is turned away.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Node, have, output_text, python, run_client, run_with_input};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+const PASSWORD: &str = "a long and secret password";
+
+/// PEM files of a CA, a certificate it signed for the node (`localhost` and `127.0.0.1`), and one
+/// for a client.
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Pki {
+    /// Makes a fresh CA named `name` and its certificates under `dir`.
+    fn new(dir: &Path, name: &str) -> Pki {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, name);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let issue = |names: &[&str], common_name: &str, usage: ExtendedKeyUsagePurpose| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (cert, key) = issue(
+            &["localhost", "127.0.0.1"],
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) = issue(&[], "client", ExtendedKeyUsagePurpose::ClientAuth);
+        let write = |file: &str, pem: &str| {
+            let path = dir.join(format!("{name}-{file}"));
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        Pki {
+            ca: write("ca.pem", &ca.pem()),
+            cert: write("node.pem", &cert),
+            key: write("node.key", &key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+        }
+    }
+
+    /// `weir serve` flags that turn TLS on with this CA's node certificate.
+    fn serve_flags(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+        ]
+    }
+}
+
+fn start(dir: &Path, flags: &[String]) -> Node {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Node::start_with(&dir.join("data"), &flags)
+}
+
+/// `key=value` settings for `clients/tls.py`.
+fn settings(pairs: &[(&str, &Path)]) -> Vec<String> {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.display()))
+        .collect()
+}
+
+fn args<'a>(topic: &'a str, mode: &'a str, settings: &'a [String]) -> Vec<&'a str> {
+    [topic, mode]
+        .into_iter()
+        .chain(settings.iter().map(String::as_str))
+        .collect()
+}
+
+/// The value of a counter line of `/metrics` fetched with curl over TLS.
+fn metric(node: &Node, pki: &Pki, line_start: &str) -> u64 {
+    let out = curl(node, pki, &["/metrics"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics: {text}"))
+}
+
+/// curl to the node's HTTP listener as `https://localhost`, trusting `pki`'s CA and presenting
+/// its client certificate (which a node without `--tls-client-ca` does not ask for).
+fn curl(node: &Node, pki: &Pki, args: &[&str]) -> std::process::Output {
+    let (path, rest) = args.split_first().unwrap();
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&pki.ca)
+        .arg("--cert")
+        .arg(&pki.client_cert)
+        .arg("--key")
+        .arg(&pki.client_key)
+        .args(rest)
+        .arg(format!("https://localhost:{}{path}", node.http.port()))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn kafka_clients_speak_ssl_and_a_plain_text_or_untrusting_client_fails_at_once() {
+    let (Some(python), true) = (python(), have("kcat", "apt-get install kcat")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "weir-test");
+    let stranger = Pki::new(dir.path(), "stranger");
+    let node = start(dir.path(), &pki.serve_flags());
+
+    let ssl = settings(&[("ssl.ca.location", &pki.ca)]);
+    let mut ssl_args = vec!["security.protocol=SSL".to_string()];
+    ssl_args.extend(ssl);
+    run_client(
+        &python,
+        &node,
+        "tls.py",
+        &args("tls-topic", "roundtrip", &ssl_args),
+        "tls ok",
+    );
+
+    // kcat reads back what confluent-kafka wrote, over TLS.
+    let mut kcat = Command::new("kcat");
+    kcat.arg("-b")
+        .arg(format!("localhost:{}", node.kafka.port()))
+        .args(["-X", "security.protocol=ssl", "-X"])
+        .arg(format!("ssl.ca.location={}", pki.ca.display()))
+        .args(["-C", "-t", "tls-topic", "-e", "-q", "-f", "%s\n"]);
+    let out = run_with_input(kcat, "");
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 50);
+
+    // A client that does not trust the node's CA: a verification error, no record delivered.
+    let untrusting = settings(&[("ssl.ca.location", &stranger.ca)]);
+    let mut untrusting_args = vec!["security.protocol=SSL".to_string()];
+    untrusting_args.extend(untrusting);
+    let printed = run_client(
+        &python,
+        &node,
+        "tls.py",
+        &args("tls-topic", "refused", &untrusting_args),
+        "refused:",
+    );
+    assert!(printed.contains("certificate verify failed"), "{printed}");
+
+    // Plain text to the TLS port fails within seconds, and the node says why in its log.
+    let started = Instant::now();
+    let mut plain = Command::new("kcat");
+    plain
+        .arg("-b")
+        .arg(node.kafka.to_string())
+        .args(["-L", "-m", "5"]);
+    let out = run_with_input(plain, "");
+    assert!(!out.status.success(), "plain text listed topics over TLS");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "kcat took {:?} to fail",
+        started.elapsed()
+    );
+    node.wait_for("spoke plain text");
+}
+
+#[test]
+fn sasl_ssl_and_client_certificates_are_enforced() {
+    let Some(python) = python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "weir-test");
+    let stranger = Pki::new(dir.path(), "stranger");
+    let mut flags = pki.serve_flags();
+    flags.extend(["--tls-client-ca".into(), pki.ca.display().to_string()]);
+    flags.extend(["--kafka-auth".into(), "sasl".into()]);
+    let node = start(dir.path(), &flags);
+    // The CLI with and without its certificate.
+    let weir = |extra: &[&Path]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+        command
+            .args(["topic", "list", "--server"])
+            .arg(format!("https://localhost:{}", node.http.port()))
+            .arg("--ca-cert")
+            .arg(&pki.ca);
+        if let [cert, key] = extra {
+            command
+                .arg("--client-cert")
+                .arg(cert)
+                .arg("--client-key")
+                .arg(key);
+        }
+        command.output().unwrap()
+    };
+    let listed = weir(&[&pki.client_cert, &pki.client_key]);
+    assert!(listed.status.success(), "{}", output_text(&listed));
+    let anonymous = weir(&[]);
+    assert!(!anonymous.status.success(), "{}", output_text(&anonymous));
+    let plain_curl = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&pki.ca)
+        .arg(format!("https://localhost:{}/healthz", node.http.port()))
+        .output()
+        .unwrap();
+    assert!(
+        !plain_curl.status.success(),
+        "no client certificate, yet: {}",
+        output_text(&plain_curl)
+    );
+    // curl presents the client certificate.
+    let user = curl(
+        &node,
+        &pki,
+        &[
+            "/v1/users",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &format!("{{\"name\":\"alice\",\"password\":\"{PASSWORD}\"}}"),
+            "-w",
+            " %{http_code}",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&user.stdout).ends_with(" 201"),
+        "{}",
+        output_text(&user)
+    );
+
+    let client_cert = settings(&[
+        ("ssl.ca.location", &pki.ca),
+        ("ssl.certificate.location", &pki.client_cert),
+        ("ssl.key.location", &pki.client_key),
+    ]);
+    let sasl = [
+        "security.protocol=SASL_SSL",
+        "sasl.mechanisms=SCRAM-SHA-512",
+        "sasl.username=alice",
+    ]
+    .map(String::from);
+    let mut roundtrip: Vec<String> = sasl.to_vec();
+    roundtrip.push(format!("sasl.password={PASSWORD}"));
+    roundtrip.extend(client_cert.iter().cloned());
+    run_client(
+        &python,
+        &node,
+        "tls.py",
+        &args("sasl-ssl", "roundtrip", &roundtrip),
+        "tls ok",
+    );
+
+    // Without a client certificate, or with one from another CA: the handshake fails.
+    for (what, certificate) in [
+        ("no client certificate", vec![]),
+        (
+            "a stranger's certificate",
+            settings(&[
+                ("ssl.certificate.location", &stranger.client_cert),
+                ("ssl.key.location", &stranger.client_key),
+            ]),
+        ),
+    ] {
+        let mut refused = sasl.to_vec();
+        refused.push(format!("sasl.password={PASSWORD}"));
+        refused.extend(settings(&[("ssl.ca.location", &pki.ca)]));
+        refused.extend(certificate);
+        let printed = run_client(
+            &python,
+            &node,
+            "tls.py",
+            &args("sasl-ssl", "refused", &refused),
+            "refused:",
+        );
+        assert!(printed.contains("SSL"), "{what}: {printed}");
+    }
+    // The right certificate with the wrong password: TLS passes, SASL refuses.
+    let mut wrong: Vec<String> = sasl.to_vec();
+    wrong.push("sasl.password=guess".into());
+    wrong.extend(client_cert.iter().cloned());
+    let printed = run_client(
+        &python,
+        &node,
+        "tls.py",
+        &args("sasl-ssl", "refused", &wrong),
+        "refused:",
+    );
+    assert!(printed.contains("uthentication failed"), "{printed}");
+    let failures = metric(
+        &node,
+        &pki,
+        "weir_tls_handshake_failures_total{listener=\"kafka\"}",
+    );
+    assert!(failures >= 2, "{failures} Kafka handshake failures counted");
+}
+
+#[test]
+fn http_and_the_cli_speak_https_and_plain_http_is_told_so() {
+    if !have("curl", "apt-get install curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "weir-test");
+    let stranger = Pki::new(dir.path(), "stranger");
+    let node = start(dir.path(), &pki.serve_flags());
+
+    let health = curl(&node, &pki, &["/healthz", "-w", " %{http_code}"]);
+    assert!(health.status.success(), "{}", output_text(&health));
+    assert!(
+        String::from_utf8_lossy(&health.stdout).ends_with(" 200"),
+        "{}",
+        output_text(&health)
+    );
+    let untrusting = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&stranger.ca)
+        .arg(format!("https://localhost:{}/healthz", node.http.port()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        untrusting.status.code(),
+        Some(60),
+        "{}",
+        output_text(&untrusting)
+    );
+
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", " %{http_code}"])
+        .arg(format!("http://{}/healthz", node.http))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        said.contains("speaks HTTPS") && said.ends_with(" 400"),
+        "{}",
+        output_text(&plain)
+    );
+    let failures = metric(
+        &node,
+        &pki,
+        "weir_tls_handshake_failures_total{listener=\"http\"}",
+    );
+    assert!(failures >= 2, "{failures} HTTP handshake failures counted");
+
+    let weir = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .arg("--server")
+            .arg(format!("https://localhost:{}", node.http.port()))
+            .output()
+            .unwrap()
+    };
+    let ca = pki.ca.to_str().unwrap();
+    let created = weir(&["topic", "create", "over-https", "--ca-cert", ca]);
+    assert!(created.status.success(), "{}", output_text(&created));
+    let listed = weir(&["topic", "list", "--ca-cert", ca]);
+    assert!(
+        output_text(&listed).contains("over-https"),
+        "{}",
+        output_text(&listed)
+    );
+    // Without the CA the CLI refuses the node's certificate rather than talk to it.
+    let refused = weir(&["topic", "list"]);
+    assert!(!refused.status.success(), "{}", output_text(&refused));
+}
+
+#[test]
+fn psql_verifies_the_node_and_plain_connections_are_refused() {
+    if !have("psql", "apt-get install postgresql-client") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "weir-test");
+    let node = start(dir.path(), &pki.serve_flags());
+    let psql = |sslmode: &str| {
+        let conninfo = format!(
+            "host=localhost port={} user=weir dbname=weir sslmode={sslmode} sslrootcert={}",
+            node.pg.port(),
+            pki.ca.display()
+        );
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", "SELECT 40 + 2", &conninfo])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap()
+    };
+    let verified = psql("verify-full");
+    assert!(verified.status.success(), "{}", output_text(&verified));
+    assert_eq!(String::from_utf8_lossy(&verified.stdout).trim(), "42");
+    let plain = psql("disable");
+    assert!(!plain.status.success(), "a plain connection ran a query");
+    assert!(
+        output_text(&plain).contains("TLS connections only"),
+        "{}",
+        output_text(&plain)
+    );
+}
+
+#[test]
+fn unreadable_tls_files_stop_the_start_with_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "weir-test");
+    let missing = dir.path().join("missing.pem");
+    let cert = pki.cert.to_str().unwrap();
+    let key = pki.key.to_str().unwrap();
+    for (flags, named) in [
+        (
+            vec!["--tls-cert", missing.to_str().unwrap(), "--tls-key", key],
+            "missing.pem",
+        ),
+        // A certificate given as the key, and a key given as the certificate.
+        (vec!["--tls-cert", cert, "--tls-key", cert], "node.pem"),
+        (vec!["--tls-cert", key, "--tls-key", key], "node.key"),
+        (vec!["--tls-cert", cert], "--tls-key"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--kafka", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["--pg", "off", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(&flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flags:?} started");
+        assert!(
+            output_text(&out).contains(named),
+            "{flags:?}: {}",
+            output_text(&out)
+        );
+    }
+}
