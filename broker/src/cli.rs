@@ -255,6 +255,67 @@ pub fn user_list(c: &Client) -> Result<()> {
     Ok(())
 }
 
+/// `User:<name>` for a bare name; a principal with a type is kept as it is.
+pub fn principal(name: &str) -> String {
+    if name.contains(':') {
+        name.to_string()
+    } else {
+        format!("User:{name}")
+    }
+}
+
+pub fn acl_add(c: &Client, acls: &[crate::acl::Acl]) -> Result<()> {
+    let body = serde_json::to_value(acls).map_err(|e| Error::Invalid(e.to_string()))?;
+    c.call("POST", "/v1/acls", Some(&body))?;
+    for acl in acls {
+        println!("added: {acl}");
+    }
+    Ok(())
+}
+
+fn acl_query(filter: &crate::acl::AclFilter) -> Result<String> {
+    serde_urlencoded::to_string(filter).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// Prints rules as a table.
+fn print_acls(acls: &Value) {
+    println!(
+        "{:<10} {:<24} {:<9} {:<20} {:<16} {:<17} PERMISSION",
+        "RESOURCE", "NAME", "PATTERN", "PRINCIPAL", "HOST", "OPERATION"
+    );
+    for a in acls.as_array().into_iter().flatten() {
+        let field = |k: &str| a[k].as_str().unwrap_or("").to_string();
+        println!(
+            "{:<10} {:<24} {:<9} {:<20} {:<16} {:<17} {}",
+            field("resource_type"),
+            field("resource_name"),
+            field("pattern_type"),
+            field("principal"),
+            field("host"),
+            field("operation"),
+            field("permission")
+        );
+    }
+}
+
+pub fn acl_list(c: &Client, filter: &crate::acl::AclFilter) -> Result<()> {
+    let acls = c.call("GET", &format!("/v1/acls?{}", acl_query(filter)?), None)?;
+    print_acls(&acls);
+    Ok(())
+}
+
+pub fn acl_delete(c: &Client, filter: &crate::acl::AclFilter) -> Result<()> {
+    if filter.is_empty() {
+        return Err(Error::Invalid(
+            "name a principal, a resource or an operation: a delete with no filter would remove every ACL".into(),
+        ));
+    }
+    let gone = c.call("DELETE", &format!("/v1/acls?{}", acl_query(filter)?), None)?;
+    println!("deleted:");
+    print_acls(&gone);
+    Ok(())
+}
+
 pub fn user_delete(c: &Client, name: &str) -> Result<()> {
     c.call("DELETE", &format!("/v1/users/{name}"), None)?;
     println!("deleted user {name}");

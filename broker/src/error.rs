@@ -33,6 +33,12 @@ pub enum Error {
         source: crate::sasl::UserError,
     },
     #[error("{what}: {source}")]
+    Acls {
+        what: String,
+        #[source]
+        source: crate::acl::AclError,
+    },
+    #[error("{what}: {source}")]
     Sql {
         what: String,
         #[source]

@@ -24,6 +24,7 @@ use crate::kafka::groups::GroupError;
 use crate::node::NodeContext;
 use crate::tls::{Handshakes, Listener};
 
+mod acls_api;
 mod runtime_api;
 mod sql_api;
 mod users_api;
@@ -125,6 +126,7 @@ pub async fn serve(
         .merge(runtime_api::routes())
         .merge(sql_api::routes())
         .merge(users_api::routes())
+        .merge(acls_api::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(healthz))

@@ -7,6 +7,7 @@
 //! configured ([`tls`]), and closes every log cleanly on shutdown. This is the only crate that opens sockets, and the only one
 //! that knows Kafka's wire types.
 
+pub mod acl;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use weir_broker::acl::{
+    Acl, AclFilter, Operation, PatternFilter, PatternType, Permission, ResourceType,
+};
 use weir_broker::cli::{self, Client, ConsumeOptions};
 use weir_broker::config::ServeArgs;
 use weir_broker::plugin_cli;
@@ -113,6 +116,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Add, list and delete the ACLs SASL users are checked against.
+    Acl {
+        #[command(subcommand)]
+        command: AclCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List consumer groups with their state and lag.
     Groups {
         #[command(flatten)]
@@ -182,6 +192,97 @@ enum PluginCommand {
     Delete {
         name: String,
     },
+}
+
+/// The resource an ACL command is about.
+#[derive(clap::Args)]
+#[group(multiple = false)]
+struct AclResource {
+    /// A topic; `*` is every topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// A consumer group; `*` is every group.
+    #[arg(long)]
+    group: Option<String>,
+    /// The cluster (creating topics, managing ACLs and users, the broker's configs).
+    #[arg(long)]
+    cluster: bool,
+}
+
+impl AclResource {
+    fn resource(&self) -> Option<(ResourceType, String)> {
+        match (&self.topic, &self.group, self.cluster) {
+            (Some(topic), _, _) => Some((ResourceType::Topic, topic.clone())),
+            (_, Some(group), _) => Some((ResourceType::Group, group.clone())),
+            (_, _, true) => Some((ResourceType::Cluster, weir_broker::acl::CLUSTER_NAME.into())),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum AclCommand {
+    /// Allow (or with --deny, deny) operations on a resource to a principal.
+    Add {
+        /// `User:<name>` (a bare name means a user), or `User:*` for every user.
+        #[arg(long)]
+        principal: String,
+        /// read, write, create, delete, alter, describe, describe_configs, alter_configs,
+        /// idempotent_write or all; repeat for several.
+        #[arg(long = "operation", required = true)]
+        operations: Vec<Operation>,
+        #[command(flatten)]
+        resource: AclResource,
+        /// Match every resource whose name starts with the given name.
+        #[arg(long)]
+        prefixed: bool,
+        /// Deny instead of allow; a deny wins over any allow.
+        #[arg(long)]
+        deny: bool,
+        /// Limit the rule to clients from this IP address.
+        #[arg(long, default_value = "*")]
+        host: String,
+    },
+    /// List the rules, all or those the flags match.
+    List {
+        #[command(flatten)]
+        filter: AclFilterArgs,
+    },
+    /// Delete the rules the flags match.
+    Delete {
+        #[command(flatten)]
+        filter: AclFilterArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct AclFilterArgs {
+    /// Rules of this principal (a bare name means a user).
+    #[arg(long)]
+    principal: Option<String>,
+    /// Rules of this operation.
+    #[arg(long)]
+    operation: Option<Operation>,
+    #[command(flatten)]
+    resource: AclResource,
+    /// With a resource: rules that apply to it (literal, `*` and prefixes), not only rules
+    /// named exactly so.
+    #[arg(long)]
+    matching: bool,
+}
+
+impl AclFilterArgs {
+    fn filter(&self) -> AclFilter {
+        let resource = self.resource.resource();
+        AclFilter {
+            resource_type: resource.as_ref().map(|(t, _)| *t),
+            resource_name: resource.map(|(_, name)| name),
+            pattern_type: self.matching.then_some(PatternFilter::Match),
+            principal: self.principal.as_deref().map(cli::principal),
+            operation: self.operation,
+            ..AclFilter::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -317,10 +418,53 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::User { command, remote } => Ok(user_command(command, &remote.client()?)?),
+        Command::Acl { command, remote } => Ok(acl_command(command, &remote.client()?)?),
         Command::Groups { remote } => Ok(cli::groups(&remote.client()?)?),
         Command::Sql { statement, remote } => Ok(sql_command(statement, &remote.client()?)?),
         Command::Plugin { command, remote } => Ok(plugin_command(command, &remote.client()?)?),
         Command::Pipeline { command, remote } => Ok(pipeline_command(command, &remote.client()?)?),
+    }
+}
+
+fn acl_command(command: AclCommand, c: &Client) -> weir_broker::error::Result<()> {
+    match command {
+        AclCommand::Add {
+            principal,
+            operations,
+            resource,
+            prefixed,
+            deny,
+            host,
+        } => {
+            let Some((resource_type, resource_name)) = resource.resource() else {
+                return Err(weir_broker::error::Error::Invalid(
+                    "name the resource: --topic NAME, --group NAME or --cluster".into(),
+                ));
+            };
+            let acls: Vec<Acl> = operations
+                .into_iter()
+                .map(|operation| Acl {
+                    resource_type,
+                    resource_name: resource_name.clone(),
+                    pattern_type: if prefixed {
+                        PatternType::Prefixed
+                    } else {
+                        PatternType::Literal
+                    },
+                    principal: cli::principal(&principal),
+                    host: host.clone(),
+                    operation,
+                    permission: if deny {
+                        Permission::Deny
+                    } else {
+                        Permission::Allow
+                    },
+                })
+                .collect();
+            cli::acl_add(c, &acls)
+        }
+        AclCommand::List { filter } => cli::acl_list(c, &filter.filter()),
+        AclCommand::Delete { filter } => cli::acl_delete(c, &filter.filter()),
     }
 }
 

@@ -24,6 +24,10 @@ pub struct NodeContext {
     pub limits: Arc<Limits>,
     /// The users SASL authenticates.
     pub users: Arc<crate::sasl::Users>,
+    /// Who may do what, for SASL users.
+    pub acls: Arc<crate::acl::Acls>,
+    /// Users who pass every ACL check.
+    pub super_users: Arc<[String]>,
     /// Woken whenever any partition gets new readable records; long-polling fetches wait on it.
     pub appended: Arc<Notify>,
 }
@@ -148,6 +152,12 @@ impl NodeContext {
                 "Users SASL authenticates",
                 self.users.count() as u64,
                 crate::sasl::USERS_MAX as u64,
+            ),
+            bound(
+                "acls",
+                "ACL rules",
+                self.acls.count() as u64,
+                crate::acl::ACLS_MAX as u64,
             ),
             bound(
                 "open_segments",

@@ -310,7 +310,13 @@ fn node_context(
         what: "opening the users".into(),
         source: e,
     })?;
+    let acls = crate::acl::Acls::open(storage.meta()).map_err(|e| Error::Acls {
+        what: "opening the ACLs".into(),
+        source: e,
+    })?;
     Ok(NodeContext {
+        acls: Arc::new(acls),
+        super_users: config.super_users.clone().into(),
         storage,
         groups,
         metrics,

@@ -15,7 +15,27 @@ use common::{Node, have, output_text as text, python, run_client, run_with_input
 const PASSWORD: &str = "correct horse battery staple";
 
 fn start(dir: &std::path::Path) -> Node {
-    Node::start_with(dir, &["--kafka-auth", "sasl"])
+    let node = Node::start_with(dir, &["--kafka-auth", "sasl"]);
+    allow_everything(&node);
+    node
+}
+
+/// ACLs that let every user do anything with topics and groups: these tests are about who
+/// gets in, `acls.rs` about what they may do once in.
+fn allow_everything(node: &Node) {
+    for resource in ["--topic", "--group"] {
+        let args = [
+            "acl",
+            "add",
+            "--principal",
+            "User:*",
+            "--operation",
+            "all",
+            resource,
+            "*",
+        ];
+        weir_ok(node, &args, "");
+    }
 }
 
 fn weir(node: &Node, args: &[&str], input: &str) -> Output {
@@ -199,6 +219,7 @@ fn confluent_kafka_admin_manages_credentials_as_a_super_user_only() {
         dir.path(),
         &["--kafka-auth", "sasl", "--super-users", "root"],
     );
+    allow_everything(&node);
     weir_ok(&node, &["user", "add", "root", "--password", PASSWORD], "");
     weir_ok(&node, &["user", "add", "erin", "--password", "erin's"], "");
     let args = ["root", PASSWORD, "erin", "erin's"];

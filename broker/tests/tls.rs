@@ -252,6 +252,26 @@ fn sasl_ssl_and_client_certificates_are_enforced() {
         "{}",
         output_text(&user)
     );
+    let rules = r#"[{"resource_type":"topic","resource_name":"sasl-ssl","principal":"User:alice","operation":"all"},
+                    {"resource_type":"group","resource_name":"sasl-ssl-group","principal":"User:alice","operation":"read"}]"#;
+    let granted = curl(
+        &node,
+        &pki,
+        &[
+            "/v1/acls",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            rules,
+            "-w",
+            " %{http_code}",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&granted.stdout).ends_with(" 201"),
+        "{}",
+        output_text(&granted)
+    );
 
     let client_cert = settings(&[
         ("ssl.ca.location", &pki.ca),

@@ -22,7 +22,10 @@ use kafka_protocol::protocol::StrBytes;
 use weir_storage::{StorageError, TopicMeta};
 
 use super::Shared;
-use super::handlers::{CLUSTER_ID, NODE_ID, config_map, error_code, error_message, topic_id};
+use super::handlers::{
+    CLUSTER_ID, NODE_ID, config_map, denial, error_code, error_message, topic_id,
+};
+use crate::acl::{CLUSTER_NAME, Caller, Operation, ResourceType};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -37,6 +40,21 @@ fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
+/// The ACL check of a config operation on a resource of a config request: a topic, or the
+/// broker (the cluster resource, as in Kafka).
+fn check_configs(
+    caller: &Caller,
+    operation: Operation,
+    resource_type: i8,
+    name: &str,
+) -> Result<(), (i16, Option<StrBytes>)> {
+    let checked = match resource_type {
+        RESOURCE_TOPIC => caller.check(operation, ResourceType::Topic, name),
+        _ => caller.check(operation, ResourceType::Cluster, CLUSTER_NAME),
+    };
+    checked.map_err(|denied| denial(&denied))
+}
+
 /// Error code and message of a failed operation.
 fn failure(e: &StorageError) -> (i16, Option<StrBytes>) {
     (error_code(e), Some(error_message(e.to_string())))
@@ -46,6 +64,7 @@ pub(crate) fn delete_topics(
     shared: &Shared,
     request: DeleteTopicsRequest,
     version: i16,
+    caller: &Caller,
 ) -> DeleteTopicsResponse {
     // v6 names topics by name or id; older versions by name only.
     let mut targets: Vec<(Option<String>, uuid::Uuid)> = request
@@ -75,13 +94,15 @@ pub(crate) fn delete_topics(
             result.topic_id = id;
         }
         let outcome = match &name {
-            Some(n) => shared.storage.delete_topic(n),
-            None => Err(StorageError::UnknownTopic {
+            Some(n) => match caller.check(Operation::Delete, ResourceType::Topic, n) {
+                Ok(()) => shared.storage.delete_topic(n).map_err(|e| failure(&e)),
+                Err(denied) => Err(denial(&denied)),
+            },
+            None => Err(failure(&StorageError::UnknownTopic {
                 name: id.to_string(),
-            }),
+            })),
         };
-        if let Err(e) = outcome {
-            let (code, message) = failure(&e);
+        if let Err((code, message)) = outcome {
             result.error_code = code;
             if version >= 5 {
                 result.error_message = message;
@@ -95,12 +116,18 @@ pub(crate) fn delete_topics(
 pub(crate) fn create_partitions(
     shared: &Shared,
     request: CreatePartitionsRequest,
+    caller: &Caller,
 ) -> CreatePartitionsResponse {
     let mut response = CreatePartitionsResponse::default();
     for topic in request.topics {
         let name = topic.name.0.to_string();
         let mut result = CreatePartitionsTopicResult::default();
         result.name = topic.name.clone();
+        if let Err(denied) = caller.check(Operation::Alter, ResourceType::Topic, &name) {
+            (result.error_code, result.error_message) = denial(&denied);
+            response.results.push(result);
+            continue;
+        }
         let outcome = u32::try_from(topic.count)
             .map_err(|_| StorageError::PartitionCount {
                 name: name.clone(),
@@ -158,12 +185,23 @@ fn describe_topic(
 pub(crate) fn describe_configs(
     shared: &Shared,
     request: DescribeConfigsRequest,
+    caller: &Caller,
 ) -> DescribeConfigsResponse {
     let mut response = DescribeConfigsResponse::default();
     for resource in request.resources {
         let mut result = DescribeConfigsResult::default();
         result.resource_type = resource.resource_type;
         result.resource_name = resource.resource_name.clone();
+        if let Err(refused) = check_configs(
+            caller,
+            Operation::DescribeConfigs,
+            resource.resource_type,
+            &resource.resource_name,
+        ) {
+            (result.error_code, result.error_message) = refused;
+            response.results.push(result);
+            continue;
+        }
         let keys: Option<Vec<String>> = resource
             .configuration_keys
             .map(|k| k.iter().map(|s| s.to_string()).collect());
@@ -215,12 +253,26 @@ fn not_a_topic(resource_type: i8) -> StorageError {
     }
 }
 
-pub(crate) fn alter_configs(shared: &Shared, request: AlterConfigsRequest) -> AlterConfigsResponse {
+pub(crate) fn alter_configs(
+    shared: &Shared,
+    request: AlterConfigsRequest,
+    caller: &Caller,
+) -> AlterConfigsResponse {
     let mut response = AlterConfigsResponse::default();
     for resource in request.resources {
         let mut result = AlterConfigsResourceResponse::default();
         result.resource_type = resource.resource_type;
         result.resource_name = resource.resource_name.clone();
+        if let Err(refused) = check_configs(
+            caller,
+            Operation::AlterConfigs,
+            resource.resource_type,
+            &resource.resource_name,
+        ) {
+            (result.error_code, result.error_message) = refused;
+            response.responses.push(result);
+            continue;
+        }
         // AlterConfigs replaces the whole set: keys left out return to their defaults.
         let configs = config_map(resource.configs.iter().map(|c| (&c.name, c.value.as_ref())));
         let outcome = if resource.resource_type == RESOURCE_TOPIC {
@@ -244,12 +296,23 @@ pub(crate) fn alter_configs(shared: &Shared, request: AlterConfigsRequest) -> Al
 pub(crate) fn incremental_alter_configs(
     shared: &Shared,
     request: IncrementalAlterConfigsRequest,
+    caller: &Caller,
 ) -> IncrementalAlterConfigsResponse {
     let mut response = IncrementalAlterConfigsResponse::default();
     for resource in request.resources {
         let mut result = IncrementalResult::default();
         result.resource_type = resource.resource_type;
         result.resource_name = resource.resource_name.clone();
+        if let Err(refused) = check_configs(
+            caller,
+            Operation::AlterConfigs,
+            resource.resource_type,
+            &resource.resource_name,
+        ) {
+            (result.error_code, result.error_message) = refused;
+            response.responses.push(result);
+            continue;
+        }
         let name = resource.resource_name.to_string();
         let outcome = if resource.resource_type != RESOURCE_TOPIC {
             Err(not_a_topic(resource.resource_type))

@@ -33,6 +33,8 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::Shared;
 use super::groups::{CommittedOffset, GroupError, JoinOutcome, JoinRequest, Reply, SyncOutcome};
+use super::handlers::denial;
+use crate::acl::{Caller, Operation, ResourceType};
 
 /// The Kafka error code for a coordinator's refusal.
 pub(crate) fn group_error_code(e: GroupError) -> i16 {
@@ -72,27 +74,31 @@ pub(crate) fn find_coordinator(
     shared: &Shared,
     request: FindCoordinatorRequest,
     version: i16,
+    caller: &Caller,
 ) -> FindCoordinatorResponse {
     let (host, port) = &shared.config.advertised;
     let mut response = FindCoordinatorResponse::default();
-    let error = if request.key_type == KEY_TYPE_GROUP {
-        0
-    } else {
-        // Transaction coordinators come with transactions.
-        ResponseError::CoordinatorNotAvailable.code()
+    let error = |key: &str| {
+        if request.key_type != KEY_TYPE_GROUP {
+            // Transaction coordinators come with transactions.
+            return ResponseError::CoordinatorNotAvailable.code();
+        }
+        caller
+            .check(Operation::Describe, ResourceType::Group, key)
+            .map_or_else(|denied| denial(&denied).0, |()| 0)
     };
     if version >= 4 {
-        for key in request.coordinator_keys {
+        for key in &request.coordinator_keys {
             let mut c = CoordinatorEntry::default();
-            c.key = key;
+            c.key = key.clone();
             c.node_id = BrokerId(super::handlers::NODE_ID);
             c.host = text(host.clone());
             c.port = i32::from(*port);
-            c.error_code = error;
+            c.error_code = error(key);
             response.coordinators.push(c);
         }
     } else {
-        response.error_code = error;
+        response.error_code = error(&request.key);
         response.node_id = BrokerId(super::handlers::NODE_ID);
         response.host = text(host.clone());
         response.port = i32::from(*port);
@@ -197,8 +203,16 @@ pub(crate) async fn sync_group(
     response
 }
 
-pub(crate) fn heartbeat(shared: &Shared, request: HeartbeatRequest) -> HeartbeatResponse {
+pub(crate) fn heartbeat(
+    shared: &Shared,
+    request: HeartbeatRequest,
+    caller: &Caller,
+) -> HeartbeatResponse {
     let mut response = HeartbeatResponse::default();
+    if let Err(denied) = caller.check(Operation::Read, ResourceType::Group, &request.group_id) {
+        response.error_code = denial(&denied).0;
+        return response;
+    }
     response.error_code = code(shared.groups.heartbeat(
         &request.group_id.0,
         &request.member_id,
@@ -211,7 +225,13 @@ pub(crate) fn leave_group(
     shared: &Shared,
     request: LeaveGroupRequest,
     version: i16,
+    caller: &Caller,
 ) -> LeaveGroupResponse {
+    if let Err(denied) = caller.check(Operation::Read, ResourceType::Group, &request.group_id) {
+        let mut response = LeaveGroupResponse::default();
+        response.error_code = denial(&denied).0;
+        return response;
+    }
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         request
             .members
@@ -242,24 +262,37 @@ pub(crate) fn leave_group(
     response
 }
 
-pub(crate) fn offset_commit(shared: &Shared, request: OffsetCommitRequest) -> OffsetCommitResponse {
+pub(crate) fn offset_commit(
+    shared: &Shared,
+    request: OffsetCommitRequest,
+    caller: &Caller,
+) -> OffsetCommitResponse {
     let group = request.group_id.0.to_string();
-    let check = shared.groups.commit_check(
-        &group,
-        &request.member_id,
-        request.generation_id_or_member_epoch,
-    );
+    let check = match caller.check(Operation::Read, ResourceType::Group, &group) {
+        Err(denied) => Err(denial(&denied).0),
+        Ok(()) => shared
+            .groups
+            .commit_check(
+                &group,
+                &request.member_id,
+                request.generation_id_or_member_epoch,
+            )
+            .map_err(group_error_code),
+    };
     let now = weir_storage::now_ms();
     let mut response = OffsetCommitResponse::default();
     for topic in request.topics {
         let name = topic.name.0.to_string();
         let mut t = OffsetCommitResponseTopic::default();
         t.name = topic.name.clone();
+        let allowed = caller.check(Operation::Read, ResourceType::Topic, &name);
         for p in topic.partitions {
             let mut r = OffsetCommitResponsePartition::default();
             r.partition_index = p.partition_index;
-            r.error_code = if let Err(e) = check {
-                group_error_code(e)
+            r.error_code = if let Err(code) = check {
+                code
+            } else if let Err(denied) = &allowed {
+                denial(denied).0
             } else if shared
                 .storage
                 .log(&name, p.partition_index.max(0) as u32)
@@ -295,7 +328,11 @@ fn fetch_group_offsets(
     shared: &Shared,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    caller: &Caller,
 ) -> Result<Vec<FetchedTopic>, i16> {
+    if let Err(denied) = caller.check(Operation::Describe, ResourceType::Group, group) {
+        return Err(denial(&denied).0);
+    }
     let storage_error = |e: weir_storage::StorageError| {
         tracing::error!(group, error = %e, "reading committed offsets failed");
         ResponseError::KafkaStorageError.code()
@@ -304,11 +341,15 @@ fn fetch_group_offsets(
         Some(topics) => topics
             .into_iter()
             .map(|(topic, partitions)| {
+                let allowed = caller.check(Operation::Describe, ResourceType::Topic, &topic);
                 let entries = partitions
                     .into_iter()
-                    .map(|p| {
-                        let committed = shared.groups.committed(group, &topic, p)?;
-                        Ok((p, committed, 0))
+                    .map(|p| match &allowed {
+                        Err(denied) => Ok((p, None, denial(denied).0)),
+                        Ok(()) => {
+                            let committed = shared.groups.committed(group, &topic, p)?;
+                            Ok((p, committed, 0))
+                        }
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(storage_error)?;
@@ -320,9 +361,13 @@ fn fetch_group_offsets(
                 String,
                 Vec<(i32, Option<CommittedOffset>, i16)>,
             > = std::collections::BTreeMap::new();
+            // All topics: those the caller may not describe are left out.
             for (topic, partition, offset) in
                 shared.groups.committed_all(group).map_err(storage_error)?
             {
+                if !caller.may(Operation::Describe, ResourceType::Topic, &topic) {
+                    continue;
+                }
                 by_topic
                     .entry(topic)
                     .or_default()
@@ -349,6 +394,7 @@ pub(crate) fn offset_fetch(
     shared: &Shared,
     request: OffsetFetchRequest,
     version: i16,
+    caller: &Caller,
 ) -> OffsetFetchResponse {
     let mut response = OffsetFetchResponse::default();
     if version >= 8 {
@@ -360,7 +406,7 @@ pub(crate) fn offset_fetch(
                     .map(|t| (t.name.0.to_string(), t.partition_indexes))
                     .collect()
             });
-            match fetch_group_offsets(shared, &g.group_id.0, topics) {
+            match fetch_group_offsets(shared, &g.group_id.0, topics, caller) {
                 Ok(topics) => {
                     for (name, partitions) in topics {
                         let mut t = OffsetFetchResponseTopics::default();
@@ -386,7 +432,7 @@ pub(crate) fn offset_fetch(
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    match fetch_group_offsets(shared, &request.group_id.0, topics) {
+    match fetch_group_offsets(shared, &request.group_id.0, topics, caller) {
         Ok(topics) => {
             for (name, partitions) in topics {
                 let mut t = OffsetFetchResponseTopic::default();
@@ -414,6 +460,7 @@ pub(crate) fn list_groups(
     shared: &Shared,
     request: ListGroupsRequest,
     version: i16,
+    caller: &Caller,
 ) -> ListGroupsResponse {
     let mut response = ListGroupsResponse::default();
     let groups = match shared.groups.list() {
@@ -425,6 +472,9 @@ pub(crate) fn list_groups(
         }
     };
     for g in groups {
+        if !caller.may(Operation::Describe, ResourceType::Group, &g.group) {
+            continue;
+        }
         let state = g.state.name();
         if !request.states_filter.is_empty()
             && !request
@@ -452,9 +502,17 @@ pub(crate) fn describe_groups(
     shared: &Shared,
     request: DescribeGroupsRequest,
     version: i16,
+    caller: &Caller,
 ) -> DescribeGroupsResponse {
     let mut response = DescribeGroupsResponse::default();
     for id in request.groups {
+        if let Err(denied) = caller.check(Operation::Describe, ResourceType::Group, &id) {
+            let mut d = DescribedGroup::default();
+            d.group_id = id.clone();
+            d.error_code = denial(&denied).0;
+            response.groups.push(d);
+            continue;
+        }
         let g = shared.groups.describe(&id.0);
         let mut d = DescribedGroup::default();
         d.group_id = id.clone();
@@ -478,30 +536,49 @@ pub(crate) fn describe_groups(
     response
 }
 
-pub(crate) fn delete_groups(shared: &Shared, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub(crate) fn delete_groups(
+    shared: &Shared,
+    request: DeleteGroupsRequest,
+    caller: &Caller,
+) -> DeleteGroupsResponse {
     let mut response = DeleteGroupsResponse::default();
     for id in request.groups_names {
         let mut r = DeletableGroupResult::default();
-        r.error_code = code(shared.groups.delete(&id.0));
+        r.error_code = match caller.check(Operation::Delete, ResourceType::Group, &id) {
+            Err(denied) => denial(&denied).0,
+            Ok(()) => code(shared.groups.delete(&id.0)),
+        };
         r.group_id = id;
         response.results.push(r);
     }
     response
 }
 
-pub(crate) fn offset_delete(shared: &Shared, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
+pub(crate) fn offset_delete(
+    shared: &Shared,
+    request: OffsetDeleteRequest,
+    caller: &Caller,
+) -> OffsetDeleteResponse {
     let mut response = OffsetDeleteResponse::default();
+    if let Err(denied) = caller.check(Operation::Delete, ResourceType::Group, &request.group_id) {
+        response.error_code = denial(&denied).0;
+        return response;
+    }
     for topic in request.topics {
         let mut t = OffsetDeleteResponseTopic::default();
         t.name = topic.name.clone();
+        let allowed = caller.check(Operation::Read, ResourceType::Topic, &topic.name);
         for p in topic.partitions {
             let mut r = OffsetDeleteResponsePartition::default();
             r.partition_index = p.partition_index;
-            r.error_code = code(shared.groups.delete_offset(
-                &request.group_id.0,
-                &topic.name.0,
-                p.partition_index,
-            ));
+            r.error_code = match &allowed {
+                Err(denied) => denial(denied).0,
+                Ok(()) => code(shared.groups.delete_offset(
+                    &request.group_id.0,
+                    &topic.name.0,
+                    p.partition_index,
+                )),
+            };
             t.partitions.push(r);
         }
         response.topics.push(t);

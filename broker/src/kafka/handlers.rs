@@ -19,14 +19,16 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
-    FetchResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    ProducerId, RequestHeader, RequestKind, ResponseKind, TopicName,
+    FetchResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, ProducerId, RequestHeader, RequestKind, ResponseKind, SyncGroupResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use weir_storage::{BatchError, StorageError, TopicMeta};
 
-use super::{Shared, admin_api, group_api};
+use super::{Shared, acl_api, admin_api, group_api};
+use crate::acl::{CLUSTER_NAME, Caller, Denied, Operation, ResourceType};
 use crate::error::{Error, Result, task};
 
 /// The only broker of a single-node cluster.
@@ -41,7 +43,7 @@ pub const FETCH_BYTES_MAX: u64 = 57_671_680;
 
 /// Every API this broker serves, with the versions it implements; ApiVersions advertises
 /// exactly these.
-const SUPPORTED: [(ApiKey, i16, i16); 28] = [
+const SUPPORTED: [(ApiKey, i16, i16); 31] = [
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
@@ -70,6 +72,9 @@ const SUPPORTED: [(ApiKey, i16, i16); 28] = [
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 /// The versions of `key` this broker implements; `None` for APIs it does not serve.
@@ -88,11 +93,17 @@ pub(crate) async fn handle(
     request: Option<RequestKind>,
     header: &RequestHeader,
     peer: std::net::SocketAddr,
+    caller: Caller,
 ) -> Result<Option<ResponseKind>> {
     let version = header.request_api_version;
     let response = match request {
-        Some(RequestKind::Fetch(r)) => ResponseKind::Fetch(fetch(shared, r).await),
+        Some(RequestKind::Fetch(r)) => ResponseKind::Fetch(fetch(shared, r, &caller).await),
         Some(RequestKind::JoinGroup(r)) => {
+            if let Err(denied) = caller.check(Operation::Read, ResourceType::Group, &r.group_id) {
+                let mut response = JoinGroupResponse::default();
+                response.error_code = denial(&denied).0;
+                return Ok(Some(ResponseKind::JoinGroup(response)));
+            }
             let client_id = header
                 .client_id
                 .as_ref()
@@ -102,13 +113,20 @@ pub(crate) async fn handle(
             ResponseKind::JoinGroup(group_api::join_group(shared, r, client, version).await)
         }
         Some(RequestKind::SyncGroup(r)) => {
+            if let Err(denied) = caller.check(Operation::Read, ResourceType::Group, &r.group_id) {
+                let mut response = SyncGroupResponse::default();
+                response.error_code = denial(&denied).0;
+                return Ok(Some(ResponseKind::SyncGroup(response)));
+            }
             ResponseKind::SyncGroup(group_api::sync_group(shared, r, version).await)
         }
         request => {
             let shared = shared.clone();
             let version = header.request_api_version;
             return tokio::task::spawn_blocking(move || {
-                weir_storage::reactor::blocking(|| handle_blocking(&shared, request, version))
+                weir_storage::reactor::blocking(|| {
+                    handle_blocking(&shared, request, version, &caller)
+                })
             })
             .await
             .map_err(task("answering a request"))?;
@@ -122,65 +140,81 @@ fn handle_blocking(
     shared: &Shared,
     request: Option<RequestKind>,
     version: i16,
+    caller: &Caller,
 ) -> Result<Option<ResponseKind>> {
     let response = match request {
         None => ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
         Some(RequestKind::ApiVersions(_)) => ResponseKind::ApiVersions(api_versions(0)),
-        Some(RequestKind::Metadata(r)) => ResponseKind::Metadata(metadata(shared, r, version)),
+        Some(RequestKind::Metadata(r)) => {
+            ResponseKind::Metadata(metadata(shared, r, version, caller))
+        }
         Some(RequestKind::Produce(r)) => {
             let acks = r.acks;
-            let response = produce(shared, r);
+            let response = produce(shared, r, caller);
             if acks == 0 {
                 return Ok(None);
             }
             ResponseKind::Produce(response)
         }
-        Some(RequestKind::ListOffsets(r)) => ResponseKind::ListOffsets(list_offsets(shared, r)),
+        Some(RequestKind::ListOffsets(r)) => {
+            ResponseKind::ListOffsets(list_offsets(shared, r, caller))
+        }
         Some(RequestKind::CreateTopics(r)) => {
-            ResponseKind::CreateTopics(create_topics(shared, r, version))
+            ResponseKind::CreateTopics(create_topics(shared, r, version, caller))
         }
         Some(RequestKind::InitProducerId(r)) => {
-            ResponseKind::InitProducerId(init_producer_id(shared, r))
+            ResponseKind::InitProducerId(init_producer_id(shared, r, caller))
         }
         Some(RequestKind::FindCoordinator(r)) => {
-            ResponseKind::FindCoordinator(group_api::find_coordinator(shared, r, version))
+            ResponseKind::FindCoordinator(group_api::find_coordinator(shared, r, version, caller))
         }
-        Some(RequestKind::Heartbeat(r)) => ResponseKind::Heartbeat(group_api::heartbeat(shared, r)),
+        Some(RequestKind::Heartbeat(r)) => {
+            ResponseKind::Heartbeat(group_api::heartbeat(shared, r, caller))
+        }
         Some(RequestKind::LeaveGroup(r)) => {
-            ResponseKind::LeaveGroup(group_api::leave_group(shared, r, version))
+            ResponseKind::LeaveGroup(group_api::leave_group(shared, r, version, caller))
         }
         Some(RequestKind::OffsetCommit(r)) => {
-            ResponseKind::OffsetCommit(group_api::offset_commit(shared, r))
+            ResponseKind::OffsetCommit(group_api::offset_commit(shared, r, caller))
         }
         Some(RequestKind::OffsetFetch(r)) => {
-            ResponseKind::OffsetFetch(group_api::offset_fetch(shared, r, version))
+            ResponseKind::OffsetFetch(group_api::offset_fetch(shared, r, version, caller))
         }
         Some(RequestKind::ListGroups(r)) => {
-            ResponseKind::ListGroups(group_api::list_groups(shared, r, version))
+            ResponseKind::ListGroups(group_api::list_groups(shared, r, version, caller))
         }
         Some(RequestKind::DescribeGroups(r)) => {
-            ResponseKind::DescribeGroups(group_api::describe_groups(shared, r, version))
+            ResponseKind::DescribeGroups(group_api::describe_groups(shared, r, version, caller))
         }
         Some(RequestKind::DeleteGroups(r)) => {
-            ResponseKind::DeleteGroups(group_api::delete_groups(shared, r))
+            ResponseKind::DeleteGroups(group_api::delete_groups(shared, r, caller))
         }
         Some(RequestKind::OffsetDelete(r)) => {
-            ResponseKind::OffsetDelete(group_api::offset_delete(shared, r))
+            ResponseKind::OffsetDelete(group_api::offset_delete(shared, r, caller))
         }
         Some(RequestKind::DeleteTopics(r)) => {
-            ResponseKind::DeleteTopics(admin_api::delete_topics(shared, r, version))
+            ResponseKind::DeleteTopics(admin_api::delete_topics(shared, r, version, caller))
         }
         Some(RequestKind::CreatePartitions(r)) => {
-            ResponseKind::CreatePartitions(admin_api::create_partitions(shared, r))
+            ResponseKind::CreatePartitions(admin_api::create_partitions(shared, r, caller))
         }
         Some(RequestKind::DescribeConfigs(r)) => {
-            ResponseKind::DescribeConfigs(admin_api::describe_configs(shared, r))
+            ResponseKind::DescribeConfigs(admin_api::describe_configs(shared, r, caller))
         }
         Some(RequestKind::AlterConfigs(r)) => {
-            ResponseKind::AlterConfigs(admin_api::alter_configs(shared, r))
+            ResponseKind::AlterConfigs(admin_api::alter_configs(shared, r, caller))
         }
-        Some(RequestKind::IncrementalAlterConfigs(r)) => {
-            ResponseKind::IncrementalAlterConfigs(admin_api::incremental_alter_configs(shared, r))
+        Some(RequestKind::IncrementalAlterConfigs(r)) => ResponseKind::IncrementalAlterConfigs(
+            admin_api::incremental_alter_configs(shared, r, caller),
+        ),
+        Some(RequestKind::CreateAcls(r)) => {
+            ResponseKind::CreateAcls(acl_api::create_acls(shared, r, caller))
+        }
+        Some(RequestKind::DescribeAcls(r)) => {
+            ResponseKind::DescribeAcls(acl_api::describe_acls(shared, r, caller))
+        }
+        Some(RequestKind::DeleteAcls(r)) => {
+            ResponseKind::DeleteAcls(acl_api::delete_acls(shared, r, caller))
         }
         Some(RequestKind::DescribeCluster(r)) => {
             ResponseKind::DescribeCluster(admin_api::describe_cluster(shared, r))
@@ -244,6 +278,24 @@ pub(crate) fn error_message(message: impl Into<String>) -> StrBytes {
     StrBytes::from_string(message)
 }
 
+/// Kafka's error code and message for a refusal by the ACLs.
+pub(crate) fn denial(denied: &Denied) -> (i16, Option<StrBytes>) {
+    let code = match denied.resource_type {
+        ResourceType::Topic => ResponseError::TopicAuthorizationFailed,
+        ResourceType::Group => ResponseError::GroupAuthorizationFailed,
+        ResourceType::Cluster => ResponseError::ClusterAuthorizationFailed,
+    };
+    (code.code(), Some(error_message(denied.to_string())))
+}
+
+/// Whether the caller may create topic `name`: CREATE on the cluster or on the topic.
+pub(crate) fn check_create(caller: &Caller, name: &str) -> Result<(), Denied> {
+    if caller.may(Operation::Create, ResourceType::Cluster, CLUSTER_NAME) {
+        return Ok(());
+    }
+    caller.check(Operation::Create, ResourceType::Topic, name)
+}
+
 /// The Kafka error code for a storage error.
 pub(crate) fn error_code(e: &StorageError) -> i16 {
     match e {
@@ -283,12 +335,16 @@ pub(crate) fn config_map<'a>(
         .collect()
 }
 
-/// The topic, created on first use when the listener allows it.
-fn topic_or_create(shared: &Shared, name: &str) -> Result<TopicMeta, StorageError> {
+/// The topic, created on first use when the listener allows it and the caller may create it.
+fn topic_or_create(
+    shared: &Shared,
+    name: &str,
+    caller: &Caller,
+) -> Result<TopicMeta, StorageError> {
     if let Some(meta) = shared.storage.topic(name)? {
         return Ok(meta);
     }
-    if !shared.config.auto_create_topics {
+    if !shared.config.auto_create_topics || check_create(caller, name).is_err() {
         return Err(StorageError::UnknownTopic {
             name: name.to_string(),
         });
@@ -304,7 +360,12 @@ fn topic_or_create(shared: &Shared, name: &str) -> Result<TopicMeta, StorageErro
     }
 }
 
-fn metadata(shared: &Shared, request: MetadataRequest, version: i16) -> MetadataResponse {
+fn metadata(
+    shared: &Shared,
+    request: MetadataRequest,
+    version: i16,
+    caller: &Caller,
+) -> MetadataResponse {
     let mut response = MetadataResponse::default();
     let mut broker = MetadataResponseBroker::default();
     broker.node_id = BrokerId(NODE_ID);
@@ -315,9 +376,13 @@ fn metadata(shared: &Shared, request: MetadataRequest, version: i16) -> Metadata
     response.controller_id = BrokerId(NODE_ID);
 
     let names: Vec<(String, bool)> = match request.topics {
-        // All topics; never auto-created.
+        // All topics the caller may describe; never auto-created.
         None => match shared.storage.list_topics() {
-            Ok(topics) => topics.into_iter().map(|t| (t.name, false)).collect(),
+            Ok(topics) => topics
+                .into_iter()
+                .filter(|t| caller.may(Operation::Describe, ResourceType::Topic, &t.name))
+                .map(|t| (t.name, false))
+                .collect(),
             Err(e) => {
                 tracing::error!(error = %e, "listing topics for Metadata failed");
                 Vec::new()
@@ -334,8 +399,13 @@ fn metadata(shared: &Shared, request: MetadataRequest, version: i16) -> Metadata
     for (name, create) in names {
         let mut topic = MetadataResponseTopic::default();
         topic.name = Some(TopicName(StrBytes::from_string(name.clone())));
+        if let Err(denied) = caller.check(Operation::Describe, ResourceType::Topic, &name) {
+            topic.error_code = denial(&denied).0;
+            response.topics.push(topic);
+            continue;
+        }
         let found = if create {
-            topic_or_create(shared, &name)
+            topic_or_create(shared, &name, caller)
         } else {
             shared.storage.existing_topic(&name)
         };
@@ -366,14 +436,18 @@ fn metadata(shared: &Shared, request: MetadataRequest, version: i16) -> Metadata
     response
 }
 
-fn produce(shared: &Shared, request: ProduceRequest) -> ProduceResponse {
+fn produce(shared: &Shared, request: ProduceRequest, caller: &Caller) -> ProduceResponse {
     let mut response = ProduceResponse::default();
     let transactional = request.transactional_id.is_some();
     for topic_data in request.topic_data {
         let name = topic_data.name.0.to_string();
         let mut topic_response = TopicProduceResponse::default();
         topic_response.name = topic_data.name.clone();
-        let meta = topic_or_create(shared, &name);
+        let allowed = caller.check(Operation::Write, ResourceType::Topic, &name);
+        let meta = match &allowed {
+            Ok(()) => topic_or_create(shared, &name, caller),
+            Err(_) => Err(StorageError::UnknownTopic { name: name.clone() }),
+        };
         for partition_data in topic_data.partition_data {
             let mut p = PartitionProduceResponse::default();
             p.index = partition_data.index;
@@ -382,6 +456,7 @@ fn produce(shared: &Shared, request: ProduceRequest) -> ProduceResponse {
             p.log_start_offset = -1;
             let result = match (&meta, partition_data.records) {
                 _ if transactional => Err(ResponseError::TransactionalIdAuthorizationFailed.code()),
+                _ if allowed.is_err() => Err(ResponseError::TopicAuthorizationFailed.code()),
                 (Err(e), _) => Err(error_code(e)),
                 (Ok(_), None) => Err(ResponseError::CorruptMessage.code()),
                 (Ok(_), Some(records)) => append(shared, &name, partition_data.index, records),
@@ -427,7 +502,7 @@ fn append(shared: &Shared, topic: &str, partition: i32, records: Bytes) -> Resul
     }
 }
 
-async fn fetch(shared: &Arc<Shared>, request: FetchRequest) -> FetchResponse {
+async fn fetch(shared: &Arc<Shared>, request: FetchRequest, caller: &Caller) -> FetchResponse {
     let wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as u64;
@@ -438,9 +513,9 @@ async fn fetch(shared: &Arc<Shared>, request: FetchRequest) -> FetchResponse {
         let notified = shared.appended.notified();
         // Reads map segment files and check every batch's CRC: on the blocking pool.
         let read = {
-            let (shared, request) = (shared.clone(), request.clone());
+            let (shared, request, caller) = (shared.clone(), request.clone(), caller.clone());
             tokio::task::spawn_blocking(move || {
-                weir_storage::reactor::blocking(|| fetch_once(&shared, &request))
+                weir_storage::reactor::blocking(|| fetch_once(&shared, &request, &caller))
             })
             .await
         };
@@ -460,7 +535,7 @@ async fn fetch(shared: &Arc<Shared>, request: FetchRequest) -> FetchResponse {
 }
 
 /// One pass over the requested partitions; returns the response and the bytes it carries.
-fn fetch_once(shared: &Shared, request: &FetchRequest) -> (FetchResponse, u64) {
+fn fetch_once(shared: &Shared, request: &FetchRequest, caller: &Caller) -> (FetchResponse, u64) {
     let mut response = FetchResponse::default();
     let mut budget = (request.max_bytes.max(0) as u64).min(FETCH_BYTES_MAX);
     let mut total = 0u64;
@@ -469,12 +544,19 @@ fn fetch_once(shared: &Shared, request: &FetchRequest) -> (FetchResponse, u64) {
         let mut topic_response = FetchableTopicResponse::default();
         topic_response.topic = topic.topic.clone();
         topic_response.topic_id = topic.topic_id;
+        let allowed = caller.check(Operation::Read, ResourceType::Topic, &name);
         for partition in &topic.partitions {
             let mut p = PartitionData::default();
             p.partition_index = partition.partition;
             p.high_watermark = -1;
             p.last_stable_offset = -1;
             p.log_start_offset = -1;
+            if let Err(denied) = &allowed {
+                p.error_code = denial(denied).0;
+                p.records = Some(Bytes::new());
+                topic_response.partitions.push(p);
+                continue;
+            }
             let log = u32::try_from(partition.partition)
                 .map_err(|_| StorageError::UnknownPartition {
                     topic: name.clone(),
@@ -557,17 +639,27 @@ fn record_count(batches: &[u8]) -> u64 {
 const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
 
-fn list_offsets(shared: &Shared, request: ListOffsetsRequest) -> ListOffsetsResponse {
+fn list_offsets(
+    shared: &Shared,
+    request: ListOffsetsRequest,
+    caller: &Caller,
+) -> ListOffsetsResponse {
     let mut response = ListOffsetsResponse::default();
     for topic in request.topics {
         let name = topic.name.0.to_string();
         let mut topic_response = ListOffsetsTopicResponse::default();
         topic_response.name = topic.name.clone();
+        let allowed = caller.check(Operation::Describe, ResourceType::Topic, &name);
         for partition in topic.partitions {
             let mut p = ListOffsetsPartitionResponse::default();
             p.partition_index = partition.partition_index;
             p.timestamp = -1;
             p.offset = -1;
+            if let Err(denied) = &allowed {
+                p.error_code = denial(denied).0;
+                topic_response.partitions.push(p);
+                continue;
+            }
             let log = u32::try_from(partition.partition_index)
                 .map_err(|_| StorageError::UnknownTopic { name: name.clone() })
                 .and_then(|i| shared.storage.log(&name, i));
@@ -595,6 +687,7 @@ fn create_topics(
     shared: &Shared,
     request: CreateTopicsRequest,
     version: i16,
+    caller: &Caller,
 ) -> CreateTopicsResponse {
     let mut response = CreateTopicsResponse::default();
     for topic in request.topics {
@@ -607,7 +700,10 @@ fn create_topics(
             topic.num_partitions
         };
         let configs = config_map(topic.configs.iter().map(|c| (&c.name, c.value.as_ref())));
-        let outcome = if partitions < 1 {
+        let outcome = if let Err(denied) = check_create(caller, &name) {
+            let (code, _) = denial(&denied);
+            Err((code, denied.to_string()))
+        } else if partitions < 1 {
             Err((
                 ResponseError::InvalidPartitions.code(),
                 format!("{partitions} partitions requested, at least 1 needed"),
@@ -659,12 +755,20 @@ fn create_topics(
 /// Hands out a new producer id (epoch 0) for an idempotent producer. Ids come from a counter in
 /// the metadata store, so they are never reused across restarts. Transactions are not served:
 /// a transactional id is refused.
-fn init_producer_id(shared: &Shared, request: InitProducerIdRequest) -> InitProducerIdResponse {
+fn init_producer_id(
+    shared: &Shared,
+    request: InitProducerIdRequest,
+    caller: &Caller,
+) -> InitProducerIdResponse {
     let mut response = InitProducerIdResponse::default();
     response.producer_id = ProducerId(-1);
     response.producer_epoch = -1;
     if request.transactional_id.is_some() {
         response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
+        return response;
+    }
+    if let Err(denied) = caller.check_idempotent_write() {
+        response.error_code = denial(&denied).0;
         return response;
     }
     match shared.next_producer_id() {

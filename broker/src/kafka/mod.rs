@@ -8,6 +8,7 @@
 //! that connection with a log line and leaves every other connection alone. With TLS on, a
 //! connection's handshake runs first, inside its share of the connection limit.
 
+mod acl_api;
 mod admin_api;
 mod group_api;
 pub mod groups;
@@ -67,7 +68,7 @@ pub struct KafkaConfig {
     pub auto_create_topics: bool,
     /// Whether clients authenticate first.
     pub auth: KafkaAuth,
-    /// Users who may manage credentials (and, once ACLs exist, bypass them).
+    /// Users who pass every ACL check.
     pub super_users: Vec<String>,
     /// Partitions of an auto-created topic.
     pub default_partitions: u32,
@@ -87,6 +88,7 @@ pub(crate) struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     limits: Arc<Limits>,
     users: Arc<crate::sasl::Users>,
+    acls: Arc<crate::acl::Acls>,
 }
 
 const PRODUCER_IDS_TREE: &str = "producer-ids";
@@ -118,6 +120,7 @@ pub async fn serve(
         limits,
         appended,
         users,
+        acls,
         ..
     } = node;
     let handshakes = tls.map(|tls| Handshakes::new(&tls, tls::Listener::Kafka, metrics.clone()));
@@ -130,6 +133,7 @@ pub async fn serve(
         metrics,
         limits,
         users,
+        acls,
     });
     let ticker = shared.clone();
     let mut tick_shutdown = shutdown.clone();
@@ -323,16 +327,17 @@ async fn handle_frame(
             .map(|r| Some(ResponseKind::SaslAuthenticate(r))),
         request => {
             session.admit(shared.config.auth, key)?;
+            let caller = session.caller(shared, peer);
             match request {
                 Some(RequestKind::DescribeUserScramCredentials(r)) => session
-                    .describe_credentials(shared, r)
+                    .describe_credentials(shared, &caller, r)
                     .await
                     .map(|r| Some(ResponseKind::DescribeUserScramCredentials(r))),
                 Some(RequestKind::AlterUserScramCredentials(r)) => session
-                    .alter_credentials(shared, r)
+                    .alter_credentials(shared, &caller, r)
                     .await
                     .map(|r| Some(ResponseKind::AlterUserScramCredentials(r))),
-                request => handlers::handle(shared, request, &header, peer).await,
+                request => handlers::handle(shared, request, &header, peer, caller).await,
             }
         }
     };

@@ -20,7 +20,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::{KafkaAuth, KafkaConfig, Shared, protocol};
+use super::{KafkaAuth, Shared, protocol};
+use crate::acl::{CLUSTER_NAME, Caller, Operation, ResourceType};
 use crate::error::{Result, task};
 use crate::sasl::{
     AUTHENTICATION_FAILED, Exchange, MECHANISMS, Scram, ScramCredential, Step, UserError, Users,
@@ -136,34 +137,46 @@ impl Session {
 }
 
 impl Session {
-    /// Whether this connection may read and change SCRAM credentials: a super user's, or any
-    /// connection when the listener does not authenticate at all.
-    fn manages_users(&self, config: &KafkaConfig) -> bool {
-        config.auth == KafkaAuth::None
-            || self
-                .user
-                .as_ref()
-                .is_some_and(|u| config.super_users.contains(u))
+    /// Who this connection acts as: anyone when the listener does not authenticate, else its
+    /// user, checked against the ACLs.
+    pub(crate) fn caller(&self, shared: &Shared, peer: std::net::SocketAddr) -> Caller {
+        match (&self.user, shared.config.auth) {
+            (Some(user), KafkaAuth::Sasl) => Caller::User {
+                super_user: shared.config.super_users.contains(user),
+                name: user.clone(),
+                host: peer.ip(),
+                acls: shared.acls.clone(),
+            },
+            _ => Caller::Anyone,
+        }
     }
 
+    /// Reading credentials needs DESCRIBE on the cluster, as in Kafka (super users pass).
     pub(crate) async fn describe_credentials(
         &self,
         shared: &Arc<Shared>,
+        caller: &Caller,
         request: DescribeUserScramCredentialsRequest,
     ) -> Result<DescribeUserScramCredentialsResponse> {
-        let allowed = self.manages_users(&shared.config);
+        let allowed = caller
+            .check(Operation::Describe, ResourceType::Cluster, CLUSTER_NAME)
+            .is_ok();
         with_users(shared, "describing SCRAM credentials", move |users| {
             describe(users, allowed, &request)
         })
         .await
     }
 
+    /// Changing credentials needs ALTER on the cluster.
     pub(crate) async fn alter_credentials(
         &self,
         shared: &Arc<Shared>,
+        caller: &Caller,
         request: AlterUserScramCredentialsRequest,
     ) -> Result<AlterUserScramCredentialsResponse> {
-        let allowed = self.manages_users(&shared.config);
+        let allowed = caller
+            .check(Operation::Alter, ResourceType::Cluster, CLUSTER_NAME)
+            .is_ok();
         with_users(shared, "altering SCRAM credentials", move |users| {
             alter(users, allowed, request)
         })

@@ -5,7 +5,7 @@ use kafka_protocol::messages::ApiKey;
 
 use super::{Field, Kind, Message};
 
-pub(super) const MESSAGES: [(ApiKey, Message); 28] = [
+pub(super) const MESSAGES: [(ApiKey, Message); 31] = [
     (
         ApiKey::Produce,
         Message {
@@ -228,6 +228,30 @@ pub(super) const MESSAGES: [(ApiKey, Message); 28] = [
             versions: (0, 0),
             flexible_from: 0,
             fields: ALTER_USER_SCRAM_CREDENTIALS_REQUEST,
+        },
+    ),
+    (
+        ApiKey::CreateAcls,
+        Message {
+            versions: (1, 3),
+            flexible_from: 2,
+            fields: CREATE_ACLS_REQUEST,
+        },
+    ),
+    (
+        ApiKey::DescribeAcls,
+        Message {
+            versions: (1, 3),
+            flexible_from: 2,
+            fields: DESCRIBE_ACLS_REQUEST,
+        },
+    ),
+    (
+        ApiKey::DeleteAcls,
+        Message {
+            versions: (1, 3),
+            flexible_from: 2,
+            fields: DELETE_ACLS_REQUEST,
         },
     ),
 ];
@@ -1326,4 +1350,134 @@ const ALTER_USER_SCRAM_CREDENTIALS_REQUEST: &[Field] = &[
             ALTER_USER_SCRAM_CREDENTIALS_REQUEST_SCRAM_CREDENTIAL_UPSERTION,
         )),
     }, // Upsertions
+];
+
+const CREATE_ACLS_REQUEST_ACL_CREATION: &[Field] = &[
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // ResourceType
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::String,
+    }, // ResourceName
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // ResourcePatternType
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::String,
+    }, // Principal
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::String,
+    }, // Host
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // Operation
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // PermissionType
+];
+
+const CREATE_ACLS_REQUEST: &[Field] = &[
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Array(&Kind::Struct(CREATE_ACLS_REQUEST_ACL_CREATION)),
+    }, // Creations
+];
+
+const DESCRIBE_ACLS_REQUEST: &[Field] = &[
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // ResourceTypeFilter
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::String,
+    }, // ResourceNameFilter
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // PatternTypeFilter
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::String,
+    }, // PrincipalFilter
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::String,
+    }, // HostFilter
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // Operation
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // PermissionType
+];
+
+const DELETE_ACLS_REQUEST_DELETE_ACLS_FILTER: &[Field] = &[
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // ResourceTypeFilter
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::String,
+    }, // ResourceNameFilter
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // PatternTypeFilter
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::String,
+    }, // PrincipalFilter
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::String,
+    }, // HostFilter
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // Operation
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Fixed(1),
+    }, // PermissionType
+];
+
+const DELETE_ACLS_REQUEST: &[Field] = &[
+    Field {
+        since: 1,
+        until: 3,
+        kind: Kind::Array(&Kind::Struct(DELETE_ACLS_REQUEST_DELETE_ACLS_FILTER)),
+    }, // Filters
 ];

@@ -47,7 +47,7 @@ fn table_serves_the_versions_the_broker_advertises() {
             "{api:?}"
         );
     }
-    assert_eq!(table::MESSAGES.len(), 28);
+    assert_eq!(table::MESSAGES.len(), 31);
 }
 
 #[test]
