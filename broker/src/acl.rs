@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
+use weir_sql::{TableAccess, TableUse};
 use weir_storage::{MetaStore, Tree, locks};
 
 /// Most ACL rules a node keeps; each check may read all of them.
@@ -518,6 +519,25 @@ impl Caller {
         }
     }
 
+    /// What creating topic `name` needs: CREATE on the cluster or on the topic.
+    pub fn check_create_topic(&self, name: &str) -> Result<(), Denied> {
+        if self.may(Operation::Create, ResourceType::Cluster, CLUSTER_NAME) {
+            return Ok(());
+        }
+        self.check(Operation::Create, ResourceType::Topic, name)
+    }
+
+    /// The table checks of a SQL statement run for this caller; `None` when every table is
+    /// allowed (an open node, the admin token, a super user).
+    pub fn table_access(&self) -> Option<&dyn TableAccess> {
+        match self {
+            Caller::User {
+                super_user: false, ..
+            } => Some(self),
+            _ => None,
+        }
+    }
+
     /// What an idempotent producer needs: `IDEMPOTENT_WRITE` on the cluster, or `WRITE` on
     /// some topic.
     pub fn check_idempotent_write(&self) -> Result<(), Denied> {
@@ -534,6 +554,31 @@ impl Caller {
             ),
             _ => Ok(()),
         }
+    }
+}
+
+/// SQL on behalf of a user: topics (schema `public`) need READ to be queried, WRITE for
+/// `INSERT` and CREATE for `CREATE TABLE … AS`; the system tables (schema `weir`) need DESCRIBE
+/// on the cluster; the catalogs clients read (`pg_catalog`, `information_schema`) are open.
+impl TableAccess for Caller {
+    fn check(&self, schema: &str, table: &str, usage: TableUse) -> Result<(), String> {
+        let checked = match (schema, usage) {
+            ("public", TableUse::Read) => {
+                Caller::check(self, Operation::Read, ResourceType::Topic, table)
+            }
+            ("public", TableUse::Write) => {
+                Caller::check(self, Operation::Write, ResourceType::Topic, table)
+            }
+            ("public", TableUse::Create) => self.check_create_topic(table),
+            ("weir", _) => Caller::check(
+                self,
+                Operation::Describe,
+                ResourceType::Cluster,
+                CLUSTER_NAME,
+            ),
+            _ => Ok(()),
+        };
+        checked.map_err(|denied| denied.to_string())
     }
 }
 

@@ -4,9 +4,10 @@
 //! own is set.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 use weir_runtime::partition_for_key;
 use weir_storage::{BatchBuilder, Compression, Header, NewRecord, StorageError, TopicMeta};
 
+use crate::acl::{Caller, Denied, Operation, ResourceType};
 use crate::kafka::groups::GroupError;
 use crate::node::NodeContext;
 use crate::tls::{Handshakes, Listener};
@@ -40,6 +42,8 @@ struct AppState {
     token: Option<Arc<str>>,
     /// Guards `/metrics`: `--metrics-token`, else the admin token, else nothing.
     metrics_token: Option<Arc<str>>,
+    /// Whether the listener speaks TLS: only then may a user send a password.
+    tls: bool,
 }
 
 /// The bearer tokens the HTTP listener asks for.
@@ -115,7 +119,14 @@ pub async fn serve(
         node,
         metrics_token: tokens.metrics.or(tokens.admin.clone()).map(Arc::from),
         token: tokens.admin.map(Arc::from),
+        tls: handshakes.is_some(),
     };
+    // Plugins, pipelines, users and ACLs change the node for everyone: the admin token or a
+    // super user only.
+    let admin = runtime_api::routes()
+        .merge(users_api::routes())
+        .merge(acls_api::routes())
+        .route_layer(middleware::from_fn(require_admin));
     let v1 = Router::new()
         .route("/topics", get(list_topics).post(create_topic))
         .route("/topics/{name}", get(describe_topic).delete(delete_topic))
@@ -123,11 +134,9 @@ pub async fn serve(
         .route("/groups", get(list_groups))
         .route("/groups/{id}", get(describe_group))
         .route("/groups/{id}/offsets", axum::routing::post(commit_offset))
-        .merge(runtime_api::routes())
         .merge(sql_api::routes())
-        .merge(users_api::routes())
-        .merge(acls_api::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .merge(admin)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route(
@@ -142,6 +151,7 @@ pub async fn serve(
     let stop = async move {
         let _ = shutdown.changed().await;
     };
+    let app = app.into_make_service_with_connect_info::<Peer>();
     let served = match handshakes {
         None => {
             axum::serve(listener, app)
@@ -162,10 +172,136 @@ pub async fn serve(
     }
 }
 
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match refusal(state.token.as_deref(), &request, "an admin token") {
-        Some(refused) => refused,
-        None => next.run(request).await,
+/// Who a `/v1` request comes from, put in its extensions as a [`Caller`]: without an admin
+/// token, anyone; with one, the holder of the token (`Authorization: Bearer`), or a SASL user
+/// with its password (`Authorization: Basic`, over TLS only), checked against the ACLs.
+async fn authenticate(
+    State(state): State<AppState>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match (&state.token, basic_credentials(&request)) {
+        (None, _) => Caller::Anyone,
+        (Some(_), Some(credentials)) => match user_caller(&state, credentials, peer).await {
+            Ok(caller) => caller,
+            Err(refused) => return refused.into_response(),
+        },
+        (Some(token), None) => match refusal(Some(token), &request, "an admin token or a user") {
+            Some(refused) => return refused,
+            None => Caller::Anyone,
+        },
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The address of the client of a connection, plain or TLS.
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
+
+/// Connect info for both listeners the HTTP API serves on.
+macro_rules! peer_of {
+    ($($listener:ty),+) => {$(
+        impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, $listener>>
+            for Peer
+        {
+            fn connect_info(stream: axum::serve::IncomingStream<'_, $listener>) -> Peer {
+                Peer(*stream.remote_addr())
+            }
+        }
+    )+};
+}
+
+peer_of!(TcpListener, crate::tls::TlsListener);
+
+/// The user and password of `Authorization: Basic`, if the request carries one.
+fn basic_credentials(request: &Request) -> Option<Result<(String, String), ApiError>> {
+    let encoded = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let malformed = || unauthorized("Authorization: Basic needs base64 of user:password");
+    Some(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| {
+                let (user, password) = text.split_once(':')?;
+                Some((user.to_string(), password.to_string()))
+            })
+            .ok_or_else(malformed),
+    )
+}
+
+fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        message: message.into(),
+    }
+}
+
+/// A SASL user, once its password checks out (on the blocking pool: a key derivation).
+async fn user_caller(
+    state: &AppState,
+    credentials: Result<(String, String), ApiError>,
+    peer: SocketAddr,
+) -> ApiResult<Caller> {
+    if !state.tls {
+        return Err(unauthorized(
+            "a user's password is accepted over TLS only: start the node with --tls-cert and \
+             --tls-key, or use the admin token",
+        ));
+    }
+    let (user, password) = credentials?;
+    let users = state.node.users.clone();
+    let name = user.clone();
+    let verified = blocking(move || Ok(users.verify_password(&name, password.as_bytes()))).await?;
+    if let Err(reason) = verified {
+        tracing::info!(%peer, %reason, "HTTP client failed to authenticate");
+        state.node.metrics.authentication_failed();
+        return Err(unauthorized(crate::sasl::AUTHENTICATION_FAILED));
+    }
+    Ok(Caller::User {
+        super_user: state.node.super_users.contains(&user),
+        name: user,
+        host: peer.ip(),
+        acls: state.node.acls.clone(),
+    })
+}
+
+/// Lets through the admin token's holder and super users only.
+async fn require_admin(
+    Extension(caller): Extension<Caller>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match &caller {
+        Caller::User {
+            name,
+            super_user: false,
+            ..
+        } => ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "user {name} may not manage plugins, pipelines, users or ACLs: that takes the \
+                 admin token or one of --super-users"
+            ),
+        }
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: denied.to_string(),
+        }
     }
 }
 
@@ -273,9 +409,18 @@ impl From<TopicMeta> for TopicSummary {
     }
 }
 
-async fn list_topics(State(state): State<AppState>) -> ApiResult<Json<Vec<TopicSummary>>> {
+async fn list_topics(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<TopicSummary>>> {
     let topics = state.node.storage.list_topics()?;
-    Ok(Json(topics.into_iter().map(TopicSummary::from).collect()))
+    Ok(Json(
+        topics
+            .into_iter()
+            .filter(|t| caller.may(Operation::Describe, ResourceType::Topic, &t.name))
+            .map(TopicSummary::from)
+            .collect(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -293,8 +438,10 @@ fn one() -> u32 {
 
 async fn create_topic(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Json(body): Json<CreateTopic>,
 ) -> ApiResult<(StatusCode, Json<TopicSummary>)> {
+    caller.check_create_topic(&body.name)?;
     let storage = state.node.storage.clone();
     let meta =
         blocking(move || Ok(storage.create_topic(&body.name, body.partitions, body.configs)?))
@@ -321,8 +468,10 @@ struct TopicDetail {
 
 async fn describe_topic(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<TopicDetail>> {
+    caller.check(Operation::Describe, ResourceType::Topic, &name)?;
     let storage = &state.node.storage;
     let meta = storage.existing_topic(&name)?;
     let mut partitions = Vec::new();
@@ -346,8 +495,10 @@ async fn describe_topic(
 
 async fn delete_topic(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
+    caller.check(Operation::Delete, ResourceType::Topic, &name)?;
     let storage = state.node.storage.clone();
     blocking(move || Ok(storage.delete_topic(&name)?)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -376,9 +527,11 @@ struct Placed {
 
 async fn produce(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Json(body): Json<ProduceBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    caller.check(Operation::Write, ResourceType::Topic, &name)?;
     if body.records.len() > PRODUCE_RECORDS_MAX {
         return Err(ApiError::bad_request(format!(
             "{} records in one request; the limit is {PRODUCE_RECORDS_MAX}",
@@ -480,9 +633,11 @@ fn put_bytes(
 
 async fn consume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(q): Query<ConsumeQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    caller.check(Operation::Read, ResourceType::Topic, &name)?;
     let limit = q.limit.unwrap_or(100).min(CONSUME_RECORDS_MAX);
     let node = state.node.clone();
     blocking(move || {
@@ -533,10 +688,14 @@ async fn consume(
     .await
 }
 
-async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+async fn list_groups(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<serde_json::Value>> {
     let groups = state.node.groups.list()?;
     let out: Vec<serde_json::Value> = groups
         .into_iter()
+        .filter(|g| caller.may(Operation::Describe, ResourceType::Group, &g.group))
         .map(|g| {
             serde_json::json!({
                 "group": g.group,
@@ -551,8 +710,10 @@ async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<serde_json
 
 async fn describe_group(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    caller.check(Operation::Describe, ResourceType::Group, &id)?;
     let node = state.node.clone();
     blocking(move || {
         let g = node.groups.describe(&id);
@@ -609,9 +770,12 @@ struct CommitBody {
 /// does); refused while the group has members.
 async fn commit_offset(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Json(body): Json<CommitBody>,
 ) -> ApiResult<StatusCode> {
+    caller.check(Operation::Read, ResourceType::Group, &id)?;
+    caller.check(Operation::Read, ResourceType::Topic, &body.topic)?;
     let node = state.node.clone();
     blocking(move || {
         node.storage

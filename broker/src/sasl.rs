@@ -449,28 +449,38 @@ fn plain(users: &Users, message: &[u8]) -> Step {
     if !authzid.is_empty() && authzid != user.as_bytes() {
         return Step::Failed(format!("user {user} may not act as another user"));
     }
-    let scram = Scram::Sha256;
-    let credential = users.credential(user, scram);
-    let keys = credential
-        .as_ref()
-        .and_then(|c| Some((c.iterations, c.decoded()?)));
-    // An unknown user costs the same derivation as a known one.
-    let (iterations, salt, stored) = match keys {
-        Some((iterations, (salt, stored, _))) => (iterations, salt, Some(stored)),
-        None => (SCRAM_ITERATIONS_MIN, user.as_bytes().to_vec(), None),
-    };
-    let salted = scram.salted_password(password, &salt, iterations);
-    let Some(stored) = stored else {
-        return Step::Failed(format!("user {user} unknown"));
-    };
-    let client_key = scram.hmac(&salted, b"Client Key");
-    if bool::from(scram.hash(&client_key).ct_eq(&stored)) {
-        Step::Done {
+    match users.verify_password(user, password) {
+        Ok(()) => Step::Done {
             user: user.to_string(),
             response: Vec::new(),
+        },
+        Err(reason) => Step::Failed(reason),
+    }
+}
+
+impl Users {
+    /// Checks a password against the user's SCRAM-SHA-256 credential, in the same time for an
+    /// unknown user as for a known one; the error is the reason, for the log only.
+    pub fn verify_password(&self, user: &str, password: &[u8]) -> Result<(), String> {
+        let scram = Scram::Sha256;
+        let credential = self.credential(user, scram);
+        let keys = credential
+            .as_ref()
+            .and_then(|c| Some((c.iterations, c.decoded()?)));
+        let (iterations, salt, stored) = match keys {
+            Some((iterations, (salt, stored, _))) => (iterations, salt, Some(stored)),
+            None => (SCRAM_ITERATIONS_MIN, user.as_bytes().to_vec(), None),
+        };
+        let salted = scram.salted_password(password, &salt, iterations);
+        let Some(stored) = stored else {
+            return Err(format!("user {user} unknown"));
+        };
+        let client_key = scram.hmac(&salted, b"Client Key");
+        if bool::from(scram.hash(&client_key).ct_eq(&stored)) {
+            Ok(())
+        } else {
+            Err(format!("wrong password for user {user}"))
         }
-    } else {
-        Step::Failed(format!("wrong password for user {user}"))
     }
 }
 

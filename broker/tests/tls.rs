@@ -473,3 +473,137 @@ fn unreadable_tls_files_stop_the_start_with_their_name() {
         );
     }
 }
+
+#[test]
+fn http_users_sign_in_with_basic_auth_over_tls_and_are_held_to_their_acls() {
+    if !have("curl", "apt-get install curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "weir-test");
+    let mut flags = pki.serve_flags();
+    flags.extend(["--kafka-auth", "sasl", "--admin-token", "s3cret"].map(String::from));
+    let node = start(dir.path(), &flags);
+    let as_admin = ["-H", "Authorization: Bearer s3cret"];
+    let call = |auth: &[&str], method: &str, path: &str, body: Option<&str>| {
+        let mut args = vec![path, "-X", method, "-w", "\n%{http_code}"];
+        args.extend_from_slice(auth);
+        if let Some(body) = body {
+            args.extend(["-H", "content-type: application/json", "-d", body]);
+        }
+        let out = curl(&node, &pki, &args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        (status.to_string(), body.to_string())
+    };
+    let ok = |(status, body): (String, String), want: &str| {
+        assert_eq!(status, want, "{body}");
+        body
+    };
+    ok(
+        call(
+            &as_admin,
+            "POST",
+            "/v1/users",
+            Some(r#"{"name":"bob","password":"bobs password"}"#),
+        ),
+        "201",
+    );
+    for topic in ["visible", "hidden"] {
+        let create = format!(r#"{{"name":"{topic}","partitions":1}}"#);
+        ok(call(&as_admin, "POST", "/v1/topics", Some(&create)), "201");
+        let records = r#"{"records":[{"value":"one"},{"value":"two"}]}"#;
+        ok(
+            call(
+                &as_admin,
+                "POST",
+                &format!("/v1/topics/{topic}/records"),
+                Some(records),
+            ),
+            "200",
+        );
+    }
+    let rule = r#"{"resource_type":"topic","resource_name":"visible","principal":"User:bob","operation":"read"}"#;
+    ok(call(&as_admin, "POST", "/v1/acls", Some(rule)), "201");
+
+    let bob = ["-u", "bob:bobs password"];
+    let listed = ok(call(&bob, "GET", "/v1/topics", None), "200");
+    assert!(
+        listed.contains("visible") && !listed.contains("hidden"),
+        "{listed}"
+    );
+    ok(
+        call(&bob, "GET", "/v1/topics/visible/records?offset=0", None),
+        "200",
+    );
+    let refused = ok(
+        call(&bob, "GET", "/v1/topics/hidden/records?offset=0", None),
+        "403",
+    );
+    assert!(
+        refused.contains(r#"may not READ topic \"hidden\""#),
+        "{refused}"
+    );
+    let refused = ok(
+        call(
+            &bob,
+            "POST",
+            "/v1/topics/visible/records",
+            Some(r#"{"records":[{"value":"x"}]}"#),
+        ),
+        "403",
+    );
+    assert!(
+        refused.contains(r#"may not WRITE topic \"visible\""#),
+        "{refused}"
+    );
+    let counted = ok(
+        call(
+            &bob,
+            "POST",
+            "/v1/sql",
+            Some(r#"{"sql":"SELECT count(*) AS n FROM visible"}"#),
+        ),
+        "200",
+    );
+    assert!(counted.contains("\"n\":2"), "{counted}");
+    for sql in [
+        "SELECT * FROM hidden",
+        "SELECT * FROM visible WHERE value IN (SELECT value FROM hidden)",
+        "SELECT * FROM weir.topics",
+        "INSERT INTO visible (value) VALUES ('x')",
+        "CREATE TABLE copied AS SELECT value FROM visible",
+    ] {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let refused = ok(call(&bob, "POST", "/v1/sql", Some(&body)), "403");
+        assert!(refused.contains("user bob may not"), "{sql}: {refused}");
+    }
+    let refused = ok(call(&bob, "GET", "/v1/acls", None), "403");
+    assert!(refused.contains("super-users"), "{refused}");
+    let wrong = ok(call(&["-u", "bob:guess"], "GET", "/v1/topics", None), "401");
+    assert!(wrong.contains("authentication failed"), "{wrong}");
+    ok(call(&[], "GET", "/v1/topics", None), "401");
+}
+
+#[test]
+fn a_password_over_plain_http_is_refused() {
+    let (_dir, node, _) = common::started(&["--kafka-auth", "sasl", "--admin-token", "s3cret"]);
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-u",
+            "bob:secret",
+            "-w",
+            " %{http_code}",
+        ])
+        .arg(format!("{}/v1/topics", node.url()))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.ends_with(" 401") && said.contains("over TLS only"),
+        "{said}"
+    );
+}

@@ -16,6 +16,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 
+use crate::access::{TableAccess, TableUse, check_plan, check_table};
 use crate::topic::RECORD_COLUMNS;
 use crate::value_schema::ColumnKind;
 use crate::{Answer, Error, QueryEngine};
@@ -26,6 +27,24 @@ pub(crate) struct CreateAs {
     partitions: Option<u32>,
     if_not_exists: bool,
     query: String,
+}
+
+impl CreateAs {
+    /// Whether `access` allows creating the topic and reading every table of the query.
+    pub(crate) async fn check(
+        &self,
+        engine: &QueryEngine,
+        access: &dyn TableAccess,
+    ) -> Result<(), Error> {
+        let topic = datafusion::common::TableReference::partial("public", self.topic.as_str());
+        check_table(access, &topic, TableUse::Create)?;
+        let plan = engine
+            .context
+            .state()
+            .create_logical_plan(&self.query)
+            .await?;
+        check_plan(&plan, access)
+    }
 }
 
 /// The `CREATE TABLE … AS SELECT` that `sql` is, if it is one. Text that does not parse is
@@ -179,7 +198,7 @@ impl QueryEngine {
         }
         let partitions = create.partitions.unwrap_or(self.default_partitions);
         if create.if_not_exists && self.storage.existing_topic(&create.topic).is_ok() {
-            return self.run("SELECT CAST(0 AS BIGINT) AS count").await;
+            return self.run("SELECT CAST(0 AS BIGINT) AS count", None).await;
         }
         // An existing topic is refused here, with storage's own error.
         let (storage, topic) = (self.storage.clone(), create.topic.clone());
@@ -190,7 +209,7 @@ impl QueryEngine {
             columns.join(", "),
             create.query
         );
-        let inserted = self.run(&insert).await;
+        let inserted = self.run(&insert, None).await;
         if inserted.is_err() {
             let (storage, topic) = (self.storage.clone(), create.topic.clone());
             on_blocking_pool(move || storage.delete_topic(&topic)).await?;

@@ -16,6 +16,7 @@
 //! Architecture invariant: reads logs through `weir-storage` and plugin state through
 //! `weir-runtime`; it opens no socket — the broker serves it over HTTP and Postgres wire.
 
+pub mod access;
 pub mod catalog;
 mod create_as;
 pub mod guard;
@@ -37,6 +38,8 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use weir_runtime::Runtime;
 use weir_storage::{LayerKey, Storage, StorageError};
 
+pub use access::{TableAccess, TableUse};
+
 pub use catalog::{ConnectionRow, GroupRow, NodeSource, SYSTEM_TABLES, SystemSchema, TopicSchema};
 pub use value_schema::parse_value_schema;
 
@@ -46,6 +49,9 @@ pub enum Error {
     Schema(String),
     #[error("{0}")]
     Refused(String),
+    /// The caller may not use a table the statement names.
+    #[error("{0}")]
+    Denied(String),
     #[error("{0}")]
     Query(#[from] DataFusionError),
     #[error(transparent)]
@@ -184,16 +190,32 @@ impl QueryEngine {
 
     /// Plans and runs one statement, collecting its result.
     pub async fn sql(&self, sql: &str) -> Result<Answer, Error> {
-        guard::check_text(sql)?;
-        if let Some(create) = create_as::parse(sql)? {
-            return self.create_topic_as(create).await;
-        }
-        self.run(sql).await
+        self.sql_as(sql, None).await
     }
 
-    /// Runs a query, `INSERT` or `EXPLAIN`.
-    async fn run(&self, sql: &str) -> Result<Answer, Error> {
+    /// [`QueryEngine::sql`] on behalf of a caller whose `access` decides which tables the
+    /// statement may read, write or create; `None` allows every table.
+    pub async fn sql_as(
+        &self,
+        sql: &str,
+        access: Option<&dyn TableAccess>,
+    ) -> Result<Answer, Error> {
+        guard::check_text(sql)?;
+        if let Some(create) = create_as::parse(sql)? {
+            if let Some(access) = access {
+                create.check(self, access).await?;
+            }
+            return self.create_topic_as(create).await;
+        }
+        self.run(sql, access).await
+    }
+
+    /// Runs a query, `INSERT` or `EXPLAIN`, once `access` allows every table it uses.
+    async fn run(&self, sql: &str, access: Option<&dyn TableAccess>) -> Result<Answer, Error> {
         let plan = self.logical_plan(sql).await?;
+        if let Some(access) = access {
+            access::check_plan(&plan, access)?;
+        }
         let frame = self.context.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;

@@ -3,7 +3,7 @@
 //! text table (`text/plain`, what `weir sql` prints).
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -11,6 +11,7 @@ use bytes::Bytes;
 use weir_sql::Encoding;
 
 use super::{ApiError, ApiResult, AppState};
+use crate::acl::Caller;
 
 /// Largest statement accepted.
 pub const STATEMENT_BYTES_MAX: usize = 1 << 20;
@@ -25,6 +26,10 @@ impl From<weir_sql::Error> for ApiError {
             Error::Query(_) | Error::Schema(_) | Error::Refused(_) => {
                 ApiError::bad_request(e.to_string())
             }
+            Error::Denied(message) => ApiError {
+                status: StatusCode::FORBIDDEN,
+                message,
+            },
         }
     }
 }
@@ -59,6 +64,7 @@ fn statement(headers: &HeaderMap, body: &[u8]) -> ApiResult<String> {
 
 async fn run_sql(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -69,7 +75,7 @@ async fn run_sql(
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
     );
-    let answer = state.node.sql.sql(&sql).await?;
+    let answer = state.node.sql.sql_as(&sql, caller.table_access()).await?;
     let body = answer.encode(encoding)?;
     Ok((
         StatusCode::OK,

@@ -28,7 +28,7 @@ use kafka_protocol::protocol::StrBytes;
 use weir_storage::{BatchError, StorageError, TopicMeta};
 
 use super::{Shared, acl_api, admin_api, group_api};
-use crate::acl::{CLUSTER_NAME, Caller, Denied, Operation, ResourceType};
+use crate::acl::{Caller, Denied, Operation, ResourceType};
 use crate::error::{Error, Result, task};
 
 /// The only broker of a single-node cluster.
@@ -288,14 +288,6 @@ pub(crate) fn denial(denied: &Denied) -> (i16, Option<StrBytes>) {
     (code.code(), Some(error_message(denied.to_string())))
 }
 
-/// Whether the caller may create topic `name`: CREATE on the cluster or on the topic.
-pub(crate) fn check_create(caller: &Caller, name: &str) -> Result<(), Denied> {
-    if caller.may(Operation::Create, ResourceType::Cluster, CLUSTER_NAME) {
-        return Ok(());
-    }
-    caller.check(Operation::Create, ResourceType::Topic, name)
-}
-
 /// The Kafka error code for a storage error.
 pub(crate) fn error_code(e: &StorageError) -> i16 {
     match e {
@@ -344,7 +336,7 @@ fn topic_or_create(
     if let Some(meta) = shared.storage.topic(name)? {
         return Ok(meta);
     }
-    if !shared.config.auto_create_topics || check_create(caller, name).is_err() {
+    if !shared.config.auto_create_topics || caller.check_create_topic(name).is_err() {
         return Err(StorageError::UnknownTopic {
             name: name.to_string(),
         });
@@ -700,7 +692,7 @@ fn create_topics(
             topic.num_partitions
         };
         let configs = config_map(topic.configs.iter().map(|c| (&c.name, c.value.as_ref())));
-        let outcome = if let Err(denied) = check_create(caller, &name) {
+        let outcome = if let Err(denied) = caller.check_create_topic(&name) {
             let (code, _) = denial(&denied);
             Err((code, denied.to_string()))
         } else if partitions < 1 {

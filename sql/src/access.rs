@@ -1,0 +1,58 @@
+//! Which tables a statement uses, checked before it runs: a statement run on behalf of a user
+//! reads, writes or creates only the tables its [`TableAccess`] allows, subqueries included.
+
+use datafusion::common::TableReference;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::logical_expr::LogicalPlan;
+
+use crate::Error;
+
+/// What a statement does with a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableUse {
+    Read,
+    /// `INSERT INTO` it.
+    Write,
+    /// `CREATE TABLE … AS SELECT` makes it.
+    Create,
+}
+
+/// Decides, per table, whether a statement may use it. `schema` is `public` for topics and
+/// `weir` for the system tables; the error says why not.
+pub trait TableAccess: Send + Sync {
+    fn check(&self, schema: &str, table: &str, usage: TableUse) -> Result<(), String>;
+}
+
+/// The schema and table of a reference; an unqualified name is a topic.
+fn parts(table: &TableReference) -> (&str, &str) {
+    (table.schema().unwrap_or("public"), table.table())
+}
+
+pub(crate) fn check_table(
+    access: &dyn TableAccess,
+    table: &TableReference,
+    usage: TableUse,
+) -> Result<(), Error> {
+    let (schema, name) = parts(table);
+    access.check(schema, name, usage).map_err(Error::Denied)
+}
+
+/// Checks every table `plan` reads or writes, in subqueries too.
+pub(crate) fn check_plan(plan: &LogicalPlan, access: &dyn TableAccess) -> Result<(), Error> {
+    let mut refused = None;
+    plan.apply_with_subqueries(|node| {
+        let used = match node {
+            LogicalPlan::TableScan(scan) => Some((&scan.table_name, TableUse::Read)),
+            LogicalPlan::Dml(dml) => Some((&dml.table_name, TableUse::Write)),
+            _ => None,
+        };
+        if let Some((table, usage)) = used
+            && let Err(e) = check_table(access, table, usage)
+        {
+            refused = Some(e);
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    refused.map_or(Ok(()), Err)
+}
