@@ -7,9 +7,10 @@
 //! AS SELECT` makes a topic through the engine; `SET` of a connection's own settings is kept
 //! for the connection and any other `SET` is answered and ignored, so one client cannot change
 //! the session of the others; every other statement is refused with the reason. With an admin
-//! token the listener asks for it as the password (cleartext unless TLS is on: keep a plain
-//! listener on loopback or a trusted network). With TLS on, clients must ask for it
-//! (`sslmode=require` or stricter).
+//! token the listener asks for a password: the token, or (over TLS) a SASL user's, whose
+//! statements are then checked against its ACLs table by table. The password travels in clear
+//! text unless TLS is on: keep a plain listener on loopback or a trusted network. With TLS on,
+//! clients must ask for it (`sslmode=require` or stricter).
 
 use std::borrow::Cow;
 use std::fmt::Debug;
@@ -23,6 +24,7 @@ use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::common::{DFSchema, ParamValues};
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
@@ -53,6 +55,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weir_sql::QueryEngine;
 
+use crate::acl::Caller;
 use crate::node::NodeContext;
 
 /// Accepts Postgres connections until shutdown.
@@ -64,7 +67,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(|tls| tls.acceptor(&[b"postgresql"]));
-    let handlers = Arc::new(Handlers::new(node.sql.clone(), token, acceptor.is_some()));
+    let handlers = Arc::new(Handlers::new(&node, token, acceptor.is_some()));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -141,10 +144,13 @@ struct Handlers {
 }
 
 impl Handlers {
-    fn new(engine: Arc<QueryEngine>, token: Option<String>, tls_required: bool) -> Handlers {
+    fn new(node: &NodeContext, token: Option<String>, tls_required: bool) -> Handlers {
+        let engine = node.sql.clone();
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(Guard {
                 engine: engine.clone(),
+                acls: node.acls.clone(),
+                super_users: node.super_users.clone(),
             }),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
@@ -159,6 +165,7 @@ impl Handlers {
             startup: Arc::new(Startup {
                 token,
                 tls_required,
+                users: node.users.clone(),
                 parameters: DefaultServerParameterProvider::default(),
                 keys: RandomPidSecretKeyGenerator::default(),
             }),
@@ -278,6 +285,8 @@ impl QueryParser for Rewriting {
 struct Startup {
     token: Option<String>,
     tls_required: bool,
+    /// SASL users sign in with their password too, over TLS.
+    users: Arc<crate::sasl::Users>,
     parameters: DefaultServerParameterProvider,
     keys: RandomPidSecretKeyGenerator,
 }
@@ -321,17 +330,46 @@ impl StartupHandler for Startup {
                 }
             }
             PgWireFrontendMessage::PasswordMessageFamily(password) => {
-                let password = password.into_password()?;
+                let password = password.into_password()?.password;
+                let user = client.metadata().get("user").cloned().unwrap_or_default();
                 let expected = self.token.as_deref().unwrap_or_default();
-                if !crate::auth::token_matches(expected, &password.password) {
-                    let user = client.metadata().get("user").cloned().unwrap_or_default();
-                    return Err(PgWireError::InvalidPassword(user));
+                if !crate::auth::token_matches(expected, &password) {
+                    // Not the token: a SASL user's password, accepted over TLS only.
+                    if !client.is_secure() || !self.user_password(&user, password).await {
+                        return Err(PgWireError::InvalidPassword(user));
+                    }
+                    client.metadata_mut().insert(SASL_USER.to_owned(), user);
                 }
                 finish_authentication(client, &self.parameters).await?;
             }
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// The metadata key of a connection that signed in as a SASL user rather than with the token.
+const SASL_USER: &str = "weir.sasl_user";
+
+impl Startup {
+    /// Whether `password` is `user`'s; the key derivation runs on the blocking pool.
+    async fn user_password(&self, user: &str, password: String) -> bool {
+        let (users, name) = (self.users.clone(), user.to_owned());
+        let verified = tokio::task::spawn_blocking(move || {
+            weir_storage::reactor::blocking(|| users.verify_password(&name, password.as_bytes()))
+        })
+        .await;
+        match verified {
+            Ok(Ok(())) => true,
+            Ok(Err(reason)) => {
+                tracing::info!(%reason, "Postgres client failed to authenticate");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "checking a Postgres password failed");
+                false
+            }
+        }
     }
 }
 
@@ -418,34 +456,82 @@ fn empty_plan() -> LogicalPlan {
 /// Checks every statement before the session sees it (see the module documentation).
 struct Guard {
     engine: Arc<QueryEngine>,
+    acls: Arc<crate::acl::Acls>,
+    super_users: Arc<[String]>,
 }
 
 impl Guard {
-    async fn respond(&self, statement: &Statement) -> Option<PgWireResult<Response>> {
+    /// Who a connection acts as: a SASL user when it signed in as one, else the token's holder.
+    fn caller(&self, client: &dyn ClientInfo) -> Caller {
+        match client.metadata().get(SASL_USER) {
+            Some(user) => Caller::User {
+                super_user: self.super_users.contains(user),
+                name: user.clone(),
+                host: client.socket_addr().ip(),
+                acls: self.acls.clone(),
+            },
+            None => Caller::Anyone,
+        }
+    }
+
+    /// Refuses a statement that names a table the caller may not use.
+    async fn check_tables(
+        &self,
+        statement: &Statement,
+        session: &SessionContext,
+        caller: &Caller,
+    ) -> PgWireResult<()> {
+        let Some(access) = caller.table_access() else {
+            return Ok(());
+        };
+        let plan = session
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+            .await
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        weir_sql::access::check_plan(&plan, access).map_err(|e| refused(e.to_string()))
+    }
+
+    async fn respond(
+        &self,
+        statement: &Statement,
+        session: &SessionContext,
+        caller: &Caller,
+    ) -> Option<PgWireResult<Response>> {
         match verdict(statement) {
-            Verdict::Pass => None,
+            Verdict::Pass => self
+                .check_tables(statement, session, caller)
+                .await
+                .err()
+                .map(Err),
             Verdict::Ignore => {
                 tracing::debug!(%statement, "SET of a session setting ignored");
                 Some(Ok(Response::Execution(Tag::new("SET"))))
             }
             Verdict::Refuse(message) => Some(Err(refused(message))),
-            Verdict::CreateAs => Some(match self.engine.sql(&statement.to_string()).await {
-                Ok(answer) => {
-                    let rows = answer
-                        .batches
-                        .first()
-                        .and_then(|b| b.column(0).as_primitive_opt::<UInt64Type>())
-                        .map_or(0, |counts| counts.value(0));
-                    Ok(Response::Execution(
-                        Tag::new("SELECT").with_rows(rows as usize),
-                    ))
-                }
-                Err(e) => Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                    "ERROR".to_owned(),
-                    "42000".to_owned(),
-                    e.to_string(),
-                )))),
-            }),
+            Verdict::CreateAs => Some(
+                match self
+                    .engine
+                    .sql_as(&statement.to_string(), caller.table_access())
+                    .await
+                {
+                    Ok(answer) => {
+                        let rows = answer
+                            .batches
+                            .first()
+                            .and_then(|b| b.column(0).as_primitive_opt::<UInt64Type>())
+                            .map_or(0, |counts| counts.value(0));
+                        Ok(Response::Execution(
+                            Tag::new("SELECT").with_rows(rows as usize),
+                        ))
+                    }
+                    Err(e) => Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "ERROR".to_owned(),
+                        "42000".to_owned(),
+                        e.to_string(),
+                    )))),
+                },
+            ),
         }
     }
 }
@@ -455,20 +541,27 @@ impl QueryHook for Guard {
     async fn handle_simple_query(
         &self,
         statement: &Statement,
-        _session: &SessionContext,
-        _client: &mut dyn HookClient,
+        session: &SessionContext,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.respond(statement).await
+        let caller = self.caller(client);
+        self.respond(statement, session, &caller).await
     }
 
     async fn handle_extended_parse_query(
         &self,
         statement: &Statement,
-        _session: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
+        session: &SessionContext,
+        client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         match verdict(statement) {
-            Verdict::Pass => None,
+            Verdict::Pass => {
+                let caller = self.caller(client);
+                self.check_tables(statement, session, &caller)
+                    .await
+                    .err()
+                    .map(Err)
+            }
             Verdict::CreateAs | Verdict::Ignore => Some(Ok(empty_plan())),
             Verdict::Refuse(message) => Some(Err(refused(message))),
         }
@@ -479,9 +572,10 @@ impl QueryHook for Guard {
         statement: &Statement,
         _plan: &LogicalPlan,
         _params: &ParamValues,
-        _session: &SessionContext,
-        _client: &mut dyn HookClient,
+        session: &SessionContext,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.respond(statement).await
+        let caller = self.caller(client);
+        self.respond(statement, session, &caller).await
     }
 }

@@ -475,7 +475,7 @@ fn unreadable_tls_files_stop_the_start_with_their_name() {
 }
 
 #[test]
-fn http_users_sign_in_with_basic_auth_over_tls_and_are_held_to_their_acls() {
+fn users_sign_in_over_https_and_postgres_and_are_held_to_their_acls() {
     if !have("curl", "apt-get install curl") {
         return;
     }
@@ -583,6 +583,36 @@ fn http_users_sign_in_with_basic_auth_over_tls_and_are_held_to_their_acls() {
     let wrong = ok(call(&["-u", "bob:guess"], "GET", "/v1/topics", None), "401");
     assert!(wrong.contains("authentication failed"), "{wrong}");
     ok(call(&[], "GET", "/v1/topics", None), "401");
+
+    // The same user and rules over Postgres.
+    if !have("psql", "apt-get install postgresql-client") {
+        return;
+    }
+    let psql = |password: &str, sql: &str| {
+        let conninfo = format!(
+            "host=localhost port={} user=bob dbname=weir sslmode=verify-full sslrootcert={}",
+            node.pg.port(),
+            pki.ca.display()
+        );
+        let out = Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", sql, &conninfo])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap();
+        (out.status.success(), output_text(&out))
+    };
+    let (counted, text) = psql("bobs password", "SELECT count(*) FROM visible");
+    assert!(counted && text.trim() == "2", "{text}");
+    for sql in ["SELECT * FROM hidden", "SELECT * FROM weir.topics"] {
+        let (ran, text) = psql("bobs password", sql);
+        assert!(!ran && text.contains("user bob may not"), "{sql}: {text}");
+    }
+    let (ran, text) = psql("guess", "SELECT 1");
+    assert!(
+        !ran && text.contains("assword authentication failed"),
+        "{text}"
+    );
 }
 
 #[test]

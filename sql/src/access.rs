@@ -38,7 +38,7 @@ pub(crate) fn check_table(
 }
 
 /// Checks every table `plan` reads or writes, in subqueries too.
-pub(crate) fn check_plan(plan: &LogicalPlan, access: &dyn TableAccess) -> Result<(), Error> {
+pub fn check_plan(plan: &LogicalPlan, access: &dyn TableAccess) -> Result<(), Error> {
     let mut refused = None;
     plan.apply_with_subqueries(|node| {
         let used = match node {
