@@ -1,5 +1,5 @@
 //! SASL on the Kafka listener with real clients: users made with `weir user add`, kcat with
-//! PLAIN and SCRAM-SHA-256, confluent-kafka with SCRAM-SHA-512 (`clients/sasl.py`) and its
+//! PLAIN and SCRAM-SHA-256, confluent-kafka with SCRAM-SHA-512 (`clients/secured.py`) and its
 //! admin client managing credentials as a super user (`clients/scram_admin.py`). The right
 //! password produces and consumes; a wrong one and a client without SASL are refused with a
 //! clear error; the users survive a restart; passwords never show in the API.
@@ -205,7 +205,19 @@ fn confluent_kafka_uses_scram_sha_512_and_a_wrong_password_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path());
     weir_ok(&node, &["user", "add", "carol", "--password", PASSWORD], "");
-    run_client(&python, &node, "sasl.py", &["carol", PASSWORD], "sasl ok");
+    let sasl = [
+        "security.protocol=SASL_PLAINTEXT",
+        "sasl.mechanisms=SCRAM-SHA-512",
+        "sasl.username=carol",
+    ];
+    let right = format!("sasl.password={PASSWORD}");
+    let mut args = vec!["sasl-topic", "roundtrip", right.as_str()];
+    args.extend(sasl);
+    run_client(&python, &node, "secured.py", &args, "roundtrip ok");
+    let mut args = vec!["sasl-topic", "refused", "sasl.password=not the password"];
+    args.extend(sasl);
+    let printed = run_client(&python, &node, "secured.py", &args, "refused:");
+    assert!(printed.contains("uthentication failed"), "{printed}");
     node.stop();
 }
 

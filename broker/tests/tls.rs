@@ -1,5 +1,5 @@
 //! TLS on every listener, with clients that verify a CA this test makes: confluent-kafka with
-//! `security.protocol=SSL` and `SASL_SSL` (`clients/tls.py`), kcat, curl `--cacert`, psql
+//! `security.protocol=SSL` and `SASL_SSL` (`clients/secured.py`), kcat, curl `--cacert`, psql
 //! `sslmode=verify-full` and the `weir` CLI with `--ca-cert`. A client that speaks plain text to
 //! a TLS port, or does not trust the node's CA, fails at once with an error that says so; with
 //! `--tls-client-ca`, a client without a certificate from that CA is turned away.
@@ -85,7 +85,7 @@ fn start(dir: &Path, flags: &[String]) -> Node {
     Node::start_with(&dir.join("data"), &flags)
 }
 
-/// `key=value` settings for `clients/tls.py`.
+/// `key=value` settings for `clients/secured.py`.
 fn settings(pairs: &[(&str, &Path)]) -> Vec<String> {
     pairs
         .iter()
@@ -143,9 +143,9 @@ fn kafka_clients_speak_ssl_and_a_plain_text_or_untrusting_client_fails_at_once()
     run_client(
         &python,
         &node,
-        "tls.py",
+        "secured.py",
         &args("tls-topic", "roundtrip", &ssl_args),
-        "tls ok",
+        "roundtrip ok",
     );
 
     // kcat reads back what confluent-kafka wrote, over TLS.
@@ -166,7 +166,7 @@ fn kafka_clients_speak_ssl_and_a_plain_text_or_untrusting_client_fails_at_once()
     let printed = run_client(
         &python,
         &node,
-        "tls.py",
+        "secured.py",
         &args("tls-topic", "refused", &untrusting_args),
         "refused:",
     );
@@ -290,9 +290,9 @@ fn sasl_ssl_and_client_certificates_are_enforced() {
     run_client(
         &python,
         &node,
-        "tls.py",
+        "secured.py",
         &args("sasl-ssl", "roundtrip", &roundtrip),
-        "tls ok",
+        "roundtrip ok",
     );
 
     // Without a client certificate, or with one from another CA: the handshake fails.
@@ -313,7 +313,7 @@ fn sasl_ssl_and_client_certificates_are_enforced() {
         let printed = run_client(
             &python,
             &node,
-            "tls.py",
+            "secured.py",
             &args("sasl-ssl", "refused", &refused),
             "refused:",
         );
@@ -326,7 +326,7 @@ fn sasl_ssl_and_client_certificates_are_enforced() {
     let printed = run_client(
         &python,
         &node,
-        "tls.py",
+        "secured.py",
         &args("sasl-ssl", "refused", &wrong),
         "refused:",
     );

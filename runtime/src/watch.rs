@@ -106,7 +106,11 @@ fn deploy_file(path: &Path, registry: &Registry) {
         }
         Err(e) => {
             tracing::warn!(plugin = name, path = %path.display(), error = %e, "plugin file refused");
-            if let Err(write) = std::fs::write(&error_path, format!("{e}\n")) {
+            // Written whole, then renamed: whoever sees the file sees the reason.
+            let partial = path.with_extension("error.partial");
+            let written = std::fs::write(&partial, format!("{e}\n"))
+                .and_then(|()| std::fs::rename(&partial, &error_path));
+            if let Err(write) = written {
                 tracing::warn!(path = %error_path.display(), error = %write, "cannot write the refusal reason");
             }
         }

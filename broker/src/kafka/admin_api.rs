@@ -55,6 +55,21 @@ fn check_configs(
     checked.map_err(|denied| denial(&denied))
 }
 
+/// A config change on one resource of an (incremental) AlterConfigs: refused unless the caller
+/// may alter the resource's configs, and unless it is a topic; else what `change` does.
+fn altering(
+    caller: &Caller,
+    resource_type: i8,
+    name: &str,
+    change: impl FnOnce() -> Result<(), StorageError>,
+) -> Result<(), (i16, Option<StrBytes>)> {
+    check_configs(caller, Operation::AlterConfigs, resource_type, name)?;
+    if resource_type != RESOURCE_TOPIC {
+        return Err(failure(&not_a_topic(resource_type)));
+    }
+    change().map_err(|e| failure(&e))
+}
+
 /// Error code and message of a failed operation.
 fn failure(e: &StorageError) -> (i16, Option<StrBytes>) {
     (error_code(e), Some(error_message(e.to_string())))
@@ -263,30 +278,23 @@ pub(crate) fn alter_configs(
         let mut result = AlterConfigsResourceResponse::default();
         result.resource_type = resource.resource_type;
         result.resource_name = resource.resource_name.clone();
-        if let Err(refused) = check_configs(
-            caller,
-            Operation::AlterConfigs,
-            resource.resource_type,
-            &resource.resource_name,
-        ) {
-            (result.error_code, result.error_message) = refused;
-            response.responses.push(result);
-            continue;
-        }
         // AlterConfigs replaces the whole set: keys left out return to their defaults.
         let configs = config_map(resource.configs.iter().map(|c| (&c.name, c.value.as_ref())));
-        let outcome = if resource.resource_type == RESOURCE_TOPIC {
-            apply_configs(
-                shared,
-                &resource.resource_name,
-                configs,
-                request.validate_only,
-            )
-        } else {
-            Err(not_a_topic(resource.resource_type))
-        };
-        if let Err(e) = outcome {
-            (result.error_code, result.error_message) = failure(&e);
+        let outcome = altering(
+            caller,
+            resource.resource_type,
+            &resource.resource_name,
+            || {
+                apply_configs(
+                    shared,
+                    &resource.resource_name,
+                    configs,
+                    request.validate_only,
+                )
+            },
+        );
+        if let Err(refused) = outcome {
+            (result.error_code, result.error_message) = refused;
         }
         response.responses.push(result);
     }
@@ -303,20 +311,8 @@ pub(crate) fn incremental_alter_configs(
         let mut result = IncrementalResult::default();
         result.resource_type = resource.resource_type;
         result.resource_name = resource.resource_name.clone();
-        if let Err(refused) = check_configs(
-            caller,
-            Operation::AlterConfigs,
-            resource.resource_type,
-            &resource.resource_name,
-        ) {
-            (result.error_code, result.error_message) = refused;
-            response.responses.push(result);
-            continue;
-        }
         let name = resource.resource_name.to_string();
-        let outcome = if resource.resource_type != RESOURCE_TOPIC {
-            Err(not_a_topic(resource.resource_type))
-        } else {
+        let outcome = altering(caller, resource.resource_type, &name, || {
             shared.storage.existing_topic(&name).and_then(|meta| {
                 let mut configs = meta.configs;
                 for c in &resource.configs {
@@ -340,9 +336,9 @@ pub(crate) fn incremental_alter_configs(
                 }
                 apply_configs(shared, &name, configs, request.validate_only)
             })
-        };
-        if let Err(e) = outcome {
-            (result.error_code, result.error_message) = failure(&e);
+        });
+        if let Err(refused) = outcome {
+            (result.error_code, result.error_message) = refused;
         }
         response.responses.push(result);
     }

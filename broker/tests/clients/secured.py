@@ -1,7 +1,8 @@
-"""confluent-kafka over TLS: produce and consume 50 records with the given client settings, or,
-with `refused`, check that those settings are turned away and print the errors the client saw.
+"""confluent-kafka with the given security settings (TLS, SASL or both): produce and consume 50
+records, or, with `refused`, check that those settings are turned away and print the errors
+the client saw.
 
-    tls.py BOOTSTRAP TOPIC roundtrip|refused KEY=VALUE...
+    secured.py BOOTSTRAP TOPIC roundtrip|refused KEY=VALUE...
 """
 
 import sys
@@ -38,4 +39,4 @@ while len(values) < 50:
     values.append(message.value().decode())
 consumer.close()
 assert sorted(values) == sorted(f"value {i}" for i in range(50)), values
-print("tls ok")
+print("roundtrip ok")
