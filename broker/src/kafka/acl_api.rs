@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::Shared;
-use super::handlers::{denial, error_message};
+use super::handlers::{denial, error_message, text};
 use crate::acl::{
     Acl, AclError, AclFilter, CLUSTER_NAME, Caller, Operation, PatternFilter, PatternType,
     Permission, ResourceType,
@@ -25,10 +25,6 @@ use crate::acl::{
 const ANY: i8 = 1;
 /// Kafka's `MATCH` pattern filter.
 const MATCH: i8 = 2;
-
-fn text(s: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(s.into())
-}
 
 fn refusal(e: &AclError) -> (i16, Option<StrBytes>) {
     let code = match e {

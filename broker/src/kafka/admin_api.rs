@@ -23,7 +23,7 @@ use weir_storage::{StorageError, TopicMeta};
 
 use super::Shared;
 use super::handlers::{
-    CLUSTER_ID, NODE_ID, config_map, denial, error_code, error_message, topic_id,
+    CLUSTER_ID, NODE_ID, config_map, denial, error_code, error_message, text, topic_id,
 };
 use crate::acl::{CLUSTER_NAME, Caller, Operation, ResourceType};
 
@@ -35,10 +35,6 @@ const SOURCE_DEFAULT: i8 = 5;
 /// IncrementalAlterConfigs operations.
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
-
-fn text(s: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(s.into())
-}
 
 /// The ACL check of a config operation on a resource of a config request: a topic, or the
 /// broker (the cluster resource, as in Kafka).

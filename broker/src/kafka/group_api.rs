@@ -33,7 +33,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::Shared;
 use super::groups::{CommittedOffset, GroupError, JoinOutcome, JoinRequest, Reply, SyncOutcome};
-use super::handlers::denial;
+use super::handlers::{denial, text};
 use crate::acl::{Caller, Operation, ResourceType};
 
 /// The Kafka error code for a coordinator's refusal.
@@ -65,10 +65,6 @@ fn code(outcome: Result<(), GroupError>) -> i16 {
 const GROUP_WAIT_MAX: Duration = Duration::from_secs(300);
 /// FindCoordinator key type of a consumer group.
 const KEY_TYPE_GROUP: i8 = 0;
-
-fn text(s: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(s.into())
-}
 
 pub(crate) fn find_coordinator(
     shared: &Shared,

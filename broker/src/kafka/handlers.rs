@@ -278,6 +278,11 @@ pub(crate) fn error_message(message: impl Into<String>) -> StrBytes {
     StrBytes::from_string(message)
 }
 
+/// A response string from text the broker owns.
+pub(crate) fn text(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
 /// Kafka's error code and message for a refusal by the ACLs.
 pub(crate) fn denial(denied: &Denied) -> (i16, Option<StrBytes>) {
     let code = match denied.resource_type {

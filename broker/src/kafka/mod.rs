@@ -329,14 +329,16 @@ async fn handle_frame(
             session.admit(shared.config.auth, key)?;
             let caller = session.caller(shared, peer);
             match request {
-                Some(RequestKind::DescribeUserScramCredentials(r)) => session
-                    .describe_credentials(shared, &caller, r)
-                    .await
-                    .map(|r| Some(ResponseKind::DescribeUserScramCredentials(r))),
-                Some(RequestKind::AlterUserScramCredentials(r)) => session
-                    .alter_credentials(shared, &caller, r)
-                    .await
-                    .map(|r| Some(ResponseKind::AlterUserScramCredentials(r))),
+                Some(RequestKind::DescribeUserScramCredentials(r)) => {
+                    sasl_api::describe_credentials(shared, &caller, r)
+                        .await
+                        .map(|r| Some(ResponseKind::DescribeUserScramCredentials(r)))
+                }
+                Some(RequestKind::AlterUserScramCredentials(r)) => {
+                    sasl_api::alter_credentials(shared, &caller, r)
+                        .await
+                        .map(|r| Some(ResponseKind::AlterUserScramCredentials(r)))
+                }
                 request => handlers::handle(shared, request, &header, peer, caller).await,
             }
         }

@@ -150,38 +150,36 @@ impl Session {
             _ => Caller::Anyone,
         }
     }
+}
 
-    /// Reading credentials needs DESCRIBE on the cluster, as in Kafka (super users pass).
-    pub(crate) async fn describe_credentials(
-        &self,
-        shared: &Arc<Shared>,
-        caller: &Caller,
-        request: DescribeUserScramCredentialsRequest,
-    ) -> Result<DescribeUserScramCredentialsResponse> {
-        let allowed = caller
-            .check(Operation::Describe, ResourceType::Cluster, CLUSTER_NAME)
-            .is_ok();
-        with_users(shared, "describing SCRAM credentials", move |users| {
-            describe(users, allowed, &request)
-        })
-        .await
-    }
+/// Reading credentials needs DESCRIBE on the cluster, as in Kafka (super users pass).
+pub(crate) async fn describe_credentials(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    request: DescribeUserScramCredentialsRequest,
+) -> Result<DescribeUserScramCredentialsResponse> {
+    let allowed = caller
+        .check(Operation::Describe, ResourceType::Cluster, CLUSTER_NAME)
+        .is_ok();
+    with_users(shared, "describing SCRAM credentials", move |users| {
+        describe(users, allowed, &request)
+    })
+    .await
+}
 
-    /// Changing credentials needs ALTER on the cluster.
-    pub(crate) async fn alter_credentials(
-        &self,
-        shared: &Arc<Shared>,
-        caller: &Caller,
-        request: AlterUserScramCredentialsRequest,
-    ) -> Result<AlterUserScramCredentialsResponse> {
-        let allowed = caller
-            .check(Operation::Alter, ResourceType::Cluster, CLUSTER_NAME)
-            .is_ok();
-        with_users(shared, "altering SCRAM credentials", move |users| {
-            alter(users, allowed, request)
-        })
-        .await
-    }
+/// Changing credentials needs ALTER on the cluster.
+pub(crate) async fn alter_credentials(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    request: AlterUserScramCredentialsRequest,
+) -> Result<AlterUserScramCredentialsResponse> {
+    let allowed = caller
+        .check(Operation::Alter, ResourceType::Cluster, CLUSTER_NAME)
+        .is_ok();
+    with_users(shared, "altering SCRAM credentials", move |users| {
+        alter(users, allowed, request)
+    })
+    .await
 }
 
 /// Runs `f` over the node's users on the blocking pool: key derivations and the metadata store
