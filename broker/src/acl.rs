@@ -29,8 +29,10 @@ const ACLS_TREE: &str = "acls";
 pub enum AclError {
     #[error("{0}")]
     Invalid(String),
-    #[error("{ACLS_MAX} ACL rules exist, the most a node keeps")]
-    TooMany,
+    #[error(
+        "{existing} ACL rules exist and {added} more were given: a node keeps at most {ACLS_MAX}"
+    )]
+    TooMany { existing: usize, added: usize },
     #[error(transparent)]
     Storage(#[from] weir_storage::StorageError),
 }
@@ -367,8 +369,12 @@ impl Acls {
         for acl in acls {
             acl.validate()?;
         }
-        if self.tree.len() + acls.len() > ACLS_MAX {
-            return Err(AclError::TooMany);
+        let existing = self.tree.len();
+        if existing + acls.len() > ACLS_MAX {
+            return Err(AclError::TooMany {
+                existing,
+                added: acls.len(),
+            });
         }
         for acl in acls {
             self.tree.insert(&acl.key(), acl)?;

@@ -140,6 +140,23 @@ fn each_operation_is_allowed_by_a_rule_and_denied_without_one() {
 fn bad_rules_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path(), &Listeners::any());
+    // One rule past the bound, in one request: refused whole, nothing stored.
+    let rules: Vec<serde_json::Value> = (0..=weir_broker::acl::ACLS_MAX)
+        .map(|i| {
+            serde_json::json!({"resource_type": "topic", "resource_name": format!("t{i}"),
+                               "principal": "User:alice", "operation": "read"})
+        })
+        .collect();
+    let client = weir_broker::cli::Client::new(&node.url(), None);
+    let err = client
+        .call("POST", "/v1/acls", Some(&serde_json::Value::from(rules)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("409") && err.contains("at most 10000"),
+        "{err}"
+    );
+    assert_eq!(weir_ok(&node, &["acl", "list"]).lines().count(), 1);
     for (args, reason) in [
         (
             &[

@@ -14,7 +14,7 @@ impl From<AclError> for ApiError {
     fn from(e: AclError) -> Self {
         let status = match &e {
             AclError::Invalid(_) => StatusCode::BAD_REQUEST,
-            AclError::TooMany => StatusCode::CONFLICT,
+            AclError::TooMany { .. } => StatusCode::CONFLICT,
             AclError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {

@@ -29,7 +29,7 @@ const MATCH: i8 = 2;
 fn refusal(e: &AclError) -> (i16, Option<StrBytes>) {
     let code = match e {
         AclError::Invalid(_) => ResponseError::InvalidRequest,
-        AclError::TooMany => ResponseError::PolicyViolation,
+        AclError::TooMany { .. } => ResponseError::PolicyViolation,
         AclError::Storage(_) => ResponseError::KafkaStorageError,
     };
     (code.code(), Some(error_message(e.to_string())))
