@@ -533,13 +533,13 @@ impl Caller {
         self.check(Operation::Create, ResourceType::Topic, name)
     }
 
-    /// The table checks of a SQL statement run for this caller; `None` when every table is
-    /// allowed (an open node, the admin token, a super user).
-    pub fn table_access(&self) -> Option<&dyn TableAccess> {
+    /// The table checks of a SQL statement run for this caller; `None` when every table and
+    /// row is allowed (an open node, the admin token, a super user).
+    pub fn table_access(&self) -> Option<Arc<dyn TableAccess>> {
         match self {
             Caller::User {
                 super_user: false, ..
-            } => Some(self),
+            } => Some(Arc::new(self.clone())),
             _ => None,
         }
     }
@@ -564,11 +564,16 @@ impl Caller {
 }
 
 /// SQL on behalf of a user: topics (schema `public`) need READ to be queried, WRITE for
-/// `INSERT` and CREATE for `CREATE TABLE … AS`; the system tables (schema `weir`) need DESCRIBE
-/// on the cluster; the catalogs clients read (`pg_catalog`, `information_schema`) are open.
+/// `INSERT` and CREATE for `CREATE TABLE … AS`. The system tables (schema `weir`) show the rows
+/// of the topics and groups the user may describe, as Kafka's Metadata and ListGroups do; those
+/// about the node as a whole (`plugins`, `connections`) need DESCRIBE on the cluster. The
+/// catalogs clients read (`pg_catalog`, `information_schema`) are open.
 impl TableAccess for Caller {
     fn check(&self, schema: &str, table: &str, usage: TableUse) -> Result<(), String> {
         let checked = match (schema, usage) {
+            ("weir", _) if matches!(table, "topics" | "partitions" | "groups" | "pipelines") => {
+                Ok(())
+            }
             ("public", TableUse::Read) => {
                 Caller::check(self, Operation::Read, ResourceType::Topic, table)
             }
@@ -585,6 +590,14 @@ impl TableAccess for Caller {
             _ => Ok(()),
         };
         checked.map_err(|denied| denied.to_string())
+    }
+
+    fn sees_topic(&self, name: &str) -> bool {
+        self.may(Operation::Describe, ResourceType::Topic, name)
+    }
+
+    fn sees_group(&self, name: &str) -> bool {
+        self.may(Operation::Describe, ResourceType::Group, name)
     }
 }
 

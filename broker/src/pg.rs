@@ -53,7 +53,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use weir_sql::QueryEngine;
+use weir_sql::{QueryEngine, Viewer};
 
 use crate::acl::Caller;
 use crate::node::NodeContext;
@@ -67,13 +67,22 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(|tls| tls.acceptor(&[b"postgresql"]));
-    let handlers = Arc::new(Handlers::new(&node, token, acceptor.is_some()));
+    let shared = Shared {
+        engine: node.sql.clone(),
+        callers: Arc::new(Callers {
+            acls: node.acls.clone(),
+            super_users: node.super_users.clone(),
+        }),
+        token,
+        tls_required: acceptor.is_some(),
+        users: node.users.clone(),
+    };
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    let handlers = handlers.clone();
+                    let handlers = Arc::new(Handlers::new(&shared));
                     tokio::spawn(connection(socket, peer, acceptor.clone(), handlers));
                 }
                 Err(e) => {
@@ -138,34 +147,50 @@ fn watch_hangup(socket: TcpStream) -> std::io::Result<(TcpStream, impl Future<Ou
     Ok((socket, hangup))
 }
 
+/// What every connection of the listener shares.
+struct Shared {
+    engine: Arc<QueryEngine>,
+    callers: Arc<Callers>,
+    token: Option<String>,
+    tls_required: bool,
+    users: Arc<crate::sasl::Users>,
+}
+
+/// One connection's handlers. Each connection has its own copy of the node's SQL session
+/// state, whose [`Viewer`] is the SASL user the client signs in as, so the system tables show
+/// that user its own rows; catalogs, functions and the memory pool are the node's.
 struct Handlers {
     session: Arc<Session>,
     startup: Arc<Startup>,
 }
 
 impl Handlers {
-    fn new(node: &NodeContext, token: Option<String>, tls_required: bool) -> Handlers {
-        let engine = node.sql.clone();
+    fn new(shared: &Shared) -> Handlers {
+        let viewer = Arc::new(Viewer::default());
+        let mut state = shared.engine.context().state();
+        state.config_mut().set_extension(viewer.clone());
+        let context = Arc::new(SessionContext::new_with_state(state));
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(Guard {
-                engine: engine.clone(),
-                acls: node.acls.clone(),
-                super_users: node.super_users.clone(),
+                engine: shared.engine.clone(),
+                callers: shared.callers.clone(),
             }),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
-        let inner = DfSessionService::new_with_hooks(engine.context().clone(), hooks);
+        let inner = DfSessionService::new_with_hooks(context, hooks);
         Handlers {
             session: Arc::new(Session {
                 parser: Arc::new(Rewriting(inner.query_parser())),
                 inner,
             }),
             startup: Arc::new(Startup {
-                token,
-                tls_required,
-                users: node.users.clone(),
+                token: shared.token.clone(),
+                tls_required: shared.tls_required,
+                users: shared.users.clone(),
+                callers: shared.callers.clone(),
+                viewer,
                 parameters: DefaultServerParameterProvider::default(),
                 keys: RandomPidSecretKeyGenerator::default(),
             }),
@@ -287,6 +312,9 @@ struct Startup {
     tls_required: bool,
     /// SASL users sign in with their password too, over TLS.
     users: Arc<crate::sasl::Users>,
+    callers: Arc<Callers>,
+    /// The connection's viewer, set when a SASL user signs in.
+    viewer: Arc<Viewer>,
     parameters: DefaultServerParameterProvider,
     keys: RandomPidSecretKeyGenerator,
 }
@@ -339,6 +367,9 @@ impl StartupHandler for Startup {
                         return Err(PgWireError::InvalidPassword(user));
                     }
                     client.metadata_mut().insert(SASL_USER.to_owned(), user);
+                    if let Some(access) = self.callers.of(client).table_access() {
+                        self.viewer.set(access);
+                    }
                 }
                 finish_authentication(client, &self.parameters).await?;
             }
@@ -453,16 +484,15 @@ fn empty_plan() -> LogicalPlan {
     })
 }
 
-/// Checks every statement before the session sees it (see the module documentation).
-struct Guard {
-    engine: Arc<QueryEngine>,
+/// The node's ACLs and super users, which decide what a connection's statements may do.
+struct Callers {
     acls: Arc<crate::acl::Acls>,
     super_users: Arc<[String]>,
 }
 
-impl Guard {
+impl Callers {
     /// Who a connection acts as: a SASL user when it signed in as one, else the token's holder.
-    fn caller(&self, client: &dyn ClientInfo) -> Caller {
+    fn of(&self, client: &dyn ClientInfo) -> Caller {
         match client.metadata().get(SASL_USER) {
             Some(user) => Caller::User {
                 super_user: self.super_users.contains(user),
@@ -472,6 +502,18 @@ impl Guard {
             },
             None => Caller::Anyone,
         }
+    }
+}
+
+/// Checks every statement before the session sees it (see the module documentation).
+struct Guard {
+    engine: Arc<QueryEngine>,
+    callers: Arc<Callers>,
+}
+
+impl Guard {
+    fn caller(&self, client: &dyn ClientInfo) -> Caller {
+        self.callers.of(client)
     }
 
     /// Refuses a statement that names a table the caller may not use.
@@ -489,7 +531,7 @@ impl Guard {
             .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
             .await
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-        weir_sql::access::check_plan(&plan, access).map_err(|e| refused(e.to_string()))
+        weir_sql::access::check_plan(&plan, access.as_ref()).map_err(|e| refused(e.to_string()))
     }
 
     async fn respond(

@@ -567,10 +567,22 @@ fn users_sign_in_over_https_and_postgres_and_are_held_to_their_acls() {
         "200",
     );
     assert!(counted.contains("\"n\":2"), "{counted}");
+    // The system tables show bob the rows of the topics he may describe, and nothing more.
+    for table in ["weir.topics", "weir.partitions"] {
+        let sql = format!("SELECT * FROM {table}");
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let rows = ok(call(&bob, "POST", "/v1/sql", Some(&body)), "200");
+        assert!(
+            rows.contains("\"visible\"") && !rows.contains("hidden"),
+            "{table}: {rows}"
+        );
+        let rows = ok(call(&as_admin, "POST", "/v1/sql", Some(&body)), "200");
+        assert!(rows.contains("\"hidden\""), "{table}: {rows}");
+    }
     for sql in [
         "SELECT * FROM hidden",
         "SELECT * FROM visible WHERE value IN (SELECT value FROM hidden)",
-        "SELECT * FROM weir.topics",
+        "SELECT * FROM weir.connections",
         "INSERT INTO visible (value) VALUES ('x')",
         "CREATE TABLE copied AS SELECT value FROM visible",
     ] {
@@ -604,7 +616,9 @@ fn users_sign_in_over_https_and_postgres_and_are_held_to_their_acls() {
     };
     let (counted, text) = psql("bobs password", "SELECT count(*) FROM visible");
     assert!(counted && text.trim() == "2", "{text}");
-    for sql in ["SELECT * FROM hidden", "SELECT * FROM weir.topics"] {
+    let (listed, text) = psql("bobs password", "SELECT name FROM weir.topics");
+    assert!(listed && text.trim() == "visible", "{text}");
+    for sql in ["SELECT * FROM hidden", "SELECT * FROM weir.connections"] {
         let (ran, text) = psql("bobs password", sql);
         assert!(!ran && text.contains("user bob may not"), "{sql}: {text}");
     }

@@ -1,5 +1,8 @@
 //! Which tables a statement uses, checked before it runs: a statement run on behalf of a user
-//! reads, writes or creates only the tables its [`TableAccess`] allows, subqueries included.
+//! reads, writes or creates only the tables its [`TableAccess`] allows, subqueries included,
+//! and sees only the rows of the system tables that name what it may describe ([`Viewer`]).
+
+use std::sync::{Arc, OnceLock};
 
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -21,6 +24,33 @@ pub enum TableUse {
 /// `weir` for the system tables; the error says why not.
 pub trait TableAccess: Send + Sync {
     fn check(&self, schema: &str, table: &str, usage: TableUse) -> Result<(), String>;
+    /// Whether the rows about topic `name` are shown.
+    fn sees_topic(&self, name: &str) -> bool;
+    /// Whether the rows about consumer group `name` are shown.
+    fn sees_group(&self, name: &str) -> bool;
+}
+
+/// Who a statement runs for, kept in its session's config where the system tables read it when
+/// they are scanned. Unset, every row is shown (the admin token, an open node). A Postgres
+/// connection sets it once its client has signed in.
+#[derive(Default)]
+pub struct Viewer(OnceLock<Arc<dyn TableAccess>>);
+
+impl Viewer {
+    pub fn of(access: Arc<dyn TableAccess>) -> Viewer {
+        let viewer = Viewer::default();
+        viewer.set(access);
+        viewer
+    }
+
+    /// Sets who views; a viewer that is already set keeps its first value.
+    pub fn set(&self, access: Arc<dyn TableAccess>) {
+        let _ = self.0.set(access);
+    }
+
+    pub(crate) fn access(&self) -> Option<&dyn TableAccess> {
+        self.0.get().map(|access| access.as_ref())
+    }
 }
 
 /// The schema and table of a reference; an unqualified name is a topic.

@@ -1,6 +1,6 @@
 //! Where tables come from: [`TopicSchema`] (`public`: every topic, looked up when a query names
 //! it, so a topic created a moment ago is a table) and [`SystemSchema`] (`weir`: the node's own
-//! state, read fresh for every query).
+//! state, read fresh for every scan and filtered for the statement's [`Viewer`]).
 
 use std::sync::Arc;
 
@@ -8,13 +8,17 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::catalog::SchemaProvider;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{SchemaProvider, Session};
 use datafusion::common::DataFusionError;
-use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
 use weir_runtime::Runtime;
 use weir_storage::Storage;
 
+use crate::access::{TableAccess, Viewer};
 use crate::topic::TopicTable;
 
 /// What the broker knows that storage and the runtime do not: groups and connections.
@@ -88,6 +92,7 @@ impl SchemaProvider for TopicSchema {
 }
 
 /// The `weir` schema: `topics`, `partitions`, `groups`, `plugins`, `pipelines`, `connections`.
+#[derive(Clone)]
 pub struct SystemSchema {
     storage: Arc<Storage>,
     runtime: Option<Arc<Runtime>>,
@@ -97,6 +102,38 @@ pub struct SystemSchema {
 impl std::fmt::Debug for SystemSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SystemSchema")
+    }
+}
+
+/// Which rows of a system table are built: every row, a viewer's, or none (to learn the
+/// table's columns).
+#[derive(Clone, Copy)]
+enum Shown<'a> {
+    All,
+    To(&'a dyn TableAccess),
+    Nothing,
+}
+
+impl Shown<'_> {
+    fn topic(self, name: &str) -> bool {
+        match self {
+            Shown::All => true,
+            Shown::To(access) => access.sees_topic(name),
+            Shown::Nothing => false,
+        }
+    }
+
+    fn group(self, name: &str) -> bool {
+        match self {
+            Shown::All => true,
+            Shown::To(access) => access.sees_group(name),
+            Shown::Nothing => false,
+        }
+    }
+
+    /// Rows about the node as a whole: who may read the table sees them all.
+    fn node(self) -> bool {
+        !matches!(self, Shown::Nothing)
     }
 }
 
@@ -122,21 +159,27 @@ impl SystemSchema {
         }
     }
 
-    /// The current contents of system table `name`.
-    fn build(&self, name: &str) -> Result<Option<RecordBatch>, crate::Error> {
+    /// The current rows of system table `name` that `shown` lets through.
+    fn build(&self, name: &str, shown: Shown) -> Result<Option<RecordBatch>, crate::Error> {
         Ok(Some(match name {
-            "topics" => self.topics()?,
-            "partitions" => self.partitions()?,
-            "groups" => self.groups()?,
-            "plugins" => self.plugins()?,
-            "pipelines" => self.pipelines()?,
-            "connections" => self.connections()?,
+            "topics" => self.topics(shown)?,
+            "partitions" => self.partitions(shown)?,
+            "groups" => self.groups(shown)?,
+            "plugins" => self.plugins(shown)?,
+            "pipelines" => self.pipelines(shown)?,
+            "connections" => self.connections(shown)?,
             _ => return Ok(None),
         }))
     }
 
-    fn topics(&self) -> Result<RecordBatch, crate::Error> {
-        let topics = self.storage.list_topics()?;
+    fn shown_topics(&self, shown: Shown) -> Result<Vec<weir_storage::TopicMeta>, crate::Error> {
+        let mut topics = self.storage.list_topics()?;
+        topics.retain(|t| shown.topic(&t.name));
+        Ok(topics)
+    }
+
+    fn topics(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
+        let topics = self.shown_topics(shown)?;
         Table::new(&topics)
             .text("name", |t| t.name.clone())
             .int32("partitions", |t| t.partitions as i32)
@@ -147,9 +190,9 @@ impl SystemSchema {
             .build()
     }
 
-    fn partitions(&self) -> Result<RecordBatch, crate::Error> {
+    fn partitions(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
         let mut rows = Vec::new();
-        for t in self.storage.list_topics()? {
+        for t in self.shown_topics(shown)? {
             for p in 0..t.partitions {
                 rows.push((t.name.clone(), p, self.storage.log(&t.name, p)?));
             }
@@ -164,12 +207,13 @@ impl SystemSchema {
             .build()
     }
 
-    fn groups(&self) -> Result<RecordBatch, crate::Error> {
-        let rows = self
+    fn groups(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
+        let mut rows = self
             .node
             .as_ref()
             .map(|n| n.group_rows())
             .unwrap_or_default();
+        rows.retain(|r| shown.group(&r.group) && shown.topic(&r.topic));
         Table::new(&rows)
             .text("group_id", |r| r.group.clone())
             .text("state", |r| r.state.clone())
@@ -184,10 +228,10 @@ impl SystemSchema {
             .build()
     }
 
-    fn plugins(&self) -> Result<RecordBatch, crate::Error> {
+    fn plugins(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
         let plugins = match &self.runtime {
-            Some(runtime) => runtime.registry().list()?,
-            None => Vec::new(),
+            Some(runtime) if shown.node() => runtime.registry().list()?,
+            _ => Vec::new(),
         };
         let rows: Vec<_> = plugins.iter().map(|p| (p, p.active_version())).collect();
         Table::new(&rows)
@@ -203,11 +247,13 @@ impl SystemSchema {
             .build()
     }
 
-    fn pipelines(&self) -> Result<RecordBatch, crate::Error> {
-        let pipelines = match &self.runtime {
+    /// A pipeline is shown to who may describe its source and every output.
+    fn pipelines(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
+        let mut pipelines = match &self.runtime {
             Some(runtime) => runtime.pipelines().list()?,
             None => Vec::new(),
         };
+        pipelines.retain(|p| shown.topic(&p.spec.from) && p.spec.to.iter().all(|t| shown.topic(t)));
         Table::new(&pipelines)
             .text("name", |p| p.spec.name.clone())
             .text("status", |p| p.status.clone())
@@ -225,12 +271,11 @@ impl SystemSchema {
             .build()
     }
 
-    fn connections(&self) -> Result<RecordBatch, crate::Error> {
-        let rows = self
-            .node
-            .as_ref()
-            .map(|n| n.connection_rows())
-            .unwrap_or_default();
+    fn connections(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
+        let rows = match &self.node {
+            Some(node) if shown.node() => node.connection_rows(),
+            _ => Vec::new(),
+        };
         Table::new(&rows)
             .text("peer", |r| r.peer.clone())
             .text_or_null("client_id", |r| r.client_id.clone())
@@ -309,19 +354,60 @@ impl SchemaProvider for SystemSchema {
         &self,
         name: &str,
     ) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
-        let Some(batch) = self
-            .build(name)
+        let Some(columns) = self
+            .build(name, Shown::Nothing)
             .map_err(|e| DataFusionError::External(Box::new(e)))?
         else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(MemTable::try_new(
-            batch.schema(),
-            vec![vec![batch]],
-        )?)))
+        Ok(Some(Arc::new(SystemTable {
+            name: name.to_owned(),
+            schema: columns.schema(),
+            system: self.clone(),
+        })))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         SYSTEM_TABLES.contains(&name)
+    }
+}
+
+/// One system table, built when a statement scans it, with the rows its [`Viewer`] may see.
+#[derive(Debug)]
+struct SystemTable {
+    name: String,
+    schema: SchemaRef,
+    system: SystemSchema,
+}
+
+#[async_trait]
+impl TableProvider for SystemTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let viewer = state.config().get_extension::<Viewer>();
+        let shown = match viewer.as_deref().and_then(Viewer::access) {
+            Some(access) => Shown::To(access),
+            None => Shown::All,
+        };
+        let batch = self
+            .system
+            .build(&self.name, shown)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .ok_or_else(|| DataFusionError::Plan(format!("no system table {}", self.name)))?;
+        MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())
+            .map(|exec| exec as Arc<dyn ExecutionPlan>)
     }
 }

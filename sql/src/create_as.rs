@@ -7,6 +7,7 @@
 //! rows go in with the same `INSERT` path, so a failed query leaves no topic behind.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SQLOptions;
@@ -161,7 +162,13 @@ fn quote(name: &str) -> String {
 }
 
 impl QueryEngine {
-    pub(crate) async fn create_topic_as(&self, create: CreateAs) -> Result<Answer, Error> {
+    /// Makes the topic and fills it with the query's rows, read as `viewer` sees them; who
+    /// may do so was checked before.
+    pub(crate) async fn create_topic_as(
+        &self,
+        create: CreateAs,
+        viewer: Option<Arc<dyn TableAccess>>,
+    ) -> Result<Answer, Error> {
         let read_only = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -198,7 +205,10 @@ impl QueryEngine {
         }
         let partitions = create.partitions.unwrap_or(self.default_partitions);
         if create.if_not_exists && self.storage.existing_topic(&create.topic).is_ok() {
-            return self.run("SELECT CAST(0 AS BIGINT) AS count", None).await;
+            let (state, plan) = self
+                .planned("SELECT CAST(0 AS BIGINT) AS count", None)
+                .await?;
+            return Self::collect(state, plan).await;
         }
         // An existing topic is refused here, with storage's own error.
         let (storage, topic) = (self.storage.clone(), create.topic.clone());
@@ -209,7 +219,10 @@ impl QueryEngine {
             columns.join(", "),
             create.query
         );
-        let inserted = self.run(&insert, None).await;
+        let inserted = match self.planned(&insert, viewer).await {
+            Ok((state, plan)) => Self::collect(state, plan).await,
+            Err(e) => Err(e),
+        };
         if inserted.is_err() {
             let (storage, topic) = (self.storage.clone(), create.topic.clone());
             on_blocking_pool(move || storage.delete_topic(&topic)).await?;

@@ -31,14 +31,14 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use weir_runtime::Runtime;
 use weir_storage::{LayerKey, Storage, StorageError};
 
-pub use access::{TableAccess, TableUse};
+pub use access::{TableAccess, TableUse, Viewer};
 
 pub use catalog::{ConnectionRow, GroupRow, NodeSource, SYSTEM_TABLES, SystemSchema, TopicSchema};
 pub use value_schema::parse_value_schema;
@@ -194,29 +194,46 @@ impl QueryEngine {
     }
 
     /// [`QueryEngine::sql`] on behalf of a caller whose `access` decides which tables the
-    /// statement may read, write or create; `None` allows every table.
+    /// statement may read, write or create, and which rows of the system tables it sees; `None`
+    /// allows every table and row.
     pub async fn sql_as(
         &self,
         sql: &str,
-        access: Option<&dyn TableAccess>,
+        access: Option<Arc<dyn TableAccess>>,
     ) -> Result<Answer, Error> {
         guard::check_text(sql)?;
         if let Some(create) = create_as::parse(sql)? {
-            if let Some(access) = access {
-                create.check(self, access).await?;
+            if let Some(access) = &access {
+                create.check(self, access.as_ref()).await?;
             }
-            return self.create_topic_as(create).await;
+            return self.create_topic_as(create, access).await;
         }
-        self.run(sql, access).await
+        let (state, plan) = self.planned(sql, access.clone()).await?;
+        if let Some(access) = access {
+            access::check_plan(&plan, access.as_ref())?;
+        }
+        Self::collect(state, plan).await
     }
 
-    /// Runs a query, `INSERT` or `EXPLAIN`, once `access` allows every table it uses.
-    async fn run(&self, sql: &str, access: Option<&dyn TableAccess>) -> Result<Answer, Error> {
-        let plan = self.logical_plan(sql).await?;
-        if let Some(access) = access {
-            access::check_plan(&plan, access)?;
+    /// Plans `sql` in the session state it runs in: the node's, with `viewer` as its [`Viewer`].
+    async fn planned(
+        &self,
+        sql: &str,
+        viewer: Option<Arc<dyn TableAccess>>,
+    ) -> Result<(SessionState, LogicalPlan), Error> {
+        let mut state = self.context.state();
+        if let Some(access) = viewer {
+            state
+                .config_mut()
+                .set_extension(Arc::new(Viewer::of(access)));
         }
-        let frame = self.context.execute_logical_plan(plan).await?;
+        let plan = self.logical_plan(&state, sql).await?;
+        Ok((state, plan))
+    }
+
+    /// Runs a planned query, `INSERT` or `EXPLAIN` and collects its answer.
+    async fn collect(state: SessionState, plan: LogicalPlan) -> Result<Answer, Error> {
+        let frame = DataFrame::new(state, plan);
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let batches = frame.collect().await?;
         Ok(Answer { schema, batches })
@@ -225,8 +242,7 @@ impl QueryEngine {
     /// Checks a statement ([`guard`]) and plans it: anything but a query, `INSERT`, `EXPLAIN`
     /// or `SHOW` is refused before planning, and DataFusion's own options refuse DDL and
     /// session statements again.
-    async fn logical_plan(&self, sql: &str) -> Result<LogicalPlan, Error> {
-        let state = self.context.state();
+    async fn logical_plan(&self, state: &SessionState, sql: &str) -> Result<LogicalPlan, Error> {
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
         guard::check_statement(&statement)?;
@@ -242,8 +258,9 @@ impl QueryEngine {
     /// a statement goes through before it reads a topic.
     pub async fn plan(&self, sql: &str) -> Result<Arc<dyn ExecutionPlan>, Error> {
         guard::check_text(sql)?;
-        let plan = self.logical_plan(sql).await?;
-        Ok(self.context.state().create_physical_plan(&plan).await?)
+        let state = self.context.state();
+        let plan = self.logical_plan(&state, sql).await?;
+        Ok(state.create_physical_plan(&plan).await?)
     }
 }
 
