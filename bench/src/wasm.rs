@@ -225,7 +225,7 @@ fn deploy_latencies(regex_wasm: &[u8], runs: usize) -> anyhow::Result<(f64, f64)
             failures_max: 5,
         };
         let create_runtime = runtime.clone();
-        tokio.block_on(async move { create_runtime.pipelines().create(spec) })?;
+        tokio.block_on(async move { create_runtime.pipelines().create(spec, None) })?;
         append(&storage, &input, "ERROR first")?;
         first.push(wait_for_output(&storage, &output, 1)?.duration_since(started));
         // Version 2 keeps WARN too; the first WARN in the output was handled by it.

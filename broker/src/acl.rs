@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
+use weir_runtime::{Owner, PipelineSpec, Rights};
 use weir_sql::{TableAccess, TableUse};
 use weir_storage::{MetaStore, Tree, locks};
 
@@ -544,6 +545,53 @@ impl Caller {
         }
     }
 
+    /// What running pipeline `spec` takes: READ on its input, WRITE on every output and on its
+    /// dead-letter topic.
+    pub fn check_pipeline(&self, spec: &PipelineSpec) -> Result<(), Denied> {
+        self.check(Operation::Read, ResourceType::Topic, &spec.from)?;
+        for topic in spec
+            .to
+            .iter()
+            .chain(std::iter::once(&spec.dead_letter_topic()))
+        {
+            self.check(Operation::Write, ResourceType::Topic, topic)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the caller is shown pipeline `spec`: it may describe its input and every output.
+    pub fn sees_pipeline(&self, spec: &PipelineSpec) -> bool {
+        std::iter::once(&spec.from)
+            .chain(&spec.to)
+            .all(|topic| self.may(Operation::Describe, ResourceType::Topic, topic))
+    }
+
+    /// Who a pipeline this caller creates runs as: `None` for callers with the node's rights.
+    pub fn owner(&self) -> Option<Owner> {
+        match self {
+            Caller::User {
+                name,
+                host,
+                super_user: false,
+                ..
+            } => Some(Owner {
+                user: name.clone(),
+                host: host.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the caller may pause, resume or delete a pipeline owned by `owner`: its owner,
+    /// or a caller with the node's rights.
+    pub fn manages(&self, owner: Option<&Owner>) -> bool {
+        match (self.owner(), owner) {
+            (None, _) => true,
+            (Some(me), Some(owner)) => me.user == owner.user,
+            (Some(_), None) => false,
+        }
+    }
+
     /// What an idempotent producer needs: `IDEMPOTENT_WRITE` on the cluster, or `WRITE` on
     /// some topic.
     pub fn check_idempotent_write(&self) -> Result<(), Denied> {
@@ -560,6 +608,27 @@ impl Caller {
             ),
             _ => Ok(()),
         }
+    }
+}
+
+/// A pipeline's rights, checked before every step against the ACLs as they are now: its owner
+/// as a user connected from the host it created the pipeline from.
+pub struct PipelineRights {
+    pub acls: Arc<Acls>,
+    pub super_users: Arc<[String]>,
+}
+
+impl Rights for PipelineRights {
+    fn check(&self, owner: &Owner, spec: &PipelineSpec) -> Result<(), String> {
+        let caller = Caller::User {
+            name: owner.user.clone(),
+            host: owner.host.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            super_user: self.super_users.contains(&owner.user),
+            acls: self.acls.clone(),
+        };
+        caller
+            .check_pipeline(spec)
+            .map_err(|denied| denied.to_string())
     }
 }
 

@@ -121,9 +121,9 @@ pub async fn serve(
         token: tokens.admin.map(Arc::from),
         tls: handshakes.is_some(),
     };
-    // Plugins, pipelines, users and ACLs change the node for everyone: the admin token or a
-    // super user only.
-    let admin = runtime_api::routes()
+    // Plugins, users and ACLs change the node for everyone: the admin token or a super user
+    // only.
+    let admin = runtime_api::plugin_routes()
         .merge(users_api::routes())
         .merge(acls_api::routes())
         .route_layer(middleware::from_fn(require_admin));
@@ -135,6 +135,7 @@ pub async fn serve(
         .route("/groups/{id}", get(describe_group))
         .route("/groups/{id}/offsets", axum::routing::post(commit_offset))
         .merge(sql_api::routes())
+        .merge(runtime_api::pipeline_routes())
         .merge(admin)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let app = Router::new()
@@ -287,7 +288,7 @@ async fn require_admin(
         } => ApiError {
             status: StatusCode::FORBIDDEN,
             message: format!(
-                "user {name} may not manage plugins, pipelines, users or ACLs: that takes the \
+                "user {name} may not manage plugins, users or ACLs: that takes the \
                  admin token or one of --super-users"
             ),
         }

@@ -310,13 +310,22 @@ fn node_context(
         what: "opening the users".into(),
         source: e,
     })?;
-    let acls = crate::acl::Acls::open(storage.meta()).map_err(|e| Error::Acls {
-        what: "opening the ACLs".into(),
-        source: e,
-    })?;
+    let acls = Arc::new(
+        crate::acl::Acls::open(storage.meta()).map_err(|e| Error::Acls {
+            what: "opening the ACLs".into(),
+            source: e,
+        })?,
+    );
+    let super_users: Arc<[String]> = config.super_users.clone().into();
+    runtime
+        .pipelines()
+        .set_rights(Arc::new(crate::acl::PipelineRights {
+            acls: acls.clone(),
+            super_users: super_users.clone(),
+        }));
     Ok(NodeContext {
-        acls: Arc::new(acls),
-        super_users: config.super_users.clone().into(),
+        acls,
+        super_users,
         storage,
         groups,
         metrics,

@@ -127,6 +127,33 @@ fn curl(node: &Node, pki: &Pki, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// One HTTPS API call with curl: `auth` are curl's flags (`-u user:password`, a bearer header);
+/// answers the status and the body.
+fn api(
+    node: &Node,
+    pki: &Pki,
+    auth: &[&str],
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (String, String) {
+    let mut args = vec![path, "-X", method, "-w", "\n%{http_code}"];
+    args.extend_from_slice(auth);
+    if let Some(body) = body {
+        args.extend(["-H", "content-type: application/json", "-d", body]);
+    }
+    let out = curl(node, pki, &args);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.to_string(), body.to_string())
+}
+
+/// The body of an answer that must have status `want`.
+fn expect((status, body): (String, String), want: &str) -> String {
+    assert_eq!(status, want, "{body}");
+    body
+}
+
 #[test]
 fn kafka_clients_speak_ssl_and_a_plain_text_or_untrusting_client_fails_at_once() {
     let (Some(python), true) = (python(), have("kcat", "apt-get install kcat")) else {
@@ -486,20 +513,9 @@ fn users_sign_in_over_https_and_postgres_and_are_held_to_their_acls() {
     let node = start(dir.path(), &flags);
     let as_admin = ["-H", "Authorization: Bearer s3cret"];
     let call = |auth: &[&str], method: &str, path: &str, body: Option<&str>| {
-        let mut args = vec![path, "-X", method, "-w", "\n%{http_code}"];
-        args.extend_from_slice(auth);
-        if let Some(body) = body {
-            args.extend(["-H", "content-type: application/json", "-d", body]);
-        }
-        let out = curl(&node, &pki, &args);
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, status) = text.rsplit_once('\n').unwrap();
-        (status.to_string(), body.to_string())
+        api(&node, &pki, auth, method, path, body)
     };
-    let ok = |(status, body): (String, String), want: &str| {
-        assert_eq!(status, want, "{body}");
-        body
-    };
+    let ok = expect;
     ok(
         call(
             &as_admin,
@@ -650,4 +666,159 @@ fn a_password_over_plain_http_is_refused() {
         said.ends_with(" 401") && said.contains("over TLS only"),
         "{said}"
     );
+}
+
+#[test]
+fn a_pipeline_runs_with_its_creators_rights_and_pauses_when_one_is_revoked() {
+    if !have("curl", "apt-get install curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "weir-test");
+    let mut flags = pki.serve_flags();
+    flags.extend(["--kafka-auth", "sasl", "--admin-token", "s3cret"].map(String::from));
+    let node = start(dir.path(), &flags);
+    let admin = ["-H", "Authorization: Bearer s3cret"];
+    let carol = ["-u", "carol:carols password"];
+    let call = |auth: &[&str], method: &str, path: &str, body: Option<&str>| {
+        api(&node, &pki, auth, method, path, body)
+    };
+    let user = r#"{"name":"carol","password":"carols password"}"#;
+    expect(call(&admin, "POST", "/v1/users", Some(user)), "201");
+    for topic in ["src", "secret"] {
+        let create = format!(r#"{{"name":"{topic}","partitions":1}}"#);
+        expect(call(&admin, "POST", "/v1/topics", Some(&create)), "201");
+    }
+    let produce = |value: &str| {
+        let records = format!(r#"{{"records":[{{"value":"{value}"}}]}}"#);
+        expect(
+            call(&admin, "POST", "/v1/topics/src/records", Some(&records)),
+            "200",
+        );
+    };
+    produce("one");
+    produce("two");
+    // carol reads src and may write and create every topic named out…
+    let rules = r#"[
+        {"resource_type":"topic","resource_name":"src","principal":"User:carol","operation":"read"},
+        {"resource_type":"topic","resource_name":"out","pattern_type":"prefixed","principal":"User:carol","operation":"write"},
+        {"resource_type":"topic","resource_name":"out","pattern_type":"prefixed","principal":"User:carol","operation":"create"}
+    ]"#;
+    expect(call(&admin, "POST", "/v1/acls", Some(rules)), "201");
+    let pipeline = |name: &str, from: &str| {
+        format!(
+            r#"{{"name":"{name}","from":"{from}","to":["{name}-copied"],"from_offset":"earliest"}}"#
+        )
+    };
+    let refused = expect(
+        call(
+            &carol,
+            "POST",
+            "/v1/pipelines",
+            Some(&pipeline("out-stolen", "secret")),
+        ),
+        "403",
+    );
+    assert!(
+        refused.contains(r#"may not READ topic \"secret\""#),
+        "{refused}"
+    );
+    let refused = expect(
+        call(
+            &carol,
+            "POST",
+            "/v1/pipelines",
+            Some(&pipeline("elsewhere", "src")),
+        ),
+        "403",
+    );
+    assert!(
+        refused.contains(r#"may not WRITE topic \"elsewhere-copied\""#),
+        "{refused}"
+    );
+    let created = expect(
+        call(
+            &carol,
+            "POST",
+            "/v1/pipelines",
+            Some(&pipeline("out", "src")),
+        ),
+        "201",
+    );
+    assert!(created.contains(r#""owner":"carol""#), "{created}");
+
+    let copied = || {
+        let body = r#"{"sql":"SELECT count(*) AS n FROM \"out-copied\""}"#;
+        let answer = expect(call(&admin, "POST", "/v1/sql", Some(body)), "200");
+        let rows: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        rows["rows"][0]["n"].as_i64().unwrap()
+    };
+    let status = || {
+        let body = expect(call(&admin, "GET", "/v1/pipelines/out", None), "200");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                status()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the pipeline to copy two records", &|| copied() == 2);
+
+    let listed = expect(call(&carol, "GET", "/v1/pipelines", None), "200");
+    assert!(listed.contains(r#""name":"out""#), "{listed}");
+
+    // Revoking carol's write pauses the pipeline with the reason (it checks before every batch,
+    // and at least every idle poll), and what is written after is not copied.
+    expect(
+        call(
+            &admin,
+            "DELETE",
+            "/v1/acls?principal=User:carol&operation=write",
+            None,
+        ),
+        "200",
+    );
+    wait_for("the pipeline to pause", &|| status()["status"] == "paused");
+    let reason = status()["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("its owner lost a right") && reason.contains("may not WRITE topic"),
+        "{reason}"
+    );
+    produce("three");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(copied(), 2);
+
+    // With the right back, carol resumes it and the record written meanwhile is copied.
+    let write = r#"{"resource_type":"topic","resource_name":"out","pattern_type":"prefixed","principal":"User:carol","operation":"write"}"#;
+    expect(call(&admin, "POST", "/v1/acls", Some(write)), "201");
+    expect(
+        call(&carol, "POST", "/v1/pipelines/out/resume", None),
+        "200",
+    );
+    wait_for("the resumed pipeline to copy the third record", &|| {
+        copied() == 3
+    });
+    assert_eq!(status()["status"], "running");
+
+    // A user who may describe none of its topics is told it does not exist.
+    let dave = r#"{"name":"dave","password":"daves password"}"#;
+    expect(call(&admin, "POST", "/v1/users", Some(dave)), "201");
+    let daves = ["-u", "dave:daves password"];
+    let hidden = expect(call(&daves, "GET", "/v1/pipelines/out", None), "404");
+    assert!(hidden.contains("does not exist"), "{hidden}");
+    let listed = expect(call(&daves, "GET", "/v1/pipelines", None), "200");
+    assert_eq!(listed, "[]");
+    // One who may describe them sees it, but may not pause what is not its own.
+    let describe = r#"{"resource_type":"topic","resource_name":"*","principal":"User:dave","operation":"describe"}"#;
+    expect(call(&admin, "POST", "/v1/acls", Some(describe)), "201");
+    expect(call(&daves, "GET", "/v1/pipelines/out", None), "200");
+    let refused = expect(call(&daves, "POST", "/v1/pipelines/out/pause", None), "403");
+    assert!(refused.contains("is not yours"), "{refused}");
+    expect(call(&carol, "DELETE", "/v1/pipelines/out", None), "204");
 }

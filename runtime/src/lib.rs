@@ -28,7 +28,7 @@ use weir_storage::locks;
 
 pub use output::{OutRecord, Output};
 pub use pipeline::{Checkpoint, PipelineSpec, StartAt};
-pub use pipelines::{PIPELINES_MAX, PipelineStatus, Pipelines};
+pub use pipelines::{Owner, PIPELINES_MAX, PipelineStatus, Pipelines, Rights};
 pub use registry::{PluginMeta, PluginVersion, Registry, VERSIONS_MAX, validate_plugin_name};
 pub use sandbox::{
     ABI_VERSIONS, CallError, Init, Instance, Plugin, Sandbox, SandboxConfig, sha256_hex,

@@ -30,6 +30,24 @@ struct Stored {
     paused: bool,
     reason: Option<String>,
     created_ms: i64,
+    #[serde(default)]
+    owner: Option<Owner>,
+}
+
+/// The user a pipeline was created by, and the host it connected from: the pipeline reads and
+/// writes with that user's rights. A pipeline created with the node's own rights (an open node,
+/// the admin token, a super user) has none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub user: String,
+    pub host: String,
+}
+
+/// Whether an owner may still do what its pipeline does (read the input, write the outputs and
+/// the dead-letter topic); the error says what it may no longer do. The broker answers from
+/// its ACLs, before every step, so a revoked right pauses the pipeline with the reason.
+pub trait Rights: Send + Sync {
+    fn check(&self, owner: &Owner, spec: &PipelineSpec) -> Result<(), String>;
 }
 
 /// What `describe` and `list` report.
@@ -40,6 +58,7 @@ pub struct PipelineStatus {
     pub status: String,
     pub reason: Option<String>,
     pub created_ms: i64,
+    pub owner: Option<Owner>,
     pub lag: u64,
     pub records_in: u64,
     pub records_out: u64,
@@ -73,6 +92,7 @@ pub struct Pipelines {
     checkpoints: Tree<Checkpoint>,
     running: Mutex<HashMap<String, Running>>,
     appended: watch::Sender<u64>,
+    rights: std::sync::OnceLock<Arc<dyn Rights>>,
 }
 
 fn validate_pipeline_name(name: &str) -> Result<(), Error> {
@@ -90,7 +110,23 @@ impl Pipelines {
             registry,
             running: Mutex::new(HashMap::new()),
             appended: watch::Sender::new(0),
+            rights: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Who decides whether owners keep their rights; set once, before [`Pipelines::start_all`].
+    /// Without it, owned pipelines run unchecked.
+    pub fn set_rights(&self, rights: Arc<dyn Rights>) {
+        let _ = self.rights.set(rights);
+    }
+
+    /// Why `owner` may no longer run `spec`, if it may not.
+    fn revoked(&self, owner: Option<&Owner>, spec: &PipelineSpec) -> Option<String> {
+        let (owner, rights) = (owner?, self.rights.get()?);
+        rights
+            .check(owner, spec)
+            .err()
+            .map(|reason| format!("its owner lost a right it needs: {reason}"))
     }
 
     /// Starts the task of every stored pipeline; call from inside a tokio runtime.
@@ -107,7 +143,13 @@ impl Pipelines {
             .send_modify(|count| *count = count.wrapping_add(1));
     }
 
-    pub fn create(self: &Arc<Self>, spec: PipelineSpec) -> Result<PipelineStatus, Error> {
+    /// Makes the pipeline, its missing output topics and its dead-letter topic, and starts it;
+    /// it runs with `owner`'s rights (see [`Owner`]).
+    pub fn create(
+        self: &Arc<Self>,
+        spec: PipelineSpec,
+        owner: Option<Owner>,
+    ) -> Result<PipelineStatus, Error> {
         validate_pipeline_name(&spec.name)?;
         if self.tree.get(&spec.name)?.is_some() {
             return Err(Error::Conflict(format!(
@@ -138,6 +180,7 @@ impl Pipelines {
             paused: false,
             reason: None,
             created_ms: now_ms(),
+            owner,
         };
         self.tree.insert(&stored.spec.name, &stored)?;
         tracing::info!(pipeline = %stored.spec.name, from = %stored.spec.from, to = ?stored.spec.to, "pipeline created");
@@ -200,6 +243,7 @@ impl Pipelines {
         control.paused.store(stored.paused, Ordering::Release);
         let task = tokio::spawn(self.clone().drive(
             stored.spec.clone(),
+            stored.owner.clone(),
             stats.clone(),
             control.clone(),
         ));
@@ -213,13 +257,25 @@ impl Pipelines {
         );
     }
 
-    /// The task of one pipeline: step while there is work, sleep until an append when idle.
-    async fn drive(self: Arc<Self>, spec: PipelineSpec, stats: Arc<Stats>, control: Arc<Control>) {
+    /// The task of one pipeline: step while there is work, sleep until an append when idle;
+    /// before each step, check that its owner still has the rights it runs with.
+    async fn drive(
+        self: Arc<Self>,
+        spec: PipelineSpec,
+        owner: Option<Owner>,
+        stats: Arc<Stats>,
+        control: Arc<Control>,
+    ) {
         let mut appended = self.appended.subscribe();
         while !control.stop.load(Ordering::Acquire) {
             if control.paused.load(Ordering::Acquire) {
                 // Drop the instances while paused; a resume starts from the checkpoint.
                 *locks::lock(&control.runner) = None;
+                tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
+                continue;
+            }
+            if let Some(reason) = self.revoked(owner.as_ref(), &spec) {
+                self.pause_for(&spec.name, reason);
                 tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
                 continue;
             }
@@ -253,12 +309,7 @@ impl Pipelines {
                         () = tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)) => {}
                     }
                 }
-                Ok(Ok(Step::Pause(reason))) => {
-                    tracing::warn!(pipeline = %spec.name, %reason, "pipeline paused");
-                    if let Err(e) = self.set_paused(&spec.name, true, Some(reason)) {
-                        tracing::error!(pipeline = %spec.name, error = %e, "cannot record the pause");
-                    }
-                }
+                Ok(Ok(Step::Pause(reason))) => self.pause_for(&spec.name, reason),
                 Ok(Err(error)) => {
                     tracing::warn!(pipeline = %spec.name, %error, "pipeline step failed; retrying");
                     stats.note_error(error.to_string());
@@ -274,6 +325,14 @@ impl Pipelines {
                     }
                 }
             }
+        }
+    }
+
+    /// Pauses a pipeline that cannot go on, keeping why for its status.
+    fn pause_for(&self, name: &str, reason: String) {
+        tracing::warn!(pipeline = %name, %reason, "pipeline paused");
+        if let Err(e) = self.set_paused(name, true, Some(reason)) {
+            tracing::error!(pipeline = %name, error = %e, "cannot record the pause");
         }
     }
 
@@ -339,6 +398,7 @@ impl Pipelines {
             .into(),
             reason: stored.reason.clone(),
             created_ms: stored.created_ms,
+            owner: stored.owner.clone(),
             lag,
             records_in: get(&stats.records_in),
             records_out: get(&stats.records_out),

@@ -1,9 +1,13 @@
-//! `/v1/plugins` and `/v1/pipelines`: deploy, roll back and delete plugins; create, watch,
-//! pause, resume and delete pipelines.
+//! `/v1/plugins` and `/v1/pipelines`: deploy, roll back and delete plugins (the admin token or
+//! a super user); create, watch, pause, resume and delete pipelines. A SASL user may create a
+//! pipeline when it may read the input, write every output and the dead-letter topic, and create
+//! the topics that are missing; the pipeline then runs with that user's rights and pauses, with
+//! the reason, when one is revoked. A user sees the pipelines whose topics it may describe and
+//! manages its own.
 
 use std::collections::BTreeMap;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -12,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use weir_runtime::{PipelineSpec, PipelineStatus, PluginMeta, PluginVersion, SandboxConfig};
 
 use super::{ApiError, ApiResult, AppState, blocking};
+use crate::acl::Caller;
 
 // The API's own shapes of plugins and pipelines: what the registry and the pipelines keep in
 // the metadata store may change without changing the API, and the reverse.
@@ -136,6 +141,8 @@ struct PipelineStatusBody {
     status: String,
     reason: Option<String>,
     created_ms: i64,
+    /// The user whose rights the pipeline runs with; absent for the node's own.
+    owner: Option<String>,
     lag: u64,
     records_in: u64,
     records_out: u64,
@@ -154,6 +161,7 @@ impl From<PipelineStatus> for PipelineStatusBody {
             status: p.status,
             reason: p.reason,
             created_ms: p.created_ms,
+            owner: p.owner.map(|owner| owner.user),
             lag: p.lag,
             records_in: p.records_in,
             records_out: p.records_out,
@@ -189,7 +197,8 @@ impl From<weir_runtime::Error> for ApiError {
     }
 }
 
-pub(super) fn routes() -> Router<AppState> {
+/// Plugin routes: behind the admin check.
+pub(super) fn plugin_routes() -> Router<AppState> {
     // A module upload may be as large as the sandbox accepts (and a little more, so an
     // oversized one gets the sandbox's message rather than a bare 413).
     let upload_bytes_max = SandboxConfig::default().module_bytes_max as usize + 1;
@@ -203,6 +212,11 @@ pub(super) fn routes() -> Router<AppState> {
                 .layer(DefaultBodyLimit::max(upload_bytes_max)),
         )
         .route("/plugins/{name}/rollback", post(rollback_plugin))
+}
+
+/// Pipeline routes: each checks its caller.
+pub(super) fn pipeline_routes() -> Router<AppState> {
+    Router::new()
         .route("/pipelines", get(list_pipelines).post(create_pipeline))
         .route(
             "/pipelines/{name}",
@@ -261,12 +275,16 @@ async fn delete_plugin(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_pipelines(State(state): State<AppState>) -> ApiResult<Json<Vec<PipelineStatusBody>>> {
+async fn list_pipelines(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<PipelineStatusBody>>> {
     let runtime = state.node.runtime.clone();
     let pipelines = blocking(move || Ok(runtime.pipelines().list()?)).await?;
     Ok(Json(
         pipelines
             .into_iter()
+            .filter(|p| caller.sees_pipeline(&p.spec))
             .map(PipelineStatusBody::from)
             .collect(),
     ))
@@ -274,44 +292,101 @@ async fn list_pipelines(State(state): State<AppState>) -> ApiResult<Json<Vec<Pip
 
 async fn create_pipeline(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Json(body): Json<PipelineBody>,
 ) -> ApiResult<(StatusCode, Json<PipelineStatusBody>)> {
+    let spec = PipelineSpec::from(body);
+    caller.check_pipeline(&spec)?;
     // Creating makes the output topics (fsynced); the pipeline's task is spawned from the
     // blocking pool, which knows the runtime.
-    let runtime = state.node.runtime.clone();
-    let status = blocking(move || Ok(runtime.pipelines().create(body.into())?)).await?;
+    let (runtime, storage) = (state.node.runtime.clone(), state.node.storage.clone());
+    let status = blocking(move || {
+        for topic in spec
+            .to
+            .iter()
+            .chain(std::iter::once(&spec.dead_letter_topic()))
+        {
+            if storage.topic(topic)?.is_none() {
+                caller.check_create_topic(topic)?;
+            }
+        }
+        Ok(runtime.pipelines().create(spec, caller.owner())?)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(status.into())))
+}
+
+/// Pipeline `name` when the caller may see it, and whether it may manage it too.
+fn shown_pipeline(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    manage: bool,
+) -> ApiResult<PipelineStatus> {
+    let status = state.node.runtime.pipelines().describe(name)?;
+    if !caller.sees_pipeline(&status.spec) {
+        // As for a pipeline that does not exist: its name tells nothing.
+        return Err(
+            weir_runtime::Error::NotFound(format!("pipeline {name} does not exist")).into(),
+        );
+    }
+    if manage && !caller.manages(status.owner.as_ref()) {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "pipeline {name} is not yours: its owner, the admin token or one of \
+                 --super-users manages it"
+            ),
+        });
+    }
+    Ok(status)
 }
 
 async fn describe_pipeline(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PipelineStatusBody>> {
-    Ok(Json(state.node.runtime.pipelines().describe(&name)?.into()))
+    let status = blocking(move || shown_pipeline(&state, &caller, &name, false)).await?;
+    Ok(Json(status.into()))
 }
 
 async fn pause_pipeline(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PipelineStatusBody>> {
-    let runtime = state.node.runtime.clone();
-    let status = blocking(move || Ok(runtime.pipelines().pause(&name)?)).await?;
+    let status = blocking(move || {
+        shown_pipeline(&state, &caller, &name, true)?;
+        Ok(state.node.runtime.pipelines().pause(&name)?)
+    })
+    .await?;
     Ok(Json(status.into()))
 }
 
 async fn resume_pipeline(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PipelineStatusBody>> {
-    let runtime = state.node.runtime.clone();
-    let status = blocking(move || Ok(runtime.pipelines().resume(&name)?)).await?;
+    let status = blocking(move || {
+        shown_pipeline(&state, &caller, &name, true)?;
+        Ok(state.node.runtime.pipelines().resume(&name)?)
+    })
+    .await?;
     Ok(Json(status.into()))
 }
 
 async fn delete_pipeline(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
+    let checked = state.clone();
+    let name = blocking(move || shown_pipeline(&checked, &caller, &name, true))
+        .await?
+        .spec
+        .name;
     state.node.runtime.pipelines().delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
