@@ -1,5 +1,6 @@
 //! TLS on every listener, with clients that verify a CA this test makes: confluent-kafka with
-//! `security.protocol=SSL` and `SASL_SSL` (`clients/secured.py`), kcat, curl `--cacert`, psql
+//! `security.protocol=SSL` and `SASL_SSL` (`clients/secured.py`), kafka-python and kafkajs with
+//! the README's settings, kcat, curl `--cacert`, psql
 //! `sslmode=verify-full` and the `weir` CLI with `--ca-cert`. A client that speaks plain text to
 //! a TLS port, or does not trust the node's CA, fails at once with an error that says so; with
 //! `--tls-client-ca`, a client without a certificate from that CA is turned away.
@@ -12,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Node, have, output_text, python, run_client, run_with_input};
+use common::{
+    Node, client_script, have, node_modules, output_text, python, run_client, run_with_input,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -821,4 +824,54 @@ fn a_pipeline_runs_with_its_creators_rights_and_pauses_when_one_is_revoked() {
     let refused = expect(call(&daves, "POST", "/v1/pipelines/out/pause", None), "403");
     assert!(refused.contains("is not yours"), "{refused}");
     expect(call(&carol, "DELETE", "/v1/pipelines/out", None), "204");
+}
+
+/// The settings the README gives for kafka-python and kafkajs, over SASL_SSL with SCRAM-SHA-512:
+/// each client's own round trip (`clients/roundtrip.py`, `clients/kafkajs.js`) passes with them.
+#[test]
+fn kafka_python_and_kafkajs_sign_in_with_the_readme_settings() {
+    let (Some(python), Some(modules)) = (python(), node_modules()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "weir-test");
+    let mut flags = pki.serve_flags();
+    flags.extend(["--kafka-auth", "sasl", "--super-users", "alice"].map(String::from));
+    let node = start(dir.path(), &flags);
+    let user = format!(r#"{{"name":"alice","password":"{PASSWORD}"}}"#);
+    expect(
+        api(&node, &pki, &[], "POST", "/v1/users", Some(&user)),
+        "201",
+    );
+
+    let ca = pki.ca.display().to_string();
+    let settings = [
+        "security_protocol=SASL_SSL".to_owned(),
+        "sasl_mechanism=SCRAM-SHA-512".to_owned(),
+        "sasl_plain_username=alice".to_owned(),
+        format!("sasl_plain_password={PASSWORD}"),
+        format!("ssl_cafile={ca}"),
+    ];
+    let mut args = vec!["kafka-python", "secured-python"];
+    args.extend(settings.iter().map(String::as_str));
+    run_client(
+        &python,
+        &node,
+        "roundtrip.py",
+        &args,
+        "200 records round-tripped",
+    );
+
+    let out = Command::new("node")
+        .arg(client_script("kafkajs.js"))
+        .arg(node.kafka.to_string())
+        .args(["secured-js", &ca, "alice", PASSWORD])
+        .env("NODE_PATH", modules)
+        .output()
+        .unwrap();
+    let printed = output_text(&out);
+    assert!(
+        out.status.success() && printed.contains("kafkajs ok: 300 records"),
+        "{printed}"
+    );
 }

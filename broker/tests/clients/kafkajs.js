@@ -1,10 +1,18 @@
 // kafkajs against Weir: gzip-compressed produce with keys and headers, then a consumer group
 // reading with eachBatch; every record is checked.
 //
-// usage: node kafkajs.js BOOTSTRAP TOPIC   (kafkajs resolved through NODE_PATH)
+// usage: node kafkajs.js BOOTSTRAP TOPIC [CA_FILE USER PASSWORD]   (kafkajs through NODE_PATH)
+// With a CA file, over TLS trusting that CA, signed in with SCRAM-SHA-512 as USER.
+const fs = require("fs");
 const { Kafka, CompressionTypes, logLevel } = require("kafkajs");
 
-const [bootstrap, topic] = process.argv.slice(2);
+const [bootstrap, topic, caFile, username, password] = process.argv.slice(2);
+const secured = caFile
+  ? {
+      ssl: { ca: [fs.readFileSync(caFile, "utf8")] },
+      sasl: { mechanism: "scram-sha-512", username, password },
+    }
+  : {};
 const COUNT = 300;
 
 function fail(message) {
@@ -13,7 +21,7 @@ function fail(message) {
 }
 
 async function main() {
-  const kafka = new Kafka({ clientId: "weir-test", brokers: [bootstrap], logLevel: logLevel.ERROR });
+  const kafka = new Kafka({ clientId: "weir-test", brokers: [bootstrap], logLevel: logLevel.ERROR, ...secured });
   const admin = kafka.admin();
   await admin.connect();
   await admin.createTopics({ topics: [{ topic, numPartitions: 3 }] });

@@ -1,8 +1,9 @@
 """Produce records with keys, headers and compression through one Python Kafka client, consume
 them back from the beginning with the same client, and check every byte.
 
-usage: roundtrip.py BOOTSTRAP {confluent,kafka-python} TOPIC
-Exits non-zero with a message on the first mismatch.
+usage: roundtrip.py BOOTSTRAP {confluent,kafka-python} TOPIC [NAME=VALUE...]
+kafka-python takes the NAME=VALUE settings as keyword arguments of its producer and consumer
+(security_protocol=SASL_SSL, ssl_cafile=…). Exits non-zero with a message on the first mismatch.
 """
 
 import sys
@@ -62,11 +63,12 @@ def confluent(bootstrap, topic):
     check(got)
 
 
-def kafka_python(bootstrap, topic):
+def kafka_python(bootstrap, topic, **settings):
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     # kafka-python 3 is idempotent by default (InitProducerId and sequence numbers).
-    producer = KafkaProducer(bootstrap_servers=bootstrap, compression_type="gzip", acks="all")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, compression_type="gzip", acks="all",
+                             **settings)
     futures = [producer.send(topic, value=value, key=key, headers=headers)
                for key, value, headers in expected()]
     producer.flush(30)
@@ -74,7 +76,7 @@ def kafka_python(bootstrap, topic):
         f.get(timeout=30)
     producer.close()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             enable_auto_commit=False, consumer_timeout_ms=10000)
+                             enable_auto_commit=False, consumer_timeout_ms=10000, **settings)
     tp = TopicPartition(topic, 0)
     consumer.assign([tp])
     consumer.seek_to_beginning(tp)
@@ -89,7 +91,12 @@ def kafka_python(bootstrap, topic):
 
 def main():
     bootstrap, client, topic = sys.argv[1:4]
-    {"confluent": confluent, "kafka-python": kafka_python}[client](bootstrap, topic)
+    settings = dict(arg.split("=", 1) for arg in sys.argv[4:])
+    if settings:
+        assert client == "kafka-python", "settings are for kafka-python"
+        kafka_python(bootstrap, topic, **settings)
+    else:
+        {"confluent": confluent, "kafka-python": kafka_python}[client](bootstrap, topic)
     print(f"{client}: {COUNT} records round-tripped")
 
 
