@@ -258,10 +258,7 @@ async fn user_caller(
         ));
     }
     let (user, password) = credentials?;
-    let users = state.node.users.clone();
-    let name = user.clone();
-    let verified = blocking(move || Ok(users.verify_password(&name, password.as_bytes()))).await?;
-    if let Err(reason) = verified {
+    if let Err(reason) = state.node.users.check_password(&user, password).await {
         tracing::info!(%peer, %reason, "HTTP client failed to authenticate");
         state.node.metrics.authentication_failed();
         return Err(unauthorized(crate::sasl::AUTHENTICATION_FAILED));

@@ -47,6 +47,7 @@ pub struct Metrics {
     next_connection: AtomicU64,
     connections_refused: AtomicU64,
     authentication_failures: AtomicU64,
+    authentication_timeouts: AtomicU64,
     /// Failed TLS handshakes on the Kafka and the HTTP listener.
     tls_handshake_failures: [AtomicU64; 2],
 }
@@ -154,6 +155,11 @@ impl Metrics {
         self.authentication_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a Kafka client closed for not authenticating in time.
+    pub fn authentication_timed_out(&self) {
+        self.authentication_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a client whose TLS handshake failed on `listener`.
     pub fn tls_handshake_failed(&self, listener: crate::tls::Listener) {
         self.tls_handshake_failures[listener as usize].fetch_add(1, Ordering::Relaxed);
@@ -188,6 +194,11 @@ impl Metrics {
                 "weir_sasl_authentication_failures_total",
                 "Kafka clients refused by SASL authentication.",
                 &self.authentication_failures,
+            ),
+            (
+                "weir_sasl_authentication_timeouts_total",
+                "Kafka connections closed for not authenticating in time after connecting.",
+                &self.authentication_timeouts,
             ),
         ] {
             let _ = writeln!(

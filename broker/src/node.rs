@@ -130,6 +130,12 @@ impl NodeContext {
                 sql_bytes_max as u64,
             ),
             bound(
+                "password_checks",
+                "Password checks (SASL PLAIN, HTTP basic authentication, Postgres) running",
+                self.users.checks_running() as u64,
+                crate::sasl::PASSWORD_CHECKS_MAX as u64,
+            ),
+            bound(
                 "connections",
                 "Open Kafka connections",
                 self.metrics.connections().max(0) as u64,

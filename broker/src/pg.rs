@@ -383,21 +383,12 @@ impl StartupHandler for Startup {
 const SASL_USER: &str = "weir.sasl_user";
 
 impl Startup {
-    /// Whether `password` is `user`'s; the key derivation runs on the blocking pool.
+    /// Whether `password` is `user`'s.
     async fn user_password(&self, user: &str, password: String) -> bool {
-        let (users, name) = (self.users.clone(), user.to_owned());
-        let verified = tokio::task::spawn_blocking(move || {
-            weir_storage::reactor::blocking(|| users.verify_password(&name, password.as_bytes()))
-        })
-        .await;
-        match verified {
-            Ok(Ok(())) => true,
-            Ok(Err(reason)) => {
+        match self.users.check_password(user, password).await {
+            Ok(()) => true,
+            Err(reason) => {
                 tracing::info!(%reason, "Postgres client failed to authenticate");
-                false
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "checking a Postgres password failed");
                 false
             }
         }

@@ -8,6 +8,7 @@
 //! salt, and fails with the same message as a wrong password.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -34,6 +35,14 @@ const SALT_BYTES: usize = 32;
 const NONCE_BYTES: usize = 24;
 const USERS_TREE: &str = "users";
 /// The message every failed authentication gets, whatever failed.
+/// Password checks (SASL PLAIN, HTTP basic authentication, Postgres passwords) that run at once
+/// at most. Each derives a key over thousands of rounds on the blocking pool; guesses from many
+/// connections wait for a slot here rather than take the pool from storage.
+pub const PASSWORD_CHECKS_MAX: usize = 4;
+/// How long a failed password check waits before it answers, as Kafka's
+/// `connection.failed.authentication.delay.ms`: guessing gets slower, the client still hears why.
+pub const FAILED_AUTHENTICATION_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub const AUTHENTICATION_FAILED: &str = "authentication failed: invalid user name or password";
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +190,8 @@ pub struct Users {
     /// Random per process: keys the made-up salts of unknown users, so they are stable for a
     /// name (as a real user's are) but cannot be computed from it.
     decoy_key: Vec<u8>,
+    /// Slots of the password checks running now ([`PASSWORD_CHECKS_MAX`]).
+    checks: tokio::sync::Semaphore,
 }
 
 impl Users {
@@ -188,7 +199,41 @@ impl Users {
         Ok(Users {
             tree: meta.tree(USERS_TREE)?,
             decoy_key: random_bytes(SALT_BYTES)?,
+            checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS_MAX),
         })
+    }
+
+    /// Runs `f`, which may check a password, on the blocking pool once a check slot is free.
+    pub async fn on_blocking_pool<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Users) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let _slot = self.checks.acquire().await;
+        let users = self.clone();
+        tokio::task::spawn_blocking(move || weir_storage::reactor::blocking(|| f(&users))).await
+    }
+
+    /// Checks `user`'s password off the reactor; a wrong one answers after
+    /// [`FAILED_AUTHENTICATION_DELAY`]. The error is the reason, for the log only.
+    pub async fn check_password(
+        self: &Arc<Self>,
+        user: &str,
+        password: String,
+    ) -> Result<(), String> {
+        let name = user.to_owned();
+        let checked = self
+            .on_blocking_pool(move |users| users.verify_password(&name, password.as_bytes()))
+            .await
+            .unwrap_or_else(|e| Err(format!("the password check failed: {e}")));
+        if checked.is_err() {
+            tokio::time::sleep(FAILED_AUTHENTICATION_DELAY).await;
+        }
+        checked
+    }
+
+    /// Password checks running now.
+    pub fn checks_running(&self) -> usize {
+        PASSWORD_CHECKS_MAX - self.checks.available_permits()
     }
 
     /// Creates `name`, or gives it a new password, with credentials for both SCRAM hashes.

@@ -238,3 +238,49 @@ fn confluent_kafka_admin_manages_credentials_as_a_super_user_only() {
     run_client(&python, &node, "scram_admin.py", &args, "scram admin ok");
     node.stop();
 }
+
+/// A client that connects and never authenticates is closed (it may still ask ApiVersions),
+/// so such clients cannot keep the node's connection slots; the close is counted.
+#[test]
+fn a_client_that_never_authenticates_is_closed() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let connected = Instant::now();
+    let mut socket = std::net::TcpStream::connect(node.kafka).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // ApiVersions v0: api key 18, version 0, correlation id 7, no client id.
+    let mut request = vec![0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 7, 0xff, 0xff];
+    socket.write_all(&request).unwrap();
+    let mut size = [0u8; 4];
+    socket.read_exact(&mut size).unwrap();
+    request.resize(u32::from_be_bytes(size) as usize, 0);
+    socket.read_exact(&mut request).unwrap();
+    assert_eq!(request[..4], [0, 0, 0, 7], "the answer to ApiVersions");
+
+    let mut rest = Vec::new();
+    let read = socket.read_to_end(&mut rest);
+    let waited = connected.elapsed();
+    assert!(
+        read.is_ok() && rest.is_empty(),
+        "the node closed the connection: {read:?} {rest:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(30),
+        "closed after {waited:?}"
+    );
+    let mut response = ureq::get(&format!("{}/metrics", node.url()))
+        .call()
+        .unwrap();
+    let metrics = response.body_mut().read_to_string().unwrap();
+    assert!(
+        metrics.contains("\nweir_sasl_authentication_timeouts_total 1\n")
+            && metrics.contains("\nweir_password_checks_max 4\n"),
+        "{metrics}"
+    );
+    node.stop();
+}

@@ -47,6 +47,10 @@ const FRAME_READ_TIMEOUT_BASE: Duration = Duration::from_secs(30);
 const FRAME_READ_BYTES_PER_S_MIN: u64 = 1 << 20;
 /// Bytes the frame buffer grows by at a time.
 const FRAME_CHUNK_BYTES: usize = 64 * 1024;
+/// How long a client of a SASL listener has, from connecting, to authenticate: a connection
+/// that has not by then is closed, so clients that never sign in cannot hold the node's
+/// connection slots.
+const AUTHENTICATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who may use the Kafka listener.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -191,14 +195,30 @@ async fn connection(
 ) -> Result<()> {
     tracing::debug!(%peer, "Kafka connection opened");
     let mut session = Session::default();
+    let authenticate_by = tokio::time::Instant::now() + AUTHENTICATION_TIMEOUT;
     loop {
         let mut size = [0u8; 4];
+        let unauthenticated = shared.config.auth == KafkaAuth::Sasl && session.user.is_none();
+        let deadline = async {
+            if unauthenticated {
+                tokio::time::sleep_until(authenticate_by).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             read = stream.read_exact(&mut size) => match read {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
                 Err(e) => return Err(io("reading a request size")(e)),
             },
+            () = deadline => {
+                shared.metrics.authentication_timed_out();
+                return Err(protocol(format!(
+                    "not authenticated within {} s of connecting",
+                    AUTHENTICATION_TIMEOUT.as_secs()
+                )));
+            }
             _ = shutdown.changed() => return Ok(()),
         }
         let size = i32::from_be_bytes(size);
@@ -212,6 +232,9 @@ async fn connection(
         let Some(response) = handle_frame(frame, &shared, &mut session, peer, id).await? else {
             continue;
         };
+        if session.failed.is_some() {
+            tokio::time::sleep(crate::sasl::FAILED_AUTHENTICATION_DELAY).await;
+        }
         stream
             .write_all(&response)
             .await

@@ -182,17 +182,14 @@ pub(crate) async fn alter_credentials(
     .await
 }
 
-/// Runs `f` over the node's users on the blocking pool: key derivations and the metadata store
-/// are not for a reactor thread.
+/// Runs `f` over the node's users on the blocking pool, in one of the password check slots: key
+/// derivations and the metadata store are not for a reactor thread.
 async fn with_users<T: Send + 'static>(
     shared: &Arc<Shared>,
     what: &'static str,
     f: impl FnOnce(&Users) -> T + Send + 'static,
 ) -> Result<T> {
-    let users = shared.users.clone();
-    tokio::task::spawn_blocking(move || weir_storage::reactor::blocking(|| f(&users)))
-        .await
-        .map_err(task(what))
+    shared.users.on_blocking_pool(f).await.map_err(task(what))
 }
 
 const NOT_A_SUPER_USER: &str = "only a super user (--super-users) may read or change credentials";
