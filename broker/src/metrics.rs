@@ -50,6 +50,8 @@ pub struct Metrics {
     authentication_timeouts: AtomicU64,
     /// Failed TLS handshakes on the Kafka and the HTTP listener.
     tls_handshake_failures: [AtomicU64; 2],
+    /// Certificate reloads that loaded, and that failed.
+    certificate_reloads: [AtomicU64; 2],
 }
 
 /// A resource clients can make the node hold: how much is held now, and its bound.
@@ -160,6 +162,11 @@ impl Metrics {
         self.authentication_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a reload of the TLS certificate and key, `loaded` or not.
+    pub fn certificate_reloaded(&self, loaded: bool) {
+        self.certificate_reloads[usize::from(!loaded)].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a client whose TLS handshake failed on `listener`.
     pub fn tls_handshake_failed(&self, listener: crate::tls::Listener) {
         self.tls_handshake_failures[listener as usize].fetch_add(1, Ordering::Relaxed);
@@ -218,6 +225,18 @@ impl Metrics {
                 "{name}{{listener=\"{}\"}} {}",
                 listener.name(),
                 self.tls_handshake_failures[listener as usize].load(Ordering::Relaxed)
+            );
+        }
+        let name = "weir_tls_certificate_reloads_total";
+        let _ = writeln!(
+            &mut out,
+            "# HELP {name} Changes of the TLS certificate files read again, by result.\n# TYPE {name} counter"
+        );
+        for (result, count) in ["loaded", "failed"].iter().zip(&self.certificate_reloads) {
+            let _ = writeln!(
+                &mut out,
+                "{name}{{result=\"{result}\"}} {}",
+                count.load(Ordering::Relaxed)
             );
         }
         render_group_lags(&mut out, lags);

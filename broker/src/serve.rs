@@ -101,6 +101,9 @@ impl Server {
             None => (None, None),
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
+        if let Some(tls) = &tls {
+            tls.reload_on_change(node.metrics.clone(), shutdown_rx.clone());
+        }
         let mut tasks = vec![
             tokio::spawn(kafka::serve(
                 kafka_listener,

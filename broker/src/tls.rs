@@ -1,21 +1,26 @@
 //! TLS on the node's listeners with rustls: one certificate chain and key serve the Kafka, HTTP
 //! and Postgres listeners, and an optional CA makes every client present a certificate it
 //! signed. Kafka and HTTP connections are TLS from their first byte; Postgres clients ask for
-//! it with an SSLRequest, as libpq does, and are refused when they do not.
+//! it with an SSLRequest, as libpq does, and are refused when they do not. The certificate and
+//! key are read again when their files change, so a renewed certificate is served without a
+//! restart.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use rustls::RootCertStore;
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -24,6 +29,9 @@ use crate::metrics::Metrics;
 
 /// Time a client has, from connecting, to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the certificate and key files are checked for a change.
+pub const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The first byte of every TLS connection: a record of content type `handshake`.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -43,6 +51,7 @@ pub struct TlsFiles {
 #[derive(Clone)]
 pub struct Tls {
     config: Arc<ServerConfig>,
+    certificate: Arc<NodeCertificate>,
 }
 
 impl Tls {
@@ -62,29 +71,52 @@ impl Tls {
                     })?;
                 }
                 let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                         .build()
                         .map_err(|e| file_error(path, format!("client CA: {e}")))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
-            file_error(
-                &files.key,
-                format!("no private key read from it (PEM PKCS#8, PKCS#1 or SEC1 expected): {e}"),
-            )
-        })?;
-        let config = builder
-            .with_single_cert(certificates(&files.cert)?, key)
-            .map_err(|e| {
-                file_error(
-                    &files.key,
-                    format!("does not go with {}: {e}", files.cert.display()),
-                )
-            })?;
+        let certificate = Arc::new(NodeCertificate::load(files, provider)?);
+        let config = builder.with_cert_resolver(certificate.clone());
         Ok(Tls {
             config: Arc::new(config),
+            certificate,
         })
+    }
+
+    /// Reads the certificate and key again whenever their files change, until `shutdown`: a
+    /// pair that loads is served to the next handshakes; one that does not is logged and the
+    /// pair before it kept. Each is counted in `metrics`.
+    pub fn reload_on_change(&self, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+        let certificate = self.certificate.clone();
+        tokio::spawn(async move {
+            let mut seen = certificate.stamp();
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(CERTIFICATE_CHECK_INTERVAL) => {}
+                    _ = shutdown.changed() => return,
+                }
+                let stamp = certificate.stamp();
+                if stamp == seen {
+                    continue;
+                }
+                seen = stamp;
+                let loading = certificate.clone();
+                let loaded = tokio::task::spawn_blocking(move || loading.reload()).await;
+                match loaded {
+                    Ok(Ok(())) => {
+                        metrics.certificate_reloaded(true);
+                        tracing::info!(cert = %certificate.files.cert.display(), "TLS certificate reloaded");
+                    }
+                    Ok(Err(e)) => {
+                        metrics.certificate_reloaded(false);
+                        tracing::error!(error = %e, "TLS certificate not reloaded; still serving the one before");
+                    }
+                    Err(e) => tracing::error!(error = %e, "reloading the TLS certificate failed"),
+                }
+            }
+        });
     }
 
     /// An acceptor that offers `alpn` (in order of preference) to clients that ask.
@@ -93,6 +125,66 @@ impl Tls {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         TlsAcceptor::from(Arc::new(config))
     }
+}
+
+/// The node's certificate chain and key, as last loaded from their files.
+#[derive(Debug)]
+struct NodeCertificate {
+    files: TlsFiles,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl NodeCertificate {
+    fn load(files: &TlsFiles, provider: Arc<CryptoProvider>) -> Result<NodeCertificate> {
+        let current = RwLock::new(Arc::new(certified_key(files, &provider)?));
+        Ok(NodeCertificate {
+            files: files.clone(),
+            provider,
+            current,
+        })
+    }
+
+    fn reload(&self) -> Result<()> {
+        let loaded = Arc::new(certified_key(&self.files, &self.provider)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        Ok(())
+    }
+
+    /// When the files last changed and how long they are: what tells a renewal.
+    fn stamp(&self) -> [Option<(SystemTime, u64)>; 2] {
+        [&self.files.cert, &self.files.key].map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+    }
+}
+
+impl ResolvesServerCert for NodeCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// The chain and key of `files`, checked to go together.
+fn certified_key(files: &TlsFiles, provider: &CryptoProvider) -> Result<CertifiedKey> {
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        file_error(
+            &files.key,
+            format!("no private key read from it (PEM PKCS#8, PKCS#1 or SEC1 expected): {e}"),
+        )
+    })?;
+    CertifiedKey::from_der(certificates(&files.cert)?, key, provider).map_err(|e| {
+        file_error(
+            &files.key,
+            format!("does not go with {}: {e}", files.cert.display()),
+        )
+    })
 }
 
 /// Every certificate of a PEM file; none is an error.

@@ -875,3 +875,54 @@ fn kafka_python_and_kafkajs_sign_in_with_the_readme_settings() {
         "{printed}"
     );
 }
+
+/// A renewed certificate written over the files is served without a restart; a broken one is
+/// refused and the one before kept.
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    if !have("curl", "apt-get install curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "weir-test");
+    let node = start(dir.path(), &pki.serve_flags());
+    let healthy = |trusting: &Pki| curl(&node, trusting, &["/healthz"]).status.success();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert!(healthy(&pki));
+
+    let renewed = Pki::new(dir.path(), "renewed");
+    std::fs::copy(&renewed.key, &pki.key).unwrap();
+    std::fs::copy(&renewed.cert, &pki.cert).unwrap();
+    wait_for("the renewed certificate", &|| healthy(&renewed));
+    assert!(!healthy(&pki), "the old certificate is still served");
+    assert_eq!(
+        metric(
+            &node,
+            &renewed,
+            "weir_tls_certificate_reloads_total{result=\"loaded\"} "
+        ),
+        1
+    );
+
+    // A check that fell between the two copies saw a key without its certificate: refused too.
+    let failed = || {
+        metric(
+            &node,
+            &renewed,
+            "weir_tls_certificate_reloads_total{result=\"failed\"} ",
+        )
+    };
+    let failed_before = failed();
+    std::fs::write(&pki.key, "not a key").unwrap();
+    wait_for("the broken key to be refused", &|| failed() > failed_before);
+    assert!(
+        healthy(&renewed),
+        "the last good certificate is no longer served"
+    );
+}
