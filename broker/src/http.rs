@@ -314,7 +314,8 @@ async fn require_metrics_token(
     }
 }
 
-/// A 401 for a request that does not carry `Authorization: Bearer <token>` when a token is set.
+/// A 401 for a request that does not carry `Authorization: Bearer <token>` when a token is set,
+/// saying whether the token was missing or wrong.
 fn refusal(token: Option<&str>, request: &Request, what: &str) -> Option<Response> {
     let token = token?;
     let presented = request
@@ -322,13 +323,15 @@ fn refusal(token: Option<&str>, request: &Request, what: &str) -> Option<Respons
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if presented.is_some_and(|p| crate::auth::token_matches(token, p)) {
-        return None;
-    }
+    let message = match presented {
+        Some(p) if crate::auth::token_matches(token, p) => return None,
+        Some(_) => "the token sent is wrong: this node has another".to_owned(),
+        None => format!("this node needs {what}: send Authorization: Bearer <token>"),
+    };
     Some(
         ApiError {
             status: StatusCode::UNAUTHORIZED,
-            message: format!("this node needs {what}: send Authorization: Bearer <token>"),
+            message,
         }
         .into_response(),
     )

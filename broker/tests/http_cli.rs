@@ -258,9 +258,11 @@ fn admin_token_guards_v1_and_metrics_but_not_health() {
         200
     );
     assert_eq!(call("GET", &format!("{url}/v1/topics"), None, None).0, 401);
-    assert_eq!(
-        call("GET", &format!("{url}/v1/topics"), Some("wrong"), None).0,
-        401
+    let (status, wrong) = call("GET", &format!("{url}/v1/topics"), Some("wrong"), None);
+    assert_eq!(status, 401);
+    assert!(
+        wrong["error"].as_str().unwrap().contains("token sent is wrong"),
+        "{wrong}"
     );
     assert_eq!(
         call("GET", &format!("{url}/v1/topics"), Some("s3cret"), None).0,
@@ -273,6 +275,8 @@ fn admin_token_guards_v1_and_metrics_but_not_health() {
         !ok && err.contains("401") && err.contains("admin token"),
         "{err}"
     );
+    let (ok, _, err) = weir(&node, &["topic", "list", "--token", "guess"], "");
+    assert!(!ok && err.contains("token sent is wrong"), "{err}");
     let (ok, out, err) = weir(&node, &["topic", "list", "--token", "s3cret"], "");
     assert!(ok, "{err}");
     assert!(out.contains("TOPIC"));

@@ -312,3 +312,21 @@ fn open_connections_are_a_table() {
         || sql_json(&c, "SELECT count(*) AS n FROM weir.connections")["rows"][0]["n"] == 0,
     );
 }
+
+/// `curl -d '{"sql": …}'` sends a form content type; the body is JSON all the same.
+#[test]
+fn a_json_body_is_read_as_json_whatever_its_content_type() {
+    let (_dir, _node, c) = started(&[]);
+    for content_type in ["application/x-www-form-urlencoded", "text/plain"] {
+        let answer = c
+            .send_accepting(
+                "POST",
+                "/v1/sql",
+                content_type,
+                br#" {"sql": "SELECT 41 + 1 AS answer"}"#,
+                "application/json",
+            )
+            .unwrap();
+        assert_eq!(answer["rows"][0]["answer"], 42, "{content_type}: {answer}");
+    }
+}

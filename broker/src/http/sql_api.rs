@@ -1,4 +1,5 @@
-//! `POST /v1/sql`: the statement in the body (plain text, or JSON `{"sql": "…"}`), the answer
+//! `POST /v1/sql`: the statement in the body (plain text, or JSON `{"sql": "…"}`, recognised by
+//! its content type or, whatever the type, by its opening brace: no statement starts so), the answer
 //! in the encoding the `Accept` header asks for: JSON (default), CSV, an Arrow IPC stream, or a
 //! text table (`text/plain`, what `weir sql` prints).
 
@@ -48,7 +49,8 @@ fn statement(headers: &HeaderMap, body: &[u8]) -> ApiResult<String> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| v.starts_with("application/json"))
+        || body.trim_ascii_start().starts_with(b"{");
     if json {
         let value: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("body is not JSON: {e}")))?;
