@@ -373,10 +373,24 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Lets a client command whose reader went away (`weir topic list | head -1`) end quietly, as
+/// other command-line tools do, rather than panic on a write to a closed pipe. The server keeps
+/// Rust's default (the signal ignored): a client that hangs up must not stop the node.
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: `signal` with `SIG_DFL` only restores the default disposition of SIGPIPE; it runs
+    // before any other thread exists, and no handler of ours is replaced.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     init_logging();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
+    if !matches!(cli.command, Command::Serve(_)) {
+        end_quietly_on_closed_pipe();
+    }
     match cli.command {
         Command::Serve(args) => {
             let serve_matches = matches

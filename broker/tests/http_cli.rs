@@ -261,7 +261,10 @@ fn admin_token_guards_v1_and_metrics_but_not_health() {
     let (status, wrong) = call("GET", &format!("{url}/v1/topics"), Some("wrong"), None);
     assert_eq!(status, 401);
     assert!(
-        wrong["error"].as_str().unwrap().contains("token sent is wrong"),
+        wrong["error"]
+            .as_str()
+            .unwrap()
+            .contains("token sent is wrong"),
         "{wrong}"
     );
     assert_eq!(
@@ -386,5 +389,32 @@ fn cli_moves_records_from_files_and_stdin_and_groups_resume() {
     assert_eq!(first.lines().count() + rest.lines().count(), 502);
     let groups = run_ok(&node, &["groups"], "");
     assert!(groups.contains('g') && groups.contains("Empty"), "{groups}");
+    node.stop();
+}
+
+/// `weir topic list | head -1`: a reader that goes away ends the command quietly, with no
+/// panic about a broken pipe.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let (_dir, node, _) = started(&[]);
+    for topic in ["one", "two"] {
+        let (ok, _, err) = weir(&node, &["topic", "create", topic], "");
+        assert!(ok, "{err}");
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["topic", "list"])
+        .env("WEIR_SERVER", node.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
     node.stop();
 }
