@@ -460,6 +460,8 @@ fn bad_config_values_are_refused_on_every_path() {
         // SQL's keys, checked by SQL wherever they are set.
         ("value.schema", "host NOTATYPE"),
         ("value.format", "xml"),
+        // A schema is read from JSON values: without value.format=json it would be ignored.
+        ("value.schema", "host TEXT"),
     ] {
         let err = c
             .call(

@@ -62,7 +62,8 @@ pub enum Error {
 
 /// The topic config keys SQL owns, for [`weir_storage::StorageConfig::layer_keys`]:
 /// `value.format` (`none` or `json`) and `value.schema` (typed columns, checked by
-/// [`parse_value_schema`]). Storage keeps them with the topic; the SQL tables read them.
+/// [`parse_value_schema`], and only with `value.format=json`: the columns are parsed from JSON
+/// values). Storage keeps them with the topic; the SQL tables read them.
 pub fn topic_config_keys() -> Vec<LayerKey> {
     vec![
         LayerKey {
@@ -76,7 +77,13 @@ pub fn topic_config_keys() -> Vec<LayerKey> {
         LayerKey {
             name: "value.schema",
             default: "",
-            check: |value, _| {
+            check: |value, entries| {
+                let json = entries.get("value.format").is_some_and(|f| f == "json");
+                if !value.is_empty() && !json {
+                    return Err("a schema's columns are parsed from JSON values: set \
+                                value.format=json with it (weir topic create --value-format json)"
+                        .into());
+                }
                 parse_value_schema(value)
                     .map(|_| ())
                     .map_err(|e| e.to_string())
