@@ -91,6 +91,10 @@ pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> Result<Pat
     write(&root.join("src/lib.rs"), &lib)?;
     write(&root.join(".gitignore"), "/target\n")?;
     write(
+        &root.join("rust-toolchain.toml"),
+        &format!("[toolchain]\nchannel = \"stable\"\ntargets = [\"{WASM_TARGET}\"]\n"),
+    )?;
+    write(
         &root.join(".cargo/config.toml"),
         "# wasmtime runs WebAssembly SIMD: let memchr, regex and friends use it.\n\
          [target.wasm32-unknown-unknown]\nrustflags = [\"-C\", \"target-feature=+simd128\"]\n",
@@ -98,17 +102,49 @@ pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> Result<Pat
     Ok(root)
 }
 
+/// The target plugins are built for.
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// Whether the toolchain that builds the crate in `dir` (its `rust-toolchain.toml`, else the
+/// default) has the standard library of [`WASM_TARGET`]; if not, says the command that adds it.
+fn check_wasm_target(dir: &Path) -> Result<()> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(&rustc)
+        .current_dir(dir)
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(io(format!("running {rustc}")))?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || sysroot.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{rustc} --print sysroot failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    if Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(WASM_TARGET)
+        .is_dir()
+    {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "the Rust toolchain at {sysroot} cannot build plugins: its {WASM_TARGET} target is not \
+         installed. Add it with: rustup target add {WASM_TARGET}"
+    )))
+}
+
 /// Builds the plugin crate in `dir` to wasm and returns the module's path.
 pub fn build(dir: &Path) -> Result<PathBuf> {
+    check_wasm_target(dir)?;
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(dir)
-        .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
+        .args(["build", "--release", "--target", WASM_TARGET])
         .status()
         .map_err(io("running cargo"))?;
     if !status.success() {
         return Err(Error::Invalid(
-            "cargo build failed (the target is added with `rustup target add wasm32-unknown-unknown`)"
-                .into(),
+            "cargo build failed; its errors are above".into(),
         ));
     }
     let metadata = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -125,7 +161,8 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
         .as_str()
         .ok_or_else(|| Error::Invalid("cargo metadata has no package".into()))?;
     let wasm = Path::new(target_dir)
-        .join("wasm32-unknown-unknown/release")
+        .join(WASM_TARGET)
+        .join("release")
         .join(format!("{}.wasm", name.replace('-', "_")));
     if !wasm.exists() {
         return Err(Error::File {

@@ -837,3 +837,40 @@ fn every_scaffolded_kind_tests_its_function_natively() {
         );
     }
 }
+
+/// The scaffold names the wasm target in its `rust-toolchain.toml`, and `weir plugin build` on
+/// a toolchain without that target says the command that adds it instead of failing in cargo.
+#[test]
+fn plugin_build_says_how_to_add_a_missing_wasm_target() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let crates = dir.path().to_str().unwrap();
+    let made = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["plugin", "new", "bare", "--kind", "filter", "--dir", crates])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let toolchain = std::fs::read_to_string(dir.path().join("bare/rust-toolchain.toml")).unwrap();
+    assert!(
+        toolchain.contains(r#"targets = ["wasm32-unknown-unknown"]"#),
+        "{toolchain}"
+    );
+
+    // A toolchain whose sysroot has no wasm32-unknown-unknown standard library.
+    let sysroot = dir.path().join("sysroot");
+    std::fs::create_dir_all(sysroot.join("lib/rustlib/x86_64-unknown-linux-gnu")).unwrap();
+    let rustc = dir.path().join("rustc");
+    std::fs::write(&rustc, format!("#!/bin/sh\necho {}\n", sysroot.display())).unwrap();
+    std::fs::set_permissions(&rustc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let built = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["plugin", "build", &format!("{crates}/bare")])
+        .env("RUSTC", &rustc)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&built.stderr);
+    assert!(
+        !built.status.success() && said.contains("rustup target add wasm32-unknown-unknown"),
+        "{said}"
+    );
+}
