@@ -178,10 +178,10 @@ enum PluginCommand {
         #[arg(long = "param")]
         params: Vec<String>,
     },
+    /// List plugins with their active version, kind and size.
     List,
-    Describe {
-        name: String,
-    },
+    /// Show a plugin's versions, hashes and params.
+    Describe { name: String },
     /// Make an earlier version active again.
     Rollback {
         name: String,
@@ -189,9 +189,8 @@ enum PluginCommand {
         #[arg(long)]
         to: Option<u32>,
     },
-    Delete {
-        name: String,
-    },
+    /// Delete a plugin that no pipeline runs.
+    Delete { name: String },
 }
 
 /// The resource an ACL command is about.
@@ -294,14 +293,15 @@ enum UserCommand {
         #[arg(long)]
         password: Option<String>,
     },
+    /// List the users and their SCRAM mechanisms.
     List,
-    Delete {
-        name: String,
-    },
+    /// Delete a user.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
 enum PipelineCommand {
+    /// Create a pipeline from a topic through plugins into topics, and start it.
     Create {
         name: String,
         /// Input topic.
@@ -323,23 +323,21 @@ enum PipelineCommand {
         #[arg(long)]
         dead_letter: Option<String>,
     },
+    /// List pipelines with status, lag, records in and out, and the last error.
     List,
-    Describe {
-        name: String,
-    },
-    Pause {
-        name: String,
-    },
-    Resume {
-        name: String,
-    },
-    Delete {
-        name: String,
-    },
+    /// Show one pipeline's spec, status and counters.
+    Describe { name: String },
+    /// Stop a pipeline where it is; resume goes on from there.
+    Pause { name: String },
+    /// Go on with a paused pipeline from its checkpoint.
+    Resume { name: String },
+    /// Stop and delete a pipeline; its topics stay.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
 enum TopicCommand {
+    /// Create a topic.
     Create {
         name: String,
         #[arg(short, long, default_value_t = 1)]
@@ -354,13 +352,12 @@ enum TopicCommand {
         #[arg(long)]
         schema: Option<String>,
     },
+    /// List topics with their partition counts.
     List,
-    Describe {
-        name: String,
-    },
-    Delete {
-        name: String,
-    },
+    /// Show a topic's partitions, offsets, sizes and configs.
+    Describe { name: String },
+    /// Delete a topic and its records.
+    Delete { name: String },
 }
 
 fn main() -> std::process::ExitCode {
@@ -655,4 +652,22 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` gives every command and subcommand a line saying what it does.
+    #[test]
+    fn every_command_says_what_it_does() {
+        fn check(command: &clap::Command, path: &str) {
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "`{path}` has no description");
+                check(sub, &path);
+            }
+        }
+        check(&Cli::command(), "weir");
+    }
 }
