@@ -366,9 +366,13 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let node = state.node.clone();
-    // Lags, pipelines and the user count read the metadata store: off the reactor.
+    // Lags, pipelines, topics and the user count read the metadata store: off the reactor.
     let (lags, pipelines, bounds) = tokio::task::spawn_blocking(move || {
         weir_storage::reactor::blocking(|| {
+            if let Ok(topics) = node.storage.list_topics() {
+                node.metrics
+                    .retain_topics(&topics.into_iter().map(|t| t.name).collect());
+            }
             let pipelines = node.runtime.pipelines().list().unwrap_or_default();
             (node.group_lags(), pipelines, node.bounds())
         })

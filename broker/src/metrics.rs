@@ -100,6 +100,13 @@ impl Metrics {
         });
     }
 
+    /// Forgets the counters of topics that no longer exist, so a deleted topic leaves the
+    /// exposition (a topic made again under its name starts from zero, as Prometheus expects of
+    /// a counter that resets).
+    pub fn retain_topics(&self, existing: &std::collections::HashSet<String>) {
+        locks::lock(&self.topics).retain(|name, _| existing.contains(name));
+    }
+
     pub fn consumed(&self, topic: &str, bytes: u64, records: u64) {
         self.update(topic, |c| {
             c.bytes_out += bytes;

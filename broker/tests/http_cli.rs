@@ -208,6 +208,12 @@ fn a_groups_committed_offsets_show_their_lag_in_the_api_and_metrics() {
         )),
         "{metrics}"
     );
+    // A deleted topic leaves the exposition.
+    let (status, _) = call("DELETE", &format!("{url}/v1/topics/events"), None, None);
+    assert_eq!(status, 204);
+    let (_, metrics) = call("GET", &format!("{url}/metrics"), None, None);
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(!metrics.contains("topic=\"events\""), "{metrics}");
     node.stop();
 }
 
