@@ -586,8 +586,6 @@ async fn produce(
             }
             let mut batch = builder.build().map_err(StorageError::from)?.to_vec();
             let info = log.append(&mut batch)?;
-            node.metrics
-                .produced(&name, batch.len() as u64, order.len() as u64);
             for (n, i) in order.into_iter().enumerate() {
                 placed.push((
                     i,

@@ -302,6 +302,10 @@ fn node_context(
         what: "starting the SQL engine".into(),
         source,
     })?;
+    let counted = metrics.clone();
+    storage.set_append_observer(Arc::new(move |topic, records, bytes| {
+        counted.produced(topic, bytes, records);
+    }));
     let appended = Arc::new(Notify::new());
     let waker = appended.clone();
     let pipelines = runtime.pipelines().clone();

@@ -702,6 +702,11 @@ fn a_flat_map_routes_records_to_several_topics() {
         "weir_pipeline_records_in_total{pipeline=\"split\"} 31",
         "weir_pipeline_dead_lettered_total{pipeline=\"split\"} 2",
         "weir_pipeline_lag{pipeline=\"split\"} 0",
+        // What a pipeline appends counts as records in, as a producer's appends do.
+        "weir_records_in_total{topic=\"numbers\"} 31",
+        "weir_records_in_total{topic=\"evens\"} 15",
+        "weir_records_in_total{topic=\"threes\"} 10",
+        "weir_records_in_total{topic=\"split.dlq\"} 2",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }

@@ -330,3 +330,21 @@ fn a_json_body_is_read_as_json_whatever_its_content_type() {
         assert_eq!(answer["rows"][0]["answer"], 42, "{content_type}: {answer}");
     }
 }
+
+/// Rows a SQL `INSERT` appends count in `/metrics` as a producer's records do.
+#[test]
+fn sql_inserts_count_as_records_in() {
+    let (_dir, _node, c) = started(&[]);
+    create_topic(&c, "notes", 1);
+    let inserted = sql_json(
+        &c,
+        "INSERT INTO notes (value) VALUES ('one'), ('two'), ('three')",
+    );
+    assert_eq!(inserted["rows"][0]["count"], 3, "{inserted}");
+    let metrics = c.call("GET", "/metrics", None).unwrap();
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("weir_records_in_total{topic=\"notes\"} 3\n"),
+        "{metrics}"
+    );
+}

@@ -37,11 +37,14 @@ pub use batch::{BatchBuilder, Compression, Header, NewRecord, Record, decode_rec
 pub use compact::{CompactionResult, compact};
 pub use config::{CleanupPolicy, FlushPolicy, LayerKey, LogConfig, TimestampType};
 pub use error::{BatchError, Result, StorageError};
-pub use log::{AppendInfo, FileSlice, Listener, Log, ReadResult, RetentionResult, now_ms};
+pub use log::{
+    AppendInfo, AppendObserver, FileSlice, Listener, Log, ReadResult, RetentionResult, now_ms,
+};
 pub use meta::{MetaStore, TopicMeta, Tree};
 pub use producer::PRODUCER_BATCHES_MAX;
 pub use segment::{OPEN_SEGMENTS_MAX_DEFAULT, open_segments, set_open_segments_max};
 pub use space::{DISK_FREE_BYTES_MIN_DEFAULT, DiskSpace};
 pub use storage::{
-    PARTITIONS_MAX, PARTITIONS_MAX_DEFAULT, Storage, StorageConfig, validate_topic_name,
+    PARTITIONS_MAX, PARTITIONS_MAX_DEFAULT, Storage, StorageConfig, TopicObserver,
+    validate_topic_name,
 };

@@ -154,12 +154,18 @@ pub struct Log {
     failed: AtomicBool,
     /// Called whenever the high watermark moves, so waiting readers can wake up.
     listener: RwLock<Option<Listener>>,
+    /// Told the records and bytes of every append, whoever appends.
+    observer: RwLock<Option<AppendObserver>>,
     /// The data directory's free-space mark, when the log belongs to a [`crate::Storage`].
     space: OnceLock<Arc<DiskSpace>>,
 }
 
 /// A callback run when new records become readable.
 pub type Listener = Arc<dyn Fn() + Send + Sync>;
+
+/// A callback told the records and bytes of each append (a producer's retry of a batch already
+/// written is not one).
+pub type AppendObserver = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -227,6 +233,7 @@ impl Log {
             recovery_point: rp_file,
             failed: AtomicBool::new(false),
             listener: RwLock::new(None),
+            observer: RwLock::new(None),
             space: OnceLock::new(),
         };
         log.write_recovery_point(RecoveryPoint {
@@ -390,6 +397,10 @@ impl Log {
                 self.sync_to(next_offset, now)?;
             }
         }
+        let observer = locks::read(&self.observer).clone();
+        if let Some(observer) = observer {
+            observer(next_offset - base_offset, total);
+        }
         Ok(AppendInfo {
             base_offset,
             last_offset: next_offset - 1,
@@ -440,6 +451,10 @@ impl Log {
     }
 
     /// Sets the callback run whenever new records become readable.
+    pub fn set_observer(&self, observer: Option<AppendObserver>) {
+        *locks::write(&self.observer) = observer;
+    }
+
     pub fn set_listener(&self, listener: Option<Listener>) {
         *locks::write(&self.listener) = listener;
     }

@@ -65,6 +65,15 @@ impl StorageConfig {
     }
 }
 
+/// A callback told the topic, records and bytes of each append.
+pub type TopicObserver = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+
+/// `observer` for the logs of one topic.
+fn for_topic(observer: TopicObserver, topic: &str) -> crate::log::AppendObserver {
+    let topic = topic.to_owned();
+    Arc::new(move |records, bytes| observer(&topic, records, bytes))
+}
+
 type PartitionKey = (String, u32);
 /// Open logs by topic, then partition: looked up by `&str` on every produce and fetch, so
 /// without building a key.
@@ -112,6 +121,7 @@ pub struct Storage {
     admin: Mutex<()>,
     background: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     listener: RwLock<Option<Listener>>,
+    observer: RwLock<Option<TopicObserver>>,
     space: Arc<DiskSpace>,
 }
 
@@ -139,6 +149,7 @@ impl Storage {
             admin: Mutex::new(()),
             background: Mutex::new(None),
             listener: RwLock::new(None),
+            observer: RwLock::new(None),
         };
         storage.remove_leftover_deletions()?;
         for (_, topic) in storage.topics.all()? {
@@ -177,6 +188,8 @@ impl Storage {
 
     fn add_log(&self, topic: &str, partition: u32, log: Log) {
         log.set_space(self.space.clone());
+        let observer = locks::read(&self.observer).clone();
+        log.set_observer(observer.map(|o| for_topic(o, topic)));
         self.write_logs()
             .entry(topic.to_string())
             .or_default()
@@ -269,6 +282,15 @@ impl Storage {
             topic: topic.to_string(),
             partition,
         })
+    }
+
+    /// Sets the callback told the topic, records and bytes of every append to any log, present
+    /// and future: produce, pipelines and SQL `INSERT` alike.
+    pub fn set_append_observer(&self, observer: TopicObserver) {
+        *locks::write(&self.observer) = Some(observer.clone());
+        for (topic, _, log) in self.logs() {
+            log.set_observer(Some(for_topic(observer.clone(), &topic)));
+        }
     }
 
     /// Sets the callback every log (present and future) runs when new records become readable.

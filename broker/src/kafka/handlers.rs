@@ -459,8 +459,7 @@ fn produce(shared: &Shared, request: ProduceRequest, caller: &Caller) -> Produce
                 (Ok(_), Some(records)) => append(shared, &name, partition_data.index, records),
             };
             match result {
-                Ok((base_offset, log_append_time_ms, log_start_offset, bytes, records)) => {
-                    shared.metrics.produced(&name, bytes, records);
+                Ok((base_offset, log_append_time_ms, log_start_offset)) => {
                     p.base_offset = base_offset;
                     p.log_append_time_ms = log_append_time_ms;
                     p.log_start_offset = log_start_offset;
@@ -474,9 +473,9 @@ fn produce(shared: &Shared, request: ProduceRequest, caller: &Caller) -> Produce
     response
 }
 
-/// What a successful append reports: base offset, log append time, log start offset, bytes
-/// and records appended.
-type Appended = (i64, i64, i64, u64, u64);
+/// What a successful append reports: base offset, log append time, log start offset. Its
+/// records and bytes are counted by the storage's append observer.
+type Appended = (i64, i64, i64);
 
 /// Appends (waiting for the fsync), or returns a Kafka error code.
 fn append(shared: &Shared, topic: &str, partition: i32, records: Bytes) -> Result<Appended, i16> {
@@ -489,8 +488,6 @@ fn append(shared: &Shared, topic: &str, partition: i32, records: Bytes) -> Resul
             info.base_offset as i64,
             info.log_append_time_ms.unwrap_or(-1),
             log.log_start_offset() as i64,
-            batches.len() as u64,
-            info.last_offset - info.base_offset + 1,
         )),
         Err(e) => {
             tracing::warn!(topic, partition, error = %e, "produce refused");
