@@ -198,12 +198,39 @@ pub fn topic_list(c: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Sets `configs` (`key=value`) and returns `deleted` to their defaults, then prints every
+/// config of the topic.
+pub fn topic_alter(c: &Client, name: &str, configs: &[String], deleted: &[String]) -> Result<()> {
+    if configs.is_empty() && deleted.is_empty() {
+        return Err(Error::Invalid(
+            "nothing to alter: give --config key=value or --delete-config key".into(),
+        ));
+    }
+    let set = parse_pairs("config", configs)?;
+    let t = c.call(
+        "PATCH",
+        &format!("/v1/topics/{name}/configs"),
+        Some(&json!({ "set": set, "delete": deleted })),
+    )?;
+    print_configs(&t);
+    Ok(())
+}
+
+/// Every config of a topic as `GET /v1/topics/{name}` shows them: value, default, source.
+fn print_configs(topic: &Value) {
+    println!("{:<32} {:<24} {:<24} SOURCE", "CONFIG", "VALUE", "DEFAULT");
+    for entry in topic["all_configs"].as_array().into_iter().flatten() {
+        let [name, value, default, source] =
+            ["name", "value", "default", "source"].map(|k| entry[k].as_str().unwrap_or(""));
+        println!("{name:<32} {value:<24} {default:<24} {source}");
+    }
+}
+
 pub fn topic_describe(c: &Client, name: &str) -> Result<()> {
     let t = c.call("GET", &format!("/v1/topics/{name}"), None)?;
-    println!("topic {name} (id {})", t["id"].as_str().unwrap_or(""));
-    for (k, v) in t["configs"].as_object().into_iter().flatten() {
-        println!("  {k} = {}", v.as_str().unwrap_or(""));
-    }
+    println!("topic {name} (id {})\n", t["id"].as_str().unwrap_or(""));
+    print_configs(&t);
+    println!();
     println!(
         "{:>9} {:>16} {:>16} {:>14} {:>8}",
         "PARTITION", "START", "END", "BYTES", "SEGMENTS"

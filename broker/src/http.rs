@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weir_runtime::partition_for_key;
-use weir_storage::{BatchBuilder, Compression, Header, NewRecord, StorageError, TopicMeta};
+use weir_storage::{
+    BatchBuilder, Compression, Header, NewRecord, Storage, StorageError, TopicMeta,
+};
 
 use crate::acl::{Caller, Denied, Operation, ResourceType};
 use crate::kafka::groups::GroupError;
@@ -130,6 +132,10 @@ pub async fn serve(
     let v1 = Router::new()
         .route("/topics", get(list_topics).post(create_topic))
         .route("/topics/{name}", get(describe_topic).delete(delete_topic))
+        .route(
+            "/topics/{name}/configs",
+            axum::routing::patch(alter_topic_configs),
+        )
         .route("/topics/{name}/records", get(consume).post(produce))
         .route("/groups", get(list_groups))
         .route("/groups/{id}", get(describe_group))
@@ -467,8 +473,81 @@ struct PartitionDetail {
 struct TopicDetail {
     name: String,
     id: String,
+    /// The configs set on the topic.
     configs: BTreeMap<String, String>,
+    /// Every config key: the value in force, its default, and whether the topic sets it.
+    all_configs: Vec<ConfigEntry>,
     partitions: Vec<PartitionDetail>,
+}
+
+#[derive(Serialize)]
+struct ConfigEntry {
+    name: &'static str,
+    value: String,
+    default: String,
+    /// `topic` when set on the topic, `default` otherwise.
+    source: &'static str,
+}
+
+/// Every config key of a topic whose explicit configs are `configs`.
+fn all_configs(storage: &Storage, configs: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
+    storage
+        .topic_config_keys()
+        .into_iter()
+        .map(|(name, default)| match configs.get(name) {
+            Some(value) => ConfigEntry {
+                name,
+                value: value.clone(),
+                default,
+                source: "topic",
+            },
+            None => ConfigEntry {
+                name,
+                value: default.clone(),
+                default,
+                source: "default",
+            },
+        })
+        .collect()
+}
+
+/// `PATCH /v1/topics/{name}/configs`: keys to set and keys to return to their default, as
+/// Kafka's IncrementalAlterConfigs; checked as a whole before anything changes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigChanges {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    delete: Vec<String>,
+}
+
+async fn alter_topic_configs(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(changes): Json<ConfigChanges>,
+) -> ApiResult<Json<TopicDetail>> {
+    caller.check(Operation::AlterConfigs, ResourceType::Topic, &name)?;
+    if let Some(key) = changes.delete.iter().find(|k| changes.set.contains_key(*k)) {
+        return Err(ApiError::bad_request(format!(
+            "{key} is both set and deleted"
+        )));
+    }
+    let storage = state.node.storage.clone();
+    let altered = name.clone();
+    blocking(move || {
+        let mut configs = storage.existing_topic(&altered)?.configs;
+        for key in &changes.delete {
+            configs.remove(key);
+        }
+        configs.extend(changes.set);
+        storage.set_topic_configs(&altered, configs)?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!(topic = %name, "topic configs altered");
+    describe_topic(State(state), Extension(caller), Path(name)).await
 }
 
 async fn describe_topic(
@@ -493,6 +572,7 @@ async fn describe_topic(
     Ok(Json(TopicDetail {
         id: uuid::Uuid::from_bytes(meta.id).to_string(),
         name: meta.name,
+        all_configs: all_configs(storage, &meta.configs),
         configs: meta.configs,
         partitions,
     }))

@@ -354,6 +354,16 @@ enum TopicCommand {
     },
     /// List topics with their partition counts.
     List,
+    /// Set topic configs, or return them to their defaults.
+    Alter {
+        name: String,
+        /// A config to set, as key=value (repeatable), e.g. retention.ms=3600000.
+        #[arg(short, long = "config")]
+        configs: Vec<String>,
+        /// A config to return to its default (repeatable).
+        #[arg(long = "delete-config")]
+        delete_configs: Vec<String>,
+    },
     /// Show a topic's partitions, offsets, sizes and configs.
     Describe { name: String },
     /// Delete a topic and its records.
@@ -525,6 +535,11 @@ fn topic_command(command: TopicCommand, c: &Client) -> weir_broker::error::Resul
             cli::topic_create(c, &name, partitions, &configs)
         }
         TopicCommand::List => cli::topic_list(c),
+        TopicCommand::Alter {
+            name,
+            configs,
+            delete_configs,
+        } => cli::topic_alter(c, &name, &configs, &delete_configs),
         TopicCommand::Describe { name } => cli::topic_describe(c, &name),
         TopicCommand::Delete { name } => cli::topic_delete(c, &name),
     }

@@ -331,7 +331,50 @@ fn cli_creates_lists_describes_and_deletes_topics() {
     );
     assert!(run_ok(&node, &["topic", "list"], "").contains("lines"));
     let described = run_ok(&node, &["topic", "describe", "lines"], "");
-    assert!(described.contains("retention.ms = 600000"), "{described}");
+    let config = |text: &str, key: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} in {text}"));
+        line.split_whitespace().map(String::from).collect()
+    };
+    // Every config with the value in force, its default and where the value comes from.
+    assert_eq!(
+        config(&described, "retention.ms"),
+        ["retention.ms", "600000", "604800000", "topic"]
+    );
+    assert_eq!(config(&described, "cleanup.policy")[3], "default");
+
+    // Set one, return another to its default; a bad value changes nothing.
+    let altered = run_ok(
+        &node,
+        &[
+            "topic",
+            "alter",
+            "lines",
+            "--config",
+            "segment.ms=3600000",
+            "--delete-config",
+            "retention.ms",
+        ],
+        "",
+    );
+    assert_eq!(
+        config(&altered, "segment.ms")[1..],
+        ["3600000", "604800000", "topic"]
+    );
+    assert_eq!(config(&altered, "retention.ms")[3], "default");
+    let (ok, _, err) = weir(
+        &node,
+        &["topic", "alter", "lines", "--config", "retention.ms=soon"],
+        "",
+    );
+    assert!(!ok && err.contains("retention.ms"), "{err}");
+    let (ok, _, err) = weir(&node, &["topic", "alter", "lines"], "");
+    assert!(!ok && err.contains("nothing to alter"), "{err}");
+    let described = run_ok(&node, &["topic", "describe", "lines"], "");
+    assert_eq!(config(&described, "segment.ms")[1], "3600000");
+    assert_eq!(config(&described, "retention.ms")[3], "default");
     let (ok, _, err) = weir(&node, &["topic", "create", "lines"], "");
     assert!(!ok && err.contains("already exists"), "{err}");
     run_ok(&node, &["topic", "delete", "lines"], "");
