@@ -301,10 +301,28 @@ pub fn pipeline_list(c: &Client) -> Result<()> {
             p["records_in"].to_string(),
             p["records_out"].to_string(),
             p["dead_lettered"].to_string(),
-            p["last_error"].as_str().unwrap_or("")
+            last_error(p)
         );
     }
     Ok(())
+}
+
+/// A pipeline's last error with how long ago it happened: `(3 min ago) reason`.
+fn last_error(pipeline: &Value) -> String {
+    let Some(error) = pipeline["last_error"].as_str() else {
+        return String::new();
+    };
+    let Some(at_ms) = pipeline["last_error_ms"].as_i64() else {
+        return error.to_owned();
+    };
+    let seconds = (weir_storage::now_ms() - at_ms).max(0) / 1000;
+    let ago = match seconds {
+        0..120 => format!("{seconds} s"),
+        120..7200 => format!("{} min", seconds / 60),
+        7200..172_800 => format!("{} h", seconds / 3600),
+        _ => format!("{} d", seconds / 86_400),
+    };
+    format!("({ago} ago) {error}")
 }
 
 pub fn pipeline_action(c: &Client, name: &str, action: &str) -> Result<()> {

@@ -710,6 +710,30 @@ fn a_flat_map_routes_records_to_several_topics() {
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
+    // The status says the last error and when it happened; the CLI, how long ago.
+    let status = c.call("GET", "/v1/pipelines/split", None).unwrap();
+    let at = status["last_error_ms"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(at <= now && now - at < 60_000, "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid digit"),
+        "{status}"
+    );
+    let listed = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["pipeline", "list", "--server", &node.url()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(" s ago) dead-lettered: router: invalid digit"),
+        "{listed}"
+    );
 }
 
 #[test]

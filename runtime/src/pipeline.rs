@@ -138,14 +138,20 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     pub batches: AtomicU64,
     pub failed_calls: AtomicU64,
-    pub last_error: std::sync::Mutex<Option<String>>,
+    /// The last error and when it happened (ms since the epoch).
+    pub last_error: std::sync::Mutex<Option<(String, i64)>>,
     /// Plugin versions in use, as `name@version`.
     pub versions: std::sync::Mutex<Vec<String>>,
 }
 
 impl Stats {
+    /// Keeps `error` as the last one, seen at `at_ms`.
+    pub(crate) fn note_error_at(&self, error: String, at_ms: i64) {
+        *locks::lock(&self.last_error) = Some((error, at_ms));
+    }
+
     pub(crate) fn note_error(&self, error: String) {
-        *locks::lock(&self.last_error) = Some(error);
+        self.note_error_at(error, weir_storage::now_ms());
     }
 }
 
@@ -587,6 +593,9 @@ impl Runner {
         }
         dead_letters.extend(dead);
         let dead_count = dead_letters.len() as u64;
+        let last_letter = dead_letters
+            .last()
+            .map(|l| format!("{}: {}", l.plugin, l.message));
         let dead_letter_topic = self.spec.dead_letter_topic();
         let dead_partitions = self
             .storage
@@ -612,6 +621,9 @@ impl Runner {
         self.stats
             .dead_lettered
             .fetch_add(dead_count, Ordering::Relaxed);
+        if let Some(error) = last_letter {
+            self.stats.note_error(format!("dead-lettered: {error}"));
+        }
         let dropped = inputs.len().saturating_sub(handled.len()) as u64;
         self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         Ok(())

@@ -29,6 +29,9 @@ struct Stored {
     spec: PipelineSpec,
     paused: bool,
     reason: Option<String>,
+    /// When the reason was given.
+    #[serde(default)]
+    reason_ms: Option<i64>,
     created_ms: i64,
     #[serde(default)]
     owner: Option<Owner>,
@@ -67,6 +70,8 @@ pub struct PipelineStatus {
     pub batches: u64,
     pub failed_calls: u64,
     pub last_error: Option<String>,
+    /// When the last error happened (ms since the epoch).
+    pub last_error_ms: Option<i64>,
     pub plugins: Vec<String>,
 }
 
@@ -179,6 +184,7 @@ impl Pipelines {
             spec,
             paused: false,
             reason: None,
+            reason_ms: None,
             created_ms: now_ms(),
             owner,
         };
@@ -237,7 +243,10 @@ impl Pipelines {
     fn spawn(self: &Arc<Self>, stored: &Stored) {
         let stats = Arc::new(Stats::default());
         if let Some(reason) = &stored.reason {
-            *locks::lock(&stats.last_error) = Some(reason.clone());
+            stats.note_error_at(
+                reason.clone(),
+                stored.reason_ms.unwrap_or(stored.created_ms),
+            );
         }
         let control = Arc::new(Control::default());
         control.paused.store(stored.paused, Ordering::Release);
@@ -338,13 +347,15 @@ impl Pipelines {
 
     fn set_paused(&self, name: &str, paused: bool, reason: Option<String>) -> Result<(), Error> {
         let mut stored = self.stored(name)?;
+        let now = now_ms();
         stored.paused = paused;
         stored.reason = reason.clone();
+        stored.reason_ms = reason.is_some().then_some(now);
         self.tree.insert(name, &stored)?;
         if let Some(running) = locks::lock(&self.running).get(name) {
             running.control.paused.store(paused, Ordering::Release);
             if let Some(reason) = reason {
-                *locks::lock(&running.stats.last_error) = Some(reason);
+                running.stats.note_error_at(reason, now);
             }
         }
         Ok(())
@@ -389,6 +400,7 @@ impl Pipelines {
         let stats = running.map(|r| r.stats.clone()).unwrap_or_default();
         let lag = self.lag(&stored.spec)?;
         let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let last_error = locks::lock(&stats.last_error).clone();
         Ok(PipelineStatus {
             status: match (stored.paused, running) {
                 (true, _) => "paused",
@@ -406,7 +418,8 @@ impl Pipelines {
             dead_lettered: get(&stats.dead_lettered),
             batches: get(&stats.batches),
             failed_calls: get(&stats.failed_calls),
-            last_error: locks::lock(&stats.last_error).clone(),
+            last_error: last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_ms: last_error.map(|(_, at)| at),
             plugins: locks::lock(&stats.versions).clone(),
             spec: stored.spec,
         })

@@ -268,6 +268,7 @@ impl SystemSchema {
             .int64("failed_calls", |p| p.failed_calls as i64)
             .boolean("paused", |p| p.status == "paused")
             .text_or_null("last_error", |p| p.last_error.clone())
+            .int64_or_null("last_error_ms", |p| p.last_error_ms)
             .text_or_null("owner", |p| p.owner.as_ref().map(|o| o.user.clone()))
             .build()
     }

@@ -151,6 +151,8 @@ struct PipelineStatusBody {
     batches: u64,
     failed_calls: u64,
     last_error: Option<String>,
+    /// When the last error happened (ms since the epoch).
+    last_error_ms: Option<i64>,
     plugins: Vec<String>,
 }
 
@@ -170,6 +172,7 @@ impl From<PipelineStatus> for PipelineStatusBody {
             batches: p.batches,
             failed_calls: p.failed_calls,
             last_error: p.last_error,
+            last_error_ms: p.last_error_ms,
             plugins: p.plugins,
         }
     }
