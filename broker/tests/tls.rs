@@ -713,32 +713,18 @@ fn a_pipeline_runs_with_its_creators_rights_and_pauses_when_one_is_revoked() {
             r#"{{"name":"{name}","from":"{from}","to":["{name}-copied"],"from_offset":"earliest"}}"#
         )
     };
-    let refused = expect(
-        call(
-            &carol,
-            "POST",
-            "/v1/pipelines",
-            Some(&pipeline("out-stolen", "secret")),
+    for (name, from, why) in [
+        ("out-stolen", "secret", r#"may not READ topic \"secret\""#),
+        (
+            "elsewhere",
+            "src",
+            r#"may not WRITE topic \"elsewhere-copied\""#,
         ),
-        "403",
-    );
-    assert!(
-        refused.contains(r#"may not READ topic \"secret\""#),
-        "{refused}"
-    );
-    let refused = expect(
-        call(
-            &carol,
-            "POST",
-            "/v1/pipelines",
-            Some(&pipeline("elsewhere", "src")),
-        ),
-        "403",
-    );
-    assert!(
-        refused.contains(r#"may not WRITE topic \"elsewhere-copied\""#),
-        "{refused}"
-    );
+    ] {
+        let body = pipeline(name, from);
+        let refused = expect(call(&carol, "POST", "/v1/pipelines", Some(&body)), "403");
+        assert!(refused.contains(why), "{refused}");
+    }
     let created = expect(
         call(
             &carol,
