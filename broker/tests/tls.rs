@@ -88,6 +88,15 @@ fn start(dir: &Path, flags: &[String]) -> Node {
     Node::start_with(&dir.join("data"), &flags)
 }
 
+/// A node with TLS from a fresh CA under `dir`, and `extra` flags.
+fn tls_node(dir: &Path, extra: &[&str]) -> (Pki, Node) {
+    let pki = Pki::new(dir, "weir-test");
+    let mut flags = pki.serve_flags();
+    flags.extend(extra.iter().map(|f| f.to_string()));
+    let node = start(dir, &flags);
+    (pki, node)
+}
+
 /// `key=value` settings for `clients/secured.py`.
 fn settings(pairs: &[(&str, &Path)]) -> Vec<String> {
     pairs
@@ -149,6 +158,15 @@ fn api(
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, status) = text.rsplit_once('\n').unwrap();
     (status.to_string(), body.to_string())
+}
+
+/// Waits up to 30 s for `done`.
+fn wait_for(what: &str, done: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The body of an answer that must have status `want`.
@@ -445,8 +463,7 @@ fn psql_verifies_the_node_and_plain_connections_are_refused() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), "weir-test");
-    let node = start(dir.path(), &pki.serve_flags());
+    let (pki, node) = tls_node(dir.path(), &[]);
     let psql = |sslmode: &str| {
         let conninfo = format!(
             "host=localhost port={} user=weir dbname=weir sslmode={sslmode} sslrootcert={}",
@@ -510,10 +527,10 @@ fn users_sign_in_over_https_and_postgres_and_are_held_to_their_acls() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), "weir-test");
-    let mut flags = pki.serve_flags();
-    flags.extend(["--kafka-auth", "sasl", "--admin-token", "s3cret"].map(String::from));
-    let node = start(dir.path(), &flags);
+    let (pki, node) = tls_node(
+        dir.path(),
+        &["--kafka-auth", "sasl", "--admin-token", "s3cret"],
+    );
     let as_admin = ["-H", "Authorization: Bearer s3cret"];
     let call = |auth: &[&str], method: &str, path: &str, body: Option<&str>| {
         api(&node, &pki, auth, method, path, body)
@@ -677,10 +694,10 @@ fn a_pipeline_runs_with_its_creators_rights_and_pauses_when_one_is_revoked() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), "weir-test");
-    let mut flags = pki.serve_flags();
-    flags.extend(["--kafka-auth", "sasl", "--admin-token", "s3cret"].map(String::from));
-    let node = start(dir.path(), &flags);
+    let (pki, node) = tls_node(
+        dir.path(),
+        &["--kafka-auth", "sasl", "--admin-token", "s3cret"],
+    );
     let admin = ["-H", "Authorization: Bearer s3cret"];
     let carol = ["-u", "carol:carols password"];
     let call = |auth: &[&str], method: &str, path: &str, body: Option<&str>| {
@@ -746,17 +763,6 @@ fn a_pipeline_runs_with_its_creators_rights_and_pauses_when_one_is_revoked() {
         let body = expect(call(&admin, "GET", "/v1/pipelines/out", None), "200");
         serde_json::from_str::<serde_json::Value>(&body).unwrap()
     };
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {}",
-                status()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     wait_for("the pipeline to copy two records", &|| copied() == 2);
 
     let listed = expect(call(&carol, "GET", "/v1/pipelines", None), "200");
@@ -820,10 +826,10 @@ fn kafka_python_and_kafkajs_sign_in_with_the_readme_settings() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), "weir-test");
-    let mut flags = pki.serve_flags();
-    flags.extend(["--kafka-auth", "sasl", "--super-users", "alice"].map(String::from));
-    let node = start(dir.path(), &flags);
+    let (pki, node) = tls_node(
+        dir.path(),
+        &["--kafka-auth", "sasl", "--super-users", "alice"],
+    );
     let user = format!(r#"{{"name":"alice","password":"{PASSWORD}"}}"#);
     expect(
         api(&node, &pki, &[], "POST", "/v1/users", Some(&user)),
@@ -870,16 +876,8 @@ fn a_renewed_certificate_is_served_without_a_restart() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), "weir-test");
-    let node = start(dir.path(), &pki.serve_flags());
+    let (pki, node) = tls_node(dir.path(), &[]);
     let healthy = |trusting: &Pki| curl(&node, trusting, &["/healthz"]).status.success();
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
     assert!(healthy(&pki));
 
     let renewed = Pki::new(dir.path(), "renewed");
