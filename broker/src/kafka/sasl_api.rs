@@ -158,12 +158,14 @@ pub(crate) async fn describe_credentials(
     caller: &Caller,
     request: DescribeUserScramCredentialsRequest,
 ) -> Result<DescribeUserScramCredentialsResponse> {
-    let allowed = caller
-        .check(Operation::Describe, ResourceType::Cluster, CLUSTER_NAME)
-        .is_ok();
-    with_users(shared, "describing SCRAM credentials", move |users| {
-        describe(users, allowed, &request)
-    })
+    let what = "describing SCRAM credentials";
+    with_users_as(
+        shared,
+        caller,
+        Operation::Describe,
+        what,
+        move |users, allowed| describe(users, allowed, &request),
+    )
     .await
 }
 
@@ -173,13 +175,29 @@ pub(crate) async fn alter_credentials(
     caller: &Caller,
     request: AlterUserScramCredentialsRequest,
 ) -> Result<AlterUserScramCredentialsResponse> {
-    let allowed = caller
-        .check(Operation::Alter, ResourceType::Cluster, CLUSTER_NAME)
-        .is_ok();
-    with_users(shared, "altering SCRAM credentials", move |users| {
-        alter(users, allowed, request)
-    })
+    let what = "altering SCRAM credentials";
+    with_users_as(
+        shared,
+        caller,
+        Operation::Alter,
+        what,
+        move |users, allowed| alter(users, allowed, request),
+    )
     .await
+}
+
+/// [`with_users`], telling `f` whether `caller` may do `operation` on the cluster.
+async fn with_users_as<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    operation: Operation,
+    what: &'static str,
+    f: impl FnOnce(&Users, bool) -> T + Send + 'static,
+) -> Result<T> {
+    let allowed = caller
+        .check(operation, ResourceType::Cluster, CLUSTER_NAME)
+        .is_ok();
+    with_users(shared, what, move |users| f(users, allowed)).await
 }
 
 /// Runs `f` over the node's users on the blocking pool, in one of the password check slots: key
