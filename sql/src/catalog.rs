@@ -131,8 +131,10 @@ impl Shown<'_> {
         }
     }
 
-    /// Rows about the node as a whole: who may read the table sees them all.
-    fn node(self) -> bool {
+    /// Whether any row is built: none when only the table's columns are wanted, so planning a
+    /// statement reads nothing it throws away. Rows about the node as a whole are all shown to
+    /// who may read their table.
+    fn any(self) -> bool {
         !matches!(self, Shown::Nothing)
     }
 }
@@ -173,6 +175,9 @@ impl SystemSchema {
     }
 
     fn shown_topics(&self, shown: Shown) -> Result<Vec<weir_storage::TopicMeta>, crate::Error> {
+        if !shown.any() {
+            return Ok(Vec::new());
+        }
         let mut topics = self.storage.list_topics()?;
         topics.retain(|t| shown.topic(&t.name));
         Ok(topics)
@@ -208,11 +213,10 @@ impl SystemSchema {
     }
 
     fn groups(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
-        let mut rows = self
-            .node
-            .as_ref()
-            .map(|n| n.group_rows())
-            .unwrap_or_default();
+        let mut rows = match &self.node {
+            Some(node) if shown.any() => node.group_rows(),
+            _ => Vec::new(),
+        };
         rows.retain(|r| shown.group(&r.group) && shown.topic(&r.topic));
         Table::new(&rows)
             .text("group_id", |r| r.group.clone())
@@ -230,7 +234,7 @@ impl SystemSchema {
 
     fn plugins(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
         let plugins = match &self.runtime {
-            Some(runtime) if shown.node() => runtime.registry().list()?,
+            Some(runtime) if shown.any() => runtime.registry().list()?,
             _ => Vec::new(),
         };
         let rows: Vec<_> = plugins.iter().map(|p| (p, p.active_version())).collect();
@@ -250,8 +254,8 @@ impl SystemSchema {
     /// A pipeline is shown to who may describe its source and every output.
     fn pipelines(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
         let mut pipelines = match &self.runtime {
-            Some(runtime) => runtime.pipelines().list()?,
-            None => Vec::new(),
+            Some(runtime) if shown.any() => runtime.pipelines().list()?,
+            _ => Vec::new(),
         };
         pipelines.retain(|p| shown.topic(&p.spec.from) && p.spec.to.iter().all(|t| shown.topic(t)));
         Table::new(&pipelines)
@@ -275,7 +279,7 @@ impl SystemSchema {
 
     fn connections(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
         let rows = match &self.node {
-            Some(node) if shown.node() => node.connection_rows(),
+            Some(node) if shown.any() => node.connection_rows(),
             _ => Vec::new(),
         };
         Table::new(&rows)
