@@ -14,7 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Node, client_script, have, node_modules, output_text, python, run_client, run_with_input,
+    Node, client_script, eventually, have, node_modules, output_text, python, run_client,
+    run_with_input,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -158,15 +159,6 @@ fn api(
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, status) = text.rsplit_once('\n').unwrap();
     (status.to_string(), body.to_string())
-}
-
-/// Waits up to 30 s for `done`.
-fn wait_for(what: &str, done: &dyn Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The body of an answer that must have status `want`.
@@ -763,7 +755,11 @@ fn a_pipeline_runs_with_its_creators_rights_and_pauses_when_one_is_revoked() {
         let body = expect(call(&admin, "GET", "/v1/pipelines/out", None), "200");
         serde_json::from_str::<serde_json::Value>(&body).unwrap()
     };
-    wait_for("the pipeline to copy two records", &|| copied() == 2);
+    eventually(
+        "the pipeline to copy two records",
+        Duration::from_secs(30),
+        || copied() == 2,
+    );
 
     let listed = expect(call(&carol, "GET", "/v1/pipelines", None), "200");
     assert!(listed.contains(r#""name":"out""#), "{listed}");
@@ -779,7 +775,9 @@ fn a_pipeline_runs_with_its_creators_rights_and_pauses_when_one_is_revoked() {
         ),
         "200",
     );
-    wait_for("the pipeline to pause", &|| status()["status"] == "paused");
+    eventually("the pipeline to pause", Duration::from_secs(30), || {
+        status()["status"] == "paused"
+    });
     let reason = status()["reason"].as_str().unwrap().to_owned();
     assert!(
         reason.contains("its owner lost a right") && reason.contains("may not WRITE topic"),
@@ -796,9 +794,11 @@ fn a_pipeline_runs_with_its_creators_rights_and_pauses_when_one_is_revoked() {
         call(&carol, "POST", "/v1/pipelines/out/resume", None),
         "200",
     );
-    wait_for("the resumed pipeline to copy the third record", &|| {
-        copied() == 3
-    });
+    eventually(
+        "the resumed pipeline to copy the third record",
+        Duration::from_secs(30),
+        || copied() == 3,
+    );
     assert_eq!(status()["status"], "running");
 
     // A user who may describe none of its topics is told it does not exist.
@@ -883,7 +883,9 @@ fn a_renewed_certificate_is_served_without_a_restart() {
     let renewed = Pki::new(dir.path(), "renewed");
     std::fs::copy(&renewed.key, &pki.key).unwrap();
     std::fs::copy(&renewed.cert, &pki.cert).unwrap();
-    wait_for("the renewed certificate", &|| healthy(&renewed));
+    eventually("the renewed certificate", Duration::from_secs(30), || {
+        healthy(&renewed)
+    });
     assert!(!healthy(&pki), "the old certificate is still served");
     assert_eq!(
         metric(
@@ -904,7 +906,11 @@ fn a_renewed_certificate_is_served_without_a_restart() {
     };
     let failed_before = failed();
     std::fs::write(&pki.key, "not a key").unwrap();
-    wait_for("the broken key to be refused", &|| failed() > failed_before);
+    eventually(
+        "the broken key to be refused",
+        Duration::from_secs(30),
+        || failed() > failed_before,
+    );
     assert!(
         healthy(&renewed),
         "the last good certificate is no longer served"
