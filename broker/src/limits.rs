@@ -1,15 +1,20 @@
-//! Node-wide bounds on what clients can make the listeners hold: Kafka connections and the
-//! memory of request frames being read or handled. Each bound and its use is a gauge on
+//! Node-wide bounds on what clients can make the listeners hold: Kafka and Postgres
+//! connections and the memory of request frames being read or handled. Each bound and its use is a gauge on
 //! `/metrics`, beside the storage and group bounds.
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Postgres connections held at once, as Postgres's own default `max_connections`: each holds
+/// a copy of the SQL session state.
+pub const PG_CONNECTIONS_MAX: usize = 100;
+
 pub struct Limits {
     request_memory: Arc<Semaphore>,
     request_memory_bytes_max: u64,
     connections_max: u32,
+    pg_connections: Arc<Semaphore>,
 }
 
 /// Memory of request frames held on behalf of one request; given back when dropped.
@@ -37,7 +42,18 @@ impl Limits {
             request_memory: Arc::new(Semaphore::new(permits)),
             request_memory_bytes_max: permits as u64,
             connections_max,
+            pg_connections: Arc::new(Semaphore::new(PG_CONNECTIONS_MAX)),
         }
+    }
+
+    /// A Postgres connection's slot, held while it is open; `None` when all are taken.
+    pub fn pg_connection(&self) -> Option<OwnedSemaphorePermit> {
+        self.pg_connections.clone().try_acquire_owned().ok()
+    }
+
+    /// Postgres connections open now.
+    pub fn pg_connections(&self) -> usize {
+        PG_CONNECTIONS_MAX - self.pg_connections.available_permits()
     }
 
     /// Waits until `bytes` more of request memory are free and adds them to `held`. A request

@@ -142,6 +142,12 @@ impl NodeContext {
                 u64::from(self.limits.connections_max()),
             ),
             bound(
+                "pg_connections",
+                "Open Postgres connections",
+                self.limits.pg_connections() as u64,
+                crate::limits::PG_CONNECTIONS_MAX as u64,
+            ),
+            bound(
                 "request_memory_bytes",
                 "Bytes of Kafka request frames being read or handled",
                 self.limits.request_memory_bytes(),

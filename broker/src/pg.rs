@@ -67,6 +67,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(|tls| tls.acceptor(&[b"postgresql"]));
+    let limits = node.limits.clone();
     let shared = Shared {
         engine: node.sql.clone(),
         callers: Arc::new(Callers {
@@ -81,9 +82,17 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    let Some(slot) = limits.pg_connection() else {
+                        tokio::spawn(refuse_over_limit(socket, peer));
+                        continue;
+                    };
                     let _ = socket.set_nodelay(true);
                     let handlers = Arc::new(Handlers::new(&shared));
-                    tokio::spawn(connection(socket, peer, acceptor.clone(), handlers));
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        connection(socket, peer, acceptor, handlers).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a Postgres connection");
@@ -94,6 +103,60 @@ pub async fn serve(
         }
     }
 }
+
+/// Tells a client past [`crate::limits::PG_CONNECTIONS_MAX`] why, as Postgres does: its
+/// startup message is read (a request for TLS or GSS encryption is declined first, so the
+/// answer comes in clear text that libpq shows), then SQLSTATE 53300 is sent and the connection
+/// closed. A client gets [`REFUSAL_TIMEOUT`] for all of it.
+async fn refuse_over_limit(mut socket: TcpStream, peer: SocketAddr) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tracing::warn!(%peer, max = crate::limits::PG_CONNECTIONS_MAX, "Postgres connection refused: the node holds its limit of connections");
+    let refuse = async {
+        loop {
+            let length = socket.read_u32().await? as usize;
+            if !(8..=STARTUP_BYTES_MAX).contains(&length) {
+                return Ok(());
+            }
+            let mut body = vec![0; length - 4];
+            socket.read_exact(&mut body).await?;
+            let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            if code != SSL_REQUEST && code != GSSENC_REQUEST {
+                break;
+            }
+            socket.write_all(b"N").await?;
+        }
+        let message = format!(
+            "too many Postgres connections: this node serves {} at once",
+            crate::limits::PG_CONNECTIONS_MAX
+        );
+        let mut fields = Vec::new();
+        for (code, value) in [
+            (b'S', "FATAL"),
+            (b'V', "FATAL"),
+            (b'C', "53300"),
+            (b'M', &message),
+        ] {
+            fields.push(code);
+            fields.extend_from_slice(value.as_bytes());
+            fields.push(0);
+        }
+        fields.push(0);
+        let mut frame = vec![b'E'];
+        frame.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+        frame.extend_from_slice(&fields);
+        socket.write_all(&frame).await?;
+        socket.shutdown().await
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse).await;
+}
+
+/// How long a refused client has to send its startup message.
+const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The largest startup message read from a refused client.
+const STARTUP_BYTES_MAX: usize = 10_000;
+/// The codes of a startup packet asking for TLS and for GSS encryption.
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
 
 /// Serves one client. A statement runs inside the connection's future, so when the client goes
 /// away (its socket hangs up) the future is dropped and the statement with it: a runaway query

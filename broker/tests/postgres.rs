@@ -193,3 +193,36 @@ fn extended_protocol_and_grafana_queries_with_the_admin_token() {
     assert_eq!(answers["after_error"], RECORDS.to_string());
     node.stop();
 }
+
+/// Past `PG_CONNECTIONS_MAX` (100) open connections a client is refused with Postgres's own
+/// "too many connections" error; once one closes, the next gets in.
+#[test]
+fn connections_past_the_limit_are_refused_with_the_reason() {
+    if !have("psql", "apt-get install postgresql-client") {
+        return;
+    }
+    let (_dir, node, c) = started(&[]);
+    let held: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(node.pg).unwrap())
+        .collect();
+    let gauge = || -> String {
+        let metrics = c.call("GET", "/metrics", None).unwrap();
+        let metrics = metrics.as_str().unwrap().to_owned();
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("weir_pg_connections"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let wait = std::time::Duration::from_secs(10);
+    common::eventually("100 connections held", wait, || {
+        gauge() == "weir_pg_connections 100 weir_pg_connections_max 100"
+    });
+    let (ok, _, err) = psql(&node, "", "SELECT 1;");
+    assert!(
+        !ok && err.contains("too many Postgres connections"),
+        "{err}"
+    );
+    drop(held);
+    common::eventually("a slot freed", wait, || psql(&node, "", "SELECT 1;").0);
+}
