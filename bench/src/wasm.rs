@@ -223,6 +223,7 @@ fn deploy_latencies(regex_wasm: &[u8], runs: usize) -> anyhow::Result<(f64, f64)
             dead_letter: None,
             batch_records_max: 1000,
             failures_max: 5,
+            sql: None,
         };
         let create_runtime = runtime.clone();
         tokio.block_on(async move { create_runtime.pipelines().create(spec, None) })?;

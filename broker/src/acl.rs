@@ -668,6 +668,19 @@ impl TableAccess for Caller {
     fn sees_group(&self, name: &str) -> bool {
         self.may(Operation::Describe, ResourceType::Group, name)
     }
+
+    fn runs_as(&self) -> Option<Owner> {
+        self.owner()
+    }
+
+    fn may_run(&self, spec: &PipelineSpec) -> Result<(), String> {
+        self.check_pipeline(spec)
+            .map_err(|denied| denied.to_string())
+    }
+
+    fn may_manage(&self, owner: Option<&Owner>) -> bool {
+        self.manages(owner)
+    }
 }
 
 #[cfg(test)]

@@ -354,7 +354,7 @@ fn render_pipelines(out: &mut String, pipelines: &[PipelineStatus]) {
         &'static str,
         fn(&PipelineStatus) -> u64,
     );
-    let series: [Series; 7] = [
+    let series: [Series; 10] = [
         (
             "weir_pipeline_records_in_total",
             "counter",
@@ -396,6 +396,24 @@ fn render_pipelines(out: &mut String, pipelines: &[PipelineStatus]) {
             "gauge",
             "1 when a pipeline is paused",
             |p| u64::from(p.status == "paused"),
+        ),
+        (
+            "weir_pipeline_late_records_total",
+            "counter",
+            "Records a SQL pipeline dead-lettered because their window had closed",
+            |p| p.late_records,
+        ),
+        (
+            "weir_pipeline_open_windows",
+            "gauge",
+            "Windows a SQL pipeline holds open",
+            |p| p.open_windows,
+        ),
+        (
+            "weir_pipeline_watermark_ms",
+            "gauge",
+            "Event time (ms since the epoch) up to which a SQL pipeline's windows have closed; 0 before the first",
+            |p| p.watermark_ms.map_or(0, |w| u64::try_from(w).unwrap_or(0)),
         ),
     ];
     for (name, kind, help, get) in series {

@@ -326,6 +326,11 @@ fn node_context(
     let super_users: Arc<[String]> = config.super_users.clone().into();
     runtime
         .pipelines()
+        .set_compiler(Arc::new(weir_sql::stream::ContinuousQueries::new(
+            storage.clone(),
+        )));
+    runtime
+        .pipelines()
         .set_rights(Arc::new(crate::acl::PipelineRights {
             acls: acls.clone(),
             super_users: super_users.clone(),

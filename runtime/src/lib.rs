@@ -15,6 +15,7 @@
 //! Architecture invariant: this crate builds on `weir-storage` and `weir-guest` and never opens a
 //! socket; the broker exposes it over HTTP and the CLI.
 
+pub mod continuous;
 pub mod output;
 pub mod pipeline;
 mod pipelines;

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -32,7 +32,7 @@ pub const PLUGIN_HEADER: &str = "weir.plugin";
 pub const SOURCE_HEADER: &str = "weir.source";
 
 /// Input bytes read per step and partition.
-const STEP_BYTES_MAX: u64 = 1 << 20;
+pub(crate) const STEP_BYTES_MAX: u64 = 1 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PipelineSpec {
@@ -55,6 +55,9 @@ pub struct PipelineSpec {
     /// Failed calls in a row after which the pipeline pauses.
     #[serde(default = "default_failures_max")]
     pub failures_max: u32,
+    /// The `CREATE PIPELINE` statement of a SQL pipeline, which has no plugins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
 }
 
 fn default_from_offset() -> String {
@@ -106,7 +109,7 @@ impl StartAt {
         })
     }
 
-    fn resolve(self, log: &Arc<Log>) -> Result<u64, Error> {
+    pub(crate) fn resolve(self, log: &Arc<Log>) -> Result<u64, Error> {
         Ok(match self {
             StartAt::Earliest => log.log_start_offset(),
             StartAt::Latest => log.high_watermark(),
@@ -130,7 +133,6 @@ pub struct Checkpoint {
 }
 
 /// Counters of a running pipeline.
-#[derive(Default)]
 pub struct Stats {
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
@@ -142,6 +144,29 @@ pub struct Stats {
     pub last_error: std::sync::Mutex<Option<(String, i64)>>,
     /// Plugin versions in use, as `name@version`.
     pub versions: std::sync::Mutex<Vec<String>>,
+    /// Records of a SQL pipeline that came after their window closed.
+    pub late: AtomicU64,
+    pub open_windows: AtomicU64,
+    /// The watermark of a SQL pipeline, `i64::MIN` while it has none.
+    pub watermark_ms: AtomicI64,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            records_in: AtomicU64::default(),
+            records_out: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            failed_calls: AtomicU64::default(),
+            last_error: Default::default(),
+            versions: Default::default(),
+            late: AtomicU64::default(),
+            open_windows: AtomicU64::default(),
+            watermark_ms: AtomicI64::new(i64::MIN),
+        }
+    }
 }
 
 impl Stats {
@@ -606,7 +631,13 @@ impl Runner {
         for letter in dead_letters {
             handled.insert(letter.origin);
             if !already_in(&dead_letter_topic, dead_partition, letter.origin) {
-                let record = self.dead_letter_record(partition, &inputs[letter.origin], letter);
+                let record = dead_letter(
+                    &self.spec.from,
+                    partition,
+                    &inputs[letter.origin],
+                    letter.message,
+                    letter.plugin,
+                );
                 groups
                     .entry((dead_letter_topic.clone(), dead_partition))
                     .or_default()
@@ -666,28 +697,6 @@ impl Runner {
         })
     }
 
-    /// An input record as a dead letter: its own headers plus why, which plugin, and where from.
-    fn dead_letter_record(&self, partition: u32, input: &Record, letter: DeadLetter) -> NewRecord {
-        let mut headers = input.headers.clone();
-        let source = format!("{}/{partition}/{}", self.spec.from, input.offset);
-        for (key, value) in [
-            (ERROR_HEADER, letter.message),
-            (PLUGIN_HEADER, letter.plugin),
-            (SOURCE_HEADER, source),
-        ] {
-            headers.push(Header {
-                key: key.into(),
-                value: Some(Bytes::from(value)),
-            });
-        }
-        NewRecord {
-            timestamp: input.timestamp,
-            key: input.key.clone(),
-            value: input.value.clone(),
-            headers,
-        }
-    }
-
     /// Appends each output log's records as one batch, the last record carrying the marker.
     fn write(
         &self,
@@ -695,21 +704,55 @@ impl Runner {
         marker: &Bytes,
     ) -> Result<(), Error> {
         for ((topic, p), records) in groups {
-            let mut builder = BatchBuilder::new(Compression::None);
-            let count = records.len();
-            for (index, mut record) in records.into_iter().enumerate() {
-                if index + 1 == count {
-                    record.headers.push(Header {
-                        key: MARKER_HEADER.into(),
-                        value: Some(marker.clone()),
-                    });
-                }
-                builder.push(record);
-            }
-            let mut batch = builder.build()?.to_vec();
+            let mut batch = batch_with_marker(records, marker)?;
             self.storage.log(&topic, p)?.append(&mut batch)?;
         }
         Ok(())
+    }
+}
+
+/// `records` as one batch, the last record carrying the header `weir.pipeline = marker`.
+pub(crate) fn batch_with_marker(records: Vec<NewRecord>, marker: &Bytes) -> Result<Vec<u8>, Error> {
+    let mut builder = BatchBuilder::new(Compression::None);
+    let count = records.len();
+    for (index, mut record) in records.into_iter().enumerate() {
+        if index + 1 == count {
+            record.headers.push(Header {
+                key: MARKER_HEADER.into(),
+                value: Some(marker.clone()),
+            });
+        }
+        builder.push(record);
+    }
+    Ok(builder.build()?.to_vec())
+}
+
+/// Input record `input` of partition `partition` of topic `from` as a dead letter: its own
+/// headers plus why, what failed on it, and where it came from.
+pub(crate) fn dead_letter(
+    from: &str,
+    partition: u32,
+    input: &Record,
+    message: String,
+    failed: String,
+) -> NewRecord {
+    let mut headers = input.headers.clone();
+    let source = format!("{from}/{partition}/{}", input.offset);
+    for (key, value) in [
+        (ERROR_HEADER, message),
+        (PLUGIN_HEADER, failed),
+        (SOURCE_HEADER, source),
+    ] {
+        headers.push(Header {
+            key: key.into(),
+            value: Some(Bytes::from(value)),
+        });
+    }
+    NewRecord {
+        timestamp: input.timestamp,
+        key: input.key.clone(),
+        value: input.value.clone(),
+        headers,
     }
 }
 

@@ -13,6 +13,7 @@ use weir::Kind;
 use weir_storage::{Storage, Tree, now_ms};
 
 use crate::Error;
+use crate::continuous::{Compiler, SqlCheckpoint, SqlRunner};
 use crate::pipeline::{Checkpoint, PipelineSpec, Runner, StartAt, Stats, Step, checkpoint_key};
 use crate::registry::{Registry, validate_plugin_name};
 use weir_storage::locks;
@@ -73,6 +74,28 @@ pub struct PipelineStatus {
     /// When the last error happened (ms since the epoch).
     pub last_error_ms: Option<i64>,
     pub plugins: Vec<String>,
+    /// Records of a SQL pipeline that came after their window closed.
+    pub late_records: u64,
+    pub open_windows: u64,
+    /// The event time up to which a SQL pipeline's windows have closed.
+    pub watermark_ms: Option<i64>,
+}
+
+/// What a pipeline's task steps: a plugin chain or a continuous query.
+trait Steps: Send {
+    fn step(&mut self) -> Result<Step, Error>;
+}
+
+impl Steps for Runner {
+    fn step(&mut self) -> Result<Step, Error> {
+        Runner::step(self)
+    }
+}
+
+impl Steps for SqlRunner {
+    fn step(&mut self) -> Result<Step, Error> {
+        SqlRunner::step(self)
+    }
 }
 
 /// What a pipeline's task shares with the rest of the broker.
@@ -81,7 +104,7 @@ struct Control {
     stop: AtomicBool,
     paused: AtomicBool,
     /// Made on the first step (it reads the outputs to resume) and dropped when paused.
-    runner: Mutex<Option<Runner>>,
+    runner: Mutex<Option<Box<dyn Steps>>>,
 }
 
 struct Running {
@@ -95,9 +118,11 @@ pub struct Pipelines {
     registry: Arc<Registry>,
     tree: Tree<Stored>,
     checkpoints: Tree<Checkpoint>,
+    sql_checkpoints: Tree<SqlCheckpoint>,
     running: Mutex<HashMap<String, Running>>,
     appended: watch::Sender<u64>,
     rights: std::sync::OnceLock<Arc<dyn Rights>>,
+    compiler: std::sync::OnceLock<Arc<dyn Compiler>>,
 }
 
 fn validate_pipeline_name(name: &str) -> Result<(), Error> {
@@ -111,12 +136,46 @@ impl Pipelines {
         Ok(Arc::new(Pipelines {
             tree: storage.meta().tree("pipelines")?,
             checkpoints: storage.meta().tree("pipeline-checkpoints")?,
+            sql_checkpoints: storage.meta().tree("pipeline-sql-checkpoints")?,
             storage,
             registry,
             running: Mutex::new(HashMap::new()),
             appended: watch::Sender::new(0),
             rights: std::sync::OnceLock::new(),
+            compiler: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// What makes the operators of SQL pipelines; set once, before [`Pipelines::start_all`].
+    /// Without it, SQL pipelines wait with an error.
+    pub fn set_compiler(&self, compiler: Arc<dyn Compiler>) {
+        let _ = self.compiler.set(compiler);
+    }
+
+    /// The runner of `spec`, which resumes from its checkpoints.
+    fn runner(&self, spec: PipelineSpec, stats: Arc<Stats>) -> Result<Box<dyn Steps>, Error> {
+        if spec.sql.is_none() {
+            let checkpoints = self.checkpoints.clone();
+            let runner = Runner::new(
+                spec,
+                self.storage.clone(),
+                self.registry.clone(),
+                checkpoints,
+                stats,
+            )?;
+            return Ok(Box::new(runner));
+        }
+        let compiler = self.compiler.get().ok_or_else(|| {
+            Error::Invalid("this node runs no SQL engine for SQL pipelines".into())
+        })?;
+        let runner = SqlRunner::new(
+            spec,
+            self.storage.clone(),
+            self.sql_checkpoints.clone(),
+            compiler.as_ref(),
+            stats,
+        )?;
+        Ok(Box::new(runner))
     }
 
     /// Who decides whether owners keep their rights; set once, before [`Pipelines::start_all`].
@@ -294,14 +353,7 @@ impl Pipelines {
                 weir_storage::reactor::blocking(|| {
                     let mut runner = locks::lock(&step_control.runner);
                     if runner.is_none() {
-                        let checkpoints = step_self.checkpoints.clone();
-                        *runner = Some(Runner::new(
-                            step_spec,
-                            step_self.storage.clone(),
-                            step_self.registry.clone(),
-                            checkpoints,
-                            step_stats,
-                        )?);
+                        *runner = Some(step_self.runner(step_spec, step_stats)?);
                     }
                     match runner.as_mut() {
                         Some(runner) => runner.step(),
@@ -382,6 +434,7 @@ impl Pipelines {
         for (key, _) in self.checkpoints.scan_prefix(&format!("{name}/"))? {
             self.checkpoints.remove(&key)?;
         }
+        self.sql_checkpoints.remove(name)?;
         self.tree.remove(name)?;
         tracing::info!(pipeline = name, "pipeline deleted");
         Ok(())
@@ -421,6 +474,10 @@ impl Pipelines {
             last_error: last_error.as_ref().map(|(e, _)| e.clone()),
             last_error_ms: last_error.map(|(_, at)| at),
             plugins: locks::lock(&stats.versions).clone(),
+            late_records: get(&stats.late),
+            open_windows: get(&stats.open_windows),
+            watermark_ms: Some(stats.watermark_ms.load(Ordering::Relaxed))
+                .filter(|w| *w != i64::MIN),
             spec: stored.spec,
         })
     }
@@ -430,13 +487,24 @@ impl Pipelines {
         let Some(input) = self.storage.topic(&spec.from)? else {
             return Ok(0);
         };
+        let sql = match &spec.sql {
+            Some(_) => self.sql_checkpoints.get(&spec.name)?,
+            None => None,
+        };
         let mut lag = 0;
         for partition in 0..input.partitions {
             let log = self.storage.log(&spec.from, partition)?;
-            let next = self
-                .checkpoints
-                .get(&checkpoint_key(&spec.name, partition))?
-                .map_or(0, |c| c.next_offset);
+            let next = match &sql {
+                Some(checkpoint) => checkpoint
+                    .next_offsets
+                    .get(&partition)
+                    .copied()
+                    .unwrap_or(0),
+                None => self
+                    .checkpoints
+                    .get(&checkpoint_key(&spec.name, partition))?
+                    .map_or(0, |c| c.next_offset),
+            };
             lag += log
                 .high_watermark()
                 .saturating_sub(next.max(log.log_start_offset()));

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::LogicalPlan;
+use weir_runtime::{Owner, PipelineSpec};
 
 use crate::Error;
 
@@ -28,6 +29,12 @@ pub trait TableAccess: Send + Sync {
     fn sees_topic(&self, name: &str) -> bool;
     /// Whether the rows about consumer group `name` are shown.
     fn sees_group(&self, name: &str) -> bool;
+    /// Who a pipeline the caller creates runs as; `None` for a caller with the node's rights.
+    fn runs_as(&self) -> Option<Owner>;
+    /// Whether the caller may create pipeline `spec`: read its input, write its outputs.
+    fn may_run(&self, spec: &PipelineSpec) -> Result<(), String>;
+    /// Whether the caller may pause, resume or drop a pipeline run by `owner`.
+    fn may_manage(&self, owner: Option<&Owner>) -> bool;
 }
 
 /// Who a statement runs for, kept in its session's config where the system tables read it when

@@ -274,6 +274,18 @@ impl SystemSchema {
             .text_or_null("last_error", |p| p.last_error.clone())
             .int64_or_null("last_error_ms", |p| p.last_error_ms)
             .text_or_null("owner", |p| p.owner.as_ref().map(|o| o.user.clone()))
+            .text("kind", |p| {
+                if p.spec.sql.is_some() {
+                    "sql"
+                } else {
+                    "plugins"
+                }
+                .to_owned()
+            })
+            .text_or_null("sql", |p| p.spec.sql.clone())
+            .int64("late_records", |p| p.late_records as i64)
+            .int64("open_windows", |p| p.open_windows as i64)
+            .int64_or_null("watermark_ms", |p| p.watermark_ms)
             .build()
     }
 

@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SQLOptions;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
-    CreateTableOptions, Expr, ObjectNamePart, SqlOption, Statement, Value,
+    CreateTableOptions, Expr, ObjectName, ObjectNamePart, SqlOption, Statement, Value,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 
@@ -81,26 +81,7 @@ pub(crate) fn parse(sql: &str) -> Result<Option<CreateAs>, Error> {
     if !create.columns.is_empty() {
         return refuse("a column list (name the columns in the SELECT)");
     }
-    let parts: Vec<&str> = create
-        .name
-        .0
-        .iter()
-        .map(|part| match part {
-            ObjectNamePart::Identifier(ident) => Ok(ident.value.as_str()),
-            ObjectNamePart::Function(_) => {
-                Err(Error::Schema(format!("{}: not a topic name", create.name)))
-            }
-        })
-        .collect::<Result<_, _>>()?;
-    let topic = match parts.as_slice() {
-        [topic] | ["public", topic] | ["weir", "public", topic] => (*topic).to_owned(),
-        _ => {
-            return Err(Error::Schema(format!(
-                "{}: topics live in the schema public",
-                create.name
-            )));
-        }
-    };
+    let topic = topic_of(&create.name)?;
     let partitions = match &create.table_options {
         CreateTableOptions::None => None,
         CreateTableOptions::With(options) => partitions_option(options)?,
@@ -112,6 +93,24 @@ pub(crate) fn parse(sql: &str) -> Result<Option<CreateAs>, Error> {
         if_not_exists: create.if_not_exists,
         query: query.to_string(),
     }))
+}
+
+/// The topic a table name in a statement names.
+pub(crate) fn topic_of(name: &ObjectName) -> Result<String, Error> {
+    let parts: Vec<&str> = name
+        .0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => Ok(ident.value.as_str()),
+            ObjectNamePart::Function(_) => Err(Error::Schema(format!("{name}: not a topic name"))),
+        })
+        .collect::<Result<_, _>>()?;
+    match parts.as_slice() {
+        [topic] | ["public", topic] | ["weir", "public", topic] => Ok((*topic).to_owned()),
+        _ => Err(Error::Schema(format!(
+            "{name}: topics live in the schema public"
+        ))),
+    }
 }
 
 /// `partitions = N` from `WITH (…)`, the one option a topic made by SQL takes.
@@ -157,6 +156,38 @@ fn column_kind(data_type: &DataType) -> Option<ColumnKind> {
     })
 }
 
+/// The configs of a topic that holds rows of `fields`: `value.format=json` and a `value.schema`
+/// with one typed column per field that is not a record column.
+pub(crate) fn typed_configs(
+    fields: &datafusion::arrow::datatypes::Fields,
+) -> Result<BTreeMap<String, String>, Error> {
+    let mut typed = Vec::new();
+    for field in fields {
+        let name = field.name();
+        if RECORD_COLUMNS.contains(&name.as_str()) {
+            continue;
+        }
+        if name.contains([',', '.', '"']) {
+            return Err(Error::Schema(format!(
+                "column {name:?}: name it with AS (a topic's column names hold no `,`, `.` or `\"`)"
+            )));
+        }
+        let kind = column_kind(field.data_type()).ok_or_else(|| {
+            Error::Schema(format!(
+                "column {name:?} is {}, which a topic cannot hold: cast it to TEXT, BIGINT, DOUBLE, BOOLEAN or TIMESTAMP",
+                field.data_type()
+            ))
+        })?;
+        typed.push(format!("{name} {}", kind.name()));
+    }
+    let mut configs = BTreeMap::new();
+    if !typed.is_empty() {
+        configs.insert("value.format".to_owned(), "json".to_owned());
+        configs.insert("value.schema".to_owned(), typed.join(", "));
+    }
+    Ok(configs)
+}
+
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -177,32 +208,9 @@ impl QueryEngine {
             .context
             .sql_with_options(&create.query, read_only)
             .await?;
-        let mut typed = Vec::new();
-        let mut columns = Vec::new();
-        for field in frame.schema().fields() {
-            let name = field.name();
-            columns.push(quote(name));
-            if RECORD_COLUMNS.contains(&name.as_str()) {
-                continue;
-            }
-            if name.contains([',', '.', '"']) {
-                return Err(Error::Schema(format!(
-                    "column {name:?}: name it with AS (a topic's column names hold no `,`, `.` or `\"`)"
-                )));
-            }
-            let kind = column_kind(field.data_type()).ok_or_else(|| {
-                Error::Schema(format!(
-                    "column {name:?} is {}, which a topic cannot hold: cast it to TEXT, BIGINT, DOUBLE, BOOLEAN or TIMESTAMP",
-                    field.data_type()
-                ))
-            })?;
-            typed.push(format!("{name} {}", kind.name()));
-        }
-        let mut configs = BTreeMap::new();
-        if !typed.is_empty() {
-            configs.insert("value.format".to_owned(), "json".to_owned());
-            configs.insert("value.schema".to_owned(), typed.join(", "));
-        }
+        let fields = frame.schema().fields();
+        let columns: Vec<String> = fields.iter().map(|f| quote(f.name())).collect();
+        let configs = typed_configs(fields)?;
         let partitions = create.partitions.unwrap_or(self.default_partitions);
         if create.if_not_exists && self.storage.existing_topic(&create.topic).is_ok() {
             let (state, plan) = self
@@ -232,7 +240,7 @@ impl QueryEngine {
 }
 
 /// Runs storage work that blocks (creating or deleting a topic) on the blocking pool.
-async fn on_blocking_pool<T: Send + 'static>(
+pub(crate) async fn on_blocking_pool<T: Send + 'static>(
     f: impl FnOnce() -> weir_storage::Result<T> + Send + 'static,
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(move || weir_storage::reactor::blocking(f))

@@ -22,6 +22,7 @@ mod create_as;
 pub mod guard;
 pub mod memory;
 pub mod sink;
+pub mod stream;
 pub mod topic;
 pub mod value_schema;
 
@@ -128,6 +129,7 @@ impl Answer {
 pub struct QueryEngine {
     context: Arc<SessionContext>,
     storage: Arc<Storage>,
+    runtime: Option<Arc<Runtime>>,
     default_partitions: u32,
     memory_bytes_max: usize,
 }
@@ -164,8 +166,12 @@ impl QueryEngine {
         catalog.register_schema("public", Arc::new(TopicSchema::new(storage.clone())))?;
         catalog.register_schema(
             "weir",
-            Arc::new(SystemSchema::new(storage.clone(), runtime, node)),
+            Arc::new(SystemSchema::new(storage.clone(), runtime.clone(), node)),
         )?;
+        let topics = Arc::new(stream::TopicSource {
+            storage: storage.clone(),
+        });
+        stream::window::register(&context, topics);
         context.register_catalog("weir", catalog);
         // `pg_catalog` and the Postgres functions psql and Grafana call.
         datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
@@ -177,6 +183,7 @@ impl QueryEngine {
         Ok(QueryEngine {
             context: Arc::new(context),
             storage,
+            runtime,
             default_partitions: config.default_partitions.max(1),
             memory_bytes_max: config.memory_bytes_max,
         })
@@ -209,6 +216,9 @@ impl QueryEngine {
         access: Option<Arc<dyn TableAccess>>,
     ) -> Result<Answer, Error> {
         guard::check_text(sql)?;
+        if let Some(statement) = stream::statement::parse(sql)? {
+            return Box::pin(self.pipeline_statement(statement, sql, access)).await;
+        }
         if let Some(create) = create_as::parse(sql)? {
             if let Some(access) = &access {
                 create.check(self, access.as_ref()).await?;

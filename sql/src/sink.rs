@@ -92,7 +92,7 @@ impl TopicSink {
     }
 
     /// The records of one batch of rows, by partition.
-    fn records(
+    pub(crate) fn records(
         &self,
         batch: &RecordBatch,
         partitions: u32,

@@ -87,6 +87,9 @@ struct PipelineBody {
     /// Failed calls in a row after which the pipeline pauses.
     #[serde(default = "failures_max")]
     failures_max: u32,
+    /// The statement of a SQL pipeline (made with `CREATE PIPELINE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sql: Option<String>,
 }
 
 fn latest() -> String {
@@ -113,6 +116,7 @@ impl From<PipelineBody> for PipelineSpec {
             dead_letter: b.dead_letter,
             batch_records_max: b.batch_records_max,
             failures_max: b.failures_max,
+            sql: b.sql,
         }
     }
 }
@@ -129,6 +133,7 @@ impl From<PipelineSpec> for PipelineBody {
             dead_letter: s.dead_letter,
             batch_records_max: s.batch_records_max,
             failures_max: s.failures_max,
+            sql: s.sql,
         }
     }
 }
@@ -154,6 +159,9 @@ struct PipelineStatusBody {
     /// When the last error happened (ms since the epoch).
     last_error_ms: Option<i64>,
     plugins: Vec<String>,
+    late_records: u64,
+    open_windows: u64,
+    watermark_ms: Option<i64>,
 }
 
 impl From<PipelineStatus> for PipelineStatusBody {
@@ -174,6 +182,9 @@ impl From<PipelineStatus> for PipelineStatusBody {
             last_error: p.last_error,
             last_error_ms: p.last_error_ms,
             plugins: p.plugins,
+            late_records: p.late_records,
+            open_windows: p.open_windows,
+            watermark_ms: p.watermark_ms,
         }
     }
 }
@@ -298,6 +309,11 @@ async fn create_pipeline(
     Extension(caller): Extension<Caller>,
     Json(body): Json<PipelineBody>,
 ) -> ApiResult<(StatusCode, Json<PipelineStatusBody>)> {
+    if body.sql.is_some() {
+        return Err(ApiError::bad_request(
+            "a SQL pipeline is made with CREATE PIPELINE … AS INSERT INTO … SELECT …, sent to POST /v1/sql",
+        ));
+    }
     let spec = PipelineSpec::from(body);
     caller.check_pipeline(&spec)?;
     // Creating makes the output topics (fsynced); the pipeline's task is spawned from the

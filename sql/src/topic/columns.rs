@@ -175,7 +175,7 @@ pub fn typed_columns(meta: &TopicMeta) -> Result<Vec<TypedColumn>, crate::Error>
 }
 
 /// The projected columns (indexes into [`topic_schema`]) of `rows`.
-pub(super) fn build_batch(
+pub(crate) fn build_batch(
     schema: &SchemaRef,
     projection: &[usize],
     typed: &[TypedColumn],

@@ -1,0 +1,518 @@
+//! SQL pipelines: a continuous query's [`Operator`] (made by the SQL engine through a
+//! [`Compiler`]) driven step by step over the input topic, its results appended to the output
+//! topic exactly once.
+//!
+//! A windowed query's output depends on the order in which the partitions' records met (the
+//! watermark is the minimum over partitions), so a replay after a crash could legitimately
+//! close windows differently from the first run. The results of a step are therefore saved
+//! with the checkpoint *before* they are appended: the checkpoint holds the operator's state,
+//! the next input offset of every partition, a sequence number, and the step's output batches,
+//! each carrying the header `weir.pipeline = <name>/sql/<sequence>` on its last record. On start
+//! the runner restores the state and appends every batch of the checkpoint whose marker its log
+//! does not hold yet. A step without results saves nothing (a replay of it is as good as the
+//! first run), except once a second so a restart rereads little.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use weir_storage::{Log, NewRecord, Record, Storage, Tree, now_ms};
+
+use crate::Error;
+use crate::pipeline::{
+    MARKER_HEADER, PipelineSpec, STEP_BYTES_MAX, StartAt, Stats, Step, batch_with_marker,
+    dead_letter,
+};
+
+/// How often a running query saves its state when it has no results to append.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// The running state of a continuous query.
+pub trait Operator: Send {
+    /// Takes the records one step read from input `partition` (in offset order).
+    fn push(&mut self, partition: u32, records: &[Record], now_ms: i64) -> Result<Emitted, String>;
+    /// Lets wall-clock time pass: a partition idle long enough stops holding windows open.
+    fn tick(&mut self, now_ms: i64) -> Result<Emitted, String>;
+    /// The state to save with a checkpoint.
+    fn snapshot(&mut self) -> Result<Vec<u8>, String>;
+    /// Takes back a state [`Operator::snapshot`] made.
+    fn restore(&mut self, state: &[u8]) -> Result<(), String>;
+    fn gauges(&self) -> Gauges;
+}
+
+/// What a push or tick produced.
+#[derive(Default)]
+pub struct Emitted {
+    /// Records for the output topic, each with its partition.
+    pub records: Vec<(u32, NewRecord)>,
+    /// Records of the push (indexes into its slice) that came after their window closed, and why.
+    pub late: Vec<(usize, String)>,
+}
+
+/// What a query reports about its state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub open_windows: u64,
+    /// The event time up to which windows have closed.
+    pub watermark_ms: Option<i64>,
+}
+
+/// Makes the operator of a SQL pipeline from its spec ([`PipelineSpec::sql`]).
+pub trait Compiler: Send + Sync {
+    fn compile(&self, spec: &PipelineSpec) -> Result<Box<dyn Operator>, String>;
+}
+
+/// What a SQL pipeline saves.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SqlCheckpoint {
+    pub seq: u64,
+    pub next_offsets: BTreeMap<u32, u64>,
+    /// The operator's state, base64.
+    pub state: String,
+    /// The batches of step `seq`, to be in their logs once the checkpoint is saved.
+    pub pending: Vec<Pending>,
+}
+
+/// One output batch of a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pending {
+    pub topic: String,
+    pub partition: u32,
+    /// The log's end before the batch: its marker is at or after it.
+    pub from: u64,
+    /// The batch as appended, base64.
+    pub batch: String,
+}
+
+fn b64() -> &'static base64::engine::GeneralPurpose {
+    &base64::engine::general_purpose::STANDARD
+}
+
+pub struct SqlRunner {
+    spec: PipelineSpec,
+    storage: Arc<Storage>,
+    checkpoints: Tree<SqlCheckpoint>,
+    operator: Box<dyn Operator>,
+    stats: Arc<Stats>,
+    seq: u64,
+    next_offsets: BTreeMap<u32, u64>,
+    /// Input read since the last checkpoint.
+    unsaved: bool,
+    saved_at: Instant,
+    failures_in_row: u32,
+}
+
+impl SqlRunner {
+    pub fn new(
+        spec: PipelineSpec,
+        storage: Arc<Storage>,
+        checkpoints: Tree<SqlCheckpoint>,
+        compiler: &dyn Compiler,
+        stats: Arc<Stats>,
+    ) -> Result<SqlRunner, Error> {
+        let mut operator = compiler.compile(&spec).map_err(Error::Invalid)?;
+        let checkpoint = checkpoints.get(&spec.name)?.unwrap_or_default();
+        if !checkpoint.state.is_empty() {
+            let state = b64()
+                .decode(&checkpoint.state)
+                .map_err(|e| Error::Invalid(format!("saved state: {e}")))?;
+            operator.restore(&state).map_err(Error::Invalid)?;
+        }
+        let mut runner = SqlRunner {
+            spec,
+            storage,
+            checkpoints,
+            operator,
+            stats,
+            seq: checkpoint.seq,
+            next_offsets: checkpoint.next_offsets.clone(),
+            unsaved: false,
+            saved_at: Instant::now(),
+            failures_in_row: 0,
+        };
+        runner.finish_appends(&checkpoint)?;
+        runner.open_partitions()?;
+        Ok(runner)
+    }
+
+    /// Appends the batches of a saved step whose marker their logs lack (a crash came between
+    /// saving the checkpoint and appending).
+    fn finish_appends(&self, checkpoint: &SqlCheckpoint) -> Result<(), Error> {
+        let marker = self.marker(checkpoint.seq);
+        for pending in &checkpoint.pending {
+            let log = self.storage.log(&pending.topic, pending.partition)?;
+            if holds_marker(&log, pending.from, &marker)? {
+                continue;
+            }
+            let mut batch = b64()
+                .decode(&pending.batch)
+                .map_err(|e| Error::Invalid(format!("saved batch: {e}")))?;
+            tracing::info!(pipeline = %self.spec.name, topic = %pending.topic, partition = pending.partition, "appending the results of the step before a restart");
+            log.append(&mut batch)?;
+        }
+        Ok(())
+    }
+
+    /// Gives every input partition seen the first time its start offset, saved at once so a
+    /// replay starts there too.
+    fn open_partitions(&mut self) -> Result<(), Error> {
+        let partitions = self.storage.existing_topic(&self.spec.from)?.partitions;
+        let start = StartAt::parse(&self.spec.from_offset)?;
+        let mut opened = false;
+        for partition in 0..partitions {
+            if self.next_offsets.contains_key(&partition) {
+                continue;
+            }
+            let log = self.storage.log(&self.spec.from, partition)?;
+            self.next_offsets.insert(partition, start.resolve(&log)?);
+            opened = true;
+        }
+        if opened {
+            self.save(Vec::new())?;
+        }
+        Ok(())
+    }
+
+    fn marker(&self, seq: u64) -> String {
+        format!("{}/sql/{seq}", self.spec.name)
+    }
+
+    /// Reads one batch of every partition, feeds the operator, and saves and appends what it
+    /// produced.
+    pub fn step(&mut self) -> Result<Step, Error> {
+        self.open_partitions()?;
+        let mut worked = false;
+        let mut outputs: BTreeMap<(String, u32), Vec<NewRecord>> = BTreeMap::new();
+        let mut failed = None;
+        let mut late = 0;
+        let dead_letter_topic = self.spec.dead_letter_topic();
+        let dead_partitions = self
+            .storage
+            .existing_topic(&dead_letter_topic)?
+            .partitions
+            .max(1);
+        let output = self.spec.to[0].clone();
+        let partitions: Vec<(u32, u64)> = self.next_offsets.clone().into_iter().collect();
+        for (partition, next) in partitions {
+            let log = self.storage.log(&self.spec.from, partition)?;
+            let next = next.max(log.log_start_offset());
+            if next >= log.high_watermark() {
+                continue;
+            }
+            let mut records = log.read_records(next, STEP_BYTES_MAX)?;
+            records.retain(|r| r.offset as u64 >= next);
+            records.truncate(self.spec.batch_records_max.max(1) as usize);
+            let Some(last) = records.last() else { continue };
+            self.next_offsets.insert(partition, last.offset as u64 + 1);
+            worked = true;
+            let dead = outputs
+                .entry((dead_letter_topic.clone(), partition % dead_partitions))
+                .or_default();
+            match self.operator.push(partition, &records, now_ms()) {
+                Ok(emitted) => {
+                    late += emitted.late.len() as u64;
+                    for (index, reason) in emitted.late {
+                        dead.push(dead_letter(
+                            &self.spec.from,
+                            partition,
+                            &records[index],
+                            reason,
+                            "sql".into(),
+                        ));
+                    }
+                    for (p, record) in emitted.records {
+                        outputs.entry((output.clone(), p)).or_default().push(record);
+                    }
+                }
+                Err(error) => {
+                    for record in &records {
+                        dead.push(dead_letter(
+                            &self.spec.from,
+                            partition,
+                            record,
+                            error.clone(),
+                            "sql".into(),
+                        ));
+                    }
+                    failed = Some(error);
+                }
+            }
+            self.stats
+                .records_in
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.operator.tick(now_ms()) {
+            Ok(emitted) => {
+                worked |= !emitted.records.is_empty();
+                for (p, record) in emitted.records {
+                    outputs.entry((output.clone(), p)).or_default().push(record);
+                }
+            }
+            Err(error) => failed = Some(error),
+        }
+        outputs.retain(|_, records| !records.is_empty());
+        self.unsaved |= worked;
+        if !outputs.is_empty() || (self.unsaved && self.saved_at.elapsed() >= CHECKPOINT_EVERY) {
+            self.save_and_append(outputs)?;
+        }
+        // Shown once what they describe is in the topics.
+        self.stats.late.fetch_add(late, Ordering::Relaxed);
+        let gauges = self.operator.gauges();
+        self.stats
+            .open_windows
+            .store(gauges.open_windows, Ordering::Relaxed);
+        self.stats
+            .watermark_ms
+            .store(gauges.watermark_ms.unwrap_or(i64::MIN), Ordering::Relaxed);
+        if let Some(reason) = self.count_failure(failed) {
+            return Ok(Step::Pause(reason));
+        }
+        Ok(if worked { Step::Worked } else { Step::Idle })
+    }
+
+    /// Saves the checkpoint of the next sequence number with `outputs`, then appends them.
+    fn save_and_append(
+        &mut self,
+        outputs: BTreeMap<(String, u32), Vec<NewRecord>>,
+    ) -> Result<(), Error> {
+        let marker = Bytes::from(self.marker(self.seq + 1));
+        let (mut out_count, mut dead_count) = (0u64, 0u64);
+        let dead_letter_topic = self.spec.dead_letter_topic();
+        let mut pending = Vec::with_capacity(outputs.len());
+        let mut batches = Vec::with_capacity(outputs.len());
+        for ((topic, partition), records) in outputs {
+            if topic == dead_letter_topic {
+                dead_count += records.len() as u64;
+            } else {
+                out_count += records.len() as u64;
+            }
+            let log = self.storage.log(&topic, partition)?;
+            let batch = batch_with_marker(records, &marker)?;
+            pending.push(Pending {
+                topic,
+                partition,
+                from: log.log_end_offset(),
+                batch: b64().encode(&batch),
+            });
+            batches.push((log, batch));
+        }
+        self.save(pending)?;
+        for (log, mut batch) in batches {
+            log.append(&mut batch)?;
+        }
+        self.stats
+            .records_out
+            .fetch_add(out_count, Ordering::Relaxed);
+        self.stats
+            .dead_lettered
+            .fetch_add(dead_count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Saves the operator's state and the input offsets, durably, as the next sequence number.
+    fn save(&mut self, pending: Vec<Pending>) -> Result<(), Error> {
+        let state = self.operator.snapshot().map_err(Error::Invalid)?;
+        let checkpoint = SqlCheckpoint {
+            seq: self.seq + 1,
+            next_offsets: self.next_offsets.clone(),
+            state: b64().encode(state),
+            pending,
+        };
+        self.checkpoints.insert(&self.spec.name, &checkpoint)?;
+        self.seq = checkpoint.seq;
+        self.unsaved = false;
+        self.saved_at = Instant::now();
+        Ok(())
+    }
+
+    /// Counts a failed step; answers why the pipeline pauses once too many came in a row.
+    fn count_failure(&mut self, failed: Option<String>) -> Option<String> {
+        let Some(error) = failed else {
+            self.failures_in_row = 0;
+            return None;
+        };
+        self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
+        self.stats.note_error(error.clone());
+        self.failures_in_row += 1;
+        tracing::warn!(pipeline = %self.spec.name, %error, "query failed on a batch; it went to the dead-letter topic");
+        (self.failures_in_row >= self.spec.failures_max).then(|| {
+            self.failures_in_row = 0;
+            format!(
+                "{} failed batches in a row, last: {error}",
+                self.spec.failures_max
+            )
+        })
+    }
+}
+
+/// Whether `log` holds a record with the marker header `marker` at or after offset `from`.
+fn holds_marker(log: &Log, from: u64, marker: &str) -> Result<bool, Error> {
+    let mut offset = from.max(log.log_start_offset());
+    while offset < log.high_watermark() {
+        let records = log.read_records(offset, STEP_BYTES_MAX)?;
+        let Some(last) = records.last() else { break };
+        offset = last.offset as u64 + 1;
+        let found = records
+            .iter()
+            .flat_map(|r| &r.headers)
+            .any(|h| h.key == MARKER_HEADER && h.value.as_deref() == Some(marker.as_bytes()));
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use weir_storage::{BatchBuilder, Compression, StorageConfig};
+
+    use super::*;
+
+    /// Writes every record it is given to partition 0 of the output; its state counts them.
+    struct Echo(u64);
+
+    impl Operator for Echo {
+        fn push(&mut self, _: u32, records: &[Record], _: i64) -> Result<Emitted, String> {
+            self.0 += records.len() as u64;
+            let records = records
+                .iter()
+                .map(|r| {
+                    let record = NewRecord {
+                        timestamp: r.timestamp,
+                        key: None,
+                        value: r.value.clone(),
+                        headers: Vec::new(),
+                    };
+                    (0, record)
+                })
+                .collect();
+            Ok(Emitted {
+                records,
+                late: Vec::new(),
+            })
+        }
+        fn tick(&mut self, _: i64) -> Result<Emitted, String> {
+            Ok(Emitted::default())
+        }
+        fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+            Ok(self.0.to_le_bytes().to_vec())
+        }
+        fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+            self.0 = u64::from_le_bytes(state.try_into().map_err(|_| "8 bytes")?);
+            Ok(())
+        }
+        fn gauges(&self) -> Gauges {
+            Gauges::default()
+        }
+    }
+
+    struct EchoCompiler;
+
+    impl Compiler for EchoCompiler {
+        fn compile(&self, _: &PipelineSpec) -> Result<Box<dyn Operator>, String> {
+            Ok(Box::new(Echo(0)))
+        }
+    }
+
+    fn spec() -> PipelineSpec {
+        PipelineSpec {
+            name: "echo".into(),
+            from: "in".into(),
+            through: Vec::new(),
+            partition_by: None,
+            to: vec!["out".into()],
+            from_offset: "earliest".into(),
+            dead_letter: None,
+            batch_records_max: 100,
+            failures_max: 5,
+            sql: Some("CREATE PIPELINE echo AS INSERT INTO out SELECT * FROM in".into()),
+        }
+    }
+
+    fn append(storage: &Storage, topic: &str, values: &[&str]) {
+        let mut builder = BatchBuilder::new(Compression::None);
+        for value in values {
+            builder.push(NewRecord {
+                timestamp: 1,
+                key: None,
+                value: Some(Bytes::copy_from_slice(value.as_bytes())),
+                headers: Vec::new(),
+            });
+        }
+        let mut batch = builder.build().unwrap().to_vec();
+        storage.log(topic, 0).unwrap().append(&mut batch).unwrap();
+    }
+
+    #[test]
+    fn results_saved_but_not_appended_before_a_crash_are_appended_once_on_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        for topic in ["in", "out", "echo.dlq"] {
+            storage.create_topic(topic, 1, BTreeMap::new()).unwrap();
+        }
+        let checkpoints: Tree<SqlCheckpoint> = storage.meta().tree("sql").unwrap();
+        let stats = Arc::new(Stats::default());
+        let open = || {
+            SqlRunner::new(
+                spec(),
+                storage.clone(),
+                checkpoints.clone(),
+                &EchoCompiler,
+                stats.clone(),
+            )
+            .unwrap()
+        };
+        append(&storage, "in", &["a", "b", "c"]);
+        let mut runner = open();
+        assert!(matches!(runner.step().unwrap(), Step::Worked));
+        let out = storage.log("out", 0).unwrap();
+        assert_eq!(out.high_watermark(), 3);
+        drop(runner);
+
+        // A crash after the checkpoint of the next step was saved, before its append.
+        let mut saved = checkpoints.get("echo").unwrap().unwrap();
+        let marker = Bytes::from(format!("echo/sql/{}", saved.seq + 1));
+        let records = ["d", "e"].map(|v| NewRecord {
+            timestamp: 1,
+            key: None,
+            value: Some(Bytes::from(v)),
+            headers: Vec::new(),
+        });
+        let batch = batch_with_marker(records.to_vec(), &marker).unwrap();
+        saved.seq += 1;
+        saved.state = b64().encode(5u64.to_le_bytes());
+        saved.pending = vec![Pending {
+            topic: "out".into(),
+            partition: 0,
+            from: out.log_end_offset(),
+            batch: b64().encode(batch),
+        }];
+        checkpoints.insert("echo", &saved).unwrap();
+
+        drop(open());
+        assert_eq!(out.high_watermark(), 5, "the saved results were appended");
+        let mut runner = open();
+        assert_eq!(out.high_watermark(), 5, "and only once");
+        assert!(matches!(runner.step().unwrap(), Step::Idle));
+        append(&storage, "in", &["f"]);
+        assert!(matches!(runner.step().unwrap(), Step::Worked));
+        let values: Vec<Bytes> = out
+            .read_records(0, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.value)
+            .collect();
+        assert_eq!(
+            values,
+            ["a", "b", "c", "d", "e", "f"].map(Bytes::from).to_vec()
+        );
+    }
+}

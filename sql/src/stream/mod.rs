@@ -1,0 +1,182 @@
+//! Continuous SQL: `CREATE PIPELINE name AS INSERT INTO topic SELECT …` keeps a query running
+//! over a topic as a pipeline, writing its rows into another topic; `TUMBLE` and `HOP` cut a
+//! topic into event-time windows, in one-off queries too.
+//!
+//! [`statement`] parses the pipeline statements, [`window`] is the window functions, [`query`]
+//! the operator the runtime drives (through [`weir_runtime::continuous`]), `source` the table a
+//! step's records are read from.
+
+mod query;
+mod source;
+pub mod statement;
+pub mod window;
+
+use std::sync::Arc;
+
+use datafusion::catalog::Session;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::TableProvider;
+use weir_runtime::PipelineSpec;
+use weir_storage::Storage;
+
+pub use query::{ContinuousQueries, Query};
+use statement::{CreatePipeline, PipelineStatement};
+use window::{TableSource, WindowSpec};
+
+use crate::access::{TableAccess, TableUse, Viewer, check_table};
+use crate::create_as::{on_blocking_pool, typed_configs};
+use crate::topic::{TopicTable, typed_columns};
+use crate::{Answer, Error, QueryEngine};
+
+/// Windows over a topic's log, for one-off queries; the statement's viewer must may read it.
+#[derive(Debug)]
+pub(crate) struct TopicSource {
+    pub(crate) storage: Arc<Storage>,
+}
+
+impl TableSource for TopicSource {
+    fn table(&self, window: &WindowSpec, session: &dyn Session) -> Result<Arc<dyn TableProvider>> {
+        let viewer = session.config().get_extension::<Viewer>();
+        if let Some(access) = viewer.as_deref().and_then(Viewer::access) {
+            let table =
+                datafusion::common::TableReference::partial("public", window.topic.as_str());
+            check_table(access, &table, TableUse::Read)
+                .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        }
+        let meta = self
+            .storage
+            .existing_topic(&window.topic)
+            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let table = TopicTable::new(self.storage.clone(), &meta)
+            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        Ok(Arc::new(table))
+    }
+}
+
+impl QueryEngine {
+    /// Runs a pipeline statement for `access` (everything when `None`).
+    pub(crate) async fn pipeline_statement(
+        &self,
+        statement: PipelineStatement,
+        sql: &str,
+        access: Option<Arc<dyn TableAccess>>,
+    ) -> Result<Answer, Error> {
+        let runtime = self
+            .runtime
+            .clone()
+            .ok_or_else(|| Error::Refused("this node runs no pipelines".into()))?;
+        let pipelines = runtime.pipelines().clone();
+        let quoted = |name: &str| name.replace('\'', "''");
+        match statement {
+            PipelineStatement::Show => {
+                self.sql_as("SELECT name, kind, status, source, outputs, lag, records_in, records_out, late_records, open_windows, watermark_ms, last_error FROM weir.pipelines ORDER BY name", access).await
+            }
+            PipelineStatement::Describe(name) => {
+                pipelines.describe(&name)?;
+                let sql = format!("SELECT * FROM weir.pipelines WHERE name = '{}'", quoted(&name));
+                self.sql_as(&sql, access).await
+            }
+            PipelineStatement::Alter { name, pause } => {
+                let status = pipelines.describe(&name)?;
+                if let Some(access) = &access
+                    && !access.may_manage(status.owner.as_ref())
+                {
+                    return Err(Error::Denied(format!("pipeline {name} is not yours to change")));
+                }
+                on_blocking(move || if pause { pipelines.pause(&name) } else { pipelines.resume(&name) }).await?;
+                self.done(if pause { "ALTER PIPELINE PAUSE" } else { "ALTER PIPELINE RESUME" }).await
+            }
+            PipelineStatement::Drop { name, if_exists } => {
+                let status = match pipelines.describe(&name) {
+                    Ok(status) => status,
+                    Err(weir_runtime::Error::NotFound(_)) if if_exists => return self.done("DROP PIPELINE").await,
+                    Err(e) => return Err(e.into()),
+                };
+                if let Some(access) = &access
+                    && !access.may_manage(status.owner.as_ref())
+                {
+                    return Err(Error::Denied(format!("pipeline {name} is not yours to drop")));
+                }
+                pipelines.delete(&name).await?;
+                self.done("DROP PIPELINE").await
+            }
+            PipelineStatement::Create(create) => {
+                self.create_pipeline(create, access, sql, pipelines).await
+            }
+        }
+    }
+
+    /// An answer of one row naming what was done.
+    async fn done(&self, what: &str) -> Result<Answer, Error> {
+        let (state, plan) = self
+            .planned(&format!("SELECT '{what}' AS done"), None)
+            .await?;
+        Self::collect(state, plan).await
+    }
+
+    /// Plans the query (which checks it), makes the output topic if it is missing, and starts
+    /// the pipeline; a failure leaves nothing behind.
+    async fn create_pipeline(
+        &self,
+        create: CreatePipeline,
+        access: Option<Arc<dyn TableAccess>>,
+        sql: &str,
+        pipelines: Arc<weir_runtime::Pipelines>,
+    ) -> Result<Answer, Error> {
+        let query = Query::plan(self.storage.clone(), &create).await?;
+        let source = query.source().to_owned();
+        let spec = PipelineSpec {
+            name: create.name.clone(),
+            from: source.clone(),
+            through: Vec::new(),
+            partition_by: None,
+            to: vec![create.output.clone()],
+            from_offset: create.options.start.clone(),
+            dead_letter: None,
+            batch_records_max: PipelineSpec::BATCH_RECORDS_DEFAULT,
+            failures_max: PipelineSpec::FAILURES_DEFAULT,
+            sql: Some(sql.trim().trim_end_matches(';').trim_end().to_owned()),
+        };
+        if let Some(access) = &access {
+            access.may_run(&spec).map_err(Error::Denied)?;
+            for topic in [&create.output, &spec.dead_letter_topic()] {
+                if self.storage.topic(topic)?.is_none() {
+                    let table =
+                        datafusion::common::TableReference::partial("public", topic.as_str());
+                    check_table(access.as_ref(), &table, TableUse::Create)?;
+                }
+            }
+        }
+        let made = match self.storage.topic(&create.output)? {
+            Some(meta) => {
+                query::output_fits(query.output_schema(), &typed_columns(&meta)?)?;
+                false
+            }
+            None => {
+                let configs = typed_configs(query.output_schema().fields())?;
+                let partitions = self.storage.existing_topic(&source)?.partitions;
+                let (storage, topic) = (self.storage.clone(), create.output.clone());
+                on_blocking_pool(move || storage.create_topic(&topic, partitions, configs)).await?;
+                true
+            }
+        };
+        let owner = access.as_ref().and_then(|a| a.runs_as());
+        let created = on_blocking(move || pipelines.create(spec, owner)).await;
+        if created.is_err() && made {
+            let (storage, topic) = (self.storage.clone(), create.output.clone());
+            on_blocking_pool(move || storage.delete_topic(&topic)).await?;
+        }
+        created?;
+        self.done("CREATE PIPELINE").await
+    }
+}
+
+/// Runs runtime work that blocks on the blocking pool.
+async fn on_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, weir_runtime::Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(move || weir_storage::reactor::blocking(f))
+        .await
+        .map_err(|e| Error::Query(DataFusionError::External(Box::new(e))))?
+        .map_err(Error::Runtime)
+}

@@ -1,0 +1,896 @@
+//! A continuous query, planned once by DataFusion and run a step at a time.
+//!
+//! The `SELECT` is planned over a [`Slot`] instead of the topic's log. A query without an
+//! aggregate runs whole on each step's records. A windowed aggregate is cut where DataFusion
+//! cuts it for parallel work: the partial aggregate runs on each step's records and its
+//! per-group states are merged into the open windows' accumulators (DataFusion's own
+//! `GroupsAccumulator`s, so every aggregate it has works); when the watermark passes a window's
+//! end, its accumulators are evaluated and the rest of the plan (projection, `HAVING`) runs on
+//! the result. State is bounded by the open windows and their groups, not by history.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringBuilder, TimestampMillisecondArray,
+    UInt32Array,
+};
+use datafusion::arrow::compute::{cast, filter_record_batch, take};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, Session};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::TableProvider;
+use datafusion::execution::TaskContext;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use weir_runtime::PipelineSpec;
+use weir_runtime::continuous::{Compiler, Emitted, Gauges, Operator};
+use weir_storage::{NewRecord, Record, Storage, locks};
+
+use super::source::{Slot, SlotExec, SlotTable};
+use super::statement::{CreatePipeline, Options, PipelineStatement, parse};
+use super::window::{TableSource, WINDOW_END, WINDOW_START, WindowSpec, times_ms};
+use crate::Error;
+use crate::sink::TopicSink;
+use crate::topic::{RECORD_COLUMNS, build_batch, topic_schema, typed_columns};
+use crate::value_schema::{TypedColumn, UTC, field_keys};
+
+/// The topic a continuous query reads, and its window: what planning its `SELECT` named.
+#[derive(Debug, Default)]
+struct Sources {
+    read: std::sync::Mutex<Option<(String, Option<WindowSpec>)>>,
+    storage: Option<Arc<Storage>>,
+    slot: Arc<Slot>,
+}
+
+impl Sources {
+    /// The step's records as topic `topic`'s table; a query reads one topic.
+    fn table(&self, topic: &str, window: Option<&WindowSpec>) -> Result<Arc<dyn TableProvider>> {
+        let storage = self.storage.as_ref().ok_or_else(|| {
+            DataFusionError::Internal("a continuous query is planned with storage".into())
+        })?;
+        let meta = storage
+            .existing_topic(topic)
+            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let mut read = locks::lock(&self.read);
+        match read.as_ref() {
+            Some((seen, _)) if seen != topic => {
+                return Err(DataFusionError::Plan(format!(
+                    "a continuous query reads one topic; this one names {seen} and {topic}"
+                )));
+            }
+            Some((_, Some(_))) if window.is_some() => {
+                return Err(DataFusionError::Plan(
+                    "a continuous query has one window".into(),
+                ));
+            }
+            Some((_, Some(_))) => {}
+            _ => *read = Some((topic.to_owned(), window.cloned())),
+        }
+        let typed = typed_columns(&meta).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        Ok(Arc::new(SlotTable::new(
+            self.slot.clone(),
+            Arc::new(topic_schema(&typed)),
+        )))
+    }
+}
+
+impl TableSource for Sources {
+    fn table(&self, window: &WindowSpec, _session: &dyn Session) -> Result<Arc<dyn TableProvider>> {
+        Sources::table(self, &window.topic, Some(window))
+    }
+}
+
+/// Topics as tables of a step's records.
+#[derive(Debug)]
+struct StepSchema(Arc<Sources>);
+
+#[async_trait::async_trait]
+impl SchemaProvider for StepSchema {
+    fn table_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Table functions' names are looked up here too before they are called: a name that is no
+    /// topic is no table.
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if !self.table_exist(name) {
+            return Ok(None);
+        }
+        self.0.table(name, None).map(Some)
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.0
+            .storage
+            .as_ref()
+            .is_some_and(|s| s.topic(name).ok().flatten().is_some())
+    }
+}
+
+/// The aggregate of a windowed query, cut in two.
+struct Aggregation {
+    /// The plan above the final aggregate, reading the evaluated windows from `closed`.
+    post: Arc<dyn ExecutionPlan>,
+    closed: Arc<Slot>,
+    functions: Vec<Arc<AggregateFunctionExpr>>,
+    /// The columns of each function's state in the partial aggregate's output.
+    states: Vec<std::ops::Range<usize>>,
+    groups: usize,
+    /// The group column holding a window bound, and whether it is the start.
+    window_column: usize,
+    window_is_start: bool,
+    converter: RowConverter,
+    /// The partial aggregate's output: group columns, then states.
+    partial_schema: SchemaRef,
+    /// The final aggregate's output: group columns, then values.
+    final_schema: SchemaRef,
+    /// Output columns that key a result record: the group columns other than the window's.
+    key_columns: Vec<String>,
+}
+
+/// The groups of one open window and their accumulators.
+struct Groups {
+    index: HashMap<Box<[u8]>, usize>,
+    keys: Vec<Box<[u8]>>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+impl Groups {
+    fn new(aggregation: &Aggregation) -> Result<Groups> {
+        let accumulators = aggregation
+            .functions
+            .iter()
+            .map(|function| {
+                if function.groups_accumulator_supported() {
+                    function.create_groups_accumulator()
+                } else {
+                    let function = function.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        function.create_accumulator()
+                    })) as Box<dyn GroupsAccumulator>)
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Groups {
+            index: HashMap::new(),
+            keys: Vec::new(),
+            accumulators,
+        })
+    }
+
+    /// Merges rows of the partial aggregate's output, all of this window.
+    fn merge(&mut self, aggregation: &Aggregation, batch: &RecordBatch) -> Result<()> {
+        let rows = aggregation
+            .converter
+            .convert_columns(&batch.columns()[..aggregation.groups])?;
+        let mut indices = Vec::with_capacity(rows.num_rows());
+        for row in rows.iter() {
+            let bytes: &[u8] = row.as_ref();
+            let index = match self.index.get(bytes) {
+                Some(index) => *index,
+                None => {
+                    let index = self.keys.len();
+                    self.keys.push(bytes.into());
+                    self.index.insert(bytes.into(), index);
+                    index
+                }
+            };
+            indices.push(index);
+        }
+        for (accumulator, state) in self.accumulators.iter_mut().zip(&aggregation.states) {
+            accumulator.merge_batch(&batch.columns()[state.clone()], &indices, self.keys.len())?;
+        }
+        Ok(())
+    }
+
+    fn group_columns(&self, aggregation: &Aggregation) -> Result<Vec<ArrayRef>> {
+        let parser = aggregation.converter.parser();
+        Ok(aggregation
+            .converter
+            .convert_rows(self.keys.iter().map(|key| parser.parse(key)))?)
+    }
+
+    /// The window's result rows, as the final aggregate makes them.
+    fn finish(mut self, aggregation: &Aggregation) -> Result<RecordBatch> {
+        let mut columns = self.group_columns(aggregation)?;
+        for accumulator in &mut self.accumulators {
+            columns.push(accumulator.evaluate(EmitTo::All)?);
+        }
+        Ok(RecordBatch::try_new(
+            aggregation.final_schema.clone(),
+            columns,
+        )?)
+    }
+
+    /// The window's state as rows of the partial aggregate's output; empties the accumulators.
+    fn take_state(&mut self, aggregation: &Aggregation) -> Result<RecordBatch> {
+        let mut columns = self.group_columns(aggregation)?;
+        for accumulator in &mut self.accumulators {
+            columns.extend(accumulator.state(EmitTo::All)?);
+        }
+        Ok(RecordBatch::try_new(
+            aggregation.partial_schema.clone(),
+            columns,
+        )?)
+    }
+}
+
+/// Event-time progress of one input partition.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct PartitionTime {
+    max_event_ms: Option<i64>,
+    #[serde(skip)]
+    last_active_ms: i64,
+}
+
+/// What a snapshot holds besides the windows' states.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Header {
+    partitions: BTreeMap<u32, PartitionTime>,
+    watermark_ms: Option<i64>,
+}
+
+pub struct Query {
+    storage: Arc<Storage>,
+    source: String,
+    output: String,
+    window: Option<WindowSpec>,
+    options: Options,
+    input_schema: SchemaRef,
+    typed: Vec<TypedColumn>,
+    json_keys: Vec<String>,
+    time_index: Option<usize>,
+    input: Arc<Slot>,
+    /// The whole plan, or the partial aggregate and what is under it.
+    pre: Arc<dyn ExecutionPlan>,
+    aggregation: Option<Aggregation>,
+    output_schema: SchemaRef,
+    task: Arc<TaskContext>,
+    sink: Option<(TopicSink, u32)>,
+    windows: BTreeMap<(i64, i64), Groups>,
+    partitions: BTreeMap<u32, PartitionTime>,
+    watermark_ms: Option<i64>,
+}
+
+/// Plan nodes a continuous query cannot have, and why.
+fn refused(plan: &dyn ExecutionPlan) -> Option<&'static str> {
+    let name = plan.name();
+    if name.contains("Sort") {
+        Some("ORDER BY has no end in a stream; order the results when you read them")
+    } else if name.contains("Limit") {
+        Some("LIMIT has no end in a stream; limit the results when you read them")
+    } else if name.contains("Window") && name != "WindowExec" {
+        Some("OVER (…) window functions do not run in a continuous query; use TUMBLE or HOP")
+    } else if plan.children().len() > 1 {
+        Some("a continuous query reads one topic: joins and unions are not supported")
+    } else {
+        None
+    }
+}
+
+impl Query {
+    /// Plans `create`'s `SELECT` over the records of a step.
+    pub async fn plan(storage: Arc<Storage>, create: &CreatePipeline) -> Result<Query, Error> {
+        let sources = Arc::new(Sources {
+            storage: Some(storage.clone()),
+            ..Sources::default()
+        });
+        let config = SessionConfig::new()
+            .with_target_partitions(1)
+            .with_default_catalog_and_schema("weir", "public");
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_physical_optimizer_rules(Vec::new())
+            .build();
+        let context = SessionContext::new_with_state(state);
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        catalog.register_schema("public", Arc::new(StepSchema(sources.clone())))?;
+        context.register_catalog("weir", catalog);
+        super::window::register(&context, sources.clone());
+        let state = context.state();
+        let logical = state.create_logical_plan(&create.query).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&logical)?;
+        let physical = state.create_physical_plan(&logical).await?;
+        let Some((source, window)) = locks::lock(&sources.read).clone() else {
+            return Err(Error::Refused(
+                "a continuous query reads a topic: FROM topic or FROM TUMBLE(topic, …)".into(),
+            ));
+        };
+        let closed = Arc::new(Slot::default());
+        let (top, split) = cut(physical, &closed)?;
+        let output_schema = top.schema();
+        let (pre, aggregation) = match split {
+            None => (top, None),
+            Some(aggregate) => {
+                let window = window.as_ref().ok_or_else(|| {
+                    Error::Refused(
+                        "an aggregate over a stream needs a window: FROM TUMBLE(topic, time_column, size) … GROUP BY window_start, …"
+                            .into(),
+                    )
+                })?;
+                let aggregation = Aggregation::new(&aggregate, top, closed, window)?;
+                let partial = aggregate.children()[0].clone();
+                (partial, Some(aggregation))
+            }
+        };
+        let meta = storage.existing_topic(&source)?;
+        let typed = typed_columns(&meta)?;
+        let input_schema: SchemaRef = Arc::new(topic_schema(&typed));
+        let time_index = match &window {
+            Some(w) => Some(
+                input_schema
+                    .index_of(&w.time_column)
+                    .map_err(|e| Error::Query(e.into()))?,
+            ),
+            None => None,
+        };
+        let all: Vec<usize> = (0..input_schema.fields().len()).collect();
+        let now = weir_storage::now_ms();
+        let partitions = (0..meta.partitions)
+            .map(|p| {
+                let time = PartitionTime {
+                    max_event_ms: None,
+                    last_active_ms: now,
+                };
+                (p, time)
+            })
+            .collect();
+        Ok(Query {
+            storage,
+            source,
+            output: create.output.clone(),
+            window,
+            options: create.options.clone(),
+            json_keys: field_keys(&typed, &all),
+            input_schema,
+            typed,
+            time_index,
+            input: sources.slot.clone(),
+            pre,
+            aggregation,
+            output_schema,
+            task: Arc::new(TaskContext::from(&state)),
+            sink: None,
+            windows: BTreeMap::new(),
+            partitions,
+            watermark_ms: None,
+        })
+    }
+
+    /// The topic the query reads.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The columns of the query's rows.
+    pub fn output_schema(&self) -> &SchemaRef {
+        &self.output_schema
+    }
+
+    fn run(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+        let stream = plan.execute(0, self.task.clone())?;
+        futures::executor::block_on(stream.try_collect::<Vec<_>>())
+    }
+
+    /// Merges rows of the partial aggregate's output into the windows they are of.
+    fn merge(&mut self, batch: &RecordBatch) -> Result<()> {
+        let (Some(aggregation), Some(window)) = (&self.aggregation, &self.window) else {
+            return Ok(());
+        };
+        let bounds = times_ms(batch.column(aggregation.window_column))?;
+        let mut by_window: BTreeMap<(i64, i64), Vec<u32>> = BTreeMap::new();
+        for (row, bound) in bounds.iter().enumerate() {
+            let Some(bound) = bound else { continue };
+            let (start, end) = if aggregation.window_is_start {
+                (bound, window.end(bound))
+            } else {
+                (bound - window.size_ms, bound)
+            };
+            by_window.entry((end, start)).or_default().push(row as u32);
+        }
+        let whole = by_window.len() == 1;
+        for (key, rows) in by_window {
+            let part = if whole {
+                batch.clone()
+            } else {
+                let rows = UInt32Array::from(rows);
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .map(|c| take(c, &rows, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                RecordBatch::try_new(batch.schema(), columns)?
+            };
+            let groups = match self.windows.entry(key) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Groups::new(aggregation)?)
+                }
+            };
+            groups.merge(aggregation, &part)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the watermark: the least of the active partitions' largest event times (a
+    /// partition silent for the idle timeout does not count), minus the delay; never back.
+    fn advance(&mut self, now_ms: i64) {
+        let active: Vec<Option<i64>> = self
+            .partitions
+            .values()
+            .filter(|p| now_ms - p.last_active_ms < self.options.idle_timeout_ms)
+            .map(|p| p.max_event_ms)
+            .collect();
+        let reached = if active.is_empty() {
+            self.partitions
+                .values()
+                .filter_map(|p| p.max_event_ms)
+                .max()
+        } else {
+            active
+                .into_iter()
+                .collect::<Option<Vec<i64>>>()
+                .and_then(|t| t.into_iter().min())
+        };
+        let candidate = reached.map(|t| t.saturating_sub(self.options.watermark_delay_ms));
+        self.watermark_ms = self.watermark_ms.max(candidate);
+    }
+
+    /// Evaluates every window whose end the watermark passed, oldest first.
+    fn close(&mut self) -> Result<Vec<(u32, NewRecord)>> {
+        let mut out = Vec::new();
+        let Some(watermark) = self.watermark_ms else {
+            return Ok(out);
+        };
+        while let Some(entry) = self.windows.first_entry() {
+            if entry.key().0 > watermark {
+                break;
+            }
+            let ((end, _), groups) = entry.remove_entry();
+            let Some(aggregation) = &self.aggregation else {
+                break;
+            };
+            aggregation.closed.put(groups.finish(aggregation)?);
+            let batches = self.run(&aggregation.post)?;
+            for batch in batches {
+                out.extend(self.records(batch, Some(end))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The output records of rows of the query; `window_end` is the time of a window's rows.
+    fn records(
+        &mut self,
+        batch: RecordBatch,
+        window_end: Option<i64>,
+    ) -> Result<Vec<(u32, NewRecord)>> {
+        let batch = match (&self.aggregation, window_end) {
+            (Some(aggregation), Some(end)) => {
+                with_key_and_time(batch, &aggregation.key_columns, end)?
+            }
+            _ => batch,
+        };
+        if self.sink.is_none() {
+            let meta = self
+                .storage
+                .existing_topic(&self.output)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let typed = typed_columns(&meta).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+            let sink = TopicSink::new(
+                self.storage.clone(),
+                self.output.clone(),
+                Arc::new(topic_schema(&typed)),
+                typed,
+            );
+            self.sink = Some((sink, meta.partitions));
+        }
+        let Some((sink, partitions)) = &self.sink else {
+            return Ok(Vec::new());
+        };
+        Ok(sink
+            .records(&batch, *partitions)?
+            .into_iter()
+            .flat_map(|(p, records)| records.into_iter().map(move |r| (p, r)))
+            .collect())
+    }
+
+    fn push_batch(&mut self, partition: u32, records: &[Record], now_ms: i64) -> Result<Emitted> {
+        let all: Vec<usize> = (0..self.input_schema.fields().len()).collect();
+        let batch = build_batch(
+            &self.input_schema,
+            &all,
+            &self.typed,
+            &self.json_keys,
+            i64::from(partition),
+            records,
+        )?;
+        let mut emitted = Emitted::default();
+        let Some(time_index) = self.time_index else {
+            self.input.put(batch);
+            for batch in self.run(&self.pre.clone())? {
+                emitted.records.extend(self.records(batch, None)?);
+            }
+            return Ok(emitted);
+        };
+        let Some(window) = self.window.clone() else {
+            return Ok(emitted);
+        };
+        let times = times_ms(batch.column(time_index))?;
+        let mut keep = Vec::with_capacity(times.len());
+        let mut latest = None;
+        for (row, t) in times.iter().enumerate() {
+            let on_time =
+                match (t, self.watermark_ms) {
+                    (None, _) => {
+                        emitted.late.push((
+                            row,
+                            format!("no event time: column {} is NULL", window.time_column),
+                        ));
+                        false
+                    }
+                    (Some(t), Some(watermark)) if window.first_end(t) <= watermark => {
+                        emitted.late.push((row, format!(
+                        "late: event time {} is behind the watermark {}; its window has closed",
+                        ms_text(t),
+                        ms_text(watermark)
+                    )));
+                        false
+                    }
+                    (Some(t), _) => {
+                        latest = latest.max(Some(t));
+                        true
+                    }
+                };
+            keep.push(on_time);
+        }
+        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        self.input.put(kept);
+        for partial in self.run(&self.pre.clone())? {
+            self.merge(&partial)?;
+        }
+        let time = self.partitions.entry(partition).or_default();
+        time.max_event_ms = time.max_event_ms.max(latest);
+        time.last_active_ms = now_ms;
+        self.advance(now_ms);
+        emitted.records = self.close()?;
+        Ok(emitted)
+    }
+
+    fn snapshot_bytes(&mut self) -> Result<Vec<u8>> {
+        let header = Header {
+            partitions: self.partitions.clone(),
+            watermark_ms: self.watermark_ms,
+        };
+        let header =
+            serde_json::to_vec(&header).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header);
+        let Some(aggregation) = &self.aggregation else {
+            return Ok(bytes);
+        };
+        let mut states = Vec::with_capacity(self.windows.len());
+        for groups in self.windows.values_mut() {
+            states.push(groups.take_state(aggregation)?);
+        }
+        let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(
+            &mut bytes,
+            &aggregation.partial_schema,
+        )?;
+        for state in &states {
+            writer.write(state)?;
+        }
+        writer.finish()?;
+        drop(writer);
+        // Taking a state empties the accumulators: merge it back.
+        self.windows.clear();
+        for state in &states {
+            self.merge(state)?;
+        }
+        Ok(bytes)
+    }
+
+    fn restore_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let bad = |what: &str| DataFusionError::Execution(format!("saved state: {what}"));
+        let length = bytes
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| bad("too short"))?;
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|l| l.checked_add(8))
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| bad("header length"))?;
+        let header: Header =
+            serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(&e.to_string()))?;
+        let now = weir_storage::now_ms();
+        for (partition, time) in header.partitions {
+            self.partitions.insert(
+                partition,
+                PartitionTime {
+                    max_event_ms: time.max_event_ms,
+                    last_active_ms: now,
+                },
+            );
+        }
+        self.watermark_ms = header.watermark_ms;
+        self.windows.clear();
+        if self.aggregation.is_none() || end == bytes.len() {
+            return Ok(());
+        }
+        let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(
+            Cursor::new(&bytes[end..]),
+            None,
+        )?;
+        for state in reader {
+            self.merge(&state?)?;
+        }
+        Ok(())
+    }
+}
+
+fn ms_text(ms: i64) -> String {
+    datafusion::common::ScalarValue::TimestampMillisecond(Some(ms), Some(UTC.into())).to_string()
+}
+
+/// Adds a `key_text` (from the key columns) and a `timestamp` (the window's end) to result rows
+/// that have none.
+fn with_key_and_time(
+    batch: RecordBatch,
+    key_columns: &[String],
+    window_end: i64,
+) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns = batch.columns().to_vec();
+    let has = |name: &str| schema.index_of(name).is_ok();
+    let keys: Vec<ArrayRef> = key_columns
+        .iter()
+        .filter_map(|name| batch.column_by_name(name))
+        .map(|c| cast(c, &DataType::Utf8))
+        .collect::<std::result::Result<_, _>>()?;
+    if !keys.is_empty() && !has("key") && !has("key_text") {
+        let mut text = StringBuilder::new();
+        for row in 0..batch.num_rows() {
+            let parts: Vec<Option<&str>> = keys
+                .iter()
+                .map(|k| {
+                    let k = k
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::StringArray>()?;
+                    (!k.is_null(row)).then(|| k.value(row))
+                })
+                .collect();
+            match parts.as_slice() {
+                [one] => text.append_option(*one),
+                _ => text.append_value(serde_json::json!(parts).to_string()),
+            }
+        }
+        fields.push(Field::new("key_text", DataType::Utf8, true));
+        columns.push(Arc::new(text.finish()));
+    }
+    if !has("timestamp") {
+        let times =
+            TimestampMillisecondArray::from(vec![window_end; batch.num_rows()]).with_timezone(UTC);
+        fields.push(Field::new("timestamp", times.data_type().clone(), false));
+        columns.push(Arc::new(times));
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+type Plan = Arc<dyn ExecutionPlan>;
+
+/// Finds the final aggregate of `plan`: answers the plan with the final aggregate replaced by a
+/// read of `closed`, and the final aggregate; or the plan as it is when it has none.
+fn cut(plan: Plan, closed: &Arc<Slot>) -> Result<(Plan, Option<Plan>), Error> {
+    if let Some(why) = refused(plan.as_ref()) {
+        return Err(Error::Refused(why.into()));
+    }
+    if let Some(aggregate) = plan.downcast_ref::<AggregateExec>()
+        && *aggregate.mode() == AggregateMode::Final
+    {
+        let read = SlotExec::new(closed.clone(), plan.schema(), None)?;
+        let mut under = aggregate.input().clone();
+        // A second aggregate under this one (DISTINCT in a subquery, nested GROUP BY).
+        loop {
+            if under
+                .downcast_ref::<AggregateExec>()
+                .is_some_and(|a| *a.mode() == AggregateMode::Final)
+            {
+                return Err(Error::Refused(
+                    "a continuous query aggregates once: nested GROUP BY or DISTINCT over an aggregate is not supported".into(),
+                ));
+            }
+            match under.children().first() {
+                Some(child) => under = (*child).clone(),
+                None => break,
+            }
+        }
+        return Ok((Arc::new(read), Some(plan)));
+    }
+    let Some(child) = plan.children().first().map(|c| (*c).clone()) else {
+        return Ok((plan, None));
+    };
+    let (child, aggregate) = cut(child, closed)?;
+    if aggregate.is_none() {
+        return Ok((plan, None));
+    }
+    Ok((replace_children_if_necessary(plan, vec![child])?, aggregate))
+}
+
+impl Aggregation {
+    fn new(
+        final_plan: &Arc<dyn ExecutionPlan>,
+        post: Arc<dyn ExecutionPlan>,
+        closed: Arc<Slot>,
+        window: &WindowSpec,
+    ) -> Result<Aggregation, Error> {
+        let aggregate = final_plan
+            .downcast_ref::<AggregateExec>()
+            .ok_or_else(|| Error::Refused("not an aggregate".into()))?;
+        let partial = aggregate.input().clone();
+        let partial_schema = partial.schema();
+        let final_schema = final_plan.schema();
+        let groups = aggregate.group_expr().expr().len();
+        if aggregate.group_expr().has_grouping_set() {
+            return Err(Error::Refused(
+                "GROUPING SETS, CUBE and ROLLUP are not supported in a continuous query".into(),
+            ));
+        }
+        let names: Vec<&str> = final_schema.fields()[..groups]
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        let (window_column, window_is_start) = match (
+            names.iter().position(|n| *n == WINDOW_START),
+            names.iter().position(|n| *n == WINDOW_END),
+        ) {
+            (Some(start), _) => (start, true),
+            (None, Some(end)) => (end, false),
+            (None, None) => {
+                return Err(Error::Refused(format!(
+                    "a windowed aggregate groups by its window: GROUP BY window_start, window_end, … (the window is {} ms over column {})",
+                    window.size_ms, window.time_column
+                )));
+            }
+        };
+        let functions = aggregate.aggr_expr().to_vec();
+        let mut states = Vec::with_capacity(functions.len());
+        let mut at = groups;
+        for function in &functions {
+            let width = function.state_fields()?.len();
+            states.push(at..at + width);
+            at += width;
+        }
+        let converter = RowConverter::new(
+            partial_schema.fields()[..groups]
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| Error::Query(e.into()))?;
+        let key_columns = names
+            .iter()
+            .filter(|n| **n != WINDOW_START && **n != WINDOW_END)
+            .filter(|n| post.schema().index_of(n).is_ok())
+            .map(|n| (*n).to_owned())
+            .collect();
+        Ok(Aggregation {
+            post,
+            closed,
+            functions,
+            states,
+            groups,
+            window_column,
+            window_is_start,
+            converter,
+            partial_schema,
+            final_schema,
+            key_columns,
+        })
+    }
+}
+
+impl Operator for Query {
+    fn push(
+        &mut self,
+        partition: u32,
+        records: &[Record],
+        now_ms: i64,
+    ) -> std::result::Result<Emitted, String> {
+        self.push_batch(partition, records, now_ms)
+            .map_err(|e| e.to_string())
+    }
+
+    fn tick(&mut self, now_ms: i64) -> std::result::Result<Emitted, String> {
+        if self.aggregation.is_none() {
+            return Ok(Emitted::default());
+        }
+        self.advance(now_ms);
+        let records = self.close().map_err(|e| e.to_string())?;
+        Ok(Emitted {
+            records,
+            late: Vec::new(),
+        })
+    }
+
+    fn snapshot(&mut self) -> std::result::Result<Vec<u8>, String> {
+        self.snapshot_bytes().map_err(|e| e.to_string())
+    }
+
+    fn restore(&mut self, state: &[u8]) -> std::result::Result<(), String> {
+        self.restore_bytes(state).map_err(|e| e.to_string())
+    }
+
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            open_windows: self.windows.len() as u64,
+            watermark_ms: self.watermark_ms,
+        }
+    }
+}
+
+/// Makes the operators of SQL pipelines for the runtime.
+pub struct ContinuousQueries {
+    storage: Arc<Storage>,
+}
+
+impl ContinuousQueries {
+    pub fn new(storage: Arc<Storage>) -> ContinuousQueries {
+        ContinuousQueries { storage }
+    }
+}
+
+impl Compiler for ContinuousQueries {
+    fn compile(&self, spec: &PipelineSpec) -> std::result::Result<Box<dyn Operator>, String> {
+        let sql = spec.sql.as_deref().ok_or("not a SQL pipeline")?;
+        let Some(PipelineStatement::Create(create)) = parse(sql).map_err(|e| e.to_string())? else {
+            return Err(format!(
+                "pipeline {}: its statement is not a CREATE PIPELINE",
+                spec.name
+            ));
+        };
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        let query = handle
+            .block_on(Query::plan(self.storage.clone(), &create))
+            .map_err(|e| format!("pipeline {}: {e}", spec.name))?;
+        Ok(Box::new(query))
+    }
+}
+
+/// Whether a result column keeps its meaning in an output topic: a record column, or one of
+/// the topic's typed columns.
+pub(crate) fn output_fits(output: &Schema, typed: &[TypedColumn]) -> Result<(), Error> {
+    if typed.is_empty() {
+        return Ok(());
+    }
+    for field in output.fields() {
+        let name = field.name();
+        if !RECORD_COLUMNS.contains(&name.as_str()) && !typed.iter().any(|c| &c.name == name) {
+            return Err(Error::Refused(format!(
+                "the output topic has no column {name}: add it to its value.schema, or write to a new topic (CREATE PIPELINE makes it with the query's columns)"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! The statements about SQL pipelines, which DataFusion's parser does not know:
+//!
+//! ```sql
+//! CREATE PIPELINE name AS INSERT INTO topic SELECT … [WITH (option = 'value', …)]
+//! DROP PIPELINE [IF EXISTS] name
+//! ALTER PIPELINE name PAUSE | RESUME
+//! SHOW PIPELINES
+//! DESCRIBE PIPELINE name
+//! ```
+//!
+//! Options: `watermark_delay` and `idle_timeout` (intervals such as `'10 seconds'`), `start`
+//! (`earliest`, `latest` or an RFC 3339 time).
+
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{Statement, TableObject};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::Error;
+use crate::create_as::topic_of;
+
+/// How long the watermark stays behind the largest event time when a statement does not say.
+pub const WATERMARK_DELAY_DEFAULT_MS: i64 = 5_000;
+/// How long a partition may be silent before it stops holding the watermark back.
+pub const IDLE_TIMEOUT_DEFAULT_MS: i64 = 30_000;
+/// The longest watermark delay or idle timeout: a day.
+const DELAY_MS_MAX: i64 = 86_400_000;
+
+pub enum PipelineStatement {
+    Create(CreatePipeline),
+    Drop { name: String, if_exists: bool },
+    Alter { name: String, pause: bool },
+    Show,
+    Describe(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CreatePipeline {
+    pub name: String,
+    pub output: String,
+    /// The `SELECT` that makes the output's rows.
+    pub query: String,
+    pub options: Options,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    pub watermark_delay_ms: i64,
+    pub idle_timeout_ms: i64,
+    /// Where reading starts, as a pipeline's `from_offset`: `earliest`, `latest`, `@<ms>`.
+    pub start: String,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            watermark_delay_ms: WATERMARK_DELAY_DEFAULT_MS,
+            idle_timeout_ms: IDLE_TIMEOUT_DEFAULT_MS,
+            start: "latest".into(),
+        }
+    }
+}
+
+fn tokens(sql: &str) -> Option<Vec<Token>> {
+    Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()
+}
+
+fn is_blank(token: &Token) -> bool {
+    matches!(token, Token::Whitespace(_) | Token::SemiColon | Token::EOF)
+}
+
+fn word(token: &Token) -> Option<&str> {
+    match token {
+        Token::Word(w) => Some(w.value.as_str()),
+        _ => None,
+    }
+}
+
+fn keyword(token: &Token, expected: &str) -> bool {
+    matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(expected))
+}
+
+/// The pipeline statement `sql` is, if it is one; `None` leaves it to the query path.
+pub fn parse(sql: &str) -> Result<Option<PipelineStatement>, Error> {
+    let Some(all) = tokens(sql) else {
+        return Ok(None);
+    };
+    let solid: Vec<&Token> = all.iter().filter(|t| !is_blank(t)).collect();
+    let is = |i: usize, expected: &str| solid.get(i).is_some_and(|t| keyword(t, expected));
+    let name_at = |i: usize| -> Result<String, Error> {
+        solid
+            .get(i)
+            .and_then(|t| word(t))
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Refused("expected a pipeline name".into()))
+    };
+    let ends_at = |i: usize, usage: &str| -> Result<(), Error> {
+        match solid.len() == i {
+            true => Ok(()),
+            false => Err(Error::Refused(format!("expected {usage}"))),
+        }
+    };
+    if is(0, "SHOW") && is(1, "PIPELINES") {
+        ends_at(2, "SHOW PIPELINES")?;
+        return Ok(Some(PipelineStatement::Show));
+    }
+    if (is(0, "DESCRIBE") || is(0, "DESC")) && is(1, "PIPELINE") {
+        let name = name_at(2)?;
+        ends_at(3, "DESCRIBE PIPELINE name")?;
+        return Ok(Some(PipelineStatement::Describe(name)));
+    }
+    if is(0, "DROP") && is(1, "PIPELINE") {
+        let if_exists = is(2, "IF") && is(3, "EXISTS");
+        let at = if if_exists { 4 } else { 2 };
+        let name = name_at(at)?;
+        ends_at(at + 1, "DROP PIPELINE [IF EXISTS] name")?;
+        return Ok(Some(PipelineStatement::Drop { name, if_exists }));
+    }
+    if is(0, "ALTER") && is(1, "PIPELINE") {
+        let name = name_at(2)?;
+        let pause = match () {
+            () if is(3, "PAUSE") => true,
+            () if is(3, "RESUME") => false,
+            () => {
+                return Err(Error::Refused(
+                    "expected ALTER PIPELINE name PAUSE or ALTER PIPELINE name RESUME".into(),
+                ));
+            }
+        };
+        ends_at(4, "ALTER PIPELINE name PAUSE|RESUME")?;
+        return Ok(Some(PipelineStatement::Alter { name, pause }));
+    }
+    if is(0, "CREATE") && is(1, "PIPELINE") {
+        return create(&all).map(|c| Some(PipelineStatement::Create(c)));
+    }
+    Ok(None)
+}
+
+const CREATE_USAGE: &str =
+    "expected CREATE PIPELINE name AS INSERT INTO topic SELECT … [WITH (option = 'value', …)]";
+
+fn create(all: &[Token]) -> Result<CreatePipeline, Error> {
+    let usage = || Error::Refused(CREATE_USAGE.into());
+    // CREATE, PIPELINE, name, AS: the statement is what follows.
+    let mut solid_seen = 0;
+    let mut name = None;
+    let mut body_start = None;
+    for (index, token) in all.iter().enumerate() {
+        if is_blank(token) {
+            continue;
+        }
+        solid_seen += 1;
+        match solid_seen {
+            3 => name = word(token).map(str::to_owned),
+            4 if keyword(token, "AS") => {
+                body_start = Some(index + 1);
+                break;
+            }
+            4 => return Err(usage()),
+            _ => {}
+        }
+    }
+    let (name, body_start) = (name.ok_or_else(usage)?, body_start.ok_or_else(usage)?);
+    let mut body = &all[body_start..];
+    while body.last().is_some_and(is_blank) {
+        body = &body[..body.len() - 1];
+    }
+    let (body, options) = match trailing_with(body) {
+        Some(at) => (&body[..at], options(&body[at..])?),
+        None => (body, Options::default()),
+    };
+    let text: String = body.iter().map(ToString::to_string).collect();
+    let mut parser = DFParserBuilder::new(text.as_str())
+        .with_dialect(&PostgreSqlDialect {})
+        .build()?;
+    let statements = Vec::from(parser.parse_statements()?);
+    let [DfStatement::Statement(statement)] = statements.as_slice() else {
+        return Err(usage());
+    };
+    let Statement::Insert(insert) = statement.as_ref() else {
+        return Err(usage());
+    };
+    let (TableObject::TableName(table), Some(source)) = (&insert.table, &insert.source) else {
+        return Err(usage());
+    };
+    if !insert.columns.is_empty() {
+        return Err(Error::Refused(
+            "CREATE PIPELINE … INSERT INTO topic takes no column list: name the columns in the SELECT".into(),
+        ));
+    }
+    Ok(CreatePipeline {
+        name,
+        output: topic_of(table)?,
+        query: source.to_string(),
+        options,
+    })
+}
+
+/// Where a trailing `WITH (…)` starts in `body`, if it ends with one.
+fn trailing_with(body: &[Token]) -> Option<usize> {
+    if !matches!(body.last(), Some(Token::RParen)) {
+        return None;
+    }
+    let mut depth = 0i32;
+    for index in (0..body.len()).rev() {
+        match &body[index] {
+            Token::RParen => depth += 1,
+            Token::LParen => {
+                depth -= 1;
+                if depth == 0 {
+                    let before = body[..index].iter().rposition(|t| !is_blank(t))?;
+                    return keyword(&body[before], "WITH").then_some(before);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The options of `WITH (key = 'value', …)`.
+fn options(with: &[Token]) -> Result<Options, Error> {
+    let solid: Vec<&Token> = with.iter().filter(|t| !is_blank(t)).collect();
+    let inner = &solid[2..solid.len() - 1];
+    let mut options = Options::default();
+    for option in inner.split(|t| matches!(t, Token::Comma)) {
+        let (key, value) = match option {
+            [Token::Word(key), Token::Eq, value] => (key.value.to_ascii_lowercase(), value),
+            _ => {
+                return Err(Error::Refused(format!(
+                    "WITH ({}): expected key = 'value'",
+                    option
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )));
+            }
+        };
+        let value = match value {
+            Token::SingleQuotedString(text) => text.clone(),
+            Token::Number(text, _) => text.clone(),
+            Token::Word(w) => w.value.clone(),
+            other => {
+                return Err(Error::Refused(format!(
+                    "WITH ({key} = {other}): expected a quoted value"
+                )));
+            }
+        };
+        match key.as_str() {
+            "watermark_delay" => options.watermark_delay_ms = delay_ms(&key, &value)?,
+            "idle_timeout" => options.idle_timeout_ms = delay_ms(&key, &value)?,
+            "start" => options.start = start(&value)?,
+            _ => {
+                return Err(Error::Refused(format!(
+                    "WITH ({key} = …): the options are watermark_delay, idle_timeout and start"
+                )));
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// `'10 seconds'`, `'1 minute'`, `'500 ms'`, `'2h'`: milliseconds.
+fn delay_ms(key: &str, text: &str) -> Result<i64, Error> {
+    let bad = || {
+        Error::Refused(format!(
+            "{key} = '{text}': expected a duration such as '10 seconds', '1 minute' or '500 milliseconds', at most a day"
+        ))
+    };
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let count: i64 = text[..split].parse().map_err(|_| bad())?;
+    let unit = match text[split..].trim().to_ascii_lowercase().as_str() {
+        "ms" | "millisecond" | "milliseconds" => 1,
+        "" | "s" | "sec" | "second" | "seconds" => 1_000,
+        "m" | "min" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    let ms = count.checked_mul(unit).ok_or_else(bad)?;
+    if ms > DELAY_MS_MAX {
+        return Err(bad());
+    }
+    Ok(ms)
+}
+
+/// `earliest`, `latest` or an RFC 3339 time, as a pipeline's `from_offset`.
+fn start(text: &str) -> Result<String, Error> {
+    match text.to_ascii_lowercase().as_str() {
+        "earliest" | "latest" => Ok(text.to_ascii_lowercase()),
+        _ => {
+            let time = datafusion::common::ScalarValue::Utf8(Some(text.to_owned()))
+                .cast_to(&datafusion::arrow::datatypes::DataType::Timestamp(
+                    datafusion::arrow::datatypes::TimeUnit::Millisecond,
+                    None,
+                ))
+                .ok();
+            match time {
+                Some(datafusion::common::ScalarValue::TimestampMillisecond(Some(ms), _)) => {
+                    Ok(format!("@{ms}"))
+                }
+                _ => Err(Error::Refused(format!(
+                    "start = '{text}': expected earliest, latest or an RFC 3339 time such as 2026-11-30T12:00:00Z"
+                ))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use super::*;
+
+    fn created(sql: &str) -> CreatePipeline {
+        match parse(sql).unwrap() {
+            Some(PipelineStatement::Create(c)) => c,
+            _ => panic!("not a CREATE PIPELINE: {sql}"),
+        }
+    }
+
+    #[test]
+    fn create_pipeline_takes_the_insert_and_its_options() {
+        let c = created(
+            "CREATE PIPELINE errors_per_minute AS\nINSERT INTO errors_per_minute_out\n\
+             SELECT window_start, window_end, host, count(*) AS errors\n\
+             FROM TUMBLE(logs, timestamp, INTERVAL '1 minute')\nWHERE status >= 500\n\
+             GROUP BY window_start, window_end, host\n\
+             WITH (watermark_delay = '10 seconds', start = 'earliest');",
+        );
+        assert_eq!(c.name, "errors_per_minute");
+        assert_eq!(c.output, "errors_per_minute_out");
+        assert!(
+            c.query
+                .contains("TUMBLE(logs, timestamp, INTERVAL '1 minute')")
+        );
+        assert!(!c.query.contains("watermark_delay"));
+        assert_eq!(c.options.watermark_delay_ms, 10_000);
+        assert_eq!(c.options.start, "earliest");
+        assert_eq!(c.options.idle_timeout_ms, IDLE_TIMEOUT_DEFAULT_MS);
+        let c = created("create pipeline p as insert into o select * from i");
+        assert_eq!(c.options, Options::default());
+        let c = created(
+            "CREATE PIPELINE p AS INSERT INTO o SELECT * FROM i WITH (start = '2026-01-01T00:00:00Z')",
+        );
+        assert_eq!(c.options.start, "@1767225600000");
+    }
+
+    #[test]
+    fn bad_statements_say_what_is_expected() {
+        for (sql, expected) in [
+            (
+                "CREATE PIPELINE p INSERT INTO o SELECT 1",
+                "CREATE PIPELINE name AS",
+            ),
+            ("CREATE PIPELINE p AS SELECT 1", "CREATE PIPELINE name AS"),
+            (
+                "CREATE PIPELINE p AS INSERT INTO o SELECT 1 WITH (watermark_delay = 'soon')",
+                "expected a duration",
+            ),
+            (
+                "CREATE PIPELINE p AS INSERT INTO o SELECT 1 WITH (colour = 'red')",
+                "the options are",
+            ),
+            ("ALTER PIPELINE p STOP", "PAUSE or"),
+            ("DROP PIPELINE", "pipeline name"),
+        ] {
+            let error = parse(sql).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(expected), "{sql}: {error}");
+        }
+        assert!(matches!(
+            parse("drop pipeline if exists p").unwrap(),
+            Some(PipelineStatement::Drop {
+                if_exists: true,
+                ..
+            })
+        ));
+        assert!(parse("SELECT 1").unwrap().is_none());
+    }
+}
