@@ -247,6 +247,8 @@ impl Handlers {
             session: Arc::new(Session {
                 parser: Arc::new(Rewriting(inner.query_parser())),
                 inner,
+                engine: shared.engine.clone(),
+                callers: shared.callers.clone(),
             }),
             startup: Arc::new(Startup {
                 token: shared.token.clone(),
@@ -294,6 +296,39 @@ fn rewrite(sql: &str) -> Cow<'_, str> {
 struct Session {
     inner: DfSessionService,
     parser: Arc<Rewriting>,
+    engine: Arc<QueryEngine>,
+    callers: Arc<Callers>,
+}
+
+impl Session {
+    /// Runs a pipeline statement (`CREATE PIPELINE`, `SHOW PIPELINES`, …), which the session's
+    /// parser does not know, through the engine for the signed-in caller.
+    async fn pipeline_statement(&self, caller: Caller, query: &str) -> PgWireResult<Vec<Response>> {
+        let answer = self
+            .engine
+            .sql_as(query, caller.table_access())
+            .await
+            .map_err(|e| {
+                PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".to_owned(),
+                    "42000".to_owned(),
+                    e.to_string(),
+                )))
+            })?;
+        use datafusion_postgres::arrow_pg::datatypes as pg_types;
+        let fields = Arc::new(pg_types::arrow_schema_to_pg_fields(
+            &answer.schema,
+            &pgwire::api::portal::Format::UnifiedText,
+            None,
+        )?);
+        let mut rows = Vec::new();
+        for batch in answer.batches {
+            rows.extend(pg_types::encode_recordbatch(fields.clone(), batch));
+        }
+        Ok(vec![Response::Query(
+            pgwire::api::results::QueryResponse::new(fields, futures::stream::iter(rows)),
+        )])
+    }
 }
 
 #[async_trait]
@@ -306,6 +341,10 @@ impl SimpleQueryHandler for Session {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         weir_sql::guard::check_text(query).map_err(|e| refused(e.to_string()))?;
+        if weir_sql::stream::statement::parse(query).is_ok_and(|s| s.is_some()) {
+            let caller = self.callers.of(client);
+            return self.pipeline_statement(caller, query).await;
+        }
         SimpleQueryHandler::do_query(&self.inner, client, &rewrite(query)).await
     }
 }

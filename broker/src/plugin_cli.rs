@@ -289,18 +289,25 @@ pub fn pipeline_create(c: &Client, args: &PipelineArgs) -> Result<()> {
 pub fn pipeline_list(c: &Client) -> Result<()> {
     let pipelines = c.call("GET", "/v1/pipelines", None)?;
     println!(
-        "{:<24} {:<8} {:>10} {:>12} {:>12} {:>10}  LAST ERROR",
-        "PIPELINE", "STATUS", "LAG", "IN", "OUT", "DEAD"
+        "{:<24} {:<7} {:<8} {:>10} {:>12} {:>12} {:>10} {:>8}  LAST ERROR",
+        "PIPELINE", "KIND", "STATUS", "LAG", "IN", "OUT", "DEAD", "LATE"
     );
     for p in pipelines.as_array().into_iter().flatten() {
+        let kind = if p["spec"]["sql"].is_string() {
+            "sql"
+        } else {
+            "plugins"
+        };
         println!(
-            "{:<24} {:<8} {:>10} {:>12} {:>12} {:>10}  {}",
+            "{:<24} {:<7} {:<8} {:>10} {:>12} {:>12} {:>10} {:>8}  {}",
             p["spec"]["name"].as_str().unwrap_or(""),
+            kind,
             p["status"].as_str().unwrap_or(""),
             p["lag"].to_string(),
             p["records_in"].to_string(),
             p["records_out"].to_string(),
             p["dead_lettered"].to_string(),
+            p["late_records"].to_string(),
             last_error(p)
         );
     }

@@ -226,3 +226,49 @@ fn connections_past_the_limit_are_refused_with_the_reason() {
     drop(held);
     common::eventually("a slot freed", wait, || psql(&node, "", "SELECT 1;").0);
 }
+
+/// The statement of the continuous SQL documentation, as a psql user types it.
+#[test]
+fn psql_creates_shows_and_drops_a_sql_pipeline() {
+    if !have("psql", "apt-get install postgresql-client") {
+        return;
+    }
+    let (_dir, node, _) = started(&[]);
+    let script = create_logs()
+        + r"CREATE PIPELINE errors_per_minute AS
+INSERT INTO errors_per_minute_out
+SELECT window_start, window_end, host, count(*) AS errors, sum(bytes) AS bytes
+FROM TUMBLE(logs, timestamp, INTERVAL '1 minute')
+WHERE status >= 500
+GROUP BY window_start, window_end, host
+WITH (watermark_delay = '10 seconds', idle_timeout = '1 second', start = 'earliest');
+SHOW PIPELINES;
+CREATE PIPELINE errors_per_minute AS INSERT INTO x SELECT * FROM logs;
+";
+    let (_, out, err) = psql(&node, "", &script);
+    assert!(out.contains("CREATE PIPELINE"), "{out}{err}");
+    assert!(
+        out.contains("errors_per_minute|sql|running|logs|errors_per_minute_out"),
+        "{out}"
+    );
+    assert!(
+        err.contains("pipeline errors_per_minute already exists"),
+        "{err}"
+    );
+    // Ten minutes of records, 5 s apart: once idle, the windows up to 9:45 + 5 s - 10 s close.
+    let query = "SELECT count(*) AS windows, sum(errors) AS errors FROM errors_per_minute_out;\n";
+    common::eventually(
+        "nine closed minutes",
+        std::time::Duration::from_secs(30),
+        || psql(&node, "", query).1.contains("27|27"),
+    );
+    let (_, out, err) = psql(
+        &node,
+        "",
+        "DROP PIPELINE errors_per_minute;\nSHOW PIPELINES;\n",
+    );
+    assert!(
+        out.contains("DROP PIPELINE") && !out.contains("errors_per_minute|"),
+        "{out}{err}"
+    );
+}

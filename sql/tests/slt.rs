@@ -12,6 +12,8 @@ use std::sync::Arc;
 use common::{append, record};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
+use weir_runtime::{Runtime, SandboxConfig};
+use weir_sql::stream::ContinuousQueries;
 use weir_sql::{QueryConfig, QueryEngine};
 use weir_storage::{Compression, NewRecord, Storage, StorageConfig};
 
@@ -142,8 +144,20 @@ async fn slt_files_pass() {
     })
     .unwrap();
     fill(&storage);
-    let engine =
-        Arc::new(QueryEngine::new(storage.clone(), None, None, &QueryConfig::default()).unwrap());
+    // Pipelines for the `CREATE PIPELINE` statements; no plugins are deployed.
+    let runtime = Arc::new(Runtime::open(storage.clone(), SandboxConfig::default()).unwrap());
+    runtime
+        .pipelines()
+        .set_compiler(Arc::new(ContinuousQueries::new(storage.clone())));
+    let engine = Arc::new(
+        QueryEngine::new(
+            storage.clone(),
+            Some(runtime.clone()),
+            None,
+            &QueryConfig::default(),
+        )
+        .unwrap(),
+    );
     let files = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
     let mut names: Vec<_> = std::fs::read_dir(&files)
         .unwrap()
@@ -162,5 +176,6 @@ async fn slt_files_pass() {
             panic!("{}: {e}", file.display());
         }
     }
+    runtime.pipelines().shutdown().await;
     storage.close().unwrap();
 }
