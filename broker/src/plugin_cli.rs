@@ -10,7 +10,7 @@ use crate::error::{Error, Result, io};
 
 /// Kinds `weir plugin new` scaffolds, with the function it writes for each and the body of a
 /// native test of that function.
-const TEMPLATES: [(&str, &str, &str); 6] = [
+const TEMPLATES: [(&str, &str, &str); 7] = [
     (
         "filter",
         "/// Keeps the records that do not contain `word` (default DEBUG).\n#[weir::filter]\npub fn run(r: &Record, params: &Params) -> bool {\n    let word = params.get(\"word\").unwrap_or(\"DEBUG\");\n    !String::from_utf8_lossy(&r.value).contains(word)\n}\n",
@@ -40,6 +40,11 @@ const TEMPLATES: [(&str, &str, &str); 6] = [
         "aggregate",
         "/// Counts records per key and window (`window_ms`, default one minute).\n#[derive(Default, serde::Serialize, serde::Deserialize)]\npub struct Count(u64);\n\n#[weir::aggregate]\nimpl weir::Aggregate for Count {\n    fn key(r: &Record, _params: &Params) -> Result<Option<String>> {\n        Ok(Some(r.key_str().unwrap_or(\"\").to_owned()))\n    }\n    fn add(&mut self, _r: &Record, _params: &Params) -> Result<()> {\n        self.0 += 1;\n        Ok(())\n    }\n    fn finish(&self, key: &str, window: weir::Window, _params: &Params) -> Result<Record<'static>> {\n        Record::json(&serde_json::json!({\"key\": key, \"window_start_ms\": window.start_ms, \"count\": self.0}))\n    }\n}\n",
         "use weir::Aggregate;\n        let params = Params::default();\n        let mut count = super::Count::default();\n        count.add(&Record::new(\"a\"), &params).unwrap();\n        count.add(&Record::new(\"b\"), &params).unwrap();\n        let window = weir::Window { start_ms: 0, end_ms: 60_000 };\n        let out = count.finish(\"k\", window, &params).unwrap();\n        assert_eq!(out.value_str().unwrap(), r#\"{\"count\":2,\"key\":\"k\",\"window_start_ms\":0}\"#);",
+    ),
+    (
+        "scalar",
+        "/// The text's first word, lower-cased; NULL for a blank text. In SQL after\n/// `CREATE FUNCTION first_word AS PLUGIN '<name>'`: `SELECT first_word(value_text) FROM logs`.\n#[weir::scalar]\npub fn run(v: &str, _params: &Params) -> Option<String> {\n    v.split_whitespace().next().map(str::to_lowercase)\n}\n",
+        "assert_eq!(super::run(\"GET /index.html\", &Params::default()).as_deref(), Some(\"get\"));\n        assert_eq!(super::run(\"   \", &Params::default()), None);",
     ),
 ];
 

@@ -835,6 +835,7 @@ fn every_scaffolded_kind_tests_its_function_natively() {
         "flat_map",
         "partitioner",
         "aggregate",
+        "scalar",
     ] {
         let name = format!("scaffold-{}", kind.replace('_', "-"));
         let made = Command::new(env!("CARGO_BIN_EXE_weir"))

@@ -324,6 +324,40 @@ pub fn filter<R: FilterResult>(len: u32, f: impl Fn(&Record, &Params) -> R) -> u
     process(len, each, |_| None)
 }
 
+/// What a scalar function may return: a text, or none (SQL's NULL), or an error.
+pub trait ScalarResult {
+    fn into_result(self) -> Result<Option<String>>;
+}
+impl ScalarResult for String {
+    fn into_result(self) -> Result<Option<String>> {
+        Ok(Some(self))
+    }
+}
+impl ScalarResult for Option<String> {
+    fn into_result(self) -> Result<Option<String>> {
+        Ok(self)
+    }
+}
+impl<T: ScalarResult> ScalarResult for Result<T> {
+    fn into_result(self) -> Result<Option<String>> {
+        self.and_then(ScalarResult::into_result)
+    }
+}
+
+/// A scalar function: each record's value is one argument; each answer is a record whose
+/// source is its argument's, none for NULL.
+pub fn scalar<R: ScalarResult>(len: u32, f: impl Fn(&str, &Params) -> R) -> u64 {
+    let each = |r: Record, params: &Params, _, _: &mut _, sink: &mut Sink| match r
+        .value_str()
+        .and_then(|v| f(v, params).into_result())
+    {
+        Ok(Some(text)) => sink.push(&Record::new(text)),
+        Ok(None) => {}
+        Err(error) => sink.fail(error),
+    };
+    process(len, each, |_| None)
+}
+
 /// Maps, filter-maps and flat-maps differ only in how many records their function may return.
 pub fn map(len: u32, f: impl for<'r> Fn(Record<'r>, &Params, &mut Sink)) -> u64 {
     process(len, |r, params, _, _, sink| f(r, params, sink), |_| None)

@@ -19,8 +19,9 @@
 //!
 //! The kinds, each an attribute macro: [`filter`] (`&Record -> bool`), [`map`]
 //! (`Record -> Record`), [`filter_map`] (`Record -> Option<Record>`), [`flat_map`]
-//! (`Record -> Vec<Record>`), [`partitioner`] (`&Record, partitions -> u32`) and [`aggregate`]
-//! (an `impl` of [`Aggregate`]: keyed accumulators over tumbling windows). Each function may
+//! (`Record -> Vec<Record>`), [`partitioner`] (`&Record, partitions -> u32`), [`aggregate`]
+//! (an `impl` of [`Aggregate`]: keyed accumulators over tumbling windows) and [`scalar`]
+//! (`&str -> Option<String>`, a function SQL calls: `CREATE FUNCTION f AS PLUGIN 'name'`). Each function may
 //! take the deploy-time [`Params`] as its last argument and may return a [`Result`]; an error
 //! sends the record to the pipeline's dead-letter topic with the message. A map that takes the
 //! params names the lifetime of its record, which Rust cannot guess with two arguments:
@@ -59,7 +60,7 @@ pub use record::{Error, Params, Record, Result, json_path};
 /// The JSON library the SDK uses, for plugins that read or write JSON values.
 pub use serde_json;
 
-pub use weir_guest_macros::{aggregate, filter, filter_map, flat_map, map, partitioner};
+pub use weir_guest_macros::{aggregate, filter, filter_map, flat_map, map, partitioner, scalar};
 
 /// The kind of a plugin, exported by the module as `weir_kind`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,16 +72,19 @@ pub enum Kind {
     FlatMap = 4,
     Partitioner = 5,
     Aggregate = 6,
+    /// A function of one text value, called from SQL (`CREATE FUNCTION … AS PLUGIN`).
+    Scalar = 7,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Filter,
         Kind::Map,
         Kind::FilterMap,
         Kind::FlatMap,
         Kind::Partitioner,
         Kind::Aggregate,
+        Kind::Scalar,
     ];
 
     pub fn from_u32(value: u32) -> Option<Kind> {
@@ -95,6 +99,7 @@ impl Kind {
             Kind::FlatMap => "flat_map",
             Kind::Partitioner => "partitioner",
             Kind::Aggregate => "aggregate",
+            Kind::Scalar => "scalar",
         }
     }
 

@@ -820,7 +820,8 @@ fn apply(
                 ..item
             })
             .collect(),
-        Kind::Map | Kind::FilterMap | Kind::FlatMap | Kind::Aggregate => output
+        // A scalar function is refused at create; a new version of a map may still be one.
+        Kind::Map | Kind::FilterMap | Kind::FlatMap | Kind::Aggregate | Kind::Scalar => output
             .records
             .into_iter()
             .filter_map(|out| {

@@ -281,10 +281,18 @@ impl Pipelines {
         }
         for name in &spec.through {
             let (_, plugin) = self.registry.active(name)?;
-            if plugin.kind() == Kind::Partitioner {
-                return Err(Error::Invalid(format!(
-                    "plugin {name} is a partitioner; give it as --partition-by"
-                )));
+            match plugin.kind() {
+                Kind::Partitioner => {
+                    return Err(Error::Invalid(format!(
+                        "plugin {name} is a partitioner; give it as --partition-by"
+                    )));
+                }
+                Kind::Scalar => {
+                    return Err(Error::Invalid(format!(
+                        "plugin {name} is a scalar function; call it from SQL after CREATE FUNCTION {name} AS PLUGIN '{name}'"
+                    )));
+                }
+                _ => {}
             }
         }
         if let Some(name) = &spec.partition_by {

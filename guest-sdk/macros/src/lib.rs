@@ -1,6 +1,6 @@
 //! The attribute macros of the Weir plugin SDK, re-exported by `weir-guest` as
 //! `#[weir::filter]`, `#[weir::map]`, `#[weir::filter_map]`, `#[weir::flat_map]`,
-//! `#[weir::partitioner]` and `#[weir::aggregate]`.
+//! `#[weir::partitioner]`, `#[weir::aggregate]` and `#[weir::scalar]`.
 //!
 //! Each macro leaves the item it is put on untouched, so the plugin's own `cargo test` calls the
 //! plain function, and adds — only when compiling to `wasm32` — the exports of the plugin ABI:
@@ -58,6 +58,26 @@ pub fn partitioner(_attr: TokenStream, item: TokenStream) -> TokenStream {
     exports(
         quote!(#function),
         "Partitioner",
+        quote!(::weir::__rt::init(len)),
+        process,
+    )
+}
+
+/// `#[weir::scalar] fn f(v: &str [, params: &Params]) -> String | Option<String> | Result<…>`:
+/// a function SQL calls on a text (`CREATE FUNCTION f AS PLUGIN 'name'`); `None` is NULL.
+#[proc_macro_attribute]
+pub fn scalar(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let function = parse_macro_input!(item as ItemFn);
+    let name = &function.sig.ident;
+    let call = match function.sig.inputs.len() {
+        1 => quote!(|v, _params| #name(v)),
+        2 => quote!(|v, params| #name(v, params)),
+        count => return arity_error(&function, count, "(value [, params])"),
+    };
+    let process = quote!(::weir::__rt::scalar(len, #call));
+    exports(
+        quote!(#function),
+        "Scalar",
         quote!(::weir::__rt::init(len)),
         process,
     )
