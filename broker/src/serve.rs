@@ -328,6 +328,7 @@ fn node_context(
         .pipelines()
         .set_compiler(Arc::new(weir_sql::stream::ContinuousQueries::new(
             storage.clone(),
+            sql.functions().cloned(),
         )));
     runtime
         .pipelines()

@@ -235,3 +235,142 @@ fn late_records_are_dead_lettered_and_pipelines_are_managed_with_sql() {
     let (ok, out) = weir(&node, &["sql", "DROP PIPELINE IF EXISTS errors_per_minute"]);
     assert!(ok, "{out}");
 }
+
+/// A scalar plugin that fails on `boom` and traps on `trap`.
+const FRAGILE: &str = r#"
+#[weir::scalar]
+pub fn fragile(v: &str) -> weir::Result<Option<String>> {
+    match v {
+        "trap" => panic!("trapped on purpose"),
+        "boom" => Err(weir::Error::msg("boom is not a word")),
+        _ => Ok(Some(v.to_uppercase())),
+    }
+}
+"#;
+
+#[test]
+fn a_wasm_scalar_function_runs_in_one_off_and_continuous_queries() {
+    let url_path = std::fs::read(weir_tests::wasm::plugin_wasm("url-path").unwrap()).unwrap();
+    let fragile =
+        std::fs::read(weir_tests::wasm::build_plugin_source("fragile", FRAGILE).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listeners = Listeners::fixed();
+    let (node, c) = start(dir.path(), &listeners);
+    c.send("PUT", "/v1/plugins/url-path", "application/wasm", &url_path)
+        .unwrap();
+    c.send("PUT", "/v1/plugins/fragile", "application/wasm", &fragile)
+        .unwrap();
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({
+            "name": "requests",
+            "partitions": 2,
+            "configs": { "value.format": "json", "value.schema": "path TEXT" }
+        })),
+    )
+    .unwrap();
+    let paths = [
+        "/users/1/orders/7",
+        "/users/22",
+        "/health",
+        "/users/333/orders/9?x=1",
+    ];
+    let records: Vec<Value> = (0..400)
+        .map(|i| {
+            let value = json!({ "path": paths[i % 4] }).to_string();
+            json!({ "value": value, "partition": i % 2, "timestamp": T0 + i as i64 * 1000 })
+        })
+        .collect();
+    c.call(
+        "POST",
+        "/v1/topics/requests/records",
+        Some(&json!({ "records": records })),
+    )
+    .unwrap();
+
+    sql(&c, "CREATE FUNCTION url_path AS PLUGIN 'url-path'").unwrap();
+    sql(&c, "CREATE FUNCTION fragile AS PLUGIN 'fragile'").unwrap();
+    let refused = sql(&c, "CREATE FUNCTION regex AS PLUGIN 'nothing'").unwrap_err();
+    assert!(
+        refused.contains("plugin nothing does not exist"),
+        "{refused}"
+    );
+    let listed = rows(&c, "SELECT name, plugin FROM weir.functions ORDER BY name");
+    assert_eq!(
+        listed,
+        [
+            json!({"name": "fragile", "plugin": "fragile"}),
+            json!({"name": "url_path", "plugin": "url-path"})
+        ]
+    );
+    // In SELECT and WHERE of a one-off query.
+    let routes = rows(
+        &c,
+        "SELECT url_path(path) AS route, count(*) AS n FROM requests \
+         WHERE url_path(path) <> '/health' GROUP BY route ORDER BY route",
+    );
+    assert_eq!(
+        routes,
+        [
+            json!({"route": "/users/:id", "n": 100}),
+            json!({"route": "/users/:id/orders/:id", "n": 200})
+        ]
+    );
+    // A failed call fails the query with the function, the plugin and its message.
+    let failed = sql(
+        &c,
+        "SELECT fragile(x) FROM (VALUES ('a'), ('boom')) AS t(x)",
+    )
+    .unwrap_err();
+    assert!(
+        failed.contains("function fragile (plugin fragile@1): boom is not a word"),
+        "{failed}"
+    );
+    let trapped = sql(&c, "SELECT fragile(x) FROM (VALUES ('trap')) AS t(x)").unwrap_err();
+    assert!(
+        trapped.contains("function fragile (plugin fragile@1)"),
+        "{trapped}"
+    );
+    let after = rows(&c, "SELECT fragile('ok') AS shout");
+    assert_eq!(
+        after,
+        [json!({"shout": "OK"})],
+        "the next call gets a new instance"
+    );
+
+    // In a continuous query, per minute and route, through a restart.
+    sql(
+        &c,
+        "CREATE PIPELINE routes AS INSERT INTO routes_out \
+         SELECT window_start, url_path(path) AS route, count(*) AS requests \
+         FROM TUMBLE(requests, timestamp, INTERVAL '1 minute') \
+         GROUP BY window_start, url_path(path) \
+         WITH (watermark_delay = '0 seconds', idle_timeout = '1 second', start = 'earliest')",
+    )
+    .unwrap();
+    node.kill9();
+    let (_node, c) = start(dir.path(), &listeners);
+    let expected = rows(
+        &c,
+        "SELECT window_start, url_path(path) AS route, count(*) AS requests \
+         FROM TUMBLE(requests, timestamp, INTERVAL '1 minute') \
+         WHERE window_end <= to_timestamp_millis(1704067599000) \
+         GROUP BY window_start, url_path(path) ORDER BY window_start, route",
+    );
+    assert_eq!(expected.len(), 6 * 3, "six closed minutes of three routes");
+    eventually(
+        "the windows of the pipeline",
+        Duration::from_secs(30),
+        || rows(&c, "SELECT count(*) AS n FROM routes_out")[0]["n"] == 18,
+    );
+    let written = rows(
+        &c,
+        "SELECT window_start, route, requests FROM routes_out ORDER BY window_start, route",
+    );
+    assert_eq!(written, expected);
+    sql(&c, "DROP FUNCTION fragile").unwrap();
+    let gone = sql(&c, "SELECT fragile('x')").unwrap_err();
+    assert!(gone.contains("fragile"), "{gone}");
+    assert!(sql(&c, "DROP FUNCTION IF EXISTS fragile").is_ok());
+}

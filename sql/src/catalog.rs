@@ -139,13 +139,14 @@ impl Shown<'_> {
     }
 }
 
-pub const SYSTEM_TABLES: [&str; 6] = [
+pub const SYSTEM_TABLES: [&str; 7] = [
     "topics",
     "partitions",
     "groups",
     "plugins",
     "pipelines",
     "connections",
+    "functions",
 ];
 
 impl SystemSchema {
@@ -170,6 +171,7 @@ impl SystemSchema {
             "plugins" => self.plugins(shown)?,
             "pipelines" => self.pipelines(shown)?,
             "connections" => self.connections(shown)?,
+            "functions" => self.functions(shown)?,
             _ => return Ok(None),
         }))
     }
@@ -248,6 +250,21 @@ impl SystemSchema {
             .text_or_null("params", |(_, v)| {
                 v.map(|v| serde_json::to_string(&v.params).unwrap_or_default())
             })
+            .build()
+    }
+
+    /// The SQL functions made of plugins (`CREATE FUNCTION … AS PLUGIN`).
+    fn functions(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
+        let functions = match &self.runtime {
+            Some(runtime) if shown.any() => {
+                crate::functions::Functions::open(runtime, &self.storage)?.list()?
+            }
+            _ => Vec::new(),
+        };
+        Table::new(&functions)
+            .text("name", |(name, _)| name.clone())
+            .text("plugin", |(_, f)| f.plugin.clone())
+            .int64("created_ms", |(_, f)| f.created_ms)
             .build()
     }
 

@@ -19,6 +19,7 @@
 pub mod access;
 pub mod catalog;
 mod create_as;
+pub mod functions;
 pub mod guard;
 pub mod memory;
 pub mod sink;
@@ -130,6 +131,7 @@ pub struct QueryEngine {
     context: Arc<SessionContext>,
     storage: Arc<Storage>,
     runtime: Option<Arc<Runtime>>,
+    functions: Option<Arc<functions::Functions>>,
     default_partitions: u32,
     memory_bytes_max: usize,
 }
@@ -172,6 +174,16 @@ impl QueryEngine {
             storage: storage.clone(),
         });
         stream::window::register(&context, topics);
+        let functions = match &runtime {
+            Some(runtime) => {
+                let functions = functions::Functions::open(runtime, &storage)?;
+                for udf in functions.udfs()? {
+                    context.register_udf(udf);
+                }
+                Some(Arc::new(functions))
+            }
+            None => None,
+        };
         context.register_catalog("weir", catalog);
         // `pg_catalog` and the Postgres functions psql and Grafana call.
         datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
@@ -184,6 +196,7 @@ impl QueryEngine {
             context: Arc::new(context),
             storage,
             runtime,
+            functions,
             default_partitions: config.default_partitions.max(1),
             memory_bytes_max: config.memory_bytes_max,
         })
@@ -195,6 +208,11 @@ impl QueryEngine {
             self.context.runtime_env().memory_pool.reserved(),
             self.memory_bytes_max,
         )
+    }
+
+    /// The SQL functions made of plugins, on a node with a runtime.
+    pub fn functions(&self) -> Option<&Arc<functions::Functions>> {
+        self.functions.as_ref()
     }
 
     /// The DataFusion session every interface runs its statements on.
@@ -217,7 +235,7 @@ impl QueryEngine {
     ) -> Result<Answer, Error> {
         guard::check_text(sql)?;
         if let Some(statement) = stream::statement::parse(sql)? {
-            return Box::pin(self.pipeline_statement(statement, sql, access)).await;
+            return Box::pin(self.command(statement, sql, access)).await;
         }
         if let Some(create) = create_as::parse(sql)? {
             if let Some(access) = &access {

@@ -13,7 +13,7 @@ use common::append;
 use serde_json::Value;
 use weir_runtime::continuous::Operator;
 use weir_sql::stream::Query;
-use weir_sql::stream::statement::{PipelineStatement, parse};
+use weir_sql::stream::statement::{Command, parse};
 use weir_sql::{Encoding, QueryConfig, QueryEngine};
 use weir_storage::{Compression, NewRecord, Record, Storage, StorageConfig};
 
@@ -82,10 +82,10 @@ fn fill(storage: &Storage, count: i64) -> BTreeMap<u32, Vec<Record>> {
 }
 
 async fn plan(storage: &Arc<Storage>, sql: &str) -> Result<Query, weir_sql::Error> {
-    let Some(PipelineStatement::Create(create)) = parse(sql)? else {
+    let Some(Command::Create(create)) = parse(sql)? else {
         panic!("not a CREATE PIPELINE: {sql}");
     };
-    Query::plan(storage.clone(), &create).await
+    Query::plan(storage.clone(), &create, None).await
 }
 
 /// The JSON objects of a one-off query's rows.

@@ -146,9 +146,6 @@ async fn slt_files_pass() {
     fill(&storage);
     // Pipelines for the `CREATE PIPELINE` statements; no plugins are deployed.
     let runtime = Arc::new(Runtime::open(storage.clone(), SandboxConfig::default()).unwrap());
-    runtime
-        .pipelines()
-        .set_compiler(Arc::new(ContinuousQueries::new(storage.clone())));
     let engine = Arc::new(
         QueryEngine::new(
             storage.clone(),
@@ -158,6 +155,12 @@ async fn slt_files_pass() {
         )
         .unwrap(),
     );
+    runtime
+        .pipelines()
+        .set_compiler(Arc::new(ContinuousQueries::new(
+            storage.clone(),
+            engine.functions().cloned(),
+        )));
     let files = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
     let mut names: Vec<_> = std::fs::read_dir(&files)
         .unwrap()

@@ -20,7 +20,7 @@ use weir_runtime::PipelineSpec;
 use weir_storage::Storage;
 
 pub use query::{ContinuousQueries, Query};
-use statement::{CreatePipeline, PipelineStatement};
+use statement::{Command, CreatePipeline};
 use window::{TableSource, WindowSpec};
 
 use crate::access::{TableAccess, TableUse, Viewer, check_table};
@@ -55,9 +55,9 @@ impl TableSource for TopicSource {
 
 impl QueryEngine {
     /// Runs a pipeline statement for `access` (everything when `None`).
-    pub(crate) async fn pipeline_statement(
+    pub(crate) async fn command(
         &self,
-        statement: PipelineStatement,
+        statement: Command,
         sql: &str,
         access: Option<Arc<dyn TableAccess>>,
     ) -> Result<Answer, Error> {
@@ -68,15 +68,15 @@ impl QueryEngine {
         let pipelines = runtime.pipelines().clone();
         let quoted = |name: &str| name.replace('\'', "''");
         match statement {
-            PipelineStatement::Show => {
+            Command::Show => {
                 self.sql_as("SELECT name, kind, status, source, outputs, lag, records_in, records_out, late_records, open_windows, watermark_ms, last_error FROM weir.pipelines ORDER BY name", access).await
             }
-            PipelineStatement::Describe(name) => {
+            Command::Describe(name) => {
                 pipelines.describe(&name)?;
                 let sql = format!("SELECT * FROM weir.pipelines WHERE name = '{}'", quoted(&name));
                 self.sql_as(&sql, access).await
             }
-            PipelineStatement::Alter { name, pause } => {
+            Command::Alter { name, pause } => {
                 let status = pipelines.describe(&name)?;
                 if let Some(access) = &access
                     && !access.may_manage(status.owner.as_ref())
@@ -86,7 +86,7 @@ impl QueryEngine {
                 on_blocking(move || if pause { pipelines.pause(&name) } else { pipelines.resume(&name) }).await?;
                 self.done(if pause { "ALTER PIPELINE PAUSE" } else { "ALTER PIPELINE RESUME" }).await
             }
-            PipelineStatement::Drop { name, if_exists } => {
+            Command::Drop { name, if_exists } => {
                 let status = match pipelines.describe(&name) {
                     Ok(status) => status,
                     Err(weir_runtime::Error::NotFound(_)) if if_exists => return self.done("DROP PIPELINE").await,
@@ -100,10 +100,39 @@ impl QueryEngine {
                 pipelines.delete(&name).await?;
                 self.done("DROP PIPELINE").await
             }
-            PipelineStatement::Create(create) => {
+            Command::CreateFunction { name, plugin } => {
+                let functions = self.node_functions(access.as_deref())?;
+                let udf = functions.create(&name, &plugin)?;
+                self.context.register_udf(udf);
+                self.done("CREATE FUNCTION").await
+            }
+            Command::DropFunction { name, if_exists } => {
+                let functions = self.node_functions(access.as_deref())?;
+                if !functions.drop_function(&name)? && !if_exists {
+                    return Err(Error::Refused(format!("function {name} does not exist")));
+                }
+                self.context.deregister_udf(&name);
+                self.done("DROP FUNCTION").await
+            }
+            Command::Create(create) => {
                 self.create_pipeline(create, access, sql, pipelines).await
             }
         }
+    }
+
+    /// The node's functions, which only a caller with the node's rights changes.
+    fn node_functions(
+        &self,
+        access: Option<&dyn TableAccess>,
+    ) -> Result<&Arc<crate::functions::Functions>, Error> {
+        if access.is_some_and(|a| !a.may_manage(None)) {
+            return Err(Error::Denied(
+                "functions are the node's: an admin or a super user creates and drops them".into(),
+            ));
+        }
+        self.functions
+            .as_ref()
+            .ok_or_else(|| Error::Refused("this node runs no plugins".into()))
     }
 
     /// An answer of one row naming what was done.
@@ -123,7 +152,7 @@ impl QueryEngine {
         sql: &str,
         pipelines: Arc<weir_runtime::Pipelines>,
     ) -> Result<Answer, Error> {
-        let query = Query::plan(self.storage.clone(), &create).await?;
+        let query = Query::plan(self.storage.clone(), &create, self.functions.as_deref()).await?;
         let source = query.source().to_owned();
         let spec = PipelineSpec {
             name: create.name.clone(),

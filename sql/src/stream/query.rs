@@ -38,9 +38,10 @@ use weir_runtime::continuous::{Compiler, Emitted, Gauges, Operator};
 use weir_storage::{NewRecord, Record, Storage, locks};
 
 use super::source::{Slot, SlotExec, SlotTable};
-use super::statement::{CreatePipeline, Options, PipelineStatement, parse};
+use super::statement::{Command, CreatePipeline, Options, parse};
 use super::window::{TableSource, WINDOW_END, WINDOW_START, WindowSpec, times_ms};
 use crate::Error;
+use crate::functions::Functions;
 use crate::sink::TopicSink;
 use crate::topic::{RECORD_COLUMNS, build_batch, topic_schema, typed_columns};
 use crate::value_schema::{TypedColumn, UTC, field_keys};
@@ -281,7 +282,11 @@ fn refused(plan: &dyn ExecutionPlan) -> Option<&'static str> {
 
 impl Query {
     /// Plans `create`'s `SELECT` over the records of a step.
-    pub async fn plan(storage: Arc<Storage>, create: &CreatePipeline) -> Result<Query, Error> {
+    pub async fn plan(
+        storage: Arc<Storage>,
+        create: &CreatePipeline,
+        functions: Option<&Functions>,
+    ) -> Result<Query, Error> {
         let sources = Arc::new(Sources {
             storage: Some(storage.clone()),
             ..Sources::default()
@@ -299,6 +304,14 @@ impl Query {
         catalog.register_schema("public", Arc::new(StepSchema(sources.clone())))?;
         context.register_catalog("weir", catalog);
         super::window::register(&context, sources.clone());
+        for udf in functions
+            .map(Functions::udfs)
+            .transpose()?
+            .into_iter()
+            .flatten()
+        {
+            context.register_udf(udf);
+        }
         let state = context.state();
         let logical = state.create_logical_plan(&create.query).await?;
         SQLOptions::new()
@@ -853,18 +866,20 @@ impl Operator for Query {
 /// Makes the operators of SQL pipelines for the runtime.
 pub struct ContinuousQueries {
     storage: Arc<Storage>,
+    functions: Option<Arc<Functions>>,
 }
 
 impl ContinuousQueries {
-    pub fn new(storage: Arc<Storage>) -> ContinuousQueries {
-        ContinuousQueries { storage }
+    /// Queries over `storage`'s topics that may call `functions`.
+    pub fn new(storage: Arc<Storage>, functions: Option<Arc<Functions>>) -> ContinuousQueries {
+        ContinuousQueries { storage, functions }
     }
 }
 
 impl Compiler for ContinuousQueries {
     fn compile(&self, spec: &PipelineSpec) -> std::result::Result<Box<dyn Operator>, String> {
         let sql = spec.sql.as_deref().ok_or("not a SQL pipeline")?;
-        let Some(PipelineStatement::Create(create)) = parse(sql).map_err(|e| e.to_string())? else {
+        let Some(Command::Create(create)) = parse(sql).map_err(|e| e.to_string())? else {
             return Err(format!(
                 "pipeline {}: its statement is not a CREATE PIPELINE",
                 spec.name
@@ -872,7 +887,11 @@ impl Compiler for ContinuousQueries {
         };
         let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
         let query = handle
-            .block_on(Query::plan(self.storage.clone(), &create))
+            .block_on(Query::plan(
+                self.storage.clone(),
+                &create,
+                self.functions.as_deref(),
+            ))
             .map_err(|e| format!("pipeline {}: {e}", spec.name))?;
         Ok(Box::new(query))
     }

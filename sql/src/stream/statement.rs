@@ -6,6 +6,8 @@
 //! ALTER PIPELINE name PAUSE | RESUME
 //! SHOW PIPELINES
 //! DESCRIBE PIPELINE name
+//! CREATE FUNCTION name AS PLUGIN 'plugin'
+//! DROP FUNCTION [IF EXISTS] name
 //! ```
 //!
 //! Options: `watermark_delay` and `idle_timeout` (intervals such as `'10 seconds'`), `start`
@@ -26,12 +28,15 @@ pub const IDLE_TIMEOUT_DEFAULT_MS: i64 = 30_000;
 /// The longest watermark delay or idle timeout: a day.
 const DELAY_MS_MAX: i64 = 86_400_000;
 
-pub enum PipelineStatement {
+/// A statement about pipelines or functions.
+pub enum Command {
     Create(CreatePipeline),
     Drop { name: String, if_exists: bool },
     Alter { name: String, pause: bool },
     Show,
     Describe(String),
+    CreateFunction { name: String, plugin: String },
+    DropFunction { name: String, if_exists: bool },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,8 +85,9 @@ fn keyword(token: &Token, expected: &str) -> bool {
     matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(expected))
 }
 
-/// The pipeline statement `sql` is, if it is one; `None` leaves it to the query path.
-pub fn parse(sql: &str) -> Result<Option<PipelineStatement>, Error> {
+/// The pipeline or function statement `sql` is, if it is one; `None` leaves it to the query
+/// path.
+pub fn parse(sql: &str) -> Result<Option<Command>, Error> {
     let Some(all) = tokens(sql) else {
         return Ok(None);
     };
@@ -92,7 +98,7 @@ pub fn parse(sql: &str) -> Result<Option<PipelineStatement>, Error> {
             .get(i)
             .and_then(|t| word(t))
             .map(str::to_owned)
-            .ok_or_else(|| Error::Refused("expected a pipeline name".into()))
+            .ok_or_else(|| Error::Refused("expected a name".into()))
     };
     let ends_at = |i: usize, usage: &str| -> Result<(), Error> {
         match solid.len() == i {
@@ -102,19 +108,19 @@ pub fn parse(sql: &str) -> Result<Option<PipelineStatement>, Error> {
     };
     if is(0, "SHOW") && is(1, "PIPELINES") {
         ends_at(2, "SHOW PIPELINES")?;
-        return Ok(Some(PipelineStatement::Show));
+        return Ok(Some(Command::Show));
     }
     if (is(0, "DESCRIBE") || is(0, "DESC")) && is(1, "PIPELINE") {
         let name = name_at(2)?;
         ends_at(3, "DESCRIBE PIPELINE name")?;
-        return Ok(Some(PipelineStatement::Describe(name)));
+        return Ok(Some(Command::Describe(name)));
     }
     if is(0, "DROP") && is(1, "PIPELINE") {
         let if_exists = is(2, "IF") && is(3, "EXISTS");
         let at = if if_exists { 4 } else { 2 };
         let name = name_at(at)?;
         ends_at(at + 1, "DROP PIPELINE [IF EXISTS] name")?;
-        return Ok(Some(PipelineStatement::Drop { name, if_exists }));
+        return Ok(Some(Command::Drop { name, if_exists }));
     }
     if is(0, "ALTER") && is(1, "PIPELINE") {
         let name = name_at(2)?;
@@ -128,10 +134,30 @@ pub fn parse(sql: &str) -> Result<Option<PipelineStatement>, Error> {
             }
         };
         ends_at(4, "ALTER PIPELINE name PAUSE|RESUME")?;
-        return Ok(Some(PipelineStatement::Alter { name, pause }));
+        return Ok(Some(Command::Alter { name, pause }));
+    }
+    if is(0, "CREATE") && is(1, "FUNCTION") {
+        let usage = "CREATE FUNCTION name AS PLUGIN 'plugin'";
+        let plugin = match solid.get(5) {
+            Some(Token::SingleQuotedString(plugin)) if is(3, "AS") && is(4, "PLUGIN") => plugin,
+            _ => return Err(Error::Refused(format!("expected {usage}"))),
+        };
+        let name = name_at(2)?;
+        ends_at(6, usage)?;
+        return Ok(Some(Command::CreateFunction {
+            name,
+            plugin: plugin.clone(),
+        }));
+    }
+    if is(0, "DROP") && is(1, "FUNCTION") {
+        let if_exists = is(2, "IF") && is(3, "EXISTS");
+        let at = if if_exists { 4 } else { 2 };
+        let name = name_at(at)?;
+        ends_at(at + 1, "DROP FUNCTION [IF EXISTS] name")?;
+        return Ok(Some(Command::DropFunction { name, if_exists }));
     }
     if is(0, "CREATE") && is(1, "PIPELINE") {
-        return create(&all).map(|c| Some(PipelineStatement::Create(c)));
+        return create(&all).map(|c| Some(Command::Create(c)));
     }
     Ok(None)
 }
@@ -318,7 +344,7 @@ mod tests {
 
     fn created(sql: &str) -> CreatePipeline {
         match parse(sql).unwrap() {
-            Some(PipelineStatement::Create(c)) => c,
+            Some(Command::Create(c)) => c,
             _ => panic!("not a CREATE PIPELINE: {sql}"),
         }
     }
@@ -367,14 +393,18 @@ mod tests {
                 "the options are",
             ),
             ("ALTER PIPELINE p STOP", "PAUSE or"),
-            ("DROP PIPELINE", "pipeline name"),
+            ("DROP PIPELINE", "expected a name"),
+            (
+                "CREATE FUNCTION f AS 'x'",
+                "CREATE FUNCTION name AS PLUGIN 'plugin'",
+            ),
         ] {
             let error = parse(sql).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(error.contains(expected), "{sql}: {error}");
         }
         assert!(matches!(
             parse("drop pipeline if exists p").unwrap(),
-            Some(PipelineStatement::Drop {
+            Some(Command::Drop {
                 if_exists: true,
                 ..
             })
