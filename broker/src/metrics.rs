@@ -354,7 +354,7 @@ fn render_pipelines(out: &mut String, pipelines: &[PipelineStatus]) {
         &'static str,
         fn(&PipelineStatus) -> u64,
     );
-    let series: [Series; 10] = [
+    let series: [Series; 11] = [
         (
             "weir_pipeline_records_in_total",
             "counter",
@@ -410,12 +410,23 @@ fn render_pipelines(out: &mut String, pipelines: &[PipelineStatus]) {
             |p| p.open_windows,
         ),
         (
+            "weir_pipeline_open_groups",
+            "gauge",
+            "Groups a SQL pipeline holds over its open windows; weir_pipeline_open_groups_max is the bound",
+            |p| p.open_groups,
+        ),
+        (
             "weir_pipeline_watermark_ms",
             "gauge",
             "Event time (ms since the epoch) up to which a SQL pipeline's windows have closed; 0 before the first",
             |p| p.watermark_ms.map_or(0, |w| u64::try_from(w).unwrap_or(0)),
         ),
     ];
+    let max = weir_sql::stream::OPEN_GROUPS_MAX;
+    let _ = writeln!(
+        out,
+        "# HELP weir_pipeline_open_groups_max Groups one SQL pipeline may hold over its open windows.\n# TYPE weir_pipeline_open_groups_max gauge\nweir_pipeline_open_groups_max {max}"
+    );
     for (name, kind, help, get) in series {
         let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
         for p in pipelines {

@@ -57,6 +57,8 @@ pub struct Emitted {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Gauges {
     pub open_windows: u64,
+    /// Groups over all open windows.
+    pub open_groups: u64,
     /// The event time up to which windows have closed.
     pub watermark_ms: Option<i64>,
 }
@@ -266,6 +268,9 @@ impl SqlRunner {
         self.stats
             .open_windows
             .store(gauges.open_windows, Ordering::Relaxed);
+        self.stats
+            .open_groups
+            .store(gauges.open_groups, Ordering::Relaxed);
         self.stats
             .watermark_ms
             .store(gauges.watermark_ms.unwrap_or(i64::MIN), Ordering::Relaxed);

@@ -147,6 +147,7 @@ pub struct Stats {
     /// Records of a SQL pipeline that came after their window closed.
     pub late: AtomicU64,
     pub open_windows: AtomicU64,
+    pub open_groups: AtomicU64,
     /// The watermark of a SQL pipeline, `i64::MIN` while it has none.
     pub watermark_ms: AtomicI64,
 }
@@ -164,6 +165,7 @@ impl Default for Stats {
             versions: Default::default(),
             late: AtomicU64::default(),
             open_windows: AtomicU64::default(),
+            open_groups: AtomicU64::default(),
             watermark_ms: AtomicI64::new(i64::MIN),
         }
     }

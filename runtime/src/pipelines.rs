@@ -77,6 +77,8 @@ pub struct PipelineStatus {
     /// Records of a SQL pipeline that came after their window closed.
     pub late_records: u64,
     pub open_windows: u64,
+    /// Groups over a SQL pipeline's open windows.
+    pub open_groups: u64,
     /// The event time up to which a SQL pipeline's windows have closed.
     pub watermark_ms: Option<i64>,
 }
@@ -484,6 +486,7 @@ impl Pipelines {
             plugins: locks::lock(&stats.versions).clone(),
             late_records: get(&stats.late),
             open_windows: get(&stats.open_windows),
+            open_groups: get(&stats.open_groups),
             watermark_ms: Some(stats.watermark_ms.load(Ordering::Relaxed))
                 .filter(|w| *w != i64::MIN),
             spec: stored.spec,

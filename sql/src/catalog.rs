@@ -302,6 +302,7 @@ impl SystemSchema {
             .text_or_null("sql", |p| p.spec.sql.clone())
             .int64("late_records", |p| p.late_records as i64)
             .int64("open_windows", |p| p.open_windows as i64)
+            .int64("open_groups", |p| p.open_groups as i64)
             .int64_or_null("watermark_ms", |p| p.watermark_ms)
             .build()
     }

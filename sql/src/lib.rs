@@ -5,7 +5,10 @@
 //!   `value`, `headers`, `key_text`, `value_text`, plus the typed columns a topic declares with
 //!   `value.format=json` and `value.schema` (parsed by [`value_schema`]; a value that does not
 //!   fit is NULL, never a failed query). `weir` is [`SystemSchema`]: `weir.topics`,
-//!   `weir.partitions`, `weir.groups`, `weir.plugins`, `weir.pipelines`, `weir.connections`.
+//!   `weir.partitions`, `weir.groups`, `weir.plugins`, `weir.pipelines`, `weir.connections`,
+//!   `weir.functions`.
+//! - [`stream`]: `TUMBLE` and `HOP` windows, and `CREATE PIPELINE`, the continuous queries the
+//!   runtime runs as pipelines; [`functions`]: scalar plugins as SQL functions.
 //! - [`topic`] is the table provider and its scan: filters on partition, offset and timestamp
 //!   are served by the log's indexes, `LIMIT` stops the read, unused columns are not built.
 //! - Every query runs under a memory cap. `CREATE TABLE … AS SELECT` makes a topic; other DDL

@@ -116,22 +116,33 @@ const ERRORS_PER_MINUTE: &str = "CREATE PIPELINE errors_per_minute AS \
     GROUP BY window_start, window_end, host \
     WITH (watermark_delay = '30 seconds', start = 'earliest')";
 
+const ERRORS_BY_HOST: &str = "SELECT window_start, window_end, host, count(*) AS errors, \
+    sum(bytes) AS bytes FROM WINDOWS WHERE status >= 500 GROUP BY window_start, window_end, host";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tumbling_windows_closed_by_the_watermark_equal_the_one_off_query() {
-    windows_equal_the_one_off_query("TUMBLE(logs, at, INTERVAL '1 minute')").await;
+    let windows = "TUMBLE(logs, at, INTERVAL '1 minute')";
+    windows_equal_the_one_off_query(&ERRORS_BY_HOST.replace("WINDOWS", windows)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hopping_windows_closed_by_the_watermark_equal_the_one_off_query() {
-    windows_equal_the_one_off_query("HOP(logs, at, INTERVAL '20 seconds', INTERVAL '1 minute')")
-        .await;
+    let windows = "HOP(logs, at, INTERVAL '20 seconds', INTERVAL '1 minute')";
+    windows_equal_the_one_off_query(&ERRORS_BY_HOST.replace("WINDOWS", windows)).await;
 }
 
-async fn windows_equal_the_one_off_query(windows: &str) {
-    let select = format!(
-        "SELECT window_start, window_end, host, count(*) AS errors, sum(bytes) AS bytes \
-         FROM {windows} WHERE status >= 500 GROUP BY window_start, window_end, host"
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_counts_averages_extremes_and_having_equal_the_one_off_query() {
+    windows_equal_the_one_off_query(
+        "SELECT window_end, count(DISTINCT host) AS hosts, avg(bytes) AS mean, \
+         max(status) AS worst, min(bytes) AS least, CAST(window_end AS TEXT) AS end_text \
+         FROM TUMBLE(logs, at, INTERVAL '30 seconds') \
+         GROUP BY window_end HAVING count(*) > 1",
+    )
+    .await;
+}
+
+async fn windows_equal_the_one_off_query(select: &str) {
     let statement = format!(
         "CREATE PIPELINE errors_per_minute AS INSERT INTO out {select} \
          WITH (watermark_delay = '30 seconds', start = 'earliest')"
@@ -139,14 +150,25 @@ async fn windows_equal_the_one_off_query(windows: &str) {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage(&dir);
     let input = fill(&storage, 2000);
-    storage
-        .create_topic(
-            "out",
-            2,
-            json("window_start TIMESTAMP, window_end TIMESTAMP, host TEXT, errors BIGINT, bytes BIGINT"),
-        )
-        .unwrap();
+    // The output topic takes its columns from the query, as CREATE PIPELINE makes it.
     let mut query = plan(&storage, &statement).await.unwrap();
+    let columns: Vec<String> = query
+        .output_schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let kind = match f.data_type() {
+                datafusion::arrow::datatypes::DataType::Timestamp(..) => "TIMESTAMP",
+                datafusion::arrow::datatypes::DataType::Utf8 => "TEXT",
+                datafusion::arrow::datatypes::DataType::Float64 => "DOUBLE",
+                _ => "BIGINT",
+            };
+            format!("{} {kind}", f.name())
+        })
+        .collect();
+    storage
+        .create_topic("out", 2, json(&columns.join(", ")))
+        .unwrap();
     let mut emitted = Vec::new();
     let now = weir_storage::now_ms();
     // Steps of 100 records, the partitions taking turns; halfway, the state goes through a
@@ -181,7 +203,11 @@ async fn windows_equal_the_one_off_query(windows: &str) {
         &format!("SELECT * FROM ({select}) WHERE window_end <= to_timestamp_millis({watermark})"),
     )
     .await;
-    assert!(expected.len() > 100, "{} windows and hosts", expected.len());
+    assert!(
+        expected.len() > 60,
+        "{} rows of closed windows",
+        expected.len()
+    );
     assert_eq!(sorted(values(&emitted)), sorted(expected));
     // Result records are keyed by host and stamped with their window's end.
     for (_, record) in &emitted {
@@ -216,6 +242,26 @@ async fn records_behind_the_watermark_are_late_with_the_reason() {
         "{}",
         out.late[0].1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_bound_on_open_groups_refuses_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(&dir);
+    let input = fill(&storage, 400);
+    storage.create_topic("out", 1, BTreeMap::new()).unwrap();
+    let query = plan(&storage, ERRORS_PER_MINUTE).await.unwrap();
+    let mut query = query.with_open_groups_max(5);
+    // 200 records of partition 0 span four minutes of 5 hosts: past 5 groups.
+    query.push(0, &input[&0][..100], 0).unwrap();
+    let before = query.gauges();
+    assert!(before.open_groups >= 5, "{before:?}");
+    let error = query.push(0, &input[&0][100..], 0).err().unwrap();
+    assert!(
+        error.contains("groups in open windows, the most a pipeline holds (5)"),
+        "{error}"
+    );
+    assert_eq!(query.gauges(), before, "the refused batch changed nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

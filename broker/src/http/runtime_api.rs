@@ -161,6 +161,7 @@ struct PipelineStatusBody {
     plugins: Vec<String>,
     late_records: u64,
     open_windows: u64,
+    open_groups: u64,
     watermark_ms: Option<i64>,
 }
 
@@ -184,6 +185,7 @@ impl From<PipelineStatus> for PipelineStatusBody {
             plugins: p.plugins,
             late_records: p.late_records,
             open_windows: p.open_windows,
+            open_groups: p.open_groups,
             watermark_ms: p.watermark_ms,
         }
     }

@@ -19,7 +19,7 @@ use datafusion::datasource::TableProvider;
 use weir_runtime::PipelineSpec;
 use weir_storage::Storage;
 
-pub use query::{ContinuousQueries, Query};
+pub use query::{ContinuousQueries, OPEN_GROUPS_MAX, Query};
 use statement::{Command, CreatePipeline};
 use window::{TableSource, WindowSpec};
 

@@ -46,6 +46,10 @@ use crate::sink::TopicSink;
 use crate::topic::{RECORD_COLUMNS, build_batch, topic_schema, typed_columns};
 use crate::value_schema::{TypedColumn, UTC, field_keys};
 
+/// Groups a windowed query holds in its open windows at most; a step that finds more fails,
+/// and the pipeline pauses once that happens several times in a row.
+pub const OPEN_GROUPS_MAX: u64 = 4_000_000;
+
 /// The topic a continuous query reads, and its window: what planning its `SELECT` named.
 #[derive(Debug, Default)]
 struct Sources {
@@ -262,6 +266,7 @@ pub struct Query {
     windows: BTreeMap<(i64, i64), Groups>,
     partitions: BTreeMap<u32, PartitionTime>,
     watermark_ms: Option<i64>,
+    open_groups_max: u64,
 }
 
 /// Plan nodes a continuous query cannot have, and why.
@@ -383,7 +388,16 @@ impl Query {
             windows: BTreeMap::new(),
             partitions,
             watermark_ms: None,
+            open_groups_max: OPEN_GROUPS_MAX,
         })
+    }
+
+    /// The query with another bound on the groups of its open windows.
+    pub fn with_open_groups_max(self, open_groups_max: u64) -> Query {
+        Query {
+            open_groups_max,
+            ..self
+        }
     }
 
     /// The topic the query reads.
@@ -545,6 +559,14 @@ impl Query {
         let Some(window) = self.window.clone() else {
             return Ok(emitted);
         };
+        let open = self.open_groups();
+        if open >= self.open_groups_max {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{open} groups in open windows, the most a pipeline holds ({}): \
+                 lower the watermark delay, the window size or the number of groups",
+                self.open_groups_max
+            )));
+        }
         let times = times_ms(batch.column(time_index))?;
         let mut keep = Vec::with_capacity(times.len());
         let mut latest = None;
@@ -584,6 +606,10 @@ impl Query {
         self.advance(now_ms);
         emitted.records = self.close()?;
         Ok(emitted)
+    }
+
+    fn open_groups(&self) -> u64 {
+        self.windows.values().map(|g| g.keys.len() as u64).sum()
     }
 
     fn snapshot_bytes(&mut self) -> Result<Vec<u8>> {
@@ -858,6 +884,7 @@ impl Operator for Query {
     fn gauges(&self) -> Gauges {
         Gauges {
             open_windows: self.windows.len() as u64,
+            open_groups: self.open_groups(),
             watermark_ms: self.watermark_ms,
         }
     }
