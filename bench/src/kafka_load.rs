@@ -2,6 +2,8 @@
 //! batches with latency per request, and fetch loops that read a partition to its end.
 //! It talks to any Kafka-compatible broker, so Weir and its peers are driven the same way.
 
+#![allow(dead_code)] // each benchmark uses its own part of it
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

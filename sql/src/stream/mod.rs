@@ -28,6 +28,10 @@ use crate::create_as::{on_blocking_pool, typed_configs};
 use crate::topic::{TopicTable, typed_columns};
 use crate::{Answer, Error, QueryEngine};
 
+/// Records a SQL pipeline reads from a partition per step (a step also stops at 1 MiB): a
+/// query runs on batches the size of a scan's.
+const STEP_RECORDS_MAX: u32 = 8192;
+
 /// Windows over a topic's log, for one-off queries; the statement's viewer must may read it.
 #[derive(Debug)]
 pub(crate) struct TopicSource {
@@ -162,7 +166,7 @@ impl QueryEngine {
             to: vec![create.output.clone()],
             from_offset: create.options.start.clone(),
             dead_letter: None,
-            batch_records_max: PipelineSpec::BATCH_RECORDS_DEFAULT,
+            batch_records_max: STEP_RECORDS_MAX,
             failures_max: PipelineSpec::FAILURES_DEFAULT,
             sql: Some(sql.trim().trim_end_matches(';').trim_end().to_owned()),
         };
