@@ -282,6 +282,26 @@ async fn a_query_without_aggregate_runs_record_by_record() {
     let expected = rows(&storage, "SELECT host, status FROM logs WHERE status = 503").await;
     assert_eq!(expected.len(), 100);
     assert_eq!(sorted(values(&emitted)), sorted(expected));
+
+    // Windows without an aggregate: each row with the bounds of its windows, as it comes.
+    storage
+        .create_topic("stamped", 1, json("host TEXT, window_start TIMESTAMP"))
+        .unwrap();
+    let sql = "CREATE PIPELINE q AS INSERT INTO stamped SELECT host, window_start \
+               FROM HOP(logs, at, INTERVAL '30 seconds', INTERVAL '1 minute') WHERE status = 503";
+    let mut query = plan(&storage, sql).await.unwrap();
+    let mut emitted = Vec::new();
+    for (partition, records) in &input {
+        emitted.extend(query.push(*partition, records, 0).unwrap().records);
+    }
+    let expected = rows(
+        &storage,
+        "SELECT host, window_start FROM HOP(logs, at, INTERVAL '30 seconds', INTERVAL '1 minute') \
+         WHERE status = 503",
+    )
+    .await;
+    assert_eq!(expected.len(), 200, "two windows a record");
+    assert_eq!(sorted(values(&emitted)), sorted(expected));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

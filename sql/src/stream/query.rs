@@ -252,7 +252,10 @@ pub struct Query {
     output: String,
     window: Option<WindowSpec>,
     options: Options,
-    input_schema: SchemaRef,
+    /// The columns of the topic built from the records (indexes into its schema), and their
+    /// schema.
+    projection: Vec<usize>,
+    built_schema: SchemaRef,
     typed: Vec<TypedColumn>,
     json_keys: Vec<String>,
     time_index: Option<usize>,
@@ -350,15 +353,20 @@ impl Query {
         let meta = storage.existing_topic(&source)?;
         let typed = typed_columns(&meta)?;
         let input_schema: SchemaRef = Arc::new(topic_schema(&typed));
+        // Only the columns the plan reads are built from the records, and the window's time.
+        let mut wanted = sources.slot.wanted();
+        if let Some(w) = &window {
+            wanted.insert(w.time_column.clone());
+        }
+        let projection: Vec<usize> = (0..input_schema.fields().len())
+            .filter(|i| wanted.contains(input_schema.field(*i).name()))
+            .collect();
         let time_index = match &window {
-            Some(w) => Some(
-                input_schema
-                    .index_of(&w.time_column)
-                    .map_err(|e| Error::Query(e.into()))?,
-            ),
+            Some(w) => projection
+                .iter()
+                .position(|i| input_schema.field(*i).name() == &w.time_column),
             None => None,
         };
-        let all: Vec<usize> = (0..input_schema.fields().len()).collect();
         let now = weir_storage::now_ms();
         let partitions = (0..meta.partitions)
             .map(|p| {
@@ -375,8 +383,13 @@ impl Query {
             output: create.output.clone(),
             window,
             options: create.options.clone(),
-            json_keys: field_keys(&typed, &all),
-            input_schema,
+            json_keys: field_keys(&typed, &projection),
+            built_schema: Arc::new(
+                input_schema
+                    .project(&projection)
+                    .map_err(|e| Error::Query(e.into()))?,
+            ),
+            projection,
             typed,
             time_index,
             input: sources.slot.clone(),
@@ -539,24 +552,23 @@ impl Query {
     }
 
     fn push_batch(&mut self, partition: u32, records: &[Record], now_ms: i64) -> Result<Emitted> {
-        let all: Vec<usize> = (0..self.input_schema.fields().len()).collect();
         let batch = build_batch(
-            &self.input_schema,
-            &all,
+            &self.built_schema,
+            &self.projection,
             &self.typed,
             &self.json_keys,
             i64::from(partition),
             records,
         )?;
         let mut emitted = Emitted::default();
-        let Some(time_index) = self.time_index else {
+        let (Some(time_index), Some(window), Some(_)) =
+            (self.time_index, self.window.clone(), &self.aggregation)
+        else {
+            // Without an aggregate, each record's rows are written as it comes.
             self.input.put(batch);
             for batch in self.run(&self.pre.clone())? {
                 emitted.records.extend(self.records(batch, None)?);
             }
-            return Ok(emitted);
-        };
-        let Some(window) = self.window.clone() else {
             return Ok(emitted);
         };
         let open = self.open_groups();

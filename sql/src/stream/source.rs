@@ -21,17 +21,26 @@ use datafusion::physical_plan::{
 };
 use weir_storage::locks;
 
-/// Batches waiting to be read by the next run of a plan, all of one schema.
+/// Batches waiting to be read by the next run of a plan. A batch holds at least the columns
+/// the plan's scans asked for, found by name; [`Slot::wanted`] says which those are.
 #[derive(Debug, Default)]
-pub struct Slot(Mutex<Vec<RecordBatch>>);
+pub struct Slot {
+    batches: Mutex<Vec<RecordBatch>>,
+    wanted: Mutex<std::collections::BTreeSet<String>>,
+}
 
 impl Slot {
     pub fn put(&self, batch: RecordBatch) {
-        locks::lock(&self.0).push(batch);
+        locks::lock(&self.batches).push(batch);
     }
 
     fn take(&self) -> Vec<RecordBatch> {
-        std::mem::take(&mut *locks::lock(&self.0))
+        std::mem::take(&mut *locks::lock(&self.batches))
+    }
+
+    /// The columns the scans planned over this slot read.
+    pub fn wanted(&self) -> std::collections::BTreeSet<String> {
+        locks::lock(&self.wanted).clone()
     }
 }
 
@@ -65,19 +74,17 @@ impl TableProvider for SlotTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(SlotExec::new(
-            self.slot.clone(),
-            self.schema.clone(),
-            projection.cloned(),
-        )?))
+        let exec = SlotExec::new(self.slot.clone(), self.schema.clone(), projection.cloned())?;
+        locks::lock(&self.slot.wanted)
+            .extend(exec.schema.fields().iter().map(|f| f.name().clone()));
+        Ok(Arc::new(exec))
     }
 }
 
-/// Reads the slot's batches, projected.
+/// Reads the slot's batches, projected to its columns by name.
 #[derive(Debug)]
 pub struct SlotExec {
     slot: Arc<Slot>,
-    projection: Option<Vec<usize>>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
@@ -100,7 +107,6 @@ impl SlotExec {
         );
         Ok(SlotExec {
             slot,
-            projection,
             schema,
             properties: Arc::new(properties),
         })
@@ -154,9 +160,18 @@ impl ExecutionPlan for SlotExec {
             .slot
             .take()
             .into_iter()
-            .map(|batch| match &self.projection {
-                Some(p) => Ok(batch.project(p)?),
-                None => Ok(batch),
+            .map(|batch| {
+                let columns = self
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| Ok(batch.schema().index_of(f.name())?))
+                    .collect::<Result<Vec<usize>>>()?;
+                let projected = batch.project(&columns)?;
+                Ok(RecordBatch::try_new(
+                    self.schema.clone(),
+                    projected.columns().to_vec(),
+                )?)
             })
             .collect();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
