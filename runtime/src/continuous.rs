@@ -10,7 +10,8 @@
 //! each carrying the header `weir.pipeline = <name>/sql/<sequence>` on its last record. On start
 //! the runner restores the state and appends every batch of the checkpoint whose marker its log
 //! does not hold yet. A step without results saves nothing (a replay of it is as good as the
-//! first run), except once a second so a restart rereads little.
+//! first run), except once a second (less often for a state that takes long to save) so a
+//! restart rereads little.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,8 +29,11 @@ use crate::pipeline::{
     dead_letter,
 };
 
-/// How often a running query saves its state when it has no results to append.
+/// How often a running query saves its state when it has no results to append, at most; a
+/// state that takes long to save is saved less often, so saving takes at most a tenth of the
+/// time.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const CHECKPOINT_SHARE: u32 = 10;
 
 /// The running state of a continuous query.
 pub trait Operator: Send {
@@ -105,6 +109,8 @@ pub struct SqlRunner {
     /// Input read since the last checkpoint.
     unsaved: bool,
     saved_at: Instant,
+    /// How long the last save took.
+    save_took: Duration,
     failures_in_row: u32,
 }
 
@@ -134,6 +140,7 @@ impl SqlRunner {
             next_offsets: checkpoint.next_offsets.clone(),
             unsaved: false,
             saved_at: Instant::now(),
+            save_took: Duration::ZERO,
             failures_in_row: 0,
         };
         runner.finish_appends(&checkpoint)?;
@@ -259,7 +266,8 @@ impl SqlRunner {
         }
         outputs.retain(|_, records| !records.is_empty());
         self.unsaved |= worked;
-        if !outputs.is_empty() || (self.unsaved && self.saved_at.elapsed() >= CHECKPOINT_EVERY) {
+        let due = CHECKPOINT_EVERY.max(self.save_took * CHECKPOINT_SHARE);
+        if !outputs.is_empty() || (self.unsaved && self.saved_at.elapsed() >= due) {
             self.save_and_append(outputs)?;
         }
         // Shown once what they describe is in the topics.
@@ -321,6 +329,7 @@ impl SqlRunner {
 
     /// Saves the operator's state and the input offsets, durably, as the next sequence number.
     fn save(&mut self, pending: Vec<Pending>) -> Result<(), Error> {
+        let started = Instant::now();
         let state = self.operator.snapshot().map_err(Error::Invalid)?;
         let checkpoint = SqlCheckpoint {
             seq: self.seq + 1,
@@ -332,6 +341,7 @@ impl SqlRunner {
         self.seq = checkpoint.seq;
         self.unsaved = false;
         self.saved_at = Instant::now();
+        self.save_took = started.elapsed();
         Ok(())
     }
 
