@@ -12,10 +12,10 @@
 //! read from /proc while idle and right after the produce load.
 
 mod kafka_load;
+mod ports;
 mod proc_status;
 mod records;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kafka_load::Connection;
+use ports::{free_port, wait_for_port};
 use records::batch_of_1kib;
 const RECORDS_PER_BATCH: usize = 64;
 
@@ -59,21 +60,6 @@ fn which(tool: &str) -> Option<PathBuf> {
     out.status
         .success()
         .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on port {port} after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// Loopback throughput in MB/s, from iperf3.

@@ -29,10 +29,10 @@
 //! ```
 
 mod kafka_load;
+mod ports;
 mod proc_status;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -42,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use kafka_load::Connection;
+use ports::{free_port, wait_for_port};
 use weir_storage::{BatchBuilder, Compression, NewRecord};
 
 const PARTITIONS: i32 = 4;
@@ -93,10 +94,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 struct Node {
     child: Child,
     kafka: String,
@@ -129,13 +126,7 @@ impl Node {
                     binary.display()
                 )
             })?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", kafka)).is_err() {
-            if Instant::now() > deadline {
-                bail!("the node does not listen after 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(kafka)?;
         Ok(Node {
             child,
             kafka: format!("127.0.0.1:{kafka}"),

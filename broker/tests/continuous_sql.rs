@@ -60,6 +60,20 @@ fn pipeline(c: &Client) -> Value {
     rows.first().cloned().unwrap_or(Value::Null)
 }
 
+/// The typed topic `logs`, on two partitions.
+fn create_logs(c: &Client) {
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({
+            "name": "logs",
+            "partitions": 2,
+            "configs": { "value.format": "json", "value.schema": "host TEXT, status INT, bytes BIGINT" }
+        })),
+    )
+    .unwrap();
+}
+
 fn start(dir: &std::path::Path, listeners: &Listeners) -> (Node, Client) {
     let node = Node::start_on(dir, listeners, &[]);
     let client = Client::new(&node.url(), None);
@@ -71,16 +85,7 @@ fn windows_are_written_once_each_through_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let listeners = Listeners::fixed();
     let (node, c) = start(dir.path(), &listeners);
-    c.call(
-        "POST",
-        "/v1/topics",
-        Some(&json!({
-            "name": "logs",
-            "partitions": 2,
-            "configs": { "value.format": "json", "value.schema": "host TEXT, status INT, bytes BIGINT" }
-        })),
-    )
-    .unwrap();
+    create_logs(&c);
     produce(&c, 0, 3000);
     let created = sql(
         &c,
@@ -166,16 +171,7 @@ fn weir(node: &Node, args: &[&str]) -> (bool, String) {
 fn late_records_are_dead_lettered_and_pipelines_are_managed_with_sql() {
     let dir = tempfile::tempdir().unwrap();
     let (node, c) = start(dir.path(), &Listeners::any());
-    c.call(
-        "POST",
-        "/v1/topics",
-        Some(&json!({
-            "name": "logs",
-            "partitions": 2,
-            "configs": { "value.format": "json", "value.schema": "host TEXT, status INT, bytes BIGINT" }
-        })),
-    )
-    .unwrap();
+    create_logs(&c);
     let (ok, out) = weir(
         &node,
         &[

@@ -25,8 +25,8 @@ use weir_storage::{Log, NewRecord, Record, Storage, Tree, now_ms};
 
 use crate::Error;
 use crate::pipeline::{
-    MARKER_HEADER, PipelineSpec, STEP_BYTES_MAX, StartAt, Stats, Step, batch_with_marker,
-    dead_letter,
+    Failures, MARKER_HEADER, PipelineSpec, STEP_BYTES_MAX, StartAt, Stats, Step, batch_with_marker,
+    dead_letter, step_records,
 };
 
 /// How often a running query saves its state when it has no results to append, at most; a
@@ -111,7 +111,7 @@ pub struct SqlRunner {
     saved_at: Instant,
     /// How long the last save took.
     save_took: Duration,
-    failures_in_row: u32,
+    failures: Failures,
 }
 
 impl SqlRunner {
@@ -141,7 +141,7 @@ impl SqlRunner {
             unsaved: false,
             saved_at: Instant::now(),
             save_took: Duration::ZERO,
-            failures_in_row: 0,
+            failures: Failures::default(),
         };
         runner.finish_appends(&checkpoint)?;
         runner.open_partitions()?;
@@ -208,13 +208,7 @@ impl SqlRunner {
         let partitions: Vec<(u32, u64)> = self.next_offsets.clone().into_iter().collect();
         for (partition, next) in partitions {
             let log = self.storage.log(&self.spec.from, partition)?;
-            let next = next.max(log.log_start_offset());
-            if next >= log.high_watermark() {
-                continue;
-            }
-            let mut records = log.read_records(next, STEP_BYTES_MAX)?;
-            records.retain(|r| r.offset as u64 >= next);
-            records.truncate(self.spec.batch_records_max.max(1) as usize);
+            let records = step_records(&log, next, self.spec.batch_records_max)?;
             let Some(last) = records.last() else { continue };
             self.next_offsets.insert(partition, last.offset as u64 + 1);
             worked = true;
@@ -347,21 +341,8 @@ impl SqlRunner {
 
     /// Counts a failed step; answers why the pipeline pauses once too many came in a row.
     fn count_failure(&mut self, failed: Option<String>) -> Option<String> {
-        let Some(error) = failed else {
-            self.failures_in_row = 0;
-            return None;
-        };
-        self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
-        self.stats.note_error(error.clone());
-        self.failures_in_row += 1;
-        tracing::warn!(pipeline = %self.spec.name, %error, "query failed on a batch; it went to the dead-letter topic");
-        (self.failures_in_row >= self.spec.failures_max).then(|| {
-            self.failures_in_row = 0;
-            format!(
-                "{} failed batches in a row, last: {error}",
-                self.spec.failures_max
-            )
-        })
+        self.failures
+            .count(&self.spec, &self.stats, failed, "failed batches")
     }
 }
 

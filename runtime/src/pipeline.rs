@@ -238,7 +238,7 @@ pub struct Runner {
     /// input offset each output log already covers.
     cursors: BTreeMap<u32, (Checkpoint, HashMap<String, i64>)>,
     stats: Arc<Stats>,
-    failures_in_row: u32,
+    failures: Failures,
 }
 
 /// What a step tells the task driving the runner.
@@ -276,7 +276,7 @@ impl Runner {
             generation: u64::MAX,
             cursors: BTreeMap::new(),
             stats,
-            failures_in_row: 0,
+            failures: Failures::default(),
         };
         runner.refresh_plugins()?;
         runner.open_cursors()?;
@@ -426,13 +426,7 @@ impl Runner {
                 .cursors
                 .get(&partition)
                 .map_or(0, |(c, _)| c.next_offset);
-            let next_offset = next_offset.max(log.log_start_offset());
-            if next_offset >= log.high_watermark() {
-                continue;
-            }
-            let mut records = log.read_records(next_offset, STEP_BYTES_MAX)?;
-            records.retain(|r| r.offset as u64 >= next_offset);
-            records.truncate(self.spec.batch_records_max.max(1) as usize);
+            let records = step_records(&log, next_offset, self.spec.batch_records_max)?;
             if records.is_empty() {
                 continue;
             }
@@ -550,22 +544,8 @@ impl Runner {
 
     /// Counts a failed call; answers why the pipeline pauses once too many came in a row.
     fn count_failure(&mut self, failed_call: Option<String>) -> Option<String> {
-        let Some(error) = failed_call else {
-            self.failures_in_row = 0;
-            return None;
-        };
-        self.stats.failed_calls.fetch_add(1, Ordering::Relaxed);
-        self.stats.note_error(error.clone());
-        self.failures_in_row += 1;
-        tracing::warn!(pipeline = %self.spec.name, error = %error, "plugin call failed; its batch went to the dead-letter topic");
-        if self.failures_in_row < self.spec.failures_max {
-            return None;
-        }
-        self.failures_in_row = 0;
-        Some(format!(
-            "{} failed calls in a row, last: {error}",
-            self.spec.failures_max
-        ))
+        self.failures
+            .count(&self.spec, &self.stats, failed_call, "failed calls")
     }
 
     /// Groups the step's results by output log and appends them, skipping what a log already
@@ -710,6 +690,58 @@ impl Runner {
             self.storage.log(&topic, p)?.append(&mut batch)?;
         }
         Ok(())
+    }
+}
+
+/// The records a step reads from `log` at `next_offset` (or the log's start, if later): up to
+/// [`STEP_BYTES_MAX`] bytes and `records_max` records; none when it is at the end.
+pub(crate) fn step_records(
+    log: &Log,
+    next_offset: u64,
+    records_max: u32,
+) -> Result<Vec<Record>, Error> {
+    let next_offset = next_offset.max(log.log_start_offset());
+    if next_offset >= log.high_watermark() {
+        return Ok(Vec::new());
+    }
+    let mut records = log.read_records(next_offset, STEP_BYTES_MAX)?;
+    records.retain(|r| r.offset as u64 >= next_offset);
+    records.truncate(records_max.max(1) as usize);
+    Ok(records)
+}
+
+/// Failures in a row of a pipeline's steps.
+#[derive(Default)]
+pub(crate) struct Failures {
+    in_row: u32,
+}
+
+impl Failures {
+    /// Counts the failure of a step (`None` when it worked); answers why the pipeline pauses
+    /// once `spec.failures_max` came in a row. `what` names them: `failed calls`.
+    pub(crate) fn count(
+        &mut self,
+        spec: &PipelineSpec,
+        stats: &Stats,
+        failed: Option<String>,
+        what: &str,
+    ) -> Option<String> {
+        let Some(error) = failed else {
+            self.in_row = 0;
+            return None;
+        };
+        stats.failed_calls.fetch_add(1, Ordering::Relaxed);
+        stats.note_error(error.clone());
+        self.in_row += 1;
+        tracing::warn!(pipeline = %spec.name, %error, "a batch failed; it went to the dead-letter topic");
+        if self.in_row < spec.failures_max {
+            return None;
+        }
+        self.in_row = 0;
+        Some(format!(
+            "{} {what} in a row, last: {error}",
+            spec.failures_max
+        ))
     }
 }
 
