@@ -88,6 +88,8 @@ pub struct SqlCheckpoint {
 pub struct Pending {
     pub topic: String,
     pub partition: u32,
+    /// Which of the step's batches for this partition it is: its marker ends with it.
+    pub chunk: usize,
     /// The log's end before the batch: its marker is at or after it.
     pub from: u64,
     /// The batch as appended, base64.
@@ -151,9 +153,9 @@ impl SqlRunner {
     /// Appends the batches of a saved step whose marker their logs lack (a crash came between
     /// saving the checkpoint and appending).
     fn finish_appends(&self, checkpoint: &SqlCheckpoint) -> Result<(), Error> {
-        let marker = self.marker(checkpoint.seq);
         for pending in &checkpoint.pending {
             let log = self.storage.log(&pending.topic, pending.partition)?;
+            let marker = self.marker(checkpoint.seq, pending.chunk);
             if holds_marker(&log, pending.from, &marker)? {
                 continue;
             }
@@ -186,8 +188,9 @@ impl SqlRunner {
         Ok(())
     }
 
-    fn marker(&self, seq: u64) -> String {
-        format!("{}/sql/{seq}", self.spec.name)
+    /// The marker of batch `chunk` of a partition's results of step `seq`.
+    fn marker(&self, seq: u64, chunk: usize) -> String {
+        format!("{}/sql/{seq}/{chunk}", self.spec.name)
     }
 
     /// Reads one batch of every partition, feeds the operator, and saves and appends what it
@@ -287,7 +290,6 @@ impl SqlRunner {
         &mut self,
         outputs: BTreeMap<(String, u32), Vec<NewRecord>>,
     ) -> Result<(), Error> {
-        let marker = Bytes::from(self.marker(self.seq + 1));
         let (mut out_count, mut dead_count) = (0u64, 0u64);
         let dead_letter_topic = self.spec.dead_letter_topic();
         let mut pending = Vec::with_capacity(outputs.len());
@@ -299,14 +301,19 @@ impl SqlRunner {
                 out_count += records.len() as u64;
             }
             let log = self.storage.log(&topic, partition)?;
-            let batch = batch_with_marker(records, &marker)?;
-            pending.push(Pending {
-                topic,
-                partition,
-                from: log.log_end_offset(),
-                batch: b64().encode(&batch),
-            });
-            batches.push((log, batch));
+            let from = log.log_end_offset();
+            for (chunk, records) in chunks(records).into_iter().enumerate() {
+                let marker = Bytes::from(self.marker(self.seq + 1, chunk));
+                let batch = batch_with_marker(records, &marker)?;
+                pending.push(Pending {
+                    topic: topic.clone(),
+                    partition,
+                    chunk,
+                    from,
+                    batch: b64().encode(&batch),
+                });
+                batches.push((log.clone(), batch));
+            }
         }
         self.save(pending)?;
         for (log, mut batch) in batches {
@@ -346,6 +353,36 @@ impl SqlRunner {
     }
 }
 
+/// Record bytes one batch of results holds at most: well under storage's limit on a batch.
+const BATCH_BYTES_MAX: usize = 256 << 10;
+
+/// `records` cut into runs of at most [`BATCH_BYTES_MAX`] bytes (and at least one record).
+fn chunks(records: Vec<NewRecord>) -> Vec<Vec<NewRecord>> {
+    let mut out: Vec<Vec<NewRecord>> = Vec::new();
+    let mut bytes = 0;
+    for record in records {
+        let size = 32
+            + record.key.as_ref().map_or(0, |k| k.len())
+            + record.value.as_ref().map_or(0, |v| v.len())
+            + record
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()) + 8)
+                .sum::<usize>();
+        match out.last_mut() {
+            Some(last) if bytes + size <= BATCH_BYTES_MAX => {
+                last.push(record);
+                bytes += size;
+            }
+            _ => {
+                out.push(vec![record]);
+                bytes = size;
+            }
+        }
+    }
+    out
+}
+
 /// Whether `log` holds a record with the marker header `marker` at or after offset `from`.
 fn holds_marker(log: &Log, from: u64, marker: &str) -> Result<bool, Error> {
     let mut offset = from.max(log.log_start_offset());
@@ -372,14 +409,19 @@ mod tests {
 
     use super::*;
 
-    /// Writes every record it is given to partition 0 of the output; its state counts them.
-    struct Echo(u64);
+    /// Writes every record it is given to partition 0 of the output, `copies` times; its state
+    /// counts them.
+    struct Echo {
+        seen: u64,
+        copies: usize,
+    }
 
     impl Operator for Echo {
         fn push(&mut self, _: u32, records: &[Record], _: i64) -> Result<Emitted, String> {
-            self.0 += records.len() as u64;
+            self.seen += records.len() as u64;
             let records = records
                 .iter()
+                .flat_map(|r| std::iter::repeat_n(r, self.copies))
                 .map(|r| {
                     let record = NewRecord {
                         timestamp: r.timestamp,
@@ -399,10 +441,10 @@ mod tests {
             Ok(Emitted::default())
         }
         fn snapshot(&mut self) -> Result<Vec<u8>, String> {
-            Ok(self.0.to_le_bytes().to_vec())
+            Ok(self.seen.to_le_bytes().to_vec())
         }
         fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-            self.0 = u64::from_le_bytes(state.try_into().map_err(|_| "8 bytes")?);
+            self.seen = u64::from_le_bytes(state.try_into().map_err(|_| "8 bytes")?);
             Ok(())
         }
         fn gauges(&self) -> Gauges {
@@ -410,11 +452,14 @@ mod tests {
         }
     }
 
-    struct EchoCompiler;
+    struct EchoCompiler(usize);
 
     impl Compiler for EchoCompiler {
         fn compile(&self, _: &PipelineSpec) -> Result<Box<dyn Operator>, String> {
-            Ok(Box::new(Echo(0)))
+            Ok(Box::new(Echo {
+                seen: 0,
+                copies: self.0,
+            }))
         }
     }
 
@@ -448,6 +493,76 @@ mod tests {
     }
 
     #[test]
+    fn results_larger_than_a_batch_are_appended_in_several_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        for topic in ["in", "out", "echo.dlq"] {
+            storage.create_topic(topic, 1, BTreeMap::new()).unwrap();
+        }
+        let checkpoints: Tree<SqlCheckpoint> = storage.meta().tree("sql").unwrap();
+        let open = || {
+            let spec = PipelineSpec {
+                batch_records_max: 1000,
+                ..spec()
+            };
+            let stats = Arc::new(Stats::default());
+            SqlRunner::new(
+                spec,
+                storage.clone(),
+                checkpoints.clone(),
+                &EchoCompiler(3),
+                stats,
+            )
+            .unwrap()
+        };
+        // 900 records of 1 KiB, each written three times: 2.7 MiB of results in one step, over
+        // storage's 1 MiB a batch.
+        let value = "x".repeat(1024);
+        append(&storage, "in", &vec![value.as_str(); 900]);
+        let mut runner = open();
+        assert!(matches!(runner.step().unwrap(), Step::Worked));
+        let out = storage.log("out", 0).unwrap();
+        assert_eq!(out.high_watermark(), 2700);
+        drop(runner);
+
+        // A crash after the first of two saved batches was appended: only the second follows.
+        let mut saved = checkpoints.get("echo").unwrap().unwrap();
+        let from = out.log_end_offset();
+        saved.seq += 1;
+        saved.pending = (0..2)
+            .map(|chunk| {
+                let marker = Bytes::from(format!("echo/sql/{}/{chunk}", saved.seq));
+                let record = NewRecord {
+                    timestamp: 1,
+                    key: None,
+                    value: Some(Bytes::from(format!("chunk {chunk}"))),
+                    headers: Vec::new(),
+                };
+                let batch = batch_with_marker(vec![record], &marker).unwrap();
+                Pending {
+                    topic: "out".into(),
+                    partition: 0,
+                    chunk,
+                    from,
+                    batch: b64().encode(batch),
+                }
+            })
+            .collect();
+        checkpoints.insert("echo", &saved).unwrap();
+        let mut first = b64().decode(&saved.pending[0].batch).unwrap();
+        out.append(&mut first).unwrap();
+        drop(open());
+        drop(open());
+        let tail: Vec<Bytes> = out
+            .read_records(2700, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.value)
+            .collect();
+        assert_eq!(tail, ["chunk 0", "chunk 1"].map(Bytes::from).to_vec());
+    }
+
+    #[test]
     fn results_saved_but_not_appended_before_a_crash_are_appended_once_on_start() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
@@ -461,7 +576,7 @@ mod tests {
                 spec(),
                 storage.clone(),
                 checkpoints.clone(),
-                &EchoCompiler,
+                &EchoCompiler(1),
                 stats.clone(),
             )
             .unwrap()
@@ -475,7 +590,7 @@ mod tests {
 
         // A crash after the checkpoint of the next step was saved, before its append.
         let mut saved = checkpoints.get("echo").unwrap().unwrap();
-        let marker = Bytes::from(format!("echo/sql/{}", saved.seq + 1));
+        let marker = Bytes::from(format!("echo/sql/{}/0", saved.seq + 1));
         let records = ["d", "e"].map(|v| NewRecord {
             timestamp: 1,
             key: None,
@@ -488,6 +603,7 @@ mod tests {
         saved.pending = vec![Pending {
             topic: "out".into(),
             partition: 0,
+            chunk: 0,
             from: out.log_end_offset(),
             batch: b64().encode(batch),
         }];
