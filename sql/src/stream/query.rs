@@ -51,20 +51,18 @@ use crate::value_schema::{TypedColumn, UTC, field_keys};
 pub const OPEN_GROUPS_MAX: u64 = 4_000_000;
 
 /// The topic a continuous query reads, and its window: what planning its `SELECT` named.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Sources {
     read: std::sync::Mutex<Option<(String, Option<WindowSpec>)>>,
-    storage: Option<Arc<Storage>>,
+    storage: Arc<Storage>,
     slot: Arc<Slot>,
 }
 
 impl Sources {
     /// The step's records as topic `topic`'s table; a query reads one topic.
     fn table(&self, topic: &str, window: Option<&WindowSpec>) -> Result<Arc<dyn TableProvider>> {
-        let storage = self.storage.as_ref().ok_or_else(|| {
-            DataFusionError::Internal("a continuous query is planned with storage".into())
-        })?;
-        let meta = storage
+        let meta = self
+            .storage
             .existing_topic(topic)
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         let mut read = locks::lock(&self.read);
@@ -116,10 +114,7 @@ impl SchemaProvider for StepSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.0
-            .storage
-            .as_ref()
-            .is_some_and(|s| s.topic(name).ok().flatten().is_some())
+        self.0.storage.topic(name).ok().flatten().is_some()
     }
 }
 
@@ -296,8 +291,9 @@ impl Query {
         functions: Option<&Functions>,
     ) -> Result<Query, Error> {
         let sources = Arc::new(Sources {
-            storage: Some(storage.clone()),
-            ..Sources::default()
+            read: Default::default(),
+            storage: storage.clone(),
+            slot: Default::default(),
         });
         let config = SessionConfig::new()
             .with_target_partitions(1)
