@@ -26,7 +26,7 @@ use weir_storage::{Log, NewRecord, Record, Storage, Tree, now_ms};
 use crate::Error;
 use crate::pipeline::{
     Failures, MARKER_HEADER, PipelineSpec, STEP_BYTES_MAX, StartAt, Stats, Step, batch_with_marker,
-    dead_letter, step_records,
+    dead_letter, dead_letter_partitions, step_records,
 };
 
 /// How often a running query saves its state when it has no results to append, at most; a
@@ -202,11 +202,7 @@ impl SqlRunner {
         let mut failed = None;
         let mut late = 0;
         let dead_letter_topic = self.spec.dead_letter_topic();
-        let dead_partitions = self
-            .storage
-            .existing_topic(&dead_letter_topic)?
-            .partitions
-            .max(1);
+        let dead_partitions = dead_letter_partitions(&self.storage, &self.spec)?;
         let output = self.spec.to[0].clone();
         let partitions: Vec<(u32, u64)> = self.next_offsets.clone().into_iter().collect();
         for (partition, next) in partitions {

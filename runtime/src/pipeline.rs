@@ -604,12 +604,7 @@ impl Runner {
             .last()
             .map(|l| format!("{}: {}", l.plugin, l.message));
         let dead_letter_topic = self.spec.dead_letter_topic();
-        let dead_partitions = self
-            .storage
-            .existing_topic(&dead_letter_topic)?
-            .partitions
-            .max(1);
-        let dead_partition = partition % dead_partitions;
+        let dead_partition = partition % dead_letter_partitions(&self.storage, &self.spec)?;
         for letter in dead_letters {
             handled.insert(letter.origin);
             if !already_in(&dead_letter_topic, dead_partition, letter.origin) {
@@ -759,6 +754,14 @@ pub(crate) fn batch_with_marker(records: Vec<NewRecord>, marker: &Bytes) -> Resu
         builder.push(record);
     }
     Ok(builder.build()?.to_vec())
+}
+
+/// Partitions of `spec`'s dead-letter topic (at least one to spread over).
+pub(crate) fn dead_letter_partitions(storage: &Storage, spec: &PipelineSpec) -> Result<u32, Error> {
+    Ok(storage
+        .existing_topic(&spec.dead_letter_topic())?
+        .partitions
+        .max(1))
 }
 
 /// Input record `input` of partition `partition` of topic `from` as a dead letter: its own
