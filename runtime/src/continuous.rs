@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use weir_storage::{Log, NewRecord, Record, Storage, Tree, now_ms};
 
 use crate::Error;
+use crate::parallel::in_parallel;
 use crate::pipeline::{
     Failures, MARKER_HEADER, PipelineSpec, STEP_BYTES_MAX, StartAt, Stats, Step, batch_with_marker,
     dead_letter, dead_letter_partitions, step_records,
@@ -37,8 +38,10 @@ const CHECKPOINT_SHARE: u32 = 10;
 
 /// The running state of a continuous query.
 pub trait Operator: Send {
-    /// Takes the records one step read from input `partition` (in offset order).
-    fn push(&mut self, partition: u32, records: &[Record], now_ms: i64) -> Result<Emitted, String>;
+    /// Takes the records one step read from each input partition (each in offset order);
+    /// answers, for each partition in the same order, what its records produced or why they
+    /// failed.
+    fn push(&mut self, inputs: &[(u32, Vec<Record>)], now_ms: i64) -> Vec<Result<Emitted, String>>;
     /// Lets wall-clock time pass: a partition idle long enough stops holding windows open.
     fn tick(&mut self, now_ms: i64) -> Result<Emitted, String>;
     /// The state to save with a checkpoint.
@@ -193,6 +196,24 @@ impl SqlRunner {
         format!("{}/sql/{seq}/{chunk}", self.spec.name)
     }
 
+    /// One step's records of every partition that has any, read in parallel.
+    fn read(&self) -> Result<Vec<(u32, Vec<Record>)>, Error> {
+        let mut behind = Vec::new();
+        for (&partition, &next) in &self.next_offsets {
+            let log = self.storage.log(&self.spec.from, partition)?;
+            if next < log.high_watermark() {
+                behind.push((partition, log, next));
+            }
+        }
+        let records_max = self.spec.batch_records_max;
+        let read = in_parallel(behind, |(partition, log, next)| {
+            step_records(&log, next, records_max).map(|records| (partition, records))
+        });
+        let mut inputs = read.into_iter().collect::<Result<Vec<_>, Error>>()?;
+        inputs.retain(|(_, records)| !records.is_empty());
+        Ok(inputs)
+    }
+
     /// Reads one batch of every partition, feeds the operator, and saves and appends what it
     /// produced.
     pub fn step(&mut self) -> Result<Step, Error> {
@@ -204,23 +225,26 @@ impl SqlRunner {
         let dead_letter_topic = self.spec.dead_letter_topic();
         let dead_partitions = dead_letter_partitions(&self.storage, &self.spec)?;
         let output = self.spec.to[0].clone();
-        let partitions: Vec<(u32, u64)> = self.next_offsets.clone().into_iter().collect();
-        for (partition, next) in partitions {
-            let log = self.storage.log(&self.spec.from, partition)?;
-            let records = step_records(&log, next, self.spec.batch_records_max)?;
-            let Some(last) = records.last() else { continue };
-            self.next_offsets.insert(partition, last.offset as u64 + 1);
+        let inputs = self.read()?;
+        let results = if inputs.is_empty() {
+            Vec::new()
+        } else {
+            self.operator.push(&inputs, now_ms())
+        };
+        for ((partition, records), result) in inputs.iter().zip(results) {
+            self.next_offsets
+                .insert(*partition, records[records.len() - 1].offset as u64 + 1);
             worked = true;
             let dead = outputs
                 .entry((dead_letter_topic.clone(), partition % dead_partitions))
                 .or_default();
-            match self.operator.push(partition, &records, now_ms()) {
+            match result {
                 Ok(emitted) => {
                     late += emitted.late.len() as u64;
                     for (index, reason) in emitted.late {
                         dead.push(dead_letter(
                             &self.spec.from,
-                            partition,
+                            *partition,
                             &records[index],
                             reason,
                             "sql".into(),
@@ -231,10 +255,10 @@ impl SqlRunner {
                     }
                 }
                 Err(error) => {
-                    for record in &records {
+                    for record in records {
                         dead.push(dead_letter(
                             &self.spec.from,
-                            partition,
+                            *partition,
                             record,
                             error.clone(),
                             "sql".into(),
@@ -413,25 +437,30 @@ mod tests {
     }
 
     impl Operator for Echo {
-        fn push(&mut self, _: u32, records: &[Record], _: i64) -> Result<Emitted, String> {
-            self.seen += records.len() as u64;
-            let records = records
+        fn push(&mut self, inputs: &[(u32, Vec<Record>)], _: i64) -> Vec<Result<Emitted, String>> {
+            inputs
                 .iter()
-                .flat_map(|r| std::iter::repeat_n(r, self.copies))
-                .map(|r| {
-                    let record = NewRecord {
-                        timestamp: r.timestamp,
-                        key: None,
-                        value: r.value.clone(),
-                        headers: Vec::new(),
-                    };
-                    (0, record)
+                .map(|(_, records)| {
+                    self.seen += records.len() as u64;
+                    let records = records
+                        .iter()
+                        .flat_map(|r| std::iter::repeat_n(r, self.copies))
+                        .map(|r| {
+                            let record = NewRecord {
+                                timestamp: r.timestamp,
+                                key: None,
+                                value: r.value.clone(),
+                                headers: Vec::new(),
+                            };
+                            (0, record)
+                        })
+                        .collect();
+                    Ok(Emitted {
+                        records,
+                        late: Vec::new(),
+                    })
                 })
-                .collect();
-            Ok(Emitted {
-                records,
-                late: Vec::new(),
-            })
+                .collect()
         }
         fn tick(&mut self, _: i64) -> Result<Emitted, String> {
             Ok(Emitted::default())

@@ -17,6 +17,7 @@
 
 pub mod continuous;
 pub mod output;
+pub mod parallel;
 pub mod pipeline;
 mod pipelines;
 mod registry;

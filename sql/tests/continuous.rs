@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::append;
 use serde_json::Value;
-use weir_runtime::continuous::Operator;
+use weir_runtime::continuous::{Emitted, Operator};
 use weir_sql::stream::Query;
 use weir_sql::stream::statement::{Command, parse};
 use weir_sql::{Encoding, QueryConfig, QueryEngine};
@@ -86,6 +86,18 @@ async fn plan(storage: &Arc<Storage>, sql: &str) -> Result<Query, weir_sql::Erro
         panic!("not a CREATE PIPELINE: {sql}");
     };
     Query::plan(storage.clone(), &create, None).await
+}
+
+/// Pushes one partition's records as a step of their own.
+fn push(
+    query: &mut Query,
+    partition: u32,
+    records: &[Record],
+    now_ms: i64,
+) -> Result<Emitted, String> {
+    let mut out = query.push(&[(partition, records.to_vec())], now_ms);
+    assert_eq!(out.len(), 1, "one answer for one partition");
+    out.remove(0)
 }
 
 /// The JSON objects of a one-off query's rows.
@@ -171,18 +183,23 @@ async fn windows_equal_the_one_off_query(select: &str) {
         .unwrap();
     let mut emitted = Vec::new();
     let now = weir_storage::now_ms();
-    // Steps of 100 records, the partitions taking turns; halfway, the state goes through a
-    // snapshot into a new operator, as after a restart.
-    for step in 0..10 {
+    // Steps of both partitions, a first large one (its rows built in parallel) and then 50
+    // records each; halfway, the state goes through a snapshot into a new operator, as after
+    // a restart.
+    let bounds = [0, 600, 650, 700, 750, 800, 850, 900, 950, 1000];
+    for (step, range) in bounds.windows(2).enumerate() {
         if step == 5 {
             let state = query.snapshot().unwrap();
             assert!(query.gauges().open_windows > 0);
             query = plan(&storage, &statement).await.unwrap();
             query.restore(&state).unwrap();
         }
-        for (partition, records) in &input {
-            let chunk = &records[step * 100..(step + 1) * 100];
-            let out = query.push(*partition, chunk, now).unwrap();
+        let inputs: Vec<(u32, Vec<Record>)> = input
+            .iter()
+            .map(|(partition, records)| (*partition, records[range[0]..range[1]].to_vec()))
+            .collect();
+        for out in query.push(&inputs, now) {
+            let out = out.unwrap();
             assert!(out.late.is_empty(), "{:?}", out.late);
             emitted.extend(out.records);
         }
@@ -228,10 +245,10 @@ async fn records_behind_the_watermark_are_late_with_the_reason() {
     let mut query = plan(&storage, ERRORS_PER_MINUTE).await.unwrap();
     let now = weir_storage::now_ms();
     // Partition 0 alone holds the watermark once partition 1 has been idle for 30 s.
-    query.push(0, &input[&0], now).unwrap();
+    push(&mut query, 0, &input[&0], now).unwrap();
     query.tick(now + 30_000).unwrap();
     let watermark = query.gauges().watermark_ms.unwrap();
-    let out = query.push(1, &input[&1][..20], now + 30_000).unwrap();
+    let out = push(&mut query, 1, &input[&1][..20], now + 30_000).unwrap();
     assert_eq!(
         out.late.len(),
         20,
@@ -253,10 +270,10 @@ async fn a_query_past_its_bound_on_open_groups_refuses_the_next_batch() {
     let query = plan(&storage, ERRORS_PER_MINUTE).await.unwrap();
     let mut query = query.with_open_groups_max(5);
     // 200 records of partition 0 span four minutes of 5 hosts: past 5 groups.
-    query.push(0, &input[&0][..100], 0).unwrap();
+    push(&mut query, 0, &input[&0][..100], 0).unwrap();
     let before = query.gauges();
     assert!(before.open_groups >= 5, "{before:?}");
-    let error = query.push(0, &input[&0][100..], 0).err().unwrap();
+    let error = push(&mut query, 0, &input[&0][100..], 0).err().unwrap();
     assert!(
         error.contains("groups in open windows, the most a pipeline holds (5)"),
         "{error}"
@@ -277,7 +294,7 @@ async fn a_query_without_aggregate_runs_record_by_record() {
     let mut query = plan(&storage, sql).await.unwrap();
     let mut emitted = Vec::new();
     for (partition, records) in &input {
-        emitted.extend(query.push(*partition, records, 0).unwrap().records);
+        emitted.extend(push(&mut query, *partition, records, 0).unwrap().records);
     }
     let expected = rows(&storage, "SELECT host, status FROM logs WHERE status = 503").await;
     assert_eq!(expected.len(), 100);
@@ -292,7 +309,7 @@ async fn a_query_without_aggregate_runs_record_by_record() {
     let mut query = plan(&storage, sql).await.unwrap();
     let mut emitted = Vec::new();
     for (partition, records) in &input {
-        emitted.extend(query.push(*partition, records, 0).unwrap().records);
+        emitted.extend(push(&mut query, *partition, records, 0).unwrap().records);
     }
     let expected = rows(
         &storage,

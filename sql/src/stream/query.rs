@@ -35,6 +35,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use weir_runtime::PipelineSpec;
 use weir_runtime::continuous::{Compiler, Emitted, Gauges, Operator};
+use weir_runtime::parallel::in_parallel;
 use weir_storage::{NewRecord, Record, Storage, locks};
 
 use super::source::{Slot, SlotExec, SlotTable};
@@ -241,18 +242,38 @@ struct Header {
     watermark_ms: Option<i64>,
 }
 
+/// A step with fewer records than this builds its rows on one thread.
+const PARALLEL_RECORDS_MIN: usize = 1024;
+
+/// The columns of the topic built from the records (indexes into its schema), and their
+/// schema.
+struct Columns {
+    schema: SchemaRef,
+    projection: Vec<usize>,
+    typed: Vec<TypedColumn>,
+    json_keys: Vec<String>,
+}
+
+impl Columns {
+    fn build(&self, partition: u32, records: &[Record]) -> Result<RecordBatch> {
+        build_batch(
+            &self.schema,
+            &self.projection,
+            &self.typed,
+            &self.json_keys,
+            i64::from(partition),
+            records,
+        )
+    }
+}
+
 pub struct Query {
     storage: Arc<Storage>,
     source: String,
     output: String,
     window: Option<WindowSpec>,
     options: Options,
-    /// The columns of the topic built from the records (indexes into its schema), and their
-    /// schema.
-    projection: Vec<usize>,
-    built_schema: SchemaRef,
-    typed: Vec<TypedColumn>,
-    json_keys: Vec<String>,
+    columns: Columns,
     time_index: Option<usize>,
     input: Arc<Slot>,
     /// The whole plan, or the partial aggregate and what is under it.
@@ -379,14 +400,16 @@ impl Query {
             output: create.output.clone(),
             window,
             options: create.options.clone(),
-            json_keys: field_keys(&typed, &projection),
-            built_schema: Arc::new(
-                input_schema
-                    .project(&projection)
-                    .map_err(|e| Error::Query(e.into()))?,
-            ),
-            projection,
-            typed,
+            columns: Columns {
+                json_keys: field_keys(&typed, &projection),
+                schema: Arc::new(
+                    input_schema
+                        .project(&projection)
+                        .map_err(|e| Error::Query(e.into()))?,
+                ),
+                projection,
+                typed,
+            },
             time_index,
             input: sources.slot.clone(),
             pre,
@@ -547,15 +570,8 @@ impl Query {
             .collect())
     }
 
-    fn push_batch(&mut self, partition: u32, records: &[Record], now_ms: i64) -> Result<Emitted> {
-        let batch = build_batch(
-            &self.built_schema,
-            &self.projection,
-            &self.typed,
-            &self.json_keys,
-            i64::from(partition),
-            records,
-        )?;
+    /// Takes the rows built from one step's records of `partition`.
+    fn push_batch(&mut self, partition: u32, batch: RecordBatch, now_ms: i64) -> Result<Emitted> {
         let mut emitted = Emitted::default();
         let (Some(time_index), Some(window), Some(_)) =
             (self.time_index, self.window.clone(), &self.aggregation)
@@ -861,12 +877,28 @@ impl Aggregation {
 impl Operator for Query {
     fn push(
         &mut self,
-        partition: u32,
-        records: &[Record],
+        inputs: &[(u32, Vec<Record>)],
         now_ms: i64,
-    ) -> std::result::Result<Emitted, String> {
-        self.push_batch(partition, records, now_ms)
-            .map_err(|e| e.to_string())
+    ) -> Vec<std::result::Result<Emitted, String>> {
+        // Building rows from records is most of a step's work, and each partition's are
+        // built on their own; the rest runs in order.
+        let columns = &self.columns;
+        let build = |(partition, records): &(u32, Vec<Record>)| columns.build(*partition, records);
+        let records: usize = inputs.iter().map(|(_, records)| records.len()).sum();
+        let batches = if records >= PARALLEL_RECORDS_MIN {
+            in_parallel(inputs.iter().collect(), build)
+        } else {
+            inputs.iter().map(build).collect()
+        };
+        inputs
+            .iter()
+            .zip(batches)
+            .map(|((partition, _), batch)| {
+                batch
+                    .and_then(|batch| self.push_batch(*partition, batch, now_ms))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
     }
 
     fn tick(&mut self, now_ms: i64) -> std::result::Result<Emitted, String> {
