@@ -127,6 +127,7 @@ impl Node {
                 )
             })?;
         wait_for_port(kafka)?;
+        wait_for_port(http)?;
         Ok(Node {
             child,
             kafka: format!("127.0.0.1:{kafka}"),
