@@ -223,9 +223,14 @@ fn late_records_are_dead_lettered_and_pipelines_are_managed_with_sql() {
     );
     assert!(refused.unwrap_err().contains("needs a window"));
     assert!(rows(&c, "SELECT name FROM weir.topics WHERE name = 'counts_out'").is_empty());
+    // The state is saved in one file beside the metadata, which goes with the pipeline.
+    let steps = dir.path().join("sql-pipelines/errors_per_minute");
+    let files = std::fs::read_dir(&steps).unwrap().count();
+    assert_eq!(files, 1, "only the last checkpoint's file is kept");
     let (ok, out) = weir(&node, &["sql", "DROP PIPELINE errors_per_minute"]);
     assert!(ok, "{out}");
     assert_eq!(pipeline(&c), Value::Null);
+    assert!(!steps.exists(), "{} outlived its pipeline", steps.display());
     let (ok, out) = weir(&node, &["sql", "DROP PIPELINE errors_per_minute"]);
     assert!(!ok && out.contains("does not exist"), "{out}");
     let (ok, out) = weir(&node, &["sql", "DROP PIPELINE IF EXISTS errors_per_minute"]);

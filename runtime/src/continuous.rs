@@ -14,6 +14,7 @@
 //! restart rereads little.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use crate::pipeline::{
     Failures, MARKER_HEADER, PipelineSpec, STEP_BYTES_MAX, StartAt, Stats, Step, batch_with_marker,
     dead_letter, dead_letter_partitions, step_records,
 };
+use crate::registry::write_durably_with;
 
 /// How often a running query saves its state when it has no results to append, at most; a
 /// state that takes long to save is saved less often, so saving takes at most a tenth of the
@@ -75,15 +77,21 @@ pub trait Compiler: Send + Sync {
     fn compile(&self, spec: &PipelineSpec) -> Result<Box<dyn Operator>, String>;
 }
 
-/// What a SQL pipeline saves.
+/// What a SQL pipeline saves in the metadata store. The operator's state and the step's
+/// result batches are in the step's file ([`StepFiles`]), which keeps large states out of the
+/// store; the record written to the store after the file is what makes a checkpoint count.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SqlCheckpoint {
     pub seq: u64,
     pub next_offsets: BTreeMap<u32, u64>,
-    /// The operator's state, base64.
-    pub state: String,
     /// The batches of step `seq`, to be in their logs once the checkpoint is saved.
     pub pending: Vec<Pending>,
+    /// Whether the state and batches are in the file of step `seq`; checkpoints of earlier
+    /// versions have them inline, base64, in `state` and [`Pending::batch`].
+    #[serde(default)]
+    pub in_file: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
 }
 
 /// One output batch of a checkpoint.
@@ -95,8 +103,146 @@ pub struct Pending {
     pub chunk: usize,
     /// The log's end before the batch: its marker is at or after it.
     pub from: u64,
-    /// The batch as appended, base64.
+    /// Only in checkpoints of earlier versions: the batch as appended, base64.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub batch: String,
+}
+
+/// The first bytes of a step file.
+const STEP_FILE_MAGIC: &[u8; 8] = b"WEIRSQL1";
+
+/// The files of a SQL pipeline's saved steps: `<data dir>/sql-pipelines/<name>/<seq>.step`,
+/// each the operator's state and the step's result batches, under a CRC-32C. Only the file of
+/// the checkpoint in the metadata store is kept.
+pub struct StepFiles {
+    dir: PathBuf,
+}
+
+impl StepFiles {
+    pub fn new(storage: &Storage, pipeline: &str) -> StepFiles {
+        StepFiles {
+            dir: storage.data_dir().join("sql-pipelines").join(pipeline),
+        }
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.step"))
+    }
+
+    /// Writes step `seq`'s file durably.
+    fn write(&self, seq: u64, state: &[u8], batches: &[&[u8]]) -> Result<(), Error> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let parts = || std::iter::once(state).chain(batches.iter().copied());
+        let crc = parts().fold(0, |crc, part| {
+            let crc = crc32c::crc32c_append(crc, &(part.len() as u64).to_le_bytes());
+            crc32c::crc32c_append(crc, part)
+        });
+        write_durably_with(&self.path(seq), |file| {
+            file.write_all(STEP_FILE_MAGIC)?;
+            file.write_all(&crc.to_le_bytes())?;
+            for part in parts() {
+                file.write_all(&(part.len() as u64).to_le_bytes())?;
+                file.write_all(part)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The state and batches of step `seq`'s file, checked whole.
+    fn read(&self, seq: u64) -> Result<(Vec<u8>, Vec<Vec<u8>>), Error> {
+        let path = self.path(seq);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bad = |what: &str| {
+            Error::Invalid(format!(
+                "saved state {}: {what}; the pipeline cannot resume from it",
+                path.display()
+            ))
+        };
+        let (magic, rest) = bytes.split_at_checked(8).ok_or_else(|| bad("too short"))?;
+        let (crc, mut body) = rest.split_at_checked(4).ok_or_else(|| bad("too short"))?;
+        if magic != STEP_FILE_MAGIC {
+            return Err(bad("not a step file"));
+        }
+        if crc != crc32c::crc32c(body).to_le_bytes() {
+            return Err(bad("checksum mismatch"));
+        }
+        let mut parts = Vec::new();
+        while !body.is_empty() {
+            let (length, rest) = body.split_at_checked(8).ok_or_else(|| bad("truncated"))?;
+            let length = u64::from_le_bytes(length.try_into().unwrap_or_default());
+            let length = usize::try_from(length)
+                .ok()
+                .filter(|l| *l <= rest.len())
+                .ok_or_else(|| bad("a length past its end"))?;
+            parts.push(rest[..length].to_vec());
+            body = &rest[length..];
+        }
+        if parts.is_empty() {
+            return Err(bad("no state"));
+        }
+        let state = parts.remove(0);
+        Ok((state, parts))
+    }
+
+    /// Removes every file but step `seq`'s: those of earlier checkpoints, and one written by a
+    /// save a crash cut short of the store. A file left behind only costs disk.
+    fn keep_only(&self, seq: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let keep = self.path(seq);
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path == keep {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old step file");
+            }
+        }
+    }
+
+    /// Removes the pipeline's files, with the pipeline.
+    pub fn remove(&self) -> Result<(), Error> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&self.dir, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Saves a checkpoint: its step file, then its record in `checkpoints`; then drops the
+    /// files it replaces.
+    fn commit(
+        &self,
+        checkpoints: &Tree<SqlCheckpoint>,
+        pipeline: &str,
+        checkpoint: &SqlCheckpoint,
+        state: &[u8],
+        batches: &[&[u8]],
+    ) -> Result<(), Error> {
+        self.write(checkpoint.seq, state, batches)?;
+        checkpoints.insert(pipeline, checkpoint)?;
+        self.keep_only(checkpoint.seq);
+        Ok(())
+    }
+
+    /// The state and batches `checkpoint` saved.
+    fn load(&self, checkpoint: &SqlCheckpoint) -> Result<(Vec<u8>, Vec<Vec<u8>>), Error> {
+        if checkpoint.in_file {
+            return self.read(checkpoint.seq);
+        }
+        let decode = |text: &str| {
+            b64()
+                .decode(text)
+                .map_err(|e| Error::Invalid(format!("saved state: {e}")))
+        };
+        let batches = checkpoint
+            .pending
+            .iter()
+            .map(|p| decode(&p.batch))
+            .collect::<Result<_, _>>()?;
+        Ok((decode(&checkpoint.state)?, batches))
+    }
 }
 
 fn b64() -> &'static base64::engine::GeneralPurpose {
@@ -107,6 +253,7 @@ pub struct SqlRunner {
     spec: PipelineSpec,
     storage: Arc<Storage>,
     checkpoints: Tree<SqlCheckpoint>,
+    files: StepFiles,
     operator: Box<dyn Operator>,
     stats: Arc<Stats>,
     seq: u64,
@@ -129,16 +276,20 @@ impl SqlRunner {
     ) -> Result<SqlRunner, Error> {
         let mut operator = compiler.compile(&spec).map_err(Error::Invalid)?;
         let checkpoint = checkpoints.get(&spec.name)?.unwrap_or_default();
-        if !checkpoint.state.is_empty() {
-            let state = b64()
-                .decode(&checkpoint.state)
-                .map_err(|e| Error::Invalid(format!("saved state: {e}")))?;
+        let files = StepFiles::new(&storage, &spec.name);
+        let (state, batches) = match checkpoint.seq {
+            0 => Default::default(),
+            _ => files.load(&checkpoint)?,
+        };
+        files.keep_only(checkpoint.seq);
+        if !state.is_empty() {
             operator.restore(&state).map_err(Error::Invalid)?;
         }
         let mut runner = SqlRunner {
             spec,
             storage,
             checkpoints,
+            files,
             operator,
             stats,
             seq: checkpoint.seq,
@@ -148,23 +299,33 @@ impl SqlRunner {
             save_took: Duration::ZERO,
             failures: Failures::default(),
         };
-        runner.finish_appends(&checkpoint)?;
+        runner.finish_appends(&checkpoint, batches)?;
         runner.open_partitions()?;
         Ok(runner)
     }
 
     /// Appends the batches of a saved step whose marker their logs lack (a crash came between
     /// saving the checkpoint and appending).
-    fn finish_appends(&self, checkpoint: &SqlCheckpoint) -> Result<(), Error> {
-        for pending in &checkpoint.pending {
+    fn finish_appends(
+        &self,
+        checkpoint: &SqlCheckpoint,
+        batches: Vec<Vec<u8>>,
+    ) -> Result<(), Error> {
+        if batches.len() != checkpoint.pending.len() {
+            return Err(Error::Invalid(format!(
+                "saved step {} of pipeline {} has {} batches for {} appends",
+                checkpoint.seq,
+                self.spec.name,
+                batches.len(),
+                checkpoint.pending.len()
+            )));
+        }
+        for (pending, mut batch) in checkpoint.pending.iter().zip(batches) {
             let log = self.storage.log(&pending.topic, pending.partition)?;
             let marker = self.marker(checkpoint.seq, pending.chunk);
             if holds_marker(&log, pending.from, &marker)? {
                 continue;
             }
-            let mut batch = b64()
-                .decode(&pending.batch)
-                .map_err(|e| Error::Invalid(format!("saved batch: {e}")))?;
             tracing::info!(pipeline = %self.spec.name, topic = %pending.topic, partition = pending.partition, "appending the results of the step before a restart");
             log.append(&mut batch)?;
         }
@@ -186,7 +347,7 @@ impl SqlRunner {
             opened = true;
         }
         if opened {
-            self.save(Vec::new())?;
+            self.save(Vec::new(), &[])?;
         }
         Ok(())
     }
@@ -330,12 +491,13 @@ impl SqlRunner {
                     partition,
                     chunk,
                     from,
-                    batch: b64().encode(&batch),
+                    batch: String::new(),
                 });
                 batches.push((log.clone(), batch));
             }
         }
-        self.save(pending)?;
+        let bytes: Vec<&[u8]> = batches.iter().map(|(_, batch)| batch.as_slice()).collect();
+        self.save(pending, &bytes)?;
         for (log, mut batch) in batches {
             log.append(&mut batch)?;
         }
@@ -349,16 +511,24 @@ impl SqlRunner {
     }
 
     /// Saves the operator's state and the input offsets, durably, as the next sequence number.
-    fn save(&mut self, pending: Vec<Pending>) -> Result<(), Error> {
+    /// `batches` are the step's results, one a `pending` entry.
+    fn save(&mut self, pending: Vec<Pending>, batches: &[&[u8]]) -> Result<(), Error> {
         let started = Instant::now();
         let state = self.operator.snapshot().map_err(Error::Invalid)?;
         let checkpoint = SqlCheckpoint {
             seq: self.seq + 1,
             next_offsets: self.next_offsets.clone(),
-            state: b64().encode(state),
             pending,
+            in_file: true,
+            state: String::new(),
         };
-        self.checkpoints.insert(&self.spec.name, &checkpoint)?;
+        self.files.commit(
+            &self.checkpoints,
+            &self.spec.name,
+            &checkpoint,
+            &state,
+            batches,
+        )?;
         self.seq = checkpoint.seq;
         self.unsaved = false;
         self.saved_at = Instant::now();
@@ -554,7 +724,7 @@ mod tests {
         let mut saved = checkpoints.get("echo").unwrap().unwrap();
         let from = out.log_end_offset();
         saved.seq += 1;
-        saved.pending = (0..2)
+        let batches: Vec<Vec<u8>> = (0..2)
             .map(|chunk| {
                 let marker = Bytes::from(format!("echo/sql/{}/{chunk}", saved.seq));
                 let record = NewRecord {
@@ -563,19 +733,23 @@ mod tests {
                     value: Some(Bytes::from(format!("chunk {chunk}"))),
                     headers: Vec::new(),
                 };
-                let batch = batch_with_marker(vec![record], &marker).unwrap();
-                Pending {
-                    topic: "out".into(),
-                    partition: 0,
-                    chunk,
-                    from,
-                    batch: b64().encode(batch),
-                }
+                batch_with_marker(vec![record], &marker).unwrap()
             })
             .collect();
-        checkpoints.insert("echo", &saved).unwrap();
-        let mut first = b64().decode(&saved.pending[0].batch).unwrap();
-        out.append(&mut first).unwrap();
+        saved.pending = (0..2)
+            .map(|chunk| Pending {
+                topic: "out".into(),
+                partition: 0,
+                chunk,
+                from,
+                batch: String::new(),
+            })
+            .collect();
+        let bytes: Vec<&[u8]> = batches.iter().map(Vec::as_slice).collect();
+        StepFiles::new(&storage, "echo")
+            .commit(&checkpoints, "echo", &saved, &[], &bytes)
+            .unwrap();
+        out.append(&mut batches[0].clone()).unwrap();
         drop(open());
         drop(open());
         let tail: Vec<Bytes> = out
@@ -624,15 +798,16 @@ mod tests {
         });
         let batch = batch_with_marker(records.to_vec(), &marker).unwrap();
         saved.seq += 1;
-        saved.state = b64().encode(5u64.to_le_bytes());
         saved.pending = vec![Pending {
             topic: "out".into(),
             partition: 0,
             chunk: 0,
             from: out.log_end_offset(),
-            batch: b64().encode(batch),
+            batch: String::new(),
         }];
-        checkpoints.insert("echo", &saved).unwrap();
+        StepFiles::new(&storage, "echo")
+            .commit(&checkpoints, "echo", &saved, &5u64.to_le_bytes(), &[&batch])
+            .unwrap();
 
         drop(open());
         assert_eq!(out.high_watermark(), 5, "the saved results were appended");
@@ -651,5 +826,95 @@ mod tests {
             values,
             ["a", "b", "c", "d", "e", "f"].map(Bytes::from).to_vec()
         );
+    }
+
+    #[test]
+    fn a_damaged_step_file_is_refused_and_files_a_crash_left_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        for topic in ["in", "out", "echo.dlq"] {
+            storage.create_topic(topic, 1, BTreeMap::new()).unwrap();
+        }
+        let checkpoints: Tree<SqlCheckpoint> = storage.meta().tree("sql").unwrap();
+        let open = || {
+            let stats = Arc::new(Stats::default());
+            SqlRunner::new(
+                spec(),
+                storage.clone(),
+                checkpoints.clone(),
+                &EchoCompiler(1),
+                stats,
+            )
+        };
+        append(&storage, "in", &["a"]);
+        let mut runner = open().unwrap();
+        assert!(matches!(runner.step().unwrap(), Step::Worked));
+        drop(runner);
+        let seq = checkpoints.get("echo").unwrap().unwrap().seq;
+        let files = StepFiles::new(&storage, "echo");
+        // A save the crash cut short of the store: its file is not the checkpoint's.
+        std::fs::write(files.path(seq + 1), b"half").unwrap();
+        drop(open().unwrap());
+        assert!(files.path(seq).exists());
+        assert!(
+            !files.path(seq + 1).exists(),
+            "the file of no checkpoint is gone"
+        );
+
+        let mut bytes = std::fs::read(files.path(seq)).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(files.path(seq), bytes).unwrap();
+        let error = open().err().unwrap().to_string();
+        assert!(error.contains("checksum mismatch"), "{error}");
+    }
+
+    #[test]
+    fn checkpoints_with_state_inline_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        for topic in ["in", "out", "echo.dlq"] {
+            storage.create_topic(topic, 1, BTreeMap::new()).unwrap();
+        }
+        let checkpoints: Tree<SqlCheckpoint> = storage.meta().tree("sql").unwrap();
+        let record = NewRecord {
+            timestamp: 1,
+            key: None,
+            value: Some(Bytes::from("saved")),
+            headers: Vec::new(),
+        };
+        let batch = batch_with_marker(vec![record], &Bytes::from("echo/sql/2/0")).unwrap();
+        let saved = SqlCheckpoint {
+            seq: 2,
+            next_offsets: BTreeMap::from([(0, 0)]),
+            pending: vec![Pending {
+                topic: "out".into(),
+                partition: 0,
+                chunk: 0,
+                from: 0,
+                batch: b64().encode(batch),
+            }],
+            in_file: false,
+            state: b64().encode(7u64.to_le_bytes()),
+        };
+        checkpoints.insert("echo", &saved).unwrap();
+        let stats = Arc::new(Stats::default());
+        let runner = SqlRunner::new(
+            spec(),
+            storage.clone(),
+            checkpoints.clone(),
+            &EchoCompiler(1),
+            stats,
+        )
+        .unwrap();
+        assert_eq!(runner.seq, 2);
+        let out = storage.log("out", 0).unwrap();
+        let values: Vec<Bytes> = out
+            .read_records(0, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.value)
+            .collect();
+        assert_eq!(values, [Bytes::from("saved")]);
     }
 }

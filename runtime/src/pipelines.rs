@@ -13,7 +13,7 @@ use weir::Kind;
 use weir_storage::{Storage, Tree, now_ms};
 
 use crate::Error;
-use crate::continuous::{Compiler, SqlCheckpoint, SqlRunner};
+use crate::continuous::{Compiler, SqlCheckpoint, SqlRunner, StepFiles};
 use crate::pipeline::{Checkpoint, PipelineSpec, Runner, StartAt, Stats, Step, checkpoint_key};
 use crate::registry::{Registry, validate_plugin_name};
 use weir_storage::locks;
@@ -445,6 +445,7 @@ impl Pipelines {
             self.checkpoints.remove(&key)?;
         }
         self.sql_checkpoints.remove(name)?;
+        StepFiles::new(&self.storage, name).remove()?;
         self.tree.remove(name)?;
         tracing::info!(pipeline = name, "pipeline deleted");
         Ok(())

@@ -2,6 +2,7 @@
 //! in the metadata store; the modules themselves live in `<data-dir>/plugin-store/<sha256>.wasm`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -219,18 +220,26 @@ impl Registry {
 }
 
 /// Writes `bytes` to `path` through a temporary file, fsyncing the file and its directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_durably_with(path, |file| file.write_all(bytes))
+}
+
+/// Writes what `write` puts in a file to `path` through a temporary file, fsyncing the file
+/// and its directory.
+pub(crate) fn write_durably_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+    let written = || -> std::io::Result<()> {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        write(&mut file)?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(())
     };
-    write().map_err(|e| Error::io(path, e))
+    written().map_err(|e| Error::io(path, e))
 }
