@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Int32Type, SchemaRef, TimestampMillisecondType};
-use datafusion::arrow::json::writer::JsonArray;
+use datafusion::arrow::json::writer::LineDelimited;
 use datafusion::common::DataFusionError;
 use datafusion::datasource::sink::DataSink;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -66,11 +66,12 @@ impl TopicSink {
     }
 
     /// The typed columns of each row as one JSON object, the value the row's record carries when
-    /// it sets neither `value` nor `value_text`; `None` for a topic without typed columns.
+    /// it sets neither `value` nor `value_text` (`None` for a row that sets none of them); `None`
+    /// for a topic without typed columns.
     fn typed_values(
         &self,
         batch: &RecordBatch,
-    ) -> datafusion::common::Result<Option<Vec<serde_json::Value>>> {
+    ) -> datafusion::common::Result<Option<Vec<Option<Bytes>>>> {
         if self.typed.is_empty() {
             return Ok(None);
         }
@@ -80,15 +81,29 @@ impl TopicSink {
             .filter_map(|c| batch.schema().index_of(&c.name).ok())
             .collect();
         let typed = batch.project(&projection)?;
+        // One object a line: JSON escapes line breaks inside strings.
         let mut writer = datafusion::arrow::json::WriterBuilder::new()
             .with_explicit_nulls(false)
-            .build::<_, JsonArray>(Vec::new());
+            .build::<_, LineDelimited>(Vec::new());
         writer.write(&typed)?;
         writer.finish()?;
-        let text = writer.into_inner();
-        serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|e| DataFusionError::Execution(format!("typed columns: {e}")))
+        let text = Bytes::from(writer.into_inner());
+        let mut values = Vec::with_capacity(batch.num_rows());
+        let mut start = 0;
+        let ends = text.iter().enumerate().filter(|(_, b)| **b == b'\n');
+        for (end, _) in ends {
+            let object = text.slice(start..end);
+            values.push((object.as_ref() != b"{}").then_some(object));
+            start = end + 1;
+        }
+        if values.len() != batch.num_rows() {
+            return Err(DataFusionError::Internal(format!(
+                "{} JSON objects for {} rows",
+                values.len(),
+                batch.num_rows()
+            )));
+        }
+        Ok(Some(values))
     }
 
     /// The records of one batch of rows, by partition.
@@ -120,11 +135,7 @@ impl TopicSink {
             let key = binary("key", row).or_else(|| binary("key_text", row));
             let value = binary("value", row)
                 .or_else(|| binary("value_text", row))
-                .or_else(|| {
-                    let object = typed_json.as_ref()?.get(row)?;
-                    let empty = object.as_object().is_some_and(|o| o.is_empty());
-                    (!empty).then(|| Bytes::from(object.to_string()))
-                });
+                .or_else(|| typed_json.as_ref()?.get(row)?.clone());
             let timestamp = column("timestamp")
                 .filter(|a| !a.is_null(row) && matches!(a.data_type(), DataType::Timestamp(..)))
                 .and_then(|a| {
