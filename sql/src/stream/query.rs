@@ -214,11 +214,15 @@ impl Groups {
         )?)
     }
 
-    /// The window's state as rows of the partial aggregate's output; empties the accumulators.
-    fn take_state(&mut self, aggregation: &Aggregation) -> Result<RecordBatch> {
+    /// The window's state as rows of the partial aggregate's output. Taking a state empties an
+    /// accumulator, so each is given its state back, group `i` at index `i` as before.
+    fn state(&mut self, aggregation: &Aggregation) -> Result<RecordBatch> {
         let mut columns = self.group_columns(aggregation)?;
+        let indices: Vec<usize> = (0..self.keys.len()).collect();
         for accumulator in &mut self.accumulators {
-            columns.extend(accumulator.state(EmitTo::All)?);
+            let state = accumulator.state(EmitTo::All)?;
+            accumulator.merge_batch(&state, &indices, self.keys.len())?;
+            columns.extend(state);
         }
         Ok(RecordBatch::try_new(
             aggregation.partial_schema.clone(),
@@ -648,24 +652,15 @@ impl Query {
         let Some(aggregation) = &self.aggregation else {
             return Ok(bytes);
         };
-        let mut states = Vec::with_capacity(self.windows.len());
-        for groups in self.windows.values_mut() {
-            states.push(groups.take_state(aggregation)?);
-        }
         let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(
             &mut bytes,
             &aggregation.partial_schema,
         )?;
-        for state in &states {
-            writer.write(state)?;
+        for groups in self.windows.values_mut() {
+            writer.write(&groups.state(aggregation)?)?;
         }
         writer.finish()?;
         drop(writer);
-        // Taking a state empties the accumulators: merge it back.
-        self.windows.clear();
-        for state in &states {
-            self.merge(state)?;
-        }
         Ok(bytes)
     }
 
