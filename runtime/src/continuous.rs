@@ -687,174 +687,162 @@ mod tests {
         storage.log(topic, 0).unwrap().append(&mut batch).unwrap();
     }
 
-    #[test]
-    fn results_larger_than_a_batch_are_appended_in_several_each_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        for topic in ["in", "out", "echo.dlq"] {
-            storage.create_topic(topic, 1, BTreeMap::new()).unwrap();
+    /// A node's storage with the topics of the echo pipeline, and its checkpoints.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        storage: Arc<Storage>,
+        checkpoints: Tree<SqlCheckpoint>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+            for topic in ["in", "out", "echo.dlq"] {
+                storage.create_topic(topic, 1, BTreeMap::new()).unwrap();
+            }
+            let checkpoints = storage.meta().tree("sql").unwrap();
+            Fixture {
+                _dir: dir,
+                storage,
+                checkpoints,
+            }
         }
-        let checkpoints: Tree<SqlCheckpoint> = storage.meta().tree("sql").unwrap();
-        let open = || {
-            let spec = PipelineSpec {
-                batch_records_max: 1000,
-                ..spec()
-            };
-            let stats = Arc::new(Stats::default());
+
+        /// The echo pipeline's runner, as a (re)start makes it.
+        fn open(&self, spec: PipelineSpec, copies: usize) -> Result<SqlRunner, Error> {
             SqlRunner::new(
                 spec,
-                storage.clone(),
-                checkpoints.clone(),
-                &EchoCompiler(3),
-                stats,
+                self.storage.clone(),
+                self.checkpoints.clone(),
+                &EchoCompiler(copies),
+                Arc::new(Stats::default()),
             )
-            .unwrap()
+        }
+
+        fn saved(&self) -> SqlCheckpoint {
+            self.checkpoints.get("echo").unwrap().unwrap()
+        }
+
+        /// Saves `checkpoint` with `state` and `batches` as the runner does.
+        fn commit(&self, checkpoint: &SqlCheckpoint, state: &[u8], batches: &[&[u8]]) {
+            StepFiles::new(&self.storage, "echo")
+                .commit(&self.checkpoints, "echo", checkpoint, state, batches)
+                .unwrap();
+        }
+
+        /// The values of the output from `offset` on.
+        fn out_values(&self, offset: u64) -> Vec<Bytes> {
+            self.storage
+                .log("out", 0)
+                .unwrap()
+                .read_records(offset, 1 << 20)
+                .unwrap()
+                .into_iter()
+                .filter_map(|r| r.value)
+                .collect()
+        }
+    }
+
+    /// A batch of `values` marked as batch `chunk` of step `seq`'s results.
+    fn marked(seq: u64, chunk: usize, values: &[&str]) -> Vec<u8> {
+        let records = values
+            .iter()
+            .map(|v| NewRecord {
+                timestamp: 1,
+                key: None,
+                value: Some(Bytes::copy_from_slice(v.as_bytes())),
+                headers: Vec::new(),
+            })
+            .collect();
+        batch_with_marker(records, &Bytes::from(format!("echo/sql/{seq}/{chunk}"))).unwrap()
+    }
+
+    fn pending(chunk: usize, from: u64) -> Pending {
+        Pending {
+            topic: "out".into(),
+            partition: 0,
+            chunk,
+            from,
+            batch: String::new(),
+        }
+    }
+
+    #[test]
+    fn results_larger_than_a_batch_are_appended_in_several_each_once() {
+        let node = Fixture::new();
+        let spec = || PipelineSpec {
+            batch_records_max: 1000,
+            ..spec()
         };
         // 900 records of 1 KiB, each written three times: 2.7 MiB of results in one step, over
         // storage's 1 MiB a batch.
         let value = "x".repeat(1024);
-        append(&storage, "in", &vec![value.as_str(); 900]);
-        let mut runner = open();
+        append(&node.storage, "in", &vec![value.as_str(); 900]);
+        let mut runner = node.open(spec(), 3).unwrap();
         assert!(matches!(runner.step().unwrap(), Step::Worked));
-        let out = storage.log("out", 0).unwrap();
+        let out = node.storage.log("out", 0).unwrap();
         assert_eq!(out.high_watermark(), 2700);
         drop(runner);
 
         // A crash after the first of two saved batches was appended: only the second follows.
-        let mut saved = checkpoints.get("echo").unwrap().unwrap();
+        let mut saved = node.saved();
         let from = out.log_end_offset();
         saved.seq += 1;
-        let batches: Vec<Vec<u8>> = (0..2)
-            .map(|chunk| {
-                let marker = Bytes::from(format!("echo/sql/{}/{chunk}", saved.seq));
-                let record = NewRecord {
-                    timestamp: 1,
-                    key: None,
-                    value: Some(Bytes::from(format!("chunk {chunk}"))),
-                    headers: Vec::new(),
-                };
-                batch_with_marker(vec![record], &marker).unwrap()
-            })
-            .collect();
-        saved.pending = (0..2)
-            .map(|chunk| Pending {
-                topic: "out".into(),
-                partition: 0,
-                chunk,
-                from,
-                batch: String::new(),
-            })
-            .collect();
-        let bytes: Vec<&[u8]> = batches.iter().map(Vec::as_slice).collect();
-        StepFiles::new(&storage, "echo")
-            .commit(&checkpoints, "echo", &saved, &[], &bytes)
-            .unwrap();
+        let batches = [0, 1].map(|chunk| marked(saved.seq, chunk, &[&format!("chunk {chunk}")]));
+        saved.pending = vec![pending(0, from), pending(1, from)];
+        node.commit(&saved, &[], &[&batches[0], &batches[1]]);
         out.append(&mut batches[0].clone()).unwrap();
-        drop(open());
-        drop(open());
-        let tail: Vec<Bytes> = out
-            .read_records(2700, 1 << 20)
-            .unwrap()
-            .into_iter()
-            .filter_map(|r| r.value)
-            .collect();
-        assert_eq!(tail, ["chunk 0", "chunk 1"].map(Bytes::from).to_vec());
+        drop(node.open(spec(), 3).unwrap());
+        drop(node.open(spec(), 3).unwrap());
+        assert_eq!(
+            node.out_values(2700),
+            ["chunk 0", "chunk 1"].map(Bytes::from).to_vec()
+        );
     }
 
     #[test]
     fn results_saved_but_not_appended_before_a_crash_are_appended_once_on_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        for topic in ["in", "out", "echo.dlq"] {
-            storage.create_topic(topic, 1, BTreeMap::new()).unwrap();
-        }
-        let checkpoints: Tree<SqlCheckpoint> = storage.meta().tree("sql").unwrap();
-        let stats = Arc::new(Stats::default());
-        let open = || {
-            SqlRunner::new(
-                spec(),
-                storage.clone(),
-                checkpoints.clone(),
-                &EchoCompiler(1),
-                stats.clone(),
-            )
-            .unwrap()
-        };
-        append(&storage, "in", &["a", "b", "c"]);
-        let mut runner = open();
+        let node = Fixture::new();
+        append(&node.storage, "in", &["a", "b", "c"]);
+        let mut runner = node.open(spec(), 1).unwrap();
         assert!(matches!(runner.step().unwrap(), Step::Worked));
-        let out = storage.log("out", 0).unwrap();
+        let out = node.storage.log("out", 0).unwrap();
         assert_eq!(out.high_watermark(), 3);
         drop(runner);
 
         // A crash after the checkpoint of the next step was saved, before its append.
-        let mut saved = checkpoints.get("echo").unwrap().unwrap();
-        let marker = Bytes::from(format!("echo/sql/{}/0", saved.seq + 1));
-        let records = ["d", "e"].map(|v| NewRecord {
-            timestamp: 1,
-            key: None,
-            value: Some(Bytes::from(v)),
-            headers: Vec::new(),
-        });
-        let batch = batch_with_marker(records.to_vec(), &marker).unwrap();
+        let mut saved = node.saved();
         saved.seq += 1;
-        saved.pending = vec![Pending {
-            topic: "out".into(),
-            partition: 0,
-            chunk: 0,
-            from: out.log_end_offset(),
-            batch: String::new(),
-        }];
-        StepFiles::new(&storage, "echo")
-            .commit(&checkpoints, "echo", &saved, &5u64.to_le_bytes(), &[&batch])
-            .unwrap();
+        saved.pending = vec![pending(0, out.log_end_offset())];
+        let batch = marked(saved.seq, 0, &["d", "e"]);
+        node.commit(&saved, &5u64.to_le_bytes(), &[&batch]);
 
-        drop(open());
+        drop(node.open(spec(), 1).unwrap());
         assert_eq!(out.high_watermark(), 5, "the saved results were appended");
-        let mut runner = open();
+        let mut runner = node.open(spec(), 1).unwrap();
         assert_eq!(out.high_watermark(), 5, "and only once");
         assert!(matches!(runner.step().unwrap(), Step::Idle));
-        append(&storage, "in", &["f"]);
+        append(&node.storage, "in", &["f"]);
         assert!(matches!(runner.step().unwrap(), Step::Worked));
-        let values: Vec<Bytes> = out
-            .read_records(0, 1 << 20)
-            .unwrap()
-            .into_iter()
-            .filter_map(|r| r.value)
-            .collect();
         assert_eq!(
-            values,
+            node.out_values(0),
             ["a", "b", "c", "d", "e", "f"].map(Bytes::from).to_vec()
         );
     }
 
     #[test]
     fn a_damaged_step_file_is_refused_and_files_a_crash_left_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        for topic in ["in", "out", "echo.dlq"] {
-            storage.create_topic(topic, 1, BTreeMap::new()).unwrap();
-        }
-        let checkpoints: Tree<SqlCheckpoint> = storage.meta().tree("sql").unwrap();
-        let open = || {
-            let stats = Arc::new(Stats::default());
-            SqlRunner::new(
-                spec(),
-                storage.clone(),
-                checkpoints.clone(),
-                &EchoCompiler(1),
-                stats,
-            )
-        };
-        append(&storage, "in", &["a"]);
-        let mut runner = open().unwrap();
+        let node = Fixture::new();
+        append(&node.storage, "in", &["a"]);
+        let mut runner = node.open(spec(), 1).unwrap();
         assert!(matches!(runner.step().unwrap(), Step::Worked));
         drop(runner);
-        let seq = checkpoints.get("echo").unwrap().unwrap().seq;
-        let files = StepFiles::new(&storage, "echo");
+        let seq = node.saved().seq;
+        let files = StepFiles::new(&node.storage, "echo");
         // A save the crash cut short of the store: its file is not the checkpoint's.
         std::fs::write(files.path(seq + 1), b"half").unwrap();
-        drop(open().unwrap());
+        drop(node.open(spec(), 1).unwrap());
         assert!(files.path(seq).exists());
         assert!(
             !files.path(seq + 1).exists(),
@@ -865,56 +853,26 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(files.path(seq), bytes).unwrap();
-        let error = open().err().unwrap().to_string();
+        let error = node.open(spec(), 1).err().unwrap().to_string();
         assert!(error.contains("checksum mismatch"), "{error}");
     }
 
     #[test]
     fn checkpoints_with_state_inline_are_still_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        for topic in ["in", "out", "echo.dlq"] {
-            storage.create_topic(topic, 1, BTreeMap::new()).unwrap();
-        }
-        let checkpoints: Tree<SqlCheckpoint> = storage.meta().tree("sql").unwrap();
-        let record = NewRecord {
-            timestamp: 1,
-            key: None,
-            value: Some(Bytes::from("saved")),
-            headers: Vec::new(),
-        };
-        let batch = batch_with_marker(vec![record], &Bytes::from("echo/sql/2/0")).unwrap();
+        let node = Fixture::new();
         let saved = SqlCheckpoint {
             seq: 2,
             next_offsets: BTreeMap::from([(0, 0)]),
             pending: vec![Pending {
-                topic: "out".into(),
-                partition: 0,
-                chunk: 0,
-                from: 0,
-                batch: b64().encode(batch),
+                batch: b64().encode(marked(2, 0, &["saved"])),
+                ..pending(0, 0)
             }],
             in_file: false,
             state: b64().encode(7u64.to_le_bytes()),
         };
-        checkpoints.insert("echo", &saved).unwrap();
-        let stats = Arc::new(Stats::default());
-        let runner = SqlRunner::new(
-            spec(),
-            storage.clone(),
-            checkpoints.clone(),
-            &EchoCompiler(1),
-            stats,
-        )
-        .unwrap();
+        node.checkpoints.insert("echo", &saved).unwrap();
+        let runner = node.open(spec(), 1).unwrap();
         assert_eq!(runner.seq, 2);
-        let out = storage.log("out", 0).unwrap();
-        let values: Vec<Bytes> = out
-            .read_records(0, 1 << 20)
-            .unwrap()
-            .into_iter()
-            .filter_map(|r| r.value)
-            .collect();
-        assert_eq!(values, [Bytes::from("saved")]);
+        assert_eq!(node.out_values(0), [Bytes::from("saved")]);
     }
 }
