@@ -618,6 +618,39 @@ fn users_sign_in_over_https_and_postgres_and_are_held_to_their_acls() {
         let refused = ok(call(&bob, "POST", "/v1/sql", Some(&body)), "403");
         assert!(refused.contains("user bob may not"), "{sql}: {refused}");
     }
+    // Pipelines and functions in SQL: a pipeline bob makes reads and writes only what he may,
+    // the admin's pipeline is not his to pause or drop, and functions are the node's.
+    let admins = serde_json::json!({
+        "sql": "CREATE PIPELINE admins AS INSERT INTO admins_out SELECT offset FROM hidden"
+    })
+    .to_string();
+    ok(call(&as_admin, "POST", "/v1/sql", Some(&admins)), "200");
+    for (sql, reason) in [
+        (
+            "CREATE PIPELINE bobs AS INSERT INTO hidden SELECT value FROM visible",
+            "user bob may not WRITE topic",
+        ),
+        (
+            "CREATE PIPELINE bobs AS INSERT INTO visible SELECT value FROM hidden",
+            "user bob may not",
+        ),
+        ("ALTER PIPELINE admins PAUSE", "not yours to change"),
+        ("DROP PIPELINE admins", "not yours to drop"),
+        (
+            "CREATE FUNCTION f AS PLUGIN 'url-path'",
+            "functions are the node's",
+        ),
+    ] {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let refused = ok(call(&bob, "POST", "/v1/sql", Some(&body)), "403");
+        assert!(refused.contains(reason), "{sql}: {refused}");
+    }
+    let shown = serde_json::json!({ "sql": "SHOW PIPELINES" }).to_string();
+    let pipelines = ok(call(&as_admin, "POST", "/v1/sql", Some(&shown)), "200");
+    assert!(
+        pipelines.contains("admins") && !pipelines.contains("bobs"),
+        "{pipelines}"
+    );
     let refused = ok(call(&bob, "GET", "/v1/acls", None), "403");
     assert!(refused.contains("super-users"), "{refused}");
     let wrong = ok(call(&["-u", "bob:guess"], "GET", "/v1/topics", None), "401");
