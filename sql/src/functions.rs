@@ -251,3 +251,37 @@ impl ScalarUDFImpl for PluginFunction {
         Ok(ColumnarValue::Array(std::sync::Arc::new(out.finish())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use std::sync::Arc;
+
+    use weir_runtime::{Runtime, SandboxConfig};
+    use weir_storage::{Storage, StorageConfig};
+
+    use super::{FUNCTIONS_MAX, FunctionDef, Functions};
+
+    #[test]
+    fn a_function_past_the_bound_is_refused_before_its_plugin_is_looked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let runtime = Runtime::open(Arc::clone(&storage), SandboxConfig::default()).unwrap();
+        let functions = Functions::open(&runtime, &storage).unwrap();
+        let def = FunctionDef {
+            plugin: "url-path".into(),
+            created_ms: 0,
+        };
+        for i in 0..FUNCTIONS_MAX {
+            functions.tree.insert(&format!("f{i}"), &def).unwrap();
+        }
+        let error = functions.create("one_more", "url-path").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("256 functions exist, the most one node keeps"),
+            "{error}"
+        );
+    }
+}
