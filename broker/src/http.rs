@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Extension, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,19 +25,26 @@ use weir_storage::{
 };
 
 use crate::acl::{Caller, Denied, Operation, ResourceType};
+use crate::http::ingest::BodyKind;
 use crate::kafka::groups::GroupError;
 use crate::node::NodeContext;
 use crate::tls::{Handshakes, Listener};
 
 mod acls_api;
+mod ingest;
 mod runtime_api;
 mod sql_api;
 mod users_api;
 
 /// Most records one JSON consume returns.
 pub const CONSUME_RECORDS_MAX: usize = 10_000;
-/// Most records one JSON produce takes.
+/// Most records one produce request takes.
 pub const PRODUCE_RECORDS_MAX: usize = 100_000;
+/// Largest body of a produce request.
+pub const PRODUCE_BODY_BYTES_MAX: usize = 16 << 20;
+/// Record bytes one appended batch of a produce request holds at most, well under storage's
+/// limit on a batch.
+const PRODUCE_BATCH_BYTES_MAX: usize = 512 << 10;
 
 #[derive(Clone)]
 struct AppState {
@@ -57,6 +65,7 @@ pub struct Tokens {
 }
 
 /// An error answered as JSON `{"error": "..."}` with a status code.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
@@ -69,7 +78,18 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    fn unsupported(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: message.into(),
+        }
+    }
 }
+
+/// Seconds a client is asked to wait before sending again what the node could not take
+/// (`Retry-After` on a 503), so shippers retry instead of dropping.
+const RETRY_AFTER_SECONDS: u32 = 5;
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
@@ -98,11 +118,17 @@ impl From<StorageError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(serde_json::json!({ "error": self.message })),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
+        }
+        response
     }
 }
 
@@ -136,7 +162,12 @@ pub async fn serve(
             "/topics/{name}/configs",
             axum::routing::patch(alter_topic_configs),
         )
-        .route("/topics/{name}/records", get(consume).post(produce))
+        .route(
+            "/topics/{name}/records",
+            get(consume)
+                .post(produce)
+                .layer(DefaultBodyLimit::max(PRODUCE_BODY_BYTES_MAX)),
+        )
         .route("/groups", get(list_groups))
         .route("/groups/{id}", get(describe_group))
         .route("/groups/{id}/offsets", axum::routing::post(commit_offset))
@@ -610,59 +641,137 @@ struct Placed {
     offset: u64,
 }
 
+/// A record of a produce request, and the partition it names if it names one.
+struct Produced {
+    partition: Option<u32>,
+    record: NewRecord,
+}
+
 async fn produce(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    Json(body): Json<ProduceBody>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.check(Operation::Write, ResourceType::Topic, &name)?;
-    if body.records.len() > PRODUCE_RECORDS_MAX {
-        return Err(ApiError::bad_request(format!(
-            "{} records in one request; the limit is {PRODUCE_RECORDS_MAX}",
-            body.records.len()
-        )));
-    }
-    let node = state.node.clone();
-    let placed = blocking(move || {
-        let meta = node.storage.existing_topic(&name)?;
-        let now = weir_storage::now_ms();
-        // One batch per partition; records without key or partition go round-robin.
-        let mut by_partition: BTreeMap<u32, Vec<(usize, NewRecord)>> = BTreeMap::new();
-        for (i, r) in body.records.into_iter().enumerate() {
-            let partition = match (r.partition, &r.key) {
-                (Some(p), _) if p >= meta.partitions => {
-                    return Err(ApiError::bad_request(format!(
-                        "record {i}: partition {p} does not exist; topic {name} has {}",
-                        meta.partitions
-                    )));
-                }
-                (Some(p), _) => p,
-                (None, Some(k)) => partition_for_key(k.as_bytes(), meta.partitions),
-                (None, None) => i as u32 % meta.partitions,
-            };
-            let record = NewRecord {
-                timestamp: r.timestamp.unwrap_or(now),
-                key: r.key.map(Bytes::from),
-                value: r.value.map(Bytes::from),
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|(key, v)| Header {
-                        key,
-                        value: Some(Bytes::from(v)),
-                    })
-                    .collect(),
-            };
-            by_partition.entry(partition).or_default().push((i, record));
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "the body is over {} MiB, the most one request takes; send it in parts",
+                PRODUCE_BODY_BYTES_MAX >> 20
+            ),
+        },
+        status => ApiError {
+            status,
+            message: rejection.body_text(),
+        },
+    })?;
+    let now = weir_storage::now_ms();
+    let kind = BodyKind::of(&headers)?;
+    let produced: Vec<Produced> = match kind {
+        BodyKind::Json => {
+            let body: ProduceBody = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::bad_request(format!("not a produce body {{\"records\": [...]}}: {e}"))
+            })?;
+            if body.records.len() > PRODUCE_RECORDS_MAX {
+                return Err(ApiError::bad_request(format!(
+                    "{} records in one request; the limit is {PRODUCE_RECORDS_MAX}",
+                    body.records.len()
+                )));
+            }
+            body.records
+                .into_iter()
+                .map(|r| Produced {
+                    partition: r.partition,
+                    record: NewRecord {
+                        timestamp: r.timestamp.unwrap_or(now),
+                        key: r.key.map(Bytes::from),
+                        value: r.value.map(Bytes::from),
+                        headers: r
+                            .headers
+                            .into_iter()
+                            .map(|(key, v)| Header {
+                                key,
+                                value: Some(Bytes::from(v)),
+                            })
+                            .collect(),
+                    },
+                })
+                .collect()
         }
-        let mut placed: Vec<(usize, Placed)> = Vec::new();
-        for (partition, records) in by_partition {
-            let log = node.storage.log(&name, partition)?;
+        BodyKind::Lines { json } => ingest::lines(&body, json)?
+            .into_iter()
+            .map(|line| Produced {
+                partition: None,
+                record: NewRecord {
+                    timestamp: now,
+                    key: None,
+                    value: Some(line),
+                    headers: Vec::new(),
+                },
+            })
+            .collect(),
+    };
+    let node = state.node.clone();
+    let placed = blocking(move || append_produced(&node.storage, &name, produced)).await?;
+    Ok(Json(match kind {
+        BodyKind::Json => serde_json::json!({ "offsets": placed }),
+        BodyKind::Lines { .. } => serde_json::json!({ "records": placed.len() }),
+    }))
+}
+
+/// The bytes of a record's key, value and headers.
+fn record_bytes(record: &NewRecord) -> usize {
+    let bytes = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+    bytes(&record.key)
+        + bytes(&record.value)
+        + record
+            .headers
+            .iter()
+            .map(|h| h.key.len() + bytes(&h.value))
+            .sum::<usize>()
+}
+
+/// Appends the records of a produce request, each where it asks to go: its partition, its
+/// key's, or else round-robin; in batches of at most [`PRODUCE_BATCH_BYTES_MAX`]. A record
+/// naming a partition the topic lacks refuses the request before anything is written. Answers
+/// where each went, in the request's order.
+fn append_produced(
+    storage: &Storage,
+    name: &str,
+    produced: Vec<Produced>,
+) -> ApiResult<Vec<Placed>> {
+    let meta = storage.existing_topic(name)?;
+    let mut by_partition: BTreeMap<u32, Vec<(usize, NewRecord)>> = BTreeMap::new();
+    for (i, Produced { partition, record }) in produced.into_iter().enumerate() {
+        let partition = match (partition, &record.key) {
+            (Some(p), _) if p >= meta.partitions => {
+                return Err(ApiError::bad_request(format!(
+                    "record {i}: partition {p} does not exist; topic {name} has {}",
+                    meta.partitions
+                )));
+            }
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, meta.partitions),
+            (None, None) => i as u32 % meta.partitions,
+        };
+        by_partition.entry(partition).or_default().push((i, record));
+    }
+    let mut placed: Vec<(usize, Placed)> = Vec::new();
+    for (partition, records) in by_partition {
+        let log = storage.log(name, partition)?;
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
             let mut builder = BatchBuilder::new(Compression::None);
-            let order: Vec<usize> = records.iter().map(|(i, _)| *i).collect();
-            for (_, r) in records {
-                builder.push(r);
+            let (mut order, mut bytes) = (Vec::new(), 0);
+            while let Some((i, record)) = records.next_if(|(_, r)| {
+                order.is_empty() || bytes + record_bytes(r) <= PRODUCE_BATCH_BYTES_MAX
+            }) {
+                bytes += record_bytes(&record);
+                order.push(i);
+                builder.push(record);
             }
             let mut batch = builder.build().map_err(StorageError::from)?.to_vec();
             let info = log.append(&mut batch)?;
@@ -676,11 +785,9 @@ async fn produce(
                 ));
             }
         }
-        placed.sort_by_key(|(i, _)| *i);
-        Ok(placed.into_iter().map(|(_, p)| p).collect::<Vec<_>>())
-    })
-    .await?;
-    Ok(Json(serde_json::json!({ "offsets": placed })))
+    }
+    placed.sort_by_key(|(i, _)| *i);
+    Ok(placed.into_iter().map(|(_, p)| p).collect())
 }
 
 #[derive(Deserialize)]

@@ -254,6 +254,95 @@ fn bad_http_requests_get_a_status_and_a_message() {
     node.stop();
 }
 
+/// `curl` posting `file` to `url` with a content type: (status, headers, body).
+fn curl_post(url: &str, content_type: &str, file: &std::path::Path) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-D", "-", "-H"])
+        .arg(format!("Content-Type: {content_type}"))
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Past the `100 Continue` curl asks for before a large body.
+    let mut rest = text.as_str();
+    let (head, body) = loop {
+        let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+        if !head.contains(" 100 Continue") {
+            break (head, body);
+        }
+        rest = body;
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_lowercase(), body.to_owned())
+}
+
+#[test]
+fn curl_posts_a_log_file_one_record_a_line_and_bad_bodies_write_nothing() {
+    if !common::have("curl", "apt-get install curl") {
+        return;
+    }
+    let (dir, node, client) = started(&[]);
+    common::create_topic(&client, "app", 2);
+    let url = format!("{}/v1/topics/app/records", node.url());
+    let count = || {
+        let (status, rows) = call(
+            "POST",
+            &format!("{}/v1/sql", node.url()),
+            None,
+            Some(json!({"sql": "SELECT count(*) AS n, count(DISTINCT value) AS d FROM app"})),
+        );
+        assert_eq!(status, 200, "{rows}");
+        (
+            rows["rows"][0]["n"].as_i64().unwrap(),
+            rows["rows"][0]["d"].as_i64().unwrap(),
+        )
+    };
+    let files = tempfile::tempdir().unwrap();
+    let log = files.path().join("app.log");
+    // Lines as a log file has them, one with a Windows line end, and a blank one.
+    let mut text: String = (0..1000).map(|i| format!("GET /page/{i} 200\n")).collect();
+    text.push_str("\nlast line\r\n");
+    std::fs::write(&log, &text).unwrap();
+    let (status, _, body) = curl_post(&url, "text/plain", &log);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"records\":1001"), "{body}");
+    assert_eq!(count(), (1001, 1001));
+
+    let events = files.path().join("events.ndjson");
+    std::fs::write(
+        &events,
+        "{\"level\":\"info\"}\n{\"level\":\"warn\"}\n{\"level\":\n",
+    )
+    .unwrap();
+    let (status, _, body) = curl_post(&url, "application/x-ndjson", &events);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("line 3: not JSON"), "{body}");
+    let (status, _, body) = curl_post(&url, "application/xml", &events);
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("application/x-ndjson"), "{body}");
+    let big = files.path().join("big.log");
+    std::fs::write(&big, "x".repeat(17 << 20)).unwrap();
+    let (status, _, body) = curl_post(&url, "text/plain", &big);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("over 16 MiB"), "{body}");
+    assert_eq!(count(), (1001, 1001), "refused bodies wrote nothing");
+    node.stop();
+
+    // A node that cannot take writes asks shippers to come back instead of dropping.
+    let node = Node::start_with(dir.path(), &["--disk-free-min-mib", "1000000000"]);
+    let url = format!("{}/v1/topics/app/records", node.url());
+    let (status, head, body) = curl_post(&url, "text/plain", &log);
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("retry-after: 5"), "{head}");
+    node.stop();
+}
+
 #[test]
 fn admin_token_guards_v1_and_metrics_but_not_health() {
     let (_dir, node, _) = started(&["--admin-token", "s3cret"]);
