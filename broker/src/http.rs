@@ -21,7 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weir_runtime::partition_for_key;
 use weir_storage::{
-    BatchBuilder, Compression, Header, NewRecord, Storage, StorageError, TopicMeta,
+    BATCH_HEADER_BYTES, BatchBuilder, Compression, Header, NewRecord, Storage, StorageError,
+    TopicMeta, in_batches,
 };
 
 use crate::acl::{Caller, Denied, Operation, ResourceType};
@@ -42,9 +43,6 @@ pub const CONSUME_RECORDS_MAX: usize = 10_000;
 pub const PRODUCE_RECORDS_MAX: usize = 100_000;
 /// Largest body of a produce request.
 pub const PRODUCE_BODY_BYTES_MAX: usize = 16 << 20;
-/// Record bytes one appended batch of a produce request holds at most, well under storage's
-/// limit on a batch.
-const PRODUCE_BATCH_BYTES_MAX: usize = 512 << 10;
 
 #[derive(Clone)]
 struct AppState {
@@ -722,30 +720,26 @@ async fn produce(
     }))
 }
 
-/// The bytes of a record's key, value and headers.
-fn record_bytes(record: &NewRecord) -> usize {
-    let bytes = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
-    bytes(&record.key)
-        + bytes(&record.value)
-        + record
-            .headers
-            .iter()
-            .map(|h| h.key.len() + bytes(&h.value))
-            .sum::<usize>()
-}
-
 /// Appends the records of a produce request, each where it asks to go: its partition, its
-/// key's, or else round-robin; in batches of at most [`PRODUCE_BATCH_BYTES_MAX`]. A record
-/// naming a partition the topic lacks refuses the request before anything is written. Answers
-/// where each went, in the request's order.
+/// key's, or else round-robin; in batches within the topic's `max.message.bytes`. A record
+/// naming a partition the topic lacks, or too large for a batch, refuses the request before
+/// anything is written. Answers where each went, in the request's order.
 fn append_produced(
     storage: &Storage,
     name: &str,
     produced: Vec<Produced>,
 ) -> ApiResult<Vec<Placed>> {
     let meta = storage.existing_topic(name)?;
+    let batch_bytes_max = storage.log(name, 0)?.config().batch_bytes_max;
     let mut by_partition: BTreeMap<u32, Vec<(usize, NewRecord)>> = BTreeMap::new();
     for (i, Produced { partition, record }) in produced.into_iter().enumerate() {
+        let bytes = record.bytes_in_batch() + BATCH_HEADER_BYTES;
+        if bytes as u64 > batch_bytes_max {
+            return Err(ApiError::bad_request(format!(
+                "record {i}: {bytes} bytes in a batch, over topic {name}'s max.message.bytes \
+                 ({batch_bytes_max}); nothing was written"
+            )));
+        }
         let partition = match (partition, &record.key) {
             (Some(p), _) if p >= meta.partitions => {
                 return Err(ApiError::bad_request(format!(
@@ -762,17 +756,12 @@ fn append_produced(
     let mut placed: Vec<(usize, Placed)> = Vec::new();
     for (partition, records) in by_partition {
         let log = storage.log(name, partition)?;
-        let mut records = records.into_iter().peekable();
-        while records.peek().is_some() {
+        let (order, records): (Vec<usize>, Vec<NewRecord>) = records.into_iter().unzip();
+        let mut order = order.into_iter();
+        for run in in_batches(records, batch_bytes_max) {
             let mut builder = BatchBuilder::new(Compression::None);
-            let (mut order, mut bytes) = (Vec::new(), 0);
-            while let Some((i, record)) = records.next_if(|(_, r)| {
-                order.is_empty() || bytes + record_bytes(r) <= PRODUCE_BATCH_BYTES_MAX
-            }) {
-                bytes += record_bytes(&record);
-                order.push(i);
-                builder.push(record);
-            }
+            let order: Vec<usize> = order.by_ref().take(run.len()).collect();
+            run.into_iter().for_each(|r| builder.push(r));
             let mut batch = builder.build().map_err(StorageError::from)?.to_vec();
             let info = log.append(&mut batch)?;
             for (n, i) in order.into_iter().enumerate() {

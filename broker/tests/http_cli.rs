@@ -246,6 +246,50 @@ fn bad_http_requests_get_a_status_and_a_message() {
         body["error"].as_str().unwrap().contains("partition 9"),
         "{body}"
     );
+    // A record too large for the topic's batches refuses the request before anything is
+    // written, on every partition.
+    let (status, created) = call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        None,
+        Some(json!({"name": "small", "partitions": 2, "configs": {"max.message.bytes": "1024"}})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let fits: Vec<Value> = (0..20)
+        .map(|i| json!({"value": format!("record {i}")}))
+        .collect();
+    let mut records = fits.clone();
+    records.push(json!({"value": "x".repeat(2000)}));
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/v1/topics/small/records"),
+        None,
+        Some(json!({ "records": records })),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("record 20: "),
+        "{body}"
+    );
+    let (_, read) = call(
+        "GET",
+        &format!("{url}/v1/topics/small/records?partition=0"),
+        None,
+        None,
+    );
+    assert_eq!(read["records"].as_array().unwrap().len(), 0, "{read}");
+    // Records that fit go in batches within the bound.
+    let records: Vec<Value> = (0..40)
+        .map(|i| json!({"value": format!("{i:0>200}")}))
+        .collect();
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/v1/topics/small/records"),
+        None,
+        Some(json!({ "records": records })),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["offsets"].as_array().unwrap().len(), 40, "{body}");
     // The node goes on.
     assert_eq!(
         call("GET", &format!("{url}/v1/topics/events"), None, None).0,

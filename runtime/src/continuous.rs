@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use weir_storage::{Log, NewRecord, Record, Storage, Tree, now_ms};
+use weir_storage::{Log, NewRecord, Record, Storage, Tree, in_batches, now_ms};
 
 use crate::Error;
 use crate::parallel::in_parallel;
@@ -483,7 +483,10 @@ impl SqlRunner {
             }
             let log = self.storage.log(&topic, partition)?;
             let from = log.log_end_offset();
-            for (chunk, records) in chunks(records).into_iter().enumerate() {
+            for (chunk, records) in in_batches(records, log.config().batch_bytes_max - MARKER_ROOM)
+                .into_iter()
+                .enumerate()
+            {
                 let marker = Bytes::from(self.marker(self.seq + 1, chunk));
                 let batch = batch_with_marker(records, &marker)?;
                 pending.push(Pending {
@@ -543,35 +546,8 @@ impl SqlRunner {
     }
 }
 
-/// Record bytes one batch of results holds at most: well under storage's limit on a batch.
-const BATCH_BYTES_MAX: usize = 256 << 10;
-
-/// `records` cut into runs of at most [`BATCH_BYTES_MAX`] bytes (and at least one record).
-fn chunks(records: Vec<NewRecord>) -> Vec<Vec<NewRecord>> {
-    let mut out: Vec<Vec<NewRecord>> = Vec::new();
-    let mut bytes = 0;
-    for record in records {
-        let size = 32
-            + record.key.as_ref().map_or(0, |k| k.len())
-            + record.value.as_ref().map_or(0, |v| v.len())
-            + record
-                .headers
-                .iter()
-                .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()) + 8)
-                .sum::<usize>();
-        match out.last_mut() {
-            Some(last) if bytes + size <= BATCH_BYTES_MAX => {
-                last.push(record);
-                bytes += size;
-            }
-            _ => {
-                out.push(vec![record]);
-                bytes = size;
-            }
-        }
-    }
-    out
-}
+/// Bytes kept free in each batch of results for the marker header on its last record.
+const MARKER_ROOM: u64 = 256;
 
 /// Whether `log` holds a record with the marker header `marker` at or after offset `from`.
 fn holds_marker(log: &Log, from: u64, marker: &str) -> Result<bool, Error> {

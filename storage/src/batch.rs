@@ -291,6 +291,45 @@ pub struct NewRecord {
     pub headers: Vec<Header>,
 }
 
+impl NewRecord {
+    /// Bytes the record takes in a batch at most: its key, value and headers, with room for
+    /// the varints and attributes around them.
+    pub fn bytes_in_batch(&self) -> usize {
+        let bytes = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+        32 + bytes(&self.key)
+            + bytes(&self.value)
+            + self
+                .headers
+                .iter()
+                .map(|h| 8 + h.key.len() + bytes(&h.value))
+                .sum::<usize>()
+    }
+}
+
+/// `records` cut, in order, into runs that each fit one batch of at most `batch_bytes_max`
+/// bytes (a topic's `max.message.bytes`); a record too large for any batch is a run of its own.
+pub fn in_batches(records: Vec<NewRecord>, batch_bytes_max: u64) -> Vec<Vec<NewRecord>> {
+    let room = usize::try_from(batch_bytes_max)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(BATCH_HEADER_BYTES);
+    let mut runs: Vec<Vec<NewRecord>> = Vec::new();
+    let mut bytes = 0;
+    for record in records {
+        let size = record.bytes_in_batch();
+        match runs.last_mut() {
+            Some(run) if bytes + size <= room => {
+                run.push(record);
+                bytes += size;
+            }
+            _ => {
+                runs.push(vec![record]);
+                bytes = size;
+            }
+        }
+    }
+    runs
+}
+
 /// Producer identity carried in a batch header; `NONE` for plain producers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducerInfo {

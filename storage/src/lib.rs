@@ -33,7 +33,10 @@ mod segment;
 mod space;
 mod storage;
 
-pub use batch::{BatchBuilder, Compression, Header, NewRecord, Record, decode_records};
+pub use batch::{
+    BATCH_HEADER_BYTES, BatchBuilder, Compression, Header, NewRecord, Record, decode_records,
+    in_batches,
+};
 pub use compact::{CompactionResult, compact};
 pub use config::{CleanupPolicy, FlushPolicy, LayerKey, LogConfig, TimestampType};
 pub use error::{BatchError, Result, StorageError};

@@ -83,6 +83,19 @@ mod tests {
     }
 
     #[test]
+    fn a_body_of_more_lines_than_the_bound_is_refused() {
+        let body = Bytes::from("x\n".repeat(PRODUCE_RECORDS_MAX + 1));
+        let error = lines(&body, false).err().unwrap();
+        assert!(
+            error.message.contains("more than 100000 records"),
+            "{}",
+            error.message
+        );
+        let body = Bytes::from("x\n".repeat(PRODUCE_RECORDS_MAX));
+        assert_eq!(lines(&body, false).unwrap().len(), PRODUCE_RECORDS_MAX);
+    }
+
+    #[test]
     fn a_line_that_is_not_json_refuses_the_body_with_its_number() {
         let body = Bytes::from_static(b"{\"a\":1}\n\n{\"a\":\n");
         let error = lines(&body, true).err().unwrap();
