@@ -387,11 +387,7 @@ impl SqlRunner {
         let dead_partitions = dead_letter_partitions(&self.storage, &self.spec)?;
         let output = self.spec.to[0].clone();
         let inputs = self.read()?;
-        let results = if inputs.is_empty() {
-            Vec::new()
-        } else {
-            self.operator.push(&inputs, now_ms())
-        };
+        let results = self.operator.push(&inputs, now_ms());
         for ((partition, records), result) in inputs.iter().zip(results) {
             self.next_offsets
                 .insert(*partition, records[records.len() - 1].offset as u64 + 1);
