@@ -44,8 +44,8 @@ use super::window::{TableSource, WINDOW_END, WINDOW_START, WindowSpec, times_ms}
 use crate::Error;
 use crate::functions::Functions;
 use crate::sink::TopicSink;
-use crate::topic::{RECORD_COLUMNS, build_batch, topic_schema, typed_columns};
-use crate::value_schema::{TypedColumn, UTC, field_keys};
+use crate::topic::{RECORD_COLUMNS, RowBuilder, topic_schema, typed_columns};
+use crate::value_schema::{TypedColumn, UTC};
 
 /// Groups a windowed query holds in its open windows at most; a step that finds more fails,
 /// and the pipeline pauses once that happens several times in a row.
@@ -249,35 +249,14 @@ struct Header {
 /// A step with fewer records than this builds its rows on one thread.
 const PARALLEL_RECORDS_MIN: usize = 1024;
 
-/// The columns of the topic built from the records (indexes into its schema), and their
-/// schema.
-struct Columns {
-    schema: SchemaRef,
-    projection: Vec<usize>,
-    typed: Vec<TypedColumn>,
-    json_keys: Vec<String>,
-}
-
-impl Columns {
-    fn build(&self, partition: u32, records: &[Record]) -> Result<RecordBatch> {
-        build_batch(
-            &self.schema,
-            &self.projection,
-            &self.typed,
-            &self.json_keys,
-            i64::from(partition),
-            records,
-        )
-    }
-}
-
 pub struct Query {
     storage: Arc<Storage>,
     source: String,
     output: String,
     window: Option<WindowSpec>,
     options: Options,
-    columns: Columns,
+    /// Builds the rows of the columns the plan reads, and the window's time.
+    rows: RowBuilder,
     time_index: Option<usize>,
     input: Arc<Slot>,
     /// The whole plan, or the partial aggregate and what is under it.
@@ -404,16 +383,15 @@ impl Query {
             output: create.output.clone(),
             window,
             options: create.options.clone(),
-            columns: Columns {
-                json_keys: field_keys(&typed, &projection),
-                schema: Arc::new(
+            rows: RowBuilder::new(
+                Arc::new(
                     input_schema
                         .project(&projection)
                         .map_err(|e| Error::Query(e.into()))?,
                 ),
                 projection,
                 typed,
-            },
+            ),
             time_index,
             input: sources.slot.clone(),
             pre,
@@ -877,8 +855,9 @@ impl Operator for Query {
     ) -> Vec<std::result::Result<Emitted, String>> {
         // Building rows from records is most of a step's work, and each partition's are
         // built on their own; the rest runs in order.
-        let columns = &self.columns;
-        let build = |(partition, records): &(u32, Vec<Record>)| columns.build(*partition, records);
+        let rows = &self.rows;
+        let build =
+            |(partition, records): &(u32, Vec<Record>)| rows.build(i64::from(*partition), records);
         let records: usize = inputs.iter().map(|(_, records)| records.len()).sum();
         let batches = if records >= PARALLEL_RECORDS_MIN {
             in_parallel(inputs.iter().collect(), build)

@@ -11,7 +11,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, T
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use weir_storage::{Record, TopicMeta};
 
-use crate::value_schema::{ColumnBuilder, TypedColumn, UTC, parse_fields, parse_value_schema};
+use crate::value_schema::{
+    ColumnBuilder, TypedColumn, UTC, field_keys, parse_fields, parse_value_schema,
+};
 
 /// The columns every topic has; [`RecordColumn::ALL`] is their order in a topic's schema.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,8 +176,45 @@ pub fn typed_columns(meta: &TopicMeta) -> Result<Vec<TypedColumn>, crate::Error>
     }
 }
 
-/// The projected columns (indexes into [`topic_schema`]) of `rows`.
-pub(crate) fn build_batch(
+/// Builds rows of a topic's records: the columns read (indexes into [`topic_schema`]), their
+/// schema, the topic's typed columns and the JSON fields the read ones take from a value.
+pub(crate) struct RowBuilder {
+    schema: SchemaRef,
+    projection: Vec<usize>,
+    typed: Vec<TypedColumn>,
+    /// The top-level JSON fields the projected typed columns read; empty when they read none.
+    json_keys: Vec<String>,
+}
+
+impl RowBuilder {
+    /// `schema` is the projected one.
+    pub(crate) fn new(schema: SchemaRef, projection: Vec<usize>, typed: Vec<TypedColumn>) -> Self {
+        RowBuilder {
+            json_keys: field_keys(&typed, &projection),
+            schema,
+            projection,
+            typed,
+        }
+    }
+
+    /// The projected columns of `rows`, records of partition `partition`.
+    pub(crate) fn build(
+        &self,
+        partition: i64,
+        rows: &[Record],
+    ) -> datafusion::common::Result<RecordBatch> {
+        build_batch(
+            &self.schema,
+            &self.projection,
+            &self.typed,
+            &self.json_keys,
+            partition,
+            rows,
+        )
+    }
+}
+
+fn build_batch(
     schema: &SchemaRef,
     projection: &[usize],
     typed: &[TypedColumn],

@@ -34,7 +34,7 @@ use weir_storage::{Storage, TopicMeta};
 
 use crate::value_schema::TypedColumn;
 use bounds::{Bounds, analyze};
-pub(crate) use columns::build_batch;
+pub(crate) use columns::RowBuilder;
 pub use columns::{RECORD_COLUMNS, topic_schema, typed_columns};
 use scan::PartitionRange;
 pub use scan::TopicScan;

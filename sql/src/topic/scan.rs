@@ -19,9 +19,9 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use weir_storage::{Record, Storage};
 
 use super::bounds::Bounds;
-use super::columns::build_batch;
+use super::columns::RowBuilder;
 use super::external;
-use crate::value_schema::{TypedColumn, field_keys};
+use crate::value_schema::TypedColumn;
 
 /// Rows per record batch a scan produces.
 const BATCH_ROWS: usize = 8192;
@@ -114,10 +114,11 @@ impl ExecutionPlan for TopicScan {
             topic: self.topic.clone(),
             range: self.ranges.get(partition).copied(),
             bounds: self.bounds.clone(),
-            projection: self.projection.clone(),
-            schema: self.projected.clone(),
-            typed: self.typed.clone(),
-            json_keys: field_keys(&self.typed, &self.projection),
+            rows: RowBuilder::new(
+                self.projected.clone(),
+                self.projection.clone(),
+                self.typed.clone(),
+            ),
             rows_left: self.limit.unwrap_or(usize::MAX),
             pending: VecDeque::new(),
             read_bytes: READ_BYTES_FIRST,
@@ -151,11 +152,7 @@ struct PartitionReader {
     topic: String,
     range: Option<PartitionRange>,
     bounds: Bounds,
-    projection: Vec<usize>,
-    schema: SchemaRef,
-    typed: Vec<TypedColumn>,
-    /// The top-level JSON fields the projected typed columns read; empty when they read none.
-    json_keys: Vec<String>,
+    rows: RowBuilder,
     rows_left: usize,
     /// Records decoded by the last read and not yet used: a batch of rows can end inside one.
     pending: VecDeque<Record>,
@@ -218,14 +215,6 @@ impl PartitionReader {
         if self.rows_left == 0 {
             self.range = None;
         }
-        build_batch(
-            &self.schema,
-            &self.projection,
-            &self.typed,
-            &self.json_keys,
-            partition,
-            &rows,
-        )
-        .map(Some)
+        self.rows.build(partition, &rows).map(Some)
     }
 }
