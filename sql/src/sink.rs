@@ -81,6 +81,26 @@ impl TopicSink {
             .filter_map(|c| batch.schema().index_of(&c.name).ok())
             .collect();
         let typed = batch.project(&projection)?;
+        // Each column under the field it reads (`sample DOUBLE FROM value` writes `value`).
+        let fields: Vec<_> = typed
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let path = self
+                    .typed
+                    .iter()
+                    .find(|c| &c.name == f.name())
+                    .map(|c| c.path.clone());
+                f.as_ref()
+                    .clone()
+                    .with_name(path.unwrap_or_else(|| f.name().clone()))
+            })
+            .collect();
+        let typed = RecordBatch::try_new(
+            Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+            typed.columns().to_vec(),
+        )?;
         // One object a line: JSON escapes line breaks inside strings.
         let mut writer = datafusion::arrow::json::WriterBuilder::new()
             .with_explicit_nulls(false)

@@ -23,6 +23,8 @@ pub const TYPED_COLUMNS_MAX: usize = 256;
 pub struct TypedColumn {
     pub name: String,
     pub kind: ColumnKind,
+    /// The JSON field it reads and writes: its name, unless the schema says `FROM field`.
+    pub path: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,11 +94,23 @@ impl TypedColumn {
 }
 
 /// Parses `name TYPE, name TYPE, …`; names are the JSON fields read (a dotted name reads a
-/// nested field: `"request.method" TEXT`).
+/// nested field: `"request.method" TEXT`), unless a column says which with `FROM field`
+/// (`sample DOUBLE FROM value` reads the field `value`, which as a name would clash with the
+/// record column).
 pub fn parse_value_schema(text: &str) -> Result<Vec<TypedColumn>, Error> {
     let mut columns: Vec<TypedColumn> = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, kind) = part
+        let (declared, path) = match part.to_ascii_uppercase().rfind(" FROM ") {
+            Some(at) => (
+                part[..at].trim(),
+                Some(part[at + 6..].trim().trim_matches('"')),
+            ),
+            None => (part, None),
+        };
+        if path.is_some_and(str::is_empty) {
+            return Err(Error::Schema(format!("{part:?}: FROM names no field")));
+        }
+        let (name, kind) = declared
             .rsplit_once(char::is_whitespace)
             .ok_or_else(|| Error::Schema(format!("{part:?}: expected `name TYPE`")))?;
         let name = name.trim().trim_matches('"');
@@ -116,6 +130,7 @@ pub fn parse_value_schema(text: &str) -> Result<Vec<TypedColumn>, Error> {
         columns.push(TypedColumn {
             name: name.to_owned(),
             kind,
+            path: path.unwrap_or(name).to_owned(),
         });
     }
     if columns.len() > TYPED_COLUMNS_MAX {
@@ -146,8 +161,8 @@ pub fn field_keys(typed: &[TypedColumn], projection: &[usize]) -> Vec<String> {
         .filter_map(|i| typed.get(i.checked_sub(crate::topic::RECORD_COLUMNS.len())?));
     let mut keys: Vec<String> = Vec::new();
     for column in columns {
-        let first = column.name.split('.').next().unwrap_or_default();
-        for key in [column.name.as_str(), first] {
+        let first = column.path.split('.').next().unwrap_or_default();
+        for key in [column.path.as_str(), first] {
             if !keys.iter().any(|k| k == key) {
                 keys.push(key.to_owned());
             }
@@ -265,7 +280,7 @@ impl ColumnBuilder {
     /// Appends the column's value from `record` (the parsed JSON value, if it parsed).
     pub fn append(&mut self, record: Option<&Value>) {
         let value = record
-            .and_then(|v| lookup(v, &self.column.name))
+            .and_then(|v| lookup(v, &self.column.path))
             .filter(|v| !v.is_null());
         let integer = |v: &Value| {
             v.as_i64()
@@ -336,12 +351,42 @@ mod tests {
     }
 
     #[test]
+    fn a_column_reads_another_field_with_from() {
+        let columns =
+            parse_value_schema(r#"sample DOUBLE FROM value, job TEXT from "labels.job""#).unwrap();
+        let read: Vec<_> = columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.kind, c.path.as_str()))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("sample", ColumnKind::Double, "value"),
+                ("job", ColumnKind::Text, "labels.job")
+            ]
+        );
+        let mut builder = ColumnBuilder::new(&columns[1], 1);
+        builder.append(Some(&serde_json::json!({"labels": {"job": "node"}})));
+        let array = builder.finish();
+        let texts = array
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(texts.value(0), "node");
+        assert_eq!(
+            field_keys(&columns, &[crate::topic::RECORD_COLUMNS.len()]),
+            ["value"]
+        );
+    }
+
+    #[test]
     fn refuses_bad_schemas_with_the_reason() {
         for (text, reason) in [
             ("host", "expected `name TYPE`"),
             ("host NUMBER", "unknown type \"NUMBER\""),
             ("a INT, a TEXT", "declared twice"),
             ("offset BIGINT", "record column"),
+            ("v DOUBLE FROM \"\"", "FROM names no field"),
         ] {
             let error = parse_value_schema(text).unwrap_err().to_string();
             assert!(error.contains(reason), "{text}: {error}");
@@ -353,6 +398,7 @@ mod tests {
         let column = TypedColumn {
             name: "status".into(),
             kind: ColumnKind::Int,
+            path: "status".into(),
         };
         let mut builder = ColumnBuilder::new(&column, 4);
         for text in [

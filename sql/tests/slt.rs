@@ -87,7 +87,11 @@ fn fill(storage: &Storage) {
     append(storage, "hosts", 0, Compression::None, records);
 
     storage
-        .create_topic("sink", 2, json("host TEXT, status INT"))
+        .create_topic(
+            "sink",
+            2,
+            json("host TEXT, status INT, size BIGINT FROM bytes"),
+        )
         .unwrap();
 
     storage.create_topic("raw", 1, BTreeMap::new()).unwrap();
