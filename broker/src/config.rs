@@ -56,6 +56,14 @@ pub struct ServeArgs {
     /// Partitions of a topic created without a count.
     #[arg(long, env = "WEIR_DEFAULT_PARTITIONS", default_value_t = 1)]
     default_partitions: u32,
+    /// Topic Prometheus remote write and OTLP metrics go to when a request names none
+    /// (`?topic=`); made on first use with a JSON value schema.
+    #[arg(long, env = "WEIR_METRICS_TOPIC", default_value = "metrics")]
+    metrics_topic: String,
+    /// Topic OTLP logs go to when a request names none (`?topic=`); made on first use with a
+    /// JSON value schema.
+    #[arg(long, env = "WEIR_LOGS_TOPIC", default_value = "logs")]
+    logs_topic: String,
     /// Authentication on the Kafka listener: `none` (anyone who reaches the port may do
     /// anything) or `sasl` (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 as a user of `weir user`).
     #[arg(long, env = "WEIR_KAFKA_AUTH", value_enum, default_value_t = KafkaAuth::None)]
@@ -151,6 +159,8 @@ struct FileConfig {
     advertised_host: Option<String>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
+    metrics_topic: Option<String>,
+    logs_topic: Option<String>,
     kafka_auth: Option<KafkaAuth>,
     super_users: Option<Vec<String>>,
     admin_token: Option<String>,
@@ -237,6 +247,8 @@ impl ServeArgs {
             advertised_host: pick!(advertised_host, optional),
             auto_create_topics: pick!(auto_create_topics),
             default_partitions: pick!(default_partitions),
+            metrics_topic: pick!(metrics_topic),
+            logs_topic: pick!(logs_topic),
             kafka_auth: pick!(kafka_auth),
             super_users: pick!(super_users),
             admin_token: pick!(admin_token, optional),

@@ -28,11 +28,14 @@ use weir_storage::{
 use crate::acl::{Caller, Denied, Operation, ResourceType};
 use crate::http::ingest::BodyKind;
 use crate::kafka::groups::GroupError;
+use crate::metrics::IngestSource;
 use crate::node::NodeContext;
 use crate::tls::{Handshakes, Listener};
 
 mod acls_api;
 mod ingest;
+mod otlp;
+mod remote_write;
 mod runtime_api;
 mod sql_api;
 mod users_api;
@@ -52,6 +55,16 @@ struct AppState {
     metrics_token: Option<Arc<str>>,
     /// Whether the listener speaks TLS: only then may a user send a password.
     tls: bool,
+    /// Where the ingestion endpoints write when a request names no topic.
+    ingest: Arc<IngestTopics>,
+}
+
+/// The topics the ingestion endpoints (Prometheus remote write, OTLP) write to when a request
+/// names none with `?topic=`, and the partitions of one they make.
+pub struct IngestTopics {
+    pub metrics: String,
+    pub logs: String,
+    pub partitions: u32,
 }
 
 /// The bearer tokens the HTTP listener asks for.
@@ -63,7 +76,7 @@ pub struct Tokens {
 }
 
 /// An error answered as JSON `{"error": "..."}` with a status code.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
@@ -116,18 +129,23 @@ impl From<StorageError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
+        let response = (
             self.status,
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
-        }
-        response
+        with_retry_after(self.status, response)
     }
+}
+
+/// Asks a client answered 503 to retry after [`RETRY_AFTER_SECONDS`].
+fn with_retry_after(status: StatusCode, mut response: Response) -> Response {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
+    }
+    response
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -137,6 +155,7 @@ pub async fn serve(
     listener: TcpListener,
     node: NodeContext,
     tokens: Tokens,
+    ingest: IngestTopics,
     tls: Option<crate::tls::Tls>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -146,6 +165,7 @@ pub async fn serve(
         metrics_token: tokens.metrics.or(tokens.admin.clone()).map(Arc::from),
         token: tokens.admin.map(Arc::from),
         tls: handshakes.is_some(),
+        ingest: Arc::new(ingest),
     };
     // Plugins, users and ACLs change the node for everyone: the admin token or a super user
     // only.
@@ -166,6 +186,7 @@ pub async fn serve(
                 .post(produce)
                 .layer(DefaultBodyLimit::max(PRODUCE_BODY_BYTES_MAX)),
         )
+        .merge(otlp::routes())
         .route("/groups", get(list_groups))
         .route("/groups/{id}", get(describe_group))
         .route("/groups/{id}/offsets", axum::routing::post(commit_offset))
@@ -173,6 +194,10 @@ pub async fn serve(
         .merge(runtime_api::pipeline_routes())
         .merge(admin)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    // Prometheus remote write sits where Prometheus-compatible receivers serve it, with the
+    // same callers as /v1.
+    let remote_write_api =
+        remote_write::routes().layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route(
@@ -183,6 +208,7 @@ pub async fn serve(
             )),
         )
         .nest("/v1", v1)
+        .nest("/api/v1", remote_write_api)
         .with_state(state);
     let stop = async move {
         let _ = shutdown.changed().await;
@@ -652,25 +678,32 @@ async fn produce(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    caller.check(Operation::Write, ResourceType::Topic, &name)?;
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!(
-                "the body is over {} MiB, the most one request takes; send it in parts",
-                PRODUCE_BODY_BYTES_MAX >> 20
-            ),
-        },
-        status => ApiError {
-            status,
-            message: rejection.body_text(),
-        },
-    })?;
+    let kind = BodyKind::of(&headers);
+    let received = kind
+        .clone()
+        .and_then(|kind| Ok((kind, ingest::body(&headers, body)?)));
+    let placed = ingest::ingest(
+        &state,
+        caller,
+        IngestSource::Records,
+        name,
+        None,
+        received,
+        |(kind, body)| produced_records(kind, &body),
+    )
+    .await?;
+    Ok(Json(match kind? {
+        BodyKind::Json => serde_json::json!({ "offsets": placed }),
+        BodyKind::Lines { .. } => serde_json::json!({ "records": placed.len() }),
+    }))
+}
+
+/// The records of a `POST /v1/topics/{name}/records` body.
+fn produced_records(kind: BodyKind, body: &Bytes) -> ApiResult<Vec<Produced>> {
     let now = weir_storage::now_ms();
-    let kind = BodyKind::of(&headers)?;
-    let produced: Vec<Produced> = match kind {
+    let lines = match kind {
         BodyKind::Json => {
-            let body: ProduceBody = serde_json::from_slice(&body).map_err(|e| {
+            let body: ProduceBody = serde_json::from_slice(body).map_err(|e| {
                 ApiError::bad_request(format!("not a produce body {{\"records\": [...]}}: {e}"))
             })?;
             if body.records.len() > PRODUCE_RECORDS_MAX {
@@ -679,7 +712,8 @@ async fn produce(
                     body.records.len()
                 )));
             }
-            body.records
+            return Ok(body
+                .records
                 .into_iter()
                 .map(|r| Produced {
                     partition: r.partition,
@@ -697,27 +731,22 @@ async fn produce(
                             .collect(),
                     },
                 })
-                .collect()
+                .collect());
         }
-        BodyKind::Lines { json } => ingest::lines(&body, json)?
-            .into_iter()
-            .map(|line| Produced {
-                partition: None,
-                record: NewRecord {
-                    timestamp: now,
-                    key: None,
-                    value: Some(line),
-                    headers: Vec::new(),
-                },
-            })
-            .collect(),
+        BodyKind::Lines { json } => ingest::lines(body, json)?,
     };
-    let node = state.node.clone();
-    let placed = blocking(move || append_produced(&node.storage, &name, produced)).await?;
-    Ok(Json(match kind {
-        BodyKind::Json => serde_json::json!({ "offsets": placed }),
-        BodyKind::Lines { .. } => serde_json::json!({ "records": placed.len() }),
-    }))
+    Ok(lines
+        .into_iter()
+        .map(|line| Produced {
+            partition: None,
+            record: NewRecord {
+                timestamp: now,
+                key: None,
+                value: Some(line),
+                headers: Vec::new(),
+            },
+        })
+        .collect())
 }
 
 /// Appends the records of a produce request, each where it asks to go: its partition, its

@@ -52,6 +52,40 @@ pub struct Metrics {
     tls_handshake_failures: [AtomicU64; 2],
     /// Certificate reloads that loaded, and that failed.
     certificate_reloads: [AtomicU64; 2],
+    /// Per ingestion source: records accepted and refused, requests accepted and refused.
+    ingested: [[AtomicU64; 4]; IngestSource::ALL.len()],
+}
+
+/// Where records sent over HTTP come from: each has its own counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngestSource {
+    /// `POST /v1/topics/{name}/records`.
+    Records,
+    /// Prometheus remote write, `POST /api/v1/write`.
+    RemoteWrite,
+    /// OTLP/HTTP logs, `POST /v1/logs`.
+    OtlpLogs,
+    /// OTLP/HTTP metrics, `POST /v1/metrics`.
+    OtlpMetrics,
+}
+
+impl IngestSource {
+    const ALL: [IngestSource; 4] = [
+        IngestSource::Records,
+        IngestSource::RemoteWrite,
+        IngestSource::OtlpLogs,
+        IngestSource::OtlpMetrics,
+    ];
+
+    /// The `source` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            IngestSource::Records => "http_records",
+            IngestSource::RemoteWrite => "prometheus_remote_write",
+            IngestSource::OtlpLogs => "otlp_logs",
+            IngestSource::OtlpMetrics => "otlp_metrics",
+        }
+    }
 }
 
 /// A resource clients can make the node hold: how much is held now, and its bound.
@@ -179,6 +213,15 @@ impl Metrics {
         self.tls_handshake_failures[listener as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a request of an ingestion source and its records: all written when `accepted`,
+    /// none otherwise (a refused request writes nothing).
+    pub fn ingested(&self, source: IngestSource, records: u64, accepted: bool) {
+        let counters = &self.ingested[source as usize];
+        let (records_at, request_at) = if accepted { (0, 2) } else { (1, 3) };
+        counters[records_at].fetch_add(records, Ordering::Relaxed);
+        counters[request_at].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn connections(&self) -> i64 {
         locks::lock(&self.connections).len() as i64
     }
@@ -246,9 +289,35 @@ impl Metrics {
                 count.load(Ordering::Relaxed)
             );
         }
+        self.render_ingested(&mut out);
         render_group_lags(&mut out, lags);
         render_pipelines(&mut out, pipelines);
         out
+    }
+
+    /// Records and requests of each ingestion source, accepted and refused.
+    fn render_ingested(&self, out: &mut String) {
+        for (name, what, first) in [
+            ("weir_ingest_records_total", "Records", 0),
+            ("weir_ingest_requests_total", "Requests", 2),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {what} sent to the HTTP ingestion endpoints, per source, written \
+                 (accepted) or not (refused).\n# TYPE {name} counter"
+            );
+            for source in IngestSource::ALL {
+                let counters = &self.ingested[source as usize];
+                for (result, at) in [("accepted", first), ("refused", first + 1)] {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{source=\"{}\",result=\"{result}\"}} {}",
+                        source.name(),
+                        counters[at].load(Ordering::Relaxed)
+                    );
+                }
+            }
+        }
     }
 
     /// Bytes and records in and out, per topic.

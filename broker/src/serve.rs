@@ -35,6 +35,10 @@ pub struct ServeConfig {
     pub kafka_auth: crate::kafka::KafkaAuth,
     pub super_users: Vec<String>,
     pub default_partitions: u32,
+    /// Where ingested metrics (Prometheus remote write, OTLP) go when a request names no topic.
+    pub metrics_topic: String,
+    /// Where OTLP logs go when a request names no topic.
+    pub logs_topic: String,
     /// Address of the HTTP listener; port 0 picks a free port.
     pub http: SocketAddr,
     /// Address of the Postgres wire listener; port 0 picks a free port, `None` serves none.
@@ -118,6 +122,11 @@ impl Server {
                 crate::http::Tokens {
                     admin: config.admin_token.clone(),
                     metrics: config.metrics_token.clone(),
+                },
+                crate::http::IngestTopics {
+                    metrics: config.metrics_topic.clone(),
+                    logs: config.logs_topic.clone(),
+                    partitions: config.default_partitions.max(1),
                 },
                 tls.clone(),
                 shutdown_rx.clone(),

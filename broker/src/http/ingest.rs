@@ -1,14 +1,30 @@
-//! Records sent by shippers and scripts over HTTP: `POST /v1/topics/{name}/records` takes, besides
+//! Records sent by shippers and scripts over HTTP. `POST /v1/topics/{name}/records` takes, besides
 //! its JSON body, newline-delimited bodies — `application/x-ndjson` (each line a JSON value) or
-//! `text/plain` (each line as it is) — so `curl --data-binary @app.log` and webhooks work.
+//! `text/plain` (each line as it is) — so `curl --data-binary @app.log` and webhooks work; the
+//! Prometheus remote write and OTLP endpoints decode their bodies into records too.
 //!
-//! A body is checked whole before anything is written: a bad line refuses the request with its
-//! line number, and nothing of it is appended.
+//! Every ingestion request goes the same way: its body is read within a bound (413 past it),
+//! decoded whole — a malformed body is refused with a 400 naming the problem and nothing of it
+//! is written — then appended; a topic that cannot take writes answers 503 with `Retry-After`.
+//! Each source counts its records and requests, accepted and refused, at `/metrics`.
 
-use axum::http::{HeaderMap, header};
+use std::collections::BTreeMap;
+use std::io::Read as _;
+
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
+use weir_storage::{Storage, StorageError};
 
-use super::{ApiError, PRODUCE_RECORDS_MAX};
+use super::{
+    ApiError, ApiResult, AppState, PRODUCE_BODY_BYTES_MAX, PRODUCE_RECORDS_MAX, Placed, Produced,
+};
+use crate::acl::{Caller, Operation, ResourceType};
+use crate::metrics::IngestSource;
+
+/// Largest body an ingestion request may have once decompressed (`Content-Encoding: snappy`
+/// or `gzip`); the compressed body is bounded by [`PRODUCE_BODY_BYTES_MAX`].
+pub const DECODED_BODY_BYTES_MAX: usize = 64 << 20;
 
 /// What a produce body is, by its `Content-Type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,12 +37,7 @@ pub(super) enum BodyKind {
 
 impl BodyKind {
     pub(super) fn of(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
-        let Some(value) = headers.get(header::CONTENT_TYPE) else {
-            return Ok(BodyKind::Json);
-        };
-        let text = value.to_str().unwrap_or_default();
-        let essence = text.split(';').next().unwrap_or_default().trim();
-        match essence.to_ascii_lowercase().as_str() {
+        match content_type(headers).as_str() {
             "application/json" | "" => Ok(BodyKind::Json),
             "application/x-ndjson" | "application/jsonl" => Ok(BodyKind::Lines { json: true }),
             "text/plain" => Ok(BodyKind::Lines { json: false }),
@@ -35,6 +46,158 @@ impl BodyKind {
                  ({{\"records\": [...]}}), application/x-ndjson or text/plain (one record a line)"
             ))),
         }
+    }
+}
+
+/// The media type of a request's `Content-Type`, lower case and without parameters; empty
+/// when it has none.
+pub(super) fn content_type(headers: &HeaderMap) -> String {
+    let text = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = text.split(';').next().unwrap_or_default().trim();
+    essence.to_ascii_lowercase()
+}
+
+/// The body of an ingestion request, or 413 when it is larger than the endpoint takes.
+fn whole_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(PRODUCE_BODY_BYTES_MAX),
+        status => ApiError {
+            status,
+            message: rejection.body_text(),
+        },
+    })
+}
+
+fn too_large(bound: usize) -> ApiError {
+    ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!(
+            "the body is over {} MiB, the most one request takes; send it in parts",
+            bound >> 20
+        ),
+    }
+}
+
+/// The body as sent before its `Content-Encoding` (`snappy` block format, `gzip`, or none),
+/// within [`DECODED_BODY_BYTES_MAX`].
+fn decompressed(headers: &HeaderMap, body: Bytes) -> ApiResult<Bytes> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" | "" => Ok(body),
+        "snappy" => {
+            let len = snap::raw::decompress_len(&body)
+                .map_err(|e| ApiError::bad_request(format!("not a snappy body: {e}")))?;
+            if len > DECODED_BODY_BYTES_MAX {
+                return Err(too_large(DECODED_BODY_BYTES_MAX));
+            }
+            snap::raw::Decoder::new()
+                .decompress_vec(&body)
+                .map(Bytes::from)
+                .map_err(|e| ApiError::bad_request(format!("not a snappy body: {e}")))
+        }
+        "gzip" => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .take(DECODED_BODY_BYTES_MAX as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| ApiError::bad_request(format!("not a gzip body: {e}")))?;
+            if out.len() > DECODED_BODY_BYTES_MAX {
+                return Err(too_large(DECODED_BODY_BYTES_MAX));
+            }
+            Ok(Bytes::from(out))
+        }
+        other => Err(ApiError::unsupported(format!(
+            "Content-Encoding {other} is not one this endpoint reads: snappy, gzip or none"
+        ))),
+    }
+}
+
+/// Where an ingestion request's records go: `?topic=NAME`, else the endpoint's topic.
+#[derive(serde::Deserialize)]
+pub(super) struct TopicParam {
+    topic: Option<String>,
+}
+
+impl TopicParam {
+    pub(super) fn or(self, default: &str) -> String {
+        self.topic.unwrap_or_else(|| default.to_string())
+    }
+}
+
+/// How an ingestion endpoint's topic is made when it does not exist yet: with JSON values of
+/// this schema (`value.schema`), so SQL reads them as typed columns.
+pub(super) type MadeWith = Option<&'static str>;
+
+/// The body of an ingestion request as sent, before its `Content-Encoding`: 413 past
+/// [`PRODUCE_BODY_BYTES_MAX`] as received or [`DECODED_BODY_BYTES_MAX`] decompressed.
+pub(super) fn body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    decompressed(headers, whole_body(body)?)
+}
+
+/// Decodes an ingestion request's records from what was `received` (its body and what its
+/// headers said, or why they were refused) and appends them to `topic` on the blocking pool,
+/// counting the request and its records under `source`: all are written or none. With
+/// `made_with`, a missing topic is made first (with the node's default partitions) when the
+/// caller may create it.
+pub(super) async fn ingest<T: Send + 'static>(
+    state: &AppState,
+    caller: Caller,
+    source: IngestSource,
+    topic: String,
+    made_with: MadeWith,
+    received: ApiResult<T>,
+    decode: impl FnOnce(T) -> ApiResult<Vec<Produced>> + Send + 'static,
+) -> ApiResult<Vec<Placed>> {
+    let node = state.node.clone();
+    let partitions = state.ingest.partitions;
+    super::blocking(move || {
+        let mut records = 0;
+        let written = caller
+            .check(Operation::Write, ResourceType::Topic, &topic)
+            .map_err(ApiError::from)
+            .and(received)
+            .and_then(decode)
+            .and_then(|produced| {
+                records = produced.len() as u64;
+                if let Some(schema) =
+                    made_with.filter(|_| caller.check_create_topic(&topic).is_ok())
+                {
+                    make_topic(&node.storage, &topic, partitions, schema)?;
+                }
+                super::append_produced(&node.storage, &topic, produced)
+            });
+        node.metrics.ingested(source, records, written.is_ok());
+        written
+    })
+    .await
+}
+
+/// Makes `name` with JSON values of `schema` unless it exists.
+fn make_topic(
+    storage: &Storage,
+    name: &str,
+    partitions: u32,
+    schema: &str,
+) -> Result<(), StorageError> {
+    if storage.topic(name)?.is_some() {
+        return Ok(());
+    }
+    let configs = BTreeMap::from([
+        ("value.format".to_string(), "json".to_string()),
+        ("value.schema".to_string(), schema.to_string()),
+    ]);
+    match storage.create_topic(name, partitions, configs) {
+        // Another request made it first.
+        Ok(_) | Err(StorageError::TopicExists { .. }) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -310,18 +310,20 @@ fn logged_addr(line: &str) -> SocketAddr {
 }
 
 /// Runs `command` with `input` on its standard input and returns its output.
-pub fn run_with_input(mut command: Command, input: &str) -> std::process::Output {
+pub fn run_with_input(command: Command, input: &str) -> std::process::Output {
+    run_with_input_bytes(command, input.as_bytes())
+}
+
+/// Runs `command` with `input` on its standard input and returns its output.
+pub fn run_with_input_bytes(mut command: Command, input: &[u8]) -> std::process::Output {
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the command");
-    std::io::Write::write_all(
-        &mut child.stdin.take().expect("stdin is piped"),
-        input.as_bytes(),
-    )
-    .expect("writing the input");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin is piped"), input)
+        .expect("writing the input");
     child.wait_with_output().expect("waiting for the command")
 }
 

@@ -1,0 +1,328 @@
+//! Metrics and logs from the programs teams run, into a real node: a Prometheus started with
+//! `examples/prometheus/prometheus.yml` scrapes the node and remote-writes to it; the
+//! OpenTelemetry Python SDK runs `examples/opentelemetry/export.py`; curl posts the OTLP JSON
+//! example. SQL then counts and aggregates what landed, and `/metrics` counts each source.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Node, eventually, have, output_text, python, started};
+use serde_json::{Value, json};
+use weir_broker::cli::Client;
+
+fn example(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(path)
+}
+
+fn rows(c: &Client, statement: &str) -> Vec<Value> {
+    let answer = c
+        .call("POST", "/v1/sql", Some(&json!({ "sql": statement })))
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    answer["rows"].as_array().unwrap().clone()
+}
+
+/// The first column of the first row of a query answering one number.
+fn number(c: &Client, statement: &str) -> i64 {
+    let rows = rows(c, statement);
+    let row = rows.first().and_then(Value::as_object);
+    row.and_then(|r| r.values().next())
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+}
+
+/// The value of a series in the node's `/metrics`, 0 when absent.
+fn metric(node: &Node, series: &str) -> f64 {
+    let text = ureq::get(format!("{}/metrics", node.url()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A process killed when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_node_and_remote_writes_every_sample_into_a_topic() {
+    if !have("prometheus", "apt-get install prometheus") {
+        return;
+    }
+    let (dir, node, c) = started(&[]);
+    let config = std::fs::read_to_string(example("prometheus/prometheus.yml"))
+        .unwrap()
+        .replace("localhost:8080", &node.http.to_string())
+        .replace("scrape_interval: 15s", "scrape_interval: 1s");
+    let config_path = dir.path().join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let _prometheus = Running(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("prometheus").display()
+            ))
+            .arg("--web.listen-address=127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus"),
+    );
+    // `up` is written for every scrape; the node's own counters only when the scrape parsed.
+    let scraped = "SELECT count(*) FROM metrics WHERE name = 'weir_ingest_records_total' \
+                   AND job = 'weir'";
+    eventually(
+        "samples of the node's own metrics",
+        Duration::from_secs(90),
+        || c.call("GET", "/v1/topics/metrics", None).is_ok() && number(&c, scraped) > 0,
+    );
+    let up = rows(
+        &c,
+        "SELECT instance, min(sample) AS low, max(sample) AS high, count(*) AS samples \
+         FROM metrics WHERE name = 'up' GROUP BY instance",
+    );
+    assert_eq!(up.len(), 1, "{up:?}");
+    assert_eq!(up[0]["instance"], node.http.to_string());
+    assert_eq!(
+        (up[0]["low"].as_f64(), up[0]["high"].as_f64()),
+        (Some(1.0), Some(1.0))
+    );
+    // Keyed by series: every sample of one series is on one partition, in time order.
+    let record = rows(
+        &c,
+        "SELECT key_text, value_text FROM metrics WHERE name = 'up' LIMIT 1",
+    );
+    let value: Value = serde_json::from_str(record[0]["value_text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        record[0]["key_text"],
+        format!("up{{instance=\"{}\",job=\"weir\"}}", node.http)
+    );
+    assert_eq!(value["labels"]["job"], "weir");
+    assert!(value["timestamp"].as_i64().unwrap() > 0, "{value}");
+    let accepted = metric(
+        &node,
+        "weir_ingest_records_total{source=\"prometheus_remote_write\",result=\"accepted\"}",
+    );
+    assert!(accepted >= 1.0, "{accepted}");
+    node.stop();
+}
+
+#[test]
+fn the_opentelemetry_sdk_exports_logs_and_metrics_into_topics() {
+    let Some(python) = python() else {
+        return;
+    };
+    let (_dir, node, c) = started(&["--default-partitions", "2"]);
+    let out = Command::new(python)
+        .arg(example("opentelemetry/export.py"))
+        .arg("50")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", node.url())
+        .output()
+        .expect("running the OpenTelemetry example");
+    let printed = output_text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("exported 50 log records"), "{printed}");
+    // Every log record, once, with the resource's attributes beside its own.
+    let by_severity = rows(
+        &c,
+        "SELECT severity_text, count(*) AS n FROM logs WHERE \"service.name\" = 'checkout' \
+         GROUP BY severity_text ORDER BY severity_text",
+    );
+    assert_eq!(
+        by_severity,
+        [
+            json!({"severity_text": "ERROR", "n": 10}),
+            json!({"severity_text": "INFO", "n": 40})
+        ]
+    );
+    let failed = rows(
+        &c,
+        "SELECT body, value_text FROM logs WHERE body = 'payment 5 failed'",
+    );
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let value: Value = serde_json::from_str(failed[0]["value_text"].as_str().unwrap()).unwrap();
+    assert_eq!(value["payment.id"], 5, "{value}");
+    assert_eq!(value["deployment.environment"], "example", "{value}");
+    assert_eq!(value["scope.name"], "checkout.payments", "{value}");
+    // The counter's two series and the histogram, as sample-shaped records.
+    let payments = rows(
+        &c,
+        "SELECT labels, sample FROM metrics WHERE name = 'payments' ORDER BY sample",
+    );
+    let counts: Vec<(Value, i64)> = payments
+        .iter()
+        .map(|r| {
+            let labels: Value = serde_json::from_str(r["labels"].as_str().unwrap()).unwrap();
+            (
+                labels["result"].clone(),
+                r["sample"].as_f64().unwrap() as i64,
+            )
+        })
+        .collect();
+    assert_eq!(counts, [(json!("failed"), 10), (json!("done"), 40)]);
+    let histogram = rows(
+        &c,
+        "SELECT value_text FROM metrics WHERE name = 'payment_latency'",
+    );
+    let histogram: Value =
+        serde_json::from_str(histogram[0]["value_text"].as_str().unwrap()).unwrap();
+    assert_eq!(histogram["kind"], "histogram");
+    assert_eq!(histogram["count"], 50);
+    let logs_accepted = metric(
+        &node,
+        "weir_ingest_records_total{source=\"otlp_logs\",result=\"accepted\"}",
+    );
+    assert_eq!(logs_accepted, 50.0);
+    node.stop();
+}
+
+/// (status, content type, body) of a curl POST.
+fn curl_post(url: &str, headers: &[&str], body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut command = Command::new("curl");
+    command.args([
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code} %{content_type}",
+        "-X",
+        "POST",
+    ]);
+    for h in headers {
+        command.args(["-H", h]);
+    }
+    command.args(["--data-binary", "@-", url]);
+    let out = common::run_with_input_bytes(command, body);
+    let text = out.stdout;
+    let split = text.iter().rposition(|b| *b == b'\n').unwrap();
+    let trailer = String::from_utf8_lossy(&text[split + 1..]).into_owned();
+    let (status, content_type) = trailer.split_once(' ').unwrap();
+    (
+        status.parse().unwrap(),
+        content_type.to_string(),
+        text[..split].to_vec(),
+    )
+}
+
+#[test]
+fn otlp_json_from_curl_lands_and_bad_exports_are_refused_with_a_status() {
+    if !have("curl", "apt-get install curl") {
+        return;
+    }
+    let (_dir, node, c) = started(&[]);
+    let logs = format!("{}/v1/logs", node.url());
+    let example = std::fs::read(example("opentelemetry/log.json")).unwrap();
+    let json = "Content-Type: application/json";
+    let (status, _, body) = curl_post(&format!("{logs}?topic=app-logs"), &[json], &example);
+    assert_eq!((status, body.as_slice()), (200, &b"{}"[..]));
+    let landed = rows(
+        &c,
+        "SELECT timestamp, severity_text, \"service.name\" AS service FROM \"app-logs\"",
+    );
+    assert_eq!(
+        landed,
+        [
+            json!({"timestamp": "2026-01-01T00:00:00Z", "severity_text": "ERROR", "service": "checkout"})
+        ]
+    );
+    // Malformed: 400 with a Status naming the problem, in the request's encoding; nothing written.
+    let (status, _, body) = curl_post(&logs, &[json], br#"{"resourceLogs": 7}"#);
+    let status_body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, status_body["code"].as_i64()),
+        (400, Some(3)),
+        "{status_body}"
+    );
+    assert!(
+        status_body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not an OTLP JSON export request"),
+        "{status_body}"
+    );
+    let (status, content_type, body) = curl_post(
+        &logs,
+        &["Content-Type: application/x-protobuf"],
+        b"\x0a\xff\x01",
+    );
+    assert_eq!(
+        (status, content_type.as_str()),
+        (400, "application/x-protobuf")
+    );
+    assert!(String::from_utf8_lossy(&body).contains("not an OTLP protobuf export request"));
+    let (status, _, _) = curl_post(&logs, &["Content-Type: text/csv"], b"a,b");
+    assert_eq!(status, 415);
+    // Remote write with a body that is not snappy.
+    let write = format!("{}/api/v1/write", node.url());
+    let (status, _, body) = curl_post(
+        &write,
+        &[
+            "Content-Type: application/x-protobuf",
+            "Content-Encoding: snappy",
+        ],
+        b"\xff\xff\xff\xff\xff",
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        rows(&c, "SELECT count(*) AS n FROM \"app-logs\"")[0]["n"],
+        1,
+        "a refused export wrote nothing"
+    );
+    assert!(
+        c.call("GET", "/v1/topics/logs", None).is_err(),
+        "nothing made the default topic"
+    );
+    let refused = |source: &str| {
+        metric(
+            &node,
+            &format!("weir_ingest_requests_total{{source=\"{source}\",result=\"refused\"}}"),
+        )
+    };
+    // The two malformed bodies and the one of an unknown type.
+    assert_eq!(refused("otlp_logs"), 3.0);
+    assert_eq!(refused("prometheus_remote_write"), 1.0);
+    node.stop();
+}
+
+#[test]
+fn with_an_admin_token_the_ingestion_endpoints_need_it() {
+    let (_dir, node, _c) = started(&["--admin-token", "s3cret"]);
+    let example = std::fs::read(example("opentelemetry/log.json")).unwrap();
+    for (path, content_type) in [
+        ("/v1/logs", "application/json"),
+        ("/v1/metrics", "application/json"),
+        ("/api/v1/write", "application/x-protobuf"),
+    ] {
+        let url = format!("{}{path}", node.url());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let response = agent
+            .post(&url)
+            .content_type(content_type)
+            .send(&example[..])
+            .unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+    }
+    let client = Client::new(&node.url(), Some("s3cret".into()));
+    let written = client.send("POST", "/v1/logs", "application/json", &example);
+    assert!(written.is_ok(), "{written:?}");
+    node.stop();
+}
