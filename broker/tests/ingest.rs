@@ -1,7 +1,9 @@
-//! Metrics and logs from the programs teams run, into a real node: a Prometheus started with
-//! `examples/prometheus/prometheus.yml` scrapes the node and remote-writes to it; the
-//! OpenTelemetry Python SDK runs `examples/opentelemetry/export.py`; curl posts the OTLP JSON
-//! example. SQL then counts and aggregates what landed, and `/metrics` counts each source.
+//! Metrics and logs from the programs teams run, into a real node: unprivileged rsyslog and
+//! syslog-ng instances with `examples/rsyslog/weir.conf` and `examples/syslog-ng/weir.conf`
+//! forward `logger` lines over Kafka into a `syslog-to-json` pipeline; a Prometheus started with `examples/prometheus/prometheus.yml` scrapes the node
+//! and remote-writes to it; the OpenTelemetry Python SDK runs
+//! `examples/opentelemetry/export.py`; curl posts the OTLP JSON example. SQL then counts and
+//! aggregates what landed, and `/metrics` counts each source.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -10,7 +12,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Node, eventually, have, output_text, python, started};
+use common::{Node, eventually, have, output_text, python, started, syslog_ng};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
 
@@ -57,6 +59,174 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A program from a Debian package, on the PATH or in `/usr/sbin` (not on every user's PATH).
+fn program(name: &str, package: &str) -> Option<std::path::PathBuf> {
+    let sbin = std::path::Path::new("/usr/sbin").join(name);
+    if sbin.exists() {
+        return Some(sbin);
+    }
+    have(name, &format!("apt-get install {package}")).then(|| name.into())
+}
+
+/// Deploys `syslog-to-json` and a pipeline `parse` from `syslog` (2 partitions) to
+/// `syslog-json`, whose fields are typed columns.
+fn syslog_pipeline(c: &Client) {
+    common::create_topic(c, "syslog", 2);
+    let schema = json!({"name": "syslog-json", "partitions": 1, "configs": {
+        "value.format": "json",
+        "value.schema": "app TEXT, hostname TEXT, severity TEXT, message TEXT"}});
+    c.call("POST", "/v1/topics", Some(&schema)).unwrap();
+    let wasm = std::fs::read(weir_tests::wasm::plugin_wasm("syslog-to-json").unwrap()).unwrap();
+    c.send(
+        "PUT",
+        "/v1/plugins/syslog-to-json",
+        "application/wasm",
+        &wasm,
+    )
+    .unwrap();
+    let spec = json!({"name": "parse", "from": "syslog", "through": ["syslog-to-json"],
+                      "to": ["syslog-json"], "from_offset": "earliest"});
+    c.call("POST", "/v1/pipelines", Some(&spec)).unwrap();
+}
+
+/// Waits until `syslog-json` holds `lines` lines of `app` — and no more — parsed, with none
+/// dead-lettered.
+fn parsed_exactly(c: &Client, app: &str, lines: i64) {
+    let count = format!("SELECT count(*) FROM \"syslog-json\" WHERE app = '{app}'");
+    eventually(
+        &format!("{lines} parsed lines"),
+        Duration::from_secs(60),
+        || number(c, &count) >= lines,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(number(c, &count), lines, "each line once");
+    let distinct = format!(
+        "SELECT count(DISTINCT message) FROM \"syslog-json\" WHERE app = '{app}' \
+         AND message LIKE 'line %' AND severity = 'warning'"
+    );
+    let sample = rows(c, "SELECT value_text FROM \"syslog-json\" LIMIT 1");
+    assert_eq!(number(c, &distinct), lines, "{sample:?}");
+    let status = c.call("GET", "/v1/pipelines/parse", None).unwrap();
+    assert_eq!(status["dead_lettered"], 0, "{status}");
+}
+
+#[test]
+fn rsyslog_forwards_logger_lines_through_a_syslog_pipeline_counted_exactly_by_sql() {
+    let Some(rsyslogd) = program("rsyslogd", "rsyslog rsyslog-kafka") else {
+        return;
+    };
+    if !have("logger", "apt-get install bsdutils") {
+        return;
+    }
+    let (dir, node, c) = started(&[]);
+    syslog_pipeline(&c);
+    let socket = dir.path().join("log.sock");
+    let example = std::fs::read_to_string(example("rsyslog/weir.conf"))
+        .unwrap()
+        .replace("localhost:9092", &node.kafka.to_string());
+    // An unprivileged instance: its own work directory, pid file and socket for `logger`.
+    let config = format!(
+        "global(workDirectory=\"{work}\")\n\
+         module(load=\"imuxsock\" SysSock.Use=\"off\")\n\
+         input(type=\"imuxsock\" Socket=\"{socket}\")\n{example}",
+        work = dir.path().display(),
+        socket = socket.display(),
+    );
+    let config_path = dir.path().join("rsyslog.conf");
+    std::fs::write(&config_path, config).unwrap();
+    let _rsyslog = Running(
+        Command::new(rsyslogd)
+            .arg("-n")
+            .arg("-f")
+            .arg(&config_path)
+            .arg("-i")
+            .arg(dir.path().join("rsyslog.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting rsyslogd"),
+    );
+    eventually("rsyslog's socket", Duration::from_secs(20), || {
+        socket.exists()
+    });
+    send_lines(&socket, "weir-test", 200);
+    parsed_exactly(&c, "weir-test", 200);
+    node.stop();
+}
+
+/// Sends `lines` lines `line <i>` tagged `app` at warning to the syslog socket `socket`.
+fn send_lines(socket: &std::path::Path, app: &str, lines: i64) {
+    for i in 0..lines {
+        let out = Command::new("logger")
+            .args([
+                "-u",
+                &socket.to_string_lossy(),
+                "-t",
+                app,
+                "-p",
+                "user.warning",
+            ])
+            .arg(format!("line {i}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+}
+
+#[test]
+fn syslog_ng_forwards_logger_lines_through_a_syslog_pipeline_counted_exactly_by_sql() {
+    let Some(root) = syslog_ng() else {
+        return;
+    };
+    if !have("logger", "apt-get install bsdutils") {
+        return;
+    }
+    let (dir, node, c) = started(&[]);
+    syslog_pipeline(&c);
+    let socket = dir.path().join("log.sock");
+    let example = std::fs::read_to_string(example("syslog-ng/weir.conf"))
+        .unwrap()
+        .replace("localhost:9092", &node.kafka.to_string());
+    // The example's log path reads s_src: here a socket for `logger`.
+    let config = format!(
+        "@version: 3.38\nsource s_src {{ unix-dgram(\"{}\"); }};\n{example}",
+        socket.display()
+    );
+    let config_path = dir.path().join("syslog-ng.conf");
+    std::fs::write(&config_path, config).unwrap();
+    let libraries = [
+        "usr/lib/x86_64-linux-gnu",
+        "lib/x86_64-linux-gnu",
+        "usr/lib/syslog-ng",
+    ]
+    .map(|d| root.join(d).display().to_string())
+    .join(":");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let _syslog_ng = Running(
+        Command::new(root.join("usr/sbin/syslog-ng"))
+            .env("LD_LIBRARY_PATH", libraries)
+            .arg("-F")
+            .arg(format!("--cfgfile={}", config_path.display()))
+            .arg(format!(
+                "--module-path={}",
+                root.join("usr/lib/syslog-ng/3.38").display()
+            ))
+            .arg(format!("--persist-file={}", path("syslog-ng.persist")))
+            .arg(format!("--pidfile={}", path("syslog-ng.pid")))
+            .arg(format!("--control={}", path("syslog-ng.ctl")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting syslog-ng"),
+    );
+    eventually("syslog-ng's socket", Duration::from_secs(20), || {
+        socket.exists()
+    });
+    send_lines(&socket, "weir-test", 200);
+    parsed_exactly(&c, "weir-test", 200);
+    node.stop();
 }
 
 #[test]

@@ -252,9 +252,7 @@ fn any_value(value: Option<&AnyValue>) -> Json {
         Some(Value::Bool(b)) => Json::Bool(*b),
         Some(Value::Int(i)) => Json::from(*i),
         Some(Value::Double(d)) => double(*d),
-        Some(Value::Array(a)) => {
-            Json::Array(a.values.iter().map(|v| any_value(Some(v))).collect())
-        }
+        Some(Value::Array(a)) => Json::Array(a.values.iter().map(|v| any_value(Some(v))).collect()),
         Some(Value::Kvlist(list)) => {
             let mut fields = Fields::new();
             put_attributes(&mut fields, &list.values);

@@ -262,6 +262,14 @@ pub fn python() -> Option<std::path::PathBuf> {
     )
 }
 
+/// syslog-ng unpacked from its Debian packages (`WEIR_SYSLOG_NG`, else `target/syslog-ng`):
+/// it conflicts with rsyslog as an installed package.
+pub fn syslog_ng() -> Option<std::path::PathBuf> {
+    installed("WEIR_SYSLOG_NG", "target/syslog-ng", "syslog-ng", |p| {
+        p.join("usr/sbin/syslog-ng").exists()
+    })
+}
+
 /// The `node_modules` with kafkajs (`WEIR_NODE_MODULES`, else `target/node`).
 pub fn node_modules() -> Option<std::path::PathBuf> {
     installed(
