@@ -363,45 +363,54 @@ pub fn produce(
     input: &mut dyn BufRead,
     progress: Option<indicatif::ProgressBar>,
 ) -> Result<u64> {
-    let Target {
-        topic,
-        key,
-        partition,
-    } = *target;
     let mut sent = 0u64;
     let mut chunk = Vec::with_capacity(PRODUCE_CHUNK_RECORDS);
-    let flush = |chunk: &mut Vec<Value>, sent: &mut u64| -> Result<()> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        let body = json!({ "records": chunk });
-        c.call("POST", &format!("/v1/topics/{topic}/records"), Some(&body))?;
-        *sent += chunk.len() as u64;
-        chunk.clear();
-        Ok(())
-    };
     for line in input.lines() {
         let line = line.map_err(io("reading input"))?;
         if let Some(p) = &progress {
             p.inc(line.len() as u64 + 1);
         }
-        let mut record = json!({ "value": line });
-        if let Some(k) = key {
-            record["key"] = json!(k);
-        }
-        if let Some(p) = partition {
-            record["partition"] = json!(p);
-        }
-        chunk.push(record);
+        chunk.push(line);
         if chunk.len() == PRODUCE_CHUNK_RECORDS {
-            flush(&mut chunk, &mut sent)?;
+            produce_lines(c, target, &chunk)?;
+            sent += chunk.len() as u64;
+            chunk.clear();
         }
     }
-    flush(&mut chunk, &mut sent)?;
+    produce_lines(c, target, &chunk)?;
+    sent += chunk.len() as u64;
     if let Some(p) = progress {
         p.finish_and_clear();
     }
     Ok(sent)
+}
+
+/// Sends `lines` as records, with the target's key and partition, in requests of at most
+/// [`PRODUCE_CHUNK_RECORDS`].
+pub fn produce_lines(c: &Client, target: &Target, lines: &[String]) -> Result<()> {
+    let Target {
+        topic,
+        key,
+        partition,
+    } = *target;
+    for chunk in lines.chunks(PRODUCE_CHUNK_RECORDS) {
+        let records: Vec<Value> = chunk
+            .iter()
+            .map(|line| {
+                let mut record = json!({ "value": line });
+                if let Some(k) = key {
+                    record["key"] = json!(k);
+                }
+                if let Some(p) = partition {
+                    record["partition"] = json!(p);
+                }
+                record
+            })
+            .collect();
+        let body = json!({ "records": records });
+        c.call("POST", &format!("/v1/topics/{topic}/records"), Some(&body))?;
+    }
+    Ok(())
 }
 
 /// Options of `weir consume`.

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod follow;
 pub mod http;
 pub mod kafka;
 pub mod limits;

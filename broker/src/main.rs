@@ -83,8 +83,14 @@ enum Command {
         #[arg(short, long)]
         key: Option<String>,
         /// File to read; standard input when absent.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "follow")]
         file: Option<PathBuf>,
+        /// Send the lines appended to this file, forever, across log rotation (like `tail -F`).
+        #[arg(long, value_name = "FILE")]
+        follow: Option<PathBuf>,
+        /// With --follow, send the lines already in the file first, not only new ones.
+        #[arg(long, requires = "follow")]
+        from_beginning: bool,
         /// Partition for every record; by key (or round-robin) when absent.
         #[arg(short, long)]
         partition: Option<u32>,
@@ -410,6 +416,8 @@ fn run() -> anyhow::Result<()> {
             topic,
             key,
             file,
+            follow,
+            from_beginning,
             partition,
             remote,
         } => {
@@ -418,7 +426,15 @@ fn run() -> anyhow::Result<()> {
                 key: key.as_deref(),
                 partition,
             };
-            produce_command(&remote.client()?, &target, file)
+            match follow {
+                Some(path) => Ok(weir_broker::follow::follow(
+                    &remote.client()?,
+                    &target,
+                    &path,
+                    from_beginning,
+                )?),
+                None => produce_command(&remote.client()?, &target, file),
+            }
         }
         Command::Consume {
             topic,

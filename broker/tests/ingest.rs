@@ -2,7 +2,8 @@
 //! syslog-ng instances with `examples/rsyslog/weir.conf` and `examples/syslog-ng/weir.conf`
 //! forward `logger` lines over Kafka into a `syslog-to-json` pipeline; a Prometheus started with `examples/prometheus/prometheus.yml` scrapes the node
 //! and remote-writes to it; the OpenTelemetry Python SDK runs
-//! `examples/opentelemetry/export.py`; curl posts the OTLP JSON example. SQL then counts and
+//! `examples/opentelemetry/export.py`; curl posts the OTLP JSON example; `weir produce
+//! --follow` tails a log file through a rename rotation. SQL then counts and
 //! aggregates what landed, and `/metrics` counts each source.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
@@ -494,5 +495,53 @@ fn with_an_admin_token_the_ingestion_endpoints_need_it() {
     let client = Client::new(&node.url(), Some("s3cret".into()));
     let written = client.send("POST", "/v1/logs", "application/json", &example);
     assert!(written.is_ok(), "{written:?}");
+    node.stop();
+}
+
+#[test]
+fn weir_produce_follow_tails_a_file_through_rotation_sending_each_line_once() {
+    let (dir, node, c) = started(&[]);
+    common::create_topic(&c, "app", 2);
+    let log = dir.path().join("app.log");
+    let write = |path: &std::path::Path, from: i64, to: i64| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        for i in from..to {
+            std::io::Write::write_all(&mut f, format!("line {i}\n").as_bytes()).unwrap();
+        }
+    };
+    write(&log, 0, 10);
+    let _follow = Running(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["produce", "app", "--from-beginning", "--follow"])
+            .arg(&log)
+            .env("WEIR_SERVER", node.url())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let count = "SELECT count(*) FROM app";
+    eventually("the lines already there", Duration::from_secs(30), || {
+        number(&c, count) == 10
+    });
+    write(&log, 10, 20);
+    eventually("appended lines", Duration::from_secs(30), || {
+        number(&c, count) == 20
+    });
+    // logrotate: renamed away, a last line written to the old file, then a new file.
+    std::fs::rename(&log, dir.path().join("app.log.1")).unwrap();
+    write(&dir.path().join("app.log.1"), 20, 21);
+    std::thread::sleep(Duration::from_millis(500));
+    write(&log, 21, 30);
+    eventually("lines of both files", Duration::from_secs(30), || {
+        number(&c, count) >= 30
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(number(&c, count), 30);
+    assert_eq!(number(&c, "SELECT count(DISTINCT value_text) FROM app"), 30);
     node.stop();
 }
