@@ -545,3 +545,118 @@ fn weir_produce_follow_tails_a_file_through_rotation_sending_each_line_once() {
     assert_eq!(number(&c, "SELECT count(DISTINCT value_text) FROM app"), 30);
     node.stop();
 }
+
+/// `ms` since the epoch as Grafana writes times into `$__timeFilter`: `2026-01-01T00:00:00Z`.
+fn rfc3339(ms: i64) -> String {
+    let (days, seconds) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000) / 1000);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+#[test]
+fn every_query_of_the_grafana_dashboard_answers_over_the_postgres_listener() {
+    if !have("psql", "apt-get install postgresql-client") {
+        return;
+    }
+    assert_eq!(rfc3339(1_767_225_600_000), "2026-01-01T00:00:00Z");
+    let (_dir, node, c) = started(&[]);
+    let access = json!({"name": "access", "partitions": 2, "configs": {
+        "value.format": "json",
+        "value.schema": "host TEXT, method TEXT, path TEXT, status INT, bytes BIGINT"}});
+    c.call("POST", "/v1/topics", Some(&access)).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let records: Vec<Value> = (0..60)
+        .map(|i| {
+            let status = if i % 4 == 0 { 500 } else { 200 };
+            let value = json!({"host": format!("web-{}", i % 3), "method": "GET",
+                               "path": "/", "status": status, "bytes": 100});
+            json!({"key": format!("web-{}", i % 3), "value": value.to_string(),
+                   "timestamp": now - 1_800_000 + i * 30_000})
+        })
+        .collect();
+    c.call(
+        "POST",
+        "/v1/topics/access/records",
+        Some(&json!({ "records": records })),
+    )
+    .unwrap();
+    c.call(
+        "POST",
+        "/v1/groups/dashboard/offsets",
+        Some(&json!({"topic": "access", "partition": 0, "offset": 1})),
+    )
+    .unwrap();
+    let pipeline = "CREATE PIPELINE errors AS INSERT INTO errors_out \
+        SELECT window_start, host, count(*) AS errors \
+        FROM TUMBLE(access, timestamp, INTERVAL '1 minute') WHERE status >= 500 \
+        GROUP BY window_start, window_end, host WITH (start = 'earliest')";
+    c.call("POST", "/v1/sql", Some(&json!({ "sql": pipeline })))
+        .unwrap();
+    eventually(
+        "the pipeline to read access",
+        Duration::from_secs(30),
+        || c.call("GET", "/v1/pipelines/errors", None).unwrap()["records_in"] == 60,
+    );
+
+    let dashboard: Value =
+        serde_json::from_slice(&std::fs::read(example("grafana/dashboards/weir.json")).unwrap())
+            .unwrap();
+    let (from, to) = (rfc3339(now - 3_600_000), rfc3339(now + 60_000));
+    let time_filter = regex::Regex::new(r"\$__timeFilter\(([^)]+)\)").unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert_eq!(panels.len(), 4);
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        for target in panel["targets"].as_array().unwrap() {
+            let sql = target["rawSql"].as_str().unwrap();
+            let sql = time_filter.replace_all(sql, format!("$1 BETWEEN '{from}' AND '{to}'"));
+            assert!(
+                !sql.contains("$__"),
+                "{title}: a macro the test does not expand"
+            );
+            let mut command = Command::new("psql");
+            command
+                .args(["-X", "-A", "-F", "|", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+                .args(["-h", &node.pg.ip().to_string()])
+                .args(["-p", &node.pg.port().to_string()])
+                .args(["-U", "weir", "-d", "weir"]);
+            let out = common::run_with_input(command, &format!("{sql};\n"));
+            let printed = output_text(&out);
+            assert!(out.status.success(), "{title}: {printed}");
+            let lines: Vec<&str> = printed.lines().collect();
+            let rows = lines.len().saturating_sub(2);
+            assert!(rows >= 1, "{title} answered no rows: {printed}");
+            if target["format"] == "time_series" {
+                assert!(lines[0].starts_with("time|"), "{title}: {printed}");
+            }
+            if title == "Requests and errors per minute" {
+                // Every request of the last hour, once, and every fourth an error.
+                let total = |column: usize| -> i64 {
+                    lines[1..=rows]
+                        .iter()
+                        .map(|l| l.split('|').nth(column).unwrap().parse::<i64>().unwrap())
+                        .sum()
+                };
+                assert_eq!((total(1), total(2)), (60, 15), "{printed}");
+            }
+        }
+    }
+    node.stop();
+}
