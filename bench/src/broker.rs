@@ -12,6 +12,7 @@
 //! read from /proc while idle and right after the produce load.
 
 mod kafka_load;
+mod loopback;
 mod ports;
 mod proc_status;
 mod records;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kafka_load::Connection;
+use loopback::loopback_mb_s;
 use ports::{free_port, wait_for_port};
 use records::batch_of_1kib;
 const RECORDS_PER_BATCH: usize = 64;
@@ -60,36 +62,6 @@ fn which(tool: &str) -> Option<PathBuf> {
     out.status
         .success()
         .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
-/// Loopback throughput in MB/s, from iperf3.
-fn loopback_mb_s(seconds: u64) -> anyhow::Result<f64> {
-    let port = free_port()?;
-    let mut server = Command::new("iperf3")
-        .args(["-s", "-1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting iperf3 (apt-get install iperf3)")?;
-    // A probe connection would be taken as the one test this server runs: wait instead.
-    std::thread::sleep(Duration::from_millis(500));
-    let out = Command::new("iperf3")
-        .args([
-            "-c",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            &seconds.to_string(),
-            "-J",
-        ])
-        .output()?;
-    let _ = server.wait();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let bits = json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 printed no result")?;
-    Ok(bits / 8.0 / 1e6)
 }
 
 struct Broker {

@@ -34,8 +34,8 @@ use crate::tls::{Handshakes, Listener};
 
 mod acls_api;
 mod ingest;
-mod otlp;
-mod remote_write;
+pub mod otlp;
+pub mod remote_write;
 mod runtime_api;
 mod sql_api;
 mod users_api;

@@ -29,7 +29,7 @@ use super::{ApiError, ApiResult, AppState, PRODUCE_BODY_BYTES_MAX, PRODUCE_RECOR
 use crate::acl::Caller;
 use crate::metrics::IngestSource;
 
-mod proto;
+pub mod proto;
 
 use proto::{AnyValue, KeyValue, Value};
 

@@ -262,35 +262,35 @@ impl Serialize for Number {
 // keep (metadata, exemplars, native histograms) are skipped by the decoder.
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct WriteRequest {
+pub struct WriteRequest {
     #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<TimeSeries>,
+    pub timeseries: Vec<TimeSeries>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct TimeSeries {
+pub struct TimeSeries {
     #[prost(message, repeated, tag = "1")]
-    labels: Vec<Label>,
+    pub labels: Vec<Label>,
     #[prost(message, repeated, tag = "2")]
-    samples: Vec<Sample>,
+    pub samples: Vec<Sample>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct Label {
+pub struct Label {
     #[prost(string, tag = "1")]
-    name: String,
+    pub name: String,
     #[prost(string, tag = "2")]
-    value: String,
+    pub value: String,
 }
 
 /// The same in both versions.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Sample {
+pub struct Sample {
     #[prost(double, tag = "1")]
-    value: f64,
+    pub value: f64,
     /// Milliseconds since the epoch.
     #[prost(int64, tag = "2")]
-    timestamp: i64,
+    pub timestamp: i64,
 }
 
 // The messages of remote write 2.0 (`io.prometheus.write.v2.Request`): labels are pairs of

@@ -1,0 +1,386 @@
+//! Ingestion benchmark: Prometheus remote write and OTLP/HTTP logs into one node, beside the
+//! Kafka produce path carrying the same records (the ceiling of this node on this machine) and
+//! the loopback limit, measured in one run.
+//!
+//! ```sh
+//! cargo build --release --bin weir --bin bench-ingest && \
+//!   target/release/bench-ingest [--seconds 5] [--clients 4]
+//! ```
+//!
+//! Each client sends one request at a time for a fixed time: remote write requests of 2 000
+//! series with one sample each (snappy-compressed protobuf, as Prometheus sends them), OTLP
+//! export requests of 1 000 log records (protobuf), and Kafka produce requests of one batch of
+//! the records those requests become (the same JSON values and keys). Every topic has 4
+//! partitions; each Kafka client writes its own.
+
+mod kafka_load;
+mod loopback;
+mod ports;
+mod proc_status;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use kafka_load::Connection;
+use loopback::loopback_mb_s;
+use ports::{free_port, wait_for_port};
+use prost::Message as _;
+use serde_json::json;
+use weir_broker::http::otlp::proto;
+use weir_broker::http::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+use weir_storage::{BatchBuilder, Compression, NewRecord};
+
+const SERIES_PER_REQUEST: usize = 2_000;
+const LOGS_PER_REQUEST: usize = 1_000;
+const PARTITIONS: i32 = 4;
+const T0: i64 = 1_767_225_600_000;
+
+struct Args {
+    seconds: u64,
+    clients: usize,
+    weir: PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        seconds: 5,
+        clients: 4,
+        weir: PathBuf::from("target/release/weir"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--seconds" => args.seconds = value.parse()?,
+            "--clients" => args.clients = value.parse()?,
+            "--weir" => args.weir = PathBuf::from(value),
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    Ok(args)
+}
+
+struct Node {
+    child: Child,
+    kafka: String,
+    http: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(binary: &PathBuf) -> anyhow::Result<Node> {
+    let dir = tempfile::tempdir_in("target")?;
+    let (kafka, http) = (free_port()?, free_port()?);
+    let child = Command::new(binary)
+        .args(["serve", "--pg", "off", "--default-partitions", "4"])
+        .args(["--kafka", &format!("127.0.0.1:{kafka}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("WEIR_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (cargo build --release --bin weir)",
+                binary.display()
+            )
+        })?;
+    wait_for_port(kafka)?;
+    wait_for_port(http)?;
+    Ok(Node {
+        child,
+        kafka: format!("127.0.0.1:{kafka}"),
+        http: format!("http://127.0.0.1:{http}"),
+        _dir: dir,
+    })
+}
+
+/// What a workload sends: its request bodies (one per client), the records each becomes, and
+/// how to send one.
+struct Load {
+    name: &'static str,
+    records_per_request: usize,
+    bytes_per_request: usize,
+}
+
+struct Outcome {
+    records_per_s: f64,
+    body_mb_s: f64,
+}
+
+/// Runs `send` from `clients` threads for `seconds`; each call sends one request.
+fn drive(
+    clients: usize,
+    seconds: u64,
+    load: &Load,
+    send: impl Fn(usize) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<Outcome> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let requests: Vec<anyhow::Result<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|client| {
+                let send = &send;
+                s.spawn(move || -> anyhow::Result<u64> {
+                    let mut sent = 0;
+                    while Instant::now() < deadline {
+                        send(client)?;
+                        sent += 1;
+                    }
+                    Ok(sent)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a client panicked")))
+            })
+            .collect()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut total = 0;
+    for r in requests {
+        total += r?;
+    }
+    Ok(Outcome {
+        records_per_s: (total as usize * load.records_per_request) as f64 / elapsed,
+        body_mb_s: (total as usize * load.bytes_per_request) as f64 / elapsed / 1e6,
+    })
+}
+
+/// A remote write request of one sample per series, and the (key, JSON value) records it
+/// becomes.
+fn remote_write_request(client: usize) -> (Vec<u8>, Vec<(String, String)>) {
+    let mut request = WriteRequest::default();
+    let mut records = Vec::new();
+    for i in 0..SERIES_PER_REQUEST {
+        let labels = [
+            ("__name__", format!("http_requests_total_{}", i % 50)),
+            ("code", ["200", "404", "500"][i % 3].to_string()),
+            ("instance", format!("host-{client}-{}:9100", i / 50)),
+            ("job", "bench".to_string()),
+        ];
+        let value = (i * 7) as f64;
+        let timestamp = T0 + i as i64;
+        let key = format!(
+            "{}{{code=\"{}\",instance=\"{}\",job=\"{}\"}}",
+            labels[0].1, labels[1].1, labels[2].1, labels[3].1
+        );
+        let json = json!({"name": labels[0].1, "labels": {"code": labels[1].1,
+            "instance": labels[2].1, "job": labels[3].1}, "value": value, "timestamp": timestamp});
+        records.push((key, json.to_string()));
+        request.timeseries.push(TimeSeries {
+            labels: labels
+                .iter()
+                .map(|(name, value)| Label {
+                    name: name.to_string(),
+                    value: value.clone(),
+                })
+                .collect(),
+            samples: vec![Sample { value, timestamp }],
+        });
+    }
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&request.encode_to_vec())
+        .unwrap_or_default();
+    (body, records)
+}
+
+/// An OTLP logs export request of `LOGS_PER_REQUEST` records, and the JSON records it becomes.
+fn otlp_logs_request(client: usize) -> (Vec<u8>, Vec<(String, String)>) {
+    let text = |s: &str| proto::AnyValue {
+        value: Some(proto::Value::String(s.to_string())),
+    };
+    let attribute = |key: &str, value: proto::AnyValue| proto::KeyValue {
+        key: key.to_string(),
+        value: Some(value),
+    };
+    let mut logs = Vec::new();
+    let mut records = Vec::new();
+    for i in 0..LOGS_PER_REQUEST {
+        let body = format!(
+            "GET /api/orders/{i} answered 200 in {} ms for client {client}",
+            i % 97
+        );
+        let timestamp = T0 + i as i64;
+        logs.push(proto::LogRecord {
+            time_unix_nano: timestamp as u64 * 1_000_000,
+            severity_number: 9,
+            severity_text: "INFO".into(),
+            body: Some(text(&body)),
+            attributes: vec![
+                attribute("http.route", text("/api/orders/{id}")),
+                attribute(
+                    "http.status_code",
+                    proto::AnyValue {
+                        value: Some(proto::Value::Int(200)),
+                    },
+                ),
+            ],
+            ..Default::default()
+        });
+        let json = json!({"service.name": "orders", "host.name": format!("host-{client}"),
+            "scope.name": "bench", "http.route": "/api/orders/{id}", "http.status_code": 200,
+            "timestamp": timestamp, "severity_text": "INFO", "severity_number": 9, "body": body});
+        records.push((String::new(), json.to_string()));
+    }
+    let request = proto::ExportLogsServiceRequest {
+        resource_logs: vec![proto::ResourceLogs {
+            resource: Some(proto::Resource {
+                attributes: vec![
+                    attribute("service.name", text("orders")),
+                    attribute("host.name", text(&format!("host-{client}"))),
+                ],
+            }),
+            scope_logs: vec![proto::ScopeLogs {
+                scope: Some(proto::InstrumentationScope {
+                    name: "bench".into(),
+                    ..Default::default()
+                }),
+                log_records: logs,
+            }],
+        }],
+    };
+    (request.encode_to_vec(), records)
+}
+
+/// One Kafka record batch of `records`.
+fn batch(records: &[(String, String)]) -> anyhow::Result<Bytes> {
+    let mut b = BatchBuilder::new(Compression::None);
+    for (i, (key, value)) in records.iter().enumerate() {
+        b.push(NewRecord {
+            timestamp: T0 + i as i64,
+            key: (!key.is_empty()).then(|| Bytes::from(key.clone())),
+            value: Some(Bytes::from(value.clone())),
+            headers: Vec::new(),
+        });
+    }
+    Ok(b.build()?)
+}
+
+fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    content_type: &str,
+    encoding: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let mut request = agent.post(url).header("Content-Type", content_type);
+    if let Some(encoding) = encoding {
+        request = request.header("Content-Encoding", encoding);
+    }
+    let response = request.send(body)?;
+    if !response.status().is_success() {
+        bail!("{url}: {}", response.status());
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let mut loopback = 0.0f64;
+    for _ in 0..3 {
+        loopback = loopback.max(loopback_mb_s(2)?);
+    }
+    println!("loopback (iperf3, one TCP stream, best of 3): {loopback:.0} MB/s");
+    println!(
+        "{} clients, one request in flight each, {} s a case; topics of {PARTITIONS} partitions",
+        args.clients, args.seconds
+    );
+    println!();
+    let node = start(&args.weir)?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut kafka = Connection::open(&node.kafka)?;
+    for topic in ["kafka-metrics", "kafka-logs"] {
+        kafka.create_topic(topic, PARTITIONS)?;
+    }
+    let metrics: Vec<_> = (0..args.clients).map(remote_write_request).collect();
+    let logs: Vec<_> = (0..args.clients).map(otlp_logs_request).collect();
+
+    println!(
+        "| path | records a request | request body KB | records/s | body MB/s | records/s ÷ Kafka produce of the same records |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, requests, topic, url, content_type, encoding) in [
+        (
+            "Prometheus remote write (snappy protobuf)",
+            &metrics,
+            "kafka-metrics",
+            format!("{}/api/v1/write", node.http),
+            "application/x-protobuf",
+            Some("snappy"),
+        ),
+        (
+            "OTLP/HTTP logs (protobuf)",
+            &logs,
+            "kafka-logs",
+            format!("{}/v1/logs", node.http),
+            "application/x-protobuf",
+            None,
+        ),
+    ] {
+        let load = Load {
+            name,
+            records_per_request: requests[0].1.len(),
+            bytes_per_request: requests[0].0.len(),
+        };
+        let ingest = drive(args.clients, args.seconds, &load, |client| {
+            post(&agent, &url, content_type, encoding, &requests[client].0)
+        })?;
+        let batches: Vec<Bytes> = requests
+            .iter()
+            .map(|(_, records)| batch(records))
+            .collect::<anyhow::Result<_>>()?;
+        let kafka_load = Load {
+            name: "Kafka produce",
+            records_per_request: load.records_per_request,
+            bytes_per_request: batches[0].len(),
+        };
+        let connections: Vec<std::sync::Mutex<Connection>> = (0..args.clients)
+            .map(|_| Connection::open(&node.kafka).map(std::sync::Mutex::new))
+            .collect::<anyhow::Result<_>>()?;
+        let produce = drive(args.clients, args.seconds, &kafka_load, |client| {
+            let mut connection = connections[client]
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a client panicked"))?;
+            connection.produce(topic, client as i32 % PARTITIONS, 1, &batches[client])?;
+            Ok(())
+        })?;
+        for (label, outcome, load) in [
+            (load.name, &ingest, &load),
+            ("Kafka produce, same records", &produce, &kafka_load),
+        ] {
+            println!(
+                "| {label} | {} | {:.0} | {:.0} | {:.1} | {:.2} |",
+                load.records_per_request,
+                load.bytes_per_request as f64 / 1e3,
+                outcome.records_per_s,
+                outcome.body_mb_s,
+                outcome.records_per_s / produce.records_per_s
+            );
+        }
+    }
+    let pid = node.child.id().to_string();
+    println!();
+    println!(
+        "node RSS after the run: {:.0} MiB (peak {:.0} MiB)",
+        proc_status::memory_mib(&pid, "VmRSS"),
+        proc_status::memory_mib(&pid, "VmHWM")
+    );
+    Ok(())
+}
