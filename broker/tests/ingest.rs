@@ -660,3 +660,79 @@ fn every_query_of_the_grafana_dashboard_answers_over_the_postgres_listener() {
     }
     node.stop();
 }
+
+/// (status, `Retry-After`, body) of a POST with `headers`.
+fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Option<String>, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.post(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.send(body).unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (response.status().as_u16(), retry_after, text)
+}
+
+#[test]
+fn ingestion_refuses_bodies_past_their_bounds_and_asks_for_a_retry_when_it_cannot_write() {
+    let (_dir, node, c) = started(&[]);
+    let (logs, write) = (
+        format!("{}/v1/logs", node.url()),
+        format!("{}/api/v1/write", node.url()),
+    );
+    let json = [("Content-Type", "application/json")];
+    let (status, _, text) = post(&logs, &json, &vec![b' '; 17 << 20]);
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("over 16 MiB"), "{text}");
+    // Small bodies that claim or inflate past 64 MiB.
+    let mut snappy_bomb = Vec::new();
+    let mut claimed: u64 = 100 << 20;
+    while claimed >= 0x80 {
+        snappy_bomb.push((claimed as u8) | 0x80);
+        claimed >>= 7;
+    }
+    snappy_bomb.extend([claimed as u8, 0x00, b'x']);
+    let protobuf = ("Content-Type", "application/x-protobuf");
+    let (status, _, text) = post(
+        &write,
+        &[protobuf, ("Content-Encoding", "snappy")],
+        &snappy_bomb,
+    );
+    assert_eq!(status, 413, "{text}");
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    for _ in 0..70 {
+        std::io::Write::write_all(&mut gzip, &[b' '; 1 << 20]).unwrap();
+    }
+    let gzip_bomb = gzip.finish().unwrap();
+    assert!(gzip_bomb.len() < 1 << 20);
+    let (status, _, text) = post(&logs, &[json[0], ("Content-Encoding", "gzip")], &gzip_bomb);
+    assert_eq!(status, 413, "{text}");
+    assert!(
+        c.call("GET", "/v1/topics/logs", None).is_err(),
+        "nothing was made"
+    );
+    node.stop();
+
+    // A node that cannot write: shippers are asked to retry.
+    let (_dir, node, _c) = started(&["--disk-free-min-mib", "1000000000"]);
+    let empty_write = snap::raw::Encoder::new().compress_vec(b"").unwrap();
+    let (status, retry_after, text) = post(
+        &format!("{}/api/v1/write", node.url()),
+        &[protobuf, ("Content-Encoding", "snappy")],
+        &empty_write,
+    );
+    assert_eq!((status, retry_after.as_deref()), (503, Some("5")), "{text}");
+    let example = std::fs::read(example("opentelemetry/log.json")).unwrap();
+    let (status, retry_after, text) = post(&format!("{}/v1/logs", node.url()), &json, &example);
+    assert_eq!((status, retry_after.as_deref()), (503, Some("5")), "{text}");
+    let status_body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status_body["code"], 14, "UNAVAILABLE: {text}");
+    node.stop();
+}
