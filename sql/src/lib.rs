@@ -24,6 +24,7 @@ pub mod catalog;
 mod create_as;
 pub mod functions;
 pub mod guard;
+mod json;
 pub mod memory;
 pub mod sink;
 pub mod stream;
@@ -159,7 +160,8 @@ impl QueryEngine {
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(memory::MeterOutputs))
             .build();
-        let context = SessionContext::new_with_state(state);
+        let mut context = SessionContext::new_with_state(state);
+        json::register(&mut context)?;
         for bounded in memory::bounded_functions(
             &datafusion::functions::all_default_functions(),
             config.memory_bytes_max,

@@ -307,7 +307,8 @@ impl Query {
             .with_default_features()
             .with_physical_optimizer_rules(Vec::new())
             .build();
-        let context = SessionContext::new_with_state(state);
+        let mut context = SessionContext::new_with_state(state);
+        crate::json::register(&mut context)?;
         let catalog = Arc::new(MemoryCatalogProvider::new());
         catalog.register_schema("public", Arc::new(StepSchema(sources.clone())))?;
         context.register_catalog("weir", catalog);
