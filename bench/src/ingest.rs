@@ -17,20 +17,20 @@ mod kafka_load;
 mod loopback;
 mod ports;
 mod proc_status;
+mod weir_node;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use kafka_load::Connection;
 use loopback::loopback_mb_s;
-use ports::{free_port, wait_for_port};
 use prost::Message as _;
 use serde_json::json;
 use weir_broker::http::otlp::proto;
 use weir_broker::http::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+use weir_node::Node;
 use weir_storage::{BatchBuilder, Compression, NewRecord};
 
 const SERIES_PER_REQUEST: usize = 2_000;
@@ -61,48 +61,6 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     Ok(args)
-}
-
-struct Node {
-    child: Child,
-    kafka: String,
-    http: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(binary: &PathBuf) -> anyhow::Result<Node> {
-    let dir = tempfile::tempdir_in("target")?;
-    let (kafka, http) = (free_port()?, free_port()?);
-    let child = Command::new(binary)
-        .args(["serve", "--pg", "off", "--default-partitions", "4"])
-        .args(["--kafka", &format!("127.0.0.1:{kafka}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("WEIR_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (cargo build --release --bin weir)",
-                binary.display()
-            )
-        })?;
-    wait_for_port(kafka)?;
-    wait_for_port(http)?;
-    Ok(Node {
-        child,
-        kafka: format!("127.0.0.1:{kafka}"),
-        http: format!("http://127.0.0.1:{http}"),
-        _dir: dir,
-    })
 }
 
 /// What a workload sends: its request bodies (one per client), the records each becomes, and
@@ -300,7 +258,7 @@ fn main() -> anyhow::Result<()> {
         args.clients, args.seconds
     );
     println!();
-    let node = start(&args.weir)?;
+    let node = Node::start(&args.weir, &["--default-partitions", "4"])?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

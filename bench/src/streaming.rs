@@ -31,10 +31,10 @@
 mod kafka_load;
 mod ports;
 mod proc_status;
+mod weir_node;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use kafka_load::Connection;
-use ports::{free_port, wait_for_port};
+use weir_node::Node;
 use weir_storage::{BatchBuilder, Compression, NewRecord};
 
 const PARTITIONS: i32 = 4;
@@ -92,99 +92,6 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-struct Node {
-    child: Child,
-    kafka: String,
-    http: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Node {
-    fn start(binary: &PathBuf) -> anyhow::Result<Node> {
-        let dir = tempfile::tempdir_in("target")?;
-        let (kafka, http) = (free_port()?, free_port()?);
-        let child = Command::new(binary)
-            .args(["serve", "--kafka", &format!("127.0.0.1:{kafka}")])
-            .args(["--http", &format!("127.0.0.1:{http}"), "--pg", "off"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("WEIR_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (cargo build --release --bin weir)",
-                    binary.display()
-                )
-            })?;
-        wait_for_port(kafka)?;
-        wait_for_port(http)?;
-        Ok(Node {
-            child,
-            kafka: format!("127.0.0.1:{kafka}"),
-            http: format!("http://127.0.0.1:{http}"),
-            _dir: dir,
-        })
-    }
-
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: serde_json::Value,
-    ) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}{path}", self.http);
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "-X",
-                method,
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                "@-",
-            ])
-            .arg(&url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .map(|mut stdin| stdin.write_all(body.to_string().as_bytes()))
-                    .transpose()?;
-                child.wait_with_output()
-            })
-            .context("running curl")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{url}: {text}"))?;
-        if let Some(error) = value.get("error") {
-            bail!("{url}: {error}");
-        }
-        Ok(value)
-    }
-
-    fn sql(&self, statement: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-        let answer = self.call("POST", "/v1/sql", serde_json::json!({ "sql": statement }))?;
-        Ok(answer["rows"].as_array().cloned().unwrap_or_default())
-    }
-
-    fn pipeline(&self) -> anyhow::Result<serde_json::Value> {
-        let rows = self.sql("SELECT records_in, lag, watermark_ms FROM weir.pipelines")?;
-        rows.into_iter().next().context("no pipeline")
-    }
 }
 
 /// One batch of events, keys drawn from `keys` by a counter, stamped `at`.
@@ -272,7 +179,7 @@ fn handled(node: &Node) -> anyhow::Result<u64> {
 }
 
 fn run(args: &Args, keys: u64) -> anyhow::Result<Run> {
-    let node = Node::start(&args.weir)?;
+    let node = Node::start(&args.weir, &[])?;
     node.call(
         "POST",
         "/v1/topics",

@@ -71,25 +71,51 @@ fn program(name: &str, package: &str) -> Option<std::path::PathBuf> {
     have(name, &format!("apt-get install {package}")).then(|| name.into())
 }
 
-/// Deploys `syslog-to-json` and a pipeline `parse` from `syslog` (2 partitions) to
-/// `syslog-json`, whose fields are typed columns.
-fn syslog_pipeline(c: &Client) {
-    common::create_topic(c, "syslog", 2);
-    let schema = json!({"name": "syslog-json", "partitions": 1, "configs": {
-        "value.format": "json",
-        "value.schema": "app TEXT, hostname TEXT, severity TEXT, message TEXT"}});
-    c.call("POST", "/v1/topics", Some(&schema)).unwrap();
-    let wasm = std::fs::read(weir_tests::wasm::plugin_wasm("syslog-to-json").unwrap()).unwrap();
-    c.send(
-        "PUT",
-        "/v1/plugins/syslog-to-json",
-        "application/wasm",
-        &wasm,
-    )
-    .unwrap();
-    let spec = json!({"name": "parse", "from": "syslog", "through": ["syslog-to-json"],
-                      "to": ["syslog-json"], "from_offset": "earliest"});
-    c.call("POST", "/v1/pipelines", Some(&spec)).unwrap();
+/// A node running a pipeline `parse` from `syslog` (2 partitions) through `syslog-to-json` to
+/// `syslog-json` (whose fields are typed columns), and a syslog daemon's example config pointed
+/// at it, for an instance reading lines from `socket`.
+struct Syslog {
+    dir: tempfile::TempDir,
+    node: Node,
+    c: Client,
+    socket: std::path::PathBuf,
+    example: String,
+}
+
+impl Syslog {
+    /// `None` when `logger` is missing.
+    fn start(example_config: &str) -> Option<Syslog> {
+        if !have("logger", "apt-get install bsdutils") {
+            return None;
+        }
+        let (dir, node, c) = started(&[]);
+        common::create_topic(&c, "syslog", 2);
+        let schema = json!({"name": "syslog-json", "partitions": 1, "configs": {
+            "value.format": "json",
+            "value.schema": "app TEXT, hostname TEXT, severity TEXT, message TEXT"}});
+        c.call("POST", "/v1/topics", Some(&schema)).unwrap();
+        let wasm = std::fs::read(weir_tests::wasm::plugin_wasm("syslog-to-json").unwrap()).unwrap();
+        c.send(
+            "PUT",
+            "/v1/plugins/syslog-to-json",
+            "application/wasm",
+            &wasm,
+        )
+        .unwrap();
+        let spec = json!({"name": "parse", "from": "syslog", "through": ["syslog-to-json"],
+                          "to": ["syslog-json"], "from_offset": "earliest"});
+        c.call("POST", "/v1/pipelines", Some(&spec)).unwrap();
+        let example = std::fs::read_to_string(example(example_config))
+            .unwrap()
+            .replace("localhost:9092", &node.kafka.to_string());
+        Some(Syslog {
+            socket: dir.path().join("log.sock"),
+            dir,
+            node,
+            c,
+            example,
+        })
+    }
 }
 
 /// Waits until `syslog-json` holds `lines` lines of `app` — and no more — parsed, with none
@@ -118,15 +144,16 @@ fn rsyslog_forwards_logger_lines_through_a_syslog_pipeline_counted_exactly_by_sq
     let Some(rsyslogd) = program("rsyslogd", "rsyslog rsyslog-kafka") else {
         return;
     };
-    if !have("logger", "apt-get install bsdutils") {
+    let Some(Syslog {
+        dir,
+        node,
+        c,
+        socket,
+        example,
+    }) = Syslog::start("rsyslog/weir.conf")
+    else {
         return;
-    }
-    let (dir, node, c) = started(&[]);
-    syslog_pipeline(&c);
-    let socket = dir.path().join("log.sock");
-    let example = std::fs::read_to_string(example("rsyslog/weir.conf"))
-        .unwrap()
-        .replace("localhost:9092", &node.kafka.to_string());
+    };
     // An unprivileged instance: its own work directory, pid file and socket for `logger`.
     let config = format!(
         "global(workDirectory=\"{work}\")\n\
@@ -181,15 +208,16 @@ fn syslog_ng_forwards_logger_lines_through_a_syslog_pipeline_counted_exactly_by_
     let Some(root) = syslog_ng() else {
         return;
     };
-    if !have("logger", "apt-get install bsdutils") {
+    let Some(Syslog {
+        dir,
+        node,
+        c,
+        socket,
+        example,
+    }) = Syslog::start("syslog-ng/weir.conf")
+    else {
         return;
-    }
-    let (dir, node, c) = started(&[]);
-    syslog_pipeline(&c);
-    let socket = dir.path().join("log.sock");
-    let example = std::fs::read_to_string(example("syslog-ng/weir.conf"))
-        .unwrap()
-        .replace("localhost:9092", &node.kafka.to_string());
+    };
     // The example's log path reads s_src: here a socket for `logger`.
     let config = format!(
         "@version: 3.38\nsource s_src {{ unix-dgram(\"{}\"); }};\n{example}",

@@ -37,15 +37,57 @@ use proto::{AnyValue, KeyValue, Value};
 const LOGS_SCHEMA: &str = r#"severity_text TEXT, severity_number INT, body TEXT, "service.name" TEXT, trace_id TEXT, span_id TEXT"#;
 
 pub(super) fn routes() -> Router<AppState> {
+    let route = |signal: Signal| {
+        post(
+            move |state, caller, topic: Query<TopicParam>, headers, body| {
+                export(signal, state, caller, topic.0, headers, body)
+            },
+        )
+        .layer(DefaultBodyLimit::max(PRODUCE_BODY_BYTES_MAX))
+    };
     Router::new()
-        .route(
-            "/logs",
-            post(logs).layer(DefaultBodyLimit::max(PRODUCE_BODY_BYTES_MAX)),
-        )
-        .route(
-            "/metrics",
-            post(metrics).layer(DefaultBodyLimit::max(PRODUCE_BODY_BYTES_MAX)),
-        )
+        .route("/logs", route(Signal::Logs))
+        .route("/metrics", route(Signal::Metrics))
+}
+
+/// What an export request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    Logs,
+    Metrics,
+}
+
+impl Signal {
+    fn source(self) -> IngestSource {
+        match self {
+            Signal::Logs => IngestSource::OtlpLogs,
+            Signal::Metrics => IngestSource::OtlpMetrics,
+        }
+    }
+
+    /// The topic a request naming none goes to.
+    fn topic(self, topics: &super::IngestTopics) -> &str {
+        match self {
+            Signal::Logs => &topics.logs,
+            Signal::Metrics => &topics.metrics,
+        }
+    }
+
+    /// The value schema of a topic the node makes for it.
+    fn schema(self) -> &'static str {
+        match self {
+            Signal::Logs => LOGS_SCHEMA,
+            Signal::Metrics => METRICS_SCHEMA,
+        }
+    }
+
+    /// The records of a request's body.
+    fn records(self, encoding: Encoding, body: &[u8]) -> ApiResult<Vec<Produced>> {
+        match self {
+            Signal::Logs => log_records(encoding.decode(body)?),
+            Signal::Metrics => data_points(encoding.decode(body)?),
+        }
+    }
 }
 
 /// How a request's body is encoded; its answer is encoded the same way.
@@ -93,74 +135,30 @@ impl Encoding {
     }
 }
 
-async fn logs(
-    state: State<AppState>,
-    caller: Extension<Caller>,
-    topic: Query<TopicParam>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let topic = topic.0.or(&state.ingest.logs);
-    export(
-        state,
-        caller,
-        headers,
-        body,
-        IngestSource::OtlpLogs,
-        topic,
-        LOGS_SCHEMA,
-        |encoding, body| log_records(encoding.decode(body)?),
-    )
-    .await
-}
-
-async fn metrics(
-    state: State<AppState>,
-    caller: Extension<Caller>,
-    topic: Query<TopicParam>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let topic = topic.0.or(&state.ingest.metrics);
-    export(
-        state,
-        caller,
-        headers,
-        body,
-        IngestSource::OtlpMetrics,
-        topic,
-        METRICS_SCHEMA,
-        |encoding, body| data_points(encoding.decode(body)?),
-    )
-    .await
-}
-
 /// Decodes and appends one export request. A refusal is answered as OTLP asks: a
 /// `google.rpc.Status` in the request's encoding, with the HTTP status saying whether a retry
 /// may succeed (503, with `Retry-After`) or not (400, 413, 415).
-#[allow(clippy::too_many_arguments)] // each is one part of the request
 async fn export(
+    signal: Signal,
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    topic: TopicParam,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-    source: IngestSource,
-    topic: String,
-    schema: &'static str,
-    records: fn(Encoding, &[u8]) -> ApiResult<Vec<Produced>>,
 ) -> Response {
     let encoding = Encoding::of(&headers);
     let received = encoding
         .clone()
         .and_then(|encoding| Ok((encoding, ingest::body(&headers, body)?)));
+    let topic = topic.or(signal.topic(&state.ingest));
     let written = ingest::ingest(
         &state,
         caller,
-        source,
+        signal.source(),
         topic,
-        Some(schema),
+        Some(signal.schema()),
         received,
-        move |(encoding, body): (Encoding, Bytes)| records(encoding, &body),
+        move |(encoding, body): (Encoding, Bytes)| signal.records(encoding, &body),
     )
     .await;
     // A body of no known encoding is answered in JSON.
