@@ -33,7 +33,7 @@ fn pem_items<T>(
 }
 
 /// Lines sent per produce request.
-const PRODUCE_CHUNK_RECORDS: usize = 1000;
+pub const PRODUCE_CHUNK_RECORDS: usize = 1000;
 /// Records asked for per consume request.
 const CONSUME_CHUNK_RECORDS: usize = 1000;
 /// Pause between polls when a followed topic has nothing new.

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{Client, Target};
+use crate::cli::{Client, PRODUCE_CHUNK_RECORDS, Target};
 use crate::error::{Error, Result, io};
 
 /// How often the file is looked at for new lines and rotation.
@@ -22,6 +22,10 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most bytes of a line kept while waiting for its end; a longer line is sent in parts.
 pub const LINE_BYTES_MAX: usize = 1 << 20;
+
+/// Most bytes read from the file at once, so a large file already there (`--from-beginning`)
+/// is sent a part at a time rather than held whole.
+pub const READ_BYTES_MAX: usize = 8 << 20;
 
 /// A file followed by name.
 pub struct Follower {
@@ -72,13 +76,16 @@ impl Follower {
         }
     }
 
-    /// The lines written since the last call, across a rotation or a truncation.
+    /// The lines written since the last call, across a rotation or a truncation, reading at
+    /// most [`READ_BYTES_MAX`] of the file: the rest comes with the next calls.
     pub fn lines(&mut self) -> Result<Vec<String>> {
         let mut lines = Vec::new();
         if self.open.is_none() && !self.reopen()? {
             return Ok(lines);
         }
-        self.read_into(&mut lines)?;
+        if !self.read_into(&mut lines)? {
+            return Ok(lines);
+        }
         // A new file at the path: the old one was read to its end above.
         let at_path = std::fs::metadata(&self.path)
             .ok()
@@ -95,11 +102,12 @@ impl Follower {
         Ok(lines)
     }
 
-    /// Reads the open file to its end, adding its complete lines to `lines`.
-    fn read_into(&mut self, lines: &mut Vec<String>) -> Result<()> {
+    /// Reads the open file, up to [`READ_BYTES_MAX`], adding its complete lines to `lines`;
+    /// true when it was read to its end.
+    fn read_into(&mut self, lines: &mut Vec<String>) -> Result<bool> {
         let what = || format!("reading {}", self.path.display());
         let Some((file, _)) = self.open.as_mut() else {
-            return Ok(());
+            return Ok(true);
         };
         let len = file.metadata().map_err(io(what()))?.len();
         if len < self.position {
@@ -109,7 +117,10 @@ impl Follower {
             self.partial.clear();
         }
         let mut bytes = Vec::new();
-        let read = file.read_to_end(&mut bytes).map_err(io(what()))?;
+        let read = file
+            .take(READ_BYTES_MAX as u64)
+            .read_to_end(&mut bytes)
+            .map_err(io(what()))?;
         self.position += read as u64;
         let mut rest = bytes.as_slice();
         while let Some(end) = rest.iter().position(|b| *b == b'\n') {
@@ -122,7 +133,7 @@ impl Follower {
         if self.partial.len() > LINE_BYTES_MAX {
             push_line(lines, &std::mem::take(&mut self.partial));
         }
-        Ok(())
+        Ok(read < READ_BYTES_MAX)
     }
 }
 
@@ -145,18 +156,23 @@ fn transient(e: &Error) -> bool {
 }
 
 /// Sends the lines appended to `path` to `target`, forever: a failure the node may recover
-/// from is retried, any other ends it.
+/// from is retried, any other ends it. The file is read again only once what was read is sent,
+/// and lines are sent [`PRODUCE_CHUNK_RECORDS`] a request, so a line the node took is never sent
+/// twice and at most one read's lines wait in memory.
 pub fn follow(c: &Client, target: &Target, path: &Path, from_beginning: bool) -> Result<()> {
     let mut follower = Follower::new(path, from_beginning)?;
     let mut waiting: Vec<String> = Vec::new();
     loop {
-        waiting.extend(follower.lines()?);
+        if waiting.is_empty() {
+            waiting = follower.lines()?;
+        }
         if waiting.is_empty() {
             std::thread::sleep(POLL_INTERVAL);
             continue;
         }
-        match crate::cli::produce_lines(c, target, &waiting) {
-            Ok(()) => waiting.clear(),
+        let request = waiting.len().min(PRODUCE_CHUNK_RECORDS);
+        match crate::cli::produce_lines(c, target, &waiting[..request]) {
+            Ok(()) => drop(waiting.drain(..request)),
             Err(e) if transient(&e) => {
                 eprintln!("{e}; sending {} lines again shortly", waiting.len());
                 std::thread::sleep(RETRY_INTERVAL);
@@ -218,6 +234,27 @@ mod tests {
             Follower::new(&path, true).unwrap().lines().unwrap(),
             ["old", "new"]
         );
+    }
+
+    #[test]
+    fn a_large_file_is_read_a_part_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        let line = "y".repeat(999);
+        let count = 2 * READ_BYTES_MAX / 1000 + 10;
+        append(&path, &format!("{line}\n").repeat(count));
+        let mut f = Follower::new(&path, true).unwrap();
+        let mut parts = Vec::new();
+        loop {
+            let lines = f.lines().unwrap();
+            if lines.is_empty() {
+                break;
+            }
+            assert!(lines.iter().all(|l| *l == line));
+            parts.push(lines.len());
+        }
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        assert_eq!(parts.iter().sum::<usize>(), count);
     }
 
     #[test]
