@@ -203,48 +203,37 @@ impl RowBuilder {
         partition: i64,
         rows: &[Record],
     ) -> datafusion::common::Result<RecordBatch> {
-        build_batch(
-            &self.schema,
-            &self.projection,
-            &self.typed,
-            &self.json_keys,
-            partition,
-            rows,
-        )
+        let RowBuilder {
+            schema,
+            projection,
+            typed,
+            json_keys,
+        } = self;
+        // Only the fields the projected typed columns read are built from each value.
+        let parsed: Vec<Option<serde_json::Value>> = if json_keys.is_empty() {
+            Vec::new()
+        } else {
+            rows.iter()
+                .map(|r| parse_fields(r.value.as_ref()?, json_keys))
+                .collect()
+        };
+        let columns = projection
+            .iter()
+            .map(|&index| match RecordColumn::ALL.get(index) {
+                Some(column) => column.array(partition, rows),
+                None => {
+                    let mut b =
+                        ColumnBuilder::new(&typed[index - RECORD_COLUMNS.len()], rows.len());
+                    parsed.iter().for_each(|v| b.append(v.as_ref()));
+                    b.finish()
+                }
+            })
+            .collect();
+        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        Ok(RecordBatch::try_new_with_options(
+            schema.clone(),
+            columns,
+            &options,
+        )?)
     }
-}
-
-fn build_batch(
-    schema: &SchemaRef,
-    projection: &[usize],
-    typed: &[TypedColumn],
-    json_keys: &[String],
-    partition: i64,
-    rows: &[Record],
-) -> datafusion::common::Result<RecordBatch> {
-    // Only the fields the projected typed columns read are built from each value.
-    let parsed: Vec<Option<serde_json::Value>> = if json_keys.is_empty() {
-        Vec::new()
-    } else {
-        rows.iter()
-            .map(|r| parse_fields(r.value.as_ref()?, json_keys))
-            .collect()
-    };
-    let columns = projection
-        .iter()
-        .map(|&index| match RecordColumn::ALL.get(index) {
-            Some(column) => column.array(partition, rows),
-            None => {
-                let mut b = ColumnBuilder::new(&typed[index - RECORD_COLUMNS.len()], rows.len());
-                parsed.iter().for_each(|v| b.append(v.as_ref()));
-                b.finish()
-            }
-        })
-        .collect();
-    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &options,
-    )?)
 }
