@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kafka_load::Connection;
-use loopback::loopback_mb_s;
 use ports::{free_port, wait_for_port};
 use records::batch_of_1kib;
 const RECORDS_PER_BATCH: usize = 64;
@@ -278,11 +277,8 @@ fn librdkafka_case(broker: &Broker, acks: &str) -> Result<(f64, f64), String> {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    // The limit is what loopback can do at best: the highest of three runs.
-    let mut loopback = 0.0f64;
-    for _ in 0..3 {
-        loopback = loopback.max(loopback_mb_s(2)?);
-    }
+    // The limit is what loopback can do at best.
+    let loopback = loopback::best_of_three()?;
     println!("loopback (iperf3, one TCP stream, best of 3): {loopback:.0} MB/s");
     println!();
 

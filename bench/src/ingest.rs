@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use kafka_load::Connection;
-use loopback::loopback_mb_s;
 use prost::Message as _;
 use serde_json::json;
 use weir_broker::http::otlp::proto;
@@ -248,10 +247,7 @@ fn post(
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let mut loopback = 0.0f64;
-    for _ in 0..3 {
-        loopback = loopback.max(loopback_mb_s(2)?);
-    }
+    let loopback = loopback::best_of_three()?;
     println!("loopback (iperf3, one TCP stream, best of 3): {loopback:.0} MB/s");
     println!(
         "{} clients, one request in flight each, {} s a case; topics of {PARTITIONS} partitions",
