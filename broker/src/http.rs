@@ -39,6 +39,7 @@ pub mod remote_write;
 mod runtime_api;
 mod sql_api;
 mod users_api;
+mod weigh;
 
 /// Most records one JSON consume returns.
 pub const CONSUME_RECORDS_MAX: usize = 10_000;
@@ -679,43 +680,47 @@ async fn produce(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let kind = BodyKind::of(&headers);
-    let received = kind
-        .clone()
-        .and_then(|kind| Ok((kind, ingest::body(&headers, body)?)));
-    let placed = ingest::ingest(
-        &state,
-        caller,
-        IngestSource::Records,
-        name,
-        None,
-        received,
-        |(kind, body)| produced_records(kind, &body),
-    )
-    .await?;
+    let received = kind.clone().and_then(|kind| {
+        Ok(ProduceRequest {
+            kind,
+            body: ingest::body(&headers, body)?,
+        })
+    });
+    let placed =
+        ingest::ingest(&state, caller, IngestSource::Records, name, None, received).await?;
     Ok(Json(match kind? {
         BodyKind::Json => serde_json::json!({ "offsets": placed }),
         BodyKind::Lines { .. } => serde_json::json!({ "records": placed.len() }),
     }))
 }
 
-/// The records of a `POST /v1/topics/{name}/records` body.
-fn produced_records(kind: BodyKind, body: &Bytes) -> ApiResult<Vec<Produced>> {
-    let now = weir_storage::now_ms();
-    let lines = match kind {
-        BodyKind::Json => {
-            let body: ProduceBody = serde_json::from_slice(body).map_err(|e| {
+/// A `POST /v1/topics/{name}/records` body.
+struct ProduceRequest {
+    kind: BodyKind,
+    body: Bytes,
+}
+
+impl ingest::Decode for ProduceRequest {
+    fn weight(&self) -> ApiResult<usize> {
+        Ok(match self.kind {
+            BodyKind::Json => weigh::json(&self.body, size_of::<ProduceRecord>()),
+            // Records are slices of the body.
+            BodyKind::Lines { .. } => {
+                let lines = self.body.iter().filter(|b| **b == b'\n').count() + 1;
+                lines.min(PRODUCE_RECORDS_MAX) * size_of::<Produced>()
+            }
+        })
+    }
+
+    fn records(self) -> ApiResult<ingest::Records> {
+        let now = weir_storage::now_ms();
+        let BodyKind::Lines { json } = self.kind else {
+            let body: ProduceBody = serde_json::from_slice(&self.body).map_err(|e| {
                 ApiError::bad_request(format!("not a produce body {{\"records\": [...]}}: {e}"))
             })?;
-            if body.records.len() > PRODUCE_RECORDS_MAX {
-                return Err(ApiError::bad_request(format!(
-                    "{} records in one request; the limit is {PRODUCE_RECORDS_MAX}",
-                    body.records.len()
-                )));
-            }
-            return Ok(body
-                .records
-                .into_iter()
-                .map(|r| Produced {
+            let mut records = ingest::Records::new("send the rest in another");
+            for r in body.records {
+                records.push(Produced {
                     partition: r.partition,
                     record: NewRecord {
                         timestamp: r.timestamp.unwrap_or(now),
@@ -730,23 +735,12 @@ fn produced_records(kind: BodyKind, body: &Bytes) -> ApiResult<Vec<Produced>> {
                             })
                             .collect(),
                     },
-                })
-                .collect());
-        }
-        BodyKind::Lines { json } => ingest::lines(body, json)?,
-    };
-    Ok(lines
-        .into_iter()
-        .map(|line| Produced {
-            partition: None,
-            record: NewRecord {
-                timestamp: now,
-                key: None,
-                value: Some(line),
-                headers: Vec::new(),
-            },
-        })
-        .collect())
+                })?;
+            }
+            return Ok(records);
+        };
+        ingest::lines(&self.body, json, now)
+    }
 }
 
 /// Appends the records of a produce request, each where it asks to go: its partition, its

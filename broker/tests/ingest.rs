@@ -689,7 +689,7 @@ fn every_query_of_the_grafana_dashboard_answers_over_the_postgres_listener() {
     node.stop();
 }
 
-/// (status, `Retry-After`, body) of a POST with `headers`.
+/// (status, `Retry-After`, body as text) of a POST with `headers`.
 fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Option<String>, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -704,7 +704,9 @@ fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Option<String
         .headers()
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_string());
-    let text = response.body_mut().read_to_string().unwrap_or_default();
+    // Protobuf answers are read as text too: the message in them is.
+    let bytes = response.body_mut().read_to_vec().unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     (response.status().as_u16(), retry_after, text)
 }
 
@@ -721,12 +723,8 @@ fn ingestion_refuses_bodies_past_their_bounds_and_asks_for_a_retry_when_it_canno
     assert!(text.contains("over 16 MiB"), "{text}");
     // Small bodies that claim or inflate past 64 MiB.
     let mut snappy_bomb = Vec::new();
-    let mut claimed: u64 = 100 << 20;
-    while claimed >= 0x80 {
-        snappy_bomb.push((claimed as u8) | 0x80);
-        claimed >>= 7;
-    }
-    snappy_bomb.extend([claimed as u8, 0x00, b'x']);
+    prost::encoding::encode_varint(100 << 20, &mut snappy_bomb);
+    snappy_bomb.extend([0x00, b'x']);
     let protobuf = ("Content-Type", "application/x-protobuf");
     let (status, _, text) = post(
         &write,
@@ -742,10 +740,29 @@ fn ingestion_refuses_bodies_past_their_bounds_and_asks_for_a_retry_when_it_canno
     assert!(gzip_bomb.len() < 1 << 20);
     let (status, _, text) = post(&logs, &[json[0], ("Content-Encoding", "gzip")], &gzip_bomb);
     assert_eq!(status, 413, "{text}");
+    // Small bodies that decode into far more: two million empty log records in 4 MiB of
+    // protobuf, five million empty records in 15 MiB of JSON.
+    let wrapped = |field: u8, inner: &[u8]| {
+        let mut out = vec![field << 3 | 2];
+        prost::encoding::encode_varint(inner.len() as u64, &mut out);
+        out.extend_from_slice(inner);
+        out
+    };
+    let empty_logs = wrapped(1, &wrapped(2, &[0x12, 0x00].repeat(2_000_000)));
+    let (status, _, text) = post(&logs, &[protobuf], &empty_logs);
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("--request-memory-mib"), "{text}");
+    let empty_records = format!("{{\"records\":[{}{{}}]}}", "{},".repeat(5_000_000 - 1));
+    let records = format!("{}/v1/topics/logs/records", node.url());
+    let (status, _, text) = post(&records, &json, empty_records.as_bytes());
+    assert_eq!(status, 413, "{text}");
     assert!(
         c.call("GET", "/v1/topics/logs", None).is_err(),
         "nothing was made"
     );
+    let example = std::fs::read(example("opentelemetry/log.json")).unwrap();
+    let (status, _, text) = post(&logs, &json, &example);
+    assert_eq!(status, 200, "the node still serves: {text}");
     node.stop();
 
     // A node that cannot write: shippers are asked to retry.
@@ -757,7 +774,6 @@ fn ingestion_refuses_bodies_past_their_bounds_and_asks_for_a_retry_when_it_canno
         &empty_write,
     );
     assert_eq!((status, retry_after.as_deref()), (503, Some("5")), "{text}");
-    let example = std::fs::read(example("opentelemetry/log.json")).unwrap();
     let (status, retry_after, text) = post(&format!("{}/v1/logs", node.url()), &json, &example);
     assert_eq!((status, retry_after.as_deref()), (503, Some("5")), "{text}");
     let status_body: Value = serde_json::from_str(&text).unwrap();

@@ -231,16 +231,11 @@ impl Pipelines {
         self.check(&spec)?;
         let input = self.storage.existing_topic(&spec.from)?;
         for topic in &spec.to {
-            if self.storage.topic(topic)?.is_none() {
-                self.storage
-                    .create_topic(topic, input.partitions, Default::default())?;
-            }
-        }
-        let dead_letter = spec.dead_letter_topic();
-        if self.storage.topic(&dead_letter)?.is_none() {
             self.storage
-                .create_topic(&dead_letter, 1, Default::default())?;
+                .topic_or_create(topic, input.partitions, Default::default())?;
         }
+        self.storage
+            .topic_or_create(&spec.dead_letter_topic(), 1, Default::default())?;
         let stored = Stored {
             spec,
             paused: false,

@@ -14,12 +14,13 @@ use std::io::Read as _;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
-use weir_storage::{Storage, StorageError};
+use weir_storage::NewRecord;
 
 use super::{
     ApiError, ApiResult, AppState, PRODUCE_BODY_BYTES_MAX, PRODUCE_RECORDS_MAX, Placed, Produced,
 };
 use crate::acl::{Caller, Operation, ResourceType};
+use crate::limits::{Limits, RequestMemory};
 use crate::metrics::IngestSource;
 
 /// Largest body an ingestion request may have once decompressed (`Content-Encoding: snappy`
@@ -142,82 +143,154 @@ pub(super) fn body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> 
     decompressed(headers, whole_body(body)?)
 }
 
+/// Most bytes the records of one ingestion request take. Records may copy what they share (a
+/// series' labels into each of its samples, a resource's attributes into each of its log
+/// records), so they can be far larger than the body they came from.
+pub const RECORDS_BYTES_MAX: usize = 64 << 20;
+
+/// The records an ingestion request decodes into: at most [`PRODUCE_RECORDS_MAX`] of them
+/// (400 past it) taking at most [`RECORDS_BYTES_MAX`] (413 past it).
+pub(super) struct Records {
+    pub(super) produced: Vec<Produced>,
+    bytes: usize,
+    /// How a sender sends fewer records a request, said when there are too many.
+    fewer: &'static str,
+}
+
+impl Records {
+    pub(super) fn new(fewer: &'static str) -> Records {
+        Records {
+            produced: Vec::new(),
+            bytes: 0,
+            fewer,
+        }
+    }
+
+    pub(super) fn push(&mut self, produced: Produced) -> ApiResult<()> {
+        let fewer = self.fewer;
+        if self.produced.len() == PRODUCE_RECORDS_MAX {
+            return Err(ApiError::bad_request(format!(
+                "more than {PRODUCE_RECORDS_MAX} records in one request; {fewer}"
+            )));
+        }
+        self.bytes += produced.record.bytes_in_batch();
+        if self.bytes > RECORDS_BYTES_MAX {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!(
+                    "the records of this request take more than {} MiB; {fewer}",
+                    RECORDS_BYTES_MAX >> 20
+                ),
+            });
+        }
+        self.produced.push(produced);
+        Ok(())
+    }
+}
+
+/// The body of an ingestion request, received and not decoded yet.
+pub(super) trait Decode: Send + 'static {
+    /// An upper bound of the bytes decoding it allocates (see [`weigh`](super::weigh)); refuses
+    /// a body that cannot be decoded.
+    fn weight(&self) -> ApiResult<usize>;
+
+    /// Its records.
+    fn records(self) -> ApiResult<Records>;
+}
+
 /// Decodes an ingestion request's records from what was `received` (its body and what its
-/// headers said, or why they were refused) and appends them to `topic` on the blocking pool,
-/// counting the request and its records under `source`: all are written or none. With
+/// headers said, or why they were refused) and appends them to `topic`, counting the request
+/// and its records under `source`: all are written or none. The body is weighed first, and
+/// what decoding it takes is held from the node's request memory while it is decoded. With
 /// `made_with`, a missing topic is made first (with the node's default partitions) when the
 /// caller may create it.
-pub(super) async fn ingest<T: Send + 'static>(
+pub(super) async fn ingest<B: Decode>(
     state: &AppState,
     caller: Caller,
     source: IngestSource,
     topic: String,
     made_with: MadeWith,
-    received: ApiResult<T>,
-    decode: impl FnOnce(T) -> ApiResult<Vec<Produced>> + Send + 'static,
+    received: ApiResult<B>,
 ) -> ApiResult<Vec<Placed>> {
     let node = state.node.clone();
     let partitions = state.ingest.partitions;
-    super::blocking(move || {
-        let mut records = 0;
-        let written = caller
-            .check(Operation::Write, ResourceType::Topic, &topic)
-            .map_err(ApiError::from)
-            .and(received)
-            .and_then(decode)
-            .and_then(|produced| {
-                records = produced.len() as u64;
-                if let Some(schema) =
-                    made_with.filter(|_| caller.check_create_topic(&topic).is_ok())
-                {
-                    make_topic(&node.storage, &topic, partitions, schema)?;
+    let mut records = 0;
+    let written = async {
+        caller.check(Operation::Write, ResourceType::Topic, &topic)?;
+        let body = received?;
+        let (body, weight) = super::blocking(move || {
+            let weight = body.weight()?;
+            Ok((body, weight))
+        })
+        .await?;
+        let _held = hold_decode_memory(&node.limits, weight).await?;
+        let storage = node.storage.clone();
+        let (count, written) = super::blocking(move || {
+            let produced = match body.records() {
+                Ok(records) => records.produced,
+                Err(e) => return Ok((0, Err(e))),
+            };
+            let count = produced.len() as u64;
+            let made = match made_with.filter(|_| caller.check_create_topic(&topic).is_ok()) {
+                Some(schema) => {
+                    let configs = BTreeMap::from([
+                        ("value.format".to_string(), "json".to_string()),
+                        ("value.schema".to_string(), schema.to_string()),
+                    ]);
+                    storage
+                        .topic_or_create(&topic, partitions, configs)
+                        .map(drop)
                 }
-                super::append_produced(&node.storage, &topic, produced)
-            });
-        node.metrics.ingested(source, records, written.is_ok());
+                None => Ok(()),
+            };
+            let written = made
+                .map_err(ApiError::from)
+                .and_then(|()| super::append_produced(&storage, &topic, produced));
+            Ok((count, written))
+        })
+        .await?;
+        records = count;
         written
-    })
-    .await
+    }
+    .await;
+    node.metrics.ingested(source, records, written.is_ok());
+    written
 }
 
-/// Makes `name` with JSON values of `schema` unless it exists.
-fn make_topic(
-    storage: &Storage,
-    name: &str,
-    partitions: u32,
-    schema: &str,
-) -> Result<(), StorageError> {
-    if storage.topic(name)?.is_some() {
-        return Ok(());
-    }
-    let configs = BTreeMap::from([
-        ("value.format".to_string(), "json".to_string()),
-        ("value.schema".to_string(), schema.to_string()),
-    ]);
-    match storage.create_topic(name, partitions, configs) {
-        // Another request made it first.
-        Ok(_) | Err(StorageError::TopicExists { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
+/// Holds `weight` bytes of the node's request memory, waiting while other requests hold it;
+/// 413 when it is more than all of it.
+async fn hold_decode_memory(limits: &Limits, weight: usize) -> ApiResult<RequestMemory> {
+    let all = limits.request_memory_bytes_max();
+    let bytes = u32::try_from(weight)
+        .ok()
+        .filter(|bytes| u64::from(*bytes) <= all)
+        .ok_or_else(|| ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "decoding this body may take {} MiB, more than the {} MiB of request memory \
+                 this node has (--request-memory-mib); send it in parts",
+                weight.div_ceil(1 << 20),
+                all >> 20
+            ),
+        })?;
+    let mut held = RequestMemory::none();
+    limits.hold_request_memory(&mut held, bytes).await;
+    Ok(held)
 }
 
-/// The records of a newline-delimited body: one a line, without its line break (`\n` or
-/// `\r\n`); empty lines are skipped. With `json`, a line that is not JSON refuses the body.
-pub(super) fn lines(body: &Bytes, json: bool) -> Result<Vec<Bytes>, ApiError> {
-    let mut records = Vec::new();
+/// The records of a newline-delimited body, stamped `now`: one a line, without its line break
+/// (`\n` or `\r\n`); empty lines are skipped. With `json`, a line that is not JSON refuses the
+/// body.
+pub(super) fn lines(body: &Bytes, json: bool, now: i64) -> ApiResult<Records> {
+    let mut records = Records::new("send the rest in another");
     let mut start = 0;
     for (number, line) in body.split(|b| *b == b'\n').enumerate() {
         let end = start + line.len();
         let text = line.strip_suffix(b"\r").unwrap_or(line);
-        let record = body.slice(start..start + text.len());
+        let value = body.slice(start..start + text.len());
         start = end + 1;
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
-        }
-        if records.len() == PRODUCE_RECORDS_MAX {
-            return Err(ApiError::bad_request(format!(
-                "more than {PRODUCE_RECORDS_MAX} records in one request; send the rest in another"
-            )));
         }
         if json && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(text) {
             return Err(ApiError::bad_request(format!(
@@ -225,7 +298,15 @@ pub(super) fn lines(body: &Bytes, json: bool) -> Result<Vec<Bytes>, ApiError> {
                 number + 1
             )));
         }
-        records.push(record);
+        records.push(Produced {
+            partition: None,
+            record: NewRecord {
+                timestamp: now,
+                key: None,
+                value: Some(value),
+                headers: Vec::new(),
+            },
+        })?;
     }
     Ok(records)
 }
@@ -237,6 +318,15 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+
+    fn lines(body: &Bytes, json: bool) -> ApiResult<Vec<Bytes>> {
+        let records = super::lines(body, json, 0)?;
+        Ok(records
+            .produced
+            .into_iter()
+            .filter_map(|p| p.record.value)
+            .collect())
+    }
 
     #[test]
     fn lines_are_records_without_their_breaks_and_blank_lines_are_skipped() {
@@ -256,6 +346,19 @@ mod tests {
         );
         let body = Bytes::from("x\n".repeat(PRODUCE_RECORDS_MAX));
         assert_eq!(lines(&body, false).unwrap().len(), PRODUCE_RECORDS_MAX);
+    }
+
+    #[test]
+    fn records_past_their_bytes_are_refused_with_413() {
+        let line = "y".repeat(1 << 10);
+        let body = Bytes::from(format!("{line}\n").repeat((RECORDS_BYTES_MAX >> 10) + 1));
+        let error = lines(&body, false).err().unwrap();
+        assert_eq!(error.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            error.message.contains("more than 64 MiB"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

@@ -23,15 +23,19 @@ use prost::Message as _;
 use serde_json::{Map, Value as Json, json};
 use weir_storage::NewRecord;
 
-use super::ingest::{self, TopicParam};
+use super::ingest::{self, Records, TopicParam};
 use super::remote_write::{METRICS_SCHEMA, Number};
-use super::{ApiError, ApiResult, AppState, PRODUCE_BODY_BYTES_MAX, PRODUCE_RECORDS_MAX, Produced};
+use super::weigh;
+use super::{ApiError, ApiResult, AppState, PRODUCE_BODY_BYTES_MAX, Produced};
 use crate::acl::Caller;
 use crate::metrics::IngestSource;
 
 pub mod proto;
 
 use proto::{AnyValue, KeyValue, Value};
+
+/// How an exporter sends fewer records a request.
+const FEWER: &str = "export smaller batches";
 
 /// The value schema of a logs topic the node makes.
 const LOGS_SCHEMA: &str = r#"severity_text TEXT, severity_number INT, body TEXT, "service.name" TEXT, trace_id TEXT, span_id TEXT"#;
@@ -81,8 +85,16 @@ impl Signal {
         }
     }
 
+    /// What its export request decodes into.
+    fn shape(self) -> &'static weigh::Shape {
+        match self {
+            Signal::Logs => &proto::EXPORT_LOGS,
+            Signal::Metrics => &proto::EXPORT_METRICS,
+        }
+    }
+
     /// The records of a request's body.
-    fn records(self, encoding: Encoding, body: &[u8]) -> ApiResult<Vec<Produced>> {
+    fn records(self, encoding: Encoding, body: &[u8]) -> ApiResult<Records> {
         match self {
             Signal::Logs => log_records(encoding.decode(body)?),
             Signal::Metrics => data_points(encoding.decode(body)?),
@@ -113,13 +125,18 @@ impl Encoding {
         body: &[u8],
     ) -> ApiResult<M> {
         match self {
-            Encoding::Protobuf => M::decode(body).map_err(|e| {
-                ApiError::bad_request(format!("not an OTLP protobuf export request: {e}"))
-            }),
-            Encoding::Json => serde_json::from_slice(body).map_err(|e| {
-                ApiError::bad_request(format!("not an OTLP JSON export request: {e}"))
-            }),
+            Encoding::Protobuf => M::decode(body).map_err(|e| self.malformed(e)),
+            Encoding::Json => serde_json::from_slice(body).map_err(|e| self.malformed(e)),
         }
+    }
+
+    /// The refusal of a body that is not an export request in this encoding.
+    fn malformed(self, e: impl std::fmt::Display) -> ApiError {
+        let name = match self {
+            Encoding::Protobuf => "protobuf",
+            Encoding::Json => "JSON",
+        };
+        ApiError::bad_request(format!("not an OTLP {name} export request: {e}"))
     }
 
     /// The answer to an export all of whose records were written: an empty export response.
@@ -147,9 +164,13 @@ async fn export(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let encoding = Encoding::of(&headers);
-    let received = encoding
-        .clone()
-        .and_then(|encoding| Ok((encoding, ingest::body(&headers, body)?)));
+    let received = encoding.clone().and_then(|encoding| {
+        Ok(ExportBody {
+            signal,
+            encoding,
+            body: ingest::body(&headers, body)?,
+        })
+    });
     let topic = topic.or(signal.topic(&state.ingest));
     let written = ingest::ingest(
         &state,
@@ -158,7 +179,6 @@ async fn export(
         topic,
         Some(signal.schema()),
         received,
-        move |(encoding, body): (Encoding, Bytes)| signal.records(encoding, &body),
     )
     .await;
     // A body of no known encoding is answered in JSON.
@@ -166,6 +186,27 @@ async fn export(
     match written {
         Ok(_) => encoding.accepted(),
         Err(error) => refusal(error, encoding),
+    }
+}
+
+/// An export request, decompressed.
+struct ExportBody {
+    signal: Signal,
+    encoding: Encoding,
+    body: Bytes,
+}
+
+impl ingest::Decode for ExportBody {
+    fn weight(&self) -> ApiResult<usize> {
+        match self.encoding {
+            Encoding::Protobuf => weigh::protobuf(&self.body, self.signal.shape())
+                .map_err(|e| Encoding::Protobuf.malformed(e)),
+            Encoding::Json => Ok(weigh::json(&self.body, proto::ELEMENT_BYTES_MAX)),
+        }
+    }
+
+    fn records(self) -> ApiResult<Records> {
+        self.signal.records(self.encoding, &self.body)
     }
 }
 
@@ -276,27 +317,22 @@ fn millis(unix_nano: u64, fallback: i64) -> i64 {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Refuses a request with more records than one produce takes.
-fn check_count(records: usize) -> ApiResult<()> {
-    if records > PRODUCE_RECORDS_MAX {
-        return Err(ApiError::bad_request(format!(
-            "more than {PRODUCE_RECORDS_MAX} records in one export request; export smaller batches"
-        )));
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        // Writing to a String does not fail.
+        let _ = write!(out, "{b:02x}");
     }
-    Ok(())
+    out
 }
 
 /// One record per log record.
-fn log_records(request: proto::ExportLogsServiceRequest) -> ApiResult<Vec<Produced>> {
+fn log_records(request: proto::ExportLogsServiceRequest) -> ApiResult<Records> {
     let now = weir_storage::now_ms();
-    let mut out = Vec::new();
+    let mut out = Records::new(FEWER);
     for resource_logs in &request.resource_logs {
         for scope_logs in &resource_logs.scope_logs {
             let shared = context(resource_logs.resource.as_ref(), scope_logs.scope.as_ref());
-            check_count(out.len() + scope_logs.log_records.len())?;
             for log in &scope_logs.log_records {
                 let mut fields = shared.clone();
                 put_attributes(&mut fields, &log.attributes);
@@ -329,7 +365,7 @@ fn log_records(request: proto::ExportLogsServiceRequest) -> ApiResult<Vec<Produc
                         value: Some(Bytes::from(Json::Object(fields).to_string())),
                         headers: Vec::new(),
                     },
-                });
+                })?;
             }
         }
     }
@@ -337,10 +373,10 @@ fn log_records(request: proto::ExportLogsServiceRequest) -> ApiResult<Vec<Produc
 }
 
 /// One record per data point, keyed by its series (name and labels).
-fn data_points(request: proto::ExportMetricsServiceRequest) -> ApiResult<Vec<Produced>> {
+fn data_points(request: proto::ExportMetricsServiceRequest) -> ApiResult<Records> {
     use proto::Data;
     let now = weir_storage::now_ms();
-    let mut out = Vec::new();
+    let mut out = Records::new(FEWER);
     for resource_metrics in &request.resource_metrics {
         for scope_metrics in &resource_metrics.scope_metrics {
             let shared = context(
@@ -348,15 +384,6 @@ fn data_points(request: proto::ExportMetricsServiceRequest) -> ApiResult<Vec<Pro
                 scope_metrics.scope.as_ref(),
             );
             for metric in &scope_metrics.metrics {
-                let points = match &metric.data {
-                    None => 0,
-                    Some(Data::Gauge(g)) => g.data_points.len(),
-                    Some(Data::Sum(s)) => s.data_points.len(),
-                    Some(Data::Histogram(h)) => h.data_points.len(),
-                    Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-                    Some(Data::Summary(s)) => s.data_points.len(),
-                };
-                check_count(out.len() + points)?;
                 let mut point = |attributes: &[KeyValue], time_unix_nano: u64, fields: Json| {
                     let mut labels = shared.clone();
                     put_attributes(&mut labels, attributes);
@@ -381,7 +408,7 @@ fn data_points(request: proto::ExportMetricsServiceRequest) -> ApiResult<Vec<Pro
                             value: Some(Bytes::from(record.to_string())),
                             headers: Vec::new(),
                         },
-                    });
+                    })
                 };
                 let number = |value: Option<proto::Number>| match value {
                     Some(proto::Number::AsDouble(d)) => double(d),
@@ -403,7 +430,7 @@ fn data_points(request: proto::ExportMetricsServiceRequest) -> ApiResult<Vec<Pro
                                 json!({
                                     "kind": "gauge", "value": number(p.value),
                                 }),
-                            );
+                            )?;
                         }
                     }
                     Some(Data::Sum(sum)) => {
@@ -416,7 +443,7 @@ fn data_points(request: proto::ExportMetricsServiceRequest) -> ApiResult<Vec<Pro
                                     "monotonic": sum.is_monotonic,
                                     "temporality": temporality(sum.aggregation_temporality),
                                 }),
-                            );
+                            )?;
                         }
                     }
                     Some(Data::Histogram(histogram)) => {
@@ -442,7 +469,7 @@ fn data_points(request: proto::ExportMetricsServiceRequest) -> ApiResult<Vec<Pro
                                     "buckets": buckets,
                                     "temporality": temporality(histogram.aggregation_temporality),
                                 }),
-                            );
+                            )?;
                         }
                     }
                     Some(Data::ExponentialHistogram(histogram)) => {
@@ -461,7 +488,7 @@ fn data_points(request: proto::ExportMetricsServiceRequest) -> ApiResult<Vec<Pro
                                     "negative": side(&p.negative),
                                     "temporality": temporality(histogram.aggregation_temporality),
                                 }),
-                            );
+                            )?;
                         }
                     }
                     Some(Data::Summary(summary)) => {
@@ -478,7 +505,7 @@ fn data_points(request: proto::ExportMetricsServiceRequest) -> ApiResult<Vec<Pro
                                     "kind": "summary", "count": p.count, "sum": double(p.sum),
                                     "quantiles": quantiles,
                                 }),
-                            );
+                            )?;
                         }
                     }
                 }
@@ -529,7 +556,7 @@ mod tests {
     #[test]
     fn a_log_record_is_flat_json_with_its_resource_and_scope() {
         let request = Encoding::Json.decode(LOGS_JSON.as_bytes()).unwrap();
-        let records = log_records(request).unwrap();
+        let records = log_records(request).unwrap().produced;
         assert_eq!(records[0].record.timestamp, 1_700_000_000_123);
         assert_eq!(records[1].record.timestamp, 1_700_000_001_000);
         let values = values(&records);
@@ -548,13 +575,35 @@ mod tests {
     }
 
     #[test]
+    fn empty_log_records_weigh_what_they_decode_into() {
+        let count = 100_000;
+        let request = proto::ExportLogsServiceRequest {
+            resource_logs: vec![proto::ResourceLogs {
+                resource: None,
+                scope_logs: vec![proto::ScopeLogs {
+                    scope: None,
+                    log_records: vec![proto::LogRecord::default(); count],
+                }],
+            }],
+        };
+        let body = request.encode_to_vec();
+        assert!(body.len() < 3 * count, "{}", body.len());
+        let weight = weigh::protobuf(&body, Signal::Logs.shape()).unwrap();
+        assert!(weight >= count * size_of::<proto::LogRecord>(), "{weight}");
+        let json = serde_json::to_string(&json!({ "resourceLogs": [{ "scopeLogs": [{
+            "logRecords": vec![json!({}); count] }] }] }))
+        .unwrap();
+        assert!(weigh::json(json.as_bytes(), proto::ELEMENT_BYTES_MAX) >= weight);
+    }
+
+    #[test]
     fn protobuf_and_json_give_the_same_records() {
         let request: proto::ExportLogsServiceRequest =
             Encoding::Json.decode(LOGS_JSON.as_bytes()).unwrap();
         let protobuf = Encoding::Protobuf.decode(&request.encode_to_vec()).unwrap();
         assert_eq!(
-            values(&log_records(protobuf).unwrap()),
-            values(&log_records(request).unwrap())
+            values(&log_records(protobuf).unwrap().produced),
+            values(&log_records(request).unwrap().produced)
         );
     }
 
@@ -575,7 +624,9 @@ mod tests {
                 {"name": "temperature", "gauge": {"dataPoints": [{"asDouble": 21.5}]}}
             ]}]
         }]}"#;
-        let records = data_points(Encoding::Json.decode(body.as_bytes()).unwrap()).unwrap();
+        let records = data_points(Encoding::Json.decode(body.as_bytes()).unwrap())
+            .unwrap()
+            .produced;
         assert_eq!(records.len(), 4);
         assert_eq!(records[0].record.key, records[1].record.key);
         assert_ne!(records[0].record.key, records[2].record.key);

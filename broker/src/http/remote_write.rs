@@ -20,8 +20,9 @@ use serde::Serialize;
 use serde::ser::SerializeMap as _;
 use weir_storage::NewRecord;
 
-use super::ingest::{self, TopicParam};
-use super::{ApiError, ApiResult, AppState, PRODUCE_BODY_BYTES_MAX, PRODUCE_RECORDS_MAX, Produced};
+use super::ingest::{self, Records, TopicParam};
+use super::weigh::{self, Shape};
+use super::{ApiError, ApiResult, AppState, PRODUCE_BODY_BYTES_MAX, Produced};
 use crate::acl::Caller;
 use crate::metrics::IngestSource;
 
@@ -48,9 +49,12 @@ async fn write(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let version = Version::of(&headers);
-    let received = version
-        .clone()
-        .and_then(|version| Ok((version, ingest::body(&headers, body)?)));
+    let received = version.clone().and_then(|version| {
+        Ok(WriteBody {
+            version,
+            body: ingest::body(&headers, body)?,
+        })
+    });
     let topic = topic.or(&state.ingest.metrics);
     let placed = ingest::ingest(
         &state,
@@ -59,7 +63,6 @@ async fn write(
         topic,
         Some(METRICS_SCHEMA),
         received,
-        |(version, body)| samples(version, &body),
     )
     .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -116,12 +119,34 @@ impl Version {
     }
 }
 
+/// A remote write request, decompressed.
+struct WriteBody {
+    version: Version,
+    body: Bytes,
+}
+
+impl ingest::Decode for WriteBody {
+    fn weight(&self) -> ApiResult<usize> {
+        let shape = match self.version {
+            Version::V1 => &WRITE_REQUEST,
+            Version::V2 => &REQUEST_V2,
+        };
+        weigh::protobuf(&self.body, shape).map_err(|e| malformed(self.version, e))
+    }
+
+    fn records(self) -> ApiResult<Records> {
+        samples(self.version, &self.body)
+    }
+}
+
+fn malformed(version: Version, e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("not a remote write request ({version:?}): {e}"))
+}
+
 /// The records of a decompressed request: one a sample.
-fn samples(version: Version, body: &[u8]) -> ApiResult<Vec<Produced>> {
-    let malformed = |e: prost::DecodeError| {
-        ApiError::bad_request(format!("not a remote write request ({version:?}): {e}"))
-    };
-    let mut out = Vec::new();
+fn samples(version: Version, body: &[u8]) -> ApiResult<Records> {
+    let malformed = |e: prost::DecodeError| malformed(version, e);
+    let mut out = Records::new("lower queue_config.max_samples_per_send");
     match version {
         Version::V1 => {
             let request = WriteRequest::decode(body).map_err(malformed)?;
@@ -162,17 +187,7 @@ fn samples(version: Version, body: &[u8]) -> ApiResult<Vec<Produced>> {
 }
 
 /// Adds the records of one series' samples, keyed by the series.
-fn push_series(
-    out: &mut Vec<Produced>,
-    labels: &[(&str, &str)],
-    samples: &[Sample],
-) -> ApiResult<()> {
-    if out.len() + samples.len() > PRODUCE_RECORDS_MAX {
-        return Err(ApiError::bad_request(format!(
-            "more than {PRODUCE_RECORDS_MAX} samples in one request; lower \
-             queue_config.max_samples_per_send"
-        )));
-    }
+fn push_series(out: &mut Records, labels: &[(&str, &str)], samples: &[Sample]) -> ApiResult<()> {
     let name = labels
         .iter()
         .find(|(n, _)| *n == NAME_LABEL)
@@ -200,7 +215,7 @@ fn push_series(
                 value: Some(Bytes::from(value)),
                 headers: Vec::new(),
             },
-        });
+        })?;
     }
     Ok(())
 }
@@ -312,6 +327,29 @@ struct TimeSeriesV2 {
     samples: Vec<Sample>,
 }
 
+// What each message decodes into, for weighing a body before decoding it.
+
+static WRITE_REQUEST: Shape = Shape {
+    messages: &[(1, &TIME_SERIES)],
+    ..Shape::leaf::<WriteRequest>()
+};
+static TIME_SERIES: Shape = Shape {
+    messages: &[(1, &LABEL), (2, &SAMPLE)],
+    ..Shape::leaf::<TimeSeries>()
+};
+static LABEL: Shape = Shape::leaf::<Label>();
+static SAMPLE: Shape = Shape::leaf::<Sample>();
+static REQUEST_V2: Shape = Shape {
+    messages: &[(5, &TIME_SERIES_V2)],
+    strings: &[4],
+    ..Shape::leaf::<RequestV2>()
+};
+static TIME_SERIES_V2: Shape = Shape {
+    messages: &[(2, &SAMPLE)],
+    numbers: &[1],
+    ..Shape::leaf::<TimeSeriesV2>()
+};
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
@@ -347,7 +385,9 @@ mod tests {
                 ],
             }],
         };
-        let records = samples(Version::V1, &request.encode_to_vec()).unwrap();
+        let records = samples(Version::V1, &request.encode_to_vec())
+            .unwrap()
+            .produced;
         assert_eq!(records.len(), 2);
         assert_eq!(
             records[0].record.key.as_deref().unwrap(),
@@ -377,7 +417,9 @@ mod tests {
                 }],
             }],
         };
-        let records = samples(Version::V2, &request.encode_to_vec()).unwrap();
+        let records = samples(Version::V2, &request.encode_to_vec())
+            .unwrap()
+            .produced;
         assert_eq!(
             value_of(&records[0]),
             serde_json::json!({"name": "http_requests_total", "labels": {"code": "500"},
@@ -393,6 +435,29 @@ mod tests {
         let error = samples(Version::V2, &broken.encode_to_vec()).err().unwrap();
         assert!(
             error.message.contains("series 0: labels_refs"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn samples_that_copy_their_labels_past_the_bound_are_refused() {
+        let request = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![Label {
+                    name: "big".into(),
+                    value: "v".repeat(1 << 20),
+                }],
+                samples: vec![Sample::default(); 100],
+            }],
+        };
+        let body = request.encode_to_vec();
+        let weight = weigh::protobuf(&body, &WRITE_REQUEST).unwrap();
+        assert!(weight < 2 << 20, "the body itself decodes small: {weight}");
+        let error = samples(Version::V1, &body).err().unwrap();
+        assert_eq!(error.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            error.message.contains("max_samples_per_send"),
             "{}",
             error.message
         );

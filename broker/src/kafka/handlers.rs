@@ -346,15 +346,9 @@ fn topic_or_create(
             name: name.to_string(),
         });
     }
-    match shared
+    shared
         .storage
-        .create_topic(name, shared.config.default_partitions, BTreeMap::new())
-    {
-        Ok(meta) => Ok(meta),
-        // Another connection created it first.
-        Err(StorageError::TopicExists { .. }) => shared.storage.existing_topic(name),
-        Err(e) => Err(e),
-    }
+        .topic_or_create(name, shared.config.default_partitions, BTreeMap::new())
 }
 
 fn metadata(

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Deserializer};
 
+use crate::http::weigh::Shape;
+
 /// A message of both encodings: prost for protobuf, serde for JSON.
 macro_rules! message {
     ($(#[$meta:meta])* struct $name:ident { $($body:tt)* }) => {
@@ -406,3 +408,134 @@ fn base64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         .decode(text.trim())
         .map_err(|e| serde::de::Error::custom(format!("bytesValue is not base64: {e}")))
 }
+
+// What each message decodes into, for weighing a protobuf body before decoding it.
+
+pub(in crate::http) static EXPORT_LOGS: Shape = Shape {
+    messages: &[(1, &RESOURCE_LOGS)],
+    ..Shape::leaf::<ExportLogsServiceRequest>()
+};
+static RESOURCE_LOGS: Shape = Shape {
+    messages: &[(1, &RESOURCE), (2, &SCOPE_LOGS)],
+    ..Shape::leaf::<ResourceLogs>()
+};
+static SCOPE_LOGS: Shape = Shape {
+    messages: &[(1, &SCOPE), (2, &LOG_RECORD)],
+    ..Shape::leaf::<ScopeLogs>()
+};
+static LOG_RECORD: Shape = Shape {
+    messages: &[(5, &ANY_VALUE), (6, &KEY_VALUE)],
+    ..Shape::leaf::<LogRecord>()
+};
+pub(in crate::http) static EXPORT_METRICS: Shape = Shape {
+    messages: &[(1, &RESOURCE_METRICS)],
+    ..Shape::leaf::<ExportMetricsServiceRequest>()
+};
+static RESOURCE_METRICS: Shape = Shape {
+    messages: &[(1, &RESOURCE), (2, &SCOPE_METRICS)],
+    ..Shape::leaf::<ResourceMetrics>()
+};
+static SCOPE_METRICS: Shape = Shape {
+    messages: &[(1, &SCOPE), (2, &METRIC)],
+    ..Shape::leaf::<ScopeMetrics>()
+};
+static METRIC: Shape = Shape {
+    messages: &[
+        (5, &NUMBER_POINTS),
+        (7, &NUMBER_POINTS),
+        (9, &HISTOGRAM),
+        (10, &EXPONENTIAL_HISTOGRAM),
+        (11, &SUMMARY),
+    ],
+    ..Shape::leaf::<Metric>()
+};
+static NUMBER_POINTS: Shape = Shape {
+    messages: &[(1, &NUMBER_POINT)],
+    ..Shape::leaf::<Sum>()
+};
+static NUMBER_POINT: Shape = Shape {
+    messages: &[(7, &KEY_VALUE)],
+    ..Shape::leaf::<NumberDataPoint>()
+};
+static HISTOGRAM: Shape = Shape {
+    messages: &[(1, &HISTOGRAM_POINT)],
+    ..Shape::leaf::<Histogram>()
+};
+static HISTOGRAM_POINT: Shape = Shape {
+    messages: &[(9, &KEY_VALUE)],
+    numbers: &[6, 7],
+    ..Shape::leaf::<HistogramDataPoint>()
+};
+static EXPONENTIAL_HISTOGRAM: Shape = Shape {
+    messages: &[(1, &EXPONENTIAL_POINT)],
+    ..Shape::leaf::<ExponentialHistogram>()
+};
+static EXPONENTIAL_POINT: Shape = Shape {
+    messages: &[(1, &KEY_VALUE), (8, &BUCKETS), (9, &BUCKETS)],
+    ..Shape::leaf::<ExponentialHistogramDataPoint>()
+};
+static BUCKETS: Shape = Shape {
+    numbers: &[2],
+    ..Shape::leaf::<Buckets>()
+};
+static SUMMARY: Shape = Shape {
+    messages: &[(1, &SUMMARY_POINT)],
+    ..Shape::leaf::<Summary>()
+};
+static SUMMARY_POINT: Shape = Shape {
+    messages: &[(7, &KEY_VALUE), (6, &QUANTILE)],
+    ..Shape::leaf::<SummaryDataPoint>()
+};
+static QUANTILE: Shape = Shape::leaf::<ValueAtQuantile>();
+static RESOURCE: Shape = Shape {
+    messages: &[(1, &KEY_VALUE)],
+    ..Shape::leaf::<Resource>()
+};
+static SCOPE: Shape = Shape {
+    messages: &[(3, &KEY_VALUE)],
+    ..Shape::leaf::<InstrumentationScope>()
+};
+static KEY_VALUE: Shape = Shape {
+    messages: &[(2, &ANY_VALUE)],
+    ..Shape::leaf::<KeyValue>()
+};
+static ANY_VALUE: Shape = Shape {
+    messages: &[(5, &ARRAY_VALUE), (6, &KEY_VALUE_LIST)],
+    ..Shape::leaf::<AnyValue>()
+};
+static ARRAY_VALUE: Shape = Shape {
+    messages: &[(1, &ANY_VALUE)],
+    ..Shape::leaf::<ArrayValue>()
+};
+static KEY_VALUE_LIST: Shape = Shape {
+    messages: &[(1, &KEY_VALUE)],
+    ..Shape::leaf::<KeyValueList>()
+};
+
+/// The largest message of either export, which any JSON object or array of a body may become.
+pub(in crate::http) const ELEMENT_BYTES_MAX: usize = {
+    let sizes = [
+        size_of::<ResourceLogs>(),
+        size_of::<ScopeLogs>(),
+        size_of::<LogRecord>(),
+        size_of::<ResourceMetrics>(),
+        size_of::<ScopeMetrics>(),
+        size_of::<Metric>(),
+        size_of::<NumberDataPoint>(),
+        size_of::<HistogramDataPoint>(),
+        size_of::<ExponentialHistogramDataPoint>(),
+        size_of::<SummaryDataPoint>(),
+        size_of::<InstrumentationScope>(),
+        size_of::<KeyValue>(),
+        size_of::<AnyValue>(),
+    ];
+    let mut largest = 0;
+    let mut i = 0;
+    while i < sizes.len() {
+        if sizes[i] > largest {
+            largest = sizes[i];
+        }
+        i += 1;
+    }
+    largest
+};
