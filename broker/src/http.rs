@@ -66,6 +66,8 @@ pub struct IngestTopics {
     pub metrics: String,
     pub logs: String,
     pub partitions: u32,
+    /// Whether a missing topic is made on first use (`--auto-create-topics`).
+    pub create: bool,
 }
 
 /// The bearer tokens the HTTP listener asks for.

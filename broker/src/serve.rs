@@ -127,6 +127,7 @@ impl Server {
                     metrics: config.metrics_topic.clone(),
                     logs: config.logs_topic.clone(),
                     partitions: config.default_partitions.max(1),
+                    create: config.auto_create_topics,
                 },
                 tls.clone(),
                 shutdown_rx.clone(),

@@ -780,3 +780,39 @@ fn ingestion_refuses_bodies_past_their_bounds_and_asks_for_a_retry_when_it_canno
     assert_eq!(status_body["code"], 14, "UNAVAILABLE: {text}");
     node.stop();
 }
+
+#[test]
+fn topics_an_ingestion_request_names_are_made_within_the_node_s_bounds() {
+    let example = std::fs::read(example("opentelemetry/log.json")).unwrap();
+    let json = [("Content-Type", "application/json")];
+    let (_dir, node, c) = started(&["--partitions-max", "2"]);
+    let logs_into = |topic: &str| {
+        post(
+            &format!("{}/v1/logs?topic={topic}", node.url()),
+            &json,
+            &example,
+        )
+    };
+    for topic in ["alpha", "beta"] {
+        let (status, _, text) = logs_into(topic);
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(number(&c, &format!("SELECT count(*) FROM {topic}")), 1);
+    }
+    let (status, _, text) = logs_into("gamma");
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("partitions"), "{text}");
+    assert!(c.call("GET", "/v1/topics/gamma", None).is_err());
+    node.stop();
+
+    // A node that makes no topics on first use makes none for ingestion either.
+    let (_dir, node, c) = started(&["--auto-create-topics", "false"]);
+    let logs = format!("{}/v1/logs", node.url());
+    let (status, _, text) = post(&logs, &json, &example);
+    assert_eq!(status, 404, "{text}");
+    assert!(c.call("GET", "/v1/topics/logs", None).is_err());
+    common::create_topic(&c, "logs", 1);
+    let (status, _, text) = post(&logs, &json, &example);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(number(&c, "SELECT count(*) FROM logs"), 1);
+    node.stop();
+}

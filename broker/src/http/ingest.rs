@@ -203,7 +203,7 @@ pub(super) trait Decode: Send + 'static {
 /// and its records under `source`: all are written or none. The body is weighed first, and
 /// what decoding it takes is held from the node's request memory while it is decoded. With
 /// `made_with`, a missing topic is made first (with the node's default partitions) when the
-/// caller may create it.
+/// node makes topics on first use and the caller may create it.
 pub(super) async fn ingest<B: Decode>(
     state: &AppState,
     caller: Caller,
@@ -214,6 +214,7 @@ pub(super) async fn ingest<B: Decode>(
 ) -> ApiResult<Vec<Placed>> {
     let node = state.node.clone();
     let partitions = state.ingest.partitions;
+    let made_with = made_with.filter(|_| state.ingest.create);
     let mut records = 0;
     let written = async {
         caller.check(Operation::Write, ResourceType::Topic, &topic)?;
