@@ -267,9 +267,9 @@ fn main() -> anyhow::Result<()> {
     let logs: Vec<_> = (0..args.clients).map(otlp_logs_request).collect();
 
     println!(
-        "| path | records a request | request body KB | records/s | body MB/s | records/s ÷ Kafka produce of the same records |"
+        "| path | records a request | request body KB | records/s | body MB/s | records/s ÷ Kafka produce of the same records | body MB/s ÷ loopback |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (name, requests, topic, url, content_type, encoding) in [
         (
             "Prometheus remote write (snappy protobuf)",
@@ -320,12 +320,13 @@ fn main() -> anyhow::Result<()> {
             ("Kafka produce, same records", &produce, &kafka_load),
         ] {
             println!(
-                "| {label} | {} | {:.0} | {:.0} | {:.1} | {:.2} |",
+                "| {label} | {} | {:.0} | {:.0} | {:.1} | {:.2} | {:.3} |",
                 load.records_per_request,
                 load.bytes_per_request as f64 / 1e3,
                 outcome.records_per_s,
                 outcome.body_mb_s,
-                outcome.records_per_s / produce.records_per_s
+                outcome.records_per_s / produce.records_per_s,
+                outcome.body_mb_s / loopback
             );
         }
     }
