@@ -226,11 +226,9 @@ pub(super) async fn ingest<B: Decode>(
         .await?;
         let _held = hold_decode_memory(&node.limits, weight).await?;
         let storage = node.storage.clone();
+        // A body refused while decoding counts no records; one refused while appending, all.
         let (count, written) = super::blocking(move || {
-            let produced = match body.records() {
-                Ok(records) => records.produced,
-                Err(e) => return Ok((0, Err(e))),
-            };
+            let produced = body.records()?.produced;
             let count = produced.len() as u64;
             let made = match made_with.filter(|_| caller.check_create_topic(&topic).is_ok()) {
                 Some(schema) => {

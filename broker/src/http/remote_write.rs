@@ -145,11 +145,10 @@ fn malformed(version: Version, e: impl std::fmt::Display) -> ApiError {
 
 /// The records of a decompressed request: one a sample.
 fn samples(version: Version, body: &[u8]) -> ApiResult<Records> {
-    let malformed = |e: prost::DecodeError| malformed(version, e);
     let mut out = Records::new("lower queue_config.max_samples_per_send");
     match version {
         Version::V1 => {
-            let request = WriteRequest::decode(body).map_err(malformed)?;
+            let request = WriteRequest::decode(body).map_err(|e| malformed(version, e))?;
             for series in &request.timeseries {
                 let labels: Vec<(&str, &str)> = series
                     .labels
@@ -160,7 +159,7 @@ fn samples(version: Version, body: &[u8]) -> ApiResult<Records> {
             }
         }
         Version::V2 => {
-            let request = RequestV2::decode(body).map_err(malformed)?;
+            let request = RequestV2::decode(body).map_err(|e| malformed(version, e))?;
             for (n, series) in request.timeseries.iter().enumerate() {
                 let labels = series
                     .labels_refs
