@@ -246,6 +246,11 @@ pub fn topic_describe(c: &Client, name: &str) -> Result<()> {
         .map(|k| p[k].to_string());
         println!("{partition:>9} {start:>16} {end:>16} {bytes:>14} {segments:>8}");
     }
+    let delayed = &t["delayed"];
+    if let Some(records) = delayed["records"].as_u64().filter(|n| *n > 0) {
+        let next = delayed["next_due_ms"].as_i64().unwrap_or_default();
+        println!("\ndelayed: {records} records waiting, the next due at {next} (epoch ms)");
+    }
     Ok(())
 }
 

@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// Client connections the Kafka listener holds at once; more are closed on accept.
     #[arg(long, env = "WEIR_CONNECTIONS_MAX", default_value_t = CONNECTIONS_MAX_DEFAULT)]
     connections_max: u32,
+    /// Delayed records (weir-deliver-at, weir-delay-ms, delivery.delay.ms) that may wait at
+    /// once; produce past it is refused with a retriable error until some are delivered.
+    #[arg(long, env = "WEIR_DELAYED_RECORDS_MAX", default_value_t = weir_storage::DELAYED_RECORDS_MAX_DEFAULT)]
+    delayed_records_max: u64,
     /// Memory, in MiB, that Kafka request frames being read or handled may hold at once;
     /// connections wait for room before reading more.
     #[arg(long, env = "WEIR_REQUEST_MEMORY_MIB", default_value_t = REQUEST_MEMORY_BYTES_MAX_DEFAULT >> 20)]
@@ -176,6 +180,7 @@ struct FileConfig {
     open_segments_max: Option<usize>,
     connections_max: Option<u32>,
     request_memory_mib: Option<u64>,
+    delayed_records_max: Option<u64>,
 }
 
 impl ServeArgs {
@@ -261,6 +266,7 @@ impl ServeArgs {
             disk_free_bytes_min: pick!(disk_free_min_mib).saturating_mul(1 << 20),
             open_segments_max: pick!(open_segments_max),
             connections_max: pick!(connections_max),
+            delayed_records_max: pick!(delayed_records_max),
             request_memory_bytes_max: pick!(request_memory_mib).saturating_mul(1 << 20),
         })
     }

@@ -119,7 +119,8 @@ impl From<StorageError> for ApiError {
             | StorageError::OffsetOutOfRange { .. } => StatusCode::BAD_REQUEST,
             StorageError::Offline { .. }
             | StorageError::Failed { .. }
-            | StorageError::DiskLow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | StorageError::DiskLow { .. }
+            | StorageError::DelayedFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             StorageError::TooManyPartitions { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -443,10 +444,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     })
     .await
     .unwrap_or_default();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.node.metrics.render(&lags, &pipelines, &bounds),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+        let mut text = state.node.metrics.render(&lags, &pipelines, &bounds);
+        crate::metrics::render_delays(&mut text, &state.node.storage.delays().stats());
+        text
+    })
 }
 
 /// Runs blocking storage work off the async reactor.
@@ -536,6 +538,15 @@ struct TopicDetail {
     /// Every config key: the value in force, its default, and whether the topic sets it.
     all_configs: Vec<ConfigEntry>,
     partitions: Vec<PartitionDetail>,
+    /// Records waiting for delayed delivery into the topic.
+    delayed: DelayedDetail,
+}
+
+#[derive(Serialize)]
+struct DelayedDetail {
+    records: u64,
+    /// The earliest due time, epoch milliseconds.
+    next_due_ms: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -616,6 +627,12 @@ async fn describe_topic(
     caller.check(Operation::Describe, ResourceType::Topic, &name)?;
     let storage = &state.node.storage;
     let meta = storage.existing_topic(&name)?;
+    let minutes = storage.delays().pending_by_minute()?;
+    let minutes = minutes.iter().filter(|m| m.topic == name);
+    let delayed = DelayedDetail {
+        records: minutes.clone().map(|m| m.records).sum(),
+        next_due_ms: minutes.map(|m| m.next_due_ms).min(),
+    };
     let mut partitions = Vec::new();
     for p in 0..meta.partitions {
         let log = storage.log(&name, p)?;
@@ -633,6 +650,7 @@ async fn describe_topic(
         all_configs: all_configs(storage, &meta.configs),
         configs: meta.configs,
         partitions,
+        delayed,
     }))
 }
 
@@ -665,7 +683,8 @@ struct ProduceBody {
 #[derive(Serialize)]
 struct Placed {
     partition: u32,
-    offset: u64,
+    /// `None` while the record waits for delayed delivery: it gets its offset when due.
+    offset: Option<u64>,
 }
 
 /// A record of a produce request, and the partition it names if it names one.
@@ -780,7 +799,6 @@ fn append_produced(
     }
     let mut placed: Vec<(usize, Placed)> = Vec::new();
     for (partition, records) in by_partition {
-        let log = storage.log(name, partition)?;
         let (order, records): (Vec<usize>, Vec<NewRecord>) = records.into_iter().unzip();
         let mut order = order.into_iter();
         for run in in_batches(records, batch_bytes_max) {
@@ -788,15 +806,13 @@ fn append_produced(
             let order: Vec<usize> = order.by_ref().take(run.len()).collect();
             run.into_iter().for_each(|r| builder.push(r));
             let mut batch = builder.build().map_err(StorageError::from)?.to_vec();
-            let info = log.append(&mut batch)?;
+            let produced = storage.produce(name, partition, &mut batch)?;
             for (n, i) in order.into_iter().enumerate() {
-                placed.push((
-                    i,
-                    Placed {
-                        partition,
-                        offset: info.base_offset + n as u64,
-                    },
-                ));
+                let offset = match produced {
+                    weir_storage::Produced::Appended(info) => Some(info.base_offset + n as u64),
+                    weir_storage::Produced::Delayed { .. } => None,
+                };
+                placed.push((i, Placed { partition, offset }));
             }
         }
     }

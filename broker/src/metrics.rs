@@ -415,6 +415,42 @@ fn render_group_lags(out: &mut String, lags: &[GroupLag]) {
     }
 }
 
+/// Counters of delayed delivery; its pending records are among the bounds.
+pub fn render_delays(out: &mut String, stats: &weir_storage::delay::DelayStats) {
+    for (name, kind, help, value) in [
+        (
+            "weir_delayed_records_scheduled_total",
+            "counter",
+            "Records produced for delayed delivery",
+            &stats.scheduled,
+        ),
+        (
+            "weir_delayed_records_delivered_total",
+            "counter",
+            "Delayed records appended to their topic when due",
+            &stats.delivered,
+        ),
+        (
+            "weir_delayed_records_dropped_total",
+            "counter",
+            "Delayed records whose partition was gone when they fell due",
+            &stats.dropped,
+        ),
+        (
+            "weir_delayed_delivery_lateness_ms",
+            "gauge",
+            "How late after its due time the last delivered batch went out",
+            &stats.last_lateness_ms,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}.\n# TYPE {name} {kind}\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// Counters and gauges of every pipeline, from its status.
 fn render_pipelines(out: &mut String, pipelines: &[PipelineStatus]) {
     type Series = (

@@ -102,6 +102,7 @@ impl NodeContext {
             bound_suffix: "max",
         };
         let space = self.storage.space();
+        let delays = self.storage.delays().stats();
         let groups = self.groups.usage();
         let (sql_bytes, sql_bytes_max) = self.sql.memory_usage();
         vec![
@@ -176,6 +177,12 @@ impl NodeContext {
                 "Closed segments whose files are open",
                 weir_storage::open_segments() as u64,
                 self.storage.open_segments_max() as u64,
+            ),
+            bound(
+                "delayed_records",
+                "Delayed records waiting to be delivered",
+                delays.pending.load(std::sync::atomic::Ordering::Relaxed),
+                self.storage.delays().pending_max(),
             ),
             Bound {
                 name: "disk_free_bytes",

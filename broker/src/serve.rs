@@ -65,6 +65,8 @@ pub struct ServeConfig {
     pub open_segments_max: usize,
     /// Kafka connections held at once.
     pub connections_max: u32,
+    /// Delayed records that may wait at once.
+    pub delayed_records_max: u64,
     /// Bytes of Kafka request frames read or handled at once.
     pub request_memory_bytes_max: u64,
 }
@@ -212,6 +214,7 @@ async fn open_storage(config: &ServeConfig) -> Result<Arc<Storage>> {
         partitions_max: config.partitions_max,
         disk_free_bytes_min: config.disk_free_bytes_min,
         open_segments_max: config.open_segments_max,
+        delayed_records_max: config.delayed_records_max,
         layer_keys: weir_sql::topic_config_keys(),
         ..StorageConfig::new(&config.data_dir)
     };

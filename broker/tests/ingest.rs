@@ -13,7 +13,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Node, eventually, have, output_text, python, started, syslog_ng};
+use common::{
+    Node, eventually, have, metric, number, output_text, python, rfc3339, rows, started, syslog_ng,
+};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
 
@@ -21,35 +23,6 @@ fn example(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
         .join(path)
-}
-
-fn rows(c: &Client, statement: &str) -> Vec<Value> {
-    let answer = c
-        .call("POST", "/v1/sql", Some(&json!({ "sql": statement })))
-        .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    answer["rows"].as_array().unwrap().clone()
-}
-
-/// The first column of the first row of a query answering one number.
-fn number(c: &Client, statement: &str) -> i64 {
-    let rows = rows(c, statement);
-    let row = rows.first().and_then(Value::as_object);
-    row.and_then(|r| r.values().next())
-        .and_then(Value::as_i64)
-        .unwrap_or(0)
-}
-
-/// The value of a series in the node's `/metrics`, 0 when absent.
-fn metric(node: &Node, series: &str) -> f64 {
-    let text = ureq::get(format!("{}/metrics", node.url()))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A process killed when the test ends, however it ends.
@@ -572,27 +545,6 @@ fn weir_produce_follow_tails_a_file_through_rotation_sending_each_line_once() {
     assert_eq!(number(&c, count), 30);
     assert_eq!(number(&c, "SELECT count(DISTINCT value_text) FROM app"), 30);
     node.stop();
-}
-
-/// `ms` since the epoch as Grafana writes times into `$__timeFilter`: `2026-01-01T00:00:00Z`.
-fn rfc3339(ms: i64) -> String {
-    let (days, seconds) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000) / 1000);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    )
 }
 
 #[test]

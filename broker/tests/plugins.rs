@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Node, create_topic, eventually, have, kcat, started};
+use common::{Node, consume_all, create_topic, eventually, have, kcat, started};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
 use weir_tests::wasm::{HOSTILE_BODIES, abi_module, build_plugin_source, plugin_wasm};
@@ -78,29 +78,6 @@ fn produce(c: &Client, topic: &str, records: &[Value]) {
         Some(&json!({ "records": records })),
     )
     .unwrap();
-}
-
-/// Every record of one partition, through the HTTP consume API.
-fn consume_all(c: &Client, topic: &str, partition: u32) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let page = c
-            .call(
-                "GET",
-                &format!(
-                    "/v1/topics/{topic}/records?partition={partition}&offset={offset}&limit=10000"
-                ),
-                None,
-            )
-            .unwrap();
-        let records = page["records"].as_array().unwrap().clone();
-        offset = page["next_offset"].as_u64().unwrap();
-        if records.is_empty() {
-            return out;
-        }
-        out.extend(records);
-    }
 }
 
 fn header<'v>(record: &'v Value, key: &str) -> Option<&'v str> {

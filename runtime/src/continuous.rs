@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use weir_storage::{Log, NewRecord, Record, Storage, Tree, in_batches, now_ms};
+use weir_storage::{NewRecord, Record, Storage, Tree, in_batches, now_ms};
 
 use crate::Error;
 use crate::parallel::in_parallel;
 use crate::pipeline::{
-    Failures, MARKER_HEADER, PipelineSpec, STEP_BYTES_MAX, StartAt, Stats, Step, batch_with_marker,
-    dead_letter, dead_letter_partitions, step_records,
+    Failures, MARKER_HEADER, PipelineSpec, StartAt, Stats, Step, batch_with_marker, dead_letter,
+    dead_letter_partitions, step_records,
 };
 use crate::registry::write_durably_with;
 
@@ -323,7 +323,7 @@ impl SqlRunner {
         for (pending, mut batch) in checkpoint.pending.iter().zip(batches) {
             let log = self.storage.log(&pending.topic, pending.partition)?;
             let marker = self.marker(checkpoint.seq, pending.chunk);
-            if holds_marker(&log, pending.from, &marker)? {
+            if log.holds_header(pending.from, MARKER_HEADER, marker.as_bytes())? {
                 continue;
             }
             tracing::info!(pipeline = %self.spec.name, topic = %pending.topic, partition = pending.partition, "appending the results of the step before a restart");
@@ -544,24 +544,6 @@ impl SqlRunner {
 
 /// Bytes kept free in each batch of results for the marker header on its last record.
 const MARKER_ROOM: u64 = 256;
-
-/// Whether `log` holds a record with the marker header `marker` at or after offset `from`.
-fn holds_marker(log: &Log, from: u64, marker: &str) -> Result<bool, Error> {
-    let mut offset = from.max(log.log_start_offset());
-    while offset < log.high_watermark() {
-        let records = log.read_records(offset, STEP_BYTES_MAX)?;
-        let Some(last) = records.last() else { break };
-        offset = last.offset as u64 + 1;
-        let found = records
-            .iter()
-            .flat_map(|r| &r.headers)
-            .any(|h| h.key == MARKER_HEADER && h.value.as_deref() == Some(marker.as_bytes()));
-        if found {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
 
 #[cfg(test)]
 mod tests {

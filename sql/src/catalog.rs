@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{SchemaProvider, Session};
@@ -139,7 +140,7 @@ impl Shown<'_> {
     }
 }
 
-pub const SYSTEM_TABLES: [&str; 7] = [
+pub const SYSTEM_TABLES: [&str; 8] = [
     "topics",
     "partitions",
     "groups",
@@ -147,6 +148,7 @@ pub const SYSTEM_TABLES: [&str; 7] = [
     "pipelines",
     "connections",
     "functions",
+    "delayed",
 ];
 
 impl SystemSchema {
@@ -172,6 +174,7 @@ impl SystemSchema {
             "pipelines" => self.pipelines(shown)?,
             "connections" => self.connections(shown)?,
             "functions" => self.functions(shown)?,
+            "delayed" => self.delayed(shown)?,
             _ => return Ok(None),
         }))
     }
@@ -211,6 +214,22 @@ impl SystemSchema {
             .int64("end_offset", |(_, _, log)| log.high_watermark() as i64)
             .int64("bytes", |(_, _, log)| log.size_bytes() as i64)
             .int64("segments", |(_, _, log)| log.segment_count() as i64)
+            .build()
+    }
+
+    /// Records waiting for delayed delivery, by topic and the minute they fall due in.
+    fn delayed(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
+        let mut rows = if shown.any() {
+            self.storage.delays().pending_by_minute()?
+        } else {
+            Vec::new()
+        };
+        rows.retain(|r| shown.topic(&r.topic));
+        Table::new(&rows)
+            .text("topic", |r| r.topic.clone())
+            .timestamp_ms("due_minute", |r| r.minute_ms)
+            .int64("records", |r| r.records as i64)
+            .timestamp_ms("next_due", |r| r.next_due_ms)
             .build()
     }
 
@@ -367,6 +386,14 @@ impl<'r, R> Table<'r, R> {
     fn int64_or_null(self, name: &str, f: impl Fn(&R) -> Option<i64>) -> Self {
         let array: Int64Array = self.rows.iter().map(f).collect();
         self.column(name, DataType::Int64, true, Arc::new(array))
+    }
+
+    /// Milliseconds since the epoch as a UTC timestamp.
+    fn timestamp_ms(self, name: &str, f: impl Fn(&R) -> i64) -> Self {
+        let array = TimestampMillisecondArray::from_iter_values(self.rows.iter().map(f))
+            .with_timezone("UTC");
+        let data_type = array.data_type().clone();
+        self.column(name, data_type, false, Arc::new(array))
     }
 
     fn boolean(self, name: &str, f: impl Fn(&R) -> bool) -> Self {

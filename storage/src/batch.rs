@@ -599,6 +599,8 @@ struct RawRecord<'a> {
     header_count: usize,
     /// The encoded headers, already checked.
     headers: &'a [u8],
+    /// Whether a header asks for delayed delivery ([`crate::delay`]).
+    delay_header: bool,
 }
 
 /// Parses the next record: its length, then fields that must fill exactly that length.
@@ -624,10 +626,12 @@ fn next_record<'a>(body: &mut Cursor<'a>) -> Result<RawRecord<'a>, BatchError> {
         )));
     }
     let headers = rec.buf;
+    let mut delay_header = false;
     for _ in 0..header_count {
-        if rec.bytes("header key length")?.is_none() {
+        let Some(key) = rec.bytes("header key length")? else {
             return Err(malformed("null header key"));
-        }
+        };
+        delay_header |= crate::delay::is_delay_header(key);
         rec.bytes("header value length")?;
     }
     if !rec.buf.is_empty() {
@@ -643,6 +647,7 @@ fn next_record<'a>(body: &mut Cursor<'a>) -> Result<RawRecord<'a>, BatchError> {
         value,
         header_count: header_count as usize,
         headers,
+        delay_header,
     })
 }
 
@@ -657,7 +662,8 @@ const SCRATCH_KEPT_BYTES_MAX: usize = 4 << 20;
 /// is not a control batch, it holds as many records as offsets, it decompresses within
 /// [`BATCH_DECOMPRESSED_BYTES_MAX`], and its records carry consecutive offset deltas and fill
 /// the body exactly, every length and count inside them within the bytes that hold it.
-pub fn validate_records(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchError> {
+/// Answers whether a record carries a header asking for delayed delivery.
+pub fn validate_records(header: &BatchHeader, batch: &[u8]) -> Result<bool, BatchError> {
     if header.is_control() {
         return Err(BatchError::Invalid {
             reason: "control batches are written by the broker, not by producers".into(),
@@ -672,8 +678,10 @@ pub fn validate_records(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchE
     let body = &batch[BATCH_HEADER_BYTES..header.total_bytes() as usize];
     let check = |plain: &[u8]| {
         let mut cur = Cursor { buf: plain };
+        let mut delayed = false;
         for i in 0..header.record_count {
             let record = next_record(&mut cur)?;
+            delayed |= record.delay_header;
             if record.offset_delta != i64::from(i) {
                 return Err(BatchError::Invalid {
                     reason: format!(
@@ -690,7 +698,7 @@ pub fn validate_records(header: &BatchHeader, batch: &[u8]) -> Result<(), BatchE
                 header.record_count
             )));
         }
-        Ok(())
+        Ok(delayed)
     };
     match header.compression()? {
         Compression::None => check(body),

@@ -53,6 +53,11 @@ pub struct LogConfig {
     pub timestamp_type: TimestampType,
     /// `flush.policy` (`always` or `interval`) with `flush.ms`.
     pub flush_policy: FlushPolicy,
+    /// `delivery.delay.ms`: records produced to the topic become visible this long after they
+    /// arrive ([`crate::delay`]); 0 delivers at once.
+    pub delivery_delay_ms: u64,
+    /// `delivery.delay.max.ms`: the furthest ahead a record may ask to be delivered.
+    pub delivery_delay_max_ms: u64,
 }
 
 /// Largest `segment.bytes` accepted: positions in the index are `u32`.
@@ -81,6 +86,8 @@ impl Default for LogConfig {
             batch_bytes_max: 1_048_588,
             timestamp_type: TimestampType::CreateTime,
             flush_policy: FlushPolicy::Always,
+            delivery_delay_ms: 0,
+            delivery_delay_max_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -112,6 +119,8 @@ pub fn known_keys() -> Vec<(&'static str, String)> {
         ("message.timestamp.type", "CreateTime".to_string()),
         ("flush.policy", "always".to_string()),
         ("flush.ms", "1000".to_string()),
+        ("delivery.delay.ms", d.delivery_delay_ms.to_string()),
+        ("delivery.delay.max.ms", d.delivery_delay_max_ms.to_string()),
     ]
 }
 
@@ -215,8 +224,21 @@ impl LogConfig {
                     }
                 }
                 "flush.ms" => flush_ms = parse_in(key, v, 1, LONG_MAX)?,
+                "delivery.delay.ms" => c.delivery_delay_ms = parse_in(key, v, 0, LONG_MAX)?,
+                "delivery.delay.max.ms" => c.delivery_delay_max_ms = parse_in(key, v, 0, LONG_MAX)?,
                 _ => return Err(invalid(key, v, "unknown topic config")),
             }
+        }
+        if c.delivery_delay_ms > c.delivery_delay_max_ms {
+            let key = "delivery.delay.ms";
+            return Err(invalid(
+                key,
+                &c.delivery_delay_ms.to_string(),
+                format!(
+                    "more than delivery.delay.max.ms ({})",
+                    c.delivery_delay_max_ms
+                ),
+            ));
         }
         c.flush_policy = if interval {
             FlushPolicy::Interval { ms: flush_ms }
@@ -293,6 +315,8 @@ mod tests {
             ("segment.index.bytes", "99999999999"),
             ("max.message.bytes", "4294967296"),
             ("index.interval.bytes", "4294967296"),
+            ("delivery.delay.ms", "604800001"),
+            ("delivery.delay.ms", "-5"),
         ] {
             let err =
                 LogConfig::from_entries(&LogConfig::default(), &entries(&[(k, v)])).unwrap_err();

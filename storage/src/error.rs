@@ -121,6 +121,10 @@ pub enum StorageError {
         current: u32,
         partitions_max: u32,
     },
+    #[error(
+        "{pending} delayed records are waiting, the node's limit (--delayed-records-max {pending_max}); try again once some are delivered"
+    )]
+    DelayedFull { pending: u64, pending_max: u64 },
     #[error("compaction of {path} needs more than {keys_max} distinct keys")]
     CompactionKeys { path: PathBuf, keys_max: u64 },
     #[error("metadata store: {0}")]

@@ -12,6 +12,8 @@
 //!   time index (`.timeindex`), memory-mapped and binary-searched.
 //! - [`batch`] parses and validates batch headers, builds batches for internal writers
 //!   ([`BatchBuilder`]) and decodes records, compressed or not ([`decode_records`]).
+//! - [`delay`]: records produced with a due time wait in the delay log until they are due
+//!   ([`Storage::produce`]).
 //! - Retention ([`Log::enforce_retention`]) deletes whole closed segments; compaction
 //!   ([`compact()`]) keeps the last record per key. [`Storage::start_background`] runs both.
 //!
@@ -22,6 +24,7 @@ pub mod batch;
 pub mod codec;
 mod compact;
 pub mod config;
+pub mod delay;
 mod error;
 mod index;
 pub mod locks;
@@ -41,13 +44,14 @@ pub use compact::{CompactionResult, compact};
 pub use config::{CleanupPolicy, FlushPolicy, LayerKey, LogConfig, TimestampType};
 pub use error::{BatchError, Result, StorageError};
 pub use log::{
-    AppendInfo, AppendObserver, FileSlice, Listener, Log, ReadResult, RetentionResult, now_ms,
+    AppendInfo, AppendObserver, CheckedSet, FileSlice, Listener, Log, ReadResult, RetentionResult,
+    now_ms,
 };
 pub use meta::{MetaStore, TopicMeta, Tree};
 pub use producer::PRODUCER_BATCHES_MAX;
 pub use segment::{OPEN_SEGMENTS_MAX_DEFAULT, open_segments, set_open_segments_max};
 pub use space::{DISK_FREE_BYTES_MIN_DEFAULT, DiskSpace};
 pub use storage::{
-    PARTITIONS_MAX, PARTITIONS_MAX_DEFAULT, Storage, StorageConfig, TopicObserver,
-    validate_topic_name,
+    DELAYED_RECORDS_MAX_DEFAULT, PARTITIONS_MAX, PARTITIONS_MAX_DEFAULT, Produced, Storage,
+    StorageConfig, TopicObserver, validate_topic_name,
 };

@@ -301,12 +301,60 @@ impl Log {
     /// `LogAppendTime` logs, timestamps) are rewritten in `batches`. With the `always` flush
     /// policy this returns once the bytes are fsynced.
     pub fn append(&self, batches: &mut [u8]) -> Result<AppendInfo> {
+        let checked = self.check(batches)?;
+        self.append_set(batches, checked)
+    }
+
+    /// Validates a record set as [`Log::append`] does, without writing it, so a caller can
+    /// look at what it holds before deciding where it goes.
+    pub fn check(&self, batches: &[u8]) -> Result<CheckedSet> {
+        check_record_set(batches, &self.config())
+    }
+
+    /// Appends a record set [`Log::check`] accepted.
+    pub fn append_set(&self, batches: &mut [u8], checked: CheckedSet) -> Result<AppendInfo> {
         crate::reactor::check("appending to a log");
-        self.append_at(batches, now_ms())
+        self.append_at_checked(batches, checked, now_ms())
+    }
+
+    /// Runs `write`, which puts a record set this log checked somewhere else (the delay log),
+    /// as if the set were appended here for its idempotent producers: a retry of a set already
+    /// written is answered `None` without writing, a gap in sequences is refused, and once
+    /// `write` succeeds the producers' next sequences follow the set. The sequences are kept
+    /// in memory only: after a restart they are rebuilt from what the log holds.
+    pub fn write_elsewhere<T>(
+        &self,
+        checked: &CheckedSet,
+        write: impl FnOnce() -> Result<T>,
+    ) -> Result<Option<T>> {
+        if checked.headers.iter().all(|h| h.producer_id < 0) {
+            return write().map(Some);
+        }
+        let mut w = locks::lock(&self.writer);
+        if check_producers(&mut w, &checked.headers)?.is_some() {
+            return Ok(None);
+        }
+        let written = write()?;
+        if let Some(producers) = &mut w.producers {
+            for h in &checked.headers {
+                producers.record(h);
+            }
+        }
+        Ok(Some(written))
     }
 
     /// [`Log::append`] at a given wall-clock time, for deterministic tests.
     pub fn append_at(&self, batches: &mut [u8], now: i64) -> Result<AppendInfo> {
+        let checked = self.check(batches)?;
+        self.append_at_checked(batches, checked, now)
+    }
+
+    fn append_at_checked(
+        &self,
+        batches: &mut [u8],
+        checked: CheckedSet,
+        now: i64,
+    ) -> Result<AppendInfo> {
         if self.failed.load(Ordering::Acquire) {
             return Err(StorageError::Failed {
                 path: self.dir.clone(),
@@ -315,7 +363,7 @@ impl Log {
         if let Some(space) = self.space.get() {
             space.check()?;
         }
-        let appended = self.append_checked(batches, now);
+        let appended = self.write_set(batches, checked, now);
         if let (Err(e), Some(space)) = (&appended, self.space.get())
             && e.is_disk_full()
         {
@@ -335,9 +383,9 @@ impl Log {
         let _ = self.space.set(space);
     }
 
-    fn append_checked(&self, batches: &mut [u8], now: i64) -> Result<AppendInfo> {
+    fn write_set(&self, batches: &mut [u8], checked: CheckedSet, now: i64) -> Result<AppendInfo> {
         let config = self.config();
-        let (headers, span) = check_record_set(batches, &config)?;
+        let CheckedSet { headers, span, .. } = checked;
         let mut w = locks::lock(&self.writer);
         if let Some(retry) = check_producers(&mut w, &headers)? {
             return Ok(retry);
@@ -728,9 +776,41 @@ impl Log {
             total -= segment.size();
             doomed += 1;
         }
+        drop(w);
+        let result = self.delete_first_segments(doomed)?;
+        if result.segments_deleted > 0 {
+            tracing::info!(
+                log = %self.dir.display(),
+                segments = result.segments_deleted,
+                bytes = result.bytes_deleted,
+                log_start_offset = self.log_start_offset(),
+                "retention deleted segments"
+            );
+        }
+        Ok(result)
+    }
+
+    /// Deletes the closed segments that hold only offsets below `offset`, for a log whose
+    /// owner knows what it still needs (the delay log).
+    pub fn delete_segments_below(&self, offset: u64) -> Result<RetentionResult> {
+        let _maintenance = locks::lock(&self.maintenance);
+        let view = self.view();
+        let doomed = view.segments[1..]
+            .iter()
+            .take_while(|next| next.base_offset() <= offset)
+            .count();
+        self.delete_first_segments(doomed)
+    }
+
+    /// Deletes the first `doomed` segments (never the active one) and moves the log start
+    /// offset to the first kept. The caller holds the maintenance lock.
+    fn delete_first_segments(&self, doomed: usize) -> Result<RetentionResult> {
         if doomed == 0 {
             return Ok(RetentionResult::default());
         }
+        let w = locks::lock(&self.writer);
+        let view = self.view();
+        let doomed = doomed.min(view.segments.len() - 1);
         let removed: Vec<Arc<Segment>> = view.segments[..doomed].to_vec();
         self.update_view(|v| {
             let kept: Vec<Arc<Segment>> = v.segments[doomed..].to_vec();
@@ -751,14 +831,29 @@ impl Log {
             }
         }
         sync_dir(&self.dir)?;
-        tracing::info!(
-            log = %self.dir.display(),
-            segments = result.segments_deleted,
-            bytes = result.bytes_deleted,
-            log_start_offset = self.log_start_offset(),
-            "retention deleted segments"
-        );
         Ok(result)
+    }
+
+    /// Whether a record at or after offset `from` carries the header `key` = `value`: how a
+    /// writer that appends before it records its progress finds, after a crash, whether an
+    /// append it was making landed.
+    pub fn holds_header(&self, from: u64, key: &str, value: &[u8]) -> Result<bool> {
+        /// Bytes read at a time while looking.
+        const READ_BYTES: u64 = 4 << 20;
+        let mut offset = from.max(self.log_start_offset());
+        while offset < self.high_watermark() {
+            let records = self.read_records(offset, READ_BYTES)?;
+            let Some(last) = records.last() else { break };
+            offset = last.offset as u64 + 1;
+            let found = records
+                .iter()
+                .flat_map(|r| &r.headers)
+                .any(|h| h.key == key && h.value.as_deref() == Some(value));
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// All segments, oldest first; the last one is active and there is always one.
@@ -788,13 +883,30 @@ impl Log {
     }
 }
 
+/// A record set [`Log::check`] validated: its batch headers, the offsets it spans, and whether
+/// a record asks for delayed delivery.
+#[derive(Debug)]
+pub struct CheckedSet {
+    headers: Vec<BatchHeader>,
+    span: u64,
+    delay_header: bool,
+}
+
+impl CheckedSet {
+    /// Whether a record carries `weir-deliver-at` or `weir-delay-ms`.
+    pub fn delay_header(&self) -> bool {
+        self.delay_header
+    }
+}
+
 /// Validates a record set before anything is written (every batch's header, CRC and records;
-/// the set's size against the segment), returning its batch headers and the offsets it spans.
-fn check_record_set(batches: &[u8], config: &LogConfig) -> Result<(Vec<BatchHeader>, u64)> {
+/// the set's size against the segment).
+fn check_record_set(batches: &[u8], config: &LogConfig) -> Result<CheckedSet> {
     let headers = validate_record_set(batches, config.batch_bytes_max)?;
     let mut pos = 0usize;
+    let mut delay_header = false;
     for h in &headers {
-        validate_records(h, &batches[pos..])?;
+        delay_header |= validate_records(h, &batches[pos..])?;
         pos += h.total_bytes() as usize;
     }
     let total = batches.len() as u64;
@@ -814,7 +926,11 @@ fn check_record_set(batches: &[u8], config: &LogConfig) -> Result<(Vec<BatchHead
         }
         .into());
     }
-    Ok((headers, span))
+    Ok(CheckedSet {
+        headers,
+        span,
+        delay_header,
+    })
 }
 
 /// Checks idempotent producers' sequences under the writer lock. `Some` is a retry of a batch

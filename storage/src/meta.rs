@@ -138,6 +138,11 @@ impl MetaStore {
         self.tree("topics")
     }
 
+    /// The database itself, for trees with raw ordered keys ([`crate::delay`]).
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())

@@ -1,5 +1,6 @@
 //! The data directory: topics registered in the metadata store, one [`Log`] per partition, and
-//! the background thread that flushes `interval` logs and applies retention and compaction.
+//! the background threads that flush `interval` logs, apply retention and compaction, and
+//! deliver delayed records.
 
 use crate::locks;
 use std::collections::{BTreeMap, HashMap};
@@ -11,8 +12,9 @@ use std::time::Duration;
 
 use crate::compact::compact;
 use crate::config::{LayerKey, LogConfig, known_keys, ms_i64};
+use crate::delay::{Delays, Target};
 use crate::error::{Result, StorageError};
-use crate::log::{Listener, Log, now_ms};
+use crate::log::{AppendInfo, Listener, Log, now_ms};
 use crate::meta::{MetaStore, TopicMeta, Tree};
 use crate::segment::{OPEN_SEGMENTS_MAX_DEFAULT, set_open_segments_max, sync_dir};
 use crate::space::{DISK_FREE_BYTES_MIN_DEFAULT, DiskSpace};
@@ -47,7 +49,14 @@ pub struct StorageConfig {
     /// Topic config keys other layers own (SQL's `value.format` and `value.schema`), checked
     /// with storage's own on every path that sets a topic's configs.
     pub layer_keys: Vec<LayerKey>,
+    /// Delayed records that may wait at once, over all topics.
+    pub delayed_records_max: u64,
 }
+
+/// Default of [`StorageConfig::delayed_records_max`].
+pub const DELAYED_RECORDS_MAX_DEFAULT: u64 = 10_000_000;
+/// How often the deliverer looks for due records.
+const DELIVER_TICK: Duration = Duration::from_millis(10);
 
 impl StorageConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -61,8 +70,21 @@ impl StorageConfig {
             disk_free_bytes_min: DISK_FREE_BYTES_MIN_DEFAULT,
             open_segments_max: OPEN_SEGMENTS_MAX_DEFAULT,
             layer_keys: Vec::new(),
+            delayed_records_max: DELAYED_RECORDS_MAX_DEFAULT,
         }
     }
+}
+
+/// What a background thread does on each tick.
+type BackgroundWork = Box<dyn FnMut(&Storage) + Send>;
+
+/// What became of a produced record set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Produced {
+    /// Appended at these offsets.
+    Appended(AppendInfo),
+    /// Waiting in the delay log: these records get their offsets when they fall due.
+    Delayed { records: u64 },
 }
 
 /// A callback told the topic, records and bytes of each append.
@@ -119,7 +141,9 @@ pub struct Storage {
     offline: RwLock<HashMap<PartitionKey, String>>,
     /// Serializes topic creation, deletion and changes.
     admin: Mutex<()>,
-    background: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+    /// The background threads (maintenance, delayed delivery) and how to stop each.
+    background: Mutex<Vec<(Sender<()>, JoinHandle<()>)>>,
+    delays: Delays,
     listener: RwLock<Option<Listener>>,
     observer: RwLock<Option<TopicObserver>>,
     space: Arc<DiskSpace>,
@@ -139,7 +163,13 @@ impl Storage {
             &config.data_dir,
             config.disk_free_bytes_min,
         )?);
+        let delays = Delays::open(
+            &config.data_dir.join("delayed"),
+            meta.db(),
+            config.delayed_records_max,
+        )?;
         let storage = Storage {
+            delays,
             space,
             config,
             meta,
@@ -147,7 +177,7 @@ impl Storage {
             logs: RwLock::new(HashMap::new()),
             offline: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
-            background: Mutex::new(None),
+            background: Mutex::new(Vec::new()),
             listener: RwLock::new(None),
             observer: RwLock::new(None),
         };
@@ -175,6 +205,9 @@ impl Storage {
                 }
             }
         }
+        storage
+            .delays
+            .recover(|t| storage.open_log(&t.topic, t.partition))?;
         Ok(Arc::new(storage))
     }
 
@@ -566,6 +599,10 @@ impl Storage {
     /// One retention and compaction pass over every log. Returns the number of errors.
     pub fn run_maintenance(&self, now: i64) -> usize {
         let mut errors = 0;
+        if let Err(e) = self.delays.trim() {
+            errors += 1;
+            tracing::error!(error = %e, "trimming the delay log failed");
+        }
         for (topic, partition, log) in self.logs() {
             if let Err(e) = log.enforce_retention(now) {
                 errors += 1;
@@ -579,28 +616,21 @@ impl Storage {
         errors
     }
 
-    /// Starts the background thread for interval flushes, retention and compaction.
+    /// Starts the background threads: interval flushes, retention and compaction on one,
+    /// delayed delivery on the other.
     pub fn start_background(self: &Arc<Self>) {
         let mut slot = locks::lock(&self.background);
-        if slot.is_some() {
+        if !slot.is_empty() {
             return;
         }
-        let (stop, stopped) = mpsc::channel::<()>();
-        let storage = Arc::downgrade(self);
         let tick = Duration::from_millis(self.config.flush_check_interval_ms.max(1));
         let maintenance_ms = ms_i64(self.config.maintenance_interval_ms);
-        let handle = std::thread::Builder::new()
-            .name("weir-storage".into())
-            .spawn(move || {
-                let mut last_maintenance = now_ms();
-                loop {
-                    match stopped.recv_timeout(tick) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    let Some(storage) = storage.upgrade() else {
-                        return;
-                    };
+        let mut last_maintenance = now_ms();
+        let threads: [(&str, Duration, BackgroundWork); 2] = [
+            (
+                "weir-storage",
+                tick,
+                Box::new(move |storage| {
                     let now = now_ms();
                     if let Err(e) = storage.space.measure() {
                         tracing::warn!(error = %e, "measuring free disk space failed");
@@ -610,20 +640,96 @@ impl Storage {
                         last_maintenance = now;
                         storage.run_maintenance(now);
                     }
+                }),
+            ),
+            (
+                "weir-delays",
+                DELIVER_TICK,
+                Box::new(|storage| storage.deliver_delayed()),
+            ),
+        ];
+        for (name, tick, mut work) in threads {
+            let (stop, stopped) = mpsc::channel::<()>();
+            let storage = Arc::downgrade(self);
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    loop {
+                        match stopped.recv_timeout(tick) {
+                            Err(RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        }
+                        let Some(storage) = storage.upgrade() else {
+                            return;
+                        };
+                        work(&storage);
+                    }
+                });
+            match handle {
+                Ok(handle) => slot.push((stop, handle)),
+                Err(e) => {
+                    tracing::error!(error = %e, thread = name, "could not start a storage thread")
                 }
-            });
-        match handle {
-            Ok(handle) => *slot = Some((stop, handle)),
-            Err(e) => tracing::error!(error = %e, "could not start the storage thread"),
+            }
         }
+    }
+
+    /// Delivers the delayed records that are due, a round at a time while rounds come full.
+    pub fn deliver_delayed(&self) {
+        loop {
+            let delivered = self
+                .delays
+                .deliver_due(now_ms(), |t| self.open_log(&t.topic, t.partition));
+            match delivered {
+                Ok(n) if n == crate::delay::ROUND_RECORDS_MAX => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delayed delivery failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Delayed delivery: its counters, limit and pending records.
+    pub fn delays(&self) -> &Delays {
+        &self.delays
+    }
+
+    /// Appends a record set a producer sent, unless it asks for delayed delivery (a record
+    /// carries `weir-deliver-at` or `weir-delay-ms`, or the topic sets `delivery.delay.ms`):
+    /// then its records wait in the delay log until due ([`crate::delay`]).
+    pub fn produce(&self, topic: &str, partition: u32, batches: &mut [u8]) -> Result<Produced> {
+        let log = self.log(topic, partition)?;
+        let checked = log.check(batches)?;
+        let config = log.config();
+        if !checked.delay_header() && config.delivery_delay_ms == 0 {
+            return log.append_set(batches, checked).map(Produced::Appended);
+        }
+        crate::reactor::check("scheduling delayed records");
+        self.space.check()?;
+        let target = Target {
+            topic: topic.to_string(),
+            partition,
+        };
+        let records = log.write_elsewhere(&checked, || {
+            self.delays.schedule(&target, batches, &config, now_ms())
+        })?;
+        // `None`: a producer's retry of records already waiting.
+        Ok(Produced::Delayed {
+            records: records.unwrap_or(0),
+        })
     }
 
     /// Stops the background thread and closes every log cleanly.
     pub fn close(&self) -> Result<()> {
-        let background = locks::lock(&self.background).take();
-        if let Some((stop, handle)) = background {
+        let background = std::mem::take(&mut *locks::lock(&self.background));
+        for (stop, handle) in background {
             let _ = stop.send(());
             let _ = handle.join();
+        }
+        if let Err(e) = self.delays.close() {
+            tracing::error!(error = %e, "closing the delay log failed");
         }
         let mut first_error = None;
         for (topic, partition, log) in self.logs() {

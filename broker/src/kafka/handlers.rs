@@ -25,7 +25,7 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use weir_storage::{BatchError, StorageError, TopicMeta};
+use weir_storage::{BatchError, Produced, StorageError, TopicMeta};
 
 use super::{Shared, acl_api, admin_api, group_api};
 use crate::acl::{Caller, Denied, Operation, ResourceType};
@@ -318,7 +318,8 @@ pub(crate) fn error_code(e: &StorageError) -> i16 {
         StorageError::Offline { .. }
         | StorageError::Io { .. }
         | StorageError::Failed { .. }
-        | StorageError::DiskLow { .. } => ResponseError::KafkaStorageError.code(),
+        | StorageError::DiskLow { .. }
+        | StorageError::DelayedFull { .. } => ResponseError::KafkaStorageError.code(),
         _ => ResponseError::UnknownServerError.code(),
     }
 }
@@ -450,7 +451,11 @@ fn produce(shared: &Shared, request: ProduceRequest, caller: &Caller) -> Produce
                 _ if allowed.is_err() => Err(ResponseError::TopicAuthorizationFailed.code()),
                 (Err(e), _) => Err(error_code(e)),
                 (Ok(_), None) => Err(ResponseError::CorruptMessage.code()),
-                (Ok(_), Some(records)) => append(shared, &name, partition_data.index, records),
+                (Ok(_), Some(records)) => append(shared, &name, partition_data.index, records)
+                    .map_err(|e| {
+                        p.error_message = Some(error_message(e.to_string()));
+                        error_code(&e)
+                    }),
             };
             match result {
                 Ok((base_offset, log_append_time_ms, log_start_offset)) => {
@@ -467,27 +472,36 @@ fn produce(shared: &Shared, request: ProduceRequest, caller: &Caller) -> Produce
     response
 }
 
-/// What a successful append reports: base offset, log append time, log start offset. Its
-/// records and bytes are counted by the storage's append observer.
+/// What a successful append reports: base offset, log append time, log start offset; -1 for
+/// the first two when the records wait for delayed delivery. Its records and bytes are
+/// counted by the storage's append observer.
 type Appended = (i64, i64, i64);
 
-/// Appends (waiting for the fsync), or returns a Kafka error code.
-fn append(shared: &Shared, topic: &str, partition: i32, records: Bytes) -> Result<Appended, i16> {
-    let log = u32::try_from(partition)
-        .map_err(|_| ResponseError::UnknownTopicOrPartition.code())
-        .and_then(|p| shared.storage.log(topic, p).map_err(|e| error_code(&e)))?;
+/// Appends (waiting for the fsync) or schedules delayed records.
+fn append(
+    shared: &Shared,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+) -> Result<Appended, StorageError> {
+    let partition = u32::try_from(partition).map_err(|_| StorageError::UnknownPartition {
+        topic: topic.to_string(),
+        partition: u32::MAX,
+    })?;
     let mut batches = records.to_vec();
-    match log.append(&mut batches) {
-        Ok(info) => Ok((
+    let produced = shared
+        .storage
+        .produce(topic, partition, &mut batches)
+        .inspect_err(|e| tracing::warn!(topic, partition, error = %e, "produce refused"))?;
+    let log_start_offset = shared.storage.log(topic, partition)?.log_start_offset() as i64;
+    Ok(match produced {
+        Produced::Appended(info) => (
             info.base_offset as i64,
             info.log_append_time_ms.unwrap_or(-1),
-            log.log_start_offset() as i64,
-        )),
-        Err(e) => {
-            tracing::warn!(topic, partition, error = %e, "produce refused");
-            Err(error_code(&e))
-        }
-    }
+            log_start_offset,
+        ),
+        Produced::Delayed { .. } => (-1, -1, log_start_offset),
+    })
 }
 
 async fn fetch(shared: &Arc<Shared>, request: FetchRequest, caller: &Caller) -> FetchResponse {

@@ -413,3 +413,94 @@ pub fn kafka_round_trip(stream: &mut std::net::TcpStream, request: &[u8]) -> byt
     stream.read_exact(&mut response).expect("a response");
     bytes::Bytes::from(response)
 }
+
+/// The rows a SQL statement answers over `POST /v1/sql`.
+pub fn rows(c: &weir_broker::cli::Client, statement: &str) -> Vec<serde_json::Value> {
+    let answer = c
+        .call(
+            "POST",
+            "/v1/sql",
+            Some(&serde_json::json!({ "sql": statement })),
+        )
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    answer["rows"].as_array().cloned().unwrap_or_default()
+}
+
+/// The first column of the first row of a query answering one number.
+pub fn number(c: &weir_broker::cli::Client, statement: &str) -> i64 {
+    let rows = rows(c, statement);
+    let row = rows.first().and_then(serde_json::Value::as_object);
+    row.and_then(|r| r.values().next())
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0)
+}
+
+/// The value of a series in the node's `/metrics`, 0 when absent.
+pub fn metric(node: &Node, series: &str) -> f64 {
+    let text = ureq::get(format!("{}/metrics", node.url()))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("the metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `ms` since the epoch as Grafana writes times into `$__timeFilter`: `2026-01-01T00:00:00Z`.
+pub fn rfc3339(ms: i64) -> String {
+    let (days, seconds) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000) / 1000);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+/// Every record of one partition, through the HTTP consume API.
+pub fn consume_all(
+    c: &weir_broker::cli::Client,
+    topic: &str,
+    partition: u32,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = c
+            .call(
+                "GET",
+                &format!(
+                    "/v1/topics/{topic}/records?partition={partition}&offset={offset}&limit=10000"
+                ),
+                None,
+            )
+            .expect("a consume page");
+        let records = page["records"].as_array().cloned().unwrap_or_default();
+        offset = page["next_offset"]
+            .as_u64()
+            .expect("next_offset in a consume page");
+        if records.is_empty() {
+            return out;
+        }
+        out.extend(records);
+    }
+}
+
+/// Wall-clock milliseconds since the epoch, as record timestamps count them.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

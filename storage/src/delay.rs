@@ -1,0 +1,815 @@
+//! Delayed delivery: records that become visible in their topic only when due.
+//!
+//! A record asks for it with the header `weir-deliver-at` (epoch milliseconds or an RFC 3339
+//! time) or `weir-delay-ms`; a topic asks for it for every record with `delivery.delay.ms`.
+//! [`Delays::schedule`] appends such records, as produced, to the delay log
+//! (`<data-dir>/delayed`, fsynced like any partition) and then indexes them in the sled tree
+//! `delayed`:
+//!
+//! - `d` + due time + delay-log offset (both big-endian) → the target topic and partition:
+//!   the due index, read in order by the deliverer;
+//! - `o` + delay-log offset → nothing: the lowest pending offset, below which the delay log's
+//!   segments are deleted;
+//! - `i` → the appends of the delivery round under way ([`Round`]).
+//!
+//! [`Delays::deliver_due`] takes the due keys in order, appends their records to their
+//! partitions (one batch per partition and round, in due-time order, each record at a new
+//! offset), then removes the keys. Before appending it records the round under `i`, and the
+//! last record of each batch carries the header `weir.delayed` = the delay-log offset of that
+//! record; when the node starts again after a crash between the append and the removal, each
+//! partition of the round is searched for its marker and the keys of the batches found are
+//! removed, so every record is delivered once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{Header, NewRecord, Record, in_batches};
+use crate::config::{FlushPolicy, LogConfig, ms_i64};
+use crate::error::{BatchError, Result, StorageError};
+use crate::log::{Log, now_ms};
+use crate::{BatchBuilder, Compression, locks};
+
+/// Header naming when a record is due: epoch milliseconds or an RFC 3339 time.
+pub const DELIVER_AT_HEADER: &str = "weir-deliver-at";
+/// Header naming how many milliseconds after it arrives a record is due.
+pub const DELAY_MS_HEADER: &str = "weir-delay-ms";
+/// Header on the last record of each delivered batch: the delay-log offset of that record.
+pub const DELIVERED_HEADER: &str = "weir.delayed";
+/// Most records one delivery round appends; the rest wait for the next round.
+pub const ROUND_RECORDS_MAX: usize = 10_000;
+/// Largest batch the delay log takes; a record set a partition accepted always fits.
+const DELAY_BATCH_BYTES_MAX: u64 = 64 << 20;
+/// Most records in one batch of the delay log.
+const DELAY_BATCH_RECORDS: usize = 32;
+
+/// Whether a header key asks for delayed delivery.
+pub fn is_delay_header(key: &[u8]) -> bool {
+    key == DELIVER_AT_HEADER.as_bytes() || key == DELAY_MS_HEADER.as_bytes()
+}
+
+/// When a record produced at `now` is due: its last delay header, else the topic's
+/// `delivery.delay.ms`. Refused when the header does not parse or asks for more than
+/// `delivery.delay.max.ms` ahead.
+pub fn due_time(headers: &[Header], config: &LogConfig, now: i64) -> Result<i64, BatchError> {
+    let invalid = |reason: String| BatchError::Invalid { reason };
+    let asked = headers
+        .iter()
+        .rev()
+        .find(|h| is_delay_header(h.key.as_bytes()));
+    let due = match asked {
+        None => now.saturating_add(ms_i64(config.delivery_delay_ms)),
+        Some(h) => {
+            let text = h
+                .value
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::trim)
+                .unwrap_or_default();
+            if h.key == DELAY_MS_HEADER {
+                let ms = text.parse::<u64>().map_err(|_| {
+                    invalid(format!(
+                        "header {DELAY_MS_HEADER} = {text:?}: expected milliseconds, a \
+                         non-negative integer"
+                    ))
+                })?;
+                now.saturating_add(ms_i64(ms))
+            } else {
+                text.parse::<i64>()
+                    .ok()
+                    .or_else(|| weir::time::parse_rfc3339(text))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "header {DELIVER_AT_HEADER} = {text:?}: expected epoch milliseconds \
+                             or an RFC 3339 time such as 2026-11-30T12:00:00Z"
+                        ))
+                    })?
+            }
+        }
+    };
+    let ahead = due.saturating_sub(now);
+    if ahead > ms_i64(config.delivery_delay_max_ms) {
+        return Err(invalid(format!(
+            "due in {ahead} ms, more than the topic's delivery.delay.max.ms ({})",
+            config.delivery_delay_max_ms
+        )));
+    }
+    Ok(due)
+}
+
+/// Where a delayed record goes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Target {
+    pub topic: String,
+    pub partition: u32,
+}
+
+impl Target {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.partition.to_be_bytes().to_vec();
+        out.extend_from_slice(self.topic.as_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Target> {
+        let partition = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
+        let topic = String::from_utf8(bytes[4..].to_vec()).ok()?;
+        Some(Target { topic, partition })
+    }
+}
+
+/// A pending record's place in the due index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Due {
+    at: i64,
+    offset: u64,
+}
+
+impl Due {
+    fn key(&self) -> [u8; 17] {
+        let mut key = [0u8; 17];
+        key[0] = b'd';
+        key[1..9].copy_from_slice(&(self.at.max(0) as u64).to_be_bytes());
+        key[9..].copy_from_slice(&self.offset.to_be_bytes());
+        key
+    }
+
+    fn from_key(key: &[u8]) -> Option<Due> {
+        Some(Due {
+            at: u64::from_be_bytes(key.get(1..9)?.try_into().ok()?) as i64,
+            offset: u64::from_be_bytes(key.get(9..17)?.try_into().ok()?),
+        })
+    }
+
+    fn offset_key(&self) -> [u8; 9] {
+        offset_key(self.offset)
+    }
+}
+
+fn offset_key(offset: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = b'o';
+    key[1..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+const ROUND_KEY: &[u8] = b"i";
+
+/// One batch of a delivery round: where it goes, the target log's end before the round, the
+/// marker its last record carries, and the records it delivers.
+#[derive(Debug, Serialize, Deserialize)]
+struct Delivery {
+    target: Target,
+    from: u64,
+    marker: u64,
+    records: Vec<Due>,
+}
+
+/// The batches of the delivery round under way, saved before the first is appended.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Round {
+    deliveries: Vec<Delivery>,
+}
+
+/// Counters of delayed delivery, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DelayStats {
+    /// Records waiting.
+    pub pending: AtomicU64,
+    pub scheduled: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Records whose topic or partition was gone when they fell due.
+    pub dropped: AtomicU64,
+    /// How late, in milliseconds, the last delivered record was.
+    pub last_lateness_ms: AtomicU64,
+}
+
+/// Pending records of one topic due in one minute, for `weir.delayed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingMinute {
+    pub topic: String,
+    /// Start of the minute, epoch milliseconds.
+    pub minute_ms: i64,
+    pub records: u64,
+    /// The earliest due time in the minute.
+    pub next_due_ms: i64,
+}
+
+/// The delay log, its index and the deliverer's state.
+pub struct Delays {
+    log: Log,
+    index: sled::Tree,
+    db: sled::Db,
+    /// Most records that may wait at once.
+    pending_max: u64,
+    /// Held while records are appended and indexed, and while the log is trimmed, so a
+    /// trim never deletes records not indexed yet.
+    writing: Mutex<()>,
+    /// One delivery round at a time.
+    delivering: Mutex<()>,
+    stats: Arc<DelayStats>,
+}
+
+impl Delays {
+    /// Opens the delay log under `dir` and the index in `db`, and finishes a delivery round a
+    /// crash interrupted (see the module docs) once `storage` can give the logs it wrote to.
+    pub(crate) fn open(dir: &Path, db: &sled::Db, pending_max: u64) -> Result<Delays> {
+        let config = LogConfig {
+            batch_bytes_max: DELAY_BATCH_BYTES_MAX,
+            retention_ms: None,
+            flush_policy: FlushPolicy::Always,
+            ..LogConfig::default()
+        };
+        std::fs::create_dir_all(dir).map_err(StorageError::io(dir))?;
+        let log = Log::open(dir, config)?;
+        let index = db.open_tree("delayed")?;
+        let stats = DelayStats::default();
+        let pending = index.scan_prefix(b"o").count() as u64;
+        stats.pending.store(pending, Ordering::Relaxed);
+        Ok(Delays {
+            log,
+            index,
+            db: db.clone(),
+            pending_max,
+            writing: Mutex::new(()),
+            delivering: Mutex::new(()),
+            stats: Arc::new(stats),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<DelayStats> {
+        self.stats.clone()
+    }
+
+    pub fn pending_max(&self) -> u64 {
+        self.pending_max
+    }
+
+    /// Makes the records of a validated record set wait in the delay log, each until its due
+    /// time; answers how many. Nothing is written when one is refused.
+    pub(crate) fn schedule(
+        &self,
+        target: &Target,
+        batches: &[u8],
+        config: &LogConfig,
+        now: i64,
+    ) -> Result<u64> {
+        let records = crate::batch::decode_records(&Bytes::copy_from_slice(batches))?;
+        let mut due = Vec::with_capacity(records.len());
+        for record in &records {
+            due.push(due_time(&record.headers, config, now)?);
+        }
+        let count = records.len() as u64;
+        let pending = self.stats.pending.load(Ordering::Relaxed);
+        if pending + count > self.pending_max {
+            return Err(StorageError::DelayedFull {
+                pending,
+                pending_max: self.pending_max,
+            });
+        }
+        let new: Vec<NewRecord> = records.into_iter().map(new_record).collect();
+        let _writing = locks::lock(&self.writing);
+        // Small batches, so the deliverer decodes little besides the records it wants.
+        let mut set = Vec::new();
+        for run in in_batches(new, DELAY_BATCH_BYTES_MAX) {
+            let mut run = run.into_iter().peekable();
+            while run.peek().is_some() {
+                let mut builder = BatchBuilder::new(Compression::None);
+                run.by_ref()
+                    .take(DELAY_BATCH_RECORDS)
+                    .for_each(|r| builder.push(r));
+                set.extend_from_slice(&builder.build()?);
+            }
+        }
+        let base = self.log.append(&mut set)?.base_offset;
+        let offsets = base..base + count;
+        let value = target.encode();
+        let mut batch = sled::Batch::default();
+        for (&at, offset) in due.iter().zip(offsets) {
+            let due = Due { at, offset };
+            batch.insert(&due.key()[..], value.as_slice());
+            batch.insert(&due.offset_key()[..], &[][..]);
+        }
+        self.index.apply_batch(batch)?;
+        self.db.flush()?;
+        self.stats.pending.fetch_add(count, Ordering::Relaxed);
+        self.stats.scheduled.fetch_add(count, Ordering::Relaxed);
+        Ok(count)
+    }
+
+    /// The due time of the earliest pending record.
+    pub fn next_due(&self) -> Result<Option<i64>> {
+        Ok(self
+            .index
+            .scan_prefix(b"d")
+            .next()
+            .transpose()?
+            .and_then(|(k, _)| Due::from_key(&k))
+            .map(|d| d.at))
+    }
+
+    /// Appends the records due at `now` (at most [`ROUND_RECORDS_MAX`]) to their partitions;
+    /// answers how many were delivered. `log_of` gives a target's log, or `None` when the
+    /// topic or partition is gone (its records are dropped and counted).
+    pub(crate) fn deliver_due(
+        &self,
+        now: i64,
+        log_of: impl Fn(&Target) -> Option<Arc<Log>>,
+    ) -> Result<usize> {
+        let _delivering = locks::lock(&self.delivering);
+        let end = Due {
+            at: now.saturating_add(1),
+            offset: 0,
+        }
+        .key();
+        let mut due: Vec<(Due, Target)> = Vec::new();
+        for item in self
+            .index
+            .range(&b"d"[..]..&end[..])
+            .take(ROUND_RECORDS_MAX)
+        {
+            let (k, v) = item?;
+            if let (Some(d), Some(t)) = (Due::from_key(&k), Target::decode(&v)) {
+                due.push((d, t));
+            }
+        }
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut by_target: BTreeMap<Target, Vec<Due>> = BTreeMap::new();
+        for (d, t) in due {
+            by_target.entry(t).or_default().push(d);
+        }
+        let mut records = self.records_at(by_target.values().flatten().map(|d| d.offset))?;
+        let mut round = Round::default();
+        // Per partition, its batches in due order.
+        let mut batches: Vec<(Arc<Log>, Vec<Vec<u8>>)> = Vec::new();
+        let mut gone: Vec<Due> = Vec::new();
+        for (target, dues) in by_target {
+            let Some(log) = log_of(&target) else {
+                tracing::warn!(
+                    topic = %target.topic,
+                    partition = target.partition,
+                    records = dues.len(),
+                    "delayed records dropped: their partition no longer exists"
+                );
+                gone.extend(dues);
+                continue;
+            };
+            let from = log.log_end_offset();
+            let mut kept: Vec<Due> = Vec::with_capacity(dues.len());
+            let mut new: Vec<NewRecord> = Vec::with_capacity(dues.len());
+            for d in dues {
+                match records.remove(&d.offset) {
+                    Some(record) => {
+                        kept.push(d);
+                        new.push(delivered_record(record));
+                    }
+                    None => gone.push(d),
+                }
+            }
+            let mut dues = kept.into_iter();
+            let mut built = Vec::new();
+            for run in in_batches(new, log.config().batch_bytes_max) {
+                let run_dues: Vec<Due> = dues.by_ref().take(run.len()).collect();
+                let marker = run_dues.last().map_or(0, |d| d.offset);
+                let mut builder = BatchBuilder::new(Compression::None);
+                let last = run.len() - 1;
+                for (i, mut record) in run.into_iter().enumerate() {
+                    if i == last {
+                        record.headers.push(Header {
+                            key: DELIVERED_HEADER.to_string(),
+                            value: Some(Bytes::from(marker.to_string())),
+                        });
+                    }
+                    builder.push(record);
+                }
+                built.push(builder.build()?.to_vec());
+                round.deliveries.push(Delivery {
+                    target: target.clone(),
+                    from,
+                    marker,
+                    records: run_dues,
+                });
+            }
+            batches.push((log, built));
+        }
+        self.save_round(&round)?;
+        let counts: Vec<usize> = batches.iter().map(|(_, b)| b.len()).collect();
+        // Partitions are written side by side, so a round costs one fsync, not one a partition.
+        let appended: Vec<Vec<Result<()>>> = std::thread::scope(|scope| {
+            let writers: Vec<_> = batches
+                .into_iter()
+                .map(|(log, batches)| scope.spawn(move || append_in_order(&log, batches)))
+                .collect();
+            writers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        let mut done: Vec<Due> = Vec::new();
+        let mut failed = None;
+        let mut deliveries = round.deliveries.iter();
+        for (results, count) in appended.into_iter().zip(counts) {
+            let target_deliveries: Vec<&Delivery> = deliveries.by_ref().take(count).collect();
+            for (result, delivery) in results.into_iter().zip(target_deliveries) {
+                match result {
+                    Ok(()) => {
+                        let lateness = now_ms().saturating_sub(delivery.records[0].at).max(0);
+                        self.stats
+                            .last_lateness_ms
+                            .store(lateness as u64, Ordering::Relaxed);
+                        done.extend(&delivery.records);
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            topic = %delivery.target.topic,
+                            partition = delivery.target.partition,
+                            error = %e,
+                            "delivering delayed records failed; they stay pending"
+                        );
+                        failed = Some(e);
+                    }
+                }
+            }
+        }
+        let delivered = done.len();
+        self.stats
+            .delivered
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        self.stats
+            .dropped
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        done.extend(gone);
+        self.forget(&done, true)?;
+        match failed {
+            Some(e) if delivered == 0 => Err(e),
+            _ => Ok(delivered),
+        }
+    }
+
+    /// The records at `offsets` of the delay log, read a batch at a time.
+    fn records_at(&self, offsets: impl Iterator<Item = u64>) -> Result<HashMap<u64, Record>> {
+        /// Bytes read at a time: a batch or two, so little is decoded besides the records wanted.
+        const READ_BYTES: u64 = 4 << 10;
+        let mut wanted: Vec<u64> = offsets.collect();
+        wanted.sort_unstable();
+        let mut found: HashMap<u64, Record> = HashMap::with_capacity(wanted.len());
+        let mut read: HashMap<u64, Record> = HashMap::new();
+        for offset in wanted {
+            if !read.contains_key(&offset) {
+                read = self
+                    .log
+                    .read_records(offset, READ_BYTES)?
+                    .into_iter()
+                    .map(|r| (r.offset as u64, r))
+                    .collect();
+            }
+            match read.remove(&offset) {
+                Some(record) => {
+                    found.insert(offset, record);
+                }
+                None => tracing::error!(offset, "a pending delayed record is missing"),
+            }
+        }
+        Ok(found)
+    }
+
+    fn save_round(&self, round: &Round) -> Result<()> {
+        let bytes = serde_json::to_vec(round).map_err(|source| StorageError::MetaValue {
+            tree: "delayed".into(),
+            key: "i".into(),
+            source,
+        })?;
+        self.index.insert(ROUND_KEY, bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Removes delivered (or dropped) records from the index, with the round under way when
+    /// `round_done`. Not flushed: should a crash lose it, the round is found again on start.
+    fn forget(&self, records: &[Due], round_done: bool) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for due in records {
+            batch.remove(&due.key()[..]);
+            batch.remove(&due.offset_key()[..]);
+        }
+        if round_done {
+            batch.remove(ROUND_KEY);
+        }
+        self.index.apply_batch(batch)?;
+        self.stats
+            .pending
+            .fetch_sub(records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Finishes the round a crash interrupted: the records of each batch whose marker is in
+    /// its partition were delivered, and leave the index; the rest stay pending.
+    pub(crate) fn recover(&self, log_of: impl Fn(&Target) -> Option<Arc<Log>>) -> Result<()> {
+        let Some(bytes) = self.index.get(ROUND_KEY)? else {
+            return Ok(());
+        };
+        let round: Round = serde_json::from_slice(&bytes).unwrap_or_default();
+        let mut delivered: Vec<Due> = Vec::new();
+        for d in round.deliveries {
+            let landed = match log_of(&d.target) {
+                Some(log) => {
+                    log.holds_header(d.from, DELIVERED_HEADER, d.marker.to_string().as_bytes())?
+                }
+                None => false,
+            };
+            if landed {
+                delivered.extend(d.records);
+            }
+        }
+        tracing::info!(
+            records = delivered.len(),
+            "finished the delayed-delivery round a stop interrupted"
+        );
+        self.forget(&delivered, true)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Deletes the delay log's segments below the lowest pending record.
+    pub(crate) fn trim(&self) -> Result<()> {
+        let _writing = locks::lock(&self.writing);
+        let lowest = match self.index.scan_prefix(b"o").next().transpose()? {
+            Some((k, _)) => u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()),
+            None => self.log.log_end_offset(),
+        };
+        self.log.delete_segments_below(lowest)?;
+        Ok(())
+    }
+
+    /// Pending records by topic and due minute, in due order within each topic.
+    pub fn pending_by_minute(&self) -> Result<Vec<PendingMinute>> {
+        let mut minutes: BTreeMap<(String, i64), PendingMinute> = BTreeMap::new();
+        for item in self.index.scan_prefix(b"d") {
+            let (k, v) = item?;
+            let (Some(due), Some(target)) = (Due::from_key(&k), Target::decode(&v)) else {
+                continue;
+            };
+            let minute_ms = due.at - due.at.rem_euclid(60_000);
+            minutes
+                .entry((target.topic.clone(), minute_ms))
+                .or_insert(PendingMinute {
+                    topic: target.topic,
+                    minute_ms,
+                    records: 0,
+                    next_due_ms: due.at,
+                })
+                .records += 1;
+        }
+        Ok(minutes.into_values().collect())
+    }
+
+    pub(crate) fn close(&self) -> Result<()> {
+        self.log.close()
+    }
+}
+
+/// Appends a partition's batches of a round in order, stopping at the first that fails so no
+/// record goes ahead of one due before it.
+fn append_in_order(log: &Log, batches: Vec<Vec<u8>>) -> Vec<Result<()>> {
+    let mut results = Vec::with_capacity(batches.len());
+    for mut batch in batches {
+        let result = log.append(&mut batch).map(drop);
+        let failed = result.is_err();
+        results.push(result);
+        if failed {
+            break;
+        }
+    }
+    results
+}
+
+/// A produced record, to be written to the delay log as it came.
+fn new_record(r: Record) -> NewRecord {
+    NewRecord {
+        timestamp: r.timestamp,
+        key: r.key,
+        value: r.value,
+        headers: r.headers,
+    }
+}
+
+/// A record read back from the delay log, to be written to its topic: its delay headers are
+/// served, so a copy of it produced elsewhere is not delayed again.
+fn delivered_record(r: Record) -> NewRecord {
+    let mut record = new_record(r);
+    record
+        .headers
+        .retain(|h| !is_delay_header(h.key.as_bytes()));
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(key: &str, value: &str) -> Vec<Header> {
+        vec![Header {
+            key: key.into(),
+            value: Some(Bytes::from(value.to_string())),
+        }]
+    }
+
+    #[test]
+    fn due_times_come_from_the_headers_or_the_topic() {
+        let config = LogConfig {
+            delivery_delay_ms: 500,
+            delivery_delay_max_ms: 10_000,
+            ..LogConfig::default()
+        };
+        let now = 1_000_000;
+        assert_eq!(due_time(&[], &config, now).unwrap(), now + 500);
+        let h = header(DELAY_MS_HEADER, "250");
+        assert_eq!(due_time(&h, &config, now).unwrap(), now + 250);
+        let h = header(DELIVER_AT_HEADER, "1002000");
+        assert_eq!(due_time(&h, &config, now).unwrap(), 1_002_000);
+        let h = header(DELIVER_AT_HEADER, "1970-01-01T00:16:41Z");
+        assert_eq!(due_time(&h, &config, now).unwrap(), 1_001_000);
+        for (k, v, says) in [
+            (DELAY_MS_HEADER, "-1", "non-negative"),
+            (DELAY_MS_HEADER, "soon", "expected milliseconds"),
+            (DELIVER_AT_HEADER, "tomorrow", "RFC 3339"),
+            (DELAY_MS_HEADER, "10001", "delivery.delay.max.ms (10000)"),
+        ] {
+            let err = due_time(&header(k, v), &config, now).unwrap_err();
+            assert!(err.to_string().contains(says), "{k}={v}: {err}");
+        }
+    }
+
+    use crate::batch::ProducerInfo;
+    use crate::{Produced, Storage, StorageConfig};
+
+    /// A batch of `values` due `delay_ms` after they arrive (no header when `None`).
+    fn batch(values: &[&str], delay_ms: Option<u64>, producer: ProducerInfo) -> Vec<u8> {
+        let mut builder = BatchBuilder::new(Compression::None).producer(producer);
+        for v in values {
+            builder.push(NewRecord {
+                timestamp: 1,
+                key: None,
+                value: Some(Bytes::from(v.to_string())),
+                headers: delay_ms
+                    .map(|ms| header(DELAY_MS_HEADER, &ms.to_string()))
+                    .unwrap_or_default(),
+            });
+        }
+        builder.build().unwrap().to_vec()
+    }
+
+    fn values(storage: &Storage, topic: &str) -> Vec<String> {
+        let log = storage.log(topic, 0).unwrap();
+        log.read_records(0, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).into_owned())
+            .collect()
+    }
+
+    fn deliver(storage: &Storage, at: i64) -> usize {
+        storage
+            .delays()
+            .deliver_due(at, |t| storage.log(&t.topic, t.partition).ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn an_idempotent_producer_goes_on_after_delayed_records_and_its_retries_wait_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        storage.create_topic("t", 1, BTreeMap::new()).unwrap();
+        let producer = |base_sequence| ProducerInfo {
+            producer_id: 7,
+            producer_epoch: 0,
+            base_sequence,
+        };
+        let mut delayed = batch(&["later-1", "later-2"], Some(0), producer(0));
+        let first = storage.produce("t", 0, &mut delayed.clone()).unwrap();
+        assert_eq!(first, Produced::Delayed { records: 2 });
+        // The retry of the same batch is answered, and does not wait a second time.
+        let retry = storage.produce("t", 0, &mut delayed).unwrap();
+        assert_eq!(retry, Produced::Delayed { records: 0 });
+        // The producer's next batch follows the delayed one's sequences.
+        let next = storage.produce("t", 0, &mut batch(&["now"], None, producer(2)));
+        assert!(matches!(next, Ok(Produced::Appended(_))), "{next:?}");
+        let gap = storage.produce("t", 0, &mut batch(&["gap"], None, producer(9)));
+        assert!(
+            matches!(gap, Err(StorageError::OutOfOrderSequence { .. })),
+            "{gap:?}"
+        );
+        assert_eq!(deliver(&storage, now_ms() + 10), 2);
+        assert_eq!(values(&storage, "t"), ["now", "later-1", "later-2"]);
+        assert_eq!(storage.delays().stats().pending.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_round_cut_short_by_a_crash_is_finished_once_on_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        {
+            let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+            storage.create_topic("a", 1, BTreeMap::new()).unwrap();
+            storage.create_topic("b", 1, BTreeMap::new()).unwrap();
+            for (topic, v) in [("a", "a1"), ("b", "b1"), ("a", "a2")] {
+                let mut set = batch(&[v], Some(0), ProducerInfo::NONE);
+                storage.produce(topic, 0, &mut set).unwrap();
+            }
+            // A crash after the round was saved and partition a appended, before b was and
+            // before the keys were removed: done by hand here.
+            let delays = storage.delays();
+            let mut round = Round::default();
+            for (topic, records) in [("a", vec![0, 2]), ("b", vec![1])] {
+                let dues: Vec<Due> = delays
+                    .index
+                    .scan_prefix(b"d")
+                    .filter_map(|kv| Due::from_key(&kv.unwrap().0))
+                    .filter(|d| records.contains(&d.offset))
+                    .collect();
+                round.deliveries.push(Delivery {
+                    target: Target {
+                        topic: topic.into(),
+                        partition: 0,
+                    },
+                    from: 0,
+                    marker: *records.last().unwrap(),
+                    records: dues,
+                });
+            }
+            delays.save_round(&round).unwrap();
+            let mut builder = BatchBuilder::new(Compression::None);
+            for (i, v) in ["a1", "a2"].iter().enumerate() {
+                let mut r = NewRecord {
+                    timestamp: now,
+                    value: Some(Bytes::from(v.to_string())),
+                    ..NewRecord::default()
+                };
+                if i == 1 {
+                    r.headers = header(DELIVERED_HEADER, "2");
+                }
+                builder.push(r);
+            }
+            let log = storage.log("a", 0).unwrap();
+            log.append(&mut builder.build().unwrap().to_vec()).unwrap();
+            storage.close().unwrap();
+        }
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        assert_eq!(storage.delays().stats().pending.load(Ordering::Relaxed), 1);
+        assert_eq!(deliver(&storage, now_ms() + 10), 1);
+        assert_eq!(values(&storage, "a"), ["a1", "a2"]);
+        assert_eq!(values(&storage, "b"), ["b1"]);
+    }
+
+    #[test]
+    fn the_delay_log_is_trimmed_below_the_lowest_pending_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        storage.create_topic("t", 1, BTreeMap::new()).unwrap();
+        let delays = storage.delays();
+        let mut set = batch(&["early"], Some(0), ProducerInfo::NONE);
+        storage.produce("t", 0, &mut set).unwrap();
+        // Later records in later segments: the first can go once "early" is delivered.
+        delays.log.set_config(LogConfig {
+            segment_bytes: 1200,
+            ..delays.log.config()
+        });
+        for _ in 0..4 {
+            let mut set = batch(
+                &["x".repeat(1050).as_str()],
+                Some(60_000),
+                ProducerInfo::NONE,
+            );
+            storage.produce("t", 0, &mut set).unwrap();
+        }
+        delays.trim().unwrap();
+        assert_eq!(delays.log.log_start_offset(), 0);
+        assert_eq!(deliver(&storage, now_ms() + 10), 1);
+        delays.trim().unwrap();
+        assert!(delays.log.log_start_offset() > 0);
+        assert_eq!(delays.pending_by_minute().unwrap()[0].records, 4);
+        // What is still pending is still readable.
+        assert_eq!(deliver(&storage, now_ms() + 70_000), 4);
+        assert_eq!(values(&storage, "t").len(), 5);
+    }
+
+    #[test]
+    fn index_keys_sort_by_due_time_then_offset() {
+        let a = Due { at: 5, offset: 9 }.key();
+        let b = Due { at: 6, offset: 1 }.key();
+        let c = Due { at: 6, offset: 2 }.key();
+        assert!(a < b && b < c);
+        assert_eq!(Due::from_key(&c), Some(Due { at: 6, offset: 2 }));
+        let t = Target {
+            topic: "logs".into(),
+            partition: 3,
+        };
+        assert_eq!(Target::decode(&t.encode()), Some(t));
+    }
+}
