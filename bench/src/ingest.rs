@@ -12,6 +12,11 @@
 //! export requests of 1 000 log records (protobuf), and Kafka produce requests of one batch of
 //! the records those requests become (the same JSON values and keys). Every topic has 4
 //! partitions; each Kafka client writes its own.
+//!
+//! Then delayed delivery: `--delayed` records (1 000 000) produced over Kafka in batches of
+//! 1 000, each with `weir-deliver-at` spread over 20 s that start once all are scheduled, beside
+//! the same records produced without a due time; the node's memory with all of them pending;
+//! and how late each was appended (the topic stamps the append time) against its due time.
 
 mod kafka_load;
 mod loopback;
@@ -30,7 +35,7 @@ use serde_json::json;
 use weir_broker::http::otlp::proto;
 use weir_broker::http::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use weir_node::Node;
-use weir_storage::{BatchBuilder, Compression, NewRecord};
+use weir_storage::{BatchBuilder, Compression, Header, NewRecord, now_ms};
 
 const SERIES_PER_REQUEST: usize = 2_000;
 const LOGS_PER_REQUEST: usize = 1_000;
@@ -40,6 +45,7 @@ const T0: i64 = 1_767_225_600_000;
 struct Args {
     seconds: u64,
     clients: usize,
+    delayed: usize,
     weir: PathBuf,
 }
 
@@ -47,6 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         seconds: 5,
         clients: 4,
+        delayed: 1_000_000,
         weir: PathBuf::from("target/release/weir"),
     };
     let mut it = std::env::args().skip(1);
@@ -55,6 +62,7 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--seconds" => args.seconds = value.parse()?,
             "--clients" => args.clients = value.parse()?,
+            "--delayed" => args.delayed = value.parse()?,
             "--weir" => args.weir = PathBuf::from(value),
             _ => bail!("unknown flag {flag}"),
         }
@@ -215,13 +223,21 @@ fn otlp_logs_request(client: usize) -> (Vec<u8>, Vec<(String, String)>) {
 
 /// One Kafka record batch of `records`.
 fn batch(records: &[(String, String)]) -> anyhow::Result<Bytes> {
+    batch_with(records, |_| Vec::new())
+}
+
+/// One Kafka record batch of `records`, record `i` with the headers `headers(i)`.
+fn batch_with(
+    records: &[(String, String)],
+    headers: impl Fn(usize) -> Vec<Header>,
+) -> anyhow::Result<Bytes> {
     let mut b = BatchBuilder::new(Compression::None);
     for (i, (key, value)) in records.iter().enumerate() {
         b.push(NewRecord {
             timestamp: T0 + i as i64,
             key: (!key.is_empty()).then(|| Bytes::from(key.clone())),
             value: Some(Bytes::from(value.clone())),
-            headers: Vec::new(),
+            headers: headers(i),
         });
     }
     Ok(b.build()?)
@@ -337,5 +353,202 @@ fn main() -> anyhow::Result<()> {
         proc_status::memory_mib(&pid, "VmRSS"),
         proc_status::memory_mib(&pid, "VmHWM")
     );
+    delayed_delivery(&args, &node)
+}
+
+/// Records a delayed-delivery batch holds.
+const DELAYED_BATCH_RECORDS: usize = 1_000;
+/// Due times of the delayed records spread over this long.
+const DELAYED_SPREAD_MS: i64 = 20_000;
+
+/// Schedules `args.delayed` records for delivery 20 s apart at most, beside the same records
+/// produced at once, then waits for them and reports how late they came.
+fn delayed_delivery(args: &Args, node: &Node) -> anyhow::Result<()> {
+    let pid = node.child.id().to_string();
+    let (topic, ceiling_topic) = ("delayed", "undelayed");
+    for name in [topic, ceiling_topic] {
+        node.call(
+            "POST",
+            "/v1/topics",
+            json!({
+                "name": name,
+                "partitions": PARTITIONS,
+                "configs": { "message.timestamp.type": "LogAppendTime" },
+            }),
+        )?;
+    }
+    let batches = args.delayed.div_ceil(DELAYED_BATCH_RECORDS);
+    let total = (batches * DELAYED_BATCH_RECORDS) as i64;
+    // The ceiling first, at its pace the due times start once scheduling is surely over.
+    let values = |b: usize| -> Vec<(String, String)> {
+        (0..DELAYED_BATCH_RECORDS)
+            .map(|i| {
+                let n = b * DELAYED_BATCH_RECORDS + i;
+                let value = json!({"job": n, "kind": "reminder", "user": format!("u{}", n % 9973)});
+                (format!("{:013}", 0), value.to_string())
+            })
+            .collect()
+    };
+    let undelayed: Vec<Bytes> = (0..batches)
+        .map(|b| batch(&values(b)))
+        .collect::<anyhow::Result<_>>()?;
+    let load = Load {
+        name: "Kafka produce, same records, no due time",
+        records_per_request: DELAYED_BATCH_RECORDS,
+        bytes_per_request: undelayed[0].len(),
+    };
+    let ceiling = send_all(args.clients, node, ceiling_topic, &undelayed, &load)?;
+    drop(undelayed);
+    let schedule_estimate_ms = (args.delayed as f64 / ceiling.records_per_s * 1e3) as i64;
+    let due_from = now_ms() + 10_000 + 20 * schedule_estimate_ms;
+    // The same records, each keyed by its due time (13 digits, as the ceiling's keys) and
+    // asking for it: due times not in the order of production.
+    let delayed: Vec<Bytes> = (0..batches)
+        .map(|b| {
+            let mut records = values(b);
+            let due = |i: usize| {
+                let n = (b * DELAYED_BATCH_RECORDS + i) as i64;
+                due_from + (n * 7919 % total) * DELAYED_SPREAD_MS / total
+            };
+            for (i, (key, _)) in records.iter_mut().enumerate() {
+                *key = format!("{:013}", due(i));
+            }
+            batch_with(&records, |i| {
+                vec![Header {
+                    key: "weir-deliver-at".into(),
+                    value: Some(Bytes::from(due(i).to_string())),
+                }]
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let delayed_load = Load {
+        name: "Kafka produce with weir-deliver-at (scheduled)",
+        records_per_request: DELAYED_BATCH_RECORDS,
+        bytes_per_request: delayed[0].len(),
+    };
+    let scheduled = send_all(args.clients, node, topic, &delayed, &delayed_load)?;
+    let scheduled_at = now_ms();
+    let pending_rss = proc_status::memory_mib(&pid, "VmRSS");
+    drop(delayed);
+    println!();
+    println!(
+        "Delayed delivery: {total} records of about {} B in batches of {DELAYED_BATCH_RECORDS}, \
+         due over {} s starting {:.1} s after the last was scheduled",
+        load.bytes_per_request / DELAYED_BATCH_RECORDS,
+        DELAYED_SPREAD_MS / 1000,
+        (due_from - scheduled_at) as f64 / 1e3
+    );
+    println!();
+    println!("| path | records/s | records/s ÷ Kafka produce of the same records |");
+    println!("|---|---|---|");
+    for (label, outcome) in [(delayed_load.name, &scheduled), (load.name, &ceiling)] {
+        println!(
+            "| {label} | {:.0} | {:.2} |",
+            outcome.records_per_s,
+            outcome.records_per_s / ceiling.records_per_s
+        );
+    }
+    if scheduled_at >= due_from {
+        println!("(scheduling ended after the first record was due: lateness includes it)");
+    }
+    println!();
+    println!("node RSS with {total} records pending: {pending_rss:.0} MiB");
+    let deadline = Instant::now()
+        + Duration::from_millis((due_from + DELAYED_SPREAD_MS - now_ms()).max(0) as u64)
+        + Duration::from_secs(120);
+    loop {
+        let described = node.call("GET", &format!("/v1/topics/{topic}"), json!(null))?;
+        let visible: u64 = described["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["high_watermark"].as_u64())
+            .sum();
+        if visible as i64 >= total {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{visible} of {total} delayed records delivered 2 minutes after the last was due"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Lateness: the append time the topic stamped less the due time, in whole milliseconds.
+    let rows = node.sql(&format!(
+        "SELECT CAST(timestamp AS BIGINT) - CAST(key_text AS BIGINT) AS late, count(*) AS n \
+         FROM {topic} GROUP BY 1 ORDER BY 1"
+    ))?;
+    let histogram: Vec<(i64, i64)> = rows
+        .iter()
+        .filter_map(|r| Some((r["late"].as_i64()?, r["n"].as_i64()?)))
+        .collect();
+    let quantile = |q: f64| {
+        let wanted = (q * total as f64).ceil() as i64;
+        let mut seen = 0;
+        histogram
+            .iter()
+            .find(|(_, n)| {
+                seen += n;
+                seen >= wanted
+            })
+            .map_or(i64::MAX, |(late, _)| *late)
+    };
+    let early = histogram
+        .iter()
+        .filter(|(l, _)| *l < 0)
+        .map(|(_, n)| n)
+        .sum::<i64>();
+    println!(
+        "delivery lateness (append time − due time): p50 {} ms, p99 {} ms, max {} ms; {early} records early",
+        quantile(0.5),
+        quantile(0.99),
+        histogram.last().map_or(0, |(l, _)| *l)
+    );
+    println!(
+        "node RSS after delivery: {:.0} MiB (peak {:.0} MiB)",
+        proc_status::memory_mib(&pid, "VmRSS"),
+        proc_status::memory_mib(&pid, "VmHWM")
+    );
     Ok(())
+}
+
+/// Sends every batch once over Kafka, spread over `clients` connections, each to its own
+/// partition.
+fn send_all(
+    clients: usize,
+    node: &Node,
+    topic: &str,
+    batches: &[Bytes],
+    load: &Load,
+) -> anyhow::Result<Outcome> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..clients)
+            .map(|client| {
+                let next = &next;
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut connection = Connection::open(&node.kafka)?;
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(batch) = batches.get(i) else {
+                            return Ok(());
+                        };
+                        connection.produce(topic, client as i32 % PARTITIONS, 1, batch)?;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a client panicked")))?;
+        }
+        Ok(())
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(Outcome {
+        records_per_s: (batches.len() * load.records_per_request) as f64 / elapsed,
+        body_mb_s: (batches.len() * load.bytes_per_request) as f64 / elapsed / 1e6,
+    })
 }

@@ -2,26 +2,30 @@
 //!
 //! A record asks for it with the header `weir-deliver-at` (epoch milliseconds or an RFC 3339
 //! time) or `weir-delay-ms`; a topic asks for it for every record with `delivery.delay.ms`.
-//! [`Delays::schedule`] appends such records, as produced, to the delay log
-//! (`<data-dir>/delayed`, fsynced like any partition) and then indexes them in the sled tree
-//! `delayed`:
 //!
-//! - `d` + due time + delay-log offset (both big-endian) → the target topic and partition:
-//!   the due index, read in order by the deliverer;
-//! - `o` + delay-log offset → nothing: the lowest pending offset, below which the delay log's
-//!   segments are deleted;
-//! - `i` → the appends of the delivery round under way ([`Round`]).
-//!
-//! [`Delays::deliver_due`] takes the due keys in order, appends their records to their
-//! partitions (one batch per partition and round, in due-time order, each record at a new
-//! offset), then removes the keys. Before appending it records the round under `i`, and the
-//! last record of each batch carries the header `weir.delayed` = the delay-log offset of that
-//! record; when the node starts again after a crash between the append and the removal, each
-//! partition of the round is searched for its marker and the keys of the batches found are
-//! removed, so every record is delivered once.
+//! - [`Delays::schedule`] appends such records to the delay log (`<data-dir>/delayed/records`,
+//!   fsynced like any partition), each with two headers of its own: `weir.delay.due` (its due
+//!   time) and `weir.delay.to` (`<partition>/<topic>`), and adds them to the due index.
+//! - The due index is in memory: a record's due time, delay-log offset and target, about 40
+//!   bytes a pending record. It is rebuilt on start by reading the delay log and leaving out
+//!   what the delivered bitmaps mark.
+//! - The delivered bitmaps (`<data-dir>/delayed/delivered/<segment base>.bits`) hold one bit
+//!   per record of each delay-log segment, set once the record is in its partition (or dropped
+//!   because the partition is gone). A segment below the lowest pending record is deleted with
+//!   its bitmap.
+//! - [`Delays::deliver_due`] takes the due records in order and appends them to their
+//!   partitions (one batch per partition and round, in due-time order, each record at a new
+//!   offset). Before appending it saves the round in the metadata store (key `round` of the
+//!   tree `delayed`, flushed), and the last record of each batch carries the header
+//!   `weir.delayed` = the delay-log offset of that record; after the appends it sets and
+//!   fsyncs the records' bits. When the node starts after a crash between the two, each
+//!   partition of the saved round is searched for its marker and the bits of the batches found
+//!   are set, so every record is delivered once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +36,7 @@ use crate::batch::{Header, NewRecord, Record, in_batches};
 use crate::config::{FlushPolicy, LogConfig, ms_i64};
 use crate::error::{BatchError, Result, StorageError};
 use crate::log::{Log, now_ms};
+use crate::segment::sync_dir;
 use crate::{BatchBuilder, Compression, locks};
 
 /// Header naming when a record is due: epoch milliseconds or an RFC 3339 time.
@@ -40,6 +45,10 @@ pub const DELIVER_AT_HEADER: &str = "weir-deliver-at";
 pub const DELAY_MS_HEADER: &str = "weir-delay-ms";
 /// Header on the last record of each delivered batch: the delay-log offset of that record.
 pub const DELIVERED_HEADER: &str = "weir.delayed";
+/// Header the delay log keeps on each record: its due time, epoch milliseconds.
+const DUE_HEADER: &str = "weir.delay.due";
+/// Header the delay log keeps on each record: `<partition>/<topic>`.
+const TARGET_HEADER: &str = "weir.delay.to";
 /// Most records one delivery round appends; the rest wait for the next round.
 pub const ROUND_RECORDS_MAX: usize = 10_000;
 /// Largest batch the delay log takes; a record set a partition accepted always fits.
@@ -109,55 +118,178 @@ pub struct Target {
 }
 
 impl Target {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = self.partition.to_be_bytes().to_vec();
-        out.extend_from_slice(self.topic.as_bytes());
-        out
+    fn encode(&self) -> String {
+        format!("{}/{}", self.partition, self.topic)
     }
 
-    fn decode(bytes: &[u8]) -> Option<Target> {
-        let partition = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
-        let topic = String::from_utf8(bytes[4..].to_vec()).ok()?;
-        Some(Target { topic, partition })
+    fn decode(text: &[u8]) -> Option<Target> {
+        let text = std::str::from_utf8(text).ok()?;
+        let (partition, topic) = text.split_once('/')?;
+        Some(Target {
+            topic: topic.to_string(),
+            partition: partition.parse().ok()?,
+        })
     }
 }
 
-/// A pending record's place in the due index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// A pending record's place in the due index: due time first, so the index reads in due order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct Due {
     at: i64,
     offset: u64,
 }
 
-impl Due {
-    fn key(&self) -> [u8; 17] {
-        let mut key = [0u8; 17];
-        key[0] = b'd';
-        key[1..9].copy_from_slice(&(self.at.max(0) as u64).to_be_bytes());
-        key[9..].copy_from_slice(&self.offset.to_be_bytes());
-        key
+/// The pending records, in due order, with their targets interned.
+#[derive(Default)]
+struct DueIndex {
+    due: BTreeMap<Due, u32>,
+    targets: Vec<Target>,
+    target_ids: HashMap<Target, u32>,
+}
+
+impl DueIndex {
+    fn insert(&mut self, due: Due, target: &Target) {
+        let id = match self.target_ids.get(target) {
+            Some(id) => *id,
+            None => {
+                let id = self.targets.len() as u32;
+                self.targets.push(target.clone());
+                self.target_ids.insert(target.clone(), id);
+                id
+            }
+        };
+        self.due.insert(due, id);
     }
 
-    fn from_key(key: &[u8]) -> Option<Due> {
-        Some(Due {
-            at: u64::from_be_bytes(key.get(1..9)?.try_into().ok()?) as i64,
-            offset: u64::from_be_bytes(key.get(9..17)?.try_into().ok()?),
+    /// The records due at `now`, at most `max`, in due order.
+    fn due_at(&self, now: i64, max: usize) -> Vec<(Due, Target)> {
+        self.due
+            .iter()
+            .take_while(|(d, _)| d.at <= now)
+            .take(max)
+            .map(|(d, id)| (*d, self.targets[*id as usize].clone()))
+            .collect()
+    }
+
+    fn lowest_offset(&self) -> Option<u64> {
+        self.due.keys().map(|d| d.offset).min()
+    }
+}
+
+/// Which records of the delay log are delivered: a bitmap per delay-log segment, in memory and
+/// in `<dir>/<segment base>.bits`.
+struct Delivered {
+    dir: PathBuf,
+    /// By segment base offset: the file and its bytes.
+    maps: BTreeMap<u64, (File, Vec<u8>)>,
+}
+
+impl Delivered {
+    fn open(dir: &Path) -> Result<Delivered> {
+        std::fs::create_dir_all(dir).map_err(StorageError::io(dir))?;
+        let mut maps = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(StorageError::io(dir))? {
+            let path = entry.map_err(StorageError::io(dir))?.path();
+            let base = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".bits"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(base) = base {
+                let bytes = std::fs::read(&path).map_err(StorageError::io(&path))?;
+                let file = open_bits(&path)?;
+                maps.insert(base, (file, bytes));
+            }
+        }
+        Ok(Delivered {
+            dir: dir.to_path_buf(),
+            maps,
         })
     }
 
-    fn offset_key(&self) -> [u8; 9] {
-        offset_key(self.offset)
+    fn is_set(&self, bases: &[u64], offset: u64) -> bool {
+        let Some(base) = segment_of(bases, offset) else {
+            return false;
+        };
+        let bit = offset - base;
+        self.maps
+            .get(&base)
+            .and_then(|(_, bytes)| bytes.get((bit / 8) as usize))
+            .is_some_and(|byte| byte & (1 << (bit % 8)) != 0)
+    }
+
+    /// Sets the bits of `offsets` and writes and fsyncs the bytes it changed.
+    fn set(&mut self, bases: &[u64], offsets: impl Iterator<Item = u64>) -> Result<()> {
+        // By segment base: the first and last byte changed.
+        let mut touched: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+        for offset in offsets {
+            let Some(base) = segment_of(bases, offset) else {
+                continue;
+            };
+            let (_, bytes) = match self.maps.entry(base) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let path = self.dir.join(format!("{base:020}.bits"));
+                    e.insert((open_bits(&path)?, Vec::new()))
+                }
+            };
+            let bit = offset - base;
+            let at = (bit / 8) as usize;
+            if bytes.len() <= at {
+                bytes.resize(at + 1, 0);
+            }
+            bytes[at] |= 1 << (bit % 8);
+            let range = touched.entry(base).or_insert((at, at));
+            *range = (range.0.min(at), range.1.max(at));
+        }
+        for (base, (first, last)) in touched {
+            if let Some((file, bytes)) = self.maps.get(&base) {
+                let io = StorageError::io(&self.dir);
+                file.write_all_at(&bytes[first..=last], first as u64)
+                    .and_then(|()| file.sync_data())
+                    .map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the bitmaps of segments below `first_kept`.
+    fn remove_below(&mut self, first_kept: u64) -> Result<()> {
+        let gone: Vec<u64> = self.maps.range(..first_kept).map(|(b, _)| *b).collect();
+        for base in &gone {
+            self.maps.remove(base);
+            let path = self.dir.join(format!("{base:020}.bits"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StorageError::Io { path, source }),
+            }
+        }
+        if !gone.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 }
 
-fn offset_key(offset: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = b'o';
-    key[1..].copy_from_slice(&offset.to_be_bytes());
-    key
+fn open_bits(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(StorageError::io(path))
 }
 
-const ROUND_KEY: &[u8] = b"i";
+/// The base of the segment holding `offset`, among `bases` in ascending order.
+fn segment_of(bases: &[u64], offset: u64) -> Option<u64> {
+    let i = bases.partition_point(|b| *b <= offset);
+    i.checked_sub(1).map(|i| bases[i])
+}
+
+/// The key, in the tree `delayed`, of the round under way.
+const ROUND_KEY: &str = "round";
 
 /// One batch of a delivery round: where it goes, the target log's end before the round, the
 /// marker its last record carries, and the records it delivers.
@@ -202,8 +334,9 @@ pub struct PendingMinute {
 /// The delay log, its index and the deliverer's state.
 pub struct Delays {
     log: Log,
-    index: sled::Tree,
-    db: sled::Db,
+    index: Mutex<DueIndex>,
+    delivered: Mutex<Delivered>,
+    rounds: crate::meta::Tree<Round>,
     /// Most records that may wait at once.
     pending_max: u64,
     /// Held while records are appended and indexed, and while the log is trimmed, so a
@@ -215,25 +348,33 @@ pub struct Delays {
 }
 
 impl Delays {
-    /// Opens the delay log under `dir` and the index in `db`, and finishes a delivery round a
-    /// crash interrupted (see the module docs) once `storage` can give the logs it wrote to.
-    pub(crate) fn open(dir: &Path, db: &sled::Db, pending_max: u64) -> Result<Delays> {
+    /// Opens the delay log and the delivered bitmaps under `dir`, and rebuilds the due index
+    /// from them. A round a crash interrupted is finished by [`Delays::recover`].
+    pub(crate) fn open(
+        dir: &Path,
+        meta: &crate::meta::MetaStore,
+        pending_max: u64,
+    ) -> Result<Delays> {
         let config = LogConfig {
             batch_bytes_max: DELAY_BATCH_BYTES_MAX,
             retention_ms: None,
             flush_policy: FlushPolicy::Always,
             ..LogConfig::default()
         };
-        std::fs::create_dir_all(dir).map_err(StorageError::io(dir))?;
-        let log = Log::open(dir, config)?;
-        let index = db.open_tree("delayed")?;
+        let records_dir = dir.join("records");
+        std::fs::create_dir_all(&records_dir).map_err(StorageError::io(&records_dir))?;
+        let log = Log::open(&records_dir, config)?;
+        let delivered = Delivered::open(&dir.join("delivered"))?;
+        let index = rebuild_index(&log, &delivered)?;
         let stats = DelayStats::default();
-        let pending = index.scan_prefix(b"o").count() as u64;
-        stats.pending.store(pending, Ordering::Relaxed);
+        stats
+            .pending
+            .store(index.due.len() as u64, Ordering::Relaxed);
         Ok(Delays {
             log,
-            index,
-            db: db.clone(),
+            index: Mutex::new(index),
+            delivered: Mutex::new(delivered),
+            rounds: meta.tree("delayed")?,
             pending_max,
             writing: Mutex::new(()),
             delivering: Mutex::new(()),
@@ -271,8 +412,23 @@ impl Delays {
                 pending_max: self.pending_max,
             });
         }
-        let new: Vec<NewRecord> = records.into_iter().map(new_record).collect();
-        let _writing = locks::lock(&self.writing);
+        let to = Bytes::from(target.encode());
+        let new: Vec<NewRecord> = records
+            .into_iter()
+            .zip(&due)
+            .map(|(r, at)| {
+                let mut record = new_record(r);
+                record.headers.push(Header {
+                    key: DUE_HEADER.into(),
+                    value: Some(Bytes::from(at.to_string())),
+                });
+                record.headers.push(Header {
+                    key: TARGET_HEADER.into(),
+                    value: Some(to.clone()),
+                });
+                record
+            })
+            .collect();
         // Small batches, so the deliverer decodes little besides the records it wants.
         let mut set = Vec::new();
         for run in in_batches(new, DELAY_BATCH_BYTES_MAX) {
@@ -285,31 +441,15 @@ impl Delays {
                 set.extend_from_slice(&builder.build()?);
             }
         }
+        let _writing = locks::lock(&self.writing);
         let base = self.log.append(&mut set)?.base_offset;
-        let offsets = base..base + count;
-        let value = target.encode();
-        let mut batch = sled::Batch::default();
-        for (&at, offset) in due.iter().zip(offsets) {
-            let due = Due { at, offset };
-            batch.insert(&due.key()[..], value.as_slice());
-            batch.insert(&due.offset_key()[..], &[][..]);
+        let mut index = locks::lock(&self.index);
+        for (&at, offset) in due.iter().zip(base..) {
+            index.insert(Due { at, offset }, target);
         }
-        self.index.apply_batch(batch)?;
-        self.db.flush()?;
         self.stats.pending.fetch_add(count, Ordering::Relaxed);
         self.stats.scheduled.fetch_add(count, Ordering::Relaxed);
         Ok(count)
-    }
-
-    /// The due time of the earliest pending record.
-    pub fn next_due(&self) -> Result<Option<i64>> {
-        Ok(self
-            .index
-            .scan_prefix(b"d")
-            .next()
-            .transpose()?
-            .and_then(|(k, _)| Due::from_key(&k))
-            .map(|d| d.at))
     }
 
     /// Appends the records due at `now` (at most [`ROUND_RECORDS_MAX`]) to their partitions;
@@ -321,22 +461,7 @@ impl Delays {
         log_of: impl Fn(&Target) -> Option<Arc<Log>>,
     ) -> Result<usize> {
         let _delivering = locks::lock(&self.delivering);
-        let end = Due {
-            at: now.saturating_add(1),
-            offset: 0,
-        }
-        .key();
-        let mut due: Vec<(Due, Target)> = Vec::new();
-        for item in self
-            .index
-            .range(&b"d"[..]..&end[..])
-            .take(ROUND_RECORDS_MAX)
-        {
-            let (k, v) = item?;
-            if let (Some(d), Some(t)) = (Due::from_key(&k), Target::decode(&v)) {
-                due.push((d, t));
-            }
-        }
+        let due = locks::lock(&self.index).due_at(now, ROUND_RECORDS_MAX);
         if due.is_empty() {
             return Ok(0);
         }
@@ -480,41 +605,34 @@ impl Delays {
     }
 
     fn save_round(&self, round: &Round) -> Result<()> {
-        let bytes = serde_json::to_vec(round).map_err(|source| StorageError::MetaValue {
-            tree: "delayed".into(),
-            key: "i".into(),
-            source,
-        })?;
-        self.index.insert(ROUND_KEY, bytes)?;
-        self.db.flush()?;
-        Ok(())
+        self.rounds.insert(ROUND_KEY, round)
     }
 
-    /// Removes delivered (or dropped) records from the index, with the round under way when
-    /// `round_done`. Not flushed: should a crash lose it, the round is found again on start.
+    /// Marks delivered (or dropped) records: their bits set and fsynced, out of the index,
+    /// and with `round_done` the saved round removed.
     fn forget(&self, records: &[Due], round_done: bool) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let bases = self.log.segment_base_offsets();
+        locks::lock(&self.delivered).set(&bases, records.iter().map(|d| d.offset))?;
+        let mut index = locks::lock(&self.index);
+        let mut removed = 0;
         for due in records {
-            batch.remove(&due.key()[..]);
-            batch.remove(&due.offset_key()[..]);
+            removed += u64::from(index.due.remove(due).is_some());
         }
+        drop(index);
+        self.stats.pending.fetch_sub(removed, Ordering::Relaxed);
         if round_done {
-            batch.remove(ROUND_KEY);
+            // Not flushed: a round found again on start is searched for and marked again.
+            self.rounds.remove_unflushed(ROUND_KEY)?;
         }
-        self.index.apply_batch(batch)?;
-        self.stats
-            .pending
-            .fetch_sub(records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
     /// Finishes the round a crash interrupted: the records of each batch whose marker is in
-    /// its partition were delivered, and leave the index; the rest stay pending.
+    /// its partition were delivered, and are marked so; the rest stay pending.
     pub(crate) fn recover(&self, log_of: impl Fn(&Target) -> Option<Arc<Log>>) -> Result<()> {
-        let Some(bytes) = self.index.get(ROUND_KEY)? else {
+        let Some(round) = self.rounds.get(ROUND_KEY)? else {
             return Ok(());
         };
-        let round: Round = serde_json::from_slice(&bytes).unwrap_or_default();
         let mut delivered: Vec<Due> = Vec::new();
         for d in round.deliveries {
             let landed = match log_of(&d.target) {
@@ -531,40 +649,37 @@ impl Delays {
             records = delivered.len(),
             "finished the delayed-delivery round a stop interrupted"
         );
-        self.forget(&delivered, true)?;
-        self.db.flush()?;
-        Ok(())
+        self.forget(&delivered, true)
     }
 
-    /// Deletes the delay log's segments below the lowest pending record.
+    /// Deletes the delay log's segments (and their bitmaps) below the lowest pending record.
     pub(crate) fn trim(&self) -> Result<()> {
         let _writing = locks::lock(&self.writing);
-        let lowest = match self.index.scan_prefix(b"o").next().transpose()? {
-            Some((k, _)) => u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()),
-            None => self.log.log_end_offset(),
-        };
+        let lowest = locks::lock(&self.index)
+            .lowest_offset()
+            .unwrap_or_else(|| self.log.log_end_offset());
         self.log.delete_segments_below(lowest)?;
-        Ok(())
+        let first_kept = self.log.segment_base_offsets()[0];
+        locks::lock(&self.delivered).remove_below(first_kept)
     }
 
     /// Pending records by topic and due minute, in due order within each topic.
     pub fn pending_by_minute(&self) -> Result<Vec<PendingMinute>> {
-        let mut minutes: BTreeMap<(String, i64), PendingMinute> = BTreeMap::new();
-        for item in self.index.scan_prefix(b"d") {
-            let (k, v) = item?;
-            let (Some(due), Some(target)) = (Due::from_key(&k), Target::decode(&v)) else {
-                continue;
-            };
+        let index = locks::lock(&self.index);
+        let mut minutes: BTreeMap<(&str, i64), PendingMinute> = BTreeMap::new();
+        for (due, id) in &index.due {
+            let topic = index.targets[*id as usize].topic.as_str();
             let minute_ms = due.at - due.at.rem_euclid(60_000);
-            minutes
-                .entry((target.topic.clone(), minute_ms))
-                .or_insert(PendingMinute {
-                    topic: target.topic,
+            let row = minutes
+                .entry((topic, minute_ms))
+                .or_insert_with(|| PendingMinute {
+                    topic: topic.to_string(),
                     minute_ms,
                     records: 0,
                     next_due_ms: due.at,
-                })
-                .records += 1;
+                });
+            row.records += 1;
+            row.next_due_ms = row.next_due_ms.min(due.at);
         }
         Ok(minutes.into_values().collect())
     }
@@ -572,6 +687,41 @@ impl Delays {
     pub(crate) fn close(&self) -> Result<()> {
         self.log.close()
     }
+}
+
+/// The due index of the records in `log` that `delivered` does not mark.
+fn rebuild_index(log: &Log, delivered: &Delivered) -> Result<DueIndex> {
+    /// Bytes read at a time.
+    const READ_BYTES: u64 = 4 << 20;
+    let bases = log.segment_base_offsets();
+    let mut index = DueIndex::default();
+    let mut offset = log.log_start_offset();
+    while offset < log.high_watermark() {
+        let records = log.read_records(offset, READ_BYTES)?;
+        let Some(last) = records.last() else { break };
+        offset = last.offset as u64 + 1;
+        for r in records {
+            let offset = r.offset as u64;
+            if delivered.is_set(&bases, offset) {
+                continue;
+            }
+            let header = |key: &str| {
+                r.headers
+                    .iter()
+                    .rev()
+                    .find(|h| h.key == key)
+                    .and_then(|h| h.value.clone())
+            };
+            let due =
+                header(DUE_HEADER).and_then(|v| std::str::from_utf8(&v).ok()?.parse::<i64>().ok());
+            let target = header(TARGET_HEADER).and_then(|v| Target::decode(&v));
+            match (due, target) {
+                (Some(at), Some(target)) => index.insert(Due { at, offset }, &target),
+                _ => tracing::error!(offset, "a delayed record without its due time or target"),
+            }
+        }
+    }
+    Ok(index)
 }
 
 /// Appends a partition's batches of a round in order, stopping at the first that fails so no
@@ -599,13 +749,14 @@ fn new_record(r: Record) -> NewRecord {
     }
 }
 
-/// A record read back from the delay log, to be written to its topic: its delay headers are
-/// served, so a copy of it produced elsewhere is not delayed again.
+/// A record read back from the delay log, to be written to its topic: without the delay log's
+/// headers, and without its delay headers (they are served), so a copy of it produced
+/// elsewhere is not delayed again.
 fn delivered_record(r: Record) -> NewRecord {
     let mut record = new_record(r);
-    record
-        .headers
-        .retain(|h| !is_delay_header(h.key.as_bytes()));
+    record.headers.retain(|h| {
+        !is_delay_header(h.key.as_bytes()) && h.key != DUE_HEADER && h.key != TARGET_HEADER
+    });
     record
 }
 
@@ -723,15 +874,15 @@ mod tests {
                 storage.produce(topic, 0, &mut set).unwrap();
             }
             // A crash after the round was saved and partition a appended, before b was and
-            // before the keys were removed: done by hand here.
+            // before the records were marked delivered: done by hand here.
             let delays = storage.delays();
             let mut round = Round::default();
             for (topic, records) in [("a", vec![0, 2]), ("b", vec![1])] {
-                let dues: Vec<Due> = delays
-                    .index
-                    .scan_prefix(b"d")
-                    .filter_map(|kv| Due::from_key(&kv.unwrap().0))
+                let dues: Vec<Due> = locks::lock(&delays.index)
+                    .due
+                    .keys()
                     .filter(|d| records.contains(&d.offset))
+                    .copied()
                     .collect();
                 round.deliveries.push(Delivery {
                     target: Target {
@@ -780,10 +931,10 @@ mod tests {
             segment_bytes: 1200,
             ..delays.log.config()
         });
-        for _ in 0..4 {
+        for i in 0..4 {
             let mut set = batch(
                 &["x".repeat(1050).as_str()],
-                Some(60_000),
+                Some(60_000 + i * 10_000),
                 ProducerInfo::NONE,
             );
             storage.produce("t", 0, &mut set).unwrap();
@@ -794,22 +945,41 @@ mod tests {
         delays.trim().unwrap();
         assert!(delays.log.log_start_offset() > 0);
         assert_eq!(delays.pending_by_minute().unwrap()[0].records, 4);
+        let bitmaps = || {
+            std::fs::read_dir(dir.path().join("delayed/delivered"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(
+            bitmaps(),
+            0,
+            "the delivered record's segment went with its bitmap"
+        );
+        // Delivered one more, then opened again: the index is rebuilt without it.
+        assert_eq!(deliver(&storage, now_ms() + 60_010), 1);
+        assert_eq!(bitmaps(), 1);
+        storage.close().unwrap();
+        drop(storage);
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        assert_eq!(storage.delays().pending_by_minute().unwrap()[0].records, 3);
         // What is still pending is still readable.
-        assert_eq!(deliver(&storage, now_ms() + 70_000), 4);
+        assert_eq!(deliver(&storage, now_ms() + 100_000), 3);
         assert_eq!(values(&storage, "t").len(), 5);
     }
 
     #[test]
-    fn index_keys_sort_by_due_time_then_offset() {
-        let a = Due { at: 5, offset: 9 }.key();
-        let b = Due { at: 6, offset: 1 }.key();
-        let c = Due { at: 6, offset: 2 }.key();
-        assert!(a < b && b < c);
-        assert_eq!(Due::from_key(&c), Some(Due { at: 6, offset: 2 }));
+    fn targets_and_segments_are_found_from_what_is_stored() {
         let t = Target {
-            topic: "logs".into(),
+            topic: "logs/with.dots".into(),
             partition: 3,
         };
-        assert_eq!(Target::decode(&t.encode()), Some(t));
+        assert_eq!(Target::decode(t.encode().as_bytes()), Some(t));
+        assert_eq!(Target::decode(b"x/logs"), None);
+        let bases = [0, 100, 250];
+        assert_eq!(segment_of(&bases, 0), Some(0));
+        assert_eq!(segment_of(&bases, 99), Some(0));
+        assert_eq!(segment_of(&bases, 100), Some(100));
+        assert_eq!(segment_of(&bases, 1000), Some(250));
+        assert_eq!(segment_of(&[10], 5), None);
     }
 }

@@ -87,6 +87,13 @@ impl<V: Serialize + DeserializeOwned> Tree<V> {
         Ok(existed)
     }
 
+    /// Removes `key`; the removal reaches the disk with the next flush, as
+    /// [`Tree::insert_unflushed`].
+    pub fn remove_unflushed(&self, key: &str) -> Result<()> {
+        self.tree.remove(key.as_bytes())?;
+        Ok(())
+    }
+
     /// Every entry whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, V)>> {
         let mut out = Vec::new();
@@ -136,11 +143,6 @@ impl MetaStore {
 
     pub fn topics(&self) -> Result<Tree<TopicMeta>> {
         self.tree("topics")
-    }
-
-    /// The database itself, for trees with raw ordered keys ([`crate::delay`]).
-    pub(crate) fn db(&self) -> &sled::Db {
-        &self.db
     }
 
     pub fn flush(&self) -> Result<()> {

@@ -165,7 +165,7 @@ impl Storage {
         )?);
         let delays = Delays::open(
             &config.data_dir.join("delayed"),
-            meta.db(),
+            &meta,
             config.delayed_records_max,
         )?;
         let storage = Storage {
