@@ -751,6 +751,32 @@ pub fn decode_batch_records(
     batch: Bytes,
     out: &mut Vec<Record>,
 ) -> Result<(), BatchError> {
+    decode_batch_records_where(header, batch, out, |_| true)
+}
+
+/// The record at `offset` in `batches` (whole batches back to back), decoding only it: the
+/// others of its batch are stepped over without building them. `None` when no batch holds it.
+pub fn decode_record_at(batches: &Bytes, offset: i64) -> Result<Option<Record>, BatchError> {
+    let mut found = Vec::new();
+    for_each_batch(batches, |header, batch| {
+        if found.is_empty()
+            && !header.is_control()
+            && (header.base_offset..=header.last_offset()).contains(&offset)
+        {
+            decode_batch_records_where(header, batch, &mut found, |o| o == offset)?;
+        }
+        Ok(())
+    })?;
+    Ok(found.pop())
+}
+
+/// [`decode_batch_records`] of the records whose offset `keep` accepts.
+fn decode_batch_records_where(
+    header: &BatchHeader,
+    batch: Bytes,
+    out: &mut Vec<Record>,
+    keep: impl Fn(i64) -> bool,
+) -> Result<(), BatchError> {
     let body = batch.slice(BATCH_HEADER_BYTES..);
     let plain = match header.compression()? {
         Compression::None => body,
@@ -767,6 +793,10 @@ pub fn decode_batch_records(
     out.reserve((header.record_count.max(0) as usize).min(plain.len() / 7));
     for _ in 0..header.record_count {
         let record = next_record(&mut cur)?;
+        let offset = header.base_offset.wrapping_add(record.offset_delta);
+        if !keep(offset) {
+            continue;
+        }
         let mut headers = Vec::with_capacity(record.header_count);
         let mut raw = Cursor {
             buf: record.headers,
@@ -784,7 +814,7 @@ pub fn decode_batch_records(
             header.base_timestamp.wrapping_add(record.timestamp_delta)
         };
         out.push(Record {
-            offset: header.base_offset.wrapping_add(record.offset_delta),
+            offset,
             timestamp,
             key: slice(record.key),
             value: slice(record.value),
@@ -818,6 +848,25 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn one_record_is_decoded_by_its_offset_alone() {
+        let mut set = Vec::new();
+        for (base, n) in [(10i64, 3usize), (13, 4)] {
+            let mut builder = BatchBuilder::new(Compression::Lz4);
+            (0..n).for_each(|i| builder.push(record(base as usize + i)));
+            let mut batch = builder.build().unwrap().to_vec();
+            set_base_offset(&mut batch, base);
+            set.extend_from_slice(&batch);
+        }
+        let set = Bytes::from(set);
+        let all = decode_records(&set).unwrap();
+        for r in &all {
+            assert_eq!(decode_record_at(&set, r.offset).unwrap().as_ref(), Some(r));
+        }
+        assert_eq!(decode_record_at(&set, 9).unwrap(), None);
+        assert_eq!(decode_record_at(&set, 17).unwrap(), None);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::batch::{
-    BatchHeader, Record, decode_records, set_base_offset, set_log_append_time, validate_batch,
-    validate_record_set, validate_records,
+    BatchHeader, Record, decode_record_at, decode_records, set_base_offset, set_log_append_time,
+    validate_batch, validate_record_set, validate_records,
 };
 use crate::config::{FlushPolicy, LogConfig, TimestampType, ms_i64};
 use crate::error::{BatchError, Result, StorageError};
@@ -720,6 +720,16 @@ impl Log {
         let mut records = decode_records(&slice.read()?)?;
         records.retain(|r| r.offset >= offset as i64);
         Ok(records)
+    }
+
+    /// The record at `offset`, decoding only it; `None` past the high watermark or in a gap
+    /// compaction left.
+    pub fn read_record(&self, offset: u64) -> Result<Option<Record>> {
+        crate::reactor::check("reading a log");
+        let Some(slice) = self.read(offset, 1)?.slice else {
+            return Ok(None);
+        };
+        Ok(decode_record_at(&slice.read()?, offset as i64)?)
     }
 
     /// The first record whose timestamp is at or after `timestamp`, as `(offset, timestamp)`;
