@@ -405,13 +405,6 @@ impl Delays {
             due.push(due_time(&record.headers, config, now)?);
         }
         let count = records.len() as u64;
-        let pending = self.stats.pending.load(Ordering::Relaxed);
-        if pending + count > self.pending_max {
-            return Err(StorageError::DelayedFull {
-                pending,
-                pending_max: self.pending_max,
-            });
-        }
         let to = Bytes::from(target.encode());
         let new: Vec<NewRecord> = records
             .into_iter()
@@ -442,6 +435,13 @@ impl Delays {
             }
         }
         let _writing = locks::lock(&self.writing);
+        let pending = self.stats.pending.load(Ordering::Relaxed);
+        if pending + count > self.pending_max {
+            return Err(StorageError::DelayedFull {
+                pending,
+                pending_max: self.pending_max,
+            });
+        }
         let base = self.log.append(&mut set)?.base_offset;
         let mut index = locks::lock(&self.index);
         for (&at, offset) in due.iter().zip(base..) {
@@ -960,6 +960,28 @@ mod tests {
         // What is still pending is still readable.
         assert_eq!(deliver(&storage, now_ms() + 100_000), 3);
         assert_eq!(values(&storage, "t").len(), 5);
+    }
+
+    #[test]
+    fn past_the_pending_limit_produce_is_refused_until_records_are_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig {
+            delayed_records_max: 3,
+            ..StorageConfig::new(dir.path())
+        };
+        let storage = Storage::open(config).unwrap();
+        storage.create_topic("t", 1, BTreeMap::new()).unwrap();
+        let two = || batch(&["1", "2"], Some(0), ProducerInfo::NONE);
+        storage.produce("t", 0, &mut two()).unwrap();
+        let refused = storage.produce("t", 0, &mut two()).unwrap_err();
+        assert!(
+            refused.to_string().contains("--delayed-records-max 3"),
+            "{refused}"
+        );
+        assert_eq!(storage.delays().stats().pending.load(Ordering::Relaxed), 2);
+        assert_eq!(deliver(&storage, now_ms() + 10), 2);
+        storage.produce("t", 0, &mut two()).unwrap();
+        assert_eq!(storage.delays().stats().pending.load(Ordering::Relaxed), 2);
     }
 
     #[test]
