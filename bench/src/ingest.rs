@@ -35,6 +35,7 @@ use serde_json::json;
 use weir_broker::http::otlp::proto;
 use weir_broker::http::remote_write::{Label, Sample, TimeSeries, WriteRequest};
 use weir_node::Node;
+use weir_storage::delay::DELIVER_AT_HEADER;
 use weir_storage::{BatchBuilder, Compression, Header, NewRecord, now_ms};
 
 const SERIES_PER_REQUEST: usize = 2_000;
@@ -415,7 +416,7 @@ fn delayed_delivery(args: &Args, node: &Node) -> anyhow::Result<()> {
             }
             batch_with(&records, |i| {
                 vec![Header {
-                    key: "weir-deliver-at".into(),
+                    key: DELIVER_AT_HEADER.into(),
                     value: Some(Bytes::from(due(i).to_string())),
                 }]
             })

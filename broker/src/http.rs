@@ -627,7 +627,7 @@ async fn describe_topic(
     caller.check(Operation::Describe, ResourceType::Topic, &name)?;
     let storage = &state.node.storage;
     let meta = storage.existing_topic(&name)?;
-    let minutes = storage.delays().pending_by_minute()?;
+    let minutes = storage.delays().pending_by_minute();
     let minutes = minutes.iter().filter(|m| m.topic == name);
     let delayed = DelayedDetail {
         records: minutes.clone().map(|m| m.records).sum(),

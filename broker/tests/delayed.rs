@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
-    Node, consume_all, eventually, have, kcat, metric, now_ms, rfc3339, rows, run_with_input,
-    started,
+    Node, consume_all, eventually, have, kcat, kcat_output, metric, now_ms, rfc3339, rows, started,
 };
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
@@ -330,12 +329,7 @@ fn bad_due_times_are_refused_for_their_batch_and_nothing_else_is_lost() {
         "weir-deliver-at=tomorrow",
         "weir-delay-ms=999999999999",
     ] {
-        let mut command = std::process::Command::new("kcat");
-        command
-            .arg("-b")
-            .arg(node.kafka.to_string())
-            .args(["-P", "-t", "due", "-H", header]);
-        let out = run_with_input(command, "refused\n");
+        let out = kcat_output(&node, &["-P", "-t", "due", "-H", header], "refused\n");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains("Broker failed to validate record"),

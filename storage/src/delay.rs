@@ -652,7 +652,7 @@ impl Delays {
     }
 
     /// Pending records by topic and due minute, in due order within each topic.
-    pub fn pending_by_minute(&self) -> Result<Vec<PendingMinute>> {
+    pub fn pending_by_minute(&self) -> Vec<PendingMinute> {
         let index = locks::lock(&self.index);
         let mut minutes: BTreeMap<(&str, i64), PendingMinute> = BTreeMap::new();
         for (due, id) in &index.due {
@@ -669,7 +669,7 @@ impl Delays {
             row.records += 1;
             row.next_due_ms = row.next_due_ms.min(due.at);
         }
-        Ok(minutes.into_values().collect())
+        minutes.into_values().collect()
     }
 
     pub(crate) fn close(&self) -> Result<()> {
@@ -932,13 +932,7 @@ mod tests {
         assert_eq!(deliver(&storage, now_ms() + 10), 1);
         delays.trim().unwrap();
         assert!(delays.log.log_start_offset() > 0);
-        let pending = |d: &Delays| -> u64 {
-            d.pending_by_minute()
-                .unwrap()
-                .iter()
-                .map(|m| m.records)
-                .sum()
-        };
+        let pending = |d: &Delays| -> u64 { d.pending_by_minute().iter().map(|m| m.records).sum() };
         assert_eq!(pending(delays), 4);
         let bitmaps = || {
             std::fs::read_dir(dir.path().join("delayed/delivered"))

@@ -308,7 +308,7 @@ impl Log {
     /// Validates a record set as [`Log::append`] does, without writing it, so a caller can
     /// look at what it holds before deciding where it goes.
     pub fn check(&self, batches: &[u8]) -> Result<CheckedSet> {
-        check_record_set(batches, &self.config())
+        check_record_set(batches, self.config())
     }
 
     /// Appends a record set [`Log::check`] accepted.
@@ -384,8 +384,12 @@ impl Log {
     }
 
     fn write_set(&self, batches: &mut [u8], checked: CheckedSet, now: i64) -> Result<AppendInfo> {
-        let config = self.config();
-        let CheckedSet { headers, span, .. } = checked;
+        let CheckedSet {
+            headers,
+            span,
+            config,
+            ..
+        } = checked;
         let mut w = locks::lock(&self.writer);
         if let Some(retry) = check_producers(&mut w, &headers)? {
             return Ok(retry);
@@ -893,13 +897,15 @@ impl Log {
     }
 }
 
-/// A record set [`Log::check`] validated: its batch headers, the offsets it spans, and whether
-/// a record asks for delayed delivery.
+/// A record set [`Log::check`] validated: its batch headers, the offsets it spans, whether a
+/// record asks for delayed delivery, and the log's config it was checked against (the one its
+/// append follows).
 #[derive(Debug)]
 pub struct CheckedSet {
     headers: Vec<BatchHeader>,
     span: u64,
     delay_header: bool,
+    config: LogConfig,
 }
 
 impl CheckedSet {
@@ -907,11 +913,15 @@ impl CheckedSet {
     pub fn delay_header(&self) -> bool {
         self.delay_header
     }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
 }
 
 /// Validates a record set before anything is written (every batch's header, CRC and records;
 /// the set's size against the segment).
-fn check_record_set(batches: &[u8], config: &LogConfig) -> Result<CheckedSet> {
+fn check_record_set(batches: &[u8], config: LogConfig) -> Result<CheckedSet> {
     let headers = validate_record_set(batches, config.batch_bytes_max)?;
     let mut pos = 0usize;
     let mut delay_header = false;
@@ -940,6 +950,7 @@ fn check_record_set(batches: &[u8], config: &LogConfig) -> Result<CheckedSet> {
         headers,
         span,
         delay_header,
+        config,
     })
 }
 

@@ -675,7 +675,7 @@ impl Storage {
     }
 
     /// Delivers the delayed records that are due, a round at a time while rounds come full.
-    pub fn deliver_delayed(&self) {
+    fn deliver_delayed(&self) {
         loop {
             let delivered = self
                 .delays
@@ -702,18 +702,17 @@ impl Storage {
     pub fn produce(&self, topic: &str, partition: u32, batches: &mut [u8]) -> Result<Produced> {
         let log = self.log(topic, partition)?;
         let checked = log.check(batches)?;
-        let config = log.config();
-        if !checked.delay_header() && config.delivery_delay_ms == 0 {
+        if !checked.delay_header() && checked.config().delivery_delay_ms == 0 {
             return log.append_set(batches, checked).map(Produced::Appended);
         }
-        crate::reactor::check("scheduling delayed records");
         self.space.check()?;
         let target = Target {
             topic: topic.to_string(),
             partition,
         };
         let records = log.write_elsewhere(&checked, || {
-            self.delays.schedule(&target, batches, &config, now_ms())
+            self.delays
+                .schedule(&target, batches, checked.config(), now_ms())
         })?;
         // `None`: a producer's retry of records already waiting.
         Ok(Produced::Delayed {

@@ -335,11 +335,16 @@ pub fn run_with_input_bytes(mut command: Command, input: &[u8]) -> std::process:
     child.wait_with_output().expect("waiting for the command")
 }
 
-/// Runs kcat against `node` with `input` on its standard input; fails the test if kcat does.
-pub fn kcat(node: &Node, args: &[&str], input: &str) -> String {
+/// Runs kcat against `node` with `input` on its standard input, whatever it answers.
+pub fn kcat_output(node: &Node, args: &[&str], input: &str) -> std::process::Output {
     let mut command = Command::new("kcat");
     command.arg("-b").arg(node.kafka.to_string()).args(args);
-    let out = run_with_input(command, input);
+    run_with_input(command, input)
+}
+
+/// Runs kcat against `node` with `input` on its standard input; fails the test if kcat does.
+pub fn kcat(node: &Node, args: &[&str], input: &str) -> String {
+    let out = kcat_output(node, args, input);
     assert!(
         out.status.success(),
         "kcat {args:?} failed: {}",
