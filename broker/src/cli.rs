@@ -226,8 +226,17 @@ fn print_configs(topic: &Value) {
     }
 }
 
-pub fn topic_describe(c: &Client, name: &str) -> Result<()> {
+/// Prints `value` as indented JSON (what `--json` asks of a describe command).
+fn print_json(value: &Value) {
+    println!("{value:#}");
+}
+
+pub fn topic_describe(c: &Client, name: &str, as_json: bool) -> Result<()> {
     let t = c.call("GET", &format!("/v1/topics/{name}"), None)?;
+    if as_json {
+        print_json(&t);
+        return Ok(());
+    }
     println!("topic {name} (id {})\n", t["id"].as_str().unwrap_or(""));
     print_configs(&t);
     println!();
@@ -354,11 +363,85 @@ pub fn user_delete(c: &Client, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Where `weir produce` sends its lines.
+/// Where `weir produce` sends its lines, and how a line becomes a record.
 pub struct Target<'a> {
     pub topic: &'a str,
     pub key: Option<&'a str>,
     pub partition: Option<u32>,
+    /// A line is `key<separator>value`; a line without it is a value with `key`.
+    pub key_separator: Option<&'a str>,
+    /// Headers of every record.
+    pub headers: &'a BTreeMap<String, String>,
+    /// Each line is a JSON object with `value` and optionally `key`, `headers` (an object, or
+    /// `[name, value]` pairs as `weir consume --json` prints them), `partition`, `timestamp`.
+    pub json: bool,
+}
+
+impl Target<'_> {
+    /// The produce API's record for one line.
+    fn record(&self, line: &str) -> Result<Value> {
+        let mut record = if self.json {
+            json_line(line)?
+        } else {
+            match self.key_separator.and_then(|sep| line.split_once(sep)) {
+                Some((key, value)) => json!({ "key": key, "value": value }),
+                None => json!({ "value": line }),
+            }
+        };
+        if let (Some(k), None) = (self.key, record.get("key")) {
+            record["key"] = json!(k);
+        }
+        if let (Some(p), None) = (self.partition, record.get("partition")) {
+            record["partition"] = json!(p);
+        }
+        if !self.headers.is_empty() {
+            let headers = record["headers"].as_object_mut();
+            let mut merged = headers.cloned().unwrap_or_default();
+            for (k, v) in self.headers {
+                merged.insert(k.clone(), json!(v));
+            }
+            record["headers"] = Value::Object(merged);
+        }
+        Ok(record)
+    }
+}
+
+/// A `weir produce --json` line as a record of the produce API: a value or key that is not a
+/// string is sent as its JSON text; headers may be an object or `[name, value]` pairs.
+fn json_line(line: &str) -> Result<Value> {
+    let invalid = |why: String| Error::Invalid(format!("line {line:?}: {why}"));
+    let Value::Object(fields) = serde_json::from_str::<Value>(line)
+        .map_err(|e| invalid(format!("not a JSON object: {e}")))?
+    else {
+        return Err(invalid("not a JSON object".into()));
+    };
+    let mut record = serde_json::Map::new();
+    for (name, value) in fields {
+        let value = match (name.as_str(), value) {
+            (_, Value::Null) => continue,
+            ("key" | "value", Value::String(text)) => Value::String(text),
+            ("key" | "value", other) => Value::String(other.to_string()),
+            ("headers", Value::Object(headers)) => Value::Object(headers),
+            ("headers", Value::Array(pairs)) => {
+                let mut headers = serde_json::Map::new();
+                for pair in pairs {
+                    match pair.as_array().map(Vec::as_slice) {
+                        Some([Value::String(k), v]) => {
+                            headers.insert(k.clone(), json!(v.as_str().unwrap_or_default()));
+                        }
+                        _ => return Err(invalid(format!("header {pair} is not [name, value]"))),
+                    }
+                }
+                Value::Object(headers)
+            }
+            ("partition" | "timestamp", number @ Value::Number(_)) => number,
+            // What `weir consume --json` adds about where a record was.
+            ("offset" | "topic", _) => continue,
+            (name, value) => return Err(invalid(format!("unexpected field {name}: {value}"))),
+        };
+        record.insert(name, value);
+    }
+    Ok(Value::Object(record))
 }
 
 /// Sends lines of `input` as records (one per line), with the target's key and partition.
@@ -393,78 +476,240 @@ pub fn produce(
 /// Sends `lines` as records, with the target's key and partition, in requests of at most
 /// [`PRODUCE_CHUNK_RECORDS`].
 pub fn produce_lines(c: &Client, target: &Target, lines: &[String]) -> Result<()> {
-    let Target {
-        topic,
-        key,
-        partition,
-    } = *target;
     for chunk in lines.chunks(PRODUCE_CHUNK_RECORDS) {
-        let records: Vec<Value> = chunk
+        let records = chunk
             .iter()
-            .map(|line| {
-                let mut record = json!({ "value": line });
-                if let Some(k) = key {
-                    record["key"] = json!(k);
-                }
-                if let Some(p) = partition {
-                    record["partition"] = json!(p);
-                }
-                record
-            })
-            .collect();
+            .map(|line| target.record(line))
+            .collect::<Result<Vec<Value>>>()?;
         let body = json!({ "records": records });
-        c.call("POST", &format!("/v1/topics/{topic}/records"), Some(&body))?;
+        c.call(
+            "POST",
+            &format!("/v1/topics/{}/records", target.topic),
+            Some(&body),
+        )?;
     }
     Ok(())
 }
 
+/// Where `weir consume` starts in each partition it reads (a group's committed offset wins).
+pub enum Start {
+    /// Only records that arrive from now on.
+    End,
+    Beginning,
+    /// This offset; a negative one counts back from the end (`-10`: the last ten records).
+    Offset(i64),
+    /// The first record at or after this time (epoch ms or RFC 3339).
+    Time(String),
+}
+
+/// How `weir consume` prints a record.
+pub enum Output {
+    /// The value alone.
+    Value,
+    /// The pieces of a `--format`.
+    Format(Vec<Piece>),
+    /// One JSON object a line, as `GET /v1/topics/{name}/records` answers them, with the topic.
+    Json,
+}
+
+/// Text, or a field of the record, in a `--format`.
+pub enum Piece {
+    Text(String),
+    Field(Field),
+}
+
+/// A field of a record a `--format` prints.
+#[derive(Clone, Copy)]
+pub enum Field {
+    Topic,
+    Partition,
+    Offset,
+    Key,
+    Value,
+    Timestamp,
+    Headers,
+}
+
+impl Field {
+    /// The field a `%` letter names.
+    fn of(letter: char) -> Option<Field> {
+        Some(match letter {
+            't' => Field::Topic,
+            'p' => Field::Partition,
+            'o' => Field::Offset,
+            'k' => Field::Key,
+            'v' => Field::Value,
+            'T' => Field::Timestamp,
+            'h' => Field::Headers,
+            _ => return None,
+        })
+    }
+}
+
+impl Output {
+    /// A `--format`: `%t` topic, `%p` partition, `%o` offset, `%k` key, `%v` value, `%T`
+    /// timestamp (ms), `%h` headers as `name=value,…`, `%%` a percent sign; `\n` and `\t`
+    /// escapes. A record ends with a newline unless the format ends with one.
+    pub fn format(format: &str) -> Result<Output> {
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut chars = format.chars();
+        while let Some(ch) = chars.next() {
+            if ch != '%' && ch != '\\' {
+                text.push(ch);
+                continue;
+            }
+            match (ch, chars.next()) {
+                ('%', Some(letter)) if Field::of(letter).is_some() => {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    pieces.extend(Field::of(letter).map(Piece::Field));
+                }
+                ('\\', Some('n')) => text.push('\n'),
+                ('\\', Some('t')) => text.push('\t'),
+                (marker, Some(other)) if other == marker => text.push(marker),
+                (marker, other) => {
+                    return Err(Error::Invalid(format!(
+                        "--format {format:?}: {marker}{} is not a field; use %t %p %o %k %v %T \
+                         %h, %% for a percent sign, \\n and \\t",
+                        other.map(String::from).unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        pieces.push(Piece::Text(text));
+        Ok(Output::Format(pieces))
+    }
+}
+
 /// Options of `weir consume`.
 pub struct ConsumeOptions<'a> {
-    pub from_beginning: bool,
+    pub start: Start,
+    /// Read only this partition; every one when absent.
+    pub partition: Option<u32>,
     pub group: Option<&'a str>,
     /// Stop once every partition is read to its end.
     pub exit_at_end: bool,
     /// Stop after this many records.
     pub max_records: Option<u64>,
+    pub output: Output,
 }
 
-/// Prints record values of every partition of `topic`, one per line.
-/// Where `consume` starts in each partition: a group's committed offset, else the start or the
-/// end of the partition.
-fn start_positions(c: &Client, topic: &str, o: &ConsumeOptions) -> Result<Vec<(u64, u64)>> {
-    let detail = c.call("GET", &format!("/v1/topics/{topic}"), None)?;
-    let partitions = detail["partitions"].as_array().cloned().unwrap_or_default();
-    let mut committed: BTreeMap<u64, u64> = BTreeMap::new();
-    if let Some(g) = o.group {
-        match c.call("GET", &format!("/v1/groups/{g}"), None) {
-            Ok(group) => {
-                for off in group["offsets"].as_array().into_iter().flatten() {
-                    let position = (off["partition"].as_u64(), off["committed"].as_u64());
-                    if let (true, (Some(p), Some(o))) = (off["topic"] == topic, position) {
-                        committed.insert(p, o);
-                    }
+/// A group's committed offsets on `topic`, by partition; none for a group that does not exist
+/// yet.
+fn committed_offsets(c: &Client, group: &str, topic: &str) -> Result<BTreeMap<u64, u64>> {
+    let mut committed = BTreeMap::new();
+    match c.call("GET", &format!("/v1/groups/{group}"), None) {
+        Ok(group) => {
+            for off in group["offsets"].as_array().into_iter().flatten() {
+                let position = (off["partition"].as_u64(), off["committed"].as_u64());
+                if let (true, (Some(p), Some(o))) = (off["topic"] == topic, position) {
+                    committed.insert(p, o);
                 }
             }
-            // A new group starts like a plain consumer.
-            Err(e) if e.to_string().contains("404") => {}
-            Err(e) => return Err(e),
+        }
+        // A new group starts like a plain consumer.
+        Err(Error::Remote { status: 404, .. }) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(committed)
+}
+
+/// Where `consume` starts in each partition it reads: a group's committed offset, else where
+/// the options say, within the partition's start and end.
+fn start_positions(c: &Client, topic: &str, o: &ConsumeOptions) -> Result<Vec<(u64, u64)>> {
+    let detail = c.call("GET", &format!("/v1/topics/{topic}"), None)?;
+    let mut partitions = detail["partitions"].as_array().cloned().unwrap_or_default();
+    if let Some(only) = o.partition {
+        partitions.retain(|p| p["partition"].as_u64() == Some(u64::from(only)));
+        if partitions.is_empty() {
+            return Err(Error::Invalid(format!(
+                "topic {topic} has no partition {only}"
+            )));
         }
     }
-    Ok(partitions
-        .iter()
-        .map(|p| {
-            let index = p["partition"].as_u64().unwrap_or(0);
-            let start = committed
-                .get(&index)
-                .copied()
-                .unwrap_or(if o.from_beginning {
-                    p["log_start_offset"].as_u64().unwrap_or(0)
-                } else {
-                    p["high_watermark"].as_u64().unwrap_or(0)
-                });
-            (index, start)
+    let committed = match o.group {
+        Some(g) => committed_offsets(c, g, topic)?,
+        None => BTreeMap::new(),
+    };
+    let mut positions = Vec::with_capacity(partitions.len());
+    for p in &partitions {
+        let index = p["partition"].as_u64().unwrap_or(0);
+        let first = p["log_start_offset"].as_u64().unwrap_or(0);
+        let end = p["high_watermark"].as_u64().unwrap_or(0);
+        let start = match (committed.get(&index), &o.start) {
+            (Some(offset), _) => *offset,
+            (None, Start::End) => end,
+            (None, Start::Beginning) => first,
+            (None, Start::Offset(n)) if *n < 0 => end.saturating_sub(n.unsigned_abs()),
+            (None, Start::Offset(n)) => n.unsigned_abs(),
+            (None, Start::Time(t)) => {
+                let query = serde_urlencoded::to_string([
+                    ("partition", index.to_string()),
+                    ("timestamp", t.clone()),
+                    ("limit", "0".to_string()),
+                ])
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+                let answer = c.call("GET", &format!("/v1/topics/{topic}/records?{query}"), None)?;
+                answer["next_offset"].as_u64().unwrap_or(end)
+            }
+        };
+        positions.push((index, start.clamp(first, end.max(first))));
+    }
+    Ok(positions)
+}
+
+/// A record as `GET /v1/topics/{name}/records` answers it, printed as `output` asks.
+fn print_record(out: &mut dyn Write, topic: &str, r: &Value, output: &Output) -> Result<()> {
+    let bytes = |field: &str| {
+        r[field]
+            .as_str()
+            .or_else(|| r[format!("{field}_base64")].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let text = match output {
+        Output::Value => bytes("value") + "\n",
+        Output::Json => {
+            let mut record = r.clone();
+            record["topic"] = json!(topic);
+            format!("{record}\n")
+        }
+        Output::Format(pieces) => {
+            let mut text = String::new();
+            for piece in pieces {
+                match piece {
+                    Piece::Text(t) => text.push_str(t),
+                    Piece::Field(Field::Topic) => text.push_str(topic),
+                    Piece::Field(Field::Key) => text.push_str(&bytes("key")),
+                    Piece::Field(Field::Value) => text.push_str(&bytes("value")),
+                    Piece::Field(Field::Headers) => text.push_str(&headers_text(&r["headers"])),
+                    Piece::Field(Field::Partition) => text.push_str(&r["partition"].to_string()),
+                    Piece::Field(Field::Offset) => text.push_str(&r["offset"].to_string()),
+                    Piece::Field(Field::Timestamp) => text.push_str(&r["timestamp"].to_string()),
+                }
+            }
+            text
+        }
+    };
+    out.write_all(text.as_bytes())
+        .map_err(io("writing records"))
+}
+
+/// Headers as `name=value,…`.
+fn headers_text(headers: &Value) -> String {
+    let pairs: Vec<String> = headers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|pair| {
+            let value = pair[1].as_str().unwrap_or_default();
+            format!("{}={value}", pair[0].as_str().unwrap_or_default())
         })
-        .collect())
+        .collect();
+    pairs.join(",")
 }
 
 pub fn consume(c: &Client, topic: &str, o: &ConsumeOptions, out: &mut dyn Write) -> Result<u64> {
@@ -487,11 +732,7 @@ pub fn consume(c: &Client, topic: &str, o: &ConsumeOptions, out: &mut dyn Write)
                     stopped_early = true;
                     break;
                 }
-                let value = r["value"]
-                    .as_str()
-                    .or_else(|| r["value_base64"].as_str())
-                    .unwrap_or("");
-                writeln!(out, "{value}").map_err(io("writing records"))?;
+                print_record(out, topic, r, &o.output)?;
                 printed += 1;
                 if let Some(next) = r["offset"].as_u64() {
                     *offset = next + 1;
@@ -546,6 +787,96 @@ pub fn groups(c: &Client) -> Result<()> {
             g["members"].to_string(),
             lag
         );
+    }
+    Ok(())
+}
+
+/// Prints a group's state, members and committed offsets with their lag, or its JSON.
+pub fn group_describe(c: &Client, id: &str, as_json: bool) -> Result<()> {
+    let g = c.call("GET", &format!("/v1/groups/{id}"), None)?;
+    if as_json {
+        print_json(&g);
+        return Ok(());
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+    println!(
+        "group {id}: {} ({} members, protocol {})\n",
+        text(&g["state"]),
+        g["members"].as_array().map_or(0, Vec::len),
+        text(&g["protocol"])
+    );
+    println!("{:<40} {:<24} {:<24} HOST", "MEMBER", "INSTANCE", "CLIENT");
+    for m in g["members"].as_array().into_iter().flatten() {
+        let [member, instance, client, host] =
+            ["member_id", "instance_id", "client_id", "client_host"].map(|k| text(&m[k]));
+        println!("{member:<40} {instance:<24} {client:<24} {host}");
+    }
+    println!();
+    println!(
+        "{:<32} {:>9} {:>14} {:>14} {:>10}",
+        "TOPIC", "PARTITION", "COMMITTED", "END", "LAG"
+    );
+    for o in g["offsets"].as_array().into_iter().flatten() {
+        let [partition, committed, end, lag] =
+            ["partition", "committed", "end", "lag"].map(|k| o[k].to_string());
+        println!(
+            "{:<32} {partition:>9} {committed:>14} {end:>14} {lag:>10}",
+            text(&o["topic"])
+        );
+    }
+    Ok(())
+}
+
+pub fn group_delete(c: &Client, id: &str) -> Result<()> {
+    c.call("DELETE", &format!("/v1/groups/{id}"), None)?;
+    println!("deleted group {id} and its committed offsets");
+    Ok(())
+}
+
+/// Where `weir groups reset-offsets` moves a group's offsets: exactly one of the fields, as
+/// `POST /v1/groups/{id}/reset-offsets` takes them.
+#[derive(serde::Serialize, Default)]
+pub struct Reset {
+    pub topic: String,
+    pub partitions: Vec<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub to_earliest: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub to_latest: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_datetime: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_offset: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shift_by: Option<i64>,
+    pub dry_run: bool,
+}
+
+/// Moves an idle group's offsets on a topic and prints each partition's before and after.
+pub fn group_reset(c: &Client, id: &str, reset: &Reset) -> Result<()> {
+    let body = serde_json::to_value(reset).map_err(|e| Error::Invalid(e.to_string()))?;
+    let answer = c.call(
+        "POST",
+        &format!("/v1/groups/{id}/reset-offsets"),
+        Some(&body),
+    )?;
+    println!(
+        "{:<32} {:>9} {:>14} {:>14}",
+        "TOPIC", "PARTITION", "BEFORE", "AFTER"
+    );
+    for o in answer["offsets"].as_array().into_iter().flatten() {
+        let before = o["before"]
+            .as_i64()
+            .map_or("-".to_string(), |b| b.to_string());
+        println!(
+            "{:<32} {:>9} {before:>14} {:>14}",
+            o["topic"].as_str().unwrap_or(""),
+            o["partition"].to_string(),
+            o["after"].to_string()
+        );
+    }
+    if reset.dry_run {
+        println!("\ndry run: nothing was changed");
     }
     Ok(())
 }
@@ -629,22 +960,131 @@ impl ShellInput for Terminal {
     }
 }
 
+/// What `help` in the SQL shell prints.
+const SHELL_HELP: &str = "\
+Statements end with ';' and may span lines. Besides SQL:
+  \\dt          list topics (tables) with their partitions and value format
+  \\d NAME      the columns of a topic or system table (weir.topics, weir.groups, ...)
+  \\timing      print how long each statement took (again to stop)
+  help, \\?     this text
+  \\q, exit     leave the shell (so does Ctrl-D)
+Start with: SELECT * FROM weir.topics;  SELECT * FROM TOPIC LIMIT 10;";
+
+/// A name as a SQL identifier: `weir.NAME` is a system table, anything else a topic.
+fn quoted_table(name: &str) -> String {
+    let quote = |part: &str| format!("\"{}\"", part.replace('"', "\"\""));
+    match name.split_once('.') {
+        Some(("weir", table)) => format!("weir.{}", quote(table)),
+        _ => quote(name),
+    }
+}
+
+/// What a shell line that is not SQL asks for.
+enum ShellCommand {
+    Quit,
+    Help,
+    Timing,
+    /// SQL to run in its place.
+    Run(String),
+    /// The columns of a table.
+    Describe(String),
+    Unknown(String),
+}
+
+impl ShellCommand {
+    /// The command a line is, when no statement is open and the line is one.
+    fn of(line: &str) -> Option<ShellCommand> {
+        let line = line.trim().trim_end_matches(';').trim_end();
+        let (word, arg) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let arg = arg.trim();
+        Some(match (word.to_ascii_lowercase().as_str(), arg) {
+            ("\\q" | "exit" | "quit", "") => ShellCommand::Quit,
+            ("help" | "\\?" | "\\h", "") => ShellCommand::Help,
+            ("\\timing", "") => ShellCommand::Timing,
+            ("\\dt", "") => ShellCommand::Run(
+                "SELECT name, partitions, value_format FROM weir.topics ORDER BY name".into(),
+            ),
+            ("\\d", "") => ShellCommand::Unknown("\\d needs a table: \\d NAME".into()),
+            ("\\d", name) => ShellCommand::Describe(name.to_string()),
+            (word, _) if word.starts_with('\\') => {
+                ShellCommand::Unknown(format!("unknown command {word}; type help"))
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// Statements read from `input` (each ends with `;`), run one by one; an error is printed and
-/// the shell goes on.
+/// the shell goes on. A line that is a shell command (`help`, `\\q`, `\\dt`, `\\d NAME`,
+/// `\\timing`) is run as one when no statement is open.
 pub fn sql_shell(c: &Client, input: &mut dyn ShellInput) -> Result<()> {
     let mut statement = String::new();
+    let mut timing = false;
+    let run = |text: &str, timing: bool| {
+        let started = std::time::Instant::now();
+        match sql(c, text) {
+            Ok(()) if timing => {
+                println!("Time: {:.3} ms", started.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok(()) => {}
+            Err(e) => println!("error: {e:#}"),
+        }
+    };
     while let Some(line) = input.line(!statement.is_empty())? {
+        if statement.trim().is_empty()
+            && let Some(command) = ShellCommand::of(&line)
+        {
+            statement.clear();
+            input.ran(line.trim());
+            match command {
+                ShellCommand::Quit => return Ok(()),
+                ShellCommand::Help => println!("{SHELL_HELP}"),
+                ShellCommand::Timing => {
+                    timing = !timing;
+                    println!("Timing is {}.", if timing { "on" } else { "off" });
+                }
+                ShellCommand::Run(sql) => run(&sql, timing),
+                // A query of the table first, so a name that is not one says so (and which
+                // table was meant) rather than answer no columns.
+                ShellCommand::Describe(name) => match check(c, &name) {
+                    Ok(()) => run(&columns_query(&name), timing),
+                    Err(e) => println!("error: {e:#}"),
+                },
+                ShellCommand::Unknown(message) => println!("{message}"),
+            }
+            continue;
+        }
         statement.push_str(&line);
         if line.trim_end().ends_with(';') {
             let text = std::mem::take(&mut statement);
             input.ran(text.trim());
-            if let Err(e) = sql(c, text.trim()) {
-                println!("error: {e:#}");
-            }
+            run(text.trim(), timing);
         }
     }
     if !statement.trim().is_empty() {
         sql(c, statement.trim())?;
     }
     Ok(())
+}
+
+/// Whether `table` is a table a statement may read: its error when it is not.
+fn check(c: &Client, table: &str) -> Result<()> {
+    let statement = format!("SELECT * FROM {} LIMIT 0", quoted_table(table));
+    c.send("POST", "/v1/sql", "text/plain", statement.as_bytes())
+        .map(|_| ())
+}
+
+/// The query `\\d NAME` runs: the table's columns with their types.
+fn columns_query(name: &str) -> String {
+    let (schema, table) = match name.split_once('.') {
+        Some(("weir", table)) => ("weir", table),
+        _ => ("public", name),
+    };
+    let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    format!(
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns \
+         WHERE table_schema = {} AND table_name = {} ORDER BY ordinal_position",
+        literal(schema),
+        literal(table)
+    )
 }

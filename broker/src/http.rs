@@ -27,17 +27,19 @@ use weir_storage::{
 
 use crate::acl::{Caller, Denied, Operation, ResourceType};
 use crate::http::ingest::BodyKind;
-use crate::kafka::groups::GroupError;
+use crate::http::tracked::Tracked;
 use crate::metrics::IngestSource;
 use crate::node::NodeContext;
 use crate::tls::{Handshakes, Listener};
 
 mod acls_api;
+mod groups_api;
 mod ingest;
 pub mod otlp;
 pub mod remote_write;
 mod runtime_api;
 mod sql_api;
+mod tracked;
 mod users_api;
 mod weigh;
 
@@ -164,6 +166,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let handshakes = tls.map(|tls| Handshakes::new(&tls, Listener::Http, node.metrics.clone()));
+    let counters = node.metrics.clone();
     let state = AppState {
         node,
         metrics_token: tokens.metrics.or(tokens.admin.clone()).map(Arc::from),
@@ -191,9 +194,7 @@ pub async fn serve(
                 .layer(DefaultBodyLimit::max(PRODUCE_BODY_BYTES_MAX)),
         )
         .merge(otlp::routes())
-        .route("/groups", get(list_groups))
-        .route("/groups/{id}", get(describe_group))
-        .route("/groups/{id}/offsets", axum::routing::post(commit_offset))
+        .merge(groups_api::routes())
         .merge(sql_api::routes())
         .merge(runtime_api::pipeline_routes())
         .merge(admin)
@@ -217,15 +218,25 @@ pub async fn serve(
     let stop = async move {
         let _ = shutdown.changed().await;
     };
-    let app = app.into_make_service_with_connect_info::<Peer>();
+    let app = app
+        .layer(middleware::from_fn(count_request))
+        .into_make_service_with_connect_info::<Peer>();
     let served = match handshakes {
         None => {
+            let listener = Tracked {
+                inner: listener,
+                metrics: counters,
+            };
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await
         }
         Some(handshakes) => match handshakes.listen(listener) {
             Ok(listener) => {
+                let listener = Tracked {
+                    inner: listener,
+                    metrics: counters,
+                };
                 axum::serve(listener, app)
                     .with_graceful_shutdown(stop)
                     .await
@@ -243,7 +254,7 @@ pub async fn serve(
 /// with its password (`Authorization: Basic`, over TLS only), checked against the ACLs.
 async fn authenticate(
     State(state): State<AppState>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer { addr: peer, .. }): ConnectInfo<Peer>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -262,24 +273,39 @@ async fn authenticate(
     next.run(request).await
 }
 
-/// The address of the client of a connection, plain or TLS.
-#[derive(Clone, Copy, Debug)]
-struct Peer(SocketAddr);
-
-/// Connect info for both listeners the HTTP API serves on.
-macro_rules! peer_of {
-    ($($listener:ty),+) => {$(
-        impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, $listener>>
-            for Peer
-        {
-            fn connect_info(stream: axum::serve::IncomingStream<'_, $listener>) -> Peer {
-                Peer(*stream.remote_addr())
-            }
-        }
-    )+};
+/// The client of a connection, plain or TLS: its address and its entry in
+/// `weir.connections`.
+#[derive(Clone)]
+struct Peer {
+    addr: SocketAddr,
+    connection: Arc<crate::metrics::Connection>,
 }
 
-peer_of!(TcpListener, crate::tls::TlsListener);
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Tracked<L>>> for Peer
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Tracked<L>>) -> Peer {
+        Peer {
+            addr: *stream.remote_addr(),
+            connection: stream.io().connection.clone(),
+        }
+    }
+}
+
+/// Counts a request of its connection in `weir.connections`, by the client's `User-Agent`.
+async fn count_request(
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    peer.connection.request(agent);
+    next.run(request).await
+}
 
 /// The user and password of `Authorization: Basic`, if the request carries one.
 fn basic_credentials(request: &Request) -> Option<Result<(String, String), ApiError>> {
@@ -820,11 +846,23 @@ fn append_produced(
     Ok(placed.into_iter().map(|(_, p)| p).collect())
 }
 
+/// A time a request names by `field`, in epoch milliseconds or RFC 3339.
+fn time_param(field: &str, text: &str) -> ApiResult<i64> {
+    weir_storage::parse_time_ms(text).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{field} {text:?}: expected epoch milliseconds or an RFC 3339 time such as \
+             2026-11-30T12:00:00Z"
+        ))
+    })
+}
+
 #[derive(Deserialize)]
 struct ConsumeQuery {
     #[serde(default)]
     partition: u32,
     offset: Option<u64>,
+    /// Start at the first record at or after this time (epoch ms or RFC 3339) instead.
+    timestamp: Option<String>,
     limit: Option<usize>,
 }
 
@@ -859,11 +897,25 @@ async fn consume(
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.check(Operation::Read, ResourceType::Topic, &name)?;
     let limit = q.limit.unwrap_or(100).min(CONSUME_RECORDS_MAX);
+    let time = q
+        .timestamp
+        .as_deref()
+        .map(|text| time_param("timestamp", text))
+        .transpose()?;
+    if q.offset.is_some() && time.is_some() {
+        return Err(ApiError::bad_request("give offset or timestamp, not both"));
+    }
     let node = state.node.clone();
     blocking(move || {
         let log = node.storage.log(&name, q.partition)?;
-        let mut offset = q.offset.unwrap_or_else(|| log.log_start_offset());
         let high_watermark = log.high_watermark();
+        let mut offset = match (q.offset, time) {
+            (Some(offset), _) => offset,
+            (None, Some(t)) => log
+                .offset_for_timestamp(t)?
+                .map_or(high_watermark, |(offset, _)| offset),
+            (None, None) => log.log_start_offset(),
+        };
         let mut records = Vec::new();
         let mut bytes_read = 0u64;
         while records.len() < limit && offset < high_watermark {
@@ -904,126 +956,6 @@ async fn consume(
             "next_offset": offset,
             "high_watermark": high_watermark,
         })))
-    })
-    .await
-}
-
-async fn list_groups(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let groups = state.node.groups.list()?;
-    let out: Vec<serde_json::Value> = groups
-        .into_iter()
-        .filter(|g| caller.may(Operation::Describe, ResourceType::Group, &g.group))
-        .map(|g| {
-            serde_json::json!({
-                "group": g.group,
-                "state": g.state.name(),
-                "protocol_type": g.protocol_type,
-                "members": g.members.len(),
-            })
-        })
-        .collect();
-    Ok(Json(serde_json::Value::Array(out)))
-}
-
-async fn describe_group(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    caller.check(Operation::Describe, ResourceType::Group, &id)?;
-    let node = state.node.clone();
-    blocking(move || {
-        let g = node.groups.describe(&id);
-        let offsets: Vec<serde_json::Value> = node
-            .group_positions(&id)?
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "topic": p.topic,
-                    "partition": p.partition,
-                    "committed": p.committed,
-                    "end": p.end,
-                    "lag": p.lag(),
-                })
-            })
-            .collect();
-        if g.members.is_empty() && offsets.is_empty() {
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                message: format!("group {id} does not exist"),
-            });
-        }
-        let members: Vec<serde_json::Value> = g
-            .members
-            .iter()
-            .map(|m| {
-                serde_json::json!({
-                    "member_id": m.member_id,
-                    "instance_id": m.instance_id,
-                    "client_id": m.client_id,
-                    "client_host": m.client_host,
-                })
-            })
-            .collect();
-        Ok(Json(serde_json::json!({
-            "group": g.group,
-            "state": g.state.name(),
-            "protocol": g.protocol,
-            "members": members,
-            "offsets": offsets,
-        })))
-    })
-    .await
-}
-
-#[derive(Deserialize)]
-struct CommitBody {
-    topic: String,
-    partition: i32,
-    offset: i64,
-}
-
-/// Commits an offset for a consumer outside any group protocol (as `weir consume --group`
-/// does); refused while the group has members.
-async fn commit_offset(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Json(body): Json<CommitBody>,
-) -> ApiResult<StatusCode> {
-    caller.check(Operation::Read, ResourceType::Group, &id)?;
-    caller.check(Operation::Read, ResourceType::Topic, &body.topic)?;
-    let node = state.node.clone();
-    blocking(move || {
-        node.storage
-            .log(&body.topic, body.partition.max(0) as u32)?;
-        if node.groups.commit_check(&id, "", -1).is_err() {
-            return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                message: format!(
-                    "group {id} has active members; commit through the Kafka protocol"
-                ),
-            });
-        }
-        let committed = crate::kafka::groups::CommittedOffset {
-            offset: body.offset,
-            leader_epoch: -1,
-            metadata: None,
-            commit_ms: weir_storage::now_ms(),
-        };
-        node.groups
-            .commit(&id, &body.topic, body.partition, committed)
-            .map(|()| StatusCode::NO_CONTENT)
-            .map_err(|e| ApiError {
-                status: match e {
-                    GroupError::OffsetMetadataTooLarge => StatusCode::BAD_REQUEST,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                },
-                message: format!("commit to group {id} failed: {e}"),
-            })
     })
     .await
 }

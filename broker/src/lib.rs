@@ -21,5 +21,6 @@ pub mod node;
 pub mod pg;
 pub mod plugin_cli;
 pub mod sasl;
+pub mod sdk;
 pub mod serve;
 pub mod tls;

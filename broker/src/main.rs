@@ -82,6 +82,17 @@ enum Command {
         /// Key of every record.
         #[arg(short, long)]
         key: Option<String>,
+        /// Each line is `KEY<SEPARATOR>VALUE`, split at the first SEPARATOR; a line without it
+        /// is a value (with --key's key).
+        #[arg(long, value_name = "SEPARATOR", conflicts_with = "json")]
+        key_separator: Option<String>,
+        /// A header of every record, as name=value (repeatable).
+        #[arg(short = 'H', long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        /// Each line is a JSON object: {"key": …, "value": …, "headers": {…}, "partition": …,
+        /// "timestamp": …}; what `weir consume --json` prints is taken back.
+        #[arg(long)]
+        json: bool,
         /// File to read; standard input when absent.
         #[arg(short, long, conflicts_with = "follow")]
         file: Option<PathBuf>,
@@ -97,12 +108,34 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Print record values of a topic, one per line.
+    /// Print records of a topic, one per line: values, a format of your own, or JSON.
     Consume {
         topic: String,
         /// Start at the oldest record instead of the end.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["offset", "from_time"])]
         from_beginning: bool,
+        /// Start at this offset in each partition read; negative counts back from the end
+        /// (-10: the last ten records).
+        #[arg(
+            short,
+            long,
+            allow_negative_numbers = true,
+            conflicts_with = "from_time"
+        )]
+        offset: Option<i64>,
+        /// Start at the first record at or after this time: RFC 3339 or epoch milliseconds.
+        #[arg(long, value_name = "TIME")]
+        from_time: Option<String>,
+        /// Read only this partition.
+        #[arg(short, long)]
+        partition: Option<u32>,
+        /// Print each record as this format: %t topic, %p partition, %o offset, %k key,
+        /// %v value, %T timestamp (ms), %h headers, %% a percent sign, \n and \t.
+        #[arg(long, conflicts_with = "json")]
+        format: Option<String>,
+        /// Print each record as a JSON object, one a line.
+        #[arg(long)]
+        json: bool,
         /// Resume from and commit to this group's offsets.
         #[arg(long)]
         group: Option<String>,
@@ -129,8 +162,11 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// List consumer groups with their state and lag.
+    /// List, describe and delete consumer groups, and move their offsets.
     Groups {
+        /// What to do; `list` when absent.
+        #[command(subcommand)]
+        command: Option<GroupsCommand>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -157,6 +193,57 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum GroupsCommand {
+    /// List consumer groups with their state, members and lag.
+    List,
+    /// Show a group's members and committed offsets with their lag.
+    Describe {
+        group: String,
+        /// Print the group as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a group without active members, and its committed offsets.
+    Delete { group: String },
+    /// Move the committed offsets of a group without active members on a topic.
+    ResetOffsets {
+        group: String,
+        /// The topic whose offsets move.
+        #[arg(long)]
+        topic: String,
+        /// A partition to move (repeatable); every partition of the topic when absent.
+        #[arg(long = "partition")]
+        partitions: Vec<u32>,
+        #[command(flatten)]
+        to: ResetTo,
+        /// Show the offsets before and after, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Where `weir groups reset-offsets` moves the offsets; exactly one.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ResetTo {
+    /// To each partition's oldest record.
+    #[arg(long)]
+    to_earliest: bool,
+    /// To each partition's end: skip everything not yet read.
+    #[arg(long)]
+    to_latest: bool,
+    /// To the first record at or after this time: RFC 3339 or epoch milliseconds.
+    #[arg(long, value_name = "TIME")]
+    to_datetime: Option<String>,
+    /// To this offset (kept within each partition's start and end).
+    #[arg(long, value_name = "OFFSET")]
+    to_offset: Option<i64>,
+    /// Forwards (or with a negative number, backwards) by this many records.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    shift_by: Option<i64>,
+}
+
+#[derive(Subcommand)]
 enum PluginCommand {
     /// Write a new plugin crate.
     New {
@@ -167,7 +254,8 @@ enum PluginCommand {
         /// Directory to create the crate in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// Path of the weir-guest SDK crate; the one this binary was built with by default.
+        /// Path of the weir-guest SDK crate; by default the SDK built into this binary, written
+        /// once under $XDG_CACHE_HOME/weir/sdk (~/.cache/weir/sdk).
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -371,7 +459,12 @@ enum TopicCommand {
         delete_configs: Vec<String>,
     },
     /// Show a topic's partitions, offsets, sizes and configs.
-    Describe { name: String },
+    Describe {
+        name: String,
+        /// Print the topic as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a topic and its records.
     Delete { name: String },
 }
@@ -415,16 +508,23 @@ fn run() -> anyhow::Result<()> {
         Command::Produce {
             topic,
             key,
+            key_separator,
+            headers,
+            json,
             file,
             follow,
             from_beginning,
             partition,
             remote,
         } => {
+            let headers = cli::parse_pairs("header", &headers)?;
             let target = cli::Target {
                 topic: &topic,
                 key: key.as_deref(),
                 partition,
+                key_separator: key_separator.as_deref(),
+                headers: &headers,
+                json,
             };
             match follow {
                 Some(path) => Ok(weir_broker::follow::follow(
@@ -439,16 +539,34 @@ fn run() -> anyhow::Result<()> {
         Command::Consume {
             topic,
             from_beginning,
+            offset,
+            from_time,
+            partition,
+            format,
+            json,
             group,
             exit,
             max,
             remote,
         } => {
+            let start = match (offset, from_time) {
+                (Some(offset), _) => cli::Start::Offset(offset),
+                (None, Some(time)) => cli::Start::Time(time),
+                (None, None) if from_beginning => cli::Start::Beginning,
+                (None, None) => cli::Start::End,
+            };
+            let output = match format {
+                Some(format) => cli::Output::format(&format)?,
+                None if json => cli::Output::Json,
+                None => cli::Output::Value,
+            };
             let options = ConsumeOptions {
-                from_beginning,
+                start,
+                partition,
                 group: group.as_deref(),
                 exit_at_end: exit,
                 max_records: max,
+                output,
             };
             let mut out = std::io::stdout().lock();
             cli::consume(&remote.client()?, &topic, &options, &mut out)?;
@@ -456,10 +574,37 @@ fn run() -> anyhow::Result<()> {
         }
         Command::User { command, remote } => Ok(user_command(command, &remote.client()?)?),
         Command::Acl { command, remote } => Ok(acl_command(command, &remote.client()?)?),
-        Command::Groups { remote } => Ok(cli::groups(&remote.client()?)?),
+        Command::Groups { command, remote } => Ok(groups_command(command, &remote.client()?)?),
         Command::Sql { statement, remote } => Ok(sql_command(statement, &remote.client()?)?),
         Command::Plugin { command, remote } => Ok(plugin_command(command, &remote.client()?)?),
         Command::Pipeline { command, remote } => Ok(pipeline_command(command, &remote.client()?)?),
+    }
+}
+
+fn groups_command(command: Option<GroupsCommand>, c: &Client) -> weir_broker::error::Result<()> {
+    match command.unwrap_or(GroupsCommand::List) {
+        GroupsCommand::List => cli::groups(c),
+        GroupsCommand::Describe { group, json } => cli::group_describe(c, &group, json),
+        GroupsCommand::Delete { group } => cli::group_delete(c, &group),
+        GroupsCommand::ResetOffsets {
+            group,
+            topic,
+            partitions,
+            to,
+            dry_run,
+        } => {
+            let reset = cli::Reset {
+                topic,
+                partitions,
+                to_earliest: to.to_earliest,
+                to_latest: to.to_latest,
+                to_datetime: to.to_datetime,
+                to_offset: to.to_offset,
+                shift_by: to.shift_by,
+                dry_run,
+            };
+            cli::group_reset(c, &group, &reset)
+        }
     }
 }
 
@@ -556,7 +701,7 @@ fn topic_command(command: TopicCommand, c: &Client) -> weir_broker::error::Resul
             configs,
             delete_configs,
         } => cli::topic_alter(c, &name, &configs, &delete_configs),
-        TopicCommand::Describe { name } => cli::topic_describe(c, &name),
+        TopicCommand::Describe { name, json } => cli::topic_describe(c, &name, json),
         TopicCommand::Delete { name } => cli::topic_delete(c, &name),
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weir_storage::locks;
 
@@ -99,14 +99,58 @@ pub struct Bound {
     pub bound_suffix: &'static str,
 }
 
-/// One open Kafka connection.
+/// The protocol of a listener clients connect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Kafka,
+    Postgres,
+    Http,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Kafka => "kafka",
+            Protocol::Postgres => "postgres",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// One open client connection.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnectionInfo {
+    pub protocol: Protocol,
     pub peer: String,
-    /// The `client.id` of its latest request.
+    /// What the client calls itself in its latest request: a Kafka `client.id`, a Postgres
+    /// `application_name`, an HTTP `User-Agent`.
     pub client_id: Option<String>,
     pub connected_ms: i64,
     pub requests: u64,
+}
+
+/// An open connection, listed in `weir.connections` until it is dropped.
+pub struct Connection {
+    metrics: Arc<Metrics>,
+    id: u64,
+}
+
+impl Connection {
+    /// The id [`Metrics::connection_request`] takes.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Counts a request of the connection, remembering what the client calls itself.
+    pub fn request(&self, client_id: Option<&str>) {
+        self.metrics.connection_request(self.id, client_id);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        locks::lock(&self.metrics.connections).remove(&self.id);
+    }
 }
 
 /// Escapes a Prometheus label value.
@@ -161,21 +205,21 @@ impl Metrics {
         h.count += 1;
     }
 
-    /// Registers a connection; the returned id names it to the other calls.
-    pub fn connection_opened(&self, peer: SocketAddr) -> u64 {
+    /// Registers a connection of a client at `peer`, open until the answer is dropped.
+    pub fn connection(self: &Arc<Self>, protocol: Protocol, peer: SocketAddr) -> Connection {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let info = ConnectionInfo {
+            protocol,
             peer: peer.to_string(),
             client_id: None,
             connected_ms: weir_storage::now_ms(),
             requests: 0,
         };
         locks::lock(&self.connections).insert(id, info);
-        id
-    }
-
-    pub fn connection_closed(&self, id: u64) {
-        locks::lock(&self.connections).remove(&id);
+        Connection {
+            metrics: self.clone(),
+            id,
+        }
     }
 
     /// Counts a request on connection `id`, remembering the client's id.
@@ -222,8 +266,12 @@ impl Metrics {
         counters[request_at].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn connections(&self) -> i64 {
-        locks::lock(&self.connections).len() as i64
+    /// Open connections of one protocol.
+    pub fn connections(&self, protocol: Protocol) -> i64 {
+        locks::lock(&self.connections)
+            .values()
+            .filter(|c| c.protocol == protocol)
+            .count() as i64
     }
 
     pub fn connection_list(&self) -> Vec<ConnectionInfo> {
@@ -551,12 +599,12 @@ mod tests {
 
     #[test]
     fn render_has_counters_histograms_and_gauges() {
-        let m = Metrics::default();
+        let m = Arc::new(Metrics::default());
         m.produced("logs", 100, 3);
         m.consumed("logs", 50, 2);
         m.request("Produce", Duration::from_millis(3));
         m.request("Produce", Duration::from_secs(20));
-        m.connection_opened("127.0.0.1:1".parse().expect("an address"));
+        let _open = m.connection(Protocol::Kafka, "127.0.0.1:1".parse().expect("an address"));
         let text = m.render(
             &[GroupLag {
                 group: "g".into(),
@@ -568,7 +616,7 @@ mod tests {
             &[Bound {
                 name: "connections",
                 help: "Open Kafka connections",
-                used: m.connections() as u64,
+                used: m.connections(Protocol::Kafka) as u64,
                 bound: 10,
                 bound_suffix: "max",
             }],

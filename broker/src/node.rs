@@ -11,7 +11,7 @@ use weir_storage::{Storage, StorageError};
 
 use crate::kafka::groups::{self, Coordinator, GroupLag, GroupView};
 use crate::limits::Limits;
-use crate::metrics::{Bound, Metrics};
+use crate::metrics::{Bound, Metrics, Protocol};
 
 /// What every listener of a node shares.
 #[derive(Clone)]
@@ -139,7 +139,7 @@ impl NodeContext {
             bound(
                 "connections",
                 "Open Kafka connections",
-                self.metrics.connections().max(0) as u64,
+                self.metrics.connections(Protocol::Kafka).max(0) as u64,
                 u64::from(self.limits.connections_max()),
             ),
             bound(
@@ -242,6 +242,7 @@ impl NodeSource for BrokerState {
             .connection_list()
             .into_iter()
             .map(|c| ConnectionRow {
+                protocol: c.protocol.name().to_string(),
                 peer: c.peer,
                 client_id: c.client_id,
                 connected_ms: c.connected_ms,

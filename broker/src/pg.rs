@@ -56,6 +56,7 @@ use tokio::sync::watch;
 use weir_sql::{QueryEngine, Viewer};
 
 use crate::acl::Caller;
+use crate::metrics::{Connection, Protocol};
 use crate::node::NodeContext;
 
 /// Accepts Postgres connections until shutdown.
@@ -68,6 +69,7 @@ pub async fn serve(
 ) {
     let acceptor = tls.map(|tls| tls.acceptor(&[b"postgresql"]));
     let limits = node.limits.clone();
+    let metrics = node.metrics.clone();
     let shared = Shared {
         engine: node.sql.clone(),
         callers: Arc::new(Callers {
@@ -87,7 +89,8 @@ pub async fn serve(
                         continue;
                     };
                     let _ = socket.set_nodelay(true);
-                    let handlers = Arc::new(Handlers::new(&shared));
+                    let open = metrics.connection(Protocol::Postgres, peer);
+                    let handlers = Arc::new(Handlers::new(&shared, open));
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move {
                         connection(socket, peer, acceptor, handlers).await;
@@ -228,7 +231,8 @@ struct Handlers {
 }
 
 impl Handlers {
-    fn new(shared: &Shared) -> Handlers {
+    /// The handlers of one connection, listed in `weir.connections` while they live.
+    fn new(shared: &Shared, connection: Connection) -> Handlers {
         let viewer = Arc::new(Viewer::default());
         let mut state = shared.engine.context().state();
         state.config_mut().set_extension(viewer.clone());
@@ -247,6 +251,7 @@ impl Handlers {
             session: Arc::new(Session {
                 parser: Arc::new(Rewriting(inner.query_parser())),
                 inner,
+                connection,
                 engine: shared.engine.clone(),
                 callers: shared.callers.clone(),
             }),
@@ -278,7 +283,7 @@ impl PgWireServerHandlers for Handlers {
 }
 
 /// Grafana's `$__schemaConstraint`: the schemas on the search path, read with
-/// `current_setting('search_path')` and a function in `FROM`, which the engine lacks.
+/// `generate_series` over array bounds in `FROM`, which the engine cannot plan.
 static SEARCH_PATH_SCHEMAS: LazyLock<regex::Regex> = LazyLock::new(|| {
     regex::Regex::new(
         r#"(?is)SELECT\s+CASE\s+WHEN\s+trim\s*\(\s*s\s*\[\s*i\s*\]\s*\)\s*=\s*'"\$user"'\s+THEN\s+user\s+ELSE\s+trim\s*\(\s*s\s*\[\s*i\s*\]\s*\)\s+END\s+FROM\s+generate_series\s*\(.*?\)\s+as\s+i\s*,\s*string_to_array\s*\(\s*current_setting\s*\(\s*'search_path'\s*\)\s*,\s*','\s*\)\s+s"#,
@@ -296,11 +301,21 @@ fn rewrite(sql: &str) -> Cow<'_, str> {
 struct Session {
     inner: DfSessionService,
     parser: Arc<Rewriting>,
+    connection: Connection,
     engine: Arc<QueryEngine>,
     callers: Arc<Callers>,
 }
 
 impl Session {
+    /// Counts a statement of the connection, by the application name the client gave.
+    fn counted(&self, client: &dyn ClientInfo) {
+        let name = client
+            .metadata()
+            .get("application_name")
+            .map(String::as_str);
+        self.connection.request(name);
+    }
+
     /// Runs a pipeline statement (`CREATE PIPELINE`, `SHOW PIPELINES`, …), which the session's
     /// parser does not know, through the engine for the signed-in caller.
     async fn pipeline_statement(&self, caller: Caller, query: &str) -> PgWireResult<Vec<Response>> {
@@ -340,6 +355,7 @@ impl SimpleQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        self.counted(client);
         weir_sql::guard::check_text(query).map_err(|e| refused(e.to_string()))?;
         if weir_sql::stream::statement::parse(query).is_ok_and(|s| s.is_some()) {
             let caller = self.callers.of(client);
@@ -370,6 +386,7 @@ impl ExtendedQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        self.counted(client);
         ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows).await
     }
 }

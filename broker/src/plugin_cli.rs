@@ -48,13 +48,6 @@ const TEMPLATES: [(&str, &str, &str); 7] = [
     ),
 ];
 
-/// Where the SDK of this build lives; a scaffolded plugin depends on it by path.
-fn default_sdk_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("guest-sdk")
-}
-
 /// Writes a plugin crate `dir/name` of the given kind, ready for `weir plugin build`.
 pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> Result<PathBuf> {
     let Some((_, function, test)) = TEMPLATES.iter().find(|(k, _, _)| *k == kind) else {
@@ -69,9 +62,10 @@ pub fn new(name: &str, kind: &str, dir: &Path, sdk: Option<&Path>) -> Result<Pat
     if root.exists() {
         return Err(Error::Invalid(format!("{} already exists", root.display())));
     }
+    // A scaffolded plugin depends on the SDK by path: the one given, else this binary's own.
     let sdk = match sdk {
         Some(path) => path.to_path_buf(),
-        None => default_sdk_dir(),
+        None => crate::sdk::installed()?,
     };
     let sdk = sdk.canonicalize().map_err(|e| Error::File {
         path: sdk.clone(),

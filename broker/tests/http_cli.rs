@@ -600,3 +600,346 @@ fn a_closed_pipe_ends_a_command_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
     node.stop();
 }
+
+/// `weir consume` of a whole topic, printed with `args`.
+fn consume_with(node: &Node, topic: &str, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["consume", topic, "--exit"];
+    all.extend_from_slice(args);
+    let out = run_ok(node, &all, "");
+    out.lines().map(String::from).collect()
+}
+
+#[test]
+fn cli_produces_keys_and_headers_and_consumes_with_a_format() {
+    let (_dir, node, _) = started(&[]);
+    run_ok(&node, &["topic", "create", "kv"], "");
+    run_ok(
+        &node,
+        &["produce", "kv", "--key-separator", ":", "-H", "src=cli"],
+        "a:1\nb:2:3\nplain\n",
+    );
+    run_ok(
+        &node,
+        &["produce", "kv", "--json"],
+        r#"{"key": "j", "value": {"n": 1}, "headers": {"h": "x"}}"#,
+    );
+    assert_eq!(
+        consume_with(
+            &node,
+            "kv",
+            &["--from-beginning", "--format", "%o %k|%v|%h %%"]
+        ),
+        [
+            "0 a|1|src=cli %",
+            "1 b|2:3|src=cli %",
+            "2 |plain|src=cli %",
+            "3 j|{\"n\":1}|h=x %"
+        ]
+    );
+    // From an offset, from the end, and as JSON a line that `weir produce --json` takes back.
+    assert_eq!(
+        consume_with(
+            &node,
+            "kv",
+            &["--offset", "1", "--max", "1", "--format", "%v"]
+        ),
+        ["2:3"]
+    );
+    let last: Vec<Value> = consume_with(&node, "kv", &["--offset", "-1", "--json"])
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(last.len(), 1, "{last:?}");
+    assert_eq!(
+        (
+            &last[0]["topic"],
+            &last[0]["offset"],
+            &last[0]["key"],
+            &last[0]["headers"]
+        ),
+        (&json!("kv"), &json!(3), &json!("j"), &json!([["h", "x"]]))
+    );
+    let dump = run_ok(
+        &node,
+        &["consume", "kv", "--from-beginning", "--exit", "--json"],
+        "",
+    );
+    run_ok(&node, &["topic", "create", "copy"], "");
+    run_ok(&node, &["produce", "copy", "--json"], &dump);
+    let format = ["--from-beginning", "--format", "%k %v %h %T"];
+    assert_eq!(
+        consume_with(&node, "copy", &format),
+        consume_with(&node, "kv", &format)
+    );
+
+    // From a time, as RFC 3339 or epoch milliseconds, on one partition.
+    run_ok(
+        &node,
+        &["topic", "create", "times", "--partitions", "2"],
+        "",
+    );
+    let timed: String = [(1, "one"), (2, "two"), (3, "three")]
+        .iter()
+        .map(|(s, v)| {
+            format!(
+                "{{\"value\": \"{v}\", \"timestamp\": {}, \"partition\": 1}}\n",
+                s * 1000
+            )
+        })
+        .collect();
+    run_ok(&node, &["produce", "times", "--json"], &timed);
+    assert_eq!(
+        consume_with(&node, "times", &["--from-time", "1970-01-01T00:00:02Z"]),
+        ["two", "three"]
+    );
+    assert_eq!(
+        consume_with(&node, "times", &["--from-time", "3000", "--partition", "1"]),
+        ["three"]
+    );
+    assert!(consume_with(&node, "times", &["--from-beginning", "--partition", "0"]).is_empty());
+
+    // Mistakes say what is wrong and send nothing.
+    for (args, input, says) in [
+        (
+            &["consume", "times", "--partition", "5", "--exit"][..],
+            "",
+            "has no partition 5",
+        ),
+        (
+            &["consume", "kv", "--exit", "--format", "%x"],
+            "",
+            "%x is not a field",
+        ),
+        (
+            &["consume", "kv", "--exit", "--from-time", "soon"],
+            "",
+            "RFC 3339",
+        ),
+        (
+            &["produce", "kv", "--json"],
+            "{\"value\": \"ok\"}\nnot json\n",
+            "not a JSON object",
+        ),
+        (
+            &["produce", "kv", "-H", "novalue"],
+            "x\n",
+            "is not key=value",
+        ),
+    ] {
+        let (ok, _, err) = weir(&node, args, input);
+        assert!(!ok && err.contains(says), "weir {args:?}: {err}");
+    }
+    assert_eq!(consume_with(&node, "kv", &["--from-beginning"]).len(), 4);
+    node.stop();
+}
+
+/// The offsets `weir groups describe --json` shows for `group`: (partition, committed).
+fn committed(node: &Node, group: &str) -> Vec<(i64, i64)> {
+    let described: Value =
+        serde_json::from_str(&run_ok(node, &["groups", "describe", group, "--json"], "")).unwrap();
+    let mut offsets: Vec<(i64, i64)> = described["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["partition"].as_i64().unwrap(),
+                o["committed"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    offsets.sort();
+    offsets
+}
+
+#[test]
+fn cli_describes_deletes_and_resets_idle_groups() {
+    let (_dir, node, _) = started(&[]);
+    run_ok(&node, &["topic", "create", "t", "--partitions", "2"], "");
+    let early: String = (0..5)
+        .map(|i| {
+            format!(
+                "{{\"value\": \"{i}\", \"timestamp\": {}, \"partition\": 0}}\n",
+                1000 + i
+            )
+        })
+        .collect();
+    run_ok(&node, &["produce", "t", "--json"], &early);
+    run_ok(&node, &["produce", "t", "--partition", "1"], "a\nb\nc\n");
+    run_ok(
+        &node,
+        &[
+            "consume",
+            "t",
+            "--from-beginning",
+            "--group",
+            "g",
+            "--max",
+            "3",
+        ],
+        "",
+    );
+    assert_eq!(committed(&node, "g"), [(0, 3), (1, 0)]);
+    let table = run_ok(&node, &["groups", "describe", "g"], "");
+    let row = |p: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with('t') && l.split_whitespace().nth(1) == Some(p))
+            .unwrap_or_else(|| panic!("no partition {p} in {table}"));
+        line.split_whitespace().map(String::from).collect()
+    };
+    assert_eq!(row("0"), ["t", "0", "3", "5", "2"]);
+    assert_eq!(row("1"), ["t", "1", "0", "3", "3"]);
+
+    let reset = |to: &[&str]| -> String {
+        let mut args = vec!["groups", "reset-offsets", "g", "--topic", "t"];
+        args.extend_from_slice(to);
+        run_ok(&node, &args, "")
+    };
+    let preview = reset(&["--to-earliest", "--dry-run"]);
+    assert!(preview.contains("dry run"), "{preview}");
+    let moved: Vec<Vec<&str>> = preview
+        .lines()
+        .filter(|l| l.starts_with("t "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(moved, [["t", "0", "3", "0"], ["t", "1", "0", "0"]]);
+    assert_eq!(committed(&node, "g"), [(0, 3), (1, 0)]);
+    reset(&["--shift-by", "-2"]);
+    assert_eq!(committed(&node, "g"), [(0, 1), (1, 0)]);
+    reset(&["--shift-by", "10"]);
+    assert_eq!(committed(&node, "g"), [(0, 5), (1, 3)]);
+    reset(&["--to-offset", "1", "--partition", "1"]);
+    assert_eq!(committed(&node, "g"), [(0, 5), (1, 1)]);
+    reset(&[
+        "--to-datetime",
+        "1970-01-01T00:00:01.003Z",
+        "--partition",
+        "0",
+    ]);
+    assert_eq!(committed(&node, "g"), [(0, 3), (1, 1)]);
+    reset(&["--to-earliest"]);
+    assert_eq!(committed(&node, "g"), [(0, 0), (1, 0)]);
+    reset(&["--to-latest"]);
+    assert_eq!(committed(&node, "g"), [(0, 5), (1, 3)]);
+
+    for (args, says) in [
+        (
+            &["groups", "describe", "nobody"][..],
+            "group nobody does not exist",
+        ),
+        (
+            &["groups", "delete", "nobody"],
+            "group nobody does not exist",
+        ),
+        (
+            &[
+                "groups",
+                "reset-offsets",
+                "nobody",
+                "--topic",
+                "t",
+                "--to-latest",
+            ],
+            "does not exist",
+        ),
+        (
+            &[
+                "groups",
+                "reset-offsets",
+                "g",
+                "--topic",
+                "nope",
+                "--to-latest",
+            ],
+            "nope",
+        ),
+        (
+            &["groups", "reset-offsets", "g", "--topic", "t"],
+            "--to-earliest",
+        ),
+        (
+            &[
+                "groups",
+                "reset-offsets",
+                "g",
+                "--topic",
+                "t",
+                "--to-earliest",
+                "--to-latest",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &[
+                "groups",
+                "reset-offsets",
+                "g",
+                "--topic",
+                "t",
+                "--to-datetime",
+                "later",
+            ],
+            "RFC 3339",
+        ),
+    ] {
+        let (ok, _, err) = weir(&node, args, "");
+        assert!(!ok && err.contains(says), "weir {args:?}: {err}");
+    }
+    let (status, answer) = call(
+        "POST",
+        &format!("{}/v1/groups/g/reset-offsets", node.url()),
+        None,
+        Some(json!({"topic": "t"})),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("exactly one of"),
+        "{answer}"
+    );
+
+    // A group with a live member is its consumers' to move: refused until they leave.
+    if common::have("kcat", "apt-get install kcat") {
+        let mut member = Command::new("kcat")
+            .args(["-b", &node.kafka.to_string(), "-G", "g", "t"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        common::eventually("kcat joins g", std::time::Duration::from_secs(30), || {
+            run_ok(&node, &["groups", "describe", "g", "--json"], "").contains("member_id\": \"")
+        });
+        for args in [
+            &["groups", "delete", "g"][..],
+            &[
+                "groups",
+                "reset-offsets",
+                "g",
+                "--topic",
+                "t",
+                "--to-earliest",
+            ],
+        ] {
+            let (ok, _, err) = weir(&node, args, "");
+            assert!(
+                !ok && err.contains("active members"),
+                "weir {args:?}: {err}"
+            );
+        }
+        // SIGTERM: kcat leaves the group as it closes.
+        let killed = Command::new("kill")
+            .args(["-TERM", &member.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        member.wait().unwrap();
+    }
+    common::eventually(
+        "g has no members",
+        std::time::Duration::from_secs(60),
+        || weir(&node, &["groups", "delete", "g"], "").0,
+    );
+    let (ok, _, err) = weir(&node, &["groups", "describe", "g"], "");
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    node.stop();
+}

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -548,6 +548,16 @@ fn kill_9_during_a_pipeline_run_loses_and_repeats_nothing() {
     let c = client(&node);
     wait_caught_up(&c, "parsed");
     wait_caught_up(&c, "rolled");
+    // Counters are kept with the checkpoints: they count the runs before the kills too.
+    let counted = status(&c, "parsed");
+    assert!(
+        counted["records_in"].as_u64() >= Some(total as u64),
+        "{counted}"
+    );
+    assert!(
+        counted["records_out"].as_u64() >= Some(total as u64),
+        "{counted}"
+    );
 
     // parsed: every input line exactly once, in input order within each partition.
     for partition in 0..2 {
@@ -724,6 +734,8 @@ fn a_scaffolded_plugin_builds_deploys_and_runs() {
                 "CARGO_TARGET_DIR",
                 weir_tests::wasm::workspace_dir().join("target/wasm"),
             )
+            // Where `weir plugin new` writes the SDK built into the binary.
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
             .output()
             .unwrap();
         assert!(
@@ -737,6 +749,21 @@ fn a_scaffolded_plugin_builds_deploys_and_runs() {
     assert!(
         weir(&["plugin", "new", "shout", "--kind", "map", "--dir", crates])
             .contains("created map plugin shout")
+    );
+    // The crate depends on the SDK the binary carries, written out standalone: it builds with
+    // nothing of this repository around it.
+    let sdk_root = dir.path().join("cache/weir/sdk");
+    let sdks: Vec<PathBuf> = std::fs::read_dir(&sdk_root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(sdks.len(), 1, "{sdks:?}");
+    let sdk_manifest = std::fs::read_to_string(sdks[0].join("Cargo.toml")).unwrap();
+    assert!(!sdk_manifest.contains("workspace"), "{sdk_manifest}");
+    let manifest = std::fs::read_to_string(dir.path().join("shout/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(&format!("path = {:?}", sdks[0].canonicalize().unwrap())),
+        "{manifest}"
     );
     std::fs::copy(
         weir_tests::wasm::workspace_dir().join("Cargo.lock"),
@@ -817,6 +844,7 @@ fn every_scaffolded_kind_tests_its_function_natively() {
         let name = format!("scaffold-{}", kind.replace('_', "-"));
         let made = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["plugin", "new", &name, "--kind", kind, "--dir", crates])
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
             .output()
             .unwrap();
         assert!(made.status.success(), "weir plugin new --kind {kind}");
@@ -855,6 +883,7 @@ fn plugin_build_says_how_to_add_a_missing_wasm_target() {
     let crates = dir.path().to_str().unwrap();
     let made = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["plugin", "new", "bare", "--kind", "filter", "--dir", crates])
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
         .output()
         .unwrap();
     assert!(made.status.success(), "{made:?}");

@@ -294,22 +294,79 @@ fn open_connections_are_a_table() {
             &ApiVersionsRequest::default(),
         );
     }
-    let rows = sql_json(&c, "SELECT client_id, requests, peer FROM weir.connections");
-    assert_eq!(rows["rows"].as_array().unwrap().len(), 1, "{rows}");
-    let row = &rows["rows"][0];
+    // A psql session that stays open until its input ends.
+    let psql = have("psql", "apt-get install postgresql-client").then(|| {
+        let mut psql = Command::new("psql")
+            .args(["-X", "-q", "-h", &node.pg.ip().to_string()])
+            .args([
+                "-p",
+                &node.pg.port().to_string(),
+                "-U",
+                "weir",
+                "-d",
+                "weir",
+            ])
+            .env("PGAPPNAME", "weir-tests-psql")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut input = psql.stdin.take().unwrap();
+        std::io::Write::write_all(&mut input, b"SELECT 1;\n").unwrap();
+        (psql, input)
+    });
+    let by_protocol = |protocol: &str| -> Vec<Value> {
+        sql_json(
+            &c,
+            &format!(
+                "SELECT client_id, requests, peer FROM weir.connections \
+                 WHERE protocol = '{protocol}'"
+            ),
+        )["rows"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let kafka = by_protocol("kafka");
+    assert_eq!(kafka.len(), 1, "{kafka:?}");
     assert_eq!(
-        (row["client_id"].as_str(), row["requests"].as_i64()),
+        (
+            kafka[0]["client_id"].as_str(),
+            kafka[0]["requests"].as_i64()
+        ),
         (Some("weir-tests"), Some(3))
     );
     assert_eq!(
-        row["peer"].as_str().unwrap(),
+        kafka[0]["peer"].as_str().unwrap(),
         stream.local_addr().unwrap().to_string()
     );
+    // The query itself came over HTTP, on a connection the client keeps open.
+    let http = by_protocol("http");
+    assert!(
+        http.iter().any(|row| row["client_id"]
+            .as_str()
+            .is_some_and(|agent| agent.starts_with("ureq"))
+            && row["requests"].as_i64() >= Some(2)),
+        "{http:?}"
+    );
+    if let Some((mut psql, input)) = psql {
+        eventually(
+            "psql's statement is counted",
+            std::time::Duration::from_secs(10),
+            || {
+                by_protocol("postgres").first().is_some_and(|row| {
+                    row["client_id"] == "weir-tests-psql" && row["requests"].as_i64() >= Some(1)
+                })
+            },
+        );
+        drop(input);
+        psql.wait().unwrap();
+    }
     drop(stream);
     eventually(
-        "the closed connection leaves weir.connections",
+        "closed connections leave weir.connections",
         std::time::Duration::from_secs(10),
-        || sql_json(&c, "SELECT count(*) AS n FROM weir.connections")["rows"][0]["n"] == 0,
+        || by_protocol("kafka").is_empty() && by_protocol("postgres").is_empty(),
     );
 }
 
@@ -347,4 +404,77 @@ fn sql_inserts_count_as_records_in() {
         metrics.contains("weir_records_in_total{topic=\"notes\"} 3\n"),
         "{metrics}"
     );
+}
+
+/// The shell as a psql user drives it: help, `\dt`, `\d NAME`, `\timing`, a table name typo
+/// answered with the table meant, values shown as text, NULL as `NULL`, and `\q`.
+#[test]
+fn the_sql_shell_knows_its_commands_and_names_the_table_meant() {
+    let (_dir, node, c) = started(&[]);
+    create_topic(&c, "notes", 1);
+    for value in ["'hello'", "X'FFFE'", "NULL"] {
+        sql_json(&c, &format!("INSERT INTO notes (value) VALUES ({value})"));
+    }
+    let shell = |input: &str| -> String {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+        command.args(["sql", "--server", &node.url()]);
+        let out = common::run_with_input(command, input);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = shell(
+        "help\n\\dt\n\\d notes\n\\d weir.topics\n\\d notez\nSELECT * FROM notez;\n\\timing\n\
+         SELECT value, key_text FROM notes ORDER BY \"offset\";\n\\timing\nSELECT 1 AS one;\n\
+         \\nope\n\\q\nSELECT 'after quit' AS never;\n",
+    );
+    let after = |marker: &str| -> &str {
+        let at = out
+            .find(marker)
+            .unwrap_or_else(|| panic!("no {marker:?} in {out}"));
+        &out[at..]
+    };
+    assert!(out.contains("\\dt") && out.contains("\\timing"), "{out}");
+    let listed = after("| name ");
+    assert!(listed.contains("| notes | 1 "), "{out}");
+    let columns = after("| column_name ");
+    for column in ["| offset ", "| timestamp ", "| value_text ", "| headers "] {
+        assert!(columns.contains(column), "{column} in {out}");
+    }
+    assert!(out.contains("| partitions "), "{out}");
+    assert_eq!(
+        out.matches("error: ").count(),
+        2,
+        "\\d notez and the query of notez: {out}"
+    );
+    assert_eq!(
+        out.matches("table notez does not exist; did you mean notes?")
+            .count(),
+        2,
+        "{out}"
+    );
+    let rows = after("Timing is on.");
+    for row in ["| hello ", "| \\xfffe ", "| NULL  "] {
+        assert!(rows.contains(row), "{row} in {out}");
+    }
+    assert!(rows.contains("| NULL     |"), "a NULL key_text: {out}");
+    assert_eq!(out.matches("Time: ").count(), 1, "{out}");
+    assert!(out.contains("Timing is off."), "{out}");
+    assert!(out.contains("unknown command \\nope; type help"), "{out}");
+    assert!(!out.contains("after quit"), "{out}");
+    assert_eq!(shell("exit\nSELECT 'after exit' AS never;\n"), "");
+
+    // The same hint over HTTP, for a system table.
+    let error = c
+        .call(
+            "POST",
+            "/v1/sql",
+            Some(&json!({ "sql": "SELECT * FROM weir.topicz" })),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("did you mean weir.topics?"), "{error}");
 }

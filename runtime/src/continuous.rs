@@ -27,8 +27,8 @@ use weir_storage::{NewRecord, Record, Storage, Tree, in_batches, now_ms};
 use crate::Error;
 use crate::parallel::in_parallel;
 use crate::pipeline::{
-    Failures, MARKER_HEADER, PipelineSpec, StartAt, Stats, Step, batch_with_marker, dead_letter,
-    dead_letter_partitions, step_records,
+    Counted, Failures, MARKER_HEADER, PipelineSpec, StartAt, Stats, Step, batch_with_marker,
+    dead_letter, dead_letter_partitions, step_records,
 };
 use crate::registry::write_durably_with;
 
@@ -92,6 +92,9 @@ pub struct SqlCheckpoint {
     pub in_file: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub state: String,
+    /// The pipeline's counters, the step's results included.
+    #[serde(default)]
+    pub counted: Counted,
 }
 
 /// One output batch of a checkpoint.
@@ -276,6 +279,7 @@ impl SqlRunner {
     ) -> Result<SqlRunner, Error> {
         let mut operator = compiler.compile(&spec).map_err(Error::Invalid)?;
         let checkpoint = checkpoints.get(&spec.name)?.unwrap_or_default();
+        stats.resume_from(checkpoint.counted);
         let files = StepFiles::new(&storage, &spec.name);
         let (state, batches) = match checkpoint.seq {
             0 => Default::default(),
@@ -347,7 +351,7 @@ impl SqlRunner {
             opened = true;
         }
         if opened {
-            self.save(Vec::new(), &[])?;
+            self.save(Vec::new(), &[], Counted::default())?;
         }
         Ok(())
     }
@@ -442,7 +446,7 @@ impl SqlRunner {
         self.unsaved |= worked;
         let due = CHECKPOINT_EVERY.max(self.save_took * CHECKPOINT_SHARE);
         if !outputs.is_empty() || (self.unsaved && self.saved_at.elapsed() >= due) {
-            self.save_and_append(outputs)?;
+            self.save_and_append(outputs, late)?;
         }
         // Shown once what they describe is in the topics.
         self.stats.late.fetch_add(late, Ordering::Relaxed);
@@ -463,9 +467,11 @@ impl SqlRunner {
     }
 
     /// Saves the checkpoint of the next sequence number with `outputs`, then appends them.
+    /// `late` records of the step are among the dead letters.
     fn save_and_append(
         &mut self,
         outputs: BTreeMap<(String, u32), Vec<NewRecord>>,
+        late: u64,
     ) -> Result<(), Error> {
         let (mut out_count, mut dead_count) = (0u64, 0u64);
         let dead_letter_topic = self.spec.dead_letter_topic();
@@ -496,7 +502,13 @@ impl SqlRunner {
             }
         }
         let bytes: Vec<&[u8]> = batches.iter().map(|(_, batch)| batch.as_slice()).collect();
-        self.save(pending, &bytes)?;
+        let results = Counted {
+            records_out: out_count,
+            dead_lettered: dead_count,
+            late,
+            ..Counted::default()
+        };
+        self.save(pending, &bytes, results)?;
         for (log, mut batch) in batches {
             log.append(&mut batch)?;
         }
@@ -510,8 +522,14 @@ impl SqlRunner {
     }
 
     /// Saves the operator's state and the input offsets, durably, as the next sequence number.
-    /// `batches` are the step's results, one a `pending` entry.
-    fn save(&mut self, pending: Vec<Pending>, batches: &[&[u8]]) -> Result<(), Error> {
+    /// `batches` are the step's results, one a `pending` entry, counted in `results` and not yet
+    /// in the stats.
+    fn save(
+        &mut self,
+        pending: Vec<Pending>,
+        batches: &[&[u8]],
+        results: Counted,
+    ) -> Result<(), Error> {
         let started = Instant::now();
         let state = self.operator.snapshot().map_err(Error::Invalid)?;
         let checkpoint = SqlCheckpoint {
@@ -520,6 +538,7 @@ impl SqlRunner {
             pending,
             in_file: true,
             state: String::new(),
+            counted: self.stats.counted().plus(results),
         };
         self.files.commit(
             &self.checkpoints,
@@ -823,6 +842,7 @@ mod tests {
             }],
             in_file: false,
             state: b64().encode(7u64.to_le_bytes()),
+            counted: Counted::default(),
         };
         node.checkpoints.insert("echo", &saved).unwrap();
         let runner = node.open(spec(), 1).unwrap();

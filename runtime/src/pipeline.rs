@@ -130,6 +130,50 @@ pub struct Checkpoint {
     /// Aggregate state by stage index, base64.
     #[serde(default)]
     pub states: BTreeMap<usize, String>,
+    /// The pipeline's counters when the checkpoint was taken.
+    #[serde(default)]
+    pub counted: Counted,
+}
+
+/// A pipeline's counters as of a checkpoint, saved with it so that they go on from there after
+/// a restart or a pause instead of starting again from zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counted {
+    pub records_in: u64,
+    pub records_out: u64,
+    pub dropped: u64,
+    pub dead_lettered: u64,
+    pub batches: u64,
+    pub failed_calls: u64,
+    pub late: u64,
+}
+
+impl Counted {
+    /// Each counter of both, added.
+    pub fn plus(self, other: Counted) -> Counted {
+        Counted {
+            records_in: self.records_in + other.records_in,
+            records_out: self.records_out + other.records_out,
+            dropped: self.dropped + other.dropped,
+            dead_lettered: self.dead_lettered + other.dead_lettered,
+            batches: self.batches + other.batches,
+            failed_calls: self.failed_calls + other.failed_calls,
+            late: self.late + other.late,
+        }
+    }
+
+    /// The counters with the stats they come from, in one order.
+    fn fields(self) -> [u64; 7] {
+        [
+            self.records_in,
+            self.records_out,
+            self.dropped,
+            self.dead_lettered,
+            self.batches,
+            self.failed_calls,
+            self.late,
+        ]
+    }
 }
 
 /// Counters of a running pipeline.
@@ -172,6 +216,40 @@ impl Default for Stats {
 }
 
 impl Stats {
+    fn counters(&self) -> [&AtomicU64; 7] {
+        [
+            &self.records_in,
+            &self.records_out,
+            &self.dropped,
+            &self.dead_lettered,
+            &self.batches,
+            &self.failed_calls,
+            &self.late,
+        ]
+    }
+
+    /// The counters now, as a checkpoint keeps them.
+    pub(crate) fn counted(&self) -> Counted {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Counted {
+            records_in: get(&self.records_in),
+            records_out: get(&self.records_out),
+            dropped: get(&self.dropped),
+            dead_lettered: get(&self.dead_lettered),
+            batches: get(&self.batches),
+            failed_calls: get(&self.failed_calls),
+            late: get(&self.late),
+        }
+    }
+
+    /// Brings each counter up to what a checkpoint kept (counters only grow, so the latest of
+    /// several checkpoints wins whatever order they come in).
+    pub(crate) fn resume_from(&self, counted: Counted) {
+        for (counter, saved) in self.counters().into_iter().zip(counted.fields()) {
+            counter.fetch_max(saved, Ordering::Relaxed);
+        }
+    }
+
     /// Keeps `error` as the last one, seen at `at_ms`.
     pub(crate) fn note_error_at(&self, error: String, at_ms: i64) {
         *locks::lock(&self.last_error) = Some((error, at_ms));
@@ -325,6 +403,7 @@ impl Runner {
                             .map(|(t, p, log)| (log_key(t, *p), log.log_end_offset()))
                             .collect(),
                         states: BTreeMap::new(),
+                        counted: Counted::default(),
                     };
                     // Durably: replays after a crash start from here.
                     self.checkpoints.insert(&key, &checkpoint)?;
@@ -365,6 +444,7 @@ impl Runner {
             if !covered.is_empty() {
                 tracing::info!(pipeline = %self.spec.name, partition, ?covered, "replaying after a restart; outputs already written are skipped");
             }
+            self.stats.resume_from(checkpoint.counted);
             self.cursors.insert(partition, (checkpoint, covered));
         }
         Ok(())
@@ -448,11 +528,11 @@ impl Runner {
             outcome.dead,
             last_offset,
         )?;
-        self.checkpoint(partition, last_offset, outcome.states)?;
         self.stats
             .records_in
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint(partition, last_offset, outcome.states)?;
         Ok(self.count_failure(outcome.failed_call))
     }
 
@@ -533,6 +613,8 @@ impl Runner {
         let (checkpoint, _) = self.cursors.entry(partition).or_default();
         checkpoint.next_offset = last_offset as u64 + 1;
         checkpoint.states = states;
+        // Steps run one partition after another, so every count so far is of checkpointed work.
+        checkpoint.counted = self.stats.counted();
         checkpoint.outputs = outputs
             .iter()
             .map(|(t, p, log)| (log_key(t, *p), log.log_end_offset()))

@@ -26,7 +26,7 @@ use crate::topic::TopicTable;
 pub trait NodeSource: Send + Sync + 'static {
     /// Every committed offset of every group, with the partition's end.
     fn group_rows(&self) -> Vec<GroupRow>;
-    /// Every open Kafka connection.
+    /// Every open client connection: Kafka, Postgres and HTTP.
     fn connection_rows(&self) -> Vec<ConnectionRow>;
 }
 
@@ -43,6 +43,8 @@ pub struct GroupRow {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnectionRow {
+    /// `kafka`, `postgres` or `http`.
+    pub protocol: String,
     pub peer: String,
     pub client_id: Option<String>,
     pub connected_ms: i64,
@@ -332,6 +334,7 @@ impl SystemSchema {
             _ => Vec::new(),
         };
         Table::new(&rows)
+            .text("protocol", |r| r.protocol.clone())
             .text("peer", |r| r.peer.clone())
             .text_or_null("client_id", |r| r.client_id.clone())
             .int64("connected_ms", |r| r.connected_ms)

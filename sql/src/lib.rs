@@ -26,6 +26,7 @@ pub mod functions;
 pub mod guard;
 mod json;
 pub mod memory;
+mod postgres;
 pub mod sink;
 pub mod stream;
 pub mod topic;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DataFusionError;
+use datafusion::common::utils::datafusion_strsim::levenshtein;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
@@ -197,6 +199,7 @@ impl QueryEngine {
             datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
         )
         .map_err(|e| Error::Query(*e))?;
+        postgres::register(&context);
         Ok(QueryEngine {
             context: Arc::new(context),
             storage,
@@ -286,12 +289,63 @@ impl QueryEngine {
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
         guard::check_statement(&statement)?;
-        let plan = state.statement_to_plan(statement).await?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| self.unknown_table(e))?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_statements(false)
             .verify_plan(&plan)?;
         Ok(plan)
+    }
+
+    /// A planning error about a table no schema holds, said plainly and with the nearest table
+    /// name when one is close (`table logz does not exist; did you mean logs?`); any other
+    /// error as it is.
+    fn unknown_table(&self, e: DataFusionError) -> Error {
+        let message = e.strip_backtrace();
+        let Some((_, rest)) = message.split_once("table '") else {
+            return e.into();
+        };
+        let Some((resolved, _)) = rest.split_once("' not found") else {
+            return e.into();
+        };
+        let typed = resolved
+            .strip_prefix("weir.public.")
+            .or_else(|| resolved.strip_prefix("weir."))
+            .unwrap_or(resolved);
+        let nearest = self
+            .table_names()
+            .into_iter()
+            .map(|known| (levenshtein(typed, &known), known))
+            .min();
+        let hint = match nearest {
+            Some((distance, known)) if distance <= (typed.len() / 3).max(2) => {
+                format!("; did you mean {known}?")
+            }
+            _ => String::new(),
+        };
+        Error::Refused(format!("table {typed} does not exist{hint}"))
+    }
+
+    /// Every table a statement may name: the topics, and the system tables as `weir.NAME`.
+    pub fn table_names(&self) -> Vec<String> {
+        let Some(catalog) = self.context.catalog("weir") else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        for (schema, prefix) in [("public", ""), ("weir", "weir.")] {
+            if let Some(provider) = catalog.schema(schema) {
+                names.extend(
+                    provider
+                        .table_names()
+                        .into_iter()
+                        .map(|table| format!("{prefix}{table}")),
+                );
+            }
+        }
+        names
     }
 
     /// Checks and plans a statement down to its physical plan without running it: every step
@@ -340,6 +394,46 @@ impl Encoding {
             Encoding::Table => "text/plain; charset=utf-8",
         }
     }
+}
+
+/// A batch as a person reads it in a text table: bytes (a record's `value`, `key`) as text
+/// when they are UTF-8, as `\\x` and hex digits when they are not.
+fn readable(batch: &RecordBatch) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::{Array, AsArray, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !matches!(
+            field.data_type(),
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+        ) {
+            fields.push(field.clone());
+            columns.push(column.clone());
+            continue;
+        }
+        let bytes = datafusion::arrow::compute::cast(column, &DataType::Binary)?;
+        let text: StringArray = bytes
+            .as_binary::<i32>()
+            .iter()
+            .map(|value| {
+                value.map(|b| match std::str::from_utf8(b) {
+                    Ok(text) => text.to_string(),
+                    Err(_) => b.iter().fold(String::from("\\x"), |mut hex, byte| {
+                        hex.push_str(&format!("{byte:02x}"));
+                        hex
+                    }),
+                })
+            })
+            .collect();
+        fields.push(Arc::new(Field::new(
+            field.name(),
+            DataType::Utf8,
+            field.is_nullable(),
+        )));
+        columns.push(Arc::new(text) as Arc<dyn Array>);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 impl Answer {
@@ -396,8 +490,18 @@ impl Answer {
                 writer.into_inner().map_err(arrow)?
             }
             Encoding::Table => {
-                let table = datafusion::arrow::util::pretty::pretty_format_batches(&self.batches)
+                let shown = self
+                    .batches
+                    .iter()
+                    .map(readable)
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(arrow)?;
+                let options =
+                    datafusion::arrow::util::display::FormatOptions::default().with_null("NULL");
+                let table = datafusion::arrow::util::pretty::pretty_format_batches_with_options(
+                    &shown, &options,
+                )
+                .map_err(arrow)?;
                 let rows = self.rows();
                 format!(
                     "{table}\n({rows} row{})\n",

@@ -88,15 +88,12 @@ pub fn due_time(headers: &[Header], config: &LogConfig, now: i64) -> Result<i64,
                 })?;
                 now.saturating_add(ms_i64(ms))
             } else {
-                text.parse::<i64>()
-                    .ok()
-                    .or_else(|| weir::time::parse_rfc3339(text))
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "header {DELIVER_AT_HEADER} = {text:?}: expected epoch milliseconds \
+                crate::log::parse_time_ms(text).ok_or_else(|| {
+                    invalid(format!(
+                        "header {DELIVER_AT_HEADER} = {text:?}: expected epoch milliseconds \
                              or an RFC 3339 time such as 2026-11-30T12:00:00Z"
-                        ))
-                    })?
+                    ))
+                })?
             }
         }
     };

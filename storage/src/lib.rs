@@ -45,7 +45,7 @@ pub use config::{CleanupPolicy, FlushPolicy, LayerKey, LogConfig, TimestampType}
 pub use error::{BatchError, Result, StorageError};
 pub use log::{
     AppendInfo, AppendObserver, CheckedSet, FileSlice, Listener, Log, ReadResult, RetentionResult,
-    now_ms,
+    now_ms, parse_time_ms,
 };
 pub use meta::{MetaStore, TopicMeta, Tree};
 pub use producer::PRODUCER_BATCHES_MAX;

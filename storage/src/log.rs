@@ -32,6 +32,15 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A time as Kafka timestamps count it, from epoch milliseconds or an RFC 3339 text such as
+/// `2026-11-30T12:00:00Z`; `None` for anything else.
+pub fn parse_time_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    text.parse::<i64>()
+        .ok()
+        .or_else(|| weir::time::parse_rfc3339(text))
+}
+
 /// Offsets assigned to an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {

@@ -31,6 +31,7 @@ use weir_storage::Storage;
 
 use crate::error::{Error, Result, io};
 use crate::limits::{Limits, RequestMemory};
+use crate::metrics::Protocol;
 use crate::tls::{self, Handshakes};
 use sasl_api::Session;
 
@@ -154,7 +155,7 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    if shared.metrics.connections() >= i64::from(shared.limits.connections_max()) {
+                    if shared.metrics.connections(Protocol::Kafka) >= i64::from(shared.limits.connections_max()) {
                         shared.metrics.connection_refused();
                         tracing::debug!(%peer, connections_max = shared.limits.connections_max(), "connection refused: the node holds its limit of connections");
                         drop(stream);
@@ -164,7 +165,8 @@ pub async fn serve(
                     let shutdown = shutdown.clone();
                     let handshakes = handshakes.clone();
                     tokio::spawn(async move {
-                        let id = shared.metrics.connection_opened(peer);
+                        let open = shared.metrics.connection(Protocol::Kafka, peer);
+                        let id = open.id();
                         stream.set_nodelay(true).ok();
                         let served = match handshakes {
                             None => connection(stream, peer, id, shared.clone(), shutdown).await,
@@ -176,7 +178,7 @@ pub async fn serve(
                         if let Err(e) = served {
                             tracing::info!(%peer, error = %format!("{e:#}"), "closing Kafka connection");
                         }
-                        shared.metrics.connection_closed(id);
+                        drop(open);
                     });
                 }
                 Err(e) => tracing::warn!(error = %e, "accepting a Kafka connection failed"),

@@ -1,6 +1,7 @@
 """psycopg (the extended query protocol) against Weir's Postgres listener: a bound parameter,
-the catalog queries Grafana's Postgres data source sends to list tables and columns, and a
-Grafana time-series query with its macros expanded. Prints one `name=value` line per answer.
+the statements Grafana's Postgres data source sends (its health check, its version detection,
+its lists of tables and columns) and a Grafana time-series query with its macros expanded.
+Prints one `name=value` line per answer.
 
 usage: postgres.py HOST PORT PASSWORD
 """
@@ -57,6 +58,13 @@ def main():
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM logs WHERE status >= %s AND host = %s", (500, "web-1"))
             print(f"errors_web_1={cur.fetchone()[0]}")
+
+            cur.execute("SELECT 1")
+            print(f"health={cur.fetchone()[0]}")
+
+            # Grafana's version detection.
+            cur.execute("SELECT current_setting('server_version_num')::int/100 AS version")
+            print(f"version={cur.fetchone()[0]}")
 
             cur.execute(TABLES)
             print("tables=" + ",".join(row[0] for row in cur.fetchall()))
