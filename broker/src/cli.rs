@@ -227,7 +227,7 @@ fn print_configs(topic: &Value) {
 }
 
 /// Prints `value` as indented JSON (what `--json` asks of a describe command).
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!("{value:#}");
 }
 
@@ -835,7 +835,7 @@ pub fn group_delete(c: &Client, id: &str) -> Result<()> {
 
 /// Where `weir groups reset-offsets` moves a group's offsets: exactly one of the fields, as
 /// `POST /v1/groups/{id}/reset-offsets` takes them.
-#[derive(serde::Serialize, Default)]
+#[derive(serde::Serialize)]
 pub struct Reset {
     pub topic: String,
     pub partitions: Vec<u32>,

@@ -129,6 +129,10 @@ pub struct ConnectionInfo {
     pub requests: u64,
 }
 
+/// The most characters of what a client calls itself (a Kafka `client.id`, a Postgres
+/// `application_name`, an HTTP `User-Agent`) that `weir.connections` keeps; the rest is cut.
+pub const CLIENT_ID_CHARS_MAX: usize = 256;
+
 /// An open connection, listed in `weir.connections` until it is dropped.
 pub struct Connection {
     metrics: Arc<Metrics>,
@@ -224,6 +228,11 @@ impl Metrics {
 
     /// Counts a request on connection `id`, remembering the client's id.
     pub fn connection_request(&self, id: u64, client_id: Option<&str>) {
+        // What a client calls itself is its to choose: kept only up to a bound.
+        let client_id = client_id.map(|name| match name.char_indices().nth(CLIENT_ID_CHARS_MAX) {
+            Some((end, _)) => &name[..end],
+            None => name,
+        });
         if let Some(info) = locks::lock(&self.connections).get_mut(&id) {
             info.requests += 1;
             if info.client_id.as_deref() != client_id {
@@ -596,6 +605,18 @@ fn render_pipelines(out: &mut String, pipelines: &[PipelineStatus]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_client_name_is_kept_only_up_to_its_bound() {
+        let m = Arc::new(Metrics::default());
+        let open = m.connection(Protocol::Http, "127.0.0.1:1".parse().expect("an address"));
+        open.request(Some(&"é".repeat(CLIENT_ID_CHARS_MAX * 40)));
+        let kept = m.connection_list()[0].client_id.clone().unwrap_or_default();
+        assert_eq!(kept, "é".repeat(CLIENT_ID_CHARS_MAX));
+        open.request(Some("short"));
+        assert_eq!(m.connection_list()[0].client_id.as_deref(), Some("short"));
+        assert_eq!(m.connection_list()[0].requests, 2);
+    }
 
     #[test]
     fn render_has_counters_histograms_and_gauges() {

@@ -232,8 +232,7 @@ pub fn list(c: &Client) -> Result<()> {
 }
 
 pub fn show(c: &Client, path: &str) -> Result<()> {
-    let value = c.call("GET", path, None)?;
-    println!("{value:#}");
+    crate::cli::print_json(&c.call("GET", path, None)?);
     Ok(())
 }
 

@@ -897,6 +897,19 @@ fn cli_describes_deletes_and_resets_idle_groups() {
         answer["error"].as_str().unwrap().contains("exactly one of"),
         "{answer}"
     );
+    // A reset names at most 10 000 partitions; more is refused before anything is read.
+    let many: Vec<u32> = (0..10_001).collect();
+    let (status, answer) = call(
+        "POST",
+        &format!("{}/v1/groups/g/reset-offsets", node.url()),
+        None,
+        Some(json!({"topic": "t", "partitions": many, "to_earliest": true})),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("at most 10000"),
+        "{answer}"
+    );
 
     // A group with a live member is its consumers' to move: refused until they leave.
     if common::have("kcat", "apt-get install kcat") {

@@ -12,7 +12,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlan, Projection, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, TypeSignature, Volatility,
+    Signature, TypeSignature, Volatility, create_udf,
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
@@ -153,36 +153,6 @@ fn postgres_type_name(arrow: &str) -> String {
     .to_string()
 }
 
-/// `postgres_type_name(text)`: what the rewritten `information_schema.columns` calls.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct PostgresTypeName {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for PostgresTypeName {
-    fn name(&self) -> &str {
-        "postgres_type_name"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let names = args.args[0].to_array(args.number_rows)?;
-        let names: StringArray = names
-            .as_string::<i32>()
-            .iter()
-            .map(|name| name.map(postgres_type_name))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(names)))
-    }
-}
-
 /// Reads `information_schema.columns` through a projection that names each column's type as
 /// Postgres does. Applied to a plan twice, the second pass changes nothing a client sees:
 /// a Postgres name is not an Arrow one and stays as it is.
@@ -195,9 +165,21 @@ impl AnalyzerRule for PostgresColumnTypes {
     }
 
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        let rename = Arc::new(ScalarUDF::from(PostgresTypeName {
-            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
-        }));
+        let rename = create_udf(
+            "postgres_type_name",
+            vec![DataType::Utf8],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(|args: &[ColumnarValue]| {
+                let names = ColumnarValue::values_to_arrays(args)?;
+                let names: StringArray = names[0]
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|name| name.map(postgres_type_name))
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(names)))
+            }),
+        );
         plan.transform_up(|node| {
             let LogicalPlan::TableScan(scan) = &node else {
                 return Ok(Transformed::no(node));
