@@ -224,6 +224,8 @@ fn deploy_latencies(regex_wasm: &[u8], runs: usize) -> anyhow::Result<(f64, f64)
             batch_records_max: 1000,
             failures_max: 5,
             sql: None,
+            lateness_ms: 0,
+            idle_timeout_ms: PipelineSpec::IDLE_TIMEOUT_DEFAULT_MS,
         };
         let create_runtime = runtime.clone();
         tokio.block_on(async move { create_runtime.pipelines().create(spec, None) })?;

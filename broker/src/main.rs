@@ -416,6 +416,13 @@ enum PipelineCommand {
         /// Topic for records a plugin failed on; <name>.dlq by default.
         #[arg(long)]
         dead_letter: Option<String>,
+        /// How far an aggregate's watermark stays behind the input's event time (ms).
+        #[arg(long, default_value_t = 0)]
+        lateness_ms: i64,
+        /// How long an input partition may be silent before it stops holding an aggregate's
+        /// windows open (ms).
+        #[arg(long, default_value_t = weir_runtime::PipelineSpec::IDLE_TIMEOUT_DEFAULT_MS)]
+        idle_timeout_ms: i64,
     },
     /// List pipelines with status, lag, records in and out, and the last error.
     List,
@@ -777,6 +784,8 @@ fn pipeline_command(command: PipelineCommand, c: &Client) -> weir_broker::error:
             to,
             from_offset,
             dead_letter,
+            lateness_ms,
+            idle_timeout_ms,
         } => plugin_cli::pipeline_create(
             c,
             &plugin_cli::PipelineArgs {
@@ -787,6 +796,8 @@ fn pipeline_command(command: PipelineCommand, c: &Client) -> weir_broker::error:
                 to: &to,
                 from_offset: &from_offset,
                 dead_letter: dead_letter.as_deref(),
+                lateness_ms,
+                idle_timeout_ms,
             },
         ),
         PipelineCommand::List => plugin_cli::pipeline_list(c),

@@ -261,6 +261,8 @@ pub struct PipelineArgs<'a> {
     pub to: &'a [String],
     pub from_offset: &'a str,
     pub dead_letter: Option<&'a str>,
+    pub lateness_ms: i64,
+    pub idle_timeout_ms: i64,
 }
 
 pub fn pipeline_create(c: &Client, args: &PipelineArgs) -> Result<()> {
@@ -272,6 +274,8 @@ pub fn pipeline_create(c: &Client, args: &PipelineArgs) -> Result<()> {
         "to": args.to,
         "from_offset": args.from_offset,
         "dead_letter": args.dead_letter,
+        "lateness_ms": args.lateness_ms,
+        "idle_timeout_ms": args.idle_timeout_ms,
     });
     c.call("POST", "/v1/pipelines", Some(&body))?;
     println!(

@@ -163,7 +163,7 @@ fn nginx_lines_become_per_minute_error_counts() {
     for line in out.lines() {
         let (key, value) = line.split_once('\t').unwrap();
         let v: Value = serde_json::from_str(value).unwrap();
-        assert_eq!(v["key"], key);
+        assert_eq!(v["status"], key);
         assert_eq!(
             v["window_end_ms"].as_i64().unwrap() - v["window_start_ms"].as_i64().unwrap(),
             60_000
@@ -492,6 +492,110 @@ fn hostile_plugins_fail_alone_and_pause_their_pipeline() {
     assert_eq!(c.call("GET", "/healthz", None).unwrap()["status"], "ok");
 }
 
+/// An aggregate runs over all input partitions: one row per key and window whichever
+/// partitions the key's records came from; records out of order within `lateness_ms` are
+/// counted, a partition silent for `idle_timeout_ms` stops holding windows open, a record after
+/// its window closed is dead-lettered as late, and the output topic, given a value schema, is
+/// queried with typed columns.
+#[test]
+fn an_aggregate_counts_each_key_once_over_all_partitions() {
+    let (_dir, node, _) = started(&[]);
+    let c = client(&node);
+    create_topic(&c, "logs", 2);
+    let schema = "host TEXT, window_start_ms BIGINT, count BIGINT, sum DOUBLE";
+    let body = json!({ "name": "per-host", "partitions": 2,
+                       "configs": { "value.format": "json", "value.schema": schema } });
+    c.call("POST", "/v1/topics", Some(&body)).unwrap();
+    deploy_ready_made(
+        &c,
+        "per-host",
+        "metrics-rollup",
+        "key=host&value=bytes&window_ms=60000",
+    );
+    // (partition, host, seconds after T0, bytes): partition 0 runs to 3:10 and is out of order
+    // by 10 s at 0:50/0:40; partition 1 stops at 1:35.
+    let at = |partition: u32, host: &str, second: i64, bytes: u64| {
+        json!({ "value": json!({ "host": host, "bytes": bytes }).to_string(),
+                "partition": partition, "timestamp": JAN_2024_MS + second * 1000 })
+    };
+    produce(
+        &c,
+        "logs",
+        &[
+            at(0, "a", 10, 1),
+            at(0, "a", 50, 2),
+            at(0, "a", 40, 4),
+            at(0, "a", 80, 8),
+            at(0, "a", 130, 16),
+            at(0, "a", 190, 32),
+            at(1, "a", 30, 64),
+            at(1, "b", 45, 128),
+            at(1, "a", 95, 256),
+        ],
+    );
+    create_pipeline(
+        &c,
+        json!({ "name": "per-host", "from": "logs", "through": ["per-host"], "to": ["per-host"],
+                "from_offset": "earliest", "lateness_ms": 30_000, "idle_timeout_ms": 2000 }),
+    );
+    // Once partition 1 has been silent for 2 s the watermark is 3:10 - 30 s: minutes 0 and 1
+    // close, minute 2 stays open.
+    let query = "SELECT host, window_start_ms, count, sum FROM \"per-host\" \
+                 ORDER BY window_start_ms, host";
+    let rows = |c: &Client| {
+        c.call("POST", "/v1/sql", Some(&json!({ "sql": query })))
+            .unwrap()["rows"]
+            .clone()
+    };
+    eventually("minutes 0 and 1 to close", MINUTE, || {
+        rows(&c).as_array().is_some_and(|r| r.len() == 3)
+    });
+    let minute = |m: i64| JAN_2024_MS + m * 60_000;
+    assert_eq!(
+        rows(&c),
+        json!([
+            { "host": "a", "window_start_ms": minute(0), "count": 4, "sum": 71.0 },
+            { "host": "b", "window_start_ms": minute(0), "count": 1, "sum": 128.0 },
+            { "host": "a", "window_start_ms": minute(1), "count": 2, "sum": 264.0 },
+        ])
+    );
+    let s = status(&c, "per-host");
+    assert_eq!(s["plugins"], json!(["per-host@1"]), "{s}");
+    assert!(
+        s["watermark_ms"].as_i64() >= Some(JAN_2024_MS + 160_000),
+        "{s}"
+    );
+
+    // A record for minute 0 now is late: dead-lettered with the reason, counted, not added.
+    produce(&c, "logs", &[at(1, "a", 20, 512)]);
+    eventually("the late record", MINUTE, || {
+        status(&c, "per-host")["late_records"] == 1
+    });
+    let dead = consume_all(&c, "per-host.dlq", 0);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        header(&dead[0], "weir.error").is_some_and(|e| e.starts_with("late record")),
+        "{dead:?}"
+    );
+    assert_eq!(header(&dead[0], "weir.plugin"), Some("per-host"));
+    assert_eq!(rows(&c).as_array().map(Vec::len), Some(3));
+
+    // An aggregate must end its chain.
+    deploy_ready_made(&c, "to-json", "nginx-to-json", "");
+    let refused = c
+        .call(
+            "POST",
+            "/v1/pipelines",
+            Some(
+                &json!({ "name": "bad", "from": "logs", "through": ["per-host", "to-json"],
+                          "to": ["bad-out"] }),
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("must be the last plugin"), "{refused}");
+}
+
 #[test]
 fn kill_9_during_a_pipeline_run_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -597,7 +701,7 @@ fn kill_9_during_a_pipeline_run_loses_and_repeats_nothing() {
             let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
             let window = (
                 v["window_start_ms"].as_i64().unwrap(),
-                v["key"].as_str().unwrap().to_string(),
+                v["status"].as_str().unwrap().to_string(),
             );
             let previous = got.insert(window, v["count"].as_u64().unwrap());
             assert!(previous.is_none(), "window emitted twice: {v}");

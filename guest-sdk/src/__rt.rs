@@ -14,11 +14,15 @@ use std::cell::RefCell;
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use crate::abi;
-use crate::aggregate::Windows;
+use crate::aggregate::{LATE, Windows};
 use crate::{Aggregate, Error, Params, Record, Result};
 
 /// Version of the ABI this SDK speaks; the host refuses modules exporting another.
 pub const ABI_VERSION: u32 = 1;
+
+/// The source of an output record or failure that no record of the batch made: a window the
+/// watermark closed.
+pub const NO_SOURCE: u32 = u32::MAX;
 
 #[derive(Default)]
 struct Guest {
@@ -101,7 +105,8 @@ struct Collected {
     kept: Vec<u32>,
     records: Vec<WIPOffset<abi::OutRecord<'static>>>,
     partitions: Vec<u32>,
-    failures: Vec<(u32, String)>,
+    /// (source, message, whether the record came after its window closed)
+    failures: Vec<(u32, String, bool)>,
 }
 
 /// Where the answer for one input record goes.
@@ -117,9 +122,9 @@ impl Sink<'_> {
     }
 
     fn fail(&mut self, error: Error) {
-        self.collected
-            .failures
-            .push((self.source, error.to_string()));
+        let message = error.to_string();
+        let late = message.starts_with(LATE);
+        self.collected.failures.push((self.source, message, late));
     }
 
     fn push(&mut self, r: &Record) {
@@ -155,11 +160,30 @@ impl Sink<'_> {
     }
 }
 
-/// Runs `each` over the records of the batch in the input buffer and answers with the `Output`.
+/// What an aggregate does once a batch's records are in: close windows, take a snapshot.
+type End<'e> = &'e mut dyn FnMut(
+    &abi::Batch,
+    &Params,
+    &mut Option<Box<dyn Any>>,
+    &mut Sink,
+) -> Option<Vec<u8>>;
+
+/// The end of a batch of a kind without state.
+fn no_end(
+    _: &abi::Batch,
+    _: &Params,
+    _: &mut Option<Box<dyn Any>>,
+    _: &mut Sink,
+) -> Option<Vec<u8>> {
+    None
+}
+
+/// Runs `each` over the records of the batch in the input buffer, then `end`, and answers with
+/// the `Output`.
 fn process(
     len: u32,
     mut each: impl for<'r> FnMut(Record<'r>, &Params, u32, &mut Option<Box<dyn Any>>, &mut Sink),
-    snapshot: impl FnOnce(&Option<Box<dyn Any>>) -> Option<Vec<u8>>,
+    end: End,
 ) -> u64 {
     GUEST.with_borrow_mut(|guest| {
         let Guest {
@@ -183,13 +207,18 @@ fn process(
                     };
                     each(record(r), params, *partitions, aggregate, &mut sink);
                 }
-                if batch.snapshot() {
-                    state = snapshot(aggregate);
-                }
+                let mut sink = Sink {
+                    output,
+                    collected: &mut collected,
+                    source: NO_SOURCE,
+                };
+                state = end(&batch, params, aggregate, &mut sink);
             }
-            Err(e) => collected
-                .failures
-                .push((u32::MAX, format!("Batch does not parse: {e}"))),
+            Err(e) => {
+                collected
+                    .failures
+                    .push((NO_SOURCE, format!("Batch does not parse: {e}"), false))
+            }
         }
         finish(output, collected, state)
     })
@@ -228,13 +257,14 @@ fn finish(
     let failures: Vec<_> = collected
         .failures
         .iter()
-        .map(|(source, message)| {
+        .map(|(source, message, late)| {
             let message = Some(output.create_string(message));
             abi::Failure::create(
                 output,
                 &abi::FailureArgs {
                     source: *source,
                     message,
+                    late: *late,
                 },
             )
         })
@@ -321,7 +351,7 @@ pub fn filter<R: FilterResult>(len: u32, f: impl Fn(&Record, &Params) -> R) -> u
         Ok(false) => {}
         Err(error) => sink.fail(error),
     };
-    process(len, each, |_| None)
+    process(len, each, &mut no_end)
 }
 
 /// What a scalar function may return: a text, or none (SQL's NULL), or an error.
@@ -355,12 +385,12 @@ pub fn scalar<R: ScalarResult>(len: u32, f: impl Fn(&str, &Params) -> R) -> u64 
         Ok(None) => {}
         Err(error) => sink.fail(error),
     };
-    process(len, each, |_| None)
+    process(len, each, &mut no_end)
 }
 
 /// Maps, filter-maps and flat-maps differ only in how many records their function may return.
 pub fn map(len: u32, f: impl for<'r> Fn(Record<'r>, &Params, &mut Sink)) -> u64 {
-    process(len, |r, params, _, _, sink| f(r, params, sink), |_| None)
+    process(len, |r, params, _, _, sink| f(r, params, sink), &mut no_end)
 }
 
 pub fn partitioner<R: PartitionResult>(len: u32, f: impl Fn(&Record, u32, &Params) -> R) -> u64 {
@@ -384,38 +414,61 @@ pub fn partitioner<R: PartitionResult>(len: u32, f: impl Fn(&Record, u32, &Param
             }
         }
     };
-    process(len, each, |_| None)
+    process(len, each, &mut no_end)
+}
+
+/// The open windows of an aggregate instance.
+fn windows<A: Aggregate + 'static>(state: &mut Option<Box<dyn Any>>) -> Result<&mut Windows<A>> {
+    state
+        .as_mut()
+        .and_then(|s| s.downcast_mut::<Windows<A>>())
+        .ok_or_else(|| Error::msg("aggregate called before weir_init"))
 }
 
 pub fn aggregate<A: Aggregate + 'static>(len: u32) -> u64 {
     let each =
         |r: Record, params: &Params, _, state: &mut Option<Box<dyn Any>>, sink: &mut Sink| {
-            let Some(windows) = state.as_mut().and_then(|s| s.downcast_mut::<Windows<A>>()) else {
-                sink.fail(Error::msg("aggregate called before weir_init"));
-                return;
-            };
-            let closed = windows.add(&r, params).and_then(|closed| {
-                closed
-                    .into_iter()
-                    .map(|(key, window, accumulator)| {
-                        let out = accumulator.finish(&key, window, params)?;
-                        Ok(if out.timestamp < 0 {
-                            out.with_timestamp(window.start_ms)
-                        } else {
-                            out
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-            });
-            closed.emit(sink);
+            if let Err(error) = windows::<A>(state).and_then(|w| w.add(&r, params)) {
+                sink.fail(error);
+            }
         };
-    let snapshot = |state: &Option<Box<dyn Any>>| {
-        let windows = state.as_ref()?.downcast_ref::<Windows<A>>()?;
+    let mut end = |batch: &abi::Batch,
+                   params: &Params,
+                   state: &mut Option<Box<dyn Any>>,
+                   sink: &mut Sink| {
+        let windows = match windows::<A>(state) {
+            Ok(windows) => windows,
+            Err(error) => {
+                sink.fail(error);
+                return None;
+            }
+        };
+        let watermark = match batch.watermark() {
+            i64::MIN => batch
+                .records()
+                .into_iter()
+                .flatten()
+                .map(|r| r.timestamp())
+                .max(),
+            watermark => Some(watermark),
+        };
+        for (key, window, accumulator) in watermark.map(|w| windows.close(w)).unwrap_or_default() {
+            accumulator
+                .finish(&key, window, params)
+                .map(|out| {
+                    if out.timestamp < 0 {
+                        out.with_timestamp(window.start_ms)
+                    } else {
+                        out
+                    }
+                })
+                .emit(sink);
+        }
         // A state type that does not serialize is a bug of the plugin: trap, with the reason.
-        Some(
+        batch.snapshot().then(|| {
             serde_json::to_vec(windows)
-                .unwrap_or_else(|e| panic!("aggregate state does not serialize: {e}")),
-        )
+                .unwrap_or_else(|e| panic!("aggregate state does not serialize: {e}"))
+        })
     };
-    process(len, each, snapshot)
+    process(len, each, &mut end)
 }

@@ -565,6 +565,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Batch<'a> {
 impl<'a> Batch<'a> {
   pub const VT_RECORDS: ::flatbuffers::VOffsetT = 4;
   pub const VT_SNAPSHOT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_WATERMARK: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -576,6 +577,7 @@ impl<'a> Batch<'a> {
     args: &'args BatchArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Batch<'bldr>> {
     let mut builder = BatchBuilder::new(_fbb);
+    builder.add_watermark(args.watermark);
     if let Some(x) = args.records { builder.add_records(x); }
     builder.add_snapshot(args.snapshot);
     builder.finish()
@@ -596,6 +598,13 @@ impl<'a> Batch<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(Batch::VT_SNAPSHOT, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn watermark(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(Batch::VT_WATERMARK, Some(-9223372036854775808)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Batch<'_> {
@@ -606,6 +615,7 @@ impl ::flatbuffers::Verifiable for Batch<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Record>>>>("records", Self::VT_RECORDS, false)?
      .visit_field::<bool>("snapshot", Self::VT_SNAPSHOT, false)?
+     .visit_field::<i64>("watermark", Self::VT_WATERMARK, false)?
      .finish();
     Ok(())
   }
@@ -613,6 +623,7 @@ impl ::flatbuffers::Verifiable for Batch<'_> {
 pub struct BatchArgs<'a> {
     pub records: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Record<'a>>>>>,
     pub snapshot: bool,
+    pub watermark: i64,
 }
 impl<'a> Default for BatchArgs<'a> {
   #[inline]
@@ -620,6 +631,7 @@ impl<'a> Default for BatchArgs<'a> {
     BatchArgs {
       records: None,
       snapshot: false,
+      watermark: -9223372036854775808,
     }
   }
 }
@@ -636,6 +648,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BatchBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_snapshot(&mut self, snapshot: bool) {
     self.fbb_.push_slot::<bool>(Batch::VT_SNAPSHOT, snapshot, false);
+  }
+  #[inline]
+  pub fn add_watermark(&mut self, watermark: i64) {
+    self.fbb_.push_slot::<i64>(Batch::VT_WATERMARK, watermark, -9223372036854775808);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BatchBuilder<'a, 'b, A> {
@@ -657,6 +673,7 @@ impl ::core::fmt::Debug for Batch<'_> {
     let mut ds = f.debug_struct("Batch");
       ds.field("records", &self.records());
       ds.field("snapshot", &self.snapshot());
+      ds.field("watermark", &self.watermark());
       ds.finish()
   }
 }
@@ -876,6 +893,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Failure<'a> {
 impl<'a> Failure<'a> {
   pub const VT_SOURCE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LATE: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -889,6 +907,7 @@ impl<'a> Failure<'a> {
     let mut builder = FailureBuilder::new(_fbb);
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_source(args.source);
+    builder.add_late(args.late);
     builder.finish()
   }
 
@@ -907,6 +926,13 @@ impl<'a> Failure<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Failure::VT_MESSAGE, None)}
   }
+  #[inline]
+  pub fn late(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Failure::VT_LATE, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Failure<'_> {
@@ -917,6 +943,7 @@ impl ::flatbuffers::Verifiable for Failure<'_> {
     v.visit_table(pos)?
      .visit_field::<u32>("source", Self::VT_SOURCE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<bool>("late", Self::VT_LATE, false)?
      .finish();
     Ok(())
   }
@@ -924,6 +951,7 @@ impl ::flatbuffers::Verifiable for Failure<'_> {
 pub struct FailureArgs<'a> {
     pub source: u32,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub late: bool,
 }
 impl<'a> Default for FailureArgs<'a> {
   #[inline]
@@ -931,6 +959,7 @@ impl<'a> Default for FailureArgs<'a> {
     FailureArgs {
       source: 0,
       message: None,
+      late: false,
     }
   }
 }
@@ -947,6 +976,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FailureBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Failure::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn add_late(&mut self, late: bool) {
+    self.fbb_.push_slot::<bool>(Failure::VT_LATE, late, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FailureBuilder<'a, 'b, A> {
@@ -968,6 +1001,7 @@ impl ::core::fmt::Debug for Failure<'_> {
     let mut ds = f.debug_struct("Failure");
       ds.field("source", &self.source());
       ds.field("message", &self.message());
+      ds.field("late", &self.late());
       ds.finish()
   }
 }

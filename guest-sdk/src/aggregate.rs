@@ -15,11 +15,17 @@ pub struct Window {
 
 /// A keyed, windowed accumulator. The SDK keeps one value per (window, key), feeds it the records
 /// of that key whose timestamp falls in the window, and calls [`Aggregate::finish`] once the
-/// window has closed: when a record at or past `end_ms + lateness_ms` arrives. A record for a
-/// window that has already closed fails with "late record" (and goes to the dead-letter topic).
-/// The host snapshots the open windows with the input offset, so a restart continues them.
+/// window has closed. A pipeline runs one instance of an aggregate over all its input
+/// partitions, so a key has one accumulator per window whatever partitions its records come
+/// from. Windows close when the pipeline's watermark (the least of the partitions' largest event
+/// times, less the pipeline's `lateness_ms`; a partition idle for the pipeline's
+/// `idle_timeout_ms` does not hold it back) passes `end_ms + lateness_ms`. A record for a
+/// window that has already closed fails with "late record" (and goes to the dead-letter topic,
+/// counted as late). The host saves the open windows with the input offsets, so a restart
+/// continues them.
 ///
-/// Parameters read by the SDK: `window_ms` (default 60000) and `lateness_ms` (default 0).
+/// Parameters read by the SDK: `window_ms` (default 60000) and `lateness_ms` (default 0, added
+/// to the pipeline's).
 ///
 /// ```
 /// use weir::{Aggregate, Params, Record, Result, Window};
@@ -102,8 +108,9 @@ impl<A: Aggregate> Windows<A> {
         })
     }
 
-    /// Adds `r`, then returns the windows its timestamp closes, as (key, window, accumulator).
-    pub(crate) fn add(&mut self, r: &Record, params: &Params) -> Result<Vec<(String, Window, A)>> {
+    /// Adds `r` to the accumulator of its window and key; a record whose window has closed is
+    /// an error whose message begins with `late record`.
+    pub(crate) fn add(&mut self, r: &Record, params: &Params) -> Result<()> {
         let start_ms = r.timestamp - r.timestamp.rem_euclid(self.window_ms);
         let window = Window {
             start_ms,
@@ -111,16 +118,22 @@ impl<A: Aggregate> Windows<A> {
         };
         if window.end_ms <= self.closed_until_ms {
             return Err(Error::msg(format!(
-                "late record: timestamp {} is in window [{}, {}) which has closed",
+                "{LATE}: timestamp {} is in window [{}, {}) which has closed",
                 r.timestamp, window.start_ms, window.end_ms
             )));
         }
         if let Some(key) = A::key(r, params)? {
             self.open.entry((window, key)).or_default().add(r, params)?;
         }
-        let closed_until_ms = r.timestamp.saturating_sub(self.lateness_ms);
+        Ok(())
+    }
+
+    /// Closes the windows that end at or before `watermark_ms` less `lateness_ms`; returns them
+    /// as (key, window, accumulator), oldest first.
+    pub(crate) fn close(&mut self, watermark_ms: i64) -> Vec<(String, Window, A)> {
+        let closed_until_ms = watermark_ms.saturating_sub(self.lateness_ms);
         if closed_until_ms <= self.closed_until_ms {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         self.closed_until_ms = closed_until_ms;
         let mut closed = Vec::new();
@@ -131,9 +144,12 @@ impl<A: Aggregate> Windows<A> {
             let ((window, key), accumulator) = entry.remove_entry();
             closed.push((key, window, accumulator));
         }
-        Ok(closed)
+        closed
     }
 }
+
+/// How the message of a record that came after its window closed begins.
+pub(crate) const LATE: &str = "late record";
 
 #[cfg(test)]
 mod tests {
@@ -159,7 +175,8 @@ mod tests {
         Record::new("").with_key(key).with_timestamp(ts)
     }
 
-    /// Feeds records, returning what each one closed as `key@start=count`.
+    /// Feeds records one by one, each a watermark at its own timestamp, returning what each
+    /// one closed as `key@start=count`.
     fn feed(
         windows: &mut Windows<Count>,
         records: &[Record],
@@ -168,8 +185,9 @@ mod tests {
         records
             .iter()
             .map(|r| {
-                let closed = windows.add(r, params)?;
-                Ok(closed
+                windows.add(r, params)?;
+                Ok(windows
+                    .close(r.timestamp)
                     .iter()
                     .map(|(key, window, count)| format!("{key}@{}={}", window.start_ms, count.0))
                     .collect())
@@ -214,6 +232,25 @@ mod tests {
         );
         assert_eq!(got[1].as_ref().unwrap(), &Vec::<String>::new());
         assert_eq!(got[2].as_ref().unwrap(), &["a@0=1"]);
+    }
+
+    #[test]
+    fn only_the_watermark_closes_windows() {
+        let params = Params::from_pairs([("window_ms", "10")]);
+        let mut windows = Windows::<Count>::new(&params).unwrap();
+        // A partition far ahead does not close the window another one is still filling.
+        for r in [at(3, "a"), at(95, "a"), at(4, "a")] {
+            windows.add(&r, &params).unwrap();
+        }
+        assert!(windows.close(9).is_empty());
+        windows.add(&at(9, "a"), &params).unwrap();
+        let closed = windows.close(10);
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].1.start_ms, closed[0].2.0), (0, 3));
+        assert!(windows.add(&at(8, "a"), &params).is_err());
+        // An older watermark closes nothing again.
+        assert!(windows.close(5).is_empty());
+        assert_eq!(windows.close(100).len(), 1);
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! SQL pipelines: a continuous query's [`Operator`] (made by the SQL engine through a
-//! [`Compiler`]) driven step by step over the input topic, its results appended to the output
-//! topic exactly once.
+//! Pipelines with state: an [`Operator`] (a continuous query the SQL engine made through a
+//! [`Compiler`], or a plugin chain ending in an aggregate) driven step by step over the input
+//! topic, its results appended to the output topic exactly once.
 //!
-//! A windowed query's output depends on the order in which the partitions' records met (the
+//! A windowed operator's output depends on the order in which the partitions' records met (the
 //! watermark is the minimum over partitions), so a replay after a crash could legitimately
 //! close windows differently from the first run. The results of a step are therefore saved
 //! with the checkpoint *before* they are appended: the checkpoint holds the operator's state,
@@ -58,8 +58,22 @@ pub trait Operator: Send {
 pub struct Emitted {
     /// Records for the output topic, each with its partition.
     pub records: Vec<(u32, NewRecord)>,
-    /// Records of the push (indexes into its slice) that came after their window closed, and why.
-    pub late: Vec<(usize, String)>,
+    /// Records of the push that came after their window closed.
+    pub late: Vec<Dead>,
+    /// Records of the push that a plugin failed on.
+    pub failed: Vec<Dead>,
+    /// A plugin call that failed, counted towards pausing the pipeline.
+    pub failed_call: Option<String>,
+}
+
+/// A record of a push that goes to the dead-letter topic.
+#[derive(Debug)]
+pub struct Dead {
+    /// Its index in the push's slice of its partition.
+    pub index: usize,
+    /// What refused it: `sql` or a plugin's name.
+    pub by: String,
+    pub reason: String,
 }
 
 /// What a query reports about its state.
@@ -252,7 +266,7 @@ fn b64() -> &'static base64::engine::GeneralPurpose {
     &base64::engine::general_purpose::STANDARD
 }
 
-pub struct SqlRunner {
+pub struct OperatorRunner {
     spec: PipelineSpec,
     storage: Arc<Storage>,
     checkpoints: Tree<SqlCheckpoint>,
@@ -269,15 +283,14 @@ pub struct SqlRunner {
     failures: Failures,
 }
 
-impl SqlRunner {
+impl OperatorRunner {
     pub fn new(
         spec: PipelineSpec,
         storage: Arc<Storage>,
         checkpoints: Tree<SqlCheckpoint>,
-        compiler: &dyn Compiler,
+        mut operator: Box<dyn Operator>,
         stats: Arc<Stats>,
-    ) -> Result<SqlRunner, Error> {
-        let mut operator = compiler.compile(&spec).map_err(Error::Invalid)?;
+    ) -> Result<OperatorRunner, Error> {
         let checkpoint = checkpoints.get(&spec.name)?.unwrap_or_default();
         stats.resume_from(checkpoint.counted);
         let files = StepFiles::new(&storage, &spec.name);
@@ -289,7 +302,7 @@ impl SqlRunner {
         if !state.is_empty() {
             operator.restore(&state).map_err(Error::Invalid)?;
         }
-        let mut runner = SqlRunner {
+        let mut runner = OperatorRunner {
             spec,
             storage,
             checkpoints,
@@ -402,13 +415,14 @@ impl SqlRunner {
             match result {
                 Ok(emitted) => {
                     late += emitted.late.len() as u64;
-                    for (index, reason) in emitted.late {
+                    failed = emitted.failed_call.or(failed);
+                    for letter in emitted.late.into_iter().chain(emitted.failed) {
                         dead.push(dead_letter(
                             &self.spec.from,
                             *partition,
-                            &records[index],
-                            reason,
-                            "sql".into(),
+                            &records[letter.index],
+                            letter.reason,
+                            letter.by,
                         ));
                     }
                     for (p, record) in emitted.records {
@@ -600,7 +614,7 @@ mod tests {
                         .collect();
                     Ok(Emitted {
                         records,
-                        late: Vec::new(),
+                        ..Emitted::default()
                     })
                 })
                 .collect()
@@ -620,17 +634,6 @@ mod tests {
         }
     }
 
-    struct EchoCompiler(usize);
-
-    impl Compiler for EchoCompiler {
-        fn compile(&self, _: &PipelineSpec) -> Result<Box<dyn Operator>, String> {
-            Ok(Box::new(Echo {
-                seen: 0,
-                copies: self.0,
-            }))
-        }
-    }
-
     fn spec() -> PipelineSpec {
         PipelineSpec {
             name: "echo".into(),
@@ -643,6 +646,8 @@ mod tests {
             batch_records_max: 100,
             failures_max: 5,
             sql: Some("CREATE PIPELINE echo AS INSERT INTO out SELECT * FROM in".into()),
+            lateness_ms: 0,
+            idle_timeout_ms: PipelineSpec::IDLE_TIMEOUT_DEFAULT_MS,
         }
     }
 
@@ -683,12 +688,12 @@ mod tests {
         }
 
         /// The echo pipeline's runner, as a (re)start makes it.
-        fn open(&self, spec: PipelineSpec, copies: usize) -> Result<SqlRunner, Error> {
-            SqlRunner::new(
+        fn open(&self, spec: PipelineSpec, copies: usize) -> Result<OperatorRunner, Error> {
+            OperatorRunner::new(
                 spec,
                 self.storage.clone(),
                 self.checkpoints.clone(),
-                &EchoCompiler(copies),
+                Box::new(Echo { seen: 0, copies }),
                 Arc::new(Stats::default()),
             )
         }

@@ -23,6 +23,8 @@ mod pipelines;
 mod registry;
 mod sandbox;
 mod watch;
+pub mod watermark;
+mod windowed;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -3,13 +3,14 @@
 //! a plugin, so the reader can be tested and fuzzed on its own.
 
 use bytes::Bytes;
+use weir::__rt::NO_SOURCE;
 use weir::abi;
 use weir_storage::{Header, NewRecord};
 
 /// One record a plugin produced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutRecord {
-    /// Index of the input record it came from.
+    /// Index of the input record it came from; [`NO_SOURCE`] for a window the watermark closed.
     pub source: u32,
     pub record: NewRecord,
     pub topic: Option<String>,
@@ -23,7 +24,11 @@ pub struct Output {
     pub records: Vec<OutRecord>,
     /// One per input record for a partitioner (`u32::MAX` where it failed), else empty.
     pub partitions: Vec<u32>,
+    /// (source, message); the source is [`NO_SOURCE`] when no input record failed (a window
+    /// that did not finish).
     pub failures: Vec<(u32, String)>,
+    /// The sources of the failures that are records after their window closed.
+    pub late: Vec<u32>,
     pub state: Option<Vec<u8>>,
 }
 
@@ -41,6 +46,10 @@ pub fn read(bytes: &Bytes, count: usize) -> Result<Output, String> {
             ))
         }
     };
+    let source = |index: u32, what: &str| match index {
+        NO_SOURCE => Ok(NO_SOURCE),
+        index => in_range(index, what),
+    };
     let kept = output
         .kept()
         .into_iter()
@@ -54,15 +63,17 @@ pub fn read(bytes: &Bytes, count: usize) -> Result<Output, String> {
             partitions.len()
         ));
     }
+    let mut late = Vec::new();
     let failures = output
         .failures()
         .into_iter()
         .flatten()
         .map(|f| {
-            Ok((
-                in_range(f.source(), "failure source")?,
-                f.message().unwrap_or_default().to_owned(),
-            ))
+            let source = source(f.source(), "failure source")?;
+            if f.late() {
+                late.push(source);
+            }
+            Ok((source, f.message().unwrap_or_default().to_owned()))
         })
         .collect::<Result<Vec<_>, String>>()?;
     let records = output
@@ -73,7 +84,7 @@ pub fn read(bytes: &Bytes, count: usize) -> Result<Output, String> {
             let bytes = |v: Option<flatbuffers::Vector<u8>>| v.map(|v| bytes.slice_ref(v.bytes()));
             let headers = r.headers().into_iter().flatten();
             Ok(OutRecord {
-                source: in_range(r.source(), "record source")?,
+                source: source(r.source(), "record source")?,
                 record: NewRecord {
                     timestamp: r.timestamp(),
                     key: bytes(r.key()),
@@ -96,6 +107,7 @@ pub fn read(bytes: &Bytes, count: usize) -> Result<Output, String> {
         records,
         partitions,
         failures,
+        late,
         state,
     })
 }

@@ -4,7 +4,7 @@
 //! Exactly once inside the broker: the last record of every batch a pipeline appends carries the
 //! header `weir.pipeline = <name>/<input partition>/<last input offset of the step>`, and every
 //! output record knows the input offset it came from. The checkpoint (next input offset, output
-//! log ends, aggregate states) is written after the appends and may be lost in a crash; on start
+//! log ends) is written after the appends and may be lost in a crash; on start
 //! the runner reads each output log from the end the checkpoint recorded, finds the markers, and
 //! while replaying skips every output whose input offset a log already covers. Plugins must be
 //! deterministic for this to hold (the same input gives the same output), as the SDK's kinds are.
@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use weir::Kind;
@@ -58,6 +57,14 @@ pub struct PipelineSpec {
     /// The `CREATE PIPELINE` statement of a SQL pipeline, which has no plugins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql: Option<String>,
+    /// How far the watermark of an aggregating chain stays behind the least of its input
+    /// partitions' largest event times.
+    #[serde(default)]
+    pub lateness_ms: i64,
+    /// How long an input partition of an aggregating chain may be silent before it stops
+    /// holding the watermark back.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: i64,
 }
 
 fn default_from_offset() -> String {
@@ -69,12 +76,20 @@ fn default_batch_records_max() -> u32 {
 fn default_failures_max() -> u32 {
     PipelineSpec::FAILURES_DEFAULT
 }
+fn default_idle_timeout_ms() -> i64 {
+    PipelineSpec::IDLE_TIMEOUT_DEFAULT_MS
+}
 
 impl PipelineSpec {
     /// Records per plugin call when a spec does not say.
     pub const BATCH_RECORDS_DEFAULT: u32 = 1000;
     /// Failed calls in a row before a pipeline pauses, when a spec does not say.
     pub const FAILURES_DEFAULT: u32 = 5;
+    /// How long a partition may be silent before it stops holding an aggregate's watermark
+    /// back, when a spec does not say.
+    pub const IDLE_TIMEOUT_DEFAULT_MS: i64 = 30_000;
+    /// The longest lateness or idle timeout: a day.
+    pub const WAIT_MAX_MS: i64 = 86_400_000;
 
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter
@@ -127,9 +142,6 @@ pub struct Checkpoint {
     pub next_offset: u64,
     /// End offset of every output log (`topic/partition`) when the checkpoint was taken.
     pub outputs: BTreeMap<String, u64>,
-    /// Aggregate state by stage index, base64.
-    #[serde(default)]
-    pub states: BTreeMap<usize, String>,
     /// The pipeline's counters when the checkpoint was taken.
     #[serde(default)]
     pub counted: Counted,
@@ -159,6 +171,21 @@ impl Counted {
             batches: self.batches + other.batches,
             failed_calls: self.failed_calls + other.failed_calls,
             late: self.late + other.late,
+        }
+    }
+
+    /// Each counter, the larger of both.
+    pub fn max_each(self, other: Counted) -> Counted {
+        let [a, b] = [self.fields(), other.fields()];
+        let max = |i: usize| a[i].max(b[i]);
+        Counted {
+            records_in: max(0),
+            records_out: max(1),
+            dropped: max(2),
+            dead_lettered: max(3),
+            batches: max(4),
+            failed_calls: max(5),
+            late: max(6),
         }
     }
 
@@ -260,48 +287,96 @@ impl Stats {
     }
 }
 
-struct Stage {
-    name: String,
-    version: PluginVersion,
-    plugin: Plugin,
-    /// Live instances: one per input partition for an aggregate (each partition has its own
-    /// windows and event time), one shared by all partitions otherwise (under key 0).
-    instances: BTreeMap<u32, Instance>,
+/// One plugin of a pipeline's chain.
+pub(crate) struct Stage {
+    pub(crate) name: String,
+    pub(crate) version: PluginVersion,
+    pub(crate) plugin: Plugin,
+    /// The live instance, shared by all partitions.
+    instance: Option<Instance>,
 }
 
 impl Stage {
-    fn instance_key(&self, partition: u32) -> u32 {
-        if self.plugin.kind() == Kind::Aggregate {
-            partition
-        } else {
-            0
+    pub(crate) fn new(name: String, version: PluginVersion, plugin: Plugin) -> Stage {
+        Stage {
+            name,
+            version,
+            plugin,
+            instance: None,
         }
+    }
+
+    /// `name@version`, as statuses and errors name it.
+    pub(crate) fn label(&self) -> String {
+        format!("{}@{}", self.name, self.version.version)
+    }
+
+    /// The live instance, made first if there is none: with the version's params, `partitions`
+    /// partitions to spread over and an aggregate's saved `state`.
+    pub(crate) fn instance(
+        &mut self,
+        registry: &Registry,
+        partitions: u32,
+        state: Option<Vec<u8>>,
+    ) -> Result<&mut Instance, CallError> {
+        if self.instance.is_none() {
+            let params = self
+                .version
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let init = Init {
+                params,
+                partitions,
+                state,
+            };
+            self.instance = Some(registry.sandbox().instantiate(&self.plugin, &init)?);
+        }
+        self.instance
+            .as_mut()
+            .ok_or_else(|| CallError::Init("no instance".into()))
+    }
+
+    /// Drops the instance, after a failed call left it in doubt.
+    pub(crate) fn forget_instance(&mut self) {
+        self.instance = None;
     }
 }
 
 /// A record on its way through the chain.
 #[derive(Clone)]
-struct Item {
+pub(crate) struct Item {
     /// Index in the step's input.
-    origin: usize,
-    record: Record,
+    pub(crate) origin: usize,
+    pub(crate) record: Record,
     topic: Option<String>,
     partition: Option<u32>,
 }
 
-struct DeadLetter {
-    origin: usize,
-    plugin: String,
-    message: String,
+impl Item {
+    /// Record `origin` of a step's input, before any stage.
+    pub(crate) fn input(origin: usize, record: &Record) -> Item {
+        Item {
+            origin,
+            record: record.clone(),
+            topic: None,
+            partition: None,
+        }
+    }
 }
 
-/// What a step's records became after the chain of stages.
-struct StagesOutcome {
-    items: Vec<Item>,
-    dead: Vec<DeadLetter>,
-    /// Aggregate states by stage index, base64.
-    states: BTreeMap<usize, String>,
-    failed_call: Option<String>,
+pub(crate) struct DeadLetter {
+    pub(crate) origin: usize,
+    pub(crate) plugin: String,
+    pub(crate) message: String,
+}
+
+/// What a step's records became after a chain of stages.
+pub(crate) struct StagesOutcome {
+    pub(crate) items: Vec<Item>,
+    pub(crate) dead: Vec<DeadLetter>,
+    pub(crate) failed_call: Option<String>,
 }
 
 /// The state of one pipeline between steps; owned by its task.
@@ -402,7 +477,6 @@ impl Runner {
                             .iter()
                             .map(|(t, p, log)| (log_key(t, *p), log.log_end_offset()))
                             .collect(),
-                        states: BTreeMap::new(),
                         counted: Counted::default(),
                     };
                     // Durably: replays after a crash start from here.
@@ -479,7 +553,7 @@ impl Runner {
                     if self.generation != u64::MAX {
                         tracing::info!(pipeline = %self.spec.name, plugin = %name, version = version.version, "switching plugin version between batches");
                     }
-                    Stage { name: name.clone(), version, plugin, instances: BTreeMap::new() }
+                    Stage::new(name.clone(), version, plugin)
                 }
             });
         }
@@ -494,6 +568,15 @@ impl Runner {
 
     /// Processes at most one batch of every input partition.
     pub fn step(&mut self) -> Result<Step, Error> {
+        if self.registry.generation() != self.generation
+            && crate::windowed::aggregates(&self.registry, &self.spec)
+        {
+            // The task makes the runner again, one that runs the aggregate over all partitions.
+            return Err(Error::Invalid(format!(
+                "a plugin of pipeline {} is now an aggregate; it starts again over all input partitions",
+                self.spec.name
+            )));
+        }
         if let Err(e) = self.refresh_plugins() {
             return Ok(Step::Pause(format!("cannot load plugins: {e}")));
         }
@@ -532,87 +615,33 @@ impl Runner {
             .records_in
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.checkpoint(partition, last_offset, outcome.states)?;
+        self.checkpoint(partition, last_offset)?;
         Ok(self.count_failure(outcome.failed_call))
     }
 
-    /// Runs a step's records through the chain of stages, stopping at the first failed call,
-    /// whose records become dead letters.
+    /// Runs a step's records through the chain of stages.
     fn run_stages(&mut self, partition: u32, records: &[Record]) -> Result<StagesOutcome, Error> {
         let first_partitions = self.storage.existing_topic(&self.spec.to[0])?.partitions;
-        let states = self
-            .cursors
-            .get(&partition)
-            .map(|(c, _)| c.states.clone())
-            .unwrap_or_default();
-        let mut outcome = StagesOutcome {
-            items: records
-                .iter()
-                .enumerate()
-                .map(|(origin, r)| Item {
-                    origin,
-                    record: r.clone(),
-                    topic: None,
-                    partition: None,
-                })
-                .collect(),
-            dead: Vec::new(),
-            states: states.clone(),
-            failed_call: None,
-        };
-        for (index, stage) in self.stages.iter_mut().enumerate() {
-            if outcome.items.is_empty() {
-                break;
-            }
-            let items = std::mem::take(&mut outcome.items);
-            match run_stage(
-                &self.registry,
-                stage,
-                &items,
-                partition,
-                first_partitions,
-                states.get(&index),
-            ) {
-                Ok(output) => {
-                    if let Some(state) = output.state.as_ref() {
-                        let state = base64::engine::general_purpose::STANDARD.encode(state);
-                        outcome.states.insert(index, state);
-                    }
-                    outcome.items = apply(stage, items, output, &mut outcome.dead);
-                }
-                Err(error) => {
-                    stage.instances.remove(&stage.instance_key(partition));
-                    let message = error.to_string();
-                    outcome
-                        .dead
-                        .extend(items.into_iter().map(|item| DeadLetter {
-                            origin: item.origin,
-                            plugin: stage.name.clone(),
-                            message: message.clone(),
-                        }));
-                    outcome.failed_call = Some(format!(
-                        "{}@{}: {message}",
-                        stage.name, stage.version.version
-                    ));
-                    break;
-                }
-            }
-        }
-        Ok(outcome)
+        let items = records
+            .iter()
+            .enumerate()
+            .map(|(origin, r)| Item::input(origin, r))
+            .collect();
+        Ok(run_chain(
+            &self.registry,
+            &mut self.stages,
+            items,
+            partition,
+            first_partitions,
+        ))
     }
 
     /// Records that the partition's step up to `last_offset` is done, with the output log ends a
     /// replay after a crash starts from.
-    fn checkpoint(
-        &mut self,
-        partition: u32,
-        last_offset: i64,
-        states: BTreeMap<usize, String>,
-    ) -> Result<(), Error> {
+    fn checkpoint(&mut self, partition: u32, last_offset: i64) -> Result<(), Error> {
         let outputs = self.output_logs()?;
         let (checkpoint, _) = self.cursors.entry(partition).or_default();
         checkpoint.next_offset = last_offset as u64 + 1;
-        checkpoint.states = states;
         // Steps run one partition after another, so every count so far is of checkpointed work.
         checkpoint.counted = self.stats.counted();
         checkpoint.outputs = outputs
@@ -875,41 +904,51 @@ pub(crate) fn dead_letter(
     }
 }
 
-fn run_stage(
+/// Runs `items` of input `partition` through `stages`, stopping at the first failed call, whose
+/// items become dead letters. `partitions` is what a partitioner spreads over.
+pub(crate) fn run_chain(
     registry: &Registry,
-    stage: &mut Stage,
-    items: &[Item],
+    stages: &mut [Stage],
+    mut items: Vec<Item>,
     partition: u32,
     partitions: u32,
-    state: Option<&String>,
-) -> Result<crate::Output, CallError> {
-    let key = stage.instance_key(partition);
-    if !stage.instances.contains_key(&key) {
-        let state = state.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
-        let params = stage
-            .version
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let init = Init {
-            params,
-            partitions,
-            state,
-        };
-        let instance = registry.sandbox().instantiate(&stage.plugin, &init)?;
-        stage.instances.insert(key, instance);
+) -> StagesOutcome {
+    let mut dead = Vec::new();
+    for stage in stages {
+        if items.is_empty() {
+            break;
+        }
+        let records: Vec<Record> = items.iter().map(|item| item.record.clone()).collect();
+        let called = stage
+            .instance(registry, partitions, None)
+            .and_then(|instance| instance.process(&records, partition as i32, false));
+        match called {
+            Ok(output) => items = apply(stage, items, output, &mut dead),
+            Err(error) => {
+                stage.forget_instance();
+                let message = error.to_string();
+                dead.extend(items.into_iter().map(|item| DeadLetter {
+                    origin: item.origin,
+                    plugin: stage.name.clone(),
+                    message: message.clone(),
+                }));
+                return StagesOutcome {
+                    items: Vec::new(),
+                    dead,
+                    failed_call: Some(format!("{}: {message}", stage.label())),
+                };
+            }
+        }
     }
-    let aggregate = stage.plugin.kind() == Kind::Aggregate;
-    let Some(instance) = stage.instances.get_mut(&key) else {
-        return Err(CallError::Init("no instance".into()));
-    };
-    let records: Vec<Record> = items.iter().map(|item| item.record.clone()).collect();
-    instance.process(&records, partition as i32, aggregate)
+    StagesOutcome {
+        items,
+        dead,
+        failed_call: None,
+    }
 }
 
 /// The items after one stage: what a filter kept, what a map made, where a partitioner put them.
-fn apply(
+pub(crate) fn apply(
     stage: &Stage,
     items: Vec<Item>,
     output: crate::Output,

@@ -13,9 +13,10 @@ use weir::Kind;
 use weir_storage::{Storage, Tree, now_ms};
 
 use crate::Error;
-use crate::continuous::{Compiler, SqlCheckpoint, SqlRunner, StepFiles};
+use crate::continuous::{Compiler, OperatorRunner, SqlCheckpoint, StepFiles};
 use crate::pipeline::{Checkpoint, PipelineSpec, Runner, StartAt, Stats, Step, checkpoint_key};
 use crate::registry::{Registry, validate_plugin_name};
+use crate::windowed::{self, PluginWindows};
 use weir_storage::locks;
 
 /// Pipelines one broker runs at most.
@@ -94,9 +95,9 @@ impl Steps for Runner {
     }
 }
 
-impl Steps for SqlRunner {
+impl Steps for OperatorRunner {
     fn step(&mut self) -> Result<Step, Error> {
-        SqlRunner::step(self)
+        OperatorRunner::step(self)
     }
 }
 
@@ -156,6 +157,23 @@ impl Pipelines {
 
     /// The runner of `spec`, which resumes from its checkpoints.
     fn runner(&self, spec: PipelineSpec, stats: Arc<Stats>) -> Result<Box<dyn Steps>, Error> {
+        if windowed::aggregates(&self.registry, &spec) {
+            self.adopt_partition_checkpoints(&spec)?;
+            let operator = PluginWindows::new(
+                spec.clone(),
+                self.registry.clone(),
+                &self.storage,
+                stats.clone(),
+            )?;
+            let runner = OperatorRunner::new(
+                spec,
+                self.storage.clone(),
+                self.sql_checkpoints.clone(),
+                Box::new(operator),
+                stats,
+            )?;
+            return Ok(Box::new(runner));
+        }
         if spec.sql.is_none() {
             let checkpoints = self.checkpoints.clone();
             let runner = Runner::new(
@@ -170,14 +188,41 @@ impl Pipelines {
         let compiler = self.compiler.get().ok_or_else(|| {
             Error::Invalid("this node runs no SQL engine for SQL pipelines".into())
         })?;
-        let runner = SqlRunner::new(
+        let operator = compiler.compile(&spec).map_err(Error::Invalid)?;
+        let runner = OperatorRunner::new(
             spec,
             self.storage.clone(),
             self.sql_checkpoints.clone(),
-            compiler.as_ref(),
+            operator,
             stats,
         )?;
         Ok(Box::new(runner))
+    }
+
+    /// An aggregating chain saved by a version that ran one aggregate per input partition goes
+    /// on from those partitions' offsets; the windows they had open start again empty.
+    fn adopt_partition_checkpoints(&self, spec: &PipelineSpec) -> Result<(), Error> {
+        if self.sql_checkpoints.get(&spec.name)?.is_some() {
+            return Ok(());
+        }
+        let old = self.checkpoints.scan_prefix(&format!("{}/", spec.name))?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        let mut adopted = SqlCheckpoint::default();
+        for (key, checkpoint) in old {
+            let partition = key.rsplit('/').next().and_then(|p| p.parse().ok());
+            if let Some(partition) = partition {
+                adopted
+                    .next_offsets
+                    .insert(partition, checkpoint.next_offset);
+                adopted.counted = checkpoint.counted.max_each(adopted.counted);
+            }
+            self.checkpoints.remove(&key)?;
+        }
+        tracing::warn!(pipeline = %spec.name, "the aggregate now runs over all input partitions; it goes on from their offsets and the windows open at the upgrade start empty");
+        self.sql_checkpoints.insert(&spec.name, &adopted)?;
+        Ok(())
     }
 
     /// Who decides whether owners keep their rights; set once, before [`Pipelines::start_all`].
@@ -292,6 +337,18 @@ impl Pipelines {
                 _ => {}
             }
         }
+        for (what, ms) in [
+            ("lateness_ms", spec.lateness_ms),
+            ("idle_timeout_ms", spec.idle_timeout_ms),
+        ] {
+            if !(0..=PipelineSpec::WAIT_MAX_MS).contains(&ms) {
+                return Err(Error::Invalid(format!(
+                    "{what}={ms}: give 0 to {} (a day)",
+                    PipelineSpec::WAIT_MAX_MS
+                )));
+            }
+        }
+        windowed::check(&self.registry, spec)?;
         if let Some(name) = &spec.partition_by {
             let (_, plugin) = self.registry.active(name)?;
             if plugin.kind() != Kind::Partitioner {
@@ -494,10 +551,8 @@ impl Pipelines {
         let Some(input) = self.storage.topic(&spec.from)? else {
             return Ok(0);
         };
-        let sql = match &spec.sql {
-            Some(_) => self.sql_checkpoints.get(&spec.name)?,
-            None => None,
-        };
+        // SQL pipelines and aggregating chains keep one checkpoint for all partitions.
+        let sql = self.sql_checkpoints.get(&spec.name)?;
         let mut lag = 0;
         for partition in 0..input.partitions {
             let log = self.storage.log(&spec.from, partition)?;

@@ -389,11 +389,34 @@ impl Instance {
         partition: i32,
         snapshot: bool,
     ) -> Result<Output, CallError> {
+        self.run(records, &|_| partition, snapshot, None)
+    }
+
+    /// Runs an aggregate over `records`, record `i` from input partition `partitions[i]`, then
+    /// lets it close the windows `watermark` passed; answers with its state.
+    pub fn aggregate(
+        &mut self,
+        records: &[Record],
+        partitions: &[u32],
+        watermark: Option<i64>,
+    ) -> Result<Output, CallError> {
+        let partition = |i: usize| partitions.get(i).map_or(-1, |p| *p as i32);
+        self.run(records, &partition, true, watermark)
+    }
+
+    fn run(
+        &mut self,
+        records: &[Record],
+        partition: &dyn Fn(usize) -> i32,
+        snapshot: bool,
+        watermark: Option<i64>,
+    ) -> Result<Output, CallError> {
         let builder = &mut self.builder;
         builder.reset();
         let records_fb: Vec<_> = records
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
                 let key = r.key.as_ref().map(|k| builder.create_vector(k));
                 let value = r.value.as_ref().map(|v| builder.create_vector(v));
                 let headers: Vec<_> = r
@@ -409,7 +432,7 @@ impl Instance {
                 let args = abi::RecordArgs {
                     offset: r.offset,
                     timestamp: r.timestamp,
-                    partition,
+                    partition: partition(i),
                     key,
                     value,
                     headers,
@@ -423,6 +446,7 @@ impl Instance {
             &abi::BatchArgs {
                 records: records_fb,
                 snapshot,
+                watermark: watermark.unwrap_or(i64::MIN),
             },
         );
         builder.finish(root, None);

@@ -3,6 +3,7 @@
 //! Every ready-made plugin, built to wasm and run through the sandbox as a pipeline runs it.
 
 use bytes::Bytes;
+use weir::__rt::NO_SOURCE;
 use weir_runtime::{Init, Instance, Kind, Output, Sandbox, SandboxConfig, partition_for_key};
 use weir_storage::Record;
 
@@ -154,25 +155,26 @@ fn metrics_rollup_emits_closed_windows_and_resumes_from_its_state() {
     let output = second
         .process(&[line(900, 500, 3), line(1500, 404, 1)], 0, true)
         .unwrap();
-    let mut values = values(&output);
-    values.sort();
-    assert_eq!(values.len(), 2, "{values:?}");
+    let mut first_closed = values(&output);
+    first_closed.sort();
+    assert_eq!(first_closed.len(), 2, "{first_closed:?}");
     assert!(
-        values[0].contains(r#""key":"200""#) && values[0].contains(r#""count":1"#),
-        "{values:?}"
+        first_closed[0].contains(r#""status":"200""#) && first_closed[0].contains(r#""count":1"#),
+        "{first_closed:?}"
     );
     assert!(
-        values[1].contains(r#""key":"500""#)
-            && values[1].contains(r#""count":3"#)
-            && values[1].contains(r#""sum":15.0"#),
-        "{values:?}"
+        first_closed[1].contains(r#""status":"500""#)
+            && first_closed[1].contains(r#""count":3"#)
+            && first_closed[1].contains(r#""sum":15.0"#),
+        "{first_closed:?}"
     );
-    // Both came from the record that closed the window, stamped with the window start.
+    // Both were closed by the batch's event time, not made from one of its records, and are
+    // stamped with the window start.
     assert!(
         output
             .records
             .iter()
-            .all(|r| r.source == 1 && r.record.timestamp == 0)
+            .all(|r| r.source == NO_SOURCE && r.record.timestamp == 0)
     );
     // A record for the closed window is late.
     let output = second.process(&[line(999, 500, 1)], 0, true).unwrap();
@@ -180,5 +182,25 @@ fn metrics_rollup_emits_closed_windows_and_resumes_from_its_state() {
         output.failures[0].1.contains("late record"),
         "{:?}",
         output.failures
+    );
+    assert_eq!(output.late, [0]);
+    // Given a watermark, only the watermark closes windows: event time 5000 does not close
+    // [1000, 2000) while the watermark is at 1999, and 2000 does.
+    let output = second
+        .aggregate(
+            &[line(1200, 500, 1), line(5000, 500, 1)],
+            &[0, 1],
+            Some(1999),
+        )
+        .unwrap();
+    assert!(output.records.is_empty(), "{:?}", output.records);
+    let output = second.aggregate(&[], &[], Some(2000)).unwrap();
+    let closed = values(&output);
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    assert!(
+        closed
+            .iter()
+            .all(|v| v.contains(r#""window_start_ms":1000"#) && v.contains(r#""count":1"#)),
+        "{closed:?}"
     );
 }

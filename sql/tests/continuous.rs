@@ -261,9 +261,9 @@ async fn records_behind_the_watermark_are_late_with_the_reason() {
         "the first 40 s of partition 1 are behind {watermark}"
     );
     assert!(
-        out.late[0].1.contains("behind the watermark"),
+        out.late[0].reason.contains("behind the watermark"),
         "{}",
-        out.late[0].1
+        out.late[0].reason
     );
 }
 

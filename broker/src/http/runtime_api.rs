@@ -90,6 +90,12 @@ struct PipelineBody {
     /// The statement of a SQL pipeline (made with `CREATE PIPELINE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sql: Option<String>,
+    /// How far an aggregate's watermark stays behind the input's event time.
+    #[serde(default)]
+    lateness_ms: i64,
+    /// How long an input partition may be silent before it stops holding the watermark back.
+    #[serde(default = "idle_timeout_ms")]
+    idle_timeout_ms: i64,
 }
 
 fn latest() -> String {
@@ -102,6 +108,10 @@ fn batch_records_max() -> u32 {
 
 fn failures_max() -> u32 {
     PipelineSpec::FAILURES_DEFAULT
+}
+
+fn idle_timeout_ms() -> i64 {
+    PipelineSpec::IDLE_TIMEOUT_DEFAULT_MS
 }
 
 impl From<PipelineBody> for PipelineSpec {
@@ -117,6 +127,8 @@ impl From<PipelineBody> for PipelineSpec {
             batch_records_max: b.batch_records_max,
             failures_max: b.failures_max,
             sql: b.sql,
+            lateness_ms: b.lateness_ms,
+            idle_timeout_ms: b.idle_timeout_ms,
         }
     }
 }
@@ -134,6 +146,8 @@ impl From<PipelineSpec> for PipelineBody {
             batch_records_max: s.batch_records_max,
             failures_max: s.failures_max,
             sql: s.sql,
+            lateness_ms: s.lateness_ms,
+            idle_timeout_ms: s.idle_timeout_ms,
         }
     }
 }

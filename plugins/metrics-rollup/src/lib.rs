@@ -3,8 +3,11 @@
 //! by, e.g. `status`), `value` (numeric field, optional: without it only `count` is kept),
 //! `window_ms` (default 60000) and `lateness_ms` (default 0).
 //!
-//! Emits, when a window closes, `{"key":"503","window_start_ms":…,"window_end_ms":…,"count":…,
-//! "sum":…,"min":…,"max":…,"avg":…}` keyed by the group.
+//! Emits, when a window closes, `{"status":"503","window_start_ms":…,"window_end_ms":…,
+//! "count":…,"sum":…,"min":…,"max":…,"avg":…}` keyed by the group. The group's field is named
+//! after the last part of `key` (`request.status` gives `status`), or `group_key` when that
+//! name is one of the other fields or a column every topic has (`key`, `value`, `timestamp`,
+//! …), so the output topic can carry a value schema and be queried with typed columns.
 
 use serde::{Deserialize, Serialize};
 use weir::serde_json::{Value, json};
@@ -16,6 +19,35 @@ pub struct Rollup {
     sum: f64,
     min: Option<f64>,
     max: Option<f64>,
+}
+
+/// Names the results use for something else: their own fields and the columns of every topic.
+const TAKEN: [&str; 15] = [
+    "window_start_ms",
+    "window_end_ms",
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "key",
+    "key_text",
+    "value",
+    "value_text",
+    "timestamp",
+    "offset",
+    "partition",
+    "headers",
+];
+
+/// The field of the results that holds the group: the last part of the `key` path.
+fn group_field(key: &str) -> &str {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    if last.is_empty() || TAKEN.contains(&last) {
+        "group_key"
+    } else {
+        last
+    }
 }
 
 fn field_text(value: &Value) -> String {
@@ -52,7 +84,7 @@ impl Aggregate for Rollup {
 
     fn finish(&self, key: &str, window: Window, params: &Params) -> Result<Record<'static>> {
         let mut out = json!({
-            "key": key,
+            group_field(params.require("key")?): key,
             "window_start_ms": window.start_ms,
             "window_end_ms": window.end_ms,
             "count": self.count,
@@ -128,6 +160,15 @@ mod tests {
             .unwrap();
         assert_eq!(v["count"], 1);
         assert!(v.get("sum").is_none());
+    }
+
+    #[test]
+    fn the_group_field_never_takes_a_column_name() {
+        assert_eq!(group_field("status"), "status");
+        assert_eq!(group_field("request.host"), "host");
+        for taken in ["key", "http.timestamp", "count", "value"] {
+            assert_eq!(group_field(taken), "group_key", "{taken}");
+        }
     }
 
     #[test]

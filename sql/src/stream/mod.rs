@@ -169,6 +169,8 @@ impl QueryEngine {
             batch_records_max: STEP_RECORDS_MAX,
             failures_max: PipelineSpec::FAILURES_DEFAULT,
             sql: Some(sql.trim().trim_end_matches(';').trim_end().to_owned()),
+            lateness_ms: create.options.watermark_delay_ms,
+            idle_timeout_ms: create.options.idle_timeout_ms,
         };
         if let Some(access) = &access {
             access.may_run(&spec).map_err(Error::Denied)?;

@@ -32,10 +32,10 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
 use weir_runtime::PipelineSpec;
-use weir_runtime::continuous::{Compiler, Emitted, Gauges, Operator};
+use weir_runtime::continuous::{Compiler, Dead, Emitted, Gauges, Operator};
 use weir_runtime::parallel::in_parallel;
+use weir_runtime::watermark::EventClock;
 use weir_storage::{NewRecord, Record, Storage, locks};
 
 use super::source::{Slot, SlotExec, SlotTable};
@@ -231,21 +231,6 @@ impl Groups {
     }
 }
 
-/// Event-time progress of one input partition.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-struct PartitionTime {
-    max_event_ms: Option<i64>,
-    #[serde(skip)]
-    last_active_ms: i64,
-}
-
-/// What a snapshot holds besides the windows' states.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Header {
-    partitions: BTreeMap<u32, PartitionTime>,
-    watermark_ms: Option<i64>,
-}
-
 /// A step with fewer records than this builds its rows on one thread.
 const PARALLEL_RECORDS_MIN: usize = 1024;
 
@@ -266,8 +251,7 @@ pub struct Query {
     task: Arc<TaskContext>,
     sink: Option<(TopicSink, u32)>,
     windows: BTreeMap<(i64, i64), Groups>,
-    partitions: BTreeMap<u32, PartitionTime>,
-    watermark_ms: Option<i64>,
+    clock: EventClock,
     open_groups_max: u64,
 }
 
@@ -368,16 +352,6 @@ impl Query {
                 .position(|i| input_schema.field(*i).name() == &w.time_column),
             None => None,
         };
-        let now = weir_storage::now_ms();
-        let partitions = (0..meta.partitions)
-            .map(|p| {
-                let time = PartitionTime {
-                    max_event_ms: None,
-                    last_active_ms: now,
-                };
-                (p, time)
-            })
-            .collect();
         Ok(Query {
             storage,
             source,
@@ -401,8 +375,7 @@ impl Query {
             task: Arc::new(TaskContext::from(&state)),
             sink: None,
             windows: BTreeMap::new(),
-            partitions,
-            watermark_ms: None,
+            clock: EventClock::new(meta.partitions, weir_storage::now_ms()),
             open_groups_max: OPEN_GROUPS_MAX,
         })
     }
@@ -470,34 +443,17 @@ impl Query {
         Ok(())
     }
 
-    /// Moves the watermark: the least of the active partitions' largest event times (a
-    /// partition silent for the idle timeout does not count), minus the delay; never back.
+    /// Moves the watermark (see [`EventClock`]).
     fn advance(&mut self, now_ms: i64) {
-        let active: Vec<Option<i64>> = self
-            .partitions
-            .values()
-            .filter(|p| now_ms - p.last_active_ms < self.options.idle_timeout_ms)
-            .map(|p| p.max_event_ms)
-            .collect();
-        let reached = if active.is_empty() {
-            self.partitions
-                .values()
-                .filter_map(|p| p.max_event_ms)
-                .max()
-        } else {
-            active
-                .into_iter()
-                .collect::<Option<Vec<i64>>>()
-                .and_then(|t| t.into_iter().min())
-        };
-        let candidate = reached.map(|t| t.saturating_sub(self.options.watermark_delay_ms));
-        self.watermark_ms = self.watermark_ms.max(candidate);
+        let options = &self.options;
+        self.clock
+            .advance(now_ms, options.watermark_delay_ms, options.idle_timeout_ms);
     }
 
     /// Evaluates every window whose end the watermark passed, oldest first.
     fn close(&mut self) -> Result<Vec<(u32, NewRecord)>> {
         let mut out = Vec::new();
-        let Some(watermark) = self.watermark_ms else {
+        let Some(watermark) = self.clock.watermark_ms() else {
             return Ok(out);
         };
         while let Some(entry) = self.windows.first_entry() {
@@ -578,28 +534,32 @@ impl Query {
         let mut keep = Vec::with_capacity(times.len());
         let mut latest = None;
         for (row, t) in times.iter().enumerate() {
-            let on_time =
-                match (t, self.watermark_ms) {
-                    (None, _) => {
-                        emitted.late.push((
-                            row,
-                            format!("no event time: column {} is NULL", window.time_column),
-                        ));
-                        false
-                    }
-                    (Some(t), Some(watermark)) if window.first_end(t) <= watermark => {
-                        emitted.late.push((row, format!(
-                        "late: event time {} is behind the watermark {}; its window has closed",
-                        ms_text(t),
-                        ms_text(watermark)
-                    )));
-                        false
-                    }
-                    (Some(t), _) => {
-                        latest = latest.max(Some(t));
-                        true
-                    }
-                };
+            let on_time = match (t, self.clock.watermark_ms()) {
+                (None, _) => {
+                    emitted.late.push(Dead {
+                        index: row,
+                        by: "sql".into(),
+                        reason: format!("no event time: column {} is NULL", window.time_column),
+                    });
+                    false
+                }
+                (Some(t), Some(watermark)) if window.first_end(t) <= watermark => {
+                    emitted.late.push(Dead {
+                        index: row,
+                        by: "sql".into(),
+                        reason: format!(
+                            "late: event time {} is behind the watermark {}; its window has closed",
+                            ms_text(t),
+                            ms_text(watermark)
+                        ),
+                    });
+                    false
+                }
+                (Some(t), _) => {
+                    latest = latest.max(Some(t));
+                    true
+                }
+            };
             keep.push(on_time);
         }
         let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
@@ -607,9 +567,7 @@ impl Query {
         for partial in self.run(&self.pre.clone())? {
             self.merge(&partial)?;
         }
-        let time = self.partitions.entry(partition).or_default();
-        time.max_event_ms = time.max_event_ms.max(latest);
-        time.last_active_ms = now_ms;
+        self.clock.saw(partition, latest, now_ms);
         self.advance(now_ms);
         emitted.records = self.close()?;
         Ok(emitted)
@@ -620,12 +578,9 @@ impl Query {
     }
 
     fn snapshot_bytes(&mut self) -> Result<Vec<u8>> {
-        let header = Header {
-            partitions: self.partitions.clone(),
-            watermark_ms: self.watermark_ms,
-        };
+        // Besides the windows' states, a snapshot holds the clock.
         let header =
-            serde_json::to_vec(&header).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            serde_json::to_vec(&self.clock).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend(header);
         let Some(aggregation) = &self.aggregation else {
@@ -655,19 +610,9 @@ impl Query {
             .and_then(|l| l.checked_add(8))
             .filter(|e| *e <= bytes.len())
             .ok_or_else(|| bad("header length"))?;
-        let header: Header =
+        let clock: EventClock =
             serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(&e.to_string()))?;
-        let now = weir_storage::now_ms();
-        for (partition, time) in header.partitions {
-            self.partitions.insert(
-                partition,
-                PartitionTime {
-                    max_event_ms: time.max_event_ms,
-                    last_active_ms: now,
-                },
-            );
-        }
-        self.watermark_ms = header.watermark_ms;
+        self.clock.restore(clock, weir_storage::now_ms());
         self.windows.clear();
         if self.aggregation.is_none() || end == bytes.len() {
             return Ok(());
@@ -884,7 +829,7 @@ impl Operator for Query {
         let records = self.close().map_err(|e| e.to_string())?;
         Ok(Emitted {
             records,
-            late: Vec::new(),
+            ..Emitted::default()
         })
     }
 
@@ -900,7 +845,7 @@ impl Operator for Query {
         Gauges {
             open_windows: self.windows.len() as u64,
             open_groups: self.open_groups(),
-            watermark_ms: self.watermark_ms,
+            watermark_ms: self.clock.watermark_ms(),
         }
     }
 }
