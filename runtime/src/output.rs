@@ -3,7 +3,7 @@
 //! a plugin, so the reader can be tested and fuzzed on its own.
 
 use bytes::Bytes;
-use weir::__rt::NO_SOURCE;
+pub use weir::__rt::NO_SOURCE;
 use weir::abi;
 use weir_storage::{Header, NewRecord};
 
