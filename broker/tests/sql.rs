@@ -135,6 +135,97 @@ fn json_logs_from_kcat_are_counted_exactly() {
     );
 }
 
+/// The error text of a statement that fails over `POST /v1/sql`.
+fn sql_error(c: &Client, statement: &str) -> String {
+    c.call("POST", "/v1/sql", Some(&json!({ "sql": statement })))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn views_are_kept_read_like_tables_and_listed() {
+    let Some((dir, node, c, logs)) = kcat_logs() else {
+        return;
+    };
+    sql_json(
+        &c,
+        "CREATE VIEW errors AS SELECT host, count(*) AS errors FROM logs \
+         WHERE status >= 500 GROUP BY host",
+    );
+    // A view over a view, through the CLI.
+    let (ok, _, err) = weir(
+        &node,
+        &[
+            "sql",
+            "CREATE VIEW worst AS SELECT host, errors FROM errors ORDER BY errors DESC, host LIMIT 1",
+        ],
+    );
+    assert!(ok, "{err}");
+    let expected: Vec<Value> = (0..3)
+        .map(|h| json!({ "host": format!("web-{h}"), "errors": logs.errors_by_host[h] }))
+        .collect();
+    let worst = expected
+        .iter()
+        .max_by_key(|r| {
+            (
+                r["errors"].as_u64(),
+                std::cmp::Reverse(r["host"].to_string()),
+            )
+        })
+        .unwrap()
+        .clone();
+    let rows = |c: &Client, statement: &str| sql_json(c, statement)["rows"].clone();
+    assert_eq!(
+        rows(&c, "SELECT * FROM errors ORDER BY host"),
+        json!(expected)
+    );
+    assert_eq!(rows(&c, "SELECT * FROM worst"), json!([worst]));
+    assert_eq!(
+        rows(&c, "SELECT name, reads FROM weir.views ORDER BY name"),
+        json!([{ "name": "errors", "reads": "logs" }, { "name": "worst", "reads": "errors" }])
+    );
+
+    // What cannot be made says why, and makes nothing.
+    for (statement, why) in [
+        ("CREATE VIEW errors AS SELECT 1", "view errors exists"),
+        ("CREATE VIEW logs AS SELECT 1", "a topic named logs exists"),
+        (
+            "CREATE OR REPLACE VIEW errors AS SELECT 1",
+            "a view is not replaced",
+        ),
+        (
+            "CREATE VIEW typo AS SELECT * FROM logz",
+            "table logz does not exist; did you mean logs?",
+        ),
+        (
+            "CREATE VIEW ins AS INSERT INTO logs SELECT * FROM logs",
+            "expected CREATE VIEW name AS SELECT",
+        ),
+        (
+            "DROP VIEW errors",
+            "view worst reads view errors; drop worst first",
+        ),
+        ("DROP VIEW nothing", "view nothing does not exist"),
+    ] {
+        let error = sql_error(&c, statement);
+        assert!(error.contains(why), "{statement}: {error}");
+    }
+    assert_eq!(
+        rows(&c, "SELECT count(*) AS n FROM weir.views"),
+        json!([{ "n": 2 }])
+    );
+
+    // Views are kept in the metadata store: they are there after a restart.
+    node.stop();
+    let node = Node::start(dir.path());
+    let c = Client::new(&node.url(), None);
+    assert_eq!(rows(&c, "SELECT * FROM worst"), json!([worst]));
+    sql_json(&c, "DROP VIEW worst");
+    sql_json(&c, "DROP VIEW errors");
+    sql_json(&c, "DROP VIEW IF EXISTS errors");
+    assert!(sql_error(&c, "SELECT * FROM errors").contains("table errors does not exist"));
+}
+
 #[test]
 fn sql_answers_in_csv_when_asked() {
     let Some((_dir, _node, c, logs)) = kcat_logs() else {

@@ -21,6 +21,7 @@ use weir_storage::Storage;
 
 use crate::access::{TableAccess, Viewer};
 use crate::topic::TopicTable;
+use crate::views::{self, Planner, ViewDef};
 
 /// What the broker knows that storage and the runtime do not: groups and connections.
 pub trait NodeSource: Send + Sync + 'static {
@@ -51,25 +52,32 @@ pub struct ConnectionRow {
     pub requests: i64,
 }
 
+/// The `public` schema: the topics, then the views.
 #[derive(Debug)]
 pub struct TopicSchema {
     storage: Arc<Storage>,
+    views: Planner,
 }
 
 impl TopicSchema {
-    pub fn new(storage: Arc<Storage>) -> TopicSchema {
-        TopicSchema { storage }
+    pub(crate) fn new(storage: Arc<Storage>, views: Planner) -> TopicSchema {
+        TopicSchema { storage, views }
+    }
+
+    fn view(&self, name: &str) -> Option<ViewDef> {
+        views::tree(&self.storage).ok()?.get(name).ok().flatten()
     }
 }
 
 #[async_trait]
 impl SchemaProvider for TopicSchema {
     fn table_names(&self) -> Vec<String> {
-        self.storage
-            .list_topics()
-            .unwrap_or_default()
+        let topics = self.storage.list_topics().unwrap_or_default();
+        let views = views::tree(&self.storage).and_then(|t| Ok(t.all()?));
+        topics
             .into_iter()
             .map(|t| t.name)
+            .chain(views.unwrap_or_default().into_iter().map(|(name, _)| name))
             .collect()
     }
 
@@ -82,7 +90,10 @@ impl SchemaProvider for TopicSchema {
             .topic(name)
             .map_err(|e| DataFusionError::External(Box::new(e)))?
         else {
-            return Ok(None);
+            return match self.view(name) {
+                Some(view) => self.views.table(name, view).await,
+                None => Ok(None),
+            };
         };
         let table = TopicTable::new(self.storage.clone(), &meta)
             .map_err(|e| DataFusionError::Plan(format!("topic {name}: {e}")))?;
@@ -90,7 +101,7 @@ impl SchemaProvider for TopicSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.storage.topic(name).ok().flatten().is_some()
+        self.storage.topic(name).ok().flatten().is_some() || self.view(name).is_some()
     }
 }
 
@@ -142,7 +153,7 @@ impl Shown<'_> {
     }
 }
 
-pub const SYSTEM_TABLES: [&str; 8] = [
+pub const SYSTEM_TABLES: [&str; 9] = [
     "topics",
     "partitions",
     "groups",
@@ -151,6 +162,7 @@ pub const SYSTEM_TABLES: [&str; 8] = [
     "connections",
     "functions",
     "delayed",
+    "views",
 ];
 
 impl SystemSchema {
@@ -177,6 +189,7 @@ impl SystemSchema {
             "connections" => self.connections(shown)?,
             "functions" => self.functions(shown)?,
             "delayed" => self.delayed(shown)?,
+            "views" => self.views(shown)?,
             _ => return Ok(None),
         }))
     }
@@ -286,6 +299,21 @@ impl SystemSchema {
             .text("name", |(name, _)| name.clone())
             .text("plugin", |(_, f)| f.plugin.clone())
             .int64("created_ms", |(_, f)| f.created_ms)
+            .build()
+    }
+
+    /// A view is shown to who may see a topic of its name.
+    fn views(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
+        let mut views = match shown.any() {
+            true => views::tree(&self.storage)?.all()?,
+            false => Vec::new(),
+        };
+        views.retain(|(name, _)| shown.topic(name));
+        Table::new(&views)
+            .text("name", |(name, _)| name.clone())
+            .text("query", |(_, v)| v.query.clone())
+            .text("reads", |(_, v)| v.reads.join(","))
+            .int64("created_ms", |(_, v)| v.created_ms)
             .build()
     }
 

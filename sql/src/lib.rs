@@ -31,6 +31,7 @@ pub mod sink;
 pub mod stream;
 pub mod topic;
 pub mod value_schema;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -172,7 +173,11 @@ impl QueryEngine {
         }
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         use datafusion::catalog::CatalogProvider as _;
-        catalog.register_schema("public", Arc::new(TopicSchema::new(storage.clone())))?;
+        let planner = views::Planner::default();
+        catalog.register_schema(
+            "public",
+            Arc::new(TopicSchema::new(storage.clone(), planner.clone())),
+        )?;
         catalog.register_schema(
             "weir",
             Arc::new(SystemSchema::new(storage.clone(), runtime.clone(), node)),
@@ -200,8 +205,10 @@ impl QueryEngine {
         )
         .map_err(|e| Error::Query(*e))?;
         postgres::register(&context);
+        let context = Arc::new(context);
+        planner.set(&context);
         Ok(QueryEngine {
-            context: Arc::new(context),
+            context,
             storage,
             runtime,
             functions,
@@ -242,8 +249,15 @@ impl QueryEngine {
         access: Option<Arc<dyn TableAccess>>,
     ) -> Result<Answer, Error> {
         guard::check_text(sql)?;
-        if let Some(statement) = stream::statement::parse(sql)? {
-            return Box::pin(self.command(statement, sql, access)).await;
+        match stream::statement::parse(sql)? {
+            Some(stream::statement::Command::CreateView { name, query }) => {
+                return Box::pin(self.create_view(name, query, access)).await;
+            }
+            Some(stream::statement::Command::DropView { name, if_exists }) => {
+                return self.drop_view(name, if_exists, access).await;
+            }
+            Some(statement) => return Box::pin(self.command(statement, sql, access)).await,
+            None => {}
         }
         if let Some(create) = create_as::parse(sql)? {
             if let Some(access) = &access {

@@ -121,6 +121,8 @@ impl QueryEngine {
             Command::Create(create) => {
                 self.create_pipeline(create, access, sql, pipelines).await
             }
+            Command::CreateView { name, query } => self.create_view(name, query, access).await,
+            Command::DropView { name, if_exists } => self.drop_view(name, if_exists, access).await,
         }
     }
 
@@ -140,7 +142,7 @@ impl QueryEngine {
     }
 
     /// An answer of one row naming what was done.
-    async fn done(&self, what: &str) -> Result<Answer, Error> {
+    pub(crate) async fn done(&self, what: &str) -> Result<Answer, Error> {
         let (state, plan) = self
             .planned(&format!("SELECT '{what}' AS done"), None)
             .await?;

@@ -31,12 +31,33 @@ const DELAY_MS_MAX: i64 = 86_400_000;
 /// A statement about pipelines or functions.
 pub enum Command {
     Create(CreatePipeline),
-    Drop { name: String, if_exists: bool },
-    Alter { name: String, pause: bool },
+    Drop {
+        name: String,
+        if_exists: bool,
+    },
+    Alter {
+        name: String,
+        pause: bool,
+    },
     Show,
     Describe(String),
-    CreateFunction { name: String, plugin: String },
-    DropFunction { name: String, if_exists: bool },
+    CreateFunction {
+        name: String,
+        plugin: String,
+    },
+    DropFunction {
+        name: String,
+        if_exists: bool,
+    },
+    /// `CREATE VIEW name AS query`
+    CreateView {
+        name: String,
+        query: String,
+    },
+    DropView {
+        name: String,
+        if_exists: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -156,18 +177,44 @@ pub fn parse(sql: &str) -> Result<Option<Command>, Error> {
         ends_at(at + 1, "DROP FUNCTION [IF EXISTS] name")?;
         return Ok(Some(Command::DropFunction { name, if_exists }));
     }
+    if is(0, "DROP") && is(1, "VIEW") {
+        let if_exists = is(2, "IF") && is(3, "EXISTS");
+        let at = if if_exists { 4 } else { 2 };
+        let name = name_at(at)?;
+        ends_at(at + 1, "DROP VIEW [IF EXISTS] name")?;
+        return Ok(Some(Command::DropView { name, if_exists }));
+    }
+    if is(0, "CREATE") && is(1, "OR") && is(2, "REPLACE") && is(3, "VIEW") {
+        return Err(Error::Refused(
+            "a view is not replaced (a view that others read would change under them): DROP VIEW name, then CREATE VIEW name AS SELECT …".into(),
+        ));
+    }
+    if is(0, "CREATE") && is(1, "VIEW") {
+        let (name, body) = named_body(&all, VIEW_USAGE)?;
+        let text: String = body.iter().map(ToString::to_string).collect();
+        let mut parser = DFParserBuilder::new(text.as_str())
+            .with_dialect(&PostgreSqlDialect {})
+            .build()?;
+        let statements = Vec::from(parser.parse_statements()?);
+        let [DfStatement::Statement(statement)] = statements.as_slice() else {
+            return Err(Error::Refused(VIEW_USAGE.into()));
+        };
+        if !matches!(statement.as_ref(), Statement::Query(_)) {
+            return Err(Error::Refused(VIEW_USAGE.into()));
+        }
+        return Ok(Some(Command::CreateView { name, query: text }));
+    }
     if is(0, "CREATE") && is(1, "PIPELINE") {
         return create(&all).map(|c| Some(Command::Create(c)));
     }
     Ok(None)
 }
 
-const CREATE_USAGE: &str =
-    "expected CREATE PIPELINE name AS INSERT INTO topic SELECT … [WITH (option = 'value', …)]";
+const VIEW_USAGE: &str = "expected CREATE VIEW name AS SELECT …";
 
-fn create(all: &[Token]) -> Result<CreatePipeline, Error> {
-    let usage = || Error::Refused(CREATE_USAGE.into());
-    // CREATE, PIPELINE, name, AS: the statement is what follows.
+/// The name and the statement after `AS` of `CREATE <kind> name AS …`, without trailing blanks.
+fn named_body<'t>(all: &'t [Token], usage: &str) -> Result<(String, &'t [Token]), Error> {
+    let usage = || Error::Refused(usage.into());
     let mut solid_seen = 0;
     let mut name = None;
     let mut body_start = None;
@@ -191,6 +238,16 @@ fn create(all: &[Token]) -> Result<CreatePipeline, Error> {
     while body.last().is_some_and(is_blank) {
         body = &body[..body.len() - 1];
     }
+    Ok((name, body))
+}
+
+const CREATE_USAGE: &str =
+    "expected CREATE PIPELINE name AS INSERT INTO topic SELECT … [WITH (option = 'value', …)]";
+
+fn create(all: &[Token]) -> Result<CreatePipeline, Error> {
+    let usage = || Error::Refused(CREATE_USAGE.into());
+    // CREATE, PIPELINE, name, AS: the statement is what follows.
+    let (name, body) = named_body(all, CREATE_USAGE)?;
     let (body, options) = match trailing_with(body) {
         Some(at) => (&body[..at], options(&body[at..])?),
         None => (body, Options::default()),

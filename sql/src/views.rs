@@ -1,0 +1,165 @@
+//! Views: `CREATE VIEW name AS SELECT …` keeps the query under a name in the metadata store, and
+//! a statement that reads the name plans the query in its place (the topics' schema answers
+//! for views after topics). A view may read topics, system tables and views that exist when it
+//! is made; a view is never replaced and one that another reads cannot be dropped, so views
+//! never form a cycle. `weir.views` lists them.
+//!
+//! Rights: making or dropping a view takes the right to create a topic of its name, and its
+//! maker must be able to read what it reads; a statement that reads a view reads its query, so
+//! it takes the rights to read what the view reads.
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use datafusion::catalog::view::ViewTable;
+use datafusion::common::{DataFusionError, TableReference};
+use datafusion::datasource::TableProvider;
+use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+use weir_storage::{Storage, Tree};
+
+use crate::access::{self, TableAccess, TableUse, check_table};
+use crate::{Answer, Error, QueryEngine};
+
+/// Views one node keeps at most.
+pub const VIEWS_MAX: usize = 256;
+
+/// A view as the metadata store keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ViewDef {
+    /// The `SELECT` it stands for.
+    pub query: String,
+    /// The tables and views the query reads, as a statement names them (`weir.` before a
+    /// system table).
+    pub reads: Vec<String>,
+    pub created_ms: i64,
+}
+
+/// The views of a node's metadata store.
+pub fn tree(storage: &Storage) -> Result<Tree<ViewDef>, Error> {
+    Ok(storage.meta().tree("sql-views")?)
+}
+
+/// What plans a view's query when a statement reads it: the node's session, set once it exists
+/// (weakly, as the session holds the schema that holds this).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Planner(Arc<OnceLock<Weak<SessionContext>>>);
+
+impl Planner {
+    pub(crate) fn set(&self, context: &Arc<SessionContext>) {
+        let _ = self.0.set(Arc::downgrade(context));
+    }
+
+    /// `view` as a table: its query, planned now.
+    pub(crate) async fn table(
+        &self,
+        name: &str,
+        view: ViewDef,
+    ) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
+        let Some(context) = self.0.get().and_then(Weak::upgrade) else {
+            return Ok(None);
+        };
+        let plan = context
+            .state()
+            .create_logical_plan(&view.query)
+            .await
+            .map_err(|e| DataFusionError::Plan(format!("view {name}: {}", e.strip_backtrace())))?;
+        Ok(Some(Arc::new(ViewTable::new(plan, Some(view.query)))))
+    }
+}
+
+/// The tables and views `query` names, as it names them (a view's plan is its query's, so
+/// the names are read from the text).
+fn reads(context: &SessionContext, query: &str) -> Result<Vec<String>, Error> {
+    let state = context.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(query, &dialect)?;
+    let mut names = Vec::new();
+    for table in state.resolve_table_references(&statement)? {
+        let name = match table.schema() {
+            Some("weir") => format!("weir.{}", table.table()),
+            _ => table.table().to_owned(),
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+impl QueryEngine {
+    /// `CREATE VIEW name AS query` for `access` (everything when `None`).
+    pub(crate) async fn create_view(
+        &self,
+        name: String,
+        query: String,
+        access: Option<Arc<dyn TableAccess>>,
+    ) -> Result<Answer, Error> {
+        weir_storage::validate_topic_name(&name).map_err(|e| Error::Refused(e.to_string()))?;
+        let views = tree(&self.storage)?;
+        if self.storage.topic(&name)?.is_some() {
+            return Err(Error::Refused(format!("a topic named {name} exists")));
+        }
+        if views.get(&name)?.is_some() {
+            return Err(Error::Refused(format!(
+                "view {name} exists; DROP VIEW {name} first to make it again"
+            )));
+        }
+        if let Some(access) = &access {
+            check_table(
+                access.as_ref(),
+                &TableReference::partial("public", name.as_str()),
+                TableUse::Create,
+            )?;
+        }
+        let (_, plan) = self.planned(&query, access.clone()).await?;
+        if let Some(access) = &access {
+            access::check_plan(&plan, access.as_ref())?;
+        }
+        if views.len() >= VIEWS_MAX {
+            return Err(Error::Refused(format!(
+                "{VIEWS_MAX} views exist, the most one node keeps"
+            )));
+        }
+        let view = ViewDef {
+            reads: reads(&self.context, &query)?,
+            query,
+            created_ms: weir_storage::now_ms(),
+        };
+        views.insert(&name, &view)?;
+        self.done("CREATE VIEW").await
+    }
+
+    /// `DROP VIEW [IF EXISTS] name` for `access` (everything when `None`).
+    pub(crate) async fn drop_view(
+        &self,
+        name: String,
+        if_exists: bool,
+        access: Option<Arc<dyn TableAccess>>,
+    ) -> Result<Answer, Error> {
+        let views = tree(&self.storage)?;
+        if views.get(&name)?.is_none() {
+            if if_exists {
+                return self.done("DROP VIEW").await;
+            }
+            return Err(Error::Refused(format!("view {name} does not exist")));
+        }
+        if let Some(access) = &access {
+            check_table(
+                access.as_ref(),
+                &TableReference::partial("public", name.as_str()),
+                TableUse::Create,
+            )?;
+        }
+        if let Some((reader, _)) = views
+            .all()?
+            .into_iter()
+            .find(|(_, view)| view.reads.contains(&name))
+        {
+            return Err(Error::Refused(format!(
+                "view {reader} reads view {name}; drop {reader} first"
+            )));
+        }
+        views.remove(&name)?;
+        self.done("DROP VIEW").await
+    }
+}
