@@ -86,6 +86,18 @@ fn reads(context: &SessionContext, query: &str) -> Result<Vec<String>, Error> {
     Ok(names)
 }
 
+/// Whether `access` (everything when `None`) may make or drop view `name`: as it may a topic.
+fn may_create(access: Option<&dyn TableAccess>, name: &str) -> Result<(), Error> {
+    match access {
+        Some(access) => check_table(
+            access,
+            &TableReference::partial("public", name),
+            TableUse::Create,
+        ),
+        None => Ok(()),
+    }
+}
+
 impl QueryEngine {
     /// `CREATE VIEW name AS query` for `access` (everything when `None`).
     pub(crate) async fn create_view(
@@ -104,13 +116,7 @@ impl QueryEngine {
                 "view {name} exists; DROP VIEW {name} first to make it again"
             )));
         }
-        if let Some(access) = &access {
-            check_table(
-                access.as_ref(),
-                &TableReference::partial("public", name.as_str()),
-                TableUse::Create,
-            )?;
-        }
+        may_create(access.as_deref(), &name)?;
         let (_, plan) = self.planned(&query, access.clone()).await?;
         if let Some(access) = &access {
             access::check_plan(&plan, access.as_ref())?;
@@ -143,13 +149,7 @@ impl QueryEngine {
             }
             return Err(Error::Refused(format!("view {name} does not exist")));
         }
-        if let Some(access) = &access {
-            check_table(
-                access.as_ref(),
-                &TableReference::partial("public", name.as_str()),
-                TableUse::Create,
-            )?;
-        }
+        may_create(access.as_deref(), &name)?;
         if let Some((reader, _)) = views
             .all()?
             .into_iter()

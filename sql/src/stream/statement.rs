@@ -127,6 +127,14 @@ pub fn parse(sql: &str) -> Result<Option<Command>, Error> {
             false => Err(Error::Refused(format!("expected {usage}"))),
         }
     };
+    // `DROP <kind> [IF EXISTS] name`: the name and whether it may be missing.
+    let dropped = |kind: &str| -> Result<(String, bool), Error> {
+        let if_exists = is(2, "IF") && is(3, "EXISTS");
+        let at = if if_exists { 4 } else { 2 };
+        let name = name_at(at)?;
+        ends_at(at + 1, &format!("DROP {kind} [IF EXISTS] name"))?;
+        Ok((name, if_exists))
+    };
     if is(0, "SHOW") && is(1, "PIPELINES") {
         ends_at(2, "SHOW PIPELINES")?;
         return Ok(Some(Command::Show));
@@ -137,10 +145,7 @@ pub fn parse(sql: &str) -> Result<Option<Command>, Error> {
         return Ok(Some(Command::Describe(name)));
     }
     if is(0, "DROP") && is(1, "PIPELINE") {
-        let if_exists = is(2, "IF") && is(3, "EXISTS");
-        let at = if if_exists { 4 } else { 2 };
-        let name = name_at(at)?;
-        ends_at(at + 1, "DROP PIPELINE [IF EXISTS] name")?;
+        let (name, if_exists) = dropped("PIPELINE")?;
         return Ok(Some(Command::Drop { name, if_exists }));
     }
     if is(0, "ALTER") && is(1, "PIPELINE") {
@@ -171,17 +176,11 @@ pub fn parse(sql: &str) -> Result<Option<Command>, Error> {
         }));
     }
     if is(0, "DROP") && is(1, "FUNCTION") {
-        let if_exists = is(2, "IF") && is(3, "EXISTS");
-        let at = if if_exists { 4 } else { 2 };
-        let name = name_at(at)?;
-        ends_at(at + 1, "DROP FUNCTION [IF EXISTS] name")?;
+        let (name, if_exists) = dropped("FUNCTION")?;
         return Ok(Some(Command::DropFunction { name, if_exists }));
     }
     if is(0, "DROP") && is(1, "VIEW") {
-        let if_exists = is(2, "IF") && is(3, "EXISTS");
-        let at = if if_exists { 4 } else { 2 };
-        let name = name_at(at)?;
-        ends_at(at + 1, "DROP VIEW [IF EXISTS] name")?;
+        let (name, if_exists) = dropped("VIEW")?;
         return Ok(Some(Command::DropView { name, if_exists }));
     }
     if is(0, "CREATE") && is(1, "OR") && is(2, "REPLACE") && is(3, "VIEW") {
@@ -191,15 +190,8 @@ pub fn parse(sql: &str) -> Result<Option<Command>, Error> {
     }
     if is(0, "CREATE") && is(1, "VIEW") {
         let (name, body) = named_body(&all, VIEW_USAGE)?;
-        let text: String = body.iter().map(ToString::to_string).collect();
-        let mut parser = DFParserBuilder::new(text.as_str())
-            .with_dialect(&PostgreSqlDialect {})
-            .build()?;
-        let statements = Vec::from(parser.parse_statements()?);
-        let [DfStatement::Statement(statement)] = statements.as_slice() else {
-            return Err(Error::Refused(VIEW_USAGE.into()));
-        };
-        if !matches!(statement.as_ref(), Statement::Query(_)) {
+        let (text, statement) = one_statement(body, VIEW_USAGE)?;
+        if !matches!(statement, Statement::Query(_)) {
             return Err(Error::Refused(VIEW_USAGE.into()));
         }
         return Ok(Some(Command::CreateView { name, query: text }));
@@ -211,6 +203,19 @@ pub fn parse(sql: &str) -> Result<Option<Command>, Error> {
 }
 
 const VIEW_USAGE: &str = "expected CREATE VIEW name AS SELECT …";
+
+/// `tokens` as text and as the one SQL statement they must be.
+fn one_statement(tokens: &[Token], usage: &str) -> Result<(String, Statement), Error> {
+    let text: String = tokens.iter().map(ToString::to_string).collect();
+    let mut parser = DFParserBuilder::new(text.as_str())
+        .with_dialect(&PostgreSqlDialect {})
+        .build()?;
+    let statements = Vec::from(parser.parse_statements()?);
+    match <[DfStatement; 1]>::try_from(statements) {
+        Ok([DfStatement::Statement(statement)]) => Ok((text, *statement)),
+        _ => Err(Error::Refused(usage.into())),
+    }
+}
 
 /// The name and the statement after `AS` of `CREATE <kind> name AS …`, without trailing blanks.
 fn named_body<'t>(all: &'t [Token], usage: &str) -> Result<(String, &'t [Token]), Error> {
@@ -252,15 +257,8 @@ fn create(all: &[Token]) -> Result<CreatePipeline, Error> {
         Some(at) => (&body[..at], options(&body[at..])?),
         None => (body, Options::default()),
     };
-    let text: String = body.iter().map(ToString::to_string).collect();
-    let mut parser = DFParserBuilder::new(text.as_str())
-        .with_dialect(&PostgreSqlDialect {})
-        .build()?;
-    let statements = Vec::from(parser.parse_statements()?);
-    let [DfStatement::Statement(statement)] = statements.as_slice() else {
-        return Err(usage());
-    };
-    let Statement::Insert(insert) = statement.as_ref() else {
+    let (_, statement) = one_statement(body, CREATE_USAGE)?;
+    let Statement::Insert(insert) = &statement else {
         return Err(usage());
     };
     let (TableObject::TableName(table), Some(source)) = (&insert.table, &insert.source) else {
