@@ -449,6 +449,7 @@ impl OperatorRunner {
         }
         match self.operator.tick(now_ms()) {
             Ok(emitted) => {
+                failed = emitted.failed_call.or(failed);
                 worked |= !emitted.records.is_empty();
                 for (p, record) in emitted.records {
                     outputs.entry((output.clone(), p)).or_default().push(record);

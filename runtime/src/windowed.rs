@@ -25,7 +25,7 @@ use crate::watermark::EventClock;
 use crate::{Error, partition_for_key};
 
 /// What a snapshot of a plugin aggregate holds.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Saved {
     clock: EventClock,
     /// The aggregate's own state, base64.
@@ -294,11 +294,14 @@ impl Operator for PluginWindows {
             return Ok(Emitted::default());
         };
         let output = self.call(&[], &[], Some(watermark))?;
-        if let Some((_, reason)) = output.failures.first() {
-            return Err(reason.clone());
-        }
+        // A window that did not finish fails the call; the windows that did are results.
+        let name = self.spec.through.last().cloned().unwrap_or_default();
         Ok(Emitted {
             records: self.results(&output),
+            failed_call: output
+                .failures
+                .first()
+                .map(|(_, reason)| format!("{name}: {reason}")),
             ..Emitted::default()
         })
     }
