@@ -312,12 +312,12 @@ impl Stage {
     }
 
     /// The live instance, made first if there is none: with the version's params, `partitions`
-    /// partitions to spread over and an aggregate's saved `state`.
+    /// partitions to spread over and an aggregate's saved `state` (copied only then).
     pub(crate) fn instance(
         &mut self,
         registry: &Registry,
         partitions: u32,
-        state: Option<Vec<u8>>,
+        state: Option<&[u8]>,
     ) -> Result<&mut Instance, CallError> {
         if self.instance.is_none() {
             let params = self
@@ -329,7 +329,7 @@ impl Stage {
             let init = Init {
                 params,
                 partitions,
-                state,
+                state: state.map(<[u8]>::to_vec),
             };
             self.instance = Some(registry.sandbox().instantiate(&self.plugin, &init)?);
         }

@@ -59,6 +59,14 @@ pub(crate) fn aggregates(registry: &Registry, spec: &PipelineSpec) -> bool {
         })
 }
 
+/// The aggregate that ends `stages`.
+fn aggregate(stages: &mut [Stage]) -> Result<&mut Stage, String> {
+    stages
+        .last_mut()
+        .filter(|s| s.plugin.kind() == Kind::Aggregate)
+        .ok_or_else(|| "the chain has no aggregate".to_string())
+}
+
 /// Checks the shape of an aggregating chain: the aggregate last, one output topic, no
 /// partitioner (results are keyed by their group).
 pub(crate) fn check(registry: &Registry, spec: &PipelineSpec) -> Result<(), Error> {
@@ -135,13 +143,6 @@ impl PluginWindows {
         Ok(())
     }
 
-    fn aggregate(&mut self) -> Result<&mut Stage, String> {
-        self.stages
-            .last_mut()
-            .filter(|s| s.plugin.kind() == Kind::Aggregate)
-            .ok_or_else(|| "the chain has no aggregate".to_string())
-    }
-
     /// Calls the aggregate with `records` (record `i` from partition `partitions[i]`) and the
     /// watermark; keeps its state when the call works, drops the instance when it fails.
     fn call(
@@ -150,12 +151,11 @@ impl PluginWindows {
         partitions: &[u32],
         watermark: Option<i64>,
     ) -> Result<crate::Output, String> {
-        let (registry, state, output_partitions) =
-            (self.registry.clone(), self.state.clone(), self.partitions);
-        let stage = self.aggregate()?;
+        let output_partitions = self.partitions;
+        let stage = aggregate(&mut self.stages)?;
         let label = stage.label();
         let called = stage
-            .instance(&registry, output_partitions, Some(state))
+            .instance(&self.registry, output_partitions, Some(&self.state))
             .and_then(|instance| instance.aggregate(records, partitions, watermark));
         match called {
             Ok(output) => {
@@ -324,7 +324,7 @@ impl Operator for PluginWindows {
         self.clock.restore(saved.clock, weir_storage::now_ms());
         self.sent_ms = saved.sent_ms;
         // A new instance starts from the restored state.
-        if let Ok(stage) = self.aggregate() {
+        if let Ok(stage) = aggregate(&mut self.stages) {
             stage.forget_instance();
         }
         Ok(())
