@@ -594,6 +594,33 @@ fn an_aggregate_counts_each_key_once_over_all_partitions() {
         .unwrap_err()
         .to_string();
     assert!(refused.contains("must be the last plugin"), "{refused}");
+    // Lateness and idle timeout are bounded by a day.
+    for field in ["lateness_ms", "idle_timeout_ms"] {
+        let refused = c
+            .call(
+                "POST",
+                "/v1/pipelines",
+                Some(
+                    &json!({ "name": "slow", "from": "logs", "through": ["per-host"],
+                              "to": ["slow-out"], field: 86_400_001 }),
+                ),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains(&format!("{field}=86400001: give 0 to 86400000")),
+            "{refused}"
+        );
+    }
+    assert!(
+        !topic_exists(&c, "slow-out"),
+        "a refused pipeline makes no topic"
+    );
+}
+
+/// Whether a topic of that name exists.
+fn topic_exists(c: &Client, topic: &str) -> bool {
+    c.call("GET", &format!("/v1/topics/{topic}"), None).is_ok()
 }
 
 #[test]

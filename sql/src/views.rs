@@ -163,3 +163,43 @@ impl QueryEngine {
         self.done("DROP VIEW").await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use weir_storage::StorageConfig;
+
+    use super::*;
+    use crate::QueryConfig;
+
+    #[tokio::test]
+    async fn a_view_past_the_bound_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let engine =
+            QueryEngine::new(storage.clone(), None, None, &QueryConfig::default()).unwrap();
+        let view = ViewDef {
+            query: "SELECT 1 AS one".into(),
+            reads: Vec::new(),
+            created_ms: 0,
+        };
+        let views = tree(&storage).unwrap();
+        for i in 0..VIEWS_MAX {
+            views.insert(&format!("v{i}"), &view).unwrap();
+        }
+        let Err(error) = engine.sql("CREATE VIEW one_more AS SELECT 1 AS one").await else {
+            panic!("a view past the bound was made");
+        };
+        assert!(
+            error
+                .to_string()
+                .contains("256 views exist, the most one node keeps"),
+            "{error}"
+        );
+        assert!(views.get("one_more").unwrap().is_none());
+        // The ones kept are read as before.
+        let answer = engine.sql("SELECT one FROM v255").await.unwrap();
+        assert_eq!(answer.batches[0].num_rows(), 1);
+    }
+}
