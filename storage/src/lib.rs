@@ -44,8 +44,8 @@ pub use compact::{CompactionResult, compact};
 pub use config::{CleanupPolicy, FlushPolicy, LayerKey, LogConfig, TimestampType};
 pub use error::{BatchError, Result, StorageError};
 pub use log::{
-    AppendInfo, AppendObserver, CheckedSet, FileSlice, Listener, Log, ReadResult, RetentionResult,
-    now_ms, parse_time_ms,
+    AppendInfo, AppendObserver, CheckedSet, FileSlice, Listener, Log, ReadResult, RecordCount,
+    RetentionResult, now_ms, parse_time_ms,
 };
 pub use meta::{MetaStore, TopicMeta, Tree};
 pub use producer::PRODUCER_BATCHES_MAX;

@@ -107,6 +107,22 @@ impl FileSlice {
     }
 }
 
+/// Records of a range counted by [`Log::count_records`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordCount {
+    /// Records of batches wholly inside the range, from their headers.
+    pub whole: u64,
+    /// Records in the range of batches the range cuts, decoded.
+    pub decoded: u64,
+    pub next_offset: u64,
+}
+
+impl RecordCount {
+    pub fn records(&self) -> u64 {
+        self.whole + self.decoded
+    }
+}
+
 /// The answer to a read: batches (possibly none) and the log's bounds at the time of the read.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
@@ -635,7 +651,7 @@ impl Log {
     /// from one segment; a reader continues at the offset after the last batch returned.
     pub fn read(&self, offset: u64, bytes_max: u64) -> Result<ReadResult> {
         crate::reactor::check("reading a log");
-        self.read_batches(offset, bytes_max, true)
+        self.read_batches(offset, bytes_max, true, &mut |_, _| {})
     }
 
     /// [`Log::read`] that returns no batch rather than one larger than `bytes_max`: for the
@@ -643,10 +659,18 @@ impl Log {
     /// of the fetch's budget.
     pub fn read_fitting(&self, offset: u64, bytes_max: u64) -> Result<ReadResult> {
         crate::reactor::check("reading a log");
-        self.read_batches(offset, bytes_max, false)
+        self.read_batches(offset, bytes_max, false, &mut |_, _| {})
     }
 
-    fn read_batches(&self, offset: u64, bytes_max: u64, at_least_one: bool) -> Result<ReadResult> {
+    /// Finds the batches a read returns, calling `seen` with the position and header of each
+    /// one it takes (the headers are read from the file to find where the slice ends).
+    fn read_batches(
+        &self,
+        offset: u64,
+        bytes_max: u64,
+        at_least_one: bool,
+        seen: &mut dyn FnMut(u64, &BatchHeader),
+    ) -> Result<ReadResult> {
         let view = self.view();
         let result = |slice| ReadResult {
             slice,
@@ -703,12 +727,14 @@ impl Log {
             if !at_least_one && first.total_bytes() > bytes_max {
                 return Ok(result(None));
             }
+            seen(start, &first);
             let mut end = start + first.total_bytes();
             let mut next_offset = first.last_offset() as u64 + 1;
             while let Some(h) = segment.header_at(end, limit)? {
                 if end + h.total_bytes() - start > bytes_max {
                     break;
                 }
+                seen(end, &h);
                 end += h.total_bytes();
                 next_offset = h.last_offset() as u64 + 1;
             }
@@ -733,6 +759,50 @@ impl Log {
         let mut records = decode_records(&slice.read()?)?;
         records.retain(|r| r.offset >= offset as i64);
         Ok(records)
+    }
+
+    /// How many records `[start, end)` holds, over about `bytes_max` bytes of batches from
+    /// `start`: a batch wholly inside the range counts by its header's record count, its records
+    /// unread; a batch the range cuts is read and decoded. Control batches hold no records.
+    /// `next_offset` is where a following call goes on; it reaches `end` when the range is done.
+    pub fn count_records(&self, start: u64, end: u64, bytes_max: u64) -> Result<RecordCount> {
+        crate::reactor::check("reading a log");
+        let (first, last) = (start as i64, end as i64 - 1);
+        let mut count = RecordCount {
+            whole: 0,
+            decoded: 0,
+            next_offset: end,
+        };
+        if start >= end {
+            return Ok(count);
+        }
+        let mut cut = Vec::new();
+        let read = self.read_batches(start, bytes_max, true, &mut |position, h| {
+            if h.is_control() || h.last_offset() < first || h.base_offset > last {
+                return;
+            }
+            if h.base_offset >= first && h.last_offset() <= last {
+                count.whole += h.record_count as u64;
+            } else {
+                cut.push((position, h.total_bytes()));
+            }
+        })?;
+        let Some(slice) = read.slice else {
+            return Ok(count);
+        };
+        for (position, len) in cut {
+            let batch = FileSlice {
+                position,
+                len,
+                ..slice.clone()
+            };
+            count.decoded += decode_records(&batch.read()?)?
+                .iter()
+                .filter(|r| (first..=last).contains(&r.offset))
+                .count() as u64;
+        }
+        count.next_offset = slice.next_offset.min(end);
+        Ok(count)
     }
 
     /// The record at `offset`, decoding only it; `None` past the high watermark or in a gap

@@ -181,6 +181,58 @@ fn every_codec_reads_back_through_the_log() {
 }
 
 #[test]
+fn counts_from_batch_headers_match_the_records_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        cleanup_policy: CleanupPolicy {
+            delete: false,
+            compact: true,
+        },
+        ..small_config()
+    };
+    let log = open(dir.path(), config);
+    for i in 0..60i64 {
+        let compression = [Compression::None, Compression::Lz4][i as usize % 2];
+        let n = 1 + i % 7;
+        // Keys repeat within and across batches, so compaction leaves gaps inside batches.
+        let records = (0..n).map(|j| record(&format!("k{}", (i + j) % 5), "v", T0 + i));
+        log.append(&mut batch(compression, records)).unwrap();
+    }
+    let before = read_all(&log).len();
+    compact(&log, T0 + 100, 1_000_000).unwrap();
+    assert!(read_all(&log).len() < before, "compaction left no gap");
+    for i in 0..40i64 {
+        let records = (0..1 + i % 5).map(|j| record(&format!("new{i}-{j}"), &"v".repeat(60), T0));
+        log.append(&mut batch(Compression::None, records)).unwrap();
+    }
+    assert!(log.segment_count() > 3, "{} segments", log.segment_count());
+    let offsets: Vec<u64> = read_all(&log).iter().map(|r| r.offset as u64).collect();
+    let end = log.high_watermark();
+    let count = |start: u64, stop: u64, bytes_max: u64| {
+        let (mut at, mut whole, mut decoded) = (start, 0, 0);
+        while at < stop {
+            let c = log.count_records(at, stop, bytes_max).unwrap();
+            assert!(
+                c.next_offset > at && c.next_offset <= stop,
+                "{c:?} from {at}"
+            );
+            (at, whole, decoded) = (c.next_offset, whole + c.whole, decoded + c.decoded);
+        }
+        (whole, decoded)
+    };
+    // The whole log: every batch counted from its header.
+    let (whole, decoded) = count(0, end, 1 << 20);
+    assert_eq!((whole, decoded), (offsets.len() as u64, 0));
+    for start in (0..end).step_by(7) {
+        for stop in (start + 1..=end).step_by(11) {
+            let expected = offsets.iter().filter(|o| (start..stop).contains(o)).count() as u64;
+            let (whole, decoded) = count(start, stop, 300);
+            assert_eq!(whole + decoded, expected, "[{start}, {stop})");
+        }
+    }
+}
+
+#[test]
 fn timestamp_lookup_finds_first_record_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), small_config());

@@ -197,6 +197,16 @@ impl RowBuilder {
         }
     }
 
+    /// `rows` rows of a projection with no column.
+    pub(crate) fn without_columns(&self, rows: usize) -> datafusion::common::Result<RecordBatch> {
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            Vec::new(),
+            &options,
+        )?)
+    }
+
     /// The projected columns of `rows`, records of partition `partition`.
     pub(crate) fn build(
         &self,

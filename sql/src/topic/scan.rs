@@ -29,6 +29,10 @@ const BATCH_ROWS: usize = 8192;
 /// up to [`READ_BYTES_MAX`], so a short range or a small LIMIT decodes little.
 const READ_BYTES_FIRST: u64 = 4 << 10;
 const READ_BYTES_MAX: u64 = 1 << 20;
+/// Bytes of batches one count walks from headers; it reads no record it does not decode.
+const COUNT_BYTES: u64 = 64 << 20;
+/// Rows with no columns a scan that reads no column emits at once, at most (one count past it).
+const COUNT_ROWS_MAX: u64 = 1 << 20;
 
 /// The offsets `[start, end)` of one partition a scan reads.
 #[derive(Clone, Copy, Debug)]
@@ -109,6 +113,11 @@ impl ExecutionPlan for TopicScan {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
+        // A query that reads no column and keeps every record of the range (`count(*)`, or
+        // with filters on `partition` and `offset` only, which the range already applies)
+        // needs only how many records there are: batch headers say, unread.
+        let counts_only =
+            self.projection.is_empty() && self.bounds.timestamp_ms == (i64::MIN, i64::MAX);
         let reader = PartitionReader {
             storage: self.storage.clone(),
             topic: self.topic.clone(),
@@ -122,7 +131,10 @@ impl ExecutionPlan for TopicScan {
             rows_left: self.limit.unwrap_or(usize::MAX),
             pending: VecDeque::new(),
             read_bytes: READ_BYTES_FIRST,
+            counts_only,
             records_read: MetricBuilder::new(&self.metrics).counter("records_read", partition),
+            records_counted: MetricBuilder::new(&self.metrics)
+                .counter("records_counted", partition),
             batches_read: MetricBuilder::new(&self.metrics).counter("reads", partition),
         };
         let stream = futures::stream::unfold(Some(reader), |reader| async move {
@@ -157,12 +169,20 @@ struct PartitionReader {
     /// Records decoded by the last read and not yet used: a batch of rows can end inside one.
     pending: VecDeque<Record>,
     read_bytes: u64,
+    /// Rows are counted from batch headers, with no column built.
+    counts_only: bool,
+    /// Records decoded.
     records_read: Count,
+    /// Records counted from batch headers, not decoded.
+    records_counted: Count,
     batches_read: Count,
 }
 
 impl PartitionReader {
     fn next_batch(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        if self.counts_only {
+            return self.next_count();
+        }
         let Some(range) = self.range.as_mut() else {
             return Ok(None);
         };
@@ -216,5 +236,36 @@ impl PartitionReader {
             self.range = None;
         }
         self.rows.build(partition, &rows).map(Some)
+    }
+
+    /// Rows with no columns, as many as the range holds records, counted from batch headers.
+    fn next_count(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let Some(range) = self.range.as_mut() else {
+            return Ok(None);
+        };
+        let log = self
+            .storage
+            .log(&self.topic, range.partition)
+            .map_err(external)?;
+        let mut rows = 0u64;
+        while rows < COUNT_ROWS_MAX && range.start < range.end {
+            let count = log
+                .count_records(range.start, range.end, COUNT_BYTES)
+                .map_err(external)?;
+            self.batches_read.add(1);
+            self.records_counted.add(count.whole as usize);
+            self.records_read.add(count.decoded as usize);
+            rows += count.records();
+            range.start = count.next_offset;
+        }
+        let rows = usize::try_from(rows).map_or(self.rows_left, |r| r.min(self.rows_left));
+        self.rows_left -= rows;
+        if rows == 0 || self.rows_left == 0 || range.start >= range.end {
+            self.range = None;
+        }
+        if rows == 0 {
+            return Ok(None);
+        }
+        self.rows.without_columns(rows).map(Some)
     }
 }
