@@ -197,7 +197,7 @@ fn deploy_latencies(regex_wasm: &[u8], runs: usize) -> anyhow::Result<(f64, f64)
         .build()?;
     let runtime = Arc::new(Runtime::open(storage.clone(), SandboxConfig::default())?);
     let pipelines = runtime.pipelines().clone();
-    storage.set_listener(Arc::new(move || pipelines.notify_append()));
+    storage.set_listener(Arc::new(move |_, _| pipelines.notify_append()));
     tokio.block_on(async { runtime.start() })?;
     let (mut first, mut swap) = (Vec::new(), Vec::new());
     for run in 0..runs {

@@ -54,6 +54,18 @@ pub struct Metrics {
     certificate_reloads: [AtomicU64; 2],
     /// Per ingestion source: records accepted and refused, requests accepted and refused.
     ingested: [[AtomicU64; 4]; IngestSource::ALL.len()],
+    /// Long-polling fetches waiting now, and the times one was woken by an append.
+    fetches_waiting: AtomicU64,
+    fetch_wakeups: AtomicU64,
+}
+
+/// Held while a long-polling fetch waits, counted in `weir_fetches_waiting`.
+pub struct FetchWaiting<'m>(&'m AtomicU64);
+
+impl Drop for FetchWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Where records sent over HTTP come from: each has its own counters.
@@ -246,6 +258,17 @@ impl Metrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a long-polling fetch waiting until the guard is dropped.
+    pub fn fetch_waiting(&self) -> FetchWaiting<'_> {
+        self.fetches_waiting.fetch_add(1, Ordering::Relaxed);
+        FetchWaiting(&self.fetches_waiting)
+    }
+
+    /// Counts a waiting fetch woken by an append to a partition it reads.
+    pub fn fetch_woken(&self) {
+        self.fetch_wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a Kafka client that failed SASL authentication.
     pub fn authentication_failed(&self) {
         self.authentication_failures.fetch_add(1, Ordering::Relaxed);
@@ -314,6 +337,11 @@ impl Metrics {
                 "Kafka connections closed for not authenticating in time after connecting.",
                 &self.authentication_timeouts,
             ),
+            (
+                "weir_fetch_wakeups_total",
+                "Long-polling fetches woken by an append to a partition they read.",
+                &self.fetch_wakeups,
+            ),
         ] {
             let _ = writeln!(
                 &mut out,
@@ -321,6 +349,12 @@ impl Metrics {
                 count.load(Ordering::Relaxed)
             );
         }
+        let name = "weir_fetches_waiting";
+        let _ = writeln!(
+            &mut out,
+            "# HELP {name} Long-polling fetches waiting for records.\n# TYPE {name} gauge\n{name} {}",
+            self.fetches_waiting.load(Ordering::Relaxed)
+        );
         let name = "weir_tls_handshake_failures_total";
         let _ = writeln!(
             &mut out,

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use weir_runtime::Runtime;
 use weir_sql::{ConnectionRow, GroupRow, NodeSource, QueryEngine};
 use weir_storage::{Storage, StorageError};
@@ -28,8 +27,8 @@ pub struct NodeContext {
     pub acls: Arc<crate::acl::Acls>,
     /// Users who pass every ACL check.
     pub super_users: Arc<[String]>,
-    /// Woken whenever any partition gets new readable records; long-polling fetches wait on it.
-    pub appended: Arc<Notify>,
+    /// Wakes long-polling fetches when a partition they wait on gets new readable records.
+    pub appends: Arc<crate::kafka::appends::Appends>,
 }
 
 /// A group's committed offset on one partition, beside the partition's end.

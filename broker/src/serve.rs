@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_runtime::{Runtime, SandboxConfig};
@@ -319,11 +318,11 @@ fn node_context(
     storage.set_append_observer(Arc::new(move |topic, records, bytes| {
         counted.produced(topic, bytes, records);
     }));
-    let appended = Arc::new(Notify::new());
-    let waker = appended.clone();
+    let appends = Arc::new(crate::kafka::appends::Appends::default());
+    let waker = appends.clone();
     let pipelines = runtime.pipelines().clone();
-    storage.set_listener(Arc::new(move || {
-        waker.notify_waiters();
+    storage.set_listener(Arc::new(move |topic, partition| {
+        waker.appended(topic, partition);
         pipelines.notify_append();
     }));
     let users = crate::sasl::Users::open(storage.meta()).map_err(|e| Error::Users {
@@ -359,6 +358,6 @@ fn node_context(
         sql: Arc::new(sql),
         limits,
         users: Arc::new(users),
-        appended,
+        appends,
     })
 }

@@ -282,6 +282,65 @@ fn a_fetch_naming_one_partition_a_hundred_times_stays_within_its_max_bytes() {
 }
 
 #[test]
+fn a_long_poll_wakes_only_for_the_partitions_it_reads() {
+    let (_dir, node, c) = started(&[]);
+    create_topic(&c, "quiet", 2);
+    create_topic(&c, "busy", 1);
+    let kafka = node.kafka;
+    let long_poll = |max_wait_ms: i32| {
+        std::thread::spawn(move || {
+            let mut partition = FetchPartition::default();
+            partition.partition_max_bytes = 1 << 20;
+            let mut topic = FetchTopic::default();
+            topic.topic = TopicName(s("quiet"));
+            topic.partitions = vec![partition];
+            let mut request = FetchRequest::default();
+            request.max_bytes = 1 << 20;
+            request.min_bytes = 1;
+            request.max_wait_ms = max_wait_ms;
+            request.topics.push(topic);
+            let mut stream = TcpStream::connect(kafka).unwrap();
+            let started = Instant::now();
+            let response: FetchResponse = kafka_call(&mut stream, ApiKey::Fetch, 12, &request);
+            let records = response.responses[0].partitions[0].records.clone();
+            (records.map_or(0, |r| r.len()), started.elapsed())
+        })
+    };
+    let post = |topic: &str, partition: u32| {
+        let body = json!({"records": [{"value": "x", "partition": partition}]});
+        c.call("POST", &format!("/v1/topics/{topic}/records"), Some(&body))
+            .unwrap();
+    };
+    let waiting = |node: &Node| {
+        eventually("the fetch waits", Duration::from_secs(10), || {
+            metric(node, "weir_fetches_waiting") == 1
+        })
+    };
+
+    // Appends to another topic and to another partition of the one read wake nothing.
+    let fetch = long_poll(1500);
+    waiting(&node);
+    for _ in 0..20 {
+        post("busy", 0);
+        post("quiet", 1);
+    }
+    assert_eq!(fetch.join().unwrap().0, 0);
+    assert_eq!(metric(&node, "weir_fetch_wakeups_total"), 0);
+
+    // An append to the partition read answers the fetch then, not at its deadline.
+    let fetch = long_poll(60_000);
+    waiting(&node);
+    post("quiet", 0);
+    let (bytes, elapsed) = fetch.join().unwrap();
+    assert!(
+        bytes > 0 && elapsed < Duration::from_secs(30),
+        "{bytes} B after {elapsed:?}"
+    );
+    assert_eq!(metric(&node, "weir_fetch_wakeups_total"), 1);
+    assert_eq!(metric(&node, "weir_fetches_waiting"), 0);
+}
+
+#[test]
 fn join_group_metadata_past_its_bound_is_refused() {
     let (_dir, node, _) = started(&[]);
     let mut stream = TcpStream::connect(node.kafka).unwrap();

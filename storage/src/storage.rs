@@ -96,6 +96,15 @@ fn for_topic(observer: TopicObserver, topic: &str) -> crate::log::AppendObserver
     Arc::new(move |records, bytes| observer(&topic, records, bytes))
 }
 
+/// A callback told the topic and partition of a log whose new records became readable.
+pub type PartitionListener = Arc<dyn Fn(&str, u32) + Send + Sync>;
+
+/// `listener` for the log of one partition.
+fn for_partition(listener: PartitionListener, topic: &str, partition: u32) -> Listener {
+    let topic = topic.to_owned();
+    Arc::new(move || listener(&topic, partition))
+}
+
 type PartitionKey = (String, u32);
 /// Open logs by topic, then partition: looked up by `&str` on every produce and fetch, so
 /// without building a key.
@@ -144,7 +153,7 @@ pub struct Storage {
     /// The background threads (maintenance, delayed delivery) and how to stop each.
     background: Mutex<Vec<(Sender<()>, JoinHandle<()>)>>,
     delays: Delays,
-    listener: RwLock<Option<Listener>>,
+    listener: RwLock<Option<PartitionListener>>,
     observer: RwLock<Option<TopicObserver>>,
     space: Arc<DiskSpace>,
 }
@@ -223,6 +232,8 @@ impl Storage {
         log.set_space(self.space.clone());
         let observer = locks::read(&self.observer).clone();
         log.set_observer(observer.map(|o| for_topic(o, topic)));
+        let listener = locks::read(&self.listener).clone();
+        log.set_listener(listener.map(|l| for_partition(l, topic, partition)));
         self.write_logs()
             .entry(topic.to_string())
             .or_default()
@@ -326,11 +337,12 @@ impl Storage {
         }
     }
 
-    /// Sets the callback every log (present and future) runs when new records become readable.
-    pub fn set_listener(&self, listener: Listener) {
+    /// Sets the callback told the topic and partition of every log (present and future) whose
+    /// new records become readable.
+    pub fn set_listener(&self, listener: PartitionListener) {
         *locks::write(&self.listener) = Some(listener.clone());
-        for (_, _, log) in self.logs() {
-            log.set_listener(Some(listener.clone()));
+        for (topic, partition, log) in self.logs() {
+            log.set_listener(Some(for_partition(listener.clone(), &topic, partition)));
         }
     }
 
@@ -462,7 +474,6 @@ impl Storage {
             }
             std::fs::create_dir_all(&dir).map_err(StorageError::io(&dir))?;
             let log = Log::open(&dir, config.clone())?;
-            log.set_listener(locks::read(&self.listener).clone());
             self.add_log(name, partition, log);
         }
         sync_dir(&self.topics_dir())

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -508,11 +510,25 @@ async fn fetch(shared: &Arc<Shared>, request: FetchRequest, caller: &Caller) -> 
     let wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as u64;
+    // The wake-ups of the partitions read: an append elsewhere does not wake this fetch.
+    let waits: Vec<Arc<Notify>> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().filter_map(|p| {
+                Some(
+                    shared
+                        .appends
+                        .of(&t.topic.0, u32::try_from(p.partition).ok()?),
+                )
+            })
+        })
+        .collect();
     let request = Arc::new(request);
     loop {
         // Register for wake-ups before reading, so an append between the read and the wait
         // is not missed.
-        let notified = shared.appended.notified();
+        let notified: Vec<_> = waits.iter().map(|n| Box::pin(n.notified())).collect();
         // Reads map segment files and check every batch's CRC: on the blocking pool.
         let read = {
             let (shared, request, caller) = (shared.clone(), request.clone(), caller.clone());
@@ -532,7 +548,16 @@ async fn fetch(shared: &Arc<Shared>, request: FetchRequest, caller: &Caller) -> 
         if bytes >= min_bytes.max(1) || now >= deadline || min_bytes == 0 {
             return response;
         }
-        let _ = tokio::time::timeout(deadline - now, notified).await;
+        let _waiting = shared.metrics.fetch_waiting();
+        let woken = !notified.is_empty()
+            && tokio::time::timeout(deadline - now, futures::future::select_all(notified))
+                .await
+                .is_ok();
+        if woken {
+            shared.metrics.fetch_woken();
+        } else {
+            tokio::time::sleep_until(deadline.into()).await;
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod acl_api;
 mod admin_api;
+pub mod appends;
 mod group_api;
 pub mod groups;
 mod handlers;
@@ -26,7 +27,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeade
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use weir_storage::Storage;
 
 use crate::error::{Error, Result, io};
@@ -85,8 +86,8 @@ pub struct KafkaConfig {
 pub(crate) struct Shared {
     storage: Arc<Storage>,
     config: KafkaConfig,
-    /// Woken whenever any partition gets new readable records; long-polling fetches wait on it.
-    appended: Arc<Notify>,
+    /// Wakes long-polling fetches when a partition they wait on gets new readable records.
+    appends: Arc<appends::Appends>,
     /// Serializes producer id allocation.
     producer_ids: std::sync::Mutex<()>,
     groups: Arc<groups::Coordinator>,
@@ -123,7 +124,7 @@ pub async fn serve(
         groups,
         metrics,
         limits,
-        appended,
+        appends,
         users,
         acls,
         ..
@@ -132,7 +133,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         storage,
         config,
-        appended,
+        appends,
         producer_ids: std::sync::Mutex::new(()),
         groups,
         metrics,

@@ -1,0 +1,79 @@
+//! Wake-ups for long-polling fetches: a fetch waits on the partitions it reads, and an append
+//! wakes only the fetches waiting on its partition.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::Notify;
+use weir_storage::locks;
+
+/// The partitions some fetch waits on, each with the wake-up its waiters share. An entry lives
+/// while a fetch holds it; the ones no fetch holds are dropped as new ones are added.
+#[derive(Default)]
+pub struct Appends {
+    waited: Mutex<HashMap<String, HashMap<u32, Weak<Notify>>>>,
+}
+
+impl Appends {
+    /// The wake-up of `topic`/`partition`, shared by every fetch waiting on it; the entry stays
+    /// while the returned handle is held.
+    pub fn of(&self, topic: &str, partition: u32) -> Arc<Notify> {
+        let mut waited = locks::lock(&self.waited);
+        if let Some(notify) = waited
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .and_then(Weak::upgrade)
+        {
+            return notify;
+        }
+        waited.retain(|_, partitions| {
+            partitions.retain(|_, w| w.strong_count() > 0);
+            !partitions.is_empty()
+        });
+        let notify = Arc::new(Notify::new());
+        waited
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(partition, Arc::downgrade(&notify));
+        notify
+    }
+
+    /// Wakes the fetches waiting on `topic`/`partition`, if any.
+    pub fn appended(&self, topic: &str, partition: u32) {
+        let notify = locks::lock(&self.waited)
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .and_then(Weak::upgrade);
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_append_wakes_only_the_waiters_of_its_partition() {
+        let appends = Appends::default();
+        let (a0, a1) = (appends.of("a", 0), appends.of("a", 1));
+        assert!(Arc::ptr_eq(&a0, &appends.of("a", 0)));
+        {
+            let (w0, w1) = (a0.notified(), a1.notified());
+            tokio::pin!(w0, w1);
+            appends.appended("a", 1);
+            appends.appended("b", 0);
+            let now = futures::poll!(&mut w0);
+            assert!(
+                now.is_pending(),
+                "an append to another partition woke a waiter"
+            );
+            assert!(futures::poll!(&mut w1).is_ready());
+        }
+        // An entry no fetch holds is dropped when another is added.
+        drop((a0, a1));
+        let _b = appends.of("b", 0);
+        assert_eq!(locks::lock(&appends.waited).len(), 1);
+    }
+}
