@@ -9,6 +9,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::Error;
 
@@ -142,15 +143,18 @@ pub fn parse_value_schema(text: &str) -> Result<Vec<TypedColumn>, Error> {
     Ok(columns)
 }
 
-/// The top-level fields of a JSON object that `keys` names, the others skipped without being
-/// built; `None` when `bytes` is not a JSON object. Typed columns read their paths from it as
-/// from the whole value (`keys` holds each column's name and the first part of a dotted one).
-pub fn parse_fields(bytes: &[u8], keys: &[String]) -> Option<Value> {
+/// Fills `slots` (one per key of `keys`) with the raw JSON text of the top-level fields of
+/// `bytes` those keys name, the last one when a name repeats; the others are skipped unbuilt.
+/// False, with the slots to be ignored, when `bytes` is not one JSON object.
+pub fn raw_fields<'v>(
+    bytes: &'v [u8],
+    keys: &[String],
+    slots: &mut [Option<&'v RawValue>],
+) -> bool {
     use serde::de::DeserializeSeed;
+    slots.fill(None);
     let mut input = serde_json::Deserializer::from_slice(bytes);
-    let value = Fields(keys).deserialize(&mut input).ok()?;
-    input.end().ok()?;
-    Some(value)
+    Fields { keys, slots }.deserialize(&mut input).is_ok() && input.end().is_ok()
 }
 
 /// The top-level field names read by the typed columns among `projection` (indexes into the
@@ -171,76 +175,167 @@ pub fn field_keys(typed: &[TypedColumn], projection: &[usize]) -> Vec<String> {
     keys
 }
 
-struct Fields<'k>(&'k [String]);
+struct Fields<'k, 's, 'v> {
+    keys: &'k [String],
+    slots: &'s mut [Option<&'v RawValue>],
+}
 
-impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_> {
-    type Value = Value;
+impl<'v> serde::de::DeserializeSeed<'v> for Fields<'_, '_, 'v> {
+    type Value = ();
 
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+    fn deserialize<D: serde::Deserializer<'v>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Fields<'_> {
-    type Value = Value;
+impl<'v> serde::de::Visitor<'v> for Fields<'_, '_, 'v> {
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key_seed(Key(self.0))? {
+    fn visit_map<A: serde::de::MapAccess<'v>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key_seed(Key(self.keys))? {
             match key {
-                Some(key) => {
-                    out.insert(key, map.next_value()?);
-                }
+                Some(slot) => self.slots[slot] = Some(map.next_value()?),
                 None => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
         }
-        Ok(Value::Object(out))
+        Ok(())
     }
 }
 
-/// A field name, kept only when it is one of the keys.
+/// A field name, as the index of the key it is among those read.
 struct Key<'k>(&'k [String]);
 
 impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
-    type Value = Option<String>;
+    type Value = Option<usize>;
 
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
         d.deserialize_str(self)
     }
 }
 
 impl<'de> serde::de::Visitor<'de> for Key<'_> {
-    type Value = Option<String>;
+    type Value = Option<usize>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a field name")
     }
 
-    fn visit_str<E>(self, key: &str) -> Result<Option<String>, E> {
-        Ok(self.0.iter().any(|k| k == key).then(|| key.to_owned()))
+    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|k| k == key))
     }
 }
 
-fn lookup<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
-    value.get(path).or_else(|| {
-        path.split('.').try_fold(value, |v, part| match v {
-            Value::Object(map) => map.get(part),
-            Value::Array(items) => items.get(part.parse::<usize>().ok()?),
-            _ => None,
-        })
+/// One typed column of a batch of JSON values, from the raw text of their top-level fields:
+/// `slots` holds `keys.len()` slots a value, as [`raw_fields`] filled them, and `keys` holds
+/// the column's path and the path's first part. A field that is missing, or of a type the
+/// column cannot take, gives NULL.
+pub fn typed_column(
+    column: &TypedColumn,
+    keys: &[String],
+    slots: &[Option<&RawValue>],
+) -> ArrayRef {
+    let at = |key: &str| keys.iter().position(|k| k == key);
+    let whole = at(&column.path);
+    let nested = column
+        .path
+        .split_once('.')
+        .and_then(|(first, rest)| Some((at(first)?, rest)));
+    let per_value = keys.len().max(1);
+    let mut b = ColumnBuilder::new(column, slots.len() / per_value);
+    for fields in slots.chunks(per_value) {
+        let whole = whole.and_then(|i| fields[i]);
+        match (whole, nested.and_then(|(i, rest)| Some((fields[i]?, rest)))) {
+            (Some(raw), _) => match plain(raw.get()) {
+                Some(found) => b.append(found),
+                None => b.append(Found::of(parse(raw).as_ref())),
+            },
+            (None, Some((raw, rest))) => {
+                let value = parse(raw);
+                b.append(Found::of(value.as_ref().and_then(|v| walk(v, rest))));
+            }
+            (None, None) => b.append(Found::Missing),
+        }
+    }
+    b.finish()
+}
+
+fn parse(raw: &RawValue) -> Option<Value> {
+    serde_json::from_str(raw.get()).ok()
+}
+
+/// The value under the dotted `path` inside `value`: object fields by name, array items by
+/// index.
+fn walk<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.').try_fold(value, |v, part| match v {
+        Value::Object(map) => map.get(part),
+        Value::Array(items) => items.get(part.parse::<usize>().ok()?),
+        _ => None,
     })
 }
 
-/// Builds one typed column from JSON values; a value that is missing, not JSON or of another
-/// type gives NULL.
-pub struct ColumnBuilder {
-    column: TypedColumn,
+/// A JSON field as a column reads it.
+#[derive(Clone, Copy)]
+enum Found<'a> {
+    /// Absent or `null`.
+    Missing,
+    Str(&'a str),
+    Int(i64),
+    /// A number that is not an `i64`, with the value it came from.
+    Float(f64, &'a Value),
+    Bool(bool),
+    /// An array or an object.
+    Other(&'a Value),
+}
+
+impl<'a> Found<'a> {
+    fn of(value: Option<&'a Value>) -> Found<'a> {
+        match value {
+            None | Some(Value::Null) => Found::Missing,
+            Some(Value::String(s)) => Found::Str(s),
+            Some(Value::Bool(b)) => Found::Bool(*b),
+            Some(v @ Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => Found::Int(i),
+                (None, Some(f)) => Found::Float(f, v),
+                (None, None) => Found::Other(v),
+            },
+            Some(other) => Found::Other(other),
+        }
+    }
+}
+
+/// The field a raw JSON text is when its text alone says, without parsing it into a value: a
+/// string with no escape, an integer in plain digits, `true`, `false` or `null`.
+fn plain(raw: &str) -> Option<Found<'_>> {
+    let raw = raw.trim();
+    match raw.as_bytes().first()? {
+        b'"' => raw
+            .strip_prefix('"')?
+            .strip_suffix('"')
+            .filter(|s| !s.contains('\\'))
+            .map(Found::Str),
+        b'n' => (raw == "null").then_some(Found::Missing),
+        b't' => (raw == "true").then_some(Found::Bool(true)),
+        b'f' => (raw == "false").then_some(Found::Bool(false)),
+        _ => {
+            // Digits with no leading zero (`-0` is a float to JSON parsers).
+            let digits = raw.strip_prefix('-').unwrap_or(raw);
+            let plain = (raw == "0" || !digits.starts_with('0'))
+                && !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit());
+            plain.then(|| raw.parse().ok().map(Found::Int)).flatten()
+        }
+    }
+}
+
+/// Builds one typed column, a field at a time.
+struct ColumnBuilder {
+    kind: ColumnKind,
     builder: Builder,
 }
 
@@ -256,7 +351,7 @@ enum Builder {
 }
 
 impl ColumnBuilder {
-    pub fn new(column: &TypedColumn, capacity: usize) -> ColumnBuilder {
+    fn new(column: &TypedColumn, capacity: usize) -> ColumnBuilder {
         let builder = match column.kind {
             ColumnKind::Text | ColumnKind::Json => {
                 Builder::Text(StringBuilder::with_capacity(capacity, capacity * 16))
@@ -272,48 +367,51 @@ impl ColumnBuilder {
             ),
         };
         ColumnBuilder {
-            column: column.clone(),
+            kind: column.kind,
             builder,
         }
     }
 
     /// Appends the column's value from `record` (the parsed JSON value, if it parsed).
-    pub fn append(&mut self, record: Option<&Value>) {
-        let value = record
-            .and_then(|v| lookup(v, &self.column.path))
-            .filter(|v| !v.is_null());
-        let integer = |v: &Value| {
-            v.as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    fn append(&mut self, found: Found<'_>) {
+        let integer = match found {
+            Found::Int(n) => Some(n),
+            Found::Str(s) => s.trim().parse().ok(),
+            _ => None,
         };
-        let float = |v: &Value| {
-            v.as_f64()
-                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        let float = match found {
+            Found::Int(n) => Some(n as f64),
+            Found::Float(f, _) => Some(f),
+            Found::Str(s) => s.trim().parse().ok(),
+            _ => None,
         };
         match &mut self.builder {
-            Builder::Text(b) => match value {
-                Some(Value::String(s)) if self.column.kind == ColumnKind::Text => b.append_value(s),
-                Some(other) => b.append_value(other.to_string()),
-                None => b.append_null(),
+            Builder::Text(b) => match found {
+                Found::Missing => b.append_null(),
+                Found::Str(s) if self.kind == ColumnKind::Text => b.append_value(s),
+                Found::Str(s) => b.append_value(Value::from(s).to_string()),
+                Found::Int(n) => b.append_value(n.to_string()),
+                Found::Bool(v) => b.append_value(v.to_string()),
+                Found::Float(_, v) | Found::Other(v) => b.append_value(v.to_string()),
             },
-            Builder::SmallInt(b) => {
-                b.append_option(value.and_then(integer).and_then(|n| i16::try_from(n).ok()))
-            }
-            Builder::Int(b) => {
-                b.append_option(value.and_then(integer).and_then(|n| i32::try_from(n).ok()))
-            }
-            Builder::BigInt(b) => b.append_option(value.and_then(integer)),
-            Builder::Real(b) => b.append_option(value.and_then(float).map(|f| f as f32)),
-            Builder::Double(b) => b.append_option(value.and_then(float)),
-            Builder::Boolean(b) => b.append_option(value.and_then(Value::as_bool)),
-            Builder::Timestamp(b) => b.append_option(value.and_then(|v| match v {
-                Value::String(s) => weir::time::parse_rfc3339(s),
-                other => other.as_i64(),
-            })),
+            Builder::SmallInt(b) => b.append_option(integer.and_then(|n| i16::try_from(n).ok())),
+            Builder::Int(b) => b.append_option(integer.and_then(|n| i32::try_from(n).ok())),
+            Builder::BigInt(b) => b.append_option(integer),
+            Builder::Real(b) => b.append_option(float.map(|f| f as f32)),
+            Builder::Double(b) => b.append_option(float),
+            Builder::Boolean(b) => b.append_option(match found {
+                Found::Bool(v) => Some(v),
+                _ => None,
+            }),
+            Builder::Timestamp(b) => b.append_option(match found {
+                Found::Str(s) => weir::time::parse_rfc3339(s),
+                Found::Int(n) => Some(n),
+                _ => None,
+            }),
         }
     }
 
-    pub fn finish(&mut self) -> ArrayRef {
+    fn finish(&mut self) -> ArrayRef {
         match &mut self.builder {
             Builder::Text(b) => Arc::new(b.finish()),
             Builder::SmallInt(b) => Arc::new(b.finish()),
@@ -329,7 +427,36 @@ impl ColumnBuilder {
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::Array;
+    use datafusion::arrow::util::display::array_value_to_string;
+
     use super::*;
+
+    /// Each column of `schema` over `values`, every row shown as text (`NULL` for null).
+    fn columns(schema: &[TypedColumn], values: &[&str]) -> Vec<Vec<String>> {
+        let projection: Vec<usize> = (0..schema.len())
+            .map(|i| crate::topic::RECORD_COLUMNS.len() + i)
+            .collect();
+        let keys = field_keys(schema, &projection);
+        let mut slots = vec![None; values.len() * keys.len()];
+        for (text, fields) in values.iter().zip(slots.chunks_mut(keys.len())) {
+            if !raw_fields(text.as_bytes(), &keys, fields) {
+                fields.fill(None);
+            }
+        }
+        schema
+            .iter()
+            .map(|column| {
+                let array = typed_column(column, &keys, &slots);
+                (0..array.len())
+                    .map(|i| match array.is_null(i) {
+                        true => "NULL".to_owned(),
+                        false => array_value_to_string(&array, i).unwrap(),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
 
     #[test]
     fn parses_a_schema() {
@@ -365,14 +492,10 @@ mod tests {
                 ("job", ColumnKind::Text, "labels.job")
             ]
         );
-        let mut builder = ColumnBuilder::new(&columns[1], 1);
-        builder.append(Some(&serde_json::json!({"labels": {"job": "node"}})));
-        let array = builder.finish();
-        let texts = array
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::StringArray>()
-            .unwrap();
-        assert_eq!(texts.value(0), "node");
+        assert_eq!(
+            super::tests::columns(&columns[1..], &[r#"{"labels": {"job": "node"}}"#]),
+            [["node"]]
+        );
         assert_eq!(
             field_keys(&columns, &[crate::topic::RECORD_COLUMNS.len()]),
             ["value"]
@@ -394,31 +517,178 @@ mod tests {
     }
 
     #[test]
-    fn values_that_do_not_fit_are_null() {
-        let column = TypedColumn {
-            name: "status".into(),
-            kind: ColumnKind::Int,
-            path: "status".into(),
+    fn every_type_reads_what_its_json_holds_and_null_otherwise() {
+        let schema = parse_value_schema(
+            "t TEXT, i INT, s SMALLINT, b BIGINT, r REAL, d DOUBLE, ok BOOLEAN, at TIMESTAMP, j JSON",
+        )
+        .unwrap();
+        let row = |v: &str| {
+            format!(
+                r#"{{"t": {v}, "i": {v}, "s": {v}, "b": {v}, "r": {v}, "d": {v}, "ok": {v}, "at": {v}, "j": {v}}}"#
+            )
         };
-        let mut builder = ColumnBuilder::new(&column, 4);
-        for text in [
-            r#"{"status": 503}"#,
-            r#"{"status": "404"}"#,
-            r#"{"status": "oops"}"#,
-            "not json",
-        ] {
-            let value: Option<Value> = serde_json::from_str(text).ok();
-            builder.append(value.as_ref());
-        }
-        let array = builder.finish();
-        let array = array
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int32Array>()
-            .unwrap();
-        assert_eq!(
-            array.iter().collect::<Vec<_>>(),
-            [Some(503), Some(404), None, None]
+        let values: Vec<String> = [
+            "503",
+            "-7",
+            r#""404""#,
+            r#"" 12 ""#,
+            r#""oops""#,
+            r#""tab\tquote\"""#,
+            r#""2024-01-01T00:00:00Z""#,
+            "1.5",
+            "1e3",
+            "-0",
+            "40000",
+            "9223372036854775808",
+            "true",
+            "null",
+            "[1, {\"a\": 2}]",
+        ]
+        .iter()
+        .map(|v| row(v))
+        .collect();
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        let got = columns(&schema, &values);
+        let expect = |column: &str, rows: [&str; 15]| {
+            let at = schema.iter().position(|c| c.name == column).unwrap();
+            assert_eq!(got[at], rows, "column {column}");
+        };
+        let n = "NULL";
+        expect(
+            "t",
+            [
+                "503",
+                "-7",
+                "404",
+                " 12 ",
+                "oops",
+                "tab\tquote\"",
+                "2024-01-01T00:00:00Z",
+                "1.5",
+                "1000.0",
+                "-0.0",
+                "40000",
+                "9223372036854775808",
+                "true",
+                n,
+                r#"[1,{"a":2}]"#,
+            ],
         );
+        expect(
+            "i",
+            [
+                "503", "-7", "404", "12", n, n, n, n, n, n, "40000", n, n, n, n,
+            ],
+        );
+        expect(
+            "s",
+            ["503", "-7", "404", "12", n, n, n, n, n, n, n, n, n, n, n],
+        );
+        expect(
+            "b",
+            [
+                "503", "-7", "404", "12", n, n, n, n, n, n, "40000", n, n, n, n,
+            ],
+        );
+        expect(
+            "r",
+            [
+                "503.0",
+                "-7.0",
+                "404.0",
+                "12.0",
+                n,
+                n,
+                n,
+                "1.5",
+                "1000.0",
+                "-0.0",
+                "40000.0",
+                "9.223372e18",
+                n,
+                n,
+                n,
+            ],
+        );
+        expect(
+            "d",
+            [
+                "503.0",
+                "-7.0",
+                "404.0",
+                "12.0",
+                n,
+                n,
+                n,
+                "1.5",
+                "1000.0",
+                "-0.0",
+                "40000.0",
+                "9.223372036854776e18",
+                n,
+                n,
+                n,
+            ],
+        );
+        expect("ok", [n, n, n, n, n, n, n, n, n, n, n, n, "true", n, n]);
+        expect(
+            "at",
+            [
+                "1970-01-01T00:00:00.503Z",
+                "1969-12-31T23:59:59.993Z",
+                n,
+                n,
+                n,
+                n,
+                "2024-01-01T00:00:00Z",
+                n,
+                n,
+                n,
+                "1970-01-01T00:00:40Z",
+                n,
+                n,
+                n,
+                n,
+            ],
+        );
+        expect(
+            "j",
+            [
+                "503",
+                "-7",
+                r#""404""#,
+                r#"" 12 ""#,
+                r#""oops""#,
+                r#""tab\tquote\"""#,
+                r#""2024-01-01T00:00:00Z""#,
+                "1.5",
+                "1000.0",
+                "-0.0",
+                "40000",
+                "9223372036854775808",
+                "true",
+                n,
+                r#"[1,{"a":2}]"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn values_that_are_not_one_object_fill_no_column() {
+        let schema = parse_value_schema("status INT").unwrap();
+        let got = columns(
+            &schema,
+            &[
+                r#"{"status": 1}"#,
+                r#"{"status": 1, "status": 2}"#,
+                "[1, 2]",
+                r#"{"status": 1} trailing"#,
+                r#"{"status": "#,
+                r#"{"status": 1, "other": tru}"#,
+                "not json",
+            ],
+        );
+        assert_eq!(got, [["1", "2", "NULL", "NULL", "NULL", "NULL", "NULL"]]);
     }
 
     #[test]
@@ -428,23 +698,24 @@ mod tests {
         let keys = field_keys(&schema, &projection);
         assert_eq!(keys, ["req.method", "req", "status", "a.b", "a"]);
         assert!(field_keys(&schema, &[0, 1, 7]).is_empty());
-        let text = br#"{"req":{"method":"GET","path":"/x"},"ua":{"deep":[1,2,{"x":null}]},"status":200,"a.b":"flat","s\u0074atus2":1}"#;
-        let value = parse_fields(text, &keys).unwrap();
+        let text = r#"{"req":{"method":"GET","path":"/x"},"ua":{"deep":[1,2,{"x":null}]},"status":200,"a.b":"flat","s\u0074atus":1}"#;
+        let mut slots = vec![None; keys.len()];
+        assert!(raw_fields(text.as_bytes(), &keys, &mut slots));
+        let raw: Vec<Option<&str>> = slots.iter().map(|s| s.map(RawValue::get)).collect();
+        // An escaped name is the name it spells: the last `status` is read.
         assert_eq!(
-            value,
-            serde_json::json!({"req":{"method":"GET","path":"/x"},"status":200,"a.b":"flat"})
+            raw,
+            [
+                None,
+                Some(r#"{"method":"GET","path":"/x"}"#),
+                Some("1"),
+                Some(r#""flat""#),
+                None
+            ]
         );
-        let method = ColumnBuilder::new(&schema[0], 1);
-        let mut method = method;
-        method.append(Some(&value));
-        let array = method.finish();
-        let array = array
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::StringArray>()
-            .unwrap();
-        assert_eq!(array.value(0), "GET");
-        assert_eq!(parse_fields(b"[1, 2]", &keys), None);
-        assert_eq!(parse_fields(b"{\"status\": 1} trailing", &keys), None);
-        assert_eq!(parse_fields(b"{\"status\": ", &keys), None);
+        assert_eq!(
+            columns(&schema, &[text, r#"{"req": {"method": ["x"]}}"#]),
+            [["GET", r#"["x"]"#], ["1", "NULL"], ["flat", "NULL"]]
+        );
     }
 }

@@ -12,7 +12,7 @@ use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use weir_storage::{Record, TopicMeta};
 
 use crate::value_schema::{
-    ColumnBuilder, TypedColumn, UTC, field_keys, parse_fields, parse_value_schema,
+    TypedColumn, UTC, field_keys, parse_value_schema, raw_fields, typed_column,
 };
 
 /// The columns every topic has; [`RecordColumn::ALL`] is their order in a topic's schema.
@@ -219,24 +219,25 @@ impl RowBuilder {
             typed,
             json_keys,
         } = self;
-        // Only the fields the projected typed columns read are built from each value.
-        let parsed: Vec<Option<serde_json::Value>> = if json_keys.is_empty() {
-            Vec::new()
-        } else {
-            rows.iter()
-                .map(|r| parse_fields(r.value.as_ref()?, json_keys))
-                .collect()
-        };
+        // Only the fields the projected typed columns read are taken from each value, as raw
+        // text: `json_keys.len()` slots a row.
+        let mut slots = vec![None; rows.len() * json_keys.len()];
+        if !json_keys.is_empty() {
+            for (r, fields) in rows.iter().zip(slots.chunks_mut(json_keys.len())) {
+                let object = r
+                    .value
+                    .as_ref()
+                    .is_some_and(|v| raw_fields(v, json_keys, fields));
+                if !object {
+                    fields.fill(None);
+                }
+            }
+        }
         let columns = projection
             .iter()
             .map(|&index| match RecordColumn::ALL.get(index) {
                 Some(column) => column.array(partition, rows),
-                None => {
-                    let mut b =
-                        ColumnBuilder::new(&typed[index - RECORD_COLUMNS.len()], rows.len());
-                    parsed.iter().for_each(|v| b.append(v.as_ref()));
-                    b.finish()
-                }
+                None => typed_column(&typed[index - RECORD_COLUMNS.len()], json_keys, &slots),
             })
             .collect();
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
