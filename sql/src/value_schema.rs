@@ -674,6 +674,91 @@ mod tests {
     }
 
     #[test]
+    fn what_plain_text_says_is_what_parsing_says() {
+        let mut texts: Vec<String> = [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "00",
+            "0.0",
+            "1e2",
+            "-",
+            "01",
+            "+1",
+            "true",
+            "false",
+            "null",
+            "\"\"",
+            "\"x\"",
+            "\" 5 \"",
+            "\"a\\u0041\"",
+            "\"\\n\"",
+            "[]",
+            "{}",
+            " 12 ",
+            "\"é\"",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        for n in [
+            i64::MIN,
+            i64::MIN + 1,
+            -1_000_000_007,
+            32_767,
+            32_768,
+            i64::MAX,
+        ] {
+            texts.push(n.to_string());
+            texts.push(format!("\"{n}\""));
+        }
+        texts.push("9223372036854775808".into());
+        texts.push("-9223372036854775809".into());
+        let kinds = [
+            ColumnKind::Text,
+            ColumnKind::SmallInt,
+            ColumnKind::Int,
+            ColumnKind::BigInt,
+            ColumnKind::Real,
+            ColumnKind::Double,
+            ColumnKind::Boolean,
+            ColumnKind::Timestamp,
+            ColumnKind::Json,
+        ];
+        for kind in kinds {
+            let column = TypedColumn {
+                name: "c".into(),
+                kind,
+                path: "c".into(),
+            };
+            for text in &texts {
+                let Ok(raw) = serde_json::from_str::<&RawValue>(text) else {
+                    assert!(
+                        plain(text).is_none() || text.trim() != text,
+                        "{text} is not JSON"
+                    );
+                    continue;
+                };
+                let Some(found) = plain(raw.get()) else {
+                    continue;
+                };
+                let (mut fast, mut parsed) = (
+                    ColumnBuilder::new(&column, 1),
+                    ColumnBuilder::new(&column, 1),
+                );
+                fast.append(found);
+                parsed.append(Found::of(parse(raw).as_ref()));
+                assert_eq!(
+                    fast.finish().to_data(),
+                    parsed.finish().to_data(),
+                    "{kind:?} of {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn values_that_are_not_one_object_fill_no_column() {
         let schema = parse_value_schema("status INT").unwrap();
         let got = columns(
