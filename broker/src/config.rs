@@ -113,6 +113,9 @@ pub struct ServeArgs {
     /// Client connections the Kafka listener holds at once; more are closed on accept.
     #[arg(long, env = "WEIR_CONNECTIONS_MAX", default_value_t = CONNECTIONS_MAX_DEFAULT)]
     connections_max: u32,
+    /// Client connections the HTTP listener holds at once; more are answered 503 and closed.
+    #[arg(long, env = "WEIR_HTTP_CONNECTIONS_MAX", default_value_t = HTTP_CONNECTIONS_MAX_DEFAULT)]
+    http_connections_max: u32,
     /// Delayed records (weir-deliver-at, weir-delay-ms, delivery.delay.ms) that may wait at
     /// once; produce past it is refused with a retriable error until some are delivered.
     #[arg(long, env = "WEIR_DELAYED_RECORDS_MAX", default_value_t = weir_storage::DELAYED_RECORDS_MAX_DEFAULT)]
@@ -125,6 +128,8 @@ pub struct ServeArgs {
 
 /// Default of `--connections-max`.
 pub const CONNECTIONS_MAX_DEFAULT: u32 = 5_000;
+/// Default of `--http-connections-max`.
+pub const HTTP_CONNECTIONS_MAX_DEFAULT: u32 = 1_000;
 /// Default of `--request-memory-mib`: two and a half of the largest frames.
 pub const REQUEST_MEMORY_BYTES_MAX_DEFAULT: u64 = 256 << 20;
 
@@ -179,6 +184,7 @@ struct FileConfig {
     disk_free_min_mib: Option<u64>,
     open_segments_max: Option<usize>,
     connections_max: Option<u32>,
+    http_connections_max: Option<u32>,
     request_memory_mib: Option<u64>,
     delayed_records_max: Option<u64>,
 }
@@ -266,6 +272,7 @@ impl ServeArgs {
             disk_free_bytes_min: pick!(disk_free_min_mib).saturating_mul(1 << 20),
             open_segments_max: pick!(open_segments_max),
             connections_max: pick!(connections_max),
+            http_connections_max: pick!(http_connections_max),
             delayed_records_max: pick!(delayed_records_max),
             request_memory_bytes_max: pick!(request_memory_mib).saturating_mul(1 << 20),
         })

@@ -167,6 +167,7 @@ pub async fn serve(
 ) {
     let handshakes = tls.map(|tls| Handshakes::new(&tls, Listener::Http, node.metrics.clone()));
     let counters = node.metrics.clone();
+    let connections_max = node.limits.http_connections_max();
     let state = AppState {
         node,
         metrics_token: tokens.metrics.or(tokens.admin.clone()).map(Arc::from),
@@ -226,6 +227,7 @@ pub async fn serve(
             let listener = Tracked {
                 inner: listener,
                 metrics: counters,
+                connections_max,
             };
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
@@ -236,6 +238,7 @@ pub async fn serve(
                 let listener = Tracked {
                     inner: listener,
                     metrics: counters,
+                    connections_max,
                 };
                 axum::serve(listener, app)
                     .with_graceful_shutdown(stop)

@@ -1,4 +1,4 @@
-//! Node-wide bounds on what clients can make the listeners hold: Kafka and Postgres
+//! Node-wide bounds on what clients can make the listeners hold: Kafka, HTTP and Postgres
 //! connections and the memory of request frames being read or handled. Each bound and its use is a gauge on
 //! `/metrics`, beside the storage and group bounds.
 
@@ -14,6 +14,7 @@ pub struct Limits {
     request_memory: Arc<Semaphore>,
     request_memory_bytes_max: u64,
     connections_max: u32,
+    http_connections_max: u32,
     pg_connections: Arc<Semaphore>,
 }
 
@@ -34,7 +35,11 @@ impl RequestMemory {
 }
 
 impl Limits {
-    pub fn new(request_memory_bytes_max: u64, connections_max: u32) -> Limits {
+    pub fn new(
+        request_memory_bytes_max: u64,
+        connections_max: u32,
+        http_connections_max: u32,
+    ) -> Limits {
         let permits = usize::try_from(request_memory_bytes_max)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
@@ -42,6 +47,7 @@ impl Limits {
             request_memory: Arc::new(Semaphore::new(permits)),
             request_memory_bytes_max: permits as u64,
             connections_max,
+            http_connections_max,
             pg_connections: Arc::new(Semaphore::new(PG_CONNECTIONS_MAX)),
         }
     }
@@ -76,5 +82,9 @@ impl Limits {
 
     pub fn connections_max(&self) -> u32 {
         self.connections_max
+    }
+
+    pub fn http_connections_max(&self) -> u32 {
+        self.http_connections_max
     }
 }

@@ -46,6 +46,7 @@ pub struct Metrics {
     connections: Mutex<BTreeMap<u64, ConnectionInfo>>,
     next_connection: AtomicU64,
     connections_refused: AtomicU64,
+    http_connections_refused: AtomicU64,
     authentication_failures: AtomicU64,
     authentication_timeouts: AtomicU64,
     /// Failed TLS handshakes on the Kafka and the HTTP listener.
@@ -269,6 +270,12 @@ impl Metrics {
         self.fetch_wakeups.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an HTTP connection answered 503 on accept because the node held its limit.
+    pub fn http_connection_refused(&self) {
+        self.http_connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a Kafka client that failed SASL authentication.
     pub fn authentication_failed(&self) {
         self.authentication_failures.fetch_add(1, Ordering::Relaxed);
@@ -326,6 +333,11 @@ impl Metrics {
                 "weir_connections_refused_total",
                 "Kafka connections closed on accept because the node held its limit.",
                 &self.connections_refused,
+            ),
+            (
+                "weir_http_connections_refused_total",
+                "HTTP connections answered 503 on accept because the node held its limit.",
+                &self.http_connections_refused,
             ),
             (
                 "weir_sasl_authentication_failures_total",

@@ -142,6 +142,12 @@ impl NodeContext {
                 u64::from(self.limits.connections_max()),
             ),
             bound(
+                "http_connections",
+                "Open HTTP connections",
+                self.metrics.connections(Protocol::Http).max(0) as u64,
+                u64::from(self.limits.http_connections_max()),
+            ),
+            bound(
                 "pg_connections",
                 "Open Postgres connections",
                 self.limits.pg_connections() as u64,

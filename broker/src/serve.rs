@@ -64,6 +64,8 @@ pub struct ServeConfig {
     pub open_segments_max: usize,
     /// Kafka connections held at once.
     pub connections_max: u32,
+    /// HTTP connections held at once.
+    pub http_connections_max: u32,
     /// Delayed records that may wait at once.
     pub delayed_records_max: u64,
     /// Bytes of Kafka request frames read or handled at once.
@@ -93,6 +95,7 @@ impl Server {
         let limits = Arc::new(Limits::new(
             config.request_memory_bytes_max,
             config.connections_max,
+            config.http_connections_max,
         ));
         let kafka_config = kafka_config(config, kafka_addr, &limits);
         let runtime = start_runtime(&storage, config).await?;

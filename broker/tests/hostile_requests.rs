@@ -561,6 +561,41 @@ fn bad_config_values_are_refused_on_every_path() {
 }
 
 #[test]
+fn http_connections_past_the_limit_are_answered_503_and_counted() {
+    let (_dir, node, _) = started(&["--http-connections-max", "3"]);
+    // Three connections, each answered once and kept open.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = TcpStream::connect(node.http).unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: weir\r\n\r\n")
+                .unwrap();
+            let mut answer = [0u8; 12];
+            stream.read_exact(&mut answer).unwrap();
+            assert_eq!(&answer, b"HTTP/1.1 200");
+            stream
+        })
+        .collect();
+    let mut extra = TcpStream::connect(node.http).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = String::new();
+    extra.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("--http-connections-max"), "{answer}");
+    drop(held);
+    eventually(
+        "the held connections close",
+        Duration::from_secs(10),
+        || ureq::get(format!("{}/healthz", node.url())).call().is_ok(),
+    );
+    assert_eq!(metric(&node, "weir_http_connections_refused_total"), 1);
+    assert_eq!(metric(&node, "weir_http_connections_max"), 3);
+    still_serving(&node);
+}
+
+#[test]
 fn a_refused_plugin_leaves_no_compiled_file() {
     let (dir, node, _) = started(&[]);
     let module = weir_tests::wasm::abi_module(99, "i64.const 0").unwrap();

@@ -1,6 +1,7 @@
 //! Connections of the HTTP listener, listed in `weir.connections` while they are open: a
 //! listener that registers each connection it accepts, and a stream that unregisters it when
-//! the connection ends.
+//! the connection ends. Past `--http-connections-max` open at once, a new connection is
+//! answered `503 Service Unavailable` and closed.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use crate::metrics::{Connection, Metrics, Protocol};
 
@@ -16,6 +17,28 @@ use crate::metrics::{Connection, Metrics, Protocol};
 pub(super) struct Tracked<L> {
     pub inner: L,
     pub metrics: Arc<Metrics>,
+    /// Connections held at once.
+    pub connections_max: u32,
+}
+
+/// How long a refused connection is given to take its answer.
+const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Answers a connection past the bound with a 503 that says why, then closes it.
+async fn refuse(mut io: impl AsyncWrite + Unpin, connections_max: u32) {
+    let body = format!(
+        "too many HTTP connections: this node serves {connections_max} at once (--http-connections-max)\n"
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        io.write_all(answer.as_bytes()).await?;
+        io.shutdown().await
+    })
+    .await;
 }
 
 impl<L> axum::serve::Listener for Tracked<L>
@@ -26,9 +49,17 @@ where
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, SocketAddr) {
-        let (io, peer) = self.inner.accept().await;
-        let connection = Arc::new(self.metrics.connection(Protocol::Http, peer));
-        (TrackedIo { io, connection }, peer)
+        loop {
+            let (io, peer) = self.inner.accept().await;
+            if self.metrics.connections(Protocol::Http) >= i64::from(self.connections_max) {
+                self.metrics.http_connection_refused();
+                tracing::debug!(%peer, connections_max = self.connections_max, "HTTP connection refused: the node holds its limit of connections");
+                tokio::spawn(refuse(io, self.connections_max));
+                continue;
+            }
+            let connection = Arc::new(self.metrics.connection(Protocol::Http, peer));
+            return (TrackedIo { io, connection }, peer);
+        }
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
