@@ -1,7 +1,7 @@
 //! One function per Kafka API: request in, response out. Storage errors become Kafka error
 //! codes here; nothing a client sends can make these panic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -510,19 +510,21 @@ async fn fetch(shared: &Arc<Shared>, request: FetchRequest, caller: &Caller) -> 
     let wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as u64;
-    // The wake-ups of the partitions read: an append elsewhere does not wake this fetch.
-    let waits: Vec<Arc<Notify>> = request
+    // The wake-ups of the partitions read, each once and only if it exists: an append
+    // elsewhere does not wake this fetch, and the names a client sends add no entry.
+    let read: BTreeSet<(&str, u32)> = request
         .topics
         .iter()
         .flat_map(|t| {
-            t.partitions.iter().filter_map(|p| {
-                Some(
-                    shared
-                        .appends
-                        .of(&t.topic.0, u32::try_from(p.partition).ok()?),
-                )
-            })
+            let name: &str = &t.topic.0;
+            let partitions = t.partitions.iter();
+            partitions.filter_map(move |p| Some((name, u32::try_from(p.partition).ok()?)))
         })
+        .collect();
+    let waits: Vec<Arc<Notify>> = read
+        .into_iter()
+        .filter(|(topic, partition)| shared.storage.log(topic, *partition).is_ok())
+        .map(|(topic, partition)| shared.appends.of(topic, partition))
         .collect();
     let request = Arc::new(request);
     loop {
