@@ -105,9 +105,7 @@ fn fill(storage: &Storage, ndjson: &Path, records: u64) -> anyhow::Result<(u64, 
                 headers: Vec::new(),
             });
         }
-        storage
-            .log("logs", partition)?
-            .append(&mut builder.build()?.to_vec())?;
+        storage.log("logs", partition)?.append(&builder.build()?)?;
     }
     file.flush()?;
     for (_, _, log) in storage.logs() {

@@ -121,10 +121,10 @@ fn append_case(root: &Path, case: Case) -> anyhow::Result<f64> {
     let handles: Vec<_> = (0..writers)
         .map(|_| {
             let log = log.clone();
-            let mut buf = template.clone();
+            let buf = template.clone();
             std::thread::spawn(move || -> anyhow::Result<()> {
                 for _ in 0..per_writer {
-                    log.append(&mut buf)?;
+                    log.append(&buf)?;
                 }
                 Ok(())
             })
@@ -199,10 +199,10 @@ fn fill_log(dir: &Path, bytes: u64) -> anyhow::Result<()> {
         ..LogConfig::default()
     };
     let log = Log::open(dir, config)?;
-    let mut buf = batch(1024, Compression::None)?;
+    let buf = batch(1024, Compression::None)?;
     let n = bytes / buf.len() as u64;
     for _ in 0..n {
-        log.append(&mut buf)?;
+        log.append(&buf)?;
     }
     log.close()?;
     Ok(())

@@ -181,9 +181,7 @@ fn append(storage: &Storage, topic: &str, value: &str) -> anyhow::Result<()> {
         value: Some(Bytes::from(value.to_owned())),
         headers: Vec::new(),
     });
-    storage
-        .log(topic, 0)?
-        .append(&mut builder.build()?.to_vec())?;
+    storage.log(topic, 0)?.append(&builder.build()?)?;
     Ok(())
 }
 

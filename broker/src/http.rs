@@ -834,8 +834,8 @@ fn append_produced(
             let mut builder = BatchBuilder::new(Compression::None);
             let order: Vec<usize> = order.by_ref().take(run.len()).collect();
             run.into_iter().for_each(|r| builder.push(r));
-            let mut batch = builder.build().map_err(StorageError::from)?.to_vec();
-            let produced = storage.produce(name, partition, &mut batch)?;
+            let batch = builder.build().map_err(StorageError::from)?.to_vec();
+            let produced = storage.produce(name, partition, &batch)?;
             for (n, i) in order.into_iter().enumerate() {
                 let offset = match produced {
                     weir_storage::Produced::Appended(info) => Some(info.base_offset + n as u64),

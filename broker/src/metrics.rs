@@ -58,6 +58,8 @@ pub struct Metrics {
     /// Long-polling fetches waiting now, and the times one was woken by an append.
     fetches_waiting: AtomicU64,
     fetch_wakeups: AtomicU64,
+    /// Record bytes fetches sent from segment files with `sendfile`.
+    fetch_sendfile_bytes: AtomicU64,
 }
 
 /// Held while a long-polling fetch waits, counted in `weir_fetches_waiting`.
@@ -270,6 +272,12 @@ impl Metrics {
         self.fetch_wakeups.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts record bytes a fetch sent from segment files with `sendfile`.
+    pub fn fetch_sent_from_files(&self, bytes: u64) {
+        self.fetch_sendfile_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Counts an HTTP connection answered 503 on accept because the node held its limit.
     pub fn http_connection_refused(&self) {
         self.http_connections_refused
@@ -353,6 +361,11 @@ impl Metrics {
                 "weir_fetch_wakeups_total",
                 "Long-polling fetches woken by an append to a partition they read.",
                 &self.fetch_wakeups,
+            ),
+            (
+                "weir_fetch_sendfile_bytes_total",
+                "Record bytes fetches sent from segment files to the socket with sendfile, not copied.",
+                &self.fetch_sendfile_bytes,
             ),
         ] {
             let _ = writeln!(

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Node, have, kcat, now_ms, started};
+use common::{Node, have, kcat, metric, now_ms, started};
 
 const CONSUME_FORMAT: &str = "%o|%k|%s|%h\n";
 
@@ -100,6 +100,36 @@ fn kcat_produces_and_consumes_byte_exact_across_a_restart() {
 }
 
 /// Sends raw bytes on a fresh connection and reports whether the broker closed it.
+#[test]
+fn a_large_topic_reads_back_byte_exact_sent_from_the_segment_files() {
+    if !have("kcat", "apt-get install kcat") {
+        return;
+    }
+    let (_dir, node, c) = started(&[]);
+    // Small segments, so fetches read closed segments (opened again through the budget) and
+    // stop at segment ends.
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&serde_json::json!({
+            "name": "big", "partitions": 1, "configs": {"segment.bytes": "1048576"}
+        })),
+    )
+    .unwrap();
+    let lines: String = (0..20_000)
+        .map(|i| format!("{i:06} {}\n", "abcdefghij".repeat(1 + i % 40)))
+        .collect();
+    kcat(&node, &["-P", "-t", "big"], &lines);
+    let read = kcat(&node, &["-C", "-t", "big", "-e", "-f", "%s\n"], "");
+    assert!(read == lines, "what kcat read differs from what it wrote");
+    let sent = metric(&node, "weir_fetch_sendfile_bytes_total");
+    assert!(
+        sent >= lines.len() as f64 / 2.0,
+        "{sent} bytes went out with sendfile for {} bytes of values",
+        lines.len()
+    );
+}
+
 fn closed_after(node: &Node, bytes: &[u8]) -> bool {
     let mut stream = TcpStream::connect(node.kafka).unwrap();
     stream

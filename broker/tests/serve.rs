@@ -26,7 +26,7 @@ fn serve_recovers_existing_topics_and_stops_cleanly_on_signals() {
             value: Some(Bytes::from_static(b"hello")),
             headers: Vec::new(),
         });
-        log.append(&mut b.build().unwrap().to_vec()).unwrap();
+        log.append(&b.build().unwrap()).unwrap();
         storage.close().unwrap();
     }
     for sig in ["-TERM", "-INT"] {

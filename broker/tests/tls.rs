@@ -199,6 +199,30 @@ fn kafka_clients_speak_ssl_and_a_plain_text_or_untrusting_client_fails_at_once()
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 50);
 
+    // Record sets large enough to go out from the segment files on a plain connection are
+    // encrypted from their mapping here: byte exact, and none of them sent with sendfile.
+    let kcat_tls = |args: &[&str], input: &str| {
+        let mut kcat = Command::new("kcat");
+        kcat.arg("-b")
+            .arg(format!("localhost:{}", node.kafka.port()))
+            .args(["-X", "security.protocol=ssl", "-X"])
+            .arg(format!("ssl.ca.location={}", pki.ca.display()))
+            .args(args);
+        let out = run_with_input(kcat, input);
+        assert!(out.status.success(), "{}", output_text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let lines: String = (0..5_000)
+        .map(|i| format!("{i:05} {}\n", "0123456789".repeat(1 + i % 50)))
+        .collect();
+    kcat_tls(&["-P", "-t", "tls-big"], &lines);
+    let read = kcat_tls(&["-C", "-t", "tls-big", "-e", "-f", "%s\n"], "");
+    assert!(
+        read == lines,
+        "what kcat read over TLS differs from what it wrote"
+    );
+    assert_eq!(metric(&node, &pki, "weir_fetch_sendfile_bytes_total "), 0);
+
     // A client that does not trust the node's CA: a verification error, no record delivered.
     let untrusting = settings(&[("ssl.ca.location", &stranger.ca)]);
     let mut untrusting_args = vec!["security.protocol=SSL".to_string()];

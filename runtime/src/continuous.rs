@@ -337,14 +337,14 @@ impl OperatorRunner {
                 checkpoint.pending.len()
             )));
         }
-        for (pending, mut batch) in checkpoint.pending.iter().zip(batches) {
+        for (pending, batch) in checkpoint.pending.iter().zip(batches) {
             let log = self.storage.log(&pending.topic, pending.partition)?;
             let marker = self.marker(checkpoint.seq, pending.chunk);
             if log.holds_header(pending.from, MARKER_HEADER, marker.as_bytes())? {
                 continue;
             }
             tracing::info!(pipeline = %self.spec.name, topic = %pending.topic, partition = pending.partition, "appending the results of the step before a restart");
-            log.append(&mut batch)?;
+            log.append(&batch)?;
         }
         Ok(())
     }
@@ -524,8 +524,8 @@ impl OperatorRunner {
             ..Counted::default()
         };
         self.save(pending, &bytes, results)?;
-        for (log, mut batch) in batches {
-            log.append(&mut batch)?;
+        for (log, batch) in batches {
+            log.append(&batch)?;
         }
         self.stats
             .records_out
@@ -662,8 +662,8 @@ mod tests {
                 headers: Vec::new(),
             });
         }
-        let mut batch = builder.build().unwrap().to_vec();
-        storage.log(topic, 0).unwrap().append(&mut batch).unwrap();
+        let batch = builder.build().unwrap().to_vec();
+        storage.log(topic, 0).unwrap().append(&batch).unwrap();
     }
 
     /// A node's storage with the topics of the echo pipeline, and its checkpoints.
@@ -771,7 +771,7 @@ mod tests {
         let batches = [0, 1].map(|chunk| marked(saved.seq, chunk, &[&format!("chunk {chunk}")]));
         saved.pending = vec![pending(0, from), pending(1, from)];
         node.commit(&saved, &[], &[&batches[0], &batches[1]]);
-        out.append(&mut batches[0].clone()).unwrap();
+        out.append(&batches[0].clone()).unwrap();
         drop(node.open(spec(), 3).unwrap());
         drop(node.open(spec(), 3).unwrap());
         assert_eq!(

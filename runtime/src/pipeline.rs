@@ -792,8 +792,8 @@ impl Runner {
         marker: &Bytes,
     ) -> Result<(), Error> {
         for ((topic, p), records) in groups {
-            let mut batch = batch_with_marker(records, marker)?;
-            self.storage.log(&topic, p)?.append(&mut batch)?;
+            let batch = batch_with_marker(records, marker)?;
+            self.storage.log(&topic, p)?.append(&batch)?;
         }
         Ok(())
     }

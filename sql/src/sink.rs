@@ -215,11 +215,11 @@ impl DataSink for TopicSink {
                 for chunk in records.chunks(BATCH_RECORDS_MAX) {
                     let mut builder = BatchBuilder::new(Compression::None);
                     chunk.iter().cloned().for_each(|r| builder.push(r));
-                    let mut bytes = builder.build().map_err(external)?.to_vec();
+                    let bytes = builder.build().map_err(external)?.to_vec();
                     let (storage, topic) = (self.storage.clone(), self.topic.clone());
                     tokio::task::spawn_blocking(move || {
                         weir_storage::reactor::blocking(|| {
-                            storage.log(&topic, partition)?.append(&mut bytes)
+                            storage.log(&topic, partition)?.append(&bytes)
                         })
                     })
                     .await

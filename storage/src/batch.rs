@@ -258,11 +258,24 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
 /// as Kafka does for topics with `message.timestamp.type=LogAppendTime`.
 pub fn set_log_append_time(batch: &mut [u8], header: &BatchHeader, timestamp_ms: i64) {
     let total = header.total_bytes() as usize;
+    let (head, records) = batch[..total].split_at_mut(BATCH_HEADER_BYTES);
+    stamp_log_append_time(head, records, header, timestamp_ms);
+}
+
+/// [`set_log_append_time`] for a batch in two pieces: a copy of its header (`head`, the first
+/// [`BATCH_HEADER_BYTES`]), which is rewritten, and the bytes after it, read only for the CRC.
+pub fn stamp_log_append_time(
+    head: &mut [u8],
+    records: &[u8],
+    header: &BatchHeader,
+    timestamp_ms: i64,
+) {
     let attributes = header.attributes | ATTR_LOG_APPEND_TIME;
-    batch[POS_ATTRIBUTES..POS_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
-    batch[POS_MAX_TIMESTAMP..POS_MAX_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[POS_ATTRIBUTES..total]);
-    batch[POS_CRC..POS_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    head[POS_ATTRIBUTES..POS_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    head[POS_MAX_TIMESTAMP..POS_MAX_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&head[POS_ATTRIBUTES..BATCH_HEADER_BYTES]);
+    let crc = crc32c::crc32c_append(crc, records);
+    head[POS_CRC..POS_CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// One record header. Keys may repeat within a record, as in Kafka.

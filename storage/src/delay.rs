@@ -439,7 +439,7 @@ impl Delays {
                 pending_max: self.pending_max,
             });
         }
-        let base = self.log.append(&mut set)?.base_offset;
+        let base = self.log.append(&set)?.base_offset;
         let mut index = locks::lock(&self.index);
         for (&at, offset) in due.iter().zip(base..) {
             index.insert(Due { at, offset }, target);
@@ -713,8 +713,8 @@ fn rebuild_index(log: &Log, delivered: &Delivered) -> Result<DueIndex> {
 /// record goes ahead of one due before it.
 fn append_in_order(log: &Log, batches: Vec<Vec<u8>>) -> Vec<Result<()>> {
     let mut results = Vec::with_capacity(batches.len());
-    for mut batch in batches {
-        let result = log.append(&mut batch).map(drop);
+    for batch in batches {
+        let result = log.append(&batch).map(drop);
         let failed = result.is_err();
         results.push(result);
         if failed {
@@ -827,16 +827,16 @@ mod tests {
             producer_epoch: 0,
             base_sequence,
         };
-        let mut delayed = batch(&["later-1", "later-2"], Some(0), producer(0));
-        let first = storage.produce("t", 0, &mut delayed.clone()).unwrap();
+        let delayed = batch(&["later-1", "later-2"], Some(0), producer(0));
+        let first = storage.produce("t", 0, &delayed).unwrap();
         assert_eq!(first, Produced::Delayed { records: 2 });
         // The retry of the same batch is answered, and does not wait a second time.
-        let retry = storage.produce("t", 0, &mut delayed).unwrap();
+        let retry = storage.produce("t", 0, &delayed).unwrap();
         assert_eq!(retry, Produced::Delayed { records: 0 });
         // The producer's next batch follows the delayed one's sequences.
-        let next = storage.produce("t", 0, &mut batch(&["now"], None, producer(2)));
+        let next = storage.produce("t", 0, &batch(&["now"], None, producer(2)));
         assert!(matches!(next, Ok(Produced::Appended(_))), "{next:?}");
-        let gap = storage.produce("t", 0, &mut batch(&["gap"], None, producer(9)));
+        let gap = storage.produce("t", 0, &batch(&["gap"], None, producer(9)));
         assert!(
             matches!(gap, Err(StorageError::OutOfOrderSequence { .. })),
             "{gap:?}"
@@ -855,8 +855,8 @@ mod tests {
             storage.create_topic("a", 1, BTreeMap::new()).unwrap();
             storage.create_topic("b", 1, BTreeMap::new()).unwrap();
             for (topic, v) in [("a", "a1"), ("b", "b1"), ("a", "a2")] {
-                let mut set = batch(&[v], Some(0), ProducerInfo::NONE);
-                storage.produce(topic, 0, &mut set).unwrap();
+                let set = batch(&[v], Some(0), ProducerInfo::NONE);
+                storage.produce(topic, 0, &set).unwrap();
             }
             // A crash after the round was saved and partition a appended, before b was and
             // before the records were marked delivered: done by hand here.
@@ -893,7 +893,7 @@ mod tests {
                 builder.push(r);
             }
             let log = storage.log("a", 0).unwrap();
-            log.append(&mut builder.build().unwrap().to_vec()).unwrap();
+            log.append(&builder.build().unwrap()).unwrap();
             storage.close().unwrap();
         }
         let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
@@ -909,20 +909,20 @@ mod tests {
         let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
         storage.create_topic("t", 1, BTreeMap::new()).unwrap();
         let delays = storage.delays();
-        let mut set = batch(&["early"], Some(0), ProducerInfo::NONE);
-        storage.produce("t", 0, &mut set).unwrap();
+        let set = batch(&["early"], Some(0), ProducerInfo::NONE);
+        storage.produce("t", 0, &set).unwrap();
         // Later records in later segments: the first can go once "early" is delivered.
         delays.log.set_config(LogConfig {
             segment_bytes: 1200,
             ..delays.log.config()
         });
         for i in 0..4 {
-            let mut set = batch(
+            let set = batch(
                 &["x".repeat(1050).as_str()],
                 Some(60_000 + i * 10_000),
                 ProducerInfo::NONE,
             );
-            storage.produce("t", 0, &mut set).unwrap();
+            storage.produce("t", 0, &set).unwrap();
         }
         delays.trim().unwrap();
         assert_eq!(delays.log.log_start_offset(), 0);
@@ -963,15 +963,15 @@ mod tests {
         let storage = Storage::open(config).unwrap();
         storage.create_topic("t", 1, BTreeMap::new()).unwrap();
         let two = || batch(&["1", "2"], Some(0), ProducerInfo::NONE);
-        storage.produce("t", 0, &mut two()).unwrap();
-        let refused = storage.produce("t", 0, &mut two()).unwrap_err();
+        storage.produce("t", 0, &two()).unwrap();
+        let refused = storage.produce("t", 0, &two()).unwrap_err();
         assert!(
             refused.to_string().contains("--delayed-records-max 3"),
             "{refused}"
         );
         assert_eq!(storage.delays().stats().pending.load(Ordering::Relaxed), 2);
         assert_eq!(deliver(&storage, now_ms() + 10), 2);
-        storage.produce("t", 0, &mut two()).unwrap();
+        storage.produce("t", 0, &two()).unwrap();
         assert_eq!(storage.delays().stats().pending.load(Ordering::Relaxed), 2);
     }
 

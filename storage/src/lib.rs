@@ -49,7 +49,7 @@ pub use log::{
 };
 pub use meta::{MetaStore, TopicMeta, Tree};
 pub use producer::PRODUCER_BATCHES_MAX;
-pub use segment::{OPEN_SEGMENTS_MAX_DEFAULT, open_segments, set_open_segments_max};
+pub use segment::{LogFile, OPEN_SEGMENTS_MAX_DEFAULT, open_segments, set_open_segments_max};
 pub use space::{DISK_FREE_BYTES_MIN_DEFAULT, DiskSpace};
 pub use storage::{
     DELAYED_RECORDS_MAX_DEFAULT, PARTITIONS_MAX, PARTITIONS_MAX_DEFAULT, PartitionListener,

@@ -2,6 +2,7 @@
 
 use crate::locks;
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,13 +12,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::batch::{
-    BatchHeader, Record, decode_record_at, decode_records, set_base_offset, set_log_append_time,
-    validate_batch, validate_record_set, validate_records,
+    BATCH_HEADER_BYTES, BatchHeader, Record, decode_record_at, decode_records, set_base_offset,
+    stamp_log_append_time, validate_batch, validate_record_set, validate_records,
 };
 use crate::config::{FlushPolicy, LogConfig, TimestampType, ms_i64};
 use crate::error::{BatchError, Result, StorageError};
 use crate::producer::{ProducerStates, Verdict};
-use crate::segment::{IndexCursor, RecoveryPoint, Segment, segment_paths, sync_dir};
+use crate::segment::{IndexCursor, LogFile, RecoveryPoint, Segment, segment_paths, sync_dir};
 use crate::space::DiskSpace;
 
 const RECOVERY_POINT_FILE: &str = "recovery-point";
@@ -87,6 +88,12 @@ impl FileSlice {
     /// when the read started, which the log never rewrites in place.
     pub fn map(&self) -> Result<Bytes> {
         self.verified(self.segment.map_bytes(self.position, self.len)?)
+    }
+
+    /// The segment file the slice lies in, held open: the slice is its bytes from
+    /// [`FileSlice::position`], for a socket to send from the page cache.
+    pub fn file(&self) -> Result<LogFile> {
+        self.segment.log_file()
     }
 
     fn verified(&self, bytes: Bytes) -> Result<Bytes> {
@@ -323,9 +330,10 @@ impl Log {
 
     /// Appends a record set (whole v2 batches back to back, as a producer sends them). The
     /// batches are validated first; on any error nothing is written. Base offsets (and, for
-    /// `LogAppendTime` logs, timestamps) are rewritten in `batches`. With the `always` flush
-    /// policy this returns once the bytes are fsynced.
-    pub fn append(&self, batches: &mut [u8]) -> Result<AppendInfo> {
+    /// `LogAppendTime` logs, timestamps) are set in copies of the batch headers, written with
+    /// the rest of `batches` in one `pwritev`: the record set itself is neither changed nor
+    /// copied. With the `always` flush policy this returns once the bytes are fsynced.
+    pub fn append(&self, batches: &[u8]) -> Result<AppendInfo> {
         let checked = self.check(batches)?;
         self.append_set(batches, checked)
     }
@@ -337,7 +345,7 @@ impl Log {
     }
 
     /// Appends a record set [`Log::check`] accepted.
-    pub fn append_set(&self, batches: &mut [u8], checked: CheckedSet) -> Result<AppendInfo> {
+    pub fn append_set(&self, batches: &[u8], checked: CheckedSet) -> Result<AppendInfo> {
         crate::reactor::check("appending to a log");
         self.append_at_checked(batches, checked, now_ms())
     }
@@ -369,14 +377,14 @@ impl Log {
     }
 
     /// [`Log::append`] at a given wall-clock time, for deterministic tests.
-    pub fn append_at(&self, batches: &mut [u8], now: i64) -> Result<AppendInfo> {
+    pub fn append_at(&self, batches: &[u8], now: i64) -> Result<AppendInfo> {
         let checked = self.check(batches)?;
         self.append_at_checked(batches, checked, now)
     }
 
     fn append_at_checked(
         &self,
-        batches: &mut [u8],
+        batches: &[u8],
         checked: CheckedSet,
         now: i64,
     ) -> Result<AppendInfo> {
@@ -408,7 +416,7 @@ impl Log {
         let _ = self.space.set(space);
     }
 
-    fn write_set(&self, batches: &mut [u8], checked: CheckedSet, now: i64) -> Result<AppendInfo> {
+    fn write_set(&self, batches: &[u8], checked: CheckedSet, now: i64) -> Result<AppendInfo> {
         let CheckedSet {
             headers,
             span,
@@ -432,7 +440,7 @@ impl Log {
         }
         let base_offset = w.next_offset;
         let log_append_time = config.timestamp_type == TimestampType::LogAppendTime;
-        let assigned = assign_offsets(
+        let (assigned, heads) = assign_offsets(
             batches,
             &headers,
             base_offset,
@@ -441,7 +449,15 @@ impl Log {
         let next_offset = assigned
             .last()
             .map_or(base_offset, |h| h.last_offset() as u64 + 1);
-        let position = w.active.write(batches)?;
+        let mut parts = Vec::with_capacity(2 * assigned.len());
+        let mut pos = 0usize;
+        for (h, head) in assigned.iter().zip(heads.chunks_exact(BATCH_HEADER_BYTES)) {
+            let end = pos + h.total_bytes() as usize;
+            parts.push(IoSlice::new(head));
+            parts.push(IoSlice::new(&batches[pos + BATCH_HEADER_BYTES..end]));
+            pos = end;
+        }
+        let position = w.active.write_parts(&mut parts)?;
         let active = w.active.clone();
         let mut batch_position = position;
         for h in &assigned {
@@ -1082,29 +1098,37 @@ fn check_producers(w: &mut Writer, headers: &[BatchHeader]) -> Result<Option<App
 
 /// Writes each batch's base offset (and, with `log_append_time`, its timestamp and CRC) into
 /// `batches`, from `base_offset` on; returns the headers as written.
+/// The headers of `batches` with offsets from `base_offset` (and the append time, for
+/// `LogAppendTime` logs): parsed, and as bytes to write in place of each batch's first
+/// [`BATCH_HEADER_BYTES`], back to back.
 fn assign_offsets(
-    batches: &mut [u8],
+    batches: &[u8],
     headers: &[BatchHeader],
     base_offset: u64,
     log_append_time: Option<i64>,
-) -> Vec<BatchHeader> {
+) -> (Vec<BatchHeader>, Vec<u8>) {
     let mut assigned = Vec::with_capacity(headers.len());
+    let mut heads = vec![0u8; headers.len() * BATCH_HEADER_BYTES];
     let mut pos = 0usize;
     let mut offset = base_offset;
-    for h in headers {
-        let batch = &mut batches[pos..pos + h.total_bytes() as usize];
-        set_base_offset(batch, offset as i64);
+    for (h, head) in headers
+        .iter()
+        .zip(heads.chunks_exact_mut(BATCH_HEADER_BYTES))
+    {
+        let batch = &batches[pos..pos + h.total_bytes() as usize];
+        head.copy_from_slice(&batch[..BATCH_HEADER_BYTES]);
+        set_base_offset(head, offset as i64);
         let mut h = *h;
         h.base_offset = offset as i64;
         if let Some(now) = log_append_time {
-            set_log_append_time(batch, &h, now);
+            stamp_log_append_time(head, &batch[BATCH_HEADER_BYTES..], &h, now);
             h.max_timestamp = now;
         }
         assigned.push(h);
         pos += h.total_bytes() as usize;
         offset += h.offset_count();
     }
-    assigned
+    (assigned, heads)
 }
 
 /// Rebuilds idempotent producer state from the batch headers of the active segment. Producers

@@ -2,6 +2,8 @@
 
 use crate::locks;
 use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -98,6 +100,18 @@ struct Files {
     time_index: RwLock<MmapIndex<TimeEntry>>,
     /// [`CLOCK`] at the last use, for the open-segment budget's eviction.
     last_used: AtomicU64,
+}
+
+/// A segment's log file held open for a reader outside the storage, such as a socket sending
+/// straight from the page cache. While it is held the descriptor stays open, whatever the
+/// open-segment budget does; the bytes below the segment's size when it was taken never change.
+#[derive(Clone)]
+pub struct LogFile(Arc<Files>);
+
+impl AsFd for LogFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.file.as_fd()
+    }
 }
 
 /// Where a segment's files are: held for as long as it takes appends, or in the process's
@@ -676,9 +690,15 @@ impl Segment {
     /// Writes `bytes` (whole batches) at the end of the log file. On failure the file is cut
     /// back to its previous size so no partial batch stays behind.
     pub fn write(&self, bytes: &[u8]) -> Result<u64> {
+        self.write_parts(&mut [IoSlice::new(bytes)])
+    }
+
+    /// [`Segment::write`] of bytes given in pieces, one after the other, written with
+    /// `pwritev` so they are not first gathered into one buffer.
+    pub fn write_parts(&self, parts: &mut [IoSlice<'_>]) -> Result<u64> {
         let position = self.size();
         let files = self.files()?;
-        if let Err(e) = files.file.write_all_at(bytes, position) {
+        if let Err(e) = write_all_vectored_at(&files.file, parts, position) {
             let _ = files.file.set_len(position);
             return Err(StorageError::Io {
                 path: self.log_path(),
@@ -825,12 +845,42 @@ impl Segment {
         Ok(Bytes::from_owner(map).slice(skip..))
     }
 
+    /// The log file, held open.
+    pub fn log_file(&self) -> Result<LogFile> {
+        Ok(LogFile(self.files()?))
+    }
+
     /// Reads `len` bytes at `position`.
     pub fn read_bytes(&self, position: u64, len: u64) -> Result<Bytes> {
         let mut buf = vec![0u8; len as usize];
         read_exact_at(&self.files()?.file, &mut buf, position, &self.log_path())?;
         Ok(Bytes::from(buf))
     }
+}
+
+/// Writes every byte of `parts` at `position`, a `pwritev` of at most [`IOV_MAX`] pieces at a
+/// time, going on after short writes.
+fn write_all_vectored_at(
+    file: &File,
+    mut parts: &mut [IoSlice<'_>],
+    mut position: u64,
+) -> std::io::Result<()> {
+    /// Pieces one `pwritev` takes on Linux.
+    const IOV_MAX: usize = 1024;
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let take = parts.len().min(IOV_MAX);
+        match rustix::io::pwritev(file, &parts[..take], position) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                position += n as u64;
+                IoSlice::advance_slices(&mut parts, n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn fresh_indexes(dir: &Path, base_offset: u64, bytes_max: u64) -> Result<Indexes> {

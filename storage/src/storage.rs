@@ -710,7 +710,7 @@ impl Storage {
     /// Appends a record set a producer sent, unless it asks for delayed delivery (a record
     /// carries `weir-deliver-at` or `weir-delay-ms`, or the topic sets `delivery.delay.ms`):
     /// then its records wait in the delay log until due ([`crate::delay`]).
-    pub fn produce(&self, topic: &str, partition: u32, batches: &mut [u8]) -> Result<Produced> {
+    pub fn produce(&self, topic: &str, partition: u32, batches: &[u8]) -> Result<Produced> {
         let log = self.log(topic, partition)?;
         let checked = log.check(batches)?;
         if !checked.delay_header() && checked.config().delivery_delay_ms == 0 {

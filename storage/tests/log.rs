@@ -81,7 +81,7 @@ fn append_read_round_trip_across_segment_boundaries() {
             })
             .collect();
         expected.extend(records.iter().map(|r| r.value.clone()));
-        let info = log.append(&mut batch(Compression::None, records)).unwrap();
+        let info = log.append(&batch(Compression::None, records)).unwrap();
         assert_eq!(info.last_offset - info.base_offset + 1, n as u64);
     }
     assert!(
@@ -118,7 +118,7 @@ fn read_bounds_follow_kafka_semantics() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), small_config());
     for i in 0..10 {
-        log.append(&mut batch(
+        log.append(&batch(
             Compression::None,
             (0..3).map(|j| record("k", &format!("{i}-{j}"), T0)),
         ))
@@ -164,7 +164,7 @@ fn every_codec_reads_back_through_the_log() {
     for (i, c) in codecs.iter().enumerate() {
         let records =
             (0..20).map(|j| record(&format!("k{j}"), &format!("{c:?}-{j}").repeat(20), T0 + j));
-        let info = log.append(&mut batch(*c, records)).unwrap();
+        let info = log.append(&batch(*c, records)).unwrap();
         assert_eq!(info.base_offset, i as u64 * 20);
     }
     let all = read_all(&log);
@@ -196,14 +196,14 @@ fn counts_from_batch_headers_match_the_records_read() {
         let n = 1 + i % 7;
         // Keys repeat within and across batches, so compaction leaves gaps inside batches.
         let records = (0..n).map(|j| record(&format!("k{}", (i + j) % 5), "v", T0 + i));
-        log.append(&mut batch(compression, records)).unwrap();
+        log.append(&batch(compression, records)).unwrap();
     }
     let before = read_all(&log).len();
     compact(&log, T0 + 100, 1_000_000).unwrap();
     assert!(read_all(&log).len() < before, "compaction left no gap");
     for i in 0..40i64 {
         let records = (0..1 + i % 5).map(|j| record(&format!("new{i}-{j}"), &"v".repeat(60), T0));
-        log.append(&mut batch(Compression::None, records)).unwrap();
+        log.append(&batch(Compression::None, records)).unwrap();
     }
     assert!(log.segment_count() > 3, "{} segments", log.segment_count());
     let offsets: Vec<u64> = read_all(&log).iter().map(|r| r.offset as u64).collect();
@@ -245,11 +245,8 @@ fn timestamp_lookup_finds_first_record_at_or_after() {
             T0 + i * 10
         };
         stamps.push(ts);
-        log.append(&mut batch(
-            Compression::None,
-            [record("k", &i.to_string(), ts)],
-        ))
-        .unwrap();
+        log.append(&batch(Compression::None, [record("k", &i.to_string(), ts)]))
+            .unwrap();
     }
     for target in (T0 - 50..T0 + 3050).step_by(7) {
         let expected = stamps
@@ -281,7 +278,7 @@ fn log_append_time_stamps_batches() {
     let log = open(dir.path(), config);
     let info = log
         .append_at(
-            &mut batch(
+            &batch(
                 Compression::Gzip,
                 [record("a", "1", 5), record("b", "2", 6)],
             ),
@@ -304,7 +301,7 @@ fn retention_deletes_old_and_excess_segments_but_never_the_active_one() {
     for i in 0..200i64 {
         let ts = if i < 100 { T0 - 3_600_000 } else { T0 };
         log.append_at(
-            &mut batch(Compression::None, [record("k", &"v".repeat(200), ts)]),
+            &batch(Compression::None, [record("k", &"v".repeat(200), ts)]),
             T0,
         )
         .unwrap();
@@ -350,7 +347,7 @@ fn retention_deletes_old_and_excess_segments_but_never_the_active_one() {
     let log = open(dir.path(), small_config());
     assert_eq!(log.log_start_offset(), read_all(&log)[0].offset as u64);
     assert_eq!(
-        log.append(&mut batch(Compression::None, [record("k", "v", T0)]))
+        log.append(&batch(Compression::None, [record("k", "v", T0)]))
             .unwrap()
             .base_offset,
         200
@@ -403,7 +400,7 @@ fn compaction_keeps_the_last_value_per_key_and_expires_tombstones() {
         } else {
             Compression::None
         };
-        log.append(&mut batch(codec, records)).unwrap();
+        log.append(&batch(codec, records)).unwrap();
     }
     let before = read_all(&log).len();
     let active_base = *log_segment_bases(dir.path()).last().unwrap();
@@ -458,7 +455,7 @@ fn compaction_keeps_the_last_value_per_key_and_expires_tombstones() {
     let log = open(dir.path(), config);
     check(&log, false);
     assert_eq!(
-        log.append(&mut batch(Compression::None, [record("z", "z", T0)]))
+        log.append(&batch(Compression::None, [record("z", "z", T0)]))
             .unwrap()
             .base_offset,
         offset
@@ -494,7 +491,7 @@ fn concurrent_appends_share_fsyncs_and_get_distinct_offsets() {
             std::thread::spawn(move || {
                 (0..100)
                     .map(|i| {
-                        log.append(&mut batch(
+                        log.append(&batch(
                             Compression::None,
                             [record(&format!("t{t}"), &format!("{t}-{i}"), T0)],
                         ))
@@ -528,7 +525,7 @@ fn interval_policy_flushes_on_time() {
             ..LogConfig::default()
         },
     );
-    log.append_at(&mut batch(Compression::None, [record("k", "v", T0)]), T0)
+    log.append_at(&batch(Compression::None, [record("k", "v", T0)]), T0)
         .unwrap();
     // Visible before any fsync under the interval policy.
     assert_eq!(log.high_watermark(), 1);
@@ -548,7 +545,7 @@ fn oversized_and_corrupt_batches_write_nothing() {
         },
     );
     let err = log
-        .append(&mut batch(
+        .append(&batch(
             Compression::None,
             [record("k", &"v".repeat(600), T0)],
         ))
@@ -560,14 +557,14 @@ fn oversized_and_corrupt_batches_write_nothing() {
         ),
         "{err}"
     );
-    let mut good = batch(Compression::None, [record("k", "v", T0)]);
+    let good = batch(Compression::None, [record("k", "v", T0)]);
     let mut bad = good.clone();
     let n = bad.len();
     bad[n - 2] ^= 1;
     // A good batch followed by a corrupt one: the whole set is refused.
     let mut set = good.clone();
     set.extend_from_slice(&bad);
-    let err = log.append(&mut set).unwrap_err();
+    let err = log.append(&set).unwrap_err();
     assert!(
         matches!(
             err,
@@ -577,7 +574,7 @@ fn oversized_and_corrupt_batches_write_nothing() {
     );
     assert_eq!(log.log_end_offset(), 0);
     assert_eq!(log.size_bytes(), 0);
-    assert_eq!(log.append(&mut good).unwrap().base_offset, 0);
+    assert_eq!(log.append(&good).unwrap().base_offset, 0);
 }
 
 #[test]
@@ -589,16 +586,16 @@ fn segment_ms_rolls_an_old_segment() {
     };
     let log = open(dir.path(), config);
     let now = weir_now();
-    log.append_at(&mut batch(Compression::None, [record("k", "a", T0)]), now)
+    log.append_at(&batch(Compression::None, [record("k", "a", T0)]), now)
         .unwrap();
     log.append_at(
-        &mut batch(Compression::None, [record("k", "b", T0)]),
+        &batch(Compression::None, [record("k", "b", T0)]),
         now + 59_000,
     )
     .unwrap();
     assert_eq!(log.segment_count(), 1);
     log.append_at(
-        &mut batch(Compression::None, [record("k", "c", T0)]),
+        &batch(Compression::None, [record("k", "c", T0)]),
         now + 61_000,
     )
     .unwrap();
@@ -635,7 +632,7 @@ fn an_interrupted_compaction_swap_is_finished_or_discarded_on_open() {
     let live = tempfile::tempdir().unwrap();
     let log = open(live.path(), config.clone());
     for i in 0..400 {
-        log.append(&mut batch(
+        log.append(&batch(
             Compression::None,
             [record(&format!("k{}", i % 5), &i.to_string(), T0)],
         ))
@@ -704,27 +701,23 @@ fn duplicate_batch_returns_original_offset_and_gaps_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), LogConfig::default());
     let first = log
-        .append(&mut idempotent_batch(7, 0, 0, &["a", "b", "c"]))
+        .append(&idempotent_batch(7, 0, 0, &["a", "b", "c"]))
         .unwrap();
     assert_eq!((first.base_offset, first.last_offset), (0, 2));
-    let second = log
-        .append(&mut idempotent_batch(7, 0, 3, &["d", "e"]))
-        .unwrap();
+    let second = log.append(&idempotent_batch(7, 0, 3, &["d", "e"])).unwrap();
     assert_eq!((second.base_offset, second.last_offset), (3, 4));
     // Another producer interleaves.
-    log.append(&mut idempotent_batch(8, 0, 0, &["x"])).unwrap();
+    log.append(&idempotent_batch(8, 0, 0, &["x"])).unwrap();
 
     // A retry of either batch in the window: the original offsets, nothing written.
     let retry = log
-        .append(&mut idempotent_batch(7, 0, 0, &["a", "b", "c"]))
+        .append(&idempotent_batch(7, 0, 0, &["a", "b", "c"]))
         .unwrap();
     assert_eq!((retry.base_offset, retry.last_offset), (0, 2));
     assert_eq!(log.log_end_offset(), 6);
 
     // A gap in sequences is refused, naming what was expected.
-    let err = log
-        .append(&mut idempotent_batch(7, 0, 9, &["z"]))
-        .unwrap_err();
+    let err = log.append(&idempotent_batch(7, 0, 9, &["z"])).unwrap_err();
     assert!(
         matches!(
             err,
@@ -737,10 +730,8 @@ fn duplicate_batch_returns_original_offset_and_gaps_are_refused() {
         "{err}"
     );
     // A new epoch starts again at 0; the old epoch is fenced from then on.
-    log.append(&mut idempotent_batch(7, 1, 0, &["f"])).unwrap();
-    let err = log
-        .append(&mut idempotent_batch(7, 0, 5, &["g"]))
-        .unwrap_err();
+    log.append(&idempotent_batch(7, 1, 0, &["f"])).unwrap();
+    let err = log.append(&idempotent_batch(7, 0, 5, &["g"])).unwrap_err();
     assert!(
         matches!(
             err,
@@ -756,10 +747,10 @@ fn duplicate_batch_returns_original_offset_and_gaps_are_refused() {
     // The window is rebuilt from the log after a restart.
     drop(log);
     let log = open(dir.path(), LogConfig::default());
-    let retry = log.append(&mut idempotent_batch(7, 1, 0, &["f"])).unwrap();
+    let retry = log.append(&idempotent_batch(7, 1, 0, &["f"])).unwrap();
     assert_eq!(retry.base_offset, 6);
     assert_eq!(
-        log.append(&mut idempotent_batch(7, 1, 1, &["h"]))
+        log.append(&idempotent_batch(7, 1, 1, &["h"]))
             .unwrap()
             .base_offset,
         7

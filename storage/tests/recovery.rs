@@ -47,7 +47,7 @@ fn fill(log: &Log, records: u64) -> u64 {
     let end = next + records;
     while next < end {
         let n = (1 + next % 5).min(end - next);
-        let info = log.append(&mut batch(next, n, Compression::None)).unwrap();
+        let info = log.append(&batch(next, n, Compression::None)).unwrap();
         assert_eq!(info.base_offset, next);
         next = info.last_offset + 1;
     }
@@ -107,7 +107,7 @@ fn recovery_drops_a_half_written_batch() {
     let log = Log::open(dir.path(), config()).unwrap();
     fill(&log, 100);
     let before_last = log.log_end_offset();
-    log.append(&mut batch(before_last, 5, Compression::Lz4))
+    log.append(&batch(before_last, 5, Compression::Lz4))
         .unwrap();
     drop(log);
     let last = segment_files(dir.path(), ".log").pop().unwrap();
@@ -254,7 +254,7 @@ fn missing_directory_is_a_typed_error() {
     std::fs::remove_dir_all(&inner).unwrap();
     let mut failed = None;
     for i in 0..200 {
-        if let Err(e) = log.append(&mut batch(1000 + i, 5, Compression::None)) {
+        if let Err(e) = log.append(&batch(1000 + i, 5, Compression::None)) {
             failed = Some(e);
             break;
         }
@@ -311,7 +311,7 @@ fn full_disk_refuses_appends_without_losing_acked_data() {
     let log = Log::open(&dir, cfg.clone()).unwrap();
     let mut acked = 0u64;
     let err = loop {
-        match log.append(&mut batch(acked, 10, Compression::None)) {
+        match log.append(&batch(acked, 10, Compression::None)) {
             Ok(info) => acked = info.last_offset + 1,
             Err(e) => break e,
         }
@@ -323,7 +323,7 @@ fn full_disk_refuses_appends_without_losing_acked_data() {
     assert_prefix(&log, acked);
     // Still full: still a clean error, still nothing half-written.
     assert!(
-        log.append(&mut batch(acked, 10, Compression::None))
+        log.append(&batch(acked, 10, Compression::None))
             .unwrap_err()
             .is_disk_full()
     );
@@ -340,9 +340,7 @@ fn full_disk_refuses_appends_without_losing_acked_data() {
     let log = Log::open(&dir, cfg_small).unwrap();
     log.enforce_retention(T0).unwrap();
     assert!(segment_files(&dir, ".log").len() < closed.len());
-    let next = log
-        .append(&mut batch(acked, 10, Compression::None))
-        .unwrap();
+    let next = log.append(&batch(acked, 10, Compression::None)).unwrap();
     assert_eq!(next.base_offset, acked);
 }
 
@@ -385,7 +383,7 @@ fn crash_scenario(seed: u64) -> Work {
             let n = rng.random_range(1..8);
             let codec =
                 [Compression::None, Compression::Snappy, Compression::Zstd][rng.random_range(0..3)];
-            let info = log.append(&mut batch(written, n, codec)).unwrap();
+            let info = log.append(&batch(written, n, codec)).unwrap();
             written = info.last_offset + 1;
             work.appends += 1;
             if rng.random_bool(0.2) {

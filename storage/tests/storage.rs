@@ -18,9 +18,7 @@ fn append(storage: &Storage, topic: &str, partition: u32, value: &str) -> u64 {
         headers: Vec::new(),
     });
     let log = storage.log(topic, partition).unwrap();
-    log.append(&mut b.build().unwrap().to_vec())
-        .unwrap()
-        .base_offset
+    log.append(&b.build().unwrap()).unwrap().base_offset
 }
 
 fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

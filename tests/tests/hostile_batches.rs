@@ -16,9 +16,9 @@ use weir_storage::{
 use weir_tests::hostile::{Forge, one_record_batch, zstd_bomb};
 
 /// The append is refused with an error `matches` accepts, and the log is as it was.
-fn refused(log: &Log, mut batches: Vec<u8>, matches: impl Fn(&StorageError) -> bool) {
+fn refused(log: &Log, batches: Vec<u8>, matches: impl Fn(&StorageError) -> bool) {
     let before = (log.high_watermark(), log.size_bytes());
-    let err = log.append(&mut batches).unwrap_err();
+    let err = log.append(&batches).unwrap_err();
     assert!(matches(&err), "unexpected error: {err}");
     assert_eq!((log.high_watermark(), log.size_bytes()), before);
 }
@@ -34,7 +34,7 @@ fn batch_error(err: &StorageError) -> Option<&BatchError> {
 fn a_poison_batch_with_a_valid_crc_is_refused_and_the_log_stays_readable() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
-    log.append(&mut one_record_batch(Compression::None, b"good"))
+    log.append(&one_record_batch(Compression::None, b"good"))
         .unwrap();
     let good = one_record_batch(Compression::None, b"value");
     // The record's length varint claims ten 0xff bytes: "varint longer than 10 bytes".
@@ -154,7 +154,7 @@ fn an_empty_partition_costs_a_page_per_index_and_indexes_grow_as_needed() {
     assert_eq!(index_bytes("timeindex"), 4092);
     // An entry per batch: 2000 entries outgrow the first page of both indexes.
     for i in 0..2000 {
-        log.append(&mut one_record_batch(
+        log.append(&one_record_batch(
             Compression::None,
             format!("v{i}").as_bytes(),
         ))
@@ -184,7 +184,7 @@ fn closed_segments_close_their_files_past_the_budget_and_reopen_on_read() {
     let log = Log::open(dir.path(), config).unwrap();
     let value = vec![b'x'; 600];
     for _ in 0..40 {
-        log.append(&mut one_record_batch(Compression::None, &value))
+        log.append(&one_record_batch(Compression::None, &value))
             .unwrap();
     }
     assert!(log.segment_count() >= 40);
@@ -200,7 +200,7 @@ fn closed_segments_close_their_files_past_the_budget_and_reopen_on_read() {
 
 fn append_one(storage: &Storage, topic: &str) -> Result<u64, StorageError> {
     let log = storage.log(topic, 0)?;
-    log.append(&mut one_record_batch(Compression::None, b"v"))
+    log.append(&one_record_batch(Compression::None, b"v"))
         .map(|info| info.base_offset)
 }
 

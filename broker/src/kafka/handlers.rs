@@ -29,6 +29,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use weir_storage::{BatchError, Produced, StorageError, TopicMeta};
 
+use super::frame::{FileBytes, LENT_BYTES_MIN};
 use super::{Shared, acl_api, admin_api, group_api};
 use crate::acl::{Caller, Denied, Operation, ResourceType};
 use crate::error::{Error, Result, task};
@@ -96,15 +97,21 @@ pub(crate) async fn handle(
     header: &RequestHeader,
     peer: std::net::SocketAddr,
     caller: Caller,
-) -> Result<Option<ResponseKind>> {
+) -> Result<Option<Answer>> {
     let version = header.request_api_version;
     let response = match request {
-        Some(RequestKind::Fetch(r)) => ResponseKind::Fetch(fetch(shared, r, &caller).await),
+        Some(RequestKind::Fetch(r)) => {
+            let (response, lent) = fetch(shared, r, &caller).await;
+            return Ok(Some(Answer {
+                kind: ResponseKind::Fetch(response),
+                lent,
+            }));
+        }
         Some(RequestKind::JoinGroup(r)) => {
             if let Err(denied) = caller.check(Operation::Read, ResourceType::Group, &r.group_id) {
                 let mut response = JoinGroupResponse::default();
                 response.error_code = denial(&denied).0;
-                return Ok(Some(ResponseKind::JoinGroup(response)));
+                return Ok(Some(ResponseKind::JoinGroup(response).into()));
             }
             let client_id = header
                 .client_id
@@ -118,23 +125,60 @@ pub(crate) async fn handle(
             if let Err(denied) = caller.check(Operation::Read, ResourceType::Group, &r.group_id) {
                 let mut response = SyncGroupResponse::default();
                 response.error_code = denial(&denied).0;
-                return Ok(Some(ResponseKind::SyncGroup(response)));
+                return Ok(Some(ResponseKind::SyncGroup(response).into()));
             }
             ResponseKind::SyncGroup(group_api::sync_group(shared, r, version).await)
         }
         request => {
             let shared = shared.clone();
             let version = header.request_api_version;
-            return tokio::task::spawn_blocking(move || {
+            let answered = tokio::task::spawn_blocking(move || {
                 weir_storage::reactor::blocking(|| {
                     handle_blocking(&shared, request, version, &caller)
                 })
             })
             .await
             .map_err(task("answering a request"))?;
+            return answered.map(|r| r.map(Answer::from));
         }
     };
-    Ok(Some(response))
+    Ok(Some(response.into()))
+}
+
+/// A response, and the record sets it holds that the frame may send from their files.
+pub(crate) struct Answer {
+    pub kind: ResponseKind,
+    pub lent: Vec<FileBytes>,
+}
+
+impl Answer {
+    /// Bytes the frame will copy, near enough to size its buffer once: the record bytes of a
+    /// fetch that are not sent from their files, plus room for the fields around them.
+    pub(crate) fn copied_bytes_hint(&self) -> usize {
+        const FIELDS_BYTES: usize = 4096;
+        match &self.kind {
+            ResponseKind::Fetch(f) => {
+                let records: usize = f
+                    .responses
+                    .iter()
+                    .flat_map(|t| &t.partitions)
+                    .map(|p| p.records.as_ref().map_or(0, |r| r.len()) + 128)
+                    .sum();
+                let lent: usize = self.lent.iter().map(|l| l.bytes.len()).sum();
+                FIELDS_BYTES + records.saturating_sub(lent)
+            }
+            _ => FIELDS_BYTES,
+        }
+    }
+}
+
+impl From<ResponseKind> for Answer {
+    fn from(kind: ResponseKind) -> Answer {
+        Answer {
+            kind,
+            lent: Vec::new(),
+        }
+    }
 }
 
 /// The APIs that touch the disk or the metadata store; runs on the blocking pool.
@@ -229,24 +273,6 @@ fn handle_blocking(
         }
     };
     Ok(Some(response))
-}
-
-/// Bytes a response will take, near enough to size its buffer once: the record bytes of a
-/// fetch plus room for the fields around them.
-pub(crate) fn response_size_hint(response: &ResponseKind) -> usize {
-    const FIELDS_BYTES: usize = 4096;
-    match response {
-        ResponseKind::Fetch(f) => {
-            let records: usize = f
-                .responses
-                .iter()
-                .flat_map(|t| &t.partitions)
-                .map(|p| p.records.as_ref().map_or(0, |r| r.len()) + 128)
-                .sum();
-            FIELDS_BYTES + records
-        }
-        _ => FIELDS_BYTES,
-    }
 }
 
 fn api_versions(error_code: i16) -> ApiVersionsResponse {
@@ -490,10 +516,9 @@ fn append(
         topic: topic.to_string(),
         partition: u32::MAX,
     })?;
-    let mut batches = records.to_vec();
     let produced = shared
         .storage
-        .produce(topic, partition, &mut batches)
+        .produce(topic, partition, &records)
         .inspect_err(|e| tracing::warn!(topic, partition, error = %e, "produce refused"))?;
     let log_start_offset = shared.storage.log(topic, partition)?.log_start_offset() as i64;
     Ok(match produced {
@@ -506,7 +531,12 @@ fn append(
     })
 }
 
-async fn fetch(shared: &Arc<Shared>, request: FetchRequest, caller: &Caller) -> FetchResponse {
+/// Answers a fetch, with the record sets a frame may send from their files.
+async fn fetch(
+    shared: &Arc<Shared>,
+    request: FetchRequest,
+    caller: &Caller,
+) -> (FetchResponse, Vec<FileBytes>) {
     let wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as u64;
@@ -539,16 +569,16 @@ async fn fetch(shared: &Arc<Shared>, request: FetchRequest, caller: &Caller) -> 
             })
             .await
         };
-        let (response, bytes) = match read {
-            Ok(read) => read,
+        let fetched = match read {
+            Ok(fetched) => fetched,
             Err(e) => {
                 tracing::error!(error = %e, "fetch task failed");
-                return FetchResponse::default();
+                return (FetchResponse::default(), Vec::new());
             }
         };
         let now = Instant::now();
-        if bytes >= min_bytes.max(1) || now >= deadline || min_bytes == 0 {
-            return response;
+        if fetched.bytes >= min_bytes.max(1) || now >= deadline || min_bytes == 0 {
+            return (fetched.response, fetched.lent);
         }
         let _waiting = shared.metrics.fetch_waiting();
         let woken = !notified.is_empty()
@@ -563,11 +593,21 @@ async fn fetch(shared: &Arc<Shared>, request: FetchRequest, caller: &Caller) -> 
     }
 }
 
-/// One pass over the requested partitions; returns the response and the bytes it carries.
-fn fetch_once(shared: &Shared, request: &FetchRequest, caller: &Caller) -> (FetchResponse, u64) {
+/// What one pass over a fetch's partitions found.
+struct Fetched {
+    response: FetchResponse,
+    /// Record bytes the response carries.
+    bytes: u64,
+    /// Its record sets large enough to be sent from their files.
+    lent: Vec<FileBytes>,
+}
+
+/// One pass over the requested partitions.
+fn fetch_once(shared: &Shared, request: &FetchRequest, caller: &Caller) -> Fetched {
     let mut response = FetchResponse::default();
     let mut budget = (request.max_bytes.max(0) as u64).min(FETCH_BYTES_MAX);
     let mut total = 0u64;
+    let mut lent = Vec::new();
     for topic in &request.topics {
         let name = topic.topic.0.to_string();
         let mut topic_response = FetchableTopicResponse::default();
@@ -610,7 +650,17 @@ fn fetch_once(shared: &Shared, request: &FetchRequest, caller: &Caller) -> (Fetc
                     log.read_fitting(offset, limit)?
                 };
                 let bytes = match &read.slice {
-                    Some(slice) => Some(slice.map()?),
+                    Some(slice) => {
+                        let bytes = slice.map()?;
+                        if bytes.len() >= LENT_BYTES_MIN {
+                            lent.push(FileBytes {
+                                bytes: bytes.clone(),
+                                file: slice.file()?,
+                                position: slice.position(),
+                            });
+                        }
+                        Some(bytes)
+                    }
                     None => None,
                 };
                 Ok((read, bytes))
@@ -647,7 +697,11 @@ fn fetch_once(shared: &Shared, request: &FetchRequest, caller: &Caller) -> (Fetc
         }
         response.responses.push(topic_response);
     }
-    (response, total)
+    Fetched {
+        response,
+        bytes: total,
+        lent,
+    }
 }
 
 /// Records in whole batches back to back, from their headers.

@@ -11,6 +11,7 @@
 mod acl_api;
 mod admin_api;
 pub mod appends;
+mod frame;
 mod group_api;
 pub mod groups;
 mod handlers;
@@ -22,10 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use weir_storage::locks;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weir_storage::Storage;
@@ -34,6 +35,7 @@ use crate::error::{Error, Result, io};
 use crate::limits::{Limits, RequestMemory};
 use crate::metrics::Protocol;
 use crate::tls::{self, Handshakes};
+use frame::{Frame, FrameBuf, Sink};
 use sasl_api::Session;
 
 /// A connection's reason to close: what the client sent that cannot be read.
@@ -190,7 +192,7 @@ pub async fn serve(
 }
 
 async fn connection(
-    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    mut stream: impl AsyncRead + Sink,
     peer: SocketAddr,
     id: u64,
     shared: Arc<Shared>,
@@ -238,10 +240,11 @@ async fn connection(
         if session.failed.is_some() {
             tokio::time::sleep(crate::sasl::FAILED_AUTHENTICATION_DELAY).await;
         }
-        stream
-            .write_all(&response)
+        let from_files = response
+            .write_to(&mut stream)
             .await
             .map_err(io("writing a response"))?;
+        shared.metrics.fetch_sent_from_files(from_files);
         drop(memory);
         if let Some(reason) = session.failed.take() {
             return Err(protocol(format!("SASL authentication failed: {reason}")));
@@ -299,7 +302,7 @@ async fn handle_frame(
     session: &mut Session,
     peer: SocketAddr,
     connection_id: u64,
-) -> Result<Option<Bytes>> {
+) -> Result<Option<Frame>> {
     if frame.len() < 4 {
         return Err(protocol(format!(
             "request frame of {} bytes is too short for a header",
@@ -344,13 +347,13 @@ async fn handle_frame(
     };
     let started = std::time::Instant::now();
     let handled = match request {
-        Some(RequestKind::SaslHandshake(r)) => Ok(Some(ResponseKind::SaslHandshake(
-            session.handshake(shared.config.auth, &r, version),
-        ))),
+        Some(RequestKind::SaslHandshake(r)) => Ok(Some(
+            ResponseKind::SaslHandshake(session.handshake(shared.config.auth, &r, version)).into(),
+        )),
         Some(RequestKind::SaslAuthenticate(r)) => session
             .authenticate(shared, r, peer)
             .await
-            .map(|r| Some(ResponseKind::SaslAuthenticate(r))),
+            .map(|r| Some(ResponseKind::SaslAuthenticate(r).into())),
         request => {
             session.admit(shared.config.auth, key)?;
             let caller = session.caller(shared, peer);
@@ -358,12 +361,12 @@ async fn handle_frame(
                 Some(RequestKind::DescribeUserScramCredentials(r)) => {
                     sasl_api::describe_credentials(shared, &caller, r)
                         .await
-                        .map(|r| Some(ResponseKind::DescribeUserScramCredentials(r)))
+                        .map(|r| Some(ResponseKind::DescribeUserScramCredentials(r).into()))
                 }
                 Some(RequestKind::AlterUserScramCredentials(r)) => {
                     sasl_api::alter_credentials(shared, &caller, r)
                         .await
-                        .map(|r| Some(ResponseKind::AlterUserScramCredentials(r)))
+                        .map(|r| Some(ResponseKind::AlterUserScramCredentials(r).into()))
                 }
                 request => handlers::handle(shared, request, &header, peer, caller).await,
             }
@@ -372,22 +375,27 @@ async fn handle_frame(
     shared
         .metrics
         .request(&format!("{key:?}"), started.elapsed());
-    let Some(response) = handled? else {
+    let Some(answer) = handled? else {
         return Ok(None);
     };
     let mut response_header = ResponseHeader::default();
     response_header.correlation_id = header.correlation_id;
     let header_version = key.response_header_version(version);
-    // Sized up front: a fetch response carries megabytes, and growing the buffer would copy
+    // Sized up front: a fetch response may copy megabytes, and growing the buffer would copy
     // them again at every doubling.
-    let mut out = BytesMut::with_capacity(handlers::response_size_hint(&response));
-    out.put_i32(0);
+    let mut out = FrameBuf::new(answer.copied_bytes_hint());
+    for part in answer.lent {
+        out.lend(part);
+    }
     let encoding = |e| protocol(format!("{key:?} v{version}: response: {e:#}"));
     response_header
         .encode(&mut out, header_version)
         .map_err(encoding)?;
-    response.encode(&mut out, version).map_err(encoding)?;
-    let len = (out.len() - 4) as i32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(Some(out.freeze()))
+    match &answer.kind {
+        ResponseKind::Fetch(fetch) => fetch.encode(&mut out, version),
+        // The crate encodes the other kinds into a `BytesMut` only; they lend nothing.
+        kind => kind.encode(out.copying(), version),
+    }
+    .map_err(encoding)?;
+    Ok(Some(out.finish()))
 }

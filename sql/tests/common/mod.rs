@@ -18,7 +18,7 @@ pub fn append(
     storage
         .log(topic, partition)
         .unwrap()
-        .append(&mut builder.build().unwrap().to_vec())
+        .append(&builder.build().unwrap())
         .unwrap();
 }
 

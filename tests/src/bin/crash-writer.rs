@@ -36,8 +36,8 @@ fn main() -> anyhow::Result<()> {
                 headers: Vec::new(),
             });
         }
-        let mut batch = builder.build()?.to_vec();
-        let info = log.append(&mut batch)?;
+        let batch = builder.build()?.to_vec();
+        let info = log.append(&batch)?;
         anyhow::ensure!(
             info.base_offset == first,
             "offset {} != {first}",
