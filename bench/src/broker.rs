@@ -8,9 +8,11 @@
 //! For 1 and 8 partitions and acks=1 and acks=all, one connection per partition sends produce
 //! requests of 64 records of 1 KiB for a fixed time (request latency measured per request),
 //! then one connection per partition fetches everything back. Each broker runs as its own
-//! process on free loopback ports; the loopback limit is iperf3 on the same interface. RSS is
-//! read from /proc while idle and right after the produce load.
+//! process on free loopback ports; the loopback limit is iperf3 on the same interface, the
+//! disk's is `dd` writing requests of the same size, each fdatasynced, in the same directory.
+//! RSS is read from /proc while idle and right after the produce load.
 
+mod disk;
 mod kafka_load;
 mod loopback;
 mod ports;
@@ -27,6 +29,8 @@ use kafka_load::Connection;
 use ports::{free_port, wait_for_port};
 use records::batch_of_1kib;
 const RECORDS_PER_BATCH: usize = 64;
+/// Bytes `dd` writes for the disk's figure.
+const DD_BYTES: u64 = 256 << 20;
 
 struct Args {
     seconds: u64,
@@ -280,6 +284,24 @@ fn main() -> anyhow::Result<()> {
     // The limit is what loopback can do at best.
     let loopback = loopback::best_of_three()?;
     println!("loopback (iperf3, one TCP stream, best of 3): {loopback:.0} MB/s");
+    // The disk's figure for Weir's write pattern at one partition: each request's bytes
+    // written, then fdatasynced before the next.
+    let request_bytes =
+        batch_of_1kib(RECORDS_PER_BATCH, weir_storage::Compression::None)?.len() as u64;
+    let mut dd = Vec::new();
+    for _ in 0..3 {
+        dd.push(disk::dd_mb_s(
+            Path::new("target"),
+            request_bytes,
+            DD_BYTES,
+            true,
+        )?);
+    }
+    let dd = dd.into_iter().fold(0.0, f64::max);
+    println!(
+        "disk (dd, {request_bytes}-byte writes each fdatasynced (oflag=dsync), {} MiB, best of 3): {dd:.0} MB/s",
+        DD_BYTES >> 20
+    );
     println!();
 
     let mut brokers: Vec<Box<dyn Fn() -> anyhow::Result<Broker>>> = Vec::new();
@@ -300,15 +322,15 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "| broker | partitions | acks | produce MB/s | p50 ms | p99 ms | consume MB/s | consume / loopback | RSS idle MiB | RSS loaded MiB |"
+        "| broker | partitions | acks | produce MB/s | produce / dd | p50 ms | p99 ms | consume MB/s | consume / loopback | RSS idle MiB | RSS loaded MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for start in &brokers {
         for (partitions, acks) in [(1, 1), (1, -1), (8, 1), (8, -1)] {
             let broker = match start() {
                 Ok(b) => b,
                 Err(e) => {
-                    println!("| (failed to start: {e:#}) | | | | | | | | | |");
+                    println!("| (failed to start: {e:#}) | | | | | | | | | | |");
                     break;
                 }
             };
@@ -325,10 +347,11 @@ fn main() -> anyhow::Result<()> {
                         String::new()
                     };
                     println!(
-                        "| {} | {partitions} | {} | {:.0} | {:.2} | {:.2} | {:.0}{incomplete} | {:.2} | {idle:.0} | {:.0} |",
+                        "| {} | {partitions} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0}{incomplete} | {:.2} | {idle:.0} | {:.0} |",
                         broker.name,
                         if acks == 1 { "1" } else { "all" },
                         r.produce_mb_s,
+                        r.produce_mb_s / dd,
                         r.p50_ms,
                         r.p99_ms,
                         r.consume_mb_s,
@@ -337,7 +360,7 @@ fn main() -> anyhow::Result<()> {
                     )
                 }
                 Err(e) => println!(
-                    "| {} | {partitions} | {acks} | failed: {e:#} | | | | | {idle:.0} | |",
+                    "| {} | {partitions} | {acks} | failed: {e:#} | | | | | | {idle:.0} | |",
                     broker.name
                 ),
             }

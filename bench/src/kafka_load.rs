@@ -27,6 +27,10 @@ const CREATE_TOPICS_VERSION: i16 = 4;
 pub struct Connection {
     stream: TcpStream,
     correlation: i32,
+    /// Every response is read into this one buffer (taken back once the last response is
+    /// dropped), so a fetch loop does not map and fault in fresh pages for each response, as a
+    /// real consumer's buffers do not.
+    buffer: BytesMut,
 }
 
 impl Connection {
@@ -36,6 +40,7 @@ impl Connection {
         Ok(Connection {
             stream,
             correlation: 0,
+            buffer: BytesMut::new(),
         })
     }
 
@@ -59,9 +64,11 @@ impl Connection {
         self.stream.write_all(&frame)?;
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size)?;
-        let mut response = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
-        self.stream.read_exact(&mut response)?;
-        let mut response = Bytes::from(response);
+        self.buffer.clear();
+        self.buffer
+            .resize(i32::from_be_bytes(size).max(0) as usize, 0);
+        self.stream.read_exact(&mut self.buffer)?;
+        let mut response = self.buffer.split().freeze();
         let header = ResponseHeader::decode(&mut response, key.response_header_version(version))?;
         if header.correlation_id != self.correlation {
             bail!(

@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use records::{RECORD_BYTES, batch_of_1kib};
 use weir_storage::{Compression, FlushPolicy, Log, LogConfig};
 
+mod disk;
 mod records;
 
 /// The batch `append_case` and friends write, as bytes the log may rewrite in place.
@@ -139,32 +140,6 @@ fn append_case(root: &Path, case: Case) -> anyhow::Result<f64> {
     drop(log);
     std::fs::remove_dir_all(&dir)?;
     Ok(mb_per_s(bytes, elapsed))
-}
-
-/// `dd` writing `total_bytes` in `block` blocks into the same directory; `per_write_sync` uses
-/// `oflag=dsync` (an fdatasync per write), otherwise one `conv=fdatasync` at the end.
-fn dd_case(root: &Path, block: u64, total_bytes: u64, per_write_sync: bool) -> anyhow::Result<f64> {
-    let file = root.join("dd.out");
-    let count = (total_bytes / block).max(1);
-    let mut cmd = Command::new("dd");
-    cmd.arg("if=/dev/zero")
-        .arg(format!("of={}", file.display()))
-        .arg(format!("bs={block}"))
-        .arg(format!("count={count}"))
-        .arg(if per_write_sync {
-            "oflag=dsync"
-        } else {
-            "conv=fdatasync"
-        })
-        .arg("status=none");
-    let start = Instant::now();
-    let status = cmd.status().context("running dd")?;
-    let elapsed = start.elapsed();
-    if !status.success() {
-        bail!("dd failed: {status}");
-    }
-    std::fs::remove_file(&file)?;
-    Ok(mb_per_s(block * count, elapsed))
 }
 
 /// The batches `append_case` writes, written by a plain `write` loop into one file with the
@@ -329,7 +304,12 @@ fn main() -> anyhow::Result<()> {
             weir.push(append_case(&root, case)?);
             if case.compression == Compression::None {
                 settle()?;
-                raw.push(dd_case(&root, block, case.total_bytes, per_write_sync)?);
+                raw.push(disk::dd_mb_s(
+                    &root,
+                    block,
+                    case.total_bytes,
+                    per_write_sync,
+                )?);
             }
             settle()?;
             plain.push(plain_case(&root, case, per_write_sync)?);

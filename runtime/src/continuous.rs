@@ -637,18 +637,9 @@ mod tests {
 
     fn spec() -> PipelineSpec {
         PipelineSpec {
-            name: "echo".into(),
-            from: "in".into(),
-            through: Vec::new(),
-            partition_by: None,
-            to: vec!["out".into()],
-            from_offset: "earliest".into(),
-            dead_letter: None,
-            batch_records_max: 100,
             failures_max: 5,
             sql: Some("CREATE PIPELINE echo AS INSERT INTO out SELECT * FROM in".into()),
-            lateness_ms: 0,
-            idle_timeout_ms: PipelineSpec::IDLE_TIMEOUT_DEFAULT_MS,
+            ..PipelineSpec::in_to_out("echo", 100)
         }
     }
 

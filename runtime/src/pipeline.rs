@@ -1020,6 +1020,27 @@ pub(crate) fn apply(
 }
 
 #[cfg(test)]
+impl PipelineSpec {
+    /// A pipeline from topic `in` to topic `out` through no plugin, from the earliest offset.
+    pub(crate) fn in_to_out(name: &str, batch_records_max: u32) -> PipelineSpec {
+        PipelineSpec {
+            name: name.into(),
+            from: "in".into(),
+            through: Vec::new(),
+            partition_by: None,
+            to: vec!["out".into()],
+            from_offset: "earliest".into(),
+            dead_letter: None,
+            batch_records_max,
+            failures_max: PipelineSpec::FAILURES_DEFAULT,
+            sql: None,
+            lateness_ms: 0,
+            idle_timeout_ms: PipelineSpec::IDLE_TIMEOUT_DEFAULT_MS,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -1036,20 +1057,7 @@ mod tests {
         registry: &Arc<Registry>,
         checkpoints: &Tree<Checkpoint>,
     ) -> Runner {
-        let spec = PipelineSpec {
-            name: "copy".into(),
-            from: "in".into(),
-            through: Vec::new(),
-            partition_by: None,
-            to: vec!["out".into()],
-            from_offset: "earliest".into(),
-            dead_letter: None,
-            batch_records_max: 10,
-            failures_max: PipelineSpec::FAILURES_DEFAULT,
-            sql: None,
-            lateness_ms: 0,
-            idle_timeout_ms: 0,
-        };
+        let spec = PipelineSpec::in_to_out("copy", 10);
         let stats = Arc::new(Stats::default());
         Runner::new(
             spec,

@@ -837,6 +837,7 @@ impl Segment {
         // a reader, so the mapped bytes stay valid for the mapping's life.
         let map = unsafe {
             memmap2::MmapOptions::new()
+                .populate()
                 .offset(start)
                 .len(skip + len as usize)
                 .map(&self.files()?.file)
