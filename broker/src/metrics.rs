@@ -60,6 +60,24 @@ pub struct Metrics {
     fetch_wakeups: AtomicU64,
     /// Record bytes fetches sent from segment files with `sendfile`.
     fetch_sendfile_bytes: AtomicU64,
+    /// Record sets unsent response frames hold by reference to their segment files.
+    fetch_lent_sets: Arc<AtomicU64>,
+}
+
+/// Record sets the node's unsent fetch responses may hold by reference at once. Each keeps its
+/// segment file open and mapped until the client has read it, so a client that stops reading
+/// would otherwise make the node keep files (a fetch may name thousands of partitions); past
+/// the bound, record sets are copied into the response instead.
+pub const FETCH_LENT_SETS_MAX: u64 = 1024;
+
+/// Held while a response frame holds one record set by reference, counted in
+/// `weir_fetch_lent_sets`.
+pub struct LentSet(Arc<AtomicU64>);
+
+impl Drop for LentSet {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Held while a long-polling fetch waits, counted in `weir_fetches_waiting`.
@@ -265,6 +283,22 @@ impl Metrics {
     pub fn fetch_waiting(&self) -> FetchWaiting<'_> {
         self.fetches_waiting.fetch_add(1, Ordering::Relaxed);
         FetchWaiting(&self.fetches_waiting)
+    }
+
+    /// A hold on one more record set lent to a response frame, unless the node holds
+    /// [`FETCH_LENT_SETS_MAX`] already.
+    pub fn lend_fetch_set(&self) -> Option<LentSet> {
+        let held = &self.fetch_lent_sets;
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < FETCH_LENT_SETS_MAX).then_some(n + 1)
+        })
+        .ok()?;
+        Some(LentSet(held.clone()))
+    }
+
+    /// Record sets unsent response frames hold by reference now.
+    pub fn fetch_lent_sets(&self) -> u64 {
+        self.fetch_lent_sets.load(Ordering::Relaxed)
     }
 
     /// Counts a waiting fetch woken by an append to a partition it reads.

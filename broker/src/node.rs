@@ -184,6 +184,12 @@ impl NodeContext {
                 self.storage.open_segments_max() as u64,
             ),
             bound(
+                "fetch_lent_sets",
+                "Record sets unsent fetch responses hold by reference to their segment files; past the max they are copied",
+                self.metrics.fetch_lent_sets(),
+                crate::metrics::FETCH_LENT_SETS_MAX,
+            ),
+            bound(
                 "delayed_records",
                 "Delayed records waiting to be delivered",
                 delays.pending.load(std::sync::atomic::Ordering::Relaxed),

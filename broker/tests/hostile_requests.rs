@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Node, create_topic, eventually, kafka_call, started};
+use common::{Node, create_topic, eventually, kafka_call, kafka_request, kafka_response, started};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -279,6 +279,71 @@ fn a_fetch_naming_one_partition_a_hundred_times_stays_within_its_max_bytes() {
         .sum();
     assert!(total > 0);
     assert!(total <= 1 << 20, "{total} record bytes for max_bytes 1 MiB");
+}
+
+#[test]
+fn a_client_that_stops_reading_holds_no_more_record_sets_than_the_bound() {
+    use weir_broker::metrics::FETCH_LENT_SETS_MAX;
+    let (_dir, node, c) = started(&[]);
+    create_topic(&c, "big", 1);
+    let value = "v".repeat(40_000);
+    c.call(
+        "POST",
+        "/v1/topics/big/records",
+        Some(&json!({"records": [{"value": value}]})),
+    )
+    .unwrap();
+    // One fetch naming the partition more times than the bound, each read large enough to be
+    // sent from the file; the client sends it and stops reading.
+    let mut partition = FetchPartition::default();
+    partition.partition_max_bytes = 1 << 20;
+    let mut topic = FetchTopic::default();
+    topic.topic = TopicName(s("big"));
+    topic.partitions = vec![partition; FETCH_LENT_SETS_MAX as usize + 100];
+    let mut request = FetchRequest::default();
+    request.max_bytes = i32::MAX;
+    request.max_wait_ms = 0;
+    request.topics.push(topic);
+    let body = kafka_request(ApiKey::Fetch, 12, &request);
+    let mut stalled = TcpStream::connect(node.kafka).unwrap();
+    stalled
+        .write_all(&(body.len() as i32).to_be_bytes())
+        .unwrap();
+    stalled.write_all(&body).unwrap();
+    eventually(
+        "the lent record sets at their bound",
+        Duration::from_secs(60),
+        || metric(&node, "weir_fetch_lent_sets") == FETCH_LENT_SETS_MAX,
+    );
+    assert_eq!(
+        metric(&node, "weir_fetch_lent_sets_max"),
+        FETCH_LENT_SETS_MAX
+    );
+    // Another consumer is served meanwhile, its record set copied.
+    let mut other = request.clone();
+    other.topics[0].partitions.truncate(1);
+    let mut stream = TcpStream::connect(node.kafka).unwrap();
+    let answer: FetchResponse = kafka_call(&mut stream, ApiKey::Fetch, 12, &other);
+    let first = answer.responses[0].partitions[0].records.clone().unwrap();
+    assert!(first.len() > 40_000);
+    // The stalled client reads its answer whole: every naming got the same records.
+    let mut size = [0u8; 4];
+    stalled.read_exact(&mut size).unwrap();
+    let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+    stalled.read_exact(&mut frame).unwrap();
+    let answer: FetchResponse = kafka_response(ApiKey::Fetch, 12, Bytes::from(frame));
+    let partitions = &answer.responses[0].partitions;
+    assert_eq!(partitions.len(), FETCH_LENT_SETS_MAX as usize + 100);
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p.records.as_ref() == Some(&first))
+    );
+    eventually(
+        "the lent record sets released",
+        Duration::from_secs(60),
+        || metric(&node, "weir_fetch_lent_sets") == 0,
+    );
 }
 
 #[test]

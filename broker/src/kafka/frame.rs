@@ -16,17 +16,20 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use weir_storage::LogFile;
 
+use crate::metrics::LentSet;
+
 /// Record sets smaller than this are copied into the frame: below it a system call of its own
 /// costs more than the copy.
 pub(crate) const LENT_BYTES_MIN: usize = 32 * 1024;
 
 /// Record set bytes mapped from a segment file, and where in that file they are.
-#[derive(Clone)]
 pub(crate) struct FileBytes {
     /// The bytes, mapped (and verified) from the file.
     pub bytes: Bytes,
     pub file: LogFile,
     pub position: u64,
+    /// The node's count of lent record sets, held until the frame is written.
+    pub _held: LentSet,
 }
 
 /// One piece of a frame.
@@ -235,27 +238,30 @@ mod tests {
         });
         log.append(&batch.build().unwrap()).unwrap();
         let slice = log.read(0, 1 << 20).unwrap().slice.unwrap();
+        let metrics = crate::metrics::Metrics::default();
+        let bytes = slice.map().unwrap();
         let part = FileBytes {
-            bytes: slice.map().unwrap(),
+            bytes: bytes.clone(),
             file: slice.file().unwrap(),
             position: slice.position(),
+            _held: metrics.lend_fetch_set().unwrap(),
         };
         let small = Bytes::from(vec![1u8; 10]);
         let mut buf = FrameBuf::new(64);
-        buf.lend(part.clone());
+        buf.lend(part);
         buf.put_i16(5);
         buf.put_slice(&small);
-        buf.put_slice(&part.bytes[..]);
-        buf.put_slice(&part.bytes[1..]);
+        buf.put_slice(&bytes[..]);
+        buf.put_slice(&bytes[1..]);
         buf.put_u8(9);
         let frame = buf.finish();
         let mut want = Vec::new();
-        let size = 2 + small.len() + 2 * part.bytes.len() - 1 + 1;
+        let size = 2 + small.len() + 2 * bytes.len() - 1 + 1;
         want.extend_from_slice(&(size as i32).to_be_bytes());
         want.extend_from_slice(&5i16.to_be_bytes());
         want.extend_from_slice(&small);
-        want.extend_from_slice(&part.bytes);
-        want.extend_from_slice(&part.bytes[1..]);
+        want.extend_from_slice(&bytes);
+        want.extend_from_slice(&bytes[1..]);
         want.push(9);
         assert_eq!(frame.to_vec(), want);
         let files = frame
@@ -267,5 +273,21 @@ mod tests {
             files, 1,
             "only the lent bytes themselves are kept by reference"
         );
+    }
+
+    #[test]
+    fn lent_record_sets_stop_at_the_node_bound_and_come_back_when_written() {
+        let metrics = crate::metrics::Metrics::default();
+        let held: Vec<_> = (0..crate::metrics::FETCH_LENT_SETS_MAX)
+            .map(|_| metrics.lend_fetch_set().unwrap())
+            .collect();
+        assert!(metrics.lend_fetch_set().is_none(), "past the bound");
+        assert_eq!(
+            metrics.fetch_lent_sets(),
+            crate::metrics::FETCH_LENT_SETS_MAX
+        );
+        drop(held);
+        assert_eq!(metrics.fetch_lent_sets(), 0);
+        assert!(metrics.lend_fetch_set().is_some());
     }
 }

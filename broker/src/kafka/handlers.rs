@@ -652,11 +652,15 @@ fn fetch_once(shared: &Shared, request: &FetchRequest, caller: &Caller) -> Fetch
                 let bytes = match &read.slice {
                     Some(slice) => {
                         let bytes = slice.map()?;
-                        if bytes.len() >= LENT_BYTES_MIN {
+                        let held = (bytes.len() >= LENT_BYTES_MIN)
+                            .then(|| shared.metrics.lend_fetch_set())
+                            .flatten();
+                        if let Some(held) = held {
                             lent.push(FileBytes {
                                 bytes: bytes.clone(),
                                 file: slice.file()?,
                                 position: slice.position(),
+                                _held: held,
                             });
                         }
                         Some(bytes)

@@ -372,8 +372,20 @@ where
     Req: kafka_protocol::protocol::Encodable,
     Resp: kafka_protocol::protocol::Decodable,
 {
-    use kafka_protocol::messages::{RequestHeader, ResponseHeader};
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    let request = kafka_request(key, version, request);
+    let response = kafka_round_trip(stream, &request);
+    kafka_response(key, version, response)
+}
+
+/// The bytes of `request` as API `key` at `version` after the length prefix, with a header
+/// naming the client `weir-tests`.
+pub fn kafka_request<Req: kafka_protocol::protocol::Encodable>(
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    request: &Req,
+) -> bytes::BytesMut {
+    use kafka_protocol::messages::RequestHeader;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
     let mut header = RequestHeader::default();
     header.request_api_key = key as i16;
     header.request_api_version = version;
@@ -386,7 +398,17 @@ where
     request
         .encode(&mut body, version)
         .expect("encoding a request");
-    let mut response = kafka_round_trip(stream, &body);
+    body
+}
+
+/// Decodes a response frame (after its length) to API `key` at `version`.
+pub fn kafka_response<Resp: kafka_protocol::protocol::Decodable>(
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    mut response: bytes::Bytes,
+) -> Resp {
+    use kafka_protocol::messages::ResponseHeader;
+    use kafka_protocol::protocol::Decodable;
     ResponseHeader::decode(&mut response, key.response_header_version(version))
         .expect("a response header");
     Resp::decode(&mut response, version).expect("a response")
