@@ -25,6 +25,7 @@ mod create_as;
 pub mod functions;
 pub mod guard;
 mod json;
+mod json_fields;
 pub mod memory;
 mod postgres;
 pub mod sink;

@@ -9,9 +9,9 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use crate::Error;
+pub use crate::json_fields::{JSON_DEPTH_MAX, raw_fields};
 
 /// Zone of every timestamp column: UTC, in the form `now()` uses, so they compare directly.
 pub const UTC: &str = "+00:00";
@@ -143,20 +143,6 @@ pub fn parse_value_schema(text: &str) -> Result<Vec<TypedColumn>, Error> {
     Ok(columns)
 }
 
-/// Fills `slots` (one per key of `keys`) with the raw JSON text of the top-level fields of
-/// `bytes` those keys name, the last one when a name repeats; the others are skipped unbuilt.
-/// False, with the slots to be ignored, when `bytes` is not one JSON object.
-pub fn raw_fields<'v>(
-    bytes: &'v [u8],
-    keys: &[String],
-    slots: &mut [Option<&'v RawValue>],
-) -> bool {
-    use serde::de::DeserializeSeed;
-    slots.fill(None);
-    let mut input = serde_json::Deserializer::from_slice(bytes);
-    Fields { keys, slots }.deserialize(&mut input).is_ok() && input.end().is_ok()
-}
-
 /// The top-level field names read by the typed columns among `projection` (indexes into the
 /// table's columns, record columns first).
 pub fn field_keys(typed: &[TypedColumn], projection: &[usize]) -> Vec<String> {
@@ -175,71 +161,11 @@ pub fn field_keys(typed: &[TypedColumn], projection: &[usize]) -> Vec<String> {
     keys
 }
 
-struct Fields<'k, 's, 'v> {
-    keys: &'k [String],
-    slots: &'s mut [Option<&'v RawValue>],
-}
-
-impl<'v> serde::de::DeserializeSeed<'v> for Fields<'_, '_, 'v> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'v>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'v> serde::de::Visitor<'v> for Fields<'_, '_, 'v> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'v>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key_seed(Key(self.keys))? {
-            match key {
-                Some(slot) => self.slots[slot] = Some(map.next_value()?),
-                None => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A field name, as the index of the key it is among those read.
-struct Key<'k>(&'k [String]);
-
-impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
-    type Value = Option<usize>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Key<'_> {
-    type Value = Option<usize>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a field name")
-    }
-
-    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|k| k == key))
-    }
-}
-
 /// One typed column of a batch of JSON values, from the raw text of their top-level fields:
 /// `slots` holds `keys.len()` slots a value, as [`raw_fields`] filled them, and `keys` holds
 /// the column's path and the path's first part. A field that is missing, or of a type the
 /// column cannot take, gives NULL.
-pub fn typed_column(
-    column: &TypedColumn,
-    keys: &[String],
-    slots: &[Option<&RawValue>],
-) -> ArrayRef {
+pub fn typed_column(column: &TypedColumn, keys: &[String], slots: &[Option<&str>]) -> ArrayRef {
     let at = |key: &str| keys.iter().position(|k| k == key);
     let whole = at(&column.path);
     let nested = column
@@ -251,7 +177,7 @@ pub fn typed_column(
     for fields in slots.chunks(per_value) {
         let whole = whole.and_then(|i| fields[i]);
         match (whole, nested.and_then(|(i, rest)| Some((fields[i]?, rest)))) {
-            (Some(raw), _) => match plain(raw.get()) {
+            (Some(raw), _) => match plain(raw) {
                 Some(found) => b.append(found),
                 None => b.append(Found::of(parse(raw).as_ref())),
             },
@@ -265,8 +191,8 @@ pub fn typed_column(
     b.finish()
 }
 
-fn parse(raw: &RawValue) -> Option<Value> {
-    serde_json::from_str(raw.get()).ok()
+fn parse(raw: &str) -> Option<Value> {
+    serde_json::from_str(raw).ok()
 }
 
 /// The value under the dotted `path` inside `value`: object fields by name, array items by
@@ -312,7 +238,6 @@ impl<'a> Found<'a> {
 /// The field a raw JSON text is when its text alone says, without parsing it into a value: a
 /// string with no escape, an integer in plain digits, `true`, `false` or `null`.
 fn plain(raw: &str) -> Option<Found<'_>> {
-    let raw = raw.trim();
     match raw.as_bytes().first()? {
         b'"' => raw
             .strip_prefix('"')?
@@ -733,14 +658,15 @@ mod tests {
                 path: "c".into(),
             };
             for text in &texts {
-                let Ok(raw) = serde_json::from_str::<&RawValue>(text) else {
+                if serde_json::from_str::<Value>(text).is_err() {
                     assert!(
                         plain(text).is_none() || text.trim() != text,
                         "{text} is not JSON"
                     );
                     continue;
-                };
-                let Some(found) = plain(raw.get()) else {
+                }
+                let raw = text.trim();
+                let Some(found) = plain(raw) else {
                     continue;
                 };
                 let (mut fast, mut parsed) = (
@@ -786,10 +712,9 @@ mod tests {
         let text = r#"{"req":{"method":"GET","path":"/x"},"ua":{"deep":[1,2,{"x":null}]},"status":200,"a.b":"flat","s\u0074atus":1}"#;
         let mut slots = vec![None; keys.len()];
         assert!(raw_fields(text.as_bytes(), &keys, &mut slots));
-        let raw: Vec<Option<&str>> = slots.iter().map(|s| s.map(RawValue::get)).collect();
         // An escaped name is the name it spells: the last `status` is read.
         assert_eq!(
-            raw,
+            slots,
             [
                 None,
                 Some(r#"{"method":"GET","path":"/x"}"#),
