@@ -47,6 +47,9 @@ pub struct Metrics {
     next_connection: AtomicU64,
     connections_refused: AtomicU64,
     http_connections_refused: AtomicU64,
+    pg_connections_refused: AtomicU64,
+    /// Connections past a listener's limit being told so now (HTTP and Postgres).
+    connection_refusals: Arc<AtomicU64>,
     authentication_failures: AtomicU64,
     authentication_timeouts: AtomicU64,
     /// Failed TLS handshakes on the Kafka and the HTTP listener.
@@ -70,11 +73,30 @@ pub struct Metrics {
 /// the bound, record sets are copied into the response instead.
 pub const FETCH_LENT_SETS_MAX: u64 = 1024;
 
-/// Held while a response frame holds one record set by reference, counted in
-/// `weir_fetch_lent_sets`.
-pub struct LentSet(Arc<AtomicU64>);
+/// Connections past a listener's limit the node answers at once with the reason (HTTP's 503,
+/// Postgres's SQLSTATE 53300). A Postgres refusal waits up to 5 s for the client's startup
+/// message, so without a bound a flood of silent connections past the limit would hold as many
+/// sockets; past it, a refused connection is closed at once, unanswered.
+pub const CONNECTION_REFUSALS_MAX: u64 = 64;
 
-impl Drop for LentSet {
+/// One of a bounded count held, given back when dropped: a record set a response frame holds
+/// by reference (`weir_fetch_lent_sets`), a connection being refused
+/// (`weir_connection_refusals`).
+pub struct Held(Arc<AtomicU64>);
+
+impl Held {
+    /// One more of `count`, unless it is at `max` already.
+    fn take(count: &Arc<AtomicU64>, max: u64) -> Option<Held> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Held(count.clone()))
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -287,13 +309,18 @@ impl Metrics {
 
     /// A hold on one more record set lent to a response frame, unless the node holds
     /// [`FETCH_LENT_SETS_MAX`] already.
-    pub fn lend_fetch_set(&self) -> Option<LentSet> {
-        let held = &self.fetch_lent_sets;
-        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < FETCH_LENT_SETS_MAX).then_some(n + 1)
-        })
-        .ok()?;
-        Some(LentSet(held.clone()))
+    pub fn lend_fetch_set(&self) -> Option<Held> {
+        Held::take(&self.fetch_lent_sets, FETCH_LENT_SETS_MAX)
+    }
+
+    /// A hold on one more refusal being answered, unless [`CONNECTION_REFUSALS_MAX`] are.
+    pub fn answer_refusal(&self) -> Option<Held> {
+        Held::take(&self.connection_refusals, CONNECTION_REFUSALS_MAX)
+    }
+
+    /// Refused connections being answered now.
+    pub fn connection_refusals(&self) -> u64 {
+        self.connection_refusals.load(Ordering::Relaxed)
     }
 
     /// Record sets unsent response frames hold by reference now.
@@ -312,10 +339,15 @@ impl Metrics {
             .fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Counts an HTTP connection answered 503 on accept because the node held its limit.
+    /// Counts an HTTP connection refused on accept because the node held its limit.
     pub fn http_connection_refused(&self) {
         self.http_connections_refused
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a Postgres connection refused on accept because the node held its limit.
+    pub fn pg_connection_refused(&self) {
+        self.pg_connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a Kafka client that failed SASL authentication.
@@ -378,8 +410,13 @@ impl Metrics {
             ),
             (
                 "weir_http_connections_refused_total",
-                "HTTP connections answered 503 on accept because the node held its limit.",
+                "HTTP connections refused on accept because the node held its limit (answered 503 while fewer than weir_connection_refusals_max are being answered).",
                 &self.http_connections_refused,
+            ),
+            (
+                "weir_pg_connections_refused_total",
+                "Postgres connections refused on accept because the node held its limit (answered SQLSTATE 53300 while fewer than weir_connection_refusals_max are being answered).",
+                &self.pg_connections_refused,
             ),
             (
                 "weir_sasl_authentication_failures_total",

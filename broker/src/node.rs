@@ -190,6 +190,12 @@ impl NodeContext {
                 crate::metrics::FETCH_LENT_SETS_MAX,
             ),
             bound(
+                "connection_refusals",
+                "Connections past the HTTP or Postgres limit being told why; past the max they are closed unanswered",
+                self.metrics.connection_refusals(),
+                crate::metrics::CONNECTION_REFUSALS_MAX,
+            ),
+            bound(
                 "delayed_records",
                 "Delayed records waiting to be delivered",
                 delays.pending.load(std::sync::atomic::Ordering::Relaxed),

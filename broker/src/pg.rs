@@ -85,7 +85,14 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let Some(slot) = limits.pg_connection() else {
-                        tokio::spawn(refuse_over_limit(socket, peer));
+                        metrics.pg_connection_refused();
+                        tracing::warn!(%peer, max = crate::limits::PG_CONNECTIONS_MAX, "Postgres connection refused: the node holds its limit of connections");
+                        if let Some(held) = metrics.answer_refusal() {
+                            tokio::spawn(async move {
+                                refuse_over_limit(socket).await;
+                                drop(held);
+                            });
+                        }
                         continue;
                     };
                     let _ = socket.set_nodelay(true);
@@ -111,9 +118,8 @@ pub async fn serve(
 /// startup message is read (a request for TLS or GSS encryption is declined first, so the
 /// answer comes in clear text that libpq shows), then SQLSTATE 53300 is sent and the connection
 /// closed. A client gets [`REFUSAL_TIMEOUT`] for all of it.
-async fn refuse_over_limit(mut socket: TcpStream, peer: SocketAddr) {
+async fn refuse_over_limit(mut socket: TcpStream) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    tracing::warn!(%peer, max = crate::limits::PG_CONNECTIONS_MAX, "Postgres connection refused: the node holds its limit of connections");
     let refuse = async {
         loop {
             let length = socket.read_u32().await? as usize;

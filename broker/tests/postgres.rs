@@ -204,34 +204,66 @@ fn extended_protocol_and_grafana_queries_with_the_admin_token() {
 }
 
 /// Past `PG_CONNECTIONS_MAX` (100) open connections a client is refused with Postgres's own
-/// "too many connections" error; once one closes, the next gets in.
+/// "too many connections" error; once one closes, the next gets in. A refusal waits for the
+/// client's startup message, so at most `CONNECTION_REFUSALS_MAX` (64) are answered at once:
+/// past that, silent connections cannot make the node hold their sockets, and the next one is
+/// closed at once, unanswered.
 #[test]
 fn connections_past_the_limit_are_refused_with_the_reason() {
+    use std::io::Read as _;
+    use std::net::TcpStream;
     if !have("psql", "apt-get install postgresql-client") {
         return;
     }
     let (_dir, node, c) = started(&[]);
-    let held: Vec<std::net::TcpStream> = (0..100)
-        .map(|_| std::net::TcpStream::connect(node.pg).unwrap())
+    let held: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(node.pg).unwrap())
         .collect();
-    let gauge = || -> String {
+    let gauge = |prefix: &str| -> String {
         let metrics = c.call("GET", "/metrics", None).unwrap();
         let metrics = metrics.as_str().unwrap().to_owned();
         metrics
             .lines()
-            .filter(|l| l.starts_with("weir_pg_connections"))
+            .filter(|l| l.starts_with(prefix))
             .collect::<Vec<_>>()
             .join(" ")
     };
     let wait = std::time::Duration::from_secs(10);
     common::eventually("100 connections held", wait, || {
-        gauge() == "weir_pg_connections 100 weir_pg_connections_max 100"
+        gauge("weir_pg_connections ") + " " + &gauge("weir_pg_connections_max")
+            == "weir_pg_connections 100 weir_pg_connections_max 100"
     });
     let (ok, _, err) = psql(&node, "", "SELECT 1;");
     assert!(
         !ok && err.contains("too many Postgres connections"),
         "{err}"
     );
+
+    let silent: Vec<TcpStream> = (0..72)
+        .map(|_| TcpStream::connect(node.pg).unwrap())
+        .collect();
+    common::eventually("refusals answered up to their bound", wait, || {
+        gauge("weir_connection_refusals")
+            == "weir_connection_refusals 64 weir_connection_refusals_max 64"
+    });
+    let mut late = TcpStream::connect(node.pg).unwrap();
+    late.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let read = late.read(&mut [0; 64]);
+    assert!(
+        matches!(read, Ok(0)),
+        "a connection past the refusals' bound is closed unanswered: {read:?}"
+    );
+    let refused: u64 = gauge("weir_pg_connections_refused_total")
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(
+        refused >= 74,
+        "psql, 72 silent clients and the late one: {refused}"
+    );
+    drop(silent);
     drop(held);
     common::eventually("a slot freed", wait, || psql(&node, "", "SELECT 1;").0);
 }

@@ -1,7 +1,8 @@
 //! Connections of the HTTP listener, listed in `weir.connections` while they are open: a
 //! listener that registers each connection it accepts, and a stream that unregisters it when
 //! the connection ends. Past `--http-connections-max` open at once, a new connection is
-//! answered `503 Service Unavailable` and closed.
+//! answered `503 Service Unavailable` and closed (closed unanswered while the node answers
+//! [`CONNECTION_REFUSALS_MAX`](crate::metrics::CONNECTION_REFUSALS_MAX) refusals already).
 
 use std::io;
 use std::net::SocketAddr;
@@ -54,7 +55,13 @@ where
             if self.metrics.connections(Protocol::Http) >= i64::from(self.connections_max) {
                 self.metrics.http_connection_refused();
                 tracing::debug!(%peer, connections_max = self.connections_max, "HTTP connection refused: the node holds its limit of connections");
-                tokio::spawn(refuse(io, self.connections_max));
+                if let Some(held) = self.metrics.answer_refusal() {
+                    let connections_max = self.connections_max;
+                    tokio::spawn(async move {
+                        refuse(io, connections_max).await;
+                        drop(held);
+                    });
+                }
                 continue;
             }
             let connection = Arc::new(self.metrics.connection(Protocol::Http, peer));

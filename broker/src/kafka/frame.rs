@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use weir_storage::LogFile;
 
-use crate::metrics::LentSet;
+use crate::metrics::Held;
 
 /// Record sets smaller than this are copied into the frame: below it a system call of its own
 /// costs more than the copy.
@@ -29,7 +29,7 @@ pub(crate) struct FileBytes {
     pub file: LogFile,
     pub position: u64,
     /// The node's count of lent record sets, held until the frame is written.
-    pub _held: LentSet,
+    pub _held: Held,
 }
 
 /// One piece of a frame.
