@@ -59,7 +59,7 @@ pub struct Metrics {
     /// Per ingestion source: records accepted and refused, requests accepted and refused.
     ingested: [[AtomicU64; 4]; IngestSource::ALL.len()],
     /// Long-polling fetches waiting now, and the times one was woken by an append.
-    fetches_waiting: AtomicU64,
+    fetches_waiting: Arc<AtomicU64>,
     fetch_wakeups: AtomicU64,
     /// Record bytes fetches sent from segment files with `sendfile`.
     fetch_sendfile_bytes: AtomicU64,
@@ -79,12 +79,18 @@ pub const FETCH_LENT_SETS_MAX: u64 = 1024;
 /// sockets; past it, a refused connection is closed at once, unanswered.
 pub const CONNECTION_REFUSALS_MAX: u64 = 64;
 
-/// One of a bounded count held, given back when dropped: a record set a response frame holds
-/// by reference (`weir_fetch_lent_sets`), a connection being refused
-/// (`weir_connection_refusals`).
+/// One of a count held, given back when dropped: a record set a response frame holds by
+/// reference (`weir_fetch_lent_sets`), a connection being refused (`weir_connection_refusals`),
+/// a long-polling fetch waiting (`weir_fetches_waiting`).
 pub struct Held(Arc<AtomicU64>);
 
 impl Held {
+    /// One more of `count`, which has no bound.
+    fn count(count: &Arc<AtomicU64>) -> Held {
+        count.fetch_add(1, Ordering::Relaxed);
+        Held(count.clone())
+    }
+
     /// One more of `count`, unless it is at `max` already.
     fn take(count: &Arc<AtomicU64>, max: u64) -> Option<Held> {
         count
@@ -97,15 +103,6 @@ impl Held {
 }
 
 impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Held while a long-polling fetch waits, counted in `weir_fetches_waiting`.
-pub struct FetchWaiting<'m>(&'m AtomicU64);
-
-impl Drop for FetchWaiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -302,9 +299,8 @@ impl Metrics {
     }
 
     /// Counts a long-polling fetch waiting until the guard is dropped.
-    pub fn fetch_waiting(&self) -> FetchWaiting<'_> {
-        self.fetches_waiting.fetch_add(1, Ordering::Relaxed);
-        FetchWaiting(&self.fetches_waiting)
+    pub fn fetch_waiting(&self) -> Held {
+        Held::count(&self.fetches_waiting)
     }
 
     /// A hold on one more record set lent to a response frame, unless the node holds
@@ -313,9 +309,16 @@ impl Metrics {
         Held::take(&self.fetch_lent_sets, FETCH_LENT_SETS_MAX)
     }
 
-    /// A hold on one more refusal being answered, unless [`CONNECTION_REFUSALS_MAX`] are.
-    pub fn answer_refusal(&self) -> Option<Held> {
-        Held::take(&self.connection_refusals, CONNECTION_REFUSALS_MAX)
+    /// Answers a connection refused past a listener's limit with `answer` (which owns it), on
+    /// a task of its own, unless [`CONNECTION_REFUSALS_MAX`] are being answered: then `answer`
+    /// is dropped unrun, closing the connection at once.
+    pub fn answer_refusal(&self, answer: impl Future<Output = ()> + Send + 'static) {
+        if let Some(held) = Held::take(&self.connection_refusals, CONNECTION_REFUSALS_MAX) {
+            tokio::spawn(async move {
+                answer.await;
+                drop(held);
+            });
+        }
     }
 
     /// Refused connections being answered now.

@@ -86,13 +86,8 @@ pub async fn serve(
                 Ok((socket, peer)) => {
                     let Some(slot) = limits.pg_connection() else {
                         metrics.pg_connection_refused();
-                        tracing::warn!(%peer, max = crate::limits::PG_CONNECTIONS_MAX, "Postgres connection refused: the node holds its limit of connections");
-                        if let Some(held) = metrics.answer_refusal() {
-                            tokio::spawn(async move {
-                                refuse_over_limit(socket).await;
-                                drop(held);
-                            });
-                        }
+                        tracing::debug!(%peer, max = crate::limits::PG_CONNECTIONS_MAX, "Postgres connection refused: the node holds its limit of connections");
+                        metrics.answer_refusal(refuse_over_limit(socket));
                         continue;
                     };
                     let _ = socket.set_nodelay(true);

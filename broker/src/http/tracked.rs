@@ -55,13 +55,8 @@ where
             if self.metrics.connections(Protocol::Http) >= i64::from(self.connections_max) {
                 self.metrics.http_connection_refused();
                 tracing::debug!(%peer, connections_max = self.connections_max, "HTTP connection refused: the node holds its limit of connections");
-                if let Some(held) = self.metrics.answer_refusal() {
-                    let connections_max = self.connections_max;
-                    tokio::spawn(async move {
-                        refuse(io, connections_max).await;
-                        drop(held);
-                    });
-                }
+                self.metrics
+                    .answer_refusal(refuse(io, self.connections_max));
                 continue;
             }
             let connection = Arc::new(self.metrics.connection(Protocol::Http, peer));
