@@ -11,7 +11,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Node, create_topic, eventually, kafka_call, kafka_request, kafka_response, started};
+use common::{
+    Node, create_topic, eventually, kafka_call, kafka_receive, kafka_request, kafka_response,
+    kafka_send, started,
+};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -306,10 +309,7 @@ fn a_client_that_stops_reading_holds_no_more_record_sets_than_the_bound() {
     request.topics.push(topic);
     let body = kafka_request(ApiKey::Fetch, 12, &request);
     let mut stalled = TcpStream::connect(node.kafka).unwrap();
-    stalled
-        .write_all(&(body.len() as i32).to_be_bytes())
-        .unwrap();
-    stalled.write_all(&body).unwrap();
+    kafka_send(&mut stalled, &body);
     eventually(
         "the lent record sets at their bound",
         Duration::from_secs(60),
@@ -327,11 +327,7 @@ fn a_client_that_stops_reading_holds_no_more_record_sets_than_the_bound() {
     let first = answer.responses[0].partitions[0].records.clone().unwrap();
     assert!(first.len() > 40_000);
     // The stalled client reads its answer whole: every naming got the same records.
-    let mut size = [0u8; 4];
-    stalled.read_exact(&mut size).unwrap();
-    let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
-    stalled.read_exact(&mut frame).unwrap();
-    let answer: FetchResponse = kafka_response(ApiKey::Fetch, 12, Bytes::from(frame));
+    let answer: FetchResponse = kafka_response(ApiKey::Fetch, 12, kafka_receive(&mut stalled));
     let partitions = &answer.responses[0].partitions;
     assert_eq!(partitions.len(), FETCH_LENT_SETS_MAX as usize + 100);
     assert!(

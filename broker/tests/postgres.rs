@@ -215,23 +215,14 @@ fn connections_past_the_limit_are_refused_with_the_reason() {
     if !have("psql", "apt-get install postgresql-client") {
         return;
     }
-    let (_dir, node, c) = started(&[]);
+    let (_dir, node, _) = started(&[]);
     let held: Vec<TcpStream> = (0..100)
         .map(|_| TcpStream::connect(node.pg).unwrap())
         .collect();
-    let gauge = |prefix: &str| -> String {
-        let metrics = c.call("GET", "/metrics", None).unwrap();
-        let metrics = metrics.as_str().unwrap().to_owned();
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     let wait = std::time::Duration::from_secs(10);
     common::eventually("100 connections held", wait, || {
-        gauge("weir_pg_connections ") + " " + &gauge("weir_pg_connections_max")
-            == "weir_pg_connections 100 weir_pg_connections_max 100"
+        common::metric(&node, "weir_pg_connections ") == 100.0
+            && common::metric(&node, "weir_pg_connections_max ") == 100.0
     });
     let (ok, _, err) = psql(&node, "", "SELECT 1;");
     assert!(
@@ -243,9 +234,9 @@ fn connections_past_the_limit_are_refused_with_the_reason() {
         .map(|_| TcpStream::connect(node.pg).unwrap())
         .collect();
     common::eventually("refusals answered up to their bound", wait, || {
-        gauge("weir_connection_refusals")
-            == "weir_connection_refusals 64 weir_connection_refusals_max 64"
+        common::metric(&node, "weir_connection_refusals ") == 64.0
     });
+    assert_eq!(common::metric(&node, "weir_connection_refusals_max "), 64.0);
     let mut late = TcpStream::connect(node.pg).unwrap();
     late.set_read_timeout(Some(std::time::Duration::from_secs(3)))
         .unwrap();
@@ -254,13 +245,9 @@ fn connections_past_the_limit_are_refused_with_the_reason() {
         matches!(read, Ok(0)),
         "a connection past the refusals' bound is closed unanswered: {read:?}"
     );
-    let refused: u64 = gauge("weir_pg_connections_refused_total")
-        .rsplit(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_default();
+    let refused = common::metric(&node, "weir_pg_connections_refused_total ");
     assert!(
-        refused >= 74,
+        refused >= 74.0,
         "psql, 72 silent clients and the late one: {refused}"
     );
     drop(silent);

@@ -428,12 +428,23 @@ pub fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
 
 /// Sends one length-prefixed Kafka request and returns the response frame after its length.
 pub fn kafka_round_trip(stream: &mut std::net::TcpStream, request: &[u8]) -> bytes::Bytes {
-    use std::io::{Read, Write};
+    kafka_send(stream, request);
+    kafka_receive(stream)
+}
+
+/// Sends one request frame: its length, then `request`.
+pub fn kafka_send(stream: &mut std::net::TcpStream, request: &[u8]) {
+    use std::io::Write;
     let length = i32::try_from(request.len()).expect("a request under 2 GiB");
     stream
         .write_all(&length.to_be_bytes())
         .expect("sending a request");
     stream.write_all(request).expect("sending a request");
+}
+
+/// Reads one response frame, answering the bytes after its length.
+pub fn kafka_receive(stream: &mut std::net::TcpStream) -> bytes::Bytes {
+    use std::io::Read;
     let mut size = [0u8; 4];
     stream.read_exact(&mut size).expect("a response length");
     let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
