@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
@@ -118,7 +118,7 @@ impl Scram {
     fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
         with_hash!(self, H => {
             // HMAC takes a key of any length; the error cannot happen.
-            let mut mac = <Hmac<H> as Mac>::new_from_slice(key)
+            let mut mac = <Hmac<H> as KeyInit>::new_from_slice(key)
                 .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
             mac.update(data);
             mac.finalize().into_bytes().to_vec()
