@@ -6,8 +6,8 @@
 //! ```
 //!
 //! Plugins: identity (a map that returns its record), `regex-filter` (pattern ` 5\d\d `) and
-//! `nginx-to-json`, over nginx access lines of ~200 B, in batches of 1, 100 and 10 000
-//! records, on one thread. The native column calls the plugin crates' own functions (they are
+//! `nginx-to-json`, each built for plugin ABI versions 1 and 2, over nginx access lines of
+//! ~200 B, in batches of 1, 100 and 10 000 records, on one thread. The native column calls the plugin crates' own functions (they are
 //! rlibs too) on the same records; the copy column is `memcpy` of the batch's values, the floor
 //! any transform pays. Then, in one process with a real data directory: deploy-to-first-record
 //! (deploy, create a pipeline, append one record, see it in the output), hot swap (deploy a new
@@ -22,6 +22,7 @@ use bytes::Bytes;
 use weir::{Params, Record as GuestRecord};
 use weir_runtime::{Init, Instance, PipelineSpec, Runtime, Sandbox, SandboxConfig};
 use weir_storage::{BatchBuilder, Compression, NewRecord, Record, Storage, StorageConfig};
+use weir_tests::wasm::{self, Abi};
 
 mod proc_status;
 
@@ -258,20 +259,24 @@ fn main() -> anyhow::Result<()> {
         }
     }
     eprintln!("building plugins to wasm…");
-    let identity = std::fs::read(weir_tests::wasm::build_plugin_source("identity", IDENTITY)?)?;
-    let regex = std::fs::read(weir_tests::wasm::plugin_wasm("regex-filter")?)?;
-    let nginx = std::fs::read(weir_tests::wasm::plugin_wasm("nginx-to-json")?)?;
+    let build = |abi: Abi| -> anyhow::Result<[Vec<u8>; 3]> {
+        Ok([
+            std::fs::read(wasm::build_plugin_source_for("identity", IDENTITY, abi)?)?,
+            std::fs::read(wasm::plugin_wasm_for("regex-filter", abi)?)?,
+            std::fs::read(wasm::plugin_wasm_for("nginx-to-json", abi)?)?,
+        ])
+    };
+    let version_1 = build(Abi::V1)?;
+    let version_2 = build(Abi::Current)?;
+    let [identity, regex, nginx] = &version_2;
     let sandbox = Sandbox::new(SandboxConfig {
         instances_max: 128,
         ..Default::default()
     })?;
     let params = Params::from_pairs([("pattern", REGEX)]);
     let regex_params = [("pattern", REGEX)];
-    let plugins: [(&str, &[u8], &[Param]); 3] = [
-        ("identity", &identity, &[]),
-        ("regex-filter", &regex, &regex_params),
-        ("nginx-to-json", &nginx, &[]),
-    ];
+    let names = ["identity", "regex-filter", "nginx-to-json"];
+    let plugin_params: [&[Param]; 3] = [&[], &regex_params, &[]];
     let all = records(10_000);
     let mean_bytes = all
         .iter()
@@ -281,36 +286,46 @@ fn main() -> anyhow::Result<()> {
 
     println!("# WASM plugins vs native Rust (records of {mean_bytes:.0} B, one thread)\n");
     println!(
-        "| plugin | batch | wasm rec/s | wasm ns/rec | native rec/s | native ns/rec | wasm / native time | copy rec/s (limit) |"
+        "| plugin | batch | ABI 1 ns/rec | ABI 2 ns/rec | ABI 2 rec/s | native ns/rec | ABI 1 / native | ABI 2 / native | copy rec/s (limit) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, wasm, plugin_params) in &plugins {
-        let mut instance = instance(&sandbox, wasm, plugin_params)?;
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let plugins = names
+        .iter()
+        .zip(&version_1)
+        .zip(&version_2)
+        .zip(plugin_params);
+    for (((name, wasm_v1), wasm_v2), plugin_params) in plugins {
+        let mut v1 = instance(&sandbox, wasm_v1, plugin_params)?;
+        let mut v2 = instance(&sandbox, wasm_v2, plugin_params)?;
         for size in [1, 100, 10_000] {
             let batch = &all[..size];
-            let wasm_rate = rate(batch, seconds, |batch| {
-                Ok(instance.process(batch, 0, false)?.kept.len())
+            let v1_rate = rate(batch, seconds, |batch| {
+                Ok(v1.process(batch, 0, false)?.kept.len())
+            })?;
+            let v2_rate = rate(batch, seconds, |batch| {
+                Ok(v2.process(batch, 0, false)?.kept.len())
             })?;
             let native_rate = rate(batch, seconds, |batch| native(name, batch, &params))?;
             let copy = copy_rate(batch, seconds)?;
             println!(
-                "| {name} | {size} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.0} |",
-                wasm_rate,
-                1e9 / wasm_rate,
-                native_rate,
+                "| {name} | {size} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2}× | {:.0} |",
+                1e9 / v1_rate,
+                1e9 / v2_rate,
+                v2_rate,
                 1e9 / native_rate,
-                native_rate / wasm_rate,
+                native_rate / v1_rate,
+                native_rate / v2_rate,
                 copy
             );
         }
     }
 
-    let (first, swap) = deploy_latencies(&regex, 5)?;
+    let (first, swap) = deploy_latencies(regex, 5)?;
     let instances_count = 50;
     let before = proc_status::memory_mib("self", "VmRSS");
     let mut live = Vec::new();
     for _ in 0..instances_count {
-        let mut instance = instance(&sandbox, &nginx, &[])?;
+        let mut instance = instance(&sandbox, nginx, &[])?;
         instance.process(&all[..100], 0, false)?;
         live.push(instance);
     }

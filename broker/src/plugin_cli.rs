@@ -208,8 +208,8 @@ fn encode(text: &str) -> String {
 pub fn list(c: &Client) -> Result<()> {
     let plugins = c.call("GET", "/v1/plugins", None)?;
     println!(
-        "{:<32} {:<12} {:>8} {:>9}  SHA256",
-        "PLUGIN", "KIND", "VERSION", "VERSIONS"
+        "{:<32} {:<12} {:>8} {:>9} {:>4}  SHA256",
+        "PLUGIN", "KIND", "VERSION", "VERSIONS", "ABI"
     );
     for p in plugins.as_array().into_iter().flatten() {
         let versions = p["versions"].as_array().map_or(0, Vec::len);
@@ -219,12 +219,14 @@ pub fn list(c: &Client) -> Result<()> {
             .flatten()
             .find(|v| v["version"] == p["active"]);
         let field = |k: &str| active.and_then(|v| v[k].as_str()).unwrap_or("").to_string();
+        let abi = active.map_or(String::new(), |v| v["abi_version"].to_string());
         println!(
-            "{:<32} {:<12} {:>8} {:>9}  {}",
+            "{:<32} {:<12} {:>8} {:>9} {:>4}  {}",
             p["name"].as_str().unwrap_or(""),
             field("kind"),
             p["active"].to_string(),
             versions,
+            abi,
             field("sha256")
         );
     }

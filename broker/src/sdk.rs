@@ -17,6 +17,10 @@ const FILES: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../../guest-sdk/src/lib.rs")),
     ("src/__rt.rs", include_str!("../../guest-sdk/src/__rt.rs")),
     (
+        "src/columns.rs",
+        include_str!("../../guest-sdk/src/columns.rs"),
+    ),
+    (
         "src/abi_generated.rs",
         include_str!("../../guest-sdk/src/abi_generated.rs"),
     ),

@@ -16,7 +16,9 @@ use std::time::Duration;
 use common::{Node, consume_all, create_topic, eventually, have, kcat, started};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
-use weir_tests::wasm::{HOSTILE_BODIES, abi_module, build_plugin_source, plugin_wasm};
+use weir_tests::wasm::{
+    Abi, HOSTILE_BODIES, abi_module, build_plugin_source, plugin_wasm, plugin_wasm_for,
+};
 
 fn client(node: &Node) -> Client {
     Client::new(&node.url(), None)
@@ -261,6 +263,66 @@ fn active_version(c: &Client, name: &str) -> Option<u64> {
 }
 
 const LEVELS: [&str; 4] = ["DEBUG", "INFO", "WARN", "ERROR"];
+
+#[test]
+fn a_plugin_built_for_abi_version_1_swaps_to_its_version_2_build_and_back() {
+    let (_dir, node, _) = started(&[]);
+    let c = client(&node);
+    create_topic(&c, "lines", 1);
+    let build = |abi| std::fs::read(plugin_wasm_for("regex-filter", abi).unwrap()).unwrap();
+    let abi_version = |c: &Client| {
+        let query = "SELECT version, abi_version FROM weir.plugins WHERE name = 'errors'";
+        c.call("POST", "/v1/sql", Some(&json!({ "sql": query })))
+            .unwrap()["rows"][0]
+            .clone()
+    };
+    deploy(&c, "errors", &build(Abi::V1), "pattern=ERROR");
+    assert_eq!(abi_version(&c), json!({ "version": 1, "abi_version": 1 }));
+    create_pipeline(
+        &c,
+        json!({ "name": "errors", "from": "lines", "through": ["errors"], "to": ["errors-out"],
+                "from_offset": "earliest" }),
+    );
+    let steps = [
+        (
+            "version 1 module",
+            None,
+            json!({ "version": 1, "abi_version": 1 }),
+        ),
+        (
+            "hot swap",
+            Some(Abi::Current),
+            json!({ "version": 2, "abi_version": 2 }),
+        ),
+        ("rollback", None, json!({ "version": 1, "abi_version": 1 })),
+    ];
+    for (kept, (step, swap, expected)) in (1..).zip(steps) {
+        match swap {
+            Some(abi) => {
+                deploy(&c, "errors", &build(abi), "pattern=ERROR");
+            }
+            None if kept > 1 => {
+                c.call("POST", "/v1/plugins/errors/rollback", Some(&json!({})))
+                    .unwrap();
+            }
+            None => {}
+        }
+        assert_eq!(abi_version(&c), expected, "after the {step}");
+        let records = [
+            json!({ "value": format!("ERROR in step {kept}"), "key": "k", "headers": { "h": "v" } }),
+            json!({ "value": "INFO fine" }),
+        ];
+        produce(&c, "lines", &records);
+        wait_caught_up(&c, "errors");
+        let out = consume_all(&c, "errors-out", 0);
+        let values: Vec<&str> = out.iter().map(|r| r["value"].as_str().unwrap()).collect();
+        let expected: Vec<String> = (1..=kept).map(|k| format!("ERROR in step {k}")).collect();
+        assert_eq!(values, expected, "after the {step}");
+        let last = out.last().unwrap();
+        assert_eq!(last["key"], "k", "after the {step}: {last}");
+        assert_eq!(header(last, "h"), Some("v"), "after the {step}: {last}");
+    }
+}
 
 #[test]
 fn a_plugin_deployed_three_ways_is_hot_swapped_without_loss_or_repeat() {

@@ -1,13 +1,14 @@
 //! A plugin's answer as the host reads it from guest memory: any bytes, answering a batch of a
-//! size the input picks. Reading refuses what does not verify or names records the batch does
-//! not have (a record or failure may name none: a window the watermark closed), and never
-//! panics.
+//! size the input picks, read both as a version 1 `Output` and as guest memory holding a version
+//! 2 `Output2` envelope at its start, whose spans point anywhere in it. Reading refuses what does
+//! not verify, lies about its arrays or names records the batch does not have (a record or
+//! failure may name none: a window the watermark closed), and never panics.
 
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use weir_runtime::output::NO_SOURCE;
+use weir_runtime::output::{NO_SOURCE, Output};
 
 fuzz_target!(|data: &[u8]| {
     let [count, rest @ ..] = data else {
@@ -15,16 +16,23 @@ fuzz_target!(|data: &[u8]| {
     };
     let count = usize::from(*count);
     if let Ok(output) = weir_runtime::output::read(&Bytes::copy_from_slice(rest), count) {
-        assert!(output.kept.iter().all(|&i| (i as usize) < count));
-        let named = |source: u32| source == NO_SOURCE || (source as usize) < count;
-        assert!(output.records.iter().all(|r| named(r.source)));
-        assert!(output.failures.iter().all(|(source, _)| named(*source)));
-        assert!(
-            output
-                .late
-                .iter()
-                .all(|l| output.failures.iter().any(|(source, _)| source == l))
-        );
-        assert!(output.partitions.is_empty() || output.partitions.len() == count);
+        check(&output, count);
+    }
+    if let Ok(output) = weir_runtime::output::read_v2(rest, 0, rest.len(), count, 1 << 20) {
+        check(&output, count);
     }
 });
+
+fn check(output: &Output, count: usize) {
+    assert!(output.kept.iter().all(|&i| (i as usize) < count));
+    let named = |source: u32| source == NO_SOURCE || (source as usize) < count;
+    assert!(output.records.iter().all(|r| named(r.source)));
+    assert!(output.failures.iter().all(|(source, _)| named(*source)));
+    assert!(
+        output
+            .late
+            .iter()
+            .all(|l| output.failures.iter().any(|(source, _)| source == l))
+    );
+    assert!(output.partitions.is_empty() || output.partitions.len() == count);
+}

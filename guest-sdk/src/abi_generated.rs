@@ -10,6 +10,133 @@ pub mod weir {
 pub mod abi {
 
 
+// struct Span, aligned to 4
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct Span(pub [u8; 8]);
+impl Default for Span { 
+  fn default() -> Self { 
+    Self([0; 8])
+  }
+}
+impl ::core::fmt::Debug for Span {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("Span")
+      .field("start", &self.start())
+      .field("len", &self.len())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Span {}
+impl<'a> ::flatbuffers::Follow<'a> for Span {
+  type Inner = &'a Span;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a Span>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a Span {
+  type Inner = &'a Span;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<Span>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for Span {
+    type Output = Span;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const Span as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(4)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Span {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> Span {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    start: u32,
+    len: u32,
+  ) -> Self {
+    let mut s = Self([0; 8]);
+    s.set_start(start);
+    s.set_len(len);
+    s
+  }
+
+  pub fn start(&self) -> u32 {
+    let mut mem = ::core::mem::MaybeUninit::<<u32 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_start(&mut self, x: u32) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn len(&self) -> u32 {
+    let mut mem = ::core::mem::MaybeUninit::<<u32 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[4..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_len(&mut self, x: u32) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[4..].as_mut_ptr(),
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
 pub enum HeaderOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1164,6 +1291,351 @@ impl ::core::fmt::Debug for Output<'_> {
       ds.field("kept", &self.kept());
       ds.field("records", &self.records());
       ds.field("partitions", &self.partitions());
+      ds.field("failures", &self.failures());
+      ds.field("state", &self.state());
+      ds.finish()
+  }
+}
+pub enum Batch2Offset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Batch2<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Batch2<'a> {
+  type Inner = Batch2<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Batch2<'a> {
+  pub const VT_COUNT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_HEADERS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SNAPSHOT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_WATERMARK: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SPANS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Batch2 { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args Batch2Args<'args>
+  ) -> ::flatbuffers::WIPOffset<Batch2<'bldr>> {
+    let mut builder = Batch2Builder::new(_fbb);
+    builder.add_watermark(args.watermark);
+    if let Some(x) = args.spans { builder.add_spans(x); }
+    builder.add_headers(args.headers);
+    builder.add_count(args.count);
+    builder.add_snapshot(args.snapshot);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn count(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Batch2::VT_COUNT, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn headers(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Batch2::VT_HEADERS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn snapshot(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Batch2::VT_SNAPSHOT, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn watermark(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(Batch2::VT_WATERMARK, Some(-9223372036854775808)).unwrap()}
+  }
+  #[inline]
+  pub fn spans(&self) -> Option<::flatbuffers::Vector<'a, Span>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Span>>>(Batch2::VT_SPANS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Batch2<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("count", Self::VT_COUNT, false)?
+     .visit_field::<u32>("headers", Self::VT_HEADERS, false)?
+     .visit_field::<bool>("snapshot", Self::VT_SNAPSHOT, false)?
+     .visit_field::<i64>("watermark", Self::VT_WATERMARK, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Span>>>("spans", Self::VT_SPANS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct Batch2Args<'a> {
+    pub count: u32,
+    pub headers: u32,
+    pub snapshot: bool,
+    pub watermark: i64,
+    pub spans: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Span>>>,
+}
+impl<'a> Default for Batch2Args<'a> {
+  #[inline]
+  fn default() -> Self {
+    Batch2Args {
+      count: 0,
+      headers: 0,
+      snapshot: false,
+      watermark: -9223372036854775808,
+      spans: None,
+    }
+  }
+}
+
+pub struct Batch2Builder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> Batch2Builder<'a, 'b, A> {
+  #[inline]
+  pub fn add_count(&mut self, count: u32) {
+    self.fbb_.push_slot::<u32>(Batch2::VT_COUNT, count, 0);
+  }
+  #[inline]
+  pub fn add_headers(&mut self, headers: u32) {
+    self.fbb_.push_slot::<u32>(Batch2::VT_HEADERS, headers, 0);
+  }
+  #[inline]
+  pub fn add_snapshot(&mut self, snapshot: bool) {
+    self.fbb_.push_slot::<bool>(Batch2::VT_SNAPSHOT, snapshot, false);
+  }
+  #[inline]
+  pub fn add_watermark(&mut self, watermark: i64) {
+    self.fbb_.push_slot::<i64>(Batch2::VT_WATERMARK, watermark, -9223372036854775808);
+  }
+  #[inline]
+  pub fn add_spans(&mut self, spans: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , Span>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Batch2::VT_SPANS, spans);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> Batch2Builder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    Batch2Builder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Batch2<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Batch2<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Batch2");
+      ds.field("count", &self.count());
+      ds.field("headers", &self.headers());
+      ds.field("snapshot", &self.snapshot());
+      ds.field("watermark", &self.watermark());
+      ds.field("spans", &self.spans());
+      ds.finish()
+  }
+}
+pub enum Output2Offset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Output2<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Output2<'a> {
+  type Inner = Output2<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Output2<'a> {
+  pub const VT_RECORDS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_HEADERS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SPANS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TOPIC_NAMES: ::flatbuffers::VOffsetT = 10;
+  pub const VT_FAILURES: ::flatbuffers::VOffsetT = 12;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Output2 { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args Output2Args<'args>
+  ) -> ::flatbuffers::WIPOffset<Output2<'bldr>> {
+    let mut builder = Output2Builder::new(_fbb);
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.failures { builder.add_failures(x); }
+    if let Some(x) = args.topic_names { builder.add_topic_names(x); }
+    if let Some(x) = args.spans { builder.add_spans(x); }
+    builder.add_headers(args.headers);
+    builder.add_records(args.records);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn records(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Output2::VT_RECORDS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn headers(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Output2::VT_HEADERS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn spans(&self) -> Option<::flatbuffers::Vector<'a, Span>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, Span>>>(Output2::VT_SPANS, None)}
+  }
+  #[inline]
+  pub fn topic_names(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(Output2::VT_TOPIC_NAMES, None)}
+  }
+  #[inline]
+  pub fn failures(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Failure<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Failure>>>>(Output2::VT_FAILURES, None)}
+  }
+  #[inline]
+  pub fn state(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Output2::VT_STATE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Output2<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("records", Self::VT_RECORDS, false)?
+     .visit_field::<u32>("headers", Self::VT_HEADERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Span>>>("spans", Self::VT_SPANS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("topic_names", Self::VT_TOPIC_NAMES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Failure>>>>("failures", Self::VT_FAILURES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("state", Self::VT_STATE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct Output2Args<'a> {
+    pub records: u32,
+    pub headers: u32,
+    pub spans: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Span>>>,
+    pub topic_names: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub failures: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Failure<'a>>>>>,
+    pub state: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for Output2Args<'a> {
+  #[inline]
+  fn default() -> Self {
+    Output2Args {
+      records: 0,
+      headers: 0,
+      spans: None,
+      topic_names: None,
+      failures: None,
+      state: None,
+    }
+  }
+}
+
+pub struct Output2Builder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> Output2Builder<'a, 'b, A> {
+  #[inline]
+  pub fn add_records(&mut self, records: u32) {
+    self.fbb_.push_slot::<u32>(Output2::VT_RECORDS, records, 0);
+  }
+  #[inline]
+  pub fn add_headers(&mut self, headers: u32) {
+    self.fbb_.push_slot::<u32>(Output2::VT_HEADERS, headers, 0);
+  }
+  #[inline]
+  pub fn add_spans(&mut self, spans: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , Span>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Output2::VT_SPANS, spans);
+  }
+  #[inline]
+  pub fn add_topic_names(&mut self, topic_names: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Output2::VT_TOPIC_NAMES, topic_names);
+  }
+  #[inline]
+  pub fn add_failures(&mut self, failures: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Failure<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Output2::VT_FAILURES, failures);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Output2::VT_STATE, state);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> Output2Builder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    Output2Builder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Output2<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Output2<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Output2");
+      ds.field("records", &self.records());
+      ds.field("headers", &self.headers());
+      ds.field("spans", &self.spans());
+      ds.field("topic_names", &self.topic_names());
       ds.field("failures", &self.failures());
       ds.field("state", &self.state());
       ds.finish()

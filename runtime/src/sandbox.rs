@@ -12,6 +12,7 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, Linker, Memory, Module, PoolingAllocationConfig,
     Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
 };
+use weir::columns::{COLUMN_BYTES_MAX, Columns, layout};
 use weir::{Kind, abi};
 use weir_storage::Record;
 
@@ -19,7 +20,7 @@ use crate::Error;
 use crate::output::Output;
 
 /// The ABI versions this host speaks (see `weir::__rt::ABI_VERSION`).
-pub const ABI_VERSIONS: [u32; 1] = [1];
+pub const ABI_VERSIONS: [u32; 2] = [1, 2];
 
 /// How often the epoch advances; deadlines are whole ticks.
 const EPOCH_TICK_MS: u64 = 10;
@@ -292,7 +293,11 @@ impl Sandbox {
             store,
             deadline_ticks: self.deadline_ticks(),
             output_bytes_max: self.config.output_bytes_max,
+            abi_version: plugin.abi_version,
             builder: FlatBufferBuilder::new(),
+            columns: Columns::default(),
+            offsets: Vec::new(),
+            partitions: Vec::new(),
         };
         instance.init(init)?;
         Ok(instance)
@@ -343,7 +348,13 @@ pub struct Instance {
     panic_message: Option<TypedFunc<(), u64>>,
     deadline_ticks: u64,
     output_bytes_max: u64,
+    abi_version: u32,
     builder: FlatBufferBuilder<'static>,
+    /// Version 2: the batch's records as columns, with their offsets and partitions; kept
+    /// between calls for their capacity.
+    columns: Columns,
+    offsets: Vec<u8>,
+    partitions: Vec<u8>,
 }
 
 impl Instance {
@@ -372,7 +383,7 @@ impl Instance {
             },
         );
         builder.finish(root, None);
-        let answer = self.call(self.init.clone(), "weir_init")?;
+        let answer = self.call_v1(self.init.clone(), "weir_init")?;
         if answer.is_empty() {
             Ok(())
         } else {
@@ -405,6 +416,20 @@ impl Instance {
     }
 
     fn run(
+        &mut self,
+        records: &[Record],
+        partition: &dyn Fn(usize) -> i32,
+        snapshot: bool,
+        watermark: Option<i64>,
+    ) -> Result<Output, CallError> {
+        if self.abi_version == 1 {
+            self.run_v1(records, partition, snapshot, watermark)
+        } else {
+            self.run_v2(records, partition, snapshot, watermark)
+        }
+    }
+
+    fn run_v1(
         &mut self,
         records: &[Record],
         partition: &dyn Fn(usize) -> i32,
@@ -450,26 +475,105 @@ impl Instance {
             },
         );
         builder.finish(root, None);
-        let answer = self.call(self.process.clone(), "weir_process")?;
+        let answer = self.call_v1(self.process.clone(), "weir_process")?;
         crate::output::read(&answer, records.len()).map_err(CallError::BadOutput)
     }
 
-    /// Copies the finished builder into guest memory, calls `function` and copies its answer out.
-    fn call(&mut self, function: TypedFunc<u32, u64>, name: &str) -> Result<Bytes, CallError> {
-        let input = self.builder.finished_data();
-        let len = u32::try_from(input.len())
-            .map_err(|_| CallError::Trap(format!("batch of {} bytes is too large", input.len())))?;
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        let result = self.alloc.call(&mut self.store, len).and_then(|address| {
-            self.memory
-                .write(&mut self.store, address as usize, input)?;
-            function.call(&mut self.store, len)
+    /// Version 2: the records as columns behind a `Batch2` envelope, the answer read in place
+    /// from guest memory.
+    fn run_v2(
+        &mut self,
+        records: &[Record],
+        partition: &dyn Fn(usize) -> i32,
+        snapshot: bool,
+        watermark: Option<i64>,
+    ) -> Result<Output, CallError> {
+        let (columns, offsets, partitions) =
+            (&mut self.columns, &mut self.offsets, &mut self.partitions);
+        columns.clear();
+        offsets.clear();
+        partitions.clear();
+        for (i, r) in records.iter().enumerate() {
+            let headers = r.headers.iter().map(|h| {
+                let value = h.value.as_deref().unwrap_or_default();
+                (h.key.as_bytes(), value)
+            });
+            let value = r.value.as_deref().unwrap_or_default();
+            columns.push(r.key.as_deref(), value, headers, r.timestamp);
+            offsets.extend_from_slice(&r.offset.to_le_bytes());
+            partitions.extend_from_slice(&partition(i).to_le_bytes());
+        }
+        if columns.largest_blob().max(offsets.len()) > COLUMN_BYTES_MAX {
+            return Err(CallError::Trap(format!(
+                "batch of {} records is too large for one call",
+                records.len()
+            )));
+        }
+        let record_arrays = columns.arrays();
+        let arrays: [&[u8]; 12] = std::array::from_fn(|i| match i {
+            0 => &offsets[..],
+            1 => &partitions[..],
+            i => record_arrays[i - 2],
         });
-        let packed = match result {
-            Ok(packed) => packed,
-            Err(e) => return Err(self.explain(name, e)),
+        let spans = layout(arrays, 0);
+        let builder = &mut self.builder;
+        builder.reset();
+        let spans = builder.create_vector(&spans);
+        let args = abi::Batch2Args {
+            count: columns.len(),
+            headers: columns.header_count(),
+            snapshot,
+            watermark: watermark.unwrap_or(i64::MIN),
+            spans: Some(spans),
         };
-        let (address, len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
+        let root = abi::Batch2::create(builder, &args);
+        builder.finish(root, None);
+        let envelope = builder.finished_data();
+        let columns_start = 4 + envelope.len();
+        let len = columns_start + arrays.iter().map(|a| a.len()).sum::<usize>();
+        let write = |buffer: &mut [u8]| {
+            buffer[..4].copy_from_slice(&(envelope.len() as u32).to_le_bytes());
+            buffer[4..columns_start].copy_from_slice(envelope);
+            let mut at = columns_start;
+            for array in arrays {
+                buffer[at..at + array.len()].copy_from_slice(array);
+                at += array.len();
+            }
+        };
+        let (process, alloc, memory) = (self.process.clone(), self.alloc.clone(), self.memory);
+        let (address, answer_len) = call(
+            &mut self.store,
+            self.deadline_ticks,
+            (alloc, memory),
+            process,
+            len,
+            write,
+        )
+        .map_err(|e| self.explain("weir_process", e))?;
+        crate::output::read_v2(
+            memory.data(&self.store),
+            address,
+            answer_len,
+            records.len(),
+            self.output_bytes_max,
+        )
+        .map_err(CallError::BadOutput)
+    }
+
+    /// Copies the finished builder into guest memory, calls `function` and copies its answer out.
+    fn call_v1(&mut self, function: TypedFunc<u32, u64>, name: &str) -> Result<Bytes, CallError> {
+        let input = self.builder.finished_data();
+        let write = |buffer: &mut [u8]| buffer.copy_from_slice(input);
+        let guest = (self.alloc.clone(), self.memory);
+        let (address, len) = call(
+            &mut self.store,
+            self.deadline_ticks,
+            guest,
+            function,
+            input.len(),
+            write,
+        )
+        .map_err(|e| self.explain(name, e))?;
         if len as u64 > self.output_bytes_max {
             return Err(CallError::BadOutput(format!(
                 "{len} bytes of output, more than the limit of {}",
@@ -505,6 +609,31 @@ impl Instance {
             other => other,
         }
     }
+}
+
+/// Has `weir_alloc` (of `guest`) make room for `len` bytes, lets `write` fill them in guest
+/// memory, calls `function` with `len` and answers where its answer lies: (address, length).
+fn call(
+    store: &mut Store<StoreLimits>,
+    deadline_ticks: u64,
+    (alloc, memory): (TypedFunc<u32, u32>, Memory),
+    function: TypedFunc<u32, u64>,
+    len: usize,
+    write: impl FnOnce(&mut [u8]),
+) -> wasmtime::Result<(usize, usize)> {
+    let len32 = u32::try_from(len)
+        .map_err(|_| wasmtime::Error::msg(format!("batch of {len} bytes is too large")))?;
+    store.set_epoch_deadline(deadline_ticks);
+    let address = alloc.call(&mut *store, len32)? as usize;
+    let buffer = memory
+        .data_mut(&mut *store)
+        .get_mut(address..address.saturating_add(len))
+        .ok_or_else(|| {
+            wasmtime::Error::msg(format!("weir_alloc answered {address}, outside memory"))
+        })?;
+    write(buffer);
+    let packed = function.call(&mut *store, len32)?;
+    Ok(((packed >> 32) as usize, (packed & 0xffff_ffff) as usize))
 }
 
 /// Caches a compiled module that passed [`Sandbox::load`]'s checks. A cache that cannot be

@@ -5,16 +5,31 @@
 use bytes::Bytes;
 use weir::__rt::NO_SOURCE;
 use weir_runtime::{Init, Instance, Kind, Output, Sandbox, SandboxConfig, partition_for_key};
-use weir_storage::Record;
+use weir_storage::{Header, Record};
+use weir_tests::wasm::Abi;
 
 fn instance(plugin: &str, params: &[(&str, &str)], state: Option<Vec<u8>>) -> (Kind, Instance) {
+    instance_for(plugin, params, state, Abi::Current)
+}
+
+fn instance_for(
+    plugin: &str,
+    params: &[(&str, &str)],
+    state: Option<Vec<u8>>,
+    abi: Abi,
+) -> (Kind, Instance) {
     let sandbox = Sandbox::new(SandboxConfig {
         instances_max: 8,
         ..Default::default()
     })
     .unwrap();
-    let wasm = std::fs::read(weir_tests::wasm::plugin_wasm(plugin).unwrap()).unwrap();
+    let wasm = std::fs::read(weir_tests::wasm::plugin_wasm_for(plugin, abi).unwrap()).unwrap();
     let plugin = sandbox.load(&wasm).unwrap();
+    let version = match abi {
+        Abi::Current => 2,
+        Abi::V1 => 1,
+    };
+    assert_eq!(plugin.abi_version(), version);
     let init = Init {
         params: params
             .iter()
@@ -203,4 +218,84 @@ fn metrics_rollup_emits_closed_windows_and_resumes_from_its_state() {
             .all(|v| v.contains(r#""window_start_ms":1000"#) && v.contains(r#""count":1"#)),
         "{closed:?}"
     );
+}
+
+/// Records of every shape the layouts must carry: null, empty and present keys, null and empty
+/// values, headers with null, empty and binary values, and values each plugin reads or refuses.
+fn mixed_records() -> Vec<Record> {
+    let values = [
+        r#"{"status":503,"bytes":10,"host":"web-1","path":"/users/42/orders"}"#,
+        r#"127.0.0.1 - - [10/Oct/2024:13:55:36 +0000] "GET /a/7 HTTP/1.1" 500 12 "-" "curl/8""#,
+        "<34>Oct 11 22:14:15 mymachine su: 'su root' failed for lonvick on /dev/pts/8",
+        "",
+        "not json at all",
+        r#"{"status":200,"bytes":3,"host":"db-2","path":"/"}"#,
+        "\u{0}\u{ff} binary?",
+        "/users/42/orders?page=2",
+    ];
+    (0..40)
+        .map(|i| Record {
+            offset: 7 + i as i64,
+            timestamp: 1_000 * i as i64,
+            key: match i % 3 {
+                0 => None,
+                1 => Some(Bytes::new()),
+                _ => Some(Bytes::from(format!("key-{i}"))),
+            },
+            value: (i % 11 != 10).then(|| Bytes::from(values[i % values.len()])),
+            headers: (0..i % 4)
+                .map(|h| Header {
+                    key: format!("h{h}"),
+                    value: match h {
+                        0 => None,
+                        1 => Some(Bytes::new()),
+                        _ => Some(Bytes::from_static(&[0, 159, 255])),
+                    },
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+#[test]
+fn every_plugin_answers_the_same_under_both_abi_versions() {
+    let plugins: [(&str, &[(&str, &str)]); 7] = [
+        ("regex-filter", &[("pattern", " 5[0-9][0-9] ")]),
+        ("json-filter", &[("field", "status"), ("gte", "500")]),
+        ("field-partitioner", &[("field", "host")]),
+        ("nginx-to-json", &[]),
+        ("syslog-to-json", &[]),
+        ("url-path", &[]),
+        (
+            "metrics-rollup",
+            &[("key", "status"), ("value", "bytes"), ("window_ms", "5000")],
+        ),
+    ];
+    let records = mixed_records();
+    for (plugin, params) in plugins {
+        let (kind, mut v1) = instance_for(plugin, params, None, Abi::V1);
+        let (_, mut v2) = instance_for(plugin, params, None, Abi::Current);
+        // Whole batches, one record, none, and the rest, on the same two instances.
+        for batch in [&records[..], &records[3..4], &records[..0], &records[4..]] {
+            let (one, two) = if kind == Kind::Aggregate {
+                let partitions: Vec<u32> = (0..batch.len() as u32).map(|p| p % 3).collect();
+                let watermark = batch.last().map(|r| r.timestamp - 7_000);
+                (
+                    v1.aggregate(batch, &partitions, watermark).unwrap(),
+                    v2.aggregate(batch, &partitions, watermark).unwrap(),
+                )
+            } else {
+                (
+                    v1.process(batch, 2, false).unwrap(),
+                    v2.process(batch, 2, false).unwrap(),
+                )
+            };
+            assert_eq!(one, two, "{plugin} on {} records", batch.len());
+            let answered = one.kept.len() + one.records.len() + one.partitions.len();
+            assert!(
+                batch.len() < 4 || answered + one.failures.len() > 0,
+                "{plugin} answered nothing: {one:?}"
+            );
+        }
+    }
 }

@@ -51,7 +51,7 @@ fn regex_filter_keeps_matching_records() {
     let sandbox = sandbox();
     let plugin = sandbox.load(&wasm).unwrap();
     assert_eq!(plugin.kind(), Kind::Filter);
-    assert_eq!(plugin.abi_version(), 1);
+    assert_eq!(plugin.abi_version(), 2);
     let mut instance = sandbox
         .instantiate(&plugin, &params(&[("pattern", r" 5\d\d ")]))
         .unwrap();
@@ -114,12 +114,19 @@ fn hostile_calls_fail_alone() {
     let mut good = sandbox
         .instantiate(&good, &params(&[("pattern", "x")]))
         .unwrap();
-    for (name, body, expected) in cases {
-        let plugin = sandbox.load(&module(1, body)).unwrap();
+    let versions = weir_runtime::ABI_VERSIONS;
+    let cases = cases
+        .iter()
+        .flat_map(|case| versions.iter().map(move |version| (case, *version)));
+    for ((name, body, expected), version) in cases {
+        let plugin = sandbox.load(&module(version, body)).unwrap();
         let mut instance = sandbox.instantiate(&plugin, &params(&[])).unwrap();
         let started = std::time::Instant::now();
         let error = instance.process(&[record(0, "x")], 0, false).unwrap_err();
-        assert!(expected(&error), "{name}: unexpected {error:?}");
+        assert!(
+            expected(&error),
+            "{name}, ABI {version}: unexpected {error:?}"
+        );
         assert!(
             started.elapsed() < std::time::Duration::from_secs(5),
             "{name} took {:?}",

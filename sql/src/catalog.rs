@@ -281,6 +281,7 @@ impl SystemSchema {
             .int64("versions", |(p, _)| p.versions.len() as i64)
             .text_or_null("sha256", |(_, v)| v.map(|v| v.sha256.clone()))
             .int64_or_null("size_bytes", |(_, v)| v.map(|v| v.size_bytes as i64))
+            .int64_or_null("abi_version", |(_, v)| v.map(|v| i64::from(v.abi_version)))
             .text_or_null("params", |(_, v)| {
                 v.map(|v| serde_json::to_string(&v.params).unwrap_or_default())
             })

@@ -1,6 +1,6 @@
 //! Building plugins to WebAssembly for tests: the ready-made ones of `plugins/`, and crates a
 //! test writes itself against the SDK. Everything is built with the `plugin` profile into
-//! `target/wasm`, shared by all tests (cargo's lock serializes concurrent builds).
+//! `target/wasm` (`target/wasm-abi-v1` for plugin ABI version 1), shared by all tests (cargo's lock serializes concurrent builds).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,13 +15,26 @@ pub fn workspace_dir() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn wasm_target_dir() -> PathBuf {
-    workspace_dir().join("target").join("wasm")
+/// The plugin ABI a module is built to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abi {
+    /// The SDK's default, version 2.
+    Current,
+    /// Version 1, the SDK's `abi-v1` feature, built into its own target directory so the two
+    /// builds of one plugin never overwrite each other.
+    V1,
 }
 
-fn cargo_build(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
+fn cargo_build(dir: &Path, package: &str, abi: Abi) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target_dir = wasm_target_dir();
+    let target_dir = workspace_dir().join("target").join(match abi {
+        Abi::Current => "wasm",
+        Abi::V1 => "wasm-abi-v1",
+    });
+    let features: &[&str] = match abi {
+        Abi::Current => &[],
+        Abi::V1 => &["--features", "weir/abi-v1"],
+    };
     let output = Command::new(cargo)
         .current_dir(dir)
         .args([
@@ -34,6 +47,7 @@ fn cargo_build(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
             "-p",
             package,
         ])
+        .args(features)
         .arg("--target-dir")
         .arg(&target_dir)
         // Flags meant for the host build (coverage, sanitizers) do not apply to wasm.
@@ -57,12 +71,22 @@ fn cargo_build(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
 
 /// Builds the ready-made plugin `plugins/<name>` and returns the path of its module.
 pub fn plugin_wasm(name: &str) -> anyhow::Result<PathBuf> {
-    cargo_build(&workspace_dir(), name)
+    plugin_wasm_for(name, Abi::Current)
+}
+
+/// Builds the ready-made plugin `plugins/<name>` to speak plugin ABI `abi`.
+pub fn plugin_wasm_for(name: &str, abi: Abi) -> anyhow::Result<PathBuf> {
+    cargo_build(&workspace_dir(), name, abi)
 }
 
 /// Builds a plugin crate made of `lib_rs` (depending on `weir` and `serde`) and returns its module.
 /// The crate lives under `target/test-plugins/<name>`.
 pub fn build_plugin_source(name: &str, lib_rs: &str) -> anyhow::Result<PathBuf> {
+    build_plugin_source_for(name, lib_rs, Abi::Current)
+}
+
+/// [`build_plugin_source`], the module speaking plugin ABI `abi`.
+pub fn build_plugin_source_for(name: &str, lib_rs: &str, abi: Abi) -> anyhow::Result<PathBuf> {
     let workspace = workspace_dir();
     let dir = workspace.join("target").join("test-plugins").join(name);
     std::fs::create_dir_all(dir.join("src"))?;
@@ -81,7 +105,7 @@ pub fn build_plugin_source(name: &str, lib_rs: &str) -> anyhow::Result<PathBuf> 
     if lock.exists() && !dir.join("Cargo.lock").exists() {
         std::fs::copy(&lock, dir.join("Cargo.lock"))?;
     }
-    cargo_build(&dir, name)
+    cargo_build(&dir, name, abi)
 }
 
 /// Keeps the modification time (and so cargo's fingerprint) when nothing changed.
