@@ -206,41 +206,40 @@ pub fn read_v2(
     let topic_names: Vec<&str> = output.topic_names().into_iter().flatten().collect();
     let [keys, values, header_keys, header_values] = view.blobs();
     let [keys, values, header_values] = [keys, values, header_values].map(Bytes::copy_from_slice);
-    let records = (0..built)
-        .map(|i| {
-            let headers = view
-                .header_ranges(i)
-                .map(|(key, value)| {
-                    let key = std::str::from_utf8(&header_keys[key])
-                        .map_err(|e| format!("header key of record {i} is not UTF-8: {e}"))?;
-                    Ok(Header {
-                        key: key.to_owned(),
-                        value: Some(header_values.slice(value)),
-                    })
+    let mut records = Vec::with_capacity(built);
+    for i in 0..built {
+        let headers = view
+            .header_ranges(i)
+            .map(|(key, value)| {
+                let key = std::str::from_utf8(&header_keys[key])
+                    .map_err(|e| format!("header key of record {i} is not UTF-8: {e}"))?;
+                Ok(Header {
+                    key: key.to_owned(),
+                    value: Some(header_values.slice(value)),
                 })
-                .collect::<Result<Vec<_>, String>>()?;
-            let topic = match columns::u32_at(topics, i) {
-                NO_SOURCE => None,
-                index => Some(
-                    topic_names
-                        .get(index as usize)
-                        .ok_or_else(|| format!("topic {index} of record {i} is not named"))?
-                        .to_string(),
-                ),
-            };
-            Ok(OutRecord {
-                source: source(columns::u32_at(sources, i), count, "record source")?,
-                record: NewRecord {
-                    timestamp: view.timestamp(i),
-                    key: view.key_range(i).map(|r| keys.slice(r)),
-                    value: Some(values.slice(view.value_range(i))),
-                    headers,
-                },
-                topic,
-                partition: u32::try_from(columns::u32_at(targets, i) as i32).ok(),
             })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, String>>()?;
+        let topic = match columns::u32_at(topics, i) {
+            NO_SOURCE => None,
+            index => Some(
+                topic_names
+                    .get(index as usize)
+                    .ok_or_else(|| format!("topic {index} of record {i} is not named"))?
+                    .to_string(),
+            ),
+        };
+        records.push(OutRecord {
+            source: source(columns::u32_at(sources, i), count, "record source")?,
+            record: NewRecord {
+                timestamp: view.timestamp(i),
+                key: view.key_range(i).map(|r| keys.slice(r)),
+                value: Some(values.slice(view.value_range(i))),
+                headers,
+            },
+            topic,
+            partition: u32::try_from(columns::u32_at(targets, i) as i32).ok(),
+        });
+    }
     let state = output.state().map(|s| s.bytes().to_vec());
     Ok(Output {
         kept,
@@ -250,4 +249,101 @@ pub fn read_v2(
         late,
         state,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use flatbuffers::FlatBufferBuilder;
+    use weir::columns::{Columns, layout};
+
+    use super::*;
+
+    /// Guest memory holding an `Output2` at address 0 answering a map over `count` records:
+    /// two records built, the second sent to topic "alerts" and partition 3.
+    fn map_answer(sources: [u32; 2]) -> Vec<u8> {
+        let mut columns = Columns::default();
+        columns.push(Some(b"k"), b"first", [(&b"h"[..], &b"v"[..])], 5);
+        columns.push(None, b"second", [], 6);
+        let le = |values: [u32; 2]| values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let answers: [Vec<u8>; 5] = [
+            Vec::new(),
+            Vec::new(),
+            le(sources),
+            le([u32::MAX, 3]),
+            le([NO_SOURCE, 0]),
+        ];
+        let envelope = |base: usize| {
+            let records = columns.arrays();
+            let arrays: [&[u8]; 15] = std::array::from_fn(|i| {
+                if i < 5 {
+                    &answers[i][..]
+                } else {
+                    records[i - 5]
+                }
+            });
+            let mut builder = FlatBufferBuilder::new();
+            let spans = builder.create_vector(&layout(arrays, base));
+            let alerts = builder.create_string("alerts");
+            let topic_names = Some(builder.create_vector(&[alerts]));
+            let root = abi::Output2::create(
+                &mut builder,
+                &abi::Output2Args {
+                    records: 2,
+                    headers: 1,
+                    spans: Some(spans),
+                    topic_names,
+                    ..Default::default()
+                },
+            );
+            builder.finish(root, None);
+            let mut memory = builder.finished_data().to_vec();
+            for array in arrays {
+                memory.extend_from_slice(array);
+            }
+            memory
+        };
+        // The envelope's length does not depend on where the arrays are.
+        let length = envelope(0).len()
+            - answers.iter().map(Vec::len).sum::<usize>()
+            - columns.arrays().iter().map(|a| a.len()).sum::<usize>();
+        envelope(length)
+    }
+
+    #[test]
+    fn a_map_answer_reads_as_the_guest_built_it() {
+        let memory = map_answer([0, 1]);
+        let output = read_v2(&memory, 0, memory.len(), 2, 1 << 20).unwrap();
+        assert_eq!(output.records.len(), 2);
+        let [first, second] = &output.records[..] else {
+            unreachable!()
+        };
+        assert_eq!((first.source, second.source), (0, 1));
+        assert_eq!(first.record.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(first.record.value.as_deref(), Some(&b"first"[..]));
+        assert_eq!(first.record.headers[0].key, "h");
+        assert_eq!(first.record.timestamp, 5);
+        assert_eq!((first.topic.as_deref(), first.partition), (None, None));
+        assert_eq!(second.record.key, None);
+        assert_eq!(second.record.value.as_deref(), Some(&b"second"[..]));
+        assert_eq!(second.topic.as_deref(), Some("alerts"));
+        assert_eq!(second.partition, Some(3));
+        assert!(output.kept.is_empty() && output.partitions.is_empty());
+    }
+
+    #[test]
+    fn an_answer_that_lies_is_refused_with_the_reason() {
+        let memory = map_answer([0, 1]);
+        let error = |memory: &[u8], count, bytes_max| {
+            read_v2(memory, 0, memory.len(), count, bytes_max).unwrap_err()
+        };
+        assert!(error(&memory, 1, 1 << 20).contains("record source 1"));
+        assert!(error(&memory, 2, 64).contains("more than the limit of 64"));
+        // Memory cut short: the last array lies outside it.
+        let short = &memory[..memory.len() - 1];
+        assert!(error(short, 2, 1 << 20).contains("outside"));
+        let cut = read_v2(&memory, 0, 8, 2, 1 << 20).unwrap_err();
+        assert!(cut.contains("does not parse"), "{cut}");
+        let no_source = map_answer([NO_SOURCE, 1]);
+        assert!(read_v2(&no_source, 0, no_source.len(), 2, 1 << 20).is_ok());
+    }
 }
