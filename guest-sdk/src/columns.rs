@@ -11,19 +11,26 @@ use crate::abi::Span;
 /// Bit 31 of a `key_ends` entry: the record's key is null.
 pub const NULL_KEY: u32 = 1 << 31;
 
+/// The arrays of records as columns, by index into [`Columns::arrays`] and a [`ColumnsRef`]'s
+/// spans: timestamps `[i64]`, then key, value and header ends `[u32]` (one per record), header
+/// key and value ends `[u32]` (one per header), then the four blobs.
+pub const TIMESTAMPS: usize = 0;
+pub const KEY_ENDS: usize = 1;
+pub const VALUE_ENDS: usize = 2;
+pub const HEADER_ENDS: usize = 3;
+pub const HEADER_KEY_ENDS: usize = 4;
+pub const HEADER_VALUE_ENDS: usize = 5;
+pub const KEYS: usize = 6;
+pub const VALUES: usize = 7;
+pub const HEADER_KEYS: usize = 8;
+pub const HEADER_VALUES: usize = 9;
+/// How many arrays records as columns take.
+pub const ARRAYS: usize = 10;
+
 /// Records being laid out as columns; the arrays are kept between batches for their capacity.
 #[derive(Clone, Debug, Default)]
 pub struct Columns {
-    pub timestamps: Vec<u8>,
-    pub key_ends: Vec<u8>,
-    pub value_ends: Vec<u8>,
-    pub header_ends: Vec<u8>,
-    pub header_key_ends: Vec<u8>,
-    pub header_value_ends: Vec<u8>,
-    pub keys: Vec<u8>,
-    pub values: Vec<u8>,
-    pub header_keys: Vec<u8>,
-    pub header_values: Vec<u8>,
+    arrays: [Vec<u8>; ARRAYS],
     records: u32,
     headers: u32,
 }
@@ -40,42 +47,16 @@ fn end(blob: &[u8]) -> u32 {
 
 impl Columns {
     pub fn clear(&mut self) {
-        for array in self.arrays_mut() {
+        for array in &mut self.arrays {
             array.clear();
         }
         self.records = 0;
         self.headers = 0;
     }
 
-    fn arrays_mut(&mut self) -> [&mut Vec<u8>; 10] {
-        [
-            &mut self.timestamps,
-            &mut self.key_ends,
-            &mut self.value_ends,
-            &mut self.header_ends,
-            &mut self.header_key_ends,
-            &mut self.header_value_ends,
-            &mut self.keys,
-            &mut self.values,
-            &mut self.header_keys,
-            &mut self.header_values,
-        ]
-    }
-
-    /// The arrays in the order of [`ColumnsRef::new`]'s spans.
-    pub fn arrays(&self) -> [&[u8]; 10] {
-        [
-            &self.timestamps,
-            &self.key_ends,
-            &self.value_ends,
-            &self.header_ends,
-            &self.header_key_ends,
-            &self.header_value_ends,
-            &self.keys,
-            &self.values,
-            &self.header_keys,
-            &self.header_values,
-        ]
+    /// The arrays, in the order of their index constants ([`TIMESTAMPS`] …).
+    pub fn arrays(&self) -> [&[u8]; ARRAYS] {
+        self.arrays.each_ref().map(Vec::as_slice)
     }
 
     /// Records pushed since the last [`Columns::clear`].
@@ -94,7 +75,7 @@ impl Columns {
 
     /// The largest blob, to check against [`COLUMN_BYTES_MAX`] before the columns are sent.
     pub fn largest_blob(&self) -> usize {
-        self.arrays().iter().map(|a| a.len()).max().unwrap_or(0)
+        self.arrays.iter().map(Vec::len).max().unwrap_or(0)
     }
 
     pub fn push<'h>(
@@ -104,59 +85,36 @@ impl Columns {
         headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
         timestamp: i64,
     ) {
-        self.timestamps.extend_from_slice(&timestamp.to_le_bytes());
+        let arrays = &mut self.arrays;
+        arrays[TIMESTAMPS].extend_from_slice(&timestamp.to_le_bytes());
         let key_end = match key {
             Some(key) => {
-                self.keys.extend_from_slice(key);
-                end(&self.keys)
+                arrays[KEYS].extend_from_slice(key);
+                end(&arrays[KEYS])
             }
-            None => end(&self.keys) | NULL_KEY,
+            None => end(&arrays[KEYS]) | NULL_KEY,
         };
-        self.key_ends.extend_from_slice(&key_end.to_le_bytes());
-        self.values.extend_from_slice(value);
-        self.value_ends
-            .extend_from_slice(&end(&self.values).to_le_bytes());
+        arrays[KEY_ENDS].extend_from_slice(&key_end.to_le_bytes());
+        arrays[VALUES].extend_from_slice(value);
+        let value_end = end(&arrays[VALUES]);
+        arrays[VALUE_ENDS].extend_from_slice(&value_end.to_le_bytes());
         for (key, value) in headers {
-            self.header_keys.extend_from_slice(key);
-            self.header_values.extend_from_slice(value);
-            self.header_key_ends
-                .extend_from_slice(&end(&self.header_keys).to_le_bytes());
-            self.header_value_ends
-                .extend_from_slice(&end(&self.header_values).to_le_bytes());
+            arrays[HEADER_KEYS].extend_from_slice(key);
+            arrays[HEADER_VALUES].extend_from_slice(value);
+            let key_end = end(&arrays[HEADER_KEYS]);
+            let value_end = end(&arrays[HEADER_VALUES]);
+            arrays[HEADER_KEY_ENDS].extend_from_slice(&key_end.to_le_bytes());
+            arrays[HEADER_VALUE_ENDS].extend_from_slice(&value_end.to_le_bytes());
             self.headers += 1;
         }
-        self.header_ends
-            .extend_from_slice(&self.headers.to_le_bytes());
+        arrays[HEADER_ENDS].extend_from_slice(&self.headers.to_le_bytes());
         self.records += 1;
     }
 
-    /// A view of the columns as pushed, for reading them back.
+    /// A view of the columns as pushed, for reading them back; they are well formed by
+    /// construction.
     pub fn view(&self) -> ColumnsRef<'_> {
-        let [
-            timestamps,
-            key_ends,
-            value_ends,
-            header_ends,
-            header_key_ends,
-            header_value_ends,
-            keys,
-            values,
-            header_keys,
-            header_values,
-        ] = self.arrays();
-        ColumnsRef {
-            count: self.records as usize,
-            timestamps,
-            key_ends,
-            value_ends,
-            header_ends,
-            header_key_ends,
-            header_value_ends,
-            keys,
-            values,
-            header_keys,
-            header_values,
-        }
+        ColumnsRef::unchecked(self.records as usize, self.arrays())
     }
 }
 
@@ -230,22 +188,18 @@ fn check_ends(ends: &[u8], mask: u32, limit: usize, what: &str) -> Result<(), St
 #[derive(Clone, Copy, Debug)]
 pub struct ColumnsRef<'a> {
     count: usize,
-    timestamps: &'a [u8],
-    key_ends: &'a [u8],
-    value_ends: &'a [u8],
-    header_ends: &'a [u8],
-    header_key_ends: &'a [u8],
-    header_value_ends: &'a [u8],
-    keys: &'a [u8],
-    values: &'a [u8],
-    header_keys: &'a [u8],
-    header_values: &'a [u8],
+    arrays: [&'a [u8]; ARRAYS],
 }
 
 /// Where the arrays of a [`ColumnsRef`] lie, in the order of [`Columns::arrays`].
-pub type Spans<'s> = [&'s Span; 10];
+pub type Spans<'s> = [&'s Span; ARRAYS];
 
 impl<'a> ColumnsRef<'a> {
+    /// Records from arrays in the order of [`Columns::arrays`], taken as they are.
+    fn unchecked(count: usize, arrays: [&'a [u8]; ARRAYS]) -> ColumnsRef<'a> {
+        ColumnsRef { count, arrays }
+    }
+
     /// Reads `count` records with `headers` headers from the arrays at `spans` inside `memory`.
     pub fn new(
         memory: &'a [u8],
@@ -253,51 +207,35 @@ impl<'a> ColumnsRef<'a> {
         headers: usize,
         spans: Spans,
     ) -> Result<ColumnsRef<'a>, String> {
-        let [
-            timestamps,
-            key_ends,
-            value_ends,
-            header_ends,
-            header_key_ends,
-            header_value_ends,
-            keys,
-            values,
-            header_keys,
-            header_values,
-        ] = spans;
-        let columns = ColumnsRef {
-            count,
-            timestamps: array(memory, timestamps, count, 8, "timestamps")?,
-            key_ends: array(memory, key_ends, count, 4, "key_ends")?,
-            value_ends: array(memory, value_ends, count, 4, "value_ends")?,
-            header_ends: array(memory, header_ends, count, 4, "header_ends")?,
-            header_key_ends: array(memory, header_key_ends, headers, 4, "header_key_ends")?,
-            header_value_ends: array(memory, header_value_ends, headers, 4, "header_value_ends")?,
-            keys: array(memory, keys, 0, 0, "keys")?,
-            values: array(memory, values, 0, 0, "values")?,
-            header_keys: array(memory, header_keys, 0, 0, "header_keys")?,
-            header_values: array(memory, header_values, 0, 0, "header_values")?,
-        };
-        check_ends(columns.key_ends, !NULL_KEY, columns.keys.len(), "key_ends")?;
-        check_ends(
-            columns.value_ends,
-            u32::MAX,
-            columns.values.len(),
-            "value_ends",
-        )?;
-        check_ends(columns.header_ends, u32::MAX, headers, "header_ends")?;
-        check_ends(
-            columns.header_key_ends,
-            u32::MAX,
-            columns.header_keys.len(),
-            "header_key_ends",
-        )?;
-        check_ends(
-            columns.header_value_ends,
-            u32::MAX,
-            columns.header_values.len(),
-            "header_value_ends",
-        )?;
+        // (entries, bytes per entry, name) of each array; a blob has any length.
+        let shapes = [
+            (count, 8, "timestamps"),
+            (count, 4, "key_ends"),
+            (count, 4, "value_ends"),
+            (count, 4, "header_ends"),
+            (headers, 4, "header_key_ends"),
+            (headers, 4, "header_value_ends"),
+            (0, 0, "keys"),
+            (0, 0, "values"),
+            (0, 0, "header_keys"),
+            (0, 0, "header_values"),
+        ];
+        let mut arrays: [&[u8]; ARRAYS] = [&[]; ARRAYS];
+        for ((slot, span), (entries, width, what)) in arrays.iter_mut().zip(spans).zip(shapes) {
+            *slot = array(memory, span, entries, width, what)?;
+        }
+        let columns = ColumnsRef::unchecked(count, arrays);
+        // (ends array, mask of its ends, what they end inside)
+        let ends = [
+            (KEY_ENDS, !NULL_KEY, arrays[KEYS].len()),
+            (VALUE_ENDS, u32::MAX, arrays[VALUES].len()),
+            (HEADER_ENDS, u32::MAX, headers),
+            (HEADER_KEY_ENDS, u32::MAX, arrays[HEADER_KEYS].len()),
+            (HEADER_VALUE_ENDS, u32::MAX, arrays[HEADER_VALUES].len()),
+        ];
+        for (index, mask, limit) in ends {
+            check_ends(arrays[index], mask, limit, shapes[index].2)?;
+        }
         Ok(columns)
     }
 
@@ -320,16 +258,17 @@ impl<'a> ColumnsRef<'a> {
     }
 
     pub fn timestamp(&self, i: usize) -> i64 {
-        i64_at(self.timestamps, i)
+        i64_at(self.arrays[TIMESTAMPS], i)
     }
 
     /// Where record `i`'s key lies in the keys blob; `None` for a null key.
     pub fn key_range(&self, i: usize) -> Option<Range<usize>> {
-        (u32_at(self.key_ends, i) & NULL_KEY == 0).then(|| Self::range(self.key_ends, i, !NULL_KEY))
+        let ends = self.arrays[KEY_ENDS];
+        (u32_at(ends, i) & NULL_KEY == 0).then(|| Self::range(ends, i, !NULL_KEY))
     }
 
     pub fn value_range(&self, i: usize) -> Range<usize> {
-        Self::range(self.value_ends, i, u32::MAX)
+        Self::range(self.arrays[VALUE_ENDS], i, u32::MAX)
     }
 
     /// Where record `i`'s headers lie: (key range in the header keys blob, value range in the
@@ -338,8 +277,9 @@ impl<'a> ColumnsRef<'a> {
         &self,
         i: usize,
     ) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + use<'a> {
-        let headers = Self::range(self.header_ends, i, u32::MAX);
-        let (key_ends, value_ends) = (self.header_key_ends, self.header_value_ends);
+        let headers = Self::range(self.arrays[HEADER_ENDS], i, u32::MAX);
+        let key_ends = self.arrays[HEADER_KEY_ENDS];
+        let value_ends = self.arrays[HEADER_VALUE_ENDS];
         headers.map(move |h| {
             (
                 Self::range(key_ends, h, u32::MAX),
@@ -349,22 +289,22 @@ impl<'a> ColumnsRef<'a> {
     }
 
     pub fn key(&self, i: usize) -> Option<&'a [u8]> {
-        self.key_range(i).map(|r| &self.keys[r])
+        self.key_range(i).map(|r| &self.arrays[KEYS][r])
     }
 
     pub fn value(&self, i: usize) -> &'a [u8] {
-        &self.values[self.value_range(i)]
+        &self.arrays[VALUES][self.value_range(i)]
     }
 
     pub fn headers(&self, i: usize) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + use<'a> {
-        let (keys, values) = (self.header_keys, self.header_values);
+        let (keys, values) = (self.arrays[HEADER_KEYS], self.arrays[HEADER_VALUES]);
         self.header_ranges(i)
             .map(move |(k, v)| (&keys[k], &values[v]))
     }
 
     /// The keys, values, header keys and header values blobs, for a reader that slices them.
     pub fn blobs(&self) -> [&'a [u8]; 4] {
-        [self.keys, self.values, self.header_keys, self.header_values]
+        [KEYS, VALUES, HEADER_KEYS, HEADER_VALUES].map(|i| self.arrays[i])
     }
 }
 
@@ -437,12 +377,12 @@ mod tests {
         assert!(ColumnsRef::new(&memory[..memory.len() - 1], 2, 0, spans).is_err());
         // Value ends out of order.
         let mut swapped = columns.clone();
-        swapped.value_ends.rotate_left(4);
+        swapped.arrays[VALUE_ENDS].rotate_left(4);
         let memory = flat(&swapped);
         assert!(ColumnsRef::new(&memory, 2, 0, spans).is_err());
         // An end past its blob.
         let mut long = columns.clone();
-        long.values.pop();
+        long.arrays[VALUES].pop();
         let memory = flat(&long);
         let spans = layout(long.arrays(), 0);
         assert!(ColumnsRef::new(&memory, 2, 0, spans.each_ref()).is_err());
