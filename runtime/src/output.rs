@@ -76,18 +76,6 @@ fn failures<'a>(
     Ok((failures, late))
 }
 
-/// A partitioner's answer: none, or one partition for each of the `count` records.
-fn check_partitions(partitions: &[u32], count: usize) -> Result<(), String> {
-    if partitions.is_empty() || partitions.len() == count {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} partitions for {count} records",
-            partitions.len()
-        ))
-    }
-}
-
 /// Parses and checks an `Output` answering a batch of `count` records; an error says what is
 /// wrong with it. Record fields are slices of `bytes` (one copy of the answer, none per record).
 pub fn read(bytes: &Bytes, count: usize) -> Result<Output, String> {
@@ -100,7 +88,12 @@ pub fn read(bytes: &Bytes, count: usize) -> Result<Output, String> {
         .map(|i| in_range(i, count, "kept"))
         .collect::<Result<Vec<_>, String>>()?;
     let partitions: Vec<u32> = output.partitions().into_iter().flatten().collect();
-    check_partitions(&partitions, count)?;
+    if !partitions.is_empty() && partitions.len() != count {
+        return Err(format!(
+            "{} partitions for {count} records",
+            partitions.len()
+        ));
+    }
     let (failures, late) = failures(output.failures(), count)?;
     let records = output
         .records()
@@ -189,6 +182,7 @@ pub fn read_v2(
         .filter(|i| selected[i / 8] & (1 << (i % 8)) != 0)
         .map(|i| in_range(i as u32, count, "kept"))
         .collect::<Result<Vec<_>, String>>()?;
+    // None, or one for each record: `array` refuses any other length.
     let partitions = match partitions.len() {
         0 => Vec::new(),
         _ => {
@@ -196,7 +190,6 @@ pub fn read_v2(
             (0..count).map(|i| columns::u32_at(array, i)).collect()
         }
     };
-    check_partitions(&partitions, count)?;
     let (failures, late) = failures(output.failures(), count)?;
     let built = output.records() as usize;
     let view = ColumnsRef::new(memory, built, output.headers() as usize, record_spans)?;
