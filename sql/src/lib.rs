@@ -21,6 +21,7 @@
 
 pub mod access;
 pub mod catalog;
+pub mod columnar;
 mod create_as;
 pub mod functions;
 pub mod guard;
@@ -68,6 +69,9 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Runtime(#[from] weir_runtime::Error),
+    /// Writing or reading a columnar copy of a segment.
+    #[error("columnar copy: {0}")]
+    Columnar(String),
 }
 
 /// The topic config keys SQL owns, for [`weir_storage::StorageConfig::layer_keys`]:

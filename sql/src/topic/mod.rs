@@ -13,7 +13,7 @@
 //! `scan` is the plan and its per-partition readers; this module plans.
 
 mod bounds;
-mod columns;
+pub(crate) mod columns;
 mod scan;
 
 use std::sync::Arc;
