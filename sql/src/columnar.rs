@@ -147,19 +147,11 @@ pub(crate) fn open_rows(
         ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
     };
     let path = copy_path(log.dir(), base);
-    if !path.exists() {
+    if !path.exists() || !is_current(log, &path, (base, end), value_schema) {
         return Ok(None);
     }
-    let info = read_info(&path)?;
-    let segment = log.segment_file(base);
-    let segment_bytes = std::fs::metadata(&segment)
-        .map_err(|e| io_error(&segment, e))?
-        .len();
-    let current = info.base == base
-        && info.end == end
-        && info.records == end - base
-        && info.segment_bytes == segment_bytes
-        && info.value_schema == value_schema;
+    // One row per offset: a compacted segment has gaps and is read from the log.
+    let current = read_info(&path)?.records == end - base;
     if !current || start < base || stop > end || start >= stop {
         return Ok(None);
     }
@@ -225,6 +217,92 @@ impl CopyRows {
         .map(Some)
         .map_err(|e| Error::Columnar(e.to_string()))
     }
+}
+
+/// Whether closed segments of the topic get copies: it has a value schema and
+/// `columnar.enabled` is not `false`.
+pub fn enabled(meta: &TopicMeta) -> bool {
+    !value_schema(meta).is_empty()
+        && meta
+            .configs
+            .get("columnar.enabled")
+            .is_none_or(|v| v != "false")
+}
+
+/// Whether the copy at `path` is current for the segment `[base, end)` of `log` under
+/// `value_schema`.
+fn is_current(
+    log: &weir_storage::Log,
+    path: &Path,
+    (base, end): (u64, u64),
+    value_schema: &str,
+) -> bool {
+    let segment_bytes = std::fs::metadata(log.segment_file(base)).map(|m| m.len());
+    read_info(path).is_ok_and(|info| {
+        info.base == base
+            && info.end == end
+            && segment_bytes
+                .as_ref()
+                .is_ok_and(|bytes| *bytes == info.segment_bytes)
+            && info.value_schema == value_schema
+    })
+}
+
+/// One pass of the builder: for every partition of every topic with copies enabled, writes
+/// the copy of each closed segment that has none or a stale one, at most `builds_max` of them,
+/// newest segments first; removes copies (and unfinished `.parquet.tmp` files) whose segment is
+/// gone or whose topic no longer wants copies. Answers the copies written.
+pub fn build_missing(storage: &Storage, builds_max: usize) -> Result<usize, Error> {
+    let mut built = 0;
+    for meta in storage.list_topics()? {
+        let wanted = enabled(&meta);
+        let schema = value_schema(&meta);
+        for partition in 0..meta.partitions {
+            let log = storage.log(&meta.name, partition)?;
+            let bases = log.segment_base_offsets();
+            remove_orphans(&log, if wanted { &bases } else { &[] })?;
+            if !wanted {
+                continue;
+            }
+            for pair in bases.windows(2).rev() {
+                let (base, end) = (pair[0], pair[1]);
+                if built >= builds_max {
+                    return Ok(built);
+                }
+                if !is_current(&log, &copy_path(log.dir(), base), (base, end), &schema) {
+                    write_copy(storage, &meta, partition, base, end)?;
+                    built += 1;
+                }
+            }
+        }
+    }
+    Ok(built)
+}
+
+/// Removes the copies in `log`'s directory of segments not among `closed_bases` (the active
+/// segment has no copy), and unfinished temporary files.
+fn remove_orphans(log: &weir_storage::Log, bases: &[u64]) -> Result<(), Error> {
+    let closed = &bases[..bases.len().saturating_sub(1)];
+    let entries = std::fs::read_dir(log.dir()).map_err(|e| io_error(log.dir(), e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| io_error(log.dir(), e))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let orphan = if name.ends_with(".parquet.tmp") {
+            true
+        } else if let Some(base) = name.strip_suffix(".parquet") {
+            base.parse::<u64>()
+                .map_or(true, |base| !closed.contains(&base))
+        } else {
+            false
+        };
+        if orphan {
+            std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// What the copy at `path` says it holds; an error when it does not open as Parquet or lacks
@@ -368,9 +446,19 @@ mod tests {
         let from_log = answers(&engine).await;
         let log = storage.log("logs", 0).unwrap();
         let bases = log.segment_base_offsets();
-        for pair in bases.windows(2) {
-            write_copy(&storage, &meta, 0, pair[0], pair[1]).unwrap();
-        }
+        assert_eq!(
+            build_missing(&storage, usize::MAX).unwrap(),
+            bases.len() - 1
+        );
+        assert_eq!(
+            build_missing(&storage, usize::MAX).unwrap(),
+            0,
+            "all current"
+        );
+        assert!(
+            !copy_path(log.dir(), bases[bases.len() - 1]).exists(),
+            "the active one"
+        );
         assert_eq!(answers(&engine).await, from_log);
         let explained = engine
             .sql("EXPLAIN ANALYZE SELECT count(status) FROM logs")
@@ -381,12 +469,36 @@ mod tests {
             .to_string();
         assert!(text.contains("records_from_copies="), "{text}");
         assert!(!text.contains("records_from_copies=0"), "{text}");
-        // Copies that hold another segment are read around, not trusted.
+        // Copies that hold another segment are read around, not trusted, and built again.
         let first = copy_path(log.dir(), bases[0]);
         for base in &bases[1..bases.len() - 1] {
             std::fs::copy(&first, copy_path(log.dir(), *base)).unwrap();
         }
+        std::fs::write(log.dir().join("00000000000000000001.parquet.tmp"), b"cut").unwrap();
         assert_eq!(answers(&engine).await, from_log);
+        assert_eq!(build_missing(&storage, 2).unwrap(), 2, "at most the bound");
+        assert_eq!(
+            build_missing(&storage, usize::MAX).unwrap(),
+            bases.len() - 4
+        );
+        assert!(!log.dir().join("00000000000000000001.parquet.tmp").exists());
+        assert_eq!(answers(&engine).await, from_log);
+        // A topic that no longer wants copies loses them.
+        let mut configs = meta.configs.clone();
+        configs.insert("columnar.enabled".into(), "false".into());
+        storage.set_topic_configs("logs", configs).unwrap();
+        assert_eq!(build_missing(&storage, usize::MAX).unwrap(), 0);
+        let left = std::fs::read_dir(log.dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "parquet")
+            })
+            .count();
+        assert_eq!(left, 0);
     }
 
     #[test]
