@@ -140,6 +140,7 @@ impl Server {
         ];
         tasks.push(tokio::spawn(build_columnar_copies(
             storage.clone(),
+            node.columnar.clone(),
             shutdown_rx.clone(),
         )));
         if let Some(listener) = pg_listener {
@@ -220,11 +221,15 @@ const COLUMNAR_IDLE: Duration = Duration::from_secs(10);
 
 /// Writes columnar copies of closed segments (`weir_sql::columnar`) in the background, one at a
 /// time on the blocking pool, until shutdown; a copy being written is finished first.
-async fn build_columnar_copies(storage: Arc<Storage>, mut shutdown: watch::Receiver<bool>) {
+async fn build_columnar_copies(
+    storage: Arc<Storage>,
+    stats: Arc<weir_sql::columnar::BuilderStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
-        let pass = storage.clone();
+        let (pass, stats) = (storage.clone(), stats.clone());
         let built = tokio::task::spawn_blocking(move || {
-            weir_storage::reactor::blocking(|| weir_sql::columnar::build_missing(&pass, 1))
+            weir_storage::reactor::blocking(|| weir_sql::columnar::build_missing(&pass, 1, &stats))
         })
         .await;
         let rest = match built {
@@ -398,5 +403,6 @@ fn node_context(
         limits,
         users: Arc::new(users),
         appends,
+        columnar: Arc::default(),
     })
 }

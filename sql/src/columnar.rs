@@ -2,17 +2,19 @@
 //! segment of a topic with a value schema, holding the rows a scan of that segment gives, with
 //! what it copies in its metadata so a reader can tell a current copy from a stale one.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use weir_storage::{Storage, TopicMeta};
+use weir_storage::{Storage, TopicMeta, locks};
 
 use crate::Error;
 use crate::topic::columns::{RowBuilder, topic_schema, typed_columns};
@@ -81,7 +83,42 @@ pub fn write_copy(
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
     let file = File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
-    let mut writer = ArrowWriter::try_new(file, schema, Some(properties)).map_err(parquet_error)?;
+    let writer = ArrowWriter::try_new(file, schema, Some(properties)).map_err(parquet_error);
+    let written = writer
+        .and_then(|writer| write_rows(writer, &log, &rows, (partition, base, end)))
+        .and_then(|(writer, records)| {
+            let info = CopyInfo {
+                base,
+                end,
+                records,
+                segment_bytes,
+                value_schema: value_schema(meta),
+            };
+            finish(writer, &tmp, &info)?;
+            Ok(info)
+        });
+    let info = match written {
+        Ok(info) => info,
+        Err(error) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(error);
+        }
+    };
+    std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
+    File::open(log.dir())
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io_error(log.dir(), e))?;
+    Ok(info)
+}
+
+/// Writes the rows at offsets `[base, end)` of `partition`'s `log` with `writer`; answers it, to
+/// be finished, and the rows written.
+fn write_rows(
+    mut writer: ArrowWriter<File>,
+    log: &weir_storage::Log,
+    rows: &RowBuilder,
+    (partition, base, end): (u32, u64, u64),
+) -> Result<(ArrowWriter<File>, u64), Error> {
     let mut offset = base;
     let mut records = 0u64;
     let mut pending = Vec::new();
@@ -102,13 +139,11 @@ pub fn write_copy(
                 .map_err(parquet_error)?;
         }
     }
-    let info = CopyInfo {
-        base,
-        end,
-        records,
-        segment_bytes,
-        value_schema: value_schema(meta),
-    };
+    Ok((writer, records))
+}
+
+/// Ends the copy `writer` holds with what it copies in its metadata, synced to `tmp`.
+fn finish(mut writer: ArrowWriter<File>, tmp: &Path, info: &CopyInfo) -> Result<(), Error> {
     for (key, value) in [
         ("weir.base_offset", info.base.to_string()),
         ("weir.end_offset", info.end.to_string()),
@@ -119,13 +154,8 @@ pub fn write_copy(
         writer.append_key_value_metadata(KeyValue::new(key.to_owned(), value));
     }
     let mut file = writer.into_inner().map_err(parquet_error)?;
-    file.flush().map_err(|e| io_error(&tmp, e))?;
-    file.sync_all().map_err(|e| io_error(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
-    File::open(log.dir())
-        .and_then(|dir| dir.sync_all())
-        .map_err(|e| io_error(log.dir(), e))?;
-    Ok(info)
+    file.flush().map_err(|e| io_error(tmp, e))?;
+    file.sync_all().map_err(|e| io_error(tmp, e))
 }
 
 /// A reader of the rows at offsets `[start, stop)` of the segment `[base, end)` of `log` from
@@ -248,44 +278,134 @@ fn is_current(
     })
 }
 
+/// What the builder did and found, for the node's metrics: copies written and failed since
+/// start; after the last pass, the copies on disk and their bytes, the closed segments still
+/// without a current copy, and whether builds wait for free disk space.
+#[derive(Debug, Default)]
+pub struct BuilderStats {
+    builds: AtomicU64,
+    failures: AtomicU64,
+    files: AtomicU64,
+    bytes: AtomicU64,
+    waiting: AtomicU64,
+    disk_short: AtomicBool,
+    /// Segments whose copy failed, by topic, partition, base and size: read from the log and
+    /// not tried again until the segment changes or the node restarts.
+    failed: Mutex<HashSet<(String, u32, u64, u64)>>,
+}
+
+/// A reading of [`BuilderStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuilderSnapshot {
+    pub builds: u64,
+    pub failures: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub waiting: u64,
+    pub disk_short: bool,
+}
+
+impl BuilderStats {
+    pub fn snapshot(&self) -> BuilderSnapshot {
+        BuilderSnapshot {
+            builds: self.builds.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            files: self.files.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            disk_short: self.disk_short.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// One pass of the builder: for every partition of every topic with copies enabled, writes
 /// the copy of each closed segment that has none or a stale one, at most `builds_max` of them,
 /// newest segments first; removes copies (and unfinished `.parquet.tmp` files) whose segment is
-/// gone or whose topic no longer wants copies. Answers the copies written.
-pub fn build_missing(storage: &Storage, builds_max: usize) -> Result<usize, Error> {
-    let mut built = 0;
+/// gone or whose topic no longer wants copies. A copy is not started unless the disk keeps its
+/// low-water mark with the segment's size to spare; a copy that fails is logged, counted and
+/// not tried again. Answers the copies written.
+pub fn build_missing(
+    storage: &Storage,
+    builds_max: usize,
+    stats: &BuilderStats,
+) -> Result<usize, Error> {
+    let (mut built, mut files, mut bytes, mut waiting) = (0, 0, 0, 0);
+    let mut disk_short = false;
     for meta in storage.list_topics()? {
         let wanted = enabled(&meta);
         let schema = value_schema(&meta);
         for partition in 0..meta.partitions {
             let log = storage.log(&meta.name, partition)?;
             let bases = log.segment_base_offsets();
-            remove_orphans(&log, if wanted { &bases } else { &[] })?;
+            let kept = remove_orphans(&log, if wanted { &bases } else { &[] })?;
+            files += kept.len() as u64;
+            bytes += kept.iter().map(|(_, size)| size).sum::<u64>();
             if !wanted {
                 continue;
             }
             for pair in bases.windows(2).rev() {
                 let (base, end) = (pair[0], pair[1]);
-                if built >= builds_max {
-                    return Ok(built);
+                let path = copy_path(log.dir(), base);
+                if is_current(&log, &path, (base, end), &schema) {
+                    continue;
                 }
-                if !is_current(&log, &copy_path(log.dir(), base), (base, end), &schema) {
-                    write_copy(storage, &meta, partition, base, end)?;
-                    built += 1;
+                let segment_bytes =
+                    std::fs::metadata(log.segment_file(base)).map_or(0, |m| m.len());
+                let key = (meta.name.clone(), partition, base, segment_bytes);
+                if locks::lock(&stats.failed).contains(&key) {
+                    continue;
+                }
+                let space = storage.space();
+                if space.free_bytes() < space.free_bytes_min().saturating_add(segment_bytes) {
+                    disk_short = true;
+                }
+                if built >= builds_max || disk_short {
+                    waiting += 1;
+                    continue;
+                }
+                let replaced = kept.iter().find(|(b, _)| *b == base).map_or(0, |(_, s)| *s);
+                match write_copy(storage, &meta, partition, base, end) {
+                    Ok(_) => {
+                        built += 1;
+                        stats.builds.fetch_add(1, Ordering::Relaxed);
+                        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+                        files += u64::from(replaced == 0);
+                        bytes = bytes - replaced + size;
+                    }
+                    Err(error) => {
+                        tracing::warn!(topic = %meta.name, partition, base, %error, "columnar copy failed; the segment is read from the log");
+                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                        locks::lock(&stats.failed).insert(key);
+                    }
                 }
             }
         }
     }
+    if disk_short != stats.disk_short.swap(disk_short, Ordering::Relaxed) {
+        if disk_short {
+            tracing::warn!(
+                "columnar copies wait: free disk space is too close to its low-water mark"
+            );
+        } else {
+            tracing::info!("columnar copies resume: free disk space is back");
+        }
+    }
+    stats.files.store(files, Ordering::Relaxed);
+    stats.bytes.store(bytes, Ordering::Relaxed);
+    stats.waiting.store(waiting, Ordering::Relaxed);
     Ok(built)
 }
 
 /// Removes the copies in `log`'s directory of segments not among `closed_bases` (the active
-/// segment has no copy), and unfinished temporary files.
-fn remove_orphans(log: &weir_storage::Log, bases: &[u64]) -> Result<(), Error> {
+/// segment has no copy), and unfinished temporary files; answers the base and size of each copy
+/// kept.
+fn remove_orphans(log: &weir_storage::Log, bases: &[u64]) -> Result<Vec<(u64, u64)>, Error> {
     let closed = &bases[..bases.len().saturating_sub(1)];
     let entries = std::fs::read_dir(log.dir()).map_err(|e| io_error(log.dir(), e))?;
+    let mut kept = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| io_error(log.dir(), e))?.path();
+        let entry = entry.map_err(|e| io_error(log.dir(), e))?;
+        let path = entry.path();
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -293,8 +413,13 @@ fn remove_orphans(log: &weir_storage::Log, bases: &[u64]) -> Result<(), Error> {
         let orphan = if name.ends_with(".parquet.tmp") {
             true
         } else if let Some(base) = name.strip_suffix(".parquet") {
-            base.parse::<u64>()
-                .map_or(true, |base| !closed.contains(&base))
+            match base.parse::<u64>() {
+                Ok(base) if closed.contains(&base) => {
+                    kept.push((base, entry.metadata().map_or(0, |m| m.len())));
+                    false
+                }
+                _ => true,
+            }
         } else {
             false
         };
@@ -302,7 +427,7 @@ fn remove_orphans(log: &weir_storage::Log, bases: &[u64]) -> Result<(), Error> {
             std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
         }
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// What the copy at `path` says it holds; an error when it does not open as Parquet or lacks
@@ -446,12 +571,17 @@ mod tests {
         let from_log = answers(&engine).await;
         let log = storage.log("logs", 0).unwrap();
         let bases = log.segment_base_offsets();
+        let stats = BuilderStats::default();
         assert_eq!(
-            build_missing(&storage, usize::MAX).unwrap(),
+            build_missing(&storage, usize::MAX, &stats).unwrap(),
             bases.len() - 1
         );
+        let built = stats.snapshot();
+        assert_eq!(built.builds, bases.len() as u64 - 1);
+        assert_eq!(built.files, bases.len() as u64 - 1);
+        assert!(built.bytes > 0 && built.waiting == 0 && built.failures == 0);
         assert_eq!(
-            build_missing(&storage, usize::MAX).unwrap(),
+            build_missing(&storage, usize::MAX, &stats).unwrap(),
             0,
             "all current"
         );
@@ -476,9 +606,15 @@ mod tests {
         }
         std::fs::write(log.dir().join("00000000000000000001.parquet.tmp"), b"cut").unwrap();
         assert_eq!(answers(&engine).await, from_log);
-        assert_eq!(build_missing(&storage, 2).unwrap(), 2, "at most the bound");
         assert_eq!(
-            build_missing(&storage, usize::MAX).unwrap(),
+            build_missing(&storage, 2, &stats).unwrap(),
+            2,
+            "at most the bound"
+        );
+        assert_eq!(stats.snapshot().waiting, bases.len() as u64 - 4);
+        assert_eq!(stats.snapshot().files, bases.len() as u64 - 1);
+        assert_eq!(
+            build_missing(&storage, usize::MAX, &stats).unwrap(),
             bases.len() - 4
         );
         assert!(!log.dir().join("00000000000000000001.parquet.tmp").exists());
@@ -487,7 +623,8 @@ mod tests {
         let mut configs = meta.configs.clone();
         configs.insert("columnar.enabled".into(), "false".into());
         storage.set_topic_configs("logs", configs).unwrap();
-        assert_eq!(build_missing(&storage, usize::MAX).unwrap(), 0);
+        assert_eq!(build_missing(&storage, usize::MAX, &stats).unwrap(), 0);
+        assert_eq!((stats.snapshot().files, stats.snapshot().bytes), (0, 0));
         let left = std::fs::read_dir(log.dir())
             .unwrap()
             .filter(|e| {
@@ -499,6 +636,49 @@ mod tests {
             })
             .count();
         assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn copies_go_with_the_segments_retention_deletes() {
+        let (_dir, storage, meta) = logs_topic();
+        let stats = BuilderStats::default();
+        build_missing(&storage, usize::MAX, &stats).unwrap();
+        let log = storage.log("logs", 0).unwrap();
+        let before = log.segment_base_offsets();
+        let mut configs = meta.configs.clone();
+        configs.insert("retention.bytes".into(), "8192".into());
+        storage.set_topic_configs("logs", configs).unwrap();
+        let log = storage.log("logs", 0).unwrap();
+        log.enforce_retention(i64::MAX).unwrap();
+        let after = log.segment_base_offsets();
+        assert!(after.len() < before.len(), "{before:?} {after:?}");
+        assert_eq!(build_missing(&storage, usize::MAX, &stats).unwrap(), 0);
+        let mut copied: Vec<u64> = std::fs::read_dir(log.dir())
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".parquet")?.parse().ok()
+            })
+            .collect();
+        copied.sort_unstable();
+        assert_eq!(copied, after[..after.len() - 1]);
+        assert_eq!(stats.snapshot().files, copied.len() as u64);
+    }
+
+    #[test]
+    fn copies_wait_while_the_disk_is_near_its_low_water_mark() {
+        let (dir, storage, _) = logs_topic();
+        let closed = storage.log("logs", 0).unwrap().segment_base_offsets().len() - 1;
+        drop(storage);
+        let mut config = StorageConfig::new(dir.path());
+        config.layer_keys = crate::topic_config_keys();
+        config.disk_free_bytes_min = u64::MAX / 2;
+        let storage = Storage::open(config).unwrap();
+        let stats = BuilderStats::default();
+        assert_eq!(build_missing(&storage, usize::MAX, &stats).unwrap(), 0);
+        let waiting = stats.snapshot();
+        assert!(waiting.disk_short);
+        assert_eq!((waiting.waiting, waiting.files), (closed as u64, 0));
     }
 
     #[test]
