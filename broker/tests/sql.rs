@@ -611,25 +611,18 @@ fn columnar_copies_answer_as_the_log_does_and_go_when_turned_off() {
     let from_log = answers();
     assert_eq!(from_log[0].as_array().map(Vec::len), Some(300));
     let partition = dir.path().join("topics/logs-0");
-    let copies = || {
+    let files = |extension: &str| {
         std::fs::read_dir(&partition)
             .unwrap()
             .filter(|e| {
                 let path = e.as_ref().unwrap().path();
-                path.extension().is_some_and(|x| x == "parquet")
+                path.extension().is_some_and(|x| x == extension)
             })
             .count()
     };
-    let closed = || {
-        std::fs::read_dir(&partition)
-            .unwrap()
-            .filter(|e| {
-                let path = e.as_ref().unwrap().path();
-                path.extension().is_some_and(|x| x == "log")
-            })
-            .count()
-            - 1
-    };
+    let copies = || files("parquet");
+    // Every segment but the active one.
+    let closed = || files("log") - 1;
     assert_eq!(copies(), 0, "off for this topic");
     assert!(closed() >= 5, "{} closed segments", closed());
 
