@@ -1,6 +1,8 @@
 //! SQL benchmark: the same queries over the same JSON log records through Weir (a topic with
-//! typed JSON columns, queried in this process) and through DuckDB (the records as an NDJSON
-//! file, queried by the `duckdb` Python package), measured in one run.
+//! typed JSON columns, queried in this process, first from its log, then again once the
+//! columnar copies of its closed segments are built) and through DuckDB (the records as an
+//! NDJSON file, then as one Parquet file DuckDB writes from it, queried by the `duckdb` Python
+//! package), measured in one run.
 //!
 //! ```sh
 //! cargo run --release -p weir-bench --bin bench-sql [-- --records 10000000 --runs 3]
@@ -8,8 +10,8 @@
 //!
 //! DuckDB comes from PyPI into `target/bench-py` on the first run. Every query runs `--runs`
 //! times on each side; the table shows the median wall time. The records are written to a
-//! 4-partition topic through the storage API (batches of 1000, no compression) and, the same
-//! lines, to `records.ndjson`.
+//! 4-partition topic through the storage API (batches of 1000, no compression, 64 MiB
+//! segments) and, the same lines, to `records.ndjson`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,8 @@ const PARTITIONS: u32 = 4;
 /// The records span this much event time; the last 1 % is the last minute.
 const SPAN_MS: i64 = 100 * 60_000;
 const T0: i64 = 1_704_067_200_000;
+/// Segment size of the topic: closed segments are what get columnar copies.
+const SEGMENT_BYTES: u64 = 64 << 20;
 
 struct Query {
     name: &'static str,
@@ -85,6 +89,7 @@ fn fill(storage: &Storage, ndjson: &Path, records: u64) -> anyhow::Result<(u64, 
             "host TEXT, status INT, bytes BIGINT, method TEXT, path TEXT".to_string(),
         ),
         ("flush.policy".to_string(), "interval".to_string()),
+        ("segment.bytes".to_string(), SEGMENT_BYTES.to_string()),
     ];
     storage.create_topic("logs", PARTITIONS, configs.into_iter().collect())?;
     let mut file = std::io::BufWriter::new(std::fs::File::create(ndjson)?);
@@ -186,23 +191,55 @@ fn duckdb_python() -> anyhow::Result<PathBuf> {
 }
 
 const DUCKDB_SCRIPT: &str = r#"
-import duckdb, json, statistics, sys, time
-path, runs = sys.argv[1], int(sys.argv[2])
+import duckdb, json, os, statistics, sys, time
+path, runs, copies = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 queries = json.loads(sys.stdin.read())
 con = duckdb.connect()
-con.execute(f"CREATE VIEW logs AS SELECT * FROM read_ndjson('{path}', columns={{'host':'VARCHAR','status':'INTEGER','bytes':'BIGINT','method':'VARCHAR','path':'VARCHAR','ua':'VARCHAR','ts':'BIGINT'}})")
-out = []
-for q in queries:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        rows = con.execute(q).fetchall()
-        times.append(time.perf_counter() - started)
-    out.append({"seconds": statistics.median(times), "rows": [[str(c) for c in r] for r in rows]})
+con.execute("SET enable_progress_bar = false")
+columns = "{'host':'VARCHAR','status':'INTEGER','bytes':'BIGINT','method':'VARCHAR','path':'VARCHAR','ua':'VARCHAR','ts':'BIGINT'}"
+def run():
+    out = []
+    for q in queries:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            rows = con.execute(q).fetchall()
+            times.append(time.perf_counter() - started)
+        out.append({"seconds": statistics.median(times), "rows": [[str(c) for c in r] for r in rows]})
+    return out
+con.execute(f"CREATE VIEW logs AS SELECT * FROM read_ndjson('{path}', columns={columns})")
+ndjson = run()
+parquet = path + ".parquet"
+con.execute(f"COPY (SELECT * FROM read_ndjson('{path}', columns={columns})) TO '{parquet}' (FORMAT parquet, COMPRESSION zstd)")
+con.execute(f"CREATE OR REPLACE VIEW logs AS SELECT * FROM read_parquet('{parquet}')")
+out = {"ndjson": ndjson, "parquet": run(), "parquet_bytes": os.path.getsize(parquet)}
+out["copies_rows"] = con.execute(f"SELECT count(*) FROM read_parquet('{copies}')").fetchone()[0]
 # VmHWM of this process image (ru_maxrss would carry the parent's peak across exec).
-peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
-print(json.dumps({"queries": out, "peak_rss_mib": peak}))
+out["peak_rss_mib"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+print(json.dumps(out))
 "#;
+
+/// Each query's median time over `runs` and its answer as CSV.
+fn run_weir(
+    tokio: &tokio::runtime::Runtime,
+    engine: &QueryEngine,
+    queries: &[Query],
+    runs: usize,
+) -> anyhow::Result<Vec<(Duration, String)>> {
+    let mut results = Vec::new();
+    for q in queries {
+        let mut times = Vec::new();
+        let mut rows = String::new();
+        for _ in 0..runs {
+            let started = Instant::now();
+            let answer = tokio.block_on(engine.sql(&q.weir))?;
+            times.push(started.elapsed());
+            rows = String::from_utf8(answer.encode(weir_sql::Encoding::Csv)?)?;
+        }
+        results.push((median(times), rows));
+    }
+    Ok(results)
+}
 
 fn main() -> anyhow::Result<()> {
     let (mut records, mut runs) = (10_000_000u64, 3usize);
@@ -236,18 +273,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let engine = QueryEngine::new(Arc::clone(&storage), None, None, &QueryConfig::default())?;
-    let mut weir_results = Vec::new();
-    for q in &queries {
-        let mut times = Vec::new();
-        let mut rows = String::new();
-        for _ in 0..runs {
-            let started = Instant::now();
-            let answer = tokio.block_on(engine.sql(&q.weir))?;
-            times.push(started.elapsed());
-            rows = String::from_utf8(answer.encode(weir_sql::Encoding::Csv)?)?;
-        }
-        weir_results.push((median(times), rows));
-    }
+    let weir_results = run_weir(&tokio, &engine, &queries, runs)?;
+    eprintln!("building columnar copies…");
+    let started = Instant::now();
+    let stats = weir_sql::columnar::BuilderStats::default();
+    weir_sql::columnar::build_missing(&storage, usize::MAX, &stats)?;
+    let (build_time, built) = (started.elapsed(), stats.snapshot());
+    let copied_results = run_weir(&tokio, &engine, &queries, runs)?;
     let weir_peak = proc_status::memory_mib("self", "VmHWM");
 
     let sql: Vec<&str> = queries.iter().map(|q| q.duckdb.as_str()).collect();
@@ -255,6 +287,7 @@ fn main() -> anyhow::Result<()> {
         .args(["-c", DUCKDB_SCRIPT])
         .arg(&ndjson)
         .arg(runs.to_string())
+        .arg(dir.path().join("data/topics/*/*.parquet"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
@@ -267,29 +300,57 @@ fn main() -> anyhow::Result<()> {
     if !out.status.success() {
         bail!("duckdb script failed");
     }
-    let duck: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let duck: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .with_context(|| format!("the duckdb script's answer: {stdout}"))?;
 
     println!(
         "# SQL over {records} JSON log records ({:.0} B each, {:.2} GB), median of {runs}\n",
         bytes as f64 / records as f64,
         bytes as f64 / 1e9
     );
-    println!("| query | Weir | DuckDB (NDJSON) | Weir / DuckDB | Weir answer |");
-    println!("|---|---:|---:|---:|---|");
+    println!(
+        "| query | Weir (log) | Weir (copies) | DuckDB (NDJSON) | DuckDB (Parquet) \
+         | Weir log / DuckDB NDJSON | Weir copies / DuckDB NDJSON | Weir copies / DuckDB Parquet | Weir answer |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     let full_scan = weir_results[1].0.as_secs_f64();
     for (i, q) in queries.iter().enumerate() {
         let (time, rows) = &weir_results[i];
-        let duck_s = duck["queries"][i]["seconds"].as_f64().unwrap_or(f64::NAN);
-        let first_row = rows.lines().nth(1).unwrap_or("").to_string();
+        let (copied, copied_rows) = &copied_results[i];
+        if rows != copied_rows {
+            bail!(
+                "{}: the copies answer {copied_rows:?}, the log {rows:?}",
+                q.name
+            );
+        }
+        let seconds = |source: &str| duck[source][i]["seconds"].as_f64().unwrap_or(f64::NAN);
+        let (ndjson_s, parquet_s) = (seconds("ndjson"), seconds("parquet"));
+        let (log_s, copies_s) = (time.as_secs_f64(), copied.as_secs_f64());
         println!(
-            "| {} | {:.3} s | {:.3} s | {:.2}× | {} |",
+            "| {} | {log_s:.3} s | {copies_s:.3} s | {ndjson_s:.3} s | {parquet_s:.3} s | {:.2}× | {:.2}× | {:.2}× | {} |",
             q.name,
-            time.as_secs_f64(),
-            duck_s,
-            time.as_secs_f64() / duck_s,
-            first_row
+            log_s / ndjson_s,
+            copies_s / ndjson_s,
+            copies_s / parquet_s,
+            rows.lines().nth(1).unwrap_or("")
         );
     }
+    println!(
+        "\ncolumnar copies: {} files, {:.2} GB, built in {:.1} s; the closed segments they copy \
+         hold all but the active segment of each partition; DuckDB reads {} rows from them. \
+         DuckDB's Parquet file: {:.2} GB",
+        built.files,
+        built.bytes as f64 / 1e9,
+        build_time.as_secs_f64(),
+        duck["copies_rows"],
+        duck["parquet_bytes"].as_f64().unwrap_or(f64::NAN) / 1e9
+    );
+    println!(
+        "last-minute query / GROUP BY status full scan, with copies: {:.1} %",
+        copied_results[2].0.as_secs_f64() / copied_results[1].0.as_secs_f64() * 100.0
+    );
     println!(
         "\nlast-minute query / GROUP BY status full scan: {:.1} %",
         weir_results[2].0.as_secs_f64() / full_scan * 100.0
@@ -311,7 +372,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "DuckDB answers: {}",
-        duck["queries"]
+        duck["ndjson"]
             .as_array()
             .map(|q| q
                 .iter()

@@ -476,6 +476,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
         let mut text = state.node.metrics.render(&lags, &pipelines, &bounds);
         crate::metrics::render_delays(&mut text, &state.node.storage.delays().stats());
+        crate::metrics::render_columnar(&mut text, &state.node.columnar.snapshot());
         text
     })
 }

@@ -641,6 +641,54 @@ pub fn render_delays(out: &mut String, stats: &weir_storage::delay::DelayStats) 
     }
 }
 
+/// What the columnar copy builder did and found (`weir_sql::columnar`); the copies' disk is
+/// bounded by the node's free-space low-water mark.
+pub fn render_columnar(out: &mut String, stats: &weir_sql::columnar::BuilderSnapshot) {
+    for (name, kind, help, value) in [
+        (
+            "weir_columnar_builds_total",
+            "counter",
+            "Columnar copies of closed segments written",
+            stats.builds,
+        ),
+        (
+            "weir_columnar_build_failures_total",
+            "counter",
+            "Columnar copies that failed; their segments are read from the log",
+            stats.failures,
+        ),
+        (
+            "weir_columnar_files",
+            "gauge",
+            "Columnar copies on disk",
+            stats.files,
+        ),
+        (
+            "weir_columnar_bytes",
+            "gauge",
+            "Bytes of columnar copies on disk",
+            stats.bytes,
+        ),
+        (
+            "weir_columnar_builds_waiting",
+            "gauge",
+            "Closed segments of columnar topics without a current copy",
+            stats.waiting,
+        ),
+        (
+            "weir_columnar_disk_short",
+            "gauge",
+            "1 while copies wait because free disk space is near its low-water mark",
+            u64::from(stats.disk_short),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}.\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+}
+
 /// Counters and gauges of every pipeline, from its status.
 fn render_pipelines(out: &mut String, pipelines: &[PipelineStatus]) {
     type Series = (

@@ -29,6 +29,8 @@ pub struct NodeContext {
     pub super_users: Arc<[String]>,
     /// Wakes long-polling fetches when a partition they wait on gets new readable records.
     pub appends: Arc<crate::kafka::appends::Appends>,
+    /// What the columnar copy builder did, for `/metrics`.
+    pub columnar: Arc<weir_sql::columnar::BuilderStats>,
 }
 
 /// A group's committed offset on one partition, beside the partition's end.

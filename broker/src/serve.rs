@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -137,6 +138,11 @@ impl Server {
                 shutdown_rx.clone(),
             )),
         ];
+        tasks.push(tokio::spawn(build_columnar_copies(
+            storage.clone(),
+            node.columnar.clone(),
+            shutdown_rx.clone(),
+        )));
         if let Some(listener) = pg_listener {
             tasks.push(tokio::spawn(crate::pg::serve(
                 listener,
@@ -208,6 +214,41 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr)>
     let listener = TcpListener::bind(addr).await.map_err(io(&binding))?;
     let local = listener.local_addr().map_err(io(&binding))?;
     Ok((listener, local))
+}
+
+/// How long the columnar builder rests after a pass that found nothing to build.
+const COLUMNAR_IDLE: Duration = Duration::from_secs(10);
+
+/// Writes columnar copies of closed segments (`weir_sql::columnar`) in the background, one at a
+/// time on the blocking pool, until shutdown; a copy being written is finished first.
+async fn build_columnar_copies(
+    storage: Arc<Storage>,
+    stats: Arc<weir_sql::columnar::BuilderStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (pass, stats) = (storage.clone(), stats.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            weir_storage::reactor::blocking(|| weir_sql::columnar::build_missing(&pass, 1, &stats))
+        })
+        .await;
+        let rest = match built {
+            Ok(Ok(1)) => Duration::ZERO,
+            Ok(Ok(_)) => COLUMNAR_IDLE,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "columnar copy not built; trying again later");
+                COLUMNAR_IDLE
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "columnar builder task failed; trying again later");
+                COLUMNAR_IDLE
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = tokio::time::sleep(rest) => {}
+        }
+    }
 }
 
 /// Opens (and recovers) the data directory and starts its maintenance thread.
@@ -362,5 +403,6 @@ fn node_context(
         limits,
         users: Arc::new(users),
         appends,
+        columnar: Arc::default(),
     })
 }

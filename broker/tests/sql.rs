@@ -1,14 +1,16 @@
 //! SQL against a real node: JSON logs produced with kcat counted and grouped exactly, over HTTP
 //! in every encoding and through `weir sql`; a consumer group's lag in `weir.groups` as it
-//! consumes; errors with their message while the node goes on.
+//! consumes; errors with their message while the node goes on; columnar copies of closed
+//! segments answering as the log does.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
-use common::{Node, create_topic, eventually, have, kafka_call, kcat, started};
+use common::{Node, create_topic, eventually, have, kafka_call, kcat, metric, started};
 use serde_json::{Value, json};
 use weir_broker::cli::Client;
 
@@ -568,4 +570,83 @@ fn the_sql_shell_knows_its_commands_and_names_the_table_meant() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("did you mean weir.topics?"), "{error}");
+}
+
+/// Closed segments of a topic with a value schema get Parquet copies in the background; a query
+/// answers the same from them as from the log, reading them where it can; turning the feature
+/// off removes them, and `/metrics` follows.
+#[test]
+fn columnar_copies_answer_as_the_log_does_and_go_when_turned_off() {
+    let (dir, node, c) = started(&[]);
+    let configs = [
+        "value.format=json",
+        "value.schema=status INT, host TEXT",
+        "segment.bytes=1024",
+        "columnar.enabled=false",
+    ]
+    .map(String::from);
+    weir_broker::cli::topic_create(&c, "logs", 1, &configs).unwrap();
+    for round in 0..30 {
+        let values: Vec<String> = (0..10)
+            .map(|i| {
+                let n = round * 10 + i;
+                match n % 7 {
+                    0 => "(NULL)".to_owned(),
+                    1 => "('not json')".to_owned(),
+                    _ => format!(r#"('{{"status":{},"host":"h{}"}}')"#, 200 + n % 5, n % 3),
+                }
+            })
+            .collect();
+        sql_json(
+            &c,
+            &format!("INSERT INTO logs (value) VALUES {}", values.join(", ")),
+        );
+    }
+    let queries = [
+        r#"SELECT "offset", status, host, value FROM logs ORDER BY "offset""#,
+        "SELECT status, count(*) AS n, max(host) AS h FROM logs GROUP BY status ORDER BY status",
+        r#"SELECT count(*) AS n FROM logs WHERE "offset" BETWEEN 33 AND 251"#,
+    ];
+    let answers = || queries.map(|q| sql_json(&c, q)["rows"].clone());
+    let from_log = answers();
+    assert_eq!(from_log[0].as_array().map(Vec::len), Some(300));
+    let partition = dir.path().join("topics/logs-0");
+    let files = |extension: &str| {
+        std::fs::read_dir(&partition)
+            .unwrap()
+            .filter(|e| {
+                let path = e.as_ref().unwrap().path();
+                path.extension().is_some_and(|x| x == extension)
+            })
+            .count()
+    };
+    let copies = || files("parquet");
+    // Every segment but the active one.
+    let closed = || files("log") - 1;
+    assert_eq!(copies(), 0, "off for this topic");
+    assert!(closed() >= 5, "{} closed segments", closed());
+
+    weir_broker::cli::topic_alter(&c, "logs", &["columnar.enabled=true".into()], &[]).unwrap();
+    eventually(
+        "every closed segment copied",
+        Duration::from_secs(60),
+        || {
+            metric(&node, "weir_columnar_files ") as usize == closed()
+                && metric(&node, "weir_columnar_builds_waiting ") == 0.0
+        },
+    );
+    assert_eq!(copies(), closed());
+    assert!(metric(&node, "weir_columnar_bytes ") > 0.0);
+    assert_eq!(metric(&node, "weir_columnar_build_failures_total "), 0.0);
+    assert_eq!(answers(), from_log);
+    let explained = sql_json(&c, "EXPLAIN ANALYZE SELECT count(status) FROM logs").to_string();
+    assert!(explained.contains("records_from_copies="), "{explained}");
+    assert!(!explained.contains("records_from_copies=0"), "{explained}");
+
+    weir_broker::cli::topic_alter(&c, "logs", &["columnar.enabled=false".into()], &[]).unwrap();
+    eventually(
+        "copies removed when turned off",
+        Duration::from_secs(60),
+        || copies() == 0 && metric(&node, "weir_columnar_files ") == 0.0,
+    );
 }

@@ -21,6 +21,7 @@
 
 pub mod access;
 pub mod catalog;
+pub mod columnar;
 mod create_as;
 pub mod functions;
 pub mod guard;
@@ -68,12 +69,17 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Runtime(#[from] weir_runtime::Error),
+    /// Writing or reading a columnar copy of a segment.
+    #[error("columnar copy: {0}")]
+    Columnar(String),
 }
 
 /// The topic config keys SQL owns, for [`weir_storage::StorageConfig::layer_keys`]:
 /// `value.format` (`none` or `json`) and `value.schema` (typed columns, checked by
 /// [`parse_value_schema`], and only with `value.format=json`: the columns are parsed from JSON
-/// values). Storage keeps them with the topic; the SQL tables read them.
+/// values), and `columnar.enabled` (`true` or `false`: whether closed segments of a topic with a
+/// value schema get columnar copies, [`columnar`]). Storage keeps them with the topic; the SQL
+/// tables read them.
 pub fn topic_config_keys() -> Vec<LayerKey> {
     vec![
         LayerKey {
@@ -97,6 +103,14 @@ pub fn topic_config_keys() -> Vec<LayerKey> {
                 parse_value_schema(value)
                     .map(|_| ())
                     .map_err(|e| e.to_string())
+            },
+        },
+        LayerKey {
+            name: "columnar.enabled",
+            default: "true",
+            check: |value, _| match value {
+                "true" | "false" => Ok(()),
+                _ => Err("expected true or false".into()),
             },
         },
     ]

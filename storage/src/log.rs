@@ -279,6 +279,11 @@ impl Log {
         &self.dir
     }
 
+    /// The log file of the segment at `base` (whether or not it exists).
+    pub fn segment_file(&self, base: u64) -> PathBuf {
+        crate::segment::segment_path(&self.dir, base, crate::segment::LOG_SUFFIX)
+    }
+
     pub fn config(&self) -> LogConfig {
         locks::read(&self.config).clone()
     }

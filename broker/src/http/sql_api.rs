@@ -31,6 +31,11 @@ impl From<weir_sql::Error> for ApiError {
                 status: StatusCode::FORBIDDEN,
                 message,
             },
+            // Scans read around a copy that fails; only the node's own files can fail so.
+            Error::Columnar(message) => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message,
+            },
         }
     }
 }

@@ -13,7 +13,7 @@
 //! `scan` is the plan and its per-partition readers; this module plans.
 
 mod bounds;
-mod columns;
+pub(crate) mod columns;
 mod scan;
 
 use std::sync::Arc;
@@ -45,6 +45,8 @@ pub struct TopicTable {
     topic: String,
     schema: SchemaRef,
     typed: Vec<TypedColumn>,
+    /// The value schema's text: a columnar copy made under another is not read.
+    value_schema: String,
 }
 
 impl TopicTable {
@@ -55,6 +57,7 @@ impl TopicTable {
             topic: meta.name.clone(),
             schema: Arc::new(topic_schema(&typed)),
             typed,
+            value_schema: crate::columnar::value_schema(meta),
         })
     }
 }
@@ -125,6 +128,10 @@ impl TableProvider for TopicTable {
         })
         .await
         .map_err(|e| DataFusionError::External(Box::new(e)))??;
+        let segments = ranges
+            .iter()
+            .map(|(range, bases)| (range.partition, bases.clone()))
+            .collect();
         let ranges = split_at_segments(ranges, state.config().target_partitions());
         let projection: Vec<usize> = match projection {
             Some(p) => p.clone(),
@@ -146,6 +153,8 @@ impl TableProvider for TopicTable {
             projection,
             projected,
             typed: self.typed.clone(),
+            segments: Arc::new(segments),
+            value_schema: self.value_schema.clone(),
             limit,
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),

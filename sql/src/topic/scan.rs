@@ -1,7 +1,7 @@
 //! The plan that reads a topic: [`TopicScan`], one DataFusion partition per range of offsets,
 //! each read by a [`PartitionReader`] on the blocking pool.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -52,6 +52,9 @@ pub struct TopicScan {
     pub(super) projection: Vec<usize>,
     pub(super) projected: SchemaRef,
     pub(super) typed: Vec<TypedColumn>,
+    /// Each partition's segment bases when the scan was planned.
+    pub(super) segments: Arc<BTreeMap<u32, Vec<u64>>>,
+    pub(super) value_schema: String,
     pub(super) limit: Option<usize>,
     pub(super) properties: Arc<PlanProperties>,
     pub(super) metrics: ExecutionPlanMetricsSet,
@@ -129,6 +132,11 @@ impl ExecutionPlan for TopicScan {
                 self.typed.clone(),
             ),
             rows_left: self.limit.unwrap_or(usize::MAX),
+            segments: self.segments.clone(),
+            value_schema: self.value_schema.clone(),
+            projection: self.projection.clone(),
+            projected: self.projected.clone(),
+            copy: None,
             pending: VecDeque::new(),
             read_bytes: READ_BYTES_FIRST,
             counts_only,
@@ -136,6 +144,9 @@ impl ExecutionPlan for TopicScan {
             records_counted: MetricBuilder::new(&self.metrics)
                 .counter("records_counted", partition),
             batches_read: MetricBuilder::new(&self.metrics).counter("reads", partition),
+            records_from_copies: MetricBuilder::new(&self.metrics)
+                .counter("records_from_copies", partition),
+            copies_refused: MetricBuilder::new(&self.metrics).counter("copies_refused", partition),
         };
         let stream = futures::stream::unfold(Some(reader), |reader| async move {
             let mut reader = reader?;
@@ -166,6 +177,12 @@ struct PartitionReader {
     bounds: Bounds,
     rows: RowBuilder,
     rows_left: usize,
+    segments: Arc<BTreeMap<u32, Vec<u64>>>,
+    value_schema: String,
+    projection: Vec<usize>,
+    projected: SchemaRef,
+    /// The columnar copy being read, for the closed segment the range is in.
+    copy: Option<crate::columnar::CopyRows>,
     /// Records decoded by the last read and not yet used: a batch of rows can end inside one.
     pending: VecDeque<Record>,
     read_bytes: u64,
@@ -176,12 +193,19 @@ struct PartitionReader {
     /// Records counted from batch headers, not decoded.
     records_counted: Count,
     batches_read: Count,
+    /// Rows read from columnar copies instead of the log.
+    records_from_copies: Count,
+    /// Columnar copies that did not open, read from the log instead.
+    copies_refused: Count,
 }
 
 impl PartitionReader {
     fn next_batch(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
         if self.counts_only {
             return self.next_count();
+        }
+        if let Some(batch) = self.next_copied()? {
+            return Ok(Some(batch));
         }
         let Some(range) = self.range.as_mut() else {
             return Ok(None);
@@ -236,6 +260,68 @@ impl PartitionReader {
             self.range = None;
         }
         self.rows.build(partition, &rows).map(Some)
+    }
+
+    /// The next rows from a columnar copy, when the range's next offsets lie in a closed
+    /// segment that has a current one and the query bounds nothing but offsets and partitions
+    /// (which the range already applies); `None` to read the log.
+    fn next_copied(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let Some(range) = self.range.as_mut() else {
+            return Ok(None);
+        };
+        if self.bounds.timestamp_ms != (i64::MIN, i64::MAX) || !self.pending.is_empty() {
+            return Ok(None);
+        }
+        loop {
+            if let Some(copy) = self.copy.as_mut() {
+                if let Some(batch) = copy.next_batch().map_err(external)? {
+                    let batch = batch.slice(0, batch.num_rows().min(self.rows_left));
+                    self.rows_left -= batch.num_rows();
+                    self.records_from_copies.add(batch.num_rows());
+                    if self.rows_left == 0 {
+                        self.range = None;
+                    }
+                    return Ok(Some(batch));
+                }
+                range.start = copy.stop;
+                self.copy = None;
+            }
+            if range.start >= range.end {
+                return Ok(None);
+            }
+            let bases = self
+                .segments
+                .get(&range.partition)
+                .map_or(&[][..], Vec::as_slice);
+            let at = bases.partition_point(|b| *b <= range.start);
+            let (Some(&base), Some(&end)) =
+                (at.checked_sub(1).and_then(|i| bases.get(i)), bases.get(at))
+            else {
+                return Ok(None);
+            };
+            let log = self
+                .storage
+                .log(&self.topic, range.partition)
+                .map_err(external)?;
+            let copy = crate::columnar::open_rows(
+                &log,
+                (base, end),
+                (range.start, range.end.min(end)),
+                &self.value_schema,
+                &self.projection,
+                &self.projected,
+                BATCH_ROWS,
+            );
+            match copy {
+                Ok(Some(copy)) => self.copy = Some(copy),
+                Ok(None) => return Ok(None),
+                // A copy that does not open is read around: the log holds the same rows.
+                Err(_) => {
+                    self.copies_refused.add(1);
+                    return Ok(None);
+                }
+            }
+        }
     }
 
     /// Rows with no columns, as many as the range holds records, counted from batch headers.
