@@ -41,6 +41,8 @@ struct Query {
 
 fn queries(last_minute_ms: i64) -> Vec<Query> {
     let since = format!("to_timestamp_millis({last_minute_ms})");
+    let last_30_ms = last_minute_ms + 60_000 - 30 * 60_000;
+    let since_30 = format!("to_timestamp_millis({last_30_ms})");
     vec![
         Query {
             name: "count(*)",
@@ -63,6 +65,15 @@ fn queries(last_minute_ms: i64) -> Vec<Query> {
                 .into(),
             duckdb: "SELECT host, sum(bytes) AS b FROM logs GROUP BY host ORDER BY b DESC LIMIT 5"
                 .into(),
+        },
+        Query {
+            name: "last 30 minutes by status (30 %)",
+            weir: format!(
+                r#"SELECT status, count(*) FROM logs WHERE "timestamp" > {since_30} GROUP BY status ORDER BY status"#
+            ),
+            duckdb: format!(
+                "SELECT status, count(*) FROM logs WHERE ts > {last_30_ms} GROUP BY status ORDER BY status"
+            ),
         },
     ]
 }

@@ -263,13 +263,13 @@ impl PartitionReader {
     }
 
     /// The next rows from a columnar copy, when the range's next offsets lie in a closed
-    /// segment that has a current one and the query bounds nothing but offsets and partitions
-    /// (which the range already applies); `None` to read the log.
+    /// segment that has a current one (the range applies the partition and offset bounds, the
+    /// copy's reader the timestamp bounds); `None` to read the log.
     fn next_copied(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
         let Some(range) = self.range.as_mut() else {
             return Ok(None);
         };
-        if self.bounds.timestamp_ms != (i64::MIN, i64::MAX) || !self.pending.is_empty() {
+        if !self.pending.is_empty() {
             return Ok(None);
         }
         loop {
@@ -307,9 +307,9 @@ impl PartitionReader {
                 &log,
                 (base, end),
                 (range.start, range.end.min(end)),
+                self.bounds.timestamp_ms,
                 &self.value_schema,
-                &self.projection,
-                &self.projected,
+                (&self.projection, &self.projected),
                 BATCH_ROWS,
             );
             match copy {
