@@ -652,23 +652,20 @@ mod tests {
             "the active one"
         );
         assert_eq!(answers(&engine).await, from_log);
-        let explained = engine
-            .sql("EXPLAIN ANALYZE SELECT count(status) FROM logs")
-            .await
-            .unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&explained.batches)
-            .unwrap()
-            .to_string();
+        let explain = async |query: &str| {
+            let explained = engine
+                .sql(&format!("EXPLAIN ANALYZE {query}"))
+                .await
+                .unwrap();
+            datafusion::arrow::util::pretty::pretty_format_batches(&explained.batches)
+                .unwrap()
+                .to_string()
+        };
+        let text = explain("SELECT count(status) FROM logs").await;
         assert!(text.contains("records_from_copies="), "{text}");
         assert!(!text.contains("records_from_copies=0"), "{text}");
         // A time bound reads the copies' rows within it.
-        let explained = engine
-            .sql("EXPLAIN ANALYZE SELECT count(status) FROM logs WHERE timestamp BETWEEN to_timestamp_millis(1040) AND to_timestamp_millis(1059)")
-            .await
-            .unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&explained.batches)
-            .unwrap()
-            .to_string();
+        let text = explain("SELECT count(status) FROM logs WHERE timestamp BETWEEN to_timestamp_millis(1040) AND to_timestamp_millis(1059)").await;
         assert!(text.contains("records_from_copies=20,"), "{text}");
         // Copies that hold another segment are read around, not trusted, and built again.
         let first = copy_path(log.dir(), bases[0]);
