@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{FileMetaData, KeyValue};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use weir_storage::{Storage, TopicMeta, locks};
@@ -181,17 +181,21 @@ pub(crate) fn open_rows(
     use parquet::arrow::arrow_reader::{
         ArrowPredicateFn, ParquetRecordBatchReaderBuilder, RowFilter, RowSelection, RowSelector,
     };
+    if start < base || stop > end || start >= stop {
+        return Ok(None);
+    }
     let path = copy_path(log.dir(), base);
-    if !path.exists() || !is_current(log, &path, (base, end), value_schema) {
-        return Ok(None);
-    }
-    // One row per offset: a compacted segment has gaps and is read from the log.
-    let current = read_info(&path)?.records == end - base;
-    if !current || start < base || stop > end || start >= stop {
-        return Ok(None);
-    }
-    let file = File::open(&path).map_err(|e| io_error(&path, e))?;
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&path, e)),
+    };
     let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+    let info = info_of(builder.metadata().file_metadata(), &path)?;
+    // One row per offset: a compacted segment has gaps and is read from the log.
+    if !copies(&info, log, (base, end), value_schema) || info.records != end - base {
+        return Ok(None);
+    }
     let mut sorted = projection.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
@@ -323,18 +327,25 @@ pub fn enabled(meta: &TopicMeta) -> bool {
 fn is_current(
     log: &weir_storage::Log,
     path: &Path,
+    segment: (u64, u64),
+    value_schema: &str,
+) -> bool {
+    read_info(path).is_ok_and(|info| copies(&info, log, segment, value_schema))
+}
+
+/// Whether `info` describes a copy of the segment `[base, end)` of `log` as it is now, under
+/// `value_schema`.
+fn copies(
+    info: &CopyInfo,
+    log: &weir_storage::Log,
     (base, end): (u64, u64),
     value_schema: &str,
 ) -> bool {
     let segment_bytes = std::fs::metadata(log.segment_file(base)).map(|m| m.len());
-    read_info(path).is_ok_and(|info| {
-        info.base == base
-            && info.end == end
-            && segment_bytes
-                .as_ref()
-                .is_ok_and(|bytes| *bytes == info.segment_bytes)
-            && info.value_schema == value_schema
-    })
+    info.base == base
+        && info.end == end
+        && segment_bytes.is_ok_and(|bytes| bytes == info.segment_bytes)
+        && info.value_schema == value_schema
 }
 
 /// What the builder did and found, for the node's metrics: copies written and failed since
@@ -349,7 +360,8 @@ pub struct BuilderStats {
     waiting: AtomicU64,
     disk_short: AtomicBool,
     /// Segments whose copy failed, by topic, partition, base and size: read from the log and
-    /// not tried again until the segment changes or the node restarts.
+    /// not tried again until the segment changes or the node restarts; forgotten once the
+    /// segment is gone.
     failed: Mutex<HashSet<(String, u32, u64, u64)>>,
 }
 
@@ -390,6 +402,8 @@ pub fn build_missing(
 ) -> Result<usize, Error> {
     let (mut built, mut files, mut bytes, mut waiting) = (0, 0, 0, 0);
     let mut disk_short = false;
+    // Failed segments still there, so the list forgets the ones that are gone.
+    let mut looked = HashSet::new();
     for meta in storage.list_topics()? {
         let wanted = enabled(&meta);
         let schema = value_schema(&meta);
@@ -412,6 +426,7 @@ pub fn build_missing(
                     std::fs::metadata(log.segment_file(base)).map_or(0, |m| m.len());
                 let key = (meta.name.clone(), partition, base, segment_bytes);
                 if locks::lock(&stats.failed).contains(&key) {
+                    looked.insert(key);
                     continue;
                 }
                 let space = storage.space();
@@ -434,6 +449,7 @@ pub fn build_missing(
                     Err(error) => {
                         tracing::warn!(topic = %meta.name, partition, base, %error, "columnar copy failed; the segment is read from the log");
                         stats.failures.fetch_add(1, Ordering::Relaxed);
+                        looked.insert(key.clone());
                         locks::lock(&stats.failed).insert(key);
                     }
                 }
@@ -449,6 +465,7 @@ pub fn build_missing(
             tracing::info!("columnar copies resume: free disk space is back");
         }
     }
+    locks::lock(&stats.failed).retain(|key| looked.contains(key));
     stats.files.store(files, Ordering::Relaxed);
     stats.bytes.store(bytes, Ordering::Relaxed);
     stats.waiting.store(waiting, Ordering::Relaxed);
@@ -494,7 +511,11 @@ fn remove_orphans(log: &weir_storage::Log, bases: &[u64]) -> Result<Vec<(u64, u6
 pub fn read_info(path: &Path) -> Result<CopyInfo, Error> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(parquet_error)?;
-    let metadata = reader.metadata().file_metadata();
+    info_of(reader.metadata().file_metadata(), path)
+}
+
+/// What a copy's metadata says it holds.
+fn info_of(metadata: &FileMetaData, path: &Path) -> Result<CopyInfo, Error> {
     let value = |key: &str| {
         metadata
             .key_value_metadata()
@@ -673,7 +694,10 @@ mod tests {
             std::fs::copy(&first, copy_path(log.dir(), *base)).unwrap();
         }
         std::fs::write(log.dir().join("00000000000000000001.parquet.tmp"), b"cut").unwrap();
+        std::fs::write(copy_path(log.dir(), bases[1]), b"PAR1 torn").unwrap();
         assert_eq!(answers(&engine).await, from_log);
+        let text = explain("SELECT count(status) FROM logs").await;
+        assert!(text.contains("copies_refused=1,"), "{text}");
         assert_eq!(
             build_missing(&storage, 2, &stats).unwrap(),
             2,

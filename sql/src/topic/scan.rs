@@ -137,6 +137,12 @@ impl ExecutionPlan for TopicScan {
             projection: self.projection.clone(),
             projected: self.projected.clone(),
             copy: None,
+            // A topic without a value schema has no copies.
+            no_copy_before: if self.value_schema.is_empty() {
+                u64::MAX
+            } else {
+                0
+            },
             pending: VecDeque::new(),
             read_bytes: READ_BYTES_FIRST,
             counts_only,
@@ -183,6 +189,8 @@ struct PartitionReader {
     projected: SchemaRef,
     /// The columnar copy being read, for the closed segment the range is in.
     copy: Option<crate::columnar::CopyRows>,
+    /// The offsets below this one are read from the log: their segment has no copy to read.
+    no_copy_before: u64,
     /// Records decoded by the last read and not yet used: a batch of rows can end inside one.
     pending: VecDeque<Record>,
     read_bytes: u64,
@@ -269,7 +277,7 @@ impl PartitionReader {
         let Some(range) = self.range.as_mut() else {
             return Ok(None);
         };
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() || range.start < self.no_copy_before {
             return Ok(None);
         }
         loop {
@@ -297,6 +305,8 @@ impl PartitionReader {
             let (Some(&base), Some(&end)) =
                 (at.checked_sub(1).and_then(|i| bases.get(i)), bases.get(at))
             else {
+                // The segment that was active when the scan was planned: never copied.
+                self.no_copy_before = u64::MAX;
                 return Ok(None);
             };
             let log = self
@@ -314,10 +324,14 @@ impl PartitionReader {
             );
             match copy {
                 Ok(Some(copy)) => self.copy = Some(copy),
-                Ok(None) => return Ok(None),
+                Ok(None) => {
+                    self.no_copy_before = end;
+                    return Ok(None);
+                }
                 // A copy that does not open is read around: the log holds the same rows.
                 Err(_) => {
                     self.copies_refused.add(1);
+                    self.no_copy_before = end;
                     return Ok(None);
                 }
             }
