@@ -33,8 +33,10 @@ use crate::node::NodeContext;
 use crate::tls::{Handshakes, Listener};
 
 mod acls_api;
+mod console;
 mod groups_api;
 mod ingest;
+mod node_api;
 pub mod otlp;
 pub mod remote_write;
 mod runtime_api;
@@ -196,6 +198,7 @@ pub async fn serve(
         )
         .merge(otlp::routes())
         .merge(groups_api::routes())
+        .merge(node_api::routes())
         .merge(sql_api::routes())
         .merge(runtime_api::pipeline_routes())
         .merge(admin)
@@ -215,6 +218,7 @@ pub async fn serve(
         )
         .nest("/v1", v1)
         .nest("/api/v1", remote_write_api)
+        .merge(console::routes())
         .with_state(state);
     let stop = async move {
         let _ = shutdown.changed().await;
@@ -498,14 +502,27 @@ struct TopicSummary {
     name: String,
     partitions: u32,
     configs: BTreeMap<String, String>,
+    /// Bytes of the topic's segments.
+    size_bytes: u64,
+    /// Offsets between each partition's start and end, summed: the records held, less any
+    /// compaction removed.
+    records: u64,
 }
 
-impl From<TopicMeta> for TopicSummary {
-    fn from(t: TopicMeta) -> Self {
+impl TopicSummary {
+    fn of(storage: &Storage, t: TopicMeta) -> TopicSummary {
+        let (mut size_bytes, mut records) = (0, 0);
+        // A partition offline since recovery has no log to weigh.
+        for log in (0..t.partitions).filter_map(|p| storage.log(&t.name, p).ok()) {
+            size_bytes += log.size_bytes();
+            records += log.high_watermark() - log.log_start_offset();
+        }
         TopicSummary {
             name: t.name,
             partitions: t.partitions,
             configs: t.configs,
+            size_bytes,
+            records,
         }
     }
 }
@@ -514,14 +531,18 @@ async fn list_topics(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<TopicSummary>>> {
-    let topics = state.node.storage.list_topics()?;
-    Ok(Json(
-        topics
-            .into_iter()
-            .filter(|t| caller.may(Operation::Describe, ResourceType::Topic, &t.name))
-            .map(TopicSummary::from)
-            .collect(),
-    ))
+    let storage = state.node.storage.clone();
+    blocking(move || {
+        Ok(Json(
+            storage
+                .list_topics()?
+                .into_iter()
+                .filter(|t| caller.may(Operation::Describe, ResourceType::Topic, &t.name))
+                .map(|t| TopicSummary::of(&storage, t))
+                .collect(),
+        ))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -544,10 +565,12 @@ async fn create_topic(
 ) -> ApiResult<(StatusCode, Json<TopicSummary>)> {
     caller.check_create_topic(&body.name)?;
     let storage = state.node.storage.clone();
-    let meta =
-        blocking(move || Ok(storage.create_topic(&body.name, body.partitions, body.configs)?))
-            .await?;
-    Ok((StatusCode::CREATED, Json(meta.into())))
+    let topic = blocking(move || {
+        let meta = storage.create_topic(&body.name, body.partitions, body.configs)?;
+        Ok(TopicSummary::of(&storage, meta))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(topic)))
 }
 
 #[derive(Serialize)]
@@ -867,6 +890,8 @@ struct ConsumeQuery {
     offset: Option<u64>,
     /// Start at the first record at or after this time (epoch ms or RFC 3339) instead.
     timestamp: Option<String>,
+    /// Page backwards instead: the records just before this offset.
+    before: Option<u64>,
     limit: Option<usize>,
 }
 
@@ -906,23 +931,31 @@ async fn consume(
         .as_deref()
         .map(|text| time_param("timestamp", text))
         .transpose()?;
-    if q.offset.is_some() && time.is_some() {
-        return Err(ApiError::bad_request("give offset or timestamp, not both"));
+    let starts = [q.offset.is_some(), time.is_some(), q.before.is_some()];
+    if starts.into_iter().filter(|&given| given).count() > 1 {
+        return Err(ApiError::bad_request(
+            "give one of offset, timestamp and before, not several",
+        ));
     }
     let node = state.node.clone();
     blocking(move || {
         let log = node.storage.log(&name, q.partition)?;
         let high_watermark = log.high_watermark();
-        let mut offset = match (q.offset, time) {
-            (Some(offset), _) => offset,
-            (None, Some(t)) => log
+        let log_start_offset = log.log_start_offset();
+        // Paging backwards reads forwards from `limit` offsets back and keeps the last
+        // `limit` records before `before` (fewer where compaction left gaps).
+        let stop = q.before.map_or(high_watermark, |b| b.min(high_watermark));
+        let mut offset = match (q.offset, time, q.before) {
+            (Some(offset), _, _) => offset,
+            (_, Some(t), _) => log
                 .offset_for_timestamp(t)?
                 .map_or(high_watermark, |(offset, _)| offset),
-            (None, None) => log.log_start_offset(),
+            (_, _, Some(_)) => stop.saturating_sub(limit as u64).max(log_start_offset),
+            (None, None, None) => log_start_offset,
         };
         let mut records = Vec::new();
         let mut bytes_read = 0u64;
-        while records.len() < limit && offset < high_watermark {
+        while records.len() < limit && offset < stop {
             let batch = log.read_records(offset, 1 << 20)?;
             let Some(last) = batch.last() else {
                 // A gap left by compaction.
@@ -930,7 +963,12 @@ async fn consume(
                 continue;
             };
             offset = last.offset as u64 + 1;
-            for r in batch.into_iter().take(limit - records.len()) {
+            let room = limit - records.len();
+            for r in batch
+                .into_iter()
+                .filter(|r| (r.offset as u64) < stop)
+                .take(room)
+            {
                 bytes_read += r.value.as_ref().map_or(0, |v| v.len() as u64);
                 let mut out = serde_json::Map::new();
                 out.insert("partition".into(), q.partition.into());
@@ -959,6 +997,7 @@ async fn consume(
             "records": records,
             "next_offset": offset,
             "high_watermark": high_watermark,
+            "log_start_offset": log_start_offset,
         })))
     })
     .await

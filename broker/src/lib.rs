@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod follow;
+pub mod history;
 pub mod http;
 pub mod kafka;
 pub mod limits;

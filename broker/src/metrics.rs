@@ -23,6 +23,15 @@ struct TopicCounters {
     records_out: u64,
 }
 
+/// What the node's topics took in and gave out since it started (topics since deleted left out).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    pub bytes_in: u64,
+    pub records_in: u64,
+    pub bytes_out: u64,
+    pub records_out: u64,
+}
+
 #[derive(Debug, Default, Clone)]
 struct Histogram {
     /// Counts per bucket (not cumulative), plus the overflow bucket at the end.
@@ -239,6 +248,18 @@ impl Metrics {
     /// a counter that resets).
     pub fn retain_topics(&self, existing: &std::collections::HashSet<String>) {
         locks::lock(&self.topics).retain(|name, _| existing.contains(name));
+    }
+
+    /// The counters of every topic added up.
+    pub fn totals(&self) -> Totals {
+        locks::lock(&self.topics)
+            .values()
+            .fold(Totals::default(), |sum, c| Totals {
+                bytes_in: sum.bytes_in + c.bytes_in,
+                records_in: sum.records_in + c.records_in,
+                bytes_out: sum.bytes_out + c.bytes_out,
+                records_out: sum.records_out + c.records_out,
+            })
     }
 
     pub fn consumed(&self, topic: &str, bytes: u64, records: u64) {

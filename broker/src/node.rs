@@ -31,6 +31,8 @@ pub struct NodeContext {
     pub appends: Arc<crate::kafka::appends::Appends>,
     /// What the columnar copy builder did, for `/metrics`.
     pub columnar: Arc<weir_sql::columnar::BuilderStats>,
+    /// Rates and lag over the last minutes, and the time since the node started.
+    pub history: Arc<crate::history::History>,
 }
 
 /// A group's committed offset on one partition, beside the partition's end.

@@ -138,6 +138,10 @@ impl Server {
                 shutdown_rx.clone(),
             )),
         ];
+        tasks.push(tokio::spawn(take_samples(
+            node.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(build_columnar_copies(
             storage.clone(),
             node.columnar.clone(),
@@ -214,6 +218,39 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr)>
     let listener = TcpListener::bind(addr).await.map_err(io(&binding))?;
     let local = listener.local_addr().map_err(io(&binding))?;
     Ok((listener, local))
+}
+
+/// Samples the node's rates and lags into its history every
+/// [`crate::history::SAMPLE_INTERVAL`] until shutdown.
+async fn take_samples(node: NodeContext, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(crate::history::SAMPLE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticks.tick() => {}
+        }
+        let node = node.clone();
+        // Lags read the metadata store: off the reactor.
+        let sampled = tokio::task::spawn_blocking(move || {
+            weir_storage::reactor::blocking(|| {
+                let lags = node.group_lags();
+                let time_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                node.history.sample(
+                    std::time::Instant::now(),
+                    time_ms,
+                    node.metrics.totals(),
+                    &lags,
+                );
+            })
+        })
+        .await;
+        if let Err(e) = sampled {
+            tracing::warn!(error = %e, "history sample failed");
+        }
+    }
 }
 
 /// How long the columnar builder rests after a pass that found nothing to build.
@@ -404,5 +441,6 @@ fn node_context(
         users: Arc::new(users),
         appends,
         columnar: Arc::default(),
+        history: Arc::default(),
     })
 }

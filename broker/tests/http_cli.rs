@@ -6,6 +6,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::{Node, run_with_input, started};
 use serde_json::{Value, json};
@@ -919,7 +920,7 @@ fn cli_describes_deletes_and_resets_idle_groups() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        common::eventually("kcat joins g", std::time::Duration::from_secs(30), || {
+        common::eventually("kcat joins g", Duration::from_secs(30), || {
             run_ok(&node, &["groups", "describe", "g", "--json"], "").contains("member_id\": \"")
         });
         for args in [
@@ -947,12 +948,202 @@ fn cli_describes_deletes_and_resets_idle_groups() {
         assert!(killed.success());
         member.wait().unwrap();
     }
-    common::eventually(
-        "g has no members",
-        std::time::Duration::from_secs(60),
-        || weir(&node, &["groups", "delete", "g"], "").0,
-    );
+    common::eventually("g has no members", Duration::from_secs(60), || {
+        weir(&node, &["groups", "delete", "g"], "").0
+    });
     let (ok, _, err) = weir(&node, &["groups", "describe", "g"], "");
     assert!(!ok && err.contains("does not exist"), "{err}");
+    node.stop();
+}
+
+/// The `offset` of each record of a records page.
+fn page_offsets(page: &Value) -> Vec<i64> {
+    page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn records_page_backwards_from_an_offset() {
+    let (_dir, node, _) = started(&[]);
+    let url = node.url();
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        None,
+        Some(json!({"name": "paged"})),
+    );
+    assert_eq!(status, 201);
+    // Three produce requests make three batches, so pages start inside a batch.
+    for chunk in 0..3 {
+        let records: Vec<Value> = (0..83)
+            .map(|i| json!({"value": format!("r{}", chunk * 83 + i)}))
+            .collect();
+        let (status, placed) = call(
+            "POST",
+            &format!("{url}/v1/topics/paged/records"),
+            None,
+            Some(json!({ "records": records })),
+        );
+        assert_eq!(status, 200, "{placed}");
+    }
+    let page = |query: &str| {
+        let (status, page) = call(
+            "GET",
+            &format!("{url}/v1/topics/paged/records?limit=100&{query}"),
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "{query}: {page}");
+        page
+    };
+    let newest = page(&format!("before={}", u64::MAX));
+    assert_eq!(page_offsets(&newest), (149..249).collect::<Vec<_>>());
+    assert_eq!(newest["next_offset"], 249);
+    assert_eq!(newest["high_watermark"], 249);
+    assert_eq!(newest["log_start_offset"], 0);
+    assert_eq!(newest["records"][0]["value"], "r149");
+    let older = page("before=149");
+    assert_eq!(page_offsets(&older), (49..149).collect::<Vec<_>>());
+    let oldest = page("before=49");
+    assert_eq!(page_offsets(&oldest), (0..49).collect::<Vec<_>>());
+    assert!(page_offsets(&page("before=0")).is_empty());
+    // Forwards again from where a page ended.
+    let forwards = page(&format!("offset={}", oldest["next_offset"]));
+    assert_eq!(page_offsets(&forwards), (49..149).collect::<Vec<_>>());
+    let (status, both) = call(
+        "GET",
+        &format!("{url}/v1/topics/paged/records?offset=3&before=9"),
+        None,
+        None,
+    );
+    assert_eq!(status, 400);
+    assert!(both["error"].as_str().unwrap().contains("before"), "{both}");
+    node.stop();
+}
+
+#[test]
+fn the_node_endpoint_counts_what_the_node_holds_and_its_history_the_rates() {
+    let (_dir, node, _) = started(&[]);
+    let url = node.url();
+    let placed = post_events(&url);
+    assert_eq!(placed.len(), 10);
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        None,
+        Some(json!({"name": "empty", "partitions": 3})),
+    );
+    assert_eq!(status, 201);
+    let (status, topics) = call("GET", &format!("{url}/v1/topics"), None, None);
+    assert_eq!(status, 200);
+    let events = topics
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "events")
+        .unwrap();
+    assert_eq!(events["records"], 10);
+    let events_bytes = events["size_bytes"].as_u64().unwrap();
+    assert!(events_bytes > 10 * "event 0".len() as u64, "{events}");
+
+    let (status, summary) = call("GET", &format!("{url}/v1/node"), None, None);
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(summary["topics"], 2);
+    assert_eq!(summary["partitions"], 5);
+    assert_eq!(summary["offline_partitions"], 0);
+    assert_eq!(summary["size_bytes"].as_u64().unwrap(), events_bytes);
+    assert_eq!(summary["totals"]["records_in"], 10);
+    assert!(summary["connections"]["http"].as_i64().unwrap() >= 1);
+    assert_eq!(summary["connections"]["kafka"], 0);
+    assert!(summary["disk_free_bytes"].as_u64().unwrap() > 0);
+
+    // A sample every 5 s: the ten records show as a rate in one of the first samples, and
+    // the rates over the samples add up to them.
+    let history = || call("GET", &format!("{url}/v1/node/history"), None, None).1;
+    let mut last = Value::Null;
+    common::eventually(
+        "a sample with the produced records",
+        Duration::from_secs(20),
+        || {
+            last = history();
+            last["samples"].as_array().unwrap().len() >= 2
+        },
+    );
+    assert_eq!(last["interval_seconds"], 5);
+    assert_eq!(last["samples_max"], 180);
+    let samples = last["samples"].as_array().unwrap();
+    let produced: f64 = samples
+        .iter()
+        .map(|s| s["produced_records_per_s"].as_f64().unwrap() * 5.0)
+        .sum();
+    assert!(
+        (8.5..=11.5).contains(&produced),
+        "{produced} records in {last}"
+    );
+    assert!(samples[0]["time_ms"].as_i64().unwrap() < samples[1]["time_ms"].as_i64().unwrap());
+    node.stop();
+}
+
+/// (status, content type, content security policy, body) of a GET.
+fn get_file(url: &str) -> (u16, String, String, String) {
+    let mut response = agent().get(url).call().unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (content_type, policy) = (header("content-type"), header("content-security-policy"));
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap();
+    (status, content_type, policy, body)
+}
+
+#[test]
+fn the_console_is_served_from_the_binary_without_a_token_and_the_api_still_asks_for_one() {
+    let (_dir, node, _) = started(&["--admin-token", "s3cret"]);
+    let url = node.url();
+    let (status, content_type, policy, page) = get_file(&format!("{url}/ui"));
+    assert_eq!(status, 200, "/ui leads to the console page");
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(policy.contains("default-src 'self'"), "{policy}");
+    assert!(page.contains(r#"src="app.js""#), "{page}");
+    // Every file the page names is served, with its type.
+    for (file, kind) in [
+        ("app.js", "text/javascript"),
+        ("style.css", "text/css"),
+        ("vendor/uplot/uPlot.iife.min.js", "text/javascript"),
+        ("vendor/uplot/uPlot.min.css", "text/css"),
+        ("vendor/uplot/LICENSE", "text/plain"),
+    ] {
+        assert!(
+            file.starts_with("vendor/uplot/LICENSE") || page.contains(file),
+            "{file} is not on the page"
+        );
+        let (status, content_type, _, body) = get_file(&format!("{url}/ui/{file}"));
+        assert_eq!(status, 200, "{file}");
+        assert!(content_type.starts_with(kind), "{file}: {content_type}");
+        assert!(!body.is_empty(), "{file}");
+    }
+    assert_eq!(get_file(&format!("{url}/ui/../Cargo.toml")).0, 404);
+    assert_eq!(get_file(&format!("{url}/ui/secrets.js")).0, 404);
+    // The data stays behind the token.
+    assert_eq!(call("GET", &format!("{url}/v1/node"), None, None).0, 401);
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{url}/v1/node/history"),
+            Some("s3cret"),
+            None
+        )
+        .0,
+        200
+    );
     node.stop();
 }

@@ -1,0 +1,103 @@
+//! `/v1/node`: what this node is and holds now, and `/v1/node/history`: its rates and
+//! consumer group lags over the last minutes ([`crate::history`]). Both describe the whole node,
+//! so a SASL user needs `describe` on the cluster.
+
+use axum::extract::{Extension, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::{ApiResult, AppState, blocking};
+use crate::acl::{CLUSTER_NAME, Caller, Operation, ResourceType};
+use crate::history::{SAMPLE_INTERVAL, SAMPLES_MAX, Sample};
+use crate::metrics::{Protocol, Totals};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/node", get(describe_node))
+        .route("/node/history", get(node_history))
+}
+
+#[derive(Serialize)]
+struct Connections {
+    kafka: i64,
+    http: i64,
+    postgres: i64,
+}
+
+#[derive(Serialize)]
+struct NodeSummary {
+    version: &'static str,
+    uptime_seconds: u64,
+    topics: usize,
+    partitions: u64,
+    offline_partitions: usize,
+    /// Bytes of every partition's segments.
+    size_bytes: u64,
+    disk_free_bytes: u64,
+    connections: Connections,
+    /// Bytes and records taken in and given out since the node started.
+    totals: Totals,
+    pipelines: usize,
+    groups: usize,
+}
+
+async fn describe_node(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<NodeSummary>> {
+    caller.check(Operation::Describe, ResourceType::Cluster, CLUSTER_NAME)?;
+    let node = state.node.clone();
+    blocking(move || {
+        let topics = node.storage.list_topics()?;
+        let mut partitions = 0u64;
+        let mut size_bytes = 0u64;
+        for topic in &topics {
+            for p in 0..topic.partitions {
+                partitions += 1;
+                // A partition offline since recovery has no log to weigh.
+                if let Ok(log) = node.storage.log(&topic.name, p) {
+                    size_bytes += log.size_bytes();
+                }
+            }
+        }
+        let metrics = &node.metrics;
+        Ok(Json(NodeSummary {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: node.history.uptime().as_secs(),
+            topics: topics.len(),
+            partitions,
+            offline_partitions: node.storage.offline_partitions().len(),
+            size_bytes,
+            disk_free_bytes: node.storage.space().free_bytes(),
+            connections: Connections {
+                kafka: metrics.connections(Protocol::Kafka),
+                http: metrics.connections(Protocol::Http),
+                postgres: metrics.connections(Protocol::Postgres),
+            },
+            totals: metrics.totals(),
+            pipelines: node.runtime.pipelines().list().map_or(0, |p| p.len()),
+            groups: node.groups.list()?.len(),
+        }))
+    })
+    .await
+}
+
+#[derive(Serialize)]
+struct NodeHistory {
+    interval_seconds: u64,
+    samples_max: usize,
+    samples: Vec<Sample>,
+}
+
+async fn node_history(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<NodeHistory>> {
+    caller.check(Operation::Describe, ResourceType::Cluster, CLUSTER_NAME)?;
+    Ok(Json(NodeHistory {
+        interval_seconds: SAMPLE_INTERVAL.as_secs(),
+        samples_max: SAMPLES_MAX,
+        samples: state.node.history.samples(),
+    }))
+}
