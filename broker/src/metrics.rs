@@ -15,21 +15,24 @@ const LATENCY_BUCKETS_S: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Debug, Default, Clone, Copy)]
-struct TopicCounters {
-    bytes_in: u64,
-    records_in: u64,
-    bytes_out: u64,
-    records_out: u64,
-}
-
-/// What the node's topics took in and gave out since it started (topics since deleted left out).
+/// What a topic (or the node's topics together) took in and gave out since the node started.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Totals {
     pub bytes_in: u64,
     pub records_in: u64,
     pub bytes_out: u64,
     pub records_out: u64,
+}
+
+impl Totals {
+    pub fn plus(self, other: &Totals) -> Totals {
+        Totals {
+            bytes_in: self.bytes_in + other.bytes_in,
+            records_in: self.records_in + other.records_in,
+            bytes_out: self.bytes_out + other.bytes_out,
+            records_out: self.records_out + other.records_out,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -50,7 +53,7 @@ pub struct GroupLag {
 
 #[derive(Default)]
 pub struct Metrics {
-    topics: Mutex<HashMap<String, TopicCounters>>,
+    topics: Mutex<HashMap<String, Totals>>,
     requests: Mutex<BTreeMap<String, Histogram>>,
     connections: Mutex<BTreeMap<u64, ConnectionInfo>>,
     next_connection: AtomicU64,
@@ -228,7 +231,7 @@ fn label(value: &str) -> String {
 
 impl Metrics {
     /// Updates a topic's counters; the name is copied only the first time it is seen.
-    fn update(&self, topic: &str, f: impl FnOnce(&mut TopicCounters)) {
+    fn update(&self, topic: &str, f: impl FnOnce(&mut Totals)) {
         let mut topics = locks::lock(&self.topics);
         match topics.get_mut(topic) {
             Some(c) => f(c),
@@ -250,16 +253,16 @@ impl Metrics {
         locks::lock(&self.topics).retain(|name, _| existing.contains(name));
     }
 
+    /// Every topic's counters (topics deleted since left out).
+    pub fn topic_totals(&self) -> HashMap<String, Totals> {
+        locks::lock(&self.topics).clone()
+    }
+
     /// The counters of every topic added up.
     pub fn totals(&self) -> Totals {
         locks::lock(&self.topics)
             .values()
-            .fold(Totals::default(), |sum, c| Totals {
-                bytes_in: sum.bytes_in + c.bytes_in,
-                records_in: sum.records_in + c.records_in,
-                bytes_out: sum.bytes_out + c.bytes_out,
-                records_out: sum.records_out + c.records_out,
-            })
+            .fold(Totals::default(), |sum, c| sum.plus(c))
     }
 
     pub fn consumed(&self, topic: &str, bytes: u64, records: u64) {
@@ -533,11 +536,11 @@ impl Metrics {
 
     /// Bytes and records in and out, per topic.
     fn render_topic_counters(&self, out: &mut String) {
-        let topics: BTreeMap<String, TopicCounters> = locks::lock(&self.topics)
+        let topics: BTreeMap<String, Totals> = locks::lock(&self.topics)
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        type Counter = (&'static str, &'static str, fn(&TopicCounters) -> u64);
+        type Counter = (&'static str, &'static str, fn(&Totals) -> u64);
         let counters: [Counter; 4] = [
             ("weir_bytes_in_total", "Record batch bytes appended", |c| {
                 c.bytes_in

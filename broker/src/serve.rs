@@ -231,19 +231,23 @@ async fn take_samples(node: NodeContext, mut shutdown: watch::Receiver<bool>) {
             _ = ticks.tick() => {}
         }
         let node = node.clone();
-        // Lags read the metadata store: off the reactor.
+        // Lags and pipelines read the metadata store: off the reactor.
         let sampled = tokio::task::spawn_blocking(move || {
             weir_storage::reactor::blocking(|| {
                 let lags = node.group_lags();
+                let pipelines = node.runtime.pipelines().list().unwrap_or_default();
+                let reading = crate::history::Reading {
+                    topics: node.metrics.topic_totals(),
+                    pipelines: pipelines
+                        .into_iter()
+                        .map(|p| (p.spec.name, p.records_out))
+                        .collect(),
+                };
                 let time_ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
-                node.history.sample(
-                    std::time::Instant::now(),
-                    time_ms,
-                    node.metrics.totals(),
-                    &lags,
-                );
+                node.history
+                    .sample(std::time::Instant::now(), time_ms, reading, &lags);
             })
         })
         .await;

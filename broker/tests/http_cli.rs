@@ -1086,6 +1086,11 @@ fn the_node_endpoint_counts_what_the_node_holds_and_its_history_the_rates() {
         "{produced} records in {last}"
     );
     assert!(samples[0]["time_ms"].as_i64().unwrap() < samples[1]["time_ms"].as_i64().unwrap());
+    // Each topic's rates over the last interval (the records came before it: none now).
+    assert_eq!(
+        last["topics"]["events"]["produced_records_per_s"], 0.0,
+        "{last}"
+    );
     node.stop();
 }
 

@@ -125,28 +125,34 @@ function retention(ms) {
   return n % 86400000 === 0 ? `${n / 86400000} d` : n % 3600000 === 0 ? `${n / 3600000} h` : `${n} ms`;
 }
 
-/** A line chart of series over time (x in seconds), redrawn in place by `update`. */
+/** A line chart of series over time (x in seconds), redrawn in place by `update`, which may
+ * name other series than `labels` (the chart is then made again). */
 function lineChart(title, labels, unit) {
   const box = h("div", { class: "chart", "aria-label": title });
-  const width = () => Math.max(280, Math.min(box.parentElement?.clientWidth || 800, 1160));
-  const opts = {
-    title,
-    width: 800,
-    height: 220,
-    series: [{}, ...labels.map((label, i) => ({ label, stroke: ["#1f5fbf", "#c05621", "#1b7a3a", "#7b3fa0"][i % 4], width: 1.5 }))],
-    axes: [{}, { values: (_, ticks) => ticks.map(unit), size: 90 }],
-  };
+  const colours = ["#1f5fbf", "#c05621", "#1b7a3a", "#7b3fa0", "#a4161a", "#4a5568"];
   let plot = null;
+  let drawn = "";
   return {
     box,
-    update(x, ys) {
+    update(x, ys, names = labels) {
       const data = [x, ...ys];
-      if (!plot) {
-        opts.width = width();
-        plot = new window.uPlot(opts, data, box);
-      } else {
-        plot.setData(data);
+      if (plot && names.join("\n") !== drawn) {
+        plot.destroy();
+        plot = null;
       }
+      if (plot) {
+        plot.setData(data);
+        return;
+      }
+      drawn = names.join("\n");
+      const opts = {
+        title,
+        width: Math.max(280, Math.min(box.parentElement?.clientWidth || 800, 1160)),
+        height: 220,
+        series: [{}, ...names.map((label, i) => ({ label, stroke: colours[i % colours.length], width: 1.5 }))],
+        axes: [{}, { values: (_, ticks) => ticks.map(unit), size: 90 }],
+      };
+      plot = new window.uPlot(opts, data, box);
     },
   };
 }
@@ -244,21 +250,25 @@ async function topicsPage(root) {
   root.append(problem, list, h("h2", {}, "New topic"), form);
   const load = async () => {
     try {
-      const topics = await api("GET", "/topics");
+      const [topics, history] = await Promise.all([api("GET", "/topics"), api("GET", "/node/history")]);
+      const rates = history.topics;
+      const rate = (name, field) => (rates[name] ? `${bytes(rates[name][field])}/s` : "–");
       list.replaceChildren(
         topics.length === 0
           ? h("p", { class: "note" }, "No topics yet.")
           : table(
-              ["Topic", "Partitions", "Records", "Size", "Retention", ""],
+              ["Topic", "Partitions", "Records", "Size", "In", "Out", "Retention", ""],
               topics.map((t) => [
                 h("a", { href: `#/topics/${enc(t.name)}` }, t.name),
                 count(t.partitions),
                 count(t.records),
                 bytes(t.size_bytes),
+                rate(t.name, "produced_bytes_per_s"),
+                rate(t.name, "consumed_bytes_per_s"),
                 retention(t.configs["retention.ms"]),
                 h("button", { class: "danger", type: "button", onclick: () => deleteTopic(t.name, problem, load) }, "Delete"),
               ]),
-              [1, 2, 3],
+              [1, 2, 3, 4, 5],
             ),
       );
     } catch (e) {
@@ -599,7 +609,8 @@ async function pipelinesPage(root) {
   const problem = h("div");
   const pipelines = h("div", { id: "pipelines" });
   const plugins = h("div", { id: "plugins" });
-  root.append(problem, h("h2", {}, "Pipelines"), pipelines, h("h2", {}, "New pipeline"), pipelineForm(problem), h("h2", {}, "Plugins"), plugins, h("h2", {}, "Deploy a plugin"), deployForm(problem));
+  const throughput = lineChart("Records written per second", [], (n) => count(Math.round(n)));
+  root.append(problem, h("h2", {}, "Pipelines"), pipelines, throughput.box, h("h2", {}, "New pipeline"), pipelineForm(problem), h("h2", {}, "Plugins"), plugins, h("h2", {}, "Deploy a plugin"), deployForm(problem));
   const act = async (method, path) => {
     try {
       await api(method, path);
@@ -609,7 +620,20 @@ async function pipelinesPage(root) {
   };
   return every(REFRESH_MS, async () => {
     try {
-      const [ps, plugs] = await Promise.all([api("GET", "/pipelines"), api("GET", "/plugins").catch((e) => e)]);
+      const [ps, plugs, history] = await Promise.all([
+        api("GET", "/pipelines"),
+        api("GET", "/plugins").catch((e) => e),
+        api("GET", "/node/history"),
+      ]);
+      const names = ps.map((p) => p.spec.name);
+      const s = history.samples;
+      if (names.length && s.length) {
+        throughput.update(
+          s.map((p) => p.time_ms / 1000),
+          names.map((name) => s.map((p) => p.pipeline_records_out_per_s[name] ?? null)),
+          names,
+        );
+      }
       pipelines.replaceChildren(
         ps.length === 0
           ? h("p", { class: "note" }, "No pipelines yet.")

@@ -2,6 +2,8 @@
 //! consumer group lags over the last minutes ([`crate::history`]). Both describe the whole node,
 //! so a SASL user needs `describe` on the cluster.
 
+use std::collections::BTreeMap;
+
 use axum::extract::{Extension, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -9,7 +11,7 @@ use serde::Serialize;
 
 use super::{ApiResult, AppState, blocking};
 use crate::acl::{CLUSTER_NAME, Caller, Operation, ResourceType};
-use crate::history::{SAMPLE_INTERVAL, SAMPLES_MAX, Sample};
+use crate::history::{Rates, SAMPLE_INTERVAL, SAMPLES_MAX, Sample};
 use crate::metrics::{Protocol, Totals};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -88,6 +90,8 @@ struct NodeHistory {
     interval_seconds: u64,
     samples_max: usize,
     samples: Vec<Sample>,
+    /// Each topic's rates over the last interval.
+    topics: BTreeMap<String, Rates>,
 }
 
 async fn node_history(
@@ -99,5 +103,12 @@ async fn node_history(
         interval_seconds: SAMPLE_INTERVAL.as_secs(),
         samples_max: SAMPLES_MAX,
         samples: state.node.history.samples(),
+        topics: state
+            .node
+            .history
+            .topic_rates()
+            .into_iter()
+            .filter(|(topic, _)| caller.may(Operation::Describe, ResourceType::Topic, topic))
+            .collect(),
     }))
 }
