@@ -920,9 +920,15 @@ fn cli_describes_deletes_and_resets_idle_groups() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        common::eventually("kcat joins g", Duration::from_secs(30), || {
-            run_ok(&node, &["groups", "describe", "g", "--json"], "").contains("member_id\": \"")
-        });
+        // Once the group has synced, the API shows which partitions the member holds.
+        common::eventually(
+            "kcat joins g and is assigned t",
+            Duration::from_secs(30),
+            || {
+                let (_, group) = call("GET", &format!("{}/v1/groups/g", node.url()), None, None);
+                group["members"][0]["assignment"] == json!([{"topic": "t", "partitions": [0, 1]}])
+            },
+        );
         for args in [
             &["groups", "delete", "g"][..],
             &[

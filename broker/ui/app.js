@@ -519,8 +519,8 @@ async function groupPage(root, id) {
         h("h2", {}, "Members"),
         group.members.length
           ? table(
-              ["Member", "Client", "Host", "Instance"],
-              group.members.map((m) => [m.member_id, m.client_id, m.client_host, m.instance_id ?? "–"]),
+              ["Member", "Client", "Host", "Instance", "Assigned partitions"],
+              group.members.map((m) => [m.member_id, m.client_id, m.client_host, m.instance_id ?? "–", assigned(m.assignment)]),
             )
           : h("p", { class: "note" }, "No active members."),
         h("h2", {}, "Committed offsets"),
@@ -540,6 +540,13 @@ async function groupPage(root, id) {
       problem.replaceChildren(errorBox(e));
     }
   });
+}
+
+/** A member's assignment as `topic: 0, 1; other: 2` ("–" when it is not a consumer's). */
+function assigned(assignment) {
+  if (!assignment) return "–";
+  if (assignment.length === 0) return "none yet";
+  return assignment.map((a) => `${a.topic}: ${a.partitions.join(", ")}`).join("; ");
 }
 
 function resetForm(id) {

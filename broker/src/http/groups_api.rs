@@ -114,11 +114,20 @@ async fn describe_group(
             .members
             .iter()
             .map(|m| {
+                let assignment = m.consumer_assignment().map(|topics| {
+                    topics
+                        .into_iter()
+                        .map(
+                            |(topic, partitions)| json!({"topic": topic, "partitions": partitions}),
+                        )
+                        .collect::<Vec<_>>()
+                });
                 json!({
                     "member_id": m.member_id,
                     "instance_id": m.instance_id,
                     "client_id": m.client_id,
                     "client_host": m.client_host,
+                    "assignment": assignment,
                 })
             })
             .collect();

@@ -374,6 +374,47 @@ pub struct MemberView {
     pub assignment: Bytes,
 }
 
+impl MemberView {
+    /// The partitions the leader assigned this member, per topic, read from the assignment
+    /// in Kafka's consumer protocol (versions 0 to 3). `None` when the group speaks another
+    /// protocol or the bytes are not a consumer assignment; an empty list before the first
+    /// assignment. The bytes come from a client: every count is checked against the bytes
+    /// left before anything is kept.
+    pub fn consumer_assignment(&self) -> Option<Vec<(String, Vec<i32>)>> {
+        let mut rest: &[u8] = &self.assignment;
+        if rest.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (taken, left) = rest.split_at_checked(n)?;
+            rest = left;
+            Some(taken)
+        };
+        let version = i16::from_be_bytes(take(2)?.try_into().ok()?);
+        if !(0..=3).contains(&version) {
+            return None;
+        }
+        let topics = i32::from_be_bytes(take(4)?.try_into().ok()?);
+        let mut assigned = Vec::new();
+        // A topic is at least a 2-byte name length and a 4-byte partition count.
+        for _ in 0..usize::try_from(topics).unwrap_or(0) {
+            let name_len = i16::from_be_bytes(take(2)?.try_into().ok()?);
+            let name = std::str::from_utf8(take(usize::try_from(name_len).ok()?)?).ok()?;
+            let count = i32::from_be_bytes(take(4)?.try_into().ok()?);
+            let count = usize::try_from(count).unwrap_or(0);
+            // Four bytes a partition: a count past the bytes left is refused before it sizes
+            // anything.
+            let partitions = take(count.checked_mul(4)?)?;
+            let partitions = partitions
+                .chunks_exact(4)
+                .map(|p| i32::from_be_bytes([p[0], p[1], p[2], p[3]]))
+                .collect();
+            assigned.push((name.to_owned(), partitions));
+        }
+        Some(assigned)
+    }
+}
+
 /// A group as ListGroups and DescribeGroups show it.
 pub struct GroupView {
     pub group: String,
@@ -996,6 +1037,42 @@ fn try_complete_join(group: &mut Group, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member_assigned(assignment: Vec<u8>) -> MemberView {
+        MemberView {
+            member_id: "m".into(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "h".into(),
+            metadata: Bytes::new(),
+            assignment: Bytes::from(assignment),
+        }
+    }
+
+    #[test]
+    fn a_consumer_assignment_is_read_and_a_hostile_one_refused() {
+        // Version 1, topics "ab" → [0, 2] and "c" → [], no user data.
+        let mut bytes = vec![0, 1, 0, 0, 0, 2];
+        bytes.extend([0, 2, b'a', b'b', 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2]);
+        bytes.extend([0, 1, b'c', 0, 0, 0, 0]);
+        bytes.extend([0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            member_assigned(bytes.clone()).consumer_assignment(),
+            Some(vec![("ab".into(), vec![0, 2]), ("c".into(), vec![])])
+        );
+        assert_eq!(member_assigned(vec![]).consumer_assignment(), Some(vec![]));
+        // 2³¹ - 1 partitions in 12 bytes, a torn name, an unknown version: none read.
+        let huge = vec![0, 0, 0, 0, 0, 1, 0, 0, 0x7f, 0xff, 0xff, 0xff];
+        assert_eq!(member_assigned(huge).consumer_assignment(), None);
+        assert_eq!(
+            member_assigned(bytes[..9].to_vec()).consumer_assignment(),
+            None
+        );
+        assert_eq!(
+            member_assigned(vec![0, 9, 0, 0, 0, 0]).consumer_assignment(),
+            None
+        );
+    }
 
     fn coordinator() -> (tempfile::TempDir, Coordinator) {
         let dir = tempfile::tempdir().unwrap();
