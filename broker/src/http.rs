@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +38,7 @@ mod groups_api;
 mod ingest;
 mod node_api;
 pub mod otlp;
+mod records_api;
 pub mod remote_write;
 mod runtime_api;
 mod sql_api;
@@ -45,8 +46,8 @@ mod tracked;
 mod users_api;
 mod weigh;
 
-/// Most records one JSON consume returns.
-pub const CONSUME_RECORDS_MAX: usize = 10_000;
+pub use records_api::{CONSUME_RECORDS_MAX, CONTAINS_BYTES_MAX, SCAN_BYTES_MAX};
+
 /// Most records one produce request takes.
 pub const PRODUCE_RECORDS_MAX: usize = 100_000;
 /// Largest body of a produce request.
@@ -192,7 +193,7 @@ pub async fn serve(
         )
         .route(
             "/topics/{name}/records",
-            get(consume)
+            get(records_api::consume)
                 .post(produce)
                 .layer(DefaultBodyLimit::max(PRODUCE_BODY_BYTES_MAX)),
         )
@@ -881,124 +882,4 @@ fn time_param(field: &str, text: &str) -> ApiResult<i64> {
              2026-11-30T12:00:00Z"
         ))
     })
-}
-
-#[derive(Deserialize)]
-struct ConsumeQuery {
-    #[serde(default)]
-    partition: u32,
-    offset: Option<u64>,
-    /// Start at the first record at or after this time (epoch ms or RFC 3339) instead.
-    timestamp: Option<String>,
-    /// Page backwards instead: the records just before this offset.
-    before: Option<u64>,
-    limit: Option<usize>,
-}
-
-/// Bytes as text when they are UTF-8, else base64 under a `_base64` field.
-fn put_bytes(
-    out: &mut serde_json::Map<String, serde_json::Value>,
-    field: &str,
-    bytes: Option<&[u8]>,
-) {
-    let value = match bytes {
-        None => serde_json::Value::Null,
-        Some(b) => match std::str::from_utf8(b) {
-            Ok(s) => serde_json::Value::String(s.to_string()),
-            Err(_) => {
-                let encoded = base64::engine::general_purpose::STANDARD.encode(b);
-                out.insert(
-                    format!("{field}_base64"),
-                    serde_json::Value::String(encoded),
-                );
-                return;
-            }
-        },
-    };
-    out.insert(field.to_string(), value);
-}
-
-async fn consume(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    Query(q): Query<ConsumeQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
-    caller.check(Operation::Read, ResourceType::Topic, &name)?;
-    let limit = q.limit.unwrap_or(100).min(CONSUME_RECORDS_MAX);
-    let time = q
-        .timestamp
-        .as_deref()
-        .map(|text| time_param("timestamp", text))
-        .transpose()?;
-    let starts = [q.offset.is_some(), time.is_some(), q.before.is_some()];
-    if starts.into_iter().filter(|&given| given).count() > 1 {
-        return Err(ApiError::bad_request(
-            "give one of offset, timestamp and before, not several",
-        ));
-    }
-    let node = state.node.clone();
-    blocking(move || {
-        let log = node.storage.log(&name, q.partition)?;
-        let high_watermark = log.high_watermark();
-        let log_start_offset = log.log_start_offset();
-        // Paging backwards reads forwards from `limit` offsets back and keeps the last
-        // `limit` records before `before` (fewer where compaction left gaps).
-        let stop = q.before.map_or(high_watermark, |b| b.min(high_watermark));
-        let mut offset = match (q.offset, time, q.before) {
-            (Some(offset), _, _) => offset,
-            (_, Some(t), _) => log
-                .offset_for_timestamp(t)?
-                .map_or(high_watermark, |(offset, _)| offset),
-            (_, _, Some(_)) => stop.saturating_sub(limit as u64).max(log_start_offset),
-            (None, None, None) => log_start_offset,
-        };
-        let mut records = Vec::new();
-        let mut bytes_read = 0u64;
-        while records.len() < limit && offset < stop {
-            let batch = log.read_records(offset, 1 << 20)?;
-            let Some(last) = batch.last() else {
-                // A gap left by compaction.
-                offset += 1;
-                continue;
-            };
-            offset = last.offset as u64 + 1;
-            let room = limit - records.len();
-            for r in batch
-                .into_iter()
-                .filter(|r| (r.offset as u64) < stop)
-                .take(room)
-            {
-                bytes_read += r.value.as_ref().map_or(0, |v| v.len() as u64);
-                let mut out = serde_json::Map::new();
-                out.insert("partition".into(), q.partition.into());
-                out.insert("offset".into(), r.offset.into());
-                out.insert("timestamp".into(), r.timestamp.into());
-                put_bytes(&mut out, "key", r.key.as_deref());
-                put_bytes(&mut out, "value", r.value.as_deref());
-                let headers: Vec<serde_json::Value> = r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        serde_json::json!([
-                            h.key,
-                            h.value.as_ref().map(|v| String::from_utf8_lossy(v))
-                        ])
-                    })
-                    .collect();
-                out.insert("headers".into(), headers.into());
-                offset = r.offset as u64 + 1;
-                records.push(serde_json::Value::Object(out));
-            }
-        }
-        node.metrics
-            .consumed(&name, bytes_read, records.len() as u64);
-        Ok(Json(serde_json::json!({
-            "records": records,
-            "next_offset": offset,
-            "high_watermark": high_watermark,
-            "log_start_offset": log_start_offset,
-        })))
-    })
-    .await
 }

@@ -156,6 +156,24 @@ impl Browser {
         );
     }
 
+    /// Presses `key` with the `held` keys (modifiers) down.
+    fn press(&self, held: &[&str], key: &str) {
+        let mut actions = Vec::new();
+        actions.extend(held.iter().map(|k| json!({"type": "keyDown", "value": k})));
+        actions.push(json!({"type": "keyDown", "value": key}));
+        actions.push(json!({"type": "keyUp", "value": key}));
+        actions.extend(
+            held.iter()
+                .rev()
+                .map(|k| json!({"type": "keyUp", "value": k})),
+        );
+        self.send(
+            "POST",
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]}),
+        );
+    }
+
     /// Saves the page as `target/console/<name>.png`.
     fn screenshot(&self, name: &str) {
         let png = self.send("GET", "/screenshot", Value::Null);
@@ -175,6 +193,12 @@ impl Drop for Browser {
         let _ = self.driver.wait();
     }
 }
+
+/// WebDriver's key values.
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+const SHIFT: &str = "\u{E008}";
+const CONTROL: &str = "\u{E009}";
 
 /// Offsets of the records the record browser shows.
 const SHOWN_OFFSETS: &str =
@@ -305,7 +329,12 @@ fn the_console_signs_in_and_shows_what_the_api_holds_on_every_page() {
     let made = api.call("GET", "/v1/topics/made", None).unwrap();
     assert_eq!(made["configs"]["retention.ms"], "7200000");
     browser.open(&format!("{ui}#/topics"));
-    browser.text("main table");
+    // The list drawn (the topic page's tables may still be there just after the move).
+    browser.until(
+        "the topic list",
+        "const t = document.querySelector('main table'); return t ? t.innerText : '';",
+        |v| v.as_str().is_some_and(|t| t.contains("\nmade\t")),
+    );
     // The confirmation asks for the topic's name: a wrong one deletes nothing.
     let delete_made = |typed: &str| {
         browser.run(
@@ -342,9 +371,35 @@ fn the_console_signs_in_and_shows_what_the_api_holds_on_every_page() {
     assert_eq!(newest, json!((999_950..1_000_000).collect::<Vec<_>>()));
     browser.click("#records-older");
     browser.until("the page before", SHOWN_OFFSETS, |v| v[0] == 999_900);
-    browser.type_into("#record-filter", "\"n\":999917}");
-    browser.until("the filtered page", SHOWN_OFFSETS, |v| {
-        *v == json!([999_917])
+    // A text to look for goes to the node, which searches the partition, not the page: from
+    // the oldest, the next matches, then back.
+    set(&browser, "#record-from", "oldest");
+    browser.type_into("#record-filter", "7777}");
+    browser.click("#record-form button[type=submit]");
+    let matches = |from: u64| json!((0..50).map(|k| from + k * 10_000).collect::<Vec<_>>());
+    browser.until("the first matches", SHOWN_OFFSETS, |v| *v == matches(7_777));
+    let api_matches = api
+        .call(
+            "GET",
+            "/v1/topics/logs/records?contains=7777%7D&limit=50",
+            None,
+        )
+        .unwrap();
+    let api_offsets: Vec<_> = api_matches["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].clone())
+        .collect();
+    assert_eq!(json!(api_offsets), matches(7_777));
+    assert!(browser.text("#records-status").contains("containing"));
+    browser.click("#records-newer");
+    browser.until("the next matches", SHOWN_OFFSETS, |v| {
+        *v == matches(507_777)
+    });
+    browser.click("#records-older");
+    browser.until("the matches before", SHOWN_OFFSETS, |v| {
+        *v == matches(7_777)
     });
     set(&browser, "#record-filter", "");
     set(&browser, "#record-from", "offset");
@@ -452,6 +507,23 @@ fn the_console_signs_in_and_shows_what_the_api_holds_on_every_page() {
     browser.click("#sql-run");
     browser.text("#sql-result .uplot");
     browser.screenshot("sql");
+    // EXPLAIN ANALYZE: an operator a row, with the rows it put out.
+    set(
+        &browser,
+        "#sql-editor",
+        "EXPLAIN ANALYZE SELECT count(*) FROM events WHERE value LIKE '%500%'",
+    );
+    browser.click("#sql-run");
+    let filtered = browser.until(
+        "the plan's rows",
+        "const row = [...document.querySelectorAll('#sql-plan tr')]
+            .find(r => r.cells[0].innerText.includes('FilterExec'));
+         return row ? row.cells[1].innerText : '';",
+        |v| v.as_str().is_some_and(|t| !t.is_empty()),
+    );
+    assert_eq!(filtered, "200");
+    assert!(browser.text("#sql-plan table").contains("TopicScan"));
+    browser.screenshot("explain");
 
     // By now the node has sampled its rates: the overview draws them.
     browser.open(&ui);
@@ -461,5 +533,55 @@ fn the_console_signs_in_and_shows_what_the_api_holds_on_every_page() {
         |v| *v == 2,
     );
     browser.screenshot("overview");
+
+    // With the keyboard alone: back from the page to the SQL link, open it, run a statement.
+    let active = "return document.activeElement.id || document.activeElement.innerText;";
+    let mut presses = 0;
+    while browser.run(active, json!([])) != "SQL" {
+        assert!(presses < 10, "no SQL link before the page");
+        browser.press(&[SHIFT], TAB);
+        presses += 1;
+    }
+    browser.press(&[], ENTER);
+    browser.until("the editor focused", active, |v| *v == "sql-editor");
+    set(&browser, "#sql-editor", "SELECT count(*) AS n FROM events");
+    browser.press(&[CONTROL], ENTER);
+    assert!(browser.text("#sql-result table").contains("n\n2000"));
+    // The first stop of the page skips to its content.
+    while browser.run(active, json!([])) != "skip" {
+        assert!(presses < 30, "no skip link");
+        browser.press(&[SHIFT], TAB);
+        presses += 1;
+    }
+    browser.press(&[], ENTER);
+    browser.until("the content focused", active, |v| *v == "main");
+
+    // In a phone-sized window nothing is wider than the screen.
+    browser.send("POST", "/window/rect", json!({"width": 390, "height": 844}));
+    // Answers the elements that reach past the window's right edge, if any.
+    let fits = "if (document.documentElement.scrollWidth <= window.innerWidth) return [];
+        return [...document.querySelectorAll('body *')]
+            .filter(e => e.getBoundingClientRect().right > window.innerWidth)
+            .map(e => e.tagName + (e.id ? '#' + e.id : '') + '.' + e.className).slice(0, 5);";
+    let pages = [
+        ("#/", "Overview", "#node-cards"),
+        ("#/topics", "Topics", "main table"),
+        ("#/groups/readers", "Group readers", "#group-offsets table"),
+        ("#/pipelines", "Pipelines and plugins", "#pipelines table"),
+        ("#/sql", "SQL", "#sql-tables li"),
+        ("#/topics/logs", "Topic logs", "#records article"),
+    ];
+    for (page, title, data) in pages {
+        browser.open(&format!("{ui}{page}"));
+        browser.until(
+            &format!("{page} drawn"),
+            "const h = document.querySelector('main h1'); return h ? h.innerText : '';",
+            |v| *v == title,
+        );
+        browser.text(data);
+        let wide = browser.run(fits, json!([]));
+        assert_eq!(wide, json!([]), "{page} is wider than the window");
+    }
+    browser.screenshot("narrow");
     node.stop();
 }

@@ -1031,6 +1031,103 @@ fn records_page_backwards_from_an_offset() {
     node.stop();
 }
 
+/// Records of the topic searched for a text: several backwards steps of the node's search.
+const SEARCHED_RECORDS: usize = 30_000;
+
+#[test]
+fn records_pages_find_a_text_forwards_and_backwards_through_the_partition() {
+    let (_dir, node, _) = started(&[]);
+    let url = node.url();
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        None,
+        Some(json!({"name": "searched"})),
+    );
+    assert_eq!(status, 201);
+    let value = |i: usize| format!("r{i}");
+    for chunk in (0..SEARCHED_RECORDS).collect::<Vec<_>>().chunks(10_000) {
+        let records: Vec<Value> = chunk.iter().map(|&i| json!({"value": value(i)})).collect();
+        let (status, placed) = call(
+            "POST",
+            &format!("{url}/v1/topics/searched/records"),
+            None,
+            Some(json!({ "records": records })),
+        );
+        assert_eq!(status, 200, "{placed}");
+    }
+    // One record holds the text in a header only.
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/topics/searched/records"),
+        None,
+        Some(json!({"records": [{"value": "x", "headers": {"trace": "needle-in-header"}}]})),
+    );
+    assert_eq!(status, 200);
+    let page = |query: &str| {
+        let (status, page) = call(
+            "GET",
+            &format!("{url}/v1/topics/searched/records?limit=100&contains=99&{query}"),
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "{query}: {page}");
+        page
+    };
+    let expected: Vec<i64> = (0..SEARCHED_RECORDS)
+        .filter(|&i| value(i).contains("99"))
+        .map(|i| i as i64)
+        .collect();
+    // Forwards, page after page, every match once and in order.
+    let mut found = Vec::new();
+    let mut offset = 0;
+    loop {
+        let forwards = page(&format!("offset={offset}"));
+        assert_eq!(forwards["scanned_from"], offset);
+        found.extend(page_offsets(&forwards));
+        offset = forwards["next_offset"].as_u64().unwrap();
+        if offset >= forwards["high_watermark"].as_u64().unwrap() {
+            break;
+        }
+    }
+    assert_eq!(found, expected);
+    // Backwards from the newest, each page going on from where the last one stopped.
+    let mut found = Vec::new();
+    let mut before = u64::MAX;
+    loop {
+        let backwards = page(&format!("before={before}"));
+        let offsets = page_offsets(&backwards);
+        assert!(offsets.len() <= 100);
+        found.splice(0..0, offsets);
+        before = backwards["scanned_from"].as_u64().unwrap();
+        if before == 0 {
+            break;
+        }
+    }
+    assert_eq!(found, expected);
+    let (_, header) = call(
+        "GET",
+        &format!("{url}/v1/topics/searched/records?contains=needle-in-header"),
+        None,
+        None,
+    );
+    assert_eq!(page_offsets(&header), vec![SEARCHED_RECORDS as i64]);
+    assert_eq!(header["records_scanned"], SEARCHED_RECORDS + 1);
+    let long = "x".repeat(weir_broker::http::CONTAINS_BYTES_MAX + 1);
+    let (status, refused) = call(
+        "GET",
+        &format!("{url}/v1/topics/searched/records?contains={long}"),
+        None,
+        None,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        refused["error"].as_str().unwrap().contains("at most"),
+        "{refused}"
+    );
+    node.stop();
+}
+
 #[test]
 fn the_node_endpoint_counts_what_the_node_holds_and_its_history_the_rates() {
     let (_dir, node, _) = started(&[]);

@@ -8,6 +8,7 @@ const SQL_HISTORY_MAX = 50;
 const REFRESH_MS = 5000;
 const RECORDS_PAGE = 50;
 const SQL_PAGE_ROWS = 100;
+const CHART_HEIGHT = 220;
 
 // ---- the API --------------------------------------------------------------------------------
 
@@ -132,6 +133,11 @@ function lineChart(title, labels, unit) {
   const colours = ["#1f5fbf", "#c05621", "#1b7a3a", "#7b3fa0", "#a4161a", "#4a5568"];
   let plot = null;
   let drawn = "";
+  // As wide as the space the chart has, drawn again when the window changes that.
+  const width = () => Math.max(240, Math.min(box.clientWidth || main().clientWidth - 32, 1160));
+  new ResizeObserver(() => {
+    if (plot && Math.abs(plot.width - width()) > 1) plot.setSize({ width: width(), height: CHART_HEIGHT });
+  }).observe(box);
   return {
     box,
     update(x, ys, names = labels) {
@@ -147,8 +153,8 @@ function lineChart(title, labels, unit) {
       drawn = names.join("\n");
       const opts = {
         title,
-        width: Math.max(280, Math.min(box.parentElement?.clientWidth || 800, 1160)),
-        height: 220,
+        width: width(),
+        height: CHART_HEIGHT,
         series: [{}, ...names.map((label, i) => ({ label, stroke: colours[i % colours.length], width: 1.5 }))],
         axes: [{}, { values: (_, ticks) => ticks.map(unit), size: 90 }],
       };
@@ -380,39 +386,41 @@ function recordBrowser(name, partitions) {
     h("option", { value: "time" }, "time"),
   );
   const at = h("input", { "aria-label": "Offset or time", id: "record-at", placeholder: "offset, or 2026-12-01T10:00:00Z" });
-  const filter = h("input", { "aria-label": "Filter", id: "record-filter", placeholder: "text in key or value" });
+  const filter = h("input", { "aria-label": "Containing", id: "record-filter", placeholder: "text in key, value or header" });
   const older = h("button", { type: "button", id: "records-older" }, "← Older");
   const newer = h("button", { type: "button", id: "records-newer" }, "Newer →");
   const status = h("p", { class: "note", id: "records-status", "aria-live": "polite" });
   const list = h("div", { id: "records" });
-  let page = null;
 
+  // Every page reads from the node by offset; a text to look for goes with it, so the node
+  // searches the partition (a bounded stretch of it per page) rather than the page shown.
   const show = async (query) => {
+    const text = filter.value;
+    const contains = text ? `&contains=${enc(text)}` : "";
     try {
-      const answer = await api("GET", `/topics/${enc(name)}/records?partition=${partition.value}&limit=${RECORDS_PAGE}&${query}`);
-      page = answer;
+      const page = await api("GET", `/topics/${enc(name)}/records?partition=${partition.value}&limit=${RECORDS_PAGE}&${query}${contains}`);
       problem.replaceChildren();
-      draw();
+      draw(page, text);
     } catch (e) {
       problem.replaceChildren(errorBox(e));
     }
   };
-  const draw = () => {
+  const draw = (page, text) => {
     const records = page.records;
-    const text = filter.value.toLowerCase();
-    const shown = text
-      ? records.filter((r) => `${r.key ?? ""}\n${r.value ?? ""}`.toLowerCase().includes(text))
-      : records;
-    const first = records.length ? records[0].offset : page.next_offset;
-    const last = records.length ? records[records.length - 1].offset : page.next_offset - 1;
-    status.textContent = records.length
-      ? `Offsets ${count(first)}–${count(last)} of ${count(page.log_start_offset)}–${count(page.high_watermark - 1)}; ${shown.length} shown`
-      : `No records here; the partition holds offsets ${count(page.log_start_offset)} to ${count(page.high_watermark)} (end).`;
-    older.disabled = first <= page.log_start_offset;
+    const range = `${count(page.log_start_offset)}–${count(Math.max(page.high_watermark - 1, 0))}`;
+    const examined = `offsets ${count(page.scanned_from)}–${count(Math.max(page.next_offset - 1, page.scanned_from))} examined`;
+    if (text) {
+      status.textContent = `${count(records.length)} records containing “${text}”; ${examined} of ${range}.`;
+    } else if (records.length) {
+      status.textContent = `Offsets ${count(records[0].offset)}–${count(records[records.length - 1].offset)} of ${range}.`;
+    } else {
+      status.textContent = `No records here; the partition holds offsets ${range} (end ${count(page.high_watermark)}).`;
+    }
+    older.disabled = page.scanned_from <= page.log_start_offset;
     newer.disabled = page.next_offset >= page.high_watermark;
-    older.onclick = () => show(`before=${first}`);
+    older.onclick = () => show(`before=${page.scanned_from}`);
     newer.onclick = () => show(`offset=${page.next_offset}`);
-    list.replaceChildren(...shown.map(recordView));
+    list.replaceChildren(...records.map(recordView));
   };
   const start = () => {
     const value = at.value.trim();
@@ -427,7 +435,6 @@ function recordBrowser(name, partitions) {
         return show("");
     }
   };
-  filter.addEventListener("input", () => page && draw());
   const form = h(
     "form",
     {
@@ -440,8 +447,8 @@ function recordBrowser(name, partitions) {
     h("label", {}, "Partition", partition),
     h("label", {}, "Start at", from),
     h("label", {}, "Offset or time", at),
+    h("label", {}, "Containing (exact case)", filter),
     h("button", { class: "primary", type: "submit" }, "Read"),
-    h("label", {}, "Filter this page", filter),
   );
   start();
   return h("div", {}, form, problem, h("div", { class: "bar" }, older, newer), status, list);
@@ -867,7 +874,7 @@ function showAnswer(result, answer) {
     const plan = columns.length === 2 && columns[0].name === "plan_type";
     body.replaceChildren(
       plan
-        ? h("div", {}, rows.map((r) => h("div", {}, h("h2", {}, r.plan_type), h("pre", {}, r.plan))))
+        ? h("div", { id: "sql-plan" }, rows.map((r) => planView(r.plan_type, r.plan)))
         : table(columns.map((c) => c.name), page.map((r) => columns.map((c) => cell(r[c.name])))),
     );
   };
@@ -889,6 +896,55 @@ function showAnswer(result, answer) {
       numbers.map((c) => sorted.map((r) => (r[c.name] === null ? null : Number(r[c.name])))),
     );
   }
+}
+
+/**
+ * One plan of an EXPLAIN answer. A plan run by EXPLAIN ANALYZE becomes a table, an operator a
+ * row (indented as in the tree) with its rows out and compute time beside it; the plan as
+ * DataFusion wrote it stays below.
+ */
+function planView(type, plan) {
+  const lines = plan.split("\n").filter((l) => l.trim());
+  const operators = lines.map((line) => {
+    const depth = (line.length - line.trimStart().length) / 2;
+    let text = line.trim();
+    const metrics = {};
+    const at = text.lastIndexOf(", metrics=[");
+    if (at >= 0 && text.endsWith("]")) {
+      for (const pair of text.slice(at + ", metrics=[".length, -1).split(", ")) {
+        const eq = pair.indexOf("=");
+        if (eq > 0) metrics[pair.slice(0, eq)] = pair.slice(eq + 1);
+      }
+      text = text.slice(0, at);
+    }
+    const split = text.search(/[:,]/);
+    const name = split < 0 ? text : text.slice(0, split);
+    const details = split < 0 ? "" : text.slice(split + 1).trim();
+    return { depth, name, details, metrics };
+  });
+  const raw = h("pre", {}, plan);
+  if (!operators.some((o) => Object.keys(o.metrics).length)) return h("div", {}, h("h2", {}, type), raw);
+  const MAIN = ["output_rows", "elapsed_compute"];
+  return h(
+    "div",
+    {},
+    h("h2", {}, type),
+    table(
+      ["Operator", "Rows out", "Compute time", "Other metrics", "Details"],
+      operators.map((o) => [
+        `${"\u00a0\u00a0".repeat(o.depth)}${o.depth ? "└\u00a0" : ""}${o.name}`,
+        o.metrics.output_rows ?? "",
+        o.metrics.elapsed_compute ?? "",
+        Object.entries(o.metrics)
+          .filter(([k]) => !MAIN.includes(k))
+          .map(([k, v]) => `${k}=${v}`)
+          .join(", "),
+        o.details,
+      ]),
+      [1, 2],
+    ),
+    h("details", {}, h("summary", {}, "As written"), raw),
+  );
 }
 
 function downloadCsv(columns, rows) {
@@ -967,12 +1023,18 @@ async function route() {
   root.replaceChildren();
   const stop = await render(root, ...args);
   stopRefresh = stop ?? (() => {});
-  root.focus();
+  // A page that put the focus somewhere (the SQL editor) keeps it there.
+  if (!root.contains(document.activeElement)) root.focus();
 }
 
 document.getElementById("logout").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
   route();
+});
+// The page's own links are routes, so skipping to the content moves the focus instead.
+document.getElementById("skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  main().focus();
 });
 window.addEventListener("hashchange", route);
 route();

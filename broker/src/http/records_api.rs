@@ -1,0 +1,254 @@
+//! `GET /v1/topics/{name}/records`: a page of one partition's records as JSON, read by offset
+//! forwards or backwards, optionally only those containing a text, never the whole topic.
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use base64::Engine as _;
+use memchr::memmem::Finder;
+use serde::Deserialize;
+use weir_storage::{Log, Record};
+
+use super::{ApiError, ApiResult, AppState, blocking, time_param};
+use crate::acl::{Caller, Operation, ResourceType};
+
+/// Most records one JSON consume returns.
+pub const CONSUME_RECORDS_MAX: usize = 10_000;
+/// Longest text a page may be asked to contain.
+pub const CONTAINS_BYTES_MAX: usize = 1024;
+/// Key and value bytes one page examines at most while looking for records that contain a
+/// text; the page says how far it got, and the next page goes on from there.
+pub const SCAN_BYTES_MAX: u64 = 64 << 20;
+/// Offsets a backwards page looking for a text steps back at a time.
+const BACKWARDS_STEP: u64 = 10_000;
+/// Bytes of the log one read takes.
+const READ_BYTES: u64 = 1 << 20;
+
+#[derive(Deserialize)]
+pub(super) struct ConsumeQuery {
+    #[serde(default)]
+    partition: u32,
+    offset: Option<u64>,
+    /// Start at the first record at or after this time (epoch ms or RFC 3339) instead.
+    timestamp: Option<String>,
+    /// Page backwards instead: the records just before this offset.
+    before: Option<u64>,
+    limit: Option<usize>,
+    /// Only records whose key, value or a header value holds these bytes (case-sensitive).
+    contains: Option<String>,
+}
+
+pub(super) async fn consume(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Query(q): Query<ConsumeQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    caller.check(Operation::Read, ResourceType::Topic, &name)?;
+    let limit = q.limit.unwrap_or(100).min(CONSUME_RECORDS_MAX);
+    let time = q
+        .timestamp
+        .as_deref()
+        .map(|text| time_param("timestamp", text))
+        .transpose()?;
+    let starts = [q.offset.is_some(), time.is_some(), q.before.is_some()];
+    if starts.into_iter().filter(|&given| given).count() > 1 {
+        return Err(ApiError::bad_request(
+            "give one of offset, timestamp and before, not several",
+        ));
+    }
+    let contains = q.contains.filter(|text| !text.is_empty());
+    if let Some(text) = &contains
+        && text.len() > CONTAINS_BYTES_MAX
+    {
+        return Err(ApiError::bad_request(format!(
+            "contains is {} bytes; at most {CONTAINS_BYTES_MAX}",
+            text.len()
+        )));
+    }
+    let node = state.node.clone();
+    blocking(move || {
+        let log = node.storage.log(&name, q.partition)?;
+        let high_watermark = log.high_watermark();
+        let log_start_offset = log.log_start_offset();
+        let mut scan = Scan {
+            log: &log,
+            partition: q.partition,
+            finder: contains.as_deref().map(Finder::new),
+            bytes: 0,
+            records: 0,
+        };
+        let (records, from, next_offset) = match (q.offset, time, q.before) {
+            (_, _, Some(before)) => {
+                let stop = before.min(high_watermark);
+                let (records, from) = scan.backwards(log_start_offset, stop, limit)?;
+                (records, from, stop)
+            }
+            (offset, time, None) => {
+                let from = match (offset, time) {
+                    (Some(offset), _) => offset,
+                    (_, Some(t)) => log
+                        .offset_for_timestamp(t)?
+                        .map_or(high_watermark, |(offset, _)| offset),
+                    (None, None) => log_start_offset,
+                };
+                let mut records = Vec::new();
+                let next = scan.forwards(from, high_watermark, limit, true, &mut records)?;
+                (records, from, next)
+            }
+        };
+        let bytes_read = records.iter().map(|r| r.value_bytes).sum();
+        node.metrics
+            .consumed(&name, bytes_read, records.len() as u64);
+        let records: Vec<_> = records.into_iter().map(|r| r.json).collect();
+        Ok(Json(serde_json::json!({
+            "records": records,
+            "next_offset": next_offset,
+            "scanned_from": from,
+            "records_scanned": scan.records,
+            "high_watermark": high_watermark,
+            "log_start_offset": log_start_offset,
+        })))
+    })
+    .await
+}
+
+/// A record as the page shows it, with the value bytes it carried.
+struct Shown {
+    json: serde_json::Value,
+    value_bytes: u64,
+}
+
+/// One page's read of a partition: what it looks for and what it has examined so far.
+struct Scan<'a> {
+    log: &'a Log,
+    partition: u32,
+    finder: Option<Finder<'a>>,
+    bytes: u64,
+    records: u64,
+}
+
+impl Scan<'_> {
+    /// Examines the records from `from` up to `to`, adding those that match to `out` until it
+    /// holds `keep`; with `bounded`, stops too once [`SCAN_BYTES_MAX`] bytes were examined.
+    /// Answers the offset after the last record examined.
+    fn forwards(
+        &mut self,
+        from: u64,
+        to: u64,
+        keep: usize,
+        bounded: bool,
+        out: &mut Vec<Shown>,
+    ) -> weir_storage::Result<u64> {
+        let mut offset = from;
+        let spent = |scan: &Self| bounded && scan.bytes >= SCAN_BYTES_MAX;
+        while out.len() < keep && offset < to && !spent(self) {
+            let batch = self.log.read_records(offset, READ_BYTES)?;
+            if batch.is_empty() {
+                // A gap left by compaction.
+                offset += 1;
+                continue;
+            }
+            for r in batch {
+                if r.offset as u64 >= to || out.len() >= keep || spent(self) {
+                    break;
+                }
+                offset = r.offset as u64 + 1;
+                self.records += 1;
+                self.bytes += size(r.key.as_deref()) + size(r.value.as_deref());
+                if self.matches(&r) {
+                    out.push(Shown {
+                        value_bytes: size(r.value.as_deref()),
+                        json: record_json(self.partition, &r),
+                    });
+                }
+            }
+        }
+        Ok(offset)
+    }
+
+    /// The last `keep` matching records before `stop`, read window by window backwards from
+    /// it; answers them in offset order with the lowest offset examined, where an older page
+    /// goes on from.
+    fn backwards(
+        &mut self,
+        start: u64,
+        stop: u64,
+        keep: usize,
+    ) -> weir_storage::Result<(Vec<Shown>, u64)> {
+        let step = if self.finder.is_some() {
+            BACKWARDS_STEP
+        } else {
+            keep as u64
+        };
+        let mut kept: Vec<Shown> = Vec::new();
+        let mut from = stop;
+        while kept.len() < keep && from > start && self.bytes < SCAN_BYTES_MAX {
+            let begin = from.saturating_sub(step.max(1)).max(start);
+            let mut window = Vec::new();
+            self.forwards(begin, from, usize::MAX, false, &mut window)?;
+            let room = keep - kept.len();
+            from = begin;
+            if window.len() > room {
+                // Older matches in this window are left for the next page.
+                window.drain(..window.len() - room);
+                from = window[0].json["offset"].as_u64().unwrap_or(begin);
+            }
+            window.append(&mut kept);
+            kept = window;
+        }
+        Ok((kept, from))
+    }
+
+    fn matches(&self, r: &Record) -> bool {
+        let Some(finder) = &self.finder else {
+            return true;
+        };
+        let holds = |bytes: Option<&[u8]>| bytes.is_some_and(|b| finder.find(b).is_some());
+        holds(r.key.as_deref())
+            || holds(r.value.as_deref())
+            || r.headers.iter().any(|h| holds(h.value.as_deref()))
+    }
+}
+
+fn size(bytes: Option<&[u8]>) -> u64 {
+    bytes.map_or(0, |b| b.len() as u64)
+}
+
+fn record_json(partition: u32, r: &Record) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    out.insert("partition".into(), partition.into());
+    out.insert("offset".into(), r.offset.into());
+    out.insert("timestamp".into(), r.timestamp.into());
+    put_bytes(&mut out, "key", r.key.as_deref());
+    put_bytes(&mut out, "value", r.value.as_deref());
+    let headers: Vec<serde_json::Value> = r
+        .headers
+        .iter()
+        .map(|h| serde_json::json!([h.key, h.value.as_ref().map(|v| String::from_utf8_lossy(v))]))
+        .collect();
+    out.insert("headers".into(), headers.into());
+    serde_json::Value::Object(out)
+}
+
+/// Bytes as text when they are UTF-8, else base64 under a `_base64` field.
+fn put_bytes(
+    out: &mut serde_json::Map<String, serde_json::Value>,
+    field: &str,
+    bytes: Option<&[u8]>,
+) {
+    let value = match bytes {
+        None => serde_json::Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => serde_json::Value::String(s.to_string()),
+            Err(_) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(b);
+                out.insert(
+                    format!("{field}_base64"),
+                    serde_json::Value::String(encoded),
+                );
+                return;
+            }
+        },
+    };
+    out.insert(field.to_string(), value);
+}
