@@ -46,7 +46,7 @@ mod tracked;
 mod users_api;
 mod weigh;
 
-pub use records_api::{CONSUME_RECORDS_MAX, CONTAINS_BYTES_MAX, SCAN_BYTES_MAX};
+pub use records_api::{CONSUME_RECORDS_MAX, CONTAINS_BYTES_MAX, PAGE_BYTES_MAX, SCAN_BYTES_MAX};
 
 /// Most records one produce request takes.
 pub const PRODUCE_RECORDS_MAX: usize = 100_000;

@@ -1129,6 +1129,53 @@ fn records_pages_find_a_text_forwards_and_backwards_through_the_partition() {
 }
 
 #[test]
+fn record_pages_stop_at_their_byte_bound_in_either_direction() {
+    let (_dir, node, _) = started(&[]);
+    let url = node.url();
+    let (status, _) = call(
+        "POST",
+        &format!("{url}/v1/topics"),
+        None,
+        Some(json!({"name": "large"})),
+    );
+    assert_eq!(status, 201);
+    const VALUE_BYTES: usize = 512 << 10;
+    for chunk in 0..4 {
+        let records: Vec<Value> = (0..20)
+            .map(|i| json!({"value": format!("{:04}{}", chunk * 20 + i, "v".repeat(VALUE_BYTES - 4))}))
+            .collect();
+        let (status, placed) = call(
+            "POST",
+            &format!("{url}/v1/topics/large/records"),
+            None,
+            Some(json!({ "records": records })),
+        );
+        assert_eq!(status, 200, "{placed}");
+    }
+    let per_page = (weir_broker::http::PAGE_BYTES_MAX as usize / VALUE_BYTES) as i64;
+    let page = |query: &str| {
+        let (status, page) = call(
+            "GET",
+            &format!("{url}/v1/topics/large/records?limit=100&{query}"),
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "{query}");
+        page
+    };
+    let first = page("offset=0");
+    assert_eq!(page_offsets(&first), (0..per_page).collect::<Vec<_>>());
+    assert_eq!(first["next_offset"], per_page);
+    let newest = page(&format!("before={}", u64::MAX));
+    assert_eq!(
+        page_offsets(&newest),
+        (80 - per_page..80).collect::<Vec<_>>()
+    );
+    assert_eq!(newest["scanned_from"], 80 - per_page);
+    node.stop();
+}
+
+#[test]
 fn the_node_endpoint_counts_what_the_node_holds_and_its_history_the_rates() {
     let (_dir, node, _) = started(&[]);
     let url = node.url();

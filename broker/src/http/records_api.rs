@@ -1,6 +1,8 @@
 //! `GET /v1/topics/{name}/records`: a page of one partition's records as JSON, read by offset
 //! forwards or backwards, optionally only those containing a text, never the whole topic.
 
+use std::collections::VecDeque;
+
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
 use base64::Engine as _;
@@ -18,6 +20,9 @@ pub const CONTAINS_BYTES_MAX: usize = 1024;
 /// Key and value bytes one page examines at most while looking for records that contain a
 /// text; the page says how far it got, and the next page goes on from there.
 pub const SCAN_BYTES_MAX: u64 = 64 << 20;
+/// Key and value bytes of the records one page answers at most (past it by one record at
+/// most, so that a page always moves on).
+pub const PAGE_BYTES_MAX: u64 = 8 << 20;
 /// Offsets a backwards page looking for a text steps back at a time.
 const BACKWARDS_STEP: u64 = 10_000;
 /// Bytes of the log one read takes.
@@ -77,11 +82,11 @@ pub(super) async fn consume(
             bytes: 0,
             records: 0,
         };
-        let (records, from, next_offset) = match (q.offset, time, q.before) {
+        let (page, from, next_offset) = match (q.offset, time, q.before) {
             (_, _, Some(before)) => {
                 let stop = before.min(high_watermark);
-                let (records, from) = scan.backwards(log_start_offset, stop, limit)?;
-                (records, from, stop)
+                let (page, from) = scan.backwards(log_start_offset, stop, limit)?;
+                (page, from, stop)
             }
             (offset, time, None) => {
                 let from = match (offset, time) {
@@ -91,15 +96,15 @@ pub(super) async fn consume(
                         .map_or(high_watermark, |(offset, _)| offset),
                     (None, None) => log_start_offset,
                 };
-                let mut records = Vec::new();
-                let next = scan.forwards(from, high_watermark, limit, true, &mut records)?;
-                (records, from, next)
+                let mut page = Page::new(limit, PAGE_BYTES_MAX);
+                let next = scan.forwards(from, high_watermark, &mut page, WhenFull::Stop)?;
+                (page, from, next)
             }
         };
-        let bytes_read = records.iter().map(|r| r.value_bytes).sum();
+        let bytes_read = page.records.iter().map(|r| r.value_bytes).sum();
         node.metrics
-            .consumed(&name, bytes_read, records.len() as u64);
-        let records: Vec<_> = records.into_iter().map(|r| r.json).collect();
+            .consumed(&name, bytes_read, page.records.len() as u64);
+        let records: Vec<_> = page.records.into_iter().map(|r| r.json).collect();
         Ok(Json(serde_json::json!({
             "records": records,
             "next_offset": next_offset,
@@ -112,10 +117,57 @@ pub(super) async fn consume(
     .await
 }
 
-/// A record as the page shows it, with the value bytes it carried.
+/// A record as the page shows it.
 struct Shown {
+    offset: u64,
     json: serde_json::Value,
+    /// Its key and value bytes.
+    bytes: u64,
     value_bytes: u64,
+}
+
+/// The records a page answers: at most `keep`, and no more key and value bytes than
+/// `bytes_max` (past it by one record at most, so a page always moves on).
+struct Page {
+    records: VecDeque<Shown>,
+    bytes: u64,
+    keep: usize,
+    bytes_max: u64,
+    /// Whether older matches were dropped to stay within the bounds.
+    dropped: bool,
+}
+
+impl Page {
+    fn new(keep: usize, bytes_max: u64) -> Page {
+        Page {
+            records: VecDeque::new(),
+            bytes: 0,
+            keep,
+            bytes_max,
+            dropped: false,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.records.len() >= self.keep || self.bytes >= self.bytes_max
+    }
+
+    fn push(&mut self, shown: Shown) {
+        self.bytes += shown.bytes;
+        self.records.push_back(shown);
+    }
+
+    /// Drops the oldest records while the page is past its bounds.
+    fn keep_newest(&mut self) {
+        while self.records.len() > self.keep
+            || (self.bytes > self.bytes_max && self.records.len() > 1)
+        {
+            if let Some(old) = self.records.pop_front() {
+                self.bytes -= old.bytes;
+                self.dropped = true;
+            }
+        }
+    }
 }
 
 /// One page's read of a partition: what it looks for and what it has examined so far.
@@ -127,21 +179,31 @@ struct Scan<'a> {
     records: u64,
 }
 
+/// What a scan does with a page that is full.
+#[derive(Clone, Copy, PartialEq)]
+enum WhenFull {
+    /// Stops: the page holds the first matches (paging forwards). Stops too once
+    /// [`SCAN_BYTES_MAX`] bytes were examined.
+    Stop,
+    /// Goes on to the end, keeping the last matches (one window of a backwards page).
+    KeepNewest,
+}
+
 impl Scan<'_> {
-    /// Examines the records from `from` up to `to`, adding those that match to `out` until it
-    /// holds `keep`; with `bounded`, stops too once [`SCAN_BYTES_MAX`] bytes were examined.
-    /// Answers the offset after the last record examined.
+    /// Examines the records from `from` up to `to`, adding those that match to `page`; answers
+    /// the offset after the last record examined.
     fn forwards(
         &mut self,
         from: u64,
         to: u64,
-        keep: usize,
-        bounded: bool,
-        out: &mut Vec<Shown>,
+        page: &mut Page,
+        when_full: WhenFull,
     ) -> weir_storage::Result<u64> {
+        let stops = |scan: &Self, page: &Page| {
+            when_full == WhenFull::Stop && (page.full() || scan.bytes >= SCAN_BYTES_MAX)
+        };
         let mut offset = from;
-        let spent = |scan: &Self| bounded && scan.bytes >= SCAN_BYTES_MAX;
-        while out.len() < keep && offset < to && !spent(self) {
+        while offset < to && !stops(self, page) {
             let batch = self.log.read_records(offset, READ_BYTES)?;
             if batch.is_empty() {
                 // A gap left by compaction.
@@ -149,54 +211,64 @@ impl Scan<'_> {
                 continue;
             }
             for r in batch {
-                if r.offset as u64 >= to || out.len() >= keep || spent(self) {
+                if r.offset as u64 >= to || stops(self, page) {
                     break;
                 }
                 offset = r.offset as u64 + 1;
+                let value_bytes = size(r.value.as_deref());
+                let bytes = size(r.key.as_deref()) + value_bytes;
                 self.records += 1;
-                self.bytes += size(r.key.as_deref()) + size(r.value.as_deref());
+                self.bytes += bytes;
                 if self.matches(&r) {
-                    out.push(Shown {
-                        value_bytes: size(r.value.as_deref()),
+                    page.push(Shown {
+                        offset: r.offset as u64,
                         json: record_json(self.partition, &r),
+                        bytes,
+                        value_bytes,
                     });
+                    if when_full == WhenFull::KeepNewest {
+                        page.keep_newest();
+                    }
                 }
             }
         }
         Ok(offset)
     }
 
-    /// The last `keep` matching records before `stop`, read window by window backwards from
-    /// it; answers them in offset order with the lowest offset examined, where an older page
-    /// goes on from.
+    /// The last matching records before `stop`, read window by window backwards from it;
+    /// answers them in offset order with the lowest offset examined, where an older page goes
+    /// on from.
     fn backwards(
         &mut self,
         start: u64,
         stop: u64,
         keep: usize,
-    ) -> weir_storage::Result<(Vec<Shown>, u64)> {
+    ) -> weir_storage::Result<(Page, u64)> {
         let step = if self.finder.is_some() {
             BACKWARDS_STEP
         } else {
             keep as u64
         };
-        let mut kept: Vec<Shown> = Vec::new();
+        let mut page = Page::new(keep, PAGE_BYTES_MAX);
         let mut from = stop;
-        while kept.len() < keep && from > start && self.bytes < SCAN_BYTES_MAX {
+        while !page.full() && from > start && self.bytes < SCAN_BYTES_MAX {
             let begin = from.saturating_sub(step.max(1)).max(start);
-            let mut window = Vec::new();
-            self.forwards(begin, from, usize::MAX, false, &mut window)?;
-            let room = keep - kept.len();
+            let mut window = Page::new(
+                keep - page.records.len(),
+                PAGE_BYTES_MAX.saturating_sub(page.bytes),
+            );
+            self.forwards(begin, from, &mut window, WhenFull::KeepNewest)?;
             from = begin;
-            if window.len() > room {
-                // Older matches in this window are left for the next page.
-                window.drain(..window.len() - room);
-                from = window[0].json["offset"].as_u64().unwrap_or(begin);
+            if window.dropped {
+                // Older matches in this window, if any, are left for the next page.
+                from = window.records.front().map_or(begin, |r| r.offset);
             }
-            window.append(&mut kept);
-            kept = window;
+            page.bytes += window.bytes;
+            for shown in window.records.into_iter().rev() {
+                page.records.push_front(shown);
+            }
         }
-        Ok((kept, from))
+        Ok((page, from))
     }
 
     fn matches(&self, r: &Record) -> bool {
