@@ -972,40 +972,48 @@ fn page_offsets(page: &Value) -> Vec<i64> {
         .collect()
 }
 
-#[test]
-fn records_page_backwards_from_an_offset() {
-    let (_dir, node, _) = started(&[]);
-    let url = node.url();
+/// Makes topic `name` with one partition holding `values` in order, `per_request` records a
+/// produce request (each request is a batch of its own).
+fn topic_of(url: &str, name: &str, values: &[String], per_request: usize) {
     let (status, _) = call(
         "POST",
         &format!("{url}/v1/topics"),
         None,
-        Some(json!({"name": "paged"})),
+        Some(json!({ "name": name })),
     );
     assert_eq!(status, 201);
-    // Three produce requests make three batches, so pages start inside a batch.
-    for chunk in 0..3 {
-        let records: Vec<Value> = (0..83)
-            .map(|i| json!({"value": format!("r{}", chunk * 83 + i)}))
-            .collect();
+    for chunk in values.chunks(per_request) {
+        let records: Vec<Value> = chunk.iter().map(|v| json!({ "value": v })).collect();
         let (status, placed) = call(
             "POST",
-            &format!("{url}/v1/topics/paged/records"),
+            &format!("{url}/v1/topics/{name}/records"),
             None,
             Some(json!({ "records": records })),
         );
         assert_eq!(status, 200, "{placed}");
     }
-    let page = |query: &str| {
-        let (status, page) = call(
-            "GET",
-            &format!("{url}/v1/topics/paged/records?limit=100&{query}"),
-            None,
-            None,
-        );
-        assert_eq!(status, 200, "{query}: {page}");
-        page
-    };
+}
+
+/// A records page of `topic` the API answers to `query`.
+fn records_page(url: &str, topic: &str, query: &str) -> Value {
+    let (status, page) = call(
+        "GET",
+        &format!("{url}/v1/topics/{topic}/records?{query}"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{query}: {page}");
+    page
+}
+
+#[test]
+fn records_page_backwards_from_an_offset() {
+    let (_dir, node, _) = started(&[]);
+    let url = node.url();
+    // Three produce requests make three batches, so pages start inside a batch.
+    let values: Vec<String> = (0..249).map(|i| format!("r{i}")).collect();
+    topic_of(&url, "paged", &values, 83);
+    let page = |query: &str| records_page(&url, "paged", &format!("limit=100&{query}"));
     let newest = page(&format!("before={}", u64::MAX));
     assert_eq!(page_offsets(&newest), (149..249).collect::<Vec<_>>());
     assert_eq!(newest["next_offset"], 249);
@@ -1038,24 +1046,9 @@ const SEARCHED_RECORDS: usize = 30_000;
 fn records_pages_find_a_text_forwards_and_backwards_through_the_partition() {
     let (_dir, node, _) = started(&[]);
     let url = node.url();
-    let (status, _) = call(
-        "POST",
-        &format!("{url}/v1/topics"),
-        None,
-        Some(json!({"name": "searched"})),
-    );
-    assert_eq!(status, 201);
     let value = |i: usize| format!("r{i}");
-    for chunk in (0..SEARCHED_RECORDS).collect::<Vec<_>>().chunks(10_000) {
-        let records: Vec<Value> = chunk.iter().map(|&i| json!({"value": value(i)})).collect();
-        let (status, placed) = call(
-            "POST",
-            &format!("{url}/v1/topics/searched/records"),
-            None,
-            Some(json!({ "records": records })),
-        );
-        assert_eq!(status, 200, "{placed}");
-    }
+    let values: Vec<String> = (0..SEARCHED_RECORDS).map(value).collect();
+    topic_of(&url, "searched", &values, 10_000);
     // One record holds the text in a header only.
     let (status, _) = call(
         "POST",
@@ -1064,16 +1057,8 @@ fn records_pages_find_a_text_forwards_and_backwards_through_the_partition() {
         Some(json!({"records": [{"value": "x", "headers": {"trace": "needle-in-header"}}]})),
     );
     assert_eq!(status, 200);
-    let page = |query: &str| {
-        let (status, page) = call(
-            "GET",
-            &format!("{url}/v1/topics/searched/records?limit=100&contains=99&{query}"),
-            None,
-            None,
-        );
-        assert_eq!(status, 200, "{query}: {page}");
-        page
-    };
+    let page =
+        |query: &str| records_page(&url, "searched", &format!("limit=100&contains=99&{query}"));
     let expected: Vec<i64> = (0..SEARCHED_RECORDS)
         .filter(|&i| value(i).contains("99"))
         .map(|i| i as i64)
@@ -1132,37 +1117,13 @@ fn records_pages_find_a_text_forwards_and_backwards_through_the_partition() {
 fn record_pages_stop_at_their_byte_bound_in_either_direction() {
     let (_dir, node, _) = started(&[]);
     let url = node.url();
-    let (status, _) = call(
-        "POST",
-        &format!("{url}/v1/topics"),
-        None,
-        Some(json!({"name": "large"})),
-    );
-    assert_eq!(status, 201);
     const VALUE_BYTES: usize = 512 << 10;
-    for chunk in 0..4 {
-        let records: Vec<Value> = (0..20)
-            .map(|i| json!({"value": format!("{:04}{}", chunk * 20 + i, "v".repeat(VALUE_BYTES - 4))}))
-            .collect();
-        let (status, placed) = call(
-            "POST",
-            &format!("{url}/v1/topics/large/records"),
-            None,
-            Some(json!({ "records": records })),
-        );
-        assert_eq!(status, 200, "{placed}");
-    }
+    let values: Vec<String> = (0..80)
+        .map(|i| format!("{i:04}{}", "v".repeat(VALUE_BYTES - 4)))
+        .collect();
+    topic_of(&url, "large", &values, 20);
     let per_page = (weir_broker::http::PAGE_BYTES_MAX as usize / VALUE_BYTES) as i64;
-    let page = |query: &str| {
-        let (status, page) = call(
-            "GET",
-            &format!("{url}/v1/topics/large/records?limit=100&{query}"),
-            None,
-            None,
-        );
-        assert_eq!(status, 200, "{query}");
-        page
-    };
+    let page = |query: &str| records_page(&url, "large", &format!("limit=100&{query}"));
     let first = page("offset=0");
     assert_eq!(page_offsets(&first), (0..per_page).collect::<Vec<_>>());
     assert_eq!(first["next_offset"], per_page);
