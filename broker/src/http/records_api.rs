@@ -77,7 +77,6 @@ pub(super) async fn consume(
         let log_start_offset = log.log_start_offset();
         let mut scan = Scan {
             log: &log,
-            partition: q.partition,
             finder: contains.as_deref().map(Finder::new),
             bytes: 0,
             records: 0,
@@ -101,10 +100,14 @@ pub(super) async fn consume(
                 (page, from, next)
             }
         };
-        let bytes_read = page.records.iter().map(|r| r.value_bytes).sum();
+        let bytes_read = page.records.iter().map(|r| size(r.value.as_deref())).sum();
         node.metrics
             .consumed(&name, bytes_read, page.records.len() as u64);
-        let records: Vec<_> = page.records.into_iter().map(|r| r.json).collect();
+        let records: Vec<_> = page
+            .records
+            .iter()
+            .map(|r| record_json(q.partition, r))
+            .collect();
         Ok(Json(serde_json::json!({
             "records": records,
             "next_offset": next_offset,
@@ -117,19 +120,11 @@ pub(super) async fn consume(
     .await
 }
 
-/// A record as the page shows it.
-struct Shown {
-    offset: u64,
-    json: serde_json::Value,
-    /// Its key and value bytes.
-    bytes: u64,
-    value_bytes: u64,
-}
-
 /// The records a page answers: at most `keep`, and no more key and value bytes than
-/// `bytes_max` (past it by one record at most, so a page always moves on).
+/// `bytes_max` (past it by one record at most, so a page always moves on). They become JSON
+/// only once the page is settled.
 struct Page {
-    records: VecDeque<Shown>,
+    records: VecDeque<Record>,
     bytes: u64,
     keep: usize,
     bytes_max: u64,
@@ -152,9 +147,9 @@ impl Page {
         self.records.len() >= self.keep || self.bytes >= self.bytes_max
     }
 
-    fn push(&mut self, shown: Shown) {
-        self.bytes += shown.bytes;
-        self.records.push_back(shown);
+    fn push(&mut self, record: Record) {
+        self.bytes += record_bytes(&record);
+        self.records.push_back(record);
     }
 
     /// Drops the oldest records while the page is past its bounds.
@@ -163,7 +158,7 @@ impl Page {
             || (self.bytes > self.bytes_max && self.records.len() > 1)
         {
             if let Some(old) = self.records.pop_front() {
-                self.bytes -= old.bytes;
+                self.bytes -= record_bytes(&old);
                 self.dropped = true;
             }
         }
@@ -173,7 +168,6 @@ impl Page {
 /// One page's read of a partition: what it looks for and what it has examined so far.
 struct Scan<'a> {
     log: &'a Log,
-    partition: u32,
     finder: Option<Finder<'a>>,
     bytes: u64,
     records: u64,
@@ -215,17 +209,10 @@ impl Scan<'_> {
                     break;
                 }
                 offset = r.offset as u64 + 1;
-                let value_bytes = size(r.value.as_deref());
-                let bytes = size(r.key.as_deref()) + value_bytes;
                 self.records += 1;
-                self.bytes += bytes;
+                self.bytes += record_bytes(&r);
                 if self.matches(&r) {
-                    page.push(Shown {
-                        offset: r.offset as u64,
-                        json: record_json(self.partition, &r),
-                        bytes,
-                        value_bytes,
-                    });
+                    page.push(r);
                     if when_full == WhenFull::KeepNewest {
                         page.keep_newest();
                     }
@@ -261,11 +248,11 @@ impl Scan<'_> {
             from = begin;
             if window.dropped {
                 // Older matches in this window, if any, are left for the next page.
-                from = window.records.front().map_or(begin, |r| r.offset);
+                from = window.records.front().map_or(begin, |r| r.offset as u64);
             }
             page.bytes += window.bytes;
-            for shown in window.records.into_iter().rev() {
-                page.records.push_front(shown);
+            for record in window.records.into_iter().rev() {
+                page.records.push_front(record);
             }
         }
         Ok((page, from))
@@ -284,6 +271,11 @@ impl Scan<'_> {
 
 fn size(bytes: Option<&[u8]>) -> u64 {
     bytes.map_or(0, |b| b.len() as u64)
+}
+
+/// The key and value bytes of a record, what the page and scan bounds count.
+fn record_bytes(r: &Record) -> u64 {
+    size(r.key.as_deref()) + size(r.value.as_deref())
 }
 
 fn record_json(partition: u32, r: &Record) -> serde_json::Value {
