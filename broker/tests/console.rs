@@ -174,6 +174,18 @@ impl Browser {
         );
     }
 
+    /// Presses Shift+Tab until the focus is on `target` (an element's id, else its text),
+    /// which must come within the page's first [`TAB_STOPS_MAX`] stops back.
+    fn tab_back_to(&self, target: &str) {
+        for _ in 0..TAB_STOPS_MAX {
+            if self.run(ACTIVE, json!([])) == target {
+                return;
+            }
+            self.press(&[SHIFT], TAB);
+        }
+        panic!("{target} is not within {TAB_STOPS_MAX} tab stops back");
+    }
+
     /// Saves the page as `target/console/<name>.png`.
     fn screenshot(&self, name: &str) {
         let png = self.send("GET", "/screenshot", Value::Null);
@@ -199,6 +211,11 @@ const TAB: &str = "\u{E004}";
 const ENTER: &str = "\u{E007}";
 const SHIFT: &str = "\u{E008}";
 const CONTROL: &str = "\u{E009}";
+
+/// The focused element: its id, else its text.
+const ACTIVE: &str = "return document.activeElement.id || document.activeElement.innerText;";
+/// Tab stops a keyboard user passes at most from the page's content back to its header.
+const TAB_STOPS_MAX: usize = 20;
 
 /// Offsets of the records the record browser shows.
 const SHOWN_OFFSETS: &str =
@@ -535,26 +552,16 @@ fn the_console_signs_in_and_shows_what_the_api_holds_on_every_page() {
     browser.screenshot("overview");
 
     // With the keyboard alone: back from the page to the SQL link, open it, run a statement.
-    let active = "return document.activeElement.id || document.activeElement.innerText;";
-    let mut presses = 0;
-    while browser.run(active, json!([])) != "SQL" {
-        assert!(presses < 10, "no SQL link before the page");
-        browser.press(&[SHIFT], TAB);
-        presses += 1;
-    }
+    browser.tab_back_to("SQL");
     browser.press(&[], ENTER);
-    browser.until("the editor focused", active, |v| *v == "sql-editor");
+    browser.until("the editor focused", ACTIVE, |v| *v == "sql-editor");
     set(&browser, "#sql-editor", "SELECT count(*) AS n FROM events");
     browser.press(&[CONTROL], ENTER);
     assert!(browser.text("#sql-result table").contains("n\n2000"));
     // The first stop of the page skips to its content.
-    while browser.run(active, json!([])) != "skip" {
-        assert!(presses < 30, "no skip link");
-        browser.press(&[SHIFT], TAB);
-        presses += 1;
-    }
+    browser.tab_back_to("skip");
     browser.press(&[], ENTER);
-    browser.until("the content focused", active, |v| *v == "main");
+    browser.until("the content focused", ACTIVE, |v| *v == "main");
 
     // In a phone-sized window nothing is wider than the screen.
     browser.send("POST", "/window/rect", json!({"width": 390, "height": 844}));

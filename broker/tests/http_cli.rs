@@ -1114,11 +1114,13 @@ fn records_pages_find_a_text_forwards_and_backwards_through_the_partition() {
 }
 
 #[test]
-fn record_pages_stop_at_their_byte_bound_in_either_direction() {
+fn record_pages_stop_at_their_byte_bounds() {
     let (_dir, node, _) = started(&[]);
     let url = node.url();
     const VALUE_BYTES: usize = 512 << 10;
-    let values: Vec<String> = (0..80)
+    // More than one search page examines.
+    const RECORDS: i64 = 140;
+    let values: Vec<String> = (0..RECORDS)
         .map(|i| format!("{i:04}{}", "v".repeat(VALUE_BYTES - 4)))
         .collect();
     topic_of(&url, "large", &values, 20);
@@ -1130,9 +1132,19 @@ fn record_pages_stop_at_their_byte_bound_in_either_direction() {
     let newest = page(&format!("before={}", u64::MAX));
     assert_eq!(
         page_offsets(&newest),
-        (80 - per_page..80).collect::<Vec<_>>()
+        (RECORDS - per_page..RECORDS).collect::<Vec<_>>()
     );
-    assert_eq!(newest["scanned_from"], 80 - per_page);
+    assert_eq!(newest["scanned_from"], RECORDS - per_page);
+    // A search for a text no record holds stops at its examined-bytes bound and says where;
+    // the next page goes on to the end.
+    let per_search = (weir_broker::http::SCAN_BYTES_MAX as usize / VALUE_BYTES) as i64;
+    let searched = page("contains=absent&offset=0");
+    assert!(page_offsets(&searched).is_empty());
+    assert_eq!(searched["records_scanned"], per_search);
+    assert_eq!(searched["next_offset"], per_search);
+    let rest = page(&format!("contains=absent&offset={per_search}"));
+    assert_eq!(rest["records_scanned"], RECORDS - per_search);
+    assert_eq!(rest["next_offset"], RECORDS);
     node.stop();
 }
 

@@ -18,7 +18,8 @@ pub const CONSUME_RECORDS_MAX: usize = 10_000;
 /// Longest text a page may be asked to contain.
 pub const CONTAINS_BYTES_MAX: usize = 1024;
 /// Key and value bytes one page examines at most while looking for records that contain a
-/// text; the page says how far it got, and the next page goes on from there.
+/// text (a backwards page checks it between windows of [`BACKWARDS_STEP`] offsets, so it may
+/// pass it by one window); the page says how far it got, and the next page goes on from there.
 pub const SCAN_BYTES_MAX: u64 = 64 << 20;
 /// Key and value bytes of the records one page answers at most (past it by one record at
 /// most, so that a page always moves on).
