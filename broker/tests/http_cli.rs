@@ -1145,6 +1145,20 @@ fn record_pages_stop_at_their_byte_bounds() {
     let rest = page(&format!("contains=absent&offset={per_search}"));
     assert_eq!(rest["records_scanned"], RECORDS - per_search);
     assert_eq!(rest["next_offset"], RECORDS);
+    // Backwards, a search reads windows of the log no larger than what is left of its bound:
+    // the newest batches (one record each) that fit in 64 MiB with their headers, then the next
+    // page the rest.
+    let back = page(&format!("contains=absent&before={RECORDS}"));
+    assert!(page_offsets(&back).is_empty());
+    let per_back = back["records_scanned"].as_i64().unwrap();
+    assert!(
+        (per_search - 1..=per_search).contains(&per_back),
+        "{per_back}"
+    );
+    assert_eq!(back["scanned_from"], RECORDS - per_back);
+    let older = page(&format!("contains=absent&before={}", RECORDS - per_back));
+    assert_eq!(older["records_scanned"], RECORDS - per_back);
+    assert_eq!(older["scanned_from"], 0);
     node.stop();
 }
 

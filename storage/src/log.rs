@@ -769,6 +769,61 @@ impl Log {
         Ok(result(None))
     }
 
+    /// Where a reader stepping backwards from `end` starts to read at most `bytes` bytes of
+    /// the log: the base offset of the oldest batch such that it and the batches after it up to
+    /// `end` take at most `bytes`, never reaching into an older segment. When not even the batch
+    /// just before `end` fits, the answer is `end` itself, or with `at_least_one` that batch's
+    /// base offset, so that a reader always moves on. Never below the log start offset.
+    pub fn offset_bytes_before(&self, end: u64, bytes: u64, at_least_one: bool) -> Result<u64> {
+        crate::reactor::check("reading a log");
+        let view = self.view();
+        let end = end.min(view.high_watermark);
+        if end <= view.log_start_offset {
+            return Ok(view.log_start_offset);
+        }
+        let last = end - 1;
+        let i = view
+            .segments
+            .partition_point(|s| s.base_offset() <= last)
+            .saturating_sub(1);
+        let segment = &view.segments[i];
+        let limit = if segment.base_offset() == view.hw_segment {
+            view.hw_position
+        } else {
+            segment.size()
+        };
+        // The batches of the segment from an index entry on: (position, base offset, last
+        // offset), up to the batch that holds `last`.
+        let walk = |from: u64, until: &mut dyn FnMut(u64, &BatchHeader) -> bool| {
+            let mut pos = from;
+            while let Some(h) = segment.header_at(pos, limit)? {
+                if until(pos, &h) || h.last_offset() >= last as i64 {
+                    return Ok(Some((pos, h)));
+                }
+                pos += h.total_bytes();
+            }
+            Ok::<_, StorageError>(None)
+        };
+        // Where the batch holding `last` ends: `end`'s batch, or the segment's readable end.
+        let Some((last_pos, last_batch)) = walk(segment.lookup(last)?, &mut |_, _| false)? else {
+            return Ok(end);
+        };
+        let end_pos = last_pos + last_batch.total_bytes();
+        let target = end_pos.saturating_sub(bytes);
+        let found = walk(segment.lookup_position(target)?, &mut |pos, _| {
+            pos >= target
+        })?;
+        let offset = match found {
+            Some((pos, h)) if pos >= target && pos < end_pos => h.base_offset as u64,
+            _ if at_least_one => last_batch.base_offset as u64,
+            _ => return Ok(end),
+        };
+        Ok(offset
+            .max(segment.base_offset())
+            .max(view.log_start_offset)
+            .min(last))
+    }
+
     /// Reads and decodes records from `offset` on, up to about `bytes_max` bytes of batches.
     /// Records before `offset` in the first batch are left out.
     pub fn read_records(&self, offset: u64, bytes_max: u64) -> Result<Vec<Record>> {

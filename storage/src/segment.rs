@@ -779,6 +779,14 @@ impl Segment {
             .map_or(0, |e| u64::from(e.position)))
     }
 
+    /// Position of the last indexed batch starting at or before `position`.
+    pub fn lookup_position(&self, position: u64) -> Result<u64> {
+        let position = position.min(u64::from(u32::MAX)) as u32;
+        Ok(locks::read(&self.files()?.index)
+            .last_where(|e| e.position <= position)
+            .map_or(0, |e| u64::from(e.position)))
+    }
+
     /// Offset from which a scan for the first record at or after `timestamp` may start: every
     /// batch before it has only smaller timestamps.
     pub fn lookup_time(&self, timestamp: i64) -> Result<u64> {

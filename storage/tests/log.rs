@@ -233,6 +233,60 @@ fn counts_from_batch_headers_match_the_records_read() {
 }
 
 #[test]
+fn stepping_back_by_bytes_takes_the_batches_that_fit_within_one_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_config());
+    // (base offset, last offset, bytes) of each batch, of 1 to 5 records of varied sizes.
+    let mut batches = Vec::new();
+    for i in 0..80usize {
+        let records = (0..1 + i % 5).map(|j| record("k", &"v".repeat(10 + (i * 37 + j) % 300), T0));
+        let bytes = batch(Compression::None, records);
+        let placed = log.append(&bytes).unwrap();
+        batches.push((placed.base_offset, placed.last_offset, bytes.len() as u64));
+    }
+    let bases = log.segment_base_offsets();
+    assert!(bases.len() > 4, "{} segments", bases.len());
+    let segment_of = |offset: u64| bases.iter().rev().find(|&&b| b <= offset).copied();
+    // What the answer must be: the oldest batch from which the batches up to the one holding
+    // `end - 1`, all in its segment, take at most `bytes`.
+    let expected = |end: u64, bytes: u64, at_least_one: bool| {
+        let k = batches.iter().position(|b| b.1 >= end - 1).unwrap();
+        let mut taken = None;
+        let mut sum = 0;
+        for j in (0..=k).rev() {
+            let (base, _, len) = batches[j];
+            if segment_of(base) != segment_of(end - 1) || sum + len > bytes {
+                break;
+            }
+            sum += len;
+            taken = Some(base);
+        }
+        match taken {
+            Some(base) => base,
+            None if at_least_one => batches[k].0,
+            None => end,
+        }
+    };
+    let high_watermark = log.high_watermark();
+    for end in 1..=high_watermark {
+        for bytes in [0, 100, 700, 1500, 4096, 1 << 20] {
+            for at_least_one in [false, true] {
+                assert_eq!(
+                    log.offset_bytes_before(end, bytes, at_least_one).unwrap(),
+                    expected(end, bytes, at_least_one),
+                    "end {end}, {bytes} bytes, at least one: {at_least_one}"
+                );
+            }
+        }
+    }
+    assert_eq!(log.offset_bytes_before(0, 100, true).unwrap(), 0);
+    assert_eq!(
+        log.offset_bytes_before(u64::MAX, 1 << 20, false).unwrap(),
+        expected(high_watermark, 1 << 20, false)
+    );
+}
+
+#[test]
 fn timestamp_lookup_finds_first_record_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), small_config());

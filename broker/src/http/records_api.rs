@@ -18,14 +18,13 @@ pub const CONSUME_RECORDS_MAX: usize = 10_000;
 /// Longest text a page may be asked to contain.
 pub const CONTAINS_BYTES_MAX: usize = 1024;
 /// Key and value bytes one page examines at most while looking for records that contain a
-/// text (a backwards page checks it between windows of [`BACKWARDS_STEP`] offsets, so it may
-/// pass it by one window); the page says how far it got, and the next page goes on from there.
+/// text; the page says how far it got, and the next page goes on from there. A backwards page
+/// reads windows of at most the bytes left from the log file, so only compressed batches, which
+/// decode to more, take it past the bound.
 pub const SCAN_BYTES_MAX: u64 = 64 << 20;
 /// Key and value bytes of the records one page answers at most (past it by one record at
 /// most, so that a page always moves on).
 pub const PAGE_BYTES_MAX: u64 = 8 << 20;
-/// Offsets a backwards page looking for a text steps back at a time.
-const BACKWARDS_STEP: u64 = 10_000;
 /// Bytes of the log one read takes.
 const READ_BYTES: u64 = 1 << 20;
 
@@ -225,22 +224,35 @@ impl Scan<'_> {
 
     /// The last matching records before `stop`, read window by window backwards from it;
     /// answers them in offset order with the lowest offset examined, where an older page goes
-    /// on from.
+    /// on from. Searching, a window takes at most the log bytes left of the examined bound;
+    /// otherwise at most `keep` offsets and twice the bytes left of the page's own bound (the
+    /// log holds more than keys and values). The first window takes at least one batch, so that
+    /// a page always moves on.
     fn backwards(
         &mut self,
         start: u64,
         stop: u64,
         keep: usize,
     ) -> weir_storage::Result<(Page, u64)> {
-        let step = if self.finder.is_some() {
-            BACKWARDS_STEP
-        } else {
-            keep as u64
-        };
         let mut page = Page::new(keep, PAGE_BYTES_MAX);
         let mut from = stop;
         while !page.full() && from > start && self.bytes < SCAN_BYTES_MAX {
-            let begin = from.saturating_sub(step.max(1)).max(start);
+            let (bytes_left, begin_min) = if self.finder.is_some() {
+                (SCAN_BYTES_MAX - self.bytes, start)
+            } else {
+                (
+                    2 * PAGE_BYTES_MAX.saturating_sub(page.bytes),
+                    from.saturating_sub(keep as u64),
+                )
+            };
+            let begin = self
+                .log
+                .offset_bytes_before(from, bytes_left, self.records == 0)?
+                .max(begin_min)
+                .max(start);
+            if begin >= from {
+                break;
+            }
             let mut window = Page::new(
                 keep - page.records.len(),
                 PAGE_BYTES_MAX.saturating_sub(page.bytes),
