@@ -782,46 +782,27 @@ impl Log {
             return Ok(view.log_start_offset);
         }
         let last = end - 1;
-        let i = view
-            .segments
-            .partition_point(|s| s.base_offset() <= last)
-            .saturating_sub(1);
-        let segment = &view.segments[i];
-        let limit = if segment.base_offset() == view.hw_segment {
-            view.hw_position
-        } else {
-            segment.size()
-        };
-        // The batches of the segment from an index entry on: (position, base offset, last
-        // offset), up to the batch that holds `last`.
-        let walk = |from: u64, until: &mut dyn FnMut(u64, &BatchHeader) -> bool| {
-            let mut pos = from;
-            while let Some(h) = segment.header_at(pos, limit)? {
-                if until(pos, &h) || h.last_offset() >= last as i64 {
-                    return Ok(Some((pos, h)));
-                }
-                pos += h.total_bytes();
-            }
-            Ok::<_, StorageError>(None)
-        };
-        // Where the batch holding `last` ends: `end`'s batch, or the segment's readable end.
-        let Some((last_pos, last_batch)) = walk(segment.lookup(last)?, &mut |_, _| false)? else {
+        // The batch that holds `last`, found as any read finds it.
+        let mut last_base = last;
+        let read =
+            self.read_batches(last, 0, true, &mut |_, h| last_base = h.base_offset as u64)?;
+        let Some(held) = read.slice else {
             return Ok(end);
         };
-        let end_pos = last_pos + last_batch.total_bytes();
+        let segment = &held.segment;
+        let end_pos = held.position + held.len;
         let target = end_pos.saturating_sub(bytes);
-        let found = walk(segment.lookup_position(target)?, &mut |pos, _| {
-            pos >= target
-        })?;
-        let offset = match found {
-            Some((pos, h)) if pos >= target && pos < end_pos => h.base_offset as u64,
-            _ if at_least_one => last_batch.base_offset as u64,
-            _ => return Ok(end),
-        };
-        Ok(offset
-            .max(segment.base_offset())
-            .max(view.log_start_offset)
-            .min(last))
+        let mut pos = segment.lookup_position(target)?;
+        while let Some(h) = segment.header_at(pos, end_pos)? {
+            if pos >= target {
+                return Ok((h.base_offset as u64)
+                    .max(segment.base_offset())
+                    .max(view.log_start_offset)
+                    .min(last));
+            }
+            pos += h.total_bytes();
+        }
+        Ok(if at_least_one { last_base } else { end })
     }
 
     /// Reads and decodes records from `offset` on, up to about `bytes_max` bytes of batches.

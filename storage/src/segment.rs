@@ -774,16 +774,19 @@ impl Segment {
         let rel = offset
             .saturating_sub(self.base_offset)
             .min(u64::from(u32::MAX)) as u32;
-        Ok(locks::read(&self.files()?.index)
-            .last_where(|e| e.relative_offset <= rel)
-            .map_or(0, |e| u64::from(e.position)))
+        self.last_indexed(|e| e.relative_offset <= rel)
     }
 
     /// Position of the last indexed batch starting at or before `position`.
     pub fn lookup_position(&self, position: u64) -> Result<u64> {
         let position = position.min(u64::from(u32::MAX)) as u32;
+        self.last_indexed(|e| e.position <= position)
+    }
+
+    /// Position of the last offset index entry for which `le` holds (true for a prefix), or 0.
+    fn last_indexed(&self, le: impl Fn(&OffsetEntry) -> bool) -> Result<u64> {
         Ok(locks::read(&self.files()?.index)
-            .last_where(|e| e.position <= position)
+            .last_where(le)
             .map_or(0, |e| u64::from(e.position)))
     }
 

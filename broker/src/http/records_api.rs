@@ -242,14 +242,13 @@ impl Scan<'_> {
             } else {
                 (
                     2 * PAGE_BYTES_MAX.saturating_sub(page.bytes),
-                    from.saturating_sub(keep as u64),
+                    from.saturating_sub(keep as u64).max(start),
                 )
             };
             let begin = self
                 .log
                 .offset_bytes_before(from, bytes_left, self.records == 0)?
-                .max(begin_min)
-                .max(start);
+                .max(begin_min);
             if begin >= from {
                 break;
             }
