@@ -8,7 +8,7 @@
 //! without knowing what the writer did.
 //!
 //! [`wasm`] builds plugins to WebAssembly for the tests that deploy them; [`hostile`] forges
-//! the record batches a hostile producer sends.
+//! the record batches a hostile producer sends; [`postgres`] runs a throwaway PostgreSQL server.
 
 /// The value the crash writer stores at `offset`.
 pub fn value_for(offset: u64) -> String {
@@ -16,4 +16,5 @@ pub fn value_for(offset: u64) -> String {
 }
 
 pub mod hostile;
+pub mod postgres;
 pub mod wasm;

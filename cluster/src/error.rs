@@ -1,0 +1,59 @@
+use weir_storage::BatchError;
+
+pub type Result<T> = std::result::Result<T, ClusterError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster database: {}", db_message(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("object store {url:?}: {reason}")]
+    StoreUrl { url: String, reason: String },
+    #[error(
+        "cluster database schema is at version {found}, newer than this node knows ({known}): upgrade the node"
+    )]
+    SchemaTooNew { found: i32, known: i32 },
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    #[error("unknown topic or partition: {topic}-{partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    #[error("record set for {topic}-{partition}: {source}")]
+    Batch {
+        topic: String,
+        partition: u32,
+        source: BatchError,
+    },
+    #[error("flush of {bytes} bytes is larger than the bound of {bytes_max}")]
+    FlushTooLarge { bytes: u64, bytes_max: u64 },
+    #[error("offset {offset} is past the end of {topic}-{partition} ({end})")]
+    OffsetOutOfRange {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        end: u64,
+    },
+    #[error("object {key}: {reason}")]
+    CorruptObject { key: String, reason: String },
+}
+
+impl ClusterError {
+    /// Whether a client should retry the request: the database or the store failed, not the
+    /// request. A flush that failed this way acknowledged nothing.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ClusterError::Db(_) | ClusterError::Store(_))
+    }
+}
+
+/// The server's own message when there is one (`tokio_postgres` says only "db error").
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}

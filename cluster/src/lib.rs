@@ -1,0 +1,26 @@
+//! `weir-cluster`: the storage of cluster mode, where nodes keep nothing of their own.
+//!
+//! `docs/cluster.md` is the design. Record batches are written once to an object store and
+//! Postgres orders every write:
+//!
+//! - [`SharedLog::open`] connects to Postgres, brings the `weir` schema up to date
+//!   ([`schema`], one transaction under an advisory lock) and opens the object store
+//!   (`file:///shared/dir` for now).
+//! - [`SharedLog::flush`] takes the record sets of any partitions, writes them as **one
+//!   object** under a key no other write uses, then assigns their offsets in **one Postgres
+//!   transaction** (`partitions.next_offset` locked in a fixed order, one `batches` row per
+//!   partition). Only a committed flush returns offsets; an object whose transaction failed is
+//!   referenced by no row.
+//! - [`SharedLog::read`] finds the rows covering an offset, reads their byte ranges from the
+//!   store and writes each batch's base offset into its header on the way out (the CRC does
+//!   not cover it), so a client sees the batches as a single node would return them.
+//!
+//! Several nodes share one database and one store; the transaction is what makes their
+//! offsets unique and gap-free. This crate knows nothing of Kafka requests or sockets.
+
+mod error;
+mod log;
+pub mod schema;
+
+pub use error::{ClusterError, Result};
+pub use log::{Append, FLUSH_BYTES_MAX, Fetched, READ_ROWS_MAX, SharedLog};

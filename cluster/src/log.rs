@@ -1,0 +1,408 @@
+//! The shared log: partitions whose batches live in objects and whose offsets live in Postgres.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+use weir_storage::batch::{BatchHeader, set_base_offset, validate_record_set};
+use weir_storage::{LogConfig, PARTITIONS_MAX, validate_topic_name};
+
+use crate::{ClusterError, Result, schema};
+
+/// Largest object one flush writes. Larger flushes are split by the caller; the node's flush
+/// buffer closes well before this (`cluster.flush.bytes`, 4 MiB by default).
+pub const FLUSH_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Most `batches` rows one read looks at; each is one flush's worth of one partition.
+pub const READ_ROWS_MAX: i64 = 64;
+
+/// The last bytes of every object: its footer ends with this tag.
+const FOOTER_TAG: &[u8; 8] = b"WEIROBJ1";
+
+/// Record sets for one partition, as a producer sent them (base offsets are ignored).
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub topic: String,
+    pub partition: u32,
+    pub batches: Bytes,
+}
+
+/// What a read returns: whole batches with their offsets written in, and where the
+/// partition's log stands.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub batches: Bytes,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// One node's handle on the cluster's partitions.
+pub struct SharedLog {
+    db: Mutex<Client>,
+    store: Arc<dyn ObjectStore>,
+    node_id: String,
+}
+
+/// One partition's part of a flush, before its offsets are known.
+struct Group {
+    topic_id: i64,
+    partition: i32,
+    /// Indexes into the flush's appends, in the order they came, with their offset counts.
+    appends: Vec<(usize, u64)>,
+    byte_start: u64,
+    byte_len: u64,
+    max_timestamp: i64,
+}
+
+impl SharedLog {
+    /// Connects to the cluster database (a `postgres://` URL or key=value string), brings
+    /// its schema up to date, and opens the object store at `store_url`.
+    pub async fn open(db_url: &str, store_url: &str, node_id: &str) -> Result<SharedLog> {
+        let (mut db, connection) = tokio_postgres::connect(db_url, NoTls).await?;
+        tokio::spawn(connection);
+        schema::migrate(&mut db).await?;
+        Ok(SharedLog {
+            db: Mutex::new(db),
+            store: open_store(store_url)?,
+            node_id: node_id.to_string(),
+        })
+    }
+
+    /// Creates a topic with `partitions` partitions, each starting at offset 0.
+    pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
+        validate_topic_name(name).map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return Err(ClusterError::InvalidTopic(format!(
+                "{name}: {partitions} partitions, allowed 1 to {PARTITIONS_MAX}"
+            )));
+        }
+        let mut db = self.db.lock().await;
+        let tx = db.transaction().await?;
+        let row = tx
+            .query_opt(
+                "INSERT INTO weir.topics (name, partitions) VALUES ($1, $2)
+                 ON CONFLICT (name) DO NOTHING RETURNING topic_id",
+                &[&name, &(partitions as i32)],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(ClusterError::TopicExists(name.to_string()));
+        };
+        let topic_id: i64 = row.get(0);
+        tx.execute(
+            "INSERT INTO weir.partitions (topic_id, partition)
+             SELECT $1, p FROM generate_series(0, $2 - 1) AS p",
+            &[&topic_id, &(partitions as i32)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes the record sets as one object and assigns their offsets in one transaction.
+    /// Returns each append's base offset, in the order given. Every record set is checked
+    /// (header, length, CRC, the topic's size bound) before anything is written; an error
+    /// leaves no offset assigned.
+    pub async fn flush(&self, appends: &[Append]) -> Result<Vec<u64>> {
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bytes: u64 = appends.iter().map(|a| a.batches.len() as u64).sum();
+        if bytes > FLUSH_BYTES_MAX {
+            return Err(ClusterError::FlushTooLarge {
+                bytes,
+                bytes_max: FLUSH_BYTES_MAX,
+            });
+        }
+        let topics = self.topic_ids(appends).await?;
+
+        // Group by partition in (topic id, partition) order: the object holds each partition's
+        // record sets side by side, and the transaction locks partitions in this order so two
+        // nodes flushing the same partitions never deadlock.
+        let mut groups: BTreeMap<(i64, i32), Group> = BTreeMap::new();
+        // Topics of the cluster carry no configs yet: every batch has the default size bound.
+        let batch_bytes_max = LogConfig::default().batch_bytes_max;
+        for (index, append) in appends.iter().enumerate() {
+            let batch_error = |source| ClusterError::Batch {
+                topic: append.topic.clone(),
+                partition: append.partition,
+                source,
+            };
+            let headers =
+                validate_record_set(&append.batches, batch_bytes_max).map_err(batch_error)?;
+            let topic_id = topics[index];
+            let group = groups
+                .entry((topic_id, append.partition as i32))
+                .or_insert(Group {
+                    topic_id,
+                    partition: append.partition as i32,
+                    appends: Vec::new(),
+                    byte_start: 0,
+                    byte_len: 0,
+                    max_timestamp: -1,
+                });
+            let offsets = headers.iter().map(BatchHeader::offset_count).sum();
+            group.appends.push((index, offsets));
+            group.byte_len += append.batches.len() as u64;
+            for header in &headers {
+                group.max_timestamp = group.max_timestamp.max(header.max_timestamp);
+            }
+        }
+        let mut object = BytesMut::with_capacity(bytes as usize + 24 * groups.len() + 12);
+        for group in groups.values_mut() {
+            group.byte_start = object.len() as u64;
+            for (index, _) in &group.appends {
+                object.extend_from_slice(&appends[*index].batches);
+            }
+        }
+        write_footer(&mut object, groups.values());
+        let key = ObjectPath::from(format!(
+            "data/{}/{}",
+            self.node_id,
+            uuid::Uuid::now_v7().simple()
+        ));
+        let object_bytes = object.len() as i64;
+        self.store
+            .put(&key, PutPayload::from_bytes(object.freeze()))
+            .await?;
+
+        // The database is not held while the object is written: reads go on meanwhile.
+        let mut db = self.db.lock().await;
+        let tx = db.transaction().await?;
+        let object_id: i64 = tx
+            .query_one(
+                "INSERT INTO weir.objects (key, bytes, live_bytes) VALUES ($1, $2, $3)
+                 RETURNING object_id",
+                &[&key.as_ref(), &object_bytes, &(bytes as i64)],
+            )
+            .await?
+            .get(0);
+        let mut bases = vec![0u64; appends.len()];
+        for group in groups.values() {
+            let next: i64 = tx
+                .query_one(
+                    "SELECT next_offset FROM weir.partitions
+                     WHERE topic_id = $1 AND partition = $2 FOR UPDATE",
+                    &[&group.topic_id, &group.partition],
+                )
+                .await?
+                .get(0);
+            let mut offset = next as u64;
+            for (index, offsets) in &group.appends {
+                bases[*index] = offset;
+                offset += offsets;
+            }
+            tx.execute(
+                "INSERT INTO weir.batches (topic_id, partition, base_offset, last_offset,
+                   max_timestamp, object_id, byte_start, byte_len)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &group.topic_id,
+                    &group.partition,
+                    &next,
+                    &(offset as i64 - 1),
+                    &group.max_timestamp,
+                    &object_id,
+                    &(group.byte_start as i64),
+                    &(group.byte_len as i32),
+                ],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE weir.partitions SET next_offset = $3,
+                   max_timestamp = greatest(max_timestamp, $4)
+                 WHERE topic_id = $1 AND partition = $2",
+                &[
+                    &group.topic_id,
+                    &group.partition,
+                    &(offset as i64),
+                    &group.max_timestamp,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(bases)
+    }
+
+    /// Reads whole batches from `offset` on, at most `bytes_max` bytes of them unless the first
+    /// batch alone is larger (a reader must always be able to move on).
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<Fetched> {
+        let db = self.db.lock().await;
+        let unknown = || ClusterError::UnknownPartition {
+            topic: topic.to_string(),
+            partition,
+        };
+        let row = db
+            .query_opt(
+                "SELECT p.topic_id, p.next_offset, p.log_start_offset
+                 FROM weir.partitions p JOIN weir.topics t USING (topic_id)
+                 WHERE t.name = $1 AND p.partition = $2",
+                &[&topic, &(partition as i32)],
+            )
+            .await?
+            .ok_or_else(unknown)?;
+        let topic_id: i64 = row.get(0);
+        let high_watermark = row.get::<_, i64>(1) as u64;
+        let log_start_offset = row.get::<_, i64>(2) as u64;
+        if offset > high_watermark {
+            return Err(ClusterError::OffsetOutOfRange {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                end: high_watermark,
+            });
+        }
+        let rows = db
+            .query(
+                "SELECT b.base_offset, b.last_offset, o.key, b.byte_start, b.byte_len
+                 FROM weir.batches b JOIN weir.objects o USING (object_id)
+                 WHERE b.topic_id = $1 AND b.partition = $2 AND b.last_offset >= $3
+                 ORDER BY b.base_offset LIMIT $4",
+                &[
+                    &topic_id,
+                    &(partition as i32),
+                    &(offset as i64),
+                    &READ_ROWS_MAX,
+                ],
+            )
+            .await?;
+        drop(db);
+        let mut out = BytesMut::new();
+        for row in rows {
+            let base: i64 = row.get(0);
+            let last: i64 = row.get(1);
+            let key: String = row.get(2);
+            let start = row.get::<_, i64>(3) as u64;
+            let len = row.get::<_, i32>(4) as u64;
+            if !out.is_empty() && out.len() as u64 + len > bytes_max {
+                break;
+            }
+            let range = self
+                .store
+                .get_range(&ObjectPath::from(key.as_str()), start..start + len)
+                .await?;
+            place_batches(&range, base, last, offset, &mut out).map_err(|reason| {
+                ClusterError::CorruptObject {
+                    key: key.clone(),
+                    reason,
+                }
+            })?;
+        }
+        Ok(Fetched {
+            batches: out.freeze(),
+            high_watermark,
+            log_start_offset,
+        })
+    }
+
+    /// Each append's topic id, checking that the topic exists and has the partition.
+    async fn topic_ids(&self, appends: &[Append]) -> Result<Vec<i64>> {
+        let names: Vec<&str> = appends.iter().map(|a| a.topic.as_str()).collect();
+        let rows = self
+            .db
+            .lock()
+            .await
+            .query(
+                "SELECT name, topic_id, partitions FROM weir.topics WHERE name = ANY($1)",
+                &[&names],
+            )
+            .await?;
+        let known: BTreeMap<String, (i64, i32)> = rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        appends
+            .iter()
+            .map(|a| match known.get(&a.topic) {
+                Some((id, partitions)) if (a.partition as i64) < i64::from(*partitions) => Ok(*id),
+                _ => Err(ClusterError::UnknownPartition {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                }),
+            })
+            .collect()
+    }
+}
+
+/// Copies the batches of one row's byte range into `out`, from the first batch that holds
+/// `offset` on, with their offsets written in: the row's first batch starts at `base`, each
+/// next one where the previous ended. The batches must cover exactly `base..=last`.
+fn place_batches(
+    range: &[u8],
+    base: i64,
+    last: i64,
+    offset: u64,
+    out: &mut BytesMut,
+) -> std::result::Result<(), String> {
+    let mut pos = 0usize;
+    let mut next = base;
+    while pos < range.len() {
+        let header = BatchHeader::parse(&range[pos..]).map_err(|e| e.to_string())?;
+        let end = pos + header.total_bytes() as usize;
+        if end > range.len() {
+            return Err(format!(
+                "batch at byte {pos} of the range runs past its end ({} bytes)",
+                range.len()
+            ));
+        }
+        let batch_last = next + i64::from(header.last_offset_delta);
+        if batch_last >= offset as i64 {
+            let at = out.len();
+            out.extend_from_slice(&range[pos..end]);
+            set_base_offset(&mut out[at..], next);
+        }
+        next = batch_last + 1;
+        pos = end;
+    }
+    if next != last + 1 {
+        return Err(format!(
+            "batches cover offsets {base} to {}, the row says {base} to {last}",
+            next - 1
+        ));
+    }
+    Ok(())
+}
+
+/// Appends the footer: per partition (topic id u64, partition u32, byte start u64, byte length
+/// u64), then the entry count (u32) and [`FOOTER_TAG`], all big-endian. It lets an object be
+/// read without the database when debugging; reads go by the `batches` rows.
+fn write_footer<'a>(object: &mut BytesMut, groups: impl Iterator<Item = &'a Group>) {
+    let mut count = 0u32;
+    for group in groups {
+        object.extend_from_slice(&(group.topic_id as u64).to_be_bytes());
+        object.extend_from_slice(&(group.partition as u32).to_be_bytes());
+        object.extend_from_slice(&group.byte_start.to_be_bytes());
+        object.extend_from_slice(&group.byte_len.to_be_bytes());
+        count += 1;
+    }
+    object.extend_from_slice(&count.to_be_bytes());
+    object.extend_from_slice(FOOTER_TAG);
+}
+
+/// Opens the store an object-store URL names. `file:///dir` is a directory every node sees.
+fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>> {
+    let unsupported = |reason: &str| ClusterError::StoreUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let Some(dir) = url.strip_prefix("file://") else {
+        return Err(unsupported("supported: file:///<directory>"));
+    };
+    if !dir.starts_with('/') {
+        return Err(unsupported("the directory must be an absolute path"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| unsupported(&e.to_string()))?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
+    Ok(Arc::new(store))
+}

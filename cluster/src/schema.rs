@@ -1,0 +1,85 @@
+//! The cluster's tables in Postgres, in schema `weir`, brought up to date by [`migrate`].
+//!
+//! Each entry of [`MIGRATIONS`] moves the schema one version on; a database already at a version
+//! runs only the entries after it. A node refuses a database newer than it knows, so an old
+//! node never writes into tables it does not understand.
+
+use tokio_postgres::Client;
+
+use crate::{ClusterError, Result};
+
+/// Statements per version: `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE weir.topics (
+  topic_id   bigserial PRIMARY KEY,
+  name       text UNIQUE NOT NULL,
+  partitions int  NOT NULL CHECK (partitions > 0),
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE weir.partitions (
+  topic_id         bigint NOT NULL REFERENCES weir.topics,
+  partition        int    NOT NULL,
+  next_offset      bigint NOT NULL DEFAULT 0,
+  log_start_offset bigint NOT NULL DEFAULT 0,
+  max_timestamp    bigint NOT NULL DEFAULT -1,
+  PRIMARY KEY (topic_id, partition)
+);
+CREATE TABLE weir.objects (
+  object_id  bigserial PRIMARY KEY,
+  key        text UNIQUE NOT NULL,
+  bytes      bigint NOT NULL,
+  live_bytes bigint NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE weir.batches (
+  topic_id      bigint NOT NULL,
+  partition     int    NOT NULL,
+  base_offset   bigint NOT NULL,
+  last_offset   bigint NOT NULL,
+  max_timestamp bigint NOT NULL,
+  object_id     bigint NOT NULL REFERENCES weir.objects,
+  byte_start    bigint NOT NULL,
+  byte_len      int    NOT NULL,
+  PRIMARY KEY (topic_id, partition, base_offset),
+  FOREIGN KEY (topic_id, partition) REFERENCES weir.partitions
+);
+CREATE INDEX batches_last_offset ON weir.batches (topic_id, partition, last_offset);
+"#];
+
+/// The advisory lock key migrations run under ("weir" in ASCII), so nodes starting together
+/// migrate one at a time.
+const MIGRATION_LOCK: i64 = 0x7765_6972;
+
+/// Brings the schema to the newest version this node knows and returns that version.
+pub async fn migrate(db: &mut Client) -> Result<i32> {
+    let known = MIGRATIONS.len() as i32;
+    let tx = db.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS weir;
+         CREATE TABLE IF NOT EXISTS weir.schema_version (version int NOT NULL);",
+    )
+    .await?;
+    let found: i32 = match tx
+        .query_opt("SELECT version FROM weir.schema_version", &[])
+        .await?
+    {
+        Some(row) => row.get(0),
+        None => {
+            tx.execute("INSERT INTO weir.schema_version VALUES (0)", &[])
+                .await?;
+            0
+        }
+    };
+    if found > known {
+        return Err(ClusterError::SchemaTooNew { found, known });
+    }
+    for statements in &MIGRATIONS[found as usize..] {
+        tx.batch_execute(statements).await?;
+    }
+    tx.execute("UPDATE weir.schema_version SET version = $1", &[&known])
+        .await?;
+    tx.commit().await?;
+    Ok(known)
+}

@@ -1,0 +1,387 @@
+//! The shared log against a real Postgres (started by each test) and a store in a temp dir.
+
+use bytes::Bytes;
+use weir_cluster::{Append, ClusterError, SharedLog};
+use weir_storage::{BatchBuilder, Compression, NewRecord, Record, decode_records};
+use weir_tests::postgres::Postgres;
+
+fn batch(values: &[String]) -> Bytes {
+    let mut builder = BatchBuilder::new(Compression::None);
+    for (i, value) in values.iter().enumerate() {
+        builder.push(NewRecord {
+            timestamp: 1_700_000_000_000 + i as i64,
+            value: Some(Bytes::from(value.clone())),
+            ..NewRecord::default()
+        });
+    }
+    builder.build().expect("a batch")
+}
+
+fn append(topic: &str, partition: u32, values: &[&str]) -> Append {
+    let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    Append {
+        topic: topic.to_string(),
+        partition,
+        batches: batch(&values),
+    }
+}
+
+fn values(records: &[Record]) -> Vec<(i64, String)> {
+    records
+        .iter()
+        .map(|r| {
+            let value = r.value.as_ref().expect("a value");
+            (r.offset, String::from_utf8_lossy(value).into_owned())
+        })
+        .collect()
+}
+
+/// A server, a store directory and its URL; `None` when Postgres is missing outside CI.
+fn cluster() -> Option<(Postgres, tempfile::TempDir, String)> {
+    let pg = Postgres::start()?;
+    let store = tempfile::tempdir().expect("a store dir");
+    let url = format!("file://{}", store.path().display());
+    Some((pg, store, url))
+}
+
+/// Every record of a partition, read from offset 0 in small reads.
+async fn read_all(log: &SharedLog, topic: &str, partition: u32) -> Vec<Record> {
+    let mut records: Vec<Record> = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let fetched = log
+            .read(topic, partition, offset, 200)
+            .await
+            .expect("a read");
+        if fetched.batches.is_empty() {
+            assert_eq!(
+                offset, fetched.high_watermark,
+                "an empty read ends at the end"
+            );
+            return records;
+        }
+        for record in decode_records(&fetched.batches).expect("valid batches") {
+            if record.offset >= offset as i64 {
+                records.push(record);
+            }
+        }
+        offset = records.last().expect("a record").offset as u64 + 1;
+    }
+}
+
+#[tokio::test]
+async fn flushes_assign_offsets_in_order_and_reads_write_them_into_valid_batches() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let log = SharedLog::open(&pg.url(), &store_url, "n1")
+        .await
+        .expect("open");
+    log.create_topic("logs", 3).await.expect("create");
+
+    let bases = log
+        .flush(&[
+            append("logs", 0, &["a0", "a1"]),
+            append("logs", 1, &["b0"]),
+            append("logs", 0, &["a2", "a3", "a4"]),
+        ])
+        .await
+        .expect("flush");
+    assert_eq!(bases, vec![0, 0, 2]);
+    let bases = log
+        .flush(&[append("logs", 0, &["a5"])])
+        .await
+        .expect("second flush");
+    assert_eq!(bases, vec![5]);
+
+    // decode_records checks every CRC: writing the offsets in leaves them valid.
+    let fetched = log.read("logs", 0, 0, 1 << 20).await.expect("read");
+    assert_eq!(fetched.high_watermark, 6);
+    assert_eq!(fetched.log_start_offset, 0);
+    let expected: Vec<(i64, String)> = (0..6).map(|i| (i, format!("a{i}"))).collect();
+    assert_eq!(
+        values(&decode_records(&fetched.batches).expect("valid")),
+        expected
+    );
+
+    // From the middle of a batch: that batch and the rest, none before it.
+    let fetched = log.read("logs", 0, 3, 1 << 20).await.expect("read at 3");
+    let from_three = values(&decode_records(&fetched.batches).expect("valid"));
+    assert_eq!(from_three.first().map(|v| v.0), Some(2));
+    assert_eq!(from_three.last().map(|v| v.0), Some(5));
+
+    // A byte budget smaller than one flush still returns that flush, and only it.
+    let fetched = log.read("logs", 0, 0, 1).await.expect("small read");
+    let first = values(&decode_records(&fetched.batches).expect("valid"));
+    assert_eq!(
+        first.iter().map(|v| v.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+
+    let fetched = log.read("logs", 1, 0, 1 << 20).await.expect("read p1");
+    assert_eq!(
+        values(&decode_records(&fetched.batches).expect("valid")),
+        vec![(0, "b0".to_string())]
+    );
+    let at_end = log.read("logs", 0, 6, 1 << 20).await.expect("read at end");
+    assert!(at_end.batches.is_empty());
+    let past = log.read("logs", 0, 7, 1 << 20).await;
+    assert!(
+        matches!(past, Err(ClusterError::OffsetOutOfRange { end: 6, .. })),
+        "{past:?}"
+    );
+    let empty = log.read("logs", 2, 0, 1 << 20).await.expect("read p2");
+    assert!(empty.batches.is_empty());
+    assert_eq!(empty.high_watermark, 0);
+}
+
+const FLUSHES: usize = 40;
+
+/// [`FLUSHES`] flushes of two records to each of `order`'s partitions of `shared`; returns
+/// (partition, base offset, first value) of every acknowledged append.
+async fn flush_many(log: &SharedLog, node: &str, order: [u32; 2]) -> Vec<(u32, u64, String)> {
+    let mut acked = Vec::new();
+    for i in 0..FLUSHES {
+        let appends: Vec<Append> = order
+            .iter()
+            .map(|p| Append {
+                topic: "shared".to_string(),
+                partition: *p,
+                batches: batch(&[format!("{node}-{i}-{p}-x"), format!("{node}-{i}-{p}-y")]),
+            })
+            .collect();
+        let bases = log.flush(&appends).await.expect("flush");
+        for (append, base) in appends.iter().zip(bases) {
+            acked.push((
+                append.partition,
+                base,
+                format!("{node}-{i}-{}-x", append.partition),
+            ));
+        }
+    }
+    acked
+}
+
+#[tokio::test]
+async fn nodes_flushing_the_same_partitions_together_get_unique_gap_free_offsets() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let url = pg.url();
+    let (a, b) = tokio::join!(
+        SharedLog::open(&url, &store_url, "n1"),
+        SharedLog::open(&url, &store_url, "n2"),
+    );
+    let (a, b) = (a.expect("open n1"), b.expect("open n2"));
+    a.create_topic("shared", 2).await.expect("create");
+
+    // The nodes name the partitions in opposite orders: locking them as given would deadlock.
+    let (acked_a, acked_b) =
+        tokio::join!(flush_many(&a, "n1", [0, 1]), flush_many(&b, "n2", [1, 0]));
+
+    for partition in 0..2u32 {
+        let records = read_all(&a, "shared", partition).await;
+        let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        let expected: Vec<i64> = (0..(2 * 2 * FLUSHES) as i64).collect();
+        assert_eq!(
+            offsets, expected,
+            "partition {partition}: unique and gap-free"
+        );
+        let read = values(&records);
+        for (p, base, value) in acked_a.iter().chain(&acked_b) {
+            if *p == partition {
+                assert_eq!(
+                    read[*base as usize],
+                    (*base as i64, value.clone()),
+                    "acknowledged at {base}"
+                );
+            }
+        }
+        // Both nodes read the same partition the same way.
+        assert_eq!(values(&read_all(&b, "shared", partition).await), read);
+    }
+}
+
+#[tokio::test]
+async fn bad_record_sets_are_refused_before_anything_is_written() {
+    let Some((pg, store, store_url)) = cluster() else {
+        return;
+    };
+    let log = SharedLog::open(&pg.url(), &store_url, "n1")
+        .await
+        .expect("open");
+    log.create_topic("logs", 3).await.expect("create");
+
+    let good = append("logs", 0, &["fine"]);
+    let mut corrupt = append("logs", 1, &["flipped"]);
+    let mut bytes = corrupt.batches.to_vec();
+    *bytes.last_mut().expect("a byte") ^= 0xff;
+    corrupt.batches = Bytes::from(bytes);
+    let result = log.flush(&[good.clone(), corrupt]).await;
+    let message = result.expect_err("a corrupt batch is refused").to_string();
+    assert!(
+        message.contains("logs-1") && message.contains("CRC"),
+        "{message}"
+    );
+
+    let result = log.flush(&[good.clone(), append("logs", 3, &["x"])]).await;
+    assert!(
+        matches!(
+            result,
+            Err(ClusterError::UnknownPartition { partition: 3, .. })
+        ),
+        "{result:?}"
+    );
+    let result = log.flush(&[append("nope", 0, &["x"])]).await;
+    assert!(
+        matches!(result, Err(ClusterError::UnknownPartition { .. })),
+        "{result:?}"
+    );
+    let truncated = Append {
+        batches: good.batches.slice(..good.batches.len() - 1),
+        ..good.clone()
+    };
+    assert!(matches!(
+        log.flush(&[truncated]).await,
+        Err(ClusterError::Batch { .. })
+    ));
+
+    assert!(
+        !store.path().join("data").exists(),
+        "no object was written for a refused flush"
+    );
+    let fetched = log.read("logs", 0, 0, 1 << 20).await.expect("read");
+    assert_eq!(fetched.high_watermark, 0);
+    assert_eq!(log.flush(&[good]).await.expect("a good flush"), vec![0]);
+}
+
+#[tokio::test]
+async fn a_flush_the_database_did_not_commit_returns_a_retriable_error_and_no_offsets() {
+    let Some((pg, store, store_url)) = cluster() else {
+        return;
+    };
+    let log = SharedLog::open(&pg.url(), &store_url, "n1")
+        .await
+        .expect("open");
+    log.create_topic("logs", 1).await.expect("create");
+    let objects = || match std::fs::read_dir(store.path().join("data").join("n1")) {
+        Ok(dir) => dir.count(),
+        Err(_) => 0,
+    };
+
+    // The database is down: the flush fails before writing anything.
+    pg.stop();
+    let err = log
+        .flush(&[append("logs", 0, &["lost"])])
+        .await
+        .expect_err("no database, no acknowledgement");
+    assert!(err.is_retriable(), "{err}");
+    assert_eq!(objects(), 0);
+    pg.start_again();
+
+    // The transaction aborts after the object is written (a trigger refuses the row).
+    let (db, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    db.batch_execute(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON weir.batches EXECUTE FUNCTION refuse();",
+    )
+    .await
+    .expect("a refusing trigger");
+    // A node reconnects (here: opens again) after the database came back.
+    let log = SharedLog::open(&pg.url(), &store_url, "n1")
+        .await
+        .expect("reopen");
+    let err = log
+        .flush(&[append("logs", 0, &["lost"])])
+        .await
+        .expect_err("an aborted transaction acknowledges nothing");
+    assert!(
+        err.is_retriable() && err.to_string().contains("refused by the test"),
+        "{err}"
+    );
+    assert_eq!(
+        objects(),
+        1,
+        "the object is written, referenced by no row: garbage"
+    );
+    let fetched = log.read("logs", 0, 0, 1 << 20).await.expect("read");
+    assert_eq!(fetched.high_watermark, 0);
+    assert!(fetched.batches.is_empty());
+
+    db.batch_execute("DROP TRIGGER refuse ON weir.batches")
+        .await
+        .expect("drop the trigger");
+    assert_eq!(
+        log.flush(&[append("logs", 0, &["kept"])])
+            .await
+            .expect("flush"),
+        vec![0]
+    );
+    let fetched = log.read("logs", 0, 0, 1 << 20).await.expect("read");
+    assert_eq!(
+        values(&decode_records(&fetched.batches).expect("valid")),
+        vec![(0, "kept".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn nodes_migrate_once_and_refuse_a_schema_newer_than_they_know() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let log = SharedLog::open(&pg.url(), &store_url, "n1")
+        .await
+        .expect("open");
+    log.create_topic("kept", 1).await.expect("create");
+    drop(log);
+    // A second start finds the schema current and its data in place.
+    let log = SharedLog::open(&pg.url(), &store_url, "n2")
+        .await
+        .expect("reopen");
+    assert!(matches!(
+        log.create_topic("kept", 1).await,
+        Err(ClusterError::TopicExists(_))
+    ));
+
+    let (db, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    db.execute("UPDATE weir.schema_version SET version = version + 1", &[])
+        .await
+        .expect("a newer schema");
+    let err = SharedLog::open(&pg.url(), &store_url, "n3")
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("upgrade the node"), "{err}");
+}
+
+#[tokio::test]
+async fn topic_names_partition_counts_and_store_urls_are_checked() {
+    let Some((pg, store, store_url)) = cluster() else {
+        return;
+    };
+    let log = SharedLog::open(&pg.url(), &store_url, "n1")
+        .await
+        .expect("open");
+    for (name, partitions) in [("", 1), ("logs", 0), ("logs", 10_001), ("bad/name", 1)] {
+        let result = log.create_topic(name, partitions).await;
+        assert!(
+            matches!(result, Err(ClusterError::InvalidTopic(_))),
+            "{name:?} {partitions}: {result:?}"
+        );
+    }
+    for url in ["s3://bucket/prefix", "file://relative/dir"] {
+        let err = SharedLog::open(&pg.url(), url, "n1")
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains(url), "{err}");
+    }
+    drop(store);
+}

@@ -1,0 +1,179 @@
+//! A throwaway PostgreSQL server: `initdb` in a temporary directory, `pg_ctl` on a free port of
+//! 127.0.0.1, stopped and removed when dropped.
+//!
+//! Postgres refuses to run as root, so when the tests run as root the server runs as the
+//! `postgres` user that Debian's package creates. The binaries are found in `$WEIR_PG_BIN`, else
+//! in the newest `/usr/lib/postgresql/<version>/bin`. `./scripts/test` installs them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A running server with trust authentication for the user `weir` on 127.0.0.1.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    /// Starts a server. Without Postgres installed: fails in CI, and elsewhere says how to get
+    /// it and returns `None` so the test can pass without it.
+    pub fn start() -> Option<Postgres> {
+        let Some(bin) = binaries() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "PostgreSQL server binaries missing in CI; ./scripts/test installs them (apt-get install postgresql)"
+            );
+            eprintln!(
+                "PostgreSQL not found: install it with `apt-get install postgresql` (./scripts/test does) or set WEIR_PG_BIN"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("a temp dir for Postgres");
+        if is_root() {
+            chown_to_postgres(dir.path());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = Postgres { dir, bin, port };
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &server.data().to_string_lossy(),
+                "-U",
+                "weir",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        );
+        server.start_again();
+        Some(server)
+    }
+
+    /// A connection string for `tokio-postgres` and `psql`.
+    pub fn url(&self) -> String {
+        format!("postgres://weir@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server after [`Postgres::stop`], on the same port and data.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The command for a server binary, as the `postgres` user when this process is root.
+    fn command(&self, tool: &str) -> Command {
+        let program = self.bin.join(tool);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let output = self
+            .command(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+        assert!(
+            output.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args([
+                "-D",
+                &self.data().to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
+            .output();
+    }
+}
+
+fn binaries() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("WEIR_PG_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn chown_to_postgres(dir: &Path) {
+    let status = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(dir)
+        .status()
+        .expect("running chown");
+    assert!(status.success(), "chown postgres {}", dir.display());
+}
