@@ -35,6 +35,12 @@ pub enum ClusterError {
         offset: u64,
         end: u64,
     },
+    /// The flush a record set waited for failed (the database or the store); nothing of it
+    /// was acknowledged.
+    #[error("flush failed: {0}")]
+    FlushFailed(String),
+    #[error("cluster settings: {0}")]
+    Config(String),
     #[error("object {key}: {reason}")]
     CorruptObject { key: String, reason: String },
 }
@@ -43,7 +49,10 @@ impl ClusterError {
     /// Whether a client should retry the request: the database or the store failed, not the
     /// request. A flush that failed this way acknowledged nothing.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, ClusterError::Db(_) | ClusterError::Store(_))
+        matches!(
+            self,
+            ClusterError::Db(_) | ClusterError::Store(_) | ClusterError::FlushFailed(_)
+        )
     }
 }
 

@@ -6,11 +6,16 @@
 //! - [`SharedLog::open`] connects to Postgres, brings the `weir` schema up to date
 //!   ([`schema`], one transaction under an advisory lock) and opens the object store
 //!   (`file:///shared/dir` for now).
-//! - [`SharedLog::flush`] takes the record sets of any partitions, writes them as **one
+//! - [`SharedLog::check`] checks a record set before it waits for a flush (the partition
+//!   exists; every batch's header, length, CRC and size bound).
+//! - [`SharedLog::flush`] takes the checked record sets of any partitions, writes them as **one
 //!   object** under a key no other write uses, then assigns their offsets in **one Postgres
 //!   transaction** (`partitions.next_offset` locked in a fixed order, one `batches` row per
 //!   partition). Only a committed flush returns offsets; an object whose transaction failed is
 //!   referenced by no row.
+//! - [`Flusher`] is the node's flush buffer: record sets for any partitions wait up to
+//!   `linger_ms` or until they make `flush_bytes`, then go out in one flush; each caller gets
+//!   its own base offset.
 //! - [`SharedLog::read`] finds the rows covering an offset, reads their byte ranges from the
 //!   store and writes each batch's base offset into its header on the way out (the CRC does
 //!   not cover it), so a client sees the batches as a single node would return them.
@@ -19,8 +24,10 @@
 //! offsets unique and gap-free. This crate knows nothing of Kafka requests or sockets.
 
 mod error;
+pub mod flusher;
 mod log;
 pub mod schema;
 
 pub use error::{ClusterError, Result};
-pub use log::{Append, FLUSH_BYTES_MAX, Fetched, READ_ROWS_MAX, SharedLog};
+pub use flusher::{FlushConfig, Flusher};
+pub use log::{Append, CheckedAppend, FLUSH_BYTES_MAX, Fetched, READ_ROWS_MAX, SharedLog};

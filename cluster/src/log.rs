@@ -1,6 +1,6 @@
 //! The shared log: partitions whose batches live in objects and whose offsets live in Postgres.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -40,9 +40,28 @@ pub struct Fetched {
     pub log_start_offset: u64,
 }
 
+/// A record set that passed [`SharedLog::check`], ready for a flush.
+#[derive(Debug, Clone)]
+pub struct CheckedAppend {
+    append: Append,
+    topic_id: i64,
+    /// Offsets its batches span.
+    offsets: u64,
+    max_timestamp: i64,
+}
+
+impl CheckedAppend {
+    /// Bytes of its record sets.
+    pub fn bytes(&self) -> u64 {
+        self.append.batches.len() as u64
+    }
+}
+
 /// One node's handle on the cluster's partitions.
 pub struct SharedLog {
     db: Mutex<Client>,
+    /// Topic name → (topic id, partitions).
+    topics: Mutex<HashMap<String, (i64, u32)>>,
     store: Arc<dyn ObjectStore>,
     node_id: String,
 }
@@ -67,6 +86,7 @@ impl SharedLog {
         schema::migrate(&mut db).await?;
         Ok(SharedLog {
             db: Mutex::new(db),
+            topics: Mutex::new(HashMap::new()),
             store: open_store(store_url)?,
             node_id: node_id.to_string(),
         })
@@ -103,60 +123,79 @@ impl SharedLog {
         Ok(())
     }
 
-    /// Writes the record sets as one object and assigns their offsets in one transaction.
-    /// Returns each append's base offset, in the order given. Every record set is checked
-    /// (header, length, CRC, the topic's size bound) before anything is written; an error
-    /// leaves no offset assigned.
-    pub async fn flush(&self, appends: &[Append]) -> Result<Vec<u64>> {
-        if appends.is_empty() {
-            return Ok(Vec::new());
+    /// Checks a record set as a node does before it parks it for a flush: the topic and
+    /// partition exist, and every batch's header, length, CRC and size bound hold.
+    pub async fn check(&self, append: Append) -> Result<CheckedAppend> {
+        let unknown = || ClusterError::UnknownPartition {
+            topic: append.topic.clone(),
+            partition: append.partition,
+        };
+        let (topic_id, partitions) = self.topic(&append.topic).await?.ok_or_else(unknown)?;
+        if append.partition >= partitions {
+            return Err(unknown());
         }
-        let bytes: u64 = appends.iter().map(|a| a.batches.len() as u64).sum();
+        let bytes = append.batches.len() as u64;
         if bytes > FLUSH_BYTES_MAX {
             return Err(ClusterError::FlushTooLarge {
                 bytes,
                 bytes_max: FLUSH_BYTES_MAX,
             });
         }
-        let topics = self.topic_ids(appends).await?;
+        // Topics of the cluster carry no configs yet: every batch has the default size bound.
+        let headers = validate_record_set(&append.batches, LogConfig::default().batch_bytes_max)
+            .map_err(|source| ClusterError::Batch {
+                topic: append.topic.clone(),
+                partition: append.partition,
+                source,
+            })?;
+        Ok(CheckedAppend {
+            topic_id,
+            offsets: headers.iter().map(BatchHeader::offset_count).sum(),
+            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+            append,
+        })
+    }
+
+    /// Writes the checked record sets as one object and assigns their offsets in one
+    /// transaction. Returns each append's base offset, in the order given, once committed; an
+    /// error leaves no offset assigned.
+    pub async fn flush(&self, appends: &[CheckedAppend]) -> Result<Vec<u64>> {
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bytes: u64 = appends.iter().map(CheckedAppend::bytes).sum();
+        if bytes > FLUSH_BYTES_MAX {
+            return Err(ClusterError::FlushTooLarge {
+                bytes,
+                bytes_max: FLUSH_BYTES_MAX,
+            });
+        }
 
         // Group by partition in (topic id, partition) order: the object holds each partition's
         // record sets side by side, and the transaction locks partitions in this order so two
         // nodes flushing the same partitions never deadlock.
-        let mut groups: BTreeMap<(i64, i32), Group> = BTreeMap::new();
-        // Topics of the cluster carry no configs yet: every batch has the default size bound.
-        let batch_bytes_max = LogConfig::default().batch_bytes_max;
-        for (index, append) in appends.iter().enumerate() {
-            let batch_error = |source| ClusterError::Batch {
-                topic: append.topic.clone(),
-                partition: append.partition,
-                source,
-            };
-            let headers =
-                validate_record_set(&append.batches, batch_bytes_max).map_err(batch_error)?;
-            let topic_id = topics[index];
+        let mut groups: BTreeMap<(i64, u32), Group> = BTreeMap::new();
+        for (index, checked) in appends.iter().enumerate() {
+            let partition = checked.append.partition;
             let group = groups
-                .entry((topic_id, append.partition as i32))
+                .entry((checked.topic_id, partition))
                 .or_insert(Group {
-                    topic_id,
-                    partition: append.partition as i32,
+                    topic_id: checked.topic_id,
+                    partition: partition as i32,
                     appends: Vec::new(),
                     byte_start: 0,
                     byte_len: 0,
                     max_timestamp: -1,
                 });
-            let offsets = headers.iter().map(BatchHeader::offset_count).sum();
-            group.appends.push((index, offsets));
-            group.byte_len += append.batches.len() as u64;
-            for header in &headers {
-                group.max_timestamp = group.max_timestamp.max(header.max_timestamp);
-            }
+            group.appends.push((index, checked.offsets));
+            group.byte_len += checked.bytes();
+            group.max_timestamp = group.max_timestamp.max(checked.max_timestamp);
         }
         let mut object = BytesMut::with_capacity(bytes as usize + 24 * groups.len() + 12);
         for group in groups.values_mut() {
             group.byte_start = object.len() as u64;
             for (index, _) in &group.appends {
-                object.extend_from_slice(&appends[*index].batches);
+                object.extend_from_slice(&appends[*index].append.batches);
             }
         }
         write_footer(&mut object, groups.values());
@@ -306,32 +345,27 @@ impl SharedLog {
         })
     }
 
-    /// Each append's topic id, checking that the topic exists and has the partition.
-    async fn topic_ids(&self, appends: &[Append]) -> Result<Vec<i64>> {
-        let names: Vec<&str> = appends.iter().map(|a| a.topic.as_str()).collect();
-        let rows = self
+    /// A topic's id and partition count, from the node's cache or the database.
+    async fn topic(&self, name: &str) -> Result<Option<(i64, u32)>> {
+        if let Some(known) = self.topics.lock().await.get(name) {
+            return Ok(Some(*known));
+        }
+        let row = self
             .db
             .lock()
             .await
-            .query(
-                "SELECT name, topic_id, partitions FROM weir.topics WHERE name = ANY($1)",
-                &[&names],
+            .query_opt(
+                "SELECT topic_id, partitions FROM weir.topics WHERE name = $1",
+                &[&name],
             )
             .await?;
-        let known: BTreeMap<String, (i64, i32)> = rows
-            .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect();
-        appends
-            .iter()
-            .map(|a| match known.get(&a.topic) {
-                Some((id, partitions)) if (a.partition as i64) < i64::from(*partitions) => Ok(*id),
-                _ => Err(ClusterError::UnknownPartition {
-                    topic: a.topic.clone(),
-                    partition: a.partition,
-                }),
-            })
-            .collect()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let known = (row.get::<_, i64>(0), row.get::<_, i32>(1) as u32);
+        // Topics are never deleted or shrunk yet, so what was read stays true.
+        self.topics.lock().await.insert(name.to_string(), known);
+        Ok(Some(known))
     }
 }
 

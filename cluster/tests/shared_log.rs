@@ -1,48 +1,11 @@
 //! The shared log against a real Postgres (started by each test) and a store in a temp dir.
 
+mod common;
+
 use bytes::Bytes;
+use common::{append, batch, cluster, flush, values};
 use weir_cluster::{Append, ClusterError, SharedLog};
-use weir_storage::{BatchBuilder, Compression, NewRecord, Record, decode_records};
-use weir_tests::postgres::Postgres;
-
-fn batch(values: &[String]) -> Bytes {
-    let mut builder = BatchBuilder::new(Compression::None);
-    for (i, value) in values.iter().enumerate() {
-        builder.push(NewRecord {
-            timestamp: 1_700_000_000_000 + i as i64,
-            value: Some(Bytes::from(value.clone())),
-            ..NewRecord::default()
-        });
-    }
-    builder.build().expect("a batch")
-}
-
-fn append(topic: &str, partition: u32, values: &[&str]) -> Append {
-    let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-    Append {
-        topic: topic.to_string(),
-        partition,
-        batches: batch(&values),
-    }
-}
-
-fn values(records: &[Record]) -> Vec<(i64, String)> {
-    records
-        .iter()
-        .map(|r| {
-            let value = r.value.as_ref().expect("a value");
-            (r.offset, String::from_utf8_lossy(value).into_owned())
-        })
-        .collect()
-}
-
-/// A server, a store directory and its URL; `None` when Postgres is missing outside CI.
-fn cluster() -> Option<(Postgres, tempfile::TempDir, String)> {
-    let pg = Postgres::start()?;
-    let store = tempfile::tempdir().expect("a store dir");
-    let url = format!("file://{}", store.path().display());
-    Some((pg, store, url))
-}
+use weir_storage::{Record, decode_records};
 
 /// Every record of a partition, read from offset 0 in small reads.
 async fn read_all(log: &SharedLog, topic: &str, partition: u32) -> Vec<Record> {
@@ -79,17 +42,18 @@ async fn flushes_assign_offsets_in_order_and_reads_write_them_into_valid_batches
         .expect("open");
     log.create_topic("logs", 3).await.expect("create");
 
-    let bases = log
-        .flush(&[
+    let bases = flush(
+        &log,
+        &[
             append("logs", 0, &["a0", "a1"]),
             append("logs", 1, &["b0"]),
             append("logs", 0, &["a2", "a3", "a4"]),
-        ])
-        .await
-        .expect("flush");
+        ],
+    )
+    .await
+    .expect("flush");
     assert_eq!(bases, vec![0, 0, 2]);
-    let bases = log
-        .flush(&[append("logs", 0, &["a5"])])
+    let bases = flush(&log, &[append("logs", 0, &["a5"])])
         .await
         .expect("second flush");
     assert_eq!(bases, vec![5]);
@@ -150,7 +114,7 @@ async fn flush_many(log: &SharedLog, node: &str, order: [u32; 2]) -> Vec<(u32, u
                 batches: batch(&[format!("{node}-{i}-{p}-x"), format!("{node}-{i}-{p}-y")]),
             })
             .collect();
-        let bases = log.flush(&appends).await.expect("flush");
+        let bases = flush(log, &appends).await.expect("flush");
         for (append, base) in appends.iter().zip(bases) {
             acked.push((
                 append.partition,
@@ -217,14 +181,14 @@ async fn bad_record_sets_are_refused_before_anything_is_written() {
     let mut bytes = corrupt.batches.to_vec();
     *bytes.last_mut().expect("a byte") ^= 0xff;
     corrupt.batches = Bytes::from(bytes);
-    let result = log.flush(&[good.clone(), corrupt]).await;
+    let result = flush(&log, &[good.clone(), corrupt]).await;
     let message = result.expect_err("a corrupt batch is refused").to_string();
     assert!(
         message.contains("logs-1") && message.contains("CRC"),
         "{message}"
     );
 
-    let result = log.flush(&[good.clone(), append("logs", 3, &["x"])]).await;
+    let result = flush(&log, &[good.clone(), append("logs", 3, &["x"])]).await;
     assert!(
         matches!(
             result,
@@ -232,7 +196,7 @@ async fn bad_record_sets_are_refused_before_anything_is_written() {
         ),
         "{result:?}"
     );
-    let result = log.flush(&[append("nope", 0, &["x"])]).await;
+    let result = flush(&log, &[append("nope", 0, &["x"])]).await;
     assert!(
         matches!(result, Err(ClusterError::UnknownPartition { .. })),
         "{result:?}"
@@ -242,7 +206,7 @@ async fn bad_record_sets_are_refused_before_anything_is_written() {
         ..good.clone()
     };
     assert!(matches!(
-        log.flush(&[truncated]).await,
+        flush(&log, &[truncated]).await,
         Err(ClusterError::Batch { .. })
     ));
 
@@ -252,7 +216,7 @@ async fn bad_record_sets_are_refused_before_anything_is_written() {
     );
     let fetched = log.read("logs", 0, 0, 1 << 20).await.expect("read");
     assert_eq!(fetched.high_watermark, 0);
-    assert_eq!(log.flush(&[good]).await.expect("a good flush"), vec![0]);
+    assert_eq!(flush(&log, &[good]).await.expect("a good flush"), vec![0]);
 }
 
 #[tokio::test]
@@ -271,8 +235,7 @@ async fn a_flush_the_database_did_not_commit_returns_a_retriable_error_and_no_of
 
     // The database is down: the flush fails before writing anything.
     pg.stop();
-    let err = log
-        .flush(&[append("logs", 0, &["lost"])])
+    let err = flush(&log, &[append("logs", 0, &["lost"])])
         .await
         .expect_err("no database, no acknowledgement");
     assert!(err.is_retriable(), "{err}");
@@ -295,8 +258,7 @@ async fn a_flush_the_database_did_not_commit_returns_a_retriable_error_and_no_of
     let log = SharedLog::open(&pg.url(), &store_url, "n1")
         .await
         .expect("reopen");
-    let err = log
-        .flush(&[append("logs", 0, &["lost"])])
+    let err = flush(&log, &[append("logs", 0, &["lost"])])
         .await
         .expect_err("an aborted transaction acknowledges nothing");
     assert!(
@@ -316,7 +278,7 @@ async fn a_flush_the_database_did_not_commit_returns_a_retriable_error_and_no_of
         .await
         .expect("drop the trigger");
     assert_eq!(
-        log.flush(&[append("logs", 0, &["kept"])])
+        flush(&log, &[append("logs", 0, &["kept"])])
             .await
             .expect("flush"),
         vec![0]

@@ -1,0 +1,56 @@
+//! What the cluster tests share: a Postgres and a store directory, and record sets to flush.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use bytes::Bytes;
+use weir_cluster::{Append, SharedLog};
+use weir_storage::{BatchBuilder, Compression, NewRecord, Record};
+use weir_tests::postgres::Postgres;
+
+pub fn batch(values: &[String]) -> Bytes {
+    let mut builder = BatchBuilder::new(Compression::None);
+    for (i, value) in values.iter().enumerate() {
+        builder.push(NewRecord {
+            timestamp: 1_700_000_000_000 + i as i64,
+            value: Some(Bytes::from(value.clone())),
+            ..NewRecord::default()
+        });
+    }
+    builder.build().expect("a batch")
+}
+
+pub fn append(topic: &str, partition: u32, values: &[&str]) -> Append {
+    let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    Append {
+        topic: topic.to_string(),
+        partition,
+        batches: batch(&values),
+    }
+}
+
+pub fn values(records: &[Record]) -> Vec<(i64, String)> {
+    records
+        .iter()
+        .map(|r| {
+            let value = r.value.as_ref().expect("a value");
+            (r.offset, String::from_utf8_lossy(value).into_owned())
+        })
+        .collect()
+}
+
+/// Checks the record sets, then flushes them together.
+pub async fn flush(log: &SharedLog, appends: &[Append]) -> weir_cluster::Result<Vec<u64>> {
+    let mut checked = Vec::new();
+    for append in appends {
+        checked.push(log.check(append.clone()).await?);
+    }
+    log.flush(&checked).await
+}
+
+/// A server, a store directory and its URL; `None` when Postgres is missing outside CI.
+pub fn cluster() -> Option<(Postgres, tempfile::TempDir, String)> {
+    let pg = Postgres::start()?;
+    let store = tempfile::tempdir().expect("a store dir");
+    let url = format!("file://{}", store.path().display());
+    Some((pg, store, url))
+}
