@@ -26,6 +26,9 @@ pub enum ClusterError {
         partition: u32,
         source: BatchError,
     },
+    /// An idempotent producer's sequence or epoch refuses the record set.
+    #[error(transparent)]
+    Producer(weir_storage::StorageError),
     #[error("flush of {bytes} bytes is larger than the bound of {bytes_max}")]
     FlushTooLarge { bytes: u64, bytes_max: u64 },
     #[error("offset {offset} is past the end of {topic}-{partition} ({end})")]

@@ -134,7 +134,7 @@ async fn run(log: Arc<SharedLog>, config: FlushConfig, mut queue: mpsc::Unbounde
         match log.flush(&checked).await {
             Ok(bases) => {
                 for (parked, base) in flush.into_iter().zip(bases) {
-                    let _ = parked.done.send(Ok(base));
+                    let _ = parked.done.send(base);
                 }
             }
             Err(e) => {

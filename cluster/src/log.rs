@@ -7,8 +7,9 @@ use bytes::{Bytes, BytesMut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Transaction};
 use weir_storage::batch::{BatchHeader, set_base_offset, validate_record_set};
+use weir_storage::producer::{Appended, ProducerStates};
 use weir_storage::{LogConfig, PARTITIONS_MAX, validate_topic_name};
 
 use crate::{ClusterError, Result, schema};
@@ -44,6 +45,7 @@ pub struct Fetched {
 #[derive(Debug, Clone)]
 pub struct CheckedAppend {
     append: Append,
+    headers: Vec<BatchHeader>,
     topic_id: i64,
     /// Offsets its batches span.
     offsets: u64,
@@ -66,12 +68,11 @@ pub struct SharedLog {
     node_id: String,
 }
 
-/// One partition's part of a flush, before its offsets are known.
-struct Group {
-    topic_id: i64,
-    partition: i32,
-    /// Indexes into the flush's appends, in the order they came, with their offset counts.
-    appends: Vec<(usize, u64)>,
+/// Record sets of one partition accepted in a flush and side by side in its object: one
+/// `batches` row.
+struct Run {
+    base_offset: u64,
+    last_offset: u64,
     byte_start: u64,
     byte_len: u64,
     max_timestamp: i64,
@@ -152,14 +153,16 @@ impl SharedLog {
             topic_id,
             offsets: headers.iter().map(BatchHeader::offset_count).sum(),
             max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+            headers,
             append,
         })
     }
 
     /// Writes the checked record sets as one object and assigns their offsets in one
-    /// transaction. Returns each append's base offset, in the order given, once committed; an
-    /// error leaves no offset assigned.
-    pub async fn flush(&self, appends: &[CheckedAppend]) -> Result<Vec<u64>> {
+    /// transaction. Answers each append, in the order given, once committed: its base offset,
+    /// the original base offset of a retried one, or why its producer's sequence refuses it.
+    /// An error of the whole flush leaves no offset assigned.
+    pub async fn flush(&self, appends: &[CheckedAppend]) -> Result<Vec<Result<u64>>> {
         if appends.is_empty() {
             return Ok(Vec::new());
         }
@@ -174,31 +177,28 @@ impl SharedLog {
         // Group by partition in (topic id, partition) order: the object holds each partition's
         // record sets side by side, and the transaction locks partitions in this order so two
         // nodes flushing the same partitions never deadlock.
-        let mut groups: BTreeMap<(i64, u32), Group> = BTreeMap::new();
+        let mut groups: BTreeMap<(i64, u32), Vec<usize>> = BTreeMap::new();
         for (index, checked) in appends.iter().enumerate() {
-            let partition = checked.append.partition;
-            let group = groups
-                .entry((checked.topic_id, partition))
-                .or_insert(Group {
-                    topic_id: checked.topic_id,
-                    partition: partition as i32,
-                    appends: Vec::new(),
-                    byte_start: 0,
-                    byte_len: 0,
-                    max_timestamp: -1,
-                });
-            group.appends.push((index, checked.offsets));
-            group.byte_len += checked.bytes();
-            group.max_timestamp = group.max_timestamp.max(checked.max_timestamp);
+            let key = (checked.topic_id, checked.append.partition);
+            groups.entry(key).or_default().push(index);
         }
-        let mut object = BytesMut::with_capacity(bytes as usize + 24 * groups.len() + 12);
-        for group in groups.values_mut() {
-            group.byte_start = object.len() as u64;
-            for (index, _) in &group.appends {
-                object.extend_from_slice(&appends[*index].append.batches);
+        let mut object = BytesMut::with_capacity(bytes as usize + 28 * groups.len() + 12);
+        let mut starts = vec![0u64; appends.len()];
+        let mut footer = Vec::with_capacity(groups.len());
+        for (&(topic_id, partition), indexes) in &groups {
+            let group_start = object.len() as u64;
+            for &index in indexes {
+                starts[index] = object.len() as u64;
+                object.extend_from_slice(&appends[index].append.batches);
             }
+            footer.push((
+                topic_id,
+                partition,
+                group_start,
+                object.len() as u64 - group_start,
+            ));
         }
-        write_footer(&mut object, groups.values());
+        write_footer(&mut object, &footer);
         let key = ObjectPath::from(format!(
             "data/{}/{}",
             self.node_id,
@@ -214,58 +214,118 @@ impl SharedLog {
         let tx = db.transaction().await?;
         let object_id: i64 = tx
             .query_one(
-                "INSERT INTO weir.objects (key, bytes, live_bytes) VALUES ($1, $2, $3)
+                "INSERT INTO weir.objects (key, bytes, live_bytes) VALUES ($1, $2, 0)
                  RETURNING object_id",
-                &[&key.as_ref(), &object_bytes, &(bytes as i64)],
+                &[&key.as_ref(), &object_bytes],
             )
             .await?
             .get(0);
-        let mut bases = vec![0u64; appends.len()];
-        for group in groups.values() {
+        let mut answers: Vec<Result<u64>> = Vec::with_capacity(appends.len());
+        answers.resize_with(appends.len(), || Ok(0));
+        let mut live_bytes = 0u64;
+        for (&(topic_id, partition), indexes) in &groups {
+            let partition = partition as i32;
             let next: i64 = tx
                 .query_one(
                     "SELECT next_offset FROM weir.partitions
                      WHERE topic_id = $1 AND partition = $2 FOR UPDATE",
-                    &[&group.topic_id, &group.partition],
+                    &[&topic_id, &partition],
                 )
                 .await?
                 .get(0);
+            let mut producers = load_producers(&tx, topic_id, partition, appends, indexes).await?;
             let mut offset = next as u64;
-            for (index, offsets) in &group.appends {
-                bases[*index] = offset;
-                offset += offsets;
+            // Accepted record sets next to each other in the object make one row.
+            let mut runs: Vec<Run> = Vec::new();
+            let mut previous_accepted = false;
+            for &index in indexes {
+                let checked = &appends[index];
+                match producers.check_set(&checked.headers) {
+                    Ok(None) => {}
+                    Ok(Some((original, _))) => {
+                        answers[index] = Ok(original);
+                        previous_accepted = false;
+                        continue;
+                    }
+                    Err(e) => {
+                        answers[index] = Err(ClusterError::Producer(e));
+                        previous_accepted = false;
+                        continue;
+                    }
+                }
+                answers[index] = Ok(offset);
+                let mut batch_base = offset;
+                for header in &checked.headers {
+                    producers.record(&BatchHeader {
+                        base_offset: batch_base as i64,
+                        ..*header
+                    });
+                    batch_base += header.offset_count();
+                }
+                match runs.last_mut() {
+                    Some(run) if previous_accepted => {
+                        run.last_offset = offset + checked.offsets - 1;
+                        run.byte_len += checked.bytes();
+                        run.max_timestamp = run.max_timestamp.max(checked.max_timestamp);
+                    }
+                    _ => runs.push(Run {
+                        base_offset: offset,
+                        last_offset: offset + checked.offsets - 1,
+                        byte_start: starts[index],
+                        byte_len: checked.bytes(),
+                        max_timestamp: checked.max_timestamp,
+                    }),
+                }
+                previous_accepted = true;
+                offset += checked.offsets;
+                live_bytes += checked.bytes();
             }
-            tx.execute(
-                "INSERT INTO weir.batches (topic_id, partition, base_offset, last_offset,
-                   max_timestamp, object_id, byte_start, byte_len)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &group.topic_id,
-                    &group.partition,
-                    &next,
-                    &(offset as i64 - 1),
-                    &group.max_timestamp,
-                    &object_id,
-                    &(group.byte_start as i64),
-                    &(group.byte_len as i32),
-                ],
-            )
-            .await?;
+            for run in &runs {
+                tx.execute(
+                    "INSERT INTO weir.batches (topic_id, partition, base_offset, last_offset,
+                       max_timestamp, object_id, byte_start, byte_len)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        &topic_id,
+                        &partition,
+                        &(run.base_offset as i64),
+                        &(run.last_offset as i64),
+                        &run.max_timestamp,
+                        &object_id,
+                        &(run.byte_start as i64),
+                        &(run.byte_len as i32),
+                    ],
+                )
+                .await?;
+            }
+            let max_timestamp = runs.iter().map(|r| r.max_timestamp).max().unwrap_or(-1);
             tx.execute(
                 "UPDATE weir.partitions SET next_offset = $3,
                    max_timestamp = greatest(max_timestamp, $4)
                  WHERE topic_id = $1 AND partition = $2",
-                &[
-                    &group.topic_id,
-                    &group.partition,
-                    &(offset as i64),
-                    &group.max_timestamp,
-                ],
+                &[&topic_id, &partition, &(offset as i64), &max_timestamp],
             )
             .await?;
+            save_producers(&tx, topic_id, partition, &producers).await?;
         }
+        tx.execute(
+            "UPDATE weir.objects SET live_bytes = $2 WHERE object_id = $1",
+            &[&object_id, &(live_bytes as i64)],
+        )
+        .await?;
         tx.commit().await?;
-        Ok(bases)
+        Ok(answers)
+    }
+
+    /// A new idempotent producer id, unique across the cluster.
+    pub async fn new_producer_id(&self) -> Result<i64> {
+        let row = self
+            .db
+            .lock()
+            .await
+            .query_one("SELECT nextval('weir.producer_ids')", &[])
+            .await?;
+        Ok(row.get(0))
     }
 
     /// Reads whole batches from `offset` on, at most `bytes_max` bytes of them unless the first
@@ -411,17 +471,96 @@ fn place_batches(
 /// Appends the footer: per partition (topic id u64, partition u32, byte start u64, byte length
 /// u64), then the entry count (u32) and [`FOOTER_TAG`], all big-endian. It lets an object be
 /// read without the database when debugging; reads go by the `batches` rows.
-fn write_footer<'a>(object: &mut BytesMut, groups: impl Iterator<Item = &'a Group>) {
-    let mut count = 0u32;
-    for group in groups {
-        object.extend_from_slice(&(group.topic_id as u64).to_be_bytes());
-        object.extend_from_slice(&(group.partition as u32).to_be_bytes());
-        object.extend_from_slice(&group.byte_start.to_be_bytes());
-        object.extend_from_slice(&group.byte_len.to_be_bytes());
-        count += 1;
+fn write_footer(object: &mut BytesMut, entries: &[(i64, u32, u64, u64)]) {
+    for &(topic_id, partition, start, len) in entries {
+        object.extend_from_slice(&(topic_id as u64).to_be_bytes());
+        object.extend_from_slice(&partition.to_be_bytes());
+        object.extend_from_slice(&start.to_be_bytes());
+        object.extend_from_slice(&len.to_be_bytes());
     }
-    object.extend_from_slice(&count.to_be_bytes());
+    object.extend_from_slice(&(entries.len() as u32).to_be_bytes());
     object.extend_from_slice(FOOTER_TAG);
+}
+
+/// The remembered batches of the idempotent producers among `indexes`' record sets.
+async fn load_producers(
+    tx: &Transaction<'_>,
+    topic_id: i64,
+    partition: i32,
+    appends: &[CheckedAppend],
+    indexes: &[usize],
+) -> Result<ProducerStates> {
+    let mut ids: Vec<i64> = indexes
+        .iter()
+        .flat_map(|&i| appends[i].headers.iter())
+        .filter(|h| h.producer_id >= 0 && h.base_sequence >= 0)
+        .map(|h| h.producer_id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut states = ProducerStates::default();
+    if ids.is_empty() {
+        return Ok(states);
+    }
+    let rows = tx
+        .query(
+            "SELECT producer_id, producer_epoch, first_sequence, last_sequence, base_offset,
+               last_offset
+             FROM weir.producer_batches
+             WHERE topic_id = $1 AND partition = $2 AND producer_id = ANY($3)
+             ORDER BY producer_id, base_offset",
+            &[&topic_id, &partition, &ids],
+        )
+        .await?;
+    for row in rows {
+        let batch = Appended {
+            first_sequence: row.get(2),
+            last_sequence: row.get(3),
+            base_offset: row.get::<_, i64>(4) as u64,
+            last_offset: row.get::<_, i64>(5) as u64,
+        };
+        states.restore(row.get(0), row.get(1), batch);
+    }
+    Ok(states)
+}
+
+/// Replaces the remembered batches of every producer in `states` with what it holds now.
+async fn save_producers(
+    tx: &Transaction<'_>,
+    topic_id: i64,
+    partition: i32,
+    states: &ProducerStates,
+) -> Result<()> {
+    for producer_id in states.producer_ids() {
+        tx.execute(
+            "DELETE FROM weir.producer_batches
+             WHERE topic_id = $1 AND partition = $2 AND producer_id = $3",
+            &[&topic_id, &partition, &producer_id],
+        )
+        .await?;
+        let Some((epoch, batches)) = states.window(producer_id) else {
+            continue;
+        };
+        for b in batches {
+            tx.execute(
+                "INSERT INTO weir.producer_batches (topic_id, partition, producer_id,
+                   producer_epoch, first_sequence, last_sequence, base_offset, last_offset)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &topic_id,
+                    &partition,
+                    &producer_id,
+                    &epoch,
+                    &b.first_sequence,
+                    &b.last_sequence,
+                    &(b.base_offset as i64),
+                    &(b.last_offset as i64),
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens the store an object-store URL names. `file:///dir` is a directory every node sees.

@@ -9,7 +9,8 @@ use tokio_postgres::Client;
 use crate::{ClusterError, Result};
 
 /// Statements per version: `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE weir.topics (
   topic_id   bigserial PRIMARY KEY,
   name       text UNIQUE NOT NULL,
@@ -44,7 +45,25 @@ CREATE TABLE weir.batches (
   FOREIGN KEY (topic_id, partition) REFERENCES weir.partitions
 );
 CREATE INDEX batches_last_offset ON weir.batches (topic_id, partition, last_offset);
-"#];
+"#,
+    r#"
+CREATE SEQUENCE weir.producer_ids;
+-- Idempotent producers: each one's epoch and last batches per partition, as a single node keeps
+-- them in memory (weir_storage::producer), so a retry on any node finds its batch.
+CREATE TABLE weir.producer_batches (
+  topic_id       bigint   NOT NULL,
+  partition      int      NOT NULL,
+  producer_id    bigint   NOT NULL,
+  producer_epoch smallint NOT NULL,
+  first_sequence int      NOT NULL,
+  last_sequence  int      NOT NULL,
+  base_offset    bigint   NOT NULL,
+  last_offset    bigint   NOT NULL,
+  PRIMARY KEY (topic_id, partition, producer_id, base_offset),
+  FOREIGN KEY (topic_id, partition) REFERENCES weir.partitions
+);
+"#,
+];
 
 /// The advisory lock key migrations run under ("weir" in ASCII), so nodes starting together
 /// migrate one at a time.

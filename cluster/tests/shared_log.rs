@@ -5,7 +5,8 @@ mod common;
 use bytes::Bytes;
 use common::{append, batch, cluster, flush, values};
 use weir_cluster::{Append, ClusterError, SharedLog};
-use weir_storage::{Record, decode_records};
+use weir_storage::batch::ProducerInfo;
+use weir_storage::{BatchBuilder, Compression, NewRecord, Record, decode_records};
 
 /// Every record of a partition, read from offset 0 in small reads.
 async fn read_all(log: &SharedLog, topic: &str, partition: u32) -> Vec<Record> {
@@ -164,6 +165,99 @@ async fn nodes_flushing_the_same_partitions_together_get_unique_gap_free_offsets
         // Both nodes read the same partition the same way.
         assert_eq!(values(&read_all(&b, "shared", partition).await), read);
     }
+}
+
+/// Two records from an idempotent producer.
+fn idempotent(producer_id: i64, epoch: i16, sequence: i32, value: &str) -> Append {
+    let mut builder = BatchBuilder::new(Compression::None).producer(ProducerInfo {
+        producer_id,
+        producer_epoch: epoch,
+        base_sequence: sequence,
+    });
+    for _ in 0..2 {
+        builder.push(NewRecord {
+            value: Some(Bytes::from(value.to_string())),
+            ..NewRecord::default()
+        });
+    }
+    Append {
+        topic: "logs".to_string(),
+        partition: 0,
+        batches: builder.build().expect("a batch"),
+    }
+}
+
+/// Flushes record sets together and returns each one's answer.
+async fn answers(log: &SharedLog, appends: &[Append]) -> Vec<Result<u64, String>> {
+    let mut checked = Vec::new();
+    for append in appends {
+        checked.push(log.check(append.clone()).await.expect("checked"));
+    }
+    let answers = log.flush(&checked).await.expect("flushed");
+    answers
+        .into_iter()
+        .map(|a| a.map_err(|e| e.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_retried_batch_is_answered_with_its_original_offset_on_any_node() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let url = pg.url();
+    let a = SharedLog::open(&url, &store_url, "n1")
+        .await
+        .expect("open n1");
+    let b = SharedLog::open(&url, &store_url, "n2")
+        .await
+        .expect("open n2");
+    a.create_topic("logs", 1).await.expect("create");
+    let id = a.new_producer_id().await.expect("an id");
+    assert_ne!(b.new_producer_id().await.expect("another id"), id);
+
+    let first = idempotent(id, 0, 0, "first");
+    assert_eq!(answers(&a, std::slice::from_ref(&first)).await, vec![Ok(0)]);
+    // The retry reaches another node, which finds the batch in the database.
+    assert_eq!(answers(&b, std::slice::from_ref(&first)).await, vec![Ok(0)]);
+
+    // In one flush: a new batch, a retry, the next batch, and a gap in sequences.
+    let got = answers(
+        &b,
+        &[
+            idempotent(id, 0, 2, "second"),
+            first,
+            idempotent(id, 0, 4, "third"),
+            idempotent(id, 0, 9, "gap"),
+        ],
+    )
+    .await;
+    assert_eq!(got[..3], [Ok(2), Ok(0), Ok(4)]);
+    let gap = got[3].as_ref().expect_err("a gap is refused");
+    assert!(gap.contains("expected 6") && gap.contains("9"), "{gap}");
+
+    // A new epoch starts at sequence 0 and fences the old one.
+    assert_eq!(
+        answers(&a, &[idempotent(id, 1, 0, "fourth")]).await,
+        vec![Ok(6)]
+    );
+    let fenced = answers(&b, &[idempotent(id, 0, 6, "fenced")]).await;
+    let fenced = fenced[0].as_ref().expect_err("an old epoch is fenced");
+    assert!(fenced.contains("epoch 0"), "{fenced}");
+
+    let fetched = a.read("logs", 0, 0, 1 << 20).await.expect("read");
+    assert_eq!(fetched.high_watermark, 8);
+    let read: Vec<(i64, String)> = values(&decode_records(&fetched.batches).expect("valid"));
+    let expected: Vec<(i64, String)> = ["first", "second", "third", "fourth"]
+        .iter()
+        .flat_map(|v| [v.to_string(), v.to_string()])
+        .enumerate()
+        .map(|(i, v)| (i as i64, v))
+        .collect();
+    assert_eq!(
+        read, expected,
+        "each batch once, nothing of the refused ones"
+    );
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ mod index;
 pub mod locks;
 mod log;
 pub mod meta;
-mod producer;
+pub mod producer;
 pub mod reactor;
 mod segment;
 mod space;

@@ -17,7 +17,7 @@ use crate::batch::{
 };
 use crate::config::{FlushPolicy, LogConfig, TimestampType, ms_i64};
 use crate::error::{BatchError, Result, StorageError};
-use crate::producer::{ProducerStates, Verdict};
+use crate::producer::ProducerStates;
 use crate::segment::{IndexCursor, LogFile, RecoveryPoint, Segment, segment_paths, sync_dir};
 use crate::space::DiskSpace;
 
@@ -1099,42 +1099,13 @@ fn check_producers(w: &mut Writer, headers: &[BatchHeader]) -> Result<Option<App
     let Some(producers) = &w.producers else {
         return Ok(None);
     };
-    for h in headers {
-        match producers.check(h) {
-            Verdict::Append => {}
-            Verdict::Duplicate {
-                base_offset,
-                last_offset,
-            } if headers.len() == 1 => {
-                return Ok(Some(AppendInfo {
-                    base_offset,
-                    last_offset,
-                    log_append_time_ms: None,
-                }));
-            }
-            Verdict::Duplicate { .. } => {
-                return Err(StorageError::DuplicateSequence {
-                    producer_id: h.producer_id,
-                    sequence: h.base_sequence,
-                });
-            }
-            Verdict::OutOfOrder { expected, received } => {
-                return Err(StorageError::OutOfOrderSequence {
-                    producer_id: h.producer_id,
-                    expected,
-                    received,
-                });
-            }
-            Verdict::StaleEpoch { current, received } => {
-                return Err(StorageError::ProducerFenced {
-                    producer_id: h.producer_id,
-                    current,
-                    received,
-                });
-            }
-        }
-    }
-    Ok(None)
+    Ok(producers
+        .check_set(headers)?
+        .map(|(base_offset, last_offset)| AppendInfo {
+            base_offset,
+            last_offset,
+            log_append_time_ms: None,
+        }))
 }
 
 /// Writes each batch's base offset (and, with `log_append_time`, its timestamp and CRC) into

@@ -5,16 +5,18 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::batch::BatchHeader;
+use crate::{Result, StorageError};
 
 /// Batches remembered per producer, as Kafka's `max.in.flight.requests.per.connection` bound.
 pub const PRODUCER_BATCHES_MAX: usize = 5;
 
+/// One remembered batch of a producer: its sequence range and where it was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Appended {
-    first_sequence: i32,
-    last_sequence: i32,
-    base_offset: u64,
-    last_offset: u64,
+pub struct Appended {
+    pub first_sequence: i32,
+    pub last_sequence: i32,
+    pub base_offset: u64,
+    pub last_offset: u64,
 }
 
 #[derive(Debug, Default)]
@@ -25,7 +27,7 @@ struct Producer {
 
 /// What to do with a batch from an idempotent producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     Append,
     /// Already in the log at these offsets.
     Duplicate {
@@ -42,8 +44,9 @@ pub(crate) enum Verdict {
     },
 }
 
+/// The idempotent producers of one partition.
 #[derive(Debug, Default)]
-pub(crate) struct ProducerStates {
+pub struct ProducerStates {
     producers: HashMap<i64, Producer>,
 }
 
@@ -113,24 +116,78 @@ impl ProducerStates {
         }
     }
 
+    /// Checks a record set's batches in order. `Some` is a retry of a set that is one batch
+    /// already written, answered with its original (base, last) offsets; an error is a gap in
+    /// sequences, a duplicate inside a larger set, or a fenced epoch.
+    pub fn check_set(&self, headers: &[BatchHeader]) -> Result<Option<(u64, u64)>> {
+        for h in headers {
+            match self.check(h) {
+                Verdict::Append => {}
+                Verdict::Duplicate {
+                    base_offset,
+                    last_offset,
+                } if headers.len() == 1 => return Ok(Some((base_offset, last_offset))),
+                Verdict::Duplicate { .. } => {
+                    return Err(StorageError::DuplicateSequence {
+                        producer_id: h.producer_id,
+                        sequence: h.base_sequence,
+                    });
+                }
+                Verdict::OutOfOrder { expected, received } => {
+                    return Err(StorageError::OutOfOrderSequence {
+                        producer_id: h.producer_id,
+                        expected,
+                        received,
+                    });
+                }
+                Verdict::StaleEpoch { current, received } => {
+                    return Err(StorageError::ProducerFenced {
+                        producer_id: h.producer_id,
+                        current,
+                        received,
+                    });
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Puts back a batch remembered elsewhere (oldest first), as [`ProducerStates::record`]
+    /// would have left it.
+    pub fn restore(&mut self, producer_id: i64, epoch: i16, batch: Appended) {
+        let p = self.producers.entry(producer_id).or_default();
+        if epoch != p.epoch {
+            p.epoch = epoch;
+            p.batches.clear();
+        }
+        p.batches.push_back(batch);
+        while p.batches.len() > PRODUCER_BATCHES_MAX {
+            p.batches.pop_front();
+        }
+    }
+
+    /// The producers remembered, in no particular order.
+    pub fn producer_ids(&self) -> impl Iterator<Item = i64> + '_ {
+        self.producers.keys().copied()
+    }
+
+    /// A producer's epoch and remembered batches, oldest first.
+    pub fn window(&self, producer_id: i64) -> Option<(i16, impl Iterator<Item = &Appended>)> {
+        let p = self.producers.get(&producer_id)?;
+        Some((p.epoch, p.batches.iter()))
+    }
+
     /// Records a batch that is now in the log (with its assigned base offset).
     pub fn record(&mut self, h: &BatchHeader) {
         if h.producer_id < 0 || h.base_sequence < 0 {
             return;
         }
-        let p = self.producers.entry(h.producer_id).or_default();
-        if h.producer_epoch != p.epoch {
-            p.epoch = h.producer_epoch;
-            p.batches.clear();
-        }
-        p.batches.push_back(Appended {
+        let batch = Appended {
             first_sequence: h.base_sequence,
             last_sequence: last_sequence(h),
             base_offset: h.base_offset as u64,
             last_offset: h.last_offset() as u64,
-        });
-        while p.batches.len() > PRODUCER_BATCHES_MAX {
-            p.batches.pop_front();
-        }
+        };
+        self.restore(h.producer_id, h.producer_epoch, batch);
     }
 }
