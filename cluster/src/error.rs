@@ -42,6 +42,9 @@ pub enum ClusterError {
     /// was acknowledged.
     #[error("flush failed: {0}")]
     FlushFailed(String),
+    /// The lease is no longer this node's at this epoch: it must stop acting for it.
+    #[error("lease {name:?} at epoch {epoch} is no longer held by this node")]
+    LeaseLost { name: String, epoch: i64 },
     #[error("cluster settings: {0}")]
     Config(String),
     #[error("object {key}: {reason}")]

@@ -19,15 +19,24 @@
 //! - [`SharedLog::read`] finds the rows covering an offset, reads their byte ranges from the
 //!   store and writes each batch's base offset into its header on the way out (the CRC does
 //!   not cover it), so a client sees the batches as a single node would return them.
+//! - [`membership`]: nodes register and renew a heartbeat; the live ones are those renewed
+//!   within the session timeout, and [`leader`] spreads partitions over them.
+//! - [`lease`]: one node at a time acts for a name (a group's coordinator, a pipeline, a
+//!   background job), fenced by an epoch; [`SharedLog::commit_offsets`] writes a group's
+//!   offsets only while its lease holds.
 //!
 //! Several nodes share one database and one store; the transaction is what makes their
 //! offsets unique and gap-free. This crate knows nothing of Kafka requests or sockets.
 
 mod error;
 pub mod flusher;
+pub mod lease;
 mod log;
+pub mod membership;
 pub mod schema;
 
 pub use error::{ClusterError, Result};
 pub use flusher::{FlushConfig, Flusher};
+pub use lease::Lease;
 pub use log::{Append, CheckedAppend, FLUSH_BYTES_MAX, Fetched, READ_ROWS_MAX, SharedLog};
+pub use membership::{NodeInfo, leader};

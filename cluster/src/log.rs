@@ -61,11 +61,11 @@ impl CheckedAppend {
 
 /// One node's handle on the cluster's partitions.
 pub struct SharedLog {
-    db: Mutex<Client>,
+    pub(crate) db: Mutex<Client>,
     /// Topic name → (topic id, partitions).
     topics: Mutex<HashMap<String, (i64, u32)>>,
     store: Arc<dyn ObjectStore>,
-    node_id: String,
+    pub(crate) node_id: String,
 }
 
 /// Record sets of one partition accepted in a flush and side by side in its object: one
@@ -406,7 +406,7 @@ impl SharedLog {
     }
 
     /// A topic's id and partition count, from the node's cache or the database.
-    async fn topic(&self, name: &str) -> Result<Option<(i64, u32)>> {
+    pub(crate) async fn topic(&self, name: &str) -> Result<Option<(i64, u32)>> {
         if let Some(known) = self.topics.lock().await.get(name) {
             return Ok(Some(*known));
         }

@@ -63,6 +63,33 @@ CREATE TABLE weir.producer_batches (
   FOREIGN KEY (topic_id, partition) REFERENCES weir.partitions
 );
 "#,
+    r#"
+CREATE TABLE weir.nodes (
+  node_id      text PRIMARY KEY,
+  host         text NOT NULL,
+  kafka_port   int  NOT NULL,
+  http_port    int  NOT NULL,
+  pg_port      int  NOT NULL,
+  started_at   timestamptz NOT NULL,
+  heartbeat_at timestamptz NOT NULL
+);
+-- One row per lease ever taken; the epoch grows by one each time it changes hands or lapses.
+CREATE TABLE weir.leases (
+  name       text PRIMARY KEY,
+  holder     text NOT NULL,
+  epoch      bigint NOT NULL,
+  expires_at timestamptz NOT NULL
+);
+CREATE TABLE weir.group_offsets (
+  group_id         text   NOT NULL,
+  topic_id         bigint NOT NULL,
+  partition        int    NOT NULL,
+  committed_offset bigint NOT NULL,
+  commit_epoch     bigint NOT NULL,
+  PRIMARY KEY (group_id, topic_id, partition),
+  FOREIGN KEY (topic_id, partition) REFERENCES weir.partitions
+);
+"#,
 ];
 
 /// The advisory lock key migrations run under ("weir" in ASCII), so nodes starting together

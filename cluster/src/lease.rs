@@ -1,0 +1,226 @@
+//! Leases: one node at a time acts for a name (a consumer group's coordinator, a pipeline,
+//! retention, garbage collection), fenced by an epoch.
+//!
+//! Taking a lease that is free or expired raises its epoch; a write made under a lease checks,
+//! in its own transaction, that the lease still has that holder and epoch, so a node that lost
+//! it (paused, cut off from the database) cannot write under it afterwards. A holder also stops
+//! acting on its own once [`Lease::is_current`] says its last renewal is older than two thirds
+//! of the lease, before the database would let anyone else take it. Lease times are the
+//! database's; the holder's own check uses its monotonic clock from before it asked.
+
+use std::time::{Duration, Instant};
+
+use crate::{ClusterError, Result, SharedLog};
+
+/// Longest lease a node may take.
+pub const LEASE_MS_MAX: u64 = 600_000;
+
+/// A lease this node holds.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    name: String,
+    epoch: i64,
+    duration: Duration,
+    /// When the last acquire or renewal was sent: the lease runs at least until then plus
+    /// `duration` in the database.
+    asked_at: Instant,
+}
+
+impl Lease {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// Whether the holder may still act: its last renewal is younger than two thirds of the
+    /// lease, which leaves a third for clocks and delays before anyone else can take it.
+    pub fn is_current(&self) -> bool {
+        self.asked_at.elapsed() < self.duration * 2 / 3
+    }
+}
+
+impl SharedLog {
+    /// Takes the lease `name` for `duration_ms` if it is free, expired or already this node's.
+    /// `None` when another node holds it.
+    pub async fn acquire(&self, name: &str, duration_ms: u64) -> Result<Option<Lease>> {
+        let duration = lease_duration(duration_ms)?;
+        let asked_at = Instant::now();
+        // The epoch moves on only when the lease changes hands (or lapsed in between).
+        let row = self
+            .db
+            .lock()
+            .await
+            .query_opt(
+                "INSERT INTO weir.leases AS l (name, holder, epoch, expires_at)
+                 VALUES ($1, $2, 1, now() + make_interval(secs => $3::float8 / 1000))
+                 ON CONFLICT (name) DO UPDATE SET
+                   epoch = CASE WHEN l.holder = $2 AND l.expires_at > now() THEN l.epoch
+                                ELSE l.epoch + 1 END,
+                   holder = $2,
+                   expires_at = now() + make_interval(secs => $3::float8 / 1000)
+                 WHERE l.holder = $2 OR l.expires_at <= now()
+                 RETURNING epoch",
+                &[&name, &self.node_id, &(duration_ms as f64)],
+            )
+            .await?;
+        Ok(row.map(|row| Lease {
+            name: name.to_string(),
+            epoch: row.get(0),
+            duration,
+            asked_at,
+        }))
+    }
+
+    /// Extends a lease this node holds. An error when it was lost (expired and taken, or
+    /// expired): the node must stop acting for it.
+    pub async fn renew(&self, lease: &mut Lease) -> Result<()> {
+        let asked_at = Instant::now();
+        let renewed = self
+            .db
+            .lock()
+            .await
+            .execute(
+                "UPDATE weir.leases SET expires_at = now() + make_interval(secs => $4::float8 / 1000)
+                 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
+                &[
+                    &lease.name,
+                    &self.node_id,
+                    &lease.epoch,
+                    &(lease.duration.as_millis() as f64),
+                ],
+            )
+            .await?;
+        if renewed == 0 {
+            return Err(lost(lease));
+        }
+        lease.asked_at = asked_at;
+        Ok(())
+    }
+
+    /// Gives a lease up at once, so another node can take it without waiting for it to expire.
+    pub async fn release(&self, lease: Lease) -> Result<()> {
+        self.db
+            .lock()
+            .await
+            .execute(
+                "UPDATE weir.leases SET expires_at = now()
+                 WHERE name = $1 AND holder = $2 AND epoch = $3",
+                &[&lease.name, &self.node_id, &lease.epoch],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The node holding `name` now, and its epoch; `None` if free or expired.
+    pub async fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>> {
+        let row = self
+            .db
+            .lock()
+            .await
+            .query_opt(
+                "SELECT holder, epoch FROM weir.leases WHERE name = $1 AND expires_at > now()",
+                &[&name],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Commits a consumer group's offsets under the group's lease: all or none, and none if
+    /// the lease has moved on (a newer epoch or another holder).
+    pub async fn commit_offsets(
+        &self,
+        lease: &Lease,
+        group: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<()> {
+        let mut ids = Vec::with_capacity(offsets.len());
+        for (topic, partition, _) in offsets {
+            match self.topic(topic).await? {
+                Some((id, partitions)) if *partition < partitions => ids.push(id),
+                _ => {
+                    return Err(ClusterError::UnknownPartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    });
+                }
+            }
+        }
+        let mut db = self.db.lock().await;
+        let tx = db.transaction().await?;
+        // FOR SHARE: a concurrent take of the lease waits for this commit, or this waits for it.
+        let held = tx
+            .query_opt(
+                "SELECT 1 FROM weir.leases
+                 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()
+                 FOR SHARE",
+                &[&lease.name, &self.node_id, &lease.epoch],
+            )
+            .await?;
+        if held.is_none() {
+            return Err(lost(lease));
+        }
+        for ((_, partition, offset), topic_id) in offsets.iter().zip(ids) {
+            tx.execute(
+                "INSERT INTO weir.group_offsets (group_id, topic_id, partition,
+                   committed_offset, commit_epoch)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (group_id, topic_id, partition) DO UPDATE
+                   SET committed_offset = $4, commit_epoch = $5",
+                &[
+                    &group,
+                    &topic_id,
+                    &(*partition as i32),
+                    &(*offset as i64),
+                    &lease.epoch,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A group's committed offsets: (topic, partition, offset), by topic and partition.
+    pub async fn committed_offsets(&self, group: &str) -> Result<Vec<(String, u32, u64)>> {
+        let rows = self
+            .db
+            .lock()
+            .await
+            .query(
+                "SELECT t.name, o.partition, o.committed_offset
+                 FROM weir.group_offsets o JOIN weir.topics t USING (topic_id)
+                 WHERE o.group_id = $1 ORDER BY t.name, o.partition",
+                &[&group],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get::<_, i32>(1) as u32,
+                    r.get::<_, i64>(2) as u64,
+                )
+            })
+            .collect())
+    }
+}
+
+fn lease_duration(duration_ms: u64) -> Result<Duration> {
+    if duration_ms == 0 || duration_ms > LEASE_MS_MAX {
+        return Err(ClusterError::Config(format!(
+            "lease of {duration_ms} ms is outside 1 to {LEASE_MS_MAX}"
+        )));
+    }
+    Ok(Duration::from_millis(duration_ms))
+}
+
+fn lost(lease: &Lease) -> ClusterError {
+    ClusterError::LeaseLost {
+        name: lease.name.clone(),
+        epoch: lease.epoch,
+    }
+}

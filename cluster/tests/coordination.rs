@@ -1,0 +1,169 @@
+//! Membership and leases against a real Postgres.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster;
+use weir_cluster::{ClusterError, NodeInfo, SharedLog, leader};
+
+fn info(node_id: &str, kafka_port: u16) -> NodeInfo {
+    NodeInfo {
+        node_id: node_id.to_string(),
+        host: "127.0.0.1".to_string(),
+        kafka_port,
+        http_port: kafka_port + 1,
+        pg_port: kafka_port + 2,
+    }
+}
+
+fn ids(nodes: &[NodeInfo]) -> Vec<&str> {
+    nodes.iter().map(|n| n.node_id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn live_nodes_are_those_with_a_recent_heartbeat_and_leaders_spread_over_them() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let url = pg.url();
+    let mut nodes = Vec::new();
+    for (i, id) in ["n1", "n2", "n3"].iter().enumerate() {
+        let node = SharedLog::open(&url, &store_url, id).await.expect("open");
+        node.register(&info(id, 9000 + 10 * i as u16))
+            .await
+            .expect("register");
+        nodes.push(node);
+    }
+    let live = nodes[0].live_nodes(10_000).await.expect("live");
+    assert_eq!(ids(&live), ["n1", "n2", "n3"]);
+    assert_eq!(live[1], info("n2", 9010));
+
+    // n3 stops renewing; the others renew past a one-second session timeout.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    nodes[0].heartbeat().await.expect("heartbeat");
+    nodes[1].heartbeat().await.expect("heartbeat");
+    let after = nodes[1].live_nodes(1_000).await.expect("live");
+    assert_eq!(ids(&after), ["n1", "n2"]);
+
+    // Leaders: every node leads some partitions, and losing n3 moves only n3's partitions.
+    let partitions = 300u32;
+    let mut led = [0u32; 3];
+    for p in 0..partitions {
+        let before = leader("logs", p, &live).expect("a leader");
+        let index = ids(&live)
+            .iter()
+            .position(|id| *id == before.node_id)
+            .expect("known");
+        led[index] += 1;
+        let now = leader("logs", p, &after).expect("a leader");
+        if before.node_id != "n3" {
+            assert_eq!(
+                now.node_id, before.node_id,
+                "partition {p} moved without cause"
+            );
+        }
+    }
+    assert!(led.iter().all(|&n| n >= 60), "uneven spread: {led:?}");
+    assert!(leader("logs", 0, &[]).is_none());
+
+    nodes[1].leave().await.expect("leave");
+    let left = nodes[0].live_nodes(1_000).await.expect("live");
+    assert_eq!(ids(&left), ["n1"]);
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let url = pg.url();
+    let a = SharedLog::open(&url, &store_url, "n1")
+        .await
+        .expect("open n1");
+    let b = SharedLog::open(&url, &store_url, "n2")
+        .await
+        .expect("open n2");
+    a.create_topic("logs", 2).await.expect("create");
+
+    let mut lease = a
+        .acquire("group:g", 1_000)
+        .await
+        .expect("acquire")
+        .expect("free, so taken");
+    assert_eq!(lease.epoch(), 1);
+    assert!(
+        b.acquire("group:g", 1_000)
+            .await
+            .expect("acquire")
+            .is_none()
+    );
+    let again = a
+        .acquire("group:g", 1_000)
+        .await
+        .expect("acquire")
+        .expect("mine");
+    assert_eq!(again.epoch(), 1, "holding it again is not a new epoch");
+    a.renew(&mut lease).await.expect("renew");
+    assert_eq!(
+        a.lease_holder("group:g").await.expect("holder"),
+        Some(("n1".to_string(), 1))
+    );
+    let offsets = |o: u64| vec![("logs".to_string(), 0, o), ("logs".to_string(), 1, o + 1)];
+    a.commit_offsets(&lease, "g", &offsets(5))
+        .await
+        .expect("commit");
+
+    // n1 goes quiet past its lease; n2 takes it with a new epoch.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(
+        !lease.is_current(),
+        "the holder stops acting before anyone can take over"
+    );
+    let taken = b
+        .acquire("group:g", 1_000)
+        .await
+        .expect("acquire")
+        .expect("expired, so taken");
+    assert_eq!(taken.epoch(), 2);
+    let stale = a.commit_offsets(&lease, "g", &offsets(3)).await;
+    assert!(
+        matches!(stale, Err(ClusterError::LeaseLost { epoch: 1, .. })),
+        "{stale:?}"
+    );
+    assert!(matches!(
+        a.renew(&mut lease).await,
+        Err(ClusterError::LeaseLost { .. })
+    ));
+    b.commit_offsets(&taken, "g", &offsets(7))
+        .await
+        .expect("commit");
+    assert_eq!(
+        a.committed_offsets("g").await.expect("offsets"),
+        vec![("logs".to_string(), 0, 7), ("logs".to_string(), 1, 8)],
+        "the fenced commit wrote nothing"
+    );
+    let unknown = b
+        .commit_offsets(&taken, "g", &[("logs".to_string(), 2, 1)])
+        .await;
+    assert!(
+        matches!(unknown, Err(ClusterError::UnknownPartition { .. })),
+        "{unknown:?}"
+    );
+
+    // Released, it can be taken at once.
+    b.release(taken).await.expect("release");
+    assert_eq!(a.lease_holder("group:g").await.expect("holder"), None);
+    let back = a
+        .acquire("group:g", 1_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert_eq!(back.epoch(), 3);
+    for ms in [0, 600_001] {
+        assert!(matches!(
+            a.acquire("x", ms).await,
+            Err(ClusterError::Config(_))
+        ));
+    }
+}
