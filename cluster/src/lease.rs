@@ -50,9 +50,8 @@ impl SharedLog {
         let asked_at = Instant::now();
         // The epoch moves on only when the lease changes hands (or lapsed in between).
         let row = self
-            .db
-            .lock()
-            .await
+            .db()
+            .await?
             .query_opt(
                 "INSERT INTO weir.leases AS l (name, holder, epoch, expires_at)
                  VALUES ($1, $2, 1, now() + make_interval(secs => $3::float8 / 1000))
@@ -79,9 +78,8 @@ impl SharedLog {
     pub async fn renew(&self, lease: &mut Lease) -> Result<()> {
         let asked_at = Instant::now();
         let renewed = self
-            .db
-            .lock()
-            .await
+            .db()
+            .await?
             .execute(
                 "UPDATE weir.leases SET expires_at = now() + make_interval(secs => $4::float8 / 1000)
                  WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
@@ -102,9 +100,8 @@ impl SharedLog {
 
     /// Gives a lease up at once, so another node can take it without waiting for it to expire.
     pub async fn release(&self, lease: Lease) -> Result<()> {
-        self.db
-            .lock()
-            .await
+        self.db()
+            .await?
             .execute(
                 "UPDATE weir.leases SET expires_at = now()
                  WHERE name = $1 AND holder = $2 AND epoch = $3",
@@ -117,9 +114,8 @@ impl SharedLog {
     /// The node holding `name` now, and its epoch; `None` if free or expired.
     pub async fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>> {
         let row = self
-            .db
-            .lock()
-            .await
+            .db()
+            .await?
             .query_opt(
                 "SELECT holder, epoch FROM weir.leases WHERE name = $1 AND expires_at > now()",
                 &[&name],
@@ -148,7 +144,7 @@ impl SharedLog {
                 }
             }
         }
-        let mut db = self.db.lock().await;
+        let mut db = self.db().await?;
         let tx = db.transaction().await?;
         // FOR SHARE: a concurrent take of the lease waits for this commit, or this waits for it.
         let held = tx
@@ -186,9 +182,8 @@ impl SharedLog {
     /// A group's committed offsets: (topic, partition, offset), by topic and partition.
     pub async fn committed_offsets(&self, group: &str) -> Result<Vec<(String, u32, u64)>> {
         let rows = self
-            .db
-            .lock()
-            .await
+            .db()
+            .await?
             .query(
                 "SELECT t.name, o.partition, o.committed_offset
                  FROM weir.group_offsets o JOIN weir.topics t USING (topic_id)

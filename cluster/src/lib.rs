@@ -19,6 +19,8 @@
 //! - [`SharedLog::read`] finds the rows covering an offset, reads their byte ranges from the
 //!   store and writes each batch's base offset into its header on the way out (the CRC does
 //!   not cover it), so a client sees the batches as a single node would return them.
+//! - [`SharedLog::wait_for_end`] is a long poll: it wakes when any node commits to the
+//!   partition (Postgres `LISTEN`/`NOTIFY`, one listening connection per node).
 //! - [`membership`]: nodes register and renew a heartbeat; the live ones are those renewed
 //!   within the session timeout, and [`leader`] spreads partitions over them.
 //! - [`lease`]: one node at a time acts for a name (a group's coordinator, a pipeline, a
@@ -34,6 +36,7 @@ pub mod lease;
 mod log;
 pub mod membership;
 pub mod schema;
+mod watch;
 
 pub use error::{ClusterError, Result};
 pub use flusher::{FlushConfig, Flusher};

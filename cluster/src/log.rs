@@ -6,12 +6,13 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard, broadcast};
 use tokio_postgres::{Client, NoTls, Transaction};
 use weir_storage::batch::{BatchHeader, set_base_offset, validate_record_set};
 use weir_storage::producer::{Appended, ProducerStates};
 use weir_storage::{LogConfig, PARTITIONS_MAX, validate_topic_name};
 
+use crate::watch::{self, Advanced};
 use crate::{ClusterError, Result, schema};
 
 /// Largest object one flush writes. Larger flushes are split by the caller; the node's flush
@@ -61,7 +62,11 @@ impl CheckedAppend {
 
 /// One node's handle on the cluster's partitions.
 pub struct SharedLog {
-    pub(crate) db: Mutex<Client>,
+    /// The node's connection, opened again when it finds it closed.
+    db: Mutex<Client>,
+    db_url: String,
+    /// Partitions advanced by any node's flush, from the node's listener.
+    pub(crate) appended: Arc<broadcast::Sender<Advanced>>,
     /// Topic name → (topic id, partitions).
     topics: Mutex<HashMap<String, (i64, u32)>>,
     store: Arc<dyn ObjectStore>,
@@ -82,15 +87,26 @@ impl SharedLog {
     /// Connects to the cluster database (a `postgres://` URL or key=value string), brings
     /// its schema up to date, and opens the object store at `store_url`.
     pub async fn open(db_url: &str, store_url: &str, node_id: &str) -> Result<SharedLog> {
-        let (mut db, connection) = tokio_postgres::connect(db_url, NoTls).await?;
-        tokio::spawn(connection);
+        let mut db = connect(db_url).await?;
         schema::migrate(&mut db).await?;
         Ok(SharedLog {
+            appended: watch::listen(db_url),
             db: Mutex::new(db),
+            db_url: db_url.to_string(),
             topics: Mutex::new(HashMap::new()),
             store: open_store(store_url)?,
             node_id: node_id.to_string(),
         })
+    }
+
+    /// The node's database connection, reconnected first if it was lost (the database
+    /// restarted, or the network dropped it). A failure to reconnect is retriable.
+    pub(crate) async fn db(&self) -> Result<MutexGuard<'_, Client>> {
+        let mut db = self.db.lock().await;
+        if db.is_closed() {
+            *db = connect(&self.db_url).await?;
+        }
+        Ok(db)
     }
 
     /// Creates a topic with `partitions` partitions, each starting at offset 0.
@@ -101,7 +117,7 @@ impl SharedLog {
                 "{name}: {partitions} partitions, allowed 1 to {PARTITIONS_MAX}"
             )));
         }
-        let mut db = self.db.lock().await;
+        let mut db = self.db().await?;
         let tx = db.transaction().await?;
         let row = tx
             .query_opt(
@@ -210,7 +226,7 @@ impl SharedLog {
             .await?;
 
         // The database is not held while the object is written: reads go on meanwhile.
-        let mut db = self.db.lock().await;
+        let mut db = self.db().await?;
         let tx = db.transaction().await?;
         let object_id: i64 = tx
             .query_one(
@@ -307,6 +323,17 @@ impl SharedLog {
             )
             .await?;
             save_producers(&tx, topic_id, partition, &producers).await?;
+            if !runs.is_empty() {
+                // Delivered to every node's listener at commit, not before.
+                tx.execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[
+                        &watch::CHANNEL,
+                        &watch::payload(topic_id, partition, offset),
+                    ],
+                )
+                .await?;
+            }
         }
         tx.execute(
             "UPDATE weir.objects SET live_bytes = $2 WHERE object_id = $1",
@@ -320,9 +347,8 @@ impl SharedLog {
     /// A new idempotent producer id, unique across the cluster.
     pub async fn new_producer_id(&self) -> Result<i64> {
         let row = self
-            .db
-            .lock()
-            .await
+            .db()
+            .await?
             .query_one("SELECT nextval('weir.producer_ids')", &[])
             .await?;
         Ok(row.get(0))
@@ -337,7 +363,7 @@ impl SharedLog {
         offset: u64,
         bytes_max: u64,
     ) -> Result<Fetched> {
-        let db = self.db.lock().await;
+        let db = self.db().await?;
         let unknown = || ClusterError::UnknownPartition {
             topic: topic.to_string(),
             partition,
@@ -405,15 +431,27 @@ impl SharedLog {
         })
     }
 
+    /// A partition's end (next offset) as committed now.
+    pub(crate) async fn end_offset(&self, topic_id: i64, partition: u32) -> Result<u64> {
+        let row = self
+            .db()
+            .await?
+            .query_one(
+                "SELECT next_offset FROM weir.partitions WHERE topic_id = $1 AND partition = $2",
+                &[&topic_id, &(partition as i32)],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     /// A topic's id and partition count, from the node's cache or the database.
     pub(crate) async fn topic(&self, name: &str) -> Result<Option<(i64, u32)>> {
         if let Some(known) = self.topics.lock().await.get(name) {
             return Ok(Some(*known));
         }
         let row = self
-            .db
-            .lock()
-            .await
+            .db()
+            .await?
             .query_opt(
                 "SELECT topic_id, partitions FROM weir.topics WHERE name = $1",
                 &[&name],
@@ -561,6 +599,13 @@ async fn save_producers(
         }
     }
     Ok(())
+}
+
+/// A connection to the cluster database, driven on a task of its own.
+async fn connect(db_url: &str) -> Result<Client> {
+    let (db, connection) = tokio_postgres::connect(db_url, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(db)
 }
 
 /// Opens the store an object-store URL names. `file:///dir` is a directory every node sees.

@@ -20,9 +20,8 @@ pub struct NodeInfo {
 impl SharedLog {
     /// Adds this node (or refreshes its row after a restart) with a fresh heartbeat.
     pub async fn register(&self, info: &NodeInfo) -> Result<()> {
-        self.db
-            .lock()
-            .await
+        self.db()
+            .await?
             .execute(
                 "INSERT INTO weir.nodes (node_id, host, kafka_port, http_port, pg_port,
                    started_at, heartbeat_at)
@@ -43,9 +42,8 @@ impl SharedLog {
 
     /// Renews this node's heartbeat.
     pub async fn heartbeat(&self) -> Result<()> {
-        self.db
-            .lock()
-            .await
+        self.db()
+            .await?
             .execute(
                 "UPDATE weir.nodes SET heartbeat_at = now() WHERE node_id = $1",
                 &[&self.node_id],
@@ -56,9 +54,8 @@ impl SharedLog {
 
     /// Removes this node at once, as on a clean shutdown.
     pub async fn leave(&self) -> Result<()> {
-        self.db
-            .lock()
-            .await
+        self.db()
+            .await?
             .execute(
                 "DELETE FROM weir.nodes WHERE node_id = $1",
                 &[&self.node_id],
@@ -70,9 +67,8 @@ impl SharedLog {
     /// The nodes whose heartbeat is younger than `session_timeout_ms`, by node id.
     pub async fn live_nodes(&self, session_timeout_ms: u64) -> Result<Vec<NodeInfo>> {
         let rows = self
-            .db
-            .lock()
-            .await
+            .db()
+            .await?
             .query(
                 "SELECT node_id, host, kafka_port, http_port, pg_port FROM weir.nodes
                  WHERE heartbeat_at > now() - make_interval(secs => $1::float8 / 1000)

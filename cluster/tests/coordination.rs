@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster;
+use common::{append, cluster, flush};
 use weir_cluster::{ClusterError, NodeInfo, SharedLog, leader};
 
 fn info(node_id: &str, kafka_port: u16) -> NodeInfo {
@@ -166,4 +166,69 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
             Err(ClusterError::Config(_))
         ));
     }
+}
+
+#[tokio::test]
+async fn a_long_poll_wakes_when_another_node_commits_to_its_partition() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let url = pg.url();
+    let a = SharedLog::open(&url, &store_url, "n1")
+        .await
+        .expect("open n1");
+    let b = SharedLog::open(&url, &store_url, "n2")
+        .await
+        .expect("open n2");
+    a.create_topic("logs", 2).await.expect("create");
+    // Let both listeners subscribe before anything is committed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let minute = Duration::from_secs(60);
+    let waiting = b.wait_for_end("logs", 0, 0, minute);
+    let appending = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A commit to the other partition does not end the wait.
+        flush(&a, &[append("logs", 1, &["other"])])
+            .await
+            .expect("flush p1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        flush(&a, &[append("logs", 0, &["x", "y"])])
+            .await
+            .expect("flush p0")
+    };
+    let (woken, bases) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(waiting, appending)
+    })
+    .await
+    .expect("woken by the commit, long before the minute");
+    assert_eq!(bases, vec![0]);
+    assert_eq!(woken.expect("an end"), 2);
+
+    // Already past the offset: no wait. Nothing new: the end at the timeout.
+    assert_eq!(b.wait_for_end("logs", 0, 1, minute).await.expect("end"), 2);
+    let short = Duration::from_millis(200);
+    assert_eq!(b.wait_for_end("logs", 0, 2, short).await.expect("end"), 2);
+    assert!(matches!(
+        b.wait_for_end("logs", 2, 0, short).await,
+        Err(ClusterError::UnknownPartition { .. })
+    ));
+
+    // After the database restarts, the listener connects again and wakes waiters as before.
+    pg.stop();
+    pg.start_again();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let waiting = b.wait_for_end("logs", 1, 1, minute);
+    let appending = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        flush(&a, &[append("logs", 1, &["after"])])
+            .await
+            .expect("flush")
+    };
+    let (woken, _) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(waiting, appending)
+    })
+    .await
+    .expect("woken after the restart");
+    assert_eq!(woken.expect("an end"), 2);
 }

@@ -348,10 +348,7 @@ async fn a_flush_the_database_did_not_commit_returns_a_retriable_error_and_no_of
     )
     .await
     .expect("a refusing trigger");
-    // A node reconnects (here: opens again) after the database came back.
-    let log = SharedLog::open(&pg.url(), &store_url, "n1")
-        .await
-        .expect("reopen");
+    // The node's connection died with the server; it reconnects on its next use.
     let err = flush(&log, &[append("logs", 0, &["lost"])])
         .await
         .expect_err("an aborted transaction acknowledges nothing");
