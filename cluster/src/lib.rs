@@ -18,7 +18,8 @@
 //!   its own base offset.
 //! - [`SharedLog::read`] finds the rows covering an offset, reads their byte ranges from the
 //!   store and writes each batch's base offset into its header on the way out (the CRC does
-//!   not cover it), so a client sees the batches as a single node would return them.
+//!   not cover it), so a client sees the batches as a single node would return them. Ranges
+//!   come through the node's cache, bounded in bytes ([`CacheStats`]).
 //! - [`SharedLog::wait_for_end`] is a long poll: it wakes when any node commits to the
 //!   partition (Postgres `LISTEN`/`NOTIFY`, one listening connection per node).
 //! - [`membership`]: nodes register and renew a heartbeat; the live ones are those renewed
@@ -30,6 +31,7 @@
 //! Several nodes share one database and one store; the transaction is what makes their
 //! offsets unique and gap-free. This crate knows nothing of Kafka requests or sockets.
 
+mod cache;
 mod error;
 pub mod flusher;
 pub mod lease;
@@ -38,8 +40,11 @@ pub mod membership;
 pub mod schema;
 mod watch;
 
+pub use cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats};
 pub use error::{ClusterError, Result};
 pub use flusher::{FlushConfig, Flusher};
 pub use lease::Lease;
-pub use log::{Append, CheckedAppend, FLUSH_BYTES_MAX, Fetched, READ_ROWS_MAX, SharedLog};
+pub use log::{
+    Append, CheckedAppend, FLUSH_BYTES_MAX, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,
+};
 pub use membership::{NodeInfo, leader};

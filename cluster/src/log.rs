@@ -12,6 +12,7 @@ use weir_storage::batch::{BatchHeader, set_base_offset, validate_record_set};
 use weir_storage::producer::{Appended, ProducerStates};
 use weir_storage::{LogConfig, PARTITIONS_MAX, validate_topic_name};
 
+use crate::cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats, RangeCache, RangeKey};
 use crate::watch::{self, Advanced};
 use crate::{ClusterError, Result, schema};
 
@@ -60,6 +61,29 @@ impl CheckedAppend {
     }
 }
 
+/// How a node joins the cluster.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The cluster database: a `postgres://` URL or a key=value connection string.
+    pub db_url: String,
+    /// The object store: `file:///<directory>` every node sees.
+    pub store_url: String,
+    pub node_id: String,
+    /// Bound of the cache of object byte ranges read.
+    pub cache_memory_bytes: u64,
+}
+
+impl NodeConfig {
+    pub fn new(db_url: &str, store_url: &str, node_id: &str) -> NodeConfig {
+        NodeConfig {
+            db_url: db_url.to_string(),
+            store_url: store_url.to_string(),
+            node_id: node_id.to_string(),
+            cache_memory_bytes: CACHE_MEMORY_BYTES_DEFAULT,
+        }
+    }
+}
+
 /// One node's handle on the cluster's partitions.
 pub struct SharedLog {
     /// The node's connection, opened again when it finds it closed.
@@ -70,6 +94,7 @@ pub struct SharedLog {
     /// Topic name → (topic id, partitions).
     topics: Mutex<HashMap<String, (i64, u32)>>,
     store: Arc<dyn ObjectStore>,
+    cache: RangeCache,
     pub(crate) node_id: String,
 }
 
@@ -84,19 +109,30 @@ struct Run {
 }
 
 impl SharedLog {
-    /// Connects to the cluster database (a `postgres://` URL or key=value string), brings
-    /// its schema up to date, and opens the object store at `store_url`.
+    /// [`SharedLog::open_with`] with the default settings.
     pub async fn open(db_url: &str, store_url: &str, node_id: &str) -> Result<SharedLog> {
-        let mut db = connect(db_url).await?;
+        SharedLog::open_with(&NodeConfig::new(db_url, store_url, node_id)).await
+    }
+
+    /// Connects to the cluster database, brings its schema up to date, and opens the object
+    /// store.
+    pub async fn open_with(config: &NodeConfig) -> Result<SharedLog> {
+        let mut db = connect(&config.db_url).await?;
         schema::migrate(&mut db).await?;
         Ok(SharedLog {
-            appended: watch::listen(db_url),
+            appended: watch::listen(&config.db_url),
             db: Mutex::new(db),
-            db_url: db_url.to_string(),
+            db_url: config.db_url.clone(),
             topics: Mutex::new(HashMap::new()),
-            store: open_store(store_url)?,
-            node_id: node_id.to_string(),
+            store: open_store(&config.store_url)?,
+            cache: RangeCache::new(config.cache_memory_bytes),
+            node_id: config.node_id.clone(),
         })
+    }
+
+    /// What the node's range cache holds and has done.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// The node's database connection, reconnected first if it was lost (the database
@@ -413,9 +449,17 @@ impl SharedLog {
             if !out.is_empty() && out.len() as u64 + len > bytes_max {
                 break;
             }
+            let range_key = RangeKey {
+                object: key.clone(),
+                start,
+                len,
+            };
             let range = self
-                .store
-                .get_range(&ObjectPath::from(key.as_str()), start..start + len)
+                .cache
+                .get(&range_key, || async {
+                    let path = ObjectPath::from(key.as_str());
+                    Ok(self.store.get_range(&path, start..start + len).await?)
+                })
                 .await?;
             place_batches(&range, base, last, offset, &mut out).map_err(|reason| {
                 ClusterError::CorruptObject {

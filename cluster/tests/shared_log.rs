@@ -4,7 +4,8 @@ mod common;
 
 use bytes::Bytes;
 use common::{append, batch, cluster, flush, values};
-use weir_cluster::{Append, ClusterError, SharedLog};
+use futures::future::join_all;
+use weir_cluster::{Append, ClusterError, NodeConfig, SharedLog};
 use weir_storage::batch::ProducerInfo;
 use weir_storage::{BatchBuilder, Compression, NewRecord, Record, decode_records};
 
@@ -437,4 +438,101 @@ async fn topic_names_partition_counts_and_store_urls_are_checked() {
         assert!(err.to_string().contains(url), "{err}");
     }
     drop(store);
+}
+
+#[tokio::test]
+async fn reads_come_from_a_cache_that_outlives_the_object() {
+    let Some((pg, store, store_url)) = cluster() else {
+        return;
+    };
+    let value = "v".repeat(300);
+    // Room for one flush's range (a batch of one 300-byte record), not two.
+    let config = NodeConfig {
+        cache_memory_bytes: 500,
+        ..NodeConfig::new(&pg.url(), &store_url, "n1")
+    };
+    let log = SharedLog::open_with(&config).await.expect("open");
+    log.create_topic("logs", 2).await.expect("create");
+    flush(&log, &[append("logs", 0, &[&value])])
+        .await
+        .expect("flush p0");
+    flush(&log, &[append("logs", 1, &[&value])])
+        .await
+        .expect("flush p1");
+
+    let reads = join_all((0..5).map(|_| log.read("logs", 0, 0, 1 << 20))).await;
+    for read in reads {
+        assert_eq!(
+            decode_records(&read.expect("read").batches)
+                .expect("valid")
+                .len(),
+            1
+        );
+    }
+    let stats = log.cache_stats();
+    assert_eq!(
+        stats.misses, 1,
+        "five concurrent reads, one read of the store: {stats:?}"
+    );
+    assert!(stats.bytes > 0 && stats.bytes <= 500, "{stats:?}");
+
+    // With every object gone from the store, p0 is still read: from the cache.
+    let objects = store.path().join("data").join("n1");
+    for object in std::fs::read_dir(&objects).expect("objects") {
+        std::fs::remove_file(object.expect("an object").path()).expect("remove");
+    }
+    let cached = log
+        .read("logs", 0, 0, 1 << 20)
+        .await
+        .expect("a cached read");
+    assert_eq!(
+        values(&decode_records(&cached.batches).expect("valid"))[0].1,
+        value
+    );
+    assert_eq!(log.cache_stats().hits, stats.hits + 1);
+
+    // p1 was never read: its miss fails (the object is gone), and p0 stays cached.
+    assert!(log.read("logs", 1, 0, 1 << 20).await.is_err());
+    assert!(log.read("logs", 0, 0, 1 << 20).await.is_ok());
+    assert!(log.cache_stats().bytes <= 500);
+}
+
+#[tokio::test]
+async fn the_cache_evicts_the_least_recently_read_range_to_stay_within_its_bound() {
+    let Some((pg, store, store_url)) = cluster() else {
+        return;
+    };
+    let value = "v".repeat(300);
+    let config = NodeConfig {
+        cache_memory_bytes: 500,
+        ..NodeConfig::new(&pg.url(), &store_url, "n1")
+    };
+    let log = SharedLog::open_with(&config).await.expect("open");
+    log.create_topic("logs", 2).await.expect("create");
+    flush(&log, &[append("logs", 0, &[&value])])
+        .await
+        .expect("flush p0");
+    flush(&log, &[append("logs", 1, &[&value])])
+        .await
+        .expect("flush p1");
+    log.read("logs", 0, 0, 1 << 20).await.expect("read p0");
+    log.read("logs", 1, 0, 1 << 20)
+        .await
+        .expect("read p1: evicts p0");
+    let stats = log.cache_stats();
+    assert_eq!((stats.misses, stats.hits), (2, 0));
+    assert!(stats.bytes <= 500, "{stats:?}");
+
+    for object in std::fs::read_dir(store.path().join("data").join("n1")).expect("objects") {
+        std::fs::remove_file(object.expect("an object").path()).expect("remove");
+    }
+    assert!(
+        log.read("logs", 1, 0, 1 << 20).await.is_ok(),
+        "p1 is cached"
+    );
+    let evicted = log.read("logs", 0, 0, 1 << 20).await;
+    assert!(
+        matches!(evicted, Err(ClusterError::Store(_))),
+        "p0 was evicted: {evicted:?}"
+    );
 }
