@@ -213,7 +213,7 @@ fn lease_duration(duration_ms: u64) -> Result<Duration> {
     Ok(Duration::from_millis(duration_ms))
 }
 
-fn lost(lease: &Lease) -> ClusterError {
+pub(crate) fn lost(lease: &Lease) -> ClusterError {
     ClusterError::LeaseLost {
         name: lease.name.clone(),
         epoch: lease.epoch,

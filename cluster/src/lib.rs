@@ -27,6 +27,8 @@
 //! - [`lease`]: one node at a time acts for a name (a group's coordinator, a pipeline, a
 //!   background job), fenced by an epoch; [`SharedLog::commit_offsets`] writes a group's
 //!   offsets only while its lease holds.
+//! - [`gc`]: the holder of the `gc` lease deletes objects no row references (the leftovers of
+//!   failed flushes) once no flush can still be committing them.
 //!
 //! Several nodes share one database and one store; the transaction is what makes their
 //! offsets unique and gap-free. This crate knows nothing of Kafka requests or sockets.
@@ -34,6 +36,7 @@
 mod cache;
 mod error;
 pub mod flusher;
+pub mod gc;
 pub mod lease;
 mod log;
 pub mod membership;
@@ -43,8 +46,10 @@ mod watch;
 pub use cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats};
 pub use error::{ClusterError, Result};
 pub use flusher::{FlushConfig, Flusher};
+pub use gc::Collected;
 pub use lease::Lease;
 pub use log::{
-    Append, CheckedAppend, FLUSH_BYTES_MAX, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,
+    Append, CheckedAppend, FLUSH_BYTES_MAX, FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig,
+    READ_ROWS_MAX, SharedLog,
 };
 pub use membership::{NodeInfo, leader};

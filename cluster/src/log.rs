@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use object_store::path::Path as ObjectPath;
@@ -19,6 +20,9 @@ use crate::{ClusterError, Result, schema};
 /// Largest object one flush writes. Larger flushes are split by the caller; the node's flush
 /// buffer closes well before this (`cluster.flush.bytes`, 4 MiB by default).
 pub const FLUSH_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Default for [`NodeConfig::flush_commit_ms_max`]: ten minutes, far longer than a flush.
+pub const FLUSH_COMMIT_MS_MAX_DEFAULT: u64 = 600_000;
 
 /// Most `batches` rows one read looks at; each is one flush's worth of one partition.
 pub const READ_ROWS_MAX: i64 = 64;
@@ -71,6 +75,9 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Bound of the cache of object byte ranges read.
     pub cache_memory_bytes: u64,
+    /// Longest a flush may take from writing its object to committing; garbage collection
+    /// leaves alone objects younger than twice this.
+    pub flush_commit_ms_max: u64,
 }
 
 impl NodeConfig {
@@ -80,6 +87,7 @@ impl NodeConfig {
             store_url: store_url.to_string(),
             node_id: node_id.to_string(),
             cache_memory_bytes: CACHE_MEMORY_BYTES_DEFAULT,
+            flush_commit_ms_max: FLUSH_COMMIT_MS_MAX_DEFAULT,
         }
     }
 }
@@ -95,6 +103,7 @@ pub struct SharedLog {
     topics: Mutex<HashMap<String, (i64, u32)>>,
     store: Arc<dyn ObjectStore>,
     cache: RangeCache,
+    flush_commit_max: Duration,
     pub(crate) node_id: String,
 }
 
@@ -126,8 +135,17 @@ impl SharedLog {
             topics: Mutex::new(HashMap::new()),
             store: open_store(&config.store_url)?,
             cache: RangeCache::new(config.cache_memory_bytes),
+            flush_commit_max: Duration::from_millis(config.flush_commit_ms_max),
             node_id: config.node_id.clone(),
         })
+    }
+
+    pub(crate) fn store(&self) -> &dyn ObjectStore {
+        self.store.as_ref()
+    }
+
+    pub(crate) fn flush_commit_max(&self) -> Duration {
+        self.flush_commit_max
     }
 
     /// What the node's range cache holds and has done.
@@ -257,6 +275,7 @@ impl SharedLog {
             uuid::Uuid::now_v7().simple()
         ));
         let object_bytes = object.len() as i64;
+        let written_at = Instant::now();
         self.store
             .put(&key, PutPayload::from_bytes(object.freeze()))
             .await?;
@@ -376,6 +395,14 @@ impl SharedLog {
             &[&object_id, &(live_bytes as i64)],
         )
         .await?;
+        // An object older than this may be taken for the leftover of a failed flush and
+        // collected: past it, give up and let the producer retry.
+        if written_at.elapsed() > self.flush_commit_max {
+            return Err(ClusterError::FlushFailed(format!(
+                "the flush took longer than {} ms to commit",
+                self.flush_commit_max.as_millis()
+            )));
+        }
         tx.commit().await?;
         Ok(answers)
     }

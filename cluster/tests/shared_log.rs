@@ -5,7 +5,9 @@ mod common;
 use bytes::Bytes;
 use common::{append, batch, cluster, flush, values};
 use futures::future::join_all;
-use weir_cluster::{Append, ClusterError, NodeConfig, SharedLog};
+use std::time::Duration;
+
+use weir_cluster::{Append, ClusterError, Collected, NodeConfig, SharedLog};
 use weir_storage::batch::ProducerInfo;
 use weir_storage::{BatchBuilder, Compression, NewRecord, Record, decode_records};
 
@@ -319,9 +321,12 @@ async fn a_flush_the_database_did_not_commit_returns_a_retriable_error_and_no_of
     let Some((pg, store, store_url)) = cluster() else {
         return;
     };
-    let log = SharedLog::open(&pg.url(), &store_url, "n1")
-        .await
-        .expect("open");
+    // Flushes give up after 300 ms; garbage is what is older than 600 ms.
+    let config = NodeConfig {
+        flush_commit_ms_max: 300,
+        ..NodeConfig::new(&pg.url(), &store_url, "n1")
+    };
+    let log = SharedLog::open_with(&config).await.expect("open");
     log.create_topic("logs", 1).await.expect("create");
     let objects = || match std::fs::read_dir(store.path().join("data").join("n1")) {
         Ok(dir) => dir.count(),
@@ -375,10 +380,49 @@ async fn a_flush_the_database_did_not_commit_returns_a_retriable_error_and_no_of
             .expect("flush"),
         vec![0]
     );
-    let fetched = log.read("logs", 0, 0, 1 << 20).await.expect("read");
+
+    // A flush slower to commit than its bound gives up: nothing is assigned.
+    db.batch_execute(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(0.5); RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE INSERT ON weir.batches FOR EACH ROW EXECUTE FUNCTION slow();",
+    )
+    .await
+    .expect("a slow trigger");
+    let err = flush(&log, &[append("logs", 0, &["slow"])])
+        .await
+        .expect_err("too slow to commit");
+    assert!(
+        err.is_retriable() && err.to_string().contains("300 ms"),
+        "{err}"
+    );
+    db.batch_execute("DROP TRIGGER slow ON weir.batches")
+        .await
+        .expect("drop the trigger");
+    assert_eq!(objects(), 3, "two leftovers and one committed object");
+
+    // The holder of the gc lease deletes the leftovers once they are old enough, and only them.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let gc = log
+        .acquire("gc", 10_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let collected = log.collect_garbage(&gc).await.expect("collect");
+    assert_eq!(collected.objects, 2, "{collected:?}");
+    assert_eq!(objects(), 1);
+    let fresh = SharedLog::open(&pg.url(), &store_url, "n2")
+        .await
+        .expect("open n2");
+    let fetched = fresh.read("logs", 0, 0, 1 << 20).await.expect("read");
     assert_eq!(
         values(&decode_records(&fetched.batches).expect("valid")),
-        vec![(0, "kept".to_string())]
+        vec![(0, "kept".to_string())],
+        "read from the store by a node with an empty cache"
+    );
+    assert_eq!(
+        log.collect_garbage(&gc).await.expect("collect"),
+        Collected::default()
     );
 }
 
