@@ -60,6 +60,11 @@ impl Postgres {
         format!("postgres://weir@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Starts the server after [`Postgres::stop`], on the same port and data.
     pub fn start_again(&self) {
         let options = format!(
@@ -96,6 +101,30 @@ impl Postgres {
                 "stop",
             ],
         );
+    }
+
+    /// Freezes the server and every backend (SIGSTOP), as a stalled machine would be.
+    pub fn pause(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// Lets a paused server run on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal_all("-CONT");
+    }
+
+    /// Signals the postmaster and its children (the backends), not other servers.
+    fn signal_all(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_string))
+            .expect("a running server's pid");
+        let _ = Command::new("pkill").args([signal, "-P", &pid]).status();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     fn data(&self) -> PathBuf {
