@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{append, cluster, flush};
+use common::{append, cluster, flush, two_nodes};
 use weir_cluster::{ClusterError, NodeInfo, SharedLog, leader};
 
 fn info(node_id: &str, kafka_port: u16) -> NodeInfo {
@@ -77,14 +77,7 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
     let Some((pg, _store, store_url)) = cluster() else {
         return;
     };
-    let url = pg.url();
-    let a = SharedLog::open(&url, &store_url, "n1")
-        .await
-        .expect("open n1");
-    let b = SharedLog::open(&url, &store_url, "n2")
-        .await
-        .expect("open n2");
-    a.create_topic("logs", 2).await.expect("create");
+    let (a, b) = two_nodes(&pg, &store_url, 2).await;
 
     let mut lease = a
         .acquire("group:g", 1_000)
@@ -173,14 +166,7 @@ async fn a_long_poll_wakes_when_another_node_commits_to_its_partition() {
     let Some((pg, _store, store_url)) = cluster() else {
         return;
     };
-    let url = pg.url();
-    let a = SharedLog::open(&url, &store_url, "n1")
-        .await
-        .expect("open n1");
-    let b = SharedLog::open(&url, &store_url, "n2")
-        .await
-        .expect("open n2");
-    a.create_topic("logs", 2).await.expect("create");
+    let (a, b) = two_nodes(&pg, &store_url, 2).await;
     // Let both listeners subscribe before anything is committed.
     tokio::time::sleep(Duration::from_millis(300)).await;
 

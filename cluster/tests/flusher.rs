@@ -5,9 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{append, cluster, values};
+use common::{append, cluster, node, values};
 use futures::future::join_all;
-use weir_cluster::{ClusterError, FlushConfig, Flusher, SharedLog};
+use weir_cluster::{ClusterError, FlushConfig, Flusher};
 use weir_storage::decode_records;
 
 fn objects(store: &tempfile::TempDir) -> usize {
@@ -19,12 +19,7 @@ async fn record_sets_parked_together_go_out_in_one_object_and_each_gets_its_offs
     let Some((pg, store, store_url)) = cluster() else {
         return;
     };
-    let log = Arc::new(
-        SharedLog::open(&pg.url(), &store_url, "n1")
-            .await
-            .expect("open"),
-    );
-    log.create_topic("logs", 2).await.expect("create");
+    let log = Arc::new(node(&pg, &store_url, 2).await);
     // A linger far longer than the test takes to park them all.
     let config = FlushConfig {
         linger_ms: 1_000,
@@ -59,12 +54,7 @@ async fn a_full_buffer_flushes_before_its_linger_and_a_bad_record_set_fails_alon
     let Some((pg, store, store_url)) = cluster() else {
         return;
     };
-    let log = Arc::new(
-        SharedLog::open(&pg.url(), &store_url, "n1")
-            .await
-            .expect("open"),
-    );
-    log.create_topic("logs", 1).await.expect("create");
+    let log = Arc::new(node(&pg, &store_url, 1).await);
     // Every record set fills the buffer: none waits out the minute of linger.
     let config = FlushConfig {
         linger_ms: 60_000,
@@ -116,12 +106,7 @@ async fn a_failed_flush_answers_every_parked_record_set_with_a_retriable_error()
     let Some((pg, _store, store_url)) = cluster() else {
         return;
     };
-    let log = Arc::new(
-        SharedLog::open(&pg.url(), &store_url, "n1")
-            .await
-            .expect("open"),
-    );
-    log.create_topic("logs", 1).await.expect("create");
+    let log = Arc::new(node(&pg, &store_url, 1).await);
     let config = FlushConfig {
         linger_ms: 500,
         ..FlushConfig::default()

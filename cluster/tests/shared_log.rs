@@ -3,9 +3,10 @@
 mod common;
 
 use bytes::Bytes;
-use common::{append, batch, cluster, flush, values};
+use common::{append, batch, cluster, flush, node, node_with, remove_objects, two_nodes, values};
 use futures::future::join_all;
 use std::time::Duration;
+use weir_tests::postgres::Postgres;
 
 use weir_cluster::{Append, ClusterError, Collected, NodeConfig, SharedLog};
 use weir_storage::batch::ProducerInfo;
@@ -41,10 +42,7 @@ async fn flushes_assign_offsets_in_order_and_reads_write_them_into_valid_batches
     let Some((pg, _store, store_url)) = cluster() else {
         return;
     };
-    let log = SharedLog::open(&pg.url(), &store_url, "n1")
-        .await
-        .expect("open");
-    log.create_topic("logs", 3).await.expect("create");
+    let log = node(&pg, &store_url, 3).await;
 
     let bases = flush(
         &log,
@@ -208,14 +206,7 @@ async fn a_retried_batch_is_answered_with_its_original_offset_on_any_node() {
     let Some((pg, _store, store_url)) = cluster() else {
         return;
     };
-    let url = pg.url();
-    let a = SharedLog::open(&url, &store_url, "n1")
-        .await
-        .expect("open n1");
-    let b = SharedLog::open(&url, &store_url, "n2")
-        .await
-        .expect("open n2");
-    a.create_topic("logs", 1).await.expect("create");
+    let (a, b) = two_nodes(&pg, &store_url, 1).await;
     let id = a.new_producer_id().await.expect("an id");
     assert_ne!(b.new_producer_id().await.expect("another id"), id);
 
@@ -268,10 +259,7 @@ async fn bad_record_sets_are_refused_before_anything_is_written() {
     let Some((pg, store, store_url)) = cluster() else {
         return;
     };
-    let log = SharedLog::open(&pg.url(), &store_url, "n1")
-        .await
-        .expect("open");
-    log.create_topic("logs", 3).await.expect("create");
+    let log = node(&pg, &store_url, 3).await;
 
     let good = append("logs", 0, &["fine"]);
     let mut corrupt = append("logs", 1, &["flipped"]);
@@ -326,8 +314,7 @@ async fn a_flush_the_database_did_not_commit_returns_a_retriable_error_and_no_of
         flush_commit_ms_max: 300,
         ..NodeConfig::new(&pg.url(), &store_url, "n1")
     };
-    let log = SharedLog::open_with(&config).await.expect("open");
-    log.create_topic("logs", 1).await.expect("create");
+    let log = node_with(&config, 1).await;
     let objects = || match std::fs::read_dir(store.path().join("data").join("n1")) {
         Ok(dir) => dir.count(),
         Err(_) => 0,
@@ -484,25 +471,29 @@ async fn topic_names_partition_counts_and_store_urls_are_checked() {
     drop(store);
 }
 
+/// Node `n1` with a cache with room for one flush's range (a batch of one 300-byte record),
+/// not two, and one such flush in each of the two partitions of `logs`. Returns the value.
+async fn small_cache(pg: &Postgres, store_url: &str) -> (SharedLog, String) {
+    let value = "v".repeat(300);
+    let config = NodeConfig {
+        cache_memory_bytes: 500,
+        ..NodeConfig::new(&pg.url(), store_url, "n1")
+    };
+    let log = node_with(&config, 2).await;
+    for partition in 0..2 {
+        flush(&log, &[append("logs", partition, &[&value])])
+            .await
+            .expect("flush");
+    }
+    (log, value)
+}
+
 #[tokio::test]
 async fn reads_come_from_a_cache_that_outlives_the_object() {
     let Some((pg, store, store_url)) = cluster() else {
         return;
     };
-    let value = "v".repeat(300);
-    // Room for one flush's range (a batch of one 300-byte record), not two.
-    let config = NodeConfig {
-        cache_memory_bytes: 500,
-        ..NodeConfig::new(&pg.url(), &store_url, "n1")
-    };
-    let log = SharedLog::open_with(&config).await.expect("open");
-    log.create_topic("logs", 2).await.expect("create");
-    flush(&log, &[append("logs", 0, &[&value])])
-        .await
-        .expect("flush p0");
-    flush(&log, &[append("logs", 1, &[&value])])
-        .await
-        .expect("flush p1");
+    let (log, value) = small_cache(&pg, &store_url).await;
 
     let reads = join_all((0..5).map(|_| log.read("logs", 0, 0, 1 << 20))).await;
     for read in reads {
@@ -516,15 +507,12 @@ async fn reads_come_from_a_cache_that_outlives_the_object() {
     let stats = log.cache_stats();
     assert_eq!(
         stats.misses, 1,
-        "five concurrent reads, one read of the store: {stats:?}"
+        "five reads, one read of the store: {stats:?}"
     );
     assert!(stats.bytes > 0 && stats.bytes <= 500, "{stats:?}");
 
     // With every object gone from the store, p0 is still read: from the cache.
-    let objects = store.path().join("data").join("n1");
-    for object in std::fs::read_dir(&objects).expect("objects") {
-        std::fs::remove_file(object.expect("an object").path()).expect("remove");
-    }
+    remove_objects(&store);
     let cached = log
         .read("logs", 0, 0, 1 << 20)
         .await
@@ -546,19 +534,7 @@ async fn the_cache_evicts_the_least_recently_read_range_to_stay_within_its_bound
     let Some((pg, store, store_url)) = cluster() else {
         return;
     };
-    let value = "v".repeat(300);
-    let config = NodeConfig {
-        cache_memory_bytes: 500,
-        ..NodeConfig::new(&pg.url(), &store_url, "n1")
-    };
-    let log = SharedLog::open_with(&config).await.expect("open");
-    log.create_topic("logs", 2).await.expect("create");
-    flush(&log, &[append("logs", 0, &[&value])])
-        .await
-        .expect("flush p0");
-    flush(&log, &[append("logs", 1, &[&value])])
-        .await
-        .expect("flush p1");
+    let (log, _) = small_cache(&pg, &store_url).await;
     log.read("logs", 0, 0, 1 << 20).await.expect("read p0");
     log.read("logs", 1, 0, 1 << 20)
         .await
@@ -567,9 +543,7 @@ async fn the_cache_evicts_the_least_recently_read_range_to_stay_within_its_bound
     assert_eq!((stats.misses, stats.hits), (2, 0));
     assert!(stats.bytes <= 500, "{stats:?}");
 
-    for object in std::fs::read_dir(store.path().join("data").join("n1")).expect("objects") {
-        std::fs::remove_file(object.expect("an object").path()).expect("remove");
-    }
+    remove_objects(&store);
     assert!(
         log.read("logs", 1, 0, 1 << 20).await.is_ok(),
         "p1 is cached"

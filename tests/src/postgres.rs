@@ -90,41 +90,52 @@ impl Postgres {
 
     /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
     pub fn stop(&self) {
-        self.run(
-            "pg_ctl",
-            &[
+        let output = self.stop_now();
+        assert!(
+            output.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn stop_now(&self) -> std::process::Output {
+        self.command("pg_ctl")
+            .args([
                 "-D",
                 &self.data().to_string_lossy(),
                 "-m",
                 "immediate",
                 "-w",
                 "stop",
-            ],
-        );
+            ])
+            .output()
+            .expect("running pg_ctl")
     }
 
     /// Freezes the server and every backend (SIGSTOP), as a stalled machine would be.
     pub fn pause(&self) {
-        self.signal_all("-STOP");
+        assert!(self.signal_all("-STOP"), "no server to pause");
     }
 
     /// Lets a paused server run on (SIGCONT).
     pub fn resume(&self) {
-        self.signal_all("-CONT");
+        assert!(self.signal_all("-CONT"), "no server to resume");
     }
 
-    /// Signals the postmaster and its children (the backends), not other servers.
-    fn signal_all(&self, signal: &str) {
-        let pid = std::fs::read_to_string(self.data().join("postmaster.pid"))
+    /// Signals the postmaster and its children (the backends), not other servers. False when
+    /// no server is running.
+    fn signal_all(&self, signal: &str) -> bool {
+        let Some(pid) = std::fs::read_to_string(self.data().join("postmaster.pid"))
             .ok()
             .and_then(|text| text.lines().next().map(str::to_string))
-            .expect("a running server's pid");
+        else {
+            return false;
+        };
         let _ = Command::new("pkill").args([signal, "-P", &pid]).status();
-        let status = Command::new("kill")
+        Command::new("kill")
             .args([signal, &pid])
             .status()
-            .expect("running kill");
-        assert!(status.success(), "kill {signal} {pid}");
+            .is_ok_and(|s| s.success())
     }
 
     fn data(&self) -> PathBuf {
@@ -160,17 +171,9 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .args([
-                "-D",
-                &self.data().to_string_lossy(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ])
-            .output();
+        // A test that failed while the server was paused must not leave it frozen.
+        self.signal_all("-CONT");
+        self.stop_now();
     }
 }
 

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use bytes::Bytes;
-use weir_cluster::{Append, SharedLog};
+use weir_cluster::{Append, NodeConfig, SharedLog};
 use weir_storage::{BatchBuilder, Compression, NewRecord, Record};
 use weir_tests::postgres::Postgres;
 
@@ -53,4 +53,32 @@ pub fn cluster() -> Option<(Postgres, tempfile::TempDir, String)> {
     let store = tempfile::tempdir().expect("a store dir");
     let url = format!("file://{}", store.path().display());
     Some((pg, store, url))
+}
+
+/// Node `n1` with the topic `logs` of `partitions` partitions.
+pub async fn node(pg: &Postgres, store_url: &str, partitions: u32) -> SharedLog {
+    node_with(&NodeConfig::new(&pg.url(), store_url, "n1"), partitions).await
+}
+
+/// A node opened with `config`, with the topic `logs` of `partitions` partitions.
+pub async fn node_with(config: &NodeConfig, partitions: u32) -> SharedLog {
+    let log = SharedLog::open_with(config).await.expect("open");
+    log.create_topic("logs", partitions).await.expect("create");
+    log
+}
+
+/// Nodes `n1` and `n2` of one cluster, with the topic `logs` of `partitions` partitions.
+pub async fn two_nodes(pg: &Postgres, store_url: &str, partitions: u32) -> (SharedLog, SharedLog) {
+    let a = node(pg, store_url, partitions).await;
+    let b = SharedLog::open(&pg.url(), store_url, "n2")
+        .await
+        .expect("open n2");
+    (a, b)
+}
+
+/// Deletes every object node `n1` wrote.
+pub fn remove_objects(store: &tempfile::TempDir) {
+    for object in std::fs::read_dir(store.path().join("data").join("n1")).expect("objects") {
+        std::fs::remove_file(object.expect("an object").path()).expect("remove");
+    }
 }
