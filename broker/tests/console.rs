@@ -218,6 +218,10 @@ const ACTIVE: &str = "return document.activeElement.id || document.activeElement
 const TAB_STOPS_MAX: usize = 20;
 
 /// Offsets of the records the record browser shows.
+/// The text of the page's first table, or nothing.
+const MAIN_TABLE_TEXT: &str =
+    "const t = document.querySelector('main table'); return t ? t.innerText : '';";
+
 const SHOWN_OFFSETS: &str =
     "return [...document.querySelectorAll('#records article')].map(a => Number(a.dataset.offset));";
 
@@ -347,11 +351,9 @@ fn the_console_signs_in_and_shows_what_the_api_holds_on_every_page() {
     assert_eq!(made["configs"]["retention.ms"], "7200000");
     browser.open(&format!("{ui}#/topics"));
     // The list drawn (the topic page's tables may still be there just after the move).
-    browser.until(
-        "the topic list",
-        "const t = document.querySelector('main table'); return t ? t.innerText : '';",
-        |v| v.as_str().is_some_and(|t| t.contains("\nmade\t")),
-    );
+    browser.until("the topic list", MAIN_TABLE_TEXT, |v| {
+        v.as_str().is_some_and(|t| t.contains("\nmade\t"))
+    });
     // The confirmation asks for the topic's name: a wrong one deletes nothing.
     let delete_made = |typed: &str| {
         browser.run(
@@ -428,7 +430,10 @@ fn the_console_signs_in_and_shows_what_the_api_holds_on_every_page() {
     // A group: its committed offset and lag as the API has them, and a reset previewed, then
     // applied.
     browser.open(&format!("{ui}#/groups"));
-    assert!(browser.text("main table").contains("readers"));
+    // The group list drawn (the records page's table may still be there just after the move).
+    browser.until("the group list", MAIN_TABLE_TEXT, |v| {
+        v.as_str().is_some_and(|t| t.contains("readers"))
+    });
     browser.open(&format!("{ui}#/groups/readers"));
     let offsets = browser.text("#group-offsets table");
     assert!(

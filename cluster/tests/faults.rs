@@ -123,6 +123,14 @@ async fn acknowledged_records_survive_database_crashes_and_pauses_exactly_once()
     let cut = Arc::new(AtomicU64::new(0));
     let proxy = commit_cutting_proxy(pg.port(), seed, cut.clone()).await;
     let proxied = format!("postgres://weir@127.0.0.1:{proxy}/postgres");
+    // Set up directly: the proxy may cut any commit, this one too.
+    let first = SharedLog::open(&url, &store_url, "reader")
+        .await
+        .expect("open");
+    first
+        .create_topic("faults", PARTITIONS)
+        .await
+        .expect("create");
     let mut flushers = Vec::new();
     for n in 0..NODES {
         // Opening commits a migration, which the proxy may cut too: a node starts again.
@@ -134,20 +142,12 @@ async fn acknowledged_records_survive_database_crashes_and_pauses_exactly_once()
             }
         }
         let log = Arc::new(opened.expect("a node opens within 20 tries"));
-        if n == 0 {
-            log.create_topic("faults", PARTITIONS)
-                .await
-                .expect("create");
-        }
         let config = FlushConfig {
             linger_ms: 20,
             ..FlushConfig::default()
         };
         flushers.push(Arc::new(Flusher::start(log, config).expect("flusher")));
     }
-    let first = SharedLog::open(&url, &store_url, "reader")
-        .await
-        .expect("open");
     let mut ids = Vec::new();
     for _ in 0..PRODUCERS {
         ids.push(first.new_producer_id().await.expect("a producer id"));
