@@ -134,15 +134,7 @@ impl SharedLog {
     ) -> Result<()> {
         let mut ids = Vec::with_capacity(offsets.len());
         for (topic, partition, _) in offsets {
-            match self.topic(topic).await? {
-                Some((id, partitions)) if *partition < partitions => ids.push(id),
-                _ => {
-                    return Err(ClusterError::UnknownPartition {
-                        topic: topic.clone(),
-                        partition: *partition,
-                    });
-                }
-            }
+            ids.push(self.topic_id(topic, *partition).await?);
         }
         let mut db = self.db().await?;
         let tx = db.transaction().await?;

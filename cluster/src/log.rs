@@ -197,14 +197,7 @@ impl SharedLog {
     /// Checks a record set as a node does before it parks it for a flush: the topic and
     /// partition exist, and every batch's header, length, CRC and size bound hold.
     pub async fn check(&self, append: Append) -> Result<CheckedAppend> {
-        let unknown = || ClusterError::UnknownPartition {
-            topic: append.topic.clone(),
-            partition: append.partition,
-        };
-        let (topic_id, partitions) = self.topic(&append.topic).await?.ok_or_else(unknown)?;
-        if append.partition >= partitions {
-            return Err(unknown());
-        }
+        let topic_id = self.topic_id(&append.topic, append.partition).await?;
         let bytes = append.batches.len() as u64;
         if bytes > FLUSH_BYTES_MAX {
             return Err(ClusterError::FlushTooLarge {
@@ -515,8 +508,20 @@ impl SharedLog {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
+    /// The id of a topic that has `partition`, from the node's cache or the database; an
+    /// unknown topic or partition is an error naming it.
+    pub(crate) async fn topic_id(&self, topic: &str, partition: u32) -> Result<i64> {
+        match self.topic(topic).await? {
+            Some((id, partitions)) if partition < partitions => Ok(id),
+            _ => Err(ClusterError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+            }),
+        }
+    }
+
     /// A topic's id and partition count, from the node's cache or the database.
-    pub(crate) async fn topic(&self, name: &str) -> Result<Option<(i64, u32)>> {
+    async fn topic(&self, name: &str) -> Result<Option<(i64, u32)>> {
         if let Some(known) = self.topics.lock().await.get(name) {
             return Ok(Some(*known));
         }

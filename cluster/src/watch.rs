@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::{ClusterError, Result, SharedLog};
+use crate::{Result, SharedLog};
 
 /// The channel flushes notify on.
 pub(crate) const CHANNEL: &str = "weir_appended";
@@ -94,14 +94,7 @@ impl SharedLog {
         offset: u64,
         timeout: Duration,
     ) -> Result<u64> {
-        let unknown = || ClusterError::UnknownPartition {
-            topic: topic.to_string(),
-            partition,
-        };
-        let (topic_id, partitions) = self.topic(topic).await?.ok_or_else(unknown)?;
-        if partition >= partitions {
-            return Err(unknown());
-        }
+        let topic_id = self.topic_id(topic, partition).await?;
         // Subscribe before reading the end, so a commit in between is not missed.
         let mut advanced = self.appended.subscribe();
         let end = self.end_offset(topic_id, partition).await?;
