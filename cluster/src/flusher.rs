@@ -130,19 +130,21 @@ async fn run(log: Arc<SharedLog>, config: FlushConfig, mut queue: mpsc::Unbounde
             bytes += next.checked.bytes();
             flush.push(next);
         }
-        let checked: Vec<CheckedAppend> = flush.iter().map(|p| p.checked.clone()).collect();
+        // The record sets go to the flush; each answer (and its share of room) waits here.
+        let (checked, waiting): (Vec<CheckedAppend>, Vec<_>) = flush
+            .into_iter()
+            .map(|p| (p.checked, (p.done, p._room)))
+            .unzip();
         match log.flush(&checked).await {
             Ok(bases) => {
-                for (parked, base) in flush.into_iter().zip(bases) {
-                    let _ = parked.done.send(base);
+                for ((done, _room), base) in waiting.into_iter().zip(bases) {
+                    let _ = done.send(base);
                 }
             }
             Err(e) => {
                 let reason = e.to_string();
-                for parked in flush {
-                    let _ = parked
-                        .done
-                        .send(Err(ClusterError::FlushFailed(reason.clone())));
+                for (done, _room) in waiting {
+                    let _ = done.send(Err(ClusterError::FlushFailed(reason.clone())));
                 }
             }
         }
