@@ -18,6 +18,9 @@ pub enum ClusterError {
     TopicExists(String),
     #[error("invalid topic: {0}")]
     InvalidTopic(String),
+    /// A name, count or size from a client outside its bound.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     #[error("unknown topic or partition: {topic}-{partition}")]
     UnknownPartition { topic: String, partition: u32 },
     #[error("record set for {topic}-{partition}: {source}")]

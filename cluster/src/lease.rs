@@ -15,6 +15,13 @@ use crate::{ClusterError, Result, SharedLog};
 /// Longest lease a node may take.
 pub const LEASE_MS_MAX: u64 = 600_000;
 
+/// Longest lease name or consumer group id, in bytes. Both are keys of Postgres indexes, whose
+/// entries cannot pass about 2.7 kB; a name carries a prefix and a client's id (a group's).
+pub const NAME_BYTES_MAX: usize = 1024;
+
+/// Most offsets one commit may carry: one transaction holds them all.
+pub const COMMIT_OFFSETS_MAX: usize = 10_000;
+
 /// A lease this node holds.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -46,6 +53,7 @@ impl SharedLog {
     /// Takes the lease `name` for `duration_ms` if it is free, expired or already this node's.
     /// `None` when another node holds it.
     pub async fn acquire(&self, name: &str, duration_ms: u64) -> Result<Option<Lease>> {
+        check_name("lease name", name)?;
         let duration = lease_duration(duration_ms)?;
         let asked_at = Instant::now();
         // The epoch moves on only when the lease changes hands (or lapsed in between).
@@ -113,6 +121,7 @@ impl SharedLog {
 
     /// The node holding `name` now, and its epoch; `None` if free or expired.
     pub async fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>> {
+        check_name("lease name", name)?;
         let row = self
             .db()
             .await?
@@ -132,6 +141,13 @@ impl SharedLog {
         group: &str,
         offsets: &[(String, u32, u64)],
     ) -> Result<()> {
+        check_name("group id", group)?;
+        if offsets.len() > COMMIT_OFFSETS_MAX {
+            return Err(ClusterError::InvalidRequest(format!(
+                "a commit of {} offsets, allowed at most {COMMIT_OFFSETS_MAX}",
+                offsets.len()
+            )));
+        }
         let mut ids = Vec::with_capacity(offsets.len());
         for (topic, partition, _) in offsets {
             ids.push(self.topic_id(topic, *partition).await?);
@@ -173,6 +189,7 @@ impl SharedLog {
 
     /// A group's committed offsets: (topic, partition, offset), by topic and partition.
     pub async fn committed_offsets(&self, group: &str) -> Result<Vec<(String, u32, u64)>> {
+        check_name("group id", group)?;
         let rows = self
             .db()
             .await?
@@ -194,6 +211,16 @@ impl SharedLog {
             })
             .collect())
     }
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(ClusterError::InvalidRequest(format!(
+            "{what} of {} bytes, allowed 1 to {NAME_BYTES_MAX}",
+            name.len()
+        )));
+    }
+    Ok(())
 }
 
 fn lease_duration(duration_ms: u64) -> Result<Duration> {

@@ -49,7 +49,7 @@ pub use flusher::{FlushConfig, Flusher};
 pub use gc::Collected;
 pub use lease::Lease;
 pub use log::{
-    Append, CheckedAppend, FLUSH_BYTES_MAX, FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig,
-    READ_ROWS_MAX, SharedLog,
+    Append, CLUSTER_PARTITIONS_MAX_DEFAULT, CheckedAppend, FLUSH_BYTES_MAX,
+    FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,
 };
 pub use membership::{NodeInfo, leader};

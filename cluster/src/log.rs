@@ -24,6 +24,9 @@ pub const FLUSH_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Default for [`NodeConfig::flush_commit_ms_max`]: ten minutes, far longer than a flush.
 pub const FLUSH_COMMIT_MS_MAX_DEFAULT: u64 = 600_000;
 
+/// Default for [`NodeConfig::partitions_max`].
+pub const CLUSTER_PARTITIONS_MAX_DEFAULT: u32 = 100_000;
+
 /// Most `batches` rows one read looks at; each is one flush's worth of one partition.
 pub const READ_ROWS_MAX: i64 = 64;
 
@@ -78,6 +81,8 @@ pub struct NodeConfig {
     /// Longest a flush may take from writing its object to committing; garbage collection
     /// leaves alone objects younger than twice this.
     pub flush_commit_ms_max: u64,
+    /// Most partitions of all topics together that this node lets the cluster grow to.
+    pub partitions_max: u32,
 }
 
 impl NodeConfig {
@@ -88,6 +93,7 @@ impl NodeConfig {
             node_id: node_id.to_string(),
             cache_memory_bytes: CACHE_MEMORY_BYTES_DEFAULT,
             flush_commit_ms_max: FLUSH_COMMIT_MS_MAX_DEFAULT,
+            partitions_max: CLUSTER_PARTITIONS_MAX_DEFAULT,
         }
     }
 }
@@ -104,6 +110,7 @@ pub struct SharedLog {
     store: Arc<dyn ObjectStore>,
     cache: RangeCache,
     flush_commit_max: Duration,
+    partitions_max: u32,
     pub(crate) node_id: String,
 }
 
@@ -136,6 +143,7 @@ impl SharedLog {
             store: open_store(&config.store_url)?,
             cache: RangeCache::new(config.cache_memory_bytes),
             flush_commit_max: Duration::from_millis(config.flush_commit_ms_max),
+            partitions_max: config.partitions_max,
             node_id: config.node_id.clone(),
         })
     }
@@ -163,7 +171,8 @@ impl SharedLog {
         Ok(db)
     }
 
-    /// Creates a topic with `partitions` partitions, each starting at offset 0.
+    /// Creates a topic with `partitions` partitions, each starting at offset 0, if the
+    /// cluster's partitions stay within [`NodeConfig::partitions_max`].
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
         validate_topic_name(name).map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
         if partitions == 0 || partitions > PARTITIONS_MAX {
@@ -173,16 +182,32 @@ impl SharedLog {
         }
         let mut db = self.db().await?;
         let tx = db.transaction().await?;
+        // Creations one at a time, so two cannot both pass the bound; reads go on.
+        tx.batch_execute("LOCK TABLE weir.topics IN SHARE ROW EXCLUSIVE MODE")
+            .await?;
         let row = tx
-            .query_opt(
-                "INSERT INTO weir.topics (name, partitions) VALUES ($1, $2)
-                 ON CONFLICT (name) DO NOTHING RETURNING topic_id",
+            .query_one(
+                "SELECT coalesce(sum(partitions), 0), bool_or(name = $1) IS TRUE FROM weir.topics",
+                &[&name],
+            )
+            .await?;
+        let (existing, exists): (i64, bool) = (row.get(0), row.get(1));
+        if exists {
+            return Err(ClusterError::TopicExists(name.to_string()));
+        }
+        if existing as u64 + u64::from(partitions) > u64::from(self.partitions_max) {
+            return Err(ClusterError::InvalidTopic(format!(
+                "{name}: {partitions} more partitions would make {} in the cluster, allowed {}",
+                existing as u64 + u64::from(partitions),
+                self.partitions_max
+            )));
+        }
+        let row = tx
+            .query_one(
+                "INSERT INTO weir.topics (name, partitions) VALUES ($1, $2) RETURNING topic_id",
                 &[&name, &(partitions as i32)],
             )
             .await?;
-        let Some(row) = row else {
-            return Err(ClusterError::TopicExists(name.to_string()));
-        };
         let topic_id: i64 = row.get(0);
         tx.execute(
             "INSERT INTO weir.partitions (topic_id, partition)

@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{append, cluster, flush, two_nodes};
+use weir_cluster::lease::{COMMIT_OFFSETS_MAX, LEASE_MS_MAX, NAME_BYTES_MAX};
 use weir_cluster::{ClusterError, NodeInfo, SharedLog, leader};
 
 fn info(node_id: &str, kafka_port: u16) -> NodeInfo {
@@ -153,12 +154,42 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         .expect("acquire")
         .expect("free");
     assert_eq!(back.epoch(), 3);
-    for ms in [0, 600_001] {
+    for ms in [0, LEASE_MS_MAX + 1] {
         assert!(matches!(
             a.acquire("x", ms).await,
             Err(ClusterError::Config(_))
         ));
     }
+
+    // Names, group ids and commits past their bounds are refused before the database.
+    let long = "g".repeat(NAME_BYTES_MAX + 1);
+    for refused in [
+        a.acquire("", 1_000).await.map(|_| ()),
+        a.acquire(&long, 1_000).await.map(|_| ()),
+        a.lease_holder(&long).await.map(|_| ()),
+        a.committed_offsets(&long).await.map(|_| ()),
+        a.commit_offsets(&back, &long, &offsets(1)).await,
+        a.commit_offsets(
+            &back,
+            "g",
+            &vec![("logs".to_string(), 0, 1); COMMIT_OFFSETS_MAX + 1],
+        )
+        .await,
+    ] {
+        assert!(
+            matches!(refused, Err(ClusterError::InvalidRequest(_))),
+            "{refused:?}"
+        );
+    }
+    let longest = "g".repeat(NAME_BYTES_MAX);
+    let lease = a
+        .acquire(&longest, 1_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    a.commit_offsets(&lease, &longest, &offsets(9))
+        .await
+        .expect("a name at the bound is a key Postgres indexes");
 }
 
 #[tokio::test]

@@ -461,6 +461,24 @@ async fn topic_names_partition_counts_and_store_urls_are_checked() {
             "{name:?} {partitions}: {result:?}"
         );
     }
+    // The cluster's partitions together stay within the bound; at the bound, names still
+    // answer that they exist.
+    let config = NodeConfig {
+        partitions_max: 10,
+        ..NodeConfig::new(&pg.url(), &store_url, "n2")
+    };
+    let small = SharedLog::open_with(&config).await.expect("open");
+    small.create_topic("logs", 6).await.expect("6 of 10");
+    let over = small.create_topic("metrics", 5).await;
+    assert!(
+        matches!(&over, Err(ClusterError::InvalidTopic(e)) if e.contains("allowed 10")),
+        "{over:?}"
+    );
+    small.create_topic("metrics", 4).await.expect("10 of 10");
+    assert!(matches!(
+        small.create_topic("logs", 1).await,
+        Err(ClusterError::TopicExists(_))
+    ));
     for url in ["s3://bucket/prefix", "file://relative/dir"] {
         let err = SharedLog::open(&pg.url(), url, "n1")
             .await
