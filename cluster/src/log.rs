@@ -195,10 +195,10 @@ impl SharedLog {
         if exists {
             return Err(ClusterError::TopicExists(name.to_string()));
         }
-        if existing as u64 + u64::from(partitions) > u64::from(self.partitions_max) {
+        let total = existing as u64 + u64::from(partitions);
+        if total > u64::from(self.partitions_max) {
             return Err(ClusterError::InvalidTopic(format!(
-                "{name}: {partitions} more partitions would make {} in the cluster, allowed {}",
-                existing as u64 + u64::from(partitions),
+                "{name}: {partitions} more partitions would make {total} in the cluster, allowed {}",
                 self.partitions_max
             )));
         }
