@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::ArgMatches;
 use clap::parser::ValueSource;
 
+use crate::cluster::ClusterConfig;
 use crate::kafka::KafkaAuth;
 use crate::serve::ServeConfig;
 use crate::tls::TlsFiles;
@@ -26,6 +27,8 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Tls(&'static str),
+    #[error("{0}")]
+    Cluster(&'static str),
 }
 
 /// The flags of `weir serve`.
@@ -124,7 +127,32 @@ pub struct ServeArgs {
     /// connections wait for room before reading more.
     #[arg(long, env = "WEIR_REQUEST_MEMORY_MIB", default_value_t = REQUEST_MEMORY_BYTES_MAX_DEFAULT >> 20)]
     request_memory_mib: u64,
+    /// Join a cluster whose metadata lives in this Postgres database (a `postgres://` URL);
+    /// needs --object-store and --node-id. See docs/cluster.md.
+    #[arg(long, env = "WEIR_CLUSTER_DB", hide_env_values = true)]
+    cluster_db: Option<String>,
+    /// The object store a cluster's data lives in, shared by every node
+    /// (`file:///shared/dir`); needs --cluster-db.
+    #[arg(long, env = "WEIR_OBJECT_STORE")]
+    object_store: Option<String>,
+    /// This node's Kafka broker id, unique in its cluster.
+    #[arg(long, env = "WEIR_NODE_ID")]
+    node_id: Option<i32>,
+    /// In a cluster, longest a record set waits for others to share its object (ms).
+    #[arg(long, env = "WEIR_CLUSTER_LINGER_MS", default_value_t = CLUSTER_LINGER_MS_DEFAULT)]
+    cluster_linger_ms: u64,
+    /// In a cluster, bytes of record sets that send their object before the linger ends.
+    #[arg(long, env = "WEIR_CLUSTER_FLUSH_BYTES", default_value_t = CLUSTER_FLUSH_BYTES_DEFAULT)]
+    cluster_flush_bytes: u64,
+    /// In a cluster, memory the node's cache of object ranges may hold, in MiB.
+    #[arg(long, env = "WEIR_CLUSTER_CACHE_MIB", default_value_t = weir_cluster::CACHE_MEMORY_BYTES_DEFAULT >> 20)]
+    cluster_cache_mib: u64,
 }
+
+/// Default of `--cluster-linger-ms` (`cluster.linger.ms`).
+pub const CLUSTER_LINGER_MS_DEFAULT: u64 = 50;
+/// Default of `--cluster-flush-bytes` (`cluster.flush.bytes`).
+pub const CLUSTER_FLUSH_BYTES_DEFAULT: u64 = 4 << 20;
 
 /// Default of `--connections-max`.
 pub const CONNECTIONS_MAX_DEFAULT: u32 = 5_000;
@@ -187,6 +215,12 @@ struct FileConfig {
     http_connections_max: Option<u32>,
     request_memory_mib: Option<u64>,
     delayed_records_max: Option<u64>,
+    cluster_db: Option<String>,
+    object_store: Option<String>,
+    node_id: Option<i32>,
+    cluster_linger_ms: Option<u64>,
+    cluster_flush_bytes: Option<u64>,
+    cluster_cache_mib: Option<u64>,
 }
 
 impl ServeArgs {
@@ -250,7 +284,38 @@ impl ServeArgs {
                 ));
             }
         };
+        let cluster = match (
+            pick!(cluster_db, optional),
+            pick!(object_store, optional),
+            pick!(node_id, optional),
+        ) {
+            (None, None, _) => None,
+            (Some(db_url), Some(object_store), Some(node_id)) if node_id >= 0 => {
+                Some(ClusterConfig {
+                    db_url,
+                    object_store,
+                    node_id,
+                    linger_ms: pick!(cluster_linger_ms),
+                    flush_bytes: pick!(cluster_flush_bytes),
+                    cache_memory_bytes: pick!(cluster_cache_mib).saturating_mul(1 << 20),
+                })
+            }
+            (Some(_), Some(_), Some(_)) => {
+                return Err(ConfigError::Cluster("--node-id is a broker id: 0 or more"));
+            }
+            (Some(_), Some(_), None) => {
+                return Err(ConfigError::Cluster(
+                    "a cluster node needs --node-id, a broker id no other node uses",
+                ));
+            }
+            _ => {
+                return Err(ConfigError::Cluster(
+                    "--cluster-db and --object-store go together: give both, or neither",
+                ));
+            }
+        };
         Ok(ServeConfig {
+            cluster,
             data_dir: pick!(data_dir),
             kafka: pick!(kafka),
             http: pick!(http),

@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod follow;

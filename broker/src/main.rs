@@ -68,7 +68,7 @@ impl Remote {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node on a data directory until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, describe and delete topics.
     Topic {
         #[command(subcommand)]

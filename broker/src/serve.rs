@@ -12,8 +12,10 @@ use weir_runtime::{Runtime, SandboxConfig};
 use weir_sql::{QueryConfig, QueryEngine};
 use weir_storage::{Storage, StorageConfig};
 
+use crate::cluster::ClusterLogs;
 use crate::error::{Error, Result, io, storage as storage_error, task};
 use crate::kafka::groups::{self, Coordinator};
+use crate::kafka::logs::{Broker, Logs};
 use crate::kafka::{self, KafkaConfig};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -71,6 +73,8 @@ pub struct ServeConfig {
     pub delayed_records_max: u64,
     /// Bytes of Kafka request frames read or handled at once.
     pub request_memory_bytes_max: u64,
+    /// The cluster this node joins; `None` serves topics from the data directory alone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// A running node.
@@ -99,6 +103,18 @@ impl Server {
             config.http_connections_max,
         ));
         let kafka_config = kafka_config(config, kafka_addr, &limits);
+        let cluster = match &config.cluster {
+            Some(cluster) => {
+                let (host, port) = kafka_config.advertised.clone();
+                let this = Broker {
+                    id: cluster.node_id,
+                    host,
+                    port,
+                };
+                Some(ClusterLogs::open(cluster, this).await?)
+            }
+            None => None,
+        };
         let runtime = start_runtime(&storage, config).await?;
         let node = node_context(storage.clone(), runtime.clone(), limits, config)?;
         let (http_listener, http_addr) = bind("HTTP", config.http).await?;
@@ -113,10 +129,18 @@ impl Server {
         if let Some(tls) = &tls {
             tls.reload_on_change(node.metrics.clone(), shutdown_rx.clone());
         }
-        let mut tasks = vec![
+        let mut tasks = Vec::new();
+        if let Some(cluster) = &cluster {
+            let ports = (http_addr.port(), pg_addr.map_or(0, |a| a.port()));
+            let appends = node.appends.clone();
+            tasks.push(cluster.start(ports, appends, shutdown_rx.clone()).await?);
+        }
+        let logs = cluster.map(|c| c as Arc<dyn Logs>);
+        tasks.extend([
             tokio::spawn(kafka::serve(
                 kafka_listener,
                 node.clone(),
+                logs,
                 kafka_config,
                 tls.clone(),
                 shutdown_rx.clone(),
@@ -137,7 +161,7 @@ impl Server {
                 tls.clone(),
                 shutdown_rx.clone(),
             )),
-        ];
+        ]);
         tasks.push(tokio::spawn(take_samples(
             node.clone(),
             shutdown_rx.clone(),

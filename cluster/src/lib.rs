@@ -52,4 +52,5 @@ pub use log::{
     Append, CLUSTER_PARTITIONS_MAX_DEFAULT, CheckedAppend, FLUSH_BYTES_MAX,
     FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,
 };
-pub use membership::{NodeInfo, leader};
+pub use membership::{NodeInfo, leader, leader_by};
+pub use watch::Advanced;

@@ -105,8 +105,9 @@ pub struct SharedLog {
     db_url: String,
     /// Partitions advanced by any node's flush, from the node's listener.
     pub(crate) appended: Arc<broadcast::Sender<Advanced>>,
-    /// Topic name → (topic id, partitions).
+    /// Topic name → (topic id, partitions), and the names by id.
     topics: Mutex<HashMap<String, (i64, u32)>>,
+    names: Mutex<HashMap<i64, String>>,
     store: Arc<dyn ObjectStore>,
     cache: RangeCache,
     flush_commit_max: Duration,
@@ -140,6 +141,7 @@ impl SharedLog {
             db: Mutex::new(db),
             db_url: config.db_url.clone(),
             topics: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
             store: open_store(&config.store_url)?,
             cache: RangeCache::new(config.cache_memory_bytes),
             flush_commit_max: Duration::from_millis(config.flush_commit_ms_max),
@@ -546,7 +548,7 @@ impl SharedLog {
     }
 
     /// A topic's id and partition count, from the node's cache or the database.
-    async fn topic(&self, name: &str) -> Result<Option<(i64, u32)>> {
+    pub async fn topic(&self, name: &str) -> Result<Option<(i64, u32)>> {
         if let Some(known) = self.topics.lock().await.get(name) {
             return Ok(Some(*known));
         }
@@ -564,7 +566,76 @@ impl SharedLog {
         let known = (row.get::<_, i64>(0), row.get::<_, i32>(1) as u32);
         // Topics are never deleted or shrunk yet, so what was read stays true.
         self.topics.lock().await.insert(name.to_string(), known);
+        self.names.lock().await.insert(known.0, name.to_string());
         Ok(Some(known))
+    }
+
+    /// The name of a topic this node has looked up by name before.
+    pub async fn known_topic_name(&self, topic_id: i64) -> Option<String> {
+        self.names.lock().await.get(&topic_id).cloned()
+    }
+
+    /// The names of every topic, in order.
+    pub async fn topic_names(&self) -> Result<Vec<String>> {
+        let rows = self
+            .db()
+            .await?
+            .query("SELECT name FROM weir.topics ORDER BY name", &[])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// A partition's log start offset and end (next offset), as committed now.
+    pub async fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)> {
+        let topic_id = self.topic_id(topic, partition).await?;
+        let row = self
+            .db()
+            .await?
+            .query_one(
+                "SELECT log_start_offset, next_offset FROM weir.partitions
+                 WHERE topic_id = $1 AND partition = $2",
+                &[&topic_id, &(partition as i32)],
+            )
+            .await?;
+        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+    }
+
+    /// The first batch holding a record stamped at or after `timestamp`: its base offset and
+    /// largest timestamp (Kafka's ListOffsets by time, to the batch), or `None` when every
+    /// record is older.
+    pub async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<(u64, i64)>> {
+        let topic_id = self.topic_id(topic, partition).await?;
+        let row = self
+            .db()
+            .await?
+            .query_opt(
+                "SELECT base_offset, byte_len FROM weir.batches
+                 WHERE topic_id = $1 AND partition = $2 AND max_timestamp >= $3
+                 ORDER BY base_offset LIMIT 1",
+                &[&topic_id, &(partition as i32), &timestamp],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (base, len) = (row.get::<_, i64>(0) as u64, row.get::<_, i32>(1) as u64);
+        // The row is one flush's run of batches: the first of them late enough answers.
+        let run = self.read(topic, partition, base, len).await?;
+        let mut batches = &run.batches[..];
+        while let Ok(header) = BatchHeader::parse(batches) {
+            if header.max_timestamp >= timestamp {
+                return Ok(Some((header.base_offset as u64, header.max_timestamp)));
+            }
+            batches = batches
+                .get(header.total_bytes() as usize..)
+                .unwrap_or_default();
+        }
+        Ok(None)
     }
 }
 

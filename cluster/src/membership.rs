@@ -97,14 +97,25 @@ fn port(value: i32) -> u16 {
 /// The node Metadata names as the partition's leader: the one with the highest hash of
 /// (topic, partition, node id). The same on every node that sees the same live nodes.
 pub fn leader<'a>(topic: &str, partition: u32, nodes: &'a [NodeInfo]) -> Option<&'a NodeInfo> {
+    leader_by(topic, partition, nodes, |node| node.node_id.as_str())
+}
+
+/// [`leader`] over any list of nodes, each known by `id`.
+pub fn leader_by<'a, T, K: AsRef<[u8]> + Ord>(
+    topic: &str,
+    partition: u32,
+    nodes: &'a [T],
+    id: impl Fn(&'a T) -> K,
+) -> Option<&'a T> {
     let mut key = Vec::with_capacity(topic.len() + 5 + 64);
     nodes.iter().max_by_key(|node| {
+        let id = id(*node);
         key.clear();
         key.extend_from_slice(topic.as_bytes());
         key.push(0);
         key.extend_from_slice(&partition.to_be_bytes());
-        key.extend_from_slice(node.node_id.as_bytes());
+        key.extend_from_slice(id.as_ref());
         // Kafka's own stable hash: the same on every build and platform.
-        (weir::murmur2(&key), node.node_id.as_str())
+        (weir::murmur2(&key), id)
     })
 }

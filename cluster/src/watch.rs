@@ -25,10 +25,10 @@ const RECONNECT_MS: u64 = 1_000;
 
 /// A partition's new end, as a flush committed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Advanced {
-    topic_id: i64,
-    partition: u32,
-    end: u64,
+pub struct Advanced {
+    pub topic_id: i64,
+    pub partition: u32,
+    pub end: u64,
 }
 
 /// The payload a flush sends for a partition it advanced.
@@ -85,6 +85,12 @@ pub(crate) fn listen(db_url: &str) -> Arc<broadcast::Sender<Advanced>> {
 }
 
 impl SharedLog {
+    /// Every partition end any node's flush commits from now on, as this node's listener hears
+    /// them; a receiver that falls more than a few thousand behind skips ahead.
+    pub fn subscribe_appended(&self) -> broadcast::Receiver<Advanced> {
+        self.appended.subscribe()
+    }
+
     /// Waits until the partition's end is past `offset` or `timeout` passed, and returns its
     /// end: how a fetch with nothing to read yet long-polls.
     pub async fn wait_for_end(

@@ -347,11 +347,14 @@ pub(crate) fn describe_cluster(
 ) -> DescribeClusterResponse {
     let mut response = DescribeClusterResponse::default();
     response.cluster_id = text(CLUSTER_ID);
-    response.controller_id = BrokerId(NODE_ID);
-    let mut broker = DescribeClusterBroker::default();
-    broker.broker_id = BrokerId(NODE_ID);
-    broker.host = text(shared.config.advertised.0.clone());
-    broker.port = i32::from(shared.config.advertised.1);
-    response.brokers.push(broker);
+    let brokers = shared.logs.brokers();
+    response.controller_id = BrokerId(brokers.first().map_or(NODE_ID, |b| b.id));
+    for b in brokers {
+        let mut broker = DescribeClusterBroker::default();
+        broker.broker_id = BrokerId(b.id);
+        broker.host = text(b.host);
+        broker.port = i32::from(b.port);
+        response.brokers.push(broker);
+    }
     response
 }

@@ -72,7 +72,6 @@ pub(crate) fn find_coordinator(
     version: i16,
     caller: &Caller,
 ) -> FindCoordinatorResponse {
-    let (host, port) = &shared.config.advertised;
     let mut response = FindCoordinatorResponse::default();
     let error = |key: &str| {
         if request.key_type != KEY_TYPE_GROUP {
@@ -86,18 +85,20 @@ pub(crate) fn find_coordinator(
     if version >= 4 {
         for key in &request.coordinator_keys {
             let mut c = CoordinatorEntry::default();
+            let coordinator = shared.logs.coordinator(key);
             c.key = key.clone();
-            c.node_id = BrokerId(super::handlers::NODE_ID);
-            c.host = text(host.clone());
-            c.port = i32::from(*port);
+            c.node_id = BrokerId(coordinator.id);
+            c.host = text(coordinator.host);
+            c.port = i32::from(coordinator.port);
             c.error_code = error(key);
             response.coordinators.push(c);
         }
     } else {
+        let coordinator = shared.logs.coordinator(&request.key);
         response.error_code = error(&request.key);
-        response.node_id = BrokerId(super::handlers::NODE_ID);
-        response.host = text(host.clone());
-        response.port = i32::from(*port);
+        response.node_id = BrokerId(coordinator.id);
+        response.host = text(coordinator.host);
+        response.port = i32::from(coordinator.port);
     }
     response
 }

@@ -27,15 +27,15 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use weir_storage::{BatchError, Produced, StorageError, TopicMeta};
+use weir_storage::{BatchError, StorageError, TopicMeta};
 
-use super::frame::{FileBytes, LENT_BYTES_MIN};
+use super::frame::FileBytes;
+use super::logs::{Appended, TopicInfo};
 use super::{Shared, acl_api, admin_api, group_api};
 use crate::acl::{Caller, Denied, Operation, ResourceType};
 use crate::error::{Error, Result, task};
 
-/// The only broker of a single-node cluster.
-pub(crate) const NODE_ID: i32 = 0;
+pub(crate) use super::logs::NODE_ID;
 pub(crate) const CLUSTER_ID: &str = "weir";
 /// Upper bound on a fetch's wait, whatever the client asks.
 const FETCH_WAIT_MS_MAX: u64 = 30_000;
@@ -366,9 +366,9 @@ fn topic_or_create(
     shared: &Shared,
     name: &str,
     caller: &Caller,
-) -> Result<TopicMeta, StorageError> {
-    if let Some(meta) = shared.storage.topic(name)? {
-        return Ok(meta);
+) -> Result<TopicInfo, StorageError> {
+    if let Some(topic) = shared.logs.topic(name)? {
+        return Ok(topic);
     }
     if !shared.config.auto_create_topics || caller.check_create_topic(name).is_err() {
         return Err(StorageError::UnknownTopic {
@@ -376,8 +376,8 @@ fn topic_or_create(
         });
     }
     shared
-        .storage
-        .topic_or_create(name, shared.config.default_partitions, BTreeMap::new())
+        .logs
+        .topic_or_create(name, shared.config.default_partitions)
 }
 
 fn metadata(
@@ -387,21 +387,24 @@ fn metadata(
     caller: &Caller,
 ) -> MetadataResponse {
     let mut response = MetadataResponse::default();
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(NODE_ID);
-    broker.host = StrBytes::from_string(shared.config.advertised.0.clone());
-    broker.port = i32::from(shared.config.advertised.1);
-    response.brokers.push(broker);
+    let brokers = shared.logs.brokers();
+    for b in &brokers {
+        let mut broker = MetadataResponseBroker::default();
+        broker.node_id = BrokerId(b.id);
+        broker.host = StrBytes::from_string(b.host.clone());
+        broker.port = i32::from(b.port);
+        response.brokers.push(broker);
+    }
     response.cluster_id = Some(StrBytes::from_static_str(CLUSTER_ID));
-    response.controller_id = BrokerId(NODE_ID);
+    response.controller_id = BrokerId(brokers.first().map_or(NODE_ID, |b| b.id));
 
     let names: Vec<(String, bool)> = match request.topics {
         // All topics the caller may describe; never auto-created.
-        None => match shared.storage.list_topics() {
-            Ok(topics) => topics
+        None => match shared.logs.topic_names() {
+            Ok(names) => names
                 .into_iter()
-                .filter(|t| caller.may(Operation::Describe, ResourceType::Topic, &t.name))
-                .map(|t| (t.name, false))
+                .filter(|name| caller.may(Operation::Describe, ResourceType::Topic, name))
+                .map(|name| (name, false))
                 .collect(),
             Err(e) => {
                 tracing::error!(error = %e, "listing topics for Metadata failed");
@@ -427,20 +430,24 @@ fn metadata(
         let found = if create {
             topic_or_create(shared, &name, caller)
         } else {
-            shared.storage.existing_topic(&name)
+            shared
+                .logs
+                .topic(&name)
+                .and_then(|t| t.ok_or_else(|| StorageError::UnknownTopic { name: name.clone() }))
         };
         match found {
-            Ok(meta) => {
+            Ok(info) => {
                 if version >= 10 {
-                    topic.topic_id = topic_id(&meta);
+                    topic.topic_id = info.id;
                 }
-                for p in 0..meta.partitions {
+                for p in 0..info.partitions {
                     let mut partition = MetadataResponsePartition::default();
+                    let leader = BrokerId(shared.logs.leader(&brokers, &name, p));
                     partition.partition_index = p as i32;
-                    partition.leader_id = BrokerId(NODE_ID);
-                    partition.replica_nodes = vec![BrokerId(NODE_ID)];
-                    partition.isr_nodes = vec![BrokerId(NODE_ID)];
-                    if shared.storage.log(&name, p).is_err() {
+                    partition.leader_id = leader;
+                    partition.replica_nodes = vec![leader];
+                    partition.isr_nodes = vec![leader];
+                    if !shared.logs.readable(&name, p) {
                         partition.error_code = ResponseError::KafkaStorageError.code();
                     }
                     topic.partitions.push(partition);
@@ -500,12 +507,7 @@ fn produce(shared: &Shared, request: ProduceRequest, caller: &Caller) -> Produce
     response
 }
 
-/// What a successful append reports: base offset, log append time, log start offset; -1 for
-/// the first two when the records wait for delayed delivery. Its records and bytes are
-/// counted by the storage's append observer.
-type Appended = (i64, i64, i64);
-
-/// Appends (waiting for the fsync) or schedules delayed records.
+/// Appends (waiting until it is durable) or schedules delayed records.
 fn append(
     shared: &Shared,
     topic: &str,
@@ -516,19 +518,10 @@ fn append(
         topic: topic.to_string(),
         partition: u32::MAX,
     })?;
-    let produced = shared
-        .storage
-        .produce(topic, partition, &records)
-        .inspect_err(|e| tracing::warn!(topic, partition, error = %e, "produce refused"))?;
-    let log_start_offset = shared.storage.log(topic, partition)?.log_start_offset() as i64;
-    Ok(match produced {
-        Produced::Appended(info) => (
-            info.base_offset as i64,
-            info.log_append_time_ms.unwrap_or(-1),
-            log_start_offset,
-        ),
-        Produced::Delayed { .. } => (-1, -1, log_start_offset),
-    })
+    shared
+        .logs
+        .append(topic, partition, records)
+        .inspect_err(|e| tracing::warn!(topic, partition, error = %e, "produce refused"))
 }
 
 /// Answers a fetch, with the record sets a frame may send from their files.
@@ -542,19 +535,32 @@ async fn fetch(
     let min_bytes = request.min_bytes.max(0) as u64;
     // The wake-ups of the partitions read, each once and only if it exists: an append
     // elsewhere does not wake this fetch, and the names a client sends add no entry.
-    let read: BTreeSet<(&str, u32)> = request
+    let read: BTreeSet<(String, u32)> = request
         .topics
         .iter()
         .flat_map(|t| {
             let name: &str = &t.topic.0;
             let partitions = t.partitions.iter();
-            partitions.filter_map(move |p| Some((name, u32::try_from(p.partition).ok()?)))
+            partitions
+                .filter_map(move |p| Some((name.to_owned(), u32::try_from(p.partition).ok()?)))
         })
         .collect();
-    let waits: Vec<Arc<Notify>> = read
-        .into_iter()
-        .filter(|(topic, partition)| shared.storage.log(topic, *partition).is_ok())
-        .map(|(topic, partition)| shared.appends.of(topic, partition))
+    // Whether a partition exists may take a database round trip: on the blocking pool.
+    let readable = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            weir_storage::reactor::blocking(|| {
+                read.into_iter()
+                    .filter(|(topic, partition)| shared.logs.readable(topic, *partition))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await
+        .unwrap_or_default()
+    };
+    let waits: Vec<Arc<Notify>> = readable
+        .iter()
+        .map(|(topic, partition)| shared.appends.of(topic, *partition))
         .collect();
     let request = Arc::new(request);
     loop {
@@ -626,51 +632,41 @@ fn fetch_once(shared: &Shared, request: &FetchRequest, caller: &Caller) -> Fetch
                 topic_response.partitions.push(p);
                 continue;
             }
-            let log = u32::try_from(partition.partition)
+            let read = u32::try_from(partition.partition)
                 .map_err(|_| StorageError::UnknownPartition {
                     topic: name.clone(),
                     partition: u32::MAX,
                 })
-                .and_then(|i| shared.storage.log(&name, i));
-            let read = log.and_then(|log| {
-                let offset = u64::try_from(partition.fetch_offset).map_err(|_| {
-                    StorageError::OffsetOutOfRange {
-                        offset: 0,
-                        log_start_offset: log.log_start_offset(),
-                        high_watermark: log.high_watermark(),
-                    }
-                })?;
-                // The first batch of the response is sent even past the budget, so a consumer
-                // always makes progress; after it, a partition gets only what fits in what is
-                // left (as Kafka does, KIP-74), however often the request names it.
-                let limit = (partition.partition_max_bytes.max(0) as u64).min(budget);
-                let read = if total == 0 {
-                    log.read(offset, limit.max(1))?
-                } else {
-                    log.read_fitting(offset, limit)?
-                };
-                let bytes = match &read.slice {
-                    Some(slice) => {
-                        let bytes = slice.map()?;
-                        let held = (bytes.len() >= LENT_BYTES_MIN)
-                            .then(|| shared.metrics.lend_fetch_set())
-                            .flatten();
-                        if let Some(held) = held {
-                            lent.push(FileBytes {
-                                bytes: bytes.clone(),
-                                file: slice.file()?,
-                                position: slice.position(),
-                                _held: held,
-                            });
-                        }
-                        Some(bytes)
-                    }
-                    None => None,
-                };
-                Ok((read, bytes))
-            });
+                .and_then(|index| {
+                    let Ok(offset) = u64::try_from(partition.fetch_offset) else {
+                        let (log_start_offset, high_watermark) =
+                            shared.logs.offsets(&name, index)?;
+                        return Err(StorageError::OffsetOutOfRange {
+                            offset: 0,
+                            log_start_offset,
+                            high_watermark,
+                        });
+                    };
+                    // The first batch of the response is sent even past the budget, so a
+                    // consumer always makes progress; after it, a partition gets only what
+                    // fits in what is left (as Kafka does, KIP-74), however often the request
+                    // names it.
+                    let limit = (partition.partition_max_bytes.max(0) as u64).min(budget);
+                    shared.logs.read(&name, index, offset, limit, total == 0)
+                });
             match read {
-                Ok((read, bytes)) => {
+                Ok(read) => {
+                    let bytes = read.records;
+                    if let (Some(b), Some((file, position))) = (&bytes, read.file)
+                        && let Some(held) = shared.metrics.lend_fetch_set()
+                    {
+                        lent.push(FileBytes {
+                            bytes: b.clone(),
+                            file,
+                            position,
+                            _held: held,
+                        });
+                    }
                     p.high_watermark = read.high_watermark as i64;
                     p.last_stable_offset = read.high_watermark as i64;
                     p.log_start_offset = read.log_start_offset as i64;
@@ -747,14 +743,13 @@ fn list_offsets(
                 topic_response.partitions.push(p);
                 continue;
             }
-            let log = u32::try_from(partition.partition_index)
+            let found = u32::try_from(partition.partition_index)
                 .map_err(|_| StorageError::UnknownTopic { name: name.clone() })
-                .and_then(|i| shared.storage.log(&name, i));
-            let found = log.and_then(|log| match partition.timestamp {
-                LATEST_TIMESTAMP => Ok(Some((log.high_watermark(), -1))),
-                EARLIEST_TIMESTAMP => Ok(Some((log.log_start_offset(), -1))),
-                ts => log.offset_for_timestamp(ts),
-            });
+                .and_then(|i| match partition.timestamp {
+                    LATEST_TIMESTAMP => Ok(Some((shared.logs.offsets(&name, i)?.1, -1))),
+                    EARLIEST_TIMESTAMP => Ok(Some((shared.logs.offsets(&name, i)?.0, -1))),
+                    ts => shared.logs.offset_at(&name, i, ts),
+                });
             match found {
                 Ok(Some((offset, timestamp))) => {
                     p.offset = offset as i64;
@@ -804,13 +799,14 @@ fn create_topics(
                 ),
             ))
         } else if request.validate_only {
-            weir_storage::validate_topic_name(&name)
-                .and_then(|()| shared.storage.check_topic_configs(&configs))
-                .map(|_| None)
+            shared
+                .logs
+                .check_new_topic(&name, &configs)
+                .map(|()| None)
                 .map_err(|e| (error_code(&e), e.to_string()))
         } else {
             shared
-                .storage
+                .logs
                 .create_topic(&name, partitions as u32, configs)
                 .map(Some)
                 .map_err(|e| (error_code(&e), e.to_string()))
@@ -821,8 +817,8 @@ fn create_topics(
                     result.num_partitions = partitions;
                     result.replication_factor = 1;
                 }
-                if let Some(meta) = meta.filter(|_| version >= 7) {
-                    result.topic_id = topic_id(&meta);
+                if let Some(info) = meta.filter(|_| version >= 7) {
+                    result.topic_id = info.id;
                 }
             }
             Err((code, message)) => {
@@ -839,9 +835,8 @@ fn create_topics(
     response
 }
 
-/// Hands out a new producer id (epoch 0) for an idempotent producer. Ids come from a counter in
-/// the metadata store, so they are never reused across restarts. Transactions are not served:
-/// a transactional id is refused.
+/// Hands out a new producer id (epoch 0) for an idempotent producer, never reused across
+/// restarts. Transactions are not served: a transactional id is refused.
 fn init_producer_id(
     shared: &Shared,
     request: InitProducerIdRequest,
@@ -858,7 +853,7 @@ fn init_producer_id(
         response.error_code = denial(&denied).0;
         return response;
     }
-    match shared.next_producer_id() {
+    match shared.logs.new_producer_id() {
         Ok(id) => {
             response.producer_id = ProducerId(id);
             response.producer_epoch = 0;

@@ -15,13 +15,13 @@ mod frame;
 mod group_api;
 pub mod groups;
 mod handlers;
+pub(crate) mod logs;
 mod sasl_api;
 pub mod shape;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_storage::locks;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
@@ -87,11 +87,11 @@ pub struct KafkaConfig {
 /// What every connection shares.
 pub(crate) struct Shared {
     storage: Arc<Storage>,
+    /// The partitions the data path reads and writes.
+    logs: Arc<dyn logs::Logs>,
     config: KafkaConfig,
     /// Wakes long-polling fetches when a partition they wait on gets new readable records.
     appends: Arc<appends::Appends>,
-    /// Serializes producer id allocation.
-    producer_ids: std::sync::Mutex<()>,
     groups: Arc<groups::Coordinator>,
     metrics: Arc<crate::metrics::Metrics>,
     limits: Arc<Limits>,
@@ -99,24 +99,11 @@ pub(crate) struct Shared {
     acls: Arc<crate::acl::Acls>,
 }
 
-const PRODUCER_IDS_TREE: &str = "producer-ids";
-const NEXT_PRODUCER_ID: &str = "next";
-
-impl Shared {
-    /// The next unused producer id, persisted before it is handed out.
-    fn next_producer_id(&self) -> Result<i64, weir_storage::StorageError> {
-        let _guard = locks::lock(&self.producer_ids);
-        let tree = self.storage.meta().tree::<i64>(PRODUCER_IDS_TREE)?;
-        let id = tree.get(NEXT_PRODUCER_ID)?.unwrap_or(0);
-        tree.insert(NEXT_PRODUCER_ID, &(id + 1))?;
-        Ok(id)
-    }
-}
-
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     node: crate::node::NodeContext,
+    logs: Option<Arc<dyn logs::Logs>>,
     config: KafkaConfig,
     tls: Option<crate::tls::Tls>,
     mut shutdown: watch::Receiver<bool>,
@@ -132,11 +119,17 @@ pub async fn serve(
         ..
     } = node;
     let handshakes = tls.map(|tls| Handshakes::new(&tls, tls::Listener::Kafka, metrics.clone()));
+    let logs = logs.unwrap_or_else(|| {
+        Arc::new(logs::LocalLogs::new(
+            storage.clone(),
+            config.advertised.clone(),
+        ))
+    });
     let shared = Arc::new(Shared {
         storage,
+        logs,
         config,
         appends,
-        producer_ids: std::sync::Mutex::new(()),
         groups,
         metrics,
         limits,

@@ -1,0 +1,344 @@
+//! Cluster mode of `weir serve` (`--cluster-db` and `--object-store`): the Kafka data path on
+//! the cluster's shared log (`weir-cluster`), the node's row in `weir.nodes` and its
+//! heartbeat, and wake-ups of long-polling fetches when any node commits.
+//!
+//! The Kafka handlers run on the blocking pool; the shared log is async, so each call here
+//! blocks that pool thread on the node's runtime until Postgres and the object store answer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::runtime::Handle;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use weir_cluster::{Append, ClusterError, FlushConfig, Flusher, NodeConfig, NodeInfo, SharedLog};
+use weir_storage::{BatchError, StorageError};
+
+use crate::error::{Error, Result};
+use crate::kafka::appends::Appends;
+use crate::kafka::logs::{Appended, Broker, Logs, PartitionRead, TopicInfo};
+
+/// How often a node renews its heartbeat and re-reads the live nodes.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node whose heartbeat is older than this is left out of Metadata.
+pub const SESSION_TIMEOUT_MS: u64 = 10_000;
+
+/// How `weir serve` joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The cluster database: a `postgres://` URL or a key=value connection string.
+    pub db_url: String,
+    /// The object store every node shares (`file:///shared/dir`).
+    pub object_store: String,
+    /// The node's Kafka broker id, unique in the cluster.
+    pub node_id: i32,
+    /// `cluster.linger.ms`: longest a record set waits for others to share its flush.
+    pub linger_ms: u64,
+    /// `cluster.flush.bytes`: a flush goes out once its record sets make this many bytes.
+    pub flush_bytes: u64,
+    /// Bound of the node's cache of object byte ranges.
+    pub cache_memory_bytes: u64,
+}
+
+/// The node's handle on the cluster.
+pub(crate) struct ClusterLogs {
+    log: Arc<SharedLog>,
+    flusher: Flusher,
+    this: Broker,
+    /// The live nodes as last read, by id; this node alone until the first heartbeat.
+    live: RwLock<Vec<Broker>>,
+    runtime: Handle,
+}
+
+fn cluster_error(what: &str) -> impl FnOnce(ClusterError) -> Error + '_ {
+    move |e| Error::Invalid(format!("{what}: {e}"))
+}
+
+impl ClusterLogs {
+    /// Connects to the cluster database (bringing its schema up to date) and the object store,
+    /// and starts the node's flush buffer. `this` is the node as clients reach it.
+    pub(crate) async fn open(config: &ClusterConfig, this: Broker) -> Result<Arc<ClusterLogs>> {
+        let node = NodeConfig {
+            cache_memory_bytes: config.cache_memory_bytes,
+            ..NodeConfig::new(
+                &config.db_url,
+                &config.object_store,
+                &config.node_id.to_string(),
+            )
+        };
+        let log = Arc::new(
+            SharedLog::open_with(&node)
+                .await
+                .map_err(cluster_error("joining the cluster"))?,
+        );
+        let flusher = Flusher::start(
+            log.clone(),
+            FlushConfig {
+                linger_ms: config.linger_ms,
+                flush_bytes: config.flush_bytes,
+            },
+        )
+        .map_err(cluster_error("starting the flush buffer"))?;
+        Ok(Arc::new(ClusterLogs {
+            log,
+            flusher,
+            live: RwLock::new(vec![this.clone()]),
+            this,
+            runtime: Handle::current(),
+        }))
+    }
+
+    /// Registers the node in `weir.nodes`, then renews its heartbeat and wakes this node's
+    /// long-polling fetches for every commit until `shutdown`, when the node leaves.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        ports: (u16, u16),
+        appends: Arc<Appends>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<JoinHandle<()>> {
+        let info = NodeInfo {
+            node_id: self.this.id.to_string(),
+            host: self.this.host.clone(),
+            kafka_port: self.this.port,
+            http_port: ports.0,
+            pg_port: ports.1,
+        };
+        self.log
+            .register(&info)
+            .await
+            .map_err(cluster_error("registering the node"))?;
+        self.refresh_live().await;
+        let node = self.clone();
+        let mut appended = self.log.subscribe_appended();
+        Ok(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(HEARTBEAT);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = ticks.tick() => {
+                        if let Err(e) = node.log.heartbeat().await {
+                            tracing::warn!(error = %e, "cluster heartbeat failed");
+                        }
+                        node.refresh_live().await;
+                    }
+                    advanced = appended.recv() => match advanced {
+                        Ok(a) => {
+                            if let Some(topic) = node.log.known_topic_name(a.topic_id).await {
+                                appends.appended(&topic, a.partition);
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => {
+                            appended = node.log.subscribe_appended();
+                        }
+                    },
+                }
+            }
+            if let Err(e) = node.log.leave().await {
+                tracing::warn!(error = %e, "leaving the cluster failed; the node drops out by its session timeout");
+            }
+        }))
+    }
+
+    /// Re-reads the live nodes; keeps the last list when the database cannot be read.
+    async fn refresh_live(&self) {
+        match self.log.live_nodes(SESSION_TIMEOUT_MS).await {
+            Ok(nodes) => {
+                let mut live: Vec<Broker> = nodes
+                    .into_iter()
+                    .filter_map(|n| {
+                        Some(Broker {
+                            id: n.node_id.parse().ok()?,
+                            host: n.host,
+                            port: n.kafka_port,
+                        })
+                    })
+                    .collect();
+                if !live.contains(&self.this) {
+                    live.push(self.this.clone());
+                }
+                live.sort_by_key(|b| b.id);
+                *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the live nodes failed"),
+        }
+    }
+
+    /// Runs a shared-log call to its end from the blocking pool.
+    fn wait<T>(
+        &self,
+        call: impl Future<Output = weir_cluster::Result<T>>,
+        topic: &str,
+        partition: u32,
+    ) -> Result<T, StorageError> {
+        self.runtime
+            .block_on(call)
+            .map_err(|e| storage_error(e, topic, partition))
+    }
+}
+
+/// The storage error a Kafka handler answers for a cluster error. What went wrong in the
+/// database or the store (never the request) is a partition offline, which clients retry.
+fn storage_error(e: ClusterError, topic: &str, partition: u32) -> StorageError {
+    match e {
+        ClusterError::UnknownPartition { topic, partition } => {
+            StorageError::UnknownPartition { topic, partition }
+        }
+        ClusterError::OffsetOutOfRange { offset, end, .. } => StorageError::OffsetOutOfRange {
+            offset,
+            log_start_offset: 0,
+            high_watermark: end,
+        },
+        ClusterError::Batch { source, .. } => StorageError::Batch(source),
+        ClusterError::Producer(e) => e,
+        ClusterError::TopicExists(name) => StorageError::TopicExists { name },
+        ClusterError::InvalidTopic(reason) | ClusterError::InvalidRequest(reason) => {
+            StorageError::InvalidTopicName {
+                name: topic.to_string(),
+                reason,
+            }
+        }
+        ClusterError::FlushTooLarge { bytes, bytes_max } => {
+            StorageError::Batch(BatchError::TooLarge { bytes, bytes_max })
+        }
+        e => StorageError::Offline {
+            topic: topic.to_string(),
+            partition,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Kafka's topic id for the cluster's numeric one.
+fn topic_info((id, partitions): (i64, u32)) -> TopicInfo {
+    TopicInfo {
+        id: uuid::Uuid::from_u64_pair(0, id as u64),
+        partitions,
+    }
+}
+
+impl Logs for ClusterLogs {
+    fn brokers(&self) -> Vec<Broker> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn leader(&self, brokers: &[Broker], topic: &str, partition: u32) -> i32 {
+        weir_cluster::leader_by(topic, partition, brokers, |b| b.id.to_be_bytes())
+            .map_or(self.this.id, |b| b.id)
+    }
+
+    fn coordinator(&self, key: &str) -> Broker {
+        let brokers = self.brokers();
+        weir_cluster::leader_by(key, u32::MAX, &brokers, |b| b.id.to_be_bytes())
+            .cloned()
+            .unwrap_or_else(|| self.this.clone())
+    }
+
+    fn topic(&self, name: &str) -> Result<Option<TopicInfo>, StorageError> {
+        Ok(self.wait(self.log.topic(name), name, 0)?.map(topic_info))
+    }
+
+    fn topic_names(&self) -> Result<Vec<String>, StorageError> {
+        self.wait(self.log.topic_names(), "", 0)
+    }
+
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicInfo, StorageError> {
+        self.check_new_topic(name, &configs)?;
+        self.wait(self.log.create_topic(name, partitions), name, 0)?;
+        self.topic(name)?
+            .ok_or_else(|| StorageError::UnknownTopic { name: name.into() })
+    }
+
+    fn check_new_topic(
+        &self,
+        name: &str,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), StorageError> {
+        weir_storage::validate_topic_name(name)?;
+        match configs.iter().next() {
+            Some((key, value)) => Err(StorageError::InvalidConfig {
+                key: key.clone(),
+                value: value.clone(),
+                reason: "topics of a cluster take no configs yet".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn topic_or_create(&self, name: &str, partitions: u32) -> Result<TopicInfo, StorageError> {
+        if let Some(topic) = self.topic(name)? {
+            return Ok(topic);
+        }
+        match self.create_topic(name, partitions, BTreeMap::new()) {
+            // Another node made it first.
+            Err(StorageError::TopicExists { .. }) => self
+                .topic(name)?
+                .ok_or_else(|| StorageError::UnknownTopic { name: name.into() }),
+            made => made,
+        }
+    }
+
+    fn readable(&self, topic: &str, partition: u32) -> bool {
+        matches!(self.topic(topic), Ok(Some(t)) if partition < t.partitions)
+    }
+
+    fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Bytes,
+    ) -> Result<Appended, StorageError> {
+        let append = Append {
+            topic: topic.to_string(),
+            partition,
+            batches: records,
+        };
+        let base = self.wait(self.flusher.append(append), topic, partition)?;
+        Ok((base as i64, -1, -1))
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limit: u64,
+        first: bool,
+    ) -> Result<PartitionRead, StorageError> {
+        let read = self.log.read(topic, partition, offset, limit.max(1));
+        let fetched = self.wait(read, topic, partition)?;
+        let fits = first || fetched.batches.len() as u64 <= limit;
+        Ok(PartitionRead {
+            high_watermark: fetched.high_watermark,
+            log_start_offset: fetched.log_start_offset,
+            records: (fits && !fetched.batches.is_empty()).then_some(fetched.batches),
+            file: None,
+        })
+    }
+
+    fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), StorageError> {
+        self.wait(self.log.offsets(topic, partition), topic, partition)
+    }
+
+    fn offset_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<(u64, i64)>, StorageError> {
+        let found = self.log.offset_for_timestamp(topic, partition, timestamp);
+        self.wait(found, topic, partition)
+    }
+
+    fn new_producer_id(&self) -> Result<i64, StorageError> {
+        self.wait(self.log.new_producer_id(), "", 0)
+    }
+}

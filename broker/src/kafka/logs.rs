@@ -1,0 +1,268 @@
+//! Where the Kafka data path reads and writes: the node's own segmented logs, or the cluster's
+//! shared log. Produce, Fetch, ListOffsets, Metadata, CreateTopics, InitProducerId and
+//! FindCoordinator go through [`Logs`]; nothing in them knows which one answers.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use weir_storage::{LogFile, Produced, Storage, StorageError, TopicMeta, locks};
+
+use super::frame::LENT_BYTES_MIN;
+
+/// A broker as Metadata, FindCoordinator and DescribeCluster name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Broker {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+/// What the data path needs to know of a topic.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TopicInfo {
+    /// Kafka's topic id.
+    pub id: uuid::Uuid,
+    pub partitions: u32,
+}
+
+impl From<&TopicMeta> for TopicInfo {
+    fn from(meta: &TopicMeta) -> TopicInfo {
+        TopicInfo {
+            id: uuid::Uuid::from_bytes(meta.id),
+            partitions: meta.partitions,
+        }
+    }
+}
+
+/// What a successful append reports: base offset, log append time, log start offset; -1 for
+/// the first two when the records wait for delayed delivery, -1 for a time or start offset the
+/// log does not know.
+pub(crate) type Appended = (i64, i64, i64);
+
+/// Whole batches read from a partition, and where its log stands.
+pub(crate) struct PartitionRead {
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    pub records: Option<Bytes>,
+    /// The file and position the records were read from, when they are large enough to be
+    /// sent from it.
+    pub file: Option<(LogFile, u64)>,
+}
+
+/// The partitions behind the Kafka listener.
+pub(crate) trait Logs: Send + Sync {
+    /// The brokers clients may connect to, by id.
+    fn brokers(&self) -> Vec<Broker>;
+    /// The broker Metadata names as the partition's leader, out of `brokers`.
+    fn leader(&self, brokers: &[Broker], topic: &str, partition: u32) -> i32;
+    /// The broker that coordinates the group `key`.
+    fn coordinator(&self, key: &str) -> Broker;
+    fn topic(&self, name: &str) -> Result<Option<TopicInfo>, StorageError>;
+    fn topic_names(&self) -> Result<Vec<String>, StorageError>;
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicInfo, StorageError>;
+    /// Whether `create_topic` would accept the name and configs, creating nothing.
+    fn check_new_topic(
+        &self,
+        name: &str,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), StorageError>;
+    /// The topic, created with `partitions` and no configs if it does not exist.
+    fn topic_or_create(&self, name: &str, partitions: u32) -> Result<TopicInfo, StorageError>;
+    /// Whether the partition exists and can be read now.
+    fn readable(&self, topic: &str, partition: u32) -> bool;
+    /// Appends a producer's record set, once it is durable.
+    fn append(&self, topic: &str, partition: u32, records: Bytes)
+    -> Result<Appended, StorageError>;
+    /// Whole batches from `offset` on within `limit` bytes; when `first`, the first batch is
+    /// returned even if it alone is larger (the response's first, so a consumer moves on).
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limit: u64,
+        first: bool,
+    ) -> Result<PartitionRead, StorageError>;
+    /// The log start offset and the high watermark.
+    fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), StorageError>;
+    /// The first offset stamped at or after `timestamp`, with its timestamp.
+    fn offset_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<(u64, i64)>, StorageError>;
+    /// A producer id never handed out before.
+    fn new_producer_id(&self) -> Result<i64, StorageError>;
+}
+
+/// The only broker of a single node.
+pub(crate) const NODE_ID: i32 = 0;
+
+const PRODUCER_IDS_TREE: &str = "producer-ids";
+const NEXT_PRODUCER_ID: &str = "next";
+
+/// The node's own segmented logs.
+pub(crate) struct LocalLogs {
+    storage: Arc<Storage>,
+    advertised: (String, u16),
+    /// Serializes producer id allocation.
+    producer_ids: Mutex<()>,
+}
+
+impl LocalLogs {
+    pub(crate) fn new(storage: Arc<Storage>, advertised: (String, u16)) -> LocalLogs {
+        LocalLogs {
+            storage,
+            advertised,
+            producer_ids: Mutex::new(()),
+        }
+    }
+
+    fn this(&self) -> Broker {
+        Broker {
+            id: NODE_ID,
+            host: self.advertised.0.clone(),
+            port: self.advertised.1,
+        }
+    }
+}
+
+impl Logs for LocalLogs {
+    fn brokers(&self) -> Vec<Broker> {
+        vec![self.this()]
+    }
+
+    fn leader(&self, _brokers: &[Broker], _topic: &str, _partition: u32) -> i32 {
+        NODE_ID
+    }
+
+    fn coordinator(&self, _key: &str) -> Broker {
+        self.this()
+    }
+
+    fn topic(&self, name: &str) -> Result<Option<TopicInfo>, StorageError> {
+        Ok(self.storage.topic(name)?.as_ref().map(TopicInfo::from))
+    }
+
+    fn topic_names(&self) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .storage
+            .list_topics()?
+            .into_iter()
+            .map(|t| t.name)
+            .collect())
+    }
+
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicInfo, StorageError> {
+        let meta = self.storage.create_topic(name, partitions, configs)?;
+        Ok(TopicInfo::from(&meta))
+    }
+
+    fn check_new_topic(
+        &self,
+        name: &str,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), StorageError> {
+        weir_storage::validate_topic_name(name)?;
+        self.storage.check_topic_configs(configs).map(|_| ())
+    }
+
+    fn topic_or_create(&self, name: &str, partitions: u32) -> Result<TopicInfo, StorageError> {
+        let meta = self
+            .storage
+            .topic_or_create(name, partitions, BTreeMap::new())?;
+        Ok(TopicInfo::from(&meta))
+    }
+
+    fn readable(&self, topic: &str, partition: u32) -> bool {
+        self.storage.log(topic, partition).is_ok()
+    }
+
+    fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Bytes,
+    ) -> Result<Appended, StorageError> {
+        let produced = self.storage.produce(topic, partition, &records)?;
+        let log_start_offset = self.storage.log(topic, partition)?.log_start_offset() as i64;
+        Ok(match produced {
+            Produced::Appended(info) => (
+                info.base_offset as i64,
+                info.log_append_time_ms.unwrap_or(-1),
+                log_start_offset,
+            ),
+            Produced::Delayed { .. } => (-1, -1, log_start_offset),
+        })
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        limit: u64,
+        first: bool,
+    ) -> Result<PartitionRead, StorageError> {
+        let log = self.storage.log(topic, partition)?;
+        let read = if first {
+            log.read(offset, limit.max(1))?
+        } else {
+            log.read_fitting(offset, limit)?
+        };
+        let (records, file) = match &read.slice {
+            Some(slice) => {
+                let bytes = slice.map()?;
+                let file = (bytes.len() >= LENT_BYTES_MIN)
+                    .then(|| slice.file().map(|f| (f, slice.position())))
+                    .transpose()?;
+                (Some(bytes), file)
+            }
+            None => (None, None),
+        };
+        Ok(PartitionRead {
+            high_watermark: read.high_watermark,
+            log_start_offset: read.log_start_offset,
+            records,
+            file,
+        })
+    }
+
+    fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64), StorageError> {
+        let log = self.storage.log(topic, partition)?;
+        Ok((log.log_start_offset(), log.high_watermark()))
+    }
+
+    fn offset_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<(u64, i64)>, StorageError> {
+        self.storage
+            .log(topic, partition)?
+            .offset_for_timestamp(timestamp)
+    }
+
+    /// The next unused id from a counter in the metadata store, persisted before it is handed
+    /// out, so ids are never reused across restarts.
+    fn new_producer_id(&self) -> Result<i64, StorageError> {
+        let _guard = locks::lock(&self.producer_ids);
+        let tree = self.storage.meta().tree::<i64>(PRODUCER_IDS_TREE)?;
+        let id = tree.get(NEXT_PRODUCER_ID)?.unwrap_or(0);
+        tree.insert(NEXT_PRODUCER_ID, &(id + 1))?;
+        Ok(id)
+    }
+}
