@@ -1,8 +1,9 @@
 //! Three `weir serve` nodes joined as one cluster (`--cluster-db`, `--object-store`) on a real
 //! Postgres and a shared object-store directory, driven by kcat, confluent-kafka and
 //! kafka-python: records produced through one node are read through the others, offsets per
-//! partition are unique and gap-free, lookups by time agree across nodes, and when a node is
-//! killed the others drop it from Metadata and still serve every record.
+//! partition are unique and gap-free, lookups by time agree across nodes; when a node is killed
+//! the others drop it from Metadata and still serve every record, and it comes back empty and
+//! serves at once; without the database nothing is acknowledged.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Node, eventually, have, kcat, now_ms, python, run_client};
+use common::{Node, eventually, have, kcat, kcat_output, now_ms, python, run_client};
 use weir_tests::postgres::Postgres;
 
 const PARTITIONS: u32 = 3;
@@ -254,4 +255,41 @@ fn three_nodes_share_every_partition_through_postgres_and_the_object_store() {
         )
         .collect();
     assert_exactly(&read_all(&nodes[0], "shared"), &sent);
+
+    // The killed node, started again with its id on an empty data directory, serves at once:
+    // it keeps nothing of its own.
+    let fresh = tempfile::tempdir().unwrap();
+    nodes.push(start_node(fresh.path(), &db, store.path(), 2));
+    assert_exactly(&read_all(&nodes[2], "shared"), &sent);
+    eventually(
+        "the node is back in Metadata",
+        Duration::from_secs(20),
+        || brokers(&nodes[0]) == ["0", "1", "2"],
+    );
+
+    // Without the database a node acknowledges nothing: the producer is told it failed, and
+    // once the database is back nothing of it was written; new records go in.
+    db.stop();
+    let refused = kcat_output(
+        &nodes[0],
+        &[
+            "-P",
+            "-t",
+            "shared",
+            "-K",
+            ":",
+            "-X",
+            "message.timeout.ms=3000",
+        ],
+        "k1:while the database was down\n",
+    );
+    assert!(
+        !refused.status.success(),
+        "a produce without the database was acknowledged: {}",
+        common::output_text(&refused)
+    );
+    db.start_again();
+    kcat(&nodes[0], &["-P", "-t", "shared", "-K", ":"], "k1:v450\n");
+    let sent: Vec<String> = sent.into_iter().chain(["v450".to_string()]).collect();
+    assert_exactly(&read_all(&nodes[1], "shared"), &sent);
 }
