@@ -183,6 +183,33 @@ fn three_nodes_share_every_partition_through_postgres_and_the_object_store() {
         assert_eq!(out.lines().next(), Some("0"), "lookup by time: {out}");
     }
 
+    // A consumer long-polling node 2 wakes when node 0 commits, not when its wait ends.
+    kcat(&nodes[0], &["-P", "-t", "wake", "-p", "0"], "first\n");
+    let waiting = std::process::Command::new("kcat")
+        .args([
+            "-b",
+            &nodes[2].kafka.to_string(),
+            "-C",
+            "-t",
+            "wake",
+            "-p",
+            "0",
+        ])
+        .args(["-o", "1", "-c", "1", "-q", "-X", "fetch.wait.max.ms=60000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let produced = std::time::Instant::now();
+    kcat(&nodes[0], &["-P", "-t", "wake", "-p", "0"], "second\n");
+    let woken = waiting.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&woken.stdout), "second\n");
+    assert!(
+        produced.elapsed() < Duration::from_secs(20),
+        "the waiting fetch was not woken by the commit: {:?}",
+        produced.elapsed()
+    );
+
     // Python clients, each through another node: topic creation, idempotent producers,
     // compression, headers, consuming back.
     if let Some(python) = python() {
