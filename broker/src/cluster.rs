@@ -19,6 +19,8 @@ use weir_storage::{BatchError, StorageError};
 use crate::error::{Error, Result};
 use crate::kafka::appends::Appends;
 use crate::kafka::logs::{Appended, Broker, Logs, PartitionRead, TopicInfo};
+use crate::kafka::record_count;
+use crate::metrics::Metrics;
 
 /// How often a node renews its heartbeat and re-reads the live nodes.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -50,6 +52,8 @@ pub(crate) struct ClusterLogs {
     /// The live nodes as last read, by id; this node alone until the first heartbeat.
     live: RwLock<Vec<Broker>>,
     runtime: Handle,
+    /// Counts what the node appends.
+    metrics: Arc<Metrics>,
 }
 
 fn cluster_error(what: &str) -> impl FnOnce(ClusterError) -> Error + '_ {
@@ -59,7 +63,11 @@ fn cluster_error(what: &str) -> impl FnOnce(ClusterError) -> Error + '_ {
 impl ClusterLogs {
     /// Connects to the cluster database (bringing its schema up to date) and the object store,
     /// and starts the node's flush buffer. `this` is the node as clients reach it.
-    pub(crate) async fn open(config: &ClusterConfig, this: Broker) -> Result<Arc<ClusterLogs>> {
+    pub(crate) async fn open(
+        config: &ClusterConfig,
+        this: Broker,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<ClusterLogs>> {
         let node = NodeConfig {
             cache_memory_bytes: config.cache_memory_bytes,
             ..NodeConfig::new(
@@ -87,6 +95,7 @@ impl ClusterLogs {
             live: RwLock::new(vec![this.clone()]),
             this,
             runtime: Handle::current(),
+            metrics,
         }))
     }
 
@@ -296,12 +305,14 @@ impl Logs for ClusterLogs {
         partition: u32,
         records: Bytes,
     ) -> Result<Appended, StorageError> {
+        let (bytes, count) = (records.len() as u64, record_count(&records));
         let append = Append {
             topic: topic.to_string(),
             partition,
             batches: records,
         };
         let base = self.wait(self.flusher.append(append), topic, partition)?;
+        self.metrics.produced(topic, bytes, count);
         Ok((base as i64, -1, -1))
     }
 

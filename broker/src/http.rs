@@ -468,9 +468,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Lags, pipelines, topics and the user count read the metadata store: off the reactor.
     let (lags, pipelines, bounds) = tokio::task::spawn_blocking(move || {
         weir_storage::reactor::blocking(|| {
-            if let Ok(topics) = node.storage.list_topics() {
-                node.metrics
-                    .retain_topics(&topics.into_iter().map(|t| t.name).collect());
+            if let Ok(names) = node.logs.topic_names() {
+                node.metrics.retain_topics(&names.into_iter().collect());
             }
             let pipelines = node.runtime.pipelines().list().unwrap_or_default();
             (node.group_lags(), pipelines, node.bounds())

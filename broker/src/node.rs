@@ -18,6 +18,9 @@ pub struct NodeContext {
     pub storage: Arc<Storage>,
     pub groups: Arc<Coordinator>,
     pub metrics: Arc<Metrics>,
+    /// The partitions the Kafka data path reads and writes: the data directory's, or the
+    /// cluster's.
+    pub(crate) logs: Arc<dyn crate::kafka::logs::Logs>,
     pub runtime: Arc<Runtime>,
     pub sql: Arc<QueryEngine>,
     pub limits: Arc<Limits>,

@@ -15,7 +15,7 @@ use weir_storage::{Storage, StorageConfig};
 use crate::cluster::ClusterLogs;
 use crate::error::{Error, Result, io, storage as storage_error, task};
 use crate::kafka::groups::{self, Coordinator};
-use crate::kafka::logs::{Broker, Logs};
+use crate::kafka::logs::{Broker, LocalLogs, Logs};
 use crate::kafka::{self, KafkaConfig};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -103,6 +103,7 @@ impl Server {
             config.http_connections_max,
         ));
         let kafka_config = kafka_config(config, kafka_addr, &limits);
+        let metrics = Arc::new(Metrics::default());
         let cluster = match &config.cluster {
             Some(cluster) => {
                 let (host, port) = kafka_config.advertised.clone();
@@ -111,12 +112,26 @@ impl Server {
                     host,
                     port,
                 };
-                Some(ClusterLogs::open(cluster, this).await?)
+                Some(ClusterLogs::open(cluster, this, metrics.clone()).await?)
             }
             None => None,
         };
+        let logs: Arc<dyn Logs> = match &cluster {
+            Some(cluster) => cluster.clone(),
+            None => Arc::new(LocalLogs::new(
+                storage.clone(),
+                kafka_config.advertised.clone(),
+            )),
+        };
         let runtime = start_runtime(&storage, config).await?;
-        let node = node_context(storage.clone(), runtime.clone(), limits, config)?;
+        let node = node_context(
+            storage.clone(),
+            runtime.clone(),
+            limits,
+            config,
+            metrics,
+            logs,
+        )?;
         let (http_listener, http_addr) = bind("HTTP", config.http).await?;
         let (pg_listener, pg_addr) = match config.pg {
             Some(addr) => {
@@ -135,12 +150,10 @@ impl Server {
             let appends = node.appends.clone();
             tasks.push(cluster.start(ports, appends, shutdown_rx.clone()).await?);
         }
-        let logs = cluster.map(|c| c as Arc<dyn Logs>);
         tasks.extend([
             tokio::spawn(kafka::serve(
                 kafka_listener,
                 node.clone(),
-                logs,
                 kafka_config,
                 tls.clone(),
                 shutdown_rx.clone(),
@@ -397,13 +410,14 @@ fn node_context(
     runtime: Arc<Runtime>,
     limits: Arc<Limits>,
     config: &ServeConfig,
+    metrics: Arc<Metrics>,
+    logs: Arc<dyn Logs>,
 ) -> Result<NodeContext> {
     let offsets = storage
         .meta()
         .tree(groups::OFFSETS_TREE)
         .map_err(storage_error("opening the committed offsets"))?;
     let groups = Arc::new(Coordinator::new(offsets));
-    let metrics = Arc::new(Metrics::default());
     let state = BrokerState {
         storage: storage.clone(),
         groups: groups.clone(),
@@ -458,6 +472,7 @@ fn node_context(
             super_users: super_users.clone(),
         }));
     Ok(NodeContext {
+        logs,
         acls,
         super_users,
         storage,

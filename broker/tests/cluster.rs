@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Node, eventually, have, kcat, kcat_output, now_ms, python, run_client};
+use common::{Node, eventually, have, kcat, kcat_output, metric, now_ms, python, run_client};
 use weir_tests::postgres::Postgres;
 
 const PARTITIONS: u32 = 3;
@@ -141,6 +141,13 @@ fn three_nodes_share_every_partition_through_postgres_and_the_object_store() {
         .chain(&second)
         .map(|r| r.split_once(':').unwrap().1.to_string())
         .collect();
+
+    // Each node counts the records it took.
+    let counted: f64 = nodes
+        .iter()
+        .map(|n| metric(n, "weir_records_in_total{topic=\"shared\"}"))
+        .sum();
+    assert_eq!(counted, 400.0);
 
     // Every node reads the same records at the same offsets.
     let read = read_all(&nodes[2], "shared");

@@ -705,7 +705,7 @@ fn fetch_once(shared: &Shared, request: &FetchRequest, caller: &Caller) -> Fetch
 }
 
 /// Records in whole batches back to back, from their headers.
-fn record_count(batches: &[u8]) -> u64 {
+pub(crate) fn record_count(batches: &[u8]) -> u64 {
     let mut pos = 0;
     let mut records = 0u64;
     while let Ok(h) = weir_storage::batch::BatchHeader::parse(&batches[pos..]) {

@@ -43,6 +43,7 @@ fn protocol(reason: impl Into<String>) -> Error {
     Error::Protocol(reason.into())
 }
 
+pub(crate) use handlers::record_count;
 pub use handlers::supported_versions;
 
 /// Time any frame body may take to arrive, on top of its size at the slowest rate accepted.
@@ -103,13 +104,13 @@ pub(crate) struct Shared {
 pub(crate) async fn serve(
     listener: TcpListener,
     node: crate::node::NodeContext,
-    logs: Option<Arc<dyn logs::Logs>>,
     config: KafkaConfig,
     tls: Option<crate::tls::Tls>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let crate::node::NodeContext {
         storage,
+        logs,
         groups,
         metrics,
         limits,
@@ -119,12 +120,6 @@ pub(crate) async fn serve(
         ..
     } = node;
     let handshakes = tls.map(|tls| Handshakes::new(&tls, tls::Listener::Kafka, metrics.clone()));
-    let logs = logs.unwrap_or_else(|| {
-        Arc::new(logs::LocalLogs::new(
-            storage.clone(),
-            config.advertised.clone(),
-        ))
-    });
     let shared = Arc::new(Shared {
         storage,
         logs,
