@@ -761,6 +761,33 @@ pub fn consume(c: &Client, topic: &str, o: &ConsumeOptions, out: &mut dyn Write)
     }
 }
 
+/// Prints the nodes of the cluster the node belongs to (`GET /v1/cluster`), or its JSON.
+pub fn cluster_status(c: &Client, as_json: bool) -> Result<()> {
+    let cluster = c.call("GET", "/v1/cluster", None)?;
+    if as_json {
+        print_json(&cluster);
+        return Ok(());
+    }
+    let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{} mode, asked node {}, {} live node{}\n",
+        cluster["mode"].as_str().unwrap_or(""),
+        cluster["node_id"],
+        nodes.len(),
+        if nodes.len() == 1 { "" } else { "s" }
+    );
+    println!("{:>8} {:<40} {:>6}", "NODE", "HOST", "KAFKA");
+    for n in &nodes {
+        println!(
+            "{:>8} {:<40} {:>6}",
+            n["id"].to_string(),
+            n["host"].as_str().unwrap_or(""),
+            n["port"].to_string()
+        );
+    }
+    Ok(())
+}
+
 pub fn groups(c: &Client) -> Result<()> {
     let groups = c.call("GET", "/v1/groups", None)?;
     println!(

@@ -230,6 +230,10 @@ fn topic_info((id, partitions): (i64, u32)) -> TopicInfo {
 }
 
 impl Logs for ClusterLogs {
+    fn cluster_node_id(&self) -> Option<i32> {
+        Some(self.this.id)
+    }
+
     fn brokers(&self) -> Vec<Broker> {
         self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

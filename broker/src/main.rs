@@ -162,6 +162,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The nodes of the node's cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List, describe and delete consumer groups, and move their offsets.
     Groups {
         /// What to do; `list` when absent.
@@ -189,6 +196,16 @@ enum Command {
         command: PipelineCommand,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List the live nodes of the cluster, as Metadata gives them to clients.
+    Status {
+        /// Print the cluster as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -582,6 +599,10 @@ fn run() -> anyhow::Result<()> {
         Command::User { command, remote } => Ok(user_command(command, &remote.client()?)?),
         Command::Acl { command, remote } => Ok(acl_command(command, &remote.client()?)?),
         Command::Groups { command, remote } => Ok(groups_command(command, &remote.client()?)?),
+        Command::Cluster {
+            command: ClusterCommand::Status { json },
+            remote,
+        } => Ok(cli::cluster_status(&remote.client()?, json)?),
         Command::Sql { statement, remote } => Ok(sql_command(statement, &remote.client()?)?),
         Command::Plugin { command, remote } => Ok(plugin_command(command, &remote.client()?)?),
         Command::Pipeline { command, remote } => Ok(pipeline_command(command, &remote.client()?)?),

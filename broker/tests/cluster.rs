@@ -120,6 +120,34 @@ fn three_nodes_share_every_partition_through_postgres_and_the_object_store() {
         );
     }
 
+    // `weir cluster status` through any node lists them all; a single node says it is one.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["cluster", "status", "--server", &nodes[1].url()])
+        .output()
+        .unwrap();
+    let printed = common::output_text(&status);
+    assert!(status.status.success(), "{printed}");
+    assert!(
+        printed.starts_with("cluster mode, asked node 1, 3 live nodes"),
+        "{printed}"
+    );
+    for node in &nodes {
+        let row = format!("127.0.0.1 {}", node.kafka.port());
+        let found = printed.lines().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().skip(1).collect();
+            words.join(" ") == row
+        });
+        assert!(found, "no row for {row}: {printed}");
+    }
+    let lone = tempfile::tempdir().unwrap();
+    let single = Node::start(lone.path());
+    let status = weir_broker::cli::Client::new(&single.url(), None)
+        .call("GET", "/v1/cluster", None)
+        .unwrap();
+    assert_eq!(status["mode"], "single");
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(1));
+    drop(single);
+
     // Keyed records through node 0 (the topic is made on first use, three partitions), more
     // through node 1; librdkafka sends each partition's batches to the leader Metadata names,
     // so all three nodes take writes.

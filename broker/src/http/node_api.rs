@@ -1,6 +1,6 @@
-//! `/v1/node`: what this node is and holds now, and `/v1/node/history`: its rates and
-//! consumer group lags over the last minutes ([`crate::history`]). Both describe the whole node,
-//! so a SASL user needs `describe` on the cluster.
+//! `/v1/node`: what this node is and holds now, `/v1/node/history`: its rates and consumer
+//! group lags over the last minutes ([`crate::history`]), and `/v1/cluster`: the nodes of its
+//! cluster. They describe the whole node, so a SASL user needs `describe` on the cluster.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +18,34 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/node", get(describe_node))
         .route("/node/history", get(node_history))
+        .route("/cluster", get(describe_cluster))
+}
+
+#[derive(Serialize)]
+struct ClusterSummary {
+    /// `cluster` for a node of a cluster, `single` for a node on its own.
+    mode: &'static str,
+    /// This node's broker id.
+    node_id: i32,
+    /// The live nodes, by id, as Metadata lists them.
+    nodes: Vec<crate::kafka::logs::Broker>,
+}
+
+async fn describe_cluster(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<ClusterSummary>> {
+    caller.check(Operation::Describe, ResourceType::Cluster, CLUSTER_NAME)?;
+    let logs = state.node.logs.clone();
+    blocking(move || {
+        let id = logs.cluster_node_id();
+        Ok(Json(ClusterSummary {
+            mode: if id.is_some() { "cluster" } else { "single" },
+            node_id: id.unwrap_or(crate::kafka::logs::NODE_ID),
+            nodes: logs.brokers(),
+        }))
+    })
+    .await
 }
 
 #[derive(Serialize)]

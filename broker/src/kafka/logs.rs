@@ -11,7 +11,7 @@ use weir_storage::{LogFile, Produced, Storage, StorageError, TopicMeta, locks};
 use super::frame::LENT_BYTES_MIN;
 
 /// A broker as Metadata, FindCoordinator and DescribeCluster name it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Broker {
     pub id: i32,
     pub host: String,
@@ -52,6 +52,8 @@ pub(crate) struct PartitionRead {
 
 /// The partitions behind the Kafka listener.
 pub(crate) trait Logs: Send + Sync {
+    /// This node's broker id when it is a node of a cluster; `None` for a single node.
+    fn cluster_node_id(&self) -> Option<i32>;
     /// The brokers clients may connect to, by id.
     fn brokers(&self) -> Vec<Broker>;
     /// The broker Metadata names as the partition's leader, out of `brokers`.
@@ -135,6 +137,10 @@ impl LocalLogs {
 }
 
 impl Logs for LocalLogs {
+    fn cluster_node_id(&self) -> Option<i32> {
+        None
+    }
+
     fn brokers(&self) -> Vec<Broker> {
         vec![self.this()]
     }
