@@ -403,6 +403,64 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_needs_its_database_its_store_and_a_node_id() {
+        assert!(resolve(&[]).unwrap().cluster.is_none());
+        let db = "postgres://weir@db/weir";
+        let c = resolve(&[
+            "--cluster-db",
+            db,
+            "--object-store",
+            "file:///shared",
+            "--node-id",
+            "3",
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!((c.db_url.as_str(), c.node_id), (db, 3));
+        assert_eq!(c.object_store, "file:///shared");
+        assert_eq!(c.linger_ms, CLUSTER_LINGER_MS_DEFAULT);
+        assert_eq!(c.flush_bytes, CLUSTER_FLUSH_BYTES_DEFAULT);
+        for (args, says) in [
+            (&["--cluster-db", db][..], "go together"),
+            (&["--object-store", "file:///shared"], "go together"),
+            (
+                &["--cluster-db", db, "--object-store", "file:///s"],
+                "--node-id",
+            ),
+            (
+                &[
+                    "--cluster-db",
+                    db,
+                    "--object-store",
+                    "file:///s",
+                    "--node-id=-1",
+                ],
+                "0 or more",
+            ),
+        ] {
+            let err = resolve(args).unwrap_err();
+            assert!(err.to_string().contains(says), "{args:?}: {err}");
+        }
+        // The file's keys are the flags' names.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "cluster_db = '{db}'\nobject_store = 'file:///f'\nnode_id = 7\n\
+                 cluster_linger_ms = 20\n"
+            ),
+        )
+        .unwrap();
+        let c = resolve(&["--config", path.to_str().unwrap()])
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!((c.node_id, c.linger_ms), (7, 20));
+    }
+
+    #[test]
     fn tls_needs_a_certificate_and_its_key() {
         assert!(resolve(&[]).unwrap().tls.is_none());
         let c = resolve(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
