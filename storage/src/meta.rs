@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -125,10 +126,32 @@ pub struct MetaStore {
     db: sled::Db,
 }
 
+/// How long [`MetaStore::open`] waits for a lock still held by a store of
+/// this process that is closing.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether sled refused to open because another handle holds the file lock.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
 impl MetaStore {
+    ///
+    /// sled releases its file lock only when its background threads let go
+    /// of the database, a moment after the last handle is dropped; a store
+    /// reopened at once (a restart inside one process) waits for that, up
+    /// to [`LOCK_WAIT`], and then reports the lock held.
     pub fn open(path: &Path) -> Result<MetaStore> {
-        let db = sled::Config::new().path(path).open()?;
-        Ok(MetaStore { db })
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => return Ok(MetaStore { db }),
+                Err(e) if is_lock_held(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Opens (creating) the tree `name` holding values of type `V`.
