@@ -22,6 +22,38 @@ pub const NAME_BYTES_MAX: usize = 1024;
 /// Most offsets one commit may carry: one transaction holds them all.
 pub const COMMIT_OFFSETS_MAX: usize = 10_000;
 
+/// Longest metadata string a committed offset carries.
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+
+/// A consumer group's committed position in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    pub topic: String,
+    pub partition: u32,
+    /// The next offset the group reads.
+    pub offset: u64,
+    /// The leader epoch the client saw at `offset`; -1 when it sent none.
+    pub leader_epoch: i32,
+    /// The client's own note, at most [`OFFSET_METADATA_BYTES_MAX`] bytes.
+    pub metadata: Option<String>,
+    /// When the node took the commit, in ms since the Unix epoch.
+    pub commit_ms: i64,
+}
+
+impl GroupOffset {
+    /// A position with no epoch, metadata or time.
+    pub fn new(topic: &str, partition: u32, offset: u64) -> GroupOffset {
+        GroupOffset {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms: 0,
+        }
+    }
+}
+
 /// A lease this node holds.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -84,26 +116,50 @@ impl SharedLog {
     /// Extends a lease this node holds. An error when it was lost (expired and taken, or
     /// expired): the node must stop acting for it.
     pub async fn renew(&self, lease: &mut Lease) -> Result<()> {
+        let mut held = vec![lease.clone()];
+        if let Some(lost_lease) = self.renew_all(&mut held).await?.first() {
+            return Err(lost(lost_lease));
+        }
+        *lease = held.remove(0);
+        Ok(())
+    }
+
+    /// Extends every lease in `leases` in one statement. Those that were lost leave `leases`
+    /// and are returned: the node must stop acting for them.
+    pub async fn renew_all(&self, leases: &mut Vec<Lease>) -> Result<Vec<Lease>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
         let asked_at = Instant::now();
-        let renewed = self
+        let names: Vec<&str> = leases.iter().map(|l| l.name.as_str()).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
+        let millis: Vec<f64> = leases
+            .iter()
+            .map(|l| l.duration.as_millis() as f64)
+            .collect();
+        let renewed: std::collections::HashSet<String> = self
             .db()
             .await?
-            .execute(
-                "UPDATE weir.leases SET expires_at = now() + make_interval(secs => $4::float8 / 1000)
-                 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
-                &[
-                    &lease.name,
-                    &self.node_id,
-                    &lease.epoch,
-                    &(lease.duration.as_millis() as f64),
-                ],
+            .query(
+                "UPDATE weir.leases l
+                 SET expires_at = now() + make_interval(secs => h.ms / 1000)
+                 FROM unnest($1::text[], $2::int8[], $3::float8[]) AS h(name, epoch, ms)
+                 WHERE l.name = h.name AND l.epoch = h.epoch AND l.holder = $4
+                   AND l.expires_at > now()
+                 RETURNING l.name",
+                &[&names, &epochs, &millis, &self.node_id],
             )
-            .await?;
-        if renewed == 0 {
-            return Err(lost(lease));
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let (kept, lost): (Vec<Lease>, Vec<Lease>) =
+            leases.drain(..).partition(|l| renewed.contains(&l.name));
+        *leases = kept;
+        for lease in leases.iter_mut() {
+            lease.asked_at = asked_at;
         }
-        lease.asked_at = asked_at;
-        Ok(())
+        Ok(lost)
     }
 
     /// Gives a lease up at once, so another node can take it without waiting for it to expire.
@@ -139,7 +195,7 @@ impl SharedLog {
         &self,
         lease: &Lease,
         group: &str,
-        offsets: &[(String, u32, u64)],
+        offsets: &[GroupOffset],
     ) -> Result<()> {
         check_name("group id", group)?;
         if offsets.len() > COMMIT_OFFSETS_MAX {
@@ -148,37 +204,40 @@ impl SharedLog {
                 offsets.len()
             )));
         }
+        if let Some(long) = offsets
+            .iter()
+            .filter_map(|o| o.metadata.as_ref())
+            .find(|m| m.len() > OFFSET_METADATA_BYTES_MAX)
+        {
+            return Err(ClusterError::InvalidRequest(format!(
+                "offset metadata of {} bytes, allowed at most {OFFSET_METADATA_BYTES_MAX}",
+                long.len()
+            )));
+        }
         let mut ids = Vec::with_capacity(offsets.len());
-        for (topic, partition, _) in offsets {
-            ids.push(self.topic_id(topic, *partition).await?);
+        for o in offsets {
+            ids.push(self.topic_id(&o.topic, o.partition).await?);
         }
         let mut db = self.db().await?;
         let tx = db.transaction().await?;
-        // FOR SHARE: a concurrent take of the lease waits for this commit, or this waits for it.
-        let held = tx
-            .query_opt(
-                "SELECT 1 FROM weir.leases
-                 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()
-                 FOR SHARE",
-                &[&lease.name, &self.node_id, &lease.epoch],
-            )
-            .await?;
-        if held.is_none() {
-            return Err(lost(lease));
-        }
-        for ((_, partition, offset), topic_id) in offsets.iter().zip(ids) {
+        check_held(&tx, lease, &self.node_id).await?;
+        for (o, topic_id) in offsets.iter().zip(ids) {
             tx.execute(
                 "INSERT INTO weir.group_offsets (group_id, topic_id, partition,
-                   committed_offset, commit_epoch)
-                 VALUES ($1, $2, $3, $4, $5)
+                   committed_offset, commit_epoch, leader_epoch, metadata, commit_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (group_id, topic_id, partition) DO UPDATE
-                   SET committed_offset = $4, commit_epoch = $5",
+                   SET committed_offset = $4, commit_epoch = $5, leader_epoch = $6,
+                       metadata = $7, commit_ms = $8",
                 &[
                     &group,
                     &topic_id,
-                    &(*partition as i32),
-                    &(*offset as i64),
+                    &(o.partition as i32),
+                    &(o.offset as i64),
                     &lease.epoch,
+                    &o.leader_epoch,
+                    &o.metadata,
+                    &o.commit_ms,
                 ],
             )
             .await?;
@@ -187,14 +246,52 @@ impl SharedLog {
         Ok(())
     }
 
-    /// A group's committed offsets: (topic, partition, offset), by topic and partition.
-    pub async fn committed_offsets(&self, group: &str) -> Result<Vec<(String, u32, u64)>> {
+    /// Deletes a group's committed offsets under its lease: of one partition, or all of them.
+    /// How many there were.
+    pub async fn delete_offsets(
+        &self,
+        lease: &Lease,
+        group: &str,
+        only: Option<(&str, u32)>,
+    ) -> Result<u64> {
+        check_name("group id", group)?;
+        let partition = match only {
+            Some((topic, partition)) => Some((self.topic_id(topic, partition).await?, partition)),
+            None => None,
+        };
+        let mut db = self.db().await?;
+        let tx = db.transaction().await?;
+        check_held(&tx, lease, &self.node_id).await?;
+        let deleted = match partition {
+            Some((topic_id, partition)) => {
+                tx.execute(
+                    "DELETE FROM weir.group_offsets
+                     WHERE group_id = $1 AND topic_id = $2 AND partition = $3",
+                    &[&group, &topic_id, &(partition as i32)],
+                )
+                .await?
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM weir.group_offsets WHERE group_id = $1",
+                    &[&group],
+                )
+                .await?
+            }
+        };
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// A group's committed offsets, by topic and partition.
+    pub async fn committed_offsets(&self, group: &str) -> Result<Vec<GroupOffset>> {
         check_name("group id", group)?;
         let rows = self
             .db()
             .await?
             .query(
-                "SELECT t.name, o.partition, o.committed_offset
+                "SELECT t.name, o.partition, o.committed_offset, o.leader_epoch, o.metadata,
+                        o.commit_ms
                  FROM weir.group_offsets o JOIN weir.topics t USING (topic_id)
                  WHERE o.group_id = $1 ORDER BY t.name, o.partition",
                 &[&group],
@@ -202,14 +299,36 @@ impl SharedLog {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    r.get::<_, i32>(1) as u32,
-                    r.get::<_, i64>(2) as u64,
-                )
+            .map(|r| GroupOffset {
+                topic: r.get(0),
+                partition: r.get::<_, i32>(1) as u32,
+                offset: r.get::<_, i64>(2) as u64,
+                leader_epoch: r.get(3),
+                metadata: r.get(4),
+                commit_ms: r.get(5),
             })
             .collect())
+    }
+}
+
+/// Fails unless `lease` still has this holder and epoch. FOR SHARE: a concurrent take of the
+/// lease waits for the rest of `tx`, or `tx` waits for the take and then fails.
+async fn check_held(
+    tx: &tokio_postgres::Transaction<'_>,
+    lease: &Lease,
+    node_id: &str,
+) -> Result<()> {
+    let held = tx
+        .query_opt(
+            "SELECT 1 FROM weir.leases
+             WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > now()
+             FOR SHARE",
+            &[&lease.name, &node_id, &lease.epoch],
+        )
+        .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(lost(lease)),
     }
 }
 

@@ -47,7 +47,7 @@ pub use cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats};
 pub use error::{ClusterError, Result};
 pub use flusher::{FlushConfig, Flusher};
 pub use gc::Collected;
-pub use lease::Lease;
+pub use lease::{GroupOffset, Lease, OFFSET_METADATA_BYTES_MAX};
 pub use log::{
     Append, CLUSTER_PARTITIONS_MAX_DEFAULT, CheckedAppend, FLUSH_BYTES_MAX,
     FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,

@@ -90,6 +90,13 @@ CREATE TABLE weir.group_offsets (
   FOREIGN KEY (topic_id, partition) REFERENCES weir.partitions
 );
 "#,
+    // What Kafka's OffsetFetch answers beside the offset.
+    r#"
+ALTER TABLE weir.group_offsets
+  ADD COLUMN leader_epoch int    NOT NULL DEFAULT -1,
+  ADD COLUMN metadata     text,
+  ADD COLUMN commit_ms    bigint NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The advisory lock key migrations run under ("weir" in ASCII), so nodes starting together

@@ -7,6 +7,7 @@ use std::time::Duration;
 use common::{append, cluster, flush, two_nodes};
 use weir_cluster::lease::{COMMIT_OFFSETS_MAX, LEASE_MS_MAX, NAME_BYTES_MAX};
 use weir_cluster::{ClusterError, NodeInfo, SharedLog, leader};
+use weir_cluster::{GroupOffset, OFFSET_METADATA_BYTES_MAX};
 
 fn info(node_id: &str, kafka_port: u16) -> NodeInfo {
     NodeInfo {
@@ -103,10 +104,39 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         a.lease_holder("group:g").await.expect("holder"),
         Some(("n1".to_string(), 1))
     );
-    let offsets = |o: u64| vec![("logs".to_string(), 0, o), ("logs".to_string(), 1, o + 1)];
+    let offsets = |o: u64| {
+        vec![
+            GroupOffset::new("logs", 0, o),
+            GroupOffset::new("logs", 1, o + 1),
+        ]
+    };
     a.commit_offsets(&lease, "g", &offsets(5))
         .await
         .expect("commit");
+    let noted = GroupOffset {
+        leader_epoch: 4,
+        metadata: Some("from a".into()),
+        commit_ms: 1_700_000_000_000,
+        ..GroupOffset::new("logs", 1, 6)
+    };
+    a.commit_offsets(&lease, "g", std::slice::from_ref(&noted))
+        .await
+        .expect("commit");
+    assert_eq!(
+        a.committed_offsets("g").await.expect("offsets"),
+        vec![GroupOffset::new("logs", 0, 5), noted],
+        "epoch, metadata and time come back as committed"
+    );
+    // Many leases renew in one statement; one taken by nobody but lapsed is reported lost.
+    let mut many = vec![
+        lease.clone(),
+        a.acquire("group:h", 1_000)
+            .await
+            .expect("acquire")
+            .expect("free"),
+    ];
+    let lost = a.renew_all(&mut many).await.expect("renew all");
+    assert!(lost.is_empty() && many.len() == 2, "{lost:?}");
 
     // n1 goes quiet past its lease; n2 takes it with a new epoch.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
@@ -134,15 +164,34 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         .expect("commit");
     assert_eq!(
         a.committed_offsets("g").await.expect("offsets"),
-        vec![("logs".to_string(), 0, 7), ("logs".to_string(), 1, 8)],
+        offsets(7),
         "the fenced commit wrote nothing"
     );
+    let stale = a.delete_offsets(&lease, "g", None).await;
+    assert!(
+        matches!(stale, Err(ClusterError::LeaseLost { .. })),
+        "{stale:?}"
+    );
+    let lost = a.renew_all(&mut many).await.expect("renew all");
+    assert_eq!(lost.len(), 2, "both lapsed; one was taken");
+    assert!(many.is_empty());
     let unknown = b
-        .commit_offsets(&taken, "g", &[("logs".to_string(), 2, 1)])
+        .commit_offsets(&taken, "g", &[GroupOffset::new("logs", 2, 1)])
         .await;
     assert!(
         matches!(unknown, Err(ClusterError::UnknownPartition { .. })),
         "{unknown:?}"
+    );
+
+    assert_eq!(
+        b.delete_offsets(&taken, "g", Some(("logs", 1)))
+            .await
+            .expect("delete"),
+        1
+    );
+    assert_eq!(
+        b.committed_offsets("g").await.expect("offsets"),
+        vec![GroupOffset::new("logs", 0, 7)]
     );
 
     // Released, it can be taken at once.
@@ -172,7 +221,16 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         a.commit_offsets(
             &back,
             "g",
-            &vec![("logs".to_string(), 0, 1); COMMIT_OFFSETS_MAX + 1],
+            &vec![GroupOffset::new("logs", 0, 1); COMMIT_OFFSETS_MAX + 1],
+        )
+        .await,
+        a.commit_offsets(
+            &back,
+            "g",
+            &[GroupOffset {
+                metadata: Some("m".repeat(OFFSET_METADATA_BYTES_MAX + 1)),
+                ..GroupOffset::new("logs", 0, 1)
+            }],
         )
         .await,
     ] {
