@@ -2,22 +2,30 @@
 //! the cluster's shared log (`weir-cluster`), the node's row in `weir.nodes` and its
 //! heartbeat, and wake-ups of long-polling fetches when any node commits.
 //!
+//! Consumer groups: a node coordinates a group while it holds the lease `group:<id>` (taken
+//! when a member first asks this node, renewed with the heartbeat, given up when unused for
+//! [`GROUP_IDLE`] or when the node stops); FindCoordinator names the holder. Committed offsets
+//! are written in Postgres under the lease, so a node that lost it can no longer commit.
+//!
 //! The Kafka handlers run on the blocking pool; the shared log is async, so each call here
 //! blocks that pool thread on the node's runtime until Postgres and the object store answer.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-use weir_cluster::{Append, ClusterError, FlushConfig, Flusher, NodeConfig, NodeInfo, SharedLog};
-use weir_storage::{BatchError, StorageError};
+use weir_cluster::{
+    Append, ClusterError, FlushConfig, Flusher, GroupOffset, Lease, NodeConfig, NodeInfo, SharedLog,
+};
+use weir_storage::{BatchError, StorageError, locks};
 
 use crate::error::{Error, Result};
 use crate::kafka::appends::Appends;
+use crate::kafka::groups::{CommittedOffset, GROUPS_MAX, GroupError, GroupStore};
 use crate::kafka::logs::{Appended, Broker, Logs, PartitionRead, TopicInfo};
 use crate::kafka::record_count;
 use crate::metrics::Metrics;
@@ -26,6 +34,11 @@ use crate::metrics::Metrics;
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node whose heartbeat is older than this is left out of Metadata.
 pub const SESSION_TIMEOUT_MS: u64 = 10_000;
+/// How long a group's lease runs past its last renewal: a dead coordinator's groups move to
+/// another node within this.
+const GROUP_LEASE_MS: u64 = SESSION_TIMEOUT_MS;
+/// A group lease no request used for this long is given up.
+const GROUP_IDLE: Duration = Duration::from_secs(60);
 
 /// How `weir serve` joins a cluster.
 #[derive(Debug, Clone)]
@@ -54,6 +67,18 @@ pub(crate) struct ClusterLogs {
     runtime: Handle,
     /// Counts what the node appends.
     metrics: Arc<Metrics>,
+    /// The group leases this node holds, by lease name.
+    groups: Mutex<HashMap<String, HeldGroup>>,
+}
+
+struct HeldGroup {
+    lease: Lease,
+    /// When a request last acted under it.
+    used: Instant,
+}
+
+fn group_lease(group: &str) -> String {
+    format!("group:{group}")
 }
 
 fn cluster_error(what: &str) -> impl FnOnce(ClusterError) -> Error + '_ {
@@ -96,6 +121,7 @@ impl ClusterLogs {
             this,
             runtime: Handle::current(),
             metrics,
+            groups: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -132,6 +158,7 @@ impl ClusterLogs {
                             tracing::warn!(error = %e, "cluster heartbeat failed");
                         }
                         node.refresh_live().await;
+                        node.renew_groups().await;
                     }
                     advanced = appended.recv() => match advanced {
                         Ok(a) => {
@@ -146,6 +173,7 @@ impl ClusterLogs {
                     },
                 }
             }
+            node.release_groups(|_| true).await;
             if let Err(e) = node.log.leave().await {
                 tracing::warn!(error = %e, "leaving the cluster failed; the node drops out by its session timeout");
             }
@@ -173,6 +201,77 @@ impl ClusterLogs {
                 *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
             }
             Err(e) => tracing::warn!(error = %e, "reading the live nodes failed"),
+        }
+    }
+
+    /// Renews the group leases in use in one statement; those lost (the node was cut off past
+    /// the lease) are forgotten, so the coordinator drops their groups.
+    async fn renew_groups(&self) {
+        self.release_groups(|h| h.used.elapsed() > GROUP_IDLE).await;
+        let mut leases: Vec<Lease> = locks::lock(&self.groups)
+            .values()
+            .map(|h| h.lease.clone())
+            .collect();
+        let lost = match self.log.renew_all(&mut leases).await {
+            Ok(lost) => lost,
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing group leases failed");
+                return;
+            }
+        };
+        let mut held = locks::lock(&self.groups);
+        for lease in lost {
+            tracing::warn!(
+                lease = lease.name(),
+                "group lease lost; another node coordinates it"
+            );
+            if held
+                .get(lease.name())
+                .is_some_and(|h| h.lease.epoch() == lease.epoch())
+            {
+                held.remove(lease.name());
+            }
+        }
+        for lease in leases {
+            if let Some(h) = held.get_mut(lease.name())
+                && h.lease.epoch() == lease.epoch()
+            {
+                h.lease = lease;
+            }
+        }
+    }
+
+    /// Gives up the group leases `which` picks, so other nodes can take them at once.
+    async fn release_groups(&self, which: impl Fn(&HeldGroup) -> bool) {
+        let released: Vec<Lease> = {
+            let mut held = locks::lock(&self.groups);
+            let names: Vec<String> = held
+                .iter()
+                .filter(|(_, h)| which(h))
+                .map(|(name, _)| name.clone())
+                .collect();
+            names
+                .iter()
+                .filter_map(|name| held.remove(name))
+                .map(|h| h.lease)
+                .collect()
+        };
+        for lease in released {
+            if let Err(e) = self.log.release(lease).await {
+                tracing::warn!(error = %e, "releasing a group lease failed; it expires");
+            }
+        }
+    }
+
+    /// The lease under which this node acts for `group`, if it holds one still current.
+    fn group_lease(&self, group: &str) -> Result<Lease, GroupError> {
+        let mut held = locks::lock(&self.groups);
+        match held.get_mut(&group_lease(group)) {
+            Some(h) if h.lease.is_current() => {
+                h.used = Instant::now();
+                Ok(h.lease.clone())
+            }
+            _ => Err(GroupError::NotCoordinator),
         }
     }
 
@@ -243,8 +342,28 @@ impl Logs for ClusterLogs {
             .map_or(self.this.id, |b| b.id)
     }
 
+    /// The live node holding the group's lease; when none does, the one rendezvous hashing
+    /// picks, which takes the lease when the group's first request reaches it.
     fn coordinator(&self, key: &str) -> Broker {
         let brokers = self.brokers();
+        if self.held(key).is_some() {
+            return self.this.clone();
+        }
+        let holder = match self
+            .runtime
+            .block_on(self.log.lease_holder(&group_lease(key)))
+        {
+            Ok(holder) => holder,
+            Err(e) => {
+                tracing::warn!(group = key, error = %e, "reading the group's lease failed");
+                None
+            }
+        };
+        if let Some(node) =
+            holder.and_then(|(node, _)| brokers.iter().find(|b| b.id.to_string() == node).cloned())
+        {
+            return node;
+        }
         weir_cluster::leader_by(key, u32::MAX, &brokers, |b| b.id.to_be_bytes())
             .cloned()
             .unwrap_or_else(|| self.this.clone())
@@ -355,5 +474,121 @@ impl Logs for ClusterLogs {
 
     fn new_producer_id(&self) -> Result<i64, StorageError> {
         self.wait(self.log.new_producer_id(), "", 0)
+    }
+}
+
+/// What a group request hears when the cluster could not do it.
+fn group_error(group: &str, e: ClusterError) -> GroupError {
+    match e {
+        ClusterError::LeaseLost { .. } => GroupError::NotCoordinator,
+        e if e.is_retriable() => {
+            tracing::warn!(group, error = %e, "the cluster database is out of reach");
+            GroupError::CoordinatorNotAvailable
+        }
+        e => {
+            tracing::error!(group, error = %e, "a group's offsets could not be written");
+            GroupError::Storage
+        }
+    }
+}
+
+/// A committed offset as the cluster database keeps it.
+fn group_offset((topic, partition, o): &(String, i32, CommittedOffset)) -> GroupOffset {
+    GroupOffset {
+        leader_epoch: o.leader_epoch,
+        metadata: o.metadata.clone(),
+        commit_ms: o.commit_ms,
+        ..GroupOffset::new(topic, *partition as u32, o.offset)
+    }
+}
+
+impl GroupStore for ClusterLogs {
+    fn held(&self, group: &str) -> Option<i64> {
+        self.group_lease(group).ok().map(|l| l.epoch())
+    }
+
+    fn claim(&self, group: &str) -> Result<i64, GroupError> {
+        if let Some(epoch) = self.held(group) {
+            return Ok(epoch);
+        }
+        if self.leases() >= GROUPS_MAX {
+            return Err(GroupError::GroupMaxSizeReached);
+        }
+        let name = group_lease(group);
+        match self
+            .runtime
+            .block_on(self.log.acquire(&name, GROUP_LEASE_MS))
+        {
+            Ok(Some(lease)) => {
+                let epoch = lease.epoch();
+                let used = Instant::now();
+                locks::lock(&self.groups).insert(name, HeldGroup { lease, used });
+                Ok(epoch)
+            }
+            Ok(None) => Err(GroupError::NotCoordinator),
+            Err(ClusterError::InvalidRequest(_)) => Err(GroupError::InvalidGroupId),
+            Err(e) => Err(group_error(group, e)),
+        }
+    }
+
+    fn commit(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), GroupError> {
+        let lease = self.group_lease(group)?;
+        let offsets: Vec<GroupOffset> = offsets.iter().map(group_offset).collect();
+        self.runtime
+            .block_on(self.log.commit_offsets(&lease, group, &offsets))
+            .map_err(|e| group_error(group, e))
+    }
+
+    fn committed_all(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(String, i32, CommittedOffset)>, StorageError> {
+        let offsets = self.wait(self.log.committed_offsets(group), "", 0)?;
+        Ok(offsets
+            .into_iter()
+            .map(|o| {
+                let committed = CommittedOffset {
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata: o.metadata,
+                    commit_ms: o.commit_ms,
+                };
+                (o.topic, o.partition as i32, committed)
+            })
+            .collect())
+    }
+
+    fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<CommittedOffset>, StorageError> {
+        Ok(self
+            .committed_all(group)?
+            .into_iter()
+            .find(|(t, p, _)| t == topic && *p == partition)
+            .map(|(_, _, o)| o))
+    }
+
+    fn delete(&self, group: &str, only: Option<(&str, i32)>) -> Result<bool, GroupError> {
+        let lease = self.group_lease(group)?;
+        let only = only.map(|(topic, partition)| (topic, partition.max(0) as u32));
+        self.runtime
+            .block_on(self.log.delete_offsets(&lease, group, only))
+            .map(|deleted| deleted > 0)
+            .map_err(|e| group_error(group, e))
+    }
+
+    fn group_ids(&self) -> Result<Vec<String>, StorageError> {
+        self.wait(self.log.group_ids(), "", 0)
+    }
+
+    fn leases(&self) -> usize {
+        locks::lock(&self.groups).len()
     }
 }

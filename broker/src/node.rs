@@ -119,6 +119,12 @@ impl NodeContext {
                 groups::GROUPS_MAX as u64,
             ),
             bound(
+                "group_leases",
+                "Consumer group leases this cluster node holds (0 on a lone node)",
+                groups.leases as u64,
+                groups::GROUPS_MAX as u64,
+            ),
+            bound(
                 "group_members_largest",
                 "Members of the largest consumer group",
                 groups.largest_members as u64,

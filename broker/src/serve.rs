@@ -14,7 +14,7 @@ use weir_storage::{Storage, StorageConfig};
 
 use crate::cluster::ClusterLogs;
 use crate::error::{Error, Result, io, storage as storage_error, task};
-use crate::kafka::groups::{self, Coordinator};
+use crate::kafka::groups::{self, Coordinator, GroupStore, LocalGroupStore};
 use crate::kafka::logs::{Broker, LocalLogs, Logs};
 use crate::kafka::{self, KafkaConfig};
 use crate::limits::Limits;
@@ -123,6 +123,15 @@ impl Server {
                 kafka_config.advertised.clone(),
             )),
         };
+        let group_store: Arc<dyn GroupStore> = match &cluster {
+            Some(cluster) => cluster.clone(),
+            None => Arc::new(LocalGroupStore::new(
+                storage
+                    .meta()
+                    .tree(groups::OFFSETS_TREE)
+                    .map_err(storage_error("opening the committed offsets"))?,
+            )),
+        };
         let runtime = start_runtime(&storage, config).await?;
         let node = node_context(
             storage.clone(),
@@ -130,7 +139,7 @@ impl Server {
             limits,
             config,
             metrics,
-            logs,
+            (logs, group_store),
         )?;
         let (http_listener, http_addr) = bind("HTTP", config.http).await?;
         let (pg_listener, pg_addr) = match config.pg {
@@ -403,21 +412,17 @@ async fn start_runtime(storage: &Arc<Storage>, config: &ServeConfig) -> Result<A
     Ok(Arc::new(runtime))
 }
 
-/// The group coordinator, metrics and SQL engine, and what every listener shares; storage's
-/// append listener wakes long-polling fetches and pipelines.
+/// The group coordinator (on the node's offsets store), metrics and SQL engine, and what every
+/// listener shares; storage's append listener wakes long-polling fetches and pipelines.
 fn node_context(
     storage: Arc<Storage>,
     runtime: Arc<Runtime>,
     limits: Arc<Limits>,
     config: &ServeConfig,
     metrics: Arc<Metrics>,
-    logs: Arc<dyn Logs>,
+    (logs, group_store): (Arc<dyn Logs>, Arc<dyn GroupStore>),
 ) -> Result<NodeContext> {
-    let offsets = storage
-        .meta()
-        .tree(groups::OFFSETS_TREE)
-        .map_err(storage_error("opening the committed offsets"))?;
-    let groups = Arc::new(Coordinator::new(offsets));
+    let groups = Arc::new(Coordinator::new(group_store));
     let state = BrokerState {
         storage: storage.clone(),
         groups: groups.clone(),

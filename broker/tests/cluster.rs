@@ -355,3 +355,90 @@ fn three_nodes_share_every_partition_through_postgres_and_the_object_store() {
     let sent: Vec<String> = sent.into_iter().chain(["v450".to_string()]).collect();
     assert_exactly(&read_all(&nodes[1], "shared"), &sent);
 }
+
+/// The `weir_group_leases` gauge of every node: how many groups each coordinates.
+fn group_leases(nodes: &[Node]) -> Vec<f64> {
+    nodes
+        .iter()
+        .map(|n| metric(n, "weir_group_leases"))
+        .collect()
+}
+
+#[test]
+fn consumer_groups_move_to_a_live_node_when_their_coordinator_dies_and_keep_their_offsets() {
+    let Some(db) = Postgres::start() else {
+        return;
+    };
+    let (Some(python), Some(modules)) = (python(), common::node_modules()) else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Node> = dirs
+        .iter()
+        .zip(0..)
+        .map(|(dir, id)| start_node(dir.path(), &db, store.path(), id))
+        .collect();
+    eventually("every node lists three", Duration::from_secs(20), || {
+        nodes.iter().all(|n| brokers(n).len() == 3)
+    });
+
+    // The whole group protocol through a cluster: members joining, splitting, leaving and
+    // taking over, commits and a member resuming after them (confluent-kafka), and kafkajs's
+    // group reading batches.
+    let out = run_client(
+        &python,
+        &nodes[1],
+        "groups.py",
+        &["grouped", "range"],
+        "groups ok",
+    );
+    assert!(out.contains("400 + 40 records"), "{out}");
+    let js = std::process::Command::new("node")
+        .arg(common::client_script("kafkajs.js"))
+        .arg(nodes[2].kafka.to_string())
+        .arg("from-js")
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&js.stdout).contains("kafkajs ok: 300 records"),
+        "kafkajs: {}",
+        common::output_text(&js)
+    );
+
+    // One node coordinates a group: the one holding its lease. A member commits 50 of 100.
+    let before = group_leases(&nodes);
+    assert_eq!(
+        before.iter().sum::<f64>(),
+        2.0,
+        "two groups, one lease each"
+    );
+    run_client(
+        &python,
+        &nodes[0],
+        "commit_resume.py",
+        &["resumed", "before"],
+        "before ok",
+    );
+    let after = group_leases(&nodes);
+    let coordinator = (0..3)
+        .find(|&i| after[i] == before[i] + 1.0)
+        .unwrap_or_else(|| panic!("no node took the group: {before:?} then {after:?}"));
+
+    // The coordinator dies without a word. Its lease runs out, a live node takes the group,
+    // and a new member through another node resumes at the committed offset 50.
+    nodes.remove(coordinator).kill9();
+    run_client(
+        &python,
+        &nodes[0],
+        "commit_resume.py",
+        &["resumed", "after"],
+        "after ok",
+    );
+    let moved = group_leases(&nodes);
+    assert!(
+        moved.iter().sum::<f64>() >= 1.0,
+        "a live node coordinates the group now: {moved:?}"
+    );
+}

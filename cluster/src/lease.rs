@@ -30,8 +30,8 @@ pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 pub struct GroupOffset {
     pub topic: String,
     pub partition: u32,
-    /// The next offset the group reads.
-    pub offset: u64,
+    /// The next offset the group reads, as the client committed it.
+    pub offset: i64,
     /// The leader epoch the client saw at `offset`; -1 when it sent none.
     pub leader_epoch: i32,
     /// The client's own note, at most [`OFFSET_METADATA_BYTES_MAX`] bytes.
@@ -42,7 +42,7 @@ pub struct GroupOffset {
 
 impl GroupOffset {
     /// A position with no epoch, metadata or time.
-    pub fn new(topic: &str, partition: u32, offset: u64) -> GroupOffset {
+    pub fn new(topic: &str, partition: u32, offset: i64) -> GroupOffset {
         GroupOffset {
             topic: topic.to_string(),
             partition,
@@ -233,7 +233,7 @@ impl SharedLog {
                     &group,
                     &topic_id,
                     &(o.partition as i32),
-                    &(o.offset as i64),
+                    &o.offset,
                     &lease.epoch,
                     &o.leader_epoch,
                     &o.metadata,
@@ -283,6 +283,19 @@ impl SharedLog {
         Ok(deleted)
     }
 
+    /// The groups with committed offsets, by id.
+    pub async fn group_ids(&self) -> Result<Vec<String>> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT DISTINCT group_id FROM weir.group_offsets ORDER BY group_id",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// A group's committed offsets, by topic and partition.
     pub async fn committed_offsets(&self, group: &str) -> Result<Vec<GroupOffset>> {
         check_name("group id", group)?;
@@ -302,7 +315,7 @@ impl SharedLog {
             .map(|r| GroupOffset {
                 topic: r.get(0),
                 partition: r.get::<_, i32>(1) as u32,
-                offset: r.get::<_, i64>(2) as u64,
+                offset: r.get(2),
                 leader_epoch: r.get(3),
                 metadata: r.get(4),
                 commit_ms: r.get(5),

@@ -104,7 +104,7 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         a.lease_holder("group:g").await.expect("holder"),
         Some(("n1".to_string(), 1))
     );
-    let offsets = |o: u64| {
+    let offsets = |o: i64| {
         vec![
             GroupOffset::new("logs", 0, o),
             GroupOffset::new("logs", 1, o + 1),
@@ -193,6 +193,7 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         b.committed_offsets("g").await.expect("offsets"),
         vec![GroupOffset::new("logs", 0, 7)]
     );
+    assert_eq!(b.group_ids().await.expect("ids"), vec!["g".to_string()]);
 
     // Released, it can be taken at once.
     b.release(taken).await.expect("release");

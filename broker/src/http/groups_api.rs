@@ -25,6 +25,10 @@ impl From<GroupError> for ApiError {
             GroupError::OffsetMetadataTooLarge | GroupError::InvalidGroupId => {
                 StatusCode::BAD_REQUEST
             }
+            // Another node of the cluster holds the group; asking again may reach it.
+            GroupError::NotCoordinator | GroupError::CoordinatorNotAvailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
@@ -174,7 +178,7 @@ fn commit(node: &NodeContext, id: &str, topic: &str, partition: i32, offset: i64
         commit_ms: weir_storage::now_ms(),
     };
     node.groups
-        .commit(id, topic, partition, committed)
+        .commit(id, &[(topic.to_string(), partition, committed)])
         .map_err(|e| {
             let mut error = ApiError::from(e);
             error.message = format!("commit to group {id} failed: {}", error.message);

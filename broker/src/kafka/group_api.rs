@@ -32,7 +32,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::Shared;
-use super::groups::{CommittedOffset, GroupError, JoinOutcome, JoinRequest, Reply, SyncOutcome};
+use super::groups::{
+    CommittedOffset, GroupError, JoinOutcome, JoinRequest, OFFSET_METADATA_BYTES_MAX, Reply,
+    SyncOutcome,
+};
 use super::handlers::{denial, text};
 use crate::acl::{Caller, Operation, ResourceType};
 
@@ -52,6 +55,8 @@ pub(crate) fn group_error_code(e: GroupError) -> i16 {
         GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
         GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
         GroupError::Storage => ResponseError::KafkaStorageError,
+        GroupError::NotCoordinator => ResponseError::NotCoordinator,
+        GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
     }
     .code()
 }
@@ -103,6 +108,19 @@ pub(crate) fn find_coordinator(
     response
 }
 
+/// Makes sure this node acts for `group` before a join or a sync, which are answered on the
+/// reactor: taking a group the node does not hold yet waits for the cluster database, so it
+/// runs on the blocking pool.
+async fn claimed(shared: &Shared, group: &str) -> Result<(), GroupError> {
+    if shared.groups.held(group) {
+        return Ok(());
+    }
+    let (groups, group) = (shared.groups.clone(), group.to_string());
+    tokio::task::spawn_blocking(move || groups.claim(&group))
+        .await
+        .unwrap_or(Err(GroupError::Storage))
+}
+
 pub(crate) async fn join_group(
     shared: &Shared,
     request: JoinGroupRequest,
@@ -127,6 +145,9 @@ pub(crate) async fn join_group(
         require_known_member_id: version >= 4,
     };
     let member_id = join.member_id.clone();
+    if let Err(e) = claimed(shared, &join.group).await {
+        return join_response(JoinOutcome::error(e, &member_id), version);
+    }
     let outcome = match shared.groups.join(join) {
         Reply::Now(now) => now,
         Reply::Later(waiter) => match tokio::time::timeout(GROUP_WAIT_MAX, waiter).await {
@@ -142,6 +163,10 @@ pub(crate) async fn join_group(
             },
         },
     };
+    join_response(outcome, version)
+}
+
+fn join_response(outcome: JoinOutcome, version: i16) -> JoinGroupResponse {
     let mut response = JoinGroupResponse::default();
     response.error_code = outcome.error.map_or(0, group_error_code);
     response.generation_id = outcome.generation;
@@ -173,22 +198,26 @@ pub(crate) async fn sync_group(
         .into_iter()
         .map(|a| (a.member_id.to_string(), a.assignment))
         .collect();
-    let outcome = match shared.groups.sync(
-        &request.group_id.0,
-        &request.member_id,
-        request.generation_id,
-        assignments,
-    ) {
-        Reply::Now(now) => now,
-        Reply::Later(waiter) => match tokio::time::timeout(GROUP_WAIT_MAX, waiter).await {
-            Ok(Ok(outcome)) => outcome,
-            _ => SyncOutcome {
-                error: Some(GroupError::RebalanceInProgress),
-                protocol_type: None,
-                protocol: None,
-                assignment: Bytes::new(),
+    let outcome = if let Err(e) = claimed(shared, &request.group_id.0).await {
+        SyncOutcome::error(e)
+    } else {
+        match shared.groups.sync(
+            &request.group_id.0,
+            &request.member_id,
+            request.generation_id,
+            assignments,
+        ) {
+            Reply::Now(now) => now,
+            Reply::Later(waiter) => match tokio::time::timeout(GROUP_WAIT_MAX, waiter).await {
+                Ok(Ok(outcome)) => outcome,
+                _ => SyncOutcome {
+                    error: Some(GroupError::RebalanceInProgress),
+                    protocol_type: None,
+                    protocol: None,
+                    assignment: Bytes::new(),
+                },
             },
-        },
+        }
     };
     let mut response = SyncGroupResponse::default();
     response.error_code = outcome.error.map_or(0, group_error_code);
@@ -259,6 +288,9 @@ pub(crate) fn leave_group(
     response
 }
 
+/// A partition of an OffsetCommit and its own error code, if it was refused before the commit.
+type PartitionRefusal = (i32, Option<i16>);
+
 pub(crate) fn offset_commit(
     shared: &Shared,
     request: OffsetCommitRequest,
@@ -277,30 +309,31 @@ pub(crate) fn offset_commit(
             .map_err(group_error_code),
     };
     let now = weir_storage::now_ms();
-    let mut response = OffsetCommitResponse::default();
+    // Each partition's own refusal, or `None` while it joins the group's one commit.
+    let mut answers: Vec<(TopicName, Vec<PartitionRefusal>)> = Vec::new();
+    let mut offsets = Vec::new();
     for topic in request.topics {
         let name = topic.name.0.to_string();
-        let mut t = OffsetCommitResponseTopic::default();
-        t.name = topic.name.clone();
         let allowed = caller.check(Operation::Read, ResourceType::Topic, &name);
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
-            let mut r = OffsetCommitResponsePartition::default();
-            r.partition_index = p.partition_index;
-            r.error_code = if let Err(code) = check {
-                code
+            let refused = if let Err(code) = check {
+                Some(code)
             } else if let Err(denied) = &allowed {
-                denial(denied).0
-            } else if shared
-                .storage
-                .log(&name, p.partition_index.max(0) as u32)
-                .is_err()
-                || p.partition_index < 0
+                Some(denial(denied).0)
+            } else if p.partition_index < 0
+                || !shared.logs.readable(&name, p.partition_index as u32)
             {
-                ResponseError::UnknownTopicOrPartition.code()
+                Some(ResponseError::UnknownTopicOrPartition.code())
+            } else if p
+                .committed_metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX)
+            {
+                Some(group_error_code(GroupError::OffsetMetadataTooLarge))
             } else {
-                code(shared.groups.commit(
-                    &group,
-                    &name,
+                offsets.push((
+                    name.clone(),
                     p.partition_index,
                     CommittedOffset {
                         offset: p.committed_offset,
@@ -308,8 +341,26 @@ pub(crate) fn offset_commit(
                         metadata: p.committed_metadata.map(|m| m.to_string()),
                         commit_ms: now,
                     },
-                ))
+                ));
+                None
             };
+            partitions.push((p.partition_index, refused));
+        }
+        answers.push((topic.name, partitions));
+    }
+    let committed = if offsets.is_empty() {
+        0
+    } else {
+        code(shared.groups.commit(&group, &offsets))
+    };
+    let mut response = OffsetCommitResponse::default();
+    for (name, partitions) in answers {
+        let mut t = OffsetCommitResponseTopic::default();
+        t.name = name;
+        for (index, refused) in partitions {
+            let mut r = OffsetCommitResponsePartition::default();
+            r.partition_index = index;
+            r.error_code = refused.unwrap_or(committed);
             t.partitions.push(r);
         }
         response.topics.push(t);

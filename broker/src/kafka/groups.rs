@@ -1,7 +1,10 @@
 //! The consumer group coordinator (Kafka's classic group protocol).
 //!
-//! Membership lives in memory; committed offsets live in the metadata store (tree
-//! `group-offsets`), so they survive restarts while members simply rejoin. Assignment is done
+//! Membership lives in memory; committed offsets live in a [`GroupStore`] (the metadata
+//! store's tree `group-offsets` on a lone node, the cluster database in a cluster), so they
+//! survive restarts while members simply rejoin. In a cluster a node acts for a group only
+//! while it holds the group's lease; the state it built under an earlier hold is dropped, and
+//! requests it may not act on are answered NOT_COORDINATOR. Assignment is done
 //! by the group leader on the client side: the coordinator passes the chosen protocol's
 //! metadata to the leader and its assignments back to every member, so range, round-robin and
 //! cooperative-sticky assignors all work.
@@ -11,8 +14,8 @@
 //! every member has rejoined or the rebalance timeout passes, dropping those that did not.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_storage::locks;
 
@@ -28,7 +31,7 @@ pub const SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
 /// (`group.initial.rebalance.delay.ms`).
 pub const INITIAL_REBALANCE_DELAY: Duration = Duration::from_millis(300);
 /// Largest metadata string stored with a committed offset (`offset.metadata.max.bytes`).
-pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+pub const OFFSET_METADATA_BYTES_MAX: usize = weir_cluster::OFFSET_METADATA_BYTES_MAX;
 /// Most members one group may have.
 pub const GROUP_MEMBERS_MAX: usize = 1000;
 /// Most groups with members (or members being admitted) the coordinator holds at once.
@@ -100,11 +103,14 @@ struct Group {
     /// The rebalance started from an empty group: it waits for the initial delay rather than
     /// completing as soon as the members it knows have joined.
     initial: bool,
+    /// The epoch of the hold on the group under which this state was built.
+    epoch: i64,
 }
 
 impl Group {
-    fn new() -> Self {
+    fn new(epoch: i64) -> Self {
         Group {
+            epoch,
             state: State::Empty,
             generation: 0,
             protocol_type: None,
@@ -308,7 +314,7 @@ pub struct JoinOutcome {
 }
 
 impl JoinOutcome {
-    fn error(error: GroupError, member_id: &str) -> Self {
+    pub(crate) fn error(error: GroupError, member_id: &str) -> Self {
         JoinOutcome {
             error: Some(error),
             generation: -1,
@@ -331,7 +337,7 @@ pub struct SyncOutcome {
 }
 
 impl SyncOutcome {
-    fn error(error: GroupError) -> Self {
+    pub(crate) fn error(error: GroupError) -> Self {
         SyncOutcome {
             error: Some(error),
             protocol_type: None,
@@ -360,6 +366,8 @@ pub struct JoinRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupsUsage {
     pub groups: usize,
+    /// Groups this node holds the lease of, in a cluster.
+    pub leases: usize,
     pub largest_members: usize,
     pub metadata_bytes: u64,
 }
@@ -424,9 +432,142 @@ pub struct GroupView {
     pub members: Vec<MemberView>,
 }
 
+/// Where a node keeps its groups' committed offsets, and whether it may act for a group.
+pub trait GroupStore: Send + Sync {
+    /// The epoch under which this node acts for `group` now, asking no one; `None` when it
+    /// does not hold the group.
+    fn held(&self, group: &str) -> Option<i64>;
+    /// Takes `group` for this node unless another node holds it: the epoch it acts under, or
+    /// `Err(NotCoordinator)`. May wait for the cluster database: never on a reactor thread.
+    fn claim(&self, group: &str) -> Result<i64, GroupError>;
+    /// Commits offsets (topic, partition, offset) of `group`: all or none.
+    fn commit(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), GroupError>;
+    /// Every committed offset of a group: (topic, partition, offset).
+    fn committed_all(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(String, i32, CommittedOffset)>, StorageError>;
+    fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<CommittedOffset>, StorageError>;
+    /// Deletes a group's offsets: of one partition, or all; whether there were any.
+    fn delete(&self, group: &str, only: Option<(&str, i32)>) -> Result<bool, GroupError>;
+    /// The groups with committed offsets.
+    fn group_ids(&self) -> Result<Vec<String>, StorageError>;
+    /// How many groups this node holds a lease on (none without a cluster).
+    fn leases(&self) -> usize;
+}
+
+/// The offsets of a node that runs alone, in its metadata store; it acts for every group.
+pub struct LocalGroupStore {
+    offsets: Tree<CommittedOffset>,
+}
+
+impl LocalGroupStore {
+    pub fn new(offsets: Tree<CommittedOffset>) -> Self {
+        LocalGroupStore { offsets }
+    }
+}
+
+/// Logs a failed write of a group's offsets; the client hears a storage error.
+fn store_failed(group: &str, what: &str, e: &StorageError) -> GroupError {
+    tracing::error!(group, error = %e, "{what} failed");
+    GroupError::Storage
+}
+
+impl GroupStore for LocalGroupStore {
+    fn held(&self, _group: &str) -> Option<i64> {
+        Some(0)
+    }
+
+    fn claim(&self, _group: &str) -> Result<i64, GroupError> {
+        Ok(0)
+    }
+
+    fn commit(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), GroupError> {
+        for (topic, partition, offset) in offsets {
+            self.offsets
+                .insert(&offset_key(group, topic, *partition), offset)
+                .map_err(|e| store_failed(group, "offset commit", &e))?;
+        }
+        Ok(())
+    }
+
+    fn committed_all(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(String, i32, CommittedOffset)>, StorageError> {
+        let prefix = format!("{group}\u{0}");
+        let mut out = Vec::new();
+        for (key, value) in self.offsets.scan_prefix(&prefix)? {
+            let mut parts = key.splitn(3, '\u{0}').skip(1);
+            let (Some(topic), Some(partition)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if let Ok(partition) = partition.parse() {
+                out.push((topic.to_string(), partition, value));
+            }
+        }
+        Ok(out)
+    }
+
+    fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<CommittedOffset>, StorageError> {
+        self.offsets.get(&offset_key(group, topic, partition))
+    }
+
+    fn delete(&self, group: &str, only: Option<(&str, i32)>) -> Result<bool, GroupError> {
+        let failed = |e: StorageError| store_failed(group, "deleting offsets", &e);
+        if let Some((topic, partition)) = only {
+            return self
+                .offsets
+                .remove(&offset_key(group, topic, partition))
+                .map_err(failed);
+        }
+        let entries = self
+            .offsets
+            .scan_prefix(&format!("{group}\u{0}"))
+            .map_err(failed)?;
+        for (key, _) in &entries {
+            self.offsets.remove(key).map_err(failed)?;
+        }
+        Ok(!entries.is_empty())
+    }
+
+    fn group_ids(&self) -> Result<Vec<String>, StorageError> {
+        let mut ids: Vec<String> = self
+            .offsets
+            .all()?
+            .into_iter()
+            .filter_map(|(key, _)| key.split('\u{0}').next().map(str::to_string))
+            .collect();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    fn leases(&self) -> usize {
+        0
+    }
+}
+
 pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
-    offsets: Tree<CommittedOffset>,
+    store: Arc<dyn GroupStore>,
     next_member: AtomicU64,
 }
 
@@ -462,6 +603,10 @@ pub enum GroupError {
     GroupSubscribedToTopic,
     #[error("the metadata store failed")]
     Storage,
+    #[error("another node coordinates the group")]
+    NotCoordinator,
+    #[error("the cluster database cannot be reached")]
+    CoordinatorNotAvailable,
 }
 
 fn offset_key(group: &str, topic: &str, partition: i32) -> String {
@@ -469,16 +614,46 @@ fn offset_key(group: &str, topic: &str, partition: i32) -> String {
 }
 
 impl Coordinator {
-    pub fn new(offsets: Tree<CommittedOffset>) -> Self {
+    pub fn new(store: Arc<dyn GroupStore>) -> Self {
         Coordinator {
             groups: Mutex::new(HashMap::new()),
-            offsets,
+            store,
             next_member: AtomicU64::new(1),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
         locks::lock(&self.groups)
+    }
+
+    /// Whether this node acts for `group` now, asking no one (see [`GroupStore::held`]).
+    pub fn held(&self, group: &str) -> bool {
+        self.store.held(group).is_some()
+    }
+
+    /// Takes `group` for this node if it can (see [`GroupStore::claim`]).
+    pub fn claim(&self, group: &str) -> Result<(), GroupError> {
+        self.store.claim(group).map(|_| ())
+    }
+
+    /// The groups, for acting on `group_id` under `epoch`: its state from an earlier hold
+    /// (whose members have since had another coordinator) is dropped first.
+    fn lock_for(
+        &self,
+        group_id: &str,
+        epoch: i64,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
+        let mut groups = self.lock();
+        if groups.get(group_id).is_some_and(|g| g.epoch != epoch) {
+            groups.remove(group_id);
+        }
+        groups
+    }
+
+    /// The epoch to act on `group_id` under, asking no one: for the APIs answered on the
+    /// reactor, whose callers claimed the group first.
+    fn acting(&self, group_id: &str) -> Result<i64, GroupError> {
+        self.store.held(group_id).ok_or(GroupError::NotCoordinator)
     }
 
     /// Handles a JoinGroup: either an answer now, or a receiver for the answer once the
@@ -496,10 +671,13 @@ impl Coordinator {
         let asked_id = r.member_id.clone();
         let refuse = |e| Box::new(JoinOutcome::error(e, &asked_id));
         check_join(&r).map_err(refuse)?;
+        let epoch = self.acting(&r.group).map_err(refuse)?;
         let now = Instant::now();
-        let mut groups = self.lock();
+        let mut groups = self.lock_for(&r.group, epoch);
         admit(&groups, &r).map_err(refuse)?;
-        let group = groups.entry(r.group.clone()).or_insert_with(Group::new);
+        let group = groups
+            .entry(r.group.clone())
+            .or_insert_with(|| Group::new(epoch));
         group.check_protocols(&r).map_err(refuse)?;
         let static_id = group.static_member(&r);
         if let Some(id) = &static_id
@@ -561,7 +739,11 @@ impl Coordinator {
         generation: i32,
         assignments: Vec<(String, Bytes)>,
     ) -> Reply<SyncOutcome> {
-        let mut groups = self.lock();
+        let epoch = match self.acting(group_id) {
+            Ok(epoch) => epoch,
+            Err(e) => return Reply::Now(SyncOutcome::error(e)),
+        };
+        let mut groups = self.lock_for(group_id, epoch);
         let Some(group) = groups.get_mut(group_id) else {
             return Reply::Now(SyncOutcome::error(GroupError::UnknownMemberId));
         };
@@ -626,7 +808,8 @@ impl Coordinator {
         member_id: &str,
         generation: i32,
     ) -> Result<(), GroupError> {
-        let mut groups = self.lock();
+        let epoch = self.store.claim(group_id)?;
+        let mut groups = self.lock_for(group_id, epoch);
         let Some(group) = groups.get_mut(group_id) else {
             return Err(GroupError::UnknownMemberId);
         };
@@ -649,8 +832,12 @@ impl Coordinator {
         group_id: &str,
         members: &[(String, Option<String>)],
     ) -> Vec<Result<(), GroupError>> {
+        let epoch = match self.store.claim(group_id) {
+            Ok(epoch) => epoch,
+            Err(e) => return vec![Err(e); members.len()],
+        };
         let now = Instant::now();
-        let mut groups = self.lock();
+        let mut groups = self.lock_for(group_id, epoch);
         let Some(group) = groups.get_mut(group_id) else {
             return vec![Err(GroupError::UnknownMemberId); members.len()];
         };
@@ -702,8 +889,10 @@ impl Coordinator {
             }
         }
         // An empty group keeps nothing worth memory: its committed offsets are in the store.
-        groups.retain(|_, g| {
+        // A group whose hold this node lost is another node's now.
+        groups.retain(|name, g| {
             !(g.state == State::Empty && g.members.is_empty() && g.pending.is_empty())
+                && self.store.held(name) == Some(g.epoch)
         });
     }
 
@@ -713,6 +902,7 @@ impl Coordinator {
         let groups = self.lock();
         GroupsUsage {
             groups: groups.len(),
+            leases: self.store.leases(),
             largest_members: groups.values().map(|g| g.members.len()).max().unwrap_or(0),
             metadata_bytes: groups.values().map(Group::metadata_bytes).sum(),
         }
@@ -721,11 +911,7 @@ impl Coordinator {
     pub fn list(&self) -> Result<Vec<GroupView>, StorageError> {
         let groups = self.lock();
         let mut names: Vec<String> = groups.keys().cloned().collect();
-        for (key, _) in self.offsets.all()? {
-            if let Some(group) = key.split('\u{0}').next() {
-                names.push(group.to_string());
-            }
-        }
+        names.extend(self.store.group_ids()?);
         names.sort();
         names.dedup();
         Ok(names
@@ -741,27 +927,15 @@ impl Coordinator {
 
     /// Deletes an empty group and its committed offsets.
     pub fn delete(&self, group_id: &str) -> Result<(), GroupError> {
-        let mut groups = self.lock();
+        let epoch = self.store.claim(group_id)?;
+        let mut groups = self.lock_for(group_id, epoch);
         if groups.get(group_id).is_some_and(|g| !g.members.is_empty()) {
             return Err(GroupError::NonEmptyGroup);
         }
-        let prefix = format!("{group_id}\u{0}");
-        let entries = match self.offsets.scan_prefix(&prefix) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(group = group_id, error = %e, "reading offsets failed");
-                return Err(GroupError::Storage);
-            }
-        };
         let known = groups.remove(group_id).is_some();
-        if entries.is_empty() && !known {
+        let had_offsets = self.store.delete(group_id, None)?;
+        if !had_offsets && !known {
             return Err(GroupError::GroupIdNotFound);
-        }
-        for (key, _) in entries {
-            if let Err(e) = self.offsets.remove(&key) {
-                tracing::error!(group = group_id, error = %e, "deleting offsets failed");
-                return Err(GroupError::Storage);
-            }
         }
         Ok(())
     }
@@ -774,7 +948,8 @@ impl Coordinator {
         member_id: &str,
         generation: i32,
     ) -> Result<(), GroupError> {
-        let groups = self.lock();
+        let epoch = self.store.claim(group_id)?;
+        let groups = self.lock_for(group_id, epoch);
         let Some(group) = groups.get(group_id).filter(|g| !g.members.is_empty()) else {
             return if generation < 0 {
                 Ok(())
@@ -801,30 +976,21 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Commits offsets (topic, partition, offset) of a group, all or none, after
+    /// [`Coordinator::commit_check`].
     pub fn commit(
         &self,
         group_id: &str,
-        topic: &str,
-        partition: i32,
-        offset: CommittedOffset,
+        offsets: &[(String, i32, CommittedOffset)],
     ) -> Result<(), GroupError> {
-        if offset
-            .metadata
-            .as_ref()
-            .is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX)
-        {
+        if offsets.iter().any(|(_, _, o)| {
+            o.metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX)
+        }) {
             return Err(GroupError::OffsetMetadataTooLarge);
         }
-        match self
-            .offsets
-            .insert(&offset_key(group_id, topic, partition), &offset)
-        {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::error!(group = group_id, topic, partition, error = %e, "offset commit failed");
-                Err(GroupError::Storage)
-            }
-        }
+        self.store.commit(group_id, offsets)
     }
 
     pub fn committed(
@@ -833,7 +999,7 @@ impl Coordinator {
         topic: &str,
         partition: i32,
     ) -> Result<Option<CommittedOffset>, StorageError> {
-        self.offsets.get(&offset_key(group_id, topic, partition))
+        self.store.committed(group_id, topic, partition)
     }
 
     /// Every committed offset of a group: (topic, partition, offset).
@@ -841,18 +1007,7 @@ impl Coordinator {
         &self,
         group_id: &str,
     ) -> Result<Vec<(String, i32, CommittedOffset)>, StorageError> {
-        let prefix = format!("{group_id}\u{0}");
-        let mut out = Vec::new();
-        for (key, value) in self.offsets.scan_prefix(&prefix)? {
-            let mut parts = key.splitn(3, '\u{0}').skip(1);
-            let (Some(topic), Some(partition)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            if let Ok(partition) = partition.parse() {
-                out.push((topic.to_string(), partition, value));
-            }
-        }
-        Ok(out)
+        self.store.committed_all(group_id)
     }
 
     pub fn delete_offset(
@@ -861,14 +1016,13 @@ impl Coordinator {
         topic: &str,
         partition: i32,
     ) -> Result<(), GroupError> {
-        let groups = self.lock();
+        let epoch = self.store.claim(group_id)?;
+        let groups = self.lock_for(group_id, epoch);
         if groups.get(group_id).is_some_and(|g| !g.members.is_empty()) {
             return Err(GroupError::GroupSubscribedToTopic);
         }
-        match self.offsets.remove(&offset_key(group_id, topic, partition)) {
-            Ok(_) => Ok(()),
-            Err(_) => Err(GroupError::Storage),
-        }
+        self.store.delete(group_id, Some((topic, partition)))?;
+        Ok(())
     }
 }
 
@@ -1078,7 +1232,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = weir_storage::MetaStore::open(&dir.path().join("meta")).unwrap();
         let tree = meta.tree(OFFSETS_TREE).unwrap();
-        (dir, Coordinator::new(tree))
+        (dir, Coordinator::new(Arc::new(LocalGroupStore::new(tree))))
     }
 
     fn join(c: &Coordinator, member_id: &str, session_ms: i32) -> Reply<JoinOutcome> {
@@ -1184,7 +1338,7 @@ mod tests {
             metadata: Some("m".into()),
             commit_ms: 0,
         };
-        assert_eq!(c.commit("g", "t", 0, offset.clone()), Ok(()));
+        assert_eq!(c.commit("g", &[("t".into(), 0, offset.clone())]), Ok(()));
         assert_eq!(c.delete("g"), Err(GroupError::NonEmptyGroup));
         assert_eq!(c.leave("g", &[(a_id, None)]), vec![Ok(())]);
         assert_eq!(c.describe("g").state, State::Empty);
@@ -1272,6 +1426,7 @@ mod tests {
             c.usage(),
             GroupsUsage {
                 groups: 0,
+                leases: 0,
                 largest_members: 0,
                 metadata_bytes: 0
             }
