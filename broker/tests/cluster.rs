@@ -3,7 +3,9 @@
 //! kafka-python: records produced through one node are read through the others, offsets per
 //! partition are unique and gap-free, lookups by time agree across nodes; when a node is killed
 //! the others drop it from Metadata and still serve every record, and it comes back empty and
-//! serves at once; without the database nothing is acknowledged.
+//! serves at once; without the database nothing is acknowledged. Consumer groups (confluent-kafka,
+//! kafkajs) run across the nodes, and when a group's coordinator dies a live node takes the
+//! group and its committed offsets.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
