@@ -16,14 +16,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Listeners, Node, client_script, eventually, python};
+use common::checker::{Findings, Traffic, final_commits, setting};
+use common::{Listeners, Node, eventually, python};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -36,57 +33,6 @@ const GROUP: &str = "checker";
 const PARTITIONS: u32 = 3;
 const PRODUCERS: usize = 2;
 const KEYS: usize = 4;
-
-/// A traffic process and the lines it printed.
-struct Traffic {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: std::thread::JoinHandle<()>,
-}
-
-impl Traffic {
-    fn start(python: &Path, args: &[&str]) -> Traffic {
-        let mut child = Command::new(python)
-            .arg(client_script("crash_traffic.py"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Traffic {
-            child,
-            lines,
-            reader,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.lines.lock().unwrap().len()
-    }
-
-    fn stop(mut self) -> Vec<String> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // The reader ends at the end of the output: every line written is in by then.
-        self.reader.join().unwrap();
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Every record of every partition of `topic`, by partition, in offset order.
 fn read_topic(storage: &Storage, topic: &str) -> Vec<Vec<Record>> {
@@ -112,17 +58,12 @@ fn text(value: &Option<bytes::Bytes>) -> String {
     String::from_utf8_lossy(value.as_deref().unwrap_or_default()).into_owned()
 }
 
-/// What the checks found; every count but the work done must be zero.
-#[derive(Debug, Default)]
-struct Findings {
-    acked: usize,
-    lost: usize,
-    duplicates: usize,
-    reorders: usize,
-    commits: usize,
-    regressions: usize,
-    piped: usize,
-    gaps: usize,
+/// Each partition's (offset, value), in offset order.
+fn values(partitions: &[Vec<Record>]) -> Vec<Vec<(i64, String)>> {
+    partitions
+        .iter()
+        .map(|records| records.iter().map(|r| (r.offset, text(&r.value))).collect())
+        .collect()
 }
 
 #[test]
@@ -201,11 +142,7 @@ fn kill_9_loses_no_acked_record_duplicates_none_and_leaves_no_gap() {
     eventually("the pipeline to catch up", Duration::from_secs(120), || {
         c.call("GET", "/v1/pipelines/copy", None).unwrap()["lag"] == 0
     });
-    let final_commits = Command::new(&python)
-        .arg(client_script("crash_traffic.py"))
-        .args(["commits", &bootstrap, TOPIC, GROUP, &PARTITIONS.to_string()])
-        .output()
-        .unwrap();
+    let finals = final_commits(&python, &bootstrap, TOPIC, GROUP, PARTITIONS);
     node.stop();
 
     let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
@@ -213,80 +150,8 @@ fn kill_9_loses_no_acked_record_duplicates_none_and_leaves_no_gap() {
     let output = read_topic(&storage, OUTPUT);
     let mut f = Findings::default();
 
-    // Acked-but-lost: each acknowledged record at its partition and offset.
-    let by_offset: HashMap<(u32, i64), String> = input
-        .iter()
-        .enumerate()
-        .flat_map(|(p, records)| {
-            records
-                .iter()
-                .map(move |r| ((p as u32, r.offset), text(&r.value)))
-        })
-        .collect();
-    for line in &acks {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let ["acked", key, seq, partition, offset] = fields[..] else {
-            continue;
-        };
-        f.acked += 1;
-        let at = (partition.parse().unwrap(), offset.parse().unwrap());
-        if by_offset.get(&at) != Some(&format!("{key}:{seq}")) {
-            f.lost += 1;
-            eprintln!(
-                "lost: {key}:{seq} acked at {at:?}, found {:?}",
-                by_offset.get(&at)
-            );
-        }
-    }
-    // Duplicates and per-key order.
-    let mut seen = HashSet::new();
-    for records in &input {
-        let mut last: HashMap<String, u64> = HashMap::new();
-        for r in records {
-            let value = text(&r.value);
-            if !seen.insert(value.clone()) {
-                f.duplicates += 1;
-            }
-            let (key, seq) = value.rsplit_once(':').unwrap();
-            let seq: u64 = seq.parse().unwrap();
-            if last.get(key).is_some_and(|&prev| seq <= prev) {
-                f.reorders += 1;
-            }
-            last.insert(key.to_string(), seq);
-        }
-    }
-    // Committed offsets never go back.
-    let mut confirmed: BTreeMap<u32, i64> = BTreeMap::new();
-    for line in &commits {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let ["committed", partition, offset] = fields[..] else {
-            continue;
-        };
-        f.commits += 1;
-        let (partition, offset): (u32, i64) = (partition.parse().unwrap(), offset.parse().unwrap());
-        let best = confirmed.entry(partition).or_insert(offset);
-        if offset < *best {
-            f.regressions += 1;
-            eprintln!("regression: partition {partition} committed {offset} after {best}");
-        }
-        *best = (*best).max(offset);
-    }
-    let finals: BTreeMap<u32, i64> = String::from_utf8_lossy(&final_commits.stdout)
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace().skip(1);
-            Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-        })
-        .collect();
-    for (partition, best) in &confirmed {
-        if finals.get(partition).is_none_or(|now| now < best) {
-            f.regressions += 1;
-            eprintln!(
-                "regression: partition {partition} ends at {:?}, {best} was confirmed",
-                finals.get(partition)
-            );
-        }
-    }
+    let seen = f.check_records(&values(&input), &acks);
+    f.check_commits(&commits, &finals);
     // The pipeline: every input record in the output once.
     let copied: Vec<String> = output.iter().flatten().map(|r| text(&r.value)).collect();
     f.piped = copied.len();

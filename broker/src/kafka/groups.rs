@@ -909,9 +909,11 @@ impl Coordinator {
     }
 
     pub fn list(&self) -> Result<Vec<GroupView>, StorageError> {
+        // The store first: it may wait for the cluster database, and the reactor's tick takes
+        // the lock.
+        let mut names = self.store.group_ids()?;
         let groups = self.lock();
-        let mut names: Vec<String> = groups.keys().cloned().collect();
-        names.extend(self.store.group_ids()?);
+        names.extend(groups.keys().cloned());
         names.sort();
         names.dedup();
         Ok(names
@@ -925,19 +927,33 @@ impl Coordinator {
         view(group_id, groups.get(group_id))
     }
 
-    /// Deletes an empty group and its committed offsets.
+    /// Deletes an empty group and its committed offsets. The lock is never held while the
+    /// store works: that may wait for the cluster database, and the reactor's tick takes it.
     pub fn delete(&self, group_id: &str) -> Result<(), GroupError> {
         let epoch = self.store.claim(group_id)?;
-        let mut groups = self.lock_for(group_id, epoch);
-        if groups.get(group_id).is_some_and(|g| !g.members.is_empty()) {
-            return Err(GroupError::NonEmptyGroup);
-        }
-        let known = groups.remove(group_id).is_some();
+        self.check_empty(group_id, epoch, GroupError::NonEmptyGroup)?;
         let had_offsets = self.store.delete(group_id, None)?;
+        let mut groups = self.lock_for(group_id, epoch);
+        let known = groups.get(group_id).is_some_and(|g| g.members.is_empty())
+            && groups.remove(group_id).is_some();
         if !had_offsets && !known {
             return Err(GroupError::GroupIdNotFound);
         }
         Ok(())
+    }
+
+    /// `refusal` when the group has members now.
+    fn check_empty(
+        &self,
+        group_id: &str,
+        epoch: i64,
+        refusal: GroupError,
+    ) -> Result<(), GroupError> {
+        let groups = self.lock_for(group_id, epoch);
+        match groups.get(group_id) {
+            Some(g) if !g.members.is_empty() => Err(refusal),
+            _ => Ok(()),
+        }
     }
 
     /// Checks that a member may commit for `generation` (`< 0`: a consumer outside any group,
@@ -1017,10 +1033,7 @@ impl Coordinator {
         partition: i32,
     ) -> Result<(), GroupError> {
         let epoch = self.store.claim(group_id)?;
-        let groups = self.lock_for(group_id, epoch);
-        if groups.get(group_id).is_some_and(|g| !g.members.is_empty()) {
-            return Err(GroupError::GroupSubscribedToTopic);
-        }
+        self.check_empty(group_id, epoch, GroupError::GroupSubscribedToTopic)?;
         self.store.delete(group_id, Some((topic, partition)))?;
         Ok(())
     }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses its own part of these helpers
 
+pub mod checker;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
