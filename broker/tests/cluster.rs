@@ -342,6 +342,23 @@ fn three_nodes_share_every_partition_through_postgres_and_the_object_store() {
         || brokers(&nodes[0]) == ["0", "1", "2"],
     );
 
+    // A node added to the running cluster (a new id) serves everything at once, and the
+    // others list it; stopped cleanly, it leaves Metadata at once and takes nothing with it.
+    let added_dir = tempfile::tempdir().unwrap();
+    let added = start_node(added_dir.path(), &db, store.path(), 3);
+    assert_exactly(&read_all(&added, "shared"), &sent);
+    eventually("the added node is listed", Duration::from_secs(20), || {
+        brokers(&nodes[1]) == ["0", "1", "2", "3"]
+    });
+    kcat(&added, &["-P", "-t", "shared", "-K", ":"], "k2:v-added\n");
+    added.stop();
+    // Within a heartbeat or so, well before its session would time out.
+    eventually("the stopped node leaves", Duration::from_secs(5), || {
+        brokers(&nodes[1]) == ["0", "1", "2"]
+    });
+    let sent: Vec<String> = sent.into_iter().chain(["v-added".to_string()]).collect();
+    assert_exactly(&read_all(&nodes[0], "shared"), &sent);
+
     // Without the database a node acknowledges nothing: the producer is told it failed, and
     // once the database is back nothing of it was written; new records go in.
     db.stop();
