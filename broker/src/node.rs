@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use weir_runtime::Runtime;
-use weir_sql::{ConnectionRow, GroupRow, NodeSource, QueryEngine};
+use weir_sql::{ConnectionRow, GroupRow, NodeRow, NodeSource, QueryEngine};
 use weir_storage::{Storage, StorageError};
 
 use crate::kafka::groups::{self, Coordinator, GroupLag, GroupView};
+use crate::kafka::logs::{Logs, NODE_ID};
 use crate::limits::Limits;
 use crate::metrics::{Bound, Metrics, Protocol};
 
@@ -242,14 +243,30 @@ impl NodeContext {
     }
 }
 
-/// What the SQL system tables `weir.groups` and `weir.connections` read from the broker.
+/// What the SQL system tables `weir.groups`, `weir.connections` and `weir.nodes` read from
+/// the broker.
 pub(crate) struct BrokerState {
     pub storage: Arc<Storage>,
     pub groups: Arc<Coordinator>,
     pub metrics: Arc<Metrics>,
+    pub logs: Arc<dyn Logs>,
 }
 
 impl NodeSource for BrokerState {
+    fn node_rows(&self) -> Vec<NodeRow> {
+        let this = self.logs.cluster_node_id().unwrap_or(NODE_ID);
+        self.logs
+            .brokers()
+            .into_iter()
+            .map(|b| NodeRow {
+                node_id: b.id,
+                host: b.host,
+                kafka_port: i32::from(b.port),
+                this: b.id == this,
+            })
+            .collect()
+    }
+
     fn group_rows(&self) -> Vec<GroupRow> {
         all_group_positions(&self.storage, &self.groups)
             .into_iter()

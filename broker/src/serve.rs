@@ -427,6 +427,7 @@ fn node_context(
         storage: storage.clone(),
         groups: groups.clone(),
         metrics: metrics.clone(),
+        logs: logs.clone(),
     };
     let sql = QueryEngine::new(
         storage.clone(),

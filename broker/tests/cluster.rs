@@ -342,6 +342,30 @@ fn three_nodes_share_every_partition_through_postgres_and_the_object_store() {
         || brokers(&nodes[0]) == ["0", "1", "2"],
     );
 
+    // SQL on any node lists the live nodes, itself marked.
+    let sql = weir_broker::cli::Client::new(&nodes[1].url(), None);
+    let expected: Vec<serde_json::Value> = nodes
+        .iter()
+        .zip(0..)
+        .map(|(n, id)| serde_json::json!({"node_id": id, "kafka_port": n.kafka.port(), "this": id == 1}))
+        .collect();
+    eventually(
+        "weir.nodes lists the three",
+        Duration::from_secs(20),
+        || {
+            let listed = sql
+                .call(
+                    "POST",
+                    "/v1/sql",
+                    Some(&serde_json::json!({
+                        "sql": "SELECT node_id, kafka_port, this FROM weir.nodes ORDER BY node_id"
+                    })),
+                )
+                .unwrap();
+            listed["rows"] == serde_json::Value::Array(expected.clone())
+        },
+    );
+
     // A node added to the running cluster (a new id) serves everything at once, and the
     // others list it; stopped cleanly, it leaves Metadata at once and takes nothing with it.
     let added_dir = tempfile::tempdir().unwrap();

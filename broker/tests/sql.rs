@@ -463,6 +463,16 @@ fn open_connections_are_a_table() {
     );
 }
 
+#[test]
+fn a_lone_node_lists_itself_in_weir_nodes() {
+    let (_dir, node, c) = started(&[]);
+    let nodes = sql_json(&c, "SELECT node_id, host, kafka_port, this FROM weir.nodes");
+    assert_eq!(
+        nodes["rows"],
+        json!([{"node_id": 0, "host": "127.0.0.1", "kafka_port": node.kafka.port(), "this": true}])
+    );
+}
+
 /// `curl -d '{"sql": …}'` sends a form content type; the body is JSON all the same.
 #[test]
 fn a_json_body_is_read_as_json_whatever_its_content_type() {

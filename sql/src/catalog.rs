@@ -29,6 +29,18 @@ pub trait NodeSource: Send + Sync + 'static {
     fn group_rows(&self) -> Vec<GroupRow>;
     /// Every open client connection: Kafka, Postgres and HTTP.
     fn connection_rows(&self) -> Vec<ConnectionRow>;
+    /// The live nodes as Kafka's Metadata lists them: this node alone unless it is in a cluster.
+    fn node_rows(&self) -> Vec<NodeRow>;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeRow {
+    /// The Kafka broker id.
+    pub node_id: i32,
+    pub host: String,
+    pub kafka_port: i32,
+    /// Whether it is the node answering the query.
+    pub this: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -153,13 +165,14 @@ impl Shown<'_> {
     }
 }
 
-pub const SYSTEM_TABLES: [&str; 9] = [
+pub const SYSTEM_TABLES: [&str; 10] = [
     "topics",
     "partitions",
     "groups",
     "plugins",
     "pipelines",
     "connections",
+    "nodes",
     "functions",
     "delayed",
     "views",
@@ -187,6 +200,7 @@ impl SystemSchema {
             "plugins" => self.plugins(shown)?,
             "pipelines" => self.pipelines(shown)?,
             "connections" => self.connections(shown)?,
+            "nodes" => self.nodes(shown)?,
             "functions" => self.functions(shown)?,
             "delayed" => self.delayed(shown)?,
             "views" => self.views(shown)?,
@@ -368,6 +382,19 @@ impl SystemSchema {
             .text_or_null("client_id", |r| r.client_id.clone())
             .int64("connected_ms", |r| r.connected_ms)
             .int64("requests", |r| r.requests)
+            .build()
+    }
+
+    fn nodes(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
+        let rows = match &self.node {
+            Some(node) if shown.any() => node.node_rows(),
+            _ => Vec::new(),
+        };
+        Table::new(&rows)
+            .int32("node_id", |r| r.node_id)
+            .text("host", |r| r.host.clone())
+            .int32("kafka_port", |r| r.kafka_port)
+            .boolean("this", |r| r.this)
             .build()
     }
 }

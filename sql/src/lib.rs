@@ -6,7 +6,7 @@
 //!   `value.format=json` and `value.schema` (parsed by [`value_schema`]; a value that does not
 //!   fit is NULL, never a failed query). `weir` is [`SystemSchema`]: `weir.topics`,
 //!   `weir.partitions`, `weir.groups`, `weir.plugins`, `weir.pipelines`, `weir.connections`,
-//!   `weir.functions`.
+//!   `weir.nodes`, `weir.functions`.
 //! - [`stream`]: `TUMBLE` and `HOP` windows, and `CREATE PIPELINE`, the continuous queries the
 //!   runtime runs as pipelines; [`functions`]: scalar plugins as SQL functions.
 //! - [`topic`] is the table provider and its scan: filters on partition, offset and timestamp
@@ -51,7 +51,9 @@ use weir_storage::{LayerKey, Storage, StorageError};
 
 pub use access::{TableAccess, TableUse, Viewer};
 
-pub use catalog::{ConnectionRow, GroupRow, NodeSource, SYSTEM_TABLES, SystemSchema, TopicSchema};
+pub use catalog::{
+    ConnectionRow, GroupRow, NodeRow, NodeSource, SYSTEM_TABLES, SystemSchema, TopicSchema,
+};
 pub use value_schema::parse_value_schema;
 
 #[derive(Debug, thiserror::Error)]
