@@ -287,6 +287,20 @@ fn three_nodes_share_every_partition_through_postgres_and_the_object_store() {
             "round-tripped",
         );
         assert!(out.contains("200 records round-tripped"), "{out}");
+        // APIs over what each node keeps on its own (topic configs, deletion, ACLs) are not
+        // offered by a cluster node: the client says so instead of acting on one node's copy.
+        let delete = "from confluent_kafka.admin import AdminClient; import sys; \
+                      a = AdminClient({'bootstrap.servers': sys.argv[1]}); \
+                      a.delete_topics(['py-confluent'])['py-confluent'].result(30)";
+        let out = std::process::Command::new(&python)
+            .args(["-c", delete, &nodes[0].kafka.to_string()])
+            .output()
+            .unwrap();
+        let said = common::output_text(&out);
+        assert!(
+            !out.status.success() && said.contains("UNSUPPORTED"),
+            "{said}"
+        );
         // What one client wrote through one node, another reads through a third.
         let offsets = kcat(
             &nodes[0],

@@ -88,6 +88,30 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         .map(|&(_, min, max)| (min, max))
 }
 
+/// APIs over what a node keeps in its own data directory (topic configs and partition counts,
+/// SCRAM users, ACLs). A node of a cluster leaves them out of ApiVersions and refuses them
+/// until that state is the cluster's, so no client takes one node's answer for the cluster's.
+const NODE_LOCAL: [ApiKey; 10] = [
+    ApiKey::DeleteTopics,
+    ApiKey::CreatePartitions,
+    ApiKey::DescribeConfigs,
+    ApiKey::AlterConfigs,
+    ApiKey::IncrementalAlterConfigs,
+    ApiKey::DescribeUserScramCredentials,
+    ApiKey::AlterUserScramCredentials,
+    ApiKey::CreateAcls,
+    ApiKey::DescribeAcls,
+    ApiKey::DeleteAcls,
+];
+
+/// The versions of `key` a node serves: in a cluster, none of the [`NODE_LOCAL`] APIs.
+pub(crate) fn served_versions(key: ApiKey, cluster: bool) -> Option<(i16, i16)> {
+    if cluster && NODE_LOCAL.contains(&key) {
+        return None;
+    }
+    supported_versions(key)
+}
+
 /// Answers a request. Fetches (which long-poll) and group joins and syncs (which wait for the
 /// rest of the group) wait on the reactor; every other API reads or writes the disk or the
 /// metadata store, so it runs on the blocking pool, never on a reactor thread.
@@ -189,8 +213,13 @@ fn handle_blocking(
     caller: &Caller,
 ) -> Result<Option<ResponseKind>> {
     let response = match request {
-        None => ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
-        Some(RequestKind::ApiVersions(_)) => ResponseKind::ApiVersions(api_versions(0)),
+        None => ResponseKind::ApiVersions(api_versions(
+            ResponseError::UnsupportedVersion.code(),
+            shared.logs.cluster_node_id().is_some(),
+        )),
+        Some(RequestKind::ApiVersions(_)) => {
+            ResponseKind::ApiVersions(api_versions(0, shared.logs.cluster_node_id().is_some()))
+        }
         Some(RequestKind::Metadata(r)) => {
             ResponseKind::Metadata(metadata(shared, r, version, caller))
         }
@@ -275,10 +304,13 @@ fn handle_blocking(
     Ok(Some(response))
 }
 
-fn api_versions(error_code: i16) -> ApiVersionsResponse {
+fn api_versions(error_code: i16, cluster: bool) -> ApiVersionsResponse {
     let mut response = ApiVersionsResponse::default();
     response.error_code = error_code;
     for (key, min, max) in SUPPORTED {
+        if served_versions(key, cluster).is_none() {
+            continue;
+        }
         let mut v = ApiVersion::default();
         v.api_key = key as i16;
         v.min_version = min;
