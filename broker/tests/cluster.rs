@@ -578,13 +578,7 @@ fn acknowledged_records_and_commits_survive_nodes_killed_on_a_seeded_schedule() 
         nodes.insert(victim, start(victim));
     }
 
-    let acks: Vec<String> = producers.into_iter().flat_map(Traffic::stop).collect();
-    let commits = consumer.stop();
-    assert!(
-        acks.iter().all(|l| !l.starts_with("fatal")),
-        "a producer hit a fatal error: {:?}",
-        acks.iter().find(|l| l.starts_with("fatal"))
-    );
+    let (acks, commits) = Traffic::stop_all(producers, consumer);
     let finals = final_commits(&python, &bootstrap, TOPIC, GROUP, PARTITIONS);
     let read = read_all(&nodes[1], TOPIC);
     let mut gaps = 0;

@@ -131,13 +131,7 @@ fn kill_9_loses_no_acked_record_duplicates_none_and_leaves_no_gap() {
         node = Node::start_on(dir.path(), &listeners, &[]);
     }
 
-    let acks: Vec<String> = producers.into_iter().flat_map(Traffic::stop).collect();
-    let commits = consumer.stop();
-    assert!(
-        acks.iter().all(|l| !l.starts_with("fatal")),
-        "a producer hit a fatal error: {:?}",
-        acks.iter().find(|l| l.starts_with("fatal"))
-    );
+    let (acks, commits) = Traffic::stop_all(producers, consumer);
     let c = Client::new(&node.url(), None);
     eventually("the pipeline to catch up", Duration::from_secs(120), || {
         c.call("GET", "/v1/pipelines/copy", None).unwrap()["lag"] == 0

@@ -51,6 +51,19 @@ impl Traffic {
         lines.iter().rev().find(|l| l.starts_with("fatal")).cloned()
     }
 
+    /// Stops the producers and the consumer: the producers' lines, then the consumer's. Fails
+    /// the test if a producer stopped on a fatal error.
+    pub fn stop_all(producers: Vec<Traffic>, consumer: Traffic) -> (Vec<String>, Vec<String>) {
+        let acks: Vec<String> = producers.into_iter().flat_map(Traffic::stop).collect();
+        let commits = consumer.stop();
+        assert!(
+            acks.iter().all(|l| !l.starts_with("fatal")),
+            "a producer hit a fatal error: {:?}",
+            acks.iter().find(|l| l.starts_with("fatal"))
+        );
+        (acks, commits)
+    }
+
     pub fn stop(mut self) -> Vec<String> {
         let _ = self.child.kill();
         let _ = self.child.wait();
