@@ -562,19 +562,6 @@ impl GroupStore for ClusterLogs {
             .collect())
     }
 
-    fn committed(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<CommittedOffset>, StorageError> {
-        Ok(self
-            .committed_all(group)?
-            .into_iter()
-            .find(|(t, p, _)| t == topic && *p == partition)
-            .map(|(_, _, o)| o))
-    }
-
     fn delete(&self, group: &str, only: Option<(&str, i32)>) -> Result<bool, GroupError> {
         let lease = self.group_lease(group)?;
         let only = only.map(|(topic, partition)| (topic, partition.max(0) as u32));

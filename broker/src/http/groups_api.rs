@@ -301,14 +301,15 @@ async fn reset_offsets(
         } else {
             body.partitions.clone()
         };
+        let committed = node.groups.committed_all(&id)?;
         let mut moved = Vec::with_capacity(partitions.len());
         for partition in partitions {
             let log = node.storage.log(topic, partition)?;
             let (start, end) = (log.log_start_offset() as i64, log.high_watermark() as i64);
-            let before = node
-                .groups
-                .committed(&id, topic, partition as i32)?
-                .map(|c| c.offset);
+            let before = committed
+                .iter()
+                .find(|(t, p, _)| t == topic && *p == partition as i32)
+                .map(|(_, _, c)| c.offset);
             let after = match target {
                 ResetTo::Earliest => start,
                 ResetTo::Latest => end,

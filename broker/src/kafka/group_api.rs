@@ -370,7 +370,8 @@ pub(crate) fn offset_commit(
 
 /// Committed offsets of one group for the requested partitions (all when `None`), as
 /// (topic, [(partition, offset or None, error)]).
-type FetchedTopic = (String, Vec<(i32, Option<CommittedOffset>, i16)>);
+type FetchedTopic = (String, Vec<FetchedPartition>);
+type FetchedPartition = (i32, Option<CommittedOffset>, i16);
 
 fn fetch_group_offsets(
     shared: &Shared,
@@ -381,49 +382,45 @@ fn fetch_group_offsets(
     if let Err(denied) = caller.check(Operation::Describe, ResourceType::Group, group) {
         return Err(denial(&denied).0);
     }
-    let storage_error = |e: weir_storage::StorageError| {
-        tracing::error!(group, error = %e, "reading committed offsets failed");
-        ResponseError::KafkaStorageError.code()
-    };
-    match topics {
-        Some(topics) => topics
-            .into_iter()
-            .map(|(topic, partitions)| {
-                let allowed = caller.check(Operation::Describe, ResourceType::Topic, &topic);
-                let entries = partitions
-                    .into_iter()
-                    .map(|p| match &allowed {
-                        Err(denied) => Ok((p, None, denial(denied).0)),
-                        Ok(()) => {
-                            let committed = shared.groups.committed(group, &topic, p)?;
-                            Ok((p, committed, 0))
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(storage_error)?;
-                Ok((topic, entries))
-            })
-            .collect(),
-        None => {
-            let mut by_topic: std::collections::BTreeMap<
-                String,
-                Vec<(i32, Option<CommittedOffset>, i16)>,
-            > = std::collections::BTreeMap::new();
-            // All topics: those the caller may not describe are left out.
-            for (topic, partition, offset) in
-                shared.groups.committed_all(group).map_err(storage_error)?
-            {
-                if !caller.may(Operation::Describe, ResourceType::Topic, &topic) {
-                    continue;
-                }
+    // One read of the group's offsets, whatever the number of partitions asked about.
+    let committed: std::collections::BTreeMap<(String, i32), CommittedOffset> = shared
+        .groups
+        .committed_all(group)
+        .map_err(|e| {
+            tracing::error!(group, error = %e, "reading committed offsets failed");
+            ResponseError::KafkaStorageError.code()
+        })?
+        .into_iter()
+        .map(|(topic, partition, offset)| ((topic, partition), offset))
+        .collect();
+    let Some(topics) = topics else {
+        // All topics: those the caller may not describe are left out.
+        let mut by_topic: std::collections::BTreeMap<String, Vec<FetchedPartition>> =
+            std::collections::BTreeMap::new();
+        for ((topic, partition), offset) in committed {
+            if caller.may(Operation::Describe, ResourceType::Topic, &topic) {
                 by_topic
                     .entry(topic)
                     .or_default()
                     .push((partition, Some(offset), 0));
             }
-            Ok(by_topic.into_iter().collect())
         }
-    }
+        return Ok(by_topic.into_iter().collect());
+    };
+    Ok(topics
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let allowed = caller.check(Operation::Describe, ResourceType::Topic, &topic);
+            let entries = partitions
+                .into_iter()
+                .map(|p| match &allowed {
+                    Err(denied) => (p, None, denial(denied).0),
+                    Ok(()) => (p, committed.get(&(topic.clone(), p)).cloned(), 0),
+                })
+                .collect();
+            (topic, entries)
+        })
+        .collect())
 }
 
 /// Offset, leader epoch and metadata as OffsetFetch reports them; -1 where nothing is committed.

@@ -451,12 +451,6 @@ pub trait GroupStore: Send + Sync {
         &self,
         group: &str,
     ) -> Result<Vec<(String, i32, CommittedOffset)>, StorageError>;
-    fn committed(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<CommittedOffset>, StorageError>;
     /// Deletes a group's offsets: of one partition, or all; whether there were any.
     fn delete(&self, group: &str, only: Option<(&str, i32)>) -> Result<bool, GroupError>;
     /// The groups with committed offsets.
@@ -520,15 +514,6 @@ impl GroupStore for LocalGroupStore {
             }
         }
         Ok(out)
-    }
-
-    fn committed(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<CommittedOffset>, StorageError> {
-        self.offsets.get(&offset_key(group, topic, partition))
     }
 
     fn delete(&self, group: &str, only: Option<(&str, i32)>) -> Result<bool, GroupError> {
@@ -1009,15 +994,6 @@ impl Coordinator {
         self.store.commit(group_id, offsets)
     }
 
-    pub fn committed(
-        &self,
-        group_id: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<CommittedOffset>, StorageError> {
-        self.store.committed(group_id, topic, partition)
-    }
-
     /// Every committed offset of a group: (topic, partition, offset).
     pub fn committed_all(
         &self,
@@ -1355,9 +1331,9 @@ mod tests {
         assert_eq!(c.delete("g"), Err(GroupError::NonEmptyGroup));
         assert_eq!(c.leave("g", &[(a_id, None)]), vec![Ok(())]);
         assert_eq!(c.describe("g").state, State::Empty);
-        assert_eq!(c.committed("g", "t", 0).unwrap(), Some(offset));
+        assert_eq!(c.committed_all("g").unwrap(), vec![("t".into(), 0, offset)]);
         assert_eq!(c.delete("g"), Ok(()));
-        assert_eq!(c.committed("g", "t", 0).unwrap(), None);
+        assert_eq!(c.committed_all("g").unwrap(), vec![]);
         assert_eq!(c.delete("g"), Err(GroupError::GroupIdNotFound));
     }
 
