@@ -564,11 +564,20 @@ impl GroupStore for ClusterLogs {
 
     fn delete(&self, group: &str, only: Option<(&str, i32)>) -> Result<bool, GroupError> {
         let lease = self.group_lease(group)?;
-        let only = only.map(|(topic, partition)| (topic, partition.max(0) as u32));
-        self.runtime
+        let only = match only {
+            // No such partition, so nothing committed for it: as on a lone node.
+            Some((_, partition)) if partition < 0 => return Ok(false),
+            Some((topic, partition)) => Some((topic, partition as u32)),
+            None => None,
+        };
+        match self
+            .runtime
             .block_on(self.log.delete_offsets(&lease, group, only))
-            .map(|deleted| deleted > 0)
-            .map_err(|e| group_error(group, e))
+        {
+            Ok(deleted) => Ok(deleted > 0),
+            Err(ClusterError::UnknownPartition { .. }) => Ok(false),
+            Err(e) => Err(group_error(group, e)),
+        }
     }
 
     fn group_ids(&self) -> Result<Vec<String>, StorageError> {

@@ -509,6 +509,51 @@ fn consumer_groups_move_to_a_live_node_when_their_coordinator_dies_and_keep_thei
         moved.iter().sum::<f64>() >= 1.0,
         "a live node coordinates the group now: {moved:?}"
     );
+
+    // OffsetDelete on the cluster: a partition that cannot exist deletes nothing; partition 0
+    // deletes its offset.
+    let bootstrap = nodes[0].kafka.to_string();
+    let committed = || final_commits(&python, &bootstrap, "resumed", "resume", 1);
+    assert_eq!(committed(), BTreeMap::from([(0, 50)]));
+    assert_eq!(offset_delete(&nodes, "resume", "resumed", -1), 0);
+    assert_eq!(
+        committed(),
+        BTreeMap::from([(0, 50)]),
+        "partition -1 is not 0"
+    );
+    assert_eq!(offset_delete(&nodes, "resume", "resumed", 0), 0);
+    assert_eq!(committed(), BTreeMap::new());
+}
+
+/// Sends OffsetDelete for one partition to the node coordinating `group` (the others answer
+/// NOT_COORDINATOR); the partition's error code.
+fn offset_delete(nodes: &[Node], group: &str, topic: &str, partition: i32) -> i16 {
+    use kafka_protocol::messages::offset_delete_request::{
+        OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, GroupId, OffsetDeleteRequest, OffsetDeleteResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    const NOT_COORDINATOR: i16 = 16;
+    let mut request = OffsetDeleteRequest::default();
+    request.group_id = GroupId(StrBytes::from_string(group.to_string()));
+    let mut t = OffsetDeleteRequestTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    let mut p = OffsetDeleteRequestPartition::default();
+    p.partition_index = partition;
+    t.partitions.push(p);
+    request.topics.push(t);
+    for node in nodes {
+        let mut stream = std::net::TcpStream::connect(node.kafka).unwrap();
+        let response: OffsetDeleteResponse =
+            common::kafka_call(&mut stream, ApiKey::OffsetDelete, 0, &request);
+        let code = response.topics[0].partitions[0].error_code;
+        if response.error_code == 0 && code != NOT_COORDINATOR {
+            return code;
+        }
+    }
+    panic!("no node coordinates {group}");
 }
 
 /// The cluster's consistency check: idempotent acks=all producers and a committing consumer
