@@ -481,6 +481,10 @@ impl Logs for ClusterLogs {
 fn group_error(group: &str, e: ClusterError) -> GroupError {
     match e {
         ClusterError::LeaseLost { .. } => GroupError::NotCoordinator,
+        ClusterError::InvalidRequest(reason) => {
+            tracing::info!(group, reason, "a group request refused");
+            GroupError::InvalidRequest
+        }
         e if e.is_retriable() => {
             tracing::warn!(group, error = %e, "the cluster database is out of reach");
             GroupError::CoordinatorNotAvailable

@@ -21,6 +21,7 @@ use common::{
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use weir_cluster::lease::COMMIT_OFFSETS_MAX;
 use weir_tests::postgres::Postgres;
 
 const PARTITIONS: u32 = 3;
@@ -523,6 +524,43 @@ fn consumer_groups_move_to_a_live_node_when_their_coordinator_dies_and_keep_thei
     );
     assert_eq!(offset_delete(&nodes, "resume", "resumed", 0), 0);
     assert_eq!(committed(), BTreeMap::new());
+
+    // A commit of more offsets than one transaction may carry is refused, each partition
+    // INVALID_REQUEST, and nothing of it is written.
+    let bulk = commit_many(&nodes[0], "bulk", "resumed", COMMIT_OFFSETS_MAX + 1);
+    assert!(bulk.iter().all(|&code| code == 42), "{:?}", &bulk[..3]);
+    assert!(final_commits(&python, &bootstrap, "resumed", "bulk", 1).is_empty());
+    let fits = commit_many(&nodes[0], "bulk", "resumed", 3);
+    assert_eq!(fits, [0, 0, 0]);
+}
+
+/// Commits offset 7 for partition 0 of `topic`, `count` times over in one OffsetCommit outside
+/// any group membership; each entry's error code.
+fn commit_many(node: &Node, group: &str, topic: &str, count: usize) -> Vec<i16> {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, GroupId, OffsetCommitRequest, OffsetCommitResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let mut request = OffsetCommitRequest::default();
+    request.group_id = GroupId(StrBytes::from_string(group.to_string()));
+    request.generation_id_or_member_epoch = -1;
+    let mut t = OffsetCommitRequestTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    let mut p = OffsetCommitRequestPartition::default();
+    p.committed_offset = 7;
+    t.partitions = vec![p; count];
+    request.topics.push(t);
+    let mut stream = std::net::TcpStream::connect(node.kafka).unwrap();
+    let response: OffsetCommitResponse =
+        common::kafka_call(&mut stream, ApiKey::OffsetCommit, 8, &request);
+    response.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.error_code)
+        .collect()
 }
 
 /// Sends OffsetDelete for one partition to the node coordinating `group` (the others answer

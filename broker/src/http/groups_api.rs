@@ -22,9 +22,9 @@ impl From<GroupError> for ApiError {
         let status = match e {
             GroupError::GroupIdNotFound => StatusCode::NOT_FOUND,
             GroupError::NonEmptyGroup | GroupError::GroupSubscribedToTopic => StatusCode::CONFLICT,
-            GroupError::OffsetMetadataTooLarge | GroupError::InvalidGroupId => {
-                StatusCode::BAD_REQUEST
-            }
+            GroupError::OffsetMetadataTooLarge
+            | GroupError::InvalidGroupId
+            | GroupError::InvalidRequest => StatusCode::BAD_REQUEST,
             // Another node of the cluster holds the group; asking again may reach it.
             GroupError::NotCoordinator | GroupError::CoordinatorNotAvailable => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -57,6 +57,7 @@ pub(crate) fn group_error_code(e: GroupError) -> i16 {
         GroupError::Storage => ResponseError::KafkaStorageError,
         GroupError::NotCoordinator => ResponseError::NotCoordinator,
         GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        GroupError::InvalidRequest => ResponseError::InvalidRequest,
     }
     .code()
 }

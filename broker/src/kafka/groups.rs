@@ -592,6 +592,8 @@ pub enum GroupError {
     NotCoordinator,
     #[error("the cluster database cannot be reached")]
     CoordinatorNotAvailable,
+    #[error("the request passes a bound of the cluster (offsets in one commit)")]
+    InvalidRequest,
 }
 
 fn offset_key(group: &str, topic: &str, partition: i32) -> String {
