@@ -243,19 +243,10 @@ impl ClusterLogs {
 
     /// Gives up the group leases `which` picks, so other nodes can take them at once.
     async fn release_groups(&self, which: impl Fn(&HeldGroup) -> bool) {
-        let released: Vec<Lease> = {
-            let mut held = locks::lock(&self.groups);
-            let names: Vec<String> = held
-                .iter()
-                .filter(|(_, h)| which(h))
-                .map(|(name, _)| name.clone())
-                .collect();
-            names
-                .iter()
-                .filter_map(|name| held.remove(name))
-                .map(|h| h.lease)
-                .collect()
-        };
+        let released: Vec<Lease> = locks::lock(&self.groups)
+            .extract_if(|_, h| which(h))
+            .map(|(_, h)| h.lease)
+            .collect();
         for lease in released {
             if let Err(e) = self.log.release(lease).await {
                 tracing::warn!(error = %e, "releasing a group lease failed; it expires");
