@@ -440,7 +440,8 @@ pub trait GroupStore: Send + Sync {
     /// Takes `group` for this node unless another node holds it: the epoch it acts under, or
     /// `Err(NotCoordinator)`. May wait for the cluster database: never on a reactor thread.
     fn claim(&self, group: &str) -> Result<i64, GroupError>;
-    /// Commits offsets (topic, partition, offset) of `group`: all or none.
+    /// Commits offsets (topic, partition, offset) of `group`; in a cluster all or none, on a
+    /// lone node one after the other, each written or not.
     fn commit(
         &self,
         group: &str,
@@ -502,9 +503,8 @@ impl GroupStore for LocalGroupStore {
         &self,
         group: &str,
     ) -> Result<Vec<(String, i32, CommittedOffset)>, StorageError> {
-        let prefix = format!("{group}\u{0}");
         let mut out = Vec::new();
-        for (key, value) in self.offsets.scan_prefix(&prefix)? {
+        for (key, value) in self.offsets.scan_prefix(&group_prefix(group))? {
             let mut parts = key.splitn(3, '\u{0}').skip(1);
             let (Some(topic), Some(partition)) = (parts.next(), parts.next()) else {
                 continue;
@@ -526,7 +526,7 @@ impl GroupStore for LocalGroupStore {
         }
         let entries = self
             .offsets
-            .scan_prefix(&format!("{group}\u{0}"))
+            .scan_prefix(&group_prefix(group))
             .map_err(failed)?;
         for (key, _) in &entries {
             self.offsets.remove(key).map_err(failed)?;
@@ -594,6 +594,11 @@ pub enum GroupError {
     CoordinatorNotAvailable,
     #[error("the request passes a bound of the cluster (offsets in one commit)")]
     InvalidRequest,
+}
+
+/// Where a group's offsets start in the tree: its id, then a NUL.
+fn group_prefix(group: &str) -> String {
+    format!("{group}\u{0}")
 }
 
 fn offset_key(group: &str, topic: &str, partition: i32) -> String {
