@@ -7,6 +7,9 @@
 //! [`GROUP_IDLE`] or when the node stops); FindCoordinator names the holder. Committed offsets
 //! are written in Postgres under the lease, so a node that lost it can no longer commit.
 //!
+//! Every [`GC_EVERY`] a node tries for the `gc` lease and, when it gets it, deletes the objects
+//! no row references any more (failed flushes, deleted topics).
+//!
 //! The Kafka handlers run on the blocking pool; the shared log is async, so each call here
 //! blocks that pool thread on the node's runtime until Postgres and the object store answer.
 
@@ -19,14 +22,15 @@ use tokio::runtime::Handle;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use weir_cluster::{
-    Append, ClusterError, FlushConfig, Flusher, GroupOffset, Lease, NodeConfig, NodeInfo, SharedLog,
+    Append, ClusterError, FlushConfig, Flusher, GroupOffset, Lease, NodeConfig, NodeInfo,
+    SharedLog, Topic,
 };
-use weir_storage::{BatchError, StorageError, locks};
+use weir_storage::{BatchError, Storage, StorageError, TopicMeta, locks};
 
 use crate::error::{Error, Result};
 use crate::kafka::appends::Appends;
 use crate::kafka::groups::{CommittedOffset, GROUPS_MAX, GroupError, GroupStore};
-use crate::kafka::logs::{Appended, Broker, Logs, PartitionRead, TopicInfo};
+use crate::kafka::logs::{Appended, Broker, Logs, PartitionRead, TopicInfo, check_new_topic};
 use crate::kafka::record_count;
 use crate::metrics::Metrics;
 
@@ -39,6 +43,11 @@ pub const SESSION_TIMEOUT_MS: u64 = 10_000;
 const GROUP_LEASE_MS: u64 = SESSION_TIMEOUT_MS;
 /// A group lease no request used for this long is given up.
 const GROUP_IDLE: Duration = Duration::from_secs(60);
+/// How often a node tries for the `gc` lease and, holding it, deletes objects no row
+/// references (failed flushes, deleted topics).
+const GC_EVERY: Duration = Duration::from_secs(60);
+/// How long the `gc` lease runs: past any one collection, which stops when it lapses.
+const GC_LEASE_MS: u64 = 10 * 60_000;
 
 /// How `weir serve` joins a cluster.
 #[derive(Debug, Clone)]
@@ -69,6 +78,8 @@ pub(crate) struct ClusterLogs {
     metrics: Arc<Metrics>,
     /// The group leases this node holds, by lease name.
     groups: Mutex<HashMap<String, HeldGroup>>,
+    /// The node's own storage: its checks know every layer's topic config keys.
+    storage: Arc<Storage>,
 }
 
 struct HeldGroup {
@@ -92,6 +103,7 @@ impl ClusterLogs {
         config: &ClusterConfig,
         this: Broker,
         metrics: Arc<Metrics>,
+        storage: Arc<Storage>,
     ) -> Result<Arc<ClusterLogs>> {
         let node = NodeConfig {
             cache_memory_bytes: config.cache_memory_bytes,
@@ -122,6 +134,7 @@ impl ClusterLogs {
             runtime: Handle::current(),
             metrics,
             groups: Mutex::new(HashMap::new()),
+            storage,
         }))
     }
 
@@ -145,6 +158,16 @@ impl ClusterLogs {
             .await
             .map_err(cluster_error("registering the node"))?;
         self.refresh_live().await;
+        let collector = self.clone();
+        let mut collector_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = collector_shutdown.changed() => break,
+                    _ = tokio::time::sleep(GC_EVERY) => collector.collect_garbage().await,
+                }
+            }
+        });
         let node = self.clone();
         let mut appended = self.log.subscribe_appended();
         Ok(tokio::spawn(async move {
@@ -162,7 +185,7 @@ impl ClusterLogs {
                     }
                     advanced = appended.recv() => match advanced {
                         Ok(a) => {
-                            if let Some(topic) = node.log.known_topic_name(a.topic_id).await {
+                            if let Some(topic) = node.log.known_topic_name(a.topic_id) {
                                 appends.appended(&topic, a.partition);
                             }
                         }
@@ -178,6 +201,30 @@ impl ClusterLogs {
                 tracing::warn!(error = %e, "leaving the cluster failed; the node drops out by its session timeout");
             }
         }))
+    }
+
+    /// One garbage collection, if no other node holds the `gc` lease.
+    async fn collect_garbage(&self) {
+        let lease = match self.log.acquire("gc", GC_LEASE_MS).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "taking the gc lease failed");
+                return;
+            }
+        };
+        match self.log.collect_garbage(&lease).await {
+            Ok(collected) if collected.objects > 0 => tracing::info!(
+                objects = collected.objects,
+                bytes = collected.bytes,
+                "deleted objects no row references"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+        if let Err(e) = self.log.release(lease).await {
+            tracing::warn!(error = %e, "releasing the gc lease failed; it expires");
+        }
     }
 
     /// Re-reads the live nodes; keeps the last list when the database cannot be read.
@@ -294,6 +341,26 @@ fn storage_error(e: ClusterError, topic: &str, partition: u32) -> StorageError {
         ClusterError::Batch { source, .. } => StorageError::Batch(source),
         ClusterError::Producer(e) => e,
         ClusterError::TopicExists(name) => StorageError::TopicExists { name },
+        ClusterError::UnknownTopic(name) => StorageError::UnknownTopic { name },
+        ClusterError::PartitionCount {
+            topic,
+            current,
+            requested,
+        } => StorageError::PartitionCount {
+            name: topic,
+            current,
+            requested,
+        },
+        ClusterError::TooManyPartitions {
+            requested,
+            current,
+            partitions_max,
+            ..
+        } => StorageError::TooManyPartitions {
+            requested,
+            current: u32::try_from(current).unwrap_or(u32::MAX),
+            partitions_max,
+        },
         ClusterError::InvalidTopic(reason) | ClusterError::InvalidRequest(reason) => {
             StorageError::InvalidTopicName {
                 name: topic.to_string(),
@@ -312,10 +379,14 @@ fn storage_error(e: ClusterError, topic: &str, partition: u32) -> StorageError {
 }
 
 /// Kafka's topic id for the cluster's numeric one.
-fn topic_info((id, partitions): (i64, u32)) -> TopicInfo {
+fn kafka_topic_id(id: i64) -> uuid::Uuid {
+    uuid::Uuid::from_u64_pair(0, id as u64)
+}
+
+fn topic_info(topic: Arc<Topic>) -> TopicInfo {
     TopicInfo {
-        id: uuid::Uuid::from_u64_pair(0, id as u64),
-        partitions,
+        id: kafka_topic_id(topic.id),
+        partitions: topic.partitions,
     }
 }
 
@@ -375,7 +446,7 @@ impl Logs for ClusterLogs {
         configs: BTreeMap<String, String>,
     ) -> Result<TopicInfo, StorageError> {
         self.check_new_topic(name, &configs)?;
-        self.wait(self.log.create_topic(name, partitions), name, 0)?;
+        self.wait(self.log.create_topic(name, partitions, &configs), name, 0)?;
         self.topic(name)?
             .ok_or_else(|| StorageError::UnknownTopic { name: name.into() })
     }
@@ -385,15 +456,7 @@ impl Logs for ClusterLogs {
         name: &str,
         configs: &BTreeMap<String, String>,
     ) -> Result<(), StorageError> {
-        weir_storage::validate_topic_name(name)?;
-        match configs.iter().next() {
-            Some((key, value)) => Err(StorageError::InvalidConfig {
-                key: key.clone(),
-                value: value.clone(),
-                reason: "topics of a cluster take no configs yet".into(),
-            }),
-            None => Ok(()),
-        }
+        check_new_topic(&self.storage, name, configs)
     }
 
     fn topic_or_create(&self, name: &str, partitions: u32) -> Result<TopicInfo, StorageError> {
@@ -409,8 +472,40 @@ impl Logs for ClusterLogs {
         }
     }
 
+    fn topic_meta(&self, name: &str) -> Result<Option<TopicMeta>, StorageError> {
+        let topic = self.wait(self.log.topic_now(name), name, 0)?;
+        Ok(topic.map(|t| TopicMeta {
+            name: t.name.clone(),
+            id: kafka_topic_id(t.id).into_bytes(),
+            partitions: t.partitions,
+            configs: t.configs.clone(),
+            created_ms: t.created_ms,
+        }))
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<(), StorageError> {
+        self.wait(self.log.delete_topic(name), name, 0)?;
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    fn create_partitions(&self, name: &str, partitions: u32) -> Result<(), StorageError> {
+        self.wait(self.log.create_partitions(name, partitions), name, 0)
+    }
+
+    fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), StorageError> {
+        self.storage.check_topic_configs(&configs)?;
+        self.wait(self.log.set_topic_configs(name, &configs), name, 0)
+    }
+
     fn readable(&self, topic: &str, partition: u32) -> bool {
-        matches!(self.topic(topic), Ok(Some(t)) if partition < t.partitions)
+        self.runtime
+            .block_on(self.log.topic_of(topic, partition))
+            .is_ok()
     }
 
     fn append(

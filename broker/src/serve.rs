@@ -112,7 +112,7 @@ impl Server {
                     host,
                     port,
                 };
-                Some(ClusterLogs::open(cluster, this, metrics.clone()).await?)
+                Some(ClusterLogs::open(cluster, this, metrics.clone(), storage.clone()).await?)
             }
             None => None,
         };

@@ -9,28 +9,12 @@ mod common;
 use std::net::TcpStream;
 
 use bytes::Bytes;
-use common::{kafka_call, started};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use common::started;
 use weir_storage::{BatchBuilder, Compression, NewRecord};
-
-const VERSION: i16 = 7;
 
 /// Sends one produce request and returns the error code of its one partition.
 fn produce(stream: &mut TcpStream, topic: &str, partition: i32, records: Bytes) -> i16 {
-    let mut data = PartitionProduceData::default();
-    data.index = partition;
-    data.records = Some(records);
-    let mut t = TopicProduceData::default();
-    t.name = TopicName(StrBytes::from_string(topic.to_string()));
-    t.partition_data.push(data);
-    let mut request = ProduceRequest::default();
-    request.acks = -1;
-    request.timeout_ms = 5000;
-    request.topic_data.push(t);
-    let response: ProduceResponse = kafka_call(stream, ApiKey::Produce, VERSION, &request);
-    response.responses[0].partition_responses[0].error_code
+    common::produce(stream, topic, partition, records).0
 }
 
 fn batch() -> Vec<u8> {

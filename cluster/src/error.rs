@@ -18,6 +18,24 @@ pub enum ClusterError {
     TopicExists(String),
     #[error("invalid topic: {0}")]
     InvalidTopic(String),
+    #[error("unknown topic: {0}")]
+    UnknownTopic(String),
+    #[error("topic {topic} has {current} partitions; it can only grow, not to {requested}")]
+    PartitionCount {
+        topic: String,
+        current: u32,
+        requested: u32,
+    },
+    #[error(
+        "{topic}: {requested} more partitions would make {} in the cluster, allowed {partitions_max}",
+        *current + u64::from(*requested)
+    )]
+    TooManyPartitions {
+        topic: String,
+        requested: u32,
+        current: u64,
+        partitions_max: u32,
+    },
     /// A name, count or size from a client outside its bound.
     #[error("invalid request: {0}")]
     InvalidRequest(String),

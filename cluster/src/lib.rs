@@ -27,6 +27,10 @@
 //! - [`lease`]: one node at a time acts for a name (a group's coordinator, a pipeline, a
 //!   background job), fenced by an epoch; [`SharedLog::commit_offsets`] writes a group's
 //!   offsets only while its lease holds.
+//! - Topics ([`SharedLog::create_topic`], [`SharedLog::delete_topic`],
+//!   [`SharedLog::create_partitions`], [`SharedLog::set_topic_configs`]) change through any
+//!   node in one transaction each and are announced on `LISTEN`/`NOTIFY`, so every node's
+//!   cache of them forgets the old copy.
 //! - [`gc`]: the holder of the `gc` lease deletes objects no row references (the leftovers of
 //!   failed flushes) once no flush can still be committing them.
 //!
@@ -41,6 +45,7 @@ pub mod lease;
 mod log;
 pub mod membership;
 pub mod schema;
+mod topics;
 mod watch;
 
 pub use cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats};
@@ -53,4 +58,5 @@ pub use log::{
     FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,
 };
 pub use membership::{NodeInfo, leader, leader_by};
+pub use topics::{TOPIC_CONFIG_BYTES_MAX, TOPIC_CONFIGS_MAX, Topic};
 pub use watch::Advanced;

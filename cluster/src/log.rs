@@ -1,6 +1,6 @@
 //! The shared log: partitions whose batches live in objects and whose offsets live in Postgres.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,9 +11,9 @@ use tokio::sync::{Mutex, MutexGuard, broadcast};
 use tokio_postgres::{Client, NoTls, Transaction};
 use weir_storage::batch::{BatchHeader, set_base_offset, validate_record_set};
 use weir_storage::producer::{Appended, ProducerStates};
-use weir_storage::{LogConfig, PARTITIONS_MAX, validate_topic_name};
 
 use crate::cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats, RangeCache, RangeKey};
+use crate::topics::TopicCache;
 use crate::watch::{self, Advanced};
 use crate::{ClusterError, Result, schema};
 
@@ -105,13 +105,12 @@ pub struct SharedLog {
     db_url: String,
     /// Partitions advanced by any node's flush, from the node's listener.
     pub(crate) appended: Arc<broadcast::Sender<Advanced>>,
-    /// Topic name → (topic id, partitions), and the names by id.
-    topics: Mutex<HashMap<String, (i64, u32)>>,
-    names: Mutex<HashMap<i64, String>>,
+    /// The topics this node has looked up.
+    pub(crate) topics: Arc<TopicCache>,
     store: Arc<dyn ObjectStore>,
     cache: RangeCache,
     flush_commit_max: Duration,
-    partitions_max: u32,
+    pub(crate) partitions_max: u32,
     pub(crate) node_id: String,
 }
 
@@ -136,12 +135,12 @@ impl SharedLog {
     pub async fn open_with(config: &NodeConfig) -> Result<SharedLog> {
         let mut db = connect(&config.db_url).await?;
         schema::migrate(&mut db).await?;
+        let topics = Arc::new(TopicCache::default());
         Ok(SharedLog {
-            appended: watch::listen(&config.db_url),
+            appended: watch::listen(&config.db_url, topics.clone()),
             db: Mutex::new(db),
             db_url: config.db_url.clone(),
-            topics: Mutex::new(HashMap::new()),
-            names: Mutex::new(HashMap::new()),
+            topics,
             store: open_store(&config.store_url)?,
             cache: RangeCache::new(config.cache_memory_bytes),
             flush_commit_max: Duration::from_millis(config.flush_commit_ms_max),
@@ -173,58 +172,10 @@ impl SharedLog {
         Ok(db)
     }
 
-    /// Creates a topic with `partitions` partitions, each starting at offset 0, if the
-    /// cluster's partitions stay within [`NodeConfig::partitions_max`].
-    pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        validate_topic_name(name).map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
-        if partitions == 0 || partitions > PARTITIONS_MAX {
-            return Err(ClusterError::InvalidTopic(format!(
-                "{name}: {partitions} partitions, allowed 1 to {PARTITIONS_MAX}"
-            )));
-        }
-        let mut db = self.db().await?;
-        let tx = db.transaction().await?;
-        // Creations one at a time, so two cannot both pass the bound; reads go on.
-        tx.batch_execute("LOCK TABLE weir.topics IN SHARE ROW EXCLUSIVE MODE")
-            .await?;
-        let row = tx
-            .query_one(
-                "SELECT coalesce(sum(partitions), 0), bool_or(name = $1) IS TRUE FROM weir.topics",
-                &[&name],
-            )
-            .await?;
-        let (existing, exists): (i64, bool) = (row.get(0), row.get(1));
-        if exists {
-            return Err(ClusterError::TopicExists(name.to_string()));
-        }
-        let total = existing as u64 + u64::from(partitions);
-        if total > u64::from(self.partitions_max) {
-            return Err(ClusterError::InvalidTopic(format!(
-                "{name}: {partitions} more partitions would make {total} in the cluster, allowed {}",
-                self.partitions_max
-            )));
-        }
-        let row = tx
-            .query_one(
-                "INSERT INTO weir.topics (name, partitions) VALUES ($1, $2) RETURNING topic_id",
-                &[&name, &(partitions as i32)],
-            )
-            .await?;
-        let topic_id: i64 = row.get(0);
-        tx.execute(
-            "INSERT INTO weir.partitions (topic_id, partition)
-             SELECT $1, p FROM generate_series(0, $2 - 1) AS p",
-            &[&topic_id, &(partitions as i32)],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Checks a record set as a node does before it parks it for a flush: the topic and
     /// partition exist, and every batch's header, length, CRC and size bound hold.
     pub async fn check(&self, append: Append) -> Result<CheckedAppend> {
-        let topic_id = self.topic_id(&append.topic, append.partition).await?;
+        let topic = self.topic_of(&append.topic, append.partition).await?;
         let bytes = append.batches.len() as u64;
         if bytes > FLUSH_BYTES_MAX {
             return Err(ClusterError::FlushTooLarge {
@@ -232,15 +183,16 @@ impl SharedLog {
                 bytes_max: FLUSH_BYTES_MAX,
             });
         }
-        // Topics of the cluster carry no configs yet: every batch has the default size bound.
-        let headers = validate_record_set(&append.batches, LogConfig::default().batch_bytes_max)
-            .map_err(|source| ClusterError::Batch {
-                topic: append.topic.clone(),
-                partition: append.partition,
-                source,
+        let headers =
+            validate_record_set(&append.batches, topic.batch_bytes_max).map_err(|source| {
+                ClusterError::Batch {
+                    topic: append.topic.clone(),
+                    partition: append.partition,
+                    source,
+                }
             })?;
         Ok(CheckedAppend {
-            topic_id,
+            topic_id: topic.id,
             offsets: headers.iter().map(BatchHeader::offset_count).sum(),
             max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
             headers,
@@ -315,15 +267,23 @@ impl SharedLog {
         answers.resize_with(appends.len(), || Ok(0));
         let mut live_bytes = 0u64;
         for (&(topic_id, partition), indexes) in &groups {
-            let partition = partition as i32;
-            let next: i64 = tx
-                .query_one(
+            let row = tx
+                .query_opt(
                     "SELECT next_offset FROM weir.partitions
                      WHERE topic_id = $1 AND partition = $2 FOR UPDATE",
-                    &[&topic_id, &partition],
+                    &[&topic_id, &(partition as i32)],
                 )
-                .await?
-                .get(0);
+                .await?;
+            let Some(row) = row else {
+                // The topic was deleted since these record sets were checked.
+                for &index in indexes {
+                    let append = &appends[index].append;
+                    answers[index] = Err(self.unknown_partition(&append.topic, partition));
+                }
+                continue;
+            };
+            let next: i64 = row.get(0);
+            let partition = partition as i32;
             let mut producers = load_producers(&tx, topic_id, partition, appends, indexes).await?;
             let mut offset = next as u64;
             // Accepted record sets next to each other in the object make one row.
@@ -410,11 +370,21 @@ impl SharedLog {
                 .await?;
             }
         }
-        tx.execute(
-            "UPDATE weir.objects SET live_bytes = $2 WHERE object_id = $1",
-            &[&object_id, &(live_bytes as i64)],
-        )
-        .await?;
+        // An object nothing was taken from (every record set a retry, refused, or for a
+        // deleted topic) keeps no row, so garbage collection takes it.
+        if live_bytes == 0 {
+            tx.execute(
+                "DELETE FROM weir.objects WHERE object_id = $1",
+                &[&object_id],
+            )
+            .await?;
+        } else {
+            tx.execute(
+                "UPDATE weir.objects SET live_bytes = $2 WHERE object_id = $1",
+                &[&object_id, &(live_bytes as i64)],
+            )
+            .await?;
+        }
         // An object older than this may be taken for the leftover of a failed flush and
         // collected: past it, give up and let the producer retry.
         if written_at.elapsed() > self.flush_commit_max {
@@ -447,10 +417,7 @@ impl SharedLog {
         bytes_max: u64,
     ) -> Result<Fetched> {
         let db = self.db().await?;
-        let unknown = || ClusterError::UnknownPartition {
-            topic: topic.to_string(),
-            partition,
-        };
+        let unknown = || self.unknown_partition(topic, partition);
         let row = db
             .query_opt(
                 "SELECT p.topic_id, p.next_offset, p.log_start_offset
@@ -522,81 +489,19 @@ impl SharedLog {
         })
     }
 
-    /// A partition's end (next offset) as committed now.
-    pub(crate) async fn end_offset(&self, topic_id: i64, partition: u32) -> Result<u64> {
-        let row = self
-            .db()
-            .await?
-            .query_one(
-                "SELECT next_offset FROM weir.partitions WHERE topic_id = $1 AND partition = $2",
-                &[&topic_id, &(partition as i32)],
-            )
-            .await?;
-        Ok(row.get::<_, i64>(0) as u64)
-    }
-
-    /// The id of a topic that has `partition`, from the node's cache or the database; an
-    /// unknown topic or partition is an error naming it.
-    pub(crate) async fn topic_id(&self, topic: &str, partition: u32) -> Result<i64> {
-        match self.topic(topic).await? {
-            Some((id, partitions)) if partition < partitions => Ok(id),
-            _ => Err(ClusterError::UnknownPartition {
-                topic: topic.to_string(),
-                partition,
-            }),
-        }
-    }
-
-    /// A topic's id and partition count, from the node's cache or the database.
-    pub async fn topic(&self, name: &str) -> Result<Option<(i64, u32)>> {
-        if let Some(known) = self.topics.lock().await.get(name) {
-            return Ok(Some(*known));
-        }
-        let row = self
-            .db()
-            .await?
-            .query_opt(
-                "SELECT topic_id, partitions FROM weir.topics WHERE name = $1",
-                &[&name],
-            )
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let known = (row.get::<_, i64>(0), row.get::<_, i32>(1) as u32);
-        // Topics are never deleted or shrunk yet, so what was read stays true.
-        self.topics.lock().await.insert(name.to_string(), known);
-        self.names.lock().await.insert(known.0, name.to_string());
-        Ok(Some(known))
-    }
-
-    /// The name of a topic this node has looked up by name before.
-    pub async fn known_topic_name(&self, topic_id: i64) -> Option<String> {
-        self.names.lock().await.get(&topic_id).cloned()
-    }
-
-    /// The names of every topic, in order.
-    pub async fn topic_names(&self) -> Result<Vec<String>> {
-        let rows = self
-            .db()
-            .await?
-            .query("SELECT name FROM weir.topics ORDER BY name", &[])
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
     /// A partition's log start offset and end (next offset), as committed now.
     pub async fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)> {
         let topic_id = self.topic_id(topic, partition).await?;
         let row = self
             .db()
             .await?
-            .query_one(
+            .query_opt(
                 "SELECT log_start_offset, next_offset FROM weir.partitions
                  WHERE topic_id = $1 AND partition = $2",
                 &[&topic_id, &(partition as i32)],
             )
-            .await?;
+            .await?
+            .ok_or_else(|| self.unknown_partition(topic, partition))?;
         Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
     }
 

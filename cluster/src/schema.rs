@@ -97,6 +97,10 @@ ALTER TABLE weir.group_offsets
   ADD COLUMN metadata     text,
   ADD COLUMN commit_ms    bigint NOT NULL DEFAULT 0;
 "#,
+    // Topic configs set explicitly (Kafka keys to values); defaults are not stored.
+    r#"
+ALTER TABLE weir.topics ADD COLUMN configs jsonb NOT NULL DEFAULT '{}';
+"#,
 ];
 
 /// The advisory lock key migrations run under ("weir" in ASCII), so nodes starting together

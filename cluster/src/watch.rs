@@ -5,6 +5,10 @@
 //! keeps one connection that listens and fans the notifications out to the fetches waiting
 //! here. If that connection drops it is opened again; meanwhile waits end by their timeout,
 //! which only delays a consumer, never loses a record (it reads from its offset either way).
+//!
+//! The same connection hears topic changes ([`TOPICS_CHANNEL`]) and makes the node forget its
+//! copy of the topic; after a reconnection the node forgets every topic, since announcements
+//! may have been missed in between.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::topics::{TOPICS_CHANNEL, TopicCache};
 use crate::{Result, SharedLog};
 
 /// The channel flushes notify on.
@@ -48,7 +53,7 @@ fn parse(payload: &str) -> Option<Advanced> {
 
 /// Starts the node's listener; it runs as long as the returned sender has receivers or a
 /// handle on it.
-pub(crate) fn listen(db_url: &str) -> Arc<broadcast::Sender<Advanced>> {
+pub(crate) fn listen(db_url: &str, topics: Arc<TopicCache>) -> Arc<broadcast::Sender<Advanced>> {
     let (sender, _) = broadcast::channel(WAITERS_QUEUE_MAX);
     let sender = Arc::new(sender);
     let weak = Arc::downgrade(&sender);
@@ -56,7 +61,14 @@ pub(crate) fn listen(db_url: &str) -> Arc<broadcast::Sender<Advanced>> {
     tokio::spawn(async move {
         loop {
             if let Ok((client, mut connection)) = tokio_postgres::connect(&db_url, NoTls).await {
-                let listening = async { client.batch_execute(&format!("LISTEN {CHANNEL}")).await };
+                let listening = async {
+                    let listened = client
+                        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {TOPICS_CHANNEL}"))
+                        .await;
+                    if listened.is_ok() {
+                        topics.forget_all();
+                    }
+                };
                 let messages = async {
                     while let Some(Ok(message)) =
                         std::future::poll_fn(|cx| connection.poll_message(cx)).await
@@ -67,13 +79,15 @@ pub(crate) fn listen(db_url: &str) -> Arc<broadcast::Sender<Advanced>> {
                         let Some(sender) = weak.upgrade() else {
                             return;
                         };
-                        if let Some(advanced) = parse(n.payload()) {
+                        if n.channel() == TOPICS_CHANNEL {
+                            topics.forget(n.payload());
+                        } else if let Some(advanced) = parse(n.payload()) {
                             let _ = sender.send(advanced);
                         }
                     }
                 };
                 // The connection is driven by `messages`; LISTEN completes through it.
-                let (_, ()) = tokio::join!(listening, messages);
+                tokio::join!(listening, messages);
             }
             if weak.strong_count() == 0 {
                 return;
@@ -103,7 +117,7 @@ impl SharedLog {
         let topic_id = self.topic_id(topic, partition).await?;
         // Subscribe before reading the end, so a commit in between is not missed.
         let mut advanced = self.appended.subscribe();
-        let end = self.end_offset(topic_id, partition).await?;
+        let (_, end) = self.offsets(topic, partition).await?;
         if end > offset {
             return Ok(end);
         }
@@ -117,7 +131,7 @@ impl SharedLog {
                 }
                 Ok(Ok(_)) => {}
                 // Fell behind or the listener stopped: the database knows the end.
-                Ok(Err(_)) | Err(_) => return self.end_offset(topic_id, partition).await,
+                Ok(Err(_)) | Err(_) => return Ok(self.offsets(topic, partition).await?.1),
             }
         }
     }

@@ -128,7 +128,7 @@ async fn acknowledged_records_survive_database_crashes_and_pauses_exactly_once()
         .await
         .expect("open");
     first
-        .create_topic("faults", PARTITIONS)
+        .create_topic("faults", PARTITIONS, &Default::default())
         .await
         .expect("create");
     let mut flushers = Vec::new();

@@ -139,7 +139,9 @@ async fn nodes_flushing_the_same_partitions_together_get_unique_gap_free_offsets
         SharedLog::open(&url, &store_url, "n2"),
     );
     let (a, b) = (a.expect("open n1"), b.expect("open n2"));
-    a.create_topic("shared", 2).await.expect("create");
+    a.create_topic("shared", 2, &Default::default())
+        .await
+        .expect("create");
 
     // The nodes name the partitions in opposite orders: locking them as given would deadlock.
     let (acked_a, acked_b) =
@@ -421,14 +423,16 @@ async fn nodes_migrate_once_and_refuse_a_schema_newer_than_they_know() {
     let log = SharedLog::open(&pg.url(), &store_url, "n1")
         .await
         .expect("open");
-    log.create_topic("kept", 1).await.expect("create");
+    log.create_topic("kept", 1, &Default::default())
+        .await
+        .expect("create");
     drop(log);
     // A second start finds the schema current and its data in place.
     let log = SharedLog::open(&pg.url(), &store_url, "n2")
         .await
         .expect("reopen");
     assert!(matches!(
-        log.create_topic("kept", 1).await,
+        log.create_topic("kept", 1, &Default::default()).await,
         Err(ClusterError::TopicExists(_))
     ));
 
@@ -455,7 +459,9 @@ async fn topic_names_partition_counts_and_store_urls_are_checked() {
         .await
         .expect("open");
     for (name, partitions) in [("", 1), ("logs", 0), ("logs", 10_001), ("bad/name", 1)] {
-        let result = log.create_topic(name, partitions).await;
+        let result = log
+            .create_topic(name, partitions, &Default::default())
+            .await;
         assert!(
             matches!(result, Err(ClusterError::InvalidTopic(_))),
             "{name:?} {partitions}: {result:?}"
@@ -468,15 +474,21 @@ async fn topic_names_partition_counts_and_store_urls_are_checked() {
         ..NodeConfig::new(&pg.url(), &store_url, "n2")
     };
     let small = SharedLog::open_with(&config).await.expect("open");
-    small.create_topic("logs", 6).await.expect("6 of 10");
-    let over = small.create_topic("metrics", 5).await;
+    small
+        .create_topic("logs", 6, &Default::default())
+        .await
+        .expect("6 of 10");
+    let over = small.create_topic("metrics", 5, &Default::default()).await;
     assert!(
-        matches!(&over, Err(ClusterError::InvalidTopic(e)) if e.contains("allowed 10")),
+        matches!(&over, Err(e @ ClusterError::TooManyPartitions { .. }) if e.to_string().contains("allowed 10")),
         "{over:?}"
     );
-    small.create_topic("metrics", 4).await.expect("10 of 10");
+    small
+        .create_topic("metrics", 4, &Default::default())
+        .await
+        .expect("10 of 10");
     assert!(matches!(
-        small.create_topic("logs", 1).await,
+        small.create_topic("logs", 1, &Default::default()).await,
         Err(ClusterError::TopicExists(_))
     ));
     for url in ["s3://bucket/prefix", "file://relative/dir"] {
@@ -571,4 +583,115 @@ async fn the_cache_evicts_the_least_recently_read_range_to_stay_within_its_bound
         matches!(evicted, Err(ClusterError::Store(_))),
         "p0 was evicted: {evicted:?}"
     );
+}
+
+/// Waits until `done` holds; the announcements of topic changes reach other nodes at commit.
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 5 s");
+}
+
+#[tokio::test]
+async fn topics_change_through_one_node_and_the_others_follow() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(&pg, &store_url, 1).await;
+    let configs = [("max.message.bytes".to_string(), "200".to_string())].into();
+    a.create_topic("events", 1, &configs).await.expect("create");
+
+    // Node b caches the topic and checks a record set against its bound.
+    let topic = b.topic("events").await.expect("read").expect("exists");
+    assert_eq!((topic.partitions, topic.batch_bytes_max), (1, 200));
+    let long = "x".repeat(300);
+    assert!(matches!(
+        b.check(append("events", 0, &[&long])).await,
+        Err(ClusterError::Batch { .. })
+    ));
+    flush(&b, &[append("events", 0, &["first"])])
+        .await
+        .expect("a flush");
+
+    // New configs reach node b's cache by announcement.
+    a.set_topic_configs("events", &Default::default())
+        .await
+        .expect("configs");
+    eventually("b sees the default bound", async || {
+        b.topic("events")
+            .await
+            .expect("read")
+            .expect("exists")
+            .batch_bytes_max
+            > 200
+    })
+    .await;
+    flush(&b, &[append("events", 0, &[&long])])
+        .await
+        .expect("a long record fits the default bound");
+
+    // Grown on node a: node b appends to a new partition at once, its copy being stale or not.
+    a.create_partitions("events", 3).await.expect("grow");
+    assert_eq!(
+        flush(&b, &[append("events", 2, &["new partition"])])
+            .await
+            .expect("a flush"),
+        vec![0]
+    );
+    assert!(matches!(
+        a.create_partitions("events", 2).await,
+        Err(ClusterError::PartitionCount { current: 3, .. })
+    ));
+
+    // Node b checked a record set; node a deletes the topic and makes it again before b's
+    // flush: the flush answers an unknown partition for it and assigns nothing.
+    let checked = b
+        .check(append("events", 0, &["stale"]))
+        .await
+        .expect("checked");
+    a.delete_topic("events").await.expect("delete");
+    a.create_topic("events", 1, &Default::default())
+        .await
+        .expect("made again");
+    let answers = b.flush(&[checked]).await.expect("the flush commits");
+    assert!(
+        matches!(answers[..], [Err(ClusterError::UnknownPartition { .. })]),
+        "{answers:?}"
+    );
+    // The topic made again starts empty, through either node.
+    assert_eq!(
+        flush(&b, &[append("events", 0, &["again"])])
+            .await
+            .expect("a flush"),
+        vec![0]
+    );
+    for node in [&a, &b] {
+        assert_eq!(
+            values(&read_all(node, "events", 0).await),
+            vec![(0, "again".to_string())]
+        );
+    }
+    assert!(matches!(
+        a.delete_topic("missing").await,
+        Err(ClusterError::UnknownTopic(_))
+    ));
+    // The deleted topic's only objects lost their rows: garbage collection takes them.
+    let (db, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let dead: i64 = db
+        .query_one(
+            "SELECT count(*) FROM weir.objects o
+             WHERE NOT EXISTS (SELECT 1 FROM weir.batches b WHERE b.object_id = o.object_id)",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(dead, 0, "objects rows with no batches left");
 }

@@ -22,9 +22,7 @@ use kafka_protocol::protocol::StrBytes;
 use weir_storage::{StorageError, TopicMeta};
 
 use super::Shared;
-use super::handlers::{
-    CLUSTER_ID, NODE_ID, config_map, denial, error_code, error_message, text, topic_id,
-};
+use super::handlers::{CLUSTER_ID, NODE_ID, config_map, denial, error_code, error_message, text};
 use crate::acl::{CLUSTER_NAME, Caller, Operation, ResourceType};
 
 const RESOURCE_TOPIC: i8 = 2;
@@ -71,6 +69,24 @@ fn failure(e: &StorageError) -> (i16, Option<StrBytes>) {
     (error_code(e), Some(error_message(e.to_string())))
 }
 
+/// The name of the topic whose Kafka id is `id`, if there is one.
+fn topic_named_by_id(shared: &Shared, id: uuid::Uuid) -> Option<String> {
+    let names = shared.logs.topic_names().ok()?;
+    names
+        .into_iter()
+        .find(|n| matches!(shared.logs.topic(n), Ok(Some(t)) if t.id == id))
+}
+
+/// A topic with its configs, or [`StorageError::UnknownTopic`].
+fn existing_topic(shared: &Shared, name: &str) -> Result<TopicMeta, StorageError> {
+    shared
+        .logs
+        .topic_meta(name)?
+        .ok_or_else(|| StorageError::UnknownTopic {
+            name: name.to_string(),
+        })
+}
+
 pub(crate) fn delete_topics(
     shared: &Shared,
     request: DeleteTopicsRequest,
@@ -91,14 +107,7 @@ pub(crate) fn delete_topics(
     );
     let mut response = DeleteTopicsResponse::default();
     for (name, id) in targets {
-        let name = name.or_else(|| {
-            shared.storage.list_topics().ok().and_then(|topics| {
-                topics
-                    .into_iter()
-                    .find(|t| topic_id(t) == id)
-                    .map(|t| t.name)
-            })
-        });
+        let name = name.or_else(|| topic_named_by_id(shared, id));
         let mut result = DeletableTopicResult::default();
         result.name = name.clone().map(|n| TopicName(text(n)));
         if version >= 6 {
@@ -106,7 +115,7 @@ pub(crate) fn delete_topics(
         }
         let outcome = match &name {
             Some(n) => match caller.check(Operation::Delete, ResourceType::Topic, n) {
-                Ok(()) => shared.storage.delete_topic(n).map_err(|e| failure(&e)),
+                Ok(()) => shared.logs.delete_topic(n).map_err(|e| failure(&e)),
                 Err(denied) => Err(denial(&denied)),
             },
             None => Err(failure(&StorageError::UnknownTopic {
@@ -147,7 +156,7 @@ pub(crate) fn create_partitions(
             })
             .and_then(|count| {
                 if request.validate_only {
-                    let current = shared.storage.existing_topic(&name)?;
+                    let current = existing_topic(shared, &name)?;
                     if count <= current.partitions {
                         return Err(StorageError::PartitionCount {
                             name: name.clone(),
@@ -157,7 +166,7 @@ pub(crate) fn create_partitions(
                     }
                     Ok(())
                 } else {
-                    shared.storage.create_partitions(&name, count).map(|_| ())
+                    shared.logs.create_partitions(&name, count)
                 }
             });
         if let Err(e) = outcome {
@@ -217,7 +226,7 @@ pub(crate) fn describe_configs(
             .configuration_keys
             .map(|k| k.iter().map(|s| s.to_string()).collect());
         match resource.resource_type {
-            RESOURCE_TOPIC => match shared.storage.topic(&resource.resource_name) {
+            RESOURCE_TOPIC => match shared.logs.topic_meta(&resource.resource_name) {
                 Ok(Some(meta)) => result.configs = describe_topic(shared, &meta, keys.as_deref()),
                 Ok(None) => {
                     result.error_code = ResponseError::UnknownTopicOrPartition.code();
@@ -249,10 +258,10 @@ fn apply_configs(
     validate_only: bool,
 ) -> Result<(), StorageError> {
     if validate_only {
-        shared.storage.existing_topic(topic)?;
+        existing_topic(shared, topic)?;
         shared.storage.check_topic_configs(&configs).map(|_| ())
     } else {
-        shared.storage.set_topic_configs(topic, configs).map(|_| ())
+        shared.logs.set_topic_configs(topic, configs)
     }
 }
 
@@ -309,7 +318,7 @@ pub(crate) fn incremental_alter_configs(
         result.resource_name = resource.resource_name.clone();
         let name = resource.resource_name.to_string();
         let outcome = altering(caller, resource.resource_type, &name, || {
-            shared.storage.existing_topic(&name).and_then(|meta| {
+            existing_topic(shared, &name).and_then(|meta| {
                 let mut configs = meta.configs;
                 for c in &resource.configs {
                     match (c.config_operation, &c.value) {

@@ -27,7 +27,7 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use weir_storage::{BatchError, StorageError, TopicMeta};
+use weir_storage::{BatchError, StorageError};
 
 use super::frame::FileBytes;
 use super::logs::{Appended, TopicInfo};
@@ -88,15 +88,10 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         .map(|&(_, min, max)| (min, max))
 }
 
-/// APIs over what a node keeps in its own data directory (topic configs and partition counts,
-/// SCRAM users, ACLs). A node of a cluster leaves them out of ApiVersions and refuses them
-/// until that state is the cluster's, so no client takes one node's answer for the cluster's.
-const NODE_LOCAL: [ApiKey; 10] = [
-    ApiKey::DeleteTopics,
-    ApiKey::CreatePartitions,
-    ApiKey::DescribeConfigs,
-    ApiKey::AlterConfigs,
-    ApiKey::IncrementalAlterConfigs,
+/// APIs over what a node keeps in its own data directory (SCRAM users, ACLs). A node of a
+/// cluster leaves them out of ApiVersions and refuses them until that state is the cluster's,
+/// so no client takes one node's answer for the cluster's.
+const NODE_LOCAL: [ApiKey; 5] = [
     ApiKey::DescribeUserScramCredentials,
     ApiKey::AlterUserScramCredentials,
     ApiKey::CreateAcls,
@@ -318,10 +313,6 @@ fn api_versions(error_code: i16, cluster: bool) -> ApiVersionsResponse {
         response.api_keys.push(v);
     }
     response
-}
-
-pub(crate) fn topic_id(meta: &TopicMeta) -> uuid::Uuid {
-    uuid::Uuid::from_bytes(meta.id)
 }
 
 /// Longest error message put in a response: a message carries its own subject (a topic name,

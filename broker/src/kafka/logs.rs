@@ -76,6 +76,18 @@ pub(crate) trait Logs: Send + Sync {
     ) -> Result<(), StorageError>;
     /// The topic, created with `partitions` and no configs if it does not exist.
     fn topic_or_create(&self, name: &str, partitions: u32) -> Result<TopicInfo, StorageError>;
+    /// A topic with its explicit configs, as it stands now.
+    fn topic_meta(&self, name: &str) -> Result<Option<TopicMeta>, StorageError>;
+    /// Deletes a topic with its records.
+    fn delete_topic(&self, name: &str) -> Result<(), StorageError>;
+    /// Grows a topic to `partitions` partitions.
+    fn create_partitions(&self, name: &str, partitions: u32) -> Result<(), StorageError>;
+    /// Replaces a topic's explicit configs (Kafka's AlterConfigs), once they pass the checks.
+    fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), StorageError>;
     /// Whether the partition exists and can be read now.
     fn readable(&self, topic: &str, partition: u32) -> bool;
     /// Appends a producer's record set, once it is durable.
@@ -102,6 +114,17 @@ pub(crate) trait Logs: Send + Sync {
     ) -> Result<Option<(u64, i64)>, StorageError>;
     /// A producer id never handed out before.
     fn new_producer_id(&self) -> Result<i64, StorageError>;
+}
+
+/// Whether a topic may be made with `name` and `configs`: the name's rules, and each config
+/// checked by the layer that owns its key (the node's storage knows them all).
+pub(crate) fn check_new_topic(
+    storage: &Storage,
+    name: &str,
+    configs: &BTreeMap<String, String>,
+) -> Result<(), StorageError> {
+    weir_storage::validate_topic_name(name)?;
+    storage.check_topic_configs(configs).map(|_| ())
 }
 
 /// The only broker of a single node.
@@ -181,8 +204,7 @@ impl Logs for LocalLogs {
         name: &str,
         configs: &BTreeMap<String, String>,
     ) -> Result<(), StorageError> {
-        weir_storage::validate_topic_name(name)?;
-        self.storage.check_topic_configs(configs).map(|_| ())
+        check_new_topic(&self.storage, name, configs)
     }
 
     fn topic_or_create(&self, name: &str, partitions: u32) -> Result<TopicInfo, StorageError> {
@@ -190,6 +212,26 @@ impl Logs for LocalLogs {
             .storage
             .topic_or_create(name, partitions, BTreeMap::new())?;
         Ok(TopicInfo::from(&meta))
+    }
+
+    fn topic_meta(&self, name: &str) -> Result<Option<TopicMeta>, StorageError> {
+        self.storage.topic(name)
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<(), StorageError> {
+        self.storage.delete_topic(name)
+    }
+
+    fn create_partitions(&self, name: &str, partitions: u32) -> Result<(), StorageError> {
+        self.storage.create_partitions(name, partitions).map(|_| ())
+    }
+
+    fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), StorageError> {
+        self.storage.set_topic_configs(name, configs).map(|_| ())
     }
 
     fn readable(&self, topic: &str, partition: u32) -> bool {

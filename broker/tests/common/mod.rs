@@ -379,6 +379,32 @@ where
     kafka_response(key, version, response)
 }
 
+/// Sends one produce request (acks=all) of `records` for one partition: the partition's error
+/// code and base offset.
+pub fn produce(
+    stream: &mut std::net::TcpStream,
+    topic: &str,
+    partition: i32,
+    records: bytes::Bytes,
+) -> (i16, i64) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let mut data = PartitionProduceData::default();
+    data.index = partition;
+    data.records = Some(records);
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partition_data.push(data);
+    let mut request = ProduceRequest::default();
+    request.acks = -1;
+    request.timeout_ms = 5000;
+    request.topic_data.push(t);
+    let response: ProduceResponse = kafka_call(stream, ApiKey::Produce, 7, &request);
+    let answer = &response.responses[0].partition_responses[0];
+    (answer.error_code, answer.base_offset)
+}
+
 /// The bytes of `request` as API `key` at `version` after the length prefix, with a header
 /// naming the client `weir-tests`.
 pub fn kafka_request<Req: kafka_protocol::protocol::Encodable>(

@@ -63,7 +63,9 @@ pub async fn node(pg: &Postgres, store_url: &str, partitions: u32) -> SharedLog 
 /// A node opened with `config`, with the topic `logs` of `partitions` partitions.
 pub async fn node_with(config: &NodeConfig, partitions: u32) -> SharedLog {
     let log = SharedLog::open_with(config).await.expect("open");
-    log.create_topic("logs", partitions).await.expect("create");
+    log.create_topic("logs", partitions, &Default::default())
+        .await
+        .expect("create");
     log
 }
 
