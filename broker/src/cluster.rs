@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use weir_cluster::{
     Append, ClusterError, FlushConfig, Flusher, GroupOffset, Lease, NodeConfig, NodeInfo,
-    SharedLog, Topic,
+    PartitionSize, SharedLog, Topic,
 };
 use weir_storage::{BatchError, Storage, StorageError, TopicMeta, locks};
 
@@ -313,15 +313,21 @@ impl ClusterLogs {
         }
     }
 
-    /// Runs a shared-log call to its end from the blocking pool.
+    /// Runs a shared-log call to its end, blocking the calling thread: a blocking-pool thread,
+    /// or a reactor thread that hands its other work to the rest of the runtime meanwhile (a
+    /// system table's scan reads the cluster from one).
+    fn block_on<T>(&self, call: impl Future<Output = T>) -> T {
+        tokio::task::block_in_place(|| self.runtime.block_on(call))
+    }
+
+    /// [`ClusterLogs::block_on`] with the error a Kafka handler answers.
     fn wait<T>(
         &self,
         call: impl Future<Output = weir_cluster::Result<T>>,
         topic: &str,
         partition: u32,
     ) -> Result<T, StorageError> {
-        self.runtime
-            .block_on(call)
+        self.block_on(call)
             .map_err(|e| storage_error(e, topic, partition))
     }
 }
@@ -411,10 +417,7 @@ impl Logs for ClusterLogs {
         if self.held(key).is_some() {
             return self.this.clone();
         }
-        let holder = match self
-            .runtime
-            .block_on(self.log.lease_holder(&group_lease(key)))
-        {
+        let holder = match self.block_on(self.log.lease_holder(&group_lease(key))) {
             Ok(holder) => holder,
             Err(e) => {
                 tracing::warn!(group = key, error = %e, "reading the group's lease failed");
@@ -459,17 +462,29 @@ impl Logs for ClusterLogs {
         check_new_topic(&self.storage, name, configs)
     }
 
-    fn topic_or_create(&self, name: &str, partitions: u32) -> Result<TopicInfo, StorageError> {
+    fn topic_or_create(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicInfo, StorageError> {
         if let Some(topic) = self.topic(name)? {
             return Ok(topic);
         }
-        match self.create_topic(name, partitions, BTreeMap::new()) {
+        match self.create_topic(name, partitions, configs) {
             // Another node made it first.
             Err(StorageError::TopicExists { .. }) => self
                 .topic(name)?
                 .ok_or_else(|| StorageError::UnknownTopic { name: name.into() }),
             made => made,
         }
+    }
+
+    fn batch_bytes_max(&self, topic: &str) -> Result<u64, StorageError> {
+        let found = self.wait(self.log.topic(topic), topic, 0)?;
+        found
+            .map(|t| t.batch_bytes_max)
+            .ok_or_else(|| StorageError::UnknownTopic { name: topic.into() })
     }
 
     fn topic_meta(&self, name: &str) -> Result<Option<TopicMeta>, StorageError> {
@@ -481,6 +496,11 @@ impl Logs for ClusterLogs {
             configs: t.configs.clone(),
             created_ms: t.created_ms,
         }))
+    }
+
+    fn partition_size(&self, topic: &str, partition: u32) -> Result<PartitionSize, StorageError> {
+        let size = self.log.partition_size(topic, partition);
+        self.wait(size, topic, partition)
     }
 
     fn delete_topic(&self, name: &str) -> Result<(), StorageError> {
@@ -503,9 +523,7 @@ impl Logs for ClusterLogs {
     }
 
     fn readable(&self, topic: &str, partition: u32) -> bool {
-        self.runtime
-            .block_on(self.log.topic_of(topic, partition))
-            .is_ok()
+        self.block_on(self.log.topic_of(topic, partition)).is_ok()
     }
 
     fn append(
@@ -605,10 +623,7 @@ impl GroupStore for ClusterLogs {
             return Err(GroupError::GroupMaxSizeReached);
         }
         let name = group_lease(group);
-        match self
-            .runtime
-            .block_on(self.log.acquire(&name, GROUP_LEASE_MS))
-        {
+        match self.block_on(self.log.acquire(&name, GROUP_LEASE_MS)) {
             Ok(Some(lease)) => {
                 let epoch = lease.epoch();
                 let used = Instant::now();
@@ -628,8 +643,7 @@ impl GroupStore for ClusterLogs {
     ) -> Result<(), GroupError> {
         let lease = self.group_lease(group)?;
         let offsets: Vec<GroupOffset> = offsets.iter().map(group_offset).collect();
-        self.runtime
-            .block_on(self.log.commit_offsets(&lease, group, &offsets))
+        self.block_on(self.log.commit_offsets(&lease, group, &offsets))
             .map_err(|e| group_error(group, e))
     }
 
@@ -660,10 +674,7 @@ impl GroupStore for ClusterLogs {
             Some((topic, partition)) => Some((topic, partition as u32)),
             None => None,
         };
-        match self
-            .runtime
-            .block_on(self.log.delete_offsets(&lease, group, only))
-        {
+        match self.block_on(self.log.delete_offsets(&lease, group, only)) {
             Ok(deleted) => Ok(deleted > 0),
             Err(ClusterError::UnknownPartition { .. }) => Ok(false),
             Err(e) => Err(group_error(group, e)),

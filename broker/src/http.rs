@@ -28,6 +28,7 @@ use weir_storage::{
 use crate::acl::{Caller, Denied, Operation, ResourceType};
 use crate::http::ingest::BodyKind;
 use crate::http::tracked::Tracked;
+use crate::kafka::logs::Logs;
 use crate::metrics::IngestSource;
 use crate::node::NodeContext;
 use crate::tls::{Handshakes, Listener};
@@ -510,12 +511,12 @@ struct TopicSummary {
 }
 
 impl TopicSummary {
-    fn of(storage: &Storage, t: TopicMeta) -> TopicSummary {
+    fn of(logs: &dyn Logs, t: TopicMeta) -> TopicSummary {
         let (mut size_bytes, mut records) = (0, 0);
         // A partition offline since recovery has no log to weigh.
-        for log in (0..t.partitions).filter_map(|p| storage.log(&t.name, p).ok()) {
-            size_bytes += log.size_bytes();
-            records += log.high_watermark() - log.log_start_offset();
+        for size in (0..t.partitions).filter_map(|p| logs.partition_size(&t.name, p).ok()) {
+            size_bytes += size.bytes;
+            records += size.high_watermark - size.log_start_offset;
         }
         TopicSummary {
             name: t.name,
@@ -531,16 +532,19 @@ async fn list_topics(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<TopicSummary>>> {
-    let storage = state.node.storage.clone();
+    let logs = state.node.logs.clone();
     blocking(move || {
-        Ok(Json(
-            storage
-                .list_topics()?
-                .into_iter()
-                .filter(|t| caller.may(Operation::Describe, ResourceType::Topic, &t.name))
-                .map(|t| TopicSummary::of(&storage, t))
-                .collect(),
-        ))
+        let mut topics = Vec::new();
+        for name in logs.topic_names()? {
+            if !caller.may(Operation::Describe, ResourceType::Topic, &name) {
+                continue;
+            }
+            // Deleted since it was listed: left out.
+            if let Some(meta) = logs.topic_meta(&name)? {
+                topics.push(TopicSummary::of(logs.as_ref(), meta));
+            }
+        }
+        Ok(Json(topics))
     })
     .await
 }
@@ -564,10 +568,11 @@ async fn create_topic(
     Json(body): Json<CreateTopic>,
 ) -> ApiResult<(StatusCode, Json<TopicSummary>)> {
     caller.check_create_topic(&body.name)?;
-    let storage = state.node.storage.clone();
+    let logs = state.node.logs.clone();
     let topic = blocking(move || {
-        let meta = storage.create_topic(&body.name, body.partitions, body.configs)?;
-        Ok(TopicSummary::of(&storage, meta))
+        logs.create_topic(&body.name, body.partitions, body.configs)?;
+        let meta = logs.existing_topic(&body.name)?;
+        Ok(TopicSummary::of(logs.as_ref(), meta))
     })
     .await?;
     Ok((StatusCode::CREATED, Json(topic)))
@@ -579,7 +584,8 @@ struct PartitionDetail {
     log_start_offset: u64,
     high_watermark: u64,
     size_bytes: u64,
-    segments: usize,
+    /// Segment files on a lone node; object ranges in a cluster.
+    segments: u64,
 }
 
 #[derive(Serialize)]
@@ -656,15 +662,15 @@ async fn alter_topic_configs(
             "{key} is both set and deleted"
         )));
     }
-    let storage = state.node.storage.clone();
+    let logs = state.node.logs.clone();
     let altered = name.clone();
     blocking(move || {
-        let mut configs = storage.existing_topic(&altered)?.configs;
+        let mut configs = logs.existing_topic(&altered)?.configs;
         for key in &changes.delete {
             configs.remove(key);
         }
         configs.extend(changes.set);
-        storage.set_topic_configs(&altered, configs)?;
+        logs.set_topic_configs(&altered, configs)?;
         Ok(())
     })
     .await?;
@@ -678,33 +684,36 @@ async fn describe_topic(
     Path(name): Path<String>,
 ) -> ApiResult<Json<TopicDetail>> {
     caller.check(Operation::Describe, ResourceType::Topic, &name)?;
-    let storage = &state.node.storage;
-    let meta = storage.existing_topic(&name)?;
-    let minutes = storage.delays().pending_by_minute();
-    let minutes = minutes.iter().filter(|m| m.topic == name);
-    let delayed = DelayedDetail {
-        records: minutes.clone().map(|m| m.records).sum(),
-        next_due_ms: minutes.map(|m| m.next_due_ms).min(),
-    };
-    let mut partitions = Vec::new();
-    for p in 0..meta.partitions {
-        let log = storage.log(&name, p)?;
-        partitions.push(PartitionDetail {
-            partition: p,
-            log_start_offset: log.log_start_offset(),
-            high_watermark: log.high_watermark(),
-            size_bytes: log.size_bytes(),
-            segments: log.segment_count(),
-        });
-    }
-    Ok(Json(TopicDetail {
-        id: uuid::Uuid::from_bytes(meta.id).to_string(),
-        name: meta.name,
-        all_configs: all_configs(storage, &meta.configs),
-        configs: meta.configs,
-        partitions,
-        delayed,
-    }))
+    let node = state.node.clone();
+    blocking(move || {
+        let meta = node.logs.existing_topic(&name)?;
+        let minutes = node.storage.delays().pending_by_minute();
+        let minutes = minutes.iter().filter(|m| m.topic == name);
+        let delayed = DelayedDetail {
+            records: minutes.clone().map(|m| m.records).sum(),
+            next_due_ms: minutes.map(|m| m.next_due_ms).min(),
+        };
+        let mut partitions = Vec::new();
+        for p in 0..meta.partitions {
+            let size = node.logs.partition_size(&name, p)?;
+            partitions.push(PartitionDetail {
+                partition: p,
+                log_start_offset: size.log_start_offset,
+                high_watermark: size.high_watermark,
+                size_bytes: size.bytes,
+                segments: size.pieces,
+            });
+        }
+        Ok(Json(TopicDetail {
+            id: uuid::Uuid::from_bytes(meta.id).to_string(),
+            name: meta.name,
+            all_configs: all_configs(&node.storage, &meta.configs),
+            configs: meta.configs,
+            partitions,
+            delayed,
+        }))
+    })
+    .await
 }
 
 async fn delete_topic(
@@ -713,8 +722,8 @@ async fn delete_topic(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     caller.check(Operation::Delete, ResourceType::Topic, &name)?;
-    let storage = state.node.storage.clone();
-    blocking(move || Ok(storage.delete_topic(&name)?)).await?;
+    let logs = state.node.logs.clone();
+    blocking(move || Ok(logs.delete_topic(&name)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -821,13 +830,11 @@ impl ingest::Decode for ProduceRequest {
 /// key's, or else round-robin; in batches within the topic's `max.message.bytes`. A record
 /// naming a partition the topic lacks, or too large for a batch, refuses the request before
 /// anything is written. Answers where each went, in the request's order.
-fn append_produced(
-    storage: &Storage,
-    name: &str,
-    produced: Vec<Produced>,
-) -> ApiResult<Vec<Placed>> {
-    let meta = storage.existing_topic(name)?;
-    let batch_bytes_max = storage.log(name, 0)?.config().batch_bytes_max;
+fn append_produced(logs: &dyn Logs, name: &str, produced: Vec<Produced>) -> ApiResult<Vec<Placed>> {
+    let meta = logs
+        .topic(name)?
+        .ok_or_else(|| StorageError::UnknownTopic { name: name.into() })?;
+    let batch_bytes_max = logs.batch_bytes_max(name)?;
     let mut by_partition: BTreeMap<u32, Vec<(usize, NewRecord)>> = BTreeMap::new();
     for (i, Produced { partition, record }) in produced.into_iter().enumerate() {
         let bytes = record.bytes_in_batch() + BATCH_HEADER_BYTES;
@@ -858,13 +865,11 @@ fn append_produced(
             let mut builder = BatchBuilder::new(Compression::None);
             let order: Vec<usize> = order.by_ref().take(run.len()).collect();
             run.into_iter().for_each(|r| builder.push(r));
-            let batch = builder.build().map_err(StorageError::from)?.to_vec();
-            let produced = storage.produce(name, partition, &batch)?;
+            let batch = builder.build().map_err(StorageError::from)?;
+            // A base offset of -1: the records wait for delayed delivery.
+            let (base_offset, _, _) = logs.append(name, partition, batch)?;
             for (n, i) in order.into_iter().enumerate() {
-                let offset = match produced {
-                    weir_storage::Produced::Appended(info) => Some(info.base_offset + n as u64),
-                    weir_storage::Produced::Delayed { .. } => None,
-                };
+                let offset = u64::try_from(base_offset).ok().map(|base| base + n as u64);
                 placed.push((i, Placed { partition, offset }));
             }
         }

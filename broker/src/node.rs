@@ -57,7 +57,7 @@ impl GroupPosition {
 
 /// Every committed offset of `group` with its partition's end.
 fn group_positions(
-    storage: &Storage,
+    logs: &dyn Logs,
     groups: &Coordinator,
     group: &str,
 ) -> Result<Vec<GroupPosition>, StorageError> {
@@ -65,10 +65,10 @@ fn group_positions(
         .committed_all(group)?
         .into_iter()
         .map(|(topic, partition, committed)| GroupPosition {
-            end: storage
-                .log(&topic, partition.max(0) as u32)
+            end: logs
+                .offsets(&topic, partition.max(0) as u32)
                 .ok()
-                .map(|log| log.high_watermark() as i64),
+                .map(|(_, end)| end as i64),
             topic,
             partition,
             committed: committed.offset,
@@ -79,7 +79,7 @@ fn group_positions(
 /// Every group (as ListGroups shows it) with the positions of its committed partitions: what
 /// `/metrics` lag and `weir.groups` are both made from.
 fn all_group_positions(
-    storage: &Storage,
+    logs: &dyn Logs,
     groups: &Coordinator,
 ) -> Vec<(GroupView, Vec<GroupPosition>)> {
     groups
@@ -87,7 +87,7 @@ fn all_group_positions(
         .unwrap_or_default()
         .into_iter()
         .map(|g| {
-            let positions = group_positions(storage, groups, &g.group).unwrap_or_default();
+            let positions = group_positions(logs, groups, &g.group).unwrap_or_default();
             (g, positions)
         })
         .collect()
@@ -96,7 +96,7 @@ fn all_group_positions(
 impl NodeContext {
     /// Every committed offset of `group` with its partition's end.
     pub fn group_positions(&self, group: &str) -> Result<Vec<GroupPosition>, StorageError> {
-        group_positions(&self.storage, &self.groups, group)
+        group_positions(self.logs.as_ref(), &self.groups, group)
     }
 
     /// Every resource clients can make the node hold, with its bound, for `/metrics`.
@@ -227,7 +227,7 @@ impl NodeContext {
 
     /// Lag of every committed partition of every group.
     pub fn group_lags(&self) -> Vec<GroupLag> {
-        all_group_positions(&self.storage, &self.groups)
+        all_group_positions(self.logs.as_ref(), &self.groups)
             .into_iter()
             .flat_map(|(g, positions)| {
                 positions.into_iter().filter_map(move |p| {
@@ -246,7 +246,6 @@ impl NodeContext {
 /// What the SQL system tables `weir.groups`, `weir.connections` and `weir.nodes` read from
 /// the broker.
 pub(crate) struct BrokerState {
-    pub storage: Arc<Storage>,
     pub groups: Arc<Coordinator>,
     pub metrics: Arc<Metrics>,
     pub logs: Arc<dyn Logs>,
@@ -268,7 +267,7 @@ impl NodeSource for BrokerState {
     }
 
     fn group_rows(&self) -> Vec<GroupRow> {
-        all_group_positions(&self.storage, &self.groups)
+        all_group_positions(self.logs.as_ref(), &self.groups)
             .into_iter()
             .flat_map(|(g, positions)| {
                 positions.into_iter().map(move |p| GroupRow {

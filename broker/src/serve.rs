@@ -424,7 +424,6 @@ fn node_context(
 ) -> Result<NodeContext> {
     let groups = Arc::new(Coordinator::new(group_store));
     let state = BrokerState {
-        storage: storage.clone(),
         groups: groups.clone(),
         metrics: metrics.clone(),
         logs: logs.clone(),

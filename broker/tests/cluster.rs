@@ -914,4 +914,49 @@ fn topics_are_configured_grown_and_deleted_through_any_node() {
         assert_eq!(values, ["again"]);
         assert!(configs_through(node, "orders").is_empty());
     }
+
+    // The HTTP API (and so `weir topic`) on the same topics, each call through another node.
+    let http: Vec<weir_broker::cli::Client> = nodes
+        .iter()
+        .map(|n| weir_broker::cli::Client::new(&n.url(), None))
+        .collect();
+    let body = serde_json::json!({
+        "name": "audit", "partitions": 2, "configs": { "retention.ms": "3600000" }
+    });
+    let made = http[2].call("POST", "/v1/topics", Some(&body)).unwrap();
+    assert_eq!(made["partitions"], 2, "{made}");
+    let listed = http[0].call("GET", "/v1/topics", None).unwrap();
+    let orders = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "orders")
+        .unwrap_or_else(|| panic!("orders is not listed: {listed}"));
+    assert_eq!(orders["records"], 1, "{orders}");
+    assert!(orders["size_bytes"].as_u64().unwrap() > 0, "{orders}");
+    let changes = serde_json::json!({ "set": { "max.message.bytes": "5000" } });
+    let altered = http[1]
+        .call("PATCH", "/v1/topics/audit/configs", Some(&changes))
+        .unwrap();
+    assert_eq!(altered["configs"]["retention.ms"], "3600000", "{altered}");
+    assert_eq!(
+        configs_through(&nodes[0], "audit")["max.message.bytes"],
+        "5000"
+    );
+    let described = http[0].call("GET", "/v1/topics/orders", None).unwrap();
+    assert_eq!(
+        described["partitions"][0]["high_watermark"], 1,
+        "{described}"
+    );
+    // Records produced over HTTP through one node are read through another.
+    let body = serde_json::json!({ "records": [{ "value": "over http", "partition": 0 }] });
+    let placed = http[1]
+        .call("POST", "/v1/topics/orders/records", Some(&body))
+        .unwrap();
+    assert_eq!(placed["offsets"][0]["offset"], 1, "{placed}");
+    let read = read_all(&nodes[2], "orders");
+    assert_eq!(read[&0][1].2, "over http");
+    http[0].call("DELETE", "/v1/topics/audit", None).unwrap();
+    let gone = http[2].call("GET", "/v1/topics/audit", None).unwrap_err();
+    assert!(gone.to_string().contains("404"), "{gone}");
 }

@@ -50,6 +50,18 @@ pub struct Fetched {
     pub log_start_offset: u64,
 }
 
+/// Where a partition's log stands and what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSize {
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    /// Bytes of its record batches.
+    pub bytes: u64,
+    /// The pieces they are kept in: segment files on a lone node, object ranges (`batches`
+    /// rows) in a cluster.
+    pub pieces: u64,
+}
+
 /// A record set that passed [`SharedLog::check`], ready for a flush.
 #[derive(Debug, Clone)]
 pub struct CheckedAppend {
@@ -503,6 +515,32 @@ impl SharedLog {
             .await?
             .ok_or_else(|| self.unknown_partition(topic, partition))?;
         Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+    }
+
+    /// Where a partition stands and what it holds.
+    pub async fn partition_size(&self, topic: &str, partition: u32) -> Result<PartitionSize> {
+        let topic_id = self.topic_id(topic, partition).await?;
+        let row = self
+            .db()
+            .await?
+            .query_opt(
+                "SELECT p.log_start_offset, p.next_offset,
+                   (SELECT coalesce(sum(b.byte_len), 0)::bigint FROM weir.batches b
+                    WHERE b.topic_id = p.topic_id AND b.partition = p.partition),
+                   (SELECT count(*) FROM weir.batches b
+                    WHERE b.topic_id = p.topic_id AND b.partition = p.partition)
+                 FROM weir.partitions p WHERE p.topic_id = $1 AND p.partition = $2",
+                &[&topic_id, &(partition as i32)],
+            )
+            .await?
+            .ok_or_else(|| self.unknown_partition(topic, partition))?;
+        let at = |i: usize| row.get::<_, i64>(i) as u64;
+        Ok(PartitionSize {
+            log_start_offset: at(0),
+            high_watermark: at(1),
+            bytes: at(2),
+            pieces: at(3),
+        })
     }
 
     /// The first batch holding a record stamped at or after `timestamp`: its base offset and

@@ -225,7 +225,7 @@ pub(super) async fn ingest<B: Decode>(
         })
         .await?;
         let _held = hold_decode_memory(&node.limits, weight).await?;
-        let storage = node.storage.clone();
+        let logs = node.logs.clone();
         // A body refused while decoding counts no records; one refused while appending, all.
         let (count, written) = super::blocking(move || {
             let produced = body.records()?.produced;
@@ -236,15 +236,13 @@ pub(super) async fn ingest<B: Decode>(
                         ("value.format".to_string(), "json".to_string()),
                         ("value.schema".to_string(), schema.to_string()),
                     ]);
-                    storage
-                        .topic_or_create(&topic, partitions, configs)
-                        .map(drop)
+                    logs.topic_or_create(&topic, partitions, configs).map(drop)
                 }
                 None => Ok(()),
             };
             let written = made
                 .map_err(ApiError::from)
-                .and_then(|()| super::append_produced(&storage, &topic, produced));
+                .and_then(|()| super::append_produced(logs.as_ref(), &topic, produced));
             Ok((count, written))
         })
         .await?;

@@ -77,16 +77,6 @@ fn topic_named_by_id(shared: &Shared, id: uuid::Uuid) -> Option<String> {
         .find(|n| matches!(shared.logs.topic(n), Ok(Some(t)) if t.id == id))
 }
 
-/// A topic with its configs, or [`StorageError::UnknownTopic`].
-fn existing_topic(shared: &Shared, name: &str) -> Result<TopicMeta, StorageError> {
-    shared
-        .logs
-        .topic_meta(name)?
-        .ok_or_else(|| StorageError::UnknownTopic {
-            name: name.to_string(),
-        })
-}
-
 pub(crate) fn delete_topics(
     shared: &Shared,
     request: DeleteTopicsRequest,
@@ -156,7 +146,7 @@ pub(crate) fn create_partitions(
             })
             .and_then(|count| {
                 if request.validate_only {
-                    let current = existing_topic(shared, &name)?;
+                    let current = shared.logs.existing_topic(&name)?;
                     if count <= current.partitions {
                         return Err(StorageError::PartitionCount {
                             name: name.clone(),
@@ -222,8 +212,10 @@ pub(crate) fn describe_configs(
             response.results.push(result);
             continue;
         }
+        // No keys, or an empty list of them, asks for every key (as Kafka answers).
         let keys: Option<Vec<String>> = resource
             .configuration_keys
+            .filter(|k| !k.is_empty())
             .map(|k| k.iter().map(|s| s.to_string()).collect());
         match resource.resource_type {
             RESOURCE_TOPIC => match shared.logs.topic_meta(&resource.resource_name) {
@@ -258,7 +250,7 @@ fn apply_configs(
     validate_only: bool,
 ) -> Result<(), StorageError> {
     if validate_only {
-        existing_topic(shared, topic)?;
+        shared.logs.existing_topic(topic)?;
         shared.storage.check_topic_configs(&configs).map(|_| ())
     } else {
         shared.logs.set_topic_configs(topic, configs)
@@ -318,7 +310,7 @@ pub(crate) fn incremental_alter_configs(
         result.resource_name = resource.resource_name.clone();
         let name = resource.resource_name.to_string();
         let outcome = altering(caller, resource.resource_type, &name, || {
-            existing_topic(shared, &name).and_then(|meta| {
+            shared.logs.existing_topic(&name).and_then(|meta| {
                 let mut configs = meta.configs;
                 for c in &resource.configs {
                     match (c.config_operation, &c.value) {

@@ -400,7 +400,7 @@ fn topic_or_create(
     }
     shared
         .logs
-        .topic_or_create(name, shared.config.default_partitions)
+        .topic_or_create(name, shared.config.default_partitions, BTreeMap::new())
 }
 
 fn metadata(

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use weir_cluster::PartitionSize;
 use weir_storage::{LogFile, Produced, Storage, StorageError, TopicMeta, locks};
 
 use super::frame::LENT_BYTES_MIN;
@@ -74,10 +75,27 @@ pub(crate) trait Logs: Send + Sync {
         name: &str,
         configs: &BTreeMap<String, String>,
     ) -> Result<(), StorageError>;
-    /// The topic, created with `partitions` and no configs if it does not exist.
-    fn topic_or_create(&self, name: &str, partitions: u32) -> Result<TopicInfo, StorageError>;
+    /// The topic, created with `partitions` and `configs` if it does not exist (when another
+    /// caller creates it at the same time, theirs).
+    fn topic_or_create(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicInfo, StorageError>;
+    /// The largest record set the topic takes (`max.message.bytes`).
+    fn batch_bytes_max(&self, topic: &str) -> Result<u64, StorageError>;
     /// A topic with its explicit configs, as it stands now.
     fn topic_meta(&self, name: &str) -> Result<Option<TopicMeta>, StorageError>;
+    /// [`Logs::topic_meta`] of a topic that must exist: [`StorageError::UnknownTopic`] if not.
+    fn existing_topic(&self, name: &str) -> Result<TopicMeta, StorageError> {
+        self.topic_meta(name)?
+            .ok_or_else(|| StorageError::UnknownTopic {
+                name: name.to_string(),
+            })
+    }
+    /// Where a partition stands and the bytes it holds.
+    fn partition_size(&self, topic: &str, partition: u32) -> Result<PartitionSize, StorageError>;
     /// Deletes a topic with its records.
     fn delete_topic(&self, name: &str) -> Result<(), StorageError>;
     /// Grows a topic to `partitions` partitions.
@@ -207,15 +225,32 @@ impl Logs for LocalLogs {
         check_new_topic(&self.storage, name, configs)
     }
 
-    fn topic_or_create(&self, name: &str, partitions: u32) -> Result<TopicInfo, StorageError> {
-        let meta = self
-            .storage
-            .topic_or_create(name, partitions, BTreeMap::new())?;
+    fn topic_or_create(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicInfo, StorageError> {
+        let meta = self.storage.topic_or_create(name, partitions, configs)?;
         Ok(TopicInfo::from(&meta))
+    }
+
+    fn batch_bytes_max(&self, topic: &str) -> Result<u64, StorageError> {
+        Ok(self.storage.log(topic, 0)?.config().batch_bytes_max)
     }
 
     fn topic_meta(&self, name: &str) -> Result<Option<TopicMeta>, StorageError> {
         self.storage.topic(name)
+    }
+
+    fn partition_size(&self, topic: &str, partition: u32) -> Result<PartitionSize, StorageError> {
+        let log = self.storage.log(topic, partition)?;
+        Ok(PartitionSize {
+            log_start_offset: log.log_start_offset(),
+            high_watermark: log.high_watermark(),
+            bytes: log.size_bytes(),
+            pieces: log.segment_count() as u64,
+        })
     }
 
     fn delete_topic(&self, name: &str) -> Result<(), StorageError> {
