@@ -448,18 +448,10 @@ impl Logs for ClusterLogs {
         partitions: u32,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicInfo, StorageError> {
-        self.check_new_topic(name, &configs)?;
+        check_new_topic(&self.storage, name, &configs)?;
         self.wait(self.log.create_topic(name, partitions, &configs), name, 0)?;
         self.topic(name)?
             .ok_or_else(|| StorageError::UnknownTopic { name: name.into() })
-    }
-
-    fn check_new_topic(
-        &self,
-        name: &str,
-        configs: &BTreeMap<String, String>,
-    ) -> Result<(), StorageError> {
-        check_new_topic(&self.storage, name, configs)
     }
 
     fn topic_or_create(

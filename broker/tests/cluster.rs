@@ -27,6 +27,19 @@ use weir_tests::postgres::Postgres;
 
 const PARTITIONS: u32 = 3;
 
+/// Nodes 0, 1 and 2 on one database and one object store: the store's directory, the
+/// nodes' data directories (both removed when dropped) and the nodes.
+fn three_nodes(db: &Postgres) -> (tempfile::TempDir, Vec<tempfile::TempDir>, Vec<Node>) {
+    let store = tempfile::tempdir().unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = dirs
+        .iter()
+        .zip(0..)
+        .map(|(dir, id)| start_node(dir.path(), db, store.path(), id))
+        .collect();
+    (store, dirs, nodes)
+}
+
 fn start_node(data: &Path, db: &Postgres, store: &Path, id: u32) -> Node {
     start_node_on(data, &Listeners::any(), db, store, id)
 }
@@ -120,11 +133,7 @@ fn three_nodes_share_every_partition_through_postgres_and_the_object_store() {
     let Some(db) = Postgres::start() else {
         return;
     };
-    let store = tempfile::tempdir().unwrap();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes: Vec<Node> = (0..3)
-        .map(|i| start_node(dirs[i].path(), &db, store.path(), i as u32))
-        .collect();
+    let (store, _dirs, mut nodes) = three_nodes(&db);
 
     // Every node lists all three once their heartbeats are in.
     for node in &nodes {
@@ -441,13 +450,7 @@ fn consumer_groups_move_to_a_live_node_when_their_coordinator_dies_and_keep_thei
     let (Some(python), Some(modules)) = (python(), common::node_modules()) else {
         return;
     };
-    let store = tempfile::tempdir().unwrap();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes: Vec<Node> = dirs
-        .iter()
-        .zip(0..)
-        .map(|(dir, id)| start_node(dir.path(), &db, store.path(), id))
-        .collect();
+    let (_store, _dirs, mut nodes) = three_nodes(&db);
     eventually("every node lists three", Duration::from_secs(20), || {
         nodes.iter().all(|n| brokers(n).len() == 3)
     });
@@ -832,11 +835,7 @@ fn topics_are_configured_grown_and_deleted_through_any_node() {
     let Some(db) = Postgres::start() else {
         return;
     };
-    let store = tempfile::tempdir().unwrap();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| start_node(dirs[i].path(), &db, store.path(), i as u32))
-        .collect();
+    let (_store, _dirs, nodes) = three_nodes(&db);
 
     assert_eq!(
         create_through(&nodes[0], "orders", 1, &[("max.message.bytes", "1000")]),

@@ -18,7 +18,6 @@ use common::{
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use serde_json::json;
@@ -31,17 +30,7 @@ fn s(text: &str) -> StrBytes {
 }
 
 fn produce(stream: &mut TcpStream, topic: &str, records: Vec<u8>) -> i16 {
-    let mut data = PartitionProduceData::default();
-    data.records = Some(Bytes::from(records));
-    let mut t = TopicProduceData::default();
-    t.name = TopicName(s(topic));
-    t.partition_data.push(data);
-    let mut request = ProduceRequest::default();
-    request.acks = -1;
-    request.timeout_ms = 5000;
-    request.topic_data.push(t);
-    let response: ProduceResponse = kafka_call(stream, ApiKey::Produce, 7, &request);
-    response.responses[0].partition_responses[0].error_code
+    common::produce(stream, topic, 0, Bytes::from(records)).0
 }
 
 /// The node still answers ApiVersions on a new connection.

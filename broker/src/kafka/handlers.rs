@@ -30,7 +30,7 @@ use kafka_protocol::protocol::StrBytes;
 use weir_storage::{BatchError, StorageError};
 
 use super::frame::FileBytes;
-use super::logs::{Appended, TopicInfo};
+use super::logs::{Appended, TopicInfo, check_new_topic};
 use super::{Shared, acl_api, admin_api, group_api};
 use crate::acl::{Caller, Denied, Operation, ResourceType};
 use crate::error::{Error, Result, task};
@@ -822,9 +822,7 @@ fn create_topics(
                 ),
             ))
         } else if request.validate_only {
-            shared
-                .logs
-                .check_new_topic(&name, &configs)
+            check_new_topic(&shared.storage, &name, &configs)
                 .map(|()| None)
                 .map_err(|e| (error_code(&e), e.to_string()))
         } else {

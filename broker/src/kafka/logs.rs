@@ -69,12 +69,6 @@ pub(crate) trait Logs: Send + Sync {
         partitions: u32,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicInfo, StorageError>;
-    /// Whether `create_topic` would accept the name and configs, creating nothing.
-    fn check_new_topic(
-        &self,
-        name: &str,
-        configs: &BTreeMap<String, String>,
-    ) -> Result<(), StorageError>;
     /// The topic, created with `partitions` and `configs` if it does not exist (when another
     /// caller creates it at the same time, theirs).
     fn topic_or_create(
@@ -134,8 +128,9 @@ pub(crate) trait Logs: Send + Sync {
     fn new_producer_id(&self) -> Result<i64, StorageError>;
 }
 
-/// Whether a topic may be made with `name` and `configs`: the name's rules, and each config
-/// checked by the layer that owns its key (the node's storage knows them all).
+/// Whether `create_topic` would accept a topic made with `name` and `configs`: the name's
+/// rules, and each config checked by the layer that owns its key (the node's storage knows
+/// them all).
 pub(crate) fn check_new_topic(
     storage: &Storage,
     name: &str,
@@ -215,14 +210,6 @@ impl Logs for LocalLogs {
     ) -> Result<TopicInfo, StorageError> {
         let meta = self.storage.create_topic(name, partitions, configs)?;
         Ok(TopicInfo::from(&meta))
-    }
-
-    fn check_new_topic(
-        &self,
-        name: &str,
-        configs: &BTreeMap<String, String>,
-    ) -> Result<(), StorageError> {
-        check_new_topic(&self.storage, name, configs)
     }
 
     fn topic_or_create(
