@@ -524,12 +524,13 @@ impl SharedLog {
             .db()
             .await?
             .query_opt(
-                "SELECT p.log_start_offset, p.next_offset,
-                   (SELECT coalesce(sum(b.byte_len), 0)::bigint FROM weir.batches b
-                    WHERE b.topic_id = p.topic_id AND b.partition = p.partition),
-                   (SELECT count(*) FROM weir.batches b
-                    WHERE b.topic_id = p.topic_id AND b.partition = p.partition)
-                 FROM weir.partitions p WHERE p.topic_id = $1 AND p.partition = $2",
+                "SELECT p.log_start_offset, p.next_offset, b.bytes, b.pieces
+                 FROM weir.partitions p,
+                   LATERAL (SELECT coalesce(sum(byte_len), 0)::bigint AS bytes,
+                                   count(*) AS pieces
+                            FROM weir.batches
+                            WHERE topic_id = p.topic_id AND partition = p.partition) b
+                 WHERE p.topic_id = $1 AND p.partition = $2",
                 &[&topic_id, &(partition as i32)],
             )
             .await?
