@@ -23,9 +23,11 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use weir_cluster::{
     Append, ClusterError, FlushConfig, Flusher, GroupOffset, Lease, NodeConfig, NodeInfo,
-    PartitionSize, SharedLog, Topic,
+    SharedLog, Topic,
 };
-use weir_storage::{BatchError, Storage, StorageError, TopicMeta, locks};
+use weir_storage::{
+    BatchError, PartitionSize, PartitionSource, Storage, StorageError, TopicMeta, locks,
+};
 
 use crate::error::{Error, Result};
 use crate::kafka::appends::Appends;
@@ -313,11 +315,9 @@ impl ClusterLogs {
         }
     }
 
-    /// Runs a shared-log call to its end, blocking the calling thread: a blocking-pool thread,
-    /// or a reactor thread that hands its other work to the rest of the runtime meanwhile (a
-    /// system table's scan reads the cluster from one).
+    /// [`block_on`] on the node's runtime.
     fn block_on<T>(&self, call: impl Future<Output = T>) -> T {
-        tokio::task::block_in_place(|| self.runtime.block_on(call))
+        block_on(&self.runtime, call)
     }
 
     /// [`ClusterLogs::block_on`] with the error a Kafka handler answers.
@@ -330,6 +330,13 @@ impl ClusterLogs {
         self.block_on(call)
             .map_err(|e| storage_error(e, topic, partition))
     }
+}
+
+/// Runs a shared-log call to its end, blocking the calling thread: a blocking-pool thread, or a
+/// reactor thread that hands its other work to the rest of the runtime meanwhile (a system
+/// table's scan reads the cluster from one).
+fn block_on<T>(runtime: &Handle, call: impl Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| runtime.block_on(call))
 }
 
 /// The storage error a Kafka handler answers for a cluster error. What went wrong in the
@@ -393,6 +400,122 @@ fn topic_info(topic: Arc<Topic>) -> TopicInfo {
     TopicInfo {
         id: kafka_topic_id(topic.id),
         partitions: topic.partitions,
+    }
+}
+
+/// A cluster topic as the node's storage would describe it.
+fn topic_meta(t: &Topic) -> TopicMeta {
+    TopicMeta {
+        name: t.name.clone(),
+        id: kafka_topic_id(t.id).into_bytes(),
+        partitions: t.partitions,
+        configs: t.configs.clone(),
+        created_ms: t.created_ms,
+    }
+}
+
+impl std::fmt::Debug for ClusterLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterLogs")
+            .field("node_id", &self.this.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cluster's topics, as SQL and the HTTP record pages read them.
+impl weir_storage::Topics for ClusterLogs {
+    fn list_topics(&self) -> Result<Vec<TopicMeta>, StorageError> {
+        let topics = self.wait(self.log.topics_now(), "", 0)?;
+        Ok(topics.iter().map(|t| topic_meta(t)).collect())
+    }
+
+    fn topic(&self, name: &str) -> Result<Option<TopicMeta>, StorageError> {
+        Logs::topic_meta(self, name)
+    }
+
+    fn partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Arc<dyn PartitionSource>, StorageError> {
+        self.wait(self.log.topic_of(topic, partition), topic, partition)?;
+        Ok(Arc::new(ClusterPartition {
+            log: self.log.clone(),
+            runtime: self.runtime.clone(),
+            topic: topic.to_string(),
+            partition,
+        }))
+    }
+
+    /// Read in one query.
+    fn partition_sizes(
+        &self,
+        topic: &TopicMeta,
+    ) -> Result<Vec<(u32, PartitionSize)>, StorageError> {
+        self.wait(self.log.partition_sizes(&topic.name), &topic.name, 0)
+    }
+}
+
+/// One partition of the cluster's shared log, read on the calling thread.
+struct ClusterPartition {
+    log: Arc<SharedLog>,
+    runtime: Handle,
+    topic: String,
+    partition: u32,
+}
+
+impl ClusterPartition {
+    fn wait<T>(
+        &self,
+        call: impl Future<Output = weir_cluster::Result<T>>,
+    ) -> Result<T, StorageError> {
+        block_on(&self.runtime, call).map_err(|e| storage_error(e, &self.topic, self.partition))
+    }
+}
+
+impl PartitionSource for ClusterPartition {
+    fn offsets(&self) -> Result<(u64, u64), StorageError> {
+        self.wait(self.log.offsets(&self.topic, self.partition))
+    }
+
+    fn size(&self) -> Result<PartitionSize, StorageError> {
+        self.wait(self.log.partition_size(&self.topic, self.partition))
+    }
+
+    fn read_records(
+        &self,
+        offset: u64,
+        bytes_max: u64,
+    ) -> Result<Vec<weir_storage::Record>, StorageError> {
+        let fetched = self.wait(
+            self.log
+                .read(&self.topic, self.partition, offset, bytes_max),
+        )?;
+        let mut records = weir_storage::decode_records(&fetched.batches)?;
+        records.retain(|r| r.offset >= offset as i64);
+        Ok(records)
+    }
+
+    fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, StorageError> {
+        self.wait(
+            self.log
+                .offset_for_timestamp(&self.topic, self.partition, timestamp),
+        )
+    }
+
+    fn offset_bytes_before(
+        &self,
+        end: u64,
+        bytes: u64,
+        at_least_one: bool,
+    ) -> Result<u64, StorageError> {
+        self.wait(self.log.offset_bytes_before(
+            &self.topic,
+            self.partition,
+            end,
+            bytes,
+            at_least_one,
+        ))
     }
 }
 
@@ -481,18 +604,7 @@ impl Logs for ClusterLogs {
 
     fn topic_meta(&self, name: &str) -> Result<Option<TopicMeta>, StorageError> {
         let topic = self.wait(self.log.topic_now(name), name, 0)?;
-        Ok(topic.map(|t| TopicMeta {
-            name: t.name.clone(),
-            id: kafka_topic_id(t.id).into_bytes(),
-            partitions: t.partitions,
-            configs: t.configs.clone(),
-            created_ms: t.created_ms,
-        }))
-    }
-
-    fn partition_size(&self, topic: &str, partition: u32) -> Result<PartitionSize, StorageError> {
-        let size = self.log.partition_size(topic, partition);
-        self.wait(size, topic, partition)
+        Ok(topic.as_deref().map(topic_meta))
     }
 
     fn delete_topic(&self, name: &str) -> Result<(), StorageError> {

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use weir_runtime::partition_for_key;
 use weir_storage::{
     BATCH_HEADER_BYTES, BatchBuilder, Compression, Header, NewRecord, Storage, StorageError,
-    TopicMeta, in_batches,
+    TopicMeta, Topics, in_batches,
 };
 
 use crate::acl::{Caller, Denied, Operation, ResourceType};
@@ -511,20 +511,20 @@ struct TopicSummary {
 }
 
 impl TopicSummary {
-    fn of(logs: &dyn Logs, t: TopicMeta) -> TopicSummary {
+    fn of(topics: &dyn Topics, t: TopicMeta) -> Result<TopicSummary, StorageError> {
         let (mut size_bytes, mut records) = (0, 0);
         // A partition offline since recovery has no log to weigh.
-        for size in (0..t.partitions).filter_map(|p| logs.partition_size(&t.name, p).ok()) {
+        for (_, size) in topics.partition_sizes(&t)? {
             size_bytes += size.bytes;
             records += size.high_watermark - size.log_start_offset;
         }
-        TopicSummary {
+        Ok(TopicSummary {
             name: t.name,
             partitions: t.partitions,
             configs: t.configs,
             size_bytes,
             records,
-        }
+        })
     }
 }
 
@@ -532,19 +532,21 @@ async fn list_topics(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<TopicSummary>>> {
-    let logs = state.node.logs.clone();
+    let topics = state.node.topics.clone();
     blocking(move || {
-        let mut topics = Vec::new();
-        for name in logs.topic_names()? {
-            if !caller.may(Operation::Describe, ResourceType::Topic, &name) {
+        let mut listed = Vec::new();
+        for meta in topics.list_topics()? {
+            if !caller.may(Operation::Describe, ResourceType::Topic, &meta.name) {
                 continue;
             }
-            // Deleted since it was listed: left out.
-            if let Some(meta) = logs.topic_meta(&name)? {
-                topics.push(TopicSummary::of(logs.as_ref(), meta));
+            match TopicSummary::of(topics.as_ref(), meta) {
+                Ok(summary) => listed.push(summary),
+                // Deleted since it was listed: left out.
+                Err(StorageError::UnknownTopic { .. } | StorageError::UnknownPartition { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(Json(topics))
+        Ok(Json(listed))
     })
     .await
 }
@@ -568,11 +570,12 @@ async fn create_topic(
     Json(body): Json<CreateTopic>,
 ) -> ApiResult<(StatusCode, Json<TopicSummary>)> {
     caller.check_create_topic(&body.name)?;
-    let logs = state.node.logs.clone();
+    let node = state.node.clone();
     let topic = blocking(move || {
-        logs.create_topic(&body.name, body.partitions, body.configs)?;
-        let meta = logs.existing_topic(&body.name)?;
-        Ok(TopicSummary::of(logs.as_ref(), meta))
+        node.logs
+            .create_topic(&body.name, body.partitions, body.configs)?;
+        let meta = node.logs.existing_topic(&body.name)?;
+        Ok(TopicSummary::of(node.topics.as_ref(), meta)?)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(topic)))
@@ -693,17 +696,19 @@ async fn describe_topic(
             records: minutes.clone().map(|m| m.records).sum(),
             next_due_ms: minutes.map(|m| m.next_due_ms).min(),
         };
-        let mut partitions = Vec::new();
-        for p in 0..meta.partitions {
-            let size = node.logs.partition_size(&name, p)?;
-            partitions.push(PartitionDetail {
-                partition: p,
+        // A partition offline since recovery is left out.
+        let partitions = node
+            .topics
+            .partition_sizes(&meta)?
+            .into_iter()
+            .map(|(partition, size)| PartitionDetail {
+                partition,
                 log_start_offset: size.log_start_offset,
                 high_watermark: size.high_watermark,
                 size_bytes: size.bytes,
                 segments: size.pieces,
-            });
-        }
+            })
+            .collect();
         Ok(Json(TopicDetail {
             id: uuid::Uuid::from_bytes(meta.id).to_string(),
             name: meta.name,

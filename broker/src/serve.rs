@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_runtime::{Runtime, SandboxConfig};
 use weir_sql::{QueryConfig, QueryEngine};
-use weir_storage::{Storage, StorageConfig};
+use weir_storage::{Storage, StorageConfig, Topics};
 
 use crate::cluster::ClusterLogs;
 use crate::error::{Error, Result, io, storage as storage_error, task};
@@ -123,6 +123,10 @@ impl Server {
                 kafka_config.advertised.clone(),
             )),
         };
+        let topics: Arc<dyn Topics> = match &cluster {
+            Some(cluster) => cluster.clone(),
+            None => storage.clone(),
+        };
         let group_store: Arc<dyn GroupStore> = match &cluster {
             Some(cluster) => cluster.clone(),
             None => Arc::new(LocalGroupStore::new(
@@ -139,7 +143,7 @@ impl Server {
             limits,
             config,
             metrics,
-            (logs, group_store),
+            (logs, topics, group_store),
         )?;
         let (http_listener, http_addr) = bind("HTTP", config.http).await?;
         let (pg_listener, pg_addr) = match config.pg {
@@ -420,7 +424,7 @@ fn node_context(
     limits: Arc<Limits>,
     config: &ServeConfig,
     metrics: Arc<Metrics>,
-    (logs, group_store): (Arc<dyn Logs>, Arc<dyn GroupStore>),
+    (logs, topics, group_store): (Arc<dyn Logs>, Arc<dyn Topics>, Arc<dyn GroupStore>),
 ) -> Result<NodeContext> {
     let groups = Arc::new(Coordinator::new(group_store));
     let state = BrokerState {
@@ -428,7 +432,8 @@ fn node_context(
         metrics: metrics.clone(),
         logs: logs.clone(),
     };
-    let sql = QueryEngine::new(
+    let sql = QueryEngine::reading(
+        topics.clone(),
         storage.clone(),
         Some(runtime.clone()),
         Some(Arc::new(state)),
@@ -478,6 +483,7 @@ fn node_context(
         }));
     Ok(NodeContext {
         logs,
+        topics,
         acls,
         super_users,
         storage,

@@ -55,7 +55,7 @@ pub use gc::Collected;
 pub use lease::{GroupOffset, Lease, OFFSET_METADATA_BYTES_MAX};
 pub use log::{
     Append, CLUSTER_PARTITIONS_MAX_DEFAULT, CheckedAppend, FLUSH_BYTES_MAX,
-    FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig, PartitionSize, READ_ROWS_MAX, SharedLog,
+    FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,
 };
 pub use membership::{NodeInfo, leader, leader_by};
 pub use topics::{TOPIC_CONFIG_BYTES_MAX, TOPIC_CONFIGS_MAX, Topic};

@@ -9,6 +9,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 use tokio_postgres::{Client, NoTls, Transaction};
+use weir_storage::PartitionSize;
 use weir_storage::batch::{BatchHeader, set_base_offset, validate_record_set};
 use weir_storage::producer::{Appended, ProducerStates};
 
@@ -48,18 +49,6 @@ pub struct Fetched {
     pub batches: Bytes,
     pub high_watermark: u64,
     pub log_start_offset: u64,
-}
-
-/// Where a partition's log stands and what it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionSize {
-    pub log_start_offset: u64,
-    pub high_watermark: u64,
-    /// Bytes of its record batches.
-    pub bytes: u64,
-    /// The pieces they are kept in: segment files on a lone node, object ranges (`batches`
-    /// rows) in a cluster.
-    pub pieces: u64,
 }
 
 /// A record set that passed [`SharedLog::check`], ready for a flush.
@@ -517,31 +506,104 @@ impl SharedLog {
         Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
     }
 
-    /// Where a partition stands and what it holds.
-    pub async fn partition_size(&self, topic: &str, partition: u32) -> Result<PartitionSize> {
+    /// Where a reader stepping backwards from `end` starts to read about `bytes` bytes: the
+    /// base offset of the oldest committed run such that it and the runs after it, up to the
+    /// one holding `end - 1`, take at most `bytes`. When not even that run fits, `end`, or with
+    /// `at_least_one` that run's base offset, so that a reader always moves on. Never below
+    /// the log start offset; looks back over at most [`READ_ROWS_MAX`] runs.
+    pub async fn offset_bytes_before(
+        &self,
+        topic: &str,
+        partition: u32,
+        end: u64,
+        bytes: u64,
+        at_least_one: bool,
+    ) -> Result<u64> {
+        let (start, high_watermark) = self.offsets(topic, partition).await?;
+        let end = end.min(high_watermark);
+        if end <= start {
+            return Ok(start);
+        }
         let topic_id = self.topic_id(topic, partition).await?;
-        let row = self
+        let rows = self
             .db()
             .await?
-            .query_opt(
-                "SELECT p.log_start_offset, p.next_offset, b.bytes, b.pieces
+            .query(
+                "SELECT base_offset, sum(byte_len) OVER (ORDER BY base_offset DESC)::bigint
+                 FROM weir.batches
+                 WHERE topic_id = $1 AND partition = $2 AND base_offset < $3
+                 ORDER BY base_offset DESC LIMIT $4",
+                &[
+                    &topic_id,
+                    &(partition as i32),
+                    &(end as i64),
+                    &READ_ROWS_MAX,
+                ],
+            )
+            .await?;
+        let runs: Vec<(u64, u64)> = rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+            .collect();
+        let fitting = runs.iter().take_while(|(_, tail)| *tail <= bytes).last();
+        Ok(match (fitting, runs.first()) {
+            (Some((base, _)), _) => (*base).max(start),
+            (None, Some((base, _))) if at_least_one => (*base).max(start),
+            _ => end,
+        })
+    }
+
+    /// Where a partition's log stands and what it holds.
+    pub async fn partition_size(&self, topic: &str, partition: u32) -> Result<PartitionSize> {
+        let topic_id = self.topic_id(topic, partition).await?;
+        let mut sizes = self.sizes(topic_id, Some(partition)).await?;
+        sizes
+            .pop()
+            .map(|(_, size)| size)
+            .ok_or_else(|| self.unknown_partition(topic, partition))
+    }
+
+    /// Where each partition of a topic stands and what it holds, in partition order, read in
+    /// one query.
+    pub async fn partition_sizes(&self, topic: &str) -> Result<Vec<(u32, PartitionSize)>> {
+        let topic_id = self.topic_id(topic, 0).await?;
+        self.sizes(topic_id, None).await
+    }
+
+    /// The sizes of the topic's partitions, or of `partition` alone.
+    async fn sizes(
+        &self,
+        topic_id: i64,
+        partition: Option<u32>,
+    ) -> Result<Vec<(u32, PartitionSize)>> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT p.partition, p.log_start_offset, p.next_offset, b.bytes, b.pieces
                  FROM weir.partitions p,
                    LATERAL (SELECT coalesce(sum(byte_len), 0)::bigint AS bytes,
                                    count(*) AS pieces
                             FROM weir.batches
                             WHERE topic_id = p.topic_id AND partition = p.partition) b
-                 WHERE p.topic_id = $1 AND p.partition = $2",
-                &[&topic_id, &(partition as i32)],
+                 WHERE p.topic_id = $1 AND ($2::int IS NULL OR p.partition = $2)
+                 ORDER BY p.partition",
+                &[&topic_id, &partition.map(|p| p as i32)],
             )
-            .await?
-            .ok_or_else(|| self.unknown_partition(topic, partition))?;
-        let at = |i: usize| row.get::<_, i64>(i) as u64;
-        Ok(PartitionSize {
-            log_start_offset: at(0),
-            high_watermark: at(1),
-            bytes: at(2),
-            pieces: at(3),
-        })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let at = |i: usize| row.get::<_, i64>(i) as u64;
+                let size = PartitionSize {
+                    log_start_offset: at(1),
+                    high_watermark: at(2),
+                    bytes: at(3),
+                    pieces: at(4),
+                };
+                (row.get::<_, i32>(0) as u32, size)
+            })
+            .collect())
     }
 
     /// The first batch holding a record stamped at or after `timestamp`: its base offset and

@@ -40,6 +40,26 @@ pub struct Topic {
     pub batch_bytes_max: u64,
 }
 
+/// The columns [`topic_of_row`] reads, in its order.
+const TOPIC_COLUMNS: &str = "topic_id, name, partitions,
+    (extract(epoch FROM created_at) * 1000)::bigint,
+    array(SELECT key FROM jsonb_each_text(configs) ORDER BY key),
+    array(SELECT value FROM jsonb_each_text(configs) ORDER BY key)";
+
+fn topic_of_row(row: &tokio_postgres::Row) -> Topic {
+    let keys: Vec<String> = row.get(4);
+    let values: Vec<String> = row.get(5);
+    let configs: BTreeMap<String, String> = keys.into_iter().zip(values).collect();
+    Topic {
+        id: row.get(0),
+        name: row.get(1),
+        partitions: row.get::<_, i32>(2) as u32,
+        created_ms: row.get(3),
+        batch_bytes_max: batch_bytes_max(&configs),
+        configs,
+    }
+}
+
 /// What a node knows of the topics it has looked up.
 #[derive(Default)]
 pub(crate) struct TopicCache {
@@ -353,11 +373,7 @@ impl SharedLog {
             .db()
             .await?
             .query_opt(
-                "SELECT topic_id, partitions,
-                   (extract(epoch FROM created_at) * 1000)::bigint,
-                   array(SELECT key FROM jsonb_each_text(configs) ORDER BY key),
-                   array(SELECT value FROM jsonb_each_text(configs) ORDER BY key)
-                 FROM weir.topics WHERE name = $1",
+                &format!("SELECT {TOPIC_COLUMNS} FROM weir.topics WHERE name = $1"),
                 &[&name],
             )
             .await?;
@@ -365,19 +381,26 @@ impl SharedLog {
             self.topics.forget(name);
             return Ok(None);
         };
-        let keys: Vec<String> = row.get(3);
-        let values: Vec<String> = row.get(4);
-        let configs: BTreeMap<String, String> = keys.into_iter().zip(values).collect();
-        let topic = Arc::new(Topic {
-            id: row.get(0),
-            name: name.to_string(),
-            partitions: row.get::<_, i32>(1) as u32,
-            created_ms: row.get(2),
-            batch_bytes_max: batch_bytes_max(&configs),
-            configs,
-        });
+        let topic = Arc::new(topic_of_row(&row));
         self.topics.insert(topic.clone());
         Ok(Some(topic))
+    }
+
+    /// Every topic as the database holds it now, in name order, refreshing the node's cache.
+    pub async fn topics_now(&self) -> Result<Vec<Arc<Topic>>> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                &format!("SELECT {TOPIC_COLUMNS} FROM weir.topics ORDER BY name"),
+                &[],
+            )
+            .await?;
+        let topics: Vec<Arc<Topic>> = rows.iter().map(|r| Arc::new(topic_of_row(r))).collect();
+        for topic in &topics {
+            self.topics.insert(topic.clone());
+        }
+        Ok(topics)
     }
 
     /// A topic that has `partition`; an unknown topic or partition is an error naming it. A

@@ -17,7 +17,7 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use weir_runtime::Runtime;
-use weir_storage::Storage;
+use weir_storage::{Storage, Topics};
 
 use crate::access::{TableAccess, Viewer};
 use crate::topic::TopicTable;
@@ -67,13 +67,23 @@ pub struct ConnectionRow {
 /// The `public` schema: the topics, then the views.
 #[derive(Debug)]
 pub struct TopicSchema {
+    topics: Arc<dyn Topics>,
+    /// Holds the views.
     storage: Arc<Storage>,
     views: Planner,
 }
 
 impl TopicSchema {
-    pub(crate) fn new(storage: Arc<Storage>, views: Planner) -> TopicSchema {
-        TopicSchema { storage, views }
+    pub(crate) fn new(
+        topics: Arc<dyn Topics>,
+        storage: Arc<Storage>,
+        views: Planner,
+    ) -> TopicSchema {
+        TopicSchema {
+            topics,
+            storage,
+            views,
+        }
     }
 
     fn view(&self, name: &str) -> Option<ViewDef> {
@@ -84,7 +94,7 @@ impl TopicSchema {
 #[async_trait]
 impl SchemaProvider for TopicSchema {
     fn table_names(&self) -> Vec<String> {
-        let topics = self.storage.list_topics().unwrap_or_default();
+        let topics = self.topics.list_topics().unwrap_or_default();
         let views = views::tree(&self.storage).and_then(|t| Ok(t.all()?));
         topics
             .into_iter()
@@ -98,7 +108,7 @@ impl SchemaProvider for TopicSchema {
         name: &str,
     ) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
         let Some(meta) = self
-            .storage
+            .topics
             .topic(name)
             .map_err(|e| DataFusionError::External(Box::new(e)))?
         else {
@@ -107,19 +117,20 @@ impl SchemaProvider for TopicSchema {
                 None => Ok(None),
             };
         };
-        let table = TopicTable::new(self.storage.clone(), &meta)
+        let table = TopicTable::new(self.topics.clone(), &self.storage, &meta)
             .map_err(|e| DataFusionError::Plan(format!("topic {name}: {e}")))?;
         Ok(Some(Arc::new(table)))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.storage.topic(name).ok().flatten().is_some() || self.view(name).is_some()
+        self.topics.topic(name).ok().flatten().is_some() || self.view(name).is_some()
     }
 }
 
 /// The `weir` schema: `topics`, `partitions`, `groups`, `plugins`, `pipelines`, `connections`.
 #[derive(Clone)]
 pub struct SystemSchema {
+    topics: Arc<dyn Topics>,
     storage: Arc<Storage>,
     runtime: Option<Arc<Runtime>>,
     node: Option<Arc<dyn NodeSource>>,
@@ -180,11 +191,13 @@ pub const SYSTEM_TABLES: [&str; 10] = [
 
 impl SystemSchema {
     pub fn new(
+        topics: Arc<dyn Topics>,
         storage: Arc<Storage>,
         runtime: Option<Arc<Runtime>>,
         node: Option<Arc<dyn NodeSource>>,
     ) -> SystemSchema {
         SystemSchema {
+            topics,
             storage,
             runtime,
             node,
@@ -212,7 +225,7 @@ impl SystemSchema {
         if !shown.any() {
             return Ok(Vec::new());
         }
-        let mut topics = self.storage.list_topics()?;
+        let mut topics = self.topics.list_topics()?;
         topics.retain(|t| shown.topic(&t.name));
         Ok(topics)
     }
@@ -232,17 +245,18 @@ impl SystemSchema {
     fn partitions(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
         let mut rows = Vec::new();
         for t in self.shown_topics(shown)? {
-            for p in 0..t.partitions {
-                rows.push((t.name.clone(), p, self.storage.log(&t.name, p)?));
+            // A partition offline since recovery is left out.
+            for (p, size) in self.topics.partition_sizes(&t)? {
+                rows.push((t.name.clone(), p, size));
             }
         }
         Table::new(&rows)
             .text("topic", |(topic, _, _)| topic.clone())
             .int32("partition", |(_, p, _)| *p as i32)
-            .int64("start_offset", |(_, _, log)| log.log_start_offset() as i64)
-            .int64("end_offset", |(_, _, log)| log.high_watermark() as i64)
-            .int64("bytes", |(_, _, log)| log.size_bytes() as i64)
-            .int64("segments", |(_, _, log)| log.segment_count() as i64)
+            .int64("start_offset", |(_, _, size)| size.log_start_offset as i64)
+            .int64("end_offset", |(_, _, size)| size.high_watermark as i64)
+            .int64("bytes", |(_, _, size)| size.bytes as i64)
+            .int64("segments", |(_, _, size)| size.pieces as i64)
             .build()
     }
 

@@ -47,7 +47,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use weir_runtime::Runtime;
-use weir_storage::{LayerKey, Storage, StorageError};
+use weir_storage::{LayerKey, Storage, StorageError, Topics};
 
 pub use access::{TableAccess, TableUse, Viewer};
 
@@ -161,7 +161,20 @@ pub struct QueryEngine {
 }
 
 impl QueryEngine {
+    /// An engine over the node's own topics in `storage`.
     pub fn new(
+        storage: Arc<Storage>,
+        runtime: Option<Arc<Runtime>>,
+        node: Option<Arc<dyn NodeSource>>,
+        config: &QueryConfig,
+    ) -> Result<QueryEngine, Error> {
+        QueryEngine::reading(storage.clone(), storage, runtime, node, config)
+    }
+
+    /// An engine whose tables are the topics of `topics` (a cluster's, say), with the views,
+    /// functions and pipelines of the node's `storage`.
+    pub fn reading(
+        topics: Arc<dyn Topics>,
         storage: Arc<Storage>,
         runtime: Option<Arc<Runtime>>,
         node: Option<Arc<dyn NodeSource>>,
@@ -193,16 +206,26 @@ impl QueryEngine {
         let planner = views::Planner::default();
         catalog.register_schema(
             "public",
-            Arc::new(TopicSchema::new(storage.clone(), planner.clone())),
+            Arc::new(TopicSchema::new(
+                topics.clone(),
+                storage.clone(),
+                planner.clone(),
+            )),
         )?;
         catalog.register_schema(
             "weir",
-            Arc::new(SystemSchema::new(storage.clone(), runtime.clone(), node)),
+            Arc::new(SystemSchema::new(
+                topics.clone(),
+                storage.clone(),
+                runtime.clone(),
+                node,
+            )),
         )?;
-        let topics = Arc::new(stream::TopicSource {
+        let windows = Arc::new(stream::WindowTables {
+            topics,
             storage: storage.clone(),
         });
-        stream::window::register(&context, topics);
+        stream::window::register(&context, windows);
         let functions = match &runtime {
             Some(runtime) => {
                 let functions = functions::Functions::open(runtime, &storage)?;

@@ -17,6 +17,9 @@
 //! - Retention ([`Log::enforce_retention`]) deletes whole closed segments; compaction
 //!   ([`compact()`]) keeps the last record per key. [`Storage::start_background`] runs both.
 //!
+//! - [`Topics`] and [`PartitionSource`]: what readers above the logs read through, so that
+//!   they read a cluster's shared log the same way.
+//!
 //! This crate knows nothing of sockets, Kafka requests, WASM or SQL. `storage/README.md` states
 //! the durability guarantees and the write path.
 
@@ -33,6 +36,7 @@ pub mod meta;
 pub mod producer;
 pub mod reactor;
 mod segment;
+mod source;
 mod space;
 mod storage;
 
@@ -50,6 +54,7 @@ pub use log::{
 pub use meta::{MetaStore, TopicMeta, Tree};
 pub use producer::PRODUCER_BATCHES_MAX;
 pub use segment::{LogFile, OPEN_SEGMENTS_MAX_DEFAULT, open_segments, set_open_segments_max};
+pub use source::{PartitionSize, PartitionSource, Topics};
 pub use space::{DISK_FREE_BYTES_MIN_DEFAULT, DiskSpace};
 pub use storage::{
     DELAYED_RECORDS_MAX_DEFAULT, PARTITIONS_MAX, PARTITIONS_MAX_DEFAULT, PartitionListener,

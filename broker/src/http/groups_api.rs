@@ -295,7 +295,7 @@ async fn reset_offsets(
         known_group(&node, &id)?;
         idle_group(&node, &id, "reset its offsets")?;
         let topic = &body.topic;
-        let meta = node.storage.existing_topic(topic)?;
+        let meta = node.topics.existing_topic(topic)?;
         let partitions = if body.partitions.is_empty() {
             (0..meta.partitions).collect()
         } else {
@@ -304,8 +304,9 @@ async fn reset_offsets(
         let committed = node.groups.committed_all(&id)?;
         let mut moved = Vec::with_capacity(partitions.len());
         for partition in partitions {
-            let log = node.storage.log(topic, partition)?;
-            let (start, end) = (log.log_start_offset() as i64, log.high_watermark() as i64);
+            let log = node.topics.partition(topic, partition)?;
+            let (start, end) = log.offsets()?;
+            let (start, end) = (start as i64, end as i64);
             let before = committed
                 .iter()
                 .find(|(t, p, _)| t == topic && *p == partition as i32)

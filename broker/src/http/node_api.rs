@@ -79,16 +79,14 @@ async fn describe_node(
     caller.check(Operation::Describe, ResourceType::Cluster, CLUSTER_NAME)?;
     let node = state.node.clone();
     blocking(move || {
-        let topics = node.storage.list_topics()?;
+        let topics = node.topics.list_topics()?;
         let mut partitions = 0u64;
         let mut size_bytes = 0u64;
         for topic in &topics {
-            for p in 0..topic.partitions {
-                partitions += 1;
-                // A partition offline since recovery has no log to weigh.
-                if let Ok(log) = node.storage.log(&topic.name, p) {
-                    size_bytes += log.size_bytes();
-                }
+            partitions += u64::from(topic.partitions);
+            // A partition offline since recovery has no log to weigh.
+            for (_, size) in node.topics.partition_sizes(topic)? {
+                size_bytes += size.bytes;
             }
         }
         let metrics = &node.metrics;

@@ -1,5 +1,6 @@
 //! `GET /v1/topics/{name}/records`: a page of one partition's records as JSON, read by offset
-//! forwards or backwards, optionally only those containing a text, never the whole topic.
+//! forwards or backwards, optionally only those containing a text, never the whole topic. On a
+//! cluster node the page reads the cluster's shared log.
 
 use std::collections::VecDeque;
 
@@ -8,7 +9,7 @@ use axum::extract::{Extension, Path, Query, State};
 use base64::Engine as _;
 use memchr::memmem::Finder;
 use serde::Deserialize;
-use weir_storage::{Log, Record};
+use weir_storage::{PartitionSource, Record};
 
 use super::{ApiError, ApiResult, AppState, blocking, time_param};
 use crate::acl::{Caller, Operation, ResourceType};
@@ -72,11 +73,10 @@ pub(super) async fn consume(
     }
     let node = state.node.clone();
     blocking(move || {
-        let log = node.storage.log(&name, q.partition)?;
-        let high_watermark = log.high_watermark();
-        let log_start_offset = log.log_start_offset();
+        let log = node.topics.partition(&name, q.partition)?;
+        let (log_start_offset, high_watermark) = log.offsets()?;
         let mut scan = Scan {
-            log: &log,
+            log: log.as_ref(),
             finder: contains.as_deref().map(Finder::new),
             bytes: 0,
             records: 0,
@@ -167,7 +167,7 @@ impl Page {
 
 /// One page's read of a partition: what it looks for and what it has examined so far.
 struct Scan<'a> {
-    log: &'a Log,
+    log: &'a dyn PartitionSource,
     finder: Option<Finder<'a>>,
     bytes: u64,
     records: u64,

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use weir_cluster::PartitionSize;
 use weir_storage::{LogFile, Produced, Storage, StorageError, TopicMeta, locks};
 
 use super::frame::LENT_BYTES_MIN;
@@ -88,8 +87,6 @@ pub(crate) trait Logs: Send + Sync {
                 name: name.to_string(),
             })
     }
-    /// Where a partition stands and the bytes it holds.
-    fn partition_size(&self, topic: &str, partition: u32) -> Result<PartitionSize, StorageError>;
     /// Deletes a topic with its records.
     fn delete_topic(&self, name: &str) -> Result<(), StorageError>;
     /// Grows a topic to `partitions` partitions.
@@ -228,16 +225,6 @@ impl Logs for LocalLogs {
 
     fn topic_meta(&self, name: &str) -> Result<Option<TopicMeta>, StorageError> {
         self.storage.topic(name)
-    }
-
-    fn partition_size(&self, topic: &str, partition: u32) -> Result<PartitionSize, StorageError> {
-        let log = self.storage.log(topic, partition)?;
-        Ok(PartitionSize {
-            log_start_offset: log.log_start_offset(),
-            high_watermark: log.high_watermark(),
-            bytes: log.size_bytes(),
-            pieces: log.segment_count() as u64,
-        })
     }
 
     fn delete_topic(&self, name: &str) -> Result<(), StorageError> {

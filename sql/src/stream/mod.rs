@@ -17,7 +17,7 @@ use datafusion::catalog::Session;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::TableProvider;
 use weir_runtime::PipelineSpec;
-use weir_storage::Storage;
+use weir_storage::{Storage, Topics};
 
 pub use query::{ContinuousQueries, OPEN_GROUPS_MAX, Query};
 use statement::{Command, CreatePipeline};
@@ -34,11 +34,12 @@ const STEP_RECORDS_MAX: u32 = 8192;
 
 /// Windows over a topic's log, for one-off queries; the statement's viewer must may read it.
 #[derive(Debug)]
-pub(crate) struct TopicSource {
+pub(crate) struct WindowTables {
+    pub(crate) topics: Arc<dyn Topics>,
     pub(crate) storage: Arc<Storage>,
 }
 
-impl TableSource for TopicSource {
+impl TableSource for WindowTables {
     fn table(&self, window: &WindowSpec, session: &dyn Session) -> Result<Arc<dyn TableProvider>> {
         let viewer = session.config().get_extension::<Viewer>();
         if let Some(access) = viewer.as_deref().and_then(Viewer::access) {
@@ -48,10 +49,10 @@ impl TableSource for TopicSource {
                 .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         }
         let meta = self
-            .storage
+            .topics
             .existing_topic(&window.topic)
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
-        let table = TopicTable::new(self.storage.clone(), &meta)
+        let table = TopicTable::new(self.topics.clone(), &self.storage, &meta)
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         Ok(Arc::new(table))
     }

@@ -30,7 +30,7 @@ use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning, PlanProperties};
-use weir_storage::{Storage, TopicMeta};
+use weir_storage::{Storage, TopicMeta, Topics};
 
 use crate::value_schema::TypedColumn;
 use bounds::{Bounds, analyze};
@@ -41,7 +41,9 @@ pub use scan::TopicScan;
 
 #[derive(Debug)]
 pub struct TopicTable {
-    storage: Arc<Storage>,
+    topics: Arc<dyn Topics>,
+    /// Where `INSERT INTO` appends: the node's own storage, when the topics are its logs.
+    storage: Option<Arc<Storage>>,
     topic: String,
     schema: SchemaRef,
     typed: Vec<TypedColumn>,
@@ -50,10 +52,16 @@ pub struct TopicTable {
 }
 
 impl TopicTable {
-    pub fn new(storage: Arc<Storage>, meta: &TopicMeta) -> Result<TopicTable, crate::Error> {
+    /// The topic `meta` of `topics`; `storage` takes `INSERT INTO` when the topics are its own.
+    pub fn new(
+        topics: Arc<dyn Topics>,
+        storage: &Arc<Storage>,
+        meta: &TopicMeta,
+    ) -> Result<TopicTable, crate::Error> {
         let typed = typed_columns(meta)?;
         Ok(TopicTable {
-            storage,
+            storage: topics.local().is_some().then(|| storage.clone()),
+            topics,
             topic: meta.name.clone(),
             schema: Arc::new(topic_schema(&typed)),
             typed,
@@ -100,8 +108,15 @@ impl TableProvider for TopicTable {
                 "a topic is append-only; {insert_op} is not possible"
             )));
         }
+        let Some(storage) = &self.storage else {
+            return Err(DataFusionError::Plan(format!(
+                "INSERT INTO {} is not possible on a cluster node yet; produce to the topic \
+                 through Kafka or POST /v1/topics/{}/records",
+                self.topic, self.topic
+            )));
+        };
         let sink = crate::sink::TopicSink::new(
-            self.storage.clone(),
+            storage.clone(),
             self.topic.clone(),
             self.schema.clone(),
             self.typed.clone(),
@@ -121,10 +136,12 @@ impl TableProvider for TopicTable {
             analyze(filter, &mut bounds);
         }
         // Finding where a time bound starts reads the log: on the blocking pool.
-        let (storage, topic, read_bounds) =
-            (self.storage.clone(), self.topic.clone(), bounds.clone());
+        let (topics, topic, read_bounds) =
+            (self.topics.clone(), self.topic.clone(), bounds.clone());
         let ranges = tokio::task::spawn_blocking(move || {
-            weir_storage::reactor::blocking(|| partition_ranges(&storage, &topic, &read_bounds))
+            weir_storage::reactor::blocking(|| {
+                partition_ranges(topics.as_ref(), &topic, &read_bounds)
+            })
         })
         .await
         .map_err(|e| DataFusionError::External(Box::new(e)))??;
@@ -146,7 +163,7 @@ impl TableProvider for TopicTable {
             Boundedness::Bounded,
         );
         Ok(Arc::new(TopicScan {
-            storage: self.storage.clone(),
+            topics: self.topics.clone(),
             topic: self.topic.clone(),
             ranges,
             bounds,
@@ -165,11 +182,11 @@ impl TableProvider for TopicTable {
 /// The offsets of each partition `bounds` lets a scan read, with the partition's segment
 /// starts; the high watermarks taken now are the query's snapshot.
 fn partition_ranges(
-    storage: &Storage,
+    topics: &dyn Topics,
     topic: &str,
     bounds: &Bounds,
 ) -> datafusion::common::Result<Vec<(PartitionRange, Vec<u64>)>> {
-    let meta = storage.existing_topic(topic).map_err(external)?;
+    let meta = topics.existing_topic(topic).map_err(external)?;
     let mut ranges = Vec::new();
     for partition in 0..meta.partitions {
         if !bounds
@@ -179,14 +196,12 @@ fn partition_ranges(
         {
             continue;
         }
-        let log = storage.log(topic, partition).map_err(external)?;
+        let log = topics.partition(topic, partition).map_err(external)?;
+        let (log_start_offset, high_watermark) = log.offsets().map_err(external)?;
         // The snapshot: nothing appended after planning is read.
-        let end = log
-            .high_watermark()
-            .min(u64::try_from(bounds.offset.1).map_or(0, |o| o.saturating_add(1)));
-        let mut start = log
-            .log_start_offset()
-            .max(u64::try_from(bounds.offset.0).unwrap_or(0));
+        let end =
+            high_watermark.min(u64::try_from(bounds.offset.1).map_or(0, |o| o.saturating_add(1)));
+        let mut start = log_start_offset.max(u64::try_from(bounds.offset.0).unwrap_or(0));
         if bounds.timestamp_ms.0 > i64::MIN {
             start = match log
                 .offset_for_timestamp(bounds.timestamp_ms.0)

@@ -16,7 +16,7 @@ use datafusion::physical_plan::metrics::{
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
-use weir_storage::{Record, Storage};
+use weir_storage::{PartitionSource, Record, Topics};
 
 use super::bounds::Bounds;
 use super::columns::RowBuilder;
@@ -44,7 +44,7 @@ pub(super) struct PartitionRange {
 
 #[derive(Debug)]
 pub struct TopicScan {
-    pub(super) storage: Arc<Storage>,
+    pub(super) topics: Arc<dyn Topics>,
     pub(super) topic: String,
     pub(super) ranges: Vec<PartitionRange>,
     pub(super) bounds: Bounds,
@@ -122,7 +122,8 @@ impl ExecutionPlan for TopicScan {
         let counts_only =
             self.projection.is_empty() && self.bounds.timestamp_ms == (i64::MIN, i64::MAX);
         let reader = PartitionReader {
-            storage: self.storage.clone(),
+            topics: self.topics.clone(),
+            source: None,
             topic: self.topic.clone(),
             range: self.ranges.get(partition).copied(),
             bounds: self.bounds.clone(),
@@ -177,7 +178,9 @@ impl ExecutionPlan for TopicScan {
 
 /// Reads one partition's range into record batches, on the blocking pool.
 struct PartitionReader {
-    storage: Arc<Storage>,
+    topics: Arc<dyn Topics>,
+    /// The partition the range reads, opened on first use.
+    source: Option<Arc<dyn PartitionSource>>,
     topic: String,
     range: Option<PartitionRange>,
     bounds: Bounds,
@@ -208,6 +211,21 @@ struct PartitionReader {
 }
 
 impl PartitionReader {
+    /// The partition the range reads, opened on first use; `None` once the range is done.
+    fn source(&mut self) -> datafusion::common::Result<Option<Arc<dyn PartitionSource>>> {
+        let Some(range) = self.range else {
+            return Ok(None);
+        };
+        if self.source.is_none() {
+            let source = self
+                .topics
+                .partition(&self.topic, range.partition)
+                .map_err(external)?;
+            self.source = Some(source);
+        }
+        Ok(self.source.clone())
+    }
+
     fn next_batch(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
         if self.counts_only {
             return self.next_count();
@@ -215,13 +233,12 @@ impl PartitionReader {
         if let Some(batch) = self.next_copied()? {
             return Ok(Some(batch));
         }
+        let Some(log) = self.source()? else {
+            return Ok(None);
+        };
         let Some(range) = self.range.as_mut() else {
             return Ok(None);
         };
-        let log = self
-            .storage
-            .log(&self.topic, range.partition)
-            .map_err(external)?;
         let partition = i64::from(range.partition);
         let mut rows = Vec::new();
         let want = BATCH_ROWS.min(self.rows_left);
@@ -274,6 +291,13 @@ impl PartitionReader {
     /// segment that has a current one (the range applies the partition and offset bounds, the
     /// copy's reader the timestamp bounds); `None` to read the log.
     fn next_copied(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let Some(source) = self.source()? else {
+            return Ok(None);
+        };
+        // Only a segmented log's closed segments have copies.
+        let Some(log) = source.log() else {
+            return Ok(None);
+        };
         let Some(range) = self.range.as_mut() else {
             return Ok(None);
         };
@@ -309,12 +333,8 @@ impl PartitionReader {
                 self.no_copy_before = u64::MAX;
                 return Ok(None);
             };
-            let log = self
-                .storage
-                .log(&self.topic, range.partition)
-                .map_err(external)?;
             let copy = crate::columnar::open_rows(
-                &log,
+                log,
                 (base, end),
                 (range.start, range.end.min(end)),
                 self.bounds.timestamp_ms,
@@ -340,13 +360,12 @@ impl PartitionReader {
 
     /// Rows with no columns, as many as the range holds records, counted from batch headers.
     fn next_count(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let Some(log) = self.source()? else {
+            return Ok(None);
+        };
         let Some(range) = self.range.as_mut() else {
             return Ok(None);
         };
-        let log = self
-            .storage
-            .log(&self.topic, range.partition)
-            .map_err(external)?;
         let mut rows = 0u64;
         while rows < COUNT_ROWS_MAX && range.start < range.end {
             let count = log

@@ -1,0 +1,155 @@
+//! What readers above the logs (SQL, the HTTP record pages) read topics through, wherever their
+//! batches are kept: the node's own segmented logs ([`Storage`] and [`Log`]), or a cluster's
+//! shared log, which the broker puts behind the same two traits.
+
+use std::sync::Arc;
+
+use crate::batch::Record;
+use crate::error::{Result, StorageError};
+use crate::log::{Log, RecordCount};
+use crate::meta::TopicMeta;
+use crate::storage::Storage;
+
+/// Where a partition's log stands and what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSize {
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    /// Bytes of its record batches.
+    pub bytes: u64,
+    /// The pieces they are kept in: segment files on a lone node, object ranges (`batches`
+    /// rows) in a cluster.
+    pub pieces: u64,
+}
+
+/// The topics a reader can see.
+pub trait Topics: Send + Sync + std::fmt::Debug {
+    fn list_topics(&self) -> Result<Vec<TopicMeta>>;
+    fn topic(&self, name: &str) -> Result<Option<TopicMeta>>;
+    /// A topic that must exist: [`StorageError::UnknownTopic`] if not.
+    fn existing_topic(&self, name: &str) -> Result<TopicMeta> {
+        self.topic(name)?.ok_or_else(|| StorageError::UnknownTopic {
+            name: name.to_string(),
+        })
+    }
+    /// One partition of a topic, to read.
+    fn partition(&self, topic: &str, partition: u32) -> Result<Arc<dyn PartitionSource>>;
+    /// Where each partition of `topic` stands and what it holds, by partition; a partition that
+    /// cannot be read now (offline since recovery) is left out.
+    fn partition_sizes(&self, topic: &TopicMeta) -> Result<Vec<(u32, PartitionSize)>> {
+        Ok((0..topic.partitions)
+            .filter_map(|p| {
+                let size = self.partition(&topic.name, p).and_then(|log| log.size());
+                Some((p, size.ok()?))
+            })
+            .collect())
+    }
+    /// The node's own storage, when the topics are its segmented logs.
+    fn local(&self) -> Option<&Storage> {
+        None
+    }
+}
+
+/// One partition's records, read by offset.
+pub trait PartitionSource: Send + Sync {
+    /// The log start offset and the high watermark, now.
+    fn offsets(&self) -> Result<(u64, u64)>;
+    /// Where the partition stands now and what it holds.
+    fn size(&self) -> Result<PartitionSize>;
+    /// Decoded records from `offset` on, up to about `bytes_max` bytes of batches (at least one
+    /// batch); none before `offset`.
+    fn read_records(&self, offset: u64, bytes_max: u64) -> Result<Vec<Record>>;
+    /// The first offset stamped at or after `timestamp`, with its timestamp.
+    fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>>;
+    /// Where a reader stepping backwards from `end` starts to read about `bytes` bytes; see
+    /// [`Log::offset_bytes_before`].
+    fn offset_bytes_before(&self, end: u64, bytes: u64, at_least_one: bool) -> Result<u64>;
+    /// How many records `[start, end)` holds, over about `bytes_max` bytes from `start`; see
+    /// [`Log::count_records`]. Unless a source counts from batch headers, by decoding.
+    fn count_records(&self, start: u64, end: u64, bytes_max: u64) -> Result<RecordCount> {
+        let records = if start < end {
+            self.read_records(start, bytes_max)?
+        } else {
+            Vec::new()
+        };
+        let next_offset = records
+            .last()
+            .map_or(end, |r| (r.offset as u64).saturating_add(1).min(end));
+        let decoded = records
+            .iter()
+            .filter(|r| (start..end).contains(&(r.offset as u64)))
+            .count() as u64;
+        Ok(RecordCount {
+            whole: 0,
+            decoded,
+            next_offset,
+        })
+    }
+    /// The base offsets of the partition's segments, where a scan may cut its reads; none when
+    /// the source has no segments.
+    fn segment_base_offsets(&self) -> Vec<u64> {
+        Vec::new()
+    }
+    /// The segmented log itself, when the partition is one (its closed segments may have
+    /// columnar copies).
+    fn log(&self) -> Option<&Log> {
+        None
+    }
+}
+
+impl Topics for Storage {
+    fn list_topics(&self) -> Result<Vec<TopicMeta>> {
+        Storage::list_topics(self)
+    }
+
+    fn topic(&self, name: &str) -> Result<Option<TopicMeta>> {
+        Storage::topic(self, name)
+    }
+
+    fn partition(&self, topic: &str, partition: u32) -> Result<Arc<dyn PartitionSource>> {
+        Ok(self.log(topic, partition)?)
+    }
+
+    fn local(&self) -> Option<&Storage> {
+        Some(self)
+    }
+}
+
+impl PartitionSource for Log {
+    fn offsets(&self) -> Result<(u64, u64)> {
+        Ok((self.log_start_offset(), self.high_watermark()))
+    }
+
+    fn size(&self) -> Result<PartitionSize> {
+        Ok(PartitionSize {
+            log_start_offset: self.log_start_offset(),
+            high_watermark: self.high_watermark(),
+            bytes: self.size_bytes(),
+            pieces: self.segment_count() as u64,
+        })
+    }
+
+    fn read_records(&self, offset: u64, bytes_max: u64) -> Result<Vec<Record>> {
+        Log::read_records(self, offset, bytes_max)
+    }
+
+    fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>> {
+        Log::offset_for_timestamp(self, timestamp)
+    }
+
+    fn offset_bytes_before(&self, end: u64, bytes: u64, at_least_one: bool) -> Result<u64> {
+        Log::offset_bytes_before(self, end, bytes, at_least_one)
+    }
+
+    fn count_records(&self, start: u64, end: u64, bytes_max: u64) -> Result<RecordCount> {
+        Log::count_records(self, start, end, bytes_max)
+    }
+
+    fn segment_base_offsets(&self) -> Vec<u64> {
+        Log::segment_base_offsets(self)
+    }
+
+    fn log(&self) -> Option<&Log> {
+        Some(self)
+    }
+}
