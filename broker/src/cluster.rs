@@ -447,12 +447,17 @@ impl weir_storage::Topics for ClusterLogs {
         }))
     }
 
-    /// Read in one query.
+    /// Read in one query; a topic deleted meanwhile has none left to read.
     fn partition_sizes(
         &self,
         topic: &TopicMeta,
     ) -> Result<Vec<(u32, PartitionSize)>, StorageError> {
-        self.wait(self.log.partition_sizes(&topic.name), &topic.name, 0)
+        match self.wait(self.log.partition_sizes(&topic.name), &topic.name, 0) {
+            Err(StorageError::UnknownTopic { .. } | StorageError::UnknownPartition { .. }) => {
+                Ok(Vec::new())
+            }
+            sizes => sizes,
+        }
     }
 }
 
@@ -491,9 +496,10 @@ impl PartitionSource for ClusterPartition {
             self.log
                 .read(&self.topic, self.partition, offset, bytes_max),
         )?;
-        let mut records = weir_storage::decode_records(&fetched.batches)?;
-        records.retain(|r| r.offset >= offset as i64);
-        Ok(records)
+        Ok(weir_storage::decode_records_from(
+            &fetched.batches,
+            offset as i64,
+        )?)
     }
 
     fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, StorageError> {

@@ -539,12 +539,7 @@ async fn list_topics(
             if !caller.may(Operation::Describe, ResourceType::Topic, &meta.name) {
                 continue;
             }
-            match TopicSummary::of(topics.as_ref(), meta) {
-                Ok(summary) => listed.push(summary),
-                // Deleted since it was listed: left out.
-                Err(StorageError::UnknownTopic { .. } | StorageError::UnknownPartition { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            listed.push(TopicSummary::of(topics.as_ref(), meta)?);
         }
         Ok(Json(listed))
     })

@@ -732,10 +732,16 @@ pub fn validate_records(header: &BatchHeader, batch: &[u8]) -> Result<bool, Batc
 /// returns them), checking each CRC first and decompressing where needed. Control batches
 /// (transaction markers) are skipped: they hold no user records.
 pub fn decode_records(batches: &Bytes) -> Result<Vec<Record>, BatchError> {
+    decode_records_from(batches, i64::MIN)
+}
+
+/// [`decode_records`] of the records at or after `offset`; those before it are stepped over,
+/// not built (a read starts at the batch that holds its first offset).
+pub fn decode_records_from(batches: &Bytes, offset: i64) -> Result<Vec<Record>, BatchError> {
     let mut out = Vec::new();
     for_each_batch(batches, |header, body| {
-        if !header.is_control() {
-            decode_batch_records(header, body, &mut out)?;
+        if !header.is_control() && header.last_offset() >= offset {
+            decode_batch_records_where(header, body, &mut out, |o| o >= offset)?;
         }
         Ok(())
     })?;

@@ -42,7 +42,7 @@ mod storage;
 
 pub use batch::{
     BATCH_HEADER_BYTES, BatchBuilder, Compression, Header, NewRecord, Record, decode_records,
-    in_batches,
+    decode_records_from, in_batches,
 };
 pub use compact::{CompactionResult, compact};
 pub use config::{CleanupPolicy, FlushPolicy, LayerKey, LogConfig, TimestampType};

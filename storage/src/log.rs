@@ -12,8 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::batch::{
-    BATCH_HEADER_BYTES, BatchHeader, Record, decode_record_at, decode_records, set_base_offset,
-    stamp_log_append_time, validate_batch, validate_record_set, validate_records,
+    BATCH_HEADER_BYTES, BatchHeader, Record, decode_record_at, decode_records, decode_records_from,
+    set_base_offset, stamp_log_append_time, validate_batch, validate_record_set, validate_records,
 };
 use crate::config::{FlushPolicy, LogConfig, TimestampType, ms_i64};
 use crate::error::{BatchError, Result, StorageError};
@@ -813,9 +813,7 @@ impl Log {
         let Some(slice) = read.slice else {
             return Ok(Vec::new());
         };
-        let mut records = decode_records(&slice.read()?)?;
-        records.retain(|r| r.offset >= offset as i64);
-        Ok(records)
+        Ok(decode_records_from(&slice.read()?, offset as i64)?)
     }
 
     /// How many records `[start, end)` holds, over about `bytes_max` bytes of batches from

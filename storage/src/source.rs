@@ -44,9 +44,9 @@ pub trait Topics: Send + Sync + std::fmt::Debug {
             })
             .collect())
     }
-    /// The node's own storage, when the topics are its segmented logs.
-    fn local(&self) -> Option<&Storage> {
-        None
+    /// Whether the topics are the node's own segmented logs (its `Storage`).
+    fn is_local(&self) -> bool {
+        false
     }
 }
 
@@ -110,8 +110,8 @@ impl Topics for Storage {
         Ok(self.log(topic, partition)?)
     }
 
-    fn local(&self) -> Option<&Storage> {
-        Some(self)
+    fn is_local(&self) -> bool {
+        true
     }
 }
 

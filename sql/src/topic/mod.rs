@@ -60,7 +60,7 @@ impl TopicTable {
     ) -> Result<TopicTable, crate::Error> {
         let typed = typed_columns(meta)?;
         Ok(TopicTable {
-            storage: topics.local().is_some().then(|| storage.clone()),
+            storage: topics.is_local().then(|| storage.clone()),
             topics,
             topic: meta.name.clone(),
             schema: Arc::new(topic_schema(&typed)),
