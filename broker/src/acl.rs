@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use weir_runtime::{Owner, PipelineSpec, Rights};
 use weir_sql::{TableAccess, TableUse};
-use weir_storage::{MetaStore, Tree, locks};
+use weir_storage::{Tree, locks};
 
 /// Most ACL rules a node keeps; each check may read all of them.
 pub const ACLS_MAX: usize = 10_000;
@@ -24,7 +24,7 @@ pub const ACLS_MAX: usize = 10_000;
 pub const ACL_NAME_BYTES_MAX: usize = 512;
 /// The one name of the cluster resource, as in Kafka.
 pub const CLUSTER_NAME: &str = "kafka-cluster";
-const ACLS_TREE: &str = "acls";
+pub const ACLS_TREE: &str = "acls";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
@@ -346,8 +346,8 @@ pub struct Acls {
 }
 
 impl Acls {
-    pub fn open(meta: &MetaStore) -> Result<Acls, AclError> {
-        let tree = meta.tree(ACLS_TREE)?;
+    /// The rules of `tree`: the node's [`ACLS_TREE`], or the cluster's.
+    pub fn open(tree: Tree<Acl>) -> Result<Acls, AclError> {
         let rules = tree.all()?.into_iter().map(|(_, acl)| acl).collect();
         Ok(Acls {
             tree,
@@ -355,7 +355,8 @@ impl Acls {
         })
     }
 
-    fn reload(&self) -> Result<(), AclError> {
+    /// Reads the rules again, as another node of a cluster changed them.
+    pub fn reload(&self) -> Result<(), AclError> {
         let rules = self.tree.all()?.into_iter().map(|(_, acl)| acl).collect();
         *locks::write(&self.rules) = Arc::new(rules);
         Ok(())
@@ -370,7 +371,7 @@ impl Acls {
         for acl in acls {
             acl.validate()?;
         }
-        let existing = self.tree.len();
+        let existing = self.tree.count()?;
         if existing + acls.len() > ACLS_MAX {
             return Err(AclError::TooMany {
                 existing,
@@ -710,8 +711,8 @@ mod tests {
 
     fn acls(rules: &[Acl]) -> (tempfile::TempDir, Acls) {
         let dir = tempfile::tempdir().unwrap();
-        let meta = MetaStore::open(dir.path()).unwrap();
-        let acls = Acls::open(&meta).unwrap();
+        let meta = weir_storage::MetaStore::open(dir.path()).unwrap();
+        let acls = Acls::open(meta.tree(ACLS_TREE).unwrap()).unwrap();
         acls.add(rules).unwrap();
         (dir, acls)
     }

@@ -8,7 +8,9 @@
 //! are written in Postgres under the lease, so a node that lost it can no longer commit.
 //!
 //! Every [`GC_EVERY`] a node tries for the `gc` lease and, when it gets it, deletes the objects
-//! no row references any more (failed flushes, deleted topics).
+//! no row references any more (failed flushes, deleted topics, runs retention dropped). Every
+//! `--retention-check-ms` it tries for the `retention` lease and, holding it, drops the oldest
+//! runs of partitions past their topic's `retention.ms` or `retention.bytes`.
 //!
 //! The Kafka handlers run on the blocking pool; the shared log is async, so each call here
 //! blocks that pool thread on the node's runtime until Postgres and the object store answer.
@@ -26,7 +28,8 @@ use weir_cluster::{
     SharedLog, Topic,
 };
 use weir_storage::{
-    BatchError, PartitionSize, PartitionSource, Storage, StorageError, TopicMeta, locks,
+    BatchError, PartitionSize, PartitionSource, Storage, StorageError, TopicMeta, Tree,
+    TreeBackend, locks,
 };
 
 use crate::error::{Error, Result};
@@ -46,10 +49,11 @@ const GROUP_LEASE_MS: u64 = SESSION_TIMEOUT_MS;
 /// A group lease no request used for this long is given up.
 const GROUP_IDLE: Duration = Duration::from_secs(60);
 /// How often a node tries for the `gc` lease and, holding it, deletes objects no row
-/// references (failed flushes, deleted topics).
+/// references (failed flushes, deleted topics, runs retention dropped).
 const GC_EVERY: Duration = Duration::from_secs(60);
-/// How long the `gc` lease runs: past any one collection, which stops when it lapses.
-const GC_LEASE_MS: u64 = 10 * 60_000;
+/// How long the lease of a background job (`gc`, `retention`) runs: past any one run, which
+/// stops when it lapses.
+const JOB_LEASE_MS: u64 = 10 * 60_000;
 
 /// How `weir serve` joins a cluster.
 #[derive(Debug, Clone)]
@@ -66,6 +70,8 @@ pub struct ClusterConfig {
     pub flush_bytes: u64,
     /// Bound of the node's cache of object byte ranges.
     pub cache_memory_bytes: u64,
+    /// How often the node tries for the `retention` lease and, holding it, applies retention.
+    pub retention_check_ms: u64,
 }
 
 /// The node's handle on the cluster.
@@ -82,6 +88,8 @@ pub(crate) struct ClusterLogs {
     groups: Mutex<HashMap<String, HeldGroup>>,
     /// The node's own storage: its checks know every layer's topic config keys.
     storage: Arc<Storage>,
+    /// How often the node tries for the `retention` lease.
+    retention_check_ms: u64,
 }
 
 struct HeldGroup {
@@ -137,6 +145,7 @@ impl ClusterLogs {
             metrics,
             groups: Mutex::new(HashMap::new()),
             storage,
+            retention_check_ms: config.retention_check_ms,
         }))
     }
 
@@ -160,13 +169,23 @@ impl ClusterLogs {
             .await
             .map_err(cluster_error("registering the node"))?;
         self.refresh_live().await;
-        let collector = self.clone();
-        let mut collector_shutdown = shutdown.clone();
+        let jobs = self.clone();
+        let mut jobs_shutdown = shutdown.clone();
+        let retention_every = Duration::from_millis(self.retention_check_ms.max(1));
         tokio::spawn(async move {
+            let mut gc = tokio::time::interval_at(tokio::time::Instant::now() + GC_EVERY, GC_EVERY);
+            let mut retention = tokio::time::interval_at(
+                tokio::time::Instant::now() + retention_every,
+                retention_every,
+            );
+            for ticks in [&mut gc, &mut retention] {
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             loop {
                 tokio::select! {
-                    _ = collector_shutdown.changed() => break,
-                    _ = tokio::time::sleep(GC_EVERY) => collector.collect_garbage().await,
+                    _ = jobs_shutdown.changed() => break,
+                    _ = gc.tick() => jobs.collect_garbage().await,
+                    _ = retention.tick() => jobs.enforce_retention().await,
                 }
             }
         });
@@ -205,27 +224,68 @@ impl ClusterLogs {
         }))
     }
 
-    /// One garbage collection, if no other node holds the `gc` lease.
-    async fn collect_garbage(&self) {
-        let lease = match self.log.acquire("gc", GC_LEASE_MS).await {
+    /// Runs `job` under the lease `name` if no other node holds it, then gives the lease back.
+    /// `None` when another node holds it or it could not be taken.
+    async fn under_lease<T>(
+        &self,
+        name: &str,
+        job: impl AsyncFnOnce(&Lease) -> weir_cluster::Result<T>,
+    ) -> Option<weir_cluster::Result<T>> {
+        let lease = match self.log.acquire(name, JOB_LEASE_MS).await {
             Ok(Some(lease)) => lease,
-            Ok(None) => return,
+            Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(error = %e, "taking the gc lease failed");
-                return;
+                tracing::warn!(lease = name, error = %e, "taking a lease failed");
+                return None;
             }
         };
-        match self.log.collect_garbage(&lease).await {
-            Ok(collected) if collected.objects > 0 => tracing::info!(
+        let done = job(&lease).await;
+        if let Err(e) = self.log.release(lease).await {
+            tracing::warn!(lease = name, error = %e, "releasing a lease failed; it expires");
+        }
+        Some(done)
+    }
+
+    /// One garbage collection, if no other node holds the `gc` lease.
+    async fn collect_garbage(&self) {
+        match self
+            .under_lease("gc", async |lease| self.log.collect_garbage(lease).await)
+            .await
+        {
+            Some(Ok(collected)) if collected.objects > 0 => tracing::info!(
                 objects = collected.objects,
                 bytes = collected.bytes,
                 "deleted objects no row references"
             ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            Some(Err(e)) => tracing::warn!(error = %e, "garbage collection failed"),
+            _ => {}
         }
-        if let Err(e) = self.log.release(lease).await {
-            tracing::warn!(error = %e, "releasing the gc lease failed; it expires");
+    }
+
+    /// One retention run over the cluster's topics, if no other node holds the `retention`
+    /// lease.
+    async fn enforce_retention(&self) {
+        let now_ms = weir_storage::now_ms();
+        match self
+            .under_lease("retention", async |lease| {
+                self.log.enforce_retention(lease, now_ms).await
+            })
+            .await
+        {
+            Some(Ok(trimmed)) => {
+                self.metrics
+                    .retention_trimmed(trimmed.batches, trimmed.bytes);
+                if trimmed.batches > 0 {
+                    tracing::info!(
+                        partitions = trimmed.partitions,
+                        runs = trimmed.batches,
+                        bytes = trimmed.bytes,
+                        "retention dropped the oldest runs"
+                    );
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "retention failed"),
+            None => {}
         }
     }
 
@@ -332,6 +392,87 @@ impl ClusterLogs {
     }
 }
 
+/// A metadata tree kept in the cluster's database (`weir.meta`), so every node shares it: the
+/// SCRAM users and ACL rules of a cluster.
+struct ClusterTree {
+    log: Arc<SharedLog>,
+    runtime: Handle,
+    tree: String,
+}
+
+impl ClusterTree {
+    fn call<T>(
+        &self,
+        call: impl Future<Output = weir_cluster::Result<T>>,
+    ) -> weir_storage::Result<T> {
+        block_on(&self.runtime, call).map_err(|e| StorageError::SharedMeta {
+            tree: self.tree.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl TreeBackend for ClusterTree {
+    fn get(&self, key: &str) -> weir_storage::Result<Option<Vec<u8>>> {
+        self.call(self.log.meta_get(&self.tree, key))
+    }
+
+    /// Every write commits in the database: `durable` or not, it is durable.
+    fn insert(&self, key: &str, value: Vec<u8>, _durable: bool) -> weir_storage::Result<()> {
+        self.call(self.log.meta_put(&self.tree, key, &value))
+    }
+
+    fn remove(&self, key: &str, _durable: bool) -> weir_storage::Result<bool> {
+        self.call(self.log.meta_remove(&self.tree, key))
+    }
+
+    fn scan_prefix(&self, prefix: &str) -> weir_storage::Result<Vec<(String, Vec<u8>)>> {
+        self.call(self.log.meta_scan(&self.tree, prefix))
+    }
+
+    fn count(&self) -> weir_storage::Result<usize> {
+        self.call(self.log.meta_len(&self.tree))
+    }
+}
+
+impl ClusterLogs {
+    /// The metadata tree `name` as every node of the cluster shares it.
+    pub(crate) fn tree<V: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Tree<V> {
+        let backend = ClusterTree {
+            log: self.log.clone(),
+            runtime: self.runtime.clone(),
+            tree: name.to_string(),
+        };
+        Tree::on(name, Arc::new(backend))
+    }
+
+    /// Calls `changed` with the name of each metadata tree any node changes from now on, and
+    /// with an empty name when any tree may have changed unheard, until `shutdown`. It runs on
+    /// a reactor thread and may read the cluster (its calls hand the thread's other work over).
+    pub(crate) fn on_meta_change(
+        &self,
+        changed: impl Fn(&str) + Send + 'static,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut changes = self.log.subscribe_meta();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    change = changes.recv() => match change {
+                        Ok(tree) => changed(&tree),
+                        Err(broadcast::error::RecvError::Lagged(_)) => changed(""),
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        });
+    }
+}
+
 /// Runs a shared-log call to its end, blocking the calling thread: a blocking-pool thread, or a
 /// reactor thread that hands its other work to the rest of the runtime meanwhile (a system
 /// table's scan reads the cluster from one).
@@ -346,9 +487,11 @@ fn storage_error(e: ClusterError, topic: &str, partition: u32) -> StorageError {
         ClusterError::UnknownPartition { topic, partition } => {
             StorageError::UnknownPartition { topic, partition }
         }
-        ClusterError::OffsetOutOfRange { offset, end, .. } => StorageError::OffsetOutOfRange {
+        ClusterError::OffsetOutOfRange {
+            offset, start, end, ..
+        } => StorageError::OffsetOutOfRange {
             offset,
-            log_start_offset: 0,
+            log_start_offset: start,
             high_watermark: end,
         },
         ClusterError::Batch { source, .. } => StorageError::Batch(source),

@@ -127,6 +127,10 @@ pub struct ServeArgs {
     /// connections wait for room before reading more.
     #[arg(long, env = "WEIR_REQUEST_MEMORY_MIB", default_value_t = REQUEST_MEMORY_BYTES_MAX_DEFAULT >> 20)]
     request_memory_mib: u64,
+    /// How often retention (`retention.ms`, `retention.bytes`) and compaction run, in ms; in a
+    /// cluster, how often the node tries for the lease under which one node applies retention.
+    #[arg(long, env = "WEIR_RETENTION_CHECK_MS", default_value_t = weir_storage::MAINTENANCE_INTERVAL_MS_DEFAULT)]
+    retention_check_ms: u64,
     /// Join a cluster whose metadata lives in this Postgres database (a `postgres://` URL);
     /// needs --object-store and --node-id. See docs/cluster.md.
     #[arg(long, env = "WEIR_CLUSTER_DB", hide_env_values = true)]
@@ -214,6 +218,7 @@ struct FileConfig {
     connections_max: Option<u32>,
     http_connections_max: Option<u32>,
     request_memory_mib: Option<u64>,
+    retention_check_ms: Option<u64>,
     delayed_records_max: Option<u64>,
     cluster_db: Option<String>,
     object_store: Option<String>,
@@ -298,6 +303,7 @@ impl ServeArgs {
                     linger_ms: pick!(cluster_linger_ms),
                     flush_bytes: pick!(cluster_flush_bytes),
                     cache_memory_bytes: pick!(cluster_cache_mib).saturating_mul(1 << 20),
+                    retention_check_ms: pick!(retention_check_ms),
                 })
             }
             (Some(_), Some(_), Some(_)) => {
@@ -340,6 +346,7 @@ impl ServeArgs {
             http_connections_max: pick!(http_connections_max),
             delayed_records_max: pick!(delayed_records_max),
             request_memory_bytes_max: pick!(request_memory_mib).saturating_mul(1 << 20),
+            retention_check_ms: pick!(retention_check_ms),
         })
     }
 }

@@ -75,6 +75,9 @@ pub struct Metrics {
     fetch_wakeups: AtomicU64,
     /// Record bytes fetches sent from segment files with `sendfile`.
     fetch_sendfile_bytes: AtomicU64,
+    /// Runs of the cluster's partitions, and their bytes, that this node's retention dropped.
+    retention_runs: AtomicU64,
+    retention_bytes: AtomicU64,
     /// Record sets unsent response frames hold by reference to their segment files.
     fetch_lent_sets: Arc<AtomicU64>,
 }
@@ -366,6 +369,12 @@ impl Metrics {
             .fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Counts runs of the cluster's partitions, and their bytes, that retention dropped.
+    pub fn retention_trimmed(&self, runs: u64, bytes: u64) {
+        self.retention_runs.fetch_add(runs, Ordering::Relaxed);
+        self.retention_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Counts an HTTP connection refused on accept because the node held its limit.
     pub fn http_connection_refused(&self) {
         self.http_connections_refused
@@ -464,6 +473,16 @@ impl Metrics {
                 "weir_fetch_sendfile_bytes_total",
                 "Record bytes fetches sent from segment files to the socket with sendfile, not copied.",
                 &self.fetch_sendfile_bytes,
+            ),
+            (
+                "weir_cluster_retention_runs_dropped_total",
+                "Runs (one flush's records of one partition) of the cluster's topics that this node's retention dropped.",
+                &self.retention_runs,
+            ),
+            (
+                "weir_cluster_retention_bytes_dropped_total",
+                "Bytes of the runs of the cluster's topics that this node's retention dropped.",
+                &self.retention_bytes,
             ),
         ] {
             let _ = writeln!(

@@ -183,8 +183,8 @@ impl NodeContext {
             ),
             bound(
                 "users",
-                "Users SASL authenticates",
-                self.users.count() as u64,
+                "Users SASL authenticates (0 while the store of users cannot be read)",
+                self.users.count().unwrap_or(0) as u64,
                 crate::sasl::USERS_MAX as u64,
             ),
             bound(

@@ -16,7 +16,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
-use weir_storage::{MetaStore, Tree};
+use weir_storage::Tree;
 
 /// The mechanisms a client may pick in SaslHandshake.
 pub const MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
@@ -33,7 +33,7 @@ pub const USER_NAME_BYTES_MAX: usize = 256;
 pub const USERS_MAX: usize = 10_000;
 const SALT_BYTES: usize = 32;
 const NONCE_BYTES: usize = 24;
-const USERS_TREE: &str = "users";
+pub const USERS_TREE: &str = "users";
 /// The message every failed authentication gets, whatever failed.
 /// Password checks (SASL PLAIN, HTTP basic authentication, Postgres passwords) that run at once
 /// at most. Each derives a key over thousands of rounds on the blocking pool; guesses from many
@@ -195,9 +195,10 @@ pub struct Users {
 }
 
 impl Users {
-    pub fn open(meta: &MetaStore) -> Result<Users, UserError> {
+    /// The users of `tree`: the node's [`USERS_TREE`], or the cluster's.
+    pub fn open(tree: Tree<UserCredentials>) -> Result<Users, UserError> {
         Ok(Users {
-            tree: meta.tree(USERS_TREE)?,
+            tree,
             decoy_key: random_bytes(SALT_BYTES)?,
             checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS_MAX),
         })
@@ -290,7 +291,7 @@ impl Users {
     }
 
     fn put(&self, name: &str, credentials: UserCredentials) -> Result<(), UserError> {
-        if self.tree.get(name)?.is_none() && self.count() >= USERS_MAX {
+        if self.tree.get(name)?.is_none() && self.count()? >= USERS_MAX {
             return Err(UserError::TooMany);
         }
         self.tree.insert(name, &credentials)?;
@@ -298,8 +299,8 @@ impl Users {
     }
 
     /// How many users exist.
-    pub fn count(&self) -> usize {
-        self.tree.len()
+    pub fn count(&self) -> Result<usize, UserError> {
+        Ok(self.tree.count()?)
     }
 
     pub fn delete(&self, name: &str) -> Result<(), UserError> {
@@ -613,8 +614,8 @@ mod tests {
 
     fn users() -> (tempfile::TempDir, Users) {
         let dir = tempfile::tempdir().unwrap();
-        let meta = MetaStore::open(&dir.path().join("meta")).unwrap();
-        let users = Users::open(&meta).unwrap();
+        let meta = weir_storage::MetaStore::open(&dir.path().join("meta")).unwrap();
+        let users = Users::open(meta.tree(USERS_TREE).unwrap()).unwrap();
         users.set_password("alice", "wonder land").unwrap();
         (dir, users)
     }
@@ -798,7 +799,7 @@ mod tests {
             let set = users.set_credential("bob", Scram::Sha256, credential);
             assert!(matches!(set, Err(UserError::Invalid(_))), "{iterations}");
         }
-        assert_eq!(users.count(), 1);
+        assert_eq!(users.count().unwrap(), 1);
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct ServeConfig {
     pub delayed_records_max: u64,
     /// Bytes of Kafka request frames read or handled at once.
     pub request_memory_bytes_max: u64,
+    /// How often retention and compaction run.
+    pub retention_check_ms: u64,
     /// The cluster this node joins; `None` serves topics from the data directory alone.
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }
@@ -144,6 +146,7 @@ impl Server {
             config,
             metrics,
             (logs, topics, group_store),
+            cluster.as_deref(),
         )?;
         let (http_listener, http_addr) = bind("HTTP", config.http).await?;
         let (pg_listener, pg_addr) = match config.pg {
@@ -159,6 +162,18 @@ impl Server {
         }
         let mut tasks = Vec::new();
         if let Some(cluster) = &cluster {
+            // ACL rules are checked from memory: read again when any node changes them.
+            let acls = node.acls.clone();
+            cluster.on_meta_change(
+                move |tree| {
+                    if (tree.is_empty() || tree == crate::acl::ACLS_TREE)
+                        && let Err(e) = acls.reload()
+                    {
+                        tracing::warn!(error = %e, "reading the cluster's ACL rules failed");
+                    }
+                },
+                shutdown_rx.clone(),
+            );
             let ports = (http_addr.port(), pg_addr.map_or(0, |a| a.port()));
             let appends = node.appends.clone();
             tasks.push(cluster.start(ports, appends, shutdown_rx.clone()).await?);
@@ -349,6 +364,7 @@ async fn open_storage(config: &ServeConfig) -> Result<Arc<Storage>> {
         disk_free_bytes_min: config.disk_free_bytes_min,
         open_segments_max: config.open_segments_max,
         delayed_records_max: config.delayed_records_max,
+        maintenance_interval_ms: config.retention_check_ms,
         layer_keys: weir_sql::topic_config_keys(),
         ..StorageConfig::new(&config.data_dir)
     };
@@ -418,6 +434,19 @@ async fn start_runtime(storage: &Arc<Storage>, config: &ServeConfig) -> Result<A
 
 /// The group coordinator (on the node's offsets store), metrics and SQL engine, and what every
 /// listener shares; storage's append listener wakes long-polling fetches and pipelines.
+/// The tree `name` of the node's users or ACL rules: in the cluster's database on a cluster
+/// node, so that every node authenticates and authorizes alike; in the data directory otherwise.
+fn security_tree<V: serde::Serialize + serde::de::DeserializeOwned>(
+    storage: &Storage,
+    cluster: Option<&ClusterLogs>,
+    name: &str,
+) -> weir_storage::Result<weir_storage::Tree<V>> {
+    match cluster {
+        Some(cluster) => Ok(cluster.tree(name)),
+        None => storage.meta().tree(name),
+    }
+}
+
 fn node_context(
     storage: Arc<Storage>,
     runtime: Arc<Runtime>,
@@ -425,6 +454,7 @@ fn node_context(
     config: &ServeConfig,
     metrics: Arc<Metrics>,
     (logs, topics, group_store): (Arc<dyn Logs>, Arc<dyn Topics>, Arc<dyn GroupStore>),
+    cluster: Option<&ClusterLogs>,
 ) -> Result<NodeContext> {
     let groups = Arc::new(Coordinator::new(group_store));
     let state = BrokerState {
@@ -458,16 +488,21 @@ fn node_context(
         waker.appended(topic, partition);
         pipelines.notify_append();
     }));
-    let users = crate::sasl::Users::open(storage.meta()).map_err(|e| Error::Users {
-        what: "opening the users".into(),
-        source: e,
-    })?;
-    let acls = Arc::new(
-        crate::acl::Acls::open(storage.meta()).map_err(|e| Error::Acls {
+    let users = security_tree(&storage, cluster, crate::sasl::USERS_TREE)
+        .map_err(crate::sasl::UserError::from)
+        .and_then(crate::sasl::Users::open)
+        .map_err(|e| Error::Users {
+            what: "opening the users".into(),
+            source: e,
+        })?;
+    let acls = security_tree(&storage, cluster, crate::acl::ACLS_TREE)
+        .map_err(crate::acl::AclError::from)
+        .and_then(crate::acl::Acls::open)
+        .map_err(|e| Error::Acls {
             what: "opening the ACLs".into(),
             source: e,
-        })?,
-    );
+        })?;
+    let acls = Arc::new(acls);
     let super_users: Arc<[String]> = config.super_users.clone().into();
     runtime
         .pipelines()

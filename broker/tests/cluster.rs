@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use common::checker::{Findings, Traffic, final_commits, setting};
 use common::{
-    Listeners, Node, eventually, have, kcat, kcat_output, metric, now_ms, python, run_client,
+    Listeners, Node, eventually, have, kcat, kcat_as, kcat_output, metric, now_ms, output_text,
+    python, run_client,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -30,12 +31,22 @@ const PARTITIONS: u32 = 3;
 /// Nodes 0, 1 and 2 on one database and one object store: the store's directory, the
 /// nodes' data directories (both removed when dropped) and the nodes.
 fn three_nodes(db: &Postgres) -> (tempfile::TempDir, Vec<tempfile::TempDir>, Vec<Node>) {
+    three_nodes_with(db, &[])
+}
+
+/// [`three_nodes`] with extra `weir serve` flags.
+fn three_nodes_with(
+    db: &Postgres,
+    extra: &[&str],
+) -> (tempfile::TempDir, Vec<tempfile::TempDir>, Vec<Node>) {
     let store = tempfile::tempdir().unwrap();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let nodes = dirs
         .iter()
         .zip(0..)
-        .map(|(dir, id)| start_node(dir.path(), db, store.path(), id))
+        .map(|(dir, id)| {
+            start_node_with(dir.path(), &Listeners::any(), db, store.path(), id, extra)
+        })
         .collect();
     (store, dirs, nodes)
 }
@@ -46,23 +57,34 @@ fn start_node(data: &Path, db: &Postgres, store: &Path, id: u32) -> Node {
 
 /// A node on the given listeners, so it comes back on them after a restart.
 fn start_node_on(data: &Path, on: &Listeners, db: &Postgres, store: &Path, id: u32) -> Node {
+    start_node_with(data, on, db, store, id, &[])
+}
+
+/// [`start_node_on`] with extra `weir serve` flags.
+fn start_node_with(
+    data: &Path,
+    on: &Listeners,
+    db: &Postgres,
+    store: &Path,
+    id: u32,
+    extra: &[&str],
+) -> Node {
     let store = format!("file://{}", store.display());
-    Node::start_on(
-        data,
-        on,
-        &[
-            "--cluster-db",
-            &db.url(),
-            "--object-store",
-            &store,
-            "--node-id",
-            &id.to_string(),
-            "--cluster-linger-ms",
-            "5",
-            "--default-partitions",
-            &PARTITIONS.to_string(),
-        ],
-    )
+    let (url, id, partitions) = (db.url(), id.to_string(), PARTITIONS.to_string());
+    let mut flags = vec![
+        "--cluster-db",
+        &url,
+        "--object-store",
+        &store,
+        "--node-id",
+        &id,
+        "--cluster-linger-ms",
+        "5",
+        "--default-partitions",
+        &partitions,
+    ];
+    flags.extend_from_slice(extra);
+    Node::start_on(data, on, &flags)
 }
 
 /// The broker ids a node's Metadata lists, from `kcat -L`.
@@ -980,12 +1002,14 @@ fn record_pages_and_sql_read_the_cluster_through_any_node() {
     let Some(db) = Postgres::start() else {
         return;
     };
-    let (_store, _dirs, nodes) = three_nodes(&db);
+    // Retention runs every half second, for the end of the test.
+    let (_store, _dirs, nodes) = three_nodes_with(&db, &["--retention-check-ms", "500"]);
     let http: Vec<weir_broker::cli::Client> = nodes
         .iter()
         .map(|n| weir_broker::cli::Client::new(&n.url(), None))
         .collect();
-    let made = json!({ "name": "events", "partitions": 2 });
+    // Kept whatever the records' age until the end, where retention takes them.
+    let made = json!({ "name": "events", "partitions": 2, "configs": { "retention.ms": "-1" } });
     http[0].call("POST", "/v1/topics", Some(&made)).unwrap();
     // Three runs of ten records, each produced through another node: event i on partition
     // i % 2, stamped i seconds after T0.
@@ -1081,4 +1105,116 @@ fn record_pages_and_sql_read_the_cluster_through_any_node() {
         rows("SELECT count(*) AS n FROM events"),
         json!([{ "n": 30 }])
     );
+
+    // Back to the default retention of 7 days, every run (stamped in 2024) is past it: the
+    // node holding the retention lease drops them all, and every node reads the new start.
+    let reset = json!({ "set": {}, "delete": ["retention.ms"] });
+    http[0]
+        .call("PATCH", "/v1/topics/events/configs", Some(&reset))
+        .unwrap();
+    let starts = || -> Vec<u64> {
+        let topic = http[1].call("GET", "/v1/topics/events", None).unwrap();
+        let partitions = topic["partitions"].as_array().unwrap().iter();
+        partitions
+            .map(|p| p["log_start_offset"].as_u64().unwrap())
+            .collect()
+    };
+    eventually(
+        "retention drops the expired runs",
+        Duration::from_secs(20),
+        || starts() == [15, 15],
+    );
+    assert_eq!(
+        rows("SELECT count(*) AS n FROM events"),
+        json!([{ "n": 0 }])
+    );
+    let earliest = kcat(&nodes[0], &["-Q", "-t", "events:1:-2"], "");
+    assert!(earliest.contains("offset 15"), "{earliest}");
+    let dropped: f64 = nodes
+        .iter()
+        .map(|n| metric(n, "weir_cluster_retention_runs_dropped_total"))
+        .sum();
+    assert_eq!(dropped, 6.0, "three runs of two partitions, dropped once");
+}
+
+/// Users and ACL rules are the cluster's: made through one node, they hold on every node, and
+/// a rule changed through one node is checked by the others at once.
+#[test]
+fn users_and_acls_made_through_one_node_hold_on_every_node() {
+    const PASSWORD: &str = "a password the cluster keeps";
+    if !have("kcat", "apt-get install kcat") {
+        return;
+    }
+    let Some(db) = Postgres::start() else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let auth = ["--kafka-auth", "sasl"];
+    let nodes: Vec<Node> = dirs
+        .iter()
+        .zip(0..)
+        .map(|(dir, id)| {
+            start_node_with(dir.path(), &Listeners::any(), &db, store.path(), id, &auth)
+        })
+        .collect();
+    let weir = |node: &Node, args: &[&str]| -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .args(["--server", &node.url()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "weir {args:?}: {}", output_text(&out));
+        output_text(&out)
+    };
+    let as_alice = |node: &Node, args: &[&str], input: &str| {
+        let out = kcat_as(node, "SCRAM-SHA-256", "alice", PASSWORD, args, input);
+        (out.status.success(), output_text(&out))
+    };
+
+    weir(&nodes[0], &["user", "add", "alice", "--password", PASSWORD]);
+    let users = weir(&nodes[1], &["user", "list"]);
+    assert!(users.contains("alice"), "{users}");
+    weir(
+        &nodes[1],
+        &["topic", "create", "orders", "--partitions", "1"],
+    );
+
+    // Alice logs in through the other node, but no rule lets her write yet.
+    let produce = ["-P", "-t", "orders", "-X", "message.timeout.ms=5000"];
+    let (_, refused) = as_alice(&nodes[1], &produce, "refused\n");
+    assert!(refused.contains("uthorization failed"), "{refused}");
+    let client = weir_broker::cli::Client::new(&nodes[0].url(), None);
+    let orders = client.call("GET", "/v1/topics/orders", None).unwrap();
+    assert_eq!(orders["partitions"][0]["high_watermark"], 0, "{orders}");
+
+    // A rule made through node 0 reaches node 1's checks.
+    let rule = [
+        "acl",
+        "add",
+        "--principal",
+        "alice",
+        "--operation",
+        "write",
+        "--operation",
+        "read",
+        "--topic",
+        "orders",
+    ];
+    weir(&nodes[0], &rule);
+    eventually("node 1 reads the new rule", Duration::from_secs(10), || {
+        weir(&nodes[1], &["acl", "list", "--principal", "alice"]).contains("orders")
+    });
+    let (produced, out) = as_alice(&nodes[1], &produce, "an order\n");
+    assert!(produced, "{out}");
+    let (consumed, out) = as_alice(&nodes[0], &["-C", "-t", "orders", "-e", "-q"], "");
+    assert!(consumed && out == "an order\n", "{out}");
+
+    // Deleted through node 1, the user logs in nowhere.
+    weir(&nodes[1], &["user", "delete", "alice"]);
+    let (listed, out) = as_alice(&nodes[0], &["-L", "-m", "5"], "");
+    assert!(!listed && out.contains("uthentication failed"), "{out}");
+    for node in &nodes {
+        assert_eq!(metric(node, "weir_acls "), 2.0, "read, write on one topic");
+    }
 }

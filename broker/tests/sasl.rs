@@ -10,7 +10,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{Node, have, output_text as text, python, run_client, run_with_input};
+use common::{Node, have, kcat_as, output_text as text, python, run_client, run_with_input};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -41,27 +41,6 @@ fn allow_everything(node: &Node) {
 fn weir(node: &Node, args: &[&str], input: &str) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
     command.args(args).args(["--server", &node.url()]);
-    run_with_input(command, input)
-}
-
-/// kcat as `user` with `mechanism`; its output.
-fn kcat_as(
-    node: &Node,
-    mechanism: &str,
-    user: &str,
-    password: &str,
-    args: &[&str],
-    input: &str,
-) -> Output {
-    let mut command = Command::new("kcat");
-    command
-        .arg("-b")
-        .arg(node.kafka.to_string())
-        .args(["-X", "security.protocol=SASL_PLAINTEXT"])
-        .args(["-X", &format!("sasl.mechanisms={mechanism}")])
-        .args(["-X", &format!("sasl.username={user}")])
-        .args(["-X", &format!("sasl.password={password}")])
-        .args(args);
     run_with_input(command, input)
 }
 

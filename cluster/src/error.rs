@@ -52,11 +52,15 @@ pub enum ClusterError {
     Producer(weir_storage::StorageError),
     #[error("flush of {bytes} bytes is larger than the bound of {bytes_max}")]
     FlushTooLarge { bytes: u64, bytes_max: u64 },
-    #[error("offset {offset} is past the end of {topic}-{partition} ({end})")]
+    #[error(
+        "offset {offset} is outside {topic}-{partition}: its log runs from {start} to its end at {end}"
+    )]
     OffsetOutOfRange {
         topic: String,
         partition: u32,
         offset: u64,
+        /// The log start offset: retention dropped what was below it.
+        start: u64,
         end: u64,
     },
     /// The flush a record set waited for failed (the database or the store); nothing of it

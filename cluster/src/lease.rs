@@ -326,7 +326,7 @@ impl SharedLog {
 
 /// Fails unless `lease` still has this holder and epoch. FOR SHARE: a concurrent take of the
 /// lease waits for the rest of `tx`, or `tx` waits for the take and then fails.
-async fn check_held(
+pub(crate) async fn check_held(
     tx: &tokio_postgres::Transaction<'_>,
     lease: &Lease,
     node_id: &str,

@@ -31,8 +31,13 @@
 //!   [`SharedLog::create_partitions`], [`SharedLog::set_topic_configs`]) change through any
 //!   node in one transaction each and are announced on `LISTEN`/`NOTIFY`, so every node's
 //!   cache of them forgets the old copy.
+//! - [`retention`]: the holder of the `retention` lease drops the oldest runs of each partition
+//!   past its topic's `retention.ms` or `retention.bytes` and moves its log start offset.
+//! - Small metadata trees every node shares (SCRAM users, ACL rules): [`SharedLog::meta_put`]
+//!   and its siblings, each change announced so nodes holding a copy read it again.
 //! - [`gc`]: the holder of the `gc` lease deletes objects no row references (the leftovers of
-//!   failed flushes) once no flush can still be committing them.
+//!   failed flushes, and objects retention or a topic deletion emptied) once no flush can
+//!   still be committing them.
 //!
 //! Several nodes share one database and one store; the transaction is what makes their
 //! offsets unique and gap-free. This crate knows nothing of Kafka requests or sockets.
@@ -44,6 +49,8 @@ pub mod gc;
 pub mod lease;
 mod log;
 pub mod membership;
+mod meta;
+pub mod retention;
 pub mod schema;
 mod topics;
 mod watch;
@@ -58,5 +65,7 @@ pub use log::{
     FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,
 };
 pub use membership::{NodeInfo, leader, leader_by};
+pub use meta::{META_KEY_BYTES_MAX, META_VALUE_BYTES_MAX};
+pub use retention::Trimmed;
 pub use topics::{TOPIC_CONFIG_BYTES_MAX, TOPIC_CONFIGS_MAX, Topic};
 pub use watch::Advanced;

@@ -14,6 +14,7 @@ use weir_storage::batch::{BatchHeader, set_base_offset, validate_record_set};
 use weir_storage::producer::{Appended, ProducerStates};
 
 use crate::cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats, RangeCache, RangeKey};
+use crate::meta::META_QUEUE_MAX;
 use crate::topics::TopicCache;
 use crate::watch::{self, Advanced};
 use crate::{ClusterError, Result, schema};
@@ -106,6 +107,8 @@ pub struct SharedLog {
     db_url: String,
     /// Partitions advanced by any node's flush, from the node's listener.
     pub(crate) appended: Arc<broadcast::Sender<Advanced>>,
+    /// Names of the metadata trees changed, as the listener hears them.
+    pub(crate) meta_changed: Arc<broadcast::Sender<String>>,
     /// The topics this node has looked up.
     pub(crate) topics: Arc<TopicCache>,
     store: Arc<dyn ObjectStore>,
@@ -137,8 +140,11 @@ impl SharedLog {
         let mut db = connect(&config.db_url).await?;
         schema::migrate(&mut db).await?;
         let topics = Arc::new(TopicCache::default());
+        let (meta_changed, _) = broadcast::channel(META_QUEUE_MAX);
+        let meta_changed = Arc::new(meta_changed);
         Ok(SharedLog {
-            appended: watch::listen(&config.db_url, topics.clone()),
+            appended: watch::listen(&config.db_url, topics.clone(), meta_changed.clone()),
+            meta_changed,
             db: Mutex::new(db),
             db_url: config.db_url.clone(),
             topics,
@@ -409,7 +415,8 @@ impl SharedLog {
     }
 
     /// Reads whole batches from `offset` on, at most `bytes_max` bytes of them unless the first
-    /// batch alone is larger (a reader must always be able to move on).
+    /// batch alone is larger (a reader must always be able to move on). An offset below the log
+    /// start offset (retention dropped it) or past the end is out of range.
     pub async fn read(
         &self,
         topic: &str,
@@ -431,11 +438,12 @@ impl SharedLog {
         let topic_id: i64 = row.get(0);
         let high_watermark = row.get::<_, i64>(1) as u64;
         let log_start_offset = row.get::<_, i64>(2) as u64;
-        if offset > high_watermark {
+        if offset > high_watermark || offset < log_start_offset {
             return Err(ClusterError::OffsetOutOfRange {
                 topic: topic.to_string(),
                 partition,
                 offset,
+                start: log_start_offset,
                 end: high_watermark,
             });
         }

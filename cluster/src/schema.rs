@@ -101,6 +101,15 @@ ALTER TABLE weir.group_offsets
     r#"
 ALTER TABLE weir.topics ADD COLUMN configs jsonb NOT NULL DEFAULT '{}';
 "#,
+    // Small trees every node shares (SCRAM users, ACL rules), as a lone node keeps them in sled.
+    r#"
+CREATE TABLE weir.meta (
+  tree  text  NOT NULL,
+  key   text  NOT NULL,
+  value jsonb NOT NULL,
+  PRIMARY KEY (tree, key)
+);
+"#,
 ];
 
 /// The advisory lock key migrations run under ("weir" in ASCII), so nodes starting together

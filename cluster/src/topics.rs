@@ -16,6 +16,7 @@ use tokio_postgres::Transaction;
 use weir_storage::config::known_keys;
 use weir_storage::{LogConfig, PARTITIONS_MAX, locks, validate_topic_name};
 
+use crate::retention::drop_batches;
 use crate::{ClusterError, Result, SharedLog};
 
 /// The channel topic changes are announced on; the payload is the topic's name.
@@ -55,7 +56,7 @@ fn topic_of_row(row: &tokio_postgres::Row) -> Topic {
         name: row.get(1),
         partitions: row.get::<_, i32>(2) as u32,
         created_ms: row.get(3),
-        batch_bytes_max: batch_bytes_max(&configs),
+        batch_bytes_max: log_config(&configs).batch_bytes_max,
         configs,
     }
 }
@@ -93,8 +94,8 @@ impl TopicCache {
     }
 }
 
-/// The record set bound a topic's configs set, the default where they leave it.
-fn batch_bytes_max(configs: &BTreeMap<String, String>) -> u64 {
+/// A topic's settings of the log layer: its configs over the defaults, where they set them.
+fn log_config(configs: &BTreeMap<String, String>) -> LogConfig {
     let storage_keys = known_keys();
     let own: BTreeMap<String, String> = configs
         .iter()
@@ -102,9 +103,14 @@ fn batch_bytes_max(configs: &BTreeMap<String, String>) -> u64 {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let defaults = LogConfig::default();
-    LogConfig::from_entries(&defaults, &own)
-        .unwrap_or(defaults)
-        .batch_bytes_max
+    LogConfig::from_entries(&defaults, &own).unwrap_or(defaults)
+}
+
+impl Topic {
+    /// The topic's settings of the log layer (retention, cleanup policy, record set bound).
+    pub fn log_config(&self) -> LogConfig {
+        log_config(&self.configs)
+    }
 }
 
 /// Refuses configs past the bounds of their count and sizes; their keys and values are checked
@@ -251,30 +257,7 @@ impl SharedLog {
             &[&topic_id],
         )
         .await?;
-        // Objects left with no live bytes lose their rows too, so garbage collection takes them.
-        let emptied: Vec<i64> = tx
-            .query(
-                "WITH gone AS (
-                   DELETE FROM weir.batches WHERE topic_id = $1 RETURNING object_id, byte_len
-                 ), per_object AS (
-                   SELECT object_id, sum(byte_len) AS bytes FROM gone GROUP BY object_id
-                 )
-                 UPDATE weir.objects o SET live_bytes = o.live_bytes - p.bytes
-                 FROM per_object p WHERE o.object_id = p.object_id
-                 RETURNING o.object_id, o.live_bytes",
-                &[&topic_id],
-            )
-            .await?
-            .iter()
-            .filter(|r| r.get::<_, i64>(1) <= 0)
-            .map(|r| r.get(0))
-            .collect();
-        tx.execute(
-            "DELETE FROM weir.objects o WHERE o.object_id = ANY($1)
-               AND NOT EXISTS (SELECT 1 FROM weir.batches b WHERE b.object_id = o.object_id)",
-            &[&emptied],
-        )
-        .await?;
+        drop_batches(&tx, "topic_id = $1", &[&topic_id]).await?;
         tx.execute(
             "DELETE FROM weir.partitions WHERE topic_id = $1",
             &[&topic_id],

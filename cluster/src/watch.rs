@@ -7,8 +7,9 @@
 //! which only delays a consumer, never loses a record (it reads from its offset either way).
 //!
 //! The same connection hears topic changes ([`TOPICS_CHANNEL`]) and makes the node forget its
-//! copy of the topic; after a reconnection the node forgets every topic, since announcements
-//! may have been missed in between.
+//! copy of the topic, and metadata changes ([`META_CHANNEL`]), passed on to whoever keeps a
+//! copy; after a reconnection the node forgets every topic and tells those that every tree may
+//! have changed, since announcements may have been missed in between.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::meta::META_CHANNEL;
 use crate::topics::{TOPICS_CHANNEL, TopicCache};
 use crate::{Result, SharedLog};
 
@@ -52,8 +54,12 @@ fn parse(payload: &str) -> Option<Advanced> {
 }
 
 /// Starts the node's listener; it runs as long as the returned sender has receivers or a
-/// handle on it.
-pub(crate) fn listen(db_url: &str, topics: Arc<TopicCache>) -> Arc<broadcast::Sender<Advanced>> {
+/// handle on it. Metadata changes go to `meta`.
+pub(crate) fn listen(
+    db_url: &str,
+    topics: Arc<TopicCache>,
+    meta: Arc<broadcast::Sender<String>>,
+) -> Arc<broadcast::Sender<Advanced>> {
     let (sender, _) = broadcast::channel(WAITERS_QUEUE_MAX);
     let sender = Arc::new(sender);
     let weak = Arc::downgrade(&sender);
@@ -63,10 +69,13 @@ pub(crate) fn listen(db_url: &str, topics: Arc<TopicCache>) -> Arc<broadcast::Se
             if let Ok((client, mut connection)) = tokio_postgres::connect(&db_url, NoTls).await {
                 let listening = async {
                     let listened = client
-                        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {TOPICS_CHANNEL}"))
+                        .batch_execute(&format!(
+                            "LISTEN {CHANNEL}; LISTEN {TOPICS_CHANNEL}; LISTEN {META_CHANNEL}"
+                        ))
                         .await;
                     if listened.is_ok() {
                         topics.forget_all();
+                        let _ = meta.send(String::new());
                     }
                 };
                 let messages = async {
@@ -81,6 +90,8 @@ pub(crate) fn listen(db_url: &str, topics: Arc<TopicCache>) -> Arc<broadcast::Se
                         };
                         if n.channel() == TOPICS_CHANNEL {
                             topics.forget(n.payload());
+                        } else if n.channel() == META_CHANNEL {
+                            let _ = meta.send(n.payload().to_string());
                         } else if let Some(advanced) = parse(n.payload()) {
                             let _ = sender.send(advanced);
                         }

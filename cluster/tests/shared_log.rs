@@ -5,10 +5,11 @@ mod common;
 use bytes::Bytes;
 use common::{append, batch, cluster, flush, node, node_with, remove_objects, two_nodes, values};
 use futures::future::join_all;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use weir_tests::postgres::Postgres;
 
-use weir_cluster::{Append, ClusterError, Collected, NodeConfig, SharedLog};
+use weir_cluster::{Append, ClusterError, Collected, NodeConfig, SharedLog, Trimmed};
 use weir_storage::batch::ProducerInfo;
 use weir_storage::{BatchBuilder, Compression, NewRecord, Record, decode_records};
 
@@ -694,4 +695,199 @@ async fn topics_change_through_one_node_and_the_others_follow() {
         .expect("count")
         .get(0);
     assert_eq!(dead, 0, "objects rows with no batches left");
+}
+
+/// One record of `value`, stamped `timestamp`, for a partition of `topic`.
+fn stamped(topic: &str, partition: u32, value: &str, timestamp: i64) -> Append {
+    let mut builder = BatchBuilder::new(Compression::None);
+    builder.push(NewRecord {
+        timestamp,
+        value: Some(Bytes::from(value.to_string())),
+        ..NewRecord::default()
+    });
+    Append {
+        topic: topic.to_string(),
+        partition,
+        batches: builder.build().expect("a batch"),
+    }
+}
+
+#[tokio::test]
+async fn retention_drops_the_oldest_runs_by_time_and_size_under_its_lease() {
+    let Some((pg, store, store_url)) = cluster() else {
+        return;
+    };
+    // Objects older than 200 ms that no row names are garbage.
+    let config = NodeConfig {
+        flush_commit_ms_max: 100,
+        ..NodeConfig::new(&pg.url(), &store_url, "n1")
+    };
+    // `logs` keeps the default retention of 7 days.
+    let log = node_with(&config, 1).await;
+    let now = weir_storage::now_ms();
+    let ancient = 1_700_000_000_000;
+    let configs = |pairs: &[(&str, String)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    };
+    let sized_run = |i: u32| stamped("sized", 0, &format!("s{i}"), now);
+    let run_bytes = sized_run(0).batches.len();
+    log.create_topic("timed", 2, &configs(&[("retention.ms", "60000".into())]))
+        .await
+        .expect("timed");
+    let keep_two_runs = configs(&[
+        ("retention.ms", "-1".into()),
+        ("retention.bytes", (2 * run_bytes).to_string()),
+    ]);
+    log.create_topic("sized", 1, &keep_two_runs)
+        .await
+        .expect("sized");
+    let compacted = configs(&[("cleanup.policy", "compact".into())]);
+    log.create_topic("compacted", 1, &compacted)
+        .await
+        .expect("compacted");
+
+    // Five flushes, one object each. Dropped: all of the first two objects and part of the third.
+    let flushes = [
+        vec![
+            stamped("timed", 0, "t0", now - 120_000),
+            stamped("timed", 1, "u0", now - 120_000),
+            stamped("logs", 0, "l0", ancient),
+        ],
+        vec![stamped("timed", 0, "t1", now - 90_000), sized_run(0)],
+        vec![stamped("timed", 0, "t2", now - 10_000), sized_run(1)],
+        vec![sized_run(2), stamped("compacted", 0, "c0", ancient)],
+        vec![sized_run(3)],
+    ];
+    let mut dropped_bytes = 0;
+    for (i, appends) in flushes.iter().enumerate() {
+        flush(&log, appends).await.expect("flush");
+        dropped_bytes += match i {
+            0 | 1 => appends.iter().map(|a| a.batches.len()).sum(),
+            2 => appends[1].batches.len(),
+            _ => 0,
+        };
+    }
+    let objects =
+        || std::fs::read_dir(store.path().join("data").join("n1")).map_or(0, |d| d.count());
+    assert_eq!(objects(), 5);
+
+    let lease = log
+        .acquire("retention", 10_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let trimmed = log.enforce_retention(&lease, now).await.expect("retention");
+    assert_eq!(
+        trimmed,
+        Trimmed {
+            partitions: 4,
+            batches: 6,
+            bytes: dropped_bytes as u64,
+        }
+    );
+    let offsets =
+        async |topic: &str, partition: u32| log.offsets(topic, partition).await.expect("offsets");
+    assert_eq!(
+        offsets("timed", 0).await,
+        (2, 3),
+        "the runs before the first recent one"
+    );
+    assert_eq!(
+        offsets("timed", 1).await,
+        (1, 1),
+        "every run expired: empty"
+    );
+    assert_eq!(
+        offsets("logs", 0).await,
+        (1, 1),
+        "the default retention applies"
+    );
+    assert_eq!(
+        offsets("sized", 0).await,
+        (2, 4),
+        "the newest runs holding 2 runs' bytes"
+    );
+    assert_eq!(
+        offsets("compacted", 0).await,
+        (0, 1),
+        "a compacted topic keeps its runs"
+    );
+
+    // Below the start is out of range; from it, only what was kept.
+    let below = log.read("timed", 0, 1, 1 << 20).await;
+    assert!(
+        matches!(
+            below,
+            Err(ClusterError::OffsetOutOfRange {
+                start: 2,
+                end: 3,
+                ..
+            })
+        ),
+        "{below:?}"
+    );
+    assert_eq!(read_all_from(&log, "sized", 0, 2).await, ["s2", "s3"]);
+    assert_eq!(read_all_from(&log, "timed", 0, 2).await, ["t2"]);
+    let emptied = log.read("timed", 1, 1, 1 << 20).await.expect("read at end");
+    assert!(emptied.batches.is_empty());
+
+    // A second run has nothing left to drop.
+    assert_eq!(
+        log.enforce_retention(&lease, now).await.expect("again"),
+        Trimmed::default()
+    );
+
+    // The two emptied objects go with the next garbage collection, the others stay.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gc = log
+        .acquire("gc", 10_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert_eq!(log.collect_garbage(&gc).await.expect("collect").objects, 2);
+    assert_eq!(objects(), 3);
+    assert_eq!(read_all_from(&log, "compacted", 0, 0).await, ["c0"]);
+
+    // A node that gave the lease up drops nothing once another node holds it.
+    flush(&log, &[stamped("timed", 1, "u1", now - 120_000)])
+        .await
+        .expect("flush");
+    log.release(lease.clone()).await.expect("release");
+    let other = SharedLog::open(&pg.url(), &store_url, "n2")
+        .await
+        .expect("open n2");
+    let taken = other
+        .acquire("retention", 10_000)
+        .await
+        .expect("acquire")
+        .expect("free after the release");
+    let fenced = log.enforce_retention(&lease, now).await;
+    assert!(
+        matches!(fenced, Err(ClusterError::LeaseLost { .. })),
+        "{fenced:?}"
+    );
+    assert_eq!(offsets("timed", 1).await, (1, 2));
+    let trimmed = other
+        .enforce_retention(&taken, now)
+        .await
+        .expect("n2 runs it");
+    assert_eq!((trimmed.partitions, trimmed.batches), (1, 1));
+    assert_eq!(offsets("timed", 1).await, (2, 2));
+}
+
+/// The values of a partition from `offset` to its end.
+async fn read_all_from(log: &SharedLog, topic: &str, partition: u32, offset: u64) -> Vec<String> {
+    let fetched = log
+        .read(topic, partition, offset, 1 << 20)
+        .await
+        .expect("read");
+    let records = decode_records(&fetched.batches).expect("valid batches");
+    values(&records)
+        .into_iter()
+        .filter(|(o, _)| *o as u64 >= offset)
+        .map(|(_, v)| v)
+        .collect()
 }

@@ -87,7 +87,7 @@ impl Functions {
         if self.tree.get(name)?.is_some() {
             return Err(Error::Refused(format!("function {name} already exists")));
         }
-        if self.tree.len() >= FUNCTIONS_MAX {
+        if self.tree.count()? >= FUNCTIONS_MAX {
             return Err(Error::Refused(format!(
                 "{FUNCTIONS_MAX} functions exist, the most one node keeps"
             )));

@@ -121,7 +121,7 @@ impl QueryEngine {
         if let Some(access) = &access {
             access::check_plan(&plan, access.as_ref())?;
         }
-        if views.len() >= VIEWS_MAX {
+        if views.count()? >= VIEWS_MAX {
             return Err(Error::Refused(format!(
                 "{VIEWS_MAX} views exist, the most one node keeps"
             )));

@@ -129,6 +129,9 @@ pub enum StorageError {
     CompactionKeys { path: PathBuf, keys_max: u64 },
     #[error("metadata store: {0}")]
     Meta(#[from] sled::Error),
+    /// A tree kept in a cluster's database could not be read or written.
+    #[error("cluster metadata, tree {tree}: {reason}")]
+    SharedMeta { tree: String, reason: String },
     #[error("metadata value under {key:?} in tree {tree}: {source}")]
     MetaValue {
         tree: String,

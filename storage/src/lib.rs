@@ -51,12 +51,13 @@ pub use log::{
     AppendInfo, AppendObserver, CheckedSet, FileSlice, Listener, Log, ReadResult, RecordCount,
     RetentionResult, now_ms, parse_time_ms,
 };
-pub use meta::{MetaStore, TopicMeta, Tree};
+pub use meta::{MetaStore, TopicMeta, Tree, TreeBackend};
 pub use producer::PRODUCER_BATCHES_MAX;
 pub use segment::{LogFile, OPEN_SEGMENTS_MAX_DEFAULT, open_segments, set_open_segments_max};
 pub use source::{PartitionSize, PartitionSource, Topics};
 pub use space::{DISK_FREE_BYTES_MIN_DEFAULT, DiskSpace};
 pub use storage::{
-    DELAYED_RECORDS_MAX_DEFAULT, PARTITIONS_MAX, PARTITIONS_MAX_DEFAULT, PartitionListener,
-    Produced, Storage, StorageConfig, TopicObserver, validate_topic_name,
+    DELAYED_RECORDS_MAX_DEFAULT, MAINTENANCE_INTERVAL_MS_DEFAULT, PARTITIONS_MAX,
+    PARTITIONS_MAX_DEFAULT, PartitionListener, Produced, Storage, StorageConfig, TopicObserver,
+    validate_topic_name,
 };

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -27,11 +28,24 @@ pub struct TopicMeta {
     pub created_ms: i64,
 }
 
+/// Where a tree's entries live: JSON-encoded values under string keys. sled on a lone node
+/// ([`MetaStore::tree`]); a cluster keeps them in its database, so every node sees one tree.
+pub trait TreeBackend: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Stores `value` under `key`; when `durable`, it is on disk before this returns.
+    fn insert(&self, key: &str, value: Vec<u8>, durable: bool) -> Result<()>;
+    /// Removes `key`; returns whether it was there. `durable` as for [`TreeBackend::insert`].
+    fn remove(&self, key: &str, durable: bool) -> Result<bool>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+    /// How many entries the tree holds.
+    fn count(&self) -> Result<usize>;
+}
+
 /// A tree of values of type `V` under string keys.
 pub struct Tree<V> {
     name: String,
-    tree: sled::Tree,
-    db: sled::Db,
+    backend: Arc<dyn TreeBackend>,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -39,71 +53,78 @@ impl<V> Clone for Tree<V> {
     fn clone(&self) -> Self {
         Tree {
             name: self.name.clone(),
-            tree: self.tree.clone(),
-            db: self.db.clone(),
+            backend: self.backend.clone(),
             _value: PhantomData,
         }
     }
 }
 
 impl<V: Serialize + DeserializeOwned> Tree<V> {
-    fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<V> {
+    /// The tree `name` kept by `backend`.
+    pub fn on(name: &str, backend: Arc<dyn TreeBackend>) -> Tree<V> {
+        Tree {
+            name: name.to_string(),
+            backend,
+            _value: PhantomData,
+        }
+    }
+
+    fn decode(&self, key: &str, bytes: &[u8]) -> Result<V> {
         serde_json::from_slice(bytes).map_err(|source| StorageError::MetaValue {
             tree: self.name.clone(),
-            key: String::from_utf8_lossy(key).into_owned(),
+            key: key.to_string(),
+            source,
+        })
+    }
+
+    fn encode(&self, key: &str, value: &V) -> Result<Vec<u8>> {
+        serde_json::to_vec(value).map_err(|source| StorageError::MetaValue {
+            tree: self.name.clone(),
+            key: key.to_string(),
             source,
         })
     }
 
     pub fn get(&self, key: &str) -> Result<Option<V>> {
-        match self.tree.get(key.as_bytes())? {
-            Some(bytes) => self.decode(key.as_bytes(), &bytes).map(Some),
+        match self.backend.get(key)? {
+            Some(bytes) => self.decode(key, &bytes).map(Some),
             None => Ok(None),
         }
     }
 
     /// Stores `value` under `key` durably.
     pub fn insert(&self, key: &str, value: &V) -> Result<()> {
-        self.insert_unflushed(key, value)?;
-        self.db.flush()?;
-        Ok(())
+        self.backend.insert(key, self.encode(key, value)?, true)
     }
 
-    /// Stores `value` under `key`; it reaches the disk with the next flush (sled flushes on its
-    /// own every 500 ms), so a crash may lose it. For values that may safely go back in time.
+    /// Stores `value` under `key`; on sled it reaches the disk with the next flush (sled
+    /// flushes on its own every 500 ms), so a crash may lose it. For values that may safely go
+    /// back in time.
     pub fn insert_unflushed(&self, key: &str, value: &V) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(|source| StorageError::MetaValue {
-            tree: self.name.clone(),
-            key: key.to_string(),
-            source,
-        })?;
-        self.tree.insert(key.as_bytes(), bytes)?;
-        Ok(())
+        self.backend.insert(key, self.encode(key, value)?, false)
     }
 
     /// Removes `key` durably; returns whether it was there.
     pub fn remove(&self, key: &str) -> Result<bool> {
-        let existed = self.tree.remove(key.as_bytes())?.is_some();
-        self.db.flush()?;
-        Ok(existed)
+        self.backend.remove(key, true)
     }
 
     /// Removes `key`; the removal reaches the disk with the next flush, as
     /// [`Tree::insert_unflushed`].
     pub fn remove_unflushed(&self, key: &str) -> Result<()> {
-        self.tree.remove(key.as_bytes())?;
-        Ok(())
+        self.backend.remove(key, false).map(|_| ())
     }
 
     /// Every entry whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, V)>> {
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix.as_bytes()) {
-            let (k, v) = item?;
-            let value = self.decode(&k, &v)?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), value));
-        }
-        Ok(out)
+        self.backend
+            .scan_prefix(prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let value = self.decode(&k, &v)?;
+                Ok((k, value))
+            })
+            .collect()
     }
 
     pub fn all(&self) -> Result<Vec<(String, V)>> {
@@ -111,12 +132,49 @@ impl<V: Serialize + DeserializeOwned> Tree<V> {
     }
 
     /// How many entries the tree holds, without decoding them.
-    pub fn len(&self) -> usize {
-        self.tree.len()
+    pub fn count(&self) -> Result<usize> {
+        self.backend.count()
+    }
+}
+
+/// A tree of the node's sled database.
+struct SledTree {
+    tree: sled::Tree,
+    db: sled::Db,
+}
+
+impl TreeBackend for SledTree {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(key.as_bytes())?.map(|v| v.to_vec()))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+    fn insert(&self, key: &str, value: Vec<u8>, durable: bool) -> Result<()> {
+        self.tree.insert(key.as_bytes(), value)?;
+        if durable {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, key: &str, durable: bool) -> Result<bool> {
+        let existed = self.tree.remove(key.as_bytes())?.is_some();
+        if durable {
+            self.db.flush()?;
+        }
+        Ok(existed)
+    }
+
+    fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn count(&self) -> Result<usize> {
+        Ok(self.tree.len())
     }
 }
 
@@ -156,12 +214,11 @@ impl MetaStore {
 
     /// Opens (creating) the tree `name` holding values of type `V`.
     pub fn tree<V: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Tree<V>> {
-        Ok(Tree {
-            name: name.to_string(),
+        let backend = SledTree {
             tree: self.db.open_tree(name)?,
             db: self.db.clone(),
-            _value: PhantomData,
-        })
+        };
+        Ok(Tree::on(name, Arc::new(backend)))
     }
 
     pub fn topics(&self) -> Result<Tree<TopicMeta>> {

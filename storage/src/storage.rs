@@ -55,6 +55,9 @@ pub struct StorageConfig {
 
 /// Default of [`StorageConfig::delayed_records_max`].
 pub const DELAYED_RECORDS_MAX_DEFAULT: u64 = 10_000_000;
+/// Default of [`StorageConfig::maintenance_interval_ms`], as Kafka's
+/// `log.retention.check.interval.ms`.
+pub const MAINTENANCE_INTERVAL_MS_DEFAULT: u64 = 300_000;
 /// How often the deliverer looks for due records.
 const DELIVER_TICK: Duration = Duration::from_millis(10);
 
@@ -63,7 +66,7 @@ impl StorageConfig {
         StorageConfig {
             data_dir: data_dir.into(),
             log_defaults: LogConfig::default(),
-            maintenance_interval_ms: 300_000,
+            maintenance_interval_ms: MAINTENANCE_INTERVAL_MS_DEFAULT,
             flush_check_interval_ms: 100,
             compaction_keys_max: 10_000_000,
             partitions_max: PARTITIONS_MAX_DEFAULT,

@@ -88,25 +88,6 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
         .map(|&(_, min, max)| (min, max))
 }
 
-/// APIs over what a node keeps in its own data directory (SCRAM users, ACLs). A node of a
-/// cluster leaves them out of ApiVersions and refuses them until that state is the cluster's,
-/// so no client takes one node's answer for the cluster's.
-const NODE_LOCAL: [ApiKey; 5] = [
-    ApiKey::DescribeUserScramCredentials,
-    ApiKey::AlterUserScramCredentials,
-    ApiKey::CreateAcls,
-    ApiKey::DescribeAcls,
-    ApiKey::DeleteAcls,
-];
-
-/// The versions of `key` a node serves: in a cluster, none of the [`NODE_LOCAL`] APIs.
-pub(crate) fn served_versions(key: ApiKey, cluster: bool) -> Option<(i16, i16)> {
-    if cluster && NODE_LOCAL.contains(&key) {
-        return None;
-    }
-    supported_versions(key)
-}
-
 /// Answers a request. Fetches (which long-poll) and group joins and syncs (which wait for the
 /// rest of the group) wait on the reactor; every other API reads or writes the disk or the
 /// metadata store, so it runs on the blocking pool, never on a reactor thread.
@@ -208,13 +189,8 @@ fn handle_blocking(
     caller: &Caller,
 ) -> Result<Option<ResponseKind>> {
     let response = match request {
-        None => ResponseKind::ApiVersions(api_versions(
-            ResponseError::UnsupportedVersion.code(),
-            shared.logs.cluster_node_id().is_some(),
-        )),
-        Some(RequestKind::ApiVersions(_)) => {
-            ResponseKind::ApiVersions(api_versions(0, shared.logs.cluster_node_id().is_some()))
-        }
+        None => ResponseKind::ApiVersions(api_versions(ResponseError::UnsupportedVersion.code())),
+        Some(RequestKind::ApiVersions(_)) => ResponseKind::ApiVersions(api_versions(0)),
         Some(RequestKind::Metadata(r)) => {
             ResponseKind::Metadata(metadata(shared, r, version, caller))
         }
@@ -299,13 +275,10 @@ fn handle_blocking(
     Ok(Some(response))
 }
 
-fn api_versions(error_code: i16, cluster: bool) -> ApiVersionsResponse {
+fn api_versions(error_code: i16) -> ApiVersionsResponse {
     let mut response = ApiVersionsResponse::default();
     response.error_code = error_code;
     for (key, min, max) in SUPPORTED {
-        if served_versions(key, cluster).is_none() {
-            continue;
-        }
         let mut v = ApiVersion::default();
         v.api_key = key as i16;
         v.min_version = min;

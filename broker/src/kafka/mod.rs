@@ -301,15 +301,9 @@ async fn handle_frame(
     let api_version = i16::from_be_bytes([frame[2], frame[3]]);
     let key =
         ApiKey::try_from(api_key).map_err(|()| protocol(format!("unknown API key {api_key}")))?;
-    let supported = handlers::served_versions(key, shared.logs.cluster_node_id().is_some());
+    let supported = supported_versions(key);
     let in_range = supported.is_some_and(|(min, max)| (min..=max).contains(&api_version));
     if !in_range && key != ApiKey::ApiVersions {
-        if supported.is_none() && supported_versions(key).is_some() {
-            return Err(protocol(format!(
-                "{key:?} is not served by a node of a cluster yet: what it reads or changes \
-                 is kept by each node on its own"
-            )));
-        }
         return Err(protocol(format!(
             "{key:?} version {api_version} is not supported"
         )));

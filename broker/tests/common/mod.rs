@@ -344,6 +344,27 @@ pub fn kcat_output(node: &Node, args: &[&str], input: &str) -> std::process::Out
     run_with_input(command, input)
 }
 
+/// kcat against `node` as `user` with the SASL `mechanism`; its output.
+pub fn kcat_as(
+    node: &Node,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    args: &[&str],
+    input: &str,
+) -> std::process::Output {
+    let mut command = Command::new("kcat");
+    command
+        .arg("-b")
+        .arg(node.kafka.to_string())
+        .args(["-X", "security.protocol=SASL_PLAINTEXT"])
+        .args(["-X", &format!("sasl.mechanisms={mechanism}")])
+        .args(["-X", &format!("sasl.username={user}")])
+        .args(["-X", &format!("sasl.password={password}")])
+        .args(args);
+    run_with_input(command, input)
+}
+
 /// Runs kcat against `node` with `input` on its standard input; fails the test if kcat does.
 pub fn kcat(node: &Node, args: &[&str], input: &str) -> String {
     let out = kcat_output(node, args, input);

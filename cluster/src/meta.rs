@@ -1,0 +1,136 @@
+//! Small metadata trees every node shares (SCRAM users, ACL rules): rows of `weir.meta`, a JSON
+//! value under a key per tree, as a lone node keeps them in sled.
+//!
+//! Each change commits with `NOTIFY weir_meta, '<tree>'`; every node's listener passes the
+//! tree's name on to [`SharedLog::subscribe_meta`], so a node that keeps a copy in memory (the
+//! ACL rules every request is checked against) reads it again. After the listener connects
+//! again it passes on an empty name: any tree may have changed meanwhile.
+
+use tokio::sync::broadcast;
+
+use crate::{ClusterError, Result, SharedLog};
+
+/// The channel metadata changes are announced on; the payload is the tree's name.
+pub(crate) const META_CHANNEL: &str = "weir_meta";
+
+/// Longest tree name or key, in bytes: both are index keys.
+pub const META_KEY_BYTES_MAX: usize = 1024;
+
+/// Largest value, in bytes of JSON.
+pub const META_VALUE_BYTES_MAX: usize = 1 << 20;
+
+/// Changes a slow subscriber may fall behind by before it is told it lagged.
+pub(crate) const META_QUEUE_MAX: usize = 256;
+
+fn check_key(tree: &str, key: &str) -> Result<()> {
+    for (what, text) in [("tree name", tree), ("key", key)] {
+        if text.len() > META_KEY_BYTES_MAX {
+            return Err(ClusterError::InvalidRequest(format!(
+                "a metadata {what} of {} bytes, allowed at most {META_KEY_BYTES_MAX}",
+                text.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl SharedLog {
+    /// The value under `key` in `tree`, as JSON.
+    pub async fn meta_get(&self, tree: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        check_key(tree, key)?;
+        let row = self
+            .db()
+            .await?
+            .query_opt(
+                "SELECT value::text FROM weir.meta WHERE tree = $1 AND key = $2",
+                &[&tree, &key],
+            )
+            .await?;
+        Ok(row.map(|r| r.get::<_, String>(0).into_bytes()))
+    }
+
+    /// Stores `value` (JSON) under `key` in `tree`, committed before this returns.
+    pub async fn meta_put(&self, tree: &str, key: &str, value: &[u8]) -> Result<()> {
+        check_key(tree, key)?;
+        if value.len() > META_VALUE_BYTES_MAX {
+            return Err(ClusterError::InvalidRequest(format!(
+                "a metadata value of {} bytes, allowed at most {META_VALUE_BYTES_MAX}",
+                value.len()
+            )));
+        }
+        let text = std::str::from_utf8(value)
+            .map_err(|e| ClusterError::InvalidRequest(format!("a metadata value: {e}")))?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await?;
+        tx.execute(
+            "INSERT INTO weir.meta (tree, key, value) VALUES ($1, $2, $3::text::jsonb)
+             ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value",
+            &[&tree, &key, &text],
+        )
+        .await?;
+        announce(&tx, tree).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes `key` from `tree`; whether it was there.
+    pub async fn meta_remove(&self, tree: &str, key: &str) -> Result<bool> {
+        check_key(tree, key)?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await?;
+        let removed = tx
+            .execute(
+                "DELETE FROM weir.meta WHERE tree = $1 AND key = $2",
+                &[&tree, &key],
+            )
+            .await?;
+        if removed > 0 {
+            announce(&tx, tree).await?;
+        }
+        tx.commit().await?;
+        Ok(removed > 0)
+    }
+
+    /// Every entry of `tree` whose key starts with `prefix`, in key order (bytewise, as sled
+    /// orders them).
+    pub async fn meta_scan(&self, tree: &str, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        check_key(tree, prefix)?;
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT key, value::text FROM weir.meta
+                 WHERE tree = $1 AND starts_with(key, $2) ORDER BY key COLLATE \"C\"",
+                &[&tree, &prefix],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, String>(1).into_bytes()))
+            .collect())
+    }
+
+    /// How many entries `tree` holds.
+    pub async fn meta_len(&self, tree: &str) -> Result<usize> {
+        check_key(tree, "")?;
+        let row = self
+            .db()
+            .await?
+            .query_one("SELECT count(*) FROM weir.meta WHERE tree = $1", &[&tree])
+            .await?;
+        Ok(row.get::<_, i64>(0) as usize)
+    }
+
+    /// The names of the trees any node changes from now on, as this node's listener hears
+    /// them; an empty name when any tree may have changed unheard (the listener reconnected).
+    pub fn subscribe_meta(&self) -> broadcast::Receiver<String> {
+        self.meta_changed.subscribe()
+    }
+}
+
+/// Tells every node's listener, at commit, that `tree` changed.
+async fn announce(tx: &tokio_postgres::Transaction<'_>, tree: &str) -> Result<()> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&META_CHANNEL, &tree])
+        .await?;
+    Ok(())
+}
