@@ -719,6 +719,33 @@ mod tests {
 
     const HOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+    /// A cluster keeps rules under their keys in its database, whose keys are bounded: the
+    /// longest rule a node accepts must fit.
+    #[test]
+    fn the_longest_valid_rule_has_a_key_a_cluster_can_store() {
+        fn longest<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str) -> T {
+            *all.iter().max_by_key(|v| name(**v).len()).unwrap()
+        }
+        // The cluster resource has one fixed name; every other type takes any name.
+        let named: Vec<ResourceType> = ResourceType::ALL_VALUES
+            .iter()
+            .copied()
+            .filter(|t| *t != ResourceType::Cluster)
+            .collect();
+        let longest_rule = Acl {
+            resource_type: longest(&named, ResourceType::name),
+            resource_name: "n".repeat(ACL_NAME_BYTES_MAX),
+            pattern_type: longest(PatternType::ALL_VALUES, PatternType::name),
+            principal: format!("User:{}", "u".repeat(ACL_NAME_BYTES_MAX - 5)),
+            host: "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".into(),
+            operation: longest(Operation::ALL_VALUES, Operation::name),
+            permission: longest(Permission::ALL_VALUES, Permission::name),
+        };
+        longest_rule.validate().unwrap();
+        assert!(longest_rule.key().len() <= weir_cluster::META_KEY_BYTES_MAX);
+        assert!(ACLS_TREE.len() <= weir_cluster::META_TREE_BYTES_MAX);
+    }
+
     #[test]
     fn nothing_is_allowed_without_a_rule_and_deny_wins() {
         use Operation::*;

@@ -65,7 +65,7 @@ pub use log::{
     FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,
 };
 pub use membership::{NodeInfo, leader, leader_by};
-pub use meta::{META_KEY_BYTES_MAX, META_VALUE_BYTES_MAX};
+pub use meta::{META_KEY_BYTES_MAX, META_TREE_BYTES_MAX, META_VALUE_BYTES_MAX};
 pub use retention::Trimmed;
 pub use topics::{TOPIC_CONFIG_BYTES_MAX, TOPIC_CONFIGS_MAX, Topic};
 pub use watch::Advanced;

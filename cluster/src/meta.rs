@@ -13,8 +13,13 @@ use crate::{ClusterError, Result, SharedLog};
 /// The channel metadata changes are announced on; the payload is the tree's name.
 pub(crate) const META_CHANNEL: &str = "weir_meta";
 
-/// Longest tree name or key, in bytes: both are index keys.
-pub const META_KEY_BYTES_MAX: usize = 1024;
+/// Longest tree name, in bytes. With the key, it makes the table's index entry, which Postgres
+/// keeps under about 2.7 kB.
+pub const META_TREE_BYTES_MAX: usize = 64;
+
+/// Longest key, in bytes: room for the longest ACL rule's key (two 512-byte names and its other
+/// fields) with the tree name inside the index entry's limit.
+pub const META_KEY_BYTES_MAX: usize = 2048;
 
 /// Largest value, in bytes of JSON.
 pub const META_VALUE_BYTES_MAX: usize = 1 << 20;
@@ -23,10 +28,13 @@ pub const META_VALUE_BYTES_MAX: usize = 1 << 20;
 pub(crate) const META_QUEUE_MAX: usize = 256;
 
 fn check_key(tree: &str, key: &str) -> Result<()> {
-    for (what, text) in [("tree name", tree), ("key", key)] {
-        if text.len() > META_KEY_BYTES_MAX {
+    for (what, text, max) in [
+        ("tree name", tree, META_TREE_BYTES_MAX),
+        ("key", key, META_KEY_BYTES_MAX),
+    ] {
+        if text.len() > max {
             return Err(ClusterError::InvalidRequest(format!(
-                "a metadata {what} of {} bytes, allowed at most {META_KEY_BYTES_MAX}",
+                "a metadata {what} of {} bytes, allowed at most {max}",
                 text.len()
             )));
         }

@@ -13,6 +13,7 @@
 
 use tokio_postgres::Transaction;
 use tokio_postgres::types::ToSql;
+use weir_storage::config::ms_i64;
 
 use crate::lease::{Lease, check_held, lost};
 use crate::{Result, SharedLog};
@@ -67,7 +68,7 @@ impl SharedLog {
             }
             let oldest_kept: Option<i64> = config
                 .retention_ms
-                .map(|ms| now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)));
+                .map(|ms| now_ms.saturating_sub(ms_i64(ms)));
             let bytes_kept: Option<i64> = config
                 .retention_bytes
                 .map(|bytes| i64::try_from(bytes).unwrap_or(i64::MAX));

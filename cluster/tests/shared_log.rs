@@ -891,3 +891,44 @@ async fn read_all_from(log: &SharedLog, topic: &str, partition: u32, offset: u64
         .map(|(_, v)| v)
         .collect()
 }
+
+#[tokio::test]
+async fn metadata_trees_keep_keys_and_values_within_their_bounds() {
+    use weir_cluster::{META_KEY_BYTES_MAX, META_TREE_BYTES_MAX, META_VALUE_BYTES_MAX};
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let log = node(&pg, &store_url, 1).await;
+    let longest = "k".repeat(META_KEY_BYTES_MAX);
+    log.meta_put("acls", &longest, b"{\"n\": 1}")
+        .await
+        .expect("the longest key");
+    assert_eq!(
+        log.meta_get("acls", &longest)
+            .await
+            .expect("get")
+            .as_deref(),
+        Some(&b"{\"n\": 1}"[..])
+    );
+    let bounded = |e: ClusterError| matches!(e, ClusterError::InvalidRequest(_));
+    let long_key = "k".repeat(META_KEY_BYTES_MAX + 1);
+    let refused = log
+        .meta_put("acls", &long_key, b"1")
+        .await
+        .expect_err("key");
+    assert!(bounded(refused), "a key past its bound");
+    let long_tree = "t".repeat(META_TREE_BYTES_MAX + 1);
+    let refused = log.meta_put(&long_tree, "k", b"1").await.expect_err("tree");
+    assert!(bounded(refused), "a tree name past its bound");
+    let big = format!("\"{}\"", "v".repeat(META_VALUE_BYTES_MAX));
+    let refused = log
+        .meta_put("acls", "k", big.as_bytes())
+        .await
+        .expect_err("value");
+    assert!(bounded(refused), "a value past its bound");
+    assert_eq!(
+        log.meta_len("acls").await.expect("len"),
+        1,
+        "nothing refused was kept"
+    );
+}
