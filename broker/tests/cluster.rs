@@ -686,6 +686,13 @@ fn acknowledged_records_and_commits_survive_nodes_killed_on_a_seeded_schedule() 
         nodes.insert(victim, start(victim));
     }
 
+    // On a loaded machine the group may not have settled between kills; once they stop, wait
+    // for its commits, so the commit checks below have work to check.
+    eventually(
+        &format!("seed {seed}: the consumer commits"),
+        Duration::from_secs(60),
+        || consumer.count() >= cycles as usize,
+    );
     let (acks, commits) = Traffic::stop_all(producers, consumer);
     let finals = final_commits(&python, &bootstrap, TOPIC, GROUP, PARTITIONS);
     let read = read_all(&nodes[1], TOPIC);
