@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use weir_runtime::{Owner, PipelineSpec, Rights};
 use weir_sql::{TableAccess, TableUse};
-use weir_storage::{Tree, locks};
+use weir_storage::{Bounded, Tree, locks};
 
 /// Most ACL rules a node keeps; each check may read all of them.
 pub const ACLS_MAX: usize = 10_000;
@@ -366,20 +366,17 @@ impl Acls {
         locks::read(&self.rules).clone()
     }
 
-    /// Adds rules (one already there is left as it is), each checked first.
+    /// Adds rules, all or none (one already there is left as it is), each checked first.
     pub fn add(&self, acls: &[Acl]) -> Result<(), AclError> {
         for acl in acls {
             acl.validate()?;
         }
-        let existing = self.tree.count()?;
-        if existing + acls.len() > ACLS_MAX {
+        let entries = acls.iter().map(|acl| (acl.key(), acl));
+        if let Bounded::Full { existing } = self.tree.insert_within(entries, ACLS_MAX)? {
             return Err(AclError::TooMany {
                 existing,
                 added: acls.len(),
             });
-        }
-        for acl in acls {
-            self.tree.insert(&acl.key(), acl)?;
         }
         self.reload()
     }

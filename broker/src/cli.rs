@@ -32,6 +32,48 @@ fn pem_items<T>(
     Ok(items)
 }
 
+/// TLS trusting the CAs in the PEM file `ca` (the platform's when `None`), and presenting the
+/// certificate and key of `identity` when a server asks for one.
+pub(crate) fn tls_config(
+    ca: Option<&std::path::Path>,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<ureq::tls::TlsConfig> {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(ca) = ca {
+        let roots = pem_items(ca, |item| match item {
+            ureq::tls::PemItem::Certificate(cert) => Some(cert),
+            _ => None,
+        })?;
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+    }
+    if let Some((cert, key)) = identity {
+        let chain = pem_items(cert, |item| match item {
+            ureq::tls::PemItem::Certificate(cert) => Some(cert),
+            _ => None,
+        })?;
+        let mut keys = pem_items(key, |item| match item {
+            ureq::tls::PemItem::PrivateKey(key) => Some(key),
+            _ => None,
+        })?;
+        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(
+            &chain,
+            keys.swap_remove(0),
+        )));
+    }
+    Ok(tls.build())
+}
+
+/// An HTTP agent that hands every status to its caller and gives up on a request after a
+/// minute.
+pub(crate) fn agent(tls: ureq::tls::TlsConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
 /// Lines sent per produce request.
 pub const PRODUCE_CHUNK_RECORDS: usize = 1000;
 /// Records asked for per consume request.
@@ -60,42 +102,14 @@ impl Client {
         ca: Option<&std::path::Path>,
         identity: Option<(&std::path::Path, &std::path::Path)>,
     ) -> Result<Self> {
-        let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(ca) = ca {
-            let roots = pem_items(ca, |item| match item {
-                ureq::tls::PemItem::Certificate(cert) => Some(cert),
-                _ => None,
-            })?;
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
-        }
-        if let Some((cert, key)) = identity {
-            let chain = pem_items(cert, |item| match item {
-                ureq::tls::PemItem::Certificate(cert) => Some(cert),
-                _ => None,
-            })?;
-            let mut keys = pem_items(key, |item| match item {
-                ureq::tls::PemItem::PrivateKey(key) => Some(key),
-                _ => None,
-            })?;
-            tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(
-                &chain,
-                keys.swap_remove(0),
-            )));
-        }
-        Ok(Self::with_tls(server, token, tls.build()))
+        Ok(Self::with_tls(server, token, tls_config(ca, identity)?))
     }
 
     fn with_tls(server: &str, token: Option<String>, tls: ureq::tls::TlsConfig) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .tls_config(tls)
-            .build()
-            .into();
         Client {
             base: server.trim_end_matches('/').to_string(),
             token,
-            agent,
+            agent: agent(tls),
         }
     }
 

@@ -28,7 +28,7 @@ use weir_cluster::{
     SharedLog, Topic,
 };
 use weir_storage::{
-    BatchError, PartitionSize, PartitionSource, Storage, StorageError, TopicMeta, Tree,
+    BatchError, Bounded, PartitionSize, PartitionSource, Storage, StorageError, TopicMeta, Tree,
     TreeBackend, locks,
 };
 
@@ -74,6 +74,15 @@ pub struct ClusterConfig {
     pub retention_check_ms: u64,
 }
 
+/// `host:port`, with an IPv6 host in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// The node's handle on the cluster.
 pub(crate) struct ClusterLogs {
     log: Arc<SharedLog>,
@@ -81,6 +90,8 @@ pub(crate) struct ClusterLogs {
     this: Broker,
     /// The live nodes as last read, by id; this node alone until the first heartbeat.
     live: RwLock<Vec<Broker>>,
+    /// The HTTP listener (`host:port`) of each live node, by id, as last read.
+    http: RwLock<HashMap<i32, String>>,
     runtime: Handle,
     /// Counts what the node appends.
     metrics: Arc<Metrics>,
@@ -140,6 +151,7 @@ impl ClusterLogs {
             log,
             flusher,
             live: RwLock::new(vec![this.clone()]),
+            http: RwLock::new(HashMap::new()),
             this,
             runtime: Handle::current(),
             metrics,
@@ -293,14 +305,20 @@ impl ClusterLogs {
     async fn refresh_live(&self) {
         match self.log.live_nodes(SESSION_TIMEOUT_MS).await {
             Ok(nodes) => {
+                let nodes: Vec<(i32, NodeInfo)> = nodes
+                    .into_iter()
+                    .filter_map(|n| Some((n.node_id.parse().ok()?, n)))
+                    .collect();
+                let http = nodes
+                    .iter()
+                    .map(|(id, n)| (*id, host_port(&n.host, n.http_port)))
+                    .collect();
                 let mut live: Vec<Broker> = nodes
                     .into_iter()
-                    .filter_map(|n| {
-                        Some(Broker {
-                            id: n.node_id.parse().ok()?,
-                            host: n.host,
-                            port: n.kafka_port,
-                        })
+                    .map(|(id, n)| Broker {
+                        id,
+                        host: n.host,
+                        port: n.kafka_port,
                     })
                     .collect();
                 if !live.contains(&self.this) {
@@ -308,6 +326,7 @@ impl ClusterLogs {
                 }
                 live.sort_by_key(|b| b.id);
                 *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+                *self.http.write().unwrap_or_else(|e| e.into_inner()) = http;
             }
             Err(e) => tracing::warn!(error = %e, "reading the live nodes failed"),
         }
@@ -432,6 +451,14 @@ impl TreeBackend for ClusterTree {
 
     fn count(&self) -> weir_storage::Result<usize> {
         self.call(self.log.meta_len(&self.tree))
+    }
+
+    fn insert_within(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        max: usize,
+    ) -> weir_storage::Result<Bounded> {
+        self.call(self.log.meta_put_within(&self.tree, &entries, max))
     }
 }
 
@@ -590,6 +617,26 @@ impl weir_storage::Topics for ClusterLogs {
         }))
     }
 
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicMeta, StorageError> {
+        Logs::create_topic(self, name, partitions, configs)?;
+        Logs::topic_meta(self, name)?
+            .ok_or_else(|| StorageError::UnknownTopic { name: name.into() })
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<(), StorageError> {
+        Logs::delete_topic(self, name)
+    }
+
+    fn append(&self, topic: &str, partition: u32, batches: Bytes) -> Result<u64, StorageError> {
+        let (base, _, _) = Logs::append(self, topic, partition, batches)?;
+        Ok(base as u64)
+    }
+
     /// Read in one query; a topic deleted meanwhile has none left to read.
     fn partition_sizes(
         &self,
@@ -704,6 +751,15 @@ impl Logs for ClusterLogs {
         weir_cluster::leader_by(key, u32::MAX, &brokers, |b| b.id.to_be_bytes())
             .cloned()
             .unwrap_or_else(|| self.this.clone())
+    }
+
+    fn coordinator_http(&self, key: &str) -> Option<String> {
+        let home = self.coordinator(key);
+        if home.id == self.this.id {
+            return None;
+        }
+        let http = self.http.read().unwrap_or_else(|e| e.into_inner());
+        http.get(&home.id).cloned()
     }
 
     fn topic(&self, name: &str) -> Result<Option<TopicInfo>, StorageError> {

@@ -35,6 +35,7 @@ use crate::tls::{Handshakes, Listener};
 
 mod acls_api;
 mod console;
+mod forward;
 mod groups_api;
 mod ingest;
 mod node_api;
@@ -47,6 +48,7 @@ mod tracked;
 mod users_api;
 mod weigh;
 
+pub use forward::Peers;
 pub use records_api::{CONSUME_RECORDS_MAX, CONTAINS_BYTES_MAX, PAGE_BYTES_MAX, SCAN_BYTES_MAX};
 
 /// Most records one produce request takes.
@@ -64,6 +66,8 @@ struct AppState {
     tls: bool,
     /// Where the ingestion endpoints write when a request names no topic.
     ingest: Arc<IngestTopics>,
+    /// On a cluster, how requests go on to the node that coordinates their group.
+    peers: Option<Arc<Peers>>,
 }
 
 /// The topics the ingestion endpoints (Prometheus remote write, OTLP) write to when a request
@@ -167,6 +171,7 @@ pub async fn serve(
     tokens: Tokens,
     ingest: IngestTopics,
     tls: Option<crate::tls::Tls>,
+    peers: Option<Peers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let handshakes = tls.map(|tls| Handshakes::new(&tls, Listener::Http, node.metrics.clone()));
@@ -178,6 +183,7 @@ pub async fn serve(
         token: tokens.admin.map(Arc::from),
         tls: handshakes.is_some(),
         ingest: Arc::new(ingest),
+        peers: peers.map(Arc::new),
     };
     // Plugins, users and ACLs change the node for everyone: the admin token or a super user
     // only.

@@ -22,7 +22,8 @@ pub struct NodeContext {
     /// The partitions the Kafka data path reads and writes: the data directory's, or the
     /// cluster's.
     pub(crate) logs: Arc<dyn crate::kafka::logs::Logs>,
-    /// The topics SQL and the HTTP record pages read: the data directory's, or the cluster's.
+    /// The topics SQL and the HTTP record pages read, and SQL appends to: the data directory's, or
+    /// the cluster's.
     pub topics: Arc<dyn weir_storage::Topics>,
     pub runtime: Arc<Runtime>,
     pub sql: Arc<QueryEngine>,

@@ -16,7 +16,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
-use weir_storage::Tree;
+use weir_storage::{Bounded, Tree};
 
 /// The mechanisms a client may pick in SaslHandshake.
 pub const MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
@@ -291,11 +291,13 @@ impl Users {
     }
 
     fn put(&self, name: &str, credentials: UserCredentials) -> Result<(), UserError> {
-        if self.tree.get(name)?.is_none() && self.count()? >= USERS_MAX {
-            return Err(UserError::TooMany);
+        match self
+            .tree
+            .insert_within([(name.to_string(), &credentials)], USERS_MAX)?
+        {
+            Bounded::Stored => Ok(()),
+            Bounded::Full { .. } => Err(UserError::TooMany),
         }
-        self.tree.insert(name, &credentials)?;
-        Ok(())
     }
 
     /// How many users exist.

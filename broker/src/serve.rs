@@ -118,6 +118,10 @@ impl Server {
             }
             None => None,
         };
+        let peers = match &cluster {
+            Some(_) => Some(crate::http::Peers::new(config.tls.as_ref())?),
+            None => None,
+        };
         let logs: Arc<dyn Logs> = match &cluster {
             Some(cluster) => cluster.clone(),
             None => Arc::new(LocalLogs::new(
@@ -200,6 +204,7 @@ impl Server {
                     create: config.auto_create_topics,
                 },
                 tls.clone(),
+                peers,
                 shutdown_rx.clone(),
             )),
         ]);

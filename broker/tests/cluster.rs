@@ -5,8 +5,10 @@
 //! the others drop it from Metadata and still serve every record, and it comes back empty and
 //! serves at once; without the database nothing is acknowledged. Consumer groups (confluent-kafka,
 //! kafkajs) run across the nodes, and when a group's coordinator dies a live node takes the
-//! group and its committed offsets. Topics are created with configs, reconfigured, grown,
-//! deleted and made again through different nodes, and every node follows.
+//! group and its committed offsets; group requests over HTTP reach the coordinator through any
+//! node. Topics are created with configs, reconfigured, grown, deleted and made again through
+//! different nodes, and every node follows; SQL appends and `CREATE TABLE … AS SELECT` write to
+//! the cluster's topics.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -1065,12 +1067,13 @@ fn record_pages_and_sql_read_the_cluster_through_any_node() {
     assert!(missing.contains("404"), "{missing}");
 
     // SQL through node 2 sees every record, whichever node took it.
-    let rows = |statement: &str| {
-        let answer = http[2]
+    let rows_at = |node: usize, statement: &str| {
+        let answer = http[node]
             .call("POST", "/v1/sql", Some(&json!({ "sql": statement })))
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
         answer["rows"].clone()
     };
+    let rows = |statement: &str| rows_at(2, statement);
     assert_eq!(
         rows("SELECT count(*) AS n FROM events"),
         json!([{ "n": 30 }])
@@ -1104,10 +1107,40 @@ fn record_pages_and_sql_read_the_cluster_through_any_node() {
         rows("SELECT partitions FROM weir.topics WHERE name = 'events'"),
         json!([{ "partitions": 2 }])
     );
-    // Appending through SQL is refused on a cluster, clearly, and appends nothing.
-    let insert = json!({ "sql": "INSERT INTO events (value_text) VALUES ('sql')" });
-    let refused = http[2].call("POST", "/v1/sql", Some(&insert)).unwrap_err();
-    assert!(refused.to_string().contains("cluster node"), "{refused}");
+    // SQL appends are flushed like any produce: a topic made by CREATE TABLE … AS SELECT
+    // through node 0 and a row inserted through node 2 are read through node 1.
+    rows_at(
+        0,
+        "CREATE TABLE late WITH (partitions = 2) AS \
+         SELECT value_text AS event, partition AS source FROM events WHERE \"offset\" >= 13",
+    );
+    rows_at(2, "INSERT INTO late (event, source) VALUES ('from-sql', 9)");
+    assert_eq!(
+        rows_at(1, "SELECT event, source FROM late ORDER BY event"),
+        json!([
+            { "event": "event-26", "source": 0 },
+            { "event": "event-27", "source": 1 },
+            { "event": "event-28", "source": 0 },
+            { "event": "event-29", "source": 1 },
+            { "event": "from-sql", "source": 9 },
+        ])
+    );
+    assert_eq!(
+        rows_at(1, "SELECT partitions FROM weir.topics WHERE name = 'late'"),
+        json!([{ "partitions": 2 }])
+    );
+    // A CREATE TABLE … AS SELECT whose rows fail once the topic is made leaves no topic
+    // behind on the cluster.
+    let broken = "CREATE TABLE broken AS SELECT CAST(value_text AS INT) AS n FROM events";
+    let failed = http[0].call("POST", "/v1/sql", Some(&json!({ "sql": broken })));
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(
+        rows_at(
+            1,
+            "SELECT count(*) AS n FROM weir.topics WHERE name = 'broken'"
+        ),
+        json!([{ "n": 0 }])
+    );
     assert_eq!(
         rows("SELECT count(*) AS n FROM events"),
         json!([{ "n": 30 }])
@@ -1223,5 +1256,151 @@ fn users_and_acls_made_through_one_node_hold_on_every_node() {
     assert!(!listed && out.contains("uthentication failed"), "{out}");
     for node in &nodes {
         assert_eq!(metric(node, "weir_acls "), 2.0, "read, write on one topic");
+    }
+}
+
+/// The status of an HTTP call: 200 for any success, else what the node answered.
+fn status(answer: weir_broker::error::Result<serde_json::Value>) -> u16 {
+    match answer {
+        Ok(_) => 200,
+        Err(weir_broker::error::Error::Remote { status, .. }) => status,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn group_requests_through_any_node_are_answered_by_the_node_coordinating_the_group() {
+    use serde_json::json;
+    if !have("kcat", "apt-get install kcat") {
+        return;
+    }
+    let Some(db) = Postgres::start() else {
+        return;
+    };
+    let (_store, _dirs, nodes) = three_nodes(&db);
+    eventually("every node lists three", Duration::from_secs(20), || {
+        nodes.iter().all(|n| brokers(n).len() == 3)
+    });
+    let http: Vec<weir_broker::cli::Client> = nodes
+        .iter()
+        .map(|n| weir_broker::cli::Client::new(&n.url(), None))
+        .collect();
+    let made = json!({ "name": "held", "partitions": 2 });
+    http[0].call("POST", "/v1/topics", Some(&made)).unwrap();
+    let records: Vec<serde_json::Value> = (0..40)
+        .map(|i| json!({ "value": format!("r{i}"), "partition": i % 2 }))
+        .collect();
+    let body = json!({ "records": records });
+    http[1]
+        .call("POST", "/v1/topics/held/records", Some(&body))
+        .unwrap();
+    let describe = |node: usize| http[node].call("GET", "/v1/groups/tools", None);
+    // (members, committed offset of each partition) as `node` describes the group.
+    let seen = |node: usize| {
+        let group = describe(node).unwrap();
+        let offsets: BTreeMap<i64, i64> = group["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["partition"].as_i64().unwrap(),
+                    o["committed"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        (group["members"].as_array().unwrap().len(), offsets)
+    };
+
+    // A commit through each node in turn: one node takes the group, and the others send the
+    // later commits on to it.
+    for (i, c) in http.iter().enumerate() {
+        let commit = json!({ "topic": "held", "partition": 0, "offset": i + 1 });
+        c.call("POST", "/v1/groups/tools/offsets", Some(&commit))
+            .unwrap_or_else(|e| panic!("commit through node {i}: {e}"));
+    }
+    let leases = group_leases(&nodes);
+    assert_eq!(
+        leases.iter().sum::<f64>(),
+        1.0,
+        "one coordinator: {leases:?}"
+    );
+    let home = leases.iter().position(|&l| l == 1.0).unwrap();
+    let other = (home + 1) % 3;
+    for node in 0..3 {
+        assert_eq!(
+            seen(node),
+            (0, BTreeMap::from([(0, 3)])),
+            "through node {node}"
+        );
+    }
+
+    // Resets through each node, a dry run first; every node then reads what the last one set.
+    for (i, c) in http.iter().enumerate() {
+        let to = 10 + i as i64;
+        let dry = json!({ "topic": "held", "to_offset": to, "dry_run": true });
+        let answer = c
+            .call("POST", "/v1/groups/tools/reset-offsets", Some(&dry))
+            .unwrap_or_else(|e| panic!("dry reset through node {i}: {e}"));
+        assert_eq!(answer["offsets"][1]["after"], to, "{answer}");
+        let reset = json!({ "topic": "held", "to_offset": to });
+        c.call("POST", "/v1/groups/tools/reset-offsets", Some(&reset))
+            .unwrap_or_else(|e| panic!("reset through node {i}: {e}"));
+        for node in 0..3 {
+            assert_eq!(
+                seen(node).1,
+                BTreeMap::from([(0, to), (1, to)]),
+                "reset through {i}, read through {node}"
+            );
+        }
+    }
+
+    // A request another node already sent on is answered where it lands: a node that does
+    // not coordinate the group says so rather than send it further.
+    let forwarded = ureq::post(format!("{}/v1/groups/tools/offsets", nodes[other].url()))
+        .header("Weir-Forwarded-By", "7")
+        .header("Content-Type", "application/json")
+        .send(json!({ "topic": "held", "partition": 0, "offset": 1 }).to_string());
+    assert!(
+        matches!(forwarded, Err(ureq::Error::StatusCode(503))),
+        "{forwarded:?}"
+    );
+
+    // A consumer joins through a node that does not coordinate the group. Every node then
+    // describes its member, and refuses to move offsets under it.
+    let mut member = std::process::Command::new("kcat")
+        .args(["-b", &nodes[other].kafka.to_string(), "-G", "tools", "held"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(
+        "every node describes the member",
+        Duration::from_secs(30),
+        || (0..3).all(|node| seen(node).0 == 1),
+    );
+    for (i, c) in http.iter().enumerate() {
+        let reset = json!({ "topic": "held", "to_earliest": true });
+        let refused = c.call("POST", "/v1/groups/tools/reset-offsets", Some(&reset));
+        assert_eq!(status(refused), 409, "reset through node {i}");
+        assert_eq!(status(c.call("DELETE", "/v1/groups/tools", None)), 409);
+    }
+    // It leaves on SIGTERM; then the group is deleted through a node that does not hold it,
+    // and no node knows it after.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &member.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    member.wait().unwrap();
+    eventually("the member left", Duration::from_secs(30), || {
+        (0..3).all(|node| seen(node).0 == 0)
+    });
+    assert_eq!(
+        status(http[other].call("DELETE", "/v1/groups/tools", None)),
+        200
+    );
+    for node in 0..3 {
+        assert_eq!(status(describe(node)), 404, "through node {node}");
     }
 }

@@ -88,8 +88,16 @@ impl Browser {
         answer["value"].clone()
     }
 
+    /// Goes to `url` and waits until the console has drawn its route, so nothing read after
+    /// comes from the page before.
     fn open(&self, url: &str) {
         self.send("POST", "/url", json!({ "url": url }));
+        self.until(
+            &format!("{url} drawn"),
+            "const path = location.hash.replace(/^#\\/?/, ''); \
+             return document.getElementById('main').dataset.shown === path;",
+            |shown| shown == &json!(true),
+        );
     }
 
     /// Runs `script` in the page with `args` and answers what it returns.

@@ -1011,18 +1011,22 @@ async function route() {
   }
   document.getElementById("logout").hidden = !sessionStorage.getItem(TOKEN_KEY);
   const root = main();
+  // `data-shown` names the route once its page is drawn; until then the old page may linger.
+  delete root.dataset.shown;
   // Ask for the token before drawing a page the API would refuse.
   try {
     await api("GET", "/node");
   } catch (e) {
     if (e.status === 401 || e.status === 403) {
       loginPage(root, sessionStorage.getItem(TOKEN_KEY) ? e.message : null);
+      root.dataset.shown = path;
       return;
     }
   }
   root.replaceChildren();
   const stop = await render(root, ...args);
   stopRefresh = stop ?? (() => {});
+  root.dataset.shown = path;
   // A page that put the focus somewhere (the SQL editor) keeps it there.
   if (!root.contains(document.activeElement)) root.focus();
 }

@@ -7,6 +7,7 @@
 //! again it passes on an empty name: any tree may have changed meanwhile.
 
 use tokio::sync::broadcast;
+use weir_storage::Bounded;
 
 use crate::{ClusterError, Result, SharedLog};
 
@@ -42,6 +43,34 @@ fn check_key(tree: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// `value` as the JSON text the `jsonb` column takes, once it is within its bound.
+fn value_text(value: &[u8]) -> Result<&str> {
+    if value.len() > META_VALUE_BYTES_MAX {
+        return Err(ClusterError::InvalidRequest(format!(
+            "a metadata value of {} bytes, allowed at most {META_VALUE_BYTES_MAX}",
+            value.len()
+        )));
+    }
+    std::str::from_utf8(value)
+        .map_err(|e| ClusterError::InvalidRequest(format!("a metadata value: {e}")))
+}
+
+/// Puts `value` (JSON text) under `key` in `tree`, inside `tx`.
+async fn put(
+    tx: &tokio_postgres::Transaction<'_>,
+    tree: &str,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO weir.meta (tree, key, value) VALUES ($1, $2, $3::text::jsonb)
+         ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value",
+        &[&tree, &key, &value],
+    )
+    .await?;
+    Ok(())
+}
+
 impl SharedLog {
     /// The value under `key` in `tree`, as JSON.
     pub async fn meta_get(&self, tree: &str, key: &str) -> Result<Option<Vec<u8>>> {
@@ -60,25 +89,66 @@ impl SharedLog {
     /// Stores `value` (JSON) under `key` in `tree`, committed before this returns.
     pub async fn meta_put(&self, tree: &str, key: &str, value: &[u8]) -> Result<()> {
         check_key(tree, key)?;
-        if value.len() > META_VALUE_BYTES_MAX {
-            return Err(ClusterError::InvalidRequest(format!(
-                "a metadata value of {} bytes, allowed at most {META_VALUE_BYTES_MAX}",
-                value.len()
-            )));
-        }
-        let text = std::str::from_utf8(value)
-            .map_err(|e| ClusterError::InvalidRequest(format!("a metadata value: {e}")))?;
+        let text = value_text(value)?;
         let mut db = self.db().await?;
         let tx = db.transaction().await?;
-        tx.execute(
-            "INSERT INTO weir.meta (tree, key, value) VALUES ($1, $2, $3::text::jsonb)
-             ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value",
-            &[&tree, &key, &text],
-        )
-        .await?;
+        put(&tx, tree, key, text).await?;
         announce(&tx, tree).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Stores every entry in `tree`, all or none, unless the tree would then hold more than
+    /// `max` entries (a key already there counts once). A transaction-scoped advisory lock on
+    /// the tree makes the count and the writes one step across every node, so nodes racing
+    /// never pass `max` together.
+    pub async fn meta_put_within(
+        &self,
+        tree: &str,
+        entries: &[(String, Vec<u8>)],
+        max: usize,
+    ) -> Result<Bounded> {
+        let mut texts = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            check_key(tree, key)?;
+            texts.push(value_text(value)?);
+        }
+        check_key(tree, "")?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await?;
+        let lock = format!("weir.meta/{tree}");
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&lock],
+        )
+        .await?;
+        let existing = tx
+            .query_one("SELECT count(*) FROM weir.meta WHERE tree = $1", &[&tree])
+            .await?
+            .get::<_, i64>(0) as usize;
+        let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        let present: Vec<String> = tx
+            .query(
+                "SELECT key FROM weir.meta WHERE tree = $1 AND key = ANY($2)",
+                &[&tree, &keys],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let new = weir_storage::new_keys(keys.iter().copied(), |key| {
+            Ok::<_, std::convert::Infallible>(present.iter().any(|p| p == key))
+        })
+        .unwrap_or_else(|never| match never {});
+        if existing + new > max {
+            return Ok(Bounded::Full { existing });
+        }
+        for (key, text) in keys.iter().zip(&texts) {
+            put(&tx, tree, key, text).await?;
+        }
+        announce(&tx, tree).await?;
+        tx.commit().await?;
+        Ok(Bounded::Stored)
     }
 
     /// Removes `key` from `tree`; whether it was there.

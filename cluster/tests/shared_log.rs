@@ -11,7 +11,7 @@ use weir_tests::postgres::Postgres;
 
 use weir_cluster::{Append, ClusterError, Collected, NodeConfig, SharedLog, Trimmed};
 use weir_storage::batch::ProducerInfo;
-use weir_storage::{BatchBuilder, Compression, NewRecord, Record, decode_records};
+use weir_storage::{BatchBuilder, Bounded, Compression, NewRecord, Record, decode_records};
 
 /// Every record of a partition, read from offset 0 in small reads.
 async fn read_all(log: &SharedLog, topic: &str, partition: u32) -> Vec<Record> {
@@ -930,5 +930,56 @@ async fn metadata_trees_keep_keys_and_values_within_their_bounds() {
         log.meta_len("acls").await.expect("len"),
         1,
         "nothing refused was kept"
+    );
+}
+
+/// Bounded puts made by two nodes at once leave the tree at its bound exactly; a put past the
+/// bound keeps nothing of itself, and a key already there counts once.
+#[tokio::test]
+async fn bounded_metadata_puts_racing_on_two_nodes_stop_at_the_bound() {
+    const MAX: usize = 25;
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(&pg, &store_url, 1).await;
+    let puts = (0..40).map(|i| {
+        let log = if i % 2 == 0 { &a } else { &b };
+        let entry = vec![(format!("user-{i:02}"), b"{}".to_vec())];
+        async move {
+            log.meta_put_within("users", &entry, MAX)
+                .await
+                .expect("put")
+        }
+    });
+    let answers = join_all(puts).await;
+    let stored = answers.iter().filter(|a| **a == Bounded::Stored).count();
+    assert_eq!(stored, MAX, "{answers:?}");
+    assert_eq!(a.meta_len("users").await.expect("len"), MAX);
+
+    let there = a.meta_scan("users", "").await.expect("scan")[0].0.clone();
+    let both = [
+        (there.clone(), b"{\"v\":2}".to_vec()),
+        ("new".to_string(), b"{}".to_vec()),
+    ];
+    assert_eq!(
+        b.meta_put_within("users", &both, MAX).await.expect("put"),
+        Bounded::Full { existing: MAX }
+    );
+    assert_eq!(a.meta_get("users", "new").await.expect("get"), None);
+    assert_eq!(
+        a.meta_get("users", &there).await.expect("get").as_deref(),
+        Some(&b"{}"[..]),
+        "nothing of a refused put is kept"
+    );
+    assert_eq!(
+        b.meta_put_within("users", &both[..1], MAX)
+            .await
+            .expect("put"),
+        Bounded::Stored,
+        "a key already there takes no room"
+    );
+    assert_eq!(
+        a.meta_get("users", &there).await.expect("get").as_deref(),
+        Some(&b"{\"v\": 2}"[..])
     );
 }

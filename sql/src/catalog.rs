@@ -117,7 +117,7 @@ impl SchemaProvider for TopicSchema {
                 None => Ok(None),
             };
         };
-        let table = TopicTable::new(self.topics.clone(), &self.storage, &meta)
+        let table = TopicTable::new(self.topics.clone(), &meta)
             .map_err(|e| DataFusionError::Plan(format!("topic {name}: {e}")))?;
         Ok(Some(Arc::new(table)))
     }

@@ -212,15 +212,15 @@ impl QueryEngine {
         let columns: Vec<String> = fields.iter().map(|f| quote(f.name())).collect();
         let configs = typed_configs(fields)?;
         let partitions = create.partitions.unwrap_or(self.default_partitions);
-        if create.if_not_exists && self.storage.existing_topic(&create.topic).is_ok() {
+        if create.if_not_exists && self.topics.existing_topic(&create.topic).is_ok() {
             let (state, plan) = self
                 .planned("SELECT CAST(0 AS BIGINT) AS count", None)
                 .await?;
             return Self::collect(state, plan).await;
         }
         // An existing topic is refused here, with storage's own error.
-        let (storage, topic) = (self.storage.clone(), create.topic.clone());
-        on_blocking_pool(move || storage.create_topic(&topic, partitions, configs)).await?;
+        let (topics, topic) = (self.topics.clone(), create.topic.clone());
+        on_blocking_pool(move || topics.create_topic(&topic, partitions, configs)).await?;
         let insert = format!(
             "INSERT INTO {} ({}) {}",
             quote(&create.topic),
@@ -232,8 +232,8 @@ impl QueryEngine {
             Err(e) => Err(e),
         };
         if inserted.is_err() {
-            let (storage, topic) = (self.storage.clone(), create.topic.clone());
-            on_blocking_pool(move || storage.delete_topic(&topic)).await?;
+            let (topics, topic) = (self.topics.clone(), create.topic.clone());
+            on_blocking_pool(move || topics.delete_topic(&topic)).await?;
         }
         inserted
     }

@@ -153,6 +153,8 @@ impl Answer {
 
 pub struct QueryEngine {
     context: Arc<SessionContext>,
+    /// The topics tables read, and `CREATE TABLE … AS` makes.
+    topics: Arc<dyn Topics>,
     storage: Arc<Storage>,
     runtime: Option<Arc<Runtime>>,
     functions: Option<Arc<functions::Functions>>,
@@ -222,8 +224,7 @@ impl QueryEngine {
             )),
         )?;
         let windows = Arc::new(stream::WindowTables {
-            topics,
-            storage: storage.clone(),
+            topics: topics.clone(),
         });
         stream::window::register(&context, windows);
         let functions = match &runtime {
@@ -249,6 +250,7 @@ impl QueryEngine {
         planner.set(&context);
         Ok(QueryEngine {
             context,
+            topics,
             storage,
             runtime,
             functions,

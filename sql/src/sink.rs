@@ -21,7 +21,7 @@ use datafusion::datasource::sink::DataSink;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
 use futures::StreamExt;
-use weir_storage::{BatchBuilder, Compression, NewRecord, Storage, now_ms};
+use weir_storage::{BatchBuilder, Compression, NewRecord, Topics, now_ms};
 
 use crate::topic::{RECORD_COLUMNS, external};
 use crate::value_schema::TypedColumn;
@@ -30,7 +30,7 @@ use crate::value_schema::TypedColumn;
 const BATCH_RECORDS_MAX: usize = 1000;
 
 pub struct TopicSink {
-    storage: Arc<Storage>,
+    topics: Arc<dyn Topics>,
     topic: String,
     schema: SchemaRef,
     typed: Vec<TypedColumn>,
@@ -51,13 +51,13 @@ impl DisplayAs for TopicSink {
 
 impl TopicSink {
     pub fn new(
-        storage: Arc<Storage>,
+        topics: Arc<dyn Topics>,
         topic: String,
         schema: SchemaRef,
         typed: Vec<TypedColumn>,
     ) -> TopicSink {
         TopicSink {
-            storage,
+            topics,
             topic,
             schema,
             typed,
@@ -205,7 +205,7 @@ impl DataSink for TopicSink {
                 .all(|c| self.schema.index_of(c).is_ok())
         );
         let partitions = self
-            .storage
+            .topics
             .existing_topic(&self.topic)
             .map_err(external)?
             .partitions;
@@ -215,12 +215,10 @@ impl DataSink for TopicSink {
                 for chunk in records.chunks(BATCH_RECORDS_MAX) {
                     let mut builder = BatchBuilder::new(Compression::None);
                     chunk.iter().cloned().for_each(|r| builder.push(r));
-                    let bytes = builder.build().map_err(external)?.to_vec();
-                    let (storage, topic) = (self.storage.clone(), self.topic.clone());
+                    let batch = builder.build().map_err(external)?;
+                    let (topics, topic) = (self.topics.clone(), self.topic.clone());
                     tokio::task::spawn_blocking(move || {
-                        weir_storage::reactor::blocking(|| {
-                            storage.log(&topic, partition)?.append(&bytes)
-                        })
+                        weir_storage::reactor::blocking(|| topics.append(&topic, partition, batch))
                     })
                     .await
                     .map_err(|e| DataFusionError::External(Box::new(e)))?

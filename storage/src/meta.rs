@@ -5,10 +5,10 @@
 //! [`MetaStore::tree`]. Every write is flushed before it returns: metadata changes are rare and
 //! must survive a crash as soon as they are acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -40,6 +40,35 @@ pub trait TreeBackend: Send + Sync {
     fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
     /// How many entries the tree holds.
     fn count(&self) -> Result<usize>;
+    /// Stores every entry durably, all or none, unless the tree would then hold more than `max`
+    /// entries (a key already there counts once). The check and the write are one step, so
+    /// callers racing, on this node or on other nodes of a cluster, never pass `max` together.
+    fn insert_within(&self, entries: Vec<(String, Vec<u8>)>, max: usize) -> Result<Bounded>;
+}
+
+/// What [`TreeBackend::insert_within`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bounded {
+    Stored,
+    /// Nothing was stored: the tree held `existing` entries, and the new keys would have
+    /// passed the bound.
+    Full {
+        existing: usize,
+    },
+}
+
+/// The number of distinct keys of `keys` for which `present` says no.
+pub fn new_keys<'a, E>(
+    keys: impl IntoIterator<Item = &'a str>,
+    mut present: impl FnMut(&str) -> std::result::Result<bool, E>,
+) -> std::result::Result<usize, E> {
+    let mut new = BTreeSet::new();
+    for key in keys {
+        if !new.contains(key) && !present(key)? {
+            new.insert(key);
+        }
+    }
+    Ok(new.len())
 }
 
 /// A tree of values of type `V` under string keys.
@@ -135,12 +164,34 @@ impl<V: Serialize + DeserializeOwned> Tree<V> {
     pub fn count(&self) -> Result<usize> {
         self.backend.count()
     }
+
+    /// Stores every entry durably, all or none, unless the tree would then hold more than `max`
+    /// entries; see [`TreeBackend::insert_within`].
+    pub fn insert_within<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (String, &'a V)>,
+        max: usize,
+    ) -> Result<Bounded>
+    where
+        V: 'a,
+    {
+        let encoded = entries
+            .into_iter()
+            .map(|(key, value)| {
+                let bytes = self.encode(&key, value)?;
+                Ok((key, bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.backend.insert_within(encoded, max)
+    }
 }
 
 /// A tree of the node's sled database.
 struct SledTree {
     tree: sled::Tree,
     db: sled::Db,
+    /// Held while a bounded insert counts and writes; one for the whole store.
+    bounded: Arc<Mutex<()>>,
 }
 
 impl TreeBackend for SledTree {
@@ -176,12 +227,32 @@ impl TreeBackend for SledTree {
     fn count(&self) -> Result<usize> {
         Ok(self.tree.len())
     }
+
+    fn insert_within(&self, entries: Vec<(String, Vec<u8>)>, max: usize) -> Result<Bounded> {
+        let _one_at_a_time = crate::locks::lock(&self.bounded);
+        let existing = self.tree.len();
+        let new = new_keys(entries.iter().map(|(k, _)| k.as_str()), |key| {
+            self.tree.contains_key(key.as_bytes())
+        })?;
+        if existing + new > max {
+            return Ok(Bounded::Full { existing });
+        }
+        let mut batch = sled::Batch::default();
+        for (key, value) in entries {
+            batch.insert(key.as_bytes(), value);
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(Bounded::Stored)
+    }
 }
 
 /// The sled database holding all metadata.
 #[derive(Clone)]
 pub struct MetaStore {
     db: sled::Db,
+    /// Taken by bounded inserts into any of its trees.
+    bounded: Arc<Mutex<()>>,
 }
 
 /// How long [`MetaStore::open`] waits for a lock still held by a store of
@@ -203,7 +274,12 @@ impl MetaStore {
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             match sled::Config::new().path(path).open() {
-                Ok(db) => return Ok(MetaStore { db }),
+                Ok(db) => {
+                    return Ok(MetaStore {
+                        db,
+                        bounded: Arc::new(Mutex::new(())),
+                    });
+                }
                 Err(e) if is_lock_held(&e) && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -217,6 +293,7 @@ impl MetaStore {
         let backend = SledTree {
             tree: self.db.open_tree(name)?,
             db: self.db.clone(),
+            bounded: self.bounded.clone(),
         };
         Ok(Tree::on(name, Arc::new(backend)))
     }
@@ -234,6 +311,45 @@ impl MetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bounded inserts from many threads at once into two handles on one tree stop at the
+    /// bound exactly; an insert past it keeps nothing, and a key already there counts once.
+    #[test]
+    fn bounded_inserts_racing_stop_at_the_bound() {
+        const MAX: usize = 25;
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("meta")).unwrap();
+        let handles: [Tree<u32>; 2] = [store.tree("users").unwrap(), store.tree("users").unwrap()];
+        let stored = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..40u32)
+                .map(|i| {
+                    let tree = &handles[i as usize % 2];
+                    s.spawn(move || tree.insert_within([(format!("u{i:02}"), &i)], MAX).unwrap())
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .filter(|b| *b == Bounded::Stored)
+                .count()
+        });
+        assert_eq!(stored, MAX);
+        let tree = &handles[0];
+        assert_eq!(tree.count().unwrap(), MAX);
+        let (there, _) = tree.all().unwrap().remove(0);
+        let both = [(there.clone(), &100), ("new".to_string(), &101)];
+        assert_eq!(
+            tree.insert_within(both.clone(), MAX).unwrap(),
+            Bounded::Full { existing: MAX }
+        );
+        assert_eq!(tree.get("new").unwrap(), None);
+        assert_ne!(tree.get(&there).unwrap(), Some(100));
+        assert_eq!(
+            tree.insert_within(both.into_iter().take(1), MAX).unwrap(),
+            Bounded::Stored
+        );
+        assert_eq!(tree.get(&there).unwrap(), Some(100));
+    }
 
     #[test]
     fn values_survive_reopen() {

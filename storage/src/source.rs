@@ -1,8 +1,11 @@
-//! What readers above the logs (SQL, the HTTP record pages) read topics through, wherever their
-//! batches are kept: the node's own segmented logs ([`Storage`] and [`Log`]), or a cluster's
-//! shared log, which the broker puts behind the same two traits.
+//! What the layers above the logs (SQL, the HTTP record pages) read and write topics through,
+//! wherever their batches are kept: the node's own segmented logs ([`Storage`] and [`Log`]), or
+//! a cluster's shared log, which the broker puts behind the same two traits.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::batch::Record;
 use crate::error::{Result, StorageError};
@@ -44,10 +47,18 @@ pub trait Topics: Send + Sync + std::fmt::Debug {
             })
             .collect())
     }
-    /// Whether the topics are the node's own segmented logs (its `Storage`).
-    fn is_local(&self) -> bool {
-        false
-    }
+    /// Makes a topic of `partitions` partitions with `configs`, once they pass the checks.
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicMeta>;
+    /// Deletes a topic and its records.
+    fn delete_topic(&self, name: &str) -> Result<()>;
+    /// Appends a record set (whole batches) to a partition and answers once it is durable, with
+    /// the offset of its first record.
+    fn append(&self, topic: &str, partition: u32, batches: Bytes) -> Result<u64>;
 }
 
 /// One partition's records, read by offset.
@@ -110,8 +121,21 @@ impl Topics for Storage {
         Ok(self.log(topic, partition)?)
     }
 
-    fn is_local(&self) -> bool {
-        true
+    fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicMeta> {
+        Storage::create_topic(self, name, partitions, configs)
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        Storage::delete_topic(self, name)
+    }
+
+    fn append(&self, topic: &str, partition: u32, batches: Bytes) -> Result<u64> {
+        Ok(self.log(topic, partition)?.append(&batches)?.base_offset)
     }
 }
 

@@ -4,11 +4,13 @@
 
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::forward::Head;
 use super::{ApiError, ApiResult, AppState, blocking, time_param};
 use crate::acl::{Caller, Operation, ResourceType};
 use crate::kafka::groups::{CommittedOffset, GroupError};
@@ -78,25 +80,31 @@ fn known_group(node: &NodeContext, id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Refuses a change to a group with active members: they own its offsets.
+/// Refuses a change to a group with active members: they own its offsets. A commit from outside
+/// the group protocol is refused with IllegalGeneration exactly while the group has members.
 fn idle_group(node: &NodeContext, id: &str, change: &str) -> ApiResult<()> {
-    if node.groups.commit_check(id, "", -1).is_err() {
-        return Err(ApiError {
+    match node.groups.commit_check(id, "", -1) {
+        Ok(()) => Ok(()),
+        Err(GroupError::IllegalGeneration) => Err(ApiError {
             status: StatusCode::CONFLICT,
             message: format!(
                 "group {id} has active members; stop its consumers before you {change}"
             ),
-        });
+        }),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 async fn describe_group(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    head: Head,
+) -> ApiResult<Response> {
     caller.check(Operation::Describe, ResourceType::Group, &id)?;
+    if let Some(answer) = state.at_coordinator(&id, head, Vec::new()).await? {
+        return Ok(answer);
+    }
     let node = state.node.clone();
     blocking(move || {
         known_group(&node, &id)?;
@@ -141,7 +149,8 @@ async fn describe_group(
             "protocol": g.protocol,
             "members": members,
             "offsets": offsets,
-        })))
+        }))
+        .into_response())
     })
     .await
 }
@@ -151,19 +160,23 @@ async fn delete_group(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+    head: Head,
+) -> ApiResult<Response> {
     caller.check(Operation::Delete, ResourceType::Group, &id)?;
+    if let Some(answer) = state.at_coordinator(&id, head, Vec::new()).await? {
+        return Ok(answer);
+    }
     let node = state.node.clone();
     blocking(move || {
         known_group(&node, &id)?;
         idle_group(&node, &id, "delete it")?;
         node.groups.delete(&id)?;
-        Ok(StatusCode::NO_CONTENT)
+        Ok(StatusCode::NO_CONTENT.into_response())
     })
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct CommitBody {
     topic: String,
     partition: i32,
@@ -192,23 +205,35 @@ async fn commit_offset(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    head: Head,
     Json(body): Json<CommitBody>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     caller.check(Operation::Read, ResourceType::Group, &id)?;
     caller.check(Operation::Read, ResourceType::Topic, &body.topic)?;
+    if let Some(answer) = state.at_coordinator(&id, head, json_body(&body)?).await? {
+        return Ok(answer);
+    }
     let node = state.node.clone();
     blocking(move || {
-        node.storage
-            .log(&body.topic, body.partition.max(0) as u32)?;
+        node.topics
+            .partition(&body.topic, body.partition.max(0) as u32)?;
         idle_group(&node, &id, "commit outside the Kafka protocol")?;
         commit(&node, &id, &body.topic, body.partition, body.offset)?;
-        Ok(StatusCode::NO_CONTENT)
+        Ok(StatusCode::NO_CONTENT.into_response())
     })
     .await
 }
 
+/// `body` as the JSON another node reads again.
+fn json_body(body: &impl Serialize) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(body).map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("writing the request again: {e}"),
+    })
+}
+
 /// A `POST /v1/groups/{id}/reset-offsets` body: the flags of `weir groups reset-offsets`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ResetBody {
     topic: String,
@@ -279,8 +304,9 @@ async fn reset_offsets(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    head: Head,
     Json(body): Json<ResetBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     caller.check(Operation::Read, ResourceType::Group, &id)?;
     caller.check(Operation::Describe, ResourceType::Topic, &body.topic)?;
     let target = body.target()?;
@@ -289,6 +315,9 @@ async fn reset_offsets(
             "{} partitions named; at most {RESET_PARTITIONS_MAX}",
             body.partitions.len()
         )));
+    }
+    if let Some(answer) = state.at_coordinator(&id, head, json_body(&body)?).await? {
+        return Ok(answer);
     }
     let node = state.node.clone();
     blocking(move || {
@@ -339,7 +368,8 @@ async fn reset_offsets(
             "group": id,
             "dry_run": body.dry_run,
             "offsets": moved,
-        })))
+        }))
+        .into_response())
     })
     .await
 }

@@ -60,6 +60,10 @@ pub(crate) trait Logs: Send + Sync {
     fn leader(&self, brokers: &[Broker], topic: &str, partition: u32) -> i32;
     /// The broker that coordinates the group `key`.
     fn coordinator(&self, key: &str) -> Broker;
+    /// The HTTP listener (`host:port`) of the node coordinating the group `key` when that is
+    /// another node of the cluster; `None` when it is this one. May wait for the cluster
+    /// database.
+    fn coordinator_http(&self, key: &str) -> Option<String>;
     fn topic(&self, name: &str) -> Result<Option<TopicInfo>, StorageError>;
     fn topic_names(&self) -> Result<Vec<String>, StorageError>;
     fn create_topic(
@@ -184,6 +188,10 @@ impl Logs for LocalLogs {
 
     fn coordinator(&self, _key: &str) -> Broker {
         self.this()
+    }
+
+    fn coordinator_http(&self, _key: &str) -> Option<String> {
+        None
     }
 
     fn topic(&self, name: &str) -> Result<Option<TopicInfo>, StorageError> {

@@ -17,7 +17,7 @@ use datafusion::catalog::Session;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::TableProvider;
 use weir_runtime::PipelineSpec;
-use weir_storage::{Storage, Topics};
+use weir_storage::Topics;
 
 pub use query::{ContinuousQueries, OPEN_GROUPS_MAX, Query};
 use statement::{Command, CreatePipeline};
@@ -36,7 +36,6 @@ const STEP_RECORDS_MAX: u32 = 8192;
 #[derive(Debug)]
 pub(crate) struct WindowTables {
     pub(crate) topics: Arc<dyn Topics>,
-    pub(crate) storage: Arc<Storage>,
 }
 
 impl TableSource for WindowTables {
@@ -52,7 +51,7 @@ impl TableSource for WindowTables {
             .topics
             .existing_topic(&window.topic)
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
-        let table = TopicTable::new(self.topics.clone(), &self.storage, &meta)
+        let table = TopicTable::new(self.topics.clone(), &meta)
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         Ok(Arc::new(table))
     }

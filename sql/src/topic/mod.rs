@@ -30,7 +30,7 @@ use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning, PlanProperties};
-use weir_storage::{Storage, TopicMeta, Topics};
+use weir_storage::{TopicMeta, Topics};
 
 use crate::value_schema::TypedColumn;
 use bounds::{Bounds, analyze};
@@ -41,9 +41,8 @@ pub use scan::TopicScan;
 
 #[derive(Debug)]
 pub struct TopicTable {
+    /// Where the table reads and `INSERT INTO` appends.
     topics: Arc<dyn Topics>,
-    /// Where `INSERT INTO` appends: the node's own storage, when the topics are its logs.
-    storage: Option<Arc<Storage>>,
     topic: String,
     schema: SchemaRef,
     typed: Vec<TypedColumn>,
@@ -52,15 +51,10 @@ pub struct TopicTable {
 }
 
 impl TopicTable {
-    /// The topic `meta` of `topics`; `storage` takes `INSERT INTO` when the topics are its own.
-    pub fn new(
-        topics: Arc<dyn Topics>,
-        storage: &Arc<Storage>,
-        meta: &TopicMeta,
-    ) -> Result<TopicTable, crate::Error> {
+    /// The topic `meta` of `topics`.
+    pub fn new(topics: Arc<dyn Topics>, meta: &TopicMeta) -> Result<TopicTable, crate::Error> {
         let typed = typed_columns(meta)?;
         Ok(TopicTable {
-            storage: topics.is_local().then(|| storage.clone()),
             topics,
             topic: meta.name.clone(),
             schema: Arc::new(topic_schema(&typed)),
@@ -108,15 +102,8 @@ impl TableProvider for TopicTable {
                 "a topic is append-only; {insert_op} is not possible"
             )));
         }
-        let Some(storage) = &self.storage else {
-            return Err(DataFusionError::Plan(format!(
-                "INSERT INTO {} is not possible on a cluster node yet; produce to the topic \
-                 through Kafka or POST /v1/topics/{}/records",
-                self.topic, self.topic
-            )));
-        };
         let sink = crate::sink::TopicSink::new(
-            storage.clone(),
+            self.topics.clone(),
             self.topic.clone(),
             self.schema.clone(),
             self.typed.clone(),
