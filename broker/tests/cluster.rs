@@ -1298,17 +1298,7 @@ fn group_requests_through_any_node_are_answered_by_the_node_coordinating_the_gro
     // (members, committed offset of each partition) as `node` describes the group.
     let seen = |node: usize| {
         let group = describe(node).unwrap();
-        let offsets: BTreeMap<i64, i64> = group["offsets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| {
-                (
-                    o["partition"].as_i64().unwrap(),
-                    o["committed"].as_i64().unwrap(),
-                )
-            })
-            .collect();
+        let offsets = common::committed_offsets(&group);
         (group["members"].as_array().unwrap().len(), offsets)
     };
 

@@ -738,19 +738,7 @@ fn cli_produces_keys_and_headers_and_consumes_with_a_format() {
 fn committed(node: &Node, group: &str) -> Vec<(i64, i64)> {
     let described: Value =
         serde_json::from_str(&run_ok(node, &["groups", "describe", group, "--json"], "")).unwrap();
-    let mut offsets: Vec<(i64, i64)> = described["offsets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["partition"].as_i64().unwrap(),
-                o["committed"].as_i64().unwrap(),
-            )
-        })
-        .collect();
-    offsets.sort();
-    offsets
+    common::committed_offsets(&described).into_iter().collect()
 }
 
 #[test]

@@ -591,3 +591,19 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// The committed offset of each partition in a group's describe answer (`GET
+/// /v1/groups/{id}`, `weir groups describe --json`), by partition.
+pub fn committed_offsets(described: &serde_json::Value) -> std::collections::BTreeMap<i64, i64> {
+    described["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|o| {
+            (
+                o["partition"].as_i64().expect("partition"),
+                o["committed"].as_i64().expect("committed"),
+            )
+        })
+        .collect()
+}
