@@ -10,12 +10,15 @@
 //! Every [`GC_EVERY`] a node tries for the `gc` lease and, when it gets it, deletes the objects
 //! no row references any more (failed flushes, deleted topics, runs retention dropped). Every
 //! `--retention-check-ms` it tries for the `retention` lease and, holding it, drops the oldest
-//! runs of partitions past their topic's `retention.ms` or `retention.bytes`.
+//! runs of partitions past their topic's `retention.ms` or `retention.bytes`. Every
+//! [`MERGE_EVERY`] it tries for the `merge` lease and, holding it, merges the runs of each
+//! partition that sit in small objects older than [`MERGE_AGE_MS`] into larger objects.
 //!
 //! The Kafka handlers run on the blocking pool; the shared log is async, so each call here
 //! blocks that pool thread on the node's runtime until Postgres and the object store answer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -35,7 +38,9 @@ use weir_storage::{
 use crate::error::{Error, Result};
 use crate::kafka::appends::Appends;
 use crate::kafka::groups::{CommittedOffset, GROUPS_MAX, GroupError, GroupStore};
-use crate::kafka::logs::{Appended, Broker, Logs, PartitionRead, TopicInfo, check_new_topic};
+use crate::kafka::logs::{
+    Appended, Broker, ClusterStats, Logs, PartitionRead, TopicInfo, check_new_topic,
+};
 use crate::kafka::record_count;
 use crate::metrics::Metrics;
 
@@ -51,6 +56,12 @@ const GROUP_IDLE: Duration = Duration::from_secs(60);
 /// How often a node tries for the `gc` lease and, holding it, deletes objects no row
 /// references (failed flushes, deleted topics, runs retention dropped).
 const GC_EVERY: Duration = Duration::from_secs(60);
+/// How often a node tries for the `merge` lease and, holding it, merges partitions' runs out
+/// of small objects.
+const MERGE_EVERY: Duration = Duration::from_secs(60);
+/// Runs in objects younger than this are not merged: tailing readers find them in the cache
+/// of the node that wrote them.
+const MERGE_AGE_MS: i64 = 5 * 60_000;
 /// How long the lease of a background job (`gc`, `retention`) runs: past any one run, which
 /// stops when it lapses.
 const JOB_LEASE_MS: u64 = 10 * 60_000;
@@ -60,16 +71,21 @@ const JOB_LEASE_MS: u64 = 10 * 60_000;
 pub struct ClusterConfig {
     /// The cluster database: a `postgres://` URL or a key=value connection string.
     pub db_url: String,
-    /// The object store every node shares (`file:///shared/dir`).
+    /// The object store every node shares (`file:///shared/dir`, `s3://bucket/prefix`).
     pub object_store: String,
+    /// Settings of an S3 store, over the `AWS_*` environment variables.
+    pub object_store_options: Vec<(String, String)>,
     /// The node's Kafka broker id, unique in the cluster.
     pub node_id: i32,
     /// `cluster.linger.ms`: longest a record set waits for others to share its flush.
     pub linger_ms: u64,
     /// `cluster.flush.bytes`: a flush goes out once its record sets make this many bytes.
     pub flush_bytes: u64,
-    /// Bound of the node's cache of object byte ranges.
+    /// Bound of the memory tier of the node's cache of object byte ranges.
     pub cache_memory_bytes: u64,
+    /// The directory of the cache's disk tier, and its bound (0: no disk tier).
+    pub cache_dir: PathBuf,
+    pub cache_disk_bytes: u64,
     /// How often the node tries for the `retention` lease and, holding it, applies retention.
     pub retention_check_ms: u64,
 }
@@ -128,6 +144,9 @@ impl ClusterLogs {
     ) -> Result<Arc<ClusterLogs>> {
         let node = NodeConfig {
             cache_memory_bytes: config.cache_memory_bytes,
+            cache_dir: Some(config.cache_dir.clone()),
+            cache_disk_bytes: config.cache_disk_bytes,
+            store_options: config.object_store_options.clone(),
             ..NodeConfig::new(
                 &config.db_url,
                 &config.object_store,
@@ -190,7 +209,9 @@ impl ClusterLogs {
                 tokio::time::Instant::now() + retention_every,
                 retention_every,
             );
-            for ticks in [&mut gc, &mut retention] {
+            let mut merge =
+                tokio::time::interval_at(tokio::time::Instant::now() + MERGE_EVERY, MERGE_EVERY);
+            for ticks in [&mut gc, &mut retention, &mut merge] {
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
             loop {
@@ -198,6 +219,7 @@ impl ClusterLogs {
                     _ = jobs_shutdown.changed() => break,
                     _ = gc.tick() => jobs.collect_garbage().await,
                     _ = retention.tick() => jobs.enforce_retention().await,
+                    _ = merge.tick() => jobs.merge_small_objects().await,
                 }
             }
         });
@@ -297,6 +319,31 @@ impl ClusterLogs {
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "retention failed"),
+            None => {}
+        }
+    }
+
+    /// One merge run over the cluster's partitions, if no other node holds the `merge` lease.
+    async fn merge_small_objects(&self) {
+        match self
+            .under_lease("merge", async |lease| {
+                self.log.merge_small_objects(lease, MERGE_AGE_MS).await
+            })
+            .await
+        {
+            Some(Ok(merged)) => {
+                self.metrics.merged(merged.runs_before, merged.bytes);
+                if merged.partitions > 0 {
+                    tracing::info!(
+                        partitions = merged.partitions,
+                        runs_before = merged.runs_before,
+                        runs_after = merged.runs_after,
+                        bytes = merged.bytes,
+                        "merged runs out of small objects"
+                    );
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "merging small objects failed"),
             None => {}
         }
     }
@@ -699,6 +746,28 @@ impl PartitionSource for ClusterPartition {
         )
     }
 
+    /// Counts by batch headers: only batches the range cuts are decoded.
+    fn count_records(
+        &self,
+        start: u64,
+        end: u64,
+        bytes_max: u64,
+    ) -> Result<weir_storage::RecordCount, StorageError> {
+        if start >= end {
+            return Ok(weir_storage::RecordCount {
+                whole: 0,
+                decoded: 0,
+                next_offset: end,
+            });
+        }
+        let fetched = self.wait(self.log.read(&self.topic, self.partition, start, bytes_max))?;
+        Ok(weir_storage::count_records_in(
+            &fetched.batches,
+            start,
+            end,
+        )?)
+    }
+
     fn offset_bytes_before(
         &self,
         end: u64,
@@ -760,6 +829,25 @@ impl Logs for ClusterLogs {
         }
         let http = self.http.read().unwrap_or_else(|e| e.into_inner());
         http.get(&home.id).cloned()
+    }
+
+    fn peers_http(&self) -> Vec<String> {
+        let http = self.http.read().unwrap_or_else(|e| e.into_inner());
+        let mut peers: Vec<(i32, String)> = http
+            .iter()
+            .filter(|(id, _)| **id != self.this.id)
+            .map(|(id, home)| (*id, home.clone()))
+            .collect();
+        peers.sort();
+        peers.into_iter().map(|(_, home)| home).collect()
+    }
+
+    fn cluster_stats(&self) -> Option<ClusterStats> {
+        Some(ClusterStats {
+            cache: self.log.cache_stats(),
+            parked_bytes: self.flusher.parked_bytes(),
+            parked_bytes_max: weir_cluster::flusher::QUEUE_BYTES_MAX,
+        })
     }
 
     fn topic(&self, name: &str) -> Result<Option<TopicInfo>, StorageError> {

@@ -1,6 +1,7 @@
 //! The settings of `weir serve`: flags, `WEIR_*` environment variables and a TOML file, merged
 //! into one [`ServeConfig`]. A flag or variable wins over the file, the file over the default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -135,10 +136,15 @@ pub struct ServeArgs {
     /// needs --object-store and --node-id. See docs/cluster.md.
     #[arg(long, env = "WEIR_CLUSTER_DB", hide_env_values = true)]
     cluster_db: Option<String>,
-    /// The object store a cluster's data lives in, shared by every node
-    /// (`file:///shared/dir`); needs --cluster-db.
+    /// The object store a cluster's data lives in, shared by every node: a directory
+    /// (`file:///shared/dir`) or an S3 bucket (`s3://bucket/prefix`); needs --cluster-db.
     #[arg(long, env = "WEIR_OBJECT_STORE")]
     object_store: Option<String>,
+    /// A setting of an S3 object store, as KEY=VALUE (`aws_endpoint=http://minio:9000`,
+    /// `aws_region=eu-west-1`, `aws_allow_http=true`); repeat for more. They override the
+    /// `AWS_*` environment variables, which are the place for credentials.
+    #[arg(long = "object-store-option", value_name = "KEY=VALUE", value_parser = store_option)]
+    object_store_options: Vec<(String, String)>,
     /// This node's Kafka broker id, unique in its cluster.
     #[arg(long, env = "WEIR_NODE_ID")]
     node_id: Option<i32>,
@@ -151,7 +157,24 @@ pub struct ServeArgs {
     /// In a cluster, memory the node's cache of object ranges may hold, in MiB.
     #[arg(long, env = "WEIR_CLUSTER_CACHE_MIB", default_value_t = weir_cluster::CACHE_MEMORY_BYTES_DEFAULT >> 20)]
     cluster_cache_mib: u64,
+    /// In a cluster, disk the node's cache of object ranges may fill, in MiB, in
+    /// `<data-dir>/cluster-cache`; kept across restarts. 0 turns the disk tier off.
+    #[arg(long, env = "WEIR_CLUSTER_CACHE_DISK_MIB", default_value_t = CLUSTER_CACHE_DISK_MIB_DEFAULT)]
+    cluster_cache_disk_mib: u64,
 }
+
+/// Parses `--object-store-option KEY=VALUE`.
+fn store_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+/// Default of `--cluster-cache-disk-mib`.
+pub const CLUSTER_CACHE_DISK_MIB_DEFAULT: u64 = 1024;
 
 /// Default of `--cluster-linger-ms` (`cluster.linger.ms`).
 pub const CLUSTER_LINGER_MS_DEFAULT: u64 = 50;
@@ -222,10 +245,12 @@ struct FileConfig {
     delayed_records_max: Option<u64>,
     cluster_db: Option<String>,
     object_store: Option<String>,
+    object_store_options: Option<BTreeMap<String, String>>,
     node_id: Option<i32>,
     cluster_linger_ms: Option<u64>,
     cluster_flush_bytes: Option<u64>,
     cluster_cache_mib: Option<u64>,
+    cluster_cache_disk_mib: Option<u64>,
 }
 
 impl ServeArgs {
@@ -289,6 +314,7 @@ impl ServeArgs {
                 ));
             }
         };
+        let data_dir = pick!(data_dir);
         let cluster = match (
             pick!(cluster_db, optional),
             pick!(object_store, optional),
@@ -296,13 +322,22 @@ impl ServeArgs {
         ) {
             (None, None, _) => None,
             (Some(db_url), Some(object_store), Some(node_id)) if node_id >= 0 => {
+                let object_store_options = match file.object_store_options {
+                    Some(options) if !given("object_store_options") => {
+                        options.into_iter().collect()
+                    }
+                    _ => self.object_store_options,
+                };
                 Some(ClusterConfig {
                     db_url,
                     object_store,
+                    object_store_options,
                     node_id,
                     linger_ms: pick!(cluster_linger_ms),
                     flush_bytes: pick!(cluster_flush_bytes),
                     cache_memory_bytes: pick!(cluster_cache_mib).saturating_mul(1 << 20),
+                    cache_dir: data_dir.join("cluster-cache"),
+                    cache_disk_bytes: pick!(cluster_cache_disk_mib).saturating_mul(1 << 20),
                     retention_check_ms: pick!(retention_check_ms),
                 })
             }
@@ -322,7 +357,7 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             cluster,
-            data_dir: pick!(data_dir),
+            data_dir,
             kafka: pick!(kafka),
             http: pick!(http),
             pg: pick!(pg).0,
@@ -455,16 +490,41 @@ mod tests {
         std::fs::write(
             &path,
             format!(
-                "cluster_db = '{db}'\nobject_store = 'file:///f'\nnode_id = 7\n\
-                 cluster_linger_ms = 20\n"
+                "cluster_db = '{db}'\nobject_store = 's3://b/p'\nnode_id = 7\n\
+                 cluster_linger_ms = 20\n\
+                 [object_store_options]\naws_region = 'eu-west-1'\naws_allow_http = 'true'\n"
             ),
         )
         .unwrap();
-        let c = resolve(&["--config", path.to_str().unwrap()])
-            .unwrap()
-            .cluster
-            .unwrap();
+        let path = path.to_str().unwrap();
+        let c = resolve(&["--config", path]).unwrap().cluster.unwrap();
         assert_eq!((c.node_id, c.linger_ms), (7, 20));
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            c.object_store_options,
+            [
+                pair("aws_allow_http", "true"),
+                pair("aws_region", "eu-west-1")
+            ]
+        );
+        // Options given as flags replace the file's.
+        let c = resolve(&[
+            "--config",
+            path,
+            "--object-store-option",
+            "aws_endpoint=http://127.0.0.1:9000/a=b",
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            c.object_store_options,
+            [pair("aws_endpoint", "http://127.0.0.1:9000/a=b")]
+        );
+        let err = Cli::command()
+            .try_get_matches_from(["weir", "--object-store-option", "=x"])
+            .unwrap_err();
+        assert!(err.to_string().contains("KEY=VALUE"), "{err}");
     }
 
     #[test]

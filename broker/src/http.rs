@@ -488,6 +488,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         let mut text = state.node.metrics.render(&lags, &pipelines, &bounds);
         crate::metrics::render_delays(&mut text, &state.node.storage.delays().stats());
         crate::metrics::render_columnar(&mut text, &state.node.columnar.snapshot());
+        if let Some(cluster) = state.node.logs.cluster_stats() {
+            crate::metrics::render_cluster_cache(&mut text, &cluster.cache);
+        }
         text
     })
 }

@@ -78,6 +78,8 @@ pub struct Metrics {
     /// Runs of the cluster's partitions, and their bytes, that this node's retention dropped.
     retention_runs: AtomicU64,
     retention_bytes: AtomicU64,
+    merged_runs: AtomicU64,
+    merged_bytes: AtomicU64,
     /// Record sets unsent response frames hold by reference to their segment files.
     fetch_lent_sets: Arc<AtomicU64>,
 }
@@ -375,6 +377,12 @@ impl Metrics {
         self.retention_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Counts runs of the cluster's partitions, and their bytes, merged out of small objects.
+    pub fn merged(&self, runs: u64, bytes: u64) {
+        self.merged_runs.fetch_add(runs, Ordering::Relaxed);
+        self.merged_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Counts an HTTP connection refused on accept because the node held its limit.
     pub fn http_connection_refused(&self) {
         self.http_connections_refused
@@ -483,6 +491,16 @@ impl Metrics {
                 "weir_cluster_retention_bytes_dropped_total",
                 "Bytes of the runs of the cluster's topics that this node's retention dropped.",
                 &self.retention_bytes,
+            ),
+            (
+                "weir_cluster_merged_runs_total",
+                "Runs of the cluster's topics that this node moved out of small objects into larger ones.",
+                &self.merged_runs,
+            ),
+            (
+                "weir_cluster_merged_bytes_total",
+                "Bytes of the runs this node moved out of small objects into larger ones.",
+                &self.merged_bytes,
             ),
         ] {
             let _ = writeln!(
@@ -686,6 +704,22 @@ pub fn render_delays(out: &mut String, stats: &weir_storage::delay::DelayStats) 
 
 /// What the columnar copy builder did and found (`weir_sql::columnar`); the copies' disk is
 /// bounded by the node's free-space low-water mark.
+/// Where a cluster node's reads of object ranges were answered from.
+pub fn render_cluster_cache(out: &mut String, stats: &weir_cluster::CacheStats) {
+    let name = "weir_cluster_cache_reads_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Reads of object ranges, by where they were answered: the cache's memory tier, its disk tier, or the object store.\n# TYPE {name} counter"
+    );
+    for (tier, count) in [
+        ("memory", stats.hits),
+        ("disk", stats.disk_hits),
+        ("store", stats.misses),
+    ] {
+        let _ = writeln!(out, "{name}{{tier=\"{tier}\"}} {count}");
+    }
+}
+
 pub fn render_columnar(out: &mut String, stats: &weir_sql::columnar::BuilderSnapshot) {
     for (name, kind, help, value) in [
         (

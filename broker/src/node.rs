@@ -115,7 +115,7 @@ impl NodeContext {
         let delays = self.storage.delays().stats();
         let groups = self.groups.usage();
         let (sql_bytes, sql_bytes_max) = self.sql.memory_usage();
-        vec![
+        let mut bounds = vec![
             bound(
                 "groups",
                 "Consumer groups with members held by the coordinator",
@@ -225,7 +225,30 @@ impl NodeContext {
                 bound: space.free_bytes_min(),
                 bound_suffix: "min",
             },
-        ]
+        ];
+        if let Some(cluster) = self.logs.cluster_stats() {
+            bounds.extend([
+                bound(
+                    "cluster_cache_bytes",
+                    "Bytes of object ranges the memory tier of the cluster cache holds",
+                    cluster.cache.bytes,
+                    cluster.cache.bytes_max,
+                ),
+                bound(
+                    "cluster_cache_disk_bytes",
+                    "Bytes of object ranges the disk tier of the cluster cache holds (a max of 0: no disk tier)",
+                    cluster.cache.disk_bytes,
+                    cluster.cache.disk_bytes_max,
+                ),
+                bound(
+                    "cluster_parked_bytes",
+                    "Bytes of record sets waiting for a flush to the cluster or in one; past the max, produce waits",
+                    cluster.parked_bytes,
+                    cluster.parked_bytes_max,
+                ),
+            ]);
+        }
+        bounds
     }
 
     /// Lag of every committed partition of every group.

@@ -1,5 +1,5 @@
 //! Three `weir serve` nodes joined as one cluster (`--cluster-db`, `--object-store`) on a real
-//! Postgres and a shared object-store directory, driven by kcat, confluent-kafka and
+//! Postgres and a shared object-store directory (and once on an S3-compatible server), driven by kcat, confluent-kafka and
 //! kafka-python: records produced through one node are read through the others, offsets per
 //! partition are unique and gap-free, lookups by time agree across nodes; when a node is killed
 //! the others drop it from Metadata and still serve every record, and it comes back empty and
@@ -27,6 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weir_cluster::lease::COMMIT_OFFSETS_MAX;
 use weir_tests::postgres::Postgres;
+use weir_tests::s3::S3Server;
 
 const PARTITIONS: u32 = 3;
 
@@ -47,7 +48,8 @@ fn three_nodes_with(
         .iter()
         .zip(0..)
         .map(|(dir, id)| {
-            start_node_with(dir.path(), &Listeners::any(), db, store.path(), id, extra)
+            let store = store_url(store.path());
+            start_node_with(dir.path(), &Listeners::any(), db, &store, id, extra)
         })
         .collect();
     (store, dirs, nodes)
@@ -59,25 +61,29 @@ fn start_node(data: &Path, db: &Postgres, store: &Path, id: u32) -> Node {
 
 /// A node on the given listeners, so it comes back on them after a restart.
 fn start_node_on(data: &Path, on: &Listeners, db: &Postgres, store: &Path, id: u32) -> Node {
-    start_node_with(data, on, db, store, id, &[])
+    start_node_with(data, on, db, &store_url(store), id, &[])
 }
 
-/// [`start_node_on`] with extra `weir serve` flags.
+/// The URL of a store directory.
+fn store_url(store: &Path) -> String {
+    format!("file://{}", store.display())
+}
+
+/// A node on the store `store` names, with extra `weir serve` flags.
 fn start_node_with(
     data: &Path,
     on: &Listeners,
     db: &Postgres,
-    store: &Path,
+    store: &str,
     id: u32,
     extra: &[&str],
 ) -> Node {
-    let store = format!("file://{}", store.display());
     let (url, id, partitions) = (db.url(), id.to_string(), PARTITIONS.to_string());
     let mut flags = vec![
         "--cluster-db",
         &url,
         "--object-store",
-        &store,
+        store,
         "--node-id",
         &id,
         "--cluster-linger-ms",
@@ -464,6 +470,106 @@ fn group_leases(nodes: &[Node]) -> Vec<f64> {
         .iter()
         .map(|n| metric(n, "weir_group_leases"))
         .collect()
+}
+
+#[test]
+fn three_nodes_on_an_s3_bucket_share_every_partition_and_outlive_a_node() {
+    if !have("kcat", "apt-get install kcat") {
+        return;
+    }
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let Some(db) = Postgres::start() else {
+        return;
+    };
+    let options: Vec<String> = s3
+        .options()
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    let flags: Vec<&str> = options
+        .iter()
+        .flat_map(|o| ["--object-store-option", o.as_str()])
+        .collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let store = s3.url("kafka");
+    let mut nodes: Vec<Node> = dirs
+        .iter()
+        .zip(0..)
+        .map(|(dir, id)| start_node_with(dir.path(), &Listeners::any(), &db, &store, id, &flags))
+        .collect();
+    for node in &nodes {
+        eventually(
+            "every node lists three brokers",
+            Duration::from_secs(20),
+            || brokers(node) == ["0", "1", "2"],
+        );
+    }
+
+    // Keyed records through node 0 and node 1, each node taking its partitions' batches.
+    let records: Vec<String> = (0..300).map(|i| format!("k{}:v{i}", i % 11)).collect();
+    let (first, second) = records.split_at(200);
+    kcat(
+        &nodes[0],
+        &["-P", "-t", "s3", "-K", ":", "-z", "zstd"],
+        &(first.join("\n") + "\n"),
+    );
+    kcat(
+        &nodes[1],
+        &["-P", "-t", "s3", "-K", ":"],
+        &(second.join("\n") + "\n"),
+    );
+    let sent: Vec<String> = records
+        .iter()
+        .map(|r| r.split_once(':').unwrap().1.to_string())
+        .collect();
+    let read = read_all(&nodes[2], "s3");
+    assert_exactly(&read, &sent);
+    assert_eq!(read.len() as u32, PARTITIONS, "records in every partition");
+    assert_eq!(read_all(&nodes[0], "s3"), read);
+
+    // The batches are objects in the bucket, under the URL's prefix, written by the nodes
+    // that took them.
+    let objects = s3.keys("kafka/data/");
+    assert!(!objects.is_empty(), "no objects under kafka/data/");
+    for object in &objects {
+        let writer = object.trim_start_matches("kafka/data/");
+        assert!(
+            ["0/", "1/", "2/"].iter().any(|n| writer.starts_with(n)),
+            "{object}"
+        );
+    }
+
+    // Consumers fetch each partition from its leader, the node that took its writes: that node
+    // kept what it wrote, in memory and on disk, within the bounds the metrics show, and
+    // answered from memory.
+    let total = |nodes: &[Node], name: &str| nodes.iter().map(|n| metric(n, name)).sum::<f64>();
+    assert!(total(&nodes, "weir_cluster_cache_reads_total{tier=\"memory\"}") > 0.0);
+    assert!(total(&nodes, "weir_cluster_cache_bytes") > 0.0);
+    assert!(total(&nodes, "weir_cluster_cache_disk_bytes") > 0.0);
+    assert_eq!(
+        metric(&nodes[0], "weir_cluster_cache_disk_bytes_max"),
+        (1u64 << 30) as f64
+    );
+    assert_eq!(
+        metric(&nodes[0], "weir_cluster_parked_bytes_max"),
+        (128u64 << 20) as f64
+    );
+
+    // Node 0 dies: the others still serve every record, from the bucket, and take more.
+    nodes.remove(0).kill9();
+    for node in &nodes {
+        eventually("the killed node drops out", Duration::from_secs(30), || {
+            brokers(node) == ["1", "2"]
+        });
+    }
+    kcat(&nodes[0], &["-P", "-t", "s3", "-K", ":"], "k1:after\n");
+    let mut sent = sent;
+    sent.push("after".to_string());
+    assert_exactly(&read_all(&nodes[1], "s3"), &sent);
+    // The partitions node 0 led moved to the others, which read its runs from the bucket.
+    assert!(total(&nodes, "weir_cluster_cache_reads_total{tier=\"store\"}") > 0.0);
 }
 
 #[test]
@@ -1195,7 +1301,8 @@ fn users_and_acls_made_through_one_node_hold_on_every_node() {
         .iter()
         .zip(0..)
         .map(|(dir, id)| {
-            start_node_with(dir.path(), &Listeners::any(), &db, store.path(), id, &auth)
+            let store = store_url(store.path());
+            start_node_with(dir.path(), &Listeners::any(), &db, &store, id, &auth)
         })
         .collect();
     let weir = |node: &Node, args: &[&str]| -> String {
@@ -1374,6 +1481,22 @@ fn group_requests_through_any_node_are_answered_by_the_node_coordinating_the_gro
         let refused = c.call("POST", "/v1/groups/tools/reset-offsets", Some(&reset));
         assert_eq!(status(refused), 409, "reset through node {i}");
         assert_eq!(status(c.call("DELETE", "/v1/groups/tools", None)), 409);
+        // The list through any node shows the group as its coordinator sees it.
+        let list = c.call("GET", "/v1/groups", None).unwrap();
+        let listed: Vec<&serde_json::Value> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["group"] == "tools")
+            .collect();
+        assert_eq!(listed.len(), 1, "through node {i}: {list}");
+        // One member, in a state only the coordinator sees (it may be rebalancing still).
+        assert_eq!(listed[0]["members"], json!(1), "through node {i}: {list}");
+        assert_ne!(
+            listed[0]["state"],
+            json!("Empty"),
+            "through node {i}: {list}"
+        );
     }
     // It leaves on SIGTERM; then the group is deleted through a node that does not hold it,
     // and no node knows it after.

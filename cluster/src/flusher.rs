@@ -75,6 +75,11 @@ impl Flusher {
         })
     }
 
+    /// Bytes of record sets parked now, waiting for a flush or in one.
+    pub fn parked_bytes(&self) -> u64 {
+        QUEUE_BYTES_MAX - self.room.available_permits() as u64
+    }
+
     /// Checks `append`, parks it, and returns its base offset once its flush committed.
     pub async fn append(&self, append: Append) -> Result<u64> {
         let checked = self.log.check(append).await?;

@@ -4,8 +4,8 @@
 //! Postgres orders every write:
 //!
 //! - [`SharedLog::open`] connects to Postgres, brings the `weir` schema up to date
-//!   ([`schema`], one transaction under an advisory lock) and opens the object store
-//!   (`file:///shared/dir` for now).
+//!   ([`schema`], one transaction under an advisory lock) and opens the object store: a
+//!   directory every node sees (`file:///shared/dir`) or an S3 bucket (`s3://bucket/prefix`).
 //! - [`SharedLog::check`] checks a record set before it waits for a flush (the partition
 //!   exists; every batch's header, length, CRC and size bound).
 //! - [`SharedLog::flush`] takes the checked record sets of any partitions, writes them as **one
@@ -35,6 +35,8 @@
 //!   past its topic's `retention.ms` or `retention.bytes` and moves its log start offset.
 //! - Small metadata trees every node shares (SCRAM users, ACL rules): [`SharedLog::meta_put`]
 //!   and its siblings, each change announced so nodes holding a copy read it again.
+//! - [`merge`]: the holder of the `merge` lease copies a partition's runs out of small objects
+//!   into one larger object of that partition, and swaps the rows in one transaction.
 //! - [`gc`]: the holder of the `gc` lease deletes objects no row references (the leftovers of
 //!   failed flushes, and objects retention or a topic deletion emptied) once no flush can
 //!   still be committing them.
@@ -49,9 +51,11 @@ pub mod gc;
 pub mod lease;
 mod log;
 pub mod membership;
+pub mod merge;
 mod meta;
 pub mod retention;
 pub mod schema;
+mod store;
 mod topics;
 mod watch;
 
@@ -65,6 +69,7 @@ pub use log::{
     FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,
 };
 pub use membership::{NodeInfo, leader, leader_by};
+pub use merge::Merged;
 pub use meta::{META_KEY_BYTES_MAX, META_TREE_BYTES_MAX, META_VALUE_BYTES_MAX};
 pub use retention::Trimmed;
 pub use topics::{TOPIC_CONFIG_BYTES_MAX, TOPIC_CONFIGS_MAX, Topic};

@@ -1,6 +1,7 @@
 //! The shared log: partitions whose batches live in objects and whose offsets live in Postgres.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use crate::cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats, RangeCache, RangeKey}
 use crate::meta::META_QUEUE_MAX;
 use crate::topics::TopicCache;
 use crate::watch::{self, Advanced};
-use crate::{ClusterError, Result, schema};
+use crate::{ClusterError, Result, schema, store};
 
 /// Largest object one flush writes. Larger flushes are split by the caller; the node's flush
 /// buffer closes well before this (`cluster.flush.bytes`, 4 MiB by default).
@@ -75,11 +76,18 @@ impl CheckedAppend {
 pub struct NodeConfig {
     /// The cluster database: a `postgres://` URL or a key=value connection string.
     pub db_url: String,
-    /// The object store: `file:///<directory>` every node sees.
+    /// The object store every node sees: `file:///<directory>` or `s3://<bucket>[/<prefix>]`.
     pub store_url: String,
+    /// Settings of an S3 store (`aws_endpoint`, `aws_region`, `aws_allow_http`, …), over
+    /// those of the `AWS_*` environment variables.
+    pub store_options: Vec<(String, String)>,
     pub node_id: String,
-    /// Bound of the cache of object byte ranges read.
+    /// Bound of the memory tier of the cache of object byte ranges.
     pub cache_memory_bytes: u64,
+    /// The directory of the cache's disk tier, which holds up to `cache_disk_bytes` of
+    /// files; no disk tier without one, or with a bound of 0.
+    pub cache_dir: Option<PathBuf>,
+    pub cache_disk_bytes: u64,
     /// Longest a flush may take from writing its object to committing; garbage collection
     /// leaves alone objects younger than twice this.
     pub flush_commit_ms_max: u64,
@@ -92,8 +100,11 @@ impl NodeConfig {
         NodeConfig {
             db_url: db_url.to_string(),
             store_url: store_url.to_string(),
+            store_options: Vec::new(),
             node_id: node_id.to_string(),
             cache_memory_bytes: CACHE_MEMORY_BYTES_DEFAULT,
+            cache_dir: None,
+            cache_disk_bytes: 0,
             flush_commit_ms_max: FLUSH_COMMIT_MS_MAX_DEFAULT,
             partitions_max: CLUSTER_PARTITIONS_MAX_DEFAULT,
         }
@@ -120,12 +131,41 @@ pub struct SharedLog {
 
 /// Record sets of one partition accepted in a flush and side by side in its object: one
 /// `batches` row.
-struct Run {
-    base_offset: u64,
-    last_offset: u64,
-    byte_start: u64,
-    byte_len: u64,
-    max_timestamp: i64,
+pub(crate) struct Run {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub byte_start: u64,
+    pub byte_len: u64,
+    pub max_timestamp: i64,
+}
+
+impl Run {
+    /// Writes the run's `batches` row, in object `object_id`.
+    pub(crate) async fn insert(
+        &self,
+        tx: &Transaction<'_>,
+        topic_id: i64,
+        partition: i32,
+        object_id: i64,
+    ) -> Result<()> {
+        tx.execute(
+            "INSERT INTO weir.batches (topic_id, partition, base_offset, last_offset,
+               max_timestamp, object_id, byte_start, byte_len)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &topic_id,
+                &partition,
+                &(self.base_offset as i64),
+                &(self.last_offset as i64),
+                &self.max_timestamp,
+                &object_id,
+                &(self.byte_start as i64),
+                &(self.byte_len as i32),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 impl SharedLog {
@@ -148,8 +188,14 @@ impl SharedLog {
             db: Mutex::new(db),
             db_url: config.db_url.clone(),
             topics,
-            store: open_store(&config.store_url)?,
-            cache: RangeCache::new(config.cache_memory_bytes),
+            store: store::open(&config.store_url, &config.store_options)?,
+            cache: RangeCache::new(
+                config.cache_memory_bytes,
+                config
+                    .cache_dir
+                    .as_deref()
+                    .map(|dir| (dir, config.cache_disk_bytes)),
+            )?,
             flush_commit_max: Duration::from_millis(config.flush_commit_ms_max),
             partitions_max: config.partitions_max,
             node_id: config.node_id.clone(),
@@ -248,16 +294,9 @@ impl SharedLog {
             ));
         }
         write_footer(&mut object, &footer);
-        let key = ObjectPath::from(format!(
-            "data/{}/{}",
-            self.node_id,
-            uuid::Uuid::now_v7().simple()
-        ));
         let object_bytes = object.len() as i64;
-        let written_at = Instant::now();
-        self.store
-            .put(&key, PutPayload::from_bytes(object.freeze()))
-            .await?;
+        let object = object.freeze();
+        let (key, written_at) = self.put_object(object.clone()).await?;
 
         // The database is not held while the object is written: reads go on meanwhile.
         let mut db = self.db().await?;
@@ -273,6 +312,8 @@ impl SharedLog {
         let mut answers: Vec<Result<u64>> = Vec::with_capacity(appends.len());
         answers.resize_with(appends.len(), || Ok(0));
         let mut live_bytes = 0u64;
+        // Byte ranges of the rows written: readers ask for exactly these.
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
         for (&(topic_id, partition), indexes) in &groups {
             let row = tx
                 .query_opt(
@@ -339,22 +380,8 @@ impl SharedLog {
                 live_bytes += checked.bytes();
             }
             for run in &runs {
-                tx.execute(
-                    "INSERT INTO weir.batches (topic_id, partition, base_offset, last_offset,
-                       max_timestamp, object_id, byte_start, byte_len)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        &topic_id,
-                        &partition,
-                        &(run.base_offset as i64),
-                        &(run.last_offset as i64),
-                        &run.max_timestamp,
-                        &object_id,
-                        &(run.byte_start as i64),
-                        &(run.byte_len as i32),
-                    ],
-                )
-                .await?;
+                ranges.push((run.byte_start, run.byte_len));
+                run.insert(&tx, topic_id, partition, object_id).await?;
             }
             let max_timestamp = runs.iter().map(|r| r.max_timestamp).max().unwrap_or(-1);
             tx.execute(
@@ -392,15 +419,20 @@ impl SharedLog {
             )
             .await?;
         }
-        // An object older than this may be taken for the leftover of a failed flush and
-        // collected: past it, give up and let the producer retry.
-        if written_at.elapsed() > self.flush_commit_max {
-            return Err(ClusterError::FlushFailed(format!(
-                "the flush took longer than {} ms to commit",
-                self.flush_commit_max.as_millis()
-            )));
-        }
+        // Past this, give up and let the producer retry.
+        self.check_commit_time(written_at)?;
         tx.commit().await?;
+        // Readers of what was just written, most often tailing consumers, find it in the
+        // cache. A copy, so the cache never holds the whole object for one range's sake.
+        for (start, len) in ranges {
+            let range = object.slice(start as usize..(start + len) as usize);
+            let key = RangeKey {
+                object: key.to_string(),
+                start,
+                len,
+            };
+            self.cache.keep(key, Bytes::copy_from_slice(&range));
+        }
         Ok(answers)
     }
 
@@ -472,18 +504,7 @@ impl SharedLog {
             if !out.is_empty() && out.len() as u64 + len > bytes_max {
                 break;
             }
-            let range_key = RangeKey {
-                object: key.clone(),
-                start,
-                len,
-            };
-            let range = self
-                .cache
-                .get(&range_key, || async {
-                    let path = ObjectPath::from(key.as_str());
-                    Ok(self.store.get_range(&path, start..start + len).await?)
-                })
-                .await?;
+            let range = self.read_range(&key, start, len).await?;
             place_batches(&range, base, last, offset, &mut out).map_err(|reason| {
                 ClusterError::CorruptObject {
                     key: key.clone(),
@@ -496,6 +517,48 @@ impl SharedLog {
             high_watermark,
             log_start_offset,
         })
+    }
+
+    /// Bytes `start..start + len` of an object, through the cache.
+    pub(crate) async fn read_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes> {
+        let range_key = RangeKey {
+            object: key.to_string(),
+            start,
+            len,
+        };
+        self.cache
+            .get(&range_key, || async {
+                let path = ObjectPath::from(key);
+                Ok(self.store.get_range(&path, start..start + len).await?)
+            })
+            .await
+    }
+
+    /// Writes a new object of this node under a key no other write uses, and returns the key
+    /// and when it was written. Until a transaction gives it a row it is garbage: see
+    /// [`SharedLog::check_commit_time`].
+    pub(crate) async fn put_object(&self, object: Bytes) -> Result<(ObjectPath, Instant)> {
+        let key = ObjectPath::from(format!(
+            "data/{}/{}",
+            self.node_id,
+            uuid::Uuid::now_v7().simple()
+        ));
+        let written_at = Instant::now();
+        self.store.put(&key, PutPayload::from_bytes(object)).await?;
+        Ok((key, written_at))
+    }
+
+    /// Refuses to commit a row for an object written at `written_at` once the flush commit
+    /// bound has passed: garbage collection may by then take the object for a failed write's
+    /// leftover and delete it.
+    pub(crate) fn check_commit_time(&self, written_at: Instant) -> Result<()> {
+        if written_at.elapsed() > self.flush_commit_max {
+            return Err(ClusterError::FlushFailed(format!(
+                "the flush took longer than {} ms to commit",
+                self.flush_commit_max.as_millis()
+            )));
+        }
+        Ok(())
     }
 
     /// A partition's log start offset and end (next offset), as committed now.
@@ -695,7 +758,7 @@ fn place_batches(
 /// Appends the footer: per partition (topic id u64, partition u32, byte start u64, byte length
 /// u64), then the entry count (u32) and [`FOOTER_TAG`], all big-endian. It lets an object be
 /// read without the database when debugging; reads go by the `batches` rows.
-fn write_footer(object: &mut BytesMut, entries: &[(i64, u32, u64, u64)]) {
+pub(crate) fn write_footer(object: &mut BytesMut, entries: &[(i64, u32, u64, u64)]) {
     for &(topic_id, partition, start, len) in entries {
         object.extend_from_slice(&(topic_id as u64).to_be_bytes());
         object.extend_from_slice(&partition.to_be_bytes());
@@ -792,21 +855,4 @@ async fn connect(db_url: &str) -> Result<Client> {
     let (db, connection) = tokio_postgres::connect(db_url, NoTls).await?;
     tokio::spawn(connection);
     Ok(db)
-}
-
-/// Opens the store an object-store URL names. `file:///dir` is a directory every node sees.
-fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>> {
-    let unsupported = |reason: &str| ClusterError::StoreUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    let Some(dir) = url.strip_prefix("file://") else {
-        return Err(unsupported("supported: file:///<directory>"));
-    };
-    if !dir.starts_with('/') {
-        return Err(unsupported("the directory must be an absolute path"));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| unsupported(&e.to_string()))?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
-    Ok(Arc::new(store))
 }

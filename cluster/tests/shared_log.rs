@@ -8,6 +8,7 @@ use futures::future::join_all;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use weir_tests::postgres::Postgres;
+use weir_tests::s3::S3Server;
 
 use weir_cluster::{Append, ClusterError, Collected, NodeConfig, SharedLog, Trimmed};
 use weir_storage::batch::ProducerInfo;
@@ -492,12 +493,26 @@ async fn topic_names_partition_counts_and_store_urls_are_checked() {
         small.create_topic("logs", 1, &Default::default()).await,
         Err(ClusterError::TopicExists(_))
     ));
-    for url in ["s3://bucket/prefix", "file://relative/dir"] {
+    for url in ["gs://bucket/prefix", "file://relative/dir", "s3:///prefix"] {
         let err = SharedLog::open(&pg.url(), url, "n1")
             .await
             .err()
             .expect("refused");
         assert!(err.to_string().contains(url), "{err}");
+    }
+    let with_option = |url: &str, key: &str| NodeConfig {
+        store_options: vec![(key.to_string(), "x".to_string())],
+        ..NodeConfig::new(&pg.url(), url, "n1")
+    };
+    for (config, named) in [
+        (with_option(&store_url, "aws_region"), "takes no options"),
+        (
+            with_option("s3://bucket/prefix", "aws_colour"),
+            "\"aws_colour\" is not an S3 store option",
+        ),
+    ] {
+        let err = SharedLog::open_with(&config).await.err().expect("refused");
+        assert!(err.to_string().contains(named), "{err}");
     }
     drop(store);
 }
@@ -554,7 +569,8 @@ async fn reads_come_from_a_cache_that_outlives_the_object() {
     );
     assert_eq!(log.cache_stats().hits, stats.hits + 1);
 
-    // p1 was never read: its miss fails (the object is gone), and p0 stays cached.
+    // p1 went from the cache when p0 was read: its miss fails (the object is gone), and p0
+    // stays cached.
     assert!(log.read("logs", 1, 0, 1 << 20).await.is_err());
     assert!(log.read("logs", 0, 0, 1 << 20).await.is_ok());
     assert!(log.cache_stats().bytes <= 500);
@@ -566,12 +582,18 @@ async fn the_cache_evicts_the_least_recently_read_range_to_stay_within_its_bound
         return;
     };
     let (log, _) = small_cache(&pg, &store_url).await;
-    log.read("logs", 0, 0, 1 << 20).await.expect("read p0");
+    // The node keeps what it wrote: its last flush, of p1, is read from the cache.
+    log.read("logs", 1, 0, 1 << 20).await.expect("read p1");
+    let stats = log.cache_stats();
+    assert_eq!((stats.misses, stats.hits), (0, 1));
+    log.read("logs", 0, 0, 1 << 20)
+        .await
+        .expect("read p0: evicts p1");
     log.read("logs", 1, 0, 1 << 20)
         .await
         .expect("read p1: evicts p0");
     let stats = log.cache_stats();
-    assert_eq!((stats.misses, stats.hits), (2, 0));
+    assert_eq!((stats.misses, stats.hits), (2, 1));
     assert!(stats.bytes <= 500, "{stats:?}");
 
     remove_objects(&store);
@@ -584,6 +606,46 @@ async fn the_cache_evicts_the_least_recently_read_range_to_stay_within_its_bound
         matches!(evicted, Err(ClusterError::Store(_))),
         "p0 was evicted: {evicted:?}"
     );
+}
+
+#[tokio::test]
+async fn the_disk_tier_of_the_cache_serves_a_node_started_again() {
+    let Some((pg, store, store_url)) = cluster() else {
+        return;
+    };
+    let cache_dir = tempfile::tempdir().expect("a cache dir");
+    let config = NodeConfig {
+        cache_memory_bytes: 0,
+        cache_dir: Some(cache_dir.path().join("ranges")),
+        cache_disk_bytes: 1 << 20,
+        ..NodeConfig::new(&pg.url(), &store_url, "n1")
+    };
+    let log = node_with(&config, 1).await;
+    flush(&log, &[append("logs", 0, &["a", "b"])])
+        .await
+        .expect("flush");
+    // The node wrote its flush's range to the disk tier, in the background.
+    let files = || match std::fs::read_dir(cache_dir.path().join("ranges")) {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| !name.ends_with(".partial"))
+            .count(),
+        Err(_) => 0,
+    };
+    eventually("the range is on disk", async || files() == 1).await;
+    drop(log);
+
+    // Started again with every object gone from the store, the node reads from its disk.
+    remove_objects(&store);
+    let log = SharedLog::open_with(&config).await.expect("open again");
+    let fetched = log.read("logs", 0, 0, 1 << 20).await.expect("read");
+    assert_eq!(
+        values(&decode_records(&fetched.batches).expect("valid")),
+        vec![(0, "a".to_string()), (1, "b".to_string())]
+    );
+    let stats = log.cache_stats();
+    assert_eq!((stats.disk_hits, stats.misses), (1, 0), "{stats:?}");
+    assert_eq!(stats.disk_bytes_max, 1 << 20);
 }
 
 /// Waits until `done` holds; the announcements of topic changes reach other nodes at commit.
@@ -982,4 +1044,198 @@ async fn bounded_metadata_puts_racing_on_two_nodes_stop_at_the_bound() {
         a.meta_get("users", &there).await.expect("get").as_deref(),
         Some(&b"{\"v\": 2}"[..])
     );
+}
+
+#[tokio::test]
+async fn an_s3_bucket_holds_the_objects_nodes_share_and_collect() {
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    let url = s3.url("cluster");
+    // Flushes give up after 300 ms; garbage is what is older than 600 ms.
+    let config = |node: &str| NodeConfig {
+        store_options: s3.options(),
+        flush_commit_ms_max: 300,
+        ..NodeConfig::new(&pg.url(), &url, node)
+    };
+    let a = node_with(&config("n1"), 2).await;
+    let b = SharedLog::open_with(&config("n2")).await.expect("open n2");
+    a.create_topic("gone", 1, &Default::default())
+        .await
+        .expect("create");
+
+    let mut sent: Vec<Vec<String>> = vec![Vec::new(); 2];
+    for i in 0..5 {
+        let appends: Vec<Append> = (0..2)
+            .map(|p| append("logs", p, &[&format!("p{p}-{i}a"), &format!("p{p}-{i}b")]))
+            .collect();
+        let bases = flush(&a, &appends).await.expect("flush to S3");
+        assert_eq!(bases, vec![2 * i as u64; 2]);
+        for (p, append) in appends.iter().enumerate() {
+            let records = decode_records(&append.batches).expect("valid");
+            sent[p].extend(values(&records).into_iter().map(|(_, v)| v));
+        }
+    }
+    flush(&b, &[append("gone", 0, &["doomed"])])
+        .await
+        .expect("flush to S3");
+    let mut objects = s3.keys("cluster/data/");
+    objects.sort();
+    assert_eq!(objects.len(), 6, "one object per flush: {objects:?}");
+    assert_eq!(
+        objects
+            .iter()
+            .filter(|k| k.starts_with("cluster/data/n1/"))
+            .count(),
+        5,
+        "{objects:?}"
+    );
+
+    // The other node, its cache empty, reads every record back from the bucket.
+    for p in 0..2u32 {
+        let read = values(&read_all(&b, "logs", p).await);
+        let offsets: Vec<i64> = read.iter().map(|r| r.0).collect();
+        assert_eq!(offsets, (0..10).collect::<Vec<i64>>(), "partition {p}");
+        let read: Vec<String> = read.into_iter().map(|r| r.1).collect();
+        assert_eq!(read, sent[p as usize], "partition {p}");
+    }
+
+    // A deleted topic's object is garbage: the holder of the gc lease deletes it from the
+    // bucket once no flush can still be committing it, and leaves the others.
+    a.delete_topic("gone").await.expect("delete");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let gc = a
+        .acquire("gc", 10_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let collected = a.collect_garbage(&gc).await.expect("collect");
+    assert_eq!(collected.objects, 1, "{collected:?}");
+    let mut left = s3.keys("cluster/data/");
+    left.sort();
+    assert_eq!(left.len(), 5, "{left:?}");
+    assert!(left.iter().all(|k| objects.contains(k)));
+    assert!(left.iter().all(|k| k.starts_with("cluster/data/n1/")));
+
+    // Without the store a flush is refused with a retriable error, and nothing is assigned.
+    drop(s3);
+    let err = flush(&a, &[append("logs", 0, &["lost"])])
+        .await
+        .expect_err("no store, no acknowledgement");
+    assert!(err.is_retriable(), "{err}");
+    let at_end = a
+        .read("logs", 0, 10, 1 << 20)
+        .await
+        .expect("read at the end");
+    assert_eq!(at_end.high_watermark, 10);
+}
+
+#[tokio::test]
+async fn runs_in_small_objects_merge_into_one_object_per_partition_and_read_the_same() {
+    let Some((pg, store, store_url)) = cluster() else {
+        return;
+    };
+    // Garbage is what is older than 600 ms.
+    let config = NodeConfig {
+        flush_commit_ms_max: 300,
+        ..NodeConfig::new(&pg.url(), &store_url, "n1")
+    };
+    let log = node_with(&config, 2).await;
+    // Ten flushes, each one object holding a run of each partition; record i is stamped i s.
+    for i in 0..10i64 {
+        let appends: Vec<Append> = (0..2)
+            .map(|p| stamped("logs", p, &format!("p{p}-{i}"), 1000 * i))
+            .collect();
+        flush(&log, &appends).await.expect("flush");
+    }
+    let objects =
+        || std::fs::read_dir(store.path().join("data").join("n1")).map_or(0, |d| d.count());
+    assert_eq!(objects(), 10);
+    let before: Vec<Vec<(i64, String)>> = join_all((0..2).map(|p| read_all(&log, "logs", p)))
+        .await
+        .iter()
+        .map(|records| values(records))
+        .collect();
+
+    let lease = log
+        .acquire("merge", 10_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let merged = log.merge_small_objects(&lease, 0).await.expect("merge");
+    assert_eq!(
+        (merged.partitions, merged.runs_before, merged.runs_after),
+        (2, 20, 2),
+        "{merged:?}"
+    );
+    // Nothing is left to merge: each partition has one run.
+    assert_eq!(
+        log.merge_small_objects(&lease, 0).await.expect("merge"),
+        Default::default()
+    );
+
+    // A node with an empty cache reads the same records at the same offsets, from the merged
+    // objects, and finds a time in the middle of a merged run.
+    let fresh = SharedLog::open(&pg.url(), &store_url, "n2")
+        .await
+        .expect("open n2");
+    for p in 0..2u32 {
+        assert_eq!(
+            values(&read_all(&fresh, "logs", p).await),
+            before[p as usize]
+        );
+        let at = fresh
+            .offset_for_timestamp("logs", p, 4500)
+            .await
+            .expect("by time");
+        assert_eq!(at, Some((5, 5000)));
+    }
+    assert_eq!(fresh.cache_stats().misses, 2, "one GET per partition");
+
+    // The old objects have no rows left; garbage collection deletes them.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let gc = log
+        .acquire("gc", 10_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let collected = log.collect_garbage(&gc).await.expect("collect");
+    assert_eq!(collected.objects, 10, "{collected:?}");
+    assert_eq!(objects(), 2);
+
+    // A later run and the merged one, still small, merge again: the offsets follow each
+    // other, so they join into one run.
+    flush(&log, &[stamped("logs", 0, "p0-10", 10_000)])
+        .await
+        .expect("flush");
+    let merged = log.merge_small_objects(&lease, 0).await.expect("merge");
+    assert_eq!(
+        (merged.partitions, merged.runs_before, merged.runs_after),
+        (1, 2, 1),
+        "{merged:?}"
+    );
+    let mut expected = before[0].clone();
+    expected.push((10, "p0-10".to_string()));
+    assert_eq!(values(&read_all(&fresh, "logs", 0).await), expected);
+
+    // A node that gave the lease up merges nothing once another node holds it.
+    flush(&log, &[stamped("logs", 1, "p1-10", 10_000)])
+        .await
+        .expect("flush");
+    log.release(lease.clone()).await.expect("release");
+    let taken = fresh
+        .acquire("merge", 10_000)
+        .await
+        .expect("acquire")
+        .expect("free after the release");
+    let fenced = log.merge_small_objects(&lease, 0).await;
+    assert!(
+        matches!(fenced, Err(ClusterError::LeaseLost { .. })),
+        "{fenced:?}"
+    );
+    let merged = fresh.merge_small_objects(&taken, 0).await.expect("merge");
+    assert_eq!((merged.partitions, merged.runs_after), (1, 1), "{merged:?}");
 }

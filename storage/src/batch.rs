@@ -748,6 +748,38 @@ pub fn decode_records_from(batches: &Bytes, offset: i64) -> Result<Vec<Record>, 
     Ok(out)
 }
 
+/// How many records of `batches` (whole batches back to back, as a read returns them) fall in
+/// `[start, end)`: a batch wholly inside counts by its header's record count, unread; a batch
+/// the range cuts is decoded. Control batches hold no records. `next_offset` is where the
+/// batches end, or `end` when they reach past it or there are none.
+pub fn count_records_in(
+    batches: &Bytes,
+    start: u64,
+    end: u64,
+) -> Result<crate::RecordCount, BatchError> {
+    let (first, last) = (start as i64, end as i64 - 1);
+    let mut count = crate::RecordCount {
+        whole: 0,
+        decoded: 0,
+        next_offset: end,
+    };
+    let mut cut = Vec::new();
+    for_each_batch(batches, |header, batch| {
+        count.next_offset = (header.last_offset().saturating_add(1).max(0) as u64).min(end);
+        if header.is_control() || header.last_offset() < first || header.base_offset > last {
+            return Ok(());
+        }
+        if header.base_offset >= first && header.last_offset() <= last {
+            count.whole += header.record_count as u64;
+            Ok(())
+        } else {
+            decode_batch_records_where(header, batch, &mut cut, |o| (first..=last).contains(&o))
+        }
+    })?;
+    count.decoded = cut.len() as u64;
+    Ok(count)
+}
+
 /// Calls `f` with each validated batch header and its full bytes.
 pub fn for_each_batch(
     batches: &Bytes,
@@ -886,6 +918,32 @@ mod tests {
         }
         assert_eq!(decode_record_at(&set, 9).unwrap(), None);
         assert_eq!(decode_record_at(&set, 17).unwrap(), None);
+    }
+
+    #[test]
+    fn records_in_a_range_count_by_headers_and_decode_only_cut_batches() {
+        let mut set = Vec::new();
+        for (base, n) in [(10i64, 3usize), (13, 4)] {
+            let mut builder = BatchBuilder::new(Compression::Zstd);
+            (0..n).for_each(|i| builder.push(record(base as usize + i)));
+            let mut batch = builder.build().unwrap().to_vec();
+            set_base_offset(&mut batch, base);
+            set.extend_from_slice(&batch);
+        }
+        let set = Bytes::from(set);
+        let count = |start, end| {
+            let c = count_records_in(&set, start, end).unwrap();
+            (c.whole, c.decoded, c.next_offset)
+        };
+        assert_eq!(count(10, 17), (7, 0, 17));
+        assert_eq!(count(13, 20), (4, 0, 17));
+        assert_eq!(count(11, 15), (0, 4, 15));
+        assert_eq!(count(0, 13), (3, 0, 13));
+        assert_eq!(count(17, 20), (0, 0, 17));
+        assert_eq!(
+            count_records_in(&Bytes::new(), 3, 9).unwrap().next_offset,
+            9
+        );
     }
 
     #[test]

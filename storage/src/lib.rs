@@ -41,8 +41,8 @@ mod space;
 mod storage;
 
 pub use batch::{
-    BATCH_HEADER_BYTES, BatchBuilder, Compression, Header, NewRecord, Record, decode_records,
-    decode_records_from, in_batches,
+    BATCH_HEADER_BYTES, BatchBuilder, Compression, Header, NewRecord, Record, count_records_in,
+    decode_records, decode_records_from, in_batches,
 };
 pub use compact::{CompactionResult, compact};
 pub use config::{CleanupPolicy, FlushPolicy, LayerKey, LogConfig, TimestampType};

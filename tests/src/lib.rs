@@ -8,7 +8,7 @@
 //! without knowing what the writer did.
 //!
 //! [`wasm`] builds plugins to WebAssembly for the tests that deploy them; [`hostile`] forges
-//! the record batches a hostile producer sends; [`postgres`] runs a throwaway PostgreSQL server.
+//! the record batches a hostile producer sends; [`postgres`] runs a throwaway PostgreSQL server, [`s3`] a throwaway S3-compatible one.
 
 /// The value the crash writer stores at `offset`.
 pub fn value_for(offset: u64) -> String {
@@ -17,4 +17,5 @@ pub fn value_for(offset: u64) -> String {
 
 pub mod hostile;
 pub mod postgres;
+pub mod s3;
 pub mod wasm;

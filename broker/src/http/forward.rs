@@ -50,18 +50,34 @@ impl Peers {
 
     /// Sends the request to the node listening at `home`, from node `by`, and answers with the
     /// status, content type and body it answered. Blocks.
-    fn send(&self, home: &str, head: Head, body: Vec<u8>, by: i32) -> Response {
-        let url = format!("{}://{home}{}", self.scheme, head.path);
-        let unanswered = |reason: String| {
-            ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: format!(
-                    "the node coordinating the group, at {url}, did not answer ({reason}); \
-                     ask again: the group moves to a live node when its lease runs out"
-                ),
+    fn send(&self, home: &str, head: &Head, body: Vec<u8>, by: i32) -> Response {
+        let answer = match self.call(home, head, body, by) {
+            Ok(answer) => answer,
+            Err(reason) => {
+                return ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: format!(
+                        "the node coordinating the group, at {home}, did not answer ({reason}); \
+                         ask again: the group moves to a live node when its lease runs out"
+                    ),
+                }
+                .into_response();
             }
-            .into_response()
         };
+        let mut response = (answer.status, answer.body).into_response();
+        response.headers_mut().remove(header::CONTENT_TYPE);
+        if let Some(content_type) = answer.content_type {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
+        }
+        response
+    }
+
+    /// The request sent to the node listening at `home`, from node `by`, and what it
+    /// answered, or why it did not. Blocks.
+    fn call(&self, home: &str, head: &Head, body: Vec<u8>, by: i32) -> Result<Answer, String> {
+        let url = format!("{}://{home}{}", self.scheme, head.path);
         let mut builder = ureq::http::Request::builder()
             .method(head.method.as_str())
             .uri(&url)
@@ -74,42 +90,36 @@ impl Peers {
                 builder = builder.header(name.as_str(), value.as_bytes());
             }
         }
-        let sent = builder
-            .body(body)
-            .map_err(|e| e.to_string())
-            .and_then(|r| self.agent.run(r).map_err(|e| e.to_string()));
-        let mut answer = match sent {
-            Ok(answer) => answer,
-            Err(reason) => return unanswered(reason),
-        };
-        let body = match answer
+        let request = builder.body(body).map_err(|e| e.to_string())?;
+        let mut answer = self.agent.run(request).map_err(|e| e.to_string())?;
+        let body = answer
             .body_mut()
             .with_config()
             .limit(FORWARDED_ANSWER_BYTES_MAX)
             .read_to_vec()
-        {
-            Ok(body) => body,
-            Err(e) => return unanswered(e.to_string()),
-        };
-        let status =
-            StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let content_type = answer
-            .headers()
-            .get(header::CONTENT_TYPE.as_str())
-            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
-        let mut response = (status, body).into_response();
-        response.headers_mut().remove(header::CONTENT_TYPE);
-        if let Some(content_type) = content_type {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, content_type);
-        }
-        response
+            .map_err(|e| e.to_string())?;
+        Ok(Answer {
+            status: StatusCode::from_u16(answer.status().as_u16())
+                .unwrap_or(StatusCode::BAD_GATEWAY),
+            content_type: answer
+                .headers()
+                .get(header::CONTENT_TYPE.as_str())
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()),
+            body,
+        })
     }
+}
+
+/// What another node answered.
+struct Answer {
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    body: Vec<u8>,
 }
 
 /// What of a request's head goes on to another node: its method, whole path and query, and
 /// credentials; and whether another node sent it here.
+#[derive(Clone)]
 pub(super) struct Head {
     method: Method,
     path: String,
@@ -161,8 +171,42 @@ impl AppState {
             Ok(node
                 .logs
                 .coordinator_http(&group)
-                .map(|home| peers.send(&home, head, body, by)))
+                .map(|home| peers.send(&home, &head, body, by)))
         })
         .await
+    }
+
+    /// On a cluster, what every other live node answers to this request (a GET with no body),
+    /// as JSON. A node that does not answer, or answers other than 200 with JSON, is left out
+    /// and logged: callers merge what they have. Empty on a single node, and for a request
+    /// another node sent here.
+    pub(super) async fn ask_every_peer(&self, head: Head) -> Vec<serde_json::Value> {
+        let (Some(peers), Some(by)) = (self.peers.clone(), self.node.logs.cluster_node_id()) else {
+            return Vec::new();
+        };
+        if head.forwarded {
+            return Vec::new();
+        }
+        let node = self.node.clone();
+        blocking(move || {
+            let mut answers: Vec<serde_json::Value> = Vec::new();
+            for home in node.logs.peers_http() {
+                let answer = peers.call(&home, &head, Vec::new(), by).and_then(|a| {
+                    if a.status != StatusCode::OK {
+                        return Err(format!("status {}", a.status));
+                    }
+                    serde_json::from_slice(&a.body).map_err(|e| e.to_string())
+                });
+                match answer {
+                    Ok(value) => answers.push(value),
+                    Err(reason) => {
+                        tracing::warn!(node = %home, path = %head.path, %reason, "a node did not answer")
+                    }
+                }
+            }
+            Ok(answers)
+        })
+        .await
+        .unwrap_or_default()
     }
 }

@@ -50,6 +50,14 @@ pub(crate) struct PartitionRead {
     pub file: Option<(LogFile, u64)>,
 }
 
+/// What a cluster node holds on the way to and from the shared log, for `/metrics`.
+pub(crate) struct ClusterStats {
+    pub cache: weir_cluster::CacheStats,
+    /// Bytes of record sets waiting for a flush or in one, and their bound.
+    pub parked_bytes: u64,
+    pub parked_bytes_max: u64,
+}
+
 /// The partitions behind the Kafka listener.
 pub(crate) trait Logs: Send + Sync {
     /// This node's broker id when it is a node of a cluster; `None` for a single node.
@@ -64,6 +72,15 @@ pub(crate) trait Logs: Send + Sync {
     /// another node of the cluster; `None` when it is this one. May wait for the cluster
     /// database.
     fn coordinator_http(&self, key: &str) -> Option<String>;
+    /// The HTTP listeners (`host:port`) of the other live nodes of the cluster; none for a
+    /// single node.
+    fn peers_http(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// What the node holds for the cluster; `None` for a single node.
+    fn cluster_stats(&self) -> Option<ClusterStats> {
+        None
+    }
     fn topic(&self, name: &str) -> Result<Option<TopicInfo>, StorageError>;
     fn topic_names(&self) -> Result<Vec<String>, StorageError>;
     fn create_topic(
