@@ -454,6 +454,21 @@ mod tests {
         panic!("{key:?} never written to disk");
     }
 
+    /// The names of the files in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("the dir")
+            .map(|e| {
+                e.expect("a file")
+                    .file_name()
+                    .into_string()
+                    .expect("a name")
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
     async fn never() -> Result<Bytes> {
         panic!("read from the store, not the disk tier")
     }
@@ -488,16 +503,7 @@ mod tests {
             written(&cache, key).await;
         }
         assert_eq!(cache.stats().disk_bytes, 9);
-        let mut files: Vec<String> = std::fs::read_dir(dir.path())
-            .expect("the dir")
-            .map(|e| {
-                e.expect("a file")
-                    .file_name()
-                    .into_string()
-                    .expect("a name")
-            })
-            .collect();
-        files.sort();
+        let files = names(dir.path());
         let mut expected: Vec<String> = keys[1..].iter().map(RangeKey::file_name).collect();
         expected.sort();
         assert_eq!(files, expected);
@@ -528,16 +534,7 @@ mod tests {
 
         let cache = RangeCache::new(0, Some((dir.path(), 100))).expect("a cache");
         assert_eq!(cache.stats().disk_bytes, 6, "two whole files kept");
-        let mut files: Vec<String> = std::fs::read_dir(dir.path())
-            .expect("the dir")
-            .map(|e| {
-                e.expect("a file")
-                    .file_name()
-                    .into_string()
-                    .expect("a name")
-            })
-            .collect();
-        files.sort();
+        let files = names(dir.path());
         assert_eq!(files, [kept.file_name(), changed.file_name()]);
         let read = cache.get(&kept, never).await.expect("read");
         assert_eq!(read, Bytes::from_static(b"abc"));
