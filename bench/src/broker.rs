@@ -14,6 +14,7 @@
 
 mod disk;
 mod kafka_load;
+mod librdkafka;
 mod loopback;
 mod ports;
 mod proc_status;
@@ -22,7 +23,7 @@ mod records;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kafka_load::Connection;
@@ -153,14 +154,6 @@ struct Run {
 /// How long readers try to get back what was produced.
 const CONSUME_GIVE_UP: Duration = Duration::from_secs(30);
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
-}
-
 fn run_case(broker: &Broker, partitions: i32, acks: i16, seconds: u64) -> anyhow::Result<Run> {
     let topic = format!(
         "bench-{partitions}-{}",
@@ -171,112 +164,32 @@ fn run_case(broker: &Broker, partitions: i32, acks: i16, seconds: u64) -> anyhow
         RECORDS_PER_BATCH,
         weir_storage::Compression::None,
     )?);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let writers: Vec<_> = (0..partitions)
-        .map(|p| {
-            let addr = broker.addr.clone();
-            let topic = topic.clone();
-            let batch = batch.clone();
-            std::thread::spawn(move || -> anyhow::Result<(u64, Vec<Duration>)> {
-                let mut c = Connection::open(&addr)?;
-                let mut bytes = 0u64;
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    latencies.push(c.produce(&topic, p, acks, &batch)?);
-                    bytes += batch.len() as u64;
-                }
-                Ok((bytes, latencies))
-            })
-        })
-        .collect();
-    let mut produced = 0u64;
-    let mut latencies = Vec::new();
-    for w in writers {
-        let (bytes, l) = w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
-        produced += bytes;
-        latencies.extend(l);
-    }
-    let produce_elapsed = start.elapsed();
+    let addrs = [broker.addr.clone()];
+    let produced = kafka_load::produce_for(
+        &addrs,
+        &topic,
+        partitions,
+        acks,
+        &batch,
+        Duration::from_secs(seconds),
+    )?;
     let rss_loaded_mib = proc_status::memory_mib(&broker.child.id().to_string(), "VmRSS");
-    latencies.sort();
-
-    let start = Instant::now();
-    let readers: Vec<_> = (0..partitions)
-        .map(|p| {
-            let addr = broker.addr.clone();
-            let topic = topic.clone();
-            let target = produced / partitions as u64;
-            std::thread::spawn(move || -> anyhow::Result<u64> {
-                let mut c = Connection::open(&addr)?;
-                let (mut bytes, mut offset) = (0u64, 0i64);
-                let give_up = Instant::now() + CONSUME_GIVE_UP;
-                while bytes < target * 9 / 10 && Instant::now() < give_up {
-                    let (b, next) = c.fetch(&topic, p, offset, 8 << 20)?;
-                    bytes += b;
-                    offset = next;
-                }
-                Ok(bytes)
-            })
-        })
-        .collect();
-    let mut consumed = 0u64;
-    for r in readers {
-        consumed += r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    }
-    let consume_elapsed = start.elapsed();
+    let (consumed, consume_elapsed) = kafka_load::consume(
+        &addrs,
+        0,
+        &topic,
+        partitions,
+        produced.bytes,
+        CONSUME_GIVE_UP,
+    )?;
     Ok(Run {
-        produce_mb_s: produced as f64 / 1e6 / produce_elapsed.as_secs_f64(),
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
+        produce_mb_s: produced.mb_s(),
+        p50_ms: produced.percentile_ms(0.50),
+        p99_ms: produced.percentile_ms(0.99),
         consume_mb_s: consumed as f64 / 1e6 / consume_elapsed.as_secs_f64(),
-        consumed_share: consumed as f64 / produced.max(1) as f64,
+        consumed_share: consumed as f64 / produced.bytes.max(1) as f64,
         rss_loaded_mib,
     })
-}
-
-/// Records the librdkafka run produces and consumes.
-const LIBRDKAFKA_RECORDS: u64 = 200_000;
-
-/// Produce and consume MB/s through librdkafka (confluent-kafka, batching on), or why not.
-fn librdkafka_case(broker: &Broker, acks: &str) -> Result<(f64, f64), String> {
-    // librdkafka may hang past its own timeouts on a broker it cannot talk to; ask kcat (the
-    // same library) for metadata first, which fails fast with the reason.
-    let probe = Command::new("kcat")
-        .args(["-b", &broker.addr, "-L", "-m", "5"])
-        .output()
-        .map_err(|e| format!("cannot run kcat: {e}"))?;
-    if !probe.status.success() {
-        let stderr = String::from_utf8_lossy(&probe.stderr);
-        let reason = stderr
-            .lines()
-            .find(|l| l.contains("FAIL") || l.contains("ERROR"))
-            .and_then(|l| l.rsplit("]: ").next())
-            .unwrap_or("no metadata");
-        return Err(format!("librdkafka cannot use this broker: {reason}"));
-    }
-    let python = std::env::var("WEIR_PYTHON").unwrap_or_else(|_| "target/py/bin/python".into());
-    let topic = format!("rdkafka-{acks}");
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(&python)
-        .arg("bench/clients/librdkafka_perf.py")
-        .args([&broker.addr, &topic, &LIBRDKAFKA_RECORDS.to_string(), acks])
-        .output()
-        .map_err(|e| format!("cannot run {python} (./scripts/test installs it): {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let mut numbers = stdout
-        .split_whitespace()
-        .filter_map(|n| n.parse::<f64>().ok());
-    match (out.status.success(), numbers.next(), numbers.next()) {
-        (true, Some(p), Some(c)) => Ok((p, c)),
-        _ if out.status.code() == Some(124) => Err("no answer within 120 s".into()),
-        _ => Err(String::from_utf8_lossy(&out.stderr)
-            .trim()
-            .chars()
-            .take(120)
-            .collect()),
-    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -368,7 +281,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "librdkafka (confluent-kafka, linger.ms=5, batch.size=1 MB), {LIBRDKAFKA_RECORDS} records of 1 KiB to one partition:"
+        "librdkafka (confluent-kafka, linger.ms=5, batch.size=1 MB), {} records of 1 KiB to one partition:",
+        librdkafka::RECORDS
     );
     println!();
     println!("| broker | acks | produce MB/s | consume MB/s |");
@@ -376,7 +290,7 @@ fn main() -> anyhow::Result<()> {
     for start in &brokers {
         for acks in ["1", "all"] {
             let Ok(broker) = start() else { break };
-            match librdkafka_case(&broker, acks) {
+            match librdkafka::produce_consume(&broker.addr, acks) {
                 Ok((p, c)) => println!("| {} | {acks} | {p:.0} | {c:.0} |", broker.name),
                 Err(e) => println!("| {} | {acks} | failed: {e} | |", broker.name),
             }

@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -184,4 +185,109 @@ impl Connection {
         }
         Ok((bytes, next))
     }
+}
+
+/// What a timed produce load did.
+pub struct Produced {
+    /// Record-set bytes acknowledged.
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Each request's round trip, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+impl Produced {
+    pub fn mb_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `p` quantile (0 to 1) of the round trips, in milliseconds.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i].as_secs_f64() * 1e3
+    }
+}
+
+/// Sends `batch` to each of `partitions` partitions of `topic` on a connection of its own,
+/// partition `p` through `addrs[p % addrs.len()]`, one request at a time (each waits for its
+/// answer), for `time`.
+pub fn produce_for(
+    addrs: &[String],
+    topic: &str,
+    partitions: i32,
+    acks: i16,
+    batch: &Arc<Bytes>,
+    time: Duration,
+) -> anyhow::Result<Produced> {
+    let start = Instant::now();
+    let deadline = start + time;
+    let writers: Vec<_> = (0..partitions)
+        .map(|p| {
+            let addr = addrs[p as usize % addrs.len()].clone();
+            let (topic, batch) = (topic.to_string(), batch.clone());
+            std::thread::spawn(move || -> anyhow::Result<(u64, Vec<Duration>)> {
+                let mut c = Connection::open(&addr)?;
+                let mut bytes = 0u64;
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    latencies.push(c.produce(&topic, p, acks, &batch)?);
+                    bytes += batch.len() as u64;
+                }
+                Ok((bytes, latencies))
+            })
+        })
+        .collect();
+    let mut produced = Produced {
+        bytes: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for w in writers {
+        let (bytes, l) = w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        produced.bytes += bytes;
+        produced.latencies.extend(l);
+    }
+    produced.elapsed = start.elapsed();
+    produced.latencies.sort();
+    Ok(produced)
+}
+
+/// Reads each of `partitions` partitions of `topic` from offset 0 on a connection of its own,
+/// partition `p` through `addrs[(p + shift) % addrs.len()]`, until nine tenths of `bytes`
+/// (split evenly over the partitions) arrived or `give_up` passed. Returns the bytes read and
+/// the time taken.
+pub fn consume(
+    addrs: &[String],
+    shift: usize,
+    topic: &str,
+    partitions: i32,
+    bytes: u64,
+    give_up: Duration,
+) -> anyhow::Result<(u64, Duration)> {
+    let start = Instant::now();
+    let target = bytes / partitions as u64;
+    let readers: Vec<_> = (0..partitions)
+        .map(|p| {
+            let addr = addrs[(p as usize + shift) % addrs.len()].clone();
+            let topic = topic.to_string();
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let mut c = Connection::open(&addr)?;
+                let (mut bytes, mut offset) = (0u64, 0i64);
+                while bytes < target * 9 / 10 && start.elapsed() < give_up {
+                    let (b, next) = c.fetch(&topic, p, offset, 8 << 20)?;
+                    bytes += b;
+                    offset = next;
+                }
+                Ok(bytes)
+            })
+        })
+        .collect();
+    let mut consumed = 0u64;
+    for r in readers {
+        consumed += r.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    }
+    Ok((consumed, start.elapsed()))
 }

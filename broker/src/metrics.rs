@@ -702,8 +702,6 @@ pub fn render_delays(out: &mut String, stats: &weir_storage::delay::DelayStats) 
     }
 }
 
-/// What the columnar copy builder did and found (`weir_sql::columnar`); the copies' disk is
-/// bounded by the node's free-space low-water mark.
 /// Where a cluster node's reads of object ranges were answered from.
 pub fn render_cluster_cache(out: &mut String, stats: &weir_cluster::CacheStats) {
     let name = "weir_cluster_cache_reads_total";
@@ -720,6 +718,8 @@ pub fn render_cluster_cache(out: &mut String, stats: &weir_cluster::CacheStats) 
     }
 }
 
+/// What the columnar copy builder did and found (`weir_sql::columnar`); the copies' disk is
+/// bounded by the node's free-space low-water mark.
 pub fn render_columnar(out: &mut String, stats: &weir_sql::columnar::BuilderSnapshot) {
     for (name, kind, help, value) in [
         (
