@@ -12,7 +12,8 @@
 //! `--retention-check-ms` it tries for the `retention` lease and, holding it, drops the oldest
 //! runs of partitions past their topic's `retention.ms` or `retention.bytes`. Every
 //! [`MERGE_EVERY`] it tries for the `merge` lease and, holding it, merges the runs of each
-//! partition that sit in small objects older than [`MERGE_AGE_MS`] into larger objects.
+//! partition that sit in small objects older than [`MERGE_AGE_MS`] into larger objects, then
+//! keeps the last record per key in the runs of compacted topics older than that.
 //!
 //! The Kafka handlers run on the blocking pool; the shared log is async, so each call here
 //! blocks that pool thread on the node's runtime until Postgres and the object store answer.
@@ -323,15 +324,27 @@ impl ClusterLogs {
         }
     }
 
-    /// One merge run over the cluster's partitions, if no other node holds the `merge` lease.
+    /// One merge run over the cluster's partitions, then one key compaction pass over its
+    /// compacted topics, if no other node holds the `merge` lease.
     async fn merge_small_objects(&self) {
+        let now_ms = weir_storage::now_ms();
         match self
             .under_lease("merge", async |lease| {
-                self.log.merge_small_objects(lease, MERGE_AGE_MS).await
+                let merged = self.log.merge_small_objects(lease, MERGE_AGE_MS).await?;
+                let compacted = self
+                    .log
+                    .compact_topics(
+                        lease,
+                        now_ms,
+                        MERGE_AGE_MS,
+                        weir_storage::COMPACTION_KEYS_MAX,
+                    )
+                    .await;
+                Ok((merged, compacted))
             })
             .await
         {
-            Some(Ok(merged)) => {
+            Some(Ok((merged, compacted))) => {
                 self.metrics.merged(merged.runs_before, merged.bytes);
                 if merged.partitions > 0 {
                     tracing::info!(
@@ -341,6 +354,26 @@ impl ClusterLogs {
                         bytes = merged.bytes,
                         "merged runs out of small objects"
                     );
+                }
+                match compacted {
+                    Ok(c) => {
+                        self.metrics.compacted(
+                            c.records_removed,
+                            c.bytes_before.saturating_sub(c.bytes_after),
+                        );
+                        if c.records_removed > 0 {
+                            tracing::info!(
+                                partitions = c.partitions,
+                                runs_before = c.runs_before,
+                                runs_after = c.runs_after,
+                                records_removed = c.records_removed,
+                                bytes_before = c.bytes_before,
+                                bytes_after = c.bytes_after,
+                                "compacted"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "key compaction failed"),
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "merging small objects failed"),

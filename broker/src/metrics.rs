@@ -79,6 +79,8 @@ pub struct Metrics {
     retention_runs: AtomicU64,
     retention_bytes: AtomicU64,
     merged_runs: AtomicU64,
+    compacted_records: AtomicU64,
+    compacted_bytes: AtomicU64,
     merged_bytes: AtomicU64,
     /// Record sets unsent response frames hold by reference to their segment files.
     fetch_lent_sets: Arc<AtomicU64>,
@@ -383,6 +385,13 @@ impl Metrics {
         self.merged_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Counts records of the cluster's compacted topics that key compaction removed, and the
+    /// bytes it saved.
+    pub fn compacted(&self, records: u64, bytes: u64) {
+        self.compacted_records.fetch_add(records, Ordering::Relaxed);
+        self.compacted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Counts an HTTP connection refused on accept because the node held its limit.
     pub fn http_connection_refused(&self) {
         self.http_connections_refused
@@ -501,6 +510,16 @@ impl Metrics {
                 "weir_cluster_merged_bytes_total",
                 "Bytes of the runs this node moved out of small objects into larger ones.",
                 &self.merged_bytes,
+            ),
+            (
+                "weir_cluster_compacted_records_total",
+                "Records of the cluster's compacted topics that this node's key compaction removed (superseded by a later record of the same key).",
+                &self.compacted_records,
+            ),
+            (
+                "weir_cluster_compacted_bytes_total",
+                "Bytes this node's key compaction saved in the cluster's compacted topics.",
+                &self.compacted_bytes,
             ),
         ] {
             let _ = writeln!(

@@ -74,6 +74,15 @@ pub enum ClusterError {
     Config(String),
     #[error("object {key}: {reason}")]
     CorruptObject { key: String, reason: String },
+    /// A compaction pass over a partition found more distinct keys than it may hold.
+    #[error(
+        "compacting {topic}-{partition}: more than {keys_max} distinct keys; the pass was given up"
+    )]
+    CompactionKeys {
+        topic: String,
+        partition: u32,
+        keys_max: u64,
+    },
 }
 
 impl ClusterError {

@@ -36,7 +36,8 @@
 //! - Small metadata trees every node shares (SCRAM users, ACL rules): [`SharedLog::meta_put`]
 //!   and its siblings, each change announced so nodes holding a copy read it again.
 //! - [`merge`]: the holder of the `merge` lease copies a partition's runs out of small objects
-//!   into one larger object of that partition, and swaps the rows in one transaction.
+//!   into one larger object of that partition, and swaps the rows in one transaction; under
+//!   the same lease, [`compact`] keeps the last record per key in compacted topics.
 //! - [`gc`]: the holder of the `gc` lease deletes objects no row references (the leftovers of
 //!   failed flushes, and objects retention or a topic deletion emptied) once no flush can
 //!   still be committing them.
@@ -45,6 +46,7 @@
 //! offsets unique and gap-free. This crate knows nothing of Kafka requests or sockets.
 
 mod cache;
+pub mod compact;
 mod error;
 pub mod flusher;
 pub mod gc;
@@ -60,6 +62,7 @@ mod topics;
 mod watch;
 
 pub use cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats};
+pub use compact::Compacted;
 pub use error::{ClusterError, Result};
 pub use flusher::{FlushConfig, Flusher};
 pub use gc::Collected;

@@ -719,7 +719,7 @@ impl SharedLog {
 /// Copies the batches of one row's byte range into `out`, from the first batch that holds
 /// `offset` on, with their offsets written in: the row's first batch starts at `base`, each
 /// next one where the previous ended. The batches must cover exactly `base..=last`.
-fn place_batches(
+pub(crate) fn place_batches(
     range: &[u8],
     base: i64,
     last: i64,

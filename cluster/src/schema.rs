@@ -110,6 +110,10 @@ CREATE TABLE weir.meta (
   PRIMARY KEY (tree, key)
 );
 "#,
+    // Where key compaction of each partition got to: the runs below it were compacted.
+    r#"
+ALTER TABLE weir.partitions ADD COLUMN clean_offset bigint NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The advisory lock key migrations run under ("weir" in ASCII), so nodes starting together

@@ -1239,3 +1239,189 @@ async fn runs_in_small_objects_merge_into_one_object_per_partition_and_read_the_
     let merged = fresh.merge_small_objects(&taken, 0).await.expect("merge");
     assert_eq!((merged.partitions, merged.runs_after), (1, 1), "{merged:?}");
 }
+
+/// One batch of keyed records (a `None` value is a tombstone) for partition 0 of `topic`.
+fn keyed(topic: &str, records: &[(Option<&str>, Option<&str>)]) -> Append {
+    let mut builder = BatchBuilder::new(Compression::None);
+    for (key, value) in records {
+        builder.push(NewRecord {
+            timestamp: weir_storage::now_ms(),
+            key: key.map(|k| Bytes::from(k.to_string())),
+            value: value.map(|v| Bytes::from(v.to_string())),
+            ..NewRecord::default()
+        });
+    }
+    Append {
+        topic: topic.to_string(),
+        partition: 0,
+        batches: builder.build().expect("a batch"),
+    }
+}
+
+/// A record read back as (offset, key, value), `None` for a missing key or value.
+fn keyed_values(records: &[Record]) -> Vec<(i64, Option<String>, Option<String>)> {
+    let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+    records
+        .iter()
+        .map(|r| (r.offset, text(&r.key), text(&r.value)))
+        .collect()
+}
+
+#[tokio::test]
+async fn key_compaction_keeps_the_last_record_per_key_at_its_offset_under_the_merge_lease() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let log = node(&pg, &store_url, 1).await;
+    let compact: BTreeMap<String, String> =
+        [("cleanup.policy".to_string(), "compact".to_string())].into();
+    log.create_topic("table", 1, &compact)
+        .await
+        .expect("create");
+    // Five flushes, one run each: offsets 0-2, 3-4, 5-6, 7 and 8.
+    for records in [
+        &[
+            (Some("a"), Some("a0")),
+            (Some("b"), Some("b0")),
+            (Some("c"), Some("c0")),
+        ][..],
+        &[(Some("a"), Some("a1")), (Some("b"), Some("b1"))],
+        &[(Some("a"), Some("a2")), (None, Some("no key"))],
+        &[(Some("b"), None)],
+        &[(Some("d"), Some("d0"))],
+    ] {
+        flush(&log, &[keyed("table", records)])
+            .await
+            .expect("flush");
+    }
+    // `logs` deletes rather than compacts: a pass leaves it alone.
+    flush(&log, &[append("logs", 0, &["x", "x"])])
+        .await
+        .expect("flush");
+    flush(&log, &[append("logs", 0, &["y"])])
+        .await
+        .expect("flush");
+
+    let lease = log
+        .acquire("merge", 10_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let now = weir_storage::now_ms();
+    // A partition with more distinct keys than the bound is given up, unchanged.
+    let refused = log.compact_topics(&lease, now, 0, 2).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ClusterError::CompactionKeys { keys_max: 2, .. })
+        ),
+        "{refused:?}"
+    );
+
+    let done = log
+        .compact_topics(&lease, now, 0, 100)
+        .await
+        .expect("compact");
+    // Superseded: a0, b0, a1, b1 (by the tombstone). Run 0-2 keeps c0 alone, run 3-4 goes
+    // whole; the others change nothing, and the newest run (d0) is never read.
+    assert_eq!(
+        (
+            done.partitions,
+            done.records_removed,
+            done.runs_before,
+            done.runs_after
+        ),
+        (1, 4, 2, 1),
+        "{done:?}"
+    );
+    assert!(done.bytes_after < done.bytes_before, "{done:?}");
+    let s = |v: &str| Some(v.to_string());
+    let expected = vec![
+        (2, s("c"), s("c0")),
+        (5, s("a"), s("a2")),
+        (6, None, s("no key")),
+        (7, s("b"), None),
+        (8, s("d"), s("d0")),
+    ];
+    // A node with an empty cache reads the kept records at their offsets, across the gaps.
+    let fresh = SharedLog::open(&pg.url(), &store_url, "n2")
+        .await
+        .expect("open n2");
+    assert_eq!(keyed_values(&read_all(&fresh, "table", 0).await), expected);
+    assert_eq!(fresh.offsets("table", 0).await.expect("offsets"), (0, 9));
+    assert_eq!(read_all(&fresh, "logs", 0).await.len(), 3);
+
+    // Nothing new: the next pass reads nothing. One small run does not make the partition
+    // dirty enough either.
+    assert_eq!(
+        log.compact_topics(&lease, now, 0, 100)
+            .await
+            .expect("compact"),
+        Default::default()
+    );
+    flush(&log, &[keyed("table", &[(Some("a"), Some("a3"))])])
+        .await
+        .expect("flush");
+    flush(&log, &[keyed("table", &[(Some("e"), Some("e0"))])])
+        .await
+        .expect("flush");
+    assert_eq!(
+        log.compact_topics(&lease, now, 0, 100)
+            .await
+            .expect("compact"),
+        Default::default()
+    );
+
+    // Past `delete.retention.ms` (a day by default) the tombstone goes too, once enough is
+    // new: ten more runs of `e` make the partition dirty.
+    for i in 1..=10 {
+        flush(
+            &log,
+            &[keyed("table", &[(Some("e"), Some(&format!("e{i}")))])],
+        )
+        .await
+        .expect("flush");
+    }
+    let later = now + 2 * 86_400_000;
+    let done = log
+        .compact_topics(&lease, later, 0, 100)
+        .await
+        .expect("compact");
+    // a2, the tombstone and e0 to e8.
+    assert_eq!(done.records_removed, 11, "{done:?}");
+    let kept = keyed_values(&read_all(&fresh, "table", 0).await);
+    assert_eq!(
+        kept,
+        vec![
+            (2, s("c"), s("c0")),
+            (6, None, s("no key")),
+            (8, s("d"), s("d0")),
+            (9, s("a"), s("a3")),
+            // The newest run is not read, so e9 is the latest `e` the pass knew of.
+            (19, s("e"), s("e9")),
+            (20, s("e"), s("e10")),
+        ]
+    );
+
+    // A node that gave the lease up compacts nothing once another node holds it.
+    log.release(lease.clone()).await.expect("release");
+    let _taken = fresh
+        .acquire("merge", 10_000)
+        .await
+        .expect("acquire")
+        .expect("free after the release");
+    for i in 11..=30 {
+        flush(
+            &log,
+            &[keyed("table", &[(Some("e"), Some(&format!("e{i}")))])],
+        )
+        .await
+        .expect("flush");
+    }
+    let stale = log.compact_topics(&lease, later, 0, 100).await;
+    assert!(
+        matches!(stale, Err(ClusterError::LeaseLost { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(read_all(&fresh, "table", 0).await.len(), 26);
+}

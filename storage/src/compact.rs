@@ -28,6 +28,45 @@ use crate::segment::{IndexCursor, Segment, segment_paths, sync_dir};
 const CLEANED_DIR: &str = "cleaned";
 const SWAP_SUFFIX: &str = "swap";
 
+/// Distinct keys a compaction pass holds in memory per partition, by default.
+pub const COMPACTION_KEYS_MAX: u64 = 10_000_000;
+
+/// Each key's latest offset over the records a compaction pass has seen, and so which records
+/// the pass keeps.
+#[derive(Debug, Default)]
+pub struct LatestByKey {
+    latest: HashMap<Bytes, i64>,
+}
+
+impl LatestByKey {
+    /// Notes records, in offset order.
+    pub fn note(&mut self, records: impl IntoIterator<Item = Record>) {
+        for r in records {
+            if let Some(key) = r.key {
+                self.latest.insert(key, r.offset);
+            }
+        }
+    }
+
+    /// Distinct keys noted.
+    pub fn keys(&self) -> u64 {
+        self.latest.len() as u64
+    }
+
+    /// Whether compaction keeps record `r` of batch `h`: a record without a key, or its key's
+    /// latest record; a tombstone (no value) only while its batch's newest timestamp is at or
+    /// after `tombstone_horizon` (`delete.retention.ms` before now), so consumers see the delete.
+    pub fn keeps(&self, r: &Record, h: &BatchHeader, tombstone_horizon: i64) -> bool {
+        match &r.key {
+            None => true,
+            Some(k) => {
+                self.latest.get(k) == Some(&r.offset)
+                    && (r.value.is_some() || h.max_timestamp >= tombstone_horizon)
+            }
+        }
+    }
+}
+
 /// What a compaction pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompactionResult {
@@ -51,13 +90,7 @@ pub fn compact(log: &Log, now: i64, keys_max: u64) -> Result<CompactionResult> {
     }
     let latest = latest_offsets(log, closed, keys_max)?;
     let tombstone_horizon = now.saturating_sub(ms_i64(config.delete_retention_ms));
-    let keep = |r: &Record, h: &BatchHeader| match &r.key {
-        None => true,
-        Some(k) => {
-            latest.get(k) == Some(&r.offset)
-                && (r.value.is_some() || h.max_timestamp >= tombstone_horizon)
-        }
-    };
+    let keep = |r: &Record, h: &BatchHeader| latest.keeps(r, h, tombstone_horizon);
 
     let mut result = CompactionResult::default();
     let mut replacements = Vec::new();
@@ -94,20 +127,12 @@ pub fn compact(log: &Log, now: i64, keys_max: u64) -> Result<CompactionResult> {
 }
 
 /// Each key's latest offset in the closed segments; refused past `keys_max` keys.
-fn latest_offsets(
-    log: &Log,
-    closed: &[Arc<Segment>],
-    keys_max: u64,
-) -> Result<HashMap<Bytes, i64>> {
-    let mut latest: HashMap<Bytes, i64> = HashMap::new();
+fn latest_offsets(log: &Log, closed: &[Arc<Segment>], keys_max: u64) -> Result<LatestByKey> {
+    let mut latest = LatestByKey::default();
     for segment in closed {
         segment.visit_batches(|h, batch| {
-            for r in decode(h, batch, &segment.log_path())? {
-                if let Some(key) = r.key {
-                    latest.insert(key, r.offset);
-                }
-            }
-            if latest.len() as u64 > keys_max {
+            latest.note(decode(h, batch, &segment.log_path())?);
+            if latest.keys() > keys_max {
                 return Err(StorageError::CompactionKeys {
                     path: log.dir().to_path_buf(),
                     keys_max,
@@ -191,8 +216,9 @@ fn decode(h: &BatchHeader, batch: Bytes, path: &Path) -> Result<Vec<Record>> {
 
 /// The batch with only the records `keep` accepts: the original bytes when all stay, a
 /// re-encoded batch with the same base offset, span, codec and producer when some go, `None`
-/// when none stay. Control batches stay as they are.
-fn rewrite_batch(
+/// when none stay. Control batches stay as they are. `path` names where the batch is from, in
+/// the error when it cannot be decoded.
+pub fn rewrite_batch(
     h: &BatchHeader,
     batch: Bytes,
     path: &Path,

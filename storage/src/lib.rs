@@ -44,7 +44,7 @@ pub use batch::{
     BATCH_HEADER_BYTES, BatchBuilder, Compression, Header, NewRecord, Record, count_records_in,
     decode_records, decode_records_from, in_batches,
 };
-pub use compact::{CompactionResult, compact};
+pub use compact::{COMPACTION_KEYS_MAX, CompactionResult, LatestByKey, compact, rewrite_batch};
 pub use config::{CleanupPolicy, FlushPolicy, LayerKey, LogConfig, TimestampType};
 pub use error::{BatchError, Result, StorageError};
 pub use log::{

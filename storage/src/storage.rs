@@ -68,7 +68,7 @@ impl StorageConfig {
             log_defaults: LogConfig::default(),
             maintenance_interval_ms: MAINTENANCE_INTERVAL_MS_DEFAULT,
             flush_check_interval_ms: 100,
-            compaction_keys_max: 10_000_000,
+            compaction_keys_max: crate::COMPACTION_KEYS_MAX,
             partitions_max: PARTITIONS_MAX_DEFAULT,
             disk_free_bytes_min: DISK_FREE_BYTES_MIN_DEFAULT,
             open_segments_max: OPEN_SEGMENTS_MAX_DEFAULT,
