@@ -15,6 +15,17 @@ pub fn value_for(offset: u64) -> String {
     format!("record-{offset}-{}", "x".repeat((offset % 200) as usize))
 }
 
+/// Reports something a test needs that is not installed: fails in CI (`CI` set), where
+/// `./scripts/test` installs everything; elsewhere says how to get it, so the test can return
+/// without it. `install` is how to get it.
+pub fn missing(what: &str, install: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is missing in CI; ./scripts/test installs it ({install})"
+    );
+    eprintln!("{what} not found: {install} (./scripts/test does) to run this test");
+}
+
 pub mod hostile;
 pub mod postgres;
 pub mod s3;

@@ -20,12 +20,9 @@ impl Postgres {
     /// it and returns `None` so the test can pass without it.
     pub fn start() -> Option<Postgres> {
         let Some(bin) = binaries() else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "PostgreSQL server binaries missing in CI; ./scripts/test installs them (apt-get install postgresql)"
-            );
-            eprintln!(
-                "PostgreSQL not found: install it with `apt-get install postgresql` (./scripts/test does) or set WEIR_PG_BIN"
+            crate::missing(
+                "PostgreSQL server binaries",
+                "apt-get install postgresql, or set WEIR_PG_BIN",
             );
             return None;
         };

@@ -26,14 +26,9 @@ impl S3Server {
     pub fn start() -> Option<S3Server> {
         let program = program();
         if !program.exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{} is missing in CI; ./scripts/test installs it (pip install 'moto[s3,server]')",
-                program.display()
-            );
-            eprintln!(
-                "{} not found: run ./scripts/test once to install it (pip install 'moto[s3,server]')",
-                program.display()
+            crate::missing(
+                &program.display().to_string(),
+                "pip install 'moto[s3,server]'",
             );
             return None;
         }

@@ -213,13 +213,7 @@ pub fn have(tool: &str, install: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is missing in CI; ./scripts/test installs it ({install})"
-        );
-        eprintln!(
-            "{tool} not found: install it with `{install}` (./scripts/test does) to run this test"
-        );
+        weir_tests::missing(tool, &format!("install it with `{install}`"));
     }
     found
 }
@@ -242,14 +236,9 @@ fn installed(
     if ready(&candidate) {
         return Some(candidate);
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{what} missing at {}; ./scripts/test installs it",
-        candidate.display()
-    );
-    eprintln!(
-        "{what} not found at {}: run ./scripts/test once to install it",
-        candidate.display()
+    weir_tests::missing(
+        &format!("{what} at {}", candidate.display()),
+        "run ./scripts/test once",
     );
     None
 }
