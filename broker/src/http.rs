@@ -4,7 +4,7 @@
 //! own is set.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::rejection::BytesRejection;
@@ -273,9 +273,11 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
+    let host = state.client_host(request.headers(), peer.ip()).await;
+    request.extensions_mut().insert(forward::ClientHost(host));
     let caller = match (&state.token, basic_credentials(&request)) {
         (None, _) => Caller::Anyone,
-        (Some(_), Some(credentials)) => match user_caller(&state, credentials, peer).await {
+        (Some(_), Some(credentials)) => match user_caller(&state, credentials, peer, host).await {
             Ok(caller) => caller,
             Err(refused) => return refused.into_response(),
         },
@@ -356,6 +358,7 @@ async fn user_caller(
     state: &AppState,
     credentials: Result<(String, String), ApiError>,
     peer: SocketAddr,
+    host: IpAddr,
 ) -> ApiResult<Caller> {
     if !state.tls {
         return Err(unauthorized(
@@ -372,7 +375,7 @@ async fn user_caller(
     Ok(Caller::User {
         super_user: state.node.super_users.contains(&user),
         name: user,
-        host: peer.ip(),
+        host,
         acls: state.node.acls.clone(),
     })
 }

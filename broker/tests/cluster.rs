@@ -8,7 +8,8 @@
 //! group and its committed offsets; group requests over HTTP reach the coordinator through any
 //! node. Topics are created with configs, reconfigured, grown, deleted and made again through
 //! different nodes, and every node follows; SQL appends and `CREATE TABLE … AS SELECT` write to
-//! the cluster's topics.
+//! the cluster's topics. ACL rules limited to a host hold for group requests one node sends on
+//! to another.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -19,6 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::checker::{Findings, Traffic, final_commits, setting};
+use common::pki::Pki;
 use common::{
     Listeners, Node, eventually, have, kcat, kcat_as, kcat_output, metric, now_ms, output_text,
     python, run_client,
@@ -1516,4 +1518,148 @@ fn group_requests_through_any_node_are_answered_by_the_node_coordinating_the_gro
     for node in 0..3 {
         assert_eq!(status(describe(node)), 404, "through node {node}");
     }
+}
+
+/// One HTTPS call with curl to `node` from `source` (an address of the loopback network),
+/// trusting `pki`'s CA; `args` are curl's further flags. Answers the status and the body.
+fn https(
+    node: &Node,
+    pki: &Pki,
+    source: &str,
+    method: &str,
+    path: &str,
+    args: &[&str],
+) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&pki.ca)
+        .args(["--interface", source, "-X", method, "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(format!("https://127.0.0.1:{}{path}", node.http.port()))
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        status
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("curl: {text}")),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn acl_host_rules_hold_for_group_requests_sent_on_to_the_coordinator() {
+    const TOKEN: &str = "an admin token";
+    const PASSWORD: &str = "alice's password";
+    if !have("curl", "apt-get install curl") {
+        return;
+    }
+    let Some(db) = Postgres::start() else {
+        return;
+    };
+    let (store, certs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = Pki::new(certs.path(), "cluster");
+    // Each node presents its certificate with the CA's, so that the nodes, which trust the
+    // CAs in their own certificate file, trust each other when one sends a request on.
+    let chain = certs.path().join("chain.pem");
+    let pem = |p: &Path| std::fs::read_to_string(p).unwrap();
+    std::fs::write(&chain, pem(&pki.cert) + &pem(&pki.ca)).unwrap();
+    let (chain, key) = (chain.display().to_string(), pki.key.display().to_string());
+    let flags = [
+        "--tls-cert",
+        &chain,
+        "--tls-key",
+        &key,
+        "--admin-token",
+        TOKEN,
+    ];
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<Node> = dirs
+        .iter()
+        .zip(0..)
+        .map(|(dir, id)| {
+            let store = store_url(store.path());
+            start_node_with(dir.path(), &Listeners::any(), &db, &store, id, &flags)
+        })
+        .collect();
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let admin = |node: &Node, method: &str, path: &str, body: &str| {
+        let mut args = vec!["-H", &bearer];
+        if !body.is_empty() {
+            args.extend(["-H", "Content-Type: application/json", "-d", body]);
+        }
+        let (status, answer) = https(node, &pki, "127.0.0.1", method, path, &args);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+        answer
+    };
+    eventually("both nodes are live", Duration::from_secs(20), || {
+        nodes
+            .iter()
+            .all(|n| admin(n, "GET", "/v1/cluster", "").matches("\"id\"").count() == 2)
+    });
+
+    // A commit by the admin makes one node coordinate the group.
+    admin(
+        &nodes[0],
+        "POST",
+        "/v1/topics",
+        r#"{"name": "held", "partitions": 1}"#,
+    );
+    let commit = r#"{"topic": "held", "partition": 0, "offset": 1}"#;
+    admin(&nodes[0], "POST", "/v1/groups/tools/offsets", commit);
+    let leases: Vec<bool> = nodes
+        .iter()
+        .map(|n| admin(n, "GET", "/metrics", "").contains("\nweir_group_leases 1\n"))
+        .collect();
+    assert_eq!(leases.iter().filter(|&&l| l).count(), 1, "{leases:?}");
+    let home = leases.iter().position(|&l| l).unwrap();
+
+    // Alice may describe the group from 127.0.0.2 only; the rule reaches both nodes.
+    let alice = format!(r#"{{"name": "alice", "password": "{PASSWORD}"}}"#);
+    admin(&nodes[0], "POST", "/v1/users", &alice);
+    let rule = r#"{"resource_type": "group", "resource_name": "tools",
+        "principal": "User:alice", "host": "127.0.0.2", "operation": "describe"}"#;
+    admin(&nodes[0], "POST", "/v1/acls", rule);
+    eventually("both nodes hold the rule", Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|n| admin(n, "GET", "/v1/acls", "").contains("127.0.0.2"))
+    });
+    let user = format!("alice:{PASSWORD}");
+    let describe = |node: &Node, source: &str, extra: &[&str]| {
+        let mut args = vec!["-u", user.as_str()];
+        args.extend_from_slice(extra);
+        https(node, &pki, source, "GET", "/v1/groups/tools", &args)
+    };
+
+    // From her host, through either node: the node that does not coordinate the group sends
+    // the request on with her host, and the coordinator checks the rule against that host,
+    // not against the address of the node that sent it.
+    for (i, node) in nodes.iter().enumerate() {
+        let (status, answer) = describe(node, "127.0.0.2", &[]);
+        assert_eq!(
+            status, 200,
+            "through node {i} (coordinator {home}): {answer}"
+        );
+        assert!(answer.contains("\"held\""), "{answer}");
+    }
+    // From another host, through either node: refused.
+    for (i, node) in nodes.iter().enumerate() {
+        let (status, answer) = describe(node, "127.0.0.3", &[]);
+        assert_eq!(status, 403, "through node {i}: {answer}");
+    }
+    // A client cannot name its own host: the coordinator believes the name only from a node.
+    let forged = [
+        "-H",
+        "Weir-Forwarded-By: 7",
+        "-H",
+        "Weir-Forwarded-For: 127.0.0.2",
+    ];
+    let (status, answer) = describe(&nodes[home], "127.0.0.3", &forged);
+    assert_eq!(status, 403, "{answer}");
 }

@@ -9,80 +9,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::pki::Pki;
 use common::{
     Node, client_script, eventually, have, node_modules, output_text, python, run_client,
     run_with_input,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 
 const PASSWORD: &str = "a long and secret password";
-
-/// PEM files of a CA, a certificate it signed for the node (`localhost` and `127.0.0.1`), and one
-/// for a client.
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-impl Pki {
-    /// Makes a fresh CA named `name` and its certificates under `dir`.
-    fn new(dir: &Path, name: &str) -> Pki {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, name);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-        let issue = |names: &[&str], common_name: &str, usage: ExtendedKeyUsagePurpose| {
-            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            let mut params = CertificateParams::new(names).unwrap();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, common_name);
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &ca).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (cert, key) = issue(
-            &["localhost", "127.0.0.1"],
-            "localhost",
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let (client_cert, client_key) = issue(&[], "client", ExtendedKeyUsagePurpose::ClientAuth);
-        let write = |file: &str, pem: &str| {
-            let path = dir.join(format!("{name}-{file}"));
-            std::fs::write(&path, pem).unwrap();
-            path
-        };
-        Pki {
-            ca: write("ca.pem", &ca.pem()),
-            cert: write("node.pem", &cert),
-            key: write("node.key", &key),
-            client_cert: write("client.pem", &client_cert),
-            client_key: write("client.key", &client_key),
-        }
-    }
-
-    /// `weir serve` flags that turn TLS on with this CA's node certificate.
-    fn serve_flags(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            self.cert.display().to_string(),
-            "--tls-key".into(),
-            self.key.display().to_string(),
-        ]
-    }
-}
 
 fn start(dir: &Path, flags: &[String]) -> Node {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();

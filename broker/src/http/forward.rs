@@ -5,7 +5,9 @@
 
 use axum::extract::{FromRequestParts, OriginalUri};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use std::net::IpAddr;
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, ApiResult, AppState, blocking};
@@ -15,6 +17,11 @@ use crate::tls::TlsFiles;
 /// Marks a request that one node sent on to another. The node receiving it answers it itself,
 /// so a request moves at most once, even while the group's lease changes hands.
 const FORWARDED_BY: &str = "weir-forwarded-by";
+/// The host of the client of a request one node sent on to another, as the sending node saw
+/// it. Believed only from the address of a live node of the cluster
+/// ([`AppState::client_host`]), so a client cannot choose the host its ACL rules are checked
+/// against.
+const FORWARDED_FOR: &str = "weir-forwarded-for";
 /// Largest answer this node takes back from the coordinating node.
 const FORWARDED_ANSWER_BYTES_MAX: u64 = 16 << 20;
 
@@ -82,6 +89,9 @@ impl Peers {
             .method(head.method.as_str())
             .uri(&url)
             .header(FORWARDED_BY, by.to_string());
+        if let Some(client) = head.client {
+            builder = builder.header(FORWARDED_FOR, client.to_string());
+        }
         for (name, value) in [
             (header::AUTHORIZATION, &head.authorization),
             (header::CONTENT_TYPE, &head.content_type),
@@ -117,16 +127,22 @@ struct Answer {
     body: Vec<u8>,
 }
 
-/// What of a request's head goes on to another node: its method, whole path and query, and
-/// credentials; and whether another node sent it here.
+/// What of a request's head goes on to another node: its method, whole path and query,
+/// credentials and client host; and whether another node sent it here.
 #[derive(Clone)]
 pub(super) struct Head {
     method: Method,
     path: String,
     authorization: Option<HeaderValue>,
     content_type: Option<HeaderValue>,
+    client: Option<IpAddr>,
     forwarded: bool,
 }
+
+/// The host a request's client is checked as, which authentication puts in the request's
+/// extensions: see [`AppState::client_host`].
+#[derive(Clone, Copy)]
+pub(super) struct ClientHost(pub IpAddr);
 
 impl<S: Send + Sync> FromRequestParts<S> for Head {
     type Rejection = std::convert::Infallible;
@@ -144,12 +160,40 @@ impl<S: Send + Sync> FromRequestParts<S> for Head {
                 .map_or_else(|| uri.path().to_string(), ToString::to_string),
             authorization: parts.headers.get(header::AUTHORIZATION).cloned(),
             content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            client: parts.extensions.get::<ClientHost>().map(|c| c.0),
             forwarded: parts.headers.contains_key(FORWARDED_BY),
         })
     }
 }
 
 impl AppState {
+    /// The host whose ACL rules a request's caller is checked against: the connection's
+    /// `peer`, or, for a request that a live node of the cluster sent on, the host of the
+    /// client that node names. A node that sends a request on connects from its own address,
+    /// so without this a rule allowing a user from one host only would refuse the user at the
+    /// coordinator; and the name is believed only from a live node's address, so a client
+    /// cannot forge it.
+    pub(super) async fn client_host(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+        if !headers.contains_key(FORWARDED_BY) {
+            return peer;
+        }
+        let Some(named) = headers
+            .get(FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<IpAddr>().ok())
+        else {
+            return peer;
+        };
+        for home in self.node.logs.peers_http() {
+            if let Ok(mut addrs) = tokio::net::lookup_host(home.as_str()).await
+                && addrs.any(|a| a.ip() == peer)
+            {
+                return named;
+            }
+        }
+        peer
+    }
+
     /// On a cluster, when another node coordinates `group`, that node's answer to this request,
     /// which goes on to it unchanged with `body`. Callers check the caller's ACLs first: this
     /// node sees the caller's address, and the coordinator sees this node's.
