@@ -24,15 +24,13 @@ use std::path::Path;
 use bytes::{Bytes, BytesMut};
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use tokio_postgres::types::ToSql;
 use weir_storage::batch::{BatchHeader, for_each_batch};
 use weir_storage::config::ms_i64;
 use weir_storage::{LatestByKey, decode_records, rewrite_batch};
 
 use crate::lease::{Lease, check_held, lost};
-use crate::log::{Run, place_batches, write_footer};
+use crate::log::{Run, place_batches};
 use crate::merge::MERGED_OBJECT_BYTES;
-use crate::retention::drop_batches;
 use crate::{ClusterError, Result, SharedLog};
 
 /// A partition is compacted once the bytes past its last pass make this share of its bytes
@@ -266,57 +264,37 @@ impl SharedLog {
         &self,
         lease: &Lease,
         at: &Partition<'_>,
-        mut chunk: Chunk,
+        chunk: Chunk,
         done: &mut Compacted,
     ) -> Result<()> {
         let runs_bytes = chunk.object.len() as u64;
         // A chunk whose records all went needs no object.
-        let object = if chunk.runs.is_empty() {
+        let written = if chunk.runs.is_empty() {
             None
         } else {
-            write_footer(
-                &mut chunk.object,
-                &[(at.topic_id, at.partition as u32, 0, runs_bytes)],
-            );
-            let object_bytes = chunk.object.len() as i64;
-            Some((self.put_object(chunk.object.freeze()).await?, object_bytes))
+            Some(
+                self.put_runs(at.topic_id, at.partition, chunk.object)
+                    .await?,
+            )
         };
-
-        let mut db = self.db().await?;
-        let tx = db.transaction().await?;
-        check_held(&tx, lease, &self.node_id).await?;
-        let params: [&(dyn ToSql + Sync); 3] = [&at.topic_id, &at.partition, &chunk.replaced];
-        let dropped = drop_batches(
-            &tx,
-            "topic_id = $1 AND partition = $2 AND base_offset = ANY($3)",
-            &params,
-        )
-        .await?;
-        if dropped.batches != chunk.replaced.len() as u64 {
-            tx.rollback().await?;
-            return Ok(());
+        let (topic_id, partition) = (at.topic_id, at.partition);
+        if self
+            .swap_runs(
+                lease,
+                topic_id,
+                partition,
+                &chunk.replaced,
+                written.as_ref(),
+                &chunk.runs,
+            )
+            .await?
+        {
+            done.runs_before += chunk.replaced.len() as u64;
+            done.runs_after += chunk.runs.len() as u64;
+            done.records_removed += chunk.records_removed;
+            done.bytes_before += chunk.bytes_replaced;
+            done.bytes_after += runs_bytes;
         }
-        if let Some(((key, written_at), object_bytes)) = object {
-            let object_id: i64 = tx
-                .query_one(
-                    "INSERT INTO weir.objects (key, bytes, live_bytes) VALUES ($1, $2, $3)
-                     RETURNING object_id",
-                    &[&key.as_ref(), &object_bytes, &(runs_bytes as i64)],
-                )
-                .await?
-                .get(0);
-            for run in &chunk.runs {
-                run.insert(&tx, at.topic_id, at.partition, object_id)
-                    .await?;
-            }
-            self.check_commit_time(written_at)?;
-        }
-        tx.commit().await?;
-        done.runs_before += chunk.replaced.len() as u64;
-        done.runs_after += chunk.runs.len() as u64;
-        done.records_removed += chunk.records_removed;
-        done.bytes_before += chunk.bytes_replaced;
-        done.bytes_after += runs_bytes;
         Ok(())
     }
 }

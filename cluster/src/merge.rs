@@ -16,6 +16,8 @@
 //! its own lease, may drop some of the runs while they are copied: the swap then finds fewer
 //! rows than it copied and is given up, leaving the new object to garbage collection.
 
+use std::time::Instant;
+
 use bytes::BytesMut;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
@@ -179,40 +181,87 @@ impl SharedLog {
             }
             object.extend_from_slice(&range);
         }
+        let written = self.put_runs(topic_id, partition, object).await?;
+        let bases: Vec<i64> = found.iter().map(|f| f.run.base_offset as i64).collect();
+        if !self
+            .swap_runs(lease, topic_id, partition, &bases, Some(&written), &runs)
+            .await?
+        {
+            return Ok(None);
+        }
+        Ok(Some((found.len() as u64, runs.len() as u64, bytes)))
+    }
+}
+
+/// A new object holding runs of one partition, written and waiting for its row.
+pub(crate) struct Written {
+    key: ObjectPath,
+    at: Instant,
+    bytes: i64,
+    runs_bytes: i64,
+}
+
+impl SharedLog {
+    /// Writes `object` (runs of one partition side by side) as a new object, with its footer.
+    pub(crate) async fn put_runs(
+        &self,
+        topic_id: i64,
+        partition: i32,
+        mut object: BytesMut,
+    ) -> Result<Written> {
         let runs_bytes = object.len() as u64;
         write_footer(&mut object, &[(topic_id, partition as u32, 0, runs_bytes)]);
-        let object_bytes = object.len() as i64;
-        let (key, written_at) = self.put_object(object.freeze()).await?;
+        let bytes = object.len() as i64;
+        let (key, at) = self.put_object(object.freeze()).await?;
+        Ok(Written {
+            key,
+            at,
+            bytes,
+            runs_bytes: runs_bytes as i64,
+        })
+    }
 
+    /// Replaces the runs of a partition at base offsets `replaced` with `runs` in the object
+    /// `written` (none when no run is left), in one transaction under the lease. False, and
+    /// nothing changes, when some of those rows are gone: retention dropped them meanwhile.
+    pub(crate) async fn swap_runs(
+        &self,
+        lease: &Lease,
+        topic_id: i64,
+        partition: i32,
+        replaced: &[i64],
+        written: Option<&Written>,
+        runs: &[Run],
+    ) -> Result<bool> {
         let mut db = self.db().await?;
         let tx = db.transaction().await?;
         check_held(&tx, lease, &self.node_id).await?;
-        let bases: Vec<i64> = found.iter().map(|f| f.run.base_offset as i64).collect();
-        let params: [&(dyn ToSql + Sync); 3] = [&topic_id, &partition, &bases];
+        let params: [&(dyn ToSql + Sync); 3] = [&topic_id, &partition, &replaced];
         let dropped = drop_batches(
             &tx,
             "topic_id = $1 AND partition = $2 AND base_offset = ANY($3)",
             &params,
         )
         .await?;
-        if dropped.batches != found.len() as u64 {
-            // Retention dropped some of them meanwhile: nothing changes.
+        if dropped.batches != replaced.len() as u64 {
             tx.rollback().await?;
-            return Ok(None);
+            return Ok(false);
         }
-        let object_id: i64 = tx
-            .query_one(
-                "INSERT INTO weir.objects (key, bytes, live_bytes) VALUES ($1, $2, $3)
-                 RETURNING object_id",
-                &[&key.as_ref(), &object_bytes, &(bytes as i64)],
-            )
-            .await?
-            .get(0);
-        for run in &runs {
-            run.insert(&tx, topic_id, partition, object_id).await?;
+        if let Some(written) = written {
+            let object_id: i64 = tx
+                .query_one(
+                    "INSERT INTO weir.objects (key, bytes, live_bytes) VALUES ($1, $2, $3)
+                     RETURNING object_id",
+                    &[&written.key.as_ref(), &written.bytes, &written.runs_bytes],
+                )
+                .await?
+                .get(0);
+            for run in runs {
+                run.insert(&tx, topic_id, partition, object_id).await?;
+            }
+            self.check_commit_time(written.at)?;
         }
-        self.check_commit_time(written_at)?;
         tx.commit().await?;
-        Ok(Some((found.len() as u64, runs.len() as u64, bytes)))
+        Ok(true)
     }
 }
