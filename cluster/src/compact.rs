@@ -22,15 +22,13 @@
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
-use object_store::ObjectStoreExt;
-use object_store::path::Path as ObjectPath;
 use weir_storage::batch::{BatchHeader, for_each_batch};
 use weir_storage::config::ms_i64;
 use weir_storage::{LatestByKey, decode_records, rewrite_batch};
 
 use crate::lease::{Lease, check_held, lost};
 use crate::log::{Run, place_batches};
-use crate::merge::MERGED_OBJECT_BYTES;
+use crate::merge::{FOUND_COLUMNS, Found, MERGED_OBJECT_BYTES};
 use crate::{ClusterError, Result, SharedLog};
 
 /// A partition is compacted once the bytes past its last pass make this share of its bytes
@@ -78,12 +76,6 @@ SELECT c.partition, c.cut, sum(b.byte_len)::bigint,
 FROM cuts c JOIN weir.batches b
   ON b.topic_id = $1 AND b.partition = c.partition AND b.last_offset < c.cut
 GROUP BY c.partition, c.cut";
-
-/// One run to compact, as its row says.
-struct Found {
-    run: Run,
-    key: String,
-}
 
 /// Rewritten runs waiting to be swapped in: the rows they replace and their new bytes.
 #[derive(Default)]
@@ -159,27 +151,16 @@ impl SharedLog {
             .db()
             .await?
             .query(
-                "SELECT b.base_offset, b.last_offset, b.max_timestamp, o.key, b.byte_start,
-                        b.byte_len
-                 FROM weir.batches b JOIN weir.objects o USING (object_id)
-                 WHERE b.topic_id = $1 AND b.partition = $2 AND b.last_offset < $3
-                 ORDER BY b.base_offset LIMIT $4",
+                &format!(
+                    "SELECT {FOUND_COLUMNS}
+                     FROM weir.batches b JOIN weir.objects o USING (object_id)
+                     WHERE b.topic_id = $1 AND b.partition = $2 AND b.last_offset < $3
+                     ORDER BY b.base_offset LIMIT $4"
+                ),
                 &[&at.topic_id, &at.partition, &cut, &COMPACT_ROWS_MAX],
             )
             .await?;
-        let found: Vec<Found> = rows
-            .iter()
-            .map(|row| Found {
-                run: Run {
-                    base_offset: row.get::<_, i64>(0) as u64,
-                    last_offset: row.get::<_, i64>(1) as u64,
-                    max_timestamp: row.get(2),
-                    byte_start: row.get::<_, i64>(4) as u64,
-                    byte_len: row.get::<_, i32>(5) as u64,
-                },
-                key: row.get(3),
-            })
-            .collect();
+        let found: Vec<Found> = rows.iter().map(Found::from_row).collect();
         // A full page moves the cut down to its end: what the pass reads stays a prefix.
         let cut = match found.last() {
             Some(last) if found.len() as i64 == COMPACT_ROWS_MAX => last.run.last_offset as i64 + 1,
@@ -239,14 +220,9 @@ impl SharedLog {
         Ok(done)
     }
 
-    /// A run's batches straight from the store (they are about to be replaced, and would only
-    /// push what readers use out of the cache), each with its base offset set.
+    /// A run's batches straight from the store, each with its base offset set.
     async fn placed(&self, f: &Found) -> Result<Bytes> {
-        let (start, len) = (f.run.byte_start, f.run.byte_len);
-        let range = self
-            .store()
-            .get_range(&ObjectPath::from(f.key.as_str()), start..start + len)
-            .await?;
+        let range = f.read(self).await?;
         let mut out = BytesMut::with_capacity(range.len());
         let (base, last) = (f.run.base_offset as i64, f.run.last_offset as i64);
         place_batches(&range, base, last, f.run.base_offset, &mut out).map_err(|reason| {

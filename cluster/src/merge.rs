@@ -56,10 +56,41 @@ pub struct Merged {
     pub bytes: u64,
 }
 
-/// One row to merge.
-struct Found {
-    run: Run,
-    key: String,
+/// One run a merge or a compaction rewrites, as its row says.
+pub(crate) struct Found {
+    pub run: Run,
+    /// Its object's key.
+    pub key: String,
+}
+
+/// The columns [`Found::from_row`] reads, of `weir.batches b JOIN weir.objects o`.
+pub(crate) const FOUND_COLUMNS: &str =
+    "b.base_offset, b.last_offset, b.max_timestamp, o.key, b.byte_start, b.byte_len";
+
+impl Found {
+    /// A row of [`FOUND_COLUMNS`].
+    pub(crate) fn from_row(row: &tokio_postgres::Row) -> Found {
+        Found {
+            run: Run {
+                base_offset: row.get::<_, i64>(0) as u64,
+                last_offset: row.get::<_, i64>(1) as u64,
+                max_timestamp: row.get(2),
+                byte_start: row.get::<_, i64>(4) as u64,
+                byte_len: row.get::<_, i32>(5) as u64,
+            },
+            key: row.get(3),
+        }
+    }
+
+    /// The run's bytes straight from the store: it is about to be replaced, and through the
+    /// cache would only push out what readers use.
+    pub(crate) async fn read(&self, log: &SharedLog) -> Result<bytes::Bytes> {
+        let (start, len) = (self.run.byte_start, self.run.byte_len);
+        Ok(log
+            .store()
+            .get_range(&ObjectPath::from(self.key.as_str()), start..start + len)
+            .await?)
+    }
 }
 
 impl SharedLog {
@@ -115,12 +146,13 @@ impl SharedLog {
             .db()
             .await?
             .query(
-                "SELECT b.base_offset, b.last_offset, b.max_timestamp, o.key, b.byte_start,
-                        b.byte_len
-                 FROM weir.batches b JOIN weir.objects o USING (object_id)
-                 WHERE b.topic_id = $1 AND b.partition = $2 AND o.bytes < $3
-                   AND o.created_at < now() - $4::float8 * interval '1 millisecond'
-                 ORDER BY b.base_offset LIMIT $5",
+                &format!(
+                    "SELECT {FOUND_COLUMNS}
+                     FROM weir.batches b JOIN weir.objects o USING (object_id)
+                     WHERE b.topic_id = $1 AND b.partition = $2 AND o.bytes < $3
+                       AND o.created_at < now() - $4::float8 * interval '1 millisecond'
+                     ORDER BY b.base_offset LIMIT $5"
+                ),
                 &[
                     &topic_id,
                     &partition,
@@ -132,22 +164,13 @@ impl SharedLog {
             .await?;
         let mut found: Vec<Found> = Vec::new();
         let mut bytes = 0u64;
-        for row in rows {
-            let len = row.get::<_, i32>(5) as u64;
-            if !found.is_empty() && bytes + len > MERGED_OBJECT_BYTES {
+        for row in &rows {
+            let f = Found::from_row(row);
+            if !found.is_empty() && bytes + f.run.byte_len > MERGED_OBJECT_BYTES {
                 break;
             }
-            bytes += len;
-            found.push(Found {
-                run: Run {
-                    base_offset: row.get::<_, i64>(0) as u64,
-                    last_offset: row.get::<_, i64>(1) as u64,
-                    max_timestamp: row.get(2),
-                    byte_start: row.get::<_, i64>(4) as u64,
-                    byte_len: len,
-                },
-                key: row.get(3),
-            });
+            bytes += f.run.byte_len;
+            found.push(f);
         }
         if found.len() < 2 {
             return Ok(None);
@@ -158,13 +181,7 @@ impl SharedLog {
         let mut object = BytesMut::with_capacity(bytes as usize + 40);
         let mut runs: Vec<Run> = Vec::new();
         for f in &found {
-            // Straight from the store: these ranges are about to be replaced, and would only
-            // push what readers use out of the cache.
-            let (start, len) = (f.run.byte_start, f.run.byte_len);
-            let range = self
-                .store()
-                .get_range(&ObjectPath::from(f.key.as_str()), start..start + len)
-                .await?;
+            let range = f.read(self).await?;
             match runs.last_mut() {
                 Some(last)
                     if last.last_offset + 1 == f.run.base_offset
