@@ -3,7 +3,10 @@
 mod common;
 
 use bytes::Bytes;
-use common::{append, batch, cluster, flush, node, node_with, remove_objects, two_nodes, values};
+use common::{
+    append, batch, cluster, flush, node, node_giving_up_after, node_with, objects_of_n1,
+    remove_objects, two_nodes, values,
+};
 use futures::future::join_all;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -314,15 +317,8 @@ async fn a_flush_the_database_did_not_commit_returns_a_retriable_error_and_no_of
         return;
     };
     // Flushes give up after 300 ms; garbage is what is older than 600 ms.
-    let config = NodeConfig {
-        flush_commit_ms_max: 300,
-        ..NodeConfig::new(&pg.url(), &store_url, "n1")
-    };
-    let log = node_with(&config, 1).await;
-    let objects = || match std::fs::read_dir(store.path().join("data").join("n1")) {
-        Ok(dir) => dir.count(),
-        Err(_) => 0,
-    };
+    let log = node_giving_up_after(&pg, &store_url, 300, 1).await;
+    let objects = || objects_of_n1(store.path());
 
     // The database is down: the flush fails before writing anything.
     pg.stop();
@@ -779,13 +775,9 @@ async fn retention_drops_the_oldest_runs_by_time_and_size_under_its_lease() {
     let Some((pg, store, store_url)) = cluster() else {
         return;
     };
-    // Objects older than 200 ms that no row names are garbage.
-    let config = NodeConfig {
-        flush_commit_ms_max: 100,
-        ..NodeConfig::new(&pg.url(), &store_url, "n1")
-    };
-    // `logs` keeps the default retention of 7 days.
-    let log = node_with(&config, 1).await;
+    // Objects older than 200 ms that no row names are garbage. `logs` keeps the default
+    // retention of 7 days.
+    let log = node_giving_up_after(&pg, &store_url, 100, 1).await;
     let now = weir_storage::now_ms();
     let ancient = 1_700_000_000_000;
     let configs = |pairs: &[(&str, String)]| -> BTreeMap<String, String> {
@@ -832,8 +824,7 @@ async fn retention_drops_the_oldest_runs_by_time_and_size_under_its_lease() {
             _ => 0,
         };
     }
-    let objects =
-        || std::fs::read_dir(store.path().join("data").join("n1")).map_or(0, |d| d.count());
+    let objects = || objects_of_n1(store.path());
     assert_eq!(objects(), 5);
 
     let lease = log
@@ -1139,11 +1130,7 @@ async fn runs_in_small_objects_merge_into_one_object_per_partition_and_read_the_
         return;
     };
     // Garbage is what is older than 600 ms.
-    let config = NodeConfig {
-        flush_commit_ms_max: 300,
-        ..NodeConfig::new(&pg.url(), &store_url, "n1")
-    };
-    let log = node_with(&config, 2).await;
+    let log = node_giving_up_after(&pg, &store_url, 300, 2).await;
     // Ten flushes, each one object holding a run of each partition; record i is stamped i s.
     for i in 0..10i64 {
         let appends: Vec<Append> = (0..2)
@@ -1151,8 +1138,7 @@ async fn runs_in_small_objects_merge_into_one_object_per_partition_and_read_the_
             .collect();
         flush(&log, &appends).await.expect("flush");
     }
-    let objects =
-        || std::fs::read_dir(store.path().join("data").join("n1")).map_or(0, |d| d.count());
+    let objects = || objects_of_n1(store.path());
     assert_eq!(objects(), 10);
     let before: Vec<Vec<(i64, String)>> = join_all((0..2).map(|p| read_all(&log, "logs", p)))
         .await

@@ -84,3 +84,23 @@ pub fn remove_objects(store: &tempfile::TempDir) {
         std::fs::remove_file(object.expect("an object").path()).expect("remove");
     }
 }
+
+/// Node `n1` whose flushes give up `commit_ms` after their object's write, so that garbage
+/// is what is older than twice that, with the topic `logs` of `partitions` partitions.
+pub async fn node_giving_up_after(
+    pg: &Postgres,
+    store_url: &str,
+    commit_ms: u64,
+    partitions: u32,
+) -> SharedLog {
+    let config = NodeConfig {
+        flush_commit_ms_max: commit_ms,
+        ..NodeConfig::new(&pg.url(), store_url, "n1")
+    };
+    node_with(&config, partitions).await
+}
+
+/// How many objects of node `n1` the store directory holds.
+pub fn objects_of_n1(store: &std::path::Path) -> usize {
+    std::fs::read_dir(store.join("data").join("n1")).map_or(0, |d| d.count())
+}
