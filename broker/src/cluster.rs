@@ -345,39 +345,45 @@ impl ClusterLogs {
             .await
         {
             Some(Ok((merged, compacted))) => {
-                self.metrics.merged(merged.runs_before, merged.bytes);
-                if merged.partitions > 0 {
-                    tracing::info!(
-                        partitions = merged.partitions,
-                        runs_before = merged.runs_before,
-                        runs_after = merged.runs_after,
-                        bytes = merged.bytes,
-                        "merged runs out of small objects"
-                    );
-                }
+                self.merged(merged);
                 match compacted {
-                    Ok(c) => {
-                        self.metrics.compacted(
-                            c.records_removed,
-                            c.bytes_before.saturating_sub(c.bytes_after),
-                        );
-                        if c.records_removed > 0 {
-                            tracing::info!(
-                                partitions = c.partitions,
-                                runs_before = c.runs_before,
-                                runs_after = c.runs_after,
-                                records_removed = c.records_removed,
-                                bytes_before = c.bytes_before,
-                                bytes_after = c.bytes_after,
-                                "compacted"
-                            );
-                        }
-                    }
+                    Ok(compacted) => self.compacted(compacted),
                     Err(e) => tracing::warn!(error = %e, "key compaction failed"),
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "merging small objects failed"),
             None => {}
+        }
+    }
+
+    /// Counts and logs what a merge run did.
+    fn merged(&self, merged: weir_cluster::Merged) {
+        self.metrics.merged(merged.runs_before, merged.bytes);
+        if merged.partitions > 0 {
+            tracing::info!(
+                partitions = merged.partitions,
+                runs_before = merged.runs_before,
+                runs_after = merged.runs_after,
+                bytes = merged.bytes,
+                "merged runs out of small objects"
+            );
+        }
+    }
+
+    /// Counts and logs what a key compaction pass did.
+    fn compacted(&self, c: weir_cluster::Compacted) {
+        let saved = c.bytes_before.saturating_sub(c.bytes_after);
+        self.metrics.compacted(c.records_removed, saved);
+        if c.records_removed > 0 {
+            tracing::info!(
+                partitions = c.partitions,
+                runs_before = c.runs_before,
+                runs_after = c.runs_after,
+                records_removed = c.records_removed,
+                bytes_before = c.bytes_before,
+                bytes_after = c.bytes_after,
+                "compacted"
+            );
         }
     }
 
