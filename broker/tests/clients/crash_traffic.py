@@ -11,10 +11,12 @@ usage:
   crash_traffic.py commits BOOTSTRAP TOPIC GROUP PARTITIONS
       Prints `committed PARTITION OFFSET` for the group's committed offsets now.
 
-Runs until killed; errors the clients ride out (a broker that is down) are not printed.
+Runs until killed; errors the clients ride out (a broker that is down) are not printed on
+stdout. The consumer writes its rebalances and failed commits on stderr, with the Unix time.
 """
 
 import sys
+import time
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
@@ -28,6 +30,7 @@ def produce(bootstrap, topic, producer_id, keys):
         "message.timeout.ms": 30000,
         "reconnect.backoff.ms": 50,
         "reconnect.backoff.max.ms": 200,
+        "log_level": 0,
     })
 
     def delivered(err, msg):
@@ -54,6 +57,10 @@ def produce(bootstrap, topic, producer_id, keys):
         producer.poll(0.001)
 
 
+def note(what):
+    print(f"{time.time():.1f} {what}", file=sys.stderr, flush=True)
+
+
 def consume(bootstrap, topic, group):
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
@@ -64,8 +71,13 @@ def consume(bootstrap, topic, group):
         "heartbeat.interval.ms": 500,
         "reconnect.backoff.ms": 50,
         "reconnect.backoff.max.ms": 200,
+        "log_level": 0,
+        "error_cb": lambda e: note(f"error {e}"),
     })
-    consumer.subscribe([topic])
+    consumer.subscribe([topic],
+                       on_assign=lambda _, ps: note(f"assigned {[p.partition for p in ps]}"),
+                       on_revoke=lambda _, ps: note(f"revoked {[p.partition for p in ps]}"),
+                       on_lost=lambda _, ps: note(f"lost {[p.partition for p in ps]}"))
     while True:
         messages = consumer.consume(500, 0.2)
         if not any(m.error() is None for m in messages):
@@ -74,8 +86,10 @@ def consume(bootstrap, topic, group):
             for tp in consumer.commit(asynchronous=False) or []:
                 if tp.error is None and tp.offset >= 0:
                     print(f"committed {tp.partition} {tp.offset}", flush=True)
-        except KafkaException:
-            pass
+                elif tp.error is not None:
+                    note(f"commit of partition {tp.partition} failed: {tp.error}")
+        except KafkaException as e:
+            note(f"commit failed: {e}")
 
 
 def commits(bootstrap, topic, group, partitions):

@@ -23,7 +23,8 @@ impl Traffic {
             .arg(client_script("crash_traffic.py"))
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // The consumer's notes land in the test's output, shown when it fails.
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("starting crash_traffic.py");
         let stdout = child.stdout.take().expect("stdout is piped");
