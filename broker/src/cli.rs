@@ -775,7 +775,8 @@ pub fn consume(c: &Client, topic: &str, o: &ConsumeOptions, out: &mut dyn Write)
     }
 }
 
-/// Prints the nodes of the cluster the node belongs to (`GET /v1/cluster`), or its JSON.
+/// Prints the nodes of the cluster the node belongs to (`GET /v1/cluster`), whether its
+/// database and object store answer, and its leases; or its JSON.
 pub fn cluster_status(c: &Client, as_json: bool) -> Result<()> {
     let cluster = c.call("GET", "/v1/cluster", None)?;
     if as_json {
@@ -797,6 +798,56 @@ pub fn cluster_status(c: &Client, as_json: bool) -> Result<()> {
             n["id"].to_string(),
             n["host"].as_str().unwrap_or(""),
             n["port"].to_string()
+        );
+    }
+    for (name, probe) in [
+        ("database", &cluster["database"]),
+        ("object store", &cluster["object_store"]),
+    ] {
+        if probe.is_null() {
+            continue;
+        }
+        let answer = match probe["error"].as_str() {
+            None => "ok".to_string(),
+            Some(error) => format!("FAILING: {error}"),
+        };
+        println!(
+            "{}{name:<13} {answer} ({} ms)",
+            if name == "database" { "\n" } else { "" },
+            probe["latency_ms"]
+        );
+    }
+    let Some(leases) = cluster["leases"].as_array() else {
+        return Ok(());
+    };
+    println!(
+        "\n{} live lease{}",
+        cluster["leases_total"],
+        if leases.len() == 1 { "" } else { "s" }
+    );
+    println!(
+        "{:<40} {:>8} {:>6} {:>10}  NOTE",
+        "LEASE", "HOLDER", "EPOCH", "EXPIRES IN"
+    );
+    for l in leases {
+        let note = match &l["note"] {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(text) => text.clone(),
+            group if group["state"].is_string() => {
+                format!(
+                    "{}, {} members",
+                    group["state"].as_str().unwrap_or(""),
+                    group["members"]
+                )
+            }
+            other => other.to_string(),
+        };
+        println!(
+            "{:<40} {:>8} {:>6} {:>9.1}s  {note}",
+            l["name"].as_str().unwrap_or(""),
+            l["holder"].as_str().unwrap_or(""),
+            l["epoch"].to_string(),
+            l["expires_in_ms"].as_f64().unwrap_or(0.0) / 1000.0,
         );
     }
     Ok(())

@@ -38,12 +38,15 @@ use weir_storage::{
 
 use crate::error::{Error, Result};
 use crate::kafka::appends::Appends;
-use crate::kafka::groups::{CommittedOffset, GROUPS_MAX, GroupError, GroupStore};
+use crate::kafka::groups::{
+    CommittedOffset, GROUPS_MAX, GroupError, GroupListing, GroupStore, State,
+};
 use crate::kafka::logs::{
-    Appended, Broker, ClusterStats, Logs, PartitionRead, TopicInfo, check_new_topic,
+    Appended, Broker, ClusterHealth, ClusterStats, Logs, PartitionRead, TopicInfo, check_new_topic,
 };
 use crate::kafka::record_count;
 use crate::metrics::Metrics;
+use weir_cluster::status::PROBE_TIMEOUT;
 
 /// How often a node renews its heartbeat and re-reads the live nodes.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -124,6 +127,9 @@ struct HeldGroup {
     lease: Lease,
     /// When a request last acted under it.
     used: Instant,
+    /// How the group looks now, as JSON ([`GroupListing`]), and whether it is on the lease.
+    note: Option<String>,
+    noted: bool,
 }
 
 fn group_lease(group: &str) -> String {
@@ -433,24 +439,47 @@ impl ClusterLogs {
                 return;
             }
         };
-        let mut held = locks::lock(&self.groups);
-        for lease in lost {
-            tracing::warn!(
-                lease = lease.name(),
-                "group lease lost; another node coordinates it"
-            );
-            if held
-                .get(lease.name())
-                .is_some_and(|h| h.lease.epoch() == lease.epoch())
-            {
-                held.remove(lease.name());
+        // The group states that changed since they were last left on their leases.
+        let notes: Vec<(Lease, String)> = {
+            let mut held = locks::lock(&self.groups);
+            for lease in lost {
+                tracing::warn!(
+                    lease = lease.name(),
+                    "group lease lost; another node coordinates it"
+                );
+                if held
+                    .get(lease.name())
+                    .is_some_and(|h| h.lease.epoch() == lease.epoch())
+                {
+                    held.remove(lease.name());
+                }
             }
+            for lease in leases {
+                if let Some(h) = held.get_mut(lease.name())
+                    && h.lease.epoch() == lease.epoch()
+                {
+                    h.lease = lease;
+                }
+            }
+            held.values()
+                .filter(|h| !h.noted)
+                .filter_map(|h| Some((h.lease.clone(), h.note.clone()?)))
+                .collect()
+        };
+        if notes.is_empty() {
+            return;
         }
-        for lease in leases {
+        let refs: Vec<(&Lease, &str)> = notes.iter().map(|(l, n)| (l, n.as_str())).collect();
+        if let Err(e) = self.log.note_leases(&refs).await {
+            tracing::warn!(error = %e, "leaving the groups' states on their leases failed");
+            return;
+        }
+        let mut held = locks::lock(&self.groups);
+        for (lease, note) in notes {
             if let Some(h) = held.get_mut(lease.name())
-                && h.lease.epoch() == lease.epoch()
+                && h.note.as_ref() == Some(&note)
             {
-                h.lease = lease;
+                h.noted = true;
             }
         }
     }
@@ -889,6 +918,26 @@ impl Logs for ClusterLogs {
         })
     }
 
+    fn cluster_health(&self) -> Option<ClusterHealth> {
+        let log = &self.log;
+        Some(self.block_on(async {
+            let database = log.probe_database().await;
+            let object_store = log.probe_store().await;
+            let leases = match database.error {
+                Some(_) => None,
+                None => tokio::time::timeout(PROBE_TIMEOUT, log.leases())
+                    .await
+                    .ok()
+                    .and_then(|listed| listed.ok()),
+            };
+            ClusterHealth {
+                database,
+                object_store,
+                leases,
+            }
+        }))
+    }
+
     fn topic(&self, name: &str) -> Result<Option<TopicInfo>, StorageError> {
         Ok(self.wait(self.log.topic(name), name, 0)?.map(topic_info))
     }
@@ -1063,7 +1112,13 @@ impl GroupStore for ClusterLogs {
             Ok(Some(lease)) => {
                 let epoch = lease.epoch();
                 let used = Instant::now();
-                locks::lock(&self.groups).insert(name, HeldGroup { lease, used });
+                let held = HeldGroup {
+                    lease,
+                    used,
+                    note: None,
+                    noted: false,
+                };
+                locks::lock(&self.groups).insert(name, held);
                 Ok(epoch)
             }
             Ok(None) => Err(GroupError::NotCoordinator),
@@ -1119,6 +1174,36 @@ impl GroupStore for ClusterLogs {
 
     fn group_ids(&self) -> Result<Vec<String>, StorageError> {
         self.wait(self.log.group_ids(), "", 0)
+    }
+
+    fn report(&self, listing: &GroupListing) {
+        let Ok(note) = serde_json::to_string(listing) else {
+            return;
+        };
+        if let Some(h) = locks::lock(&self.groups).get_mut(&group_lease(&listing.group))
+            && h.note.as_ref() != Some(&note)
+        {
+            h.note = Some(note);
+            h.noted = false;
+        }
+    }
+
+    fn listed_elsewhere(&self) -> Result<Vec<GroupListing>, StorageError> {
+        let this = self.this.id.to_string();
+        let notes = self.wait(self.log.lease_notes("group:"), "", 0)?;
+        Ok(notes
+            .into_iter()
+            .filter(|(_, holder, _)| *holder != this)
+            .filter_map(|(name, _, note)| {
+                let listing: GroupListing = serde_json::from_str(&note)
+                    .inspect_err(
+                        |e| tracing::warn!(lease = name, error = %e, "a group's note is not one"),
+                    )
+                    .ok()?;
+                // An empty group adds nothing to the offsets' list of names.
+                (listing.state != State::Empty || listing.members > 0).then_some(listing)
+            })
+            .collect())
     }
 
     fn leases(&self) -> usize {

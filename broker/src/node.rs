@@ -8,7 +8,7 @@ use weir_runtime::Runtime;
 use weir_sql::{ConnectionRow, GroupRow, NodeRow, NodeSource, QueryEngine};
 use weir_storage::{Storage, StorageError};
 
-use crate::kafka::groups::{self, Coordinator, GroupLag, GroupView};
+use crate::kafka::groups::{self, Coordinator, GroupLag, GroupListing};
 use crate::kafka::logs::{Logs, NODE_ID};
 use crate::limits::Limits;
 use crate::metrics::{Bound, Metrics, Protocol};
@@ -84,7 +84,7 @@ fn group_positions(
 fn all_group_positions(
     logs: &dyn Logs,
     groups: &Coordinator,
-) -> Vec<(GroupView, Vec<GroupPosition>)> {
+) -> Vec<(GroupListing, Vec<GroupPosition>)> {
     groups
         .list()
         .unwrap_or_default()
@@ -299,7 +299,7 @@ impl NodeSource for BrokerState {
                 positions.into_iter().map(move |p| GroupRow {
                     group: g.group.clone(),
                     state: g.state.name().to_string(),
-                    members: g.members.len() as i32,
+                    members: g.members as i32,
                     topic: p.topic,
                     partition: p.partition,
                     committed_offset: p.committed,

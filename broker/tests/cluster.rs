@@ -195,13 +195,34 @@ fn three_nodes_share_every_partition_through_postgres_and_the_object_store() {
         });
         assert!(found, "no row for {row}: {printed}");
     }
+    assert!(printed.contains("\ndatabase      ok ("), "{printed}");
+    assert!(printed.contains("\nobject store  ok ("), "{printed}");
+    assert!(printed.contains(" live lease"), "{printed}");
+    // With Postgres frozen, the status says so within the probe's timeout, and that the
+    // store still answers.
+    let cluster = |node: &Node| {
+        weir_broker::cli::Client::new(&node.url(), None)
+            .call("GET", "/v1/cluster", None)
+            .unwrap()
+    };
+    db.pause();
+    let frozen = cluster(&nodes[2]);
+    db.resume();
+    assert_eq!(frozen["database"]["ok"], false, "{frozen}");
+    assert!(
+        frozen["database"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no answer within")),
+        "{frozen}"
+    );
+    assert_eq!(frozen["object_store"]["ok"], true, "{frozen}");
+    assert!(frozen.get("leases").is_none(), "{frozen}");
     let lone = tempfile::tempdir().unwrap();
     let single = Node::start(lone.path());
-    let status = weir_broker::cli::Client::new(&single.url(), None)
-        .call("GET", "/v1/cluster", None)
-        .unwrap();
+    let status = cluster(&single);
     assert_eq!(status["mode"], "single");
     assert_eq!(status["nodes"].as_array().map(Vec::len), Some(1));
+    assert!(status.get("database").is_none(), "{status}");
     drop(single);
 
     // Keyed records through node 0 (the topic is made on first use, three partitions), more
@@ -791,6 +812,10 @@ fn acknowledged_records_and_commits_survive_nodes_killed_on_a_seeded_schedule() 
             db.resume();
         }
         let victim = rng.random_range(0..3);
+        eprintln!(
+            "{:.1} cycle {cycle}: kill node {victim}",
+            now_ms() as f64 / 1000.0
+        );
         nodes.remove(victim).kill9();
         std::thread::sleep(Duration::from_millis(rng.random_range(0..1000)));
         nodes.insert(victim, start(victim));
@@ -1483,23 +1508,51 @@ fn group_requests_through_any_node_are_answered_by_the_node_coordinating_the_gro
         let refused = c.call("POST", "/v1/groups/tools/reset-offsets", Some(&reset));
         assert_eq!(status(refused), 409, "reset through node {i}");
         assert_eq!(status(c.call("DELETE", "/v1/groups/tools", None)), 409);
-        // The list through any node shows the group as its coordinator sees it.
-        let list = c.call("GET", "/v1/groups", None).unwrap();
-        let listed: Vec<&serde_json::Value> = list
+    }
+    // The list and `weir.groups` through any node show the group as its coordinator sees
+    // it, which leaves the group's state on its lease at the next renewal: one member, in a
+    // state other than Empty (it may be rebalancing still).
+    let listed = |node: usize| {
+        let list = http[node].call("GET", "/v1/groups", None).unwrap();
+        let tools: Vec<(serde_json::Value, serde_json::Value)> = list
             .as_array()
             .unwrap()
             .iter()
             .filter(|g| g["group"] == "tools")
+            .map(|g| (g["members"].clone(), g["state"].clone()))
             .collect();
-        assert_eq!(listed.len(), 1, "through node {i}: {list}");
-        // One member, in a state only the coordinator sees (it may be rebalancing still).
-        assert_eq!(listed[0]["members"], json!(1), "through node {i}: {list}");
-        assert_ne!(
-            listed[0]["state"],
-            json!("Empty"),
-            "through node {i}: {list}"
-        );
-    }
+        let sql = json!({ "sql": "SELECT DISTINCT members, state FROM weir.groups WHERE group_id = 'tools'" });
+        let rows = http[node].call("POST", "/v1/sql", Some(&sql)).unwrap()["rows"].clone();
+        let rows: Vec<(serde_json::Value, serde_json::Value)> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["members"].clone(), r["state"].clone()))
+            .collect();
+        (tools, rows)
+    };
+    let coordinated = |seen: &[(serde_json::Value, serde_json::Value)]| matches!(seen, [(members, state)] if *members == json!(1) && *state != json!("Empty"));
+    eventually(
+        "every node lists the group as its coordinator sees it",
+        Duration::from_secs(10),
+        || {
+            (0..3).all(|node| {
+                let (list, rows) = listed(node);
+                coordinated(&list) && coordinated(&rows)
+            })
+        },
+    );
+    // The cluster's status names the lease, its holder and the note it left.
+    let summary = http[other].call("GET", "/v1/cluster", None).unwrap();
+    let lease = summary["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "group:tools")
+        .unwrap_or_else(|| panic!("no lease of the group: {summary}"))
+        .clone();
+    assert_eq!(lease["holder"], json!(home.to_string()), "{summary}");
+    assert_eq!(lease["note"]["members"], json!(1), "{summary}");
     // It leaves on SIGTERM; then the group is deleted through a node that does not hold it,
     // and no node knows it after.
     let term = std::process::Command::new("kill")

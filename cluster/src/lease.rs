@@ -19,6 +19,9 @@ pub const LEASE_MS_MAX: u64 = 600_000;
 /// entries cannot pass about 2.7 kB; a name carries a prefix and a client's id (a group's).
 pub const NAME_BYTES_MAX: usize = 1024;
 
+/// Longest note a lease's holder may leave on it ([`SharedLog::note_leases`]).
+pub const LEASE_NOTE_BYTES_MAX: usize = 64 << 10;
+
 /// Most offsets one commit may carry: one transaction holds them all.
 pub const COMMIT_OFFSETS_MAX: usize = 10_000;
 
@@ -82,8 +85,9 @@ impl Lease {
 }
 
 impl SharedLog {
-    /// Takes the lease `name` for `duration_ms` if it is free, expired or already this node's.
-    /// `None` when another node holds it.
+    /// Takes the lease `name` for `duration_ms` if it is free, expired or already this node's,
+    /// and clears its note: the taker starts its work afresh. `None` when another node holds
+    /// it.
     pub async fn acquire(&self, name: &str, duration_ms: u64) -> Result<Option<Lease>> {
         check_name("lease name", name)?;
         let duration = lease_duration(duration_ms)?;
@@ -99,7 +103,8 @@ impl SharedLog {
                    epoch = CASE WHEN l.holder = $2 AND l.expires_at > now() THEN l.epoch
                                 ELSE l.epoch + 1 END,
                    holder = $2,
-                   expires_at = now() + make_interval(secs => $3::float8 / 1000)
+                   expires_at = now() + make_interval(secs => $3::float8 / 1000),
+                   note = NULL
                  WHERE l.holder = $2 OR l.expires_at <= now()
                  RETURNING epoch",
                 &[&name, &self.node_id, &(duration_ms as f64)],
@@ -173,6 +178,54 @@ impl SharedLog {
             )
             .await?;
         Ok(())
+    }
+
+    /// Leaves a note on each lease of `notes` this node still holds, in one statement; those
+    /// it lost are left alone. Each note is at most [`LEASE_NOTE_BYTES_MAX`] bytes.
+    pub async fn note_leases(&self, notes: &[(&Lease, &str)]) -> Result<()> {
+        if let Some((lease, note)) = notes.iter().find(|(_, n)| n.len() > LEASE_NOTE_BYTES_MAX) {
+            return Err(ClusterError::InvalidRequest(format!(
+                "a note of {} bytes on lease {}, allowed at most {LEASE_NOTE_BYTES_MAX}",
+                note.len(),
+                lease.name
+            )));
+        }
+        if notes.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = notes.iter().map(|(l, _)| l.name.as_str()).collect();
+        let epochs: Vec<i64> = notes.iter().map(|(l, _)| l.epoch).collect();
+        let texts: Vec<&str> = notes.iter().map(|(_, n)| *n).collect();
+        self.db()
+            .await?
+            .execute(
+                "UPDATE weir.leases l SET note = h.note
+                 FROM unnest($1::text[], $2::int8[], $3::text[]) AS h(name, epoch, note)
+                 WHERE l.name = h.name AND l.epoch = h.epoch AND l.holder = $4
+                   AND l.expires_at > now()",
+                &[&names, &epochs, &texts, &self.node_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The live leases whose names start with `prefix` and whose holders left a note: (name,
+    /// holder, note), by name.
+    pub async fn lease_notes(&self, prefix: &str) -> Result<Vec<(String, String, String)>> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT name, holder, note FROM weir.leases
+                 WHERE starts_with(name, $1) AND expires_at > now() AND note IS NOT NULL
+                 ORDER BY name",
+                &[&prefix],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     /// The node holding `name` now, and its epoch; `None` if free or expired.

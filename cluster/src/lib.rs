@@ -57,6 +57,7 @@ pub mod merge;
 mod meta;
 pub mod retention;
 pub mod schema;
+pub mod status;
 mod store;
 mod topics;
 mod watch;
@@ -66,7 +67,7 @@ pub use compact::Compacted;
 pub use error::{ClusterError, Result};
 pub use flusher::{FlushConfig, Flusher};
 pub use gc::Collected;
-pub use lease::{GroupOffset, Lease, OFFSET_METADATA_BYTES_MAX};
+pub use lease::{GroupOffset, LEASE_NOTE_BYTES_MAX, Lease, OFFSET_METADATA_BYTES_MAX};
 pub use log::{
     Append, CLUSTER_PARTITIONS_MAX_DEFAULT, CheckedAppend, FLUSH_BYTES_MAX,
     FLUSH_COMMIT_MS_MAX_DEFAULT, Fetched, NodeConfig, READ_ROWS_MAX, SharedLog,

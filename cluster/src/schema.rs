@@ -114,6 +114,11 @@ CREATE TABLE weir.meta (
     r#"
 ALTER TABLE weir.partitions ADD COLUMN clean_offset bigint NOT NULL DEFAULT 0;
 "#,
+    // What a lease's holder reports of the work it does under it (a consumer group's state
+    // and members), for the other nodes to show; cleared whenever the lease is taken.
+    r#"
+ALTER TABLE weir.leases ADD COLUMN note text;
+"#,
 ];
 
 /// The advisory lock key migrations run under ("weir" in ASCII), so nodes starting together

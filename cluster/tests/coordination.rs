@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{append, cluster, flush, two_nodes};
-use weir_cluster::lease::{COMMIT_OFFSETS_MAX, LEASE_MS_MAX, NAME_BYTES_MAX};
+use weir_cluster::lease::{COMMIT_OFFSETS_MAX, LEASE_MS_MAX, LEASE_NOTE_BYTES_MAX, NAME_BYTES_MAX};
 use weir_cluster::{ClusterError, NodeInfo, SharedLog, leader};
 use weir_cluster::{GroupOffset, OFFSET_METADATA_BYTES_MAX};
 
@@ -104,6 +104,13 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         a.lease_holder("group:g").await.expect("holder"),
         Some(("n1".to_string(), 1))
     );
+    // The holder leaves a note on its lease, which every node reads.
+    let notes = async |node: &SharedLog| node.lease_notes("group:").await.expect("notes");
+    assert!(notes(&b).await.is_empty());
+    a.note_leases(&[(&lease, "stable")]).await.expect("note");
+    let noted_by =
+        |node: &str, note: &str| vec![("group:g".to_string(), node.to_string(), note.to_string())];
+    assert_eq!(notes(&b).await, noted_by("n1", "stable"));
     let offsets = |o: i64| {
         vec![
             GroupOffset::new("logs", 0, o),
@@ -150,6 +157,14 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         .expect("acquire")
         .expect("expired, so taken");
     assert_eq!(taken.epoch(), 2);
+    // Taking the lease clears the note; the node that lost it cannot write one.
+    assert!(notes(&b).await.is_empty());
+    a.note_leases(&[(&lease, "stale")]).await.expect("note");
+    assert!(notes(&b).await.is_empty());
+    b.note_leases(&[(&taken, "rebalancing")])
+        .await
+        .expect("note");
+    assert_eq!(notes(&a).await, noted_by("n2", "rebalancing"));
     let stale = a.commit_offsets(&lease, "g", &offsets(3)).await;
     assert!(
         matches!(stale, Err(ClusterError::LeaseLost { epoch: 1, .. })),
@@ -198,6 +213,10 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
     // Released, it can be taken at once.
     b.release(taken).await.expect("release");
     assert_eq!(a.lease_holder("group:g").await.expect("holder"), None);
+    assert!(
+        notes(&a).await.is_empty(),
+        "a lapsed lease's note is not read"
+    );
     let back = a
         .acquire("group:g", 1_000)
         .await
@@ -219,6 +238,8 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         a.lease_holder(&long).await.map(|_| ()),
         a.committed_offsets(&long).await.map(|_| ()),
         a.commit_offsets(&back, &long, &offsets(1)).await,
+        a.note_leases(&[(&back, &"n".repeat(LEASE_NOTE_BYTES_MAX + 1))])
+            .await,
         a.commit_offsets(
             &back,
             "g",

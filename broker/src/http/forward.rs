@@ -219,38 +219,4 @@ impl AppState {
         })
         .await
     }
-
-    /// On a cluster, what every other live node answers to this request (a GET with no body),
-    /// as JSON. A node that does not answer, or answers other than 200 with JSON, is left out
-    /// and logged: callers merge what they have. Empty on a single node, and for a request
-    /// another node sent here.
-    pub(super) async fn ask_every_peer(&self, head: Head) -> Vec<serde_json::Value> {
-        let (Some(peers), Some(by)) = (self.peers.clone(), self.node.logs.cluster_node_id()) else {
-            return Vec::new();
-        };
-        if head.forwarded {
-            return Vec::new();
-        }
-        let node = self.node.clone();
-        blocking(move || {
-            let mut answers: Vec<serde_json::Value> = Vec::new();
-            for home in node.logs.peers_http() {
-                let answer = peers.call(&home, &head, Vec::new(), by).and_then(|a| {
-                    if a.status != StatusCode::OK {
-                        return Err(format!("status {}", a.status));
-                    }
-                    serde_json::from_slice(&a.body).map_err(|e| e.to_string())
-                });
-                match answer {
-                    Ok(value) => answers.push(value),
-                    Err(reason) => {
-                        tracing::warn!(node = %home, path = %head.path, %reason, "a node did not answer")
-                    }
-                }
-            }
-            Ok(answers)
-        })
-        .await
-        .unwrap_or_default()
-    }
 }

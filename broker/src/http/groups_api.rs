@@ -2,8 +2,6 @@
 //! outside the group protocol, and the two changes an operator makes to an idle group: deleting
 //! it and moving its offsets.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -50,46 +48,24 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/groups/{id}/reset-offsets", post(reset_offsets))
 }
 
-/// Every group this node knows: on a cluster, merged with every other live node's list, so
-/// that each group's state and members are those its coordinator sees.
+/// Every group: on a cluster, each as the node coordinating it sees it.
 async fn list_groups(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    head: Head,
 ) -> ApiResult<Json<Value>> {
     let node = state.node.clone();
     let groups = blocking(move || Ok(node.groups.list()?)).await?;
-    let mut out: BTreeMap<String, Value> = groups
+    let out: Vec<Value> = groups
         .into_iter()
+        .filter(|g| caller.may(Operation::Describe, ResourceType::Group, &g.group))
         .map(|g| {
-            let entry = json!({
+            json!({
                 "group": g.group,
                 "state": g.state.name(),
                 "protocol_type": g.protocol_type,
-                "members": g.members.len(),
-            });
-            (g.group, entry)
+                "members": g.members,
+            })
         })
-        .collect();
-    for answer in state.ask_every_peer(head).await {
-        let Value::Array(entries) = answer else {
-            continue;
-        };
-        for entry in entries {
-            let Some(id) = entry["group"].as_str() else {
-                continue;
-            };
-            // Only the coordinator sees a group other than empty.
-            let coordinated = entry["state"] != "Empty" || entry["members"].as_u64() > Some(0);
-            if coordinated || !out.contains_key(id) {
-                out.insert(id.to_string(), entry);
-            }
-        }
-    }
-    let out: Vec<Value> = out
-        .into_iter()
-        .filter(|(id, _)| caller.may(Operation::Describe, ResourceType::Group, id))
-        .map(|(_, entry)| entry)
         .collect();
     Ok(Json(Value::Array(out)))
 }

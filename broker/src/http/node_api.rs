@@ -1,6 +1,7 @@
 //! `/v1/node`: what this node is and holds now, `/v1/node/history`: its rates and consumer
 //! group lags over the last minutes ([`crate::history`]), and `/v1/cluster`: the nodes of its
-//! cluster. They describe the whole node, so a SASL user needs `describe` on the cluster.
+//! cluster, its leases, and whether its database and object store answer. They describe the
+//! whole node, so a SASL user needs `describe` on the cluster.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,59 @@ struct ClusterSummary {
     node_id: i32,
     /// The live nodes, by id, as Metadata lists them.
     nodes: Vec<crate::kafka::logs::Broker>,
+    /// On a cluster: whether its database and object store answer this node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<ProbeView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_store: Option<ProbeView>,
+    /// On a cluster whose database answers: the live leases by name (at most
+    /// [`weir_cluster::status::LEASES_LISTED_MAX`]), and how many there are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leases: Option<Vec<LeaseView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leases_total: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct ProbeView {
+    ok: bool,
+    latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl From<weir_cluster::status::Probe> for ProbeView {
+    fn from(p: weir_cluster::status::Probe) -> Self {
+        ProbeView {
+            ok: p.error.is_none(),
+            latency_ms: (p.latency_ms * 100.0).round() / 100.0,
+            error: p.error,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LeaseView {
+    name: String,
+    holder: String,
+    epoch: i64,
+    expires_in_ms: i64,
+    /// What the holder reports, as JSON when it is JSON (a group's state and members).
+    note: Option<serde_json::Value>,
+}
+
+impl From<weir_cluster::status::LeaseRow> for LeaseView {
+    fn from(l: weir_cluster::status::LeaseRow) -> Self {
+        LeaseView {
+            note: l
+                .note
+                .map(|n| serde_json::from_str(&n).unwrap_or(serde_json::Value::String(n))),
+            name: l.name,
+            holder: l.holder,
+            epoch: l.epoch,
+            expires_in_ms: l.expires_in_ms,
+        }
+    }
 }
 
 async fn describe_cluster(
@@ -39,10 +93,24 @@ async fn describe_cluster(
     let logs = state.node.logs.clone();
     blocking(move || {
         let id = logs.cluster_node_id();
+        let health = logs.cluster_health();
+        let (database, object_store, leases) = match health {
+            Some(h) => (
+                Some(h.database.into()),
+                Some(h.object_store.into()),
+                h.leases,
+            ),
+            None => (None, None, None),
+        };
+        let leases_total = leases.as_ref().map(|(_, total)| *total);
         Ok(Json(ClusterSummary {
             mode: if id.is_some() { "cluster" } else { "single" },
             node_id: id.unwrap_or(crate::kafka::logs::NODE_ID),
             nodes: logs.brokers(),
+            database,
+            object_store,
+            leases: leases.map(|(rows, _)| rows.into_iter().map(LeaseView::from).collect()),
+            leases_total,
         }))
     })
     .await

@@ -55,7 +55,7 @@ pub struct CommittedOffset {
     pub commit_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
     Empty,
     PreparingRebalance,
@@ -105,6 +105,8 @@ struct Group {
     initial: bool,
     /// The epoch of the hold on the group under which this state was built.
     epoch: i64,
+    /// State, generation and members count as last reported to the store.
+    reported: Option<(State, i32, usize)>,
 }
 
 impl Group {
@@ -120,6 +122,7 @@ impl Group {
             pending: HashMap::new(),
             rebalance_deadline: None,
             initial: false,
+            reported: None,
         }
     }
 
@@ -423,7 +426,17 @@ impl MemberView {
     }
 }
 
-/// A group as ListGroups and DescribeGroups show it.
+/// A group as the lists show it (ListGroups, `GET /v1/groups`, `weir.groups`, `/metrics`):
+/// on a cluster, as the node coordinating it last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupListing {
+    pub group: String,
+    pub state: State,
+    pub protocol_type: String,
+    pub members: usize,
+}
+
+/// A group as DescribeGroups shows it.
 pub struct GroupView {
     pub group: String,
     pub state: State,
@@ -458,6 +471,14 @@ pub trait GroupStore: Send + Sync {
     fn group_ids(&self) -> Result<Vec<String>, StorageError>;
     /// How many groups this node holds a lease on (none without a cluster).
     fn leases(&self) -> usize;
+    /// Tells the other nodes how a group this node acts for looks now. Never waits; a lone
+    /// node has no one to tell.
+    fn report(&self, _listing: &GroupListing) {}
+    /// The groups other nodes act for, as they last reported them. May wait for the cluster
+    /// database; none on a lone node.
+    fn listed_elsewhere(&self) -> Result<Vec<GroupListing>, StorageError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The offsets of a node that runs alone, in its metadata store; it acts for every group.
@@ -883,8 +904,14 @@ impl Coordinator {
         // An empty group keeps nothing worth memory: its committed offsets are in the store.
         // A group whose hold this node lost is another node's now.
         groups.retain(|name, g| {
-            !(g.state == State::Empty && g.members.is_empty() && g.pending.is_empty())
-                && self.store.held(name) == Some(g.epoch)
+            let kept = !(g.state == State::Empty && g.members.is_empty() && g.pending.is_empty())
+                && self.store.held(name) == Some(g.epoch);
+            let seen = (g.state, g.generation, g.members.len());
+            if g.reported != Some(seen) || !kept {
+                g.reported = Some(seen);
+                self.store.report(&listing(name, Some(g)));
+            }
+            kept
         });
     }
 
@@ -900,17 +927,34 @@ impl Coordinator {
         }
     }
 
-    pub fn list(&self) -> Result<Vec<GroupView>, StorageError> {
+    /// Every group with committed offsets or members: those this node acts for as it sees
+    /// them, the others as the node acting for them reported them.
+    pub fn list(&self) -> Result<Vec<GroupListing>, StorageError> {
         // The store first: it may wait for the cluster database, and the reactor's tick takes
         // the lock.
         let mut names = self.store.group_ids()?;
+        let elsewhere: HashMap<String, GroupListing> = self
+            .store
+            .listed_elsewhere()?
+            .into_iter()
+            .map(|l| (l.group.clone(), l))
+            .collect();
         let groups = self.lock();
         names.extend(groups.keys().cloned());
+        names.extend(elsewhere.keys().cloned());
         names.sort();
         names.dedup();
         Ok(names
             .into_iter()
-            .map(|n| view(&n, groups.get(&n)))
+            .map(|n| {
+                let here = groups
+                    .get(&n)
+                    .filter(|g| self.store.held(&n) == Some(g.epoch));
+                match (here, elsewhere.get(&n)) {
+                    (None, Some(there)) => there.clone(),
+                    _ => listing(&n, here),
+                }
+            })
             .collect())
     }
 
@@ -1019,6 +1063,17 @@ impl Coordinator {
         self.check_empty(group_id, epoch, GroupError::GroupSubscribedToTopic)?;
         self.store.delete(group_id, Some((topic, partition)))?;
         Ok(())
+    }
+}
+
+fn listing(name: &str, group: Option<&Group>) -> GroupListing {
+    GroupListing {
+        group: name.to_string(),
+        state: group.map_or(State::Empty, |g| g.state),
+        protocol_type: group
+            .and_then(|g| g.protocol_type.clone())
+            .unwrap_or_else(|| "consumer".to_string()),
+        members: group.map_or(0, |g| g.members.len()),
     }
 }
 

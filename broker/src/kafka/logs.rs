@@ -58,6 +58,15 @@ pub(crate) struct ClusterStats {
     pub parked_bytes_max: u64,
 }
 
+/// The cluster as `weir cluster status` shows it, through one node.
+pub struct ClusterHealth {
+    pub database: weir_cluster::status::Probe,
+    pub object_store: weir_cluster::status::Probe,
+    /// The live leases, at most [`weir_cluster::status::LEASES_LISTED_MAX`], and how many
+    /// there are; `None` when the database did not answer.
+    pub leases: Option<(Vec<weir_cluster::status::LeaseRow>, i64)>,
+}
+
 /// The partitions behind the Kafka listener.
 pub(crate) trait Logs: Send + Sync {
     /// This node's broker id when it is a node of a cluster; `None` for a single node.
@@ -79,6 +88,11 @@ pub(crate) trait Logs: Send + Sync {
     }
     /// What the node holds for the cluster; `None` for a single node.
     fn cluster_stats(&self) -> Option<ClusterStats> {
+        None
+    }
+    /// Whether the cluster's database and object store answer this node, and the cluster's
+    /// leases; `None` for a single node. Waits for the answers: never on a reactor thread.
+    fn cluster_health(&self) -> Option<ClusterHealth> {
         None
     }
     fn topic(&self, name: &str) -> Result<Option<TopicInfo>, StorageError>;
