@@ -66,9 +66,12 @@ const MERGE_EVERY: Duration = Duration::from_secs(60);
 /// Runs in objects younger than this are not merged: tailing readers find them in the cache
 /// of the node that wrote them.
 const MERGE_AGE_MS: i64 = 5 * 60_000;
-/// How long the lease of a background job (`gc`, `retention`) runs: past any one run, which
-/// stops when it lapses.
-const JOB_LEASE_MS: u64 = 10 * 60_000;
+/// How long the lease of a background job (`gc`, `retention`, `merge`) runs past its last
+/// renewal: a node that dies in a run holds the job up for at most this long.
+const JOB_LEASE_MS: u64 = 30_000;
+/// How often a running job's lease is renewed: three times a lease, so one slow renewal does
+/// not stop the run (a job stops itself once its lease is no longer current).
+const JOB_LEASE_RENEW: Duration = Duration::from_millis(JOB_LEASE_MS / 3);
 
 /// How `weir serve` joins a cluster.
 #[derive(Debug, Clone)]
@@ -265,8 +268,9 @@ impl ClusterLogs {
         }))
     }
 
-    /// Runs `job` under the lease `name` if no other node holds it, then gives the lease back.
-    /// `None` when another node holds it or it could not be taken.
+    /// Runs `job` under the lease `name` if no other node holds it, renewing the lease while
+    /// the job runs, then gives the lease back. `None` when another node holds it or it could
+    /// not be taken.
     async fn under_lease<T>(
         &self,
         name: &str,
@@ -280,7 +284,23 @@ impl ClusterLogs {
                 return None;
             }
         };
-        let done = job(&lease).await;
+        let renewing = async {
+            let mut held = lease.clone();
+            loop {
+                tokio::time::sleep(JOB_LEASE_RENEW).await;
+                if let Err(e) = self.log.renew(&mut held).await {
+                    // The job stops on its own once the lease is no longer current, and its
+                    // writes are fenced by the epoch meanwhile.
+                    tracing::warn!(lease = name, error = %e, "renewing a job's lease failed");
+                    break;
+                }
+            }
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        let done = tokio::select! {
+            done = job(&lease) => done,
+            never = renewing => match never {},
+        };
         if let Err(e) = self.log.release(lease).await {
             tracing::warn!(lease = name, error = %e, "releasing a lease failed; it expires");
         }

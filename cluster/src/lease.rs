@@ -8,7 +8,10 @@
 //! of the lease, before the database would let anyone else take it. Lease times are the
 //! database's; the holder's own check uses its monotonic clock from before it asked.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use weir_storage::locks::lock;
 
 use crate::{ClusterError, Result, SharedLog};
 
@@ -57,7 +60,8 @@ impl GroupOffset {
     }
 }
 
-/// A lease this node holds.
+/// A lease this node holds. Its clones are the same hold: renewing one keeps them all
+/// current, so a job can act under a lease that another task renews.
 #[derive(Debug, Clone)]
 pub struct Lease {
     name: String,
@@ -65,7 +69,7 @@ pub struct Lease {
     duration: Duration,
     /// When the last acquire or renewal was sent: the lease runs at least until then plus
     /// `duration` in the database.
-    asked_at: Instant,
+    asked_at: Arc<Mutex<Instant>>,
 }
 
 impl Lease {
@@ -80,7 +84,11 @@ impl Lease {
     /// Whether the holder may still act: its last renewal is younger than two thirds of the
     /// lease, which leaves a third for clocks and delays before anyone else can take it.
     pub fn is_current(&self) -> bool {
-        self.asked_at.elapsed() < self.duration * 2 / 3
+        self.asked_at().elapsed() < self.duration * 2 / 3
+    }
+
+    fn asked_at(&self) -> Instant {
+        *lock(&self.asked_at)
     }
 }
 
@@ -114,7 +122,7 @@ impl SharedLog {
             name: name.to_string(),
             epoch: row.get(0),
             duration,
-            asked_at,
+            asked_at: Arc::new(Mutex::new(asked_at)),
         }))
     }
 
@@ -162,7 +170,8 @@ impl SharedLog {
             leases.drain(..).partition(|l| renewed.contains(&l.name));
         *leases = kept;
         for lease in leases.iter_mut() {
-            lease.asked_at = asked_at;
+            let mut renewed = lock(&lease.asked_at);
+            *renewed = (*renewed).max(asked_at);
         }
         Ok(lost)
     }

@@ -270,6 +270,20 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
     a.commit_offsets(&lease, &longest, &offsets(9))
         .await
         .expect("a name at the bound is a key Postgres indexes");
+
+    // A clone of a lease is the same hold: a job acts under one while a task renews the other.
+    let job = a
+        .acquire("job", 1_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let mut renewer = job.clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.renew(&mut renewer).await.expect("renew");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(job.is_current(), "renewed 400 ms ago, through its clone");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!job.is_current(), "not renewed for 800 ms");
 }
 
 #[tokio::test]
