@@ -529,6 +529,19 @@ impl ClusterLogs {
         }
     }
 
+    /// The live node `holder` names; when none, the one rendezvous hashing picks for the group
+    /// `key` among `brokers`.
+    fn coordinator_among(&self, key: &str, holder: Option<String>, brokers: &[Broker]) -> Broker {
+        if let Some(node) =
+            holder.and_then(|node| brokers.iter().find(|b| b.id.to_string() == node).cloned())
+        {
+            return node;
+        }
+        weir_cluster::leader_by(key, u32::MAX, brokers, |b| b.id.to_be_bytes())
+            .cloned()
+            .unwrap_or_else(|| self.this.clone())
+    }
+
     /// [`block_on`] on the node's runtime.
     fn block_on<T>(&self, call: impl Future<Output = T>) -> T {
         block_on(&self.runtime, call)
@@ -894,20 +907,36 @@ impl Logs for ClusterLogs {
             return self.this.clone();
         }
         let holder = match self.block_on(self.log.lease_holder(&group_lease(key))) {
-            Ok(holder) => holder,
+            Ok(holder) => holder.map(|(node, _)| node),
             Err(e) => {
                 tracing::warn!(group = key, error = %e, "reading the group's lease failed");
                 None
             }
         };
-        if let Some(node) =
-            holder.and_then(|(node, _)| brokers.iter().find(|b| b.id.to_string() == node).cloned())
-        {
-            return node;
-        }
-        weir_cluster::leader_by(key, u32::MAX, &brokers, |b| b.id.to_be_bytes())
-            .cloned()
-            .unwrap_or_else(|| self.this.clone())
+        self.coordinator_among(key, holder, &brokers)
+    }
+
+    fn coordinates(&self, groups: &[String]) -> Vec<bool> {
+        let brokers = self.brokers();
+        let holders: HashMap<String, String> = match self.block_on(self.log.live_leases("group:")) {
+            Ok(leases) => leases
+                .into_iter()
+                .map(|(name, holder, _)| (name, holder))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the groups' leases failed");
+                HashMap::new()
+            }
+        };
+        groups
+            .iter()
+            .map(|group| {
+                self.held(group).is_some() || {
+                    let holder = holders.get(&group_lease(group)).cloned();
+                    self.coordinator_among(group, holder, &brokers).id == self.this.id
+                }
+            })
+            .collect()
     }
 
     fn coordinator_http(&self, key: &str) -> Option<String> {
@@ -1210,11 +1239,12 @@ impl GroupStore for ClusterLogs {
 
     fn listed_elsewhere(&self) -> Result<Vec<GroupListing>, StorageError> {
         let this = self.this.id.to_string();
-        let notes = self.wait(self.log.lease_notes("group:"), "", 0)?;
-        Ok(notes
+        let leases = self.wait(self.log.live_leases("group:"), "", 0)?;
+        Ok(leases
             .into_iter()
             .filter(|(_, holder, _)| *holder != this)
             .filter_map(|(name, _, note)| {
+                let note = note?;
                 let listing: GroupListing = serde_json::from_str(&note)
                     .inspect_err(
                         |e| tracing::warn!(lease = name, error = %e, "a group's note is not one"),

@@ -719,6 +719,19 @@ fn commit_many(node: &Node, group: &str, topic: &str, count: usize) -> Vec<i16> 
         .collect()
 }
 
+/// The groups ListGroups through `node` lists.
+fn list_groups(node: &Node) -> Vec<String> {
+    use kafka_protocol::messages::{ApiKey, ListGroupsRequest, ListGroupsResponse};
+    let response: ListGroupsResponse =
+        call(node, ApiKey::ListGroups, 4, &ListGroupsRequest::default());
+    assert_eq!(response.error_code, 0);
+    response
+        .groups
+        .iter()
+        .map(|g| g.group_id.to_string())
+        .collect()
+}
+
 /// Sends OffsetDelete for one partition to the node coordinating `group` (the others answer
 /// NOT_COORDINATOR); the partition's error code.
 fn offset_delete(nodes: &[Node], group: &str, topic: &str, partition: i32) -> i16 {
@@ -1553,6 +1566,13 @@ fn group_requests_through_any_node_are_answered_by_the_node_coordinating_the_gro
         .clone();
     assert_eq!(lease["holder"], json!(home.to_string()), "{summary}");
     assert_eq!(lease["note"]["members"], json!(1), "{summary}");
+    // Kafka's ListGroups: as on Kafka, only the group's coordinator lists it.
+    let listing: Vec<bool> = nodes
+        .iter()
+        .map(|n| list_groups(n).contains(&"tools".to_string()))
+        .collect();
+    let expected: Vec<bool> = (0..3).map(|node| node == home).collect();
+    assert_eq!(listing, expected, "ListGroups lists it at node {home} only");
     // It leaves on SIGTERM; then the group is deleted through a node that does not hold it,
     // and no node knows it after.
     let term = std::process::Command::new("kill")

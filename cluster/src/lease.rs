@@ -218,16 +218,15 @@ impl SharedLog {
         Ok(())
     }
 
-    /// The live leases whose names start with `prefix` and whose holders left a note: (name,
-    /// holder, note), by name.
-    pub async fn lease_notes(&self, prefix: &str) -> Result<Vec<(String, String, String)>> {
+    /// The live leases whose names start with `prefix`: (name, holder, the holder's note), by
+    /// name.
+    pub async fn live_leases(&self, prefix: &str) -> Result<Vec<(String, String, Option<String>)>> {
         let rows = self
             .db()
             .await?
             .query(
                 "SELECT name, holder, note FROM weir.leases
-                 WHERE starts_with(name, $1) AND expires_at > now() AND note IS NOT NULL
-                 ORDER BY name",
+                 WHERE starts_with(name, $1) AND expires_at > now() ORDER BY name",
                 &[&prefix],
             )
             .await?;

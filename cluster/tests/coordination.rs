@@ -105,12 +105,14 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         Some(("n1".to_string(), 1))
     );
     // The holder leaves a note on its lease, which every node reads.
-    let notes = async |node: &SharedLog| node.lease_notes("group:").await.expect("notes");
-    assert!(notes(&b).await.is_empty());
+    let notes = async |node: &SharedLog| node.live_leases("group:").await.expect("leases");
+    let noted_by = |node: &str, note: Option<&str>| {
+        let note = note.map(str::to_string);
+        vec![("group:g".to_string(), node.to_string(), note)]
+    };
+    assert_eq!(notes(&b).await, noted_by("n1", None));
     a.note_leases(&[(&lease, "stable")]).await.expect("note");
-    let noted_by =
-        |node: &str, note: &str| vec![("group:g".to_string(), node.to_string(), note.to_string())];
-    assert_eq!(notes(&b).await, noted_by("n1", "stable"));
+    assert_eq!(notes(&b).await, noted_by("n1", Some("stable")));
     let offsets = |o: i64| {
         vec![
             GroupOffset::new("logs", 0, o),
@@ -158,13 +160,13 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         .expect("expired, so taken");
     assert_eq!(taken.epoch(), 2);
     // Taking the lease clears the note; the node that lost it cannot write one.
-    assert!(notes(&b).await.is_empty());
+    assert_eq!(notes(&b).await, noted_by("n2", None));
     a.note_leases(&[(&lease, "stale")]).await.expect("note");
-    assert!(notes(&b).await.is_empty());
+    assert_eq!(notes(&b).await, noted_by("n2", None));
     b.note_leases(&[(&taken, "rebalancing")])
         .await
         .expect("note");
-    assert_eq!(notes(&a).await, noted_by("n2", "rebalancing"));
+    assert_eq!(notes(&a).await, noted_by("n2", Some("rebalancing")));
     let stale = a.commit_offsets(&lease, "g", &offsets(3)).await;
     assert!(
         matches!(stale, Err(ClusterError::LeaseLost { epoch: 1, .. })),

@@ -517,7 +517,11 @@ pub(crate) fn list_groups(
             return response;
         }
     };
-    for g in groups {
+    // As a Kafka broker does, each node lists the groups it coordinates; clients ask every
+    // node and merge.
+    let names: Vec<String> = groups.iter().map(|g| g.group.clone()).collect();
+    let here = shared.logs.coordinates(&names);
+    for (g, _) in groups.into_iter().zip(here).filter(|(_, here)| *here) {
         if !caller.may(Operation::Describe, ResourceType::Group, &g.group) {
             continue;
         }

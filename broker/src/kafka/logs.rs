@@ -77,6 +77,11 @@ pub(crate) trait Logs: Send + Sync {
     fn leader(&self, brokers: &[Broker], topic: &str, partition: u32) -> i32;
     /// The broker that coordinates the group `key`.
     fn coordinator(&self, key: &str) -> Broker;
+    /// Which of `groups` this node coordinates, as FindCoordinator would answer, in order.
+    /// May wait for the cluster database: never on a reactor thread.
+    fn coordinates(&self, groups: &[String]) -> Vec<bool> {
+        vec![true; groups.len()]
+    }
     /// The HTTP listener (`host:port`) of the node coordinating the group `key` when that is
     /// another node of the cluster; `None` when it is this one. May wait for the cluster
     /// database.
