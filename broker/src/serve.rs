@@ -515,6 +515,15 @@ fn node_context(
             storage.clone(),
             sql.functions().cloned(),
         )));
+    if cluster.is_some() {
+        // A pipeline reads and writes the node's own data directory, which a cluster's Kafka
+        // clients never see.
+        runtime.pipelines().refuse_new(
+            "pipelines do not run on a cluster yet: they would read and write this node's own \
+             data directory rather than the cluster's topics (see docs/cluster.md)"
+                .to_string(),
+        );
+    }
     runtime
         .pipelines()
         .set_rights(Arc::new(crate::acl::PipelineRights {

@@ -1291,6 +1291,26 @@ fn record_pages_and_sql_read_the_cluster_through_any_node() {
         rows("SELECT count(*) AS n FROM events"),
         json!([{ "n": 30 }])
     );
+    // Pipelines would run on a node's own data directory: refused, saying why, over HTTP and
+    // SQL, and nothing is made.
+    let why = "pipelines do not run on a cluster yet";
+    let spec = json!({ "name": "copy", "from": "events", "to": ["copied"] });
+    let refused = http[1].call("POST", "/v1/pipelines", Some(&spec));
+    let refused = refused.unwrap_err().to_string();
+    assert!(
+        refused.contains("400") && refused.contains(why),
+        "{refused}"
+    );
+    let statement = "CREATE PIPELINE counts AS INSERT INTO counted \
+         SELECT window_start, count(*) AS n FROM TUMBLE(events, timestamp, INTERVAL '1 minute') \
+         GROUP BY window_start";
+    let refused = http[2].call("POST", "/v1/sql", Some(&json!({ "sql": statement })));
+    let refused = refused.unwrap_err().to_string();
+    assert!(refused.contains(why), "{refused}");
+    assert_eq!(
+        rows("SELECT count(*) AS n FROM weir.topics WHERE name IN ('copied', 'counted')"),
+        json!([{ "n": 0 }])
+    );
 
     // Back to the default retention of 7 days, every run (stamped in 2024) is past it: the
     // node holding the retention lease drops them all, and every node reads the new start.

@@ -126,6 +126,8 @@ pub struct Pipelines {
     appended: watch::Sender<u64>,
     rights: std::sync::OnceLock<Arc<dyn Rights>>,
     compiler: std::sync::OnceLock<Arc<dyn Compiler>>,
+    /// Why this node makes no pipelines, when it makes none.
+    refusal: std::sync::OnceLock<String>,
 }
 
 fn validate_pipeline_name(name: &str) -> Result<(), Error> {
@@ -146,7 +148,18 @@ impl Pipelines {
             appended: watch::Sender::new(0),
             rights: std::sync::OnceLock::new(),
             compiler: std::sync::OnceLock::new(),
+            refusal: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Makes [`Pipelines::create`] refuse every new pipeline with `reason`; set once.
+    pub fn refuse_new(&self, reason: String) {
+        let _ = self.refusal.set(reason);
+    }
+
+    /// Why this node makes no pipelines, if it makes none.
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusal.get().map(String::as_str)
     }
 
     /// What makes the operators of SQL pipelines; set once, before [`Pipelines::start_all`].
@@ -261,6 +274,9 @@ impl Pipelines {
         spec: PipelineSpec,
         owner: Option<Owner>,
     ) -> Result<PipelineStatus, Error> {
+        if let Some(reason) = self.refusal() {
+            return Err(Error::Invalid(reason.to_string()));
+        }
         validate_pipeline_name(&spec.name)?;
         if self.tree.get(&spec.name)?.is_some() {
             return Err(Error::Conflict(format!(

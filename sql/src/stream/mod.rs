@@ -158,6 +158,10 @@ impl QueryEngine {
         sql: &str,
         pipelines: Arc<weir_runtime::Pipelines>,
     ) -> Result<Answer, Error> {
+        // Before the plan, which would look the topic up where this node runs pipelines.
+        if let Some(reason) = pipelines.refusal() {
+            return Err(Error::Refused(reason.to_string()));
+        }
         let query = Query::plan(self.storage.clone(), &create, self.functions.as_deref()).await?;
         let source = query.source().to_owned();
         let spec = PipelineSpec {
