@@ -834,10 +834,11 @@ pub fn cluster_status(c: &Client, as_json: bool) -> Result<()> {
             serde_json::Value::Null => String::new(),
             serde_json::Value::String(text) => text.clone(),
             group if group["state"].is_string() => {
+                let members = group["members"].as_u64().unwrap_or(0);
                 format!(
-                    "{}, {} members",
+                    "{}, {members} member{}",
                     group["state"].as_str().unwrap_or(""),
-                    group["members"]
+                    if members == 1 { "" } else { "s" }
                 )
             }
             other => other.to_string(),

@@ -918,16 +918,14 @@ impl Logs for ClusterLogs {
 
     fn coordinates(&self, groups: &[String]) -> Vec<bool> {
         let brokers = self.brokers();
-        let holders: HashMap<String, String> = match self.block_on(self.log.live_leases("group:")) {
-            Ok(leases) => leases
-                .into_iter()
-                .map(|(name, holder, _)| (name, holder))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the groups' leases failed");
-                HashMap::new()
-            }
-        };
+        let holders: HashMap<String, String> =
+            match self.block_on(self.log.live_leases("group:", None)) {
+                Ok(leases) => leases.into_iter().map(|l| (l.name, l.holder)).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the groups' leases failed");
+                    HashMap::new()
+                }
+            };
         groups
             .iter()
             .map(|group| {
@@ -970,8 +968,7 @@ impl Logs for ClusterLogs {
     fn cluster_health(&self) -> Option<ClusterHealth> {
         let log = &self.log;
         Some(self.block_on(async {
-            let database = log.probe_database().await;
-            let object_store = log.probe_store().await;
+            let (database, object_store) = tokio::join!(log.probe_database(), log.probe_store());
             let leases = match database.error {
                 Some(_) => None,
                 None => tokio::time::timeout(PROBE_TIMEOUT, log.leases())
@@ -1239,15 +1236,14 @@ impl GroupStore for ClusterLogs {
 
     fn listed_elsewhere(&self) -> Result<Vec<GroupListing>, StorageError> {
         let this = self.this.id.to_string();
-        let leases = self.wait(self.log.live_leases("group:"), "", 0)?;
+        let leases = self.wait(self.log.live_leases("group:", None), "", 0)?;
         Ok(leases
             .into_iter()
-            .filter(|(_, holder, _)| *holder != this)
-            .filter_map(|(name, _, note)| {
-                let note = note?;
-                let listing: GroupListing = serde_json::from_str(&note)
+            .filter(|l| l.holder != this)
+            .filter_map(|l| {
+                let listing: GroupListing = serde_json::from_str(l.note.as_deref()?)
                     .inspect_err(
-                        |e| tracing::warn!(lease = name, error = %e, "a group's note is not one"),
+                        |e| tracing::warn!(lease = l.name, error = %e, "a group's note is not one"),
                     )
                     .ok()?;
                 // An empty group adds nothing to the offsets' list of names.

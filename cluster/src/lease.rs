@@ -60,6 +60,18 @@ impl GroupOffset {
     }
 }
 
+/// A live lease, as any node reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub name: String,
+    pub holder: String,
+    pub epoch: i64,
+    /// How long it runs unless its holder renews it.
+    pub expires_in_ms: i64,
+    /// What its holder reports of the work it does under it.
+    pub note: Option<String>,
+}
+
 /// A lease this node holds. Its clones are the same hold: renewing one keeps them all
 /// current, so a job can act under a lease that another task renews.
 #[derive(Debug, Clone)]
@@ -218,21 +230,29 @@ impl SharedLog {
         Ok(())
     }
 
-    /// The live leases whose names start with `prefix`: (name, holder, the holder's note), by
-    /// name.
-    pub async fn live_leases(&self, prefix: &str) -> Result<Vec<(String, String, Option<String>)>> {
+    /// The live leases whose names start with `prefix`, by name: at most `limit` of them, or
+    /// all when `None`.
+    pub async fn live_leases(&self, prefix: &str, limit: Option<i64>) -> Result<Vec<LeaseRow>> {
         let rows = self
             .db()
             .await?
             .query(
-                "SELECT name, holder, note FROM weir.leases
-                 WHERE starts_with(name, $1) AND expires_at > now() ORDER BY name",
-                &[&prefix],
+                "SELECT name, holder, epoch,
+                        (extract(epoch FROM expires_at - now()) * 1000)::int8, note
+                 FROM weir.leases WHERE starts_with(name, $1) AND expires_at > now()
+                 ORDER BY name LIMIT $2",
+                &[&prefix, &limit],
             )
             .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| LeaseRow {
+                name: r.get(0),
+                holder: r.get(1),
+                epoch: r.get(2),
+                expires_in_ms: r.get(3),
+                note: r.get(4),
+            })
             .collect())
     }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 
+pub use crate::lease::LeaseRow;
 use crate::{Result, SharedLog};
 
 /// Most leases one status lists; the count says how many there are in all.
@@ -18,18 +19,6 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// answers.
 const PROBE_KEY: &str = "weir-probe";
 
-/// A live lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseRow {
-    pub name: String,
-    pub holder: String,
-    pub epoch: i64,
-    /// How long it runs unless its holder renews it.
-    pub expires_in_ms: i64,
-    /// What its holder reports of the work it does under it.
-    pub note: Option<String>,
-}
-
 /// Whether a service answered one request, and how fast.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
@@ -41,32 +30,16 @@ pub struct Probe {
 impl SharedLog {
     /// The live leases by name, at most [`LEASES_LISTED_MAX`], and how many there are.
     pub async fn leases(&self) -> Result<(Vec<LeaseRow>, i64)> {
-        let db = self.db().await?;
-        let total: i64 = db
+        let total: i64 = self
+            .db()
+            .await?
             .query_one(
                 "SELECT count(*) FROM weir.leases WHERE expires_at > now()",
                 &[],
             )
             .await?
             .get(0);
-        let rows = db
-            .query(
-                "SELECT name, holder, epoch,
-                        (extract(epoch FROM expires_at - now()) * 1000)::int8, note
-                 FROM weir.leases WHERE expires_at > now() ORDER BY name LIMIT $1",
-                &[&LEASES_LISTED_MAX],
-            )
-            .await?;
-        let leases = rows
-            .iter()
-            .map(|r| LeaseRow {
-                name: r.get(0),
-                holder: r.get(1),
-                epoch: r.get(2),
-                expires_in_ms: r.get(3),
-                note: r.get(4),
-            })
-            .collect();
+        let leases = self.live_leases("", Some(LEASES_LISTED_MAX)).await?;
         Ok((leases, total))
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::{append, cluster, flush, two_nodes};
 use weir_cluster::lease::{COMMIT_OFFSETS_MAX, LEASE_MS_MAX, LEASE_NOTE_BYTES_MAX, NAME_BYTES_MAX};
+use weir_cluster::status::LEASES_LISTED_MAX;
 use weir_cluster::{ClusterError, NodeInfo, SharedLog, leader};
 use weir_cluster::{GroupOffset, OFFSET_METADATA_BYTES_MAX};
 
@@ -105,7 +106,11 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         Some(("n1".to_string(), 1))
     );
     // The holder leaves a note on its lease, which every node reads.
-    let notes = async |node: &SharedLog| node.live_leases("group:").await.expect("leases");
+    let notes = async |node: &SharedLog| {
+        let leases = node.live_leases("group:", None).await.expect("leases");
+        let seen = leases.into_iter().map(|l| (l.name, l.holder, l.note));
+        seen.collect::<Vec<_>>()
+    };
     let noted_by = |node: &str, note: Option<&str>| {
         let note = note.map(str::to_string);
         vec![("group:g".to_string(), node.to_string(), note)]
@@ -286,6 +291,21 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
     assert!(job.is_current(), "renewed 400 ms ago, through its clone");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!job.is_current(), "not renewed for 800 ms");
+
+    // The status lists the live leases up to its bound, and counts them all.
+    let more = LEASES_LISTED_MAX + 1;
+    for i in 0..more {
+        let name = format!("many:{i:04}");
+        a.acquire(&name, 60_000)
+            .await
+            .expect("acquire")
+            .expect("free");
+    }
+    let (listed, total) = b.leases().await.expect("leases");
+    assert_eq!(listed.len() as i64, LEASES_LISTED_MAX);
+    assert!(total >= more, "{total} live leases, {more} of them many:");
+    assert!(listed.windows(2).all(|w| w[0].name < w[1].name), "by name");
+    assert!(listed.iter().all(|l| l.expires_in_ms > 0 && l.epoch >= 1));
 }
 
 #[tokio::test]

@@ -907,7 +907,7 @@ impl Coordinator {
             let kept = !(g.state == State::Empty && g.members.is_empty() && g.pending.is_empty())
                 && self.store.held(name) == Some(g.epoch);
             let seen = (g.state, g.generation, g.members.len());
-            if g.reported != Some(seen) || !kept {
+            if g.reported != Some(seen) {
                 g.reported = Some(seen);
                 self.store.report(&listing(name, Some(g)));
             }
