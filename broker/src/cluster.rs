@@ -780,6 +780,10 @@ impl weir_storage::Topics for ClusterLogs {
         Logs::delete_topic(self, name)
     }
 
+    fn batch_bytes_max(&self, topic: &str) -> Result<u64, StorageError> {
+        Logs::batch_bytes_max(self, topic)
+    }
+
     fn append(&self, topic: &str, partition: u32, batches: Bytes) -> Result<u64, StorageError> {
         let (base, _, _) = Logs::append(self, topic, partition, batches)?;
         Ok(base as u64)

@@ -14,7 +14,7 @@
 //! restart rereads little.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use weir_storage::{NewRecord, Record, Storage, Tree, in_batches, now_ms};
+use weir_storage::{NewRecord, Record, Topics, Tree, holds_header, in_batches, now_ms};
 
 use crate::Error;
 use crate::parallel::in_parallel;
@@ -128,7 +128,8 @@ pub struct Pending {
 /// The first bytes of a step file.
 const STEP_FILE_MAGIC: &[u8; 8] = b"WEIRSQL1";
 
-/// The files of a SQL pipeline's saved steps: `<data dir>/sql-pipelines/<name>/<seq>.step`,
+/// The files of a SQL pipeline's saved steps: `<steps dir>/<name>/<seq>.step` (the steps dir
+/// is `<data dir>/sql-pipelines`),
 /// each the operator's state and the step's result batches, under a CRC-32C. Only the file of
 /// the checkpoint in the metadata store is kept.
 pub struct StepFiles {
@@ -136,9 +137,9 @@ pub struct StepFiles {
 }
 
 impl StepFiles {
-    pub fn new(storage: &Storage, pipeline: &str) -> StepFiles {
+    pub fn new(steps_dir: &Path, pipeline: &str) -> StepFiles {
         StepFiles {
-            dir: storage.data_dir().join("sql-pipelines").join(pipeline),
+            dir: steps_dir.join(pipeline),
         }
     }
 
@@ -268,7 +269,7 @@ fn b64() -> &'static base64::engine::GeneralPurpose {
 
 pub struct OperatorRunner {
     spec: PipelineSpec,
-    storage: Arc<Storage>,
+    topics: Arc<dyn Topics>,
     checkpoints: Tree<SqlCheckpoint>,
     files: StepFiles,
     operator: Box<dyn Operator>,
@@ -286,14 +287,14 @@ pub struct OperatorRunner {
 impl OperatorRunner {
     pub fn new(
         spec: PipelineSpec,
-        storage: Arc<Storage>,
-        checkpoints: Tree<SqlCheckpoint>,
+        topics: Arc<dyn Topics>,
+        (checkpoints, steps_dir): (Tree<SqlCheckpoint>, &Path),
         mut operator: Box<dyn Operator>,
         stats: Arc<Stats>,
     ) -> Result<OperatorRunner, Error> {
         let checkpoint = checkpoints.get(&spec.name)?.unwrap_or_default();
         stats.resume_from(checkpoint.counted);
-        let files = StepFiles::new(&storage, &spec.name);
+        let files = StepFiles::new(steps_dir, &spec.name);
         let (state, batches) = match checkpoint.seq {
             0 => Default::default(),
             _ => files.load(&checkpoint)?,
@@ -304,7 +305,7 @@ impl OperatorRunner {
         }
         let mut runner = OperatorRunner {
             spec,
-            storage,
+            topics,
             checkpoints,
             files,
             operator,
@@ -338,13 +339,14 @@ impl OperatorRunner {
             )));
         }
         for (pending, batch) in checkpoint.pending.iter().zip(batches) {
-            let log = self.storage.log(&pending.topic, pending.partition)?;
+            let log = self.topics.partition(&pending.topic, pending.partition)?;
             let marker = self.marker(checkpoint.seq, pending.chunk);
-            if log.holds_header(pending.from, MARKER_HEADER, marker.as_bytes())? {
+            if holds_header(&*log, pending.from, MARKER_HEADER, marker.as_bytes())? {
                 continue;
             }
             tracing::info!(pipeline = %self.spec.name, topic = %pending.topic, partition = pending.partition, "appending the results of the step before a restart");
-            log.append(&batch)?;
+            self.topics
+                .append(&pending.topic, pending.partition, batch.into())?;
         }
         Ok(())
     }
@@ -352,15 +354,15 @@ impl OperatorRunner {
     /// Gives every input partition seen the first time its start offset, saved at once so a
     /// replay starts there too.
     fn open_partitions(&mut self) -> Result<(), Error> {
-        let partitions = self.storage.existing_topic(&self.spec.from)?.partitions;
+        let partitions = self.topics.existing_topic(&self.spec.from)?.partitions;
         let start = StartAt::parse(&self.spec.from_offset)?;
         let mut opened = false;
         for partition in 0..partitions {
             if self.next_offsets.contains_key(&partition) {
                 continue;
             }
-            let log = self.storage.log(&self.spec.from, partition)?;
-            self.next_offsets.insert(partition, start.resolve(&log)?);
+            let log = self.topics.partition(&self.spec.from, partition)?;
+            self.next_offsets.insert(partition, start.resolve(&*log)?);
             opened = true;
         }
         if opened {
@@ -378,14 +380,14 @@ impl OperatorRunner {
     fn read(&self) -> Result<Vec<(u32, Vec<Record>)>, Error> {
         let mut behind = Vec::new();
         for (&partition, &next) in &self.next_offsets {
-            let log = self.storage.log(&self.spec.from, partition)?;
-            if next < log.high_watermark() {
+            let log = self.topics.partition(&self.spec.from, partition)?;
+            if next < log.offsets()?.1 {
                 behind.push((partition, log, next));
             }
         }
         let records_max = self.spec.batch_records_max;
         let read = in_parallel(behind, |(partition, log, next)| {
-            step_records(&log, next, records_max).map(|records| (partition, records))
+            step_records(&*log, next, records_max).map(|records| (partition, records))
         });
         let mut inputs = read.into_iter().collect::<Result<Vec<_>, Error>>()?;
         inputs.retain(|(_, records)| !records.is_empty());
@@ -401,7 +403,7 @@ impl OperatorRunner {
         let mut failed = None;
         let mut late = 0;
         let dead_letter_topic = self.spec.dead_letter_topic();
-        let dead_partitions = dead_letter_partitions(&self.storage, &self.spec)?;
+        let dead_partitions = dead_letter_partitions(&*self.topics, &self.spec)?;
         let output = self.spec.to[0].clone();
         let inputs = self.read()?;
         let results = self.operator.push(&inputs, now_ms());
@@ -498,9 +500,10 @@ impl OperatorRunner {
             } else {
                 out_count += records.len() as u64;
             }
-            let log = self.storage.log(&topic, partition)?;
-            let from = log.log_end_offset();
-            for (chunk, records) in in_batches(records, log.config().batch_bytes_max - MARKER_ROOM)
+            // Where a restart looks for these batches: the end of what is acknowledged now.
+            let from = self.topics.partition(&topic, partition)?.offsets()?.1;
+            let bytes_max = self.topics.batch_bytes_max(&topic)?;
+            for (chunk, records) in in_batches(records, bytes_max.saturating_sub(MARKER_ROOM))
                 .into_iter()
                 .enumerate()
             {
@@ -513,7 +516,7 @@ impl OperatorRunner {
                     from,
                     batch: String::new(),
                 });
-                batches.push((log.clone(), batch));
+                batches.push(((topic.clone(), partition), batch));
             }
         }
         let bytes: Vec<&[u8]> = batches.iter().map(|(_, batch)| batch.as_slice()).collect();
@@ -524,8 +527,8 @@ impl OperatorRunner {
             ..Counted::default()
         };
         self.save(pending, &bytes, results)?;
-        for (log, batch) in batches {
-            log.append(&batch)?;
+        for ((topic, partition), batch) in batches {
+            self.topics.append(&topic, partition, batch.into())?;
         }
         self.stats
             .records_out
@@ -576,6 +579,9 @@ impl OperatorRunner {
     }
 }
 
+/// The directory under the data directory where SQL pipelines keep their saved steps.
+pub const STEPS_DIR: &str = "sql-pipelines";
+
 /// Bytes kept free in each batch of results for the marker header on its last record.
 const MARKER_ROOM: u64 = 256;
 
@@ -583,7 +589,7 @@ const MARKER_ROOM: u64 = 256;
 mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-    use weir_storage::{BatchBuilder, Compression, StorageConfig};
+    use weir_storage::{BatchBuilder, Compression, Storage, StorageConfig};
 
     use super::*;
 
@@ -684,10 +690,14 @@ mod tests {
             OperatorRunner::new(
                 spec,
                 self.storage.clone(),
-                self.checkpoints.clone(),
+                (self.checkpoints.clone(), &self.steps_dir()),
                 Box::new(Echo { seen: 0, copies }),
                 Arc::new(Stats::default()),
             )
+        }
+
+        fn steps_dir(&self) -> PathBuf {
+            self.storage.data_dir().join(STEPS_DIR)
         }
 
         fn saved(&self) -> SqlCheckpoint {
@@ -696,7 +706,7 @@ mod tests {
 
         /// Saves `checkpoint` with `state` and `batches` as the runner does.
         fn commit(&self, checkpoint: &SqlCheckpoint, state: &[u8], batches: &[&[u8]]) {
-            StepFiles::new(&self.storage, "echo")
+            StepFiles::new(&self.steps_dir(), "echo")
                 .commit(&self.checkpoints, "echo", checkpoint, state, batches)
                 .unwrap();
         }
@@ -809,7 +819,7 @@ mod tests {
         assert!(matches!(runner.step().unwrap(), Step::Worked));
         drop(runner);
         let seq = node.saved().seq;
-        let files = StepFiles::new(&node.storage, "echo");
+        let files = StepFiles::new(&node.steps_dir(), "echo");
         // A save the crash cut short of the store: its file is not the checkpoint's.
         std::fs::write(files.path(seq + 1), b"half").unwrap();
         drop(node.open(spec(), 1).unwrap());

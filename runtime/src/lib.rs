@@ -89,7 +89,12 @@ impl Runtime {
         let sandbox = Arc::new(Sandbox::new(config)?);
         let registry = Arc::new(Registry::open(&storage, sandbox)?);
         let plugin_dir = storage.data_dir().join("plugins");
-        let pipelines = Pipelines::open(storage, registry.clone())?;
+        let pipelines = Pipelines::open(
+            storage.clone(),
+            storage.meta(),
+            storage.data_dir().join(continuous::STEPS_DIR),
+            registry.clone(),
+        )?;
         Ok(Runtime {
             registry,
             pipelines,

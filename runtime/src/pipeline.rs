@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use weir::Kind;
-use weir_storage::{BatchBuilder, Compression, Header, Log, NewRecord, Record, Storage, Tree};
+use weir_storage::{
+    BatchBuilder, Compression, Header, NewRecord, PartitionSource, Record, Topics, Tree,
+};
 
 use crate::registry::{PluginVersion, Registry};
 use crate::sandbox::{CallError, Init, Instance, Plugin};
@@ -124,14 +126,15 @@ impl StartAt {
         })
     }
 
-    pub(crate) fn resolve(self, log: &Arc<Log>) -> Result<u64, Error> {
+    pub(crate) fn resolve(self, log: &dyn PartitionSource) -> Result<u64, Error> {
+        let (start, end) = log.offsets()?;
         Ok(match self {
-            StartAt::Earliest => log.log_start_offset(),
-            StartAt::Latest => log.high_watermark(),
-            StartAt::Offset(offset) => offset.clamp(log.log_start_offset(), log.high_watermark()),
+            StartAt::Earliest => start,
+            StartAt::Latest => end,
+            StartAt::Offset(offset) => offset.clamp(start, end),
             StartAt::Timestamp(ms) => log
                 .offset_for_timestamp(ms)?
-                .map_or(log.high_watermark(), |(offset, _)| offset),
+                .map_or(end, |(offset, _)| offset),
         })
     }
 }
@@ -382,7 +385,7 @@ pub(crate) struct StagesOutcome {
 /// The state of one pipeline between steps; owned by its task.
 pub struct Runner {
     spec: PipelineSpec,
-    storage: Arc<Storage>,
+    topics: Arc<dyn Topics>,
     registry: Arc<Registry>,
     checkpoints: Tree<Checkpoint>,
     stages: Vec<Stage>,
@@ -404,6 +407,9 @@ pub enum Step {
     Pause(String),
 }
 
+/// One partition of an output topic (or the dead-letter topic): topic, partition, its log.
+type OutputLog = (String, u32, Arc<dyn PartitionSource>);
+
 fn log_key(topic: &str, partition: u32) -> String {
     format!("{topic}/{partition}")
 }
@@ -415,14 +421,14 @@ pub fn checkpoint_key(pipeline: &str, partition: u32) -> String {
 impl Runner {
     pub fn new(
         spec: PipelineSpec,
-        storage: Arc<Storage>,
+        topics: Arc<dyn Topics>,
         registry: Arc<Registry>,
         checkpoints: Tree<Checkpoint>,
         stats: Arc<Stats>,
     ) -> Result<Runner, Error> {
         let mut runner = Runner {
             spec,
-            storage,
+            topics,
             registry,
             checkpoints,
             stages: Vec::new(),
@@ -436,7 +442,7 @@ impl Runner {
         Ok(runner)
     }
 
-    fn output_logs(&self) -> Result<Vec<(String, u32, Arc<Log>)>, Error> {
+    fn output_logs(&self) -> Result<Vec<OutputLog>, Error> {
         let mut logs = Vec::new();
         for topic in self
             .spec
@@ -444,12 +450,12 @@ impl Runner {
             .iter()
             .chain(std::iter::once(&self.spec.dead_letter_topic()))
         {
-            let meta = self.storage.existing_topic(topic)?;
+            let meta = self.topics.existing_topic(topic)?;
             for partition in 0..meta.partitions {
                 logs.push((
                     topic.clone(),
                     partition,
-                    self.storage.log(topic, partition)?,
+                    self.topics.partition(topic, partition)?,
                 ));
             }
         }
@@ -459,7 +465,7 @@ impl Runner {
     /// Loads each input partition's checkpoint (creating one at `from_offset` for a partition seen
     /// the first time) and scans the outputs written after it for this pipeline's markers.
     fn open_cursors(&mut self) -> Result<(), Error> {
-        let partitions = self.storage.existing_topic(&self.spec.from)?.partitions;
+        let partitions = self.topics.existing_topic(&self.spec.from)?.partitions;
         let outputs = self.output_logs()?;
         for partition in 0..partitions {
             if self.cursors.contains_key(&partition) {
@@ -472,11 +478,11 @@ impl Runner {
                     let start = StartAt::parse(&self.spec.from_offset)?;
                     let checkpoint = Checkpoint {
                         next_offset: start
-                            .resolve(&self.storage.log(&self.spec.from, partition)?)?,
+                            .resolve(&*self.topics.partition(&self.spec.from, partition)?)?,
                         outputs: outputs
                             .iter()
-                            .map(|(t, p, log)| (log_key(t, *p), log.log_end_offset()))
-                            .collect(),
+                            .map(|(t, p, log)| Ok((log_key(t, *p), log.offsets()?.1)))
+                            .collect::<Result<_, Error>>()?,
                         counted: Counted::default(),
                     };
                     // Durably: replays after a crash start from here.
@@ -488,13 +494,14 @@ impl Runner {
             let marker_prefix = format!("{}/{partition}/", self.spec.name);
             for (topic, output_partition, log) in &outputs {
                 let name = log_key(topic, *output_partition);
+                let (start, end) = log.offsets()?;
                 let mut offset = checkpoint
                     .outputs
                     .get(&name)
                     .copied()
                     .unwrap_or(0)
-                    .max(log.log_start_offset());
-                while offset < log.high_watermark() {
+                    .max(start);
+                while offset < end {
                     let records = log.read_records(offset, STEP_BYTES_MAX)?;
                     let Some(last) = records.last() else { break };
                     offset = last.offset as u64 + 1;
@@ -584,12 +591,12 @@ impl Runner {
         let mut worked = false;
         let partitions: Vec<u32> = self.cursors.keys().copied().collect();
         for partition in partitions {
-            let log = self.storage.log(&self.spec.from, partition)?;
+            let log = self.topics.partition(&self.spec.from, partition)?;
             let next_offset = self
                 .cursors
                 .get(&partition)
                 .map_or(0, |(c, _)| c.next_offset);
-            let records = step_records(&log, next_offset, self.spec.batch_records_max)?;
+            let records = step_records(&*log, next_offset, self.spec.batch_records_max)?;
             if records.is_empty() {
                 continue;
             }
@@ -621,7 +628,7 @@ impl Runner {
 
     /// Runs a step's records through the chain of stages.
     fn run_stages(&mut self, partition: u32, records: &[Record]) -> Result<StagesOutcome, Error> {
-        let first_partitions = self.storage.existing_topic(&self.spec.to[0])?.partitions;
+        let first_partitions = self.topics.existing_topic(&self.spec.to[0])?.partitions;
         let items = records
             .iter()
             .enumerate()
@@ -655,11 +662,11 @@ impl Runner {
                 let key = log_key(t, *p);
                 let at = match covered.contains_key(&key) {
                     true => checkpoint.outputs.get(&key).copied().unwrap_or(0),
-                    false => log.log_end_offset(),
+                    false => log.offsets()?.1,
                 };
-                (key, at)
+                Ok((key, at))
             })
-            .collect();
+            .collect::<Result<_, Error>>()?;
         self.checkpoints
             .insert_unflushed(&checkpoint_key(&self.spec.name, partition), checkpoint)?;
         Ok(())
@@ -727,7 +734,7 @@ impl Runner {
             .last()
             .map(|l| format!("{}: {}", l.plugin, l.message));
         let dead_letter_topic = self.spec.dead_letter_topic();
-        let dead_partition = partition % dead_letter_partitions(&self.storage, &self.spec)?;
+        let dead_partition = partition % dead_letter_partitions(&*self.topics, &self.spec)?;
         for letter in dead_letters {
             handled.insert(letter.origin);
             if !already_in(&dead_letter_topic, dead_partition, letter.origin) {
@@ -778,7 +785,7 @@ impl Runner {
         let partitions = match partition_counts.get(topic) {
             Some(count) => *count,
             None => {
-                let count = self.storage.existing_topic(topic)?.partitions;
+                let count = self.topics.existing_topic(topic)?.partitions;
                 partition_counts.insert(topic.to_string(), count);
                 count
             }
@@ -805,7 +812,7 @@ impl Runner {
     ) -> Result<(), Error> {
         for ((topic, p), records) in groups {
             let batch = batch_with_marker(records, marker)?;
-            self.storage.log(&topic, p)?.append(&batch)?;
+            self.topics.append(&topic, p, batch.into())?;
         }
         Ok(())
     }
@@ -814,12 +821,13 @@ impl Runner {
 /// The records a step reads from `log` at `next_offset` (or the log's start, if later): up to
 /// [`STEP_BYTES_MAX`] bytes and `records_max` records; none when it is at the end.
 pub(crate) fn step_records(
-    log: &Log,
+    log: &dyn PartitionSource,
     next_offset: u64,
     records_max: u32,
 ) -> Result<Vec<Record>, Error> {
-    let next_offset = next_offset.max(log.log_start_offset());
-    if next_offset >= log.high_watermark() {
+    let (start, end) = log.offsets()?;
+    let next_offset = next_offset.max(start);
+    if next_offset >= end {
         return Ok(Vec::new());
     }
     let mut records = log.read_records(next_offset, STEP_BYTES_MAX)?;
@@ -880,8 +888,11 @@ pub(crate) fn batch_with_marker(records: Vec<NewRecord>, marker: &Bytes) -> Resu
 }
 
 /// Partitions of `spec`'s dead-letter topic (at least one to spread over).
-pub(crate) fn dead_letter_partitions(storage: &Storage, spec: &PipelineSpec) -> Result<u32, Error> {
-    Ok(storage
+pub(crate) fn dead_letter_partitions(
+    topics: &dyn Topics,
+    spec: &PipelineSpec,
+) -> Result<u32, Error> {
+    Ok(topics
         .existing_topic(&spec.dead_letter_topic())?
         .partitions
         .max(1))
@@ -1046,7 +1057,7 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    use weir_storage::StorageConfig;
+    use weir_storage::{Storage, StorageConfig};
 
     use super::*;
     use crate::sandbox::{Sandbox, SandboxConfig};

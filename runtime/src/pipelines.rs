@@ -3,6 +3,7 @@
 //! threads), pause/resume/delete, and status.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use weir::Kind;
-use weir_storage::{Storage, Tree, now_ms};
+use weir_storage::{MetaStore, Topics, Tree, now_ms};
 
 use crate::Error;
 use crate::continuous::{Compiler, OperatorRunner, SqlCheckpoint, StepFiles};
@@ -117,7 +118,10 @@ struct Running {
 }
 
 pub struct Pipelines {
-    storage: Arc<Storage>,
+    /// Where pipelines read and write.
+    topics: Arc<dyn Topics>,
+    /// Where SQL pipelines and aggregating chains keep their saved steps.
+    steps_dir: PathBuf,
     registry: Arc<Registry>,
     tree: Tree<Stored>,
     checkpoints: Tree<Checkpoint>,
@@ -137,12 +141,20 @@ fn validate_pipeline_name(name: &str) -> Result<(), Error> {
 }
 
 impl Pipelines {
-    pub fn open(storage: Arc<Storage>, registry: Arc<Registry>) -> Result<Arc<Pipelines>, Error> {
+    /// The pipelines kept in `meta`, reading and writing `topics`, their saved steps under
+    /// `steps_dir`.
+    pub fn open(
+        topics: Arc<dyn Topics>,
+        meta: &MetaStore,
+        steps_dir: PathBuf,
+        registry: Arc<Registry>,
+    ) -> Result<Arc<Pipelines>, Error> {
         Ok(Arc::new(Pipelines {
-            tree: storage.meta().tree("pipelines")?,
-            checkpoints: storage.meta().tree("pipeline-checkpoints")?,
-            sql_checkpoints: storage.meta().tree("pipeline-sql-checkpoints")?,
-            storage,
+            tree: meta.tree("pipelines")?,
+            checkpoints: meta.tree("pipeline-checkpoints")?,
+            sql_checkpoints: meta.tree("pipeline-sql-checkpoints")?,
+            topics,
+            steps_dir,
             registry,
             running: Mutex::new(HashMap::new()),
             appended: watch::Sender::new(0),
@@ -175,13 +187,13 @@ impl Pipelines {
             let operator = PluginWindows::new(
                 spec.clone(),
                 self.registry.clone(),
-                &self.storage,
+                &*self.topics,
                 stats.clone(),
             )?;
             let runner = OperatorRunner::new(
                 spec,
-                self.storage.clone(),
-                self.sql_checkpoints.clone(),
+                self.topics.clone(),
+                (self.sql_checkpoints.clone(), &self.steps_dir),
                 Box::new(operator),
                 stats,
             )?;
@@ -191,7 +203,7 @@ impl Pipelines {
             let checkpoints = self.checkpoints.clone();
             let runner = Runner::new(
                 spec,
-                self.storage.clone(),
+                self.topics.clone(),
                 self.registry.clone(),
                 checkpoints,
                 stats,
@@ -204,8 +216,8 @@ impl Pipelines {
         let operator = compiler.compile(&spec).map_err(Error::Invalid)?;
         let runner = OperatorRunner::new(
             spec,
-            self.storage.clone(),
-            self.sql_checkpoints.clone(),
+            self.topics.clone(),
+            (self.sql_checkpoints.clone(), &self.steps_dir),
             operator,
             stats,
         )?;
@@ -290,12 +302,12 @@ impl Pipelines {
             )));
         }
         self.check(&spec)?;
-        let input = self.storage.existing_topic(&spec.from)?;
+        let input = self.topics.existing_topic(&spec.from)?;
         for topic in &spec.to {
-            self.storage
+            self.topics
                 .topic_or_create(topic, input.partitions, Default::default())?;
         }
-        self.storage
+        self.topics
             .topic_or_create(&spec.dead_letter_topic(), 1, Default::default())?;
         let stored = Stored {
             spec,
@@ -513,7 +525,7 @@ impl Pipelines {
             self.checkpoints.remove(&key)?;
         }
         self.sql_checkpoints.remove(name)?;
-        StepFiles::new(&self.storage, name).remove()?;
+        StepFiles::new(&self.steps_dir, name).remove()?;
         self.tree.remove(name)?;
         tracing::info!(pipeline = name, "pipeline deleted");
         Ok(())
@@ -564,14 +576,14 @@ impl Pipelines {
 
     /// Records of the input not yet processed, from the saved checkpoints.
     fn lag(&self, spec: &PipelineSpec) -> Result<u64, Error> {
-        let Some(input) = self.storage.topic(&spec.from)? else {
+        let Some(input) = self.topics.topic(&spec.from)? else {
             return Ok(0);
         };
         // SQL pipelines and aggregating chains keep one checkpoint for all partitions.
         let sql = self.sql_checkpoints.get(&spec.name)?;
         let mut lag = 0;
         for partition in 0..input.partitions {
-            let log = self.storage.log(&spec.from, partition)?;
+            let (start, end) = self.topics.partition(&spec.from, partition)?.offsets()?;
             let next = match &sql {
                 Some(checkpoint) => checkpoint
                     .next_offsets
@@ -583,9 +595,7 @@ impl Pipelines {
                     .get(&checkpoint_key(&spec.name, partition))?
                     .map_or(0, |c| c.next_offset),
             };
-            lag += log
-                .high_watermark()
-                .saturating_sub(next.max(log.log_start_offset()));
+            lag += end.saturating_sub(next.max(start));
         }
         Ok(lag)
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use weir::Kind;
-use weir_storage::{NewRecord, Record, Storage, locks};
+use weir_storage::{NewRecord, Record, Topics, locks};
 
 use crate::continuous::{Dead, Emitted, Gauges, Operator};
 use crate::pipeline::{Item, PipelineSpec, Stage, StagesOutcome, Stats, run_chain};
@@ -99,11 +99,11 @@ impl PluginWindows {
     pub(crate) fn new(
         spec: PipelineSpec,
         registry: Arc<Registry>,
-        storage: &Storage,
+        topics: &dyn Topics,
         stats: Arc<Stats>,
     ) -> Result<PluginWindows, Error> {
-        let input = storage.existing_topic(&spec.from)?.partitions;
-        let partitions = storage.existing_topic(&spec.to[0])?.partitions;
+        let input = topics.existing_topic(&spec.from)?.partitions;
+        let partitions = topics.existing_topic(&spec.to[0])?.partitions;
         let mut windows = PluginWindows {
             spec,
             registry,

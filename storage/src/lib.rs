@@ -54,7 +54,7 @@ pub use log::{
 pub use meta::{Bounded, MetaStore, TopicMeta, Tree, TreeBackend, new_keys};
 pub use producer::PRODUCER_BATCHES_MAX;
 pub use segment::{LogFile, OPEN_SEGMENTS_MAX_DEFAULT, open_segments, set_open_segments_max};
-pub use source::{PartitionSize, PartitionSource, Topics};
+pub use source::{PartitionSize, PartitionSource, Topics, holds_header};
 pub use space::{DISK_FREE_BYTES_MIN_DEFAULT, DiskSpace};
 pub use storage::{
     DELAYED_RECORDS_MAX_DEFAULT, MAINTENANCE_INTERVAL_MS_DEFAULT, PARTITIONS_MAX,

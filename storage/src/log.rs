@@ -986,22 +986,7 @@ impl Log {
     /// writer that appends before it records its progress finds, after a crash, whether an
     /// append it was making landed.
     pub fn holds_header(&self, from: u64, key: &str, value: &[u8]) -> Result<bool> {
-        /// Bytes read at a time while looking.
-        const READ_BYTES: u64 = 4 << 20;
-        let mut offset = from.max(self.log_start_offset());
-        while offset < self.high_watermark() {
-            let records = self.read_records(offset, READ_BYTES)?;
-            let Some(last) = records.last() else { break };
-            offset = last.offset as u64 + 1;
-            let found = records
-                .iter()
-                .flat_map(|r| &r.headers)
-                .any(|h| h.key == key && h.value.as_deref() == Some(value));
-            if found {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        crate::source::holds_header(self, from, key, value)
     }
 
     /// All segments, oldest first; the last one is active and there is always one.

@@ -54,8 +54,26 @@ pub trait Topics: Send + Sync + std::fmt::Debug {
         partitions: u32,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta>;
+    /// The topic `name`, made with `partitions` and `configs` if it does not exist yet (by this
+    /// call or another's meanwhile).
+    fn topic_or_create(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicMeta> {
+        if let Some(meta) = self.topic(name)? {
+            return Ok(meta);
+        }
+        match self.create_topic(name, partitions, configs) {
+            Err(StorageError::TopicExists { .. }) => self.existing_topic(name),
+            made => made,
+        }
+    }
     /// Deletes a topic and its records.
     fn delete_topic(&self, name: &str) -> Result<()>;
+    /// The largest record set `topic` takes (`max.message.bytes`).
+    fn batch_bytes_max(&self, topic: &str) -> Result<u64>;
     /// Appends a record set (whole batches) to a partition and answers once it is durable, with
     /// the offset of its first record.
     fn append(&self, topic: &str, partition: u32, batches: Bytes) -> Result<u64>;
@@ -108,6 +126,32 @@ pub trait PartitionSource: Send + Sync {
     }
 }
 
+/// Whether `source` holds, from offset `from` on, a record with header `key` set to `value`.
+pub fn holds_header(
+    source: &(impl PartitionSource + ?Sized),
+    from: u64,
+    key: &str,
+    value: &[u8],
+) -> Result<bool> {
+    /// Bytes read at a time while looking.
+    const READ_BYTES: u64 = 4 << 20;
+    let (start, end) = source.offsets()?;
+    let mut offset = from.max(start);
+    while offset < end {
+        let records = source.read_records(offset, READ_BYTES)?;
+        let Some(last) = records.last() else { break };
+        offset = last.offset as u64 + 1;
+        let found = records
+            .iter()
+            .flat_map(|r| &r.headers)
+            .any(|h| h.key == key && h.value.as_deref() == Some(value));
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 impl Topics for Storage {
     fn list_topics(&self) -> Result<Vec<TopicMeta>> {
         Storage::list_topics(self)
@@ -132,6 +176,10 @@ impl Topics for Storage {
 
     fn delete_topic(&self, name: &str) -> Result<()> {
         Storage::delete_topic(self, name)
+    }
+
+    fn batch_bytes_max(&self, topic: &str) -> Result<u64> {
+        Ok(self.log(topic, 0)?.config().batch_bytes_max)
     }
 
     fn append(&self, topic: &str, partition: u32, batches: Bytes) -> Result<u64> {

@@ -482,23 +482,6 @@ impl Storage {
         sync_dir(&self.topics_dir())
     }
 
-    /// The topic `name`, created with `partitions` and `configs` unless it exists (when another
-    /// caller creates it at the same time, theirs).
-    pub fn topic_or_create(
-        &self,
-        name: &str,
-        partitions: u32,
-        configs: BTreeMap<String, String>,
-    ) -> Result<TopicMeta> {
-        if let Some(meta) = self.topic(name)? {
-            return Ok(meta);
-        }
-        match self.create_topic(name, partitions, configs) {
-            Err(StorageError::TopicExists { .. }) => self.existing_topic(name),
-            made => made,
-        }
-    }
-
     /// Creates a topic. Its directories are created first and the metadata written last, so a
     /// crash in between leaves no topic (and the directories are replaced on the next try).
     pub fn create_topic(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use weir_storage::{LogFile, Produced, Storage, StorageError, TopicMeta, locks};
+use weir_storage::{LogFile, Produced, Storage, StorageError, TopicMeta, Topics, locks};
 
 use super::frame::LENT_BYTES_MIN;
 
@@ -259,12 +259,12 @@ impl Logs for LocalLogs {
         partitions: u32,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicInfo, StorageError> {
-        let meta = self.storage.topic_or_create(name, partitions, configs)?;
+        let meta = Topics::topic_or_create(&*self.storage, name, partitions, configs)?;
         Ok(TopicInfo::from(&meta))
     }
 
     fn batch_bytes_max(&self, topic: &str) -> Result<u64, StorageError> {
-        Ok(self.storage.log(topic, 0)?.config().batch_bytes_max)
+        Topics::batch_bytes_max(&*self.storage, topic)
     }
 
     fn topic_meta(&self, name: &str) -> Result<Option<TopicMeta>, StorageError> {

@@ -36,7 +36,7 @@ use weir_runtime::PipelineSpec;
 use weir_runtime::continuous::{Compiler, Dead, Emitted, Gauges, Operator};
 use weir_runtime::parallel::in_parallel;
 use weir_runtime::watermark::EventClock;
-use weir_storage::{NewRecord, Record, Storage, locks};
+use weir_storage::{NewRecord, Record, Topics, locks};
 
 use super::source::{Slot, SlotExec, SlotTable};
 use super::statement::{Command, CreatePipeline, Options, parse};
@@ -55,7 +55,7 @@ pub const OPEN_GROUPS_MAX: u64 = 4_000_000;
 #[derive(Debug)]
 struct Sources {
     read: std::sync::Mutex<Option<(String, Option<WindowSpec>)>>,
-    storage: Arc<Storage>,
+    topics: Arc<dyn Topics>,
     slot: Arc<Slot>,
 }
 
@@ -63,7 +63,7 @@ impl Sources {
     /// The step's records as topic `topic`'s table; a query reads one topic.
     fn table(&self, topic: &str, window: Option<&WindowSpec>) -> Result<Arc<dyn TableProvider>> {
         let meta = self
-            .storage
+            .topics
             .existing_topic(topic)
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         let mut read = locks::lock(&self.read);
@@ -115,7 +115,7 @@ impl SchemaProvider for StepSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.0.storage.topic(name).ok().flatten().is_some()
+        self.0.topics.topic(name).ok().flatten().is_some()
     }
 }
 
@@ -235,7 +235,7 @@ impl Groups {
 const PARALLEL_RECORDS_MIN: usize = 1024;
 
 pub struct Query {
-    storage: Arc<Storage>,
+    topics: Arc<dyn Topics>,
     source: String,
     output: String,
     window: Option<WindowSpec>,
@@ -274,13 +274,13 @@ fn refused(plan: &dyn ExecutionPlan) -> Option<&'static str> {
 impl Query {
     /// Plans `create`'s `SELECT` over the records of a step.
     pub async fn plan(
-        storage: Arc<Storage>,
+        topics: Arc<dyn Topics>,
         create: &CreatePipeline,
         functions: Option<&Functions>,
     ) -> Result<Query, Error> {
         let sources = Arc::new(Sources {
             read: Default::default(),
-            storage: storage.clone(),
+            topics: topics.clone(),
             slot: Default::default(),
         });
         let config = SessionConfig::new()
@@ -335,7 +335,7 @@ impl Query {
                 (partial, Some(aggregation))
             }
         };
-        let meta = storage.existing_topic(&source)?;
+        let meta = topics.existing_topic(&source)?;
         let typed = typed_columns(&meta)?;
         let input_schema: SchemaRef = Arc::new(topic_schema(&typed));
         // Only the columns the plan reads are built from the records, and the window's time.
@@ -353,7 +353,7 @@ impl Query {
             None => None,
         };
         Ok(Query {
-            storage,
+            topics,
             source,
             output: create.output.clone(),
             window,
@@ -487,12 +487,12 @@ impl Query {
         };
         if self.sink.is_none() {
             let meta = self
-                .storage
+                .topics
                 .existing_topic(&self.output)
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
             let typed = typed_columns(&meta).map_err(|e| DataFusionError::Plan(e.to_string()))?;
             let sink = TopicSink::new(
-                self.storage.clone(),
+                self.topics.clone(),
                 self.output.clone(),
                 Arc::new(topic_schema(&typed)),
                 typed,
@@ -852,14 +852,14 @@ impl Operator for Query {
 
 /// Makes the operators of SQL pipelines for the runtime.
 pub struct ContinuousQueries {
-    storage: Arc<Storage>,
+    topics: Arc<dyn Topics>,
     functions: Option<Arc<Functions>>,
 }
 
 impl ContinuousQueries {
-    /// Queries over `storage`'s topics that may call `functions`.
-    pub fn new(storage: Arc<Storage>, functions: Option<Arc<Functions>>) -> ContinuousQueries {
-        ContinuousQueries { storage, functions }
+    /// Queries over `topics` that may call `functions`.
+    pub fn new(topics: Arc<dyn Topics>, functions: Option<Arc<Functions>>) -> ContinuousQueries {
+        ContinuousQueries { topics, functions }
     }
 }
 
@@ -875,7 +875,7 @@ impl Compiler for ContinuousQueries {
         let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
         let query = handle
             .block_on(Query::plan(
-                self.storage.clone(),
+                self.topics.clone(),
                 &create,
                 self.functions.as_deref(),
             ))
