@@ -14,7 +14,7 @@
 //! restart rereads little.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -128,52 +128,120 @@ pub struct Pending {
 /// The first bytes of a step file.
 const STEP_FILE_MAGIC: &[u8; 8] = b"WEIRSQL1";
 
-/// The files of a SQL pipeline's saved steps: `<steps dir>/<name>/<seq>.step` (the steps dir
-/// is `<data dir>/sql-pipelines`),
-/// each the operator's state and the step's result batches, under a CRC-32C. Only the file of
-/// the checkpoint in the metadata store is kept.
-pub struct StepFiles {
+/// Where SQL pipelines and aggregating chains keep the files of their saved steps, one per
+/// pipeline and sequence number: on a lone node, a directory ([`StepDir`]).
+pub trait StepStore: Send + Sync {
+    /// Writes step `seq` of `pipeline`, the concatenation of `parts`, durably: it is whole
+    /// once this returns, and absent or not readable after a crash before.
+    fn write(&self, pipeline: &str, seq: u64, parts: &[&[u8]]) -> Result<(), Error>;
+    /// The bytes of step `seq` of `pipeline`.
+    fn read(&self, pipeline: &str, seq: u64) -> Result<Vec<u8>, Error>;
+    /// Removes every step of `pipeline` but `seq`'s: those of earlier checkpoints, and one a
+    /// crash cut short of its checkpoint. One left behind only costs space.
+    fn keep_only(&self, pipeline: &str, seq: u64);
+    /// Removes every step of `pipeline`, with the pipeline.
+    fn remove(&self, pipeline: &str) -> Result<(), Error>;
+}
+
+/// Steps as files of a directory, `<dir>/<pipeline>/<seq>.step`; a node's is
+/// `<data dir>/sql-pipelines` ([`STEPS_DIR`]).
+pub struct StepDir {
     dir: PathBuf,
 }
 
-impl StepFiles {
-    pub fn new(steps_dir: &Path, pipeline: &str) -> StepFiles {
-        StepFiles {
-            dir: steps_dir.join(pipeline),
+impl StepDir {
+    pub fn new(dir: PathBuf) -> StepDir {
+        StepDir { dir }
+    }
+
+    fn pipeline_dir(&self, pipeline: &str) -> PathBuf {
+        self.dir.join(pipeline)
+    }
+
+    pub fn path(&self, pipeline: &str, seq: u64) -> PathBuf {
+        self.pipeline_dir(pipeline).join(format!("{seq:020}.step"))
+    }
+}
+
+impl StepStore for StepDir {
+    fn write(&self, pipeline: &str, seq: u64, parts: &[&[u8]]) -> Result<(), Error> {
+        let dir = self.pipeline_dir(pipeline);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        write_durably_with(&self.path(pipeline, seq), |file| {
+            parts.iter().try_for_each(|part| file.write_all(part))
+        })
+    }
+
+    fn read(&self, pipeline: &str, seq: u64) -> Result<Vec<u8>, Error> {
+        let path = self.path(pipeline, seq);
+        std::fs::read(&path).map_err(|e| Error::io(&path, e))
+    }
+
+    fn keep_only(&self, pipeline: &str, seq: u64) {
+        let Ok(entries) = std::fs::read_dir(self.pipeline_dir(pipeline)) else {
+            return;
+        };
+        let keep = self.path(pipeline, seq);
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path == keep {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old step file");
+            }
         }
     }
 
-    fn path(&self, seq: u64) -> PathBuf {
-        self.dir.join(format!("{seq:020}.step"))
+    fn remove(&self, pipeline: &str) -> Result<(), Error> {
+        let dir = self.pipeline_dir(pipeline);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&dir, e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The saved steps of one SQL pipeline, in a [`StepStore`]: each the operator's state and the
+/// step's result batches, under a CRC-32C. Only the step of the checkpoint in the metadata
+/// store is kept.
+pub struct StepFiles {
+    store: Arc<dyn StepStore>,
+    pipeline: String,
+}
+
+impl StepFiles {
+    pub fn new(store: Arc<dyn StepStore>, pipeline: &str) -> StepFiles {
+        StepFiles {
+            store,
+            pipeline: pipeline.to_string(),
+        }
     }
 
-    /// Writes step `seq`'s file durably.
+    /// Writes step `seq` durably.
     fn write(&self, seq: u64, state: &[u8], batches: &[&[u8]]) -> Result<(), Error> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let parts = || std::iter::once(state).chain(batches.iter().copied());
         let crc = parts().fold(0, |crc, part| {
             let crc = crc32c::crc32c_append(crc, &(part.len() as u64).to_le_bytes());
             crc32c::crc32c_append(crc, part)
         });
-        write_durably_with(&self.path(seq), |file| {
-            file.write_all(STEP_FILE_MAGIC)?;
-            file.write_all(&crc.to_le_bytes())?;
-            for part in parts() {
-                file.write_all(&(part.len() as u64).to_le_bytes())?;
-                file.write_all(part)?;
-            }
-            Ok(())
-        })
+        let crc = crc.to_le_bytes();
+        let lengths: Vec<[u8; 8]> = parts().map(|p| (p.len() as u64).to_le_bytes()).collect();
+        let mut framed: Vec<&[u8]> = vec![STEP_FILE_MAGIC, &crc];
+        for (length, part) in lengths.iter().zip(parts()) {
+            framed.push(length);
+            framed.push(part);
+        }
+        self.store.write(&self.pipeline, seq, &framed)
     }
 
-    /// The state and batches of step `seq`'s file, checked whole.
+    /// The state and batches of step `seq`, checked whole.
     fn read(&self, seq: u64) -> Result<(Vec<u8>, Vec<Vec<u8>>), Error> {
-        let path = self.path(seq);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = self.store.read(&self.pipeline, seq)?;
         let bad = |what: &str| {
             Error::Invalid(format!(
-                "saved state {}: {what}; the pipeline cannot resume from it",
-                path.display()
+                "saved step {seq} of pipeline {}: {what}; the pipeline cannot resume from it",
+                self.pipeline
             ))
         };
         let (magic, rest) = bytes.split_at_checked(8).ok_or_else(|| bad("too short"))?;
@@ -202,44 +270,22 @@ impl StepFiles {
         Ok((state, parts))
     }
 
-    /// Removes every file but step `seq`'s: those of earlier checkpoints, and one written by a
-    /// save a crash cut short of the store. A file left behind only costs disk.
+    /// Removes every step but `seq`'s.
     fn keep_only(&self, seq: u64) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let keep = self.path(seq);
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path == keep {
-                continue;
-            }
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old step file");
-            }
-        }
+        self.store.keep_only(&self.pipeline, seq);
     }
 
-    /// Removes the pipeline's files, with the pipeline.
-    pub fn remove(&self) -> Result<(), Error> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&self.dir, e)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Saves a checkpoint: its step file, then its record in `checkpoints`; then drops the
-    /// files it replaces.
+    /// Saves a checkpoint: its step, then its record in `checkpoints`; then drops the steps
+    /// it replaces.
     fn commit(
         &self,
         checkpoints: &Tree<SqlCheckpoint>,
-        pipeline: &str,
         checkpoint: &SqlCheckpoint,
         state: &[u8],
         batches: &[&[u8]],
     ) -> Result<(), Error> {
         self.write(checkpoint.seq, state, batches)?;
-        checkpoints.insert(pipeline, checkpoint)?;
+        checkpoints.insert(&self.pipeline, checkpoint)?;
         self.keep_only(checkpoint.seq);
         Ok(())
     }
@@ -288,13 +334,13 @@ impl OperatorRunner {
     pub fn new(
         spec: PipelineSpec,
         topics: Arc<dyn Topics>,
-        (checkpoints, steps_dir): (Tree<SqlCheckpoint>, &Path),
+        (checkpoints, steps): (Tree<SqlCheckpoint>, Arc<dyn StepStore>),
         mut operator: Box<dyn Operator>,
         stats: Arc<Stats>,
     ) -> Result<OperatorRunner, Error> {
         let checkpoint = checkpoints.get(&spec.name)?.unwrap_or_default();
         stats.resume_from(checkpoint.counted);
-        let files = StepFiles::new(steps_dir, &spec.name);
+        let files = StepFiles::new(steps, &spec.name);
         let (state, batches) = match checkpoint.seq {
             0 => Default::default(),
             _ => files.load(&checkpoint)?,
@@ -558,13 +604,8 @@ impl OperatorRunner {
             state: String::new(),
             counted: self.stats.counted().plus(results),
         };
-        self.files.commit(
-            &self.checkpoints,
-            &self.spec.name,
-            &checkpoint,
-            &state,
-            batches,
-        )?;
+        self.files
+            .commit(&self.checkpoints, &checkpoint, &state, batches)?;
         self.seq = checkpoint.seq;
         self.unsaved = false;
         self.saved_at = Instant::now();
@@ -690,14 +731,18 @@ mod tests {
             OperatorRunner::new(
                 spec,
                 self.storage.clone(),
-                (self.checkpoints.clone(), &self.steps_dir()),
+                (self.checkpoints.clone(), self.steps()),
                 Box::new(Echo { seen: 0, copies }),
                 Arc::new(Stats::default()),
             )
         }
 
-        fn steps_dir(&self) -> PathBuf {
-            self.storage.data_dir().join(STEPS_DIR)
+        fn steps_dir(&self) -> StepDir {
+            StepDir::new(self.storage.data_dir().join(STEPS_DIR))
+        }
+
+        fn steps(&self) -> Arc<dyn StepStore> {
+            Arc::new(self.steps_dir())
         }
 
         fn saved(&self) -> SqlCheckpoint {
@@ -706,8 +751,8 @@ mod tests {
 
         /// Saves `checkpoint` with `state` and `batches` as the runner does.
         fn commit(&self, checkpoint: &SqlCheckpoint, state: &[u8], batches: &[&[u8]]) {
-            StepFiles::new(&self.steps_dir(), "echo")
-                .commit(&self.checkpoints, "echo", checkpoint, state, batches)
+            StepFiles::new(self.steps(), "echo")
+                .commit(&self.checkpoints, checkpoint, state, batches)
                 .unwrap();
         }
 
@@ -819,20 +864,20 @@ mod tests {
         assert!(matches!(runner.step().unwrap(), Step::Worked));
         drop(runner);
         let seq = node.saved().seq;
-        let files = StepFiles::new(&node.steps_dir(), "echo");
+        let files = node.steps_dir();
         // A save the crash cut short of the store: its file is not the checkpoint's.
-        std::fs::write(files.path(seq + 1), b"half").unwrap();
+        std::fs::write(files.path("echo", seq + 1), b"half").unwrap();
         drop(node.open(spec(), 1).unwrap());
-        assert!(files.path(seq).exists());
+        assert!(files.path("echo", seq).exists());
         assert!(
-            !files.path(seq + 1).exists(),
+            !files.path("echo", seq + 1).exists(),
             "the file of no checkpoint is gone"
         );
 
-        let mut bytes = std::fs::read(files.path(seq)).unwrap();
+        let mut bytes = std::fs::read(files.path("echo", seq)).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        std::fs::write(files.path(seq), bytes).unwrap();
+        std::fs::write(files.path("echo", seq), bytes).unwrap();
         let error = node.open(spec(), 1).err().unwrap().to_string();
         assert!(error.contains("checksum mismatch"), "{error}");
     }

@@ -3,7 +3,6 @@
 //! threads), pause/resume/delete, and status.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,10 +10,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use weir::Kind;
-use weir_storage::{MetaStore, Topics, Tree, now_ms};
+use weir_storage::{Topics, Tree, TreeSource, now_ms};
 
 use crate::Error;
-use crate::continuous::{Compiler, OperatorRunner, SqlCheckpoint, StepFiles};
+use crate::continuous::{Compiler, OperatorRunner, SqlCheckpoint, StepStore};
 use crate::pipeline::{Checkpoint, PipelineSpec, Runner, StartAt, Stats, Step, checkpoint_key};
 use crate::registry::{Registry, validate_plugin_name};
 use crate::windowed::{self, PluginWindows};
@@ -121,7 +120,7 @@ pub struct Pipelines {
     /// Where pipelines read and write.
     topics: Arc<dyn Topics>,
     /// Where SQL pipelines and aggregating chains keep their saved steps.
-    steps_dir: PathBuf,
+    steps: Arc<dyn StepStore>,
     registry: Arc<Registry>,
     tree: Tree<Stored>,
     checkpoints: Tree<Checkpoint>,
@@ -134,6 +133,14 @@ pub struct Pipelines {
     refusal: std::sync::OnceLock<String>,
 }
 
+/// Where a node's pipelines live: the topics they read and write, the trees that keep them
+/// and their checkpoints, and where SQL pipelines and aggregating chains save their steps.
+pub struct PipelineHome {
+    pub topics: Arc<dyn Topics>,
+    pub trees: Arc<dyn TreeSource>,
+    pub steps: Arc<dyn StepStore>,
+}
+
 fn validate_pipeline_name(name: &str) -> Result<(), Error> {
     validate_plugin_name(name).map_err(|_| {
         Error::Invalid(format!("pipeline name {name:?}: use 1 to 128 of a-z, A-Z, 0-9, '.', '_', '-', not starting with '.'"))
@@ -141,20 +148,18 @@ fn validate_pipeline_name(name: &str) -> Result<(), Error> {
 }
 
 impl Pipelines {
-    /// The pipelines kept in `meta`, reading and writing `topics`, their saved steps under
-    /// `steps_dir`.
-    pub fn open(
-        topics: Arc<dyn Topics>,
-        meta: &MetaStore,
-        steps_dir: PathBuf,
-        registry: Arc<Registry>,
-    ) -> Result<Arc<Pipelines>, Error> {
+    /// The pipelines of `home`.
+    pub fn open(home: PipelineHome, registry: Arc<Registry>) -> Result<Arc<Pipelines>, Error> {
+        let tree = |name: &str| home.trees.backend(name);
         Ok(Arc::new(Pipelines {
-            tree: meta.tree("pipelines")?,
-            checkpoints: meta.tree("pipeline-checkpoints")?,
-            sql_checkpoints: meta.tree("pipeline-sql-checkpoints")?,
-            topics,
-            steps_dir,
+            tree: Tree::on("pipelines", tree("pipelines")?),
+            checkpoints: Tree::on("pipeline-checkpoints", tree("pipeline-checkpoints")?),
+            sql_checkpoints: Tree::on(
+                "pipeline-sql-checkpoints",
+                tree("pipeline-sql-checkpoints")?,
+            ),
+            topics: home.topics,
+            steps: home.steps,
             registry,
             running: Mutex::new(HashMap::new()),
             appended: watch::Sender::new(0),
@@ -193,7 +198,7 @@ impl Pipelines {
             let runner = OperatorRunner::new(
                 spec,
                 self.topics.clone(),
-                (self.sql_checkpoints.clone(), &self.steps_dir),
+                (self.sql_checkpoints.clone(), self.steps.clone()),
                 Box::new(operator),
                 stats,
             )?;
@@ -217,7 +222,7 @@ impl Pipelines {
         let runner = OperatorRunner::new(
             spec,
             self.topics.clone(),
-            (self.sql_checkpoints.clone(), &self.steps_dir),
+            (self.sql_checkpoints.clone(), self.steps.clone()),
             operator,
             stats,
         )?;
@@ -525,7 +530,7 @@ impl Pipelines {
             self.checkpoints.remove(&key)?;
         }
         self.sql_checkpoints.remove(name)?;
-        StepFiles::new(&self.steps_dir, name).remove()?;
+        self.steps.remove(name)?;
         self.tree.remove(name)?;
         tracing::info!(pipeline = name, "pipeline deleted");
         Ok(())

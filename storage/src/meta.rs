@@ -46,6 +46,11 @@ pub trait TreeBackend: Send + Sync {
     fn insert_within(&self, entries: Vec<(String, Vec<u8>)>, max: usize) -> Result<Bounded>;
 }
 
+/// Opens the backends of trees by name: a node's [`MetaStore`], or a cluster's database.
+pub trait TreeSource: Send + Sync {
+    fn backend(&self, name: &str) -> Result<Arc<dyn TreeBackend>>;
+}
+
 /// What [`TreeBackend::insert_within`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bounded {
@@ -290,12 +295,7 @@ impl MetaStore {
 
     /// Opens (creating) the tree `name` holding values of type `V`.
     pub fn tree<V: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Tree<V>> {
-        let backend = SledTree {
-            tree: self.db.open_tree(name)?,
-            db: self.db.clone(),
-            bounded: self.bounded.clone(),
-        };
-        Ok(Tree::on(name, Arc::new(backend)))
+        Ok(Tree::on(name, self.backend(name)?))
     }
 
     pub fn topics(&self) -> Result<Tree<TopicMeta>> {
@@ -305,6 +305,16 @@ impl MetaStore {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+impl TreeSource for MetaStore {
+    fn backend(&self, name: &str) -> Result<Arc<dyn TreeBackend>> {
+        Ok(Arc::new(SledTree {
+            tree: self.db.open_tree(name)?,
+            db: self.db.clone(),
+            bounded: self.bounded.clone(),
+        }))
     }
 }
 
