@@ -586,7 +586,7 @@ impl TreeBackend for ClusterTree {
 
     /// Every write commits in the database: `durable` or not, it is durable.
     fn insert(&self, key: &str, value: Vec<u8>, _durable: bool) -> weir_storage::Result<()> {
-        self.call(self.log.meta_put(&self.tree, key, &value))
+        self.call(self.log.meta_put(&self.tree, key, &value, None))
     }
 
     fn remove(&self, key: &str, _durable: bool) -> weir_storage::Result<bool> {

@@ -140,7 +140,7 @@ async fn run(log: Arc<SharedLog>, config: FlushConfig, mut queue: mpsc::Unbounde
             .into_iter()
             .map(|p| (p.checked, (p.done, p._room)))
             .unzip();
-        match log.flush(&checked).await {
+        match log.flush(&checked, None).await {
             Ok(bases) => {
                 for ((done, _room), base) in waiting.into_iter().zip(bases) {
                     let _ = done.send(base);

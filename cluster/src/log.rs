@@ -15,6 +15,7 @@ use weir_storage::batch::{BatchHeader, set_base_offset, validate_record_set};
 use weir_storage::producer::{Appended, ProducerStates};
 
 use crate::cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats, RangeCache, RangeKey};
+use crate::lease::{Lease, check_held};
 use crate::meta::META_QUEUE_MAX;
 use crate::topics::TopicCache;
 use crate::watch::{self, Advanced};
@@ -257,7 +258,16 @@ impl SharedLog {
     /// transaction. Answers each append, in the order given, once committed: its base offset,
     /// the original base offset of a retried one, or why its producer's sequence refuses it.
     /// An error of the whole flush leaves no offset assigned.
-    pub async fn flush(&self, appends: &[CheckedAppend]) -> Result<Vec<Result<u64>>> {
+    ///
+    /// Under a `fence`, the transaction first checks that this node still holds that lease
+    /// (its row locked `FOR SHARE`, as offset commits do): a node that lost it appends nothing
+    /// and gets [`ClusterError::LeaseLost`], and a node taking the lease meanwhile waits for
+    /// the commit, so it reads what the flush appended.
+    pub async fn flush(
+        &self,
+        appends: &[CheckedAppend],
+        fence: Option<&Lease>,
+    ) -> Result<Vec<Result<u64>>> {
         if appends.is_empty() {
             return Ok(Vec::new());
         }
@@ -301,6 +311,9 @@ impl SharedLog {
         // The database is not held while the object is written: reads go on meanwhile.
         let mut db = self.db().await?;
         let tx = db.transaction().await?;
+        if let Some(lease) = fence {
+            check_held(&tx, lease, &self.node_id).await?;
+        }
         let object_id: i64 = tx
             .query_one(
                 "INSERT INTO weir.objects (key, bytes, live_bytes) VALUES ($1, $2, 0)

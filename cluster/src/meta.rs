@@ -9,6 +9,7 @@
 use tokio::sync::broadcast;
 use weir_storage::Bounded;
 
+use crate::lease::{Lease, check_held};
 use crate::{ClusterError, Result, SharedLog};
 
 /// The channel metadata changes are announced on; the payload is the tree's name.
@@ -86,12 +87,22 @@ impl SharedLog {
         Ok(row.map(|r| r.get::<_, String>(0).into_bytes()))
     }
 
-    /// Stores `value` (JSON) under `key` in `tree`, committed before this returns.
-    pub async fn meta_put(&self, tree: &str, key: &str, value: &[u8]) -> Result<()> {
+    /// Stores `value` (JSON) under `key` in `tree`, committed before this returns. Under a
+    /// `fence`, only while this node holds that lease, as [`SharedLog::flush`] does.
+    pub async fn meta_put(
+        &self,
+        tree: &str,
+        key: &str,
+        value: &[u8],
+        fence: Option<&Lease>,
+    ) -> Result<()> {
         check_key(tree, key)?;
         let text = value_text(value)?;
         let mut db = self.db().await?;
         let tx = db.transaction().await?;
+        if let Some(lease) = fence {
+            check_held(&tx, lease, &self.node_id).await?;
+        }
         put(&tx, tree, key, text).await?;
         announce(&tx, tree).await?;
         tx.commit().await?;

@@ -4,11 +4,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{append, cluster, flush, two_nodes};
+use common::{append, cluster, flush, two_nodes, values};
 use weir_cluster::lease::{COMMIT_OFFSETS_MAX, LEASE_MS_MAX, LEASE_NOTE_BYTES_MAX, NAME_BYTES_MAX};
 use weir_cluster::status::LEASES_LISTED_MAX;
-use weir_cluster::{ClusterError, NodeInfo, SharedLog, leader};
+use weir_cluster::{ClusterError, Lease, NodeInfo, SharedLog, leader};
 use weir_cluster::{GroupOffset, OFFSET_METADATA_BYTES_MAX};
+use weir_storage::decode_records;
 
 fn info(node_id: &str, kafka_port: u16) -> NodeInfo {
     NodeInfo {
@@ -306,6 +307,67 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
     assert!(total >= more, "{total} live leases, {more} of them many:");
     assert!(listed.windows(2).all(|w| w[0].name < w[1].name), "by name");
     assert!(listed.iter().all(|l| l.expires_in_ms > 0 && l.epoch >= 1));
+}
+
+#[tokio::test]
+async fn a_lost_lease_fences_the_appends_and_metadata_written_under_it() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(&pg, &store_url, 1).await;
+    let (tree, key) = ("pipeline-checkpoints", "p");
+    let appended = async |node: &SharedLog, lease: &Lease, value: &str| {
+        let checked = node.check(append("logs", 0, &[value])).await?;
+        let mut answers = node.flush(&[checked], Some(lease)).await?;
+        answers.remove(0)
+    };
+
+    let lease = a
+        .acquire("pipeline:p", 1_000)
+        .await
+        .expect("acquire")
+        .expect("free, so taken");
+    let first = appended(&a, &lease, "first").await;
+    assert_eq!(first.expect("the holder appends"), 0);
+    a.meta_put(tree, key, b"1", Some(&lease))
+        .await
+        .expect("the holder saves");
+
+    // n1 goes quiet past its lease; n2 takes it.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let taken = b
+        .acquire("pipeline:p", 1_000)
+        .await
+        .expect("acquire")
+        .expect("lapsed, so taken");
+    let stale = appended(&a, &lease, "stale").await;
+    assert!(
+        matches!(stale, Err(ClusterError::LeaseLost { epoch: 1, .. })),
+        "{stale:?}"
+    );
+    let stale = a.meta_put(tree, key, b"2", Some(&lease)).await;
+    assert!(
+        matches!(stale, Err(ClusterError::LeaseLost { epoch: 1, .. })),
+        "{stale:?}"
+    );
+    let second = appended(&b, &taken, "second").await;
+    assert_eq!(second.expect("the new holder appends"), 1);
+    b.meta_put(tree, key, b"3", Some(&taken))
+        .await
+        .expect("the new holder saves");
+
+    let fetched = a.read("logs", 0, 0, 1 << 20).await.expect("read");
+    let read = values(&decode_records(&fetched.batches).expect("valid batches"));
+    assert_eq!(
+        read,
+        vec![(0, "first".to_string()), (1, "second".to_string())],
+        "the fenced append left nothing"
+    );
+    assert_eq!(
+        a.meta_get(tree, key).await.expect("get"),
+        Some(b"3".to_vec()),
+        "the fenced save left nothing"
+    );
 }
 
 #[tokio::test]

@@ -201,7 +201,7 @@ async fn answers(log: &SharedLog, appends: &[Append]) -> Vec<Result<u64, String>
     for append in appends {
         checked.push(log.check(append.clone()).await.expect("checked"));
     }
-    let answers = log.flush(&checked).await.expect("flushed");
+    let answers = log.flush(&checked, None).await.expect("flushed");
     answers
         .into_iter()
         .map(|a| a.map_err(|e| e.to_string()))
@@ -716,7 +716,7 @@ async fn topics_change_through_one_node_and_the_others_follow() {
     a.create_topic("events", 1, &Default::default())
         .await
         .expect("made again");
-    let answers = b.flush(&[checked]).await.expect("the flush commits");
+    let answers = b.flush(&[checked], None).await.expect("the flush commits");
     assert!(
         matches!(answers[..], [Err(ClusterError::UnknownPartition { .. })]),
         "{answers:?}"
@@ -953,7 +953,7 @@ async fn metadata_trees_keep_keys_and_values_within_their_bounds() {
     };
     let log = node(&pg, &store_url, 1).await;
     let longest = "k".repeat(META_KEY_BYTES_MAX);
-    log.meta_put("acls", &longest, b"{\"n\": 1}")
+    log.meta_put("acls", &longest, b"{\"n\": 1}", None)
         .await
         .expect("the longest key");
     assert_eq!(
@@ -966,16 +966,19 @@ async fn metadata_trees_keep_keys_and_values_within_their_bounds() {
     let bounded = |e: ClusterError| matches!(e, ClusterError::InvalidRequest(_));
     let long_key = "k".repeat(META_KEY_BYTES_MAX + 1);
     let refused = log
-        .meta_put("acls", &long_key, b"1")
+        .meta_put("acls", &long_key, b"1", None)
         .await
         .expect_err("key");
     assert!(bounded(refused), "a key past its bound");
     let long_tree = "t".repeat(META_TREE_BYTES_MAX + 1);
-    let refused = log.meta_put(&long_tree, "k", b"1").await.expect_err("tree");
+    let refused = log
+        .meta_put(&long_tree, "k", b"1", None)
+        .await
+        .expect_err("tree");
     assert!(bounded(refused), "a tree name past its bound");
     let big = format!("\"{}\"", "v".repeat(META_VALUE_BYTES_MAX));
     let refused = log
-        .meta_put("acls", "k", big.as_bytes())
+        .meta_put("acls", "k", big.as_bytes(), None)
         .await
         .expect_err("value");
     assert!(bounded(refused), "a value past its bound");

@@ -44,7 +44,7 @@ pub async fn flush(log: &SharedLog, appends: &[Append]) -> weir_cluster::Result<
     for append in appends {
         checked.push(log.check(append.clone()).await?);
     }
-    log.flush(&checked).await?.into_iter().collect()
+    log.flush(&checked, None).await?.into_iter().collect()
 }
 
 /// A server, a store directory and its URL; `None` when Postgres is missing outside CI.
