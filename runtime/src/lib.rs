@@ -32,7 +32,9 @@ use weir_storage::locks;
 
 pub use output::{OutRecord, Output};
 pub use pipeline::{Checkpoint, PipelineSpec, StartAt};
-pub use pipelines::{Owner, PIPELINES_MAX, PipelineHome, PipelineStatus, Pipelines, Rights};
+pub use pipelines::{
+    EveryTurn, Owner, PIPELINES_MAX, PipelineHome, PipelineStatus, Pipelines, Rights, Turn, Turns,
+};
 pub use registry::{PluginMeta, PluginVersion, Registry, VERSIONS_MAX, validate_plugin_name};
 pub use sandbox::{
     ABI_VERSIONS, CallError, Init, Instance, Plugin, Sandbox, SandboxConfig, sha256_hex,
@@ -89,12 +91,18 @@ impl Runtime {
         let sandbox = Arc::new(Sandbox::new(config)?);
         let registry = Arc::new(Registry::open(&storage, sandbox)?);
         let plugin_dir = storage.data_dir().join("plugins");
-        let home = PipelineHome {
+        let turn = Turn {
             topics: storage.clone(),
             trees: Arc::new(storage.meta().clone()),
             steps: Arc::new(continuous::StepDir::new(
                 storage.data_dir().join(continuous::STEPS_DIR),
             )),
+        };
+        let home = PipelineHome {
+            topics: turn.topics.clone(),
+            trees: turn.trees.clone(),
+            steps: turn.steps.clone(),
+            turns: Arc::new(EveryTurn(turn)),
         };
         let pipelines = Pipelines::open(home, registry.clone())?;
         Ok(Runtime {

@@ -405,6 +405,8 @@ pub enum Step {
     Idle,
     /// Too many failed calls in a row (or a plugin vanished); pause with this reason.
     Pause(String),
+    /// Another node of the cluster runs the pipeline now.
+    Elsewhere,
 }
 
 /// One partition of an output topic (or the dead-letter topic): topic, partition, its log.

@@ -23,6 +23,8 @@ use weir_storage::locks;
 pub const PIPELINES_MAX: usize = 256;
 /// How long an idle pipeline sleeps when no append wakes it.
 const IDLE_POLL_MS: u64 = 200;
+/// How often a node asks for its turn at a pipeline another node runs.
+const ELSEWHERE_POLL_MS: u64 = 1000;
 /// How long a pipeline waits after a storage error before it tries again.
 const RETRY_MS: u64 = 1000;
 
@@ -121,6 +123,8 @@ pub struct Pipelines {
     topics: Arc<dyn Topics>,
     /// Where SQL pipelines and aggregating chains keep their saved steps.
     steps: Arc<dyn StepStore>,
+    /// Which pipelines this node runs.
+    turns: Arc<dyn Turns>,
     registry: Arc<Registry>,
     tree: Tree<Stored>,
     checkpoints: Tree<Checkpoint>,
@@ -134,11 +138,97 @@ pub struct Pipelines {
 }
 
 /// Where a node's pipelines live: the topics they read and write, the trees that keep them
-/// and their checkpoints, and where SQL pipelines and aggregating chains save their steps.
+/// and their checkpoints, where SQL pipelines and aggregating chains save their steps, and
+/// which pipelines this node runs.
 pub struct PipelineHome {
     pub topics: Arc<dyn Topics>,
     pub trees: Arc<dyn TreeSource>,
     pub steps: Arc<dyn StepStore>,
+    pub turns: Arc<dyn Turns>,
+}
+
+/// This node's turn at running one pipeline: what its runner reads and writes through while
+/// the turn lasts. On a cluster its writes are fenced by the pipeline's lease, so a node
+/// whose turn ended cannot append or save a checkpoint.
+#[derive(Clone)]
+pub struct Turn {
+    pub topics: Arc<dyn Topics>,
+    pub trees: Arc<dyn TreeSource>,
+    pub steps: Arc<dyn StepStore>,
+}
+
+/// Which node runs each pipeline: a lone node runs them all ([`EveryTurn`]); on a cluster,
+/// the node holding the pipeline's lease.
+pub trait Turns: Send + Sync {
+    /// This node's turn at `pipeline`, taken when no node has it; `None` while another node
+    /// has it.
+    fn take(&self, pipeline: &str) -> Result<Option<Turn>, Error>;
+    /// Whether this node still has the turn it took at `pipeline`; asked before every step.
+    fn holds(&self, pipeline: &str) -> bool;
+    /// Gives the turn at `pipeline` back, if this node has it: the pipeline is paused or
+    /// deleted, or the node stops.
+    fn give_back(&self, pipeline: &str);
+}
+
+/// Every turn of a lone node: it runs every pipeline, through the same topics and trees.
+pub struct EveryTurn(pub Turn);
+
+impl Turns for EveryTurn {
+    fn take(&self, _pipeline: &str) -> Result<Option<Turn>, Error> {
+        Ok(Some(self.0.clone()))
+    }
+
+    fn holds(&self, _pipeline: &str) -> bool {
+        true
+    }
+
+    fn give_back(&self, _pipeline: &str) {}
+}
+
+/// The trees of a pipeline's checkpoints, as a turn writes them.
+struct CheckpointTrees {
+    checkpoints: Tree<Checkpoint>,
+    sql_checkpoints: Tree<SqlCheckpoint>,
+}
+
+impl CheckpointTrees {
+    fn of(trees: &dyn TreeSource) -> Result<CheckpointTrees, Error> {
+        Ok(CheckpointTrees {
+            checkpoints: Tree::on(CHECKPOINTS_TREE, trees.backend(CHECKPOINTS_TREE)?),
+            sql_checkpoints: Tree::on(SQL_CHECKPOINTS_TREE, trees.backend(SQL_CHECKPOINTS_TREE)?),
+        })
+    }
+}
+
+/// The trees of the pipelines and of their checkpoints.
+const PIPELINES_TREE: &str = "pipelines";
+const CHECKPOINTS_TREE: &str = "pipeline-checkpoints";
+const SQL_CHECKPOINTS_TREE: &str = "pipeline-sql-checkpoints";
+
+/// An aggregating chain saved by a version that ran one aggregate per input partition goes on
+/// from those partitions' offsets; the windows they had open start again empty.
+fn adopt_partition_checkpoints(trees: &CheckpointTrees, spec: &PipelineSpec) -> Result<(), Error> {
+    if trees.sql_checkpoints.get(&spec.name)?.is_some() {
+        return Ok(());
+    }
+    let old = trees.checkpoints.scan_prefix(&format!("{}/", spec.name))?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    let mut adopted = SqlCheckpoint::default();
+    for (key, checkpoint) in old {
+        let partition = key.rsplit('/').next().and_then(|p| p.parse().ok());
+        if let Some(partition) = partition {
+            adopted
+                .next_offsets
+                .insert(partition, checkpoint.next_offset);
+            adopted.counted = checkpoint.counted.max_each(adopted.counted);
+        }
+        trees.checkpoints.remove(&key)?;
+    }
+    tracing::warn!(pipeline = %spec.name, "the aggregate now runs over all input partitions; it goes on from their offsets and the windows open at the upgrade start empty");
+    trees.sql_checkpoints.insert(&spec.name, &adopted)?;
+    Ok(())
 }
 
 fn validate_pipeline_name(name: &str) -> Result<(), Error> {
@@ -150,16 +240,17 @@ fn validate_pipeline_name(name: &str) -> Result<(), Error> {
 impl Pipelines {
     /// The pipelines of `home`.
     pub fn open(home: PipelineHome, registry: Arc<Registry>) -> Result<Arc<Pipelines>, Error> {
-        let tree = |name: &str| home.trees.backend(name);
+        let CheckpointTrees {
+            checkpoints,
+            sql_checkpoints,
+        } = CheckpointTrees::of(&*home.trees)?;
         Ok(Arc::new(Pipelines {
-            tree: Tree::on("pipelines", tree("pipelines")?),
-            checkpoints: Tree::on("pipeline-checkpoints", tree("pipeline-checkpoints")?),
-            sql_checkpoints: Tree::on(
-                "pipeline-sql-checkpoints",
-                tree("pipeline-sql-checkpoints")?,
-            ),
+            tree: Tree::on(PIPELINES_TREE, home.trees.backend(PIPELINES_TREE)?),
+            checkpoints,
+            sql_checkpoints,
             topics: home.topics,
             steps: home.steps,
+            turns: home.turns,
             registry,
             running: Mutex::new(HashMap::new()),
             appended: watch::Sender::new(0),
@@ -185,32 +276,37 @@ impl Pipelines {
         let _ = self.compiler.set(compiler);
     }
 
-    /// The runner of `spec`, which resumes from its checkpoints.
-    fn runner(&self, spec: PipelineSpec, stats: Arc<Stats>) -> Result<Box<dyn Steps>, Error> {
+    /// The runner of `spec` during `turn`, which resumes from its checkpoints.
+    fn runner(
+        &self,
+        spec: PipelineSpec,
+        stats: Arc<Stats>,
+        turn: Turn,
+    ) -> Result<Box<dyn Steps>, Error> {
+        let trees = CheckpointTrees::of(&*turn.trees)?;
         if windowed::aggregates(&self.registry, &spec) {
-            self.adopt_partition_checkpoints(&spec)?;
+            adopt_partition_checkpoints(&trees, &spec)?;
             let operator = PluginWindows::new(
                 spec.clone(),
                 self.registry.clone(),
-                &*self.topics,
+                &*turn.topics,
                 stats.clone(),
             )?;
             let runner = OperatorRunner::new(
                 spec,
-                self.topics.clone(),
-                (self.sql_checkpoints.clone(), self.steps.clone()),
+                turn.topics,
+                (trees.sql_checkpoints, turn.steps),
                 Box::new(operator),
                 stats,
             )?;
             return Ok(Box::new(runner));
         }
         if spec.sql.is_none() {
-            let checkpoints = self.checkpoints.clone();
             let runner = Runner::new(
                 spec,
-                self.topics.clone(),
+                turn.topics,
                 self.registry.clone(),
-                checkpoints,
+                trees.checkpoints,
                 stats,
             )?;
             return Ok(Box::new(runner));
@@ -221,38 +317,12 @@ impl Pipelines {
         let operator = compiler.compile(&spec).map_err(Error::Invalid)?;
         let runner = OperatorRunner::new(
             spec,
-            self.topics.clone(),
-            (self.sql_checkpoints.clone(), self.steps.clone()),
+            turn.topics,
+            (trees.sql_checkpoints, turn.steps),
             operator,
             stats,
         )?;
         Ok(Box::new(runner))
-    }
-
-    /// An aggregating chain saved by a version that ran one aggregate per input partition goes
-    /// on from those partitions' offsets; the windows they had open start again empty.
-    fn adopt_partition_checkpoints(&self, spec: &PipelineSpec) -> Result<(), Error> {
-        if self.sql_checkpoints.get(&spec.name)?.is_some() {
-            return Ok(());
-        }
-        let old = self.checkpoints.scan_prefix(&format!("{}/", spec.name))?;
-        if old.is_empty() {
-            return Ok(());
-        }
-        let mut adopted = SqlCheckpoint::default();
-        for (key, checkpoint) in old {
-            let partition = key.rsplit('/').next().and_then(|p| p.parse().ok());
-            if let Some(partition) = partition {
-                adopted
-                    .next_offsets
-                    .insert(partition, checkpoint.next_offset);
-                adopted.counted = checkpoint.counted.max_each(adopted.counted);
-            }
-            self.checkpoints.remove(&key)?;
-        }
-        tracing::warn!(pipeline = %spec.name, "the aggregate now runs over all input partitions; it goes on from their offsets and the windows open at the upgrade start empty");
-        self.sql_checkpoints.insert(&spec.name, &adopted)?;
-        Ok(())
     }
 
     /// Who decides whether owners keep their rights; set once, before [`Pipelines::start_all`].
@@ -434,6 +504,7 @@ impl Pipelines {
             if control.paused.load(Ordering::Acquire) {
                 // Drop the instances while paused; a resume starts from the checkpoint.
                 *locks::lock(&control.runner) = None;
+                self.turns.give_back(&spec.name);
                 tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
                 continue;
             }
@@ -447,8 +518,15 @@ impl Pipelines {
             let step = tokio::task::spawn_blocking(move || {
                 weir_storage::reactor::blocking(|| {
                     let mut runner = locks::lock(&step_control.runner);
+                    if runner.is_some() && !step_self.turns.holds(&step_spec.name) {
+                        tracing::warn!(pipeline = %step_spec.name, "this node's turn at the pipeline ended; another node may run it now");
+                        *runner = None;
+                    }
                     if runner.is_none() {
-                        *runner = Some(step_self.runner(step_spec, step_stats)?);
+                        let Some(turn) = step_self.turns.take(&step_spec.name)? else {
+                            return Ok(Step::Elsewhere);
+                        };
+                        *runner = Some(step_self.runner(step_spec, step_stats, turn)?);
                     }
                     match runner.as_mut() {
                         Some(runner) => runner.step(),
@@ -464,6 +542,9 @@ impl Pipelines {
                         _ = appended.changed() => {}
                         () = tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)) => {}
                     }
+                }
+                Ok(Ok(Step::Elsewhere)) => {
+                    tokio::time::sleep(Duration::from_millis(ELSEWHERE_POLL_MS)).await;
                 }
                 Ok(Ok(Step::Pause(reason))) => self.pause_for(&spec.name, reason),
                 Ok(Err(error)) => {
@@ -482,6 +563,8 @@ impl Pipelines {
                 }
             }
         }
+        *locks::lock(&control.runner) = None;
+        self.turns.give_back(&spec.name);
     }
 
     /// Pauses a pipeline that cannot go on, keeping why for its status.
