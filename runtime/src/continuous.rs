@@ -104,11 +104,22 @@ pub struct SqlCheckpoint {
     /// versions have them inline, base64, in `state` and [`Pending::batch`].
     #[serde(default)]
     pub in_file: bool,
+    /// The name of step `seq` in the step store; checkpoints of earlier versions name none,
+    /// and their step is [`step_name`]`(seq)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub state: String,
     /// The pipeline's counters, the step's results included.
     #[serde(default)]
     pub counted: Counted,
+}
+
+impl SqlCheckpoint {
+    /// The name of its step in the step store.
+    fn step_name(&self) -> String {
+        self.step.clone().unwrap_or_else(|| step_name(self.seq))
+    }
 }
 
 /// One output batch of a checkpoint.
@@ -132,13 +143,17 @@ const STEP_FILE_MAGIC: &[u8; 8] = b"WEIRSQL1";
 /// pipeline and sequence number: on a lone node, a directory ([`StepDir`]).
 pub trait StepStore: Send + Sync {
     /// Writes step `seq` of `pipeline`, the concatenation of `parts`, durably: it is whole
-    /// once this returns, and absent or not readable after a crash before.
-    fn write(&self, pipeline: &str, seq: u64, parts: &[&[u8]]) -> Result<(), Error>;
-    /// The bytes of step `seq` of `pipeline`.
-    fn read(&self, pipeline: &str, seq: u64) -> Result<Vec<u8>, Error>;
-    /// Removes every step of `pipeline` but `seq`'s: those of earlier checkpoints, and one a
-    /// crash cut short of its checkpoint. One left behind only costs space.
-    fn keep_only(&self, pipeline: &str, seq: u64);
+    /// once this returns, and absent or not readable after a crash before. Answers the name
+    /// the step is read by, which its checkpoint keeps: a store where a writer that lost its
+    /// turn may still write gives each write a name of its own, so that writer never
+    /// replaces the step a checkpoint names.
+    fn write(&self, pipeline: &str, seq: u64, parts: &[&[u8]]) -> Result<String, Error>;
+    /// The bytes of `pipeline`'s step named `name`.
+    fn read(&self, pipeline: &str, name: &str) -> Result<Vec<u8>, Error>;
+    /// Removes every step of `pipeline` but the one named `name`: those of earlier
+    /// checkpoints, and one a crash cut short of its checkpoint. One left behind only costs
+    /// space.
+    fn keep_only(&self, pipeline: &str, name: &str);
     /// Removes every step of `pipeline`, with the pipeline.
     fn remove(&self, pipeline: &str) -> Result<(), Error>;
 }
@@ -158,30 +173,39 @@ impl StepDir {
         self.dir.join(pipeline)
     }
 
-    pub fn path(&self, pipeline: &str, seq: u64) -> PathBuf {
-        self.pipeline_dir(pipeline).join(format!("{seq:020}.step"))
+    pub fn path(&self, pipeline: &str, name: &str) -> PathBuf {
+        self.pipeline_dir(pipeline).join(name)
     }
 }
 
+/// The name of step `seq` in a directory, and of a checkpoint's step that names none (saved
+/// by an earlier version).
+pub fn step_name(seq: u64) -> String {
+    format!("{seq:020}.step")
+}
+
 impl StepStore for StepDir {
-    fn write(&self, pipeline: &str, seq: u64, parts: &[&[u8]]) -> Result<(), Error> {
+    /// A lone node has one writer: the name is the sequence number's.
+    fn write(&self, pipeline: &str, seq: u64, parts: &[&[u8]]) -> Result<String, Error> {
         let dir = self.pipeline_dir(pipeline);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        write_durably_with(&self.path(pipeline, seq), |file| {
+        let name = step_name(seq);
+        write_durably_with(&self.path(pipeline, &name), |file| {
             parts.iter().try_for_each(|part| file.write_all(part))
-        })
+        })?;
+        Ok(name)
     }
 
-    fn read(&self, pipeline: &str, seq: u64) -> Result<Vec<u8>, Error> {
-        let path = self.path(pipeline, seq);
+    fn read(&self, pipeline: &str, name: &str) -> Result<Vec<u8>, Error> {
+        let path = self.path(pipeline, name);
         std::fs::read(&path).map_err(|e| Error::io(&path, e))
     }
 
-    fn keep_only(&self, pipeline: &str, seq: u64) {
+    fn keep_only(&self, pipeline: &str, name: &str) {
         let Ok(entries) = std::fs::read_dir(self.pipeline_dir(pipeline)) else {
             return;
         };
-        let keep = self.path(pipeline, seq);
+        let keep = self.path(pipeline, name);
         for entry in entries.flatten() {
             let path = entry.path();
             if path == keep {
@@ -218,8 +242,8 @@ impl StepFiles {
         }
     }
 
-    /// Writes step `seq` durably.
-    fn write(&self, seq: u64, state: &[u8], batches: &[&[u8]]) -> Result<(), Error> {
+    /// Writes step `seq` durably; answers its name.
+    fn write(&self, seq: u64, state: &[u8], batches: &[&[u8]]) -> Result<String, Error> {
         let parts = || std::iter::once(state).chain(batches.iter().copied());
         let crc = parts().fold(0, |crc, part| {
             let crc = crc32c::crc32c_append(crc, &(part.len() as u64).to_le_bytes());
@@ -235,12 +259,12 @@ impl StepFiles {
         self.store.write(&self.pipeline, seq, &framed)
     }
 
-    /// The state and batches of step `seq`, checked whole.
-    fn read(&self, seq: u64) -> Result<(Vec<u8>, Vec<Vec<u8>>), Error> {
-        let bytes = self.store.read(&self.pipeline, seq)?;
+    /// The state and batches of the step named `name`, checked whole.
+    fn read(&self, name: &str) -> Result<(Vec<u8>, Vec<Vec<u8>>), Error> {
+        let bytes = self.store.read(&self.pipeline, name)?;
         let bad = |what: &str| {
             Error::Invalid(format!(
-                "saved step {seq} of pipeline {}: {what}; the pipeline cannot resume from it",
+                "saved step {name} of pipeline {}: {what}; the pipeline cannot resume from it",
                 self.pipeline
             ))
         };
@@ -270,30 +294,31 @@ impl StepFiles {
         Ok((state, parts))
     }
 
-    /// Removes every step but `seq`'s.
-    fn keep_only(&self, seq: u64) {
-        self.store.keep_only(&self.pipeline, seq);
+    /// Removes every step but `checkpoint`'s.
+    fn keep_only(&self, checkpoint: &SqlCheckpoint) {
+        self.store
+            .keep_only(&self.pipeline, &checkpoint.step_name());
     }
 
-    /// Saves a checkpoint: its step, then its record in `checkpoints`; then drops the steps
-    /// it replaces.
+    /// Saves a checkpoint: its step, then its record in `checkpoints` naming the step; then
+    /// drops the steps it replaces.
     fn commit(
         &self,
         checkpoints: &Tree<SqlCheckpoint>,
-        checkpoint: &SqlCheckpoint,
+        checkpoint: &mut SqlCheckpoint,
         state: &[u8],
         batches: &[&[u8]],
     ) -> Result<(), Error> {
-        self.write(checkpoint.seq, state, batches)?;
+        checkpoint.step = Some(self.write(checkpoint.seq, state, batches)?);
         checkpoints.insert(&self.pipeline, checkpoint)?;
-        self.keep_only(checkpoint.seq);
+        self.keep_only(checkpoint);
         Ok(())
     }
 
     /// The state and batches `checkpoint` saved.
     fn load(&self, checkpoint: &SqlCheckpoint) -> Result<(Vec<u8>, Vec<Vec<u8>>), Error> {
         if checkpoint.in_file {
-            return self.read(checkpoint.seq);
+            return self.read(&checkpoint.step_name());
         }
         let decode = |text: &str| {
             b64()
@@ -345,7 +370,7 @@ impl OperatorRunner {
             0 => Default::default(),
             _ => files.load(&checkpoint)?,
         };
-        files.keep_only(checkpoint.seq);
+        files.keep_only(&checkpoint);
         if !state.is_empty() {
             operator.restore(&state).map_err(Error::Invalid)?;
         }
@@ -596,16 +621,17 @@ impl OperatorRunner {
     ) -> Result<(), Error> {
         let started = Instant::now();
         let state = self.operator.snapshot().map_err(Error::Invalid)?;
-        let checkpoint = SqlCheckpoint {
+        let mut checkpoint = SqlCheckpoint {
             seq: self.seq + 1,
             next_offsets: self.next_offsets.clone(),
             pending,
             in_file: true,
+            step: None,
             state: String::new(),
             counted: self.stats.counted().plus(results),
         };
         self.files
-            .commit(&self.checkpoints, &checkpoint, &state, batches)?;
+            .commit(&self.checkpoints, &mut checkpoint, &state, batches)?;
         self.seq = checkpoint.seq;
         self.unsaved = false;
         self.saved_at = Instant::now();
@@ -728,10 +754,20 @@ mod tests {
 
         /// The echo pipeline's runner, as a (re)start makes it.
         fn open(&self, spec: PipelineSpec, copies: usize) -> Result<OperatorRunner, Error> {
+            self.open_on(spec, copies, self.steps())
+        }
+
+        /// [`Fixture::open`] with its steps in `steps`.
+        fn open_on(
+            &self,
+            spec: PipelineSpec,
+            copies: usize,
+            steps: Arc<dyn StepStore>,
+        ) -> Result<OperatorRunner, Error> {
             OperatorRunner::new(
                 spec,
                 self.storage.clone(),
-                (self.checkpoints.clone(), self.steps()),
+                (self.checkpoints.clone(), steps),
                 Box::new(Echo { seen: 0, copies }),
                 Arc::new(Stats::default()),
             )
@@ -752,7 +788,7 @@ mod tests {
         /// Saves `checkpoint` with `state` and `batches` as the runner does.
         fn commit(&self, checkpoint: &SqlCheckpoint, state: &[u8], batches: &[&[u8]]) {
             StepFiles::new(self.steps(), "echo")
-                .commit(&self.checkpoints, checkpoint, state, batches)
+                .commit(&self.checkpoints, &mut checkpoint.clone(), state, batches)
                 .unwrap();
         }
 
@@ -866,20 +902,76 @@ mod tests {
         let seq = node.saved().seq;
         let files = node.steps_dir();
         // A save the crash cut short of the store: its file is not the checkpoint's.
-        std::fs::write(files.path("echo", seq + 1), b"half").unwrap();
+        std::fs::write(files.path("echo", &step_name(seq + 1)), b"half").unwrap();
         drop(node.open(spec(), 1).unwrap());
-        assert!(files.path("echo", seq).exists());
+        assert!(files.path("echo", &step_name(seq)).exists());
         assert!(
-            !files.path("echo", seq + 1).exists(),
+            !files.path("echo", &step_name(seq + 1)).exists(),
             "the file of no checkpoint is gone"
         );
 
-        let mut bytes = std::fs::read(files.path("echo", seq)).unwrap();
+        let mut bytes = std::fs::read(files.path("echo", &step_name(seq))).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        std::fs::write(files.path("echo", seq), bytes).unwrap();
+        std::fs::write(files.path("echo", &step_name(seq)), bytes).unwrap();
         let error = node.open(spec(), 1).err().unwrap().to_string();
         assert!(error.contains("checksum mismatch"), "{error}");
+    }
+
+    /// Steps in memory under `<pipeline>/<seq>-<write>`: each write named apart, as a store
+    /// that nodes share names them.
+    #[derive(Default)]
+    struct NamedApart {
+        steps: std::sync::Mutex<BTreeMap<String, Vec<u8>>>,
+        writes: std::sync::atomic::AtomicU64,
+    }
+
+    impl StepStore for NamedApart {
+        fn write(&self, pipeline: &str, seq: u64, parts: &[&[u8]]) -> Result<String, Error> {
+            let write = self.writes.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{seq}-{write}");
+            let mut steps = self.steps.lock().unwrap();
+            steps.insert(format!("{pipeline}/{name}"), parts.concat());
+            Ok(name)
+        }
+        fn read(&self, pipeline: &str, name: &str) -> Result<Vec<u8>, Error> {
+            let steps = self.steps.lock().unwrap();
+            let step = steps.get(&format!("{pipeline}/{name}")).cloned();
+            step.ok_or_else(|| Error::NotFound(format!("step {name}")))
+        }
+        fn keep_only(&self, pipeline: &str, name: &str) {
+            let keep = format!("{pipeline}/{name}");
+            let mut steps = self.steps.lock().unwrap();
+            steps.retain(|key, _| *key == keep || !key.starts_with(&format!("{pipeline}/")));
+        }
+        fn remove(&self, pipeline: &str) -> Result<(), Error> {
+            self.keep_only(pipeline, "");
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_reads_the_step_it_names_not_a_later_write_of_its_number() {
+        let node = Fixture::new();
+        let store = Arc::new(NamedApart::default());
+        append(&node.storage, "in", &["a", "b"]);
+        let mut runner = node.open_on(spec(), 1, store.clone()).unwrap();
+        assert!(matches!(runner.step().unwrap(), Step::Worked));
+        drop(runner);
+        let saved = node.saved();
+        assert_eq!(saved.step.as_deref(), Some("2-1"), "{saved:?}");
+
+        // A writer whose turn ended writes the same step again; its checkpoint is refused.
+        let stale = StepFiles::new(store.clone(), "echo");
+        stale.write(saved.seq, &99u64.to_le_bytes(), &[]).unwrap();
+        let mut runner = node.open_on(spec(), 1, store.clone()).unwrap();
+        assert_eq!(
+            runner.operator.snapshot().unwrap(),
+            2u64.to_le_bytes(),
+            "the state of the step the checkpoint names"
+        );
+        let kept: Vec<String> = store.steps.lock().unwrap().keys().cloned().collect();
+        assert_eq!(kept, ["echo/2-1"], "the other write is gone");
     }
 
     #[test]
@@ -893,6 +985,7 @@ mod tests {
                 ..pending(0, 0)
             }],
             in_file: false,
+            step: None,
             state: b64().encode(7u64.to_le_bytes()),
             counted: Counted::default(),
         };
