@@ -58,6 +58,7 @@ mod meta;
 pub mod retention;
 pub mod schema;
 pub mod status;
+pub mod steps;
 mod store;
 mod topics;
 mod watch;

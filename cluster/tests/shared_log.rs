@@ -1414,3 +1414,50 @@ async fn key_compaction_keeps_the_last_record_per_key_at_its_offset_under_the_me
     );
     assert_eq!(read_all(&fresh, "table", 0).await.len(), 26);
 }
+
+#[tokio::test]
+async fn pipeline_steps_are_kept_in_the_store_each_write_under_a_name_of_its_own() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(&pg, &store_url, 1).await;
+    let put = async |node: &SharedLog, pipeline: &str, bytes: &'static [u8]| {
+        let put = node.put_step(pipeline, 7, Bytes::from_static(bytes)).await;
+        put.expect("put")
+    };
+    let first = put(&a, "errors", b"one").await;
+    let again = put(&b, "errors", b"two").await;
+    let other = put(&a, "other", b"three").await;
+    assert_ne!(first, again, "two writes of one step have two names");
+    assert_eq!(b.get_step("errors", &first).await.expect("get"), "one");
+    assert_eq!(a.get_step("errors", &again).await.expect("get"), "two");
+
+    let deleted = a
+        .delete_steps("errors", Some(&again))
+        .await
+        .expect("delete");
+    assert_eq!(deleted, 1);
+    assert!(b.get_step("errors", &first).await.is_err(), "deleted");
+    assert_eq!(b.get_step("errors", &again).await.expect("kept"), "two");
+    assert_eq!(
+        b.get_step("other", &other).await.expect("untouched"),
+        "three"
+    );
+    assert_eq!(a.delete_steps("errors", None).await.expect("delete"), 1);
+    assert!(a.get_step("errors", &again).await.is_err(), "deleted");
+
+    for pipeline in ["", "../data", ".hidden", &"p".repeat(129)] {
+        let refused = a.put_step(pipeline, 1, Bytes::new()).await;
+        assert!(
+            matches!(refused, Err(ClusterError::InvalidRequest(_))),
+            "{pipeline:?}: {refused:?}"
+        );
+    }
+    for name in ["x", "../other/x.step", ".step"] {
+        let refused = a.get_step("other", name).await;
+        assert!(
+            matches!(refused, Err(ClusterError::InvalidRequest(_))),
+            "{name:?}: {refused:?}"
+        );
+    }
+}
