@@ -48,6 +48,8 @@ use crate::kafka::record_count;
 use crate::metrics::Metrics;
 use weir_cluster::status::PROBE_TIMEOUT;
 
+mod pipelines;
+
 /// How often a node renews its heartbeat and re-reads the live nodes.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node whose heartbeat is older than this is left out of Metadata.
@@ -120,6 +122,8 @@ pub(crate) struct ClusterLogs {
     metrics: Arc<Metrics>,
     /// The group leases this node holds, by lease name.
     groups: Mutex<HashMap<String, HeldGroup>>,
+    /// The pipeline leases this node holds (its turns at them), by lease name.
+    pipelines: Mutex<HashMap<String, Lease>>,
     /// The node's own storage: its checks know every layer's topic config keys.
     storage: Arc<Storage>,
     /// How often the node tries for the `retention` lease.
@@ -133,6 +137,24 @@ struct HeldGroup {
     /// How the group looks now, as JSON ([`GroupListing`]), and whether it is on the lease.
     note: Option<String>,
     noted: bool,
+}
+
+/// Forgets each lease of `lost` still held under the same epoch, saying who acts instead.
+fn forget_lost<V>(
+    held: &mut HashMap<String, V>,
+    lost: Vec<Lease>,
+    lease_of: impl Fn(&V) -> &Lease,
+    instead: &str,
+) {
+    for lease in lost {
+        tracing::warn!(lease = lease.name(), "lease lost; {instead}");
+        if held
+            .get(lease.name())
+            .is_some_and(|h| lease_of(h).epoch() == lease.epoch())
+        {
+            held.remove(lease.name());
+        }
+    }
 }
 
 fn group_lease(group: &str) -> String {
@@ -185,6 +207,7 @@ impl ClusterLogs {
             runtime: Handle::current(),
             metrics,
             groups: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
             storage,
             retention_check_ms: config.retention_check_ms,
         }))
@@ -247,6 +270,7 @@ impl ClusterLogs {
                         }
                         node.refresh_live().await;
                         node.renew_groups().await;
+                        node.renew_pipelines().await;
                     }
                     advanced = appended.recv() => match advanced {
                         Ok(a) => {
@@ -262,6 +286,7 @@ impl ClusterLogs {
                 }
             }
             node.release_groups(|_| true).await;
+            node.release_pipelines().await;
             if let Err(e) = node.log.leave().await {
                 tracing::warn!(error = %e, "leaving the cluster failed; the node drops out by its session timeout");
             }
@@ -462,18 +487,7 @@ impl ClusterLogs {
         // The group states that changed since they were last left on their leases.
         let notes: Vec<(Lease, String)> = {
             let mut held = locks::lock(&self.groups);
-            for lease in lost {
-                tracing::warn!(
-                    lease = lease.name(),
-                    "group lease lost; another node coordinates it"
-                );
-                if held
-                    .get(lease.name())
-                    .is_some_and(|h| h.lease.epoch() == lease.epoch())
-                {
-                    held.remove(lease.name());
-                }
-            }
+            forget_lost(&mut held, lost, |h| &h.lease, "another node coordinates it");
             for lease in leases {
                 if let Some(h) = held.get_mut(lease.name())
                     && h.lease.epoch() == lease.epoch()
@@ -565,6 +579,8 @@ struct ClusterTree {
     log: Arc<SharedLog>,
     runtime: Handle,
     tree: String,
+    /// The lease its writes are made under, if any.
+    fence: Option<Lease>,
 }
 
 impl ClusterTree {
@@ -586,7 +602,10 @@ impl TreeBackend for ClusterTree {
 
     /// Every write commits in the database: `durable` or not, it is durable.
     fn insert(&self, key: &str, value: Vec<u8>, _durable: bool) -> weir_storage::Result<()> {
-        self.call(self.log.meta_put(&self.tree, key, &value, None))
+        self.call(
+            self.log
+                .meta_put(&self.tree, key, &value, self.fence.as_ref()),
+        )
     }
 
     fn remove(&self, key: &str, _durable: bool) -> weir_storage::Result<bool> {
@@ -620,6 +639,7 @@ impl ClusterLogs {
             log: self.log.clone(),
             runtime: self.runtime.clone(),
             tree: name.to_string(),
+            fence: None,
         };
         Tree::on(name, Arc::new(backend))
     }

@@ -142,7 +142,7 @@ impl Server {
                     .map_err(storage_error("opening the committed offsets"))?,
             )),
         };
-        let runtime = start_runtime(&storage, config).await?;
+        let runtime = start_runtime(&storage, config, cluster.as_ref()).await?;
         let node = node_context(
             storage.clone(),
             runtime.clone(),
@@ -168,12 +168,18 @@ impl Server {
         if let Some(cluster) = &cluster {
             // ACL rules are checked from memory: read again when any node changes them.
             let acls = node.acls.clone();
+            let pipelines = runtime.pipelines().clone();
             cluster.on_meta_change(
                 move |tree| {
                     if (tree.is_empty() || tree == crate::acl::ACLS_TREE)
                         && let Err(e) = acls.reload()
                     {
                         tracing::warn!(error = %e, "reading the cluster's ACL rules failed");
+                    }
+                    if (tree.is_empty() || tree == weir_runtime::PIPELINES_TREE)
+                        && let Err(e) = pipelines.sync()
+                    {
+                        tracing::warn!(error = %e, "reading the cluster's pipelines failed");
                     }
                 },
                 shutdown_rx.clone(),
@@ -416,17 +422,23 @@ fn kafka_config(config: &ServeConfig, addr: SocketAddr, limits: &Limits) -> Kafk
     }
 }
 
-/// Opens the plugin registry and pipelines (they start once the listeners do).
-async fn start_runtime(storage: &Arc<Storage>, config: &ServeConfig) -> Result<Arc<Runtime>> {
+/// Opens the plugin registry and pipelines (they start once the listeners do): a cluster
+/// node's pipelines are the cluster's.
+async fn start_runtime(
+    storage: &Arc<Storage>,
+    config: &ServeConfig,
+    cluster: Option<&Arc<ClusterLogs>>,
+) -> Result<Arc<Runtime>> {
     let sandbox = SandboxConfig {
         call_timeout_ms: config.plugin_timeout_ms,
         memory_bytes_max: config.plugin_memory_bytes_max,
         ..SandboxConfig::default()
     };
     let storage = storage.clone();
+    let home = cluster.map(ClusterLogs::pipeline_home);
     let starting = "starting the plugin runtime";
     let runtime = tokio::task::spawn_blocking(move || {
-        weir_storage::reactor::blocking(|| Runtime::open(storage, sandbox))
+        weir_storage::reactor::blocking(|| Runtime::open_with(storage, sandbox, home))
     })
     .await
     .map_err(task(starting))?
@@ -512,15 +524,15 @@ fn node_context(
     runtime
         .pipelines()
         .set_compiler(Arc::new(weir_sql::stream::ContinuousQueries::new(
-            storage.clone(),
+            topics.clone(),
             sql.functions().cloned(),
         )));
     if cluster.is_some() {
-        // A pipeline reads and writes the node's own data directory, which a cluster's Kafka
-        // clients never see.
-        runtime.pipelines().refuse_new(
-            "pipelines do not run on a cluster yet: they would read and write this node's own \
-             data directory rather than the cluster's topics (see docs/cluster.md)"
+        // Plugins are deployed to a node's own data directory, which other nodes never see.
+        runtime.pipelines().refuse_plugins(
+            "pipelines that run plugins do not run on a cluster yet: plugins are deployed to \
+             one node, and the node running a pipeline may be any (see docs/cluster.md); SQL \
+             pipelines do"
                 .to_string(),
         );
     }

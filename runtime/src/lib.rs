@@ -33,7 +33,8 @@ use weir_storage::locks;
 pub use output::{OutRecord, Output};
 pub use pipeline::{Checkpoint, PipelineSpec, StartAt};
 pub use pipelines::{
-    EveryTurn, Owner, PIPELINES_MAX, PipelineHome, PipelineStatus, Pipelines, Rights, Turn, Turns,
+    EveryTurn, Owner, PIPELINES_MAX, PIPELINES_TREE, PipelineHome, PipelineStatus, Pipelines,
+    Rights, Turn, Turns,
 };
 pub use registry::{PluginMeta, PluginVersion, Registry, VERSIONS_MAX, validate_plugin_name};
 pub use sandbox::{
@@ -83,27 +84,39 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Opens the registry and pipelines; compiled modules are cached in `<data-dir>/plugin-cache`.
-    pub fn open(storage: Arc<Storage>, mut config: SandboxConfig) -> Result<Runtime, Error> {
+    /// Opens the registry and the pipelines of the node's own storage; compiled modules are
+    /// cached in `<data-dir>/plugin-cache`.
+    pub fn open(storage: Arc<Storage>, config: SandboxConfig) -> Result<Runtime, Error> {
+        Runtime::open_with(storage, config, None)
+    }
+
+    /// [`Runtime::open`] with the pipelines in `home` (a cluster's), or in the node's own
+    /// storage without one.
+    pub fn open_with(
+        storage: Arc<Storage>,
+        mut config: SandboxConfig,
+        home: Option<PipelineHome>,
+    ) -> Result<Runtime, Error> {
         config
             .cache_dir
             .get_or_insert_with(|| storage.data_dir().join("plugin-cache"));
         let sandbox = Arc::new(Sandbox::new(config)?);
         let registry = Arc::new(Registry::open(&storage, sandbox)?);
         let plugin_dir = storage.data_dir().join("plugins");
-        let turn = Turn {
-            topics: storage.clone(),
-            trees: Arc::new(storage.meta().clone()),
-            steps: Arc::new(continuous::StepDir::new(
-                storage.data_dir().join(continuous::STEPS_DIR),
-            )),
-        };
-        let home = PipelineHome {
-            topics: turn.topics.clone(),
-            trees: turn.trees.clone(),
-            steps: turn.steps.clone(),
-            turns: Arc::new(EveryTurn(turn)),
-        };
+        let home = home.unwrap_or_else(|| {
+            let turn = Turn {
+                topics: storage.clone(),
+                trees: Arc::new(storage.meta().clone()),
+                steps: Arc::new(continuous::StepDir::new(
+                    storage.data_dir().join(continuous::STEPS_DIR),
+                )),
+            };
+            PipelineHome {
+                topics: turn.topics.clone(),
+                trees: turn.trees.clone(),
+                turns: Arc::new(EveryTurn(turn)),
+            }
+        });
         let pipelines = Pipelines::open(home, registry.clone())?;
         Ok(Runtime {
             registry,

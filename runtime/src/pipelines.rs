@@ -25,6 +25,8 @@ pub const PIPELINES_MAX: usize = 256;
 const IDLE_POLL_MS: u64 = 200;
 /// How often a node asks for its turn at a pipeline another node runs.
 const ELSEWHERE_POLL_MS: u64 = 1000;
+/// How long a deletion waits for the node running the pipeline to give its turn up.
+const TURN_WAIT: Duration = Duration::from_secs(30);
 /// How long a pipeline waits after a storage error before it tries again.
 const RETRY_MS: u64 = 1000;
 
@@ -61,7 +63,8 @@ pub trait Rights: Send + Sync {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PipelineStatus {
     pub spec: PipelineSpec,
-    /// `running`, `paused` or `starting`.
+    /// `running`, `paused`, `starting`, or `standby` on a node of a cluster while another
+    /// node runs it.
     pub status: String,
     pub reason: Option<String>,
     pub created_ms: i64,
@@ -108,6 +111,10 @@ impl Steps for OperatorRunner {
 struct Control {
     stop: AtomicBool,
     paused: AtomicBool,
+    /// Another node of the cluster has the turn at the pipeline.
+    elsewhere: AtomicBool,
+    /// This node took the turn at the pipeline and has not given it back.
+    turn: AtomicBool,
     /// Made on the first step (it reads the outputs to resume) and dropped when paused.
     runner: Mutex<Option<Box<dyn Steps>>>,
 }
@@ -121,8 +128,6 @@ struct Running {
 pub struct Pipelines {
     /// Where pipelines read and write.
     topics: Arc<dyn Topics>,
-    /// Where SQL pipelines and aggregating chains keep their saved steps.
-    steps: Arc<dyn StepStore>,
     /// Which pipelines this node runs.
     turns: Arc<dyn Turns>,
     registry: Arc<Registry>,
@@ -133,17 +138,15 @@ pub struct Pipelines {
     appended: watch::Sender<u64>,
     rights: std::sync::OnceLock<Arc<dyn Rights>>,
     compiler: std::sync::OnceLock<Arc<dyn Compiler>>,
-    /// Why this node makes no pipelines, when it makes none.
-    refusal: std::sync::OnceLock<String>,
+    /// Why this node makes no pipelines that run plugins, when it makes none.
+    plugins_refused: std::sync::OnceLock<String>,
 }
 
-/// Where a node's pipelines live: the topics they read and write, the trees that keep them
-/// and their checkpoints, where SQL pipelines and aggregating chains save their steps, and
-/// which pipelines this node runs.
+/// Where a node's pipelines live: the topics they read, the trees that keep them and their
+/// checkpoints, and which pipelines this node runs (its turns, through which they write).
 pub struct PipelineHome {
     pub topics: Arc<dyn Topics>,
     pub trees: Arc<dyn TreeSource>,
-    pub steps: Arc<dyn StepStore>,
     pub turns: Arc<dyn Turns>,
 }
 
@@ -201,7 +204,7 @@ impl CheckpointTrees {
 }
 
 /// The trees of the pipelines and of their checkpoints.
-const PIPELINES_TREE: &str = "pipelines";
+pub const PIPELINES_TREE: &str = "pipelines";
 const CHECKPOINTS_TREE: &str = "pipeline-checkpoints";
 const SQL_CHECKPOINTS_TREE: &str = "pipeline-sql-checkpoints";
 
@@ -249,25 +252,20 @@ impl Pipelines {
             checkpoints,
             sql_checkpoints,
             topics: home.topics,
-            steps: home.steps,
             turns: home.turns,
             registry,
             running: Mutex::new(HashMap::new()),
             appended: watch::Sender::new(0),
             rights: std::sync::OnceLock::new(),
             compiler: std::sync::OnceLock::new(),
-            refusal: std::sync::OnceLock::new(),
+            plugins_refused: std::sync::OnceLock::new(),
         }))
     }
 
-    /// Makes [`Pipelines::create`] refuse every new pipeline with `reason`; set once.
-    pub fn refuse_new(&self, reason: String) {
-        let _ = self.refusal.set(reason);
-    }
-
-    /// Why this node makes no pipelines, if it makes none.
-    pub fn refusal(&self) -> Option<&str> {
-        self.refusal.get().map(String::as_str)
+    /// Makes [`Pipelines::create`] refuse every new pipeline that runs plugins, with
+    /// `reason`; set once.
+    pub fn refuse_plugins(&self, reason: String) {
+        let _ = self.plugins_refused.set(reason);
     }
 
     /// What makes the operators of SQL pipelines; set once, before [`Pipelines::start_all`].
@@ -342,8 +340,36 @@ impl Pipelines {
 
     /// Starts the task of every stored pipeline; call from inside a tokio runtime.
     pub fn start_all(self: &Arc<Self>) -> Result<(), Error> {
-        for (_, stored) in self.tree.all()? {
-            self.spawn(&stored);
+        self.sync()
+    }
+
+    /// Follows the stored pipelines as any node of a cluster changes them: starts the task of
+    /// each one this node has none for, stops the tasks of deleted ones, and pauses or
+    /// resumes each as stored. Call from inside a tokio runtime.
+    pub fn sync(self: &Arc<Self>) -> Result<(), Error> {
+        let stored: HashMap<String, Stored> = self.tree.all()?.into_iter().collect();
+        let mut running = locks::lock(&self.running);
+        running.retain(|name, r| {
+            let kept = stored.contains_key(name);
+            if !kept {
+                // The task ends after its step, and gives its turn back.
+                r.control.stop.store(true, Ordering::Release);
+            }
+            kept
+        });
+        let new: Vec<&Stored> = stored
+            .iter()
+            .filter_map(|(name, s)| match running.get(name) {
+                Some(r) => {
+                    r.control.paused.store(s.paused, Ordering::Release);
+                    None
+                }
+                None => Some(s),
+            })
+            .collect();
+        drop(running);
+        for stored in new {
+            self.spawn(stored);
         }
         Ok(())
     }
@@ -361,8 +387,9 @@ impl Pipelines {
         spec: PipelineSpec,
         owner: Option<Owner>,
     ) -> Result<PipelineStatus, Error> {
-        if let Some(reason) = self.refusal() {
-            return Err(Error::Invalid(reason.to_string()));
+        let plugins = !spec.through.is_empty() || spec.partition_by.is_some();
+        if let Some(reason) = self.plugins_refused.get().filter(|_| plugins) {
+            return Err(Error::Invalid(reason.clone()));
         }
         validate_pipeline_name(&spec.name)?;
         if self.tree.get(&spec.name)?.is_some() {
@@ -503,8 +530,7 @@ impl Pipelines {
         while !control.stop.load(Ordering::Acquire) {
             if control.paused.load(Ordering::Acquire) {
                 // Drop the instances while paused; a resume starts from the checkpoint.
-                *locks::lock(&control.runner) = None;
-                self.turns.give_back(&spec.name);
+                self.end_turn(&spec.name, &control);
                 tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
                 continue;
             }
@@ -518,12 +544,19 @@ impl Pipelines {
             let step = tokio::task::spawn_blocking(move || {
                 weir_storage::reactor::blocking(|| {
                     let mut runner = locks::lock(&step_control.runner);
-                    if runner.is_some() && !step_self.turns.holds(&step_spec.name) {
+                    let took = &step_control.turn;
+                    if took.load(Ordering::Acquire) && !step_self.turns.holds(&step_spec.name) {
                         tracing::warn!(pipeline = %step_spec.name, "this node's turn at the pipeline ended; another node may run it now");
+                        took.store(false, Ordering::Release);
                         *runner = None;
                     }
                     if runner.is_none() {
-                        let Some(turn) = step_self.turns.take(&step_spec.name)? else {
+                        let turn = step_self.turns.take(&step_spec.name)?;
+                        took.store(turn.is_some(), Ordering::Release);
+                        step_control
+                            .elsewhere
+                            .store(turn.is_none(), Ordering::Release);
+                        let Some(turn) = turn else {
                             return Ok(Step::Elsewhere);
                         };
                         *runner = Some(step_self.runner(step_spec, step_stats, turn)?);
@@ -563,8 +596,15 @@ impl Pipelines {
                 }
             }
         }
+        self.end_turn(&spec.name, &control);
+    }
+
+    /// Drops the pipeline's runner and gives back the turn this node took at it, if any.
+    fn end_turn(&self, name: &str, control: &Control) {
         *locks::lock(&control.runner) = None;
-        self.turns.give_back(&spec.name);
+        if control.turn.swap(false, Ordering::AcqRel) {
+            self.turns.give_back(name);
+        }
     }
 
     /// Pauses a pipeline that cannot go on, keeping why for its status.
@@ -601,20 +641,47 @@ impl Pipelines {
         self.describe(name)
     }
 
-    /// Stops and forgets the pipeline; its topics stay.
+    /// Stops and forgets the pipeline; its topics stay. It is paused first, so the node
+    /// running it (this one, or another of a cluster once it hears of it) stops it and gives
+    /// its turn back; its checkpoints and saved steps are then removed under that turn, which
+    /// no other node can write under any more.
     pub async fn delete(&self, name: &str) -> Result<(), Error> {
-        self.stored(name)?;
+        self.set_paused(name, true, Some("being deleted".into()))?;
         let running = locks::lock(&self.running).remove(name);
         if let Some(running) = running {
             running.control.stop.store(true, Ordering::Release);
             let _ = running.task.await;
         }
-        for (key, _) in self.checkpoints.scan_prefix(&format!("{name}/"))? {
-            self.checkpoints.remove(&key)?;
-        }
-        self.sql_checkpoints.remove(name)?;
-        self.steps.remove(name)?;
-        self.tree.remove(name)?;
+        let deadline = tokio::time::Instant::now() + TURN_WAIT;
+        let turn = loop {
+            let (turns, pipeline) = (self.turns.clone(), name.to_string());
+            let taken = tokio::task::spawn_blocking(move || turns.take(&pipeline))
+                .await
+                .map_err(|e| Error::Invalid(format!("taking the turn at {name}: {e}")))??;
+            if taken.is_some() || tokio::time::Instant::now() >= deadline {
+                break taken;
+            }
+            tokio::time::sleep(Duration::from_millis(ELSEWHERE_POLL_MS)).await;
+        };
+        let Some(turn) = turn else {
+            return Err(Error::Conflict(format!(
+                "pipeline {name}: the node running it did not stop within {} s; it is paused, \
+                 delete it again",
+                TURN_WAIT.as_secs()
+            )));
+        };
+        let cleared = (|| {
+            let trees = CheckpointTrees::of(&*turn.trees)?;
+            for (key, _) in trees.checkpoints.scan_prefix(&format!("{name}/"))? {
+                trees.checkpoints.remove(&key)?;
+            }
+            trees.sql_checkpoints.remove(name)?;
+            turn.steps.remove(name)?;
+            self.tree.remove(name)?;
+            Ok::<_, Error>(())
+        })();
+        self.turns.give_back(name);
+        cleared?;
         tracing::info!(pipeline = name, "pipeline deleted");
         Ok(())
     }
@@ -636,6 +703,7 @@ impl Pipelines {
         Ok(PipelineStatus {
             status: match (stored.paused, running) {
                 (true, _) => "paused",
+                (false, Some(r)) if r.control.elsewhere.load(Ordering::Acquire) => "standby",
                 (false, Some(_)) => "running",
                 (false, None) => "starting",
             }

@@ -156,7 +156,8 @@ impl From<PipelineSpec> for PipelineBody {
 #[derive(Serialize)]
 struct PipelineStatusBody {
     spec: PipelineBody,
-    /// `running`, `paused` or `starting`.
+    /// `running`, `paused`, `starting`, or `standby` on a cluster node while another node
+    /// runs it.
     status: String,
     reason: Option<String>,
     created_ms: i64,

@@ -158,11 +158,7 @@ impl QueryEngine {
         sql: &str,
         pipelines: Arc<weir_runtime::Pipelines>,
     ) -> Result<Answer, Error> {
-        // Before the plan, which would look the topic up where this node runs pipelines.
-        if let Some(reason) = pipelines.refusal() {
-            return Err(Error::Refused(reason.to_string()));
-        }
-        let query = Query::plan(self.storage.clone(), &create, self.functions.as_deref()).await?;
+        let query = Query::plan(self.topics.clone(), &create, self.functions.as_deref()).await?;
         let source = query.source().to_owned();
         let spec = PipelineSpec {
             name: create.name.clone(),
@@ -181,31 +177,31 @@ impl QueryEngine {
         if let Some(access) = &access {
             access.may_run(&spec).map_err(Error::Denied)?;
             for topic in [&create.output, &spec.dead_letter_topic()] {
-                if self.storage.topic(topic)?.is_none() {
+                if self.topics.topic(topic)?.is_none() {
                     let table =
                         datafusion::common::TableReference::partial("public", topic.as_str());
                     check_table(access.as_ref(), &table, TableUse::Create)?;
                 }
             }
         }
-        let made = match self.storage.topic(&create.output)? {
+        let made = match self.topics.topic(&create.output)? {
             Some(meta) => {
                 query::output_fits(query.output_schema(), &typed_columns(&meta)?)?;
                 false
             }
             None => {
                 let configs = typed_configs(query.output_schema().fields())?;
-                let partitions = self.storage.existing_topic(&source)?.partitions;
-                let (storage, topic) = (self.storage.clone(), create.output.clone());
-                on_blocking_pool(move || storage.create_topic(&topic, partitions, configs)).await?;
+                let partitions = self.topics.existing_topic(&source)?.partitions;
+                let (topics, topic) = (self.topics.clone(), create.output.clone());
+                on_blocking_pool(move || topics.create_topic(&topic, partitions, configs)).await?;
                 true
             }
         };
         let owner = access.as_ref().and_then(|a| a.runs_as());
         let created = on_blocking(move || pipelines.create(spec, owner)).await;
         if created.is_err() && made {
-            let (storage, topic) = (self.storage.clone(), create.output.clone());
-            on_blocking_pool(move || storage.delete_topic(&topic)).await?;
+            let (topics, topic) = (self.topics.clone(), create.output.clone());
+            on_blocking_pool(move || topics.delete_topic(&topic)).await?;
         }
         created?;
         self.done("CREATE PIPELINE").await
