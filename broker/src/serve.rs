@@ -166,15 +166,20 @@ impl Server {
         }
         let mut tasks = Vec::new();
         if let Some(cluster) = &cluster {
-            // ACL rules are checked from memory: read again when any node changes them.
+            // ACL rules are checked from memory, pipelines run from the list each node keeps,
+            // and plugins are held compiled: all read again when any node changes them.
             let acls = node.acls.clone();
             let pipelines = runtime.pipelines().clone();
+            let registry = runtime.registry().clone();
             cluster.on_meta_change(
                 move |tree| {
                     if (tree.is_empty() || tree == crate::acl::ACLS_TREE)
                         && let Err(e) = acls.reload()
                     {
                         tracing::warn!(error = %e, "reading the cluster's ACL rules failed");
+                    }
+                    if tree.is_empty() || tree == weir_runtime::PLUGINS_TREE {
+                        registry.changed();
                     }
                     if (tree.is_empty() || tree == weir_runtime::PIPELINES_TREE)
                         && let Err(e) = pipelines.sync()
@@ -527,15 +532,6 @@ fn node_context(
             topics.clone(),
             sql.functions().cloned(),
         )));
-    if cluster.is_some() {
-        // Plugins are deployed to a node's own data directory, which other nodes never see.
-        runtime.pipelines().refuse_plugins(
-            "pipelines that run plugins do not run on a cluster yet: plugins are deployed to \
-             one node, and the node running a pipeline may be any (see docs/cluster.md); SQL \
-             pipelines do"
-                .to_string(),
-        );
-    }
     runtime
         .pipelines()
         .set_rights(Arc::new(crate::acl::PipelineRights {

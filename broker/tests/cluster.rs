@@ -30,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use weir_cluster::lease::COMMIT_OFFSETS_MAX;
 use weir_tests::postgres::Postgres;
 use weir_tests::s3::S3Server;
+use weir_tests::wasm::plugin_wasm;
 
 const PARTITIONS: u32 = 3;
 
@@ -1092,10 +1093,7 @@ fn topics_are_configured_grown_and_deleted_through_any_node() {
     }
 
     // The HTTP API (and so `weir topic`) on the same topics, each call through another node.
-    let http: Vec<weir_broker::cli::Client> = nodes
-        .iter()
-        .map(|n| weir_broker::cli::Client::new(&n.url(), None))
-        .collect();
+    let http = clients(&nodes);
     let body = serde_json::json!({
         "name": "audit", "partitions": 2, "configs": { "retention.ms": "3600000" }
     });
@@ -1159,10 +1157,7 @@ fn record_pages_and_sql_read_the_cluster_through_any_node() {
     };
     // Retention runs every half second, for the end of the test.
     let (_store, _dirs, nodes) = three_nodes_with(&db, &["--retention-check-ms", "500"]);
-    let http: Vec<weir_broker::cli::Client> = nodes
-        .iter()
-        .map(|n| weir_broker::cli::Client::new(&n.url(), None))
-        .collect();
+    let http = clients(&nodes);
     // Kept whatever the records' age until the end, where retention takes them.
     let made = json!({ "name": "events", "partitions": 2, "configs": { "retention.ms": "-1" } });
     http[0].call("POST", "/v1/topics", Some(&made)).unwrap();
@@ -1291,16 +1286,11 @@ fn record_pages_and_sql_read_the_cluster_through_any_node() {
         rows("SELECT count(*) AS n FROM events"),
         json!([{ "n": 30 }])
     );
-    // Plugins are deployed to one node: a pipeline running them is refused, saying why, and
-    // nothing is made.
-    let why = "pipelines that run plugins do not run on a cluster yet";
+    // A pipeline through a plugin no node deployed is refused, naming it, and nothing is made.
     let spec = json!({ "name": "copy", "from": "events", "to": ["copied"], "through": ["x"] });
     let refused = http[1].call("POST", "/v1/pipelines", Some(&spec));
     let refused = refused.unwrap_err().to_string();
-    assert!(
-        refused.contains("400") && refused.contains(why),
-        "{refused}"
-    );
+    assert!(refused.contains("plugin x does not exist"), "{refused}");
     assert_eq!(
         rows("SELECT count(*) AS n FROM weir.topics WHERE name = 'copied'"),
         json!([{ "n": 0 }])
@@ -1337,6 +1327,80 @@ fn record_pages_and_sql_read_the_cluster_through_any_node() {
     assert_eq!(dropped, 6.0, "three runs of two partitions, dropped once");
 }
 
+/// An HTTP client of each node.
+fn clients(nodes: &[Node]) -> Vec<weir_broker::cli::Client> {
+    let client = |n: &Node| weir_broker::cli::Client::new(&n.url(), None);
+    nodes.iter().map(client).collect()
+}
+
+/// Produces records `from..from + 20` of `input` through `client`, record `i` to partition
+/// `i % 2` with the value `value(i)`.
+fn produce_twenty(client: &weir_broker::cli::Client, from: usize, value: impl Fn(usize) -> String) {
+    let records: Vec<serde_json::Value> = (from..from + 20)
+        .map(|i| serde_json::json!({ "value": value(i), "partition": i % 2 }))
+        .collect();
+    let body = serde_json::json!({ "records": records });
+    client
+        .call("POST", "/v1/topics/input/records", Some(&body))
+        .unwrap();
+}
+
+/// The rows `statement` answers through `client`.
+fn sql_rows(
+    client: &weir_broker::cli::Client,
+    statement: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let sql = serde_json::json!({ "sql": statement });
+    Ok(client.call("POST", "/v1/sql", Some(&sql))?["rows"].clone())
+}
+
+/// The node holding lease `name`, as the cluster summary of `client`'s node names it.
+fn lease_holder(client: &weir_broker::cli::Client, name: &str) -> Option<String> {
+    let summary = client.call("GET", "/v1/cluster", None).ok()?;
+    let leases = summary["leases"].as_array()?.clone();
+    let lease = leases.iter().find(|l| l["name"] == name)?;
+    lease["holder"].as_str().map(str::to_string)
+}
+
+/// Pipeline `name` as each node lists it (`null` where it is not listed).
+fn pipeline_on_each(http: &[weir_broker::cli::Client], name: &str) -> Vec<serde_json::Value> {
+    let listed = |client: &weir_broker::cli::Client| {
+        let listed = client.call("GET", "/v1/pipelines", None).unwrap();
+        let found = listed
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["spec"]["name"] == name).cloned());
+        found.unwrap_or_default()
+    };
+    http.iter().map(listed).collect()
+}
+
+/// The status of pipeline `name` on each node (`none` where it is not listed).
+fn pipeline_statuses(http: &[weir_broker::cli::Client], name: &str) -> Vec<String> {
+    let status = |p: serde_json::Value| p["status"].as_str().unwrap_or("none").to_string();
+    pipeline_on_each(http, name)
+        .into_iter()
+        .map(status)
+        .collect()
+}
+
+/// Waits until node `home` runs pipeline `name` and every other node stands by.
+fn runs_only_on(http: &[weir_broker::cli::Client], name: &str, home: usize) {
+    eventually("every node lists it", Duration::from_secs(10), || {
+        let statuses = pipeline_statuses(http, name);
+        (0..http.len()).all(|n| statuses[n] == if n == home { "running" } else { "standby" })
+    });
+}
+
+/// Drops pipeline `name` through `http[0]` and waits until no node lists it; its lease is
+/// given back.
+fn dropped_everywhere(http: &[weir_broker::cli::Client], name: &str) {
+    sql_rows(&http[0], &format!("DROP PIPELINE {name}")).unwrap();
+    eventually("no node lists it", Duration::from_secs(10), || {
+        pipeline_statuses(http, name).iter().all(|s| s == "none")
+    });
+    assert_eq!(lease_holder(&http[1], &format!("pipeline:{name}")), None);
+}
+
 /// A SQL pipeline on a cluster runs on the node holding its lease, reading and writing the
 /// cluster's topics; every node lists it. When that node dies, a live node takes the lease
 /// over and goes on from the checkpoint, and every result is written once. Dropped through
@@ -1348,79 +1412,43 @@ fn a_sql_pipeline_runs_on_one_node_and_moves_to_a_live_one_when_it_dies() {
         return;
     };
     let (_store, _dirs, mut nodes) = three_nodes(&db);
-    let clients = |nodes: &[Node]| -> Vec<weir_broker::cli::Client> {
-        let client = |n: &Node| weir_broker::cli::Client::new(&n.url(), None);
-        nodes.iter().map(client).collect()
-    };
     let http = clients(&nodes);
     let made = json!({ "name": "input", "partitions": 2 });
     http[0].call("POST", "/v1/topics", Some(&made)).unwrap();
     let statement = "CREATE PIPELINE shout AS INSERT INTO shouted \
          SELECT upper(value_text) AS loud FROM input WITH (start = 'earliest')";
-    http[1]
-        .call("POST", "/v1/sql", Some(&json!({ "sql": statement })))
-        .unwrap();
-    let produce = |client: &weir_broker::cli::Client, from: usize| {
-        let records: Vec<serde_json::Value> = (from..from + 20)
-            .map(|i| json!({ "value": format!("event-{i}"), "partition": i % 2 }))
-            .collect();
-        let body = json!({ "records": records });
-        client
-            .call("POST", "/v1/topics/input/records", Some(&body))
-            .unwrap();
-    };
+    sql_rows(&http[1], statement).unwrap();
+    let event = |i| format!("event-{i}");
     let counted = |client: &weir_broker::cli::Client| {
-        let sql = json!({ "sql": "SELECT count(*) AS n, count(DISTINCT loud) AS d FROM shouted" });
-        client
-            .call("POST", "/v1/sql", Some(&sql))
-            .map(|a| a["rows"].clone())
+        sql_rows(
+            client,
+            "SELECT count(*) AS n, count(DISTINCT loud) AS d FROM shouted",
+        )
     };
-    produce(&http[2], 0);
+    produce_twenty(&http[2], 0, event);
     eventually(
         "the results of the first records",
         Duration::from_secs(30),
         || counted(&http[0]).is_ok_and(|rows| rows == json!([{ "n": 20, "d": 20 }])),
     );
-    let upper = |client: &weir_broker::cli::Client| {
-        let sql = json!({ "sql": "SELECT loud FROM shouted WHERE loud = 'EVENT-7'" });
-        client.call("POST", "/v1/sql", Some(&sql)).unwrap()["rows"].clone()
-    };
-    assert_eq!(upper(&http[2]), json!([{ "loud": "EVENT-7" }]));
+    let upper = sql_rows(&http[2], "SELECT loud FROM shouted WHERE loud = 'EVENT-7'");
+    assert_eq!(upper.unwrap(), json!([{ "loud": "EVENT-7" }]));
 
     // One node holds the lease and runs it; the others list it standing by.
-    let holder = |client: &weir_broker::cli::Client| -> Option<String> {
-        let summary = client.call("GET", "/v1/cluster", None).ok()?;
-        let leases = summary["leases"].as_array()?.clone();
-        let lease = leases.iter().find(|l| l["name"] == "pipeline:shout")?;
-        lease["holder"].as_str().map(str::to_string)
-    };
-    let home: usize = holder(&http[0]).expect("a holder").parse().unwrap();
-    let statuses = |http: &[weir_broker::cli::Client]| -> Vec<String> {
-        http.iter()
-            .map(|client| {
-                let listed = client.call("GET", "/v1/pipelines", None).unwrap();
-                let shout = listed
-                    .as_array()
-                    .and_then(|l| l.iter().find(|p| p["spec"]["name"] == "shout").cloned());
-                shout.map_or("none".to_string(), |p| {
-                    p["status"].as_str().unwrap().to_string()
-                })
-            })
-            .collect()
-    };
-    eventually("every node lists it", Duration::from_secs(10), || {
-        let statuses = statuses(&http);
-        (0..3).all(|n| statuses[n] == if n == home { "running" } else { "standby" })
-    });
+    let home: usize = lease_holder(&http[0], "pipeline:shout")
+        .expect("a holder")
+        .parse()
+        .unwrap();
+    runs_only_on(&http, "shout", home);
 
     // Its node dies; a live node takes the lease over once it lapses and goes on.
     nodes.remove(home).kill9();
     let http = clients(&nodes);
-    produce(&http[0], 20);
+    produce_twenty(&http[0], 20, event);
     eventually("a live node takes over", Duration::from_secs(40), || {
         counted(&http[1]).is_ok_and(|rows| rows == json!([{ "n": 40, "d": 40 }]))
     });
-    let taker = holder(&http[0]).expect("a holder");
+    let taker = lease_holder(&http[0], "pipeline:shout").expect("a holder");
     assert_ne!(
         taker,
         home.to_string(),
@@ -1429,17 +1457,109 @@ fn a_sql_pipeline_runs_on_one_node_and_moves_to_a_live_one_when_it_dies() {
     assert_eq!(counted(&http[0]).unwrap(), json!([{ "n": 40, "d": 40 }]));
 
     // Dropped through either node, it stops everywhere and its lease is given back.
-    http[0]
-        .call(
-            "POST",
-            "/v1/sql",
-            Some(&json!({ "sql": "DROP PIPELINE shout" })),
+    dropped_everywhere(&http, "shout");
+}
+
+/// A plugin deployed through one node is the cluster's: its module is kept in the object
+/// store and its versions in Postgres, so a pipeline made through another node runs it on
+/// whichever node holds the pipeline's lease. A new version deployed through a node that does
+/// not run the pipeline is swapped in by the node that does, between batches; when that node
+/// dies, the node taking over runs the new version, and every record is filtered once.
+#[test]
+fn a_plugin_deployed_through_one_node_runs_and_swaps_on_the_node_running_its_pipeline() {
+    use serde_json::json;
+    let Some(db) = Postgres::start() else {
+        return;
+    };
+    let (store, _dirs, mut nodes) = three_nodes(&db);
+    let http = clients(&nodes);
+    let made = json!({ "name": "input", "partitions": 2 });
+    http[0].call("POST", "/v1/topics", Some(&made)).unwrap();
+    let wasm = std::fs::read(plugin_wasm("regex-filter").unwrap()).unwrap();
+    let deploy = |client: &weir_broker::cli::Client, pattern: &str| {
+        let path = format!("/v1/plugins/picks?pattern={pattern}");
+        client
+            .send("PUT", &path, "application/wasm", &wasm)
+            .unwrap()
+    };
+    let first = deploy(&http[0], "keep");
+    let sha256 = first["sha256"].as_str().expect("a digest").to_string();
+    assert!(
+        store.path().join(format!("plugins/{sha256}.wasm")).exists(),
+        "the module is in the object store"
+    );
+    let spec = json!({ "name": "picked", "from": "input", "through": ["picks"],
+                       "to": ["picked"], "from_offset": "earliest" });
+    http[1].call("POST", "/v1/pipelines", Some(&spec)).unwrap();
+    // Even records are kept, odd ones dropped: the first version keeps the even ones.
+    let event = |i: usize| format!("{}-{i}", if i.is_multiple_of(2) { "keep" } else { "drop" });
+    let picked = |client: &weir_broker::cli::Client| {
+        let rows = sql_rows(client, "SELECT value_text AS v FROM picked ORDER BY v")?;
+        let values = rows.as_array().cloned().unwrap_or_default().into_iter();
+        anyhow::Ok(
+            values
+                .map(|r| r["v"].as_str().unwrap_or("").to_string())
+                .collect::<Vec<_>>(),
         )
-        .unwrap();
-    eventually("no node lists it", Duration::from_secs(10), || {
-        statuses(&http).iter().all(|s| s == "none")
+    };
+    let expected = |versions: &[(usize, &str)]| -> Vec<String> {
+        let mut all: Vec<String> = versions
+            .iter()
+            .flat_map(|&(from, kept)| {
+                (from..from + 20)
+                    .map(event)
+                    .filter(move |v| v.starts_with(kept))
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    produce_twenty(&http[2], 0, event);
+    let want = expected(&[(0, "keep")]);
+    eventually("the first version's picks", Duration::from_secs(30), || {
+        picked(&http[0]).is_ok_and(|got| got == want)
     });
-    assert_eq!(holder(&http[1]), None);
+    let home: usize = lease_holder(&http[0], "pipeline:picked")
+        .expect("a holder")
+        .parse()
+        .unwrap();
+    runs_only_on(&http, "picked", home);
+
+    // Version 2, deployed through another node, is what the running node swaps to.
+    let other = (home + 1) % 3;
+    assert_eq!(deploy(&http[other], "drop")["version"], 2);
+    for client in &http {
+        let plugin = client.call("GET", "/v1/plugins/picks", None).unwrap();
+        assert_eq!(plugin["active"], 2, "every node sees the new version");
+    }
+    eventually("the running node swaps", Duration::from_secs(20), || {
+        pipeline_on_each(&http, "picked")[home]["plugins"] == json!(["picks@2"])
+    });
+    produce_twenty(&http[other], 20, event);
+    let want = expected(&[(0, "keep"), (20, "drop")]);
+    eventually(
+        "the second version's picks",
+        Duration::from_secs(30),
+        || picked(&http[0]).is_ok_and(|got| got == want),
+    );
+
+    // Its node dies; the node taking over runs version 2 from where it stopped.
+    nodes.remove(home).kill9();
+    let http = clients(&nodes);
+    produce_twenty(&http[0], 40, event);
+    let want = expected(&[(0, "keep"), (20, "drop"), (40, "drop")]);
+    eventually("a live node takes over", Duration::from_secs(40), || {
+        picked(&http[1]).is_ok_and(|got| got == want)
+    });
+    let taker = lease_holder(&http[0], "pipeline:picked").expect("a holder");
+    assert_ne!(taker, home.to_string());
+    // A plugin in use stays; once its pipeline is dropped, it goes.
+    let refused = http[0].call("DELETE", "/v1/plugins/picks", None);
+    assert!(refused.unwrap_err().to_string().contains("409"));
+    dropped_everywhere(&http, "picked");
+    http[1].call("DELETE", "/v1/plugins/picks", None).unwrap();
+    let gone = http[0].call("GET", "/v1/plugins/picks", None);
+    assert!(gone.unwrap_err().to_string().contains("404"));
 }
 
 /// Users and ACL rules are the cluster's: made through one node, they hold on every node, and
@@ -1547,10 +1667,7 @@ fn group_requests_through_any_node_are_answered_by_the_node_coordinating_the_gro
     eventually("every node lists three", Duration::from_secs(20), || {
         nodes.iter().all(|n| brokers(n).len() == 3)
     });
-    let http: Vec<weir_broker::cli::Client> = nodes
-        .iter()
-        .map(|n| weir_broker::cli::Client::new(&n.url(), None))
-        .collect();
+    let http = clients(&nodes);
     let made = json!({ "name": "held", "partitions": 2 });
     http[0].call("POST", "/v1/topics", Some(&made)).unwrap();
     let records: Vec<serde_json::Value> = (0..40)

@@ -55,6 +55,7 @@ mod log;
 pub mod membership;
 pub mod merge;
 mod meta;
+pub mod modules;
 pub mod retention;
 pub mod schema;
 pub mod status;

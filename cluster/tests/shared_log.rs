@@ -1461,3 +1461,32 @@ async fn pipeline_steps_are_kept_in_the_store_each_write_under_a_name_of_its_own
         );
     }
 }
+
+/// A plugin module put through one node is read through another under its digest; a key that
+/// is no digest is refused before the store is touched.
+#[tokio::test]
+async fn plugin_modules_are_kept_in_the_store_under_their_digest() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(&pg, &store_url, 1).await;
+    let digest = "0123456789abcdef".repeat(4);
+    a.put_module(&digest, Bytes::from_static(b"\0asm"))
+        .await
+        .expect("put");
+    assert_eq!(b.get_module(&digest).await.expect("get"), "\0asm");
+    let missing = "f".repeat(64);
+    assert!(b.get_module(&missing).await.is_err(), "never put");
+    for key in [
+        "",
+        "../data/x",
+        &digest.to_uppercase(),
+        &format!("{digest}0"),
+    ] {
+        let refused = a.put_module(key, Bytes::new()).await;
+        assert!(
+            matches!(refused, Err(ClusterError::InvalidRequest(_))),
+            "{key:?}: {refused:?}"
+        );
+    }
+}

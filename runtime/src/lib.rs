@@ -7,8 +7,8 @@
 //!   batch per call through the flatbuffers ABI of `weir-guest`. A failed call is a
 //!   [`CallError`]; the instance is dropped and made again.
 //! - [`Registry`] keeps every deployed version (sha256, kind, params) in the metadata store and
-//!   the modules in `<data-dir>/plugin-store/`; [`watch_plugin_dir`] deploys files dropped into
-//!   `<data-dir>/plugins/`.
+//!   the modules in a [`ModuleStore`] (`<data-dir>/plugin-store/` on a single node);
+//!   [`watch_plugin_dir`] deploys files dropped into `<data-dir>/plugins/`.
 //! - [`Pipelines`] runs each pipeline (input topic → plugins → output topics) as a tokio task
 //!   whose steps run on the blocking pool; [`pipeline`] explains how a step appends exactly once.
 //!
@@ -36,7 +36,10 @@ pub use pipelines::{
     EveryTurn, Owner, PIPELINES_MAX, PIPELINES_TREE, PipelineHome, PipelineStatus, Pipelines,
     Rights, Turn, Turns,
 };
-pub use registry::{PluginMeta, PluginVersion, Registry, VERSIONS_MAX, validate_plugin_name};
+pub use registry::{
+    ModuleDir, ModuleStore, PLUGINS_TREE, PluginMeta, PluginVersion, Registry, VERSIONS_MAX,
+    validate_plugin_name,
+};
 pub use sandbox::{
     ABI_VERSIONS, CallError, Init, Instance, Plugin, Sandbox, SandboxConfig, sha256_hex,
 };
@@ -90,8 +93,8 @@ impl Runtime {
         Runtime::open_with(storage, config, None)
     }
 
-    /// [`Runtime::open`] with the pipelines in `home` (a cluster's), or in the node's own
-    /// storage without one.
+    /// [`Runtime::open`] with the registry and the pipelines in `home` (a cluster's), or in
+    /// the node's own storage without one.
     pub fn open_with(
         storage: Arc<Storage>,
         mut config: SandboxConfig,
@@ -101,22 +104,31 @@ impl Runtime {
             .cache_dir
             .get_or_insert_with(|| storage.data_dir().join("plugin-cache"));
         let sandbox = Arc::new(Sandbox::new(config)?);
-        let registry = Arc::new(Registry::open(&storage, sandbox)?);
         let plugin_dir = storage.data_dir().join("plugins");
-        let home = home.unwrap_or_else(|| {
-            let turn = Turn {
-                topics: storage.clone(),
-                trees: Arc::new(storage.meta().clone()),
-                steps: Arc::new(continuous::StepDir::new(
-                    storage.data_dir().join(continuous::STEPS_DIR),
-                )),
-            };
-            PipelineHome {
-                topics: turn.topics.clone(),
-                trees: turn.trees.clone(),
-                turns: Arc::new(EveryTurn(turn)),
+        let home = match home {
+            Some(home) => home,
+            None => {
+                let modules = ModuleDir::open(storage.data_dir().join("plugin-store"))?;
+                let turn = Turn {
+                    topics: storage.clone(),
+                    trees: Arc::new(storage.meta().clone()),
+                    steps: Arc::new(continuous::StepDir::new(
+                        storage.data_dir().join(continuous::STEPS_DIR),
+                    )),
+                };
+                PipelineHome {
+                    topics: turn.topics.clone(),
+                    trees: turn.trees.clone(),
+                    turns: Arc::new(EveryTurn(turn)),
+                    modules: Arc::new(modules),
+                }
             }
-        });
+        };
+        let registry = Arc::new(Registry::open_in(
+            &*home.trees,
+            home.modules.clone(),
+            sandbox,
+        )?);
         let pipelines = Pipelines::open(home, registry.clone())?;
         Ok(Runtime {
             registry,

@@ -1104,7 +1104,9 @@ mod tests {
             .append(&inputs.build().unwrap())
             .unwrap();
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
-        let registry = Arc::new(Registry::open(&storage, sandbox).unwrap());
+        let modules = crate::ModuleDir::open(dir.path().join("plugin-store")).unwrap();
+        let registry =
+            Arc::new(Registry::open_in(storage.meta(), Arc::new(modules), sandbox).unwrap());
         let checkpoints: Tree<Checkpoint> = storage.meta().tree("checkpoints").unwrap();
         let key = checkpoint_key("copy", 0);
 

@@ -138,16 +138,16 @@ pub struct Pipelines {
     appended: watch::Sender<u64>,
     rights: std::sync::OnceLock<Arc<dyn Rights>>,
     compiler: std::sync::OnceLock<Arc<dyn Compiler>>,
-    /// Why this node makes no pipelines that run plugins, when it makes none.
-    plugins_refused: std::sync::OnceLock<String>,
 }
 
-/// Where a node's pipelines live: the topics they read, the trees that keep them and their
-/// checkpoints, and which pipelines this node runs (its turns, through which they write).
+/// Where a node's pipelines live: the topics they read, the trees that keep them, their
+/// checkpoints and the plugin registry, the plugins' modules, and which pipelines this node
+/// runs (its turns, through which they write).
 pub struct PipelineHome {
     pub topics: Arc<dyn Topics>,
     pub trees: Arc<dyn TreeSource>,
     pub turns: Arc<dyn Turns>,
+    pub modules: Arc<dyn crate::ModuleStore>,
 }
 
 /// This node's turn at running one pipeline: what its runner reads and writes through while
@@ -258,14 +258,7 @@ impl Pipelines {
             appended: watch::Sender::new(0),
             rights: std::sync::OnceLock::new(),
             compiler: std::sync::OnceLock::new(),
-            plugins_refused: std::sync::OnceLock::new(),
         }))
-    }
-
-    /// Makes [`Pipelines::create`] refuse every new pipeline that runs plugins, with
-    /// `reason`; set once.
-    pub fn refuse_plugins(&self, reason: String) {
-        let _ = self.plugins_refused.set(reason);
     }
 
     /// What makes the operators of SQL pipelines; set once, before [`Pipelines::start_all`].
@@ -387,10 +380,6 @@ impl Pipelines {
         spec: PipelineSpec,
         owner: Option<Owner>,
     ) -> Result<PipelineStatus, Error> {
-        let plugins = !spec.through.is_empty() || spec.partition_by.is_some();
-        if let Some(reason) = self.plugins_refused.get().filter(|_| plugins) {
-            return Err(Error::Invalid(reason.clone()));
-        }
         validate_pipeline_name(&spec.name)?;
         if self.tree.get(&spec.name)?.is_some() {
             return Err(Error::Conflict(format!(

@@ -1,5 +1,6 @@
 //! The plugin registry: every deploy is a version (sha256 of the module plus its params) kept
-//! in the metadata store; the modules themselves live in `<data-dir>/plugin-store/<sha256>.wasm`.
+//! in the tree `plugins`; the modules themselves are kept by sha256 in a [`ModuleStore`]:
+//! `<data-dir>/plugin-store/<sha256>.wasm` on a single node, the object store on a cluster.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -8,11 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use weir_storage::{Storage, Tree, now_ms};
+use weir_storage::{Tree, TreeSource, now_ms};
 
 use crate::Error;
 use crate::sandbox::{Plugin, Sandbox, sha256_hex};
 use weir_storage::locks;
+
+/// The tree that keeps the plugins and their versions.
+pub const PLUGINS_TREE: &str = "plugins";
 
 /// Versions kept per plugin; the oldest are forgotten (their modules stay if still in use).
 pub const VERSIONS_MAX: usize = 64;
@@ -42,11 +46,49 @@ impl PluginMeta {
     }
 }
 
+/// Where a registry keeps its modules, by sha256. A module is never changed once kept, so a
+/// store may be shared by every node of a cluster.
+pub trait ModuleStore: Send + Sync {
+    /// Keeps `wasm` durably under `sha256`, its digest.
+    fn put(&self, sha256: &str, wasm: &[u8]) -> Result<(), Error>;
+    /// The module kept under `sha256`.
+    fn get(&self, sha256: &str) -> Result<Vec<u8>, Error>;
+}
+
+/// Modules as files of one directory, `<sha256>.wasm`.
+pub struct ModuleDir {
+    dir: PathBuf,
+}
+
+impl ModuleDir {
+    /// The modules in `dir`, made if missing.
+    pub fn open(dir: PathBuf) -> Result<ModuleDir, Error> {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(ModuleDir { dir })
+    }
+
+    fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.wasm"))
+    }
+}
+
+impl ModuleStore for ModuleDir {
+    fn put(&self, sha256: &str, wasm: &[u8]) -> Result<(), Error> {
+        write_durably(&self.path(sha256), wasm)
+    }
+
+    fn get(&self, sha256: &str) -> Result<Vec<u8>, Error> {
+        let path = self.path(sha256);
+        std::fs::read(&path).map_err(|e| Error::io(&path, e))
+    }
+}
+
 pub struct Registry {
     sandbox: Arc<Sandbox>,
     tree: Tree<PluginMeta>,
-    store_dir: PathBuf,
-    /// Bumped on every change, so pipelines notice a new version between batches cheaply.
+    modules: Arc<dyn ModuleStore>,
+    /// Bumped on every change (here, or told of by [`Registry::changed`]), so pipelines notice
+    /// a new version between batches cheaply.
     generation: AtomicU64,
     /// Compiled modules by sha256.
     loaded: Mutex<HashMap<String, Plugin>>,
@@ -71,13 +113,16 @@ pub fn validate_plugin_name(name: &str) -> Result<(), Error> {
 }
 
 impl Registry {
-    pub fn open(storage: &Storage, sandbox: Arc<Sandbox>) -> Result<Registry, Error> {
-        let store_dir = storage.data_dir().join("plugin-store");
-        std::fs::create_dir_all(&store_dir).map_err(|e| Error::io(&store_dir, e))?;
+    /// The registry kept in `trees` with its modules in `modules`.
+    pub fn open_in(
+        trees: &dyn TreeSource,
+        modules: Arc<dyn ModuleStore>,
+        sandbox: Arc<Sandbox>,
+    ) -> Result<Registry, Error> {
         Ok(Registry {
             sandbox,
-            tree: storage.meta().tree("plugins")?,
-            store_dir,
+            tree: Tree::on(PLUGINS_TREE, trees.backend(PLUGINS_TREE)?),
+            modules,
             generation: AtomicU64::new(0),
             loaded: Mutex::new(HashMap::new()),
             changes: Mutex::new(()),
@@ -90,6 +135,12 @@ impl Registry {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Another node of the cluster changed the registry: pipelines read their plugins' active
+    /// versions again before their next batch.
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Validates and stores `wasm` as the new active version of `name`. Deploying what is already
@@ -114,7 +165,7 @@ impl Registry {
         {
             return Ok(active.clone());
         }
-        write_durably(&self.module_path(plugin.sha256()), wasm)?;
+        self.modules.put(plugin.sha256(), wasm)?;
         let version = PluginVersion {
             version: meta.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1,
             sha256: plugin.sha256().to_owned(),
@@ -166,13 +217,13 @@ impl Registry {
         if !self.tree.remove(name)? {
             return Err(Error::NotFound(format!("plugin {name} does not exist")));
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed();
         Ok(())
     }
 
     fn commit(&self, meta: &PluginMeta) -> Result<(), Error> {
         self.tree.insert(&meta.name, meta)?;
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed();
         Ok(())
     }
 
@@ -201,21 +252,15 @@ impl Registry {
         if let Some(plugin) = locks::lock(&self.loaded).get(sha256) {
             return Ok(plugin.clone());
         }
-        let path = self.module_path(sha256);
-        let wasm = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let wasm = self.modules.get(sha256)?;
         if sha256_hex(&wasm) != sha256 {
             return Err(Error::Invalid(format!(
-                "{}: content does not match its sha256",
-                path.display()
+                "module {sha256}: its content does not match its sha256"
             )));
         }
         let plugin = self.sandbox.load(&wasm)?;
         locks::lock(&self.loaded).insert(sha256.to_owned(), plugin.clone());
         Ok(plugin)
-    }
-
-    fn module_path(&self, sha256: &str) -> PathBuf {
-        self.store_dir.join(format!("{sha256}.wasm"))
     }
 }
 

@@ -1,5 +1,5 @@
-//! Pipelines on a cluster node. Their specs and checkpoints are rows of `weir.meta`, their
-//! saved steps objects of the store, and each runs on the node holding its lease
+//! Pipelines on a cluster node. Their specs, their checkpoints and the plugin registry are rows
+//! of `weir.meta`, their saved steps and the plugins' modules objects of the store, and each runs on the node holding its lease
 //! `pipeline:<name>`: that node's turn at it. Every write a turn makes (appends to the
 //! cluster's topics, checkpoints) is fenced by the lease, so a node that lost it writes
 //! nothing, and the node taking it over reads everything its holder committed.
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use weir_cluster::{Append, ClusterError, Lease};
 use weir_runtime::continuous::StepStore;
-use weir_runtime::{Error as RuntimeError, PipelineHome, Turn, Turns};
+use weir_runtime::{Error as RuntimeError, ModuleStore, PipelineHome, Turn, Turns};
 use weir_storage::{
     PartitionSize, PartitionSource, StorageError, TopicMeta, Topics, TreeBackend, TreeSource, locks,
 };
@@ -43,6 +43,7 @@ impl ClusterLogs {
                 fence: None,
             }),
             turns: Arc::new(ClusterTurns { logs: self.clone() }),
+            modules: Arc::new(StoreModules { logs: self.clone() }),
         }
     }
 
@@ -254,5 +255,28 @@ impl StepStore for StoreSteps {
             .block_on(self.logs.log.delete_steps(pipeline, None))
             .map(drop)
             .map_err(|e| runtime_error("steps", e))
+    }
+}
+
+/// Plugin modules as objects of the cluster's store, so a plugin deployed through any node runs
+/// on every node.
+struct StoreModules {
+    logs: Arc<ClusterLogs>,
+}
+
+impl ModuleStore for StoreModules {
+    fn put(&self, sha256: &str, wasm: &[u8]) -> Result<(), RuntimeError> {
+        let wasm = Bytes::copy_from_slice(wasm);
+        self.logs
+            .block_on(self.logs.log.put_module(sha256, wasm))
+            .map_err(|e| runtime_error("plugin modules", e))
+    }
+
+    fn get(&self, sha256: &str) -> Result<Vec<u8>, RuntimeError> {
+        let wasm = self
+            .logs
+            .block_on(self.logs.log.get_module(sha256))
+            .map_err(|e| runtime_error("plugin modules", e))?;
+        Ok(wasm.to_vec())
     }
 }
