@@ -167,10 +167,12 @@ impl Server {
         let mut tasks = Vec::new();
         if let Some(cluster) = &cluster {
             // ACL rules are checked from memory, pipelines run from the list each node keeps,
-            // and plugins are held compiled: all read again when any node changes them.
+            // plugins are held compiled and SQL functions registered in the session: all read
+            // again when any node changes them.
             let acls = node.acls.clone();
             let pipelines = runtime.pipelines().clone();
             let registry = runtime.registry().clone();
+            let sql = node.sql.clone();
             cluster.on_meta_change(
                 move |tree| {
                     if (tree.is_empty() || tree == crate::acl::ACLS_TREE)
@@ -180,6 +182,11 @@ impl Server {
                     }
                     if tree.is_empty() || tree == weir_runtime::PLUGINS_TREE {
                         registry.changed();
+                    }
+                    if (tree.is_empty() || tree == weir_sql::functions::FUNCTIONS_TREE)
+                        && let Err(e) = sql.sync_functions()
+                    {
+                        tracing::warn!(error = %e, "reading the cluster's SQL functions failed");
                     }
                     if (tree.is_empty() || tree == weir_runtime::PIPELINES_TREE)
                         && let Err(e) = pipelines.sync()

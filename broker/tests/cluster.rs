@@ -1562,6 +1562,71 @@ fn a_plugin_deployed_through_one_node_runs_and_swaps_on_the_node_running_its_pip
     assert!(gone.unwrap_err().to_string().contains("404"));
 }
 
+/// SQL functions and views are the cluster's: made through one node, each is listed and
+/// callable through every node, and dropped through another, it is gone from every node.
+#[test]
+fn sql_functions_and_views_made_through_one_node_hold_on_every_node() {
+    use serde_json::json;
+    let Some(db) = Postgres::start() else {
+        return;
+    };
+    let (_store, _dirs, nodes) = three_nodes(&db);
+    let http = clients(&nodes);
+    let made = json!({ "name": "input", "partitions": 2 });
+    http[0].call("POST", "/v1/topics", Some(&made)).unwrap();
+    produce_twenty(&http[0], 0, |i| format!("/users/{i}/orders?page=2"));
+    let wasm = std::fs::read(plugin_wasm("url-path").unwrap()).unwrap();
+    let deployed = http[0].send("PUT", "/v1/plugins/paths", "application/wasm", &wasm);
+    deployed.unwrap();
+    sql_rows(&http[1], "CREATE FUNCTION url_path AS PLUGIN 'paths'").unwrap();
+    sql_rows(
+        &http[0],
+        "CREATE VIEW routes AS SELECT url_path(value_text) AS route FROM input",
+    )
+    .unwrap();
+    let routes = "SELECT route, count(*) AS n FROM routes GROUP BY route";
+    for client in &http {
+        eventually(
+            "every node calls the function",
+            Duration::from_secs(10),
+            || {
+                sql_rows(client, "SELECT url_path('/a/123') AS r")
+                    .is_ok_and(|rows| rows == json!([{ "r": "/a/:id" }]))
+            },
+        );
+        assert_eq!(
+            sql_rows(client, routes).unwrap(),
+            json!([{ "route": "/users/:id/orders", "n": 20 }])
+        );
+        assert_eq!(
+            sql_rows(client, "SELECT name, plugin FROM weir.functions").unwrap(),
+            json!([{ "name": "url_path", "plugin": "paths" }])
+        );
+        assert_eq!(
+            sql_rows(client, "SELECT name FROM weir.views").unwrap(),
+            json!([{ "name": "routes" }])
+        );
+    }
+    sql_rows(&http[2], "DROP VIEW routes").unwrap();
+    sql_rows(&http[2], "DROP FUNCTION url_path").unwrap();
+    for client in &http {
+        eventually(
+            "every node forgets the function",
+            Duration::from_secs(10),
+            || {
+                sql_rows(client, "SELECT url_path('/a/123') AS r")
+                    .is_err_and(|e| e.to_string().contains("url_path"))
+            },
+        );
+        let gone = sql_rows(client, routes).unwrap_err().to_string();
+        assert!(gone.contains("routes"), "{gone}");
+        assert_eq!(
+            sql_rows(client, "SELECT count(*) AS n FROM weir.functions").unwrap(),
+            json!([{ "n": 0 }])
+        );
+    }
+}
+
 /// Users and ACL rules are the cluster's: made through one node, they hold on every node, and
 /// a rule changed through one node is checked by the others at once.
 #[test]

@@ -45,7 +45,7 @@ pub use sandbox::{
 };
 pub use watch::{parse_param, read_params, watch_plugin_dir};
 pub use weir::{Kind, partition_for_key};
-use weir_storage::{BatchError, Storage, StorageError};
+use weir_storage::{BatchError, Storage, StorageError, TreeSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -81,6 +81,8 @@ impl Error {
 /// The registry, the pipelines and the plugin directory of one broker.
 pub struct Runtime {
     registry: Arc<Registry>,
+    /// The trees of the pipeline home: the node's metadata store, or the cluster's.
+    trees: Arc<dyn TreeSource>,
     pipelines: Arc<Pipelines>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     plugin_dir: PathBuf,
@@ -129,9 +131,11 @@ impl Runtime {
             home.modules.clone(),
             sandbox,
         )?);
+        let trees = home.trees.clone();
         let pipelines = Pipelines::open(home, registry.clone())?;
         Ok(Runtime {
             registry,
+            trees,
             pipelines,
             watcher: Mutex::new(None),
             plugin_dir,
@@ -147,6 +151,12 @@ impl Runtime {
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Where the node keeps what every node of a cluster shares: the trees of its pipeline
+    /// home.
+    pub fn trees(&self) -> &Arc<dyn TreeSource> {
+        &self.trees
     }
 
     pub fn pipelines(&self) -> &Arc<Pipelines> {

@@ -17,7 +17,7 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use weir_runtime::Runtime;
-use weir_storage::{Storage, Topics};
+use weir_storage::{Storage, Topics, TreeSource};
 
 use crate::access::{TableAccess, Viewer};
 use crate::topic::TopicTable;
@@ -65,29 +65,34 @@ pub struct ConnectionRow {
 }
 
 /// The `public` schema: the topics, then the views.
-#[derive(Debug)]
 pub struct TopicSchema {
     topics: Arc<dyn Topics>,
     /// Holds the views.
-    storage: Arc<Storage>,
+    trees: Arc<dyn TreeSource>,
     views: Planner,
+}
+
+impl std::fmt::Debug for TopicSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicSchema").finish_non_exhaustive()
+    }
 }
 
 impl TopicSchema {
     pub(crate) fn new(
         topics: Arc<dyn Topics>,
-        storage: Arc<Storage>,
+        trees: Arc<dyn TreeSource>,
         views: Planner,
     ) -> TopicSchema {
         TopicSchema {
             topics,
-            storage,
+            trees,
             views,
         }
     }
 
     fn view(&self, name: &str) -> Option<ViewDef> {
-        views::tree(&self.storage).ok()?.get(name).ok().flatten()
+        views::tree(&*self.trees).ok()?.get(name).ok().flatten()
     }
 }
 
@@ -95,7 +100,7 @@ impl TopicSchema {
 impl SchemaProvider for TopicSchema {
     fn table_names(&self) -> Vec<String> {
         let topics = self.topics.list_topics().unwrap_or_default();
-        let views = views::tree(&self.storage).and_then(|t| Ok(t.all()?));
+        let views = views::tree(&*self.trees).and_then(|t| Ok(t.all()?));
         topics
             .into_iter()
             .map(|t| t.name)
@@ -132,6 +137,8 @@ impl SchemaProvider for TopicSchema {
 pub struct SystemSchema {
     topics: Arc<dyn Topics>,
     storage: Arc<Storage>,
+    /// Holds the functions and the views.
+    trees: Arc<dyn TreeSource>,
     runtime: Option<Arc<Runtime>>,
     node: Option<Arc<dyn NodeSource>>,
 }
@@ -193,12 +200,14 @@ impl SystemSchema {
     pub fn new(
         topics: Arc<dyn Topics>,
         storage: Arc<Storage>,
+        trees: Arc<dyn TreeSource>,
         runtime: Option<Arc<Runtime>>,
         node: Option<Arc<dyn NodeSource>>,
     ) -> SystemSchema {
         SystemSchema {
             topics,
             storage,
+            trees,
             runtime,
             node,
         }
@@ -320,7 +329,7 @@ impl SystemSchema {
     fn functions(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
         let functions = match &self.runtime {
             Some(runtime) if shown.any() => {
-                crate::functions::Functions::open(runtime, &self.storage)?.list()?
+                crate::functions::Functions::open(runtime, &*self.trees)?.list()?
             }
             _ => Vec::new(),
         };
@@ -334,7 +343,7 @@ impl SystemSchema {
     /// A view is shown to who may see a topic of its name.
     fn views(&self, shown: Shown) -> Result<RecordBatch, crate::Error> {
         let mut views = match shown.any() {
-            true => views::tree(&self.storage)?.all()?,
+            true => views::tree(&*self.trees)?.all()?,
             false => Vec::new(),
         };
         views.retain(|(name, _)| shown.topic(name));

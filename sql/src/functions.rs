@@ -18,12 +18,14 @@ use datafusion::logical_expr::{
 };
 use serde::{Deserialize, Serialize};
 use weir_runtime::{Init, Instance, Kind, PluginVersion, Registry, Runtime};
-use weir_storage::{Record, Tree, locks, now_ms};
+use weir_storage::{Record, Tree, TreeSource, locks, now_ms};
 
 use crate::Error;
 
 /// Texts sent to a plugin in one call.
 pub const CALL_ROWS_MAX: usize = 1000;
+/// The tree that keeps the functions.
+pub const FUNCTIONS_TREE: &str = "sql-functions";
 /// Functions one node keeps at most.
 pub const FUNCTIONS_MAX: usize = 256;
 
@@ -41,11 +43,16 @@ pub struct Functions {
 }
 
 impl Functions {
-    pub fn open(runtime: &Runtime, storage: &weir_storage::Storage) -> Result<Functions, Error> {
+    /// The functions kept in `trees`: the node's metadata store, or a cluster's.
+    pub fn open(runtime: &Runtime, trees: &dyn TreeSource) -> Result<Functions, Error> {
         Ok(Functions {
-            tree: storage.meta().tree("sql-functions")?,
+            tree: Tree::on(FUNCTIONS_TREE, trees.backend(FUNCTIONS_TREE)?),
             registry: runtime.registry().clone(),
         })
+    }
+
+    pub fn list(&self) -> Result<Vec<(String, FunctionDef)>, Error> {
+        Ok(self.tree.all()?)
     }
 
     /// Every kept function, as DataFusion calls it.
@@ -55,10 +62,6 @@ impl Functions {
             .into_iter()
             .map(|(name, def)| self.udf(&name, &def.plugin))
             .collect())
-    }
-
-    pub fn list(&self) -> Result<Vec<(String, FunctionDef)>, Error> {
-        Ok(self.tree.all()?)
     }
 
     fn udf(&self, name: &str, plugin: &str) -> ScalarUDF {
@@ -71,8 +74,8 @@ impl Functions {
         })
     }
 
-    /// Keeps function `name` of scalar plugin `plugin`; answers it to register.
-    pub fn create(&self, name: &str, plugin: &str) -> Result<ScalarUDF, Error> {
+    /// Keeps function `name` of scalar plugin `plugin`.
+    pub fn create(&self, name: &str, plugin: &str) -> Result<(), Error> {
         let valid = !name.is_empty()
             && name.len() <= 64
             && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
@@ -104,7 +107,7 @@ impl Functions {
             created_ms: now_ms(),
         };
         self.tree.insert(name, &def)?;
-        Ok(self.udf(name, plugin))
+        Ok(())
     }
 
     /// Forgets function `name`; answers whether it existed.
@@ -268,7 +271,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
         let runtime = Runtime::open(Arc::clone(&storage), SandboxConfig::default()).unwrap();
-        let functions = Functions::open(&runtime, &storage).unwrap();
+        let functions = Functions::open(&runtime, storage.meta()).unwrap();
         let def = FunctionDef {
             plugin: "url-path".into(),
             created_ms: 0,

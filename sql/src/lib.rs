@@ -35,7 +35,8 @@ pub mod topic;
 pub mod value_schema;
 pub mod views;
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -47,7 +48,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use weir_runtime::Runtime;
-use weir_storage::{LayerKey, Storage, StorageError, Topics};
+use weir_storage::{LayerKey, Storage, StorageError, Topics, TreeSource, locks};
 
 pub use access::{TableAccess, TableUse, Viewer};
 
@@ -155,9 +156,13 @@ pub struct QueryEngine {
     context: Arc<SessionContext>,
     /// The topics tables read, and `CREATE TABLE … AS` makes.
     topics: Arc<dyn Topics>,
-    storage: Arc<Storage>,
+    /// Where views and functions are kept: the runtime's trees (a cluster's, on a cluster),
+    /// or the node's metadata store.
+    trees: Arc<dyn TreeSource>,
     runtime: Option<Arc<Runtime>>,
     functions: Option<Arc<functions::Functions>>,
+    /// The functions of `functions` registered in the session, by name.
+    registered: Mutex<BTreeSet<String>>,
     default_partitions: u32,
     memory_bytes_max: usize,
 }
@@ -174,7 +179,8 @@ impl QueryEngine {
     }
 
     /// An engine whose tables are the topics of `topics` (a cluster's, say), with the views,
-    /// functions and pipelines of the node's `storage`.
+    /// functions and pipelines of `runtime` (kept where its pipelines are), or of the node's
+    /// `storage` without one.
     pub fn reading(
         topics: Arc<dyn Topics>,
         storage: Arc<Storage>,
@@ -205,12 +211,16 @@ impl QueryEngine {
         }
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         use datafusion::catalog::CatalogProvider as _;
+        let trees: Arc<dyn TreeSource> = match &runtime {
+            Some(runtime) => runtime.trees().clone(),
+            None => Arc::new(storage.meta().clone()),
+        };
         let planner = views::Planner::default();
         catalog.register_schema(
             "public",
             Arc::new(TopicSchema::new(
                 topics.clone(),
-                storage.clone(),
+                trees.clone(),
                 planner.clone(),
             )),
         )?;
@@ -219,6 +229,7 @@ impl QueryEngine {
             Arc::new(SystemSchema::new(
                 topics.clone(),
                 storage.clone(),
+                trees.clone(),
                 runtime.clone(),
                 node,
             )),
@@ -228,13 +239,7 @@ impl QueryEngine {
         });
         stream::window::register(&context, windows);
         let functions = match &runtime {
-            Some(runtime) => {
-                let functions = functions::Functions::open(runtime, &storage)?;
-                for udf in functions.udfs()? {
-                    context.register_udf(udf);
-                }
-                Some(Arc::new(functions))
-            }
+            Some(runtime) => Some(Arc::new(functions::Functions::open(runtime, &*trees)?)),
             None => None,
         };
         context.register_catalog("weir", catalog);
@@ -248,15 +253,37 @@ impl QueryEngine {
         postgres::register(&context);
         let context = Arc::new(context);
         planner.set(&context);
-        Ok(QueryEngine {
+        let engine = QueryEngine {
             context,
             topics,
-            storage,
+            trees,
             runtime,
             functions,
+            registered: Mutex::default(),
             default_partitions: config.default_partitions.max(1),
             memory_bytes_max: config.memory_bytes_max,
-        })
+        };
+        engine.sync_functions()?;
+        Ok(engine)
+    }
+
+    /// Registers the kept functions in the session, and forgets the dropped ones: at start,
+    /// after a change here, and when another node of a cluster changed them.
+    pub fn sync_functions(&self) -> Result<(), Error> {
+        let Some(functions) = &self.functions else {
+            return Ok(());
+        };
+        let kept = functions.udfs()?;
+        let mut registered = locks::lock(&self.registered);
+        let names: BTreeSet<String> = kept.iter().map(|udf| udf.name().to_string()).collect();
+        for gone in registered.difference(&names) {
+            self.context.deregister_udf(gone);
+        }
+        for udf in kept {
+            self.context.register_udf(udf);
+        }
+        *registered = names;
+        Ok(())
     }
 
     /// Bytes the running queries hold in the memory pool, and the pool's limit.

@@ -15,7 +15,7 @@ use datafusion::common::{DataFusionError, TableReference};
 use datafusion::datasource::TableProvider;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
-use weir_storage::{Storage, Tree};
+use weir_storage::{Tree, TreeSource};
 
 use crate::access::{self, TableAccess, TableUse, check_table};
 use crate::{Answer, Error, QueryEngine};
@@ -34,9 +34,12 @@ pub struct ViewDef {
     pub created_ms: i64,
 }
 
-/// The views of a node's metadata store.
-pub fn tree(storage: &Storage) -> Result<Tree<ViewDef>, Error> {
-    Ok(storage.meta().tree("sql-views")?)
+/// The tree that keeps the views.
+pub const VIEWS_TREE: &str = "sql-views";
+
+/// The views kept in `trees`: the node's metadata store, or a cluster's.
+pub fn tree(trees: &dyn TreeSource) -> Result<Tree<ViewDef>, Error> {
+    Ok(Tree::on(VIEWS_TREE, trees.backend(VIEWS_TREE)?))
 }
 
 /// What plans a view's query when a statement reads it: the node's session, set once it exists
@@ -107,8 +110,8 @@ impl QueryEngine {
         access: Option<Arc<dyn TableAccess>>,
     ) -> Result<Answer, Error> {
         weir_storage::validate_topic_name(&name).map_err(|e| Error::Refused(e.to_string()))?;
-        let views = tree(&self.storage)?;
-        if self.storage.topic(&name)?.is_some() {
+        let views = tree(&*self.trees)?;
+        if self.topics.topic(&name)?.is_some() {
             return Err(Error::Refused(format!("a topic named {name} exists")));
         }
         if views.get(&name)?.is_some() {
@@ -142,7 +145,7 @@ impl QueryEngine {
         if_exists: bool,
         access: Option<Arc<dyn TableAccess>>,
     ) -> Result<Answer, Error> {
-        let views = tree(&self.storage)?;
+        let views = tree(&*self.trees)?;
         if views.get(&name)?.is_none() {
             if if_exists {
                 return self.done("DROP VIEW").await;
@@ -168,7 +171,7 @@ impl QueryEngine {
 mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-    use weir_storage::StorageConfig;
+    use weir_storage::{Storage, StorageConfig};
 
     use super::*;
     use crate::QueryConfig;
@@ -184,7 +187,7 @@ mod tests {
             reads: Vec::new(),
             created_ms: 0,
         };
-        let views = tree(&storage).unwrap();
+        let views = tree(storage.meta()).unwrap();
         for i in 0..VIEWS_MAX {
             views.insert(&format!("v{i}"), &view).unwrap();
         }

@@ -106,8 +106,8 @@ impl QueryEngine {
             }
             Command::CreateFunction { name, plugin } => {
                 let functions = self.node_functions(access.as_deref())?;
-                let udf = functions.create(&name, &plugin)?;
-                self.context.register_udf(udf);
+                functions.create(&name, &plugin)?;
+                self.sync_functions()?;
                 self.done("CREATE FUNCTION").await
             }
             Command::DropFunction { name, if_exists } => {
@@ -115,7 +115,7 @@ impl QueryEngine {
                 if !functions.drop_function(&name)? && !if_exists {
                     return Err(Error::Refused(format!("function {name} does not exist")));
                 }
-                self.context.deregister_udf(&name);
+                self.sync_functions()?;
                 self.done("DROP FUNCTION").await
             }
             Command::Create(create) => {
