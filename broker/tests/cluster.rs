@@ -1333,6 +1333,15 @@ fn clients(nodes: &[Node]) -> Vec<weir_broker::cli::Client> {
     nodes.iter().map(client).collect()
 }
 
+/// [`three_nodes`], with a topic `input` of two partitions.
+fn three_nodes_with_input(db: &Postgres) -> (tempfile::TempDir, Vec<tempfile::TempDir>, Vec<Node>) {
+    let (store, dirs, nodes) = three_nodes(db);
+    let made = serde_json::json!({ "name": "input", "partitions": 2 });
+    let created = clients(&nodes)[0].call("POST", "/v1/topics", Some(&made));
+    created.unwrap();
+    (store, dirs, nodes)
+}
+
 /// Produces records `from..from + 20` of `input` through `client`, record `i` to partition
 /// `i % 2` with the value `value(i)`.
 fn produce_twenty(client: &weir_broker::cli::Client, from: usize, value: impl Fn(usize) -> String) {
@@ -1411,10 +1420,8 @@ fn a_sql_pipeline_runs_on_one_node_and_moves_to_a_live_one_when_it_dies() {
     let Some(db) = Postgres::start() else {
         return;
     };
-    let (_store, _dirs, mut nodes) = three_nodes(&db);
+    let (_store, _dirs, mut nodes) = three_nodes_with_input(&db);
     let http = clients(&nodes);
-    let made = json!({ "name": "input", "partitions": 2 });
-    http[0].call("POST", "/v1/topics", Some(&made)).unwrap();
     let statement = "CREATE PIPELINE shout AS INSERT INTO shouted \
          SELECT upper(value_text) AS loud FROM input WITH (start = 'earliest')";
     sql_rows(&http[1], statement).unwrap();
@@ -1471,10 +1478,8 @@ fn a_plugin_deployed_through_one_node_runs_and_swaps_on_the_node_running_its_pip
     let Some(db) = Postgres::start() else {
         return;
     };
-    let (store, _dirs, mut nodes) = three_nodes(&db);
+    let (store, _dirs, mut nodes) = three_nodes_with_input(&db);
     let http = clients(&nodes);
-    let made = json!({ "name": "input", "partitions": 2 });
-    http[0].call("POST", "/v1/topics", Some(&made)).unwrap();
     let wasm = std::fs::read(plugin_wasm("regex-filter").unwrap()).unwrap();
     let deploy = |client: &weir_broker::cli::Client, pattern: &str| {
         let path = format!("/v1/plugins/picks?pattern={pattern}");
@@ -1570,10 +1575,8 @@ fn sql_functions_and_views_made_through_one_node_hold_on_every_node() {
     let Some(db) = Postgres::start() else {
         return;
     };
-    let (_store, _dirs, nodes) = three_nodes(&db);
+    let (_store, _dirs, nodes) = three_nodes_with_input(&db);
     let http = clients(&nodes);
-    let made = json!({ "name": "input", "partitions": 2 });
-    http[0].call("POST", "/v1/topics", Some(&made)).unwrap();
     produce_twenty(&http[0], 0, |i| format!("/users/{i}/orders?page=2"));
     let wasm = std::fs::read(plugin_wasm("url-path").unwrap()).unwrap();
     let deployed = http[0].send("PUT", "/v1/plugins/paths", "application/wasm", &wasm);
