@@ -18,7 +18,7 @@ use datafusion::logical_expr::{
 };
 use serde::{Deserialize, Serialize};
 use weir_runtime::{Init, Instance, Kind, PluginVersion, Registry, Runtime};
-use weir_storage::{Record, Tree, TreeSource, locks, now_ms};
+use weir_storage::{Bounded, Record, Tree, TreeSource, locks, now_ms};
 
 use crate::Error;
 
@@ -26,7 +26,7 @@ use crate::Error;
 pub const CALL_ROWS_MAX: usize = 1000;
 /// The tree that keeps the functions.
 pub const FUNCTIONS_TREE: &str = "sql-functions";
-/// Functions one node keeps at most.
+/// Functions Weir keeps at most, on one node or across a cluster.
 pub const FUNCTIONS_MAX: usize = 256;
 
 /// A function as it is kept.
@@ -90,10 +90,10 @@ impl Functions {
         if self.tree.get(name)?.is_some() {
             return Err(Error::Refused(format!("function {name} already exists")));
         }
+        // Counted before the plugin is looked up, and again by the bounded write, which
+        // holds against another node making a function at the same moment.
         if self.tree.count()? >= FUNCTIONS_MAX {
-            return Err(Error::Refused(format!(
-                "{FUNCTIONS_MAX} functions exist, the most one node keeps"
-            )));
+            return Err(too_many_functions());
         }
         let (_, module) = self.registry.active(plugin)?;
         if module.kind() != Kind::Scalar {
@@ -106,14 +106,25 @@ impl Functions {
             plugin: plugin.to_owned(),
             created_ms: now_ms(),
         };
-        self.tree.insert(name, &def)?;
-        Ok(())
+        match self
+            .tree
+            .insert_within([(name.to_owned(), &def)], FUNCTIONS_MAX)?
+        {
+            Bounded::Stored => Ok(()),
+            Bounded::Full { .. } => Err(too_many_functions()),
+        }
     }
 
     /// Forgets function `name`; answers whether it existed.
     pub fn drop_function(&self, name: &str) -> Result<bool, Error> {
         Ok(self.tree.remove(name)?)
     }
+}
+
+fn too_many_functions() -> Error {
+    Error::Refused(format!(
+        "{FUNCTIONS_MAX} functions exist, the most Weir keeps; drop one first"
+    ))
 }
 
 /// One function: a plugin called a batch at a time.
@@ -283,7 +294,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("256 functions exist, the most one node keeps"),
+                .contains("256 functions exist, the most Weir keeps"),
             "{error}"
         );
     }

@@ -15,12 +15,12 @@ use datafusion::common::{DataFusionError, TableReference};
 use datafusion::datasource::TableProvider;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
-use weir_storage::{Tree, TreeSource};
+use weir_storage::{Bounded, Tree, TreeSource};
 
 use crate::access::{self, TableAccess, TableUse, check_table};
 use crate::{Answer, Error, QueryEngine};
 
-/// Views one node keeps at most.
+/// Views Weir keeps at most, on one node or across a cluster.
 pub const VIEWS_MAX: usize = 256;
 
 /// A view as the metadata store keeps it.
@@ -124,17 +124,24 @@ impl QueryEngine {
         if let Some(access) = &access {
             access::check_plan(&plan, access.as_ref())?;
         }
+        // Counted before the view is stored, and again by the bounded write, which holds
+        // against another node making a view at the same moment.
+        let too_many = || {
+            Error::Refused(format!(
+                "{VIEWS_MAX} views exist, the most Weir keeps; drop one first"
+            ))
+        };
         if views.count()? >= VIEWS_MAX {
-            return Err(Error::Refused(format!(
-                "{VIEWS_MAX} views exist, the most one node keeps"
-            )));
+            return Err(too_many());
         }
         let view = ViewDef {
             reads: reads(&self.context, &query)?,
             query,
             created_ms: weir_storage::now_ms(),
         };
-        views.insert(&name, &view)?;
+        if let Bounded::Full { .. } = views.insert_within([(name, &view)], VIEWS_MAX)? {
+            return Err(too_many());
+        }
         self.done("CREATE VIEW").await
     }
 
@@ -197,7 +204,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("256 views exist, the most one node keeps"),
+                .contains("256 views exist, the most Weir keeps"),
             "{error}"
         );
         assert!(views.get("one_more").unwrap().is_none());
