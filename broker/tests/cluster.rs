@@ -764,16 +764,19 @@ fn offset_delete(nodes: &[Node], group: &str, topic: &str, partition: i32) -> i1
     panic!("no node coordinates {group}");
 }
 
-/// The cluster's consistency check: idempotent acks=all producers and a committing consumer
-/// group, bootstrapped from all three nodes, while a seeded schedule `kill -9`s a node and
-/// starts it again, and once pauses Postgres (SIGSTOP). Afterwards every acknowledged record is
-/// at its offset once, offsets per partition run from 0 without a gap, per key the records are
-/// in order, and no confirmed commit was followed by a lower one. `WEIR_CLUSTER_CHECK_CYCLES`
-/// sets the kills (20 by default), `WEIR_CHECK_SEED` replays a schedule; both are printed.
+/// The cluster's consistency check: idempotent acks=all producers, a committing consumer group
+/// and a plugin pipeline copying every record, bootstrapped from all three nodes, while a seeded
+/// schedule `kill -9`s a node and starts it again, and once pauses Postgres (SIGSTOP).
+/// Afterwards every acknowledged record is at its offset once, offsets per partition run from 0
+/// without a gap, per key the records are in order, no confirmed commit was followed by a lower
+/// one, and the pipeline's output holds every record once, whichever nodes ran it.
+/// `WEIR_CLUSTER_CHECK_CYCLES` sets the kills (20 by default), `WEIR_CHECK_SEED` replays a
+/// schedule; both are printed.
 #[test]
 fn acknowledged_records_and_commits_survive_nodes_killed_on_a_seeded_schedule() {
     const TOPIC: &str = "events";
     const GROUP: &str = "checker";
+    const COPIED: &str = "copied";
     let Some(db) = Postgres::start() else {
         return;
     };
@@ -791,6 +794,18 @@ fn acknowledged_records_and_commits_survive_nodes_killed_on_a_seeded_schedule() 
         |i: usize| start_node_on(dirs[i].path(), &listeners[i], &db, store.path(), i as u32);
     let mut nodes: Vec<Node> = (0..3).map(start).collect();
     kcat(&nodes[0], &["-P", "-t", TOPIC, "-p", "0"], "warm:0\n");
+    // A pipeline copying every record, made through other nodes than the one it may run on.
+    let http = clients(&nodes);
+    let copied = serde_json::json!({ "name": COPIED, "partitions": PARTITIONS });
+    http[0].call("POST", "/v1/topics", Some(&copied)).unwrap();
+    let wasm = std::fs::read(plugin_wasm("regex-filter").unwrap()).unwrap();
+    let path = "/v1/plugins/copy?pattern=.";
+    http[1]
+        .send("PUT", path, "application/wasm", &wasm)
+        .unwrap();
+    let spec = serde_json::json!({ "name": "copy", "from": TOPIC, "through": ["copy"],
+                                   "to": [COPIED], "from_offset": "earliest" });
+    http[2].call("POST", "/v1/pipelines", Some(&spec)).unwrap();
     let bootstrap = listeners
         .iter()
         .map(|l| l.kafka.clone())
@@ -844,29 +859,46 @@ fn acknowledged_records_and_commits_survive_nodes_killed_on_a_seeded_schedule() 
     );
     let (acks, commits) = Traffic::stop_all(producers, consumer);
     let finals = final_commits(&python, &bootstrap, TOPIC, GROUP, PARTITIONS);
-    let read = read_all(&nodes[1], TOPIC);
+    let http = clients(&nodes);
+    eventually(
+        &format!("seed {seed}: the pipeline catches up"),
+        Duration::from_secs(120),
+        || {
+            let listed = pipeline_on_each(&http, "copy");
+            listed
+                .iter()
+                .any(|p| p["status"] == "running" && p["lag"] == 0)
+        },
+    );
+    // Each partition's (offset, value) of `topic`; offsets that do not run 0.. are a gap.
     let mut gaps = 0;
-    let input: Vec<Vec<(i64, String)>> = (0..PARTITIONS)
-        .map(|p| {
-            let records = read.get(&p).cloned().unwrap_or_default();
-            let offsets: Vec<u64> = records.iter().map(|r| r.0).collect();
-            if offsets != (0..records.len() as u64).collect::<Vec<_>>() {
-                gaps += 1;
-                eprintln!("partition {p}: offsets are not 0..{}", records.len());
-            }
-            records
-                .into_iter()
-                .map(|(offset, _, value)| (offset as i64, value))
-                .collect()
-        })
-        .collect();
+    let mut read = |topic: &str| -> Vec<Vec<(i64, String)>> {
+        let read = read_all(&nodes[1], topic);
+        (0..PARTITIONS)
+            .map(|p| {
+                let records = read.get(&p).cloned().unwrap_or_default();
+                let offsets: Vec<u64> = records.iter().map(|r| r.0).collect();
+                if offsets != (0..records.len() as u64).collect::<Vec<_>>() {
+                    gaps += 1;
+                    eprintln!("{topic} {p}: offsets are not 0..{}", records.len());
+                }
+                records
+                    .into_iter()
+                    .map(|(offset, _, value)| (offset as i64, value))
+                    .collect()
+            })
+            .collect()
+    };
+    let input = read(TOPIC);
+    let output: Vec<String> = read(COPIED).into_iter().flatten().map(|r| r.1).collect();
     let mut f = Findings::default();
-    f.check_records(&input, &acks);
+    let seen = f.check_records(&input, &acks);
     f.check_commits(&commits, &finals);
-    f.gaps = gaps;
+    f.check_piped(&seen, &output);
+    f.gaps += gaps;
     eprintln!("cluster checker: seed {seed}, {cycles} kills: {f:?}");
     assert!(
-        f.acked >= cycles as usize * 10 && f.commits >= cycles as usize,
+        f.acked >= cycles as usize * 10 && f.commits >= cycles as usize && f.piped > 0,
         "too little work to check: {f:?}"
     );
     assert_eq!(

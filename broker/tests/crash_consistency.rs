@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use common::checker::{Findings, Traffic, final_commits, setting};
@@ -146,12 +145,8 @@ fn kill_9_loses_no_acked_record_duplicates_none_and_leaves_no_gap() {
 
     let seen = f.check_records(&values(&input), &acks);
     f.check_commits(&commits, &finals);
-    // The pipeline: every input record in the output once.
     let copied: Vec<String> = output.iter().flatten().map(|r| text(&r.value)).collect();
-    f.piped = copied.len();
-    let copied_set: HashSet<&String> = copied.iter().collect();
-    f.gaps =
-        seen.iter().filter(|v| !copied_set.contains(v)).count() + (copied.len() - copied_set.len());
+    f.check_piped(&seen, &copied);
 
     eprintln!("crash checker: seed {seed}, {cycles} kills: {f:?}");
     assert!(

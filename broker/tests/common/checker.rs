@@ -168,6 +168,23 @@ impl Findings {
         seen
     }
 
+    /// Checks a pipeline that copies every record: `copied` (its output's values) holds each
+    /// of the input's `seen` values once. A value missing is a gap, one there twice a duplicate.
+    pub fn check_piped(&mut self, seen: &HashSet<String>, copied: &[String]) {
+        self.piped = copied.len();
+        let mut once = HashSet::new();
+        for value in copied {
+            if !once.insert(value) {
+                self.duplicates += 1;
+                eprintln!("piped twice: {value}");
+            }
+        }
+        for value in seen.iter().filter(|v| !once.contains(v)) {
+            self.gaps += 1;
+            eprintln!("not piped: {value}");
+        }
+    }
+
     /// Checks the confirmed commits: none is followed by a lower one for its partition, and the
     /// group's `finals` are at least the last confirmed.
     pub fn check_commits(&mut self, commits: &[String], finals: &BTreeMap<u32, i64>) {
