@@ -95,6 +95,8 @@ pub struct ClusterConfig {
     /// The directory of the cache's disk tier, and its bound (0: no disk tier).
     pub cache_dir: PathBuf,
     pub cache_disk_bytes: u64,
+    /// Connections the node keeps to the cluster database at most.
+    pub db_connections: usize,
     /// How often the node tries for the `retention` lease and, holding it, applies retention.
     pub retention_check_ms: u64,
 }
@@ -178,6 +180,7 @@ impl ClusterLogs {
             cache_memory_bytes: config.cache_memory_bytes,
             cache_dir: Some(config.cache_dir.clone()),
             cache_disk_bytes: config.cache_disk_bytes,
+            db_connections: config.db_connections,
             store_options: config.object_store_options.clone(),
             ..NodeConfig::new(
                 &config.db_url,
@@ -986,6 +989,7 @@ impl Logs for ClusterLogs {
             cache: self.log.cache_stats(),
             parked_bytes: self.flusher.parked_bytes(),
             parked_bytes_max: weir_cluster::flusher::QUEUE_BYTES_MAX,
+            db: self.log.db_stats(),
         })
     }
 

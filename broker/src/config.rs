@@ -161,6 +161,9 @@ pub struct ServeArgs {
     /// `<data-dir>/cluster-cache`; kept across restarts. 0 turns the disk tier off.
     #[arg(long, env = "WEIR_CLUSTER_CACHE_DISK_MIB", default_value_t = CLUSTER_CACHE_DISK_MIB_DEFAULT)]
     cluster_cache_disk_mib: u64,
+    /// In a cluster, connections the node keeps to the cluster database at most (1 to 64).
+    #[arg(long, env = "WEIR_CLUSTER_DB_CONNECTIONS", default_value_t = weir_cluster::DB_CONNECTIONS_DEFAULT)]
+    cluster_db_connections: usize,
 }
 
 /// Parses `--object-store-option KEY=VALUE`.
@@ -251,6 +254,7 @@ struct FileConfig {
     cluster_flush_bytes: Option<u64>,
     cluster_cache_mib: Option<u64>,
     cluster_cache_disk_mib: Option<u64>,
+    cluster_db_connections: Option<usize>,
 }
 
 impl ServeArgs {
@@ -338,6 +342,7 @@ impl ServeArgs {
                     cache_memory_bytes: pick!(cluster_cache_mib).saturating_mul(1 << 20),
                     cache_dir: data_dir.join("cluster-cache"),
                     cache_disk_bytes: pick!(cluster_cache_disk_mib).saturating_mul(1 << 20),
+                    db_connections: pick!(cluster_db_connections),
                     retention_check_ms: pick!(retention_check_ms),
                 })
             }
@@ -463,6 +468,7 @@ mod tests {
         assert_eq!(c.object_store, "file:///shared");
         assert_eq!(c.linger_ms, CLUSTER_LINGER_MS_DEFAULT);
         assert_eq!(c.flush_bytes, CLUSTER_FLUSH_BYTES_DEFAULT);
+        assert_eq!(c.db_connections, weir_cluster::DB_CONNECTIONS_DEFAULT);
         for (args, says) in [
             (&["--cluster-db", db][..], "go together"),
             (&["--object-store", "file:///shared"], "go together"),

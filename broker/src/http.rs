@@ -492,7 +492,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         crate::metrics::render_delays(&mut text, &state.node.storage.delays().stats());
         crate::metrics::render_columnar(&mut text, &state.node.columnar.snapshot());
         if let Some(cluster) = state.node.logs.cluster_stats() {
-            crate::metrics::render_cluster_cache(&mut text, &cluster.cache);
+            crate::metrics::render_cluster(&mut text, &cluster);
         }
         text
     })

@@ -721,8 +721,16 @@ pub fn render_delays(out: &mut String, stats: &weir_storage::delay::DelayStats) 
     }
 }
 
-/// Where a cluster node's reads of object ranges were answered from.
-pub fn render_cluster_cache(out: &mut String, stats: &weir_cluster::CacheStats) {
+/// Where a cluster node's reads of object ranges were answered from, and how often it waited
+/// for a connection to the cluster database.
+pub(crate) fn render_cluster(out: &mut String, cluster: &crate::kafka::logs::ClusterStats) {
+    let name = "weir_cluster_db_connection_waits_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Queries and transactions that found every connection to the cluster database lent and waited for one.\n# TYPE {name} counter\n{name} {}",
+        cluster.db.waits
+    );
+    let stats = &cluster.cache;
     let name = "weir_cluster_cache_reads_total";
     let _ = writeln!(
         out,

@@ -246,6 +246,12 @@ impl NodeContext {
                     cluster.parked_bytes,
                     cluster.parked_bytes_max,
                 ),
+                bound(
+                    "cluster_db_connections_lent",
+                    "Connections to the cluster database lent to a query or transaction now; past the max, callers wait",
+                    cluster.db.lent,
+                    cluster.db.lent_max,
+                ),
             ]);
         }
         bounds

@@ -512,10 +512,11 @@ fn three_nodes_on_an_s3_bucket_share_every_partition_and_outlive_a_node() {
         .iter()
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
-    let flags: Vec<&str> = options
+    let mut flags: Vec<&str> = options
         .iter()
         .flat_map(|o| ["--object-store-option", o.as_str()])
         .collect();
+    flags.extend(["--cluster-db-connections", "3"]);
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let store = s3.url("kafka");
     let mut nodes: Vec<Node> = dirs
@@ -580,6 +581,12 @@ fn three_nodes_on_an_s3_bucket_share_every_partition_and_outlive_a_node() {
         metric(&nodes[0], "weir_cluster_parked_bytes_max"),
         (128u64 << 20) as f64
     );
+    // Each node's queries and transactions shared its three connections to the database.
+    assert_eq!(
+        metric(&nodes[0], "weir_cluster_db_connections_lent_max"),
+        3.0
+    );
+    assert!(metric(&nodes[0], "weir_cluster_db_connections_lent") <= 3.0);
 
     // Node 0 dies: the others still serve every record, from the bucket, and take more.
     nodes.remove(0).kill9();

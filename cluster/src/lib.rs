@@ -56,6 +56,7 @@ pub mod membership;
 pub mod merge;
 mod meta;
 pub mod modules;
+mod pool;
 pub mod retention;
 pub mod schema;
 pub mod status;
@@ -77,6 +78,7 @@ pub use log::{
 pub use membership::{NodeInfo, leader, leader_by};
 pub use merge::Merged;
 pub use meta::{META_KEY_BYTES_MAX, META_TREE_BYTES_MAX, META_VALUE_BYTES_MAX};
+pub use pool::{DB_CONNECTIONS_DEFAULT, DB_CONNECTIONS_MAX, PoolStats};
 pub use retention::Trimmed;
 pub use topics::{TOPIC_CONFIG_BYTES_MAX, TOPIC_CONFIGS_MAX, Topic};
 pub use watch::Advanced;

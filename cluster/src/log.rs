@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tokio::sync::{Mutex, MutexGuard, broadcast};
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio::sync::broadcast;
+use tokio_postgres::Transaction;
 use weir_storage::PartitionSize;
 use weir_storage::batch::{BatchHeader, set_base_offset, validate_record_set};
 use weir_storage::producer::{Appended, ProducerStates};
@@ -17,6 +17,7 @@ use weir_storage::producer::{Appended, ProducerStates};
 use crate::cache::{CACHE_MEMORY_BYTES_DEFAULT, CacheStats, RangeCache, RangeKey};
 use crate::lease::{Lease, check_held};
 use crate::meta::META_QUEUE_MAX;
+use crate::pool::{DB_CONNECTIONS_DEFAULT, Pool, PoolStats, Pooled, connect};
 use crate::topics::TopicCache;
 use crate::watch::{self, Advanced};
 use crate::{ClusterError, Result, schema, store};
@@ -94,6 +95,9 @@ pub struct NodeConfig {
     pub flush_commit_ms_max: u64,
     /// Most partitions of all topics together that this node lets the cluster grow to.
     pub partitions_max: u32,
+    /// Connections the node keeps to the cluster database at most, 1 to
+    /// [`DB_CONNECTIONS_MAX`](crate::DB_CONNECTIONS_MAX).
+    pub db_connections: usize,
 }
 
 impl NodeConfig {
@@ -108,15 +112,15 @@ impl NodeConfig {
             cache_disk_bytes: 0,
             flush_commit_ms_max: FLUSH_COMMIT_MS_MAX_DEFAULT,
             partitions_max: CLUSTER_PARTITIONS_MAX_DEFAULT,
+            db_connections: DB_CONNECTIONS_DEFAULT,
         }
     }
 }
 
 /// One node's handle on the cluster's partitions.
 pub struct SharedLog {
-    /// The node's connection, opened again when it finds it closed.
-    db: Mutex<Client>,
-    db_url: String,
+    /// The node's connections, each opened again when it is found closed.
+    db: Pool,
     /// Partitions advanced by any node's flush, from the node's listener.
     pub(crate) appended: Arc<broadcast::Sender<Advanced>>,
     /// Names of the metadata trees changed, as the listener hears them.
@@ -186,8 +190,7 @@ impl SharedLog {
         Ok(SharedLog {
             appended: watch::listen(&config.db_url, topics.clone(), meta_changed.clone()),
             meta_changed,
-            db: Mutex::new(db),
-            db_url: config.db_url.clone(),
+            db: Pool::new(&config.db_url, config.db_connections, db)?,
             topics,
             store: store::open(&config.store_url, &config.store_options)?,
             cache: RangeCache::new(
@@ -216,14 +219,16 @@ impl SharedLog {
         self.cache.stats()
     }
 
-    /// The node's database connection, reconnected first if it was lost (the database
-    /// restarted, or the network dropped it). A failure to reconnect is retriable.
-    pub(crate) async fn db(&self) -> Result<MutexGuard<'_, Client>> {
-        let mut db = self.db.lock().await;
-        if db.is_closed() {
-            *db = connect(&self.db_url).await?;
-        }
-        Ok(db)
+    /// A connection to the cluster database, once one of the node's is free; a closed one is
+    /// opened again first (the database restarted, or the network dropped it). A failure to
+    /// reconnect is retriable.
+    pub(crate) async fn db(&self) -> Result<Pooled<'_>> {
+        self.db.get().await
+    }
+
+    /// What the node's connections to the cluster database are doing.
+    pub fn db_stats(&self) -> PoolStats {
+        self.db.stats()
     }
 
     /// Checks a record set as a node does before it parks it for a flush: the topic and
@@ -861,11 +866,4 @@ async fn save_producers(
         }
     }
     Ok(())
-}
-
-/// A connection to the cluster database, driven on a task of its own.
-async fn connect(db_url: &str) -> Result<Client> {
-    let (db, connection) = tokio_postgres::connect(db_url, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(db)
 }

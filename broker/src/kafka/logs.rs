@@ -56,6 +56,8 @@ pub(crate) struct ClusterStats {
     /// Bytes of record sets waiting for a flush or in one, and their bound.
     pub parked_bytes: u64,
     pub parked_bytes_max: u64,
+    /// The node's connections to the cluster database.
+    pub db: weir_cluster::PoolStats,
 }
 
 /// The cluster as `weir cluster status` shows it, through one node.
