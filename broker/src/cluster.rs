@@ -611,6 +611,21 @@ impl TreeBackend for ClusterTree {
         )
     }
 
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+    ) -> weir_storage::Result<bool> {
+        self.call(self.log.meta_compare_and_set(
+            &self.tree,
+            key,
+            expected,
+            &value,
+            self.fence.as_ref(),
+        ))
+    }
+
     fn remove(&self, key: &str, _durable: bool) -> weir_storage::Result<bool> {
         self.call(self.log.meta_remove(&self.tree, key))
     }

@@ -1597,6 +1597,19 @@ fn a_plugin_deployed_through_one_node_runs_and_swaps_on_the_node_running_its_pip
     });
     let taker = lease_holder(&http[0], "pipeline:picked").expect("a holder");
     assert_ne!(taker, home.to_string());
+    // Two deploys through two nodes at once each make a version of their own.
+    let made = std::thread::scope(|s| {
+        let deploys = [(0, "left"), (1, "right")].map(|(n, pattern)| {
+            let deploy = &deploy;
+            let client = &http[n];
+            s.spawn(move || deploy(client, pattern)["version"].as_u64())
+        });
+        deploys.map(|d| d.join().unwrap().expect("a version"))
+    });
+    assert!(made == [3, 4] || made == [4, 3], "versions {made:?}");
+    let plugin = http[1].call("GET", "/v1/plugins/picks", None).unwrap();
+    let versions = plugin["versions"].as_array().map(Vec::len);
+    assert_eq!(versions, Some(4), "{plugin}");
     // A plugin in use stays; once its pipeline is dropped, it goes.
     let refused = http[0].call("DELETE", "/v1/plugins/picks", None);
     assert!(refused.unwrap_err().to_string().contains("409"));

@@ -162,6 +162,52 @@ impl SharedLog {
         Ok(Bounded::Stored)
     }
 
+    /// Stores `value` (JSON) under `key` in `tree` if the key still holds `expected` (`None`:
+    /// it is absent; values compare as JSON), and answers whether it did. Postgres checks the
+    /// row and writes it in one statement, so of nodes racing from the same `expected`, one
+    /// succeeds. Under a `fence`, only while this node holds that lease.
+    pub async fn meta_compare_and_set(
+        &self,
+        tree: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        fence: Option<&Lease>,
+    ) -> Result<bool> {
+        check_key(tree, key)?;
+        let text = value_text(value)?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await?;
+        if let Some(lease) = fence {
+            check_held(&tx, lease, &self.node_id).await?;
+        }
+        let written = match expected {
+            None => {
+                tx.execute(
+                    "INSERT INTO weir.meta (tree, key, value) VALUES ($1, $2, $3::text::jsonb)
+                     ON CONFLICT (tree, key) DO NOTHING",
+                    &[&tree, &key, &text],
+                )
+                .await?
+            }
+            Some(old) => {
+                let old = value_text(old)?;
+                tx.execute(
+                    "UPDATE weir.meta SET value = $3::text::jsonb
+                     WHERE tree = $1 AND key = $2 AND value = $4::text::jsonb",
+                    &[&tree, &key, &text, &old],
+                )
+                .await?
+            }
+        };
+        if written == 0 {
+            return Ok(false);
+        }
+        announce(&tx, tree).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Removes `key` from `tree`; whether it was there.
     pub async fn meta_remove(&self, tree: &str, key: &str) -> Result<bool> {
         check_key(tree, key)?;

@@ -1040,6 +1040,57 @@ async fn bounded_metadata_puts_racing_on_two_nodes_stop_at_the_bound() {
     );
 }
 
+/// Compare-and-set writes made by two nodes at once: each task reads a list, adds its own
+/// number and writes it back only if the list is still what it read, else reads again; every
+/// number ends in the list once. The expected value compares as JSON, whatever its spacing.
+#[tokio::test]
+async fn metadata_compare_and_set_racing_on_two_nodes_loses_no_write() {
+    let Some((pg, _store, store_url)) = cluster() else {
+        return;
+    };
+    let (a, b) = two_nodes(&pg, &store_url, 1).await;
+    let writes = (0..20).map(|i: u32| {
+        let log = if i.is_multiple_of(2) { &a } else { &b };
+        async move {
+            loop {
+                let old = log.meta_get("plugins", "p").await.expect("get");
+                let mut list: Vec<u32> = match &old {
+                    Some(text) => serde_json::from_slice(text).expect("a list"),
+                    None => Vec::new(),
+                };
+                list.push(i);
+                let new = serde_json::to_vec(&list).expect("json");
+                let set = log.meta_compare_and_set("plugins", "p", old.as_deref(), &new, None);
+                if set.await.expect("compare and set") {
+                    break;
+                }
+            }
+        }
+    });
+    join_all(writes).await;
+    let text = a
+        .meta_get("plugins", "p")
+        .await
+        .expect("get")
+        .expect("a value");
+    let stored: Vec<u32> = serde_json::from_slice(&text).expect("a list");
+    let mut list = stored.clone();
+    list.sort();
+    assert_eq!(list, (0..20).collect::<Vec<_>>(), "every write once");
+
+    let absent = b.meta_compare_and_set("plugins", "p", None, b"[]", None);
+    assert!(!absent.await.expect("cas"), "the key is there");
+    let stale = b.meta_compare_and_set("plugins", "p", Some(b"[1]"), b"[]", None);
+    assert!(!stale.await.expect("cas"), "not the value there");
+    let spaced = serde_json::to_string_pretty(&stored).expect("json");
+    let same = b.meta_compare_and_set("plugins", "p", Some(spaced.as_bytes()), b"[]", None);
+    assert!(same.await.expect("cas"), "the same JSON, spaced otherwise");
+    assert_eq!(
+        a.meta_get("plugins", "p").await.expect("get").as_deref(),
+        Some(&b"[]"[..])
+    );
+}
+
 #[tokio::test]
 async fn an_s3_bucket_holds_the_objects_nodes_share_and_collect() {
     let Some(s3) = S3Server::start() else {

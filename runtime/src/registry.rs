@@ -92,8 +92,6 @@ pub struct Registry {
     generation: AtomicU64,
     /// Compiled modules by sha256.
     loaded: Mutex<HashMap<String, Plugin>>,
-    /// Serializes changes (read-modify-write of one entry).
-    changes: Mutex<()>,
 }
 
 pub fn validate_plugin_name(name: &str) -> Result<(), Error> {
@@ -125,7 +123,6 @@ impl Registry {
             modules,
             generation: AtomicU64::new(0),
             loaded: Mutex::new(HashMap::new()),
-            changes: Mutex::new(()),
         })
     }
 
@@ -153,57 +150,70 @@ impl Registry {
     ) -> Result<PluginVersion, Error> {
         validate_plugin_name(name)?;
         let plugin = self.sandbox.load(wasm)?;
-        let _changes = locks::lock(&self.changes);
-        let mut meta = self.tree.get(name)?.unwrap_or_else(|| PluginMeta {
-            name: name.to_owned(),
-            active: 0,
-            versions: Vec::new(),
-        });
-        if let Some(active) = meta.active_version()
-            && active.sha256 == plugin.sha256()
-            && active.params == params
-        {
-            return Ok(active.clone());
+        let mut module_stored = false;
+        // Read, changed and written as one step, so two nodes deploying at once each get a
+        // version of their own.
+        let (version, new) = self.tree.update(name, |meta| {
+            let mut meta = meta.unwrap_or_else(|| PluginMeta {
+                name: name.to_owned(),
+                active: 0,
+                versions: Vec::new(),
+            });
+            if let Some(active) = meta.active_version()
+                && active.sha256 == plugin.sha256()
+                && active.params == params
+            {
+                return Ok((None, (active.clone(), false)));
+            }
+            if !module_stored {
+                self.modules.put(plugin.sha256(), wasm)?;
+                module_stored = true;
+            }
+            let version = PluginVersion {
+                version: meta.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1,
+                sha256: plugin.sha256().to_owned(),
+                kind: plugin.kind().name().to_owned(),
+                abi_version: plugin.abi_version(),
+                size_bytes: wasm.len() as u64,
+                created_ms: now_ms(),
+                params: params.clone(),
+            };
+            meta.active = version.version;
+            meta.versions.push(version.clone());
+            if meta.versions.len() > VERSIONS_MAX {
+                meta.versions.remove(0);
+            }
+            Ok::<_, Error>((Some(meta), (version, true)))
+        })?;
+        if new {
+            locks::lock(&self.loaded).insert(plugin.sha256().to_owned(), plugin);
+            self.changed();
+            tracing::info!(plugin = name, version = version.version, sha256 = %version.sha256, kind = %version.kind, "plugin deployed");
         }
-        self.modules.put(plugin.sha256(), wasm)?;
-        let version = PluginVersion {
-            version: meta.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1,
-            sha256: plugin.sha256().to_owned(),
-            kind: plugin.kind().name().to_owned(),
-            abi_version: plugin.abi_version(),
-            size_bytes: wasm.len() as u64,
-            created_ms: now_ms(),
-            params,
-        };
-        locks::lock(&self.loaded).insert(plugin.sha256().to_owned(), plugin);
-        meta.active = version.version;
-        meta.versions.push(version.clone());
-        if meta.versions.len() > VERSIONS_MAX {
-            meta.versions.remove(0);
-        }
-        self.commit(&meta)?;
-        tracing::info!(plugin = name, version = version.version, sha256 = %version.sha256, kind = %version.kind, "plugin deployed");
         Ok(version)
     }
 
     /// Makes `to` (default: the version before the active one) active again.
     pub fn rollback(&self, name: &str, to: Option<u32>) -> Result<PluginVersion, Error> {
-        let _changes = locks::lock(&self.changes);
-        let mut meta = self.get(name)?;
-        let target = match to {
-            Some(version) => meta.versions.iter().find(|v| v.version == version),
-            None => meta
-                .versions
-                .iter()
-                .filter(|v| v.version < meta.active)
-                .max_by_key(|v| v.version),
-        };
-        let target = target.cloned().ok_or_else(|| {
-            let known: Vec<u32> = meta.versions.iter().map(|v| v.version).collect();
-            Error::NotFound(format!("plugin {name} has no version {to:?} to roll back to (versions {known:?}, active {})", meta.active))
+        let target = self.tree.update(name, |meta| {
+            let mut meta =
+                meta.ok_or_else(|| Error::NotFound(format!("plugin {name} does not exist")))?;
+            let target = match to {
+                Some(version) => meta.versions.iter().find(|v| v.version == version),
+                None => meta
+                    .versions
+                    .iter()
+                    .filter(|v| v.version < meta.active)
+                    .max_by_key(|v| v.version),
+            };
+            let target = target.cloned().ok_or_else(|| {
+                let known: Vec<u32> = meta.versions.iter().map(|v| v.version).collect();
+                Error::NotFound(format!("plugin {name} has no version {to:?} to roll back to (versions {known:?}, active {})", meta.active))
+            })?;
+            meta.active = target.version;
+            Ok::<_, Error>((Some(meta), target))
         })?;
-        meta.active = target.version;
-        self.commit(&meta)?;
+        self.changed();
         tracing::info!(
             plugin = name,
             version = target.version,
@@ -213,16 +223,9 @@ impl Registry {
     }
 
     pub fn delete(&self, name: &str) -> Result<(), Error> {
-        let _changes = locks::lock(&self.changes);
         if !self.tree.remove(name)? {
             return Err(Error::NotFound(format!("plugin {name} does not exist")));
         }
-        self.changed();
-        Ok(())
-    }
-
-    fn commit(&self, meta: &PluginMeta) -> Result<(), Error> {
-        self.tree.insert(&meta.name, meta)?;
         self.changed();
         Ok(())
     }

@@ -129,6 +129,13 @@ pub enum StorageError {
     CompactionKeys { path: PathBuf, keys_max: u64 },
     #[error("metadata store: {0}")]
     Meta(#[from] sled::Error),
+    /// Other writers kept changing a key between an update's read and its write.
+    #[error("key {key:?} of tree {tree} changed under {tries} updates in a row; try again")]
+    Contended {
+        tree: String,
+        key: String,
+        tries: usize,
+    },
     /// A tree kept in a cluster's database could not be read or written.
     #[error("cluster metadata, tree {tree}: {reason}")]
     SharedMeta { tree: String, reason: String },

@@ -44,7 +44,14 @@ pub trait TreeBackend: Send + Sync {
     /// entries (a key already there counts once). The check and the write are one step, so
     /// callers racing, on this node or on other nodes of a cluster, never pass `max` together.
     fn insert_within(&self, entries: Vec<(String, Vec<u8>)>, max: usize) -> Result<Bounded>;
+    /// Stores `value` under `key` durably if the key still holds `expected` (`None`: it is
+    /// absent), and answers whether it did. Of callers racing from the same `expected`, on this
+    /// node or on other nodes of a cluster, one succeeds.
+    fn compare_and_set(&self, key: &str, expected: Option<&[u8]>, value: Vec<u8>) -> Result<bool>;
 }
+
+/// Tries of [`Tree::update`] before it gives up on a key other writers keep changing.
+pub const UPDATE_TRIES_MAX: usize = 16;
 
 /// Opens the backends of trees by name: a node's [`MetaStore`], or a cluster's database.
 pub trait TreeSource: Send + Sync {
@@ -124,6 +131,38 @@ impl<V: Serialize + DeserializeOwned> Tree<V> {
             Some(bytes) => self.decode(key, &bytes).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Reads `key`, lets `change` make its new value from the value read, and stores that
+    /// durably unless another writer (on this node or another node of a cluster) changed the key
+    /// in between; then it reads and tries again, at most [`UPDATE_TRIES_MAX`] times. `change`
+    /// answers the new value, or `None` to leave the key as it is, and what `update` answers.
+    pub fn update<T, E: From<StorageError>>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(Option<V>) -> std::result::Result<(Option<V>, T), E>,
+    ) -> std::result::Result<T, E> {
+        for _ in 0..UPDATE_TRIES_MAX {
+            let old = self.backend.get(key)?;
+            let current = match &old {
+                Some(bytes) => Some(self.decode(key, bytes)?),
+                None => None,
+            };
+            let (new, answer) = change(current)?;
+            let Some(new) = new else {
+                return Ok(answer);
+            };
+            let bytes = self.encode(key, &new)?;
+            if self.backend.compare_and_set(key, old.as_deref(), bytes)? {
+                return Ok(answer);
+            }
+        }
+        Err(StorageError::Contended {
+            tree: self.name.clone(),
+            key: key.to_string(),
+            tries: UPDATE_TRIES_MAX,
+        }
+        .into())
     }
 
     /// Stores `value` under `key` durably.
@@ -250,6 +289,17 @@ impl TreeBackend for SledTree {
         self.db.flush()?;
         Ok(Bounded::Stored)
     }
+
+    fn compare_and_set(&self, key: &str, expected: Option<&[u8]>, value: Vec<u8>) -> Result<bool> {
+        let swapped = self
+            .tree
+            .compare_and_swap(key.as_bytes(), expected, Some(value))?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.db.flush()?;
+        Ok(true)
+    }
 }
 
 /// The sled database holding all metadata.
@@ -321,6 +371,42 @@ impl TreeSource for MetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Updates from many threads at once through two handles on one tree each count once: a
+    /// write that raced another is made again from the value the other left.
+    #[test]
+    fn updates_racing_each_count_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(&dir.path().join("meta")).unwrap();
+        let handles: [Tree<Vec<u32>>; 2] = [store.tree("log").unwrap(), store.tree("log").unwrap()];
+        std::thread::scope(|s| {
+            for i in 0..8u32 {
+                let tree = &handles[i as usize % 2];
+                s.spawn(move || {
+                    for j in 0..20 {
+                        let appended = tree.update("k", |seen| {
+                            let mut seen = seen.unwrap_or_default();
+                            seen.push(i * 100 + j);
+                            Ok::<_, StorageError>((Some(seen), ()))
+                        });
+                        appended.unwrap();
+                    }
+                });
+            }
+        });
+        let mut seen = handles[0].get("k").unwrap().unwrap();
+        seen.sort();
+        let all: Vec<u32> = (0..8)
+            .flat_map(|i| (0..20).map(move |j| i * 100 + j))
+            .collect();
+        assert_eq!(seen, all, "each update once");
+        // An update that leaves the key as it is writes nothing.
+        let kept = handles[1].update("k", |_| Ok::<_, StorageError>((None, 7)));
+        assert_eq!(kept.unwrap(), 7);
+        assert_eq!(handles[0].get("k").unwrap().unwrap().len(), 160);
+        let backend = &handles[0].backend;
+        assert!(!backend.compare_and_set("k", None, b"[1]".to_vec()).unwrap());
+    }
 
     /// Bounded inserts from many threads at once into two handles on one tree stop at the
     /// bound exactly; an insert past it keeps nothing, and a key already there counts once.
