@@ -1568,6 +1568,10 @@ fn a_plugin_deployed_through_one_node_runs_and_swaps_on_the_node_running_its_pip
         .parse()
         .unwrap();
     runs_only_on(&http, "picked", home);
+    // The records the pipeline appended are counted on the node that appended them.
+    let appended = |n: &Node| metric(n, "weir_records_in_total{topic=\"picked\"}");
+    assert_eq!(appended(&nodes[home]), 10.0);
+    assert_eq!(nodes.iter().map(appended).sum::<f64>(), 10.0);
 
     // Version 2, deployed through another node, is what the running node swaps to.
     let other = (home + 1) % 3;

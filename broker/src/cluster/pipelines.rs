@@ -16,6 +16,7 @@ use weir_storage::{
 };
 
 use super::{ClusterLogs, ClusterTree, forget_lost, storage_error};
+use crate::kafka::record_count;
 
 /// How long a pipeline's lease runs past its last renewal (every heartbeat): a node that dies
 /// holds its pipelines up for at most this long.
@@ -188,6 +189,7 @@ impl Topics for FencedTopics {
 
     fn append(&self, topic: &str, partition: u32, batches: Bytes) -> Result<u64, StorageError> {
         let log = &self.logs.log;
+        let (bytes, count) = (batches.len() as u64, record_count(&batches));
         let append = Append {
             topic: topic.to_string(),
             partition,
@@ -199,6 +201,8 @@ impl Topics for FencedTopics {
             answers.remove(0)
         });
         let base = flushed.map_err(|e| storage_error(e, topic, partition))?;
+        // Counted as any append is, where it was made.
+        self.logs.metrics.produced(topic, bytes, count);
         Ok(base)
     }
 }
