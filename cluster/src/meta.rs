@@ -56,6 +56,16 @@ fn value_text(value: &[u8]) -> Result<&str> {
         .map_err(|e| ClusterError::InvalidRequest(format!("a metadata value: {e}")))
 }
 
+/// When a write to a metadata key goes ahead.
+enum Expect<'a> {
+    /// Whatever the key holds.
+    Anything,
+    /// Only if the key is absent.
+    Absent,
+    /// Only if the key holds this value (JSON, compared as JSON).
+    Value(&'a [u8]),
+}
+
 /// Puts `value` (JSON text) under `key` in `tree`, inside `tx`.
 async fn put(
     tx: &tokio_postgres::Transaction<'_>,
@@ -96,17 +106,8 @@ impl SharedLog {
         value: &[u8],
         fence: Option<&Lease>,
     ) -> Result<()> {
-        check_key(tree, key)?;
-        let text = value_text(value)?;
-        let mut db = self.db().await?;
-        let tx = db.transaction().await?;
-        if let Some(lease) = fence {
-            check_held(&tx, lease, &self.node_id).await?;
-        }
-        put(&tx, tree, key, text).await?;
-        announce(&tx, tree).await?;
-        tx.commit().await?;
-        Ok(())
+        let written = self.meta_write(tree, key, value, Expect::Anything, fence);
+        written.await.map(|_| ())
     }
 
     /// Stores every entry in `tree`, all or none, unless the tree would then hold more than
@@ -174,6 +175,23 @@ impl SharedLog {
         value: &[u8],
         fence: Option<&Lease>,
     ) -> Result<bool> {
+        let expect = match expected {
+            None => Expect::Absent,
+            Some(old) => Expect::Value(old),
+        };
+        self.meta_write(tree, key, value, expect, fence).await
+    }
+
+    /// Stores `value` under `key` in `tree` if the key holds what `expect` says, and answers
+    /// whether it did; the change is announced at commit.
+    async fn meta_write(
+        &self,
+        tree: &str,
+        key: &str,
+        value: &[u8],
+        expect: Expect<'_>,
+        fence: Option<&Lease>,
+    ) -> Result<bool> {
         check_key(tree, key)?;
         let text = value_text(value)?;
         let mut db = self.db().await?;
@@ -181,8 +199,12 @@ impl SharedLog {
         if let Some(lease) = fence {
             check_held(&tx, lease, &self.node_id).await?;
         }
-        let written = match expected {
-            None => {
+        let written = match expect {
+            Expect::Anything => {
+                put(&tx, tree, key, text).await?;
+                1
+            }
+            Expect::Absent => {
                 tx.execute(
                     "INSERT INTO weir.meta (tree, key, value) VALUES ($1, $2, $3::text::jsonb)
                      ON CONFLICT (tree, key) DO NOTHING",
@@ -190,7 +212,7 @@ impl SharedLog {
                 )
                 .await?
             }
-            Some(old) => {
+            Expect::Value(old) => {
                 let old = value_text(old)?;
                 tx.execute(
                     "UPDATE weir.meta SET value = $3::text::jsonb
