@@ -34,7 +34,7 @@ pub(crate) struct Pool {
 pub struct PoolStats {
     /// Connections lent now.
     pub lent: u64,
-    /// Most connections lent at once.
+    /// The bound: connections that may be lent at once.
     pub lent_max: u64,
     /// Callers that waited for a connection.
     pub waits: u64,
