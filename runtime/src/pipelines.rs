@@ -382,10 +382,7 @@ impl Pipelines {
     ) -> Result<PipelineStatus, Error> {
         validate_pipeline_name(&spec.name)?;
         if self.tree.get(&spec.name)?.is_some() {
-            return Err(Error::Conflict(format!(
-                "pipeline {} already exists",
-                spec.name
-            )));
+            return Err(already_exists(&spec.name));
         }
         if locks::lock(&self.running).len() >= PIPELINES_MAX {
             return Err(Error::Invalid(format!(
@@ -408,7 +405,9 @@ impl Pipelines {
             created_ms: now_ms(),
             owner,
         };
-        self.tree.insert(&stored.spec.name, &stored)?;
+        if !self.tree.insert_new(&stored.spec.name, &stored)? {
+            return Err(already_exists(&stored.spec.name));
+        }
         tracing::info!(pipeline = %stored.spec.name, from = %stored.spec.from, to = ?stored.spec.to, "pipeline created");
         self.spawn(&stored);
         self.describe(&stored.spec.name)
@@ -480,7 +479,14 @@ impl Pipelines {
         Ok(())
     }
 
+    /// Starts the task of a stored pipeline unless this node runs one for it already: a
+    /// pipeline made here is seen by [`Pipelines::sync`] too, as soon as it is stored, and
+    /// two tasks of one pipeline on one node would share its turn and both write.
     fn spawn(self: &Arc<Self>, stored: &Stored) {
+        let mut running = locks::lock(&self.running);
+        if running.contains_key(&stored.spec.name) {
+            return;
+        }
         let stats = Arc::new(Stats::default());
         if let Some(reason) = &stored.reason {
             stats.note_error_at(
@@ -496,7 +502,7 @@ impl Pipelines {
             stats.clone(),
             control.clone(),
         ));
-        locks::lock(&self.running).insert(
+        running.insert(
             stored.spec.name.clone(),
             Running {
                 stats,
@@ -780,5 +786,56 @@ impl Pipelines {
         for r in running {
             let _ = r.task.await;
         }
+    }
+}
+
+fn already_exists(pipeline: &str) -> Error {
+    Error::Conflict(format!("pipeline {pipeline} already exists"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use std::collections::BTreeMap;
+
+    use weir_storage::{Storage, StorageConfig};
+
+    use super::*;
+    use crate::sandbox::SandboxConfig;
+
+    /// On a cluster, a pipeline made through this node is seen by [`Pipelines::sync`] too, as
+    /// soon as it is stored, maybe before `create` starts its task; the node still runs one
+    /// task for it, since two would share its turn and both write its output.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pipeline_seen_again_as_it_starts_runs_one_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        storage.create_topic("in", 1, BTreeMap::new()).unwrap();
+        let runtime = crate::Runtime::open(storage, SandboxConfig::default()).unwrap();
+        let pipelines = runtime.pipelines().clone();
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
+
+        let spec = PipelineSpec::in_to_out("copy", 10);
+        pipelines.create(spec.clone(), None).unwrap();
+        assert_eq!(tasks(), before + 1, "create starts the pipeline's task");
+        // What a `sync` that read the new row first started would be started again.
+        let stored = pipelines.stored("copy").unwrap();
+        pipelines.spawn(&stored);
+        pipelines.sync().unwrap();
+        assert_eq!(tasks(), before + 1, "one task runs the pipeline");
+
+        let again = pipelines.create(spec, None).unwrap_err();
+        assert!(
+            again.to_string().contains("pipeline copy already exists"),
+            "{again}"
+        );
+        pipelines.shutdown().await;
+        assert_eq!(tasks(), before, "no task outlives the shutdown");
     }
 }

@@ -170,6 +170,13 @@ impl<V: Serialize + DeserializeOwned> Tree<V> {
         self.backend.insert(key, self.encode(key, value)?, true)
     }
 
+    /// Stores `value` under `key` durably if no writer (on this node or another node of a
+    /// cluster) stored one first; answers whether this one was stored.
+    pub fn insert_new(&self, key: &str, value: &V) -> Result<bool> {
+        self.backend
+            .compare_and_set(key, None, self.encode(key, value)?)
+    }
+
     /// Stores `value` under `key`; on sled it reaches the disk with the next flush (sled
     /// flushes on its own every 500 ms), so a crash may lose it. For values that may safely go
     /// back in time.
