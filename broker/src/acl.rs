@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use weir_runtime::{Owner, PipelineSpec, Rights};
 use weir_sql::{TableAccess, TableUse};
-use weir_storage::{Bounded, Tree, locks};
+use weir_storage::{Bounded, Present, Tree, locks};
 
 /// Most ACL rules a node keeps; each check may read all of them.
 pub const ACLS_MAX: usize = 10_000;
@@ -372,7 +372,10 @@ impl Acls {
             acl.validate()?;
         }
         let entries = acls.iter().map(|acl| (acl.key(), acl));
-        if let Bounded::Full { existing } = self.tree.insert_within(entries, ACLS_MAX)? {
+        let added = self
+            .tree
+            .insert_within(entries, ACLS_MAX, Present::Replace)?;
+        if let Bounded::Full { existing } = added {
             return Err(AclError::TooMany {
                 existing,
                 added: acls.len(),

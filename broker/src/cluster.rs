@@ -32,8 +32,8 @@ use weir_cluster::{
     SharedLog, Topic,
 };
 use weir_storage::{
-    BatchError, Bounded, PartitionSize, PartitionSource, Storage, StorageError, TopicMeta, Tree,
-    TreeBackend, locks,
+    BatchError, Bounded, PartitionSize, PartitionSource, Present, Storage, StorageError, TopicMeta,
+    Tree, TreeBackend, locks,
 };
 
 use crate::error::{Error, Result};
@@ -642,8 +642,9 @@ impl TreeBackend for ClusterTree {
         &self,
         entries: Vec<(String, Vec<u8>)>,
         max: usize,
+        present: Present,
     ) -> weir_storage::Result<Bounded> {
-        self.call(self.log.meta_put_within(&self.tree, &entries, max))
+        self.call(self.log.meta_put_within(&self.tree, &entries, max, present))
     }
 }
 

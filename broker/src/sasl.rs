@@ -16,7 +16,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
-use weir_storage::{Bounded, Tree};
+use weir_storage::{Bounded, Present, Tree};
 
 /// The mechanisms a client may pick in SaslHandshake.
 pub const MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
@@ -291,13 +291,14 @@ impl Users {
     }
 
     fn put(&self, name: &str, credentials: UserCredentials) -> Result<(), UserError> {
-        match self
+        let entry = [(name.to_string(), &credentials)];
+        if let Bounded::Full { .. } = self
             .tree
-            .insert_within([(name.to_string(), &credentials)], USERS_MAX)?
+            .insert_within(entry, USERS_MAX, Present::Replace)?
         {
-            Bounded::Stored => Ok(()),
-            Bounded::Full { .. } => Err(UserError::TooMany),
+            return Err(UserError::TooMany);
         }
+        Ok(())
     }
 
     /// How many users exist.

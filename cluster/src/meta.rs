@@ -7,7 +7,7 @@
 //! again it passes on an empty name: any tree may have changed meanwhile.
 
 use tokio::sync::broadcast;
-use weir_storage::Bounded;
+use weir_storage::{Bounded, Present};
 
 use crate::lease::{Lease, check_held};
 use crate::{ClusterError, Result, SharedLog};
@@ -111,14 +111,16 @@ impl SharedLog {
     }
 
     /// Stores every entry in `tree`, all or none, unless the tree would then hold more than
-    /// `max` entries (a key already there counts once). A transaction-scoped advisory lock on
-    /// the tree makes the count and the writes one step across every node, so nodes racing
-    /// never pass `max` together.
+    /// `max` entries (a key already there counts once), or a key is there and `present`
+    /// refuses it. A transaction-scoped advisory lock on the tree makes the checks and the
+    /// writes one step across every node, so nodes racing never pass `max` together, nor
+    /// both make one new key.
     pub async fn meta_put_within(
         &self,
         tree: &str,
         entries: &[(String, Vec<u8>)],
         max: usize,
+        present: Present,
     ) -> Result<Bounded> {
         let mut texts = Vec::with_capacity(entries.len());
         for (key, value) in entries {
@@ -139,7 +141,7 @@ impl SharedLog {
             .await?
             .get::<_, i64>(0) as usize;
         let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
-        let present: Vec<String> = tx
+        let held: Vec<String> = tx
             .query(
                 "SELECT key FROM weir.meta WHERE tree = $1 AND key = ANY($2)",
                 &[&tree, &keys],
@@ -148,12 +150,8 @@ impl SharedLog {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let new = weir_storage::new_keys(keys.iter().copied(), |key| {
-            Ok::<_, std::convert::Infallible>(present.iter().any(|p| p == key))
-        })
-        .unwrap_or_else(|never| match never {});
-        if existing + new > max {
-            return Ok(Bounded::Full { existing });
+        if let Some(refused) = weir_storage::refused(&keys, &held, existing, max, present) {
+            return Ok(refused);
         }
         for (key, text) in keys.iter().zip(&texts) {
             put(&tx, tree, key, text).await?;

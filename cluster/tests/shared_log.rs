@@ -15,7 +15,9 @@ use weir_tests::s3::S3Server;
 
 use weir_cluster::{Append, ClusterError, Collected, NodeConfig, SharedLog, Trimmed};
 use weir_storage::batch::ProducerInfo;
-use weir_storage::{BatchBuilder, Bounded, Compression, NewRecord, Record, decode_records};
+use weir_storage::{
+    BatchBuilder, Bounded, Compression, NewRecord, Present, Record, decode_records,
+};
 
 /// Every record of a partition, read from offset 0 in small reads.
 async fn read_all(log: &SharedLog, topic: &str, partition: u32) -> Vec<Record> {
@@ -990,7 +992,8 @@ async fn metadata_trees_keep_keys_and_values_within_their_bounds() {
 }
 
 /// Bounded puts made by two nodes at once leave the tree at its bound exactly; a put past the
-/// bound keeps nothing of itself, and a key already there counts once.
+/// bound keeps nothing of itself, and a key already there counts once. Of puts racing on two
+/// nodes to make one new key, one makes it.
 #[tokio::test]
 async fn bounded_metadata_puts_racing_on_two_nodes_stop_at_the_bound() {
     const MAX: usize = 25;
@@ -1002,7 +1005,7 @@ async fn bounded_metadata_puts_racing_on_two_nodes_stop_at_the_bound() {
         let log = if i % 2 == 0 { &a } else { &b };
         let entry = vec![(format!("user-{i:02}"), b"{}".to_vec())];
         async move {
-            log.meta_put_within("users", &entry, MAX)
+            log.meta_put_within("users", &entry, MAX, Present::Replace)
                 .await
                 .expect("put")
         }
@@ -1018,7 +1021,9 @@ async fn bounded_metadata_puts_racing_on_two_nodes_stop_at_the_bound() {
         ("new".to_string(), b"{}".to_vec()),
     ];
     assert_eq!(
-        b.meta_put_within("users", &both, MAX).await.expect("put"),
+        b.meta_put_within("users", &both, MAX, Present::Replace)
+            .await
+            .expect("put"),
         Bounded::Full { existing: MAX }
     );
     assert_eq!(a.meta_get("users", "new").await.expect("get"), None);
@@ -1028,7 +1033,7 @@ async fn bounded_metadata_puts_racing_on_two_nodes_stop_at_the_bound() {
         "nothing of a refused put is kept"
     );
     assert_eq!(
-        b.meta_put_within("users", &both[..1], MAX)
+        b.meta_put_within("users", &both[..1], MAX, Present::Replace)
             .await
             .expect("put"),
         Bounded::Stored,
@@ -1037,6 +1042,29 @@ async fn bounded_metadata_puts_racing_on_two_nodes_stop_at_the_bound() {
     assert_eq!(
         a.meta_get("users", &there).await.expect("get").as_deref(),
         Some(&b"{\"v\": 2}"[..])
+    );
+
+    a.meta_remove("users", &there).await.expect("remove");
+    let makes = (0..8).map(|i| {
+        let log = if i % 2 == 0 { &a } else { &b };
+        let entry = vec![(there.clone(), format!("{{\"v\":{i}}}").into_bytes())];
+        async move {
+            log.meta_put_within("users", &entry, MAX, Present::Refuse)
+                .await
+                .expect("put")
+        }
+    });
+    let made = join_all(makes).await;
+    let refused = Bounded::Present { key: there };
+    assert_eq!(
+        made.iter().filter(|m| **m == Bounded::Stored).count(),
+        1,
+        "{made:?}"
+    );
+    assert_eq!(
+        made.iter().filter(|m| **m == refused).count(),
+        7,
+        "{made:?}"
     );
 }
 

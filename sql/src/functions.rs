@@ -18,7 +18,7 @@ use datafusion::logical_expr::{
 };
 use serde::{Deserialize, Serialize};
 use weir_runtime::{Init, Instance, Kind, PluginVersion, Registry, Runtime};
-use weir_storage::{Bounded, Record, Tree, TreeSource, locks, now_ms};
+use weir_storage::{Bounded, Present, Record, Tree, TreeSource, locks, now_ms};
 
 use crate::Error;
 
@@ -88,9 +88,9 @@ impl Functions {
             )));
         }
         if self.tree.get(name)?.is_some() {
-            return Err(Error::Refused(format!("function {name} already exists")));
+            return Err(function_exists(name));
         }
-        // Counted before the plugin is looked up, and again by the bounded write, which
+        // Looked up and counted before the plugin is, and again by the bounded write, which
         // holds against another node making a function at the same moment.
         if self.tree.count()? >= FUNCTIONS_MAX {
             return Err(too_many_functions());
@@ -108,10 +108,11 @@ impl Functions {
         };
         match self
             .tree
-            .insert_within([(name.to_owned(), &def)], FUNCTIONS_MAX)?
+            .insert_within([(name.to_owned(), &def)], FUNCTIONS_MAX, Present::Refuse)?
         {
             Bounded::Stored => Ok(()),
             Bounded::Full { .. } => Err(too_many_functions()),
+            Bounded::Present { .. } => Err(function_exists(name)),
         }
     }
 
@@ -119,6 +120,10 @@ impl Functions {
     pub fn drop_function(&self, name: &str) -> Result<bool, Error> {
         Ok(self.tree.remove(name)?)
     }
+}
+
+fn function_exists(name: &str) -> Error {
+    Error::Refused(format!("function {name} already exists"))
 }
 
 fn too_many_functions() -> Error {

@@ -15,7 +15,7 @@ use datafusion::common::{DataFusionError, TableReference};
 use datafusion::datasource::TableProvider;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
-use weir_storage::{Bounded, Tree, TreeSource};
+use weir_storage::{Bounded, Present, Tree, TreeSource};
 
 use crate::access::{self, TableAccess, TableUse, check_table};
 use crate::{Answer, Error, QueryEngine};
@@ -114,18 +114,21 @@ impl QueryEngine {
         if self.topics.topic(&name)?.is_some() {
             return Err(Error::Refused(format!("a topic named {name} exists")));
         }
-        if views.get(&name)?.is_some() {
-            return Err(Error::Refused(format!(
+        let exists = || {
+            Error::Refused(format!(
                 "view {name} exists; DROP VIEW {name} first to make it again"
-            )));
+            ))
+        };
+        if views.get(&name)?.is_some() {
+            return Err(exists());
         }
         may_create(access.as_deref(), &name)?;
         let (_, plan) = self.planned(&query, access.clone()).await?;
         if let Some(access) = &access {
             access::check_plan(&plan, access.as_ref())?;
         }
-        // Counted before the view is stored, and again by the bounded write, which holds
-        // against another node making a view at the same moment.
+        // Looked up and counted before the view is planned, and again by the bounded write,
+        // which holds against another node making a view at the same moment.
         let too_many = || {
             Error::Refused(format!(
                 "{VIEWS_MAX} views exist, the most Weir keeps; drop one first"
@@ -139,8 +142,10 @@ impl QueryEngine {
             query,
             created_ms: weir_storage::now_ms(),
         };
-        if let Bounded::Full { .. } = views.insert_within([(name, &view)], VIEWS_MAX)? {
-            return Err(too_many());
+        match views.insert_within([(name.clone(), &view)], VIEWS_MAX, Present::Refuse)? {
+            Bounded::Stored => {}
+            Bounded::Full { .. } => return Err(too_many()),
+            Bounded::Present { .. } => return Err(exists()),
         }
         self.done("CREATE VIEW").await
     }

@@ -51,7 +51,7 @@ pub use log::{
     AppendInfo, AppendObserver, CheckedSet, FileSlice, Listener, Log, ReadResult, RecordCount,
     RetentionResult, now_ms, parse_time_ms,
 };
-pub use meta::{Bounded, MetaStore, TopicMeta, Tree, TreeBackend, TreeSource, new_keys};
+pub use meta::{Bounded, MetaStore, Present, TopicMeta, Tree, TreeBackend, TreeSource, refused};
 pub use producer::PRODUCER_BATCHES_MAX;
 pub use segment::{LogFile, OPEN_SEGMENTS_MAX_DEFAULT, open_segments, set_open_segments_max};
 pub use source::{PartitionSize, PartitionSource, Topics, holds_header};

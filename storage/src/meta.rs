@@ -41,9 +41,15 @@ pub trait TreeBackend: Send + Sync {
     /// How many entries the tree holds.
     fn count(&self) -> Result<usize>;
     /// Stores every entry durably, all or none, unless the tree would then hold more than `max`
-    /// entries (a key already there counts once). The check and the write are one step, so
-    /// callers racing, on this node or on other nodes of a cluster, never pass `max` together.
-    fn insert_within(&self, entries: Vec<(String, Vec<u8>)>, max: usize) -> Result<Bounded>;
+    /// entries (a key already there counts once), or a key is there and `present` says to
+    /// refuse. The checks and the write are one step, so callers racing, on this node or on
+    /// other nodes of a cluster, never pass `max` together, nor both make one new key.
+    fn insert_within(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        max: usize,
+        present: Present,
+    ) -> Result<Bounded>;
     /// Stores `value` under `key` durably if the key still holds `expected` (`None`: it is
     /// absent), and answers whether it did. Of callers racing from the same `expected`, on this
     /// node or on other nodes of a cluster, one succeeds.
@@ -58,8 +64,17 @@ pub trait TreeSource: Send + Sync {
     fn backend(&self, name: &str) -> Result<Arc<dyn TreeBackend>>;
 }
 
-/// What [`TreeBackend::insert_within`] did.
+/// What [`TreeBackend::insert_within`] does with a key the tree holds already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Present {
+    /// Its value is replaced.
+    Replace,
+    /// Nothing is stored: the key was made first, maybe by another node.
+    Refuse,
+}
+
+/// What [`TreeBackend::insert_within`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bounded {
     Stored,
     /// Nothing was stored: the tree held `existing` entries, and the new keys would have
@@ -67,20 +82,30 @@ pub enum Bounded {
     Full {
         existing: usize,
     },
+    /// Nothing was stored: the tree holds `key` already, and [`Present::Refuse`] was asked.
+    Present {
+        key: String,
+    },
 }
 
-/// The number of distinct keys of `keys` for which `present` says no.
-pub fn new_keys<'a, E>(
-    keys: impl IntoIterator<Item = &'a str>,
-    mut present: impl FnMut(&str) -> std::result::Result<bool, E>,
-) -> std::result::Result<usize, E> {
-    let mut new = BTreeSet::new();
-    for key in keys {
-        if !new.contains(key) && !present(key)? {
-            new.insert(key);
-        }
+/// Why [`TreeBackend::insert_within`] stores nothing, if it does not: `keys` are the keys of
+/// its entries, `held` those of them the tree holds, among its `existing` entries.
+pub fn refused(
+    keys: &[&str],
+    held: &[String],
+    existing: usize,
+    max: usize,
+    present: Present,
+) -> Option<Bounded> {
+    if let (Present::Refuse, Some(key)) = (present, held.first()) {
+        return Some(Bounded::Present { key: key.clone() });
     }
-    Ok(new.len())
+    let new: BTreeSet<&str> = keys
+        .iter()
+        .copied()
+        .filter(|key| !held.iter().any(|h| h == key))
+        .collect();
+    (existing + new.len() > max).then_some(Bounded::Full { existing })
 }
 
 /// A tree of values of type `V` under string keys.
@@ -217,11 +242,12 @@ impl<V: Serialize + DeserializeOwned> Tree<V> {
     }
 
     /// Stores every entry durably, all or none, unless the tree would then hold more than `max`
-    /// entries; see [`TreeBackend::insert_within`].
+    /// entries, or `present` refuses a key it holds; see [`TreeBackend::insert_within`].
     pub fn insert_within<'a>(
         &self,
         entries: impl IntoIterator<Item = (String, &'a V)>,
         max: usize,
+        present: Present,
     ) -> Result<Bounded>
     where
         V: 'a,
@@ -233,7 +259,7 @@ impl<V: Serialize + DeserializeOwned> Tree<V> {
                 Ok((key, bytes))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.backend.insert_within(encoded, max)
+        self.backend.insert_within(encoded, max, present)
     }
 }
 
@@ -279,14 +305,22 @@ impl TreeBackend for SledTree {
         Ok(self.tree.len())
     }
 
-    fn insert_within(&self, entries: Vec<(String, Vec<u8>)>, max: usize) -> Result<Bounded> {
+    fn insert_within(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        max: usize,
+        present: Present,
+    ) -> Result<Bounded> {
         let _one_at_a_time = crate::locks::lock(&self.bounded);
-        let existing = self.tree.len();
-        let new = new_keys(entries.iter().map(|(k, _)| k.as_str()), |key| {
-            self.tree.contains_key(key.as_bytes())
-        })?;
-        if existing + new > max {
-            return Ok(Bounded::Full { existing });
+        let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        let mut held = Vec::new();
+        for key in &keys {
+            if self.tree.contains_key(key.as_bytes())? {
+                held.push(key.to_string());
+            }
+        }
+        if let Some(refused) = refused(&keys, &held, self.tree.len(), max, present) {
+            return Ok(refused);
         }
         let mut batch = sled::Batch::default();
         for (key, value) in entries {
@@ -417,6 +451,7 @@ mod tests {
 
     /// Bounded inserts from many threads at once into two handles on one tree stop at the
     /// bound exactly; an insert past it keeps nothing, and a key already there counts once.
+    /// Of inserts racing to make one new key, one makes it.
     #[test]
     fn bounded_inserts_racing_stop_at_the_bound() {
         const MAX: usize = 25;
@@ -427,7 +462,10 @@ mod tests {
             let threads: Vec<_> = (0..40u32)
                 .map(|i| {
                     let tree = &handles[i as usize % 2];
-                    s.spawn(move || tree.insert_within([(format!("u{i:02}"), &i)], MAX).unwrap())
+                    s.spawn(move || {
+                        let entry = [(format!("u{i:02}"), &i)];
+                        tree.insert_within(entry, MAX, Present::Replace).unwrap()
+                    })
                 })
                 .collect();
             threads
@@ -442,16 +480,49 @@ mod tests {
         let (there, _) = tree.all().unwrap().remove(0);
         let both = [(there.clone(), &100), ("new".to_string(), &101)];
         assert_eq!(
-            tree.insert_within(both.clone(), MAX).unwrap(),
+            tree.insert_within(both.clone(), MAX, Present::Replace)
+                .unwrap(),
             Bounded::Full { existing: MAX }
         );
         assert_eq!(tree.get("new").unwrap(), None);
         assert_ne!(tree.get(&there).unwrap(), Some(100));
         assert_eq!(
-            tree.insert_within(both.into_iter().take(1), MAX).unwrap(),
+            tree.insert_within(both.iter().take(1).cloned(), MAX, Present::Replace)
+                .unwrap(),
             Bounded::Stored
         );
         assert_eq!(tree.get(&there).unwrap(), Some(100));
+
+        tree.remove(&there).unwrap();
+        let made = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8u32)
+                .map(|i| {
+                    let (tree, key) = (&handles[i as usize % 2], there.clone());
+                    s.spawn(move || tree.insert_within([(key, &i)], MAX, Present::Refuse))
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap().unwrap())
+                .collect::<Vec<_>>()
+        });
+        let refused = Bounded::Present { key: there.clone() };
+        assert_eq!(
+            made.iter().filter(|b| **b == Bounded::Stored).count(),
+            1,
+            "{made:?}"
+        );
+        assert_eq!(
+            made.iter().filter(|b| **b == refused).count(),
+            7,
+            "{made:?}"
+        );
+        assert_eq!(
+            tree.insert_within(both, MAX, Present::Refuse).unwrap(),
+            refused,
+            "a refused key keeps the others out too"
+        );
+        assert_eq!(tree.get("new").unwrap(), None);
     }
 
     #[test]
