@@ -30,6 +30,13 @@ pub enum ConfigError {
     Tls(&'static str),
     #[error("{0}")]
     Cluster(&'static str),
+    #[error("--{flag} {given}: give {min} to {max}")]
+    OutOfRange {
+        flag: &'static str,
+        given: u64,
+        min: u64,
+        max: u64,
+    },
 }
 
 /// The flags of `weir serve`.
@@ -326,6 +333,15 @@ impl ServeArgs {
         ) {
             (None, None, _) => None,
             (Some(db_url), Some(object_store), Some(node_id)) if node_id >= 0 => {
+                let db_connections = pick!(cluster_db_connections);
+                if !(1..=weir_cluster::DB_CONNECTIONS_MAX).contains(&db_connections) {
+                    return Err(ConfigError::OutOfRange {
+                        flag: "cluster-db-connections",
+                        given: db_connections as u64,
+                        min: 1,
+                        max: weir_cluster::DB_CONNECTIONS_MAX as u64,
+                    });
+                }
                 let object_store_options = match file.object_store_options {
                     Some(options) if !given("object_store_options") => {
                         options.into_iter().collect()
@@ -342,7 +358,7 @@ impl ServeArgs {
                     cache_memory_bytes: pick!(cluster_cache_mib).saturating_mul(1 << 20),
                     cache_dir: data_dir.join("cluster-cache"),
                     cache_disk_bytes: pick!(cluster_cache_disk_mib).saturating_mul(1 << 20),
-                    db_connections: pick!(cluster_db_connections),
+                    db_connections,
                     retention_check_ms: pick!(retention_check_ms),
                 })
             }
@@ -485,6 +501,17 @@ mod tests {
                     "--node-id=-1",
                 ],
                 "0 or more",
+            ),
+            (
+                &[
+                    "--cluster-db",
+                    db,
+                    "--object-store",
+                    "file:///s",
+                    "--node-id=1",
+                    "--cluster-db-connections=65",
+                ],
+                "--cluster-db-connections 65: give 1 to 64",
             ),
         ] {
             let err = resolve(args).unwrap_err();
