@@ -39,7 +39,8 @@ use weir_storage::{
 use crate::error::{Error, Result};
 use crate::kafka::appends::Appends;
 use crate::kafka::groups::{
-    CommittedOffset, GROUPS_MAX, GroupError, GroupListing, GroupStore, State,
+    CommittedOffset, GROUPS_MAX, GroupError, GroupListing, GroupNote, GroupStore, StableGroup,
+    State,
 };
 use crate::kafka::logs::{
     Appended, Broker, ClusterHealth, ClusterStats, Logs, PartitionRead, TopicInfo, check_new_topic,
@@ -136,9 +137,12 @@ struct HeldGroup {
     lease: Lease,
     /// When a request last acted under it.
     used: Instant,
-    /// How the group looks now, as JSON ([`GroupListing`]), and whether it is on the lease.
+    /// How the group looks now, as JSON ([`GroupNote`]), and whether it is on the lease.
     note: Option<String>,
     noted: bool,
+    /// The stable generation the lease's last holder left on it, until the coordinator takes
+    /// it up.
+    taken_over: Option<StableGroup>,
 }
 
 /// Forgets each lease of `lost` still held under the same epoch, saying who acts instead.
@@ -487,8 +491,7 @@ impl ClusterLogs {
                 return;
             }
         };
-        // The group states that changed since they were last left on their leases.
-        let notes: Vec<(Lease, String)> = {
+        {
             let mut held = locks::lock(&self.groups);
             forget_lost(&mut held, lost, |h| &h.lease, "another node coordinates it");
             for lease in leases {
@@ -498,11 +501,18 @@ impl ClusterLogs {
                     h.lease = lease;
                 }
             }
-            held.values()
-                .filter(|h| !h.noted)
-                .filter_map(|h| Some((h.lease.clone(), h.note.clone()?)))
-                .collect()
-        };
+        }
+        self.leave_notes(None).await;
+    }
+
+    /// Leaves on their leases the group states that changed since they were last left there:
+    /// of every group, or of the one whose lease `only` names.
+    async fn leave_notes(&self, only: Option<&str>) {
+        let notes: Vec<(Lease, String)> = locks::lock(&self.groups)
+            .iter()
+            .filter(|(name, h)| !h.noted && only.is_none_or(|o| o == name.as_str()))
+            .filter_map(|(_, h)| Some((h.lease.clone(), h.note.clone()?)))
+            .collect();
         if notes.is_empty() {
             return;
         }
@@ -1198,15 +1208,24 @@ impl GroupStore for ClusterLogs {
             return Err(GroupError::GroupMaxSizeReached);
         }
         let name = group_lease(group);
-        match self.block_on(self.log.acquire(&name, GROUP_LEASE_MS)) {
-            Ok(Some(lease)) => {
+        match self.block_on(self.log.acquire_noted(&name, GROUP_LEASE_MS)) {
+            Ok(Some((lease, prior))) => {
                 let epoch = lease.epoch();
                 let used = Instant::now();
+                let taken_over = prior.and_then(|note| {
+                    serde_json::from_str::<GroupNote>(&note)
+                        .inspect_err(
+                            |e| tracing::warn!(group, error = %e, "a group's note is not one"),
+                        )
+                        .ok()?
+                        .stable
+                });
                 let held = HeldGroup {
                     lease,
                     used,
                     note: None,
                     noted: false,
+                    taken_over,
                 };
                 locks::lock(&self.groups).insert(name, held);
                 Ok(epoch)
@@ -1266,11 +1285,24 @@ impl GroupStore for ClusterLogs {
         self.wait(self.log.group_ids(), "", 0)
     }
 
-    fn report(&self, listing: &GroupListing) {
-        let Ok(note) = serde_json::to_string(listing) else {
+    fn report(&self, note: &GroupNote) {
+        let group = &note.listing.group;
+        let fits = serde_json::to_string(note)
+            .ok()
+            .filter(|text| text.len() <= weir_cluster::LEASE_NOTE_BYTES_MAX);
+        // A generation too large to leave is not: a node taking the group over then has its
+        // members rejoin.
+        let listed_only = || {
+            let listing = GroupNote {
+                listing: note.listing.clone(),
+                stable: None,
+            };
+            serde_json::to_string(&listing).ok()
+        };
+        let Some(note) = fits.or_else(listed_only) else {
             return;
         };
-        if let Some(h) = locks::lock(&self.groups).get_mut(&group_lease(&listing.group))
+        if let Some(h) = locks::lock(&self.groups).get_mut(&group_lease(group))
             && h.note.as_ref() != Some(&note)
         {
             h.note = Some(note);
@@ -1285,11 +1317,12 @@ impl GroupStore for ClusterLogs {
             .into_iter()
             .filter(|l| l.holder != this)
             .filter_map(|l| {
-                let listing: GroupListing = serde_json::from_str(l.note.as_deref()?)
+                let listing = serde_json::from_str::<GroupNote>(l.note.as_deref()?)
                     .inspect_err(
                         |e| tracing::warn!(lease = l.name, error = %e, "a group's note is not one"),
                     )
-                    .ok()?;
+                    .ok()?
+                    .listing;
                 // An empty group adds nothing to the offsets' list of names.
                 (listing.state != State::Empty || listing.members > 0).then_some(listing)
             })
@@ -1298,5 +1331,16 @@ impl GroupStore for ClusterLogs {
 
     fn leases(&self) -> usize {
         locks::lock(&self.groups).len()
+    }
+
+    fn report_now(&self, note: &GroupNote) {
+        self.report(note);
+        let lease = group_lease(&note.listing.group);
+        self.block_on(self.leave_notes(Some(&lease)));
+    }
+
+    fn taken_over(&self, group: &str) -> Option<StableGroup> {
+        let mut held = locks::lock(&self.groups);
+        held.get_mut(&group_lease(group))?.taken_over.take()
     }
 }

@@ -5,7 +5,7 @@
 //! the others drop it from Metadata and still serve every record, and it comes back empty and
 //! serves at once; without the database nothing is acknowledged. Consumer groups (confluent-kafka,
 //! kafkajs) run across the nodes, and when a group's coordinator dies a live node takes the
-//! group and its committed offsets; group requests over HTTP reach the coordinator through any
+//! group, its committed offsets and its stable generation; group requests over HTTP reach the coordinator through any
 //! node. Topics are created with configs, reconfigured, grown, deleted and made again through
 //! different nodes, and every node follows; SQL appends and `CREATE TABLE … AS SELECT` write to
 //! the cluster's topics. ACL rules limited to a host hold for group requests one node sends on
@@ -696,6 +696,109 @@ fn consumer_groups_move_to_a_live_node_when_their_coordinator_dies_and_keep_thei
     assert!(final_commits(&python, &bootstrap, "resumed", "bulk", 1).is_empty());
     let fits = commit_many(&nodes[0], "bulk", "resumed", 3);
     assert_eq!(fits, [0, 0, 0]);
+}
+
+/// A stable group whose coordinator dies goes on at the node taking it over, in the same
+/// generation: the dead coordinator left it on the group's lease, so its member's heartbeats,
+/// its assignment and its commits are accepted there with no rebalance.
+#[test]
+fn a_stable_group_keeps_its_generation_when_its_coordinator_dies() {
+    use bytes::Bytes;
+    use common::group_member::Member;
+    const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    const NOT_COORDINATOR: i16 = 16;
+    let Some(db) = Postgres::start() else {
+        return;
+    };
+    let (_store, _dirs, mut nodes) = three_nodes(&db);
+    eventually("every node lists three", Duration::from_secs(20), || {
+        nodes.iter().all(|n| brokers(n).len() == 3)
+    });
+    assert_eq!(create_through(&nodes[0], "steady-input", 1, &[]), 0);
+    let group = "steady";
+    let mut home = None;
+    eventually(
+        "a node coordinates the group",
+        Duration::from_secs(20),
+        || {
+            home = coordinator_of(&nodes, &nodes[0], group);
+            home.is_some()
+        },
+    );
+    let home = home.unwrap();
+
+    let mut member = Member::connect(&nodes[home], group);
+    member.join(30_000, 30_000);
+    let mine = Bytes::from_static(b"partitions of mine");
+    let synced = member.sync_with(&[(member.id.clone(), mine.clone())]);
+    assert_eq!((synced.error_code, &synced.assignment), (0, &mine));
+    assert_eq!(member.commit("steady-input"), 0);
+    let (id, generation) = (member.id.clone(), member.generation);
+    // The coordinator leaves the stable generation on the lease at its next renewal.
+    let http = clients(&nodes);
+    let lease_name = format!("group:{group}");
+    eventually(
+        "the generation is on the lease",
+        Duration::from_secs(20),
+        || {
+            lease(&http[(home + 1) % 3], &lease_name)
+                .is_some_and(|l| l["note"]["stable"]["generation"] == generation)
+        },
+    );
+
+    // Its coordinator dies. As a client does, the member finds the coordinator again and
+    // heartbeats there until a live node has taken the group over.
+    nodes.remove(home).kill9();
+    eventually(
+        "a live node coordinates the group",
+        Duration::from_secs(60),
+        || {
+            let Some(at) = coordinator_of(&nodes, &nodes[0], group) else {
+                return false;
+            };
+            member.stream = std::net::TcpStream::connect(nodes[at].kafka).unwrap();
+            match member.heartbeat() {
+                0 => true,
+                COORDINATOR_NOT_AVAILABLE | NOT_COORDINATOR => false,
+                code => panic!("the member lost its place: heartbeat error {code}"),
+            }
+        },
+    );
+    assert_eq!((&member.id, member.generation), (&id, generation));
+    let again = member.sync_with(&[]);
+    assert_eq!(
+        (again.error_code, &again.assignment),
+        (0, &mine),
+        "the assignment it was given"
+    );
+    assert_eq!(member.commit("steady-input"), 0);
+    // The node that took it over leaves it on the lease in turn.
+    let http = clients(&nodes);
+    eventually(
+        "the taker leaves the group on the lease",
+        Duration::from_secs(20),
+        || {
+            lease(&http[0], &lease_name).is_some_and(|l| {
+                l["holder"] != home.to_string().as_str()
+                    && l["note"]["stable"]["generation"] == generation
+            })
+        },
+    );
+}
+
+/// The node FindCoordinator through `via` names for `group`, as an index of `nodes`; `None`
+/// when it answers an error or names a node not among them.
+fn coordinator_of(nodes: &[Node], via: &Node, group: &str) -> Option<usize> {
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    let mut request = FindCoordinatorRequest::default();
+    request.key = text(group);
+    let response: FindCoordinatorResponse = call(via, ApiKey::FindCoordinator, 3, &request);
+    if response.error_code != 0 {
+        return None;
+    }
+    nodes
+        .iter()
+        .position(|n| i32::from(n.kafka.port()) == response.port)
 }
 
 /// Commits offset 7 for partition 0 of `topic`, `count` times over in one OffsetCommit outside
@@ -1404,10 +1507,15 @@ fn sql_rows(
 
 /// The node holding lease `name`, as the cluster summary of `client`'s node names it.
 fn lease_holder(client: &weir_broker::cli::Client, name: &str) -> Option<String> {
+    let lease = lease(client, name)?;
+    lease["holder"].as_str().map(str::to_string)
+}
+
+/// Lease `name` as the cluster's status through `client` shows it.
+fn lease(client: &weir_broker::cli::Client, name: &str) -> Option<serde_json::Value> {
     let summary = client.call("GET", "/v1/cluster", None).ok()?;
     let leases = summary["leases"].as_array()?.clone();
-    let lease = leases.iter().find(|l| l["name"] == name)?;
-    lease["holder"].as_str().map(str::to_string)
+    leases.into_iter().find(|l| l["name"] == name)
 }
 
 /// Pipeline `name` as each node lists it (`null` where it is not listed).

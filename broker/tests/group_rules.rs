@@ -5,16 +5,10 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::group_member::Member;
 use common::{Node, eventually, kafka_call, started};
-use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
-use kafka_protocol::messages::offset_commit_request::{
-    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-};
-use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
@@ -23,86 +17,6 @@ const REBALANCE_IN_PROGRESS: i16 = 27;
 
 fn s(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_string())
-}
-
-/// One group member on its own connection.
-struct Member {
-    stream: TcpStream,
-    id: String,
-    generation: i32,
-}
-
-impl Member {
-    fn connect(node: &Node) -> Member {
-        Member {
-            stream: TcpStream::connect(node.kafka).unwrap(),
-            id: String::new(),
-            generation: -1,
-        }
-    }
-
-    /// JoinGroup v3 (no MEMBER_ID_REQUIRED round trip); blocks until the join phase ends.
-    fn join(&mut self, session_ms: i32, rebalance_ms: i32) -> JoinGroupResponse {
-        let mut protocol = JoinGroupRequestProtocol::default();
-        protocol.name = s("range");
-        protocol.metadata = Bytes::from_static(b"subscription");
-        let mut request = JoinGroupRequest::default();
-        request.group_id = GroupId(s(GROUP));
-        request.session_timeout_ms = session_ms;
-        request.rebalance_timeout_ms = rebalance_ms;
-        request.member_id = s(&self.id);
-        request.protocol_type = s("consumer");
-        request.protocols.push(protocol);
-        let response: JoinGroupResponse =
-            kafka_call(&mut self.stream, ApiKey::JoinGroup, 3, &request);
-        assert_eq!(response.error_code, 0, "join");
-        self.id = response.member_id.to_string();
-        self.generation = response.generation_id;
-        response
-    }
-
-    /// SyncGroup v2; the leader hands every member an empty assignment.
-    fn sync(&mut self, members: &[String]) -> i16 {
-        let mut request = SyncGroupRequest::default();
-        request.group_id = GroupId(s(GROUP));
-        request.generation_id = self.generation;
-        request.member_id = s(&self.id);
-        for id in members {
-            let mut a = SyncGroupRequestAssignment::default();
-            a.member_id = s(id);
-            request.assignments.push(a);
-        }
-        let response: SyncGroupResponse =
-            kafka_call(&mut self.stream, ApiKey::SyncGroup, 2, &request);
-        response.error_code
-    }
-
-    fn heartbeat(&mut self) -> i16 {
-        let mut request = HeartbeatRequest::default();
-        request.group_id = GroupId(s(GROUP));
-        request.generation_id = self.generation;
-        request.member_id = s(&self.id);
-        let response: HeartbeatResponse =
-            kafka_call(&mut self.stream, ApiKey::Heartbeat, 2, &request);
-        response.error_code
-    }
-
-    /// OffsetCommit v6 of offset 1 on partition 0 of `t`, for the member's generation.
-    fn commit(&mut self) -> i16 {
-        let mut partition = OffsetCommitRequestPartition::default();
-        partition.committed_offset = 1;
-        let mut topic = OffsetCommitRequestTopic::default();
-        topic.name = TopicName(s("t"));
-        topic.partitions.push(partition);
-        let mut request = OffsetCommitRequest::default();
-        request.group_id = GroupId(s(GROUP));
-        request.generation_id_or_member_epoch = self.generation;
-        request.member_id = s(&self.id);
-        request.topics.push(topic);
-        let response: OffsetCommitResponse =
-            kafka_call(&mut self.stream, ApiKey::OffsetCommit, 6, &request);
-        response.topics[0].partitions[0].error_code
-    }
 }
 
 /// Runs `f` on a thread: a join blocks until the rest of the group has joined too.
@@ -119,11 +33,11 @@ fn in_background<T: Send + 'static>(
 /// Two members, stable at one generation, `a` the leader: `a` forms the group alone, then `b`
 /// joins and `a` rejoins when its heartbeat says so, as a client does.
 fn stable_pair(node: &Node, a_session_ms: i32) -> (Member, Member) {
-    let mut a = Member::connect(node);
+    let mut a = Member::connect(node, GROUP);
     a.join(a_session_ms, 60_000);
     let id = a.id.clone();
     assert_eq!(a.sync(&[id]), 0);
-    let b = in_background(Member::connect(node), |m| m.join(30_000, 60_000));
+    let b = in_background(Member::connect(node, GROUP), |m| m.join(30_000, 60_000));
     eventually(
         "the first member hears of the rebalance",
         Duration::from_secs(30),
@@ -147,7 +61,7 @@ fn commits_follow_kafkas_rule_in_every_group_state() {
     common::create_topic(&weir_broker::cli::Client::new(&node.url(), None), "t", 1);
     let (mut a, b) = stable_pair(&node, 30_000);
     // Stable: accepted.
-    assert_eq!(a.commit(), 0);
+    assert_eq!(a.commit("t"), 0);
     // The other member leaves: PreparingRebalance. A member of the current generation may
     // still commit what it has processed (cooperative consumers do, before rejoining).
     let mut request = LeaveGroupRequest::default();
@@ -158,17 +72,17 @@ fn commits_follow_kafkas_rule_in_every_group_state() {
     assert_eq!(left.error_code, 0);
     assert_eq!(a.heartbeat(), REBALANCE_IN_PROGRESS);
     assert_eq!(
-        a.commit(),
+        a.commit("t"),
         0,
         "a commit while the group prepares a rebalance"
     );
     // Rejoined, not yet synced: CompletingRebalance refuses, as the member does not know its
     // new assignment.
     a.join(30_000, 60_000);
-    assert_eq!(a.commit(), REBALANCE_IN_PROGRESS);
+    assert_eq!(a.commit("t"), REBALANCE_IN_PROGRESS);
     let id = a.id.clone();
     assert_eq!(a.sync(&[id]), 0);
-    assert_eq!(a.commit(), 0);
+    assert_eq!(a.commit("t"), 0);
 }
 
 #[test]

@@ -109,6 +109,17 @@ impl SharedLog {
     /// and clears its note: the taker starts its work afresh. `None` when another node holds
     /// it.
     pub async fn acquire(&self, name: &str, duration_ms: u64) -> Result<Option<Lease>> {
+        let taken = self.acquire_noted(name, duration_ms).await?;
+        Ok(taken.map(|(lease, _)| lease))
+    }
+
+    /// [`SharedLog::acquire`], answering also the note the lease carried before, as its last
+    /// holder left it.
+    pub async fn acquire_noted(
+        &self,
+        name: &str,
+        duration_ms: u64,
+    ) -> Result<Option<(Lease, Option<String>)>> {
         check_name("lease name", name)?;
         let duration = lease_duration(duration_ms)?;
         let asked_at = Instant::now();
@@ -117,7 +128,8 @@ impl SharedLog {
             .db()
             .await?
             .query_opt(
-                "INSERT INTO weir.leases AS l (name, holder, epoch, expires_at)
+                "WITH prior AS (SELECT note FROM weir.leases WHERE name = $1)
+                 INSERT INTO weir.leases AS l (name, holder, epoch, expires_at)
                  VALUES ($1, $2, 1, now() + make_interval(secs => $3::float8 / 1000))
                  ON CONFLICT (name) DO UPDATE SET
                    epoch = CASE WHEN l.holder = $2 AND l.expires_at > now() THEN l.epoch
@@ -126,15 +138,18 @@ impl SharedLog {
                    expires_at = now() + make_interval(secs => $3::float8 / 1000),
                    note = NULL
                  WHERE l.holder = $2 OR l.expires_at <= now()
-                 RETURNING epoch",
+                 RETURNING epoch, (SELECT note FROM prior)",
                 &[&name, &self.node_id, &(duration_ms as f64)],
             )
             .await?;
-        Ok(row.map(|row| Lease {
-            name: name.to_string(),
-            epoch: row.get(0),
-            duration,
-            asked_at: Arc::new(Mutex::new(asked_at)),
+        Ok(row.map(|row| {
+            let lease = Lease {
+                name: name.to_string(),
+                epoch: row.get(0),
+                duration,
+                asked_at: Arc::new(Mutex::new(asked_at)),
+            };
+            (lease, row.get(1))
         }))
     }
 

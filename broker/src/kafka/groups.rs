@@ -4,7 +4,10 @@
 //! store's tree `group-offsets` on a lone node, the cluster database in a cluster), so they
 //! survive restarts while members simply rejoin. In a cluster a node acts for a group only
 //! while it holds the group's lease; the state it built under an earlier hold is dropped, and
-//! requests it may not act on are answered NOT_COORDINATOR. Assignment is done
+//! requests it may not act on are answered NOT_COORDINATOR. The coordinator leaves each stable
+//! generation (its members and their assignments) on the group's lease, so a node taking the
+//! group over goes on with that generation: its members' heartbeats and commits are accepted
+//! without a rebalance. Assignment is done
 //! by the group leader on the client side: the coordinator passes the chosen protocol's
 //! metadata to the leader and its assignments back to every member, so range, round-robin and
 //! cooperative-sticky assignors all work.
@@ -124,6 +127,19 @@ impl Group {
             initial: false,
             reported: None,
         }
+    }
+
+    /// The group `name` as it is left for other nodes, if it changed since it was last.
+    fn changed(&mut self, name: &str) -> Option<GroupNote> {
+        let seen = (self.state, self.generation, self.members.len());
+        if self.reported == Some(seen) {
+            return None;
+        }
+        self.reported = Some(seen);
+        Some(GroupNote {
+            listing: listing(name, Some(self)),
+            stable: StableGroup::of(self),
+        })
     }
 
     /// Bytes of metadata and assignments its members hold.
@@ -436,6 +452,121 @@ pub struct GroupListing {
     pub members: usize,
 }
 
+/// What the coordinator leaves on a group's lease for the other nodes: the group as the lists
+/// show it, and, when stable, its generation, for a node taking the group over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupNote {
+    #[serde(flatten)]
+    pub listing: GroupListing,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<StableGroup>,
+}
+
+/// A stable generation of a group, as saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StableGroup {
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    members: Vec<SavedMember>,
+}
+
+/// A member of a stable generation, as saved; metadata and assignment in base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SavedMember {
+    id: String,
+    instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout_ms: u64,
+    rebalance_timeout_ms: u64,
+    protocols: Vec<(String, String)>,
+    assignment: String,
+}
+
+impl StableGroup {
+    /// The generation `group` is in, if stable.
+    fn of(group: &Group) -> Option<StableGroup> {
+        use base64::Engine as _;
+        let b64 = |bytes: &Bytes| base64::engine::general_purpose::STANDARD.encode(bytes);
+        (group.state == State::Stable).then(|| StableGroup {
+            generation: group.generation,
+            protocol_type: group.protocol_type.clone(),
+            protocol: group.protocol.clone(),
+            leader: group.leader.clone(),
+            members: group
+                .members
+                .iter()
+                .map(|(id, m)| SavedMember {
+                    id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout_ms: m.session_timeout.as_millis() as u64,
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
+                    protocols: m
+                        .protocols
+                        .iter()
+                        .map(|(n, b)| (n.clone(), b64(b)))
+                        .collect(),
+                    assignment: b64(&m.assignment),
+                })
+                .collect(),
+        })
+    }
+
+    /// The group again, under the hold `epoch`, its members seen `now`; `None` when a saved
+    /// value is not one (bytes not base64, a timeout out of its bounds, too many members).
+    fn restore(self, epoch: i64, now: Instant) -> Option<Group> {
+        use base64::Engine as _;
+        let bytes = |text: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()
+                .map(Bytes::from)
+        };
+        let session = SESSION_TIMEOUT_MS_MIN as u64..=SESSION_TIMEOUT_MS_MAX as u64;
+        if self.members.is_empty() || self.members.len() > GROUP_MEMBERS_MAX {
+            return None;
+        }
+        let mut members = BTreeMap::new();
+        for m in self.members {
+            if !session.contains(&m.session_timeout_ms) {
+                return None;
+            }
+            let protocols = m
+                .protocols
+                .iter()
+                .map(|(n, b)| Some((n.clone(), bytes(b)?)))
+                .collect::<Option<Vec<_>>>()?;
+            let member = Member {
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                session_timeout: Duration::from_millis(m.session_timeout_ms),
+                rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms),
+                protocols,
+                assignment: bytes(&m.assignment)?,
+                last_seen: now,
+                joined: false,
+                join_waiter: None,
+                sync_waiter: None,
+            };
+            members.insert(m.id, member);
+        }
+        Some(Group {
+            state: State::Stable,
+            generation: self.generation,
+            protocol_type: self.protocol_type,
+            protocol: self.protocol,
+            leader: self.leader,
+            members,
+            ..Group::new(epoch)
+        })
+    }
+}
+
 /// A group as DescribeGroups shows it.
 pub struct GroupView {
     pub group: String,
@@ -473,7 +604,18 @@ pub trait GroupStore: Send + Sync {
     fn leases(&self) -> usize;
     /// Tells the other nodes how a group this node acts for looks now. Never waits; a lone
     /// node has no one to tell.
-    fn report(&self, _listing: &GroupListing) {}
+    fn report(&self, _note: &GroupNote) {}
+    /// [`GroupStore::report`], told before this returns: for a change a node taking the group
+    /// over must not miss, such as members leaving a stable generation. May wait for the
+    /// cluster database.
+    fn report_now(&self, note: &GroupNote) {
+        self.report(note);
+    }
+    /// The stable generation the node that held `group` before this node took it over last
+    /// reported, once. Never waits; none on a lone node.
+    fn taken_over(&self, _group: &str) -> Option<StableGroup> {
+        None
+    }
     /// The groups other nodes act for, as they last reported them. May wait for the cluster
     /// database; none on a lone node.
     fn listed_elsewhere(&self) -> Result<Vec<GroupListing>, StorageError> {
@@ -650,7 +792,8 @@ impl Coordinator {
     }
 
     /// The groups, for acting on `group_id` under `epoch`: its state from an earlier hold
-    /// (whose members have since had another coordinator) is dropped first.
+    /// (whose members have since had another coordinator) is dropped first, and the stable
+    /// generation the group's previous coordinator left is taken up.
     fn lock_for(
         &self,
         group_id: &str,
@@ -659,6 +802,26 @@ impl Coordinator {
         let mut groups = self.lock();
         if groups.get(group_id).is_some_and(|g| g.epoch != epoch) {
             groups.remove(group_id);
+        }
+        if !groups.contains_key(group_id)
+            && let Some(saved) = self.store.taken_over(group_id)
+        {
+            let generation = saved.generation;
+            match saved.restore(epoch, Instant::now()) {
+                Some(group) => {
+                    tracing::info!(
+                        group = group_id,
+                        generation,
+                        members = group.members.len(),
+                        "the group goes on with the generation its last coordinator left"
+                    );
+                    groups.insert(group_id.to_string(), group);
+                }
+                None => tracing::warn!(
+                    group = group_id,
+                    "the generation the group's last coordinator left is not one; members rejoin"
+                ),
+            }
         }
         groups
     }
@@ -726,13 +889,19 @@ impl Coordinator {
         if let Some(id) = static_id {
             return Ok(id);
         }
-        let n = self.next_member.fetch_add(1, Ordering::Relaxed);
         let prefix = if r.client_id.is_empty() {
             "member"
         } else {
             &r.client_id
         };
-        let id = format!("{prefix}-{n}");
+        // Members another node gave ids to may be in the group (taken over from it).
+        let id = loop {
+            let n = self.next_member.fetch_add(1, Ordering::Relaxed);
+            let id = format!("{prefix}-{n}");
+            if !group.members.contains_key(&id) && !group.pending.contains_key(&id) {
+                break id;
+            }
+        };
         if r.require_known_member_id && r.instance_id.is_none() {
             if group.pending.len() >= GROUP_MEMBERS_MAX {
                 return Err(refuse(GroupError::GroupMaxSizeReached, &r.member_id));
@@ -873,6 +1042,12 @@ impl Coordinator {
             }
         }
         after_departure(group, now);
+        // The generation left on the lease is over: a node taking the group over must not
+        // wait for members that left. Told with the lock let go (the store may wait).
+        if let Some(note) = group.changed(group_id) {
+            drop(groups);
+            self.store.report_now(&note);
+        }
         codes
     }
 
@@ -906,10 +1081,8 @@ impl Coordinator {
         groups.retain(|name, g| {
             let kept = !(g.state == State::Empty && g.members.is_empty() && g.pending.is_empty())
                 && self.store.held(name) == Some(g.epoch);
-            let seen = (g.state, g.generation, g.members.len());
-            if g.reported != Some(seen) {
-                g.reported = Some(seen);
-                self.store.report(&listing(name, Some(g)));
+            if let Some(note) = g.changed(name) {
+                self.store.report(&note);
             }
             kept
         });
@@ -1576,5 +1749,124 @@ mod tests {
             panic!("a bad session timeout is refused at once");
         };
         assert_eq!(bad.error, Some(GroupError::InvalidSessionTimeout));
+    }
+
+    /// A node's offsets, as a cluster node hands a group over: what the coordinator reports is
+    /// kept, and a generation left by another coordinator is handed over once.
+    struct Handover {
+        offsets: LocalGroupStore,
+        reported: Mutex<Option<GroupNote>>,
+        left: Mutex<Option<StableGroup>>,
+    }
+
+    impl GroupStore for Handover {
+        fn held(&self, group: &str) -> Option<i64> {
+            self.offsets.held(group)
+        }
+        fn claim(&self, group: &str) -> Result<i64, GroupError> {
+            self.offsets.claim(group)
+        }
+        fn commit(
+            &self,
+            group: &str,
+            offsets: &[(String, i32, CommittedOffset)],
+        ) -> Result<(), GroupError> {
+            self.offsets.commit(group, offsets)
+        }
+        fn committed_all(
+            &self,
+            group: &str,
+        ) -> Result<Vec<(String, i32, CommittedOffset)>, StorageError> {
+            self.offsets.committed_all(group)
+        }
+        fn delete(&self, group: &str, only: Option<(&str, i32)>) -> Result<bool, GroupError> {
+            self.offsets.delete(group, only)
+        }
+        fn group_ids(&self) -> Result<Vec<String>, StorageError> {
+            self.offsets.group_ids()
+        }
+        fn leases(&self) -> usize {
+            0
+        }
+        fn report(&self, note: &GroupNote) {
+            *locks::lock(&self.reported) = Some(note.clone());
+        }
+        fn taken_over(&self, _group: &str) -> Option<StableGroup> {
+            locks::lock(&self.left).take()
+        }
+    }
+
+    fn handover(dir: &tempfile::TempDir, left: Option<StableGroup>) -> Arc<Handover> {
+        let meta = weir_storage::MetaStore::open(&dir.path().join("meta")).unwrap();
+        Arc::new(Handover {
+            offsets: LocalGroupStore::new(meta.tree(OFFSETS_TREE).unwrap()),
+            reported: Mutex::new(None),
+            left: Mutex::new(left),
+        })
+    }
+
+    /// The stable generation a coordinator leaves is taken up by the next one: its members'
+    /// heartbeats and commits under that generation are accepted with no rebalance, a
+    /// stranger is not, and a new member gets an id none of them has. A member leaving ends
+    /// the generation left, before the leave is answered.
+    #[test]
+    fn a_stable_generation_left_by_one_coordinator_goes_on_at_the_next() {
+        let (first_dir, next_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first_store = handover(&first_dir, None);
+        let first = Coordinator::new(first_store.clone());
+        let (a, b) = stable_pair(&first, 60_000);
+        first.tick(Instant::now());
+        let note = locks::lock(&first_store.reported).clone().unwrap();
+        assert_eq!(note.listing.state, State::Stable);
+        // As the lease carries it: JSON.
+        let text = serde_json::to_string(&note).unwrap();
+        let left: GroupNote = serde_json::from_str(&text).unwrap();
+        assert_eq!(left.stable.as_ref().map(|s| s.generation), Some(2));
+        // A member leaving ends the generation, and the store hears of it at once.
+        let describe_before = first.describe("g");
+        assert_eq!(first.leave("g", &[(b.clone(), None)]), vec![Ok(())]);
+        let after_leave = locks::lock(&first_store.reported).clone().unwrap();
+        assert_eq!((after_leave.listing.members, after_leave.stable), (1, None));
+
+        let next = Coordinator::new(handover(&next_dir, left.stable));
+        assert_eq!(next.heartbeat("g", &a, 2), Ok(()));
+        assert_eq!(next.heartbeat("g", &b, 2), Ok(()));
+        assert_eq!(next.commit_check("g", &b, 2), Ok(()));
+        assert_eq!(
+            next.commit_check("g", &b, 1),
+            Err(GroupError::IllegalGeneration)
+        );
+        assert_eq!(
+            next.heartbeat("g", "stranger", 2),
+            Err(GroupError::UnknownMemberId)
+        );
+        let (before, after) = (describe_before, next.describe("g"));
+        assert_eq!(after.state, State::Stable);
+        assert_eq!(
+            (&after.protocol_type, &after.protocol),
+            (&before.protocol_type, &before.protocol)
+        );
+        let members = |v: &GroupView| -> Vec<(String, Bytes, Bytes)> {
+            v.members
+                .iter()
+                .map(|m| {
+                    (
+                        m.member_id.clone(),
+                        m.metadata.clone(),
+                        m.assignment.clone(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(members(&after), members(&before));
+
+        // The next coordinator numbers its members from 1 as the first did; a new member
+        // still joins as a third.
+        let _joining = later(join(&next, "", 60_000));
+        assert_eq!(next.describe("g").members.len(), 3);
+        assert_eq!(
+            next.heartbeat("g", &a, 2),
+            Err(GroupError::RebalanceInProgress)
+        );
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses its own part of these helpers
 
 pub mod checker;
+pub mod group_member;
 pub mod pki;
 
 use std::io::{BufRead, BufReader};
