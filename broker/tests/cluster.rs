@@ -786,6 +786,68 @@ fn a_stable_group_keeps_its_generation_when_its_coordinator_dies() {
     );
 }
 
+/// A confluent-kafka member goes on through its coordinator's death as it would on Kafka: it
+/// finds the node that took the group over and keeps its member id and its partitions, with
+/// no revocation and no second assignment, and reads every record once.
+#[test]
+fn a_confluent_kafka_member_keeps_its_partitions_when_its_coordinator_dies() {
+    use std::io::BufRead;
+    let Some(db) = Postgres::start() else {
+        return;
+    };
+    let Some(python) = python() else {
+        return;
+    };
+    let (_store, dirs, mut nodes) = three_nodes_with_input(&db);
+    let http = clients(&nodes);
+    produce_twenty(&http[0], 0, |i| format!("r{i}"));
+    // Every node, as a client that must outlive any one of them is given.
+    let bootstrap: Vec<String> = nodes.iter().map(|n| n.kafka.to_string()).collect();
+    let (stop_file, member_log) = (
+        dirs[0].path().join("stop"),
+        dirs[0].path().join("member.log"),
+    );
+    let mut member = std::process::Command::new(&python)
+        .arg(common::client_script("failover_member.py"))
+        .arg(bootstrap.join(","))
+        .arg("input")
+        .arg(&stop_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&member_log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(member.stdout.take().unwrap()).lines();
+    let logged = || std::fs::read_to_string(&member_log).unwrap_or_default();
+    let first = lines.next().and_then(Result::ok);
+    assert_eq!(first.as_deref(), Some("assigned"), "{}", logged());
+    let lease_name = "group:steady-client";
+    let mut home = None;
+    eventually(
+        "the generation is on the lease",
+        Duration::from_secs(20),
+        || {
+            let Some(l) = lease(&http[0], lease_name) else {
+                return false;
+            };
+            home = l["holder"].as_str().and_then(|h| h.parse::<usize>().ok());
+            l["note"]["stable"].is_object()
+        },
+    );
+
+    nodes.remove(home.expect("a holder")).kill9();
+    let http = clients(&nodes);
+    produce_twenty(&http[0], 20, |i| format!("r{i}"));
+    std::fs::write(&stop_file, "40").unwrap();
+    let last = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(member.wait().unwrap().success(), "{last}\n{}", logged());
+    assert_eq!(
+        last,
+        "assigned 1 revoked 0 same member True read 40 distinct 40",
+        "assignments, revocations and records of the member\n{}",
+        logged()
+    );
+}
+
 /// The node FindCoordinator through `via` names for `group`, as an index of `nodes`; `None`
 /// when it answers an error or names a node not among them.
 fn coordinator_of(nodes: &[Node], via: &Node, group: &str) -> Option<usize> {
