@@ -173,9 +173,14 @@ fn check_join(r: &JoinRequest) -> Result<(), GroupError> {
 
 /// Whether the coordinator has room for the join: its metadata within the member's bound and
 /// what all groups hold, a new group within the number of groups.
+/// Bytes of metadata and assignments the members of all `groups` hold.
+fn held_bytes(groups: &HashMap<String, Group>) -> u64 {
+    groups.values().map(Group::metadata_bytes).sum()
+}
+
 fn admit(groups: &HashMap<String, Group>, r: &JoinRequest) -> Result<(), GroupError> {
     let metadata_bytes: usize = r.protocols.iter().map(|(n, m)| n.len() + m.len()).sum();
-    let held: u64 = groups.values().map(Group::metadata_bytes).sum();
+    let held = held_bytes(groups);
     if metadata_bytes > MEMBER_METADATA_BYTES_MAX
         || held + metadata_bytes as u64 > GROUPS_METADATA_BYTES_MAX
     {
@@ -808,7 +813,12 @@ impl Coordinator {
         {
             let generation = saved.generation;
             match saved.restore(epoch, Instant::now()) {
-                Some(group) => {
+                // Held within the bounds a join is admitted under.
+                Some(group)
+                    if groups.len() < GROUPS_MAX
+                        && held_bytes(&groups) + group.metadata_bytes()
+                            <= GROUPS_METADATA_BYTES_MAX =>
+                {
                     tracing::info!(
                         group = group_id,
                         generation,
@@ -817,6 +827,12 @@ impl Coordinator {
                     );
                     groups.insert(group_id.to_string(), group);
                 }
+                Some(_) => tracing::warn!(
+                    group = group_id,
+                    groups_max = GROUPS_MAX,
+                    groups_metadata_bytes_max = GROUPS_METADATA_BYTES_MAX,
+                    "no room for the generation the group's last coordinator left; members rejoin"
+                ),
                 None => tracing::warn!(
                     group = group_id,
                     "the generation the group's last coordinator left is not one; members rejoin"
@@ -1096,7 +1112,7 @@ impl Coordinator {
             groups: groups.len(),
             leases: self.store.leases(),
             largest_members: groups.values().map(|g| g.members.len()).max().unwrap_or(0),
-            metadata_bytes: groups.values().map(Group::metadata_bytes).sum(),
+            metadata_bytes: held_bytes(&groups),
         }
     }
 
