@@ -100,10 +100,11 @@ pub fn refused(
     if let (Present::Refuse, Some(key)) = (present, held.first()) {
         return Some(Bounded::Present { key: key.clone() });
     }
+    let held: BTreeSet<&str> = held.iter().map(String::as_str).collect();
     let new: BTreeSet<&str> = keys
         .iter()
         .copied()
-        .filter(|key| !held.iter().any(|h| h == key))
+        .filter(|key| !held.contains(key))
         .collect();
     (existing + new.len() > max).then_some(Bounded::Full { existing })
 }
