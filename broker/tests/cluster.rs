@@ -732,19 +732,13 @@ fn a_stable_group_keeps_its_generation_when_its_coordinator_dies() {
     let mine = Bytes::from_static(b"partitions of mine");
     let synced = member.sync_with(&[(member.id.clone(), mine.clone())]);
     assert_eq!((synced.error_code, &synced.assignment), (0, &mine));
-    assert_eq!(member.commit("steady-input"), 0);
     let (id, generation) = (member.id.clone(), member.generation);
-    // The coordinator leaves the stable generation on the lease at its next renewal.
+    // The coordinator left the stable generation on the lease before it answered the sync.
     let http = clients(&nodes);
     let lease_name = format!("group:{group}");
-    eventually(
-        "the generation is on the lease",
-        Duration::from_secs(20),
-        || {
-            lease(&http[(home + 1) % 3], &lease_name)
-                .is_some_and(|l| l["note"]["stable"]["generation"] == generation)
-        },
-    );
+    let left = lease(&http[(home + 1) % 3], &lease_name).expect("the group's lease");
+    assert_eq!(left["note"]["stable"]["generation"], generation, "{left}");
+    assert_eq!(member.commit("steady-input"), 0);
 
     // Its coordinator dies. As a client does, the member finds the coordinator again and
     // heartbeats there until a live node has taken the group over.

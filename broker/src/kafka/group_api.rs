@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
@@ -199,26 +198,23 @@ pub(crate) async fn sync_group(
         .into_iter()
         .map(|a| (a.member_id.to_string(), a.assignment))
         .collect();
-    let outcome = if let Err(e) = claimed(shared, &request.group_id.0).await {
-        SyncOutcome::error(e)
-    } else {
-        match shared.groups.sync(
-            &request.group_id.0,
-            &request.member_id,
-            request.generation_id,
-            assignments,
-        ) {
-            Reply::Now(now) => now,
-            Reply::Later(waiter) => match tokio::time::timeout(GROUP_WAIT_MAX, waiter).await {
-                Ok(Ok(outcome)) => outcome,
-                _ => SyncOutcome {
-                    error: Some(GroupError::RebalanceInProgress),
-                    protocol_type: None,
-                    protocol: None,
-                    assignment: Bytes::new(),
-                },
-            },
-        }
+    // Taking the group and leaving the generation the leader's assignments make stable may
+    // wait for the cluster database: on the blocking pool.
+    let groups = shared.groups.clone();
+    let synced = tokio::task::spawn_blocking(move || {
+        let (group, member) = (&request.group_id.0, &request.member_id);
+        groups.claim(group)?;
+        Ok(groups.sync(group, member, request.generation_id, assignments))
+    })
+    .await
+    .unwrap_or(Err(GroupError::Storage));
+    let outcome = match synced {
+        Err(e) => SyncOutcome::error(e),
+        Ok(Reply::Now(now)) => now,
+        Ok(Reply::Later(waiter)) => match tokio::time::timeout(GROUP_WAIT_MAX, waiter).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => SyncOutcome::error(GroupError::RebalanceInProgress),
+        },
     };
     let mut response = SyncGroupResponse::default();
     response.error_code = outcome.error.map_or(0, group_error_code);

@@ -929,7 +929,8 @@ impl Coordinator {
         Ok(id)
     }
 
-    /// Handles a SyncGroup: the leader's assignments are handed to every member.
+    /// Handles a SyncGroup: the leader's assignments are handed to every member. May wait for
+    /// the cluster database: never on a reactor thread.
     pub fn sync(
         &self,
         group_id: &str,
@@ -977,21 +978,25 @@ impl Coordinator {
                         m.assignment = by_member.remove(id).unwrap_or_default();
                     }
                     group.state = State::Stable;
-                    let ids: Vec<String> = group.members.keys().cloned().collect();
-                    for id in ids {
-                        let Some(m) = group.members.get_mut(&id) else {
-                            continue;
-                        };
-                        let assignment = m.assignment.clone();
-                        if let Some(waiter) = m.sync_waiter.take() {
-                            let answer = SyncOutcome {
-                                error: None,
-                                protocol_type: group.protocol_type.clone(),
-                                protocol: group.protocol.clone(),
-                                assignment,
-                            };
-                            let _ = waiter.send(answer);
-                        }
+                    let waiting: Vec<_> = group
+                        .members
+                        .values_mut()
+                        .filter_map(|m| Some((m.sync_waiter.take()?, m.assignment.clone())))
+                        .collect();
+                    let answers: Vec<_> = waiting
+                        .into_iter()
+                        .map(|(waiter, assignment)| (waiter, outcome(group, assignment)))
+                        .collect();
+                    // No member hears its assignment before the generation is where a node
+                    // taking the group over finds it. Told with the lock let go (the store may
+                    // wait).
+                    let note = group.changed(group_id);
+                    drop(groups);
+                    if let Some(note) = note {
+                        self.store.report_now(&note);
+                    }
+                    for (waiter, answer) in answers {
+                        let _ = waiter.send(answer);
                     }
                 }
                 Reply::Later(rx)
