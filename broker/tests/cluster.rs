@@ -1603,6 +1603,26 @@ fn runs_only_on(http: &[weir_broker::cli::Client], name: &str, home: usize) {
     });
 }
 
+/// Waits until every node, the one running pipeline `name` and those standing by, shows it
+/// with `records_in` and `records_out`: standing by, as of its runner's last checkpoint.
+fn counts_everywhere(http: &[weir_broker::cli::Client], name: &str, records_in: u64, out: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen: Vec<_> = pipeline_on_each(http, name)
+            .iter()
+            .map(|p| (p["records_in"].as_u64(), p["records_out"].as_u64()))
+            .collect();
+        if seen.iter().all(|c| *c == (Some(records_in), Some(out))) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pipeline {name}: (records in, out) on each node {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Drops pipeline `name` through `http[0]` and waits until no node lists it; its lease is
 /// given back.
 fn dropped_everywhere(http: &[weir_broker::cli::Client], name: &str) {
@@ -1650,6 +1670,7 @@ fn a_sql_pipeline_runs_on_one_node_and_moves_to_a_live_one_when_it_dies() {
         .parse()
         .unwrap();
     runs_only_on(&http, "shout", home);
+    counts_everywhere(&http, "shout", 20, 20);
 
     // Its node dies; a live node takes the lease over once it lapses and goes on.
     nodes.remove(home).kill9();
@@ -1665,6 +1686,8 @@ fn a_sql_pipeline_runs_on_one_node_and_moves_to_a_live_one_when_it_dies() {
         "the dead node's lease was taken over"
     );
     assert_eq!(counted(&http[0]).unwrap(), json!([{ "n": 40, "d": 40 }]));
+    // The taker's counters go on from the checkpoint it took over.
+    counts_everywhere(&http, "shout", 40, 40);
 
     // Dropped through either node, it stops everywhere and its lease is given back.
     dropped_everywhere(&http, "shout");
@@ -1732,6 +1755,7 @@ fn a_plugin_deployed_through_one_node_runs_and_swaps_on_the_node_running_its_pip
         .parse()
         .unwrap();
     runs_only_on(&http, "picked", home);
+    counts_everywhere(&http, "picked", 20, 10);
     // The records the pipeline appended are counted on the node that appended them.
     let appended = |n: &Node| metric(n, "weir_records_in_total{topic=\"picked\"}");
     assert_eq!(appended(&nodes[home]), 10.0);
@@ -1765,6 +1789,7 @@ fn a_plugin_deployed_through_one_node_runs_and_swaps_on_the_node_running_its_pip
     });
     let taker = lease_holder(&http[0], "pipeline:picked").expect("a holder");
     assert_ne!(taker, home.to_string());
+    counts_everywhere(&http, "picked", 60, 30);
     // Two deploys through two nodes at once each make a version of their own.
     let made = std::thread::scope(|s| {
         let deploys = [(0, "left"), (1, "right")].map(|(n, pattern)| {

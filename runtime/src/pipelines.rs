@@ -14,7 +14,9 @@ use weir_storage::{Topics, Tree, TreeSource, now_ms};
 
 use crate::Error;
 use crate::continuous::{Compiler, OperatorRunner, SqlCheckpoint, StepStore};
-use crate::pipeline::{Checkpoint, PipelineSpec, Runner, StartAt, Stats, Step, checkpoint_key};
+use crate::pipeline::{
+    Checkpoint, Counted, PipelineSpec, Runner, StartAt, Stats, Step, checkpoint_key,
+};
 use crate::registry::{Registry, validate_plugin_name};
 use crate::windowed::{self, PluginWindows};
 use weir_storage::locks;
@@ -692,7 +694,10 @@ impl Pipelines {
         let running = locks::lock(&self.running);
         let running = running.get(name);
         let stats = running.map(|r| r.stats.clone()).unwrap_or_default();
-        let lag = self.lag(&stored.spec)?;
+        let (lag, saved) = self.progress(&stored.spec)?;
+        // Counters only grow: this node's, or on a node of a cluster that does not run the
+        // pipeline, those its runner saved with its last checkpoint.
+        let counted = stats.counted().max_each(saved);
         let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         let last_error = locks::lock(&stats.last_error).clone();
         Ok(PipelineStatus {
@@ -707,16 +712,16 @@ impl Pipelines {
             created_ms: stored.created_ms,
             owner: stored.owner.clone(),
             lag,
-            records_in: get(&stats.records_in),
-            records_out: get(&stats.records_out),
-            dropped: get(&stats.dropped),
-            dead_lettered: get(&stats.dead_lettered),
-            batches: get(&stats.batches),
-            failed_calls: get(&stats.failed_calls),
+            records_in: counted.records_in,
+            records_out: counted.records_out,
+            dropped: counted.dropped,
+            dead_lettered: counted.dead_lettered,
+            batches: counted.batches,
+            failed_calls: counted.failed_calls,
             last_error: last_error.as_ref().map(|(e, _)| e.clone()),
             last_error_ms: last_error.map(|(_, at)| at),
             plugins: locks::lock(&stats.versions).clone(),
-            late_records: get(&stats.late),
+            late_records: counted.late,
             open_windows: get(&stats.open_windows),
             open_groups: get(&stats.open_groups),
             watermark_ms: Some(stats.watermark_ms.load(Ordering::Relaxed))
@@ -725,13 +730,14 @@ impl Pipelines {
         })
     }
 
-    /// Records of the input not yet processed, from the saved checkpoints.
-    fn lag(&self, spec: &PipelineSpec) -> Result<u64, Error> {
+    /// Records of the input not yet processed, and the counters saved with the checkpoints.
+    fn progress(&self, spec: &PipelineSpec) -> Result<(u64, Counted), Error> {
         let Some(input) = self.topics.topic(&spec.from)? else {
-            return Ok(0);
+            return Ok((0, Counted::default()));
         };
         // SQL pipelines and aggregating chains keep one checkpoint for all partitions.
         let sql = self.sql_checkpoints.get(&spec.name)?;
+        let mut saved = sql.as_ref().map(|c| c.counted).unwrap_or_default();
         let mut lag = 0;
         for partition in 0..input.partitions {
             let (start, end) = self.topics.partition(&spec.from, partition)?.offsets()?;
@@ -741,14 +747,18 @@ impl Pipelines {
                     .get(&partition)
                     .copied()
                     .unwrap_or(0),
-                None => self
-                    .checkpoints
-                    .get(&checkpoint_key(&spec.name, partition))?
-                    .map_or(0, |c| c.next_offset),
+                None => {
+                    let checkpoint = self
+                        .checkpoints
+                        .get(&checkpoint_key(&spec.name, partition))?
+                        .unwrap_or_default();
+                    saved = saved.max_each(checkpoint.counted);
+                    checkpoint.next_offset
+                }
             };
             lag += end.saturating_sub(next.max(start));
         }
-        Ok(lag)
+        Ok((lag, saved))
     }
 
     pub fn list(&self) -> Result<Vec<PipelineStatus>, Error> {
