@@ -28,6 +28,7 @@ use common::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weir_cluster::lease::COMMIT_OFFSETS_MAX;
+use weir_tests::cloud::{AzureServer, CloudStore};
 use weir_tests::postgres::Postgres;
 use weir_tests::s3::S3Server;
 use weir_tests::wasm::plugin_wasm;
@@ -501,13 +502,29 @@ fn three_nodes_on_an_s3_bucket_share_every_partition_and_outlive_a_node() {
     if !have("kcat", "apt-get install kcat") {
         return;
     }
-    let Some(s3) = S3Server::start() else {
+    if let Some(s3) = S3Server::start() {
+        three_nodes_share_every_partition_and_outlive_a_node(&s3);
+    }
+}
+
+#[test]
+fn three_nodes_on_an_azure_container_share_every_partition_and_outlive_a_node() {
+    if !have("kcat", "apt-get install kcat") {
         return;
-    };
+    }
+    if let Some(azure) = AzureServer::start() {
+        three_nodes_share_every_partition_and_outlive_a_node(&azure);
+    }
+}
+
+/// Three nodes on `bucket`, of any cloud store, take keyed records through two of them, each
+/// node writing its own objects there; every node reads every record, and when one dies the
+/// others serve what it wrote from the bucket and take more.
+fn three_nodes_share_every_partition_and_outlive_a_node(bucket: &dyn CloudStore) {
     let Some(db) = Postgres::start() else {
         return;
     };
-    let options: Vec<String> = s3
+    let options: Vec<String> = bucket
         .options()
         .iter()
         .map(|(key, value)| format!("{key}={value}"))
@@ -518,7 +535,7 @@ fn three_nodes_on_an_s3_bucket_share_every_partition_and_outlive_a_node() {
         .collect();
     flags.extend(["--cluster-db-connections", "3"]);
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let store = s3.url("kafka");
+    let store = bucket.url("kafka");
     let mut nodes: Vec<Node> = dirs
         .iter()
         .zip(0..)
@@ -537,26 +554,26 @@ fn three_nodes_on_an_s3_bucket_share_every_partition_and_outlive_a_node() {
     let (first, second) = records.split_at(200);
     kcat(
         &nodes[0],
-        &["-P", "-t", "s3", "-K", ":", "-z", "zstd"],
+        &["-P", "-t", "shared", "-K", ":", "-z", "zstd"],
         &(first.join("\n") + "\n"),
     );
     kcat(
         &nodes[1],
-        &["-P", "-t", "s3", "-K", ":"],
+        &["-P", "-t", "shared", "-K", ":"],
         &(second.join("\n") + "\n"),
     );
     let sent: Vec<String> = records
         .iter()
         .map(|r| r.split_once(':').unwrap().1.to_string())
         .collect();
-    let read = read_all(&nodes[2], "s3");
+    let read = read_all(&nodes[2], "shared");
     assert_exactly(&read, &sent);
     assert_eq!(read.len() as u32, PARTITIONS, "records in every partition");
-    assert_eq!(read_all(&nodes[0], "s3"), read);
+    assert_eq!(read_all(&nodes[0], "shared"), read);
 
     // The batches are objects in the bucket, under the URL's prefix, written by the nodes
     // that took them.
-    let objects = s3.keys("kafka/data/");
+    let objects = bucket.keys("kafka/data/");
     assert!(!objects.is_empty(), "no objects under kafka/data/");
     for object in &objects {
         let writer = object.trim_start_matches("kafka/data/");
@@ -595,10 +612,10 @@ fn three_nodes_on_an_s3_bucket_share_every_partition_and_outlive_a_node() {
             brokers(node) == ["1", "2"]
         });
     }
-    kcat(&nodes[0], &["-P", "-t", "s3", "-K", ":"], "k1:after\n");
+    kcat(&nodes[0], &["-P", "-t", "shared", "-K", ":"], "k1:after\n");
     let mut sent = sent;
     sent.push("after".to_string());
-    assert_exactly(&read_all(&nodes[1], "s3"), &sent);
+    assert_exactly(&read_all(&nodes[1], "shared"), &sent);
     // The partitions node 0 led moved to the others, which read its runs from the bucket.
     assert!(total(&nodes, "weir_cluster_cache_reads_total{tier=\"store\"}") > 0.0);
 }

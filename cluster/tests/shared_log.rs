@@ -10,6 +10,7 @@ use common::{
 use futures::future::join_all;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use weir_tests::cloud::{AzureServer, CloudStore};
 use weir_tests::postgres::Postgres;
 use weir_tests::s3::S3Server;
 
@@ -491,7 +492,12 @@ async fn topic_names_partition_counts_and_store_urls_are_checked() {
         small.create_topic("logs", 1, &Default::default()).await,
         Err(ClusterError::TopicExists(_))
     ));
-    for url in ["gs://bucket/prefix", "file://relative/dir", "s3:///prefix"] {
+    for url in [
+        "gs://bucket/prefix",
+        "file://relative/dir",
+        "s3:///prefix",
+        "az://",
+    ] {
         let err = SharedLog::open(&pg.url(), url, "n1")
             .await
             .err()
@@ -507,6 +513,10 @@ async fn topic_names_partition_counts_and_store_urls_are_checked() {
         (
             with_option("s3://bucket/prefix", "aws_colour"),
             "\"aws_colour\" is not an S3 store option",
+        ),
+        (
+            with_option("az://container/prefix", "google_bucket"),
+            "\"google_bucket\" is not an Azure store option",
         ),
     ] {
         let err = SharedLog::open_with(&config).await.err().expect("refused");
@@ -1121,16 +1131,28 @@ async fn metadata_compare_and_set_racing_on_two_nodes_loses_no_write() {
 
 #[tokio::test]
 async fn an_s3_bucket_holds_the_objects_nodes_share_and_collect() {
-    let Some(s3) = S3Server::start() else {
-        return;
-    };
+    if let Some(s3) = S3Server::start() {
+        a_bucket_holds_the_objects_nodes_share_and_collect(Box::new(s3)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_azure_container_holds_the_objects_nodes_share_and_collect() {
+    if let Some(azure) = AzureServer::start() {
+        a_bucket_holds_the_objects_nodes_share_and_collect(Box::new(azure)).await;
+    }
+}
+
+/// Two nodes on `bucket`, of any cloud store, flush to it, read each other's objects back,
+/// collect garbage from it, and refuse a flush with a retriable error once it is gone.
+async fn a_bucket_holds_the_objects_nodes_share_and_collect(bucket: Box<dyn CloudStore>) {
     let Some(pg) = Postgres::start() else {
         return;
     };
-    let url = s3.url("cluster");
+    let url = bucket.url("cluster");
     // Flushes give up after 300 ms; garbage is what is older than 600 ms.
     let config = |node: &str| NodeConfig {
-        store_options: s3.options(),
+        store_options: bucket.options(),
         flush_commit_ms_max: 300,
         ..NodeConfig::new(&pg.url(), &url, node)
     };
@@ -1145,7 +1167,7 @@ async fn an_s3_bucket_holds_the_objects_nodes_share_and_collect() {
         let appends: Vec<Append> = (0..2)
             .map(|p| append("logs", p, &[&format!("p{p}-{i}a"), &format!("p{p}-{i}b")]))
             .collect();
-        let bases = flush(&a, &appends).await.expect("flush to S3");
+        let bases = flush(&a, &appends).await.expect("flush to the store");
         assert_eq!(bases, vec![2 * i as u64; 2]);
         for (p, append) in appends.iter().enumerate() {
             let records = decode_records(&append.batches).expect("valid");
@@ -1154,8 +1176,8 @@ async fn an_s3_bucket_holds_the_objects_nodes_share_and_collect() {
     }
     flush(&b, &[append("gone", 0, &["doomed"])])
         .await
-        .expect("flush to S3");
-    let mut objects = s3.keys("cluster/data/");
+        .expect("flush to the store");
+    let mut objects = bucket.keys("cluster/data/");
     objects.sort();
     assert_eq!(objects.len(), 6, "one object per flush: {objects:?}");
     assert_eq!(
@@ -1187,14 +1209,14 @@ async fn an_s3_bucket_holds_the_objects_nodes_share_and_collect() {
         .expect("free");
     let collected = a.collect_garbage(&gc).await.expect("collect");
     assert_eq!(collected.objects, 1, "{collected:?}");
-    let mut left = s3.keys("cluster/data/");
+    let mut left = bucket.keys("cluster/data/");
     left.sort();
     assert_eq!(left.len(), 5, "{left:?}");
     assert!(left.iter().all(|k| objects.contains(k)));
     assert!(left.iter().all(|k| k.starts_with("cluster/data/n1/")));
 
     // Without the store a flush is refused with a retriable error, and nothing is assigned.
-    drop(s3);
+    drop(bucket);
     let err = flush(&a, &[append("logs", 0, &["lost"])])
         .await
         .expect_err("no store, no acknowledgement");

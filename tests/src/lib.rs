@@ -8,7 +8,8 @@
 //! without knowing what the writer did.
 //!
 //! [`wasm`] builds plugins to WebAssembly for the tests that deploy them; [`hostile`] forges
-//! the record batches a hostile producer sends; [`postgres`] runs a throwaway PostgreSQL server, [`s3`] a throwaway S3-compatible one.
+//! the record batches a hostile producer sends; [`postgres`] runs a throwaway PostgreSQL server, [`s3`] and [`cloud`] throwaway servers of
+//! the S3, Google Cloud Storage and Azure Blob APIs.
 
 /// The value the crash writer stores at `offset`.
 pub fn value_for(offset: u64) -> String {
@@ -26,6 +27,7 @@ pub fn missing(what: &str, install: &str) {
     eprintln!("{what} not found: {install} (./scripts/test does) to run this test");
 }
 
+pub mod cloud;
 pub mod hostile;
 pub mod postgres;
 pub mod s3;
