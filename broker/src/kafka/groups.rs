@@ -171,13 +171,13 @@ fn check_join(r: &JoinRequest) -> Result<(), GroupError> {
     Ok(())
 }
 
-/// Whether the coordinator has room for the join: its metadata within the member's bound and
-/// what all groups hold, a new group within the number of groups.
 /// Bytes of metadata and assignments the members of all `groups` hold.
 fn held_bytes(groups: &HashMap<String, Group>) -> u64 {
     groups.values().map(Group::metadata_bytes).sum()
 }
 
+/// Whether the coordinator has room for the join: its metadata within the member's bound and
+/// what all groups hold, a new group within the number of groups.
 fn admit(groups: &HashMap<String, Group>, r: &JoinRequest) -> Result<(), GroupError> {
     let metadata_bytes: usize = r.protocols.iter().map(|(n, m)| n.len() + m.len()).sum();
     let held = held_bytes(groups);
