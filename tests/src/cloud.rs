@@ -39,14 +39,25 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// A server process, killed when dropped.
+pub(crate) struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `program` with `args`, its output dropped.
-pub(crate) fn spawn(program: &PathBuf, args: &[&str]) -> Child {
-    Command::new(program)
+pub(crate) fn spawn(program: &PathBuf, args: &[&str]) -> Process {
+    let child = Command::new(program)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()))
+        .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+    Process(child)
 }
 
 /// Asks `make` again until its answer starts with `ok` (a status line), for at most a minute:
@@ -111,7 +122,7 @@ const AZURE_API_VERSION: &str = "2021-08-06";
 
 /// A running Azurite (its Blob service) with the container [`BUCKET`].
 pub struct AzureServer {
-    child: Child,
+    _process: Process,
     port: u16,
     _workspace: tempfile::TempDir,
 }
@@ -134,7 +145,7 @@ impl AzureServer {
         let port = free_port();
         let port_arg = port.to_string();
         let location = workspace.path().display().to_string();
-        let child = spawn(
+        let process = spawn(
             &program,
             &[
                 "--blobHost",
@@ -149,7 +160,7 @@ impl AzureServer {
             ],
         );
         let server = AzureServer {
-            child,
+            _process: process,
             port,
             _workspace: workspace,
         };
@@ -212,12 +223,5 @@ impl CloudStore for AzureServer {
         let listing = self.signed("GET", &query).expect("a listing");
         assert!(listing.starts_with("HTTP/1.1 200"), "{listing}");
         elements(&listing, "Name")
-    }
-}
-
-impl Drop for AzureServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -30,10 +30,7 @@ impl Postgres {
         if is_root() {
             chown_to_postgres(dir.path());
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::cloud::free_port();
         let server = Postgres { dir, bin, port };
         server.run(
             "initdb",

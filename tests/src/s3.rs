@@ -5,13 +5,13 @@
 //! (`$WEIR_PYTHON`'s directory, else `target/py/bin`). It speaks S3's REST API (signed
 //! requests, ranged GETs, listing, deletes), which is all a cluster's object store uses.
 
-use std::process::Child;
-
-use crate::cloud::{BUCKET, CloudStore, beside_python, elements, free_port, ready, request, spawn};
+use crate::cloud::{
+    BUCKET, CloudStore, Process, beside_python, elements, free_port, ready, request, spawn,
+};
 
 /// A running server with the bucket [`BUCKET`].
 pub struct S3Server {
-    child: Child,
+    _process: Process,
     port: u16,
 }
 
@@ -28,8 +28,11 @@ impl S3Server {
             return None;
         }
         let port = free_port();
-        let child = spawn(&program, &["-H", "127.0.0.1", "-p", &port.to_string()]);
-        let server = S3Server { child, port };
+        let process = spawn(&program, &["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let server = S3Server {
+            _process: process,
+            port,
+        };
         // The bucket is made by an unsigned request, which moto accepts.
         let make = || request(port, &format!("PUT /{BUCKET} HTTP/1.1"), b"");
         ready("moto_server", make, "HTTP/1.1 200");
@@ -59,12 +62,5 @@ impl CloudStore for S3Server {
     fn keys(&self, prefix: &str) -> Vec<String> {
         let line = format!("GET /{BUCKET}?list-type=2&max-keys=10000&prefix={prefix} HTTP/1.1");
         elements(&request(self.port, &line, b"").expect("a listing"), "Key")
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
