@@ -154,6 +154,19 @@ async fn distinct_counts_averages_extremes_and_having_equal_the_one_off_query() 
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_and_ordered_aggregates_over_computed_keys_equal_the_one_off_query() {
+    windows_equal_the_one_off_query(
+        "SELECT window_start, window_end, status / 100 AS class, \
+         count(*) FILTER (WHERE bytes > 50) AS big, \
+         sum(bytes) FILTER (WHERE host = 'web-1') AS from_one, \
+         first_value(bytes ORDER BY bytes DESC) AS most \
+         FROM TUMBLE(logs, at, INTERVAL '1 minute') \
+         GROUP BY window_start, window_end, status / 100",
+    )
+    .await;
+}
+
 async fn windows_equal_the_one_off_query(select: &str) {
     let statement = format!(
         "CREATE PIPELINE errors_per_minute AS INSERT INTO out {select} \

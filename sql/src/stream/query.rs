@@ -2,18 +2,20 @@
 //!
 //! The `SELECT` is planned over a [`Slot`] instead of the topic's log. A query without an
 //! aggregate runs whole on each step's records. A windowed aggregate is cut where DataFusion
-//! cuts it for parallel work: the partial aggregate runs on each step's records and its
-//! per-group states are merged into the open windows' accumulators (DataFusion's own
-//! `GroupsAccumulator`s, so every aggregate it has works); when the watermark passes a window's
-//! end, its accumulators are evaluated and the rest of the plan (projection, `HAVING`) runs on
-//! the result. State is bounded by the open windows and their groups, not by history.
+//! cuts it for parallel work: what is under the partial aggregate runs on each step's records,
+//! and the partial aggregate's own expressions (group keys, arguments, `FILTER`) feed its rows
+//! straight into the open windows' accumulators (DataFusion's own `GroupsAccumulator`s, so
+//! every aggregate it has works); when the watermark passes a window's end, its accumulators
+//! are evaluated and the rest of the plan (projection, `HAVING`) runs on the result. State is
+//! bounded by the open windows and their groups, not by history.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::io::Cursor;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, StringBuilder, TimestampMillisecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder, TimestampMillisecondArray,
     UInt32Array,
 };
 use datafusion::arrow::compute::{cast, filter_record_batch, take};
@@ -25,13 +27,14 @@ use datafusion::datasource::TableProvider;
 use datafusion::execution::TaskContext;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
-use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, aggregate_expressions};
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::TryStreamExt;
+use hashbrown::{DefaultHashBuilder, HashTable};
 use weir_runtime::PipelineSpec;
 use weir_runtime::continuous::{Compiler, Dead, Emitted, Gauges, Operator};
 use weir_runtime::parallel::in_parallel;
@@ -125,6 +128,10 @@ struct Aggregation {
     post: Arc<dyn ExecutionPlan>,
     closed: Arc<Slot>,
     functions: Vec<Arc<AggregateFunctionExpr>>,
+    /// The group keys, each function's arguments and its `FILTER`, over a step's rows.
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     /// The columns of each function's state in the partial aggregate's output.
     states: Vec<std::ops::Range<usize>>,
     groups: usize,
@@ -142,9 +149,49 @@ struct Aggregation {
 
 /// The groups of one open window and their accumulators.
 struct Groups {
-    index: HashMap<Box<[u8]>, usize>,
-    keys: Vec<Box<[u8]>>,
+    /// Each group's index, found by its key.
+    table: HashTable<usize>,
+    hasher: DefaultHashBuilder,
+    /// The groups' keys (rows of the row converter) one after the other: group `i`'s ends at
+    /// `ends[i]`.
+    keys: Vec<u8>,
+    ends: Vec<usize>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+/// Rows for the windows' groups: a step's rows, or states saved by a snapshot.
+struct Part<'a> {
+    converter: &'a RowConverter,
+    window: ArrayRef,
+    keys: Vec<ArrayRef>,
+    /// Each function's arguments, or its state columns.
+    values: Vec<Vec<ArrayRef>>,
+    filters: Vec<Option<ArrayRef>>,
+    states: bool,
+}
+
+impl Part<'_> {
+    /// The part of these rows only.
+    fn take(&self, rows: &UInt32Array) -> Result<Self> {
+        let some = |columns: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+            Ok(columns
+                .iter()
+                .map(|c| take(c, rows, None))
+                .collect::<std::result::Result<_, _>>()?)
+        };
+        Ok(Part {
+            converter: self.converter,
+            window: take(&self.window, rows, None)?,
+            keys: some(&self.keys)?,
+            values: self.values.iter().map(|v| some(v)).collect::<Result<_>>()?,
+            filters: self
+                .filters
+                .iter()
+                .map(|f| f.as_ref().map(|f| take(f, rows, None)).transpose())
+                .collect::<std::result::Result<_, _>>()?,
+            states: self.states,
+        })
+    }
 }
 
 impl Groups {
@@ -164,42 +211,73 @@ impl Groups {
             })
             .collect::<Result<_>>()?;
         Ok(Groups {
-            index: HashMap::new(),
+            table: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
             keys: Vec::new(),
+            ends: Vec::new(),
             accumulators,
         })
     }
 
-    /// Merges rows of the partial aggregate's output, all of this window.
-    fn merge(&mut self, aggregation: &Aggregation, batch: &RecordBatch) -> Result<()> {
-        let rows = aggregation
-            .converter
-            .convert_columns(&batch.columns()[..aggregation.groups])?;
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Group `i`'s key.
+    fn key<'a>(keys: &'a [u8], ends: &[usize], i: usize) -> &'a [u8] {
+        let start = i.checked_sub(1).map_or(0, |j| ends[j]);
+        &keys[start..ends[i]]
+    }
+
+    /// Adds a part's rows, all of this window, to their groups.
+    fn add(&mut self, part: &Part) -> Result<()> {
+        let rows = part.converter.convert_columns(&part.keys)?;
         let mut indices = Vec::with_capacity(rows.num_rows());
+        let Groups {
+            table,
+            hasher,
+            keys,
+            ends,
+            ..
+        } = self;
         for row in rows.iter() {
-            let bytes: &[u8] = row.as_ref();
-            let index = match self.index.get(bytes) {
+            let key: &[u8] = row.as_ref();
+            let hash = hasher.hash_one(key);
+            let index = match table.find(hash, |i| Self::key(keys, ends, *i) == key) {
                 Some(index) => *index,
                 None => {
-                    let index = self.keys.len();
-                    self.keys.push(bytes.into());
-                    self.index.insert(bytes.into(), index);
+                    let index = ends.len();
+                    keys.extend_from_slice(key);
+                    ends.push(keys.len());
+                    table
+                        .insert_unique(hash, index, |i| hasher.hash_one(Self::key(keys, ends, *i)));
                     index
                 }
             };
             indices.push(index);
         }
-        for (accumulator, state) in self.accumulators.iter_mut().zip(&aggregation.states) {
-            accumulator.merge_batch(&batch.columns()[state.clone()], &indices, self.keys.len())?;
+        let total = self.len();
+        for ((accumulator, values), filter) in self
+            .accumulators
+            .iter_mut()
+            .zip(&part.values)
+            .zip(&part.filters)
+        {
+            if part.states {
+                accumulator.merge_batch(values, &indices, total)?;
+            } else {
+                let filter = filter.as_ref().map(|f| f.as_boolean());
+                accumulator.update_batch(values, &indices, filter, total)?;
+            }
         }
         Ok(())
     }
 
     fn group_columns(&self, aggregation: &Aggregation) -> Result<Vec<ArrayRef>> {
         let parser = aggregation.converter.parser();
-        Ok(aggregation
-            .converter
-            .convert_rows(self.keys.iter().map(|key| parser.parse(key)))?)
+        Ok(aggregation.converter.convert_rows(
+            (0..self.len()).map(|i| parser.parse(Self::key(&self.keys, &self.ends, i))),
+        )?)
     }
 
     /// The window's result rows, as the final aggregate makes them.
@@ -218,10 +296,11 @@ impl Groups {
     /// accumulator, so each is given its state back, group `i` at index `i` as before.
     fn state(&mut self, aggregation: &Aggregation) -> Result<RecordBatch> {
         let mut columns = self.group_columns(aggregation)?;
-        let indices: Vec<usize> = (0..self.keys.len()).collect();
+        let total = self.len();
+        let indices: Vec<usize> = (0..total).collect();
         for accumulator in &mut self.accumulators {
             let state = accumulator.state(EmitTo::All)?;
-            accumulator.merge_batch(&state, &indices, self.keys.len())?;
+            accumulator.merge_batch(&state, &indices, total)?;
             columns.extend(state);
         }
         Ok(RecordBatch::try_new(
@@ -331,8 +410,8 @@ impl Query {
                     )
                 })?;
                 let aggregation = Aggregation::new(&aggregate, top, closed, window)?;
-                let partial = aggregate.children()[0].clone();
-                (partial, Some(aggregation))
+                let under_partial = aggregate.children()[0].children()[0].clone();
+                (under_partial, Some(aggregation))
             }
         };
         let meta = topics.existing_topic(&source)?;
@@ -401,46 +480,6 @@ impl Query {
     fn run(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
         let stream = plan.execute(0, self.task.clone())?;
         futures::executor::block_on(stream.try_collect::<Vec<_>>())
-    }
-
-    /// Merges rows of the partial aggregate's output into the windows they are of.
-    fn merge(&mut self, batch: &RecordBatch) -> Result<()> {
-        let (Some(aggregation), Some(window)) = (&self.aggregation, &self.window) else {
-            return Ok(());
-        };
-        let bounds = times_ms(batch.column(aggregation.window_column))?;
-        let mut by_window: BTreeMap<(i64, i64), Vec<u32>> = BTreeMap::new();
-        for (row, bound) in bounds.iter().enumerate() {
-            let Some(bound) = bound else { continue };
-            let (start, end) = if aggregation.window_is_start {
-                (bound, window.end(bound))
-            } else {
-                (bound - window.size_ms, bound)
-            };
-            by_window.entry((end, start)).or_default().push(row as u32);
-        }
-        let whole = by_window.len() == 1;
-        for (key, rows) in by_window {
-            let part = if whole {
-                batch.clone()
-            } else {
-                let rows = UInt32Array::from(rows);
-                let columns = batch
-                    .columns()
-                    .iter()
-                    .map(|c| take(c, &rows, None))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                RecordBatch::try_new(batch.schema(), columns)?
-            };
-            let groups = match self.windows.entry(key) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(Groups::new(aggregation)?)
-                }
-            };
-            groups.merge(aggregation, &part)?;
-        }
-        Ok(())
     }
 
     /// Moves the watermark (see [`EventClock`]).
@@ -564,8 +603,15 @@ impl Query {
         }
         let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
         self.input.put(kept);
-        for partial in self.run(&self.pre.clone())? {
-            self.merge(&partial)?;
+        for rows in self.run(&self.pre.clone())? {
+            if let (Some(aggregation), Some(window)) = (&self.aggregation, &self.window) {
+                add(
+                    &mut self.windows,
+                    aggregation,
+                    window,
+                    aggregation.rows(&rows)?,
+                )?;
+            }
         }
         self.clock.saw(partition, latest, now_ms);
         self.advance(now_ms);
@@ -574,7 +620,7 @@ impl Query {
     }
 
     fn open_groups(&self) -> u64 {
-        self.windows.values().map(|g| g.keys.len() as u64).sum()
+        self.windows.values().map(|g| g.len() as u64).sum()
     }
 
     fn snapshot_bytes(&mut self) -> Result<Vec<u8>> {
@@ -621,11 +667,52 @@ impl Query {
             Cursor::new(&bytes[end..]),
             None,
         )?;
+        let (Some(aggregation), Some(window)) = (&self.aggregation, &self.window) else {
+            return Ok(());
+        };
         for state in reader {
-            self.merge(&state?)?;
+            add(
+                &mut self.windows,
+                aggregation,
+                window,
+                aggregation.states(&state?),
+            )?;
         }
         Ok(())
     }
+}
+
+/// Adds a part's rows to the groups of the windows they are of, opening windows as needed.
+fn add(
+    windows: &mut BTreeMap<(i64, i64), Groups>,
+    aggregation: &Aggregation,
+    window: &WindowSpec,
+    part: Part,
+) -> Result<()> {
+    let bounds = times_ms(&part.window)?;
+    let mut by_window: BTreeMap<(i64, i64), Vec<u32>> = BTreeMap::new();
+    for (row, bound) in bounds.iter().enumerate() {
+        let Some(bound) = bound else { continue };
+        let (start, end) = if aggregation.window_is_start {
+            (bound, window.end(bound))
+        } else {
+            (bound - window.size_ms, bound)
+        };
+        by_window.entry((end, start)).or_default().push(row as u32);
+    }
+    let whole = by_window.len() == 1 && bounds.null_count() == 0;
+    for (key, rows) in by_window {
+        let groups = match windows.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(Groups::new(aggregation)?),
+        };
+        if whole {
+            groups.add(&part)?;
+        } else {
+            groups.add(&part.take(&UInt32Array::from(rows))?)?;
+        }
+    }
+    Ok(())
 }
 
 fn ms_text(ms: i64) -> String {
@@ -730,8 +817,12 @@ impl Aggregation {
         let aggregate = final_plan
             .downcast_ref::<AggregateExec>()
             .ok_or_else(|| Error::Refused("not an aggregate".into()))?;
-        let partial = aggregate.input().clone();
-        let partial_schema = partial.schema();
+        let partial_plan = aggregate.input().clone();
+        let partial = partial_plan
+            .downcast_ref::<AggregateExec>()
+            .filter(|p| *p.mode() == AggregateMode::Partial)
+            .ok_or_else(|| Error::Refused("a final aggregate without its partial one".into()))?;
+        let partial_schema = partial_plan.schema();
         let final_schema = final_plan.schema();
         let groups = aggregate.group_expr().expr().len();
         if aggregate.group_expr().has_grouping_set() {
@@ -756,7 +847,10 @@ impl Aggregation {
                 )));
             }
         };
-        let functions = aggregate.aggr_expr().to_vec();
+        let functions = partial.aggr_expr().to_vec();
+        let keys = partial.group_expr().input_exprs();
+        let arguments = aggregate_expressions(&functions, partial.mode(), 0)?;
+        let filters = partial.filter_expr().to_vec();
         let mut states = Vec::with_capacity(functions.len());
         let mut at = groups;
         for function in &functions {
@@ -781,6 +875,9 @@ impl Aggregation {
             post,
             closed,
             functions,
+            keys,
+            arguments,
+            filters,
             states,
             groups,
             window_column,
@@ -790,6 +887,63 @@ impl Aggregation {
             final_schema,
             key_columns,
         })
+    }
+}
+
+impl Aggregation {
+    /// A step's rows, from the plan under the partial aggregate, for the windows' groups.
+    fn rows(&self, rows: &RecordBatch) -> Result<Part<'_>> {
+        let evaluate = |exprs: &[Arc<dyn PhysicalExpr>]| -> Result<Vec<ArrayRef>> {
+            exprs
+                .iter()
+                .map(|e| e.evaluate(rows)?.into_array(rows.num_rows()))
+                .collect()
+        };
+        let keys = evaluate(&self.keys)?;
+        let filters = self
+            .filters
+            .iter()
+            .map(|f| Ok(evaluate(f.as_slice())?.pop()))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(filter) = filters
+            .iter()
+            .flatten()
+            .find(|f| f.as_boolean_opt().is_none())
+        {
+            return Err(DataFusionError::Plan(format!(
+                "an aggregate's FILTER is {}, not a boolean",
+                filter.data_type()
+            )));
+        }
+        Ok(Part {
+            converter: &self.converter,
+            window: keys[self.window_column].clone(),
+            keys,
+            values: self
+                .arguments
+                .iter()
+                .map(|a| evaluate(a))
+                .collect::<Result<_>>()?,
+            filters,
+            states: false,
+        })
+    }
+
+    /// States a snapshot saved: rows of the partial aggregate's output.
+    fn states(&self, saved: &RecordBatch) -> Part<'_> {
+        let columns = saved.columns();
+        Part {
+            converter: &self.converter,
+            window: columns[self.window_column].clone(),
+            keys: columns[..self.groups].to_vec(),
+            values: self
+                .states
+                .iter()
+                .map(|s| columns[s.clone()].to_vec())
+                .collect(),
+            filters: vec![None; self.states.len()],
+            states: true,
+        }
     }
 }
 
