@@ -878,10 +878,11 @@ impl PartitionSource for ClusterPartition {
         self.wait(self.log.partition_size(&self.topic, self.partition))
     }
 
-    fn read_records(
+    fn read_records_at_most(
         &self,
         offset: u64,
         bytes_max: u64,
+        records_max: usize,
     ) -> Result<Vec<weir_storage::Record>, StorageError> {
         let fetched = self.wait(
             self.log
@@ -890,6 +891,7 @@ impl PartitionSource for ClusterPartition {
         Ok(weir_storage::decode_records_from(
             &fetched.batches,
             offset as i64,
+            records_max,
         )?)
     }
 

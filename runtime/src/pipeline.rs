@@ -832,9 +832,10 @@ pub(crate) fn step_records(
     if next_offset >= end {
         return Ok(Vec::new());
     }
-    let mut records = log.read_records(next_offset, STEP_BYTES_MAX)?;
+    let records_max = records_max.max(1) as usize;
+    let mut records = log.read_records_at_most(next_offset, STEP_BYTES_MAX, records_max)?;
     records.retain(|r| r.offset as u64 >= next_offset);
-    records.truncate(records_max.max(1) as usize);
+    records.truncate(records_max);
     Ok(records)
 }
 

@@ -732,18 +732,24 @@ pub fn validate_records(header: &BatchHeader, batch: &[u8]) -> Result<bool, Batc
 /// returns them), checking each CRC first and decompressing where needed. Control batches
 /// (transaction markers) are skipped: they hold no user records.
 pub fn decode_records(batches: &Bytes) -> Result<Vec<Record>, BatchError> {
-    decode_records_from(batches, i64::MIN)
+    decode_records_from(batches, i64::MIN, usize::MAX)
 }
 
 /// [`decode_records`] of the records at or after `offset`; those before it are stepped over,
-/// not built (a read starts at the batch that holds its first offset).
-pub fn decode_records_from(batches: &Bytes, offset: i64) -> Result<Vec<Record>, BatchError> {
+/// not built (a read starts at the batch that holds its first offset). Batches are checked and
+/// decoded until `records_max` records are: the batch that reaches it is decoded whole, the
+/// ones after it are not looked at.
+pub fn decode_records_from(
+    batches: &Bytes,
+    offset: i64,
+    records_max: usize,
+) -> Result<Vec<Record>, BatchError> {
     let mut out = Vec::new();
-    for_each_batch(batches, |header, body| {
+    for_each_batch_while(batches, |header, body| {
         if !header.is_control() && header.last_offset() >= offset {
             decode_batch_records_where(header, body, &mut out, |o| o >= offset)?;
         }
-        Ok(())
+        Ok(out.len() < records_max)
     })?;
     Ok(out)
 }
@@ -785,11 +791,21 @@ pub fn for_each_batch(
     batches: &Bytes,
     mut f: impl FnMut(&BatchHeader, Bytes) -> Result<(), BatchError>,
 ) -> Result<(), BatchError> {
+    for_each_batch_while(batches, |header, batch| f(header, batch).map(|()| true))
+}
+
+/// [`for_each_batch`] until `f` answers `false`; the batches after that one are not checked.
+fn for_each_batch_while(
+    batches: &Bytes,
+    mut f: impl FnMut(&BatchHeader, Bytes) -> Result<bool, BatchError>,
+) -> Result<(), BatchError> {
     let mut pos = 0usize;
     while pos < batches.len() {
         let header = validate_batch(&batches[pos..], u64::MAX)?;
         let end = pos + header.total_bytes() as usize;
-        f(&header, batches.slice(pos..end))?;
+        if !f(&header, batches.slice(pos..end))? {
+            break;
+        }
         pos = end;
     }
     Ok(())
@@ -944,6 +960,33 @@ mod tests {
             count_records_in(&Bytes::new(), 3, 9).unwrap().next_offset,
             9
         );
+    }
+
+    #[test]
+    fn a_read_for_some_records_stops_at_the_batch_that_has_them() {
+        let mut set = Vec::new();
+        // The third batch fails its check: only a decode that reaches it sees that.
+        for (base, n) in [(10i64, 3usize), (13, 4), (17, 1)] {
+            let mut builder = BatchBuilder::new(Compression::None);
+            (0..n).for_each(|i| builder.push(record(base as usize + i)));
+            let mut batch = builder.build().unwrap().to_vec();
+            set_base_offset(&mut batch, base);
+            set.extend_from_slice(&batch);
+        }
+        let last = set.len() - 1;
+        set[last] ^= 0xff;
+        let set = Bytes::from(set);
+        let offsets = |offset, most| -> Vec<i64> {
+            decode_records_from(&set, offset, most)
+                .unwrap()
+                .iter()
+                .map(|r| r.offset)
+                .collect()
+        };
+        assert_eq!(offsets(10, 1), vec![10, 11, 12]);
+        assert_eq!(offsets(11, 2), vec![11, 12]);
+        assert_eq!(offsets(11, 3), vec![11, 12, 13, 14, 15, 16]);
+        assert!(decode_records_from(&set, 11, 7).is_err());
     }
 
     #[test]

@@ -808,12 +808,27 @@ impl Log {
     /// Reads and decodes records from `offset` on, up to about `bytes_max` bytes of batches.
     /// Records before `offset` in the first batch are left out.
     pub fn read_records(&self, offset: u64, bytes_max: u64) -> Result<Vec<Record>> {
+        self.read_records_at_most(offset, bytes_max, usize::MAX)
+    }
+
+    /// [`Log::read_records`], decoding no batch after the one that brings the records to
+    /// `records_max`.
+    pub fn read_records_at_most(
+        &self,
+        offset: u64,
+        bytes_max: u64,
+        records_max: usize,
+    ) -> Result<Vec<Record>> {
         crate::reactor::check("reading a log");
         let read = self.read(offset, bytes_max)?;
         let Some(slice) = read.slice else {
             return Ok(Vec::new());
         };
-        Ok(decode_records_from(&slice.read()?, offset as i64)?)
+        Ok(decode_records_from(
+            &slice.read()?,
+            offset as i64,
+            records_max,
+        )?)
     }
 
     /// How many records `[start, end)` holds, over about `bytes_max` bytes of batches from

@@ -87,7 +87,17 @@ pub trait PartitionSource: Send + Sync {
     fn size(&self) -> Result<PartitionSize>;
     /// Decoded records from `offset` on, up to about `bytes_max` bytes of batches (at least one
     /// batch); none before `offset`.
-    fn read_records(&self, offset: u64, bytes_max: u64) -> Result<Vec<Record>>;
+    fn read_records(&self, offset: u64, bytes_max: u64) -> Result<Vec<Record>> {
+        self.read_records_at_most(offset, bytes_max, usize::MAX)
+    }
+    /// [`PartitionSource::read_records`], decoding no batch after the one that brings the
+    /// records to `records_max`.
+    fn read_records_at_most(
+        &self,
+        offset: u64,
+        bytes_max: u64,
+        records_max: usize,
+    ) -> Result<Vec<Record>>;
     /// The first offset stamped at or after `timestamp`, with its timestamp.
     fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>>;
     /// Where a reader stepping backwards from `end` starts to read about `bytes` bytes; see
@@ -201,8 +211,13 @@ impl PartitionSource for Log {
         })
     }
 
-    fn read_records(&self, offset: u64, bytes_max: u64) -> Result<Vec<Record>> {
-        Log::read_records(self, offset, bytes_max)
+    fn read_records_at_most(
+        &self,
+        offset: u64,
+        bytes_max: u64,
+        records_max: usize,
+    ) -> Result<Vec<Record>> {
+        Log::read_records_at_most(self, offset, bytes_max, records_max)
     }
 
     fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>> {
