@@ -178,6 +178,29 @@ impl StepDir {
     }
 }
 
+/// One step's records of every partition of `spec`'s input that has any from `next_offsets`,
+/// read in parallel.
+fn read(
+    topics: &dyn Topics,
+    spec: &PipelineSpec,
+    next_offsets: &BTreeMap<u32, u64>,
+) -> Result<Inputs, Error> {
+    let mut behind = Vec::new();
+    for (&partition, &next) in next_offsets {
+        let log = topics.partition(&spec.from, partition)?;
+        if next < log.offsets()?.1 {
+            behind.push((partition, log, next));
+        }
+    }
+    let records_max = spec.batch_records_max;
+    let read = in_parallel(behind, |(partition, log, next)| {
+        step_records(&*log, next, records_max).map(|records| (partition, records))
+    });
+    let mut inputs = read.into_iter().collect::<Result<Inputs, Error>>()?;
+    inputs.retain(|(_, records)| !records.is_empty());
+    Ok(inputs)
+}
+
 /// The name of step `seq` in a directory, and of a checkpoint's step that names none (saved
 /// by an earlier version).
 pub fn step_name(seq: u64) -> String {
@@ -353,7 +376,18 @@ pub struct OperatorRunner {
     /// How long the last save took.
     save_took: Duration,
     failures: Failures,
+    /// The next step's records, read while the operator worked on this step's.
+    ahead: Option<ReadAhead>,
 }
+
+/// Records read ahead, and the offsets they were read from.
+struct ReadAhead {
+    from: BTreeMap<u32, u64>,
+    read: Result<Vec<(u32, Vec<Record>)>, Error>,
+}
+
+/// Inputs per partition, each partition's records in offset order.
+type Inputs = Vec<(u32, Vec<Record>)>;
 
 impl OperatorRunner {
     pub fn new(
@@ -387,6 +421,7 @@ impl OperatorRunner {
             saved_at: Instant::now(),
             save_took: Duration::ZERO,
             failures: Failures::default(),
+            ahead: None,
         };
         runner.finish_appends(&checkpoint, batches)?;
         runner.open_partitions()?;
@@ -447,22 +482,41 @@ impl OperatorRunner {
         format!("{}/sql/{seq}/{chunk}", self.spec.name)
     }
 
-    /// One step's records of every partition that has any, read in parallel.
-    fn read(&self) -> Result<Vec<(u32, Vec<Record>)>, Error> {
-        let mut behind = Vec::new();
-        for (&partition, &next) in &self.next_offsets {
-            let log = self.topics.partition(&self.spec.from, partition)?;
-            if next < log.offsets()?.1 {
-                behind.push((partition, log, next));
+    /// This step's records: those read ahead when they are from where the step starts, or
+    /// read now.
+    fn inputs(&mut self) -> Result<Inputs, Error> {
+        if let Some(ahead) = self.ahead.take()
+            && ahead.from == self.next_offsets
+            && let Ok(inputs) = ahead.read
+            && !inputs.is_empty()
+        {
+            return Ok(inputs);
+        }
+        read(&*self.topics, &self.spec, &self.next_offsets)
+    }
+
+    /// Pushes `inputs` into the operator while the records after them are read ahead.
+    fn push(&mut self, inputs: &Inputs) -> Vec<Result<Emitted, String>> {
+        if inputs.is_empty() {
+            return self.operator.push(inputs, now_ms());
+        }
+        let mut from = self.next_offsets.clone();
+        for (partition, records) in inputs {
+            if let Some(last) = records.last() {
+                from.insert(*partition, last.offset as u64 + 1);
             }
         }
-        let records_max = self.spec.batch_records_max;
-        let read = in_parallel(behind, |(partition, log, next)| {
-            step_records(&*log, next, records_max).map(|records| (partition, records))
+        let (topics, spec, operator) = (&*self.topics, &self.spec, &mut self.operator);
+        let (results, read) = std::thread::scope(|scope| {
+            let reading = scope.spawn(|| read(topics, spec, &from));
+            let results = operator.push(inputs, now_ms());
+            let read = reading
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (results, read)
         });
-        let mut inputs = read.into_iter().collect::<Result<Vec<_>, Error>>()?;
-        inputs.retain(|(_, records)| !records.is_empty());
-        Ok(inputs)
+        self.ahead = Some(ReadAhead { from, read });
+        results
     }
 
     /// Reads one batch of every partition, feeds the operator, and saves and appends what it
@@ -476,8 +530,8 @@ impl OperatorRunner {
         let dead_letter_topic = self.spec.dead_letter_topic();
         let dead_partitions = dead_letter_partitions(&*self.topics, &self.spec)?;
         let output = self.spec.to[0].clone();
-        let inputs = self.read()?;
-        let results = self.operator.push(&inputs, now_ms());
+        let inputs = self.inputs()?;
+        let results = self.push(&inputs);
         for ((partition, records), result) in inputs.iter().zip(results) {
             self.next_offsets
                 .insert(*partition, records[records.len() - 1].offset as u64 + 1);
