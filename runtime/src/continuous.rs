@@ -552,9 +552,7 @@ impl OperatorRunner {
                             letter.by,
                         ));
                     }
-                    for (p, record) in emitted.records {
-                        outputs.entry((output.clone(), p)).or_default().push(record);
-                    }
+                    add_outputs(&mut outputs, &output, emitted.records);
                 }
                 Err(error) => {
                     for record in records {
@@ -578,9 +576,7 @@ impl OperatorRunner {
             Ok(emitted) => {
                 failed = emitted.failed_call.or(failed);
                 worked |= !emitted.records.is_empty();
-                for (p, record) in emitted.records {
-                    outputs.entry((output.clone(), p)).or_default().push(record);
-                }
+                add_outputs(&mut outputs, &output, emitted.records);
             }
             Err(error) => failed = Some(error),
         }
@@ -618,7 +614,7 @@ impl OperatorRunner {
         let (mut out_count, mut dead_count) = (0u64, 0u64);
         let dead_letter_topic = self.spec.dead_letter_topic();
         let mut pending = Vec::with_capacity(outputs.len());
-        let mut batches = Vec::with_capacity(outputs.len());
+        let mut chunks = Vec::with_capacity(outputs.len());
         for ((topic, partition), records) in outputs {
             if topic == dead_letter_topic {
                 dead_count += records.len() as u64;
@@ -632,8 +628,6 @@ impl OperatorRunner {
                 .into_iter()
                 .enumerate()
             {
-                let marker = Bytes::from(self.marker(self.seq + 1, chunk));
-                let batch = batch_with_marker(records, &marker)?;
                 pending.push(Pending {
                     topic: topic.clone(),
                     partition,
@@ -641,20 +635,42 @@ impl OperatorRunner {
                     from,
                     batch: String::new(),
                 });
-                batches.push(((topic.clone(), partition), batch));
+                chunks.push((Bytes::from(self.marker(self.seq + 1, chunk)), records));
             }
         }
-        let bytes: Vec<&[u8]> = batches.iter().map(|(_, batch)| batch.as_slice()).collect();
+        let batches = in_parallel(chunks, |(marker, records)| {
+            batch_with_marker(records, &marker)
+        })
+        .into_iter()
+        .collect::<Result<Vec<Bytes>, Error>>()?;
+        let bytes: Vec<&[u8]> = batches.iter().map(|batch| batch.as_ref()).collect();
         let results = Counted {
             records_out: out_count,
             dead_lettered: dead_count,
             late,
             ..Counted::default()
         };
+        let logs: Vec<(String, u32)> = pending
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition))
+            .collect();
         self.save(pending, &bytes, results)?;
-        for ((topic, partition), batch) in batches {
-            self.topics.append(&topic, partition, batch.into())?;
+        // Each log's batches in order; the logs side by side, so their syncs overlap.
+        let mut by_log: BTreeMap<(String, u32), Vec<Bytes>> = BTreeMap::new();
+        for (log, batch) in logs.into_iter().zip(batches) {
+            by_log.entry(log).or_default().push(batch);
         }
+        let topics = &*self.topics;
+        in_parallel(
+            by_log.into_iter().collect(),
+            |((topic, partition), batches)| {
+                batches
+                    .into_iter()
+                    .try_for_each(|batch| topics.append(&topic, partition, batch).map(drop))
+            },
+        )
+        .into_iter()
+        .collect::<Result<(), _>>()?;
         self.stats
             .records_out
             .fetch_add(out_count, Ordering::Relaxed);
@@ -697,6 +713,24 @@ impl OperatorRunner {
     fn count_failure(&mut self, failed: Option<String>) -> Option<String> {
         self.failures
             .count(&self.spec, &self.stats, failed, "failed batches")
+    }
+}
+
+/// Adds records of the output topic `topic`, by partition, to a step's `outputs`.
+fn add_outputs(
+    outputs: &mut BTreeMap<(String, u32), Vec<NewRecord>>,
+    topic: &str,
+    records: Vec<(u32, NewRecord)>,
+) {
+    let mut by_partition: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
+    for (partition, record) in records {
+        by_partition.entry(partition).or_default().push(record);
+    }
+    for (partition, records) in by_partition {
+        outputs
+            .entry((topic.to_owned(), partition))
+            .or_default()
+            .extend(records);
     }
 }
 
@@ -870,7 +904,9 @@ mod tests {
                 headers: Vec::new(),
             })
             .collect();
-        batch_with_marker(records, &Bytes::from(format!("echo/sql/{seq}/{chunk}"))).unwrap()
+        batch_with_marker(records, &Bytes::from(format!("echo/sql/{seq}/{chunk}")))
+            .unwrap()
+            .to_vec()
     }
 
     fn pending(chunk: usize, from: u64) -> Pending {

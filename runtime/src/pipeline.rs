@@ -814,7 +814,7 @@ impl Runner {
     ) -> Result<(), Error> {
         for ((topic, p), records) in groups {
             let batch = batch_with_marker(records, marker)?;
-            self.topics.append(&topic, p, batch.into())?;
+            self.topics.append(&topic, p, batch)?;
         }
         Ok(())
     }
@@ -875,7 +875,7 @@ impl Failures {
 }
 
 /// `records` as one batch, the last record carrying the header `weir.pipeline = marker`.
-pub(crate) fn batch_with_marker(records: Vec<NewRecord>, marker: &Bytes) -> Result<Vec<u8>, Error> {
+pub(crate) fn batch_with_marker(records: Vec<NewRecord>, marker: &Bytes) -> Result<Bytes, Error> {
     let mut builder = BatchBuilder::new(Compression::None);
     let count = records.len();
     for (index, mut record) in records.into_iter().enumerate() {
@@ -887,7 +887,7 @@ pub(crate) fn batch_with_marker(records: Vec<NewRecord>, marker: &Bytes) -> Resu
         }
         builder.push(record);
     }
-    Ok(builder.build()?.to_vec())
+    Ok(builder.build()?)
 }
 
 /// Partitions of `spec`'s dead-letter topic (at least one to spread over).

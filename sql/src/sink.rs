@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Int32Type, SchemaRef, TimestampMillisecondType};
 use datafusion::arrow::json::writer::LineDelimited;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::DataFusionError;
 use datafusion::datasource::sink::DataSink;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -81,12 +82,18 @@ impl TopicSink {
             .filter_map(|c| batch.schema().index_of(&c.name).ok())
             .collect();
         let typed = batch.project(&projection)?;
+        let columns: Vec<ArrayRef> = typed
+            .columns()
+            .iter()
+            .map(times_as_text)
+            .collect::<datafusion::common::Result<_>>()?;
         // Each column under the field it reads (`sample DOUBLE FROM value` writes `value`).
         let fields: Vec<_> = typed
             .schema()
             .fields()
             .iter()
-            .map(|f| {
+            .zip(&columns)
+            .map(|(f, column)| {
                 let path = self
                     .typed
                     .iter()
@@ -94,12 +101,13 @@ impl TopicSink {
                     .map(|c| c.path.clone());
                 f.as_ref()
                     .clone()
+                    .with_data_type(column.data_type().clone())
                     .with_name(path.unwrap_or_else(|| f.name().clone()))
             })
             .collect();
         let typed = RecordBatch::try_new(
             Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
-            typed.columns().to_vec(),
+            columns,
         )?;
         // One object a line: JSON escapes line breaks inside strings.
         let mut writer = datafusion::arrow::json::WriterBuilder::new()
@@ -133,37 +141,23 @@ impl TopicSink {
         partitions: u32,
     ) -> datafusion::common::Result<BTreeMap<u32, Vec<NewRecord>>> {
         let column = |name: &str| batch.column_by_name(name);
-        let binary = |name: &str, row: usize| -> Option<Bytes> {
-            let array = column(name)?;
-            if array.is_null(row) {
-                return None;
-            }
-            match array.data_type() {
-                DataType::Binary => {
-                    Some(Bytes::copy_from_slice(array.as_binary::<i32>().value(row)))
-                }
-                DataType::Utf8 => Some(Bytes::copy_from_slice(
-                    array.as_string::<i32>().value(row).as_bytes(),
-                )),
-                _ => None,
-            }
-        };
+        let (key, key_text) = (column("key"), column("key_text"));
+        let (value, value_text) = (column("value"), column("value_text"));
+        let times =
+            column("timestamp").and_then(|a| a.as_primitive_opt::<TimestampMillisecondType>());
+        let partition_of = column("partition");
         let typed_json = self.typed_values(batch)?;
         let mut out: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
         let now = now_ms();
         for row in 0..batch.num_rows() {
-            let key = binary("key", row).or_else(|| binary("key_text", row));
-            let value = binary("value", row)
-                .or_else(|| binary("value_text", row))
+            let key = bytes_at(key, row).or_else(|| bytes_at(key_text, row));
+            let value = bytes_at(value, row)
+                .or_else(|| bytes_at(value_text, row))
                 .or_else(|| typed_json.as_ref()?.get(row)?.clone());
-            let timestamp = column("timestamp")
-                .filter(|a| !a.is_null(row) && matches!(a.data_type(), DataType::Timestamp(..)))
-                .and_then(|a| {
-                    a.as_primitive_opt::<TimestampMillisecondType>()
-                        .map(|t| t.value(row))
-                })
-                .unwrap_or(now);
-            let partition = match column("partition").filter(|a| !a.is_null(row)) {
+            let timestamp = times
+                .filter(|t| !t.is_null(row))
+                .map_or(now, |t| t.value(row));
+            let partition = match partition_of.filter(|a| !a.is_null(row)) {
                 Some(array) => {
                     let p = array
                         .as_primitive_opt::<Int32Type>()
@@ -186,6 +180,47 @@ impl TopicSink {
         }
         Ok(out)
     }
+}
+
+/// Row `row` of a column of bytes or text, as bytes; `None` where it is NULL or the column is
+/// missing or of another type.
+fn bytes_at(array: Option<&ArrayRef>, row: usize) -> Option<Bytes> {
+    let array = array.filter(|a| !a.is_null(row))?;
+    match array.data_type() {
+        DataType::Binary => Some(Bytes::copy_from_slice(array.as_binary::<i32>().value(row))),
+        DataType::Utf8 => Some(Bytes::copy_from_slice(
+            array.as_string::<i32>().value(row).as_bytes(),
+        )),
+        _ => None,
+    }
+}
+
+/// `column`'s times as text, as arrow's JSON writer writes them, each time formatted once for
+/// a run of equal times (a window's result rows share its bounds); other columns as they are.
+fn times_as_text(column: &ArrayRef) -> datafusion::common::Result<ArrayRef> {
+    let Some(times) = column.as_primitive_opt::<TimestampMillisecondType>() else {
+        return Ok(column.clone());
+    };
+    let options = FormatOptions::new().with_display_error(true);
+    let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
+    let mut text = StringBuilder::with_capacity(times.len(), times.len() * 24);
+    let mut last: Option<(i64, String)> = None;
+    for row in 0..times.len() {
+        if times.is_null(row) {
+            text.append_null();
+            continue;
+        }
+        let time = times.value(row);
+        match &last {
+            Some((at, formatted)) if *at == time => text.append_value(formatted),
+            _ => {
+                let formatted = formatter.value(row).to_string();
+                text.append_value(&formatted);
+                last = Some((time, formatted));
+            }
+        }
+    }
+    Ok(Arc::new(text.finish()))
 }
 
 #[async_trait]
@@ -228,5 +263,65 @@ impl DataSink for TopicSink {
             }
         }
         Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use weir_storage::{Storage, StorageConfig};
+
+    use super::*;
+    use crate::value_schema::{UTC, parse_value_schema};
+
+    #[test]
+    fn typed_values_write_times_as_the_json_writer_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let typed = parse_value_schema("at TIMESTAMP, n BIGINT").unwrap();
+        let schema = Arc::new(crate::topic::topic_schema(&typed));
+        let sink = TopicSink::new(storage, "out".into(), schema, typed);
+        let times = [
+            Some(0),
+            Some(0),
+            None,
+            Some(1_700_000_000_123),
+            Some(-1),
+            Some(-1),
+        ];
+        let at = TimestampMillisecondArray::from(times.to_vec()).with_timezone(UTC);
+        let n = Int64Array::from(vec![1, 2, 3, 4, 5, 6]);
+        let fields = vec![
+            Field::new("at", at.data_type().clone(), true),
+            Field::new("n", DataType::Int64, true),
+        ];
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            vec![Arc::new(at), Arc::new(n)],
+        )
+        .unwrap();
+
+        let values = sink.typed_values(&batch).unwrap().unwrap();
+
+        let mut writer = datafusion::arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(false)
+            .build::<_, LineDelimited>(Vec::new());
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        let expected = String::from_utf8(writer.into_inner()).unwrap();
+        let written: Vec<&str> = values
+            .iter()
+            .map(|v| std::str::from_utf8(v.as_deref().unwrap()).unwrap())
+            .collect();
+        assert_eq!(written, expected.lines().collect::<Vec<_>>());
+        assert_eq!(written[2], r#"{"n":3}"#);
+        assert!(
+            written[5].contains("1969-12-31T23:59:59.999"),
+            "{}",
+            written[5]
+        );
     }
 }

@@ -41,18 +41,17 @@ impl Listeners {
         }
     }
 
-    /// Free ports picked now, to keep across restarts.
+    /// Free ports picked now, to keep across restarts; three different ones, as each is held
+    /// until all are picked.
     pub fn fixed() -> Listeners {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .to_string()
-        };
+        let held: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let port = |i: usize| held[i].local_addr().expect("a bound address").to_string();
         Listeners {
-            kafka: free(),
-            http: free(),
-            pg: free(),
+            kafka: port(0),
+            http: port(1),
+            pg: port(2),
         }
     }
 }
@@ -131,7 +130,12 @@ impl Node {
             startup: Vec::new(),
         };
         let ready = loop {
-            let line = node.wait_for("");
+            let Ok(line) = node.log.recv_timeout(Duration::from_secs(60)) else {
+                panic!(
+                    "the node did not start; its log lines:\n{}",
+                    node.startup.join("\n")
+                );
+            };
             node.startup.push(line.clone());
             if line.contains("Kafka listener ready") {
                 break line;

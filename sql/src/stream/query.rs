@@ -15,8 +15,8 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder, TimestampMillisecondArray,
-    UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, StringBuilder,
+    TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{cast, filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -505,25 +505,23 @@ impl Query {
             };
             aggregation.closed.put(groups.finish(aggregation)?);
             let batches = self.run(&aggregation.post)?;
-            for batch in batches {
-                out.extend(self.records(batch, Some(end))?);
+            out.reserve(batches.iter().map(RecordBatch::num_rows).sum());
+            let key_columns = aggregation.key_columns.clone();
+            let (sink, partitions) = self.sink()?;
+            // The rows of a window with many groups become records on every core.
+            let records = in_parallel(batches, |batch| {
+                let batch = with_key_and_time(batch, &key_columns, end)?;
+                sink.records(&batch, partitions)
+            });
+            for by_partition in records {
+                out.extend(flatten(by_partition?));
             }
         }
         Ok(out)
     }
 
-    /// The output records of rows of the query; `window_end` is the time of a window's rows.
-    fn records(
-        &mut self,
-        batch: RecordBatch,
-        window_end: Option<i64>,
-    ) -> Result<Vec<(u32, NewRecord)>> {
-        let batch = match (&self.aggregation, window_end) {
-            (Some(aggregation), Some(end)) => {
-                with_key_and_time(batch, &aggregation.key_columns, end)?
-            }
-            _ => batch,
-        };
+    /// The sink that turns result rows into records of the output topic, and its partitions.
+    fn sink(&mut self) -> Result<(&TopicSink, u32)> {
         if self.sink.is_none() {
             let meta = self
                 .topics
@@ -538,14 +536,16 @@ impl Query {
             );
             self.sink = Some((sink, meta.partitions));
         }
-        let Some((sink, partitions)) = &self.sink else {
-            return Ok(Vec::new());
-        };
-        Ok(sink
-            .records(&batch, *partitions)?
-            .into_iter()
-            .flat_map(|(p, records)| records.into_iter().map(move |r| (p, r)))
-            .collect())
+        match &self.sink {
+            Some((sink, partitions)) => Ok((sink, *partitions)),
+            None => Err(DataFusionError::Internal("no sink".into())),
+        }
+    }
+
+    /// The output records of rows of a query without windows.
+    fn records(&mut self, batch: RecordBatch) -> Result<Vec<(u32, NewRecord)>> {
+        let (sink, partitions) = self.sink()?;
+        Ok(flatten(sink.records(&batch, partitions)?).collect())
     }
 
     /// Takes the rows built from one step's records of `partition`.
@@ -557,7 +557,7 @@ impl Query {
             // Without an aggregate, each record's rows are written as it comes.
             self.input.put(batch);
             for batch in self.run(&self.pre.clone())? {
-                emitted.records.extend(self.records(batch, None)?);
+                emitted.records.extend(self.records(batch)?);
             }
             return Ok(emitted);
         };
@@ -715,6 +715,13 @@ fn add(
     Ok(())
 }
 
+/// Records by partition as (partition, record) pairs.
+fn flatten(by_partition: BTreeMap<u32, Vec<NewRecord>>) -> impl Iterator<Item = (u32, NewRecord)> {
+    by_partition
+        .into_iter()
+        .flat_map(|(p, records)| records.into_iter().map(move |r| (p, r)))
+}
+
 fn ms_text(ms: i64) -> String {
     datafusion::common::ScalarValue::TimestampMillisecond(Some(ms), Some(UTC.into())).to_string()
 }
@@ -736,24 +743,23 @@ fn with_key_and_time(
         .map(|c| cast(c, &DataType::Utf8))
         .collect::<std::result::Result<_, _>>()?;
     if !keys.is_empty() && !has("key") && !has("key_text") {
-        let mut text = StringBuilder::new();
-        for row in 0..batch.num_rows() {
-            let parts: Vec<Option<&str>> = keys
-                .iter()
-                .map(|k| {
-                    let k = k
-                        .as_any()
-                        .downcast_ref::<datafusion::arrow::array::StringArray>()?;
-                    (!k.is_null(row)).then(|| k.value(row))
-                })
-                .collect();
-            match parts.as_slice() {
-                [one] => text.append_option(*one),
-                _ => text.append_value(serde_json::json!(parts).to_string()),
+        let text: ArrayRef = match keys.as_slice() {
+            [one] => one.clone(),
+            _ => {
+                let keys: Vec<&StringArray> = keys.iter().map(|k| k.as_string::<i32>()).collect();
+                let mut text = StringBuilder::new();
+                for row in 0..batch.num_rows() {
+                    let parts: Vec<Option<&str>> = keys
+                        .iter()
+                        .map(|k| (!k.is_null(row)).then(|| k.value(row)))
+                        .collect();
+                    text.append_value(serde_json::json!(parts).to_string());
+                }
+                Arc::new(text.finish())
             }
-        }
+        };
         fields.push(Field::new("key_text", DataType::Utf8, true));
-        columns.push(Arc::new(text.finish()));
+        columns.push(text);
     }
     if !has("timestamp") {
         let times =
