@@ -167,7 +167,16 @@ struct Part<'a> {
     /// Each function's arguments, or its state columns.
     values: Vec<Vec<ArrayRef>>,
     filters: Vec<Option<ArrayRef>>,
-    states: bool,
+    feed: Feed,
+}
+
+/// What a [`Part`] holds, and so how its accumulators take it.
+#[derive(Clone, Copy)]
+enum Feed {
+    /// A step's rows: each function's arguments, for `update_batch`.
+    Rows,
+    /// Saved states, for `merge_batch`.
+    States,
 }
 
 impl Part<'_> {
@@ -189,7 +198,7 @@ impl Part<'_> {
                 .iter()
                 .map(|f| f.as_ref().map(|f| take(f, rows, None)).transpose())
                 .collect::<std::result::Result<_, _>>()?,
-            states: self.states,
+            feed: self.feed,
         })
     }
 }
@@ -263,11 +272,12 @@ impl Groups {
             .zip(&part.values)
             .zip(&part.filters)
         {
-            if part.states {
-                accumulator.merge_batch(values, &indices, total)?;
-            } else {
-                let filter = filter.as_ref().map(|f| f.as_boolean());
-                accumulator.update_batch(values, &indices, filter, total)?;
+            match part.feed {
+                Feed::States => accumulator.merge_batch(values, &indices, total)?,
+                Feed::Rows => {
+                    let filter = filter.as_ref().map(|f| f.as_boolean());
+                    accumulator.update_batch(values, &indices, filter, total)?;
+                }
             }
         }
         Ok(())
@@ -409,8 +419,8 @@ impl Query {
                             .into(),
                     )
                 })?;
-                let aggregation = Aggregation::new(&aggregate, top, closed, window)?;
-                let under_partial = aggregate.children()[0].children()[0].clone();
+                let (aggregation, under_partial) =
+                    Aggregation::new(&aggregate, top, closed, window)?;
                 (under_partial, Some(aggregation))
             }
         };
@@ -814,12 +824,14 @@ fn cut(plan: Plan, closed: &Arc<Slot>) -> Result<(Plan, Option<Plan>), Error> {
 }
 
 impl Aggregation {
+    /// The aggregation of `final_plan`, and the plan under its partial aggregate (what runs on
+    /// a step's rows).
     fn new(
         final_plan: &Arc<dyn ExecutionPlan>,
         post: Arc<dyn ExecutionPlan>,
         closed: Arc<Slot>,
         window: &WindowSpec,
-    ) -> Result<Aggregation, Error> {
+    ) -> Result<(Aggregation, Plan), Error> {
         let aggregate = final_plan
             .downcast_ref::<AggregateExec>()
             .ok_or_else(|| Error::Refused("not an aggregate".into()))?;
@@ -877,7 +889,7 @@ impl Aggregation {
             .filter(|n| post.schema().index_of(n).is_ok())
             .map(|n| (*n).to_owned())
             .collect();
-        Ok(Aggregation {
+        let aggregation = Aggregation {
             post,
             closed,
             functions,
@@ -892,11 +904,10 @@ impl Aggregation {
             partial_schema,
             final_schema,
             key_columns,
-        })
+        };
+        Ok((aggregation, partial.input().clone()))
     }
-}
 
-impl Aggregation {
     /// A step's rows, from the plan under the partial aggregate, for the windows' groups.
     fn rows(&self, rows: &RecordBatch) -> Result<Part<'_>> {
         let evaluate = |exprs: &[Arc<dyn PhysicalExpr>]| -> Result<Vec<ArrayRef>> {
@@ -931,7 +942,7 @@ impl Aggregation {
                 .map(|a| evaluate(a))
                 .collect::<Result<_>>()?,
             filters,
-            states: false,
+            feed: Feed::Rows,
         })
     }
 
@@ -948,7 +959,7 @@ impl Aggregation {
                 .map(|s| columns[s.clone()].to_vec())
                 .collect(),
             filters: vec![None; self.states.len()],
-            states: true,
+            feed: Feed::States,
         }
     }
 }
