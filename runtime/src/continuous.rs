@@ -12,11 +12,16 @@
 //! does not hold yet. A step without results saves nothing (a replay of it is as good as the
 //! first run), except once a second (less often for a state that takes long to save) so a
 //! restart rereads little.
+//!
+//! Saving and appending run on a thread of their own while the operator works on the next
+//! steps; a save starts once the one before it is appended, and a runner is dropped only once
+//! its last save is appended.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -251,16 +256,23 @@ impl StepStore for StepDir {
 
 /// The saved steps of one SQL pipeline, in a [`StepStore`]: each the operator's state and the
 /// step's result batches, under a CRC-32C. Only the step of the checkpoint in the metadata
-/// store is kept.
+/// store (`checkpoints`) is kept.
+#[derive(Clone)]
 pub struct StepFiles {
     store: Arc<dyn StepStore>,
+    checkpoints: Tree<SqlCheckpoint>,
     pipeline: String,
 }
 
 impl StepFiles {
-    pub fn new(store: Arc<dyn StepStore>, pipeline: &str) -> StepFiles {
+    pub fn new(
+        store: Arc<dyn StepStore>,
+        checkpoints: Tree<SqlCheckpoint>,
+        pipeline: &str,
+    ) -> StepFiles {
         StepFiles {
             store,
+            checkpoints,
             pipeline: pipeline.to_string(),
         }
     }
@@ -323,17 +335,16 @@ impl StepFiles {
             .keep_only(&self.pipeline, &checkpoint.step_name());
     }
 
-    /// Saves a checkpoint: its step, then its record in `checkpoints` naming the step; then
-    /// drops the steps it replaces.
+    /// Saves a checkpoint: its step, then its record in the metadata store naming the step;
+    /// then drops the steps it replaces.
     fn commit(
         &self,
-        checkpoints: &Tree<SqlCheckpoint>,
         checkpoint: &mut SqlCheckpoint,
         state: &[u8],
         batches: &[&[u8]],
     ) -> Result<(), Error> {
         checkpoint.step = Some(self.write(checkpoint.seq, state, batches)?);
-        checkpoints.insert(&self.pipeline, checkpoint)?;
+        self.checkpoints.insert(&self.pipeline, checkpoint)?;
         self.keep_only(checkpoint);
         Ok(())
     }
@@ -364,7 +375,6 @@ fn b64() -> &'static base64::engine::GeneralPurpose {
 pub struct OperatorRunner {
     spec: PipelineSpec,
     topics: Arc<dyn Topics>,
-    checkpoints: Tree<SqlCheckpoint>,
     files: StepFiles,
     operator: Box<dyn Operator>,
     stats: Arc<Stats>,
@@ -375,6 +385,10 @@ pub struct OperatorRunner {
     saved_at: Instant,
     /// How long the last save took.
     save_took: Duration,
+    /// The save in progress.
+    saving: Option<JoinHandle<Result<Saved, Error>>>,
+    /// The operator's gauges after the last step, until the saves before it are appended.
+    unshown: Option<Gauges>,
     failures: Failures,
     /// The next step's records, read while the operator worked on this step's.
     ahead: Option<ReadAhead>,
@@ -389,6 +403,88 @@ struct ReadAhead {
 /// Inputs per partition, each partition's records in offset order.
 type Inputs = Vec<(u32, Vec<Record>)>;
 
+/// A step's results by log, dead letters included.
+type Outputs = BTreeMap<(String, u32), Vec<NewRecord>>;
+
+/// A checkpoint to save, and the results to append once it is saved.
+struct Save {
+    /// The checkpoint, its `pending` batches still to list.
+    checkpoint: SqlCheckpoint,
+    state: Vec<u8>,
+    outputs: Outputs,
+    /// What the outputs add to the stats.
+    results: Counted,
+    snapshot_took: Duration,
+}
+
+/// A save made: the results it appended, and how long saving took.
+struct Saved {
+    results: Counted,
+    took: Duration,
+}
+
+impl Save {
+    /// Builds the results' marked batches, saves them with the checkpoint, then appends
+    /// them: each log's batches in order, the logs side by side so their syncs overlap.
+    fn run(mut self, files: &StepFiles, topics: &dyn Topics) -> Result<Saved, Error> {
+        let started = Instant::now();
+        let seq = self.checkpoint.seq;
+        let mut chunks = Vec::with_capacity(self.outputs.len());
+        for ((topic, partition), records) in self.outputs {
+            // Where a restart looks for these batches: the end of what is acknowledged now.
+            let from = topics.partition(&topic, partition)?.offsets()?.1;
+            let bytes_max = topics.batch_bytes_max(&topic)?;
+            for (chunk, records) in in_batches(records, bytes_max.saturating_sub(MARKER_ROOM))
+                .into_iter()
+                .enumerate()
+            {
+                chunks.push((marker(&files.pipeline, seq, chunk), records));
+                self.checkpoint.pending.push(Pending {
+                    topic: topic.clone(),
+                    partition,
+                    chunk,
+                    from,
+                    batch: String::new(),
+                });
+            }
+        }
+        let batches = in_parallel(chunks, |(marker, records)| {
+            batch_with_marker(records, &Bytes::from(marker))
+        })
+        .into_iter()
+        .collect::<Result<Vec<Bytes>, Error>>()?;
+        let bytes: Vec<&[u8]> = batches.iter().map(|batch| batch.as_ref()).collect();
+        files.commit(&mut self.checkpoint, &self.state, &bytes)?;
+        let took = self.snapshot_took + started.elapsed();
+        let mut by_log: BTreeMap<(&str, u32), Vec<Bytes>> = BTreeMap::new();
+        for (pending, batch) in self.checkpoint.pending.iter().zip(batches) {
+            by_log
+                .entry((&pending.topic, pending.partition))
+                .or_default()
+                .push(batch);
+        }
+        in_parallel(
+            by_log.into_iter().collect(),
+            |((topic, partition), batches)| {
+                batches
+                    .into_iter()
+                    .try_for_each(|batch| topics.append(topic, partition, batch).map(drop))
+            },
+        )
+        .into_iter()
+        .collect::<Result<(), _>>()?;
+        Ok(Saved {
+            results: self.results,
+            took,
+        })
+    }
+}
+
+/// The marker of batch `chunk` of a partition's results of step `seq` of `pipeline`.
+fn marker(pipeline: &str, seq: u64, chunk: usize) -> String {
+    format!("{pipeline}/sql/{seq}/{chunk}")
+}
+
 impl OperatorRunner {
     pub fn new(
         spec: PipelineSpec,
@@ -399,7 +495,7 @@ impl OperatorRunner {
     ) -> Result<OperatorRunner, Error> {
         let checkpoint = checkpoints.get(&spec.name)?.unwrap_or_default();
         stats.resume_from(checkpoint.counted);
-        let files = StepFiles::new(steps, &spec.name);
+        let files = StepFiles::new(steps, checkpoints, &spec.name);
         let (state, batches) = match checkpoint.seq {
             0 => Default::default(),
             _ => files.load(&checkpoint)?,
@@ -411,7 +507,6 @@ impl OperatorRunner {
         let mut runner = OperatorRunner {
             spec,
             topics,
-            checkpoints,
             files,
             operator,
             stats,
@@ -420,6 +515,8 @@ impl OperatorRunner {
             unsaved: false,
             saved_at: Instant::now(),
             save_took: Duration::ZERO,
+            saving: None,
+            unshown: None,
             failures: Failures::default(),
             ahead: None,
         };
@@ -446,7 +543,7 @@ impl OperatorRunner {
         }
         for (pending, batch) in checkpoint.pending.iter().zip(batches) {
             let log = self.topics.partition(&pending.topic, pending.partition)?;
-            let marker = self.marker(checkpoint.seq, pending.chunk);
+            let marker = marker(&self.spec.name, checkpoint.seq, pending.chunk);
             if holds_header(&*log, pending.from, MARKER_HEADER, marker.as_bytes())? {
                 continue;
             }
@@ -472,14 +569,9 @@ impl OperatorRunner {
             opened = true;
         }
         if opened {
-            self.save(Vec::new(), &[], Counted::default())?;
+            self.save(Outputs::new(), 0)?;
         }
         Ok(())
-    }
-
-    /// The marker of batch `chunk` of a partition's results of step `seq`.
-    fn marker(&self, seq: u64, chunk: usize) -> String {
-        format!("{}/sql/{seq}/{chunk}", self.spec.name)
     }
 
     /// This step's records: those read ahead when they are from where the step starts, or
@@ -519,12 +611,12 @@ impl OperatorRunner {
         results
     }
 
-    /// Reads one batch of every partition, feeds the operator, and saves and appends what it
-    /// produced.
+    /// Reads one batch of every partition, feeds the operator, and starts saving and appending
+    /// what it produced. A step with nothing to do answers once every save is appended.
     pub fn step(&mut self) -> Result<Step, Error> {
         self.open_partitions()?;
         let mut worked = false;
-        let mut outputs: BTreeMap<(String, u32), Vec<NewRecord>> = BTreeMap::new();
+        let mut outputs = Outputs::new();
         let mut failed = None;
         let mut late = 0;
         let dead_letter_topic = self.spec.dead_letter_topic();
@@ -584,11 +676,93 @@ impl OperatorRunner {
         self.unsaved |= worked;
         let due = CHECKPOINT_EVERY.max(self.save_took * CHECKPOINT_SHARE);
         if !outputs.is_empty() || (self.unsaved && self.saved_at.elapsed() >= due) {
-            self.save_and_append(outputs, late)?;
+            self.save(outputs, late)?;
         }
-        // Shown once what they describe is in the topics.
-        self.stats.late.fetch_add(late, Ordering::Relaxed);
-        let gauges = self.operator.gauges();
+        self.unshown = Some(self.operator.gauges());
+        if !worked {
+            self.settle()?;
+        }
+        if self.saving.is_none() {
+            self.show_gauges();
+        }
+        if let Some(reason) = self.count_failure(failed) {
+            return Ok(Step::Pause(reason));
+        }
+        Ok(if worked { Step::Worked } else { Step::Idle })
+    }
+
+    /// Saves the operator's state and the input offsets as the next sequence number with the
+    /// step's `outputs`, then appends them; `late` records of the step are among the dead
+    /// letters. Both happen on a thread of their own while the next steps run: the next save
+    /// waits for this one ([`OperatorRunner::settle`]).
+    fn save(&mut self, outputs: Outputs, late: u64) -> Result<(), Error> {
+        self.settle()?;
+        let started = Instant::now();
+        let state = self.operator.snapshot().map_err(Error::Invalid)?;
+        let dead_letter_topic = self.spec.dead_letter_topic();
+        let mut results = Counted {
+            late,
+            ..Counted::default()
+        };
+        for ((topic, _), records) in &outputs {
+            let count = records.len() as u64;
+            if *topic == dead_letter_topic {
+                results.dead_lettered += count;
+            } else {
+                results.records_out += count;
+            }
+        }
+        let save = Save {
+            checkpoint: SqlCheckpoint {
+                seq: self.seq + 1,
+                next_offsets: self.next_offsets.clone(),
+                pending: Vec::new(),
+                in_file: true,
+                step: None,
+                state: String::new(),
+                counted: self.stats.counted().plus(results),
+            },
+            state,
+            outputs,
+            results,
+            snapshot_took: started.elapsed(),
+        };
+        let (files, topics) = (self.files.clone(), self.topics.clone());
+        let saving = std::thread::Builder::new()
+            .name("weir-sql-save".into())
+            .spawn(move || save.run(&files, &*topics))
+            .map_err(|e| Error::Invalid(format!("cannot start saving a step: {e}")))?;
+        self.saving = Some(saving);
+        self.seq += 1;
+        self.unsaved = false;
+        self.saved_at = Instant::now();
+        Ok(())
+    }
+
+    /// Waits for the save in progress, if any, and counts its results, which are in their
+    /// logs now.
+    fn settle(&mut self) -> Result<(), Error> {
+        let Some(saving) = self.saving.take() else {
+            return Ok(());
+        };
+        let saved = saving
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let count = |counter: &AtomicU64, n| counter.fetch_add(n, Ordering::Relaxed);
+        count(&self.stats.records_out, saved.results.records_out);
+        count(&self.stats.dead_lettered, saved.results.dead_lettered);
+        count(&self.stats.late, saved.results.late);
+        self.save_took = saved.took;
+        self.show_gauges();
+        Ok(())
+    }
+
+    /// Shows the gauges of the last step: its watermark says which windows' results are in
+    /// the output, so they wait for the save in progress.
+    fn show_gauges(&mut self) {
+        let Some(gauges) = self.unshown.take() else {
+            return;
+        };
         self.stats
             .open_windows
             .store(gauges.open_windows, Ordering::Relaxed);
@@ -598,115 +772,6 @@ impl OperatorRunner {
         self.stats
             .watermark_ms
             .store(gauges.watermark_ms.unwrap_or(i64::MIN), Ordering::Relaxed);
-        if let Some(reason) = self.count_failure(failed) {
-            return Ok(Step::Pause(reason));
-        }
-        Ok(if worked { Step::Worked } else { Step::Idle })
-    }
-
-    /// Saves the checkpoint of the next sequence number with `outputs`, then appends them.
-    /// `late` records of the step are among the dead letters.
-    fn save_and_append(
-        &mut self,
-        outputs: BTreeMap<(String, u32), Vec<NewRecord>>,
-        late: u64,
-    ) -> Result<(), Error> {
-        let (mut out_count, mut dead_count) = (0u64, 0u64);
-        let dead_letter_topic = self.spec.dead_letter_topic();
-        let mut pending = Vec::with_capacity(outputs.len());
-        let mut chunks = Vec::with_capacity(outputs.len());
-        for ((topic, partition), records) in outputs {
-            if topic == dead_letter_topic {
-                dead_count += records.len() as u64;
-            } else {
-                out_count += records.len() as u64;
-            }
-            // Where a restart looks for these batches: the end of what is acknowledged now.
-            let from = self.topics.partition(&topic, partition)?.offsets()?.1;
-            let bytes_max = self.topics.batch_bytes_max(&topic)?;
-            for (chunk, records) in in_batches(records, bytes_max.saturating_sub(MARKER_ROOM))
-                .into_iter()
-                .enumerate()
-            {
-                pending.push(Pending {
-                    topic: topic.clone(),
-                    partition,
-                    chunk,
-                    from,
-                    batch: String::new(),
-                });
-                chunks.push((Bytes::from(self.marker(self.seq + 1, chunk)), records));
-            }
-        }
-        let batches = in_parallel(chunks, |(marker, records)| {
-            batch_with_marker(records, &marker)
-        })
-        .into_iter()
-        .collect::<Result<Vec<Bytes>, Error>>()?;
-        let bytes: Vec<&[u8]> = batches.iter().map(|batch| batch.as_ref()).collect();
-        let results = Counted {
-            records_out: out_count,
-            dead_lettered: dead_count,
-            late,
-            ..Counted::default()
-        };
-        let logs: Vec<(String, u32)> = pending
-            .iter()
-            .map(|p| (p.topic.clone(), p.partition))
-            .collect();
-        self.save(pending, &bytes, results)?;
-        // Each log's batches in order; the logs side by side, so their syncs overlap.
-        let mut by_log: BTreeMap<(String, u32), Vec<Bytes>> = BTreeMap::new();
-        for (log, batch) in logs.into_iter().zip(batches) {
-            by_log.entry(log).or_default().push(batch);
-        }
-        let topics = &*self.topics;
-        in_parallel(
-            by_log.into_iter().collect(),
-            |((topic, partition), batches)| {
-                batches
-                    .into_iter()
-                    .try_for_each(|batch| topics.append(&topic, partition, batch).map(drop))
-            },
-        )
-        .into_iter()
-        .collect::<Result<(), _>>()?;
-        self.stats
-            .records_out
-            .fetch_add(out_count, Ordering::Relaxed);
-        self.stats
-            .dead_lettered
-            .fetch_add(dead_count, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Saves the operator's state and the input offsets, durably, as the next sequence number.
-    /// `batches` are the step's results, one a `pending` entry, counted in `results` and not yet
-    /// in the stats.
-    fn save(
-        &mut self,
-        pending: Vec<Pending>,
-        batches: &[&[u8]],
-        results: Counted,
-    ) -> Result<(), Error> {
-        let started = Instant::now();
-        let state = self.operator.snapshot().map_err(Error::Invalid)?;
-        let mut checkpoint = SqlCheckpoint {
-            seq: self.seq + 1,
-            next_offsets: self.next_offsets.clone(),
-            pending,
-            in_file: true,
-            step: None,
-            state: String::new(),
-            counted: self.stats.counted().plus(results),
-        };
-        self.files
-            .commit(&self.checkpoints, &mut checkpoint, &state, batches)?;
-        self.seq = checkpoint.seq;
-        self.unsaved = false;
-        self.saved_at = Instant::now();
-        self.save_took = started.elapsed();
-        Ok(())
     }
 
     /// Counts a failed step; answers why the pipeline pauses once too many came in a row.
@@ -716,12 +781,19 @@ impl OperatorRunner {
     }
 }
 
+/// A runner stops once its last save is whole and appended, so the next runner of the
+/// pipeline (after a pause, or on another node once this one gives its turn back) starts from
+/// a checkpoint no save of this one follows.
+impl Drop for OperatorRunner {
+    fn drop(&mut self) {
+        if let Err(error) = self.settle() {
+            tracing::warn!(pipeline = %self.spec.name, %error, "the last step's save or append failed; the pipeline resumes from its last checkpoint");
+        }
+    }
+}
+
 /// Adds records of the output topic `topic`, by partition, to a step's `outputs`.
-fn add_outputs(
-    outputs: &mut BTreeMap<(String, u32), Vec<NewRecord>>,
-    topic: &str,
-    records: Vec<(u32, NewRecord)>,
-) {
+fn add_outputs(outputs: &mut Outputs, topic: &str, records: Vec<(u32, NewRecord)>) {
     let mut by_partition: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
     for (partition, record) in records {
         by_partition.entry(partition).or_default().push(record);
@@ -875,8 +947,8 @@ mod tests {
 
         /// Saves `checkpoint` with `state` and `batches` as the runner does.
         fn commit(&self, checkpoint: &SqlCheckpoint, state: &[u8], batches: &[&[u8]]) {
-            StepFiles::new(self.steps(), "echo")
-                .commit(&self.checkpoints, &mut checkpoint.clone(), state, batches)
+            StepFiles::new(self.steps(), self.checkpoints.clone(), "echo")
+                .commit(&mut checkpoint.clone(), state, batches)
                 .unwrap();
         }
 
@@ -932,6 +1004,7 @@ mod tests {
         append(&node.storage, "in", &vec![value.as_str(); 900]);
         let mut runner = node.open(spec(), 3).unwrap();
         assert!(matches!(runner.step().unwrap(), Step::Worked));
+        assert!(matches!(runner.step().unwrap(), Step::Idle));
         let out = node.storage.log("out", 0).unwrap();
         assert_eq!(out.high_watermark(), 2700);
         drop(runner);
@@ -959,6 +1032,7 @@ mod tests {
         let mut runner = node.open(spec(), 1).unwrap();
         assert!(matches!(runner.step().unwrap(), Step::Worked));
         let out = node.storage.log("out", 0).unwrap();
+        assert!(matches!(runner.step().unwrap(), Step::Idle));
         assert_eq!(out.high_watermark(), 3);
         drop(runner);
 
@@ -976,6 +1050,7 @@ mod tests {
         assert!(matches!(runner.step().unwrap(), Step::Idle));
         append(&node.storage, "in", &["f"]);
         assert!(matches!(runner.step().unwrap(), Step::Worked));
+        drop(runner);
         assert_eq!(
             node.out_values(0),
             ["a", "b", "c", "d", "e", "f"].map(Bytes::from).to_vec()
@@ -1052,7 +1127,7 @@ mod tests {
         assert_eq!(saved.step.as_deref(), Some("2-1"), "{saved:?}");
 
         // A writer whose turn ended writes the same step again; its checkpoint is refused.
-        let stale = StepFiles::new(store.clone(), "echo");
+        let stale = StepFiles::new(store.clone(), node.checkpoints.clone(), "echo");
         stale.write(saved.seq, &99u64.to_le_bytes(), &[]).unwrap();
         let mut runner = node.open_on(spec(), 1, store.clone()).unwrap();
         assert_eq!(
@@ -1062,6 +1137,55 @@ mod tests {
         );
         let kept: Vec<String> = store.steps.lock().unwrap().keys().cloned().collect();
         assert_eq!(kept, ["echo/2-1"], "the other write is gone");
+    }
+
+    /// A store whose writes fail while `failing` is set.
+    #[derive(Default)]
+    struct Failing {
+        failing: std::sync::atomic::AtomicBool,
+        steps: NamedApart,
+    }
+
+    impl StepStore for Failing {
+        fn write(&self, pipeline: &str, seq: u64, parts: &[&[u8]]) -> Result<String, Error> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(Error::Invalid("the disk is full".into()));
+            }
+            self.steps.write(pipeline, seq, parts)
+        }
+        fn read(&self, pipeline: &str, name: &str) -> Result<Vec<u8>, Error> {
+            self.steps.read(pipeline, name)
+        }
+        fn keep_only(&self, pipeline: &str, name: &str) {
+            self.steps.keep_only(pipeline, name);
+        }
+        fn remove(&self, pipeline: &str) -> Result<(), Error> {
+            self.steps.remove(pipeline)
+        }
+    }
+
+    #[test]
+    fn a_save_that_fails_fails_a_later_step_and_its_results_come_once_from_a_restart() {
+        let node = Fixture::new();
+        let store = Arc::new(Failing::default());
+        let mut runner = node.open_on(spec(), 1, store.clone()).unwrap();
+        assert!(matches!(runner.step().unwrap(), Step::Idle));
+        store.failing.store(true, Ordering::Relaxed);
+        append(&node.storage, "in", &["a", "b"]);
+        // The step's save fails on its own thread; the step after hears of it.
+        assert!(matches!(runner.step().unwrap(), Step::Worked));
+        let Err(error) = runner.step() else {
+            panic!("the failed save went unheard");
+        };
+        assert!(error.to_string().contains("the disk is full"), "{error}");
+        drop(runner);
+        assert!(node.out_values(0).is_empty(), "nothing appended unsaved");
+
+        store.failing.store(false, Ordering::Relaxed);
+        let mut runner = node.open_on(spec(), 1, store.clone()).unwrap();
+        assert!(matches!(runner.step().unwrap(), Step::Worked));
+        assert!(matches!(runner.step().unwrap(), Step::Idle));
+        assert_eq!(node.out_values(0), ["a", "b"].map(Bytes::from).to_vec());
     }
 
     #[test]

@@ -527,7 +527,7 @@ impl Pipelines {
         while !control.stop.load(Ordering::Acquire) {
             if control.paused.load(Ordering::Acquire) {
                 // Drop the instances while paused; a resume starts from the checkpoint.
-                self.end_turn(&spec.name, &control);
+                self.end_turn(&spec.name, &control).await;
                 tokio::time::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
                 continue;
             }
@@ -580,25 +580,25 @@ impl Pipelines {
                 Ok(Err(error)) => {
                     tracing::warn!(pipeline = %spec.name, %error, "pipeline step failed; retrying");
                     stats.note_error(error.to_string());
-                    *locks::lock(&control.runner) = None;
+                    drop_runner(&control).await;
                     tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
                 }
                 Err(join) => {
                     let reason = format!("pipeline step panicked: {join}");
                     tracing::error!(pipeline = %spec.name, %reason);
-                    *locks::lock(&control.runner) = None;
+                    drop_runner(&control).await;
                     if let Err(e) = self.set_paused(&spec.name, true, Some(reason)) {
                         tracing::error!(pipeline = %spec.name, error = %e, "cannot record the pause");
                     }
                 }
             }
         }
-        self.end_turn(&spec.name, &control);
+        self.end_turn(&spec.name, &control).await;
     }
 
     /// Drops the pipeline's runner and gives back the turn this node took at it, if any.
-    fn end_turn(&self, name: &str, control: &Control) {
-        *locks::lock(&control.runner) = None;
+    async fn end_turn(&self, name: &str, control: &Control) {
+        drop_runner(control).await;
         if control.turn.swap(false, Ordering::AcqRel) {
             self.turns.give_back(name);
         }
@@ -796,6 +796,19 @@ impl Pipelines {
         for r in running {
             let _ = r.task.await;
         }
+    }
+}
+
+/// Drops a pipeline's runner on a blocking thread: a continuous query's waits for its last
+/// save.
+async fn drop_runner(control: &Control) {
+    let runner = locks::lock(&control.runner).take();
+    if let Some(runner) = runner
+        && let Err(e) =
+            tokio::task::spawn_blocking(move || weir_storage::reactor::blocking(|| drop(runner)))
+                .await
+    {
+        tracing::error!(error = %e, "dropping a pipeline's runner panicked");
     }
 }
 
