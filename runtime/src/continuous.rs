@@ -386,7 +386,7 @@ pub struct OperatorRunner {
     /// How long the last save took.
     save_took: Duration,
     /// The save in progress.
-    saving: Option<JoinHandle<Result<Saved, Error>>>,
+    saving: Option<Saving>,
     /// The operator's gauges after the last step, until the saves before it are appended.
     unshown: Option<Gauges>,
     failures: Failures,
@@ -412,21 +412,20 @@ struct Save {
     checkpoint: SqlCheckpoint,
     state: Vec<u8>,
     outputs: Outputs,
-    /// What the outputs add to the stats.
-    results: Counted,
-    snapshot_took: Duration,
 }
 
-/// A save made: the results it appended, and how long saving took.
-struct Saved {
+/// A save on its thread, which answers how long it took, and what it adds to the stats once
+/// it is appended.
+struct Saving {
+    thread: JoinHandle<Result<Duration, Error>>,
     results: Counted,
-    took: Duration,
+    snapshot_took: Duration,
 }
 
 impl Save {
     /// Builds the results' marked batches, saves them with the checkpoint, then appends
     /// them: each log's batches in order, the logs side by side so their syncs overlap.
-    fn run(mut self, files: &StepFiles, topics: &dyn Topics) -> Result<Saved, Error> {
+    fn run(mut self, files: &StepFiles, topics: &dyn Topics) -> Result<Duration, Error> {
         let started = Instant::now();
         let seq = self.checkpoint.seq;
         let mut chunks = Vec::with_capacity(self.outputs.len());
@@ -455,7 +454,7 @@ impl Save {
         .collect::<Result<Vec<Bytes>, Error>>()?;
         let bytes: Vec<&[u8]> = batches.iter().map(|batch| batch.as_ref()).collect();
         files.commit(&mut self.checkpoint, &self.state, &bytes)?;
-        let took = self.snapshot_took + started.elapsed();
+        let took = started.elapsed();
         let mut by_log: BTreeMap<(&str, u32), Vec<Bytes>> = BTreeMap::new();
         for (pending, batch) in self.checkpoint.pending.iter().zip(batches) {
             by_log
@@ -473,10 +472,7 @@ impl Save {
         )
         .into_iter()
         .collect::<Result<(), _>>()?;
-        Ok(Saved {
-            results: self.results,
-            took,
-        })
+        Ok(took)
     }
 }
 
@@ -724,15 +720,18 @@ impl OperatorRunner {
             },
             state,
             outputs,
-            results,
-            snapshot_took: started.elapsed(),
         };
+        let snapshot_took = started.elapsed();
         let (files, topics) = (self.files.clone(), self.topics.clone());
-        let saving = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("weir-sql-save".into())
             .spawn(move || save.run(&files, &*topics))
             .map_err(|e| Error::Invalid(format!("cannot start saving a step: {e}")))?;
-        self.saving = Some(saving);
+        self.saving = Some(Saving {
+            thread,
+            results,
+            snapshot_took,
+        });
         self.seq += 1;
         self.unsaved = false;
         self.saved_at = Instant::now();
@@ -745,14 +744,16 @@ impl OperatorRunner {
         let Some(saving) = self.saving.take() else {
             return Ok(());
         };
-        let saved = saving
+        let took = saving
+            .thread
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let results = saving.results;
         let count = |counter: &AtomicU64, n| counter.fetch_add(n, Ordering::Relaxed);
-        count(&self.stats.records_out, saved.results.records_out);
-        count(&self.stats.dead_lettered, saved.results.dead_lettered);
-        count(&self.stats.late, saved.results.late);
-        self.save_took = saved.took;
+        count(&self.stats.records_out, results.records_out);
+        count(&self.stats.dead_lettered, results.dead_lettered);
+        count(&self.stats.late, results.late);
+        self.save_took = saving.snapshot_took + took;
         self.show_gauges();
         Ok(())
     }
