@@ -1481,8 +1481,17 @@ mod tests {
     }
 
     fn join(c: &Coordinator, member_id: &str, session_ms: i32) -> Reply<JoinOutcome> {
+        join_group(c, "g", member_id, session_ms)
+    }
+
+    fn join_group(
+        c: &Coordinator,
+        group: &str,
+        member_id: &str,
+        session_ms: i32,
+    ) -> Reply<JoinOutcome> {
         c.join(JoinRequest {
-            group: "g".into(),
+            group: group.into(),
             member_id: member_id.into(),
             instance_id: None,
             client_id: "test".into(),
@@ -1681,6 +1690,32 @@ mod tests {
             c.commit_check("g", &a, 2),
             Err(GroupError::IllegalGeneration)
         );
+    }
+
+    #[test]
+    fn a_new_group_past_the_groups_bound_is_refused_until_one_leaves_memory() {
+        let (_dir, c) = coordinator();
+        let mut first = (0..GROUPS_MAX)
+            .map(|n| later(join_group(&c, &format!("g{n}"), "", 60_000)))
+            .collect::<Vec<_>>()
+            .swap_remove(0);
+        assert_eq!(c.usage().groups, GROUPS_MAX);
+        let Reply::Now(refused) = join_group(&c, "one-too-many", "", 60_000) else {
+            panic!("a group past the bound is refused at once");
+        };
+        assert_eq!(refused.error, Some(GroupError::GroupMaxSizeReached));
+        // A group already held still takes members.
+        let _second = later(join_group(&c, "g1", "", 60_000));
+        assert_eq!(c.usage().groups, GROUPS_MAX);
+
+        c.tick(Instant::now() + INITIAL_REBALANCE_DELAY + Duration::from_millis(50));
+        let joined = first.try_recv().unwrap();
+        assert_eq!(joined.error, None);
+        assert_eq!(c.leave("g0", &[(joined.member_id, None)]), vec![Ok(())]);
+        c.tick(Instant::now());
+        assert_eq!(c.usage().groups, GROUPS_MAX - 1);
+        let _admitted = later(join_group(&c, "one-too-many", "", 60_000));
+        assert_eq!(c.usage().groups, GROUPS_MAX);
     }
 
     #[test]
