@@ -1,12 +1,15 @@
 //! Fork-join over the machine's cores, for the steps of a pipeline that read and decode
 //! several partitions at once.
 
+use std::sync::OnceLock;
 use std::thread;
 
 /// `f` over `items`, on up to as many threads as the machine has cores (the calling thread is
 /// one of them); the answers in the order of `items`. A panic in `f` is raised again here.
 pub fn in_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    // Asked once: the answer reads the process's cgroup files each time.
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get()));
     let workers = cores.min(items.len());
     if workers <= 1 {
         return items.into_iter().map(f).collect();

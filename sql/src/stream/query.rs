@@ -149,14 +149,22 @@ struct Aggregation {
 
 /// The groups of one open window and their accumulators.
 struct Groups {
-    /// Each group's index, found by its key.
-    table: HashTable<usize>,
+    /// Each group's key's hash and index, found by its key; the hash is kept so the table
+    /// grows without hashing the keys again.
+    table: HashTable<(u64, usize)>,
     hasher: DefaultHashBuilder,
     /// The groups' keys (rows of the row converter) one after the other: group `i`'s ends at
     /// `ends[i]`.
     keys: Vec<u8>,
     ends: Vec<usize>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+/// Room for groups to reserve.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Room {
+    groups: usize,
+    key_bytes: usize,
 }
 
 /// Rows for the windows' groups: a step's rows, or states saved by a snapshot.
@@ -204,7 +212,11 @@ impl Part<'_> {
 }
 
 impl Groups {
-    fn new(aggregation: &Aggregation) -> Result<Groups> {
+    /// A window's empty groups, with room for `room`'s groups and key bytes: the windows of a
+    /// query mostly see the same keys, and a table grown one doubling at a time moves every
+    /// group it holds on each.
+    fn new(aggregation: &Aggregation, room: Room) -> Result<Groups> {
+        let Room { groups, key_bytes } = room;
         let accumulators = aggregation
             .functions
             .iter()
@@ -220,16 +232,23 @@ impl Groups {
             })
             .collect::<Result<_>>()?;
         Ok(Groups {
-            table: HashTable::new(),
+            table: HashTable::with_capacity(groups),
             hasher: DefaultHashBuilder::default(),
-            keys: Vec::new(),
-            ends: Vec::new(),
+            keys: Vec::with_capacity(key_bytes),
+            ends: Vec::with_capacity(groups),
             accumulators,
         })
     }
 
     fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    fn room(&self) -> Room {
+        Room {
+            groups: self.len(),
+            key_bytes: self.keys.len(),
+        }
     }
 
     /// Group `i`'s key.
@@ -252,14 +271,14 @@ impl Groups {
         for row in rows.iter() {
             let key: &[u8] = row.as_ref();
             let hash = hasher.hash_one(key);
-            let index = match table.find(hash, |i| Self::key(keys, ends, *i) == key) {
-                Some(index) => *index,
+            let found = table.find(hash, |&(h, i)| h == hash && Self::key(keys, ends, i) == key);
+            let index = match found {
+                Some(&(_, index)) => index,
                 None => {
                     let index = ends.len();
                     keys.extend_from_slice(key);
                     ends.push(keys.len());
-                    table
-                        .insert_unique(hash, index, |i| hasher.hash_one(Self::key(keys, ends, *i)));
+                    table.insert_unique(hash, (hash, index), |&(h, _)| h);
                     index
                 }
             };
@@ -712,9 +731,16 @@ fn add(
     }
     let whole = by_window.len() == 1 && bounds.null_count() == 0;
     for (key, rows) in by_window {
+        // A new window makes room for as many groups as the largest open one holds.
+        let room = match windows.contains_key(&key) {
+            true => Room::default(),
+            false => windows.values().map(Groups::room).max().unwrap_or_default(),
+        };
         let groups = match windows.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => e.insert(Groups::new(aggregation)?),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(Groups::new(aggregation, room)?)
+            }
         };
         if whole {
             groups.add(&part)?;
