@@ -161,10 +161,26 @@ struct Groups {
 }
 
 /// Room for groups to reserve.
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Room {
     groups: usize,
     key_bytes: usize,
+}
+
+impl Room {
+    /// The room a new window makes: as much as the largest open window holds (`largest`), cut
+    /// to what the bound on open groups leaves once the open windows' `held` room (used or
+    /// not) is counted, so reserving never holds more than the bound allows.
+    fn for_new_window(largest: Room, held: usize, open_groups_max: u64) -> Room {
+        let left = usize::try_from(open_groups_max)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(held);
+        let groups = largest.groups.min(left);
+        Room {
+            groups,
+            key_bytes: largest.key_bytes / largest.groups.max(1) * groups,
+        }
+    }
 }
 
 /// Rows for the windows' groups: a step's rows, or states saved by a snapshot.
@@ -249,6 +265,11 @@ impl Groups {
             groups: self.len(),
             key_bytes: self.keys.len(),
         }
+    }
+
+    /// Groups this window has room for, used or not.
+    fn held(&self) -> usize {
+        self.ends.capacity()
     }
 
     /// Group `i`'s key.
@@ -636,6 +657,7 @@ impl Query {
             if let (Some(aggregation), Some(window)) = (&self.aggregation, &self.window) {
                 add(
                     &mut self.windows,
+                    self.open_groups_max,
                     aggregation,
                     window,
                     aggregation.rows(&rows)?,
@@ -702,6 +724,7 @@ impl Query {
         for state in reader {
             add(
                 &mut self.windows,
+                self.open_groups_max,
                 aggregation,
                 window,
                 aggregation.states(&state?),
@@ -714,6 +737,7 @@ impl Query {
 /// Adds a part's rows to the groups of the windows they are of, opening windows as needed.
 fn add(
     windows: &mut BTreeMap<(i64, i64), Groups>,
+    open_groups_max: u64,
     aggregation: &Aggregation,
     window: &WindowSpec,
     part: Part,
@@ -731,10 +755,14 @@ fn add(
     }
     let whole = by_window.len() == 1 && bounds.null_count() == 0;
     for (key, rows) in by_window {
-        // A new window makes room for as many groups as the largest open one holds.
-        let room = match windows.contains_key(&key) {
-            true => Room::default(),
-            false => windows.values().map(Groups::room).max().unwrap_or_default(),
+        let room = if windows.contains_key(&key) {
+            Room::default()
+        } else {
+            Room::for_new_window(
+                windows.values().map(Groups::room).max().unwrap_or_default(),
+                windows.values().map(Groups::held).sum(),
+                open_groups_max,
+            )
         };
         let groups = match windows.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
@@ -1096,4 +1124,34 @@ pub(crate) fn output_fits(output: &Schema, typed: &[TypedColumn]) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Room;
+
+    #[test]
+    fn a_new_window_reserves_no_more_than_the_bound_on_open_groups_leaves() {
+        let largest = Room {
+            groups: 1000,
+            key_bytes: 16_000,
+        };
+        assert_eq!(Room::for_new_window(largest, 1024, 1_000_000), largest);
+        // Other windows already hold room for 999 600 groups: 400 are left.
+        assert_eq!(
+            Room::for_new_window(largest, 999_600, 1_000_000),
+            Room {
+                groups: 400,
+                key_bytes: 6400
+            }
+        );
+        assert_eq!(
+            Room::for_new_window(largest, 2_000_000, 1_000_000),
+            Room::default()
+        );
+        assert_eq!(
+            Room::for_new_window(Room::default(), 0, 1_000_000),
+            Room::default()
+        );
+    }
 }
