@@ -110,12 +110,36 @@ struct Group {
     epoch: i64,
     /// State, generation and members count as last reported to the store.
     reported: Option<(State, i32, usize)>,
+    /// Bytes of metadata and assignments its members held when last counted, part of `held`.
+    bytes: u64,
+    /// What all the coordinator's groups hold together.
+    held: HeldBytes,
+}
+
+/// Bytes of member metadata and assignments all of a coordinator's groups hold, kept as a
+/// running total so that admitting a join does not walk every group. Each group adds what it
+/// holds when it counts its members again, and takes it away when it is dropped.
+#[derive(Clone, Default)]
+struct HeldBytes(Arc<AtomicU64>);
+
+impl HeldBytes {
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.held.0.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Group {
-    fn new(epoch: i64) -> Self {
+    fn new(epoch: i64, held: HeldBytes) -> Self {
         Group {
             epoch,
+            bytes: 0,
+            held,
             state: State::Empty,
             generation: 0,
             protocol_type: None,
@@ -127,6 +151,15 @@ impl Group {
             initial: false,
             reported: None,
         }
+    }
+
+    /// Counts the bytes its members hold again, after members came, went or changed their
+    /// metadata or assignments, and moves the coordinator's total by the difference.
+    fn recount(&mut self) {
+        let bytes = self.metadata_bytes();
+        self.held.0.fetch_add(bytes, Ordering::Relaxed);
+        self.held.0.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.bytes = bytes;
     }
 
     /// The group `name` as it is left for other nodes, if it changed since it was last.
@@ -171,16 +204,10 @@ fn check_join(r: &JoinRequest) -> Result<(), GroupError> {
     Ok(())
 }
 
-/// Bytes of metadata and assignments the members of all `groups` hold.
-fn held_bytes(groups: &HashMap<String, Group>) -> u64 {
-    groups.values().map(Group::metadata_bytes).sum()
-}
-
 /// Whether the coordinator has room for the join: its metadata within the member's bound and
-/// what all groups hold, a new group within the number of groups.
-fn admit(groups: &HashMap<String, Group>, r: &JoinRequest) -> Result<(), GroupError> {
+/// what all groups `held`, a new group within the number of groups.
+fn admit(groups: &HashMap<String, Group>, held: u64, r: &JoinRequest) -> Result<(), GroupError> {
     let metadata_bytes: usize = r.protocols.iter().map(|(n, m)| n.len() + m.len()).sum();
-    let held = held_bytes(groups);
     if metadata_bytes > MEMBER_METADATA_BYTES_MAX
         || held + metadata_bytes as u64 > GROUPS_METADATA_BYTES_MAX
     {
@@ -523,7 +550,7 @@ impl StableGroup {
 
     /// The group again, under the hold `epoch`, its members seen `now`; `None` when a saved
     /// value is not one (bytes not base64, a timeout out of its bounds, too many members).
-    fn restore(self, epoch: i64, now: Instant) -> Option<Group> {
+    fn restore(self, epoch: i64, held: HeldBytes, now: Instant) -> Option<Group> {
         use base64::Engine as _;
         let bytes = |text: &str| {
             base64::engine::general_purpose::STANDARD
@@ -560,15 +587,15 @@ impl StableGroup {
             };
             members.insert(m.id, member);
         }
-        Some(Group {
-            state: State::Stable,
-            generation: self.generation,
-            protocol_type: self.protocol_type,
-            protocol: self.protocol,
-            leader: self.leader,
-            members,
-            ..Group::new(epoch)
-        })
+        let mut group = Group::new(epoch, held);
+        group.state = State::Stable;
+        group.generation = self.generation;
+        group.protocol_type = self.protocol_type;
+        group.protocol = self.protocol;
+        group.leader = self.leader;
+        group.members = members;
+        group.recount();
+        Some(group)
     }
 }
 
@@ -720,6 +747,7 @@ impl GroupStore for LocalGroupStore {
 
 pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
+    held: HeldBytes,
     store: Arc<dyn GroupStore>,
     next_member: AtomicU64,
 }
@@ -777,6 +805,7 @@ impl Coordinator {
     pub fn new(store: Arc<dyn GroupStore>) -> Self {
         Coordinator {
             groups: Mutex::new(HashMap::new()),
+            held: HeldBytes::default(),
             store,
             next_member: AtomicU64::new(1),
         }
@@ -812,12 +841,11 @@ impl Coordinator {
             && let Some(saved) = self.store.taken_over(group_id)
         {
             let generation = saved.generation;
-            match saved.restore(epoch, Instant::now()) {
-                // Held within the bounds a join is admitted under.
+            match saved.restore(epoch, self.held.clone(), Instant::now()) {
+                // Held within the bounds a join is admitted under (its bytes already counted).
                 Some(group)
                     if groups.len() < GROUPS_MAX
-                        && held_bytes(&groups) + group.metadata_bytes()
-                            <= GROUPS_METADATA_BYTES_MAX =>
+                        && self.held.get() <= GROUPS_METADATA_BYTES_MAX =>
                 {
                     tracing::info!(
                         group = group_id,
@@ -866,10 +894,10 @@ impl Coordinator {
         let epoch = self.acting(&r.group).map_err(refuse)?;
         let now = Instant::now();
         let mut groups = self.lock_for(&r.group, epoch);
-        admit(&groups, &r).map_err(refuse)?;
+        admit(&groups, self.held.get(), &r).map_err(refuse)?;
         let group = groups
             .entry(r.group.clone())
-            .or_insert_with(|| Group::new(epoch));
+            .or_insert_with(|| Group::new(epoch, self.held.clone()));
         group.check_protocols(&r).map_err(refuse)?;
         let static_id = group.static_member(&r);
         if let Some(id) = &static_id
@@ -881,7 +909,9 @@ impl Coordinator {
         if !group.members.contains_key(&member_id) && group.members.len() >= GROUP_MEMBERS_MAX {
             return Err(refuse(GroupError::GroupMaxSizeReached));
         }
-        Ok(group.enter(member_id, r, now))
+        let waiting = group.enter(member_id, r, now);
+        group.recount();
+        Ok(waiting)
     }
 
     /// The id the joining member goes by: its own, a returning static member's, or a new one —
@@ -977,6 +1007,7 @@ impl Coordinator {
                     for (id, m) in group.members.iter_mut() {
                         m.assignment = by_member.remove(id).unwrap_or_default();
                     }
+                    group.recount();
                     group.state = State::Stable;
                     let waiting: Vec<_> = group
                         .members
@@ -1063,6 +1094,7 @@ impl Coordinator {
             }
         }
         after_departure(group, now);
+        group.recount();
         // The generation left on the lease is over: a node taking the group over must not
         // wait for members that left. Told with the lock let go (the store may wait).
         if let Some(note) = group.changed(group_id) {
@@ -1096,6 +1128,7 @@ impl Coordinator {
             if group.state == State::PreparingRebalance {
                 try_complete_join(group, now);
             }
+            group.recount();
         }
         // An empty group keeps nothing worth memory: its committed offsets are in the store.
         // A group whose hold this node lost is another node's now.
@@ -1113,11 +1146,16 @@ impl Coordinator {
     /// bytes of metadata and assignments all members hold.
     pub fn usage(&self) -> GroupsUsage {
         let groups = self.lock();
+        debug_assert_eq!(
+            self.held.get(),
+            groups.values().map(Group::metadata_bytes).sum::<u64>(),
+            "the running total of bytes the groups hold"
+        );
         GroupsUsage {
             groups: groups.len(),
             leases: self.store.leases(),
             largest_members: groups.values().map(|g| g.members.len()).max().unwrap_or(0),
-            metadata_bytes: held_bytes(&groups),
+            metadata_bytes: self.held.get(),
         }
     }
 
@@ -1614,7 +1652,11 @@ mod tests {
         assert_eq!(ja.leader, a_id);
         let b_id = jb.member_id;
         let _sb = later(c.sync("g", &b_id, 2, Vec::new()));
-        let _sa = later(c.sync("g", &a_id, 2, vec![(a_id.clone(), Bytes::new())]));
+        let assignments = vec![
+            (a_id.clone(), Bytes::from_static(b"pa")),
+            (b_id.clone(), Bytes::from_static(b"pb")),
+        ];
+        let _sa = later(c.sync("g", &a_id, 2, assignments));
         assert_eq!(c.describe("g").state, State::Stable);
         (a_id, b_id)
     }
@@ -1667,14 +1709,21 @@ mod tests {
         let (a, _) = stable_pair(&c, 60_000);
         assert_eq!(c.usage().groups, 1);
         assert_eq!(c.usage().largest_members, 2);
-        assert!(c.usage().metadata_bytes > 0);
-        let members: Vec<(String, Option<String>)> = c
+        // Each member: the protocol's name and metadata ("range", "meta"), its assignment.
+        assert_eq!(c.usage().metadata_bytes, 2 * (5 + 4 + 2));
+        let mut members: Vec<(String, Option<String>)> = c
             .describe("g")
             .members
             .into_iter()
             .map(|m| (m.member_id, None))
             .collect();
-        assert_eq!(c.leave("g", &members), vec![Ok(()), Ok(())]);
+        let last = members.split_off(1);
+        assert_eq!(c.leave("g", &members), vec![Ok(())]);
+        // The member that left holds nothing from then on; the one left keeps its assignment
+        // until the rebalance its leaving started completes.
+        assert_eq!(c.usage().metadata_bytes, 5 + 4 + 2);
+        assert_eq!(c.leave("g", &last), vec![Ok(())]);
+        assert_eq!(c.usage().metadata_bytes, 0);
         c.tick(Instant::now());
         assert_eq!(
             c.usage(),
@@ -1887,6 +1936,7 @@ mod tests {
         let next = Coordinator::new(handover(&next_dir, left.stable));
         assert_eq!(next.heartbeat("g", &a, 2), Ok(()));
         assert_eq!(next.heartbeat("g", &b, 2), Ok(()));
+        assert_eq!(next.usage().metadata_bytes, 2 * (5 + 4 + 2));
         assert_eq!(next.commit_check("g", &b, 2), Ok(()));
         assert_eq!(
             next.commit_check("g", &b, 1),
