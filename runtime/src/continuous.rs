@@ -61,14 +61,33 @@ pub trait Operator: Send {
 /// What a push or tick produced.
 #[derive(Default)]
 pub struct Emitted {
-    /// Records for the output topic, each with its partition.
-    pub records: Vec<(u32, NewRecord)>,
+    /// Records for the output topic.
+    pub records: ByPartition,
     /// Records of the push that came after their window closed.
     pub late: Vec<Dead>,
     /// Records of the push that a plugin failed on.
     pub failed: Vec<Dead>,
     /// A plugin call that failed, counted towards pausing the pipeline.
     pub failed_call: Option<String>,
+}
+
+/// Records by partition, each partition's in order.
+pub type ByPartition = BTreeMap<u32, Vec<NewRecord>>;
+
+/// Adds `more` records to `records`, each partition's after the ones it has.
+pub fn extend_by_partition(records: &mut ByPartition, more: ByPartition) {
+    for (partition, more) in more {
+        append_records(records.entry(partition).or_default(), more);
+    }
+}
+
+/// Adds `more` after `records`; moves them, without a copy, when there are none yet.
+fn append_records(records: &mut Vec<NewRecord>, mut more: Vec<NewRecord>) {
+    if records.is_empty() {
+        *records = more;
+    } else {
+        records.append(&mut more);
+    }
 }
 
 /// A record of a push that goes to the dead-letter topic.
@@ -794,16 +813,12 @@ impl Drop for OperatorRunner {
 }
 
 /// Adds records of the output topic `topic`, by partition, to a step's `outputs`.
-fn add_outputs(outputs: &mut Outputs, topic: &str, records: Vec<(u32, NewRecord)>) {
-    let mut by_partition: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
-    for (partition, record) in records {
-        by_partition.entry(partition).or_default().push(record);
-    }
-    for (partition, records) in by_partition {
-        outputs
-            .entry((topic.to_owned(), partition))
-            .or_default()
-            .extend(records);
+fn add_outputs(outputs: &mut Outputs, topic: &str, records: ByPartition) {
+    for (partition, records) in records {
+        append_records(
+            outputs.entry((topic.to_owned(), partition)).or_default(),
+            records,
+        );
     }
 }
 
@@ -837,18 +852,15 @@ mod tests {
                     let records = records
                         .iter()
                         .flat_map(|r| std::iter::repeat_n(r, self.copies))
-                        .map(|r| {
-                            let record = NewRecord {
-                                timestamp: r.timestamp,
-                                key: None,
-                                value: r.value.clone(),
-                                headers: Vec::new(),
-                            };
-                            (0, record)
+                        .map(|r| NewRecord {
+                            timestamp: r.timestamp,
+                            key: None,
+                            value: r.value.clone(),
+                            headers: Vec::new(),
                         })
                         .collect();
                     Ok(Emitted {
-                        records,
+                        records: ByPartition::from([(0, records)]),
                         ..Emitted::default()
                     })
                 })

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use weir::Kind;
-use weir_storage::{NewRecord, Record, Topics, locks};
+use weir_storage::{Record, Topics, locks};
 
-use crate::continuous::{Dead, Emitted, Gauges, Operator};
+use crate::continuous::{ByPartition, Dead, Emitted, Gauges, Operator};
 use crate::pipeline::{Item, PipelineSpec, Stage, StagesOutcome, Stats, run_chain};
 use crate::registry::Registry;
 use crate::watermark::EventClock;
@@ -173,19 +173,20 @@ impl PluginWindows {
     }
 
     /// The aggregate's results, each with the output partition it goes to.
-    fn results(&self, output: &crate::Output) -> Vec<(u32, NewRecord)> {
-        output
-            .records
-            .iter()
-            .map(|out| {
-                let partition = match (out.partition, &out.record.key) {
-                    (Some(p), _) if p < self.partitions => p,
-                    (_, Some(key)) => partition_for_key(key, self.partitions),
-                    (_, None) => 0,
-                };
-                (partition, out.record.clone())
-            })
-            .collect()
+    fn results(&self, output: &crate::Output) -> ByPartition {
+        let mut results = ByPartition::new();
+        for out in &output.records {
+            let partition = match (out.partition, &out.record.key) {
+                (Some(p), _) if p < self.partitions => p,
+                (_, Some(key)) => partition_for_key(key, self.partitions),
+                (_, None) => 0,
+            };
+            results
+                .entry(partition)
+                .or_default()
+                .push(out.record.clone());
+        }
+        results
     }
 
     /// The watermark as of `now_ms`, if it moved past the one the aggregate was last given.

@@ -6,22 +6,24 @@
 //! goes there; a keyed row goes where Kafka's default partitioner would put its key; the others
 //! are spread round-robin. `offset` and `headers` are assigned by the log and ignored.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder};
-use datafusion::arrow::datatypes::{DataType, Int32Type, SchemaRef, TimestampMillisecondType};
-use datafusion::arrow::json::writer::LineDelimited;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, StructArray};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Fields, Int32Type, SchemaRef, TimestampMillisecondType,
+};
+use datafusion::arrow::json::writer::{EncoderOptions, make_encoder};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::DataFusionError;
 use datafusion::datasource::sink::DataSink;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
 use futures::StreamExt;
+use weir_runtime::continuous::ByPartition;
 use weir_storage::{BatchBuilder, Compression, NewRecord, Topics, now_ms};
 
 use crate::topic::{RECORD_COLUMNS, external};
@@ -29,6 +31,8 @@ use crate::value_schema::TypedColumn;
 
 /// Records appended per batch written to a partition.
 const BATCH_RECORDS_MAX: usize = 1000;
+/// Rows whose JSON objects size the buffer for all of a batch's.
+const SIZING_ROWS: usize = 64;
 
 pub struct TopicSink {
     topics: Arc<dyn Topics>,
@@ -105,33 +109,33 @@ impl TopicSink {
                     .with_name(path.unwrap_or_else(|| f.name().clone()))
             })
             .collect();
-        let typed = RecordBatch::try_new(
-            Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
-            columns,
-        )?;
-        // One object a line: JSON escapes line breaks inside strings.
-        let mut writer = datafusion::arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(false)
-            .build::<_, LineDelimited>(Vec::new());
-        writer.write(&typed)?;
-        writer.finish()?;
-        let text = Bytes::from(writer.into_inner());
-        let mut values = Vec::with_capacity(batch.num_rows());
+        let rows = batch.num_rows();
+        let fields = Fields::from(fields);
+        let objects = StructArray::try_new_with_length(fields.clone(), columns, None, rows)?;
+        let row = Arc::new(Field::new_struct("", fields, false));
+        let options = EncoderOptions::default().with_explicit_nulls(false);
+        let mut encoder = make_encoder(&row, &objects, &options)?;
+        // Every row's object in one buffer, which the values share; sized from the first rows.
+        let mut text = Vec::with_capacity(SIZING_ROWS.min(rows) * 64);
+        let mut ends = Vec::with_capacity(rows);
+        for row in 0..rows {
+            encoder.encode(row, &mut text);
+            ends.push(text.len());
+            if row + 1 == SIZING_ROWS {
+                text.reserve((text.len() / SIZING_ROWS + 1) * (rows - SIZING_ROWS) * 9 / 8);
+            }
+        }
+        let text = Bytes::from(text);
         let mut start = 0;
-        let ends = text.iter().enumerate().filter(|(_, b)| **b == b'\n');
-        for (end, _) in ends {
-            let object = text.slice(start..end);
-            values.push((object.as_ref() != b"{}").then_some(object));
-            start = end + 1;
-        }
-        if values.len() != batch.num_rows() {
-            return Err(DataFusionError::Internal(format!(
-                "{} JSON objects for {} rows",
-                values.len(),
-                batch.num_rows()
-            )));
-        }
-        Ok(Some(values))
+        Ok(Some(
+            ends.into_iter()
+                .map(|end| {
+                    let object = text.slice(start..end);
+                    start = end;
+                    (object.as_ref() != b"{}").then_some(object)
+                })
+                .collect(),
+        ))
     }
 
     /// The records of one batch of rows, by partition.
@@ -139,24 +143,23 @@ impl TopicSink {
         &self,
         batch: &RecordBatch,
         partitions: u32,
-    ) -> datafusion::common::Result<BTreeMap<u32, Vec<NewRecord>>> {
-        let column = |name: &str| batch.column_by_name(name);
+    ) -> datafusion::common::Result<ByPartition> {
+        let column = |name: &str| BytesColumn::of(batch.column_by_name(name));
         let (key, key_text) = (column("key"), column("key_text"));
         let (value, value_text) = (column("value"), column("value_text"));
-        let times =
-            column("timestamp").and_then(|a| a.as_primitive_opt::<TimestampMillisecondType>());
-        let partition_of = column("partition");
-        let typed_json = self.typed_values(batch)?;
-        let mut out: BTreeMap<u32, Vec<NewRecord>> = BTreeMap::new();
-        let now = now_ms();
-        for row in 0..batch.num_rows() {
-            let key = bytes_at(key, row).or_else(|| bytes_at(key_text, row));
-            let value = bytes_at(value, row)
-                .or_else(|| bytes_at(value_text, row))
-                .or_else(|| typed_json.as_ref()?.get(row)?.clone());
-            let timestamp = times
-                .filter(|t| !t.is_null(row))
-                .map_or(now, |t| t.value(row));
+        let key_at = |row| {
+            let key = key.as_ref().and_then(|c| c.at(row));
+            key.or_else(|| key_text.as_ref().and_then(|c| c.at(row)))
+        };
+        let times = batch
+            .column_by_name("timestamp")
+            .and_then(|a| a.as_primitive_opt::<TimestampMillisecondType>());
+        let partition_of = batch.column_by_name("partition");
+        let rows = batch.num_rows();
+        // Where each row goes first, so that each partition's records are gathered once.
+        let mut counts = vec![0usize; partitions as usize];
+        let mut targets = Vec::with_capacity(rows);
+        for row in 0..rows {
             let partition = match partition_of.filter(|a| !a.is_null(row)) {
                 Some(array) => {
                     let p = array
@@ -166,32 +169,99 @@ impl TopicSink {
                         DataFusionError::Execution(format!("partition {p} of topic {} does not exist ({partitions} partitions)", self.topic))
                     })?
                 }
-                None => match key.as_deref() {
+                None => match key_at(row) {
                     Some(key) => weir_runtime::partition_for_key(key, partitions),
                     None => self.next_partition.fetch_add(1, Ordering::Relaxed) % partitions.max(1),
                 },
             };
-            out.entry(partition).or_default().push(NewRecord {
+            let Some(count) = counts.get_mut(partition as usize) else {
+                return Err(DataFusionError::Execution(format!(
+                    "topic {} has no partition {partition} ({partitions} partitions)",
+                    self.topic
+                )));
+            };
+            *count += 1;
+            targets.push(partition);
+        }
+        let typed_json = self.typed_values(batch)?;
+        let mut by_partition: Vec<Vec<NewRecord>> =
+            counts.into_iter().map(Vec::with_capacity).collect();
+        let now = now_ms();
+        // Every target is one of `by_partition`'s, as counted.
+        for (row, partition) in targets.into_iter().enumerate() {
+            let shared = |c: &Option<BytesColumn>| c.as_ref()?.shared(row);
+            let value = shared(&value)
+                .or_else(|| shared(&value_text))
+                .or_else(|| typed_json.as_ref()?.get(row)?.clone());
+            let timestamp = times
+                .filter(|t| !t.is_null(row))
+                .map_or(now, |t| t.value(row));
+            let record = NewRecord {
                 timestamp,
-                key,
+                key: shared(&key).or_else(|| shared(&key_text)),
                 value,
                 headers: Vec::new(),
-            });
+            };
+            if let Some(records) = by_partition.get_mut(partition as usize) {
+                records.push(record);
+            }
         }
-        Ok(out)
+        Ok((0..)
+            .zip(by_partition)
+            .filter(|(_, records)| !records.is_empty())
+            .collect())
     }
 }
 
-/// Row `row` of a column of bytes or text, as bytes; `None` where it is NULL or the column is
-/// missing or of another type.
-fn bytes_at(array: Option<&ArrayRef>, row: usize) -> Option<Bytes> {
-    let array = array.filter(|a| !a.is_null(row))?;
-    match array.data_type() {
-        DataType::Binary => Some(Bytes::copy_from_slice(array.as_binary::<i32>().value(row))),
-        DataType::Utf8 => Some(Bytes::copy_from_slice(
-            array.as_string::<i32>().value(row).as_bytes(),
-        )),
-        _ => None,
+/// A column of bytes or text, its values copied once into a buffer the records share.
+struct BytesColumn<'a> {
+    array: &'a ArrayRef,
+    offsets: &'a [i32],
+    values: &'a [u8],
+    shared: Bytes,
+}
+
+impl<'a> BytesColumn<'a> {
+    /// `None` where the column is missing or of another type.
+    fn of(array: Option<&'a ArrayRef>) -> Option<BytesColumn<'a>> {
+        let array = array?;
+        let (offsets, values) = match array.data_type() {
+            DataType::Binary => {
+                let a = array.as_binary::<i32>();
+                (a.value_offsets(), a.values().as_slice())
+            }
+            DataType::Utf8 => {
+                let a = array.as_string::<i32>();
+                (a.value_offsets(), a.values().as_slice())
+            }
+            _ => return None,
+        };
+        let (first, last) = (offsets.first()?, offsets.last()?);
+        let shared = Bytes::copy_from_slice(&values[*first as usize..*last as usize]);
+        Some(BytesColumn {
+            array,
+            offsets,
+            values,
+            shared,
+        })
+    }
+
+    /// Row `row`'s bytes; `None` where it is NULL.
+    fn at(&self, row: usize) -> Option<&'a [u8]> {
+        let range = self.range(row)?;
+        Some(&self.values[range])
+    }
+
+    /// Row `row`'s bytes, sharing the column's buffer; `None` where it is NULL.
+    fn shared(&self, row: usize) -> Option<Bytes> {
+        let base = self.offsets[0] as usize;
+        let range = self.range(row)?;
+        Some(self.shared.slice(range.start - base..range.end - base))
+    }
+
+    fn range(&self, row: usize) -> Option<std::ops::Range<usize>> {
+        (!self.array.is_null(row))
+            .then(|| self.offsets[row] as usize..self.offsets[row + 1] as usize)
     }
 }
 
@@ -271,7 +341,8 @@ mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
     use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::datatypes::Schema;
+    use datafusion::arrow::json::writer::LineDelimited;
     use weir_storage::{Storage, StorageConfig};
 
     use super::*;

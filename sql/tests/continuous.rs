@@ -108,10 +108,12 @@ async fn rows(storage: &Arc<Storage>, sql: &str) -> Vec<Value> {
     body["rows"].as_array().unwrap().clone()
 }
 
-fn values(records: &[(u32, NewRecord)]) -> Vec<Value> {
-    records
+/// The JSON values of records emitted by partition.
+fn values(emitted: &[(u32, Vec<NewRecord>)]) -> Vec<Value> {
+    emitted
         .iter()
-        .map(|(_, r)| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
+        .flat_map(|(_, records)| records)
+        .map(|r| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
         .collect()
 }
 
@@ -245,13 +247,17 @@ async fn windows_equal_the_one_off_query(select: &str) {
         expected.len()
     );
     assert_eq!(sorted(values(&emitted)), sorted(expected));
-    // Result records are keyed by host and stamped with their window's end.
-    for (_, record) in &emitted {
-        let value: Value = serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            record.key.as_deref(),
-            value["host"].as_str().map(str::as_bytes)
-        );
+    // Result records are keyed by host, in the partition of their key, and stamped with their
+    // window's end.
+    for (partition, records) in &emitted {
+        for record in records {
+            let value: Value = serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
+            let key = record.key.as_deref();
+            assert_eq!(key, value["host"].as_str().map(str::as_bytes));
+            if let Some(key) = key {
+                assert_eq!(*partition, weir_runtime::partition_for_key(key, 2));
+            }
+        }
     }
 }
 

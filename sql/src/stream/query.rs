@@ -36,10 +36,12 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::TryStreamExt;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use weir_runtime::PipelineSpec;
-use weir_runtime::continuous::{Compiler, Dead, Emitted, Gauges, Operator};
+use weir_runtime::continuous::{
+    ByPartition, Compiler, Dead, Emitted, Gauges, Operator, extend_by_partition,
+};
 use weir_runtime::parallel::in_parallel;
 use weir_runtime::watermark::EventClock;
-use weir_storage::{NewRecord, Record, Topics, locks};
+use weir_storage::{Record, Topics, locks};
 
 use super::source::{Slot, SlotExec, SlotTable};
 use super::statement::{Command, CreatePipeline, Options, parse};
@@ -540,8 +542,8 @@ impl Query {
     }
 
     /// Evaluates every window whose end the watermark passed, oldest first.
-    fn close(&mut self) -> Result<Vec<(u32, NewRecord)>> {
-        let mut out = Vec::new();
+    fn close(&mut self) -> Result<ByPartition> {
+        let mut out = ByPartition::new();
         let Some(watermark) = self.clock.watermark_ms() else {
             return Ok(out);
         };
@@ -555,7 +557,6 @@ impl Query {
             };
             aggregation.closed.put(groups.finish(aggregation)?);
             let batches = self.run(&aggregation.post)?;
-            out.reserve(batches.iter().map(RecordBatch::num_rows).sum());
             let key_columns = aggregation.key_columns.clone();
             let (sink, partitions) = self.sink()?;
             // The rows of a window with many groups become records on every core.
@@ -563,8 +564,8 @@ impl Query {
                 let batch = with_key_and_time(batch, &key_columns, end)?;
                 sink.records(&batch, partitions)
             });
-            for by_partition in records {
-                out.extend(flatten(by_partition?));
+            for records in records {
+                extend_by_partition(&mut out, records?);
             }
         }
         Ok(out)
@@ -572,30 +573,31 @@ impl Query {
 
     /// The sink that turns result rows into records of the output topic, and its partitions.
     fn sink(&mut self) -> Result<(&TopicSink, u32)> {
-        if self.sink.is_none() {
-            let meta = self
-                .topics
-                .existing_topic(&self.output)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let typed = typed_columns(&meta).map_err(|e| DataFusionError::Plan(e.to_string()))?;
-            let sink = TopicSink::new(
-                self.topics.clone(),
-                self.output.clone(),
-                Arc::new(topic_schema(&typed)),
-                typed,
-            );
-            self.sink = Some((sink, meta.partitions));
-        }
-        match &self.sink {
-            Some((sink, partitions)) => Ok((sink, *partitions)),
-            None => Err(DataFusionError::Internal("no sink".into())),
-        }
+        let (sink, partitions) = match self.sink.take() {
+            Some(made) => made,
+            None => {
+                let meta = self
+                    .topics
+                    .existing_topic(&self.output)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let typed =
+                    typed_columns(&meta).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+                let sink = TopicSink::new(
+                    self.topics.clone(),
+                    self.output.clone(),
+                    Arc::new(topic_schema(&typed)),
+                    typed,
+                );
+                (sink, meta.partitions)
+            }
+        };
+        Ok((&self.sink.insert((sink, partitions)).0, partitions))
     }
 
     /// The output records of rows of a query without windows.
-    fn records(&mut self, batch: RecordBatch) -> Result<Vec<(u32, NewRecord)>> {
+    fn records(&mut self, batch: RecordBatch) -> Result<ByPartition> {
         let (sink, partitions) = self.sink()?;
-        Ok(flatten(sink.records(&batch, partitions)?).collect())
+        sink.records(&batch, partitions)
     }
 
     /// Takes the rows built from one step's records of `partition`.
@@ -607,7 +609,8 @@ impl Query {
             // Without an aggregate, each record's rows are written as it comes.
             self.input.put(batch);
             for batch in self.run(&self.pre.clone())? {
-                emitted.records.extend(self.records(batch)?);
+                let records = self.records(batch)?;
+                extend_by_partition(&mut emitted.records, records);
             }
             return Ok(emitted);
         };
@@ -780,12 +783,6 @@ fn add(
 }
 
 /// Records by partition as (partition, record) pairs.
-fn flatten(by_partition: BTreeMap<u32, Vec<NewRecord>>) -> impl Iterator<Item = (u32, NewRecord)> {
-    by_partition
-        .into_iter()
-        .flat_map(|(p, records)| records.into_iter().map(move |r| (p, r)))
-}
-
 fn ms_text(ms: i64) -> String {
     datafusion::common::ScalarValue::TimestampMillisecond(Some(ms), Some(UTC.into())).to_string()
 }
