@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, StructArray};
+use datafusion::arrow::array::{
+    Array, ArrayBuilder, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch,
+    StringBuilder, StructArray,
+};
 use datafusion::arrow::datatypes::{
     DataType, Field, Fields, Int32Type, SchemaRef, TimestampMillisecondType,
 };
@@ -266,31 +269,42 @@ impl<'a> BytesColumn<'a> {
 }
 
 /// `column`'s times as text, as arrow's JSON writer writes them, each time formatted once for
-/// a run of equal times (a window's result rows share its bounds); other columns as they are.
+/// a run of equal times (a window's result rows share its bounds), in a dictionary; other
+/// columns as they are.
 fn times_as_text(column: &ArrayRef) -> datafusion::common::Result<ArrayRef> {
     let Some(times) = column.as_primitive_opt::<TimestampMillisecondType>() else {
         return Ok(column.clone());
     };
     let options = FormatOptions::new().with_display_error(true);
     let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
-    let mut text = StringBuilder::with_capacity(times.len(), times.len() * 24);
-    let mut last: Option<(i64, String)> = None;
+    // Each run's text once, in a dictionary the rows point into.
+    let mut texts = StringBuilder::new();
+    let mut rows = Vec::with_capacity(times.len());
+    let mut last: Option<(i64, i32)> = None;
     for row in 0..times.len() {
         if times.is_null(row) {
-            text.append_null();
+            rows.push(None);
             continue;
         }
         let time = times.value(row);
-        match &last {
-            Some((at, formatted)) if *at == time => text.append_value(formatted),
+        let text = match last {
+            Some((at, text)) if at == time => text,
             _ => {
-                let formatted = formatter.value(row).to_string();
-                text.append_value(&formatted);
-                last = Some((time, formatted));
+                let text = i32::try_from(texts.len()).map_err(|_| {
+                    DataFusionError::Execution(format!("{} times in one batch", texts.len()))
+                })?;
+                texts.append_value(formatter.value(row).to_string());
+                last = Some((time, text));
+                text
             }
-        }
+        };
+        rows.push(Some(text));
     }
-    Ok(Arc::new(text.finish()))
+    let texts: ArrayRef = Arc::new(texts.finish());
+    Ok(Arc::new(DictionaryArray::try_new(
+        Int32Array::from(rows),
+        texts,
+    )?))
 }
 
 #[async_trait]
