@@ -172,7 +172,7 @@ impl PluginWindows {
         }
     }
 
-    /// The aggregate's results, each with the output partition it goes to.
+    /// The aggregate's results, by the output partition each goes to.
     fn results(&self, output: &crate::Output) -> ByPartition {
         let mut results = ByPartition::new();
         for out in &output.records {
