@@ -44,6 +44,9 @@ pub const GROUPS_MAX: usize = 10_000;
 pub const MEMBER_METADATA_BYTES_MAX: usize = 1 << 20;
 /// Most bytes of member metadata and assignments all groups together may hold.
 pub const GROUPS_METADATA_BYTES_MAX: u64 = 256 << 20;
+/// Most bytes of assignment a leader may hand one member: a cooperative-sticky assignment of
+/// 100 000 partitions takes about 1 MiB, as its subscription does.
+pub const MEMBER_ASSIGNMENT_BYTES_MAX: usize = MEMBER_METADATA_BYTES_MAX;
 
 pub const OFFSETS_TREE: &str = "group-offsets";
 
@@ -226,6 +229,38 @@ fn admit(groups: &HashMap<String, Group>, held: u64, r: &JoinRequest) -> Result<
             group = r.group,
             groups_max = GROUPS_MAX,
             "join refused: the coordinator holds its limit of groups"
+        );
+        return Err(GroupError::GroupMaxSizeReached);
+    }
+    Ok(())
+}
+
+/// Whether the leader's `assignments` fit the bounds: each within the member's, and all groups
+/// together, with these in place of the group's current ones, within what all may hold.
+fn assignments_fit(
+    group: &Group,
+    assignments: &[(String, Bytes)],
+    held: u64,
+) -> Result<(), GroupError> {
+    let largest = assignments.iter().map(|(_, a)| a.len()).max().unwrap_or(0);
+    let current: u64 = group
+        .members
+        .values()
+        .map(|m| m.assignment.len() as u64)
+        .sum();
+    let incoming: u64 = assignments
+        .iter()
+        .filter(|(id, _)| group.members.contains_key(id))
+        .map(|(_, a)| a.len() as u64)
+        .sum();
+    let after = held.saturating_sub(current) + incoming;
+    if largest > MEMBER_ASSIGNMENT_BYTES_MAX || after > GROUPS_METADATA_BYTES_MAX {
+        tracing::warn!(
+            assignment_bytes = largest,
+            member_assignment_bytes_max = MEMBER_ASSIGNMENT_BYTES_MAX,
+            groups_metadata_bytes = after,
+            groups_metadata_bytes_max = GROUPS_METADATA_BYTES_MAX,
+            "sync refused: the leader's assignments pass their bound"
         );
         return Err(GroupError::GroupMaxSizeReached);
     }
@@ -997,6 +1032,12 @@ impl Coordinator {
                 Reply::Now(outcome(group, assignment))
             }
             State::CompletingRebalance => {
+                if group.leader.as_deref() == Some(member_id) {
+                    let fits = assignments_fit(group, &assignments, self.held.get());
+                    if let Err(e) = fits {
+                        return Reply::Now(SyncOutcome::error(e));
+                    }
+                }
                 let (tx, rx) = oneshot::channel();
                 if let Some(m) = group.members.get_mut(member_id) {
                     m.sync_waiter = Some(tx);
@@ -1563,6 +1604,13 @@ mod tests {
         assert_eq!(first.members.len(), 1);
         let a_id = first.member_id.clone();
 
+        // An assignment past the member's bound is refused, and the leader may sync again.
+        let too_large = Bytes::from(vec![0u8; MEMBER_ASSIGNMENT_BYTES_MAX + 1]);
+        let Reply::Now(refused) = c.sync("g", &a_id, 1, vec![(a_id.clone(), too_large)]) else {
+            panic!("an assignment past its bound is refused at once");
+        };
+        assert_eq!(refused.error, Some(GroupError::GroupMaxSizeReached));
+        assert_eq!(c.describe("g").state, State::CompletingRebalance);
         let assignment = Bytes::from_static(b"all partitions");
         let mut synced = later(c.sync("g", &a_id, 1, vec![(a_id.clone(), assignment.clone())]));
         assert_eq!(synced.try_recv().unwrap().assignment, assignment);
