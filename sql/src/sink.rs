@@ -220,7 +220,6 @@ impl TopicSink {
 struct BytesColumn<'a> {
     array: &'a ArrayRef,
     offsets: &'a [i32],
-    values: &'a [u8],
     shared: Bytes,
 }
 
@@ -244,27 +243,25 @@ impl<'a> BytesColumn<'a> {
         Some(BytesColumn {
             array,
             offsets,
-            values,
             shared,
         })
     }
 
     /// Row `row`'s bytes; `None` where it is NULL.
-    fn at(&self, row: usize) -> Option<&'a [u8]> {
-        let range = self.range(row)?;
-        Some(&self.values[range])
+    fn at(&self, row: usize) -> Option<&[u8]> {
+        Some(&self.shared[self.range(row)?])
     }
 
     /// Row `row`'s bytes, sharing the column's buffer; `None` where it is NULL.
     fn shared(&self, row: usize) -> Option<Bytes> {
-        let base = self.offsets[0] as usize;
-        let range = self.range(row)?;
-        Some(self.shared.slice(range.start - base..range.end - base))
+        Some(self.shared.slice(self.range(row)?))
     }
 
+    /// Where row `row` lies in the shared buffer.
     fn range(&self, row: usize) -> Option<std::ops::Range<usize>> {
+        let base = self.offsets[0] as usize;
         (!self.array.is_null(row))
-            .then(|| self.offsets[row] as usize..self.offsets[row + 1] as usize)
+            .then(|| self.offsets[row] as usize - base..self.offsets[row + 1] as usize - base)
     }
 }
 
