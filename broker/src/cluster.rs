@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -39,8 +40,7 @@ use weir_storage::{
 use crate::error::{Error, Result};
 use crate::kafka::appends::Appends;
 use crate::kafka::groups::{
-    CommittedOffset, GROUPS_MAX, GroupError, GroupListing, GroupNote, GroupStore, StableGroup,
-    State,
+    CommittedOffset, Elsewhere, GROUPS_MAX, GroupError, GroupNote, GroupStore, StableGroup, State,
 };
 use crate::kafka::logs::{
     Appended, Broker, ClusterHealth, ClusterStats, Logs, PartitionRead, TopicInfo, check_new_topic,
@@ -125,12 +125,24 @@ pub(crate) struct ClusterLogs {
     metrics: Arc<Metrics>,
     /// The group leases this node holds, by lease name.
     groups: Mutex<HashMap<String, HeldGroup>>,
+    /// Claims of group leases asked of the cluster database and not yet answered: counted
+    /// with the held ones against [`GROUPS_MAX`], so claims at once cannot pass it together.
+    claiming: AtomicUsize,
     /// The pipeline leases this node holds (its turns at them), by lease name.
     pipelines: Mutex<HashMap<String, Lease>>,
     /// The node's own storage: its checks know every layer's topic config keys.
     storage: Arc<Storage>,
     /// How often the node tries for the `retention` lease.
     retention_check_ms: u64,
+}
+
+/// A claim of a group lease under way (see [`ClusterLogs::claim_slot`]).
+struct ClaimSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ClaimSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct HeldGroup {
@@ -164,8 +176,16 @@ fn forget_lost<V>(
 }
 
 fn group_lease(group: &str) -> String {
-    format!("group:{group}")
+    format!("{GROUP_LEASE_PREFIX}{group}")
 }
+
+/// The group a lease named by [`group_lease`] is for.
+fn group_of(lease: &str) -> Option<&str> {
+    lease.strip_prefix(GROUP_LEASE_PREFIX)
+}
+
+/// What the name of a group's lease starts with.
+const GROUP_LEASE_PREFIX: &str = "group:";
 
 fn cluster_error(what: &str) -> impl FnOnce(ClusterError) -> Error + '_ {
     move |e| Error::Invalid(format!("{what}: {e}"))
@@ -214,6 +234,7 @@ impl ClusterLogs {
             runtime: Handle::current(),
             metrics,
             groups: Mutex::new(HashMap::new()),
+            claiming: AtomicUsize::new(0),
             pipelines: Mutex::new(HashMap::new()),
             storage,
             retention_check_ms: config.retention_check_ms,
@@ -554,6 +575,26 @@ impl ClusterLogs {
             }
             _ => Err(GroupError::NotCoordinator),
         }
+    }
+
+    /// Room for one more group lease under [`GROUPS_MAX`], held leases and claims under way
+    /// counted together, kept until the slot is dropped (after the lease joins the held ones).
+    fn claim_slot(&self, group: &str) -> Result<ClaimSlot<'_>, GroupError> {
+        let held = locks::lock(&self.groups);
+        let room = self
+            .claiming
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |claiming| {
+                (held.len() + claiming < GROUPS_MAX).then_some(claiming + 1)
+            });
+        if room.is_err() {
+            tracing::warn!(
+                group,
+                groups_max = GROUPS_MAX,
+                "group refused: the node holds its limit of group leases"
+            );
+            return Err(GroupError::GroupMaxSizeReached);
+        }
+        Ok(ClaimSlot(&self.claiming))
     }
 
     /// The live node `holder` names; when none, the one rendezvous hashing picks for the group
@@ -971,21 +1012,13 @@ impl Logs for ClusterLogs {
         self.coordinator_among(key, holder, &brokers)
     }
 
-    fn coordinates(&self, groups: &[String]) -> Vec<bool> {
+    fn coordinates(&self, groups: &[String], holders: &HashMap<String, String>) -> Vec<bool> {
         let brokers = self.brokers();
-        let holders: HashMap<String, String> =
-            match self.block_on(self.log.live_leases("group:", None)) {
-                Ok(leases) => leases.into_iter().map(|l| (l.name, l.holder)).collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the groups' leases failed");
-                    HashMap::new()
-                }
-            };
         groups
             .iter()
             .map(|group| {
                 self.held(group).is_some() || {
-                    let holder = holders.get(&group_lease(group)).cloned();
+                    let holder = holders.get(group).cloned();
                     self.coordinator_among(group, holder, &brokers).id == self.this.id
                 }
             })
@@ -1206,9 +1239,7 @@ impl GroupStore for ClusterLogs {
         if let Some(epoch) = self.held(group) {
             return Ok(epoch);
         }
-        if self.leases() >= GROUPS_MAX {
-            return Err(GroupError::GroupMaxSizeReached);
-        }
+        let _slot = self.claim_slot(group)?;
         let name = group_lease(group);
         match self.block_on(self.log.acquire_noted(&name, GROUP_LEASE_MS)) {
             Ok(Some((lease, prior))) => {
@@ -1312,10 +1343,14 @@ impl GroupStore for ClusterLogs {
         }
     }
 
-    fn listed_elsewhere(&self) -> Result<Vec<GroupListing>, StorageError> {
+    fn listed_elsewhere(&self) -> Result<Elsewhere, StorageError> {
         let this = self.this.id.to_string();
-        let leases = self.wait(self.log.live_leases("group:", None), "", 0)?;
-        Ok(leases
+        let leases = self.wait(self.log.live_leases(GROUP_LEASE_PREFIX, None), "", 0)?;
+        let holders = leases
+            .iter()
+            .filter_map(|l| Some((group_of(&l.name)?.to_string(), l.holder.clone())))
+            .collect();
+        let listings = leases
             .into_iter()
             .filter(|l| l.holder != this)
             .filter_map(|l| {
@@ -1328,7 +1363,8 @@ impl GroupStore for ClusterLogs {
                 // An empty group adds nothing to the offsets' list of names.
                 (listing.state != State::Empty || listing.members > 0).then_some(listing)
             })
-            .collect())
+            .collect();
+        Ok(Elsewhere { listings, holders })
     }
 
     fn leases(&self) -> usize {

@@ -88,6 +88,7 @@ fn all_group_positions(
     groups
         .list()
         .unwrap_or_default()
+        .groups
         .into_iter()
         .map(|g| {
             let positions = group_positions(logs, groups, &g.group).unwrap_or_default();

@@ -903,6 +903,61 @@ fn commit_many(node: &Node, group: &str, topic: &str, count: usize) -> Vec<i16> 
         .collect()
 }
 
+#[test]
+fn a_node_takes_no_more_group_leases_than_its_bound() {
+    use kafka_protocol::messages::{ApiKey, GroupId, HeartbeatRequest, HeartbeatResponse};
+    let Some(db) = Postgres::start() else {
+        return;
+    };
+    let (store, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = start_node(dir.path(), &db, store.path(), 0);
+    let bound = metric(&node, "weir_group_leases_max") as usize;
+    assert!(bound > 0, "the bound is on /metrics");
+    // A heartbeat takes the group's lease, then finds no such member: the group holds nothing
+    // else, so the lease alone is what a refusal can come from.
+    let heartbeat = |stream: &mut std::net::TcpStream, group: &str| {
+        let mut request = HeartbeatRequest::default();
+        request.group_id = GroupId(text(group));
+        request.member_id = text("m");
+        let response: HeartbeatResponse =
+            common::kafka_call(stream, ApiKey::Heartbeat, 4, &request);
+        response.error_code
+    };
+    const CALLERS: usize = 8;
+    let kafka = node.kafka;
+    std::thread::scope(|s| {
+        for caller in 0..CALLERS {
+            let heartbeat = &heartbeat;
+            s.spawn(move || {
+                let mut stream = std::net::TcpStream::connect(kafka).unwrap();
+                for g in (caller..bound).step_by(CALLERS) {
+                    let code = heartbeat(&mut stream, &format!("g{g}"));
+                    assert_eq!(code, 25, "UNKNOWN_MEMBER_ID for group g{g}");
+                }
+            });
+        }
+    });
+    assert_eq!(metric(&node, "weir_group_leases"), bound as f64);
+    let mut stream = std::net::TcpStream::connect(node.kafka).unwrap();
+    assert_eq!(
+        heartbeat(&mut stream, "one-too-many"),
+        81,
+        "GROUP_MAX_SIZE_REACHED past the bound"
+    );
+    assert_eq!(
+        heartbeat(&mut stream, "g0"),
+        25,
+        "a held group still answers"
+    );
+    assert_eq!(metric(&node, "weir_group_leases"), bound as f64);
+    // The refused group's lease was never taken: another node may take it.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = start_node(other_dir.path(), &db, store.path(), 1);
+    let mut to_other = std::net::TcpStream::connect(other.kafka).unwrap();
+    assert_eq!(heartbeat(&mut to_other, "one-too-many"), 25);
+    assert_eq!(metric(&other, "weir_group_leases"), 1.0);
+}
+
 /// The groups ListGroups through `node` lists.
 fn list_groups(node: &Node) -> Vec<String> {
     use kafka_protocol::messages::{ApiKey, ListGroupsRequest, ListGroupsResponse};

@@ -54,7 +54,7 @@ async fn list_groups(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Value>> {
     let node = state.node.clone();
-    let groups = blocking(move || Ok(node.groups.list()?)).await?;
+    let groups = blocking(move || Ok(node.groups.list()?.groups)).await?;
     let out: Vec<Value> = groups
         .into_iter()
         .filter(|g| caller.may(Operation::Describe, ResourceType::Group, &g.group))

@@ -173,7 +173,7 @@ async fn describe_node(
             },
             totals: metrics.totals(),
             pipelines: node.runtime.pipelines().list().map_or(0, |p| p.len()),
-            groups: node.groups.list()?.len(),
+            groups: node.groups.list()?.groups.len(),
         }))
     })
     .await

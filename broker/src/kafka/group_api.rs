@@ -32,8 +32,8 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::Shared;
 use super::groups::{
-    CommittedOffset, GroupError, JoinOutcome, JoinRequest, OFFSET_METADATA_BYTES_MAX, Reply,
-    SyncOutcome,
+    CommittedOffset, GroupError, JoinOutcome, JoinRequest, Listed, OFFSET_METADATA_BYTES_MAX,
+    Reply, SyncOutcome,
 };
 use super::handlers::{denial, text};
 use crate::acl::{Caller, Operation, ResourceType};
@@ -505,8 +505,8 @@ pub(crate) fn list_groups(
     caller: &Caller,
 ) -> ListGroupsResponse {
     let mut response = ListGroupsResponse::default();
-    let groups = match shared.groups.list() {
-        Ok(g) => g,
+    let Listed { groups, holders } = match shared.groups.list() {
+        Ok(listed) => listed,
         Err(e) => {
             tracing::error!(error = %e, "listing groups failed");
             response.error_code = ResponseError::KafkaStorageError.code();
@@ -516,7 +516,7 @@ pub(crate) fn list_groups(
     // As a Kafka broker does, each node lists the groups it coordinates; clients ask every
     // node and merge.
     let names: Vec<String> = groups.iter().map(|g| g.group.clone()).collect();
-    let here = shared.logs.coordinates(&names);
+    let here = shared.logs.coordinates(&names, &holders);
     for (g, _) in groups.into_iter().zip(here).filter(|(_, here)| *here) {
         if !caller.may(Operation::Describe, ResourceType::Group, &g.group) {
             continue;

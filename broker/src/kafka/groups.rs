@@ -519,6 +519,24 @@ pub struct GroupListing {
     pub members: usize,
 }
 
+/// What a node reads of the groups other nodes act for (see [`GroupStore::listed_elsewhere`]).
+#[derive(Debug, Default)]
+pub struct Elsewhere {
+    /// The groups other nodes act for, as they last reported them.
+    pub listings: Vec<GroupListing>,
+    /// The node holding each group's live lease, this one included, by group.
+    pub holders: HashMap<String, String>,
+}
+
+/// Every group, as [`Coordinator::list`] finds them.
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub groups: Vec<GroupListing>,
+    /// The node holding each group's live lease, by group: read with the listing, so a caller
+    /// working out which groups this node coordinates asks the cluster database no more.
+    pub holders: HashMap<String, String>,
+}
+
 /// What the coordinator leaves on a group's lease for the other nodes: the group as the lists
 /// show it, and, when stable, its generation, for a node taking the group over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -683,10 +701,10 @@ pub trait GroupStore: Send + Sync {
     fn taken_over(&self, _group: &str) -> Option<StableGroup> {
         None
     }
-    /// The groups other nodes act for, as they last reported them. May wait for the cluster
-    /// database; none on a lone node.
-    fn listed_elsewhere(&self) -> Result<Vec<GroupListing>, StorageError> {
-        Ok(Vec::new())
+    /// The groups other nodes act for, as they last reported them, and who holds every
+    /// group's lease, read together. May wait for the cluster database; none on a lone node.
+    fn listed_elsewhere(&self) -> Result<Elsewhere, StorageError> {
+        Ok(Elsewhere::default())
     }
 }
 
@@ -1202,22 +1220,19 @@ impl Coordinator {
 
     /// Every group with committed offsets or members: those this node acts for as it sees
     /// them, the others as the node acting for them reported them.
-    pub fn list(&self) -> Result<Vec<GroupListing>, StorageError> {
+    pub fn list(&self) -> Result<Listed, StorageError> {
         // The store first: it may wait for the cluster database, and the reactor's tick takes
         // the lock.
         let mut names = self.store.group_ids()?;
-        let elsewhere: HashMap<String, GroupListing> = self
-            .store
-            .listed_elsewhere()?
-            .into_iter()
-            .map(|l| (l.group.clone(), l))
-            .collect();
+        let Elsewhere { listings, holders } = self.store.listed_elsewhere()?;
+        let elsewhere: HashMap<String, GroupListing> =
+            listings.into_iter().map(|l| (l.group.clone(), l)).collect();
         let groups = self.lock();
         names.extend(groups.keys().cloned());
         names.extend(elsewhere.keys().cloned());
         names.sort();
         names.dedup();
-        Ok(names
+        let groups = names
             .into_iter()
             .map(|n| {
                 let here = groups
@@ -1228,7 +1243,8 @@ impl Coordinator {
                     _ => listing(&n, here),
                 }
             })
-            .collect())
+            .collect();
+        Ok(Listed { groups, holders })
     }
 
     pub fn describe(&self, group_id: &str) -> GroupView {

@@ -2,7 +2,7 @@
 //! shared log. Produce, Fetch, ListOffsets, Metadata, CreateTopics, InitProducerId and
 //! FindCoordinator go through [`Logs`]; nothing in them knows which one answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -79,9 +79,10 @@ pub(crate) trait Logs: Send + Sync {
     fn leader(&self, brokers: &[Broker], topic: &str, partition: u32) -> i32;
     /// The broker that coordinates the group `key`.
     fn coordinator(&self, key: &str) -> Broker;
-    /// Which of `groups` this node coordinates, as FindCoordinator would answer, in order.
-    /// May wait for the cluster database: never on a reactor thread.
-    fn coordinates(&self, groups: &[String]) -> Vec<bool> {
+    /// Which of `groups` this node coordinates, as FindCoordinator would answer, in order,
+    /// given the node holding each group's live lease (`holders`, by group, as
+    /// [`Coordinator::list`](super::groups::Coordinator::list) read them).
+    fn coordinates(&self, groups: &[String], _holders: &HashMap<String, String>) -> Vec<bool> {
         vec![true; groups.len()]
     }
     /// The HTTP listener (`host:port`) of the node coordinating the group `key` when that is
