@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch,
-    StringBuilder, StructArray,
+    Array, ArrayBuilder, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch, StringBuilder,
 };
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{
-    DataType, Field, Fields, Int32Type, SchemaRef, TimestampMillisecondType,
+    DataType, FieldRef, Int32Type, SchemaRef, TimestampMillisecondType,
 };
-use datafusion::arrow::json::writer::{EncoderOptions, make_encoder};
+use datafusion::arrow::json::writer::{EncoderOptions, NullableEncoder, make_encoder};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::DataFusionError;
 use datafusion::datasource::sink::DataSink;
@@ -113,16 +113,18 @@ impl TopicSink {
             })
             .collect();
         let rows = batch.num_rows();
-        let fields = Fields::from(fields);
-        let objects = StructArray::try_new_with_length(fields.clone(), columns, None, rows)?;
-        let row = Arc::new(Field::new_struct("", fields, false));
+        let fields: Vec<FieldRef> = fields.into_iter().map(Arc::new).collect();
         let options = EncoderOptions::default().with_explicit_nulls(false);
-        let mut encoder = make_encoder(&row, &objects, &options)?;
+        let mut object = fields
+            .iter()
+            .zip(&columns)
+            .map(|(field, column)| MemberJson::new(field, column.as_ref(), &options))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
         // Every row's object in one buffer, which the values share; sized from the first rows.
         let mut text = Vec::with_capacity(SIZING_ROWS.min(rows) * 64);
         let mut ends = Vec::with_capacity(rows);
         for row in 0..rows {
-            encoder.encode(row, &mut text);
+            write_object(&mut object, row, &mut text);
             ends.push(text.len());
             if row + 1 == SIZING_ROWS {
                 text.reserve((text.len() / SIZING_ROWS + 1) * (rows - SIZING_ROWS) * 9 / 8);
@@ -265,6 +267,95 @@ impl<'a> BytesColumn<'a> {
     }
 }
 
+/// One member of the JSON objects [`TopicSink::typed_values`] writes, as arrow's JSON writer
+/// writes it: its key, then each row's value, a member whose value is null left out.
+struct MemberJson<'a> {
+    /// The key's text and a colon.
+    key: Vec<u8>,
+    value: ValueJson<'a>,
+}
+
+enum ValueJson<'a> {
+    /// Each row's value written by arrow's encoder.
+    Each(NullableEncoder<'a>),
+    /// A dictionary-coded column (a window's bounds): each distinct value's text written once
+    /// (`texts`, value `i` ending at `ends[i]`), then copied for each row pointing to it.
+    Coded {
+        nulls: Option<NullBuffer>,
+        keys: Vec<usize>,
+        texts: Vec<u8>,
+        ends: Vec<usize>,
+    },
+}
+
+impl<'a> MemberJson<'a> {
+    fn new(
+        field: &'a FieldRef,
+        column: &'a dyn Array,
+        options: &'a EncoderOptions,
+    ) -> datafusion::common::Result<Self> {
+        let key = serde_json::to_vec(field.name())
+            .map_err(|e| DataFusionError::Execution(format!("a column's name as JSON: {e}")))?;
+        let key = [key.as_slice(), b":"].concat();
+        let Some(coded) = column.as_any_dictionary_opt() else {
+            let value = ValueJson::Each(make_encoder(field, column, options)?);
+            return Ok(MemberJson { key, value });
+        };
+        let values = coded.values();
+        let mut encoder = make_encoder(field, values.as_ref(), options)?;
+        let mut texts = Vec::new();
+        let mut ends = Vec::with_capacity(values.len());
+        for i in 0..values.len() {
+            match encoder.is_null(i) {
+                true => texts.extend_from_slice(b"null"),
+                false => encoder.encode(i, &mut texts),
+            }
+            ends.push(texts.len());
+        }
+        let value = ValueJson::Coded {
+            nulls: column.nulls().cloned(),
+            keys: coded.normalized_keys(),
+            texts,
+            ends,
+        };
+        Ok(MemberJson { key, value })
+    }
+
+    fn is_null(&self, row: usize) -> bool {
+        match &self.value {
+            ValueJson::Each(encoder) => encoder.is_null(row),
+            ValueJson::Coded { nulls, .. } => nulls.as_ref().is_some_and(|n| n.is_null(row)),
+        }
+    }
+
+    fn write_value(&mut self, row: usize, out: &mut Vec<u8>) {
+        match &mut self.value {
+            ValueJson::Each(encoder) => encoder.encode(row, out),
+            ValueJson::Coded {
+                keys, texts, ends, ..
+            } => {
+                let i = keys[row];
+                let start = i.checked_sub(1).map_or(0, |j| ends[j]);
+                out.extend_from_slice(&texts[start..ends[i]]);
+            }
+        }
+    }
+}
+
+/// Row `row`'s object of `members` into `out`: `{}` when every member is null.
+fn write_object(members: &mut [MemberJson], row: usize, out: &mut Vec<u8>) {
+    out.push(b'{');
+    let mut first = true;
+    for member in members.iter_mut().filter(|m| !m.is_null(row)) {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        out.extend_from_slice(&member.key);
+        member.write_value(row, out);
+    }
+    out.push(b'}');
+}
+
 /// `column`'s times as text, as arrow's JSON writer writes them, each time formatted once for
 /// a run of equal times (a window's result rows share its bounds), in a dictionary; other
 /// columns as they are.
@@ -351,8 +442,10 @@ impl DataSink for TopicSink {
 mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-    use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
-    use datafusion::arrow::datatypes::Schema;
+    use datafusion::arrow::array::{
+        Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
+    };
+    use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::arrow::json::writer::LineDelimited;
     use weir_storage::{Storage, StorageConfig};
 
@@ -363,7 +456,7 @@ mod tests {
     fn typed_values_write_times_as_the_json_writer_does() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        let typed = parse_value_schema("at TIMESTAMP, n BIGINT").unwrap();
+        let typed = parse_value_schema("at TIMESTAMP, n BIGINT, s TEXT, x DOUBLE").unwrap();
         let schema = Arc::new(crate::topic::topic_schema(&typed));
         let sink = TopicSink::new(storage, "out".into(), schema, typed);
         let times = [
@@ -376,13 +469,24 @@ mod tests {
         ];
         let at = TimestampMillisecondArray::from(times.to_vec()).with_timezone(UTC);
         let n = Int64Array::from(vec![1, 2, 3, 4, 5, 6]);
+        let s = StringArray::from(vec![
+            Some("plain"),
+            Some("a \"quote\""),
+            None,
+            Some("back\\slash\nand a tab\t"),
+            Some("\u{1}ünïcode"),
+            None,
+        ]);
+        let x = Float64Array::from(vec![Some(0.5), None, None, Some(-1e300), Some(3.0), None]);
         let fields = vec![
             Field::new("at", at.data_type().clone(), true),
             Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("x", DataType::Float64, true),
         ];
         let batch = RecordBatch::try_new(
             Arc::new(Schema::new(fields)),
-            vec![Arc::new(at), Arc::new(n)],
+            vec![Arc::new(at), Arc::new(n), Arc::new(s), Arc::new(x)],
         )
         .unwrap();
 
@@ -400,6 +504,11 @@ mod tests {
             .collect();
         assert_eq!(written, expected.lines().collect::<Vec<_>>());
         assert_eq!(written[2], r#"{"n":3}"#);
+        assert!(
+            written[1].contains(r#""s":"a \"quote\"""#),
+            "{}",
+            written[1]
+        );
         assert!(
             written[5].contains("1969-12-31T23:59:59.999"),
             "{}",
