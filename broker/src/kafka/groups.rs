@@ -1726,6 +1726,35 @@ mod tests {
     }
 
     #[test]
+    fn assignments_are_bounded_by_what_all_groups_may_hold_with_them_in_place() {
+        let (_dir, c) = coordinator();
+        let (a, b) = stable_pair(&c, 60_000);
+        let groups = c.lock();
+        let group = &groups["g"];
+        // The group holds its members' metadata and the two 2-byte assignments.
+        let held = c.held.get();
+        let assignments = |bytes: usize| {
+            vec![
+                (a.clone(), Bytes::from(vec![0u8; bytes])),
+                (b.clone(), Bytes::from(vec![0u8; bytes])),
+            ]
+        };
+        // Other groups hold all but 1000 bytes of the bound: the current assignments (4
+        // bytes) make way for the new ones, so 1004 bytes of them fit, and no byte more.
+        let others = GROUPS_METADATA_BYTES_MAX - held - 1000;
+        let fit = |bytes| assignments_fit(group, &assignments(bytes), held + others);
+        assert_eq!(fit(2), Ok(()));
+        assert_eq!(fit(502), Ok(()));
+        assert_eq!(fit(503), Err(GroupError::GroupMaxSizeReached));
+        // An assignment for a member the group does not have is not held, so not counted.
+        let stranger = vec![("stranger".to_string(), Bytes::from(vec![0u8; 1 << 20]))];
+        assert_eq!(
+            assignments_fit(group, &stranger, GROUPS_METADATA_BYTES_MAX),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn when_the_leader_dies_the_survivor_leads_as_soon_as_it_rejoins() {
         let (_dir, c) = coordinator();
         let (leader, survivor) = stable_pair(&c, 1_000);
