@@ -510,6 +510,7 @@ impl OperatorRunner {
     ) -> Result<OperatorRunner, Error> {
         let checkpoint = checkpoints.get(&spec.name)?.unwrap_or_default();
         stats.resume_from(checkpoint.counted);
+        stats.taken_up.store(true, Ordering::Release);
         let files = StepFiles::new(steps, checkpoints, &spec.name);
         let (state, batches) = match checkpoint.seq {
             0 => Default::default(),
@@ -809,6 +810,7 @@ impl Drop for OperatorRunner {
         if let Err(error) = self.settle() {
             tracing::warn!(pipeline = %self.spec.name, %error, "the last step's save or append failed; the pipeline resumes from its last checkpoint");
         }
+        self.stats.taken_up.store(false, Ordering::Release);
     }
 }
 

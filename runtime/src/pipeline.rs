@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -224,6 +224,11 @@ pub struct Stats {
     pub open_groups: AtomicU64,
     /// The watermark of a SQL pipeline, `i64::MIN` while it has none.
     pub watermark_ms: AtomicI64,
+    /// Whether a runner on this node has taken up the counters its pipeline's last checkpoint
+    /// kept and counts on from them, each step's once its output is in the logs: while it
+    /// does, these counters are the pipeline's. A checkpoint that saves a step with its output
+    /// still to append counts that output already.
+    pub taken_up: AtomicBool,
 }
 
 impl Default for Stats {
@@ -241,6 +246,7 @@ impl Default for Stats {
             open_windows: AtomicU64::default(),
             open_groups: AtomicU64::default(),
             watermark_ms: AtomicI64::new(i64::MIN),
+            taken_up: AtomicBool::new(false),
         }
     }
 }

@@ -695,9 +695,15 @@ impl Pipelines {
         let running = running.get(name);
         let stats = running.map(|r| r.stats.clone()).unwrap_or_default();
         let (lag, saved) = self.progress(&stored.spec)?;
-        // Counters only grow: this node's, or on a node of a cluster that does not run the
-        // pipeline, those its runner saved with its last checkpoint.
-        let counted = stats.counted().max_each(saved);
+        // The counters of the runner on this node, once it has taken up those its checkpoint
+        // kept: a checkpoint may count a step whose output is still being appended. Else, on a
+        // node of a cluster that does not run the pipeline or before the runner starts, those
+        // saved with the last checkpoint; counters only grow.
+        let here = running.is_some_and(|r| !r.control.elsewhere.load(Ordering::Acquire));
+        let counted = match here && stats.taken_up.load(Ordering::Acquire) {
+            true => stats.counted(),
+            false => stats.counted().max_each(saved),
+        };
         let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         let last_error = locks::lock(&stats.last_error).clone();
         Ok(PipelineStatus {
