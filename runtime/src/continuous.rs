@@ -510,7 +510,6 @@ impl OperatorRunner {
     ) -> Result<OperatorRunner, Error> {
         let checkpoint = checkpoints.get(&spec.name)?.unwrap_or_default();
         stats.resume_from(checkpoint.counted);
-        stats.taken_up.store(true, Ordering::Release);
         let files = StepFiles::new(steps, checkpoints, &spec.name);
         let (state, batches) = match checkpoint.seq {
             0 => Default::default(),
@@ -538,6 +537,8 @@ impl OperatorRunner {
         };
         runner.finish_appends(&checkpoint, batches)?;
         runner.open_partitions()?;
+        // Only now is every step the saved counters count in the logs.
+        runner.stats.taken_up.store(true, Ordering::Release);
         Ok(runner)
     }
 
