@@ -950,12 +950,43 @@ fn a_node_takes_no_more_group_leases_than_its_bound() {
         "a held group still answers"
     );
     assert_eq!(metric(&node, "weir_group_leases"), bound as f64);
+    // A lease is renewed once a third of its 10 s has run, not at every 1 s heartbeat: the
+    // time left on it falls below 8 s between renewals, and never to the last third, where
+    // its holder would stop acting.
+    let http = weir_broker::cli::Client::new(&node.url(), None);
+    let mut left = Vec::new();
+    for _ in 0..30 {
+        let g0 = lease(&http, "group:g0").expect("g0's lease is listed");
+        left.push(g0["expires_in_ms"].as_i64().unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let least = *left.iter().min().unwrap();
+    assert!(
+        (3_400..8_000).contains(&least),
+        "ms left on the lease over 6 s: {left:?}"
+    );
+    assert_eq!(heartbeat(&mut stream, "g0"), 25, "g0 is still held here");
     // The refused group's lease was never taken: another node may take it.
     let other_dir = tempfile::tempdir().unwrap();
     let other = start_node(other_dir.path(), &db, store.path(), 1);
     let mut to_other = std::net::TcpStream::connect(other.kafka).unwrap();
     assert_eq!(heartbeat(&mut to_other, "one-too-many"), 25);
     assert_eq!(metric(&other, "weir_group_leases"), 1.0);
+    // A node that stops gives all its group leases back: the other takes any of them at once.
+    node.stop();
+    assert_eq!(heartbeat(&mut to_other, &format!("g{}", bound - 1)), 25);
+    assert_eq!(metric(&other, "weir_group_leases"), 2.0);
+    let summary = weir_broker::cli::Client::new(&other.url(), None)
+        .call("GET", "/v1/cluster", None)
+        .unwrap();
+    let groups: Vec<&str> = summary["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["name"].as_str()?.strip_prefix("group:"))
+        .collect();
+    let last = format!("g{}", bound - 1);
+    assert_eq!(groups, [last.as_str(), "one-too-many"], "{summary}");
 }
 
 /// The groups ListGroups through `node` lists.

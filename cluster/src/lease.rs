@@ -99,6 +99,12 @@ impl Lease {
         self.asked_at().elapsed() < self.duration * 2 / 3
     }
 
+    /// Whether a third of the lease has passed since its last renewal: renewing then keeps it
+    /// current with a third to spare, and renewing sooner only writes the row more often.
+    pub fn renewal_due(&self) -> bool {
+        self.asked_at().elapsed() >= self.duration / 3
+    }
+
     fn asked_at(&self) -> Instant {
         *lock(&self.asked_at)
     }
@@ -205,12 +211,23 @@ impl SharedLog {
 
     /// Gives a lease up at once, so another node can take it without waiting for it to expire.
     pub async fn release(&self, lease: Lease) -> Result<()> {
+        self.release_all(&[lease]).await
+    }
+
+    /// Gives every lease of `leases` up at once, in one statement.
+    pub async fn release_all(&self, leases: &[Lease]) -> Result<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = leases.iter().map(|l| l.name.as_str()).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
         self.db()
             .await?
             .execute(
-                "UPDATE weir.leases SET expires_at = now()
-                 WHERE name = $1 AND holder = $2 AND epoch = $3",
-                &[&lease.name, &self.node_id, &lease.epoch],
+                "UPDATE weir.leases l SET expires_at = now()
+                 FROM unnest($1::text[], $2::int8[]) AS h(name, epoch)
+                 WHERE l.name = h.name AND l.epoch = h.epoch AND l.holder = $3",
+                &[&names, &epochs, &self.node_id],
             )
             .await?;
         Ok(())

@@ -218,9 +218,28 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
     );
     assert_eq!(b.group_ids().await.expect("ids"), vec!["g".to_string()]);
 
-    // Released, it can be taken at once.
-    b.release(taken).await.expect("release");
+    // Released, it can be taken at once; many are released in one statement, and a lease
+    // given up by a node that no longer holds it stays with its holder.
+    let mine = b
+        .acquire("mine", 60_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let theirs = a
+        .acquire("theirs", 60_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    b.release_all(&[taken, mine, theirs.clone()])
+        .await
+        .expect("release");
     assert_eq!(a.lease_holder("group:g").await.expect("holder"), None);
+    assert_eq!(a.lease_holder("mine").await.expect("holder"), None);
+    assert_eq!(
+        a.lease_holder("theirs").await.expect("holder"),
+        Some(("n1".to_string(), theirs.epoch()))
+    );
+    a.release(theirs).await.expect("release");
     assert!(
         notes(&a).await.is_empty(),
         "a lapsed lease's note is not read"
@@ -286,8 +305,11 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         .expect("acquire")
         .expect("free");
     let mut renewer = job.clone();
+    assert!(!job.renewal_due(), "just taken");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(job.renewal_due(), "a third of the lease has run");
     a.renew(&mut renewer).await.expect("renew");
+    assert!(!job.renewal_due(), "just renewed, through its clone");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(job.is_current(), "renewed 400 ms ago, through its clone");
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -69,10 +69,8 @@ impl ClusterLogs {
             .drain()
             .map(|(_, l)| l)
             .collect();
-        for lease in held {
-            if let Err(e) = self.log.release(lease).await {
-                tracing::warn!(error = %e, "giving a pipeline lease back failed");
-            }
+        if let Err(e) = self.log.release_all(&held).await {
+            tracing::warn!(error = %e, "giving the pipeline leases back failed");
         }
     }
 }
