@@ -29,6 +29,7 @@ mod json;
 mod json_fields;
 pub mod memory;
 mod postgres;
+mod runs;
 pub mod sink;
 pub mod stream;
 pub mod topic;

@@ -29,6 +29,7 @@ use futures::StreamExt;
 use weir_runtime::continuous::ByPartition;
 use weir_storage::{BatchBuilder, Compression, NewRecord, Topics, now_ms};
 
+use crate::runs::Runs;
 use crate::topic::{RECORD_COLUMNS, external};
 use crate::value_schema::TypedColumn;
 
@@ -121,24 +122,19 @@ impl TopicSink {
             .map(|(field, column)| MemberJson::new(field, column.as_ref(), &options))
             .collect::<datafusion::common::Result<Vec<_>>>()?;
         // Every row's object in one buffer, which the values share; sized from the first rows.
-        let mut text = Vec::with_capacity(SIZING_ROWS.min(rows) * 64);
-        let mut ends = Vec::with_capacity(rows);
+        let mut objects = Runs::with_capacity(rows, SIZING_ROWS.min(rows) * 64);
         for row in 0..rows {
-            write_object(&mut object, row, &mut text);
-            ends.push(text.len());
+            objects.push_with(|text| write_object(&mut object, row, text));
             if row + 1 == SIZING_ROWS {
-                text.reserve((text.len() / SIZING_ROWS + 1) * (rows - SIZING_ROWS) * 9 / 8);
+                objects.reserve_bytes(
+                    (objects.bytes() / SIZING_ROWS + 1) * (rows - SIZING_ROWS) * 9 / 8,
+                );
             }
         }
-        let text = Bytes::from(text);
-        let mut start = 0;
         Ok(Some(
-            ends.into_iter()
-                .map(|end| {
-                    let object = text.slice(start..end);
-                    start = end;
-                    (object.as_ref() != b"{}").then_some(object)
-                })
+            objects
+                .into_shared()
+                .map(|object| (object.as_ref() != b"{}").then_some(object))
                 .collect(),
         ))
     }
@@ -279,12 +275,11 @@ enum ValueJson<'a> {
     /// Each row's value written by arrow's encoder.
     Each(NullableEncoder<'a>),
     /// A dictionary-coded column (a window's bounds): each distinct value's text written once
-    /// (`texts`, value `i` ending at `ends[i]`), then copied for each row pointing to it.
+    /// (`texts`, value `i` at index `i`), then copied for each row pointing to it.
     Coded {
         nulls: Option<NullBuffer>,
         keys: Vec<usize>,
-        texts: Vec<u8>,
-        ends: Vec<usize>,
+        texts: Runs,
     },
 }
 
@@ -303,20 +298,17 @@ impl<'a> MemberJson<'a> {
         };
         let values = coded.values();
         let mut encoder = make_encoder(field, values.as_ref(), options)?;
-        let mut texts = Vec::new();
-        let mut ends = Vec::with_capacity(values.len());
+        let mut texts = Runs::with_capacity(values.len(), 0);
         for i in 0..values.len() {
-            match encoder.is_null(i) {
-                true => texts.extend_from_slice(b"null"),
-                false => encoder.encode(i, &mut texts),
-            }
-            ends.push(texts.len());
+            texts.push_with(|text| match encoder.is_null(i) {
+                true => text.extend_from_slice(b"null"),
+                false => encoder.encode(i, text),
+            });
         }
         let value = ValueJson::Coded {
             nulls: column.nulls().cloned(),
             keys: coded.normalized_keys(),
             texts,
-            ends,
         };
         Ok(MemberJson { key, value })
     }
@@ -331,13 +323,7 @@ impl<'a> MemberJson<'a> {
     fn write_value(&mut self, row: usize, out: &mut Vec<u8>) {
         match &mut self.value {
             ValueJson::Each(encoder) => encoder.encode(row, out),
-            ValueJson::Coded {
-                keys, texts, ends, ..
-            } => {
-                let i = keys[row];
-                let start = i.checked_sub(1).map_or(0, |j| ends[j]);
-                out.extend_from_slice(&texts[start..ends[i]]);
-            }
+            ValueJson::Coded { keys, texts, .. } => out.extend_from_slice(texts.get(keys[row])),
         }
     }
 }

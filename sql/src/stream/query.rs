@@ -48,6 +48,7 @@ use super::statement::{Command, CreatePipeline, Options, parse};
 use super::window::{TableSource, WINDOW_END, WINDOW_START, WindowSpec, times_ms};
 use crate::Error;
 use crate::functions::Functions;
+use crate::runs::Runs;
 use crate::sink::TopicSink;
 use crate::topic::{RECORD_COLUMNS, RowBuilder, topic_schema, typed_columns};
 use crate::value_schema::{TypedColumn, UTC};
@@ -155,10 +156,8 @@ struct Groups {
     /// grows without hashing the keys again.
     table: HashTable<(u64, usize)>,
     hasher: DefaultHashBuilder,
-    /// The groups' keys (rows of the row converter) one after the other: group `i`'s ends at
-    /// `ends[i]`.
-    keys: Vec<u8>,
-    ends: Vec<usize>,
+    /// The groups' keys (rows of the row converter), group `i`'s at index `i`.
+    keys: Runs,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
 }
 
@@ -252,32 +251,25 @@ impl Groups {
         Ok(Groups {
             table: HashTable::with_capacity(groups),
             hasher: DefaultHashBuilder::default(),
-            keys: Vec::with_capacity(key_bytes),
-            ends: Vec::with_capacity(groups),
+            keys: Runs::with_capacity(groups, key_bytes),
             accumulators,
         })
     }
 
     fn len(&self) -> usize {
-        self.ends.len()
+        self.keys.count()
     }
 
     fn room(&self) -> Room {
         Room {
             groups: self.len(),
-            key_bytes: self.keys.len(),
+            key_bytes: self.keys.bytes(),
         }
     }
 
     /// Groups this window has room for, used or not.
     fn held(&self) -> usize {
-        self.ends.capacity()
-    }
-
-    /// Group `i`'s key.
-    fn key<'a>(keys: &'a [u8], ends: &[usize], i: usize) -> &'a [u8] {
-        let start = i.checked_sub(1).map_or(0, |j| ends[j]);
-        &keys[start..ends[i]]
+        self.keys.room()
     }
 
     /// Adds a part's rows, all of this window, to their groups.
@@ -288,19 +280,17 @@ impl Groups {
             table,
             hasher,
             keys,
-            ends,
             ..
         } = self;
         for row in rows.iter() {
             let key: &[u8] = row.as_ref();
             let hash = hasher.hash_one(key);
-            let found = table.find(hash, |&(h, i)| h == hash && Self::key(keys, ends, i) == key);
+            let found = table.find(hash, |&(h, i)| h == hash && keys.get(i) == key);
             let index = match found {
                 Some(&(_, index)) => index,
                 None => {
-                    let index = ends.len();
-                    keys.extend_from_slice(key);
-                    ends.push(keys.len());
+                    let index = keys.count();
+                    keys.push(key);
                     table.insert_unique(hash, (hash, index), |&(h, _)| h);
                     index
                 }
@@ -327,9 +317,9 @@ impl Groups {
 
     fn group_columns(&self, aggregation: &Aggregation) -> Result<Vec<ArrayRef>> {
         let parser = aggregation.converter.parser();
-        Ok(aggregation.converter.convert_rows(
-            (0..self.len()).map(|i| parser.parse(Self::key(&self.keys, &self.ends, i))),
-        )?)
+        Ok(aggregation
+            .converter
+            .convert_rows((0..self.len()).map(|i| parser.parse(self.keys.get(i))))?)
     }
 
     /// The window's result rows, as the final aggregate makes them.
