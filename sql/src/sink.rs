@@ -307,7 +307,11 @@ impl<'a> MemberJson<'a> {
         }
         let value = ValueJson::Coded {
             nulls: column.nulls().cloned(),
-            keys: coded.normalized_keys(),
+            // No values (no rows, or only nulls) leaves no key to normalise: none is read.
+            keys: match values.is_empty() {
+                true => vec![0; column.len()],
+                false => coded.normalized_keys(),
+            },
             texts,
         };
         Ok(MemberJson { key, value })
@@ -429,7 +433,8 @@ mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
     use datafusion::arrow::array::{
-        Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
+        DictionaryArray, Float64Array, Int32Array, Int64Array, StringArray,
+        TimestampMillisecondArray,
     };
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::arrow::json::writer::LineDelimited;
@@ -500,5 +505,30 @@ mod tests {
             "{}",
             written[5]
         );
+    }
+
+    #[test]
+    fn a_dictionary_column_with_no_values_writes_no_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let typed = parse_value_schema("n BIGINT, s TEXT").unwrap();
+        let schema = Arc::new(crate::topic::topic_schema(&typed));
+        let sink = TopicSink::new(storage, "out".into(), schema, typed);
+        let batch = |n: Vec<i64>| {
+            let keys = Int32Array::from(vec![None; n.len()]);
+            let s = DictionaryArray::new(keys, Arc::new(StringArray::from(Vec::<&str>::new())));
+            let fields = vec![
+                Field::new("n", DataType::Int64, true),
+                Field::new("s", s.data_type().clone(), true),
+            ];
+            let columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(n)), Arc::new(s)];
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+        };
+
+        let values = sink.typed_values(&batch(vec![1, 2])).unwrap().unwrap();
+        let written: Vec<&[u8]> = values.iter().map(|v| v.as_deref().unwrap()).collect();
+        assert_eq!(written, [br#"{"n":1}"#, br#"{"n":2}"#]);
+        let none = sink.typed_values(&batch(Vec::new())).unwrap().unwrap();
+        assert!(none.is_empty());
     }
 }
