@@ -443,13 +443,18 @@ mod tests {
     use super::*;
     use crate::value_schema::{UTC, parse_value_schema};
 
+    /// A sink into topic `out` of a node in `dir`, whose values have the schema `value_schema`.
+    fn sink(dir: &tempfile::TempDir, value_schema: &str) -> TopicSink {
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let typed = parse_value_schema(value_schema).unwrap();
+        let schema = Arc::new(crate::topic::topic_schema(&typed));
+        TopicSink::new(storage, "out".into(), schema, typed)
+    }
+
     #[test]
     fn typed_values_write_times_as_the_json_writer_does() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        let typed = parse_value_schema("at TIMESTAMP, n BIGINT, s TEXT, x DOUBLE").unwrap();
-        let schema = Arc::new(crate::topic::topic_schema(&typed));
-        let sink = TopicSink::new(storage, "out".into(), schema, typed);
+        let sink = sink(&dir, "at TIMESTAMP, n BIGINT, s TEXT, x DOUBLE");
         let times = [
             Some(0),
             Some(0),
@@ -510,10 +515,7 @@ mod tests {
     #[test]
     fn a_dictionary_column_with_no_values_writes_no_member() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        let typed = parse_value_schema("n BIGINT, s TEXT").unwrap();
-        let schema = Arc::new(crate::topic::topic_schema(&typed));
-        let sink = TopicSink::new(storage, "out".into(), schema, typed);
+        let sink = sink(&dir, "n BIGINT, s TEXT");
         let batch = |n: Vec<i64>| {
             let keys = Int32Array::from(vec![None; n.len()]);
             let s = DictionaryArray::new(keys, Arc::new(StringArray::from(Vec::<&str>::new())));
