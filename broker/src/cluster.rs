@@ -3,9 +3,10 @@
 //! heartbeat, and wake-ups of long-polling fetches when any node commits.
 //!
 //! Consumer groups: a node coordinates a group while it holds the lease `group:<id>` (taken
-//! when a member first asks this node, renewed at the heartbeat once a third of it has run, given up when unused for
-//! [`GROUP_IDLE`] or when the node stops); FindCoordinator names the holder. Committed offsets
-//! are written in Postgres under the lease, so a node that lost it can no longer commit.
+//! when a member first asks this node, renewed at the first heartbeat after a third of it has
+//! run, given up when unused for [`GROUP_IDLE`] or when the node stops); FindCoordinator names
+//! the holder. Committed offsets are written in Postgres under the lease, so a node that lost
+//! it can no longer commit.
 //!
 //! Every [`GC_EVERY`] a node tries for the `gc` lease and, when it gets it, deletes the objects
 //! no row references any more (failed flushes, deleted topics, runs retention dropped). Every
