@@ -15,7 +15,8 @@
 //!
 //! Saving and appending run on a thread of their own while the operator works on the next
 //! steps; a save starts once the one before it is appended, and a runner is dropped only once
-//! its last save is appended.
+//! its last save is appended. An operator may leave the making of its output records (for a
+//! window, turning each result row into a JSON record) to that thread ([`Emitted::later`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,12 +64,36 @@ pub trait Operator: Send {
 pub struct Emitted {
     /// Records for the output topic.
     pub records: ByPartition,
+    /// Records for the output topic after `records`, made on the save's thread while the
+    /// operator goes on with the next step.
+    pub later: Vec<Later>,
     /// Records of the push that came after their window closed.
     pub late: Vec<Dead>,
     /// Records of the push that a plugin failed on.
     pub failed: Vec<Dead>,
     /// A plugin call that failed, counted towards pausing the pipeline.
     pub failed_call: Option<String>,
+}
+
+/// Makes records of the output topic, or says why it cannot.
+pub type Later = Box<dyn FnOnce() -> Result<ByPartition, String> + Send>;
+
+impl Emitted {
+    /// The records for the output topic, those to make later made now.
+    pub fn made(self) -> Result<ByPartition, String> {
+        let mut records = self.records;
+        extend_by_partition(&mut records, make(self.later)?);
+        Ok(records)
+    }
+}
+
+/// Makes the records `later` promises, in order.
+fn make(later: Vec<Later>) -> Result<ByPartition, String> {
+    let mut records = ByPartition::new();
+    for later in later {
+        extend_by_partition(&mut records, later()?);
+    }
+    Ok(records)
 }
 
 /// Records by partition, each partition's in order.
@@ -411,6 +436,9 @@ pub struct OperatorRunner {
     failures: Failures,
     /// The next step's records, read while the operator worked on this step's.
     ahead: Option<ReadAhead>,
+    /// Why the results of a step saved on its thread could not be made. The runner stops
+    /// there: the pipeline pauses, and resumes from the checkpoint before that step.
+    unmade: Option<String>,
 }
 
 /// Records read ahead, and the offsets they were read from.
@@ -431,22 +459,41 @@ struct Save {
     checkpoint: SqlCheckpoint,
     state: Vec<u8>,
     outputs: Outputs,
+    /// Records of the output topic `output` still to make, after those in `outputs`.
+    later: Vec<Later>,
+    output: String,
+}
+
+/// What a save did.
+enum Saved {
+    /// Saved and appended: how long saving took, and how many records it made.
+    Done { took: Duration, made: u64 },
+    /// Nothing saved or appended: the step's results could not be made, for this reason.
+    Unmade(String),
 }
 
 /// A save on its thread, which answers how long it took, and what it adds to the stats once
 /// it is appended.
 struct Saving {
-    thread: JoinHandle<Result<Duration, Error>>,
+    thread: JoinHandle<Result<Saved, Error>>,
     results: Counted,
     snapshot_took: Duration,
 }
 
 impl Save {
-    /// Builds the results' marked batches, saves them with the checkpoint, then appends
-    /// them: each log's batches in order, the logs side by side so their syncs overlap.
-    fn run(mut self, files: &StepFiles, topics: &dyn Topics) -> Result<Duration, Error> {
+    /// Makes the records still to make, builds the results' marked batches, saves them with
+    /// the checkpoint, then appends them: each log's batches in order, the logs side by side
+    /// so their syncs overlap.
+    fn run(mut self, files: &StepFiles, topics: &dyn Topics) -> Result<Saved, Error> {
         let started = Instant::now();
         let seq = self.checkpoint.seq;
+        let records = match make(self.later) {
+            Ok(records) => records,
+            Err(reason) => return Ok(Saved::Unmade(reason)),
+        };
+        let made = records.values().map(|r| r.len() as u64).sum::<u64>();
+        self.checkpoint.counted.records_out += made;
+        add_outputs(&mut self.outputs, &self.output, records);
         let mut chunks = Vec::with_capacity(self.outputs.len());
         for ((topic, partition), records) in self.outputs {
             // Where a restart looks for these batches: the end of what is acknowledged now.
@@ -491,7 +538,7 @@ impl Save {
         )
         .into_iter()
         .collect::<Result<(), _>>()?;
-        Ok(took)
+        Ok(Saved::Done { took, made })
     }
 }
 
@@ -534,6 +581,7 @@ impl OperatorRunner {
             unshown: None,
             failures: Failures::default(),
             ahead: None,
+            unmade: None,
         };
         runner.finish_appends(&checkpoint, batches)?;
         runner.open_partitions()?;
@@ -586,7 +634,7 @@ impl OperatorRunner {
             opened = true;
         }
         if opened {
-            self.save(Outputs::new(), 0)?;
+            self.save(Outputs::new(), Vec::new(), 0)?;
         }
         Ok(())
     }
@@ -629,13 +677,27 @@ impl OperatorRunner {
     }
 
     /// Reads one batch of every partition, feeds the operator, and starts saving and appending
-    /// what it produced. A step with nothing to do answers once every save is appended.
+    /// what it produced. A step with nothing to do answers once every save is appended. Once
+    /// the results of a step cannot be made, every step answers a pause with the reason:
+    /// nothing of that step is saved, so the pipeline resumes from the checkpoint before it.
     pub fn step(&mut self) -> Result<Step, Error> {
+        if let Some(reason) = &self.unmade {
+            return Ok(Step::Pause(reason.clone()));
+        }
+        self.work().or_else(|error| match &self.unmade {
+            Some(reason) => Ok(Step::Pause(reason.clone())),
+            None => Err(error),
+        })
+    }
+
+    /// A step, as [`OperatorRunner::step`] describes it.
+    fn work(&mut self) -> Result<Step, Error> {
         self.open_partitions()?;
         let mut worked = false;
         let mut outputs = Outputs::new();
         let mut failed = None;
         let mut late = 0;
+        let mut later = Vec::new();
         let dead_letter_topic = self.spec.dead_letter_topic();
         let dead_partitions = dead_letter_partitions(&*self.topics, &self.spec)?;
         let output = self.spec.to[0].clone();
@@ -662,6 +724,7 @@ impl OperatorRunner {
                         ));
                     }
                     add_outputs(&mut outputs, &output, emitted.records);
+                    later.extend(emitted.later);
                 }
                 Err(error) => {
                     for record in records {
@@ -684,16 +747,20 @@ impl OperatorRunner {
         match self.operator.tick(now_ms()) {
             Ok(emitted) => {
                 failed = emitted.failed_call.or(failed);
-                worked |= !emitted.records.is_empty();
+                worked |= !emitted.records.is_empty() || !emitted.later.is_empty();
                 add_outputs(&mut outputs, &output, emitted.records);
+                later.extend(emitted.later);
             }
             Err(error) => failed = Some(error),
         }
         outputs.retain(|_, records| !records.is_empty());
         self.unsaved |= worked;
         let due = CHECKPOINT_EVERY.max(self.save_took * CHECKPOINT_SHARE);
-        if !outputs.is_empty() || (self.unsaved && self.saved_at.elapsed() >= due) {
-            self.save(outputs, late)?;
+        if !outputs.is_empty()
+            || !later.is_empty()
+            || (self.unsaved && self.saved_at.elapsed() >= due)
+        {
+            self.save(outputs, later, late)?;
         }
         self.unshown = Some(self.operator.gauges());
         if !worked {
@@ -712,7 +779,7 @@ impl OperatorRunner {
     /// step's `outputs`, then appends them; `late` records of the step are among the dead
     /// letters. Both happen on a thread of their own while the next steps run: the next save
     /// waits for this one ([`OperatorRunner::settle`]).
-    fn save(&mut self, outputs: Outputs, late: u64) -> Result<(), Error> {
+    fn save(&mut self, outputs: Outputs, later: Vec<Later>, late: u64) -> Result<(), Error> {
         self.settle()?;
         let started = Instant::now();
         let state = self.operator.snapshot().map_err(Error::Invalid)?;
@@ -741,6 +808,8 @@ impl OperatorRunner {
             },
             state,
             outputs,
+            later,
+            output: self.spec.to[0].clone(),
         };
         let snapshot_took = started.elapsed();
         let (files, topics) = (self.files.clone(), self.topics.clone());
@@ -765,11 +834,20 @@ impl OperatorRunner {
         let Some(saving) = self.saving.take() else {
             return Ok(());
         };
-        let took = saving
+        let saved = saving
             .thread
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-        let results = saving.results;
+        let (took, made) = match saved {
+            Saved::Done { took, made } => (took, made),
+            Saved::Unmade(reason) => {
+                let reason = format!("the results of a step cannot be written: {reason}");
+                self.unmade = Some(reason.clone());
+                return Err(Error::Invalid(reason));
+            }
+        };
+        let mut results = saving.results;
+        results.records_out += made;
         let count = |counter: &AtomicU64, n| counter.fetch_add(n, Ordering::Relaxed);
         count(&self.stats.records_out, results.records_out);
         count(&self.stats.dead_lettered, results.dead_lettered);
@@ -839,8 +917,8 @@ mod tests {
 
     use super::*;
 
-    /// Writes every record it is given to partition 0 of the output, `copies` times; its state
-    /// counts them.
+    /// Writes every record it is given to partition 0 of the output, `copies` times, making
+    /// them on the save's thread, where a record `unwritable` fails them; its state counts them.
     struct Echo {
         seen: u64,
         copies: usize,
@@ -852,7 +930,7 @@ mod tests {
                 .iter()
                 .map(|(_, records)| {
                     self.seen += records.len() as u64;
-                    let records = records
+                    let records: Vec<NewRecord> = records
                         .iter()
                         .flat_map(|r| std::iter::repeat_n(r, self.copies))
                         .map(|r| NewRecord {
@@ -862,8 +940,17 @@ mod tests {
                             headers: Vec::new(),
                         })
                         .collect();
+                    let later: Later = Box::new(move || {
+                        if records
+                            .iter()
+                            .any(|r| r.value.as_deref() == Some(b"unwritable"))
+                        {
+                            return Err("a record reads `unwritable`".into());
+                        }
+                        Ok(ByPartition::from([(0, records)]))
+                    });
                     Ok(Emitted {
-                        records: ByPartition::from([(0, records)]),
+                        later: vec![later],
                         ..Emitted::default()
                     })
                 })
@@ -1005,6 +1092,40 @@ mod tests {
             from,
             batch: String::new(),
         }
+    }
+
+    #[test]
+    fn results_that_cannot_be_made_pause_the_pipeline_and_nothing_of_their_step_is_saved() {
+        let node = Fixture::new();
+        append(&node.storage, "in", &["a", "b"]);
+        let mut runner = node.open(spec(), 1).unwrap();
+        assert!(matches!(runner.step().unwrap(), Step::Worked));
+        assert!(matches!(runner.step().unwrap(), Step::Idle));
+        let saved = node.saved();
+        append(&node.storage, "in", &["unwritable", "c"]);
+        // The step hands its results to the save's thread; the next step hears they failed.
+        assert!(matches!(runner.step().unwrap(), Step::Worked));
+        for _ in 0..2 {
+            let Ok(Step::Pause(reason)) = runner.step() else {
+                panic!("a runner whose results failed pauses");
+            };
+            assert!(
+                reason.contains("results of a step cannot be written")
+                    && reason.contains("`unwritable`"),
+                "{reason}"
+            );
+        }
+        drop(runner);
+        let after = node.saved();
+        assert_eq!(
+            (after.seq, &after.next_offsets),
+            (saved.seq, &saved.next_offsets)
+        );
+        assert_eq!(node.out_values(0), ["a", "b"]);
+        // Resumed, the pipeline takes the failed step again from the checkpoint before it.
+        let mut runner = node.open(spec(), 1).unwrap();
+        assert!(matches!(runner.step().unwrap(), Step::Worked));
+        assert!(matches!(runner.step().unwrap(), Step::Pause(_)));
     }
 
     #[test]

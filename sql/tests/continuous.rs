@@ -222,12 +222,12 @@ async fn windows_equal_the_one_off_query(select: &str) {
         for out in query.push(&inputs, now) {
             let out = out.unwrap();
             assert!(out.late.is_empty(), "{:?}", out.late);
-            emitted.extend(out.records);
+            emitted.extend(out.made().unwrap());
         }
     }
     // Once both partitions are idle the watermark is the latest event time less the delay.
     let idle = query.tick(now + 31_000).unwrap();
-    emitted.extend(idle.records);
+    emitted.extend(idle.made().unwrap());
     let watermark = query.gauges().watermark_ms.unwrap();
     let latest = (0..2000).map(event_time).max().unwrap();
     assert_eq!(
@@ -283,6 +283,31 @@ async fn records_behind_the_watermark_are_late_with_the_reason() {
         out.late[0].reason.contains("behind the watermark"),
         "{}",
         out.late[0].reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_naming_a_partition_the_output_lacks_fail_when_their_records_are_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(&dir);
+    let input = fill(&storage, 400);
+    storage.create_topic("out", 1, BTreeMap::new()).unwrap();
+    let statement = "CREATE PIPELINE by_partition AS INSERT INTO out \
+        SELECT window_start, window_end, partition, count(*) AS n \
+        FROM TUMBLE(logs, at, INTERVAL '1 minute') \
+        GROUP BY window_start, window_end, partition \
+        WITH (watermark_delay = '0 seconds', start = 'earliest')";
+    let mut query = plan(&storage, statement).await.unwrap();
+    let now = weir_storage::now_ms();
+    let mut emitted = query.push(&[(0, input[&0].clone()), (1, input[&1].clone())], now);
+    emitted.push(query.tick(now + 31_000));
+    // The windows close on the operator's thread; their records are made later, and those of
+    // partition 1 have nowhere to go.
+    let made: Vec<Result<_, String>> = emitted.into_iter().map(|e| e.unwrap().made()).collect();
+    let error = made.iter().find_map(|m| m.as_ref().err()).unwrap();
+    assert!(
+        error.contains("partition 1 of topic out does not exist"),
+        "{error}"
     );
 }
 

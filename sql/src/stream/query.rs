@@ -37,7 +37,7 @@ use futures::TryStreamExt;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use weir_runtime::PipelineSpec;
 use weir_runtime::continuous::{
-    ByPartition, Compiler, Dead, Emitted, Gauges, Operator, extend_by_partition,
+    ByPartition, Compiler, Dead, Emitted, Gauges, Later, Operator, extend_by_partition,
 };
 use weir_runtime::parallel::in_parallel;
 use weir_runtime::watermark::EventClock;
@@ -370,7 +370,7 @@ pub struct Query {
     aggregation: Option<Aggregation>,
     output_schema: SchemaRef,
     task: Arc<TaskContext>,
-    sink: Option<(TopicSink, u32)>,
+    sink: Option<(Arc<TopicSink>, u32)>,
     windows: BTreeMap<(i64, i64), Groups>,
     clock: EventClock,
     open_groups_max: u64,
@@ -531,9 +531,10 @@ impl Query {
             .advance(now_ms, options.watermark_delay_ms, options.idle_timeout_ms);
     }
 
-    /// Evaluates every window whose end the watermark passed, oldest first.
-    fn close(&mut self) -> Result<ByPartition> {
-        let mut out = ByPartition::new();
+    /// Evaluates every window whose end the watermark passed, oldest first. Their rows become
+    /// records later, on the thread that saves them, while the next records are added.
+    fn close(&mut self) -> Result<Vec<Later>> {
+        let mut out: Vec<Later> = Vec::new();
         let Some(watermark) = self.clock.watermark_ms() else {
             return Ok(out);
         };
@@ -549,20 +550,25 @@ impl Query {
             let batches = self.run(&aggregation.post)?;
             let key_columns = aggregation.key_columns.clone();
             let (sink, partitions) = self.sink()?;
-            // The rows of a window with many groups become records on every core.
-            let records = in_parallel(batches, |batch| {
-                let batch = with_key_and_time(batch, &key_columns, end)?;
-                sink.records(&batch, partitions)
-            });
-            for records in records {
-                extend_by_partition(&mut out, records?);
-            }
+            let sink = sink.clone();
+            out.push(Box::new(move || {
+                // The rows of a window with many groups become records on every core.
+                let records = in_parallel(batches, |batch| {
+                    let batch = with_key_and_time(batch, &key_columns, end)?;
+                    sink.records(&batch, partitions)
+                });
+                let mut made = ByPartition::new();
+                for records in records {
+                    extend_by_partition(&mut made, records.map_err(|e| e.to_string())?);
+                }
+                Ok(made)
+            }));
         }
         Ok(out)
     }
 
     /// The sink that turns result rows into records of the output topic, and its partitions.
-    fn sink(&mut self) -> Result<(&TopicSink, u32)> {
+    fn sink(&mut self) -> Result<(&Arc<TopicSink>, u32)> {
         let (sink, partitions) = match self.sink.take() {
             Some(made) => made,
             None => {
@@ -572,12 +578,12 @@ impl Query {
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
                 let typed =
                     typed_columns(&meta).map_err(|e| DataFusionError::Plan(e.to_string()))?;
-                let sink = TopicSink::new(
+                let sink = Arc::new(TopicSink::new(
                     self.topics.clone(),
                     self.output.clone(),
                     Arc::new(topic_schema(&typed)),
                     typed,
-                );
+                ));
                 (sink, meta.partitions)
             }
         };
@@ -659,7 +665,7 @@ impl Query {
         }
         self.clock.saw(partition, latest, now_ms);
         self.advance(now_ms);
-        emitted.records = self.close()?;
+        emitted.later = self.close()?;
         Ok(emitted)
     }
 
@@ -1038,9 +1044,9 @@ impl Operator for Query {
             return Ok(Emitted::default());
         }
         self.advance(now_ms);
-        let records = self.close().map_err(|e| e.to_string())?;
+        let later = self.close().map_err(|e| e.to_string())?;
         Ok(Emitted {
-            records,
+            later,
             ..Emitted::default()
         })
     }
