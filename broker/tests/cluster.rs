@@ -1265,22 +1265,6 @@ fn set_config_through(node: &Node, topic: &str, key: &str, value: &str) -> i16 {
     response.responses[0].error_code
 }
 
-/// CreatePartitions growing `topic` to `count` through `node`: the error code.
-fn grow_through(node: &Node, topic: &str, count: i32) -> i16 {
-    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-    use kafka_protocol::messages::{
-        ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, TopicName,
-    };
-    let mut t = CreatePartitionsTopic::default();
-    t.name = TopicName(text(topic));
-    t.count = count;
-    let mut request = CreatePartitionsRequest::default();
-    request.topics.push(t);
-    request.timeout_ms = 10_000;
-    let response: CreatePartitionsResponse = call(node, ApiKey::CreatePartitions, 1, &request);
-    response.results[0].error_code
-}
-
 /// DeleteTopics through `node`: the topic's error code.
 fn delete_through(node: &Node, topic: &str) -> i16 {
     use kafka_protocol::messages::{ApiKey, DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
@@ -1356,8 +1340,11 @@ fn topics_are_configured_grown_and_deleted_through_any_node() {
     );
 
     // Grown through node 1; node 2 appends to a new partition at once.
-    assert_eq!(grow_through(&nodes[1], "orders", 3), 0);
-    assert_eq!(grow_through(&nodes[0], "orders", 2), INVALID_PARTITIONS);
+    assert_eq!(common::grow_topic(&nodes[1], "orders", 3), 0);
+    assert_eq!(
+        common::grow_topic(&nodes[0], "orders", 2),
+        INVALID_PARTITIONS
+    );
     assert_eq!(produce_through(&nodes[2], "orders", 2, "grown"), (0, 0));
     // Metadata answers from each node's copy, which the change's announcement refreshes.
     for node in &nodes {

@@ -1,7 +1,8 @@
 //! SQL pipelines on a real node: `CREATE PIPELINE … FROM TUMBLE(…)` over HTTP writes every
 //! closed window once, equal to the same query run once over the finished data, through a
-//! `kill -9` mid-run; late records go to the dead-letter topic; `SHOW`, `DESCRIBE`, `ALTER`
-//! and `DROP PIPELINE` through `weir sql`.
+//! `kill -9` mid-run; late records go to the dead-letter topic; results that cannot be written
+//! pause the pipeline, and a resume writes them once; `SHOW`, `DESCRIBE`, `ALTER` and `DROP
+//! PIPELINE` through `weir sql`.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -238,6 +239,90 @@ fn late_records_are_dead_lettered_and_pipelines_are_managed_with_sql() {
     assert!(!ok && out.contains("does not exist"), "{out}");
     let (ok, out) = weir(&node, &["sql", "DROP PIPELINE IF EXISTS errors_per_minute"]);
     assert!(ok, "{out}");
+}
+
+const BY_PARTITION: &str = "SELECT window_start, window_end, partition, count(*) AS n \
+    FROM TUMBLE(logs, timestamp, INTERVAL '1 minute') GROUP BY window_start, window_end, partition";
+
+#[test]
+fn results_that_cannot_be_written_pause_the_pipeline_until_the_output_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, c) = start(dir.path(), &Listeners::any());
+    create_logs(&c);
+    // One partition, where the query's `partition` column routes rows to two.
+    c.call(
+        "POST",
+        "/v1/topics",
+        Some(&json!({
+            "name": "by_partition_out",
+            "partitions": 1,
+            "configs": {
+                "value.format": "json",
+                "value.schema": "window_start TIMESTAMP, window_end TIMESTAMP, n BIGINT"
+            }
+        })),
+    )
+    .unwrap();
+    produce(&c, 0, 600);
+    let created = sql(
+        &c,
+        &format!(
+            "CREATE PIPELINE by_partition AS INSERT INTO by_partition_out {BY_PARTITION} \
+             WITH (watermark_delay = '0 seconds', idle_timeout = '1 hour', start = 'earliest')"
+        ),
+    );
+    assert!(created.is_ok(), "{created:?}");
+    let status = || {
+        rows(
+            &c,
+            "SELECT * FROM weir.pipelines WHERE name = 'by_partition'",
+        )[0]
+        .clone()
+    };
+    eventually("the pipeline to pause", Duration::from_secs(30), || {
+        status()["status"] == "paused"
+    });
+    let paused = status();
+    let reason = paused["last_error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the results of a step cannot be written")
+            && reason.contains("partition 1 of topic by_partition_out does not exist"),
+        "{paused}"
+    );
+    // Nothing of the failed step was saved: no window, on either partition.
+    let written = rows(&c, "SELECT count(*) AS n FROM by_partition_out");
+    assert_eq!(written[0]["n"], 0);
+    assert_eq!(paused["records_out"], 0, "{paused}");
+
+    // With the partition there, a resume takes the step again from the checkpoint before it.
+    assert_eq!(common::grow_topic(&node, "by_partition_out", 2), 0);
+    let resumed = sql(&c, "ALTER PIPELINE by_partition RESUME");
+    assert!(resumed.is_ok(), "{resumed:?}");
+    // The least of the partitions' last event times is 598 s, on partition 0: nine minutes
+    // have closed.
+    eventually("the windows to be written", Duration::from_secs(30), || {
+        status()["watermark_ms"].as_i64() == Some(T0 + 598 * 1000)
+    });
+    assert_eq!(status()["status"], "running");
+    let windows = rows(
+        &c,
+        "SELECT window_start, partition, n FROM by_partition_out ORDER BY window_start, partition",
+    );
+    let last_end = T0 + 540 * 1000;
+    let expected = rows(
+        &c,
+        &format!(
+            "SELECT window_start, partition, n FROM ({BY_PARTITION}) \
+             WHERE window_end <= to_timestamp_millis({last_end}) ORDER BY window_start, partition"
+        ),
+    );
+    assert_eq!(
+        expected.len(),
+        9 * 2,
+        "nine closed minutes of two partitions"
+    );
+    assert_eq!(windows, expected, "every window once, on its own partition");
+    drop(node);
 }
 
 /// A scalar plugin that fails on `boom` and traps on `trap`.

@@ -395,6 +395,25 @@ where
     kafka_response(key, version, response)
 }
 
+/// CreatePartitions growing `topic` to `count` partitions through `node`: the error code.
+pub fn grow_topic(node: &Node, topic: &str, count: i32) -> i16 {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    use kafka_protocol::messages::{
+        ApiKey, CreatePartitionsRequest, CreatePartitionsResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let mut t = CreatePartitionsTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.count = count;
+    let mut request = CreatePartitionsRequest::default();
+    request.topics.push(t);
+    request.timeout_ms = 10_000;
+    let mut stream = std::net::TcpStream::connect(node.kafka).expect("connecting to the node");
+    let response: CreatePartitionsResponse =
+        kafka_call(&mut stream, ApiKey::CreatePartitions, 1, &request);
+    response.results[0].error_code
+}
+
 /// Sends one produce request (acks=all) of `records` for one partition: the partition's error
 /// code and base offset.
 pub fn produce(

@@ -1103,16 +1103,19 @@ impl Compiler for ContinuousQueries {
 }
 
 /// Whether a result column keeps its meaning in an output topic: a record column, or one of
-/// the topic's typed columns.
+/// the topic's typed columns. A topic without a value schema takes only record columns: any
+/// other column would be left out of its records.
 pub(crate) fn output_fits(output: &Schema, typed: &[TypedColumn]) -> Result<(), Error> {
-    if typed.is_empty() {
-        return Ok(());
-    }
     for field in output.fields() {
         let name = field.name();
         if !RECORD_COLUMNS.contains(&name.as_str()) && !typed.iter().any(|c| &c.name == name) {
+            let fix = if typed.is_empty() {
+                "it has no value.schema: set one, select the value as `value` or `value_text`"
+            } else {
+                "add it to its value.schema"
+            };
             return Err(Error::Refused(format!(
-                "the output topic has no column {name}: add it to its value.schema, or write to a new topic (CREATE PIPELINE makes it with the query's columns)"
+                "the output topic has no column {name}: {fix}, or write to a new topic (CREATE PIPELINE makes it with the query's columns)"
             )));
         }
     }
