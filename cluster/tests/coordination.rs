@@ -83,11 +83,7 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
     };
     let (a, b) = two_nodes(&pg, &store_url, 2).await;
 
-    let mut lease = a
-        .acquire("group:g", 1_000)
-        .await
-        .expect("acquire")
-        .expect("free, so taken");
+    let mut lease = common::taken(&a, "group:g", 1_000).await;
     assert_eq!(lease.epoch(), 1);
     assert!(
         b.acquire("group:g", 1_000)
@@ -95,11 +91,7 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
             .expect("acquire")
             .is_none()
     );
-    let again = a
-        .acquire("group:g", 1_000)
-        .await
-        .expect("acquire")
-        .expect("mine");
+    let again = common::taken(&a, "group:g", 1_000).await;
     assert_eq!(again.epoch(), 1, "holding it again is not a new epoch");
     a.renew(&mut lease).await.expect("renew");
     assert_eq!(
@@ -143,13 +135,7 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         "epoch, metadata and time come back as committed"
     );
     // Many leases renew in one statement; one taken by nobody but lapsed is reported lost.
-    let mut many = vec![
-        lease.clone(),
-        a.acquire("group:h", 1_000)
-            .await
-            .expect("acquire")
-            .expect("free"),
-    ];
+    let mut many = vec![lease.clone(), common::taken(&a, "group:h", 1_000).await];
     let lost = a.renew_all(&mut many).await.expect("renew all");
     assert!(lost.is_empty() && many.len() == 2, "{lost:?}");
 
@@ -159,11 +145,7 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         !lease.is_current(),
         "the holder stops acting before anyone can take over"
     );
-    let taken = b
-        .acquire("group:g", 1_000)
-        .await
-        .expect("acquire")
-        .expect("expired, so taken");
+    let taken = common::taken(&b, "group:g", 1_000).await;
     assert_eq!(taken.epoch(), 2);
     // Taking the lease clears the note; the node that lost it cannot write one.
     assert_eq!(notes(&b).await, noted_by("n2", None));
@@ -220,16 +202,8 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
 
     // Released, it can be taken at once; many are released in one statement, and a lease
     // given up by a node that no longer holds it stays with its holder.
-    let mine = b
-        .acquire("mine", 60_000)
-        .await
-        .expect("acquire")
-        .expect("free");
-    let theirs = a
-        .acquire("theirs", 60_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let mine = common::taken(&b, "mine", 60_000).await;
+    let theirs = common::taken(&a, "theirs", 60_000).await;
     b.release_all(&[taken, mine, theirs.clone()])
         .await
         .expect("release");
@@ -244,11 +218,7 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         notes(&a).await.is_empty(),
         "a lapsed lease's note is not read"
     );
-    let back = a
-        .acquire("group:g", 1_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let back = common::taken(&a, "group:g", 1_000).await;
     assert_eq!(back.epoch(), 3);
     for ms in [0, LEASE_MS_MAX + 1] {
         assert!(matches!(
@@ -289,21 +259,13 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
         );
     }
     let longest = "g".repeat(NAME_BYTES_MAX);
-    let lease = a
-        .acquire(&longest, 1_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let lease = common::taken(&a, &longest, 1_000).await;
     a.commit_offsets(&lease, &longest, &offsets(9))
         .await
         .expect("a name at the bound is a key Postgres indexes");
 
     // A clone of a lease is the same hold: a job acts under one while a task renews the other.
-    let job = a
-        .acquire("job", 1_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let job = common::taken(&a, "job", 1_000).await;
     let mut renewer = job.clone();
     assert!(!job.renewal_due(), "just taken");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -319,10 +281,7 @@ async fn a_lease_has_one_holder_and_a_lost_lease_fences_its_writes() {
     let more = LEASES_LISTED_MAX + 1;
     for i in 0..more {
         let name = format!("many:{i:04}");
-        a.acquire(&name, 60_000)
-            .await
-            .expect("acquire")
-            .expect("free");
+        common::taken(&a, &name, 60_000).await;
     }
     let (listed, total) = b.leases().await.expect("leases");
     assert_eq!(listed.len() as i64, LEASES_LISTED_MAX);
@@ -344,11 +303,7 @@ async fn a_lost_lease_fences_the_appends_and_metadata_written_under_it() {
         answers.remove(0)
     };
 
-    let lease = a
-        .acquire("pipeline:p", 1_000)
-        .await
-        .expect("acquire")
-        .expect("free, so taken");
+    let lease = common::taken(&a, "pipeline:p", 1_000).await;
     let first = appended(&a, &lease, "first").await;
     assert_eq!(first.expect("the holder appends"), 0);
     a.meta_put(tree, key, b"1", Some(&lease))
@@ -357,11 +312,7 @@ async fn a_lost_lease_fences_the_appends_and_metadata_written_under_it() {
 
     // n1 goes quiet past its lease; n2 takes it.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let taken = b
-        .acquire("pipeline:p", 1_000)
-        .await
-        .expect("acquire")
-        .expect("lapsed, so taken");
+    let taken = common::taken(&b, "pipeline:p", 1_000).await;
     let stale = appended(&a, &lease, "stale").await;
     assert!(
         matches!(stale, Err(ClusterError::LeaseLost { epoch: 1, .. })),

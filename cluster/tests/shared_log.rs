@@ -393,11 +393,7 @@ async fn a_flush_the_database_did_not_commit_returns_a_retriable_error_and_no_of
 
     // The holder of the gc lease deletes the leftovers once they are old enough, and only them.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let gc = log
-        .acquire("gc", 10_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let gc = common::taken(&log, "gc", 10_000).await;
     let collected = log.collect_garbage(&gc).await.expect("collect");
     assert_eq!(collected.objects, 2, "{collected:?}");
     assert_eq!(objects(), 1);
@@ -839,11 +835,7 @@ async fn retention_drops_the_oldest_runs_by_time_and_size_under_its_lease() {
     let objects = || objects_of_n1(store.path());
     assert_eq!(objects(), 5);
 
-    let lease = log
-        .acquire("retention", 10_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let lease = common::taken(&log, "retention", 10_000).await;
     let trimmed = log.enforce_retention(&lease, now).await.expect("retention");
     assert_eq!(
         trimmed,
@@ -907,11 +899,7 @@ async fn retention_drops_the_oldest_runs_by_time_and_size_under_its_lease() {
 
     // The two emptied objects go with the next garbage collection, the others stay.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let gc = log
-        .acquire("gc", 10_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let gc = common::taken(&log, "gc", 10_000).await;
     assert_eq!(log.collect_garbage(&gc).await.expect("collect").objects, 2);
     assert_eq!(objects(), 3);
     assert_eq!(read_all_from(&log, "compacted", 0, 0).await, ["c0"]);
@@ -924,11 +912,7 @@ async fn retention_drops_the_oldest_runs_by_time_and_size_under_its_lease() {
     let other = SharedLog::open(&pg.url(), &store_url, "n2")
         .await
         .expect("open n2");
-    let taken = other
-        .acquire("retention", 10_000)
-        .await
-        .expect("acquire")
-        .expect("free after the release");
+    let taken = common::taken(&other, "retention", 10_000).await;
     let fenced = log.enforce_retention(&lease, now).await;
     assert!(
         matches!(fenced, Err(ClusterError::LeaseLost { .. })),
@@ -1202,11 +1186,7 @@ async fn a_bucket_holds_the_objects_nodes_share_and_collect(bucket: Box<dyn Clou
     // bucket once no flush can still be committing it, and leaves the others.
     a.delete_topic("gone").await.expect("delete");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let gc = a
-        .acquire("gc", 10_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let gc = common::taken(&a, "gc", 10_000).await;
     let collected = a.collect_garbage(&gc).await.expect("collect");
     assert_eq!(collected.objects, 1, "{collected:?}");
     let mut left = bucket.keys("cluster/data/");
@@ -1250,11 +1230,7 @@ async fn runs_in_small_objects_merge_into_one_object_per_partition_and_read_the_
         .map(|records| values(records))
         .collect();
 
-    let lease = log
-        .acquire("merge", 10_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let lease = common::taken(&log, "merge", 10_000).await;
     let merged = log.merge_small_objects(&lease, 0).await.expect("merge");
     assert_eq!(
         (merged.partitions, merged.runs_before, merged.runs_after),
@@ -1287,11 +1263,7 @@ async fn runs_in_small_objects_merge_into_one_object_per_partition_and_read_the_
 
     // The old objects have no rows left; garbage collection deletes them.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let gc = log
-        .acquire("gc", 10_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let gc = common::taken(&log, "gc", 10_000).await;
     let collected = log.collect_garbage(&gc).await.expect("collect");
     assert_eq!(collected.objects, 10, "{collected:?}");
     assert_eq!(objects(), 2);
@@ -1316,11 +1288,7 @@ async fn runs_in_small_objects_merge_into_one_object_per_partition_and_read_the_
         .await
         .expect("flush");
     log.release(lease.clone()).await.expect("release");
-    let taken = fresh
-        .acquire("merge", 10_000)
-        .await
-        .expect("acquire")
-        .expect("free after the release");
+    let taken = common::taken(&fresh, "merge", 10_000).await;
     let fenced = log.merge_small_objects(&lease, 0).await;
     assert!(
         matches!(fenced, Err(ClusterError::LeaseLost { .. })),
@@ -1392,11 +1360,7 @@ async fn key_compaction_keeps_the_last_record_per_key_at_its_offset_under_the_me
         .await
         .expect("flush");
 
-    let lease = log
-        .acquire("merge", 10_000)
-        .await
-        .expect("acquire")
-        .expect("free");
+    let lease = common::taken(&log, "merge", 10_000).await;
     let now = weir_storage::now_ms();
     // A partition with more distinct keys than the bound is given up, unchanged.
     let refused = log.compact_topics(&lease, now, 0, 2).await;
@@ -1495,11 +1459,7 @@ async fn key_compaction_keeps_the_last_record_per_key_at_its_offset_under_the_me
 
     // A node that gave the lease up compacts nothing once another node holds it.
     log.release(lease.clone()).await.expect("release");
-    let _taken = fresh
-        .acquire("merge", 10_000)
-        .await
-        .expect("acquire")
-        .expect("free after the release");
+    let _taken = common::taken(&fresh, "merge", 10_000).await;
     for i in 11..=30 {
         flush(
             &log,

@@ -18,8 +18,8 @@ use weir_storage::{
 use super::{ClusterLogs, ClusterTree, forget_lost, storage_error};
 use crate::kafka::record_count;
 
-/// How long a pipeline's lease runs past its last renewal (every heartbeat): a node that dies
-/// holds its pipelines up for at most this long.
+/// How long a pipeline's lease runs past its last renewal (once a third of it has passed): a
+/// node that dies holds its pipelines up for at most this long.
 const PIPELINE_LEASE_MS: u64 = 10_000;
 
 fn pipeline_lease(pipeline: &str) -> String {
@@ -48,10 +48,15 @@ impl ClusterLogs {
         }
     }
 
-    /// Renews the pipeline leases this node holds, in one statement; those lost are
-    /// forgotten, so their pipelines stop before their next step.
+    /// Renews, in one statement, the pipeline leases this node holds that a third of their term
+    /// has passed since their last renewal; those lost are forgotten, so their pipelines stop
+    /// before their next step.
     pub(super) async fn renew_pipelines(&self) {
-        let mut leases: Vec<Lease> = locks::lock(&self.pipelines).values().cloned().collect();
+        let mut leases: Vec<Lease> = locks::lock(&self.pipelines)
+            .values()
+            .filter(|l| l.renewal_due())
+            .cloned()
+            .collect();
         let lost = match self.log.renew_all(&mut leases).await {
             Ok(lost) => lost,
             Err(e) => {

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use bytes::Bytes;
-use weir_cluster::{Append, NodeConfig, SharedLog};
+use weir_cluster::{Append, Lease, NodeConfig, SharedLog};
 use weir_storage::{BatchBuilder, Compression, NewRecord, Record};
 use weir_tests::postgres::Postgres;
 
@@ -45,6 +45,14 @@ pub async fn flush(log: &SharedLog, appends: &[Append]) -> weir_cluster::Result<
         checked.push(log.check(append.clone()).await?);
     }
     log.flush(&checked, None).await?.into_iter().collect()
+}
+
+/// The lease `name` for `ms`, taken by `log`: the test expects it free.
+pub async fn taken(log: &SharedLog, name: &str, ms: u64) -> Lease {
+    log.acquire(name, ms)
+        .await
+        .expect("acquire")
+        .unwrap_or_else(|| panic!("lease {name} was not taken: another node holds it"))
 }
 
 /// A server, a store directory and its URL; `None` when Postgres is missing outside CI.
