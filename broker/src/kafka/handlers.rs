@@ -2,9 +2,11 @@
 //! codes here; nothing a client sends can make these panic.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Notify;
 
 use bytes::Bytes;
@@ -132,17 +134,42 @@ pub(crate) async fn handle(
         request => {
             let shared = shared.clone();
             let version = header.request_api_version;
-            let answered = tokio::task::spawn_blocking(move || {
-                weir_storage::reactor::blocking(|| {
-                    handle_blocking(&shared, request, version, &caller)
-                })
+            let answered = blocking("answering a request", move || {
+                handle_blocking(&shared, request, version, &caller)
             })
-            .await
-            .map_err(task("answering a request"))?;
+            .await?;
             return answered.map(|r| r.map(Answer::from));
         }
     };
     Ok(Some(response.into()))
+}
+
+/// Runs a request's work that blocks (writes and their fsyncs, metadata, database round
+/// trips). A connection answers one request at a time, so on a multi-threaded runtime the work
+/// runs on the connection's own thread, which first hands its other tasks to another: a
+/// produce's answer then waits for no thread to wake. On a current-thread runtime it goes to
+/// the blocking pool. Either way a panic in `work` is the error of `what`.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let work = move || weir_storage::reactor::blocking(work);
+    if Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
+        return tokio::task::spawn_blocking(work).await.map_err(task(what));
+    }
+    std::panic::catch_unwind(AssertUnwindSafe(|| tokio::task::block_in_place(work))).map_err(
+        |panic| {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panicked".to_owned());
+            Error::Task {
+                what: what.to_owned(),
+                reason,
+            }
+        },
+    )
 }
 
 /// A response, and the record sets it holds that the frame may send from their files.
