@@ -23,6 +23,12 @@ fn sql(c: &Client, statement: &str) -> Result<Value, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Runs a statement that must succeed, such as `CREATE PIPELINE`.
+fn run(c: &Client, statement: &str) {
+    let answer = sql(c, statement);
+    assert!(answer.is_ok(), "{statement}: {answer:?}");
+}
+
 fn rows(c: &Client, statement: &str) -> Vec<Value> {
     let answer = sql(c, statement).unwrap();
     answer["rows"].as_array().unwrap().clone()
@@ -88,14 +94,13 @@ fn windows_are_written_once_each_through_a_kill_9() {
     let (node, c) = start(dir.path(), &listeners);
     create_logs(&c);
     produce(&c, 0, 3000);
-    let created = sql(
+    run(
         &c,
         &format!(
             "CREATE PIPELINE errors_per_minute AS INSERT INTO errors_per_minute_out {SELECT} \
              WITH (watermark_delay = '10 seconds', idle_timeout = '2 seconds', start = 'earliest')"
         ),
     );
-    assert!(created.is_ok(), "{created:?}");
     // The output topic was made with the query's columns.
     let topics = rows(
         &c,
@@ -264,14 +269,13 @@ fn results_that_cannot_be_written_pause_the_pipeline_until_the_output_takes_them
     )
     .unwrap();
     produce(&c, 0, 600);
-    let created = sql(
+    run(
         &c,
         &format!(
             "CREATE PIPELINE by_partition AS INSERT INTO by_partition_out {BY_PARTITION} \
              WITH (watermark_delay = '0 seconds', idle_timeout = '1 hour', start = 'earliest')"
         ),
     );
-    assert!(created.is_ok(), "{created:?}");
     let status = || {
         rows(
             &c,
@@ -296,8 +300,7 @@ fn results_that_cannot_be_written_pause_the_pipeline_until_the_output_takes_them
 
     // With the partition there, a resume takes the step again from the checkpoint before it.
     assert_eq!(common::grow_topic(&node, "by_partition_out", 2), 0);
-    let resumed = sql(&c, "ALTER PIPELINE by_partition RESUME");
-    assert!(resumed.is_ok(), "{resumed:?}");
+    run(&c, "ALTER PIPELINE by_partition RESUME");
     // The least of the partitions' last event times is 598 s, on partition 0: nine minutes
     // have closed.
     eventually("the windows to be written", Duration::from_secs(30), || {
@@ -461,5 +464,5 @@ fn a_wasm_scalar_function_runs_in_one_off_and_continuous_queries() {
     sql(&c, "DROP FUNCTION fragile").unwrap();
     let gone = sql(&c, "SELECT fragile('x')").unwrap_err();
     assert!(gone.contains("fragile"), "{gone}");
-    assert!(sql(&c, "DROP FUNCTION IF EXISTS fragile").is_ok());
+    run(&c, "DROP FUNCTION IF EXISTS fragile");
 }
