@@ -48,6 +48,8 @@ use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement;
 use weir_runtime::Runtime;
 use weir_storage::{LayerKey, Storage, StorageError, Topics, TreeSource, locks};
 
@@ -373,15 +375,48 @@ impl QueryEngine {
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
         guard::check_statement(&statement)?;
-        let plan = state
-            .statement_to_plan(statement)
-            .await
-            .map_err(|e| self.unknown_table(e))?;
+        let insert = insert_target(&statement);
+        let plan = match state.statement_to_plan(statement).await {
+            Ok(plan) => plan,
+            Err(e) => match insert {
+                Some(insert) if e.strip_backtrace().contains(COLUMN_COUNT_MISMATCH) => {
+                    return Err(self.insert_column_count(insert).await);
+                }
+                _ => return Err(self.unknown_table(e)),
+            },
+        };
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_statements(false)
             .verify_plan(&plan)?;
         Ok(plan)
+    }
+
+    /// DataFusion's refusal of an `INSERT` whose query gives another number of columns than
+    /// it writes, said with the columns the table has and how to name the ones a query sets.
+    async fn insert_column_count(&self, (table, named): (String, usize)) -> Error {
+        let columns = match self.context.table_provider(table.as_str()).await {
+            Ok(provider) => provider
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(_) => String::new(),
+        };
+        let usage = format!("INSERT INTO {table} (value_text) SELECT …");
+        Error::Refused(if named == 0 {
+            format!(
+                "INSERT INTO {table} without a column list must give every column of {table}, \
+                 in order ({columns}); name the columns the query gives instead, as in {usage}"
+            )
+        } else {
+            format!(
+                "INSERT INTO {table} names {named} column(s) but its query gives another number; \
+                 give one per named column (the columns of {table}: {columns})"
+            )
+        })
     }
 
     /// A planning error about a table no schema holds, said plainly and with the nearest table
@@ -440,6 +475,21 @@ impl QueryEngine {
         let plan = self.logical_plan(&state, sql).await?;
         Ok(state.create_physical_plan(&plan).await?)
     }
+}
+
+/// How DataFusion's planner words an `INSERT` whose query gives another number of columns
+/// than the statement writes.
+const COLUMN_COUNT_MISMATCH: &str = "Column count doesn't match insert query";
+
+/// The table an `INSERT` writes, as written, and how many columns it names (0 for none).
+fn insert_target(statement: &DfStatement) -> Option<(String, usize)> {
+    let DfStatement::Statement(statement) = statement else {
+        return None;
+    };
+    let Statement::Insert(insert) = statement.as_ref() else {
+        return None;
+    };
+    Some((insert.table.to_string(), insert.columns.len()))
 }
 
 /// How an answer is sent back.

@@ -559,7 +559,7 @@ impl Query {
                 });
                 let mut made = ByPartition::new();
                 for records in records {
-                    extend_by_partition(&mut made, records.map_err(|e| e.to_string())?);
+                    extend_by_partition(&mut made, records.map_err(said)?);
                 }
                 Ok(made)
             }));
@@ -1034,7 +1034,7 @@ impl Operator for Query {
             .map(|((partition, _), batch)| {
                 batch
                     .and_then(|batch| self.push_batch(*partition, batch, now_ms))
-                    .map_err(|e| e.to_string())
+                    .map_err(said)
             })
             .collect()
     }
@@ -1044,7 +1044,7 @@ impl Operator for Query {
             return Ok(Emitted::default());
         }
         self.advance(now_ms);
-        let later = self.close().map_err(|e| e.to_string())?;
+        let later = self.close().map_err(said)?;
         Ok(Emitted {
             later,
             ..Emitted::default()
@@ -1052,11 +1052,11 @@ impl Operator for Query {
     }
 
     fn snapshot(&mut self) -> std::result::Result<Vec<u8>, String> {
-        self.snapshot_bytes().map_err(|e| e.to_string())
+        self.snapshot_bytes().map_err(said)
     }
 
     fn restore(&mut self, state: &[u8]) -> std::result::Result<(), String> {
-        self.restore_bytes(state).map_err(|e| e.to_string())
+        self.restore_bytes(state).map_err(said)
     }
 
     fn gauges(&self) -> Gauges {
@@ -1066,6 +1066,12 @@ impl Operator for Query {
             watermark_ms: self.clock.watermark_ms(),
         }
     }
+}
+
+/// What went wrong, as the runtime shows it in a pipeline's status: DataFusion's message
+/// without the kind of error it begins with (`Execution error: `).
+fn said(e: DataFusionError) -> String {
+    e.message().into_owned()
 }
 
 /// Makes the operators of SQL pipelines for the runtime.
