@@ -19,7 +19,7 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use crate::abi;
 use crate::aggregate::{LATE, Windows};
-use crate::columns::{self, Columns, ColumnsRef};
+use crate::columns::{self, Columns, ColumnsRef, Value};
 use crate::{Aggregate, Error, Params, Record, Result};
 
 /// Version of the ABI this SDK speaks: 2 (columnar batches), or 1 with the `abi-v1` feature, for
@@ -153,6 +153,9 @@ impl Collected {
 pub struct Sink<'s> {
     collected: &'s mut Collected,
     source: u32,
+    /// Where the input record's value lies, to know a record that passes it on unchanged;
+    /// an empty slice for no input record.
+    source_value: *const [u8],
 }
 
 impl Sink<'_> {
@@ -175,9 +178,21 @@ impl Sink<'_> {
     fn push(&mut self, r: &Record) {
         let collected = &mut *self.collected;
         let headers = r.headers.iter().map(|(k, v)| (k.as_bytes(), &**v));
+        // Version 2 answers a value borrowed whole from the input record with a mark, not its
+        // bytes: the host has them already.
+        let value = match &r.value {
+            Cow::Borrowed(value)
+                if ABI_VERSION == 2
+                    && !value.is_empty()
+                    && std::ptr::eq(*value, self.source_value) =>
+            {
+                Value::OfSource
+            }
+            value => Value::Bytes(value),
+        };
         collected
             .records
-            .push(r.key.as_deref(), &r.value, headers, r.timestamp);
+            .push(r.key.as_deref(), value, headers, r.timestamp);
         collected
             .sources
             .extend_from_slice(&self.source.to_le_bytes());
@@ -236,7 +251,12 @@ fn process(
         let mut latest = None::<i64>;
         let read = |source: u32, r: Record| {
             latest = Some(latest.map_or(r.timestamp, |t| t.max(r.timestamp)));
-            let mut sink = Sink { collected, source };
+            let source_value: *const [u8] = &*r.value;
+            let mut sink = Sink {
+                collected,
+                source,
+                source_value,
+            };
             each(r, params, *partitions, aggregate, &mut sink);
         };
         let input = &input[..len as usize];
@@ -250,6 +270,7 @@ fn process(
                 let mut sink = Sink {
                     collected,
                     source: NO_SOURCE,
+                    source_value: &[],
                 };
                 let watermark = if watermark == i64::MIN {
                     latest
@@ -317,14 +338,19 @@ fn read_batch_v2(input: &[u8], mut each: impl FnMut(u32, Record)) -> Result<(boo
     let view = ColumnsRef::new(columns, count, batch.headers() as usize, record_spans)?;
     let offsets = columns::array(columns, offsets, count, 8, "offsets")?;
     let partitions = columns::array(columns, partitions, count, 4, "partitions")?;
+    let any_headers = batch.headers() > 0;
     for i in 0..count {
+        let headers = if any_headers {
+            view.headers(i)
+                .map(|(k, v)| (String::from_utf8_lossy(k), Cow::Borrowed(v)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let record = Record {
             key: view.key(i).map(Cow::Borrowed),
             value: Cow::Borrowed(view.value(i)),
-            headers: view
-                .headers(i)
-                .map(|(k, v)| (String::from_utf8_lossy(k), Cow::Borrowed(v)))
-                .collect(),
+            headers,
             timestamp: view.timestamp(i),
             offset: columns::i64_at(offsets, i),
             partition: columns::u32_at(partitions, i) as i32,

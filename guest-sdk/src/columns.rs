@@ -10,6 +10,17 @@ use crate::abi::Span;
 
 /// Bit 31 of a `key_ends` entry: the record's key is null.
 pub const NULL_KEY: u32 = 1 << 31;
+/// Bit 31 of a `value_ends` entry of an answer: the record's value is its source record's
+/// value, which the answer does not repeat (its end is the entry before's).
+pub const SOURCE_VALUE: u32 = 1 << 31;
+
+/// A record's value as [`Columns::push`] lays it out.
+#[derive(Clone, Copy, Debug)]
+pub enum Value<'v> {
+    Bytes(&'v [u8]),
+    /// In an answer: the value of the input record the answered one came from.
+    OfSource,
+}
 
 /// The arrays of records as columns, by index into [`Columns::arrays`] and a [`ColumnsRef`]'s
 /// spans: timestamps `[i64]`, then key, value and header ends `[u32]` (one per record), header
@@ -27,10 +38,59 @@ pub const HEADER_VALUES: usize = 9;
 /// How many arrays records as columns take.
 pub const ARRAYS: usize = 10;
 
-/// Records being laid out as columns; the arrays are kept between batches for their capacity.
+/// Where [`Columns`] puts bytes: a growing `Vec`, or a [`Cursor`] over room already made.
+pub trait Array {
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+    /// Bytes put so far.
+    fn filled(&self) -> usize;
+}
+
+impl Array for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    #[inline]
+    fn filled(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Writes into a slice sized beforehand ([`sizes`]); putting more than it holds panics.
+#[derive(Debug, Default)]
+pub struct Cursor<'a> {
+    room: &'a mut [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(room: &'a mut [u8]) -> Cursor<'a> {
+        Cursor { room, at: 0 }
+    }
+}
+
+impl Array for Cursor<'_> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.at + bytes.len();
+        self.room[self.at..end].copy_from_slice(bytes);
+        self.at = end;
+    }
+
+    #[inline]
+    fn filled(&self) -> usize {
+        self.at
+    }
+}
+
+/// Records being laid out as columns. With `Vec`s (the default) the arrays grow as records are
+/// pushed and are kept between batches for their capacity; with [`Cursor`]s they are written
+/// straight into room sized by [`sizes`].
 #[derive(Clone, Debug, Default)]
-pub struct Columns {
-    arrays: [Vec<u8>; ARRAYS],
+pub struct Columns<A = Vec<u8>> {
+    arrays: [A; ARRAYS],
     records: u32,
     headers: u32,
 }
@@ -39,10 +99,29 @@ pub struct Columns {
 /// [`NULL_KEY`].
 pub const COLUMN_BYTES_MAX: usize = (NULL_KEY - 1) as usize;
 
-fn end(blob: &[u8]) -> u32 {
+/// The length of each array, in the order of [`Columns::arrays`], for `records` records with
+/// `headers` headers in all whose keys, values, header keys and header values take `blobs`
+/// bytes.
+pub fn sizes(records: usize, headers: usize, blobs: [usize; 4]) -> [usize; ARRAYS] {
+    let [keys, values, header_keys, header_values] = blobs;
+    [
+        records * 8,
+        records * 4,
+        records * 4,
+        records * 4,
+        headers * 4,
+        headers * 4,
+        keys,
+        values,
+        header_keys,
+        header_values,
+    ]
+}
+
+fn end(blob: &impl Array) -> u32 {
     // Blobs are bounded by guest memory (at most 4 GiB) and checked against
     // `COLUMN_BYTES_MAX` before they are sent; the cast cannot lose bits that matter.
-    blob.len() as u32
+    blob.filled() as u32
 }
 
 impl Columns {
@@ -59,6 +138,25 @@ impl Columns {
         self.arrays.each_ref().map(Vec::as_slice)
     }
 
+    /// A view of the columns as pushed, for reading them back; they are well formed by
+    /// construction.
+    pub fn view(&self) -> ColumnsRef<'_> {
+        ColumnsRef::unchecked(self.records as usize, self.arrays())
+    }
+}
+
+impl<'a> Columns<Cursor<'a>> {
+    /// Columns written into `rooms`, one per array, each as long as [`sizes`] says.
+    pub fn over(rooms: [&'a mut [u8]; ARRAYS]) -> Columns<Cursor<'a>> {
+        Columns {
+            arrays: rooms.map(Cursor::new),
+            records: 0,
+            headers: 0,
+        }
+    }
+}
+
+impl<A: Array> Columns<A> {
     /// Records pushed since the last [`Columns::clear`].
     pub fn len(&self) -> u32 {
         self.records
@@ -75,50 +173,50 @@ impl Columns {
 
     /// The largest blob, to check against [`COLUMN_BYTES_MAX`] before the columns are sent.
     pub fn largest_blob(&self) -> usize {
-        self.arrays.iter().map(Vec::len).max().unwrap_or(0)
+        self.arrays.iter().map(A::filled).max().unwrap_or(0)
     }
 
     pub fn push<'h>(
         &mut self,
         key: Option<&[u8]>,
-        value: &[u8],
+        value: Value,
         headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
         timestamp: i64,
     ) {
         let arrays = &mut self.arrays;
-        arrays[TIMESTAMPS].extend_from_slice(&timestamp.to_le_bytes());
+        arrays[TIMESTAMPS].put(&timestamp.to_le_bytes());
         let key_end = match key {
             Some(key) => {
-                arrays[KEYS].extend_from_slice(key);
+                arrays[KEYS].put(key);
                 end(&arrays[KEYS])
             }
             None => end(&arrays[KEYS]) | NULL_KEY,
         };
-        arrays[KEY_ENDS].extend_from_slice(&key_end.to_le_bytes());
-        arrays[VALUES].extend_from_slice(value);
-        let value_end = end(&arrays[VALUES]);
-        arrays[VALUE_ENDS].extend_from_slice(&value_end.to_le_bytes());
+        arrays[KEY_ENDS].put(&key_end.to_le_bytes());
+        let value_end = match value {
+            Value::Bytes(value) => {
+                arrays[VALUES].put(value);
+                end(&arrays[VALUES])
+            }
+            Value::OfSource => end(&arrays[VALUES]) | SOURCE_VALUE,
+        };
+        arrays[VALUE_ENDS].put(&value_end.to_le_bytes());
         for (key, value) in headers {
-            arrays[HEADER_KEYS].extend_from_slice(key);
-            arrays[HEADER_VALUES].extend_from_slice(value);
+            arrays[HEADER_KEYS].put(key);
+            arrays[HEADER_VALUES].put(value);
             let key_end = end(&arrays[HEADER_KEYS]);
             let value_end = end(&arrays[HEADER_VALUES]);
-            arrays[HEADER_KEY_ENDS].extend_from_slice(&key_end.to_le_bytes());
-            arrays[HEADER_VALUE_ENDS].extend_from_slice(&value_end.to_le_bytes());
+            arrays[HEADER_KEY_ENDS].put(&key_end.to_le_bytes());
+            arrays[HEADER_VALUE_ENDS].put(&value_end.to_le_bytes());
             self.headers += 1;
         }
-        arrays[HEADER_ENDS].extend_from_slice(&self.headers.to_le_bytes());
+        arrays[HEADER_ENDS].put(&self.headers.to_le_bytes());
         self.records += 1;
-    }
-
-    /// A view of the columns as pushed, for reading them back; they are well formed by
-    /// construction.
-    pub fn view(&self) -> ColumnsRef<'_> {
-        ColumnsRef::unchecked(self.records as usize, self.arrays())
     }
 }
 
 /// Entry `i` of a little-endian `u32` array whose length was checked.
+#[inline]
 pub fn u32_at(array: &[u8], i: usize) -> u32 {
     let mut word = [0; 4];
     word.copy_from_slice(&array[i * 4..i * 4 + 4]);
@@ -126,6 +224,7 @@ pub fn u32_at(array: &[u8], i: usize) -> u32 {
 }
 
 /// Entry `i` of a little-endian `i64` array whose length was checked.
+#[inline]
 pub fn i64_at(array: &[u8], i: usize) -> i64 {
     let mut word = [0; 8];
     word.copy_from_slice(&array[i * 8..i * 8 + 8]);
@@ -228,7 +327,7 @@ impl<'a> ColumnsRef<'a> {
         // (ends array, mask of its ends, what they end inside)
         let ends = [
             (KEY_ENDS, !NULL_KEY, arrays[KEYS].len()),
-            (VALUE_ENDS, u32::MAX, arrays[VALUES].len()),
+            (VALUE_ENDS, !SOURCE_VALUE, arrays[VALUES].len()),
             (HEADER_ENDS, u32::MAX, headers),
             (HEADER_KEY_ENDS, u32::MAX, arrays[HEADER_KEYS].len()),
             (HEADER_VALUE_ENDS, u32::MAX, arrays[HEADER_VALUES].len()),
@@ -248,6 +347,7 @@ impl<'a> ColumnsRef<'a> {
     }
 
     /// Entry `i` of an ends array as a range: from the previous entry's end to its own.
+    #[inline]
     fn range(ends: &[u8], i: usize, mask: u32) -> Range<usize> {
         let start = if i == 0 {
             0
@@ -257,18 +357,29 @@ impl<'a> ColumnsRef<'a> {
         start as usize..(u32_at(ends, i) & mask) as usize
     }
 
+    #[inline]
     pub fn timestamp(&self, i: usize) -> i64 {
         i64_at(self.arrays[TIMESTAMPS], i)
     }
 
     /// Where record `i`'s key lies in the keys blob; `None` for a null key.
+    #[inline]
     pub fn key_range(&self, i: usize) -> Option<Range<usize>> {
         let ends = self.arrays[KEY_ENDS];
         (u32_at(ends, i) & NULL_KEY == 0).then(|| Self::range(ends, i, !NULL_KEY))
     }
 
+    /// Where record `i`'s value lies in the values blob; an empty range for a value of its
+    /// source ([`ColumnsRef::value_of_source`]).
+    #[inline]
     pub fn value_range(&self, i: usize) -> Range<usize> {
-        Self::range(self.arrays[VALUE_ENDS], i, u32::MAX)
+        Self::range(self.arrays[VALUE_ENDS], i, !SOURCE_VALUE)
+    }
+
+    /// Whether record `i` of an answer has its source record's value ([`SOURCE_VALUE`]).
+    #[inline]
+    pub fn value_of_source(&self, i: usize) -> bool {
+        u32_at(self.arrays[VALUE_ENDS], i) & SOURCE_VALUE != 0
     }
 
     /// Where record `i`'s headers lie: (key range in the header keys blob, value range in the
@@ -308,12 +419,12 @@ impl<'a> ColumnsRef<'a> {
     }
 }
 
-/// Lays arrays out one after another from `base`: the span of each.
-pub fn layout<const N: usize>(arrays: [&[u8]; N], base: usize) -> [Span; N] {
+/// Lays arrays of these lengths out one after another from `base`: the span of each.
+pub fn layout<const N: usize>(lengths: [usize; N], base: usize) -> [Span; N] {
     let mut at = base;
-    arrays.map(|array| {
-        let span = Span::new(at as u32, array.len() as u32);
-        at += array.len();
+    lengths.map(|len| {
+        let span = Span::new(at as u32, len as u32);
+        at += len;
         span
     })
 }
@@ -323,7 +434,7 @@ mod tests {
     use super::*;
 
     fn spans(columns: &Columns) -> [Span; 10] {
-        layout(columns.arrays(), 0)
+        layout(columns.arrays().map(<[u8]>::len), 0)
     }
 
     fn flat(columns: &Columns) -> Vec<u8> {
@@ -333,11 +444,16 @@ mod tests {
     #[test]
     fn records_read_back_as_pushed() {
         let mut columns = Columns::default();
-        columns.push(Some(b"k1"), b"first", [(&b"h"[..], &b"v"[..])], 10);
-        columns.push(None, b"", [], -1);
+        columns.push(
+            Some(b"k1"),
+            Value::Bytes(b"first"),
+            [(&b"h"[..], &b"v"[..])],
+            10,
+        );
+        columns.push(None, Value::Bytes(b""), [], -1);
         columns.push(
             Some(b""),
-            b"third",
+            Value::Bytes(b"third"),
             [(&b"a"[..], &b""[..]), (&b"b"[..], &b"2"[..])],
             30,
         );
@@ -359,10 +475,54 @@ mod tests {
     }
 
     #[test]
+    fn a_value_of_the_source_takes_no_bytes() {
+        let mut columns = Columns::default();
+        columns.push(None, Value::Bytes(b"first"), [], 1);
+        columns.push(None, Value::OfSource, [], 2);
+        columns.push(None, Value::Bytes(b"third"), [], 3);
+        let memory = flat(&columns);
+        let view = ColumnsRef::new(&memory, 3, 0, spans(&columns).each_ref()).unwrap();
+        assert_eq!(view.arrays[VALUES], b"firstthird");
+        assert!(!view.value_of_source(0) && view.value_of_source(1));
+        assert_eq!(view.value(1), b"");
+        assert_eq!(view.value(2), b"third");
+    }
+
+    #[test]
+    fn columns_written_into_room_sized_beforehand_equal_grown_ones() {
+        /// A record's key, value and headers.
+        type Parts<'a> = (Option<&'a [u8]>, &'a [u8], &'a [(&'a [u8], &'a [u8])]);
+        let records: [Parts; 3] = [
+            (Some(b"k1"), b"first", &[(b"h", b"v")]),
+            (None, b"", &[]),
+            (Some(b""), b"third", &[(b"a", b""), (b"b", b"2")]),
+        ];
+        let mut grown: Columns = Columns::default();
+        for (key, value, headers) in records {
+            grown.push(key, Value::Bytes(value), headers.iter().copied(), 7);
+        }
+        let blobs = [KEYS, VALUES, HEADER_KEYS, HEADER_VALUES].map(|i| grown.arrays[i].len());
+        let sizes = sizes(3, 3, blobs);
+        let mut room = vec![0; sizes.iter().sum()];
+        let mut rest = &mut room[..];
+        let rooms = sizes.map(|size| {
+            let (room, after) = std::mem::take(&mut rest).split_at_mut(size);
+            rest = after;
+            room
+        });
+        let mut written = Columns::over(rooms);
+        for (key, value, headers) in records {
+            written.push(key, Value::Bytes(value), headers.iter().copied(), 7);
+        }
+        assert_eq!(written.largest_blob(), grown.largest_blob());
+        assert_eq!(room, flat(&grown));
+    }
+
+    #[test]
     fn a_layout_that_lies_is_refused() {
         let mut columns = Columns::default();
-        columns.push(Some(b"key"), b"value", [], 1);
-        columns.push(Some(b"k"), b"v", [], 2);
+        columns.push(Some(b"key"), Value::Bytes(b"value"), [], 1);
+        columns.push(Some(b"k"), Value::Bytes(b"v"), [], 2);
         let memory = flat(&columns);
         let spans = spans(&columns);
         let spans = spans.each_ref();
@@ -384,7 +544,7 @@ mod tests {
         let mut long = columns.clone();
         long.arrays[VALUES].pop();
         let memory = flat(&long);
-        let spans = layout(long.arrays(), 0);
+        let spans = layout(long.arrays().map(<[u8]>::len), 0);
         assert!(ColumnsRef::new(&memory, 2, 0, spans.each_ref()).is_err());
     }
 }

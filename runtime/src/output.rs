@@ -7,7 +7,7 @@ use bytes::Bytes;
 pub use weir::__rt::NO_SOURCE;
 use weir::abi;
 use weir::columns::{self, ColumnsRef};
-use weir_storage::{Header, NewRecord};
+use weir_storage::{Header, NewRecord, Record};
 
 /// One record a plugin produced.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,16 +132,18 @@ pub fn read(bytes: &Bytes, count: usize) -> Result<Output, String> {
 }
 
 /// Parses and checks an `Output2` envelope at `address`+`len` of guest `memory`, answering a
-/// batch of `count` records, and the arrays it points at (together at most `bytes_max`). The
-/// keys, values and header values of the records built are copied out once, a blob each;
-/// record fields are slices of those.
+/// batch of `inputs`, and the arrays it points at (together at most `bytes_max`). The keys,
+/// values and header values of the records built are copied out once, a blob each; record
+/// fields are slices of those, or a record's value is its input record's, shared, when the
+/// answer marks it so ([`columns::SOURCE_VALUE`]).
 pub fn read_v2(
     memory: &[u8],
     address: usize,
     len: usize,
-    count: usize,
+    inputs: &[Record],
     bytes_max: u64,
 ) -> Result<Output, String> {
+    let count = inputs.len();
     if len as u64 > bytes_max {
         return Err(format!(
             "{len} bytes of output, more than the limit of {bytes_max}"
@@ -200,18 +202,22 @@ pub fn read_v2(
     let [keys, values, header_keys, header_values] = view.blobs();
     let [keys, values, header_values] = [keys, values, header_values].map(Bytes::copy_from_slice);
     let mut records = Vec::with_capacity(built);
+    let any_headers = output.headers() > 0;
     for i in 0..built {
-        let headers = view
-            .header_ranges(i)
-            .map(|(key, value)| {
-                let key = std::str::from_utf8(&header_keys[key])
-                    .map_err(|e| format!("header key of record {i} is not UTF-8: {e}"))?;
-                Ok(Header {
-                    key: key.to_owned(),
-                    value: Some(header_values.slice(value)),
+        let headers = if !any_headers {
+            Vec::new()
+        } else {
+            view.header_ranges(i)
+                .map(|(key, value)| {
+                    let key = std::str::from_utf8(&header_keys[key])
+                        .map_err(|e| format!("header key of record {i} is not UTF-8: {e}"))?;
+                    Ok(Header {
+                        key: key.to_owned(),
+                        value: Some(header_values.slice(value)),
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+                .collect::<Result<Vec<_>, String>>()?
+        };
         let topic = match columns::u32_at(topics, i) {
             NO_SOURCE => None,
             index => Some(
@@ -221,12 +227,21 @@ pub fn read_v2(
                     .to_string(),
             ),
         };
+        let source = source(columns::u32_at(sources, i), count, "record source")?;
+        let value = if view.value_of_source(i) {
+            let input = inputs
+                .get(source as usize)
+                .ok_or_else(|| format!("record {i} has the value of its source, but no source"))?;
+            input.value.clone()
+        } else {
+            Some(values.slice(view.value_range(i)))
+        };
         records.push(OutRecord {
-            source: source(columns::u32_at(sources, i), count, "record source")?,
+            source,
             record: NewRecord {
                 timestamp: view.timestamp(i),
                 key: view.key_range(i).map(|r| keys.slice(r)),
-                value: Some(values.slice(view.value_range(i))),
+                value,
                 headers,
             },
             topic,
@@ -247,16 +262,22 @@ pub fn read_v2(
 #[cfg(test)]
 mod tests {
     use flatbuffers::FlatBufferBuilder;
-    use weir::columns::{Columns, layout};
+    use weir::columns::{Columns, Value, layout};
 
     use super::*;
 
     /// Guest memory holding an `Output2` at address 0 answering a map over `count` records:
-    /// two records built, the second sent to topic "alerts" and partition 3.
-    fn map_answer(sources: [u32; 2]) -> Vec<u8> {
+    /// two records built, the second with value `second` and sent to topic "alerts" and
+    /// partition 3.
+    fn map_answer(sources: [u32; 2], second: Value) -> Vec<u8> {
         let mut columns = Columns::default();
-        columns.push(Some(b"k"), b"first", [(&b"h"[..], &b"v"[..])], 5);
-        columns.push(None, b"second", [], 6);
+        columns.push(
+            Some(b"k"),
+            Value::Bytes(b"first"),
+            [(&b"h"[..], &b"v"[..])],
+            5,
+        );
+        columns.push(None, second, [], 6);
         let le = |values: [u32; 2]| values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let answers: [Vec<u8>; 5] = [
             Vec::new(),
@@ -275,7 +296,7 @@ mod tests {
                 }
             });
             let mut builder = FlatBufferBuilder::new();
-            let spans = builder.create_vector(&layout(arrays, base));
+            let spans = builder.create_vector(&layout(arrays.map(<[u8]>::len), base));
             let alerts = builder.create_string("alerts");
             let topic_names = Some(builder.create_vector(&[alerts]));
             let root = abi::Output2::create(
@@ -304,8 +325,8 @@ mod tests {
 
     #[test]
     fn a_map_answer_reads_as_the_guest_built_it() {
-        let memory = map_answer([0, 1]);
-        let output = read_v2(&memory, 0, memory.len(), 2, 1 << 20).unwrap();
+        let memory = map_answer([0, 1], Value::Bytes(b"second"));
+        let output = read_v2(&memory, 0, memory.len(), &inputs(2), 1 << 20).unwrap();
         assert_eq!(output.records.len(), 2);
         let [first, second] = &output.records[..] else {
             unreachable!()
@@ -323,20 +344,54 @@ mod tests {
         assert!(output.kept.is_empty() && output.partitions.is_empty());
     }
 
+    /// `count` input records, record `i` with value `in-i`.
+    fn inputs(count: usize) -> Vec<Record> {
+        (0..count)
+            .map(|i| Record {
+                offset: i as i64,
+                timestamp: 0,
+                key: None,
+                value: Some(Bytes::from(format!("in-{i}"))),
+                headers: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_value_marked_as_the_sources_is_the_input_records_value() {
+        let memory = map_answer([0, 1], Value::OfSource);
+        let inputs = inputs(2);
+        let output = read_v2(&memory, 0, memory.len(), &inputs, 1 << 20).unwrap();
+        let [first, second] = &output.records[..] else {
+            unreachable!()
+        };
+        assert_eq!(first.record.value.as_deref(), Some(&b"first"[..]));
+        assert_eq!(second.record.value, inputs[1].value);
+        // Shared with the input, not copied.
+        let (shared, input) = (second.record.value.as_ref(), inputs[1].value.as_ref());
+        assert_eq!(shared.map(|v| v.as_ptr()), input.map(|v| v.as_ptr()));
+        let orphan = map_answer([0, NO_SOURCE], Value::OfSource);
+        let error = read_v2(&orphan, 0, orphan.len(), &inputs, 1 << 20).unwrap_err();
+        assert!(
+            error.contains("record 1 has the value of its source, but no source"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn an_answer_that_lies_is_refused_with_the_reason() {
-        let memory = map_answer([0, 1]);
+        let memory = map_answer([0, 1], Value::Bytes(b"second"));
         let error = |memory: &[u8], count, bytes_max| {
-            read_v2(memory, 0, memory.len(), count, bytes_max).unwrap_err()
+            read_v2(memory, 0, memory.len(), &inputs(count), bytes_max).unwrap_err()
         };
         assert!(error(&memory, 1, 1 << 20).contains("record source 1"));
         assert!(error(&memory, 2, 64).contains("more than the limit of 64"));
         // Memory cut short: the last array lies outside it.
         let short = &memory[..memory.len() - 1];
         assert!(error(short, 2, 1 << 20).contains("outside"));
-        let cut = read_v2(&memory, 0, 8, 2, 1 << 20).unwrap_err();
+        let cut = read_v2(&memory, 0, 8, &inputs(2), 1 << 20).unwrap_err();
         assert!(cut.contains("does not parse"), "{cut}");
-        let no_source = map_answer([NO_SOURCE, 1]);
-        assert!(read_v2(&no_source, 0, no_source.len(), 2, 1 << 20).is_ok());
+        let no_source = map_answer([NO_SOURCE, 1], Value::Bytes(b"second"));
+        assert!(read_v2(&no_source, 0, no_source.len(), &inputs(2), 1 << 20).is_ok());
     }
 }

@@ -12,7 +12,7 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, Linker, Memory, Module, PoolingAllocationConfig,
     Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc,
 };
-use weir::columns::{COLUMN_BYTES_MAX, Columns, layout};
+use weir::columns::{self, Array, COLUMN_BYTES_MAX, Columns, Cursor, Value, layout};
 use weir::{Kind, abi};
 use weir_storage::Record;
 
@@ -295,9 +295,6 @@ impl Sandbox {
             output_bytes_max: self.config.output_bytes_max,
             abi_version: plugin.abi_version,
             builder: FlatBufferBuilder::new(),
-            columns: Columns::default(),
-            offsets: Vec::new(),
-            partitions: Vec::new(),
         };
         instance.init(init)?;
         Ok(instance)
@@ -350,11 +347,6 @@ pub struct Instance {
     output_bytes_max: u64,
     abi_version: u32,
     builder: FlatBufferBuilder<'static>,
-    /// Version 2: the batch's records as columns, with their offsets and partitions; kept
-    /// between calls for their capacity.
-    columns: Columns,
-    offsets: Vec<u8>,
-    partitions: Vec<u8>,
 }
 
 impl Instance {
@@ -479,8 +471,8 @@ impl Instance {
         crate::output::read(&answer, records.len()).map_err(CallError::BadOutput)
     }
 
-    /// Version 2: the records as columns behind a `Batch2` envelope, the answer read in place
-    /// from guest memory.
+    /// Version 2: the records as columns behind a `Batch2` envelope, written straight into
+    /// guest memory; the answer read in place from guest memory.
     fn run_v2(
         &mut self,
         records: &[Record],
@@ -488,40 +480,37 @@ impl Instance {
         snapshot: bool,
         watermark: Option<i64>,
     ) -> Result<Output, CallError> {
-        let (columns, offsets, partitions) =
-            (&mut self.columns, &mut self.offsets, &mut self.partitions);
-        columns.clear();
-        offsets.clear();
-        partitions.clear();
-        for (i, r) in records.iter().enumerate() {
-            let headers = r.headers.iter().map(|h| {
-                let value = h.value.as_deref().unwrap_or_default();
-                (h.key.as_bytes(), value)
-            });
-            let value = r.value.as_deref().unwrap_or_default();
-            columns.push(r.key.as_deref(), value, headers, r.timestamp);
-            offsets.extend_from_slice(&r.offset.to_le_bytes());
-            partitions.extend_from_slice(&partition(i).to_le_bytes());
+        // Every array's length first, so the envelope and the room in guest memory are made
+        // before a byte of the records is written.
+        let (mut headers, mut blobs) = (0, [0; 4]);
+        for r in records {
+            blobs[0] += r.key.as_ref().map_or(0, Bytes::len);
+            blobs[1] += r.value.as_ref().map_or(0, Bytes::len);
+            for h in &r.headers {
+                headers += 1;
+                blobs[2] += h.key.len();
+                blobs[3] += h.value.as_ref().map_or(0, Bytes::len);
+            }
         }
-        if columns.largest_blob().max(offsets.len()) > COLUMN_BYTES_MAX {
+        let count = records.len();
+        let record_sizes = columns::sizes(count, headers, blobs);
+        let sizes: [usize; 12] = std::array::from_fn(|i| match i {
+            0 => count * 8,
+            1 => count * 4,
+            i => record_sizes[i - 2],
+        });
+        if sizes.iter().any(|&size| size > COLUMN_BYTES_MAX) {
             return Err(CallError::Trap(format!(
-                "batch of {} records is too large for one call",
-                records.len()
+                "batch of {count} records is too large for one call"
             )));
         }
-        let record_arrays = columns.arrays();
-        let arrays: [&[u8]; 12] = std::array::from_fn(|i| match i {
-            0 => &offsets[..],
-            1 => &partitions[..],
-            i => record_arrays[i - 2],
-        });
-        let spans = layout(arrays, 0);
+        let spans = layout(sizes, 0);
         let builder = &mut self.builder;
         builder.reset();
         let spans = builder.create_vector(&spans);
         let args = abi::Batch2Args {
-            count: columns.len(),
-            headers: columns.header_count(),
+            count: count as u32,
+            headers: headers as u32,
             snapshot,
             watermark: watermark.unwrap_or(i64::MIN),
             spans: Some(spans),
@@ -530,14 +519,28 @@ impl Instance {
         builder.finish(root, None);
         let envelope = builder.finished_data();
         let columns_start = 4 + envelope.len();
-        let len = columns_start + arrays.iter().map(|a| a.len()).sum::<usize>();
+        let len = columns_start + sizes.iter().sum::<usize>();
         let write = |buffer: &mut [u8]| {
-            buffer[..4].copy_from_slice(&(envelope.len() as u32).to_le_bytes());
-            buffer[4..columns_start].copy_from_slice(envelope);
-            let mut at = columns_start;
-            for array in arrays {
-                buffer[at..at + array.len()].copy_from_slice(array);
-                at += array.len();
+            let (head, mut rest) = buffer.split_at_mut(columns_start);
+            head[..4].copy_from_slice(&(envelope.len() as u32).to_le_bytes());
+            head[4..].copy_from_slice(envelope);
+            let rooms = sizes.map(|size| {
+                let (room, after) = std::mem::take(&mut rest).split_at_mut(size);
+                rest = after;
+                room
+            });
+            let [offsets, partitions, record_rooms @ ..] = rooms;
+            let (mut offsets, mut partitions) = (Cursor::new(offsets), Cursor::new(partitions));
+            let mut columns = Columns::over(record_rooms);
+            for (i, r) in records.iter().enumerate() {
+                let headers = r.headers.iter().map(|h| {
+                    let value = h.value.as_deref().unwrap_or_default();
+                    (h.key.as_bytes(), value)
+                });
+                let value = r.value.as_deref().unwrap_or_default();
+                columns.push(r.key.as_deref(), Value::Bytes(value), headers, r.timestamp);
+                offsets.put(&r.offset.to_le_bytes());
+                partitions.put(&partition(i).to_le_bytes());
             }
         };
         let (process, alloc, memory) = (self.process.clone(), self.alloc.clone(), self.memory);
@@ -554,7 +557,7 @@ impl Instance {
             memory.data(&self.store),
             address,
             answer_len,
-            records.len(),
+            records,
             self.output_bytes_max,
         )
         .map_err(CallError::BadOutput)

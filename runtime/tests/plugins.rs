@@ -299,3 +299,58 @@ fn every_plugin_answers_the_same_under_both_abi_versions() {
         }
     }
 }
+
+/// A flat-map that passes each record on, then a copy whose value it changed, then (for
+/// records with a value) one whose value is a part of the input's.
+const PASS_ON: &str = r#"
+use weir::Record;
+
+#[weir::flat_map]
+fn pass_on(r: Record) -> Vec<Record> {
+    let mut changed = r.clone();
+    changed.value.to_mut().extend_from_slice(b"!");
+    let mut out = vec![r.clone(), changed];
+    if r.value.len() > 1 {
+        let mut part = r.clone();
+        part.value = match r.value {
+            std::borrow::Cow::Borrowed(v) => std::borrow::Cow::Borrowed(&v[1..]),
+            std::borrow::Cow::Owned(v) => std::borrow::Cow::Owned(v[1..].to_vec()),
+        };
+        out.push(part);
+    }
+    out
+}
+"#;
+
+#[test]
+fn a_value_passed_on_unchanged_is_shared_with_the_input_not_copied() {
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let instance = |abi| {
+        let path = weir_tests::wasm::build_plugin_source_for("pass-on", PASS_ON, abi).unwrap();
+        let plugin = sandbox.load(&std::fs::read(path).unwrap()).unwrap();
+        sandbox.instantiate(&plugin, &Init::default()).unwrap()
+    };
+    let (mut v1, mut v2) = (instance(Abi::V1), instance(Abi::Current));
+    let records = mixed_records();
+    let one = v1.process(&records, 0, false).unwrap();
+    let two = v2.process(&records, 0, false).unwrap();
+    assert_eq!(one, two);
+    let mut shared = 0;
+    for out in &two.records {
+        let input = &records[out.source as usize];
+        let value = out.record.value.as_deref().unwrap_or_default();
+        let input_value = input.value.as_deref().unwrap_or_default();
+        // Only the record passed on whole shares the input's bytes.
+        let same_bytes = !value.is_empty() && std::ptr::eq(value, input_value);
+        assert_eq!(
+            same_bytes,
+            value == input_value && !value.is_empty(),
+            "{out:?}"
+        );
+        shared += usize::from(same_bytes);
+    }
+    let with_value = records
+        .iter()
+        .filter(|r| r.value.as_ref().is_some_and(|v| !v.is_empty()));
+    assert_eq!(shared, with_value.count());
+}
