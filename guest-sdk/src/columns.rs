@@ -59,7 +59,7 @@ impl Array for Vec<u8> {
 }
 
 /// Writes into a slice sized beforehand ([`sizes`]); putting more than it holds panics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Cursor<'a> {
     room: &'a mut [u8],
     at: usize,
