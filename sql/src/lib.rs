@@ -376,14 +376,12 @@ impl QueryEngine {
         let statement = state.sql_to_statement(sql, &dialect)?;
         guard::check_statement(&statement)?;
         let insert = insert_target(&statement);
-        let plan = match state.statement_to_plan(statement).await {
-            Ok(plan) => plan,
-            Err(e) => match insert {
-                Some(insert) if e.strip_backtrace().contains(COLUMN_COUNT_MISMATCH) => {
-                    return Err(self.insert_column_count(insert).await);
-                }
-                _ => return Err(self.unknown_table(e)),
-            },
+        let plan = match (state.statement_to_plan(statement).await, insert) {
+            (Ok(plan), _) => plan,
+            (Err(e), Some(insert)) if e.strip_backtrace().contains(COLUMN_COUNT_MISMATCH) => {
+                return Err(self.insert_column_count(insert).await);
+            }
+            (Err(e), _) => return Err(self.unknown_table(e)),
         };
         SQLOptions::new()
             .with_allow_ddl(false)
