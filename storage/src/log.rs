@@ -78,16 +78,20 @@ impl FileSlice {
         self.next_offset
     }
 
-    /// Loads the bytes and verifies every batch's CRC.
+    /// Loads the bytes, every batch's CRC checked once (see [`FileSlice::map`]).
     pub fn read(&self) -> Result<Bytes> {
         self.verified(self.segment.read_bytes(self.position, self.len)?)
     }
 
-    /// The bytes mapped from the segment file rather than copied, with every batch's CRC
-    /// verified: what a fetch sends. The mapping covers only bytes below the high watermark
-    /// when the read started, which the log never rewrites in place.
+    /// The bytes mapped from the segment file rather than copied: what a fetch sends. The
+    /// mapping covers only bytes below the high watermark when the read started, which the log
+    /// never rewrites in place. Every batch's CRC is checked once in the process's life: when
+    /// it is appended, or on its first read once the segment is opened from disk. Bytes
+    /// already checked are neither checked again nor touched, so a socket sending them from the
+    /// page cache is the only reader.
     pub fn map(&self) -> Result<Bytes> {
-        self.verified(self.segment.map_bytes(self.position, self.len)?)
+        let unchecked = self.segment.checked() < self.position + self.len;
+        self.verified(self.segment.map_bytes(self.position, self.len, unchecked)?)
     }
 
     /// The segment file the slice lies in, held open: the slice is its bytes from
@@ -96,8 +100,12 @@ impl FileSlice {
         self.segment.log_file()
     }
 
+    /// `bytes`, once the CRCs of their batches past the segment's checked mark are checked;
+    /// the mark then moves past them.
     fn verified(&self, bytes: Bytes) -> Result<Bytes> {
-        let mut pos = 0usize;
+        let checked = self.segment.checked().saturating_sub(self.position);
+        let from = checked.min(bytes.len() as u64) as usize;
+        let mut pos = from;
         while pos < bytes.len() {
             match validate_batch(&bytes[pos..], u64::MAX) {
                 Ok(h) => pos += h.total_bytes() as usize,
@@ -110,6 +118,8 @@ impl FileSlice {
                 }
             }
         }
+        self.segment
+            .mark_checked(self.position + from as u64, self.position + pos as u64);
         Ok(bytes)
     }
 }

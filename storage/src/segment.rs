@@ -85,6 +85,11 @@ pub(crate) struct Segment {
     dir: PathBuf,
     /// Bytes of whole batches in the file.
     size: AtomicU64,
+    /// Bytes from the start of the file whose batches this process knows to be sound: it wrote
+    /// them after checking them, or read them back and checked their CRCs. Starts at 0 for a
+    /// segment opened from disk, so what an earlier process (or the disk since) left there is
+    /// checked when first read; always at a batch boundary.
+    checked: AtomicU64,
     /// Offset after the last batch of the segment.
     next_offset: AtomicU64,
     /// Largest batch timestamp in the segment, -1 when empty.
@@ -247,6 +252,7 @@ impl Segment {
             base_offset,
             dir: dir.to_path_buf(),
             size: AtomicU64::new(extent.size),
+            checked: AtomicU64::new(0),
             next_offset: AtomicU64::new(extent.next_offset),
             max_timestamp: AtomicI64::new(extent.max_timestamp),
             created_ms,
@@ -708,10 +714,28 @@ impl Segment {
         Ok(position)
     }
 
-    /// Makes `bytes` written by [`Segment::write`] visible in the segment's bookkeeping.
+    /// Makes `bytes` written by [`Segment::write`] visible in the segment's bookkeeping. What
+    /// is written is checked first (a producer's batches) or built here (a compacted copy), so
+    /// it counts as checked.
     pub fn commit_write(&self, bytes: u64, next_offset: u64) {
-        self.size.fetch_add(bytes, Ordering::AcqRel);
+        let before = self.size.fetch_add(bytes, Ordering::AcqRel);
+        self.mark_checked(before, before + bytes);
         self.next_offset.store(next_offset, Ordering::Release);
+    }
+
+    /// Bytes from the start of the file known to be sound: a reader checks only what lies past.
+    pub fn checked(&self) -> u64 {
+        self.checked.load(Ordering::Acquire)
+    }
+
+    /// Records that the batches in `from..to` are sound; the mark moves only when they adjoin
+    /// what was already known, so it never passes a byte nobody checked.
+    pub fn mark_checked(&self, from: u64, to: u64) {
+        let _ = self
+            .checked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (from <= c && c < to).then_some(to)
+            });
     }
 
     /// fdatasync of the log file: data and size, which is what recovery needs.
@@ -835,8 +859,10 @@ impl Segment {
         Ok(())
     }
 
-    /// Maps `len` bytes at `position` of the log file read-only.
-    pub fn map_bytes(&self, position: u64, len: u64) -> Result<Bytes> {
+    /// Maps `len` bytes at `position` of the log file read-only; with `populate`, which pays
+    /// when every byte is about to be read, the pages are mapped in at once rather than faulted
+    /// in one by one.
+    pub fn map_bytes(&self, position: u64, len: u64, populate: bool) -> Result<Bytes> {
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -846,9 +872,12 @@ impl Segment {
         // SAFETY: the range lies below the segment's size when the read began; the log only
         // appends past it, and files are replaced by rename or unlinked, never truncated under
         // a reader, so the mapped bytes stay valid for the mapping's life.
+        let mut options = memmap2::MmapOptions::new();
+        if populate {
+            options.populate();
+        }
         let map = unsafe {
-            memmap2::MmapOptions::new()
-                .populate()
+            options
                 .offset(start)
                 .len(skip + len as usize)
                 .map(&self.files()?.file)

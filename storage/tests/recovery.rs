@@ -193,6 +193,70 @@ fn garbage_in_a_closed_segment_is_a_typed_error_on_read_and_the_rest_serves() {
     assert_eq!(fill(&log, 5), end + 5);
 }
 
+/// The bytes of the batches a read of up to `bytes_max` bytes from `offset` returns, mapped
+/// as a fetch sends them.
+fn fetch(log: &Log, offset: u64, bytes_max: u64) -> Result<Bytes, StorageError> {
+    log.read(offset, bytes_max)?.slice.unwrap().map()
+}
+
+/// Flips the last byte of the batch holding `offset` in the segment file `file`, in place:
+/// its header stays whole, so reads still find the batch, but its CRC no longer matches.
+fn damage(log: &Log, file: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let slice = log.read(offset, 1).unwrap().slice.unwrap();
+    let at = slice.position() + slice.len() - 1;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0xFF], at).unwrap();
+}
+
+#[test]
+fn a_batch_is_checked_once_when_appended_or_on_its_first_read_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    fill(&log, 600);
+    let files = segment_files(dir.path(), ".log");
+    assert!(files.len() >= 3, "{} segments", files.len());
+    let base =
+        |file: &Path| -> u64 { file.file_stem().unwrap().to_str().unwrap().parse().unwrap() };
+    let second = base(&files[1]);
+
+    // Checked on the way in, so a fetch does not read it again: damage done on disk since is
+    // for the clients' CRC checks, and for the node's next start, to find.
+    damage(&log, &files[0], 0);
+    assert!(fetch(&log, 0, 1).is_ok());
+    log.close().unwrap();
+    drop(log);
+
+    let log = Log::open(dir.path(), config()).unwrap();
+    // Opened from disk: the first read checks, finds the damage, and checks again next time.
+    for _ in 0..2 {
+        match fetch(&log, 0, 1) {
+            Err(StorageError::Corrupt { path, position, .. }) => {
+                assert_eq!(path, files[0]);
+                assert_eq!(position, 0);
+            }
+            other => panic!("damage not found: {other:?}"),
+        }
+    }
+    // A segment read whole once is not checked again.
+    let whole = fetch(&log, second, 1 << 20).unwrap();
+    damage(&log, &files[1], second);
+    assert_eq!(fetch(&log, second, 1 << 20).unwrap().len(), whole.len());
+    // What no read has covered yet still is.
+    let third = base(&files[2]);
+    damage(&log, &files[2], third);
+    assert!(matches!(
+        fetch(&log, third, 1),
+        Err(StorageError::Corrupt { .. })
+    ));
+}
+
 #[test]
 fn garbage_in_the_active_segment_is_cut_and_saved() {
     let dir = tempfile::tempdir().unwrap();
