@@ -1177,10 +1177,12 @@ impl Logs for ClusterLogs {
         let read = self.log.read(topic, partition, offset, limit.max(1));
         let fetched = self.wait(read, topic, partition)?;
         let fits = first || fetched.batches.len() as u64 <= limit;
+        let records = (fits && !fetched.batches.is_empty()).then_some(fetched.batches);
         Ok(PartitionRead {
             high_watermark: fetched.high_watermark,
             log_start_offset: fetched.log_start_offset,
-            records: (fits && !fetched.batches.is_empty()).then_some(fetched.batches),
+            record_count: records.as_deref().map_or(0, record_count),
+            records,
             file: None,
         })
     }

@@ -181,6 +181,11 @@ impl BatchHeader {
         self.base_offset + i64::from(self.last_offset_delta)
     }
 
+    /// Records the header says the batch holds.
+    pub fn records(&self) -> u64 {
+        self.record_count.max(0) as u64
+    }
+
     /// Offsets the batch spans: `last_offset_delta + 1`.
     pub fn offset_count(&self) -> u64 {
         self.last_offset_delta as u64 + 1

@@ -58,6 +58,8 @@ pub struct FileSlice {
     position: u64,
     len: u64,
     next_offset: u64,
+    /// Records in its batches, as their headers count them.
+    records: u64,
 }
 
 impl FileSlice {
@@ -76,6 +78,12 @@ impl FileSlice {
     /// Offset after the last batch of the slice: where the next read continues.
     pub fn next_offset(&self) -> u64 {
         self.next_offset
+    }
+
+    /// Records in the slice's batches (control records included), from the headers the read
+    /// went through, so counting them touches none of the slice's bytes.
+    pub fn records(&self) -> u64 {
+        self.records
     }
 
     /// Loads the bytes, every batch's CRC checked once (see [`FileSlice::map`]).
@@ -761,6 +769,7 @@ impl Log {
             seen(start, &first);
             let mut end = start + first.total_bytes();
             let mut next_offset = first.last_offset() as u64 + 1;
+            let mut records = first.records();
             while let Some(h) = segment.header_at(end, limit)? {
                 if end + h.total_bytes() - start > bytes_max {
                     break;
@@ -768,12 +777,14 @@ impl Log {
                 seen(end, &h);
                 end += h.total_bytes();
                 next_offset = h.last_offset() as u64 + 1;
+                records += h.records();
             }
             return Ok(result(Some(FileSlice {
                 segment: segment.clone(),
                 position: start,
                 len: end - start,
                 next_offset,
+                records,
             })));
         }
         Ok(result(None))
@@ -862,18 +873,19 @@ impl Log {
                 return;
             }
             if h.base_offset >= first && h.last_offset() <= last {
-                count.whole += h.record_count as u64;
+                count.whole += h.records();
             } else {
-                cut.push((position, h.total_bytes()));
+                cut.push((position, h.total_bytes(), h.records()));
             }
         })?;
         let Some(slice) = read.slice else {
             return Ok(count);
         };
-        for (position, len) in cut {
+        for (position, len, records) in cut {
             let batch = FileSlice {
                 position,
                 len,
+                records,
                 ..slice.clone()
             };
             count.decoded += decode_records(&batch.read()?)?

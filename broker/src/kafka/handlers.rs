@@ -694,8 +694,8 @@ fn fetch_once(shared: &Shared, request: &FetchRequest, caller: &Caller) -> Fetch
                     p.last_stable_offset = read.high_watermark as i64;
                     p.log_start_offset = read.log_start_offset as i64;
                     let len = bytes.as_ref().map_or(0, |b| b.len() as u64);
-                    if let Some(b) = &bytes {
-                        shared.metrics.consumed(&name, len, record_count(b));
+                    if bytes.is_some() {
+                        shared.metrics.consumed(&name, len, read.record_count);
                     }
                     total += len;
                     budget = budget.saturating_sub(len);
@@ -732,7 +732,7 @@ pub(crate) fn record_count(batches: &[u8]) -> u64 {
     let mut pos = 0;
     let mut records = 0u64;
     while let Ok(h) = weir_storage::batch::BatchHeader::parse(&batches[pos..]) {
-        records += h.record_count.max(0) as u64;
+        records += h.records();
         pos += h.total_bytes() as usize;
         if pos >= batches.len() {
             break;

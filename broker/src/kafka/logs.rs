@@ -45,6 +45,8 @@ pub(crate) struct PartitionRead {
     pub high_watermark: u64,
     pub log_start_offset: u64,
     pub records: Option<Bytes>,
+    /// Records in `records`, counted from the batch headers the read went through.
+    pub record_count: u64,
     /// The file and position the records were read from, when they are large enough to be
     /// sent from it.
     pub file: Option<(LogFile, u64)>,
@@ -326,20 +328,21 @@ impl Logs for LocalLogs {
         } else {
             log.read_fitting(offset, limit)?
         };
-        let (records, file) = match &read.slice {
+        let (records, record_count, file) = match &read.slice {
             Some(slice) => {
                 let bytes = slice.map()?;
                 let file = (bytes.len() >= LENT_BYTES_MIN)
                     .then(|| slice.file().map(|f| (f, slice.position())))
                     .transpose()?;
-                (Some(bytes), file)
+                (Some(bytes), slice.records(), file)
             }
-            None => (None, None),
+            None => (None, 0, None),
         };
         Ok(PartitionRead {
             high_watermark: read.high_watermark,
             log_start_offset: read.log_start_offset,
             records,
+            record_count,
             file,
         })
     }
