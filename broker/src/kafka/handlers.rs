@@ -556,8 +556,59 @@ async fn fetch(
     let wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let deadline = Instant::now() + wait;
     let min_bytes = request.min_bytes.max(0) as u64;
-    // The wake-ups of the partitions read, each once and only if it exists: an append
-    // elsewhere does not wake this fetch, and the names a client sends add no entry.
+    let request = Arc::new(request);
+    // Found when the fetch first has to wait: most fetches find their bytes on the first read.
+    let mut waits: Option<Vec<Arc<Notify>>> = None;
+    loop {
+        // Register for wake-ups before reading, so an append between the read and the wait
+        // is not missed.
+        let notified: Vec<_> = waits
+            .iter()
+            .flatten()
+            .map(|n| Box::pin(n.notified()))
+            .collect();
+        // Reads map segment files (and check the CRCs of batches not checked yet): on the
+        // blocking pool.
+        let read = {
+            let (shared, request, caller) = (shared.clone(), request.clone(), caller.clone());
+            tokio::task::spawn_blocking(move || {
+                weir_storage::reactor::blocking(|| fetch_once(&shared, &request, &caller))
+            })
+            .await
+        };
+        let fetched = match read {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                tracing::error!(error = %e, "fetch task failed");
+                return (FetchResponse::default(), Vec::new());
+            }
+        };
+        let now = Instant::now();
+        if fetched.bytes >= min_bytes.max(1) || now >= deadline || min_bytes == 0 {
+            return (fetched.response, fetched.lent);
+        }
+        if waits.is_none() {
+            // Read again once registered, before the first wait.
+            drop(notified);
+            waits = Some(wake_ups(shared, &request).await);
+            continue;
+        }
+        let _waiting = shared.metrics.fetch_waiting();
+        let woken = !notified.is_empty()
+            && tokio::time::timeout(deadline - now, futures::future::select_all(notified))
+                .await
+                .is_ok();
+        if woken {
+            shared.metrics.fetch_woken();
+        } else {
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// The wake-ups of the partitions a fetch reads, each once and only if it exists: an append
+/// elsewhere does not wake the fetch, and the names a client sends add no entry.
+async fn wake_ups(shared: &Arc<Shared>, request: &FetchRequest) -> Vec<Arc<Notify>> {
     let read: BTreeSet<(String, u32)> = request
         .topics
         .iter()
@@ -581,45 +632,10 @@ async fn fetch(
         .await
         .unwrap_or_default()
     };
-    let waits: Vec<Arc<Notify>> = readable
+    readable
         .iter()
         .map(|(topic, partition)| shared.appends.of(topic, *partition))
-        .collect();
-    let request = Arc::new(request);
-    loop {
-        // Register for wake-ups before reading, so an append between the read and the wait
-        // is not missed.
-        let notified: Vec<_> = waits.iter().map(|n| Box::pin(n.notified())).collect();
-        // Reads map segment files and check every batch's CRC: on the blocking pool.
-        let read = {
-            let (shared, request, caller) = (shared.clone(), request.clone(), caller.clone());
-            tokio::task::spawn_blocking(move || {
-                weir_storage::reactor::blocking(|| fetch_once(&shared, &request, &caller))
-            })
-            .await
-        };
-        let fetched = match read {
-            Ok(fetched) => fetched,
-            Err(e) => {
-                tracing::error!(error = %e, "fetch task failed");
-                return (FetchResponse::default(), Vec::new());
-            }
-        };
-        let now = Instant::now();
-        if fetched.bytes >= min_bytes.max(1) || now >= deadline || min_bytes == 0 {
-            return (fetched.response, fetched.lent);
-        }
-        let _waiting = shared.metrics.fetch_waiting();
-        let woken = !notified.is_empty()
-            && tokio::time::timeout(deadline - now, futures::future::select_all(notified))
-                .await
-                .is_ok();
-        if woken {
-            shared.metrics.fetch_woken();
-        } else {
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
+        .collect()
 }
 
 /// What one pass over a fetch's partitions found.
