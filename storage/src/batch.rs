@@ -781,7 +781,7 @@ pub fn count_records_in(
             return Ok(());
         }
         if header.base_offset >= first && header.last_offset() <= last {
-            count.whole += header.record_count as u64;
+            count.whole += header.records();
             Ok(())
         } else {
             decode_batch_records_where(header, batch, &mut cut, |o| (first..=last).contains(&o))
