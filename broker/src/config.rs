@@ -144,14 +144,15 @@ pub struct ServeArgs {
     #[arg(long, env = "WEIR_CLUSTER_DB", hide_env_values = true)]
     cluster_db: Option<String>,
     /// The object store a cluster's data lives in, shared by every node: a directory
-    /// (`file:///shared/dir`), an S3 bucket (`s3://bucket/prefix`) or an Azure Blob container
-    /// (`az://container/prefix`); needs --cluster-db.
+    /// (`file:///shared/dir`), an S3 bucket (`s3://bucket/prefix`), an Azure Blob container
+    /// (`az://container/prefix`) or a Google Cloud Storage bucket (`gs://bucket/prefix`); needs
+    /// --cluster-db.
     #[arg(long, env = "WEIR_OBJECT_STORE")]
     object_store: Option<String>,
-    /// A setting of an S3 or Azure object store, as KEY=VALUE (`aws_endpoint=http://minio:9000`,
-    /// `aws_region=eu-west-1`, `azure_storage_account_name=…`); repeat for more. They
-    /// override the `AWS_*` or `AZURE_*` environment variables, which are the place for
-    /// credentials.
+    /// A setting of an S3, Azure or Google Cloud Storage object store, as KEY=VALUE
+    /// (`aws_endpoint=http://minio:9000`, `aws_region=eu-west-1`, `azure_storage_account_name=…`,
+    /// `google_service_account=/path/key.json`); repeat for more. They override the `AWS_*`,
+    /// `AZURE_*` or `GOOGLE_*` environment variables, which are the place for credentials.
     #[arg(long = "object-store-option", value_name = "KEY=VALUE", value_parser = store_option)]
     object_store_options: Vec<(String, String)>,
     /// This node's Kafka broker id, unique in its cluster.

@@ -30,7 +30,7 @@ use rand::{Rng, SeedableRng};
 use weir_cluster::lease::COMMIT_OFFSETS_MAX;
 use weir_tests::cloud::{AzureServer, CloudStore};
 use weir_tests::postgres::Postgres;
-use weir_tests::s3::S3Server;
+use weir_tests::s3::{GcsServer, S3Server};
 use weir_tests::wasm::plugin_wasm;
 
 const PARTITIONS: u32 = 3;
@@ -504,6 +504,16 @@ fn three_nodes_on_an_s3_bucket_share_every_partition_and_outlive_a_node() {
     }
     if let Some(s3) = S3Server::start() {
         three_nodes_share_every_partition_and_outlive_a_node(&s3);
+    }
+}
+
+#[test]
+fn three_nodes_on_a_gcs_bucket_share_every_partition_and_outlive_a_node() {
+    if !have("kcat", "apt-get install kcat") {
+        return;
+    }
+    if let Some(gcs) = GcsServer::start() {
+        three_nodes_share_every_partition_and_outlive_a_node(&gcs);
     }
 }
 

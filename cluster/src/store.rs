@@ -9,6 +9,10 @@
 //! - `az://<container>[/<prefix>]`: a container of Azure Blob Storage, configured from the
 //!   `AZURE_*` variables (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, …) and
 //!   then the `azure_*` options.
+//! - `gs://<bucket>[/<prefix>]`: a bucket of Google Cloud Storage, configured from the
+//!   `GOOGLE_*` variables (`GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_SERVICE_ACCOUNT_KEY`,
+//!   `GOOGLE_APPLICATION_CREDENTIALS`, …; the instance's metadata server when none are given)
+//!   and then the `google_*` options.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, RetryConfig};
@@ -32,8 +37,8 @@ const STORE_RETRIES_MAX: usize = 3;
 const STORE_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the store URLs may name.
-const SUPPORTED: &str =
-    "supported: file:///<directory>, s3://<bucket>[/<prefix>] and az://<container>[/<prefix>]";
+const SUPPORTED: &str = "supported: file:///<directory>, s3://<bucket>[/<prefix>], \
+     az://<container>[/<prefix>] and gs://<bucket>[/<prefix>]";
 
 /// Opens the store `url` names, with `options` for a store that takes them.
 pub(crate) fn open(url: &str, options: &[(String, String)]) -> Result<Arc<dyn ObjectStore>> {
@@ -78,6 +83,14 @@ pub(crate) fn open(url: &str, options: &[(String, String)]) -> Result<Arc<dyn Ob
         "az" => {
             let builder = MicrosoftAzureBuilder::from_env().with_container_name(bucket);
             let builder = configured(builder, options, "an Azure", |b, k: AzureConfigKey, v| {
+                b.with_config(k, v)
+            });
+            Arc::new(builder.map_err(refused)?.with_retry(retry).build()?)
+        }
+        "gs" => {
+            let builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            let kind = "a Google Cloud Storage";
+            let builder = configured(builder, options, kind, |b, k: GoogleConfigKey, v| {
                 b.with_config(k, v)
             });
             Arc::new(builder.map_err(refused)?.with_retry(retry).build()?)

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use weir_tests::cloud::{AzureServer, CloudStore};
 use weir_tests::postgres::Postgres;
-use weir_tests::s3::S3Server;
+use weir_tests::s3::{GcsServer, S3Server};
 
 use weir_cluster::{Append, ClusterError, Collected, NodeConfig, SharedLog, Trimmed};
 use weir_storage::batch::ProducerInfo;
@@ -489,7 +489,7 @@ async fn topic_names_partition_counts_and_store_urls_are_checked() {
         Err(ClusterError::TopicExists(_))
     ));
     for url in [
-        "gs://bucket/prefix",
+        "ftp://bucket/prefix",
         "file://relative/dir",
         "s3:///prefix",
         "az://",
@@ -513,6 +513,10 @@ async fn topic_names_partition_counts_and_store_urls_are_checked() {
         (
             with_option("az://container/prefix", "google_bucket"),
             "\"google_bucket\" is not an Azure store option",
+        ),
+        (
+            with_option("gs://bucket/prefix", "azure_container_name"),
+            "\"azure_container_name\" is not a Google Cloud Storage store option",
         ),
     ] {
         let err = SharedLog::open_with(&config).await.err().expect("refused");
@@ -1117,6 +1121,13 @@ async fn metadata_compare_and_set_racing_on_two_nodes_loses_no_write() {
 async fn an_s3_bucket_holds_the_objects_nodes_share_and_collect() {
     if let Some(s3) = S3Server::start() {
         a_bucket_holds_the_objects_nodes_share_and_collect(Box::new(s3)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_gcs_bucket_holds_the_objects_nodes_share_and_collect() {
+    if let Some(gcs) = GcsServer::start() {
+        a_bucket_holds_the_objects_nodes_share_and_collect(Box::new(gcs)).await;
     }
 }
 

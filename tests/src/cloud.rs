@@ -3,6 +3,7 @@
 //! when dropped:
 //!
 //! - S3: moto's server ([`crate::s3::S3Server`]);
+//! - Google Cloud Storage: the same server, answering Google's XML API ([`crate::s3::GcsServer`]);
 //! - Azure Blob Storage: Azurite ([`AzureServer`]), Microsoft's own emulator, from npm.
 //!
 //! `./scripts/test` installs both. Each speaks its store's REST API (ranged reads,
