@@ -499,31 +499,26 @@ fn group_leases(nodes: &[Node]) -> Vec<f64> {
 
 #[test]
 fn three_nodes_on_an_s3_bucket_share_every_partition_and_outlive_a_node() {
-    if !have("kcat", "apt-get install kcat") {
-        return;
-    }
-    if let Some(s3) = S3Server::start() {
-        three_nodes_share_every_partition_and_outlive_a_node(&s3);
-    }
+    three_nodes_on(S3Server::start);
 }
 
 #[test]
 fn three_nodes_on_a_gcs_bucket_share_every_partition_and_outlive_a_node() {
-    if !have("kcat", "apt-get install kcat") {
-        return;
-    }
-    if let Some(gcs) = GcsServer::start() {
-        three_nodes_share_every_partition_and_outlive_a_node(&gcs);
-    }
+    three_nodes_on(GcsServer::start);
 }
 
 #[test]
 fn three_nodes_on_an_azure_container_share_every_partition_and_outlive_a_node() {
-    if !have("kcat", "apt-get install kcat") {
-        return;
-    }
-    if let Some(azure) = AzureServer::start() {
-        three_nodes_share_every_partition_and_outlive_a_node(&azure);
+    three_nodes_on(AzureServer::start);
+}
+
+/// [`three_nodes_share_every_partition_and_outlive_a_node`] on the store server `start`
+/// starts, when kcat and the server are installed.
+fn three_nodes_on<S: CloudStore>(start: fn() -> Option<S>) {
+    if have("kcat", "apt-get install kcat")
+        && let Some(bucket) = start()
+    {
+        three_nodes_share_every_partition_and_outlive_a_node(&bucket);
     }
 }
 
