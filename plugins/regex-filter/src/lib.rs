@@ -1,13 +1,17 @@
 //! `regex-filter`: keeps the records whose value matches `pattern`, or drops them with
 //! `mode=drop`.
 //!
+//! The pattern runs over the value's bytes, so a value need not be valid UTF-8 and is not
+//! checked or copied first. Unicode classes (`.`, `\w`, `\d`) match only well-formed UTF-8;
+//! `(?-u:.)` matches any byte.
+//!
 //! ```text
 //! weir plugin deploy errors target/wasm32-unknown-unknown/release/regex_filter.wasm --param pattern='5\d\d'
 //! ```
 
 use std::cell::RefCell;
 
-use regex::Regex;
+use regex::bytes::Regex;
 use weir::{Error, Params, Record, Result};
 
 thread_local! {
@@ -24,7 +28,6 @@ pub fn regex_filter(r: &Record, params: &Params) -> Result<bool> {
         "drop" => false,
         other => return Err(Error::msg(format!("mode={other:?}: expected keep or drop"))),
     };
-    let text = String::from_utf8_lossy(&r.value);
     let matched = PATTERN.with_borrow_mut(|cached| -> Result<bool> {
         if cached.as_ref().is_none_or(|(source, _)| source != pattern) {
             let regex =
@@ -33,7 +36,7 @@ pub fn regex_filter(r: &Record, params: &Params) -> Result<bool> {
         }
         Ok(cached
             .as_ref()
-            .is_some_and(|(_, regex)| regex.is_match(&text)))
+            .is_some_and(|(_, regex)| regex.is_match(&r.value)))
     })?;
     Ok(matched == keep)
 }
@@ -65,6 +68,16 @@ mod tests {
             check("INFO x", &[("pattern", "DEBUG"), ("mode", "drop")]),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn values_need_not_be_utf8() {
+        let value = b"host=\xff\xfe status=503".as_slice();
+        let r = Record::new(value);
+        let params = |pattern| Params::from_pairs([("pattern", pattern)]);
+        assert_eq!(regex_filter(&r, &params(r"status=5\d\d")), Ok(true));
+        assert_eq!(regex_filter(&r, &params(r"host=(?-u:.)")), Ok(true));
+        assert_eq!(regex_filter(&r, &params(r"host=\w")), Ok(false));
     }
 
     #[test]
