@@ -29,6 +29,10 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../guest-sdk/src/aggregate.rs"),
     ),
     (
+        "src/json_field.rs",
+        include_str!("../../guest-sdk/src/json_field.rs"),
+    ),
+    (
         "src/partition.rs",
         include_str!("../../guest-sdk/src/partition.rs"),
     ),

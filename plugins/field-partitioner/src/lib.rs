@@ -8,16 +8,14 @@
 //! ```
 
 use weir::serde_json::Value;
-use weir::{Params, Record, Result, json_path, partition_for_key};
+use weir::{Params, Record, Result, partition_for_key};
 
 #[weir::partitioner]
 pub fn field_partitioner(r: &Record, partitions: u32, params: &Params) -> Result<u32> {
     let field = params.require("field")?;
-    let from_field = r.value_json::<Value>().ok().and_then(|value| {
-        json_path(&value, field).map(|v| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
+    let from_field = r.value_field(field).ok().flatten().map(|v| match v {
+        Value::String(s) => s,
+        other => other.to_string(),
     });
     let key: &[u8] = match (&from_field, r.key.as_deref()) {
         (Some(text), _) => text.as_bytes(),

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use weir::serde_json::{Value, json};
-use weir::{Aggregate, Params, Record, Result, Window, json_path};
+use weir::{Aggregate, Params, Record, Result, Window};
 
 #[derive(Default, Serialize, Deserialize)]
 pub struct Rollup {
@@ -61,23 +61,22 @@ fn field_text(value: &Value) -> String {
 impl Aggregate for Rollup {
     fn key(r: &Record, params: &Params) -> Result<Option<String>> {
         let field = params.require("key")?;
-        let value: Value = r.value_json()?;
         Ok(Some(
-            json_path(&value, field).map_or_else(|| "null".to_owned(), field_text),
+            r.value_field(field)?
+                .map_or_else(|| "null".to_owned(), |v| field_text(&v)),
         ))
     }
 
     fn add(&mut self, r: &Record, params: &Params) -> Result<()> {
         self.count += 1;
-        if let Some(field) = params.get("value") {
-            let value: Value = r.value_json()?;
-            if let Some(n) = json_path(&value, field)
-                .and_then(|v| v.as_f64().or_else(|| field_text(v).parse().ok()))
-            {
-                self.sum += n;
-                self.min = Some(self.min.map_or(n, |m| m.min(n)));
-                self.max = Some(self.max.map_or(n, |m| m.max(n)));
-            }
+        if let Some(field) = params.get("value")
+            && let Some(n) = r
+                .value_field(field)?
+                .and_then(|v| v.as_f64().or_else(|| field_text(&v).parse().ok()))
+        {
+            self.sum += n;
+            self.min = Some(self.min.map_or(n, |m| m.min(n)));
+            self.max = Some(self.max.map_or(n, |m| m.max(n)));
         }
         Ok(())
     }
