@@ -1,6 +1,7 @@
 //! SQL benchmark: the same queries over the same JSON log records through Weir (a topic with
 //! typed JSON columns, queried in this process, first from its log, then again once the
-//! columnar copies of its closed segments are built) and through DuckDB (the records as an
+//! columnar copies of its closed segments are built, then by a fresh engine that keeps the
+//! columns it decodes from the active segments between queries) and through DuckDB (the records as an
 //! NDJSON file, then as one Parquet file DuckDB writes from it, queried by the `duckdb` Python
 //! package), measured in one run.
 //!
@@ -9,7 +10,8 @@
 //! ```
 //!
 //! DuckDB comes from PyPI into `target/bench-py` on the first run. Every query runs `--runs`
-//! times on each side; the table shows the median wall time. The records are written to a
+//! times on each side; the table shows the median wall time, and the cached engine's first
+//! run. The records are written to a
 //! 4-partition topic through the storage API (batches of 1000, no compression, 64 MiB
 //! segments) and, the same lines, to `records.ndjson`.
 
@@ -230,13 +232,20 @@ out["peak_rss_mib"] = next(int(l.split()[1]) for l in open("/proc/self/status") 
 print(json.dumps(out))
 "#;
 
-/// Each query's median time over `runs` and its answer as CSV.
+/// What one engine did with one query: its first run, the median of its runs, its answer.
+struct Timed {
+    first: Duration,
+    median: Duration,
+    rows: String,
+}
+
+/// Each query run `runs` times in a row, with its answer as CSV.
 fn run_weir(
     tokio: &tokio::runtime::Runtime,
     engine: &QueryEngine,
     queries: &[Query],
     runs: usize,
-) -> anyhow::Result<Vec<(Duration, String)>> {
+) -> anyhow::Result<Vec<Timed>> {
     let mut results = Vec::new();
     for q in queries {
         let mut times = Vec::new();
@@ -247,7 +256,11 @@ fn run_weir(
             times.push(started.elapsed());
             rows = String::from_utf8(answer.encode(weir_sql::Encoding::Csv)?)?;
         }
-        results.push((median(times), rows));
+        results.push(Timed {
+            first: times.first().copied().unwrap_or_default(),
+            median: median(times),
+            rows,
+        });
     }
     Ok(results)
 }
@@ -283,7 +296,13 @@ fn main() -> anyhow::Result<()> {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let engine = QueryEngine::new(Arc::clone(&storage), None, None, &QueryConfig::default())?;
+    // Without the cache of active segments' columns, so that the log and copies columns
+    // measure what each query parses; the cached engine is a fresh one, after the copies.
+    let uncached = QueryConfig {
+        cache_bytes_max: 0,
+        ..QueryConfig::default()
+    };
+    let engine = QueryEngine::new(Arc::clone(&storage), None, None, &uncached)?;
     let weir_results = run_weir(&tokio, &engine, &queries, runs)?;
     eprintln!("building columnar copies…");
     let started = Instant::now();
@@ -291,6 +310,9 @@ fn main() -> anyhow::Result<()> {
     weir_sql::columnar::build_missing(&storage, usize::MAX, &stats)?;
     let (build_time, built) = (started.elapsed(), stats.snapshot());
     let copied_results = run_weir(&tokio, &engine, &queries, runs)?;
+    let cached = QueryEngine::new(Arc::clone(&storage), None, None, &QueryConfig::default())?;
+    let cached_results = run_weir(&tokio, &cached, &queries, runs)?;
+    let (cache_bytes, _) = cached.cache_usage();
     let weir_peak = proc_status::memory_mib("self", "VmHWM");
 
     let sql: Vec<&str> = queries.iter().map(|q| q.duckdb.as_str()).collect();
@@ -322,30 +344,43 @@ fn main() -> anyhow::Result<()> {
         bytes as f64 / 1e9
     );
     println!(
-        "| query | Weir (log) | Weir (copies) | DuckDB (NDJSON) | DuckDB (Parquet) \
-         | Weir log / DuckDB NDJSON | Weir copies / DuckDB NDJSON | Weir copies / DuckDB Parquet | Weir answer |"
+        "| query | Weir (log) | Weir (copies) | Weir (copies + cache), first run | Weir (copies + cache) \
+         | DuckDB (NDJSON) | DuckDB (Parquet) | Weir log / DuckDB NDJSON \
+         | Weir copies / DuckDB NDJSON | Weir copies + cache / DuckDB NDJSON \
+         | Weir copies / DuckDB Parquet | Weir copies + cache / DuckDB Parquet | Weir answer |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
-    let full_scan = weir_results[1].0.as_secs_f64();
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let full_scan = weir_results[1].median.as_secs_f64();
     for (i, q) in queries.iter().enumerate() {
-        let (time, rows) = &weir_results[i];
-        let (copied, copied_rows) = &copied_results[i];
-        if rows != copied_rows {
-            bail!(
-                "{}: the copies answer {copied_rows:?}, the log {rows:?}",
-                q.name
-            );
+        let (log, copied, cached) = (&weir_results[i], &copied_results[i], &cached_results[i]);
+        for (source, other) in [("copies", copied), ("copies and cache", cached)] {
+            if other.rows != log.rows {
+                bail!(
+                    "{}: the {source} answer {:?}, the log {:?}",
+                    q.name,
+                    other.rows,
+                    log.rows
+                );
+            }
         }
         let seconds = |source: &str| duck[source][i]["seconds"].as_f64().unwrap_or(f64::NAN);
         let (ndjson_s, parquet_s) = (seconds("ndjson"), seconds("parquet"));
-        let (log_s, copies_s) = (time.as_secs_f64(), copied.as_secs_f64());
+        let (log_s, copies_s, cached_s) = (
+            log.median.as_secs_f64(),
+            copied.median.as_secs_f64(),
+            cached.median.as_secs_f64(),
+        );
         println!(
-            "| {} | {log_s:.3} s | {copies_s:.3} s | {ndjson_s:.3} s | {parquet_s:.3} s | {:.2}× | {:.2}× | {:.2}× | {} |",
+            "| {} | {log_s:.3} s | {copies_s:.3} s | {:.3} s | {cached_s:.3} s | {ndjson_s:.3} s \
+             | {parquet_s:.3} s | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {} |",
             q.name,
+            cached.first.as_secs_f64(),
             log_s / ndjson_s,
             copies_s / ndjson_s,
+            cached_s / ndjson_s,
             copies_s / parquet_s,
-            rows.lines().nth(1).unwrap_or("")
+            cached_s / parquet_s,
+            log.rows.lines().nth(1).unwrap_or("")
         );
     }
     println!(
@@ -359,12 +394,18 @@ fn main() -> anyhow::Result<()> {
         duck["parquet_bytes"].as_f64().unwrap_or(f64::NAN) / 1e9
     );
     println!(
-        "last-minute query / GROUP BY status full scan, with copies: {:.1} %",
-        copied_results[2].0.as_secs_f64() / copied_results[1].0.as_secs_f64() * 100.0
+        "columns of the active segments the cache held after the runs: {:.1} MiB",
+        cache_bytes as f64 / f64::from(1 << 20)
     );
+    let share = |results: &[Timed]| {
+        results[2].median.as_secs_f64() / results[1].median.as_secs_f64() * 100.0
+    };
     println!(
-        "\nlast-minute query / GROUP BY status full scan: {:.1} %",
-        weir_results[2].0.as_secs_f64() / full_scan * 100.0
+        "last-minute query / GROUP BY status full scan: from the log {:.1} %, with copies {:.1} %, \
+         with copies and cache {:.1} %",
+        share(&weir_results),
+        share(&copied_results),
+        share(&cached_results)
     );
     let limit = log_bytes as f64 / read_time.as_secs_f64();
     let scan = log_bytes as f64 / full_scan;

@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// Memory all running SQL queries may hold at once, in MiB; a query that needs more fails.
     #[arg(long, env = "WEIR_SQL_MEMORY_MIB", default_value_t = 512)]
     sql_memory_mib: u64,
+    /// Memory the columns SQL scans decode from active segments may hold between queries, in
+    /// MiB; 0 keeps none.
+    #[arg(long, env = "WEIR_SQL_CACHE_MIB", default_value_t = 128)]
+    sql_cache_mib: u64,
     /// Partitions of all topics together; creations past it are refused.
     #[arg(long, env = "WEIR_PARTITIONS_MAX", default_value_t = weir_storage::PARTITIONS_MAX_DEFAULT)]
     partitions_max: u32,
@@ -248,6 +252,7 @@ struct FileConfig {
     plugin_timeout_ms: Option<u64>,
     plugin_memory_mib: Option<u64>,
     sql_memory_mib: Option<u64>,
+    sql_cache_mib: Option<u64>,
     partitions_max: Option<u32>,
     disk_free_min_mib: Option<u64>,
     open_segments_max: Option<usize>,
@@ -398,6 +403,7 @@ impl ServeArgs {
             plugin_timeout_ms: pick!(plugin_timeout_ms),
             plugin_memory_bytes_max: pick!(plugin_memory_mib).saturating_mul(1 << 20),
             sql_memory_bytes_max: pick!(sql_memory_mib).saturating_mul(1 << 20),
+            sql_cache_bytes_max: pick!(sql_cache_mib).saturating_mul(1 << 20),
             partitions_max: pick!(partitions_max),
             disk_free_bytes_min: pick!(disk_free_min_mib).saturating_mul(1 << 20),
             open_segments_max: pick!(open_segments_max),
@@ -441,6 +447,7 @@ mod tests {
         assert_eq!(c.kafka.to_string(), "127.0.0.1:9092");
         assert_eq!(c.pg.unwrap().to_string(), "127.0.0.1:5433");
         assert_eq!(c.sql_memory_bytes_max, 512 << 20);
+        assert_eq!(c.sql_cache_bytes_max, 128 << 20);
         assert_eq!(c.partitions_max, weir_storage::PARTITIONS_MAX_DEFAULT);
         assert_eq!(c.disk_free_bytes_min, 256 << 20);
         assert_eq!(c.request_memory_bytes_max, 256 << 20);

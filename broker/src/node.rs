@@ -116,6 +116,7 @@ impl NodeContext {
         let delays = self.storage.delays().stats();
         let groups = self.groups.usage();
         let (sql_bytes, sql_bytes_max) = self.sql.memory_usage();
+        let (cache_bytes, cache_bytes_max) = self.sql.cache_usage();
         let mut bounds = vec![
             bound(
                 "groups",
@@ -146,6 +147,12 @@ impl NodeContext {
                 "Bytes running SQL queries hold in the query memory pool",
                 sql_bytes as u64,
                 sql_bytes_max as u64,
+            ),
+            bound(
+                "sql_cache_bytes",
+                "Bytes of columns SQL scans decoded from active segments, kept for the next query",
+                cache_bytes as u64,
+                cache_bytes_max as u64,
             ),
             bound(
                 "password_checks",

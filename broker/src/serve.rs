@@ -59,6 +59,7 @@ pub struct ServeConfig {
     pub plugin_memory_bytes_max: u64,
     /// Memory all running SQL queries may hold at once.
     pub sql_memory_bytes_max: u64,
+    pub sql_cache_bytes_max: u64,
     /// Partitions of all topics together.
     pub partitions_max: u32,
     /// Free disk bytes below which writes and topic creation are refused.
@@ -498,6 +499,7 @@ fn node_context(
         Some(Arc::new(state)),
         &QueryConfig {
             memory_bytes_max: usize::try_from(config.sql_memory_bytes_max).unwrap_or(usize::MAX),
+            cache_bytes_max: usize::try_from(config.sql_cache_bytes_max).unwrap_or(usize::MAX),
             default_partitions: config.default_partitions.max(1),
             ..QueryConfig::default()
         },

@@ -660,3 +660,65 @@ fn columnar_copies_answer_as_the_log_does_and_go_when_turned_off() {
         || copies() == 0 && metric(&node, "weir_columnar_files ") == 0.0,
     );
 }
+
+/// Scans keep the columns they decode from the active segment, within `--sql-cache-mib`: a query
+/// run again reads them without decoding, answers the same after appends, and `/metrics` shows
+/// the bytes held beside the bound.
+#[test]
+fn columns_of_the_active_segment_are_kept_within_their_bound() {
+    let (_dir, node, c) = started(&["--sql-cache-mib", "1"]);
+    let configs = ["value.format=json", "value.schema=status INT, host TEXT"].map(String::from);
+    weir_broker::cli::topic_create(&c, "logs", 1, &configs).unwrap();
+    let insert = |from: usize, count: usize| {
+        let values: Vec<String> = (from..from + count)
+            .map(|n| {
+                let (status, host, pad) = (200 + n % 5, n % 3, "x".repeat(300));
+                format!(r#"('{{"status":{status},"host":"h{host}","pad":"{pad}"}}')"#)
+            })
+            .collect();
+        sql_json(
+            &c,
+            &format!("INSERT INTO logs (value) VALUES {}", values.join(", ")),
+        );
+    };
+    insert(0, 500);
+    let query = "SELECT status, count(*) AS n, max(host) AS h FROM logs GROUP BY status \
+                 ORDER BY status";
+    let first = sql_json(&c, query)["rows"].clone();
+    assert_eq!(sql_json(&c, query)["rows"], first);
+    assert_eq!(
+        first[0],
+        json!({"status": 200, "n": 100, "h": "h2"}),
+        "{first}"
+    );
+    let held = metric(&node, "weir_sql_cache_bytes ");
+    assert!(held > 0.0, "{held}");
+    assert_eq!(
+        metric(&node, "weir_sql_cache_bytes_max "),
+        f64::from(1 << 20)
+    );
+    let explained = sql_json(&c, &format!("EXPLAIN ANALYZE {query}")).to_string();
+    assert!(explained.contains("records_from_cache=500"), "{explained}");
+    assert!(explained.contains("records_read=0"), "{explained}");
+
+    // What is appended is decoded once and joins what is kept.
+    insert(500, 500);
+    assert_eq!(
+        sql_json(&c, query)["rows"][0],
+        json!({"status": 200, "n": 200, "h": "h2"})
+    );
+    let explained = sql_json(&c, &format!("EXPLAIN ANALYZE {query}")).to_string();
+    // Counts show as "1.00 K" past a thousand.
+    assert!(explained.contains("records_from_cache=1.00 K"), "{explained}");
+    // Whole values of a few thousand records need more than the bound: what is held stays
+    // under it, and the answers are whole.
+    for round in 0..4 {
+        insert(1000 + round * 500, 500);
+        let all = sql_json(&c, "SELECT * FROM logs");
+        assert_eq!(
+            all["rows"].as_array().map(Vec::len),
+            Some(1500 + round * 500)
+        );
+        assert!(metric(&node, "weir_sql_cache_bytes ") <= f64::from(1 << 20));
+    }
+}

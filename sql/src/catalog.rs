@@ -70,6 +70,8 @@ pub struct TopicSchema {
     /// Holds the views.
     trees: Arc<dyn TreeSource>,
     views: Planner,
+    /// Where topic scans keep the columns they decode from active segments.
+    cache: Option<Arc<crate::topic::ActiveCache>>,
 }
 
 impl std::fmt::Debug for TopicSchema {
@@ -83,11 +85,13 @@ impl TopicSchema {
         topics: Arc<dyn Topics>,
         trees: Arc<dyn TreeSource>,
         views: Planner,
+        cache: Option<Arc<crate::topic::ActiveCache>>,
     ) -> TopicSchema {
         TopicSchema {
             topics,
             trees,
             views,
+            cache,
         }
     }
 
@@ -123,7 +127,8 @@ impl SchemaProvider for TopicSchema {
             };
         };
         let table = TopicTable::new(self.topics.clone(), &meta)
-            .map_err(|e| DataFusionError::Plan(format!("topic {name}: {e}")))?;
+            .map_err(|e| DataFusionError::Plan(format!("topic {name}: {e}")))?
+            .with_cache(self.cache.clone());
         Ok(Some(Arc::new(table)))
     }
 

@@ -131,6 +131,9 @@ pub struct QueryConfig {
     pub target_partitions: usize,
     /// Partitions of a topic `CREATE TABLE … AS SELECT` makes without `WITH (partitions = N)`.
     pub default_partitions: u32,
+    /// Bytes of columns decoded from active segments that scans keep for the next query
+    /// ([`topic::ActiveCache`]); 0 keeps none.
+    pub cache_bytes_max: usize,
 }
 
 impl Default for QueryConfig {
@@ -139,6 +142,7 @@ impl Default for QueryConfig {
             memory_bytes_max: 512 << 20,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             default_partitions: 1,
+            cache_bytes_max: 128 << 20,
         }
     }
 }
@@ -168,6 +172,8 @@ pub struct QueryEngine {
     registered: Mutex<BTreeSet<String>>,
     default_partitions: u32,
     memory_bytes_max: usize,
+    /// Columns decoded from active segments, kept between queries.
+    cache: Option<Arc<topic::ActiveCache>>,
 }
 
 impl QueryEngine {
@@ -219,12 +225,15 @@ impl QueryEngine {
             None => Arc::new(storage.meta().clone()),
         };
         let planner = views::Planner::default();
+        let cache = (config.cache_bytes_max > 0)
+            .then(|| Arc::new(topic::ActiveCache::new(config.cache_bytes_max)));
         catalog.register_schema(
             "public",
             Arc::new(TopicSchema::new(
                 topics.clone(),
                 trees.clone(),
                 planner.clone(),
+                cache.clone(),
             )),
         )?;
         catalog.register_schema(
@@ -265,6 +274,7 @@ impl QueryEngine {
             registered: Mutex::default(),
             default_partitions: config.default_partitions.max(1),
             memory_bytes_max: config.memory_bytes_max,
+            cache,
         };
         engine.sync_functions()?;
         Ok(engine)
@@ -295,6 +305,11 @@ impl QueryEngine {
             self.context.runtime_env().memory_pool.reserved(),
             self.memory_bytes_max,
         )
+    }
+
+    /// Bytes of decoded active-segment columns kept between queries, and their bound.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache.as_ref().map_or((0, 0), |c| c.usage())
     }
 
     /// The SQL functions made of plugins, on a node with a runtime.

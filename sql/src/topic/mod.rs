@@ -13,6 +13,7 @@
 //! `scan` is the plan and its per-partition readers; this module plans.
 
 mod bounds;
+mod cache;
 pub(crate) mod columns;
 mod scan;
 
@@ -34,6 +35,7 @@ use weir_storage::{TopicMeta, Topics};
 
 use crate::value_schema::TypedColumn;
 use bounds::{Bounds, analyze};
+pub use cache::ActiveCache;
 pub(crate) use columns::RowBuilder;
 pub use columns::{RECORD_COLUMNS, topic_schema, typed_columns};
 use scan::PartitionRange;
@@ -48,6 +50,9 @@ pub struct TopicTable {
     typed: Vec<TypedColumn>,
     /// The value schema's text: a columnar copy made under another is not read.
     value_schema: String,
+    topic_id: [u8; 16],
+    /// Where scans keep the columns they decode from active segments.
+    cache: Option<Arc<ActiveCache>>,
 }
 
 impl TopicTable {
@@ -60,7 +65,14 @@ impl TopicTable {
             schema: Arc::new(topic_schema(&typed)),
             typed,
             value_schema: crate::columnar::value_schema(meta),
+            topic_id: meta.id,
+            cache: None,
         })
+    }
+
+    /// The table, its scans keeping what they decode from active segments in `cache`.
+    pub fn with_cache(self, cache: Option<Arc<ActiveCache>>) -> TopicTable {
+        TopicTable { cache, ..self }
     }
 }
 
@@ -157,6 +169,9 @@ impl TableProvider for TopicTable {
             projection,
             projected,
             typed: self.typed.clone(),
+            schema: self.schema.clone(),
+            topic_id: self.topic_id,
+            cache: self.cache.clone(),
             segments: Arc::new(segments),
             value_schema: self.value_schema.clone(),
             limit,

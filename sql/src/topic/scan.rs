@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::arrow::array::BooleanArray;
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::common::DataFusionError;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -19,6 +21,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use weir_storage::{PartitionSource, Record, Topics};
 
 use super::bounds::Bounds;
+use super::cache::{ActiveCache, CHUNK_ROWS, Chunk, Lookup, SegmentKey};
 use super::columns::RowBuilder;
 use super::external;
 use crate::value_schema::TypedColumn;
@@ -52,6 +55,11 @@ pub struct TopicScan {
     pub(super) projection: Vec<usize>,
     pub(super) projected: SchemaRef,
     pub(super) typed: Vec<TypedColumn>,
+    /// The table's schema, which `projection` indexes.
+    pub(super) schema: SchemaRef,
+    pub(super) topic_id: [u8; 16],
+    /// Where columns decoded from active segments are kept between queries.
+    pub(super) cache: Option<Arc<ActiveCache>>,
     /// Each partition's segment bases when the scan was planned.
     pub(super) segments: Arc<BTreeMap<u32, Vec<u64>>>,
     pub(super) value_schema: String,
@@ -133,6 +141,10 @@ impl ExecutionPlan for TopicScan {
                 self.typed.clone(),
             ),
             rows_left: self.limit.unwrap_or(usize::MAX),
+            schema: self.schema.clone(),
+            typed: self.typed.clone(),
+            topic_id: self.topic_id,
+            cache: self.cache.clone(),
             segments: self.segments.clone(),
             value_schema: self.value_schema.clone(),
             projection: self.projection.clone(),
@@ -153,6 +165,8 @@ impl ExecutionPlan for TopicScan {
             batches_read: MetricBuilder::new(&self.metrics).counter("reads", partition),
             records_from_copies: MetricBuilder::new(&self.metrics)
                 .counter("records_from_copies", partition),
+            records_from_cache: MetricBuilder::new(&self.metrics)
+                .counter("records_from_cache", partition),
             copies_refused: MetricBuilder::new(&self.metrics).counter("copies_refused", partition),
         };
         let stream = futures::stream::unfold(Some(reader), |reader| async move {
@@ -176,6 +190,13 @@ impl ExecutionPlan for TopicScan {
     }
 }
 
+/// The columns `chunk` holds and those of `projection`.
+fn union(chunk: &Chunk, projection: &[usize]) -> Vec<usize> {
+    let mut columns: Vec<usize> = chunk.columns.keys().copied().collect();
+    columns.extend(projection.iter().filter(|i| !chunk.columns.contains_key(i)));
+    columns
+}
+
 /// Reads one partition's range into record batches, on the blocking pool.
 struct PartitionReader {
     topics: Arc<dyn Topics>,
@@ -186,6 +207,10 @@ struct PartitionReader {
     bounds: Bounds,
     rows: RowBuilder,
     rows_left: usize,
+    schema: SchemaRef,
+    typed: Vec<TypedColumn>,
+    topic_id: [u8; 16],
+    cache: Option<Arc<ActiveCache>>,
     segments: Arc<BTreeMap<u32, Vec<u64>>>,
     value_schema: String,
     projection: Vec<usize>,
@@ -206,6 +231,8 @@ struct PartitionReader {
     batches_read: Count,
     /// Rows read from columnar copies instead of the log.
     records_from_copies: Count,
+    /// Rows read from the columns of active segments kept by earlier queries, not decoded.
+    records_from_cache: Count,
     /// Columnar copies that did not open, read from the log instead.
     copies_refused: Count,
 }
@@ -231,6 +258,9 @@ impl PartitionReader {
             return self.next_count();
         }
         if let Some(batch) = self.next_copied()? {
+            return Ok(Some(batch));
+        }
+        if let Some(batch) = self.next_cached()? {
             return Ok(Some(batch));
         }
         let Some(log) = self.source()? else {
@@ -356,6 +386,170 @@ impl PartitionReader {
                 }
             }
         }
+    }
+
+    /// The next rows from the cache of decoded active segments, when the range's next offsets
+    /// lie in the segment that was active when the scan was planned; what the cache lacks is
+    /// decoded from the log and kept. `None` to read the log, or when the range is done.
+    fn next_cached(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let Some(cache) = self.cache.clone() else {
+            return Ok(None);
+        };
+        let Some(source) = self.source()? else {
+            return Ok(None);
+        };
+        let (Some(range), Some(_)) = (self.range, source.log()) else {
+            return Ok(None);
+        };
+        let base = self
+            .segments
+            .get(&range.partition)
+            .and_then(|bases| bases.last().copied());
+        // A LIMIT smaller than a chunk reads the few records it needs from the log.
+        let cached =
+            |b: &u64| range.start >= *b && self.pending.is_empty() && self.rows_left >= CHUNK_ROWS;
+        let Some(base) = base.filter(cached) else {
+            return Ok(None);
+        };
+        let key = SegmentKey {
+            topic_id: self.topic_id,
+            partition: range.partition,
+            base,
+            value_schema: self.value_schema.clone(),
+        };
+        let mut start = range.start;
+        while start < range.end {
+            let found = cache.find(&key, start);
+            let hit = matches!(&found, Lookup::Hit(chunk) if chunk.holds(&self.projection));
+            let chunk = match found {
+                Lookup::Hit(chunk) if hit => chunk,
+                Lookup::Hit(chunk) => {
+                    // Built by queries that read other columns: add this one's.
+                    let columns = union(&chunk, &self.projection);
+                    let built = self.decode(&*source, (chunk.first, chunk.next), &columns)?;
+                    cache.keep(&key, built.clone());
+                    built
+                }
+                Lookup::Miss { before, next_first } => {
+                    // A short chunk just before is built again with what follows it.
+                    let (first, columns) = match before {
+                        Some(c) if c.next == start && c.rows() < CHUNK_ROWS => {
+                            (c.first, union(&c, &self.projection))
+                        }
+                        _ => (start, self.projection.clone()),
+                    };
+                    let until = next_first.map_or(range.end, |n| n.min(range.end));
+                    let built = self.decode(&*source, (first, until), &columns)?;
+                    if built.rows() > 0 {
+                        cache.keep(&key, built.clone());
+                    }
+                    built
+                }
+            };
+            let from = chunk.offsets.partition_point(|o| *o < start as i64);
+            let to = chunk.offsets.partition_point(|o| *o < range.end as i64);
+            let to = to.min(from + BATCH_ROWS.min(self.rows_left));
+            start = chunk
+                .offsets
+                .get(to)
+                .map_or(chunk.next, |o| *o as u64)
+                .clamp(start + 1, range.end);
+            if let Some(batch) = self.rows_of(&chunk, from..to)? {
+                self.range = (start < range.end).then_some(PartitionRange { start, ..range });
+                self.rows_left -= batch.num_rows();
+                if hit {
+                    self.records_from_cache.add(batch.num_rows());
+                }
+                if self.rows_left == 0 {
+                    self.range = None;
+                }
+                return Ok(Some(batch));
+            }
+        }
+        self.range = None;
+        Ok(None)
+    }
+
+    /// The rows `rows` of `chunk` the timestamp bound keeps, with the projected columns; `None`
+    /// when it keeps none.
+    fn rows_of(
+        &self,
+        chunk: &Chunk,
+        rows: std::ops::Range<usize>,
+    ) -> datafusion::common::Result<Option<RecordBatch>> {
+        let (low, high) = self.bounds.timestamp_ms;
+        let columns = self
+            .projection
+            .iter()
+            .map(|i| match chunk.columns.get(i) {
+                Some(column) => Ok(column.slice(rows.start, rows.len())),
+                None => Err(DataFusionError::Internal(format!(
+                    "column {i} missing from a cached chunk"
+                ))),
+            })
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        let batch = RecordBatch::try_new_with_options(self.projected.clone(), columns, &options)?;
+        let timestamps = &chunk.timestamps[rows];
+        let batch = if timestamps.iter().all(|t| (low..=high).contains(t)) {
+            batch
+        } else {
+            let keep: BooleanArray = timestamps
+                .iter()
+                .map(|t| Some((low..=high).contains(t)))
+                .collect();
+            filter_record_batch(&batch, &keep)?
+        };
+        Ok((batch.num_rows() > 0).then_some(batch))
+    }
+
+    /// A chunk of every record of the offsets `[first, until)`, or of its first [`CHUNK_ROWS`],
+    /// with the columns `columns` (indexes into the table's schema) decoded from the log.
+    fn decode(
+        &self,
+        source: &dyn PartitionSource,
+        (first, until): (u64, u64),
+        columns: &[usize],
+    ) -> datafusion::common::Result<Arc<Chunk>> {
+        let mut records = Vec::new();
+        let mut next = first;
+        while records.len() < CHUNK_ROWS && next < until {
+            let read = source
+                .read_records(next, READ_BYTES_MAX)
+                .map_err(external)?;
+            self.batches_read.add(1);
+            self.records_read.add(read.len());
+            let Some(last) = read.last() else {
+                next = until;
+                break;
+            };
+            let after = u64::try_from(last.offset).map_or(until, |o| o + 1);
+            let wanted = |r: &Record| u64::try_from(r.offset).is_ok_and(|o| o >= next && o < until);
+            records.extend(
+                read.into_iter()
+                    .filter(wanted)
+                    .take(CHUNK_ROWS - records.len()),
+            );
+            next = match records.last() {
+                Some(r) if records.len() == CHUNK_ROWS => r.offset as u64 + 1,
+                _ => after.clamp(next + 1, until),
+            };
+        }
+        let partition = i64::from(self.range.map_or(0, |r| r.partition));
+        let schema = Arc::new(self.schema.project(columns)?);
+        let built = RowBuilder::new(schema, columns.to_vec(), self.typed.clone())
+            .build(partition, &records)?;
+        Ok(Arc::new(Chunk {
+            first,
+            next,
+            offsets: records.iter().map(|r| r.offset).collect(),
+            timestamps: records.iter().map(|r| r.timestamp).collect(),
+            columns: columns
+                .iter()
+                .copied()
+                .zip(built.columns().iter().cloned())
+                .collect(),
+        }))
     }
 
     /// Rows with no columns, as many as the range holds records, counted from batch headers.
