@@ -709,7 +709,10 @@ fn columns_of_the_active_segment_are_kept_within_their_bound() {
     );
     let explained = sql_json(&c, &format!("EXPLAIN ANALYZE {query}")).to_string();
     // Counts show as "1.00 K" past a thousand.
-    assert!(explained.contains("records_from_cache=1.00 K"), "{explained}");
+    assert!(
+        explained.contains("records_from_cache=1.00 K"),
+        "{explained}"
+    );
     // Whole values of a few thousand records need more than the bound: what is held stays
     // under it, and the answers are whole.
     for round in 0..4 {

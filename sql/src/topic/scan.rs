@@ -426,7 +426,12 @@ impl PartitionReader {
                 Lookup::Hit(chunk) => {
                     // Built by queries that read other columns: add this one's.
                     let columns = union(&chunk, &self.projection);
-                    let built = self.decode(&*source, (chunk.first, chunk.next), &columns)?;
+                    let built = self.decode(
+                        &*source,
+                        range.partition,
+                        (chunk.first, chunk.next),
+                        &columns,
+                    )?;
                     cache.keep(&key, built.clone());
                     built
                 }
@@ -439,7 +444,7 @@ impl PartitionReader {
                         _ => (start, self.projection.clone()),
                     };
                     let until = next_first.map_or(range.end, |n| n.min(range.end));
-                    let built = self.decode(&*source, (first, until), &columns)?;
+                    let built = self.decode(&*source, range.partition, (first, until), &columns)?;
                     if built.rows() > 0 {
                         cache.keep(&key, built.clone());
                     }
@@ -503,11 +508,13 @@ impl PartitionReader {
         Ok((batch.num_rows() > 0).then_some(batch))
     }
 
-    /// A chunk of every record of the offsets `[first, until)`, or of its first [`CHUNK_ROWS`],
-    /// with the columns `columns` (indexes into the table's schema) decoded from the log.
+    /// A chunk of every record of the offsets `[first, until)` of `partition`, or of its first
+    /// [`CHUNK_ROWS`], with the columns `columns` (indexes into the table's schema) decoded
+    /// from the log.
     fn decode(
         &self,
         source: &dyn PartitionSource,
+        partition: u32,
         (first, until): (u64, u64),
         columns: &[usize],
     ) -> datafusion::common::Result<Arc<Chunk>> {
@@ -535,10 +542,9 @@ impl PartitionReader {
                 _ => after.clamp(next + 1, until),
             };
         }
-        let partition = i64::from(self.range.map_or(0, |r| r.partition));
         let schema = Arc::new(self.schema.project(columns)?);
         let built = RowBuilder::new(schema, columns.to_vec(), self.typed.clone())
-            .build(partition, &records)?;
+            .build(i64::from(partition), &records)?;
         Ok(Arc::new(Chunk {
             first,
             next,
