@@ -59,6 +59,22 @@ impl Chunk {
         projection.iter().all(|i| self.columns.contains_key(i))
     }
 
+    /// This chunk with the columns of `other` too, when `other` holds the same rows.
+    pub(super) fn joined(&self, other: &Chunk) -> Option<Chunk> {
+        let same =
+            (self.first, self.next, &self.offsets) == (other.first, other.next, &other.offsets);
+        same.then(|| Chunk {
+            first: self.first,
+            next: self.next,
+            offsets: self.offsets.clone(),
+            timestamps: self.timestamps.clone(),
+            columns: (self.columns.iter())
+                .chain(&other.columns)
+                .map(|(i, c)| (*i, c.clone()))
+                .collect(),
+        })
+    }
+
     fn bytes(&self) -> usize {
         (self.offsets.capacity() + self.timestamps.capacity()) * size_of::<i64>()
             + self
@@ -264,6 +280,10 @@ mod tests {
             }
         ));
         assert!(chunk(0, 1).holds(&[9]) && !chunk(0, 1).holds(&[9, 10]));
+        let mut other = Arc::into_inner(chunk(100, 10)).unwrap();
+        other.columns = BTreeMap::from([(10, other.columns[&9].clone())]);
+        assert!(chunk(100, 10).joined(&other).unwrap().holds(&[9, 10]));
+        assert!(chunk(100, 9).joined(&other).is_none(), "other rows");
     }
 
     #[test]

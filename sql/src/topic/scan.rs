@@ -424,16 +424,25 @@ impl PartitionReader {
             let chunk = match found {
                 Lookup::Hit(chunk) if hit => chunk,
                 Lookup::Hit(chunk) => {
-                    // Built by queries that read other columns: add this one's.
-                    let columns = union(&chunk, &self.projection);
-                    let built = self.decode(
-                        &*source,
-                        range.partition,
-                        (chunk.first, chunk.next),
-                        &columns,
-                    )?;
-                    cache.keep(&key, built.clone());
-                    built
+                    // Built by queries that read other columns: this one's are added.
+                    let missing: Vec<usize> = (self.projection.iter())
+                        .filter(|i| !chunk.columns.contains_key(i))
+                        .copied()
+                        .collect();
+                    let offsets = (chunk.first, chunk.next);
+                    let built = self.decode(&*source, range.partition, offsets, &missing)?;
+                    match chunk.joined(&built) {
+                        Some(joined) => {
+                            let joined = Arc::new(joined);
+                            cache.keep(&key, joined.clone());
+                            joined
+                        }
+                        // Not the rows the chunk holds: this query reads the log's, unkept.
+                        None => {
+                            let projection = self.projection.clone();
+                            self.decode(&*source, range.partition, offsets, &projection)?
+                        }
+                    }
                 }
                 Lookup::Miss { before, next_first } => {
                     // A short chunk just before is built again with what follows it.
