@@ -543,52 +543,21 @@ fn info_of(metadata: &FileMetaData, path: &Path) -> Result<CopyInfo, Error> {
 mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-    use std::collections::BTreeMap;
-
-    use bytes::Bytes;
     use datafusion::arrow::compute::concat_batches;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use weir_storage::{BatchBuilder, Compression, Header, NewRecord, StorageConfig};
+    use weir_storage::{BatchBuilder, Compression, StorageConfig};
 
     use super::*;
 
     /// A topic `logs` with a value schema, 200 records over several small segments: null and
     /// non-JSON values, null keys, a header each.
     fn logs_topic() -> (tempfile::TempDir, Arc<Storage>, TopicMeta) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = StorageConfig::new(dir.path());
-        config.layer_keys = crate::topic_config_keys();
-        let storage = Storage::open(config).unwrap();
-        let configs = BTreeMap::from([
-            ("value.format".to_owned(), "json".to_owned()),
-            (
-                "value.schema".to_owned(),
-                "status INT, host TEXT".to_owned(),
-            ),
-            ("segment.bytes".to_owned(), "4096".to_owned()),
-        ]);
-        let meta = storage.create_topic("logs", 1, configs).unwrap();
+        let (dir, storage, meta) = crate::test_records::logs_topic(1, &[("segment.bytes", "4096")]);
         let log = storage.log("logs", 0).unwrap();
         for i in 0..200 {
-            let value = match i % 5 {
-                0 => None,
-                1 => Some(Bytes::from("not json")),
-                _ => Some(Bytes::from(format!(
-                    r#"{{"status":{},"host":"h{}"}}"#,
-                    200 + i,
-                    i % 7
-                ))),
-            };
             let mut batch = BatchBuilder::new(Compression::None);
-            batch.push(NewRecord {
-                timestamp: 1_000 + i,
-                key: (i % 3 != 0).then(|| Bytes::from(format!("k{i}"))),
-                value,
-                headers: vec![Header {
-                    key: "n".into(),
-                    value: Some(Bytes::from(i.to_string())),
-                }],
-            });
+            let value = crate::test_records::value(i % 5, 200 + i, i % 7);
+            batch.push(crate::test_records::record(i, 1_000 + i, value));
             log.append(&batch.build().unwrap()).unwrap();
         }
         (dir, storage, meta)

@@ -32,6 +32,8 @@ mod postgres;
 mod runs;
 pub mod sink;
 pub mod stream;
+#[cfg(test)]
+mod test_records;
 pub mod topic;
 pub mod value_schema;
 pub mod views;

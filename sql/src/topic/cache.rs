@@ -228,9 +228,8 @@ impl Inner {
 mod tests {
     #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-    use bytes::Bytes;
     use datafusion::arrow::array::Int32Array;
-    use weir_storage::{BatchBuilder, Compression, Header, NewRecord, Storage, StorageConfig};
+    use weir_storage::{BatchBuilder, Compression, Storage};
 
     use super::*;
     use crate::{QueryConfig, QueryEngine};
@@ -320,24 +319,9 @@ mod tests {
             for start in (from..from + count).step_by(100) {
                 let mut batch = BatchBuilder::new(Compression::None);
                 for i in start..(start + 100).min(from + count) {
-                    let value = match i % 11 {
-                        0 => None,
-                        1 => Some(Bytes::from("not json")),
-                        _ => Some(Bytes::from(format!(
-                            r#"{{"status":{},"host":"h{}"}}"#,
-                            200 + i % 7,
-                            i % 13
-                        ))),
-                    };
-                    batch.push(NewRecord {
-                        timestamp: 1_000 + i - (i % 10) * 3,
-                        key: (i % 3 != 0).then(|| Bytes::from(format!("k{i}"))),
-                        value,
-                        headers: vec![Header {
-                            key: "n".into(),
-                            value: Some(Bytes::from(i.to_string())),
-                        }],
-                    });
+                    let value = crate::test_records::value(i % 11, 200 + i % 7, i % 13);
+                    let timestamp = 1_000 + i - (i % 10) * 3;
+                    batch.push(crate::test_records::record(i, timestamp, value));
                 }
                 log.append(&batch.build().unwrap()).unwrap();
             }
@@ -353,18 +337,7 @@ mod tests {
 
     #[tokio::test]
     async fn scans_answer_the_same_with_kept_columns_as_from_the_log_while_it_grows() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = StorageConfig::new(dir.path());
-        config.layer_keys = crate::topic_config_keys();
-        let storage = Storage::open(config).unwrap();
-        let configs = BTreeMap::from([
-            ("value.format".to_owned(), "json".to_owned()),
-            (
-                "value.schema".to_owned(),
-                "status INT, host TEXT".to_owned(),
-            ),
-        ]);
-        storage.create_topic("logs", 2, configs).unwrap();
+        let (_dir, storage, _) = crate::test_records::logs_topic(2, &[]);
         let engine = |cache_bytes_max| {
             let config = QueryConfig {
                 cache_bytes_max,
