@@ -113,7 +113,8 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Segment {
-    /// Chunks by their first offset; their offsets never overlap.
+    /// Chunks by their first offset. Two queries building at once can leave chunks whose
+    /// offsets overlap; each still holds the log's rows of its own offsets.
     chunks: BTreeMap<u64, Arc<Chunk>>,
     bytes: usize,
     used: u64,
