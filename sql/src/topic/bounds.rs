@@ -32,7 +32,17 @@ impl Bounds {
             .as_ref()
             .is_none_or(|set| set.contains(&partition))
             && (self.offset.0..=self.offset.1).contains(&r.offset)
-            && (self.timestamp_ms.0..=self.timestamp_ms.1).contains(&r.timestamp)
+            && self.keeps_timestamp(r.timestamp)
+    }
+
+    /// Whether the timestamp bounds keep a record of `timestamp` milliseconds.
+    pub(super) fn keeps_timestamp(&self, timestamp: i64) -> bool {
+        (self.timestamp_ms.0..=self.timestamp_ms.1).contains(&timestamp)
+    }
+
+    /// Whether a filter bounds the timestamp at all.
+    pub(super) fn bounds_time(&self) -> bool {
+        self.timestamp_ms != (i64::MIN, i64::MAX)
     }
 }
 

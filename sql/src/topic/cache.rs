@@ -56,7 +56,15 @@ impl Chunk {
 
     /// Whether every column of `projection` is built.
     pub(super) fn holds(&self, projection: &[usize]) -> bool {
-        projection.iter().all(|i| self.columns.contains_key(i))
+        self.lacking(projection).next().is_none()
+    }
+
+    /// The columns of `projection` not built.
+    pub(super) fn lacking<'a>(
+        &'a self,
+        projection: &'a [usize],
+    ) -> impl Iterator<Item = usize> + 'a {
+        (projection.iter().copied()).filter(|i| !self.columns.contains_key(i))
     }
 
     /// This chunk with the columns of `other` too, when `other` holds the same rows.
@@ -201,7 +209,7 @@ impl ActiveCache {
             let oldest = inner
                 .segments
                 .iter()
-                .filter(|(k, s)| *k != key && !s.chunks.is_empty())
+                .filter(|(k, _)| *k != key)
                 .min_by_key(|(_, s)| s.used)
                 .map(|(k, _)| k.clone());
             let Some(oldest) = oldest else { break };

@@ -127,8 +127,7 @@ impl ExecutionPlan for TopicScan {
         // A query that reads no column and keeps every record of the range (`count(*)`, or
         // with filters on `partition` and `offset` only, which the range already applies)
         // needs only how many records there are: batch headers say, unread.
-        let counts_only =
-            self.projection.is_empty() && self.bounds.timestamp_ms == (i64::MIN, i64::MAX);
+        let counts_only = self.projection.is_empty() && !self.bounds.bounds_time();
         let reader = PartitionReader {
             topics: self.topics.clone(),
             source: None,
@@ -188,13 +187,6 @@ impl ExecutionPlan for TopicScan {
             stream,
         )))
     }
-}
-
-/// The columns `chunk` holds and those of `projection`.
-fn union(chunk: &Chunk, projection: &[usize]) -> Vec<usize> {
-    let mut columns: Vec<usize> = chunk.columns.keys().copied().collect();
-    columns.extend(projection.iter().filter(|i| !chunk.columns.contains_key(i)));
-    columns
 }
 
 /// Reads one partition's range into record batches, on the blocking pool.
@@ -419,47 +411,7 @@ impl PartitionReader {
         };
         let mut start = range.start;
         while start < range.end {
-            let found = cache.find(&key, start);
-            let hit = matches!(&found, Lookup::Hit(chunk) if chunk.holds(&self.projection));
-            let chunk = match found {
-                Lookup::Hit(chunk) if hit => chunk,
-                Lookup::Hit(chunk) => {
-                    // Built by queries that read other columns: this one's are added.
-                    let missing: Vec<usize> = (self.projection.iter())
-                        .filter(|i| !chunk.columns.contains_key(i))
-                        .copied()
-                        .collect();
-                    let offsets = (chunk.first, chunk.next);
-                    let built = self.decode(&*source, range.partition, offsets, &missing)?;
-                    match chunk.joined(&built) {
-                        Some(joined) => {
-                            let joined = Arc::new(joined);
-                            cache.keep(&key, joined.clone());
-                            joined
-                        }
-                        // Not the rows the chunk holds: this query reads the log's, unkept.
-                        None => {
-                            let projection = self.projection.clone();
-                            self.decode(&*source, range.partition, offsets, &projection)?
-                        }
-                    }
-                }
-                Lookup::Miss { before, next_first } => {
-                    // A short chunk just before is built again with what follows it.
-                    let (first, columns) = match before {
-                        Some(c) if c.next == start && c.rows() < CHUNK_ROWS => {
-                            (c.first, union(&c, &self.projection))
-                        }
-                        _ => (start, self.projection.clone()),
-                    };
-                    let until = next_first.map_or(range.end, |n| n.min(range.end));
-                    let built = self.decode(&*source, range.partition, (first, until), &columns)?;
-                    if built.rows() > 0 {
-                        cache.keep(&key, built.clone());
-                    }
-                    built
-                }
-            };
+            let (chunk, hit) = self.chunk_at(&cache, &key, &*source, (start, range.end))?;
             let from = chunk.offsets.partition_point(|o| *o < start as i64);
             let to = chunk.offsets.partition_point(|o| *o < range.end as i64);
             let to = to.min(from + BATCH_ROWS.min(self.rows_left));
@@ -484,6 +436,52 @@ impl PartitionReader {
         Ok(None)
     }
 
+    /// The chunk of `key`'s segment holding offset `start` with this scan's columns, and
+    /// whether the cache held it so; what it lacks is decoded from the log (up to `end`) and
+    /// kept.
+    fn chunk_at(
+        &self,
+        cache: &ActiveCache,
+        key: &SegmentKey,
+        source: &dyn PartitionSource,
+        (start, end): (u64, u64),
+    ) -> datafusion::common::Result<(Arc<Chunk>, bool)> {
+        let partition = key.partition;
+        match cache.find(key, start) {
+            Lookup::Hit(chunk) if chunk.holds(&self.projection) => Ok((chunk, true)),
+            Lookup::Hit(chunk) => {
+                // Built by queries that read other columns: this one's are added.
+                let missing: Vec<usize> = chunk.lacking(&self.projection).collect();
+                let offsets = (chunk.first, chunk.next);
+                let built = self.decode(source, partition, offsets, &missing)?;
+                let Some(joined) = chunk.joined(&built) else {
+                    // Not the rows the chunk holds: this query reads the log's, unkept.
+                    let built = self.decode(source, partition, offsets, &self.projection)?;
+                    return Ok((built, false));
+                };
+                let joined = Arc::new(joined);
+                cache.keep(key, joined.clone());
+                Ok((joined, false))
+            }
+            Lookup::Miss { before, next_first } => {
+                // A short chunk just before is built again with what follows it.
+                let (first, columns) = match before {
+                    Some(c) if c.next == start && c.rows() < CHUNK_ROWS => {
+                        let lacking = c.lacking(&self.projection);
+                        (c.first, c.columns.keys().copied().chain(lacking).collect())
+                    }
+                    _ => (start, self.projection.clone()),
+                };
+                let until = next_first.map_or(end, |n| n.min(end));
+                let built = self.decode(source, partition, (first, until), &columns)?;
+                if built.rows() > 0 {
+                    cache.keep(key, built.clone());
+                }
+                Ok((built, false))
+            }
+        }
+    }
+
     /// The rows `rows` of `chunk` the timestamp bound keeps, with the projected columns; `None`
     /// when it keeps none.
     fn rows_of(
@@ -491,7 +489,6 @@ impl PartitionReader {
         chunk: &Chunk,
         rows: std::ops::Range<usize>,
     ) -> datafusion::common::Result<Option<RecordBatch>> {
-        let (low, high) = self.bounds.timestamp_ms;
         let columns = self
             .projection
             .iter()
@@ -505,12 +502,14 @@ impl PartitionReader {
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
         let batch = RecordBatch::try_new_with_options(self.projected.clone(), columns, &options)?;
         let timestamps = &chunk.timestamps[rows];
-        let batch = if timestamps.iter().all(|t| (low..=high).contains(t)) {
+        let batch = if !self.bounds.bounds_time()
+            || timestamps.iter().all(|t| self.bounds.keeps_timestamp(*t))
+        {
             batch
         } else {
             let keep: BooleanArray = timestamps
                 .iter()
-                .map(|t| Some((low..=high).contains(t)))
+                .map(|t| Some(self.bounds.keeps_timestamp(*t)))
                 .collect();
             filter_record_batch(&batch, &keep)?
         };
